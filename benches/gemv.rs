@@ -1,0 +1,2 @@
+//! TODO(skeleton): criterion sweep of the GEMV family.
+fn main() {}

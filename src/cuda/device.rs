@@ -1,0 +1,116 @@
+//! One opened GPU: context, default stream, lazily loaded kernel modules, and the device facts
+//! every report carries.
+
+use crate::cuda::modules::Modules;
+use crate::error::DriverCtx;
+use crate::Result;
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The device header of every report and tuned config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// Lower-case slug of the name, e.g. "nvidia-h100-80gb-hbm3": folder and file names.
+    pub slug: String,
+    pub cc_major: i32,
+    pub cc_minor: i32,
+    pub sms: i32,
+    pub memory_bytes: u64,
+    pub l2_bytes: i32,
+    /// Driver's CUDA version, e.g. "13.0".
+    pub driver_cuda: String,
+    /// Kernel-mode driver version string if known (nvidia-smi's "Driver Version"), else "".
+    #[serde(default)]
+    pub driver_version: String,
+    pub mem_clock_khz: i32,
+    pub bus_width_bits: i32,
+}
+
+impl DeviceInfo {
+    /// Theoretical DRAM bandwidth from clock and bus width (DDR: x2), bytes/s. For display only:
+    /// every figure is judged against the *measured* ceiling.
+    pub fn spec_bandwidth(&self) -> f64 {
+        self.mem_clock_khz as f64 * 1e3 * 2.0 * self.bus_width_bits as f64 / 8.0
+    }
+}
+
+pub fn slugify(name: &str) -> String {
+    let mut s = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') {
+            s.push('-');
+        }
+    }
+    s.trim_matches('-').to_string()
+}
+
+pub struct Gpu {
+    pub ordinal: usize,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub info: DeviceInfo,
+    modules: Modules,
+}
+
+impl Gpu {
+    pub(crate) fn new(ordinal: usize) -> Result<Gpu> {
+        let ctx = CudaContext::new(ordinal).ctx("creating CUDA context")?;
+        let stream = ctx.default_stream();
+        let a = |attr| ctx.attribute(attr).ctx("reading device attribute");
+        let name = ctx.name().ctx("reading device name")?;
+        let (_, total) = ctx.mem_get_info().ctx("cuMemGetInfo")?;
+        let mut v = 0i32;
+        // SAFETY: plain out-parameter query of the loaded driver.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) }
+            .result()
+            .ctx("cuDriverGetVersion")?;
+        let info = DeviceInfo {
+            slug: slugify(&name),
+            name,
+            cc_major: a(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            cc_minor: a(Attr::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            sms: a(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            memory_bytes: total as u64,
+            l2_bytes: a(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?,
+            driver_cuda: format!("{}.{}", v / 1000, (v % 1000) / 10),
+            driver_version: std::env::var("LAB_DRIVER_VERSION").unwrap_or_default(),
+            mem_clock_khz: a(Attr::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?,
+            bus_width_bits: a(Attr::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
+        };
+        Ok(Gpu {
+            ordinal,
+            modules: Modules::new(ctx.clone()),
+            ctx,
+            stream,
+            info,
+        })
+    }
+
+    /// A kernel by its C symbol, from whichever embedded family defines it.
+    pub fn function(&self, symbol: &str) -> Result<CudaFunction> {
+        self.modules.function(symbol)
+    }
+
+    pub fn sm(&self) -> u32 {
+        (self.info.cc_major * 10 + self.info.cc_minor) as u32
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().ctx("stream synchronize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slugify;
+    #[test]
+    fn slugs_are_lowercase_dashed() {
+        assert_eq!(slugify("NVIDIA H100 80GB HBM3"), "nvidia-h100-80gb-hbm3");
+        assert_eq!(slugify("NVIDIA GeForce RTX 4090 (x)"), "nvidia-geforce-rtx-4090-x");
+    }
+}

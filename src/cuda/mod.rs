@@ -1,0 +1,54 @@
+//! CUDA plumbing: a context that is an error (never a panic) when there is no driver or device,
+//! the embedded kernel modules, device facts for reports, and `gpu_or_skip` for tests.
+
+pub mod device;
+pub mod modules;
+
+pub use device::{DeviceInfo, Gpu};
+
+use crate::{LabError, Result};
+
+/// Why no GPU can be used here, or `None` when one can. Probes the driver library first:
+/// with dynamic loading, calling into a missing libcuda would panic.
+pub fn gpu_unavailable_reason(ordinal: usize) -> Option<String> {
+    // SAFETY: is_culib_present only tries to dlopen libcuda; it touches no CUDA state.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver (libcuda.so not found)".into());
+    }
+    match cudarc::driver::CudaContext::device_count() {
+        Err(e) => Some(format!("CUDA driver error: {e}")),
+        Ok(0) => Some("the CUDA driver reports no device".into()),
+        Ok(n) if ordinal >= n as usize => {
+            Some(format!("no CUDA device {ordinal}: the driver reports {n}"))
+        }
+        Ok(_) => None,
+    }
+}
+
+/// Open GPU `ordinal`, or say why not.
+pub fn open(ordinal: usize) -> Result<Gpu> {
+    if let Some(reason) = gpu_unavailable_reason(ordinal) {
+        return Err(LabError::NoDevice(reason));
+    }
+    Gpu::new(ordinal)
+}
+
+/// For GPU tests: `let Some(gpu) = gpu_or_skip("gemv_check") else { return };`
+/// Prints `SKIP <test>: <reason>` when no GPU is usable. With `REQUIRE_GPU=1` a skip is a failure.
+pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    let reason = match open(0) {
+        Ok(gpu) => {
+            if !crate::build_info::KERNELS_BUILT {
+                "kernels not built into this binary".to_string()
+            } else {
+                return Some(gpu);
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+        panic!("REQUIRE_GPU=1 but {test} cannot run: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    None
+}

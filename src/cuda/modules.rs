@@ -1,0 +1,68 @@
+//! The fatbins embedded by build.rs, one per kernel family, loaded lazily into a context.
+
+use crate::error::DriverCtx;
+use crate::{LabError, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/kernels_embedded.rs"));
+}
+
+/// (family, fatbin image) of every compiled family; empty when built without nvcc.
+pub fn fatbins() -> &'static [(&'static str, &'static [u8])] {
+    embedded::FATBINS
+}
+
+/// Which family's fatbin defines `symbol` (searched in the image's string table: a kernel's name
+/// appears verbatim in its ELF symbol table, compressed fatbins aside). Used by the CPU test that
+/// every registry symbol is present.
+pub fn family_of(symbol: &str) -> Option<&'static str> {
+    let needle = symbol.as_bytes();
+    fatbins()
+        .iter()
+        .find(|(_, img)| img.windows(needle.len() + 1).any(|w| &w[..needle.len()] == needle && w[needle.len()] == 0))
+        .map(|(fam, _)| *fam)
+}
+
+pub(crate) struct Modules {
+    ctx: Arc<CudaContext>,
+    loaded: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl Modules {
+    pub(crate) fn new(ctx: Arc<CudaContext>) -> Self {
+        Modules {
+            ctx,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn function(&self, symbol: &str) -> Result<CudaFunction> {
+        if fatbins().is_empty() {
+            return Err(LabError::KernelsNotBuilt);
+        }
+        let fam = family_of(symbol).ok_or_else(|| {
+            LabError::invalid("kernel symbol", format!("'{symbol}' is in no embedded fatbin"))
+        })?;
+        let module = {
+            let mut loaded = self.loaded.lock().unwrap();
+            match loaded.get(fam) {
+                Some(m) => m.clone(),
+                None => {
+                    let img = fatbins().iter().find(|(f, _)| *f == fam).unwrap().1;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(img.to_vec()))
+                        .ctx(&format!("loading kernel family '{fam}'"))?;
+                    loaded.insert(fam, m.clone());
+                    m
+                }
+            }
+        };
+        module
+            .load_function(symbol)
+            .ctx(&format!("loading kernel '{symbol}' from family '{fam}'"))
+    }
+}

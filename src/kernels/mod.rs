@@ -1,0 +1,14 @@
+//! The kernel ABI (bindgen of kernels/abi.h), the registry of variants, and typed launchers.
+
+pub mod abi {
+    //! Generated from kernels/abi.h by bindgen in build.rs: nothing here is written by hand.
+    #![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/abi.rs"));
+}
+
+// SAFETY: plain-old-data structs of u64 device addresses and i32s, same layout in C and Rust
+// (bindgen layout tests check it); the kernels receive them by value.
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_gemm_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_ref_matmul_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_probe_params {}
