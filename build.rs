@@ -72,8 +72,13 @@ fn main() {
             let handles: Vec<_> = families
                 .iter()
                 .map(|fam| {
-                    let (nvcc, kdir, out, archs, fam) =
-                        (nvcc.clone(), kdir.clone(), out.clone(), archs.clone(), fam.clone());
+                    let (nvcc, kdir, out, archs, fam) = (
+                        nvcc.clone(),
+                        kdir.clone(),
+                        out.clone(),
+                        archs.clone(),
+                        fam.clone(),
+                    );
                     std::thread::spawn(move || compile_family(&nvcc, &kdir, &out, &archs, &fam))
                 })
                 .collect();
@@ -89,14 +94,24 @@ fn main() {
     };
 
     let kernels_built = !built.is_empty();
-    println!("cargo:rustc-env=LAB_KERNELS_BUILT={}", if kernels_built { "1" } else { "0" });
+    println!(
+        "cargo:rustc-env=LAB_KERNELS_BUILT={}",
+        if kernels_built { "1" } else { "0" }
+    );
     println!(
         "cargo:rustc-env=LAB_ARCHS={}",
-        if kernels_built { archs.join(",") } else { String::new() }
+        if kernels_built {
+            archs.join(",")
+        } else {
+            String::new()
+        }
     );
     let mut src = String::from("/// (family, fatbin image) for every compiled kernel family.\npub static FATBINS: &[(&str, &[u8])] = &[\n");
     for (fam, path) in &built {
-        src.push_str(&format!("    ({fam:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        src.push_str(&format!(
+            "    ({fam:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
     }
     src.push_str("];\n");
     fs::write(out.join("kernels_embedded.rs"), src).unwrap();
@@ -149,11 +164,18 @@ fn compile_family(
     // The git index is watched (for the dirty flag), so this script reruns on every commit:
     // skip nvcc when this family's sources, the common headers and the targets are unchanged.
     let stamp_path = out.join(format!("{fam}.stamp"));
-    let stamp = format!("{}|{}", kernel_hash(kdir, &list_files(kdir)), archs.join(","));
+    let stamp = format!(
+        "{}|{}",
+        kernel_hash(kdir, &list_files(kdir)),
+        archs.join(",")
+    );
     if fatbin.is_file() && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
         return Ok(fatbin);
     }
-    let newest = archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0)).unwrap();
+    let newest = archs
+        .iter()
+        .max_by_key(|a| a.parse::<u32>().unwrap_or(0))
+        .unwrap();
     let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin")
         .arg("-O3")
@@ -170,12 +192,21 @@ fn compile_family(
     for a in archs {
         cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
-    cmd.arg(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));
+    cmd.arg(format!(
+        "-gencode=arch=compute_{newest},code=compute_{newest}"
+    ));
     cmd.arg("-o").arg(&fatbin).arg(&unity);
-    let output = cmd.output().map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
+    let output = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
-        return Err(format!("{:?}\n{}{}", cmd, String::from_utf8_lossy(&output.stdout), stderr));
+        return Err(format!(
+            "{:?}\n{}{}",
+            cmd,
+            String::from_utf8_lossy(&output.stdout),
+            stderr
+        ));
     }
     // ptxas -v goes to stderr: keep it for the resource checks (registers, spills, stack).
     fs::write(out.join(format!("{fam}.ptxas.txt")), &stderr).map_err(|e| e.to_string())?;
@@ -189,7 +220,10 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
         if p.is_file() {
             return Some(p);
         }
-        println!("cargo:warning=NVCC={} is not a file; searching elsewhere", p.display());
+        println!(
+            "cargo:warning=NVCC={} is not a file; searching elsewhere",
+            p.display()
+        );
     }
     if let Some(paths) = env::var_os("PATH") {
         for dir in env::split_paths(&paths) {
@@ -246,7 +280,11 @@ fn kernel_hash(kdir: &Path, files: &[PathBuf]) -> String {
         h.update(fs::read(f).unwrap_or_default());
         h.update([0u8]);
     }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn git_rev(root: &Path) -> String {

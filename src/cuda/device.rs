@@ -111,6 +111,9 @@ mod tests {
     #[test]
     fn slugs_are_lowercase_dashed() {
         assert_eq!(slugify("NVIDIA H100 80GB HBM3"), "nvidia-h100-80gb-hbm3");
-        assert_eq!(slugify("NVIDIA GeForce RTX 4090 (x)"), "nvidia-geforce-rtx-4090-x");
+        assert_eq!(
+            slugify("NVIDIA GeForce RTX 4090 (x)"),
+            "nvidia-geforce-rtx-4090-x"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub fn family_of(symbol: &str) -> Option<&'static str> {
     let needle = symbol.as_bytes();
     fatbins()
         .iter()
-        .find(|(_, img)| img.windows(needle.len() + 1).any(|w| &w[..needle.len()] == needle && w[needle.len()] == 0))
+        .find(|(_, img)| {
+            img.windows(needle.len() + 1)
+                .any(|w| &w[..needle.len()] == needle && w[needle.len()] == 0)
+        })
         .map(|(fam, _)| *fam)
 }
 
@@ -44,7 +47,10 @@ impl Modules {
             return Err(LabError::KernelsNotBuilt);
         }
         let fam = family_of(symbol).ok_or_else(|| {
-            LabError::invalid("kernel symbol", format!("'{symbol}' is in no embedded fatbin"))
+            LabError::invalid(
+                "kernel symbol",
+                format!("'{symbol}' is in no embedded fatbin"),
+            )
         })?;
         let module = {
             let mut loaded = self.loaded.lock().unwrap();

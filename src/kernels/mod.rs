@@ -2,7 +2,12 @@
 
 pub mod abi {
     //! Generated from kernels/abi.h by bindgen in build.rs: nothing here is written by hand.
-    #![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+    #![allow(
+        non_camel_case_types,
+        non_upper_case_globals,
+        non_snake_case,
+        dead_code
+    )]
     #![allow(clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 }
@@ -12,3 +17,5 @@ pub mod abi {
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_gemm_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_ref_matmul_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_probe_params {}
+
+pub mod registry;

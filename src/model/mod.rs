@@ -1,1 +1,4 @@
-//! TODO(skeleton): filled by its owner.
+//! Models: configs (presets and config.json), checkpoint loading, CPU reference engine,
+//! sampling, tokenizer and prompt templates.
+
+pub mod config;

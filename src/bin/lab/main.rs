@@ -1,0 +1,96 @@
+//! `lab`: the command-line front end. Each subcommand has its own file beside this one with its
+//! flags (`XxxArgs`) and a `run`; this file only dispatches and maps errors to a non-zero exit.
+
+mod bench;
+mod check;
+mod decode;
+mod plan;
+mod report;
+mod run;
+mod tune;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "4-bit GPTQ kernel lab: check, bench, tune, decode, plan"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print what this binary was built from.
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List CUDA devices (or say why there are none).
+    Devices,
+    /// Check every kernel variant against the CPU f64 reference (needs a GPU).
+    Check(check::CheckArgs),
+    /// Time kernel families and write reports/<gpu>/<family>.{json,md} (needs a GPU).
+    Bench(bench::BenchArgs),
+    /// Autotune kernels for one GPU and write tuning/<gpu>.json.
+    Tune(tune::TuneArgs),
+    /// Generate tokens with the CPU reference engine or the GPU engine.
+    Decode(decode::DecodeArgs),
+    /// VRAM planner: what fits on which card, at which context.
+    Plan(plan::PlanArgs),
+    /// Write markdown/JSON/plots from recorded runs.
+    Report(report::ReportArgs),
+    /// The main job: ceilings -> check -> tune -> decode -> report (plan + tiny CPU model without a GPU).
+    Run(run::RunArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Version { json } => version(json),
+        Cmd::Devices => devices(),
+        Cmd::Check(a) => check::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Tune(a) => tune::run(a),
+        Cmd::Decode(a) => decode::run(a),
+        Cmd::Plan(a) => plan::run(a),
+        Cmd::Report(a) => report::run(a),
+        Cmd::Run(a) => run::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn version(json: bool) -> anyhow::Result<()> {
+    let b = gptq_lab::build_info::build_info();
+    if json {
+        println!("{}", serde_json::to_string(&b)?);
+    } else {
+        println!(
+            "lab {} (git {}, kernels {} {}, archs {:?})",
+            b.version,
+            b.git_rev,
+            b.kernel_hash,
+            if b.kernels_built {
+                "built"
+            } else {
+                "NOT built"
+            },
+            b.archs
+        );
+    }
+    Ok(())
+}
+
+fn devices() -> anyhow::Result<()> {
+    match gptq_lab::cuda::open(0) {
+        Ok(gpu) => println!("{}", serde_json::to_string_pretty(&gpu.info)?),
+        Err(e) => println!("{e}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! LLaMA/Vicuna model configuration: presets for the shapes this lab targets and parsing of
+//! HF `config.json` (2023-era files included: `torch_dtype`, no rope fields, vocab 32001).
+
+use crate::{LabError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub tie_word_embeddings: bool,
+}
+
+impl ModelConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// The quantized linears of one decoder layer as (name, K = in_features, N = out_features).
+    pub fn layer_linears(&self) -> Vec<(&'static str, usize, usize)> {
+        let (h, i, kv) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_key_value_heads * self.head_dim(),
+        );
+        vec![
+            ("self_attn.q_proj", h, h),
+            ("self_attn.k_proj", h, kv),
+            ("self_attn.v_proj", h, kv),
+            ("self_attn.o_proj", h, h),
+            ("mlp.gate_proj", h, i),
+            ("mlp.up_proj", h, i),
+            ("mlp.down_proj", i, h),
+        ]
+    }
+
+    pub fn vicuna_7b() -> Self {
+        Self::llama("vicuna-7b", 4096, 11008, 32, 32, 2048)
+    }
+    pub fn vicuna_13b() -> Self {
+        Self::llama("vicuna-13b", 5120, 13824, 40, 40, 2048)
+    }
+
+    fn llama(name: &str, h: usize, i: usize, layers: usize, heads: usize, ctx: usize) -> Self {
+        ModelConfig {
+            name: name.into(),
+            hidden_size: h,
+            intermediate_size: i,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: heads,
+            vocab_size: 32000,
+            max_position_embeddings: ctx,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+        }
+    }
+
+    /// A preset by name: "vicuna-7b" | "vicuna-13b" (also "llama-7b", "llama-13b").
+    pub fn preset(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "vicuna-7b" | "llama-7b" | "7b" => Ok(Self::vicuna_7b()),
+            "vicuna-13b" | "llama-13b" | "13b" => Ok(Self::vicuna_13b()),
+            other => Err(LabError::invalid(
+                "--model",
+                format!("unknown model '{other}'; expected vicuna-7b or vicuna-13b (or --checkpoint DIR)"),
+            )),
+        }
+    }
+
+    /// Parse an HF `config.json`. Unknown fields are ignored; missing optional ones take LLaMA's
+    /// defaults (eps 1e-6, theta 10000, kv heads = heads, context 2048).
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Raw {
+            hidden_size: Option<usize>,
+            intermediate_size: Option<usize>,
+            num_hidden_layers: Option<usize>,
+            num_attention_heads: Option<usize>,
+            num_key_value_heads: Option<usize>,
+            vocab_size: Option<usize>,
+            max_position_embeddings: Option<usize>,
+            max_sequence_length: Option<usize>,
+            rms_norm_eps: Option<f64>,
+            rope_theta: Option<f64>,
+            tie_word_embeddings: Option<bool>,
+            model_type: Option<String>,
+            _name_or_path: Option<String>,
+        }
+        let raw: Raw = serde_json::from_str(text).map_err(|e| LabError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+        let need = |v: Option<usize>, f: &str| {
+            v.filter(|&x| x > 0).ok_or_else(|| {
+                LabError::bad_checkpoint(path, format!("config.json: missing or zero '{f}'"))
+            })
+        };
+        if let Some(t) = &raw.model_type {
+            if t != "llama" {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!("config.json: model_type '{t}' is not supported; expected 'llama' (LLaMA/Vicuna)"),
+                ));
+            }
+        }
+        let heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let hidden = need(raw.hidden_size, "hidden_size")?;
+        if hidden % heads != 0 {
+            return Err(LabError::bad_checkpoint(
+                path,
+                format!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
+            ));
+        }
+        let kv = raw.num_key_value_heads.unwrap_or(heads);
+        if kv == 0 || heads % kv != 0 {
+            return Err(LabError::bad_checkpoint(
+                path,
+                format!("config.json: num_key_value_heads {kv} does not divide num_attention_heads {heads}"),
+            ));
+        }
+        let name = raw
+            ._name_or_path
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| {
+                path.parent()
+                    .and_then(|p| p.file_name())
+                    .map(|s| s.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "checkpoint".into());
+        Ok(ModelConfig {
+            name,
+            hidden_size: hidden,
+            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            max_position_embeddings: raw
+                .max_position_embeddings
+                .or(raw.max_sequence_length)
+                .unwrap_or(2048),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_published_shapes() {
+        let c = ModelConfig::vicuna_13b();
+        assert_eq!(
+            (
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_hidden_layers,
+                c.head_dim()
+            ),
+            (5120, 13824, 40, 128)
+        );
+        let l = ModelConfig::vicuna_7b().layer_linears();
+        assert_eq!(l[6], ("mlp.down_proj", 11008, 4096));
+    }
+
+    #[test]
+    fn config_2023_style_without_rope_fields_gets_defaults() {
+        let text = r#"{"architectures":["LlamaForCausalLM"],"hidden_size":4096,"intermediate_size":11008,
+            "num_attention_heads":32,"num_hidden_layers":32,"vocab_size":32001,"torch_dtype":"float16",
+            "max_sequence_length":2048,"some_future_field":{"x":1}}"#;
+        let c = ModelConfig::from_json_str(text, Path::new("x/config.json")).unwrap();
+        assert_eq!(c.vocab_size, 32001);
+        assert_eq!(c.num_key_value_heads, 32);
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.rms_norm_eps, 1e-6);
+        assert_eq!(c.max_position_embeddings, 2048);
+    }
+
+    #[test]
+    fn config_missing_hidden_size_names_file_and_field() {
+        let e =
+            ModelConfig::from_json_str(r#"{"num_attention_heads":4}"#, Path::new("m/config.json"))
+                .unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("m/config.json") && s.contains("hidden_size"),
+            "{s}"
+        );
+    }
+}
