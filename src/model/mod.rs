@@ -2,3 +2,8 @@
 //! sampling, tokenizer and prompt templates.
 
 pub mod config;
+pub mod cpu_engine;
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
