@@ -31,7 +31,7 @@ pub const VARIANTS: &[KnownVariant] = &[
         min_sm: 75,
     },
     KnownVariant {
-        name: "gemv_v4_reorder",
+        name: "gemv_v4_perm",
         batch: (1, 1),
         act_order: true,
         min_sm: 75,
@@ -106,10 +106,13 @@ pub fn heuristic(key: &ProblemKey, sm: u32, sms: u32) -> Result<Choice> {
         let ctas = key.n.div_ceil(GEMV_COLS_PER_CTA);
         let split = splitk_factor(ctas, key.k, sms);
         if key.act_order {
-            Choice::new("gemv_v4_reorder")
+            Choice::new("gemv_v4_perm")
         } else if split > 1 {
             // Too few CTAs to fill the SMs (4096 columns = 32 CTAs vs 132 SMs on an H100): split K.
-            Choice::new("gemv_v5_splitk").with("split_k", split)
+            Choice::new("gemv_v5_splitk").with(
+                "split_k",
+                registry_value("gemv_v5_splitk", "split_k", split),
+            )
         } else {
             Choice::new("gemv_v2_vec")
         }
@@ -132,6 +135,23 @@ pub fn heuristic(key: &ProblemKey, sm: u32, sms: u32) -> Result<Choice> {
             shape: key.to_string(),
             reason: format!("no known variant serves it on sm_{sm}"),
         })
+}
+
+/// The smallest value of `variant`'s tunable `name` that is >= `want` (else its largest), so the
+/// heuristic never asks for a value the kernel was not compiled for; `want` when not registered.
+pub fn registry_value(variant: &str, name: &str, want: u32) -> u32 {
+    let Some(t) =
+        registry::by_name(variant).and_then(|v| v.tunables.iter().find(|t| t.name == name))
+    else {
+        return want;
+    };
+    let mut vals: Vec<u32> = t.values.to_vec();
+    vals.sort_unstable();
+    vals.iter()
+        .copied()
+        .find(|&x| x >= want)
+        .or(vals.last().copied())
+        .unwrap_or(want)
 }
 
 /// Smallest power-of-two split that gives at least one CTA per SM, capped by SPLITK_MAX and by

@@ -63,7 +63,7 @@ fn sample_config() -> TunedConfig {
             cand(&d, ok(30.0, 0.01)),
             cand(&w, ok(20.0, 0.01)),
             cand(
-                &Choice::new("gemv_v4_reorder"),
+                &Choice::new("gemv_v4_perm"),
                 CandidateStatus::Rejected {
                     reason: "mismatch".into(),
                 },
@@ -330,6 +330,21 @@ fn the_heuristic_covers_every_default_key() {
                     "{k}: {c}"
                 );
             }
+            // Every parameter must be a value the registered variant was compiled for.
+            if let Some(v) = gptq_lab_registry_variant(&c.variant) {
+                for (name, val) in &c.params {
+                    let t = v
+                        .tunables
+                        .iter()
+                        .find(|t| t.name == name)
+                        .unwrap_or_else(|| panic!("{c}: no tunable {name}"));
+                    assert!(
+                        t.values.contains(val),
+                        "{k}: {c}: {name}={val} not in {:?}",
+                        t.values
+                    );
+                }
+            }
         }
     }
     // Tensor cores only where they exist.
@@ -339,7 +354,7 @@ fn the_heuristic_covers_every_default_key() {
         act_order: true,
         ..key(1)
     };
-    assert_eq!(heuristic(&ao, 90, 132).unwrap().variant, "gemv_v4_reorder");
+    assert_eq!(heuristic(&ao, 90, 132).unwrap().variant, "gemv_v4_perm");
 }
 
 #[test]
@@ -540,4 +555,8 @@ fn candidates_include_the_default_first_and_only_serving_variants() {
             assert_eq!(dedup.len(), all.len(), "{k}: duplicate candidates");
         }
     }
+}
+
+fn gptq_lab_registry_variant(name: &str) -> Option<&'static crate::kernels::registry::Variant> {
+    crate::kernels::registry::by_name(name)
 }
