@@ -5,6 +5,7 @@
 
 pub mod dispatch;
 pub mod driver;
+pub mod gpu;
 pub mod keys;
 pub mod schema;
 pub mod select;

@@ -22,6 +22,9 @@ pub struct TuneArgs {
     /// Each variant with its default parameters only (a quick pass).
     #[arg(long)]
     quick: bool,
+    /// Folder that holds tuning/ and reports/ (default: the current folder).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
 }
 
 pub fn run(a: TuneArgs) -> anyhow::Result<()> {
@@ -32,7 +35,7 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     let path = a
         .file
         .clone()
-        .unwrap_or_else(|| tune::default_path(&gpu.info.slug));
+        .unwrap_or_else(|| a.root.join(tune::default_path(&gpu.info.slug)));
     let (mut cfg, note) = tune::resume_or_new(&path, &gpu.info, GIT_REV, KERNEL_HASH)?;
     if let Some(n) = note {
         eprintln!("note: {n}");
@@ -45,7 +48,7 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         gpu.info.name,
         keys.len()
     );
-    let mut measurer = gpu_measurer(&gpu)?;
+    let mut measurer = gpu_measurer(&gpu, a.quick)?;
     let (sm, sms) = (gpu.sm(), gpu.info.sms.max(1) as u32);
     tune::tune(
         &mut cfg,
@@ -55,13 +58,55 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         |done, total, e| eprintln!("[{done}/{total}] {}: {} ({})", e.key, e.winner, e.note),
         |c| c.save(&path),
     )?;
+    let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
+    let header = gptq_lab::report::ReportHeader::new(&gpu.info, None);
+    let md = format!("# Tuning: tuned vs default\n\n{}\n{}", header.markdown(), tuned_vs_default_table(&cfg));
+    gptq_lab::util::write_atomic(&dir.join("tune.md"), md.as_bytes())?;
     show(Some(&path))
 }
 
-/// The seam to the GPU timing harness: a `Measurer` that times one (key, choice) with cold
-/// weights and checks it against the reference. To be wired by the lead to `bench`.
-fn gpu_measurer(_gpu: &Gpu) -> anyhow::Result<Box<dyn Measurer + '_>> {
-    bail!("lab tune --gpu: the GPU timing harness is not wired to the tuner yet (src/bin/lab/tune.rs: gpu_measurer)")
+/// Markdown: per key, the default's and the winner's interquartile mean and the gain.
+fn tuned_vs_default_table(c: &TunedConfig) -> String {
+    let iqm = |e: &TunedEntry, ch: &tune::Choice| {
+        e.candidates.iter().find(|r| &r.choice == ch).and_then(|r| match r.status {
+            CandidateStatus::Ok { iqm_us, .. } => Some(iqm_us),
+            _ => None,
+        })
+    };
+    let mut entries: Vec<&TunedEntry> = c.entries.iter().collect();
+    entries.sort_by_key(|e| e.key);
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let (d, w) = (iqm(e, &e.default), iqm(e, &e.winner));
+            let rejected = e.candidates.iter().filter(|r| !matches!(r.status, CandidateStatus::Ok { .. })).count();
+            vec![
+                e.key.to_string(),
+                e.default.to_string(),
+                d.map_or("-".into(), |x| format!("{x:.2}")),
+                e.winner.to_string(),
+                w.map_or("-".into(), |x| format!("{x:.2}")),
+                match (d, w) {
+                    (Some(d), Some(w)) => format!("{:.2}x", d / w),
+                    _ => "-".into(),
+                },
+                rejected.to_string(),
+                e.note.clone(),
+            ]
+        })
+        .collect();
+    gptq_lab::report::markdown::table(
+        &["key", "default", "default us", "winner", "winner us", "gain", "rejected", "note"],
+        &rows,
+    )
+}
+
+/// The GPU `Measurer`: checks each candidate against the reference kernel, then times it cold.
+fn gpu_measurer(gpu: &Gpu, quick: bool) -> anyhow::Result<Box<dyn Measurer + '_>> {
+    if !gptq_lab::build_info::KERNELS_BUILT {
+        bail!(gptq_lab::LabError::KernelsNotBuilt);
+    }
+    Ok(Box::new(gptq_lab::tune::gpu::GpuMeasurer::new(gpu, quick)))
 }
 
 fn show(file: Option<&Path>) -> anyhow::Result<()> {
