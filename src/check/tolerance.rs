@@ -80,23 +80,44 @@ pub struct Comparison {
     pub worst: Option<Mismatch>,
     /// Largest err/tol over all elements (inf for a NaN).
     pub margin: f64,
+    /// Largest share of the arithmetic allowance used once the unavoidable fp16 output rounding
+    /// (U16 |ref|) is taken off: (err - U16|ref|)+ / (tol - U16|ref|). An exact kernel sits near 0
+    /// even when `margin` is ~1 (its only error is the final rounding); a value near 1 means the
+    /// kernel's own arithmetic (or a lost term) is near the bound.
+    pub arith_margin: f64,
     /// The first mismatches in row-major order.
     pub first: Vec<Mismatch>,
 }
 
 /// Compares fp16 `got` [m, n] with the f64 reference and its abs-sum, element by element.
-pub fn compare(got: &[f16], want: &[f64], abs_sum: &[f64], n: usize, k: usize, model: &ErrorModel) -> Comparison {
+pub fn compare(
+    got: &[f16],
+    want: &[f64],
+    abs_sum: &[f64],
+    n: usize,
+    k: usize,
+    model: &ErrorModel,
+) -> Comparison {
     let mut c = Comparison {
         bad: 0,
         worst: None,
         margin: 0.0,
+        arith_margin: 0.0,
         first: Vec::new(),
     };
     for (i, ((g, &w), &a)) in got.iter().zip(want).zip(abs_sum).enumerate() {
         let g = g.to_f64();
         let tol = tolerance(model, k, w, a);
-        let err = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+        let err = if g.is_finite() {
+            (g - w).abs()
+        } else {
+            f64::INFINITY
+        };
         let ratio = err / tol;
+        let rounding = U16 * w.abs();
+        c.arith_margin = c
+            .arith_margin
+            .max((err - rounding).max(0.0) / (tol - rounding));
         let mm = || Mismatch {
             row: i / n,
             col: i % n,
@@ -128,7 +149,12 @@ mod tests {
         let m = ErrorModel { c16: 4.01, why: "" };
         let want = [1.0, 2.0, 3.0, 4.0];
         let abs = [10.0; 4];
-        let got = [f16::from_f64(1.0), f16::NAN, f16::from_f64(3.0), f16::from_f64(4.5)];
+        let got = [
+            f16::from_f64(1.0),
+            f16::NAN,
+            f16::from_f64(3.0),
+            f16::from_f64(4.5),
+        ];
         let c = compare(&got, &want, &abs, 2, 64, &m);
         assert_eq!(c.bad, 2);
         assert_eq!((c.first[0].row, c.first[0].col), (0, 1));
@@ -145,8 +171,9 @@ mod tests {
         let got: Vec<f16> = want.iter().map(|&w| f16::from_f64(w)).collect();
         let c = compare(&got, &want, &[0.2, 8.0], 2, 4096, &m);
         assert_eq!(c.bad, 0);
-        // Rounding to fp16 costs at most half a U16-ulp: margin <= ~1.
+        // Rounding to fp16 costs at most U16 |ref|: margin <= 1, and no arithmetic error at all.
         assert!(c.margin <= 1.0, "{}", c.margin);
+        assert_eq!(c.arith_margin, 0.0);
     }
 
     #[test]
