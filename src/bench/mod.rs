@@ -1,1 +1,13 @@
-//! TODO(skeleton): filled by its owner.
+//! The one timing harness, used by criterion benches, `lab bench`, the tuner and the decode
+//! engine's measurements: CUDA events around each launch, warm-up first, median and interquartile
+//! mean; callers rotate weights across copies whose total exceeds L2 (`copies_to_exceed_l2`) so
+//! every figure is a cold-weight figure.
+
+pub mod ceilings;
+pub mod stats;
+pub mod timing;
+
+pub use ceilings::{measure_ceilings, Ceilings};
+pub use stats::Timing;
+pub use timing::{copies_to_exceed_l2, time_launches, TimingConfig};
+pub mod sweep;

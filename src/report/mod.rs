@@ -1,1 +1,121 @@
-//! TODO(skeleton): filled by its owner.
+//! Reports under reports/<gpu-slug>/: one JSON (machine-readable, complete) and one markdown
+//! (for people) per family or run, each with the same header: device, build (git revision,
+//! kernel-source hash), UTC date and the ceilings measured in the same process.
+
+pub mod markdown;
+pub mod plot;
+
+use crate::bench::Ceilings;
+use crate::build_info::{build_info, BuildInfo};
+use crate::cuda::DeviceInfo;
+use crate::util::{write_atomic, write_json_atomic};
+use crate::Result;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportHeader {
+    pub device: DeviceInfo,
+    pub build: BuildInfo,
+    /// UTC, "YYYY-MM-DDTHH:MM:SSZ".
+    pub date: String,
+    pub ceilings: Option<Ceilings>,
+}
+
+impl ReportHeader {
+    pub fn new(device: &DeviceInfo, ceilings: Option<Ceilings>) -> Self {
+        ReportHeader {
+            device: device.clone(),
+            build: build_info(),
+            date: utc_now(),
+            ceilings,
+        }
+    }
+
+    /// The markdown lines every report starts with.
+    pub fn markdown(&self) -> String {
+        let d = &self.device;
+        let mut s = format!(
+            "- device: **{}** (sm_{}{}, {} SMs, {:.1} GiB, L2 {} MiB, driver CUDA {}{})\n- build: git `{}`, kernel hash `{}`, archs {:?}\n- date: {}\n",
+            d.name,
+            d.cc_major,
+            d.cc_minor,
+            d.sms,
+            d.memory_bytes as f64 / (1u64 << 30) as f64,
+            d.l2_bytes >> 20,
+            d.driver_cuda,
+            if d.driver_version.is_empty() { String::new() } else { format!(", driver {}", d.driver_version) },
+            self.build.git_rev,
+            self.build.kernel_hash,
+            self.build.archs,
+            self.date
+        );
+        if let Some(c) = &self.ceilings {
+            s.push_str(&format!(
+                "- measured ceilings: read {:.0} GB/s, copy {:.0} GB/s (kernel {:.0}, memcpy {:.0}; read+write bytes), spec {:.0} GB/s\n",
+                c.read_gbs,
+                c.copy_gbs,
+                c.copy_kernel_gbs,
+                c.memcpy_dtod_gbs,
+                d.spec_bandwidth() / 1e9
+            ));
+        }
+        s
+    }
+
+    /// Whether this report was made from the kernel sources of this binary.
+    pub fn is_current(&self) -> bool {
+        self.build.kernel_hash == crate::build_info::KERNEL_HASH
+    }
+}
+
+/// reports/<slug>/ under `root`.
+pub fn report_dir(root: &Path, slug: &str) -> PathBuf {
+    root.join("reports").join(slug)
+}
+
+/// Writes `<dir>/<name>.json` and `<dir>/<name>.md`, each atomically.
+pub fn write_report<T: Serialize>(dir: &Path, name: &str, json: &T, markdown: &str) -> Result<()> {
+    write_json_atomic(&dir.join(format!("{name}.json")), json)?;
+    write_atomic(&dir.join(format!("{name}.md")), markdown.as_bytes())
+}
+
+/// Current UTC time as ISO 8601 (no chrono: days-to-civil conversion, Howard Hinnant's algorithm).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+pub fn format_utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn utc_formatting_known_instants() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951782400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1795707000), "2026-11-26T15:30:00Z");
+    }
+}

@@ -1,8 +1,53 @@
-//! `lab bench`. TODO(skeleton): filled by its owner.
+//! `lab bench --family probe|gemv|gemm [--quick] [--root DIR]`: times a kernel family on GPU 0 and
+//! writes reports/<gpu-slug>/<family>.{json,md} (+ plots) under DIR (default: the current folder).
+
+use anyhow::Context;
+use gptq_lab::bench::measure_ceilings;
+use gptq_lab::report::{report_dir, write_report, ReportHeader};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Kernel family: probe (bandwidth ceilings), gemv (batch 1), gemm (batch 2..64).
+    #[arg(long, default_value = "gemv")]
+    pub family: String,
+    /// Fewer shapes and iterations: the device check's budget.
+    #[arg(long)]
+    pub quick: bool,
+    /// Folder that holds reports/ (default: current folder).
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+}
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lab bench is not implemented yet")
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let families = ["probe", "gemv", "gemm"];
+    if !families.contains(&args.family.as_str()) {
+        anyhow::bail!("--family {}: expected one of {:?}", args.family, families);
+    }
+    let gpu = match gptq_lab::cuda::open(args.gpu) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("lab bench: {e}. Nothing to time on this machine; reports are written only from a real GPU run.");
+            return Ok(());
+        }
+    };
+    if !gptq_lab::build_info::KERNELS_BUILT {
+        anyhow::bail!(gptq_lab::LabError::KernelsNotBuilt);
+    }
+    let dir = report_dir(&args.root, &gpu.info.slug);
+    let ceilings = measure_ceilings(&gpu).context("measuring bandwidth ceilings")?;
+    let header = ReportHeader::new(&gpu.info, Some(ceilings));
+    match args.family.as_str() {
+        "probe" => {
+            let md = format!("# Bandwidth ceilings\n\n{}", header.markdown());
+            write_report(&dir, "ceilings", &header, &md)?;
+            println!("{}", header.markdown());
+        }
+        fam => gptq_lab::bench::sweep::run_family(&gpu, &header, fam, args.quick, &dir)?,
+    }
+    println!("wrote {}", dir.display());
+    Ok(())
 }

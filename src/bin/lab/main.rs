@@ -49,7 +49,21 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let r = match cli.cmd {
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {}", error_chain(&e));
+        std::process::exit(1);
+    }
+}
+
+/// Runs one subcommand given as words, e.g. `["plan", "--json"]`: how `lab run` chains the
+/// other subcommands with exactly the flags a user would type.
+pub(crate) fn run_words(words: &[&str]) -> anyhow::Result<()> {
+    let argv = std::iter::once("lab").chain(words.iter().copied());
+    dispatch(Cli::try_parse_from(argv)?)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
         Cmd::Version { json } => version(json),
         Cmd::Devices => devices(),
         Cmd::Check(a) => check::run(a),
@@ -59,11 +73,24 @@ fn main() {
         Cmd::Plan(a) => plan::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Run(a) => run::run(a),
-    };
-    if let Err(e) = r {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
+}
+
+/// The error and its causes, "a: b: c", leaving out a cause whose text the message already
+/// carries (the library's errors write their wrapped error into their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if s.contains(&c) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&c);
+    }
+    s
 }
 
 fn version(json: bool) -> anyhow::Result<()> {

@@ -1,8 +1,89 @@
-//! `lab run`. TODO(skeleton): filled by its owner.
+//! `lab run`: the main job.
+//! With a GPU: ceilings -> check -> quick tune -> Vicuna 7B and 13B int4 and fp16 decode -> reports,
+//! all under `--root` (reports/<gpu-slug>/, tuning/<gpu-slug>.json).
+//! Without one: says why, prints the VRAM plan table, and runs the tiny model on the CPU engine,
+//! so the whole checkpoint -> tokens path still runs.
+
+use crate::run_words;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Folder that holds reports/ and tuning/ (default: the current folder).
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// Skip the correctness matrix (it already ran in this session).
+    #[arg(long)]
+    pub skip_check: bool,
+    /// Skip the quick tune (use an existing tuned config or the heuristic).
+    #[arg(long)]
+    pub skip_tune: bool,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+}
 
-pub fn run(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lab run is not implemented yet")
+fn section(title: &str) {
+    println!("\n=== {title} ===");
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    let b = gptq_lab::build_info::build_info();
+    println!(
+        "gptq-lab {} (git {}, kernel hash {}, kernels {})",
+        b.version,
+        b.git_rev,
+        b.kernel_hash,
+        if b.kernels_built {
+            "built"
+        } else {
+            "NOT built"
+        }
+    );
+    let root = a.root.to_string_lossy().into_owned();
+    let gpu = a.gpu.to_string();
+    if let Some(reason) = gptq_lab::cuda::gpu_unavailable_reason(a.gpu) {
+        println!("\nNo GPU here ({reason}): running what needs none.");
+        println!(
+            "Kernel correctness and speed are proven only by a run on a real GPU (see README)."
+        );
+        section("VRAM plan: Vicuna 7B / 13B, int4 GPTQ");
+        run_words(&["plan"])?;
+        section("tiny LLaMA on the CPU reference engine (greedy, 16 tokens)");
+        run_words(&[
+            "decode",
+            "--backend",
+            "cpu",
+            "--model",
+            "tiny",
+            "--prompt-ids",
+            "1,5,9,42",
+            "--max-new-tokens",
+            "16",
+            "--greedy",
+            "--json",
+        ])?;
+        println!("(random tiny weights: the tokens prove the path, not the quality)");
+        return Ok(());
+    }
+    if !b.kernels_built {
+        anyhow::bail!(gptq_lab::LabError::KernelsNotBuilt);
+    }
+    section("bandwidth ceilings");
+    run_words(&["bench", "--family", "probe", "--root", &root, "--gpu", &gpu])?;
+    if !a.skip_check {
+        section("correctness: every variant against the f64 reference");
+        run_words(&["check"])?;
+    }
+    if !a.skip_tune {
+        section("quick autotune");
+        run_words(&["tune", "--gpu", &gpu, "--quick", "--root", &root])?;
+    }
+    section("Vicuna 7B / 13B decode, int4 and fp16");
+    run_words(&["decode", "--backend", "gpu", "--bench", "--root", &root])?;
+    println!(
+        "\nreports written under {}",
+        a.root.join("reports").display()
+    );
+    Ok(())
 }

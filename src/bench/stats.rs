@@ -1,0 +1,89 @@
+//! Summary statistics of a set of per-launch times.
+
+use serde::{Deserialize, Serialize};
+
+/// Per-launch times in microseconds. `iqm_us` (the mean of the middle half) is what comparisons
+/// use: robust to the odd preempted launch, less jumpy than the median on bimodal timings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub median_us: f64,
+    pub iqm_us: f64,
+    pub p25_us: f64,
+    pub p75_us: f64,
+    pub min_us: f64,
+    pub max_us: f64,
+    pub samples: usize,
+}
+
+impl Timing {
+    /// Statistics of `samples_us`; `None` when empty or any sample is not finite.
+    pub fn from_samples(samples_us: &[f64]) -> Option<Timing> {
+        if samples_us.is_empty() || samples_us.iter().any(|x| !x.is_finite()) {
+            return None;
+        }
+        let mut s = samples_us.to_vec();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let n = s.len();
+        let q = |f: f64| {
+            // Linear interpolation between closest ranks.
+            let pos = f * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+            s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+        };
+        // Middle half: drop floor(n/4) from each end (all of it when n < 4).
+        let cut = n / 4;
+        let mid = &s[cut..n - cut];
+        Some(Timing {
+            median_us: q(0.5),
+            iqm_us: mid.iter().sum::<f64>() / mid.len() as f64,
+            p25_us: q(0.25),
+            p75_us: q(0.75),
+            min_us: s[0],
+            max_us: s[n - 1],
+            samples: n,
+        })
+    }
+
+    /// Relative spread (p75 - p25) / median: the noise figure the tuner compares gains against.
+    pub fn spread(&self) -> f64 {
+        if self.median_us > 0.0 {
+            (self.p75_us - self.p25_us) / self.median_us
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// Achieved GB/s for `bytes` moved per launch, at the interquartile mean.
+    pub fn gbps(&self, bytes: u64) -> f64 {
+        bytes as f64 / (self.iqm_us * 1e-6) / 1e9
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iqm_ignores_outliers_and_quartiles_interpolate() {
+        let t = Timing::from_samples(&[10.0, 11.0, 12.0, 13.0, 1000.0, 9.0, 10.5, 11.5]).unwrap();
+        // sorted: 9 10 10.5 11 11.5 12 13 1000; middle half = 10.5 11 11.5 12
+        assert!((t.iqm_us - 11.25).abs() < 1e-12, "{t:?}");
+        assert!((t.median_us - 11.25).abs() < 1e-12);
+        assert_eq!((t.min_us, t.max_us, t.samples), (9.0, 1000.0, 8));
+        // p25 at rank 1.75: 10 + 0.75*0.5
+        assert!((t.p25_us - 10.375).abs() < 1e-12);
+    }
+
+    #[test]
+    fn empty_or_nan_samples_are_rejected() {
+        assert!(Timing::from_samples(&[]).is_none());
+        assert!(Timing::from_samples(&[1.0, f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn gbps_and_spread() {
+        let t = Timing::from_samples(&[100.0; 5]).unwrap();
+        assert!((t.gbps(1_000_000) - 10.0).abs() < 1e-9);
+        assert_eq!(t.spread(), 0.0);
+    }
+}

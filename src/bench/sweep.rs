@@ -1,0 +1,394 @@
+//! Kernel sweeps for `lab bench --family gemv|gemm` (and the criterion benches): every variant of
+//! the family plus the cuBLAS baselines, on the Vicuna shapes, group 128, act-order off and on,
+//! each timed cold (weights rotated over copies that exceed twice the L2), reported as bytes,
+//! time, GB/s, % of the measured read ceiling and speedup over cuBLAS fp16 on the same shape.
+
+use crate::bench::timing::{copies_to_exceed_l2, time_launches, TimingConfig};
+use crate::bench::Timing;
+use crate::check::cases::{build_inputs, Case, Shape, VICUNA};
+use crate::cuda::Gpu;
+use crate::error::DriverCtx;
+use crate::gptq::{reorder_by_group, QuantLinear};
+use crate::kernels::gemv;
+use crate::kernels::launch::{launch, LayerShape, Tunables};
+use crate::kernels::layer::{prepare_with, upload, DeviceLayer};
+use crate::kernels::registry::{self, ActOrder, Family, Variant};
+use crate::report::markdown::table;
+use crate::report::plot::{line_chart, Series};
+use crate::report::{write_report, ReportHeader};
+use crate::Result;
+use half::f16;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The four shapes the GEMV goal names (anchors.md): 7B gate/up and down, 13B gate/up and down.
+const GOAL_SHAPES: &[(usize, usize)] =
+    &[(4096, 11008), (11008, 4096), (5120, 13824), (13824, 5120)];
+/// Batch sizes of the GEMM sweep (1 included so the plot starts where the GEMV family is).
+const GEMM_BATCHES: &[usize] = &[1, 2, 4, 8, 16, 32, 64];
+const GEMM_BATCHES_QUICK: &[usize] = &[1, 2, 4, 8, 16, 32, 64];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRow {
+    pub variant: String,
+    pub k: usize,
+    pub n: usize,
+    pub m: usize,
+    pub group: i32,
+    pub act_order: bool,
+    pub sym: bool,
+    /// Minimum bytes the launch moves (weights + scales [+ zeros] + x + y [+ perm/g_idx]).
+    pub bytes: u64,
+    pub timing: Timing,
+    pub gbps: f64,
+    /// gbps / measured read ceiling.
+    pub pct_read_ceiling: f64,
+    /// cuBLAS fp16 time / this time, same shape and batch (None for the baseline itself when absent).
+    pub speedup_vs_cublas: Option<f64>,
+    pub copies_rotated: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub header: ReportHeader,
+    pub family: String,
+    pub quick: bool,
+    pub rows: Vec<SweepRow>,
+    /// (variant, shape, reason) of combinations the variant does not support, never silently dropped.
+    pub skipped: Vec<String>,
+}
+
+fn shapes(family: &str, quick: bool) -> Vec<Shape> {
+    let mut v: Vec<Shape> = VICUNA
+        .iter()
+        .filter(|s| GOAL_SHAPES.contains(&(s.k, s.n)))
+        .copied()
+        .collect();
+    if !quick || family == "gemv" {
+        v.extend(
+            VICUNA
+                .iter()
+                .filter(|s| !GOAL_SHAPES.contains(&(s.k, s.n)))
+                .copied(),
+        );
+    }
+    v
+}
+
+fn variants(family: Family) -> Vec<&'static Variant> {
+    registry::all()
+        .into_iter()
+        .filter(|v| v.family == family || (family == Family::Gemm && v.name.contains("cublas")))
+        .collect()
+}
+
+/// The cuBLAS fp16 baseline's name (the speedup denominator).
+const CUBLAS: &str = "gemv_cublas_f16";
+
+pub fn run_family(
+    gpu: &Gpu,
+    header: &ReportHeader,
+    family: &str,
+    quick: bool,
+    dir: &Path,
+) -> Result<()> {
+    let fam = match family {
+        "gemv" => Family::Gemv,
+        "gemm" => Family::Gemm,
+        other => {
+            return Err(crate::LabError::invalid(
+                "--family",
+                format!("{other}: expected gemv or gemm"),
+            ))
+        }
+    };
+    let read_ceiling = header.ceilings.map(|c| c.read_gbs).unwrap_or(f64::NAN);
+    let cfg = if quick {
+        TimingConfig::quick()
+    } else {
+        TimingConfig::default()
+    };
+    let batches: &[usize] = match fam {
+        Family::Gemv => &[1],
+        _ if quick => GEMM_BATCHES_QUICK,
+        _ => GEMM_BATCHES,
+    };
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    let l2 = gpu.info.l2_bytes.max(0) as u64;
+    for shape in shapes(family, quick) {
+        for act in [false, true] {
+            if quick && fam == Family::Gemm && act {
+                continue;
+            }
+            let case = Case {
+                id: 0,
+                k: shape.k,
+                n: shape.n,
+                group: 128,
+                act_order: act,
+                sym: true,
+                bias: false,
+                m: *batches.iter().max().unwrap_or(&1),
+                seed: 0x5eed ^ (shape.k as u64) << 20 ^ shape.n as u64 ^ (act as u64) << 40,
+                label: shape.label,
+            };
+            let (layer, x_host) = build_inputs(&case)?;
+            let reordered = if act {
+                Some(reorder_by_group(&layer)?)
+            } else {
+                None
+            };
+
+            for v in variants(fam) {
+                if act
+                    && !(v.act_order.contains(&ActOrder::Gather)
+                        || v.act_order.contains(&ActOrder::Reordered))
+                {
+                    skipped.push(format!(
+                        "{} K={} N={} act-order: variant supports no act-order mode",
+                        v.name, shape.k, shape.n
+                    ));
+                    continue;
+                }
+                if gpu.sm() < v.min_sm {
+                    skipped.push(format!("{}: needs sm_{}", v.name, v.min_sm));
+                    continue;
+                }
+                let ms: Vec<usize> = batches
+                    .iter()
+                    .copied()
+                    .filter(|&m| m as u32 >= v.batch.0 && m as u32 <= v.batch.1)
+                    .collect();
+                if ms.is_empty() {
+                    continue;
+                }
+                match time_variant(gpu, v, &layer, reordered.as_ref(), &x_host, &ms, &cfg, l2) {
+                    Ok(results) => {
+                        for (m, t, copies, lshape) in results {
+                            let bytes = bytes_moved(v, &lshape, m);
+                            let gbps = t.gbps(bytes);
+                            rows.push(SweepRow {
+                                variant: v.name.to_string(),
+                                k: shape.k,
+                                n: shape.n,
+                                m,
+                                group: 128,
+                                act_order: act,
+                                sym: true,
+                                bytes,
+                                timing: t,
+                                gbps,
+                                pct_read_ceiling: 100.0 * gbps / read_ceiling,
+                                speedup_vs_cublas: None,
+                                copies_rotated: copies,
+                            });
+                        }
+                    }
+                    Err(e) => skipped.push(format!(
+                        "{} K={} N={} act={act}: {e}",
+                        v.name, shape.k, shape.n
+                    )),
+                }
+            }
+            eprintln!("  {} K={} N={} act={act}: done", family, shape.k, shape.n);
+        }
+    }
+    // Speedups against the cuBLAS fp16 row of the same shape and batch. cuBLAS has no act-order:
+    // its dense fp16 W is the same either way, so the act-order-off time serves both.
+    let base: std::collections::HashMap<(usize, usize, usize), f64> = rows
+        .iter()
+        .filter(|r| r.variant == CUBLAS && !r.act_order)
+        .map(|r| ((r.k, r.n, r.m), r.timing.iqm_us))
+        .collect();
+    for r in &mut rows {
+        r.speedup_vs_cublas = base.get(&(r.k, r.n, r.m)).map(|b| b / r.timing.iqm_us);
+    }
+    let report = SweepReport {
+        header: header.clone(),
+        family: family.to_string(),
+        quick,
+        rows,
+        skipped,
+    };
+    write_sweep(dir, &report)
+}
+
+fn bytes_moved(v: &Variant, s: &LayerShape, m: usize) -> u64 {
+    // Same floor for both families: weights + scales [+ zeros] + x + y (+ perm/g_idx).
+    gemv::bytes_moved(v, s, m)
+}
+
+/// Prepares `copies` device copies of the layer for `v` and times each batch in `ms`.
+#[allow(clippy::too_many_arguments)]
+fn time_variant(
+    gpu: &Gpu,
+    v: &'static Variant,
+    layer: &QuantLinear,
+    reordered: Option<&crate::gptq::Reordered>,
+    x_host: &[f16],
+    ms: &[usize],
+    cfg: &TimingConfig,
+    l2: u64,
+) -> Result<Vec<(usize, Timing, usize, LayerShape)>> {
+    let host = prepare_with(
+        v,
+        layer,
+        if v.act_order.contains(&ActOrder::Reordered) {
+            reordered
+        } else {
+            None
+        },
+    )?;
+    let first = upload(gpu, &host)?;
+    let copies = copies_to_exceed_l2(l2, first.device_bytes() as u64);
+    let mut layers: Vec<DeviceLayer> = vec![first];
+    for _ in 1..copies {
+        layers.push(upload(gpu, &host)?);
+    }
+    drop(host);
+    let lshape = layers[0].shape;
+    let x = gpu.stream.clone_htod(x_host).ctx("uploading x")?;
+    let max_m = *ms.iter().max().unwrap_or(&1);
+    let mut y = gpu
+        .stream
+        .alloc_zeros::<f16>(max_m * layer.n)
+        .ctx("allocating y")?;
+    let params = Tunables::new();
+    let mut out = Vec::new();
+    for &m in ms {
+        let t = time_launches(gpu, cfg, |i| {
+            launch(gpu, v, &layers[i % layers.len()], &x, m, &mut y, &params)
+        })?;
+        out.push((m, t, copies, lshape));
+    }
+    Ok(out)
+}
+
+pub fn write_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
+    let mut md = format!(
+        "# {} sweep{}\n\n{}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n\n",
+        r.family,
+        if r.quick { " (quick)" } else { "" },
+        r.header.markdown(),
+        if r.quick { TimingConfig::quick().iters } else { TimingConfig::default().iters }
+    );
+    let rows: Vec<Vec<String>> = r
+        .rows
+        .iter()
+        .map(|x| {
+            vec![
+                x.variant.clone(),
+                format!("{}x{}", x.k, x.n),
+                x.m.to_string(),
+                if x.act_order {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                format!("{:.2}", x.bytes as f64 / 1e6),
+                format!("{:.1}", x.timing.iqm_us),
+                format!("{:.0}", x.gbps),
+                format!("{:.1}%", x.pct_read_ceiling),
+                x.speedup_vs_cublas
+                    .map_or("-".into(), |s| format!("{s:.2}x")),
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &[
+            "variant",
+            "KxN",
+            "m",
+            "act-order",
+            "MB",
+            "us (IQM)",
+            "GB/s",
+            "% read ceiling",
+            "vs cuBLAS fp16",
+        ],
+        &rows,
+    ));
+    if !r.skipped.is_empty() {
+        md.push_str("\nNot run (declared unsupported or failed to prepare):\n\n");
+        for s in &r.skipped {
+            md.push_str(&format!("- {s}\n"));
+        }
+    }
+    write_report(dir, &r.family, r, &md)?;
+    plot_sweep(dir, r)
+}
+
+/// gemv: % of read ceiling per variant over the shapes (x = weight MB); gemm: speedup vs batch.
+fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
+    let mut names: Vec<&str> = r.rows.iter().map(|x| x.variant.as_str()).collect();
+    names.sort();
+    names.dedup();
+    let mut series = Vec::new();
+    if r.family == "gemv" {
+        for name in names {
+            let mut pts: Vec<(f64, f64)> = r
+                .rows
+                .iter()
+                .filter(|x| x.variant == name && !x.act_order)
+                .map(|x| (x.bytes as f64 / 1e6, x.pct_read_ceiling))
+                .collect();
+            pts.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            if !pts.is_empty() {
+                series.push(Series {
+                    label: name.to_string(),
+                    points: pts,
+                    reference: false,
+                });
+            }
+        }
+        if series.is_empty() {
+            return Ok(());
+        }
+        line_chart(
+            &dir.join("gemv-roofline.svg"),
+            "GEMV, group 128: % of measured read ceiling",
+            "bytes moved per launch (MB)",
+            "% of read ceiling",
+            &series,
+        )
+    } else {
+        // Mean speedup over shapes per batch (act-order off).
+        for name in names {
+            let mut pts = Vec::new();
+            for &m in GEMM_BATCHES {
+                let s: Vec<f64> = r
+                    .rows
+                    .iter()
+                    .filter(|x| x.variant == name && x.m == m && !x.act_order)
+                    .filter_map(|x| x.speedup_vs_cublas)
+                    .collect();
+                if !s.is_empty() {
+                    pts.push((m as f64, s.iter().sum::<f64>() / s.len() as f64));
+                }
+            }
+            if !pts.is_empty() {
+                series.push(Series {
+                    label: name.to_string(),
+                    points: pts,
+                    reference: false,
+                });
+            }
+        }
+        if series.is_empty() {
+            return Ok(());
+        }
+        series.push(Series {
+            label: "ideal 3.87x (16 / 4.125 bits)".into(),
+            points: vec![(1.0, 3.87), (64.0, 3.87)],
+            reference: true,
+        });
+        line_chart(
+            &dir.join("gemm-speedup.svg"),
+            "int4 GEMM speedup over cuBLAS fp16 (mean over Vicuna shapes)",
+            "batch (m)",
+            "speedup",
+            &series,
+        )
+    }
+}
