@@ -9,6 +9,7 @@
 //!   * fp16 arithmetic before the fp32 sum: c16 * U16 * S (c16 = 4.01 for 4-term fp16 FMA chains:
 //!     gamma_4 = 4u / (1 - 4u); 1 for one rounding of W to fp16), 0 when products are exact in fp32;
 //!   * ATOL = 2^-24: one fp16 subnormal step, for results that round into the subnormal range.
+//!
 //! Such bounds cannot see a single lost term at large K; the matrix has small-K shapes for that,
 //! and every row reports its worst err/tol margin (a healthy kernel sits far below 1).
 
@@ -130,7 +131,7 @@ pub fn compare(
             c.margin = c.margin.max(ratio);
             c.worst = Some(mm());
         }
-        if !(err <= tol) {
+        if err > tol || err.is_nan() {
             c.bad += 1;
             if c.first.len() < MAX_PRINTED_MISMATCHES {
                 c.first.push(mm());
