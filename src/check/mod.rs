@@ -107,6 +107,8 @@ pub struct Summary {
     pub unavailable: usize,
     /// Largest err/tol over every passing and failing launch.
     pub worst_margin: f64,
+    /// Largest arithmetic margin (tolerance::Comparison::arith_margin).
+    pub worst_arith: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -438,6 +440,7 @@ fn summarize(variants: &[&'static Variant], outcomes: &[Outcome]) -> Vec<Summary
             skip: 0,
             unavailable: 0,
             worst_margin: 0.0,
+            worst_arith: 0.0,
         });
         match &o.status {
             Status::Pass => r.pass += 1,
@@ -447,6 +450,7 @@ fn summarize(variants: &[&'static Variant], outcomes: &[Outcome]) -> Vec<Summary
         }
         if let Some(c) = &o.comparison {
             r.worst_margin = r.worst_margin.max(c.margin);
+            r.worst_arith = r.worst_arith.max(c.arith_margin);
         }
     }
     rows.into_values().collect()
@@ -474,13 +478,13 @@ pub fn render(report: &CheckReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<22} {:<24} {:>5} {:>5} {:>5} {:>5}  {:>10}",
-        "variant", "tunables", "pass", "FAIL", "skip", "n/a", "worst e/tol"
+        "{:<22} {:<24} {:>5} {:>5} {:>5} {:>5}  {:>11} {:>6}",
+        "variant", "tunables", "pass", "FAIL", "skip", "n/a", "worst e/tol", "arith"
     );
     for r in &report.summary {
         let _ = writeln!(
             s,
-            "{:<22} {:<24} {:>5} {:>5} {:>5} {:>5}  {:>10.4}{}",
+            "{:<22} {:<24} {:>5} {:>5} {:>5} {:>5}  {:>11.4} {:>6.3}{}",
             r.variant,
             r.params,
             r.pass,
@@ -488,10 +492,11 @@ pub fn render(report: &CheckReport) -> String {
             r.skip,
             r.unavailable,
             r.worst_margin,
+            r.worst_arith,
             if r.fail > 0 {
                 "  <-- FAIL"
-            } else if r.worst_margin > 0.25 {
-                "  (suspicious: > 0.25 of the bound)"
+            } else if r.worst_arith > 0.25 {
+                "  (suspicious: arithmetic error > 0.25 of its bound)"
             } else {
                 ""
             }

@@ -254,7 +254,7 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
                 FIXED_UNROLL as usize
             };
             let per_channel = s.group_size == s.k;
-            if !per_channel && !(s.group_size.is_power_of_two() && s.group_size >= 8 * max_unroll) {
+            if !per_channel && (!s.group_size.is_power_of_two() || s.group_size < 8 * max_unroll) {
                 return bad(format!(
                     "group size {} must be per-channel or a power of two >= {} (chunks of {} rows never straddle a group)",
                     s.group_size,

@@ -57,7 +57,7 @@ pub fn run(a: CheckArgs) -> anyhow::Result<()> {
         variant: a.variant.clone(),
         quick: a.quick,
         threads: a.threads,
-        progress: !a.json,
+        progress: true, // stderr: stdout stays clean for --json
         ..CheckOptions::default()
     };
     if let Some(s) = a.seed {

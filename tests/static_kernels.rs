@@ -1,0 +1,69 @@
+//! Static kernel checks, no GPU: the ptxas report (registers <= the variant's budget, hot kernels
+//! with no stack and no spills) for every registry symbol on every compiled arch, and, where
+//! cuobjdump + nvdisasm exist, the SASS (128-bit global loads where promised, no LDL/STL in hot
+//! kernels, HMMA where promised).
+
+use gptq_lab::build_info;
+use gptq_lab::kernels::registry::{self, Family};
+use gptq_lab::kernels::static_check as sc;
+
+fn families() -> Vec<(Family, Vec<&'static registry::Variant>)> {
+    let mut out: Vec<(Family, Vec<&'static registry::Variant>)> = Vec::new();
+    for v in registry::all() {
+        if v.symbols.is_empty() {
+            continue;
+        }
+        match out.iter_mut().find(|(f, _)| *f == v.family) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((v.family, vec![v])),
+        }
+    }
+    out
+}
+
+fn built() -> bool {
+    if !build_info::KERNELS_BUILT {
+        assert!(
+            std::env::var("LAB_REQUIRE_KERNELS").map_or(true, |v| v != "1"),
+            "LAB_REQUIRE_KERNELS=1 but kernels were not built"
+        );
+        eprintln!("SKIP static_kernels: kernels not built (no nvcc at build time)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn resources_fit_every_variants_budget_on_every_arch() {
+    if !built() {
+        return;
+    }
+    let archs = build_info::build_info().archs;
+    let mut bad = Vec::new();
+    for (f, vs) in families() {
+        let fam = sc::family_dir(f);
+        let res = sc::family_resources(fam).unwrap_or_else(|e| panic!("family {fam}: {e}"));
+        bad.extend(sc::resource_violations(&vs, &res, &archs));
+    }
+    assert!(bad.is_empty(), "resource violations:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn sass_shows_wide_loads_and_no_local_memory() {
+    if !built() {
+        return;
+    }
+    if let Err(why) = sc::find_sass_tools() {
+        eprintln!("SKIP sass_shows_wide_loads_and_no_local_memory: {why}");
+        return;
+    }
+    let archs = build_info::build_info().archs;
+    let mut bad = Vec::new();
+    for (f, vs) in families() {
+        let fam = sc::family_dir(f);
+        let sass =
+            sc::fatbin_sass(&sc::fatbin_path(fam)).unwrap_or_else(|e| panic!("family {fam}: {e}"));
+        bad.extend(sc::sass_violations(&vs, &sass, &archs));
+    }
+    assert!(bad.is_empty(), "SASS violations:\n{}", bad.join("\n"));
+}
