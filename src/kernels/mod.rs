@@ -18,4 +18,8 @@ unsafe impl cudarc::driver::DeviceRepr for abi::lab_gemm_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_ref_matmul_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_probe_params {}
 
+pub mod gemm;
+#[cfg(test)]
+mod gemm_emulate;
+pub mod gemm_layout;
 pub mod registry;

@@ -1,0 +1,431 @@
+//! The batch 2..64 dequant-GEMM family (kernels/gemm/): its registry rows, host-side shape
+//! validation, the split-K choice, the launch plan (which symbols, grids and shared memory), the
+//! load-time `prepare` step, and the launch itself.
+//!
+//! Launch contract (both versions): params.x fp16 [m, k], y fp16 [m, n]; split_k > 1 needs an fp32
+//! workspace of m * n floats which `launch` zeroes, after which the K slices add into it with atomics
+//! and `*_finish` writes y = fp16(workspace + bias). Nothing is padded in the caller's buffers.
+
+use crate::cuda::Gpu;
+use cudarc::driver::PushKernelArg;
+use crate::error::DriverCtx;
+use crate::gptq::QuantLinear;
+use crate::kernels::abi::{self, lab_gemm_params};
+use crate::kernels::gemm_layout;
+use crate::kernels::registry::{ActOrder, Family, Layout, Tunable, Variant};
+use crate::{LabError, Result};
+use half::f16;
+
+const V1_BN: u32 = abi::LAB_GEMM_V1_BN;
+const V1_BK: u32 = abi::LAB_GEMM_V1_BK;
+const V2_BN: u32 = abi::LAB_GEMM_V2_BN;
+const V2_BK: u32 = abi::LAB_GEMM_V2_BK;
+const V2_STAGES: u32 = abi::LAB_GEMM_V2_STAGES;
+
+/// split_k values the tuner may try; 0 = the built-in heuristic (`auto_split`).
+const SPLIT_K: Tunable = Tunable {
+    name: "split_k",
+    values: &[0, 1, 2, 4, 8, 16, 32],
+    default: 0,
+};
+
+pub static VARIANTS: &[Variant] = &[
+    Variant {
+        name: "gemm_v1_simt",
+        family: Family::Gemm,
+        version: 1,
+        description: "SIMT tiles: 64 columns x 16|64 rows per block, weights dequantized once per 32-row K step into smem, fp32 FMA, split-K atomics",
+        symbols: &[
+            "lab_gemm_v1_simt_m16",
+            "lab_gemm_v1_simt_m64",
+            "lab_gemm_v1_finish",
+        ],
+        layout: Layout::Canonical,
+        group_sizes: &[32, 64, 128, -1],
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (2, 64),
+        min_sm: 75,
+        tunables: &[SPLIT_K],
+        // ptxas (CUDA 13.0): 78 registers on sm_75 for the m64 tile, 54 on sm_80/90.
+        reg_budget: 96,
+        hot: true,
+        wide_loads: false,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemm_v2_mma",
+        family: Family::Gemm,
+        version: 2,
+        description: "mma.sync m16n8k16 fp32-accumulate, weights prepared in B-fragment order, 4-stage cp.async (evict-first weights), lop3 magic dequant, split-K atomics",
+        symbols: &[
+            "lab_gemm_v2_mma_m16",
+            "lab_gemm_v2_mma_m32",
+            "lab_gemm_v2_mma_m48",
+            "lab_gemm_v2_mma_m64",
+            "lab_gemm_v2_finish",
+        ],
+        layout: Layout::Prepared,
+        group_sizes: &[32, 64, 128, -1],
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (2, 64),
+        min_sm: 80,
+        tunables: &[SPLIT_K],
+        // ptxas (CUDA 13.0): 124 registers for m64 on sm_80, 122 on sm_90; 128 keeps 2 blocks/SM.
+        reg_budget: 128,
+        hot: true,
+        wide_loads: false,
+        tensor_cores: true,
+    },
+];
+
+fn is_v2(v: &Variant) -> bool {
+    v.name == "gemm_v2_mma"
+}
+
+fn unsupported(v: &Variant, p: &lab_gemm_params, reason: impl Into<String>) -> LabError {
+    LabError::UnsupportedShape {
+        variant: v.name.to_string(),
+        shape: format!(
+            "m={} n={} k={} group_size={} split_k={} k_slice={}",
+            p.m, p.n, p.k, p.group_size, p.split_k, p.k_slice
+        ),
+        reason: reason.into(),
+    }
+}
+
+/// K rows per pipeline step; k_slice must be a multiple of it.
+pub fn k_step(v: &Variant) -> u32 {
+    if is_v2(v) {
+        V2_BK
+    } else {
+        V1_BK
+    }
+}
+
+/// Columns per block.
+pub fn block_n(v: &Variant) -> u32 {
+    if is_v2(v) {
+        V2_BN
+    } else {
+        V1_BN
+    }
+}
+
+/// Everything the kernels assume, checked on the host: a bad launch is a typed error naming the
+/// variant and the shape, never a wrong result. `sm` is the device's compute capability (e.g. 90).
+pub fn validate(v: &Variant, p: &lab_gemm_params, sm: u32) -> Result<()> {
+    if v.family != Family::Gemm {
+        return Err(unsupported(v, p, "not a GEMM-family variant"));
+    }
+    if sm < v.min_sm {
+        return Err(unsupported(
+            v,
+            p,
+            format!("needs sm_{} or newer, device is sm_{sm}", v.min_sm),
+        ));
+    }
+    let (lo, hi) = v.batch;
+    if p.m < lo as i32 || p.m > hi as i32 {
+        return Err(unsupported(v, p, format!("m must be in {lo}..={hi}")));
+    }
+    if p.k <= 0 || p.n <= 0 || p.k % 8 != 0 {
+        return Err(unsupported(v, p, "k and n must be positive, k a multiple of 8"));
+    }
+    let n_mult = if is_v2(v) { gemm_layout::CHUNK_N as i32 } else { 8 };
+    if p.n % n_mult != 0 {
+        return Err(unsupported(v, p, format!("n must be a multiple of {n_mult}")));
+    }
+    let per_channel = p.group_size == p.k;
+    if !per_channel && !v.group_sizes.contains(&p.group_size) {
+        return Err(unsupported(
+            v,
+            p,
+            format!("group_size must be one of {:?} or k (per-channel)", v.group_sizes),
+        ));
+    }
+    if p.groups != (p.k + p.group_size - 1) / p.group_size {
+        return Err(unsupported(v, p, format!("groups = {} is not ceil(k / group_size)", p.groups)));
+    }
+    if p.g_idx != 0 {
+        return Err(unsupported(
+            v,
+            p,
+            "g_idx gather is not supported: prepare() sorts rows by group and passes perm",
+        ));
+    }
+    match p.zero_mode as u32 {
+        abi::LAB_ZEROS_SYMMETRIC => {}
+        abi::LAB_ZEROS_TRUE if p.qzeros != 0 => {}
+        abi::LAB_ZEROS_TRUE => return Err(unsupported(v, p, "zero_mode TRUE needs qzeros")),
+        z => return Err(unsupported(v, p, format!("unknown zero_mode {z}"))),
+    }
+    let step = k_step(v) as i32;
+    if p.split_k < 1 || p.k_slice <= 0 || p.k_slice % step != 0 {
+        return Err(unsupported(
+            v,
+            p,
+            format!("split_k >= 1 and k_slice a positive multiple of {step}"),
+        ));
+    }
+    // Every slice non-empty, together covering k exactly.
+    let covered = p.split_k as i64 * p.k_slice as i64;
+    if covered < p.k as i64 || (p.split_k as i64 - 1) * p.k_slice as i64 >= p.k as i64 {
+        return Err(unsupported(
+            v,
+            p,
+            "split_k * k_slice must cover k with no empty slice",
+        ));
+    }
+    if p.split_k > 1 && p.workspace == 0 {
+        return Err(unsupported(v, p, "split_k > 1 needs an fp32 [m, n] workspace"));
+    }
+    if p.x == 0 || p.qweight == 0 || p.scales == 0 || p.y == 0 {
+        return Err(unsupported(v, p, "x, qweight, scales and y must be set"));
+    }
+    // cp.async moves 16 bytes; v1 reads 4-byte words. y is written as half2 by v2.
+    let aligned = |ptr: u64| ptr % 16 == 0;
+    if ![p.x, p.qweight, p.scales, p.qzeros, p.perm].into_iter().all(aligned) || p.y % 4 != 0 {
+        return Err(unsupported(
+            v,
+            p,
+            "x, qweight, scales, qzeros, perm must be 16-byte aligned, y 4-byte aligned",
+        ));
+    }
+    Ok(())
+}
+
+/// The split-K choice when untuned: enough blocks for two per SM, limited so that the fp32
+/// partials (m * n * 4 bytes per slice, written as atomics) stay under half the weight bytes
+/// (k * n / 2): split <= k / (16 m). Returns (split_k, k_slice).
+///
+/// 7B q/k/v/o (k = n = 4096) on 132 SMs, v2 (256 columns per block -> 16 blocks):
+///   m = 2..16: split 16, k_slice 256, 256 blocks; m = 32: split 8, 128 blocks; m = 64: split 4, 64.
+pub fn auto_split(v: &Variant, m: u32, n: u32, k: u32, sms: u32) -> (i32, i32) {
+    let step = k_step(v);
+    let blocks_n = n.div_ceil(block_n(v)) * if is_v2(v) { 1 } else { m.div_ceil(64) };
+    let want = (2 * sms).div_ceil(blocks_n.max(1));
+    let traffic_cap = (k / (16 * m.max(1))).max(1);
+    let steps = k.div_ceil(step);
+    let split = want.min(traffic_cap).min(steps).max(1);
+    fit_split(k, step, split)
+}
+
+/// (split_k, k_slice) for a requested split: k_slice rounded up to the K step, split recomputed so
+/// that no slice is empty.
+pub fn fit_split(k: u32, step: u32, split: u32) -> (i32, i32) {
+    let slice = k.div_ceil(split.max(1)).div_ceil(step) * step;
+    (k.div_ceil(slice) as i32, slice as i32)
+}
+
+/// One kernel launch of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchStep {
+    pub symbol: &'static str,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem_bytes: u32,
+}
+
+/// Dynamic shared memory of the v2 kernel for `mt` m16 tiles (4 stages).
+pub fn v2_smem_bytes(mt: u32) -> u32 {
+    V2_STAGES
+        * (abi::LAB_GEMM_V2_STAGE_FIXED_BYTES + mt * abi::LAB_GEMM_V2_STAGE_BYTES_PER_MTILE)
+}
+
+/// What `launch` runs for these (validated) params: the main kernel, then the finish pass when
+/// split_k > 1. Bytes of workspace needed: `workspace_bytes`.
+pub fn plan(v: &Variant, p: &lab_gemm_params) -> Vec<LaunchStep> {
+    let (m, n) = (p.m as u32, p.n as u32);
+    let split = p.split_k.max(1) as u32;
+    let mut steps = Vec::new();
+    if is_v2(v) {
+        let mt = m.div_ceil(16).clamp(1, 4);
+        steps.push(LaunchStep {
+            symbol: v.symbols[mt as usize - 1],
+            grid: (n.div_ceil(V2_BN), 1, split),
+            block: (abi::LAB_GEMM_V2_THREADS, 1, 1),
+            smem_bytes: v2_smem_bytes(mt),
+        });
+    } else {
+        let (sym, mt) = if m <= 16 { (v.symbols[0], 16) } else { (v.symbols[1], 64) };
+        steps.push(LaunchStep {
+            symbol: sym,
+            grid: (n.div_ceil(V1_BN), m.div_ceil(mt), split),
+            block: (abi::LAB_GEMM_V1_THREADS, 1, 1),
+            smem_bytes: 0, // static shared memory only
+        });
+    }
+    if split > 1 {
+        let total = m * n;
+        steps.push(LaunchStep {
+            symbol: v.symbols[v.symbols.len() - 1],
+            grid: (total.div_ceil(256).min(1024), 1, 1),
+            block: (256, 1, 1),
+            smem_bytes: 0,
+        });
+    }
+    steps
+}
+
+/// fp32 workspace bytes a launch needs (0 without split-K).
+pub fn workspace_bytes(p: &lab_gemm_params) -> usize {
+    if p.split_k > 1 {
+        p.m as usize * p.n as usize * 4
+    } else {
+        0
+    }
+}
+
+/// Bytes a launch must move at least (the floor the bench divides by): codes, scales, zeros,
+/// activations, output, plus the split-K partials (atomics out, finish pass in).
+pub fn bytes_floor(p: &lab_gemm_params) -> u64 {
+    let (m, n, k, groups) = (p.m as u64, p.n as u64, p.k as u64, p.groups as u64);
+    let zeros = if p.zero_mode as u32 == abi::LAB_ZEROS_TRUE { groups * n / 2 } else { 0 };
+    let partials = if p.split_k > 1 { 2 * m * n * 4 * p.split_k as u64 } else { 0 };
+    k * n / 2 + groups * n * 2 + zeros + m * k * 2 + m * n * 2 + partials
+}
+
+/// Host tensors in the layout a GEMM variant expects, ready to upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmWeights {
+    pub k: usize,
+    pub n: usize,
+    /// Rows per group (k for per-channel).
+    pub group_size: usize,
+    pub groups: usize,
+    /// v1: canonical u32 [k/8, n] (rows sorted by group under act-order); v2: fragment order
+    /// (`gemm_layout`), `gemm_layout::prepared_words(k, n)` words.
+    pub qweight: Vec<u32>,
+    /// u32 [groups, n/8] true zeros (empty when symmetric).
+    pub qzeros: Vec<u32>,
+    /// fp16 [groups, n].
+    pub scales: Vec<f16>,
+    /// i32 [k]: x column of sorted row r, for act-order checkpoints; None otherwise.
+    pub perm: Option<Vec<i32>>,
+    pub bias: Option<Vec<f16>>,
+    /// abi LAB_ZEROS_*.
+    pub zero_mode: i32,
+}
+
+/// Act-order: the stable counting sort of rows by group. After it, sorted row r must lie in group
+/// r / group_size (GPTQ's g_idx = rank / G gives every group exactly G rows), which is what the
+/// kernels assume; anything else is refused.
+pub fn group_sort_perm(ql: &QuantLinear) -> Result<Option<Vec<i32>>> {
+    let Some(g_idx) = ql.g_idx.as_ref().filter(|_| ql.is_act_order()) else {
+        return Ok(None);
+    };
+    let groups = ql.groups();
+    let mut count = vec![0usize; groups + 1];
+    for (row, &g) in g_idx.iter().enumerate() {
+        if g < 0 || g as usize >= groups {
+            return Err(LabError::invalid(
+                "g_idx",
+                format!("row {row} has group {g}, outside 0..{groups}"),
+            ));
+        }
+        count[g as usize + 1] += 1;
+    }
+    for g in 0..groups {
+        count[g + 1] += count[g];
+    }
+    let mut perm = vec![0i32; ql.k];
+    for (row, &g) in g_idx.iter().enumerate() {
+        perm[count[g as usize]] = row as i32;
+        count[g as usize] += 1;
+    }
+    for (r, &row) in perm.iter().enumerate() {
+        if g_idx[row as usize] as usize != r / ql.group_size {
+            return Err(LabError::invalid(
+                "g_idx",
+                format!(
+                    "groups are not all {} rows: sorted row {r} is in group {}, kernels need {}",
+                    ql.group_size,
+                    g_idx[row as usize],
+                    r / ql.group_size
+                ),
+            ));
+        }
+    }
+    Ok(Some(perm))
+}
+
+/// The load-time step: reorder rows for act-order and lay the codes out as `v` expects.
+pub fn prepare(v: &Variant, ql: &QuantLinear) -> Result<GemmWeights> {
+    let (k, n) = (ql.k, ql.n);
+    let shape = format!("k={k} n={n} group_size={}", ql.group_size);
+    if k % 8 != 0 || n % 8 != 0 || (is_v2(v) && n % gemm_layout::CHUNK_N != 0) {
+        return Err(LabError::UnsupportedShape {
+            variant: v.name.into(),
+            shape,
+            reason: format!(
+                "k must be a multiple of 8 and n of {}",
+                if is_v2(v) { gemm_layout::CHUNK_N } else { 8 }
+            ),
+        });
+    }
+    let perm = group_sort_perm(ql)?;
+    let code = |r: usize, c: usize| match &perm {
+        Some(p) => ql.code(p[r] as usize, c),
+        None => ql.code(r, c),
+    };
+    let qweight = match (v.layout, &perm) {
+        (Layout::Prepared, _) => gemm_layout::to_fragment_order(k, n, code)?,
+        (Layout::Canonical, Some(_)) => gemm_layout::to_canonical(k, n, code),
+        (Layout::Canonical, None) => ql.qweight.clone(),
+    };
+    Ok(GemmWeights {
+        k,
+        n,
+        group_size: ql.group_size,
+        groups: ql.groups(),
+        qweight,
+        qzeros: if ql.symmetric { Vec::new() } else { ql.qzeros.clone() },
+        scales: ql.scales.clone(),
+        perm,
+        bias: ql.bias.clone(),
+        zero_mode: if ql.symmetric {
+            abi::LAB_ZEROS_SYMMETRIC as i32
+        } else {
+            abi::LAB_ZEROS_TRUE as i32
+        },
+    })
+}
+
+/// Validate, zero the workspace when split-K is on, and launch the plan on `gpu`'s stream.
+/// The params' pointers must be live device buffers of the documented sizes.
+pub fn launch(gpu: &Gpu, v: &Variant, p: &lab_gemm_params) -> Result<()> {
+    validate(v, p, gpu.sm())?;
+    if p.split_k > 1 {
+        // SAFETY: validate() checked the workspace is set; the caller owns m*n f32 there.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                p.workspace,
+                0,
+                workspace_bytes(p),
+                gpu.stream.cu_stream(),
+            )
+        }
+        .ctx("zeroing the split-K workspace")?;
+    }
+    for step in plan(v, p) {
+        let f = gpu.function(step.symbol)?;
+        if step.smem_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                step.smem_bytes as i32,
+            )
+            .ctx(&format!("{}: raising the dynamic shared-memory limit", step.symbol))?;
+        }
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: step.grid,
+            block_dim: step.block,
+            shared_mem_bytes: step.smem_bytes,
+        };
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(p);
+        // SAFETY: the kernel takes one lab_gemm_params by value (abi.h); validate() checked the
+        // shape, alignment and pointers against what the kernel reads and writes.
+        unsafe { b.launch(cfg) }.ctx(step.symbol)?;
+    }
+    Ok(())
+}
