@@ -9,6 +9,7 @@
 use crate::cuda::Gpu;
 use cudarc::driver::PushKernelArg;
 use crate::error::DriverCtx;
+use crate::gptq::reorder::reorder_by_group;
 use crate::gptq::QuantLinear;
 use crate::kernels::abi::{self, lab_gemm_params};
 use crate::kernels::gemm_layout;
@@ -307,48 +308,6 @@ pub struct GemmWeights {
     pub zero_mode: i32,
 }
 
-/// Act-order: the stable counting sort of rows by group. After it, sorted row r must lie in group
-/// r / group_size (GPTQ's g_idx = rank / G gives every group exactly G rows), which is what the
-/// kernels assume; anything else is refused.
-pub fn group_sort_perm(ql: &QuantLinear) -> Result<Option<Vec<i32>>> {
-    let Some(g_idx) = ql.g_idx.as_ref().filter(|_| ql.is_act_order()) else {
-        return Ok(None);
-    };
-    let groups = ql.groups();
-    let mut count = vec![0usize; groups + 1];
-    for (row, &g) in g_idx.iter().enumerate() {
-        if g < 0 || g as usize >= groups {
-            return Err(LabError::invalid(
-                "g_idx",
-                format!("row {row} has group {g}, outside 0..{groups}"),
-            ));
-        }
-        count[g as usize + 1] += 1;
-    }
-    for g in 0..groups {
-        count[g + 1] += count[g];
-    }
-    let mut perm = vec![0i32; ql.k];
-    for (row, &g) in g_idx.iter().enumerate() {
-        perm[count[g as usize]] = row as i32;
-        count[g as usize] += 1;
-    }
-    for (r, &row) in perm.iter().enumerate() {
-        if g_idx[row as usize] as usize != r / ql.group_size {
-            return Err(LabError::invalid(
-                "g_idx",
-                format!(
-                    "groups are not all {} rows: sorted row {r} is in group {}, kernels need {}",
-                    ql.group_size,
-                    g_idx[row as usize],
-                    r / ql.group_size
-                ),
-            ));
-        }
-    }
-    Ok(Some(perm))
-}
-
 /// The load-time step: reorder rows for act-order and lay the codes out as `v` expects.
 pub fn prepare(v: &Variant, ql: &QuantLinear) -> Result<GemmWeights> {
     let (k, n) = (ql.k, ql.n);
@@ -363,15 +322,23 @@ pub fn prepare(v: &Variant, ql: &QuantLinear) -> Result<GemmWeights> {
             ),
         });
     }
-    let perm = group_sort_perm(ql)?;
-    let code = |r: usize, c: usize| match &perm {
-        Some(p) => ql.code(p[r] as usize, c),
-        None => ql.code(r, c),
-    };
-    let qweight = match (v.layout, &perm) {
-        (Layout::Prepared, _) => gemm_layout::to_fragment_order(k, n, code)?,
-        (Layout::Canonical, Some(_)) => gemm_layout::to_canonical(k, n, code),
-        (Layout::Canonical, None) => ql.qweight.clone(),
+    // Act-order: rows sorted by group once (gptq::reorder); the kernels then take the group of
+    // sorted row r as r / group_size, which holds only when every group has group_size rows
+    // (GPTQ's g_idx = rank / G does): anything else keeps a sorted g_idx and is refused.
+    let sorted = reorder_by_group(ql)?;
+    if sorted.layer.g_idx.is_some() {
+        return Err(LabError::UnsupportedShape {
+            variant: v.name.into(),
+            shape,
+            reason: "act-order groups of unequal size: the kernels need group_size rows per group"
+                .into(),
+        });
+    }
+    let l = &sorted.layer;
+    let perm = ql.is_act_order().then_some(sorted.perm);
+    let qweight = match v.layout {
+        Layout::Prepared => gemm_layout::to_fragment_order(k, n, |r, c| l.code(r, c))?,
+        Layout::Canonical => l.qweight.clone(),
     };
     Ok(GemmWeights {
         k,
@@ -428,4 +395,172 @@ pub fn launch(gpu: &Gpu, v: &Variant, p: &lab_gemm_params) -> Result<()> {
         unsafe { b.launch(cfg) }.ctx(step.symbol)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm_emulate::testdata;
+
+    fn v1() -> &'static Variant {
+        &VARIANTS[0]
+    }
+    fn v2() -> &'static Variant {
+        &VARIANTS[1]
+    }
+
+    /// Plausible params for a k x n layer at batch m: every pointer set and 256-byte aligned.
+    fn params(m: i32, n: i32, k: i32, group: i32, v: &Variant) -> lab_gemm_params {
+        let (split_k, k_slice) = auto_split(v, m as u32, n as u32, k as u32, 132);
+        lab_gemm_params {
+            x: 0x1000,
+            qweight: 0x2000,
+            qzeros: 0x3000,
+            scales: 0x4000,
+            y: 0x5000,
+            workspace: 0x6000,
+            m,
+            n,
+            k,
+            group_size: group,
+            groups: (k + group - 1) / group,
+            zero_mode: abi::LAB_ZEROS_TRUE as i32,
+            split_k,
+            k_slice,
+            ..Default::default()
+        }
+    }
+
+    fn refused(v: &Variant, p: &lab_gemm_params, sm: u32, why: &str) {
+        match validate(v, p, sm) {
+            Err(LabError::UnsupportedShape {
+                variant, shape, ..
+            }) => {
+                assert_eq!(variant, v.name);
+                assert!(shape.contains(&format!("m={}", p.m)), "{why}: shape {shape}");
+            }
+            other => panic!("{why}: expected UnsupportedShape, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vicuna_shapes_and_the_m_matrix_are_accepted() {
+        for v in VARIANTS {
+            for &(k, n) in &[(4096, 4096), (4096, 11008), (11008, 4096), (5120, 13824), (4096, 22016)] {
+                for &m in &[2, 3, 4, 8, 15, 16, 17, 32, 33, 64] {
+                    for &g in &[32, 64, 128, k] {
+                        let p = params(m, n, k, g, v);
+                        validate(v, &p, 90).unwrap_or_else(|e| panic!("{}: {e}", v.name));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_launches_are_refused_with_the_shape() {
+        for v in VARIANTS {
+            let ok = params(16, 4096, 4096, 128, v);
+            validate(v, &ok, 90).unwrap();
+            let with = |f: &dyn Fn(&mut lab_gemm_params)| {
+                let mut p = ok;
+                f(&mut p);
+                p
+            };
+            refused(v, &ok, v.min_sm - 5, "old GPU");
+            refused(v, &with(&|p| p.m = 1), 90, "m = 1");
+            refused(v, &with(&|p| p.m = 65), 90, "m = 65");
+            refused(v, &with(&|p| p.k = 4100), 90, "k % 8");
+            refused(v, &with(&|p| p.n = 4100), 90, "n % 8");
+            refused(v, &with(&|p| p.group_size = 48), 90, "group 48");
+            refused(v, &with(&|p| p.groups = 3), 90, "groups");
+            refused(v, &with(&|p| p.g_idx = 0x7000), 90, "g_idx gather");
+            refused(v, &with(&|p| p.zero_mode = 7), 90, "zero mode");
+            refused(v, &with(&|p| p.qzeros = 0), 90, "no qzeros");
+            refused(v, &with(&|p| p.k_slice += 8), 90, "k_slice step");
+            refused(v, &with(&|p| p.split_k += 1), 90, "empty slice");
+            refused(v, &with(&|p| p.split_k = 1), 90, "slices short of k");
+            refused(v, &with(&|p| p.workspace = 0), 90, "no workspace");
+            refused(v, &with(&|p| p.x += 8), 90, "x misaligned");
+            refused(v, &with(&|p| p.y = 0), 90, "no y");
+        }
+        // v2's warps own 32-column stripes.
+        refused(v2(), &params(16, 4104, 4096, 128, v2()), 90, "n % 32");
+        validate(v1(), &params(16, 4104, 4096, 128, v1()), 75).unwrap();
+    }
+
+    #[test]
+    fn auto_split_fills_the_sms_within_the_traffic_cap() {
+        // (m, split_k) for v2 on 4096 x 4096 and 132 SMs: see auto_split's doc.
+        for &(m, want) in &[(2u32, 16), (16, 16), (32, 8), (64, 4)] {
+            let (s, slice) = auto_split(v2(), m, 4096, 4096, 132);
+            assert_eq!((s, slice), (want, 4096 / want), "m={m}");
+        }
+        // Wide layers already fill the GPU: 22016 / 256 = 86 blocks -> split 4 (344 blocks) at m=16.
+        for v in VARIANTS {
+            for &(k, n) in &[(4096u32, 4096u32), (11008, 4096), (4096, 22016), (13824, 5120)] {
+                for &m in &[2u32, 16, 64] {
+                    let (s, slice) = auto_split(v, m, n, k, 132);
+                    let (s, slice) = (s as u32, slice as u32);
+                    assert_eq!(slice % k_step(v), 0);
+                    assert!(s * slice >= k && (s - 1) * slice < k, "{} k={k} s={s} slice={slice}", v.name);
+                    assert!(s == 1 || m * n * 4 * s <= k * n / 2, "partials over the cap");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plan_picks_the_tile_and_adds_the_finish_pass() {
+        let p = params(33, 4096, 4096, 128, v2());
+        let steps = plan(v2(), &p);
+        assert_eq!(steps[0].symbol, "lab_gemm_v2_mma_m48");
+        assert_eq!(steps[0].grid, (16, 1, p.split_k as u32));
+        assert_eq!(steps[0].smem_bytes, 4 * (9472 + 3 * 2304));
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1].symbol, "lab_gemm_v2_finish");
+        let mut p1 = params(16, 4096, 4096, 128, v1());
+        p1.split_k = 1;
+        p1.k_slice = 4096;
+        let steps = plan(v1(), &p1);
+        assert_eq!((steps.len(), steps[0].symbol), (1, "lab_gemm_v1_simt_m16"));
+        assert_eq!(steps[0].grid, (64, 1, 1));
+        assert_eq!(workspace_bytes(&p1), 0);
+        // The biggest v2 tile fits every sm_80+ part's per-block limit (sm_86/89: 99 KiB).
+        assert!(v2_smem_bytes(4) <= 99 * 1024);
+    }
+
+    #[test]
+    fn prepare_reorders_act_order_and_lays_out_per_variant() {
+        let ql = testdata::layer(256, 64, 32, false, true, false, 7);
+        for v in VARIANTS {
+            let w = prepare(v, &ql).unwrap();
+            let perm = w.perm.as_ref().expect("act-order layer must get a perm");
+            // Sorted row r is original row perm[r], and its group is r / group_size.
+            let canon = match v.layout {
+                Layout::Prepared => gemm_layout::from_fragment_order(&w.qweight, 256, 64).unwrap(),
+                Layout::Canonical => w.qweight.clone(),
+            };
+            for r in 0..256 {
+                let src = perm[r] as usize;
+                assert_eq!(ql.g_idx.as_ref().unwrap()[src] as usize, r / 32);
+                for c in 0..64 {
+                    assert_eq!((canon[(r / 8) * 64 + c] >> (4 * (r % 8))) & 0xF, ql.code(src, c));
+                }
+            }
+        }
+        let plain = testdata::layer(64, 32, 32, true, false, false, 8);
+        let w = prepare(v1(), &plain).unwrap();
+        assert!(w.perm.is_none() && w.qweight == plain.qweight && w.qzeros.is_empty());
+        assert_eq!(w.zero_mode, abi::LAB_ZEROS_SYMMETRIC as i32);
+        assert!(prepare(v2(), &testdata::layer(64, 40, 32, true, false, false, 9)).is_err());
+    }
+
+    #[test]
+    fn bytes_floor_is_dominated_by_the_codes() {
+        let mut p = params(16, 4096, 4096, 128, v2());
+        p.split_k = 1;
+        // 8 MiB codes + 256 KiB scales + 64 KiB zeros + 128 KiB x + 128 KiB y.
+        assert_eq!(bytes_floor(&p), 8388608 + 262144 + 65536 + 131072 + 131072);
+    }
 }

@@ -303,6 +303,99 @@ pub fn finish(ws: &[f32], bias: Option<&[f16]>, n: usize) -> Vec<f16> {
         .collect()
 }
 
+/// The v1 SIMT kernel (kernels/gemm/v1_simt.cu), thread by thread: `mt` = 16 or 64 rows per block
+/// (the plan's choice). Same return convention as `run`.
+pub fn run_v1(inp: &Inputs, mt: usize) -> (Vec<f16>, Vec<f32>) {
+    const BN1: usize = abi::LAB_GEMM_V1_BN as usize;
+    const BK1: usize = abi::LAB_GEMM_V1_BK as usize;
+    const T1: usize = abi::LAB_GEMM_V1_THREADS as usize;
+    let p = &inp.p;
+    let (m, n, k, gs) = (p.m as usize, p.n as usize, p.k as usize, p.group_size as usize);
+    let (mpt, xp) = (mt / 4, mt + 4);
+    let mut y = vec![f16::NAN; m * n];
+    let mut ws = vec![0f32; m * n];
+    for bz in 0..p.split_k as usize {
+        for by in 0..m.div_ceil(mt) {
+            for bx in 0..n.div_ceil(BN1) {
+                let k_begin = bz * p.k_slice as usize;
+                let k_end = k.min(k_begin + p.k_slice as usize);
+                let mut acc = vec![0f32; T1 * mpt];
+                let mut k0 = k_begin;
+                while k0 < k_end {
+                    let mut xs = vec![f32::NAN; BK1 * xp];
+                    let mut wsh = vec![f32::NAN; BK1 * BN1];
+                    for tid in 0..T1 {
+                        let (c, rg) = (tid % BN1, tid / BN1);
+                        let col = bx * BN1 + c;
+                        let kr = k0 + 8 * rg;
+                        let mut w = [0f32; 8];
+                        if col < n && kr < k_end {
+                            let q = inp.qweight[(kr / 8) * n + col];
+                            let gi = kr / gs;
+                            let sc = inp.scales[gi * n + col].to_f32();
+                            let z = if p.zero_mode as u32 == abi::LAB_ZEROS_TRUE {
+                                ((inp.qzeros[gi * (n / 8) + col / 8] >> (4 * (col % 8))) & 15) as i32
+                            } else {
+                                abi::LAB_SYM_ZERO as i32
+                            };
+                            for (i, wi) in w.iter_mut().enumerate() {
+                                *wi = sc * (((q >> (4 * i)) & 15) as i32 - z) as f32;
+                            }
+                        }
+                        for (i, wi) in w.iter().enumerate() {
+                            wsh[(8 * rg + i) * BN1 + c] = *wi;
+                        }
+                        let mut e = tid;
+                        while e < mt * BK1 {
+                            let (kk, r) = (e % BK1, e / BK1);
+                            let (row, kx) = (by * mt + r, k0 + kk);
+                            let mut v = 0f32;
+                            if row < m && kx < k_end {
+                                let xc = inp.perm.map_or(kx, |pm| pm[kx] as usize);
+                                v = inp.x[row * k + xc].to_f32();
+                            }
+                            xs[kk * xp + r] = v;
+                            e += T1;
+                        }
+                    }
+                    for tid in 0..T1 {
+                        let (c, rg) = (tid % BN1, tid / BN1);
+                        for kk in 0..BK1 {
+                            let w = wsh[kk * BN1 + c];
+                            for r in 0..mpt {
+                                let a = &mut acc[tid * mpt + r];
+                                *a = xs[kk * xp + rg * mpt + r].mul_add(w, *a);
+                            }
+                        }
+                    }
+                    k0 += BK1;
+                }
+                for tid in 0..T1 {
+                    let (c, rg) = (tid % BN1, tid / BN1);
+                    let col = bx * BN1 + c;
+                    if col >= n {
+                        continue;
+                    }
+                    let b = inp.bias.filter(|_| p.split_k <= 1).map_or(0.0, |b| b[col].to_f32());
+                    for r in 0..mpt {
+                        let row = by * mt + rg * mpt + r;
+                        if row >= m {
+                            continue;
+                        }
+                        let o = row * n + col;
+                        if p.split_k > 1 {
+                            ws[o] += acc[tid * mpt + r];
+                        } else {
+                            y[o] = f16::from_f32(acc[tid * mpt + r] + b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, ws)
+}
+
 /// Random layers and the f64 ground truth, for the emulation tests and gemm.rs's tests.
 #[cfg(test)]
 pub(crate) mod testdata {
@@ -341,31 +434,14 @@ pub(crate) mod testdata {
         (0..m * k).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect()
     }
 
-    /// y = x W (+ bias) in f64 on the dequantized canonical weights, and sum |x||W| per output (for
-    /// the tolerance).
+    /// y = x W (+ bias) in f64 (crate::reference) and sum |x||W| per output (for the tolerance).
     pub fn reference(ql: &QuantLinear, x: &[f16], m: usize) -> (Vec<f64>, Vec<f64>) {
         let (k, n) = (ql.k, ql.n);
-        let mut y = vec![0f64; m * n];
-        let mut mag = vec![0f64; m * n];
-        for kr in 0..k {
-            let g = ql.group_of(kr);
-            for c in 0..n {
-                let w = ql.scales[g * n + c].to_f64() * (ql.code(kr, c) as f64 - ql.zero(g, c) as f64);
-                for r in 0..m {
-                    let xv = x[r * k + kr].to_f64();
-                    y[r * n + c] += xv * w;
-                    mag[r * n + c] += (xv * w).abs();
-                }
-            }
-        }
-        if let Some(b) = &ql.bias {
-            for r in 0..m {
-                for c in 0..n {
-                    y[r * n + c] += b[c].to_f64();
-                }
-            }
-        }
-        (y, mag)
+        let y = crate::reference::gptq_matmul(x, m, ql);
+        let w = crate::reference::dequantize(ql);
+        let xa: Vec<f64> = x.iter().map(|v| v.to_f64().abs()).collect();
+        let wa: Vec<f64> = w.iter().map(|v| v.abs()).collect();
+        (y, crate::reference::matmul_f64(&xa, m, k, &wa, n))
     }
 
     /// Kernel error bound: each weight rounded to fp16 once (2^-11 relative), fp32 accumulation
@@ -389,17 +465,22 @@ mod tests {
     use super::*;
     use crate::kernels::gemm::{self, VARIANTS};
 
-    fn v2() -> &'static crate::kernels::registry::Variant {
-        &VARIANTS[1]
-    }
+    use crate::kernels::registry::Variant;
 
     #[allow(clippy::too_many_arguments)]
     fn check(m: usize, n: usize, k: usize, group: usize, sym: bool, act: bool, split: u32, bias: bool, seed: u64) {
+        for v in VARIANTS {
+            check_one(v, m, n, k, group, sym, act, split, bias, seed);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_one(v: &Variant, m: usize, n: usize, k: usize, group: usize, sym: bool, act: bool, split: u32, bias: bool, seed: u64) {
         let ql = layer(k, n, group, sym, act, bias, seed);
         let x = activations(m, k, seed);
-        let w = gemm::prepare(v2(), &ql).unwrap();
+        let w = gemm::prepare(v, &ql).unwrap();
         assert_eq!(w.perm.is_some(), act);
-        let (split_k, k_slice) = gemm::fit_split(k as u32, gemm::k_step(v2()), split);
+        let (split_k, k_slice) = gemm::fit_split(k as u32, gemm::k_step(v), split);
         let p = lab_gemm_params {
             m: m as i32,
             n: n as i32,
@@ -420,13 +501,17 @@ mod tests {
             perm: w.perm.as_deref(),
             bias: w.bias.as_deref(),
         };
-        let (y, ws) = run(&inp);
+        let (y, ws) = match v.layout {
+            crate::kernels::registry::Layout::Prepared => run(&inp),
+            _ => run_v1(&inp, if m <= 16 { 16 } else { 64 }),
+        };
         let y = if split_k > 1 { finish(&ws, w.bias.as_deref(), n) } else { y };
         let (want, mag) = reference(&ql, &x, m);
         if let Some((i, g, wv, b)) = first_mismatch(&y, &want, &mag) {
             panic!(
-                "gemm_v2_mma emulation m={m} n={n} k={k} group={group} sym={sym} act={act} split_k={split_k} \
+                "{} emulation m={m} n={n} k={k} group={group} sym={sym} act={act} split_k={split_k} \
                  k_slice={k_slice} seed={seed}: y[{}][{}] = {g}, want {wv} (bound {b})",
+                v.name,
                 i / n,
                 i % n
             );
