@@ -7,7 +7,6 @@
 //! and `*_finish` writes y = fp16(workspace + bias). Nothing is padded in the caller's buffers.
 
 use crate::cuda::Gpu;
-use cudarc::driver::PushKernelArg;
 use crate::error::DriverCtx;
 use crate::gptq::reorder::reorder_by_group;
 use crate::gptq::QuantLinear;
@@ -15,6 +14,7 @@ use crate::kernels::abi::{self, lab_gemm_params};
 use crate::kernels::gemm_layout;
 use crate::kernels::registry::{ActOrder, Family, Layout, Tunable, Variant};
 use crate::{LabError, Result};
+use cudarc::driver::PushKernelArg;
 use half::f16;
 
 const V1_BN: u32 = abi::LAB_GEMM_V1_BN;
@@ -130,22 +130,41 @@ pub fn validate(v: &Variant, p: &lab_gemm_params, sm: u32) -> Result<()> {
         return Err(unsupported(v, p, format!("m must be in {lo}..={hi}")));
     }
     if p.k <= 0 || p.n <= 0 || p.k % 8 != 0 {
-        return Err(unsupported(v, p, "k and n must be positive, k a multiple of 8"));
+        return Err(unsupported(
+            v,
+            p,
+            "k and n must be positive, k a multiple of 8",
+        ));
     }
-    let n_mult = if is_v2(v) { gemm_layout::CHUNK_N as i32 } else { 8 };
+    let n_mult = if is_v2(v) {
+        gemm_layout::CHUNK_N as i32
+    } else {
+        8
+    };
     if p.n % n_mult != 0 {
-        return Err(unsupported(v, p, format!("n must be a multiple of {n_mult}")));
+        return Err(unsupported(
+            v,
+            p,
+            format!("n must be a multiple of {n_mult}"),
+        ));
     }
     let per_channel = p.group_size == p.k;
     if !per_channel && !v.group_sizes.contains(&p.group_size) {
         return Err(unsupported(
             v,
             p,
-            format!("group_size must be one of {:?} or k (per-channel)", v.group_sizes),
+            format!(
+                "group_size must be one of {:?} or k (per-channel)",
+                v.group_sizes
+            ),
         ));
     }
     if p.groups != (p.k + p.group_size - 1) / p.group_size {
-        return Err(unsupported(v, p, format!("groups = {} is not ceil(k / group_size)", p.groups)));
+        return Err(unsupported(
+            v,
+            p,
+            format!("groups = {} is not ceil(k / group_size)", p.groups),
+        ));
     }
     if p.g_idx != 0 {
         return Err(unsupported(
@@ -178,14 +197,22 @@ pub fn validate(v: &Variant, p: &lab_gemm_params, sm: u32) -> Result<()> {
         ));
     }
     if p.split_k > 1 && p.workspace == 0 {
-        return Err(unsupported(v, p, "split_k > 1 needs an fp32 [m, n] workspace"));
+        return Err(unsupported(
+            v,
+            p,
+            "split_k > 1 needs an fp32 [m, n] workspace",
+        ));
     }
     if p.x == 0 || p.qweight == 0 || p.scales == 0 || p.y == 0 {
         return Err(unsupported(v, p, "x, qweight, scales and y must be set"));
     }
     // cp.async moves 16 bytes; v1 reads 4-byte words. y is written as half2 by v2.
     let aligned = |ptr: u64| ptr % 16 == 0;
-    if ![p.x, p.qweight, p.scales, p.qzeros, p.perm].into_iter().all(aligned) || p.y % 4 != 0 {
+    if ![p.x, p.qweight, p.scales, p.qzeros, p.perm]
+        .into_iter()
+        .all(aligned)
+        || p.y % 4 != 0
+    {
         return Err(unsupported(
             v,
             p,
@@ -196,8 +223,8 @@ pub fn validate(v: &Variant, p: &lab_gemm_params, sm: u32) -> Result<()> {
 }
 
 /// The split-K choice when untuned: enough blocks for two per SM, limited so that the fp32
-/// partials (m * n * 4 bytes per slice, written as atomics) stay under half the weight bytes
-/// (k * n / 2): split <= k / (16 m). Returns (split_k, k_slice).
+/// atomics (m * n * 4 bytes per slice, L2 traffic) stay under half the weight bytes (k * n / 2):
+/// split <= k / (16 m). Returns (split_k, k_slice).
 ///
 /// 7B q/k/v/o (k = n = 4096) on 132 SMs, v2 (256 columns per block -> 16 blocks):
 ///   m = 2..16: split 16, k_slice 256, 256 blocks; m = 32: split 8, 128 blocks; m = 64: split 4, 64.
@@ -229,8 +256,7 @@ pub struct LaunchStep {
 
 /// Dynamic shared memory of the v2 kernel for `mt` m16 tiles (4 stages).
 pub fn v2_smem_bytes(mt: u32) -> u32 {
-    V2_STAGES
-        * (abi::LAB_GEMM_V2_STAGE_FIXED_BYTES + mt * abi::LAB_GEMM_V2_STAGE_BYTES_PER_MTILE)
+    V2_STAGES * (abi::LAB_GEMM_V2_STAGE_FIXED_BYTES + mt * abi::LAB_GEMM_V2_STAGE_BYTES_PER_MTILE)
 }
 
 /// What `launch` runs for these (validated) params: the main kernel, then the finish pass when
@@ -248,7 +274,11 @@ pub fn plan(v: &Variant, p: &lab_gemm_params) -> Vec<LaunchStep> {
             smem_bytes: v2_smem_bytes(mt),
         });
     } else {
-        let (sym, mt) = if m <= 16 { (v.symbols[0], 16) } else { (v.symbols[1], 64) };
+        let (sym, mt) = if m <= 16 {
+            (v.symbols[0], 16)
+        } else {
+            (v.symbols[1], 64)
+        };
         steps.push(LaunchStep {
             symbol: sym,
             grid: (n.div_ceil(V1_BN), m.div_ceil(mt), split),
@@ -277,12 +307,18 @@ pub fn workspace_bytes(p: &lab_gemm_params) -> usize {
     }
 }
 
-/// Bytes a launch must move at least (the floor the bench divides by): codes, scales, zeros,
-/// activations, output, plus the split-K partials (atomics out, finish pass in).
+/// DRAM bytes a launch must move at least (the floor the bench divides by): codes, scales,
+/// zeros, activations, output, and with split-K the workspace memset plus the finish pass's read.
+/// The split_k * m * n * 4 bytes of fp32 atomics are L2 operations (the workspace, at most
+/// 64 * 22016 * 4 = 5.6 MB, stays in the 50 MB L2) and are not counted.
 pub fn bytes_floor(p: &lab_gemm_params) -> u64 {
     let (m, n, k, groups) = (p.m as u64, p.n as u64, p.k as u64, p.groups as u64);
-    let zeros = if p.zero_mode as u32 == abi::LAB_ZEROS_TRUE { groups * n / 2 } else { 0 };
-    let partials = if p.split_k > 1 { 2 * m * n * 4 * p.split_k as u64 } else { 0 };
+    let zeros = if p.zero_mode as u32 == abi::LAB_ZEROS_TRUE {
+        groups * n / 2
+    } else {
+        0
+    };
+    let partials = if p.split_k > 1 { 2 * m * n * 4 } else { 0 };
     k * n / 2 + groups * n * 2 + zeros + m * k * 2 + m * n * 2 + partials
 }
 
@@ -346,7 +382,11 @@ pub fn prepare(v: &Variant, ql: &QuantLinear) -> Result<GemmWeights> {
         group_size: ql.group_size,
         groups: ql.groups(),
         qweight,
-        qzeros: if ql.symmetric { Vec::new() } else { ql.qzeros.clone() },
+        qzeros: if ql.symmetric {
+            Vec::new()
+        } else {
+            ql.qzeros.clone()
+        },
         scales: ql.scales.clone(),
         perm,
         bias: ql.bias.clone(),
@@ -433,11 +473,12 @@ mod tests {
 
     fn refused(v: &Variant, p: &lab_gemm_params, sm: u32, why: &str) {
         match validate(v, p, sm) {
-            Err(LabError::UnsupportedShape {
-                variant, shape, ..
-            }) => {
+            Err(LabError::UnsupportedShape { variant, shape, .. }) => {
                 assert_eq!(variant, v.name);
-                assert!(shape.contains(&format!("m={}", p.m)), "{why}: shape {shape}");
+                assert!(
+                    shape.contains(&format!("m={}", p.m)),
+                    "{why}: shape {shape}"
+                );
             }
             other => panic!("{why}: expected UnsupportedShape, got {other:?}"),
         }
@@ -446,7 +487,13 @@ mod tests {
     #[test]
     fn vicuna_shapes_and_the_m_matrix_are_accepted() {
         for v in VARIANTS {
-            for &(k, n) in &[(4096, 4096), (4096, 11008), (11008, 4096), (5120, 13824), (4096, 22016)] {
+            for &(k, n) in &[
+                (4096, 4096),
+                (4096, 11008),
+                (11008, 4096),
+                (5120, 13824),
+                (4096, 22016),
+            ] {
                 for &m in &[2, 3, 4, 8, 15, 16, 17, 32, 33, 64] {
                     for &g in &[32, 64, 128, k] {
                         let p = params(m, n, k, g, v);
@@ -498,13 +545,25 @@ mod tests {
         }
         // Wide layers already fill the GPU: 22016 / 256 = 86 blocks -> split 4 (344 blocks) at m=16.
         for v in VARIANTS {
-            for &(k, n) in &[(4096u32, 4096u32), (11008, 4096), (4096, 22016), (13824, 5120)] {
+            for &(k, n) in &[
+                (4096u32, 4096u32),
+                (11008, 4096),
+                (4096, 22016),
+                (13824, 5120),
+            ] {
                 for &m in &[2u32, 16, 64] {
                     let (s, slice) = auto_split(v, m, n, k, 132);
                     let (s, slice) = (s as u32, slice as u32);
                     assert_eq!(slice % k_step(v), 0);
-                    assert!(s * slice >= k && (s - 1) * slice < k, "{} k={k} s={s} slice={slice}", v.name);
-                    assert!(s == 1 || m * n * 4 * s <= k * n / 2, "partials over the cap");
+                    assert!(
+                        s * slice >= k && (s - 1) * slice < k,
+                        "{} k={k} s={s} slice={slice}",
+                        v.name
+                    );
+                    assert!(
+                        s == 1 || m * n * 4 * s <= k * n / 2,
+                        "partials over the cap"
+                    );
                 }
             }
         }
@@ -545,7 +604,10 @@ mod tests {
                 let src = perm[r] as usize;
                 assert_eq!(ql.g_idx.as_ref().unwrap()[src] as usize, r / 32);
                 for c in 0..64 {
-                    assert_eq!((canon[(r / 8) * 64 + c] >> (4 * (r % 8))) & 0xF, ql.code(src, c));
+                    assert_eq!(
+                        (canon[(r / 8) * 64 + c] >> (4 * (r % 8))) & 0xF,
+                        ql.code(src, c)
+                    );
                 }
             }
         }

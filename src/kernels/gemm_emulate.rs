@@ -1,8 +1,11 @@
-//! CPU emulation of the v2 tensor-core GEMM kernel (kernels/gemm/v2_mma.cu), thread by thread and
+//! CPU emulation of the GEMM kernels (kernels/gemm/v2_mma.cu, and v1_simt.cu in `run_v1`), thread by thread and
 //! lane by lane: the same copy mapping into the same shared-memory byte offsets (with cp.async's
 //! zero-fill), the same per-lane reads, the bit-exact magic-number dequant in fp16, ldmatrix's
 //! address/receive rules and mma's fragment rules from the PTX ISA, and the same epilogue.
 //! It exists so every index in the kernel is checked without a GPU. Test-only.
+
+// The loops mirror the kernel's thread/lane/tile indices on purpose, so they index by number.
+#![allow(clippy::needless_range_loop)]
 
 use crate::kernels::abi::{self, lab_gemm_params};
 use half::f16;
@@ -310,7 +313,12 @@ pub fn run_v1(inp: &Inputs, mt: usize) -> (Vec<f16>, Vec<f32>) {
     const BK1: usize = abi::LAB_GEMM_V1_BK as usize;
     const T1: usize = abi::LAB_GEMM_V1_THREADS as usize;
     let p = &inp.p;
-    let (m, n, k, gs) = (p.m as usize, p.n as usize, p.k as usize, p.group_size as usize);
+    let (m, n, k, gs) = (
+        p.m as usize,
+        p.n as usize,
+        p.k as usize,
+        p.group_size as usize,
+    );
     let (mpt, xp) = (mt / 4, mt + 4);
     let mut y = vec![f16::NAN; m * n];
     let mut ws = vec![0f32; m * n];
@@ -334,7 +342,8 @@ pub fn run_v1(inp: &Inputs, mt: usize) -> (Vec<f16>, Vec<f32>) {
                             let gi = kr / gs;
                             let sc = inp.scales[gi * n + col].to_f32();
                             let z = if p.zero_mode as u32 == abi::LAB_ZEROS_TRUE {
-                                ((inp.qzeros[gi * (n / 8) + col / 8] >> (4 * (col % 8))) & 15) as i32
+                                ((inp.qzeros[gi * (n / 8) + col / 8] >> (4 * (col % 8))) & 15)
+                                    as i32
                             } else {
                                 abi::LAB_SYM_ZERO as i32
                             };
@@ -376,7 +385,10 @@ pub fn run_v1(inp: &Inputs, mt: usize) -> (Vec<f16>, Vec<f32>) {
                     if col >= n {
                         continue;
                     }
-                    let b = inp.bias.filter(|_| p.split_k <= 1).map_or(0.0, |b| b[col].to_f32());
+                    let b = inp
+                        .bias
+                        .filter(|_| p.split_k <= 1)
+                        .map_or(0.0, |b| b[col].to_f32());
                     for r in 0..mpt {
                         let row = by * mt + rg * mpt + r;
                         if row >= m {
@@ -405,12 +417,26 @@ pub(crate) mod testdata {
 
     /// A random canonical layer: codes 0..16, scales +-[0.002, 0.02), true zeros 0..16 (or 8 when
     /// symmetric), act-order g_idx = rank(k) / G over a random rank when `act_order`.
-    pub fn layer(k: usize, n: usize, group: usize, sym: bool, act_order: bool, bias: bool, seed: u64) -> QuantLinear {
+    pub fn layer(
+        k: usize,
+        n: usize,
+        group: usize,
+        sym: bool,
+        act_order: bool,
+        bias: bool,
+        seed: u64,
+    ) -> QuantLinear {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let groups = k.div_ceil(group);
         let qweight = (0..k / 8 * n).map(|_| rng.random::<u32>()).collect();
         let qzeros = (0..groups * n / 8)
-            .map(|_| if sym { 0x8888_8888 } else { rng.random::<u32>() })
+            .map(|_| {
+                if sym {
+                    0x8888_8888
+                } else {
+                    rng.random::<u32>()
+                }
+            })
             .collect();
         let scales = (0..groups * n)
             .map(|_| {
@@ -425,13 +451,29 @@ pub(crate) mod testdata {
             }
             rank.iter().map(|&r| (r / group) as i32).collect()
         });
-        let bias = bias.then(|| (0..n).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect());
-        QuantLinear { k, n, group_size: group, qweight, qzeros, scales, g_idx, bias, symmetric: sym }
+        let bias = bias.then(|| {
+            (0..n)
+                .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect()
+        });
+        QuantLinear {
+            k,
+            n,
+            group_size: group,
+            qweight,
+            qzeros,
+            scales,
+            g_idx,
+            bias,
+            symmetric: sym,
+        }
     }
 
     pub fn activations(m: usize, k: usize, seed: u64) -> Vec<f16> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
-        (0..m * k).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect()
+        (0..m * k)
+            .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+            .collect()
     }
 
     /// y = x W (+ bias) in f64 (crate::reference) and sum |x||W| per output (for the tolerance).
@@ -450,12 +492,20 @@ pub(crate) mod testdata {
     pub const REL_OUT: f64 = 1.0 / 2048.0;
 
     /// First failing (index, got, want, bound), or None.
-    pub fn first_mismatch(got: &[f16], want: &[f64], mag: &[f64]) -> Option<(usize, f64, f64, f64)> {
-        got.iter().zip(want).zip(mag).enumerate().find_map(|(i, ((g, w), mg))| {
-            let g = g.to_f64();
-            let bound = REL_SUM * mg + REL_OUT * w.abs() + 1e-6;
-            (g.is_nan() || (g - w).abs() > bound).then_some((i, g, *w, bound))
-        })
+    pub fn first_mismatch(
+        got: &[f16],
+        want: &[f64],
+        mag: &[f64],
+    ) -> Option<(usize, f64, f64, f64)> {
+        got.iter()
+            .zip(want)
+            .zip(mag)
+            .enumerate()
+            .find_map(|(i, ((g, w), mg))| {
+                let g = g.to_f64();
+                let bound = REL_SUM * mg + REL_OUT * w.abs() + 1e-6;
+                (g.is_nan() || (g - w).abs() > bound).then_some((i, g, *w, bound))
+            })
     }
 }
 
@@ -468,14 +518,35 @@ mod tests {
     use crate::kernels::registry::Variant;
 
     #[allow(clippy::too_many_arguments)]
-    fn check(m: usize, n: usize, k: usize, group: usize, sym: bool, act: bool, split: u32, bias: bool, seed: u64) {
+    fn check(
+        m: usize,
+        n: usize,
+        k: usize,
+        group: usize,
+        sym: bool,
+        act: bool,
+        split: u32,
+        bias: bool,
+        seed: u64,
+    ) {
         for v in VARIANTS {
             check_one(v, m, n, k, group, sym, act, split, bias, seed);
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check_one(v: &Variant, m: usize, n: usize, k: usize, group: usize, sym: bool, act: bool, split: u32, bias: bool, seed: u64) {
+    fn check_one(
+        v: &Variant,
+        m: usize,
+        n: usize,
+        k: usize,
+        group: usize,
+        sym: bool,
+        act: bool,
+        split: u32,
+        bias: bool,
+        seed: u64,
+    ) {
         let ql = layer(k, n, group, sym, act, bias, seed);
         let x = activations(m, k, seed);
         let w = gemm::prepare(v, &ql).unwrap();
@@ -505,7 +576,11 @@ mod tests {
             crate::kernels::registry::Layout::Prepared => run(&inp),
             _ => run_v1(&inp, if m <= 16 { 16 } else { 64 }),
         };
-        let y = if split_k > 1 { finish(&ws, w.bias.as_deref(), n) } else { y };
+        let y = if split_k > 1 {
+            finish(&ws, w.bias.as_deref(), n)
+        } else {
+            y
+        };
         let (want, mag) = reference(&ql, &x, m);
         if let Some((i, g, wv, b)) = first_mismatch(&y, &want, &mag) {
             panic!(
@@ -560,7 +635,12 @@ mod tests {
         for z in 0..16u32 {
             for q in 0..16u32 {
                 let w = q * 0x1111_1111;
-                let out = dequant_word(w, f16::ONE, f16::from_f32((1024 + z) as f32), f16::from_f32(-(64.0 + z as f32)));
+                let out = dequant_word(
+                    w,
+                    f16::ONE,
+                    f16::from_f32((1024 + z) as f32),
+                    f16::from_f32(-(64.0 + z as f32)),
+                );
                 for o in out {
                     for h in h2(o) {
                         assert_eq!(h.to_f32(), q as f32 - z as f32, "q={q} z={z}");

@@ -63,7 +63,11 @@ fn check_shape(k: usize, n: usize) -> Result<()> {
 
 /// Build the prepared buffer from a code accessor `code(k, n)` (0..16) over a k x n layer; rows
 /// past k are padded with 0. Taking an accessor lets act-order prepare read `code(perm[r], n)`.
-pub fn to_fragment_order(k: usize, n: usize, code: impl Fn(usize, usize) -> u32) -> Result<Vec<u32>> {
+pub fn to_fragment_order(
+    k: usize,
+    n: usize,
+    code: impl Fn(usize, usize) -> u32,
+) -> Result<Vec<u32>> {
     check_shape(k, n)?;
     let mut out = vec![0u32; prepared_words(k, n)];
     for kc in 0..k.div_ceil(CHUNK_K) {
@@ -155,12 +159,20 @@ mod tests {
                 }
             }
         }
-        assert!(seen.iter().all(|&c| c == 1), "nibble map is not a bijection");
+        assert!(
+            seen.iter().all(|&c| c == 1),
+            "nibble map is not a bijection"
+        );
     }
 
     #[test]
     fn roundtrip_reconstructs_qweight() {
-        for &(k, n, seed) in &[(64, 32, 1u64), (256, 96, 2), (4096 / 16, 512, 3), (96, 64, 4)] {
+        for &(k, n, seed) in &[
+            (64, 32, 1u64),
+            (256, 96, 2),
+            (4096 / 16, 512, 3),
+            (96, 64, 4),
+        ] {
             let q = random_qweight(k, n, seed);
             let p = to_fragment_order(k, n, |kr, c| canonical_code(&q, n, kr, c)).unwrap();
             assert_eq!(p.len(), prepared_words(k, n));
