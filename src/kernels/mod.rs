@@ -21,5 +21,7 @@ unsafe impl cudarc::driver::DeviceRepr for abi::lab_probe_params {}
 pub mod gemm;
 #[cfg(test)]
 mod gemm_emulate;
+#[cfg(test)]
+mod gemm_gpu_test;
 pub mod gemm_layout;
 pub mod registry;
