@@ -39,6 +39,13 @@ __device__ __forceinline__ void cp_async16_policy(void* dst, const void* src, bo
                  "l"(src), "r"(src_bytes), "l"(pol));
 }
 
+// 4-byte async copy (.ca: the only state space with sizes below 16), zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+    const int src_bytes = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(src_bytes));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Wait until at most N committed groups are still in flight (this thread's copies only).

@@ -13,6 +13,8 @@
 //   B  [c 2][warp 8][lane 32] x 16 B  = 8192 B   each lane copies and later reads only its own 16 B
 //   S  [c 2][256 cols] fp16           = 1024 B   scales of chunk c's group (same group twice if G >= 64)
 //   Z  [c 2][32 words] u32            =  256 B   true zeros, packed along n (only if zero_mode TRUE)
+// n needs only n % 8 == 0: the prepared layout pads n to 32 with zero codes; scale pieces (8 cols)
+// and zero words (8 cols) past n are zero-filled, outputs past n are not written.
 //   A  [16*MT rows][72] fp16          = 2304*MT  x tile, rows >= m and k >= k_end zero-filled
 // Stage bytes 9472 + 2304*MT: MT=1 11776, 2 14080, 3 16384, 4 18688; x 4 stages = 46, 55, 64, 73 KiB
 // (dynamic, > 48 KiB needs the opt-in attribute, set by the launcher). Blocks per SM by smem on
@@ -45,7 +47,7 @@ static_assert(CHUNKS == 2, "the copy mapping below assumes two K chunks per stag
 static_assert(A_OFF == LAB_GEMM_V2_STAGE_FIXED_BYTES, "abi.h stage size out of date");
 static_assert(16 * APITCH * 2 == LAB_GEMM_V2_STAGE_BYTES_PER_MTILE, "abi.h A tile size out of date");
 static_assert(A_OFF % 16 == 0 && (16 * APITCH * 2) % 16 == 0, "16-byte alignment of every stage part");
-static_assert(S_BYTES / 16 == 64 && Z_BYTES / 16 == 16, "threads 0..63 copy scales, 64..79 zeros");
+static_assert(S_BYTES / 16 == 64 && Z_BYTES / 4 == 64, "threads 0..63 copy scales, 64..127 zeros");
 
 template <int MT>
 struct Tile {
@@ -63,7 +65,7 @@ __device__ __forceinline__ void issue_stage(const lab_gemm_params& p, unsigned c
         unsigned char* st = smem + (it % STAGES) * Tile<MT>::STAGE_BYTES;
         const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
         const int k0 = k_begin + it * BK;
-        const int n_chunks = p.n / CN;
+        const int n_chunks = (p.n + CN - 1) / CN;  // the prepared layout pads n to 32 columns
         const uint32_t* qw = reinterpret_cast<const uint32_t*>(p.qweight);
         // B: chunk (kc, nc) is 128 words; lane l's 4 words at word offset l*4 (gemm_layout.rs).
 #pragma unroll
@@ -81,14 +83,15 @@ __device__ __forceinline__ void issue_stage(const lab_gemm_params& p, unsigned c
             const __half* sc = reinterpret_cast<const __half*>(p.scales);
             const __half* src = ok ? sc + (size_t)(krow / p.group_size) * p.n + col : sc;
             gemm::cp_async16(st + S_OFF + c * (BN * 2) + part * 16, src, ok);
-        } else if (tid < 80 && p.zero_mode == LAB_ZEROS_TRUE) {
-            // Zeros: 2 chunks x 32 words = 16 copies of 4 words (threads 64..79).
-            const int e = tid - 64, c = e >> 3, part = e & 7;
+        } else if (tid < 128 && p.zero_mode == LAB_ZEROS_TRUE) {
+            // Zeros: 2 chunks x 32 words (8 columns each), one 4-byte copy per word (threads
+            // 64..127): a word past n (n % 32 != 0) is zero-filled, never read out of bounds.
+            const int e = tid - 64, c = e >> 5, word = e & 31;
             const int krow = k0 + CK * c;
-            const bool ok = krow < k_end && n0 + 32 * part < p.n;
+            const bool ok = krow < k_end && n0 + 8 * word < p.n;
             const uint32_t* qz = reinterpret_cast<const uint32_t*>(p.qzeros);
-            const uint32_t* src = ok ? qz + (size_t)(krow / p.group_size) * (p.n / 8) + n0 / 8 + 4 * part : qz;
-            gemm::cp_async16(st + Z_OFF + c * (BN / 8) * 4 + part * 16, src, ok);
+            const uint32_t* src = ok ? qz + (size_t)(krow / p.group_size) * (p.n / 8) + n0 / 8 + word : qz;
+            gemm::cp_async4(st + Z_OFF + c * (BN / 8) * 4 + word * 4, src, ok);
         }
         // A: 16*MT rows x 8 pieces of 8 halves. Without perm a piece is one 16-byte copy; with perm its
         // 8 columns are gathered with plain loads (x is small and L2-resident) and stored to smem.
@@ -200,7 +203,7 @@ __device__ __forceinline__ void body(const lab_gemm_params& p) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int row = 16 * i + g + 8 * h;
-                if (row >= p.m) continue;
+                if (row >= p.m || col >= p.n) continue;  // n % 8 == 0: col, col+1 both in or out
                 float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
                 const size_t o = (size_t)row * p.n + col;
                 if (p.split_k > 1) {

@@ -136,17 +136,8 @@ pub fn validate(v: &Variant, p: &lab_gemm_params, sm: u32) -> Result<()> {
             "k and n must be positive, k a multiple of 8",
         ));
     }
-    let n_mult = if is_v2(v) {
-        gemm_layout::CHUNK_N as i32
-    } else {
-        8
-    };
-    if p.n % n_mult != 0 {
-        return Err(unsupported(
-            v,
-            p,
-            format!("n must be a multiple of {n_mult}"),
-        ));
+    if p.n % 8 != 0 {
+        return Err(unsupported(v, p, "n must be a multiple of 8"));
     }
     let per_channel = p.group_size == p.k;
     if !per_channel && !v.group_sizes.contains(&p.group_size) {
@@ -348,14 +339,11 @@ pub struct GemmWeights {
 pub fn prepare(v: &Variant, ql: &QuantLinear) -> Result<GemmWeights> {
     let (k, n) = (ql.k, ql.n);
     let shape = format!("k={k} n={n} group_size={}", ql.group_size);
-    if k % 8 != 0 || n % 8 != 0 || (is_v2(v) && n % gemm_layout::CHUNK_N != 0) {
+    if k % 8 != 0 || n % 8 != 0 {
         return Err(LabError::UnsupportedShape {
             variant: v.name.into(),
             shape,
-            reason: format!(
-                "k must be a multiple of 8 and n of {}",
-                if is_v2(v) { gemm_layout::CHUNK_N } else { 8 }
-            ),
+            reason: "k and n must be multiples of 8".into(),
         });
     }
     // Act-order: rows sorted by group once (gptq::reorder); the kernels then take the group of
@@ -531,9 +519,8 @@ mod tests {
             refused(v, &with(&|p| p.x += 8), 90, "x misaligned");
             refused(v, &with(&|p| p.y = 0), 90, "no y");
         }
-        // v2's warps own 32-column stripes.
-        refused(v2(), &params(16, 4104, 4096, 128, v2()), 90, "n % 32");
-        validate(v1(), &params(16, 4104, 4096, 128, v1()), 75).unwrap();
+        // n % 32 != 0 is fine (v2 pads its layout, masks the last stripe).
+        validate(v2(), &params(16, 4104, 4096, 128, v2()), 90).unwrap();
     }
 
     #[test]
@@ -615,7 +602,10 @@ mod tests {
         let w = prepare(v1(), &plain).unwrap();
         assert!(w.perm.is_none() && w.qweight == plain.qweight && w.qzeros.is_empty());
         assert_eq!(w.zero_mode, abi::LAB_ZEROS_SYMMETRIC as i32);
-        assert!(prepare(v2(), &testdata::layer(64, 40, 32, true, false, false, 9)).is_err());
+        assert!(prepare(v2(), &testdata::layer(64, 40, 32, true, false, false, 9)).is_ok());
+        let mut n12 = testdata::layer(64, 16, 32, true, false, false, 9);
+        n12.n = 12;
+        assert!(prepare(v2(), &n12).is_err());
     }
 
     #[test]

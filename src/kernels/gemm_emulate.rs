@@ -60,7 +60,7 @@ fn cp16_halves(s: &mut [u8], dst: usize, src: Option<&[f16]>) {
 fn issue_stage(inp: &Inputs, mt: usize, st: &mut [u8], k0: usize, k_end: usize, n0: usize) {
     let p = &inp.p;
     let (n, k, m) = (p.n as usize, p.k as usize, p.m as usize);
-    let n_chunks = n / CN;
+    let n_chunks = n.div_ceil(CN);
     let gs = p.group_size as usize;
     for tid in 0..THREADS {
         let (warp, lane) = (tid >> 5, tid & 31);
@@ -79,14 +79,17 @@ fn issue_stage(inp: &Inputs, mt: usize, st: &mut [u8], k0: usize, k_end: usize, 
             let o = (krow / gs) * n + col;
             let src = ok.then(|| &inp.scales[o..o + 8]);
             cp16_halves(st, S_OFF + c * (BN * 2) + part * 16, src);
-        } else if tid < 80 && p.zero_mode as u32 == abi::LAB_ZEROS_TRUE {
+        } else if tid < 128 && p.zero_mode as u32 == abi::LAB_ZEROS_TRUE {
             let e = tid - 64;
-            let (c, part) = (e >> 3, e & 7);
+            let (c, word) = (e >> 5, e & 31);
             let krow = k0 + CK * c;
-            let ok = krow < k_end && n0 + 32 * part < n;
-            let o = (krow / gs) * (n / 8) + n0 / 8 + 4 * part;
-            let src = ok.then(|| &inp.qzeros[o..o + 4]);
-            cp16_words(st, Z_OFF + c * (BN / 8) * 4 + part * 16, src);
+            let ok = krow < k_end && n0 + 8 * word < n;
+            let o = (krow / gs) * (n / 8) + n0 / 8 + word;
+            wr32(
+                st,
+                Z_OFF + c * (BN / 8) * 4 + word * 4,
+                if ok { inp.qzeros[o] } else { 0 },
+            );
         }
         let mut e = tid;
         while e < 16 * mt * 8 {
@@ -271,7 +274,7 @@ pub fn run(inp: &Inputs) -> (Vec<f16>, Vec<f32>) {
                             let col = n0 + CN * warp + 8 * j + 2 * t;
                             for h in 0..2 {
                                 let row = 16 * i + g + 8 * h;
-                                if row >= m {
+                                if row >= m || col >= n {
                                     continue;
                                 }
                                 let a = &acc[warp * mt + i][j][lane];
@@ -613,6 +616,9 @@ mod tests {
     fn partial_blocks_k_tails_and_split_k() {
         // n = 288: one full 256-column block + one block with a single active warp.
         check(17, 288, 192, 64, false, false, 1, true, 300);
+        // n % 32 != 0: the last warp stripe holds 8 (n = 200, 4104-like) or 8 of 32 columns (n = 72).
+        check(5, 200, 128, 32, false, false, 1, true, 306);
+        check(33, 72, 64, 32, false, true, 2, false, 307);
         // k = 96, 160: last stage half empty (k % 64 == 32); k = 40: padded chunk rows.
         check(4, 64, 96, 32, false, false, 1, false, 301);
         check(33, 64, 160, 32, false, false, 2, false, 302);

@@ -16,9 +16,10 @@
 //! because the dequant (`gemm::dequant_word`) turns nibble pairs (0,4), (1,5), (2,6), (3,7) into
 //! half2 p = 0..3 (`lop3` with 0x000f000f / 0x00f000f0, on w and w >> 8), and the kernel feeds
 //! half2 0, 1 as {b0b1, b2b3} of k-step 0 and half2 2, 3 as {b0b1, b2b3} of k-step 1.
-//! Rows k >= K (K not a multiple of 32) are padded with code 0; the kernel zero-fills the matching
-//! activations, so padding never contributes. Size: ceil(k/32)*32/8 * n words (= the canonical
-//! k/8 * n when 32 divides k).
+//! Rows k >= K (K not a multiple of 32) and columns n >= N (N not a multiple of 32) are padded with
+//! code 0; the kernel zero-fills the matching activations and never writes those columns, so padding
+//! never contributes. Size: ceil(k/32)*32/8 * ceil(n/32)*32 words (= the canonical k/8 * n when 32
+//! divides both).
 
 use crate::kernels::abi;
 use crate::{LabError, Result};
@@ -30,15 +31,20 @@ pub const CHUNK_N: usize = abi::LAB_GEMM_CHUNK_N as usize;
 /// u32 words per chunk: 32 lanes x 4.
 pub const CHUNK_WORDS: usize = 32 * 4;
 
+/// Chunks along n: n padded up to a multiple of 32 columns (padding columns hold code 0).
+pub fn n_chunks(n: usize) -> usize {
+    n.div_ceil(CHUNK_N)
+}
+
 /// u32 words of the prepared buffer for a k x n layer.
 pub fn prepared_words(k: usize, n: usize) -> usize {
-    k.div_ceil(CHUNK_K) * CHUNK_WORDS * (n / CHUNK_N)
+    k.div_ceil(CHUNK_K) * CHUNK_WORDS * n_chunks(n)
 }
 
 /// Index of lane `lane`'s word `j` of chunk (kc, nc) in the prepared buffer: the address the
-/// kernel's cp.async reads (`((kc * n/32 + nc) * 32 + lane) * 4` words, + j within the uint4).
+/// kernel's cp.async reads (`((kc * ceil(n/32) + nc) * 32 + lane) * 4` words, + j in the uint4).
 pub fn word_index(n: usize, kc: usize, nc: usize, lane: usize, j: usize) -> usize {
-    ((kc * (n / CHUNK_N) + nc) * 32 + lane) * 4 + j
+    ((kc * n_chunks(n) + nc) * 32 + lane) * 4 + j
 }
 
 /// (k, n) of nibble `i` of lane `lane`'s word `j` in chunk (kc, nc): the layout's definition.
@@ -51,18 +57,18 @@ pub fn nibble_coord(kc: usize, nc: usize, lane: usize, j: usize, i: usize) -> (u
 }
 
 fn check_shape(k: usize, n: usize) -> Result<()> {
-    if k == 0 || n == 0 || n % CHUNK_N != 0 {
+    if k == 0 || n == 0 || n % 8 != 0 {
         return Err(LabError::UnsupportedShape {
             variant: "gemm_v2_mma".into(),
             shape: format!("k={k} n={n}"),
-            reason: format!("the fragment layout needs k > 0 and n a multiple of {CHUNK_N}"),
+            reason: "the fragment layout needs k > 0 and n a positive multiple of 8".into(),
         });
     }
     Ok(())
 }
 
 /// Build the prepared buffer from a code accessor `code(k, n)` (0..16) over a k x n layer; rows
-/// past k are padded with 0. Taking an accessor lets act-order prepare read `code(perm[r], n)`.
+/// past k and columns past n are padded with 0. Taking an accessor lets act-order prepare read `code(perm[r], n)`.
 pub fn to_fragment_order(
     k: usize,
     n: usize,
@@ -71,13 +77,13 @@ pub fn to_fragment_order(
     check_shape(k, n)?;
     let mut out = vec![0u32; prepared_words(k, n)];
     for kc in 0..k.div_ceil(CHUNK_K) {
-        for nc in 0..n / CHUNK_N {
+        for nc in 0..n_chunks(n) {
             for lane in 0..32 {
                 for j in 0..4 {
                     let mut w = 0u32;
                     for i in 0..8 {
                         let (kr, col) = nibble_coord(kc, nc, lane, j, i);
-                        if kr < k {
+                        if kr < k && col < n {
                             w |= (code(kr, col) & 0xF) << (4 * i);
                         }
                     }
@@ -104,13 +110,13 @@ pub fn from_fragment_order(prepared: &[u32], k: usize, n: usize) -> Result<Vec<u
     }
     let mut out = vec![0u32; k / 8 * n];
     for kc in 0..k.div_ceil(CHUNK_K) {
-        for nc in 0..n / CHUNK_N {
+        for nc in 0..n_chunks(n) {
             for lane in 0..32 {
                 for j in 0..4 {
                     let w = prepared[word_index(n, kc, nc, lane, j)];
                     for i in 0..8 {
                         let (kr, col) = nibble_coord(kc, nc, lane, j, i);
-                        if kr < k {
+                        if kr < k && col < n {
                             out[(kr / 8) * n + col] |= ((w >> (4 * i)) & 0xF) << (4 * (kr % 8));
                         }
                     }
@@ -214,7 +220,7 @@ mod tests {
                 for lane in 0..32 {
                     let (g, t) = (lane / 4, lane % 4);
                     for j in 0..4 {
-                        let w = p[((kc * (n / 32) + nc) * 32 + lane) * 4 + j];
+                        let w = p[((kc * n.div_ceil(32) + nc) * 32 + lane) * 4 + j];
                         // The kernel's four lop3 extractions: (w, LO), (w, HI), (w>>8, LO), (w>>8, HI).
                         let pairs = [
                             (w & 0xF, (w >> 16) & 0xF),
@@ -238,7 +244,7 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_errors() {
-        assert!(to_fragment_order(64, 48, |_, _| 0).is_err());
+        assert!(to_fragment_order(64, 44, |_, _| 0).is_err());
         assert!(from_fragment_order(&[0; 10], 64, 32).is_err());
     }
 }

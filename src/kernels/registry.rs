@@ -75,7 +75,8 @@ pub struct Variant {
 pub fn all() -> Vec<&'static Variant> {
     let mut v: Vec<&'static Variant> = Vec::new();
     v.extend(REFERENCE.iter());
-    v.extend(crate::kernels::gemm::VARIANTS.iter());
+    v.extend(super::gemv::VARIANTS.iter());
+    v.extend(super::gemm::VARIANTS.iter());
     v
 }
 
