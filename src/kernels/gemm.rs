@@ -12,9 +12,11 @@ use crate::gptq::reorder::reorder_by_group;
 use crate::gptq::QuantLinear;
 use crate::kernels::abi::{self, lab_gemm_params};
 use crate::kernels::gemm_layout;
+use crate::kernels::launch::{tunable, LaunchPlan, LayerShape, Tunables};
+use crate::kernels::layer::DeviceLayer;
 use crate::kernels::registry::{ActOrder, Family, Layout, Tunable, Variant};
 use crate::{LabError, Result};
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use half::f16;
 
 const V1_BN: u32 = abi::LAB_GEMM_V1_BN;
@@ -423,6 +425,166 @@ pub fn launch(gpu: &Gpu, v: &Variant, p: &lab_gemm_params) -> Result<()> {
         unsafe { b.launch(cfg) }.ctx(step.symbol)?;
     }
     Ok(())
+}
+
+// ---- Hooks for the family-generic launcher (kernels::layer, kernels::launch) ----
+
+/// Largest batch the family runs: the split-K workspace of a DeviceLayer is sized for it.
+pub const MAX_M: usize = 64;
+
+/// SM count `launch::plan` assumes when it has no device (an H100's); `launch_layer` uses the
+/// device's own.
+pub const PLAN_SMS: u32 = 132;
+
+/// Prepare-time checks of a layer for a GEMM variant (shape, group, act-order form).
+pub fn check_layer(v: &Variant, sh: &LayerShape) -> Result<()> {
+    let err = |reason: String| LabError::UnsupportedShape {
+        variant: v.name.to_string(),
+        shape: sh.describe(MAX_M),
+        reason,
+    };
+    if sh.k % 8 != 0 || sh.n % 8 != 0 {
+        return Err(err("K and N must be multiples of 8".into()));
+    }
+    let g = sh.group_size as i32;
+    if sh.group_size != sh.k && !v.group_sizes.contains(&g) {
+        return Err(err(format!(
+            "group {g} not supported (groups {:?}, -1 = per-channel)",
+            v.group_sizes
+        )));
+    }
+    if sh.g_idx {
+        return Err(err(
+            "act-order groups of unequal size after the reorder: the kernels need group_size rows per group"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// (split_k, k_slice) from the `split_k` tunable (0 = `auto_split` for `sms`).
+fn split_for(
+    v: &Variant,
+    sh: &LayerShape,
+    m: usize,
+    params: &Tunables,
+    sms: u32,
+) -> Result<(i32, i32)> {
+    let req = tunable(v, params, "split_k")?;
+    let (m, n, k) = (m as u32, sh.n as u32, sh.k as u32);
+    Ok(if req == 0 {
+        auto_split(v, m, n, k, sms)
+    } else {
+        fit_split(k, k_step(v), req)
+    })
+}
+
+/// The launcher's plan for a GEMM variant: the main kernel (the finish pass follows when
+/// split_k > 1). Refuses batches outside the variant's range.
+pub fn launch_plan(
+    v: &Variant,
+    sh: &LayerShape,
+    m: usize,
+    params: &Tunables,
+    sms: u32,
+) -> Result<LaunchPlan> {
+    let (lo, hi) = v.batch;
+    if m < lo as usize || m > hi as usize {
+        return Err(LabError::UnsupportedShape {
+            variant: v.name.to_string(),
+            shape: sh.describe(m),
+            reason: format!("batch m={m} outside {lo}..={hi}"),
+        });
+    }
+    check_layer(v, sh)?;
+    let (split_k, k_slice) = split_for(v, sh, m, params, sms)?;
+    let p = lab_gemm_params {
+        m: m as i32,
+        n: sh.n as i32,
+        split_k,
+        k_slice,
+        ..Default::default()
+    };
+    let main = &plan(v, &p)[0];
+    Ok(LaunchPlan {
+        symbol: main.symbol.to_string(),
+        grid: main.grid,
+        block: main.block,
+        split_k: split_k as u32,
+        k_slice: k_slice as u32,
+    })
+}
+
+/// `launch::launch` for the GEMM family: the layer's device buffers into `lab_gemm_params`, then
+/// `launch` (validation, workspace zeroing, main kernel, finish pass).
+pub fn launch_layer(
+    gpu: &Gpu,
+    v: &Variant,
+    layer: &DeviceLayer,
+    x: &CudaSlice<f16>,
+    m: usize,
+    y: &mut CudaSlice<f16>,
+    params: &Tunables,
+) -> Result<()> {
+    let sh = &layer.shape;
+    let (split_k, k_slice) = split_for(v, sh, m, params, gpu.info.sms.max(1) as u32)?;
+    if split_k > 1 && layer.workspace.as_ref().is_none_or(|w| w.len() < m * sh.n) {
+        return Err(LabError::invalid(
+            "layer",
+            format!(
+                "{}: split-K workspace missing or smaller than m*N = {}",
+                v.name,
+                m * sh.n
+            ),
+        ));
+    }
+    if x.len() < m * sh.k || y.len() < m * sh.n {
+        return Err(LabError::UnsupportedShape {
+            variant: v.name.to_string(),
+            shape: sh.describe(m),
+            reason: format!(
+                "buffers too small: x {} (need {}), y {} (need {})",
+                x.len(),
+                m * sh.k,
+                y.len(),
+                m * sh.n
+            ),
+        });
+    }
+    let s = &*gpu.stream;
+    // The guards record the stream's use of each buffer when dropped, after the launches.
+    let (xp, _gx) = x.device_ptr(s);
+    let (yp, _gy) = y.device_ptr_mut(s);
+    let (qw, _g1) = layer.qweight.device_ptr(s);
+    let (qz, _g2) = layer.qzeros.device_ptr(s);
+    let (sc, _g3) = layer.scales.device_ptr(s);
+    let pm = layer.perm.as_ref().map(|b| b.device_ptr(s));
+    let bs = layer.bias.as_ref().map(|b| b.device_ptr(s));
+    let ws = layer.workspace.as_ref().map(|b| b.device_ptr(s));
+    let p = lab_gemm_params {
+        x: xp,
+        qweight: qw,
+        qzeros: if sh.symmetric { 0 } else { qz },
+        scales: sc,
+        g_idx: 0,
+        perm: pm.as_ref().map_or(0, |p| p.0),
+        bias: bs.as_ref().map_or(0, |p| p.0),
+        y: yp,
+        workspace: ws.as_ref().map_or(0, |p| p.0),
+        m: m as i32,
+        n: sh.n as i32,
+        k: sh.k as i32,
+        group_size: sh.group_size as i32,
+        groups: sh.k.div_ceil(sh.group_size) as i32,
+        zero_mode: if sh.symmetric {
+            abi::LAB_ZEROS_SYMMETRIC as i32
+        } else {
+            abi::LAB_ZEROS_TRUE as i32
+        },
+        split_k,
+        k_slice,
+    };
+    launch(gpu, v, &p)
 }
 
 #[cfg(test)]
