@@ -50,4 +50,22 @@ typedef struct {
     int32_t k_slice;   /* rows of K per slice, multiple of 8 */
 } lab_gemm_params;
 
+/* ---- Dequant-GEMM tile constants (kernels/gemm/, src/kernels/gemm.rs): one definition for both sides ---- */
+/* v1 SIMT: 256 threads = 64 columns x 4 row groups; K staged 32 rows (4 packed words) at a time. */
+#define LAB_GEMM_V1_THREADS 256
+#define LAB_GEMM_V1_BN 64
+#define LAB_GEMM_V1_BK 32
+/* v2 mma.sync: 8 warps, each owns a 32-column stripe (BN = 256); one pipeline stage = 64 K rows. */
+#define LAB_GEMM_V2_THREADS 256
+#define LAB_GEMM_V2_BN 256
+#define LAB_GEMM_V2_BK 64
+#define LAB_GEMM_V2_STAGES 4
+/* Prepared (fragment-order) weights: one 512-byte chunk = 32 K rows x 32 columns, 16 bytes per lane. */
+#define LAB_GEMM_CHUNK_K 32
+#define LAB_GEMM_CHUNK_N 32
+/* Shared memory of one v2 stage: B 8192 + scales 1024 + zeros 256 bytes, plus the activation tile of
+ * 16*MT rows x 72 halves (64 + 8 pad: conflict-free ldmatrix) = 2304 bytes per m16 tile. */
+#define LAB_GEMM_V2_STAGE_FIXED_BYTES 9472
+#define LAB_GEMM_V2_STAGE_BYTES_PER_MTILE 2304
+
 #endif

@@ -35,7 +35,7 @@ fn layer(k: usize, n: usize, g: i32, act: bool, seed: u64) -> QuantLinear {
 /// outside the variant's range, short buffers).
 pub fn check_refusals(family: Family) -> Vec<Refusal> {
     let mut out = Vec::new();
-    if family != Family::Gemv {
+    if family == Family::Reference {
         return out;
     }
     let mut expect = |name: &str, what: &str, r: crate::Result<()>| {
@@ -55,11 +55,11 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
         });
     };
     let prep = |name: &str, l: &QuantLinear| -> crate::Result<()> {
-        let v = registry::by_name(name).expect("gemv variant");
+        let v = registry::by_name(name).expect("registry variant");
         prepare(v, l).map(|_| ())
     };
     let plan = |name: &str, l: &QuantLinear, m: usize, x_len: usize| -> crate::Result<()> {
-        let v = registry::by_name(name).expect("gemv variant");
+        let v = registry::by_name(name).expect("registry variant");
         let p = prepare(v, l)?;
         launch::plan(v, &p.shape(), m, x_len, m * l.n, &Tunables::new()).map(|_| ())
     };
@@ -79,6 +79,29 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
     n12.scales.truncate(2 * 12);
     let plain = layer(256, 64, 32, false, 6);
 
+    if family == Family::Gemm {
+        // Both GEMM variants: the must-refuse shapes of ../../notes/gemm.md.
+        for v in registry::all()
+            .into_iter()
+            .filter(|v| v.family == Family::Gemm)
+        {
+            expect(v.name, "group 16 (not declared)", prep(v.name, &g16));
+            expect(
+                v.name,
+                "act-order groups of unequal size",
+                prep(v.name, &uneven),
+            );
+            expect(v.name, "N=12 (not a multiple of 8)", prep(v.name, &n12));
+            expect(v.name, "batch m=1", plan(v.name, &plain, 1, 256));
+            expect(v.name, "batch m=65", plan(v.name, &plain, 65, 65 * 256));
+            expect(
+                v.name,
+                "x shorter than m*K",
+                plan(v.name, &plain, 4, 4 * 256 - 1),
+            );
+        }
+        return out;
+    }
     for name in ["gemv_v2_vec", "gemv_v4_perm", "gemv_v5_splitk"] {
         expect(
             name,
@@ -114,6 +137,15 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_gemm_must_refuse_shape_is_refused() {
+        let r = check_refusals(Family::Gemm);
+        assert_eq!(r.len(), 12, "6 shapes x 2 GEMM variants");
+        for x in &r {
+            assert!(x.ok, "{} {}: {}", x.variant, x.what, x.message);
+        }
+    }
 
     #[test]
     fn every_must_refuse_shape_is_refused_with_a_named_unsupported_shape() {

@@ -52,6 +52,17 @@ pub fn error_model(v: &Variant) -> ErrorModel {
             c16: 2.0,
             why: "W rounded once to fp16, cuBLAS fp32 compute",
         },
+        // GEMM v2: W = fp16(s * (q - z)) rounded once; one more U16 for the tensor cores' fp32
+        // accumulation, which is not IEEE round-to-nearest.
+        (Family::Gemm, _) if v.tensor_cores => ErrorModel {
+            c16: 2.0,
+            why: "W rounded once to fp16, mma.sync fp32 accumulate (truncating adds)",
+        },
+        // GEMM v1: s * (q - z) exact in fp32, x exact, fp32 FMA.
+        (Family::Gemm, _) => ErrorModel {
+            c16: 0.0,
+            why: "x * s * (q - z) exact in fp32, fp32 accumulate",
+        },
         // Families that have not declared their model get the fp16-chain bound.
         _ => CHAIN4,
     }

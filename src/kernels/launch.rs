@@ -148,6 +148,7 @@ pub fn plan(
 ) -> Result<LaunchPlan> {
     let p = match v.family {
         Family::Gemv => gemv::plan(v, layer, m, params)?,
+        Family::Gemm => super::gemm::launch_plan(v, layer, m, params, super::gemm::PLAN_SMS)?,
         other => {
             return Err(LabError::invalid(
                 "variant",
@@ -200,6 +201,9 @@ pub fn launch(
         });
     }
     let plan = plan(v, &layer.shape, m, x.len(), y.len(), params)?;
+    if v.family == Family::Gemm {
+        return super::gemm::launch_layer(gpu, v, layer, x, m, y, params);
+    }
     let kind = gemv::kind(v)?;
     match kind {
         gemv::GemvKind::CublasF16 => baseline::gemm_f16(gpu, layer, x, m, y),

@@ -103,6 +103,16 @@ pub fn prepare_with(
                 );
             }
         }
+        Family::Gemm => {
+            super::gemm::check_layer(v, &p.shape())?;
+            if v.layout == super::registry::Layout::Prepared {
+                let l = &p.layer;
+                p.qweight_prepared =
+                    Some(super::gemm_layout::to_fragment_order(l.k, l.n, |r, c| {
+                        l.code(r, c)
+                    })?);
+            }
+        }
         other => {
             return Err(LabError::invalid(
                 "variant",
@@ -182,6 +192,11 @@ pub fn upload(gpu: &Gpu, p: &PreparedHost) -> Result<DeviceLayer> {
         Some(gemv::GemvKind::SplitK) => Some(
             s.alloc_zeros::<f32>(l.n + l.n.div_ceil(gemv::TILE_N))
                 .ctx(&ctx("split-K workspace"))?,
+        ),
+        // GEMM split-K: f32 [m, n] partials for the largest batch, zeroed by every launch.
+        _ if p.variant.family == Family::Gemm => Some(
+            s.alloc_zeros::<f32>(super::gemm::MAX_M * l.n)
+                .ctx(&ctx("GEMM split-K workspace"))?,
         ),
         _ => None,
     };

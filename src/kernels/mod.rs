@@ -19,6 +19,12 @@ unsafe impl cudarc::driver::DeviceRepr for abi::lab_ref_matmul_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_probe_params {}
 
 pub mod baseline;
+pub mod gemm;
+#[cfg(test)]
+mod gemm_emulate;
+#[cfg(test)]
+mod gemm_gpu_test;
+pub mod gemm_layout;
 pub mod gemv;
 pub mod launch;
 pub mod layer;

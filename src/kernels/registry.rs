@@ -76,6 +76,7 @@ pub fn all() -> Vec<&'static Variant> {
     let mut v: Vec<&'static Variant> = Vec::new();
     v.extend(REFERENCE.iter());
     v.extend(super::gemv::VARIANTS.iter());
+    v.extend(super::gemm::VARIANTS.iter());
     v
 }
 
