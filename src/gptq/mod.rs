@@ -5,7 +5,36 @@
 //! zeros stored as TRUE zeros (v2 semantics; a v1 file gets +1 per nibble at load time), and an
 //! explicit g_idx only when it is not `k / group_size`.
 
+pub mod gidx;
+pub mod pack;
+pub mod reorder;
+pub mod rtn;
+pub mod zeros;
+
+pub use reorder::{reorder_by_group, Reordered};
+pub use rtn::{act_order_g_idx, quantize_rtn};
+pub use zeros::ZeroFormat;
+
 use half::f16;
+
+/// The group size as a row count: `-1` (per-channel) -> `k`; it must be positive and divide `k`
+/// (the contract: a group size that does not divide K is refused, although the format
+/// would allow ceil(K/G) groups). Err is a reason sentence.
+pub fn group_rows(group_size: i32, k: usize) -> Result<usize, String> {
+    let g = match group_size {
+        -1 => k,
+        g if g > 0 => g as usize,
+        g => {
+            return Err(format!(
+                "group_size {g} is invalid; expected -1 (per-channel) or a positive size"
+            ))
+        }
+    };
+    if k == 0 || k % g != 0 {
+        return Err(format!("group_size {g} does not divide K = {k}"));
+    }
+    Ok(g)
+}
 
 /// One quantized linear layer, canonical form. K = in_features, N = out_features.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,5 +84,75 @@ impl QuantLinear {
                 .enumerate()
                 .any(|(k, &gi)| gi as usize != k / self.group_size)
         })
+    }
+
+    /// Check every length against k, n and group_size, g_idx range, and the `symmetric` flag.
+    /// Err is a reason sentence; callers add the file/tensor.
+    pub fn validate(&self) -> Result<(), String> {
+        let (k, n) = (self.k, self.n);
+        if k == 0 || n == 0 || k % 8 != 0 || n % 8 != 0 {
+            return Err(format!(
+                "shape K = {k}, N = {n}: both must be positive multiples of 8 (8 codes per int32)"
+            ));
+        }
+        group_rows(self.group_size as i32, k)?;
+        let groups = self.groups();
+        let want = [
+            (
+                "qweight",
+                self.qweight.len(),
+                k / 8 * n,
+                format!("[{}, {n}]", k / 8),
+            ),
+            (
+                "qzeros",
+                self.qzeros.len(),
+                groups * n / 8,
+                format!("[{groups}, {}]", n / 8),
+            ),
+            (
+                "scales",
+                self.scales.len(),
+                groups * n,
+                format!("[{groups}, {n}]"),
+            ),
+        ];
+        for (name, got, exp, shape) in want {
+            if got != exp {
+                return Err(format!(
+                    "{name} has {got} elements, expected {exp} = {shape}"
+                ));
+            }
+        }
+        if let Some(g) = &self.g_idx {
+            gidx::validate_g_idx(g, k, groups)?;
+        }
+        if let Some(b) = &self.bias {
+            if b.len() != n {
+                return Err(format!("bias has {} elements, expected N = {n}", b.len()));
+            }
+        }
+        if self.symmetric && !zeros::is_symmetric_true(&self.qzeros) {
+            return Err("marked symmetric but not every true zero is 8".into());
+        }
+        Ok(())
+    }
+
+    /// All codes as [k, n] bytes.
+    pub fn codes(&self) -> Vec<u8> {
+        pack::unpack_codes_kn(&self.qweight, self.k, self.n)
+    }
+
+    /// All true zeros as [groups, n] bytes.
+    pub fn zeros(&self) -> Vec<u8> {
+        pack::unpack_zeros(&self.qzeros, self.groups(), self.n)
+    }
+
+    /// g_idx written out (the trivial `k / G` when `None`).
+    pub fn g_idx_full(&self) -> Vec<i32> {
+        match &self.g_idx {
+            Some(g) => g.clone(),
+            None => gidx::trivial_g_idx(self.k, self.group_size),
+        }
     }
 }
