@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod reference;
 pub mod report;
+pub mod tune;
 pub mod util;
 
 pub use error::{LabError, Result};

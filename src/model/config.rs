@@ -98,9 +98,17 @@ impl ModelConfig {
             max_sequence_length: Option<usize>,
             rms_norm_eps: Option<f64>,
             rope_theta: Option<f64>,
+            /// transformers 5 nests RoPE settings: {"rope_parameters": {"rope_theta": .., "rope_type": ..}}.
+            rope_parameters: Option<RopeParameters>,
+            rope_scaling: Option<serde_json::Value>,
             tie_word_embeddings: Option<bool>,
             model_type: Option<String>,
             _name_or_path: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct RopeParameters {
+            rope_theta: Option<f64>,
+            rope_type: Option<String>,
         }
         let raw: Raw = serde_json::from_str(text).map_err(|e| LabError::Json {
             path: path.into(),
@@ -127,6 +135,25 @@ impl ModelConfig {
                 format!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
             ));
         }
+        // Only plain RoPE is implemented; a scaled variant would be silently misread.
+        let rope_type = raw
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.clone());
+        let scaled = raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null());
+        if scaled || rope_type.as_deref().is_some_and(|t| t != "default") {
+            return Err(LabError::bad_checkpoint(
+                path,
+                format!(
+                    "config.json: RoPE scaling ({}) is not supported; expected plain RoPE (LLaMA/Vicuna v0-v1.5)",
+                    rope_type.unwrap_or_else(|| "rope_scaling".into())
+                ),
+            ));
+        }
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10000.0);
         let kv = raw.num_key_value_heads.unwrap_or(heads);
         if kv == 0 || heads % kv != 0 {
             return Err(LabError::bad_checkpoint(
@@ -157,7 +184,7 @@ impl ModelConfig {
                 .or(raw.max_sequence_length)
                 .unwrap_or(2048),
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: raw.rope_theta.unwrap_or(10000.0),
+            rope_theta,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         })
     }
@@ -194,6 +221,23 @@ mod tests {
         assert_eq!(c.rope_theta, 10000.0);
         assert_eq!(c.rms_norm_eps, 1e-6);
         assert_eq!(c.max_position_embeddings, 2048);
+    }
+
+    #[test]
+    fn transformers5_nested_rope_theta_is_read_and_scaling_refused() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
+        let t = format!(
+            r#"{{{base},"rope_parameters":{{"rope_theta":500000.0,"rope_type":"default"}}}}"#
+        );
+        let c = ModelConfig::from_json_str(&t, Path::new("c.json")).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        let t = format!(r#"{{{base},"rope_scaling":{{"type":"linear","factor":2.0}}}}"#);
+        let e = ModelConfig::from_json_str(&t, Path::new("c.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RoPE scaling"), "{e}");
+        let t = format!(r#"{{{base},"rope_scaling":null}}"#);
+        assert!(ModelConfig::from_json_str(&t, Path::new("c.json")).is_ok());
     }
 
     #[test]

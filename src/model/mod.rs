@@ -1,8 +1,14 @@
 //! Models: configs (presets and config.json), checkpoint loading, CPU reference engine,
 //! sampling, tokenizer and prompt templates.
 
+pub mod checkpoint;
 pub mod config;
+pub mod cpu_engine;
 pub mod gpu_check;
 pub mod gpu_engine;
 pub mod gpu_weights;
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
 pub mod vram;
+pub mod weights;

@@ -61,9 +61,26 @@ fn main() {
         Cmd::Run(a) => run::run(a),
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, "a: b: c", leaving out a cause whose text the message already
+/// carries (the library's errors write their wrapped error into their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if s.contains(&c) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&c);
+    }
+    s
 }
 
 fn version(json: bool) -> anyhow::Result<()> {

@@ -1,8 +1,283 @@
-//! `lab plan`. TODO(skeleton): filled by its owner.
+//! `lab plan`: what fits on which card, at which context, and the roofline tokens/s estimate.
+//! With no flags: the full table for Vicuna 7B and 13B x g32/64/128/per-channel x ctx 512/2048/4096.
+
+use anyhow::{bail, Context};
+use gptq_lab::model::config::ModelConfig;
+use gptq_lab::plan::{
+    cards, gb, Plan, PlanSpec, WeightDtype, CUDA_CONTEXT_BYTES, DEFAULT_CTXS, DEFAULT_GROUPS,
+    GENERIC_SIZES_GIB,
+};
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct PlanArgs {}
+pub struct PlanArgs {
+    /// Model preset(s), comma separated: vicuna-7b, vicuna-13b. Default: both.
+    #[arg(long, value_delimiter = ',', conflicts_with = "checkpoint")]
+    model: Vec<String>,
+    /// A checkpoint folder: shapes from DIR/config.json, group size and act-order from
+    /// DIR/quantize_config.json (or config.json's quantization_config), else --group.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// Group size(s), comma separated: 32, 64, 128, -1 (per-channel). Default: all four.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    group: Vec<i32>,
+    /// Context length(s) the KV cache holds, comma separated. Default: 512,2048,4096.
+    #[arg(long, value_delimiter = ',')]
+    ctx: Vec<u64>,
+    /// Sequences decoded together (KV cache, workspace and roofline scale with it).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// int4 (GPTQ) or fp16 weights, for the int4-vs-fp16 comparison.
+    #[arg(long, value_enum, default_value_t = WeightDtype::Int4)]
+    dtype: WeightDtype,
+    /// Act-order checkpoint: count the K x 4 byte g_idx / permutation per linear.
+    #[arg(long)]
+    act_order: bool,
+    /// Also plan for this card and print its roofline tokens/s estimate (see --cards).
+    #[arg(long)]
+    card: Option<String>,
+    /// Fraction of the card's spec bandwidth the roofline assumes (1.0 = the pure roofline).
+    #[arg(long, default_value_t = 1.0)]
+    efficiency: f64,
+    /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
+    #[arg(long)]
+    context_mib: Option<u64>,
+    /// List the known cards and exit.
+    #[arg(long)]
+    cards: bool,
+    /// JSON instead of tables: one object for one configuration, an array for several.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: PlanArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lab plan is not implemented yet")
+pub fn run(a: PlanArgs) -> anyhow::Result<()> {
+    if a.cards {
+        print_cards();
+        return Ok(());
+    }
+    let card = a.card.as_deref().map(cards::by_slug).transpose()?;
+    let (models, groups, act_order) = models_and_groups(&a)?;
+    let ctxs = if a.ctx.is_empty() {
+        DEFAULT_CTXS.to_vec()
+    } else {
+        a.ctx.clone()
+    };
+    let context_bytes = a.context_mib.map_or(CUDA_CONTEXT_BYTES, |m| m << 20);
+
+    let mut plans = Vec::new();
+    for m in &models {
+        for &g in &groups {
+            for &ctx in &ctxs {
+                let mut s = PlanSpec::new(m.clone(), a.dtype, g, ctx);
+                s.act_order = act_order;
+                s.batch = a.batch;
+                s.cuda_context_bytes = context_bytes;
+                plans.push(match card {
+                    Some(c) => s.plan_on(c, a.efficiency)?,
+                    None => s.plan()?,
+                });
+            }
+        }
+    }
+    if a.json {
+        let text = match plans.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            many => serde_json::to_string_pretty(many)?,
+        };
+        println!("{text}");
+    } else {
+        print_tables(&plans, context_bytes);
+    }
+    Ok(())
+}
+
+/// Models, group sizes and act-order from the flags or the checkpoint folder.
+fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>, bool)> {
+    let groups_or_default = |g: &Vec<i32>| {
+        if a.dtype == WeightDtype::Fp16 {
+            vec![-1] // group size means nothing for fp16: one row.
+        } else if g.is_empty() {
+            DEFAULT_GROUPS.to_vec()
+        } else {
+            g.clone()
+        }
+    };
+    let Some(dir) = &a.checkpoint else {
+        let names = if a.model.is_empty() {
+            vec!["vicuna-7b".to_string(), "vicuna-13b".to_string()]
+        } else {
+            a.model.clone()
+        };
+        let models = names
+            .iter()
+            .map(|n| ModelConfig::preset(n))
+            .collect::<Result<_, _>>()?;
+        return Ok((models, groups_or_default(&a.group), a.act_order));
+    };
+    let (model, q) = gptq_lab::plan::read_checkpoint_dir(dir)
+        .with_context(|| format!("reading checkpoint folder {}", dir.display()))?;
+    let groups = match (q.group_size, a.group.as_slice()) {
+        (Some(g), flags) => {
+            if !flags.is_empty() && flags != [g] {
+                eprintln!(
+                    "note: {} says group_size {g}; ignoring --group {flags:?}",
+                    q.source.as_deref().unwrap_or(dir).display()
+                );
+            }
+            vec![g]
+        }
+        (None, []) if a.dtype == WeightDtype::Int4 => bail!(
+            "{}: no group size in quantize_config.json or config.json's quantization_config; pass --group",
+            dir.display()
+        ),
+        (None, _) => groups_or_default(&a.group),
+    };
+    let groups = if a.dtype == WeightDtype::Fp16 {
+        vec![-1]
+    } else {
+        groups
+    };
+    Ok((
+        vec![model],
+        groups,
+        a.act_order || q.act_order == Some(true),
+    ))
+}
+
+fn print_cards() {
+    println!(
+        "{:<16} {:<26} {:>10} {:>9}",
+        "slug", "card", "memory", "GB/s"
+    );
+    for c in cards::CARDS {
+        println!(
+            "{:<16} {:<26} {:>6} MiB {:>9.1}",
+            c.slug,
+            c.name,
+            c.memory_bytes >> 20,
+            c.bandwidth_gbs
+        );
+    }
+    println!(
+        "memory: what the driver reports (nominal GiB; GDDR6 data-centre cards lose 1/16 to ECC)"
+    );
+    println!(
+        "bandwidth: vendor spec, 1e9 bytes/s; not reachable in practice (measure with lab bench)"
+    );
+}
+
+fn group_label(p: &Plan) -> String {
+    match p.group_size {
+        None => "fp16".into(),
+        Some(g) if g <= 0 => "per-ch".into(),
+        Some(g) => format!("g{g}"),
+    }
+}
+
+fn print_tables(plans: &[Plan], context_bytes: u64) {
+    let Some(first) = plans.first() else { return };
+    println!(
+        "VRAM plan: batch {}, {}, CUDA context allowance {} MiB. Sizes in GB = 1e9 bytes; \
+         card columns are the \"N GB\" sold, which is N GiB.",
+        first.batch,
+        if first.dtype == WeightDtype::Int4 {
+            "int4 GPTQ weights"
+        } else {
+            "fp16 weights"
+        },
+        context_bytes >> 20
+    );
+    let sizes: String = GENERIC_SIZES_GIB
+        .iter()
+        .map(|g| format!("{:>6}", format!("{g}G")))
+        .collect();
+    println!(
+        "\n{:<12} {:<6} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8}{sizes}",
+        "model", "group", "ctx", "weights", "KV", "workspace", "context", "total"
+    );
+    for p in plans {
+        let fits: String = p
+            .fits
+            .iter()
+            .map(|f| format!("{:>6}", if f.fits { "fits" } else { "-" }))
+            .collect();
+        println!(
+            "{:<12} {:<6} {:>6} {:>8.3} {:>8.3} {:>9.4} {:>8.3} {:>8.3}{fits}",
+            p.model,
+            group_label(p),
+            p.ctx,
+            gb(p.weights_bytes),
+            gb(p.kv_cache_bytes),
+            gb(p.workspace_bytes),
+            gb(p.cuda_context_bytes),
+            gb(p.total_bytes)
+        );
+    }
+
+    println!("\nLongest context each card's memory allows (positions; '-' = the weights alone do not fit):");
+    println!("{:<12} {:<6} {:>8}{sizes}", "model", "group", "trained");
+    let mut seen = Vec::new();
+    for p in plans {
+        let key = (p.model.clone(), p.group_size);
+        if seen.contains(&key) {
+            continue; // max ctx does not depend on the row's ctx
+        }
+        seen.push(key);
+        let cols: String = p
+            .fits
+            .iter()
+            .map(|f| format!("{:>6}", f.max_ctx.map_or("-".into(), short_ctx)))
+            .collect();
+        println!(
+            "{:<12} {:<6} {:>8}{cols}",
+            p.model,
+            group_label(p),
+            p.model_max_ctx
+        );
+    }
+
+    if let (Some(c), Some(r)) = (&first.card, &first.roofline) {
+        println!(
+            "\nOn {} ({} MiB, {:.0} GB/s spec), roofline at {:.0}% of spec bandwidth (ESTIMATE, not a measurement):",
+            c.card,
+            c.memory_bytes >> 20,
+            r.bandwidth_gbs,
+            r.efficiency * 100.0
+        );
+        println!(
+            "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11} {:>13}",
+            "model", "group", "ctx", "fits", "max ctx", "GB/step", "tok/s (est.)"
+        );
+        for p in plans {
+            let (Some(c), Some(r)) = (&p.card, &p.roofline) else {
+                continue;
+            };
+            println!(
+                "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11.3} {:>13.1}",
+                p.model,
+                group_label(p),
+                p.ctx,
+                if c.fits { "yes" } else { "no" },
+                c.max_ctx.map_or("-".into(), |x| x.to_string()),
+                gb(r.bytes_per_step),
+                r.tokens_per_s
+            );
+        }
+        println!("bytes/step = weights read once (linears, norms, lm_head, one embedding row per sequence) + KV cache at ctx");
+    }
+    println!("\n{}", first.g_idx_note);
+    println!(
+        "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes)"
+    );
+}
+
+/// 12345 -> "12.3k" so six card columns stay narrow.
+fn short_ctx(c: u64) -> String {
+    if c >= 100_000 {
+        format!("{}k", c / 1000)
+    } else if c >= 10_000 {
+        format!("{:.1}k", c as f64 / 1000.0)
+    } else {
+        c.to_string()
+    }
 }

@@ -1,0 +1,351 @@
+//! Finding and mapping the safetensors files of a checkpoint directory, and reading one tensor's
+//! raw bytes with its dtype and shape checked. Pickles are refused, never opened.
+
+use crate::{LabError, Result};
+use memmap2::Mmap;
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// File names that hold pickled PyTorch state dicts.
+const PICKLE_EXTS: [&str; 4] = ["pt", "pth", "bin", "ckpt"];
+
+/// One memory-mapped safetensors file with its parsed header.
+pub(crate) struct Shard {
+    pub path: PathBuf,
+    mmap: Mmap,
+    /// Byte offset of the data section: 8 (header length) + header.
+    data_start: usize,
+    meta: Metadata,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Shard> {
+        let bad = |r: String| LabError::bad_checkpoint(path, r);
+        let file = std::fs::File::open(path).map_err(|e| LabError::io(path, e))?;
+        let len = file.metadata().map_err(|e| LabError::io(path, e))?.len();
+        if len < 8 {
+            return Err(bad(format!(
+                "not a safetensors file: {len} bytes, expected at least the 8-byte header length (truncated?)"
+            )));
+        }
+        // SAFETY: the map is read-only and lives as long as the Shard. If another process
+        // truncates or rewrites the file while it is mapped, reads may fault or see new bytes;
+        // that is the usual contract of every mmap-based checkpoint loader.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LabError::io(path, e))?;
+        if looks_pickled(&mmap) {
+            return Err(bad(format!(
+                "this is a pickled PyTorch file with a .safetensors name; refused. {}",
+                convert_hint(path)
+            )));
+        }
+        let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            bad(format!(
+                "not a valid safetensors file ({e}); expected an 8-byte little-endian header length, \
+                 a JSON header and exactly the data it describes (truncated or corrupted download?)"
+            ))
+        })?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            mmap,
+            data_start: 8 + n,
+            meta,
+        })
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.meta.info(name)
+    }
+
+    fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        // read_metadata checked that every offset range lies inside the data section.
+        let (a, b) = info.data_offsets;
+        &self.mmap[self.data_start + a..self.data_start + b]
+    }
+}
+
+/// PyTorch zip archives start with "PK\x03\x04"; raw pickles with protocol opcode 0x80, 2..=5.
+fn looks_pickled(b: &[u8]) -> bool {
+    b.starts_with(b"PK\x03\x04") || (b.len() >= 2 && b[0] == 0x80 && (2..=5).contains(&b[1]))
+}
+
+/// How to turn a pickled checkpoint into safetensors, outside the lab.
+pub(crate) fn convert_hint(path: &Path) -> String {
+    let stem = path.with_extension("safetensors");
+    format!(
+        "Loading a pickle can run arbitrary code, so the lab never unpickles. Convert it once, in a \
+         Python environment you trust:\n  python -c \"import torch; from safetensors.torch import \
+         save_file; sd = torch.load('{}', map_location='cpu', weights_only=True); sd = \
+         sd.get('state_dict', sd); save_file({{k: v.contiguous() for k, v in sd.items()}}, '{}', \
+         metadata={{'format': 'pt'}})\"",
+        path.display(),
+        stem.display()
+    )
+}
+
+/// All safetensors files of a checkpoint, and which one holds each tensor.
+pub(crate) struct Files {
+    pub shards: Vec<Shard>,
+    where_: HashMap<String, usize>,
+}
+
+/// A tensor's bytes and where they came from, after the dtype/shape checks.
+pub(crate) struct Raw<'a> {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: &'a [u8],
+}
+
+impl Files {
+    /// `path` is a checkpoint folder or one .safetensors file in it. Order: the shard index
+    /// `model.safetensors.index.json`, then `model.safetensors`, then the folder's only
+    /// *.safetensors file (GPTQ-for-LLaMa names like vicuna-13b-4bit-128g.safetensors).
+    pub fn open(path: &Path) -> Result<(PathBuf, Files)> {
+        if path.is_file() {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            if has_ext(path, &PICKLE_EXTS) {
+                return Err(refuse_pickles(path, &[path.to_path_buf()]));
+            }
+            return Ok((dir, Self::from_shards(vec![path.to_path_buf()])?));
+        }
+        if !path.is_dir() {
+            return Err(LabError::bad_checkpoint(
+                path,
+                "no such checkpoint folder or .safetensors file",
+            ));
+        }
+        let index = path.join("model.safetensors.index.json");
+        if index.is_file() {
+            return Ok((path.to_path_buf(), Self::from_index(&index)?));
+        }
+        let single = path.join("model.safetensors");
+        if single.is_file() {
+            return Ok((path.to_path_buf(), Self::from_shards(vec![single])?));
+        }
+        let mut st = Vec::new();
+        let mut pickles = Vec::new();
+        for e in std::fs::read_dir(path).map_err(|e| LabError::io(path, e))? {
+            let p = e.map_err(|e| LabError::io(path, e))?.path();
+            if has_ext(&p, &["safetensors"]) {
+                st.push(p);
+            } else if has_ext(&p, &PICKLE_EXTS) && p.is_file() {
+                pickles.push(p);
+            }
+        }
+        st.sort();
+        match st.len() {
+            1 => Ok((path.to_path_buf(), Self::from_shards(st)?)),
+            0 if !pickles.is_empty() => Err(refuse_pickles(path, &pickles)),
+            0 => Err(LabError::bad_checkpoint(
+                path,
+                "no model.safetensors, model.safetensors.index.json or other *.safetensors file here",
+            )),
+            _ => Err(LabError::bad_checkpoint(
+                path,
+                format!(
+                    "{} .safetensors files and no model.safetensors.index.json: {:?}; pass the one to \
+                     load as --checkpoint FILE",
+                    st.len(),
+                    st.iter().filter_map(|p| p.file_name()).collect::<Vec<_>>()
+                ),
+            )),
+        }
+    }
+
+    fn from_index(index: &Path) -> Result<Files> {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let text = std::fs::read_to_string(index).map_err(|e| LabError::io(index, e))?;
+        let idx: Index = serde_json::from_str(&text).map_err(|e| LabError::Json {
+            path: index.into(),
+            source: e,
+        })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut names: Vec<&String> = idx.weight_map.values().collect();
+        names.sort();
+        names.dedup();
+        let shards: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+        for s in &shards {
+            if !s.is_file() {
+                return Err(LabError::bad_checkpoint(
+                    index,
+                    format!(
+                        "weight_map names shard {} which does not exist",
+                        s.display()
+                    ),
+                ));
+            }
+        }
+        let files = Self::from_shards(shards)?;
+        for (t, f) in &idx.weight_map {
+            match files.where_.get(t) {
+                Some(&i) if files.shards[i].path == dir.join(f) => {}
+                _ => {
+                    return Err(LabError::bad_checkpoint(
+                        dir.join(f),
+                        format!(
+                            "tensor '{t}' is listed in {} for this shard but is not in it",
+                            index.display()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    fn from_shards(paths: Vec<PathBuf>) -> Result<Files> {
+        let mut shards = Vec::new();
+        let mut where_ = HashMap::new();
+        for p in paths {
+            let s = Shard::open(&p)?;
+            for name in s.meta.tensors().keys() {
+                if let Some(prev) = where_.insert(name.clone(), shards.len()) {
+                    let prev: &Shard = &shards[prev];
+                    return Err(LabError::bad_checkpoint(
+                        &p,
+                        format!("tensor '{name}' is also in {}", prev.path.display()),
+                    ));
+                }
+            }
+            shards.push(s);
+        }
+        Ok(Files { shards, where_ })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.where_.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.where_.contains_key(name)
+    }
+
+    /// The file a tensor lives in, or the first shard (for messages about missing tensors).
+    pub fn path_of(&self, name: &str) -> &Path {
+        let i = self.where_.get(name).copied().unwrap_or(0);
+        &self.shards[i].path
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.where_
+            .get(name)
+            .and_then(|&i| self.shards[i].info(name))
+    }
+
+    /// A tensor that must exist, with its dtype one of `dtypes` and, if given, its shape.
+    pub fn get(&self, name: &str, dtypes: &[Dtype], shape: Option<&[usize]>) -> Result<Raw<'_>> {
+        let Some(&i) = self.where_.get(name) else {
+            return Err(LabError::bad_checkpoint(
+                self.path_of(name),
+                format!("missing tensor '{name}'"),
+            ));
+        };
+        let shard = &self.shards[i];
+        let info = shard.info(name).ok_or_else(|| {
+            LabError::bad_checkpoint(&shard.path, format!("missing tensor '{name}'"))
+        })?;
+        if !dtypes.contains(&info.dtype) {
+            return Err(LabError::bad_checkpoint(
+                &shard.path,
+                format!(
+                    "tensor '{name}': dtype {:?}, expected {}",
+                    info.dtype,
+                    dtypes
+                        .iter()
+                        .map(|d| format!("{d:?}"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            ));
+        }
+        if let Some(s) = shape {
+            if info.shape != s {
+                return Err(LabError::bad_checkpoint(
+                    &shard.path,
+                    format!("tensor '{name}': shape {:?}, expected {s:?}", info.shape),
+                ));
+            }
+        }
+        Ok(Raw {
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            bytes: shard.bytes(info),
+        })
+    }
+}
+
+fn has_ext(p: &Path, exts: &[&str]) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+fn refuse_pickles(at: &Path, pickles: &[PathBuf]) -> LabError {
+    LabError::bad_checkpoint(
+        at,
+        format!(
+            "only pickled PyTorch weights found ({:?}), no .safetensors; refused. {}",
+            pickles
+                .iter()
+                .filter_map(|p| p.file_name())
+                .collect::<Vec<_>>(),
+            convert_hint(&pickles[0])
+        ),
+    )
+}
+
+/// Little-endian words (safetensors is little-endian; the data may be unaligned in the map).
+pub(crate) fn le_u32(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+pub(crate) fn le_f16(b: &[u8]) -> Vec<half::f16> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+/// Any float tensor as f32.
+pub(crate) fn to_f32(r: &Raw<'_>) -> Vec<f32> {
+    match r.dtype {
+        Dtype::F16 => le_f16(r.bytes).iter().map(|v| v.to_f32()).collect(),
+        Dtype::BF16 => r
+            .bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F32 => r
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        _ => Vec::new(), // callers only pass float dtypes through `get`
+    }
+}
+
+/// An int32 or int64 index tensor (g_idx) widened to i64, so a range check sees the real values.
+pub(crate) fn to_i64(r: &Raw<'_>) -> Vec<i64> {
+    match r.dtype {
+        Dtype::I64 => r
+            .bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect(),
+        _ => le_u32(r.bytes)
+            .into_iter()
+            .map(|w| i64::from(w as i32))
+            .collect(),
+    }
+}

@@ -1,0 +1,303 @@
+//! Checkpoint loading: safetensors (single, sharded, or one GPTQ-for-LLaMa era file), config.json,
+//! the quantize config (or its inference), and each linear layer validated into the canonical
+//! `QuantLinear` (true zeros). Writing GPTQ checkpoints AutoGPTQ/transformers can load: `writer`.
+
+mod files;
+mod quant_config;
+mod writer;
+
+pub use crate::gptq::ZeroFormat;
+pub use quant_config::QuantInfo;
+pub use writer::write_gptq_checkpoint;
+
+use crate::gptq::{gidx, group_rows, zeros, QuantLinear};
+use crate::model::config::ModelConfig;
+use crate::{LabError, Result};
+use files::{le_f16, le_u32, to_f32, to_i64, Files};
+use safetensors::Dtype;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The weights of one linear layer as the checkpoint holds them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinearWeights {
+    /// GPTQ 4-bit, canonical (true zeros, g_idx only when not k / G).
+    Quant(QuantLinear),
+    /// An unquantized layer (fp16 checkpoints, or a layer a GPTQ file left in fp16), transposed
+    /// from the file's [N, K] to [k, n] row-major.
+    Dense { k: usize, n: usize, w_kn: Vec<f32> },
+}
+
+/// An opened checkpoint. Tensors stay memory-mapped; `linear` and `tensor_f32` copy out.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    /// `None` for fp16 ("normal") checkpoints.
+    pub quant: Option<QuantInfo>,
+    /// The file the quant settings came from (for messages), or the weights file if inferred.
+    quant_source: PathBuf,
+    files: Files,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("quant", &self.quant)
+            .field(
+                "shards",
+                &self
+                    .files
+                    .shards
+                    .iter()
+                    .map(|s| &s.path)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Checkpoint {
+    /// Open a checkpoint folder (or one .safetensors file inside it; config.json sits beside it).
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let (dir, files) = Files::open(path)?;
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            LabError::bad_checkpoint(
+                &cfg_path,
+                format!("cannot read config.json ({e}); it gives the model shapes"),
+            )
+        })?;
+        let config = ModelConfig::from_json_str(&text, &cfg_path)?;
+        let cfg_value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LabError::Json {
+                path: cfg_path.clone(),
+                source: e,
+            })?;
+        let mut quant = quant_config::from_files(&dir, &cfg_value)?;
+        let mut quant_source = if dir.join("quantize_config.json").is_file() {
+            dir.join("quantize_config.json")
+        } else {
+            cfg_path.clone()
+        };
+        // Any quantized tensor without a quantize config: a GPTQ-for-LLaMa era file.
+        let first_q = files
+            .names()
+            .into_iter()
+            .find_map(|n| n.strip_suffix(".qweight").map(str::to_string));
+        if quant.is_none() {
+            if let Some(prefix) = first_q {
+                let k = match expected_kn(&config, &prefix) {
+                    Some((k, _)) => k,
+                    None => {
+                        return Err(LabError::bad_checkpoint(
+                            files.path_of(&format!("{prefix}.qweight")),
+                            format!(
+                                "no quantize config, and '{prefix}' is not a LLaMA linear whose K the \
+                                 config gives; add a quantize_config.json (bits, group_size, desc_act, sym)"
+                            ),
+                        ))
+                    }
+                };
+                quant = Some(quant_config::infer(&files, &prefix, k)?);
+                quant_source = files.path_of(&format!("{prefix}.qweight")).to_path_buf();
+            }
+        }
+        Ok(Checkpoint {
+            dir,
+            config,
+            quant,
+            quant_source,
+            files,
+        })
+    }
+
+    /// One linear layer, e.g. prefix "model.layers.0.self_attn.q_proj": validated against the
+    /// config's shapes and the quant settings, zeros converted to true zeros.
+    pub fn linear(&self, prefix: &str) -> Result<LinearWeights> {
+        let qw = format!("{prefix}.qweight");
+        if !self.files.contains(&qw) {
+            let w = format!("{prefix}.weight");
+            if self.files.contains(&w) {
+                return self.dense(prefix, &w);
+            }
+            let what = if self.quant.is_some() { qw } else { w };
+            return Err(LabError::bad_checkpoint(
+                self.files.path_of(&what),
+                format!("missing tensor '{what}' (linear layer '{prefix}')"),
+            ));
+        }
+        let q = self.quant.as_ref().ok_or_else(|| {
+            LabError::bad_checkpoint(
+                self.files.path_of(&qw),
+                "quantized tensor without quant settings",
+            )
+        })?;
+        let file = self.files.path_of(&qw).to_path_buf();
+        let (k, n) = match expected_kn(&self.config, prefix) {
+            Some(kn) => kn,
+            None => {
+                let s = &self
+                    .files
+                    .info(&qw)
+                    .map(|i| i.shape.clone())
+                    .unwrap_or_default();
+                match s[..] {
+                    [rows, n] => (rows * 8, n),
+                    _ => {
+                        return Err(LabError::bad_checkpoint(
+                            &file,
+                            format!("tensor '{qw}': shape {s:?}, expected 2-D [K/8, N]"),
+                        ))
+                    }
+                }
+            }
+        };
+        if k % 8 != 0 || n % 8 != 0 {
+            return Err(LabError::bad_checkpoint(
+                &file,
+                format!("linear '{prefix}': K = {k}, N = {n}; both must be multiples of 8 for 4-bit packing"),
+            ));
+        }
+        let g = group_rows(q.group_size, k).map_err(|r| {
+            LabError::bad_checkpoint(
+                &self.quant_source,
+                format!("{r} (tensor '{prefix}.scales')"),
+            )
+        })?;
+        let groups = k / g;
+        let qweight = le_u32(
+            self.files
+                .get(&qw, &[Dtype::I32, Dtype::U32], Some(&[k / 8, n]))?
+                .bytes,
+        );
+        let qz = format!("{prefix}.qzeros");
+        let stored = le_u32(
+            self.files
+                .get(&qz, &[Dtype::I32, Dtype::U32], Some(&[groups, n / 8]))?
+                .bytes,
+        );
+        let sc = format!("{prefix}.scales");
+        let scales = le_f16(
+            self.files
+                .get(&sc, &[Dtype::F16], Some(&[groups, n]))?
+                .bytes,
+        );
+
+        let gi = format!("{prefix}.g_idx");
+        let g_idx = if self.files.contains(&gi) {
+            let raw = self.files.get(&gi, &[Dtype::I32, Dtype::I64], Some(&[k]))?;
+            let wide = to_i64(&raw);
+            if let Some((row, v)) = wide
+                .iter()
+                .enumerate()
+                .find(|(_, &v)| v < 0 || v >= groups as i64)
+            {
+                return Err(LabError::bad_checkpoint(
+                    self.files.path_of(&gi),
+                    format!("tensor '{gi}': g_idx[{row}] = {v}, expected 0 <= g < {groups} (rows of '{sc}')"),
+                ));
+            }
+            let v: Vec<i32> = wide.into_iter().map(|x| x as i32).collect();
+            gidx::is_act_order(&v, g).then_some(v)
+        } else {
+            None
+        };
+        let b = format!("{prefix}.bias");
+        let bias = if self.files.contains(&b) {
+            Some(le_f16(self.files.get(&b, &[Dtype::F16], Some(&[n]))?.bytes))
+        } else {
+            None
+        };
+        let qzeros = match q.format {
+            ZeroFormat::V2 => stored,
+            ZeroFormat::V1 => {
+                if let Some(u) = zeros::v1_underflow(&stored, n) {
+                    return Err(LabError::bad_checkpoint(
+                        self.files.path_of(&qz),
+                        format!("tensor '{qz}': {}", u.describe()),
+                    ));
+                }
+                zeros::v1_to_v2(&stored)
+            }
+        };
+        let layer = QuantLinear {
+            k,
+            n,
+            group_size: g,
+            qweight,
+            symmetric: zeros::is_symmetric_true(&qzeros),
+            qzeros,
+            scales,
+            g_idx,
+            bias,
+        };
+        layer
+            .validate()
+            .map_err(|r| LabError::bad_checkpoint(&file, format!("linear '{prefix}': {r}")))?;
+        Ok(LinearWeights::Quant(layer))
+    }
+
+    fn dense(&self, prefix: &str, w: &str) -> Result<LinearWeights> {
+        let shape = expected_kn(&self.config, prefix).map(|(k, n)| vec![n, k]);
+        let raw = self
+            .files
+            .get(w, &[Dtype::F16, Dtype::BF16, Dtype::F32], shape.as_deref())?;
+        let [n, k] = raw.shape[..] else {
+            return Err(LabError::bad_checkpoint(
+                self.files.path_of(w),
+                format!("tensor '{w}': shape {:?}, expected 2-D [N, K]", raw.shape),
+            ));
+        };
+        let w_nk = to_f32(&raw);
+        let mut w_kn = vec![0f32; k * n];
+        for (o, row) in w_nk.chunks_exact(k).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                w_kn[i * n + o] = v;
+            }
+        }
+        Ok(LinearWeights::Dense { k, n, w_kn })
+    }
+
+    /// A float tensor (F16, BF16 or F32) as f32, row-major, with its shape.
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let raw = self
+            .files
+            .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], None)?;
+        Ok((to_f32(&raw), raw.shape.clone()))
+    }
+
+    /// Every tensor name, sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        self.files.names()
+    }
+
+    /// On-disk bytes of every tensor.
+    pub fn tensor_bytes(&self) -> BTreeMap<String, u64> {
+        self.files
+            .names()
+            .into_iter()
+            .filter_map(|n| {
+                let (a, b) = self.files.info(&n)?.data_offsets;
+                Some((n, (b - a) as u64))
+            })
+            .collect()
+    }
+}
+
+/// (K, N) of a LLaMA linear by its state-dict prefix, from the config; `None` if not one.
+fn expected_kn(c: &ModelConfig, prefix: &str) -> Option<(usize, usize)> {
+    if prefix == "lm_head" {
+        return Some((c.hidden_size, c.vocab_size));
+    }
+    let rest = prefix.strip_prefix("model.layers.")?;
+    let (i, name) = rest.split_once('.')?;
+    if i.parse::<usize>().ok()? >= c.num_hidden_layers {
+        return None;
+    }
+    c.layer_linears()
+        .into_iter()
+        .find(|(l, _, _)| *l == name)
+        .map(|(_, k, n)| (k, n))
+}

@@ -1,0 +1,258 @@
+//! The checkpoint's quantization settings: from quantize_config.json, or `quantization_config`
+//! inside config.json, or (GPTQ-for-LLaMa era files with neither) inferred from the tensors.
+//! Every default taken and every inference made is recorded in `QuantInfo::inferred`.
+
+use super::files::{le_u32, to_i64, Files};
+use crate::gptq::{gidx, group_rows, zeros, ZeroFormat};
+use crate::{LabError, Result};
+use safetensors::Dtype;
+use serde::Deserialize;
+use std::path::Path;
+
+/// AutoGPTQ's defaults for fields a quantize config leaves out.
+const DEFAULT_BITS: u32 = 4;
+const DEFAULT_GROUP_SIZE: i32 = 128;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantInfo {
+    pub bits: u32,
+    /// -1 = per-channel.
+    pub group_size: i32,
+    pub desc_act: bool,
+    pub sym: bool,
+    pub static_groups: bool,
+    pub format: ZeroFormat,
+    /// Each default taken or value inferred, one line each, for the user to see.
+    pub inferred: Vec<String>,
+}
+
+impl QuantInfo {
+    /// The JSON AutoGPTQ writes as quantize_config.json and transformers reads as
+    /// `quantization_config` in config.json.
+    pub fn to_json(&self, format: ZeroFormat) -> serde_json::Value {
+        serde_json::json!({
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "damp_percent": 0.01,
+            "desc_act": self.desc_act,
+            "static_groups": self.static_groups,
+            "sym": self.sym,
+            "true_sequential": true,
+            "quant_method": "gptq",
+            "checkpoint_format": format.config_name(),
+            "format": format.config_name(),
+            "model_file_base_name": "model",
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RawQuant {
+    bits: Option<u32>,
+    group_size: Option<i32>,
+    desc_act: Option<bool>,
+    sym: Option<bool>,
+    static_groups: Option<bool>,
+    checkpoint_format: Option<String>,
+    /// transformers >= 4.5x and GPTQModel name it `format` (`checkpoint_format` is the legacy
+    /// name and wins when both are present, as in transformers' GPTQConfig).
+    format: Option<String>,
+    quant_method: Option<String>,
+}
+
+fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo> {
+    let raw: RawQuant = serde_json::from_value(value.clone())
+        .map_err(|e| LabError::bad_checkpoint(path, format!("{what}: {e}")))?;
+    let bad = |r: String| LabError::bad_checkpoint(path, format!("{what}: {r}"));
+    if let Some(m) = &raw.quant_method {
+        if !m.eq_ignore_ascii_case("gptq") {
+            return Err(bad(format!(
+                "quant_method '{m}' is not supported; expected 'gptq'"
+            )));
+        }
+    }
+    let mut inferred = Vec::new();
+    let mut default = |field: &str, v: String| {
+        inferred.push(format!("{what}: '{field}' missing, AutoGPTQ default {v}"));
+    };
+    let bits = raw.bits.unwrap_or_else(|| {
+        default("bits", DEFAULT_BITS.to_string());
+        DEFAULT_BITS
+    });
+    let group_size = raw.group_size.unwrap_or_else(|| {
+        default("group_size", DEFAULT_GROUP_SIZE.to_string());
+        DEFAULT_GROUP_SIZE
+    });
+    let desc_act = raw.desc_act.unwrap_or_else(|| {
+        default("desc_act", "false".into());
+        false
+    });
+    let sym = raw.sym.unwrap_or_else(|| {
+        default("sym", "true".into());
+        true
+    });
+    let static_groups = raw.static_groups.unwrap_or(false);
+    let format = match raw.checkpoint_format.as_deref().or(raw.format.as_deref()) {
+        None => {
+            default("checkpoint_format", "\"gptq\" (v1 zeros)".into());
+            ZeroFormat::V1
+        }
+        Some("gptq") => ZeroFormat::V1,
+        Some("gptq_v2") => ZeroFormat::V2,
+        Some(other) => {
+            return Err(bad(format!(
+                "checkpoint_format '{other}' is not supported; expected \"gptq\" or \"gptq_v2\" \
+                 (\"marlin\" files are repacked for one kernel; convert from the gptq original)"
+            )))
+        }
+    };
+    check_bits(bits, path, what)?;
+    if group_size != -1 && group_size <= 0 {
+        return Err(bad(format!(
+            "group_size {group_size}; expected -1 (per-channel) or a positive size"
+        )));
+    }
+    Ok(QuantInfo {
+        bits,
+        group_size,
+        desc_act,
+        sym,
+        static_groups,
+        format,
+        inferred,
+    })
+}
+
+fn check_bits(bits: u32, path: &Path, what: &str) -> Result<()> {
+    if bits != 4 {
+        return Err(LabError::bad_checkpoint(
+            path,
+            format!("{what}: bits = {bits}; only 4-bit GPTQ is supported (the kernels unpack 8 codes per int32)"),
+        ));
+    }
+    Ok(())
+}
+
+/// quantize_config.json if present, else config.json's `quantization_config`; both present and
+/// disagreeing on what the tensors mean is an error. `None` when neither exists.
+pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Option<QuantInfo>> {
+    let qc_path = dir.join("quantize_config.json");
+    let cfg_path = dir.join("config.json");
+    let from_cfg = match config.get("quantization_config") {
+        Some(v) if !v.is_null() => Some(parse(v, &cfg_path, "config.json quantization_config")?),
+        _ => None,
+    };
+    if !qc_path.is_file() {
+        return Ok(from_cfg);
+    }
+    let text = std::fs::read_to_string(&qc_path).map_err(|e| LabError::io(&qc_path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
+        path: qc_path.clone(),
+        source: e,
+    })?;
+    let qc = parse(&v, &qc_path, "quantize_config.json")?;
+    if let Some(c) = &from_cfg {
+        let key = |q: &QuantInfo| (q.bits, q.group_size, q.sym, q.format);
+        if key(c) != key(&qc) {
+            return Err(LabError::bad_checkpoint(
+                &qc_path,
+                format!(
+                    "disagrees with config.json quantization_config on (bits, group_size, sym, \
+                     format): {:?} vs {:?}; fix one of them",
+                    key(&qc),
+                    key(c)
+                ),
+            ));
+        }
+    }
+    Ok(Some(qc))
+}
+
+/// Infer the settings of a GPTQ-for-LLaMa era checkpoint from one quantized linear `prefix`
+/// whose in_features is `k` (from the model config).
+pub(crate) fn infer(files: &Files, prefix: &str, k: usize) -> Result<QuantInfo> {
+    let qw = format!("{prefix}.qweight");
+    let path = files.path_of(&qw).to_path_buf();
+    let bad = |r: String| LabError::bad_checkpoint(&path, r);
+    let what = "no quantize config";
+    let mut inferred = vec![format!(
+        "{what}: settings inferred from the tensors of {prefix} (K = {k})"
+    )];
+    let info = |name: &str| {
+        files.info(name).ok_or_else(|| {
+            bad(format!(
+                "missing tensor '{name}' (needed to infer the quantization)"
+            ))
+        })
+    };
+    let rows = *info(&qw)?.shape.first().unwrap_or(&0);
+    if rows * 32 % k != 0 {
+        return Err(bad(format!(
+            "tensor '{qw}': {rows} rows do not match any bit width for K = {k} (rows = K * bits / 32)"
+        )));
+    }
+    let bits = (rows * 32 / k) as u32;
+    check_bits(
+        bits,
+        &path,
+        &format!("tensor '{qw}' ({rows} rows for K = {k})"),
+    )?;
+    inferred.push(format!(
+        "bits = {bits} from {qw} rows ({rows} = K * bits / 32)"
+    ));
+
+    let sc = format!("{prefix}.scales");
+    let groups = *info(&sc)?.shape.first().unwrap_or(&0);
+    let group_size = match groups {
+        0 => return Err(bad(format!("tensor '{sc}' has no rows"))),
+        1 => -1,
+        g if k % g == 0 => (k / g) as i32,
+        g => {
+            return Err(bad(format!(
+                "tensor '{sc}': {g} rows imply a group size that does not divide K = {k}; \
+                 expected K / group_size rows"
+            )))
+        }
+    };
+    inferred.push(format!(
+        "group_size = {group_size} from {sc} rows ({groups})"
+    ));
+
+    let gi = format!("{prefix}.g_idx");
+    let g_rows = group_rows(group_size, k).map_err(bad)?;
+    let desc_act = if files.contains(&gi) {
+        let raw = files.get(&gi, &[Dtype::I32, Dtype::I64], Some(&[k]))?;
+        let v: Vec<i32> = to_i64(&raw).into_iter().map(|x| x as i32).collect();
+        let act = gidx::validate_g_idx(&v, k, groups).is_ok() && gidx::is_act_order(&v, g_rows);
+        inferred.push(format!("desc_act = {act} from {gi}"));
+        act
+    } else {
+        inferred.push(format!(
+            "desc_act = false: {gi} absent, so g_idx = k / group_size"
+        ));
+        false
+    };
+
+    let qz = format!("{prefix}.qzeros");
+    let raw = files.get(&qz, &[Dtype::I32, Dtype::U32], None)?;
+    let sym = zeros::is_symmetric_v1(&le_u32(raw.bytes));
+    inferred.push(format!(
+        "sym = {sym} from {qz} ({})",
+        if sym {
+            "every word 0x77777777"
+        } else {
+            "not every word 0x77777777"
+        }
+    ));
+    inferred
+        .push("checkpoint_format = \"gptq\" (v1 zeros, as every tool of that era wrote)".into());
+    Ok(QuantInfo {
+        bits,
+        group_size,
+        desc_act,
+        sym,
+        static_groups: false,
+        format: ZeroFormat::V1,
+        inferred,
+    })
+}

@@ -1,0 +1,196 @@
+//! VRAM planner: exact bytes of a GPTQ (or fp16) LLaMA/Vicuna decode run on a GPU, which cards it
+//! fits, the longest context each card allows, and a bandwidth-roofline tokens/s estimate.
+//!
+//! total = weights (linears + fp16 embeddings, norms, lm_head) + fp16 KV cache + decode workspace
+//!       + CUDA context allowance (`cards::CUDA_CONTEXT_BYTES`).
+//! `bytes.rs` counts, `cards.rs` holds the card table and the memory convention, `fit.rs` solves
+//! for context and computes the roofline, `checkpoint.rs` reads a checkpoint folder's configs and
+//! summarises a loaded checkpoint's tensors for comparison.
+
+pub mod bytes;
+pub mod cards;
+pub mod checkpoint;
+pub mod fit;
+
+pub use bytes::{
+    kv_cache_bytes, workspace_bytes, LinearBytes, PartBytes, WeightBytes, WeightDtype,
+};
+pub use cards::{Card, CARDS, CUDA_CONTEXT_BYTES, GENERIC_SIZES_GIB};
+pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuant};
+pub use fit::{Fit, Roofline};
+
+use crate::model::config::ModelConfig;
+use crate::{LabError, Result};
+use serde::Serialize;
+
+/// Group sizes of the default table; -1 = per-channel.
+pub const DEFAULT_GROUPS: &[i32] = &[32, 64, 128, -1];
+/// Contexts of the default table: Vicuna v0/v1.1 train at 2048, v1.5 at 4096; 512 is a short chat.
+pub const DEFAULT_CTXS: &[u64] = &[512, 2048, 4096];
+
+/// What to plan for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanSpec {
+    pub model: ModelConfig,
+    pub dtype: WeightDtype,
+    /// Rows per group; -1 = per-channel. Ignored for fp16.
+    pub group_size: i32,
+    /// Act-order checkpoint: kernels need a K x 4 index per linear (g_idx or the reorder permutation).
+    pub act_order: bool,
+    /// Positions per sequence the KV cache holds.
+    pub ctx: u64,
+    /// Sequences decoded together.
+    pub batch: u64,
+    pub cuda_context_bytes: u64,
+}
+
+impl PlanSpec {
+    /// A batch-1 plan with the default CUDA context allowance and no act-order.
+    pub fn new(model: ModelConfig, dtype: WeightDtype, group_size: i32, ctx: u64) -> Self {
+        PlanSpec {
+            model,
+            dtype,
+            group_size,
+            act_order: false,
+            ctx,
+            batch: 1,
+            cuda_context_bytes: CUDA_CONTEXT_BYTES,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.dtype == WeightDtype::Int4 && self.group_size != -1 && self.group_size <= 0 {
+            return Err(LabError::invalid(
+                "--group",
+                format!(
+                    "group size {} (expected a positive size such as 32/64/128, or -1 for per-channel)",
+                    self.group_size
+                ),
+            ));
+        }
+        if self.batch == 0 {
+            return Err(LabError::invalid("--batch", "batch 0 (expected >= 1)"));
+        }
+        Ok(())
+    }
+
+    fn weights(&self) -> WeightBytes {
+        WeightBytes::of(&self.model, self.dtype, self.group_size, self.act_order)
+    }
+
+    /// Everything but the context-dependent parts, plus those at `ctx`.
+    fn total_with(&self, weights: u64, ctx: u64) -> u64 {
+        weights
+            + kv_cache_bytes(&self.model, ctx, self.batch)
+            + workspace_bytes(&self.model, ctx, self.batch)
+            + self.cuda_context_bytes
+    }
+
+    /// Total bytes at another context, all else equal.
+    pub fn total_at(&self, ctx: u64) -> u64 {
+        self.total_with(self.weights().total, ctx)
+    }
+
+    pub fn plan(&self) -> Result<Plan> {
+        self.validate()?;
+        let weights = self.weights();
+        let kv = kv_cache_bytes(&self.model, self.ctx, self.batch);
+        let ws = workspace_bytes(&self.model, self.ctx, self.batch);
+        let total = self.total_with(weights.total, self.ctx);
+        let int4 = self.dtype == WeightDtype::Int4;
+        let g_idx_note = match (int4, self.act_order) {
+            (false, _) => "no g_idx: fp16 weights".to_string(),
+            (true, true) => "g_idx counted: act-order kernels read a K x 4 byte index per linear \
+                             (g_idx to gather, or the reorder permutation: same size)"
+                .to_string(),
+            (true, false) => "g_idx not counted: without act-order the group of row k is k / G and \
+                              no kernel reads it (the checkpoint file still stores K x 4 bytes per linear)"
+                .to_string(),
+        };
+        let bytes_per_step = weights.streamed_per_step(&self.model, self.batch) + kv;
+        let wt = weights.total;
+        let fits = GENERIC_SIZES_GIB
+            .iter()
+            .map(|&g| fit::fit_on(&cards::generic(g), total, |c| self.total_with(wt, c)))
+            .collect();
+        Ok(Plan {
+            model: self.model.name.clone(),
+            dtype: self.dtype,
+            group_size: int4.then_some(self.group_size),
+            act_order: int4 && self.act_order,
+            ctx: self.ctx,
+            batch: self.batch,
+            model_max_ctx: self.model.max_position_embeddings as u64,
+            weights_bytes: wt,
+            kv_cache_bytes: kv,
+            workspace_bytes: ws,
+            cuda_context_bytes: self.cuda_context_bytes,
+            total_bytes: total,
+            g_idx_counted: int4 && self.act_order,
+            g_idx_note,
+            weights,
+            bytes_per_step,
+            fits,
+            card: None,
+            roofline: None,
+        })
+    }
+
+    /// The plan plus its fit on one named card and that card's roofline (`efficiency` x spec bandwidth).
+    pub fn plan_on(&self, card: &Card, efficiency: f64) -> Result<Plan> {
+        if !(efficiency > 0.0 && efficiency <= 1.0) {
+            return Err(LabError::invalid(
+                "--efficiency",
+                format!("{efficiency} (expected a fraction of spec bandwidth in (0, 1])"),
+            ));
+        }
+        let mut p = self.plan()?;
+        let wt = p.weights_bytes;
+        p.card = Some(fit::fit_on(card, p.total_bytes, |c| self.total_with(wt, c)));
+        p.roofline = Some(fit::roofline(
+            card,
+            efficiency,
+            self.batch,
+            p.bytes_per_step,
+        ));
+        Ok(p)
+    }
+}
+
+/// One planned configuration. `--json` prints this.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub model: String,
+    pub dtype: WeightDtype,
+    /// None for fp16.
+    pub group_size: Option<i32>,
+    pub act_order: bool,
+    pub ctx: u64,
+    pub batch: u64,
+    /// The model's trained context (config's max_position_embeddings).
+    pub model_max_ctx: u64,
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    pub workspace_bytes: u64,
+    pub cuda_context_bytes: u64,
+    pub total_bytes: u64,
+    pub g_idx_counted: bool,
+    pub g_idx_note: String,
+    /// Per-tensor breakdown (one layer's linears, and sums by kind).
+    pub weights: WeightBytes,
+    /// DRAM bytes per decode step: weights read once + KV cache (anchors.md's definition).
+    pub bytes_per_step: u64,
+    /// The generic 6/8/10/12/16/24 GB cards.
+    pub fits: Vec<Fit>,
+    /// The `--card` given, if any.
+    pub card: Option<Fit>,
+    pub roofline: Option<Roofline>,
+}
+
+/// Decimal gigabytes for display (1e9: what the anchors and bandwidth figures use).
+pub fn gb(bytes: u64) -> f64 {
+    bytes as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests;

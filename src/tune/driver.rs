@@ -1,0 +1,148 @@
+//! The tuner's driver loop, independent of the GPU: for each pending key, measure every candidate
+//! through a `Measurer`, select, record, save. The GPU harness plugs in as a `Measurer`.
+
+use super::dispatch::{self, heuristic, serves};
+use super::schema::{
+    CandidateResult, CandidateStatus, Choice, ProblemKey, TunedConfig, TunedEntry,
+};
+use super::select::select;
+use crate::cuda::DeviceInfo;
+use crate::kernels::registry;
+use crate::{LabError, Result};
+use std::path::Path;
+
+/// Times one candidate on one key. The GPU implementation runs the timing harness (cold weights,
+/// warm-up, many runs) and the correctness check; anything unusable comes back as `Rejected`.
+pub trait Measurer {
+    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> CandidateStatus;
+}
+
+/// Most candidates timed per key: 7 buckets x 26 shapes x 2 act-order = 364 keys for Vicuna 7B+13B,
+/// and at ~50 ms per candidate (warm-up + 200 timed runs) 32 candidates keep a full run near 10 min.
+pub const MAX_CANDIDATES_PER_KEY: usize = 32;
+
+/// Split-K factors tried for a variant that is not yet in the registry (the registry's tunables
+/// replace this once it is).
+const SPLITK_TRY: &[u32] = &[2, 4, 8, 16];
+
+/// The default (heuristic) choice and every candidate for `key`: each known variant that serves
+/// it, with every combination of its registry tunables (`quick`: defaults only). The default is
+/// always among the candidates, first.
+pub fn candidates_for(
+    key: &ProblemKey,
+    sm: u32,
+    sms: u32,
+    quick: bool,
+) -> Result<(Choice, Vec<Choice>)> {
+    let default = heuristic(key, sm, sms)?;
+    let mut out = vec![default.clone()];
+    for v in dispatch::VARIANTS
+        .iter()
+        .filter(|v| serves(v.name, key, sm))
+    {
+        let mut grid = vec![Choice::new(v.name)];
+        if !quick {
+            if let Some(r) = registry::by_name(v.name) {
+                for t in r.tunables {
+                    grid = grid
+                        .iter()
+                        .flat_map(|c| t.values.iter().map(move |&x| c.clone().with(t.name, x)))
+                        .collect();
+                }
+            } else if v.name == "gemv_v5_splitk" {
+                grid = SPLITK_TRY
+                    .iter()
+                    .filter(|&&s| key.k / s >= dispatch::SPLITK_MIN_SLICE_K)
+                    .map(|&s| Choice::new(v.name).with("split_k", s))
+                    .collect();
+            }
+        }
+        for c in grid {
+            if out.len() >= MAX_CANDIDATES_PER_KEY {
+                break;
+            }
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+    }
+    Ok((default, out))
+}
+
+/// Keys of `all` that `existing` has no entry for, in `all`'s order. `existing` must already be
+/// known to match this GPU and kernel hash (`resume_or_new`), so its entries are reusable.
+pub fn pending_keys(all: &[ProblemKey], existing: &TunedConfig) -> Vec<ProblemKey> {
+    all.iter()
+        .filter(|k| existing.entry(k).is_none())
+        .copied()
+        .collect()
+}
+
+/// The config to continue: the file at `path` if it was measured on this GPU with these kernels;
+/// a fresh one if there is no file, or if the kernel hash changed (its timings are stale: the
+/// string says so). A file from another GPU is an error, so it is never overwritten by mistake.
+pub fn resume_or_new(
+    path: &Path,
+    device: &DeviceInfo,
+    git_rev: &str,
+    kernel_hash: &str,
+) -> Result<(TunedConfig, Option<String>)> {
+    if !path.exists() {
+        return Ok((TunedConfig::new(device.clone(), git_rev, kernel_hash), None));
+    }
+    let old = TunedConfig::load(path)?;
+    if old.device.slug != device.slug || old.device.name != device.name {
+        // check_matches fails on the device and names both GPUs.
+        old.check_matches(device, kernel_hash)
+            .map_err(|e| LabError::invalid(path.display().to_string(), e.to_string()))?;
+    }
+    if old.kernel_hash != kernel_hash {
+        let why = format!(
+            "{}: kernel hash {} differs from this binary's {}; starting over (the file is replaced at the first key)",
+            path.display(),
+            old.kernel_hash,
+            kernel_hash
+        );
+        return Ok((
+            TunedConfig::new(device.clone(), git_rev, kernel_hash),
+            Some(why),
+        ));
+    }
+    Ok((old, None))
+}
+
+/// Tune every key of `keys` that `config` does not have yet. After each key: the entry is added,
+/// `save` is called (so an interrupted run loses at most one key), then `on_progress(done, total,
+/// entry)`. Returns how many keys were measured.
+pub fn tune<M: Measurer + ?Sized>(
+    config: &mut TunedConfig,
+    keys: &[ProblemKey],
+    candidates_for: impl Fn(&ProblemKey) -> Result<(Choice, Vec<Choice>)>,
+    measurer: &mut M,
+    mut on_progress: impl FnMut(usize, usize, &TunedEntry),
+    mut save: impl FnMut(&TunedConfig) -> Result<()>,
+) -> Result<usize> {
+    let todo = pending_keys(keys, config);
+    for (i, key) in todo.iter().enumerate() {
+        let (default, choices) = candidates_for(key)?;
+        let candidates: Vec<CandidateResult> = choices
+            .into_iter()
+            .map(|choice| CandidateResult {
+                status: measurer.measure(key, &choice),
+                choice,
+            })
+            .collect();
+        let s = select(&default, &candidates);
+        let entry = TunedEntry {
+            key: *key,
+            winner: s.winner,
+            default,
+            candidates,
+            note: s.note,
+        };
+        config.upsert(entry.clone());
+        save(config)?;
+        on_progress(i + 1, todo.len(), &entry);
+    }
+    Ok(todo.len())
+}

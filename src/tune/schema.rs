@@ -1,0 +1,251 @@
+//! The tuned config file (tuning/<gpu-slug>.json): which variant and parameters won each problem
+//! key on one GPU, with every candidate's timings. Written atomically after every key.
+//!
+//! Compatibility: unknown fields are ignored (serde's default) and optional fields default, so an
+//! older or newer lab can read the file; a candidate status this build does not know reads as
+//! `Unknown` and never wins. A file from another GPU or another kernel hash is refused by name.
+
+use crate::cuda::DeviceInfo;
+use crate::{LabError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Bumped when a field changes meaning; additions that old readers may ignore do not bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What is being tuned: one linear shape at one batch bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProblemKey {
+    /// out_features
+    pub n: u32,
+    /// in_features
+    pub k: u32,
+    /// Rows per group; -1 = per-channel.
+    pub group_size: i32,
+    pub act_order: bool,
+    /// Batch rounded up to 1/2/4/8/16/32/64 (`dispatch::batch_bucket`).
+    pub batch_bucket: u32,
+}
+
+impl std::fmt::Display for ProblemKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n={} k={} g={} act_order={} m<={}",
+            self.n, self.k, self.group_size, self.act_order, self.batch_bucket
+        )
+    }
+}
+
+/// A variant (registry name) and its launch parameters; params left out take the variant's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Choice {
+    pub variant: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, u32>,
+}
+
+impl Choice {
+    pub fn new(variant: &str) -> Self {
+        Choice {
+            variant: variant.to_string(),
+            params: BTreeMap::new(),
+        }
+    }
+    pub fn with(mut self, param: &str, value: u32) -> Self {
+        self.params.insert(param.to_string(), value);
+        self
+    }
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.variant)?;
+        if !self.params.is_empty() {
+            let p: Vec<String> = self
+                .params
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            write!(f, "({})", p.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// One candidate's outcome. Times are per launch, microseconds, over the timing harness's runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CandidateStatus {
+    Ok {
+        median_us: f64,
+        /// Interquartile mean: the comparison statistic (robust to a few slow outliers).
+        iqm_us: f64,
+        p25_us: f64,
+        p75_us: f64,
+    },
+    /// Not usable: failed the correctness check, unsupported shape, launch error...
+    Rejected { reason: String },
+    /// A status written by a newer lab; treated as rejected.
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateResult {
+    pub choice: Choice,
+    pub status: CandidateStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedEntry {
+    pub key: ProblemKey,
+    pub winner: Choice,
+    /// What the heuristic would have served: the baseline a winner must beat.
+    pub default: Choice,
+    #[serde(default)]
+    pub candidates: Vec<CandidateResult>,
+    /// Why the winner won, e.g. "kept default: gain 1.2% within noise 2.0%".
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TunedConfig {
+    pub schema_version: u32,
+    pub device: DeviceInfo,
+    #[serde(default)]
+    pub git_rev: String,
+    /// `build_info::KERNEL_HASH` of the binary that measured: timings of other kernels mean nothing.
+    pub kernel_hash: String,
+    /// UTC, RFC 3339.
+    #[serde(default)]
+    pub created: String,
+    #[serde(default)]
+    pub entries: Vec<TunedEntry>,
+}
+
+impl TunedConfig {
+    pub fn new(device: DeviceInfo, git_rev: &str, kernel_hash: &str) -> Self {
+        TunedConfig {
+            schema_version: SCHEMA_VERSION,
+            device,
+            git_rev: git_rev.to_string(),
+            kernel_hash: kernel_hash.to_string(),
+            created: now_utc_rfc3339(),
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| LabError::Json {
+            path: path.into(),
+            source: e,
+        })
+    }
+
+    /// Refuse a config measured on another GPU or with other kernels; the error names both sides.
+    pub fn check_matches(&self, device: &DeviceInfo, kernel_hash: &str) -> Result<()> {
+        if self.device.slug != device.slug || self.device.name != device.name {
+            return Err(LabError::invalid(
+                "tuned config",
+                format!(
+                    "it was measured on '{}' ({}), this GPU is '{}' ({}): tune this GPU with `lab tune`",
+                    self.device.name, self.device.slug, device.name, device.slug
+                ),
+            ));
+        }
+        if self.kernel_hash != kernel_hash {
+            return Err(LabError::invalid(
+                "tuned config",
+                format!(
+                    "it was measured with kernel hash {}, this binary's kernels are {}: the timings are stale, rerun `lab tune`",
+                    self.kernel_hash, kernel_hash
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Load and check in one step; the error names the file.
+    pub fn load_matching(path: &Path, device: &DeviceInfo, kernel_hash: &str) -> Result<Self> {
+        let c = Self::load(path)?;
+        c.check_matches(device, kernel_hash)
+            .map_err(|e| LabError::invalid(path.display().to_string(), e.to_string()))?;
+        Ok(c)
+    }
+
+    /// Atomic write (temp file + rename). Non-finite timings are refused first: JSON has no NaN,
+    /// serde_json would write `null`, and the file would no longer load.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        for e in &self.entries {
+            for c in &e.candidates {
+                if let CandidateStatus::Ok {
+                    median_us,
+                    iqm_us,
+                    p25_us,
+                    p75_us,
+                } = c.status
+                {
+                    if ![median_us, iqm_us, p25_us, p75_us]
+                        .iter()
+                        .all(|t| t.is_finite())
+                    {
+                        return Err(LabError::invalid(
+                            path.display().to_string(),
+                            format!(
+                                "{} {}: non-finite timing; record it as Rejected instead",
+                                e.key, c.choice
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        crate::util::write_json_atomic(path, self)
+    }
+
+    pub fn entry(&self, key: &ProblemKey) -> Option<&TunedEntry> {
+        self.entries.iter().find(|e| &e.key == key)
+    }
+
+    /// Insert or replace the entry for its key.
+    pub fn upsert(&mut self, entry: TunedEntry) {
+        match self.entries.iter_mut().find(|e| e.key == entry.key) {
+            Some(old) => *old = entry,
+            None => self.entries.push(entry),
+        }
+    }
+}
+
+/// Current UTC time as "YYYY-MM-DDTHH:MM:SSZ" (std has no calendar; no date crate for one field).
+pub fn now_utc_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    rfc3339_from_unix(secs)
+}
+
+/// Unix seconds -> RFC 3339 UTC, via the proleptic Gregorian day count (400-year eras of 146097 days).
+pub fn rfc3339_from_unix(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Shift the epoch to 0000-03-01 so leap days fall at the end of the (March-based) year.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097; // day of era, 0..146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
+    let mp = (5 * doy + 2) / 153; // March = 0
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

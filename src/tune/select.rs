@@ -1,0 +1,87 @@
+//! The selection rule: which candidate serves a key, given its recorded timings.
+//!
+//! Rejected candidates never win. Candidates compare by interquartile mean. A challenger replaces
+//! the default only if it beats it by more than the noise; otherwise the default stays, because a
+//! "win" inside the noise is a coin flip that makes the dispatcher differ from run to run and
+//! from machine to machine for nothing (ExLlamaV2's tuner keeps its default the same way).
+
+use super::schema::{CandidateResult, CandidateStatus, Choice};
+
+/// Smallest relative gain worth switching for. Event timing of a ~20-200 us kernel repeats to
+/// about 1% run to run on an idle card; twice that keeps a switch meaningful.
+pub const MIN_GAIN: f64 = 0.02;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub winner: Choice,
+    pub note: String,
+}
+
+/// (iqm, spread) of a usable timing; spread = (p75 - p25) / median, the run-to-run noise.
+fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
+    match *s {
+        CandidateStatus::Ok {
+            median_us,
+            iqm_us,
+            p25_us,
+            p75_us,
+        } if iqm_us.is_finite() && iqm_us > 0.0 && median_us > 0.0 => {
+            let spread = ((p75_us - p25_us) / median_us).max(0.0);
+            Some((iqm_us, if spread.is_finite() { spread } else { 1.0 }))
+        }
+        _ => None,
+    }
+}
+
+/// Pick the winner among `candidates` against `default` (see the module comment).
+/// Ties on iqm are broken by the choice's order (variant name, then parameters), so the same
+/// timings always give the same winner whatever order they were measured in.
+pub fn select(default: &Choice, candidates: &[CandidateResult]) -> Selection {
+    let mut ok: Vec<(&Choice, f64, f64)> = candidates
+        .iter()
+        .filter_map(|c| timing(&c.status).map(|(iqm, spread)| (&c.choice, iqm, spread)))
+        .collect();
+    ok.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+    let Some(&(best, best_iqm, best_spread)) = ok.first() else {
+        return Selection {
+            winner: default.clone(),
+            note: format!(
+                "kept default: all {} candidates rejected or untimed",
+                candidates.len()
+            ),
+        };
+    };
+    let Some(&(_, def_iqm, def_spread)) = ok.iter().find(|c| c.0 == default) else {
+        return Selection {
+            winner: best.clone(),
+            note: format!("default {default} rejected or untimed: fastest usable candidate"),
+        };
+    };
+    if best == default {
+        return Selection {
+            winner: default.clone(),
+            note: "default is fastest".into(),
+        };
+    }
+    let gain = (def_iqm - best_iqm) / def_iqm;
+    let noise = MIN_GAIN.max(def_spread).max(best_spread);
+    if gain <= noise {
+        Selection {
+            winner: default.clone(),
+            note: format!(
+                "kept default: gain {:.1}% of {best} within noise {:.1}%",
+                gain * 100.0,
+                noise * 100.0
+            ),
+        }
+    } else {
+        Selection {
+            winner: best.clone(),
+            note: format!(
+                "{:.1}% faster than default {default} (noise {:.1}%)",
+                gain * 100.0,
+                noise * 100.0
+            ),
+        }
+    }
+}

@@ -1,0 +1,543 @@
+use super::dispatch::{heuristic, serves, VARIANTS};
+use super::keys::{default_keys, vicuna_default_keys};
+use super::*;
+use crate::cuda::DeviceInfo;
+use crate::model::config::ModelConfig;
+use std::collections::BTreeMap;
+
+fn device(name: &str, cc: (i32, i32), sms: i32) -> DeviceInfo {
+    DeviceInfo {
+        name: name.into(),
+        slug: crate::cuda::device::slugify(name),
+        cc_major: cc.0,
+        cc_minor: cc.1,
+        sms,
+        memory_bytes: 80 << 30,
+        l2_bytes: 50 << 20,
+        driver_cuda: "13.0".into(),
+        driver_version: String::new(),
+        mem_clock_khz: 2_619_000,
+        bus_width_bits: 5120,
+    }
+}
+
+fn h100() -> DeviceInfo {
+    device("NVIDIA H100 80GB HBM3", (9, 0), 132)
+}
+
+fn ok(iqm: f64, spread: f64) -> CandidateStatus {
+    CandidateStatus::Ok {
+        median_us: iqm,
+        iqm_us: iqm,
+        p25_us: iqm * (1.0 - spread / 2.0),
+        p75_us: iqm * (1.0 + spread / 2.0),
+    }
+}
+
+fn cand(c: &Choice, s: CandidateStatus) -> CandidateResult {
+    CandidateResult {
+        choice: c.clone(),
+        status: s,
+    }
+}
+
+fn key(batch_bucket: u32) -> ProblemKey {
+    ProblemKey {
+        n: 4096,
+        k: 4096,
+        group_size: 128,
+        act_order: false,
+        batch_bucket,
+    }
+}
+
+fn sample_config() -> TunedConfig {
+    let mut c = TunedConfig::new(h100(), "abc123", "kh1");
+    let d = Choice::new("gemv_v2_vec");
+    let w = Choice::new("gemv_v5_splitk").with("split_k", 4);
+    c.upsert(TunedEntry {
+        key: key(1),
+        winner: w.clone(),
+        default: d.clone(),
+        candidates: vec![
+            cand(&d, ok(30.0, 0.01)),
+            cand(&w, ok(20.0, 0.01)),
+            cand(
+                &Choice::new("gemv_v4_reorder"),
+                CandidateStatus::Rejected {
+                    reason: "mismatch".into(),
+                },
+            ),
+        ],
+        note: "x".into(),
+    });
+    c
+}
+
+// ---- schema ----
+
+#[test]
+fn schema_round_trips_through_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("tuning/h100.json");
+    let c = sample_config();
+    c.save(&p).unwrap();
+    assert_eq!(TunedConfig::load(&p).unwrap(), c);
+    assert_eq!(TunedConfig::load_matching(&p, &h100(), "kh1").unwrap(), c);
+}
+
+#[test]
+fn unknown_fields_and_missing_optional_fields_load() {
+    let mut v = serde_json::to_value(sample_config()).unwrap();
+    // A newer writer: extra fields everywhere, and a candidate status this build does not know.
+    v["future_top"] = serde_json::json!({"a": 1});
+    v["entries"][0]["future_entry"] = serde_json::json!(3);
+    v["entries"][0]["key"]["future_key_field"] = serde_json::json!("x");
+    v["entries"][0]["candidates"][0]["status"] =
+        serde_json::json!({"kind": "skipped_thermal", "why": "hot"});
+    let c: TunedConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(c.entries[0].candidates[0].status, CandidateStatus::Unknown);
+    assert_eq!(c.entries[0].key, key(1));
+
+    // An older/minimal writer: no git_rev, created, note, candidates, params.
+    let mut v = serde_json::to_value(sample_config()).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("git_rev");
+    o.remove("created");
+    let e = v["entries"][0].as_object_mut().unwrap();
+    e.remove("note");
+    e.remove("candidates");
+    e["winner"].as_object_mut().unwrap().remove("params");
+    let c: TunedConfig = serde_json::from_value(v).unwrap();
+    assert_eq!((c.git_rev.as_str(), c.created.as_str()), ("", ""));
+    assert!(c.entries[0].candidates.is_empty() && c.entries[0].winner.params.is_empty());
+
+    // No entries at all.
+    let mut v = serde_json::to_value(sample_config()).unwrap();
+    v.as_object_mut().unwrap().remove("entries");
+    assert!(serde_json::from_value::<TunedConfig>(v)
+        .unwrap()
+        .entries
+        .is_empty());
+}
+
+#[test]
+fn another_gpu_or_kernel_hash_is_refused_naming_both() {
+    let c = sample_config();
+    let a4090 = device("NVIDIA GeForce RTX 4090", (8, 9), 128);
+    let e = c.check_matches(&a4090, "kh1").unwrap_err();
+    assert!(matches!(e, crate::LabError::Invalid { .. }));
+    let s = e.to_string();
+    assert!(
+        s.contains("NVIDIA H100 80GB HBM3") && s.contains("NVIDIA GeForce RTX 4090"),
+        "{s}"
+    );
+    let s = c.check_matches(&h100(), "kh2").unwrap_err().to_string();
+    assert!(s.contains("kh1") && s.contains("kh2"), "{s}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("h100.json");
+    c.save(&p).unwrap();
+    let s = TunedConfig::load_matching(&p, &a4090, "kh1")
+        .unwrap_err()
+        .to_string();
+    assert!(s.contains("h100.json") && s.contains("4090"), "{s}");
+}
+
+#[test]
+fn save_is_atomic_and_a_failed_save_keeps_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.json");
+    let mut c = sample_config();
+    c.save(&p).unwrap();
+    c.entries[0].note = "second".into();
+    c.save(&p).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    assert_eq!(TunedConfig::load(&p).unwrap().entries[0].note, "second");
+
+    // A NaN timing cannot be written as JSON that loads again: refused, old file untouched.
+    c.entries[0].candidates[0].status = ok(f64::NAN, 0.0);
+    let e = c.save(&p).unwrap_err().to_string();
+    assert!(e.contains("non-finite") && e.contains("t.json"), "{e}");
+    assert_eq!(std::fs::read(&p).unwrap(), before);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "a temp file was left behind");
+}
+
+#[test]
+fn created_timestamps_are_rfc3339_utc() {
+    assert_eq!(schema::rfc3339_from_unix(0), "1970-01-01T00:00:00Z");
+    assert_eq!(
+        schema::rfc3339_from_unix(951_782_400),
+        "2000-02-29T00:00:00Z"
+    );
+    assert_eq!(
+        schema::rfc3339_from_unix(1_700_000_000),
+        "2023-11-14T22:13:20Z"
+    );
+    assert_eq!(
+        schema::rfc3339_from_unix(4_107_542_399),
+        "2100-02-28T23:59:59Z"
+    );
+}
+
+// ---- selection ----
+
+#[test]
+fn gain_within_noise_keeps_the_default() {
+    let d = Choice::new("a");
+    let b = Choice::new("b");
+    // 1.5% faster, spreads 1%: below MIN_GAIN.
+    let s = select(&d, &[cand(&d, ok(100.0, 0.01)), cand(&b, ok(98.5, 0.01))]);
+    assert_eq!(s.winner, d);
+    assert!(
+        s.note.contains("kept default") && s.note.contains("noise"),
+        "{}",
+        s.note
+    );
+    // 5% faster, but the default's own spread is 8%: still noise.
+    let s = select(&d, &[cand(&d, ok(100.0, 0.08)), cand(&b, ok(95.0, 0.01))]);
+    assert_eq!(s.winner, d);
+    // 5% faster, challenger's spread 8%: noise too ("of either").
+    let s = select(&d, &[cand(&d, ok(100.0, 0.01)), cand(&b, ok(95.0, 0.08))]);
+    assert_eq!(s.winner, d);
+}
+
+#[test]
+fn a_clear_win_replaces_the_default() {
+    let d = Choice::new("a");
+    let b = Choice::new("b").with("split_k", 4);
+    let c = Choice::new("c");
+    let s = select(
+        &d,
+        &[
+            cand(&d, ok(100.0, 0.01)),
+            cand(&b, ok(70.0, 0.01)),
+            cand(&c, ok(80.0, 0.01)),
+        ],
+    );
+    assert_eq!(s.winner, b);
+    assert!(s.note.contains("30.0% faster"), "{}", s.note);
+}
+
+#[test]
+fn rejected_candidates_never_win() {
+    let d = Choice::new("a");
+    let b = Choice::new("b");
+    let s = select(
+        &d,
+        &[
+            cand(&d, ok(100.0, 0.01)),
+            cand(
+                &b,
+                CandidateStatus::Rejected {
+                    reason: "wrong".into(),
+                },
+            ),
+        ],
+    );
+    assert_eq!(s.winner, d);
+    // Unknown (newer) statuses are not usable either; neither are zero/NaN timings.
+    let s = select(
+        &d,
+        &[
+            cand(&d, ok(100.0, 0.01)),
+            cand(&b, CandidateStatus::Unknown),
+            cand(&Choice::new("z"), ok(0.0, 0.0)),
+        ],
+    );
+    assert_eq!(s.winner, d);
+    // Default rejected: the fastest usable one wins and the note says why.
+    let s = select(
+        &d,
+        &[
+            cand(&d, CandidateStatus::Rejected { reason: "x".into() }),
+            cand(&b, ok(100.0, 0.5)),
+        ],
+    );
+    assert_eq!(s.winner, b);
+    assert!(s.note.contains("rejected"), "{}", s.note);
+}
+
+#[test]
+fn all_rejected_keeps_the_default_with_a_note() {
+    let d = Choice::new("a");
+    let r = CandidateStatus::Rejected { reason: "x".into() };
+    let s = select(&d, &[cand(&d, r.clone()), cand(&Choice::new("b"), r)]);
+    assert_eq!(s.winner, d);
+    assert!(s.note.contains("all 2 candidates rejected"), "{}", s.note);
+    assert_eq!(select(&d, &[]).winner, d);
+}
+
+#[test]
+fn ties_are_broken_the_same_way_in_any_order() {
+    let d = Choice::new("m");
+    let (b, c) = (Choice::new("b"), Choice::new("c"));
+    let mut set = vec![
+        cand(&d, ok(100.0, 0.01)),
+        cand(&c, ok(50.0, 0.01)),
+        cand(&b, ok(50.0, 0.01)),
+    ];
+    let first = select(&d, &set).winner;
+    set.reverse();
+    assert_eq!(select(&d, &set).winner, first);
+    assert_eq!(
+        first, b,
+        "equal iqm: the lower choice by (variant, params) wins"
+    );
+    // A tie with the default keeps the default.
+    let s = select(&d, &[cand(&b, ok(100.0, 0.0)), cand(&d, ok(100.0, 0.0))]);
+    assert_eq!(s.winner, d);
+}
+
+// ---- dispatch ----
+
+#[test]
+fn batches_round_up_to_their_bucket() {
+    let got: Vec<_> = [1, 2, 3, 4, 5, 9, 16, 17, 33, 64]
+        .iter()
+        .map(|&b| batch_bucket(b).unwrap())
+        .collect();
+    assert_eq!(got, [1, 2, 4, 4, 8, 16, 16, 32, 64, 64]);
+    assert_eq!(batch_bucket(0), None);
+    assert_eq!(batch_bucket(65), None);
+    let d = Dispatcher::from_config(None, &h100(), "kh1");
+    assert!(d.choose(4096, 4096, 128, false, 65).is_err());
+}
+
+#[test]
+fn the_heuristic_covers_every_default_key() {
+    let keys = vicuna_default_keys();
+    // Per model: q=k=v=o, gate=up, down, fused qkv, fused gate_up = 5 shapes; 7B and 13B share none.
+    assert_eq!(keys.len(), 10 * 2 * 7);
+    for dev in [
+        h100(),
+        device("Tesla T4", (7, 5), 40),
+        device("NVIDIA GeForce RTX 3060", (8, 6), 28),
+    ] {
+        let sm = (dev.cc_major * 10 + dev.cc_minor) as u32;
+        for k in &keys {
+            let c = heuristic(k, sm, dev.sms as u32).unwrap();
+            assert!(
+                serves(&c.variant, k, sm),
+                "{k} on sm_{sm}: {c} cannot serve it"
+            );
+            let gemv = c.variant.starts_with("gemv");
+            assert_eq!(gemv, k.batch_bucket == 1, "{k}: {c}");
+            if let Some(s) = c.params.get("split_k") {
+                assert!(
+                    k.k / s >= dispatch::SPLITK_MIN_SLICE_K && *s <= dispatch::SPLITK_MAX,
+                    "{k}: {c}"
+                );
+            }
+        }
+    }
+    // Tensor cores only where they exist.
+    assert_eq!(heuristic(&key(16), 75, 40).unwrap().variant, "gemm_v1_simt");
+    assert_eq!(heuristic(&key(16), 90, 132).unwrap().variant, "gemm_v2_mma");
+    let ao = ProblemKey {
+        act_order: true,
+        ..key(1)
+    };
+    assert_eq!(heuristic(&ao, 90, 132).unwrap().variant, "gemv_v4_reorder");
+}
+
+#[test]
+fn splitk_only_when_the_grid_is_too_narrow() {
+    // 4096 columns = 32 CTAs: on 132 SMs split 8 (256 CTAs); on 28 SMs no split.
+    assert_eq!(dispatch::splitk_factor(32, 4096, 132), 8);
+    assert_eq!(dispatch::splitk_factor(32, 4096, 28), 1);
+    // Short K caps the split: 1024 rows allow 2 slices of 512.
+    assert_eq!(dispatch::splitk_factor(1, 1024, 132), 2);
+    assert_eq!(
+        dispatch::splitk_factor(1, 100_000, 10_000),
+        dispatch::SPLITK_MAX
+    );
+}
+
+#[test]
+fn dispatcher_serves_tuned_keys_and_falls_back_elsewhere() {
+    let c = sample_config();
+    let d = Dispatcher::from_config(Some(c.clone()), &h100(), "kh1");
+    assert!(d.refused.is_none());
+    assert_eq!(
+        d.choose(4096, 4096, 128, false, 1).unwrap(),
+        c.entries[0].winner
+    );
+    assert!(d.is_tuned(&key(1)));
+    // Batch 3 -> bucket 4, not tuned: heuristic.
+    assert_eq!(
+        d.choose(4096, 4096, 128, false, 3).unwrap(),
+        heuristic(&key(4), 90, 132).unwrap()
+    );
+
+    // Same file, other kernels: refused with a reason, heuristic everywhere.
+    let d = Dispatcher::from_config(Some(c), &h100(), "kh2");
+    assert!(d.refused.as_deref().unwrap().contains("kh2"));
+    assert_eq!(
+        d.choose(4096, 4096, 128, false, 1).unwrap(),
+        heuristic(&key(1), 90, 132).unwrap()
+    );
+}
+
+#[test]
+fn known_variant_facts_agree_with_the_registry_once_registered() {
+    for v in VARIANTS {
+        if let Some(r) = crate::kernels::registry::by_name(v.name) {
+            assert_eq!(
+                r.batch, v.batch,
+                "{}: batch range differs from the registry",
+                v.name
+            );
+            assert_eq!(
+                r.min_sm, v.min_sm,
+                "{}: min_sm differs from the registry",
+                v.name
+            );
+        }
+    }
+}
+
+// ---- keys, resume, driver ----
+
+#[test]
+fn default_keys_cover_the_fused_shapes() {
+    let keys = default_keys(&ModelConfig::vicuna_7b());
+    let has = |n, k| keys.iter().any(|x| x.n == n && x.k == k);
+    assert!(has(12288, 4096) && has(22016, 4096) && has(4096, 11008) && has(11008, 4096));
+    assert!(keys.iter().all(|k| k.group_size == 128));
+    assert_eq!(keys.iter().filter(|k| k.act_order).count(), keys.len() / 2);
+}
+
+/// A fake GPU: fixed times per variant, rejects one variant, counts calls.
+struct FakeMeasurer {
+    calls: usize,
+    times: BTreeMap<&'static str, f64>,
+}
+
+impl Measurer for FakeMeasurer {
+    fn measure(&mut self, _key: &ProblemKey, choice: &Choice) -> CandidateStatus {
+        self.calls += 1;
+        let split = choice.params.get("split_k").copied().unwrap_or(1) as f64;
+        match self.times.get(choice.variant.as_str()) {
+            Some(t) => ok(t / split.sqrt(), 0.01),
+            None => CandidateStatus::Rejected {
+                reason: "fake: not built".into(),
+            },
+        }
+    }
+}
+
+#[test]
+fn tune_measures_selects_saves_after_every_key_and_resumes() {
+    let dev = h100();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h100.json");
+    let keys: Vec<ProblemKey> = vicuna_default_keys().into_iter().take(10).collect();
+    let times = BTreeMap::from([
+        ("gemv_v2_vec", 30.0),
+        ("gemv_v5_splitk", 30.0),
+        ("gemm_v2_mma", 50.0),
+    ]);
+    let mut m = FakeMeasurer {
+        calls: 0,
+        times: times.clone(),
+    };
+    let cands = |k: &ProblemKey| candidates_for(k, 90, 132, false);
+
+    // First run, interrupted after 4 keys (the save hook fails on the 5th).
+    let (mut cfg, note) = resume_or_new(&path, &dev, "rev", "kh1").unwrap();
+    assert!(note.is_none());
+    let mut saves = 0;
+    let r = tune(
+        &mut cfg,
+        &keys,
+        cands,
+        &mut m,
+        |_, _, _| {},
+        |c| {
+            saves += 1;
+            if saves == 5 {
+                return Err(crate::LabError::invalid("disk", "full"));
+            }
+            c.save(&path)
+        },
+    );
+    assert!(r.is_err());
+    let on_disk = TunedConfig::load(&path).unwrap();
+    assert_eq!(on_disk.entries.len(), 4);
+
+    // Rerun: only the 6 missing keys are measured.
+    let (mut cfg, _) = resume_or_new(&path, &dev, "rev", "kh1").unwrap();
+    assert_eq!(pending_keys(&keys, &cfg), keys[4..].to_vec());
+    let mut m2 = FakeMeasurer { calls: 0, times };
+    let mut progress = Vec::new();
+    let n = tune(
+        &mut cfg,
+        &keys,
+        cands,
+        &mut m2,
+        |d, t, _| progress.push((d, t)),
+        |c| c.save(&path),
+    )
+    .unwrap();
+    assert_eq!(n, 6);
+    assert_eq!(progress.last(), Some(&(6, 6)));
+    let expected_calls: usize = keys[4..].iter().map(|k| cands(k).unwrap().1.len()).sum();
+    assert_eq!(m2.calls, expected_calls);
+    let done = TunedConfig::load(&path).unwrap();
+    assert!(pending_keys(&keys, &done).is_empty());
+    for e in &done.entries {
+        let (def, all) = cands(&e.key).unwrap();
+        assert_eq!(e.default, def);
+        assert_eq!(e.candidates.len(), all.len());
+        assert_eq!(e.winner, select(&def, &e.candidates).winner);
+        // Rejected (untimed) fake variants never won: the winner was timed, or all were rejected.
+        let timed = |c: &Choice| {
+            e.candidates
+                .iter()
+                .any(|r| &r.choice == c && matches!(r.status, CandidateStatus::Ok { .. }))
+        };
+        assert!(timed(&e.winner) || e.note.contains("all"), "{e:?}");
+    }
+    // A third run measures nothing.
+    let mut m3 = FakeMeasurer {
+        calls: 0,
+        times: BTreeMap::new(),
+    };
+    assert_eq!(
+        tune(&mut cfg, &keys, cands, &mut m3, |_, _, _| {}, |_| Ok(())).unwrap(),
+        0
+    );
+    assert_eq!(m3.calls, 0);
+}
+
+#[test]
+fn resume_starts_over_on_a_new_kernel_hash_and_refuses_another_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h100.json");
+    sample_config().save(&path).unwrap();
+    let (c, note) = resume_or_new(&path, &h100(), "rev", "kh2").unwrap();
+    assert!(c.entries.is_empty() && c.kernel_hash == "kh2");
+    assert!(note.unwrap().contains("kh1"));
+    let e = resume_or_new(&path, &device("NVIDIA A10", (8, 6), 72), "rev", "kh1").unwrap_err();
+    assert!(e.to_string().contains("NVIDIA A10"), "{e}");
+}
+
+#[test]
+fn candidates_include_the_default_first_and_only_serving_variants() {
+    for k in vicuna_default_keys() {
+        for (sm, quick) in [(75, false), (90, false), (90, true)] {
+            let (def, all) = candidates_for(&k, sm, 100, quick).unwrap();
+            assert_eq!(all[0], def);
+            assert!(all.len() <= driver::MAX_CANDIDATES_PER_KEY);
+            for c in &all {
+                assert!(serves(&c.variant, &k, sm), "{k}: {c}");
+            }
+            let mut dedup = all.clone();
+            dedup.sort();
+            dedup.dedup();
+            assert_eq!(dedup.len(), all.len(), "{k}: duplicate candidates");
+        }
+    }
+}

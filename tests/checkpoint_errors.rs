@@ -1,0 +1,371 @@
+//! Bad checkpoints: each is refused with an error naming the file, the tensor (or config field)
+//! and what was expected. Built from good fixtures edited at the byte or JSON level.
+
+mod checkpoint_fixtures;
+
+use checkpoint_fixtures as fx;
+use gptq_lab::gptq::ZeroFormat;
+use gptq_lab::model::checkpoint::{Checkpoint, LinearWeights};
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+
+const Q: &str = "model.layers.0.self_attn.q_proj";
+
+/// A good checkpoint in a fresh temp folder (kept alive by the returned guard).
+fn good(gs: i32, sym: bool, act: bool, fmt: ZeroFormat) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    fx::write(&dir, gs, sym, act, fmt);
+    (tmp, dir)
+}
+
+fn linear_err(dir: &Path, prefix: &str) -> String {
+    let ck = Checkpoint::open(dir).unwrap();
+    ck.linear(prefix).unwrap_err().to_string()
+}
+
+fn assert_mentions(e: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(e.contains(p), "error does not mention {p:?}:\n{e}");
+    }
+}
+
+#[test]
+fn truncated_safetensors_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let p = dir.join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &b[..b.len() - 100]).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "not a valid safetensors file",
+            "truncated",
+        ],
+    );
+    // Shorter than the 8-byte header length.
+    std::fs::write(&p, &b[..5]).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["model.safetensors", "5 bytes", "8-byte"]);
+}
+
+#[test]
+fn malformed_header_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let p = dir.join("model.safetensors");
+    let mut b = 12u64.to_le_bytes().to_vec();
+    b.extend_from_slice(b"{\"a\": [1, 2");
+    b.push(b' ');
+    std::fs::write(&p, &b).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["model.safetensors", "JSON"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        t.remove(&format!("{Q}.scales"));
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &["model.safetensors", "missing tensor", "q_proj.scales"],
+    );
+    // A whole layer missing names the qweight it looked for.
+    let e = linear_err(&dir, "model.layers.0.self_attn.nope_proj");
+    assert_mentions(&e, &["missing tensor", "nope_proj.qweight"]);
+}
+
+#[test]
+fn wrong_dtype_is_named_with_the_expected_one() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let s = t.get_mut(&format!("{Q}.scales")).unwrap();
+        // Same shape as F32: twice the bytes.
+        s.0 = Dtype::F32;
+        s.2 = s.2.iter().flat_map(|&x| [x, x]).collect();
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &["model.safetensors", "q_proj.scales", "F32", "expected F16"],
+    );
+}
+
+#[test]
+fn wrong_shape_is_named_with_the_expected_one() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        // q_proj qweight [16, 128] relabelled [32, 64]: same bytes, wrong meaning.
+        t.get_mut(&format!("{Q}.qweight")).unwrap().1 = vec![32, 64];
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "q_proj.qweight",
+            "[32, 64]",
+            "expected [16, 128]",
+        ],
+    );
+}
+
+#[test]
+fn bits_other_than_4_are_refused() {
+    // Stated in quantize_config.json.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("quantize_config.json"), |v| v["bits"] = 8.into());
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["quantize_config.json", "bits = 8", "only 4-bit"]);
+
+    // Inferred from an era file whose qweight has K * 8 / 32 rows.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    std::fs::remove_file(dir.join("quantize_config.json")).unwrap();
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v.as_object_mut().unwrap().remove("quantization_config");
+    });
+    fx::edit(&dir, |t| {
+        let q = t.get_mut("model.layers.0.mlp.down_proj.qweight").unwrap();
+        q.1 = vec![64, 64]; // K = 256 -> 256 * 8 / 32 = 64 rows
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "down_proj.qweight",
+            "bits = 8",
+            "only 4-bit",
+        ],
+    );
+}
+
+#[test]
+fn group_size_not_dividing_k_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    // 48 does not divide K = 128 (the format would allow ceil(128/48) = 3 groups; the lab refuses).
+    for f in ["quantize_config.json", "config.json"] {
+        fx::edit_json(&dir.join(f), |v| {
+            let q = if f == "config.json" {
+                &mut v["quantization_config"]
+            } else {
+                v
+            };
+            q["group_size"] = 48.into();
+        });
+    }
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "quantize_config.json",
+            "group_size 48 does not divide K = 128",
+            "q_proj.scales",
+        ],
+    );
+
+    // Era file: 3 rows of scales for K = 256.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    std::fs::remove_file(dir.join("quantize_config.json")).unwrap();
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v.as_object_mut().unwrap().remove("quantization_config");
+    });
+    fx::edit(&dir, |t| {
+        let s = t.get_mut("model.layers.0.mlp.down_proj.scales").unwrap();
+        s.1 = vec![3, 128];
+        s.2.truncate(3 * 128 * 2);
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &["down_proj.scales", "3 rows", "does not divide K = 256"],
+    );
+}
+
+#[test]
+fn g_idx_out_of_range_or_wrong_length_is_refused() {
+    let (_t, dir) = good(32, false, true, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let g = &mut t.get_mut(&format!("{Q}.g_idx")).unwrap().2;
+        g[5 * 4..6 * 4].copy_from_slice(&4i32.to_le_bytes()); // groups = 128 / 32 = 4
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "q_proj.g_idx",
+            "g_idx[5] = 4",
+            "0 <= g < 4",
+        ],
+    );
+
+    fx::edit(&dir, |t| {
+        let g = t.get_mut(&format!("{Q}.g_idx")).unwrap();
+        g.1 = vec![120];
+        g.2.truncate(120 * 4);
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(&e, &["q_proj.g_idx", "[120]", "expected [128]"]);
+}
+
+#[test]
+fn asymmetric_v1_with_underflowed_zeros_is_refused() {
+    let (_t, dir) = good(32, false, false, ZeroFormat::V1);
+    // What an AutoGPTQ-style packer writes for a true zero of 0 at column 11 of group 2:
+    // (0 - 1) as u32 OR-ed in at nibble 3 sets nibbles 3..8 of that word to 0xF.
+    fx::edit(&dir, |t| {
+        let z = &mut t.get_mut(&format!("{Q}.qzeros")).unwrap().2;
+        let mut w = fx::words(z);
+        let i = 2 * (128 / 8) + 1;
+        w[i] |= 0xFFFF_F000;
+        *z = fx::bytes(&w);
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "q_proj.qzeros",
+            "0xF",
+            "(2, 11)",
+            "cannot be recovered",
+        ],
+    );
+    // The other layers still load.
+    assert!(Checkpoint::open(&dir)
+        .unwrap()
+        .linear("model.layers.0.self_attn.k_proj")
+        .is_ok());
+}
+
+#[test]
+fn pickles_are_refused_with_a_conversion_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("config.json"), fx::config_json().to_string()).unwrap();
+    // A torch.save zip archive starts with the zip magic; the content is never read further.
+    std::fs::write(
+        dir.join("vicuna-7b-4bit-128g.pt"),
+        b"PK\x03\x04 not really a zip",
+    )
+    .unwrap();
+    let e = Checkpoint::open(dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "vicuna-7b-4bit-128g.pt",
+            "arbitrary code",
+            "save_file",
+            "vicuna-7b-4bit-128g.safetensors",
+        ],
+    );
+
+    // Passing the pickle itself, or a pickle renamed .safetensors, is refused the same way.
+    let e = Checkpoint::open(&dir.join("vicuna-7b-4bit-128g.pt"))
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["arbitrary code"]);
+    // A protocol-2 pickle of {"a": 1}.
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01K\x01s.",
+    )
+    .unwrap();
+    let e = Checkpoint::open(dir).unwrap_err().to_string();
+    assert_mentions(&e, &["model.safetensors", "pickled", "save_file"]);
+}
+
+#[test]
+fn unknown_quant_config_fields_are_tolerated() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["damp_percent"] = 0.01.into();
+        v["true_sequential"] = true.into();
+        v["model_name_or_path"] = "lmsys/vicuna-7b".into();
+        v["some_future_field"] = serde_json::json!({"nested": [1, 2, 3]});
+    });
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert!(matches!(ck.linear(Q).unwrap(), LinearWeights::Quant(_)));
+
+    // Newer configs name the zero format `format` only.
+    let (_t2, dir) = good(32, false, false, ZeroFormat::V2);
+    for f in ["quantize_config.json", "config.json"] {
+        fx::edit_json(&dir.join(f), |v| {
+            let q = if f == "config.json" {
+                &mut v["quantization_config"]
+            } else {
+                v
+            };
+            q.as_object_mut().unwrap().remove("checkpoint_format");
+            assert_eq!(q["format"], "gptq_v2");
+        });
+    }
+    assert_eq!(
+        Checkpoint::open(&dir).unwrap().quant.unwrap().format,
+        ZeroFormat::V2
+    );
+}
+
+#[test]
+fn missing_quant_config_fields_take_autogptq_defaults() {
+    // Written with the AutoGPTQ defaults (group 128, symmetric, v1); config then says only bits.
+    let (_t, dir) = good(128, true, false, ZeroFormat::V1);
+    std::fs::write(dir.join("quantize_config.json"), r#"{"bits": 4}"#).unwrap();
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v.as_object_mut().unwrap().remove("quantization_config");
+    });
+    let ck = Checkpoint::open(&dir).unwrap();
+    let q = ck.quant.clone().unwrap();
+    assert_eq!(
+        (q.bits, q.group_size, q.desc_act, q.sym, q.format),
+        (4, 128, false, true, ZeroFormat::V1)
+    );
+    let all = q.inferred.join("\n");
+    for f in ["group_size", "desc_act", "sym", "checkpoint_format"] {
+        assert!(all.contains(f) && all.contains("default"), "{all}");
+    }
+    assert!(ck.linear(Q).is_ok());
+}
+
+#[test]
+fn unsupported_quant_methods_and_formats_are_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["checkpoint_format"] = "marlin".into()
+    });
+    assert_mentions(
+        &Checkpoint::open(&dir).unwrap_err().to_string(),
+        &["quantize_config.json", "marlin"],
+    );
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["checkpoint_format"] = "gptq".into();
+        v["quant_method"] = "awq".into();
+    });
+    assert_mentions(
+        &Checkpoint::open(&dir).unwrap_err().to_string(),
+        &["quant_method 'awq'", "expected 'gptq'"],
+    );
+}
+
+#[test]
+fn disagreeing_quant_configs_are_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["quantization_config"]["checkpoint_format"] = "gptq_v2".into()
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["quantize_config.json", "disagrees", "config.json"]);
+}
+
+#[test]
+fn missing_config_json_is_named() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["config.json", "model shapes"]);
+}

@@ -1,0 +1,276 @@
+//! Checkpoint round trips: the writer's v1 and v2 files reopen bit-identical; GPTQ-for-LLaMa era
+//! files (odd name, no quantize config, no g_idx) are inferred; sharded and fp16 checkpoints load.
+
+mod checkpoint_fixtures;
+
+use checkpoint_fixtures as fx;
+use gptq_lab::gptq::ZeroFormat;
+use gptq_lab::model::checkpoint::{write_gptq_checkpoint, Checkpoint, LinearWeights};
+use std::collections::BTreeMap;
+
+fn assert_layers_identical(ck: &Checkpoint, layers: &[(String, gptq_lab::gptq::QuantLinear)]) {
+    for (prefix, src) in layers {
+        match ck.linear(prefix).unwrap() {
+            LinearWeights::Quant(l) => assert_eq!(&l, src, "{prefix}"),
+            LinearWeights::Dense { .. } => panic!("{prefix} loaded as dense"),
+        }
+    }
+}
+
+#[test]
+fn v1_and_v2_round_trips_are_bit_identical() {
+    let cases = [
+        (128, true, false, ZeroFormat::V1),
+        (32, false, false, ZeroFormat::V1),
+        (64, false, true, ZeroFormat::V1),
+        (-1, true, true, ZeroFormat::V1),
+        (32, false, true, ZeroFormat::V2),
+        (128, true, false, ZeroFormat::V2),
+    ];
+    for (gs, sym, act, fmt) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ck");
+        let layers = fx::write(&dir, gs, sym, act, fmt);
+        let ck = Checkpoint::open(&dir).unwrap();
+        let q = ck.quant.as_ref().unwrap();
+        assert_eq!(
+            (q.group_size, q.sym, q.desc_act, q.format),
+            (gs, sym, act, fmt)
+        );
+        assert!(q.inferred.is_empty(), "{:?}", q.inferred);
+        assert_layers_identical(&ck, &layers);
+        // Symmetric layers keep the flag kernels use to skip qzeros.
+        assert!(layers.iter().all(|(_, l)| l.symmetric == sym));
+        // Dense tensors come back as written (f16 -> f32 is exact).
+        for (name, data, shape) in fx::dense() {
+            let (v, s) = ck.tensor_f32(&name).unwrap();
+            assert_eq!(s, shape);
+            assert!(v.iter().zip(&data).all(|(a, b)| *a == b.to_f32()), "{name}");
+        }
+    }
+}
+
+#[test]
+fn v1_stores_zero_minus_one_and_v2_the_true_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (d1, d2) = (tmp.path().join("v1"), tmp.path().join("v2"));
+    let layers = fx::write(&d1, 32, false, false, ZeroFormat::V1);
+    fx::write(&d2, 32, false, false, ZeroFormat::V2);
+    let name = format!("{}.qzeros", layers[0].0);
+    let z1 = fx::words(&fx::read_tensors(&d1.join("model.safetensors"))[&name].2);
+    let z2 = fx::words(&fx::read_tensors(&d2.join("model.safetensors"))[&name].2);
+    assert_eq!(z2, layers[0].1.qzeros);
+    for (a, b) in z1.iter().zip(&z2) {
+        for j in 0..8 {
+            assert_eq!((a >> (4 * j)) & 0xF, ((b >> (4 * j)) & 0xF) - 1);
+        }
+    }
+    let qc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d1.join("quantize_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(qc["checkpoint_format"], "gptq");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d2.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["checkpoint_format"], "gptq_v2");
+    assert_eq!(cfg["hidden_size"], fx::HIDDEN);
+}
+
+#[test]
+fn writer_stores_autogptq_dtypes_and_shapes_with_g_idx_always() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let layers = fx::write(&dir, 64, true, false, ZeroFormat::V1);
+    let t = fx::read_tensors(&dir.join("model.safetensors"));
+    let (p, l) = &layers[6]; // down_proj, K = 256, N = 128
+    use safetensors::Dtype::*;
+    assert_eq!(
+        (t[&format!("{p}.qweight")].0, &t[&format!("{p}.qweight")].1),
+        (I32, &vec![32, 128])
+    );
+    assert_eq!(
+        (t[&format!("{p}.qzeros")].0, &t[&format!("{p}.qzeros")].1),
+        (I32, &vec![4, 16])
+    );
+    assert_eq!(
+        (t[&format!("{p}.scales")].0, &t[&format!("{p}.scales")].1),
+        (F16, &vec![4, 128])
+    );
+    assert_eq!(
+        (t[&format!("{p}.g_idx")].0, &t[&format!("{p}.g_idx")].1),
+        (I32, &vec![256])
+    );
+    assert!(l.g_idx.is_none());
+    // Symmetric v1: every zero word is 0x77777777, as AutoGPTQ writes it.
+    assert!(fx::words(&t[&format!("{p}.qzeros")].2)
+        .iter()
+        .all(|&w| w == 0x7777_7777));
+    // Bias only where the layer has one (q_proj in the fixture).
+    assert!(
+        t.contains_key(&format!("{}.bias", layers[0].0)) && !t.contains_key(&format!("{p}.bias"))
+    );
+    // tensor_bytes is what the file holds.
+    let ck = Checkpoint::open(&dir).unwrap();
+    let tb = ck.tensor_bytes();
+    assert_eq!(tb[&format!("{p}.qweight")], 32 * 128 * 4);
+    assert_eq!(
+        tb["model.embed_tokens.weight"],
+        (fx::VOCAB * fx::HIDDEN * 2) as u64
+    );
+    assert_eq!(ck.tensor_names(), t.keys().cloned().collect::<Vec<_>>());
+}
+
+#[test]
+fn v1_writer_refuses_a_true_zero_of_zero_and_names_the_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Weights all >= 0 in column 0: min = 0 -> zero 0 there.
+    let mut l = fx::layer(128, 128, 32, false, false, false, 3);
+    let mut z = l.zeros();
+    z[0] = 0;
+    l.qzeros = gptq_lab::gptq::pack::pack_zeros(&z, l.groups(), l.n);
+    let layers = vec![("model.layers.0.self_attn.q_proj".to_string(), l)];
+    let dir = tmp.path().join("ck");
+    let e = write_gptq_checkpoint(
+        &dir,
+        &fx::config_json(),
+        &layers,
+        &[],
+        ZeroFormat::V1,
+        &fx::info(32, false, false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.qzeros") && e.contains("(0, 0)"),
+        "{e}"
+    );
+    assert!(!dir.exists(), "a refused write left a folder behind");
+    // v2 stores it fine.
+    write_gptq_checkpoint(
+        &dir,
+        &fx::config_json(),
+        &layers,
+        &[],
+        ZeroFormat::V2,
+        &fx::info(32, false, false),
+    )
+    .unwrap();
+    assert_layers_identical(&Checkpoint::open(&dir).unwrap(), &layers);
+}
+
+/// Turn a written checkpoint into a GPTQ-for-LLaMa era one: odd file name, no quantize config.
+fn make_era(dir: &std::path::Path, drop_g_idx: bool) {
+    std::fs::remove_file(dir.join("quantize_config.json")).unwrap();
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v.as_object_mut().unwrap().remove("quantization_config");
+    });
+    if drop_g_idx {
+        fx::edit(dir, |t| t.retain(|n, _| !n.ends_with(".g_idx")));
+    }
+    std::fs::rename(
+        dir.join("model.safetensors"),
+        dir.join("vicuna-tiny-4bit-64g.safetensors"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn era_checkpoint_settings_are_inferred_from_tensors() {
+    for (gs, sym, act) in [(64, true, false), (32, false, true), (-1, false, false)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ck");
+        let layers = fx::write(&dir, gs, sym, act, ZeroFormat::V1);
+        make_era(&dir, !act);
+        let ck = Checkpoint::open(&dir).unwrap();
+        let q = ck.quant.clone().unwrap();
+        assert_eq!(
+            (q.bits, q.group_size, q.sym, q.desc_act, q.format),
+            (4, gs, sym, act, ZeroFormat::V1)
+        );
+        let all = q.inferred.join("\n");
+        for what in ["bits", "group_size", "sym", "desc_act", "checkpoint_format"] {
+            assert!(
+                all.contains(what),
+                "inferred does not mention {what}:\n{all}"
+            );
+        }
+        if !act {
+            assert!(all.contains("absent"), "{all}");
+        }
+        assert_layers_identical(&ck, &layers);
+        // Passing the file itself works too.
+        let by_file = Checkpoint::open(&dir.join("vicuna-tiny-4bit-64g.safetensors")).unwrap();
+        assert_eq!(by_file.quant.unwrap().group_size, gs);
+    }
+}
+
+#[test]
+fn sharded_checkpoint_loads_through_its_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let layers = fx::write(&dir, 32, false, true, ZeroFormat::V1);
+    let all = fx::read_tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut shards: [fx::Tensors; 2] = Default::default();
+    let mut map = BTreeMap::new();
+    for (name, t) in all {
+        let s = usize::from(name.starts_with("model.layers.1") || name.starts_with("lm_head"));
+        map.insert(
+            name.clone(),
+            format!("model-0000{}-of-00002.safetensors", s + 1),
+        );
+        shards[s].insert(name, t);
+    }
+    for (s, t) in shards.iter().enumerate() {
+        fx::write_tensors(
+            &dir.join(format!("model-0000{}-of-00002.safetensors", s + 1)),
+            t,
+        );
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_layers_identical(&ck, &layers);
+    assert!(ck.tensor_f32("lm_head.weight").is_ok());
+
+    // An index that puts a tensor in the wrong shard is refused, naming the shard and tensor.
+    map.insert(
+        "lm_head.weight".into(),
+        "model-00001-of-00002.safetensors".into(),
+    );
+    let index = serde_json::json!({"weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("lm_head.weight") && e.contains("model-00001-of-00002.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fp16_checkpoint_gives_dense_linears_transposed_to_kn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    // An fp16 q_proj.weight [N, K] = [128, 128] with w[o][i] = o * 1000 + i (exact in f32).
+    let (n, k) = (fx::HIDDEN, fx::HIDDEN);
+    let w: Vec<f32> = (0..n * k)
+        .map(|x| ((x / k) * 1000 + x % k) as f32)
+        .collect();
+    let mut t = fx::Tensors::new();
+    let b: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t.insert(
+        "model.layers.0.self_attn.q_proj.weight".into(),
+        (safetensors::Dtype::F32, vec![n, k], b),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    fx::write_tensors(&dir.join("model.safetensors"), &t);
+    std::fs::write(dir.join("config.json"), fx::config_json().to_string()).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert!(ck.quant.is_none());
+    let LinearWeights::Dense { k: kk, n: nn, w_kn } =
+        ck.linear("model.layers.0.self_attn.q_proj").unwrap()
+    else {
+        panic!("expected dense");
+    };
+    assert_eq!((kk, nn), (k, n));
+    assert_eq!(w_kn[5 * n + 7], (7 * 1000 + 5) as f32); // row i = 5 (input), column o = 7 (output)
+}
