@@ -583,6 +583,13 @@ impl GpuEngine {
         Ok([s[0], s[1], s[2], s[3]])
     }
 
+    /// Synchronize and read the sticky flag word (LAB_LLAMA_FLAG_*) without failing on it.
+    pub fn flags(&self) -> Result<i32> {
+        self.stream.synchronize().ctx("decode step")?;
+        let s = self.stream.clone_dtoh(&self.b.state).ctx("reading the step state")?;
+        Ok(s[abi::LAB_LLAMA_STATE_FLAGS as usize])
+    }
+
     /// The logits [vocab] of the last step.
     pub fn logits(&self) -> Result<Vec<f32>> {
         self.stream.synchronize().ctx("decode step")?;
@@ -634,7 +641,7 @@ impl GpuEngine {
             self.step_greedy(graph)?;
         }
         let b = self.stream.record_event(flags).ctx("stop event")?;
-        self.check_state()?;
+        self.stream.synchronize().ctx("timed decode steps")?;
         let ms = a.elapsed_ms(&b).ctx("event time")? as f64;
         let f = free_now(&self.ctx)?;
         self.vram.observe(f);

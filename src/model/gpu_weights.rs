@@ -197,6 +197,57 @@ impl HostLlama {
     }
 }
 
+impl HostLlama {
+    /// From an opened checkpoint: GPTQ linears as canonical `QuantLinear`s (true zeros), fp16
+    /// tensors as they are (bf16/f32 files are rounded to fp16 once), a tied lm_head from the
+    /// embedding. Host memory: the packed checkpoint size (7B int4: ~3.9 GB).
+    pub fn from_checkpoint(ckpt: &crate::model::checkpoint::Checkpoint) -> Result<Self> {
+        use crate::model::checkpoint::LinearWeights;
+        let cfg = &ckpt.config;
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let f16v = |name: &str, len: usize| -> Result<Vec<f16>> {
+            let (w, shape) = ckpt.tensor_f32(name)?;
+            if shape.iter().product::<usize>() != len {
+                return Err(LabError::bad_checkpoint(&ckpt.dir, format!("tensor '{name}': shape {shape:?}, expected {len} values")));
+            }
+            Ok(w.into_iter().map(f16::from_f32).collect())
+        };
+        let linear = |prefix: &str| -> Result<HostLinear> {
+            Ok(match ckpt.linear(prefix)? {
+                LinearWeights::Quant(q) => HostLinear::Quant(q),
+                LinearWeights::Dense { k, n, w_kn } => {
+                    let mut w_nk = vec![f16::ZERO; k * n];
+                    for r in 0..k {
+                        for c in 0..n {
+                            w_nk[c * k + r] = f16::from_f32(w_kn[r * n + c]);
+                        }
+                    }
+                    HostLinear::F16 { k, n, w_nk }
+                }
+            })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let mut linears = Vec::with_capacity(7);
+            for (name, _, _) in cfg.layer_linears() {
+                linears.push(linear(&format!("{p}.{name}"))?);
+            }
+            layers.push(HostLayer {
+                attn_norm: f16v(&format!("{p}.input_layernorm.weight"), h)?,
+                ffn_norm: f16v(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                linears,
+            });
+        }
+        let embed = f16v("model.embed_tokens.weight", v * h)?;
+        let has_head = ckpt.tensor_names().iter().any(|n| n == "lm_head.weight");
+        let lm_head = if has_head || !cfg.tie_word_embeddings { f16v("lm_head.weight", v * h)? } else { embed.clone() };
+        let w = HostLlama { embed, layers, final_norm: f16v("model.norm.weight", h)?, lm_head };
+        w.validate(cfg).map_err(|e| LabError::bad_checkpoint(&ckpt.dir, e.to_string()))?;
+        Ok(w)
+    }
+}
+
 /// An int4 linear on the device, canonical layout (`qweight` u32 [k/8, n]).
 pub struct Int4Dev {
     pub k: usize,

@@ -12,3 +12,4 @@ pub mod template;
 pub mod tokenizer;
 pub mod vram;
 pub mod weights;
+pub mod decode_bench;
