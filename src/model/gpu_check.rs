@@ -12,7 +12,7 @@
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{EngineOptions, Fp16Backend, GpuEngine, TraceEntry, WeightSource};
-use crate::model::gpu_weights::HostLlama;
+use crate::model::gpu_weights::{HostLlama, WeightKind};
 use crate::Result;
 use serde::Serialize;
 
@@ -236,6 +236,9 @@ pub struct CheckReport {
     pub ref_tokens: Vec<u32>,
     pub eager_tokens: Vec<u32>,
     pub graph_tokens: Vec<u32>,
+    /// GPU logits vs the CPU reference engine (`CpuEngine`, f32 weights) over the prompt, in
+    /// tolerances (fixtures only).
+    pub cpu_engine_logits_ratio: Option<f64>,
     /// Why differing greedy tokens are accepted (a near-tie in the reference), if they differ.
     pub token_note: Option<String>,
     pub pass: bool,
@@ -260,6 +263,9 @@ impl CheckReport {
             s.push_str(&format!("\n  first op out of tolerance: {e}"));
         } else if let Some(e) = &self.worst_op {
             s.push_str(&format!("\n  worst op: {e}"));
+        }
+        if let Some(r) = self.cpu_engine_logits_ratio {
+            s.push_str(&format!("\n  logits vs the CPU engine: {r:.2}x tolerance"));
         }
         if let Some(n) = &self.token_note {
             s.push_str(&format!("\n  {n}"));
@@ -404,6 +410,7 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
         steps: ref_logits.len(),
         ops_checked: ops,
         pass: first_bad.is_none() && logits_ratio <= 1.0 && tokens_ok,
+        cpu_engine_logits_ratio: None,
         worst_op,
         first_bad_op: first_bad,
         logits_ratio,
@@ -413,6 +420,87 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
         graph_tokens,
         token_note,
     })
+}
+
+/// The whole check on a checkpoint folder (the tiny fixtures), plus GPU logits over the prompt
+/// against the CPU reference engine (`CpuEngine` on `LlamaWeights::from_checkpoint`).
+pub fn check_checkpoint(gpu: &Gpu, dir: &std::path::Path, prompt: &[u32], n_new: usize, opts: EngineOptions) -> Result<CheckReport> {
+    use crate::model::checkpoint::Checkpoint;
+    use crate::model::cpu_engine::CpuEngine;
+    use crate::model::weights::LlamaWeights;
+    let ckpt = Checkpoint::open(dir)?;
+    let host = HostLlama::from_checkpoint(&ckpt)?;
+    let mut cfg = ckpt.config.clone();
+    cfg.name = dir.file_name().map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+    let label = dir.display().to_string();
+    let mut report = check_engine(gpu, &cfg, &host, &label, prompt, n_new, opts.clone())?;
+    let cpu = CpuEngine::new(LlamaWeights::from_checkpoint(&ckpt)?, ckpt.config.clone())?.forward_all(prompt)?;
+    let mut eng = GpuEngine::new(gpu, &cfg, WeightSource::Host { weights: &host, label: &label }, opts)?;
+    eng.reset()?;
+    let mut ratio = 0f64;
+    for (&t, want) in prompt.iter().zip(&cpu) {
+        eng.feed(t, false, None)?;
+        let got = eng.logits()?;
+        let want: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
+        let (_, r) = worst(&got, &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap_or((0, f64::INFINITY));
+        if !(r <= ratio) {
+            ratio = r;
+        }
+    }
+    eng.check_state()?;
+    report.cpu_engine_logits_ratio = Some(ratio);
+    report.pass &= ratio <= 1.0;
+    Ok(report)
+}
+
+/// Prompt of the tiny checks: 12 fixed ids below the tiny vocab (320), BOS first.
+pub const CHECK_PROMPT: [u32; 12] = [1, 55, 53, 39, 52, 28, 223, 54, 288, 78, 223, 295];
+pub const CHECK_NEW: usize = 8;
+/// The committed tiny fixture checkpoints (tests/fixtures/<name>).
+pub const FIXTURES: [&str; 5] = ["tiny-fp16", "tiny-sym-g32", "tiny-asym-gall", "tiny-sym-act-g64", "tiny-asym-act-g32"];
+
+/// One random tiny-model check.
+#[derive(Debug, Clone, Copy)]
+pub struct TinyCase {
+    pub kind: WeightKind,
+    /// Attention chunk: 4 and 8 split the 20 checked positions over 3-5 blocks (exercising the
+    /// combine pass); 128 is a single block.
+    pub chunk: usize,
+    pub backend: Fp16Backend,
+    pub seed: u64,
+}
+
+/// Every weight form the engine takes: int4 with/without act-order, sym/asym, g32/g64/per-channel,
+/// fp16 through cuBLAS and through the lab GEMV.
+pub fn tiny_cases() -> Vec<TinyCase> {
+    let i4 = |group, act_order, sym| WeightKind::Int4 { group, act_order, sym };
+    [
+        (i4(32, false, false), 128, Fp16Backend::Cublas),
+        (i4(32, true, false), 4, Fp16Backend::Cublas),
+        (i4(64, true, true), 8, Fp16Backend::Cublas),
+        (i4(-1, false, true), 4, Fp16Backend::Cublas),
+        (WeightKind::Fp16, 4, Fp16Backend::Cublas),
+        (WeightKind::Fp16, 8, Fp16Backend::Lab),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (kind, chunk, backend))| TinyCase { kind, chunk, backend, seed: 100 + i as u64 })
+    .collect()
+}
+
+/// Engine options of the tiny checks.
+pub fn check_opts(chunk: usize, backend: Fp16Backend) -> EngineOptions {
+    let mut o = EngineOptions::new(CHECK_PROMPT.len() + CHECK_NEW + 4);
+    o.attn_chunk = chunk;
+    o.fp16_backend = backend;
+    o
+}
+
+/// Run one random tiny case.
+pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
+    let cfg = tiny_config();
+    let host = HostLlama::random(&cfg, c.seed, c.kind)?;
+    check_engine(gpu, &cfg, &host, &format!("random seed {}", c.seed), &CHECK_PROMPT, CHECK_NEW, check_opts(c.chunk, c.backend))
 }
 
 /// A small LLaMA with the tiny fixtures' shapes (GQA 4 heads over 2, head_dim 16).
@@ -435,7 +523,6 @@ pub fn tiny_config() -> ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gpu_weights::WeightKind;
 
     #[test]
     fn worst_scales_by_tolerance_and_flags_nan() {

@@ -602,7 +602,8 @@ impl GpuEngine {
         if prompt.is_empty() {
             return Err(LabError::invalid("prompt", "needs at least one token"));
         }
-        if prompt.len() + n_new > self.opts.max_ctx {
+        // The last new token is chosen but never fed: prompt + n_new - 1 positions are cached.
+        if prompt.len() + n_new.saturating_sub(1) > self.opts.max_ctx {
             return Err(LabError::invalid("generation length", format!("{} prompt + {n_new} new tokens exceed the KV cache ({})", prompt.len(), self.opts.max_ctx)));
         }
         if graph {
