@@ -28,6 +28,10 @@ pub enum LabError {
         source: cudarc::cublas::result::CublasError,
     },
 
+    /// libcublas could not be loaded (the cuBLAS baselines need it); the message says where to look.
+    #[error("cuBLAS unavailable: {0}")]
+    CublasUnavailable(String),
+
     /// A launch whose shape or parameters the variant does not support.
     #[error("variant {variant}: unsupported shape {shape}: {reason}")]
     UnsupportedShape {

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod build_info;
+pub mod check;
 pub mod cuda;
 pub mod error;
 pub mod gptq;

@@ -27,4 +27,9 @@ unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_gemv_f16_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_argmax_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_q4_finish_params {}
 
+pub mod baseline;
+pub mod gemv;
+pub mod launch;
+pub mod layer;
 pub mod registry;
+pub mod static_check;

@@ -75,6 +75,7 @@ pub struct Variant {
 pub fn all() -> Vec<&'static Variant> {
     let mut v: Vec<&'static Variant> = Vec::new();
     v.extend(REFERENCE.iter());
+    v.extend(super::gemv::VARIANTS.iter());
     v
 }
 

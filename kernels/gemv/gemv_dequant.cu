@@ -1,0 +1,27 @@
+// Baseline helper: dequantize int4 W to fp16 [k, n] for "dequant + cuBLAS fp16" (family list: top
+// of gemv_v1_naive.cu). Checked by: lab check --family gemv (variant gemv_dequant_cublas).
+#include <cuda_fp16.h>
+#include <stdint.h>
+#include "abi.h"
+
+// grid (ceil(n / blockDim.x), k / 8): one thread per packed word (8 rows x 1 column). Writes
+// W[r][col] = fp16(scale[g][col] * (q - z)) (one rounding: 2^-11 relative) into p.y, which for this
+// kernel is the fp16 [k, n] weight buffer (m is ignored). Any group size, g_idx or not.
+extern "C" __global__ void lab_dequant_f16_v1(lab_gemm_params p) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    const int w = blockIdx.y;
+    if (col >= p.n || w >= (p.k >> 3)) return;
+    const size_t n = (size_t)p.n;
+    const uint32_t word = reinterpret_cast<const uint32_t*>(p.qweight)[(size_t)w * n + col];
+    const uint32_t* qz = reinterpret_cast<const uint32_t*>(p.qzeros);
+    const __half* sc = reinterpret_cast<const __half*>(p.scales);
+    const int32_t* g_idx = reinterpret_cast<const int32_t*>(p.g_idx);
+    __half* out = reinterpret_cast<__half*>(p.y);
+    for (int i = 0; i < 8; ++i) {
+        const int r = 8 * w + i;
+        const size_t g = g_idx ? (size_t)g_idx[r] : (size_t)(r / p.group_size);
+        const int q = (word >> (4 * i)) & 0xF;
+        const int z = p.zero_mode == LAB_ZEROS_TRUE ? (qz[g * (n >> 3) + (col >> 3)] >> (4 * (col & 7))) & 0xF : 8;
+        out[(size_t)r * n + col] = __float2half_rn(__half2float(sc[g * n + col]) * (float)(q - z));
+    }
+}

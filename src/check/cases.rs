@@ -1,0 +1,271 @@
+//! The correctness matrix: shapes x group size x act-order x zero mode x batch, and the seeded
+//! inputs of each case (RTN-quantized random weights, random fp16 x that is never zero).
+
+use crate::gptq::{act_order_g_idx, quantize_rtn, QuantLinear};
+use crate::kernels::registry::{ActOrder, Family, Variant};
+use crate::Result;
+use half::f16;
+use rand::{rngs::StdRng, seq::SliceRandom, RngExt, SeedableRng};
+use serde::Serialize;
+
+/// One layer shape of the matrix: K = in_features, N = out_features.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Shape {
+    pub k: usize,
+    pub n: usize,
+    pub label: &'static str,
+}
+
+/// Vicuna/LLaMA decode shapes (../shared/gptq-format.md), K x N.
+pub const VICUNA: &[Shape] = &[
+    Shape { k: 4096, n: 4096, label: "7B q/k/v/o" },
+    Shape { k: 4096, n: 11008, label: "7B gate/up" },
+    Shape { k: 11008, n: 4096, label: "7B down" },
+    Shape { k: 5120, n: 5120, label: "13B q/k/v/o" },
+    Shape { k: 5120, n: 13824, label: "13B gate/up" },
+    Shape { k: 13824, n: 5120, label: "13B down" },
+    Shape { k: 4096, n: 12288, label: "7B fused qkv" },
+    Shape { k: 4096, n: 22016, label: "7B fused gate_up" },
+];
+
+/// Shapes that are not multiples of the tiles. K stays a multiple of every group it is tested
+/// with (the contract refuses a group that does not divide K).
+pub const ODD: &[Shape] = &[
+    // K = 33 groups of 128: 132 chunks of 32 rows; N = 4096 + 8: last column tile has 8 of 32 columns.
+    Shape { k: 4224, n: 4104, label: "odd: K=4096+128, N=4096+8" },
+    // N = 200 = 6 x 32 + 8.
+    Shape { k: 4224, n: 200, label: "odd: N=200 (partial column tile)" },
+    // Small K: one lost 8-row word is visible under the tolerance (see tolerance.rs); K = 9 x 32.
+    Shape { k: 288, n: 200, label: "odd: K=288 (9 groups of 32)" },
+    // K = 33 words: the last chunk of 4 words has 1 valid (per-channel only: 264 = 8 x 33).
+    Shape { k: 264, n: 72, label: "odd: K=264 (partial chunk), per-channel" },
+];
+
+/// Small shapes for --quick (seconds, also under compute-sanitizer).
+pub const QUICK: &[Shape] = &[
+    Shape { k: 512, n: 256, label: "quick: small" },
+    ODD[2],
+    ODD[3],
+];
+
+pub const GROUPS: &[i32] = &[32, 64, 128, -1];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    pub id: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Rows per group; -1 = per-channel.
+    pub group: i32,
+    pub act_order: bool,
+    pub sym: bool,
+    pub bias: bool,
+    pub m: usize,
+    pub seed: u64,
+    pub label: &'static str,
+}
+
+impl Case {
+    /// "7B gate/up m=1 K=4096 N=11008 g128 act-order asym bias seed=0x..."
+    pub fn describe(&self) -> String {
+        format!(
+            "{} m={} K={} N={} {}{} {}{} seed={:#018x}",
+            self.label,
+            self.m,
+            self.k,
+            self.n,
+            if self.group < 0 { "per-channel".to_string() } else { format!("g{}", self.group) },
+            if self.act_order { " act-order" } else { "" },
+            if self.sym { "sym" } else { "asym" },
+            if self.bias { " bias" } else { "" },
+            self.seed
+        )
+    }
+}
+
+/// splitmix64: one well-mixed u64 from the case's coordinates, so every seed is reproducible.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Batch sizes a family is checked at (m = 4 on one small shape shows batch refusals of m = 1 kernels).
+fn batches(f: Family) -> &'static [usize] {
+    match f {
+        Family::Gemv => &[1],
+        Family::Gemm => &[2, 5, 16, 64],
+        Family::Reference => &[1],
+    }
+}
+
+/// The case list for `family`. Combinations that are not meaningful are not generated: a group
+/// that does not divide K, and act-order with per-channel groups (one group: g_idx is trivial).
+pub fn matrix(family: Family, quick: bool, base_seed: u64) -> Vec<Case> {
+    let shapes: Vec<Shape> = if quick {
+        QUICK.to_vec()
+    } else {
+        VICUNA.iter().chain(ODD).copied().collect()
+    };
+    let mut cases = Vec::new();
+    let mut push = |s: &Shape, group: i32, act: bool, sym: bool, bias: bool, m: usize| {
+        let coords = (s.k as u64) << 40 ^ (s.n as u64) << 16 ^ ((group + 1) as u64) << 4 ^ (act as u64) << 2
+            ^ (sym as u64) << 1
+            ^ bias as u64
+            ^ (m as u64) << 56;
+        cases.push(Case {
+            id: cases.len(),
+            k: s.k,
+            n: s.n,
+            group,
+            act_order: act,
+            sym,
+            bias,
+            m,
+            seed: mix(base_seed ^ mix(coords)),
+            label: s.label,
+        });
+    };
+    for (si, s) in shapes.iter().enumerate() {
+        for (gi, &g) in GROUPS.iter().enumerate() {
+            if g > 0 && s.k % g as usize != 0 {
+                continue;
+            }
+            for act in [false, true] {
+                if act && g < 0 {
+                    continue;
+                }
+                for &m in batches(family) {
+                    // Both zero modes for every (group, act-order) across shapes (all of them in
+                    // quick mode); bias on about a third of the cases.
+                    let alt = (si + gi + act as usize) % 2 == 1;
+                    let syms: &[bool] = if quick { &[false, true] } else if alt { &[true] } else { &[false] };
+                    for &sym in syms {
+                        let bias = (si + 2 * gi + act as usize + sym as usize) % 3 == 0;
+                        push(s, g, act, sym, bias, m);
+                    }
+                }
+            }
+        }
+    }
+    // Batch > 1 on one small shape: kernels with batch (1, 1) must be skipped (declared), not run.
+    if family == Family::Gemv {
+        let s = ODD[2];
+        push(&s, 32, true, false, true, 4);
+        push(&s, -1, false, true, false, 3);
+    }
+    cases
+}
+
+/// Why the variant's declared support excludes this case, or None when it claims to handle it.
+pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
+    if !v.group_sizes.contains(&c.group) {
+        return Some(format!("group {} not declared", c.group));
+    }
+    let handles_act = v.act_order.iter().any(|a| matches!(a, ActOrder::Gather | ActOrder::Reordered));
+    if c.act_order && !handles_act {
+        return Some("act-order not declared".into());
+    }
+    if !c.act_order && !v.act_order.contains(&ActOrder::None) {
+        return Some("plain (no act-order) not declared".into());
+    }
+    if (c.m as u32) < v.batch.0 || (c.m as u32) > v.batch.1 {
+        return Some(format!("batch m={} outside {}..={}", c.m, v.batch.0, v.batch.1));
+    }
+    None
+}
+
+/// The case's inputs: an RTN-quantized layer of seeded random weights (act-order through a seeded
+/// permutation), optional bias, and x [m, k] with |x| in [1/16, 1] and a random sign (never 0).
+pub fn build_inputs(c: &Case) -> Result<(QuantLinear, Vec<f16>)> {
+    let mut rng = StdRng::seed_from_u64(c.seed);
+    // Per-column offsets skew the ranges, so asymmetric zeros take many values (0..15).
+    let offs: Vec<f32> = (0..c.n).map(|_| rng.random_range(-0.03f32..0.03)).collect();
+    let w: Vec<f32> = (0..c.k * c.n)
+        .map(|i| rng.random_range(-0.05f32..0.05) + offs[i % c.n])
+        .collect();
+    let g_idx = c.act_order.then(|| {
+        let mut order: Vec<usize> = (0..c.k).collect();
+        order.shuffle(&mut rng);
+        act_order_g_idx(&order, c.group as usize)
+    });
+    let mut l = quantize_rtn(&w, c.k, c.n, c.group, c.sym, g_idx)?;
+    drop(w);
+    if c.bias {
+        l.bias = Some((0..c.n).map(|_| f16::from_f32(rng.random_range(-0.5f32..0.5))).collect());
+    }
+    let x = (0..c.m * c.k)
+        .map(|_| {
+            let mag = rng.random_range(0.0625f32..1.0);
+            f16::from_f32(if rng.random_bool(0.5) { mag } else { -mag })
+        })
+        .collect();
+    Ok((l, x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::registry::by_name;
+
+    #[test]
+    fn matrix_covers_every_group_act_order_and_zero_mode_with_unique_seeds() {
+        for quick in [true, false] {
+            let cases = matrix(Family::Gemv, quick, 1);
+            let mut seeds: Vec<u64> = cases.iter().map(|c| c.seed).collect();
+            seeds.sort();
+            seeds.dedup();
+            assert_eq!(seeds.len(), cases.len(), "duplicate seeds (quick={quick})");
+            for g in GROUPS {
+                for act in [false, true] {
+                    if act && *g < 0 {
+                        continue;
+                    }
+                    for sym in [false, true] {
+                        assert!(
+                            cases.iter().any(|c| c.group == *g && c.act_order == act && c.sym == sym),
+                            "quick={quick}: no case g={g} act={act} sym={sym}"
+                        );
+                    }
+                }
+            }
+            assert!(cases.iter().all(|c| c.group < 0 || c.k % c.group as usize == 0));
+            assert!(cases.iter().any(|c| c.bias) && cases.iter().any(|c| !c.bias));
+            assert!(cases.iter().any(|c| c.m > 1));
+        }
+        let full = matrix(Family::Gemv, false, 1);
+        for s in VICUNA {
+            assert!(full.iter().any(|c| c.k == s.k && c.n == s.n), "{}", s.label);
+        }
+    }
+
+    #[test]
+    fn declared_support_skips_act_order_and_batch_for_v2_only() {
+        let cases = matrix(Family::Gemv, true, 1);
+        let v2 = by_name("gemv_v2_vec").unwrap();
+        let v1 = by_name("gemv_v1_naive").unwrap();
+        for c in &cases {
+            assert_eq!(declared_skip(v2, c).is_some(), c.act_order || c.m > 1, "{}", c.describe());
+            assert!(declared_skip(v1, c).is_none(), "{}", c.describe());
+        }
+    }
+
+    #[test]
+    fn inputs_are_seeded_never_zero_and_act_order_when_asked() {
+        let c = &matrix(Family::Gemv, true, 7)
+            .into_iter()
+            .find(|c| c.act_order && c.bias)
+            .unwrap();
+        let (l, x) = build_inputs(c).unwrap();
+        let (l2, x2) = build_inputs(c).unwrap();
+        assert_eq!(l, l2);
+        assert_eq!(x, x2);
+        assert!(x.iter().all(|v| v.to_f32().abs() >= 0.0625));
+        assert!(l.is_act_order());
+        assert_eq!(l.symmetric, c.sym);
+        // Asymmetric zeros vary.
+        let zeros = l.zeros();
+        assert!(c.sym || zeros.iter().any(|&z| z != zeros[0]));
+    }
+}

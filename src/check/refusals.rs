@@ -1,0 +1,111 @@
+//! Shapes that MUST be refused: each is prepared (and planned) on the host, and anything but
+//! `LabError::UnsupportedShape` naming the variant is a failure. No GPU needed.
+
+use crate::gptq::{act_order_g_idx, quantize_rtn, QuantLinear};
+use crate::kernels::launch::{self, Tunables};
+use crate::kernels::layer::prepare;
+use crate::kernels::registry::{self, Family};
+use crate::LabError;
+use rand::{rngs::StdRng, seq::SliceRandom, RngExt, SeedableRng};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub variant: String,
+    pub what: String,
+    /// Refused with UnsupportedShape naming the variant.
+    pub ok: bool,
+    /// The error message, or what happened instead.
+    pub message: String,
+}
+
+fn layer(k: usize, n: usize, g: i32, act: bool, seed: u64) -> QuantLinear {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let gi = act.then(|| {
+        let mut order: Vec<usize> = (0..k).collect();
+        order.shuffle(&mut rng);
+        act_order_g_idx(&order, g as usize)
+    });
+    quantize_rtn(&w, k, n, g, false, gi).expect("refusal fixture must quantize")
+}
+
+/// Runs every must-refuse case of `family` (gemv variants: group too small / not a power of two,
+/// act-order on v2, unequal act-order groups on reorder variants, N not a multiple of 8, a batch
+/// outside the variant's range, short buffers).
+pub fn check_refusals(family: Family) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    if family != Family::Gemv {
+        return out;
+    }
+    let mut expect = |name: &str, what: &str, r: crate::Result<()>| {
+        let (ok, message) = match r {
+            Err(e @ LabError::UnsupportedShape { .. }) => {
+                let m = e.to_string();
+                (m.contains(name), m)
+            }
+            Err(e) => (false, format!("wrong error kind: {e}")),
+            Ok(()) => (false, "accepted".to_string()),
+        };
+        out.push(Refusal {
+            variant: name.to_string(),
+            what: what.to_string(),
+            ok,
+            message,
+        });
+    };
+    let prep = |name: &str, l: &QuantLinear| -> crate::Result<()> {
+        let v = registry::by_name(name).expect("gemv variant");
+        prepare(v, l).map(|_| ())
+    };
+    let plan = |name: &str, l: &QuantLinear, m: usize, x_len: usize| -> crate::Result<()> {
+        let v = registry::by_name(name).expect("gemv variant");
+        let p = prepare(v, l)?;
+        launch::plan(v, &p.shape(), m, x_len, m * l.n, &Tunables::new()).map(|_| ())
+    };
+
+    let g16 = layer(256, 64, 16, false, 1);
+    let g16_act = layer(256, 64, 16, true, 2);
+    let act = layer(256, 64, 32, true, 3);
+    let mut uneven = layer(256, 64, 32, true, 4);
+    if let Some(g) = uneven.g_idx.as_mut() {
+        let row = g.iter().position(|&x| x == 0).unwrap_or(0);
+        g[row] = 7; // group 0: 31 rows, group 7: 33
+    }
+    // N = 12: qweight [k/8, 12], qzeros cannot even be [groups, 12/8].
+    let mut n12 = layer(64, 16, 32, false, 5);
+    n12.n = 12;
+    n12.qweight.truncate(64 / 8 * 12);
+    n12.scales.truncate(2 * 12);
+    let plain = layer(256, 64, 32, false, 6);
+
+    for name in ["gemv_v2_vec", "gemv_v4_perm", "gemv_v5_splitk"] {
+        expect(name, "group 16 (chunks of 32 rows would straddle groups)", prep(name, &g16));
+        expect(name, "act-order group 16", prep(name, &g16_act));
+        expect(name, "batch m=2", plan(name, &plain, 2, 2 * 256));
+    }
+    expect("gemv_v2_vec", "act-order g_idx", prep("gemv_v2_vec", &act));
+    for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
+        expect(name, "act-order groups of unequal size", prep(name, &uneven));
+    }
+    for v in registry::all().into_iter().filter(|v| v.family == Family::Gemv) {
+        expect(v.name, "N=12 (not a multiple of 8)", prep(v.name, &n12));
+        expect(v.name, "x shorter than m*K", plan(v.name, &plain, 1, 255));
+    }
+    expect("gemv_v1_naive", "batch m=65", plan("gemv_v1_naive", &plain, 65, 65 * 256));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_must_refuse_shape_is_refused_with_a_named_unsupported_shape() {
+        let r = check_refusals(Family::Gemv);
+        assert!(r.len() >= 20, "only {} refusal cases", r.len());
+        for x in &r {
+            assert!(x.ok, "{} {}: {}", x.variant, x.what, x.message);
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The batch-1 int4 dequant-GEMV family (kernels/gemv/*.cu): its registry table and the host-side
+//! launch plan of each variant (which instantiation, grid, block, split-K), with every shape check
+//! done before a launch. Pure host code: the CPU tests exercise every refusal.
+
+use super::launch::{tunable, LayerShape, LaunchPlan, Tunables};
+use super::registry::{ActOrder, Family, Layout, Tunable, Variant};
+use crate::{LabError, Result};
+
+/// Output columns per block of the tile kernels (v2-v5): 8 threads x 4 columns (gemv_tile.cuh).
+pub const TILE_N: usize = 32;
+/// Packed rows per chunk of v3/v4/v5 (fixed unroll of the 16-byte weight loads).
+const FIXED_UNROLL: u32 = 4;
+
+const GROUPS: &[i32] = &[32, 64, 128, -1];
+
+pub static VARIANTS: &[Variant] = &[
+    Variant {
+        name: "gemv_v1_naive",
+        family: Family::Gemv,
+        version: 1,
+        description: "naive: one output column per thread, g_idx per row, fp32 math (obviously right)",
+        symbols: &["lab_gemv_v1_naive"],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Gather],
+        batch: (1, 64),
+        min_sm: 75,
+        tunables: &[Tunable {
+            name: "threads",
+            values: &[64, 128, 256],
+            default: 128,
+        }],
+        // Not hot; sm_75 takes 51 (64-bit index math).
+        reg_budget: 64,
+        hot: false,
+        wide_loads: false,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_v2_vec",
+        family: Family::Gemv,
+        version: 2,
+        description: "16-byte weight loads, lop3 magic-number dequant to half2, warp+smem K reduction",
+        symbols: &[
+            "lab_gemv_v2_t128_u2",
+            "lab_gemv_v2_t128_u4",
+            "lab_gemv_v2_t256_u2",
+            "lab_gemv_v2_t256_u4",
+            "lab_gemv_v2_t512_u2",
+            "lab_gemv_v2_t512_u4",
+        ],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[
+            Tunable {
+                name: "threads",
+                values: &[128, 256, 512],
+                default: 256,
+            },
+            Tunable {
+                name: "unroll",
+                values: &[2, 4],
+                default: 4,
+            },
+        ],
+        // __launch_bounds__(T, 768/T) caps at 85; observed 60-80 on sm_75..90 (notes/kernels.md).
+        reg_budget: 85,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_v3_gather",
+        family: Family::Gemv,
+        version: 3,
+        description: "act-order by g_idx gather: v2 loads, scale/zero looked up per row (the slow way)",
+        symbols: &["lab_gemv_v3_gather_t128", "lab_gemv_v3_gather_t256"],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Gather],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[Tunable {
+            name: "threads",
+            values: &[128, 256],
+            default: 256,
+        }],
+        reg_budget: 96,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_v4_perm",
+        family: Family::Gemv,
+        version: 4,
+        description: "act-order by load-time reorder: v2 tile reading x[perm[r]] (null perm = v2)",
+        symbols: &[
+            "lab_gemv_v4_perm_t128",
+            "lab_gemv_v4_perm_t256",
+            "lab_gemv_v4_perm_t512",
+        ],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[Tunable {
+            name: "threads",
+            values: &[128, 256, 512],
+            default: 256,
+        }],
+        // 512 threads at 2 blocks per SM would need <= 64; 96 still allows 1 block of 512 + 1 of 256.
+        reg_budget: 96,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_v5_splitk",
+        family: Family::Gemv,
+        version: 5,
+        description: "split-K: v4 tile over K slices (grid.y), fp32 atomics, last block per tile writes y",
+        symbols: &["lab_gemv_v5_splitk_t128", "lab_gemv_v5_splitk_t256"],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[
+            Tunable {
+                name: "threads",
+                values: &[128, 256],
+                default: 256,
+            },
+            Tunable {
+                name: "split_k",
+                values: &[2, 3, 4, 6, 8],
+                default: 4,
+            },
+        ],
+        reg_budget: 96,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_cublas_f16",
+        family: Family::Gemv,
+        version: 0,
+        description: "baseline: cuBLAS fp16 GEMM on the dequantized fp16 weights (4x the bytes)",
+        symbols: &[],
+        layout: Layout::Prepared,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Gather],
+        batch: (1, 64),
+        min_sm: 75,
+        tunables: &[],
+        reg_budget: 0,
+        hot: false,
+        wide_loads: false,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_dequant_cublas",
+        family: Family::Gemv,
+        version: 0,
+        description: "baseline: dequantize int4 to an fp16 W on the GPU, then cuBLAS fp16 GEMM",
+        symbols: &["lab_dequant_f16_v1"],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Gather],
+        batch: (1, 64),
+        min_sm: 75,
+        tunables: &[],
+        reg_budget: 40,
+        hot: false,
+        wide_loads: false,
+        tensor_cores: false,
+    },
+];
+
+/// How each gemv variant runs: which kernel body, and what it needs from the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvKind {
+    Naive,
+    Vec,
+    Gather,
+    Perm,
+    SplitK,
+    CublasF16,
+    DequantCublas,
+}
+
+pub fn kind(v: &Variant) -> Result<GemvKind> {
+    Ok(match v.name {
+        "gemv_v1_naive" => GemvKind::Naive,
+        "gemv_v2_vec" => GemvKind::Vec,
+        "gemv_v3_gather" => GemvKind::Gather,
+        "gemv_v4_perm" => GemvKind::Perm,
+        "gemv_v5_splitk" => GemvKind::SplitK,
+        "gemv_cublas_f16" => GemvKind::CublasF16,
+        "gemv_dequant_cublas" => GemvKind::DequantCublas,
+        other => {
+            return Err(LabError::invalid(
+                "gemv variant",
+                format!("'{other}' has no gemv launcher"),
+            ))
+        }
+    })
+}
+
+fn unsupported(v: &Variant, s: &LayerShape, m: usize, reason: impl Into<String>) -> LabError {
+    LabError::UnsupportedShape {
+        variant: v.name.to_string(),
+        shape: s.describe(m),
+        reason: reason.into(),
+    }
+}
+
+/// Layer-time checks (no batch, no tunables): what `prepare` refuses. `unroll` is the largest
+/// chunk the variant may use (the group rule must hold for every instantiation it may pick).
+pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
+    let kind = kind(v)?;
+    let bad = |r: String| Err(unsupported(v, s, 1, r));
+    if s.k == 0 || s.n == 0 || s.k % 8 != 0 || s.n % 8 != 0 {
+        return bad("K and N must be positive multiples of 8 (8 codes per u32 along K, 8 zeros per u32 along N)".into());
+    }
+    if s.k > i32::MAX as usize || s.n > i32::MAX as usize {
+        return bad("K and N must fit in i32 (kernel ABI)".into());
+    }
+    if s.group_size == 0 || s.k % s.group_size != 0 {
+        return bad(format!(
+            "group size {} must divide K (or be per-channel)",
+            s.group_size
+        ));
+    }
+    match kind {
+        GemvKind::Vec | GemvKind::Perm | GemvKind::SplitK => {
+            let max_unroll = if kind == GemvKind::Vec {
+                *v.tunables
+                    .iter()
+                    .find(|t| t.name == "unroll")
+                    .map(|t| t.values.iter().max().unwrap_or(&FIXED_UNROLL))
+                    .unwrap_or(&FIXED_UNROLL) as usize
+            } else {
+                FIXED_UNROLL as usize
+            };
+            let per_channel = s.group_size == s.k;
+            if !per_channel && !(s.group_size.is_power_of_two() && s.group_size >= 8 * max_unroll) {
+                return bad(format!(
+                    "group size {} must be per-channel or a power of two >= {} (chunks of {} rows never straddle a group)",
+                    s.group_size,
+                    8 * max_unroll,
+                    8 * max_unroll
+                ));
+            }
+            if s.g_idx {
+                return bad(match kind {
+                    GemvKind::Vec => "act-order g_idx: v2 assumes group = row / G; use gemv_v4_perm (reorder) or gemv_v3_gather".into(),
+                    _ => "g_idx left after the reorder (groups of unequal size): rows are not row / G; use gemv_v3_gather".into(),
+                });
+            }
+            if s.perm && kind == GemvKind::Vec {
+                return bad("a row permutation needs gemv_v4_perm or gemv_v5_splitk".into());
+            }
+        }
+        GemvKind::Naive | GemvKind::Gather | GemvKind::CublasF16 | GemvKind::DequantCublas => {
+            if s.perm {
+                return bad("this variant reads rows in checkpoint order; it takes g_idx, not a permutation".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Launch-time plan for one batch size and tunables: all checks, then the instantiation and grid.
+pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<LaunchPlan> {
+    check_layer(v, s)?;
+    let kind = kind(v)?;
+    if m < v.batch.0 as usize || m > v.batch.1 as usize {
+        return Err(unsupported(
+            v,
+            s,
+            m,
+            format!("batch m = {m} outside {}..={}", v.batch.0, v.batch.1),
+        ));
+    }
+    let tiles = s.n.div_ceil(TILE_N) as u32;
+    let kw = s.k / 8;
+    let mut p = LaunchPlan {
+        symbol: String::new(),
+        grid: (tiles, 1, 1),
+        block: (1, 1, 1),
+        split_k: 1,
+        k_slice: s.k as u32,
+    };
+    match kind {
+        GemvKind::Naive => {
+            let t = tunable(v, params, "threads")?;
+            p.symbol = "lab_gemv_v1_naive".into();
+            p.block = (t, 1, 1);
+            p.grid = (s.n.div_ceil(t as usize) as u32, m as u32, 1);
+        }
+        GemvKind::Vec => {
+            let t = tunable(v, params, "threads")?;
+            let u = tunable(v, params, "unroll")?;
+            p.symbol = format!("lab_gemv_v2_t{t}_u{u}");
+            p.block = (t, 1, 1);
+        }
+        GemvKind::Gather => {
+            let t = tunable(v, params, "threads")?;
+            p.symbol = format!("lab_gemv_v3_gather_t{t}");
+            p.block = (t, 1, 1);
+        }
+        GemvKind::Perm => {
+            let t = tunable(v, params, "threads")?;
+            p.symbol = format!("lab_gemv_v4_perm_t{t}");
+            p.block = (t, 1, 1);
+        }
+        GemvKind::SplitK => {
+            let t = tunable(v, params, "threads")?;
+            let split = tunable(v, params, "split_k")? as usize;
+            // Slices of whole chunks (8 * FIXED_UNROLL rows) so chunks stay group-aligned;
+            // recount so that no slice is empty (k = 4224, split 8 -> 17 words... see tests).
+            let chunk_words = FIXED_UNROLL as usize;
+            let slice_words = kw.div_ceil(split).div_ceil(chunk_words) * chunk_words;
+            let slices = kw.div_ceil(slice_words);
+            p.symbol = format!("lab_gemv_v5_splitk_t{t}");
+            p.block = (t, 1, 1);
+            p.grid = (tiles, slices as u32, 1);
+            p.split_k = slices as u32;
+            p.k_slice = (slice_words * 8) as u32;
+        }
+        GemvKind::DequantCublas => {
+            p.symbol = "lab_dequant_f16_v1".into();
+            p.block = (128, 1, 1);
+            p.grid = (s.n.div_ceil(128) as u32, kw as u32, 1);
+        }
+        GemvKind::CublasF16 => {}
+    }
+    if !p.symbol.is_empty() && !v.symbols.contains(&p.symbol.as_str()) {
+        return Err(LabError::invalid(
+            "tunables",
+            format!(
+                "variant {}: instantiation {} is not compiled (registry lists {:?})",
+                v.name, p.symbol, v.symbols
+            ),
+        ));
+    }
+    if p.grid.1 > 65535 {
+        return Err(unsupported(v, s, m, "grid.y over 65535".to_string()));
+    }
+    Ok(p)
+}
+
+/// Bytes a launch must move at least (weights + scales + zeros + x + y [+ g_idx/perm]): the floor
+/// of the roofline for a memory-bound GEMV.
+pub fn bytes_moved(v: &Variant, s: &LayerShape, m: usize) -> u64 {
+    let (k, n, g) = (s.k as u64, s.n as u64, (s.k / s.group_size.max(1)) as u64);
+    let xy = 2 * m as u64 * (k + n);
+    match kind(v) {
+        Ok(GemvKind::CublasF16) => 2 * k * n + xy,
+        _ => {
+            let zeros = if s.symmetric { 0 } else { g * n / 2 };
+            let rows = if s.g_idx || s.perm { 4 * k } else { 0 };
+            k * n / 2 + 2 * g * n + zeros + rows + xy + if s.bias { 2 * n } else { 0 }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::registry;
+    use std::collections::BTreeMap;
+
+    fn shape(k: usize, n: usize, g: usize) -> LayerShape {
+        LayerShape {
+            k,
+            n,
+            group_size: g,
+            g_idx: false,
+            perm: false,
+            bias: false,
+            symmetric: false,
+        }
+    }
+    fn v(name: &str) -> &'static Variant {
+        registry::by_name(name).expect(name)
+    }
+    fn params(kv: &[(&str, u32)]) -> Tunables {
+        kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+    fn is_unsupported(r: Result<LaunchPlan>) -> String {
+        match r {
+            Err(LabError::UnsupportedShape { variant, shape, reason }) => {
+                format!("{variant} {shape} {reason}")
+            }
+            other => panic!("expected UnsupportedShape, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_tunable_combination_names_a_registered_symbol() {
+        for var in VARIANTS {
+            let mut combos: Vec<Tunables> = vec![BTreeMap::new()];
+            for t in var.tunables {
+                combos = combos
+                    .into_iter()
+                    .flat_map(|c| {
+                        t.values.iter().map(move |&x| {
+                            let mut c = c.clone();
+                            c.insert(t.name.to_string(), x);
+                            c
+                        })
+                    })
+                    .collect();
+            }
+            let mut used = std::collections::HashSet::new();
+            for c in &combos {
+                let p = plan(var, &shape(4096, 4096, 128), 1, c).unwrap();
+                if !p.symbol.is_empty() {
+                    used.insert(p.symbol.clone());
+                }
+            }
+            // And every compiled symbol is reachable from some combination.
+            for s in var.symbols {
+                assert!(used.contains(*s), "{}: symbol {s} is never launched", var.name);
+            }
+        }
+    }
+
+    #[test]
+    fn split_k_slices_are_chunk_aligned_non_empty_and_cover_k() {
+        for k in [256usize, 264, 288, 4096, 4224, 11008, 13824] {
+            for split in [2u32, 3, 4, 6, 8] {
+                let p = plan(
+                    v("gemv_v5_splitk"),
+                    &shape(k, 4096, k),
+                    1,
+                    &params(&[("split_k", split)]),
+                )
+                .unwrap();
+                let (slices, ks) = (p.split_k as usize, p.k_slice as usize);
+                assert_eq!(ks % 32, 0, "k={k} split={split}: slice {ks} not a chunk multiple");
+                assert!(slices >= 1 && slices <= split as usize);
+                assert!(slices * ks >= k, "k={k}: slices do not cover K");
+                assert!((slices - 1) * ks < k, "k={k}: last slice empty");
+                assert_eq!(p.grid.1 as usize, slices);
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_that_must_be_refused_are_unsupported_shape_errors() {
+        let v2 = v("gemv_v2_vec");
+        // Group 16: chunks of 32 rows would straddle groups.
+        assert!(is_unsupported(plan(v2, &shape(4096, 4096, 16), 1, &params(&[]))).contains("power of two"));
+        // Group 96: not a power of two (and divides K = 4224 - 96*44).
+        assert!(is_unsupported(plan(v2, &shape(4224, 4096, 96), 1, &params(&[]))).contains("power of two"));
+        // Group that does not divide K.
+        assert!(is_unsupported(plan(v2, &shape(4160, 4096, 128), 1, &params(&[]))).contains("divide"));
+        // N not a multiple of 8.
+        assert!(is_unsupported(plan(v2, &shape(4096, 4100, 128), 1, &params(&[]))).contains("multiples of 8"));
+        // K not a multiple of 8.
+        assert!(is_unsupported(plan(v("gemv_v1_naive"), &shape(4100, 4096, 4100), 1, &params(&[]))).contains("multiples of 8"));
+        // Batch 2 on a batch-1 kernel, batch 65 on v1.
+        assert!(is_unsupported(plan(v2, &shape(4096, 4096, 128), 2, &params(&[]))).contains("batch"));
+        assert!(is_unsupported(plan(v("gemv_v1_naive"), &shape(4096, 4096, 128), 65, &params(&[]))).contains("batch"));
+        // Act-order g_idx on v2 and a leftover g_idx on v4.
+        let mut act = shape(4096, 4096, 128);
+        act.g_idx = true;
+        assert!(is_unsupported(plan(v2, &act, 1, &params(&[]))).contains("gemv_v4_perm"));
+        assert!(is_unsupported(plan(v("gemv_v4_perm"), &act, 1, &params(&[]))).contains("gemv_v3_gather"));
+        // v3 accepts any g_idx.
+        assert!(plan(v("gemv_v3_gather"), &act, 1, &params(&[])).is_ok());
+        // A permutation on a variant that reads checkpoint order.
+        let mut perm = shape(4096, 4096, 128);
+        perm.perm = true;
+        assert!(is_unsupported(plan(v("gemv_v3_gather"), &perm, 1, &params(&[]))).contains("permutation"));
+        // The error names the variant and the shape.
+        let msg = is_unsupported(plan(v2, &shape(4096, 4100, 128), 1, &params(&[])));
+        assert!(msg.contains("gemv_v2_vec") && msg.contains("4096") && msg.contains("4100"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_or_out_of_list_tunables_are_refused() {
+        let v2 = v("gemv_v2_vec");
+        let s = shape(4096, 4096, 128);
+        assert!(plan(v2, &s, 1, &params(&[("threads", 384)])).is_err());
+        assert!(plan(v2, &s, 1, &params(&[("thread", 256)])).is_err());
+        let p = plan(v2, &s, 1, &params(&[("threads", 512), ("unroll", 2)])).unwrap();
+        assert_eq!(p.symbol, "lab_gemv_v2_t512_u2");
+        assert_eq!(p.grid, (128, 1, 1));
+        assert_eq!(p.block, (512, 1, 1));
+    }
+
+    #[test]
+    fn tile_grid_covers_odd_n() {
+        let p = plan(v("gemv_v2_vec"), &shape(4096, 200, 128), 1, &params(&[])).unwrap();
+        assert_eq!(p.grid.0, 7); // 7 x 32 = 224 >= 200 > 192
+        let p = plan(v("gemv_v1_naive"), &shape(4096, 200, 128), 3, &params(&[])).unwrap();
+        assert_eq!(p.grid, (2, 3, 1));
+    }
+}

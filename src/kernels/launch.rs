@@ -1,0 +1,325 @@
+//! The one typed entry point that runs any variant on a prepared layer:
+//! `launch(gpu, variant, &DeviceLayer, x, m, y, tunables)`. Host checks first (shape, batch,
+//! buffer lengths, tunables), then the family's plan picks the instantiation and grid.
+
+use super::abi::lab_gemm_params;
+use super::layer::DeviceLayer;
+use super::registry::{Family, Variant};
+use super::{baseline, gemv};
+use crate::cuda::Gpu;
+use crate::error::DriverCtx;
+use crate::gptq::QuantLinear;
+use crate::{LabError, Result};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use half::f16;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Tunable launch parameters by name; a missing one takes the variant's default.
+pub type Tunables = BTreeMap<String, u32>;
+
+/// What the host checks need to know about a prepared layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LayerShape {
+    pub k: usize,
+    pub n: usize,
+    /// Rows per group (k for per-channel).
+    pub group_size: usize,
+    /// A non-trivial g_idx is present (gather variants).
+    pub g_idx: bool,
+    /// A row permutation is present (reordered act-order).
+    pub perm: bool,
+    pub bias: bool,
+    pub symmetric: bool,
+}
+
+impl LayerShape {
+    pub fn of(l: &QuantLinear, perm: bool) -> LayerShape {
+        LayerShape {
+            k: l.k,
+            n: l.n,
+            group_size: l.group_size,
+            g_idx: l.g_idx.is_some(),
+            perm,
+            bias: l.bias.is_some(),
+            symmetric: l.symmetric,
+        }
+    }
+    /// "m=1 K=4096 N=11008 group=128 act-order=perm sym" — the shape in every error message.
+    pub fn describe(&self, m: usize) -> String {
+        let g = if self.group_size == self.k {
+            "per-channel".to_string()
+        } else {
+            self.group_size.to_string()
+        };
+        let act = match (self.g_idx, self.perm) {
+            (true, _) => " act-order=g_idx",
+            (_, true) => " act-order=perm",
+            _ => "",
+        };
+        format!(
+            "m={m} K={} N={} group={g}{act}{}{}",
+            self.k,
+            self.n,
+            if self.symmetric { " sym" } else { " asym" },
+            if self.bias { " bias" } else { "" }
+        )
+    }
+}
+
+/// The host's decision for one launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchPlan {
+    /// Kernel instantiation ("" for pure cuBLAS).
+    pub symbol: String,
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    /// K slices actually launched (grid.y of split-K), 1 otherwise.
+    pub split_k: u32,
+    /// Rows of K per slice (multiple of 8).
+    pub k_slice: u32,
+}
+
+/// The value of tunable `name` for `v`: from `params`, else the default. Unknown names and values
+/// outside the variant's list are errors (a typo must not silently time the default).
+pub fn tunable(v: &Variant, params: &Tunables, name: &str) -> Result<u32> {
+    if let Some(bad) = params.keys().find(|k| !v.tunables.iter().any(|t| t.name == *k)) {
+        return Err(LabError::invalid(
+            "tunable",
+            format!(
+                "variant {} has no tunable '{bad}' (it has: {:?})",
+                v.name,
+                v.tunables.iter().map(|t| t.name).collect::<Vec<_>>()
+            ),
+        ));
+    }
+    let t = v.tunables.iter().find(|t| t.name == name).ok_or_else(|| {
+        LabError::invalid(
+            "tunable",
+            format!("variant {} declares no tunable '{name}'", v.name),
+        )
+    })?;
+    match params.get(name) {
+        None => Ok(t.default),
+        Some(&x) if t.values.contains(&x) => Ok(x),
+        Some(&x) => Err(LabError::invalid(
+            "tunable",
+            format!(
+                "variant {}: {name} = {x} is not one of {:?}",
+                v.name, t.values
+            ),
+        )),
+    }
+}
+
+/// Every combination of a variant's tunables (the default first). The check runs all of them,
+/// since each may be a different compiled instantiation.
+pub fn tunable_combinations(v: &Variant) -> Vec<Tunables> {
+    let mut combos: Vec<Tunables> = vec![BTreeMap::new()];
+    for t in v.tunables {
+        let mut values: Vec<u32> = vec![t.default];
+        values.extend(t.values.iter().copied().filter(|&x| x != t.default));
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |&x| {
+                    let mut c = c.clone();
+                    c.insert(t.name.to_string(), x);
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+}
+
+/// The host checks of a launch without touching the device (CPU-testable): shape, batch, buffer
+/// lengths, tunables. Returns the plan `launch` would use.
+pub fn plan(
+    v: &Variant,
+    layer: &LayerShape,
+    m: usize,
+    x_len: usize,
+    y_len: usize,
+    params: &Tunables,
+) -> Result<LaunchPlan> {
+    let p = match v.family {
+        Family::Gemv => gemv::plan(v, layer, m, params)?,
+        other => {
+            return Err(LabError::invalid(
+                "variant",
+                format!("{}: no launcher for family {other:?}", v.name),
+            ))
+        }
+    };
+    let (need_x, need_y) = (m * layer.k, m * layer.n);
+    if x_len < need_x || y_len < need_y {
+        return Err(LabError::UnsupportedShape {
+            variant: v.name.to_string(),
+            shape: layer.describe(m),
+            reason: format!(
+                "buffers too small: x has {x_len} elements (need m*K = {need_x}), y has {y_len} (need m*N = {need_y})"
+            ),
+        });
+    }
+    Ok(p)
+}
+
+/// y [m, n] = x [m, k] . W (+ bias), fp16 in and out, on the GPU's stream (asynchronous: call
+/// `gpu.sync()` before reading y). `layer` must have been prepared for `v`.
+pub fn launch(
+    gpu: &Gpu,
+    v: &'static Variant,
+    layer: &DeviceLayer,
+    x: &CudaSlice<f16>,
+    m: usize,
+    y: &mut CudaSlice<f16>,
+    params: &Tunables,
+) -> Result<()> {
+    if layer.variant.name != v.name {
+        return Err(LabError::invalid(
+            "layer",
+            format!(
+                "prepared for {} but launched as {}: prepare/upload the layer for each variant",
+                layer.variant.name, v.name
+            ),
+        ));
+    }
+    if gpu.sm() < v.min_sm {
+        return Err(LabError::UnsupportedShape {
+            variant: v.name.to_string(),
+            shape: layer.shape.describe(m),
+            reason: format!("needs sm_{} or newer; this GPU is sm_{}", v.min_sm, gpu.sm()),
+        });
+    }
+    let plan = plan(v, &layer.shape, m, x.len(), y.len(), params)?;
+    let kind = gemv::kind(v)?;
+    match kind {
+        gemv::GemvKind::CublasF16 => baseline::gemm_f16(gpu, layer, x, m, y),
+        gemv::GemvKind::DequantCublas => {
+            let w = layer.w_f16.as_ref().ok_or_else(|| {
+                LabError::invalid("layer", "dequant baseline uploaded without its fp16 W buffer")
+            })?;
+            // The dequant kernel writes W into the layer's own buffer: stream order makes the
+            // GEMM below see it.
+            let (wp, _gw) = w.device_ptr(&gpu.stream);
+            launch_kernel(gpu, v, layer, x, m, wp, &plan)?;
+            baseline::gemm_f16(gpu, layer, x, m, y)
+        }
+        _ => {
+            let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
+            launch_kernel(gpu, v, layer, x, m, yp, &plan)
+        }
+    }
+}
+
+/// Fills `lab_gemm_params` with device addresses and launches `plan.symbol`; `out` is the
+/// address of y (or of the dequant kernel's fp16 W), borrowed by the caller across this call.
+fn launch_kernel(
+    gpu: &Gpu,
+    v: &Variant,
+    layer: &DeviceLayer,
+    x: &CudaSlice<f16>,
+    m: usize,
+    out: u64,
+    plan: &LaunchPlan,
+) -> Result<()> {
+    let s = &*gpu.stream;
+    let f = gpu.function(&plan.symbol)?;
+    let sh = &layer.shape;
+    // The guards record the stream's use of each buffer when dropped, after the launch below.
+    let (xp, _gx) = x.device_ptr(s);
+    let (qw, _g1) = layer.qweight.device_ptr(s);
+    let (qz, _g2) = layer.qzeros.device_ptr(s);
+    let (sc, _g3) = layer.scales.device_ptr(s);
+    let gi = layer.g_idx.as_ref().map(|b| b.device_ptr(s));
+    let pm = layer.perm.as_ref().map(|b| b.device_ptr(s));
+    let bs = layer.bias.as_ref().map(|b| b.device_ptr(s));
+    let ws = layer.workspace.as_ref().map(|b| b.device_ptr(s));
+    if plan.split_k > 1 || gemv::kind(v)? == gemv::GemvKind::SplitK {
+        let need = sh.n + sh.n.div_ceil(gemv::TILE_N);
+        if layer.workspace.as_ref().is_none_or(|w| w.len() < need) {
+            return Err(LabError::invalid(
+                "layer",
+                format!("{}: split-K workspace missing or smaller than {need} words", v.name),
+            ));
+        }
+    }
+    let params = lab_gemm_params {
+        x: xp,
+        qweight: qw,
+        qzeros: if sh.symmetric { 0 } else { qz },
+        scales: sc,
+        g_idx: gi.as_ref().map_or(0, |p| p.0),
+        perm: pm.as_ref().map_or(0, |p| p.0),
+        bias: bs.as_ref().map_or(0, |p| p.0),
+        y: out,
+        workspace: ws.as_ref().map_or(0, |p| p.0),
+        m: m as i32,
+        n: sh.n as i32,
+        k: sh.k as i32,
+        group_size: sh.group_size as i32,
+        groups: (sh.k / sh.group_size) as i32,
+        zero_mode: if sh.symmetric {
+            super::abi::LAB_ZEROS_SYMMETRIC as i32
+        } else {
+            super::abi::LAB_ZEROS_TRUE as i32
+        },
+        split_k: plan.split_k as i32,
+        k_slice: plan.k_slice as i32,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: plan.grid,
+        block_dim: plan.block,
+        shared_mem_bytes: 0,
+    };
+    let mut b = s.launch_builder(&f);
+    b.arg(&params);
+    // SAFETY: `params` matches the kernel's single by-value `lab_gemm_params` argument (bindgen
+    // layout of kernels/abi.h). Every address in it is a live allocation of this context, borrowed
+    // for the duration of this call (guards above), with the lengths the plan checked: x >= m*K,
+    // y >= m*N (or K*N for the dequant buffer, allocated by upload), qweight [K/8, N], qzeros
+    // [K/G, N/8], scales [K/G, N], g_idx/perm [K], bias [N], workspace [N + N/32]; the kernels
+    // index only inside those bounds for the grid the plan computed (n % 8 == 0, k % 8 == 0,
+    // group rules checked in gemv::check_layer).
+    unsafe { b.launch(cfg) }.ctx(&format!(
+        "launching {} ({}) for {}",
+        plan.symbol,
+        v.name,
+        sh.describe(m)
+    ))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::registry::by_name;
+
+    #[test]
+    fn combinations_put_the_default_first_and_cover_the_product() {
+        let v = by_name("gemv_v5_splitk").unwrap();
+        let c = tunable_combinations(v);
+        assert_eq!(c.len(), 2 * 5);
+        assert_eq!(c[0]["threads"], 256);
+        assert_eq!(c[0]["split_k"], 4);
+        assert_eq!(tunable_combinations(by_name("gemv_cublas_f16").unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn short_buffers_are_refused_before_launch() {
+        let v = by_name("gemv_v2_vec").unwrap();
+        let s = LayerShape {
+            k: 4096,
+            n: 4096,
+            group_size: 128,
+            g_idx: false,
+            perm: false,
+            bias: false,
+            symmetric: true,
+        };
+        assert!(plan(v, &s, 1, 4096, 4096, &Tunables::new()).is_ok());
+        let e = plan(v, &s, 1, 4095, 4096, &Tunables::new()).unwrap_err();
+        assert!(e.to_string().contains("x has 4095"), "{e}");
+    }
+}

@@ -1,0 +1,275 @@
+//! A quantized layer made ready for one variant: `prepare` (host: validation, act-order reorder,
+//! variant-specific layout) then `upload` (device buffers, workspace, cuBLAS handle).
+//!
+//! Families plug in here: a family's `prepare_layout` may fill `qweight_prepared` (Layout::Prepared,
+//! e.g. mma fragment order) and the launcher reads whatever buffers its variant needs.
+
+use super::launch::LayerShape;
+use super::registry::{ActOrder, Family, Variant};
+use super::{baseline, gemv};
+use crate::cuda::Gpu;
+use crate::error::DriverCtx;
+use crate::gptq::{reorder_by_group, QuantLinear, Reordered};
+use crate::{LabError, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::CudaSlice;
+use half::f16;
+
+/// Host side of a prepared layer.
+#[derive(Debug, Clone)]
+pub struct PreparedHost {
+    pub variant: &'static Variant,
+    /// The layer the kernel reads: canonical, or rows sorted by group (Reordered act-order).
+    pub layer: QuantLinear,
+    /// Sorted row r multiplies x[perm[r]] (Reordered act-order only).
+    pub perm: Option<Vec<i32>>,
+    /// A variant-specific re-layout of qweight (Layout::Prepared), uploaded instead of layer.qweight.
+    pub qweight_prepared: Option<Vec<u32>>,
+    /// fp16 W [k, n] (the cuBLAS fp16 baseline): the dequantized weights rounded once to fp16.
+    pub w_f16: Option<Vec<f16>>,
+}
+
+impl PreparedHost {
+    pub fn shape(&self) -> LayerShape {
+        LayerShape::of(&self.layer, self.perm.is_some())
+    }
+}
+
+/// Host validation and preparation of `l` for variant `v`. Act-order layers are reordered when the
+/// variant reads reordered rows (`ActOrder::Reordered`), kept with g_idx when it gathers, refused
+/// otherwise. Every refusal is `LabError::UnsupportedShape` naming the variant and the shape.
+pub fn prepare(v: &'static Variant, l: &QuantLinear) -> Result<PreparedHost> {
+    let reordered = if l.is_act_order() && v.act_order.contains(&ActOrder::Reordered) {
+        Some(reorder_by_group(l)?)
+    } else {
+        None
+    };
+    prepare_with(v, l, reordered.as_ref())
+}
+
+/// `prepare` with the act-order reorder already done (the check harness reorders once per layer
+/// and shares it between variants). `reordered` must come from `reorder_by_group(l)`.
+pub fn prepare_with(
+    v: &'static Variant,
+    l: &QuantLinear,
+    reordered: Option<&Reordered>,
+) -> Result<PreparedHost> {
+    let shape_err = |reason: String| LabError::UnsupportedShape {
+        variant: v.name.to_string(),
+        shape: format!("K={} N={} group={}", l.k, l.n, l.group_size),
+        reason,
+    };
+    l.validate()
+        .map_err(|r| shape_err(format!("invalid layer: {r}")))?;
+    let act = l.is_act_order();
+    let (layer, perm) = match (act, reordered) {
+        (true, Some(r)) if v.act_order.contains(&ActOrder::Reordered) => {
+            (r.layer.clone(), Some(r.perm.clone()))
+        }
+        (true, None) if v.act_order.contains(&ActOrder::Reordered) => {
+            let r = reorder_by_group(l)?;
+            (r.layer, Some(r.perm))
+        }
+        (true, _) if !v.act_order.contains(&ActOrder::Gather) => {
+            return Err(shape_err(format!(
+                "act-order layer (non-trivial g_idx) but the variant supports {:?}",
+                v.act_order
+            )))
+        }
+        _ => {
+            let mut c = l.clone();
+            if !act {
+                c.g_idx = None; // a trivial g_idx is k / G: canonical form drops it
+            }
+            (c, None)
+        }
+    };
+    let mut p = PreparedHost {
+        variant: v,
+        layer,
+        perm,
+        qweight_prepared: None,
+        w_f16: None,
+    };
+    match v.family {
+        Family::Gemv => {
+            gemv::check_layer(v, &p.shape())?;
+            if gemv::kind(v)? == gemv::GemvKind::CublasF16 {
+                p.w_f16 = Some(
+                    crate::reference::dequantize(&p.layer)
+                        .into_iter()
+                        .map(f16::from_f64)
+                        .collect(),
+                );
+            }
+        }
+        other => {
+            return Err(LabError::invalid(
+                "variant",
+                format!("{}: no prepare step for family {other:?}", v.name),
+            ))
+        }
+    }
+    Ok(p)
+}
+
+/// A layer on the device, prepared for `variant`.
+pub struct DeviceLayer {
+    pub variant: &'static Variant,
+    pub shape: LayerShape,
+    /// u32 [k/8, n] (canonical or reordered rows), or the variant's prepared layout.
+    pub qweight: CudaSlice<u32>,
+    /// u32 [groups, n/8] true zeros (uploaded even when symmetric; kernels then never read them).
+    pub qzeros: CudaSlice<u32>,
+    /// fp16 [groups, n].
+    pub scales: CudaSlice<f16>,
+    /// i32 [k] group per row, only for gather variants on act-order layers.
+    pub g_idx: Option<CudaSlice<i32>>,
+    /// i32 [k] x index per sorted row, only for reordered act-order layers.
+    pub perm: Option<CudaSlice<i32>>,
+    /// fp16 [n].
+    pub bias: Option<CudaSlice<f16>>,
+    /// Split-K: f32 [n] partials + u32 [ceil(n/32)] tickets, zero before the first launch and
+    /// left zero by every launch (kernels/gemv/gemv_v5_splitk.cu).
+    pub workspace: Option<CudaSlice<f32>>,
+    /// fp16 W [k, n] for the cuBLAS baselines (uploaded, or written by the dequant kernel).
+    pub w_f16: Option<CudaSlice<f16>>,
+    pub(crate) blas: Option<CudaBlas>,
+}
+
+impl DeviceLayer {
+    /// Device bytes held by this layer (weights and every side buffer).
+    pub fn device_bytes(&self) -> usize {
+        self.qweight.num_bytes()
+            + self.qzeros.num_bytes()
+            + self.scales.num_bytes()
+            + self.g_idx.as_ref().map_or(0, |b| b.num_bytes())
+            + self.perm.as_ref().map_or(0, |b| b.num_bytes())
+            + self.bias.as_ref().map_or(0, |b| b.num_bytes())
+            + self.workspace.as_ref().map_or(0, |b| b.num_bytes())
+            + self.w_f16.as_ref().map_or(0, |b| b.num_bytes())
+    }
+}
+
+pub fn upload(gpu: &Gpu, p: &PreparedHost) -> Result<DeviceLayer> {
+    let s = &gpu.stream;
+    let l = &p.layer;
+    let ctx = |what: &str| format!("uploading {what} of a {}x{} layer for {}", l.k, l.n, p.variant.name);
+    let qweight = s
+        .clone_htod(p.qweight_prepared.as_deref().unwrap_or(&l.qweight))
+        .ctx(&ctx("qweight"))?;
+    let qzeros = s.clone_htod(&l.qzeros).ctx(&ctx("qzeros"))?;
+    let scales = s.clone_htod(&l.scales).ctx(&ctx("scales"))?;
+    let g_idx = match &l.g_idx {
+        Some(g) => Some(s.clone_htod(g).ctx(&ctx("g_idx"))?),
+        None => None,
+    };
+    let perm = match &p.perm {
+        Some(v) => Some(s.clone_htod(v).ctx(&ctx("perm"))?),
+        None => None,
+    };
+    let bias = match &l.bias {
+        Some(b) => Some(s.clone_htod(b).ctx(&ctx("bias"))?),
+        None => None,
+    };
+    let kind = gemv::kind(p.variant).ok();
+    let workspace = match kind {
+        Some(gemv::GemvKind::SplitK) => Some(
+            s.alloc_zeros::<f32>(l.n + l.n.div_ceil(gemv::TILE_N))
+                .ctx(&ctx("split-K workspace"))?,
+        ),
+        _ => None,
+    };
+    let w_f16 = match (kind, &p.w_f16) {
+        (_, Some(w)) => Some(s.clone_htod(w).ctx(&ctx("fp16 W"))?),
+        (Some(gemv::GemvKind::DequantCublas), None) => {
+            Some(s.alloc_zeros::<f16>(l.k * l.n).ctx(&ctx("fp16 W buffer"))?)
+        }
+        _ => None,
+    };
+    let blas = match kind {
+        Some(gemv::GemvKind::CublasF16 | gemv::GemvKind::DequantCublas) => {
+            Some(baseline::new_blas(gpu)?)
+        }
+        _ => None,
+    };
+    gpu.sync()?;
+    Ok(DeviceLayer {
+        variant: p.variant,
+        shape: p.shape(),
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+        perm,
+        bias,
+        workspace,
+        w_f16,
+        blas,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gptq::{act_order_g_idx, quantize_rtn};
+    use crate::kernels::registry::by_name;
+    use rand::{rngs::StdRng, seq::SliceRandom, RngExt, SeedableRng};
+
+    fn layer(k: usize, n: usize, g: i32, act: bool) -> QuantLinear {
+        let mut rng = StdRng::seed_from_u64(11);
+        let w: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let gi = act.then(|| {
+            let mut order: Vec<usize> = (0..k).collect();
+            order.shuffle(&mut rng);
+            act_order_g_idx(&order, g as usize)
+        });
+        quantize_rtn(&w, k, n, g, false, gi).unwrap()
+    }
+
+    #[test]
+    fn act_order_is_reordered_gathered_or_refused_per_variant() {
+        let l = layer(256, 64, 32, true);
+        let v4 = prepare(by_name("gemv_v4_perm").unwrap(), &l).unwrap();
+        assert!(v4.perm.is_some() && v4.layer.g_idx.is_none());
+        let v5 = prepare(by_name("gemv_v5_splitk").unwrap(), &l).unwrap();
+        assert_eq!(v5.perm, v4.perm);
+        let v3 = prepare(by_name("gemv_v3_gather").unwrap(), &l).unwrap();
+        assert!(v3.perm.is_none() && v3.layer.g_idx == l.g_idx);
+        let e = prepare(by_name("gemv_v2_vec").unwrap(), &l).unwrap_err();
+        assert!(matches!(e, LabError::UnsupportedShape { .. }), "{e}");
+        // Plain layers: no perm anywhere.
+        let p = layer(256, 64, 32, false);
+        assert!(prepare(by_name("gemv_v4_perm").unwrap(), &p).unwrap().perm.is_none());
+    }
+
+    #[test]
+    fn uneven_act_order_groups_are_refused_by_reorder_variants_and_gathered_by_v3() {
+        let mut l = layer(256, 64, 32, true);
+        let g = l.g_idx.as_mut().unwrap();
+        let row = g.iter().position(|&x| x == 0).unwrap();
+        g[row] = 7; // group 0 has 31 rows, group 7 has 33
+        let e = prepare(by_name("gemv_v4_perm").unwrap(), &l).unwrap_err();
+        assert!(e.to_string().contains("gemv_v3_gather"), "{e}");
+        assert!(prepare(by_name("gemv_v3_gather").unwrap(), &l).is_ok());
+    }
+
+    #[test]
+    fn cublas_f16_weights_are_the_dequantized_weights_rounded_once() {
+        let l = layer(64, 16, 32, false);
+        let p = prepare(by_name("gemv_cublas_f16").unwrap(), &l).unwrap();
+        let w = crate::reference::dequantize(&l);
+        for (a, b) in p.w_f16.unwrap().iter().zip(&w) {
+            assert_eq!(*a, f16::from_f64(*b));
+        }
+    }
+
+    #[test]
+    fn an_invalid_layer_is_an_unsupported_shape_naming_the_variant() {
+        let mut l = layer(64, 16, 32, false);
+        l.scales.pop();
+        let e = prepare(by_name("gemv_v1_naive").unwrap(), &l).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("gemv_v1_naive") && msg.contains("scales"), "{msg}");
+    }
+}

@@ -1,0 +1,370 @@
+//! Static kernel checks, free and without a GPU: the ptxas resource report (registers, stack,
+//! spills per kernel and arch, written by build.rs as `<family>.ptxas.txt`) and the SASS of the
+//! fatbins (`cuobjdump -sass`: 128-bit global loads, no local memory, HMMA where promised).
+//! Used by tests/static_kernels.rs and `lab check --static`.
+
+use super::registry::{Family, Variant};
+use crate::{LabError, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// One kernel on one arch, from ptxas -v.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resource {
+    pub symbol: String,
+    pub arch: u32,
+    pub registers: u32,
+    pub stack_bytes: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+/// Parses ptxas -v output:
+///   `ptxas info    : Compiling entry function 'X' for 'sm_90'`
+///   `    N bytes stack frame, N bytes spill stores, N bytes spill loads`
+///   `ptxas info    : Used N registers, ...`
+/// The stack/spill line belongs to the function named by the preceding `Function properties for X`;
+/// a report whose lines do not follow that order (e.g. interleaved arch outputs) is an error.
+pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
+    let bad = |line: usize, why: &str| {
+        LabError::invalid("ptxas report", format!("line {}: {why}", line + 1))
+    };
+    let mut out = Vec::new();
+    let mut cur: Option<Resource> = None;
+    let mut props_for: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            if let Some(r) = cur.take() {
+                return Err(bad(i, &format!("'{}' has no 'Used N registers' line", r.symbol)));
+            }
+            let (sym, tail) = rest
+                .split_once('\'')
+                .ok_or_else(|| bad(i, "unterminated function name"))?;
+            let arch = tail
+                .split("'sm_")
+                .nth(1)
+                .and_then(|a| a.trim_end_matches('\'').trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+                .ok_or_else(|| bad(i, "no 'sm_NN' target"))?;
+            cur = Some(Resource {
+                symbol: sym.to_string(),
+                arch,
+                registers: 0,
+                stack_bytes: 0,
+                spill_stores: 0,
+                spill_loads: 0,
+            });
+            props_for = None;
+        } else if let Some(rest) = line.split("Function properties for ").nth(1) {
+            props_for = Some(rest.trim().to_string());
+        } else if line.contains("bytes stack frame") {
+            let nums: Vec<u32> = line
+                .split(',')
+                .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+                .collect();
+            if nums.len() != 3 {
+                return Err(bad(i, "expected 'N bytes stack frame, N bytes spill stores, N bytes spill loads'"));
+            }
+            if let (Some(r), Some(p)) = (cur.as_mut(), props_for.as_ref()) {
+                if *p == r.symbol {
+                    (r.stack_bytes, r.spill_stores, r.spill_loads) = (nums[0], nums[1], nums[2]);
+                }
+            }
+        } else if let Some(regs) = line
+            .split("Used ")
+            .nth(1)
+            .and_then(|r| r.split_once(" registers"))
+            .and_then(|(n, _)| n.trim().parse::<u32>().ok())
+        {
+            let mut r = cur
+                .take()
+                .ok_or_else(|| bad(i, "'Used N registers' outside an entry function"))?;
+            if props_for.as_deref() != Some(r.symbol.as_str()) {
+                return Err(bad(
+                    i,
+                    &format!("properties of '{}' not found in order (interleaved report?)", r.symbol),
+                ));
+            }
+            r.registers = regs;
+            out.push(r);
+        }
+    }
+    if let Some(r) = cur {
+        return Err(LabError::invalid("ptxas report", format!("'{}' has no 'Used N registers' line", r.symbol)));
+    }
+    Ok(out)
+}
+
+/// Lower-case family name as used for kernels/<family>/ and the build outputs.
+pub fn family_dir(f: Family) -> &'static str {
+    match f {
+        Family::Gemv => "gemv",
+        Family::Gemm => "gemm",
+        Family::Reference => "reference",
+    }
+}
+
+/// The build-time ptxas report of one family (only on the machine that built this binary).
+pub fn ptxas_report_path(family: &str) -> PathBuf {
+    Path::new(crate::build_info::FATBIN_DIR).join(format!("{family}.ptxas.txt"))
+}
+
+pub fn fatbin_path(family: &str) -> PathBuf {
+    Path::new(crate::build_info::FATBIN_DIR).join(format!("{family}.fatbin"))
+}
+
+/// Resources of every kernel of `family`, from the build's report.
+pub fn family_resources(family: &str) -> Result<Vec<Resource>> {
+    let p = ptxas_report_path(family);
+    let text = std::fs::read_to_string(&p).map_err(|e| LabError::io(&p, e))?;
+    parse_ptxas(&text).map_err(|e| LabError::invalid(p.display().to_string(), e.to_string()))
+}
+
+/// Every registry rule the resource report breaks: a symbol missing on a compiled arch, registers
+/// above the variant's budget, and (hot kernels) any stack frame or spill.
+pub fn resource_violations(variants: &[&Variant], res: &[Resource], archs: &[u32]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for v in variants {
+        for sym in v.symbols {
+            for &arch in archs {
+                let Some(r) = res.iter().find(|r| r.symbol == *sym && r.arch == arch) else {
+                    bad.push(format!("{}: {sym} has no ptxas entry for sm_{arch}", v.name));
+                    continue;
+                };
+                if r.registers > v.reg_budget {
+                    bad.push(format!(
+                        "{}: {sym} on sm_{arch} uses {} registers > budget {}",
+                        v.name, r.registers, v.reg_budget
+                    ));
+                }
+                if v.hot && (r.stack_bytes > 0 || r.spill_stores > 0 || r.spill_loads > 0) {
+                    bad.push(format!(
+                        "{}: hot kernel {sym} on sm_{arch}: {} bytes stack, {} spill stores, {} spill loads (must all be 0)",
+                        v.name, r.stack_bytes, r.spill_stores, r.spill_loads
+                    ));
+                }
+            }
+        }
+    }
+    bad
+}
+
+/// What the SASS of one kernel on one arch shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SassSummary {
+    pub symbol: String,
+    pub arch: u32,
+    /// Distinct global-load opcodes, e.g. "LDG.E.128.CONSTANT", "LDG.E.EF.128".
+    pub global_loads: BTreeSet<String>,
+    /// Any LDL/STL (local memory: spills or stack arrays).
+    pub local_memory: bool,
+    pub hmma: bool,
+    pub instructions: usize,
+}
+
+impl SassSummary {
+    pub fn has_wide_loads(&self) -> bool {
+        self.global_loads.iter().any(|o| o.split('.').any(|p| p == "128"))
+    }
+}
+
+/// Parses `cuobjdump -sass` output: `arch = sm_NN` / `code for sm_NN`, `Function : X`, then
+/// instruction lines `/*0040*/  [@P0] OPCODE ...;`.
+pub fn parse_sass(text: &str) -> Vec<SassSummary> {
+    let mut out: Vec<SassSummary> = Vec::new();
+    let mut arch = 0u32;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(a) = t.strip_prefix("code for sm_").or_else(|| t.strip_prefix("arch = sm_")) {
+            arch = a.trim().parse().unwrap_or(0);
+        } else if let Some(f) = t.strip_prefix("Function : ") {
+            out.push(SassSummary {
+                symbol: f.trim().to_string(),
+                arch,
+                ..Default::default()
+            });
+        } else if let (Some(cur), Some(rest)) = (out.last_mut(), t.strip_prefix("/*")) {
+            // "/*0040*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;"
+            let Some((_, ins)) = rest.split_once("*/") else { continue };
+            let mut words = ins.split_whitespace();
+            let mut op = words.next().unwrap_or("");
+            if op.starts_with('@') {
+                op = words.next().unwrap_or("");
+            }
+            if op.is_empty() || !op.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                continue;
+            }
+            cur.instructions += 1;
+            if op.starts_with("LDG") {
+                cur.global_loads.insert(op.to_string());
+            }
+            if op.starts_with("LDL") || op.starts_with("STL") {
+                cur.local_memory = true;
+            }
+            if op.starts_with("HMMA") {
+                cur.hmma = true;
+            }
+        }
+    }
+    out
+}
+
+/// cuobjdump, and the folder of an nvdisasm it can use (cuobjdump -sass runs nvdisasm from PATH).
+/// Searched: $CUOBJDUMP / $NVDISASM, PATH, $CUDA_HOME/bin, the repo's .venv CUDA 13 wheels, and
+/// Triton's bundled nvdisasm in the .venv.
+pub fn find_sass_tools() -> std::result::Result<(PathBuf, PathBuf), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for var in ["CUOBJDUMP", "NVDISASM"] {
+        if let Some(p) = std::env::var_os(var).map(PathBuf::from) {
+            dirs.extend(p.parent().map(Path::to_path_buf));
+        }
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    if let Some(h) = std::env::var_os("CUDA_HOME") {
+        dirs.push(PathBuf::from(h).join("bin"));
+    }
+    if let Ok(rd) = std::fs::read_dir(root.join(".venv/lib")) {
+        for e in rd.flatten() {
+            let sp = e.path().join("site-packages");
+            dirs.push(sp.join("nvidia/cu13/bin"));
+            dirs.push(sp.join("triton/backends/nvidia/bin"));
+        }
+    }
+    let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
+    let cuobjdump = find("cuobjdump").ok_or("cuobjdump not found ($CUOBJDUMP, PATH, $CUDA_HOME/bin, .venv)")?;
+    let nvdisasm = find("nvdisasm").ok_or(
+        "nvdisasm not found ($NVDISASM, PATH, $CUDA_HOME/bin, .venv): cuobjdump -sass needs it (pip wheel nvidia-cuda-nvdisasm)",
+    )?;
+    Ok((cuobjdump, nvdisasm.parent().unwrap_or(Path::new("/")).to_path_buf()))
+}
+
+/// SASS summaries of every kernel in a fatbin.
+pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
+    let (cuobjdump, nvdisasm_dir) = find_sass_tools().map_err(|r| LabError::invalid("SASS tools", r))?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![nvdisasm_dir];
+    dirs.extend(std::env::split_paths(&path));
+    let out = std::process::Command::new(&cuobjdump)
+        .arg("-sass")
+        .arg(fatbin)
+        .env("PATH", std::env::join_paths(dirs).unwrap_or(path))
+        .output()
+        .map_err(|e| LabError::io(&cuobjdump, e))?;
+    if !out.status.success() {
+        return Err(LabError::invalid(
+            "cuobjdump",
+            format!("{} -sass {}: {}", cuobjdump.display(), fatbin.display(), String::from_utf8_lossy(&out.stderr)),
+        ));
+    }
+    Ok(parse_sass(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Every SASS rule broken: wide_loads variants without a 128-bit global load, hot kernels with
+/// local memory, tensor_cores variants without HMMA on sm_80+.
+pub fn sass_violations(variants: &[&Variant], sass: &[SassSummary], archs: &[u32]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for v in variants {
+        for sym in v.symbols {
+            for &arch in archs {
+                let Some(s) = sass.iter().find(|s| s.symbol == *sym && s.arch == arch) else {
+                    bad.push(format!("{}: {sym} has no SASS for sm_{arch}", v.name));
+                    continue;
+                };
+                if v.wide_loads && !s.has_wide_loads() {
+                    bad.push(format!(
+                        "{}: {sym} on sm_{arch} has no 128-bit global load (loads: {:?})",
+                        v.name, s.global_loads
+                    ));
+                }
+                if v.hot && s.local_memory {
+                    bad.push(format!("{}: hot kernel {sym} on sm_{arch} uses local memory (LDL/STL)", v.name));
+                }
+                if v.tensor_cores && arch >= 80 && !s.hmma {
+                    bad.push(format!("{}: {sym} on sm_{arch} has no HMMA", v.name));
+                }
+            }
+        }
+    }
+    bad
+}
+
+/// symbol -> arch -> resource, for printing one table row per symbol.
+pub fn by_symbol(res: &[Resource]) -> BTreeMap<String, BTreeMap<u32, Resource>> {
+    let mut m: BTreeMap<String, BTreeMap<u32, Resource>> = BTreeMap::new();
+    for r in res {
+        m.entry(r.symbol.clone()).or_default().insert(r.arch, r.clone());
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = "ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'k_a' for 'sm_90'
+ptxas info    : Function properties for k_a
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 74 registers, used 1 barriers, 1028 bytes smem
+ptxas info    : Compile time = 98.872 ms
+ptxas info    : Compiling entry function 'k_b' for 'sm_80'
+ptxas info    : Function properties for k_b
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers
+";
+
+    #[test]
+    fn ptxas_report_is_parsed_per_function_and_arch() {
+        let r = parse_ptxas(REPORT).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            Resource {
+                symbol: "k_a".into(),
+                arch: 90,
+                registers: 74,
+                stack_bytes: 8,
+                spill_stores: 4,
+                spill_loads: 12
+            }
+        );
+        assert_eq!((r[1].symbol.as_str(), r[1].arch, r[1].registers), ("k_b", 80, 32));
+    }
+
+    #[test]
+    fn out_of_order_reports_are_errors_not_guesses() {
+        let interleaved = REPORT.replace("Function properties for k_a", "Function properties for k_b");
+        assert!(parse_ptxas(&interleaved).is_err());
+        let truncated = REPORT.lines().take(4).collect::<Vec<_>>().join("\n");
+        assert!(parse_ptxas(&truncated).is_err());
+    }
+
+    #[test]
+    fn sass_listing_yields_loads_local_memory_and_hmma() {
+        let text = "
+Fatbin elf code:
+================
+arch = sm_90
+	code for sm_90
+		Function : k_a
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/              @!P0 LDG.E.128.CONSTANT R4, desc[UR4][R2.64] ;
+        /*0020*/                   LDG.E.EF.128 R8, desc[UR4][R6.64] ;
+                                                                /* 0x000fe20000000800 */
+		Function : k_b
+        /*0000*/                   STL [R1], R2 ;
+        /*0010*/                   HMMA.16816.F32 R4, R8, R12, R4 ;
+        /*0020*/                   LDG.E R4, desc[UR4][R2.64] ;
+";
+        let s = parse_sass(text);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].arch, 90);
+        assert!(s[0].has_wide_loads() && !s[0].local_memory && !s[0].hmma);
+        assert_eq!(s[0].instructions, 3);
+        assert!(s[0].global_loads.contains("LDG.E.128.CONSTANT"));
+        assert!(!s[1].has_wide_loads() && s[1].local_memory && s[1].hmma);
+    }
+}
