@@ -124,7 +124,10 @@ pub struct DecodeReport {
 
 impl DecodeReport {
     pub fn label(&self) -> String {
-        format!("{} {}", self.model, self.weights.kind.label())
+        match self.weights.kind {
+            WeightKind::Fp16 => format!("{} fp16", self.model),
+            k => format!("{} {} [{}]", self.model, k.label(), self.int4_kernel.split(' ').next().unwrap_or("")),
+        }
     }
 }
 
@@ -159,6 +162,7 @@ pub struct BenchPlan {
     pub warmup: usize,
     pub seed: u64,
     pub fp16_backend: Fp16Backend,
+    pub int4_variant: Option<&'static crate::kernels::registry::Variant>,
 }
 
 /// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
@@ -171,6 +175,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     let max_ctx = max_pos + plan.warmup + plan.steps + 1;
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = plan.fp16_backend;
+    opts.int4_variant = plan.int4_variant;
     let mut eng = GpuEngine::new(gpu, &plan.cfg, WeightSource::Synthetic(SyntheticSpec { kind: plan.kind, seed: plan.seed }), opts)?;
     eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
     eng.capture_graph()?;
@@ -202,7 +207,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         model: plan.cfg.name.clone(),
         config: plan.cfg.clone(),
         weights: eng.weights.desc.clone(),
-        int4_kernel: "lab_llama_q4_gemv v1 (the engine's split-K GEMV; registry variants not wired yet)".into(),
+        int4_kernel: if matches!(plan.kind, WeightKind::Fp16) { "-".into() } else { eng.int4_kernel() },
         fp16_backend: eng.fp16_backend,
         max_ctx,
         attn_chunk: DEFAULT_ATTN_CHUNK,
@@ -401,7 +406,7 @@ mod tests {
         ];
         write_decode_report(dir.path(), &runs).unwrap();
         let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
-        assert!(md.contains("## vicuna-7b int4 g128") && md.contains("## vicuna-7b fp16"), "{md}");
+        assert!(md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"), "{md}");
         // 1000 / 1.61 ms = 621.1 tok/s must appear in the int4 table.
         assert!(md.contains("621.1"), "{md}");
         let json: Vec<DecodeReport> = serde_json::from_str(&std::fs::read_to_string(dir.path().join("decode.json")).unwrap()).unwrap();

@@ -223,6 +223,7 @@ pub struct CheckReport {
     pub model: String,
     pub weights: String,
     pub fp16_backend: Option<Fp16Backend>,
+    pub int4_kernel: String,
     pub attn_chunk: usize,
     pub steps: usize,
     pub ops_checked: usize,
@@ -247,9 +248,11 @@ pub struct CheckReport {
 impl CheckReport {
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} [{}] chunk {}: {} ({} steps, {} op outputs; logits {:.2}x tol; tokens ref {:?} eager {:?} graph {:?})",
+            "{} [{}, int4 kernel {}, fp16 {:?}] chunk {}: {} ({} steps, {} op outputs; logits {:.2}x tol; tokens ref {:?} eager {:?} graph {:?})",
             self.model,
             self.weights,
+            self.int4_kernel,
+            self.fp16_backend,
             self.attn_chunk,
             if self.pass { "PASS" } else { "FAIL" },
             self.steps,
@@ -406,6 +409,7 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
         model: cfg.name.clone(),
         weights: eng.weights.desc.kind.label(),
         fp16_backend: eng.fp16_backend,
+        int4_kernel: eng.int4_kernel(),
         attn_chunk: chunk,
         steps: ref_logits.len(),
         ops_checked: ops,
@@ -468,6 +472,8 @@ pub struct TinyCase {
     pub chunk: usize,
     pub backend: Fp16Backend,
     pub seed: u64,
+    /// Int4 kernel: None = the engine's own, else a registry GEMV variant.
+    pub int4: Option<&'static crate::kernels::registry::Variant>,
 }
 
 /// Every weight form the engine takes: int4 with/without act-order, sym/asym, g32/g64/per-channel,
@@ -484,7 +490,14 @@ pub fn tiny_cases() -> Vec<TinyCase> {
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, (kind, chunk, backend))| TinyCase { kind, chunk, backend, seed: 100 + i as u64 })
+    .flat_map(|(i, (kind, chunk, backend))| {
+        // Int4 forms also through the registry's reorder-aware variants (v4: one block per column
+        // tile; v5: split-K with the ticketed in-kernel reduction).
+        let registry: &[&str] = if matches!(kind, WeightKind::Int4 { .. }) { &["gemv_v4_perm", "gemv_v5_splitk"] } else { &[] };
+        let mut v = vec![TinyCase { kind, chunk, backend, seed: 100 + i as u64, int4: None }];
+        v.extend(registry.iter().filter_map(|n| crate::kernels::registry::by_name(n)).map(|r| TinyCase { kind, chunk, backend, seed: 100 + i as u64, int4: Some(r) }));
+        v
+    })
     .collect()
 }
 
@@ -500,7 +513,9 @@ pub fn check_opts(chunk: usize, backend: Fp16Backend) -> EngineOptions {
 pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     let cfg = tiny_config();
     let host = HostLlama::random(&cfg, c.seed, c.kind)?;
-    check_engine(gpu, &cfg, &host, &format!("random seed {}", c.seed), &CHECK_PROMPT, CHECK_NEW, check_opts(c.chunk, c.backend))
+    let mut o = check_opts(c.chunk, c.backend);
+    o.int4_variant = c.int4;
+    check_engine(gpu, &cfg, &host, &format!("random seed {}", c.seed), &CHECK_PROMPT, CHECK_NEW, o)
 }
 
 /// A small LLaMA with the tiny fixtures' shapes (GQA 4 heads over 2, head_dim 16).

@@ -16,6 +16,9 @@
 use crate::cuda::Gpu;
 use crate::error::DriverCtx;
 use crate::kernels::abi;
+use crate::kernels::gemv::{GemvKind, TILE_N};
+use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
+use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, HostLlama, Int4Dev, SyntheticSpec};
 use crate::model::vram::{Phase, VramLedger, VramReport};
@@ -24,6 +27,7 @@ use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptu
 use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::f16;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Positions per attention split block. 128: at 2048 positions 16 splits x 32 heads = 512 blocks
@@ -49,12 +53,33 @@ pub struct EngineOptions {
     pub attn_chunk: usize,
     /// Preferred backend for fp16 linears; falls back to Lab when libcublas is missing.
     pub fp16_backend: Fp16Backend,
+    /// Which kernel computes the int4 linears: None = the engine's own lab_llama_q4_gemv, or a
+    /// registry GEMV variant (gemv_v4_perm, gemv_v5_splitk, ...) with its default tunables.
+    pub int4_variant: Option<&'static Variant>,
 }
 
 impl EngineOptions {
     pub fn new(max_ctx: usize) -> Self {
-        EngineOptions { max_ctx, attn_chunk: DEFAULT_ATTN_CHUNK, fp16_backend: Fp16Backend::Cublas }
+        EngineOptions { max_ctx, attn_chunk: DEFAULT_ATTN_CHUNK, fp16_backend: Fp16Backend::Cublas, int4_variant: None }
     }
+}
+
+/// `engine` (None) or a registry GEMV variant that runs on the engine's raw buffers: a kernel
+/// variant of the gemv family (the cuBLAS baselines need their own fp16 weights and are refused).
+pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
+    if name == "engine" {
+        return Ok(None);
+    }
+    let v = crate::kernels::registry::by_name(name).ok_or_else(|| LabError::invalid("--int4-kernel", format!("no variant '{name}'; expected engine or a gemv variant name")))?;
+    match crate::kernels::gemv::kind(v)? {
+        GemvKind::CublasF16 | GemvKind::DequantCublas => Err(LabError::invalid("--int4-kernel", format!("{name} is a cuBLAS baseline (fp16 weights); the engine runs int4 kernels: engine, gemv_v2_vec, gemv_v4_perm, gemv_v5_splitk, ..."))),
+        _ => Ok(Some(v)),
+    }
+}
+
+/// The int4 kernel's name for reports.
+pub fn int4_kernel_name(v: Option<&'static Variant>) -> String {
+    v.map_or("engine (lab_llama_q4_gemv v1)".to_string(), |v| format!("{} (registry)", v.name))
 }
 
 pub enum WeightSource<'a> {
@@ -107,6 +132,9 @@ struct Bufs {
     logits: CudaSlice<f32>,
     partial: CudaSlice<f32>,
     q4_ws: CudaSlice<f32>,
+    /// Registry split-K GEMV workspace: f32 [max N] partials + u32 [max N / 32] tickets, zero
+    /// between launches (kernels/gemv/gemv_v5_splitk.cu leaves it zero).
+    gemv_ws: CudaSlice<f32>,
     state: CudaSlice<i32>,
     history: CudaSlice<i32>,
     inv_freq: CudaSlice<f32>,
@@ -137,6 +165,10 @@ pub fn q4_split(n: usize, k: usize, sms: usize) -> (usize, usize) {
     (k.div_ceil(slice), slice)
 }
 
+fn layer_shape(l: &Int4Dev) -> LayerShape {
+    LayerShape { k: l.k, n: l.n, group_size: l.group_size, g_idx: l.g_idx.is_some(), perm: l.perm.is_some(), bias: false, symmetric: l.symmetric }
+}
+
 pub struct GpuEngine {
     cfg: ModelConfig,
     stream: Arc<CudaStream>,
@@ -154,6 +186,8 @@ pub struct GpuEngine {
     vram: VramLedger,
     /// Which fp16 backend serves fp16 linears (None: there are none).
     pub fp16_backend: Option<Fp16Backend>,
+    /// Registry GEMV instantiations by symbol, loaded before any capture.
+    gemv_fns: HashMap<String, CudaFunction>,
 }
 
 fn free_now(ctx: &cudarc::driver::CudaContext) -> Result<u64> {
@@ -214,11 +248,12 @@ impl GpuEngine {
             logits: a32(v, "logits")?,
             partial: a32(heads * n_splits * (hd + 2), "attention partials")?,
             q4_ws: a32(max_n, "int4 GEMV accumulator")?,
+            gemv_ws: a32(max_n + max_n.div_ceil(TILE_N), "registry split-K workspace")?,
             state: stream.alloc_zeros::<i32>(abi::LAB_LLAMA_STATE_WORDS as usize).ctx("state")?,
             history: stream.alloc_zeros::<i32>(opts.max_ctx).ctx("history")?,
             inv_freq: stream.clone_htod(&inv_freq).ctx("inv_freq")?,
         };
-        let mut own = (h * 4 + (h * 5 + 2 * kv_dim + 3 * inter) * 2 + v * 4 + (heads * n_splits * (hd + 2) + max_n + hd / 2) * 4) as u64;
+        let mut own = (h * 4 + (h * 5 + 2 * kv_dim + 3 * inter) * 2 + v * 4 + (heads * n_splits * (hd + 2) + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2) * 4) as u64;
         own += (abi::LAB_LLAMA_STATE_WORDS as usize + opts.max_ctx) as u64 * 4;
 
         let has_f16 = weights.layers.iter().any(|l| matches!(l.o, GpuLinear::F16(_)));
@@ -243,6 +278,23 @@ impl GpuEngine {
         stream.synchronize().ctx("workspace allocation")?;
         vram.phase(Phase::Workspace, free_now(&ctx)?, own);
 
+        // A registry variant must accept every int4 layer: plan each now (a refusal names the
+        // variant, layer and reason) and load the instantiations the plans use.
+        let mut gemv_fns = HashMap::new();
+        if let Some(v) = opts.int4_variant {
+            for (li, l) in weights.layers.iter().enumerate() {
+                let lins = l.qkv.iter().map(|s| &s.lin).chain([&l.o]).chain(l.gate_up.iter().map(|s| &s.lin)).chain([&l.down]);
+                for lin in lins {
+                    if let GpuLinear::Int4(q) = lin {
+                        let p = gemv_plan(v, &layer_shape(q), 1, q.k, q.n, &Tunables::new()).map_err(|e| LabError::invalid(format!("layer {li} int4 kernel"), e.to_string()))?;
+                        if !gemv_fns.contains_key(&p.symbol) {
+                            gemv_fns.insert(p.symbol.clone(), gpu.function(&p.symbol)?);
+                        }
+                    }
+                }
+            }
+        }
+
         Ok(GpuEngine {
             cfg: cfg.clone(),
             sms: gpu.info.sms.max(1) as usize,
@@ -259,6 +311,7 @@ impl GpuEngine {
             ctx,
             vram,
             fp16_backend,
+            gemv_fns,
         })
     }
 
@@ -279,6 +332,9 @@ impl GpuEngine {
         self.vram.observe(f);
         Ok(self.vram.report())
     }
+    pub fn int4_kernel(&self) -> String {
+        int4_kernel_name(self.opts.int4_variant)
+    }
     pub fn has_graph(&self) -> bool {
         self.graph.is_some()
     }
@@ -297,7 +353,10 @@ impl GpuEngine {
     /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
     fn linear(&self, lin: &GpuLinear, x: u64, y: u64) -> Result<()> {
         match lin {
-            GpuLinear::Int4(l) => self.q4_gemv(l, x, y),
+            GpuLinear::Int4(l) => match self.opts.int4_variant {
+                None => self.q4_gemv(l, x, y),
+                Some(v) => self.registry_gemv(v, l, x, y),
+            },
             GpuLinear::F16(l) => match &self.blas {
                 Some(b) => self.cublas_gemv(b, l, x, y),
                 None => self.gemv_f16(self.r(&l.w), x, y, 0, l.n, l.k, "fp16 linear (lab GEMV)"),
@@ -330,6 +389,38 @@ impl GpuEngine {
         self.launch(&self.k.q4, (l.n.div_ceil(128) as u32, split as u32), 128, (slice * 4) as u32, &p, &what)?;
         let f = abi::lab_llama_q4_finish_params { ws: p.workspace, y, n: l.n as i32, _pad: 0 };
         self.launch(&self.k.q4_finish, (l.n.div_ceil(256) as u32, 1), 256, 0, &f, &what)
+    }
+
+    /// A registry GEMV variant on the engine's buffers and stream: the gemv launcher's plan
+    /// (shape checks, instantiation, grid), parameters filled as kernels::launch fills them.
+    fn registry_gemv(&self, v: &'static Variant, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
+        let shape = layer_shape(l);
+        let plan = gemv_plan(v, &shape, 1, l.k, l.n, &Tunables::new())?;
+        let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| LabError::invalid("int4 kernel", format!("{} was not loaded at engine construction", plan.symbol)))?;
+        let p = abi::lab_gemm_params {
+            x,
+            qweight: self.r(&l.qweight),
+            qzeros: if l.symmetric { 0 } else { l.qzeros.as_ref().map_or(0, |z| self.r(z)) },
+            scales: self.r(&l.scales),
+            g_idx: l.g_idx.as_ref().map_or(0, |g| self.r(g)),
+            perm: l.perm.as_ref().map_or(0, |g| self.r(g)),
+            bias: 0,
+            y,
+            workspace: self.r(&self.b.gemv_ws),
+            m: 1,
+            n: l.n as i32,
+            k: l.k as i32,
+            group_size: l.group_size as i32,
+            groups: l.groups as i32,
+            zero_mode: if l.symmetric { abi::LAB_ZEROS_SYMMETRIC } else { abi::LAB_ZEROS_TRUE } as i32,
+            split_k: plan.split_k as i32,
+            k_slice: plan.k_slice as i32,
+        };
+        let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: plan.block, shared_mem_bytes: 0 };
+        // SAFETY: as kernels::launch: x [k], y [n] fp16; qweight [k/8, n], scales/qzeros [groups, n
+        // (/8)], perm [k] live buffers of this engine; the workspace holds n + n/32 zeroed words
+        // for every N of this model (sized for the widest linear); the plan checked the shape.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map(|_| ()).ctx(&format!("{} ({}) K {} N {}", plan.symbol, v.name, l.k, l.n))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -660,7 +751,29 @@ impl GpuEngine {
 
 #[cfg(test)]
 mod tests {
-    use super::q4_split;
+    use super::*;
+
+    #[test]
+    fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused() {
+        let cfgs = [ModelConfig::vicuna_7b(), ModelConfig::vicuna_13b(), crate::model::gpu_check::tiny_config()];
+        for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
+            let v = int4_kernel_by_name(name).unwrap().unwrap();
+            for cfg in &cfgs {
+                let (h, i, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim());
+                for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
+                    let g = if k % 128 == 0 { 128 } else { 64 };
+                    for (group, perm, symmetric) in [(g, false, false), (g, true, false), (k, false, true), (32, true, true)] {
+                        let s = LayerShape { k, n, group_size: group, g_idx: false, perm, bias: false, symmetric };
+                        let p = gemv_plan(v, &s, 1, k, n, &Tunables::new()).unwrap_or_else(|e| panic!("{name} {} {k}x{n}: {e}", cfg.name));
+                        assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
+                    }
+                }
+            }
+        }
+        assert!(int4_kernel_by_name("engine").unwrap().is_none());
+        assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
+        assert!(int4_kernel_by_name("gemv_v9").is_err());
+    }
 
     #[test]
     fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {

@@ -18,7 +18,7 @@ use gptq_lab::cuda::Gpu;
 use gptq_lab::model::config::ModelConfig;
 use gptq_lab::model::decode_bench::{run_decode_bench, write_decode_report, BenchPlan, DecodeReport};
 use gptq_lab::model::gpu_check::{check_checkpoint, check_opts, check_tiny_case, tiny_cases, CheckReport, CHECK_NEW, CHECK_PROMPT, FIXTURES};
-use gptq_lab::model::gpu_engine::{EngineOptions, Fp16Backend, GpuEngine, WeightSource};
+use gptq_lab::model::gpu_engine::{int4_kernel_by_name, int4_kernel_name, EngineOptions, Fp16Backend, GpuEngine, WeightSource};
 use gptq_lab::model::gpu_weights::{HostLlama, WeightKind};
 use gptq_lab::report::{report_dir, utc_now};
 use std::path::PathBuf;
@@ -49,6 +49,10 @@ pub struct GpuArgs {
     steps: usize,
     #[arg(long, default_value_t = 4)]
     warmup: usize,
+    /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv) and/or registry
+    /// variants such as gemv_v5_splitk, gemv_v4_perm.
+    #[arg(long, default_value = "engine", value_delimiter = ',')]
+    int4_kernel: Vec<String>,
     /// fp16 linears through cuBLAS (default) or the lab's fp16 GEMV.
     #[arg(long, default_value = "cublas")]
     fp16_backend: String,
@@ -122,10 +126,19 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     eprintln!("ceilings: read {:.0} GB/s, copy {:.0} GB/s ({:.1} s)", ceilings.read_gbs, ceilings.copy_gbs, t0.elapsed().as_secs_f64());
     let mut runs: Vec<DecodeReport> = Vec::new();
     let mut failures = Vec::new();
+    let int4_kernels = g.int4_kernel.iter().map(|n| int4_kernel_by_name(n.trim())).collect::<Result<Vec<_>, _>>()?;
+    // fp16 runs do not use an int4 kernel: once each.
+    let combos: Vec<(WeightKind, Option<&'static gptq_lab::kernels::registry::Variant>)> = kinds
+        .iter()
+        .flat_map(|&k| match k {
+            WeightKind::Fp16 => vec![(k, None)],
+            _ => int4_kernels.iter().map(|&v| (k, v)).collect(),
+        })
+        .collect();
     for cfg in &cfgs {
-        for &kind in &kinds {
+        for &(kind, int4_variant) in &combos {
             let t = Instant::now();
-            let plan = BenchPlan { cfg: cfg.clone(), kind, contexts: g.ctx_list.clone(), steps: g.steps, warmup: g.warmup, seed: a.seed.wrapping_add(1), fp16_backend: backend };
+            let plan = BenchPlan { cfg: cfg.clone(), kind, contexts: g.ctx_list.clone(), steps: g.steps, warmup: g.warmup, seed: a.seed.wrapping_add(1), fp16_backend: backend, int4_variant };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
             gpu.ctx.synchronize().ok();
@@ -135,8 +148,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     runs.push(r);
                 }
                 Err(e) => {
-                    eprintln!("FAIL {} {}: {e}", cfg.name, kind.label());
-                    failures.push(format!("{} {}: {e}", cfg.name, kind.label()));
+                    let what = format!("{} {} [{}]", cfg.name, kind.label(), int4_kernel_name(int4_variant));
+                    eprintln!("FAIL {what}: {e}");
+                    failures.push(format!("{what}: {e}"));
                 }
             }
         }
@@ -150,7 +164,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}/decode.{{json,md}} + decode-*.svg", dir.display());
     }
     if !failures.is_empty() {
-        bail!("{} of {} decode runs failed: {}", failures.len(), cfgs.len() * kinds.len(), failures.join("; "));
+        bail!("{} of {} decode runs failed: {}", failures.len(), cfgs.len() * combos.len(), failures.join("; "));
     }
     Ok(())
 }
@@ -199,8 +213,9 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
                 reports.push(r);
             }
             Err(e) => {
-                println!("ERROR tiny random {} chunk {}: {e}", c.kind.label(), c.chunk);
-                errors.push(format!("tiny random {}: {e}", c.kind.label()));
+                let what = format!("tiny random {} chunk {} int4 kernel {}", c.kind.label(), c.chunk, int4_kernel_name(c.int4));
+                println!("ERROR {what}: {e}");
+                errors.push(format!("{what}: {e}"));
             }
         }
     }
@@ -256,6 +271,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
+    opts.int4_variant = int4_kernel_by_name(a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()))?;
     let label = dir.display().to_string();
     let mut eng = GpuEngine::new(&gpu, &ckpt.config, WeightSource::Host { weights: &host, label: &label }, opts)?;
     drop(host);
