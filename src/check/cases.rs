@@ -18,32 +18,84 @@ pub struct Shape {
 
 /// Vicuna/LLaMA decode shapes (../shared/gptq-format.md), K x N.
 pub const VICUNA: &[Shape] = &[
-    Shape { k: 4096, n: 4096, label: "7B q/k/v/o" },
-    Shape { k: 4096, n: 11008, label: "7B gate/up" },
-    Shape { k: 11008, n: 4096, label: "7B down" },
-    Shape { k: 5120, n: 5120, label: "13B q/k/v/o" },
-    Shape { k: 5120, n: 13824, label: "13B gate/up" },
-    Shape { k: 13824, n: 5120, label: "13B down" },
-    Shape { k: 4096, n: 12288, label: "7B fused qkv" },
-    Shape { k: 4096, n: 22016, label: "7B fused gate_up" },
+    Shape {
+        k: 4096,
+        n: 4096,
+        label: "7B q/k/v/o",
+    },
+    Shape {
+        k: 4096,
+        n: 11008,
+        label: "7B gate/up",
+    },
+    Shape {
+        k: 11008,
+        n: 4096,
+        label: "7B down",
+    },
+    Shape {
+        k: 5120,
+        n: 5120,
+        label: "13B q/k/v/o",
+    },
+    Shape {
+        k: 5120,
+        n: 13824,
+        label: "13B gate/up",
+    },
+    Shape {
+        k: 13824,
+        n: 5120,
+        label: "13B down",
+    },
+    Shape {
+        k: 4096,
+        n: 12288,
+        label: "7B fused qkv",
+    },
+    Shape {
+        k: 4096,
+        n: 22016,
+        label: "7B fused gate_up",
+    },
 ];
 
 /// Shapes that are not multiples of the tiles. K stays a multiple of every group it is tested
 /// with (the contract refuses a group that does not divide K).
 pub const ODD: &[Shape] = &[
     // K = 33 groups of 128: 132 chunks of 32 rows; N = 4096 + 8: last column tile has 8 of 32 columns.
-    Shape { k: 4224, n: 4104, label: "odd: K=4096+128, N=4096+8" },
+    Shape {
+        k: 4224,
+        n: 4104,
+        label: "odd: K=4096+128, N=4096+8",
+    },
     // N = 200 = 6 x 32 + 8.
-    Shape { k: 4224, n: 200, label: "odd: N=200 (partial column tile)" },
+    Shape {
+        k: 4224,
+        n: 200,
+        label: "odd: N=200 (partial column tile)",
+    },
     // Small K: one lost 8-row word is visible under the tolerance (see tolerance.rs); K = 9 x 32.
-    Shape { k: 288, n: 200, label: "odd: K=288 (9 groups of 32)" },
+    Shape {
+        k: 288,
+        n: 200,
+        label: "odd: K=288 (9 groups of 32)",
+    },
     // K = 33 words: the last chunk of 4 words has 1 valid (per-channel only: 264 = 8 x 33).
-    Shape { k: 264, n: 72, label: "odd: K=264 (partial chunk), per-channel" },
+    Shape {
+        k: 264,
+        n: 72,
+        label: "odd: K=264 (partial chunk), per-channel",
+    },
 ];
 
 /// Small shapes for --quick (seconds, also under compute-sanitizer).
 pub const QUICK: &[Shape] = &[
-    Shape { k: 512, n: 256, label: "quick: small" },
+    Shape {
+        k: 512,
+        n: 256,
+        label: "quick: small",
+    },
     ODD[2],
     ODD[3],
 ];
@@ -74,7 +126,11 @@ impl Case {
             self.m,
             self.k,
             self.n,
-            if self.group < 0 { "per-channel".to_string() } else { format!("g{}", self.group) },
+            if self.group < 0 {
+                "per-channel".to_string()
+            } else {
+                format!("g{}", self.group)
+            },
             if self.act_order { " act-order" } else { "" },
             if self.sym { "sym" } else { "asym" },
             if self.bias { " bias" } else { "" },
@@ -110,7 +166,10 @@ pub fn matrix(family: Family, quick: bool, base_seed: u64) -> Vec<Case> {
     };
     let mut cases = Vec::new();
     let mut push = |s: &Shape, group: i32, act: bool, sym: bool, bias: bool, m: usize| {
-        let coords = (s.k as u64) << 40 ^ (s.n as u64) << 16 ^ ((group + 1) as u64) << 4 ^ (act as u64) << 2
+        let coords = (s.k as u64) << 40
+            ^ (s.n as u64) << 16
+            ^ ((group + 1) as u64) << 4
+            ^ (act as u64) << 2
             ^ (sym as u64) << 1
             ^ bias as u64
             ^ (m as u64) << 56;
@@ -140,7 +199,13 @@ pub fn matrix(family: Family, quick: bool, base_seed: u64) -> Vec<Case> {
                     // Both zero modes for every (group, act-order) across shapes (all of them in
                     // quick mode); bias on about a third of the cases.
                     let alt = (si + gi + act as usize) % 2 == 1;
-                    let syms: &[bool] = if quick { &[false, true] } else if alt { &[true] } else { &[false] };
+                    let syms: &[bool] = if quick {
+                        &[false, true]
+                    } else if alt {
+                        &[true]
+                    } else {
+                        &[false]
+                    };
                     for &sym in syms {
                         let bias = (si + 2 * gi + act as usize + sym as usize) % 3 == 0;
                         push(s, g, act, sym, bias, m);
@@ -163,7 +228,10 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
     if !v.group_sizes.contains(&c.group) {
         return Some(format!("group {} not declared", c.group));
     }
-    let handles_act = v.act_order.iter().any(|a| matches!(a, ActOrder::Gather | ActOrder::Reordered));
+    let handles_act = v
+        .act_order
+        .iter()
+        .any(|a| matches!(a, ActOrder::Gather | ActOrder::Reordered));
     if c.act_order && !handles_act {
         return Some("act-order not declared".into());
     }
@@ -171,7 +239,10 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
         return Some("plain (no act-order) not declared".into());
     }
     if (c.m as u32) < v.batch.0 || (c.m as u32) > v.batch.1 {
-        return Some(format!("batch m={} outside {}..={}", c.m, v.batch.0, v.batch.1));
+        return Some(format!(
+            "batch m={} outside {}..={}",
+            c.m, v.batch.0, v.batch.1
+        ));
     }
     None
 }
@@ -193,7 +264,11 @@ pub fn build_inputs(c: &Case) -> Result<(QuantLinear, Vec<f16>)> {
     let mut l = quantize_rtn(&w, c.k, c.n, c.group, c.sym, g_idx)?;
     drop(w);
     if c.bias {
-        l.bias = Some((0..c.n).map(|_| f16::from_f32(rng.random_range(-0.5f32..0.5))).collect());
+        l.bias = Some(
+            (0..c.n)
+                .map(|_| f16::from_f32(rng.random_range(-0.5f32..0.5)))
+                .collect(),
+        );
     }
     let x = (0..c.m * c.k)
         .map(|_| {
@@ -224,13 +299,17 @@ mod tests {
                     }
                     for sym in [false, true] {
                         assert!(
-                            cases.iter().any(|c| c.group == *g && c.act_order == act && c.sym == sym),
+                            cases
+                                .iter()
+                                .any(|c| c.group == *g && c.act_order == act && c.sym == sym),
                             "quick={quick}: no case g={g} act={act} sym={sym}"
                         );
                     }
                 }
             }
-            assert!(cases.iter().all(|c| c.group < 0 || c.k % c.group as usize == 0));
+            assert!(cases
+                .iter()
+                .all(|c| c.group < 0 || c.k % c.group as usize == 0));
             assert!(cases.iter().any(|c| c.bias) && cases.iter().any(|c| !c.bias));
             assert!(cases.iter().any(|c| c.m > 1));
         }
@@ -246,7 +325,12 @@ mod tests {
         let v2 = by_name("gemv_v2_vec").unwrap();
         let v1 = by_name("gemv_v1_naive").unwrap();
         for c in &cases {
-            assert_eq!(declared_skip(v2, c).is_some(), c.act_order || c.m > 1, "{}", c.describe());
+            assert_eq!(
+                declared_skip(v2, c).is_some(),
+                c.act_order || c.m > 1,
+                "{}",
+                c.describe()
+            );
             assert!(declared_skip(v1, c).is_none(), "{}", c.describe());
         }
     }

@@ -26,7 +26,10 @@ pub fn reference(x: &[f16], m: usize, l: &QuantLinear, threads: usize) -> (Vec<f
                     for r in 0..k {
                         let g = l.group_of(r);
                         let words = &l.qweight[(r / 8) * n + c0..(r / 8) * n + c1];
-                        let (sc, zs) = (&l.scales[g * n + c0..g * n + c1], &zeros[g * n + c0..g * n + c1]);
+                        let (sc, zs) = (
+                            &l.scales[g * n + c0..g * n + c1],
+                            &zeros[g * n + c0..g * n + c1],
+                        );
                         let shift = 4 * (r % 8);
                         for (j, o) in wrow.iter_mut().enumerate() {
                             let q = (words[j] >> shift) & 0xF;
@@ -46,7 +49,10 @@ pub fn reference(x: &[f16], m: usize, l: &QuantLinear, threads: usize) -> (Vec<f
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("reference worker panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("reference worker panicked"))
+            .collect()
     });
     let (mut y, mut a) = (vec![0f64; m * n], vec![0f64; m * n]);
     for (c0, yb, ab) in blocks {
@@ -83,7 +89,11 @@ mod tests {
                 let (y, a) = reference(&x, c.m, &l, threads);
                 for (i, (&g, &w)) in y.iter().zip(&want).enumerate() {
                     // Same f64 products, possibly another summation order.
-                    assert!((g - w).abs() <= 1e-12 * a[i], "{}: [{i}] {g} vs {w}", c.describe());
+                    assert!(
+                        (g - w).abs() <= 1e-12 * a[i],
+                        "{}: [{i}] {g} vs {w}",
+                        c.describe()
+                    );
                     assert!(a[i] >= g.abs() - 1e-12);
                 }
             }

@@ -60,18 +60,29 @@ pub enum Status {
     /// Outside tolerance somewhere (or NaN: an unwritten element).
     Fail,
     /// The variant declares no support for the case (counted, never silent).
-    Skip { reason: String },
+    Skip {
+        reason: String,
+    },
     /// The variant declares support but refused at prepare/plan time: a failure.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     /// A baseline whose library (cuBLAS) is missing on this machine.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
     /// A driver or launch error: a failure.
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 impl Status {
     pub fn is_failure(&self) -> bool {
-        matches!(self, Status::Fail | Status::Refused { .. } | Status::Error { .. })
+        matches!(
+            self,
+            Status::Fail | Status::Refused { .. } | Status::Error { .. }
+        )
     }
 }
 
@@ -140,16 +151,19 @@ struct CaseData {
     y_ref: Vec<f64>,
     abs_ref: Vec<f64>,
     /// Per variant: skip reason, or the prepared layer (or the refusal).
-    prepared: Vec<(&'static Variant, std::result::Result<Result<PreparedHost>, String>)>,
+    prepared: Vec<(
+        &'static Variant,
+        std::result::Result<Result<PreparedHost>, String>,
+    )>,
 }
 
 fn build_case(c: &Case, variants: &[&'static Variant], ref_threads: usize) -> Result<CaseData> {
     let (l, x): (QuantLinear, Vec<f16>) = cases::build_inputs(c)?;
     let (y_ref, abs_ref) = host_ref::reference(&x, c.m, &l, ref_threads);
     let needs_reorder = l.is_act_order()
-        && variants
-            .iter()
-            .any(|v| v.act_order.contains(&ActOrder::Reordered) && cases::declared_skip(v, c).is_none());
+        && variants.iter().any(|v| {
+            v.act_order.contains(&ActOrder::Reordered) && cases::declared_skip(v, c).is_none()
+        });
     let reordered = if needs_reorder {
         Some(reorder_by_group(&l)?)
     } else {
@@ -175,7 +189,10 @@ fn params_string(p: &Tunables) -> String {
     if p.is_empty() {
         return "-".into();
     }
-    p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    p.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs one case's variants on the GPU.
@@ -200,13 +217,25 @@ fn run_case(gpu: &Gpu, d: &CaseData, out: &mut Vec<Outcome>) -> Result<()> {
         let p = match prep {
             Err(reason) => {
                 for t in combos {
-                    push(t, Status::Skip { reason: reason.clone() }, None);
+                    push(
+                        t,
+                        Status::Skip {
+                            reason: reason.clone(),
+                        },
+                        None,
+                    );
                 }
                 continue;
             }
             Ok(Err(e)) => {
                 for t in combos {
-                    push(t, Status::Refused { reason: e.to_string() }, None);
+                    push(
+                        t,
+                        Status::Refused {
+                            reason: e.to_string(),
+                        },
+                        None,
+                    );
                 }
                 continue;
             }
@@ -228,7 +257,13 @@ fn run_case(gpu: &Gpu, d: &CaseData, out: &mut Vec<Outcome>) -> Result<()> {
             match launch::launch(gpu, v, &dev, &x, c.m, &mut y, &t) {
                 Ok(()) => {}
                 Err(e @ LabError::UnsupportedShape { .. }) => {
-                    push(t, Status::Refused { reason: e.to_string() }, None);
+                    push(
+                        t,
+                        Status::Refused {
+                            reason: e.to_string(),
+                        },
+                        None,
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -239,12 +274,22 @@ fn run_case(gpu: &Gpu, d: &CaseData, out: &mut Vec<Outcome>) -> Result<()> {
                 }
             }
             if let Err(e) = gpu.sync() {
-                push(t, Status::Error { message: format!("after launch: {e}") }, None);
+                push(
+                    t,
+                    Status::Error {
+                        message: format!("after launch: {e}"),
+                    },
+                    None,
+                );
                 return Err(e);
             }
             let got = s.clone_dtoh(&y).ctx("reading y back")?;
             let cmp = compare(&got, &d.y_ref, &d.abs_ref, c.n, c.k, &model);
-            let status = if cmp.bad == 0 { Status::Pass } else { Status::Fail };
+            let status = if cmp.bad == 0 {
+                Status::Pass
+            } else {
+                Status::Fail
+            };
             push(t, status, Some(cmp));
         }
     }
@@ -277,7 +322,11 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
     let mut fatal: Option<LabError> = None;
     if let Some(gpu) = gpu {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let workers = if opts.threads > 0 { opts.threads } else { cpus.min(8) };
+        let workers = if opts.threads > 0 {
+            opts.threads
+        } else {
+            cpus.min(8)
+        };
         // Spare cores go to each case's reference (parallel over columns).
         let ref_threads = (cpus / workers).max(1);
         let next = AtomicUsize::new(0);
@@ -287,8 +336,14 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
                 let (tx, next, all_cases, variants) = (tx.clone(), &next, &all_cases, &variants);
                 s.spawn(move || loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((fam, c)) = all_cases.get(i) else { break };
-                    let vs: Vec<&'static Variant> = variants.iter().copied().filter(|v| v.family == *fam).collect();
+                    let Some((fam, c)) = all_cases.get(i) else {
+                        break;
+                    };
+                    let vs: Vec<&'static Variant> = variants
+                        .iter()
+                        .copied()
+                        .filter(|v| v.family == *fam)
+                        .collect();
                     let t = std::time::Instant::now();
                     let d = build_case(c, &vs, ref_threads);
                     if tx.send((i, d, t.elapsed().as_secs_f64())).is_err() {
@@ -306,7 +361,10 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
                 let d = match d {
                     Ok(d) => d,
                     Err(e) => {
-                        fatal = Some(LabError::CheckFailed(format!("building inputs of case {}: {e}", c.describe())));
+                        fatal = Some(LabError::CheckFailed(format!(
+                            "building inputs of case {}: {e}",
+                            c.describe()
+                        )));
                         next.store(usize::MAX / 2, Ordering::Relaxed);
                         continue;
                     }
@@ -332,7 +390,10 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
         });
     }
     outcomes.sort_by_key(|o| {
-        let vi = variants.iter().position(|v| v.name == o.variant).unwrap_or(usize::MAX);
+        let vi = variants
+            .iter()
+            .position(|v| v.name == o.variant)
+            .unwrap_or(usize::MAX);
         (o.case, vi)
     });
     let summary = summarize(&variants, &outcomes);
@@ -364,7 +425,10 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
 fn summarize(variants: &[&'static Variant], outcomes: &[Outcome]) -> Vec<Summary> {
     let mut rows: BTreeMap<(usize, String), Summary> = BTreeMap::new();
     for o in outcomes {
-        let vi = variants.iter().position(|v| v.name == o.variant).unwrap_or(usize::MAX);
+        let vi = variants
+            .iter()
+            .position(|v| v.name == o.variant)
+            .unwrap_or(usize::MAX);
         let ps = params_string(&o.params);
         let r = rows.entry((vi, ps.clone())).or_insert(Summary {
             variant: o.variant,
@@ -393,7 +457,10 @@ pub fn render(report: &CheckReport) -> String {
     let mut s = String::new();
     use std::fmt::Write;
     let dev = report.device.as_ref().map_or("no GPU".to_string(), |d| {
-        format!("{} (sm_{}{}, {} SMs)", d.name, d.cc_major, d.cc_minor, d.sms)
+        format!(
+            "{} (sm_{}{}, {} SMs)",
+            d.name, d.cc_major, d.cc_minor, d.sms
+        )
     });
     let _ = writeln!(
         s,
@@ -434,7 +501,9 @@ pub fn render(report: &CheckReport) -> String {
     let mut unavailable: BTreeMap<String, usize> = BTreeMap::new();
     for o in &report.outcomes {
         match &o.status {
-            Status::Skip { reason } => *skips.entry(format!("{}: {reason}", o.variant)).or_default() += 1,
+            Status::Skip { reason } => {
+                *skips.entry(format!("{}: {reason}", o.variant)).or_default() += 1
+            }
             Status::Unavailable { reason } => *unavailable.entry(reason.clone()).or_default() += 1,
             _ => {}
         }
@@ -450,7 +519,11 @@ pub fn render(report: &CheckReport) -> String {
         let _ = writeln!(s, "WARNING: {n} baseline launches not run: {r}");
     }
     let ok = report.refusals.iter().filter(|r| r.ok).count();
-    let _ = writeln!(s, "must-refuse shapes: {ok}/{} refused as UnsupportedShape", report.refusals.len());
+    let _ = writeln!(
+        s,
+        "must-refuse shapes: {ok}/{} refused as UnsupportedShape",
+        report.refusals.len()
+    );
     for r in report.refusals.iter().filter(|r| !r.ok) {
         let _ = writeln!(s, "  FAIL {} {}: {}", r.variant, r.what, r.message);
     }
@@ -475,7 +548,13 @@ fn render_failures(report: &CheckReport) -> String {
     for o in report.outcomes.iter().filter(|o| o.status.is_failure()) {
         let case = report.cases.iter().find(|c| c.id == o.case);
         let cd = case.map_or(format!("case {}", o.case), |c| c.describe());
-        let _ = writeln!(s, "FAIL {} [{}] {}", o.variant, params_string(&o.params), cd);
+        let _ = writeln!(
+            s,
+            "FAIL {} [{}] {}",
+            o.variant,
+            params_string(&o.params),
+            cd
+        );
         match (&o.status, &o.comparison) {
             (Status::Fail, Some(c)) => {
                 if let Some(w) = &c.worst {

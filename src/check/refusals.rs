@@ -80,19 +80,34 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
     let plain = layer(256, 64, 32, false, 6);
 
     for name in ["gemv_v2_vec", "gemv_v4_perm", "gemv_v5_splitk"] {
-        expect(name, "group 16 (chunks of 32 rows would straddle groups)", prep(name, &g16));
+        expect(
+            name,
+            "group 16 (chunks of 32 rows would straddle groups)",
+            prep(name, &g16),
+        );
         expect(name, "act-order group 16", prep(name, &g16_act));
         expect(name, "batch m=2", plan(name, &plain, 2, 2 * 256));
     }
     expect("gemv_v2_vec", "act-order g_idx", prep("gemv_v2_vec", &act));
     for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
-        expect(name, "act-order groups of unequal size", prep(name, &uneven));
+        expect(
+            name,
+            "act-order groups of unequal size",
+            prep(name, &uneven),
+        );
     }
-    for v in registry::all().into_iter().filter(|v| v.family == Family::Gemv) {
+    for v in registry::all()
+        .into_iter()
+        .filter(|v| v.family == Family::Gemv)
+    {
         expect(v.name, "N=12 (not a multiple of 8)", prep(v.name, &n12));
         expect(v.name, "x shorter than m*K", plan(v.name, &plain, 1, 255));
     }
-    expect("gemv_v1_naive", "batch m=65", plan("gemv_v1_naive", &plain, 65, 65 * 256));
+    expect(
+        "gemv_v1_naive",
+        "batch m=65",
+        plan("gemv_v1_naive", &plain, 65, 65 * 256),
+    );
     out
 }
 

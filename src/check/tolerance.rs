@@ -85,7 +85,14 @@ pub struct Comparison {
 }
 
 /// Compares fp16 `got` [m, n] with the f64 reference and its abs-sum, element by element.
-pub fn compare(got: &[f16], want: &[f64], abs_sum: &[f64], n: usize, k: usize, model: &ErrorModel) -> Comparison {
+pub fn compare(
+    got: &[f16],
+    want: &[f64],
+    abs_sum: &[f64],
+    n: usize,
+    k: usize,
+    model: &ErrorModel,
+) -> Comparison {
     let mut c = Comparison {
         bad: 0,
         worst: None,
@@ -95,7 +102,11 @@ pub fn compare(got: &[f16], want: &[f64], abs_sum: &[f64], n: usize, k: usize, m
     for (i, ((g, &w), &a)) in got.iter().zip(want).zip(abs_sum).enumerate() {
         let g = g.to_f64();
         let tol = tolerance(model, k, w, a);
-        let err = if g.is_finite() { (g - w).abs() } else { f64::INFINITY };
+        let err = if g.is_finite() {
+            (g - w).abs()
+        } else {
+            f64::INFINITY
+        };
         let ratio = err / tol;
         let mm = || Mismatch {
             row: i / n,
@@ -128,7 +139,12 @@ mod tests {
         let m = ErrorModel { c16: 4.01, why: "" };
         let want = [1.0, 2.0, 3.0, 4.0];
         let abs = [10.0; 4];
-        let got = [f16::from_f64(1.0), f16::NAN, f16::from_f64(3.0), f16::from_f64(4.5)];
+        let got = [
+            f16::from_f64(1.0),
+            f16::NAN,
+            f16::from_f64(3.0),
+            f16::from_f64(4.5),
+        ];
         let c = compare(&got, &want, &abs, 2, 64, &m);
         assert_eq!(c.bad, 2);
         assert_eq!((c.first[0].row, c.first[0].col), (0, 1));

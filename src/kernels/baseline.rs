@@ -50,9 +50,15 @@ fn find_libcublas() -> Vec<PathBuf> {
         .map(|v| std::env::split_paths(&v).collect())
         .unwrap_or_default();
     roots.extend(
-        ["/usr/local/cuda/lib64", "/opt", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/python3"]
-            .iter()
-            .map(PathBuf::from),
+        [
+            "/usr/local/cuda/lib64",
+            "/opt",
+            "/usr/local/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/python3",
+        ]
+        .iter()
+        .map(PathBuf::from),
     );
     let mut found = Vec::new();
     let mut budget = 200_000usize;
@@ -66,7 +72,9 @@ fn find_libcublas() -> Vec<PathBuf> {
 }
 
 fn walk(dir: &Path, depth: u32, budget: &mut usize, found: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         if *budget == 0 {
             return;

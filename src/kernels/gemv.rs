@@ -2,7 +2,7 @@
 //! launch plan of each variant (which instantiation, grid, block, split-K), with every shape check
 //! done before a launch. Pure host code: the CPU tests exercise every refusal.
 
-use super::launch::{tunable, LayerShape, LaunchPlan, Tunables};
+use super::launch::{tunable, LaunchPlan, LayerShape, Tunables};
 use super::registry::{ActOrder, Family, Layout, Tunable, Variant};
 use crate::{LabError, Result};
 
@@ -18,7 +18,8 @@ pub static VARIANTS: &[Variant] = &[
         name: "gemv_v1_naive",
         family: Family::Gemv,
         version: 1,
-        description: "naive: one output column per thread, g_idx per row, fp32 math (obviously right)",
+        description:
+            "naive: one output column per thread, g_idx per row, fp32 math (obviously right)",
         symbols: &["lab_gemv_v1_naive"],
         layout: Layout::Canonical,
         group_sizes: GROUPS,
@@ -40,7 +41,8 @@ pub static VARIANTS: &[Variant] = &[
         name: "gemv_v2_vec",
         family: Family::Gemv,
         version: 2,
-        description: "16-byte weight loads, lop3 magic-number dequant to half2, warp+smem K reduction",
+        description:
+            "16-byte weight loads, lop3 magic-number dequant to half2, warp+smem K reduction",
         symbols: &[
             "lab_gemv_v2_t128_u2",
             "lab_gemv_v2_t128_u4",
@@ -76,7 +78,8 @@ pub static VARIANTS: &[Variant] = &[
         name: "gemv_v3_gather",
         family: Family::Gemv,
         version: 3,
-        description: "act-order by g_idx gather: v2 loads, scale/zero looked up per row (the slow way)",
+        description:
+            "act-order by g_idx gather: v2 loads, scale/zero looked up per row (the slow way)",
         symbols: &["lab_gemv_v3_gather_t128", "lab_gemv_v3_gather_t256"],
         layout: Layout::Canonical,
         group_sizes: GROUPS,
@@ -123,7 +126,8 @@ pub static VARIANTS: &[Variant] = &[
         name: "gemv_v5_splitk",
         family: Family::Gemv,
         version: 5,
-        description: "split-K: v4 tile over K slices (grid.y), fp32 atomics, last block per tile writes y",
+        description:
+            "split-K: v4 tile over K slices (grid.y), fp32 atomics, last block per tile writes y",
         symbols: &["lab_gemv_v5_splitk_t128", "lab_gemv_v5_splitk_t256"],
         layout: Layout::Canonical,
         group_sizes: GROUPS,
@@ -397,7 +401,11 @@ mod tests {
     }
     fn is_unsupported(r: Result<LaunchPlan>) -> String {
         match r {
-            Err(LabError::UnsupportedShape { variant, shape, reason }) => {
+            Err(LabError::UnsupportedShape {
+                variant,
+                shape,
+                reason,
+            }) => {
                 format!("{variant} {shape} {reason}")
             }
             other => panic!("expected UnsupportedShape, got {other:?}"),
@@ -429,7 +437,11 @@ mod tests {
             }
             // And every compiled symbol is reachable from some combination.
             for s in var.symbols {
-                assert!(used.contains(*s), "{}: symbol {s} is never launched", var.name);
+                assert!(
+                    used.contains(*s),
+                    "{}: symbol {s} is never launched",
+                    var.name
+                );
             }
         }
     }
@@ -446,7 +458,11 @@ mod tests {
                 )
                 .unwrap();
                 let (slices, ks) = (p.split_k as usize, p.k_slice as usize);
-                assert_eq!(ks % 32, 0, "k={k} split={split}: slice {ks} not a chunk multiple");
+                assert_eq!(
+                    ks % 32,
+                    0,
+                    "k={k} split={split}: slice {ks} not a chunk multiple"
+                );
                 assert!(slices >= 1 && slices <= split as usize);
                 assert!(slices * ks >= k, "k={k}: slices do not cover K");
                 assert!((slices - 1) * ks < k, "k={k}: last slice empty");
@@ -459,32 +475,66 @@ mod tests {
     fn shapes_that_must_be_refused_are_unsupported_shape_errors() {
         let v2 = v("gemv_v2_vec");
         // Group 16: chunks of 32 rows would straddle groups.
-        assert!(is_unsupported(plan(v2, &shape(4096, 4096, 16), 1, &params(&[]))).contains("power of two"));
+        assert!(
+            is_unsupported(plan(v2, &shape(4096, 4096, 16), 1, &params(&[])))
+                .contains("power of two")
+        );
         // Group 96: not a power of two (and divides K = 4224 - 96*44).
-        assert!(is_unsupported(plan(v2, &shape(4224, 4096, 96), 1, &params(&[]))).contains("power of two"));
+        assert!(
+            is_unsupported(plan(v2, &shape(4224, 4096, 96), 1, &params(&[])))
+                .contains("power of two")
+        );
         // Group that does not divide K.
-        assert!(is_unsupported(plan(v2, &shape(4160, 4096, 128), 1, &params(&[]))).contains("divide"));
+        assert!(
+            is_unsupported(plan(v2, &shape(4160, 4096, 128), 1, &params(&[]))).contains("divide")
+        );
         // N not a multiple of 8.
-        assert!(is_unsupported(plan(v2, &shape(4096, 4100, 128), 1, &params(&[]))).contains("multiples of 8"));
+        assert!(
+            is_unsupported(plan(v2, &shape(4096, 4100, 128), 1, &params(&[])))
+                .contains("multiples of 8")
+        );
         // K not a multiple of 8.
-        assert!(is_unsupported(plan(v("gemv_v1_naive"), &shape(4100, 4096, 4100), 1, &params(&[]))).contains("multiples of 8"));
+        assert!(is_unsupported(plan(
+            v("gemv_v1_naive"),
+            &shape(4100, 4096, 4100),
+            1,
+            &params(&[])
+        ))
+        .contains("multiples of 8"));
         // Batch 2 on a batch-1 kernel, batch 65 on v1.
-        assert!(is_unsupported(plan(v2, &shape(4096, 4096, 128), 2, &params(&[]))).contains("batch"));
-        assert!(is_unsupported(plan(v("gemv_v1_naive"), &shape(4096, 4096, 128), 65, &params(&[]))).contains("batch"));
+        assert!(
+            is_unsupported(plan(v2, &shape(4096, 4096, 128), 2, &params(&[]))).contains("batch")
+        );
+        assert!(is_unsupported(plan(
+            v("gemv_v1_naive"),
+            &shape(4096, 4096, 128),
+            65,
+            &params(&[])
+        ))
+        .contains("batch"));
         // Act-order g_idx on v2 and a leftover g_idx on v4.
         let mut act = shape(4096, 4096, 128);
         act.g_idx = true;
         assert!(is_unsupported(plan(v2, &act, 1, &params(&[]))).contains("gemv_v4_perm"));
-        assert!(is_unsupported(plan(v("gemv_v4_perm"), &act, 1, &params(&[]))).contains("gemv_v3_gather"));
+        assert!(
+            is_unsupported(plan(v("gemv_v4_perm"), &act, 1, &params(&[])))
+                .contains("gemv_v3_gather")
+        );
         // v3 accepts any g_idx.
         assert!(plan(v("gemv_v3_gather"), &act, 1, &params(&[])).is_ok());
         // A permutation on a variant that reads checkpoint order.
         let mut perm = shape(4096, 4096, 128);
         perm.perm = true;
-        assert!(is_unsupported(plan(v("gemv_v3_gather"), &perm, 1, &params(&[]))).contains("permutation"));
+        assert!(
+            is_unsupported(plan(v("gemv_v3_gather"), &perm, 1, &params(&[])))
+                .contains("permutation")
+        );
         // The error names the variant and the shape.
         let msg = is_unsupported(plan(v2, &shape(4096, 4100, 128), 1, &params(&[])));
-        assert!(msg.contains("gemv_v2_vec") && msg.contains("4096") && msg.contains("4100"), "{msg}");
+        assert!(
+            msg.contains("gemv_v2_vec") && msg.contains("4096") && msg.contains("4100"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -83,7 +83,10 @@ pub struct LaunchPlan {
 /// The value of tunable `name` for `v`: from `params`, else the default. Unknown names and values
 /// outside the variant's list are errors (a typo must not silently time the default).
 pub fn tunable(v: &Variant, params: &Tunables, name: &str) -> Result<u32> {
-    if let Some(bad) = params.keys().find(|k| !v.tunables.iter().any(|t| t.name == *k)) {
+    if let Some(bad) = params
+        .keys()
+        .find(|k| !v.tunables.iter().any(|t| t.name == *k))
+    {
         return Err(LabError::invalid(
             "tunable",
             format!(
@@ -189,7 +192,11 @@ pub fn launch(
         return Err(LabError::UnsupportedShape {
             variant: v.name.to_string(),
             shape: layer.shape.describe(m),
-            reason: format!("needs sm_{} or newer; this GPU is sm_{}", v.min_sm, gpu.sm()),
+            reason: format!(
+                "needs sm_{} or newer; this GPU is sm_{}",
+                v.min_sm,
+                gpu.sm()
+            ),
         });
     }
     let plan = plan(v, &layer.shape, m, x.len(), y.len(), params)?;
@@ -198,7 +205,10 @@ pub fn launch(
         gemv::GemvKind::CublasF16 => baseline::gemm_f16(gpu, layer, x, m, y),
         gemv::GemvKind::DequantCublas => {
             let w = layer.w_f16.as_ref().ok_or_else(|| {
-                LabError::invalid("layer", "dequant baseline uploaded without its fp16 W buffer")
+                LabError::invalid(
+                    "layer",
+                    "dequant baseline uploaded without its fp16 W buffer",
+                )
             })?;
             // The dequant kernel writes W into the layer's own buffer: stream order makes the
             // GEMM below see it.
@@ -241,7 +251,10 @@ fn launch_kernel(
         if layer.workspace.as_ref().is_none_or(|w| w.len() < need) {
             return Err(LabError::invalid(
                 "layer",
-                format!("{}: split-K workspace missing or smaller than {need} words", v.name),
+                format!(
+                    "{}: split-K workspace missing or smaller than {need} words",
+                    v.name
+                ),
             ));
         }
     }
@@ -303,7 +316,10 @@ mod tests {
         assert_eq!(c.len(), 2 * 5);
         assert_eq!(c[0]["threads"], 256);
         assert_eq!(c[0]["split_k"], 4);
-        assert_eq!(tunable_combinations(by_name("gemv_cublas_f16").unwrap()).len(), 1);
+        assert_eq!(
+            tunable_combinations(by_name("gemv_cublas_f16").unwrap()).len(),
+            1
+        );
     }
 
     #[test]

@@ -154,7 +154,12 @@ impl DeviceLayer {
 pub fn upload(gpu: &Gpu, p: &PreparedHost) -> Result<DeviceLayer> {
     let s = &gpu.stream;
     let l = &p.layer;
-    let ctx = |what: &str| format!("uploading {what} of a {}x{} layer for {}", l.k, l.n, p.variant.name);
+    let ctx = |what: &str| {
+        format!(
+            "uploading {what} of a {}x{} layer for {}",
+            l.k, l.n, p.variant.name
+        )
+    };
     let qweight = s
         .clone_htod(p.qweight_prepared.as_deref().unwrap_or(&l.qweight))
         .ctx(&ctx("qweight"))?;
@@ -240,7 +245,10 @@ mod tests {
         assert!(matches!(e, LabError::UnsupportedShape { .. }), "{e}");
         // Plain layers: no perm anywhere.
         let p = layer(256, 64, 32, false);
-        assert!(prepare(by_name("gemv_v4_perm").unwrap(), &p).unwrap().perm.is_none());
+        assert!(prepare(by_name("gemv_v4_perm").unwrap(), &p)
+            .unwrap()
+            .perm
+            .is_none());
     }
 
     #[test]
@@ -270,6 +278,9 @@ mod tests {
         l.scales.pop();
         let e = prepare(by_name("gemv_v1_naive").unwrap(), &l).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("gemv_v1_naive") && msg.contains("scales"), "{msg}");
+        assert!(
+            msg.contains("gemv_v1_naive") && msg.contains("scales"),
+            "{msg}"
+        );
     }
 }

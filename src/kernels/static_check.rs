@@ -36,7 +36,10 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
     for (i, line) in text.lines().enumerate() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             if let Some(r) = cur.take() {
-                return Err(bad(i, &format!("'{}' has no 'Used N registers' line", r.symbol)));
+                return Err(bad(
+                    i,
+                    &format!("'{}' has no 'Used N registers' line", r.symbol),
+                ));
             }
             let (sym, tail) = rest
                 .split_once('\'')
@@ -44,7 +47,12 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
             let arch = tail
                 .split("'sm_")
                 .nth(1)
-                .and_then(|a| a.trim_end_matches('\'').trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+                .and_then(|a| {
+                    a.trim_end_matches('\'')
+                        .trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .parse()
+                        .ok()
+                })
                 .ok_or_else(|| bad(i, "no 'sm_NN' target"))?;
             cur = Some(Resource {
                 symbol: sym.to_string(),
@@ -63,7 +71,10 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
                 .filter_map(|part| part.split_whitespace().next()?.parse().ok())
                 .collect();
             if nums.len() != 3 {
-                return Err(bad(i, "expected 'N bytes stack frame, N bytes spill stores, N bytes spill loads'"));
+                return Err(bad(
+                    i,
+                    "expected 'N bytes stack frame, N bytes spill stores, N bytes spill loads'",
+                ));
             }
             if let (Some(r), Some(p)) = (cur.as_mut(), props_for.as_ref()) {
                 if *p == r.symbol {
@@ -82,7 +93,10 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
             if props_for.as_deref() != Some(r.symbol.as_str()) {
                 return Err(bad(
                     i,
-                    &format!("properties of '{}' not found in order (interleaved report?)", r.symbol),
+                    &format!(
+                        "properties of '{}' not found in order (interleaved report?)",
+                        r.symbol
+                    ),
                 ));
             }
             r.registers = regs;
@@ -90,7 +104,10 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
         }
     }
     if let Some(r) = cur {
-        return Err(LabError::invalid("ptxas report", format!("'{}' has no 'Used N registers' line", r.symbol)));
+        return Err(LabError::invalid(
+            "ptxas report",
+            format!("'{}' has no 'Used N registers' line", r.symbol),
+        ));
     }
     Ok(out)
 }
@@ -128,7 +145,10 @@ pub fn resource_violations(variants: &[&Variant], res: &[Resource], archs: &[u32
         for sym in v.symbols {
             for &arch in archs {
                 let Some(r) = res.iter().find(|r| r.symbol == *sym && r.arch == arch) else {
-                    bad.push(format!("{}: {sym} has no ptxas entry for sm_{arch}", v.name));
+                    bad.push(format!(
+                        "{}: {sym} has no ptxas entry for sm_{arch}",
+                        v.name
+                    ));
                     continue;
                 };
                 if r.registers > v.reg_budget {
@@ -164,7 +184,9 @@ pub struct SassSummary {
 
 impl SassSummary {
     pub fn has_wide_loads(&self) -> bool {
-        self.global_loads.iter().any(|o| o.split('.').any(|p| p == "128"))
+        self.global_loads
+            .iter()
+            .any(|o| o.split('.').any(|p| p == "128"))
     }
 }
 
@@ -175,7 +197,10 @@ pub fn parse_sass(text: &str) -> Vec<SassSummary> {
     let mut arch = 0u32;
     for line in text.lines() {
         let t = line.trim();
-        if let Some(a) = t.strip_prefix("code for sm_").or_else(|| t.strip_prefix("arch = sm_")) {
+        if let Some(a) = t
+            .strip_prefix("code for sm_")
+            .or_else(|| t.strip_prefix("arch = sm_"))
+        {
             arch = a.trim().parse().unwrap_or(0);
         } else if let Some(f) = t.strip_prefix("Function : ") {
             out.push(SassSummary {
@@ -185,7 +210,9 @@ pub fn parse_sass(text: &str) -> Vec<SassSummary> {
             });
         } else if let (Some(cur), Some(rest)) = (out.last_mut(), t.strip_prefix("/*")) {
             // "/*0040*/  @!P0 LDG.E.128 R4, desc[UR4][R2.64] ;"
-            let Some((_, ins)) = rest.split_once("*/") else { continue };
+            let Some((_, ins)) = rest.split_once("*/") else {
+                continue;
+            };
             let mut words = ins.split_whitespace();
             let mut op = words.next().unwrap_or("");
             if op.starts_with('@') {
@@ -234,16 +261,21 @@ pub fn find_sass_tools() -> std::result::Result<(PathBuf, PathBuf), String> {
         }
     }
     let find = |name: &str| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
-    let cuobjdump = find("cuobjdump").ok_or("cuobjdump not found ($CUOBJDUMP, PATH, $CUDA_HOME/bin, .venv)")?;
+    let cuobjdump =
+        find("cuobjdump").ok_or("cuobjdump not found ($CUOBJDUMP, PATH, $CUDA_HOME/bin, .venv)")?;
     let nvdisasm = find("nvdisasm").ok_or(
         "nvdisasm not found ($NVDISASM, PATH, $CUDA_HOME/bin, .venv): cuobjdump -sass needs it (pip wheel nvidia-cuda-nvdisasm)",
     )?;
-    Ok((cuobjdump, nvdisasm.parent().unwrap_or(Path::new("/")).to_path_buf()))
+    Ok((
+        cuobjdump,
+        nvdisasm.parent().unwrap_or(Path::new("/")).to_path_buf(),
+    ))
 }
 
 /// SASS summaries of every kernel in a fatbin.
 pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
-    let (cuobjdump, nvdisasm_dir) = find_sass_tools().map_err(|r| LabError::invalid("SASS tools", r))?;
+    let (cuobjdump, nvdisasm_dir) =
+        find_sass_tools().map_err(|r| LabError::invalid("SASS tools", r))?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![nvdisasm_dir];
     dirs.extend(std::env::split_paths(&path));
@@ -256,7 +288,12 @@ pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
     if !out.status.success() {
         return Err(LabError::invalid(
             "cuobjdump",
-            format!("{} -sass {}: {}", cuobjdump.display(), fatbin.display(), String::from_utf8_lossy(&out.stderr)),
+            format!(
+                "{} -sass {}: {}",
+                cuobjdump.display(),
+                fatbin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         ));
     }
     Ok(parse_sass(&String::from_utf8_lossy(&out.stdout)))
@@ -280,7 +317,10 @@ pub fn sass_violations(variants: &[&Variant], sass: &[SassSummary], archs: &[u32
                     ));
                 }
                 if v.hot && s.local_memory {
-                    bad.push(format!("{}: hot kernel {sym} on sm_{arch} uses local memory (LDL/STL)", v.name));
+                    bad.push(format!(
+                        "{}: hot kernel {sym} on sm_{arch} uses local memory (LDL/STL)",
+                        v.name
+                    ));
                 }
                 if v.tensor_cores && arch >= 80 && !s.hmma {
                     bad.push(format!("{}: {sym} on sm_{arch} has no HMMA", v.name));
@@ -295,7 +335,9 @@ pub fn sass_violations(variants: &[&Variant], sass: &[SassSummary], archs: &[u32
 pub fn by_symbol(res: &[Resource]) -> BTreeMap<String, BTreeMap<u32, Resource>> {
     let mut m: BTreeMap<String, BTreeMap<u32, Resource>> = BTreeMap::new();
     for r in res {
-        m.entry(r.symbol.clone()).or_default().insert(r.arch, r.clone());
+        m.entry(r.symbol.clone())
+            .or_default()
+            .insert(r.arch, r.clone());
     }
     m
 }
@@ -331,12 +373,16 @@ ptxas info    : Used 32 registers, used 0 barriers
                 spill_loads: 12
             }
         );
-        assert_eq!((r[1].symbol.as_str(), r[1].arch, r[1].registers), ("k_b", 80, 32));
+        assert_eq!(
+            (r[1].symbol.as_str(), r[1].arch, r[1].registers),
+            ("k_b", 80, 32)
+        );
     }
 
     #[test]
     fn out_of_order_reports_are_errors_not_guesses() {
-        let interleaved = REPORT.replace("Function properties for k_a", "Function properties for k_b");
+        let interleaved =
+            REPORT.replace("Function properties for k_a", "Function properties for k_b");
         assert!(parse_ptxas(&interleaved).is_err());
         let truncated = REPORT.lines().take(4).collect::<Vec<_>>().join("\n");
         assert!(parse_ptxas(&truncated).is_err());

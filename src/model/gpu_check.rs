@@ -84,7 +84,12 @@ impl RefWeights {
                 }
             })
             .collect();
-        RefWeights { embed: f(&w.embed), lm_head: f(&w.lm_head), final_norm: f(&w.final_norm), layers }
+        RefWeights {
+            embed: f(&w.embed),
+            lm_head: f(&w.lm_head),
+            final_norm: f(&w.final_norm),
+            layers,
+        }
     }
 }
 
@@ -119,14 +124,24 @@ fn rope(x: &mut [f64], hd: usize, pos: usize, theta: f64) {
 
 /// Softmax attention of q [heads*hd] over cached k, v rows [len][kv_dim].
 fn attention(cfg: &ModelConfig, q: &[f64], ks: &[Vec<f64>], vs: &[Vec<f64>]) -> Vec<f64> {
-    let (heads, kvh, hd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim());
+    let (heads, kvh, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim(),
+    );
     let mut out = vec![0f64; heads * hd];
     for h in 0..heads {
         let kh = h / (heads / kvh);
         let qh = &q[h * hd..(h + 1) * hd];
         let s: Vec<f64> = ks
             .iter()
-            .map(|k| qh.iter().zip(&k[kh * hd..(kh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+            .map(|k| {
+                qh.iter()
+                    .zip(&k[kh * hd..(kh + 1) * hd])
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
@@ -142,25 +157,45 @@ fn attention(cfg: &ModelConfig, q: &[f64], ks: &[Vec<f64>], vs: &[Vec<f64>]) -> 
 
 fn silu_mul(gu: &[f64]) -> Vec<f64> {
     let i = gu.len() / 2;
-    (0..i).map(|j| gu[j] / (1.0 + (-gu[j]).exp()) * gu[i + j]).collect()
+    (0..i)
+        .map(|j| gu[j] / (1.0 + (-gu[j]).exp()) * gu[i + j])
+        .collect()
 }
 
 fn lm_head(w: &RefWeights, x: &[f64]) -> Vec<f64> {
     // Rows of hidden = final_norm.len() (x may be a missing trace entry: then all zeros).
-    w.lm_head.chunks_exact(w.final_norm.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    w.lm_head
+        .chunks_exact(w.final_norm.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
 }
 
 /// An independent f64 forward pass with a KV cache.
 struct RefModel<'a> {
     cfg: &'a ModelConfig,
     w: &'a RefWeights,
-    cache: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)>,
+    cache: KvHist,
+}
+
+/// Per layer: cached k rows and v rows.
+type KvHist = Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)>;
+/// (layer, op, reference output) in execution order.
+type OpRef = (Option<usize>, &'static str, Vec<f64>);
+
+/// `r > limit`, with NaN counted as exceeding (a NaN ratio is a failure, never a pass).
+fn exceeds(r: f64, limit: f64) -> bool {
+    r.is_nan() || r > limit
 }
 
 impl RefModel<'_> {
     fn step(&mut self, token: u32) -> Vec<f64> {
         let cfg = self.cfg;
-        let (h, hd, heads, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_key_value_heads * cfg.head_dim());
+        let (h, hd, heads, kv) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads * cfg.head_dim(),
+        );
         let pos = self.cache[0].0.len();
         let mut x: Vec<f64> = self.w.embed[token as usize * h..(token as usize + 1) * h].to_vec();
         for (l, (kc, vc)) in self.w.layers.iter().zip(self.cache.iter_mut()) {
@@ -172,7 +207,10 @@ impl RefModel<'_> {
             for (xi, oi) in x.iter_mut().zip(matvec(&a, &l.o)) {
                 *xi += oi;
             }
-            let act = silu_mul(&matvec(&rms_norm(&x, &l.ffn_norm, cfg.rms_norm_eps), &l.gate_up));
+            let act = silu_mul(&matvec(
+                &rms_norm(&x, &l.ffn_norm, cfg.rms_norm_eps),
+                &l.gate_up,
+            ));
             for (xi, di) in x.iter_mut().zip(matvec(&act, &l.down)) {
                 *xi += di;
             }
@@ -197,7 +235,11 @@ pub struct OpError {
 impl std::fmt::Display for OpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let layer = self.layer.map_or("-".to_string(), |l| l.to_string());
-        write!(f, "step {} layer {} op {}: element {} got {:.6} want {:.6} ({:.2}x tolerance)", self.step, layer, self.op, self.index, self.got, self.want, self.ratio)
+        write!(
+            f,
+            "step {} layer {} op {}: element {} got {:.6} want {:.6} ({:.2}x tolerance)",
+            self.step, layer, self.op, self.index, self.got, self.want, self.ratio
+        )
     }
 }
 
@@ -210,7 +252,11 @@ pub fn worst(got: &[f32], want: &[f64], rtol: f64, atol_rms: f64) -> Option<(usi
     let mut best = (0usize, 0f64);
     for (i, (&g, &r)) in got.iter().zip(want).enumerate() {
         let tol = rtol * r.abs() + atol_rms * rms + 1e-30;
-        let ratio = if g.is_finite() { (f64::from(g) - r).abs() / tol } else { f64::INFINITY };
+        let ratio = if g.is_finite() {
+            (f64::from(g) - r).abs() / tol
+        } else {
+            f64::INFINITY
+        };
         if ratio > best.1 || (i == 0 && ratio.is_nan()) {
             best = (i, ratio);
         }
@@ -278,7 +324,9 @@ impl CheckReport {
 }
 
 fn get<'a>(t: &'a [TraceEntry], layer: Option<usize>, op: &str) -> &'a [f32] {
-    t.iter().find(|e| e.layer == layer && e.op == op).map_or(&[], |e| &e.values)
+    t.iter()
+        .find(|e| e.layer == layer && e.op == op)
+        .map_or(&[], |e| &e.values)
 }
 
 fn f64s(v: &[f32]) -> Vec<f64> {
@@ -286,20 +334,44 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 }
 
 /// Op-local references for one traced step, in execution order: (layer, op, reference).
-fn op_refs(cfg: &ModelConfig, w: &RefWeights, t: &[TraceEntry], token: u32, pos: usize, kv_hist: &mut [(Vec<Vec<f64>>, Vec<Vec<f64>>)]) -> Vec<(Option<usize>, &'static str, Vec<f64>)> {
-    let (h, hd, heads, kv) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_key_value_heads * cfg.head_dim());
+fn op_refs(
+    cfg: &ModelConfig,
+    w: &RefWeights,
+    t: &[TraceEntry],
+    token: u32,
+    pos: usize,
+    kv_hist: &mut KvHist,
+) -> Vec<OpRef> {
+    let (h, hd, heads, kv) = (
+        cfg.hidden_size,
+        cfg.head_dim(),
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads * cfg.head_dim(),
+    );
     let eps = cfg.rms_norm_eps;
     let mut out = Vec::new();
-    out.push((None, "embedding", w.embed[token as usize * h..(token as usize + 1) * h].to_vec()));
+    out.push((
+        None,
+        "embedding",
+        w.embed[token as usize * h..(token as usize + 1) * h].to_vec(),
+    ));
     let mut resid = f64s(get(t, None, "embedding"));
     for (li, l) in w.layers.iter().enumerate() {
         let ly = Some(li);
         if li > 0 {
             let down = f64s(get(t, Some(li - 1), "down_proj"));
-            resid = f64s(get(t, Some(li - 1), "residual_attn")).iter().zip(&down).map(|(a, b)| a + b).collect();
+            resid = f64s(get(t, Some(li - 1), "residual_attn"))
+                .iter()
+                .zip(&down)
+                .map(|(a, b)| a + b)
+                .collect();
         }
         out.push((ly, "attn_norm", rms_norm(&resid, &l.attn_norm, eps)));
-        out.push((ly, "qkv_proj", matvec(&f64s(get(t, ly, "attn_norm")), &l.qkv)));
+        out.push((
+            ly,
+            "qkv_proj",
+            matvec(&f64s(get(t, ly, "attn_norm")), &l.qkv),
+        ));
         let mut r = f64s(get(t, ly, "qkv_proj"));
         if r.len() == heads * hd + 2 * kv {
             rope(&mut r[..heads * hd + kv], hd, pos, cfg.rope_theta);
@@ -307,42 +379,88 @@ fn op_refs(cfg: &ModelConfig, w: &RefWeights, t: &[TraceEntry], token: u32, pos:
         out.push((ly, "rope", r));
         let rot = f64s(get(t, ly, "rope"));
         if rot.len() == heads * hd + 2 * kv {
-            kv_hist[li].0.push(rot[heads * hd..heads * hd + kv].to_vec());
+            kv_hist[li]
+                .0
+                .push(rot[heads * hd..heads * hd + kv].to_vec());
             kv_hist[li].1.push(rot[heads * hd + kv..].to_vec());
-            out.push((ly, "attention", attention(cfg, &rot[..heads * hd], &kv_hist[li].0, &kv_hist[li].1)));
+            out.push((
+                ly,
+                "attention",
+                attention(cfg, &rot[..heads * hd], &kv_hist[li].0, &kv_hist[li].1),
+            ));
         }
         out.push((ly, "o_proj", matvec(&f64s(get(t, ly, "attention")), &l.o)));
         let o = f64s(get(t, ly, "o_proj"));
         let ra: Vec<f64> = resid.iter().zip(&o).map(|(a, b)| a + b).collect();
         out.push((ly, "ffn_norm", rms_norm(&ra, &l.ffn_norm, eps)));
         out.push((ly, "residual_attn", ra));
-        out.push((ly, "gate_up_proj", matvec(&f64s(get(t, ly, "ffn_norm")), &l.gate_up)));
+        out.push((
+            ly,
+            "gate_up_proj",
+            matvec(&f64s(get(t, ly, "ffn_norm")), &l.gate_up),
+        ));
         out.push((ly, "silu_mul", silu_mul(&f64s(get(t, ly, "gate_up_proj")))));
-        out.push((ly, "down_proj", matvec(&f64s(get(t, ly, "silu_mul")), &l.down)));
+        out.push((
+            ly,
+            "down_proj",
+            matvec(&f64s(get(t, ly, "silu_mul")), &l.down),
+        ));
     }
     let last = w.layers.len() - 1;
-    let rf: Vec<f64> = f64s(get(t, Some(last), "residual_attn")).iter().zip(f64s(get(t, Some(last), "down_proj"))).map(|(a, b)| a + b).collect();
+    let rf: Vec<f64> = f64s(get(t, Some(last), "residual_attn"))
+        .iter()
+        .zip(f64s(get(t, Some(last), "down_proj")))
+        .map(|(a, b)| a + b)
+        .collect();
     out.push((None, "final_norm", rms_norm(&rf, &w.final_norm, eps)));
     out.push((None, "residual_final", rf));
-    out.push((None, "lm_head", lm_head(w, &f64s(get(t, None, "final_norm")))));
+    out.push((
+        None,
+        "lm_head",
+        lm_head(w, &f64s(get(t, None, "final_norm"))),
+    ));
     out
 }
 
 fn argmax(v: &[f64]) -> (usize, f64) {
     let mut order: Vec<usize> = (0..v.len()).collect();
     order.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
-    let margin = if v.len() > 1 { v[order[0]] - v[order[1]] } else { f64::INFINITY };
+    let margin = if v.len() > 1 {
+        v[order[0]] - v[order[1]]
+    } else {
+        f64::INFINITY
+    };
     (order[0], margin)
 }
 
 /// Run the whole check on `gpu`: `prompt` teacher-forced through traced eager steps, then `n_new`
 /// greedy tokens eager and through the CUDA graph.
-pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str, prompt: &[u32], n_new: usize, opts: EngineOptions) -> Result<CheckReport> {
+pub fn check_engine(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    host: &HostLlama,
+    label: &str,
+    prompt: &[u32],
+    n_new: usize,
+    opts: EngineOptions,
+) -> Result<CheckReport> {
     let w = RefWeights::new(host);
     let chunk = opts.attn_chunk;
-    let mut eng = GpuEngine::new(gpu, cfg, WeightSource::Host { weights: host, label }, opts)?;
+    let mut eng = GpuEngine::new(
+        gpu,
+        cfg,
+        WeightSource::Host {
+            weights: host,
+            label,
+        },
+        opts,
+    )?;
     // Reference greedy continuation (also the teacher-forced sequence for the traced pass).
-    let mut rm = RefModel { cfg, w: &w, cache: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers] };
+    let mut rm = RefModel {
+        cfg,
+        w: &w,
+        cache: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers],
+    };
     let mut seq: Vec<u32> = prompt.to_vec();
     let mut ref_logits = Vec::new();
     let mut margins = Vec::new();
@@ -371,17 +489,27 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
         for (layer, op, want) in op_refs(cfg, &w, &t, seq[step], step, &mut kv_hist) {
             let got = get(&t, layer, op);
             ops += 1;
-            let (index, ratio) = worst(got, &want, OP_RTOL, OP_ATOL_RMS).unwrap_or((0, f64::INFINITY));
-            let e = OpError { step, layer, op: op.to_string(), index, got: got.get(index).map_or(f64::NAN, |&g| g.into()), want: want.get(index).copied().unwrap_or(f64::NAN), ratio };
-            if !(ratio <= 1.0) && first_bad.is_none() {
+            let (index, ratio) =
+                worst(got, &want, OP_RTOL, OP_ATOL_RMS).unwrap_or((0, f64::INFINITY));
+            let e = OpError {
+                step,
+                layer,
+                op: op.to_string(),
+                index,
+                got: got.get(index).map_or(f64::NAN, |&g| g.into()),
+                want: want.get(index).copied().unwrap_or(f64::NAN),
+                ratio,
+            };
+            if exceeds(ratio, 1.0) && first_bad.is_none() {
                 first_bad = Some(e.clone());
             }
-            if worst_op.as_ref().is_none_or(|w| !(e.ratio <= w.ratio)) {
+            if worst_op.as_ref().is_none_or(|w| exceeds(e.ratio, w.ratio)) {
                 worst_op = Some(e);
             }
         }
-        let (_, r) = worst(get(&t, None, "lm_head"), lg_ref, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap_or((0, f64::INFINITY));
-        if !(r <= logits_ratio) {
+        let (_, r) = worst(get(&t, None, "lm_head"), lg_ref, LOGIT_RTOL, LOGIT_ATOL_RMS)
+            .unwrap_or((0, f64::INFINITY));
+        if exceeds(r, logits_ratio) {
             logits_ratio = r;
             logits_worst_step = step;
         }
@@ -391,7 +519,9 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
     let graph_tokens = eng.generate(prompt, n_new, true)?;
     // Differing tokens are accepted only past a point where the reference's top-2 margin is within
     // the logits tolerance (a near-tie: either choice is right, and everything after diverges).
-    let lg_rms = ref_logits.last().map_or(1.0, |l| (l.iter().map(|v| v * v).sum::<f64>() / l.len() as f64).sqrt());
+    let lg_rms = ref_logits.last().map_or(1.0, |l| {
+        (l.iter().map(|v| v * v).sum::<f64>() / l.len() as f64).sqrt()
+    });
     let tie = 2.0 * LOGIT_ATOL_RMS * lg_rms;
     let mut token_note = None;
     let mut tokens_ok = true;
@@ -401,7 +531,10 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
                 token_note = Some(format!("{name} tokens differ from step {i} on, where the reference's top-2 margin {:.4} is within the tolerance {tie:.4}: accepted", margins[i]));
             } else {
                 tokens_ok = false;
-                token_note = Some(format!("{name} token {i} differs, reference margin {:.4} > tolerance {tie:.4}", margins[i]));
+                token_note = Some(format!(
+                    "{name} token {i} differs, reference margin {:.4} > tolerance {tie:.4}",
+                    margins[i]
+                ));
             }
         }
     }
@@ -428,18 +561,35 @@ pub fn check_engine(gpu: &Gpu, cfg: &ModelConfig, host: &HostLlama, label: &str,
 
 /// The whole check on a checkpoint folder (the tiny fixtures), plus GPU logits over the prompt
 /// against the CPU reference engine (`CpuEngine` on `LlamaWeights::from_checkpoint`).
-pub fn check_checkpoint(gpu: &Gpu, dir: &std::path::Path, prompt: &[u32], n_new: usize, opts: EngineOptions) -> Result<CheckReport> {
+pub fn check_checkpoint(
+    gpu: &Gpu,
+    dir: &std::path::Path,
+    prompt: &[u32],
+    n_new: usize,
+    opts: EngineOptions,
+) -> Result<CheckReport> {
     use crate::model::checkpoint::Checkpoint;
     use crate::model::cpu_engine::CpuEngine;
     use crate::model::weights::LlamaWeights;
     let ckpt = Checkpoint::open(dir)?;
     let host = HostLlama::from_checkpoint(&ckpt)?;
     let mut cfg = ckpt.config.clone();
-    cfg.name = dir.file_name().map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+    cfg.name = dir
+        .file_name()
+        .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
     let label = dir.display().to_string();
     let mut report = check_engine(gpu, &cfg, &host, &label, prompt, n_new, opts.clone())?;
-    let cpu = CpuEngine::new(LlamaWeights::from_checkpoint(&ckpt)?, ckpt.config.clone())?.forward_all(prompt)?;
-    let mut eng = GpuEngine::new(gpu, &cfg, WeightSource::Host { weights: &host, label: &label }, opts)?;
+    let cpu = CpuEngine::new(LlamaWeights::from_checkpoint(&ckpt)?, ckpt.config.clone())?
+        .forward_all(prompt)?;
+    let mut eng = GpuEngine::new(
+        gpu,
+        &cfg,
+        WeightSource::Host {
+            weights: &host,
+            label: &label,
+        },
+        opts,
+    )?;
     eng.reset()?;
     let mut ratio = 0f64;
     for (&t, want) in prompt.iter().zip(&cpu) {
@@ -447,7 +597,7 @@ pub fn check_checkpoint(gpu: &Gpu, dir: &std::path::Path, prompt: &[u32], n_new:
         let got = eng.logits()?;
         let want: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
         let (_, r) = worst(&got, &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap_or((0, f64::INFINITY));
-        if !(r <= ratio) {
+        if exceeds(r, ratio) {
             ratio = r;
         }
     }
@@ -461,7 +611,13 @@ pub fn check_checkpoint(gpu: &Gpu, dir: &std::path::Path, prompt: &[u32], n_new:
 pub const CHECK_PROMPT: [u32; 12] = [1, 55, 53, 39, 52, 28, 223, 54, 288, 78, 223, 295];
 pub const CHECK_NEW: usize = 8;
 /// The committed tiny fixture checkpoints (tests/fixtures/<name>).
-pub const FIXTURES: [&str; 5] = ["tiny-fp16", "tiny-sym-g32", "tiny-asym-gall", "tiny-sym-act-g64", "tiny-asym-act-g32"];
+pub const FIXTURES: [&str; 5] = [
+    "tiny-fp16",
+    "tiny-sym-g32",
+    "tiny-asym-gall",
+    "tiny-sym-act-g64",
+    "tiny-asym-act-g32",
+];
 
 /// One random tiny-model check.
 #[derive(Debug, Clone, Copy)]
@@ -479,7 +635,11 @@ pub struct TinyCase {
 /// Every weight form the engine takes: int4 with/without act-order, sym/asym, g32/g64/per-channel,
 /// fp16 through cuBLAS and through the lab GEMV.
 pub fn tiny_cases() -> Vec<TinyCase> {
-    let i4 = |group, act_order, sym| WeightKind::Int4 { group, act_order, sym };
+    let i4 = |group, act_order, sym| WeightKind::Int4 {
+        group,
+        act_order,
+        sym,
+    };
     [
         (i4(32, false, false), 128, Fp16Backend::Cublas),
         (i4(32, true, false), 4, Fp16Backend::Cublas),
@@ -493,9 +653,30 @@ pub fn tiny_cases() -> Vec<TinyCase> {
     .flat_map(|(i, (kind, chunk, backend))| {
         // Int4 forms also through the registry's reorder-aware variants (v4: one block per column
         // tile; v5: split-K with the ticketed in-kernel reduction).
-        let registry: &[&str] = if matches!(kind, WeightKind::Int4 { .. }) { &["gemv_v4_perm", "gemv_v5_splitk"] } else { &[] };
-        let mut v = vec![TinyCase { kind, chunk, backend, seed: 100 + i as u64, int4: None }];
-        v.extend(registry.iter().filter_map(|n| crate::kernels::registry::by_name(n)).map(|r| TinyCase { kind, chunk, backend, seed: 100 + i as u64, int4: Some(r) }));
+        let registry: &[&str] = if matches!(kind, WeightKind::Int4 { .. }) {
+            &["gemv_v4_perm", "gemv_v5_splitk"]
+        } else {
+            &[]
+        };
+        let mut v = vec![TinyCase {
+            kind,
+            chunk,
+            backend,
+            seed: 100 + i as u64,
+            int4: None,
+        }];
+        v.extend(
+            registry
+                .iter()
+                .filter_map(|n| crate::kernels::registry::by_name(n))
+                .map(|r| TinyCase {
+                    kind,
+                    chunk,
+                    backend,
+                    seed: 100 + i as u64,
+                    int4: Some(r),
+                }),
+        );
         v
     })
     .collect()
@@ -515,7 +696,15 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     let host = HostLlama::random(&cfg, c.seed, c.kind)?;
     let mut o = check_opts(c.chunk, c.backend);
     o.int4_variant = c.int4;
-    check_engine(gpu, &cfg, &host, &format!("random seed {}", c.seed), &CHECK_PROMPT, CHECK_NEW, o)
+    check_engine(
+        gpu,
+        &cfg,
+        &host,
+        &format!("random seed {}", c.seed),
+        &CHECK_PROMPT,
+        CHECK_NEW,
+        o,
+    )
 }
 
 /// A small LLaMA with the tiny fixtures' shapes (GQA 4 heads over 2, head_dim 16).
@@ -556,7 +745,10 @@ mod tests {
     fn reference_rope_is_a_rotation_of_pairs_i_and_i_plus_half() {
         let mut x = vec![1.0, 0.0, 0.0, 0.0];
         rope(&mut x, 4, 3, 10000.0);
-        assert!((x[0] - 3f64.cos()).abs() < 1e-12 && (x[2] - 3f64.sin()).abs() < 1e-12, "{x:?}");
+        assert!(
+            (x[0] - 3f64.cos()).abs() < 1e-12 && (x[2] - 3f64.sin()).abs() < 1e-12,
+            "{x:?}"
+        );
         assert_eq!((x[1], x[3]), (0.0, 0.0));
     }
 
@@ -565,11 +757,24 @@ mod tests {
         // Feed op_refs a "trace" made of the reference's own op outputs: every op must agree with
         // itself to rounding, which checks the wiring (inputs of each op taken from the right entry).
         let cfg = tiny_config();
-        let host = HostLlama::random(&cfg, 5, WeightKind::Int4 { group: 32, act_order: true, sym: false }).unwrap();
+        let host = HostLlama::random(
+            &cfg,
+            5,
+            WeightKind::Int4 {
+                group: 32,
+                act_order: true,
+                sym: false,
+            },
+        )
+        .unwrap();
         let w = RefWeights::new(&host);
         let mut hist_a = vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers];
         let mut hist_b = hist_a.clone();
-        let mut rm = RefModel { cfg: &cfg, w: &w, cache: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers] };
+        let mut rm = RefModel {
+            cfg: &cfg,
+            w: &w,
+            cache: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers],
+        };
         for (pos, tok) in [3u32, 17, 250].into_iter().enumerate() {
             // Build the trace iteratively: each op's reference uses earlier entries only.
             let mut trace: Vec<TraceEntry> = Vec::new();
@@ -580,7 +785,11 @@ mod tests {
                 let refs = op_refs(&cfg, &w, &trace, tok, pos, &mut hist_tmp);
                 for (layer, op, v) in &refs {
                     if !trace.iter().any(|e| e.layer == *layer && e.op == *op) && !v.is_empty() {
-                        trace.push(TraceEntry { layer: *layer, op, values: v.iter().map(|&x| x as f32).collect() });
+                        trace.push(TraceEntry {
+                            layer: *layer,
+                            op,
+                            values: v.iter().map(|&x| x as f32).collect(),
+                        });
                         break;
                     }
                 }
@@ -591,14 +800,21 @@ mod tests {
             }
             hist_a = hist_tmp;
             let refs = op_refs(&cfg, &w, &trace, tok, pos, &mut hist_b);
-            assert_eq!(refs.len(), 4 + cfg.num_hidden_layers * 10, "every op has a reference");
+            assert_eq!(
+                refs.len(),
+                4 + cfg.num_hidden_layers * 10,
+                "every op has a reference"
+            );
             for (layer, op, want) in &refs {
                 let (i, r) = worst(get(&trace, *layer, op), want, OP_RTOL, OP_ATOL_RMS).unwrap();
                 assert!(r < 0.05, "step {pos} layer {layer:?} {op}: {r} at {i}");
             }
             let lg = rm.step(tok);
             let (_, r) = worst(get(&trace, None, "lm_head"), &lg, 1e-4, 1e-4).unwrap();
-            assert!(r < 1.0, "op-by-op chain must equal the independent forward: {r}");
+            assert!(
+                r < 1.0,
+                "op-by-op chain must equal the independent forward: {r}"
+            );
         }
     }
 }

@@ -20,11 +20,15 @@ use crate::kernels::gemv::{GemvKind, TILE_N};
 use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
-use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, HostLlama, Int4Dev, SyntheticSpec};
+use crate::model::gpu_weights::{
+    raw, F16Dev, GpuLinear, GpuWeights, HostLlama, Int4Dev, SyntheticSpec,
+};
 use crate::model::vram::{Phase, VramLedger, VramReport};
 use crate::{LabError, Result};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::f16;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -60,7 +64,12 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     pub fn new(max_ctx: usize) -> Self {
-        EngineOptions { max_ctx, attn_chunk: DEFAULT_ATTN_CHUNK, fp16_backend: Fp16Backend::Cublas, int4_variant: None }
+        EngineOptions {
+            max_ctx,
+            attn_chunk: DEFAULT_ATTN_CHUNK,
+            fp16_backend: Fp16Backend::Cublas,
+            int4_variant: None,
+        }
     }
 }
 
@@ -70,7 +79,12 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
     if name == "engine" {
         return Ok(None);
     }
-    let v = crate::kernels::registry::by_name(name).ok_or_else(|| LabError::invalid("--int4-kernel", format!("no variant '{name}'; expected engine or a gemv variant name")))?;
+    let v = crate::kernels::registry::by_name(name).ok_or_else(|| {
+        LabError::invalid(
+            "--int4-kernel",
+            format!("no variant '{name}'; expected engine or a gemv variant name"),
+        )
+    })?;
     match crate::kernels::gemv::kind(v)? {
         GemvKind::CublasF16 | GemvKind::DequantCublas => Err(LabError::invalid("--int4-kernel", format!("{name} is a cuBLAS baseline (fp16 weights); the engine runs int4 kernels: engine, gemv_v2_vec, gemv_v4_perm, gemv_v5_splitk, ..."))),
         _ => Ok(Some(v)),
@@ -79,11 +93,16 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
 
 /// The int4 kernel's name for reports.
 pub fn int4_kernel_name(v: Option<&'static Variant>) -> String {
-    v.map_or("engine (lab_llama_q4_gemv v1)".to_string(), |v| format!("{} (registry)", v.name))
+    v.map_or("engine (lab_llama_q4_gemv v1)".to_string(), |v| {
+        format!("{} (registry)", v.name)
+    })
 }
 
 pub enum WeightSource<'a> {
-    Host { weights: &'a HostLlama, label: &'a str },
+    Host {
+        weights: &'a HostLlama,
+        label: &'a str,
+    },
     Synthetic(SyntheticSpec),
 }
 
@@ -166,7 +185,15 @@ pub fn q4_split(n: usize, k: usize, sms: usize) -> (usize, usize) {
 }
 
 fn layer_shape(l: &Int4Dev) -> LayerShape {
-    LayerShape { k: l.k, n: l.n, group_size: l.group_size, g_idx: l.g_idx.is_some(), perm: l.perm.is_some(), bias: false, symmetric: l.symmetric }
+    LayerShape {
+        k: l.k,
+        n: l.n,
+        group_size: l.group_size,
+        g_idx: l.g_idx.is_some(),
+        perm: l.perm.is_some(),
+        bias: false,
+        symmetric: l.symmetric,
+    }
 }
 
 pub struct GpuEngine {
@@ -195,20 +222,47 @@ fn free_now(ctx: &cudarc::driver::CudaContext) -> Result<u64> {
 }
 
 impl GpuEngine {
-    pub fn new(gpu: &Gpu, cfg: &ModelConfig, src: WeightSource, opts: EngineOptions) -> Result<Self> {
-        let (hd, heads, kvh) = (cfg.head_dim(), cfg.num_attention_heads, cfg.num_key_value_heads);
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        src: WeightSource,
+        opts: EngineOptions,
+    ) -> Result<Self> {
+        let (hd, heads, kvh) = (
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
         if !(8..=256).contains(&hd) || !hd.is_power_of_two() {
-            return Err(LabError::invalid("model config", format!("head_dim {hd}: the attention kernel needs a power of two in 8..=256")));
+            return Err(LabError::invalid(
+                "model config",
+                format!("head_dim {hd}: the attention kernel needs a power of two in 8..=256"),
+            ));
         }
         if kvh == 0 || heads % kvh != 0 {
-            return Err(LabError::invalid("model config", format!("{kvh} KV heads do not divide {heads} heads")));
+            return Err(LabError::invalid(
+                "model config",
+                format!("{kvh} KV heads do not divide {heads} heads"),
+            ));
         }
         if opts.max_ctx == 0 || opts.attn_chunk == 0 || opts.max_ctx > i32::MAX as usize / 2 {
-            return Err(LabError::invalid("engine options", format!("max_ctx {} and attn_chunk {} must be positive", opts.max_ctx, opts.attn_chunk)));
+            return Err(LabError::invalid(
+                "engine options",
+                format!(
+                    "max_ctx {} and attn_chunk {} must be positive",
+                    opts.max_ctx, opts.attn_chunk
+                ),
+            ));
         }
-        for (what, v) in [("hidden_size", cfg.hidden_size), ("intermediate_size", cfg.intermediate_size)] {
+        for (what, v) in [
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+        ] {
             if v % 8 != 0 {
-                return Err(LabError::invalid("model config", format!("{what} {v} must be a multiple of 8")));
+                return Err(LabError::invalid(
+                    "model config",
+                    format!("{what} {v} must be a multiple of 8"),
+                ));
             }
         }
         let k = Kernels::load(gpu)?;
@@ -218,7 +272,9 @@ impl GpuEngine {
         let mut vram = VramLedger::start(free as u64, total as u64);
 
         let weights = match src {
-            WeightSource::Host { weights, label } => GpuWeights::upload(&stream, cfg, weights, label)?,
+            WeightSource::Host { weights, label } => {
+                GpuWeights::upload(&stream, cfg, weights, label)?
+            }
             WeightSource::Synthetic(spec) => GpuWeights::synthetic(&stream, &k.fill, cfg, spec)?,
         };
         stream.synchronize().ctx("weights upload / generation")?;
@@ -226,14 +282,18 @@ impl GpuEngine {
 
         let kv_dim = kvh * hd;
         let kv_len = cfg.num_hidden_layers * 2 * opts.max_ctx * kv_dim;
-        let kv = stream.alloc_zeros::<f16>(kv_len).ctx("allocating the KV cache")?;
+        let kv = stream
+            .alloc_zeros::<f16>(kv_len)
+            .ctx("allocating the KV cache")?;
         stream.synchronize().ctx("KV cache allocation")?;
         vram.phase(Phase::KvCache, free_now(&ctx)?, kv_len as u64 * 2);
 
         let n_splits = opts.max_ctx.div_ceil(opts.attn_chunk);
         let (h, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let max_n = (h + 2 * kv_dim).max(2 * inter).max(h);
-        let inv_freq: Vec<f32> = (0..hd / 2).map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / hd as f64) as f32).collect();
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / hd as f64) as f32)
+            .collect();
         let a16 = |n: usize, what: &str| stream.alloc_zeros::<f16>(n).ctx(what);
         let a32 = |n: usize, what: &str| stream.alloc_zeros::<f32>(n).ctx(what);
         let b = Bufs {
@@ -249,29 +309,52 @@ impl GpuEngine {
             partial: a32(heads * n_splits * (hd + 2), "attention partials")?,
             q4_ws: a32(max_n, "int4 GEMV accumulator")?,
             gemv_ws: a32(max_n + max_n.div_ceil(TILE_N), "registry split-K workspace")?,
-            state: stream.alloc_zeros::<i32>(abi::LAB_LLAMA_STATE_WORDS as usize).ctx("state")?,
+            state: stream
+                .alloc_zeros::<i32>(abi::LAB_LLAMA_STATE_WORDS as usize)
+                .ctx("state")?,
             history: stream.alloc_zeros::<i32>(opts.max_ctx).ctx("history")?,
             inv_freq: stream.clone_htod(&inv_freq).ctx("inv_freq")?,
         };
-        let mut own = (h * 4 + (h * 5 + 2 * kv_dim + 3 * inter) * 2 + v * 4 + (heads * n_splits * (hd + 2) + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2) * 4) as u64;
+        let mut own = (h * 4
+            + (h * 5 + 2 * kv_dim + 3 * inter) * 2
+            + v * 4
+            + (heads * n_splits * (hd + 2) + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2) * 4)
+            as u64;
         own += (abi::LAB_LLAMA_STATE_WORDS as usize + opts.max_ctx) as u64 * 4;
 
-        let has_f16 = weights.layers.iter().any(|l| matches!(l.o, GpuLinear::F16(_)));
+        let has_f16 = weights
+            .layers
+            .iter()
+            .any(|l| matches!(l.o, GpuLinear::F16(_)));
         let mut blas = None;
         let mut fp16_backend = None;
         if has_f16 {
             fp16_backend = Some(Fp16Backend::Lab);
             // SAFETY: only probes whether libcublas can be dlopen'ed; a missing library would
             // otherwise panic inside cudarc on the first cuBLAS call.
-            if opts.fp16_backend == Fp16Backend::Cublas && unsafe { cudarc::cublas::sys::is_culib_present() } {
-                let handle = cudarc::cublas::CudaBlas::new(stream.clone()).ctx("creating the cuBLAS handle")?;
-                let ws = stream.alloc_zeros::<u8>(CUBLAS_WORKSPACE).ctx("cuBLAS workspace")?;
+            if opts.fp16_backend == Fp16Backend::Cublas
+                && unsafe { cudarc::cublas::sys::is_culib_present() }
+            {
+                let handle = cudarc::cublas::CudaBlas::new(stream.clone())
+                    .ctx("creating the cuBLAS handle")?;
+                let ws = stream
+                    .alloc_zeros::<u8>(CUBLAS_WORKSPACE)
+                    .ctx("cuBLAS workspace")?;
                 // SAFETY: the workspace outlives the handle (both live in `Blas`, dropped together).
-                unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*handle.handle(), raw(&ws, &stream) as *mut _, CUBLAS_WORKSPACE) }
-                    .result()
-                    .ctx("cublasSetWorkspace")?;
+                unsafe {
+                    cudarc::cublas::sys::cublasSetWorkspace_v2(
+                        *handle.handle(),
+                        raw(&ws, &stream) as *mut _,
+                        CUBLAS_WORKSPACE,
+                    )
+                }
+                .result()
+                .ctx("cublasSetWorkspace")?;
                 own += CUBLAS_WORKSPACE as u64;
-                blas = Some(Blas { handle, _workspace: ws });
+                blas = Some(Blas {
+                    handle,
+                    _workspace: ws,
+                });
                 fp16_backend = Some(Fp16Backend::Cublas);
             }
         }
@@ -283,10 +366,19 @@ impl GpuEngine {
         let mut gemv_fns = HashMap::new();
         if let Some(v) = opts.int4_variant {
             for (li, l) in weights.layers.iter().enumerate() {
-                let lins = l.qkv.iter().map(|s| &s.lin).chain([&l.o]).chain(l.gate_up.iter().map(|s| &s.lin)).chain([&l.down]);
+                let lins = l
+                    .qkv
+                    .iter()
+                    .map(|s| &s.lin)
+                    .chain([&l.o])
+                    .chain(l.gate_up.iter().map(|s| &s.lin))
+                    .chain([&l.down]);
                 for lin in lins {
                     if let GpuLinear::Int4(q) = lin {
-                        let p = gemv_plan(v, &layer_shape(q), 1, q.k, q.n, &Tunables::new()).map_err(|e| LabError::invalid(format!("layer {li} int4 kernel"), e.to_string()))?;
+                        let p = gemv_plan(v, &layer_shape(q), 1, q.k, q.n, &Tunables::new())
+                            .map_err(|e| {
+                                LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                            })?;
                         if !gemv_fns.contains_key(&p.symbol) {
                             gemv_fns.insert(p.symbol.clone(), gpu.function(&p.symbol)?);
                         }
@@ -339,11 +431,25 @@ impl GpuEngine {
         self.graph.is_some()
     }
 
-    fn launch<P: DeviceRepr>(&self, f: &CudaFunction, grid: (u32, u32), block: u32, smem: u32, p: &P, what: &str) -> Result<()> {
-        let cfg = LaunchConfig { grid_dim: (grid.0, grid.1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem };
+    fn launch<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32),
+        block: u32,
+        smem: u32,
+        p: &P,
+        what: &str,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
         // SAFETY: every params struct carries device addresses of live buffers owned by `self`
         // with the sizes the kernel's top comment requires; shapes were checked at construction.
-        unsafe { self.stream.launch_builder(f).arg(p).launch(cfg) }.map(|_| ()).ctx(what)
+        unsafe { self.stream.launch_builder(f).arg(p).launch(cfg) }
+            .map(|_| ())
+            .ctx(what)
     }
 
     fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
@@ -381,14 +487,37 @@ impl GpuEngine {
             k: l.k as i32,
             group_size: l.group_size as i32,
             groups: l.groups as i32,
-            zero_mode: if l.symmetric { abi::LAB_ZEROS_SYMMETRIC } else { abi::LAB_ZEROS_TRUE } as i32,
+            zero_mode: if l.symmetric {
+                abi::LAB_ZEROS_SYMMETRIC
+            } else {
+                abi::LAB_ZEROS_TRUE
+            } as i32,
             split_k: split as i32,
             k_slice: slice as i32,
         };
         let what = format!("int4 GEMV (engine v1) K {} N {}", l.k, l.n);
-        self.launch(&self.k.q4, (l.n.div_ceil(128) as u32, split as u32), 128, (slice * 4) as u32, &p, &what)?;
-        let f = abi::lab_llama_q4_finish_params { ws: p.workspace, y, n: l.n as i32, _pad: 0 };
-        self.launch(&self.k.q4_finish, (l.n.div_ceil(256) as u32, 1), 256, 0, &f, &what)
+        self.launch(
+            &self.k.q4,
+            (l.n.div_ceil(128) as u32, split as u32),
+            128,
+            (slice * 4) as u32,
+            &p,
+            &what,
+        )?;
+        let f = abi::lab_llama_q4_finish_params {
+            ws: p.workspace,
+            y,
+            n: l.n as i32,
+            _pad: 0,
+        };
+        self.launch(
+            &self.k.q4_finish,
+            (l.n.div_ceil(256) as u32, 1),
+            256,
+            0,
+            &f,
+            &what,
+        )
     }
 
     /// A registry GEMV variant on the engine's buffers and stream: the gemv launcher's plan
@@ -396,11 +525,20 @@ impl GpuEngine {
     fn registry_gemv(&self, v: &'static Variant, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
         let shape = layer_shape(l);
         let plan = gemv_plan(v, &shape, 1, l.k, l.n, &Tunables::new())?;
-        let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| LabError::invalid("int4 kernel", format!("{} was not loaded at engine construction", plan.symbol)))?;
+        let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| {
+            LabError::invalid(
+                "int4 kernel",
+                format!("{} was not loaded at engine construction", plan.symbol),
+            )
+        })?;
         let p = abi::lab_gemm_params {
             x,
             qweight: self.r(&l.qweight),
-            qzeros: if l.symmetric { 0 } else { l.qzeros.as_ref().map_or(0, |z| self.r(z)) },
+            qzeros: if l.symmetric {
+                0
+            } else {
+                l.qzeros.as_ref().map_or(0, |z| self.r(z))
+            },
             scales: self.r(&l.scales),
             g_idx: l.g_idx.as_ref().map_or(0, |g| self.r(g)),
             perm: l.perm.as_ref().map_or(0, |g| self.r(g)),
@@ -412,25 +550,60 @@ impl GpuEngine {
             k: l.k as i32,
             group_size: l.group_size as i32,
             groups: l.groups as i32,
-            zero_mode: if l.symmetric { abi::LAB_ZEROS_SYMMETRIC } else { abi::LAB_ZEROS_TRUE } as i32,
+            zero_mode: if l.symmetric {
+                abi::LAB_ZEROS_SYMMETRIC
+            } else {
+                abi::LAB_ZEROS_TRUE
+            } as i32,
             split_k: plan.split_k as i32,
             k_slice: plan.k_slice as i32,
         };
-        let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: plan.block, shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: plan.grid,
+            block_dim: plan.block,
+            shared_mem_bytes: 0,
+        };
         // SAFETY: as kernels::launch: x [k], y [n] fp16; qweight [k/8, n], scales/qzeros [groups, n
         // (/8)], perm [k] live buffers of this engine; the workspace holds n + n/32 zeroed words
         // for every N of this model (sized for the widest linear); the plan checked the shape.
-        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.map(|_| ()).ctx(&format!("{} ({}) K {} N {}", plan.symbol, v.name, l.k, l.n))
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }
+            .map(|_| ())
+            .ctx(&format!("{} ({}) K {} N {}", plan.symbol, v.name, l.k, l.n))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn gemv_f16(&self, w: u64, x: u64, y16: u64, y32: u64, n: usize, k: usize, what: &str) -> Result<()> {
-        let p = abi::lab_llama_gemv_f16_params { w, x, y_f16: y16, y_f32: y32, n: n as i32, k: k as i32 };
-        self.launch(&self.k.gemv_f16, (n.div_ceil(8) as u32, 1), 256, 0, &p, what)
+    fn gemv_f16(
+        &self,
+        w: u64,
+        x: u64,
+        y16: u64,
+        y32: u64,
+        n: usize,
+        k: usize,
+        what: &str,
+    ) -> Result<()> {
+        let p = abi::lab_llama_gemv_f16_params {
+            w,
+            x,
+            y_f16: y16,
+            y_f32: y32,
+            n: n as i32,
+            k: k as i32,
+        };
+        self.launch(
+            &self.k.gemv_f16,
+            (n.div_ceil(8) as u32, 1),
+            256,
+            0,
+            &p,
+            what,
+        )
     }
 
     fn cublas_gemv(&self, b: &Blas, l: &F16Dev, x: u64, y: u64) -> Result<()> {
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
+        use cudarc::cublas::sys::{
+            cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+        };
         let (alpha, beta) = (1f32, 0f32);
         // Column-major view: W [n, k] row-major is A = k x n (lda k); y (n x 1) = A^T x.
         // SAFETY: w holds n*k fp16, x k fp16, y n fp16 (checked at upload and allocation).
@@ -475,7 +648,12 @@ impl GpuEngine {
     /// Enqueue one decode step. With `trace`, synchronize after every op and keep its output.
     fn enqueue_step(&self, mut trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
         let cfg = &self.cfg;
-        let (h, hd, heads, kvh) = (cfg.hidden_size, cfg.head_dim(), cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (h, hd, heads, kvh) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
         let kv_dim = kvh * hd;
         let (inter, vocab, max_ctx) = (cfg.intermediate_size, cfg.vocab_size, self.opts.max_ctx);
         let b = &self.b;
@@ -483,7 +661,11 @@ impl GpuEngine {
         let tracing = trace.is_some();
         let mut keep = |layer: Option<usize>, op: &'static str, v: Vec<f32>| {
             if let Some(t) = trace.as_deref_mut() {
-                t.push(TraceEntry { layer, op, values: v });
+                t.push(TraceEntry {
+                    layer,
+                    op,
+                    values: v,
+                });
             }
         };
         let snap16 = |s: &CudaSlice<f16>| -> Result<Vec<f32>> {
@@ -510,7 +692,14 @@ impl GpuEngine {
             max_ctx: max_ctx as i32,
             _pad: 0,
         };
-        self.launch(&self.k.embed, (h.div_ceil(256) as u32, 1), 256, 0, &e, "embedding")?;
+        self.launch(
+            &self.k.embed,
+            (h.div_ceil(256) as u32, 1),
+            256,
+            0,
+            &e,
+            "embedding",
+        )?;
         keep(None, "embedding", snap32(&b.resid)?);
 
         let layer_stride = 2 * max_ctx * kv_dim;
@@ -535,7 +724,14 @@ impl GpuEngine {
                 head_dim: hd as i32,
                 max_ctx: max_ctx as i32,
             };
-            self.launch(&self.k.rope, ((heads + kvh) as u32, 1), (hd / 2).max(32) as u32, 0, &rp, &format!("layer {li} rope_kv"))?;
+            self.launch(
+                &self.k.rope,
+                ((heads + kvh) as u32, 1),
+                (hd / 2).max(32) as u32,
+                0,
+                &rp,
+                &format!("layer {li} rope_kv"),
+            )?;
             keep(Some(li), "rope", snap16(&b.qkv)?);
             let ap = abi::lab_llama_attn_params {
                 qkv: self.r(&b.qkv),
@@ -555,20 +751,50 @@ impl GpuEngine {
             };
             let groups = 256 / (hd / 8);
             let smem = ((hd + self.opts.attn_chunk + groups * hd) * 4) as u32;
-            self.launch(&self.k.attn_split, (heads as u32, self.n_splits as u32), 256, smem, &ap, &format!("layer {li} attention (split)"))?;
-            self.launch(&self.k.attn_combine, (heads as u32, 1), 128, 0, &ap, &format!("layer {li} attention (combine)"))?;
+            self.launch(
+                &self.k.attn_split,
+                (heads as u32, self.n_splits as u32),
+                256,
+                smem,
+                &ap,
+                &format!("layer {li} attention (split)"),
+            )?;
+            self.launch(
+                &self.k.attn_combine,
+                (heads as u32, 1),
+                128,
+                0,
+                &ap,
+                &format!("layer {li} attention (combine)"),
+            )?;
             keep(Some(li), "attention", snap16(&b.attn)?);
             self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
             keep(Some(li), "o_proj", snap16(&b.o)?);
-            self.norm(self.r(&b.o), &l.ffn_norm, &format!("layer {li} post_attention_layernorm"))?;
+            self.norm(
+                self.r(&b.o),
+                &l.ffn_norm,
+                &format!("layer {li} post_attention_layernorm"),
+            )?;
             keep(Some(li), "residual_attn", snap32(&b.resid)?);
             keep(Some(li), "ffn_norm", snap16(&b.xn)?);
             for s in &l.gate_up {
                 self.linear(&s.lin, self.r(&b.xn), self.r(&b.gate_up) + 2 * s.col as u64)?;
             }
             keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?);
-            let sp = abi::lab_llama_silu_params { gate_up: self.r(&b.gate_up), out: self.r(&b.act), inter: inter as i32, _pad: 0 };
-            self.launch(&self.k.silu, (inter.div_ceil(256) as u32, 1), 256, 0, &sp, &format!("layer {li} silu_mul"))?;
+            let sp = abi::lab_llama_silu_params {
+                gate_up: self.r(&b.gate_up),
+                out: self.r(&b.act),
+                inter: inter as i32,
+                _pad: 0,
+            };
+            self.launch(
+                &self.k.silu,
+                (inter.div_ceil(256) as u32, 1),
+                256,
+                0,
+                &sp,
+                &format!("layer {li} silu_mul"),
+            )?;
             keep(Some(li), "silu_mul", snap16(&b.act)?);
             self.linear(&l.down, self.r(&b.act), self.r(&b.down))?;
             keep(Some(li), "down_proj", snap16(&b.down)?);
@@ -576,9 +802,22 @@ impl GpuEngine {
         self.norm(self.r(&b.down), &self.weights.final_norm, "final norm")?;
         keep(None, "residual_final", snap32(&b.resid)?);
         keep(None, "final_norm", snap16(&b.xn)?);
-        self.gemv_f16(self.r(&self.weights.lm_head), self.r(&b.xn), 0, self.r(&b.logits), vocab, h, "lm_head")?;
+        self.gemv_f16(
+            self.r(&self.weights.lm_head),
+            self.r(&b.xn),
+            0,
+            self.r(&b.logits),
+            vocab,
+            h,
+            "lm_head",
+        )?;
         keep(None, "lm_head", snap32(&b.logits)?);
-        let gp = abi::lab_llama_argmax_params { logits: self.r(&b.logits), state, vocab: vocab as i32, max_ctx: max_ctx as i32 };
+        let gp = abi::lab_llama_argmax_params {
+            logits: self.r(&b.logits),
+            state,
+            vocab: vocab as i32,
+            max_ctx: max_ctx as i32,
+        };
         self.launch(&self.k.argmax, (1, 1), 1024, 0, &gp, "argmax")
     }
 
@@ -594,7 +833,9 @@ impl GpuEngine {
         let r = self.enqueue_step(None);
         let g = self.stream.end_capture(CUgraphInstantiate_flags(0));
         r?;
-        let g = g.ctx("end graph capture / instantiate")?.ok_or_else(|| LabError::invalid("CUDA graph", "capture produced an empty graph"))?;
+        let g = g
+            .ctx("end graph capture / instantiate")?
+            .ok_or_else(|| LabError::invalid("CUDA graph", "capture produced an empty graph"))?;
         g.upload().ctx("graph upload")?;
         self.graph = Some(g);
         let f = free_now(&self.ctx)?;
@@ -611,10 +852,15 @@ impl GpuEngine {
     /// with random values instead of running a prefill).
     pub fn set_position(&mut self, pos: usize) -> Result<()> {
         if pos >= self.opts.max_ctx {
-            return Err(LabError::invalid("position", format!("{pos} is past the KV cache ({} rows)", self.opts.max_ctx)));
+            return Err(LabError::invalid(
+                "position",
+                format!("{pos} is past the KV cache ({} rows)", self.opts.max_ctx),
+            ));
         }
         let words = [0i32, pos as i32, 0, 0];
-        self.stream.memcpy_htod(&words, &mut self.b.state).ctx("writing the step state")?;
+        self.stream
+            .memcpy_htod(&words, &mut self.b.state)
+            .ctx("writing the step state")?;
         self.pos = pos;
         Ok(())
     }
@@ -622,16 +868,33 @@ impl GpuEngine {
     /// Fill the whole KV cache with random fp16 values in [-1, 1) (benchmarks).
     pub fn fill_kv_random(&mut self, seed: u64) -> Result<()> {
         let p = self.r(&self.kv);
-        crate::model::gpu_weights::fill_launch(&self.stream, &self.k.fill, p, self.kv.len(), seed, -1.0, 1.0, abi::LAB_FILL_F16 as i32)
+        crate::model::gpu_weights::fill_launch(
+            &self.stream,
+            &self.k.fill,
+            p,
+            self.kv.len(),
+            seed,
+            -1.0,
+            1.0,
+            abi::LAB_FILL_F16 as i32,
+        )
     }
 
     fn run_step(&mut self, graph: bool, trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
         if self.pos >= self.opts.max_ctx {
-            return Err(LabError::invalid("sequence length", format!("the KV cache is full ({} positions)", self.opts.max_ctx)));
+            return Err(LabError::invalid(
+                "sequence length",
+                format!("the KV cache is full ({} positions)", self.opts.max_ctx),
+            ));
         }
         match (&self.graph, graph && trace.is_none()) {
             (Some(g), true) => g.launch().ctx("graph launch")?,
-            (None, true) => return Err(LabError::invalid("decode step", "graph replay asked for before capture_graph")),
+            (None, true) => {
+                return Err(LabError::invalid(
+                    "decode step",
+                    "graph replay asked for before capture_graph",
+                ))
+            }
             _ => self.enqueue_step(trace)?,
         }
         self.pos += 1;
@@ -639,12 +902,25 @@ impl GpuEngine {
     }
 
     /// Feed `token` at the current position (prompt tokens, teacher forcing).
-    pub fn feed(&mut self, token: u32, graph: bool, trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
+    pub fn feed(
+        &mut self,
+        token: u32,
+        graph: bool,
+        trace: Option<&mut Vec<TraceEntry>>,
+    ) -> Result<()> {
         if token as usize >= self.cfg.vocab_size {
-            return Err(LabError::invalid("token id", format!("{token} is out of range for vocab_size {}", self.cfg.vocab_size)));
+            return Err(LabError::invalid(
+                "token id",
+                format!(
+                    "{token} is out of range for vocab_size {}",
+                    self.cfg.vocab_size
+                ),
+            ));
         }
         let mut tok = self.b.state.slice_mut(0..1);
-        self.stream.memcpy_htod(&[token as i32], &mut tok).ctx("writing the token")?;
+        self.stream
+            .memcpy_htod(&[token as i32], &mut tok)
+            .ctx("writing the token")?;
         self.run_step(graph, trace)
     }
 
@@ -656,7 +932,10 @@ impl GpuEngine {
     /// Synchronize, then fail if a kernel raised a state flag.
     pub fn check_state(&self) -> Result<[i32; 4]> {
         self.stream.synchronize().ctx("decode step")?;
-        let s = self.stream.clone_dtoh(&self.b.state).ctx("reading the step state")?;
+        let s = self
+            .stream
+            .clone_dtoh(&self.b.state)
+            .ctx("reading the step state")?;
         let f = s[abi::LAB_LLAMA_STATE_FLAGS as usize];
         if f != 0 {
             let mut why = Vec::new();
@@ -669,7 +948,10 @@ impl GpuEngine {
             if f & abi::LAB_LLAMA_FLAG_NAN_LOGITS as i32 != 0 {
                 why.push("all logits were NaN or -inf");
             }
-            return Err(LabError::CheckFailed(format!("decode step flags {f:#x}: {}", why.join(", "))));
+            return Err(LabError::CheckFailed(format!(
+                "decode step flags {f:#x}: {}",
+                why.join(", ")
+            )));
         }
         Ok([s[0], s[1], s[2], s[3]])
     }
@@ -677,7 +959,10 @@ impl GpuEngine {
     /// Synchronize and read the sticky flag word (LAB_LLAMA_FLAG_*) without failing on it.
     pub fn flags(&self) -> Result<i32> {
         self.stream.synchronize().ctx("decode step")?;
-        let s = self.stream.clone_dtoh(&self.b.state).ctx("reading the step state")?;
+        let s = self
+            .stream
+            .clone_dtoh(&self.b.state)
+            .ctx("reading the step state")?;
         Ok(s[abi::LAB_LLAMA_STATE_FLAGS as usize])
     }
 
@@ -695,7 +980,14 @@ impl GpuEngine {
         }
         // The last new token is chosen but never fed: prompt + n_new - 1 positions are cached.
         if prompt.len() + n_new.saturating_sub(1) > self.opts.max_ctx {
-            return Err(LabError::invalid("generation length", format!("{} prompt + {n_new} new tokens exceed the KV cache ({})", prompt.len(), self.opts.max_ctx)));
+            return Err(LabError::invalid(
+                "generation length",
+                format!(
+                    "{} prompt + {n_new} new tokens exceed the KV cache ({})",
+                    prompt.len(),
+                    self.opts.max_ctx
+                ),
+            ));
         }
         if graph {
             self.capture_graph()?;
@@ -709,8 +1001,14 @@ impl GpuEngine {
             self.step_greedy(graph)?;
         }
         let st = self.check_state()?;
-        let hist = self.stream.clone_dtoh(&self.b.history).ctx("reading the token history")?;
-        let mut out: Vec<u32> = hist[start + prompt.len()..self.pos].iter().map(|&t| t as u32).collect();
+        let hist = self
+            .stream
+            .clone_dtoh(&self.b.history)
+            .ctx("reading the token history")?;
+        let mut out: Vec<u32> = hist[start + prompt.len()..self.pos]
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
         if n_new > 0 {
             out.push(st[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32);
         }
@@ -755,16 +1053,38 @@ mod tests {
 
     #[test]
     fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused() {
-        let cfgs = [ModelConfig::vicuna_7b(), ModelConfig::vicuna_13b(), crate::model::gpu_check::tiny_config()];
+        let cfgs = [
+            ModelConfig::vicuna_7b(),
+            ModelConfig::vicuna_13b(),
+            crate::model::gpu_check::tiny_config(),
+        ];
         for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
             let v = int4_kernel_by_name(name).unwrap().unwrap();
             for cfg in &cfgs {
-                let (h, i, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * cfg.head_dim());
+                let (h, i, kv) = (
+                    cfg.hidden_size,
+                    cfg.intermediate_size,
+                    cfg.num_key_value_heads * cfg.head_dim(),
+                );
                 for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
                     let g = if k % 128 == 0 { 128 } else { 64 };
-                    for (group, perm, symmetric) in [(g, false, false), (g, true, false), (k, false, true), (32, true, true)] {
-                        let s = LayerShape { k, n, group_size: group, g_idx: false, perm, bias: false, symmetric };
-                        let p = gemv_plan(v, &s, 1, k, n, &Tunables::new()).unwrap_or_else(|e| panic!("{name} {} {k}x{n}: {e}", cfg.name));
+                    for (group, perm, symmetric) in [
+                        (g, false, false),
+                        (g, true, false),
+                        (k, false, true),
+                        (32, true, true),
+                    ] {
+                        let s = LayerShape {
+                            k,
+                            n,
+                            group_size: group,
+                            g_idx: false,
+                            perm,
+                            bias: false,
+                            symmetric,
+                        };
+                        let p = gemv_plan(v, &s, 1, k, n, &Tunables::new())
+                            .unwrap_or_else(|e| panic!("{name} {} {k}x{n}: {e}", cfg.name));
                         assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
                     }
                 }
@@ -777,13 +1097,32 @@ mod tests {
 
     #[test]
     fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {
-        for &(n, k) in &[(12288usize, 4096usize), (4096, 11008), (22016, 4096), (64, 64), (128, 192), (15360, 5120), (5120, 13824), (8, 8)] {
+        for &(n, k) in &[
+            (12288usize, 4096usize),
+            (4096, 11008),
+            (22016, 4096),
+            (64, 64),
+            (128, 192),
+            (15360, 5120),
+            (5120, 13824),
+            (8, 8),
+        ] {
             let (split, slice) = q4_split(n, k, 132);
             assert_eq!(slice % 8, 0, "{n}x{k}");
-            assert!(split * slice >= k && (split - 1) * slice < k, "{n}x{k}: {split} x {slice}");
-            assert!(slice <= 8192, "{n}x{k}: x slice {slice} rows exceeds 32 KB of shared memory");
+            assert!(
+                split * slice >= k && (split - 1) * slice < k,
+                "{n}x{k}: {split} x {slice}"
+            );
+            assert!(
+                slice <= 8192,
+                "{n}x{k}: x slice {slice} rows exceeds 32 KB of shared memory"
+            );
             if k >= 64 * 16 {
-                assert!(n.div_ceil(128) * split >= 4 * 132 || slice <= 64 + 8, "{n}x{k}: only {} blocks", n.div_ceil(128) * split);
+                assert!(
+                    n.div_ceil(128) * split >= 4 * 132 || slice <= 64 + 8,
+                    "{n}x{k}: only {} blocks",
+                    n.div_ceil(128) * split
+                );
             }
         }
     }

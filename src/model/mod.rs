@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_engine;
+pub mod decode_bench;
 pub mod gpu_check;
 pub mod gpu_engine;
 pub mod gpu_weights;
@@ -12,4 +13,3 @@ pub mod template;
 pub mod tokenizer;
 pub mod vram;
 pub mod weights;
-pub mod decode_bench;

@@ -101,7 +101,10 @@ mod tests {
         l.phase(Phase::Workspace, 73 * G + G / 2, 1000);
         let r = l.report();
         assert_eq!(r.context_bytes, G);
-        assert_eq!((r.weights_driver_bytes, r.weights_bytes), (4 * G, 4 * G - 5));
+        assert_eq!(
+            (r.weights_driver_bytes, r.weights_bytes),
+            (4 * G, 4 * G - 5)
+        );
         assert_eq!(r.kv_driver_bytes, G);
         assert_eq!(r.workspace_driver_bytes, G / 2);
         assert_eq!(r.peak_used_bytes, 7 * G);

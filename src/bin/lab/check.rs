@@ -122,7 +122,11 @@ fn list(opts: &CheckOptions, json: bool) -> anyhow::Result<()> {
                 v.description
             );
         }
-        println!("{} cases{}", cases.len(), if opts.quick { " (quick)" } else { "" });
+        println!(
+            "{} cases{}",
+            cases.len(),
+            if opts.quick { " (quick)" } else { "" }
+        );
         for c in &cases {
             println!("  #{:<3} {}", c.id, c.describe());
         }
@@ -144,7 +148,10 @@ fn static_report(opts: &CheckOptions, json: bool) -> anyhow::Result<()> {
     for &f in &families {
         let fam = sc::family_dir(f);
         res.extend(sc::family_resources(fam).with_context(|| {
-            format!("the ptxas report is written by build.rs on the build machine ({})", gptq_lab::build_info::FATBIN_DIR)
+            format!(
+                "the ptxas report is written by build.rs on the build machine ({})",
+                gptq_lab::build_info::FATBIN_DIR
+            )
         })?);
         match sc::fatbin_sass(&sc::fatbin_path(fam)) {
             Ok(s) => sass.extend(s),
@@ -173,9 +180,18 @@ fn static_report(opts: &CheckOptions, json: bool) -> anyhow::Result<()> {
             for sym in v.symbols {
                 print!("{sym:<28}");
                 for a in &archs {
-                    let cell = table.get(*sym).and_then(|m| m.get(a)).map_or("-".to_string(), |r| {
-                        format!("{}/{}/{}", r.registers, r.stack_bytes, r.spill_stores + r.spill_loads)
-                    });
+                    let cell =
+                        table
+                            .get(*sym)
+                            .and_then(|m| m.get(a))
+                            .map_or("-".to_string(), |r| {
+                                format!(
+                                    "{}/{}/{}",
+                                    r.registers,
+                                    r.stack_bytes,
+                                    r.spill_stores + r.spill_loads
+                                )
+                            });
                     print!(" {cell:>12}");
                 }
                 let loads: Vec<String> = sass

@@ -16,9 +16,16 @@ use anyhow::{bail, Context};
 use gptq_lab::bench::measure_ceilings;
 use gptq_lab::cuda::Gpu;
 use gptq_lab::model::config::ModelConfig;
-use gptq_lab::model::decode_bench::{run_decode_bench, write_decode_report, BenchPlan, DecodeReport};
-use gptq_lab::model::gpu_check::{check_checkpoint, check_opts, check_tiny_case, tiny_cases, CheckReport, CHECK_NEW, CHECK_PROMPT, FIXTURES};
-use gptq_lab::model::gpu_engine::{int4_kernel_by_name, int4_kernel_name, EngineOptions, Fp16Backend, GpuEngine, WeightSource};
+use gptq_lab::model::decode_bench::{
+    run_decode_bench, write_decode_report, BenchPlan, DecodeReport,
+};
+use gptq_lab::model::gpu_check::{
+    check_checkpoint, check_opts, check_tiny_case, tiny_cases, CheckReport, CHECK_NEW,
+    CHECK_PROMPT, FIXTURES,
+};
+use gptq_lab::model::gpu_engine::{
+    int4_kernel_by_name, int4_kernel_name, EngineOptions, Fp16Backend, GpuEngine, WeightSource,
+};
 use gptq_lab::model::gpu_weights::{HostLlama, WeightKind};
 use gptq_lab::report::{report_dir, utc_now};
 use std::path::PathBuf;
@@ -72,7 +79,11 @@ pub struct GpuArgs {
 }
 
 fn open_gpu() -> anyhow::Result<Gpu> {
-    let gpu = gptq_lab::cuda::open(0).map_err(|e| anyhow::anyhow!("lab decode --backend gpu: {e}; the CPU backend runs without one (--backend cpu)"))?;
+    let gpu = gptq_lab::cuda::open(0).map_err(|e| {
+        anyhow::anyhow!(
+            "lab decode --backend gpu: {e}; the CPU backend runs without one (--backend cpu)"
+        )
+    })?;
     if !gptq_lab::build_info::KERNELS_BUILT {
         bail!(gptq_lab::LabError::KernelsNotBuilt);
     }
@@ -106,8 +117,16 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     }
     for n in &names {
         let k = match n.as_str() {
-            "int4" => WeightKind::Int4 { group: g.group, act_order: false, sym: g.sym },
-            "int4-act" => WeightKind::Int4 { group: g.group, act_order: true, sym: g.sym },
+            "int4" => WeightKind::Int4 {
+                group: g.group,
+                act_order: false,
+                sym: g.sym,
+            },
+            "int4-act" => WeightKind::Int4 {
+                group: g.group,
+                act_order: true,
+                sym: g.sym,
+            },
             "fp16" => WeightKind::Fp16,
             o => bail!("--weights {o}: expected int4, int4-act or fp16"),
         };
@@ -118,17 +137,32 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     if g.ctx_list.is_empty() || g.ctx_list.contains(&0) {
         bail!("--ctx-list: give positive context lengths, e.g. 128,512,1024,2048");
     }
-    let cfgs = models.split(',').map(|m| ModelConfig::preset(m.trim())).collect::<Result<Vec<_>, _>>()?;
+    let cfgs = models
+        .split(',')
+        .map(|m| ModelConfig::preset(m.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
     let backend = fp16_backend(&g.fp16_backend)?;
     let gpu = open_gpu()?;
     let t0 = Instant::now();
     let ceilings = measure_ceilings(&gpu).context("measuring bandwidth ceilings")?;
-    eprintln!("ceilings: read {:.0} GB/s, copy {:.0} GB/s ({:.1} s)", ceilings.read_gbs, ceilings.copy_gbs, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "ceilings: read {:.0} GB/s, copy {:.0} GB/s ({:.1} s)",
+        ceilings.read_gbs,
+        ceilings.copy_gbs,
+        t0.elapsed().as_secs_f64()
+    );
     let mut runs: Vec<DecodeReport> = Vec::new();
     let mut failures = Vec::new();
-    let int4_kernels = g.int4_kernel.iter().map(|n| int4_kernel_by_name(n.trim())).collect::<Result<Vec<_>, _>>()?;
+    let int4_kernels = g
+        .int4_kernel
+        .iter()
+        .map(|n| int4_kernel_by_name(n.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
     // fp16 runs do not use an int4 kernel: once each.
-    let combos: Vec<(WeightKind, Option<&'static gptq_lab::kernels::registry::Variant>)> = kinds
+    let combos: Vec<(
+        WeightKind,
+        Option<&'static gptq_lab::kernels::registry::Variant>,
+    )> = kinds
         .iter()
         .flat_map(|&k| match k {
             WeightKind::Fp16 => vec![(k, None)],
@@ -138,7 +172,16 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     for cfg in &cfgs {
         for &(kind, int4_variant) in &combos {
             let t = Instant::now();
-            let plan = BenchPlan { cfg: cfg.clone(), kind, contexts: g.ctx_list.clone(), steps: g.steps, warmup: g.warmup, seed: a.seed.wrapping_add(1), fp16_backend: backend, int4_variant };
+            let plan = BenchPlan {
+                cfg: cfg.clone(),
+                kind,
+                contexts: g.ctx_list.clone(),
+                steps: g.steps,
+                warmup: g.warmup,
+                seed: a.seed.wrapping_add(1),
+                fp16_backend: backend,
+                int4_variant,
+            };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
             gpu.ctx.synchronize().ok();
@@ -148,7 +191,12 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     runs.push(r);
                 }
                 Err(e) => {
-                    let what = format!("{} {} [{}]", cfg.name, kind.label(), int4_kernel_name(int4_variant));
+                    let what = format!(
+                        "{} {} [{}]",
+                        cfg.name,
+                        kind.label(),
+                        int4_kernel_name(int4_variant)
+                    );
                     eprintln!("FAIL {what}: {e}");
                     failures.push(format!("{what}: {e}"));
                 }
@@ -164,7 +212,12 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}/decode.{{json,md}} + decode-*.svg", dir.display());
     }
     if !failures.is_empty() {
-        bail!("{} of {} decode runs failed: {}", failures.len(), cfgs.len() * combos.len(), failures.join("; "));
+        bail!(
+            "{} of {} decode runs failed: {}",
+            failures.len(),
+            cfgs.len() * combos.len(),
+            failures.join("; ")
+        );
     }
     Ok(())
 }
@@ -197,7 +250,12 @@ fn fixtures_dir(g: &GpuArgs) -> Option<PathBuf> {
     if let Some(d) = &g.fixtures {
         return Some(d.clone());
     }
-    [PathBuf::from("tests/fixtures"), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))].into_iter().find(|d| d.is_dir())
+    [
+        PathBuf::from("tests/fixtures"),
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")),
+    ]
+    .into_iter()
+    .find(|d| d.is_dir())
 }
 
 /// Every random tiny case, then the fixture checkpoints; one line each, the first bad op named.
@@ -213,7 +271,12 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
                 reports.push(r);
             }
             Err(e) => {
-                let what = format!("tiny random {} chunk {} int4 kernel {}", c.kind.label(), c.chunk, int4_kernel_name(c.int4));
+                let what = format!(
+                    "tiny random {} chunk {} int4 kernel {}",
+                    c.kind.label(),
+                    c.chunk,
+                    int4_kernel_name(c.int4)
+                );
                 println!("ERROR {what}: {e}");
                 errors.push(format!("{what}: {e}"));
             }
@@ -225,7 +288,13 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
             Some(root) => {
                 for name in FIXTURES {
                     let dir = root.join(name);
-                    match check_checkpoint(&gpu, &dir, &CHECK_PROMPT, CHECK_NEW, check_opts(16, Fp16Backend::Cublas)) {
+                    match check_checkpoint(
+                        &gpu,
+                        &dir,
+                        &CHECK_PROMPT,
+                        CHECK_NEW,
+                        check_opts(16, Fp16Backend::Cublas),
+                    ) {
                         Ok(r) => {
                             println!("{}", r.summary());
                             reports.push(r);
@@ -247,9 +316,16 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
     }
     let failed = reports.iter().filter(|r| !r.pass).count();
     if failed > 0 || !errors.is_empty() {
-        bail!("GPU engine check: {failed} of {} configurations out of tolerance, {} errors", reports.len(), errors.len());
+        bail!(
+            "GPU engine check: {failed} of {} configurations out of tolerance, {} errors",
+            reports.len(),
+            errors.len()
+        );
     }
-    println!("GPU engine check: all {} configurations PASS", reports.len());
+    println!(
+        "GPU engine check: all {} configurations PASS",
+        reports.len()
+    );
     Ok(())
 }
 
@@ -261,9 +337,18 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let ckpt = gptq_lab::model::checkpoint::Checkpoint::open(&dir)?;
     let prompt: Vec<u32> = match &a.prompt_ids {
         Some(ids) => gptq_lab::model::tokenizer::parse_ids(ids)?,
-        None => match (&a.prompt, gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?) {
-            (Some(text), Some(tok)) => tok.encode(&gptq_lab::model::template::Template::parse(&a.template)?.render(text), true)?,
-            (Some(_), None) => bail!("{}: no tokenizer.json, so --prompt cannot be tokenized; pass --prompt-ids", ckpt.dir.display()),
+        None => match (
+            &a.prompt,
+            gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?,
+        ) {
+            (Some(text), Some(tok)) => tok.encode(
+                &gptq_lab::model::template::Template::parse(&a.template)?.render(text),
+                true,
+            )?,
+            (Some(_), None) => bail!(
+                "{}: no tokenizer.json, so --prompt cannot be tokenized; pass --prompt-ids",
+                ckpt.dir.display()
+            ),
             (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
         },
     };
@@ -271,15 +356,26 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
-    opts.int4_variant = int4_kernel_by_name(a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()))?;
+    opts.int4_variant =
+        int4_kernel_by_name(a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()))?;
     let label = dir.display().to_string();
-    let mut eng = GpuEngine::new(&gpu, &ckpt.config, WeightSource::Host { weights: &host, label: &label }, opts)?;
+    let mut eng = GpuEngine::new(
+        &gpu,
+        &ckpt.config,
+        WeightSource::Host {
+            weights: &host,
+            label: &label,
+        },
+        opts,
+    )?;
     drop(host);
     let load_s = t0.elapsed().as_secs_f64();
     let sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     let t1 = Instant::now();
     let tokens = match sampling {
-        gptq_lab::model::sampler::Sampling::Greedy => eng.generate(&prompt, a.max_new_tokens, true)?,
+        gptq_lab::model::sampler::Sampling::Greedy => {
+            eng.generate(&prompt, a.max_new_tokens, true)?
+        }
         _ => {
             // top-p on the host over copied logits; each step feeds the sampled token.
             let mut sampler = gptq_lab::model::sampler::Sampler::new(sampling, a.seed);
