@@ -68,4 +68,100 @@ typedef struct {
 #define LAB_GEMM_V2_STAGE_FIXED_BYTES 9472
 #define LAB_GEMM_V2_STAGE_BYTES_PER_MTILE 2304
 
+/* ---- LLaMA decode ops (kernels/llama/) ----
+ * One decode step is a fixed sequence of launches whose only per-step inputs live in device
+ * memory (the state words below), so the whole step is captured once as a CUDA graph and replayed.
+ * The residual stream is fp32 (it is only [hidden]); every activation that feeds a linear is fp16.
+ */
+#define LAB_LLAMA_STATE_TOKEN 0   /* i32: token fed at this step; argmax overwrites it with the next one */
+#define LAB_LLAMA_STATE_POS 1     /* i32: position of that token = cached positions before this step */
+#define LAB_LLAMA_STATE_FLAGS 2   /* i32: sticky error bits, LAB_LLAMA_FLAG_* (host reads after sync) */
+#define LAB_LLAMA_STATE_WORDS 4
+#define LAB_LLAMA_FLAG_BAD_TOKEN 1    /* token id >= vocab: embedding row not read, x set to NaN */
+#define LAB_LLAMA_FLAG_CTX_FULL 2     /* pos >= max_ctx: nothing appended to the KV cache */
+#define LAB_LLAMA_FLAG_NAN_LOGITS 4   /* every logit NaN or -inf: argmax fell back to token 0 */
+
+/* fill kernels for synthetic weights (generated on the GPU, never on the host) */
+#define LAB_FILL_U32 0   /* uniform random 32-bit words (random int4 codes / zeros) */
+#define LAB_FILL_F16 1   /* fp16 uniform in [lo, hi) */
+#define LAB_FILL_CONST_U32 2 /* every word = (uint32_t)lo (e.g. 0x88888888 symmetric zeros) */
+
+typedef struct {
+    uint64_t ptr;      /* u32 or fp16 [n] */
+    uint64_t n;        /* number of elements (u32 words or fp16 values) */
+    uint64_t seed;     /* counter-based hash seed: element i depends only on (seed, i) */
+    float lo, hi;      /* range for LAB_FILL_F16; lo holds the word for LAB_FILL_CONST_U32 */
+    int32_t kind;      /* LAB_FILL_* */
+    int32_t _pad;
+} lab_llama_fill_params;
+
+typedef struct {
+    uint64_t table;    /* fp16 [vocab, hidden] row-major (HF embed_tokens) */
+    uint64_t state;    /* i32 [LAB_LLAMA_STATE_WORDS] */
+    uint64_t history;  /* i32 [max_ctx]: history[pos] = token fed at pos (written here) */
+    uint64_t resid;    /* f32 [hidden] residual stream, written */
+    int32_t hidden, vocab, max_ctx;
+    int32_t _pad;
+} lab_llama_embed_params;
+
+typedef struct {
+    uint64_t resid;    /* f32 [hidden] residual stream, read (and updated when delta != 0) */
+    uint64_t delta;    /* fp16 [hidden] added into resid first (fused residual add), or 0 */
+    uint64_t weight;   /* fp16 [hidden] RMSNorm gain */
+    uint64_t out;      /* fp16 [hidden] normalized output, written */
+    int32_t hidden;
+    float eps;
+} lab_llama_norm_params;
+
+typedef struct {
+    uint64_t qkv;      /* fp16 [q: heads*hd | k: kv_heads*hd | v: kv_heads*hd], q and k rotated in place */
+    uint64_t k_cache;  /* fp16 [max_ctx, kv_heads*hd] of this layer: row pos written with rotated k */
+    uint64_t v_cache;  /* fp16 [max_ctx, kv_heads*hd] of this layer: row pos written with v */
+    uint64_t inv_freq; /* f32 [hd/2]: theta^(-2i/hd), computed on the host in f64 */
+    uint64_t state;    /* i32 state words: position read from here */
+    int32_t heads, kv_heads, head_dim, max_ctx;
+} lab_llama_rope_params;
+
+typedef struct {
+    uint64_t qkv;      /* fp16 [heads*hd | ...]: q (rotated) is the first heads*hd values */
+    uint64_t k_cache;  /* fp16 [max_ctx, kv_heads*hd] */
+    uint64_t v_cache;  /* fp16 [max_ctx, kv_heads*hd] */
+    uint64_t partial;  /* f32 [heads, n_splits, hd + 2]: per split (unnormalized out[hd], max, sum) */
+    uint64_t out;      /* fp16 [heads*hd] attention output, written by the combine kernel */
+    uint64_t state;    /* i32 state words: attended length = min(pos + 1, max_ctx) */
+    int32_t heads, kv_heads, head_dim, max_ctx;
+    int32_t chunk;     /* positions per split block */
+    int32_t n_splits;  /* ceil(max_ctx / chunk): grid.y, fixed so a captured graph fits every length */
+    float scale;       /* 1 / sqrt(hd) */
+    int32_t _pad;
+} lab_llama_attn_params;
+
+typedef struct {
+    uint64_t gate_up;  /* fp16 [2*inter]: gate = first inter values, up = next inter (fused linear) */
+    uint64_t out;      /* fp16 [inter] = silu(gate) * up */
+    int32_t inter;
+    int32_t _pad;
+} lab_llama_silu_params;
+
+typedef struct {
+    uint64_t w;        /* fp16 [n, k] row-major (HF nn.Linear / lm_head layout: one row per output) */
+    uint64_t x;        /* fp16 [k] */
+    uint64_t y_f16;    /* fp16 [n] output, or 0 */
+    uint64_t y_f32;    /* f32 [n] output, or 0 (logits) */
+    int32_t n, k;      /* k a multiple of 8 (16-byte rows chunks) */
+} lab_llama_gemv_f16_params;
+
+typedef struct {
+    uint64_t logits;   /* f32 [vocab] */
+    uint64_t state;    /* i32 state words: TOKEN <- argmax (lowest index on ties, NaN ignored), POS += 1 */
+    int32_t vocab, max_ctx;
+} lab_llama_argmax_params;
+
+typedef struct {
+    uint64_t ws;       /* f32 [n] split-K accumulator of the engine's int4 GEMV: read, then zeroed */
+    uint64_t y;        /* fp16 [n] */
+    int32_t n;
+    int32_t _pad;
+} lab_llama_q4_finish_params;
+
 #endif

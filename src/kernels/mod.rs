@@ -17,6 +17,15 @@ pub mod abi {
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_gemm_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_ref_matmul_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_probe_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_fill_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_embed_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_norm_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_rope_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_attn_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_silu_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_gemv_f16_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_argmax_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_q4_finish_params {}
 
 pub mod baseline;
 pub mod gemm;

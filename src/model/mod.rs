@@ -4,7 +4,12 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_engine;
+pub mod decode_bench;
+pub mod gpu_check;
+pub mod gpu_engine;
+pub mod gpu_weights;
 pub mod sampler;
 pub mod template;
 pub mod tokenizer;
+pub mod vram;
 pub mod weights;

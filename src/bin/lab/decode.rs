@@ -4,7 +4,10 @@
 //!   lab decode --backend cpu --checkpoint DIR --prompt "Hello" --template v1.1 --top-p 0.9 --seed 1
 //!
 //! The CPU backend is the reference engine (dense f32 weights, one token at a time): meant for the
-//! tiny fixtures and spot checks, not for speed. The GPU engine is not built yet.
+//! tiny fixtures and spot checks, not for speed. The GPU engine: decode_gpu.rs (--backend gpu).
+
+#[path = "decode_gpu.rs"]
+mod gpu;
 
 use anyhow::{bail, Context};
 use gptq_lab::model::checkpoint::Checkpoint;
@@ -61,6 +64,8 @@ pub struct DecodeArgs {
     /// One JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    gpu: gpu::GpuArgs,
 }
 
 /// Where `--model tiny` points: the committed fixture, found from the source tree this binary was
@@ -69,7 +74,7 @@ const TINY_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/
 
 pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     if a.backend == Backend::Gpu {
-        bail!("--backend gpu: GPU engine not available yet; use --backend cpu with --checkpoint DIR or --model tiny");
+        return gpu::run(&a);
     }
     let dir = checkpoint_dir(&a)?;
     let sampling = Sampling::new(a.greedy, a.top_p, a.temperature)?;

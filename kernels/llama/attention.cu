@@ -1,0 +1,131 @@
+// Attention of one new token over the KV cache (decode), split along the sequence
+// ("flash-decoding"): pass 1 gives each (head, chunk of positions) its own block and writes an
+// unnormalized partial; pass 2 combines the partials of each head with the log-sum-exp rule.
+//   lab_llama_attn_split    v1: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position
+//   lab_llama_attn_combine  v1: grid heads x 128 threads; out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M)
+// Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
+// positions the 7B cache read is 2048 x 32 layers x 2 x 4096 x 2 B = 1.07 GB per token, a third of
+// the int4 weights, so it must run near full bandwidth. The grid is sized for max_ctx so a captured
+// graph serves every length: blocks whose chunk starts past the current length exit at once.
+// Checked by: cargo test --release --test gpu_decode (CPU f64 attention, several chunk sizes).
+#include "llama/util.cuh"
+
+#define LLAMA_ATTN_THREADS 256
+#define LLAMA_ATTN_UNROLL 4  // 16-byte loads in flight per thread per step
+
+// Shared memory (dynamic): q*scale [hd] | scores [chunk] | V partial sums [256/(hd/8)][hd].
+// hd is a power of two in 8..256 (the launcher checks), so hd/8 lanes cover one position's row.
+extern "C" __global__ void __launch_bounds__(LLAMA_ATTN_THREADS)
+lab_llama_attn_split(lab_llama_attn_params p) {
+    extern __shared__ float sm[];
+    const int hd = p.head_dim, head = blockIdx.x, split = blockIdx.y;
+    const int pos = llama_pos(p.state);
+    const int len = min(pos + 1, p.max_ctx);
+    const int start = split * p.chunk;
+    if (start >= len) return;  // block-uniform: nothing to attend in this chunk
+    const int end = min(start + p.chunk, len);
+    const int kv_dim = p.kv_heads * hd;
+    const int kvh = head / (p.heads / p.kv_heads);
+    const int lpp = hd / 8;                    // lanes per position
+    const int groups = blockDim.x / lpp;       // positions handled at once by the block
+    const int g = threadIdx.x / lpp, l = threadIdx.x % lpp;
+    float* qs = sm;
+    float* sc = qs + hd;
+    float* red = sc + p.chunk;
+
+    const __half* q = reinterpret_cast<const __half*>(p.qkv) + (size_t)head * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = __half2float(q[d]) * p.scale;
+    __syncthreads();
+    float qf[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) qf[j] = qs[l * 8 + j];
+
+    // Scores. The loop count depends only on (start, end, groups): uniform over the block, so
+    // every lane reaches the shuffles below.
+    const uint4* kc = reinterpret_cast<const uint4*>(p.k_cache);
+    const size_t row16 = (size_t)kv_dim / 8, col16 = (size_t)kvh * hd / 8 + l;
+    for (int base = start; base < end; base += groups * LLAMA_ATTN_UNROLL) {
+        uint4 kv[LLAMA_ATTN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
+            const int pp = base + u * groups + g;
+            kv[u] = pp < end ? kc[(size_t)pp * row16 + col16] : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
+            const int pp = base + u * groups + g;
+            float d = llama_dot8(kv[u], qf);
+            for (int o = lpp / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            if (l == 0 && pp < end) sc[pp - start] = d;
+        }
+    }
+    __syncthreads();
+
+    const int n = end - start;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, sc[i]);
+    m = llama_block_max(m, red);  // red doubles as reduction scratch (>= 32 floats)
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float e = expf(sc[i] - m);
+        sc[i] = e;
+        s += e;
+    }
+    s = llama_block_sum(s, red);  // its barriers also publish the sc[] writes above
+
+    // Weighted V: group g sums positions g, g + groups, ...; lane l owns dims l*8 .. l*8+7.
+    const uint4* vc = reinterpret_cast<const uint4*>(p.v_cache);
+    float acc[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j] = 0.f;
+    for (int base = start + g; base < end; base += groups * LLAMA_ATTN_UNROLL) {
+        uint4 vv[LLAMA_ATTN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
+            const int pp = base + u * groups;
+            vv[u] = pp < end ? vc[(size_t)pp * row16 + col16] : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
+            const int pp = base + u * groups;
+            const float w = pp < end ? sc[pp - start] : 0.f;
+            const __half2* h = reinterpret_cast<const __half2*>(&vv[u]);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float2 f = __half22float2(h[j]);
+                acc[2 * j] = fmaf(w, f.x, acc[2 * j]);
+                acc[2 * j + 1] = fmaf(w, f.y, acc[2 * j + 1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) red[g * hd + l * 8 + j] = acc[j];
+    __syncthreads();
+    float* part = reinterpret_cast<float*>(p.partial) + ((size_t)head * p.n_splits + split) * (hd + 2);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.f;
+        for (int gg = 0; gg < groups; ++gg) o += red[gg * hd + d];
+        part[d] = o;
+    }
+    if (threadIdx.x == 0) {
+        part[hd] = m;
+        part[hd + 1] = s;
+    }
+}
+
+extern "C" __global__ void lab_llama_attn_combine(lab_llama_attn_params p) {
+    const int hd = p.head_dim, head = blockIdx.x;
+    const int len = min(llama_pos(p.state) + 1, p.max_ctx);
+    const int ns = min((len + p.chunk - 1) / p.chunk, p.n_splits);
+    const float* part = reinterpret_cast<const float*>(p.partial) + (size_t)head * p.n_splits * (hd + 2);
+    float mx = -INFINITY;
+    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, part[s * (hd + 2) + hd]);
+    float l = 0.f;
+    for (int s = 0; s < ns; ++s) l += part[s * (hd + 2) + hd + 1] * expf(part[s * (hd + 2) + hd] - mx);
+    __half* out = reinterpret_cast<__half*>(p.out) + (size_t)head * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.f;
+        for (int s = 0; s < ns; ++s) o += part[s * (hd + 2) + d] * expf(part[s * (hd + 2) + hd] - mx);
+        out[d] = __float2half_rn(ns > 0 ? o / l : 0.f);
+    }
+}

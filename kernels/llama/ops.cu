@@ -1,0 +1,165 @@
+// LLaMA decode ops, one token per step, every per-step input read from device memory so the step
+// is captured once as a CUDA graph and replayed (the state words of abi.h: token, position, flags).
+//   lab_llama_fill          v1: counter-hash random u32 / fp16 fill, or a constant: synthetic weights on the GPU
+//   lab_llama_embed         v1: fp16 table row of state.token -> f32 residual; history[pos] = token
+//   lab_llama_add_rmsnorm   v1: one block: resid += delta (optional, fused residual add), out = fp16(w * resid / rms), fp32 math
+//   lab_llama_rope_kv       v1: HF rotate-half RoPE on q and k in place (pairs i, i + hd/2), k and v appended at row pos
+//   lab_llama_silu_mul      v1: out = silu(gate) * up over the fused gate_up output, fp32 math
+//   lab_llama_argmax        v1: one block: greedy token (lowest index on ties, NaN ignored) -> state.token, pos += 1
+// Checked by: cargo test --release --test gpu_decode (GPU engine vs the CPU f64 engine, op by op,
+// layer by layer, on tiny models) — `lab decode --backend gpu --model tiny-check` runs the same check.
+#include "llama/util.cuh"
+
+// splitmix64: a counter-based generator, so element i depends only on (seed, i) and any launch
+// shape fills the same values.
+static __device__ __forceinline__ uint64_t llama_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void lab_llama_fill(lab_llama_fill_params p) {
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride) {
+        if (p.kind == LAB_FILL_F16) {
+            uint64_t r = llama_mix(p.seed * 0x100000001B3ull + i);
+            float u = (float)(r >> 40) * (1.0f / 16777216.0f);  // 24 random bits -> [0, 1)
+            reinterpret_cast<__half*>(p.ptr)[i] = __float2half_rn(p.lo + (p.hi - p.lo) * u);
+        } else if (p.kind == LAB_FILL_CONST_U32) {
+            reinterpret_cast<uint32_t*>(p.ptr)[i] = (uint32_t)p.lo;
+        } else {
+            uint64_t r = llama_mix(p.seed * 0x100000001B3ull + i);
+            reinterpret_cast<uint32_t*>(p.ptr)[i] = (uint32_t)(r >> 32);
+        }
+    }
+}
+
+extern "C" __global__ void lab_llama_embed(lab_llama_embed_params p) {
+    int* st = reinterpret_cast<int*>(p.state);
+    const int tok = st[LAB_LLAMA_STATE_TOKEN];
+    const int pos = st[LAB_LLAMA_STATE_POS];
+    const bool bad = tok < 0 || tok >= p.vocab;
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        if (bad) atomicOr(st + LAB_LLAMA_STATE_FLAGS, LAB_LLAMA_FLAG_BAD_TOKEN);
+        if (pos >= 0 && pos < p.max_ctx) reinterpret_cast<int*>(p.history)[pos] = tok;
+    }
+    const __half* row = reinterpret_cast<const __half*>(p.table) + (size_t)(bad ? 0 : tok) * p.hidden;
+    float* r = reinterpret_cast<float*>(p.resid);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.hidden; i += gridDim.x * blockDim.x)
+        r[i] = bad ? __int_as_float(0x7fc00000) : __half2float(row[i]);
+}
+
+// One block (a [hidden] vector is 20 KB at most: one SM is plenty, and a single block needs no
+// second pass). Each thread re-reads only the elements it wrote itself, so no barrier is needed
+// between the residual update and the second loop beyond the reduction's.
+extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
+    __shared__ float scratch[32];
+    float* r = reinterpret_cast<float*>(p.resid);
+    const __half* d = reinterpret_cast<const __half*>(p.delta);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < p.hidden; i += blockDim.x) {
+        float v = r[i];
+        if (d) {
+            v += __half2float(d[i]);
+            r[i] = v;
+        }
+        ss = fmaf(v, v, ss);
+    }
+    ss = llama_block_sum(ss, scratch);
+    const float inv = rsqrtf(ss / (float)p.hidden + p.eps);
+    const __half* w = reinterpret_cast<const __half*>(p.weight);
+    __half* o = reinterpret_cast<__half*>(p.out);
+    for (int i = threadIdx.x; i < p.hidden; i += blockDim.x)
+        o[i] = __float2half_rn(__half2float(w[i]) * (r[i] * inv));
+}
+
+// Grid: heads + kv_heads blocks (q heads first, then k heads); block: hd/2 threads, thread i
+// rotates the pair (i, i + hd/2) by pos * inv_freq[i]. The k-head blocks also append k (rotated)
+// and v to the cache rows at pos.
+extern "C" __global__ void lab_llama_rope_kv(lab_llama_rope_params p) {
+    int* st = reinterpret_cast<int*>(p.state);
+    const int pos = st[LAB_LLAMA_STATE_POS];
+    const int hd = p.head_dim, half = hd / 2, i = threadIdx.x;
+    const int kv_dim = p.kv_heads * hd;
+    if (i >= half) return;
+    __half* qkv = reinterpret_cast<__half*>(p.qkv);
+    const bool is_k = blockIdx.x >= (unsigned)p.heads;
+    const int h = is_k ? blockIdx.x - p.heads : blockIdx.x;
+    // q head h starts at h*hd; k head h right after the heads*hd q values.
+    __half* v = qkv + (is_k ? (size_t)p.heads * hd : 0) + (size_t)h * hd;
+    float s, c;
+    sincosf((float)pos * reinterpret_cast<const float*>(p.inv_freq)[i], &s, &c);
+    const float a = __half2float(v[i]), b = __half2float(v[i + half]);
+    const __half ra = __float2half_rn(a * c - b * s), rb = __float2half_rn(b * c + a * s);
+    v[i] = ra;
+    v[i + half] = rb;
+    if (!is_k) return;
+    if (pos < 0 || pos >= p.max_ctx) {
+        if (h == 0 && i == 0) atomicOr(st + LAB_LLAMA_STATE_FLAGS, LAB_LLAMA_FLAG_CTX_FULL);
+        return;
+    }
+    const size_t row = (size_t)pos * kv_dim + (size_t)h * hd;
+    __half* kc = reinterpret_cast<__half*>(p.k_cache) + row;
+    __half* vc = reinterpret_cast<__half*>(p.v_cache) + row;
+    const __half* vsrc = qkv + (size_t)p.heads * hd + kv_dim + (size_t)h * hd;
+    kc[i] = ra;
+    kc[i + half] = rb;
+    vc[i] = vsrc[i];
+    vc[i + half] = vsrc[i + half];
+}
+
+extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
+    const __half* g = reinterpret_cast<const __half*>(p.gate_up);
+    __half* o = reinterpret_cast<__half*>(p.out);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.inter; i += gridDim.x * blockDim.x) {
+        const float a = __half2float(g[i]), u = __half2float(g[i + p.inter]);
+        o[i] = __float2half_rn(a / (1.f + __expf(-a)) * u);
+    }
+}
+
+// One block of 1024 threads over the logits (32000 floats: 31 per thread, a few microseconds).
+extern "C" __global__ void lab_llama_argmax(lab_llama_argmax_params p) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float* l = reinterpret_cast<const float*>(p.logits);
+    float best = -INFINITY;
+    int bi = p.vocab;  // "none yet": any real index is lower
+    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) {
+        const float v = l[i];
+        if (v > best) {  // false for NaN; strictly greater keeps the lowest index per thread
+            best = v;
+            bi = i;
+        }
+    }
+    // (value, index) reduction: larger value wins, lower index on ties.
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); ++w)
+            if (sv[w] > best || (sv[w] == best && si[w] < bi)) {
+                best = sv[w];
+                bi = si[w];
+            }
+        int* st = reinterpret_cast<int*>(p.state);
+        if (bi >= p.vocab) {
+            bi = 0;
+            st[LAB_LLAMA_STATE_FLAGS] |= LAB_LLAMA_FLAG_NAN_LOGITS;
+        }
+        st[LAB_LLAMA_STATE_TOKEN] = bi;
+        const int pos = st[LAB_LLAMA_STATE_POS];
+        st[LAB_LLAMA_STATE_POS] = pos < p.max_ctx ? pos + 1 : pos;
+    }
+}

@@ -1,0 +1,416 @@
+//! `lab decode --backend gpu`: the GPU engine. Three modes:
+//!
+//!   lab decode --backend gpu --model vicuna-7b,vicuna-13b --weights int4,int4-act,fp16 \
+//!              --ctx-list 128,512,1024,2048 [--root DIR] [--json]
+//!       synthetic weights of the exact shapes, generated on the GPU: tokens/s (graph and eager),
+//!       % of the bandwidth roofline, VRAM by part -> <root>/reports/<gpu>/decode.{json,md,svg}
+//!       (--act-order / --fp16 add int4-act / fp16 to --weights)
+//!   lab decode --backend gpu --model tiny-check [--fixtures DIR]
+//!       correctness: GPU vs f64 reference op by op, layer by layer, on random tiny models and the
+//!       tiny fixture checkpoints (also vs the CPU engine); exits non-zero naming the first bad op
+//!   lab decode --backend gpu --checkpoint DIR --prompt-ids 1,2,3 [--max-new-tokens N]
+//!       greedy (or top-p over copied logits) generation from real weights, prefill token by token
+
+use super::DecodeArgs;
+use anyhow::{bail, Context};
+use gptq_lab::bench::measure_ceilings;
+use gptq_lab::cuda::Gpu;
+use gptq_lab::model::config::ModelConfig;
+use gptq_lab::model::decode_bench::{
+    run_decode_bench, write_decode_report, BenchPlan, DecodeReport,
+};
+use gptq_lab::model::gpu_check::{
+    check_checkpoint, check_opts, check_tiny_case, tiny_cases, CheckReport, CHECK_NEW,
+    CHECK_PROMPT, FIXTURES,
+};
+use gptq_lab::model::gpu_engine::{
+    int4_kernel_by_name, int4_kernel_name, EngineOptions, Fp16Backend, GpuEngine, WeightSource,
+};
+use gptq_lab::model::gpu_weights::{HostLlama, WeightKind};
+use gptq_lab::report::{report_dir, utc_now};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct GpuArgs {
+    /// GPU weights to measure: int4 (GPTQ g128, asymmetric zeros), int4-act (act-order), fp16.
+    #[arg(long, default_value = "int4", value_delimiter = ',')]
+    weights: Vec<String>,
+    /// Add int4-act to --weights.
+    #[arg(long)]
+    act_order: bool,
+    /// Add fp16 to --weights.
+    #[arg(long)]
+    fp16: bool,
+    /// Int4 group size (-1: per-channel).
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+    group: i32,
+    /// Symmetric int4 (zeros not stored or read).
+    #[arg(long)]
+    sym: bool,
+    /// Context lengths to measure at.
+    #[arg(long, default_value = "128,512,1024,2048", value_delimiter = ',')]
+    ctx_list: Vec<usize>,
+    /// Timed steps per context and mode.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    #[arg(long, default_value_t = 4)]
+    warmup: usize,
+    /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv) and/or registry
+    /// variants such as gemv_v5_splitk, gemv_v4_perm.
+    #[arg(long, default_value = "engine", value_delimiter = ',')]
+    int4_kernel: Vec<String>,
+    /// fp16 linears through cuBLAS (default) or the lab's fp16 GEMV.
+    #[arg(long, default_value = "cublas")]
+    fp16_backend: String,
+    /// Folder that holds reports/ (default: current folder).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    /// Do not write report files.
+    #[arg(long)]
+    no_report: bool,
+    /// Tiny fixture checkpoints for --model tiny-check (default: tests/fixtures here, else the
+    /// source tree this binary was built from).
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
+    /// Skip the fixture checkpoints in tiny-check (random tiny models only).
+    #[arg(long)]
+    no_fixtures: bool,
+}
+
+fn open_gpu() -> anyhow::Result<Gpu> {
+    let gpu = gptq_lab::cuda::open(0).map_err(|e| {
+        anyhow::anyhow!(
+            "lab decode --backend gpu: {e}; the CPU backend runs without one (--backend cpu)"
+        )
+    })?;
+    if !gptq_lab::build_info::KERNELS_BUILT {
+        bail!(gptq_lab::LabError::KernelsNotBuilt);
+    }
+    Ok(gpu)
+}
+
+fn fp16_backend(s: &str) -> anyhow::Result<Fp16Backend> {
+    match s {
+        "cublas" => Ok(Fp16Backend::Cublas),
+        "lab" => Ok(Fp16Backend::Lab),
+        o => bail!("--fp16-backend {o}: expected cublas or lab"),
+    }
+}
+
+pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
+    let g = &a.gpu;
+    if a.checkpoint.is_some() || a.model.as_deref() == Some("tiny") {
+        return generate(a);
+    }
+    let models = a.model.as_deref().context("--backend gpu: say which weights: --model vicuna-7b[,vicuna-13b] | tiny-check, or --checkpoint DIR")?;
+    if models == "tiny-check" {
+        return tiny_check(a);
+    }
+    let mut kinds = Vec::new();
+    let mut names: Vec<String> = g.weights.clone();
+    if g.act_order {
+        names.push("int4-act".into());
+    }
+    if g.fp16 {
+        names.push("fp16".into());
+    }
+    for n in &names {
+        let k = match n.as_str() {
+            "int4" => WeightKind::Int4 {
+                group: g.group,
+                act_order: false,
+                sym: g.sym,
+            },
+            "int4-act" => WeightKind::Int4 {
+                group: g.group,
+                act_order: true,
+                sym: g.sym,
+            },
+            "fp16" => WeightKind::Fp16,
+            o => bail!("--weights {o}: expected int4, int4-act or fp16"),
+        };
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    if g.ctx_list.is_empty() || g.ctx_list.contains(&0) {
+        bail!("--ctx-list: give positive context lengths, e.g. 128,512,1024,2048");
+    }
+    let cfgs = models
+        .split(',')
+        .map(|m| ModelConfig::preset(m.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let backend = fp16_backend(&g.fp16_backend)?;
+    let gpu = open_gpu()?;
+    let t0 = Instant::now();
+    let ceilings = measure_ceilings(&gpu).context("measuring bandwidth ceilings")?;
+    eprintln!(
+        "ceilings: read {:.0} GB/s, copy {:.0} GB/s ({:.1} s)",
+        ceilings.read_gbs,
+        ceilings.copy_gbs,
+        t0.elapsed().as_secs_f64()
+    );
+    let mut runs: Vec<DecodeReport> = Vec::new();
+    let mut failures = Vec::new();
+    let int4_kernels = g
+        .int4_kernel
+        .iter()
+        .map(|n| int4_kernel_by_name(n.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // fp16 runs do not use an int4 kernel: once each.
+    let combos: Vec<(
+        WeightKind,
+        Option<&'static gptq_lab::kernels::registry::Variant>,
+    )> = kinds
+        .iter()
+        .flat_map(|&k| match k {
+            WeightKind::Fp16 => vec![(k, None)],
+            _ => int4_kernels.iter().map(|&v| (k, v)).collect(),
+        })
+        .collect();
+    for cfg in &cfgs {
+        for &(kind, int4_variant) in &combos {
+            let t = Instant::now();
+            let plan = BenchPlan {
+                cfg: cfg.clone(),
+                kind,
+                contexts: g.ctx_list.clone(),
+                steps: g.steps,
+                warmup: g.warmup,
+                seed: a.seed.wrapping_add(1),
+                fp16_backend: backend,
+                int4_variant,
+            };
+            // Each run's engine is dropped (and the memory pool drained) before the next.
+            let r = run_decode_bench(&gpu, &plan, &ceilings);
+            gpu.ctx.synchronize().ok();
+            match r {
+                Ok(r) => {
+                    print_run(&r, t.elapsed().as_secs_f64());
+                    runs.push(r);
+                }
+                Err(e) => {
+                    let what = format!(
+                        "{} {} [{}]",
+                        cfg.name,
+                        kind.label(),
+                        int4_kernel_name(int4_variant)
+                    );
+                    eprintln!("FAIL {what}: {e}");
+                    failures.push(format!("{what}: {e}"));
+                }
+            }
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&runs)?);
+    }
+    if !g.no_report && !runs.is_empty() {
+        let dir = report_dir(&g.root, &gpu.info.slug);
+        write_decode_report(&dir, &runs)?;
+        eprintln!("wrote {}/decode.{{json,md}} + decode-*.svg", dir.display());
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} decode runs failed: {}",
+            failures.len(),
+            cfgs.len() * combos.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn print_run(r: &DecodeReport, secs: f64) {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "{} ({:.1} s): weights {:.2} GiB, KV {:.2} GiB ({} pos), workspace {:.3} GiB, context {:.2} GiB, peak {:.2} GiB",
+        r.label(),
+        secs,
+        gib(r.vram.weights_bytes),
+        gib(r.vram.kv_bytes),
+        r.max_ctx,
+        gib(r.vram.workspace_bytes),
+        gib(r.vram.context_bytes),
+        gib(r.vram.peak_used_bytes)
+    );
+    for p in &r.points {
+        eprintln!(
+            "  ctx {:>5}: graph {:7.3} ms/tok {:7.1} tok/s | eager {:7.3} ms/tok {:7.1} tok/s | {:.3} GB/tok, {:.0} GB/s, {:.1}% of roofline {:.1} tok/s",
+            p.ctx, p.graph_ms_per_token, p.graph_tokens_per_s, p.eager_ms_per_token, p.eager_tokens_per_s, p.bytes_per_token / 1e9, p.achieved_gbs, p.roofline_pct, p.roofline_tokens_per_s
+        );
+    }
+    for n in r.notes.iter().filter(|n| n.contains("flags")) {
+        eprintln!("  note: {n}");
+    }
+}
+
+fn fixtures_dir(g: &GpuArgs) -> Option<PathBuf> {
+    if let Some(d) = &g.fixtures {
+        return Some(d.clone());
+    }
+    [
+        PathBuf::from("tests/fixtures"),
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")),
+    ]
+    .into_iter()
+    .find(|d| d.is_dir())
+}
+
+/// Every random tiny case, then the fixture checkpoints; one line each, the first bad op named.
+fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
+    let g = &a.gpu;
+    let gpu = open_gpu()?;
+    let mut reports: Vec<CheckReport> = Vec::new();
+    let mut errors = Vec::new();
+    for c in tiny_cases() {
+        match check_tiny_case(&gpu, &c) {
+            Ok(r) => {
+                println!("{}", r.summary());
+                reports.push(r);
+            }
+            Err(e) => {
+                let what = format!(
+                    "tiny random {} chunk {} int4 kernel {}",
+                    c.kind.label(),
+                    c.chunk,
+                    int4_kernel_name(c.int4)
+                );
+                println!("ERROR {what}: {e}");
+                errors.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    if !g.no_fixtures {
+        match fixtures_dir(g) {
+            None => println!("SKIP fixtures: no tests/fixtures here; pass --fixtures DIR"),
+            Some(root) => {
+                for name in FIXTURES {
+                    let dir = root.join(name);
+                    match check_checkpoint(
+                        &gpu,
+                        &dir,
+                        &CHECK_PROMPT,
+                        CHECK_NEW,
+                        check_opts(16, Fp16Backend::Cublas),
+                    ) {
+                        Ok(r) => {
+                            println!("{}", r.summary());
+                            reports.push(r);
+                        }
+                        Err(e) => {
+                            println!("ERROR fixture {}: {e}", dir.display());
+                            errors.push(format!("fixture {name}: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !g.no_report {
+        let dir = report_dir(&g.root, &gpu.info.slug);
+        let out = serde_json::json!({"date": utc_now(), "device": gpu.info, "build": gptq_lab::build_info::build_info(), "checks": reports, "errors": errors});
+        gptq_lab::util::write_json_atomic(&dir.join("decode-check.json"), &out)?;
+        eprintln!("wrote {}", dir.join("decode-check.json").display());
+    }
+    let failed = reports.iter().filter(|r| !r.pass).count();
+    if failed > 0 || !errors.is_empty() {
+        bail!(
+            "GPU engine check: {failed} of {} configurations out of tolerance, {} errors",
+            reports.len(),
+            errors.len()
+        );
+    }
+    println!(
+        "GPU engine check: all {} configurations PASS",
+        reports.len()
+    );
+    Ok(())
+}
+
+/// Generation from real weights on the GPU.
+fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
+    let dir = super::checkpoint_dir(a)?;
+    let gpu = open_gpu()?;
+    let t0 = Instant::now();
+    let ckpt = gptq_lab::model::checkpoint::Checkpoint::open(&dir)?;
+    let prompt: Vec<u32> = match &a.prompt_ids {
+        Some(ids) => gptq_lab::model::tokenizer::parse_ids(ids)?,
+        None => match (
+            &a.prompt,
+            gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?,
+        ) {
+            (Some(text), Some(tok)) => tok.encode(
+                &gptq_lab::model::template::Template::parse(&a.template)?.render(text),
+                true,
+            )?,
+            (Some(_), None) => bail!(
+                "{}: no tokenizer.json, so --prompt cannot be tokenized; pass --prompt-ids",
+                ckpt.dir.display()
+            ),
+            (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
+        },
+    };
+    let host = HostLlama::from_checkpoint(&ckpt)?;
+    let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
+    let mut opts = EngineOptions::new(max_ctx);
+    opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
+    opts.int4_variant =
+        int4_kernel_by_name(a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()))?;
+    let label = dir.display().to_string();
+    let mut eng = GpuEngine::new(
+        &gpu,
+        &ckpt.config,
+        WeightSource::Host {
+            weights: &host,
+            label: &label,
+        },
+        opts,
+    )?;
+    drop(host);
+    let load_s = t0.elapsed().as_secs_f64();
+    let sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    let t1 = Instant::now();
+    let tokens = match sampling {
+        gptq_lab::model::sampler::Sampling::Greedy => {
+            eng.generate(&prompt, a.max_new_tokens, true)?
+        }
+        _ => {
+            // top-p on the host over copied logits; each step feeds the sampled token.
+            let mut sampler = gptq_lab::model::sampler::Sampler::new(sampling, a.seed);
+            eng.capture_graph()?;
+            eng.reset()?;
+            for &t in &prompt {
+                eng.feed(t, true, None)?;
+            }
+            let mut out = Vec::new();
+            for i in 0..a.max_new_tokens {
+                let t = sampler.sample(&eng.logits()?)?;
+                out.push(t);
+                if i + 1 < a.max_new_tokens {
+                    eng.feed(t, true, None)?;
+                }
+            }
+            eng.check_state()?;
+            out
+        }
+    };
+    let gen_s = t1.elapsed().as_secs_f64();
+    let text = match gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)? {
+        Some(t) => Some(t.decode(&tokens)?),
+        None => None,
+    };
+    if a.json {
+        let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text,
+            "timings": {"load_s": load_s, "generate_s": gen_s, "note": "prefill runs the decode step token by token"}, "vram": eng.vram()?});
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        match &text {
+            Some(t) => println!("{t}"),
+            None => println!("{tokens:?}"),
+        }
+        eprintln!("gpu: {} prompt + {} new tokens in {gen_s:.3} s (prefill token by token), load {load_s:.2} s", prompt.len(), tokens.len());
+    }
+    Ok(())
+}

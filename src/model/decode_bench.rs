@@ -1,0 +1,663 @@
+//! Decode measurements of the GPU engine: tokens/s and ms/token at several context lengths (CUDA
+//! graph replay and eager launches), % of the bandwidth roofline, VRAM by part; and the report
+//! writer (`reports/<gpu>/decode.{json,md}` + SVG plots), testable on the CPU from a recorded run.
+//!
+//! Roofline (../shared/anchors.md): decode at batch 1 is memory-bound, so
+//!   bytes/token(ctx) = linear weights (int4 codes + scales + zeros [+ act-order perm], or fp16)
+//!                    + fp16 lm_head (vocab x hidden x 2) + one embedding row (hidden x 2)
+//!                    + RMSNorm gains ((2 L + 1) x hidden x 2)
+//!                    + KV cache read: L x 2 (k, v) x ctx x kv_heads x head_dim x 2
+//!   roofline tok/s = measured read ceiling (bytes/s) / bytes/token(ctx)
+//! where ctx is the mean number of cached positions a timed step attends (a step at position p
+//! reads p + 1 rows). Activations (a few KB per op) stay in L2 and are left out.
+
+use crate::bench::Ceilings;
+use crate::cuda::Gpu;
+use crate::model::config::ModelConfig;
+use crate::model::gpu_engine::{
+    EngineOptions, Fp16Backend, GpuEngine, WeightSource, DEFAULT_ATTN_CHUNK,
+};
+use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
+use crate::model::vram::VramReport;
+use crate::report::markdown::table;
+use crate::report::plot::{line_chart, Series};
+use crate::report::ReportHeader;
+use crate::{LabError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The roofline's byte counts of one model + weights.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BytesPerToken {
+    pub linear_bytes: u64,
+    pub lm_head_bytes: u64,
+    pub embed_row_bytes: u64,
+    pub norm_bytes: u64,
+    /// KV bytes read per cached position per token: L x 2 x kv_dim x 2.
+    pub kv_bytes_per_position: u64,
+}
+
+impl BytesPerToken {
+    pub fn new(cfg: &ModelConfig, w: &WeightsDesc) -> Self {
+        let kv_dim = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
+        BytesPerToken {
+            linear_bytes: w.linear_bytes,
+            lm_head_bytes: w.lm_head_bytes,
+            embed_row_bytes: cfg.hidden_size as u64 * 2,
+            norm_bytes: w.norm_bytes,
+            kv_bytes_per_position: cfg.num_hidden_layers as u64 * 2 * kv_dim * 2,
+        }
+    }
+    /// Bytes a step attending `positions` cached rows reads.
+    pub fn at(&self, positions: f64) -> f64 {
+        (self.linear_bytes + self.lm_head_bytes + self.embed_row_bytes + self.norm_bytes) as f64
+            + self.kv_bytes_per_position as f64 * positions
+    }
+}
+
+/// The weight bytes the engine's layout holds for `kind`, computed without a GPU (the same sums
+/// `GpuWeights` takes from its buffers: fused q|k|v and gate|up, act-order as a permutation).
+pub fn expected_weights(cfg: &ModelConfig, kind: WeightKind) -> Result<WeightsDesc> {
+    let (h, inter, v) = (
+        cfg.hidden_size as u64,
+        cfg.intermediate_size as u64,
+        cfg.vocab_size as u64,
+    );
+    let kv = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
+    let shapes = [(h, h + 2 * kv), (h, h), (h, 2 * inter), (inter, h)];
+    let mut per_layer = 0u64;
+    for (k, n) in shapes {
+        per_layer += match kind {
+            WeightKind::Fp16 => k * n * 2,
+            WeightKind::Int4 {
+                group,
+                act_order,
+                sym,
+            } => {
+                let g = if group < 0 { k } else { group as u64 };
+                if g == 0 || k % g != 0 {
+                    return Err(LabError::invalid(
+                        "group size",
+                        format!("{group} does not divide K = {k}"),
+                    ));
+                }
+                let groups = k / g;
+                k / 2 * n
+                    + groups * n * 2
+                    + if sym { 0 } else { groups * n / 2 }
+                    + if act_order { k * 4 } else { 0 }
+            }
+        };
+    }
+    Ok(WeightsDesc {
+        kind,
+        source: "expected (computed)".into(),
+        linear_bytes: per_layer * cfg.num_hidden_layers as u64,
+        lm_head_bytes: v * h * 2,
+        embed_bytes: v * h * 2,
+        norm_bytes: (2 * cfg.num_hidden_layers as u64 + 1) * h * 2,
+        fused: true,
+    })
+}
+
+/// One context length of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContextPoint {
+    /// Cached positions when the timed steps start.
+    pub ctx: usize,
+    pub steps: usize,
+    pub graph_ms_per_token: f64,
+    pub eager_ms_per_token: f64,
+    pub graph_tokens_per_s: f64,
+    pub eager_tokens_per_s: f64,
+    /// Mean rows attended per timed step: ctx + (steps + 1) / 2.
+    pub mean_positions: f64,
+    pub bytes_per_token: f64,
+    pub roofline_tokens_per_s: f64,
+    /// graph tokens/s as % of the roofline.
+    pub roofline_pct: f64,
+    /// GB/s the graph steps moved (bytes_per_token x tokens/s).
+    pub achieved_gbs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecodeReport {
+    pub header: ReportHeader,
+    pub model: String,
+    pub config: ModelConfig,
+    pub weights: WeightsDesc,
+    /// How the int4 linears are computed (the engine's own GEMV until the tuned variants serve it).
+    pub int4_kernel: String,
+    pub fp16_backend: Option<Fp16Backend>,
+    pub max_ctx: usize,
+    pub attn_chunk: usize,
+    pub bytes: BytesPerToken,
+    /// The ceiling the roofline uses (the measured pure-read bandwidth), GB/s.
+    pub ceiling_gbs: f64,
+    pub points: Vec<ContextPoint>,
+    pub vram: VramReport,
+    pub notes: Vec<String>,
+}
+
+impl DecodeReport {
+    pub fn label(&self) -> String {
+        match self.weights.kind {
+            WeightKind::Fp16 => format!("{} fp16", self.model),
+            k => format!(
+                "{} {} [{}]",
+                self.model,
+                k.label(),
+                self.int4_kernel.split(' ').next().unwrap_or("")
+            ),
+        }
+    }
+}
+
+pub fn context_point(
+    bytes: &BytesPerToken,
+    ceiling_gbs: f64,
+    ctx: usize,
+    steps: usize,
+    graph_ms: f64,
+    eager_ms: f64,
+) -> ContextPoint {
+    let mean_positions = ctx as f64 + (steps as f64 + 1.0) / 2.0;
+    let b = bytes.at(mean_positions);
+    let tps = |ms: f64| if ms > 0.0 { 1e3 / ms } else { 0.0 };
+    let roof = ceiling_gbs * 1e9 / b;
+    ContextPoint {
+        ctx,
+        steps,
+        graph_ms_per_token: graph_ms,
+        eager_ms_per_token: eager_ms,
+        graph_tokens_per_s: tps(graph_ms),
+        eager_tokens_per_s: tps(eager_ms),
+        mean_positions,
+        bytes_per_token: b,
+        roofline_tokens_per_s: roof,
+        roofline_pct: 100.0 * tps(graph_ms) / roof,
+        achieved_gbs: b * tps(graph_ms) / 1e9,
+    }
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone)]
+pub struct BenchPlan {
+    pub cfg: ModelConfig,
+    pub kind: WeightKind,
+    pub contexts: Vec<usize>,
+    /// Timed steps per context and mode (each mode after `warmup` untimed steps).
+    pub steps: usize,
+    pub warmup: usize,
+    pub seed: u64,
+    pub fp16_backend: Fp16Backend,
+    pub int4_variant: Option<&'static crate::kernels::registry::Variant>,
+}
+
+/// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
+/// values up to each context (no prefill: the bytes read are the same), timed with CUDA events.
+pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Result<DecodeReport> {
+    let max_pos = plan
+        .contexts
+        .iter()
+        .copied()
+        .max()
+        .ok_or_else(|| LabError::invalid("--ctx-list", "no context lengths"))?;
+    if plan.steps == 0 {
+        return Err(LabError::invalid("--steps", "must be positive"));
+    }
+    let max_ctx = max_pos + plan.warmup + plan.steps + 1;
+    let mut opts = EngineOptions::new(max_ctx);
+    opts.fp16_backend = plan.fp16_backend;
+    opts.int4_variant = plan.int4_variant;
+    let mut eng = GpuEngine::new(
+        gpu,
+        &plan.cfg,
+        WeightSource::Synthetic(SyntheticSpec {
+            kind: plan.kind,
+            seed: plan.seed,
+        }),
+        opts,
+    )?;
+    eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
+    eng.capture_graph()?;
+    let bytes = BytesPerToken::new(&plan.cfg, &eng.weights.desc);
+    let mut notes = vec![
+        "weights: synthetic, generated on the GPU (random values, exact shapes): tokens are meaningless, bytes and timings are real".into(),
+        "KV cache: filled with random fp16 values up to each context (no prefill run); prefill in this engine is the decode step token by token".into(),
+        format!("timing: CUDA events around {} consecutive steps after {} warm-up steps, per mode; graph = the whole step replayed as one CUDA graph, eager = one launch per op from the host", plan.steps, plan.warmup),
+    ];
+    let mut points = Vec::new();
+    for &ctx in &plan.contexts {
+        let mut ms = [0f64; 2];
+        for (i, graph) in [true, false].into_iter().enumerate() {
+            eng.set_position(ctx)?;
+            if plan.warmup > 0 {
+                eng.time_steps(plan.warmup, graph)?;
+            }
+            eng.set_position(ctx)?;
+            ms[i] = eng.time_steps(plan.steps, graph)?;
+            let flags = eng.flags()?;
+            if flags != 0 {
+                notes.push(format!(
+                    "ctx {ctx} {}: step state flags {flags:#x} (4 = all logits NaN/-inf)",
+                    if graph { "graph" } else { "eager" }
+                ));
+            }
+        }
+        points.push(context_point(
+            &bytes,
+            ceilings.read_gbs,
+            ctx,
+            plan.steps,
+            ms[0],
+            ms[1],
+        ));
+    }
+    Ok(DecodeReport {
+        header: ReportHeader::new(&gpu.info, Some(*ceilings)),
+        model: plan.cfg.name.clone(),
+        config: plan.cfg.clone(),
+        weights: eng.weights.desc.clone(),
+        int4_kernel: if matches!(plan.kind, WeightKind::Fp16) {
+            "-".into()
+        } else {
+            eng.int4_kernel()
+        },
+        fp16_backend: eng.fp16_backend,
+        max_ctx,
+        attn_chunk: DEFAULT_ATTN_CHUNK,
+        bytes,
+        ceiling_gbs: ceilings.read_gbs,
+        points,
+        vram: eng.vram()?,
+        notes,
+    })
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// decode.json (all runs), decode.md (tables), and three SVG plots in `dir`.
+pub fn write_decode_report(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
+    let first = runs
+        .first()
+        .ok_or_else(|| LabError::invalid("decode report", "no runs to write"))?;
+    let mut md = format!("# Decode (GPU engine)\n\n{}\n", first.header.markdown());
+    if !first.header.is_current() {
+        md.push_str(&format!(
+            "\n**Stale:** kernel hash `{}` differs from this build's `{}`.\n",
+            first.header.build.kernel_hash,
+            crate::build_info::KERNEL_HASH
+        ));
+    }
+    md.push_str("\nRoofline: bytes/token = linear weights (int4 codes + scales + zeros [+ act-order permutation], or fp16) + fp16 lm_head + one embedding row + RMSNorm gains + KV cache read (L x 2 x ctx x kv_dim x 2 B); roofline tok/s = measured read ceiling / bytes/token, at the mean context of the timed steps.\n");
+    for r in runs {
+        md.push_str(&format!(
+            "\n## {}\n\n- weights: {} ({:.2} GB linear, {:.2} GB lm_head), {}\n- int4 kernel: {}; fp16 linears: {}\n- KV cache: {} positions, attention chunk {}; read ceiling {:.0} GB/s\n\n",
+            r.label(),
+            r.weights.source,
+            r.weights.linear_bytes as f64 / 1e9,
+            r.weights.lm_head_bytes as f64 / 1e9,
+            if r.weights.fused { "q|k|v and gate|up fused" } else { "unfused linears" },
+            r.int4_kernel,
+            r.fp16_backend.map_or("none".to_string(), |b| format!("{b:?}")),
+            r.max_ctx,
+            r.attn_chunk,
+            r.ceiling_gbs
+        ));
+        let rows: Vec<Vec<String>> = r
+            .points
+            .iter()
+            .map(|p| {
+                vec![
+                    p.ctx.to_string(),
+                    format!("{:.3}", p.graph_ms_per_token),
+                    format!("{:.1}", p.graph_tokens_per_s),
+                    format!("{:.3}", p.eager_ms_per_token),
+                    format!("{:.1}", p.eager_tokens_per_s),
+                    format!("{:.3}", p.bytes_per_token / 1e9),
+                    format!("{:.0}", p.achieved_gbs),
+                    format!("{:.1}", p.roofline_tokens_per_s),
+                    format!("{:.1}%", p.roofline_pct),
+                ]
+            })
+            .collect();
+        md.push_str(&table(
+            &[
+                "ctx",
+                "graph ms/tok",
+                "graph tok/s",
+                "eager ms/tok",
+                "eager tok/s",
+                "GB/token",
+                "GB/s",
+                "roofline tok/s",
+                "% roofline",
+            ],
+            &rows,
+        ));
+        let v = &r.vram;
+        let g = |b: u64| format!("{:.2}", b as f64 / GIB);
+        md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested.\n\n");
+        md.push_str(&table(
+            &["part", "driver", "engine"],
+            &[
+                vec![
+                    "CUDA context + modules (+ other residents)".into(),
+                    g(v.context_bytes),
+                    "-".into(),
+                ],
+                vec![
+                    "weights".into(),
+                    g(v.weights_driver_bytes),
+                    g(v.weights_bytes),
+                ],
+                vec![
+                    format!("KV cache ({} positions)", r.max_ctx),
+                    g(v.kv_driver_bytes),
+                    g(v.kv_bytes),
+                ],
+                vec![
+                    "workspace".into(),
+                    g(v.workspace_driver_bytes),
+                    g(v.workspace_bytes),
+                ],
+                vec![
+                    "peak used (all of the card's used memory)".into(),
+                    g(v.peak_used_bytes),
+                    "-".into(),
+                ],
+            ],
+        ));
+        for n in &r.notes {
+            md.push_str(&format!("\n- {n}"));
+        }
+        md.push('\n');
+    }
+    crate::report::write_report(dir, "decode", &runs, &md)?;
+
+    let series = |f: &dyn Fn(&ContextPoint) -> f64, suffix: &str| -> Vec<Series> {
+        runs.iter()
+            .map(|r| Series {
+                label: format!("{}{suffix}", r.label()),
+                points: r.points.iter().map(|p| (p.ctx as f64, f(p))).collect(),
+                reference: false,
+            })
+            .collect()
+    };
+    let mut tps = series(&|p| p.graph_tokens_per_s, " graph");
+    tps.extend(series(&|p| p.eager_tokens_per_s, " eager"));
+    for r in runs {
+        tps.push(Series {
+            label: format!("{} roofline", r.label()),
+            points: r
+                .points
+                .iter()
+                .map(|p| (p.ctx as f64, p.roofline_tokens_per_s))
+                .collect(),
+            reference: true,
+        });
+    }
+    line_chart(
+        &dir.join("decode-tokens-per-s.svg"),
+        "Decode tokens/s vs context (batch 1)",
+        "context (cached positions)",
+        "tokens/s",
+        &tps,
+    )?;
+    line_chart(
+        &dir.join("decode-roofline.svg"),
+        "Decode: % of the bandwidth roofline (graph)",
+        "context (cached positions)",
+        "% of roofline",
+        &series(&|p| p.roofline_pct, ""),
+    )?;
+    // VRAM vs context: context + weights + workspace fixed, KV growing per position; the
+    // engine's own bytes for each part, the driver's context reading.
+    let mut vram = Vec::new();
+    for r in runs {
+        let fixed = (r.vram.context_bytes + r.vram.weights_bytes + r.vram.workspace_bytes) as f64;
+        let kv_pos = r.vram.kv_bytes as f64 / r.max_ctx.max(1) as f64;
+        let xs = [0usize, 512, 1024, 2048, 4096];
+        vram.push(Series {
+            label: format!("{} total", r.label()),
+            points: xs
+                .iter()
+                .map(|&c| (c as f64, (fixed + kv_pos * c as f64) / GIB))
+                .collect(),
+            reference: false,
+        });
+        vram.push(Series {
+            label: format!("{} weights", r.label()),
+            points: xs
+                .iter()
+                .map(|&c| (c as f64, r.vram.weights_bytes as f64 / GIB))
+                .collect(),
+            reference: true,
+        });
+    }
+    line_chart(
+        &dir.join("decode-vram.svg"),
+        "VRAM by part vs context (context + weights + workspace + KV)",
+        "context (positions)",
+        "GiB",
+        &vram,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::DeviceInfo;
+
+    fn int4(act_order: bool) -> WeightKind {
+        WeightKind::Int4 {
+            group: 128,
+            act_order,
+            sym: false,
+        }
+    }
+
+    #[test]
+    fn bytes_per_token_matches_the_anchor_table() {
+        // anchors.md: 7B int4 g128 (4.156 bits with zeros) 3.63 GB at ctx 0, 4.70 GB at 2048;
+        // 13B 6.92 / 8.60 GB; 7B fp16 13.5 GB.
+        let cases = [
+            (ModelConfig::vicuna_7b(), int4(false), 0.0, 3.63e9),
+            (ModelConfig::vicuna_7b(), int4(false), 2048.0, 4.70e9),
+            (ModelConfig::vicuna_13b(), int4(false), 0.0, 6.92e9),
+            (ModelConfig::vicuna_13b(), int4(false), 2048.0, 8.60e9),
+            // The anchor's fp16 figure is the whole model (6.74 B params x 2 B) and so counts the
+            // full embedding table (0.26 GB) that a decode step does not read: 13.5 - 0.26.
+            (
+                ModelConfig::vicuna_7b(),
+                WeightKind::Fp16,
+                0.0,
+                13.5e9 - 32000.0 * 4096.0 * 2.0,
+            ),
+        ];
+        for (cfg, kind, ctx, want) in cases {
+            let b = BytesPerToken::new(&cfg, &expected_weights(&cfg, kind).unwrap());
+            let got = b.at(ctx);
+            assert!(
+                (got / want - 1.0).abs() < 0.01,
+                "{} {kind:?} ctx {ctx}: {got:.4e} vs {want:.4e}",
+                cfg.name
+            );
+        }
+        // KV: 7B reads 32 x 2 x 4096 x 2 B = 512 KiB per cached position.
+        let b = BytesPerToken::new(
+            &ModelConfig::vicuna_7b(),
+            &expected_weights(&ModelConfig::vicuna_7b(), int4(false)).unwrap(),
+        );
+        assert_eq!(b.kv_bytes_per_position, 512 * 1024);
+    }
+
+    #[test]
+    fn act_order_adds_the_permutation_and_sym_drops_the_zeros() {
+        let cfg = ModelConfig::vicuna_7b();
+        let base = expected_weights(&cfg, int4(false)).unwrap().linear_bytes;
+        let act = expected_weights(&cfg, int4(true)).unwrap().linear_bytes;
+        // One i32 per input row for each of the 4 launches per layer: (3 x 4096 + 11008) x 4 B.
+        assert_eq!(act - base, 32 * (3 * 4096 + 11008) * 4);
+        let sym = expected_weights(
+            &cfg,
+            WeightKind::Int4 {
+                group: 128,
+                act_order: false,
+                sym: true,
+            },
+        )
+        .unwrap()
+        .linear_bytes;
+        let zeros: u64 = 32
+            * [
+                (4096u64, 12288u64),
+                (4096, 4096),
+                (4096, 22016),
+                (11008, 4096),
+            ]
+            .iter()
+            .map(|(k, n)| k / 128 * n / 2)
+            .sum::<u64>();
+        assert_eq!(base - sym, zeros);
+        assert!(expected_weights(
+            &cfg,
+            WeightKind::Int4 {
+                group: 96,
+                act_order: false,
+                sym: false
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn context_point_roofline_arithmetic() {
+        let b = BytesPerToken {
+            linear_bytes: 1_000_000_000,
+            lm_head_bytes: 0,
+            embed_row_bytes: 0,
+            norm_bytes: 0,
+            kv_bytes_per_position: 1_000_000,
+        };
+        // 31 steps from ctx 100: mean positions 116 -> 1.116 GB per token; 2000 GB/s -> 1792 tok/s.
+        let p = context_point(&b, 2000.0, 100, 31, 1.0, 2.0);
+        assert_eq!(p.mean_positions, 116.0);
+        assert!((p.bytes_per_token - 1.116e9).abs() < 1.0);
+        assert!((p.roofline_tokens_per_s - 2000e9 / 1.116e9).abs() < 1e-6);
+        assert_eq!(
+            (p.graph_tokens_per_s, p.eager_tokens_per_s),
+            (1000.0, 500.0)
+        );
+        assert!((p.roofline_pct - 100.0 * 1000.0 / p.roofline_tokens_per_s).abs() < 1e-9);
+        assert!((p.achieved_gbs - 1116.0).abs() < 1e-6);
+    }
+
+    pub(crate) fn recorded(
+        model: ModelConfig,
+        kind: WeightKind,
+        ms: &[(usize, f64, f64)],
+    ) -> DecodeReport {
+        let device = DeviceInfo {
+            name: "NVIDIA H100 80GB HBM3".into(),
+            slug: "nvidia-h100-80gb-hbm3".into(),
+            cc_major: 9,
+            cc_minor: 0,
+            sms: 132,
+            memory_bytes: 80 << 30,
+            l2_bytes: 50 << 20,
+            driver_cuda: "13.0".into(),
+            driver_version: String::new(),
+            mem_clock_khz: 2_619_000,
+            bus_width_bits: 5120,
+        };
+        let ceil = Ceilings {
+            copy_gbs: 3000.0,
+            copy_kernel_gbs: 2950.0,
+            memcpy_dtod_gbs: 3000.0,
+            read_gbs: 3100.0,
+            buffer_bytes: 1 << 30,
+        };
+        let weights = expected_weights(&model, kind).unwrap();
+        let bytes = BytesPerToken::new(&model, &weights);
+        DecodeReport {
+            header: ReportHeader::new(&device, Some(ceil)),
+            model: model.name.clone(),
+            weights: weights.clone(),
+            int4_kernel: "test".into(),
+            fp16_backend: None,
+            max_ctx: 2100,
+            attn_chunk: 128,
+            bytes,
+            ceiling_gbs: ceil.read_gbs,
+            points: ms
+                .iter()
+                .map(|&(c, g, e)| context_point(&bytes, ceil.read_gbs, c, 32, g, e))
+                .collect(),
+            vram: VramReport {
+                total_bytes: 80 << 30,
+                context_bytes: 600 << 20,
+                weights_driver_bytes: weights.total_bytes() + (8 << 20),
+                kv_driver_bytes: 1 << 30,
+                workspace_driver_bytes: 40 << 20,
+                weights_bytes: weights.total_bytes(),
+                kv_bytes: 1 << 30,
+                workspace_bytes: 35 << 20,
+                peak_used_bytes: 6 << 30,
+            },
+            notes: vec!["recorded by hand for the report test".into()],
+            config: model,
+        }
+    }
+
+    #[test]
+    fn report_from_a_recorded_run_has_every_file_and_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = vec![
+            recorded(
+                ModelConfig::vicuna_7b(),
+                int4(false),
+                &[
+                    (128, 1.61, 2.9),
+                    (512, 1.75, 3.0),
+                    (1024, 1.9, 3.1),
+                    (2048, 2.2, 3.3),
+                ],
+            ),
+            recorded(
+                ModelConfig::vicuna_7b(),
+                WeightKind::Fp16,
+                &[
+                    (128, 5.2, 6.0),
+                    (512, 5.4, 6.2),
+                    (1024, 5.6, 6.3),
+                    (2048, 6.0, 6.5),
+                ],
+            ),
+        ];
+        write_decode_report(dir.path(), &runs).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        assert!(
+            md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),
+            "{md}"
+        );
+        // 1000 / 1.61 ms = 621.1 tok/s must appear in the int4 table.
+        assert!(md.contains("621.1"), "{md}");
+        let json: Vec<DecodeReport> =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("decode.json")).unwrap())
+                .unwrap();
+        assert_eq!(json.len(), 2);
+        assert_eq!(json[0].points, runs[0].points);
+        for f in [
+            "decode-tokens-per-s.svg",
+            "decode-roofline.svg",
+            "decode-vram.svg",
+        ] {
+            let s = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(s.starts_with("<svg") && s.contains("vicuna-7b fp16"), "{f}");
+        }
+        assert!(write_decode_report(dir.path(), &[]).is_err());
+    }
+}

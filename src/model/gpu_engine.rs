@@ -1,0 +1,1129 @@
+//! The GPU decode engine: LLaMA/Vicuna batch-1 decode, one token per step, every op a kernel of
+//! kernels/llama (embedding, add+RMSNorm, RoPE + KV append, split attention, SiLU*up, fp16 lm_head,
+//! argmax) plus the linear layers. The step reads its token and position from device memory and
+//! the argmax writes the next token and position back, so the step is captured once as a CUDA
+//! graph and replayed with no host work between tokens.
+//!
+//! Per step (L layers):
+//!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> rope_kv -> attn_split ->
+//!   attn_combine -> o -> add_rmsnorm(+o) -> gate_up -> silu_mul -> down] -> add_rmsnorm(+down)
+//!   -> lm_head -> argmax
+//! Prefill runs this step token by token (a GEMM prefill comes later).
+//! Linear layers go through `GpuEngine::linear` only: int4 via the engine's own split-K GEMV
+//! (lab_llama_q4_gemv) until the registry's GEMV variants serve it, fp16 via cuBLAS (or the lab
+//! fp16 GEMV where cuBLAS cannot be loaded).
+
+use crate::cuda::Gpu;
+use crate::error::DriverCtx;
+use crate::kernels::abi;
+use crate::kernels::gemv::{GemvKind, TILE_N};
+use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
+use crate::kernels::registry::Variant;
+use crate::model::config::ModelConfig;
+use crate::model::gpu_weights::{
+    raw, F16Dev, GpuLinear, GpuWeights, HostLlama, Int4Dev, SyntheticSpec,
+};
+use crate::model::vram::{Phase, VramLedger, VramReport};
+use crate::{LabError, Result};
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use half::f16;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Positions per attention split block. 128: at 2048 positions 16 splits x 32 heads = 512 blocks
+/// (about 4 per H100 SM); each block reads 128 x 256 B of K and of V.
+pub const DEFAULT_ATTN_CHUNK: usize = 128;
+
+/// cuBLAS workspace given to the handle up front, so nothing is allocated during graph capture
+/// (32 MiB: NVIDIA's recommendation for Hopper).
+const CUBLAS_WORKSPACE: usize = 32 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fp16Backend {
+    /// cuBLAS GemmEx (fp16 in/out, fp32 compute), m = N, n = 1.
+    Cublas,
+    /// lab_llama_gemv_f16 (one warp per output row).
+    Lab,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// KV cache rows; also the most positions a step may reach.
+    pub max_ctx: usize,
+    pub attn_chunk: usize,
+    /// Preferred backend for fp16 linears; falls back to Lab when libcublas is missing.
+    pub fp16_backend: Fp16Backend,
+    /// Which kernel computes the int4 linears: None = the engine's own lab_llama_q4_gemv, or a
+    /// registry GEMV variant (gemv_v4_perm, gemv_v5_splitk, ...) with its default tunables.
+    pub int4_variant: Option<&'static Variant>,
+}
+
+impl EngineOptions {
+    pub fn new(max_ctx: usize) -> Self {
+        EngineOptions {
+            max_ctx,
+            attn_chunk: DEFAULT_ATTN_CHUNK,
+            fp16_backend: Fp16Backend::Cublas,
+            int4_variant: None,
+        }
+    }
+}
+
+/// `engine` (None) or a registry GEMV variant that runs on the engine's raw buffers: a kernel
+/// variant of the gemv family (the cuBLAS baselines need their own fp16 weights and are refused).
+pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
+    if name == "engine" {
+        return Ok(None);
+    }
+    let v = crate::kernels::registry::by_name(name).ok_or_else(|| {
+        LabError::invalid(
+            "--int4-kernel",
+            format!("no variant '{name}'; expected engine or a gemv variant name"),
+        )
+    })?;
+    match crate::kernels::gemv::kind(v)? {
+        GemvKind::CublasF16 | GemvKind::DequantCublas => Err(LabError::invalid("--int4-kernel", format!("{name} is a cuBLAS baseline (fp16 weights); the engine runs int4 kernels: engine, gemv_v2_vec, gemv_v4_perm, gemv_v5_splitk, ..."))),
+        _ => Ok(Some(v)),
+    }
+}
+
+/// The int4 kernel's name for reports.
+pub fn int4_kernel_name(v: Option<&'static Variant>) -> String {
+    v.map_or("engine (lab_llama_q4_gemv v1)".to_string(), |v| {
+        format!("{} (registry)", v.name)
+    })
+}
+
+pub enum WeightSource<'a> {
+    Host {
+        weights: &'a HostLlama,
+        label: &'a str,
+    },
+    Synthetic(SyntheticSpec),
+}
+
+struct Kernels {
+    fill: CudaFunction,
+    embed: CudaFunction,
+    norm: CudaFunction,
+    rope: CudaFunction,
+    attn_split: CudaFunction,
+    attn_combine: CudaFunction,
+    silu: CudaFunction,
+    argmax: CudaFunction,
+    gemv_f16: CudaFunction,
+    q4: CudaFunction,
+    q4_finish: CudaFunction,
+}
+
+impl Kernels {
+    fn load(gpu: &Gpu) -> Result<Self> {
+        Ok(Kernels {
+            fill: gpu.function("lab_llama_fill")?,
+            embed: gpu.function("lab_llama_embed")?,
+            norm: gpu.function("lab_llama_add_rmsnorm")?,
+            rope: gpu.function("lab_llama_rope_kv")?,
+            attn_split: gpu.function("lab_llama_attn_split")?,
+            attn_combine: gpu.function("lab_llama_attn_combine")?,
+            silu: gpu.function("lab_llama_silu_mul")?,
+            argmax: gpu.function("lab_llama_argmax")?,
+            gemv_f16: gpu.function("lab_llama_gemv_f16")?,
+            q4: gpu.function("lab_llama_q4_gemv")?,
+            q4_finish: gpu.function("lab_llama_q4_finish")?,
+        })
+    }
+}
+
+/// Activation buffers of one step.
+struct Bufs {
+    resid: CudaSlice<f32>,
+    xn: CudaSlice<f16>,
+    qkv: CudaSlice<f16>,
+    attn: CudaSlice<f16>,
+    o: CudaSlice<f16>,
+    gate_up: CudaSlice<f16>,
+    act: CudaSlice<f16>,
+    down: CudaSlice<f16>,
+    logits: CudaSlice<f32>,
+    partial: CudaSlice<f32>,
+    q4_ws: CudaSlice<f32>,
+    /// Registry split-K GEMV workspace: f32 [max N] partials + u32 [max N / 32] tickets, zero
+    /// between launches (kernels/gemv/gemv_v5_splitk.cu leaves it zero).
+    gemv_ws: CudaSlice<f32>,
+    state: CudaSlice<i32>,
+    history: CudaSlice<i32>,
+    inv_freq: CudaSlice<f32>,
+}
+
+struct Blas {
+    handle: cudarc::cublas::CudaBlas,
+    _workspace: CudaSlice<u8>,
+}
+
+/// One op's output in a debug trace.
+#[derive(Debug, Clone)]
+pub struct TraceEntry {
+    /// None: before the first or after the last layer.
+    pub layer: Option<usize>,
+    pub op: &'static str,
+    pub values: Vec<f32>,
+}
+
+/// How the int4 split-K GEMV divides K: (splits, rows per split). Aims for >= 4 blocks of 128
+/// columns per SM (H100: 132 SMs -> 528 blocks), keeps >= 64 rows per split and <= 8192 rows so
+/// the f32 x slice fits 32 KB of shared memory.
+pub fn q4_split(n: usize, k: usize, sms: usize) -> (usize, usize) {
+    let col_blocks = n.div_ceil(128).max(1);
+    let want = (4 * sms.max(1)).div_ceil(col_blocks);
+    let split = want.clamp(k.div_ceil(8192).max(1), (k / 64).max(1));
+    let slice = k.div_ceil(split).div_ceil(8) * 8;
+    (k.div_ceil(slice), slice)
+}
+
+fn layer_shape(l: &Int4Dev) -> LayerShape {
+    LayerShape {
+        k: l.k,
+        n: l.n,
+        group_size: l.group_size,
+        g_idx: l.g_idx.is_some(),
+        perm: l.perm.is_some(),
+        bias: false,
+        symmetric: l.symmetric,
+    }
+}
+
+pub struct GpuEngine {
+    cfg: ModelConfig,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    pub weights: GpuWeights,
+    kv: CudaSlice<f16>,
+    b: Bufs,
+    blas: Option<Blas>,
+    graph: Option<CudaGraph>,
+    opts: EngineOptions,
+    n_splits: usize,
+    pos: usize,
+    sms: usize,
+    ctx: Arc<cudarc::driver::CudaContext>,
+    vram: VramLedger,
+    /// Which fp16 backend serves fp16 linears (None: there are none).
+    pub fp16_backend: Option<Fp16Backend>,
+    /// Registry GEMV instantiations by symbol, loaded before any capture.
+    gemv_fns: HashMap<String, CudaFunction>,
+}
+
+fn free_now(ctx: &cudarc::driver::CudaContext) -> Result<u64> {
+    Ok(ctx.mem_get_info().ctx("cuMemGetInfo")?.0 as u64)
+}
+
+impl GpuEngine {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        src: WeightSource,
+        opts: EngineOptions,
+    ) -> Result<Self> {
+        let (hd, heads, kvh) = (
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        if !(8..=256).contains(&hd) || !hd.is_power_of_two() {
+            return Err(LabError::invalid(
+                "model config",
+                format!("head_dim {hd}: the attention kernel needs a power of two in 8..=256"),
+            ));
+        }
+        if kvh == 0 || heads % kvh != 0 {
+            return Err(LabError::invalid(
+                "model config",
+                format!("{kvh} KV heads do not divide {heads} heads"),
+            ));
+        }
+        if opts.max_ctx == 0 || opts.attn_chunk == 0 || opts.max_ctx > i32::MAX as usize / 2 {
+            return Err(LabError::invalid(
+                "engine options",
+                format!(
+                    "max_ctx {} and attn_chunk {} must be positive",
+                    opts.max_ctx, opts.attn_chunk
+                ),
+            ));
+        }
+        for (what, v) in [
+            ("hidden_size", cfg.hidden_size),
+            ("intermediate_size", cfg.intermediate_size),
+        ] {
+            if v % 8 != 0 {
+                return Err(LabError::invalid(
+                    "model config",
+                    format!("{what} {v} must be a multiple of 8"),
+                ));
+            }
+        }
+        let k = Kernels::load(gpu)?;
+        let ctx = gpu.ctx.clone();
+        let stream = ctx.new_stream().ctx("creating the engine's stream")?;
+        let (free, total) = ctx.mem_get_info().ctx("cuMemGetInfo")?;
+        let mut vram = VramLedger::start(free as u64, total as u64);
+
+        let weights = match src {
+            WeightSource::Host { weights, label } => {
+                GpuWeights::upload(&stream, cfg, weights, label)?
+            }
+            WeightSource::Synthetic(spec) => GpuWeights::synthetic(&stream, &k.fill, cfg, spec)?,
+        };
+        stream.synchronize().ctx("weights upload / generation")?;
+        vram.phase(Phase::Weights, free_now(&ctx)?, weights.desc.total_bytes());
+
+        let kv_dim = kvh * hd;
+        let kv_len = cfg.num_hidden_layers * 2 * opts.max_ctx * kv_dim;
+        let kv = stream
+            .alloc_zeros::<f16>(kv_len)
+            .ctx("allocating the KV cache")?;
+        stream.synchronize().ctx("KV cache allocation")?;
+        vram.phase(Phase::KvCache, free_now(&ctx)?, kv_len as u64 * 2);
+
+        let n_splits = opts.max_ctx.div_ceil(opts.attn_chunk);
+        let (h, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let max_n = (h + 2 * kv_dim).max(2 * inter).max(h);
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / hd as f64) as f32)
+            .collect();
+        let a16 = |n: usize, what: &str| stream.alloc_zeros::<f16>(n).ctx(what);
+        let a32 = |n: usize, what: &str| stream.alloc_zeros::<f32>(n).ctx(what);
+        let b = Bufs {
+            resid: a32(h, "resid")?,
+            xn: a16(h, "xn")?,
+            qkv: a16(h + 2 * kv_dim, "qkv")?,
+            attn: a16(h, "attn")?,
+            o: a16(h, "o")?,
+            gate_up: a16(2 * inter, "gate_up")?,
+            act: a16(inter, "act")?,
+            down: a16(h, "down")?,
+            logits: a32(v, "logits")?,
+            partial: a32(heads * n_splits * (hd + 2), "attention partials")?,
+            q4_ws: a32(max_n, "int4 GEMV accumulator")?,
+            gemv_ws: a32(max_n + max_n.div_ceil(TILE_N), "registry split-K workspace")?,
+            state: stream
+                .alloc_zeros::<i32>(abi::LAB_LLAMA_STATE_WORDS as usize)
+                .ctx("state")?,
+            history: stream.alloc_zeros::<i32>(opts.max_ctx).ctx("history")?,
+            inv_freq: stream.clone_htod(&inv_freq).ctx("inv_freq")?,
+        };
+        let mut own = (h * 4
+            + (h * 5 + 2 * kv_dim + 3 * inter) * 2
+            + v * 4
+            + (heads * n_splits * (hd + 2) + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2) * 4)
+            as u64;
+        own += (abi::LAB_LLAMA_STATE_WORDS as usize + opts.max_ctx) as u64 * 4;
+
+        let has_f16 = weights
+            .layers
+            .iter()
+            .any(|l| matches!(l.o, GpuLinear::F16(_)));
+        let mut blas = None;
+        let mut fp16_backend = None;
+        if has_f16 {
+            fp16_backend = Some(Fp16Backend::Lab);
+            // SAFETY: only probes whether libcublas can be dlopen'ed; a missing library would
+            // otherwise panic inside cudarc on the first cuBLAS call.
+            if opts.fp16_backend == Fp16Backend::Cublas
+                && unsafe { cudarc::cublas::sys::is_culib_present() }
+            {
+                let handle = cudarc::cublas::CudaBlas::new(stream.clone())
+                    .ctx("creating the cuBLAS handle")?;
+                let ws = stream
+                    .alloc_zeros::<u8>(CUBLAS_WORKSPACE)
+                    .ctx("cuBLAS workspace")?;
+                // SAFETY: the workspace outlives the handle (both live in `Blas`, dropped together).
+                unsafe {
+                    cudarc::cublas::sys::cublasSetWorkspace_v2(
+                        *handle.handle(),
+                        raw(&ws, &stream) as *mut _,
+                        CUBLAS_WORKSPACE,
+                    )
+                }
+                .result()
+                .ctx("cublasSetWorkspace")?;
+                own += CUBLAS_WORKSPACE as u64;
+                blas = Some(Blas {
+                    handle,
+                    _workspace: ws,
+                });
+                fp16_backend = Some(Fp16Backend::Cublas);
+            }
+        }
+        stream.synchronize().ctx("workspace allocation")?;
+        vram.phase(Phase::Workspace, free_now(&ctx)?, own);
+
+        // A registry variant must accept every int4 layer: plan each now (a refusal names the
+        // variant, layer and reason) and load the instantiations the plans use.
+        let mut gemv_fns = HashMap::new();
+        if let Some(v) = opts.int4_variant {
+            for (li, l) in weights.layers.iter().enumerate() {
+                let lins = l
+                    .qkv
+                    .iter()
+                    .map(|s| &s.lin)
+                    .chain([&l.o])
+                    .chain(l.gate_up.iter().map(|s| &s.lin))
+                    .chain([&l.down]);
+                for lin in lins {
+                    if let GpuLinear::Int4(q) = lin {
+                        let p = gemv_plan(v, &layer_shape(q), 1, q.k, q.n, &Tunables::new())
+                            .map_err(|e| {
+                                LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                            })?;
+                        if !gemv_fns.contains_key(&p.symbol) {
+                            gemv_fns.insert(p.symbol.clone(), gpu.function(&p.symbol)?);
+                        }
+                    }
+                }
+            }
+        }
+
+        Ok(GpuEngine {
+            cfg: cfg.clone(),
+            sms: gpu.info.sms.max(1) as usize,
+            stream,
+            k,
+            weights,
+            kv,
+            b,
+            blas,
+            graph: None,
+            opts,
+            n_splits,
+            pos: 0,
+            ctx,
+            vram,
+            fp16_backend,
+            gemv_fns,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+    pub fn max_ctx(&self) -> usize {
+        self.opts.max_ctx
+    }
+    pub fn kv_bytes(&self) -> u64 {
+        self.kv.len() as u64 * 2
+    }
+    pub fn vram(&mut self) -> Result<VramReport> {
+        let f = free_now(&self.ctx)?;
+        self.vram.observe(f);
+        Ok(self.vram.report())
+    }
+    pub fn int4_kernel(&self) -> String {
+        int4_kernel_name(self.opts.int4_variant)
+    }
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    fn launch<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32),
+        block: u32,
+        smem: u32,
+        p: &P,
+        what: &str,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: every params struct carries device addresses of live buffers owned by `self`
+        // with the sizes the kernel's top comment requires; shapes were checked at construction.
+        unsafe { self.stream.launch_builder(f).arg(p).launch(cfg) }
+            .map(|_| ())
+            .ctx(what)
+    }
+
+    fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
+        raw(s, &self.stream)
+    }
+
+    /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
+    fn linear(&self, lin: &GpuLinear, x: u64, y: u64) -> Result<()> {
+        match lin {
+            GpuLinear::Int4(l) => match self.opts.int4_variant {
+                None => self.q4_gemv(l, x, y),
+                Some(v) => self.registry_gemv(v, l, x, y),
+            },
+            GpuLinear::F16(l) => match &self.blas {
+                Some(b) => self.cublas_gemv(b, l, x, y),
+                None => self.gemv_f16(self.r(&l.w), x, y, 0, l.n, l.k, "fp16 linear (lab GEMV)"),
+            },
+        }
+    }
+
+    fn q4_gemv(&self, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
+        let (split, slice) = q4_split(l.n, l.k, self.sms);
+        let p = abi::lab_gemm_params {
+            x,
+            qweight: self.r(&l.qweight),
+            qzeros: l.qzeros.as_ref().map_or(0, |z| self.r(z)),
+            scales: self.r(&l.scales),
+            g_idx: l.g_idx.as_ref().map_or(0, |g| self.r(g)),
+            perm: l.perm.as_ref().map_or(0, |g| self.r(g)),
+            bias: 0,
+            y,
+            workspace: self.r(&self.b.q4_ws),
+            m: 1,
+            n: l.n as i32,
+            k: l.k as i32,
+            group_size: l.group_size as i32,
+            groups: l.groups as i32,
+            zero_mode: if l.symmetric {
+                abi::LAB_ZEROS_SYMMETRIC
+            } else {
+                abi::LAB_ZEROS_TRUE
+            } as i32,
+            split_k: split as i32,
+            k_slice: slice as i32,
+        };
+        let what = format!("int4 GEMV (engine v1) K {} N {}", l.k, l.n);
+        self.launch(
+            &self.k.q4,
+            (l.n.div_ceil(128) as u32, split as u32),
+            128,
+            (slice * 4) as u32,
+            &p,
+            &what,
+        )?;
+        let f = abi::lab_llama_q4_finish_params {
+            ws: p.workspace,
+            y,
+            n: l.n as i32,
+            _pad: 0,
+        };
+        self.launch(
+            &self.k.q4_finish,
+            (l.n.div_ceil(256) as u32, 1),
+            256,
+            0,
+            &f,
+            &what,
+        )
+    }
+
+    /// A registry GEMV variant on the engine's buffers and stream: the gemv launcher's plan
+    /// (shape checks, instantiation, grid), parameters filled as kernels::launch fills them.
+    fn registry_gemv(&self, v: &'static Variant, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
+        let shape = layer_shape(l);
+        let plan = gemv_plan(v, &shape, 1, l.k, l.n, &Tunables::new())?;
+        let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| {
+            LabError::invalid(
+                "int4 kernel",
+                format!("{} was not loaded at engine construction", plan.symbol),
+            )
+        })?;
+        let p = abi::lab_gemm_params {
+            x,
+            qweight: self.r(&l.qweight),
+            qzeros: if l.symmetric {
+                0
+            } else {
+                l.qzeros.as_ref().map_or(0, |z| self.r(z))
+            },
+            scales: self.r(&l.scales),
+            g_idx: l.g_idx.as_ref().map_or(0, |g| self.r(g)),
+            perm: l.perm.as_ref().map_or(0, |g| self.r(g)),
+            bias: 0,
+            y,
+            workspace: self.r(&self.b.gemv_ws),
+            m: 1,
+            n: l.n as i32,
+            k: l.k as i32,
+            group_size: l.group_size as i32,
+            groups: l.groups as i32,
+            zero_mode: if l.symmetric {
+                abi::LAB_ZEROS_SYMMETRIC
+            } else {
+                abi::LAB_ZEROS_TRUE
+            } as i32,
+            split_k: plan.split_k as i32,
+            k_slice: plan.k_slice as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: plan.grid,
+            block_dim: plan.block,
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as kernels::launch: x [k], y [n] fp16; qweight [k/8, n], scales/qzeros [groups, n
+        // (/8)], perm [k] live buffers of this engine; the workspace holds n + n/32 zeroed words
+        // for every N of this model (sized for the widest linear); the plan checked the shape.
+        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }
+            .map(|_| ())
+            .ctx(&format!("{} ({}) K {} N {}", plan.symbol, v.name, l.k, l.n))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_f16(
+        &self,
+        w: u64,
+        x: u64,
+        y16: u64,
+        y32: u64,
+        n: usize,
+        k: usize,
+        what: &str,
+    ) -> Result<()> {
+        let p = abi::lab_llama_gemv_f16_params {
+            w,
+            x,
+            y_f16: y16,
+            y_f32: y32,
+            n: n as i32,
+            k: k as i32,
+        };
+        self.launch(
+            &self.k.gemv_f16,
+            (n.div_ceil(8) as u32, 1),
+            256,
+            0,
+            &p,
+            what,
+        )
+    }
+
+    fn cublas_gemv(&self, b: &Blas, l: &F16Dev, x: u64, y: u64) -> Result<()> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // Column-major view: W [n, k] row-major is A = k x n (lda k); y (n x 1) = A^T x.
+        // SAFETY: w holds n*k fp16, x k fp16, y n fp16 (checked at upload and allocation).
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *b.handle.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                l.n as i32,
+                1,
+                l.k as i32,
+                (&alpha) as *const f32 as *const _,
+                self.r(&l.w) as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                l.k as i32,
+                x as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                l.k as i32,
+                (&beta) as *const f32 as *const _,
+                y as *mut _,
+                cudaDataType_t::CUDA_R_16F,
+                l.n as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .ctx(&format!("cuBLAS fp16 GEMV K {} N {}", l.k, l.n))
+    }
+
+    fn norm(&self, delta: u64, weight: &CudaSlice<f16>, what: &str) -> Result<()> {
+        let p = abi::lab_llama_norm_params {
+            resid: self.r(&self.b.resid),
+            delta,
+            weight: self.r(weight),
+            out: self.r(&self.b.xn),
+            hidden: self.cfg.hidden_size as i32,
+            eps: self.cfg.rms_norm_eps as f32,
+        };
+        self.launch(&self.k.norm, (1, 1), 512, 0, &p, what)
+    }
+
+    /// Enqueue one decode step. With `trace`, synchronize after every op and keep its output.
+    fn enqueue_step(&self, mut trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
+        let cfg = &self.cfg;
+        let (h, hd, heads, kvh) = (
+            cfg.hidden_size,
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        let kv_dim = kvh * hd;
+        let (inter, vocab, max_ctx) = (cfg.intermediate_size, cfg.vocab_size, self.opts.max_ctx);
+        let b = &self.b;
+        let state = self.r(&b.state);
+        let tracing = trace.is_some();
+        let mut keep = |layer: Option<usize>, op: &'static str, v: Vec<f32>| {
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(TraceEntry {
+                    layer,
+                    op,
+                    values: v,
+                });
+            }
+        };
+        let snap16 = |s: &CudaSlice<f16>| -> Result<Vec<f32>> {
+            if !tracing {
+                return Ok(Vec::new());
+            }
+            let v = self.stream.clone_dtoh(s).ctx("debug trace copy")?;
+            Ok(v.into_iter().map(|x| x.to_f32()).collect())
+        };
+        let snap32 = |s: &CudaSlice<f32>| -> Result<Vec<f32>> {
+            if !tracing {
+                return Ok(Vec::new());
+            }
+            self.stream.clone_dtoh(s).ctx("debug trace copy")
+        };
+
+        let e = abi::lab_llama_embed_params {
+            table: self.r(&self.weights.embed),
+            state,
+            history: self.r(&b.history),
+            resid: self.r(&b.resid),
+            hidden: h as i32,
+            vocab: vocab as i32,
+            max_ctx: max_ctx as i32,
+            _pad: 0,
+        };
+        self.launch(
+            &self.k.embed,
+            (h.div_ceil(256) as u32, 1),
+            256,
+            0,
+            &e,
+            "embedding",
+        )?;
+        keep(None, "embedding", snap32(&b.resid)?);
+
+        let layer_stride = 2 * max_ctx * kv_dim;
+        for (li, l) in self.weights.layers.iter().enumerate() {
+            let delta = if li == 0 { 0 } else { self.r(&b.down) };
+            self.norm(delta, &l.attn_norm, &format!("layer {li} input_layernorm"))?;
+            keep(Some(li), "attn_norm", snap16(&b.xn)?);
+            for s in &l.qkv {
+                self.linear(&s.lin, self.r(&b.xn), self.r(&b.qkv) + 2 * s.col as u64)?;
+            }
+            keep(Some(li), "qkv_proj", snap16(&b.qkv)?);
+            let k_cache = self.r(&self.kv) + 2 * (li * layer_stride) as u64;
+            let v_cache = k_cache + 2 * (max_ctx * kv_dim) as u64;
+            let rp = abi::lab_llama_rope_params {
+                qkv: self.r(&b.qkv),
+                k_cache,
+                v_cache,
+                inv_freq: self.r(&b.inv_freq),
+                state,
+                heads: heads as i32,
+                kv_heads: kvh as i32,
+                head_dim: hd as i32,
+                max_ctx: max_ctx as i32,
+            };
+            self.launch(
+                &self.k.rope,
+                ((heads + kvh) as u32, 1),
+                (hd / 2).max(32) as u32,
+                0,
+                &rp,
+                &format!("layer {li} rope_kv"),
+            )?;
+            keep(Some(li), "rope", snap16(&b.qkv)?);
+            let ap = abi::lab_llama_attn_params {
+                qkv: self.r(&b.qkv),
+                k_cache,
+                v_cache,
+                partial: self.r(&b.partial),
+                out: self.r(&b.attn),
+                state,
+                heads: heads as i32,
+                kv_heads: kvh as i32,
+                head_dim: hd as i32,
+                max_ctx: max_ctx as i32,
+                chunk: self.opts.attn_chunk as i32,
+                n_splits: self.n_splits as i32,
+                scale: (1.0 / (hd as f64).sqrt()) as f32,
+                _pad: 0,
+            };
+            let groups = 256 / (hd / 8);
+            let smem = ((hd + self.opts.attn_chunk + groups * hd) * 4) as u32;
+            self.launch(
+                &self.k.attn_split,
+                (heads as u32, self.n_splits as u32),
+                256,
+                smem,
+                &ap,
+                &format!("layer {li} attention (split)"),
+            )?;
+            self.launch(
+                &self.k.attn_combine,
+                (heads as u32, 1),
+                128,
+                0,
+                &ap,
+                &format!("layer {li} attention (combine)"),
+            )?;
+            keep(Some(li), "attention", snap16(&b.attn)?);
+            self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
+            keep(Some(li), "o_proj", snap16(&b.o)?);
+            self.norm(
+                self.r(&b.o),
+                &l.ffn_norm,
+                &format!("layer {li} post_attention_layernorm"),
+            )?;
+            keep(Some(li), "residual_attn", snap32(&b.resid)?);
+            keep(Some(li), "ffn_norm", snap16(&b.xn)?);
+            for s in &l.gate_up {
+                self.linear(&s.lin, self.r(&b.xn), self.r(&b.gate_up) + 2 * s.col as u64)?;
+            }
+            keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?);
+            let sp = abi::lab_llama_silu_params {
+                gate_up: self.r(&b.gate_up),
+                out: self.r(&b.act),
+                inter: inter as i32,
+                _pad: 0,
+            };
+            self.launch(
+                &self.k.silu,
+                (inter.div_ceil(256) as u32, 1),
+                256,
+                0,
+                &sp,
+                &format!("layer {li} silu_mul"),
+            )?;
+            keep(Some(li), "silu_mul", snap16(&b.act)?);
+            self.linear(&l.down, self.r(&b.act), self.r(&b.down))?;
+            keep(Some(li), "down_proj", snap16(&b.down)?);
+        }
+        self.norm(self.r(&b.down), &self.weights.final_norm, "final norm")?;
+        keep(None, "residual_final", snap32(&b.resid)?);
+        keep(None, "final_norm", snap16(&b.xn)?);
+        self.gemv_f16(
+            self.r(&self.weights.lm_head),
+            self.r(&b.xn),
+            0,
+            self.r(&b.logits),
+            vocab,
+            h,
+            "lm_head",
+        )?;
+        keep(None, "lm_head", snap32(&b.logits)?);
+        let gp = abi::lab_llama_argmax_params {
+            logits: self.r(&b.logits),
+            state,
+            vocab: vocab as i32,
+            max_ctx: max_ctx as i32,
+        };
+        self.launch(&self.k.argmax, (1, 1), 1024, 0, &gp, "argmax")
+    }
+
+    /// Capture the step as a CUDA graph (once; later steps replay it).
+    pub fn capture_graph(&mut self) -> Result<()> {
+        if self.graph.is_some() {
+            return Ok(());
+        }
+        self.stream.synchronize().ctx("before graph capture")?;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .ctx("begin graph capture")?;
+        let r = self.enqueue_step(None);
+        let g = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        r?;
+        let g = g
+            .ctx("end graph capture / instantiate")?
+            .ok_or_else(|| LabError::invalid("CUDA graph", "capture produced an empty graph"))?;
+        g.upload().ctx("graph upload")?;
+        self.graph = Some(g);
+        let f = free_now(&self.ctx)?;
+        self.vram.observe(f);
+        Ok(())
+    }
+
+    /// Forget the sequence: position 0, flags cleared.
+    pub fn reset(&mut self) -> Result<()> {
+        self.set_position(0)
+    }
+
+    /// Continue from `pos` (the cache rows below it are taken as they are: benchmarks fill them
+    /// with random values instead of running a prefill).
+    pub fn set_position(&mut self, pos: usize) -> Result<()> {
+        if pos >= self.opts.max_ctx {
+            return Err(LabError::invalid(
+                "position",
+                format!("{pos} is past the KV cache ({} rows)", self.opts.max_ctx),
+            ));
+        }
+        let words = [0i32, pos as i32, 0, 0];
+        self.stream
+            .memcpy_htod(&words, &mut self.b.state)
+            .ctx("writing the step state")?;
+        self.pos = pos;
+        Ok(())
+    }
+
+    /// Fill the whole KV cache with random fp16 values in [-1, 1) (benchmarks).
+    pub fn fill_kv_random(&mut self, seed: u64) -> Result<()> {
+        let p = self.r(&self.kv);
+        crate::model::gpu_weights::fill_launch(
+            &self.stream,
+            &self.k.fill,
+            p,
+            self.kv.len(),
+            seed,
+            -1.0,
+            1.0,
+            abi::LAB_FILL_F16 as i32,
+        )
+    }
+
+    fn run_step(&mut self, graph: bool, trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
+        if self.pos >= self.opts.max_ctx {
+            return Err(LabError::invalid(
+                "sequence length",
+                format!("the KV cache is full ({} positions)", self.opts.max_ctx),
+            ));
+        }
+        match (&self.graph, graph && trace.is_none()) {
+            (Some(g), true) => g.launch().ctx("graph launch")?,
+            (None, true) => {
+                return Err(LabError::invalid(
+                    "decode step",
+                    "graph replay asked for before capture_graph",
+                ))
+            }
+            _ => self.enqueue_step(trace)?,
+        }
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Feed `token` at the current position (prompt tokens, teacher forcing).
+    pub fn feed(
+        &mut self,
+        token: u32,
+        graph: bool,
+        trace: Option<&mut Vec<TraceEntry>>,
+    ) -> Result<()> {
+        if token as usize >= self.cfg.vocab_size {
+            return Err(LabError::invalid(
+                "token id",
+                format!(
+                    "{token} is out of range for vocab_size {}",
+                    self.cfg.vocab_size
+                ),
+            ));
+        }
+        let mut tok = self.b.state.slice_mut(0..1);
+        self.stream
+            .memcpy_htod(&[token as i32], &mut tok)
+            .ctx("writing the token")?;
+        self.run_step(graph, trace)
+    }
+
+    /// Feed the token the previous step's argmax chose (stays on the device).
+    pub fn step_greedy(&mut self, graph: bool) -> Result<()> {
+        self.run_step(graph, None)
+    }
+
+    /// Synchronize, then fail if a kernel raised a state flag.
+    pub fn check_state(&self) -> Result<[i32; 4]> {
+        self.stream.synchronize().ctx("decode step")?;
+        let s = self
+            .stream
+            .clone_dtoh(&self.b.state)
+            .ctx("reading the step state")?;
+        let f = s[abi::LAB_LLAMA_STATE_FLAGS as usize];
+        if f != 0 {
+            let mut why = Vec::new();
+            if f & abi::LAB_LLAMA_FLAG_BAD_TOKEN as i32 != 0 {
+                why.push("a token id was out of range");
+            }
+            if f & abi::LAB_LLAMA_FLAG_CTX_FULL as i32 != 0 {
+                why.push("a step ran past the KV cache");
+            }
+            if f & abi::LAB_LLAMA_FLAG_NAN_LOGITS as i32 != 0 {
+                why.push("all logits were NaN or -inf");
+            }
+            return Err(LabError::CheckFailed(format!(
+                "decode step flags {f:#x}: {}",
+                why.join(", ")
+            )));
+        }
+        Ok([s[0], s[1], s[2], s[3]])
+    }
+
+    /// Synchronize and read the sticky flag word (LAB_LLAMA_FLAG_*) without failing on it.
+    pub fn flags(&self) -> Result<i32> {
+        self.stream.synchronize().ctx("decode step")?;
+        let s = self
+            .stream
+            .clone_dtoh(&self.b.state)
+            .ctx("reading the step state")?;
+        Ok(s[abi::LAB_LLAMA_STATE_FLAGS as usize])
+    }
+
+    /// The logits [vocab] of the last step.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        self.stream.synchronize().ctx("decode step")?;
+        self.stream.clone_dtoh(&self.b.logits).ctx("reading logits")
+    }
+
+    /// Greedy generation: reset, prefill `prompt` token by token, then `n_new` greedy steps with
+    /// the token chained on the device. Returns the new tokens.
+    pub fn generate(&mut self, prompt: &[u32], n_new: usize, graph: bool) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(LabError::invalid("prompt", "needs at least one token"));
+        }
+        // The last new token is chosen but never fed: prompt + n_new - 1 positions are cached.
+        if prompt.len() + n_new.saturating_sub(1) > self.opts.max_ctx {
+            return Err(LabError::invalid(
+                "generation length",
+                format!(
+                    "{} prompt + {n_new} new tokens exceed the KV cache ({})",
+                    prompt.len(),
+                    self.opts.max_ctx
+                ),
+            ));
+        }
+        if graph {
+            self.capture_graph()?;
+        }
+        self.reset()?;
+        let start = self.pos;
+        for &t in prompt {
+            self.feed(t, graph, None)?;
+        }
+        for _ in 1..n_new {
+            self.step_greedy(graph)?;
+        }
+        let st = self.check_state()?;
+        let hist = self
+            .stream
+            .clone_dtoh(&self.b.history)
+            .ctx("reading the token history")?;
+        let mut out: Vec<u32> = hist[start + prompt.len()..self.pos]
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
+        if n_new > 0 {
+            out.push(st[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32);
+        }
+        Ok(out)
+    }
+
+    /// Mean milliseconds per step over `n` steps from the current position, timed with CUDA events
+    /// around the whole run (graph replay, or eager launches: the host's launch cost shows up in
+    /// the eager figure whenever the GPU waits for it).
+    pub fn time_steps(&mut self, n: usize, graph: bool) -> Result<f64> {
+        if n == 0 {
+            return Err(LabError::invalid("timed steps", "n must be positive"));
+        }
+        if graph {
+            self.capture_graph()?;
+        }
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let a = self.stream.record_event(flags).ctx("start event")?;
+        for _ in 0..n {
+            self.step_greedy(graph)?;
+        }
+        let b = self.stream.record_event(flags).ctx("stop event")?;
+        self.stream.synchronize().ctx("timed decode steps")?;
+        let ms = a.elapsed_ms(&b).ctx("event time")? as f64;
+        let f = free_now(&self.ctx)?;
+        self.vram.observe(f);
+        Ok(ms / n as f64)
+    }
+
+    /// One eager step feeding `token`, with every op's output copied back (debug mode).
+    pub fn trace_step(&mut self, token: u32) -> Result<Vec<TraceEntry>> {
+        let mut t = Vec::new();
+        self.feed(token, false, Some(&mut t))?;
+        self.check_state()?;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused() {
+        let cfgs = [
+            ModelConfig::vicuna_7b(),
+            ModelConfig::vicuna_13b(),
+            crate::model::gpu_check::tiny_config(),
+        ];
+        for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
+            let v = int4_kernel_by_name(name).unwrap().unwrap();
+            for cfg in &cfgs {
+                let (h, i, kv) = (
+                    cfg.hidden_size,
+                    cfg.intermediate_size,
+                    cfg.num_key_value_heads * cfg.head_dim(),
+                );
+                for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
+                    let g = if k % 128 == 0 { 128 } else { 64 };
+                    for (group, perm, symmetric) in [
+                        (g, false, false),
+                        (g, true, false),
+                        (k, false, true),
+                        (32, true, true),
+                    ] {
+                        let s = LayerShape {
+                            k,
+                            n,
+                            group_size: group,
+                            g_idx: false,
+                            perm,
+                            bias: false,
+                            symmetric,
+                        };
+                        let p = gemv_plan(v, &s, 1, k, n, &Tunables::new())
+                            .unwrap_or_else(|e| panic!("{name} {} {k}x{n}: {e}", cfg.name));
+                        assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
+                    }
+                }
+            }
+        }
+        assert!(int4_kernel_by_name("engine").unwrap().is_none());
+        assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
+        assert!(int4_kernel_by_name("gemv_v9").is_err());
+    }
+
+    #[test]
+    fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {
+        for &(n, k) in &[
+            (12288usize, 4096usize),
+            (4096, 11008),
+            (22016, 4096),
+            (64, 64),
+            (128, 192),
+            (15360, 5120),
+            (5120, 13824),
+            (8, 8),
+        ] {
+            let (split, slice) = q4_split(n, k, 132);
+            assert_eq!(slice % 8, 0, "{n}x{k}");
+            assert!(
+                split * slice >= k && (split - 1) * slice < k,
+                "{n}x{k}: {split} x {slice}"
+            );
+            assert!(
+                slice <= 8192,
+                "{n}x{k}: x slice {slice} rows exceeds 32 KB of shared memory"
+            );
+            if k >= 64 * 16 {
+                assert!(
+                    n.div_ceil(128) * split >= 4 * 132 || slice <= 64 + 8,
+                    "{n}x{k}: only {} blocks",
+                    n.div_ceil(128) * split
+                );
+            }
+        }
+    }
+}

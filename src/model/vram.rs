@@ -1,0 +1,115 @@
+//! VRAM accounting of the GPU engine, two ways: the driver's free-memory readings
+//! (`cuMemGetInfo`) before and after each allocation phase, and the engine's own sum of the buffer
+//! sizes it asked for. The two differ by allocation granularity (2 MiB pages, memory-pool
+//! rounding) and by anything else resident on the card; both are reported.
+
+use serde::{Deserialize, Serialize};
+
+/// One allocation phase of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    Weights,
+    KvCache,
+    /// Activations, logits, attention partials, GEMV split-K accumulator, cuBLAS workspace,
+    /// the instantiated CUDA graph.
+    Workspace,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VramReport {
+    pub total_bytes: u64,
+    /// Used before the engine allocated anything: CUDA context, loaded kernel modules, cuBLAS
+    /// handle, and whatever else was resident (other processes included).
+    pub context_bytes: u64,
+    /// Driver view: free memory consumed by each phase.
+    pub weights_driver_bytes: u64,
+    pub kv_driver_bytes: u64,
+    pub workspace_driver_bytes: u64,
+    /// Engine view: exact bytes requested.
+    pub weights_bytes: u64,
+    pub kv_bytes: u64,
+    pub workspace_bytes: u64,
+    /// Highest used memory (total - free) seen at any reading.
+    pub peak_used_bytes: u64,
+}
+
+/// Collects readings as the engine allocates.
+#[derive(Debug, Clone, Default)]
+pub struct VramLedger {
+    report: VramReport,
+    last_free: u64,
+}
+
+impl VramLedger {
+    /// `free`, `total`: the driver's reading before the first engine allocation.
+    pub fn start(free: u64, total: u64) -> Self {
+        VramLedger {
+            report: VramReport {
+                total_bytes: total,
+                context_bytes: total.saturating_sub(free),
+                peak_used_bytes: total.saturating_sub(free),
+                ..Default::default()
+            },
+            last_free: free,
+        }
+    }
+
+    /// A reading after `phase`'s allocations; `own` = bytes the engine requested in it.
+    pub fn phase(&mut self, phase: Phase, free: u64, own: u64) {
+        let used = self.last_free.saturating_sub(free);
+        let r = &mut self.report;
+        match phase {
+            Phase::Weights => {
+                r.weights_driver_bytes += used;
+                r.weights_bytes += own;
+            }
+            Phase::KvCache => {
+                r.kv_driver_bytes += used;
+                r.kv_bytes += own;
+            }
+            Phase::Workspace => {
+                r.workspace_driver_bytes += used;
+                r.workspace_bytes += own;
+            }
+        }
+        self.last_free = free;
+        self.observe(free);
+    }
+
+    /// Any other reading (after graph capture, after timing): only moves the peak.
+    pub fn observe(&mut self, free: u64) {
+        let used = self.report.total_bytes.saturating_sub(free);
+        self.report.peak_used_bytes = self.report.peak_used_bytes.max(used);
+    }
+
+    pub fn report(&self) -> VramReport {
+        self.report.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_take_the_drop_in_free_memory_and_peak_tracks_the_lowest_free() {
+        const G: u64 = 1 << 30;
+        let mut l = VramLedger::start(79 * G, 80 * G);
+        l.phase(Phase::Weights, 75 * G, 4 * G - 5);
+        l.phase(Phase::KvCache, 74 * G, G);
+        l.observe(73 * G); // a transient (graph instantiation)
+        l.phase(Phase::Workspace, 73 * G + G / 2, 1000);
+        let r = l.report();
+        assert_eq!(r.context_bytes, G);
+        assert_eq!(
+            (r.weights_driver_bytes, r.weights_bytes),
+            (4 * G, 4 * G - 5)
+        );
+        assert_eq!(r.kv_driver_bytes, G);
+        assert_eq!(r.workspace_driver_bytes, G / 2);
+        assert_eq!(r.peak_used_bytes, 7 * G);
+        // Free memory that grows (another process freed some) counts as zero, not a wrap-around.
+        l.phase(Phase::Workspace, 78 * G, 0);
+        assert_eq!(l.report().workspace_driver_bytes, G / 2);
+    }
+}
