@@ -12,8 +12,8 @@ use crate::cuda::Gpu;
 use crate::error::DriverCtx;
 use crate::gptq::{act_order_g_idx, pack::pack_zeros, reorder_by_group, QuantLinear, Reordered};
 use crate::kernels::abi::lab_ref_matmul_params;
-use crate::kernels::layer::{prepare_with, upload, DeviceLayer};
 use crate::kernels::launch::{launch, Tunables};
+use crate::kernels::layer::{prepare_with, upload, DeviceLayer};
 use crate::kernels::registry::{self, ActOrder, Variant};
 use crate::tune::{CandidateStatus, Choice, Measurer, ProblemKey};
 use crate::{LabError, Result};
@@ -49,7 +49,11 @@ impl<'a> GpuMeasurer<'a> {
     pub fn new(gpu: &'a Gpu, quick: bool) -> Self {
         GpuMeasurer {
             gpu,
-            cfg: if quick { TimingConfig::quick() } else { TimingConfig::default() },
+            cfg: if quick {
+                TimingConfig::quick()
+            } else {
+                TimingConfig::default()
+            },
             fixture: None,
         }
     }
@@ -59,9 +63,17 @@ impl<'a> GpuMeasurer<'a> {
         if self.fixture.as_ref().is_none_or(|f| f.shape != shape) {
             self.fixture = None; // free the previous shape's device memory first
             let layer = synthetic_layer(key)?;
-            let reordered = if key.act_order { Some(reorder_by_group(&layer)?) } else { None };
+            let reordered = if key.act_order {
+                Some(reorder_by_group(&layer)?)
+            } else {
+                None
+            };
             let w = dequant_f16(&layer);
-            let w_ref = self.gpu.stream.clone_htod(&w).ctx("uploading the reference W")?;
+            let w_ref = self
+                .gpu
+                .stream
+                .clone_htod(&w)
+                .ctx("uploading the reference W")?;
             self.fixture = Some(Fixture {
                 shape,
                 layer,
@@ -75,8 +87,12 @@ impl<'a> GpuMeasurer<'a> {
     }
 
     fn try_measure(&mut self, key: &ProblemKey, choice: &Choice) -> Result<CandidateStatus> {
-        let v: &'static Variant = registry::by_name(&choice.variant)
-            .ok_or_else(|| LabError::invalid("variant", format!("'{}' is not in the registry", choice.variant)))?;
+        let v: &'static Variant = registry::by_name(&choice.variant).ok_or_else(|| {
+            LabError::invalid(
+                "variant",
+                format!("'{}' is not in the registry", choice.variant),
+            )
+        })?;
         let gpu = self.gpu;
         let cfg = self.cfg;
         let m = key.batch_bucket as usize;
@@ -87,7 +103,11 @@ impl<'a> GpuMeasurer<'a> {
             f.inputs.insert(m, inp);
         }
         if !f.layers.contains_key(v.name) {
-            let reordered = if v.act_order.contains(&ActOrder::Reordered) { f.reordered.as_ref() } else { None };
+            let reordered = if v.act_order.contains(&ActOrder::Reordered) {
+                f.reordered.as_ref()
+            } else {
+                None
+            };
             let host = prepare_with(v, &f.layer, reordered)?;
             let first = upload(gpu, &host)?;
             let copies = copies_to_exceed_l2(l2, first.device_bytes() as u64);
@@ -103,13 +123,20 @@ impl<'a> GpuMeasurer<'a> {
         let n = key.n as usize;
 
         // Correctness first, on a NaN-poisoned output.
-        let mut y = gpu.stream.clone_htod(&vec![f16::NAN; m * n]).ctx("poisoning y")?;
+        let mut y = gpu
+            .stream
+            .clone_htod(&vec![f16::NAN; m * n])
+            .ctx("poisoning y")?;
         launch(gpu, v, &layers[0], x, m, &mut y, &params)?;
         let got = gpu.stream.clone_dtoh(&y).ctx("reading y")?;
         if let Some(why) = mismatch(&got, y_ref, n) {
-            return Ok(CandidateStatus::Rejected { reason: format!("wrong result: {why}") });
+            return Ok(CandidateStatus::Rejected {
+                reason: format!("wrong result: {why}"),
+            });
         }
-        let t = time_launches(gpu, &cfg, |i| launch(gpu, v, &layers[i % layers.len()], x, m, &mut y, &params))?;
+        let t = time_launches(gpu, &cfg, |i| {
+            launch(gpu, v, &layers[i % layers.len()], x, m, &mut y, &params)
+        })?;
         Ok(CandidateStatus::Ok {
             median_us: t.median_us,
             iqm_us: t.iqm_us,
@@ -123,7 +150,9 @@ impl Measurer for GpuMeasurer<'_> {
     fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> CandidateStatus {
         match self.try_measure(key, choice) {
             Ok(s) => s,
-            Err(e) => CandidateStatus::Rejected { reason: e.to_string() },
+            Err(e) => CandidateStatus::Rejected {
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -131,11 +160,20 @@ impl Measurer for GpuMeasurer<'_> {
 /// Random codes, scales in [2^-9, 2^-6], symmetric zeros (8), act-order through a seeded permutation.
 pub fn synthetic_layer(key: &ProblemKey) -> Result<QuantLinear> {
     let (k, n) = (key.k as usize, key.n as usize);
-    let gs = if key.group_size < 0 { k } else { key.group_size as usize };
+    let gs = if key.group_size < 0 {
+        k
+    } else {
+        key.group_size as usize
+    };
     if k % 8 != 0 || n % 8 != 0 || gs == 0 || k % gs != 0 {
-        return Err(LabError::invalid("tune key", format!("{key}: K, N must be multiples of 8 and the group must divide K")));
+        return Err(LabError::invalid(
+            "tune key",
+            format!("{key}: K, N must be multiples of 8 and the group must divide K"),
+        ));
     }
-    let mut rng = StdRng::seed_from_u64(((key.n as u64) << 32) ^ key.k as u64 ^ ((key.act_order as u64) << 63));
+    let mut rng = StdRng::seed_from_u64(
+        ((key.n as u64) << 32) ^ key.k as u64 ^ ((key.act_order as u64) << 63),
+    );
     let groups = k / gs;
     let qweight: Vec<u32> = (0..k / 8 * n).map(|_| rng.random::<u32>()).collect();
     let scales: Vec<f16> = (0..groups * n)
@@ -147,7 +185,17 @@ pub fn synthetic_layer(key: &ProblemKey) -> Result<QuantLinear> {
         order.shuffle(&mut rng);
         act_order_g_idx(&order, gs)
     });
-    Ok(QuantLinear { k, n, group_size: gs, qweight, qzeros, scales, g_idx, bias: None, symmetric: true })
+    Ok(QuantLinear {
+        k,
+        n,
+        group_size: gs,
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+        bias: None,
+        symmetric: true,
+    })
 }
 
 /// fp16 W [k, n] = scale * (q - zero), computed in f32 and rounded once.
@@ -174,14 +222,29 @@ fn reference_inputs(gpu: &Gpu, f: &Fixture, m: usize) -> Result<(CudaSlice<f16>,
         })
         .collect();
     let x = gpu.stream.clone_htod(&xh).ctx("uploading x")?;
-    let mut y = gpu.stream.alloc_zeros::<f16>(m * n).ctx("allocating reference y")?;
+    let mut y = gpu
+        .stream
+        .alloc_zeros::<f16>(m * n)
+        .ctx("allocating reference y")?;
     let func = gpu.function("lab_ref_matmul_f16")?;
     {
         let (a, _ga) = x.device_ptr(&gpu.stream);
         let (b, _gb) = f.w_ref.device_ptr(&gpu.stream);
         let (c, _gc) = y.device_ptr_mut(&gpu.stream);
-        let p = lab_ref_matmul_params { a, b, c, m: m as i32, n: n as i32, k: k as i32, _pad: 0 };
-        let lc = LaunchConfig { grid_dim: (n.div_ceil(256) as u32, m as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let p = lab_ref_matmul_params {
+            a,
+            b,
+            c,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            _pad: 0,
+        };
+        let lc = LaunchConfig {
+            grid_dim: (n.div_ceil(256) as u32, m as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: a is [m, k], b is [k, n], c is [m, n] fp16, all live; the kernel bounds-checks n and m.
         unsafe { gpu.stream.launch_builder(&func).arg(&p).launch(lc) }.ctx("reference matmul")?;
     }
@@ -191,11 +254,18 @@ fn reference_inputs(gpu: &Gpu, f: &Fixture, m: usize) -> Result<(CudaSlice<f16>,
 
 /// The first element beyond tolerance (or not finite), described; None when all agree.
 pub fn mismatch(got: &[f16], want: &[f32], n: usize) -> Option<String> {
-    let rms = (want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let rms =
+        (want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>() / want.len().max(1) as f64).sqrt();
     got.iter().zip(want).enumerate().find_map(|(i, (g, w))| {
         let (g, w) = (g.to_f64(), *w as f64);
         let tol = REL * w.abs() + REL * rms;
-        (!((g - w).abs() <= tol)).then(|| format!("y[{}][{}] = {g} vs reference {w} (tolerance {tol:.3e})", i / n, i % n))
+        (!((g - w).abs() <= tol)).then(|| {
+            format!(
+                "y[{}][{}] = {g} vs reference {w} (tolerance {tol:.3e})",
+                i / n,
+                i % n
+            )
+        })
     })
 }
 
@@ -212,12 +282,21 @@ mod tests {
         bad[3] = f16::NAN;
         assert!(mismatch(&bad, &want, 2).unwrap().contains("y[1][1]"));
         bad[3] = f16::from_f32(0.1);
-        assert!(mismatch(&bad, &want, 2).is_some(), "0.1 vs 0 is beyond 4e-3 * rms");
+        assert!(
+            mismatch(&bad, &want, 2).is_some(),
+            "0.1 vs 0 is beyond 4e-3 * rms"
+        );
     }
 
     #[test]
     fn synthetic_layers_are_valid_and_act_order_is_real() {
-        let key = ProblemKey { n: 64, k: 256, group_size: 128, act_order: true, batch_bucket: 1 };
+        let key = ProblemKey {
+            n: 64,
+            k: 256,
+            group_size: 128,
+            act_order: true,
+            batch_bucket: 1,
+        };
         let l = synthetic_layer(&key).unwrap();
         assert!(l.validate().is_ok());
         assert!(l.is_act_order());

@@ -79,8 +79,32 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         section("quick autotune");
         run_words(&["tune", "--gpu", &gpu, "--quick", "--root", &root])?;
     }
+    section("GPU engine against the CPU engine on the tiny checkpoints");
+    run_words(&[
+        "decode",
+        "--backend",
+        "gpu",
+        "--model",
+        "tiny-check",
+        "--root",
+        &root,
+    ])?;
     section("Vicuna 7B / 13B decode, int4 and fp16");
-    run_words(&["decode", "--backend", "gpu", "--bench", "--root", &root])?;
+    run_words(&[
+        "decode",
+        "--backend",
+        "gpu",
+        "--model",
+        "vicuna-7b,vicuna-13b",
+        "--weights",
+        "int4,int4-act,fp16",
+        "--int4-kernel",
+        "gemv_v5_splitk",
+        "--ctx-list",
+        "128,512,1024,2048",
+        "--root",
+        &root,
+    ])?;
     println!(
         "\nreports written under {}",
         a.root.join("reports").display()

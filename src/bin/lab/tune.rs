@@ -60,7 +60,11 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     )?;
     let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
     let header = gptq_lab::report::ReportHeader::new(&gpu.info, None);
-    let md = format!("# Tuning: tuned vs default\n\n{}\n{}", header.markdown(), tuned_vs_default_table(&cfg));
+    let md = format!(
+        "# Tuning: tuned vs default\n\n{}\n{}",
+        header.markdown(),
+        tuned_vs_default_table(&cfg)
+    );
     gptq_lab::util::write_atomic(&dir.join("tune.md"), md.as_bytes())?;
     show(Some(&path))
 }
@@ -68,10 +72,13 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
 /// Markdown: per key, the default's and the winner's interquartile mean and the gain.
 fn tuned_vs_default_table(c: &TunedConfig) -> String {
     let iqm = |e: &TunedEntry, ch: &tune::Choice| {
-        e.candidates.iter().find(|r| &r.choice == ch).and_then(|r| match r.status {
-            CandidateStatus::Ok { iqm_us, .. } => Some(iqm_us),
-            _ => None,
-        })
+        e.candidates
+            .iter()
+            .find(|r| &r.choice == ch)
+            .and_then(|r| match r.status {
+                CandidateStatus::Ok { iqm_us, .. } => Some(iqm_us),
+                _ => None,
+            })
     };
     let mut entries: Vec<&TunedEntry> = c.entries.iter().collect();
     entries.sort_by_key(|e| e.key);
@@ -79,7 +86,11 @@ fn tuned_vs_default_table(c: &TunedConfig) -> String {
         .iter()
         .map(|e| {
             let (d, w) = (iqm(e, &e.default), iqm(e, &e.winner));
-            let rejected = e.candidates.iter().filter(|r| !matches!(r.status, CandidateStatus::Ok { .. })).count();
+            let rejected = e
+                .candidates
+                .iter()
+                .filter(|r| !matches!(r.status, CandidateStatus::Ok { .. }))
+                .count();
             vec![
                 e.key.to_string(),
                 e.default.to_string(),
@@ -96,7 +107,16 @@ fn tuned_vs_default_table(c: &TunedConfig) -> String {
         })
         .collect();
     gptq_lab::report::markdown::table(
-        &["key", "default", "default us", "winner", "winner us", "gain", "rejected", "note"],
+        &[
+            "key",
+            "default",
+            "default us",
+            "winner",
+            "winner us",
+            "gain",
+            "rejected",
+            "note",
+        ],
         &rows,
     )
 }
