@@ -3,3 +3,8 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cpu_engine;
+pub mod sampler;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;

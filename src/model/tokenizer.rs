@@ -1,0 +1,155 @@
+//! Text <-> token ids through the checkpoint's `tokenizer.json` (HF `tokenizers` format), and
+//! raw id lists for runs without one. A checkpoint that has only a sentencepiece
+//! `tokenizer.model` (many 2023 LLaMA files) gets a clear error: convert it to tokenizer.json
+//! with transformers, or pass `--prompt-ids`.
+
+use crate::{LabError, Result};
+use std::path::{Path, PathBuf};
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            LabError::bad_checkpoint(path, format!("cannot load tokenizer.json: {e}"))
+        })?;
+        Ok(TextTokenizer {
+            inner,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `dir/tokenizer.json` if it exists; `None` if the checkpoint has no tokenizer at all.
+    /// A lone `tokenizer.model` is an error that says how to proceed.
+    pub fn from_checkpoint_dir(dir: &Path) -> Result<Option<Self>> {
+        let json = dir.join("tokenizer.json");
+        if json.is_file() {
+            return Self::from_file(&json).map(Some);
+        }
+        let sp = dir.join("tokenizer.model");
+        if sp.is_file() {
+            return Err(LabError::bad_checkpoint(
+                sp,
+                "only a sentencepiece tokenizer.model is present, which this tool does not read; \
+                 write a tokenizer.json (transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) \
+                 or pass token ids with --prompt-ids",
+            ));
+        }
+        Ok(None)
+    }
+
+    /// Token ids of `text`. `add_special` applies the tokenizer's post-processor, which for
+    /// LLaMA puts `<s>` (BOS) in front.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, add_special).map_err(|e| {
+            LabError::invalid(
+                "prompt",
+                format!("{}: cannot encode: {e}", self.path.display()),
+            )
+        })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens (`<s>`, `</s>`) left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| {
+            LabError::invalid(
+                "token ids",
+                format!("{}: cannot decode: {e}", self.path.display()),
+            )
+        })
+    }
+
+    /// The id of a token such as `</s>`, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Parse a raw id list such as "1, 306,4966" (commas and/or spaces between ids).
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    let ids: Vec<u32> = s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>().map_err(|_| {
+                LabError::invalid(
+                    "--prompt-ids",
+                    format!("'{t}' is not a token id (a non-negative integer)"),
+                )
+            })
+        })
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        return Err(LabError::invalid("--prompt-ids", "no token ids given"));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32")
+    }
+
+    #[test]
+    fn encodes_like_python_tokenizers_and_round_trips() {
+        // expected.json records what the Python `tokenizers` package produced for one text.
+        let text = std::fs::read_to_string(fixture().join("expected.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let check = &v["tokenizer_check"];
+        let want: Vec<u32> = serde_json::from_value(check["ids_with_bos"].clone()).unwrap();
+        let prompt = check["text"].as_str().unwrap();
+
+        let tok = TextTokenizer::from_checkpoint_dir(&fixture())
+            .unwrap()
+            .unwrap();
+        let ids = tok.encode(prompt, true).unwrap();
+        assert_eq!(ids, want);
+        assert_eq!(ids[0], tok.token_id("<s>").unwrap());
+        assert_eq!(tok.encode(prompt, false).unwrap(), want[1..]);
+        assert_eq!(tok.decode(&ids).unwrap(), prompt);
+        assert!(tok.vocab_size() <= 320);
+    }
+
+    #[test]
+    fn missing_tokenizer_is_none_and_sentencepiece_only_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .is_none());
+        std::fs::write(dir.path().join("tokenizer.model"), b"\x0a\x0b").unwrap();
+        let e = TextTokenizer::from_checkpoint_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("tokenizer.model") && e.contains("--prompt-ids"),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("tokenizer.json"), b"{not json").unwrap();
+        let e = TextTokenizer::from_checkpoint_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
+    #[test]
+    fn parse_ids_accepts_commas_and_spaces_and_names_bad_entries() {
+        assert_eq!(parse_ids("1,2, 3 4").unwrap(), vec![1, 2, 3, 4]);
+        let e = parse_ids("1,x,3").unwrap_err().to_string();
+        assert!(e.contains("--prompt-ids") && e.contains("'x'"), "{e}");
+        assert!(parse_ids("-1").is_err());
+        assert!(parse_ids(" , ").is_err());
+    }
+}
