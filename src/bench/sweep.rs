@@ -6,7 +6,16 @@ use crate::report::ReportHeader;
 use crate::{LabError, Result};
 use std::path::Path;
 
-pub fn run_family(_gpu: &Gpu, _header: &ReportHeader, family: &str, _quick: bool, _dir: &Path) -> Result<()> {
+pub fn run_family(
+    _gpu: &Gpu,
+    _header: &ReportHeader,
+    family: &str,
+    _quick: bool,
+    _dir: &Path,
+) -> Result<()> {
     let _: Option<Ceilings> = None;
-    Err(LabError::invalid("--family", format!("{family}: sweep not wired yet")))
+    Err(LabError::invalid(
+        "--family",
+        format!("{family}: sweep not wired yet"),
+    ))
 }
