@@ -61,10 +61,11 @@ pub fn scale_zero(lo: f32, hi: f32, sym: bool, min_zero: u8) -> (f16, u8) {
     (stored_scale(mx / (MAXQ - 1.0)), 1)
 }
 
-/// The code of weight `w` under (`scale`, true `zero`): `clamp(round(w / scale) + zero, 0, 15)`.
+/// The code of weight `w` under (`scale`, the stored fp16 scale widened, true `zero`):
+/// `clamp(round(w / scale) + zero, 0, 15)`. The scale comes in as f32 so hot loops widen it once.
 #[inline]
-pub fn code(w: f32, scale: f16, zero: u8) -> u8 {
-    ((w / scale.to_f32()).round() + f32::from(zero)).clamp(0.0, MAXQ) as u8
+pub fn code(w: f32, scale: f32, zero: u8) -> u8 {
+    ((w / scale).round() + f32::from(zero)).clamp(0.0, MAXQ) as u8
 }
 
 /// Quantize `w_kn` [k, n] (row k = input channel). `group_size` -1 = per-channel. `g_idx` gives
@@ -125,7 +126,11 @@ pub fn quantize_rtn(
     for r in 0..k {
         let gr = group_of(r);
         for c in 0..n {
-            codes[r * n + c] = code(w_kn[r * n + c], scales[gr * n + c], zero_codes[gr * n + c]);
+            codes[r * n + c] = code(
+                w_kn[r * n + c],
+                scales[gr * n + c].to_f32(),
+                zero_codes[gr * n + c],
+            );
         }
     }
     let qzeros = pack::pack_zeros(&zero_codes, groups, n);
