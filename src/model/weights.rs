@@ -5,6 +5,7 @@
 //! Memory: 4 bytes per weight, so this is for the tiny fixtures and spot checks (7B would take
 //! 27 GB); the GPU engine keeps the packed 4-bit form instead.
 
+use crate::model::checkpoint::{Checkpoint, LinearWeights};
 use crate::model::config::ModelConfig;
 use crate::{LabError, Result};
 use rand::{RngExt, SeedableRng};
@@ -72,6 +73,86 @@ pub struct LlamaWeights {
 }
 
 impl LlamaWeights {
+    /// Every weight of `ckpt` as dense f32: GPTQ linears through `reference::dequantize` (f64,
+    /// true zeros, g_idx honoured) then rounded once to f32; fp16 tensors widened exactly.
+    /// A tied lm_head (`tie_word_embeddings`, no `lm_head.weight`) reuses the embedding.
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        let cfg = &ckpt.config;
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let (w, shape) = ckpt.tensor_f32(name)?;
+            if shape != [len] {
+                return Err(LabError::bad_checkpoint(
+                    &ckpt.dir,
+                    format!("tensor '{name}': shape {shape:?}, expected [{len}]"),
+                ));
+            }
+            Ok(w)
+        };
+        let matrix_nk = |name: &str, rows: usize, cols: usize| -> Result<Vec<f32>> {
+            let (w, shape) = ckpt.tensor_f32(name)?;
+            if shape != [rows, cols] {
+                return Err(LabError::bad_checkpoint(
+                    &ckpt.dir,
+                    format!("tensor '{name}': shape {shape:?}, expected [{rows}, {cols}]"),
+                ));
+            }
+            Ok(w)
+        };
+        let linear = |prefix: &str| -> Result<Dense> {
+            match ckpt.linear(prefix)? {
+                LinearWeights::Quant(q) => {
+                    let w = crate::reference::dequantize(&q)
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect();
+                    Dense::new(q.k, q.n, w, prefix)
+                }
+                LinearWeights::Dense { k, n, w_kn } => Dense::new(k, n, w_kn, prefix),
+            }
+        };
+
+        let embed = matrix_nk("model.embed_tokens.weight", v, h)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(LayerWeights {
+                attn_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+                wq: linear(&format!("{p}.self_attn.q_proj"))?,
+                wk: linear(&format!("{p}.self_attn.k_proj"))?,
+                wv: linear(&format!("{p}.self_attn.v_proj"))?,
+                wo: linear(&format!("{p}.self_attn.o_proj"))?,
+                ffn_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                w_gate: linear(&format!("{p}.mlp.gate_proj"))?,
+                w_up: linear(&format!("{p}.mlp.up_proj"))?,
+                w_down: linear(&format!("{p}.mlp.down_proj"))?,
+            });
+        }
+        let final_norm = vector("model.norm.weight", h)?;
+        let has_head = ckpt.tensor_names().iter().any(|n| n == "lm_head.weight");
+        let head_vh = if has_head || !cfg.tie_word_embeddings {
+            matrix_nk("lm_head.weight", v, h)?
+        } else {
+            embed.clone()
+        };
+        // [vocab, hidden] -> [hidden, vocab]: lm_head is a linear with k = hidden, n = vocab.
+        let mut head = vec![0f32; h * v];
+        for (t, row) in head_vh.chunks_exact(h).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                head[j * v + t] = x;
+            }
+        }
+        let w = LlamaWeights {
+            embed,
+            layers,
+            final_norm,
+            lm_head: Dense::new(h, v, head, "lm_head")?,
+        };
+        w.validate(cfg)
+            .map_err(|e| LabError::bad_checkpoint(&ckpt.dir, e.to_string()))?;
+        Ok(w)
+    }
+
     /// Check every shape against `cfg`; the engine relies on them without further checks.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);

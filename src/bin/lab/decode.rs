@@ -1,8 +1,216 @@
-//! `lab decode`. TODO(skeleton): filled by its owner.
+//! `lab decode`: generate tokens from a checkpoint.
+//!
+//!   lab decode --backend cpu --model tiny --prompt-ids 1,17,200 --max-new-tokens 16 --greedy --json
+//!   lab decode --backend cpu --checkpoint DIR --prompt "Hello" --template v1.1 --top-p 0.9 --seed 1
+//!
+//! The CPU backend is the reference engine (dense f32 weights, one token at a time): meant for the
+//! tiny fixtures and spot checks, not for speed. The GPU engine is not built yet.
+
+use anyhow::{bail, Context};
+use gptq_lab::model::checkpoint::Checkpoint;
+use gptq_lab::model::cpu_engine::CpuEngine;
+use gptq_lab::model::sampler::{Sampler, Sampling};
+use gptq_lab::model::template::Template;
+use gptq_lab::model::tokenizer::{parse_ids, TextTokenizer};
+use gptq_lab::model::weights::LlamaWeights;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// GPU when the GPU engine exists and a device is present, else CPU (today: always CPU).
+    Auto,
+    Cpu,
+    Gpu,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct DecodeArgs {}
+pub struct DecodeArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// "tiny" (the committed fixture tests/fixtures/tiny-sym-g32), or vicuna-7b / vicuna-13b
+    /// (GPU only, synthetic weights). --checkpoint takes precedence.
+    #[arg(long)]
+    model: Option<String>,
+    /// A checkpoint folder (GPTQ or fp16, HF layout).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Prompt as raw token ids, e.g. "1,306,4966" (used as given: no BOS is added).
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_ids: Option<String>,
+    /// Prompt text, wrapped by --template and tokenized with the checkpoint's tokenizer.json.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Prompt template for --prompt: v0, v1.1 or raw.
+    #[arg(long, default_value = "v1.1")]
+    template: String,
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
+    /// Always pick the most likely token (same as --temperature 0).
+    #[arg(long)]
+    greedy: bool,
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// One JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: DecodeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("lab decode is not implemented yet")
+/// Where `--model tiny` points: the committed fixture, found from the source tree this binary was
+/// built from (the CPU engine is a development tool; installed binaries pass --checkpoint).
+const TINY_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+
+pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
+    if a.backend == Backend::Gpu {
+        bail!("--backend gpu: GPU engine not available yet; use --backend cpu with --checkpoint DIR or --model tiny");
+    }
+    let dir = checkpoint_dir(&a)?;
+    let sampling = Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    let template = Template::parse(&a.template)?;
+
+    let t0 = Instant::now();
+    let ckpt = Checkpoint::open(&dir)?;
+    let tokenizer = TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
+    let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
+        (Some(ids), _) => parse_ids(ids)?,
+        (None, Some(text)) => {
+            let tok = tokenizer.as_ref().with_context(|| {
+                format!(
+                    "{}: no tokenizer.json, so --prompt cannot be tokenized; pass --prompt-ids",
+                    ckpt.dir.display()
+                )
+            })?;
+            tok.encode(&template.render(text), true)?
+        }
+        (None, None) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
+    };
+    let ctx = ckpt.config.max_position_embeddings;
+    if prompt.len() + a.max_new_tokens > ctx {
+        bail!(
+            "{} prompt tokens + --max-new-tokens {} exceed the model's context of {ctx}",
+            prompt.len(),
+            a.max_new_tokens
+        );
+    }
+    let eos = if a.ignore_eos {
+        None
+    } else {
+        eos_id(&ckpt.dir).or_else(|| tokenizer.as_ref().and_then(|t| t.token_id("</s>")))
+    };
+    let weights = LlamaWeights::from_checkpoint(&ckpt)?;
+    let mut engine = CpuEngine::new(weights, ckpt.config.clone())?;
+    let load_s = t0.elapsed().as_secs_f64();
+
+    let mut sampler = Sampler::new(sampling, a.seed);
+    let t1 = Instant::now();
+    let mut logits = engine.forward(&prompt)?;
+    let prefill_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let mut tokens = Vec::with_capacity(a.max_new_tokens);
+    let mut stop = "max_new_tokens";
+    for i in 0..a.max_new_tokens {
+        let t = sampler.sample(&logits)?;
+        tokens.push(t);
+        if Some(t) == eos {
+            stop = "eos";
+            break;
+        }
+        if i + 1 < a.max_new_tokens {
+            logits = engine.forward(&[t])?;
+        }
+    }
+    // Steps that ran the model: every new token but the last one fed nothing back.
+    let decode_steps = tokens.len().saturating_sub(1);
+    let decode_s = t2.elapsed().as_secs_f64();
+    let text = match &tokenizer {
+        Some(t) => Some(t.decode(&tokens)?),
+        None => None,
+    };
+    let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+
+    if a.json {
+        let quant = ckpt.quant.as_ref().map(|q| {
+            serde_json::json!({"bits": q.bits, "group_size": q.group_size, "desc_act": q.desc_act, "sym": q.sym})
+        });
+        let out = serde_json::json!({
+            "backend": "cpu",
+            "checkpoint": ckpt.dir,
+            "model": ckpt.config.name,
+            "quantization": quant,
+            "sampling": match sampling {
+                Sampling::Greedy => serde_json::json!({"mode": "greedy"}),
+                Sampling::TopP { top_p, temperature } =>
+                    serde_json::json!({"mode": "top_p", "top_p": top_p, "temperature": temperature, "seed": a.seed}),
+            },
+            "prompt_tokens": prompt,
+            "tokens": tokens,
+            "text": text,
+            "stop": stop,
+            "timings": {
+                "load_s": load_s,
+                "prefill_s": prefill_s,
+                "decode_s": decode_s,
+                "prefill_tokens_per_s": per_s(prompt.len(), prefill_s),
+                "decode_tokens_per_s": per_s(decode_steps, decode_s),
+            },
+        });
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        match &text {
+            Some(t) => println!("{t}"),
+            None => println!("{tokens:?}"),
+        }
+        eprintln!(
+            "cpu: {} prompt tokens in {prefill_s:.3} s ({:.1} tok/s), {} new tokens ({stop}), decode {:.1} tok/s, load {load_s:.2} s",
+            prompt.len(),
+            per_s(prompt.len(), prefill_s),
+            tokens.len(),
+            per_s(decode_steps, decode_s),
+        );
+    }
+    Ok(())
+}
+
+fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &a.checkpoint {
+        return Ok(dir.clone());
+    }
+    match a.model.as_deref() {
+        Some("tiny") => {
+            let dir = PathBuf::from(TINY_FIXTURE);
+            if !dir.is_dir() {
+                bail!(
+                    "--model tiny: fixture {} is missing (it lives in the source tree); pass --checkpoint DIR",
+                    dir.display()
+                );
+            }
+            Ok(dir)
+        }
+        Some(m) => bail!(
+            "--model {m}: the CPU backend runs real weights only; pass --checkpoint DIR \
+             (or --model tiny). Synthetic {m} weights are for the GPU engine"
+        ),
+        None => bail!("say which weights: --checkpoint DIR or --model tiny"),
+    }
+}
+
+/// `eos_token_id` from config.json (a number, or a list whose first entry is taken).
+fn eos_id(dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let e = &v["eos_token_id"];
+    e.as_u64()
+        .or_else(|| {
+            e.as_array()
+                .and_then(|a| a.first())
+                .and_then(|x| x.as_u64())
+        })
+        .and_then(|x| u32::try_from(x).ok())
 }

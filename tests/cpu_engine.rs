@@ -1,0 +1,363 @@
+//! The CPU reference engine against transformers: every tiny fixture (tests/fixtures/tiny-*,
+//! written by scripts/make-tiny-fixtures.py) goes through Checkpoint::open -> LlamaWeights ->
+//! CpuEngine and must give the greedy tokens and logits transformers gave on the same
+//! dequantized weights. Also the `lab decode` JSON shape, through the built binary.
+
+use gptq_lab::model::checkpoint::{Checkpoint, LinearWeights};
+use gptq_lab::model::cpu_engine::CpuEngine;
+use gptq_lab::model::sampler::argmax;
+use gptq_lab::model::weights::LlamaWeights;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Logit tolerance, |got - want| <= ATOL + RTOL * |want|. Both sides use the same f32 weights;
+/// transformers sums in f32 (dots of K <= 192 terms: ~sqrt(192) * 2^-24 ≈ 1e-6 relative, grown
+/// by ~10x through 2 layers of norms, softmax and residuals), this engine in f64, and the
+/// fixture rounds to 6 significant digits (5e-7). Logits here are O(1) (|max| ≈ 4), so an
+/// error near 1e-5 is expected and 1e-4 leaves 10x room while any real bug (a wrong RoPE pair,
+/// a missed norm weight, an off-by-one zero) moves logits by 1e-2 or more.
+const LOGIT_ATOL: f64 = 1e-4;
+const LOGIT_RTOL: f64 = 1e-4;
+
+const FIXTURES: [&str; 5] = [
+    "tiny-fp16",
+    "tiny-sym-g32",
+    "tiny-asym-gall",
+    "tiny-sym-act-g64",
+    "tiny-asym-act-g32",
+];
+
+#[derive(Deserialize)]
+struct Expected {
+    prompts: Vec<PromptCase>,
+}
+
+#[derive(Deserialize)]
+struct PromptCase {
+    ids: Vec<u32>,
+    prompt_logits: Vec<Vec<f64>>,
+    greedy_tokens: Vec<u32>,
+    greedy_logits: Vec<Vec<f64>>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn expected(name: &str) -> Expected {
+    let p = fixture(name).join("expected.json");
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Worst error of one logits row in units of its tolerance (<= 1 passes), and where.
+fn worst(got: &[f32], want: &[f64]) -> (f64, usize, f64) {
+    assert_eq!(got.len(), want.len(), "logits length");
+    let mut w = (0.0, 0, 0.0);
+    for (i, (&g, &x)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(g) - x).abs();
+        let ratio = err / (LOGIT_ATOL + LOGIT_RTOL * x.abs());
+        if ratio > w.0 {
+            w = (ratio, i, err);
+        }
+    }
+    w
+}
+
+fn engine(name: &str) -> CpuEngine {
+    let ckpt = Checkpoint::open(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let w = LlamaWeights::from_checkpoint(&ckpt).unwrap_or_else(|e| panic!("{name}: {e}"));
+    CpuEngine::new(w, ckpt.config.clone()).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn check_fixture(name: &str) {
+    let exp = expected(name);
+    let mut e = engine(name);
+    let mut worst_all = (0.0f64, String::new());
+    let mut note = |ratio: f64, err: f64, at: String| {
+        assert!(
+            ratio <= 1.0,
+            "{name}: {at}: |error| {err:.3e} is {ratio:.2}x the tolerance (atol {LOGIT_ATOL}, rtol {LOGIT_RTOL})"
+        );
+        if ratio > worst_all.0 {
+            worst_all = (ratio, format!("{at}, |error| {err:.2e}"));
+        }
+    };
+    for case in &exp.prompts {
+        e.reset();
+        let all = e.forward_all(&case.ids).unwrap();
+        assert_eq!(all.len(), case.prompt_logits.len());
+        for (pos, (g, w)) in all.iter().zip(&case.prompt_logits).enumerate() {
+            let (r, i, err) = worst(g, w);
+            note(
+                r,
+                err,
+                format!("prompt {:?} position {pos} logit {i}", case.ids),
+            );
+        }
+        let mut logits = all.last().cloned().unwrap();
+        for (step, (&want_tok, want_logits)) in case
+            .greedy_tokens
+            .iter()
+            .zip(&case.greedy_logits)
+            .enumerate()
+        {
+            let (r, i, err) = worst(&logits, want_logits);
+            note(
+                r,
+                err,
+                format!("prompt {:?} greedy step {step} logit {i}", case.ids),
+            );
+            let t = argmax(&logits).unwrap();
+            assert_eq!(
+                t, want_tok,
+                "{name}: prompt {:?} greedy step {step}",
+                case.ids
+            );
+            logits = e.forward(&[t]).unwrap();
+        }
+    }
+    eprintln!(
+        "{name}: worst logit error {:.3} of tolerance ({})",
+        worst_all.0, worst_all.1
+    );
+}
+
+#[test]
+fn tiny_fp16_matches_transformers() {
+    check_fixture("tiny-fp16");
+}
+
+#[test]
+fn tiny_sym_g32_matches_transformers() {
+    check_fixture("tiny-sym-g32");
+}
+
+#[test]
+fn tiny_asym_per_channel_matches_transformers() {
+    check_fixture("tiny-asym-gall");
+}
+
+#[test]
+fn tiny_sym_act_order_g64_matches_transformers() {
+    check_fixture("tiny-sym-act-g64");
+}
+
+#[test]
+fn tiny_asym_act_order_g32_matches_transformers() {
+    check_fixture("tiny-asym-act-g32");
+}
+
+/// Every fixture folder the script wrote is one the tests above check.
+#[test]
+fn every_fixture_folder_is_checked() {
+    let mut found: Vec<String> = std::fs::read_dir(fixture(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tiny-"))
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = FIXTURES.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(found, listed);
+}
+
+/// The fixtures are what their names say, as the loader reads them (so the matches above
+/// cover act-order, asymmetric zeros and every group size, not five copies of one case).
+#[test]
+fn fixtures_cover_the_advertised_variants() {
+    let layer = |name: &str, prefix: &str| {
+        let ck = Checkpoint::open(&fixture(name)).unwrap();
+        match ck.linear(prefix).unwrap() {
+            LinearWeights::Quant(q) => Some(q),
+            LinearWeights::Dense { .. } => None,
+        }
+    };
+    assert!(layer("tiny-fp16", "model.layers.0.self_attn.q_proj").is_none());
+    for (name, sym, act, group) in [
+        ("tiny-sym-g32", true, false, 32),
+        ("tiny-asym-gall", false, false, 192),
+        ("tiny-sym-act-g64", true, true, 64),
+        ("tiny-asym-act-g32", false, true, 32),
+    ] {
+        let q = layer(name, "model.layers.1.mlp.down_proj").expect("quantized");
+        assert_eq!((q.k, q.n), (192, 64), "{name}");
+        assert_eq!(q.symmetric, sym, "{name}");
+        assert_eq!(q.is_act_order(), act, "{name}");
+        assert_eq!(q.group_size, group, "{name}");
+    }
+    // The planted all-positive column of layer 0 (see the script) has true zero 1 in v1.
+    let q = layer("tiny-asym-act-g32", "model.layers.0.mlp.up_proj").unwrap();
+    assert!((0..q.groups()).all(|g| q.zero(g, 0) == 1));
+}
+
+/// A copy of tiny-fp16 without `lm_head.weight`, with `tie_word_embeddings` set as given.
+fn fp16_without_lm_head(tie: bool) -> tempfile::TempDir {
+    let src = fixture("tiny-fp16");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "lm_head.weight")
+        .collect();
+    let out = safetensors::serialize(kept, None).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), out).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    cfg["tie_word_embeddings"] = serde_json::Value::Bool(tie);
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn tied_lm_head_reuses_the_embedding_and_a_missing_untied_one_is_named() {
+    let dir = fp16_without_lm_head(true);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let w = LlamaWeights::from_checkpoint(&ck).unwrap();
+    let (h, v) = (ck.config.hidden_size, ck.config.vocab_size);
+    // lm_head [hidden, vocab] is the embedding [vocab, hidden] transposed.
+    for (t, j) in [(0, 0), (5, 17), (v - 1, h - 1)] {
+        assert_eq!(w.lm_head.w[j * v + t], w.embed[t * h + j]);
+    }
+    CpuEngine::new(w, ck.config.clone())
+        .unwrap()
+        .forward(&[1, 2])
+        .unwrap();
+
+    let dir = fp16_without_lm_head(false);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let e = LlamaWeights::from_checkpoint(&ck).unwrap_err().to_string();
+    assert!(e.contains("lm_head.weight"), "{e}");
+}
+
+fn lab(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .output()
+        .expect("run the lab binary")
+}
+
+#[test]
+fn cli_decode_json_gives_the_greedy_tokens() {
+    let exp = expected("tiny-sym-g32");
+    let case = &exp.prompts[1];
+    let ids: Vec<String> = case.ids.iter().map(|i| i.to_string()).collect();
+    let dir = fixture("tiny-sym-g32");
+    let out = lab(&[
+        "decode",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        &ids.join(","),
+        "--max-new-tokens",
+        "16",
+        "--greedy",
+        "--ignore-eos",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lab decode failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let tokens: Vec<u32> = serde_json::from_value(v["tokens"].clone()).unwrap();
+    assert_eq!(tokens, case.greedy_tokens);
+    let prompt: Vec<u32> = serde_json::from_value(v["prompt_tokens"].clone()).unwrap();
+    assert_eq!(prompt, case.ids);
+    assert!(v["text"].is_string(), "the fixture has a tokenizer: {v}");
+    assert_eq!(v["stop"], "max_new_tokens");
+    assert_eq!(v["quantization"]["group_size"], 32);
+    for t in ["load_s", "prefill_s", "decode_s", "decode_tokens_per_s"] {
+        assert!(
+            v["timings"][t].as_f64().is_some_and(|x| x >= 0.0),
+            "timings.{t}: {v}"
+        );
+    }
+}
+
+#[test]
+fn cli_decode_text_prompt_and_top_p_are_repeatable() {
+    let run = |seed: &str| {
+        let out = lab(&[
+            "decode",
+            "--backend",
+            "cpu",
+            "--model",
+            "tiny",
+            "--prompt",
+            "Tell me a story.",
+            "--template",
+            "v1.1",
+            "--max-new-tokens",
+            "8",
+            "--top-p",
+            "0.9",
+            "--temperature",
+            "0.8",
+            "--seed",
+            seed,
+            "--ignore-eos",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (a, b) = (run("3"), run("3"));
+    assert_eq!(a["tokens"], b["tokens"]);
+    assert_eq!(a["tokens"].as_array().unwrap().len(), 8);
+    // The v1.1 template went through the tokenizer: BOS first, then the system line.
+    let prompt = a["prompt_tokens"].as_array().unwrap();
+    assert_eq!(prompt[0], 1);
+    assert!(prompt.len() > 30, "{a}");
+    assert_eq!(a["sampling"]["mode"], "top_p");
+}
+
+#[test]
+fn cli_decode_refuses_gpu_and_bad_flags_with_clear_messages() {
+    let out = lab(&[
+        "decode",
+        "--backend",
+        "gpu",
+        "--model",
+        "tiny",
+        "--prompt-ids",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GPU engine not available yet"));
+
+    let out = lab(&[
+        "decode",
+        "--backend",
+        "cpu",
+        "--model",
+        "tiny",
+        "--prompt-ids",
+        "1,x",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--prompt-ids") && err.contains("'x'"), "{err}");
+
+    let out = lab(&[
+        "decode",
+        "--backend",
+        "cpu",
+        "--model",
+        "tiny",
+        "--prompt-ids",
+        "1,999",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vocab_size 320"));
+}
