@@ -50,3 +50,64 @@ pub fn output_error(x: &[f32], m: usize, w_kn: &[f32], q: &QuantLinear) -> Outpu
         mse: ne * ne / (m * n) as f64,
     }
 }
+
+/// The relative output error over every input the Hessian `h` [k, k] summarizes
+/// (H = 2/n sum x x^T, undamped): sqrt(tr(D^T H D) / tr(W^T H W)), D = W - dequant(q). It equals
+/// `output_error(..).relative` on those inputs without keeping them.
+pub fn hessian_relative_error(h: &Mat<f64>, w_kn: &[f32], q: &QuantLinear) -> f64 {
+    let (k, n) = (q.k, q.n);
+    assert_eq!(w_kn.len(), k * n, "hessian_relative_error: w is not [k, n]");
+    assert_eq!(
+        (h.nrows(), h.ncols()),
+        (k, k),
+        "hessian_relative_error: H is not [k, k]"
+    );
+    let dq = dequantize(q);
+    let w = Mat::from_fn(k, n, |i, j| f64::from(w_kn[i * n + j]));
+    let d = Mat::from_fn(k, n, |i, j| w[(i, j)] - dq[i * n + j]);
+    let quad = |m: &Mat<f64>| {
+        let mut hm = Mat::<f64>::zeros(k, n);
+        matmul(
+            hm.as_mut(),
+            Accum::Replace,
+            h.as_ref(),
+            m.as_ref(),
+            1.0,
+            Par::rayon(0),
+        );
+        let mut s = 0.0;
+        for j in 0..n {
+            for i in 0..k {
+                s += m[(i, j)] * hm[(i, j)];
+            }
+        }
+        s.max(0.0)
+    };
+    let (num, den) = (quad(&d), quad(&w));
+    if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gptq::hessian::Hessian;
+    use crate::gptq::quantize_rtn;
+    use crate::gptq::synthetic::{inputs, weights, InputShape};
+
+    #[test]
+    fn hessian_error_equals_output_error_on_the_same_inputs() {
+        let (m, k, n) = (200, 32, 16);
+        let x = inputs(m, k, InputShape::OUTLIERS, 3);
+        let w = weights(k, n, 4);
+        let q = quantize_rtn(&w, k, n, 16, false, None).unwrap();
+        let mut h = Hessian::new(k);
+        h.add_batch(&x, m).unwrap();
+        let a = hessian_relative_error(&h.matrix().unwrap(), &w, &q);
+        let b = output_error(&x, m, &w, &q).relative;
+        assert!(a > 0.0 && (a - b).abs() < 1e-4 * b, "{a} vs {b}");
+    }
+}
