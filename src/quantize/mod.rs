@@ -4,11 +4,14 @@
 
 pub mod calib;
 pub mod layer_forward;
+pub mod output;
 pub mod perplexity;
 pub mod pipeline;
+pub mod source;
 
 pub use calib::CalibSource;
+pub use output::write_model;
 pub use pipeline::{
-    quantize_checkpoint, quantize_model, write_model, LinearStats, Method, QuantizeOptions,
-    QuantizeSummary, QuantizedModel,
+    quantize_checkpoint, quantize_model, LinearStats, Method, QuantizeOptions, QuantizeSummary,
+    QuantizedModel,
 };
