@@ -14,6 +14,7 @@ pub mod gptq;
 pub mod kernels;
 pub mod model;
 pub mod plan;
+pub mod quantize;
 pub mod reference;
 pub mod report;
 pub mod tune;

@@ -1,18 +1,24 @@
 //! The GPTQ 4-bit format (../shared/gptq-format.md is the contract): packing, zero points v1/v2,
-//! g_idx and the act-order reorder, the RTN quantizer.
+//! g_idx and the act-order reorder, the RTN and GPTQ quantizers (`solver`, fed by `hessian`).
 //!
 //! In memory the lab keeps one *canonical* form, `QuantLinear`: codes packed exactly as on disk,
 //! zeros stored as TRUE zeros (v2 semantics; a v1 file gets +1 per nibble at load time), and an
 //! explicit g_idx only when it is not `k / group_size`.
 
 pub mod gidx;
+pub mod hessian;
+pub mod measure;
 pub mod pack;
 pub mod reorder;
 pub mod rtn;
+pub mod solver;
+pub mod synthetic;
 pub mod zeros;
 
+pub use hessian::Hessian;
 pub use reorder::{reorder_by_group, Reordered};
 pub use rtn::{act_order_g_idx, quantize_rtn};
+pub use solver::{quantize_gptq, GptqOutput, GptqParams};
 pub use zeros::ZeroFormat;
 
 use half::f16;

@@ -35,6 +35,39 @@ fn stored_scale(s: f32) -> f16 {
     }
 }
 
+/// Scale and true zero of one (group, column) whose weights span [`lo`, `hi`] (the caller
+/// starts both at 0, so min <= 0 <= max). `min_zero` 1 keeps an asymmetric zero representable in
+/// v1 files (which store zero - 1): a range that would get zero 0 (lo > -scale/2) is instead
+/// spread over codes 1..15, `scale = hi / 14`, costing at most a fifteenth of the resolution
+/// for that group. GPTQ reuses this for each group it opens.
+pub fn scale_zero(lo: f32, hi: f32, sym: bool, min_zero: u8) -> (f16, u8) {
+    let (mut mn, mut mx) = (lo.min(0.0), hi.max(0.0));
+    if sym {
+        mx = mx.max(-mn);
+        mn = -mx;
+    }
+    if mx == mn {
+        (mn, mx) = (-1.0, 1.0);
+    }
+    let s = stored_scale((mx - mn) / MAXQ);
+    if sym {
+        return (s, 8);
+    }
+    let z = (-mn / s.to_f32()).round().clamp(0.0, MAXQ) as u8;
+    if z >= min_zero {
+        return (s, z);
+    }
+    // Here z = 0 and min_zero = 1: -mn < s/2 and mx > 0, so codes 1..15 cover [-s, 14 s].
+    (stored_scale(mx / (MAXQ - 1.0)), 1)
+}
+
+/// The code of weight `w` under (`scale`, the stored fp16 scale widened, true `zero`):
+/// `clamp(round(w / scale) + zero, 0, 15)`. The scale comes in as f32 so hot loops widen it once.
+#[inline]
+pub fn code(w: f32, scale: f32, zero: u8) -> u8 {
+    ((w / scale).round() + f32::from(zero)).clamp(0.0, MAXQ) as u8
+}
+
 /// Quantize `w_kn` [k, n] (row k = input channel). `group_size` -1 = per-channel. `g_idx` gives
 /// act-order grouping (see `act_order_g_idx`); `None` means `k / G`. A trivial g_idx is dropped
 /// (canonical form keeps one only when it is not `k / G`).
@@ -87,29 +120,17 @@ pub fn quantize_rtn(
     let mut scales = vec![f16::ZERO; groups * n];
     let mut zero_codes = vec![0u8; groups * n];
     for i in 0..groups * n {
-        let (mut mn, mut mx) = (lo[i], hi[i]);
-        if sym {
-            mx = mx.max(-mn);
-            mn = -mx;
-        }
-        if mx == mn {
-            (mn, mx) = (-1.0, 1.0);
-        }
-        let s = stored_scale((mx - mn) / MAXQ);
-        scales[i] = s;
-        zero_codes[i] = if sym {
-            8
-        } else {
-            (-mn / s.to_f32()).round().clamp(0.0, MAXQ) as u8
-        };
+        (scales[i], zero_codes[i]) = scale_zero(lo[i], hi[i], sym, 0);
     }
     let mut codes = vec![0u8; k * n];
     for r in 0..k {
         let gr = group_of(r);
         for c in 0..n {
-            let s = scales[gr * n + c].to_f32();
-            let z = f32::from(zero_codes[gr * n + c]);
-            codes[r * n + c] = ((w_kn[r * n + c] / s).round() + z).clamp(0.0, MAXQ) as u8;
+            codes[r * n + c] = code(
+                w_kn[r * n + c],
+                scales[gr * n + c].to_f32(),
+                zero_codes[gr * n + c],
+            );
         }
     }
     let qzeros = pack::pack_zeros(&zero_codes, groups, n);

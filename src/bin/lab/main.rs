@@ -4,7 +4,9 @@
 mod bench;
 mod check;
 mod decode;
+mod eval;
 mod plan;
+mod quantize;
 mod report;
 mod run;
 mod tune;
@@ -41,6 +43,10 @@ enum Cmd {
     Decode(decode::DecodeArgs),
     /// VRAM planner: what fits on which card, at which context.
     Plan(plan::PlanArgs),
+    /// GPTQ-quantize an fp16 LLaMA/Vicuna checkpoint (and measure the gain over RTN).
+    Quantize(quantize::QuantizeArgs),
+    /// Perplexity of a checkpoint on a text (CPU reference engine).
+    Eval(eval::EvalArgs),
     /// Write markdown/JSON/plots from recorded runs.
     Report(report::ReportArgs),
     /// The main job: ceilings -> check -> tune -> decode -> report (plan + tiny CPU model without a GPU).
@@ -71,6 +77,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Tune(a) => tune::run(a),
         Cmd::Decode(a) => decode::run(a),
         Cmd::Plan(a) => plan::run(a),
+        Cmd::Quantize(a) => quantize::run(a),
+        Cmd::Eval(a) => eval::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Run(a) => run::run(a),
     }

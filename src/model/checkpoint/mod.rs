@@ -268,6 +268,16 @@ impl Checkpoint {
         Ok((to_f32(&raw), raw.shape.clone()))
     }
 
+    /// dtype and shape of tensor `name`, `None` if the checkpoint has no such tensor.
+    pub fn tensor_meta(&self, name: &str) -> Option<(Dtype, Vec<usize>)> {
+        self.files.info(name).map(|i| (i.dtype, i.shape.clone()))
+    }
+
+    /// The file that holds `name` (the first weights file if none does), for messages.
+    pub fn tensor_file(&self, name: &str) -> &Path {
+        self.files.path_of(name)
+    }
+
     /// Every tensor name, sorted.
     pub fn tensor_names(&self) -> Vec<String> {
         self.files.names()

@@ -1,0 +1,163 @@
+//! `lab quantize`: fp16 LLaMA/Vicuna checkpoint -> GPTQ checkpoint, with the per-linear output
+//! error against RTN measured on the calibration inputs.
+//!
+//!   lab quantize --checkpoint tests/fixtures/tiny-fp16 --group 32 --act-order --out /tmp/tiny-g32
+//!   lab quantize --checkpoint DIR --calib corpus.txt --group 128 --asym --format v2 --out OUT --json
+
+use anyhow::bail;
+use gptq_lab::gptq::solver::DEFAULT_DAMP;
+use gptq_lab::gptq::{GptqParams, ZeroFormat};
+use gptq_lab::quantize::{quantize_checkpoint, CalibSource, Method, QuantizeOptions};
+use std::path::PathBuf;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatArg {
+    /// "gptq": zero - 1 stored, what AutoGPTQ, transformers and most files use.
+    V1,
+    /// "gptq_v2": true zeros (GPTQModel).
+    V2,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    Gptq,
+    /// Round-to-nearest baseline.
+    Rtn,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QuantizeArgs {
+    /// The fp16 checkpoint folder (HF layout: config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Calibration text, tokenized with the checkpoint's tokenizer. Default: the shipped text.
+    #[arg(long, conflicts_with = "calib_ids")]
+    calib: Option<PathBuf>,
+    /// Calibration token ids (JSON array or comma/space separated) instead of text.
+    #[arg(long)]
+    calib_ids: Option<PathBuf>,
+    /// Output folder: must not exist, or be empty.
+    #[arg(long)]
+    out: PathBuf,
+    /// Bits per weight; only 4 is supported.
+    #[arg(long, default_value_t = 4)]
+    bits: u32,
+    /// Rows per group: 32, 64, 128, ... (must divide every K), or -1 for per-channel.
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+    group: i32,
+    /// Quantize rows in order of decreasing Hessian diagonal (desc_act).
+    #[arg(long)]
+    act_order: bool,
+    /// Fix group scales/zeros from the unmodified weights (keeps g_idx trivial with act-order).
+    #[arg(long)]
+    static_groups: bool,
+    /// Symmetric quantization (zero = 8), the default.
+    #[arg(long, conflicts_with = "asym")]
+    sym: bool,
+    /// Asymmetric quantization (a zero per group and column).
+    #[arg(long)]
+    asym: bool,
+    /// Dampening: this fraction of the mean Hessian diagonal is added to the diagonal.
+    #[arg(long, default_value_t = DEFAULT_DAMP)]
+    damp: f64,
+    #[arg(long, value_enum, default_value = "v1")]
+    format: FormatArg,
+    #[arg(long, value_enum, default_value = "gptq")]
+    method: MethodArg,
+    /// Tokens per calibration sequence (default min(2048, model context)).
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Calibration sequences (default: as many as the text fills, at most 128).
+    #[arg(long)]
+    nsamples: Option<usize>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
+    if a.bits != 4 {
+        bail!("--bits {}: only 4-bit GPTQ is supported", a.bits);
+    }
+    let calib = match (a.calib, a.calib_ids) {
+        (Some(p), _) => CalibSource::Text(p),
+        (None, Some(p)) => CalibSource::Ids(p),
+        (None, None) => CalibSource::Default,
+    };
+    let opts = QuantizeOptions {
+        checkpoint: a.checkpoint,
+        calib,
+        out: a.out,
+        method: match a.method {
+            MethodArg::Gptq => Method::Gptq,
+            MethodArg::Rtn => Method::Rtn,
+        },
+        params: GptqParams {
+            group_size: a.group,
+            sym: !a.asym,
+            act_order: a.act_order,
+            static_groups: a.static_groups,
+            damp_percent: a.damp,
+            min_zero: 0,
+        },
+        format: match a.format {
+            FormatArg::V1 => ZeroFormat::V1,
+            FormatArg::V2 => ZeroFormat::V2,
+        },
+        seqlen: a.seqlen,
+        nsamples: a.nsamples,
+        progress: !a.quiet && !a.json,
+    };
+    let s = quantize_checkpoint(&opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{} g{} {}{}{} {}: {} calibration tokens ({} x {}) from {}",
+        serde_json::to_string(&s.method)?.trim_matches('"'),
+        s.group_size,
+        if s.sym { "sym" } else { "asym" },
+        if s.act_order { " act-order" } else { "" },
+        if s.static_groups {
+            " static-groups"
+        } else {
+            ""
+        },
+        s.format,
+        s.calib_tokens,
+        s.nsamples,
+        s.seqlen,
+        s.calib
+    );
+    println!(
+        "{:<36} {:>12} {:>10} {:>10} {:>7}",
+        "linear", "K x N", "RTN err", "err", "ratio"
+    );
+    for l in &s.linears {
+        println!(
+            "{:<36} {:>12} {:>10.5} {:>10.5} {:>7.3}",
+            l.name,
+            format!("{}x{}", l.k, l.n),
+            l.rtn_error,
+            l.error,
+            l.error / l.rtn_error
+        );
+    }
+    let geo = (s
+        .linears
+        .iter()
+        .map(|l| (l.error / l.rtn_error).ln())
+        .sum::<f64>()
+        / s.linears.len().max(1) as f64)
+        .exp();
+    println!(
+        "geometric mean error / RTN error: {geo:.3}; wrote {} in {:.1} s",
+        s.out.display(),
+        s.seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! `lab quantize` end to end on the tiny fp16 fixture: what is written reloads bit-exactly, GPTQ
+//! beats RTN on every linear of a real forward pass, and bad input leaves nothing behind.
+
+use gptq_lab::gptq::{GptqParams, ZeroFormat};
+use gptq_lab::model::checkpoint::{Checkpoint, LinearWeights};
+use gptq_lab::model::tokenizer::TextTokenizer;
+use gptq_lab::quantize::calib::EVAL_TEXT;
+use gptq_lab::quantize::perplexity::{cpu_engine, perplexity};
+use gptq_lab::quantize::{
+    quantize_checkpoint, quantize_model, CalibSource, Method, QuantizeOptions,
+};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-fp16");
+const TINY_GPTQ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+
+fn opts(
+    out: &Path,
+    group_size: i32,
+    sym: bool,
+    act_order: bool,
+    format: ZeroFormat,
+) -> QuantizeOptions {
+    QuantizeOptions {
+        checkpoint: PathBuf::from(TINY),
+        calib: CalibSource::Default,
+        out: out.to_path_buf(),
+        method: Method::Gptq,
+        params: GptqParams {
+            group_size,
+            sym,
+            act_order,
+            ..GptqParams::default()
+        },
+        format,
+        // 4 x 128 tokens keeps the test fast; the model's inputs are still correlated.
+        seqlen: Some(128),
+        nsamples: Some(4),
+        progress: false,
+    }
+}
+
+/// Nothing but `keep` in `dir`: no staging folder, no partial output.
+fn assert_only(dir: &Path, keep: &[&str]) {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for n in &names {
+        assert!(
+            keep.contains(&n.as_str()),
+            "left behind: {n} (all: {names:?})"
+        );
+    }
+}
+
+#[test]
+fn written_checkpoint_reloads_bit_exactly_and_beats_rtn() {
+    for (gs, sym, act, fmt) in [
+        (32, false, true, ZeroFormat::V1),
+        (64, true, false, ZeroFormat::V2),
+        (-1, false, false, ZeroFormat::V2),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("q");
+        let o = opts(&out, gs, sym, act, fmt);
+        let summary = quantize_checkpoint(&o).unwrap();
+        // The pass is deterministic, so a second in-memory run gives the layers that were written.
+        let mem = quantize_model(&o, &Checkpoint::open(Path::new(TINY)).unwrap()).unwrap();
+        let ck = Checkpoint::open(&out).unwrap();
+        let q = ck.quant.as_ref().expect("a quantize config");
+        assert_eq!(
+            (q.group_size, q.sym, q.desc_act, q.format),
+            (gs, sym, act, fmt)
+        );
+        assert_eq!(mem.layers.len(), 14);
+        for (prefix, layer) in &mem.layers {
+            match ck.linear(prefix).unwrap() {
+                LinearWeights::Quant(l) => assert_eq!(&l, layer, "{prefix} g{gs}"),
+                LinearWeights::Dense { .. } => panic!("{prefix} was written unquantized"),
+            }
+            if act && gs != -1 {
+                assert!(layer.is_act_order(), "{prefix}: act-order g_idx expected");
+            }
+        }
+        // Unquantized tensors are copied exactly.
+        let src = Checkpoint::open(Path::new(TINY)).unwrap();
+        for name in [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.norm.weight",
+        ] {
+            assert_eq!(
+                ck.tensor_f32(name).unwrap(),
+                src.tensor_f32(name).unwrap(),
+                "{name}"
+            );
+        }
+        assert!(out.join("tokenizer.json").is_file());
+        assert_only(tmp.path(), &["q"]);
+        // GPTQ's whole point: lower output error than RTN on the real layer inputs, every linear.
+        for l in &summary.linears {
+            assert!(
+                l.error < l.rtn_error,
+                "{} g{gs}: GPTQ {:.5} vs RTN {:.5}",
+                l.name,
+                l.error,
+                l.rtn_error
+            );
+        }
+    }
+}
+
+#[test]
+fn gptq_model_stays_closer_to_fp16_than_rtn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut kl = Vec::new();
+    for method in [Method::Rtn, Method::Gptq] {
+        let out = tmp.path().join(format!("{method:?}"));
+        let mut o = opts(&out, 32, true, false, ZeroFormat::V1);
+        o.method = method;
+        quantize_checkpoint(&o).unwrap();
+        let mut model = cpu_engine(&out).unwrap();
+        let mut fp16 = cpu_engine(Path::new(TINY)).unwrap();
+        // Held-out text (not the calibration text): GPTQ fits the layers to inputs like its
+        // calibration data, so the comparison must be on text, not on arbitrary token ids.
+        let tok = TextTokenizer::from_file(&Path::new(TINY).join("tokenizer.json")).unwrap();
+        let ids = tok.encode(EVAL_TEXT, true).unwrap();
+        let p = perplexity(&mut model, Some(&mut fp16), &ids, 128, Some(4)).unwrap();
+        kl.push(p.kl_to_reference.unwrap());
+    }
+    assert!(kl[1] < kl[0], "KL to fp16: GPTQ {} vs RTN {}", kl[1], kl[0]);
+}
+
+fn err_of(o: &QuantizeOptions) -> String {
+    quantize_checkpoint(o).unwrap_err().to_string()
+}
+
+/// A copy of the tiny fp16 checkpoint with its tensors edited by `edit`.
+fn edited(
+    dir: &Path,
+    edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(Path::new(TINY).join(f), dir.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(Path::new(TINY).join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept = Vec::new();
+    for (name, v) in st.tensors() {
+        if let Some(t) = edit(&name, v.dtype(), v.shape().to_vec(), v.data().to_vec()) {
+            kept.push((name, t));
+        }
+    }
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, (dt, s, b))| (n.clone(), TensorView::new(*dt, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let out = root.join("out");
+    let base = opts(&out, 32, true, false, ZeroFormat::V1);
+
+    // Group size not dividing K = 64.
+    let e = err_of(&QuantizeOptions {
+        params: GptqParams {
+            group_size: 48,
+            ..base.params.clone()
+        },
+        ..base.clone()
+    });
+    assert!(
+        e.contains("--group") && e.contains("does not divide"),
+        "{e}"
+    );
+
+    // Calibration too short.
+    let ids = root.join("ids.txt");
+    std::fs::write(&ids, "1 2 3 4 5").unwrap();
+    let e = err_of(&QuantizeOptions {
+        calib: CalibSource::Ids(ids.clone()),
+        ..base.clone()
+    });
+    assert!(e.contains("too short: 5 tokens"), "{e}");
+
+    // Already quantized input.
+    let e = err_of(&QuantizeOptions {
+        checkpoint: PathBuf::from(TINY_GPTQ),
+        ..base.clone()
+    });
+    assert!(e.contains("already quantized"), "{e}");
+
+    // A non-fp16 tensor, and a missing one.
+    let f32_dir = root.join("f32");
+    edited(&f32_dir, |name, dt, shape, data| {
+        if name == "model.layers.1.mlp.up_proj.weight" {
+            let f: Vec<u8> = data
+                .chunks_exact(2)
+                .flat_map(|c| {
+                    half::f16::from_le_bytes([c[0], c[1]])
+                        .to_f32()
+                        .to_le_bytes()
+                })
+                .collect();
+            Some((Dtype::F32, shape, f))
+        } else {
+            Some((dt, shape, data))
+        }
+    });
+    let e = err_of(&QuantizeOptions {
+        checkpoint: f32_dir,
+        ..base.clone()
+    });
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("F32"),
+        "{e}"
+    );
+    let missing_dir = root.join("missing");
+    edited(&missing_dir, |name, dt, shape, data| {
+        (name != "model.layers.0.self_attn.k_proj.weight").then_some((dt, shape, data))
+    });
+    let e = err_of(&QuantizeOptions {
+        checkpoint: missing_dir,
+        ..base.clone()
+    });
+    assert!(
+        e.contains("missing tensor 'model.layers.0.self_attn.k_proj.weight'"),
+        "{e}"
+    );
+
+    // An unwritable destination (its parent is a file) fails before any work.
+    let file = root.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let e = err_of(&QuantizeOptions {
+        out: file.join("out"),
+        ..base.clone()
+    });
+    assert!(e.contains("--out") && e.contains("a-file"), "{e}");
+
+    assert_only(root, &["ids.txt", "f32", "missing", "a-file"]);
+
+    // A non-empty output folder is refused and left untouched; an empty one is filled.
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let e = err_of(&base);
+    assert!(e.contains("not empty"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    quantize_checkpoint(&base).unwrap();
+    assert!(out.join("model.safetensors").is_file());
+    assert_only(root, &["ids.txt", "f32", "missing", "a-file", "out"]);
+}
