@@ -433,7 +433,8 @@ struct FakeMeasurer {
 impl Measurer for FakeMeasurer {
     fn measure(&mut self, _key: &ProblemKey, choice: &Choice) -> CandidateStatus {
         self.calls += 1;
-        let split = choice.params.get("split_k").copied().unwrap_or(1) as f64;
+        // split_k = 0 means "automatic" for the GEMM variants: time it as unsplit.
+        let split = choice.params.get("split_k").copied().unwrap_or(1).max(1) as f64;
         match self.times.get(choice.variant.as_str()) {
             Some(t) => ok(t / split.sqrt(), 0.01),
             None => CandidateStatus::Rejected {
