@@ -333,8 +333,13 @@ fn cli_decode_refuses_gpu_and_bad_flags_with_clear_messages() {
         "--prompt-ids",
         "1",
     ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("GPU engine not available yet"));
+    // Without a GPU the GPU backend must refuse clearly and point at the CPU backend; with one it
+    // runs (that path is covered by tests/gpu_decode.rs).
+    if gptq_lab::cuda::gpu_unavailable_reason(0).is_some() {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no CUDA device") && err.contains("--backend cpu"), "{err}");
+    }
 
     let out = lab(&[
         "decode",
