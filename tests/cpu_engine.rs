@@ -338,7 +338,10 @@ fn cli_decode_refuses_gpu_and_bad_flags_with_clear_messages() {
     if gptq_lab::cuda::gpu_unavailable_reason(0).is_some() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("no CUDA device") && err.contains("--backend cpu"), "{err}");
+        assert!(
+            err.contains("no CUDA device") && err.contains("--backend cpu"),
+            "{err}"
+        );
     }
 
     let out = lab(&[

@@ -11,6 +11,7 @@ pub mod bytes;
 pub mod cards;
 pub mod checkpoint;
 pub mod fit;
+pub mod measured;
 
 pub use bytes::{
     kv_cache_bytes, workspace_bytes, LinearBytes, PartBytes, WeightBytes, WeightDtype,

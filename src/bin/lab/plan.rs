@@ -37,8 +37,13 @@ pub struct PlanArgs {
     #[arg(long)]
     card: Option<String>,
     /// Fraction of the card's spec bandwidth the roofline assumes (1.0 = the pure roofline).
-    #[arg(long, default_value_t = 1.0)]
-    efficiency: f64,
+    /// Default with --card: the efficiency measured by a committed decode report
+    /// (reports/*/decode.json under --root) for the same model and dtype, else 1.0.
+    #[arg(long)]
+    efficiency: Option<f64>,
+    /// Folder holding reports/ (for the measured efficiency).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
     /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
     #[arg(long)]
     context_mib: Option<u64>,
@@ -48,6 +53,31 @@ pub struct PlanArgs {
     /// JSON instead of tables: one object for one configuration, an array for several.
     #[arg(long)]
     json: bool,
+}
+
+/// --efficiency if given; else the efficiency a committed decode report measured for this model
+/// and dtype (printed with its provenance, once per model); else the pure roofline (1.0).
+fn efficiency_for(a: &PlanArgs, m: &ModelConfig, card: &cards::Card) -> anyhow::Result<f64> {
+    if let Some(e) = a.efficiency {
+        return Ok(e);
+    }
+    match gptq_lab::plan::measured::from_reports(&a.root, &m.name, a.dtype)? {
+        Some(me) => {
+            if !a.json {
+                static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+                let mut said = SAID.lock().unwrap();
+                if !said.contains(&m.name) {
+                    said.push(m.name.clone());
+                    println!(
+                        "ESTIMATE for {} on {}: efficiency {:.1}% of spec bandwidth, as MEASURED for {} {:?} on {} ({}, git {}, kernel hash {}, {}, ctx {}: {:.1} tok/s); another card runs at its own efficiency",
+                        m.name, card.name, me.efficiency * 100.0, m.name, a.dtype, me.device, me.date, me.git_rev, me.kernel_hash, me.int4_kernel, me.ctx, me.tokens_per_s
+                    );
+                }
+            }
+            Ok(me.efficiency)
+        }
+        None => Ok(1.0),
+    }
 }
 
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
@@ -73,7 +103,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.batch = a.batch;
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match card {
-                    Some(c) => s.plan_on(c, a.efficiency)?,
+                    Some(c) => s.plan_on(c, efficiency_for(&a, m, c)?)?,
                     None => s.plan()?,
                 });
             }
@@ -238,28 +268,28 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
 
     if let (Some(c), Some(r)) = (&first.card, &first.roofline) {
         println!(
-            "\nOn {} ({} MiB, {:.0} GB/s spec), roofline at {:.0}% of spec bandwidth (ESTIMATE, not a measurement):",
+            "\nOn {} ({} MiB, {:.0} GB/s spec): tokens/s = spec bandwidth x efficiency / bytes per step (ESTIMATE, not a measurement):",
             c.card,
             c.memory_bytes >> 20,
             r.bandwidth_gbs,
-            r.efficiency * 100.0
         );
         println!(
-            "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11} {:>13}",
-            "model", "group", "ctx", "fits", "max ctx", "GB/step", "tok/s (est.)"
+            "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11} {:>6} {:>13}",
+            "model", "group", "ctx", "fits", "max ctx", "GB/step", "eff %", "tok/s (est.)"
         );
         for p in plans {
             let (Some(c), Some(r)) = (&p.card, &p.roofline) else {
                 continue;
             };
             println!(
-                "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11.3} {:>13.1}",
+                "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11.3} {:>6.1} {:>13.1}",
                 p.model,
                 group_label(p),
                 p.ctx,
                 if c.fits { "yes" } else { "no" },
                 c.max_ctx.map_or("-".into(), |x| x.to_string()),
                 gb(r.bytes_per_step),
+                r.efficiency * 100.0,
                 r.tokens_per_s
             );
         }

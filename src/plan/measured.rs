@@ -1,0 +1,133 @@
+//! The decode efficiency measured on a real card, read back from a committed decode report
+//! (reports/<gpu>/decode.json), so `lab plan --card X` can estimate tokens/s on a card nobody here
+//! owns: estimate = X's spec bandwidth x (achieved GB/s / the measuring card's spec GB/s) / bytes per
+//! step. It is always labelled an estimate: another card runs the kernels at its own efficiency.
+
+use super::WeightDtype;
+use crate::{LabError, Result};
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MeasuredEfficiency {
+    /// achieved GB/s / spec GB/s of the measuring card, CUDA graph, shortest context.
+    pub efficiency: f64,
+    pub device: String,
+    pub date: String,
+    pub git_rev: String,
+    pub kernel_hash: String,
+    pub int4_kernel: String,
+    pub ctx: u64,
+    pub tokens_per_s: f64,
+}
+
+/// The first decode report under `root/reports/*/decode.json` (folders in name order) with a run
+/// of `model` in `dtype` (int4 without act-order, or fp16). `Ok(None)` when there is none.
+pub fn from_reports(
+    root: &Path,
+    model: &str,
+    dtype: WeightDtype,
+) -> Result<Option<MeasuredEfficiency>> {
+    let dir = root.join("reports");
+    let mut folders: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Ok(None),
+    };
+    folders.sort();
+    for f in folders {
+        let path = f.join("decode.json");
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
+        let runs: Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
+            path: path.clone(),
+            source: e,
+        })?;
+        if let Some(m) = pick(&runs, model, dtype) {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
+fn pick(runs: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEfficiency> {
+    for r in runs.as_array()? {
+        if r["model"].as_str()? != model {
+            continue;
+        }
+        let kind = &r["weights"]["kind"];
+        let matches = match dtype {
+            WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
+            WeightDtype::Int4 => kind["Int4"]["act_order"].as_bool() == Some(false),
+        };
+        if !matches {
+            continue;
+        }
+        let h = &r["header"];
+        let d = &h["device"];
+        let spec_gbs =
+            d["mem_clock_khz"].as_f64()? * 1e3 * 2.0 * d["bus_width_bits"].as_f64()? / 8.0 / 1e9;
+        let p = r["points"]
+            .as_array()?
+            .iter()
+            .min_by_key(|p| p["ctx"].as_u64().unwrap_or(u64::MAX))?;
+        let achieved = p["achieved_gbs"].as_f64()?;
+        if !(spec_gbs > 0.0 && achieved > 0.0) {
+            continue;
+        }
+        return Some(MeasuredEfficiency {
+            efficiency: (achieved / spec_gbs).min(1.0),
+            device: d["name"].as_str()?.to_string(),
+            date: h["date"].as_str().unwrap_or("").to_string(),
+            git_rev: h["build"]["git_rev"].as_str().unwrap_or("").to_string(),
+            kernel_hash: h["build"]["kernel_hash"].as_str().unwrap_or("").to_string(),
+            int4_kernel: r["int4_kernel"].as_str().unwrap_or("").to_string(),
+            ctx: p["ctx"].as_u64()?,
+            tokens_per_s: p["graph_tokens_per_s"].as_f64()?,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_committed_h100_decode_report() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let m = from_reports(root, "vicuna-7b", WeightDtype::Int4)
+            .unwrap()
+            .expect("committed H100 decode report");
+        assert!(m.device.contains("H100"), "{m:?}");
+        // 1131 GB/s achieved at ctx 128 over the H100's 3352 GB/s spec (recorded in decode.json).
+        assert!((m.efficiency - 1131.0 / 3352.0).abs() < 0.01, "{m:?}");
+        let f = from_reports(root, "vicuna-7b", WeightDtype::Fp16)
+            .unwrap()
+            .unwrap();
+        assert!(
+            f.efficiency > m.efficiency,
+            "fp16 through cuBLAS streams closer to the roofline"
+        );
+        assert!(from_reports(root, "no-such-model", WeightDtype::Int4)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_malformed_report_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("reports/x")).unwrap();
+        std::fs::write(dir.path().join("reports/x/decode.json"), "{not json").unwrap();
+        let e = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reports/x/decode.json"), "{e}");
+        assert!(
+            from_reports(&dir.path().join("none"), "vicuna-7b", WeightDtype::Int4)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
