@@ -5,7 +5,8 @@
 //! `gptq_lab::bench::cold`); throughput is the bytes a launch must move
 //! (`kernels::gemv::bytes_moved`), printed in GB/s.
 //!
-//! Run everything (about 4 minutes on an H100: 384 benchmarks of ~0.6 s):
+//! Run everything (384 benchmarks budgeted at 0.2 s warm-up + 0.4 s measurement each: about 4
+//! minutes plus uploads; the budget is arithmetic, not yet timed on a GPU):
 //!     cargo bench --bench gemm
 //! One group (one shape, act-order off, every variant and batch; groups are
 //! gemm_k<K>_n<N>_g128_{plain,actorder}):

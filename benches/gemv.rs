@@ -4,7 +4,8 @@
 //! events by the lab's one harness (benches/common, `gptq_lab::bench::cold`); throughput is the
 //! bytes a launch must move (`kernels::gemv::bytes_moved`), printed in GB/s.
 //!
-//! Run everything (about 2 minutes on an H100: 104 benchmarks of ~1 s):
+//! Run everything (104 benchmarks budgeted at 0.3 s warm-up + 0.7 s measurement each: about 2
+//! minutes plus uploads; the budget is arithmetic, not yet timed on a GPU):
 //!     cargo bench --bench gemv
 //! One group (one shape, act-order off; groups are gemv_k<K>_n<N>_g128_{plain,actorder}):
 //!     cargo bench --bench gemv -- gemv_k4096_n11008_g128_plain
