@@ -10,4 +10,5 @@ pub mod timing;
 pub use ceilings::{measure_ceilings, Ceilings};
 pub use stats::Timing;
 pub use timing::{copies_to_exceed_l2, time_launches, TimingConfig};
+pub mod cold;
 pub mod sweep;

@@ -3,23 +3,17 @@
 //! each timed cold (weights rotated over copies that exceed twice the L2), reported as bytes,
 //! time, GB/s, % of the measured read ceiling and speedup over cuBLAS fp16 on the same shape.
 
-use crate::bench::timing::{copies_to_exceed_l2, time_launches, TimingConfig};
+use crate::bench::cold::{family_variants, runnable_batches, ColdLayer, SweepInput, CUBLAS};
+use crate::bench::timing::TimingConfig;
 use crate::bench::Timing;
 use crate::check::cases::{Shape, VICUNA};
 use crate::cuda::Gpu;
-use crate::error::DriverCtx;
-use crate::gptq::{reorder_by_group, QuantLinear};
-use crate::kernels::gemv;
-use crate::kernels::launch::{launch, LayerShape, Tunables};
-use crate::kernels::layer::{prepare_with, upload, DeviceLayer};
-use crate::kernels::registry::{self, ActOrder, Family, Variant};
+use crate::kernels::registry::Family;
 use crate::report::markdown::table;
 use crate::report::plot::{line_chart, Series};
-use crate::report::{write_report, ReportHeader};
-use crate::tune::gpu::synthetic_layer;
-use crate::tune::ProblemKey;
+use crate::report::ReportHeader;
+use crate::util::{write_atomic, write_json_atomic};
 use crate::Result;
-use half::f16;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -77,16 +71,6 @@ fn shapes(quick: bool) -> Vec<Shape> {
     v
 }
 
-fn variants(family: Family) -> Vec<&'static Variant> {
-    registry::all()
-        .into_iter()
-        .filter(|v| v.family == family || (family == Family::Gemm && v.name.contains("cublas")))
-        .collect()
-}
-
-/// The cuBLAS fp16 baseline's name (the speedup denominator).
-const CUBLAS: &str = "gemv_cublas_f16";
-
 pub fn run_family(
     gpu: &Gpu,
     header: &ReportHeader,
@@ -117,59 +101,34 @@ pub fn run_family(
     };
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
-    let l2 = gpu.info.l2_bytes.max(0) as u64;
+    let max_m = batches.iter().copied().max().unwrap_or(1);
     for shape in shapes(quick) {
         for act in [false, true] {
             if quick && fam == Family::Gemm && act {
                 continue;
             }
-            // Synthetic codes and scales (timing does not depend on the values; a 13B layer builds
-            // in a fraction of a second); symmetric, group 128, act-order via a seeded permutation.
-            let key = ProblemKey {
-                n: shape.n as u32,
-                k: shape.k as u32,
-                group_size: 128,
-                act_order: act,
-                batch_bucket: 1,
-            };
-            let layer = synthetic_layer(&key)?;
-            let max_m = *batches.iter().max().unwrap_or(&1);
-            let x_host: Vec<f16> = (0..max_m * shape.k)
-                .map(|i| f16::from_f32(((i * 7919 % 2001) as f32 - 1000.5) / 1000.0))
-                .collect();
-            let reordered = if act {
-                Some(reorder_by_group(&layer)?)
-            } else {
-                None
-            };
-
-            for v in variants(fam) {
-                if act
-                    && !(v.act_order.contains(&ActOrder::Gather)
-                        || v.act_order.contains(&ActOrder::Reordered))
-                {
-                    skipped.push(format!(
-                        "{} K={} N={} act-order: variant supports no act-order mode",
-                        v.name, shape.k, shape.n
-                    ));
-                    continue;
-                }
-                if gpu.sm() < v.min_sm {
-                    skipped.push(format!("{}: needs sm_{}", v.name, v.min_sm));
-                    continue;
-                }
-                let ms: Vec<usize> = batches
-                    .iter()
-                    .copied()
-                    .filter(|&m| m as u32 >= v.batch.0 && m as u32 <= v.batch.1)
-                    .collect();
-                if ms.is_empty() {
-                    continue;
-                }
-                match time_variant(gpu, v, &layer, reordered.as_ref(), &x_host, &ms, &cfg, l2) {
-                    Ok(results) => {
-                        for (m, t, copies, lshape) in results {
-                            let bytes = bytes_moved(v, &lshape, m);
+            let input = SweepInput::new(shape, act, max_m)?;
+            for v in family_variants(fam) {
+                let ms = match runnable_batches(v, act, gpu.sm(), batches) {
+                    Ok(ms) if ms.is_empty() => continue,
+                    Ok(ms) => ms,
+                    Err(reason) => {
+                        skipped.push(format!(
+                            "{} K={} N={} act={act}: {reason}",
+                            v.name, shape.k, shape.n
+                        ));
+                        continue;
+                    }
+                };
+                let timed = ColdLayer::new(gpu, v, &input).and_then(|mut cold| {
+                    ms.iter()
+                        .map(|&m| Ok((m, cold.time(gpu, m, &cfg)?, cold.bytes_moved(m))))
+                        .collect::<Result<Vec<_>>>()
+                        .map(|t| (t, cold.copies()))
+                });
+                match timed {
+                    Ok((results, copies)) => {
+                        for (m, t, bytes) in results {
                             let gbps = t.gbps(bytes);
                             rows.push(SweepRow {
                                 variant: v.name.to_string(),
@@ -217,64 +176,28 @@ pub fn run_family(
     write_sweep(dir, &report)
 }
 
-fn bytes_moved(v: &Variant, s: &LayerShape, m: usize) -> u64 {
-    // Same floor for both families: weights + scales [+ zeros] + x + y (+ perm/g_idx).
-    gemv::bytes_moved(v, s, m)
-}
-
-/// Prepares `copies` device copies of the layer for `v` and times each batch in `ms`.
-#[allow(clippy::too_many_arguments)]
-fn time_variant(
-    gpu: &Gpu,
-    v: &'static Variant,
-    layer: &QuantLinear,
-    reordered: Option<&crate::gptq::Reordered>,
-    x_host: &[f16],
-    ms: &[usize],
-    cfg: &TimingConfig,
-    l2: u64,
-) -> Result<Vec<(usize, Timing, usize, LayerShape)>> {
-    let host = prepare_with(
-        v,
-        layer,
-        if v.act_order.contains(&ActOrder::Reordered) {
-            reordered
-        } else {
-            None
-        },
-    )?;
-    let first = upload(gpu, &host)?;
-    let copies = copies_to_exceed_l2(l2, first.device_bytes() as u64);
-    let mut layers: Vec<DeviceLayer> = vec![first];
-    for _ in 1..copies {
-        layers.push(upload(gpu, &host)?);
-    }
-    drop(host);
-    let lshape = layers[0].shape;
-    let x = gpu.stream.clone_htod(x_host).ctx("uploading x")?;
-    let max_m = *ms.iter().max().unwrap_or(&1);
-    let mut y = gpu
-        .stream
-        .alloc_zeros::<f16>(max_m * layer.n)
-        .ctx("allocating y")?;
-    let params = Tunables::new();
-    let mut out = Vec::new();
-    for &m in ms {
-        let t = time_launches(gpu, cfg, |i| {
-            launch(gpu, v, &layers[i % layers.len()], &x, m, &mut y, &params)
-        })?;
-        out.push((m, t, copies, lshape));
-    }
-    Ok(out)
-}
-
+/// `<family>.json` (the record), then its markdown and plot.
 pub fn write_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
+    write_json_atomic(&dir.join(format!("{}.json", r.family)), r)?;
+    write_sweep_views(dir, r)
+}
+
+/// `<family>.md` and the family's plot from a recorded sweep; the JSON is left untouched
+/// (`lab report` regenerates these without a GPU). Every number comes from `r`.
+pub fn write_sweep_views(dir: &Path, r: &SweepReport) -> Result<()> {
+    if r.family != "gemv" && r.family != "gemm" {
+        return Err(crate::LabError::invalid(
+            "sweep report",
+            format!("family '{}': expected gemv or gemm", r.family),
+        ));
+    }
     let mut md = format!(
-        "# {} sweep{}\n\n{}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n\n",
+        "# {} sweep{}\n\n{}{}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n\n",
         r.family,
         if r.quick { " (quick)" } else { "" },
         r.header.markdown(),
-        if r.quick { TimingConfig::quick().iters } else { TimingConfig::default().iters }
+        r.header.stale_note().map_or(String::new(), |s| format!("\n{s}\n")),
+        launches_per_row(r),
     );
     let rows: Vec<Vec<String>> = r
         .rows
@@ -318,8 +241,18 @@ pub fn write_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
             md.push_str(&format!("- {s}\n"));
         }
     }
-    write_report(dir, &r.family, r, &md)?;
+    write_atomic(&dir.join(format!("{}.md", r.family)), md.as_bytes())?;
     plot_sweep(dir, r)
+}
+
+/// The recorded number of timed launches per row ("30", or "10-30" if rows differ).
+fn launches_per_row(r: &SweepReport) -> String {
+    let n = r.rows.iter().map(|x| x.timing.samples);
+    match (n.clone().min(), n.max()) {
+        (Some(a), Some(b)) if a == b => a.to_string(),
+        (Some(a), Some(b)) => format!("{a}-{b}"),
+        _ => "0 (no timed rows)".into(),
+    }
 }
 
 /// gemv: % of read ceiling per variant over the shapes (x = weight MB); gemm: speedup vs batch.
@@ -336,7 +269,7 @@ fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
                 .filter(|x| x.variant == name && !x.act_order)
                 .map(|x| (x.bytes as f64 / 1e6, x.pct_read_ceiling))
                 .collect();
-            pts.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             if !pts.is_empty() {
                 series.push(Series {
                     label: name.to_string(),
@@ -359,7 +292,10 @@ fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
         // Mean speedup over shapes per batch (act-order off).
         for name in names {
             let mut pts = Vec::new();
-            for &m in GEMM_BATCHES {
+            let mut batches: Vec<usize> = r.rows.iter().map(|x| x.m).collect();
+            batches.sort_unstable();
+            batches.dedup();
+            for m in batches {
                 let s: Vec<f64> = r
                     .rows
                     .iter()

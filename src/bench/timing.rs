@@ -40,8 +40,21 @@ impl TimingConfig {
 pub fn time_launches(
     gpu: &Gpu,
     cfg: &TimingConfig,
-    mut launch: impl FnMut(usize) -> Result<()>,
+    launch: impl FnMut(usize) -> Result<()>,
 ) -> Result<Timing> {
+    let samples = launch_samples_us(gpu, cfg, launch)?;
+    Timing::from_samples(&samples).ok_or_else(|| {
+        LabError::invalid("timing", "no valid samples (iters = 0 or non-finite times)")
+    })
+}
+
+/// The per-launch event times (microseconds) behind `time_launches`, in launch order: for callers
+/// that aggregate themselves (criterion's `iter_custom` wants the total of `iters` launches).
+pub fn launch_samples_us(
+    gpu: &Gpu,
+    cfg: &TimingConfig,
+    mut launch: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<f64>> {
     for i in 0..cfg.warmup {
         launch(i)?;
     }
@@ -62,9 +75,7 @@ pub fn time_launches(
     for (a, b) in &events {
         samples.push(a.elapsed_ms(b).ctx("reading event time")? as f64 * 1e3);
     }
-    Timing::from_samples(&samples).ok_or_else(|| {
-        LabError::invalid("timing", "no valid samples (iters = 0 or non-finite times)")
-    })
+    Ok(samples)
 }
 
 /// How many copies of a `bytes_per_copy` working set to rotate so that their total is at least

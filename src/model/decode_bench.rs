@@ -279,16 +279,24 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 /// decode.json (all runs), decode.md (tables), and three SVG plots in `dir`.
 pub fn write_decode_report(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
+    if runs.is_empty() {
+        return Err(LabError::invalid("decode report", "no runs to write"));
+    }
+    crate::util::write_json_atomic(&dir.join("decode.json"), &runs)?;
+    write_decode_views(dir, runs)
+}
+
+/// decode.md and the plots from recorded runs, leaving decode.json untouched (`lab report`
+/// regenerates these without a GPU). Every number comes from `runs`.
+pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
     let first = runs
         .first()
         .ok_or_else(|| LabError::invalid("decode report", "no runs to write"))?;
     let mut md = format!("# Decode (GPU engine)\n\n{}\n", first.header.markdown());
-    if !first.header.is_current() {
-        md.push_str(&format!(
-            "\n**Stale:** kernel hash `{}` differs from this build's `{}`.\n",
-            first.header.build.kernel_hash,
-            crate::build_info::KERNEL_HASH
-        ));
+    let mut stale: Vec<String> = runs.iter().filter_map(|r| r.header.stale_note()).collect();
+    stale.dedup();
+    for note in stale {
+        md.push_str(&format!("\n{note}\n"));
     }
     md.push_str("\nRoofline: bytes/token = linear weights (int4 codes + scales + zeros [+ act-order permutation], or fp16) + fp16 lm_head + one embedding row + RMSNorm gains + KV cache read (L x 2 x ctx x kv_dim x 2 B); roofline tok/s = measured read ceiling / bytes/token, at the mean context of the timed steps.\n");
     for r in runs {
@@ -374,7 +382,7 @@ pub fn write_decode_report(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         md.push('\n');
     }
-    crate::report::write_report(dir, "decode", &runs, &md)?;
+    crate::util::write_atomic(&dir.join("decode.md"), md.as_bytes())?;
 
     let series = |f: &dyn Fn(&ContextPoint) -> f64, suffix: &str| -> Vec<Series> {
         runs.iter()

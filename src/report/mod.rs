@@ -2,8 +2,11 @@
 //! (for people) per family or run, each with the same header: device, build (git revision,
 //! kernel-source hash), UTC date and the ceilings measured in the same process.
 
+pub mod index;
 pub mod markdown;
 pub mod plot;
+pub mod regenerate;
+pub mod tune;
 
 use crate::bench::Ceilings;
 use crate::build_info::{build_info, BuildInfo};
@@ -36,15 +39,8 @@ impl ReportHeader {
     pub fn markdown(&self) -> String {
         let d = &self.device;
         let mut s = format!(
-            "- device: **{}** (sm_{}{}, {} SMs, {:.1} GiB, L2 {} MiB, driver CUDA {}{})\n- build: git `{}`, kernel hash `{}`, archs {:?}\n- date: {}\n",
-            d.name,
-            d.cc_major,
-            d.cc_minor,
-            d.sms,
-            d.memory_bytes as f64 / (1u64 << 30) as f64,
-            d.l2_bytes >> 20,
-            d.driver_cuda,
-            if d.driver_version.is_empty() { String::new() } else { format!(", driver {}", d.driver_version) },
+            "{}- build: git `{}`, kernel hash `{}`, archs {:?}\n- date: {}\n",
+            device_markdown(d),
             self.build.git_rev,
             self.build.kernel_hash,
             self.build.archs,
@@ -67,6 +63,50 @@ impl ReportHeader {
     pub fn is_current(&self) -> bool {
         self.build.kernel_hash == crate::build_info::KERNEL_HASH
     }
+
+    /// A markdown line for a report whose kernels are not this binary's; `None` when current.
+    pub fn stale_note(&self) -> Option<String> {
+        stale_note(&self.build.kernel_hash)
+    }
+}
+
+/// "- device: ..." line of every report and of the tuning report.
+pub fn device_markdown(d: &DeviceInfo) -> String {
+    format!(
+        "- device: **{}** (sm_{}{}, {} SMs, {:.1} GiB, L2 {} MiB, driver CUDA {}{})\n",
+        d.name,
+        d.cc_major,
+        d.cc_minor,
+        d.sms,
+        d.memory_bytes as f64 / (1u64 << 30) as f64,
+        d.l2_bytes >> 20,
+        d.driver_cuda,
+        if d.driver_version.is_empty() {
+            String::new()
+        } else {
+            format!(", driver {}", d.driver_version)
+        },
+    )
+}
+
+/// The stale warning for numbers measured with kernel sources `kernel_hash`; `None` when they are
+/// this binary's.
+pub fn stale_note(kernel_hash: &str) -> Option<String> {
+    (kernel_hash != crate::build_info::KERNEL_HASH).then(|| {
+        format!(
+            "**Stale:** kernel hash `{kernel_hash}` differs from this build's `{}`: these numbers are from other kernel sources; rerun on a GPU to refresh them.",
+            crate::build_info::KERNEL_HASH
+        )
+    })
+}
+
+/// The bandwidth-ceilings report (ceilings.md) of a header.
+pub fn ceilings_markdown(h: &ReportHeader) -> String {
+    let mut md = format!("# Bandwidth ceilings\n\n{}", h.markdown());
+    if let Some(s) = h.stale_note() {
+        md.push_str(&format!("\n{s}\n"));
+    }
+    md
 }
 
 /// reports/<slug>/ under `root`.

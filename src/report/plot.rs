@@ -31,6 +31,30 @@ pub fn line_chart(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
+    chart(path, title, x_label, y_label, series, false)
+}
+
+/// One SVG chart of unconnected points (one marker per point, a colour per series) with a legend;
+/// `reference` series are still drawn as thin lines. For data whose x is a category index, where
+/// joining neighbours would suggest a trend that is not there.
+pub fn scatter_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    chart(path, title, x_label, y_label, series, true)
+}
+
+fn chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    markers: bool,
+) -> Result<()> {
     let err =
         |e: &dyn std::fmt::Display| LabError::invalid("plot", format!("{}: {e}", path.display()));
     let pts = series.iter().flat_map(|s| s.points.iter());
@@ -74,11 +98,20 @@ pub fn line_chart(
                 Palette99::pick(i).to_rgba()
             };
             let style = ShapeStyle::from(color).stroke_width(if s.reference { 1 } else { 2 });
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), style))
-                .map_err(|e| err(&e))?
-                .label(s.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            if markers && !s.reference {
+                let dot = ShapeStyle::from(color).filled();
+                chart
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, dot)))
+                    .map_err(|e| err(&e))?
+                    .label(s.label.clone())
+                    .legend(move |(x, y)| Circle::new((x + 9, y), 3, dot));
+            } else {
+                chart
+                    .draw_series(LineSeries::new(s.points.iter().copied(), style))
+                    .map_err(|e| err(&e))?
+                    .label(s.label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            }
         }
         chart
             .configure_series_labels()
@@ -116,5 +149,11 @@ mod tests {
             text.starts_with("<svg") && text.contains("gemm_v2") && text.contains("ideal 3.87x")
         );
         assert!(line_chart(&p, "t", "x", "y", &[]).is_err());
+        // Points: one circle per point, none for the reference line.
+        scatter_chart(&p, "speedup", "key", "x", &s).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("gemm_v2") && text.contains("ideal 3.87x"));
+        // Two data points + one legend marker.
+        assert_eq!(text.matches("<circle").count(), 3, "{text}");
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use gptq_lab::bench::measure_ceilings;
-use gptq_lab::report::{report_dir, write_report, ReportHeader};
+use gptq_lab::report::{ceilings_markdown, report_dir, write_report, ReportHeader};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -42,8 +42,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let header = ReportHeader::new(&gpu.info, Some(ceilings));
     match args.family.as_str() {
         "probe" => {
-            let md = format!("# Bandwidth ceilings\n\n{}", header.markdown());
-            write_report(&dir, "ceilings", &header, &md)?;
+            write_report(&dir, "ceilings", &header, &ceilings_markdown(&header))?;
             println!("{}", header.markdown());
         }
         fam => gptq_lab::bench::sweep::run_family(&gpu, &header, fam, args.quick, &dir)?,

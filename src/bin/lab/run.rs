@@ -105,6 +105,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         "--root",
         &root,
     ])?;
+    section("report index (markdown and plots from the recorded JSON)");
+    run_words(&["report", "--root", &root])?;
     println!(
         "\nreports written under {}",
         a.root.join("reports").display()

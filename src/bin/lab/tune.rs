@@ -59,66 +59,8 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         |c| c.save(&path),
     )?;
     let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
-    let header = gptq_lab::report::ReportHeader::new(&gpu.info, None);
-    let md = format!(
-        "# Tuning: tuned vs default\n\n{}\n{}",
-        header.markdown(),
-        tuned_vs_default_table(&cfg)
-    );
-    gptq_lab::util::write_atomic(&dir.join("tune.md"), md.as_bytes())?;
+    gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
     show(Some(&path))
-}
-
-/// Markdown: per key, the default's and the winner's interquartile mean and the gain.
-fn tuned_vs_default_table(c: &TunedConfig) -> String {
-    let iqm = |e: &TunedEntry, ch: &tune::Choice| {
-        e.candidates
-            .iter()
-            .find(|r| &r.choice == ch)
-            .and_then(|r| match r.status {
-                CandidateStatus::Ok { iqm_us, .. } => Some(iqm_us),
-                _ => None,
-            })
-    };
-    let mut entries: Vec<&TunedEntry> = c.entries.iter().collect();
-    entries.sort_by_key(|e| e.key);
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            let (d, w) = (iqm(e, &e.default), iqm(e, &e.winner));
-            let rejected = e
-                .candidates
-                .iter()
-                .filter(|r| !matches!(r.status, CandidateStatus::Ok { .. }))
-                .count();
-            vec![
-                e.key.to_string(),
-                e.default.to_string(),
-                d.map_or("-".into(), |x| format!("{x:.2}")),
-                e.winner.to_string(),
-                w.map_or("-".into(), |x| format!("{x:.2}")),
-                match (d, w) {
-                    (Some(d), Some(w)) => format!("{:.2}x", d / w),
-                    _ => "-".into(),
-                },
-                rejected.to_string(),
-                e.note.clone(),
-            ]
-        })
-        .collect();
-    gptq_lab::report::markdown::table(
-        &[
-            "key",
-            "default",
-            "default us",
-            "winner",
-            "winner us",
-            "gain",
-            "rejected",
-            "note",
-        ],
-        &rows,
-    )
 }
 
 /// The GPU `Measurer`: checks each candidate against the reference kernel, then times it cold.

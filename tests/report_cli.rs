@@ -1,0 +1,333 @@
+//! `lab report` end to end, on a temporary copy of the committed H100 reports (reports/<gpu>/ and
+//! tuning/<gpu>.json): every markdown file and plot is regenerated, the recorded numbers appear in
+//! them, the JSON is not touched, stale reports are marked, a malformed JSON is named, and an
+//! empty root has nothing to report. No GPU involved.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SLUG: &str = "nvidia-h100-80gb-hbm3";
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .output()
+        .expect("running lab")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+}
+
+/// A temp root holding a copy of the committed reports/<SLUG>/ and tuning/<SLUG>.json.
+fn committed_copy() -> (tempfile::TempDir, PathBuf) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(
+        &repo.join("reports").join(SLUG),
+        &tmp.path().join("reports").join(SLUG),
+    );
+    std::fs::create_dir_all(tmp.path().join("tuning")).unwrap();
+    let tuned = format!("{SLUG}.json");
+    std::fs::copy(
+        repo.join("tuning").join(&tuned),
+        tmp.path().join("tuning").join(&tuned),
+    )
+    .unwrap();
+    let dir = tmp.path().join("reports").join(SLUG);
+    (tmp, dir)
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every *.json under `root`, with its bytes.
+fn json_files(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for sub in ["reports", "tuning"] {
+        let mut stack = vec![root.join(sub)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "json") {
+                    let b = std::fs::read(&p).unwrap();
+                    out.push((p, b));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn this_kernel_hash() -> String {
+    let o = lab(&["version", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    json_str(&serde_json::from_slice(&o.stdout).unwrap(), "/kernel_hash")
+}
+
+fn json_str(v: &Value, ptr: &str) -> String {
+    v.pointer(ptr)
+        .and_then(|x| x.as_str())
+        .unwrap_or_else(|| panic!("{ptr} missing"))
+        .to_string()
+}
+
+#[test]
+fn regenerates_every_report_from_the_committed_json_with_the_recorded_numbers() {
+    let (tmp, dir) = committed_copy();
+    // Outputs are regenerated, not kept: remove them first.
+    for f in [
+        "gemv.md",
+        "gemv-roofline.svg",
+        "gemm.md",
+        "gemm-speedup.svg",
+        "decode.md",
+        "decode-tokens-per-s.svg",
+        "decode-roofline.svg",
+        "decode-vram.svg",
+        "tune.md",
+        "ceilings.md",
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let before = json_files(tmp.path());
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(json_files(tmp.path()), before, "the JSON records changed");
+
+    for f in [
+        "gemv-roofline.svg",
+        "gemm-speedup.svg",
+        "decode-tokens-per-s.svg",
+        "decode-roofline.svg",
+        "decode-vram.svg",
+        "tune-speedup.svg",
+    ] {
+        assert!(read(&dir.join(f)).starts_with("<svg"), "{f}");
+    }
+
+    // Sweeps: every recorded row is in the table with its time, GB/s and speedup.
+    for fam in ["gemv", "gemm"] {
+        let md = read(&dir.join(format!("{fam}.md")));
+        let rec = json(&dir.join(format!("{fam}.json")));
+        let rows = rec["rows"].as_array().unwrap();
+        assert!(!rows.is_empty());
+        for r in rows {
+            let line = format!(
+                "| {} | {}x{} | {} | {} | {:.2} | {:.1} | {:.0} | {:.1}% |",
+                r["variant"].as_str().unwrap(),
+                r["k"],
+                r["n"],
+                r["m"],
+                if r["act_order"].as_bool().unwrap() {
+                    "yes"
+                } else {
+                    "no"
+                },
+                r["bytes"].as_f64().unwrap() / 1e6,
+                r["timing"]["iqm_us"].as_f64().unwrap(),
+                r["gbps"].as_f64().unwrap(),
+                r["pct_read_ceiling"].as_f64().unwrap(),
+            );
+            assert!(md.contains(&line), "{fam}.md lacks {line}");
+            if let Some(s) = r["speedup_vs_cublas"].as_f64() {
+                assert!(md.contains(&format!("{line} {s:.2}x |")), "{line}");
+            }
+        }
+        let date = json_str(&rec, "/header/date");
+        assert!(md.contains(&date));
+        for s in rec["skipped"].as_array().unwrap() {
+            assert!(md.contains(&format!("- {}", s.as_str().unwrap())));
+        }
+    }
+
+    // Decode: every run's section and every point's graph and eager tokens/s.
+    let md = read(&dir.join("decode.md"));
+    let runs = json(&dir.join("decode.json"));
+    assert_eq!(md.matches("\n## ").count(), runs.as_array().unwrap().len());
+    for r in runs.as_array().unwrap() {
+        for p in r["points"].as_array().unwrap() {
+            let line = format!(
+                "| {} | {:.3} | {:.1} | {:.3} | {:.1} |",
+                p["ctx"],
+                p["graph_ms_per_token"].as_f64().unwrap(),
+                p["graph_tokens_per_s"].as_f64().unwrap(),
+                p["eager_ms_per_token"].as_f64().unwrap(),
+                p["eager_tokens_per_s"].as_f64().unwrap(),
+            );
+            assert!(md.contains(&line), "decode.md lacks {line}");
+        }
+    }
+
+    // Tuning: each key's default and winner IQMs, and every beaten default in the short table.
+    let md = read(&dir.join("tune.md"));
+    let tuned = json(&tmp.path().join("tuning").join(format!("{SLUG}.json")));
+    let entries = tuned["entries"].as_array().unwrap();
+    let beat_table = &md[md.find("## Keys where").unwrap()..md.find("## Every key").unwrap()];
+    let mut beaten = 0;
+    for e in entries {
+        let iqm = |choice: &Value| {
+            e["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| &c["choice"] == choice)
+                .and_then(|c| c["status"]["iqm_us"].as_f64())
+        };
+        let (d, w) = (iqm(&e["default"]), iqm(&e["winner"]));
+        if let (Some(d), Some(w)) = (d, w) {
+            assert!(
+                md.contains(&format!("| {d:.2} |")) && md.contains(&format!("| {w:.2} |")),
+                "tune.md lacks {d:.2} / {w:.2}"
+            );
+            if e["default"] != e["winner"] {
+                beaten += 1;
+                assert!(
+                    beat_table.contains(&format!("| {:.2}x |", d / w)),
+                    "{beat_table}"
+                );
+            }
+        }
+    }
+    assert!(beaten > 0, "the H100 tuning beat its default somewhere");
+    // The header and rule lines, then one row per beaten default.
+    assert_eq!(beat_table.matches("\n| ").count() - 2, beaten);
+    assert!(md.contains(&format!("{} keys", entries.len())));
+
+    // Index: each report with its recorded date, git rev and kernel hash; current iff the hash is
+    // this binary's.
+    let index = read(&dir.join("README.md"));
+    let ours = this_kernel_hash();
+    for (file, rec) in [
+        ("gemv.md", json(&dir.join("gemv.json"))["header"].clone()),
+        ("gemm.md", json(&dir.join("gemm.json"))["header"].clone()),
+        ("ceilings.md", json(&dir.join("ceilings.json"))),
+        ("decode.md", runs[0]["header"].clone()),
+    ] {
+        let hash = json_str(&rec, "/build/kernel_hash");
+        let row = index
+            .lines()
+            .find(|l| l.starts_with(&format!("| [{file}]")) && l.contains(&json_str(&rec, "/date")))
+            .unwrap_or_else(|| panic!("no index row for {file}: {index}"));
+        assert!(row.contains(&format!("`{}`", json_str(&rec, "/build/git_rev"))));
+        assert!(row.contains(&format!("`{hash}`")));
+        let want = if hash == ours {
+            "| current |"
+        } else {
+            "| **stale** |"
+        };
+        assert!(row.ends_with(want), "{row}");
+    }
+    assert!(index.contains(&format!(
+        "| [tune.md](tune.md) | autotuning: {} keys",
+        entries.len()
+    )));
+    assert!(index.contains("memcheck.txt"), "other files are listed");
+}
+
+#[test]
+fn a_report_from_other_kernels_is_marked_stale() {
+    let (tmp, dir) = committed_copy();
+    let path = dir.join("gemv.json");
+    let mut v = json(&path);
+    v["header"]["build"]["kernel_hash"] = Value::from("0123456789abcdef");
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let o = lab(&[
+        "report",
+        "--root",
+        tmp.path().to_str().unwrap(),
+        "--gpu-slug",
+        SLUG,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let index = read(&dir.join("README.md"));
+    let row = index
+        .lines()
+        .find(|l| l.starts_with("| [gemv.md]"))
+        .unwrap();
+    assert!(
+        row.contains("`0123456789abcdef`") && row.ends_with("| **stale** |"),
+        "{row}"
+    );
+    assert!(index.contains("reports are **stale**"));
+    assert!(read(&dir.join("gemv.md")).contains("**Stale:** kernel hash `0123456789abcdef`"));
+}
+
+#[test]
+fn a_malformed_json_is_named_and_the_rest_still_regenerates() {
+    let (tmp, dir) = committed_copy();
+    std::fs::write(dir.join("gemm.json"), "{ \"header\": ").unwrap();
+    std::fs::remove_file(dir.join("gemv.md")).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(
+        out.contains(&dir.join("gemm.json").display().to_string()),
+        "{out}"
+    );
+    assert!(
+        dir.join("gemv.md").is_file(),
+        "other reports still regenerate"
+    );
+    let index = read(&dir.join("README.md"));
+    assert!(index.contains("| [gemm.json](gemm.json) |") && index.contains("**unreadable**"));
+
+    // A record of the wrong family is refused by name too.
+    std::fs::copy(dir.join("gemv.json"), dir.join("gemm.json")).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("family field is 'gemv', expected 'gemm'"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn an_empty_root_has_nothing_to_report_and_an_unknown_slug_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_str().unwrap();
+    let o = lab(&["report", "--root", root]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to report"), "{}", text(&o));
+    // An empty reports/ folder is still nothing.
+    std::fs::create_dir_all(tmp.path().join("reports")).unwrap();
+    let o = lab(&["report", "--root", root]);
+    assert!(o.status.success() && text(&o).contains("nothing to report"));
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("reports"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    let o = lab(&["report", "--root", root, "--gpu-slug", "no-such-gpu"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--gpu-slug no-such-gpu"), "{}", text(&o));
+}
