@@ -259,7 +259,9 @@ pub fn mismatch(got: &[f16], want: &[f32], n: usize) -> Option<String> {
     got.iter().zip(want).enumerate().find_map(|(i, (g, w))| {
         let (g, w) = (g.to_f64(), *w as f64);
         let tol = REL * w.abs() + REL * rms;
-        (!((g - w).abs() <= tol)).then(|| {
+        // NaN (an unwritten or poisoned output) compares false, so it is a mismatch too.
+        let within = (g - w).abs() <= tol;
+        (!within).then(|| {
             format!(
                 "y[{}][{}] = {g} vs reference {w} (tolerance {tol:.3e})",
                 i / n,
