@@ -470,18 +470,31 @@ impl GpuEngine {
         }
     }
 
-    fn q4_gemv(&self, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
-        let (split, slice) = q4_split(l.n, l.k, self.sms);
-        let p = abi::lab_gemm_params {
+    /// The kernel parameters of one int4 linear (m = 1, no bias): shared by the engine's own GEMV
+    /// and the registry variants. Symmetric layers pass no zeros (the kernels fold in 8).
+    fn int4_params(
+        &self,
+        l: &Int4Dev,
+        x: u64,
+        y: u64,
+        workspace: u64,
+        split: usize,
+        slice: usize,
+    ) -> abi::lab_gemm_params {
+        abi::lab_gemm_params {
             x,
             qweight: self.r(&l.qweight),
-            qzeros: l.qzeros.as_ref().map_or(0, |z| self.r(z)),
+            qzeros: if l.symmetric {
+                0
+            } else {
+                l.qzeros.as_ref().map_or(0, |z| self.r(z))
+            },
             scales: self.r(&l.scales),
             g_idx: l.g_idx.as_ref().map_or(0, |g| self.r(g)),
             perm: l.perm.as_ref().map_or(0, |g| self.r(g)),
             bias: 0,
             y,
-            workspace: self.r(&self.b.q4_ws),
+            workspace,
             m: 1,
             n: l.n as i32,
             k: l.k as i32,
@@ -494,7 +507,12 @@ impl GpuEngine {
             } as i32,
             split_k: split as i32,
             k_slice: slice as i32,
-        };
+        }
+    }
+
+    fn q4_gemv(&self, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
+        let (split, slice) = q4_split(l.n, l.k, self.sms);
+        let p = self.int4_params(l, x, y, self.r(&self.b.q4_ws), split, slice);
         let what = format!("int4 GEMV (engine v1) K {} N {}", l.k, l.n);
         self.launch(
             &self.k.q4,
@@ -531,33 +549,14 @@ impl GpuEngine {
                 format!("{} was not loaded at engine construction", plan.symbol),
             )
         })?;
-        let p = abi::lab_gemm_params {
+        let p = self.int4_params(
+            l,
             x,
-            qweight: self.r(&l.qweight),
-            qzeros: if l.symmetric {
-                0
-            } else {
-                l.qzeros.as_ref().map_or(0, |z| self.r(z))
-            },
-            scales: self.r(&l.scales),
-            g_idx: l.g_idx.as_ref().map_or(0, |g| self.r(g)),
-            perm: l.perm.as_ref().map_or(0, |g| self.r(g)),
-            bias: 0,
             y,
-            workspace: self.r(&self.b.gemv_ws),
-            m: 1,
-            n: l.n as i32,
-            k: l.k as i32,
-            group_size: l.group_size as i32,
-            groups: l.groups as i32,
-            zero_mode: if l.symmetric {
-                abi::LAB_ZEROS_SYMMETRIC
-            } else {
-                abi::LAB_ZEROS_TRUE
-            } as i32,
-            split_k: plan.split_k as i32,
-            k_slice: plan.k_slice as i32,
-        };
+            self.r(&self.b.gemv_ws),
+            plan.split_k as usize,
+            plan.k_slice as usize,
+        );
         let cfg = LaunchConfig {
             grid_dim: plan.grid,
             block_dim: plan.block,
