@@ -25,12 +25,41 @@ pub struct TuneArgs {
     /// Folder that holds tuning/ and reports/ (default: the current folder).
     #[arg(long, default_value = ".")]
     root: PathBuf,
+    /// Tune the shapes of these presets (comma separated: vicuna-7b, vicuna-13b). Default: both.
+    #[arg(long, value_delimiter = ',', conflicts_with = "checkpoint")]
+    model: Vec<String>,
+    /// Tune the shapes of this checkpoint (its config.json), group 128, act-order on and off.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+}
+
+/// The problem keys to tune: the presets named by --model, the checkpoint's shapes, or both Vicunas.
+fn keys_for(a: &TuneArgs) -> anyhow::Result<Vec<tune::ProblemKey>> {
+    let mut keys = if let Some(dir) = &a.checkpoint {
+        let cfg = gptq_lab::model::config::ModelConfig::from_json_file(&dir.join("config.json"))?;
+        tune::keys::default_keys(&cfg)
+    } else if a.model.is_empty() {
+        vicuna_default_keys()
+    } else {
+        let mut k = Vec::new();
+        for m in &a.model {
+            k.extend(tune::keys::default_keys(
+                &gptq_lab::model::config::ModelConfig::preset(m.trim())?,
+            ));
+        }
+        k
+    };
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
 }
 
 pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     if a.show {
         return show(a.file.as_deref());
     }
+    // Flags first, so a typo is reported without a GPU.
+    let keys = keys_for(&a)?;
     let gpu = gptq_lab::cuda::open(a.gpu)?;
     let path = a
         .file
@@ -40,7 +69,6 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     if let Some(n) = note {
         eprintln!("note: {n}");
     }
-    let keys = vicuna_default_keys();
     let pending = tune::pending_keys(&keys, &cfg).len();
     eprintln!(
         "tuning {} on {}: {pending} of {} keys pending",
@@ -50,14 +78,29 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     );
     let mut measurer = gpu_measurer(&gpu, a.quick)?;
     let (sm, sms) = (gpu.sm(), gpu.info.sms.max(1) as u32);
+    let bar = indicatif::ProgressBar::new(pending as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} keys, {elapsed} (eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     tune::tune(
         &mut cfg,
         &keys,
         |k| tune::candidates_for(k, sm, sms, a.quick),
         measurer.as_mut(),
-        |done, total, e| eprintln!("[{done}/{total}] {}: {} ({})", e.key, e.winner, e.note),
+        |done, _total, e| {
+            bar.set_position(done as u64);
+            // The bar hides itself when stderr is not a terminal (logs): keep one line per key there.
+            if bar.is_hidden() {
+                eprintln!("[{done}/{pending}] {}: {} ({})", e.key, e.winner, e.note);
+            } else {
+                bar.set_message(format!("{}: {}", e.key, e.winner));
+            }
+        },
         |c| c.save(&path),
     )?;
+    bar.finish_and_clear();
     let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
     gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
     show(Some(&path))
