@@ -191,7 +191,7 @@ pub struct BenchPlan {
     pub warmup: usize,
     pub seed: u64,
     pub fp16_backend: Fp16Backend,
-    pub int4_variant: Option<&'static crate::kernels::registry::Variant>,
+    pub int4: crate::model::gpu_engine::Int4Kernel,
 }
 
 /// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
@@ -209,7 +209,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     let max_ctx = max_pos + plan.warmup + plan.steps + 1;
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = plan.fp16_backend;
-    opts.int4_variant = plan.int4_variant;
+    opts.int4 = plan.int4.clone();
     let mut eng = GpuEngine::new(
         gpu,
         &plan.cfg,

@@ -695,7 +695,10 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     let cfg = tiny_config();
     let host = HostLlama::random(&cfg, c.seed, c.kind)?;
     let mut o = check_opts(c.chunk, c.backend);
-    o.int4_variant = c.int4;
+    o.int4 = c.int4.map_or(
+        crate::model::gpu_engine::Int4Kernel::Engine,
+        crate::model::gpu_engine::Int4Kernel::Variant,
+    );
     check_engine(
         gpu,
         &cfg,

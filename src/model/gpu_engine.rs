@@ -57,9 +57,59 @@ pub struct EngineOptions {
     pub attn_chunk: usize,
     /// Preferred backend for fp16 linears; falls back to Lab when libcublas is missing.
     pub fp16_backend: Fp16Backend,
-    /// Which kernel computes the int4 linears: None = the engine's own lab_llama_q4_gemv, or a
-    /// registry GEMV variant (gemv_v4_perm, gemv_v5_splitk, ...) with its default tunables.
-    pub int4_variant: Option<&'static Variant>,
+    /// Which kernel computes the int4 linears.
+    pub int4: Int4Kernel,
+}
+
+/// Which kernel computes the int4 linears.
+#[derive(Debug, Clone)]
+pub enum Int4Kernel {
+    /// The engine's own lab_llama_q4_gemv.
+    Engine,
+    /// One registry GEMV variant (gemv_v4_perm, gemv_v5_splitk, ...) with its default tunables,
+    /// for every int4 linear.
+    Variant(&'static Variant),
+    /// Per linear shape, what the dispatcher chooses: the GPU's tuned config when it was measured
+    /// on this GPU with these kernels, else the built-in heuristic.
+    Auto(Arc<crate::tune::Dispatcher>),
+}
+
+impl Int4Kernel {
+    /// `engine`/`auto`/a variant name, for reports.
+    pub fn name(&self) -> String {
+        match self {
+            Int4Kernel::Engine => "engine (lab_llama_q4_gemv v1)".to_string(),
+            Int4Kernel::Variant(v) => format!("{} (registry)", v.name),
+            Int4Kernel::Auto(d) if d.tuned_len() > 0 => {
+                format!("auto (tuned config, {} keys)", d.tuned_len())
+            }
+            Int4Kernel::Auto(_) => "auto (heuristic)".to_string(),
+        }
+    }
+
+    /// The registry variant and tunables that serve an int4 linear of this shape; None = the
+    /// engine's own kernel. A choice the engine cannot run (a cuBLAS baseline, a GEMM) is an error.
+    pub fn choose(&self, s: &LayerShape) -> Result<Option<(&'static Variant, Tunables)>> {
+        match self {
+            Int4Kernel::Engine => Ok(None),
+            Int4Kernel::Variant(v) => Ok(Some((v, Tunables::new()))),
+            Int4Kernel::Auto(d) => {
+                let group = if s.group_size >= s.k {
+                    -1
+                } else {
+                    s.group_size as i32
+                };
+                let c = d.choose(s.n as u32, s.k as u32, group, s.perm || s.g_idx, 1)?;
+                let v = int4_kernel_by_name(&c.variant)?.ok_or_else(|| {
+                    LabError::invalid(
+                        "int4 kernel",
+                        format!("the dispatcher chose '{}'", c.variant),
+                    )
+                })?;
+                Ok(Some((v, c.params.clone())))
+            }
+        }
+    }
 }
 
 impl EngineOptions {
@@ -68,7 +118,7 @@ impl EngineOptions {
             max_ctx,
             attn_chunk: DEFAULT_ATTN_CHUNK,
             fp16_backend: Fp16Backend::Cublas,
-            int4_variant: None,
+            int4: Int4Kernel::Engine,
         }
     }
 }
@@ -82,7 +132,7 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
     let v = crate::kernels::registry::by_name(name).ok_or_else(|| {
         LabError::invalid(
             "--int4-kernel",
-            format!("no variant '{name}'; expected engine or a gemv variant name"),
+            format!("no variant '{name}'; expected engine, auto or a gemv variant name"),
         )
     })?;
     match crate::kernels::gemv::kind(v)? {
@@ -91,10 +141,18 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
     }
 }
 
-/// The int4 kernel's name for reports.
-pub fn int4_kernel_name(v: Option<&'static Variant>) -> String {
-    v.map_or("engine (lab_llama_q4_gemv v1)".to_string(), |v| {
-        format!("{} (registry)", v.name)
+/// `--int4-kernel NAME`: `engine`, a registry GEMV variant, or `auto` (the dispatcher that
+/// `make_dispatcher` builds: this GPU's tuned config if it matches, else the heuristic).
+pub fn parse_int4_kernel(
+    name: &str,
+    make_dispatcher: impl FnOnce() -> Result<crate::tune::Dispatcher>,
+) -> Result<Int4Kernel> {
+    if name == "auto" {
+        return Ok(Int4Kernel::Auto(Arc::new(make_dispatcher()?)));
+    }
+    Ok(match int4_kernel_by_name(name)? {
+        None => Int4Kernel::Engine,
+        Some(v) => Int4Kernel::Variant(v),
     })
 }
 
@@ -215,6 +273,15 @@ pub struct GpuEngine {
     pub fp16_backend: Option<Fp16Backend>,
     /// Registry GEMV instantiations by symbol, loaded before any capture.
     gemv_fns: HashMap<String, CudaFunction>,
+    /// The registry variant and tunables of each int4 linear shape (empty: the engine's kernel).
+    int4_choice: HashMap<ShapeKey, (&'static Variant, Tunables)>,
+}
+
+/// (k, n, rows per group, act-order): what decides an int4 linear's kernel.
+type ShapeKey = (usize, usize, usize, bool);
+
+fn shape_key(s: &LayerShape) -> ShapeKey {
+    (s.k, s.n, s.group_size, s.perm || s.g_idx)
 }
 
 fn free_now(ctx: &cudarc::driver::CudaContext) -> Result<u64> {
@@ -361,28 +428,31 @@ impl GpuEngine {
         stream.synchronize().ctx("workspace allocation")?;
         vram.phase(Phase::Workspace, free_now(&ctx)?, own);
 
-        // A registry variant must accept every int4 layer: plan each now (a refusal names the
-        // variant, layer and reason) and load the instantiations the plans use.
+        // Every int4 layer's kernel is chosen and planned now (a refusal names the layer and the
+        // reason), and the instantiations the plans use are loaded before any graph capture.
         let mut gemv_fns = HashMap::new();
-        if let Some(v) = opts.int4_variant {
-            for (li, l) in weights.layers.iter().enumerate() {
-                let lins = l
-                    .qkv
-                    .iter()
-                    .map(|s| &s.lin)
-                    .chain([&l.o])
-                    .chain(l.gate_up.iter().map(|s| &s.lin))
-                    .chain([&l.down]);
-                for lin in lins {
-                    if let GpuLinear::Int4(q) = lin {
-                        let p = gemv_plan(v, &layer_shape(q), 1, q.k, q.n, &Tunables::new())
-                            .map_err(|e| {
-                                LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
-                            })?;
-                        if !gemv_fns.contains_key(&p.symbol) {
-                            gemv_fns.insert(p.symbol.clone(), gpu.function(&p.symbol)?);
-                        }
+        let mut int4_choice = HashMap::new();
+        for (li, l) in weights.layers.iter().enumerate() {
+            let lins = l
+                .qkv
+                .iter()
+                .map(|s| &s.lin)
+                .chain([&l.o])
+                .chain(l.gate_up.iter().map(|s| &s.lin))
+                .chain([&l.down]);
+            for lin in lins {
+                if let GpuLinear::Int4(q) = lin {
+                    let shape = layer_shape(q);
+                    let Some((v, params)) = opts.int4.choose(&shape)? else {
+                        continue;
+                    };
+                    let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
+                        LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                    })?;
+                    if !gemv_fns.contains_key(&p.symbol) {
+                        gemv_fns.insert(p.symbol.clone(), gpu.function(&p.symbol)?);
                     }
+                    int4_choice.insert(shape_key(&shape), (v, params));
                 }
             }
         }
@@ -404,6 +474,7 @@ impl GpuEngine {
             vram,
             fp16_backend,
             gemv_fns,
+            int4_choice,
         })
     }
 
@@ -425,7 +496,7 @@ impl GpuEngine {
         Ok(self.vram.report())
     }
     pub fn int4_kernel(&self) -> String {
-        int4_kernel_name(self.opts.int4_variant)
+        self.opts.int4.name()
     }
     pub fn has_graph(&self) -> bool {
         self.graph.is_some()
@@ -459,9 +530,9 @@ impl GpuEngine {
     /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
     fn linear(&self, lin: &GpuLinear, x: u64, y: u64) -> Result<()> {
         match lin {
-            GpuLinear::Int4(l) => match self.opts.int4_variant {
+            GpuLinear::Int4(l) => match self.int4_choice.get(&shape_key(&layer_shape(l))) {
                 None => self.q4_gemv(l, x, y),
-                Some(v) => self.registry_gemv(v, l, x, y),
+                Some((v, params)) => self.registry_gemv(v, params, l, x, y),
             },
             GpuLinear::F16(l) => match &self.blas {
                 Some(b) => self.cublas_gemv(b, l, x, y),
@@ -540,9 +611,16 @@ impl GpuEngine {
 
     /// A registry GEMV variant on the engine's buffers and stream: the gemv launcher's plan
     /// (shape checks, instantiation, grid), parameters filled as kernels::launch fills them.
-    fn registry_gemv(&self, v: &'static Variant, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
+    fn registry_gemv(
+        &self,
+        v: &'static Variant,
+        params: &Tunables,
+        l: &Int4Dev,
+        x: u64,
+        y: u64,
+    ) -> Result<()> {
         let shape = layer_shape(l);
-        let plan = gemv_plan(v, &shape, 1, l.k, l.n, &Tunables::new())?;
+        let plan = gemv_plan(v, &shape, 1, l.k, l.n, params)?;
         let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| {
             LabError::invalid(
                 "int4 kernel",
@@ -1049,6 +1127,91 @@ impl GpuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The committed H100 tuned config and the shapes of a Vicuna-7B/13B layer (fused like the engine).
+    fn vicuna_shapes(act: bool) -> Vec<LayerShape> {
+        let mut v = Vec::new();
+        for (k, n) in [
+            (4096, 12288),
+            (4096, 4096),
+            (4096, 22016),
+            (11008, 4096),
+            (5120, 15360),
+            (5120, 27648),
+            (13824, 5120),
+        ] {
+            v.push(LayerShape {
+                k,
+                n,
+                group_size: 128,
+                g_idx: false,
+                perm: act,
+                bias: false,
+                symmetric: true,
+            });
+        }
+        v
+    }
+
+    #[test]
+    fn auto_int4_kernel_serves_every_vicuna_linear_with_a_plannable_gemv() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tuning/nvidia-h100-80gb-hbm3.json");
+        let cfg = crate::tune::TunedConfig::load(&path).unwrap();
+        let dev = cfg.device.clone();
+        let tuned = crate::tune::Dispatcher::from_config(
+            Some(cfg.clone()),
+            &dev,
+            crate::build_info::KERNEL_HASH,
+        );
+        let mut t4 = dev.clone();
+        (t4.name, t4.slug, t4.cc_major, t4.cc_minor, t4.sms) =
+            ("Tesla T4".into(), "tesla-t4".into(), 7, 5, 40);
+        // Another GPU's config is refused: the heuristic serves, and says so in the name.
+        let heuristic =
+            crate::tune::Dispatcher::from_config(Some(cfg), &t4, crate::build_info::KERNEL_HASH);
+        assert!(heuristic.refused.is_some());
+        for d in [tuned, heuristic] {
+            let k = Int4Kernel::Auto(Arc::new(d));
+            for act in [false, true] {
+                for s in vicuna_shapes(act) {
+                    let (v, params) = k
+                        .choose(&s)
+                        .unwrap()
+                        .expect("auto always picks a registry GEMV");
+                    assert_eq!(
+                        v.family,
+                        crate::kernels::registry::Family::Gemv,
+                        "{}",
+                        v.name
+                    );
+                    let p = gemv_plan(v, &s, 1, s.k, s.n, &params);
+                    assert!(p.is_ok(), "{} {params:?} on {s:?}: {p:?}", v.name);
+                }
+            }
+            let name = k.name();
+            assert!(name.starts_with("auto ("), "{name}");
+        }
+        assert!(Int4Kernel::Engine
+            .choose(&vicuna_shapes(false)[0])
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn parse_int4_kernel_names() {
+        let no = || -> Result<crate::tune::Dispatcher> { panic!("only auto builds a dispatcher") };
+        assert!(matches!(
+            parse_int4_kernel("engine", no).unwrap(),
+            Int4Kernel::Engine
+        ));
+        assert!(
+            matches!(parse_int4_kernel("gemv_v5_splitk", no).unwrap(), Int4Kernel::Variant(v) if v.name == "gemv_v5_splitk")
+        );
+        assert!(parse_int4_kernel("gemv_cublas_f16", no).is_err());
+        let e = parse_int4_kernel("gemv_v9", no).unwrap_err().to_string();
+        assert!(e.contains("auto"), "{e}");
+    }
 
     #[test]
     fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused() {

@@ -164,6 +164,7 @@ pub fn splitk_factor(ctas: u32, k: u32, sms: u32) -> u32 {
     s
 }
 
+#[derive(Debug, Clone)]
 pub struct Dispatcher {
     tuned: HashMap<ProblemKey, Choice>,
     sm: u32,
@@ -234,5 +235,10 @@ impl Dispatcher {
     /// Whether `key` is served from the tuned config (else from the heuristic).
     pub fn is_tuned(&self, key: &ProblemKey) -> bool {
         self.tuned.contains_key(key)
+    }
+
+    /// How many keys the accepted tuned config covers (0: heuristic only).
+    pub fn tuned_len(&self) -> usize {
+        self.tuned.len()
     }
 }

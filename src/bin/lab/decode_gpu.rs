@@ -24,7 +24,7 @@ use gptq_lab::model::gpu_check::{
     CHECK_PROMPT, FIXTURES,
 };
 use gptq_lab::model::gpu_engine::{
-    int4_kernel_by_name, int4_kernel_name, EngineOptions, Fp16Backend, GpuEngine, WeightSource,
+    parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, WeightSource,
 };
 use gptq_lab::model::gpu_weights::{HostLlama, WeightKind};
 use gptq_lab::report::{report_dir, utc_now};
@@ -56,8 +56,10 @@ pub struct GpuArgs {
     steps: usize,
     #[arg(long, default_value_t = 4)]
     warmup: usize,
-    /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv) and/or registry
-    /// variants such as gemv_v5_splitk, gemv_v4_perm.
+    /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv), registry
+    /// variants such as gemv_v5_splitk, gemv_v4_perm, and/or auto (per linear shape, the
+    /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
+    /// kernels, else the heuristic).
     #[arg(long, default_value = "engine", value_delimiter = ',')]
     int4_kernel: Vec<String>,
     /// fp16 linears through cuBLAS (default) or the lab's fp16 GEMV.
@@ -156,21 +158,19 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     let int4_kernels = g
         .int4_kernel
         .iter()
-        .map(|n| int4_kernel_by_name(n.trim()))
+        .map(|n| parse_int4_kernel(n.trim(), || dispatcher(&gpu, &g.root)))
         .collect::<Result<Vec<_>, _>>()?;
     // fp16 runs do not use an int4 kernel: once each.
-    let combos: Vec<(
-        WeightKind,
-        Option<&'static gptq_lab::kernels::registry::Variant>,
-    )> = kinds
+    let combos: Vec<(WeightKind, Int4Kernel)> = kinds
         .iter()
         .flat_map(|&k| match k {
-            WeightKind::Fp16 => vec![(k, None)],
-            _ => int4_kernels.iter().map(|&v| (k, v)).collect(),
+            WeightKind::Fp16 => vec![(k, Int4Kernel::Engine)],
+            _ => int4_kernels.iter().map(|v| (k, v.clone())).collect(),
         })
         .collect();
     for cfg in &cfgs {
-        for &(kind, int4_variant) in &combos {
+        for (kind, int4) in &combos {
+            let (kind, int4) = (*kind, int4.clone());
             let t = Instant::now();
             let plan = BenchPlan {
                 cfg: cfg.clone(),
@@ -180,7 +180,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 warmup: g.warmup,
                 seed: a.seed.wrapping_add(1),
                 fp16_backend: backend,
-                int4_variant,
+                int4: int4.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -191,12 +191,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     runs.push(r);
                 }
                 Err(e) => {
-                    let what = format!(
-                        "{} {} [{}]",
-                        cfg.name,
-                        kind.label(),
-                        int4_kernel_name(int4_variant)
-                    );
+                    let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
                     eprintln!("FAIL {what}: {e}");
                     failures.push(format!("{what}: {e}"));
                 }
@@ -275,7 +270,9 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
                     "tiny random {} chunk {} int4 kernel {}",
                     c.kind.label(),
                     c.chunk,
-                    int4_kernel_name(c.int4)
+                    c.int4
+                        .map_or(Int4Kernel::Engine, Int4Kernel::Variant)
+                        .name()
                 );
                 println!("ERROR {what}: {e}");
                 errors.push(format!("{what}: {e}"));
@@ -356,8 +353,10 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
-    opts.int4_variant =
-        int4_kernel_by_name(a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()))?;
+    opts.int4 = parse_int4_kernel(
+        a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()),
+        || dispatcher(&gpu, &a.gpu.root),
+    )?;
     let label = dir.display().to_string();
     let mut eng = GpuEngine::new(
         &gpu,
@@ -413,4 +412,31 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         eprintln!("gpu: {} prompt + {} new tokens in {gen_s:.3} s (prefill token by token), load {load_s:.2} s", prompt.len(), tokens.len());
     }
     Ok(())
+}
+
+/// The dispatcher for `--int4-kernel auto`: root/tuning/<gpu>.json when it exists (refused with
+/// the reason printed when it was measured on another GPU or other kernels), else the heuristic.
+fn dispatcher(
+    gpu: &gptq_lab::cuda::Gpu,
+    root: &std::path::Path,
+) -> gptq_lab::Result<gptq_lab::tune::Dispatcher> {
+    let path = root.join(gptq_lab::tune::default_path(&gpu.info.slug));
+    let config = if path.is_file() {
+        Some(gptq_lab::tune::TunedConfig::load(&path)?)
+    } else {
+        eprintln!(
+            "note: no tuned config at {}: --int4-kernel auto uses the heuristic",
+            path.display()
+        );
+        None
+    };
+    let d = gptq_lab::tune::Dispatcher::from_config(
+        config,
+        &gpu.info,
+        gptq_lab::build_info::KERNEL_HASH,
+    );
+    if let Some(why) = &d.refused {
+        eprintln!("note: tuned config refused, using the heuristic: {why}");
+    }
+    Ok(d)
 }
