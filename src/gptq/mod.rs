@@ -162,3 +162,25 @@ impl QuantLinear {
         }
     }
 }
+
+/// The checks every quantizer makes on its input weights W [k, n] (row-major f32): K and N
+/// positive multiples of 8 (the packing), the length, every value finite. `what` names the caller.
+pub fn check_weights(what: &str, w_kn: &[f32], k: usize, n: usize) -> crate::Result<()> {
+    let bad = |r: String| crate::LabError::invalid(what, r);
+    if k == 0 || n == 0 || k % 8 != 0 || n % 8 != 0 {
+        return Err(bad(format!(
+            "K = {k}, N = {n}: both must be positive multiples of 8"
+        )));
+    }
+    if w_kn.len() != k * n {
+        return Err(bad(format!(
+            "weights have {} elements, expected K*N = {}",
+            w_kn.len(),
+            k * n
+        )));
+    }
+    if let Some(i) = w_kn.iter().position(|w| !w.is_finite()) {
+        return Err(bad(format!("weight [{}, {}] is not finite", i / n, i % n)));
+    }
+    Ok(())
+}

@@ -80,21 +80,7 @@ pub fn quantize_rtn(
     g_idx: Option<Vec<i32>>,
 ) -> Result<QuantLinear> {
     let bad = |r: String| LabError::invalid("quantize_rtn", r);
-    if k % 8 != 0 || n % 8 != 0 || k == 0 || n == 0 {
-        return Err(bad(format!(
-            "K = {k}, N = {n}: both must be positive multiples of 8"
-        )));
-    }
-    if w_kn.len() != k * n {
-        return Err(bad(format!(
-            "weights have {} elements, expected K*N = {}",
-            w_kn.len(),
-            k * n
-        )));
-    }
-    if let Some(i) = w_kn.iter().position(|w| !w.is_finite()) {
-        return Err(bad(format!("weight [{}, {}] is not finite", i / n, i % n)));
-    }
+    super::check_weights("quantize_rtn", w_kn, k, n)?;
     let g = group_rows(group_size, k).map_err(bad)?;
     let groups = k / g;
     let g_idx = match g_idx {

@@ -90,21 +90,7 @@ pub fn quantize_gptq(
     p: &GptqParams,
 ) -> Result<GptqOutput> {
     let bad = |r: String| LabError::invalid("quantize_gptq", r);
-    if k == 0 || n == 0 || k % 8 != 0 || n % 8 != 0 {
-        return Err(bad(format!(
-            "K = {k}, N = {n}: both must be positive multiples of 8"
-        )));
-    }
-    if w_kn.len() != k * n {
-        return Err(bad(format!(
-            "weights have {} elements, expected K*N = {}",
-            w_kn.len(),
-            k * n
-        )));
-    }
-    if let Some(i) = w_kn.iter().position(|w| !w.is_finite()) {
-        return Err(bad(format!("weight [{}, {}] is not finite", i / n, i % n)));
-    }
+    super::check_weights("quantize_gptq", w_kn, k, n)?;
     if h.nrows() != k || h.ncols() != k {
         return Err(bad(format!(
             "Hessian is {} x {}, expected K x K = {k} x {k}",
