@@ -335,7 +335,6 @@ fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::DeviceInfo;
 
     fn row(variant: &str, m: usize, us: f64) -> SweepRow {
         let t = Timing::from_samples(&[us, us, us, us]).unwrap();
@@ -358,19 +357,7 @@ mod tests {
 
     #[test]
     fn sweep_reports_write_json_markdown_and_plots_from_recorded_rows() {
-        let dev = DeviceInfo {
-            name: "Test GPU".into(),
-            slug: "test-gpu".into(),
-            cc_major: 9,
-            cc_minor: 0,
-            sms: 132,
-            memory_bytes: 80 << 30,
-            l2_bytes: 50 << 20,
-            driver_cuda: "13.0".into(),
-            driver_version: String::new(),
-            mem_clock_khz: 2_619_000,
-            bus_width_bits: 5120,
-        };
+        let dev = crate::cuda::device::test_device("Test GPU", (9, 0), 132);
         let dir = tempfile::tempdir().unwrap();
         for (fam, rows) in [
             ("gemv", vec![row("gemv_v2_vec", 1, 12.0)]),

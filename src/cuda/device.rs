@@ -108,6 +108,25 @@ impl Gpu {
     }
 }
 
+/// A made-up device for CPU tests: H100-like numbers (132 SMs, 80 GiB, 50 MiB L2, 5120-bit HBM3
+/// at 2619 MHz) under the given name and compute capability.
+#[cfg(test)]
+pub(crate) fn test_device(name: &str, cc: (i32, i32), sms: i32) -> DeviceInfo {
+    DeviceInfo {
+        name: name.into(),
+        slug: slugify(name),
+        cc_major: cc.0,
+        cc_minor: cc.1,
+        sms,
+        memory_bytes: 80 << 30,
+        l2_bytes: 50 << 20,
+        driver_cuda: "13.0".into(),
+        driver_version: String::new(),
+        mem_clock_khz: 2_619_000,
+        bus_width_bits: 5120,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::slugify;

@@ -457,7 +457,6 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::DeviceInfo;
 
     fn int4(act_order: bool) -> WeightKind {
         WeightKind::Int4 {
@@ -568,19 +567,7 @@ mod tests {
         kind: WeightKind,
         ms: &[(usize, f64, f64)],
     ) -> DecodeReport {
-        let device = DeviceInfo {
-            name: "NVIDIA H100 80GB HBM3".into(),
-            slug: "nvidia-h100-80gb-hbm3".into(),
-            cc_major: 9,
-            cc_minor: 0,
-            sms: 132,
-            memory_bytes: 80 << 30,
-            l2_bytes: 50 << 20,
-            driver_cuda: "13.0".into(),
-            driver_version: String::new(),
-            mem_clock_khz: 2_619_000,
-            bus_width_bits: 5120,
-        };
+        let device = crate::cuda::device::test_device("NVIDIA H100 80GB HBM3", (9, 0), 132);
         let ceil = Ceilings {
             copy_gbs: 3000.0,
             copy_kernel_gbs: 2950.0,

@@ -178,7 +178,6 @@ pub fn write_tune_report(dir: &Path, c: &TunedConfig) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::DeviceInfo;
     use crate::tune::{CandidateResult, ProblemKey};
 
     fn ok(iqm: f64) -> CandidateStatus {
@@ -226,19 +225,7 @@ mod tests {
     }
 
     fn config(entries: Vec<TunedEntry>) -> TunedConfig {
-        let device = DeviceInfo {
-            name: "Test GPU".into(),
-            slug: "test-gpu".into(),
-            cc_major: 9,
-            cc_minor: 0,
-            sms: 132,
-            memory_bytes: 80 << 30,
-            l2_bytes: 50 << 20,
-            driver_cuda: "13.0".into(),
-            driver_version: String::new(),
-            mem_clock_khz: 2_619_000,
-            bus_width_bits: 5120,
-        };
+        let device = crate::cuda::device::test_device("Test GPU", (9, 0), 132);
         let mut c = TunedConfig::new(device, "abc123", "feedfacefeedface");
         c.entries = entries;
         c

@@ -5,21 +5,7 @@ use crate::cuda::DeviceInfo;
 use crate::model::config::ModelConfig;
 use std::collections::BTreeMap;
 
-fn device(name: &str, cc: (i32, i32), sms: i32) -> DeviceInfo {
-    DeviceInfo {
-        name: name.into(),
-        slug: crate::cuda::device::slugify(name),
-        cc_major: cc.0,
-        cc_minor: cc.1,
-        sms,
-        memory_bytes: 80 << 30,
-        l2_bytes: 50 << 20,
-        driver_cuda: "13.0".into(),
-        driver_version: String::new(),
-        mem_clock_khz: 2_619_000,
-        bus_width_bits: 5120,
-    }
-}
+use crate::cuda::device::test_device as device;
 
 fn h100() -> DeviceInfo {
     device("NVIDIA H100 80GB HBM3", (9, 0), 132)
