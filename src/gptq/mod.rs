@@ -5,6 +5,8 @@
 //! zeros stored as TRUE zeros (v2 semantics; a v1 file gets +1 per nibble at load time), and an
 //! explicit g_idx only when it is not `k / group_size`.
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod amx;
 pub mod gidx;
 pub mod hessian;
 pub mod measure;
@@ -15,7 +17,7 @@ pub mod solver;
 pub mod synthetic;
 pub mod zeros;
 
-pub use hessian::Hessian;
+pub use hessian::{Hessian, HessianBackend};
 pub use reorder::{reorder_by_group, Reordered};
 pub use rtn::{act_order_g_idx, quantize_rtn};
 pub use solver::{quantize_gptq, GptqOutput, GptqParams};
