@@ -199,23 +199,26 @@ mod tests {
     #[test]
     fn hessian_is_twice_the_mean_outer_product_over_batches() {
         let (k, rows) = (5, 7);
+        // Quarter steps: exact in bf16 too, so both backends must give the same numbers.
         let x: Vec<f32> = (0..rows * k)
             .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
             .collect();
-        let mut h = Hessian::new(k);
-        // Two batches (3 + 4 rows) must equal one pass over all 7.
-        h.add_batch(&x[..3 * k], 3).unwrap();
-        h.add_batch(&x[3 * k..], 4).unwrap();
-        assert_eq!(h.tokens(), rows);
-        let m = h.matrix().unwrap();
-        for i in 0..k {
-            for j in 0..k {
-                let want: f64 = (0..rows)
-                    .map(|t| f64::from(x[t * k + i]) * f64::from(x[t * k + j]))
-                    .sum::<f64>()
-                    * 2.0
-                    / rows as f64;
-                assert!((m[(i, j)] - want).abs() < 1e-5, "H[{i}][{j}]");
+        for backend in [HessianBackend::F32, HessianBackend::auto()] {
+            let mut h = Hessian::with_backend(k, backend);
+            // Two batches (3 + 4 rows) must equal one pass over all 7.
+            h.add_batch(&x[..3 * k], 3).unwrap();
+            h.add_batch(&x[3 * k..], 4).unwrap();
+            assert_eq!(h.tokens(), rows);
+            let m = h.matrix().unwrap();
+            for i in 0..k {
+                for j in 0..k {
+                    let want: f64 = (0..rows)
+                        .map(|t| f64::from(x[t * k + i]) * f64::from(x[t * k + j]))
+                        .sum::<f64>()
+                        * 2.0
+                        / rows as f64;
+                    assert!((m[(i, j)] - want).abs() < 1e-5, "{backend:?} H[{i}][{j}]");
+                }
             }
         }
     }
