@@ -11,7 +11,9 @@ the same token ids through:
   autogptq     - AutoGPTQForCausalLM.from_quantized(dir, device="cpu", ...), its pure-torch
                  QuantLinear (the CUDA extension is not built);
   transformers - AutoModelForCausalLM.from_pretrained(dir), which reads config.json's
-                 quantization_config and goes through optimum + auto-gptq.
+                 quantization_config and goes through optimum + auto-gptq (transformers 4.x) or
+                 optimum 2 + GPTQModel (transformers 5.x);
+  gptqmodel    - GPTQModel.load(dir, device="cpu", backend=BACKEND.TORCH) (fp16 only).
 It reports, per checkpoint and loader, the max |logit difference| against lab and ref over every
 position of prompt + lab's greedy continuation (teacher-forced), the top-1 agreement on those
 positions, whether free-running greedy decoding gives lab's tokens, and the quantization settings
@@ -24,12 +26,21 @@ Environment (CPU only; nothing here needs a GPU). The venv used for reports/cpu/
     pip install "transformers==4.40.2" "optimum==1.19.2" "accelerate==0.29.3" "peft==0.10.0" \
         "numpy<2" "pyarrow<17" "datasets<2.20" "pandas<2.3" safetensors sentencepiece
     BUILD_CUDA_EXT=0 pip install --no-binary auto-gptq --no-build-isolation "auto-gptq==0.7.1"
-(AutoGPTQ 0.7.1 is the last release; it supports transformers up to 4.40 / optimum 1.19. With
+    pip install "optimum==1.20.0" --no-deps   # 1.19 leaves bias-less QuantLinear biases uninitialised
+(AutoGPTQ 0.7.1 is the last release; it goes with transformers <= 4.40 / optimum <= 1.20. With
 BUILD_CUDA_EXT=0 it is pure Python and its QuantLinear falls back to a torch dequantize+matmul.)
+A second venv for GPTQModel + transformers 5 (/work/gptqmvenv, torch linked the same way):
+    pip install -c <(echo torch==2.11.0) "transformers>=5.20.2" "accelerate>=1.15" "optimum>=2.3" \
+        safetensors "numpy>=2" threadpoolctl device-smi pypcre tokenicer logbar defuser pillow \
+        datasets pyarrow dill torchao requests ninja protobuf
+    pip install --no-deps "gptqmodel==7.7.0"   # it pins torch>=2.14.1; its torch path runs on 2.11
 
-Run (from the repository root, after `cargo build --release --bin lab`):
+Run (from the repository root, after `cargo build --release --bin lab`), once per venv:
     /work/gptqvenv/bin/python scripts/gptq-interop.py --lab $CARGO_TARGET_DIR/release/lab \
-        --work /tmp/gptq-interop --report reports/cpu/gptq-interop.md
+        --work /tmp/gptq-interop --report A.md
+    /work/gptqmvenv/bin/python scripts/gptq-interop.py --lab $CARGO_TARGET_DIR/release/lab \
+        --work /tmp/gptq-interop-gm --report B.md
+reports/cpu/gptq-interop.md is A.md and B.md under a hand-written summary.
 Options: --only NAME[,NAME] to run some variants, --dtype float16 to run the libraries in fp16
 (their default; float32 isolates format errors from fp16 rounding), --loaders to pick loaders.
 A loader that cannot be imported is reported as such, and ref vs lab is still measured.
@@ -181,7 +192,8 @@ class LogCapture(logging.Handler):
 
 def quant_linear_class(model):
     names = sorted({type(m).__module__.split(".")[-1] + "." + type(m).__name__
-                    for m in model.modules() if "QuantLinear" in type(m).__name__})
+                    for m in model.modules()
+                    if "QuantLinear" in type(m).__name__ or "qlinear" in type(m).__module__})
     return ",".join(names) or "none"
 
 
@@ -197,28 +209,54 @@ def load_autogptq(ckpt, dtype):
     finally:
         logging.getLogger("auto_gptq").removeHandler(cap)
     qc = m.quantize_config
+    # AutoGPTQ 0.7.1 has no checkpoint_format field: every file is read as v1 ("gptq").
     seen = {"bits": qc.bits, "group_size": qc.group_size, "desc_act": qc.desc_act, "sym": qc.sym,
-            "static_groups": qc.static_groups, "is_marlin_format": qc.is_marlin_format}
+            "static_groups": qc.static_groups, "is_marlin_format": qc.is_marlin_format,
+            "format": "gptq"}
     unknown = [l.split(": ")[-1].rstrip(".") for l in cap.lines if "ignoring unknown parameter" in l]
-    return m.model.eval(), seen, quant_linear_class(m.model), unknown
+    return m.model.eval(), seen, quant_linear_class(m.model), unknown, dtype
 
 
 def load_transformers(ckpt, dtype):
+    import transformers
     from transformers import AutoModelForCausalLM, GPTQConfig
 
-    # Only the kernel choice is overridden (exllama needs CUDA); every quantization setting comes
-    # from config.json's quantization_config.
-    m = AutoModelForCausalLM.from_pretrained(
-        str(ckpt), device_map="cpu", torch_dtype=dtype,
-        quantization_config=GPTQConfig(bits=4, use_exllama=False), attn_implementation="eager")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # transformers 5 loads GPTQ through optimum 2 + GPTQModel, whose CPU kernel is fp16/bf16.
+        dtype = torch.float16
+        m = AutoModelForCausalLM.from_pretrained(str(ckpt), device_map="cpu", dtype=dtype,
+                                                 attn_implementation="eager")
+    else:
+        # Only the kernel choice is overridden (exllama needs CUDA); every quantization setting
+        # comes from config.json's quantization_config.
+        m = AutoModelForCausalLM.from_pretrained(
+            str(ckpt), device_map="cpu", torch_dtype=dtype,
+            quantization_config=GPTQConfig(bits=4, use_exllama=False), attn_implementation="eager")
     qc = m.config.quantization_config
     qc = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)
-    seen = {k: qc.get(k) for k in ("bits", "group_size", "desc_act", "sym", "static_groups",
-                                   "checkpoint_format", "use_exllama")}
-    return m.eval(), seen, quant_linear_class(m), []
+    seen = {k: qc.get(k) for k in ("bits", "group_size", "desc_act", "sym", "static_groups")}
+    fmt = qc.get("checkpoint_format", qc.get("format"))
+    # transformers 4.x + optimum 1.x have no v2 reader: what they load is v1 whatever it says.
+    seen["format"] = str(getattr(fmt, "value", fmt)) if fmt is not None else "gptq"
+    return m.eval(), seen, quant_linear_class(m), [], dtype
 
 
-LOADERS = {"autogptq": load_autogptq, "transformers": load_transformers}
+def load_gptqmodel(ckpt, dtype):
+    from gptqmodel import BACKEND, GPTQModel
+
+    # GPTQModel's CPU kernel (TorchLinear) refuses float32: it runs fp16 whatever --dtype says.
+    dtype = torch.float16
+    m = GPTQModel.load(str(ckpt), device="cpu", backend=BACKEND.TORCH, dtype=dtype)
+    qc = m.quantize_config
+    seen = {"bits": qc.bits, "group_size": qc.group_size, "desc_act": qc.desc_act, "sym": qc.sym,
+            "static_groups": qc.static_groups,
+            "format": str(getattr(qc.format, "value", qc.format))}
+    return m.model.eval(), seen, quant_linear_class(m.model), [], dtype
+
+
+LOADERS = {"autogptq": load_autogptq, "transformers": load_transformers,
+           "gptqmodel": load_gptqmodel}
+IMPORT_NAME = {"autogptq": "auto_gptq", "transformers": "transformers", "gptqmodel": "gptqmodel"}
 
 
 def module_versions():
@@ -259,6 +297,9 @@ def settings_mismatch(seen, want):
     for k in ("bits", "group_size", "desc_act", "sym", "static_groups"):
         if k in seen and seen[k] is not None and seen[k] != want[k]:
             bad.append(f"{k}={seen[k]!r} (want {want[k]!r})")
+    fmt = {"v1": "gptq", "v2": "gptq_v2"}[want["format"]]
+    if seen.get("format") != fmt:
+        bad.append(f"format={seen.get('format')!r} (want {fmt!r})")
     if seen.get("is_marlin_format"):
         bad.append("is_marlin_format=True")
     return bad
@@ -282,15 +323,19 @@ def run_variant(name, flags, args, dtype):
     ref_logits = teacher_forced(ref, ids)
     row["ref_vs_lab"] = compare(ref_logits, lab_logits)
     row["ref_greedy_same"] = greedy(ref, NEW_TOKENS) == tokens
-    del ref
+    # The same reference in fp16: what a library that runs fp16 activations can be held to.
+    ref16 = ref.to(torch.float16)
+    ref16_logits = teacher_forced(ref16, ids)
+    ref16_greedy = greedy(ref16, NEW_TOKENS)
+    del ref, ref16
 
     for lname in args.loaders:
         res = {}
         try:
             t0 = time.time()
-            model, seen, qlin, unknown = LOADERS[lname](out, dtype)
+            model, seen, qlin, unknown, ran = LOADERS[lname](out, dtype)
             res.update(seen=seen, quant_linear=qlin, unknown_fields=unknown,
-                       load_s=round(time.time() - t0, 2))
+                       load_s=round(time.time() - t0, 2), dtype=str(ran).replace("torch.", ""))
             res["settings_mismatch"] = settings_mismatch(seen, want)
             lg = teacher_forced(model, ids)
             res["vs_lab"] = compare(lg, lab_logits)
@@ -298,6 +343,9 @@ def run_variant(name, flags, args, dtype):
             got = greedy(model, NEW_TOKENS)
             res["greedy_tokens"] = got
             res["greedy_same"] = sum(a == b for a, b in zip(got, tokens))
+            if ran == torch.float16:
+                res["vs_ref16"] = compare(lg, ref16_logits)
+                res["greedy_same_ref16"] = sum(a == b for a, b in zip(got, ref16_greedy))
             del model
         except Exception as e:  # report any loader failure and go on with the others
             res["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -316,18 +364,20 @@ def write_report(path, rows, versions, args, dtype, wall):
              f"Wall time {wall:.0f} s on the 2-core dev machine.\n")
     L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". "
              "AutoGPTQ built with BUILD_CUDA_EXT=0 (pure-torch QuantLinear); no GPU.\n")
-    L.append(f"Libraries run in **{dtype}** on CPU; the independent reference (ref) dequantizes in "
+    L.append(f"Libraries run in {dtype} on CPU where they allow it (the dtype column says what ran); the independent reference (ref) dequantizes in "
              "f64 and runs a float32 transformers LlamaForCausalLM; lab is `lab decode --backend cpu` "
              "(f32). Source: tests/fixtures/tiny-fp16 (hidden 64, 2 layers, K in {64, 192}), "
              f"quantized with `--seqlen 128 --nsamples 4`. Prompt ids {PROMPT}, {NEW_TOKENS} greedy "
              f"tokens: logits compared at all {len(PROMPT) + NEW_TOKENS - 1} positions of "
              "prompt + lab's continuation (teacher-forced).\n")
     L.append("Cells: `max |Δlogit| / top-1 agreement`; greedy: free-running greedy tokens equal "
-             f"to lab's, out of {NEW_TOKENS}.\n")
+             f"to lab's, out of {NEW_TOKENS}. A loader that ran fp16 is also compared with the same "
+             "independent reference run in fp16 (fp16 ref), which shows how much of the difference "
+             "is fp16 arithmetic rather than the file.\n")
     hdr = "| checkpoint | ref vs lab | ref greedy = lab |"
     sep = "|---|---|---|"
     for l in args.loaders:
-        hdr += f" {l} vs lab | {l} vs ref | {l} greedy | {l} QuantLinear |"
+        hdr += f" {l} vs lab | {l} vs ref | {l} greedy | {l} QuantLinear (dtype) |"
         sep += "---|---|---|---|"
     L.append(hdr)
     L.append(sep)
@@ -344,8 +394,13 @@ def write_report(path, rows, versions, args, dtype, wall):
             if "error" in x:
                 line += f" failed: `{x['error']}` | | | |"
                 continue
-            line += (f" {fmt_cmp(x['vs_lab'])} | {fmt_cmp(x['vs_ref'])} | "
-                     f"{x['greedy_same']}/{NEW_TOKENS} | {x['quant_linear']} |")
+            vs_ref = fmt_cmp(x["vs_ref"])
+            greedy_cell = f"{x['greedy_same']}/{NEW_TOKENS}"
+            if "vs_ref16" in x:
+                vs_ref += f"; fp16 ref: {fmt_cmp(x['vs_ref16'])}"
+                greedy_cell += f" (fp16 ref: {x['greedy_same_ref16']}/{NEW_TOKENS})"
+            line += (f" {fmt_cmp(x['vs_lab'])} | {vs_ref} | {greedy_cell} | "
+                     f"{x['quant_linear']} ({x['dtype']}) |")
         L.append(line)
     L.append("")
     L.append("## Quantization settings as each library read them\n")
@@ -390,10 +445,16 @@ def main():
     ap.add_argument("--report", type=Path)
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--only", help="comma-separated variant names")
-    ap.add_argument("--loaders", default="autogptq,transformers")
+    ap.add_argument("--loaders", help="comma-separated, from: " + ", ".join(LOADERS)
+                    + " (default: those importable here)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     args = ap.parse_args()
-    args.loaders = [l for l in args.loaders.split(",") if l]
+    if args.loaders is None:
+        import importlib.util
+
+        args.loaders = [l for l in LOADERS if importlib.util.find_spec(IMPORT_NAME[l])]
+    else:
+        args.loaders = [l for l in args.loaders.split(",") if l]
     for l in args.loaders:
         if l not in LOADERS:
             ap.error(f"--loaders: unknown loader {l}; known: {', '.join(LOADERS)}")
