@@ -64,6 +64,10 @@ pub struct DecodeArgs {
     /// One JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
+    /// CPU backend: also write the logits of every prompt position and of every generated step
+    /// to FILE as JSON (scripts/gptq-interop.py compares them with other GPTQ loaders).
+    #[arg(long, hide = true)]
+    dump_logits: Option<PathBuf>,
     #[command(flatten)]
     gpu: gpu::GpuArgs,
 }
@@ -74,6 +78,9 @@ const TINY_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/
 
 pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     if a.backend == Backend::Gpu {
+        if a.dump_logits.is_some() {
+            bail!("--dump-logits: only the CPU backend (--backend cpu) writes logits");
+        }
         return gpu::run(&a);
     }
     let dir = checkpoint_dir(&a)?;
@@ -115,13 +122,25 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
 
     let mut sampler = Sampler::new(sampling, a.seed);
     let t1 = Instant::now();
-    let mut logits = engine.forward(&prompt)?;
+    // With --dump-logits every prompt position's logits are kept (same cache, same last logits).
+    let mut prompt_logits = Vec::new();
+    let mut logits = if a.dump_logits.is_some() {
+        prompt_logits = engine.forward_all(&prompt)?;
+        prompt_logits.last().cloned().unwrap_or_default()
+    } else {
+        engine.forward(&prompt)?
+    };
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
     let mut tokens = Vec::with_capacity(a.max_new_tokens);
     let mut stop = "max_new_tokens";
+    // The logits each new token was sampled from (only kept for --dump-logits).
+    let mut step_logits = Vec::new();
     for i in 0..a.max_new_tokens {
         let t = sampler.sample(&logits)?;
+        if a.dump_logits.is_some() {
+            step_logits.push(logits.clone());
+        }
         tokens.push(t);
         if Some(t) == eos {
             stop = "eos";
@@ -139,6 +158,16 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+    if let Some(path) = &a.dump_logits {
+        let dump = serde_json::json!({
+            "checkpoint": ckpt.dir,
+            "prompt_tokens": prompt,
+            "prompt_logits": prompt_logits,
+            "tokens": tokens,
+            "step_logits": step_logits,
+        });
+        gptq_lab::util::write_json_atomic(path, &dump)?;
+    }
 
     if a.json {
         let quant = ckpt.quant.as_ref().map(|q| {
