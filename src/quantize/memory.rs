@@ -154,6 +154,24 @@ fn write_at(file: &mut File, path: &Path, at: usize, x: &[f32]) -> Result<()> {
         .map_err(|e| LabError::io(path, e))
 }
 
+/// Hand memory the allocator keeps after `free` back to the system. glibc's malloc serves
+/// blocks under its mmap threshold (which grows to 32 MiB as large blocks are freed) from heaps
+/// it rarely shrinks, so the freed intermediates of one linear (f64 error matrices, dequantized
+/// weights: 8 K N bytes each) would stay resident beside the next linear's solver.
+pub fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim only returns free pages of glibc's own heaps to the kernel; it
+        // takes no pointers and is thread-safe (it locks each arena).
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// Peak resident set (VmHWM of /proc/self/status) in bytes; `None` where there is no procfs.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -164,7 +182,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 
 /// The RAM a quantization run's large buffers need at most, in bytes, from the code's own
 /// allocations (h = hidden, i = intermediate, kv = KV width, s = seqlen, v = vocab,
-/// C = `chunk_sequences(s * h)`; all f32 unless said):
+/// C = min(nsamples, `chunk_sequences(s * h)`); all f32 unless said):
 ///
 /// - layer weights, held through the layer: 4 (2 h^2 + 2 h kv + 3 h i)
 /// - one chunk of hidden states: 4 C s h
@@ -182,7 +200,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// 3.18 GB (solving down_proj, K = 11008: 0.97 + 1.94 + 0.27 GB) = 4.06 GB; before streaming, a run also held
 /// every sequence's hidden states (4 nsamples s h: 4.3 GB at 128 sequences), every quantized layer
 /// and the serialized output file (~3.9 GB each), and the mapped source (13.5 GB) as it was read.
-pub fn ram_bound_bytes(cfg: &ModelConfig, seqlen: usize) -> u64 {
+pub fn ram_bound_bytes(cfg: &ModelConfig, seqlen: usize, nsamples: usize) -> u64 {
     let (h, i, s, v) = (
         cfg.hidden_size as u64,
         cfg.intermediate_size as u64,
@@ -191,7 +209,8 @@ pub fn ram_bound_bytes(cfg: &ModelConfig, seqlen: usize) -> u64 {
     );
     let kv = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
     let weights = 4 * (2 * h * h + 2 * h * kv + 3 * h * i);
-    let chunk = 4 * chunk_sequences(seqlen * cfg.hidden_size) as u64 * s * h;
+    let c = chunk_sequences(seqlen * cfg.hidden_size).min(nsamples) as u64;
+    let chunk = 4 * c * s * h;
     let forward = 4
         * (s * (2 * h + 2 * kv) + s * s)
             .max(3 * s * h)
@@ -260,7 +279,7 @@ mod tests {
     #[test]
     fn bound_of_a_7b_layer_is_a_few_gigabytes() {
         let cfg = crate::model::config::ModelConfig::preset("vicuna-7b").unwrap();
-        let b = ram_bound_bytes(&cfg, 2048) as f64 / 1e9;
+        let b = ram_bound_bytes(&cfg, 2048, 128) as f64 / 1e9;
         // The doc's arithmetic: 0.81 + 0.07 + 3.18 GB, less than the 4.3 GB of hidden states
         // (128 x 2048 tokens) that the whole-run buffer held alone.
         assert!((4.0..4.1).contains(&b), "{b} GB");
