@@ -1,5 +1,7 @@
-//! `lab quantize` end to end on the tiny fp16 fixture: what is written reloads bit-exactly, GPTQ
-//! beats RTN on every linear of a real forward pass, and bad input leaves nothing behind.
+//! `lab quantize` end to end on the tiny fp16 fixture: what is written reloads bit-exactly and is
+//! byte-identical to the in-memory writer's file, the file-backed hidden states give the codes the
+//! in-memory ones do, GPTQ beats RTN on every linear of a real forward pass, and bad input (or a
+//! failure in a late layer) leaves nothing behind.
 
 use gptq_lab::gptq::{GptqParams, ZeroFormat};
 use gptq_lab::model::checkpoint::{Checkpoint, LinearWeights};
@@ -7,7 +9,8 @@ use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::quantize::calib::EVAL_TEXT;
 use gptq_lab::quantize::perplexity::{cpu_engine, perplexity};
 use gptq_lab::quantize::{
-    quantize_checkpoint, quantize_model, CalibSource, Method, QuantizeOptions,
+    quantize_checkpoint, quantize_model, quantize_model_in, write_model, CalibSource, Method,
+    QuantizeOptions,
 };
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -100,6 +103,7 @@ fn written_checkpoint_reloads_bit_exactly_and_beats_rtn() {
         }
         assert!(out.join("tokenizer.json").is_file());
         assert_only(tmp.path(), &["q"]);
+        assert!(summary.peak_rss_bytes.is_some_and(|b| b > 0));
         // GPTQ's whole point: lower output error than RTN on the real layer inputs, every linear.
         for l in &summary.linears {
             assert!(
@@ -264,4 +268,92 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
     quantize_checkpoint(&base).unwrap();
     assert!(out.join("model.safetensors").is_file());
     assert_only(root, &["ids.txt", "f32", "missing", "a-file", "out"]);
+}
+
+#[test]
+fn streamed_output_is_byte_identical_to_the_in_memory_writer() {
+    for (gs, sym, act, fmt, method) in [
+        (32, false, true, ZeroFormat::V1, Method::Gptq),
+        (-1, true, false, ZeroFormat::V2, Method::Rtn),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = opts(&tmp.path().join("streamed"), gs, sym, act, fmt);
+        o.method = method;
+        quantize_checkpoint(&o).unwrap();
+        // The whole-model path: every layer in RAM, one serialize at the end.
+        let src = Checkpoint::open(Path::new(TINY)).unwrap();
+        let m = quantize_model(&o, &src).unwrap();
+        let whole = tmp.path().join("whole");
+        write_model(&src, &m, &o, &whole).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(&whole)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert!(
+            files.contains(&"model.safetensors".to_string()),
+            "{files:?}"
+        );
+        for f in &files {
+            let a = std::fs::read(o.out.join(f)).unwrap();
+            let b = std::fs::read(whole.join(f)).unwrap();
+            assert!(a == b, "{f} differs (g{gs} {method:?})");
+        }
+        assert_only(
+            &o.out,
+            &files.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    }
+}
+
+#[test]
+fn file_backed_hidden_states_give_the_same_codes_as_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = opts(&tmp.path().join("unused"), 32, false, true, ZeroFormat::V2);
+    let src = Checkpoint::open(Path::new(TINY)).unwrap();
+    let mem = quantize_model(&o, &src).unwrap();
+    let file = quantize_model_in(&o, &src, Some(tmp.path())).unwrap();
+    assert!(tmp.path().join("activations.f32").is_file());
+    assert_eq!(mem.layers.len(), 14);
+    assert_eq!(mem.layers, file.layers);
+    for (a, b) in mem.stats.iter().zip(&file.stats) {
+        assert_eq!(
+            (&a.name, a.error, a.rtn_error),
+            (&b.name, b.error, b.rtn_error)
+        );
+    }
+}
+
+#[test]
+fn a_failure_in_a_late_layer_leaves_no_output_and_no_staging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // The last linear of the last layer gets a NaN: layers before it are quantized and streamed
+    // into the staged file before the run fails.
+    let bad = root.join("nan");
+    edited(&bad, |name, dt, shape, mut data| {
+        if name == "model.layers.1.mlp.down_proj.weight" {
+            data[2..4].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        }
+        Some((dt, shape, data))
+    });
+    let out = root.join("out");
+    let e = err_of(&QuantizeOptions {
+        checkpoint: bad,
+        ..opts(&out, 32, true, false, ZeroFormat::V1)
+    });
+    assert!(
+        e.contains("model.layers.1.mlp.down_proj") && e.contains("not finite"),
+        "{e}"
+    );
+    assert_only(root, &["nan"]);
+    // An empty --out folder given by the user stays (empty), nothing is put in it.
+    std::fs::create_dir(&out).unwrap();
+    let e = err_of(&QuantizeOptions {
+        checkpoint: root.join("nan"),
+        ..opts(&out, 32, true, false, ZeroFormat::V1)
+    });
+    assert!(e.contains("not finite"), "{e}");
+    assert_only(root, &["nan", "out"]);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }

@@ -94,6 +94,9 @@ pub fn layer_pass(
     let mut q = linear(&xn, t, &l.wq);
     let mut k = linear(&xn, t, &l.wk);
     let v = linear(&xn, t, &l.wv);
+    // Intermediates are dropped as soon as they are used: the peak of one sequence's pass is
+    // what `memory::ram_bound_bytes` counts (at most 2 [t, hidden] + 2 [t, intermediate]).
+    drop(xn);
     for (pos, (qr, kr)) in q
         .chunks_exact_mut(heads * hd)
         .zip(k.chunks_exact_mut(kv_heads * hd))
@@ -104,24 +107,33 @@ pub fn layer_pass(
         }
     }
     let attn = causal_attention(&q, &k, &v, t, heads, kv_heads, hd);
+    drop((q, k, v));
     if capture == Some(Stage::O) {
         return attn;
     }
     let mut x1 = x.to_vec();
-    for (a, b) in x1.iter_mut().zip(linear(&attn, t, &l.wo)) {
+    let o = linear(&attn, t, &l.wo);
+    drop(attn);
+    for (a, b) in x1.iter_mut().zip(o) {
         *a += b;
     }
     let xn2 = norm_rows(&x1, h, &l.ffn_norm, eps);
     if capture == Some(Stage::GateUp) {
         return xn2;
     }
-    let gate = linear(&xn2, t, &l.w_gate);
+    let mut act = linear(&xn2, t, &l.w_gate);
     let up = linear(&xn2, t, &l.w_up);
-    let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+    drop(xn2);
+    for (g, &u) in act.iter_mut().zip(&up) {
+        *g = silu(*g) * u;
+    }
+    drop(up);
     if capture == Some(Stage::Down) {
         return act;
     }
-    for (a, b) in x1.iter_mut().zip(linear(&act, t, &l.w_down)) {
+    let down = linear(&act, t, &l.w_down);
+    drop(act);
+    for (a, b) in x1.iter_mut().zip(down) {
         *a += b;
     }
     x1

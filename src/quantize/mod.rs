@@ -4,6 +4,7 @@
 
 pub mod calib;
 pub mod layer_forward;
+pub mod memory;
 pub mod output;
 pub mod perplexity;
 pub mod pipeline;
@@ -12,6 +13,6 @@ pub mod source;
 pub use calib::CalibSource;
 pub use output::write_model;
 pub use pipeline::{
-    quantize_checkpoint, quantize_model, LinearStats, Method, QuantizeOptions, QuantizeSummary,
-    QuantizedModel,
+    quantize_checkpoint, quantize_model, quantize_model_in, LinearStats, Method, QuantizeOptions,
+    QuantizeSummary, QuantizedModel,
 };

@@ -1,13 +1,23 @@
 //! The output side of `lab quantize`: a staging folder beside `--out` made before any work (so an
-//! unwritable destination fails at once), the checkpoint written there complete (weights, configs
-//! with the settings used, the source's tokenizer files), then renamed into place. An error drops
-//! the staging folder with everything in it; nothing partial ever sits at `--out`.
+//! unwritable destination fails at once), the checkpoint written there (weights streamed in as
+//! each linear is quantized, then configs with the settings used and the source's tokenizer
+//! files), then renamed into place. An error drops the staging folder with everything in it;
+//! nothing partial ever sits at `--out`.
+//!
+//! The weights are one `model.safetensors`, as AutoGPTQ and transformers write GPTQ models and
+//! as every GPTQ loader reads them (including the single-file ones: ExLlama, GPTQ-for-LLaMa). Its
+//! header is laid out before the pass from the shapes the config and group size fix; the file is
+//! byte-identical to the in-memory writer's (`write_model`, kept as the reference).
 
 use super::pipeline::{Method, QuantizeOptions, QuantizedModel};
-use super::source::dense_tensors;
-use crate::gptq::GptqParams;
-use crate::model::checkpoint::{write_gptq_checkpoint, Checkpoint, QuantInfo};
+use super::source::{dense_names, dense_tensor, dense_tensors};
+use crate::gptq::{group_rows, GptqParams, QuantLinear, ZeroFormat};
+use crate::model::checkpoint::{
+    config_files, encode_dense, encode_linear, linear_specs, write_gptq_checkpoint, Checkpoint,
+    QuantInfo, StreamedSafetensors,
+};
 use crate::{LabError, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Files copied beside the weights when the source has them (tokenizer and generation settings).
@@ -19,8 +29,42 @@ const SIDE_FILES: [&str; 5] = [
     "generation_config.json",
 ];
 
-/// Write `m` as a complete checkpoint folder `dir` (which must not exist): weights, configs with
-/// the settings used, and the source's tokenizer files.
+fn quant_info(p: &GptqParams, format: ZeroFormat) -> QuantInfo {
+    QuantInfo {
+        bits: 4,
+        group_size: p.group_size,
+        desc_act: p.act_order,
+        sym: p.sym,
+        static_groups: p.static_groups,
+        format,
+        inferred: Vec::new(),
+    }
+}
+
+fn source_config(ckpt_dir: &Path) -> Result<serde_json::Value> {
+    let cfg_path = ckpt_dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| LabError::io(&cfg_path, e))?;
+    serde_json::from_str(&cfg_text).map_err(|e| LabError::Json {
+        path: cfg_path.clone(),
+        source: e,
+    })
+}
+
+/// The settings used and the source's tokenizer files, beside the weights and configs.
+fn finish_folder(ckpt_dir: &Path, dir: &Path, p: &GptqParams, method: Method) -> Result<()> {
+    record_settings(dir, p, method)?;
+    for f in SIDE_FILES {
+        let src = ckpt_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, dir.join(f)).map_err(|e| LabError::io(&src, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `m` as a complete checkpoint folder `dir` (which must not exist) from memory: weights,
+/// configs with the settings used, and the source's tokenizer files. `lab quantize` streams
+/// instead (`StreamedModel`); this is the reference its output is tested against.
 pub fn write_model(
     ckpt: &Checkpoint,
     m: &QuantizedModel,
@@ -28,31 +72,101 @@ pub fn write_model(
     dir: &Path,
 ) -> Result<()> {
     let dense = dense_tensors(ckpt, &ckpt.config)?;
-    let info = QuantInfo {
-        bits: 4,
-        group_size: m.params.group_size,
-        desc_act: m.params.act_order,
-        sym: m.params.sym,
-        static_groups: m.params.static_groups,
-        format: o.format,
-        inferred: Vec::new(),
-    };
-    let cfg_path = ckpt.dir.join("config.json");
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| LabError::io(&cfg_path, e))?;
-    let cfg_json: serde_json::Value =
-        serde_json::from_str(&cfg_text).map_err(|e| LabError::Json {
-            path: cfg_path.clone(),
-            source: e,
-        })?;
+    let info = quant_info(&m.params, o.format);
+    let cfg_json = source_config(&ckpt.dir)?;
     write_gptq_checkpoint(dir, &cfg_json, &m.layers, &dense, o.format, &info)?;
-    record_settings(dir, &m.params, o.method)?;
-    for f in SIDE_FILES {
-        let src = ckpt.dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, dir.join(f)).map_err(|e| LabError::io(&src, e))?;
+    finish_folder(&ckpt.dir, dir, &m.params, o.method)
+}
+
+/// A checkpoint folder written while the model is quantized: `create` lays out
+/// model.safetensors for every tensor and copies the unquantized ones (one at a time), `linear`
+/// writes each quantized linear as it comes, `finish` checks that all came and adds the configs
+/// and tokenizer files.
+pub(crate) struct StreamedModel {
+    ckpt_dir: PathBuf,
+    dir: PathBuf,
+    weights: StreamedSafetensors,
+    params: GptqParams,
+    info: QuantInfo,
+    cfg_json: serde_json::Value,
+}
+
+impl StreamedModel {
+    /// `dir` must not exist. The source at `checkpoint` is opened here and closed on return.
+    pub fn create(
+        checkpoint: &Path,
+        params: &GptqParams,
+        format: ZeroFormat,
+        dir: &Path,
+    ) -> Result<StreamedModel> {
+        let ckpt = Checkpoint::open(checkpoint)?;
+        let cfg = &ckpt.config;
+        let cfg_json = source_config(&ckpt.dir)?;
+        if !cfg_json.is_object() {
+            return Err(LabError::bad_checkpoint(
+                ckpt.dir.join("config.json"),
+                "is not a JSON object",
+            ));
         }
+        let names = dense_names(&ckpt, cfg);
+        let mut plan = Vec::new();
+        for name in &names {
+            let (_, shape) = ckpt.tensor_meta(name).ok_or_else(|| {
+                LabError::bad_checkpoint(&ckpt.dir, format!("missing tensor '{name}'"))
+            })?;
+            plan.push((name.clone(), safetensors::Dtype::F16, shape));
+        }
+        for i in 0..cfg.num_hidden_layers {
+            for (name, k, n) in cfg.layer_linears() {
+                let g = group_rows(params.group_size, k)
+                    .map_err(|r| LabError::invalid("--group", format!("{r} ({name})")))?;
+                plan.extend(linear_specs(
+                    &format!("model.layers.{i}.{name}"),
+                    k,
+                    n,
+                    k.div_ceil(g),
+                ));
+            }
+        }
+        std::fs::create_dir(dir).map_err(|e| LabError::io(dir, e))?;
+        // transformers refuses safetensors files whose metadata lacks format = "pt".
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let mut weights = StreamedSafetensors::create(&dir.join("model.safetensors"), plan, meta)?;
+        for name in &names {
+            let (name, data, shape) = dense_tensor(&ckpt, name)?;
+            let (dt, shape, bytes) = encode_dense(dir, &name, &data, &shape)?;
+            weights.write(&name, dt, &shape, &bytes)?;
+        }
+        Ok(StreamedModel {
+            ckpt_dir: ckpt.dir.clone(),
+            dir: dir.to_path_buf(),
+            weights,
+            params: params.clone(),
+            info: quant_info(params, format),
+            cfg_json,
+        })
     }
-    Ok(())
+
+    /// Write one quantized linear (state-dict prefix `prefix`).
+    pub fn linear(&mut self, prefix: &str, l: &QuantLinear) -> Result<()> {
+        for (name, dt, shape, bytes) in
+            encode_linear(&self.dir, prefix, l, self.info.format, &self.info)?
+        {
+            self.weights.write(&name, dt, &shape, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Every tensor must have been written; then configs, settings and tokenizer files.
+    pub fn finish(self, method: Method) -> Result<()> {
+        self.weights.finish()?;
+        let cfg_obj = self.cfg_json.as_object().cloned().unwrap_or_default();
+        for (name, bytes) in config_files(&cfg_obj, self.info.format, &self.info) {
+            let path = self.dir.join(name);
+            std::fs::write(&path, bytes).map_err(|e| LabError::io(&path, e))?;
+        }
+        finish_folder(&self.ckpt_dir, &self.dir, &self.params, method)
+    }
 }
 
 /// `out` must not exist or be an empty folder; a staging folder is made beside it now, so an

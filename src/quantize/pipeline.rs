@@ -3,26 +3,29 @@
 //! Layer by layer, true sequential: the calibration sequences' hidden states enter layer i as the
 //! *quantized* layers 0..i-1 left them; inside the layer the stages q/k/v, o, gate/up, down are
 //! quantized in turn, each stage's Hessian built from inputs computed with the stages before it
-//! already quantized. Memory: the calibration hidden states (sequences x seqlen x hidden f32), one
-//! layer's weights as f32, one Hessian (K^2 f32 plus the solver's f64 factor); the checkpoint
-//! stays memory-mapped. The quantized layers are kept (4.5 bits per weight) until the end, when
-//! the writer serializes everything at once.
+//! already quantized. Memory (`memory`): one layer's weights as f32, one Hessian and the solver's
+//! factors, one chunk of sequences; the hidden states between layers live in a file in the
+//! staging folder, each quantized linear goes to the output file as soon as it is solved, and the
+//! source checkpoint is mapped only while one layer is copied out.
 //!
-//! Input checks and layer loading: `source`; staging and writing the output: `output`.
+//! Input checks and layer loading: `source`; staging and writing the output: `output`; the
+//! activation store and the RAM bound: `memory`.
 
 use super::calib::{self, CalibSource};
 use super::layer_forward::{layer_pass, linear_mut, Stage};
-use super::output::{prepare_out, publish, write_model};
+use super::memory::{peak_rss_bytes, ram_bound_bytes, release_freed, ActivationStore};
+use super::output::{prepare_out, publish, StreamedModel};
 use super::source::{check_fp16_source, load_layer};
 use crate::gptq::measure::hessian_relative_error;
 use crate::gptq::{quantize_gptq, quantize_rtn, GptqParams, Hessian, QuantLinear, ZeroFormat};
 use crate::model::checkpoint::Checkpoint;
+use crate::model::config::ModelConfig;
 use crate::model::cpu_engine::rope_inv_freq;
 use crate::reference::dequantize;
 use crate::{LabError, Result};
 use faer::Mat;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,6 +84,12 @@ pub struct QuantizeSummary {
     pub nsamples: usize,
     pub linears: Vec<LinearStats>,
     pub seconds: f64,
+    /// Peak resident set of this process so far (VmHWM), bytes; `None` without /proc.
+    pub peak_rss_bytes: Option<u64>,
+    /// `memory::ram_bound_bytes` for this model, seqlen and nsamples: what the large buffers need
+    /// at most. The measured peak adds the program itself (~12-25 MiB: code, runtime, thread
+    /// stacks) and the allocator's slack (measured: 10-20% at hidden 1024).
+    pub ram_bound_bytes: u64,
 }
 
 /// The quantized linears in memory, with what was measured.
@@ -95,32 +104,48 @@ pub struct QuantizedModel {
     pub nsamples: usize,
 }
 
-/// Quantize, write to `o.out` (complete or not at all), and summarize.
+/// Quantize, write to `o.out` (complete or not at all), and summarize. Each quantized linear is
+/// written to the staged output as soon as it is solved; the hidden states live in a staging file.
 pub fn quantize_checkpoint(o: &QuantizeOptions) -> Result<QuantizeSummary> {
     let t_start = Instant::now();
     check_options(o)?;
     // Before any work: the output must be new or empty, and its folder writable.
     let staging = prepare_out(&o.out)?;
-    let ckpt = Checkpoint::open(&o.checkpoint)?;
-    let m = quantize_model(o, &ckpt)?;
+    let plan = plan(o, &Checkpoint::open(&o.checkpoint)?)?;
     let built = staging.path().join("checkpoint");
-    write_model(&ckpt, &m, o, &built)?;
+    let mut out = StreamedModel::create(&o.checkpoint, &plan.params, o.format, &built)?;
+    let mut store = ActivationStore::in_file(
+        &staging.path().join("activations.f32"),
+        plan.windows.len(),
+        plan.seqlen * plan.cfg.hidden_size,
+    )?;
+    let stats = sequential_pass(
+        o,
+        &plan,
+        Weights::Reopen(&o.checkpoint),
+        &mut store,
+        &mut |prefix, q| out.linear(&prefix, &q),
+    )?;
+    drop(store);
+    out.finish(o.method)?;
     publish(&built, &o.out)?;
     Ok(QuantizeSummary {
         out: o.out.clone(),
         method: o.method,
-        group_size: m.params.group_size,
-        act_order: m.params.act_order,
-        static_groups: m.params.static_groups,
-        sym: m.params.sym,
+        group_size: plan.params.group_size,
+        act_order: plan.params.act_order,
+        static_groups: plan.params.static_groups,
+        sym: plan.params.sym,
         format: o.format.config_name(),
-        damp_percent: m.params.damp_percent,
+        damp_percent: plan.params.damp_percent,
         calib: o.calib.describe(),
-        calib_tokens: m.nsamples * m.seqlen,
-        seqlen: m.seqlen,
-        nsamples: m.nsamples,
-        linears: m.stats,
+        calib_tokens: plan.windows.len() * plan.seqlen,
+        seqlen: plan.seqlen,
+        nsamples: plan.windows.len(),
+        linears: stats,
         seconds: t_start.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
+        ram_bound_bytes: ram_bound_bytes(&plan.cfg, plan.seqlen, plan.windows.len()),
     })
 }
 
@@ -134,9 +159,51 @@ fn check_options(o: &QuantizeOptions) -> Result<()> {
     Ok(())
 }
 
-/// The true-sequential pass over `ckpt` (see the module doc); nothing is written.
+/// The true-sequential pass over `ckpt` (see the module doc), everything kept in RAM: the hidden
+/// states and every quantized layer. Nothing is written. The reference `quantize_checkpoint`'s
+/// streamed output is tested against.
 pub fn quantize_model(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<QuantizedModel> {
+    quantize_model_in(o, ckpt, None)
+}
+
+/// `quantize_model` with the hidden states in a file in `act_dir` when given (as
+/// `quantize_checkpoint` keeps them) instead of in RAM.
+pub fn quantize_model_in(
+    o: &QuantizeOptions,
+    ckpt: &Checkpoint,
+    act_dir: Option<&Path>,
+) -> Result<QuantizedModel> {
     check_options(o)?;
+    let plan = plan(o, ckpt)?;
+    let (nseq, seq) = (plan.windows.len(), plan.seqlen * plan.cfg.hidden_size);
+    let mut store = match act_dir {
+        None => ActivationStore::in_memory(nseq, seq),
+        Some(d) => ActivationStore::in_file(&d.join("activations.f32"), nseq, seq)?,
+    };
+    let mut layers = Vec::new();
+    let stats = sequential_pass(o, &plan, Weights::Open(ckpt), &mut store, &mut |p, q| {
+        layers.push((p, q));
+        Ok(())
+    })?;
+    Ok(QuantizedModel {
+        layers,
+        stats,
+        params: plan.params,
+        seqlen: plan.seqlen,
+        nsamples: nseq,
+    })
+}
+
+/// Everything checked and decided before the pass.
+struct Plan {
+    cfg: ModelConfig,
+    /// The parameters used (`min_zero` set from the format).
+    params: GptqParams,
+    seqlen: usize,
+    windows: Vec<Vec<u32>>,
+}
+
+fn plan(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<Plan> {
     let mut params = o.params.clone();
     params.min_zero = u8::from(o.format == ZeroFormat::V1 && !params.sym);
     let cfg = ckpt.config.clone();
@@ -163,18 +230,52 @@ pub fn quantize_model(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<Quantize
     }
     let ids = calib::load_tokens(&o.calib, &ckpt.dir, cfg.vocab_size)?;
     let windows = calib::windows(&ids, seqlen, o.nsamples, &o.calib.describe())?;
+    Ok(Plan {
+        cfg,
+        params,
+        seqlen,
+        windows,
+    })
+}
 
+/// Where layer weights come from: an open checkpoint (its mapped pages stay resident as they are
+/// read), or a path opened anew for each layer and closed after, so the mapping never holds
+/// more than one layer's pages.
+enum Weights<'a> {
+    Open(&'a Checkpoint),
+    Reopen(&'a Path),
+}
+
+impl Weights<'_> {
+    fn with<R>(&self, f: impl FnOnce(&Checkpoint) -> Result<R>) -> Result<R> {
+        match self {
+            Weights::Open(c) => f(c),
+            Weights::Reopen(p) => f(&Checkpoint::open(p)?),
+        }
+    }
+}
+
+/// The pass itself: each quantized linear goes to `sink` (in model order) as soon as it is solved.
+fn sequential_pass(
+    o: &QuantizeOptions,
+    plan: &Plan,
+    src: Weights<'_>,
+    store: &mut ActivationStore,
+    sink: &mut dyn FnMut(String, QuantLinear) -> Result<()>,
+) -> Result<Vec<LinearStats>> {
+    let (cfg, params, seqlen) = (&plan.cfg, &plan.params, plan.seqlen);
     let h = cfg.hidden_size;
-    let (embed, _) = ckpt.tensor_f32("model.embed_tokens.weight")?;
-    let mut hidden: Vec<Vec<f32>> = windows
-        .iter()
-        .map(|w| {
-            w.iter()
+    src.with(|ck| {
+        let (embed, _) = ck.tensor_f32("model.embed_tokens.weight")?;
+        for (i, w) in plan.windows.iter().enumerate() {
+            let x: Vec<f32> = w
+                .iter()
                 .flat_map(|&t| embed[t as usize * h..(t as usize + 1) * h].iter().copied())
-                .collect()
-        })
-        .collect();
-    drop(embed);
+                .collect();
+            store.put(i, &x)?;
+        }
+        Ok(())
+    })?;
 
     let inv_freq = rope_inv_freq(cfg.head_dim(), cfg.rope_theta);
     let total = (cfg.num_hidden_layers * 7) as u64;
@@ -189,20 +290,24 @@ pub fn quantize_model(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<Quantize
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let mut layers: Vec<(String, QuantLinear)> = Vec::new();
     let mut stats = Vec::new();
     for li in 0..cfg.num_hidden_layers {
-        let mut lw = load_layer(ckpt, li)?;
+        pb.set_message(format!("layer {li}: loading"));
+        let mut lw = src.with(|ck| load_layer(ck, li))?;
         for stage in Stage::ALL {
             let names = stage.linears();
             pb.set_message(format!("layer {li}: Hessian of {}", names.join("/")));
             let k = linear_mut(&mut lw, names[0]).map_or(0, |d| d.k);
             let mut hess = Hessian::new(k);
-            for x in &hidden {
-                let xin = layer_pass(&cfg, &inv_freq, &lw, x, seqlen, Some(stage));
-                hess.add_batch(&xin, seqlen)?;
-            }
+            store.for_each(|_, x| {
+                let xin = layer_pass(cfg, &inv_freq, &lw, x, seqlen, Some(stage));
+                hess.add_batch(&xin, seqlen)
+            })?;
+            // Between linears, freed intermediates go back to the system (see `release_freed`).
+            release_freed();
             let hm = hess.matrix()?;
+            // The f32 sum is not needed once H is in f64: K^2 * 4 bytes less during the solve.
+            drop(hess);
             for name in names {
                 let prefix = format!("model.layers.{li}.{name}");
                 pb.set_message(format!("layer {li}: {name}"));
@@ -218,10 +323,10 @@ pub fn quantize_model(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<Quantize
                     .map_err(in_layer)?;
                 let (q, proxy_loss, dead_rows) = match o.method {
                     Method::Gptq => {
-                        let out = quantize_gptq(&d.w, k, n, &hm, &params).map_err(in_layer)?;
+                        let out = quantize_gptq(&d.w, k, n, &hm, params).map_err(in_layer)?;
                         (out.layer, out.proxy_loss, out.dead_rows)
                     }
-                    Method::Rtn => (rtn_layer(&d.w, k, n, &params).map_err(in_layer)?, 0.0, 0),
+                    Method::Rtn => (rtn_layer(&d.w, k, n, params).map_err(in_layer)?, 0.0, 0),
                 };
                 stats.push(LinearStats {
                     name: prefix.clone(),
@@ -233,25 +338,19 @@ pub fn quantize_model(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<Quantize
                     dead_rows,
                     seconds: t0.elapsed().as_secs_f64(),
                 });
+                drop(rtn);
                 // Later stages and layers see this linear as it will run: quantized.
                 d.w = dequantize(&q).into_iter().map(|v| v as f32).collect();
-                layers.push((prefix, q));
+                sink(prefix, q)?;
+                release_freed();
                 pb.inc(1);
             }
         }
         pb.set_message(format!("layer {li}: outputs"));
-        for x in hidden.iter_mut() {
-            *x = layer_pass(&cfg, &inv_freq, &lw, x, seqlen, None);
-        }
+        store.update(|_, x| layer_pass(cfg, &inv_freq, &lw, x, seqlen, None))?;
     }
     pb.finish_and_clear();
-    Ok(QuantizedModel {
-        layers,
-        stats,
-        params,
-        seqlen,
-        nsamples: windows.len(),
-    })
+    Ok(stats)
 }
 
 /// RTN through the GPTQ solver with H = I: no error is propagated, so this is exactly RTN (a

@@ -103,9 +103,9 @@ pub(crate) fn load_layer(ckpt: &Checkpoint, i: usize) -> Result<LayerWeights> {
     })
 }
 
-/// Every tensor that is not a quantized linear, as fp16 (exact: the source is fp16). Rotary
-/// frequency buffers some old checkpoints carry are dropped; loaders recompute them.
-pub(crate) fn dense_tensors(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Vec<DenseTensor>> {
+/// Names of every tensor that is not a quantized linear, sorted. Rotary frequency buffers some
+/// old checkpoints carry are dropped; loaders recompute them.
+pub(crate) fn dense_names(ckpt: &Checkpoint, cfg: &ModelConfig) -> Vec<String> {
     let quantized: std::collections::HashSet<String> = (0..cfg.num_hidden_layers)
         .flat_map(|i| {
             cfg.layer_linears()
@@ -113,19 +113,32 @@ pub(crate) fn dense_tensors(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Vec<
                 .map(move |(name, _, _)| format!("model.layers.{i}.{name}.weight"))
         })
         .collect();
-    let mut out = Vec::new();
-    for name in ckpt.tensor_names() {
-        if quantized.contains(&name) || name.ends_with("rotary_emb.inv_freq") {
-            continue;
-        }
-        let (v, shape) = ckpt.tensor_f32(&name)?;
-        if ckpt.tensor_meta(&name).map(|m| m.0) != Some(Dtype::F16) {
-            return Err(LabError::bad_checkpoint(
-                ckpt.tensor_file(&name),
-                format!("tensor '{name}' is not fp16; lab quantize copies unquantized tensors as fp16 and will not convert them silently"),
-            ));
-        }
-        out.push((name, v.into_iter().map(f16::from_f32).collect(), shape));
+    ckpt.tensor_names()
+        .into_iter()
+        .filter(|n| !quantized.contains(n) && !n.ends_with("rotary_emb.inv_freq"))
+        .collect()
+}
+
+/// One unquantized tensor as fp16 (exact: the source is fp16; anything else is refused).
+pub(crate) fn dense_tensor(ckpt: &Checkpoint, name: &str) -> Result<DenseTensor> {
+    if ckpt.tensor_meta(name).map(|m| m.0) != Some(Dtype::F16) {
+        return Err(LabError::bad_checkpoint(
+            ckpt.tensor_file(name),
+            format!("tensor '{name}' is not fp16; lab quantize copies unquantized tensors as fp16 and will not convert them silently"),
+        ));
     }
-    Ok(out)
+    let (v, shape) = ckpt.tensor_f32(name)?;
+    Ok((
+        name.to_string(),
+        v.into_iter().map(f16::from_f32).collect(),
+        shape,
+    ))
+}
+
+/// Every tensor that is not a quantized linear, as fp16, all at once (the in-memory writer).
+pub(crate) fn dense_tensors(ckpt: &Checkpoint, cfg: &ModelConfig) -> Result<Vec<DenseTensor>> {
+    dense_names(ckpt, cfg)
+        .iter()
+        .map(|n| dense_tensor(ckpt, n))
+        .collect()
 }

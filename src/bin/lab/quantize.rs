@@ -159,5 +159,14 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         s.out.display(),
         s.seconds
     );
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    match s.peak_rss_bytes {
+        Some(p) => println!(
+            "peak RSS {:.1} MiB (bound on the large buffers for this model: {:.1} MiB)",
+            mib(p),
+            mib(s.ram_bound_bytes)
+        ),
+        None => println!("peak RSS unknown (no /proc/self/status)"),
+    }
     Ok(())
 }

@@ -4,11 +4,14 @@
 
 mod files;
 mod quant_config;
+mod streamed;
 mod writer;
 
 pub use crate::gptq::ZeroFormat;
 pub use quant_config::QuantInfo;
+pub use streamed::StreamedSafetensors;
 pub use writer::write_gptq_checkpoint;
+pub(crate) use writer::{config_files, encode_dense, encode_linear, linear_specs};
 
 use crate::gptq::{gidx, group_rows, zeros, QuantLinear};
 use crate::model::config::ModelConfig;

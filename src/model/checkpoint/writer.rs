@@ -56,57 +56,12 @@ pub fn write_gptq_checkpoint(
         Ok(())
     };
     for (prefix, l) in layers {
-        l.validate()
-            .map_err(|r| bad(format!("layer '{prefix}': {r}")))?;
-        let g =
-            group_rows(info.group_size, l.k).map_err(|r| bad(format!("layer '{prefix}': {r}")))?;
-        if g != l.group_size {
-            return Err(bad(format!(
-                "layer '{prefix}' has group size {} but the quant info says {}",
-                l.group_size, info.group_size
-            )));
-        }
-        let (k, n, groups) = (l.k, l.n, l.groups());
-        let qzeros = match format {
-            ZeroFormat::V2 => l.qzeros.clone(),
-            ZeroFormat::V1 => zeros::v2_to_v1(&l.qzeros, n).map_err(|at| {
-                bad(format!(
-                    "tensor '{prefix}.qzeros': true zero 0 at (group, column) {at:?} cannot be stored \
-                     in v1 (\"gptq\") format, which stores zero - 1; write gptq_v2 instead"
-                ))
-            })?,
-        };
-        put(
-            format!("{prefix}.qweight"),
-            (Dtype::I32, vec![k / 8, n], u32_bytes(&l.qweight)),
-        )?;
-        put(
-            format!("{prefix}.qzeros"),
-            (Dtype::I32, vec![groups, n / 8], u32_bytes(&qzeros)),
-        )?;
-        put(
-            format!("{prefix}.scales"),
-            (Dtype::F16, vec![groups, n], f16_bytes(&l.scales)),
-        )?;
-        put(
-            format!("{prefix}.g_idx"),
-            (Dtype::I32, vec![k], i32_bytes(&l.g_idx_full())),
-        )?;
-        if let Some(b) = &l.bias {
-            put(
-                format!("{prefix}.bias"),
-                (Dtype::F16, vec![n], f16_bytes(b)),
-            )?;
+        for (name, dt, shape, bytes) in encode_linear(dir, prefix, l, format, info)? {
+            put(name, (dt, shape, bytes))?;
         }
     }
     for (name, data, shape) in dense {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(bad(format!(
-                "tensor '{name}': {} values for shape {shape:?}",
-                data.len()
-            )));
-        }
-        put(name.clone(), (Dtype::F16, shape.clone(), f16_bytes(data)))?;
+        put(name.clone(), encode_dense(dir, name, data, shape)?)?;
     }
     let views = tensors
         .iter()
@@ -121,19 +76,8 @@ pub fn write_gptq_checkpoint(
     let weights = safetensors::serialize(views, Some(meta))
         .map_err(|e| bad(format!("serializing model.safetensors: {e}")))?;
 
-    let qc = info.to_json(format);
-    let mut cfg = cfg_obj.clone();
-    cfg.insert("quantization_config".into(), qc.clone());
-    let json = |v: &serde_json::Value| {
-        let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-        s.push('\n');
-        s.into_bytes()
-    };
-    let files: [(&str, Vec<u8>); 3] = [
-        ("model.safetensors", weights),
-        ("quantize_config.json", json(&qc)),
-        ("config.json", json(&serde_json::Value::Object(cfg))),
-    ];
+    let [qc, cfg] = config_files(cfg_obj, format, info);
+    let files: [(&str, Vec<u8>); 3] = [("model.safetensors", weights), qc, cfg];
 
     if dir.exists() {
         refuse_other_weights(dir)?;
@@ -177,4 +121,102 @@ fn refuse_other_weights(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One tensor as stored: name, dtype, shape, little-endian bytes.
+pub(crate) type Encoded = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Names, dtypes and shapes of the tensors a quantized linear [k, n] with `groups` groups is
+/// stored as (no bias: LLaMA's linears have none). `encode_linear` produces exactly these, so a
+/// file's header can be laid out before any layer is quantized.
+pub(crate) fn linear_specs(
+    prefix: &str,
+    k: usize,
+    n: usize,
+    groups: usize,
+) -> [(String, Dtype, Vec<usize>); 4] {
+    [
+        (format!("{prefix}.qweight"), Dtype::I32, vec![k / 8, n]),
+        (format!("{prefix}.qzeros"), Dtype::I32, vec![groups, n / 8]),
+        (format!("{prefix}.scales"), Dtype::F16, vec![groups, n]),
+        (format!("{prefix}.g_idx"), Dtype::I32, vec![k]),
+    ]
+}
+
+/// The tensors of one quantized linear, validated against `info` (`dir` names the output in
+/// errors); zeros stored in `format`.
+pub(crate) fn encode_linear(
+    dir: &Path,
+    prefix: &str,
+    l: &QuantLinear,
+    format: ZeroFormat,
+    info: &QuantInfo,
+) -> Result<Vec<Encoded>> {
+    let bad = |r: String| LabError::bad_checkpoint(dir, r);
+    l.validate()
+        .map_err(|r| bad(format!("layer '{prefix}': {r}")))?;
+    let g = group_rows(info.group_size, l.k).map_err(|r| bad(format!("layer '{prefix}': {r}")))?;
+    if g != l.group_size {
+        return Err(bad(format!(
+            "layer '{prefix}' has group size {} but the quant info says {}",
+            l.group_size, info.group_size
+        )));
+    }
+    let n = l.n;
+    let qzeros = match format {
+        ZeroFormat::V2 => l.qzeros.clone(),
+        ZeroFormat::V1 => zeros::v2_to_v1(&l.qzeros, n).map_err(|at| {
+            bad(format!(
+                "tensor '{prefix}.qzeros': true zero 0 at (group, column) {at:?} cannot be stored \
+                 in v1 (\"gptq\") format, which stores zero - 1; write gptq_v2 instead"
+            ))
+        })?,
+    };
+    let [qw, qz, sc, gi] = linear_specs(prefix, l.k, n, l.groups());
+    let mut out = vec![
+        (qw.0, qw.1, qw.2, u32_bytes(&l.qweight)),
+        (qz.0, qz.1, qz.2, u32_bytes(&qzeros)),
+        (sc.0, sc.1, sc.2, f16_bytes(&l.scales)),
+        (gi.0, gi.1, gi.2, i32_bytes(&l.g_idx_full())),
+    ];
+    if let Some(b) = &l.bias {
+        out.push((format!("{prefix}.bias"), Dtype::F16, vec![n], f16_bytes(b)));
+    }
+    Ok(out)
+}
+
+/// An fp16 tensor's bytes, its element count checked against `shape`.
+pub(crate) fn encode_dense(
+    dir: &Path,
+    name: &str,
+    data: &[f16],
+    shape: &[usize],
+) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+    if shape.iter().product::<usize>() != data.len() {
+        return Err(LabError::bad_checkpoint(
+            dir,
+            format!("tensor '{name}': {} values for shape {shape:?}", data.len()),
+        ));
+    }
+    Ok((Dtype::F16, shape.to_vec(), f16_bytes(data)))
+}
+
+/// quantize_config.json, and config.json with `quantization_config` added, as file bytes.
+pub(crate) fn config_files(
+    cfg_obj: &serde_json::Map<String, serde_json::Value>,
+    format: ZeroFormat,
+    info: &QuantInfo,
+) -> [(&'static str, Vec<u8>); 2] {
+    let qc = info.to_json(format);
+    let mut cfg = cfg_obj.clone();
+    cfg.insert("quantization_config".into(), qc.clone());
+    let json = |v: &serde_json::Value| {
+        let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+        s.push('\n');
+        s.into_bytes()
+    };
+    [
+        ("quantize_config.json", json(&qc)),
+        ("config.json", json(&serde_json::Value::Object(cfg))),
+    ]
 }
