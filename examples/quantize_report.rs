@@ -132,6 +132,7 @@ fn tiny(md: &mut String, scratch: &Path) -> anyhow::Result<serde_json::Value> {
                 seqlen: Some(seqlen),
                 nsamples: None,
                 progress: false,
+                hessian: gptq_lab::gptq::HessianBackend::auto(),
             })?;
             let mut model = cpu_engine(&out)?;
             let eval = perplexity(&mut model, Some(&mut fp16), &ids, seqlen, windows)?;

@@ -42,6 +42,7 @@ fn opts(
         seqlen: Some(128),
         nsamples: Some(4),
         progress: false,
+        hessian: gptq_lab::gptq::HessianBackend::auto(),
     }
 }
 

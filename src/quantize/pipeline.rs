@@ -17,7 +17,9 @@ use super::memory::{peak_rss_bytes, ram_bound_bytes, release_freed, ActivationSt
 use super::output::{prepare_out, publish, StreamedModel};
 use super::source::{check_fp16_source, load_layer};
 use crate::gptq::measure::hessian_relative_error;
-use crate::gptq::{quantize_gptq, quantize_rtn, GptqParams, Hessian, QuantLinear, ZeroFormat};
+use crate::gptq::{
+    quantize_gptq, quantize_rtn, GptqParams, Hessian, HessianBackend, QuantLinear, ZeroFormat,
+};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::cpu_engine::rope_inv_freq;
@@ -51,6 +53,9 @@ pub struct QuantizeOptions {
     pub nsamples: Option<usize>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// How the Hessians' x x^T sums are formed (`HessianBackend::auto()`: AMX bf16 tiles where the
+    /// CPU has them, else f32).
+    pub hessian: HessianBackend,
 }
 
 /// What one linear's quantization measured.
@@ -90,6 +95,8 @@ pub struct QuantizeSummary {
     /// at most. The measured peak adds the program itself (~12-25 MiB: code, runtime, thread
     /// stacks) and the allocator's slack (measured: 10-20% at hidden 1024).
     pub ram_bound_bytes: u64,
+    /// The Hessian backend that ran ("f32" or "bf16-amx").
+    pub hessian: &'static str,
 }
 
 /// The quantized linears in memory, with what was measured.
@@ -146,6 +153,7 @@ pub fn quantize_checkpoint(o: &QuantizeOptions) -> Result<QuantizeSummary> {
         seconds: t_start.elapsed().as_secs_f64(),
         peak_rss_bytes: peak_rss_bytes(),
         ram_bound_bytes: ram_bound_bytes(&plan.cfg, plan.seqlen, plan.windows.len()),
+        hessian: Hessian::with_backend(1, o.hessian).backend().name(),
     })
 }
 
@@ -298,7 +306,7 @@ fn sequential_pass(
             let names = stage.linears();
             pb.set_message(format!("layer {li}: Hessian of {}", names.join("/")));
             let k = linear_mut(&mut lw, names[0]).map_or(0, |d| d.k);
-            let mut hess = Hessian::new(k);
+            let mut hess = Hessian::with_backend(k, o.hessian);
             store.for_each(|_, x| {
                 let xin = layer_pass(cfg, &inv_freq, &lw, x, seqlen, Some(stage));
                 hess.add_batch(&xin, seqlen)

@@ -6,7 +6,7 @@
 
 use anyhow::bail;
 use gptq_lab::gptq::solver::DEFAULT_DAMP;
-use gptq_lab::gptq::{GptqParams, ZeroFormat};
+use gptq_lab::gptq::{GptqParams, HessianBackend, ZeroFormat};
 use gptq_lab::quantize::{quantize_checkpoint, CalibSource, Method, QuantizeOptions};
 use std::path::PathBuf;
 
@@ -14,7 +14,8 @@ use std::path::PathBuf;
 pub enum FormatArg {
     /// "gptq": zero - 1 stored, what AutoGPTQ, transformers and most files use.
     V1,
-    /// "gptq_v2": true zeros (GPTQModel).
+    /// "gptq_v2": true zeros (GPTQModel, transformers 5). AutoGPTQ and transformers 4.x have no
+    /// v2 reader and misread it as v1 (every zero one too high): see reports/cpu/gptq-interop.md.
     V2,
 }
 
@@ -70,6 +71,10 @@ pub struct QuantizeArgs {
     /// Calibration sequences (default: as many as the text fills, at most 128).
     #[arg(long)]
     nsamples: Option<usize>,
+    /// How the Hessians' sums x x^T are formed: auto (AMX bf16 tiles where this CPU has them,
+    /// ~5x faster; else f32), f32 (the published tools' arithmetic), bf16-amx.
+    #[arg(long, default_value = "auto")]
+    hessian: String,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -110,6 +115,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         seqlen: a.seqlen,
         nsamples: a.nsamples,
         progress: !a.quiet && !a.json,
+        hessian: HessianBackend::parse(&a.hessian)?,
     };
     let s = quantize_checkpoint(&opts)?;
     if a.json {
@@ -168,5 +174,6 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         ),
         None => println!("peak RSS unknown (no /proc/self/status)"),
     }
+    println!("Hessian sums: {}", s.hessian);
     Ok(())
 }
