@@ -21,7 +21,7 @@ use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_weights::{
-    raw, F16Dev, GpuLinear, GpuWeights, HostLlama, Int4Dev, SyntheticSpec,
+    raw, F16Dev, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec,
 };
 use crate::model::vram::{Phase, VramLedger, VramReport};
 use crate::{LabError, Result};
@@ -158,7 +158,7 @@ pub fn parse_int4_kernel(
 
 pub enum WeightSource<'a> {
     Host {
-        weights: &'a HostLlama,
+        weights: &'a dyn crate::model::layer_source::LayerSource,
         label: &'a str,
     },
     Synthetic(SyntheticSpec),

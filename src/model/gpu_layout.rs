@@ -1,0 +1,414 @@
+//! The GPU engine's weight layout, built on the host: everything the uploader does before it
+//! copies bytes, so all of it runs (and is tested) without a GPU.
+//!
+//! * Fusion: q|k|v become one [K, 3h] int4 layer and gate|up one [K, 2I] layer (one launch, one
+//!   wide grid) when they share K, group size and g_idx; fp16 parts fuse when they share K.
+//!   Parts of different kinds or group sizes stay separate slots, each writing at its column
+//!   offset. Int4 parts with the same group size but different g_idx are refused: GPTQ quantizes
+//!   q, k, v (and gate, up) from the same inputs, so act-order gives them the same channel order,
+//!   and a difference means the checkpoint mixes layers from different runs.
+//! * Act-order: each int4 linear's rows are sorted by group once (`gptq::reorder_by_group`) and
+//!   the kernel reads x through the permutation; uneven groups keep a sorted g_idx.
+//! * Bytes: `DeviceBytes` counts exactly what is uploaded (the lengths of the buffers below),
+//!   so the GPU's byte counts equal these by construction.
+
+use crate::gptq::{reorder_by_group, QuantLinear};
+use crate::model::checkpoint::LinearMeta;
+use crate::model::gpu_weights::{HostLayer, HostLinear};
+use crate::{LabError, Result};
+use half::f16;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// An int4 linear exactly as the engine uploads it (the host twin of `Int4Dev`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int4Host {
+    pub k: usize,
+    pub n: usize,
+    pub group_size: usize,
+    pub groups: usize,
+    pub symmetric: bool,
+    /// u32 [k/8, n], rows sorted by group for act-order layers.
+    pub qweight: Vec<u32>,
+    /// u32 [groups, n/8] true zeros; `None` when symmetric (the kernel assumes 8).
+    pub qzeros: Option<Vec<u32>>,
+    /// fp16 [groups, n].
+    pub scales: Vec<f16>,
+    /// Sorted g_idx when the groups are uneven after the reorder; `None`: group = row / G.
+    pub g_idx: Option<Vec<i32>>,
+    /// Act-order: x column read for sorted row r.
+    pub perm: Option<Vec<i32>>,
+}
+
+/// A linear as the engine stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LaidOutLinear {
+    Int4(Int4Host),
+    /// fp16 W [n, k] row-major.
+    F16 { k: usize, n: usize, w_nk: Vec<f16> },
+}
+
+/// A linear writing its N outputs at column `col` of a wider output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaidOutSlot {
+    pub lin: LaidOutLinear,
+    pub col: usize,
+}
+
+/// One decoder layer as the engine stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaidOutLayer {
+    pub attn_norm: Vec<f16>,
+    pub ffn_norm: Vec<f16>,
+    /// Output [heads*hd | kv_dim | kv_dim]: one slot when fused.
+    pub qkv: Vec<LaidOutSlot>,
+    pub o: LaidOutLinear,
+    /// Output [inter | inter]: one slot when fused.
+    pub gate_up: Vec<LaidOutSlot>,
+    pub down: LaidOutLinear,
+}
+
+/// Device bytes by part. Activations are not weights and are left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceBytes {
+    pub qweight: u64,
+    pub qzeros: u64,
+    pub scales: u64,
+    /// Sorted g_idx of act-order layers with uneven groups (rare).
+    pub g_idx: u64,
+    /// Act-order permutations: one i32 per input row per launch.
+    pub perm: u64,
+    pub fp16_linear: u64,
+    pub norms: u64,
+}
+
+impl DeviceBytes {
+    pub fn linears(&self) -> u64 {
+        self.qweight + self.qzeros + self.scales + self.g_idx + self.perm + self.fp16_linear
+    }
+    pub fn total(&self) -> u64 {
+        self.linears() + self.norms
+    }
+    pub fn add(&mut self, o: &DeviceBytes) {
+        self.qweight += o.qweight;
+        self.qzeros += o.qzeros;
+        self.scales += o.scales;
+        self.g_idx += o.g_idx;
+        self.perm += o.perm;
+        self.fp16_linear += o.fp16_linear;
+        self.norms += o.norms;
+    }
+}
+
+impl LaidOutLinear {
+    pub fn kn(&self) -> (usize, usize) {
+        match self {
+            LaidOutLinear::Int4(l) => (l.k, l.n),
+            LaidOutLinear::F16 { k, n, .. } => (*k, *n),
+        }
+    }
+
+    pub fn bytes(&self) -> DeviceBytes {
+        let len4 = |v: &Option<Vec<_>>| v.as_ref().map_or(0, |v: &Vec<u32>| v.len() as u64 * 4);
+        let leni = |v: &Option<Vec<i32>>| v.as_ref().map_or(0, |v| v.len() as u64 * 4);
+        match self {
+            LaidOutLinear::Int4(l) => DeviceBytes {
+                qweight: l.qweight.len() as u64 * 4,
+                qzeros: len4(&l.qzeros),
+                scales: l.scales.len() as u64 * 2,
+                g_idx: leni(&l.g_idx),
+                perm: leni(&l.perm),
+                ..Default::default()
+            },
+            LaidOutLinear::F16 { w_nk, .. } => DeviceBytes {
+                fp16_linear: w_nk.len() as u64 * 2,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The int4 device form of a canonical layer: act-order rows sorted by group.
+    pub fn int4(q: &QuantLinear) -> Result<Self> {
+        let r = reorder_by_group(q)?;
+        let act = q.is_act_order();
+        let l = r.layer;
+        Ok(LaidOutLinear::Int4(Int4Host {
+            k: l.k,
+            n: l.n,
+            group_size: l.group_size,
+            groups: l.groups(),
+            symmetric: l.symmetric,
+            qzeros: (!l.symmetric).then_some(l.qzeros),
+            qweight: l.qweight,
+            scales: l.scales,
+            g_idx: l.g_idx,
+            perm: act.then_some(r.perm),
+        }))
+    }
+
+    fn of_host(h: &HostLinear) -> Result<Self> {
+        match h {
+            HostLinear::Quant(q) => Self::int4(q),
+            HostLinear::F16 { k, n, w_nk } => Ok(LaidOutLinear::F16 {
+                k: *k,
+                n: *n,
+                w_nk: w_nk.clone(),
+            }),
+        }
+    }
+}
+
+impl LaidOutLayer {
+    pub fn fused(&self) -> bool {
+        self.qkv.len() == 1 && self.gate_up.len() == 1
+    }
+
+    pub fn linears(&self) -> impl Iterator<Item = &LaidOutLinear> {
+        self.qkv
+            .iter()
+            .map(|s| &s.lin)
+            .chain([&self.o])
+            .chain(self.gate_up.iter().map(|s| &s.lin))
+            .chain([&self.down])
+    }
+
+    pub fn bytes(&self) -> DeviceBytes {
+        let mut b = DeviceBytes {
+            norms: (self.attn_norm.len() + self.ffn_norm.len()) as u64 * 2,
+            ..Default::default()
+        };
+        for l in self.linears() {
+            b.add(&l.bytes());
+        }
+        b
+    }
+}
+
+/// What fusion needs to know of one part of q|k|v or gate|up.
+#[derive(Debug, Clone)]
+pub struct GroupPart<'a> {
+    /// The state-dict prefix, e.g. "model.layers.3.self_attn.k_proj" (for messages).
+    pub prefix: String,
+    pub k: usize,
+    /// Rows per group (int4) or `None` (fp16).
+    pub group_size: Option<usize>,
+    pub g_idx: Option<Cow<'a, [i32]>>,
+}
+
+impl<'a> GroupPart<'a> {
+    pub fn of_host(prefix: String, l: &'a HostLinear) -> Self {
+        match l {
+            HostLinear::Quant(q) => GroupPart {
+                prefix,
+                k: q.k,
+                group_size: Some(q.group_size),
+                // A trivial g_idx (row / G) is no act-order: the same as none.
+                g_idx: q
+                    .g_idx
+                    .as_deref()
+                    .filter(|_| q.is_act_order())
+                    .map(Cow::Borrowed),
+            },
+            HostLinear::F16 { k, .. } => GroupPart {
+                prefix,
+                k: *k,
+                group_size: None,
+                g_idx: None,
+            },
+        }
+    }
+
+    /// `Checkpoint::linear_meta` already drops trivial g_idx.
+    pub fn of_meta(prefix: String, m: &LinearMeta) -> GroupPart<'static> {
+        GroupPart {
+            prefix,
+            k: m.k,
+            group_size: m.group_size,
+            g_idx: m.g_idx.clone().map(Cow::Owned),
+        }
+    }
+}
+
+/// How a group of parts is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fusion {
+    Fused,
+    /// One slot per part, and why.
+    Separate(String),
+}
+
+/// The fusion decision for q|k|v or gate|up; an error names the tensor that cannot go with the
+/// first part.
+pub fn fusion_for(parts: &[GroupPart]) -> Result<Fusion> {
+    let first = &parts[0];
+    if let Some(p) = parts.iter().find(|p| p.k != first.k) {
+        return Err(LabError::invalid(
+            p.prefix.clone(),
+            format!(
+                "K = {} but '{}' has K = {}; parts sharing an input must have the same K",
+                p.k, first.prefix, first.k
+            ),
+        ));
+    }
+    let int4 = parts.iter().filter(|p| p.group_size.is_some()).count();
+    if int4 == 0 {
+        return Ok(Fusion::Fused);
+    }
+    if int4 < parts.len() {
+        return Ok(Fusion::Separate("int4 and fp16 parts".into()));
+    }
+    if let Some(p) = parts.iter().find(|p| p.group_size != first.group_size) {
+        return Ok(Fusion::Separate(format!(
+            "group sizes differ: '{}' {:?}, '{}' {:?}",
+            first.prefix, first.group_size, p.prefix, p.group_size
+        )));
+    }
+    for p in &parts[1..] {
+        let why = match (first.g_idx.as_deref(), p.g_idx.as_deref()) {
+            (None, None) => None,
+            (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y).map(|r| {
+                format!(
+                    "g_idx[{r}] = {} but '{}.g_idx'[{r}] = {}",
+                    b[r], first.prefix, a[r]
+                )
+            }),
+            (None, Some(_)) => Some(format!(
+                "has an act-order g_idx but '{}' has none",
+                first.prefix
+            )),
+            (Some(_), None) => Some(format!(
+                "has no act-order g_idx but '{}.g_idx' has one",
+                first.prefix
+            )),
+        };
+        if let Some(why) = why {
+            return Err(LabError::invalid(
+                format!("tensor '{}.g_idx'", p.prefix),
+                format!(
+                    "{why}; GPTQ quantizes the parts of one input from the same Hessian, so act-order gives them the same g_idx (a mismatch means layers from different quantization runs)"
+                ),
+            ));
+        }
+    }
+    Ok(Fusion::Fused)
+}
+
+/// The g_idx that matters: `None` when absent or trivial (row r in group r / G).
+fn act_g_idx(q: &QuantLinear) -> Option<&Vec<i32>> {
+    q.g_idx.as_ref().filter(|_| q.is_act_order())
+}
+
+/// Concatenate int4 layers along N (same K, group size and act-order g_idx: `fusion_for`).
+pub fn fuse_quant(parts: &[&QuantLinear]) -> Option<QuantLinear> {
+    let first = parts[0];
+    if parts.iter().any(|p| {
+        p.k != first.k || p.group_size != first.group_size || act_g_idx(p) != act_g_idx(first)
+    }) {
+        return None;
+    }
+    let (k, groups) = (first.k, first.groups());
+    let n: usize = parts.iter().map(|p| p.n).sum();
+    let mut qweight = Vec::with_capacity(k / 8 * n);
+    for r in 0..k / 8 {
+        for p in parts {
+            qweight.extend_from_slice(&p.qweight[r * p.n..(r + 1) * p.n]);
+        }
+    }
+    let (mut qzeros, mut scales) = (
+        Vec::with_capacity(groups * n / 8),
+        Vec::with_capacity(groups * n),
+    );
+    for g in 0..groups {
+        for p in parts {
+            qzeros.extend_from_slice(&p.qzeros[g * p.n / 8..(g + 1) * p.n / 8]);
+            scales.extend_from_slice(&p.scales[g * p.n..(g + 1) * p.n]);
+        }
+    }
+    Some(QuantLinear {
+        k,
+        n,
+        group_size: first.group_size,
+        qweight,
+        qzeros,
+        scales,
+        g_idx: act_g_idx(first).cloned(),
+        bias: None,
+        symmetric: parts.iter().all(|p| p.symmetric),
+    })
+}
+
+/// q|k|v or gate|up laid out: one fused slot when `fusion_for` allows, else one slot per part.
+fn group_layout(parts: &[(String, &HostLinear)]) -> Result<Vec<LaidOutSlot>> {
+    let gp: Vec<GroupPart> = parts
+        .iter()
+        .map(|(p, l)| GroupPart::of_host(p.clone(), l))
+        .collect();
+    if fusion_for(&gp)? == Fusion::Fused {
+        let fused = match parts[0].1 {
+            HostLinear::Quant(_) => {
+                let qs: Vec<&QuantLinear> = parts
+                    .iter()
+                    .filter_map(|(_, l)| match l {
+                        HostLinear::Quant(q) => Some(q),
+                        HostLinear::F16 { .. } => None,
+                    })
+                    .collect();
+                let f = fuse_quant(&qs).ok_or_else(|| {
+                    LabError::invalid(parts[0].0.clone(), "fusion refused after it was allowed")
+                })?;
+                LaidOutLinear::int4(&f).map_err(|e| named(&parts[0].0, e))?
+            }
+            HostLinear::F16 { k, .. } => {
+                let mut w = Vec::new();
+                let mut n = 0;
+                for (_, p) in parts {
+                    if let HostLinear::F16 { n: pn, w_nk, .. } = p {
+                        w.extend_from_slice(w_nk);
+                        n += pn;
+                    }
+                }
+                LaidOutLinear::F16 { k: *k, n, w_nk: w }
+            }
+        };
+        return Ok(vec![LaidOutSlot { lin: fused, col: 0 }]);
+    }
+    let mut slots = Vec::new();
+    let mut col = 0;
+    for (name, p) in parts {
+        slots.push(LaidOutSlot {
+            lin: LaidOutLinear::of_host(p).map_err(|e| named(name, e))?,
+            col,
+        });
+        col += p.kn().1;
+    }
+    Ok(slots)
+}
+
+/// Layer `i` in the engine's layout. `names` are the 7 linear names of
+/// `ModelConfig::layer_linears` (q, k, v, o, gate, up, down), for messages.
+pub fn layout_layer(i: usize, l: &HostLayer, names: &[&str]) -> Result<LaidOutLayer> {
+    if l.linears.len() != 7 || names.len() != 7 {
+        return Err(LabError::invalid(
+            format!("layer {i}"),
+            format!("expected 7 linears, got {}", l.linears.len()),
+        ));
+    }
+    let part = |j: usize| (format!("model.layers.{i}.{}", names[j]), &l.linears[j]);
+    let single = |j: usize| {
+        let (name, lin) = part(j);
+        LaidOutLinear::of_host(lin).map_err(|e| named(&name, e))
+    };
+    Ok(LaidOutLayer {
+        attn_norm: l.attn_norm.clone(),
+        ffn_norm: l.ffn_norm.clone(),
+        qkv: group_layout(&[part(0), part(1), part(2)])?,
+        o: single(3)?,
+        gate_up: group_layout(&[part(4), part(5)])?,
+        down: single(6)?,
+    })
+}
+
+/// A layout error (e.g. from the reorder) with the linear it came from.
+fn named(prefix: &str, e: LabError) -> LabError {
+    LabError::invalid(format!("linear '{prefix}'"), e.to_string())
+}
