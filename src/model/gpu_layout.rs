@@ -127,6 +127,47 @@ impl LaidOutLinear {
         }
     }
 
+    /// W [k, n] in f64 with rows in the ORIGINAL input order (the reorder undone through
+    /// `perm`): what this layout multiplies x by, comparable with the canonical layer's
+    /// `reference::dequantize`.
+    pub fn dense_kn(&self) -> Vec<f64> {
+        match self {
+            LaidOutLinear::F16 { k, n, w_nk } => {
+                let mut w = vec![0f64; k * n];
+                for r in 0..*n {
+                    for c in 0..*k {
+                        w[c * n + r] = w_nk[r * k + c].to_f64();
+                    }
+                }
+                w
+            }
+            LaidOutLinear::Int4(l) => {
+                let q = QuantLinear {
+                    k: l.k,
+                    n: l.n,
+                    group_size: l.group_size,
+                    qweight: l.qweight.clone(),
+                    // Symmetric: the kernel assumes every zero is 8.
+                    qzeros: l.qzeros.clone().unwrap_or_else(|| {
+                        crate::gptq::pack::pack_zeros(&vec![8u8; l.groups * l.n], l.groups, l.n)
+                    }),
+                    scales: l.scales.clone(),
+                    g_idx: l.g_idx.clone(),
+                    bias: None,
+                    symmetric: l.symmetric,
+                };
+                let sorted = crate::reference::dequantize(&q);
+                let Some(perm) = &l.perm else { return sorted };
+                let mut w = vec![0f64; l.k * l.n];
+                for (r, &src) in perm.iter().enumerate() {
+                    let src = src as usize;
+                    w[src * l.n..(src + 1) * l.n].copy_from_slice(&sorted[r * l.n..(r + 1) * l.n]);
+                }
+                w
+            }
+        }
+    }
+
     /// The int4 device form of a canonical layer: act-order rows sorted by group.
     pub fn int4(q: &QuantLinear) -> Result<Self> {
         let r = reorder_by_group(q)?;
@@ -411,4 +452,205 @@ pub fn layout_layer(i: usize, l: &HostLayer, names: &[&str]) -> Result<LaidOutLa
 /// A layout error (e.g. from the reorder) with the linear it came from.
 fn named(prefix: &str, e: LabError) -> LabError {
     LabError::invalid(format!("linear '{prefix}'"), e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::ModelConfig;
+    use crate::model::decode_bench::expected_weights;
+    use crate::model::gpu_weights::{HostLlama, WeightKind};
+    use crate::model::layer_source::linear_names;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            name: "tiny-test".into(),
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            vocab_size: 40,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+        }
+    }
+
+    fn int4(group: i32, act_order: bool, sym: bool) -> WeightKind {
+        WeightKind::Int4 {
+            group,
+            act_order,
+            sym,
+        }
+    }
+
+    fn quant(l: &HostLinear) -> &QuantLinear {
+        match l {
+            HostLinear::Quant(q) => q,
+            HostLinear::F16 { .. } => panic!("expected an int4 layer"),
+        }
+    }
+
+    /// The laid-out group's weights, columns concatenated, vs each part's own weights.
+    fn assert_group_equals_parts(slots: &[LaidOutSlot], parts: &[&HostLinear]) {
+        let n: usize = parts.iter().map(|p| p.kn().1).sum();
+        let k = parts[0].kn().0;
+        let mut got = vec![0f64; k * n];
+        for s in slots {
+            let (sk, sn) = s.lin.kn();
+            assert_eq!(sk, k);
+            let d = s.lin.dense_kn();
+            for r in 0..k {
+                got[r * n + s.col..r * n + s.col + sn].copy_from_slice(&d[r * sn..(r + 1) * sn]);
+            }
+        }
+        let mut col = 0;
+        for p in parts {
+            let (_, pn) = p.kn();
+            let want = p.dense_kn();
+            for r in 0..k {
+                for c in 0..pn {
+                    assert_eq!(got[r * n + col + c], want[r * pn + c], "row {r} col {}", col + c);
+                }
+            }
+            col += pn;
+        }
+        assert_eq!(col, n);
+    }
+
+    #[test]
+    fn fused_quant_equals_its_parts_column_by_column() {
+        let cfg = tiny();
+        let w = HostLlama::random(&cfg, 3, int4(32, true, false)).unwrap();
+        let l = &w.layers[0].linears;
+        let parts: Vec<&QuantLinear> = l[..3].iter().map(quant).collect();
+        let f = fuse_quant(&parts).expect("q, k, v share g_idx");
+        f.validate().unwrap();
+        let dense_f = crate::reference::dequantize(&f);
+        let mut col = 0;
+        for p in &parts {
+            let d = crate::reference::dequantize(p);
+            for r in 0..p.k {
+                for c in 0..p.n {
+                    assert_eq!(d[r * p.n + c], dense_f[r * f.n + col + c], "row {r} col {c}");
+                }
+            }
+            col += p.n;
+        }
+        // o_proj has its own channel order: fusing it with q must be refused.
+        assert!(fuse_quant(&[parts[0], quant(&l[3])]).is_none());
+    }
+
+    #[test]
+    fn every_kind_lays_out_fused_and_computes_the_same_weights() {
+        let cfg = tiny();
+        let names = linear_names(&cfg);
+        for kind in [
+            WeightKind::Fp16,
+            int4(32, false, false),
+            int4(32, true, false),
+            int4(-1, false, true),
+            int4(16, true, true),
+        ] {
+            let w = HostLlama::random(&cfg, 5, kind).unwrap();
+            for (i, l) in w.layers.iter().enumerate() {
+                let laid = layout_layer(i, l, &names).unwrap();
+                assert!(laid.fused(), "{kind:?} layer {i}");
+                let p = &l.linears;
+                assert_group_equals_parts(&laid.qkv, &[&p[0], &p[1], &p[2]]);
+                assert_group_equals_parts(&laid.gate_up, &[&p[4], &p[5]]);
+                assert_eq!(laid.o.dense_kn(), p[3].dense_kn());
+                assert_eq!(laid.down.dense_kn(), p[6].dense_kn());
+                let act = matches!(kind, WeightKind::Int4 { act_order: true, .. });
+                for lin in laid.linears() {
+                    if let LaidOutLinear::Int4(q) = lin {
+                        assert_eq!(q.perm.is_some(), act, "{kind:?}: perm iff act-order");
+                        // Rows sorted by group: even groups need no g_idx after the reorder.
+                        assert!(q.g_idx.is_none());
+                        assert_eq!(q.qzeros.is_none(), q.symmetric);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_equal_the_engine_prediction() {
+        let cfg = tiny();
+        let names = linear_names(&cfg);
+        for kind in [
+            WeightKind::Fp16,
+            int4(32, false, false),
+            int4(32, true, false),
+            int4(-1, false, true),
+            int4(16, true, true),
+        ] {
+            let w = HostLlama::random(&cfg, 7, kind).unwrap();
+            let mut sum = DeviceBytes::default();
+            for (i, l) in w.layers.iter().enumerate() {
+                sum.add(&layout_layer(i, l, &names).unwrap().bytes());
+            }
+            let want = expected_weights(&cfg, kind).unwrap();
+            assert_eq!(sum.linears(), want.linear_bytes, "{kind:?}");
+            // expected_weights' norms include model.norm.
+            assert_eq!(
+                sum.norms + cfg.hidden_size as u64 * 2,
+                want.norm_bytes,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mixed_group_sizes_stay_separate_slots_at_their_columns() {
+        let cfg = tiny();
+        let names = linear_names(&cfg);
+        let a = HostLlama::random(&cfg, 9, int4(32, false, false)).unwrap();
+        let b = HostLlama::random(&cfg, 9, int4(16, false, false)).unwrap();
+        let mut l = a.layers[0].clone();
+        l.linears[1] = b.layers[0].linears[1].clone(); // k_proj with group 16
+        let laid = layout_layer(0, &l, &names).unwrap();
+        assert_eq!(laid.qkv.len(), 3);
+        assert_eq!(
+            laid.qkv.iter().map(|s| s.col).collect::<Vec<_>>(),
+            vec![0, 64, 96]
+        );
+        assert!(!laid.fused());
+        let p = &l.linears;
+        assert_group_equals_parts(&laid.qkv, &[&p[0], &p[1], &p[2]]);
+    }
+
+    #[test]
+    fn mismatched_act_order_g_idx_is_refused_naming_the_tensor() {
+        let cfg = tiny();
+        let names = linear_names(&cfg);
+        let a = HostLlama::random(&cfg, 11, int4(32, true, false)).unwrap();
+        let b = HostLlama::random(&cfg, 12, int4(32, true, false)).unwrap();
+        let mut l = a.layers[1].clone();
+        l.linears[2] = b.layers[1].linears[2].clone(); // v_proj from another "run"
+        let e = layout_layer(1, &l, &names).unwrap_err().to_string();
+        assert!(
+            e.contains("model.layers.1.self_attn.v_proj.g_idx")
+                && e.contains("model.layers.1.self_attn.q_proj"),
+            "{e}"
+        );
+        // The same check runs in the preflight, before anything is laid out or uploaded.
+        let mut w = a.clone();
+        w.layers[1] = l;
+        let e = crate::model::layer_source::LayerSource::preflight(&w, &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v_proj.g_idx"), "{e}");
+        // Act-order on one part only is refused the same way.
+        let plain = HostLlama::random(&cfg, 11, int4(32, false, false)).unwrap();
+        let mut l = a.layers[0].clone();
+        l.linears[5] = plain.layers[0].linears[5].clone(); // up_proj without act-order
+        let e = layout_layer(0, &l, &names).unwrap_err().to_string();
+        assert!(
+            e.contains("model.layers.0.mlp.up_proj.g_idx") && e.contains("has no act-order"),
+            "{e}"
+        );
+    }
 }
