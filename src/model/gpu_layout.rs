@@ -3,10 +3,11 @@
 //!
 //! * Fusion: q|k|v become one [K, 3h] int4 layer and gate|up one [K, 2I] layer (one launch, one
 //!   wide grid) when they share K, group size and g_idx; fp16 parts fuse when they share K.
-//!   Parts of different kinds or group sizes stay separate slots, each writing at its column
-//!   offset. Int4 parts with the same group size but different g_idx are refused: GPTQ quantizes
-//!   q, k, v (and gate, up) from the same inputs, so act-order gives them the same channel order,
-//!   and a difference means the checkpoint mixes layers from different runs.
+//!   Parts of different kinds, group sizes or act-order g_idx stay separate slots, each writing
+//!   at its column offset (one launch each). GPTQ quantizes q, k, v (and gate, up) from the same
+//!   inputs, so a real act-order checkpoint gives them one channel order and fuses; the tiny
+//!   fixtures draw one order per linear (scripts/make-tiny-fixtures.py) and take the separate
+//!   path. `Fusion::Separate` says which tensors differ and where, for the load report.
 //! * Act-order: each int4 linear's rows are sorted by group once (`gptq::reorder_by_group`) and
 //!   the kernel reads x through the permutation; uneven groups keep a sorted g_idx.
 //! * Bytes: `DeviceBytes` counts exactly what is uploaded (the lengths of the buffers below),
@@ -45,7 +46,11 @@ pub struct Int4Host {
 pub enum LaidOutLinear {
     Int4(Int4Host),
     /// fp16 W [n, k] row-major.
-    F16 { k: usize, n: usize, w_nk: Vec<f16> },
+    F16 {
+        k: usize,
+        n: usize,
+        w_nk: Vec<f16>,
+    },
 }
 
 /// A linear writing its N outputs at column `col` of a wider output.
@@ -66,6 +71,8 @@ pub struct LaidOutLayer {
     /// Output [inter | inter]: one slot when fused.
     pub gate_up: Vec<LaidOutSlot>,
     pub down: LaidOutLinear,
+    /// Why q|k|v or gate|up stayed separate slots (empty when both fused).
+    pub unfused: Vec<String>,
 }
 
 /// Device bytes by part. Activations are not weights and are left out.
@@ -278,8 +285,8 @@ pub enum Fusion {
     Separate(String),
 }
 
-/// The fusion decision for q|k|v or gate|up; an error names the tensor that cannot go with the
-/// first part.
+/// The fusion decision for q|k|v or gate|up. Parts that cannot share an output at all
+/// (different K) are an error naming the tensor.
 pub fn fusion_for(parts: &[GroupPart]) -> Result<Fusion> {
     let first = &parts[0];
     if let Some(p) = parts.iter().find(|p| p.k != first.k) {
@@ -309,26 +316,21 @@ pub fn fusion_for(parts: &[GroupPart]) -> Result<Fusion> {
             (None, None) => None,
             (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y).map(|r| {
                 format!(
-                    "g_idx[{r}] = {} but '{}.g_idx'[{r}] = {}",
-                    b[r], first.prefix, a[r]
+                    "'{}.g_idx'[{r}] = {} but '{}.g_idx'[{r}] = {}",
+                    p.prefix, b[r], first.prefix, a[r]
                 )
             }),
             (None, Some(_)) => Some(format!(
-                "has an act-order g_idx but '{}' has none",
-                first.prefix
+                "'{}.g_idx' is act-order but '{}' has none",
+                p.prefix, first.prefix
             )),
             (Some(_), None) => Some(format!(
-                "has no act-order g_idx but '{}.g_idx' has one",
-                first.prefix
+                "'{}' has no act-order g_idx but '{}.g_idx' has one",
+                p.prefix, first.prefix
             )),
         };
         if let Some(why) = why {
-            return Err(LabError::invalid(
-                format!("tensor '{}.g_idx'", p.prefix),
-                format!(
-                    "{why}; GPTQ quantizes the parts of one input from the same Hessian, so act-order gives them the same g_idx (a mismatch means layers from different quantization runs)"
-                ),
-            ));
+            return Ok(Fusion::Separate(format!("act-order orders differ: {why}")));
         }
     }
     Ok(Fusion::Fused)
@@ -379,12 +381,13 @@ pub fn fuse_quant(parts: &[&QuantLinear]) -> Option<QuantLinear> {
 }
 
 /// q|k|v or gate|up laid out: one fused slot when `fusion_for` allows, else one slot per part.
-fn group_layout(parts: &[(String, &HostLinear)]) -> Result<Vec<LaidOutSlot>> {
+fn group_layout(parts: &[(String, &HostLinear)]) -> Result<(Vec<LaidOutSlot>, Fusion)> {
     let gp: Vec<GroupPart> = parts
         .iter()
         .map(|(p, l)| GroupPart::of_host(p.clone(), l))
         .collect();
-    if fusion_for(&gp)? == Fusion::Fused {
+    let fusion = fusion_for(&gp)?;
+    if fusion == Fusion::Fused {
         let fused = match parts[0].1 {
             HostLinear::Quant(_) => {
                 let qs: Vec<&QuantLinear> = parts
@@ -411,7 +414,7 @@ fn group_layout(parts: &[(String, &HostLinear)]) -> Result<Vec<LaidOutSlot>> {
                 LaidOutLinear::F16 { k: *k, n, w_nk: w }
             }
         };
-        return Ok(vec![LaidOutSlot { lin: fused, col: 0 }]);
+        return Ok((vec![LaidOutSlot { lin: fused, col: 0 }], fusion));
     }
     let mut slots = Vec::new();
     let mut col = 0;
@@ -422,7 +425,7 @@ fn group_layout(parts: &[(String, &HostLinear)]) -> Result<Vec<LaidOutSlot>> {
         });
         col += p.kn().1;
     }
-    Ok(slots)
+    Ok((slots, fusion))
 }
 
 /// Layer `i` in the engine's layout. `names` are the 7 linear names of
@@ -439,13 +442,22 @@ pub fn layout_layer(i: usize, l: &HostLayer, names: &[&str]) -> Result<LaidOutLa
         let (name, lin) = part(j);
         LaidOutLinear::of_host(lin).map_err(|e| named(&name, e))
     };
+    let (qkv, f_qkv) = group_layout(&[part(0), part(1), part(2)])?;
+    let (gate_up, f_gu) = group_layout(&[part(4), part(5)])?;
+    let mut unfused = Vec::new();
+    for (what, f) in [("q|k|v", f_qkv), ("gate|up", f_gu)] {
+        if let Fusion::Separate(why) = f {
+            unfused.push(format!("layer {i} {what} not fused: {why}"));
+        }
+    }
     Ok(LaidOutLayer {
         attn_norm: l.attn_norm.clone(),
         ffn_norm: l.ffn_norm.clone(),
-        qkv: group_layout(&[part(0), part(1), part(2)])?,
+        qkv,
         o: single(3)?,
-        gate_up: group_layout(&[part(4), part(5)])?,
+        gate_up,
         down: single(6)?,
+        unfused,
     })
 }
 
@@ -512,7 +524,12 @@ mod tests {
             let want = p.dense_kn();
             for r in 0..k {
                 for c in 0..pn {
-                    assert_eq!(got[r * n + col + c], want[r * pn + c], "row {r} col {}", col + c);
+                    assert_eq!(
+                        got[r * n + col + c],
+                        want[r * pn + c],
+                        "row {r} col {}",
+                        col + c
+                    );
                 }
             }
             col += pn;
@@ -534,7 +551,11 @@ mod tests {
             let d = crate::reference::dequantize(p);
             for r in 0..p.k {
                 for c in 0..p.n {
-                    assert_eq!(d[r * p.n + c], dense_f[r * f.n + col + c], "row {r} col {c}");
+                    assert_eq!(
+                        d[r * p.n + c],
+                        dense_f[r * f.n + col + c],
+                        "row {r} col {c}"
+                    );
                 }
             }
             col += p.n;
@@ -563,7 +584,13 @@ mod tests {
                 assert_group_equals_parts(&laid.gate_up, &[&p[4], &p[5]]);
                 assert_eq!(laid.o.dense_kn(), p[3].dense_kn());
                 assert_eq!(laid.down.dense_kn(), p[6].dense_kn());
-                let act = matches!(kind, WeightKind::Int4 { act_order: true, .. });
+                let act = matches!(
+                    kind,
+                    WeightKind::Int4 {
+                        act_order: true,
+                        ..
+                    }
+                );
                 for lin in laid.linears() {
                     if let LaidOutLinear::Int4(q) = lin {
                         assert_eq!(q.perm.is_some(), act, "{kind:?}: perm iff act-order");
@@ -623,33 +650,52 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_act_order_g_idx_is_refused_naming_the_tensor() {
+    fn mismatched_act_order_g_idx_stays_separate_naming_the_tensors() {
         let cfg = tiny();
         let names = linear_names(&cfg);
         let a = HostLlama::random(&cfg, 11, int4(32, true, false)).unwrap();
         let b = HostLlama::random(&cfg, 12, int4(32, true, false)).unwrap();
         let mut l = a.layers[1].clone();
         l.linears[2] = b.layers[1].linears[2].clone(); // v_proj from another "run"
-        let e = layout_layer(1, &l, &names).unwrap_err().to_string();
+        let laid = layout_layer(1, &l, &names).unwrap();
+        assert_eq!(laid.qkv.len(), 3);
+        assert_eq!(laid.gate_up.len(), 1);
+        assert_eq!(laid.unfused.len(), 1);
+        let why = &laid.unfused[0];
         assert!(
-            e.contains("model.layers.1.self_attn.v_proj.g_idx")
-                && e.contains("model.layers.1.self_attn.q_proj"),
-            "{e}"
+            why.contains("layer 1 q|k|v")
+                && why.contains("model.layers.1.self_attn.v_proj.g_idx")
+                && why.contains("model.layers.1.self_attn.q_proj.g_idx"),
+            "{why}"
         );
-        // The same check runs in the preflight, before anything is laid out or uploaded.
-        let mut w = a.clone();
-        w.layers[1] = l;
-        let e = crate::model::layer_source::LayerSource::preflight(&w, &cfg)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("v_proj.g_idx"), "{e}");
-        // Act-order on one part only is refused the same way.
+        let p = &l.linears;
+        assert_group_equals_parts(&laid.qkv, &[&p[0], &p[1], &p[2]]);
+        // Act-order on one part only: separate too, and said so.
         let plain = HostLlama::random(&cfg, 11, int4(32, false, false)).unwrap();
         let mut l = a.layers[0].clone();
         l.linears[5] = plain.layers[0].linears[5].clone(); // up_proj without act-order
+        let laid = layout_layer(0, &l, &names).unwrap();
+        assert_eq!(laid.gate_up.len(), 2);
+        assert!(
+            laid.unfused[0].contains("model.layers.0.mlp.up_proj")
+                && laid.unfused[0].contains("has no act-order"),
+            "{:?}",
+            laid.unfused
+        );
+        let p = &l.linears;
+        assert_group_equals_parts(&laid.gate_up, &[&p[4], &p[5]]);
+    }
+
+    #[test]
+    fn parts_with_different_k_are_refused_naming_the_tensor() {
+        let cfg = tiny();
+        let names = linear_names(&cfg);
+        let w = HostLlama::random(&cfg, 13, int4(32, false, false)).unwrap();
+        let mut l = w.layers[0].clone();
+        l.linears[5] = w.layers[0].linears[6].clone(); // down_proj (K = inter) as up_proj
         let e = layout_layer(0, &l, &names).unwrap_err().to_string();
         assert!(
-            e.contains("model.layers.0.mlp.up_proj.g_idx") && e.contains("has no act-order"),
+            e.contains("model.layers.0.mlp.up_proj") && e.contains("K = 96"),
             "{e}"
         );
     }

@@ -14,9 +14,9 @@ use crate::error::DriverCtx;
 use crate::gptq::QuantLinear;
 use crate::kernels::abi;
 use crate::model::config::ModelConfig;
-use crate::model::load_progress::LoadStats;
 use crate::model::gpu_layout::{LaidOutLayer, LaidOutLinear, LaidOutSlot};
 use crate::model::layer_source::{stream_model, CheckpointLayers, LayerSource};
+use crate::model::load_progress::LoadStats;
 use crate::{LabError, Result};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -104,7 +104,11 @@ impl HostLayer {
         if self.linears.len() != want.len() {
             return bad(
                 format!("layer {i}"),
-                format!("expected {} linears, got {}", want.len(), self.linears.len()),
+                format!(
+                    "expected {} linears, got {}",
+                    want.len(),
+                    self.linears.len()
+                ),
             );
         }
         for ((name, k, n), lin) in want.iter().zip(&self.linears) {
@@ -446,9 +450,17 @@ fn upload_linear(stream: &Arc<CudaStream>, lin: &LaidOutLinear, what: &str) -> R
             groups: l.groups,
             symmetric: l.symmetric,
             qweight: htod(stream, &l.qweight, what)?,
-            qzeros: l.qzeros.as_ref().map(|z| htod(stream, z, what)).transpose()?,
+            qzeros: l
+                .qzeros
+                .as_ref()
+                .map(|z| htod(stream, z, what))
+                .transpose()?,
             scales: htod(stream, &l.scales, what)?,
-            g_idx: l.g_idx.as_ref().map(|g| htod(stream, g, what)).transpose()?,
+            g_idx: l
+                .g_idx
+                .as_ref()
+                .map(|g| htod(stream, g, what))
+                .transpose()?,
             perm: l.perm.as_ref().map(|p| htod(stream, p, what)).transpose()?,
         }),
     })
@@ -479,9 +491,15 @@ fn upload_layer(stream: &Arc<CudaStream>, l: &LaidOutLayer, i: usize) -> Result<
     })
 }
 
-/// The kind of a model's linears, from its first layer (a checkpoint has one kind throughout).
+/// The kind of a model's linears, from a layer (a checkpoint has one kind throughout). The
+/// group size is read off down_proj, the largest K: on q_proj a group equal to K (hidden 64,
+/// group 64) would look per-channel.
 pub fn kind_of(l: &HostLayer) -> WeightKind {
-    match &l.linears[0] {
+    // A validated layer has 7 linears; an empty one has nothing to call int4.
+    let Some(lin) = l.linears.iter().max_by_key(|x| x.kn().0) else {
+        return WeightKind::Fp16;
+    };
+    match lin {
         HostLinear::F16 { .. } => WeightKind::Fp16,
         HostLinear::Quant(q) => WeightKind::Int4 {
             group: if q.group_size == q.k {
@@ -513,9 +531,7 @@ impl GpuWeights {
             |i, laid| {
                 let dev = upload_layer(stream, laid, i)?;
                 // Wait for the copies: the host buffers go next, and the times are the copies'.
-                stream
-                    .synchronize()
-                    .ctx(&format!("uploading layer {i}"))?;
+                stream.synchronize().ctx(&format!("uploading layer {i}"))?;
                 Ok(dev)
             },
             |what, v| {

@@ -81,7 +81,7 @@ pub fn linear_names(cfg: &ModelConfig) -> Vec<&'static str> {
     cfg.layer_linears().into_iter().map(|(n, _, _)| n).collect()
 }
 
-/// q|k|v (parts 0..3) and gate|up (4..6) must each fuse or be legitimately separate.
+/// q|k|v (parts 0..3) and gate|up (4..6) must be able to share an output (same K).
 fn check_fusion_groups(parts: &[GroupPart]) -> Result<()> {
     fusion_for(&parts[0..3])?;
     fusion_for(&parts[4..6])?;
@@ -230,9 +230,10 @@ impl LayerSource for CheckpointLayers<'_> {
     }
 
     fn final_norm(&self) -> Result<Cow<'_, [f16]>> {
-        Ok(Cow::Owned(
-            self.f16("model.norm.weight", &[self.ckpt.config.hidden_size])?,
-        ))
+        Ok(Cow::Owned(self.f16(
+            "model.norm.weight",
+            &[self.ckpt.config.hidden_size],
+        )?))
     }
 
     fn lm_head(&self) -> Result<Cow<'_, [f16]>> {
@@ -259,6 +260,8 @@ pub struct Streamed<L, T> {
     pub kind: WeightKind,
     /// Every layer's q|k|v and gate|up fused.
     pub fused: bool,
+    /// Why groups stayed separate (`LaidOutLayer::unfused`, every layer).
+    pub unfused: Vec<String>,
     /// Summed `DeviceBytes` of the laid-out layers (norms included).
     pub layer_bytes: DeviceBytes,
     pub stats: LoadStats,
@@ -296,6 +299,7 @@ pub fn stream_model<L, T>(
     };
     let mut layers = Vec::with_capacity(n_layers);
     let (mut fused, mut kind) = (true, WeightKind::Fp16);
+    let mut unfused = Vec::new();
     let mut layer_bytes = DeviceBytes::default();
     for i in 0..n_layers {
         let t = Instant::now();
@@ -311,6 +315,7 @@ pub fn stream_model<L, T>(
         drop(host);
         let t_layout = t.elapsed().as_secs_f64() - t_read;
         fused &= laid.fused();
+        unfused.extend(laid.unfused.iter().cloned());
         layer_bytes.add(&b);
         layers.push(layer_sink(i, &laid)?);
         drop(laid);
@@ -335,6 +340,7 @@ pub fn stream_model<L, T>(
     let final_norm = table("model.norm", src.final_norm())?;
     let lm_head = table("lm_head", src.lm_head())?;
     stats.total_s = t0.elapsed().as_secs_f64();
+    stats.unfused = unfused.clone();
     bar.finish(&stats);
     Ok(Streamed {
         layers,
@@ -343,6 +349,7 @@ pub fn stream_model<L, T>(
         lm_head,
         kind,
         fused,
+        unfused,
         layer_bytes,
         stats,
     })

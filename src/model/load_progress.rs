@@ -20,6 +20,8 @@ pub struct LoadStats {
     pub peak_layer_host_bytes: u64,
     /// Largest of the embedding / final norm / lm_head host copies.
     pub peak_table_host_bytes: u64,
+    /// q|k|v or gate|up groups uploaded as separate slots, and why (`gpu_layout::Fusion`).
+    pub unfused: Vec<String>,
 }
 
 pub struct LoadBar {
@@ -83,5 +85,11 @@ impl LoadBar {
             s.peak_layer_host_bytes as f64 / 1e6,
             s.peak_table_host_bytes as f64 / 1e6
         );
+        if let Some(first) = s.unfused.first() {
+            eprintln!(
+                "note: {} q|k|v / gate|up groups run as separate launches; first: {first}",
+                s.unfused.len()
+            );
+        }
     }
 }

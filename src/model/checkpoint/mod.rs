@@ -167,7 +167,10 @@ impl Checkpoint {
                 let [n, k] = raw.shape[..] else {
                     return Err(LabError::bad_checkpoint(
                         self.files.path_of(&name),
-                        format!("tensor '{name}': shape {:?}, expected 2-D [N, K]", raw.shape),
+                        format!(
+                            "tensor '{name}': shape {:?}, expected 2-D [N, K]",
+                            raw.shape
+                        ),
                     ));
                 };
                 LinearMeta {
