@@ -1,14 +1,14 @@
 //! Weights of the GPU decode engine: the host description (`HostLlama`: fp16 tensors and canonical
-//! `QuantLinear`s, as a checkpoint loader or a test builds them), and their device form
-//! (`GpuWeights`), either uploaded from a `HostLlama` or generated ON THE GPU from a seed
-//! (`SyntheticSpec`: the exact Vicuna shapes without building gigabytes on the host; the values are
-//! random, so the tokens mean nothing, only the bytes and the timing do).
+//! `QuantLinear`s, as a test or `HostLlama::from_checkpoint` builds them), and their device form
+//! (`GpuWeights`), either uploaded layer by layer from a `LayerSource` (a `HostLlama`, or a
+//! checkpoint streamed from its memory mapping: `layer_source::CheckpointLayers`) or generated ON
+//! THE GPU from a seed (`SyntheticSpec`: the exact Vicuna shapes without building gigabytes on the
+//! host; the values are random, so the tokens mean nothing, only the bytes and the timing do).
 //!
-//! Linear layers are fused where the math allows: q|k|v into one [K, 3h] layer and gate|up into one
-//! [K, 2I] layer (one launch, one wide grid). Int4 layers need the same group size and g_idx to fuse
-//! (GPTQ quantizes q, k, v from the same inputs, so real checkpoints have equal g_idx); otherwise
-//! each part becomes its own slot writing at its column offset. Act-order layers are reordered once
-//! at upload (`gptq::reorder_by_group`): rows sorted by group plus an activation permutation.
+//! The upload is `layer_source::stream_model`: per layer, canonical form -> engine layout
+//! (`gpu_layout`: q|k|v and gate|up fused where they share K, group size and act-order g_idx,
+//! else separate slots at their column offsets; act-order rows sorted by group plus an activation
+//! permutation) -> host-to-device copies -> host copies dropped. Host memory: about one layer.
 
 use crate::error::DriverCtx;
 use crate::gptq::QuantLinear;

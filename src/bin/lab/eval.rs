@@ -15,7 +15,9 @@ use gptq_lab::model::gpu_engine::{EngineOptions, GpuEngine, WeightSource};
 use gptq_lab::model::layer_source::CheckpointLayers;
 use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::quantize::calib::{DEFAULT_SEQLEN, EVAL_TEXT};
-use gptq_lab::quantize::perplexity::{check_seqlen, cpu_engine, perplexity, Perplexity};
+use gptq_lab::quantize::perplexity::{
+    check_seqlen, cpu_engine, perplexity, NextTokenModel, Perplexity,
+};
 use std::path::PathBuf;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +75,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 Some(r) => Some(cpu_engine(r)?),
                 None => None,
             };
-            perplexity(&mut model, reference.as_mut(), &ids, seqlen, a.max_windows)?
+            let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
+            perplexity(&mut model, r, &ids, seqlen, a.max_windows)?
         }
         Backend::Gpu => {
             check_seqlen(seqlen, &ckpt.config)?;
@@ -137,7 +140,8 @@ fn gpu_perplexity(
         Some(r) => Some(engine(r)?),
         None => None,
     };
-    let p = perplexity(&mut model, reference.as_mut(), ids, seqlen, a.max_windows)?;
+    let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
+    let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)?;
     model.check_state()?;
     Ok(p)
 }
