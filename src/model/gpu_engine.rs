@@ -20,9 +20,7 @@ use crate::kernels::gemv::{GemvKind, TILE_N};
 use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
-use crate::model::gpu_weights::{
-    raw, F16Dev, GpuLinear, GpuWeights, HostLlama, Int4Dev, SyntheticSpec,
-};
+use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec};
 use crate::model::vram::{Phase, VramLedger, VramReport};
 use crate::{LabError, Result};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -158,7 +156,7 @@ pub fn parse_int4_kernel(
 
 pub enum WeightSource<'a> {
     Host {
-        weights: &'a HostLlama,
+        weights: &'a dyn crate::model::layer_source::LayerSource,
         label: &'a str,
     },
     Synthetic(SyntheticSpec),

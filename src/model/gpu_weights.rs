@@ -1,29 +1,33 @@
 //! Weights of the GPU decode engine: the host description (`HostLlama`: fp16 tensors and canonical
-//! `QuantLinear`s, as a checkpoint loader or a test builds them), and their device form
-//! (`GpuWeights`), either uploaded from a `HostLlama` or generated ON THE GPU from a seed
-//! (`SyntheticSpec`: the exact Vicuna shapes without building gigabytes on the host; the values are
-//! random, so the tokens mean nothing, only the bytes and the timing do).
+//! `QuantLinear`s, as a test or `HostLlama::from_checkpoint` builds them), and their device form
+//! (`GpuWeights`), either uploaded layer by layer from a `LayerSource` (a `HostLlama`, or a
+//! checkpoint streamed from its memory mapping: `layer_source::CheckpointLayers`) or generated ON
+//! THE GPU from a seed (`SyntheticSpec`: the exact Vicuna shapes without building gigabytes on the
+//! host; the values are random, so the tokens mean nothing, only the bytes and the timing do).
 //!
-//! Linear layers are fused where the math allows: q|k|v into one [K, 3h] layer and gate|up into one
-//! [K, 2I] layer (one launch, one wide grid). Int4 layers need the same group size and g_idx to fuse
-//! (GPTQ quantizes q, k, v from the same inputs, so real checkpoints have equal g_idx); otherwise
-//! each part becomes its own slot writing at its column offset. Act-order layers are reordered once
-//! at upload (`gptq::reorder_by_group`): rows sorted by group plus an activation permutation.
+//! The upload is `layer_source::stream_model`: per layer, canonical form -> engine layout
+//! (`gpu_layout`: q|k|v and gate|up fused where they share K, group size and act-order g_idx,
+//! else separate slots at their column offsets; act-order rows sorted by group plus an activation
+//! permutation) -> host-to-device copies -> host copies dropped. Host memory: about one layer.
 
 use crate::error::DriverCtx;
-use crate::gptq::{reorder_by_group, QuantLinear};
+use crate::gptq::QuantLinear;
 use crate::kernels::abi;
 use crate::model::config::ModelConfig;
+use crate::model::gpu_layout::{LaidOutLayer, LaidOutLinear, LaidOutSlot};
+use crate::model::layer_source::{stream_model, CheckpointLayers, LayerSource};
+use crate::model::load_progress::LoadStats;
 use crate::{LabError, Result};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use half::f16;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One linear layer on the host: K = in_features, N = out_features.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HostLinear {
     Quant(QuantLinear),
     /// fp16 W [n, k] row-major (the HF nn.Linear layout).
@@ -59,7 +63,7 @@ impl HostLinear {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostLayer {
     /// fp16 [hidden] input_layernorm.
     pub attn_norm: Vec<f16>,
@@ -69,7 +73,74 @@ pub struct HostLayer {
     pub linears: Vec<HostLinear>,
 }
 
-#[derive(Debug, Clone)]
+impl HostLayer {
+    /// Host bytes of this layer's buffers (what a streamed load holds for it).
+    pub fn host_bytes(&self) -> u64 {
+        let lin: usize = self
+            .linears
+            .iter()
+            .map(|l| match l {
+                HostLinear::Quant(q) => {
+                    q.qweight.len() * 4
+                        + q.qzeros.len() * 4
+                        + q.scales.len() * 2
+                        + q.g_idx.as_ref().map_or(0, |g| g.len() * 4)
+                        + q.bias.as_ref().map_or(0, |b| b.len() * 2)
+                }
+                HostLinear::F16 { w_nk, .. } => w_nk.len() * 2,
+            })
+            .sum();
+        (lin + (self.attn_norm.len() + self.ffn_norm.len()) * 2) as u64
+    }
+
+    /// Check layer `i`'s shapes against `cfg` (names the tensor on failure).
+    pub fn validate(&self, i: usize, cfg: &ModelConfig) -> Result<()> {
+        let h = cfg.hidden_size;
+        let bad = |what: String, reason: String| Err(LabError::invalid(what, reason));
+        if self.attn_norm.len() != h || self.ffn_norm.len() != h {
+            return bad(format!("layer {i} norms"), format!("expected [{h}]"));
+        }
+        let want = cfg.layer_linears();
+        if self.linears.len() != want.len() {
+            return bad(
+                format!("layer {i}"),
+                format!(
+                    "expected {} linears, got {}",
+                    want.len(),
+                    self.linears.len()
+                ),
+            );
+        }
+        for ((name, k, n), lin) in want.iter().zip(&self.linears) {
+            if lin.kn() != (*k, *n) {
+                return bad(
+                    format!("layer {i} {name}"),
+                    format!("expected [K {k}, N {n}], got {:?}", lin.kn()),
+                );
+            }
+            match lin {
+                HostLinear::Quant(q) => {
+                    q.validate()
+                        .map_err(|r| LabError::invalid(format!("layer {i} {name}"), r))?;
+                    if q.bias.is_some() {
+                        return bad(format!("layer {i} {name}"), "has a bias; LLaMA linears have none and the GPU engine does not add one".into());
+                    }
+                }
+                HostLinear::F16 { k, n, w_nk } => {
+                    if w_nk.len() != k * n {
+                        return bad(
+                            format!("layer {i} {name}"),
+                            format!("expected {} fp16 values, got {}", k * n, w_nk.len()),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostLlama {
     /// fp16 [vocab, hidden].
     pub embed: Vec<f16>,
@@ -148,41 +219,7 @@ impl HostLlama {
             );
         }
         for (i, l) in self.layers.iter().enumerate() {
-            if l.attn_norm.len() != h || l.ffn_norm.len() != h {
-                return bad(format!("layer {i} norms"), format!("expected [{h}]"));
-            }
-            let want = cfg.layer_linears();
-            if l.linears.len() != want.len() {
-                return bad(
-                    format!("layer {i}"),
-                    format!("expected {} linears, got {}", want.len(), l.linears.len()),
-                );
-            }
-            for ((name, k, n), lin) in want.iter().zip(&l.linears) {
-                if lin.kn() != (*k, *n) {
-                    return bad(
-                        format!("layer {i} {name}"),
-                        format!("expected [K {k}, N {n}], got {:?}", lin.kn()),
-                    );
-                }
-                match lin {
-                    HostLinear::Quant(q) => {
-                        q.validate()
-                            .map_err(|r| LabError::invalid(format!("layer {i} {name}"), r))?;
-                        if q.bias.is_some() {
-                            return bad(format!("layer {i} {name}"), "has a bias; LLaMA linears have none and the GPU engine does not add one".into());
-                        }
-                    }
-                    HostLinear::F16 { k, n, w_nk } => {
-                        if w_nk.len() != k * n {
-                            return bad(
-                                format!("layer {i} {name}"),
-                                format!("expected {} fp16 values, got {}", k * n, w_nk.len()),
-                            );
-                        }
-                    }
-                }
-            }
+            l.validate(i, cfg)?;
         }
         Ok(())
     }
@@ -257,64 +294,24 @@ impl HostLlama {
 }
 
 impl HostLlama {
-    /// From an opened checkpoint: GPTQ linears as canonical `QuantLinear`s (true zeros), fp16
-    /// tensors as they are (bf16/f32 files are rounded to fp16 once), a tied lm_head from the
-    /// embedding. Host memory: the packed checkpoint size (7B int4: ~3.9 GB).
+    /// The whole model on the host, from an opened checkpoint: the same per-layer conversion the
+    /// streaming upload uses (`CheckpointLayers`), every layer kept. GPTQ linears as canonical
+    /// `QuantLinear`s (true zeros), fp16 tensors as they are (bf16/f32 files are rounded to fp16
+    /// once), a tied lm_head from the embedding. Host memory: the packed checkpoint size (7B int4:
+    /// ~3.9 GB); the GPU engine streams instead (`GpuWeights::upload` with a `CheckpointLayers`).
     pub fn from_checkpoint(ckpt: &crate::model::checkpoint::Checkpoint) -> Result<Self> {
-        use crate::model::checkpoint::LinearWeights;
-        let cfg = &ckpt.config;
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let f16v = |name: &str, len: usize| -> Result<Vec<f16>> {
-            let (w, shape) = ckpt.tensor_f32(name)?;
-            if shape.iter().product::<usize>() != len {
-                return Err(LabError::bad_checkpoint(
-                    &ckpt.dir,
-                    format!("tensor '{name}': shape {shape:?}, expected {len} values"),
-                ));
-            }
-            Ok(w.into_iter().map(f16::from_f32).collect())
-        };
-        let linear = |prefix: &str| -> Result<HostLinear> {
-            Ok(match ckpt.linear(prefix)? {
-                LinearWeights::Quant(q) => HostLinear::Quant(q),
-                LinearWeights::Dense { k, n, w_kn } => {
-                    let mut w_nk = vec![f16::ZERO; k * n];
-                    for r in 0..k {
-                        for c in 0..n {
-                            w_nk[c * k + r] = f16::from_f32(w_kn[r * n + c]);
-                        }
-                    }
-                    HostLinear::F16 { k, n, w_nk }
-                }
-            })
-        };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let mut linears = Vec::with_capacity(7);
-            for (name, _, _) in cfg.layer_linears() {
-                linears.push(linear(&format!("{p}.{name}"))?);
-            }
-            layers.push(HostLayer {
-                attn_norm: f16v(&format!("{p}.input_layernorm.weight"), h)?,
-                ffn_norm: f16v(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                linears,
-            });
-        }
-        let embed = f16v("model.embed_tokens.weight", v * h)?;
-        let has_head = ckpt.tensor_names().iter().any(|n| n == "lm_head.weight");
-        let lm_head = if has_head || !cfg.tie_word_embeddings {
-            f16v("lm_head.weight", v * h)?
-        } else {
-            embed.clone()
-        };
+        let src = CheckpointLayers::new(ckpt);
+        src.preflight(&ckpt.config)?;
+        let layers = (0..src.num_layers())
+            .map(|i| src.layer(i).map(Cow::into_owned))
+            .collect::<Result<Vec<_>>>()?;
         let w = HostLlama {
-            embed,
+            embed: src.embed()?.into_owned(),
             layers,
-            final_norm: f16v("model.norm.weight", h)?,
-            lm_head,
+            final_norm: src.final_norm()?.into_owned(),
+            lm_head: src.lm_head()?.into_owned(),
         };
-        w.validate(cfg)
+        w.validate(&ckpt.config)
             .map_err(|e| LabError::bad_checkpoint(&ckpt.dir, e.to_string()))?;
         Ok(w)
     }
@@ -424,6 +421,8 @@ pub struct GpuWeights {
     pub final_norm: CudaSlice<f16>,
     pub lm_head: CudaSlice<f16>,
     pub desc: WeightsDesc,
+    /// How the upload went (`None` for synthetic weights, generated on the GPU).
+    pub load: Option<LoadStats>,
 }
 
 /// Synthetic weights generated on the GPU.
@@ -437,188 +436,116 @@ fn htod<T: DeviceRepr>(stream: &Arc<CudaStream>, v: &[T], what: &str) -> Result<
     stream.clone_htod(v).ctx(&format!("uploading {what}"))
 }
 
-/// Concatenate int4 layers along N when they share K, group size and g_idx.
-fn fuse_quant(parts: &[&QuantLinear]) -> Option<QuantLinear> {
-    let first = parts[0];
-    if parts
-        .iter()
-        .any(|p| p.k != first.k || p.group_size != first.group_size || p.g_idx != first.g_idx)
-    {
-        return None;
-    }
-    let (k, groups) = (first.k, first.groups());
-    let n: usize = parts.iter().map(|p| p.n).sum();
-    let mut qweight = Vec::with_capacity(k / 8 * n);
-    for r in 0..k / 8 {
-        for p in parts {
-            qweight.extend_from_slice(&p.qweight[r * p.n..(r + 1) * p.n]);
-        }
-    }
-    let (mut qzeros, mut scales) = (
-        Vec::with_capacity(groups * n / 8),
-        Vec::with_capacity(groups * n),
-    );
-    for g in 0..groups {
-        for p in parts {
-            qzeros.extend_from_slice(&p.qzeros[g * p.n / 8..(g + 1) * p.n / 8]);
-            scales.extend_from_slice(&p.scales[g * p.n..(g + 1) * p.n]);
-        }
-    }
-    Some(QuantLinear {
-        k,
-        n,
-        group_size: first.group_size,
-        qweight,
-        qzeros,
-        scales,
-        g_idx: first.g_idx.clone(),
-        bias: None,
-        symmetric: parts.iter().all(|p| p.symmetric),
-    })
-}
-
-fn upload_linear(stream: &Arc<CudaStream>, lin: &HostLinear, what: &str) -> Result<GpuLinear> {
-    match lin {
-        HostLinear::F16 { k, n, w_nk } => Ok(GpuLinear::F16(F16Dev {
+fn upload_linear(stream: &Arc<CudaStream>, lin: &LaidOutLinear, what: &str) -> Result<GpuLinear> {
+    Ok(match lin {
+        LaidOutLinear::F16 { k, n, w_nk } => GpuLinear::F16(F16Dev {
             k: *k,
             n: *n,
             w: htod(stream, w_nk, what)?,
-        })),
-        HostLinear::Quant(q) => {
-            let r = reorder_by_group(q)?;
-            let act = q.is_act_order();
-            let l = &r.layer;
-            Ok(GpuLinear::Int4(Int4Dev {
-                k: l.k,
-                n: l.n,
-                group_size: l.group_size,
-                groups: l.groups(),
-                symmetric: l.symmetric,
-                qweight: htod(stream, &l.qweight, what)?,
-                qzeros: if l.symmetric {
-                    None
-                } else {
-                    Some(htod(stream, &l.qzeros, what)?)
-                },
-                scales: htod(stream, &l.scales, what)?,
-                g_idx: match &l.g_idx {
-                    Some(g) => Some(htod(stream, g, what)?),
-                    None => None,
-                },
-                perm: if act {
-                    Some(htod(stream, &r.perm, what)?)
-                } else {
-                    None
-                },
-            }))
-        }
-    }
+        }),
+        LaidOutLinear::Int4(l) => GpuLinear::Int4(Int4Dev {
+            k: l.k,
+            n: l.n,
+            group_size: l.group_size,
+            groups: l.groups,
+            symmetric: l.symmetric,
+            qweight: htod(stream, &l.qweight, what)?,
+            qzeros: l
+                .qzeros
+                .as_ref()
+                .map(|z| htod(stream, z, what))
+                .transpose()?,
+            scales: htod(stream, &l.scales, what)?,
+            g_idx: l
+                .g_idx
+                .as_ref()
+                .map(|g| htod(stream, g, what))
+                .transpose()?,
+            perm: l.perm.as_ref().map(|p| htod(stream, p, what)).transpose()?,
+        }),
+    })
 }
 
-/// q|k|v or gate|up: one fused slot when possible, else one slot per part.
-fn upload_group(
-    stream: &Arc<CudaStream>,
-    parts: &[&HostLinear],
-    what: &str,
-) -> Result<(Vec<Slot>, bool)> {
-    let quant: Vec<&QuantLinear> = parts
-        .iter()
-        .filter_map(|p| {
-            if let HostLinear::Quant(q) = p {
-                Some(q)
+fn upload_layer(stream: &Arc<CudaStream>, l: &LaidOutLayer, i: usize) -> Result<GpuLayer> {
+    let slots = |s: &[LaidOutSlot], what: &str| -> Result<Vec<Slot>> {
+        s.iter()
+            .map(|s| {
+                Ok(Slot {
+                    lin: upload_linear(stream, &s.lin, what)?,
+                    col: s.col,
+                })
+            })
+            .collect()
+    };
+    Ok(GpuLayer {
+        attn_norm: htod(stream, &l.attn_norm, &format!("layer {i} input_layernorm"))?,
+        ffn_norm: htod(
+            stream,
+            &l.ffn_norm,
+            &format!("layer {i} post_attention_layernorm"),
+        )?,
+        qkv: slots(&l.qkv, &format!("layer {i} q|k|v"))?,
+        o: upload_linear(stream, &l.o, &format!("layer {i} o_proj"))?,
+        gate_up: slots(&l.gate_up, &format!("layer {i} gate|up"))?,
+        down: upload_linear(stream, &l.down, &format!("layer {i} down_proj"))?,
+    })
+}
+
+/// The kind of a model's linears, from a layer (a checkpoint has one kind throughout). The
+/// group size is read off down_proj, the largest K: on q_proj a group equal to K (hidden 64,
+/// group 64) would look per-channel.
+pub fn kind_of(l: &HostLayer) -> WeightKind {
+    // A validated layer has 7 linears; an empty one has nothing to call int4.
+    let Some(lin) = l.linears.iter().max_by_key(|x| x.kn().0) else {
+        return WeightKind::Fp16;
+    };
+    match lin {
+        HostLinear::F16 { .. } => WeightKind::Fp16,
+        HostLinear::Quant(q) => WeightKind::Int4 {
+            group: if q.group_size == q.k {
+                -1
             } else {
-                None
-            }
-        })
-        .collect();
-    if quant.len() == parts.len() {
-        if let Some(f) = fuse_quant(&quant) {
-            return Ok((
-                vec![Slot {
-                    lin: upload_linear(stream, &HostLinear::Quant(f), what)?,
-                    col: 0,
-                }],
-                true,
-            ));
-        }
-    } else if quant.is_empty() {
-        let k = parts[0].kn().0;
-        if parts.iter().all(|p| p.kn().0 == k) {
-            let mut w = Vec::new();
-            let mut n = 0;
-            for p in parts {
-                if let HostLinear::F16 { n: pn, w_nk, .. } = p {
-                    w.extend_from_slice(w_nk);
-                    n += pn;
-                }
-            }
-            return Ok((
-                vec![Slot {
-                    lin: upload_linear(stream, &HostLinear::F16 { k, n, w_nk: w }, what)?,
-                    col: 0,
-                }],
-                true,
-            ));
-        }
+                q.group_size as i32
+            },
+            act_order: q.is_act_order(),
+            sym: q.symmetric,
+        },
     }
-    let mut slots = Vec::new();
-    let mut col = 0;
-    for p in parts {
-        slots.push(Slot {
-            lin: upload_linear(stream, p, what)?,
-            col,
-        });
-        col += p.kn().1;
-    }
-    Ok((slots, false))
 }
 
 impl GpuWeights {
-    /// Upload host weights (validated against `cfg` first).
+    /// Upload a model layer by layer: `src.preflight` (everything checkable before any GPU
+    /// allocation), then per layer read (canonical form) -> lay out (fusion, act-order reorder) ->
+    /// upload -> drop the host copies, then the embedding, final norm and lm_head one at a time.
+    /// Host memory peaks at about one layer (canonical + laid out) or one [vocab, hidden] table.
     pub fn upload(
         stream: &Arc<CudaStream>,
         cfg: &ModelConfig,
-        w: &HostLlama,
+        src: &dyn LayerSource,
         source: &str,
     ) -> Result<GpuWeights> {
-        w.validate(cfg)?;
-        let mut layers = Vec::new();
-        let mut fused_all = true;
-        for (i, l) in w.layers.iter().enumerate() {
-            let lin = &l.linears;
-            let (qkv, f1) = upload_group(
-                stream,
-                &[&lin[0], &lin[1], &lin[2]],
-                &format!("layer {i} q|k|v"),
-            )?;
-            let (gate_up, f2) =
-                upload_group(stream, &[&lin[4], &lin[5]], &format!("layer {i} gate|up"))?;
-            fused_all &= f1 && f2;
-            layers.push(GpuLayer {
-                attn_norm: htod(stream, &l.attn_norm, "input_layernorm")?,
-                ffn_norm: htod(stream, &l.ffn_norm, "post_attention_layernorm")?,
-                qkv,
-                o: upload_linear(stream, &lin[3], &format!("layer {i} o_proj"))?,
-                gate_up,
-                down: upload_linear(stream, &lin[6], &format!("layer {i} down_proj"))?,
-            });
-        }
-        let kind = match &w.layers[0].linears[0] {
-            HostLinear::F16 { .. } => WeightKind::Fp16,
-            HostLinear::Quant(q) => WeightKind::Int4 {
-                group: if q.group_size == q.k {
-                    -1
-                } else {
-                    q.group_size as i32
-                },
-                act_order: q.is_act_order(),
-                sym: q.symmetric,
+        let m = stream_model(
+            src,
+            cfg,
+            source,
+            |i, laid| {
+                let dev = upload_layer(stream, laid, i)?;
+                // Wait for the copies: the host buffers go next, and the times are the copies'.
+                stream.synchronize().ctx(&format!("uploading layer {i}"))?;
+                Ok(dev)
             },
-        };
+            |what, v| {
+                let d = htod(stream, v, what)?;
+                stream.synchronize().ctx(&format!("uploading {what}"))?;
+                Ok(d)
+            },
+        )?;
+        let (embed, final_norm, lm_head, layers) = (m.embed, m.final_norm, m.lm_head, m.layers);
+        let (kind, fused_all, stats) = (m.kind, m.fused, m.stats);
         let gw = GpuWeights {
-            embed: htod(stream, &w.embed, "embed_tokens")?,
-            final_norm: htod(stream, &w.final_norm, "model.norm")?,
-            lm_head: htod(stream, &w.lm_head, "lm_head")?,
+            embed,
+            final_norm,
+            lm_head,
             layers,
             desc: WeightsDesc {
                 kind,
@@ -629,6 +556,7 @@ impl GpuWeights {
                 norm_bytes: 0,
                 fused: fused_all,
             },
+            load: Some(stats),
         };
         Ok(gw.with_byte_counts())
     }
@@ -837,6 +765,7 @@ impl GpuWeights {
                 norm_bytes: 0,
                 fused: true,
             },
+            load: None,
         };
         Ok(gw.with_byte_counts())
     }
@@ -900,55 +829,6 @@ mod tests {
             rope_theta: 10000.0,
             tie_word_embeddings: false,
         }
-    }
-
-    #[test]
-    fn fused_quant_equals_its_parts_column_by_column() {
-        let cfg = tiny();
-        let w = HostLlama::random(
-            &cfg,
-            3,
-            WeightKind::Int4 {
-                group: 32,
-                act_order: true,
-                sym: false,
-            },
-        )
-        .unwrap();
-        w.validate(&cfg).unwrap();
-        let l = &w.layers[0].linears;
-        let parts: Vec<&QuantLinear> = l[..3]
-            .iter()
-            .map(|x| {
-                if let HostLinear::Quant(q) = x {
-                    q
-                } else {
-                    unreachable!()
-                }
-            })
-            .collect();
-        let f = fuse_quant(&parts).expect("q, k, v share g_idx");
-        f.validate().unwrap();
-        let dense_f = crate::reference::dequantize(&f);
-        let mut col = 0;
-        for p in &parts {
-            let d = crate::reference::dequantize(p);
-            for r in 0..p.k {
-                for c in 0..p.n {
-                    assert_eq!(
-                        d[r * p.n + c],
-                        dense_f[r * f.n + col + c],
-                        "row {r} col {c}"
-                    );
-                }
-            }
-            col += p.n;
-        }
-        // o_proj has its own channel order: fusing it with q must be refused.
-        let HostLinear::Quant(o) = &l[3] else {
-            unreachable!()
-        };
-        assert!(fuse_quant(&[parts[0], o]).is_none());
     }
 
     #[test]

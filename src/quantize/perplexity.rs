@@ -1,6 +1,11 @@
-//! Perplexity on the CPU reference engine (`lab eval`), as the GPTQ papers measure it: the text is
-//! cut into non-overlapping windows of `seqlen` tokens, each window runs from an empty cache, and
-//! every position but the first predicts the next token: ppl = exp(mean negative log-likelihood).
+//! Perplexity (`lab eval`), as the GPTQ papers measure it: the text is cut into non-overlapping
+//! windows of `seqlen` tokens, each window runs from an empty cache, and every position but the
+//! first predicts the next token: ppl = exp(mean negative log-likelihood).
+//!
+//! One scoring loop serves every engine: a `NextTokenModel` is fed a window token by token and
+//! hands back each position's logits; `NllAccumulator` turns them into NLL (and KL / top-1
+//! against a reference). The CPU reference engine and the GPU engine both implement the trait,
+//! so the two backends' perplexities differ only by the engines' arithmetic.
 //!
 //! With a reference checkpoint (the fp16 original) it also measures how far the quantized model's
 //! next-token distribution moved: mean KL(reference || model) and how often the argmax agrees.
@@ -8,7 +13,9 @@
 //! the distance to the reference still ranks the quantizers.
 
 use crate::model::checkpoint::Checkpoint;
+use crate::model::config::ModelConfig;
 use crate::model::cpu_engine::CpuEngine;
+use crate::model::gpu_engine::GpuEngine;
 use crate::model::weights::LlamaWeights;
 use crate::{LabError, Result};
 use serde::Serialize;
@@ -53,26 +60,149 @@ fn argmax(v: &[f64]) -> usize {
         .0
 }
 
-/// Perplexity of `model` on `tokens`; `reference` adds KL and top-1 agreement.
-pub fn perplexity(
-    model: &mut CpuEngine,
-    mut reference: Option<&mut CpuEngine>,
-    tokens: &[u32],
-    seqlen: usize,
-    max_windows: Option<usize>,
-) -> Result<Perplexity> {
+/// An engine scored token by token: `start_window` empties the cache, `next_logits` feeds one
+/// token at the next position and returns the logits [vocab] that predict the token after it.
+pub trait NextTokenModel {
+    fn config(&self) -> &ModelConfig;
+    /// Most positions one window may use (KV cache rows).
+    fn max_positions(&self) -> usize;
+    fn start_window(&mut self) -> Result<()>;
+    fn next_logits(&mut self, token: u32) -> Result<Vec<f32>>;
+}
+
+impl NextTokenModel for CpuEngine {
+    fn config(&self) -> &ModelConfig {
+        CpuEngine::config(self)
+    }
+    fn max_positions(&self) -> usize {
+        CpuEngine::config(self).max_position_embeddings
+    }
+    fn start_window(&mut self) -> Result<()> {
+        self.reset();
+        Ok(())
+    }
+    fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.forward(&[token])
+    }
+}
+
+/// The GPU engine, one decode step per token (eager launches: each step's logits are copied to
+/// the host anyway, and eager needs no captured graph).
+impl NextTokenModel for GpuEngine {
+    fn config(&self) -> &ModelConfig {
+        GpuEngine::config(self)
+    }
+    fn max_positions(&self) -> usize {
+        self.max_ctx()
+    }
+    fn start_window(&mut self) -> Result<()> {
+        self.reset()
+    }
+    fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.feed(token, false, None)?;
+        self.logits()
+    }
+}
+
+/// Running sums of the scored positions.
+#[derive(Debug, Clone, Default)]
+pub struct NllAccumulator {
+    nll: f64,
+    kl: f64,
+    agree: usize,
+    scored: usize,
+}
+
+impl NllAccumulator {
+    /// Score one position: `logits` predicted `next`; `reference` (same position) adds KL and
+    /// top-1 agreement.
+    pub fn add(&mut self, logits: &[f32], next: u32, reference: Option<&[f32]>) -> Result<()> {
+        let lp = log_softmax(logits);
+        let Some(&l) = lp.get(next as usize) else {
+            return Err(LabError::invalid(
+                "token id",
+                format!("{next} is out of range for {} logits", lp.len()),
+            ));
+        };
+        self.nll -= l;
+        if let Some(rl) = reference {
+            let rp = log_softmax(rl);
+            self.kl += rp
+                .iter()
+                .zip(&lp)
+                .map(|(&r, &m)| r.exp() * (r - m))
+                .sum::<f64>();
+            self.agree += usize::from(argmax(&rp) == argmax(&lp));
+        }
+        self.scored += 1;
+        Ok(())
+    }
+
+    pub fn scored(&self) -> usize {
+        self.scored
+    }
+
+    pub fn mean_nll(&self) -> f64 {
+        self.nll / self.scored.max(1) as f64
+    }
+
+    pub fn finish(&self, windows: usize, seqlen: usize, has_ref: bool) -> Perplexity {
+        let n = self.scored.max(1) as f64;
+        let mean = self.mean_nll();
+        Perplexity {
+            windows,
+            seqlen,
+            tokens_scored: self.scored,
+            mean_nll: mean,
+            perplexity: mean.exp(),
+            kl_to_reference: has_ref.then(|| self.kl / n),
+            top1_agreement: has_ref.then(|| self.agree as f64 / n),
+        }
+    }
+}
+
+/// A window length `cfg`'s model can score (checked before any engine is built, too).
+pub fn check_seqlen(seqlen: usize, cfg: &ModelConfig) -> Result<()> {
     if seqlen < 2 {
         return Err(LabError::invalid(
             "--seqlen",
             "must be at least 2 (one token predicts the next)",
         ));
     }
-    let ctx = model.config().max_position_embeddings;
+    let ctx = cfg.max_position_embeddings;
     if seqlen > ctx {
         return Err(LabError::invalid(
             "--seqlen",
             format!("{seqlen} exceeds the model's context max_position_embeddings = {ctx}"),
         ));
+    }
+    Ok(())
+}
+
+/// Perplexity of `model` on `tokens`; `reference` adds KL and top-1 agreement. Each window's
+/// last token predicts nothing inside the window, so it is never fed.
+pub fn perplexity<M: NextTokenModel + ?Sized>(
+    model: &mut M,
+    mut reference: Option<&mut dyn NextTokenModel>,
+    tokens: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+) -> Result<Perplexity> {
+    check_seqlen(seqlen, model.config())?;
+    let mut holds = vec![("model", model.max_positions())];
+    if let Some(r) = reference.as_deref() {
+        holds.push(("reference", r.max_positions()));
+    }
+    for (who, n) in holds {
+        if seqlen - 1 > n {
+            return Err(LabError::invalid(
+                "--seqlen",
+                format!(
+                    "{seqlen} needs {} positions, the {who} engine holds {n}",
+                    seqlen - 1
+                ),
+            ));
+        }
     }
     let fit = tokens.len() / seqlen;
     let windows = max_windows.map_or(fit, |m| m.min(fit));
@@ -85,43 +215,22 @@ pub fn perplexity(
             ),
         ));
     }
-    let (mut nll, mut kl, mut agree, mut scored) = (0f64, 0f64, 0usize, 0usize);
+    let mut acc = NllAccumulator::default();
     for w in tokens.chunks_exact(seqlen).take(windows) {
-        model.reset();
-        let logits = model.forward_all(w)?;
-        let ref_logits = match reference.as_deref_mut() {
-            Some(r) => {
-                r.reset();
-                Some(r.forward_all(w)?)
-            }
-            None => None,
-        };
+        model.start_window()?;
+        if let Some(r) = reference.as_deref_mut() {
+            r.start_window()?;
+        }
         for p in 0..seqlen - 1 {
-            let lp = log_softmax(&logits[p]);
-            nll -= lp[w[p + 1] as usize];
-            if let Some(rl) = &ref_logits {
-                let rp = log_softmax(&rl[p]);
-                kl += rp
-                    .iter()
-                    .zip(&lp)
-                    .map(|(&r, &m)| r.exp() * (r - m))
-                    .sum::<f64>();
-                agree += usize::from(argmax(&rp) == argmax(&lp));
-            }
-            scored += 1;
+            let logits = model.next_logits(w[p])?;
+            let ref_logits = match reference.as_deref_mut() {
+                Some(r) => Some(r.next_logits(w[p])?),
+                None => None,
+            };
+            acc.add(&logits, w[p + 1], ref_logits.as_deref())?;
         }
     }
-    let mean = nll / scored as f64;
-    let has_ref = reference.is_some();
-    Ok(Perplexity {
-        windows,
-        seqlen,
-        tokens_scored: scored,
-        mean_nll: mean,
-        perplexity: mean.exp(),
-        kl_to_reference: has_ref.then(|| kl / scored as f64),
-        top1_agreement: has_ref.then(|| agree as f64 / scored as f64),
-    })
+    Ok(acc.finish(windows, seqlen, reference.is_some()))
 }
 
 #[cfg(test)]
@@ -135,5 +244,96 @@ mod tests {
         assert!((s - 1.0).abs() < 1e-12);
         assert!((lp[2] - lp[1] - 1.0).abs() < 1e-12);
         assert_eq!(argmax(&lp), 2);
+    }
+
+    /// A model whose logits are a fixed function of the token it was fed and its position.
+    struct Scripted {
+        cfg: ModelConfig,
+        pos: usize,
+        fed: Vec<u32>,
+    }
+
+    impl NextTokenModel for Scripted {
+        fn config(&self) -> &ModelConfig {
+            &self.cfg
+        }
+        fn max_positions(&self) -> usize {
+            self.cfg.max_position_embeddings
+        }
+        fn start_window(&mut self) -> Result<()> {
+            self.pos = 0;
+            Ok(())
+        }
+        fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
+            self.fed.push(token);
+            self.pos += 1;
+            let v = self.cfg.vocab_size;
+            Ok((0..v)
+                .map(|i| ((i * 7 + token as usize * 3 + self.pos) % 11) as f32 * 0.3)
+                .collect())
+        }
+    }
+
+    fn scripted() -> Scripted {
+        let mut cfg = ModelConfig::vicuna_7b();
+        cfg.vocab_size = 13;
+        cfg.max_position_embeddings = 8;
+        Scripted {
+            cfg,
+            pos: 0,
+            fed: vec![],
+        }
+    }
+
+    #[test]
+    fn scoring_loop_feeds_windows_and_sums_the_true_tokens_nll() {
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let mut m = scripted();
+        let p = perplexity(&mut m, None, &tokens, 4, None).unwrap();
+        // 17 tokens: 4 windows of 4; 3 positions scored per window; the last token of each
+        // window is never fed.
+        assert_eq!((p.windows, p.tokens_scored), (4, 12));
+        let fed: Vec<u32> = tokens[..16]
+            .chunks(4)
+            .flat_map(|w| w[..3].to_vec())
+            .collect();
+        assert_eq!(m.fed, fed);
+        // Independent sum: position p (1-based within the window) after token t.
+        let mut want = 0f64;
+        for w in tokens[..16].chunks(4) {
+            for p in 0..3 {
+                let logits: Vec<f64> = (0..13)
+                    .map(|i| ((i * 7 + w[p] as usize * 3 + p + 1) % 11) as f64 * 0.3)
+                    .collect();
+                let lz = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
+                want += lz - logits[w[p + 1] as usize];
+            }
+        }
+        assert!(
+            (p.mean_nll - want / 12.0).abs() < 1e-5,
+            "{} vs {}",
+            p.mean_nll,
+            want / 12.0
+        );
+        assert!((p.perplexity - p.mean_nll.exp()).abs() < 1e-12);
+        // Against itself as reference: KL 0, full agreement.
+        let (mut a, mut b) = (scripted(), scripted());
+        let p = perplexity(&mut a, Some(&mut b), &tokens, 4, Some(2)).unwrap();
+        assert_eq!(p.windows, 2);
+        assert!(p.kl_to_reference.unwrap().abs() < 1e-12);
+        assert_eq!(p.top1_agreement, Some(1.0));
+    }
+
+    #[test]
+    fn windows_longer_than_the_engine_are_refused() {
+        let mut m = scripted();
+        let tokens = vec![1u32; 40];
+        let e = perplexity(&mut m, None, &tokens, 9, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--seqlen") && e.contains("max_position_embeddings = 8"),
+            "{e}"
+        );
     }
 }

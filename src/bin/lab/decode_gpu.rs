@@ -26,7 +26,8 @@ use gptq_lab::model::gpu_check::{
 use gptq_lab::model::gpu_engine::{
     parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, WeightSource,
 };
-use gptq_lab::model::gpu_weights::{HostLlama, WeightKind};
+use gptq_lab::model::gpu_weights::WeightKind;
+use gptq_lab::model::layer_source::CheckpointLayers;
 use gptq_lab::report::{report_dir, utc_now};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -349,7 +350,6 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
         },
     };
-    let host = HostLlama::from_checkpoint(&ckpt)?;
     let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
@@ -358,16 +358,17 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         || dispatcher(&gpu, &a.gpu.root),
     )?;
     let label = dir.display().to_string();
+    // Streamed: one layer at a time from the memory-mapped checkpoint, a progress bar on stderr.
+    let src = CheckpointLayers::new(&ckpt).with_progress(!a.json);
     let mut eng = GpuEngine::new(
         &gpu,
         &ckpt.config,
         WeightSource::Host {
-            weights: &host,
+            weights: &src,
             label: &label,
         },
         opts,
     )?;
-    drop(host);
     let load_s = t0.elapsed().as_secs_f64();
     let sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     let t1 = Instant::now();
@@ -400,11 +401,13 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         Some(t) => Some(t.decode(&tokens)?),
         None => None,
     };
+    let vram = eng.vram()?;
     if a.json {
         let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text,
-            "timings": {"load_s": load_s, "generate_s": gen_s, "note": "prefill runs the decode step token by token"}, "vram": eng.vram()?});
+            "timings": {"load_s": load_s, "generate_s": gen_s, "note": "prefill runs the decode step token by token"}, "load": eng.weights.load, "vram": vram});
         println!("{}", serde_json::to_string(&out)?);
     } else {
+        print_load(&eng.weights.desc, eng.weights.load.as_ref(), &vram, load_s);
         match &text {
             Some(t) => println!("{t}"),
             None => println!("{tokens:?}"),
@@ -412,6 +415,47 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         eprintln!("gpu: {} prompt + {} new tokens in {gen_s:.3} s (prefill token by token), load {load_s:.2} s", prompt.len(), tokens.len());
     }
     Ok(())
+}
+
+/// Load time and VRAM by part of a checkpoint run (stderr).
+fn print_load(
+    d: &gptq_lab::model::gpu_weights::WeightsDesc,
+    load: Option<&gptq_lab::model::load_progress::LoadStats>,
+    v: &gptq_lab::model::vram::VramReport,
+    load_s: f64,
+) {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "weights ({}{}): linears {:.1} MiB, lm_head {:.1} MiB, embeddings {:.1} MiB, norms {:.2} MiB = {:.1} MiB",
+        d.kind.label(),
+        if d.fused { ", q|k|v and gate|up fused" } else { ", some groups unfused" },
+        mib(d.linear_bytes),
+        mib(d.lm_head_bytes),
+        mib(d.embed_bytes),
+        mib(d.norm_bytes),
+        mib(d.total_bytes())
+    );
+    eprintln!(
+        "VRAM: weights {:.1} MiB, KV cache {:.1} MiB, workspace {:.1} MiB, CUDA context {:.1} MiB, peak used {:.1} MiB of {:.1} MiB",
+        mib(v.weights_bytes),
+        mib(v.kv_bytes),
+        mib(v.workspace_bytes),
+        mib(v.context_bytes),
+        mib(v.peak_used_bytes),
+        mib(v.total_bytes)
+    );
+    match load {
+        Some(s) => eprintln!(
+            "load {load_s:.2} s (open + engine); weights {:.2} s: read {:.2} s, layout {:.2} s, upload {:.2} s; host peak {:.1} MiB per layer, {:.1} MiB per table",
+            s.total_s,
+            s.read_s,
+            s.layout_s,
+            s.upload_s,
+            mib(s.peak_layer_host_bytes),
+            mib(s.peak_table_host_bytes)
+        ),
+        None => eprintln!("load {load_s:.2} s"),
+    }
 }
 
 /// The dispatcher for `--int4-kernel auto`: root/tuning/<gpu>.json when it exists (refused with

@@ -1,15 +1,23 @@
-//! `lab eval`: perplexity of a checkpoint (fp16 or GPTQ) on a text, on the CPU reference engine.
+//! `lab eval`: perplexity of a checkpoint (fp16 or GPTQ) on a text.
 //!
 //!   lab eval --checkpoint /tmp/tiny-g32 --reference tests/fixtures/tiny-fp16 --seqlen 128
 //!   lab eval --checkpoint DIR --text wiki.test.txt --seqlen 2048 --max-windows 40 --json
+//!   lab eval --backend gpu --checkpoint DIR --text wiki.test.txt --seqlen 2048
 //!
-//! The CPU engine holds every weight as f32 and runs token by token: tiny models and spot checks.
-//! The GPU engine does not exist yet; `--backend gpu` says so.
+//! `--backend cpu` (default): the CPU reference engine, every weight as f32, token by token: tiny
+//! models and spot checks. `--backend gpu`: the GPU decode engine (checkpoint streamed onto the
+//! GPU layer by layer), one decode step per token; a `--reference` then runs on the GPU too.
+//! Both backends score through the same loop (`quantize::perplexity::perplexity`).
 
 use anyhow::{bail, Context};
+use gptq_lab::model::checkpoint::Checkpoint;
+use gptq_lab::model::gpu_engine::{EngineOptions, GpuEngine, WeightSource};
+use gptq_lab::model::layer_source::CheckpointLayers;
 use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::quantize::calib::{DEFAULT_SEQLEN, EVAL_TEXT};
-use gptq_lab::quantize::perplexity::{cpu_engine, perplexity};
+use gptq_lab::quantize::perplexity::{
+    check_seqlen, cpu_engine, perplexity, NextTokenModel, Perplexity,
+};
 use std::path::PathBuf;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +49,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    if a.backend == Backend::Gpu {
-        bail!("--backend gpu: the GPU engine is not built yet; use --backend cpu");
-    }
-    let mut model = cpu_engine(&a.checkpoint)?;
+    // Cheap checks first (config, tokenizer, text), so a typo is reported before any weights load.
+    let ckpt = Checkpoint::open(&a.checkpoint)?;
     let tok = TextTokenizer::from_checkpoint_dir(&a.checkpoint)?.with_context(|| {
         format!(
             "{}: no tokenizer.json to tokenize the evaluation text",
@@ -58,14 +64,25 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         None => EVAL_TEXT.to_string(),
     };
     let ids = tok.encode(&text, true)?;
-    let mut reference = match &a.reference {
-        Some(r) => Some(cpu_engine(r)?),
-        None => None,
-    };
     let seqlen = a
         .seqlen
-        .unwrap_or(DEFAULT_SEQLEN.min(model.config().max_position_embeddings));
-    let p = perplexity(&mut model, reference.as_mut(), &ids, seqlen, a.max_windows)?;
+        .unwrap_or(DEFAULT_SEQLEN.min(ckpt.config.max_position_embeddings));
+    let p = match a.backend {
+        Backend::Cpu => {
+            drop(ckpt);
+            let mut model = cpu_engine(&a.checkpoint)?;
+            let mut reference = match &a.reference {
+                Some(r) => Some(cpu_engine(r)?),
+                None => None,
+            };
+            let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
+            perplexity(&mut model, r, &ids, seqlen, a.max_windows)?
+        }
+        Backend::Gpu => {
+            check_seqlen(seqlen, &ckpt.config)?;
+            gpu_perplexity(&a, &ckpt, &ids, seqlen)?
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(());
@@ -80,6 +97,51 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
             agree * 100.0
         );
     }
-    println!();
+    println!(" [{:?} backend]", a.backend);
     Ok(())
+}
+
+/// The GPU engine on `ckpt` (and on `--reference`, also on the GPU), scored by the shared loop.
+fn gpu_perplexity(
+    a: &EvalArgs,
+    ckpt: &Checkpoint,
+    ids: &[u32],
+    seqlen: usize,
+) -> anyhow::Result<Perplexity> {
+    let gpu = gptq_lab::cuda::open(0).map_err(|e| {
+        anyhow::anyhow!(
+            "lab eval --backend gpu: {e}; the CPU backend runs without one (--backend cpu)"
+        )
+    })?;
+    if !gptq_lab::build_info::KERNELS_BUILT {
+        bail!(gptq_lab::LabError::KernelsNotBuilt);
+    }
+    // The last token of a window is never fed: seqlen - 1 positions (at least 1).
+    let opts = EngineOptions::new(seqlen - 1);
+    let engine = |ck: &Checkpoint| -> anyhow::Result<GpuEngine> {
+        let label = ck.dir.display().to_string();
+        let src = CheckpointLayers::new(ck).with_progress(true);
+        Ok(GpuEngine::new(
+            &gpu,
+            &ck.config,
+            WeightSource::Host {
+                weights: &src,
+                label: &label,
+            },
+            opts.clone(),
+        )?)
+    };
+    let mut model = engine(ckpt)?;
+    let reference_ckpt = match &a.reference {
+        Some(r) => Some(Checkpoint::open(r)?),
+        None => None,
+    };
+    let mut reference = match &reference_ckpt {
+        Some(r) => Some(engine(r)?),
+        None => None,
+    };
+    let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
+    let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)?;
+    model.check_state()?;
+    Ok(p)
 }

@@ -31,6 +31,36 @@ pub enum LinearWeights {
     Dense { k: usize, n: usize, w_kn: Vec<f32> },
 }
 
+/// A linear layer's shape and grouping as the tensor headers give them (`Checkpoint::linear_meta`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearMeta {
+    pub k: usize,
+    pub n: usize,
+    /// Rows per group of a GPTQ linear; `None` for an unquantized one.
+    pub group_size: Option<usize>,
+    /// The act-order g_idx (`None` when absent or trivial, i.e. row r in group r / G).
+    pub g_idx: Option<Vec<i32>>,
+    pub bias: bool,
+}
+
+/// A linear's tensors found and checked, still borrowed from the mapping.
+enum Located<'a> {
+    Dense { name: String },
+    Quant(QuantRaw<'a>),
+}
+
+struct QuantRaw<'a> {
+    k: usize,
+    n: usize,
+    g: usize,
+    format: ZeroFormat,
+    qweight: &'a [u8],
+    qzeros: &'a [u8],
+    scales: &'a [u8],
+    g_idx: Option<Vec<i32>>,
+    bias: Option<&'a [u8]>,
+}
+
 /// An opened checkpoint. Tensors stay memory-mapped; `linear` and `tensor_f32` copy out.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -119,11 +149,58 @@ impl Checkpoint {
     /// One linear layer, e.g. prefix "model.layers.0.self_attn.q_proj": validated against the
     /// config's shapes and the quant settings, zeros converted to true zeros.
     pub fn linear(&self, prefix: &str) -> Result<LinearWeights> {
+        match self.locate_linear(prefix)? {
+            Located::Dense { name } => self.dense(prefix, &name),
+            Located::Quant(l) => self.convert_quant(prefix, l),
+        }
+    }
+
+    /// What `linear` would load, from the tensor headers (and the small g_idx) only: every
+    /// tensor present with the right dtype and shape, g_idx in range. Nothing large is copied,
+    /// so a loader can check a whole model before it allocates anything.
+    pub fn linear_meta(&self, prefix: &str) -> Result<LinearMeta> {
+        Ok(match self.locate_linear(prefix)? {
+            Located::Dense { name } => {
+                let shape = expected_kn(&self.config, prefix).map(|(k, n)| vec![n, k]);
+                let raw = self.files.get(
+                    &name,
+                    &[Dtype::F16, Dtype::BF16, Dtype::F32],
+                    shape.as_deref(),
+                )?;
+                let [n, k] = raw.shape[..] else {
+                    return Err(LabError::bad_checkpoint(
+                        self.files.path_of(&name),
+                        format!(
+                            "tensor '{name}': shape {:?}, expected 2-D [N, K]",
+                            raw.shape
+                        ),
+                    ));
+                };
+                LinearMeta {
+                    k,
+                    n,
+                    group_size: None,
+                    g_idx: None,
+                    bias: false,
+                }
+            }
+            Located::Quant(l) => LinearMeta {
+                k: l.k,
+                n: l.n,
+                group_size: Some(l.g),
+                g_idx: l.g_idx,
+                bias: l.bias.is_some(),
+            },
+        })
+    }
+
+    /// Find a linear's tensors and check their dtypes and shapes (header reads, plus g_idx).
+    fn locate_linear(&self, prefix: &str) -> Result<Located<'_>> {
         let qw = format!("{prefix}.qweight");
         if !self.files.contains(&qw) {
             let w = format!("{prefix}.weight");
             if self.files.contains(&w) {
-                return self.dense(prefix, &w);
+                return Ok(Located::Dense { name: w });
             }
             let what = if self.quant.is_some() { qw } else { w };
             return Err(LabError::bad_checkpoint(
@@ -170,23 +247,20 @@ impl Checkpoint {
             )
         })?;
         let groups = k / g;
-        let qweight = le_u32(
-            self.files
-                .get(&qw, &[Dtype::I32, Dtype::U32], Some(&[k / 8, n]))?
-                .bytes,
-        );
+        let qweight = self
+            .files
+            .get(&qw, &[Dtype::I32, Dtype::U32], Some(&[k / 8, n]))?
+            .bytes;
         let qz = format!("{prefix}.qzeros");
-        let stored = le_u32(
-            self.files
-                .get(&qz, &[Dtype::I32, Dtype::U32], Some(&[groups, n / 8]))?
-                .bytes,
-        );
+        let qzeros = self
+            .files
+            .get(&qz, &[Dtype::I32, Dtype::U32], Some(&[groups, n / 8]))?
+            .bytes;
         let sc = format!("{prefix}.scales");
-        let scales = le_f16(
-            self.files
-                .get(&sc, &[Dtype::F16], Some(&[groups, n]))?
-                .bytes,
-        );
+        let scales = self
+            .files
+            .get(&sc, &[Dtype::F16], Some(&[groups, n]))?
+            .bytes;
 
         let gi = format!("{prefix}.g_idx");
         let g_idx = if self.files.contains(&gi) {
@@ -209,14 +283,31 @@ impl Checkpoint {
         };
         let b = format!("{prefix}.bias");
         let bias = if self.files.contains(&b) {
-            Some(le_f16(self.files.get(&b, &[Dtype::F16], Some(&[n]))?.bytes))
+            Some(self.files.get(&b, &[Dtype::F16], Some(&[n]))?.bytes)
         } else {
             None
         };
-        let qzeros = match q.format {
+        Ok(Located::Quant(QuantRaw {
+            k,
+            n,
+            g,
+            format: q.format,
+            qweight,
+            qzeros,
+            scales,
+            g_idx,
+            bias,
+        }))
+    }
+
+    /// Copy a located GPTQ linear out of the mapping into the canonical form (true zeros).
+    fn convert_quant(&self, prefix: &str, l: QuantRaw<'_>) -> Result<LinearWeights> {
+        let qz = format!("{prefix}.qzeros");
+        let stored = le_u32(l.qzeros);
+        let qzeros = match l.format {
             ZeroFormat::V2 => stored,
             ZeroFormat::V1 => {
-                if let Some(u) = zeros::v1_underflow(&stored, n) {
+                if let Some(u) = zeros::v1_underflow(&stored, l.n) {
                     return Err(LabError::bad_checkpoint(
                         self.files.path_of(&qz),
                         format!("tensor '{qz}': {}", u.describe()),
@@ -226,19 +317,22 @@ impl Checkpoint {
             }
         };
         let layer = QuantLinear {
-            k,
-            n,
-            group_size: g,
-            qweight,
+            k: l.k,
+            n: l.n,
+            group_size: l.g,
+            qweight: le_u32(l.qweight),
             symmetric: zeros::is_symmetric_true(&qzeros),
             qzeros,
-            scales,
-            g_idx,
-            bias,
+            scales: le_f16(l.scales),
+            g_idx: l.g_idx,
+            bias: l.bias.map(le_f16),
         };
-        layer
-            .validate()
-            .map_err(|r| LabError::bad_checkpoint(&file, format!("linear '{prefix}': {r}")))?;
+        layer.validate().map_err(|r| {
+            LabError::bad_checkpoint(
+                self.files.path_of(&format!("{prefix}.qweight")),
+                format!("linear '{prefix}': {r}"),
+            )
+        })?;
         Ok(LinearWeights::Quant(layer))
     }
 
@@ -269,6 +363,18 @@ impl Checkpoint {
             .files
             .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], None)?;
         Ok((to_f32(&raw), raw.shape.clone()))
+    }
+
+    /// A float tensor as fp16 with exactly `shape`: F16 copied as stored, BF16 / F32 rounded once
+    /// (the same values as rounding `tensor_f32`'s, without the f32 copy of an embedding table).
+    pub fn tensor_f16(&self, name: &str, shape: &[usize]) -> Result<Vec<half::f16>> {
+        let raw = self
+            .files
+            .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], Some(shape))?;
+        Ok(match raw.dtype {
+            Dtype::F16 => le_f16(raw.bytes),
+            _ => to_f32(&raw).into_iter().map(half::f16::from_f32).collect(),
+        })
     }
 
     /// dtype and shape of tensor `name`, `None` if the checkpoint has no such tensor.
