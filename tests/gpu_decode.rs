@@ -216,8 +216,13 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         let got = e.prefill(&prompt, PrefillLogits::Last).unwrap();
         assert_eq!(e.position(), prompt.len());
         let (i, r) = worst(&got[0], &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap();
-        assert!(r <= 1.0, "{kind:?} chunk {chunk}: logit {i} off by {r:.2}x tolerance");
-        let gemm = e.generate_with(&prompt, 8, true, PrefillMode::Gemm).unwrap();
+        assert!(
+            r <= 1.0,
+            "{kind:?} chunk {chunk}: logit {i} off by {r:.2}x tolerance"
+        );
+        let gemm = e
+            .generate_with(&prompt, 8, true, PrefillMode::Gemm)
+            .unwrap();
         assert_eq!(gemm, by_token, "{kind:?} chunk {chunk}");
         e.check_state().unwrap();
     }
@@ -237,11 +242,17 @@ fn prefill_refuses_bad_tokens_overflow_and_a_missing_workspace() {
         })
     };
     let mut e = GpuEngine::new(&gpu, &cfg, synth(), EngineOptions::new(8)).unwrap();
-    let err = e.prefill(&[1, 320], PrefillLogits::None).unwrap_err().to_string();
+    let err = e
+        .prefill(&[1, 320], PrefillLogits::None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("vocab_size 320"), "{err}");
     assert!(e.prefill(&[], PrefillLogits::None).is_err());
     e.prefill(&[1, 2, 3, 4, 5], PrefillLogits::None).unwrap();
-    let err = e.prefill(&[1, 2, 3, 4], PrefillLogits::None).unwrap_err().to_string();
+    let err = e
+        .prefill(&[1, 2, 3, 4], PrefillLogits::None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("exceed the KV cache"), "{err}");
     // Continuing a prefill from position 5 fits exactly.
     e.prefill(&[6, 7, 8], PrefillLogits::None).unwrap();
@@ -250,7 +261,10 @@ fn prefill_refuses_bad_tokens_overflow_and_a_missing_workspace() {
     let mut o = EngineOptions::new(8);
     o.prefill_chunk = 0;
     let mut e = GpuEngine::new(&gpu, &cfg, synth(), o).unwrap();
-    let err = e.prefill(&[1], PrefillLogits::None).unwrap_err().to_string();
+    let err = e
+        .prefill(&[1], PrefillLogits::None)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("prefill_chunk 0"), "{err}");
     // generate falls back to the token-by-token prefill.
     assert_eq!(e.generate(&[1, 2, 3], 2, false).unwrap().len(), 2);

@@ -261,7 +261,10 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     }
     let max_prefill = plan.prefill_lens.iter().copied().max().unwrap_or(0);
     if plan.prefill_lens.contains(&0) {
-        return Err(LabError::invalid("--prefill-list", "prompt lengths must be positive"));
+        return Err(LabError::invalid(
+            "--prefill-list",
+            "prompt lengths must be positive",
+        ));
     }
     let max_ctx = (max_pos + plan.warmup + plan.steps + 1).max(max_prefill);
     let mut opts = EngineOptions::new(max_ctx);

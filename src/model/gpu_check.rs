@@ -570,8 +570,9 @@ pub fn check_engine(
     eng.reset()?;
     let last = eng.prefill(prompt, PrefillLogits::Last)?;
     let prefill_last_ratio = match (last.first(), ref_logits.get(prompt.len() - 1)) {
-        (Some(got), Some(want)) => worst(got, want, LOGIT_RTOL, LOGIT_ATOL_RMS)
-            .map_or(f64::INFINITY, |(_, x)| x),
+        (Some(got), Some(want)) => {
+            worst(got, want, LOGIT_RTOL, LOGIT_ATOL_RMS).map_or(f64::INFINITY, |(_, x)| x)
+        }
         _ => f64::INFINITY,
     };
     let prefill_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::Gemm)?;
@@ -681,7 +682,11 @@ pub fn check_checkpoint(
     eng.reset()?;
     let rows = eng.prefill(prompt, PrefillLogits::All)?;
     eng.check_state()?;
-    let mut pr = if rows.len() == cpu.len() { 0f64 } else { f64::INFINITY };
+    let mut pr = if rows.len() == cpu.len() {
+        0f64
+    } else {
+        f64::INFINITY
+    };
     for (got, want) in rows.iter().zip(&cpu) {
         let want: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
         let (_, r) = worst(got, &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap_or((0, f64::INFINITY));

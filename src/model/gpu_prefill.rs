@@ -25,6 +25,7 @@
 //!   path's own kernel once per row (correct, m times the weight traffic).
 //! - fp16: cuBLAS GemmEx (m columns at once, ldc = the fused output width); without cuBLAS the lab
 //!   fp16 GEMV once per row.
+//!
 //! The lm_head is fp16: the lab GEMV for the last row (as decode), once per row when every row's
 //! logits are wanted (perplexity: 262 MB read per row for 7B; fine for checks, not a fast path).
 
@@ -126,10 +127,7 @@ pub fn chunks(start: usize, len: usize, chunk: usize) -> Vec<(usize, Range<usize
 /// (the per-row GEMV serves it).
 pub fn row_tiles(m: usize, rows: usize) -> Vec<Range<usize>> {
     let rows = rows.max(2);
-    let mut t: Vec<Range<usize>> = (0..m)
-        .step_by(rows)
-        .map(|a| a..(a + rows).min(m))
-        .collect();
+    let mut t: Vec<Range<usize>> = (0..m).step_by(rows).map(|a| a..(a + rows).min(m)).collect();
     let n = t.len();
     if n >= 2 && t[n - 1].len() == 1 {
         t[n - 2].end -= 1;
@@ -386,10 +384,8 @@ impl GpuEngine {
     fn htod_raw<T: DeviceRepr>(&self, dst: u64, src: &[T], what: &str) -> Result<()> {
         // SAFETY: every caller passes an address inside a live buffer of this engine with room
         // for src.len() elements of T (tokens [chunk] checked against the chunk, one state word).
-        unsafe {
-            cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream())
-        }
-        .ctx(what)
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .ctx(what)
     }
 
     /// add_rmsnorm over `rows` rows: resid[r] += delta[r] (delta 0: none), out[r] = norm(resid[r]).
@@ -406,7 +402,11 @@ impl GpuEngine {
         let off = rows.start * h;
         let p = abi::lab_llama_norm_params {
             resid: self.r(&pf.bufs.resid) + 4 * off as u64,
-            delta: if delta == 0 { 0 } else { delta + 2 * off as u64 },
+            delta: if delta == 0 {
+                0
+            } else {
+                delta + 2 * off as u64
+            },
             weight: self.r(weight),
             out: out + 2 * off as u64,
             hidden: h as i32,
@@ -472,10 +472,7 @@ impl GpuEngine {
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             return Err(LabError::invalid(
                 "token id",
-                format!(
-                    "{t} is out of range for vocab_size {}",
-                    self.cfg.vocab_size
-                ),
+                format!("{t} is out of range for vocab_size {}", self.cfg.vocab_size),
             ));
         }
         let start = self.pos;
@@ -499,7 +496,13 @@ impl GpuEngine {
                 _ if last => range.len() - 1..range.len(),
                 _ => 0..0,
             };
-            self.prefill_chunk_rows(&tokens[range], pos0, rows, want == PrefillLogits::All, &mut out)?;
+            self.prefill_chunk_rows(
+                &tokens[range],
+                pos0,
+                rows,
+                want == PrefillLogits::All,
+                &mut out,
+            )?;
         }
         // The decode argmax at position end - 1: next token into the state, position = end.
         let end = start + tokens.len();
@@ -580,9 +583,24 @@ impl GpuEngine {
         let layer_stride = 2 * max_ctx * kv_dim;
         for (li, l) in self.weights.layers.iter().enumerate() {
             let d = if li == 0 { 0 } else { delta };
-            self.norm_rows(d, &l.attn_norm, x16, 0..m, &format!("layer {li} prefill input_layernorm"))?;
+            self.norm_rows(
+                d,
+                &l.attn_norm,
+                x16,
+                0..m,
+                &format!("layer {li} prefill input_layernorm"),
+            )?;
             for s in &l.qkv {
-                self.prefill_linear(&s.lin, x16, m, RowsOut { y: qkv, width: qkv_w, col: s.col })?;
+                self.prefill_linear(
+                    &s.lin,
+                    x16,
+                    m,
+                    RowsOut {
+                        y: qkv,
+                        width: qkv_w,
+                        col: s.col,
+                    },
+                )?;
             }
             let k_cache = self.r(&self.kv) + 2 * (li * layer_stride) as u64;
             let v_cache = k_cache + 2 * (max_ctx * kv_dim) as u64;
@@ -628,10 +646,34 @@ impl GpuEngine {
                 &ap,
                 &format!("layer {li} prefill attention"),
             )?;
-            self.prefill_linear(&l.o, x16, m, RowsOut { y: delta, width: h, col: 0 })?;
-            self.norm_rows(delta, &l.ffn_norm, x16, 0..m, &format!("layer {li} prefill post_attention_layernorm"))?;
+            self.prefill_linear(
+                &l.o,
+                x16,
+                m,
+                RowsOut {
+                    y: delta,
+                    width: h,
+                    col: 0,
+                },
+            )?;
+            self.norm_rows(
+                delta,
+                &l.ffn_norm,
+                x16,
+                0..m,
+                &format!("layer {li} prefill post_attention_layernorm"),
+            )?;
             for s in &l.gate_up {
-                self.prefill_linear(&s.lin, x16, m, RowsOut { y: gate_up, width: 2 * inter, col: s.col })?;
+                self.prefill_linear(
+                    &s.lin,
+                    x16,
+                    m,
+                    RowsOut {
+                        y: gate_up,
+                        width: 2 * inter,
+                        col: s.col,
+                    },
+                )?;
             }
             let sp = abi::lab_llama_silu_params {
                 gate_up,
@@ -647,12 +689,27 @@ impl GpuEngine {
                 &sp,
                 &format!("layer {li} prefill silu_mul"),
             )?;
-            self.prefill_linear(&l.down, act, m, RowsOut { y: delta, width: h, col: 0 })?;
+            self.prefill_linear(
+                &l.down,
+                act,
+                m,
+                RowsOut {
+                    y: delta,
+                    width: h,
+                    col: 0,
+                },
+            )?;
         }
         if head_rows.is_empty() {
             return Ok(());
         }
-        self.norm_rows(delta, &self.weights.final_norm, x16, head_rows.clone(), "prefill final norm")?;
+        self.norm_rows(
+            delta,
+            &self.weights.final_norm,
+            x16,
+            head_rows.clone(),
+            "prefill final norm",
+        )?;
         for r in head_rows {
             self.gemv_f16(
                 self.r(&self.weights.lm_head),
@@ -709,7 +766,11 @@ impl GpuEngine {
                     )
                 };
                 let qweight = if path == Int4Path::GemmV2 {
-                    let dst = pf.bufs.repack.as_ref().ok_or_else(|| missing("the repack scratch"))?;
+                    let dst = pf
+                        .bufs
+                        .repack
+                        .as_ref()
+                        .ok_or_else(|| missing("the repack scratch"))?;
                     self.repack_v2(q, self.r(dst))?;
                     self.r(dst)
                 } else {
@@ -723,7 +784,11 @@ impl GpuEngine {
                     } else if direct {
                         self.gemm_int4(v, q, qweight, row_x(t.start), row_y(t.start), t.len())?;
                     } else {
-                        let sy = pf.bufs.slot_y.as_ref().ok_or_else(|| missing("the slot scratch"))?;
+                        let sy = pf
+                            .bufs
+                            .slot_y
+                            .as_ref()
+                            .ok_or_else(|| missing("the slot scratch"))?;
                         self.gemm_int4(v, q, qweight, row_x(t.start), self.r(sy), t.len())?;
                         self.copy_rows(self.r(sy), n, row_y(t.start), out.width, n, t.len())?;
                     }
@@ -745,8 +810,7 @@ impl GpuEngine {
         m: usize,
     ) -> Result<()> {
         let pf = self.pf()?;
-        let (split, slice) =
-            gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.sms as u32);
+        let (split, slice) = gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.sms as u32);
         let ws = pf.bufs.gemm_ws.as_ref().map_or(0, |w| self.r(w));
         let mut p = self.int4_params(l, x, y, ws, split as usize, slice as usize);
         p.qweight = qweight;
@@ -883,7 +947,10 @@ impl GpuEngine {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .ctx(&format!("cuBLAS fp16 prefill GEMM m {m} K {} N {}", l.k, l.n))
+        .ctx(&format!(
+            "cuBLAS fp16 prefill GEMM m {m} K {} N {}",
+            l.k, l.n
+        ))
     }
 }
 
@@ -1037,7 +1104,9 @@ mod tests {
                 assert_eq!(w[0].1.end, w[1].1.start);
                 assert_eq!(w[1].0 - w[0].0, w[0].1.len(), "positions advance by rows");
             }
-            assert!(c.iter().all(|(p, r)| r.len() <= chunk && *p == start + r.start));
+            assert!(c
+                .iter()
+                .all(|(p, r)| r.len() <= chunk && *p == start + r.start));
         }
     }
 
@@ -1067,8 +1136,14 @@ mod tests {
         assert_eq!(int4_path(PrefillInt4::Auto, &s, 75), Int4Path::GemmV1);
         assert_eq!(int4_path(PrefillInt4::GemmV1, &s, 90), Int4Path::GemmV1);
         assert_eq!(int4_path(PrefillInt4::GemmV2, &s, 75), Int4Path::GemmV1);
-        assert!(matches!(int4_path(PrefillInt4::Auto, &s, 70), Int4Path::Rows(_)));
-        assert!(matches!(int4_path(PrefillInt4::RowGemv, &s, 90), Int4Path::Rows(_)));
+        assert!(matches!(
+            int4_path(PrefillInt4::Auto, &s, 70),
+            Int4Path::Rows(_)
+        ));
+        assert!(matches!(
+            int4_path(PrefillInt4::RowGemv, &s, 90),
+            Int4Path::Rows(_)
+        ));
         // Uneven act-order groups (a sorted g_idx kept) and unsupported group sizes: per row.
         match int4_path(PrefillInt4::Auto, &shape(4096, 4096, 128, true, true), 90) {
             Int4Path::Rows(why) => assert!(why.contains("unequal"), "{why}"),
@@ -1080,7 +1155,11 @@ mod tests {
         ));
         // Per-channel (group = K) is served.
         assert_eq!(
-            int4_path(PrefillInt4::Auto, &shape(11008, 4096, 11008, false, false), 90),
+            int4_path(
+                PrefillInt4::Auto,
+                &shape(11008, 4096, 11008, false, false),
+                90
+            ),
             Int4Path::GemmV2
         );
         // Every linear of the tiny check model goes through v2 on an H100, so the GPU check
@@ -1117,9 +1196,13 @@ mod tests {
         assert_eq!(s.bytes(), want as u64);
         assert_eq!(words * 4, 4096 * 22016 / 2);
         // ~115 MB in all, linear in the chunk apart from the split-K and repack scratch.
-        assert!((110e6..120e6).contains(&(s.bytes() as f64)), "{}", s.bytes());
+        assert!(
+            (110e6..120e6).contains(&(s.bytes() as f64)),
+            "{}",
+            s.bytes()
+        );
         let s2 = PrefillSizes::new(&cfg, 1024, 22016, words, 0);
-        let per_row = (4 + 4096 * 4 + (4096 * 3 + 12288 + 22016 + 11008) * 2) as u64;
+        let per_row = (4 + 4096 * 4 + (4096 * 2 + 12288 + 22016 + 11008) * 2) as u64;
         assert_eq!(s2.bytes() - s.bytes(), 512 * per_row);
         // An unfused slot adds 64 rows of its width.
         assert_eq!(
@@ -1167,7 +1250,10 @@ mod tests {
                 let s: Vec<f64> = (0..len)
                     .map(|p| {
                         let k = &kc[p * kv_dim + kh * hd..][..hd];
-                        q.iter().zip(k).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>()
+                        q.iter()
+                            .zip(k)
+                            .map(|(x, y)| *x as f64 * *y as f64)
+                            .sum::<f64>()
                             / (hd as f64).sqrt()
                     })
                     .collect();

@@ -127,7 +127,10 @@ mod tests {
         // The prefill phase is its own line, and a later reading moves nothing else.
         l.phase(Phase::Prefill, 78 * G - 100 * (1 << 20), 99 << 20);
         let r = l.report();
-        assert_eq!((r.prefill_driver_bytes, r.prefill_bytes), (100 << 20, 99 << 20));
+        assert_eq!(
+            (r.prefill_driver_bytes, r.prefill_bytes),
+            (100 << 20, 99 << 20)
+        );
         assert_eq!(r.workspace_driver_bytes, G / 2);
     }
 
@@ -136,6 +139,9 @@ mod tests {
         let old = r#"{"total_bytes":1,"context_bytes":2,"weights_driver_bytes":3,"kv_driver_bytes":4,
             "workspace_driver_bytes":5,"weights_bytes":6,"kv_bytes":7,"workspace_bytes":8,"peak_used_bytes":9}"#;
         let r: VramReport = serde_json::from_str(old).unwrap();
-        assert_eq!((r.workspace_bytes, r.prefill_bytes, r.prefill_driver_bytes), (8, 0, 0));
+        assert_eq!(
+            (r.workspace_bytes, r.prefill_bytes, r.prefill_driver_bytes),
+            (8, 0, 0)
+        );
     }
 }

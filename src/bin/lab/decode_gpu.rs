@@ -90,29 +90,29 @@ pub struct GpuArgs {
     prefill_chunk: usize,
     /// Int4 prefill kernel: auto (gemm_v2_mma on sm_80+, else gemm_v1_simt), v2, v1, rows (the
     /// decode GEMV once per row).
-    #[arg(long, default_value = "auto")]
-    prefill_int4: String,
+    #[arg(long, default_value = "auto", value_parser = prefill_int4)]
+    prefill_int4: PrefillInt4,
     /// How generation fills the cache with the prompt: gemm (the prefill GEMMs) or tokens (the
     /// decode step once per prompt token, the reference).
-    #[arg(long, default_value = "gemm")]
-    prefill: String,
+    #[arg(long, default_value = "gemm", value_parser = prefill_mode)]
+    prefill: PrefillMode,
 }
 
-fn prefill_int4(s: &str) -> anyhow::Result<PrefillInt4> {
+fn prefill_int4(s: &str) -> Result<PrefillInt4, String> {
     Ok(match s {
         "auto" => PrefillInt4::Auto,
         "v2" | "gemm_v2_mma" => PrefillInt4::GemmV2,
         "v1" | "gemm_v1_simt" => PrefillInt4::GemmV1,
         "rows" => PrefillInt4::RowGemv,
-        o => bail!("--prefill-int4 {o}: expected auto, v2, v1 or rows"),
+        o => return Err(format!("'{o}': expected auto, v2, v1 or rows")),
     })
 }
 
-fn prefill_mode(s: &str) -> anyhow::Result<PrefillMode> {
+fn prefill_mode(s: &str) -> Result<PrefillMode, String> {
     Ok(match s {
         "gemm" => PrefillMode::Gemm,
         "tokens" => PrefillMode::TokenByToken,
-        o => bail!("--prefill {o}: expected gemm or tokens"),
+        o => return Err(format!("'{o}': expected gemm or tokens")),
     })
 }
 
@@ -121,7 +121,9 @@ fn prefill_lens(list: &[String]) -> anyhow::Result<Vec<usize>> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| match s.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => bail!("--prefill-list {s}: expected positive prompt lengths, e.g. 128,512,1024,2048"),
+            _ => bail!(
+                "--prefill-list {s}: expected positive prompt lengths, e.g. 128,512,1024,2048"
+            ),
         })
         .collect()
 }
@@ -191,7 +193,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let backend = fp16_backend(&g.fp16_backend)?;
     let lens = prefill_lens(&g.prefill_list)?;
-    let pf_int4 = prefill_int4(&g.prefill_int4)?;
+    let pf_int4 = g.prefill_int4;
     if g.prefill_chunk == 0 && !lens.is_empty() {
         bail!("--prefill-chunk 0 leaves no prefill to time: give a chunk (e.g. 512) or --prefill-list ''");
     }
@@ -236,7 +238,11 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 seed: a.seed.wrapping_add(1),
                 fp16_backend: backend,
                 int4: int4.clone(),
-                prefill_lens: if time_prefill { lens.clone() } else { Vec::new() },
+                prefill_lens: if time_prefill {
+                    lens.clone()
+                } else {
+                    Vec::new()
+                },
                 prefill_chunk: g.prefill_chunk,
                 prefill_int4: pf_int4,
             };
@@ -349,13 +355,7 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
             Some(root) => {
                 for name in FIXTURES {
                     let dir = root.join(name);
-                    match check_checkpoint(
-                        &gpu,
-                        &dir,
-                        &CHECK_PROMPT,
-                        CHECK_NEW,
-                        fixture_opts(),
-                    ) {
+                    match check_checkpoint(&gpu, &dir, &CHECK_PROMPT, CHECK_NEW, fixture_opts()) {
                         Ok(r) => {
                             println!("{}", r.summary());
                             reports.push(r);
@@ -417,9 +417,9 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
-    opts.prefill = prefill_mode(&a.gpu.prefill)?;
+    opts.prefill = a.gpu.prefill;
     opts.prefill_chunk = a.gpu.prefill_chunk.min(max_ctx);
-    opts.prefill_int4 = prefill_int4(&a.gpu.prefill_int4)?;
+    opts.prefill_int4 = a.gpu.prefill_int4;
     let mode = opts.prefill;
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()),
