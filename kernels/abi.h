@@ -164,4 +164,39 @@ typedef struct {
     int32_t _pad;
 } lab_llama_q4_finish_params;
 
+/* ---- LLaMA prefill (kernels/llama/prefill.cu): m prompt rows through a layer at once ----
+ * Row-major [m, width] activations; row r is the token at position pos0 + r. Not graph-captured
+ * (one launch sequence per prompt chunk), so positions are plain parameters. The row-aware decode
+ * ops (add_rmsnorm: grid.x = rows; rope_kv, silu_mul: grid.y = rows) serve prefill unchanged. */
+#define LAB_LLAMA_PREFILL_ATTN_THREADS 128
+#define LAB_LLAMA_PREFILL_ATTN_QT 16  /* queries per attention block */
+#define LAB_LLAMA_PREFILL_ATTN_KT 32  /* keys per shared-memory tile (one per lane in the softmax) */
+
+typedef struct {
+    uint64_t table;    /* fp16 [vocab, hidden] */
+    uint64_t tokens;   /* i32 [m] */
+    uint64_t history;  /* i32 [max_ctx]: history[pos0 + r] = tokens[r] (written) */
+    uint64_t resid;    /* f32 [m, hidden] residual rows, written (NaN for an out-of-range token) */
+    uint64_t state;    /* i32 state words: FLAGS |= BAD_TOKEN for an out-of-range token */
+    int32_t m, pos0, hidden, vocab, max_ctx;
+    int32_t _pad;
+} lab_llama_prefill_embed_params;
+
+typedef struct {
+    uint64_t qkv;      /* fp16 [m, heads*hd + 2*kv_dim]: q (rotated) is the first heads*hd of a row */
+    uint64_t k_cache;  /* fp16 [max_ctx, kv_dim] of this layer, rows 0 .. pos0+m-1 written */
+    uint64_t v_cache;  /* fp16 [max_ctx, kv_dim] of this layer */
+    uint64_t out;      /* fp16 [m, heads*hd] attention output, written */
+    int32_t m, pos0, heads, kv_heads, head_dim, max_ctx;
+    float scale;       /* 1 / sqrt(hd), applied to the fp32 score */
+    int32_t _pad;
+} lab_llama_prefill_attn_params;
+
+typedef struct {
+    uint64_t src;      /* u32 [k/8, n] canonical codes (rows already group-sorted for act-order) */
+    uint64_t dst;      /* u32 [ceil(k/32)][ceil(n/32)][32][4] gemm_v2 fragment order (src/kernels/gemm_layout.rs) */
+    uint64_t words;    /* prepared words = gemm_layout::prepared_words(k, n) */
+    int32_t k, n;      /* k % 8 == 0, n % 8 == 0 */
+} lab_llama_repack_params;
+
 #endif

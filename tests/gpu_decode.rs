@@ -1,15 +1,20 @@
 //! The GPU decode engine on a real GPU (skips with the reason elsewhere; REQUIRE_GPU=1 makes a
 //! skip a failure): op-by-op and end-to-end against the f64 reference on random tiny models of
 //! every weight form, against the CPU engine on the tiny fixture checkpoints, CUDA graph vs eager,
-//! synthetic weights' byte counts, and bad inputs refused.
+//! synthetic weights' byte counts, and bad inputs refused. The GEMM prefill is in every check
+//! (all rows' and the last row's logits vs the reference and the CPU engine, greedy tokens after
+//! it) and has its own tests below: long prompts in several chunks against the token-by-token
+//! prefill, and its bad inputs.
 
 use gptq_lab::cuda::gpu_or_skip;
 use gptq_lab::model::decode_bench::expected_weights;
 use gptq_lab::model::gpu_check::{
-    check_checkpoint, check_opts, check_tiny_case, tiny_cases, tiny_config, CHECK_NEW,
-    CHECK_PROMPT, FIXTURES,
+    check_checkpoint, check_tiny_case, fixture_opts, tiny_cases, tiny_config, worst, CHECK_NEW,
+    CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
 };
-use gptq_lab::model::gpu_engine::{EngineOptions, Fp16Backend, GpuEngine, WeightSource};
+use gptq_lab::model::gpu_engine::{
+    EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
+};
 use gptq_lab::model::gpu_weights::{SyntheticSpec, WeightKind};
 use std::path::Path;
 
@@ -44,7 +49,7 @@ fn gpu_engine_matches_the_cpu_engine_on_the_tiny_fixtures() {
             &root.join(name),
             &CHECK_PROMPT,
             CHECK_NEW,
-            check_opts(16, Fp16Backend::Cublas),
+            fixture_opts(),
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         eprintln!("{}", r.summary());
@@ -151,4 +156,117 @@ fn bad_tokens_and_a_full_cache_are_errors_not_wrong_results() {
         .to_string()
         .contains("KV cache is full"));
     assert!(e.set_position(4).is_err());
+}
+
+/// A 100-token prompt on random tiny models (int4 with and without act-order, fp16): the GEMM
+/// prefill in chunks of 32 (and 7, leaving odd GEMM tiles) gives the same last-row logits (within
+/// the end-to-end tolerance) and the same greedy continuation as the token-by-token prefill.
+#[test]
+fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
+    let Some(gpu) = gpu_or_skip("gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill")
+    else {
+        return;
+    };
+    let cfg = tiny_config();
+    let prompt: Vec<u32> = (0..100u32).map(|i| (i * 37 + 11) % 320).collect();
+    for (kind, chunk, int4) in [
+        (
+            WeightKind::Int4 {
+                group: 32,
+                act_order: true,
+                sym: false,
+            },
+            32,
+            PrefillInt4::Auto,
+        ),
+        (
+            WeightKind::Int4 {
+                group: 64,
+                act_order: false,
+                sym: true,
+            },
+            7,
+            PrefillInt4::GemmV1,
+        ),
+        (WeightKind::Fp16, 32, PrefillInt4::Auto),
+    ] {
+        let host = gptq_lab::model::gpu_weights::HostLlama::random(&cfg, 21, kind).unwrap();
+        let mut o = EngineOptions::new(128);
+        o.prefill_chunk = chunk;
+        o.prefill_int4 = int4;
+        let mut e = GpuEngine::new(
+            &gpu,
+            &cfg,
+            WeightSource::Host {
+                weights: &host,
+                label: "random 21",
+            },
+            o,
+        )
+        .unwrap();
+        let by_token = e
+            .generate_with(&prompt, 8, true, PrefillMode::TokenByToken)
+            .unwrap();
+        e.reset().unwrap();
+        for &t in &prompt {
+            e.feed(t, false, None).unwrap();
+        }
+        let want: Vec<f64> = e.logits().unwrap().iter().map(|&x| x as f64).collect();
+        e.reset().unwrap();
+        let got = e.prefill(&prompt, PrefillLogits::Last).unwrap();
+        assert_eq!(e.position(), prompt.len());
+        let (i, r) = worst(&got[0], &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap();
+        assert!(
+            r <= 1.0,
+            "{kind:?} chunk {chunk}: logit {i} off by {r:.2}x tolerance"
+        );
+        let gemm = e
+            .generate_with(&prompt, 8, true, PrefillMode::Gemm)
+            .unwrap();
+        assert_eq!(gemm, by_token, "{kind:?} chunk {chunk}");
+        e.check_state().unwrap();
+    }
+}
+
+#[test]
+fn prefill_refuses_bad_tokens_overflow_and_a_missing_workspace() {
+    let Some(gpu) = gpu_or_skip("prefill_refuses_bad_tokens_overflow_and_a_missing_workspace")
+    else {
+        return;
+    };
+    let cfg = tiny_config();
+    let synth = || {
+        WeightSource::Synthetic(SyntheticSpec {
+            kind: WeightKind::Fp16,
+            seed: 1,
+        })
+    };
+    let mut e = GpuEngine::new(&gpu, &cfg, synth(), EngineOptions::new(8)).unwrap();
+    let err = e
+        .prefill(&[1, 320], PrefillLogits::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vocab_size 320"), "{err}");
+    assert!(e.prefill(&[], PrefillLogits::None).is_err());
+    e.prefill(&[1, 2, 3, 4, 5], PrefillLogits::None).unwrap();
+    let err = e
+        .prefill(&[1, 2, 3, 4], PrefillLogits::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceed the KV cache"), "{err}");
+    // Continuing a prefill from position 5 fits exactly.
+    e.prefill(&[6, 7, 8], PrefillLogits::None).unwrap();
+    assert_eq!(e.position(), 8);
+    e.check_state().unwrap();
+    let mut o = EngineOptions::new(8);
+    o.prefill_chunk = 0;
+    let mut e = GpuEngine::new(&gpu, &cfg, synth(), o).unwrap();
+    let err = e
+        .prefill(&[1], PrefillLogits::None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefill_chunk 0"), "{err}");
+    // generate falls back to the token-by-token prefill.
+    assert_eq!(e.generate(&[1, 2, 3], 2, false).unwrap().len(), 2);
+    assert_eq!(e.vram().unwrap().prefill_bytes, 0);
 }

@@ -2,7 +2,7 @@
 // is captured once as a CUDA graph and replayed (the state words of abi.h: token, position, flags).
 //   lab_llama_fill          v1: counter-hash random u32 / fp16 fill, or a constant: synthetic weights on the GPU
 //   lab_llama_embed         v1: fp16 table row of state.token -> f32 residual; history[pos] = token
-//   lab_llama_add_rmsnorm   v1: one block: resid += delta (optional, fused residual add), out = fp16(w * resid / rms), fp32 math
+//   lab_llama_add_rmsnorm   v1: one block per row: resid += delta (optional, fused residual add), out = fp16(w * resid / rms), fp32 math
 //   lab_llama_rope_kv       v1: HF rotate-half RoPE on q and k in place (pairs i, i + hd/2), k and v appended at row pos
 //   lab_llama_silu_mul      v1: out = silu(gate) * up over the fused gate_up output, fp32 math
 //   lab_llama_argmax        v1: one block: greedy token (lowest index on ties, NaN ignored) -> state.token, pos += 1
@@ -53,10 +53,12 @@ extern "C" __global__ void lab_llama_embed(lab_llama_embed_params p) {
 // One block (a [hidden] vector is 20 KB at most: one SM is plenty, and a single block needs no
 // second pass). Each thread re-reads only the elements it wrote itself, so no barrier is needed
 // between the residual update and the second loop beyond the reduction's.
+// Rows: grid.x (decode launches 1 block; prefill one block per prompt row, rows hidden apart).
 extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
     __shared__ float scratch[32];
-    float* r = reinterpret_cast<float*>(p.resid);
-    const __half* d = reinterpret_cast<const __half*>(p.delta);
+    const size_t row = (size_t)blockIdx.x * p.hidden;
+    float* r = reinterpret_cast<float*>(p.resid) + row;
+    const __half* d = p.delta ? reinterpret_cast<const __half*>(p.delta) + row : nullptr;
     float ss = 0.f;
     for (int i = threadIdx.x; i < p.hidden; i += blockDim.x) {
         float v = r[i];
@@ -69,21 +71,22 @@ extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
     ss = llama_block_sum(ss, scratch);
     const float inv = rsqrtf(ss / (float)p.hidden + p.eps);
     const __half* w = reinterpret_cast<const __half*>(p.weight);
-    __half* o = reinterpret_cast<__half*>(p.out);
+    __half* o = reinterpret_cast<__half*>(p.out) + row;
     for (int i = threadIdx.x; i < p.hidden; i += blockDim.x)
         o[i] = __float2half_rn(__half2float(w[i]) * (r[i] * inv));
 }
 
 // Grid: heads + kv_heads blocks (q heads first, then k heads); block: hd/2 threads, thread i
 // rotates the pair (i, i + hd/2) by pos * inv_freq[i]. The k-head blocks also append k (rotated)
-// and v to the cache rows at pos.
+// and v to the cache rows at pos. grid.y = rows: row y is the qkv row y and position
+// state.pos + y (decode launches one row; prefill one per prompt row of the chunk).
 extern "C" __global__ void lab_llama_rope_kv(lab_llama_rope_params p) {
     int* st = reinterpret_cast<int*>(p.state);
-    const int pos = st[LAB_LLAMA_STATE_POS];
+    const int pos = st[LAB_LLAMA_STATE_POS] + (int)blockIdx.y;
     const int hd = p.head_dim, half = hd / 2, i = threadIdx.x;
     const int kv_dim = p.kv_heads * hd;
     if (i >= half) return;
-    __half* qkv = reinterpret_cast<__half*>(p.qkv);
+    __half* qkv = reinterpret_cast<__half*>(p.qkv) + (size_t)blockIdx.y * (p.heads * hd + 2 * kv_dim);
     const bool is_k = blockIdx.x >= (unsigned)p.heads;
     const int h = is_k ? blockIdx.x - p.heads : blockIdx.x;
     // q head h starts at h*hd; k head h right after the heads*hd q values.
@@ -109,9 +112,10 @@ extern "C" __global__ void lab_llama_rope_kv(lab_llama_rope_params p) {
     vc[i + half] = vsrc[i + half];
 }
 
+// Rows: grid.y (gate_up rows 2*inter apart, out rows inter apart); decode launches one row.
 extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
-    const __half* g = reinterpret_cast<const __half*>(p.gate_up);
-    __half* o = reinterpret_cast<__half*>(p.out);
+    const __half* g = reinterpret_cast<const __half*>(p.gate_up) + (size_t)blockIdx.y * 2 * p.inter;
+    __half* o = reinterpret_cast<__half*>(p.out) + (size_t)blockIdx.y * p.inter;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.inter; i += gridDim.x * blockDim.x) {
         const float a = __half2float(g[i]), u = __half2float(g[i + p.inter]);
         o[i] = __float2half_rn(a / (1.f + __expf(-a)) * u);

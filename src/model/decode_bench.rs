@@ -10,12 +10,17 @@
 //!   roofline tok/s = measured read ceiling (bytes/s) / bytes/token(ctx)
 //! where ctx is the mean number of cached positions a timed step attends (a step at position p
 //! reads p + 1 rows). Activations (a few KB per op) stay in L2 and are left out.
+//!
+//! Prefill is reported separately (`PrefillPoint`): one GEMM prefill of N prompt tokens from
+//! position 0 (128/512/1024/2048 by default), timed with CUDA events, tokens/s and the linear
+//! layers' TFLOP/s (2 x linear parameters x tokens: prefill is compute-bound, not a bandwidth
+//! roofline).
 
 use crate::bench::Ceilings;
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    EngineOptions, Fp16Backend, GpuEngine, WeightSource, DEFAULT_ATTN_CHUNK,
+    EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource, DEFAULT_ATTN_CHUNK,
 };
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
 use crate::model::vram::VramReport;
@@ -120,6 +125,40 @@ pub struct ContextPoint {
     pub achieved_gbs: f64,
 }
 
+/// One timed prefill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefillPoint {
+    /// Prompt tokens (from position 0).
+    pub tokens: usize,
+    pub ms: f64,
+    pub tokens_per_s: f64,
+    /// 2 x linear-layer parameters x tokens / time (the lm_head, attention and norms left out).
+    pub linear_tflops: f64,
+}
+
+/// Multiply-accumulates of the linear layers per token: sum of K x N over q,k,v,o,gate,up,down.
+pub fn linear_macs_per_token(cfg: &ModelConfig) -> u64 {
+    cfg.layer_linears()
+        .iter()
+        .map(|(_, k, n)| (*k * *n) as u64)
+        .sum::<u64>()
+        * cfg.num_hidden_layers as u64
+}
+
+pub fn prefill_point(cfg: &ModelConfig, tokens: usize, ms: f64) -> PrefillPoint {
+    let tps = if ms > 0.0 {
+        tokens as f64 * 1e3 / ms
+    } else {
+        0.0
+    };
+    PrefillPoint {
+        tokens,
+        ms,
+        tokens_per_s: tps,
+        linear_tflops: 2.0 * linear_macs_per_token(cfg) as f64 * tps / 1e12,
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeReport {
     pub header: ReportHeader,
@@ -135,6 +174,15 @@ pub struct DecodeReport {
     /// The ceiling the roofline uses (the measured pure-read bandwidth), GB/s.
     pub ceiling_gbs: f64,
     pub points: Vec<ContextPoint>,
+    /// GEMM prefill timings (empty in reports recorded before the GEMM prefill, or when this
+    /// run's prefill was timed in a sibling run of the same weights).
+    #[serde(default)]
+    pub prefill: Vec<PrefillPoint>,
+    /// Rows per prefill chunk and the int4 path per linear shape.
+    #[serde(default)]
+    pub prefill_chunk: usize,
+    #[serde(default)]
+    pub prefill_paths: Vec<String>,
     pub vram: VramReport,
     pub notes: Vec<String>,
 }
@@ -192,6 +240,11 @@ pub struct BenchPlan {
     pub seed: u64,
     pub fp16_backend: Fp16Backend,
     pub int4: crate::model::gpu_engine::Int4Kernel,
+    /// Prompt lengths to time a GEMM prefill at (empty: none).
+    pub prefill_lens: Vec<usize>,
+    /// Rows per prefill chunk.
+    pub prefill_chunk: usize,
+    pub prefill_int4: PrefillInt4,
 }
 
 /// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
@@ -206,10 +259,19 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     if plan.steps == 0 {
         return Err(LabError::invalid("--steps", "must be positive"));
     }
-    let max_ctx = max_pos + plan.warmup + plan.steps + 1;
+    let max_prefill = plan.prefill_lens.iter().copied().max().unwrap_or(0);
+    if plan.prefill_lens.contains(&0) {
+        return Err(LabError::invalid(
+            "--prefill-list",
+            "prompt lengths must be positive",
+        ));
+    }
+    let max_ctx = (max_pos + plan.warmup + plan.steps + 1).max(max_prefill);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = plan.fp16_backend;
     opts.int4 = plan.int4.clone();
+    opts.prefill_chunk = plan.prefill_chunk.min(max_ctx);
+    opts.prefill_int4 = plan.prefill_int4;
     let mut eng = GpuEngine::new(
         gpu,
         &plan.cfg,
@@ -224,7 +286,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     let bytes = BytesPerToken::new(&plan.cfg, &eng.weights.desc);
     let mut notes = vec![
         "weights: synthetic, generated on the GPU (random values, exact shapes): tokens are meaningless, bytes and timings are real".into(),
-        "KV cache: filled with random fp16 values up to each context (no prefill run); prefill in this engine is the decode step token by token".into(),
+        "KV cache: filled with random fp16 values up to each context for the decode timings (no prefill run before them)".into(),
         format!("timing: CUDA events around {} consecutive steps after {} warm-up steps, per mode; graph = the whole step replayed as one CUDA graph, eager = one launch per op from the host", plan.steps, plan.warmup),
     ];
     let mut points = Vec::new();
@@ -254,7 +316,28 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             ms[1],
         ));
     }
+    // Prefill last: it overwrites the cache rows it covers (the decode timings are done).
+    let mut prefill = Vec::new();
+    if !plan.prefill_lens.is_empty() {
+        notes.push(format!("prefill: one GEMM prefill of N random token ids from position 0 after one untimed prefill of the same length, CUDA events around the whole call (chunks of {} rows; int4 paths: {})", eng.prefill_chunk(), eng.prefill_int4_paths().join(", ")));
+    }
+    let vocab = plan.cfg.vocab_size as u64;
+    for &n in &plan.prefill_lens {
+        let toks: Vec<u32> = (0..n as u64)
+            .map(|i| ((i * 2654435761 + plan.seed) % vocab) as u32)
+            .collect();
+        eng.time_prefill(&toks)?;
+        let ms = eng.time_prefill(&toks)?;
+        let flags = eng.flags()?;
+        if flags != 0 {
+            notes.push(format!("prefill {n}: step state flags {flags:#x}"));
+        }
+        prefill.push(prefill_point(&plan.cfg, n, ms));
+    }
     Ok(DecodeReport {
+        prefill,
+        prefill_chunk: eng.prefill_chunk(),
+        prefill_paths: eng.prefill_int4_paths(),
         header: ReportHeader::new(&gpu.info, Some(*ceilings)),
         model: plan.cfg.name.clone(),
         config: plan.cfg.clone(),
@@ -344,6 +427,28 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             ],
             &rows,
         ));
+        if !r.prefill.is_empty() {
+            md.push_str(&format!(
+                "\nPrefill (GEMM, chunks of {} rows; timed separately from decode):\n\n",
+                r.prefill_chunk
+            ));
+            let rows: Vec<Vec<String>> = r
+                .prefill
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.tokens.to_string(),
+                        format!("{:.2}", p.ms),
+                        format!("{:.0}", p.tokens_per_s),
+                        format!("{:.1}", p.linear_tflops),
+                    ]
+                })
+                .collect();
+            md.push_str(&table(
+                &["prompt tokens", "ms", "prefill tok/s", "linear TFLOP/s"],
+                &rows,
+            ));
+        }
         let v = &r.vram;
         let g = |b: u64| format!("{:.2}", b as f64 / GIB);
         md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested.\n\n");
@@ -369,6 +474,11 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                     "workspace".into(),
                     g(v.workspace_driver_bytes),
                     g(v.workspace_bytes),
+                ],
+                vec![
+                    format!("prefill workspace ({} rows)", r.prefill_chunk),
+                    g(v.prefill_driver_bytes),
+                    g(v.prefill_bytes),
                 ],
                 vec![
                     "peak used (all of the card's used memory)".into(),
@@ -424,7 +534,10 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
     // engine's own bytes for each part, the driver's context reading.
     let mut vram = Vec::new();
     for r in runs {
-        let fixed = (r.vram.context_bytes + r.vram.weights_bytes + r.vram.workspace_bytes) as f64;
+        let fixed = (r.vram.context_bytes
+            + r.vram.weights_bytes
+            + r.vram.workspace_bytes
+            + r.vram.prefill_bytes) as f64;
         let kv_pos = r.vram.kv_bytes as f64 / r.max_ctx.max(1) as f64;
         let xs = [0usize, 512, 1024, 2048, 4096];
         vram.push(Series {
@@ -541,6 +654,37 @@ mod tests {
     }
 
     #[test]
+    fn prefill_point_counts_the_linear_flops() {
+        let cfg = ModelConfig::vicuna_7b();
+        // 7B linears: 32 x (4 x 4096^2 + 3 x 4096 x 11008) = 6.48e9 MACs per token.
+        assert_eq!(
+            linear_macs_per_token(&cfg),
+            32 * (4 * 4096 * 4096 + 3 * 4096 * 11008)
+        );
+        let p = prefill_point(&cfg, 512, 40.0);
+        assert!((p.tokens_per_s - 12800.0).abs() < 1e-9);
+        let want = 2.0 * 6_476_005_376.0 * 12800.0 / 1e12;
+        assert!((p.linear_tflops - want).abs() < 1e-9, "{}", p.linear_tflops);
+        assert_eq!(prefill_point(&cfg, 8, 0.0).tokens_per_s, 0.0);
+    }
+
+    #[test]
+    fn reports_recorded_before_prefill_still_load() {
+        let r = recorded(ModelConfig::vicuna_7b(), int4(false), &[(128, 1.6, 2.9)]);
+        let mut v = serde_json::to_value(&r).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for k in ["prefill", "prefill_chunk", "prefill_paths"] {
+            o.remove(k);
+        }
+        let back: DecodeReport = serde_json::from_value(v).unwrap();
+        assert!(back.prefill.is_empty() && back.prefill_chunk == 0);
+        let dir = tempfile::tempdir().unwrap();
+        write_decode_views(dir.path(), &[back]).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        assert!(!md.contains("Prefill (GEMM"), "{md}");
+    }
+
+    #[test]
     fn context_point_roofline_arithmetic() {
         let b = BytesPerToken {
             linear_bytes: 1_000_000_000,
@@ -600,8 +744,16 @@ mod tests {
                 weights_bytes: weights.total_bytes(),
                 kv_bytes: 1 << 30,
                 workspace_bytes: 35 << 20,
+                prefill_driver_bytes: 118 << 20,
+                prefill_bytes: 115 << 20,
                 peak_used_bytes: 6 << 30,
             },
+            prefill: [(128, 12.0), (512, 40.0)]
+                .iter()
+                .map(|&(n, ms)| prefill_point(&model, n, ms))
+                .collect(),
+            prefill_chunk: 512,
+            prefill_paths: vec!["4096 x 12288: GemmV2".into()],
             notes: vec!["recorded by hand for the report test".into()],
             config: model,
         }
@@ -640,6 +792,10 @@ mod tests {
         );
         // 1000 / 1.61 ms = 621.1 tok/s must appear in the int4 table.
         assert!(md.contains("621.1"), "{md}");
+        // Prefill: 512 tokens in 40 ms = 12800 tok/s, in its own table; the prefill workspace
+        // has its VRAM line.
+        assert!(md.contains("| 512 | 40.00 | 12800 |"), "{md}");
+        assert!(md.contains("prefill workspace (512 rows)"), "{md}");
         let json: Vec<DecodeReport> =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("decode.json")).unwrap())
                 .unwrap();

@@ -5,13 +5,18 @@
 //!   step by step; the first op out of tolerance is reported with its worst element;
 //! - end to end: GPU logits vs an independent f64 forward pass (teacher-forced tokens);
 //! - greedy tokens: GPU generation (eager and CUDA graph) vs the reference's greedy tokens.
+//! - GEMM prefill: every prompt row's logits (and the last row's alone) after one prefill vs the
+//!   reference's teacher-forced logits, within the end-to-end logit tolerance; the greedy tokens
+//!   of the decode graph continuing from a GEMM prefill vs the reference's.
 //!
 //! The reference math is HF LLaMA's (RMSNorm, rotate-half RoPE, GQA softmax attention, SwiGLU);
 //! `ref_forward_step` is written independently of the kernels.
 
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
-use crate::model::gpu_engine::{EngineOptions, Fp16Backend, GpuEngine, TraceEntry, WeightSource};
+use crate::model::gpu_engine::{
+    EngineOptions, Fp16Backend, GpuEngine, PrefillLogits, PrefillMode, TraceEntry, WeightSource,
+};
 use crate::model::gpu_weights::{HostLlama, WeightKind};
 use crate::Result;
 use serde::Serialize;
@@ -26,6 +31,9 @@ pub const OP_ATOL_RMS: f64 = 4e-3;
 /// layers of that; a wrong op moves logits by O(rms).
 pub const LOGIT_ATOL_RMS: f64 = 2e-2;
 pub const LOGIT_RTOL: f64 = 1e-2;
+// The GEMM prefill is held to the same logit tolerance: it rounds activations to fp16 at the same
+// points as the decode step (the GEMMs and cuBLAS accumulate in fp32 like the GEMVs), only the
+// summation order differs, which moves logits by rounding, not by O(rms).
 
 /// f64 dense weights for the reference.
 struct RefWeights {
@@ -283,9 +291,22 @@ pub struct CheckReport {
     pub ref_tokens: Vec<u32>,
     pub eager_tokens: Vec<u32>,
     pub graph_tokens: Vec<u32>,
+    /// Rows per prefill chunk of this check's engine (a 12-token prompt at chunk 5 runs 5 + 5 + 2).
+    pub prefill_chunk: usize,
+    /// Int4 prefill path per linear shape ("K x N: GemmV2" ...).
+    pub prefill_paths: Vec<String>,
+    /// GEMM prefill, every prompt row's logits vs the reference, in tolerances (worst row).
+    pub prefill_logits_ratio: f64,
+    pub prefill_worst_row: usize,
+    /// GEMM prefill, the last row's logits alone (PrefillLogits::Last), in tolerances.
+    pub prefill_last_ratio: f64,
+    /// Greedy tokens of the decode graph continuing from a GEMM prefill.
+    pub prefill_tokens: Vec<u32>,
     /// GPU logits vs the CPU reference engine (`CpuEngine`, f32 weights) over the prompt, in
     /// tolerances (fixtures only).
     pub cpu_engine_logits_ratio: Option<f64>,
+    /// GEMM prefill logits (every row) vs the CPU reference engine, in tolerances (fixtures only).
+    pub cpu_engine_prefill_ratio: Option<f64>,
     /// Why differing greedy tokens are accepted (a near-tie in the reference), if they differ.
     pub token_note: Option<String>,
     pub pass: bool,
@@ -313,8 +334,21 @@ impl CheckReport {
         } else if let Some(e) = &self.worst_op {
             s.push_str(&format!("\n  worst op: {e}"));
         }
+        s.push_str(&format!(
+            "\n  GEMM prefill (chunk {}): all rows {:.2}x tol (worst row {}), last row {:.2}x tol; tokens after it {:?}",
+            self.prefill_chunk,
+            self.prefill_logits_ratio,
+            self.prefill_worst_row,
+            self.prefill_last_ratio,
+            self.prefill_tokens
+        ));
         if let Some(r) = self.cpu_engine_logits_ratio {
             s.push_str(&format!("\n  logits vs the CPU engine: {r:.2}x tolerance"));
+        }
+        if let Some(r) = self.cpu_engine_prefill_ratio {
+            s.push_str(&format!(
+                "\n  GEMM prefill logits vs the CPU engine: {r:.2}x tolerance"
+            ));
         }
         if let Some(n) = &self.token_note {
             s.push_str(&format!("\n  {n}"));
@@ -515,8 +549,33 @@ pub fn check_engine(
         }
     }
 
-    let eager_tokens = eng.generate(prompt, n_new, false)?;
-    let graph_tokens = eng.generate(prompt, n_new, true)?;
+    let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
+    let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
+
+    // GEMM prefill: all rows, then the last row alone, then greedy decoding continuing from it.
+    eng.reset()?;
+    let rows = eng.prefill(prompt, PrefillLogits::All)?;
+    eng.check_state()?;
+    let (mut prefill_logits_ratio, mut prefill_worst_row) = (0f64, 0usize);
+    if rows.len() != prompt.len() {
+        prefill_logits_ratio = f64::INFINITY;
+    }
+    for (r, (got, want)) in rows.iter().zip(&ref_logits).enumerate() {
+        let (_, x) = worst(got, want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap_or((0, f64::INFINITY));
+        if exceeds(x, prefill_logits_ratio) {
+            prefill_logits_ratio = x;
+            prefill_worst_row = r;
+        }
+    }
+    eng.reset()?;
+    let last = eng.prefill(prompt, PrefillLogits::Last)?;
+    let prefill_last_ratio = match (last.first(), ref_logits.get(prompt.len() - 1)) {
+        (Some(got), Some(want)) => {
+            worst(got, want, LOGIT_RTOL, LOGIT_ATOL_RMS).map_or(f64::INFINITY, |(_, x)| x)
+        }
+        _ => f64::INFINITY,
+    };
+    let prefill_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::Gemm)?;
     // Differing tokens are accepted only past a point where the reference's top-2 margin is within
     // the logits tolerance (a near-tie: either choice is right, and everything after diverges).
     let lg_rms = ref_logits.last().map_or(1.0, |l| {
@@ -525,7 +584,11 @@ pub fn check_engine(
     let tie = 2.0 * LOGIT_ATOL_RMS * lg_rms;
     let mut token_note = None;
     let mut tokens_ok = true;
-    for (name, got) in [("eager", &eager_tokens), ("graph", &graph_tokens)] {
+    for (name, got) in [
+        ("eager", &eager_tokens),
+        ("graph", &graph_tokens),
+        ("GEMM prefill + graph", &prefill_tokens),
+    ] {
         if let Some(i) = (0..n_new).find(|&i| got.get(i) != ref_tokens.get(i)) {
             if margins[i] <= tie {
                 token_note = Some(format!("{name} tokens differ from step {i} on, where the reference's top-2 margin {:.4} is within the tolerance {tie:.4}: accepted", margins[i]));
@@ -546,8 +609,19 @@ pub fn check_engine(
         attn_chunk: chunk,
         steps: ref_logits.len(),
         ops_checked: ops,
-        pass: first_bad.is_none() && logits_ratio <= 1.0 && tokens_ok,
+        pass: first_bad.is_none()
+            && logits_ratio <= 1.0
+            && tokens_ok
+            && prefill_logits_ratio <= 1.0
+            && prefill_last_ratio <= 1.0,
         cpu_engine_logits_ratio: None,
+        cpu_engine_prefill_ratio: None,
+        prefill_chunk: eng.prefill_chunk(),
+        prefill_paths: eng.prefill_int4_paths(),
+        prefill_logits_ratio,
+        prefill_worst_row,
+        prefill_last_ratio,
+        prefill_tokens,
         worst_op,
         first_bad_op: first_bad,
         logits_ratio,
@@ -604,6 +678,24 @@ pub fn check_checkpoint(
     eng.check_state()?;
     report.cpu_engine_logits_ratio = Some(ratio);
     report.pass &= ratio <= 1.0;
+    // The GEMM prefill's every row against the CPU engine too.
+    eng.reset()?;
+    let rows = eng.prefill(prompt, PrefillLogits::All)?;
+    eng.check_state()?;
+    let mut pr = if rows.len() == cpu.len() {
+        0f64
+    } else {
+        f64::INFINITY
+    };
+    for (got, want) in rows.iter().zip(&cpu) {
+        let want: Vec<f64> = want.iter().map(|&x| f64::from(x)).collect();
+        let (_, r) = worst(got, &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap_or((0, f64::INFINITY));
+        if exceeds(r, pr) {
+            pr = r;
+        }
+    }
+    report.cpu_engine_prefill_ratio = Some(pr);
+    report.pass &= pr <= 1.0;
     Ok(report)
 }
 
@@ -630,7 +722,16 @@ pub struct TinyCase {
     pub seed: u64,
     /// Int4 kernel: None = the engine's own, else a registry GEMV variant.
     pub int4: Option<&'static crate::kernels::registry::Variant>,
+    /// Rows per prefill chunk: the 12-token prompt in one chunk (512), as 5 + 5 + 2 (chunks
+    /// continuing the cache at positions 5 and 10), or as 11 + 1 (a 1-row chunk: per-row GEMV).
+    pub prefill_chunk: usize,
+    /// Int4 prefill kernel: gemm_v2 (Auto on sm_80+) for most cases, gemm_v1 for int4 g32
+    /// act-order, the per-row GEMV for per-channel int4 (every path once).
+    pub prefill_int4: crate::model::gpu_engine::PrefillInt4,
 }
+
+/// Prefill chunks the tiny cases cycle through (see `TinyCase::prefill_chunk`).
+pub const PREFILL_CHUNKS: [usize; 3] = [512, 5, 11];
 
 /// Every weight form the engine takes: int4 with/without act-order, sym/asym, g32/g64/per-channel,
 /// fp16 through cuBLAS and through the lab GEMV.
@@ -664,17 +765,26 @@ pub fn tiny_cases() -> Vec<TinyCase> {
             backend,
             seed: 100 + i as u64,
             int4: None,
+            prefill_chunk: PREFILL_CHUNKS[i % 3],
+            prefill_int4: match i {
+                1 => crate::model::gpu_engine::PrefillInt4::GemmV1,
+                3 => crate::model::gpu_engine::PrefillInt4::RowGemv,
+                _ => crate::model::gpu_engine::PrefillInt4::Auto,
+            },
         }];
         v.extend(
             registry
                 .iter()
                 .filter_map(|n| crate::kernels::registry::by_name(n))
-                .map(|r| TinyCase {
+                .enumerate()
+                .map(|(j, r)| TinyCase {
                     kind,
                     chunk,
                     backend,
                     seed: 100 + i as u64,
                     int4: Some(r),
+                    prefill_chunk: PREFILL_CHUNKS[(i + j + 1) % 3],
+                    prefill_int4: crate::model::gpu_engine::PrefillInt4::Auto,
                 }),
         );
         v
@@ -690,11 +800,21 @@ pub fn check_opts(chunk: usize, backend: Fp16Backend) -> EngineOptions {
     o
 }
 
+/// Engine options of the fixture checks: the prompt prefilled in chunks of 5 rows (5 + 5 + 2), so
+/// the later chunks attend to cache rows an earlier chunk wrote.
+pub fn fixture_opts() -> EngineOptions {
+    let mut o = check_opts(16, Fp16Backend::Cublas);
+    o.prefill_chunk = 5;
+    o
+}
+
 /// Run one random tiny case.
 pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     let cfg = tiny_config();
     let host = HostLlama::random(&cfg, c.seed, c.kind)?;
     let mut o = check_opts(c.chunk, c.backend);
+    o.prefill_chunk = c.prefill_chunk;
+    o.prefill_int4 = c.prefill_int4;
     o.int4 = c.int4.map_or(
         crate::model::gpu_engine::Int4Kernel::Engine,
         crate::model::gpu_engine::Int4Kernel::Variant,

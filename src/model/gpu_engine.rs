@@ -8,7 +8,9 @@
 //!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> rope_kv -> attn_split ->
 //!   attn_combine -> o -> add_rmsnorm(+o) -> gate_up -> silu_mul -> down] -> add_rmsnorm(+down)
 //!   -> lm_head -> argmax
-//! Prefill runs this step token by token (a GEMM prefill comes later).
+//! Prefill (`gpu_prefill.rs`) runs all prompt tokens of a chunk through each layer at once (GEMM
+//! family / cuBLAS, causal prefill attention); `PrefillMode::TokenByToken` keeps the old path, this
+//! step once per prompt token, as the reference.
 //! Linear layers go through `GpuEngine::linear` only: int4 via the engine's own split-K GEMV
 //! (lab_llama_q4_gemv) until the registry's GEMV variants serve it, fp16 via cuBLAS (or the lab
 //! fp16 GEMV where cuBLAS cannot be loaded).
@@ -31,6 +33,13 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+#[path = "gpu_prefill.rs"]
+mod prefill;
+pub use prefill::{
+    attn_smem_bytes, chunks, int4_path, row_tiles, Int4Path, PrefillInt4, PrefillLogits,
+    PrefillMode, PrefillSizes, DEFAULT_PREFILL_CHUNK, GEMM_ROWS,
+};
 
 /// Positions per attention split block. 128: at 2048 positions 16 splits x 32 heads = 512 blocks
 /// (about 4 per H100 SM); each block reads 128 x 256 B of K and of V.
@@ -57,6 +66,13 @@ pub struct EngineOptions {
     pub fp16_backend: Fp16Backend,
     /// Which kernel computes the int4 linears.
     pub int4: Int4Kernel,
+    /// Rows per prefill chunk (the m of the prefill GEMMs; longer prompts go in chunks). 0: no
+    /// prefill workspace, prompts run token by token.
+    pub prefill_chunk: usize,
+    /// Which kernel computes the int4 linears of a prefill.
+    pub prefill_int4: PrefillInt4,
+    /// How `generate` fills the cache with the prompt.
+    pub prefill: PrefillMode,
 }
 
 /// Which kernel computes the int4 linears.
@@ -117,6 +133,9 @@ impl EngineOptions {
             attn_chunk: DEFAULT_ATTN_CHUNK,
             fp16_backend: Fp16Backend::Cublas,
             int4: Int4Kernel::Engine,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
+            prefill_int4: PrefillInt4::Auto,
+            prefill: PrefillMode::Gemm,
         }
     }
 }
@@ -273,6 +292,8 @@ pub struct GpuEngine {
     gemv_fns: HashMap<String, CudaFunction>,
     /// The registry variant and tunables of each int4 linear shape (empty: the engine's kernel).
     int4_choice: HashMap<ShapeKey, (&'static Variant, Tunables)>,
+    /// GEMM prefill kernels and workspace (None: prefill_chunk 0).
+    prefill: Option<prefill::Prefill>,
 }
 
 /// (k, n, rows per group, act-order): what decides an int4 linear's kernel.
@@ -333,6 +354,11 @@ impl GpuEngine {
         let k = Kernels::load(gpu)?;
         let ctx = gpu.ctx.clone();
         let stream = ctx.new_stream().ctx("creating the engine's stream")?;
+        // Buffers freed just before (a previous engine, the ceiling probes) return to the driver
+        // only at a synchronization: the first H100 run counted ~2 GiB of freed probe buffers as
+        // "CUDA context" without this.
+        ctx.synchronize()
+            .ctx("draining freed memory before the VRAM readings")?;
         let (free, total) = ctx.mem_get_info().ctx("cuMemGetInfo")?;
         let mut vram = VramLedger::start(free as u64, total as u64);
 
@@ -455,6 +481,23 @@ impl GpuEngine {
             }
         }
 
+        // The prefill workspace last, as its own ledger line (it is the part a decode-only run
+        // could do without).
+        let prefill = prefill::Prefill::new(
+            gpu,
+            &stream,
+            cfg,
+            &weights,
+            opts.prefill_chunk.min(opts.max_ctx),
+            opts.prefill_int4,
+        )?;
+        stream.synchronize().ctx("prefill workspace allocation")?;
+        vram.phase(
+            Phase::Prefill,
+            free_now(&ctx)?,
+            prefill.as_ref().map_or(0, |p| p.bufs.sizes.bytes()),
+        );
+
         Ok(GpuEngine {
             cfg: cfg.clone(),
             sms: gpu.info.sms.max(1) as usize,
@@ -473,6 +516,7 @@ impl GpuEngine {
             fp16_backend,
             gemv_fns,
             int4_choice,
+            prefill,
         })
     }
 
@@ -1047,9 +1091,22 @@ impl GpuEngine {
         self.stream.clone_dtoh(&self.b.logits).ctx("reading logits")
     }
 
-    /// Greedy generation: reset, prefill `prompt` token by token, then `n_new` greedy steps with
-    /// the token chained on the device. Returns the new tokens.
+    /// Greedy generation: reset, prefill `prompt` (`EngineOptions::prefill`: the GEMM prefill, or
+    /// token by token; token by token also when the engine has no prefill workspace), then
+    /// `n_new` greedy steps with the token chained on the device. Returns the new tokens.
     pub fn generate(&mut self, prompt: &[u32], n_new: usize, graph: bool) -> Result<Vec<u32>> {
+        let mode = self.opts.prefill;
+        self.generate_with(prompt, n_new, graph, mode)
+    }
+
+    /// `generate` with the prefill mode given (comparisons of the two prefills).
+    pub fn generate_with(
+        &mut self,
+        prompt: &[u32],
+        n_new: usize,
+        graph: bool,
+        mode: PrefillMode,
+    ) -> Result<Vec<u32>> {
         if prompt.is_empty() {
             return Err(LabError::invalid("prompt", "needs at least one token"));
         }
@@ -1069,8 +1126,12 @@ impl GpuEngine {
         }
         self.reset()?;
         let start = self.pos;
-        for &t in prompt {
-            self.feed(t, graph, None)?;
+        if mode == PrefillMode::Gemm && self.prefill.is_some() {
+            self.prefill(prompt, PrefillLogits::None)?;
+        } else {
+            for &t in prompt {
+                self.feed(t, graph, None)?;
+            }
         }
         for _ in 1..n_new {
             self.step_greedy(graph)?;

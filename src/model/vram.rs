@@ -13,6 +13,9 @@ pub enum Phase {
     /// Activations, logits, attention partials, GEMV split-K accumulator, cuBLAS workspace,
     /// the instantiated CUDA graph.
     Workspace,
+    /// The prefill chunk's m-row activations, the GEMM split-K workspace, the gemm_v2 repack
+    /// scratch (`gpu_prefill::PrefillSizes`); allocated once at engine construction.
+    Prefill,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -29,6 +32,12 @@ pub struct VramReport {
     pub weights_bytes: u64,
     pub kv_bytes: u64,
     pub workspace_bytes: u64,
+    /// Prefill workspace (m-row activations, GEMM split-K workspace, repack scratch): driver view
+    /// and engine view. Absent (0) in reports recorded before the GEMM prefill existed.
+    #[serde(default)]
+    pub prefill_driver_bytes: u64,
+    #[serde(default)]
+    pub prefill_bytes: u64,
     /// Highest used memory (total - free) seen at any reading.
     pub peak_used_bytes: u64,
 }
@@ -71,6 +80,10 @@ impl VramLedger {
                 r.workspace_driver_bytes += used;
                 r.workspace_bytes += own;
             }
+            Phase::Prefill => {
+                r.prefill_driver_bytes += used;
+                r.prefill_bytes += own;
+            }
         }
         self.last_free = free;
         self.observe(free);
@@ -111,5 +124,24 @@ mod tests {
         // Free memory that grows (another process freed some) counts as zero, not a wrap-around.
         l.phase(Phase::Workspace, 78 * G, 0);
         assert_eq!(l.report().workspace_driver_bytes, G / 2);
+        // The prefill phase is its own line, and a later reading moves nothing else.
+        l.phase(Phase::Prefill, 78 * G - 100 * (1 << 20), 99 << 20);
+        let r = l.report();
+        assert_eq!(
+            (r.prefill_driver_bytes, r.prefill_bytes),
+            (100 << 20, 99 << 20)
+        );
+        assert_eq!(r.workspace_driver_bytes, G / 2);
+    }
+
+    #[test]
+    fn reports_recorded_before_prefill_still_parse() {
+        let old = r#"{"total_bytes":1,"context_bytes":2,"weights_driver_bytes":3,"kv_driver_bytes":4,
+            "workspace_driver_bytes":5,"weights_bytes":6,"kv_bytes":7,"workspace_bytes":8,"peak_used_bytes":9}"#;
+        let r: VramReport = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.workspace_bytes, r.prefill_bytes, r.prefill_driver_bytes),
+            (8, 0, 0)
+        );
     }
 }

@@ -3,13 +3,15 @@
 //!   lab decode --backend gpu --model vicuna-7b,vicuna-13b --weights int4,int4-act,fp16 \
 //!              --ctx-list 128,512,1024,2048 [--root DIR] [--json]
 //!       synthetic weights of the exact shapes, generated on the GPU: tokens/s (graph and eager),
-//!       % of the bandwidth roofline, VRAM by part -> <root>/reports/<gpu>/decode.{json,md,svg}
+//!       % of the bandwidth roofline, VRAM by part, GEMM prefill tokens/s at --prefill-list
+//!       lengths -> <root>/reports/<gpu>/decode.{json,md,svg}
 //!       (--act-order / --fp16 add int4-act / fp16 to --weights)
 //!   lab decode --backend gpu --model tiny-check [--fixtures DIR]
 //!       correctness: GPU vs f64 reference op by op, layer by layer, on random tiny models and the
 //!       tiny fixture checkpoints (also vs the CPU engine); exits non-zero naming the first bad op
 //!   lab decode --backend gpu --checkpoint DIR --prompt-ids 1,2,3 [--max-new-tokens N]
-//!       greedy (or top-p over copied logits) generation from real weights, prefill token by token
+//!       greedy (or top-p over copied logits) generation from real weights; the prompt through the
+//!       GEMM prefill (--prefill tokens: the decode step once per prompt token, for comparison)
 
 use super::DecodeArgs;
 use anyhow::{bail, Context};
@@ -20,11 +22,12 @@ use gptq_lab::model::decode_bench::{
     run_decode_bench, write_decode_report, BenchPlan, DecodeReport,
 };
 use gptq_lab::model::gpu_check::{
-    check_checkpoint, check_opts, check_tiny_case, tiny_cases, CheckReport, CHECK_NEW,
+    check_checkpoint, check_tiny_case, fixture_opts, tiny_cases, CheckReport, CHECK_NEW,
     CHECK_PROMPT, FIXTURES,
 };
 use gptq_lab::model::gpu_engine::{
-    parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, WeightSource,
+    parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillInt4,
+    PrefillLogits, PrefillMode, WeightSource, DEFAULT_PREFILL_CHUNK,
 };
 use gptq_lab::model::gpu_weights::WeightKind;
 use gptq_lab::model::layer_source::CheckpointLayers;
@@ -79,6 +82,51 @@ pub struct GpuArgs {
     /// Skip the fixture checkpoints in tiny-check (random tiny models only).
     #[arg(long)]
     no_fixtures: bool,
+    /// Prompt lengths to time a GEMM prefill at (from position 0; once per model and weights).
+    /// Empty (--prefill-list '') times none.
+    #[arg(long, default_value = "128,512,1024,2048", value_delimiter = ',')]
+    prefill_list: Vec<String>,
+    /// Rows per prefill chunk (the GEMMs' m; longer prompts go in chunks).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
+    /// Int4 prefill kernel: auto (gemm_v2_mma on sm_80+, else gemm_v1_simt), v2, v1, rows (the
+    /// decode GEMV once per row).
+    #[arg(long, default_value = "auto", value_parser = prefill_int4)]
+    prefill_int4: PrefillInt4,
+    /// How generation fills the cache with the prompt: gemm (the prefill GEMMs) or tokens (the
+    /// decode step once per prompt token, the reference).
+    #[arg(long, default_value = "gemm", value_parser = prefill_mode)]
+    prefill: PrefillMode,
+}
+
+fn prefill_int4(s: &str) -> Result<PrefillInt4, String> {
+    Ok(match s {
+        "auto" => PrefillInt4::Auto,
+        "v2" | "gemm_v2_mma" => PrefillInt4::GemmV2,
+        "v1" | "gemm_v1_simt" => PrefillInt4::GemmV1,
+        "rows" => PrefillInt4::RowGemv,
+        o => return Err(format!("'{o}': expected auto, v2, v1 or rows")),
+    })
+}
+
+fn prefill_mode(s: &str) -> Result<PrefillMode, String> {
+    Ok(match s {
+        "gemm" => PrefillMode::Gemm,
+        "tokens" => PrefillMode::TokenByToken,
+        o => return Err(format!("'{o}': expected gemm or tokens")),
+    })
+}
+
+fn prefill_lens(list: &[String]) -> anyhow::Result<Vec<usize>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!(
+                "--prefill-list {s}: expected positive prompt lengths, e.g. 128,512,1024,2048"
+            ),
+        })
+        .collect()
 }
 
 fn open_gpu() -> anyhow::Result<Gpu> {
@@ -145,6 +193,11 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         .map(|m| ModelConfig::preset(m.trim()))
         .collect::<Result<Vec<_>, _>>()?;
     let backend = fp16_backend(&g.fp16_backend)?;
+    let lens = prefill_lens(&g.prefill_list)?;
+    let pf_int4 = g.prefill_int4;
+    if g.prefill_chunk == 0 && !lens.is_empty() {
+        bail!("--prefill-chunk 0 leaves no prefill to time: give a chunk (e.g. 512) or --prefill-list ''");
+    }
     let gpu = open_gpu()?;
     let t0 = Instant::now();
     let ceilings = measure_ceilings(&gpu).context("measuring bandwidth ceilings")?;
@@ -170,8 +223,12 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         })
         .collect();
     for cfg in &cfgs {
+        let mut prefill_timed: Vec<WeightKind> = Vec::new();
         for (kind, int4) in &combos {
             let (kind, int4) = (*kind, int4.clone());
+            // The prefill does not use the decode's int4 GEMV: time it once per weights.
+            let time_prefill = !prefill_timed.contains(&kind);
+            prefill_timed.push(kind);
             let t = Instant::now();
             let plan = BenchPlan {
                 cfg: cfg.clone(),
@@ -182,6 +239,13 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 seed: a.seed.wrapping_add(1),
                 fp16_backend: backend,
                 int4: int4.clone(),
+                prefill_lens: if time_prefill {
+                    lens.clone()
+                } else {
+                    Vec::new()
+                },
+                prefill_chunk: g.prefill_chunk,
+                prefill_int4: pf_int4,
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -237,6 +301,12 @@ fn print_run(r: &DecodeReport, secs: f64) {
             p.ctx, p.graph_ms_per_token, p.graph_tokens_per_s, p.eager_ms_per_token, p.eager_tokens_per_s, p.bytes_per_token / 1e9, p.achieved_gbs, p.roofline_pct, p.roofline_tokens_per_s
         );
     }
+    for p in &r.prefill {
+        eprintln!(
+            "  prefill {:>5} tokens: {:8.2} ms, {:8.0} tok/s, {:.1} linear TFLOP/s",
+            p.tokens, p.ms, p.tokens_per_s, p.linear_tflops
+        );
+    }
     for n in r.notes.iter().filter(|n| n.contains("flags")) {
         eprintln!("  note: {n}");
     }
@@ -286,13 +356,7 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
             Some(root) => {
                 for name in FIXTURES {
                     let dir = root.join(name);
-                    match check_checkpoint(
-                        &gpu,
-                        &dir,
-                        &CHECK_PROMPT,
-                        CHECK_NEW,
-                        check_opts(16, Fp16Backend::Cublas),
-                    ) {
+                    match check_checkpoint(&gpu, &dir, &CHECK_PROMPT, CHECK_NEW, fixture_opts()) {
                         Ok(r) => {
                             println!("{}", r.summary());
                             reports.push(r);
@@ -353,6 +417,10 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
+    opts.prefill = a.gpu.prefill;
+    opts.prefill_chunk = a.gpu.prefill_chunk.min(max_ctx);
+    opts.prefill_int4 = a.gpu.prefill_int4;
+    let mode = opts.prefill;
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),
@@ -381,8 +449,12 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             let mut sampler = gptq_lab::model::sampler::Sampler::new(sampling, a.seed);
             eng.capture_graph()?;
             eng.reset()?;
-            for &t in &prompt {
-                eng.feed(t, true, None)?;
+            if mode == PrefillMode::Gemm && eng.prefill_chunk() > 0 {
+                eng.prefill(&prompt, PrefillLogits::None)?;
+            } else {
+                for &t in &prompt {
+                    eng.feed(t, true, None)?;
+                }
             }
             let mut out = Vec::new();
             for i in 0..a.max_new_tokens {
@@ -404,7 +476,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let vram = eng.vram()?;
     if a.json {
         let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text,
-            "timings": {"load_s": load_s, "generate_s": gen_s, "note": "prefill runs the decode step token by token"}, "load": eng.weights.load, "vram": vram});
+            "timings": {"load_s": load_s, "generate_s": gen_s, "prefill": format!("{mode:?}")}, "load": eng.weights.load, "vram": vram});
         println!("{}", serde_json::to_string(&out)?);
     } else {
         print_load(&eng.weights.desc, eng.weights.load.as_ref(), &vram, load_s);
@@ -412,7 +484,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             Some(t) => println!("{t}"),
             None => println!("{tokens:?}"),
         }
-        eprintln!("gpu: {} prompt + {} new tokens in {gen_s:.3} s (prefill token by token), load {load_s:.2} s", prompt.len(), tokens.len());
+        eprintln!("gpu: {} prompt + {} new tokens in {gen_s:.3} s (prefill: {mode:?}), load {load_s:.2} s", prompt.len(), tokens.len());
     }
     Ok(())
 }
