@@ -41,8 +41,8 @@
 // Design numbers (H100 SXM: 132 SMs, 3.35 TB/s spec, 3088 GB/s measured read ceiling):
 //   bytes per thread per chunk: 64 weights + 8 scales + 4 zeros = 76 B (weights 2 x 64 B buffered).
 //   loads in flight per SM: 512 threads (launch bounds (T, 512/T)) x 64-128 B = 32-64 KB (>= 32 KB).
-//   registers: <= 128 by the launch bounds; expected ~80-100 (2 x 16 weight + 2 x 3 scale/zero +
-//   8 zero constants + 4+4 sums + addresses); smem: 8 KB x + 4 KB/8 KB (T 256/512) reduction.
+//   registers: <= 128 by the launch bounds; ptxas (CUDA 13.0) 95 sm_75, 84 sm_80-89, 87 sm_90, no
+//   spills (2 x 16 weight + 2 x 3 scale/zero + 8 zero constants + 4+4 sums + addresses); smem: 8 KB x + 4 KB/8 KB (T 256/512) reduction.
 //   occupancy: 16 warps per SM (2 blocks of 256, 4 of 128, 1 of 512); smem allows more everywhere.
 //   grids at T = 256 (auto split: gemv.rs v6_split; slots = 132 x 2):
 //     K x N        tiles x split = blocks (per SM)  k_slice  chunks/warp  MB     t @90%  t @100%

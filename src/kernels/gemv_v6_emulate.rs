@@ -70,7 +70,7 @@ fn emulate(
     let mut partial = vec![0f64; n];
     let mut tickets = vec![0usize; tiles];
     for by in 0..slices {
-        for bx in 0..tiles {
+        for (bx, ticket) in tickets.iter_mut().enumerate() {
             let slice_words = k_slice / 8;
             let w_begin = by * slice_words;
             let w_end = kw.min(w_begin + slice_words);
@@ -166,14 +166,14 @@ fn emulate(
                 }
             }
             if slices > 1 {
-                tickets[bx] += 1;
-                if tickets[bx] == slices {
+                *ticket += 1;
+                if *ticket == slices {
                     for out in (TILE * bx..TILE * (bx + 1)).filter(|&o| o < n) {
                         t.finals[out] += 1;
                         t.y[out] = partial[out] + bias(out);
                         partial[out] = 0.0;
                     }
-                    tickets[bx] = 0;
+                    *ticket = 0;
                 }
             }
         }
