@@ -68,6 +68,12 @@ typedef struct {
 #define LAB_GEMM_V2_STAGE_FIXED_BYTES 9472
 #define LAB_GEMM_V2_STAGE_BYTES_PER_MTILE 2304
 
+/* ---- Batch-1 GEMV v6 (kernels/gemv/gemv_v6_pipe.cu, src/kernels/gemv.rs): one definition for both sides ---- */
+#define LAB_GEMV_V6_TILE_N 128      /* output columns per block: 32 lanes x 4 columns (512 B per packed row) */
+#define LAB_GEMV_V6_CHUNK_WORDS 4   /* packed rows per warp chunk = 32 k-rows, never across a group (G >= 32) */
+#define LAB_GEMV_V6_XS_ROWS 4096    /* x rows staged in shared memory per block (8 KB fp16) = largest k_slice */
+#define LAB_GEMV_V6_THREADS_PER_SM 512 /* __launch_bounds__(T, 512 / T): <= 128 registers, 16 warps per SM */
+
 /* ---- LLaMA decode ops (kernels/llama/) ----
  * One decode step is a fixed sequence of launches whose only per-step inputs live in device
  * memory (the state words below), so the whole step is captured once as a CUDA graph and replayed.

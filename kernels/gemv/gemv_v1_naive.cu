@@ -4,6 +4,7 @@
 //   v3 gemv_v3_gather.cu  act-order by g_idx gather: v2's loads, scale/zero looked up per row (the slow 2023 way).
 //   v4 gemv_v4_perm.cu    act-order by load-time reorder: v2 with a fused x[perm[r]] gather (null perm = v2).
 //   v5 gemv_v5_splitk.cu  split-K: v4's tile over K slices (grid.y), fp32 atomics, last block per tile finishes.
+//   v6 gemv_v6_pipe.cu    128-column tiles, next chunk's loads in flight during the dequant, x (permuted) staged in smem, auto split-K.
 //   baseline gemv_dequant.cu  dequant-to-fp16 W [k,n] for the "dequant + cuBLAS" baseline (cuBLAS fp16 is host-side).
 // Checked by: lab check --family gemv      Timed by: lab bench --family gemv
 #include <cuda_fp16.h>

@@ -4,7 +4,9 @@
 //! prepared layout uploaded in enough copies to exceed twice the L2, copies rotated launch by
 //! launch, CUDA events around each launch (`bench::timing`).
 
-use crate::bench::timing::{copies_to_exceed_l2, launch_samples_us, time_launches, TimingConfig};
+use crate::bench::timing::{
+    copies_to_exceed_l2, launch_samples_us, time_back_to_back, time_launches, TimingConfig,
+};
 use crate::bench::Timing;
 use crate::check::cases::Shape;
 use crate::cuda::Gpu;
@@ -193,6 +195,23 @@ impl ColdLayer {
         let params = Tunables::new();
         let (v, layers, x, y) = (self.variant, &self.layers, &self.x, &mut self.y);
         time_launches(gpu, cfg, |i| {
+            launch(gpu, v, &layers[i % layers.len()], x, m, y, &params)
+        })
+    }
+
+    /// Back-to-back: `cfg.iters` event pairs around `per_pair` cold launches each (copies rotated
+    /// launch by launch as in `time`), per-launch statistics (`bench::timing::time_back_to_back`).
+    pub fn time_back_to_back(
+        &mut self,
+        gpu: &Gpu,
+        m: usize,
+        cfg: &TimingConfig,
+        per_pair: usize,
+    ) -> Result<Timing> {
+        self.check_m(m)?;
+        let params = Tunables::new();
+        let (v, layers, x, y) = (self.variant, &self.layers, &self.x, &mut self.y);
+        time_back_to_back(gpu, cfg, per_pair, |i| {
             launch(gpu, v, &layers[i % layers.len()], x, m, y, &params)
         })
     }

@@ -1,6 +1,7 @@
 //! The one timing harness, used by criterion benches, `lab bench`, the tuner and the decode
 //! engine's measurements: CUDA events around each launch, warm-up first, median and interquartile
-//! mean; callers rotate weights across copies whose total exceeds L2 (`copies_to_exceed_l2`) so
+//! mean (or, to separate the per-launch fixed cost, one event pair around N back-to-back launches);
+//! callers rotate weights across copies whose total exceeds L2 (`copies_to_exceed_l2`) so
 //! every figure is a cold-weight figure.
 
 pub mod ceilings;
@@ -9,6 +10,6 @@ pub mod timing;
 
 pub use ceilings::{measure_ceilings, Ceilings};
 pub use stats::Timing;
-pub use timing::{copies_to_exceed_l2, time_launches, TimingConfig};
+pub use timing::{copies_to_exceed_l2, time_back_to_back, time_launches, TimingConfig};
 pub mod cold;
 pub mod sweep;

@@ -42,6 +42,43 @@ pub struct SweepRow {
     /// cuBLAS fp16 time / this time, same shape and batch (None for the baseline itself when absent).
     pub speedup_vs_cublas: Option<f64>,
     pub copies_rotated: usize,
+    /// Per-launch statistics with one event pair around `SweepOptions::back_to_back` consecutive
+    /// launches (copies still rotated): the kernel time without most of the per-launch fixed
+    /// cost. Absent in reports recorded before it existed, or when turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_to_back: Option<BackToBack>,
+}
+
+/// Back-to-back timing of one sweep row.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct BackToBack {
+    /// Launches between one pair of events.
+    pub launches_per_pair: usize,
+    /// Per-launch statistics over the pairs.
+    pub timing: Timing,
+}
+
+impl SweepRow {
+    /// Per-launch fixed cost estimate: one-pair-per-launch IQM minus the back-to-back IQM.
+    pub fn fixed_cost_us(&self) -> Option<f64> {
+        self.back_to_back
+            .map(|b| self.timing.iqm_us - b.timing.iqm_us)
+    }
+}
+
+/// What a sweep measures besides the one-event-pair-per-launch timing.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepOptions {
+    /// Launches per event pair of the extra back-to-back timing (0 = skip it).
+    pub back_to_back: usize,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        // 20 launches per pair: at >= 8 us per GEMV the queue stays ahead of the host's ~3-5 us
+        // launch overhead, and one pair (> 160 us) dwarfs the event resolution (~0.5 us).
+        SweepOptions { back_to_back: 20 }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +115,18 @@ pub fn run_family(
     quick: bool,
     dir: &Path,
 ) -> Result<()> {
+    run_family_with(gpu, header, family, quick, dir, &SweepOptions::default())
+}
+
+/// `run_family` with explicit options (the back-to-back column's launches per event pair).
+pub fn run_family_with(
+    gpu: &Gpu,
+    header: &ReportHeader,
+    family: &str,
+    quick: bool,
+    dir: &Path,
+    opts: &SweepOptions,
+) -> Result<()> {
     let fam = match family {
         "gemv" => Family::Gemv,
         "gemm" => Family::Gemm,
@@ -98,6 +147,11 @@ pub fn run_family(
         Family::Gemv => &[1],
         _ if quick => GEMM_BATCHES_QUICK,
         _ => GEMM_BATCHES,
+    };
+    // Back-to-back: a few pairs are enough (each pair already averages many launches).
+    let b2b_cfg = TimingConfig {
+        warmup: 2,
+        iters: if quick { 5 } else { 10 },
     };
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
@@ -122,13 +176,23 @@ pub fn run_family(
                 };
                 let timed = ColdLayer::new(gpu, v, &input).and_then(|mut cold| {
                     ms.iter()
-                        .map(|&m| Ok((m, cold.time(gpu, m, &cfg)?, cold.bytes_moved(m))))
+                        .map(|&m| {
+                            let t = cold.time(gpu, m, &cfg)?;
+                            let b2b = match opts.back_to_back {
+                                0 => None,
+                                per_pair => Some(BackToBack {
+                                    launches_per_pair: per_pair,
+                                    timing: cold.time_back_to_back(gpu, m, &b2b_cfg, per_pair)?,
+                                }),
+                            };
+                            Ok((m, t, b2b, cold.bytes_moved(m)))
+                        })
                         .collect::<Result<Vec<_>>>()
                         .map(|t| (t, cold.copies()))
                 });
                 match timed {
                     Ok((results, copies)) => {
-                        for (m, t, bytes) in results {
+                        for (m, t, back_to_back, bytes) in results {
                             let gbps = t.gbps(bytes);
                             rows.push(SweepRow {
                                 variant: v.name.to_string(),
@@ -144,6 +208,7 @@ pub fn run_family(
                                 pct_read_ceiling: 100.0 * gbps / read_ceiling,
                                 speedup_vs_cublas: None,
                                 copies_rotated: copies,
+                                back_to_back,
                             });
                         }
                     }
@@ -192,12 +257,13 @@ pub fn write_sweep_views(dir: &Path, r: &SweepReport) -> Result<()> {
         ));
     }
     let mut md = format!(
-        "# {} sweep{}\n\n{}{}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n\n",
+        "# {} sweep{}\n\n{}{}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n{}\n",
         r.family,
         if r.quick { " (quick)" } else { "" },
         r.header.markdown(),
         r.header.stale_note().map_or(String::new(), |s| format!("\n{s}\n")),
         launches_per_row(r),
+        back_to_back_note(r),
     );
     let rows: Vec<Vec<String>> = r
         .rows
@@ -218,6 +284,9 @@ pub fn write_sweep_views(dir: &Path, r: &SweepReport) -> Result<()> {
                 format!("{:.1}%", x.pct_read_ceiling),
                 x.speedup_vs_cublas
                     .map_or("-".into(), |s| format!("{s:.2}x")),
+                x.back_to_back
+                    .map_or("-".into(), |b| format!("{:.1}", b.timing.iqm_us)),
+                x.fixed_cost_us().map_or("-".into(), |f| format!("{f:.1}")),
             ]
         })
         .collect();
@@ -232,6 +301,8 @@ pub fn write_sweep_views(dir: &Path, r: &SweepReport) -> Result<()> {
             "GB/s",
             "% read ceiling",
             "vs cuBLAS fp16",
+            "us back-to-back",
+            "fixed us/launch",
         ],
         &rows,
     ));
@@ -243,6 +314,24 @@ pub fn write_sweep_views(dir: &Path, r: &SweepReport) -> Result<()> {
     }
     write_atomic(&dir.join(format!("{}.md", r.family)), md.as_bytes())?;
     plot_sweep(dir, r)
+}
+
+/// How the back-to-back column was measured, from the recorded rows ("" when no row has it).
+fn back_to_back_note(r: &SweepReport) -> String {
+    let mut per: Vec<usize> = r
+        .rows
+        .iter()
+        .filter_map(|x| x.back_to_back.map(|b| b.launches_per_pair))
+        .collect();
+    per.sort_unstable();
+    per.dedup();
+    match (per.first(), per.last()) {
+        (Some(a), Some(b)) => format!(
+            "\"us back-to-back\": one event pair around {} consecutive launches (copies still rotated), per launch; \"fixed us/launch\" = us (IQM) minus it: the per-launch cost (launch gap, ramp, tail) the one-pair-per-launch column includes.\n",
+            if a == b { a.to_string() } else { format!("{a}-{b}") }
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The recorded number of timed launches per row ("30", or "10-30" if rows differ).
@@ -352,6 +441,7 @@ mod tests {
             pct_read_ceiling: 50.0,
             speedup_vs_cublas: Some(2.0),
             copies_rotated: 5,
+            back_to_back: None,
         }
     }
 
@@ -388,5 +478,36 @@ mod tests {
         }
         assert!(dir.path().join("gemv-roofline.svg").is_file());
         assert!(dir.path().join("gemm-speedup.svg").is_file());
+    }
+
+    #[test]
+    fn back_to_back_column_is_reported_and_old_records_still_load() {
+        let dev = crate::cuda::device::test_device("Test GPU", (9, 0), 132);
+        let dir = tempfile::tempdir().unwrap();
+        let mut with = row("gemv_v6_pipe", 1, 12.0);
+        with.back_to_back = Some(BackToBack {
+            launches_per_pair: 20,
+            timing: Timing::from_samples(&[8.5; 5]).unwrap(),
+        });
+        let r = SweepReport {
+            header: ReportHeader::new(&dev, None),
+            family: "gemv".into(),
+            quick: true,
+            rows: vec![with, row("gemv_v2_vec", 1, 13.0)],
+            skipped: vec![],
+        };
+        write_sweep(dir.path(), &r).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("gemv.md")).unwrap();
+        // v6: 8.5 us back-to-back, 12.0 - 8.5 = 3.5 us fixed; v2: not measured.
+        assert!(md.contains("| 2.00x | 8.5 | 3.5 |"), "{md}");
+        assert!(md.contains("| 2.00x | - | - |"), "{md}");
+        assert!(md.contains("around 20 consecutive launches"), "{md}");
+        // A record written before the field existed loads with it absent.
+        let mut v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for row in v["rows"].as_array_mut().unwrap() {
+            row.as_object_mut().unwrap().remove("back_to_back");
+        }
+        let old: SweepReport = serde_json::from_value(v).unwrap();
+        assert!(old.rows.iter().all(|x| x.back_to_back.is_none()));
     }
 }

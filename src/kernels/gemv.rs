@@ -152,6 +152,41 @@ pub static VARIANTS: &[Variant] = &[
         tensor_cores: false,
     },
     Variant {
+        name: "gemv_v6_pipe",
+        family: Family::Gemv,
+        version: 6,
+        description: "128-column tiles, next chunk's 16-byte loads in flight while one is dequantized, x (permuted for act-order) staged once per block in smem, auto split-K",
+        symbols: &[
+            "lab_gemv_v6_pipe_t128",
+            "lab_gemv_v6_pipe_t256",
+            "lab_gemv_v6_pipe_t512",
+        ],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[
+            Tunable {
+                name: "threads",
+                values: &[128, 256, 512],
+                default: 256,
+            },
+            // 0 = automatic (`v6_split`); any value is raised to ceil(K / 4096) so that the
+            // block's K slice fits the 8 KB x buffer in shared memory.
+            Tunable {
+                name: "split_k",
+                values: &[0, 1, 2, 4, 8],
+                default: 0,
+            },
+        ],
+        // __launch_bounds__(T, 512/T) caps at 128; ptxas (CUDA 13.0): 95 sm_75, 84 sm_80-89, 87 sm_90.
+        reg_budget: 128,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
         name: "gemv_cublas_f16",
         family: Family::Gemv,
         version: 0,
@@ -195,6 +230,8 @@ pub enum GemvKind {
     Gather,
     Perm,
     SplitK,
+    /// v6: pipelined 128-column tiles, x staged in shared memory, automatic split-K.
+    Pipe,
     CublasF16,
     DequantCublas,
 }
@@ -206,6 +243,7 @@ pub fn kind(v: &Variant) -> Result<GemvKind> {
         "gemv_v3_gather" => GemvKind::Gather,
         "gemv_v4_perm" => GemvKind::Perm,
         "gemv_v5_splitk" => GemvKind::SplitK,
+        "gemv_v6_pipe" => GemvKind::Pipe,
         "gemv_cublas_f16" => GemvKind::CublasF16,
         "gemv_dequant_cublas" => GemvKind::DequantCublas,
         other => {
@@ -243,7 +281,7 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
         ));
     }
     match kind {
-        GemvKind::Vec | GemvKind::Perm | GemvKind::SplitK => {
+        GemvKind::Vec | GemvKind::Perm | GemvKind::SplitK | GemvKind::Pipe => {
             let max_unroll = if kind == GemvKind::Vec {
                 *v.tunables
                     .iter()
@@ -269,7 +307,9 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
                 });
             }
             if s.perm && kind == GemvKind::Vec {
-                return bad("a row permutation needs gemv_v4_perm or gemv_v5_splitk".into());
+                return bad(
+                    "a row permutation needs gemv_v4_perm, gemv_v5_splitk or gemv_v6_pipe".into(),
+                );
             }
         }
         GemvKind::Naive | GemvKind::Gather | GemvKind::CublasF16 | GemvKind::DequantCublas => {
@@ -339,6 +379,15 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
             p.split_k = slices as u32;
             p.k_slice = (slice_words * 8) as u32;
         }
+        GemvKind::Pipe => {
+            let t = tunable(v, params, "threads")?;
+            let split = v6_split(s.k, s.n, t, tunable(v, params, "split_k")?);
+            p.symbol = format!("lab_gemv_v6_pipe_t{t}");
+            p.block = (t, 1, 1);
+            p.grid = (s.n.div_ceil(V6_TILE_N) as u32, split.slices, 1);
+            p.split_k = split.slices;
+            p.k_slice = split.k_slice;
+        }
         GemvKind::DequantCublas => {
             p.symbol = "lab_dequant_f16_v1".into();
             p.block = (128, 1, 1);
@@ -359,6 +408,52 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
         return Err(unsupported(v, s, m, "grid.y over 65535".to_string()));
     }
     Ok(p)
+}
+
+/// v6 (kernels/gemv/gemv_v6_pipe.cu): output columns per block (32 lanes x 4 columns).
+pub const V6_TILE_N: usize = super::abi::LAB_GEMV_V6_TILE_N as usize;
+/// v6: packed rows per warp chunk (32 k-rows: a chunk never straddles a group of >= 32 rows).
+pub const V6_CHUNK_WORDS: usize = super::abi::LAB_GEMV_V6_CHUNK_WORDS as usize;
+/// v6: x rows one block stages in shared memory, i.e. the largest K slice.
+pub const V6_XS_ROWS: usize = super::abi::LAB_GEMV_V6_XS_ROWS as usize;
+/// v6: resident threads per SM the launch bounds promise (blocks per SM = this / threads).
+pub const V6_THREADS_PER_SM: usize = super::abi::LAB_GEMV_V6_THREADS_PER_SM as usize;
+/// v6: largest automatic split (the dispatcher's split-K cap; tickets and partials are per
+/// column, so the workspace does not grow with it).
+pub const V6_MAX_AUTO_SPLIT: usize = 16;
+
+/// How v6 cuts K: `slices` blocks along grid.y, each `k_slice` rows (the last may be shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6Split {
+    pub slices: u32,
+    pub k_slice: u32,
+}
+
+/// v6's K split for a K x N layer at `threads` per block. `requested` = 0 picks automatically:
+/// as many slices as fill the resident slots of `gemm::PLAN_SMS` SMs (V6_THREADS_PER_SM / threads
+/// blocks each) with N/128 column tiles, but no slice shorter than two chunks per warp (the
+/// pipeline needs a next chunk to overlap), at most V6_MAX_AUTO_SPLIT. Any request is raised to
+/// ceil(K / V6_XS_ROWS) (the x buffer), then slices are whole chunks and none is empty.
+/// H100 figures (threads 256, 264 slots): 4096x11008 -> 3, 11008x4096 -> 8, 5120x13824 -> 2,
+/// 13824x5120 -> 6 (kernels/gemv/gemv_v6_pipe.cu has the table).
+pub fn v6_split(k: usize, n: usize, threads: u32, requested: u32) -> V6Split {
+    let kw = (k / 8).max(1);
+    let warps = (threads as usize / 32).max(1);
+    let min_split = k.div_ceil(V6_XS_ROWS).max(1);
+    let want = if requested == 0 {
+        let slots = super::gemm::PLAN_SMS as usize * (V6_THREADS_PER_SM / threads as usize).max(1);
+        let tiles = n.div_ceil(V6_TILE_N).max(1);
+        let longest = (kw / (2 * V6_CHUNK_WORDS * warps)).max(1);
+        (slots / tiles).clamp(1, V6_MAX_AUTO_SPLIT).min(longest)
+    } else {
+        requested as usize
+    };
+    let split = want.max(min_split);
+    let slice_words = kw.div_ceil(split).div_ceil(V6_CHUNK_WORDS) * V6_CHUNK_WORDS;
+    V6Split {
+        slices: kw.div_ceil(slice_words) as u32,
+        k_slice: (slice_words * 8) as u32,
+    }
 }
 
 /// Bytes a launch must move at least (weights + scales + zeros + x + y [+ g_idx/perm]): the floor
@@ -547,6 +642,67 @@ mod tests {
         assert_eq!(p.symbol, "lab_gemv_v2_t512_u2");
         assert_eq!(p.grid, (128, 1, 1));
         assert_eq!(p.block, (512, 1, 1));
+    }
+
+    #[test]
+    fn v6_split_fills_the_sms_fits_the_x_buffer_and_covers_k() {
+        // The design table of kernels/gemv/gemv_v6_pipe.cu (threads 256, 132 SMs x 2 blocks).
+        for (k, n, slices, k_slice) in [
+            (4096, 11008, 3, 1376),
+            (11008, 4096, 8, 1376),
+            (5120, 13824, 2, 2560),
+            (13824, 5120, 6, 2304),
+        ] {
+            let s = v6_split(k, n, 256, 0);
+            assert_eq!((s.slices, s.k_slice), (slices, k_slice), "{k}x{n}");
+        }
+        for k in [8usize, 264, 4096, 4104, 8200, 11008, 13824, 28672] {
+            for n in [8usize, 4096, 22016] {
+                for t in [128u32, 256, 512] {
+                    for req in [0u32, 1, 2, 4, 8] {
+                        let s = v6_split(k, n, t, req);
+                        let (sl, ks) = (s.slices as usize, s.k_slice as usize);
+                        let what = format!("k={k} n={n} t={t} req={req}: {s:?}");
+                        assert!(ks <= V6_XS_ROWS, "{what}: slice over the x buffer");
+                        assert_eq!(ks % (8 * V6_CHUNK_WORDS), 0, "{what}: not whole chunks");
+                        assert!(sl * ks >= k && (sl - 1) * ks < k, "{what}: empty or short");
+                        if req > 0 {
+                            assert!(sl <= (req as usize).max(k.div_ceil(V6_XS_ROWS)), "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        // Automatic: never a slice shorter than two chunks per warp when K allows one.
+        let s = v6_split(4096, 8, 512, 0);
+        assert!(s.k_slice as usize >= 2 * V6_CHUNK_WORDS * 16 * 8, "{s:?}");
+    }
+
+    #[test]
+    fn v6_plan_names_the_instantiation_and_refuses_what_the_tile_cannot_do() {
+        let v6 = v("gemv_v6_pipe");
+        let p = plan(
+            v6,
+            &shape(13824, 5120, 128),
+            1,
+            &params(&[("threads", 512)]),
+        )
+        .unwrap();
+        assert_eq!(p.symbol, "lab_gemv_v6_pipe_t512");
+        assert_eq!(p.grid, (40, p.split_k, 1));
+        assert!(p.split_k >= 4, "13824 rows need >= 4 slices of <= 4096");
+        let mut act = shape(4096, 4096, 128);
+        act.perm = true;
+        assert!(plan(v6, &act, 1, &params(&[])).is_ok());
+        act.g_idx = true;
+        assert!(is_unsupported(plan(v6, &act, 1, &params(&[]))).contains("gemv_v3_gather"));
+        assert!(
+            is_unsupported(plan(v6, &shape(4096, 4096, 16), 1, &params(&[])))
+                .contains("power of two")
+        );
+        assert!(
+            is_unsupported(plan(v6, &shape(4096, 4096, 128), 2, &params(&[]))).contains("batch")
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ mod gemm_emulate;
 mod gemm_gpu_test;
 pub mod gemm_layout;
 pub mod gemv;
+#[cfg(test)]
+mod gemv_v6_emulate;
 pub mod launch;
 pub mod layer;
 pub mod registry;

@@ -42,6 +42,13 @@ pub const VARIANTS: &[KnownVariant] = &[
         act_order: false,
         min_sm: 75,
     },
+    // Not yet run on a GPU: the tuner measures it beside v2/v4/v5; the heuristic does not pick it.
+    KnownVariant {
+        name: "gemv_v6_pipe",
+        batch: (1, 1),
+        act_order: true,
+        min_sm: 75,
+    },
     // m = 2..64
     KnownVariant {
         name: "gemm_v1_simt",

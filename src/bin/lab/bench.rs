@@ -1,4 +1,4 @@
-//! `lab bench --family probe|gemv|gemm [--quick] [--root DIR]`: times a kernel family on GPU 0 and
+//! `lab bench --family probe|gemv|gemm [--quick] [--root DIR] [--back-to-back N]`: times a kernel family on GPU 0 and
 //! writes reports/<gpu-slug>/<family>.{json,md} (+ plots) under DIR (default: the current folder).
 
 use anyhow::Context;
@@ -20,6 +20,10 @@ pub struct BenchArgs {
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
+    /// gemv/gemm sweeps: also time N back-to-back launches between one pair of events (the
+    /// "us back-to-back" and "fixed us/launch" columns); 0 = skip.
+    #[arg(long, default_value_t = 20)]
+    pub back_to_back: usize,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -45,7 +49,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             write_report(&dir, "ceilings", &header, &ceilings_markdown(&header))?;
             println!("{}", header.markdown());
         }
-        fam => gptq_lab::bench::sweep::run_family(&gpu, &header, fam, args.quick, &dir)?,
+        fam => gptq_lab::bench::sweep::run_family_with(
+            &gpu,
+            &header,
+            fam,
+            args.quick,
+            &dir,
+            &gptq_lab::bench::sweep::SweepOptions {
+                back_to_back: args.back_to_back,
+            },
+        )?,
     }
     println!("wrote {}", dir.display());
     Ok(())

@@ -1,0 +1,216 @@
+// v6: pipelined batch-1 int4 GEMV, x staged (permuted) in shared memory (family list: top of
+// gemv_v1_naive.cu). Checked by: lab check --family gemv      Timed by: lab bench --family gemv
+// NOT YET RUN ON A GPU: every number below is a design figure or a prediction.
+//
+// What v2-v5 measured (notes/kernels.md, H100): 46-59% of the 3088 GB/s read ceiling. Two gaps:
+//  (1) bytes in flight. Needed: ~3.35 TB/s x ~0.7 us loaded latency = ~2.3 MB, ~18 KB per SM. v2
+//      issues a chunk's loads, dequantizes it, then issues the next: between chunks nothing of that
+//      thread is in flight, and N = 4096 gives 128 blocks (1 per SM, 8 warps).
+//  (2) act-order: v4 gathers x[perm[r]] with 8 scalar loads per packed row INSIDE the weight loop
+//      (+25-45%), and every 32-column block re-reads perm (4 B/row) and x (2 B/row): 37.5% of the
+//      block's weight bytes in extra L2->SM traffic.
+//
+// Design:
+//  * Block = T threads (WARPS warps) x 128 output columns: lane l owns columns col = 128*bx + 4l
+//    (one uint4 of qweight per packed row: a warp load is 512 contiguous bytes, 4 full lines);
+//    warp w is the k-lane: it owns chunks c = w, w + WARPS, ... of 4 packed rows (32 k-rows, never
+//    across a group since G >= 32 is a power of two or per-channel; slices start on chunk bounds).
+//  * Register double buffer: a chunk = 4 x LDG.128 weights + LDG.64 scales + LDG.32 zeros = 76 B
+//    per thread. The next chunk's loads are issued BEFORE the current chunk is dequantized, so one
+//    chunk is always in flight while one is computed: >= 64 B of weights per thread in flight in
+//    steady state, 128 B right after issue.
+//  * x for the block's K slice is staged ONCE into shared memory, fp16, already in the (i, i+4) lane
+//    pairs of lab_dequant_word: one LDS.128 per packed row gives the 4 half2 the HFMA2 chain needs
+//    (no PRMT in the loop). fp16, not f32: the math consumes half2, and f32 would double the bytes
+//    (16 KB per 4096 rows) and need a convert per use. With act-order (perm != 0) the staging
+//    gathers x[perm[r]] (lab_load_x_pairs), so act-order costs only the staging: per block k_slice
+//    x (2 B) + perm (4 B) reads from L2 against k_slice x 64 B of weights (9.4%, vs 37.5% at v4's
+//    32-column tiles), and the weight loop is identical with and without act-order.
+//    The first chunk's weight loads are issued before the staging, so its DRAM latency hides the
+//    staging's L2 latency.
+//  * Split-K over grid.y (k_slice <= LAB_GEMV_V6_XS_ROWS = 4096 rows = 8 KB of smem, static so the
+//    engine's launch with 0 dynamic smem works): the host picks split so that tiles x split fills
+//    ~2 blocks of 256 per SM (gemv.rs v6_split). Reduction like v5: fp32 atomics + a ticket per
+//    column tile; the last block writes y and re-zeroes workspace and ticket. split 1 writes y.
+//  * Dequant: v2's exact magic-number path (lop3 into 0x6400, HSUB2/HFMA2 with the zero folded in,
+//    4-term HFMA2 chains against x, fp32 sums, scale applied once per chunk in fp32) -> same error
+//    model (tolerance.rs CHAIN4) as v2/v4/v5. Not the "fma(q, s, -s*z)" half2 trick: s*z rounded to
+//    fp16 gives an error ~U16*|s*z| even where q == z (w = 0), which the |x W| tolerance model cannot
+//    bound, and it saves nothing: subtracting the zero is already one op per half2.
+//
+// Design numbers (H100 SXM: 132 SMs, 3.35 TB/s spec, 3088 GB/s measured read ceiling):
+//   bytes per thread per chunk: 64 weights + 8 scales + 4 zeros = 76 B (weights 2 x 64 B buffered).
+//   loads in flight per SM: 512 threads (launch bounds (T, 512/T)) x 64-128 B = 32-64 KB (>= 32 KB).
+//   registers: <= 128 by the launch bounds; ptxas (CUDA 13.0) 95 sm_75, 84 sm_80-89, 87 sm_90, no
+//   spills (2 x 16 weight + 2 x 3 scale/zero + 8 zero constants + 4+4 sums + addresses); smem: 8 KB x + 4 KB/8 KB (T 256/512) reduction.
+//   occupancy: 16 warps per SM (2 blocks of 256, 4 of 128, 1 of 512); smem allows more everywhere.
+//   grids at T = 256 (auto split: gemv.rs v6_split; slots = 132 x 2):
+//     K x N        tiles x split = blocks (per SM)  k_slice  chunks/warp  MB     t @90%  t @100%
+//     4096x11008     86 x 3 = 258 (1.95)            1376       5.4      23.28   8.4 us  7.5 us
+//     11008x4096     32 x 8 = 256 (1.94)            1376       5.4      23.28   8.4 us  7.5 us
+//     5120x13824    108 x 2 = 216 (1.64)            2560      10.0      36.53  13.2 us  11.8 us
+//     13824x5120     40 x 6 = 240 (1.82)            2304       9.0      36.53  13.2 us  11.8 us
+//   Prediction for the lab bench (one event pair per launch): kernel at ~90% of the read ceiling
+//   plus the per-launch fixed cost the back-to-back column measures (~3 us suspected): ~11.5 /
+//   11.5 / 16 / 16 us vs v2's 13.0 / 16.3 / 20.1 / 23.5. Act-order within ~3-5% of plain.
+//   Instructions: ~2.1 per weight per thread as v2 (~42% of the issue rate at 3 TB/s).
+#include "gemv_tile.cuh"
+
+#define LAB_V6_CW LAB_GEMV_V6_CHUNK_WORDS
+
+// One chunk of one thread: 4 packed rows x 4 columns of codes, the 4 scales and the 4 zeros.
+struct LabV6Chunk {
+    uint4 w[LAB_V6_CW];
+    uint2 s;     // fp16 scales of col .. col+3
+    uint32_t z;  // zero nibbles of col .. col+3 in bits 0..15 (0x8888 when symmetric)
+};
+
+__device__ __forceinline__ uint32_t lab_half2_as_u32(half2 h) {
+    uint32_t u;
+    __builtin_memcpy(&u, &h, sizeof(u));
+    return u;
+}
+
+// Issues every load of the chunk starting at packed row w0 (< w_end, a chunk bound): 4 x LDG.128
+// (evict-first) + scales + zeros, nothing consumed here. qw_col = qweight + col / 4 as uint4s, so
+// packed row w of this thread's columns is qw_col[w * n / 4] (n % 8 == 0, host-checked).
+__device__ __forceinline__ void lab_v6_load(const lab_gemm_params& p, const uint4* qw_col, int w0, int w_end,
+                                            int col, int gshift, bool sym, LabV6Chunk& c) {
+    const size_t n = (size_t)p.n, row_stride = n >> 2;
+    const uint4* q = qw_col + (size_t)w0 * row_stride;
+#pragma unroll
+    for (int j = 0; j < LAB_V6_CW; ++j)
+        c.w[j] = (w0 + j < w_end) ? lab_ld_stream(q + j * row_stride) : make_uint4(0u, 0u, 0u, 0u);
+    const size_t g = (size_t)((w0 * 8) >> gshift);
+    c.s = __ldg(reinterpret_cast<const uint2*>(reinterpret_cast<const __half*>(p.scales) + g * n + col));
+    // col % 8 is 0 or 4: the 4 nibbles of col .. col+3 shifted down to bits 0..15.
+    c.z = sym ? 0x8888u
+              : (__ldg(reinterpret_cast<const uint32_t*>(p.qzeros) + g * (n >> 3) + (col >> 3)) >> (4 * (col & 7)));
+}
+
+// acc[c] += scale[c] * sum over the chunk's 32 rows of x_r * (q_rc - z_c). Rows past the slice
+// have zero codes and x = 0 in xs (staged so), so they add exactly 0.
+__device__ __forceinline__ void lab_v6_compute(const LabV6Chunk& c, const uint4* xs, float acc[4]) {
+    LabZeroConsts zc[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) zc[i] = lab_zero_consts((c.z >> (4 * i)) & 0xFu);
+    float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < LAB_V6_CW; ++j) {
+        const uint4 xv = xs[j];  // LDS.128, one address per warp: broadcast
+        const half2 xp[4] = {lab_u32_as_half2(xv.x), lab_u32_as_half2(xv.y), lab_u32_as_half2(xv.z),
+                             lab_u32_as_half2(xv.w)};
+        const uint32_t words[4] = {c.w[j].x, c.w[j].y, c.w[j].z, c.w[j].w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            half2 d[4];
+            lab_dequant_word(words[i], zc[i], d);
+            t[i] += lab_dot_word(d, xp);
+        }
+    }
+    const half2 s01 = lab_u32_as_half2(c.s.x), s23 = lab_u32_as_half2(c.s.y);
+    acc[0] = fmaf(__low2float(s01), t[0], acc[0]);
+    acc[1] = fmaf(__high2float(s01), t[1], acc[1]);
+    acc[2] = fmaf(__low2float(s23), t[2], acc[2]);
+    acc[3] = fmaf(__high2float(s23), t[3], acc[3]);
+}
+
+template <int WARPS>
+__device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
+    constexpr int TILE = LAB_GEMV_V6_TILE_N;
+    static_assert(32 * WARPS >= TILE, "the final sum needs one thread per output column");
+    __shared__ uint4 xs[LAB_GEMV_V6_XS_ROWS / 8];  // slice packed row i as lane pairs (8 KB)
+    __shared__ float4 part[WARPS][32];              // per warp: 128 column partials
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int col = TILE * blockIdx.x + 4 * lane;
+    const bool active = col < p.n;  // n % 8 == 0: col .. col+3 all inside or all outside
+    const int slice_words = p.k_slice >> 3;  // multiple of LAB_V6_CW, <= XS_ROWS / 8 (host-checked)
+    const int w_begin = blockIdx.y * slice_words;
+    const int w_end = min(p.k >> 3, w_begin + slice_words);
+    const int nchunks = (w_end - w_begin + LAB_V6_CW - 1) / LAB_V6_CW;
+    const int gshift = lab_group_shift(p);
+    const bool sym = p.zero_mode == LAB_ZEROS_SYMMETRIC;
+
+    // 1. The first chunk's loads go out before anything else.
+    LabV6Chunk a, b;  // the two buffers: one in flight while the other is dequantized
+    int c = warp;
+    const uint4* qw_col = reinterpret_cast<const uint4*>(p.qweight) + (col >> 2);
+    if (active && c < nchunks) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * c, w_end, col, gshift, sym, a);
+
+    // 2. Stage x[perm[r]] (or x[r]) for the slice, zero-padded to a whole chunk, while they fly.
+    for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += 32 * WARPS) {
+        half2 xp[4];
+        lab_load_x_pairs<true>(p, w_begin + i, w_begin + i < w_end, xp);
+        xs[i] = make_uint4(lab_half2_as_u32(xp[0]), lab_half2_as_u32(xp[1]), lab_half2_as_u32(xp[2]),
+                           lab_half2_as_u32(xp[3]));
+    }
+    __syncthreads();
+
+    // 3. Steady state: issue chunk c + WARPS into one buffer, then dequantize chunk c from the other.
+    // Unrolled by two with named buffers so no register copies rotate them.
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (active && c < nchunks) {
+        for (;;) {
+            bool more = c + WARPS < nchunks;  // warp-uniform
+            if (more) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * (c + WARPS), w_end, col, gshift, sym, b);
+            lab_v6_compute(a, xs + LAB_V6_CW * c, acc);
+            if (!more) break;
+            c += WARPS;
+            more = c + WARPS < nchunks;
+            if (more) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * (c + WARPS), w_end, col, gshift, sym, a);
+            lab_v6_compute(b, xs + LAB_V6_CW * c, acc);
+            if (!more) break;
+            c += WARPS;
+        }
+    }
+
+    // 4. Sum the WARPS k-lanes: float4 stores (conflict-free), one thread per column reads them.
+    part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    __syncthreads();
+    const int t = threadIdx.x;
+    const int out = TILE * blockIdx.x + t;
+    float total = 0.f;
+    if (t < TILE) {
+#pragma unroll
+        for (int i = 0; i < WARPS; ++i) total += reinterpret_cast<const float*>(part[i])[t];
+    }
+    if (gridDim.y == 1) {
+        if (t < TILE && out < p.n)
+            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(total + lab_bias_at(p, out));
+        return;
+    }
+
+    // 5. Split-K (v5's scheme): workspace = f32 [n] partials, then u32 tickets, one per 128-column
+    // tile here (ceil(n/128) <= the ceil(n/32) the workspace holds).
+    float* partial = reinterpret_cast<float*>(p.workspace);
+    unsigned int* tickets = reinterpret_cast<unsigned int*>(partial + p.n);
+    __shared__ bool is_last;
+    if (t < TILE) {
+        if (out < p.n) atomicAdd(partial + out, total);
+        __threadfence();  // our sums are visible device-wide before our ticket is taken
+    }
+    __syncthreads();
+    if (t == 0) is_last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (is_last && t < TILE) {
+        __threadfence();  // every other slice fenced its sums before its ticket: read them now
+        if (out < p.n) {
+            const float v = __ldcg(partial + out);  // L2, where the atomics were performed
+            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(v + lab_bias_at(p, out));
+            partial[out] = 0.f;  // leave the workspace zeroed for the next launch
+        }
+        if (t == 0) tickets[blockIdx.x] = 0u;
+    }
+}
+
+// Instantiations: threads {128, 256, 512}; names must match src/kernels/gemv.rs. Min blocks 512/T
+// caps registers at 128 (65536 / 512) and keeps 16 warps per SM for every T.
+#define LAB_GEMV_V6(T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
+        lab_gemv_v6_pipe_t##T(lab_gemm_params p) {                                                 \
+        lab_gemv_v6<T / 32>(p);                                                                    \
+    }
+LAB_GEMV_V6(128)
+LAB_GEMV_V6(256)
+LAB_GEMV_V6(512)
