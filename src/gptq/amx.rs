@@ -48,7 +48,7 @@ use std::sync::OnceLock;
 
 /// Tokens packed per pass (see the module docs for the L2 arithmetic).
 const TB: usize = 512;
-/// Features per job side (512 x 1024 x 2 B = 1 MB per panel).
+/// Features per job side (a panel is RANGE x TB x 2 B = 512 KB; a job's two fit L2).
 const RANGE: usize = 512;
 /// Tile edge used everywhere: 16 rows of 64 bytes (16 f32 or 32 bf16).
 const T: usize = 16;

@@ -212,11 +212,7 @@ mod tests {
             let m = h.matrix().unwrap();
             for i in 0..k {
                 for j in 0..k {
-                    let want: f64 = (0..rows)
-                        .map(|t| f64::from(x[t * k + i]) * f64::from(x[t * k + j]))
-                        .sum::<f64>()
-                        * 2.0
-                        / rows as f64;
+                    let want = reference_entry(&x, rows, k, i, j);
                     assert!((m[(i, j)] - want).abs() < 1e-5, "{backend:?} H[{i}][{j}]");
                 }
             }
@@ -231,6 +227,15 @@ mod tests {
         let e = h.add_batch(&[1.0, f32::NAN, 0.0, 0.0], 1).unwrap_err();
         assert!(e.to_string().contains("[0, 1]"), "{e}");
         assert_eq!(h.tokens(), 0);
+    }
+
+    /// H[i][j] = 2/n sum_t x_ti x_tj in f64, `x` [rows, k] row-major.
+    fn reference_entry(x: &[f32], rows: usize, k: usize, i: usize, j: usize) -> f64 {
+        (0..rows)
+            .map(|t| f64::from(x[t * k + i]) * f64::from(x[t * k + j]))
+            .sum::<f64>()
+            * 2.0
+            / rows as f64
     }
 
     /// H from a backend, as f64, over `rows` tokens of `x`, fed in batches of `batch` rows.
@@ -259,7 +264,7 @@ mod tests {
         if !amx_or_skip("amx exact") {
             return;
         }
-        // K = 70 (not a multiple of 32), 1100 tokens (more than one 1024-token pass, not a
+        // K = 70 (not a multiple of 32), 1100 tokens (three 512-token passes, not a
         // multiple of 32), batches of 700: small integers / 8 are exact in bf16 and their
         // products and sums (< 2^24 / 64) are exact in f32, so any indexing slip shows.
         let (k, rows) = (70, 1100);
@@ -269,11 +274,7 @@ mod tests {
         let got = h_of(HessianBackend::Bf16Amx, &x, rows, k, 700);
         for i in 0..k {
             for j in 0..k {
-                let want: f64 = (0..rows)
-                    .map(|t| f64::from(x[t * k + i]) * f64::from(x[t * k + j]))
-                    .sum::<f64>()
-                    * 2.0
-                    / rows as f64;
+                let want = reference_entry(&x, rows, k, i, j);
                 // Only the final scaling (2/n in f64) may round differently.
                 assert!(
                     (got[(i, j)] - want).abs() <= 1e-12 * want.abs().max(1.0),
