@@ -170,6 +170,10 @@ typedef struct {
     int32_t _pad;
 } lab_llama_q4_finish_params;
 
+typedef struct {
+    uint64_t ns;       /* how long the single thread spins (globaltimer nanoseconds) */
+} lab_llama_hold_params;
+
 /* ---- LLaMA prefill (kernels/llama/prefill.cu): m prompt rows through a layer at once ----
  * Row-major [m, width] activations; row r is the token at position pos0 + r. Not graph-captured
  * (one launch sequence per prompt chunk), so positions are plain parameters. The row-aware decode

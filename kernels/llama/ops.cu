@@ -6,6 +6,7 @@
 //   lab_llama_rope_kv       v1: HF rotate-half RoPE on q and k in place (pairs i, i + hd/2), k and v appended at row pos
 //   lab_llama_silu_mul      v1: out = silu(gate) * up over the fused gate_up output, fp32 math
 //   lab_llama_argmax        v1: one block: greedy token (lowest index on ties, NaN ignored) -> state.token, pos += 1
+//   lab_llama_hold          v1: one thread spins for p.ns nanoseconds (the per-op profile queues a step behind it)
 // Checked by: cargo test --release --test gpu_decode (GPU engine vs the CPU f64 engine, op by op,
 // layer by layer, on tiny models) — `lab decode --backend gpu --model tiny-check` runs the same check.
 #include "llama/util.cuh"
@@ -166,4 +167,18 @@ extern "C" __global__ void lab_llama_argmax(lab_llama_argmax_params p) {
         const int pos = st[LAB_LLAMA_STATE_POS];
         st[LAB_LLAMA_STATE_POS] = pos < p.max_ctx ? pos + 1 : pos;
     }
+}
+
+// The per-op profile (GpuEngine::profile_step) launches this first, then queues one eager step
+// with an event after every op: while the GPU spins, the host enqueues everything, so the events
+// time the ops back to back on the GPU instead of the host's launch rate. globaltimer is in ns
+// (updated every ~1 us on some parts: resolution is irrelevant for a hold of milliseconds).
+extern "C" __global__ void lab_llama_hold(lab_llama_hold_params p) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    uint64_t t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(1000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < p.ns);
 }

@@ -23,6 +23,7 @@ use crate::model::gpu_engine::{
     EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource, DEFAULT_ATTN_CHUNK,
 };
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
+use crate::model::step_profile::{self, StepProfile};
 use crate::model::vram::VramReport;
 use crate::report::markdown::table;
 use crate::report::plot::{line_chart, Series};
@@ -185,6 +186,10 @@ pub struct DecodeReport {
     pub prefill_paths: Vec<String>,
     pub vram: VramReport,
     pub notes: Vec<String>,
+    /// Where a step's time goes, per context (empty in reports recorded before the profile, or
+    /// with --profile-steps 0).
+    #[serde(default)]
+    pub profile: Vec<StepProfile>,
 }
 
 impl DecodeReport {
@@ -245,6 +250,32 @@ pub struct BenchPlan {
     /// Rows per prefill chunk.
     pub prefill_chunk: usize,
     pub prefill_int4: PrefillInt4,
+    /// Eager steps profiled op by op at each context (0: no profile).
+    pub profile_steps: usize,
+}
+
+/// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
+/// per layer (~500 for 7B) while the GPU spins; ~20 ms covers that at ~20 us each, and the hold
+/// doubles up to 160 ms when the GPU still got there first.
+const PROFILE_HOLD_MS: (f64, f64) = (20.0, 160.0);
+
+/// `steps` profiled steps from position `ctx` (module step_profile).
+fn profile_at(eng: &mut GpuEngine, ctx: usize, steps: usize) -> Result<StepProfile> {
+    let mut hold = PROFILE_HOLD_MS.0;
+    loop {
+        eng.set_position(ctx)?;
+        let mut marks = Vec::with_capacity(steps);
+        let mut host_bound = false;
+        for _ in 0..steps {
+            let (m, late) = eng.profile_step(hold)?;
+            host_bound |= late;
+            marks.push(m);
+        }
+        if !host_bound || hold >= PROFILE_HOLD_MS.1 {
+            return Ok(step_profile::aggregate(ctx, hold, host_bound, &marks));
+        }
+        hold *= 2.0;
+    }
 }
 
 /// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
@@ -316,6 +347,13 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             ms[1],
         ));
     }
+    let mut profile = Vec::new();
+    if plan.profile_steps > 0 {
+        for &ctx in &plan.contexts {
+            profile.push(profile_at(&mut eng, ctx, plan.profile_steps)?);
+        }
+        notes.push(format!("profile: {} eager steps per context, each queued behind a kernel that holds the GPU (>= {} ms) with a CUDA event after every op, so ops run back to back on the GPU; the events themselves add a little per op", plan.profile_steps, PROFILE_HOLD_MS.0));
+    }
     // Prefill last: it overwrites the cache rows it covers (the decode timings are done).
     let mut prefill = Vec::new();
     if !plan.prefill_lens.is_empty() {
@@ -355,6 +393,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         points,
         vram: eng.vram()?,
         notes,
+        profile,
     })
 }
 
@@ -448,6 +487,23 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 &["prompt tokens", "ms", "prefill tok/s", "linear TFLOP/s"],
                 &rows,
             ));
+        }
+        if !r.profile.is_empty() {
+            md.push_str("\nWhere a step goes (eager step queued behind a GPU hold, CUDA event after every op; GB/s = bytes the op streams: weights, KV rows):\n\n");
+            let graph: Vec<Option<f64>> = r
+                .profile
+                .iter()
+                .map(|p| {
+                    r.points
+                        .iter()
+                        .find(|c| c.ctx == p.ctx)
+                        .map(|c| c.graph_ms_per_token)
+                })
+                .collect();
+            md.push_str(&step_profile::markdown(&r.profile, &graph));
+            if r.profile.iter().any(|p| p.host_bound) {
+                md.push_str("\n(host-bound at the longest hold: the figures include host gaps)\n");
+            }
         }
         let v = &r.vram;
         let g = |b: u64| format!("{:.2}", b as f64 / GIB);
@@ -570,6 +626,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::step_profile::Mark;
 
     fn int4(act_order: bool) -> WeightKind {
         WeightKind::Int4 {
@@ -755,6 +812,23 @@ mod tests {
             prefill_chunk: 512,
             prefill_paths: vec!["4096 x 12288: GemmV2".into()],
             notes: vec!["recorded by hand for the report test".into()],
+            profile: vec![step_profile::aggregate(
+                128,
+                20.0,
+                false,
+                &[vec![
+                    Mark {
+                        op: "qkv_proj",
+                        us: 600.0,
+                        bytes: 900_000_000,
+                    },
+                    Mark {
+                        op: "lm_head",
+                        us: 100.0,
+                        bytes: 262_144_000,
+                    },
+                ]],
+            )],
             config: model,
         }
     }
@@ -796,6 +870,16 @@ mod tests {
         // has its VRAM line.
         assert!(md.contains("| 512 | 40.00 | 12800 |"), "{md}");
         assert!(md.contains("prefill workspace (512 rows)"), "{md}");
+        // The profile table: 900 MB of q|k|v weights in 600 us = 1500 GB/s, 85.7% of the
+        // 700 us step, beside the 1.61 ms graph step at ctx 128.
+        assert!(
+            md.contains("| q|k|v proj | 1 | 600.0 | 85.7% | 1500 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| graph step (timed above) |  | 1610.0 |"),
+            "{md}"
+        );
         let json: Vec<DecodeReport> =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("decode.json")).unwrap())
                 .unwrap();

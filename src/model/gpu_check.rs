@@ -8,11 +8,14 @@
 //! - GEMM prefill: every prompt row's logits (and the last row's alone) after one prefill vs the
 //!   reference's teacher-forced logits, within the end-to-end logit tolerance; the greedy tokens
 //!   of the decode graph continuing from a GEMM prefill vs the reference's.
+//! - per-op profile: profiled steps give the reference's greedy tokens, one mark per op and the
+//!   exact bytes a step streams (`check_profile`).
 //!
 //! The reference math is HF LLaMA's (RMSNorm, rotate-half RoPE, GQA softmax attention, SwiGLU);
 //! `ref_forward_step` is written independently of the kernels.
 
 use crate::cuda::Gpu;
+use crate::kernels::abi;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
     EngineOptions, Fp16Backend, GpuEngine, PrefillLogits, PrefillMode, TraceEntry, WeightSource,
@@ -309,6 +312,8 @@ pub struct CheckReport {
     pub cpu_engine_prefill_ratio: Option<f64>,
     /// Why differing greedy tokens are accepted (a near-tie in the reference), if they differ.
     pub token_note: Option<String>,
+    /// What the per-op profile got wrong (marks, bytes or times), if anything.
+    pub profile_error: Option<String>,
     pub pass: bool,
 }
 
@@ -352,6 +357,9 @@ impl CheckReport {
         }
         if let Some(n) = &self.token_note {
             s.push_str(&format!("\n  {n}"));
+        }
+        if let Some(e) = &self.profile_error {
+            s.push_str(&format!("\n  per-op profile: {e}"));
         }
         s
     }
@@ -552,6 +560,8 @@ pub fn check_engine(
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
 
+    let (profile_tokens, profile_error) = check_profile(&mut eng, prompt, n_new)?;
+
     // GEMM prefill: all rows, then the last row alone, then greedy decoding continuing from it.
     eng.reset()?;
     let rows = eng.prefill(prompt, PrefillLogits::All)?;
@@ -588,6 +598,7 @@ pub fn check_engine(
         ("eager", &eager_tokens),
         ("graph", &graph_tokens),
         ("GEMM prefill + graph", &prefill_tokens),
+        ("profiled eager", &profile_tokens),
     ] {
         if let Some(i) = (0..n_new).find(|&i| got.get(i) != ref_tokens.get(i)) {
             if margins[i] <= tie {
@@ -613,7 +624,8 @@ pub fn check_engine(
             && logits_ratio <= 1.0
             && tokens_ok
             && prefill_logits_ratio <= 1.0
-            && prefill_last_ratio <= 1.0,
+            && prefill_last_ratio <= 1.0
+            && profile_error.is_none(),
         cpu_engine_logits_ratio: None,
         cpu_engine_prefill_ratio: None,
         prefill_chunk: eng.prefill_chunk(),
@@ -630,7 +642,57 @@ pub fn check_engine(
         eager_tokens,
         graph_tokens,
         token_note,
+        profile_error,
     })
+}
+
+/// The per-op profile (`GpuEngine::profile_step`) runs the real step: its greedy tokens (prompt
+/// fed eagerly, then profiled steps) must be the eager ones (compared with the others above),
+/// every step must leave one mark per op (10 per layer + 5), and the bytes it attributes must
+/// add up to what a step streams: every linear, the lm_head and K, V rows 0..=pos per layer.
+fn check_profile(
+    eng: &mut GpuEngine,
+    prompt: &[u32],
+    n_new: usize,
+) -> Result<(Vec<u32>, Option<String>)> {
+    let cfg = eng.config().clone();
+    let kv_dim = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
+    let layers = cfg.num_hidden_layers as u64;
+    eng.reset()?;
+    for &t in prompt {
+        eng.feed(t, false, None)?;
+    }
+    let token = |e: &GpuEngine| -> Result<u32> {
+        Ok(e.check_state()?[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32)
+    };
+    let mut tokens = vec![token(eng)?];
+    let mut err = None;
+    for _ in 1..n_new {
+        let pos = eng.position() as u64;
+        // A short hold: tiny models queue in well under a millisecond.
+        let (marks, _) = eng.profile_step(2.0)?;
+        tokens.push(token(eng)?);
+        let want_marks = 10 * cfg.num_hidden_layers + 5;
+        let bytes: u64 = marks.iter().map(|m| m.bytes).sum();
+        let d = &eng.weights.desc;
+        let want_bytes = d.linear_bytes + d.lm_head_bytes + layers * 2 * (pos + 1) * kv_dim * 2;
+        let bad_time = marks.iter().find(|m| !(m.us >= 0.0 && m.us.is_finite()));
+        if err.is_none() {
+            err = if marks.len() != want_marks {
+                Some(format!(
+                    "profile at pos {pos}: {} marks, expected {want_marks}",
+                    marks.len()
+                ))
+            } else if bytes != want_bytes {
+                Some(format!(
+                    "profile at pos {pos}: {bytes} bytes attributed, the step streams {want_bytes}"
+                ))
+            } else {
+                bad_time.map(|m| format!("profile at pos {pos}: op {} took {} us", m.op, m.us))
+            };
+        }
+    }
+    Ok((tokens, err))
 }
 
 /// The whole check on a checkpoint folder (the tiny fixtures), plus GPU logits over the prompt

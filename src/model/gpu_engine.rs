@@ -23,14 +23,17 @@ use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec};
+use crate::model::step_profile::Mark;
 use crate::model::vram::{Phase, VramLedger, VramReport};
 use crate::{LabError, Result};
 use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use half::f16;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -193,6 +196,7 @@ struct Kernels {
     gemv_f16: CudaFunction,
     q4: CudaFunction,
     q4_finish: CudaFunction,
+    hold: CudaFunction,
 }
 
 impl Kernels {
@@ -209,6 +213,7 @@ impl Kernels {
             gemv_f16: gpu.function("lab_llama_gemv_f16")?,
             q4: gpu.function("lab_llama_q4_gemv")?,
             q4_finish: gpu.function("lab_llama_q4_finish")?,
+            hold: gpu.function("lab_llama_hold")?,
         })
     }
 }
@@ -294,6 +299,16 @@ pub struct GpuEngine {
     int4_choice: HashMap<ShapeKey, (&'static Variant, Tunables)>,
     /// GEMM prefill kernels and workspace (None: prefill_chunk 0).
     prefill: Option<prefill::Prefill>,
+    /// Bytes the ops enqueued so far stream from memory (weights, KV rows): the per-op profile
+    /// reads the difference between two marks.
+    streamed: Cell<u64>,
+}
+
+/// An event recorded after one op of a profiled step, with the bytes the engine had counted.
+struct ProfileMark {
+    op: &'static str,
+    event: CudaEvent,
+    streamed: u64,
 }
 
 /// (k, n, rows per group, act-order): what decides an int4 linear's kernel.
@@ -517,6 +532,7 @@ impl GpuEngine {
             gemv_fns,
             int4_choice,
             prefill,
+            streamed: Cell::new(0),
         })
     }
 
@@ -571,6 +587,7 @@ impl GpuEngine {
 
     /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
     fn linear(&self, lin: &GpuLinear, x: u64, y: u64) -> Result<()> {
+        self.streamed.set(self.streamed.get() + lin.bytes());
         match lin {
             GpuLinear::Int4(l) => match self.int4_choice.get(&shape_key(&layer_shape(l))) {
                 None => self.q4_gemv(l, x, y),
@@ -764,8 +781,13 @@ impl GpuEngine {
         self.launch(&self.k.norm, (1, 1), 512, 0, &p, what)
     }
 
-    /// Enqueue one decode step. With `trace`, synchronize after every op and keep its output.
-    fn enqueue_step(&self, mut trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
+    /// Enqueue one decode step. With `trace`, synchronize after every op and keep its output;
+    /// with `marks`, record an event after every op (the per-op profile).
+    fn enqueue_step(
+        &self,
+        mut trace: Option<&mut Vec<TraceEntry>>,
+        mut marks: Option<&mut Vec<ProfileMark>>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (h, hd, heads, kvh) = (
             cfg.hidden_size,
@@ -778,7 +800,7 @@ impl GpuEngine {
         let b = &self.b;
         let state = self.r(&b.state);
         let tracing = trace.is_some();
-        let mut keep = |layer: Option<usize>, op: &'static str, v: Vec<f32>| {
+        let mut keep = |layer: Option<usize>, op: &'static str, v: Vec<f32>| -> Result<()> {
             if let Some(t) = trace.as_deref_mut() {
                 t.push(TraceEntry {
                     layer,
@@ -786,6 +808,15 @@ impl GpuEngine {
                     values: v,
                 });
             }
+            if let Some(m) = marks.as_deref_mut() {
+                let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+                m.push(ProfileMark {
+                    op,
+                    event: self.stream.record_event(flags).ctx("profile event")?,
+                    streamed: self.streamed.get(),
+                });
+            }
+            Ok(())
         };
         let snap16 = |s: &CudaSlice<f16>| -> Result<Vec<f32>> {
             if !tracing {
@@ -819,17 +850,17 @@ impl GpuEngine {
             &e,
             "embedding",
         )?;
-        keep(None, "embedding", snap32(&b.resid)?);
+        keep(None, "embedding", snap32(&b.resid)?)?;
 
         let layer_stride = 2 * max_ctx * kv_dim;
         for (li, l) in self.weights.layers.iter().enumerate() {
             let delta = if li == 0 { 0 } else { self.r(&b.down) };
             self.norm(delta, &l.attn_norm, &format!("layer {li} input_layernorm"))?;
-            keep(Some(li), "attn_norm", snap16(&b.xn)?);
+            keep(Some(li), "attn_norm", snap16(&b.xn)?)?;
             for s in &l.qkv {
                 self.linear(&s.lin, self.r(&b.xn), self.r(&b.qkv) + 2 * s.col as u64)?;
             }
-            keep(Some(li), "qkv_proj", snap16(&b.qkv)?);
+            keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
             let k_cache = self.r(&self.kv) + 2 * (li * layer_stride) as u64;
             let v_cache = k_cache + 2 * (max_ctx * kv_dim) as u64;
             let rp = abi::lab_llama_rope_params {
@@ -851,7 +882,7 @@ impl GpuEngine {
                 &rp,
                 &format!("layer {li} rope_kv"),
             )?;
-            keep(Some(li), "rope", snap16(&b.qkv)?);
+            keep(Some(li), "rope", snap16(&b.qkv)?)?;
             let ap = abi::lab_llama_attn_params {
                 qkv: self.r(&b.qkv),
                 k_cache,
@@ -870,6 +901,9 @@ impl GpuEngine {
             };
             let groups = 256 / (hd / 8);
             let smem = ((hd + self.opts.attn_chunk + groups * hd) * 4) as u32;
+            // K and V rows 0..=pos, fp16: what the attention streams per layer.
+            self.streamed
+                .set(self.streamed.get() + 2 * (self.pos as u64 + 1) * kv_dim as u64 * 2);
             self.launch(
                 &self.k.attn_split,
                 (heads as u32, self.n_splits as u32),
@@ -886,20 +920,20 @@ impl GpuEngine {
                 &ap,
                 &format!("layer {li} attention (combine)"),
             )?;
-            keep(Some(li), "attention", snap16(&b.attn)?);
+            keep(Some(li), "attention", snap16(&b.attn)?)?;
             self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
-            keep(Some(li), "o_proj", snap16(&b.o)?);
+            keep(Some(li), "o_proj", snap16(&b.o)?)?;
             self.norm(
                 self.r(&b.o),
                 &l.ffn_norm,
                 &format!("layer {li} post_attention_layernorm"),
             )?;
-            keep(Some(li), "residual_attn", snap32(&b.resid)?);
-            keep(Some(li), "ffn_norm", snap16(&b.xn)?);
+            keep(Some(li), "residual_attn", snap32(&b.resid)?)?;
+            keep(Some(li), "ffn_norm", snap16(&b.xn)?)?;
             for s in &l.gate_up {
                 self.linear(&s.lin, self.r(&b.xn), self.r(&b.gate_up) + 2 * s.col as u64)?;
             }
-            keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?);
+            keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?)?;
             let sp = abi::lab_llama_silu_params {
                 gate_up: self.r(&b.gate_up),
                 out: self.r(&b.act),
@@ -914,13 +948,15 @@ impl GpuEngine {
                 &sp,
                 &format!("layer {li} silu_mul"),
             )?;
-            keep(Some(li), "silu_mul", snap16(&b.act)?);
+            keep(Some(li), "silu_mul", snap16(&b.act)?)?;
             self.linear(&l.down, self.r(&b.act), self.r(&b.down))?;
-            keep(Some(li), "down_proj", snap16(&b.down)?);
+            keep(Some(li), "down_proj", snap16(&b.down)?)?;
         }
         self.norm(self.r(&b.down), &self.weights.final_norm, "final norm")?;
-        keep(None, "residual_final", snap32(&b.resid)?);
-        keep(None, "final_norm", snap16(&b.xn)?);
+        keep(None, "residual_final", snap32(&b.resid)?)?;
+        keep(None, "final_norm", snap16(&b.xn)?)?;
+        self.streamed
+            .set(self.streamed.get() + (vocab * h * 2) as u64);
         self.gemv_f16(
             self.r(&self.weights.lm_head),
             self.r(&b.xn),
@@ -930,14 +966,24 @@ impl GpuEngine {
             h,
             "lm_head",
         )?;
-        keep(None, "lm_head", snap32(&b.logits)?);
+        keep(None, "lm_head", snap32(&b.logits)?)?;
         let gp = abi::lab_llama_argmax_params {
             logits: self.r(&b.logits),
             state,
             vocab: vocab as i32,
             max_ctx: max_ctx as i32,
         };
-        self.launch(&self.k.argmax, (1, 1), 1024, 0, &gp, "argmax")
+        self.launch(&self.k.argmax, (1, 1), 1024, 0, &gp, "argmax")?;
+        // The argmax has no output to trace; the profile still needs its end.
+        if let Some(m) = marks {
+            let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+            m.push(ProfileMark {
+                op: "argmax",
+                event: self.stream.record_event(flags).ctx("profile event")?,
+                streamed: self.streamed.get(),
+            });
+        }
+        Ok(())
     }
 
     /// Capture the step as a CUDA graph (once; later steps replay it).
@@ -949,7 +995,7 @@ impl GpuEngine {
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .ctx("begin graph capture")?;
-        let r = self.enqueue_step(None);
+        let r = self.enqueue_step(None, None);
         let g = self.stream.end_capture(CUgraphInstantiate_flags(0));
         r?;
         let g = g
@@ -1014,7 +1060,7 @@ impl GpuEngine {
                     "graph replay asked for before capture_graph",
                 ))
             }
-            _ => self.enqueue_step(trace)?,
+            _ => self.enqueue_step(trace, None)?,
         }
         self.pos += 1;
         Ok(())
@@ -1172,6 +1218,45 @@ impl GpuEngine {
         let f = free_now(&self.ctx)?;
         self.vram.observe(f);
         Ok(ms / n as f64)
+    }
+
+    /// One eager step, timed op by op (`step_profile`): a spinning kernel holds the GPU for
+    /// `hold_ms` while the host queues the step with an event after every op, so the events time
+    /// the ops back to back on the GPU rather than at the host's launch rate. Returns the marks
+    /// and whether the GPU had already left the hold before the host finished queueing (then
+    /// host gaps are inside the figures: call again with a longer hold). Advances one position,
+    /// feeding the previous step's argmax like `step_greedy`.
+    pub fn profile_step(&mut self, hold_ms: f64) -> Result<(Vec<Mark>, bool)> {
+        if self.pos >= self.opts.max_ctx {
+            return Err(LabError::invalid(
+                "sequence length",
+                format!("the KV cache is full ({} positions)", self.opts.max_ctx),
+            ));
+        }
+        let hp = abi::lab_llama_hold_params {
+            ns: (hold_ms.max(0.0) * 1e6) as u64,
+        };
+        self.launch(&self.k.hold, (1, 1), 32, 0, &hp, "profile hold")?;
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(flags).ctx("profile event")?;
+        let s0 = self.streamed.get();
+        let mut marks = Vec::new();
+        self.enqueue_step(None, Some(&mut marks))?;
+        let host_bound = start.is_complete();
+        self.stream.synchronize().ctx("profiled decode step")?;
+        self.pos += 1;
+        let mut out = Vec::with_capacity(marks.len());
+        let (mut prev, mut prev_bytes) = (&start, s0);
+        for m in &marks {
+            let ms = prev.elapsed_ms(&m.event).ctx("profile event time")?;
+            out.push(Mark {
+                op: m.op,
+                us: ms as f64 * 1e3,
+                bytes: m.streamed - prev_bytes,
+            });
+            (prev, prev_bytes) = (&m.event, m.streamed);
+        }
+        Ok((out, host_bound))
     }
 
     /// One eager step feeding `token`, with every op's output copied back (debug mode).

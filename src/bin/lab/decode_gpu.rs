@@ -60,6 +60,9 @@ pub struct GpuArgs {
     steps: usize,
     #[arg(long, default_value_t = 4)]
     warmup: usize,
+    /// Eager steps profiled op by op at each context (where a step's time goes; 0: none).
+    #[arg(long, default_value_t = 3)]
+    profile_steps: usize,
     /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv), registry
     /// variants such as gemv_v5_splitk, gemv_v4_perm, and/or auto (per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
@@ -246,6 +249,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 },
                 prefill_chunk: g.prefill_chunk,
                 prefill_int4: pf_int4,
+                profile_steps: g.profile_steps,
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -305,6 +309,30 @@ fn print_run(r: &DecodeReport, secs: f64) {
         eprintln!(
             "  prefill {:>5} tokens: {:8.2} ms, {:8.0} tok/s, {:.1} linear TFLOP/s",
             p.tokens, p.ms, p.tokens_per_s, p.linear_tflops
+        );
+    }
+    // The shortest context's profile: the groups that hold the step, largest first.
+    if let Some(p) = r.profile.first() {
+        let mut g: Vec<_> = p.groups.iter().collect();
+        g.sort_by(|a, b| b.us.total_cmp(&a.us));
+        let parts: Vec<String> = g
+            .iter()
+            .take(6)
+            .map(|g| {
+                let bw = if g.gbs > 0.0 {
+                    format!(" {:.0} GB/s", g.gbs)
+                } else {
+                    String::new()
+                };
+                format!("{} {:.0} us{bw}", g.group, g.us)
+            })
+            .collect();
+        eprintln!(
+            "  profile ctx {}: {:.0} us/step{}: {}",
+            p.ctx,
+            p.total_us,
+            if p.host_bound { " (host-bound)" } else { "" },
+            parts.join(", ")
         );
     }
     for n in r.notes.iter().filter(|n| n.contains("flags")) {
