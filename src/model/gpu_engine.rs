@@ -8,7 +8,7 @@
 //!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> rope_kv -> attn_split ->
 //!   attn_combine -> o -> add_rmsnorm(+o) -> gate_up -> silu_mul -> down] -> add_rmsnorm(+down)
 //!   -> lm_head -> argmax
-//! Prefill (`gpu_prefill.rs`) runs all prompt tokens of a chunk through each layer at once (GEMM
+//! Prefill (`gpu_prefill/`) runs all prompt tokens of a chunk through each layer at once (GEMM
 //! family / cuBLAS, causal prefill attention); `PrefillMode::TokenByToken` keeps the old path, this
 //! step once per prompt token, as the reference.
 //! Linear layers go through `GpuEngine::linear` only: int4 via the engine's own split-K GEMV
@@ -37,7 +37,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[path = "gpu_prefill.rs"]
+#[path = "gpu_prefill/mod.rs"]
 mod prefill;
 pub use prefill::{
     attn_smem_bytes, chunks, int4_path, row_tiles, Int4Path, PrefillInt4, PrefillLogits,

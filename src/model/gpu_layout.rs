@@ -21,25 +21,47 @@ use half::f16;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// An int4 linear exactly as the engine uploads it (the host twin of `Int4Dev`).
+/// Where the arrays of an `Int4Linear` live: `Host` (`Vec`, this module: built and tested without
+/// a GPU) or `gpu_weights::Device` (`CudaSlice`, what the engine's kernels read). One field list
+/// serves both, so the host form is the device form by construction.
+pub trait Storage {
+    type Buf<T>;
+}
+
+/// Arrays in host memory.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Int4Host {
+pub struct Host;
+
+impl Storage for Host {
+    type Buf<T> = Vec<T>;
+}
+
+/// An int4 linear in the engine's layout (canonical GPTQ packing, act-order rows sorted by group).
+/// The derives hold where the storage's buffers allow them: `Int4Host` is Debug + Clone +
+/// PartialEq; `Int4Dev` is none of these (a device buffer is neither printed nor copied
+/// implicitly).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int4Linear<S: Storage> {
     pub k: usize,
     pub n: usize,
     pub group_size: usize,
     pub groups: usize,
+    /// zeros are all 8: `qzeros` is not read (and not stored).
     pub symmetric: bool,
     /// u32 [k/8, n], rows sorted by group for act-order layers.
-    pub qweight: Vec<u32>,
+    pub qweight: S::Buf<u32>,
     /// u32 [groups, n/8] true zeros; `None` when symmetric (the kernel assumes 8).
-    pub qzeros: Option<Vec<u32>>,
+    pub qzeros: Option<S::Buf<u32>>,
     /// fp16 [groups, n].
-    pub scales: Vec<f16>,
-    /// Sorted g_idx when the groups are uneven after the reorder; `None`: group = row / G.
-    pub g_idx: Option<Vec<i32>>,
+    pub scales: S::Buf<f16>,
+    /// Sorted g_idx when the groups are uneven after the reorder (rare); `None`: group = row / G.
+    pub g_idx: Option<S::Buf<i32>>,
     /// Act-order: x column read for sorted row r.
-    pub perm: Option<Vec<i32>>,
+    pub perm: Option<S::Buf<i32>>,
 }
+
+/// An int4 linear exactly as the engine uploads it (the host twin of `gpu_weights::Int4Dev`).
+pub type Int4Host = Int4Linear<Host>;
 
 /// A linear as the engine stores it.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,7 +14,7 @@ use crate::error::DriverCtx;
 use crate::gptq::QuantLinear;
 use crate::kernels::abi;
 use crate::model::config::ModelConfig;
-use crate::model::gpu_layout::{LaidOutLayer, LaidOutLinear, LaidOutSlot};
+use crate::model::gpu_layout::{Int4Linear, LaidOutLayer, LaidOutLinear, LaidOutSlot, Storage};
 use crate::model::layer_source::{stream_model, CheckpointLayers, LayerSource};
 use crate::model::load_progress::LoadStats;
 use crate::{LabError, Result};
@@ -317,22 +317,16 @@ impl HostLlama {
     }
 }
 
-/// An int4 linear on the device, canonical layout (`qweight` u32 [k/8, n]).
-pub struct Int4Dev {
-    pub k: usize,
-    pub n: usize,
-    pub group_size: usize,
-    pub groups: usize,
-    /// zeros are all 8: `qzeros` is not read (and not allocated).
-    pub symmetric: bool,
-    pub qweight: CudaSlice<u32>,
-    pub qzeros: Option<CudaSlice<u32>>,
-    pub scales: CudaSlice<f16>,
-    /// Sorted g_idx when the groups are uneven after the reorder (rare); `None`: group = k / G.
-    pub g_idx: Option<CudaSlice<i32>>,
-    /// Act-order: x column read for sorted row r.
-    pub perm: Option<CudaSlice<i32>>,
+/// Arrays in device memory (`gpu_layout::Storage`).
+pub struct Device;
+
+impl Storage for Device {
+    type Buf<T> = CudaSlice<T>;
 }
+
+/// An int4 linear on the device: the fields and layout of `gpu_layout::Int4Linear`, each array
+/// a device buffer (`upload_linear` copies an `Int4Host` field by field).
+pub type Int4Dev = Int4Linear<Device>;
 
 /// An fp16 linear, W [n, k] row-major.
 pub struct F16Dev {

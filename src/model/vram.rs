@@ -14,7 +14,8 @@ pub enum Phase {
     /// the instantiated CUDA graph.
     Workspace,
     /// The prefill chunk's m-row activations, the GEMM split-K workspace, the gemm_v2 repack
-    /// scratch (`gpu_prefill::PrefillSizes`); allocated once at engine construction.
+    /// scratch (`gpu_engine::PrefillSizes`, in gpu_prefill/sizes.rs); allocated once at engine
+    /// construction.
     Prefill,
 }
 

@@ -1,0 +1,308 @@
+//! The linear layers of a prefill: which kernel computes an m-row linear (`int4_path`, listed in
+//! the module comment of mod.rs) and its launches. int4: the GEMM family (kernels::gemm) in row
+//! tiles of <= GEMM_ROWS, gemm_v2 reading a once-per-chunk repack into fragment order, an unfused
+//! slot's rows copied into its columns of the fused output; else the decode GEMV once per row.
+//! fp16: cuBLAS GemmEx over all m rows, or the lab fp16 GEMV once per row without cuBLAS.
+
+use super::*;
+use crate::kernels::gemm;
+use crate::kernels::gemm_layout;
+use std::ops::Range;
+
+/// Rows per GEMM launch: the GEMM family's largest batch.
+pub const GEMM_ROWS: usize = gemm::MAX_M;
+
+/// What computes one int4 linear in a prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int4Path {
+    GemmV2,
+    GemmV1,
+    /// Per-row GEMV; the reason is for logs and reports.
+    Rows(&'static str),
+}
+
+pub(super) fn gemm_variant(name: &str) -> &'static Variant {
+    gemm::VARIANTS
+        .iter()
+        .find(|v| v.name == name)
+        .expect("gemm variants are static")
+}
+
+/// The int4 path of a linear of shape `s` on an sm_`sm` device under `choice`: the GEMM family
+/// when it serves the layout (`gemm::check_layer`: group sizes, equal-size groups), else per row.
+pub fn int4_path(choice: PrefillInt4, s: &LayerShape, sm: u32) -> Int4Path {
+    let serves = |name: &str| {
+        let v = gemm_variant(name);
+        sm >= v.min_sm && gemm::check_layer(v, s).is_ok()
+    };
+    let v2 = serves("gemm_v2_mma");
+    let v1 = serves("gemm_v1_simt");
+    let why = if s.g_idx {
+        "act-order groups of unequal size (g_idx kept): the GEMM family needs group_size rows per group"
+    } else {
+        "group size or device outside the GEMM family's range"
+    };
+    match choice {
+        PrefillInt4::RowGemv => Int4Path::Rows("asked for (--prefill-int4 rows)"),
+        PrefillInt4::Auto | PrefillInt4::GemmV2 if v2 => Int4Path::GemmV2,
+        PrefillInt4::Auto | PrefillInt4::GemmV1 if v1 => Int4Path::GemmV1,
+        PrefillInt4::GemmV2 if v1 => Int4Path::GemmV1,
+        _ => Int4Path::Rows(why),
+    }
+}
+
+/// Row tiles of an m-row GEMM: <= GEMM_ROWS rows each, and never a 1-row tile after a full one
+/// (the family's batch range starts at 2): 65 rows -> 63 + 2. A lone 1-row chunk stays 1 row
+/// (the per-row GEMV serves it).
+pub fn row_tiles(m: usize, rows: usize) -> Vec<Range<usize>> {
+    let rows = rows.max(2);
+    let mut t: Vec<Range<usize>> = (0..m).step_by(rows).map(|a| a..(a + rows).min(m)).collect();
+    let n = t.len();
+    if n >= 2 && t[n - 1].len() == 1 {
+        t[n - 2].end -= 1;
+        t[n - 1].start -= 1;
+    }
+    t
+}
+
+/// Where a linear's m output rows go: `y` + (r * width + col) fp16 values for row r.
+#[derive(Clone, Copy)]
+pub(super) struct RowsOut {
+    pub(super) y: u64,
+    pub(super) width: usize,
+    pub(super) col: usize,
+}
+
+impl GpuEngine {
+    /// y rows = x rows . W over m rows (x fp16 [m, k] row-major at `x`), through the path the
+    /// module comment lists for this layout.
+    pub(super) fn prefill_linear(
+        &self,
+        lin: &GpuLinear,
+        x: u64,
+        m: usize,
+        out: RowsOut,
+    ) -> Result<()> {
+        let (k, n) = lin.kn();
+        let row_x = |r: usize| x + 2 * (r * k) as u64;
+        let row_y = |r: usize| out.y + 2 * (r * out.width + out.col) as u64;
+        match lin {
+            GpuLinear::F16(l) => match &self.blas {
+                Some(b) => self.cublas_gemm(b, l, x, m, row_y(0), out.width),
+                // No cuBLAS: the lab fp16 GEMV once per row (m times the weight traffic).
+                None => (0..m).try_for_each(|r| {
+                    self.gemv_f16(
+                        self.r(&l.w),
+                        row_x(r),
+                        row_y(r),
+                        0,
+                        n,
+                        k,
+                        "prefill fp16 linear (lab GEMV per row)",
+                    )
+                }),
+            },
+            GpuLinear::Int4(q) => {
+                let pf = self.pf()?;
+                let path = int4_path(pf.choice, &layer_shape(q), pf.sm);
+                let v = match path {
+                    Int4Path::Rows(_) => {
+                        return (0..m).try_for_each(|r| self.linear(lin, row_x(r), row_y(r)))
+                    }
+                    Int4Path::GemmV2 => gemm_variant("gemm_v2_mma"),
+                    Int4Path::GemmV1 => gemm_variant("gemm_v1_simt"),
+                };
+                let missing = |what: &str| {
+                    LabError::invalid(
+                        "prefill workspace",
+                        format!("{what} was not allocated for a {k} x {n} GEMM linear"),
+                    )
+                };
+                let qweight = if path == Int4Path::GemmV2 {
+                    let dst = pf
+                        .bufs
+                        .repack
+                        .as_ref()
+                        .ok_or_else(|| missing("the repack scratch"))?;
+                    self.repack_v2(q, self.r(dst))?;
+                    self.r(dst)
+                } else {
+                    self.r(&q.qweight)
+                };
+                let direct = out.col == 0 && out.width == n;
+                for t in row_tiles(m, GEMM_ROWS) {
+                    if t.len() == 1 {
+                        // Only a 1-row chunk: the GEMM family starts at 2 rows.
+                        self.linear(lin, row_x(t.start), row_y(t.start))?;
+                    } else if direct {
+                        self.gemm_int4(v, q, qweight, row_x(t.start), row_y(t.start), t.len())?;
+                    } else {
+                        let sy = pf
+                            .bufs
+                            .slot_y
+                            .as_ref()
+                            .ok_or_else(|| missing("the slot scratch"))?;
+                        self.gemm_int4(v, q, qweight, row_x(t.start), self.r(sy), t.len())?;
+                        self.copy_rows(self.r(sy), n, row_y(t.start), out.width, n, t.len())?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// One GEMM-family launch (m = 2..64 rows) on the engine's stream: the family's own split-K
+    /// heuristic, validation and plan (kernels::gemm), with `qweight` in the variant's layout.
+    fn gemm_int4(
+        &self,
+        v: &'static Variant,
+        l: &Int4Dev,
+        qweight: u64,
+        x: u64,
+        y: u64,
+        m: usize,
+    ) -> Result<()> {
+        let pf = self.pf()?;
+        let (split, slice) = gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.sms as u32);
+        let ws = pf.bufs.gemm_ws.as_ref().map_or(0, |w| self.r(w));
+        let mut p = self.int4_params(l, x, y, ws, split as usize, slice as usize);
+        p.qweight = qweight;
+        p.m = m as i32;
+        gemm::validate(v, &p, pf.sm)?;
+        let what = format!("prefill {} m {m} K {} N {}", v.name, l.k, l.n);
+        if split > 1 {
+            // SAFETY: ws holds GEMM_ROWS * (widest GEMM N) f32 >= m * n (PrefillSizes::gemm_ws).
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    ws,
+                    0,
+                    gemm::workspace_bytes(&p),
+                    self.stream.cu_stream(),
+                )
+            }
+            .ctx(&what)?;
+        }
+        for step in gemm::plan(v, &p) {
+            let f = pf.k.gemm.get(step.symbol).ok_or_else(|| {
+                LabError::invalid(
+                    "prefill",
+                    format!("{} was not loaded at engine construction", step.symbol),
+                )
+            })?;
+            let cfg = LaunchConfig {
+                grid_dim: step.grid,
+                block_dim: step.block,
+                shared_mem_bytes: step.smem_bytes,
+            };
+            // SAFETY: as gemm::launch: validate() checked shape, alignment and pointers; x holds
+            // m rows of k, y m rows of n (direct rows of the chunk buffer, or the slot scratch).
+            unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.ctx(&what)?;
+        }
+        Ok(())
+    }
+
+    /// The canonical codes of `l` into gemm_v2 fragment order at `dst`.
+    fn repack_v2(&self, l: &Int4Dev, dst: u64) -> Result<()> {
+        let pf = self.pf()?;
+        let words = gemm_layout::prepared_words(l.k, l.n);
+        let p = abi::lab_llama_repack_params {
+            src: self.r(&l.qweight),
+            dst,
+            words: words as u64,
+            k: l.k as i32,
+            n: l.n as i32,
+        };
+        // Grid-stride: 8 blocks of 256 per SM is plenty for a copy-like kernel.
+        let blocks = words.div_ceil(256).min(8 * self.sms).max(1);
+        self.launch(
+            &pf.k.repack,
+            (blocks as u32, 1),
+            256,
+            0,
+            &p,
+            &format!("prefill repack to gemm_v2 order K {} N {}", l.k, l.n),
+        )
+    }
+
+    /// `rows` rows of `n` fp16 from `src` (row stride src_w) to `dst` (row stride dst_w).
+    fn copy_rows(
+        &self,
+        src: u64,
+        src_w: usize,
+        dst: u64,
+        dst_w: usize,
+        n: usize,
+        rows: usize,
+    ) -> Result<()> {
+        use cudarc::driver::sys::{cuMemcpy2DAsync_v2, CUmemorytype, CUDA_MEMCPY2D};
+        let c = CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcHost: std::ptr::null(),
+            srcDevice: src,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: src_w * 2,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            dstHost: std::ptr::null_mut(),
+            dstDevice: dst,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: dst_w * 2,
+            WidthInBytes: n * 2,
+            Height: rows,
+        };
+        // SAFETY: src holds rows x src_w and dst rows x dst_w fp16 (the slot scratch and the
+        // chunk's output rows); the copy is ordered on the engine's stream.
+        unsafe { cuMemcpy2DAsync_v2(&c, self.stream.cu_stream()) }
+            .result()
+            .ctx("prefill: unfused slot rows into the fused output")
+    }
+
+    /// fp16 linear over m rows through cuBLAS: Y[m, n] (row stride ldy) = X[m, k] W[n, k]^T.
+    fn cublas_gemm(
+        &self,
+        b: &Blas,
+        l: &F16Dev,
+        x: u64,
+        m: usize,
+        y: u64,
+        ldy: usize,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // Column-major views: W [n, k] row-major is A = k x n (lda k); X [m, k] row-major is
+        // B = k x m (ldb k); Y rows of stride ldy are C = n x m (ldc ldy). C = A^T B.
+        // SAFETY: w holds n*k fp16, x m*k, y m rows of ldy >= n (the chunk's output buffers).
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *b.handle.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                l.n as i32,
+                m as i32,
+                l.k as i32,
+                (&alpha) as *const f32 as *const _,
+                self.r(&l.w) as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                l.k as i32,
+                x as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                l.k as i32,
+                (&beta) as *const f32 as *const _,
+                y as *mut _,
+                cudaDataType_t::CUDA_R_16F,
+                ldy as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .ctx(&format!(
+            "cuBLAS fp16 prefill GEMM m {m} K {} N {}",
+            l.k, l.n
+        ))
+    }
+}

@@ -1,0 +1,163 @@
+//! The engine's prefill state (`Prefill`): which int4 path each linear of the loaded weights takes
+//! decides which GEMM kernels are loaded and how large the split-K, repack and unfused-slot
+//! scratch must be; the buffers are allocated once, at engine construction, at `PrefillSizes`.
+
+use super::linears::gemm_variant;
+use super::*;
+use crate::kernels::gemm;
+use crate::kernels::gemm_layout;
+use crate::model::gpu_weights::{GpuLayer, Slot};
+
+// Visibility: `pub(in crate::model::gpu_engine)` for what the engine itself reads (construction,
+// the ledger's byte count); `pub(super)` for what the other files of the prefill read.
+
+pub(in crate::model::gpu_engine) struct PrefillBufs {
+    pub(in crate::model::gpu_engine) sizes: PrefillSizes,
+    pub(super) tokens: CudaSlice<i32>,
+    pub(super) resid: CudaSlice<f32>,
+    pub(super) x16: CudaSlice<f16>,
+    pub(super) qkv: CudaSlice<f16>,
+    pub(super) delta: CudaSlice<f16>,
+    pub(super) gate_up: CudaSlice<f16>,
+    pub(super) act: CudaSlice<f16>,
+    pub(super) gemm_ws: Option<CudaSlice<f32>>,
+    pub(super) repack: Option<CudaSlice<u32>>,
+    pub(super) slot_y: Option<CudaSlice<f16>>,
+}
+
+pub(super) struct PrefillKernels {
+    pub(super) embed: CudaFunction,
+    pub(super) attn: CudaFunction,
+    pub(super) repack: CudaFunction,
+    /// GEMM instantiations by symbol (only of the variants some linear uses).
+    pub(super) gemm: HashMap<&'static str, CudaFunction>,
+}
+
+/// The engine's prefill state: kernels, buffers, the device's sm and the int4 choice.
+pub(in crate::model::gpu_engine) struct Prefill {
+    pub(in crate::model::gpu_engine) bufs: PrefillBufs,
+    pub(super) k: PrefillKernels,
+    pub(super) sm: u32,
+    pub(super) choice: PrefillInt4,
+}
+
+pub(super) fn int4_linears(l: &GpuLayer) -> impl Iterator<Item = (&GpuLinear, bool)> {
+    // (linear, is an unfused slot of a wider output)
+    let part = |s: &[Slot]| s.len() > 1;
+    let (q, g) = (part(&l.qkv), part(&l.gate_up));
+    l.qkv
+        .iter()
+        .map(move |s| (&s.lin, q))
+        .chain([(&l.o, false)])
+        .chain(l.gate_up.iter().map(move |s| (&s.lin, g)))
+        .chain([(&l.down, false)])
+}
+
+impl Prefill {
+    /// Plan and allocate the prefill for `weights` on `gpu` (nothing when `chunk` is 0).
+    pub(in crate::model::gpu_engine) fn new(
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        cfg: &ModelConfig,
+        weights: &GpuWeights,
+        chunk: usize,
+        choice: PrefillInt4,
+    ) -> Result<Option<Self>> {
+        if chunk == 0 {
+            return Ok(None);
+        }
+        let sm = gpu.sm();
+        let smem = attn_smem_bytes(cfg.head_dim());
+        if smem > 48 * 1024 {
+            return Err(LabError::invalid(
+                "model config",
+                format!(
+                    "head_dim {}: the prefill attention needs {smem} B of shared memory (> 48 KB)",
+                    cfg.head_dim()
+                ),
+            ));
+        }
+        let (mut gemm_n, mut repack_words, mut slot_n) = (0usize, 0usize, 0usize);
+        let (mut v1, mut v2) = (false, false);
+        for l in &weights.layers {
+            for (lin, unfused) in int4_linears(l) {
+                let GpuLinear::Int4(q) = lin else { continue };
+                let path = int4_path(choice, &layer_shape(q), sm);
+                match path {
+                    Int4Path::Rows(_) => continue,
+                    Int4Path::GemmV2 => {
+                        v2 = true;
+                        repack_words = repack_words.max(gemm_layout::prepared_words(q.k, q.n));
+                    }
+                    Int4Path::GemmV1 => v1 = true,
+                }
+                gemm_n = gemm_n.max(q.n);
+                if unfused {
+                    slot_n = slot_n.max(q.n);
+                }
+            }
+        }
+        let sizes = PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n);
+        let a16 = |n: usize, what: &str| stream.alloc_zeros::<f16>(n).ctx(what);
+        let opt16 = |n: usize, what: &str| (n > 0).then(|| a16(n, what)).transpose();
+        let bufs = PrefillBufs {
+            sizes,
+            tokens: stream
+                .alloc_zeros::<i32>(sizes.tokens)
+                .ctx("prefill tokens")?,
+            resid: stream
+                .alloc_zeros::<f32>(sizes.resid)
+                .ctx("prefill residual rows")?,
+            x16: a16(sizes.x16, "prefill normed/attention rows")?,
+            qkv: a16(sizes.qkv, "prefill qkv rows")?,
+            delta: a16(sizes.delta, "prefill o/down rows")?,
+            gate_up: a16(sizes.gate_up, "prefill gate_up rows")?,
+            act: a16(sizes.act, "prefill silu rows")?,
+            gemm_ws: (sizes.gemm_ws > 0)
+                .then(|| {
+                    stream
+                        .alloc_zeros::<f32>(sizes.gemm_ws)
+                        .ctx("prefill GEMM split-K workspace")
+                })
+                .transpose()?,
+            repack: (sizes.repack > 0)
+                .then(|| {
+                    stream
+                        .alloc_zeros::<u32>(sizes.repack)
+                        .ctx("prefill gemm_v2 repack scratch")
+                })
+                .transpose()?,
+            slot_y: opt16(sizes.slot_y, "prefill unfused-slot rows")?,
+        };
+        let mut fns = HashMap::new();
+        for (used, name) in [(v1, "gemm_v1_simt"), (v2, "gemm_v2_mma")] {
+            if !used {
+                continue;
+            }
+            let v = gemm_variant(name);
+            for &sym in v.symbols {
+                let f = gpu.function(sym)?;
+                if name == "gemm_v2_mma" && !sym.ends_with("finish") {
+                    // Every v2 tile asks for more than the 48 KB default (gemm::v2_smem_bytes).
+                    f.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        gemm::v2_smem_bytes(4) as i32,
+                    )
+                    .ctx(&format!("{sym}: raising the dynamic shared-memory limit"))?;
+                }
+                fns.insert(sym, f);
+            }
+        }
+        Ok(Some(Prefill {
+            bufs,
+            k: PrefillKernels {
+                embed: gpu.function("lab_llama_prefill_embed")?,
+                attn: gpu.function("lab_llama_prefill_attn")?,
+                repack: gpu.function("lab_llama_repack_v2")?,
+                gemm: fns,
+            },
+            sm,
+            choice,
+        }))
+    }
+}
