@@ -174,6 +174,20 @@ typedef struct {
     uint64_t ns;       /* how long the single thread spins (globaltimer nanoseconds) */
 } lab_llama_hold_params;
 
+/* Nucleus (top-p) sampling on the GPU, the same algorithm as src/model/sampler.rs (its CPU
+   mirror): weights w_i = exp((l_i - max) / T); the nucleus is every token whose logit is >= the
+   largest threshold t with sum_{l_i >= t} w_i >= top_p * sum_i w_i; the token is the one whose
+   interval, in index order over the nucleus, holds u * nucleus mass, u = lab_sample_u(seed, pos). */
+#define LAB_SAMPLE_MIX_A 0x9E3779B97F4A7C15ull
+typedef struct {
+    uint64_t logits;   /* f32 [vocab] */
+    uint64_t state;    /* i32 state words: TOKEN <- the drawn token, POS += 1 (as lab_llama_argmax) */
+    uint64_t seed;     /* the draw at position p depends only on (seed, p): runs repeat exactly */
+    float top_p;       /* (0, 1] */
+    float inv_temp;    /* 1 / temperature, > 0 */
+    int32_t vocab, max_ctx;
+} lab_llama_sample_params;
+
 /* ---- LLaMA prefill (kernels/llama/prefill.cu): m prompt rows through a layer at once ----
  * Row-major [m, width] activations; row r is the token at position pos0 + r. Not graph-captured
  * (one launch sequence per prompt chunk), so positions are plain parameters. The row-aware decode

@@ -6,6 +6,7 @@
 //   lab_llama_rope_kv       v1: HF rotate-half RoPE on q and k in place (pairs i, i + hd/2), k and v appended at row pos
 //   lab_llama_silu_mul      v1: out = silu(gate) * up over the fused gate_up output, fp32 math
 //   lab_llama_argmax        v1: one block: greedy token (lowest index on ties, NaN ignored) -> state.token, pos += 1
+//   lab_llama_sample_top_p  v1: one block: nucleus sampling (threshold bisection + index-order inverse CDF) -> state.token, pos += 1
 //   lab_llama_hold          v1: one thread spins for p.ns nanoseconds (the per-op profile queues a step behind it)
 // Checked by: cargo test --release --test gpu_decode (GPU engine vs the CPU f64 engine, op by op,
 // layer by layer, on tiny models) — `lab decode --backend gpu --model tiny-check` runs the same check.
@@ -181,4 +182,110 @@ extern "C" __global__ void lab_llama_hold(lab_llama_hold_params p) {
         __nanosleep(1000);
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     } while (t - t0 < p.ns);
+}
+
+// Order-preserving key of a float (larger float -> larger key; NaN never reaches it).
+static __device__ __forceinline__ uint32_t llama_fkey(float v) {
+    const uint32_t b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+// One block of 1024 threads over the logits, L2-resident (32000 x 4 B = 128 KB per pass).
+// Passes: max (1), normaliser (1), threshold bisection over the 32-bit key space (32), chunk sums
+// + scan + walk (2): ~36 passes = ~4.6 MB of L2 reads, tens of microseconds; it replaces a 128 KB
+// copy to the host, a host sort and a feed per token, and stays inside the step's CUDA graph.
+// The weights are recomputed in every pass with the same expression and the same reduction
+// order, so "mass of the keys >= 0" is bit-identical to the normaliser (the bisection's
+// invariant holds exactly).
+extern "C" __global__ void __launch_bounds__(1024) lab_llama_sample_top_p(lab_llama_sample_params p) {
+    __shared__ float scratch[32];
+    __shared__ int owner;
+    const float* l = reinterpret_cast<const float*>(p.logits);
+    const int tid = threadIdx.x, nt = blockDim.x;
+    int* st = reinterpret_cast<int*>(p.state);
+    const int pos = st[LAB_LLAMA_STATE_POS];
+
+    float m = -INFINITY;
+    for (int i = tid; i < p.vocab; i += nt) m = fmaxf(m, l[i]);  // fmaxf drops NaN
+    m = llama_block_max(m, scratch);
+    if (!(m > -INFINITY)) {  // every logit NaN or -inf: as lab_llama_argmax
+        if (tid == 0) {
+            st[LAB_LLAMA_STATE_FLAGS] |= LAB_LLAMA_FLAG_NAN_LOGITS;
+            st[LAB_LLAMA_STATE_TOKEN] = 0;
+            st[LAB_LLAMA_STATE_POS] = pos < p.max_ctx ? pos + 1 : pos;
+        }
+        return;
+    }
+    // Thread t owns the contiguous chunk [t c, t c + c): index order across threads is what the
+    // inverse CDF below walks, and every pass sums in this same order.
+    const int c = (p.vocab + nt - 1) / nt;
+    const int lo_i = min(tid * c, p.vocab), hi_i = min(lo_i + c, p.vocab);
+    auto weight = [&](float v) { return (v == v) ? expf((v - m) * p.inv_temp) : 0.f; };
+    auto mass = [&](uint32_t key) {
+        float s = 0.f;
+        for (int i = lo_i; i < hi_i; ++i) {
+            const float v = l[i];
+            if (v == v && llama_fkey(v) >= key) s += weight(v);
+        }
+        return llama_block_sum(s, scratch);
+    };
+    const float z = mass(0u);
+    const float want = p.top_p * z;
+    // Largest key t with mass(t) >= want: mass(lo) >= want always (lo = 0: mass = z >= top_p z),
+    // mass(hi) < want (hi is past the max's key: mass 0 < want since z >= 1).
+    uint64_t klo = 0, khi = (uint64_t)llama_fkey(m) + 1;
+    while (khi - klo > 1) {
+        const uint64_t mid = (klo + khi) >> 1;
+        if (mass((uint32_t)mid) >= want) klo = mid; else khi = mid;
+    }
+    const uint32_t t = (uint32_t)klo;
+
+    // Inverse CDF in index order: exclusive prefix of the chunk sums, then the owner walks.
+    float s = 0.f;
+    for (int i = lo_i; i < hi_i; ++i) {
+        const float v = l[i];
+        if (v == v && llama_fkey(v) >= t) s += weight(v);
+    }
+    const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+    float incl = s;
+    for (int o = 1; o < 32; o <<= 1) {
+        const float y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) scratch[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < nw ? scratch[lane] : 0.f;
+        for (int o = 1; o < 32; o <<= 1) {
+            const float y = __shfl_up_sync(0xffffffffu, w, o);
+            if (lane >= o) w += y;
+        }
+        scratch[lane] = w;  // inclusive warp totals
+    }
+    if (tid == 0) owner = -1;
+    __syncthreads();
+    const float excl = incl - s + (warp > 0 ? scratch[warp - 1] : 0.f);
+    const float total = scratch[nw - 1];
+    const uint64_t r = llama_mix(p.seed + llama_mix((uint64_t)pos * LAB_SAMPLE_MIX_A));
+    const float u = (float)(r >> 40) * (1.0f / 16777216.0f);  // 24 bits -> [0, 1)
+    const float target = u * total;
+    // Owner: the last chunk with weight whose start is <= target. A parallel scan's float
+    // rounding need not make the starts monotone, so "start <= target < next start" could name
+    // zero or two threads; the largest qualifying index is always exactly one.
+    if (s > 0.f && excl <= target) atomicMax(&owner, tid);
+    __syncthreads();
+    if (tid == owner) {
+        float run = excl;
+        int tok = -1, last = -1;
+        for (int i = lo_i; i < hi_i; ++i) {
+            const float v = l[i];
+            if (!(v == v && llama_fkey(v) >= t)) continue;
+            last = i;
+            run += weight(v);
+            if (target < run) { tok = i; break; }
+        }
+        if (tok < 0) tok = last;  // the rounding remainder of this chunk
+        st[LAB_LLAMA_STATE_TOKEN] = tok;
+        st[LAB_LLAMA_STATE_POS] = pos < p.max_ctx ? pos + 1 : pos;
+    }
 }

@@ -9,7 +9,9 @@
 //!   reference's teacher-forced logits, within the end-to-end logit tolerance; the greedy tokens
 //!   of the decode graph continuing from a GEMM prefill vs the reference's.
 //! - per-op profile: profiled steps give the reference's greedy tokens, one mark per op and the
-//!   exact bytes a step streams (`check_profile`).
+//!   exact bytes a step streams (`check_profile`);
+//! - top-p on the GPU: each token vs the CPU mirror on the GPU's logits, graph vs eager
+//!   (`check_top_p`).
 //!
 //! The reference math is HF LLaMA's (RMSNorm, rotate-half RoPE, GQA softmax attention, SwiGLU);
 //! `ref_forward_step` is written independently of the kernels.
@@ -21,6 +23,7 @@ use crate::model::gpu_engine::{
     EngineOptions, Fp16Backend, GpuEngine, PrefillLogits, PrefillMode, TraceEntry, WeightSource,
 };
 use crate::model::gpu_weights::{HostLlama, WeightKind};
+use crate::model::sampler::{draw, top_p_pick, Sampling};
 use crate::Result;
 use serde::Serialize;
 
@@ -314,6 +317,9 @@ pub struct CheckReport {
     pub token_note: Option<String>,
     /// What the per-op profile got wrong (marks, bytes or times), if anything.
     pub profile_error: Option<String>,
+    /// Top-p tokens chosen on the GPU (eager) and what disagreed with the CPU mirror, if anything.
+    pub top_p_tokens: Vec<u32>,
+    pub top_p_error: Option<String>,
     pub pass: bool,
 }
 
@@ -360,6 +366,13 @@ impl CheckReport {
         }
         if let Some(e) = &self.profile_error {
             s.push_str(&format!("\n  per-op profile: {e}"));
+        }
+        match &self.top_p_error {
+            Some(e) => s.push_str(&format!("\n  top-p on the GPU: {e}")),
+            None => s.push_str(&format!(
+                "\n  top-p on the GPU = CPU mirror: {:?}",
+                self.top_p_tokens
+            )),
         }
         s
     }
@@ -561,6 +574,7 @@ pub fn check_engine(
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
 
     let (profile_tokens, profile_error) = check_profile(&mut eng, prompt, n_new)?;
+    let (top_p_tokens, top_p_error) = check_top_p(&mut eng, prompt, n_new)?;
 
     // GEMM prefill: all rows, then the last row alone, then greedy decoding continuing from it.
     eng.reset()?;
@@ -625,7 +639,8 @@ pub fn check_engine(
             && tokens_ok
             && prefill_logits_ratio <= 1.0
             && prefill_last_ratio <= 1.0
-            && profile_error.is_none(),
+            && profile_error.is_none()
+            && top_p_error.is_none(),
         cpu_engine_logits_ratio: None,
         cpu_engine_prefill_ratio: None,
         prefill_chunk: eng.prefill_chunk(),
@@ -643,7 +658,62 @@ pub fn check_engine(
         graph_tokens,
         token_note,
         profile_error,
+        top_p_tokens,
+        top_p_error,
     })
+}
+
+/// Top-p sampling on the GPU (`lab_llama_sample_top_p`) against its CPU mirror
+/// (`sampler::top_p_pick`, f64) on the GPU's own logits, step by step: the same token unless the
+/// mirror's draw lies within `TOP_P_MARGIN` of an interval edge or of the nucleus cut (f32 vs
+/// f64). Then the graph replay of the same sampling must give the same tokens up to the first
+/// such near-edge step. Leaves the engine greedy.
+fn check_top_p(
+    eng: &mut GpuEngine,
+    prompt: &[u32],
+    n_new: usize,
+) -> Result<(Vec<u32>, Option<String>)> {
+    const TOP_P_MARGIN: f64 = 1e-4;
+    let (top_p, temperature, seed) = (0.9f32, 0.8f32, 1234u64);
+    eng.set_sampling(Sampling::TopP { top_p, temperature }, seed);
+    eng.reset()?;
+    for &t in prompt {
+        eng.feed(t, false, None)?;
+    }
+    let (mut tokens, mut err, mut first_near) = (Vec::new(), None, n_new);
+    for i in 0..n_new {
+        let st = eng.check_state()?;
+        let got = st[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32;
+        let pos = eng.position() - 1;
+        let logits = eng.logits()?;
+        let want = top_p_pick(
+            &logits,
+            f64::from(top_p),
+            f64::from(temperature),
+            draw(seed, pos as u64),
+        )?;
+        if want.margin < TOP_P_MARGIN {
+            first_near = first_near.min(i);
+        }
+        if got != want.token && want.margin >= TOP_P_MARGIN && err.is_none() {
+            err = Some(format!(
+                "top-p step {i} (pos {pos}): GPU token {got}, CPU mirror {} (nucleus {} tokens, margin {:.2e})",
+                want.token, want.kept, want.margin
+            ));
+        }
+        tokens.push(got);
+        if i + 1 < n_new {
+            eng.step_greedy(false)?; // feeds the token the sampler chose
+        }
+    }
+    let graph = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
+    if err.is_none() && graph[..first_near] != tokens[..first_near] {
+        err = Some(format!(
+            "top-p graph tokens {graph:?} differ from eager {tokens:?} before step {first_near}"
+        ));
+    }
+    eng.set_sampling(Sampling::Greedy, 0);
+    Ok((tokens, err))
 }
 
 /// The per-op profile (`GpuEngine::profile_step`) runs the real step: its greedy tokens (prompt

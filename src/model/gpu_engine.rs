@@ -23,6 +23,7 @@ use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec};
+use crate::model::sampler::Sampling;
 use crate::model::step_profile::Mark;
 use crate::model::vram::{Phase, VramLedger, VramReport};
 use crate::{LabError, Result};
@@ -69,6 +70,10 @@ pub struct EngineOptions {
     pub fp16_backend: Fp16Backend,
     /// Which kernel computes the int4 linears.
     pub int4: Int4Kernel,
+    /// How each step chooses its next token, on the GPU and inside the step's graph: greedy
+    /// argmax, or top-p from the draw for (sample_seed, position) (module sampler).
+    pub sampling: Sampling,
+    pub sample_seed: u64,
     /// Rows per prefill chunk (the m of the prefill GEMMs; longer prompts go in chunks). 0: no
     /// prefill workspace, prompts run token by token.
     pub prefill_chunk: usize,
@@ -136,6 +141,8 @@ impl EngineOptions {
             attn_chunk: DEFAULT_ATTN_CHUNK,
             fp16_backend: Fp16Backend::Cublas,
             int4: Int4Kernel::Engine,
+            sampling: Sampling::Greedy,
+            sample_seed: 0,
             prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
             prefill_int4: PrefillInt4::Auto,
             prefill: PrefillMode::Gemm,
@@ -197,6 +204,7 @@ struct Kernels {
     q4: CudaFunction,
     q4_finish: CudaFunction,
     hold: CudaFunction,
+    sample: CudaFunction,
 }
 
 impl Kernels {
@@ -214,6 +222,7 @@ impl Kernels {
             q4: gpu.function("lab_llama_q4_gemv")?,
             q4_finish: gpu.function("lab_llama_q4_finish")?,
             hold: gpu.function("lab_llama_hold")?,
+            sample: gpu.function("lab_llama_sample_top_p")?,
         })
     }
 }
@@ -967,13 +976,7 @@ impl GpuEngine {
             "lm_head",
         )?;
         keep(None, "lm_head", snap32(&b.logits)?)?;
-        let gp = abi::lab_llama_argmax_params {
-            logits: self.r(&b.logits),
-            state,
-            vocab: vocab as i32,
-            max_ctx: max_ctx as i32,
-        };
-        self.launch(&self.k.argmax, (1, 1), 1024, 0, &gp, "argmax")?;
+        self.choose_token("next token")?;
         // The argmax has no output to trace; the profile still needs its end.
         if let Some(m) = marks {
             let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
@@ -984,6 +987,36 @@ impl GpuEngine {
             });
         }
         Ok(())
+    }
+
+    /// The step's last op: the next token from the logits into the state (greedy argmax, or
+    /// top-p with the draw for the current position), position += 1.
+    fn choose_token(&self, what: &str) -> Result<()> {
+        let (logits, state) = (self.r(&self.b.logits), self.r(&self.b.state));
+        let (vocab, max_ctx) = (self.cfg.vocab_size as i32, self.opts.max_ctx as i32);
+        match self.opts.sampling {
+            Sampling::Greedy => {
+                let p = abi::lab_llama_argmax_params {
+                    logits,
+                    state,
+                    vocab,
+                    max_ctx,
+                };
+                self.launch(&self.k.argmax, (1, 1), 1024, 0, &p, what)
+            }
+            Sampling::TopP { top_p, temperature } => {
+                let p = abi::lab_llama_sample_params {
+                    logits,
+                    state,
+                    seed: self.opts.sample_seed,
+                    top_p,
+                    inv_temp: 1.0 / temperature,
+                    vocab,
+                    max_ctx,
+                };
+                self.launch(&self.k.sample, (1, 1), 1024, 0, &p, what)
+            }
+        }
     }
 
     /// Capture the step as a CUDA graph (once; later steps replay it).
@@ -1006,6 +1039,14 @@ impl GpuEngine {
         let f = free_now(&self.ctx)?;
         self.vram.observe(f);
         Ok(())
+    }
+
+    /// Change how steps choose their token; the captured graph (which holds the choice) is
+    /// dropped and recaptured on the next graph step.
+    pub fn set_sampling(&mut self, sampling: Sampling, seed: u64) {
+        self.opts.sampling = sampling;
+        self.opts.sample_seed = seed;
+        self.graph = None;
     }
 
     /// Forget the sequence: position 0, flags cleared.

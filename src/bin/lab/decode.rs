@@ -103,6 +103,9 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
         }
         (None, None) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
     };
+    if prompt.is_empty() {
+        bail!("the prompt has no tokens: give at least one (--prompt TEXT or --prompt-ids 1,2,3)");
+    }
     let ctx = ckpt.config.max_position_embeddings;
     if prompt.len() + a.max_new_tokens > ctx {
         bail!(
@@ -120,7 +123,7 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     let mut engine = CpuEngine::new(weights, ckpt.config.clone())?;
     let load_s = t0.elapsed().as_secs_f64();
 
-    let mut sampler = Sampler::new(sampling, a.seed);
+    let sampler = Sampler::new(sampling, a.seed);
     let t1 = Instant::now();
     // With --dump-logits every prompt position's logits are kept (same cache, same last logits).
     let mut prompt_logits = Vec::new();
@@ -137,7 +140,8 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     // The logits each new token was sampled from (only kept for --dump-logits).
     let mut step_logits = Vec::new();
     for i in 0..a.max_new_tokens {
-        let t = sampler.sample(&logits)?;
+        // The draw belongs to the position of the token just fed (as in the GPU engine).
+        let t = sampler.sample(&logits, prompt.len() - 1 + i)?;
         if a.dump_logits.is_some() {
             step_logits.push(logits.clone());
         }

@@ -26,8 +26,8 @@ use gptq_lab::model::gpu_check::{
     CHECK_PROMPT, FIXTURES,
 };
 use gptq_lab::model::gpu_engine::{
-    parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillInt4,
-    PrefillLogits, PrefillMode, WeightSource, DEFAULT_PREFILL_CHUNK,
+    parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillInt4, PrefillMode,
+    WeightSource, DEFAULT_PREFILL_CHUNK,
 };
 use gptq_lab::model::gpu_weights::WeightKind;
 use gptq_lab::model::layer_source::CheckpointLayers;
@@ -449,6 +449,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.prefill_chunk = a.gpu.prefill_chunk.min(max_ctx);
     opts.prefill_int4 = a.gpu.prefill_int4;
     let mode = opts.prefill;
+    opts.sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    opts.sample_seed = a.seed;
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),
@@ -466,36 +468,10 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         opts,
     )?;
     let load_s = t0.elapsed().as_secs_f64();
-    let sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     let t1 = Instant::now();
-    let tokens = match sampling {
-        gptq_lab::model::sampler::Sampling::Greedy => {
-            eng.generate(&prompt, a.max_new_tokens, true)?
-        }
-        _ => {
-            // top-p on the host over copied logits; each step feeds the sampled token.
-            let mut sampler = gptq_lab::model::sampler::Sampler::new(sampling, a.seed);
-            eng.capture_graph()?;
-            eng.reset()?;
-            if mode == PrefillMode::Gemm && eng.prefill_chunk() > 0 {
-                eng.prefill(&prompt, PrefillLogits::None)?;
-            } else {
-                for &t in &prompt {
-                    eng.feed(t, true, None)?;
-                }
-            }
-            let mut out = Vec::new();
-            for i in 0..a.max_new_tokens {
-                let t = sampler.sample(&eng.logits()?)?;
-                out.push(t);
-                if i + 1 < a.max_new_tokens {
-                    eng.feed(t, true, None)?;
-                }
-            }
-            eng.check_state()?;
-            out
-        }
-    };
+    // Greedy or top-p, chosen on the GPU inside the step (EngineOptions::sampling): the whole
+    // generation replays the step's graph without a host round trip per token.
+    let tokens = eng.generate_with(&prompt, a.max_new_tokens, true, mode)?;
     let gen_s = t1.elapsed().as_secs_f64();
     let text = match gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)? {
         Some(t) => Some(t.decode(&tokens)?),

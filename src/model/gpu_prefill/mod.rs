@@ -214,20 +214,15 @@ impl GpuEngine {
                 &mut out,
             )?;
         }
-        // The decode argmax at position end - 1: next token into the state, position = end.
+        // The decode step's token choice at position end - 1: next token into the state,
+        // position = end.
         let end = start + tokens.len();
         self.htod_raw(
             self.r(&self.b.state) + 4 * abi::LAB_LLAMA_STATE_POS as u64,
             &[(end - 1) as i32],
             "writing the prefill's last position",
         )?;
-        let gp = abi::lab_llama_argmax_params {
-            logits: self.r(&self.b.logits),
-            state: self.r(&self.b.state),
-            vocab: self.cfg.vocab_size as i32,
-            max_ctx: self.opts.max_ctx as i32,
-        };
-        self.launch(&self.k.argmax, (1, 1), 1024, 0, &gp, "prefill argmax")?;
+        self.choose_token("prefill: next token")?;
         self.pos = end;
         if want == PrefillLogits::Last {
             out.push(self.logits()?);
