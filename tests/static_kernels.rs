@@ -67,3 +67,36 @@ fn sass_shows_wide_loads_and_no_local_memory() {
     }
     assert!(bad.is_empty(), "SASS violations:\n{}", bad.join("\n"));
 }
+
+/// Every kernel the decode step can launch with programmatic dependent launch (the llama and gemv
+/// families) waits on its predecessor (SASS ACQBULK) before touching global memory on sm_90+
+/// (kernels/common/pdl.cuh); a kernel without it would race when the engine runs with --pdl.
+#[test]
+fn decode_kernels_wait_for_their_predecessor_before_any_memory_access() {
+    if !built() {
+        return;
+    }
+    if let Err(why) = sc::find_sass_tools() {
+        eprintln!("SKIP decode_kernels_wait_for_their_predecessor_before_any_memory_access: {why}");
+        return;
+    }
+    let mut bad = Vec::new();
+    let mut seen = 0;
+    for fam in ["llama", "gemv"] {
+        let sass = sc::fatbin_sass(&sc::fatbin_path(fam)).unwrap_or_else(|e| panic!("{fam}: {e}"));
+        for k in sass.iter().filter(|k| k.arch >= 90) {
+            seen += 1;
+            if !k.pdl_wait || k.memory_before_pdl_wait {
+                bad.push(format!(
+                    "{fam} {} sm_{}: wait {}, memory before it {}",
+                    k.symbol, k.arch, k.pdl_wait, k.memory_before_pdl_wait
+                ));
+            }
+        }
+    }
+    assert!(
+        seen > 20,
+        "only {seen} sm_90+ kernels found in the llama and gemv fatbins"
+    );
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

@@ -3,11 +3,13 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include "abi.h"
+#include "pdl.cuh"
 
 // grid (ceil(n / blockDim.x), k / 8): one thread per packed word (8 rows x 1 column). Writes
 // W[r][col] = fp16(scale[g][col] * (q - z)) (one rounding: 2^-11 relative) into p.y, which for this
 // kernel is the fp16 [k, n] weight buffer (m is ignored). Any group size, g_idx or not.
 extern "C" __global__ void lab_dequant_f16_v1(lab_gemm_params p) {
+    LAB_PDL_ENTER();
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     const int w = blockIdx.y;
     if (col >= p.n || w >= (p.k >> 3)) return;

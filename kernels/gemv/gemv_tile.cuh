@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include "abi.h"
+#include "pdl.cuh"
 #include "int4_dequant.cuh"
 #include "warp_reduce.cuh"
 

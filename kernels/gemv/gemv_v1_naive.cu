@@ -10,10 +10,12 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include "abi.h"
+#include "pdl.cuh"
 
 // v1: grid (ceil(n / blockDim.x), m), one thread per output y[row][col]. Supports any m, any group
 // size, g_idx (act-order in original row order) and both zero modes: the ground truth on the GPU side.
 extern "C" __global__ void lab_gemv_v1_naive(lab_gemm_params p) {
+    LAB_PDL_ENTER();
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     const int row = blockIdx.y;
     if (col >= p.n || row >= p.m) return;

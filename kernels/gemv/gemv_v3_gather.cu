@@ -74,7 +74,7 @@ __device__ __forceinline__ void lab_gemv_v3(const lab_gemm_params& p) {
 }
 
 #define LAB_GEMV_V3(T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v3_gather_t##T(lab_gemm_params p) { \
+    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v3_gather_t##T(lab_gemm_params p) { LAB_PDL_ENTER(); \
         lab_gemv_v3<T / 32>(p);                                                                   \
     }
 LAB_GEMV_V3(128)

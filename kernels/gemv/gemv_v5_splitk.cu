@@ -50,7 +50,7 @@ __device__ __forceinline__ void lab_gemv_v5(const lab_gemm_params& p) {
 }
 
 #define LAB_GEMV_V5(T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v5_splitk_t##T(lab_gemm_params p) { \
+    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v5_splitk_t##T(lab_gemm_params p) { LAB_PDL_ENTER(); \
         lab_gemv_v5<T / 32>(p);                                                                   \
     }
 LAB_GEMV_V5(128)

@@ -208,7 +208,7 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
 // caps registers at 128 (65536 / 512) and keeps 16 warps per SM for every T.
 #define LAB_GEMV_V6(T)                                                                             \
     extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
-        lab_gemv_v6_pipe_t##T(lab_gemm_params p) {                                                 \
+        lab_gemv_v6_pipe_t##T(lab_gemm_params p) { LAB_PDL_ENTER();                                                 \
         lab_gemv_v6<T / 32>(p);                                                                    \
     }
 LAB_GEMV_V6(128)

@@ -17,6 +17,7 @@
 // hd is a power of two in 8..256 (the launcher checks), so hd/8 lanes cover one position's row.
 extern "C" __global__ void __launch_bounds__(LLAMA_ATTN_THREADS)
 lab_llama_attn_split(lab_llama_attn_params p) {
+    LAB_PDL_ENTER();
     extern __shared__ float sm[];
     const int hd = p.head_dim, head = blockIdx.x, split = blockIdx.y;
     const int pos = llama_pos(p.state);
@@ -114,6 +115,7 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 }
 
 extern "C" __global__ void lab_llama_attn_combine(lab_llama_attn_params p) {
+    LAB_PDL_ENTER();
     const int hd = p.head_dim, head = blockIdx.x;
     const int len = min(llama_pos(p.state) + 1, p.max_ctx);
     const int ns = min((len + p.chunk - 1) / p.chunk, p.n_splits);

@@ -10,6 +10,7 @@
 
 extern "C" __global__ void __launch_bounds__(LLAMA_GEMV_WARPS * 32)
 lab_llama_gemv_f16(lab_llama_gemv_f16_params p) {
+    LAB_PDL_ENTER();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * LLAMA_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= p.n) return;  // warp-uniform

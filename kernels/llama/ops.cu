@@ -22,6 +22,7 @@ static __device__ __forceinline__ uint64_t llama_mix(uint64_t z) {
 }
 
 extern "C" __global__ void lab_llama_fill(lab_llama_fill_params p) {
+    LAB_PDL_ENTER();
     const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride) {
         if (p.kind == LAB_FILL_F16) {
@@ -38,6 +39,7 @@ extern "C" __global__ void lab_llama_fill(lab_llama_fill_params p) {
 }
 
 extern "C" __global__ void lab_llama_embed(lab_llama_embed_params p) {
+    LAB_PDL_ENTER();
     int* st = reinterpret_cast<int*>(p.state);
     const int tok = st[LAB_LLAMA_STATE_TOKEN];
     const int pos = st[LAB_LLAMA_STATE_POS];
@@ -57,6 +59,7 @@ extern "C" __global__ void lab_llama_embed(lab_llama_embed_params p) {
 // between the residual update and the second loop beyond the reduction's.
 // Rows: grid.x (decode launches 1 block; prefill one block per prompt row, rows hidden apart).
 extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
+    LAB_PDL_ENTER();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * p.hidden;
     float* r = reinterpret_cast<float*>(p.resid) + row;
@@ -83,6 +86,7 @@ extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
 // and v to the cache rows at pos. grid.y = rows: row y is the qkv row y and position
 // state.pos + y (decode launches one row; prefill one per prompt row of the chunk).
 extern "C" __global__ void lab_llama_rope_kv(lab_llama_rope_params p) {
+    LAB_PDL_ENTER();
     int* st = reinterpret_cast<int*>(p.state);
     const int pos = st[LAB_LLAMA_STATE_POS] + (int)blockIdx.y;
     const int hd = p.head_dim, half = hd / 2, i = threadIdx.x;
@@ -116,6 +120,7 @@ extern "C" __global__ void lab_llama_rope_kv(lab_llama_rope_params p) {
 
 // Rows: grid.y (gate_up rows 2*inter apart, out rows inter apart); decode launches one row.
 extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
+    LAB_PDL_ENTER();
     const __half* g = reinterpret_cast<const __half*>(p.gate_up) + (size_t)blockIdx.y * 2 * p.inter;
     __half* o = reinterpret_cast<__half*>(p.out) + (size_t)blockIdx.y * p.inter;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.inter; i += gridDim.x * blockDim.x) {
@@ -126,6 +131,7 @@ extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
 
 // One block of 1024 threads over the logits (32000 floats: 31 per thread, a few microseconds).
 extern "C" __global__ void lab_llama_argmax(lab_llama_argmax_params p) {
+    LAB_PDL_ENTER();
     __shared__ float sv[32];
     __shared__ int si[32];
     const float* l = reinterpret_cast<const float*>(p.logits);
@@ -175,6 +181,7 @@ extern "C" __global__ void lab_llama_argmax(lab_llama_argmax_params p) {
 // time the ops back to back on the GPU instead of the host's launch rate. globaltimer is in ns
 // (updated every ~1 us on some parts: resolution is irrelevant for a hold of milliseconds).
 extern "C" __global__ void lab_llama_hold(lab_llama_hold_params p) {
+    LAB_PDL_ENTER();
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     uint64_t t0, t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
@@ -198,6 +205,7 @@ static __device__ __forceinline__ uint32_t llama_fkey(float v) {
 // order, so "mass of the keys >= 0" is bit-identical to the normaliser (the bisection's
 // invariant holds exactly).
 extern "C" __global__ void __launch_bounds__(1024) lab_llama_sample_top_p(lab_llama_sample_params p) {
+    LAB_PDL_ENTER();
     __shared__ float scratch[32];
     __shared__ int owner;
     const float* l = reinterpret_cast<const float*>(p.logits);

@@ -12,6 +12,7 @@
 #include "llama/util.cuh"
 
 extern "C" __global__ void lab_llama_prefill_embed(lab_llama_prefill_embed_params p) {
+    LAB_PDL_ENTER();
     const int r = blockIdx.y;
     const int tok = reinterpret_cast<const int*>(p.tokens)[r];
     const bool bad = tok < 0 || tok >= p.vocab;
@@ -57,6 +58,7 @@ extern "C" __global__ void lab_llama_prefill_embed(lab_llama_prefill_embed_param
 // blocks per layer, ~2.6 waves of 396 slots on an H100.
 extern "C" __global__ void __launch_bounds__(PF_THREADS)
 lab_llama_prefill_attn(lab_llama_prefill_attn_params p) {
+    LAB_PDL_ENTER();
     extern __shared__ __align__(16) unsigned char pf_smem[];
     const int hd = p.head_dim, head = blockIdx.x, q0 = blockIdx.y * PF_QT;
     // hd is a power of two (the engine checks): (i, d) of a flat index by shift and mask, not by
@@ -180,6 +182,7 @@ lab_llama_prefill_attn(lab_llama_prefill_attn_params p) {
 // Bytes: read k n / 2 (each canonical word is read by the 4 lanes t = 0..3 of one column, from L1/L2),
 // write the same: 1 B per weight, ~8 us for 7B's largest linear (4096 x 22016) at ~3 TB/s.
 extern "C" __global__ void lab_llama_repack_v2(lab_llama_repack_params p) {
+    LAB_PDL_ENTER();
     const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
     const int n_chunks = (p.n + 31) / 32;
     const uint32_t* src = reinterpret_cast<const uint32_t*>(p.src);

@@ -19,6 +19,7 @@ static __device__ __forceinline__ float llama_q4_zero(const lab_gemm_params& p, 
 
 // Shared memory (dynamic): x slice as f32 [k_slice].
 extern "C" __global__ void __launch_bounds__(LLAMA_Q4_COLS) lab_llama_q4_gemv(lab_gemm_params p) {
+    LAB_PDL_ENTER();
     extern __shared__ float xs[];
     const int col = blockIdx.x * LLAMA_Q4_COLS + threadIdx.x;
     const int k0 = blockIdx.y * p.k_slice;
@@ -71,6 +72,7 @@ extern "C" __global__ void __launch_bounds__(LLAMA_Q4_COLS) lab_llama_q4_gemv(la
 }
 
 extern "C" __global__ void lab_llama_q4_finish(lab_llama_q4_finish_params p) {
+    LAB_PDL_ENTER();
     float* ws = reinterpret_cast<float*>(p.ws);
     __half* y = reinterpret_cast<__half*>(p.y);
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += gridDim.x * blockDim.x) {

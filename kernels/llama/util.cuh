@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include "abi.h"
+#include "pdl.cuh"
 
 // Sum over a warp (every lane gets the total).
 static __device__ __forceinline__ float llama_warp_sum(float v) {

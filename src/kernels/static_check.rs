@@ -180,6 +180,20 @@ pub struct SassSummary {
     pub local_memory: bool,
     pub hmma: bool,
     pub instructions: usize,
+    /// The programmatic-dependent-launch wait (`griddepcontrol.wait` = SASS ACQBULK) is present,
+    /// and whether any global memory access came before it in program order
+    /// (kernels/common/pdl.cuh: the wait must come first).
+    pub pdl_wait: bool,
+    pub memory_before_pdl_wait: bool,
+}
+
+/// Global (or generic) memory access opcodes: what must not precede the PDL wait.
+fn is_global_memory_op(op: &str) -> bool {
+    let base = op.split('.').next().unwrap_or("");
+    matches!(
+        base,
+        "LDG" | "STG" | "ATOM" | "ATOMG" | "RED" | "REDG" | "LDGSTS" | "LD" | "ST"
+    )
 }
 
 impl SassSummary {
@@ -230,6 +244,11 @@ pub fn parse_sass(text: &str) -> Vec<SassSummary> {
             }
             if op.starts_with("HMMA") {
                 cur.hmma = true;
+            }
+            if op == "ACQBULK" {
+                cur.pdl_wait = true;
+            } else if !cur.pdl_wait && is_global_memory_op(op) {
+                cur.memory_before_pdl_wait = true;
             }
         }
     }
@@ -414,5 +433,28 @@ arch = sm_90
         assert_eq!(s[0].instructions, 3);
         assert!(s[0].global_loads.contains("LDG.E.128.CONSTANT"));
         assert!(!s[1].has_wide_loads() && s[1].local_memory && s[1].hmma);
+        assert!(!s[0].pdl_wait && s[0].memory_before_pdl_wait);
+    }
+
+    #[test]
+    fn pdl_wait_must_come_before_global_memory() {
+        let text = "
+	code for sm_90
+		Function : k_ok
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   PREEXIT ;
+        /*0020*/                   ACQBULK ;
+        /*0030*/                   LDG.E R4, desc[UR4][R2.64] ;
+		Function : k_late
+        /*0000*/                   STG.E desc[UR4][R2.64], R4 ;
+        /*0010*/                   ACQBULK ;
+		Function : k_atomic_first
+        /*0000*/               @P0 RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R5 ;
+        /*0010*/                   ACQBULK ;
+";
+        let s = parse_sass(text);
+        assert!(s[0].pdl_wait && !s[0].memory_before_pdl_wait);
+        assert!(s[1].pdl_wait && s[1].memory_before_pdl_wait);
+        assert!(s[2].memory_before_pdl_wait);
     }
 }

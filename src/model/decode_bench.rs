@@ -124,6 +124,9 @@ pub struct ContextPoint {
     pub roofline_pct: f64,
     /// GB/s the graph steps moved (bytes_per_token x tokens/s).
     pub achieved_gbs: f64,
+    /// The graph with programmatic dependent launch (sm_90+, --pdl), ms per token.
+    #[serde(default)]
+    pub graph_pdl_ms_per_token: Option<f64>,
 }
 
 /// One timed prefill.
@@ -230,6 +233,7 @@ pub fn context_point(
         roofline_tokens_per_s: roof,
         roofline_pct: 100.0 * tps(graph_ms) / roof,
         achieved_gbs: b * tps(graph_ms) / 1e9,
+        graph_pdl_ms_per_token: None,
     }
 }
 
@@ -252,6 +256,8 @@ pub struct BenchPlan {
     pub prefill_int4: PrefillInt4,
     /// Eager steps profiled op by op at each context (0: no profile).
     pub profile_steps: usize,
+    /// Also time the graph with programmatic dependent launch at each context (sm_90+).
+    pub pdl: bool,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -321,6 +327,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         format!("timing: CUDA events around {} consecutive steps after {} warm-up steps, per mode; graph = the whole step replayed as one CUDA graph, eager = one launch per op from the host", plan.steps, plan.warmup),
     ];
     let mut points = Vec::new();
+    let mut pdl_ok = plan.pdl;
     for &ctx in &plan.contexts {
         let mut ms = [0f64; 2];
         for (i, graph) in [true, false].into_iter().enumerate() {
@@ -338,14 +345,34 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 ));
             }
         }
-        points.push(context_point(
-            &bytes,
-            ceilings.read_gbs,
-            ctx,
-            plan.steps,
-            ms[0],
-            ms[1],
-        ));
+        let mut point = context_point(&bytes, ceilings.read_gbs, ctx, plan.steps, ms[0], ms[1]);
+        if pdl_ok && eng.set_pdl(true) {
+            // A PDL failure (capture refused by an older driver, say) costs the PDL column,
+            // not the run.
+            let mut timed = || -> Result<f64> {
+                eng.set_position(ctx)?;
+                if plan.warmup > 0 {
+                    eng.time_steps(plan.warmup, true)?;
+                }
+                eng.set_position(ctx)?;
+                eng.time_steps(plan.steps, true)
+            };
+            match timed() {
+                Ok(ms) => point.graph_pdl_ms_per_token = Some(ms),
+                Err(e) => {
+                    notes.push(format!("graph + PDL not timed from ctx {ctx} on: {e}"));
+                    pdl_ok = false;
+                }
+            }
+            let flags = eng.flags()?;
+            if flags != 0 {
+                notes.push(format!(
+                    "ctx {ctx} graph + PDL: step state flags {flags:#x}"
+                ));
+            }
+        }
+        eng.set_pdl(false);
+        points.push(point);
     }
     let mut profile = Vec::new();
     if plan.profile_steps > 0 {
@@ -435,11 +462,12 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             r.attn_chunk,
             r.ceiling_gbs
         ));
+        let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
         let rows: Vec<Vec<String>> = r
             .points
             .iter()
             .map(|p| {
-                vec![
+                let mut row = vec![
                     p.ctx.to_string(),
                     format!("{:.3}", p.graph_ms_per_token),
                     format!("{:.1}", p.graph_tokens_per_s),
@@ -449,23 +477,30 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                     format!("{:.0}", p.achieved_gbs),
                     format!("{:.1}", p.roofline_tokens_per_s),
                     format!("{:.1}%", p.roofline_pct),
-                ]
+                ];
+                if pdl {
+                    row.push(p.graph_pdl_ms_per_token.map_or("-".into(), |m| {
+                        format!("{m:.3} ({:.1}%)", 100.0 * 1e3 / m / p.roofline_tokens_per_s)
+                    }));
+                }
+                row
             })
             .collect();
-        md.push_str(&table(
-            &[
-                "ctx",
-                "graph ms/tok",
-                "graph tok/s",
-                "eager ms/tok",
-                "eager tok/s",
-                "GB/token",
-                "GB/s",
-                "roofline tok/s",
-                "% roofline",
-            ],
-            &rows,
-        ));
+        let mut head = vec![
+            "ctx",
+            "graph ms/tok",
+            "graph tok/s",
+            "eager ms/tok",
+            "eager tok/s",
+            "GB/token",
+            "GB/s",
+            "roofline tok/s",
+            "% roofline",
+        ];
+        if pdl {
+            head.push("graph + PDL ms/tok (% roofline)");
+        }
+        md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
             md.push_str(&format!(
                 "\nPrefill (GEMM, chunks of {} rows; timed separately from decode):\n\n",
@@ -858,8 +893,17 @@ mod tests {
                 ],
             ),
         ];
+        let mut runs = runs;
+        runs[0].points[0].graph_pdl_ms_per_token = Some(1.5);
         write_decode_report(dir.path(), &runs).unwrap();
         let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        // PDL column only where measured: 1.5 ms at ctx 128 against the same roofline.
+        let roof = runs[0].points[0].roofline_tokens_per_s;
+        assert!(
+            md.contains(&format!("| 1.500 ({:.1}%) |", 100.0 * 1e3 / 1.5 / roof)),
+            "{md}"
+        );
+        assert!(md.contains("| - |"), "{md}");
         assert!(
             md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),
             "{md}"

@@ -297,6 +297,8 @@ pub struct CheckReport {
     pub ref_tokens: Vec<u32>,
     pub eager_tokens: Vec<u32>,
     pub graph_tokens: Vec<u32>,
+    /// Greedy tokens of the graph launched with programmatic dependent launch (empty below sm_90).
+    pub pdl_tokens: Vec<u32>,
     /// Rows per prefill chunk of this check's engine (a 12-token prompt at chunk 5 runs 5 + 5 + 2).
     pub prefill_chunk: usize,
     /// Int4 prefill path per linear shape ("K x N: GemmV2" ...).
@@ -366,6 +368,9 @@ impl CheckReport {
         }
         if let Some(e) = &self.profile_error {
             s.push_str(&format!("\n  per-op profile: {e}"));
+        }
+        if !self.pdl_tokens.is_empty() {
+            s.push_str(&format!("\n  graph + PDL tokens {:?}", self.pdl_tokens));
         }
         match &self.top_p_error {
             Some(e) => s.push_str(&format!("\n  top-p on the GPU: {e}")),
@@ -572,6 +577,13 @@ pub fn check_engine(
 
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
+    // The same graph with programmatic dependent launch (sm_90+ only; empty elsewhere).
+    let pdl_tokens = if eng.set_pdl(true) {
+        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?
+    } else {
+        Vec::new()
+    };
+    eng.set_pdl(false);
 
     let (profile_tokens, profile_error) = check_profile(&mut eng, prompt, n_new)?;
     let (top_p_tokens, top_p_error) = check_top_p(&mut eng, prompt, n_new)?;
@@ -613,7 +625,11 @@ pub fn check_engine(
         ("graph", &graph_tokens),
         ("GEMM prefill + graph", &prefill_tokens),
         ("profiled eager", &profile_tokens),
+        ("graph + PDL", &pdl_tokens),
     ] {
+        if got.is_empty() && name == "graph + PDL" {
+            continue; // not run below sm_90
+        }
         if let Some(i) = (0..n_new).find(|&i| got.get(i) != ref_tokens.get(i)) {
             if margins[i] <= tie {
                 token_note = Some(format!("{name} tokens differ from step {i} on, where the reference's top-2 margin {:.4} is within the tolerance {tie:.4}: accepted", margins[i]));
@@ -656,6 +672,7 @@ pub fn check_engine(
         ref_tokens,
         eager_tokens,
         graph_tokens,
+        pdl_tokens,
         token_note,
         profile_error,
         top_p_tokens,

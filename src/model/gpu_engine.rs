@@ -74,6 +74,10 @@ pub struct EngineOptions {
     /// argmax, or top-p from the draw for (sample_seed, position) (module sampler).
     pub sampling: Sampling,
     pub sample_seed: u64,
+    /// Launch the decode step's kernels with programmatic dependent launch (sm_90+; ignored
+    /// below): each grid is scheduled while its predecessor drains and waits for it inside
+    /// (kernels/common/pdl.cuh). Off by default until a GPU run has measured it.
+    pub pdl: bool,
     /// Rows per prefill chunk (the m of the prefill GEMMs; longer prompts go in chunks). 0: no
     /// prefill workspace, prompts run token by token.
     pub prefill_chunk: usize,
@@ -143,6 +147,7 @@ impl EngineOptions {
             int4: Int4Kernel::Engine,
             sampling: Sampling::Greedy,
             sample_seed: 0,
+            pdl: false,
             prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
             prefill_int4: PrefillInt4::Auto,
             prefill: PrefillMode::Gemm,
@@ -311,6 +316,10 @@ pub struct GpuEngine {
     /// Bytes the ops enqueued so far stream from memory (weights, KV rows): the per-op profile
     /// reads the difference between two marks.
     streamed: Cell<u64>,
+    /// True while `enqueue_step` runs with PDL on (the prefill and the rest launch plainly).
+    step_pdl: Cell<bool>,
+    /// Compute capability major: PDL needs 9+.
+    cc_major: i32,
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -542,6 +551,8 @@ impl GpuEngine {
             int4_choice,
             prefill,
             streamed: Cell::new(0),
+            step_pdl: Cell::new(false),
+            cc_major: gpu.info.cc_major,
         })
     }
 
@@ -585,9 +596,49 @@ impl GpuEngine {
         };
         // SAFETY: every params struct carries device addresses of live buffers owned by `self`
         // with the sizes the kernel's top comment requires; shapes were checked at construction.
-        unsafe { self.stream.launch_builder(f).arg(p).launch(cfg) }
-            .map(|_| ())
-            .ctx(what)
+        unsafe { self.launch_cfg(f, cfg, p) }.ctx(what)
+    }
+
+    /// Every engine kernel launch (one params struct): plain, or inside a decode step with PDL
+    /// on, through cuLaunchKernelEx with programmatic stream serialization allowed.
+    ///
+    /// # Safety
+    /// As any kernel launch: `p` must be the params struct `f` expects, pointing at live buffers.
+    unsafe fn launch_cfg<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        p: &P,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        if !self.step_pdl.get() {
+            return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ());
+        }
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let lc = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        self.ctx.bind_to_thread()?;
+        // The kernel's one argument: a pointer to the params struct, read at launch time.
+        let mut args = [p as *const P as *mut std::ffi::c_void];
+        sys::cuLaunchKernelEx(
+            &lc,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
     }
 
     fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
@@ -711,8 +762,7 @@ impl GpuEngine {
         // SAFETY: as kernels::launch: x [k], y [n] fp16; qweight [k/8, n], scales/qzeros [groups, n
         // (/8)], perm [k] live buffers of this engine; the workspace holds n + n/32 zeroed words
         // for every N of this model (sized for the widest linear); the plan checked the shape.
-        unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }
-            .map(|_| ())
+        unsafe { self.launch_cfg(f, cfg, &p) }
             .ctx(&format!("{} ({}) K {} N {}", plan.symbol, v.name, l.k, l.n))
     }
 
@@ -793,6 +843,20 @@ impl GpuEngine {
     /// Enqueue one decode step. With `trace`, synchronize after every op and keep its output;
     /// with `marks`, record an event after every op (the per-op profile).
     fn enqueue_step(
+        &self,
+        trace: Option<&mut Vec<TraceEntry>>,
+        marks: Option<&mut Vec<ProfileMark>>,
+    ) -> Result<()> {
+        // PDL only for the step's own launches, and not while tracing (the trace synchronizes
+        // after every op anyway).
+        self.step_pdl
+            .set(self.opts.pdl && self.cc_major >= 9 && trace.is_none());
+        let r = self.enqueue_step_ops(trace, marks);
+        self.step_pdl.set(false);
+        r
+    }
+
+    fn enqueue_step_ops(
         &self,
         mut trace: Option<&mut Vec<TraceEntry>>,
         mut marks: Option<&mut Vec<ProfileMark>>,
@@ -1047,6 +1111,15 @@ impl GpuEngine {
         self.opts.sampling = sampling;
         self.opts.sample_seed = seed;
         self.graph = None;
+    }
+
+    /// Turn programmatic dependent launch on or off for the decode step (drops the captured
+    /// graph, which holds the launches' attributes). Returns whether it is now in effect
+    /// (false below sm_90).
+    pub fn set_pdl(&mut self, on: bool) -> bool {
+        self.opts.pdl = on;
+        self.graph = None;
+        on && self.cc_major >= 9
     }
 
     /// Forget the sequence: position 0, flags cleared.

@@ -63,6 +63,10 @@ pub struct GpuArgs {
     /// Eager steps profiled op by op at each context (where a step's time goes; 0: none).
     #[arg(long, default_value_t = 3)]
     profile_steps: usize,
+    /// Programmatic dependent launch for the decode step (sm_90+): off, on, or both (the bench
+    /// times the graph both ways; generation uses it when on or both).
+    #[arg(long, default_value = "both", value_parser = pdl_mode)]
+    pdl: PdlMode,
     /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv), registry
     /// variants such as gemv_v5_splitk, gemv_v4_perm, and/or auto (per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
@@ -100,6 +104,22 @@ pub struct GpuArgs {
     /// decode step once per prompt token, the reference).
     #[arg(long, default_value = "gemm", value_parser = prefill_mode)]
     prefill: PrefillMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PdlMode {
+    Off,
+    On,
+    Both,
+}
+
+fn pdl_mode(s: &str) -> Result<PdlMode, String> {
+    Ok(match s {
+        "off" => PdlMode::Off,
+        "on" => PdlMode::On,
+        "both" => PdlMode::Both,
+        o => return Err(format!("'{o}': expected off, on or both")),
+    })
 }
 
 fn prefill_int4(s: &str) -> Result<PrefillInt4, String> {
@@ -250,6 +270,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 prefill_chunk: g.prefill_chunk,
                 prefill_int4: pf_int4,
                 profile_steps: g.profile_steps,
+                pdl: g.pdl != PdlMode::Off,
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -304,6 +325,12 @@ fn print_run(r: &DecodeReport, secs: f64) {
             "  ctx {:>5}: graph {:7.3} ms/tok {:7.1} tok/s | eager {:7.3} ms/tok {:7.1} tok/s | {:.3} GB/tok, {:.0} GB/s, {:.1}% of roofline {:.1} tok/s",
             p.ctx, p.graph_ms_per_token, p.graph_tokens_per_s, p.eager_ms_per_token, p.eager_tokens_per_s, p.bytes_per_token / 1e9, p.achieved_gbs, p.roofline_pct, p.roofline_tokens_per_s
         );
+        if let Some(m) = p.graph_pdl_ms_per_token {
+            eprintln!(
+                "             graph + PDL {m:7.3} ms/tok {:7.1} tok/s",
+                1e3 / m
+            );
+        }
     }
     for p in &r.prefill {
         eprintln!(
@@ -451,6 +478,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let mode = opts.prefill;
     opts.sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     opts.sample_seed = a.seed;
+    opts.pdl = a.gpu.pdl != PdlMode::Off;
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),
