@@ -27,7 +27,10 @@ const SPLITK_TRY: &[u32] = &[2, 4, 8, 16];
 
 /// The default (heuristic) choice and every candidate for `key`: each known variant that serves
 /// it, with every combination of its registry tunables (`quick`: defaults only). The default is
-/// always among the candidates, first.
+/// always among the candidates, first. Past `MAX_CANDIDATES_PER_KEY` the variants take turns
+/// (each one's defaults, then each one's second grid point, ...), so a variant with a large grid
+/// (gemv_v6_pipe: 3 thread counts x 5 split-K values) cannot crowd the ones listed after it out
+/// of the tune.
 pub fn candidates_for(
     key: &ProblemKey,
     sm: u32,
@@ -35,7 +38,7 @@ pub fn candidates_for(
     quick: bool,
 ) -> Result<(Choice, Vec<Choice>)> {
     let default = heuristic(key, sm, sms)?;
-    let mut out = vec![default.clone()];
+    let mut grids: Vec<Vec<Choice>> = Vec::new();
     for v in dispatch::VARIANTS
         .iter()
         .filter(|v| serves(v.name, key, sm))
@@ -43,12 +46,14 @@ pub fn candidates_for(
         let mut grid = vec![Choice::new(v.name)];
         if !quick {
             if let Some(r) = registry::by_name(v.name) {
+                let mut full = vec![Choice::new(v.name)];
                 for t in r.tunables {
-                    grid = grid
+                    full = full
                         .iter()
                         .flat_map(|c| t.values.iter().map(move |&x| c.clone().with(t.name, x)))
                         .collect();
                 }
+                grid.extend(full);
             } else if v.name == "gemv_v5_splitk" {
                 grid = SPLITK_TRY
                     .iter()
@@ -57,16 +62,28 @@ pub fn candidates_for(
                     .collect();
             }
         }
-        for c in grid {
-            if out.len() >= MAX_CANDIDATES_PER_KEY {
-                break;
+        grids.push(grid);
+    }
+    let out = take_turns(&default, &grids, MAX_CANDIDATES_PER_KEY);
+    Ok((default, out))
+}
+
+/// `default` first, then the grids' entries in turns (every grid's first, then every grid's
+/// second, ...), without repeats, at most `cap` in all.
+fn take_turns(default: &Choice, grids: &[Vec<Choice>], cap: usize) -> Vec<Choice> {
+    let mut out = vec![default.clone()];
+    let longest = grids.iter().map(Vec::len).max().unwrap_or(0);
+    for turn in 0..longest {
+        for c in grids.iter().filter_map(|g| g.get(turn)) {
+            if out.len() >= cap {
+                return out;
             }
-            if !out.contains(&c) {
-                out.push(c);
+            if !out.contains(c) {
+                out.push(c.clone());
             }
         }
     }
-    Ok((default, out))
+    out
 }
 
 /// Keys of `all` that `existing` has no entry for, in `all`'s order. `existing` must already be
@@ -145,4 +162,31 @@ pub fn tune<M: Measurer + ?Sized>(
         on_progress(i + 1, todo.len(), &entry);
     }
     Ok(todo.len())
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+
+    #[test]
+    fn a_large_grid_cannot_crowd_the_others_out_of_the_cap() {
+        // Grid a has 10 points, b and c 3 each; cap 8 = the default + 7. In turns: a0 b0 c0 a1
+        // b1 c1 a2 (b and c complete but for their last point; a concatenated first would
+        // have taken all 7 places).
+        let g = |v: &str, n: u32| -> Vec<Choice> {
+            (0..n)
+                .map(|i| Choice::new(v).with("split_k", i + 1))
+                .collect()
+        };
+        let grids = vec![g("a", 10), g("b", 3), g("c", 3)];
+        let def = Choice::new("b").with("split_k", 1);
+        let out = take_turns(&def, &grids, 8);
+        assert_eq!(out.len(), 8);
+        assert_eq!(out[0], def);
+        let count = |v: &str| out.iter().filter(|c| c.variant == v).count();
+        // b's first point is the default (not repeated), so b gets b0 b1 b2 via turns.
+        assert_eq!((count("a"), count("b"), count("c")), (3, 3, 2));
+        // No cap: everything once.
+        assert_eq!(take_turns(&def, &grids, usize::MAX).len(), 16);
+    }
 }
