@@ -224,6 +224,18 @@ extern "C" __global__ void __launch_bounds__(1024) lab_llama_sample_top_p(lab_ll
         }
         return;
     }
+    if (m == INFINITY) {  // exp(l - max) is NaN there: the first +inf logit wins, as in argmax
+        if (tid == 0) owner = p.vocab;
+        __syncthreads();
+        for (int i = tid; i < p.vocab; i += nt)
+            if (l[i] == INFINITY) atomicMin(&owner, i);
+        __syncthreads();
+        if (tid == 0) {
+            st[LAB_LLAMA_STATE_TOKEN] = owner;
+            st[LAB_LLAMA_STATE_POS] = pos < p.max_ctx ? pos + 1 : pos;
+        }
+        return;
+    }
     // Thread t owns the contiguous chunk [t c, t c + c): index order across threads is what the
     // inverse CDF below walks, and every pass sums in this same order.
     const int c = (p.vocab + nt - 1) / nt;

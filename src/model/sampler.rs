@@ -91,6 +91,14 @@ pub struct TopPDraw {
 pub fn top_p_pick(logits: &[f32], top_p: f64, temperature: f64, u: f64) -> Result<TopPDraw> {
     let best = argmax(logits)? as usize; // also rejects NaN and empty
     let max = f64::from(logits[best]);
+    if max == f64::INFINITY {
+        // exp(l - max) is undefined there: the first +inf logit (argmax's choice) is certain.
+        return Ok(TopPDraw {
+            token: best as u32,
+            kept: 1,
+            margin: f64::INFINITY,
+        });
+    }
     let w: Vec<f64> = logits
         .iter()
         .map(|&l| ((f64::from(l) - max) / temperature).exp())
@@ -278,6 +286,19 @@ mod tests {
             bins[(u * 10.0) as usize] += 1;
         }
         assert!(bins.iter().all(|&b| b.abs_diff(2000) < 212), "{bins:?}");
+    }
+
+    #[test]
+    fn infinite_logits_are_certain_and_minus_infinity_is_never_drawn() {
+        let logits = [0.0f32, f32::INFINITY, 1.0, f32::INFINITY];
+        for k in 0..10 {
+            let d = top_p_pick(&logits, 0.9, 1.0, k as f64 / 10.0).unwrap();
+            assert_eq!(d.token, 1);
+        }
+        let logits = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, 0.0];
+        let c = grid_counts(&logits, 1.0, 1.0, 1000);
+        assert_eq!((c[0], c[2]), (0, 0));
+        assert_eq!(c[1] + c[3], 1000);
     }
 
     #[test]
