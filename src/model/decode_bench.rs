@@ -25,6 +25,7 @@ use crate::model::gpu_engine::{
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
 use crate::model::step_profile::{self, StepProfile};
 use crate::model::vram::VramReport;
+use crate::plan::{Plan, PlanSpec};
 use crate::report::markdown::table;
 use crate::report::plot::{line_chart, Series};
 use crate::report::ReportHeader;
@@ -542,42 +543,74 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         let v = &r.vram;
         let g = |b: u64| format!("{:.2}", b as f64 / GIB);
-        md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested.\n\n");
+        // The planner beside the measurement: its prefill line only when this engine allocated
+        // one (r.prefill_chunk is the engine's own chunk, 0 when it had none).
+        let spec = PlanSpec::of_engine_run(
+            r.config.clone(),
+            r.weights.kind,
+            r.max_ctx as u64,
+            r.prefill_chunk as u64,
+        );
+        let plan = spec.plan().ok();
+        let pl = |f: fn(&Plan) -> u64| plan.as_ref().map_or("-".into(), |p| g(f(p)));
+        md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested; planner = `lab plan`'s prediction for this run (context: its allowance; peak: its total).\n\n");
         md.push_str(&table(
-            &["part", "driver", "engine"],
+            &["part", "driver", "engine", "planner"],
             &[
                 vec![
                     "CUDA context + modules (+ other residents)".into(),
                     g(v.context_bytes),
                     "-".into(),
+                    pl(|p| p.cuda_context_bytes),
                 ],
                 vec![
                     "weights".into(),
                     g(v.weights_driver_bytes),
                     g(v.weights_bytes),
+                    pl(|p| p.weights_bytes),
                 ],
                 vec![
                     format!("KV cache ({} positions)", r.max_ctx),
                     g(v.kv_driver_bytes),
                     g(v.kv_bytes),
+                    pl(|p| p.kv_cache_bytes),
                 ],
                 vec![
                     "workspace".into(),
                     g(v.workspace_driver_bytes),
                     g(v.workspace_bytes),
+                    pl(|p| p.workspace_bytes),
                 ],
                 vec![
                     format!("prefill workspace ({} rows)", r.prefill_chunk),
                     g(v.prefill_driver_bytes),
                     g(v.prefill_bytes),
+                    pl(|p| p.prefill_bytes),
                 ],
                 vec![
                     "peak used (all of the card's used memory)".into(),
                     g(v.peak_used_bytes),
                     "-".into(),
+                    pl(|p| p.total_bytes),
                 ],
             ],
         ));
+        match &plan {
+            Some(p) => {
+                md.push_str(&format!(
+                    "\nPlanner: `{}`. Prefill workspace, exact bytes: engine {}, planner {}{}.\n",
+                    spec.command(),
+                    v.prefill_bytes,
+                    p.prefill_bytes,
+                    if p.prefill_bytes == v.prefill_bytes {
+                        " (equal)"
+                    } else {
+                        " (DIFFER: the planner sizes an sm_80+ card and fused q|k|v, gate|up)"
+                    }
+                ));
+            }
+            None => md.push_str("\nPlanner: no prediction for these weights.\n"),
+        }
         for n in &r.notes {
             md.push_str(&format!("\n- {n}"));
         }
@@ -895,8 +928,50 @@ mod tests {
         ];
         let mut runs = runs;
         runs[0].points[0].graph_pdl_ms_per_token = Some(1.5);
+        // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
+        runs[1].prefill.clear();
+        runs[1].prefill_chunk = 0;
+        runs[1].vram.prefill_bytes = 0;
+        runs[1].vram.prefill_driver_bytes = 0;
         write_decode_report(dir.path(), &runs).unwrap();
         let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        // The planner beside the measurement, for the same model, weights, 2100 positions and
+        // the prefill chunk the engine allocated: 512 rows for the int4 run (the hand-recorded
+        // 115 MiB is not the engine's exact sizing, so the report says they differ), none for
+        // the fp16 run, whose planned total then has no prefill in it.
+        let gib = |b: u64| format!("{:.2}", b as f64 / GIB);
+        let p0 = PlanSpec::of_engine_run(ModelConfig::vicuna_7b(), int4(false), 2100, 512)
+            .plan()
+            .unwrap();
+        assert!(
+            md.contains(&format!(
+                "| prefill workspace (512 rows) | {} | {} | {} |",
+                gib(118 << 20),
+                gib(115 << 20),
+                gib(p0.prefill_bytes)
+            )),
+            "{md}"
+        );
+        assert!(md.contains(&format!(
+            "Planner: `lab plan --model vicuna-7b --group 128 --ctx 2100 --prefill-chunk 512`. Prefill workspace, exact bytes: engine {}, planner {} (DIFFER",
+            115u64 << 20,
+            p0.prefill_bytes
+        )), "{md}");
+        let p1 = PlanSpec::of_engine_run(ModelConfig::vicuna_7b(), WeightKind::Fp16, 2100, 0)
+            .plan()
+            .unwrap();
+        assert_eq!(p1.prefill_bytes, 0);
+        assert!(md.contains(
+            "Planner: `lab plan --model vicuna-7b --dtype fp16 --ctx 2100 --prefill-chunk 0`. Prefill workspace, exact bytes: engine 0, planner 0 (equal)."
+        ), "{md}");
+        assert!(
+            md.contains(&format!(
+                "| peak used (all of the card's used memory) | {} | - | {} |",
+                gib(6 << 30),
+                gib(p1.total_bytes)
+            )),
+            "{md}"
+        );
         // PDL column only where measured: 1.5 ms at ctx 128 against the same roofline.
         let roof = runs[0].points[0].roofline_tokens_per_s;
         assert!(
@@ -913,7 +988,6 @@ mod tests {
         // Prefill: 512 tokens in 40 ms = 12800 tok/s, in its own table; the prefill workspace
         // has its VRAM line.
         assert!(md.contains("| 512 | 40.00 | 12800 |"), "{md}");
-        assert!(md.contains("prefill workspace (512 rows)"), "{md}");
         // The profile table: 900 MB of q|k|v weights in 600 us = 1500 GB/s, 85.7% of the
         // 700 us step, beside the 1.61 ms graph step at ctx 128.
         assert!(

@@ -22,6 +22,7 @@ use crate::kernels::gemv::{GemvKind, TILE_N};
 use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
+use crate::model::gpu_layout::{Int4Linear, Storage};
 use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec};
 use crate::model::sampler::Sampling;
 use crate::model::step_profile::Mark;
@@ -41,8 +42,9 @@ use std::sync::Arc;
 #[path = "gpu_prefill/mod.rs"]
 mod prefill;
 pub use prefill::{
-    attn_smem_bytes, chunks, int4_path, row_tiles, Int4Path, PrefillInt4, PrefillLogits,
-    PrefillMode, PrefillSizes, DEFAULT_PREFILL_CHUNK, GEMM_ROWS,
+    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, chunks, int4_path, row_tiles,
+    Int4Path, PrefillInt4, PrefillLogits, PrefillMode, PrefillPlan, PrefillSizes,
+    DEFAULT_PREFILL_CHUNK, GEMM_ROWS,
 };
 
 /// Positions per attention split block. 128: at 2048 positions 16 splits x 32 heads = 512 blocks
@@ -278,7 +280,8 @@ pub fn q4_split(n: usize, k: usize, sms: usize) -> (usize, usize) {
     (k.div_ceil(slice), slice)
 }
 
-fn layer_shape(l: &Int4Dev) -> LayerShape {
+/// The kernel-facing shape of an int4 linear, host (`Int4Host`, tests) or device (`Int4Dev`).
+fn layer_shape<S: Storage>(l: &Int4Linear<S>) -> LayerShape {
     LayerShape {
         k: l.k,
         n: l.n,

@@ -1,10 +1,12 @@
 //! Exact byte counts of everything a decode run keeps on the GPU: quantized (or fp16) linears,
-//! fp16 embeddings / norms / lm_head, the fp16 KV cache and the decode workspace.
+//! fp16 embeddings / norms / lm_head, the fp16 KV cache, the decode workspace and the GEMM-prefill
+//! workspace (the engine's own sizing, `gpu_engine::PrefillPlan`).
 //!
 //! Conventions: K = in_features, N = out_features, G = group size (`-1` = one group over all K),
 //! tensor shapes as in ../shared/gptq-format.md. All counts are bytes (u64), never rounded.
 
 use crate::model::config::ModelConfig;
+use crate::model::gpu_engine::{checkpoint_int4_layer, PrefillInt4, PrefillPlan};
 use serde::{Deserialize, Serialize};
 
 /// How the linear layers are stored on the device.
@@ -208,4 +210,39 @@ pub fn workspace_bytes(cfg: &ModelConfig, ctx: u64, batch: u64) -> u64 {
         + heads * ctx * 4
         + 2 * vocab * 4;
     batch * per_seq + SPLITK_MAX_SLICES * batch * max_n * 4
+}
+
+/// The GPU generation the planner sizes the prefill for: sm_80 or newer (Ampere, Ada, Hopper:
+/// every card in `cards::CARDS` but the T4) runs the int4 prefill GEMMs on gemm_v2_mma, which
+/// needs the repack scratch. An sm_75 card (T4) takes gemm_v1_simt and the engine allocates the
+/// repack less (7B: 45 MB, 13B: 71 MB), so there the plan is that much on the safe side.
+pub const PREFILL_PLAN_SM: u32 = 80;
+
+/// GEMM-prefill workspace the GPU engine allocates at construction (its VRAM ledger's prefill
+/// line), bytes: `chunk` rows of activations, the GEMM split-K partials and the gemm_v2 repack
+/// scratch, from the engine's own `PrefillPlan` over the layer as it holds a checkpoint
+/// (`checkpoint_int4_layer`; none for fp16), default int4 choice, sm_`PREFILL_PLAN_SM`. The chunk is
+/// clamped to the KV cache's `ctx` rows as `EngineOptions` does (a prompt never exceeds the
+/// cache); 0 rows = no GEMM prefill (token-by-token prompts), 0 bytes. Independent of the batch:
+/// the engine prefills one prompt at a time.
+pub fn prefill_bytes(
+    cfg: &ModelConfig,
+    dtype: WeightDtype,
+    group_size: i32,
+    act_order: bool,
+    chunk: u64,
+    ctx: u64,
+) -> u64 {
+    let rows = chunk.min(ctx) as usize;
+    let int4 = match dtype {
+        WeightDtype::Int4 => checkpoint_int4_layer(cfg, group_size, act_order),
+        WeightDtype::Fp16 => Vec::new(),
+    };
+    PrefillPlan::bytes_or_zero(PrefillPlan::new(
+        cfg,
+        rows,
+        PrefillInt4::Auto,
+        PREFILL_PLAN_SM,
+        int4,
+    ))
 }

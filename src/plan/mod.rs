@@ -2,6 +2,7 @@
 //! fits, the longest context each card allows, and a bandwidth-roofline tokens/s estimate.
 //!
 //! total = weights (linears + fp16 embeddings, norms, lm_head) + fp16 KV cache + decode workspace
+//!       + GEMM-prefill workspace (the engine's own sizing: `bytes::prefill_bytes`)
 //!       + CUDA context allowance (`cards::CUDA_CONTEXT_BYTES`).
 //! `bytes.rs` counts, `cards.rs` holds the card table and the memory convention, `fit.rs` solves
 //! for context and computes the roofline, `checkpoint.rs` reads a checkpoint folder's configs and
@@ -14,13 +15,16 @@ pub mod fit;
 pub mod measured;
 
 pub use bytes::{
-    kv_cache_bytes, workspace_bytes, LinearBytes, PartBytes, WeightBytes, WeightDtype,
+    kv_cache_bytes, prefill_bytes, workspace_bytes, LinearBytes, PartBytes, WeightBytes,
+    WeightDtype, PREFILL_PLAN_SM,
 };
 pub use cards::{Card, CARDS, CUDA_CONTEXT_BYTES, GENERIC_SIZES_GIB};
 pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuant};
 pub use fit::{Fit, Roofline};
 
 use crate::model::config::ModelConfig;
+use crate::model::gpu_engine::{check_attn_smem, DEFAULT_PREFILL_CHUNK};
+use crate::model::gpu_weights::WeightKind;
 use crate::{LabError, Result};
 use serde::Serialize;
 
@@ -42,11 +46,15 @@ pub struct PlanSpec {
     pub ctx: u64,
     /// Sequences decoded together.
     pub batch: u64,
+    /// Rows per GEMM-prefill chunk the engine is built with (`EngineOptions::prefill_chunk`,
+    /// clamped to `ctx` as the engine clamps it); 0 = no prefill workspace.
+    pub prefill_chunk: u64,
     pub cuda_context_bytes: u64,
 }
 
 impl PlanSpec {
-    /// A batch-1 plan with the default CUDA context allowance and no act-order.
+    /// A batch-1 plan with the default CUDA context allowance, the engine's default prefill
+    /// chunk and no act-order.
     pub fn new(model: ModelConfig, dtype: WeightDtype, group_size: i32, ctx: u64) -> Self {
         PlanSpec {
             model,
@@ -55,8 +63,52 @@ impl PlanSpec {
             act_order: false,
             ctx,
             batch: 1,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK as u64,
             cuda_context_bytes: CUDA_CONTEXT_BYTES,
         }
+    }
+
+    /// The plan of a GPU-engine run: its model and weights, a KV cache of `max_ctx` positions and
+    /// the prefill chunk the engine allocated (0: none, e.g. a run recorded before the GEMM
+    /// prefill). What a decode report sets beside its measured VRAM.
+    pub fn of_engine_run(
+        model: ModelConfig,
+        kind: WeightKind,
+        max_ctx: u64,
+        prefill_chunk: u64,
+    ) -> Self {
+        let (dtype, group, act_order) = match kind {
+            WeightKind::Fp16 => (WeightDtype::Fp16, -1, false),
+            WeightKind::Int4 {
+                group, act_order, ..
+            } => (WeightDtype::Int4, group, act_order),
+        };
+        let mut s = PlanSpec::new(model, dtype, group, max_ctx);
+        s.act_order = act_order;
+        s.prefill_chunk = prefill_chunk;
+        s
+    }
+
+    /// The `lab plan` command line that prints this plan (a preset's name stands for its config).
+    pub fn command(&self) -> String {
+        let mut c = format!("lab plan --model {}", self.model.name);
+        match self.dtype {
+            WeightDtype::Fp16 => c.push_str(" --dtype fp16"),
+            WeightDtype::Int4 => {
+                c.push_str(&format!(" --group {}", self.group_size));
+                if self.act_order {
+                    c.push_str(" --act-order");
+                }
+            }
+        }
+        c.push_str(&format!(
+            " --ctx {} --prefill-chunk {}",
+            self.ctx, self.prefill_chunk
+        ));
+        if self.batch != 1 {
+            c.push_str(&format!(" --batch {}", self.batch));
+        }
+        c
     }
 
     fn validate(&self) -> Result<()> {
@@ -72,6 +124,10 @@ impl PlanSpec {
         if self.batch == 0 {
             return Err(LabError::invalid("--batch", "batch 0 (expected >= 1)"));
         }
+        if self.prefill_chunk.min(self.ctx) > 0 {
+            // What the engine refuses at construction for a GEMM prefill of this model.
+            check_attn_smem(&self.model, "--prefill-chunk")?;
+        }
         Ok(())
     }
 
@@ -79,11 +135,24 @@ impl PlanSpec {
         WeightBytes::of(&self.model, self.dtype, self.group_size, self.act_order)
     }
 
+    /// The GEMM-prefill workspace at `ctx` (the chunk is clamped to the cache's rows).
+    pub fn prefill_bytes_at(&self, ctx: u64) -> u64 {
+        prefill_bytes(
+            &self.model,
+            self.dtype,
+            self.group_size,
+            self.act_order,
+            self.prefill_chunk,
+            ctx,
+        )
+    }
+
     /// Everything but the context-dependent parts, plus those at `ctx`.
     fn total_with(&self, weights: u64, ctx: u64) -> u64 {
         weights
             + kv_cache_bytes(&self.model, ctx, self.batch)
             + workspace_bytes(&self.model, ctx, self.batch)
+            + self.prefill_bytes_at(ctx)
             + self.cuda_context_bytes
     }
 
@@ -97,6 +166,7 @@ impl PlanSpec {
         let weights = self.weights();
         let kv = kv_cache_bytes(&self.model, self.ctx, self.batch);
         let ws = workspace_bytes(&self.model, self.ctx, self.batch);
+        let prefill = self.prefill_bytes_at(self.ctx);
         let total = self.total_with(weights.total, self.ctx);
         let int4 = self.dtype == WeightDtype::Int4;
         let g_idx_note = match (int4, self.act_order) {
@@ -125,6 +195,8 @@ impl PlanSpec {
             weights_bytes: wt,
             kv_cache_bytes: kv,
             workspace_bytes: ws,
+            prefill_chunk: self.prefill_chunk.min(self.ctx),
+            prefill_bytes: prefill,
             cuda_context_bytes: self.cuda_context_bytes,
             total_bytes: total,
             g_idx_counted: int4 && self.act_order,
@@ -173,6 +245,11 @@ pub struct Plan {
     pub weights_bytes: u64,
     pub kv_cache_bytes: u64,
     pub workspace_bytes: u64,
+    /// Rows per prefill chunk the engine would use here (the requested chunk clamped to `ctx`;
+    /// 0 = no GEMM prefill).
+    pub prefill_chunk: u64,
+    /// GEMM-prefill workspace the engine allocates for `prefill_chunk` rows.
+    pub prefill_bytes: u64,
     pub cuda_context_bytes: u64,
     pub total_bytes: u64,
     pub g_idx_counted: bool,

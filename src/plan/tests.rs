@@ -1,4 +1,6 @@
 use super::*;
+use crate::kernels::gemm_layout::prepared_words;
+use crate::model::gpu_engine::{EngineOptions, PrefillSizes, GEMM_ROWS};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -39,7 +41,17 @@ fn small_config_bytes_by_hand() {
     // workspace per sequence: 4*64*2 + (64+2*64)*2 + 2*128*2 + 128*2 + 128*2 + 4*10*4 + 2*100*4
     //   = 512 + 384 + 512 + 256 + 256 + 160 + 800 = 2880; split-K 16 * 1 * max(192, 256) * 4 = 16384.
     assert_eq!(p.workspace_bytes, 2880 + 16384);
-    assert_eq!(p.total_bytes, 73600 + 5120 + 19264 + 1000);
+    // Prefill: the 512-row default chunk clamped to the 10-row cache. The engine holds q|k|v as
+    // one 64 x 192 linear, o 64 x 64, gate|up 64 x 256, down 128 x 64; all g32, so all take
+    // gemm_v2 on sm_80+. Activations per row: token i32 4 + f32 residual 64*4
+    //   + fp16 (x16 64 + qkv 192 + delta 64 + gate_up 256 + act 128) * 2 = 4 + 256 + 1408 = 1668;
+    // split-K f32 [GEMM_ROWS = 64, widest N = 256]; repack of the largest linear, gate|up:
+    // 64/32 k-chunks * 128 words * 256/32 n-chunks = 2048 u32.
+    assert_eq!(GEMM_ROWS, 64);
+    assert_eq!(prepared_words(64, 256), 2048);
+    assert_eq!(p.prefill_chunk, 10);
+    assert_eq!(p.prefill_bytes, 10 * 1668 + 64 * 256 * 4 + 2048 * 4);
+    assert_eq!(p.total_bytes, 73600 + 5120 + 19264 + 90408 + 1000);
     assert!(!p.g_idx_counted && p.g_idx_note.contains("not counted"));
 
     // Act-order adds K*4 per linear: 4*64*4 + 2*64*4 + 128*4 = 2048 per layer.
@@ -48,6 +60,178 @@ fn small_config_bytes_by_hand() {
     assert_eq!(a.weights.parts.g_idx, 4096);
     assert_eq!(a.weights_bytes, p.weights_bytes + 4096);
     assert!(a.g_idx_counted);
+    // The engine holds act-order layers reordered (a permutation, equal groups): same GEMM path,
+    // same prefill workspace.
+    assert_eq!(a.prefill_bytes, p.prefill_bytes);
+    assert_eq!(a.total_bytes, p.total_bytes + 4096);
+}
+
+/// The engine's sizing (`PrefillSizes`) for `cfg` at `rows`, int4 linears fused as it holds a
+/// checkpoint: every one on gemm_v2 at g128, the widest N and the largest repack both gate|up
+/// [hidden, 2 inter]; fp16: no GEMM scratch.
+fn engine_prefill(cfg: &ModelConfig, rows: usize, int4: bool) -> u64 {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    if int4 {
+        PrefillSizes::new(cfg, rows, 2 * i, prepared_words(h, 2 * i), 0).bytes()
+    } else {
+        PrefillSizes::new(cfg, rows, 0, 0, 0).bytes()
+    }
+}
+
+#[test]
+fn prefill_bytes_are_the_engines_for_vicuna_7b_and_13b() {
+    for m in [ModelConfig::vicuna_7b(), ModelConfig::vicuna_13b()] {
+        let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
+        // Per row: i32 token + f32 residual + fp16 x16, qkv (3h, MHA), delta, gate_up, act.
+        let acts = 512 * (4 + 4 * h + 2 * (h + 3 * h + h + 2 * i + i));
+        // gemm_v2's repack of gate|up is its int4 codes: h * 2i / 2 bytes (h, 2i multiples of 32).
+        let scratch = 64 * 2 * i * 4 + h * 2 * i / 2;
+        let int4 = PlanSpec::new(m.clone(), WeightDtype::Int4, 128, 2048);
+        let mut act = int4.clone();
+        act.act_order = true;
+        let fp16 = PlanSpec::new(m.clone(), WeightDtype::Fp16, 128, 2048);
+        let (pi, pa, pf) = (
+            int4.plan().unwrap(),
+            act.plan().unwrap(),
+            fp16.plan().unwrap(),
+        );
+        assert_eq!(pi.prefill_chunk, 512);
+        assert_eq!(
+            pi.prefill_bytes,
+            engine_prefill(&m, 512, true),
+            "{}",
+            m.name
+        );
+        assert_eq!(pi.prefill_bytes, acts + scratch, "{}", m.name);
+        assert_eq!(pa.prefill_bytes, pi.prefill_bytes, "{} act-order", m.name);
+        assert_eq!(
+            pf.prefill_bytes,
+            engine_prefill(&m, 512, false),
+            "{}",
+            m.name
+        );
+        assert_eq!(pf.prefill_bytes, acts, "{} fp16", m.name);
+        // The ~114 MB (7B) / ~157 MB (13B) int4 workspace the engine's ledger records.
+        let want = if m.name == "vicuna-7b" { 114e6 } else { 157e6 };
+        assert!(
+            (pi.prefill_bytes as f64 - want).abs() < 1e6,
+            "{}: {}",
+            m.name,
+            pi.prefill_bytes
+        );
+    }
+}
+
+#[test]
+fn the_total_grows_by_exactly_the_prefill_workspace() {
+    for dtype in [WeightDtype::Int4, WeightDtype::Fp16] {
+        let with = PlanSpec::new(ModelConfig::vicuna_13b(), dtype, 128, 2048);
+        let mut without = with.clone();
+        without.prefill_chunk = 0;
+        let (a, b) = (with.plan().unwrap(), without.plan().unwrap());
+        assert_eq!((b.prefill_bytes, b.prefill_chunk), (0, 0));
+        assert!(a.prefill_bytes > 0);
+        assert_eq!(a.total_bytes, b.total_bytes + a.prefill_bytes);
+        assert_eq!(
+            a.weights_bytes + a.kv_cache_bytes + a.workspace_bytes,
+            b.total_bytes - b.cuda_context_bytes
+        );
+        for (fa, fb) in a.fits.iter().zip(&b.fits) {
+            assert_eq!(fa.free_bytes, fb.free_bytes - a.prefill_bytes as i64);
+            assert_eq!(fa.fits, a.total_bytes <= fa.memory_bytes);
+        }
+        assert_eq!(
+            with.total_at(4096),
+            without.total_at(4096) + a.prefill_bytes
+        );
+    }
+}
+
+#[test]
+fn the_prefill_chunk_is_clamped_to_the_cache_as_the_engine_clamps_it() {
+    let m = ModelConfig::vicuna_7b();
+    for ctx in [0u64, 1, 100, 511, 512, 513, 2048] {
+        let p = PlanSpec::new(m.clone(), WeightDtype::Int4, 128, ctx)
+            .plan()
+            .unwrap();
+        let rows = EngineOptions::new(ctx as usize).prefill_chunk;
+        assert_eq!(p.prefill_chunk, rows as u64, "ctx {ctx}");
+        // ctx 0: no rows, no workspace at all (the engine builds no prefill), not just no rows.
+        let want = if rows == 0 {
+            0
+        } else {
+            engine_prefill(&m, rows, true)
+        };
+        assert_eq!(p.prefill_bytes, want, "ctx {ctx}");
+    }
+    // A chunk beyond the cache is the cache's rows.
+    let mut s = PlanSpec::new(m.clone(), WeightDtype::Int4, 128, 2048);
+    s.prefill_chunk = 100_000;
+    assert_eq!(s.plan().unwrap().prefill_chunk, 2048);
+    assert_eq!(s.prefill_bytes_at(2048), engine_prefill(&m, 2048, true));
+    assert_eq!(s.prefill_bytes_at(700), engine_prefill(&m, 700, true));
+}
+
+#[test]
+fn prefill_paths_follow_the_gemm_familys_group_sizes() {
+    // g16 is outside the GEMM family: every int4 linear runs per row, so no split-K or repack
+    // scratch, the same bytes as fp16's activations. Per-channel is served (repack and all).
+    let m = ModelConfig::vicuna_7b();
+    let at = |g: i32| {
+        PlanSpec::new(m.clone(), WeightDtype::Int4, g, 2048)
+            .plan()
+            .unwrap()
+            .prefill_bytes
+    };
+    assert_eq!(at(16), engine_prefill(&m, 512, false));
+    for g in [32, 64, -1] {
+        assert_eq!(at(g), engine_prefill(&m, 512, true), "g{g}");
+    }
+}
+
+#[test]
+fn a_plan_of_an_engine_run_reads_back_as_its_command() {
+    use crate::model::gpu_weights::WeightKind;
+    let kind = WeightKind::Int4 {
+        group: 128,
+        act_order: true,
+        sym: false,
+    };
+    let s = PlanSpec::of_engine_run(ModelConfig::vicuna_7b(), kind, 2085, 512);
+    assert_eq!(
+        (s.group_size, s.act_order, s.ctx, s.prefill_chunk),
+        (128, true, 2085, 512)
+    );
+    assert_eq!(
+        s.command(),
+        "lab plan --model vicuna-7b --group 128 --act-order --ctx 2085 --prefill-chunk 512"
+    );
+    let f = PlanSpec::of_engine_run(ModelConfig::vicuna_7b(), WeightKind::Fp16, 2085, 0);
+    assert_eq!(f.dtype, WeightDtype::Fp16);
+    assert_eq!(f.plan().unwrap().prefill_bytes, 0);
+    assert_eq!(
+        f.command(),
+        "lab plan --model vicuna-7b --dtype fp16 --ctx 2085 --prefill-chunk 0"
+    );
+}
+
+#[test]
+fn a_head_dim_the_prefill_attention_cannot_hold_names_the_flag() {
+    let mut m = small();
+    m.num_attention_heads = 1;
+    m.num_key_value_heads = 1;
+    m.hidden_size = 1024; // head_dim 1024: far past 48 KB of shared memory
+    let e = PlanSpec::new(m.clone(), WeightDtype::Fp16, -1, 10)
+        .plan()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--prefill-chunk") && e.contains("head_dim 1024"),
+        "{e}"
+    );
+    let mut s = PlanSpec::new(m, WeightDtype::Fp16, -1, 10);
+    s.prefill_chunk = 0;
+    assert_eq!(s.plan().unwrap().prefill_bytes, 0);
 }
 
 #[test]
@@ -168,7 +352,8 @@ fn longest_ctx_is_the_last_context_that_fits() {
 
 #[test]
 fn thirteen_b_g128_at_2048_fits_10_gb_but_not_8() {
-    // The anchors' VRAM target, and user question 4 (13B does not fit in 8 GB).
+    // The anchors' VRAM target, and user question 4 (13B does not fit in 8 GB). Still true with the
+    // 157 MB prefill workspace counted: 8.815 -> 8.961 GiB.
     let p = PlanSpec::new(ModelConfig::vicuna_13b(), WeightDtype::Int4, 128, 2048)
         .plan()
         .unwrap();
@@ -214,6 +399,8 @@ fn json_has_the_documented_fields() {
         "weights_bytes",
         "kv_cache_bytes",
         "workspace_bytes",
+        "prefill_chunk",
+        "prefill_bytes",
         "cuda_context_bytes",
         "total_bytes",
     ] {
@@ -222,7 +409,11 @@ fn json_has_the_documented_fields() {
     assert_eq!(v["total_bytes"].as_u64(), Some(p.total_bytes));
     assert_eq!(
         p.total_bytes,
-        p.weights_bytes + p.kv_cache_bytes + p.workspace_bytes + p.cuda_context_bytes
+        p.weights_bytes
+            + p.kv_cache_bytes
+            + p.workspace_bytes
+            + p.prefill_bytes
+            + p.cuda_context_bytes
     );
     assert_eq!(
         v["weights"]["parts"]["qweight"].as_u64(),

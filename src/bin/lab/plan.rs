@@ -3,9 +3,10 @@
 
 use anyhow::{bail, Context};
 use gptq_lab::model::config::ModelConfig;
+use gptq_lab::model::gpu_engine::DEFAULT_PREFILL_CHUNK;
 use gptq_lab::plan::{
     cards, gb, Plan, PlanSpec, WeightDtype, CUDA_CONTEXT_BYTES, DEFAULT_CTXS, DEFAULT_GROUPS,
-    GENERIC_SIZES_GIB,
+    GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
 };
 use std::path::PathBuf;
 
@@ -44,6 +45,12 @@ pub struct PlanArgs {
     /// Folder holding reports/ (for the measured efficiency).
     #[arg(long, default_value = ".")]
     root: PathBuf,
+    /// Rows per GEMM-prefill chunk the engine is built with (as `lab decode --backend gpu
+    /// --prefill-chunk`): its prefill workspace (activations of the chunk, GEMM split-K, repack
+    /// scratch) counts in the total. Clamped to the context as the engine clamps it. 0: an
+    /// engine without GEMM prefill (prompts token by token), no prefill workspace.
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK as u64)]
+    prefill_chunk: u64,
     /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
     #[arg(long)]
     context_mib: Option<u64>,
@@ -101,6 +108,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 let mut s = PlanSpec::new(m.clone(), a.dtype, g, ctx);
                 s.act_order = act_order;
                 s.batch = a.batch;
+                s.prefill_chunk = a.prefill_chunk;
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match card {
                     Some(c) => s.plan_on(c, efficiency_for(&a, m, c)?)?,
@@ -222,8 +230,8 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         .map(|g| format!("{:>6}", format!("{g}G")))
         .collect();
     println!(
-        "\n{:<12} {:<6} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8}{sizes}",
-        "model", "group", "ctx", "weights", "KV", "workspace", "context", "total"
+        "\n{:<12} {:<6} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}{sizes}",
+        "model", "group", "ctx", "weights", "KV", "workspace", "prefill", "context", "total"
     );
     for p in plans {
         let fits: String = p
@@ -232,13 +240,14 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             .map(|f| format!("{:>6}", if f.fits { "fits" } else { "-" }))
             .collect();
         println!(
-            "{:<12} {:<6} {:>6} {:>8.3} {:>8.3} {:>9.4} {:>8.3} {:>8.3}{fits}",
+            "{:<12} {:<6} {:>6} {:>8.3} {:>8.3} {:>9.4} {:>8.4} {:>8.3} {:>8.3}{fits}",
             p.model,
             group_label(p),
             p.ctx,
             gb(p.weights_bytes),
             gb(p.kv_cache_bytes),
             gb(p.workspace_bytes),
+            gb(p.prefill_bytes),
             gb(p.cuda_context_bytes),
             gb(p.total_bytes)
         );
@@ -299,6 +308,26 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     println!(
         "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes)"
     );
+    println!("{}", prefill_note(first));
+}
+
+/// What the prefill column holds, with the chunk it was sized for.
+fn prefill_note(p: &Plan) -> String {
+    if p.prefill_chunk == 0 {
+        return "prefill = 0: no GEMM-prefill workspace (--prefill-chunk 0: the engine runs prompts token by token)".into();
+    }
+    format!(
+        "prefill = the engine's GEMM-prefill workspace for chunks of up to {} rows (--prefill-chunk, clamped to ctx): \
+         {} (gpu_engine::PrefillPlan, sized as on an sm_{}+ card; \
+         allocated once when the engine is built, so it counts even for decode-only runs)",
+        p.prefill_chunk,
+        if p.dtype == WeightDtype::Int4 {
+            "the chunk's activations + GEMM split-K partials + the gemm_v2 repack scratch of the largest linear"
+        } else {
+            "the chunk's activations only (fp16 linears go through cuBLAS: no GEMM scratch)"
+        },
+        PREFILL_PLAN_SM
+    )
 }
 
 /// 12345 -> "12.3k" so six card columns stay narrow.

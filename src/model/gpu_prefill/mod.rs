@@ -36,8 +36,9 @@
 //! - forward.rs: one chunk through every layer (the kernel sequence above).
 //! - linears.rs: which kernel computes a linear over m rows (int4 GEMM v2 / v1, per-row GEMV,
 //!   cuBLAS) and the launches: row tiles, the v2 repack, split-K workspace, unfused-slot copies.
-//! - sizes.rs: `PrefillSizes`, the workspace arithmetic (pure, counted in the VRAM ledger), and
-//!   the attention kernel's shared memory.
+//! - sizes.rs: `PrefillSizes`, the workspace arithmetic (pure, counted in the VRAM ledger),
+//!   `PrefillPlan`, the GEMM path per linear that sizes the scratch (pure: `lab plan` calls it
+//!   too), and the attention kernel's shared memory.
 //! - workspace.rs: `Prefill`, what the engine holds: the buffers of `PrefillSizes` and the
 //!   kernels, planned from the loaded weights at engine construction.
 //! - emulate.rs (tests only): CPU mirrors of prefill.cu's index math; tests.rs: CPU tests.
@@ -56,7 +57,9 @@ pub(crate) mod emulate;
 mod tests;
 
 pub use linears::{int4_path, row_tiles, Int4Path, GEMM_ROWS};
-pub use sizes::{attn_smem_bytes, PrefillSizes};
+pub use sizes::{
+    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, PrefillPlan, PrefillSizes,
+};
 use workspace::int4_linears;
 pub(super) use workspace::Prefill;
 

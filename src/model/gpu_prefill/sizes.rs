@@ -1,8 +1,12 @@
 //! How much device memory a prefill needs: `PrefillSizes`, the element counts of every workspace
-//! buffer for a chunk (pure arithmetic, so the VRAM ledger and its tests need no GPU), and the
-//! dynamic shared memory of the prefill attention kernel.
+//! buffer for a chunk (pure arithmetic, so the VRAM ledger and its tests need no GPU),
+//! `PrefillPlan`, the choice of GEMM path per int4 linear that decides the scratch sizes (the
+//! engine feeds it the loaded weights, `lab plan` a checkpoint's shapes: one function, so the
+//! planner predicts exactly what the engine allocates), and the dynamic shared memory of the
+//! prefill attention kernel.
 
 use super::*;
+use crate::kernels::gemm_layout;
 
 /// Bytes of the prefill workspace for `chunk` rows (exact: the engine allocates these sizes and
 /// counts this sum in the VRAM ledger).
@@ -66,6 +70,118 @@ impl PrefillSizes {
             + 2 * (self.x16 + self.qkv + self.delta + self.gate_up + self.act + self.slot_y))
             as u64
     }
+}
+
+/// What the prefill of a set of int4 linears needs: its workspace sizes and which GEMM kernels
+/// some linear uses (the engine loads only those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillPlan {
+    pub sizes: PrefillSizes,
+    pub gemm_v1: bool,
+    pub gemm_v2: bool,
+}
+
+impl PrefillPlan {
+    /// The prefill of `chunk` rows on an sm_`sm` device under `choice`, for the engine's int4
+    /// linears `int4` as (shape, is an unfused slot of a wider output). `None` when `chunk` is 0:
+    /// the engine then allocates no prefill at all. fp16 linears are not passed: cuBLAS takes all
+    /// m rows at once in the fused output with the handle's own workspace (counted in the decode
+    /// workspace), so they add no prefill scratch; an fp16 model's prefill is its activations.
+    /// Per-row (GEMV) linears need no scratch either; a GEMM linear sets the split-K width, a v2
+    /// one the repack size, an unfused GEMM slot the slot rows.
+    pub fn new(
+        cfg: &ModelConfig,
+        chunk: usize,
+        choice: PrefillInt4,
+        sm: u32,
+        int4: impl IntoIterator<Item = (LayerShape, bool)>,
+    ) -> Option<Self> {
+        if chunk == 0 {
+            return None;
+        }
+        let (mut gemm_n, mut repack_words, mut slot_n) = (0usize, 0usize, 0usize);
+        let (mut gemm_v1, mut gemm_v2) = (false, false);
+        for (s, unfused) in int4 {
+            match int4_path(choice, &s, sm) {
+                Int4Path::Rows(_) => continue,
+                Int4Path::GemmV2 => {
+                    gemm_v2 = true;
+                    repack_words = repack_words.max(gemm_layout::prepared_words(s.k, s.n));
+                }
+                Int4Path::GemmV1 => gemm_v1 = true,
+            }
+            gemm_n = gemm_n.max(s.n);
+            if unfused {
+                slot_n = slot_n.max(s.n);
+            }
+        }
+        Some(PrefillPlan {
+            sizes: PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n),
+            gemm_v1,
+            gemm_v2,
+        })
+    }
+
+    /// The prefill workspace bytes the engine allocates (and its VRAM ledger counts): 0 for no
+    /// prefill.
+    pub fn bytes_or_zero(plan: Option<Self>) -> u64 {
+        plan.map_or(0, |p| p.sizes.bytes())
+    }
+}
+
+/// The int4 linears of one decoder layer of `cfg` as the engine holds a GPTQ checkpoint, for
+/// `PrefillPlan::new` without loading one: q|k|v fused into one [h, h + 2 kv_dim] linear and
+/// gate|up into one [h, 2 inter] (GPTQ quantizes each group from the same input, so the parts
+/// share K, group size and act-order channel order and `gpu_layout::fusion_for` fuses them), then
+/// o and down. Act-order layers are held rows-sorted-by-group with a permutation and no g_idx
+/// (GPTQ's groups are equal-size, so the sorted g_idx is trivial); the path and the workspace do
+/// not depend on the permutation. `group_size` -1 = per-channel.
+/// Every layer is the same, so one layer decides the workspace.
+pub fn checkpoint_int4_layer(
+    cfg: &ModelConfig,
+    group_size: i32,
+    act_order: bool,
+) -> Vec<(LayerShape, bool)> {
+    let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    [(h, h + 2 * kv), (h, h), (h, 2 * inter), (inter, h)]
+        .into_iter()
+        .map(|(k, n)| {
+            let g = if group_size <= 0 {
+                k
+            } else {
+                group_size as usize
+            };
+            let shape = LayerShape {
+                k,
+                n,
+                group_size: g,
+                g_idx: false,
+                // One group spanning K has no channel order to keep: its g_idx is trivial.
+                perm: act_order && g < k,
+                bias: false,
+                symmetric: false,
+            };
+            (shape, false)
+        })
+        .collect()
+}
+
+/// The prefill attention's shared memory must fit the 48 KB every device gives without opting in;
+/// the engine refuses a GEMM prefill for a head_dim past that (none of the presets: hd 128 needs
+/// 22848 B). `flag` names what the caller would change.
+pub fn check_attn_smem(cfg: &ModelConfig, flag: &str) -> Result<()> {
+    let smem = attn_smem_bytes(cfg.head_dim());
+    if smem > 48 * 1024 {
+        return Err(LabError::invalid(
+            flag,
+            format!(
+                "head_dim {}: the prefill attention needs {smem} B of shared memory (> 48 KB)",
+                cfg.head_dim()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Dynamic shared memory of lab_llama_prefill_attn for `hd` (layout in kernels/llama/prefill.cu).

@@ -140,6 +140,76 @@ fn prefill_workspace_bytes_of_vicuna_7b_at_512_rows() {
 }
 
 #[test]
+fn prefill_plan_of_a_checkpoints_shapes_equals_the_plan_of_its_laid_out_weights() {
+    // `lab plan` sizes the prefill from `checkpoint_int4_layer(cfg, ..)`; the engine from the
+    // uploaded layers. For random checkpoints laid out by the upload's own code (q|k|v and
+    // gate|up fused, act-order rows sorted with a permutation) both must give the same shapes
+    // and so the same workspace, on every path (v2 on sm_90, v1 on sm_75, per row for g16).
+    use crate::model::gpu_layout::{layout_layer, LaidOutLinear};
+    use crate::model::gpu_weights::{HostLlama, WeightKind};
+    use crate::model::layer_source::linear_names;
+    let cfg = crate::model::gpu_check::tiny_config();
+    let names = linear_names(&cfg);
+    for (group, act_order, sym) in [
+        (32, false, false),
+        (32, true, false),
+        (64, true, true),
+        (-1, false, true),
+        (16, true, false),
+    ] {
+        let kind = WeightKind::Int4 {
+            group,
+            act_order,
+            sym,
+        };
+        let w = HostLlama::random(&cfg, 11, kind).unwrap();
+        let laid = layout_layer(0, &w.layers[0], &names).unwrap();
+        assert!(laid.fused(), "{kind:?}");
+        let from_layout: Vec<(LayerShape, bool)> = laid
+            .linears()
+            .map(|l| match l {
+                LaidOutLinear::Int4(q) => (layer_shape(q), false),
+                LaidOutLinear::F16 { .. } => panic!("{kind:?}: an fp16 linear"),
+            })
+            .collect();
+        let planned = checkpoint_int4_layer(&cfg, group, act_order);
+        let key = |v: &[(LayerShape, bool)]| -> Vec<_> {
+            v.iter()
+                .map(|(s, u)| (s.k, s.n, s.group_size, s.g_idx, s.perm, *u))
+                .collect()
+        };
+        assert_eq!(key(&planned), key(&from_layout), "{kind:?}");
+        for sm in [75, 90] {
+            for chunk in [1, 7, 512] {
+                let a = PrefillPlan::new(&cfg, chunk, PrefillInt4::Auto, sm, planned.clone());
+                let b = PrefillPlan::new(&cfg, chunk, PrefillInt4::Auto, sm, from_layout.clone());
+                assert_eq!(a, b, "{kind:?} sm_{sm} chunk {chunk}");
+                let p = a.unwrap();
+                assert_eq!(p.gemm_v2, group != 16 && sm >= 80, "{kind:?} sm_{sm}");
+                assert_eq!(p.gemm_v1, group != 16 && sm < 80, "{kind:?} sm_{sm}");
+            }
+        }
+    }
+    // Chunk 0: no prefill at all (not a zero-row one with GEMM scratch).
+    let shapes = checkpoint_int4_layer(&cfg, 32, false);
+    assert_eq!(
+        PrefillPlan::new(&cfg, 0, PrefillInt4::Auto, 90, shapes.clone()),
+        None
+    );
+    assert_eq!(PrefillPlan::bytes_or_zero(None), 0);
+    // gemm_v2 alone needs the repack; sm_75's gemm_v1 allocates the same minus it.
+    let (v2, v1) = (
+        PrefillPlan::new(&cfg, 64, PrefillInt4::Auto, 90, shapes.clone()).unwrap(),
+        PrefillPlan::new(&cfg, 64, PrefillInt4::Auto, 75, shapes).unwrap(),
+    );
+    assert_eq!(v1.sizes.repack, 0);
+    assert_eq!(
+        v2.sizes.bytes() - v1.sizes.bytes(),
+        4 * gemm_layout::prepared_words(64, 2 * 192) as u64
+    );
+}
+
+#[test]
 fn attention_shared_memory_fits_48_kb_for_every_head_dim() {
     assert_eq!(attn_smem_bytes(128), 22848);
     for hd in [8, 16, 32, 64, 128, 256] {

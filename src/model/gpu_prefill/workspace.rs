@@ -5,7 +5,6 @@
 use super::linears::gemm_variant;
 use super::*;
 use crate::kernels::gemm;
-use crate::kernels::gemm_layout;
 use crate::model::gpu_weights::{GpuLayer, Slot};
 
 // Visibility: `pub(in crate::model::gpu_engine)` for what the engine itself reads (construction,
@@ -67,37 +66,23 @@ impl Prefill {
             return Ok(None);
         }
         let sm = gpu.sm();
-        let smem = attn_smem_bytes(cfg.head_dim());
-        if smem > 48 * 1024 {
-            return Err(LabError::invalid(
-                "model config",
-                format!(
-                    "head_dim {}: the prefill attention needs {smem} B of shared memory (> 48 KB)",
-                    cfg.head_dim()
-                ),
-            ));
-        }
-        let (mut gemm_n, mut repack_words, mut slot_n) = (0usize, 0usize, 0usize);
-        let (mut v1, mut v2) = (false, false);
-        for l in &weights.layers {
-            for (lin, unfused) in int4_linears(l) {
-                let GpuLinear::Int4(q) = lin else { continue };
-                let path = int4_path(choice, &layer_shape(q), sm);
-                match path {
-                    Int4Path::Rows(_) => continue,
-                    Int4Path::GemmV2 => {
-                        v2 = true;
-                        repack_words = repack_words.max(gemm_layout::prepared_words(q.k, q.n));
-                    }
-                    Int4Path::GemmV1 => v1 = true,
-                }
-                gemm_n = gemm_n.max(q.n);
-                if unfused {
-                    slot_n = slot_n.max(q.n);
-                }
-            }
-        }
-        let sizes = PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n);
+        check_attn_smem(cfg, "model config")?;
+        let int4 = weights
+            .layers
+            .iter()
+            .flat_map(int4_linears)
+            .filter_map(|(lin, unfused)| {
+                let GpuLinear::Int4(q) = lin else { return None };
+                Some((layer_shape(q), unfused))
+            });
+        let Some(PrefillPlan {
+            sizes,
+            gemm_v1: v1,
+            gemm_v2: v2,
+        }) = PrefillPlan::new(cfg, chunk, choice, sm, int4)
+        else {
+            return Ok(None);
+        };
         let a16 = |n: usize, what: &str| stream.alloc_zeros::<f16>(n).ctx(what);
         let opt16 = |n: usize, what: &str| (n > 0).then(|| a16(n, what)).transpose();
         let bufs = PrefillBufs {
