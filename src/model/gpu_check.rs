@@ -902,9 +902,10 @@ pub fn tiny_cases() -> Vec<TinyCase> {
     .enumerate()
     .flat_map(|(i, (kind, chunk, backend))| {
         // Int4 forms also through the registry's reorder-aware variants (v4: one block per column
-        // tile; v5: split-K with the ticketed in-kernel reduction).
+        // tile; v5: split-K with the ticketed in-kernel reduction; v6: pipelined loads, x staged
+        // in shared memory, auto split-K) — every int4 kernel the decode bench times.
         let registry: &[&str] = if matches!(kind, WeightKind::Int4 { .. }) {
-            &["gemv_v4_perm", "gemv_v5_splitk"]
+            &["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"]
         } else {
             &[]
         };

@@ -1481,7 +1481,7 @@ mod tests {
             ModelConfig::vicuna_13b(),
             crate::model::gpu_check::tiny_config(),
         ];
-        for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
+        for name in ["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"] {
             let v = int4_kernel_by_name(name).unwrap().unwrap();
             for cfg in &cfgs {
                 let (h, i, kv) = (
