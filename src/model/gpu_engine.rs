@@ -1263,6 +1263,44 @@ impl GpuEngine {
     }
 
     /// `generate` with the prefill mode given (comparisons of the two prefills).
+    /// Interactive generation, one token at a time: reset, run the prompt (GEMM prefill or token
+    /// by token), and return the first chosen token. `next_token` continues. Each call waits for
+    /// its token (one sync per token: what printing text as it comes needs); `generate_with`
+    /// is the no-sync path for checks and timings.
+    pub fn begin(&mut self, prompt: &[u32], graph: bool, mode: PrefillMode) -> Result<u32> {
+        if prompt.is_empty() {
+            return Err(LabError::invalid("prompt", "needs at least one token"));
+        }
+        if prompt.len() > self.opts.max_ctx {
+            return Err(LabError::invalid(
+                "prompt",
+                format!(
+                    "{} tokens exceed the KV cache ({})",
+                    prompt.len(),
+                    self.opts.max_ctx
+                ),
+            ));
+        }
+        if graph {
+            self.capture_graph()?;
+        }
+        self.reset()?;
+        if mode == PrefillMode::Gemm && self.prefill.is_some() {
+            self.prefill(prompt, PrefillLogits::None)?;
+        } else {
+            for &t in prompt {
+                self.feed(t, graph, None)?;
+            }
+        }
+        Ok(self.check_state()?[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32)
+    }
+
+    /// Feed the last chosen token and return the next one (after `begin`).
+    pub fn next_token(&mut self, graph: bool) -> Result<u32> {
+        self.step_greedy(graph)?;
+        Ok(self.check_state()?[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32)
+    }
+
     pub fn generate_with(
         &mut self,
         prompt: &[u32],

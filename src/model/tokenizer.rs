@@ -73,6 +73,55 @@ impl TextTokenizer {
     }
 }
 
+/// Text of a growing token sequence, piece by piece, for printing while generating. A token is
+/// not always text on its own (byte-fallback tokens make up one UTF-8 character together, and
+/// SentencePiece's leading-space marker depends on what came before), so each push decodes the
+/// whole sequence and hands out only what extends the text already given, holding back a
+/// trailing U+FFFD (an incomplete character) until a later token completes it. The pieces
+/// concatenate to `decode(all tokens)` (`finish` hands out whatever is left).
+pub struct TextStream<'a> {
+    tok: &'a TextTokenizer,
+    ids: Vec<u32>,
+    given: String,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a TextTokenizer) -> Self {
+        TextStream {
+            tok,
+            ids: Vec::new(),
+            given: String::new(),
+        }
+    }
+
+    /// Add a token; the new text it completes (often empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids)?;
+        let ready = text.trim_end_matches('\u{FFFD}');
+        Ok(self.extend_to(ready))
+    }
+
+    /// Whatever the pushes have not handed out yet.
+    pub fn finish(&mut self) -> Result<String> {
+        let text = self.tok.decode(&self.ids)?;
+        Ok(self.extend_to(&text))
+    }
+
+    /// The part of `text` past what was given, if `text` extends it; nothing otherwise (a later
+    /// decode that rewrites earlier text is left to `finish`, which can only append too).
+    fn extend_to(&mut self, text: &str) -> String {
+        match text.strip_prefix(self.given.as_str()) {
+            Some(new) if !new.is_empty() => {
+                let new = new.to_string();
+                self.given.push_str(&new);
+                new
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 /// Parse a raw id list such as "1, 306,4966" (commas and/or spaces between ids).
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
     let ids: Vec<u32> = s
@@ -119,6 +168,42 @@ mod tests {
         assert_eq!(tok.encode(prompt, false).unwrap(), want[1..]);
         assert_eq!(tok.decode(&ids).unwrap(), prompt);
         assert!(tok.vocab_size() <= 320);
+    }
+
+    #[test]
+    fn streamed_pieces_add_up_to_the_decoded_text() {
+        let tok = TextTokenizer::from_checkpoint_dir(&fixture())
+            .unwrap()
+            .unwrap();
+        let stream_all = |ids: &[u32]| -> (Vec<String>, String) {
+            let mut st = TextStream::new(&tok);
+            let mut pieces: Vec<String> = ids.iter().map(|&i| st.push(i).unwrap()).collect();
+            pieces.push(st.finish().unwrap());
+            let joined = pieces.concat();
+            (pieces, joined)
+        };
+        // Multi-byte characters go through byte-fallback tokens: no piece may show half of one.
+        let text = "Tell me a story, naïve café ☕ 日本 — ok.";
+        let ids = tok.encode(text, true).unwrap();
+        let (pieces, joined) = stream_all(&ids);
+        assert_eq!(joined, tok.decode(&ids).unwrap());
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        assert!(
+            pieces.iter().filter(|p| !p.is_empty()).count() > 5,
+            "{pieces:?}"
+        );
+        // Arbitrary id sequences (what a random model generates) add up too.
+        let v = tok.vocab_size() as u32;
+        let mut x = 7u32;
+        for _ in 0..20 {
+            let ids: Vec<u32> = (0..40)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 8) % v
+                })
+                .collect();
+            assert_eq!(stream_all(&ids).1, tok.decode(&ids).unwrap(), "{ids:?}");
+        }
     }
 
     #[test]

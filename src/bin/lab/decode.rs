@@ -139,9 +139,19 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     let mut stop = "max_new_tokens";
     // The logits each new token was sampled from (only kept for --dump-logits).
     let mut step_logits = Vec::new();
+    // Text is printed as it is generated (stdout), unless --json asks for one document.
+    let mut stream = match (&tokenizer, a.json) {
+        (Some(t), false) => Some(gptq_lab::model::tokenizer::TextStream::new(t)),
+        _ => None,
+    };
     for i in 0..a.max_new_tokens {
         // The draw belongs to the position of the token just fed (as in the GPU engine).
         let t = sampler.sample(&logits, prompt.len() - 1 + i)?;
+        if let Some(st) = stream.as_mut() {
+            if Some(t) != eos {
+                print_piece(&st.push(t)?);
+            }
+        }
         if a.dump_logits.is_some() {
             step_logits.push(logits.clone());
         }
@@ -201,8 +211,8 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
         });
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        match &text {
-            Some(t) => println!("{t}"),
+        match stream.as_mut() {
+            Some(st) => println!("{}", st.finish()?),
             None => println!("{tokens:?}"),
         }
         eprintln!(
@@ -214,6 +224,16 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One piece of streamed text on stdout, flushed so it shows while the next token is computed.
+pub(super) fn print_piece(piece: &str) {
+    use std::io::Write;
+    if !piece.is_empty() {
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`lab decode ... | head`) is not an error worth stopping generation for.
+        let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+    }
 }
 
 fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
@@ -240,7 +260,7 @@ fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// `eos_token_id` from config.json (a number, or a list whose first entry is taken).
-fn eos_id(dir: &Path) -> Option<u32> {
+pub(super) fn eos_id(dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let e = &v["eos_token_id"];

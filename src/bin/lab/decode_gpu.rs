@@ -496,27 +496,63 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         opts,
     )?;
     let load_s = t0.elapsed().as_secs_f64();
+    let tokenizer = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
+    let eos = if a.ignore_eos {
+        None
+    } else {
+        super::eos_id(&ckpt.dir).or_else(|| tokenizer.as_ref().and_then(|t| t.token_id("</s>")))
+    };
+    // Text is printed as it is generated, unless --json asks for one document.
+    let mut stream = match (&tokenizer, a.json) {
+        (Some(t), false) => Some(gptq_lab::model::tokenizer::TextStream::new(t)),
+        _ => None,
+    };
     let t1 = Instant::now();
-    // Greedy or top-p, chosen on the GPU inside the step (EngineOptions::sampling): the whole
-    // generation replays the step's graph without a host round trip per token.
-    let tokens = eng.generate_with(&prompt, a.max_new_tokens, true, mode)?;
+    // Greedy or top-p, chosen on the GPU inside the step (EngineOptions::sampling); each step
+    // replays the graph and waits only for its token id.
+    let mut tokens = Vec::with_capacity(a.max_new_tokens);
+    let mut stop = "max_new_tokens";
+    let mut first_s = 0.0;
+    for i in 0..a.max_new_tokens {
+        let t = if i == 0 {
+            let t = eng.begin(&prompt, true, mode)?;
+            first_s = t1.elapsed().as_secs_f64();
+            t
+        } else {
+            eng.next_token(true)?
+        };
+        tokens.push(t);
+        if Some(t) == eos {
+            stop = "eos";
+            break;
+        }
+        if let Some(st) = stream.as_mut() {
+            super::print_piece(&st.push(t)?);
+        }
+    }
     let gen_s = t1.elapsed().as_secs_f64();
-    let text = match gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)? {
+    let decode_steps = tokens.len().saturating_sub(1);
+    let decode_tps = if gen_s > first_s {
+        decode_steps as f64 / (gen_s - first_s)
+    } else {
+        0.0
+    };
+    let text = match &tokenizer {
         Some(t) => Some(t.decode(&tokens)?),
         None => None,
     };
     let vram = eng.vram()?;
     if a.json {
-        let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text,
-            "timings": {"load_s": load_s, "generate_s": gen_s, "prefill": format!("{mode:?}")}, "load": eng.weights.load, "vram": vram});
+        let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text, "stop": stop,
+            "timings": {"load_s": load_s, "first_token_s": first_s, "generate_s": gen_s, "decode_tokens_per_s": decode_tps, "prefill": format!("{mode:?}")}, "load": eng.weights.load, "vram": vram});
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        print_load(&eng.weights.desc, eng.weights.load.as_ref(), &vram, load_s);
-        match &text {
-            Some(t) => println!("{t}"),
+        match stream.as_mut() {
+            Some(st) => println!("{}", st.finish()?),
             None => println!("{tokens:?}"),
         }
-        eprintln!("gpu: {} prompt + {} new tokens in {gen_s:.3} s (prefill: {mode:?}), load {load_s:.2} s", prompt.len(), tokens.len());
+        print_load(&eng.weights.desc, eng.weights.load.as_ref(), &vram, load_s);
+        eprintln!("gpu: {} prompt tokens, first new token after {first_s:.3} s (prefill: {mode:?}), {} new tokens ({stop}), decode {decode_tps:.1} tok/s, load {load_s:.2} s", prompt.len(), tokens.len());
     }
     Ok(())
 }
