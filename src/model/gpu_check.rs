@@ -577,6 +577,15 @@ pub fn check_engine(
 
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
+    // One token at a time with a sync each (what `lab decode` streams as text).
+    let mut stream_tokens = Vec::with_capacity(n_new);
+    for i in 0..n_new {
+        stream_tokens.push(if i == 0 {
+            eng.begin(prompt, true, PrefillMode::TokenByToken)?
+        } else {
+            eng.next_token(true)?
+        });
+    }
     // The same graph with programmatic dependent launch (sm_90+ only; empty elsewhere).
     let pdl_tokens = if eng.set_pdl(true) {
         eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?
@@ -626,6 +635,7 @@ pub fn check_engine(
         ("GEMM prefill + graph", &prefill_tokens),
         ("profiled eager", &profile_tokens),
         ("graph + PDL", &pdl_tokens),
+        ("begin/next_token", &stream_tokens),
     ] {
         if got.is_empty() && name == "graph + PDL" {
             continue; // not run below sm_90
