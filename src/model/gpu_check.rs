@@ -914,7 +914,21 @@ pub fn tiny_cases() -> Vec<TinyCase> {
         // Int4 forms also through the registry's reorder-aware variants (v4: one block per column
         // tile; v5: split-K with the ticketed in-kernel reduction; v6: pipelined loads, x staged
         // in shared memory, auto split-K) — every int4 kernel the decode bench times.
-        let registry: &[&str] = if matches!(kind, WeightKind::Int4 { .. }) {
+        // v2 (no act-order) is what the tuner picks for several plain shapes on the H100.
+        let registry: &[&str] = if matches!(
+            kind,
+            WeightKind::Int4 {
+                act_order: false,
+                ..
+            }
+        ) {
+            &[
+                "gemv_v2_vec",
+                "gemv_v4_perm",
+                "gemv_v5_splitk",
+                "gemv_v6_pipe",
+            ]
+        } else if matches!(kind, WeightKind::Int4 { .. }) {
             &["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"]
         } else {
             &[]

@@ -1551,6 +1551,35 @@ mod tests {
                 }
             }
         }
+        // v2 has no act-order path: every plain linear, and a clear refusal of a permuted one.
+        let v2 = int4_kernel_by_name("gemv_v2_vec").unwrap().unwrap();
+        for cfg in &cfgs {
+            let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+            let kv = cfg.num_key_value_heads * cfg.head_dim();
+            for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
+                let g = if k % 128 == 0 { 128 } else { 64 };
+                for (group, perm, symmetric) in
+                    [(g, false, false), (k, false, true), (g, true, false)]
+                {
+                    let s = LayerShape {
+                        k,
+                        n,
+                        group_size: group,
+                        g_idx: false,
+                        perm,
+                        bias: false,
+                        symmetric,
+                    };
+                    let p = gemv_plan(v2, &s, 1, k, n, &Tunables::new());
+                    assert_eq!(
+                        p.is_ok(),
+                        !perm,
+                        "v2 {} {k}x{n} perm {perm}: {p:?}",
+                        cfg.name
+                    );
+                }
+            }
+        }
         assert!(int4_kernel_by_name("engine").unwrap().is_none());
         assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
         assert!(int4_kernel_by_name("gemv_v9").is_err());
