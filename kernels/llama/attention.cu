@@ -1,8 +1,10 @@
 // Attention of one new token over the KV cache (decode), split along the sequence
-// ("flash-decoding"): pass 1 gives each (head, chunk of positions) its own block and writes an
-// unnormalized partial; pass 2 combines the partials of each head with the log-sum-exp rule.
-//   lab_llama_attn_split    v1: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position
-//   lab_llama_attn_combine  v1: grid heads x 128 threads; out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M)
+// ("flash-decoding"): each (head, chunk of positions) block writes an unnormalized partial; the
+// last block of a head to finish (a per-head ticket) combines the head's partials with the
+// log-sum-exp rule: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+//   lab_llama_attn_split    v2: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position;
+//                              the combine folded in (v1 launched it as lab_llama_attn_combine: one launch
+//                              per layer less, ~32 per 7B step, for one atomic and a fence per block)
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
 // positions the 7B cache read is 2048 x 32 layers x 2 x 4096 x 2 B = 1.07 GB per token, a third of
 // the int4 weights, so it must run near full bandwidth. The grid is sized for max_ctx so a captured
@@ -112,22 +114,33 @@ lab_llama_attn_split(lab_llama_attn_params p) {
         part[hd] = m;
         part[hd + 1] = s;
     }
-}
 
-extern "C" __global__ void lab_llama_attn_combine(lab_llama_attn_params p) {
-    LAB_PDL_ENTER();
-    const int hd = p.head_dim, head = blockIdx.x;
-    const int len = min(llama_pos(p.state) + 1, p.max_ctx);
+    // The head's last block combines. Every block's partial is published (fence) before its
+    // ticket; the block that draws ticket ns - 1 has seen all ns tickets, so every partial is
+    // visible to it (read with ld.global.cg: L1 is not coherent across blocks).
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
     const int ns = min((len + p.chunk - 1) / p.chunk, p.n_splits);
-    const float* part = reinterpret_cast<const float*>(p.partial) + (size_t)head * p.n_splits * (hd + 2);
+    if (threadIdx.x == 0) {
+        unsigned* ticket = reinterpret_cast<unsigned*>(p.tickets) + head;
+        last = atomicAdd(ticket, 1u) == (unsigned)(ns - 1);
+        if (last) *ticket = 0u;  // ready for the next step (no other block of this head is left)
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const float* hp = reinterpret_cast<const float*>(p.partial) + (size_t)head * p.n_splits * (hd + 2);
     float mx = -INFINITY;
-    for (int s = 0; s < ns; ++s) mx = fmaxf(mx, part[s * (hd + 2) + hd]);
-    float l = 0.f;
-    for (int s = 0; s < ns; ++s) l += part[s * (hd + 2) + hd + 1] * expf(part[s * (hd + 2) + hd] - mx);
+    for (int sp = 0; sp < ns; ++sp) mx = fmaxf(mx, __ldcg(hp + sp * (hd + 2) + hd));
+    float den = 0.f;
+    for (int sp = 0; sp < ns; ++sp)
+        den += __ldcg(hp + sp * (hd + 2) + hd + 1) * expf(__ldcg(hp + sp * (hd + 2) + hd) - mx);
     __half* out = reinterpret_cast<__half*>(p.out) + (size_t)head * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
-        for (int s = 0; s < ns; ++s) o += part[s * (hd + 2) + d] * expf(part[s * (hd + 2) + hd] - mx);
-        out[d] = __float2half_rn(ns > 0 ? o / l : 0.f);
+        for (int sp = 0; sp < ns; ++sp)
+            o += __ldcg(hp + sp * (hd + 2) + d) * expf(__ldcg(hp + sp * (hd + 2) + hd) - mx);
+        out[d] = __float2half_rn(o / den);
     }
 }

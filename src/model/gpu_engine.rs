@@ -5,9 +5,9 @@
 //! graph and replayed with no host work between tokens.
 //!
 //! Per step (L layers):
-//!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> rope_kv -> attn_split ->
-//!   attn_combine -> o -> add_rmsnorm(+o) -> gate_up -> silu_mul -> down] -> add_rmsnorm(+down)
-//!   -> lm_head -> argmax
+//!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> rope_kv -> attn_split (its
+//!   last block per head combines) -> o -> add_rmsnorm(+o) -> gate_up -> silu_mul -> down]
+//!   -> add_rmsnorm(+down) -> lm_head -> argmax (or top-p)
 //! Prefill (`gpu_prefill/`) runs all prompt tokens of a chunk through each layer at once (GEMM
 //! family / cuBLAS, causal prefill attention); `PrefillMode::TokenByToken` keeps the old path, this
 //! step once per prompt token, as the reference.
@@ -204,7 +204,6 @@ struct Kernels {
     norm: CudaFunction,
     rope: CudaFunction,
     attn_split: CudaFunction,
-    attn_combine: CudaFunction,
     silu: CudaFunction,
     argmax: CudaFunction,
     gemv_f16: CudaFunction,
@@ -222,7 +221,6 @@ impl Kernels {
             norm: gpu.function("lab_llama_add_rmsnorm")?,
             rope: gpu.function("lab_llama_rope_kv")?,
             attn_split: gpu.function("lab_llama_attn_split")?,
-            attn_combine: gpu.function("lab_llama_attn_combine")?,
             silu: gpu.function("lab_llama_silu_mul")?,
             argmax: gpu.function("lab_llama_argmax")?,
             gemv_f16: gpu.function("lab_llama_gemv_f16")?,
@@ -246,6 +244,8 @@ struct Bufs {
     down: CudaSlice<f16>,
     logits: CudaSlice<f32>,
     partial: CudaSlice<f32>,
+    /// u32 [heads]: attention split blocks done per head (zero between steps).
+    attn_tickets: CudaSlice<u32>,
     q4_ws: CudaSlice<f32>,
     /// Registry split-K GEMV workspace: f32 [max N] partials + u32 [max N / 32] tickets, zero
     /// between launches (kernels/gemv/gemv_v5_splitk.cu leaves it zero).
@@ -434,6 +434,7 @@ impl GpuEngine {
             down: a16(h, "down")?,
             logits: a32(v, "logits")?,
             partial: a32(heads * n_splits * (hd + 2), "attention partials")?,
+            attn_tickets: stream.alloc_zeros::<u32>(heads).ctx("attention tickets")?,
             q4_ws: a32(max_n, "int4 GEMV accumulator")?,
             gemv_ws: a32(max_n + max_n.div_ceil(TILE_N), "registry split-K workspace")?,
             state: stream
@@ -445,8 +446,8 @@ impl GpuEngine {
         let mut own = (h * 4
             + (h * 5 + 2 * kv_dim + 3 * inter) * 2
             + v * 4
-            + (heads * n_splits * (hd + 2) + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2) * 4)
-            as u64;
+            + (heads * n_splits * (hd + 2) + heads + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2)
+                * 4) as u64;
         own += (abi::LAB_LLAMA_STATE_WORDS as usize + opts.max_ctx) as u64 * 4;
 
         let has_f16 = weights
@@ -966,6 +967,7 @@ impl GpuEngine {
                 partial: self.r(&b.partial),
                 out: self.r(&b.attn),
                 state,
+                tickets: self.r(&b.attn_tickets),
                 heads: heads as i32,
                 kv_heads: kvh as i32,
                 head_dim: hd as i32,
@@ -986,15 +988,7 @@ impl GpuEngine {
                 256,
                 smem,
                 &ap,
-                &format!("layer {li} attention (split)"),
-            )?;
-            self.launch(
-                &self.k.attn_combine,
-                (heads as u32, 1),
-                128,
-                0,
-                &ap,
-                &format!("layer {li} attention (combine)"),
+                &format!("layer {li} attention (split + combine)"),
             )?;
             keep(Some(li), "attention", snap16(&b.attn)?)?;
             self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
