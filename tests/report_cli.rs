@@ -331,3 +331,33 @@ fn an_empty_root_has_nothing_to_report_and_an_unknown_slug_is_an_error() {
     assert!(!o.status.success());
     assert!(text(&o).contains("--gpu-slug no-such-gpu"), "{}", text(&o));
 }
+
+/// Without a GPU, `lab bench` says there is nothing to time and succeeds, except under
+/// REQUIRE_GPU=1 (scripts/device-check), where a missing GPU must fail the step instead of
+/// reading as a PASS. (On a machine with a GPU this would run the bench: skipped there.)
+#[test]
+fn bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required() {
+    if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
+        eprintln!(
+            "SKIP bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required: a GPU is present"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let run = |require: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .args(["bench", "--family", "probe", "--root", root])
+            .env("REQUIRE_GPU", require)
+            .output()
+            .expect("running lab")
+    };
+    let quiet = run("0");
+    assert!(quiet.status.success(), "{}", text(&quiet));
+    assert!(text(&quiet).contains("Nothing to time"), "{}", text(&quiet));
+    let strict = run("1");
+    assert!(!strict.status.success(), "{}", text(&strict));
+    assert!(text(&strict).contains("REQUIRE_GPU=1"), "{}", text(&strict));
+    // Nothing was written either way.
+    assert!(!dir.path().join("reports").exists());
+}

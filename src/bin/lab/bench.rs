@@ -33,6 +33,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let gpu = match gptq_lab::cuda::open(args.gpu) {
         Ok(g) => g,
+        // REQUIRE_GPU=1 (scripts/device-check, CI on a GPU machine): a missing GPU is a failure,
+        // not a quiet success that would read as PASS.
+        Err(e) if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            anyhow::bail!("lab bench: {e} (REQUIRE_GPU=1)")
+        }
         Err(e) => {
             println!("lab bench: {e}. Nothing to time on this machine; reports are written only from a real GPU run.");
             return Ok(());
