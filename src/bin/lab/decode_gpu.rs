@@ -67,11 +67,11 @@ pub struct GpuArgs {
     /// times the graph both ways; generation uses it when on or both).
     #[arg(long, default_value = "both", value_parser = pdl_mode)]
     pdl: PdlMode,
-    /// Int4 GEMV kernels to run (each a separate run): engine (lab_llama_q4_gemv), registry
-    /// variants such as gemv_v5_splitk, gemv_v4_perm, and/or auto (per linear shape, the
+    /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
-    /// kernels, else the heuristic).
-    #[arg(long, default_value = "engine", value_delimiter = ',')]
+    /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
+    /// and/or registry variants such as gemv_v5_splitk, gemv_v6_pipe.
+    #[arg(long, default_value = "auto", value_delimiter = ',')]
     int4_kernel: Vec<String>,
     /// fp16 linears through cuBLAS (default) or the lab's fp16 GEMV.
     #[arg(long, default_value = "cublas")]
@@ -480,7 +480,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.sample_seed = a.seed;
     opts.pdl = a.gpu.pdl != PdlMode::Off;
     opts.int4 = parse_int4_kernel(
-        a.gpu.int4_kernel.first().map_or("engine", |s| s.as_str()),
+        a.gpu.int4_kernel.first().map_or("auto", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),
     )?;
     let label = dir.display().to_string();
