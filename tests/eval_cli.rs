@@ -99,3 +99,23 @@ fn a_bad_seqlen_is_refused_before_the_backend_is_opened() {
         assert!(err.contains("--seqlen"), "{backend}: {err}");
     }
 }
+
+#[test]
+fn an_unknown_int4_kernel_is_refused_before_the_gpu_is_opened() {
+    let ck = fixture("tiny-sym-g32");
+    let o = lab(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--backend",
+        "gpu",
+        "--int4-kernel",
+        "gemv_v9",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--int4-kernel") && err.contains("gemv_v9"),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@
 //! tiny fixtures and spot checks, not for speed. The GPU engine: decode_gpu.rs (--backend gpu).
 
 #[path = "decode_gpu.rs"]
-mod gpu;
+pub(crate) mod gpu;
 
 use anyhow::{bail, Context};
 use gptq_lab::model::checkpoint::Checkpoint;

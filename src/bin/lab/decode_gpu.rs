@@ -600,7 +600,7 @@ fn print_load(
 
 /// The dispatcher for `--int4-kernel auto`: root/tuning/<gpu>.json when it exists (refused with
 /// the reason printed when it was measured on another GPU or other kernels), else the heuristic.
-fn dispatcher(
+pub(crate) fn dispatcher(
     gpu: &gptq_lab::cuda::Gpu,
     root: &std::path::Path,
 ) -> gptq_lab::Result<gptq_lab::tune::Dispatcher> {

@@ -44,6 +44,13 @@ pub struct EvalArgs {
     reference: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
+    /// GPU backend: the int4 GEMV (as `lab decode --backend gpu`): auto (this GPU's tuned config
+    /// under --root, else the heuristic), engine, or a registry variant such as gemv_v6_pipe.
+    #[arg(long, default_value = "auto")]
+    int4_kernel: String,
+    /// Folder that holds tuning/ (for --int4-kernel auto).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
     #[arg(long)]
     json: bool,
 }
@@ -80,6 +87,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
         Backend::Gpu => {
             check_seqlen(seqlen, &ckpt.config)?;
+            // A misspelt kernel is refused here, before the GPU is opened.
+            if a.int4_kernel != "auto" {
+                gptq_lab::model::gpu_engine::int4_kernel_by_name(&a.int4_kernel)?;
+            }
             gpu_perplexity(&a, &ckpt, &ids, seqlen)?
         }
     };
@@ -117,7 +128,10 @@ fn gpu_perplexity(
         bail!(gptq_lab::LabError::KernelsNotBuilt);
     }
     // The last token of a window is never fed: seqlen - 1 positions (at least 1).
-    let opts = EngineOptions::new(seqlen - 1);
+    let mut opts = EngineOptions::new(seqlen - 1);
+    opts.int4 = gptq_lab::model::gpu_engine::parse_int4_kernel(&a.int4_kernel, || {
+        crate::decode::gpu::dispatcher(&gpu, &a.root)
+    })?;
     let engine = |ck: &Checkpoint| -> anyhow::Result<GpuEngine> {
         let label = ck.dir.display().to_string();
         let src = CheckpointLayers::new(ck).with_progress(true);
