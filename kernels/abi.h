@@ -129,13 +129,15 @@ typedef struct {
 } lab_llama_rope_params;
 
 typedef struct {
-    uint64_t qkv;      /* fp16 [heads*hd | ...]: q (rotated) is the first heads*hd values */
-    uint64_t k_cache;  /* fp16 [max_ctx, kv_heads*hd] */
+    uint64_t qkv;      /* fp16 [heads*hd | kv | kv]: q, k, v of this step as the qkv projection left them (not rotated) */
+    uint64_t k_cache;  /* fp16 [max_ctx, kv_heads*hd]: rows < pos read; row pos written here (rotated k) */
     uint64_t v_cache;  /* fp16 [max_ctx, kv_heads*hd] */
     uint64_t partial;  /* f32 [heads, n_splits, hd + 2]: per split (unnormalized out[hd], max, sum) */
     uint64_t out;      /* fp16 [heads*hd] attention output, written by each head's last split block */
     uint64_t state;    /* i32 state words: attended length = min(pos + 1, max_ctx) */
     uint64_t tickets;  /* u32 [heads], zero between launches: split blocks done per head (the last resets it) */
+    uint64_t inv_freq; /* f32 [hd/2] RoPE frequencies: q and the new k are rotated in this kernel */
+    uint64_t q_rot;    /* fp16 [heads*hd] out: the rotated q (what lab_llama_rope_kv left in qkv; for the trace) */
     int32_t heads, kv_heads, head_dim, max_ctx;
     int32_t chunk;     /* positions per split block */
     int32_t n_splits;  /* ceil(max_ctx / chunk): grid.y, fixed so a captured graph fits every length */

@@ -2,9 +2,13 @@
 // ("flash-decoding"): each (head, chunk of positions) block writes an unnormalized partial; the
 // last block of a head to finish (a per-head ticket) combines the head's partials with the
 // log-sum-exp rule: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
-//   lab_llama_attn_split    v2: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position;
-//                              the combine folded in (v1 launched it as lab_llama_attn_combine: one launch
-//                              per layer less, ~32 per 7B step, for one atomic and a fence per block)
+//   lab_llama_attn_split    v3: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position;
+//                              v2 folded the combine in (v1 launched lab_llama_attn_combine), v3 folds RoPE and
+//                              the KV append in (the decode step no longer launches lab_llama_rope_kv): every
+//                              block rotates its q head; the block whose chunk holds the new position rotates
+//                              its kv head's k itself and takes k, v of that row from registers/smem, not the
+//                              cache, and the first q head of each kv group writes the row to the cache. Two
+//                              launches per layer less than v1 (~64 per 7B step).
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
 // positions the 7B cache read is 2048 x 32 layers x 2 x 4096 x 2 B = 1.07 GB per token, a third of
 // the int4 weights, so it must run near full bandwidth. The grid is sized for max_ctx so a captured
@@ -25,6 +29,8 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     const int pos = llama_pos(p.state);
     const int len = min(pos + 1, p.max_ctx);
     const int start = split * p.chunk;
+    if (pos >= p.max_ctx && head == 0 && split == 0 && threadIdx.x == 0)
+        atomicOr(reinterpret_cast<int*>(p.state) + LAB_LLAMA_STATE_FLAGS, LAB_LLAMA_FLAG_CTX_FULL);
     if (start >= len) return;  // block-uniform: nothing to attend in this chunk
     const int end = min(start + p.chunk, len);
     const int kv_dim = p.kv_heads * hd;
@@ -36,9 +42,46 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     float* sc = qs + hd;
     float* red = sc + p.chunk;
 
-    const __half* q = reinterpret_cast<const __half*>(p.qkv) + (size_t)head * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = __half2float(q[d]) * p.scale;
+    // RoPE (HF rotate-half: pairs i, i + hd/2, angle pos * inv_freq[i]) as lab_llama_rope_kv does
+    // it, fp16 rounding included: q of this head, and k of its kv head when this block holds the
+    // new row. kcur/vcur: that row's k (rotated) and v, fp16, read in place of the cache row.
+    __shared__ __align__(16) __half kcur[256], vcur[256];
+    const bool has_cur = pos < p.max_ctx && start <= pos && pos < end;
+    const __half* qkv = reinterpret_cast<const __half*>(p.qkv);
+    const __half* q = qkv + (size_t)head * hd;
+    const __half* kn = qkv + (size_t)p.heads * hd + (size_t)kvh * hd;
+    const __half* vn = kn + kv_dim;
+    const float* inv_freq = reinterpret_cast<const float*>(p.inv_freq);
+    for (int i = threadIdx.x; i < hd / 2; i += blockDim.x) {
+        float sn, cs;
+        sincosf((float)pos * inv_freq[i], &sn, &cs);
+        const float a = __half2float(q[i]), b = __half2float(q[i + hd / 2]);
+        const __half ra = __float2half_rn(a * cs - b * sn), rb = __float2half_rn(b * cs + a * sn);
+        qs[i] = __half2float(ra) * p.scale;
+        qs[i + hd / 2] = __half2float(rb) * p.scale;
+        if (split == 0) {  // one writer per head for the trace copy
+            __half* qr = reinterpret_cast<__half*>(p.q_rot) + (size_t)head * hd;
+            qr[i] = ra;
+            qr[i + hd / 2] = rb;
+        }
+        if (has_cur) {
+            const float ka = __half2float(kn[i]), kb = __half2float(kn[i + hd / 2]);
+            kcur[i] = __float2half_rn(ka * cs - kb * sn);
+            kcur[i + hd / 2] = __float2half_rn(kb * cs + ka * sn);
+            vcur[i] = vn[i];
+            vcur[i + hd / 2] = vn[i + hd / 2];
+        }
+    }
     __syncthreads();
+    if (has_cur && head % (p.heads / p.kv_heads) == 0) {  // the kv group's first q head appends
+        const size_t row = (size_t)pos * kv_dim + (size_t)kvh * hd;
+        __half* kc_row = reinterpret_cast<__half*>(p.k_cache) + row;
+        __half* vc_row = reinterpret_cast<__half*>(p.v_cache) + row;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            kc_row[d] = kcur[d];
+            vc_row[d] = vcur[d];
+        }
+    }
     float qf[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) qf[j] = qs[l * 8 + j];
@@ -52,7 +95,9 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
             const int pp = base + u * groups + g;
-            kv[u] = pp < end ? kc[(size_t)pp * row16 + col16] : make_uint4(0, 0, 0, 0);
+            kv[u] = pp == pos ? reinterpret_cast<const uint4*>(kcur)[l]
+                  : pp < end  ? kc[(size_t)pp * row16 + col16]
+                              : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
@@ -86,7 +131,9 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
             const int pp = base + u * groups;
-            vv[u] = pp < end ? vc[(size_t)pp * row16 + col16] : make_uint4(0, 0, 0, 0);
+            vv[u] = pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
+                  : pp < end  ? vc[(size_t)pp * row16 + col16]
+                              : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {

@@ -84,7 +84,8 @@ extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
 // Grid: heads + kv_heads blocks (q heads first, then k heads); block: hd/2 threads, thread i
 // rotates the pair (i, i + hd/2) by pos * inv_freq[i]. The k-head blocks also append k (rotated)
 // and v to the cache rows at pos. grid.y = rows: row y is the qkv row y and position
-// state.pos + y (decode launches one row; prefill one per prompt row of the chunk).
+// state.pos + y (the prefill launches one per prompt row of the chunk; the decode step does its
+// RoPE inside lab_llama_attn_split since attention v3, with the same arithmetic).
 extern "C" __global__ void lab_llama_rope_kv(lab_llama_rope_params p) {
     LAB_PDL_ENTER();
     int* st = reinterpret_cast<int*>(p.state);

@@ -5,9 +5,9 @@
 //! graph and replayed with no host work between tokens.
 //!
 //! Per step (L layers):
-//!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> rope_kv -> attn_split (its
-//!   last block per head combines) -> o -> add_rmsnorm(+o) -> gate_up -> silu_mul -> down]
-//!   -> add_rmsnorm(+down) -> lm_head -> argmax (or top-p)
+//!   embed -> L x [add_rmsnorm(+down of the previous layer) -> qkv -> attn_split (RoPE, KV append,
+//!   split attention; its last block per head combines) -> o -> add_rmsnorm(+o) -> gate_up ->
+//!   silu_mul -> down] -> add_rmsnorm(+down) -> lm_head -> argmax (or top-p)
 //! Prefill (`gpu_prefill/`) runs all prompt tokens of a chunk through each layer at once (GEMM
 //! family / cuBLAS, causal prefill attention); `PrefillMode::TokenByToken` keeps the old path, this
 //! step once per prompt token, as the reference.
@@ -244,6 +244,8 @@ struct Bufs {
     down: CudaSlice<f16>,
     logits: CudaSlice<f32>,
     partial: CudaSlice<f32>,
+    /// fp16 [heads * hd]: the rotated q the attention kernel writes (read only by the trace).
+    q_rot: CudaSlice<f16>,
     /// u32 [heads]: attention split blocks done per head (zero between steps).
     attn_tickets: CudaSlice<u32>,
     q4_ws: CudaSlice<f32>,
@@ -434,6 +436,7 @@ impl GpuEngine {
             down: a16(h, "down")?,
             logits: a32(v, "logits")?,
             partial: a32(heads * n_splits * (hd + 2), "attention partials")?,
+            q_rot: a16(heads * hd, "rotated q")?,
             attn_tickets: stream.alloc_zeros::<u32>(heads).ctx("attention tickets")?,
             q4_ws: a32(max_n, "int4 GEMV accumulator")?,
             gemv_ws: a32(max_n + max_n.div_ceil(TILE_N), "registry split-K workspace")?,
@@ -444,7 +447,7 @@ impl GpuEngine {
             inv_freq: stream.clone_htod(&inv_freq).ctx("inv_freq")?,
         };
         let mut own = (h * 4
-            + (h * 5 + 2 * kv_dim + 3 * inter) * 2
+            + (h * 5 + heads * hd + 2 * kv_dim + 3 * inter) * 2
             + v * 4
             + (heads * n_splits * (hd + 2) + heads + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2)
                 * 4) as u64;
@@ -940,26 +943,6 @@ impl GpuEngine {
             keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
             let k_cache = self.r(&self.kv) + 2 * (li * layer_stride) as u64;
             let v_cache = k_cache + 2 * (max_ctx * kv_dim) as u64;
-            let rp = abi::lab_llama_rope_params {
-                qkv: self.r(&b.qkv),
-                k_cache,
-                v_cache,
-                inv_freq: self.r(&b.inv_freq),
-                state,
-                heads: heads as i32,
-                kv_heads: kvh as i32,
-                head_dim: hd as i32,
-                max_ctx: max_ctx as i32,
-            };
-            self.launch(
-                &self.k.rope,
-                ((heads + kvh) as u32, 1),
-                (hd / 2).max(32) as u32,
-                0,
-                &rp,
-                &format!("layer {li} rope_kv"),
-            )?;
-            keep(Some(li), "rope", snap16(&b.qkv)?)?;
             let ap = abi::lab_llama_attn_params {
                 qkv: self.r(&b.qkv),
                 k_cache,
@@ -968,6 +951,8 @@ impl GpuEngine {
                 out: self.r(&b.attn),
                 state,
                 tickets: self.r(&b.attn_tickets),
+                inv_freq: self.r(&b.inv_freq),
+                q_rot: self.r(&b.q_rot),
                 heads: heads as i32,
                 kv_heads: kvh as i32,
                 head_dim: hd as i32,
@@ -988,8 +973,26 @@ impl GpuEngine {
                 256,
                 smem,
                 &ap,
-                &format!("layer {li} attention (split + combine)"),
+                &format!("layer {li} attention (rope + kv append + split + combine)"),
             )?;
+            // The rotated q and the cache row the attention kernel appended: what the standalone
+            // rope kernel used to leave in qkv (the trace's "rope" op, checked against RoPE in f64).
+            let rope_trace = || -> Result<Vec<f32>> {
+                if !tracing {
+                    return Ok(Vec::new());
+                }
+                let mut v = snap16(&b.q_rot)?;
+                let row = li * layer_stride + self.pos.min(max_ctx - 1) * kv_dim;
+                for off in [row, row + max_ctx * kv_dim] {
+                    let part = self
+                        .stream
+                        .clone_dtoh(&self.kv.slice(off..off + kv_dim))
+                        .ctx("debug trace copy")?;
+                    v.extend(part.into_iter().map(|x| x.to_f32()));
+                }
+                Ok(v)
+            };
+            keep(Some(li), "rope", rope_trace()?)?;
             keep(Some(li), "attention", snap16(&b.attn)?)?;
             self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
             keep(Some(li), "o_proj", snap16(&b.o)?)?;
