@@ -17,7 +17,6 @@
 //! `ref_forward_step` is written independently of the kernels.
 
 use crate::cuda::Gpu;
-use crate::kernels::abi;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
     EngineOptions, Fp16Backend, GpuEngine, PrefillLogits, PrefillMode, TraceEntry, WeightSource,
@@ -703,14 +702,14 @@ fn check_top_p(
     const TOP_P_MARGIN: f64 = 1e-4;
     let (top_p, temperature, seed) = (0.9f32, 0.8f32, 1234u64);
     eng.set_sampling(Sampling::TopP { top_p, temperature }, seed);
-    eng.reset()?;
-    for &t in prompt {
-        eng.feed(t, false, None)?;
-    }
     let (mut tokens, mut err, mut first_near) = (Vec::new(), None, n_new);
     for i in 0..n_new {
-        let st = eng.check_state()?;
-        let got = st[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32;
+        // Eager steps; each feeds the token the sampler chose before it.
+        let got = if i == 0 {
+            eng.begin(prompt, false, PrefillMode::TokenByToken)?
+        } else {
+            eng.next_token(false)?
+        };
         let pos = eng.position() - 1;
         let logits = eng.logits()?;
         let want = top_p_pick(
@@ -729,9 +728,6 @@ fn check_top_p(
             ));
         }
         tokens.push(got);
-        if i + 1 < n_new {
-            eng.step_greedy(false)?; // feeds the token the sampler chose
-        }
     }
     let graph = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
     if err.is_none() && graph[..first_near] != tokens[..first_near] {
@@ -755,20 +751,13 @@ fn check_profile(
     let cfg = eng.config().clone();
     let kv_dim = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
     let layers = cfg.num_hidden_layers as u64;
-    eng.reset()?;
-    for &t in prompt {
-        eng.feed(t, false, None)?;
-    }
-    let token = |e: &GpuEngine| -> Result<u32> {
-        Ok(e.check_state()?[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32)
-    };
-    let mut tokens = vec![token(eng)?];
+    let mut tokens = vec![eng.begin(prompt, false, PrefillMode::TokenByToken)?];
     let mut err = None;
     for _ in 1..n_new {
         let pos = eng.position() as u64;
         // A short hold: tiny models queue in well under a millisecond.
         let (marks, _) = eng.profile_step(2.0)?;
-        tokens.push(token(eng)?);
+        tokens.push(eng.chosen_token()?);
         let want_marks = 10 * cfg.num_hidden_layers + 5;
         let bytes: u64 = marks.iter().map(|m| m.bytes).sum();
         let d = &eng.weights.desc;

@@ -889,12 +889,7 @@ impl GpuEngine {
                 });
             }
             if let Some(m) = marks.as_deref_mut() {
-                let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-                m.push(ProfileMark {
-                    op,
-                    event: self.stream.record_event(flags).ctx("profile event")?,
-                    streamed: self.streamed.get(),
-                });
+                self.mark(m, op)?;
             }
             Ok(())
         };
@@ -1043,13 +1038,19 @@ impl GpuEngine {
         self.choose_token("next token")?;
         // The argmax has no output to trace; the profile still needs its end.
         if let Some(m) = marks {
-            let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-            m.push(ProfileMark {
-                op: "argmax",
-                event: self.stream.record_event(flags).ctx("profile event")?,
-                streamed: self.streamed.get(),
-            });
+            self.mark(m, "argmax")?;
         }
+        Ok(())
+    }
+
+    /// A profile mark: an event after the ops enqueued so far, and the bytes they stream.
+    fn mark(&self, marks: &mut Vec<ProfileMark>, op: &'static str) -> Result<()> {
+        let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        marks.push(ProfileMark {
+            op,
+            event: self.stream.record_event(flags).ctx("profile event")?,
+            streamed: self.streamed.get(),
+        });
         Ok(())
     }
 
@@ -1159,13 +1160,19 @@ impl GpuEngine {
         )
     }
 
-    fn run_step(&mut self, graph: bool, trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
+    /// A step needs a free cache row at the current position.
+    fn check_room(&self) -> Result<()> {
         if self.pos >= self.opts.max_ctx {
             return Err(LabError::invalid(
                 "sequence length",
                 format!("the KV cache is full ({} positions)", self.opts.max_ctx),
             ));
         }
+        Ok(())
+    }
+
+    fn run_step(&mut self, graph: bool, trace: Option<&mut Vec<TraceEntry>>) -> Result<()> {
+        self.check_room()?;
         match (&self.graph, graph && trace.is_none()) {
             (Some(g), true) => g.launch().ctx("graph launch")?,
             (None, true) => {
@@ -1278,6 +1285,13 @@ impl GpuEngine {
                 ),
             ));
         }
+        self.run_prompt(prompt, graph, mode)?;
+        self.chosen_token()
+    }
+
+    /// From position 0: the prompt through the GEMM prefill (`mode` Gemm, when the engine has
+    /// its workspace) or one step per token; the state then holds the first chosen token.
+    fn run_prompt(&mut self, prompt: &[u32], graph: bool, mode: PrefillMode) -> Result<()> {
         if graph {
             self.capture_graph()?;
         }
@@ -1289,13 +1303,18 @@ impl GpuEngine {
                 self.feed(t, graph, None)?;
             }
         }
+        Ok(())
+    }
+
+    /// The token the last step (or prompt) chose, after waiting for it.
+    pub fn chosen_token(&self) -> Result<u32> {
         Ok(self.check_state()?[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32)
     }
 
     /// Feed the last chosen token and return the next one (after `begin`).
     pub fn next_token(&mut self, graph: bool) -> Result<u32> {
         self.step_greedy(graph)?;
-        Ok(self.check_state()?[abi::LAB_LLAMA_STATE_TOKEN as usize] as u32)
+        self.chosen_token()
     }
 
     pub fn generate_with(
@@ -1319,18 +1338,7 @@ impl GpuEngine {
                 ),
             ));
         }
-        if graph {
-            self.capture_graph()?;
-        }
-        self.reset()?;
-        let start = self.pos;
-        if mode == PrefillMode::Gemm && self.prefill.is_some() {
-            self.prefill(prompt, PrefillLogits::None)?;
-        } else {
-            for &t in prompt {
-                self.feed(t, graph, None)?;
-            }
-        }
+        self.run_prompt(prompt, graph, mode)?;
         for _ in 1..n_new {
             self.step_greedy(graph)?;
         }
@@ -1339,7 +1347,7 @@ impl GpuEngine {
             .stream
             .clone_dtoh(&self.b.history)
             .ctx("reading the token history")?;
-        let mut out: Vec<u32> = hist[start + prompt.len()..self.pos]
+        let mut out: Vec<u32> = hist[prompt.len()..self.pos]
             .iter()
             .map(|&t| t as u32)
             .collect();
@@ -1379,12 +1387,7 @@ impl GpuEngine {
     /// host gaps are inside the figures: call again with a longer hold). Advances one position,
     /// feeding the previous step's argmax like `step_greedy`.
     pub fn profile_step(&mut self, hold_ms: f64) -> Result<(Vec<Mark>, bool)> {
-        if self.pos >= self.opts.max_ctx {
-            return Err(LabError::invalid(
-                "sequence length",
-                format!("the KV cache is full ({} positions)", self.opts.max_ctx),
-            ));
-        }
+        self.check_room()?;
         let hp = abi::lab_llama_hold_params {
             ns: (hold_ms.max(0.0) * 1e6) as u64,
         };
@@ -1516,65 +1519,57 @@ mod tests {
             ModelConfig::vicuna_13b(),
             crate::model::gpu_check::tiny_config(),
         ];
+        // Every (model, K, N, group that divides K) of the engine's fused linears.
+        let linears: Vec<(String, usize, usize, usize)> = cfgs
+            .iter()
+            .flat_map(|cfg| {
+                let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+                let kv = cfg.num_key_value_heads * cfg.head_dim();
+                [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)]
+                    .map(|(k, n)| (cfg.name.clone(), k, n, if k % 128 == 0 { 128 } else { 64 }))
+            })
+            .collect();
+        let shape = |k, n, group_size, perm, symmetric| LayerShape {
+            k,
+            n,
+            group_size,
+            g_idx: false,
+            perm,
+            bias: false,
+            symmetric,
+        };
         for name in ["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"] {
             let v = int4_kernel_by_name(name).unwrap().unwrap();
-            for cfg in &cfgs {
-                let (h, i, kv) = (
-                    cfg.hidden_size,
-                    cfg.intermediate_size,
-                    cfg.num_key_value_heads * cfg.head_dim(),
-                );
-                for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
-                    let g = if k % 128 == 0 { 128 } else { 64 };
-                    for (group, perm, symmetric) in [
-                        (g, false, false),
-                        (g, true, false),
-                        (k, false, true),
-                        (32, true, true),
-                    ] {
-                        let s = LayerShape {
-                            k,
-                            n,
-                            group_size: group,
-                            g_idx: false,
-                            perm,
-                            bias: false,
-                            symmetric,
-                        };
-                        let p = gemv_plan(v, &s, 1, k, n, &Tunables::new())
-                            .unwrap_or_else(|e| panic!("{name} {} {k}x{n}: {e}", cfg.name));
-                        assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
-                    }
+            for (model, k, n, g) in &linears {
+                let (k, n, g) = (*k, *n, *g);
+                for (group, perm, symmetric) in [
+                    (g, false, false),
+                    (g, true, false),
+                    (k, false, true),
+                    (32, true, true),
+                ] {
+                    let s = shape(k, n, group, perm, symmetric);
+                    let p = gemv_plan(v, &s, 1, k, n, &Tunables::new())
+                        .unwrap_or_else(|e| panic!("{name} {model} {k}x{n}: {e}"));
+                    assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
                 }
             }
         }
         // v2 has no act-order path: every plain linear, and a clear refusal of a permuted one.
         let v2 = int4_kernel_by_name("gemv_v2_vec").unwrap().unwrap();
-        for cfg in &cfgs {
-            let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-            let kv = cfg.num_key_value_heads * cfg.head_dim();
-            for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
-                let g = if k % 128 == 0 { 128 } else { 64 };
-                for (group, perm, symmetric) in
-                    [(g, false, false), (k, false, true), (g, true, false)]
-                {
-                    let s = LayerShape {
-                        k,
-                        n,
-                        group_size: group,
-                        g_idx: false,
-                        perm,
-                        bias: false,
-                        symmetric,
-                    };
-                    let p = gemv_plan(v2, &s, 1, k, n, &Tunables::new());
-                    assert_eq!(
-                        p.is_ok(),
-                        !perm,
-                        "v2 {} {k}x{n} perm {perm}: {p:?}",
-                        cfg.name
-                    );
-                }
+        for (model, k, n, g) in &linears {
+            let (k, n, g) = (*k, *n, *g);
+            for (group, perm, symmetric) in [(g, false, false), (k, false, true), (g, true, false)]
+            {
+                let p = gemv_plan(
+                    v2,
+                    &shape(k, n, group, perm, symmetric),
+                    1,
+                    k,
+                    n,
+                    &Tunables::new(),
+                );
+                assert_eq!(p.is_ok(), !perm, "v2 {model} {k}x{n} perm {perm}: {p:?}");
             }
         }
         assert!(int4_kernel_by_name("engine").unwrap().is_none());

@@ -114,11 +114,7 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
             a.max_new_tokens
         );
     }
-    let eos = if a.ignore_eos {
-        None
-    } else {
-        eos_id(&ckpt.dir).or_else(|| tokenizer.as_ref().and_then(|t| t.token_id("</s>")))
-    };
+    let eos = stop_token(&a, &ckpt.dir, tokenizer.as_ref());
     let weights = LlamaWeights::from_checkpoint(&ckpt)?;
     let mut engine = CpuEngine::new(weights, ckpt.config.clone())?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -139,11 +135,7 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     let mut stop = "max_new_tokens";
     // The logits each new token was sampled from (only kept for --dump-logits).
     let mut step_logits = Vec::new();
-    // Text is printed as it is generated (stdout), unless --json asks for one document.
-    let mut stream = match (&tokenizer, a.json) {
-        (Some(t), false) => Some(gptq_lab::model::tokenizer::TextStream::new(t)),
-        _ => None,
-    };
+    let mut stream = text_stream(&a, tokenizer.as_ref());
     for i in 0..a.max_new_tokens {
         // The draw belongs to the position of the token just fed (as in the GPU engine).
         let t = sampler.sample(&logits, prompt.len() - 1 + i)?;
@@ -226,6 +218,31 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The token that ends generation: none with --ignore-eos, else the checkpoint's
+/// eos_token_id, else the tokenizer's `</s>`. Shared by both backends.
+pub(super) fn stop_token(
+    a: &DecodeArgs,
+    dir: &Path,
+    tokenizer: Option<&TextTokenizer>,
+) -> Option<u32> {
+    if a.ignore_eos {
+        return None;
+    }
+    eos_id(dir).or_else(|| tokenizer.and_then(|t| t.token_id("</s>")))
+}
+
+/// Text printed as it is generated (stdout) when there is a tokenizer, unless --json asks for
+/// one document. Shared by both backends.
+pub(super) fn text_stream<'a>(
+    a: &DecodeArgs,
+    tokenizer: Option<&'a TextTokenizer>,
+) -> Option<gptq_lab::model::tokenizer::TextStream<'a>> {
+    match (tokenizer, a.json) {
+        (Some(t), false) => Some(gptq_lab::model::tokenizer::TextStream::new(t)),
+        _ => None,
+    }
+}
+
 /// One piece of streamed text on stdout, flushed so it shows while the next token is computed.
 pub(super) fn print_piece(piece: &str) {
     use std::io::Write;
@@ -260,7 +277,7 @@ fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
 }
 
 /// `eos_token_id` from config.json (a number, or a list whose first entry is taken).
-pub(super) fn eos_id(dir: &Path) -> Option<u32> {
+fn eos_id(dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let e = &v["eos_token_id"];

@@ -498,16 +498,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     )?;
     let load_s = t0.elapsed().as_secs_f64();
     let tokenizer = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
-    let eos = if a.ignore_eos {
-        None
-    } else {
-        super::eos_id(&ckpt.dir).or_else(|| tokenizer.as_ref().and_then(|t| t.token_id("</s>")))
-    };
-    // Text is printed as it is generated, unless --json asks for one document.
-    let mut stream = match (&tokenizer, a.json) {
-        (Some(t), false) => Some(gptq_lab::model::tokenizer::TextStream::new(t)),
-        _ => None,
-    };
+    let eos = super::stop_token(a, &ckpt.dir, tokenizer.as_ref());
+    let mut stream = super::text_stream(a, tokenizer.as_ref());
     let t1 = Instant::now();
     // Greedy or top-p, chosen on the GPU inside the step (EngineOptions::sampling); each step
     // replays the graph and waits only for its token id.
