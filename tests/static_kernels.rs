@@ -100,3 +100,45 @@ fn decode_kernels_wait_for_their_predecessor_before_any_memory_access() {
     );
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// The GEMVs the decode step runs (registry v2/v4/v5/v6, the fp16 lm_head) prefetch their first
+/// weight rows into L2 before the PDL wait (kernels/common/pdl.cuh), so the prefetch overlaps the
+/// previous kernel; nothing else touches memory before the wait (the test above).
+#[test]
+fn decode_gemvs_prefetch_weights_before_the_pdl_wait() {
+    if !built() {
+        return;
+    }
+    if let Err(why) = sc::find_sass_tools() {
+        eprintln!("SKIP decode_gemvs_prefetch_weights_before_the_pdl_wait: {why}");
+        return;
+    }
+    let prefixes = [
+        "lab_gemv_v2_",
+        "lab_gemv_v4_perm_",
+        "lab_gemv_v5_splitk_",
+        "lab_gemv_v6_pipe_",
+        "lab_llama_gemv_f16",
+    ];
+    let mut bad = Vec::new();
+    let mut seen = 0;
+    for fam in ["llama", "gemv"] {
+        let sass = sc::fatbin_sass(&sc::fatbin_path(fam)).unwrap_or_else(|e| panic!("{fam}: {e}"));
+        for k in sass.iter().filter(|k| k.arch >= 90) {
+            if !prefixes.iter().any(|p| k.symbol.starts_with(p)) {
+                continue;
+            }
+            seen += 1;
+            if !k.prefetch_before_pdl_wait {
+                bad.push(format!("{fam} {} sm_{}", k.symbol, k.arch));
+            }
+        }
+    }
+    // 6 v2 + 3 v4 + 2 v5 + 3 v6 + the lm_head GEMV.
+    assert!(seen >= 15, "only {seen} decode GEMVs found");
+    assert!(
+        bad.is_empty(),
+        "no L2 prefetch before the wait:\n{}",
+        bad.join("\n")
+    );
+}

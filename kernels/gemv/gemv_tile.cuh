@@ -128,9 +128,24 @@ __device__ __forceinline__ float lab_bias_at(const lab_gemm_params& p, int col) 
     return p.bias ? __half2float(reinterpret_cast<const __half*>(p.bias)[col]) : 0.f;
 }
 
-// Whole-K GEMV of one 32-column tile: y[col] = sum_k x[k] W[k][col] (+ bias), m = 1.
+// The PDL prologue of a tile kernel (after LAB_PDL_LAUNCH in the kernel entry): L2 prefetch of the
+// first LAB_PDL_PREFETCH_BYTES of this block's weight tile (packed rows from w_begin, the tile's
+// tile_n columns), then the wait. Weights only: nothing the previous grid writes is read before
+// the wait (pdl.cuh).
+__device__ __forceinline__ void lab_gemv_prefetch_then_wait(const lab_gemm_params& p, int tile_n, int w_begin,
+                                                            int w_end) {
+    const int col0 = tile_n * blockIdx.x;
+    if (col0 < p.n)
+        lab_prefetch_l2_rows(reinterpret_cast<const uint32_t*>(p.qweight) + (size_t)w_begin * p.n + col0,
+                             (size_t)p.n * 4, w_end - w_begin, 4 * min(tile_n, p.n - col0));
+    LAB_PDL_WAIT();
+}
+
+// Whole-K GEMV of one 32-column tile: y[col] = sum_k x[k] W[k][col] (+ bias), m = 1. The kernel entry
+// has run LAB_PDL_LAUNCH; this waits (after the weight prefetch).
 template <int WARPS, int U, bool PERM>
 __device__ __forceinline__ void lab_gemv_tile(const lab_gemm_params& p) {
+    lab_gemv_prefetch_then_wait(p, LAB_GEMV_TILE_N, 0, p.k >> 3);
     const int col = LAB_GEMV_TILE_N * blockIdx.x + 4 * (threadIdx.x & 7);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     // n % 8 == 0 (host-checked), so col .. col+3 are all inside or all outside.

@@ -26,7 +26,7 @@ __device__ __forceinline__ void lab_gemv_v2(const lab_gemm_params& p) {
 // takes 75-80 registers and spills nothing on sm_75..90. 768 threads x 4 x 16 B = 48 KB in flight
 // per SM, 3x the ~15 KB needed.
 #define LAB_GEMV_V2(T, U)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(T, 768 / T) lab_gemv_v2_t##T##_u##U(lab_gemm_params p) { LAB_PDL_ENTER(); \
+    extern "C" __global__ void __launch_bounds__(T, 768 / T) lab_gemv_v2_t##T##_u##U(lab_gemm_params p) { LAB_PDL_LAUNCH(); \
         lab_gemv_v2<T / 32, U>(p);                                                                         \
     }
 LAB_GEMV_V2(128, 2)

@@ -10,7 +10,7 @@
 #include "gemv_tile.cuh"
 
 #define LAB_GEMV_V4(T)                                                                          \
-    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v4_perm_t##T(lab_gemm_params p) { LAB_PDL_ENTER(); \
+    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v4_perm_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH(); \
         lab_gemv_tile<T / 32, 4, true>(p);                                                      \
     }
 LAB_GEMV_V4(128)

@@ -23,6 +23,7 @@ __device__ __forceinline__ void lab_gemv_v5(const lab_gemm_params& p) {
     const int slice_words = p.k_slice >> 3;
     const int w_begin = blockIdx.y * slice_words;
     const int w_end = min(p.k >> 3, w_begin + slice_words);
+    lab_gemv_prefetch_then_wait(p, LAB_GEMV_TILE_N, w_begin, w_end);
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     if (col < p.n) lab_gemv_tile_accumulate<WARPS, U, true>(p, w_begin, w_end, col, acc);
     const float total = lab_gemv_tile_reduce<WARPS>(acc);
@@ -50,7 +51,7 @@ __device__ __forceinline__ void lab_gemv_v5(const lab_gemm_params& p) {
 }
 
 #define LAB_GEMV_V5(T)                                                                            \
-    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v5_splitk_t##T(lab_gemm_params p) { LAB_PDL_ENTER(); \
+    extern "C" __global__ void __launch_bounds__(T) lab_gemv_v5_splitk_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH(); \
         lab_gemv_v5<T / 32>(p);                                                                   \
     }
 LAB_GEMV_V5(128)

@@ -132,6 +132,10 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     const int gshift = lab_group_shift(p);
     const bool sym = p.zero_mode == LAB_ZEROS_SYMMETRIC;
 
+    // 0. PDL prologue (pdl.cuh): the tile's first 32 KB (64 packed rows = 2 chunks per warp at
+    // T = 256) into L2 while the previous kernel finishes; then wait for it.
+    lab_gemv_prefetch_then_wait(p, TILE, w_begin, w_end);
+
     // 1. The first chunk's loads go out before anything else.
     LabV6Chunk a, b;  // the two buffers: one in flight while the other is dequantized
     int c = warp;
@@ -208,7 +212,7 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
 // caps registers at 128 (65536 / 512) and keeps 16 warps per SM for every T.
 #define LAB_GEMV_V6(T)                                                                             \
     extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
-        lab_gemv_v6_pipe_t##T(lab_gemm_params p) { LAB_PDL_ENTER();                                                 \
+        lab_gemv_v6_pipe_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH();                                                 \
         lab_gemv_v6<T / 32>(p);                                                                    \
     }
 LAB_GEMV_V6(128)

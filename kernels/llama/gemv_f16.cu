@@ -10,7 +10,17 @@
 
 extern "C" __global__ void __launch_bounds__(LLAMA_GEMV_WARPS * 32)
 lab_llama_gemv_f16(lab_llama_gemv_f16_params p) {
-    LAB_PDL_ENTER();
+    LAB_PDL_LAUNCH();
+    // PDL prologue (kernels/common/pdl.cuh): the first 32 KB of this block's rows (contiguous,
+    // 8 rows x 8 KB at hidden 4096) into L2 while the final norm runs, then wait for it.
+    {
+        const int row0 = blockIdx.x * LLAMA_GEMV_WARPS;
+        const int rows = min(LLAMA_GEMV_WARPS, p.n - row0);
+        const size_t bytes = rows > 0 ? (size_t)rows * p.k * 2 : 0;
+        lab_prefetch_l2_rows(reinterpret_cast<const __half*>(p.w) + (size_t)row0 * p.k, 128,
+                             (int)min(bytes >> 7, (size_t)(LAB_PDL_PREFETCH_BYTES >> 7)), 128);
+    }
+    LAB_PDL_WAIT();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * LLAMA_GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= p.n) return;  // warp-uniform

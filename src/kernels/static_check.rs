@@ -185,6 +185,9 @@ pub struct SassSummary {
     /// (kernels/common/pdl.cuh: the wait must come first).
     pub pdl_wait: bool,
     pub memory_before_pdl_wait: bool,
+    /// An L2 prefetch (`prefetch.global.L2` = SASS CCTL.E.PF2) before the wait: the GEMV kernels'
+    /// weight prefetch (pdl.cuh). Prefetches are the one memory operation allowed there.
+    pub prefetch_before_pdl_wait: bool,
 }
 
 /// Global (or generic) memory access opcodes: what must not precede the PDL wait.
@@ -249,6 +252,8 @@ pub fn parse_sass(text: &str) -> Vec<SassSummary> {
                 cur.pdl_wait = true;
             } else if !cur.pdl_wait && is_global_memory_op(op) {
                 cur.memory_before_pdl_wait = true;
+            } else if !cur.pdl_wait && op.starts_with("CCTL") && op.contains("PF") {
+                cur.prefetch_before_pdl_wait = true;
             }
         }
     }
@@ -451,10 +456,17 @@ arch = sm_90
 		Function : k_atomic_first
         /*0000*/               @P0 RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R5 ;
         /*0010*/                   ACQBULK ;
+		Function : k_prefetch_first
+        /*0000*/                   PREEXIT ;
+        /*0010*/                   CCTL.E.PF2 [R4] ;
+        /*0020*/                   ACQBULK ;
+        /*0030*/                   CCTL.E.PF2 [R6] ;
 ";
         let s = parse_sass(text);
-        assert!(s[0].pdl_wait && !s[0].memory_before_pdl_wait);
+        assert!(s[0].pdl_wait && !s[0].memory_before_pdl_wait && !s[0].prefetch_before_pdl_wait);
         assert!(s[1].pdl_wait && s[1].memory_before_pdl_wait);
         assert!(s[2].memory_before_pdl_wait);
+        // A prefetch before the wait is allowed (weights only, pdl.cuh) and recorded.
+        assert!(s[3].pdl_wait && !s[3].memory_before_pdl_wait && s[3].prefetch_before_pdl_wait);
     }
 }

@@ -22,7 +22,9 @@ pub struct MeasuredEfficiency {
 }
 
 /// The first decode report under `root/reports/*/decode.json` (folders in name order) with a run
-/// of `model` in `dtype` (int4 without act-order, or fp16). `Ok(None)` when there is none.
+/// of `model` in `dtype` (int4 without act-order, or fp16); of its runs, the fastest (a report
+/// times several int4 kernels: the estimate should use the one a user would run). `Ok(None)` when
+/// there is none.
 pub fn from_reports(
     root: &Path,
     model: &str,
@@ -52,42 +54,47 @@ pub fn from_reports(
 }
 
 fn pick(runs: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEfficiency> {
-    for r in runs.as_array()? {
-        if r["model"].as_str()? != model {
-            continue;
-        }
-        let kind = &r["weights"]["kind"];
-        let matches = match dtype {
-            WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
-            WeightDtype::Int4 => kind["Int4"]["act_order"].as_bool() == Some(false),
-        };
-        if !matches {
-            continue;
-        }
-        let h = &r["header"];
-        let d = &h["device"];
-        let spec_gbs =
-            d["mem_clock_khz"].as_f64()? * 1e3 * 2.0 * d["bus_width_bits"].as_f64()? / 8.0 / 1e9;
-        let p = r["points"]
-            .as_array()?
-            .iter()
-            .min_by_key(|p| p["ctx"].as_u64().unwrap_or(u64::MAX))?;
-        let achieved = p["achieved_gbs"].as_f64()?;
-        if !(spec_gbs > 0.0 && achieved > 0.0) {
-            continue;
-        }
-        return Some(MeasuredEfficiency {
-            efficiency: (achieved / spec_gbs).min(1.0),
-            device: d["name"].as_str()?.to_string(),
-            date: h["date"].as_str().unwrap_or("").to_string(),
-            git_rev: h["build"]["git_rev"].as_str().unwrap_or("").to_string(),
-            kernel_hash: h["build"]["kernel_hash"].as_str().unwrap_or("").to_string(),
-            int4_kernel: r["int4_kernel"].as_str().unwrap_or("").to_string(),
-            ctx: p["ctx"].as_u64()?,
-            tokens_per_s: p["graph_tokens_per_s"].as_f64()?,
-        });
+    runs.as_array()?
+        .iter()
+        .filter_map(|r| measured(r, model, dtype))
+        .max_by(|a, b| a.efficiency.total_cmp(&b.efficiency))
+}
+
+/// One recorded run as an efficiency, if it is `model` in `dtype` and complete.
+fn measured(r: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEfficiency> {
+    if r["model"].as_str()? != model {
+        return None;
     }
-    None
+    let kind = &r["weights"]["kind"];
+    let matches = match dtype {
+        WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
+        WeightDtype::Int4 => kind["Int4"]["act_order"].as_bool() == Some(false),
+    };
+    if !matches {
+        return None;
+    }
+    let h = &r["header"];
+    let d = &h["device"];
+    let spec_gbs =
+        d["mem_clock_khz"].as_f64()? * 1e3 * 2.0 * d["bus_width_bits"].as_f64()? / 8.0 / 1e9;
+    let p = r["points"]
+        .as_array()?
+        .iter()
+        .min_by_key(|p| p["ctx"].as_u64().unwrap_or(u64::MAX))?;
+    let achieved = p["achieved_gbs"].as_f64()?;
+    if !(spec_gbs > 0.0 && achieved > 0.0) {
+        return None;
+    }
+    Some(MeasuredEfficiency {
+        efficiency: (achieved / spec_gbs).min(1.0),
+        device: d["name"].as_str()?.to_string(),
+        date: h["date"].as_str().unwrap_or("").to_string(),
+        git_rev: h["build"]["git_rev"].as_str().unwrap_or("").to_string(),
+        kernel_hash: h["build"]["kernel_hash"].as_str().unwrap_or("").to_string(),
+        int4_kernel: r["int4_kernel"].as_str().unwrap_or("").to_string(),
+        ctx: p["ctx"].as_u64()?,
+        tokens_per_s: p["graph_tokens_per_s"].as_f64()?,
+    })
 }
 
 #[cfg(test)]
@@ -101,8 +108,33 @@ mod tests {
             .unwrap()
             .expect("committed H100 decode report");
         assert!(m.device.contains("H100"), "{m:?}");
-        // 1131 GB/s achieved at ctx 128 over the H100's 3352 GB/s spec (recorded in decode.json).
-        assert!((m.efficiency - 1131.0 / 3352.0).abs() < 0.01, "{m:?}");
+        // The fastest recorded int4 (no act-order) 7B run, read here without the parser above:
+        // the highest achieved GB/s at a run's shortest context, over the H100's 3352 GB/s spec.
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let runs: Value = serde_json::from_str(&text).unwrap();
+        let best = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["model"] == "vicuna-7b" && r["weights"]["kind"]["Int4"]["act_order"] == false
+            })
+            .map(|r| {
+                let pts = r["points"].as_array().unwrap();
+                let p = pts.iter().min_by_key(|p| p["ctx"].as_u64()).unwrap();
+                (
+                    p["achieved_gbs"].as_f64().unwrap(),
+                    r["int4_kernel"].clone(),
+                )
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap();
+        assert!(
+            (m.efficiency - best.0 / 3352.0).abs() < 0.002,
+            "{m:?} vs {best:?}"
+        );
+        assert_eq!(m.int4_kernel, best.1.as_str().unwrap(), "{m:?}");
         let f = from_reports(root, "vicuna-7b", WeightDtype::Fp16)
             .unwrap()
             .unwrap();

@@ -64,8 +64,8 @@ pub struct GpuArgs {
     #[arg(long, default_value_t = 3)]
     profile_steps: usize,
     /// Programmatic dependent launch for the decode step (sm_90+): off, on, or both (the bench
-    /// times the graph both ways when on or both; generation uses it only when on, until a GPU
-    /// run has proven it).
+    /// times the graph both ways when on or both; generation uses it unless off: the H100 tiny
+    /// check of 2026-11-27 gave the same tokens with and without it).
     #[arg(long, default_value = "both", value_parser = pdl_mode)]
     pdl: PdlMode,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
@@ -479,7 +479,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let mode = opts.prefill;
     opts.sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     opts.sample_seed = a.seed;
-    opts.pdl = a.gpu.pdl == PdlMode::On;
+    opts.pdl = a.gpu.pdl != PdlMode::Off;
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("auto", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),
