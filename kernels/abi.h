@@ -48,6 +48,9 @@ typedef struct {
     int32_t zero_mode; /* LAB_ZEROS_* */
     int32_t split_k;   /* number of K slices (1 = none) */
     int32_t k_slice;   /* rows of K per slice, multiple of 8 */
+    int32_t prefetch_bytes; /* GEMV PDL prologue: weight bytes per block prefetched into L2 before
+                               the wait (kernels/common/pdl.cuh); 0 = none. Ignored below sm_90. */
+    int32_t _pad0;
 } lab_gemm_params;
 
 /* ---- Dequant-GEMM tile constants (kernels/gemm/, src/kernels/gemm.rs): one definition for both sides ---- */

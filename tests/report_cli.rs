@@ -361,3 +361,33 @@ fn bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required() {
     // Nothing was written either way.
     assert!(!dir.path().join("reports").exists());
 }
+
+/// `lab run` without a GPU runs the CPU path and succeeds, except under REQUIRE_GPU=1
+/// (scripts/device-check's lab-run step), where the fallback must not read as a GPU PASS.
+#[test]
+fn run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required() {
+    if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
+        eprintln!("SKIP run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required: a GPU is present");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let run = |require: &str| {
+        Command::new(env!("CARGO_BIN_EXE_lab"))
+            .args(["run", "--root", root])
+            .env("REQUIRE_GPU", require)
+            .output()
+            .expect("running lab")
+    };
+    let strict = run("1");
+    assert!(!strict.status.success(), "{}", text(&strict));
+    assert!(text(&strict).contains("REQUIRE_GPU=1"), "{}", text(&strict));
+    assert!(
+        !text(&strict).contains("CPU reference engine"),
+        "{}",
+        text(&strict)
+    );
+    let quiet = run("0");
+    assert!(quiet.status.success(), "{}", text(&quiet));
+    assert!(text(&quiet).contains("No GPU here"), "{}", text(&quiet));
+}

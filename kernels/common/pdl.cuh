@@ -37,27 +37,35 @@
 // small kernel still runs. Only what the predecessor writes (x, the split-K workspace, y) waits.
 //
 // The rule that keeps this safe, checked in the SASS by tests/static_kernels.rs: before ACQBULK a
-// kernel may only prefetch into L2 (CCTL) or load with the evict-first hint (LDG.E.EF: __ldcs,
-// lab_ld_stream), and evict-first loads are used for weights and nothing else.
+// kernel may prefetch into L2 (CCTL.E.PF2) and touch memory in no other way. A prefetch moves no
+// data into registers, so even a wrong address could not feed a stale value into the math; the
+// GEMVs only ever prefetch their own weight tile.
 //
-// Budget: LAB_PDL_PREFETCH_BYTES per block. A GEMV keeps ~264-396 blocks resident (2-3 per SM),
-// so 32 KB each is 8.5-12.7 MB: ~3-4 us of DRAM time at the 3.09 TB/s read ceiling, about what the
-// preceding small kernel lasts, and well under the 50 MB L2 even with the GEMV's other bytes.
+// Budget: bytes per block, from the launch (lab_gemm_params.prefetch_bytes: the engine's
+// EngineOptions::pdl_prefetch, 0 when the step runs without PDL, where nothing overlaps and the
+// prefetch would only add instructions) or LAB_PDL_PREFETCH_BYTES (the fp16 lm_head GEMV). A GEMV
+// keeps ~264-396 blocks resident (2-3 per SM), so 32 KB each is 8.5-12.7 MB: ~3-4 us of DRAM time
+// at the 3.09 TB/s read ceiling, about what the preceding small kernel lasts, and well under the
+// 50 MB L2 even with the GEMV's other bytes. `lab decode --pdl-prefetch` times other budgets.
 #ifndef LAB_PDL_PREFETCH_BYTES
 #define LAB_PDL_PREFETCH_BYTES 32768
 #endif
 
-// L2 prefetch of up to LAB_PDL_PREFETCH_BYTES of `rows` rows of `row_bytes` bytes, `stride`
-// bytes apart, starting at base: one 128-byte line per thread and iteration. Every prefetched
-// address lies inside the given rows, so nothing outside the tensor is touched.
-__device__ __forceinline__ void lab_prefetch_l2_rows(const void* base, size_t stride, int rows, int row_bytes) {
-    if (rows <= 0 || row_bytes <= 0) return;
+// L2 prefetch of up to `budget` bytes of `rows` rows of `row_bytes` bytes, `stride` bytes apart,
+// starting at base: one 128-byte line per thread and iteration. Every prefetched address lies
+// inside the given rows, so nothing outside the tensor is touched. sm_90+ only: below it there is
+// no PDL, so nothing would overlap.
+__device__ __forceinline__ void lab_prefetch_l2_rows(const void* base, size_t stride, int rows, int row_bytes,
+                                                     int budget) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (rows <= 0 || row_bytes <= 0 || budget <= 0) return;
     const int lines = (row_bytes + 127) >> 7;
-    const int max_rows = LAB_PDL_PREFETCH_BYTES / (lines << 7);
+    const int max_rows = budget / (lines << 7);
     const int n = (rows < max_rows ? rows : max_rows) * lines;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const char* a = reinterpret_cast<const char*>(base) + (size_t)(i / lines) * stride + ((size_t)(i % lines) << 7);
         asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
     }
+#endif
 }
 #endif

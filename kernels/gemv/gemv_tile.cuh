@@ -129,7 +129,7 @@ __device__ __forceinline__ float lab_bias_at(const lab_gemm_params& p, int col) 
 }
 
 // The PDL prologue of a tile kernel (after LAB_PDL_LAUNCH in the kernel entry): L2 prefetch of the
-// first LAB_PDL_PREFETCH_BYTES of this block's weight tile (packed rows from w_begin, the tile's
+// first p.prefetch_bytes of this block's weight tile (packed rows from w_begin, the tile's
 // tile_n columns), then the wait. Weights only: nothing the previous grid writes is read before
 // the wait (pdl.cuh).
 __device__ __forceinline__ void lab_gemv_prefetch_then_wait(const lab_gemm_params& p, int tile_n, int w_begin,
@@ -137,7 +137,7 @@ __device__ __forceinline__ void lab_gemv_prefetch_then_wait(const lab_gemm_param
     const int col0 = tile_n * blockIdx.x;
     if (col0 < p.n)
         lab_prefetch_l2_rows(reinterpret_cast<const uint32_t*>(p.qweight) + (size_t)w_begin * p.n + col0,
-                             (size_t)p.n * 4, w_end - w_begin, 4 * min(tile_n, p.n - col0));
+                             (size_t)p.n * 4, w_end - w_begin, 4 * min(tile_n, p.n - col0), p.prefetch_bytes);
     LAB_PDL_WAIT();
 }
 

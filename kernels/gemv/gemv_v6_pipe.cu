@@ -132,8 +132,8 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     const int gshift = lab_group_shift(p);
     const bool sym = p.zero_mode == LAB_ZEROS_SYMMETRIC;
 
-    // 0. PDL prologue (pdl.cuh): the tile's first 32 KB (64 packed rows = 2 chunks per warp at
-    // T = 256) into L2 while the previous kernel finishes; then wait for it.
+    // 0. PDL prologue (pdl.cuh): the tile's first p.prefetch_bytes (32 KB: 64 packed rows = 2
+    // chunks per warp at T = 256) into L2 while the previous kernel finishes; then wait for it.
     lab_gemv_prefetch_then_wait(p, TILE, w_begin, w_end);
 
     // 1. The first chunk's loads go out before anything else.

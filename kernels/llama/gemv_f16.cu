@@ -18,7 +18,7 @@ lab_llama_gemv_f16(lab_llama_gemv_f16_params p) {
         const int rows = min(LLAMA_GEMV_WARPS, p.n - row0);
         const size_t bytes = rows > 0 ? (size_t)rows * p.k * 2 : 0;
         lab_prefetch_l2_rows(reinterpret_cast<const __half*>(p.w) + (size_t)row0 * p.k, 128,
-                             (int)min(bytes >> 7, (size_t)(LAB_PDL_PREFETCH_BYTES >> 7)), 128);
+                             (int)(bytes >> 7), 128, LAB_PDL_PREFETCH_BYTES);
     }
     LAB_PDL_WAIT();
     const int lane = threadIdx.x & 31;

@@ -583,6 +583,8 @@ pub fn launch_layer(
         },
         split_k,
         k_slice,
+        prefetch_bytes: 0,
+        _pad0: 0,
     };
     launch(gpu, v, &p)
 }

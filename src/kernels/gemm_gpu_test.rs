@@ -114,6 +114,8 @@ fn run_case(gpu: &Gpu, v: &Variant, c: &Case, seed: u64) -> crate::Result<Option
         zero_mode: w.zero_mode,
         split_k,
         k_slice,
+        prefetch_bytes: 0,
+        _pad0: 0,
     };
     gemm::launch(gpu, v, &p)?;
     gpu.sync()?;

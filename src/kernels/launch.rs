@@ -284,6 +284,8 @@ fn launch_kernel(
         },
         split_k: plan.split_k as i32,
         k_slice: plan.k_slice as i32,
+        prefetch_bytes: 0,
+        _pad0: 0,
     };
     let cfg = LaunchConfig {
         grid_dim: plan.grid,

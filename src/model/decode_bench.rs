@@ -125,9 +125,13 @@ pub struct ContextPoint {
     pub roofline_pct: f64,
     /// GB/s the graph steps moved (bytes_per_token x tokens/s).
     pub achieved_gbs: f64,
-    /// The graph with programmatic dependent launch (sm_90+, --pdl), ms per token.
+    /// The graph with programmatic dependent launch (sm_90+, --pdl), ms per token, at the
+    /// engine's PDL prefetch budget (`pdl_prefetch` of the run's options).
     #[serde(default)]
     pub graph_pdl_ms_per_token: Option<f64>,
+    /// The graph + PDL at other prefetch budgets (--pdl-prefetch): bytes per GEMV block, ms/token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_pdl_prefetch: Vec<(u32, f64)>,
 }
 
 /// One timed prefill.
@@ -235,6 +239,7 @@ pub fn context_point(
         roofline_pct: 100.0 * tps(graph_ms) / roof,
         achieved_gbs: b * tps(graph_ms) / 1e9,
         graph_pdl_ms_per_token: None,
+        graph_pdl_prefetch: Vec::new(),
     }
 }
 
@@ -259,6 +264,8 @@ pub struct BenchPlan {
     pub profile_steps: usize,
     /// Also time the graph with programmatic dependent launch at each context (sm_90+).
     pub pdl: bool,
+    /// With `pdl`, also time these GEMV prefetch budgets (bytes per block) besides the engine's.
+    pub pdl_prefetch: Vec<u32>,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -310,6 +317,9 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     opts.int4 = plan.int4.clone();
     opts.prefill_chunk = plan.prefill_chunk.min(max_ctx);
     opts.prefill_int4 = plan.prefill_int4;
+    if let Some(&b) = plan.pdl_prefetch.first() {
+        opts.pdl_prefetch = b;
+    }
     let mut eng = GpuEngine::new(
         gpu,
         &plan.cfg,
@@ -329,6 +339,17 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     ];
     let mut points = Vec::new();
     let mut pdl_ok = plan.pdl;
+    if plan.pdl {
+        notes.push(format!(
+            "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches {} KB of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh){}",
+            eng.pdl_prefetch() / 1024,
+            if plan.pdl_prefetch.iter().any(|&b| b != eng.pdl_prefetch()) {
+                "; the last column times other budgets"
+            } else {
+                ""
+            }
+        ));
+    }
     for &ctx in &plan.contexts {
         let mut ms = [0f64; 2];
         for (i, graph) in [true, false].into_iter().enumerate() {
@@ -365,6 +386,30 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                     pdl_ok = false;
                 }
             }
+            // The same graph at other prefetch budgets (the engine's own restored after).
+            let own = eng.pdl_prefetch();
+            for &bytes in plan.pdl_prefetch.iter().filter(|&&b| b != own) {
+                if !pdl_ok {
+                    break;
+                }
+                eng.set_pdl_prefetch(bytes);
+                let mut timed = || -> Result<f64> {
+                    eng.set_position(ctx)?;
+                    if plan.warmup > 0 {
+                        eng.time_steps(plan.warmup, true)?;
+                    }
+                    eng.set_position(ctx)?;
+                    eng.time_steps(plan.steps, true)
+                };
+                match timed() {
+                    Ok(ms) => point.graph_pdl_prefetch.push((bytes, ms)),
+                    Err(e) => {
+                        notes.push(format!("graph + PDL, prefetch {bytes} B: {e}"));
+                        pdl_ok = false;
+                    }
+                }
+            }
+            eng.set_pdl_prefetch(own);
             let flags = eng.flags()?;
             if flags != 0 {
                 notes.push(format!(
@@ -464,6 +509,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             r.ceiling_gbs
         ));
         let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
+        let sweep = r.points.iter().any(|p| !p.graph_pdl_prefetch.is_empty());
         let rows: Vec<Vec<String>> = r
             .points
             .iter()
@@ -484,6 +530,18 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                         format!("{m:.3} ({:.1}%)", 100.0 * 1e3 / m / p.roofline_tokens_per_s)
                     }));
                 }
+                if sweep {
+                    let cells: Vec<String> = p
+                        .graph_pdl_prefetch
+                        .iter()
+                        .map(|(b, m)| format!("{} KB: {m:.3}", b / 1024))
+                        .collect();
+                    row.push(if cells.is_empty() {
+                        "-".into()
+                    } else {
+                        cells.join(", ")
+                    });
+                }
                 row
             })
             .collect();
@@ -500,6 +558,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         ];
         if pdl {
             head.push("graph + PDL ms/tok (% roofline)");
+        }
+        if sweep {
+            head.push("graph + PDL ms/tok at other prefetch budgets");
         }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
@@ -928,6 +989,7 @@ mod tests {
         ];
         let mut runs = runs;
         runs[0].points[0].graph_pdl_ms_per_token = Some(1.5);
+        runs[0].points[0].graph_pdl_prefetch = vec![(0, 1.55), (65536, 1.45)];
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
         runs[1].prefill.clear();
         runs[1].prefill_chunk = 0;
@@ -979,6 +1041,17 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| - |"), "{md}");
+        // Other prefetch budgets in their own column, only in the run that timed them.
+        assert!(
+            md.contains("| 0 KB: 1.550, 64 KB: 1.450 |")
+                && md.contains("graph + PDL ms/tok at other prefetch budgets"),
+            "{md}"
+        );
+        assert_eq!(md.matches("at other prefetch budgets").count(), 1, "{md}");
+        // A recorded point round-trips through JSON with its sweep.
+        let back: ContextPoint =
+            serde_json::from_value(serde_json::to_value(&runs[0].points[0]).unwrap()).unwrap();
+        assert_eq!(back.graph_pdl_prefetch, vec![(0, 1.55), (65536, 1.45)]);
         assert!(
             md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),
             "{md}"

@@ -68,6 +68,15 @@ pub struct GpuArgs {
     /// check of 2026-11-27 gave the same tokens with and without it).
     #[arg(long, default_value = "both", value_parser = pdl_mode)]
     pdl: PdlMode,
+    /// Weight bytes each int4 GEMV block prefetches into L2 before its PDL wait, per block: the
+    /// first is what generation and the bench's "graph + PDL" column use; the bench also times
+    /// the graph + PDL at the others (0 = no prefetch).
+    #[arg(
+        long,
+        default_value = "32768,0,16384,65536,131072",
+        value_delimiter = ','
+    )]
+    pdl_prefetch: Vec<u32>,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
@@ -272,6 +281,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 prefill_int4: pf_int4,
                 profile_steps: g.profile_steps,
                 pdl: g.pdl != PdlMode::Off,
+                pdl_prefetch: g.pdl_prefetch.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -480,6 +490,9 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     opts.sample_seed = a.seed;
     opts.pdl = a.gpu.pdl != PdlMode::Off;
+    if let Some(&b) = a.gpu.pdl_prefetch.first() {
+        opts.pdl_prefetch = b;
+    }
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("auto", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),

@@ -43,6 +43,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let root = a.root.to_string_lossy().into_owned();
     let gpu = a.gpu.to_string();
     if let Some(reason) = gptq_lab::cuda::gpu_unavailable_reason(a.gpu) {
+        // REQUIRE_GPU=1 (scripts/device-check): the CPU fallback below would pass for a GPU run.
+        if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            anyhow::bail!("lab run: no usable GPU {}: {reason} (REQUIRE_GPU=1)", a.gpu);
+        }
         println!("\nNo GPU here ({reason}): running what needs none.");
         println!(
             "Kernel correctness and speed are proven only by a run on a real GPU (see README)."
