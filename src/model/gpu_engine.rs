@@ -145,7 +145,8 @@ impl Int4Kernel {
 
 /// Weight bytes per GEMV block prefetched before the PDL wait (kernels/common/pdl.cuh: 32 KB x
 /// 264-396 resident blocks = 8.5-12.7 MB, about what the DRAM moves while the small kernel before
-/// each GEMV runs). H100, 2026-11-27: 7B/13B int4 graph + PDL 1-7% faster than without.
+/// each GEMV runs). H100, 2026-11-27, one process: 1-3% faster than PDL without it for v6/auto,
+/// 64-128 KB slower (notes/kernels.md, "Weight prefetch before the wait").
 pub const DEFAULT_PDL_PREFETCH: u32 = 32768;
 
 impl EngineOptions {
