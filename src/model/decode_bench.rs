@@ -273,6 +273,17 @@ pub struct BenchPlan {
 /// doubles up to 160 ms when the GPU still got there first.
 const PROFILE_HOLD_MS: (f64, f64) = (20.0, 160.0);
 
+/// ms per step of `plan.steps` steps from position `ctx` after `plan.warmup` untimed ones from
+/// the same position (graph replays or eager launches).
+fn timed_from(eng: &mut GpuEngine, ctx: usize, plan: &BenchPlan, graph: bool) -> Result<f64> {
+    eng.set_position(ctx)?;
+    if plan.warmup > 0 {
+        eng.time_steps(plan.warmup, graph)?;
+    }
+    eng.set_position(ctx)?;
+    eng.time_steps(plan.steps, graph)
+}
+
 /// `steps` profiled steps from position `ctx` (module step_profile).
 fn profile_at(eng: &mut GpuEngine, ctx: usize, steps: usize) -> Result<StepProfile> {
     let mut hold = PROFILE_HOLD_MS.0;
@@ -353,12 +364,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     for &ctx in &plan.contexts {
         let mut ms = [0f64; 2];
         for (i, graph) in [true, false].into_iter().enumerate() {
-            eng.set_position(ctx)?;
-            if plan.warmup > 0 {
-                eng.time_steps(plan.warmup, graph)?;
-            }
-            eng.set_position(ctx)?;
-            ms[i] = eng.time_steps(plan.steps, graph)?;
+            ms[i] = timed_from(&mut eng, ctx, plan, graph)?;
             let flags = eng.flags()?;
             if flags != 0 {
                 notes.push(format!(
@@ -371,15 +377,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         if pdl_ok && eng.set_pdl(true) {
             // A PDL failure (capture refused by an older driver, say) costs the PDL column,
             // not the run.
-            let mut timed = || -> Result<f64> {
-                eng.set_position(ctx)?;
-                if plan.warmup > 0 {
-                    eng.time_steps(plan.warmup, true)?;
-                }
-                eng.set_position(ctx)?;
-                eng.time_steps(plan.steps, true)
-            };
-            match timed() {
+            match timed_from(&mut eng, ctx, plan, true) {
                 Ok(ms) => point.graph_pdl_ms_per_token = Some(ms),
                 Err(e) => {
                     notes.push(format!("graph + PDL not timed from ctx {ctx} on: {e}"));
@@ -393,15 +391,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                     break;
                 }
                 eng.set_pdl_prefetch(bytes);
-                let mut timed = || -> Result<f64> {
-                    eng.set_position(ctx)?;
-                    if plan.warmup > 0 {
-                        eng.time_steps(plan.warmup, true)?;
-                    }
-                    eng.set_position(ctx)?;
-                    eng.time_steps(plan.steps, true)
-                };
-                match timed() {
+                match timed_from(&mut eng, ctx, plan, true) {
                     Ok(ms) => point.graph_pdl_prefetch.push((bytes, ms)),
                     Err(e) => {
                         notes.push(format!("graph + PDL, prefetch {bytes} B: {e}"));
