@@ -320,6 +320,13 @@ fn cli_decode_text_prompt_and_top_p_are_repeatable() {
     assert_eq!(prompt[0], 1);
     assert!(prompt.len() > 30, "{a}");
     assert_eq!(a["sampling"]["mode"], "top_p");
+    // One margin per new token, each a fraction of the nucleus mass in [0, 0.5].
+    let m = a["top_p_margins"].as_array().unwrap();
+    assert_eq!(m.len(), 8, "{a}");
+    assert!(
+        m.iter().all(|v| (0.0..=0.5).contains(&v.as_f64().unwrap())),
+        "{a}"
+    );
 }
 
 #[test]

@@ -163,15 +163,23 @@ impl Sampler {
 
     /// The token to follow the one fed at position `pos`, from that step's logits.
     pub fn sample(&self, logits: &[f32], pos: usize) -> Result<u32> {
+        Ok(self.sample_with_margin(logits, pos)?.0)
+    }
+
+    /// `sample`, and for top-p the draw's margin (`TopPDraw::margin`): how close this choice came
+    /// to another token, so a difference from another engine can be told apart from a bug.
+    pub fn sample_with_margin(&self, logits: &[f32], pos: usize) -> Result<(u32, Option<f64>)> {
         match self.mode {
-            Sampling::Greedy => argmax(logits),
-            Sampling::TopP { top_p, temperature } => Ok(top_p_pick(
-                logits,
-                f64::from(top_p),
-                f64::from(temperature),
-                draw(self.seed, pos as u64),
-            )?
-            .token),
+            Sampling::Greedy => Ok((argmax(logits)?, None)),
+            Sampling::TopP { top_p, temperature } => {
+                let d = top_p_pick(
+                    logits,
+                    f64::from(top_p),
+                    f64::from(temperature),
+                    draw(self.seed, pos as u64),
+                )?;
+                Ok((d.token, Some(d.margin)))
+            }
         }
     }
 }
@@ -186,6 +194,20 @@ mod tests {
         assert_eq!(argmax(&[f32::NEG_INFINITY, -3.0]).unwrap(), 1);
         assert!(argmax(&[0.0, f32::NAN]).is_err());
         assert!(argmax(&[]).is_err());
+    }
+
+    #[test]
+    fn the_margin_is_top_p_picks_and_greedy_has_none() {
+        let logits = [0.3f32, 1.1, -0.4, 0.9, 1.0];
+        let g = Sampler::new(Sampling::Greedy, 5);
+        assert_eq!(g.sample_with_margin(&logits, 3).unwrap(), (1, None));
+        let s = Sampler::new(Sampling::new(false, 0.8, 0.7).unwrap(), 5);
+        for pos in 0..50 {
+            let want = top_p_pick(&logits, 0.8f32 as f64, 0.7f32 as f64, draw(5, pos)).unwrap();
+            let (t, m) = s.sample_with_margin(&logits, pos as usize).unwrap();
+            assert_eq!((t, m), (want.token, Some(want.margin)), "pos {pos}");
+            assert_eq!(s.sample(&logits, pos as usize).unwrap(), t);
+        }
     }
 
     #[test]

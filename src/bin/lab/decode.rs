@@ -132,13 +132,16 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
     let mut tokens = Vec::with_capacity(a.max_new_tokens);
+    // Top-p: each draw's margin (sampler::TopPDraw), in the JSON beside the tokens.
+    let mut margins = Vec::new();
     let mut stop = "max_new_tokens";
     // The logits each new token was sampled from (only kept for --dump-logits).
     let mut step_logits = Vec::new();
     let mut stream = text_stream(&a, tokenizer.as_ref());
     for i in 0..a.max_new_tokens {
         // The draw belongs to the position of the token just fed (as in the GPU engine).
-        let t = sampler.sample(&logits, prompt.len() - 1 + i)?;
+        let (t, margin) = sampler.sample_with_margin(&logits, prompt.len() - 1 + i)?;
+        margins.extend(margin);
         if let Some(st) = stream.as_mut() {
             if Some(t) != eos {
                 print_piece(&st.push(t)?);
@@ -191,6 +194,10 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
             },
             "prompt_tokens": prompt,
             "tokens": tokens,
+            // Per new token, top-p only: the fraction of the nucleus mass between the draw and the
+            // nearest edge (a token interval's or the nucleus cut's): another engine whose logits
+            // differ slightly may choose differently only where this is small.
+            "top_p_margins": margins,
             "text": text,
             "stop": stop,
             "timings": {
