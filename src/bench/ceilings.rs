@@ -5,8 +5,10 @@
 //!   and writes almost nothing).
 //!
 //! Buffers are 1 GiB per side (20x the H100's 50 MB L2), so nothing is served from cache.
+//! - read by size: the read probe on windows the size of one decode GEMV (8.7-90 MB), cold: the
+//!   best a single launch of that many bytes does, per launch and back to back.
 
-use crate::bench::timing::{time_launches, TimingConfig};
+use crate::bench::timing::{time_back_to_back, time_launches, TimingConfig};
 use crate::cuda::Gpu;
 use crate::error::DriverCtx;
 use crate::kernels::abi::lab_probe_params;
@@ -24,7 +26,30 @@ pub struct Ceilings {
     pub read_gbs: f64,
     /// Bytes per side of the probe buffers.
     pub buffer_bytes: u64,
+    /// The read probe over windows the size of one decode GEMV's weights (READ_SIZES), each
+    /// launch on a window not in L2: what one launch of that many bytes can reach at best. Zeros
+    /// in reports recorded before 2026-11-27 (absent from their JSON).
+    #[serde(default)]
+    pub read_by_size: [SizedRead; 4],
 }
+
+/// The read probe on `bytes`-sized windows: one event pair per launch (as the GEMV sweep times
+/// its rows) and 20 launches back to back (the per-launch fixed cost overlapped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SizedRead {
+    pub bytes: u64,
+    pub us: f64,
+    pub gbs: f64,
+    pub back_to_back_us: f64,
+    pub back_to_back_gbs: f64,
+}
+
+/// Window sizes of the read probe: the int4 g128 symmetric weight + scale bytes of Vicuna-7B's o_proj (4096 x 4096),
+/// of a 7B MLP linear (4096 x 11008: the sweep's first shape) and of a 13B MLP linear
+/// (5120 x 13824), and the fp16 4096 x 11008 that cuBLAS streams. A GEMV's "% of the read ceiling"
+/// is against the 1 GiB figure; these say how much of the gap a launch that small owes to its size
+/// (ramp up, tail) rather than to the kernel.
+pub const READ_SIZES: [u64; 4] = [8_650_752, 23_248_896, 36_495_360, 90_177_536];
 
 /// Probe buffer size: 1 GiB, or a quarter of free memory on small cards.
 fn probe_bytes(gpu: &Gpu) -> Result<u64> {
@@ -85,6 +110,7 @@ pub fn measure_ceilings(gpu: &Gpu) -> Result<Ceilings> {
         })?;
         read_best = read_best.max(t.gbps(bytes));
     }
+    let read_by_size = sized_reads(gpu, &read, src_ptr, dst_ptr, bytes)?;
     drop((_g1, _g2));
     let t = time_launches(gpu, &cfg, |_| {
         gpu.stream.memcpy_dtod(&src, &mut dst).ctx("memcpy_dtod")
@@ -96,5 +122,66 @@ pub fn measure_ceilings(gpu: &Gpu) -> Result<Ceilings> {
         memcpy_dtod_gbs: memcpy,
         read_gbs: read_best,
         buffer_bytes: bytes,
+        read_by_size,
     })
+}
+
+/// The read probe on each of READ_SIZES, the best of the same three grid shapes. Launch i reads
+/// window i % windows of the 1 GiB buffer (>= 11 windows: over 2x the H100's 50 MB L2 between
+/// two reads of one window), so every launch streams from DRAM like a cold GEMV.
+fn sized_reads(
+    gpu: &Gpu,
+    read: &cudarc::driver::CudaFunction,
+    src: u64,
+    dst: u64,
+    buffer: u64,
+) -> Result<[SizedRead; 4]> {
+    let cfg = TimingConfig::quick();
+    let sms = gpu.info.sms as u32;
+    let mut out = [SizedRead::default(); 4];
+    for (slot, &size) in out.iter_mut().zip(READ_SIZES.iter()) {
+        // 64 KB-aligned windows; a buffer too small for two windows (a tiny card) skips the size.
+        let stride = (size + 0xFFFF) & !0xFFFF;
+        let windows = buffer / stride;
+        if windows < 2 {
+            continue;
+        }
+        let params = |i: usize| lab_probe_params {
+            src: src + (i as u64 % windows) * stride,
+            dst,
+            n16: size / 16,
+        };
+        let mut best = SizedRead {
+            bytes: size,
+            ..Default::default()
+        };
+        for blocks_per_sm in [2u32, 4, 8] {
+            let lc = LaunchConfig {
+                grid_dim: (sms * blocks_per_sm, 1, 1),
+                block_dim: (512, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let launch = |i: usize| {
+                let p = params(i);
+                // SAFETY: the window [src + off, src + off + size) lies inside the buffer
+                // (off <= (windows - 1) * stride, windows * stride <= buffer); the sinks are
+                // gridDim.x u32 words of dst, as in measure_ceilings.
+                unsafe { gpu.stream.launch_builder(read).arg(&p).launch(lc) }
+                    .map(|_| ())
+                    .ctx("probe_read (sized)")
+            };
+            let t = time_launches(gpu, &cfg, launch)?;
+            let b = time_back_to_back(gpu, &cfg, 20, launch)?;
+            if t.gbps(size) > best.gbs {
+                best.us = t.iqm_us;
+                best.gbs = t.gbps(size);
+            }
+            if b.gbps(size) > best.back_to_back_gbs {
+                best.back_to_back_us = b.iqm_us;
+                best.back_to_back_gbs = b.gbps(size);
+            }
+        }
+        *slot = best;
+    }
+    Ok(out)
 }

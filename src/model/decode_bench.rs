@@ -894,6 +894,7 @@ mod tests {
             memcpy_dtod_gbs: 3000.0,
             read_gbs: 3100.0,
             buffer_bytes: 1 << 30,
+            read_by_size: Default::default(),
         };
         let weights = expected_weights(&model, kind).unwrap();
         let bytes = BytesPerToken::new(&model, &weights);

@@ -106,6 +106,41 @@ pub fn ceilings_markdown(h: &ReportHeader) -> String {
     if let Some(s) = h.stale_note() {
         md.push_str(&format!("\n{s}\n"));
     }
+    let sized: Vec<_> = h
+        .ceilings
+        .iter()
+        .flat_map(|c| c.read_by_size.iter())
+        .filter(|r| r.bytes > 0 && r.gbs > 0.0)
+        .collect();
+    if let (false, Some(c)) = (sized.is_empty(), &h.ceilings) {
+        md.push_str("\nRead probe on windows the size of one decode GEMV's weights, each launch on a window not in L2 (the best one launch of that many bytes reaches; the GEMV sweep's \"% read ceiling\" is against the 1 GiB figure):\n\n");
+        let rows: Vec<Vec<String>> = sized
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{:.2}", r.bytes as f64 / 1e6),
+                    format!("{:.1}", r.us),
+                    format!("{:.0}", r.gbs),
+                    format!("{:.1}%", 100.0 * r.gbs / c.read_gbs),
+                    format!("{:.1}", r.back_to_back_us),
+                    format!("{:.0}", r.back_to_back_gbs),
+                    format!("{:.1}%", 100.0 * r.back_to_back_gbs / c.read_gbs),
+                ]
+            })
+            .collect();
+        md.push_str(&crate::report::markdown::table(
+            &[
+                "MB",
+                "us (one launch)",
+                "GB/s",
+                "% of 1 GiB read",
+                "us back-to-back",
+                "GB/s back-to-back",
+                "back-to-back % of 1 GiB read",
+            ],
+            &rows,
+        ));
+    }
     md
 }
 
@@ -157,5 +192,37 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(951782400), "2000-02-29T00:00:00Z");
         assert_eq!(format_utc(1795707000), "2026-11-26T15:30:00Z");
+    }
+
+    /// The committed H100 ceilings.json predates the sized read probe: it still loads (zeros)
+    /// and renders no sized table; a header with the probe renders one row per size, each GB/s
+    /// also as a share of the 1 GiB read ceiling.
+    #[test]
+    fn ceilings_report_shows_the_read_probe_by_size_when_recorded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text =
+            std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/ceilings.json"))
+                .unwrap();
+        let mut h: ReportHeader = serde_json::from_str(&text).unwrap();
+        let old = h.ceilings.unwrap();
+        assert!(old.read_by_size.iter().all(|r| r.bytes == 0));
+        assert!(!ceilings_markdown(&h).contains("Read probe on windows"));
+        let c = h.ceilings.as_mut().unwrap();
+        c.read_gbs = 3000.0;
+        c.read_by_size[1] = crate::bench::ceilings::SizedRead {
+            bytes: 23_248_896,
+            us: 11.6,
+            gbs: 2004.2,
+            back_to_back_us: 9.3,
+            back_to_back_gbs: 2500.0,
+        };
+        let md = ceilings_markdown(&h);
+        assert!(md.contains("Read probe on windows"), "{md}");
+        assert!(
+            md.contains("| 23.25 | 11.6 | 2004 | 66.8% | 9.3 | 2500 | 83.3% |"),
+            "{md}"
+        );
+        // Only the recorded size has a row (after the header and separator lines).
+        assert_eq!(md.matches("\n| ").count(), 3, "{md}");
     }
 }
