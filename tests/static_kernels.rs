@@ -21,6 +21,18 @@ fn families() -> Vec<(Family, Vec<&'static registry::Variant>)> {
     out
 }
 
+/// Kernels built and the SASS tools found; otherwise the test says why it skips.
+fn sass_available(test: &str) -> bool {
+    if !built() {
+        return false;
+    }
+    if let Err(why) = sc::find_sass_tools() {
+        eprintln!("SKIP {test}: {why}");
+        return false;
+    }
+    true
+}
+
 fn built() -> bool {
     if !build_info::KERNELS_BUILT {
         assert!(
@@ -50,11 +62,7 @@ fn resources_fit_every_variants_budget_on_every_arch() {
 
 #[test]
 fn sass_shows_wide_loads_and_no_local_memory() {
-    if !built() {
-        return;
-    }
-    if let Err(why) = sc::find_sass_tools() {
-        eprintln!("SKIP sass_shows_wide_loads_and_no_local_memory: {why}");
+    if !sass_available("sass_shows_wide_loads_and_no_local_memory") {
         return;
     }
     let archs = build_info::build_info().archs;
@@ -73,11 +81,7 @@ fn sass_shows_wide_loads_and_no_local_memory() {
 /// (kernels/common/pdl.cuh); a kernel without it would race when the engine runs with --pdl.
 #[test]
 fn decode_kernels_wait_for_their_predecessor_before_any_memory_access() {
-    if !built() {
-        return;
-    }
-    if let Err(why) = sc::find_sass_tools() {
-        eprintln!("SKIP decode_kernels_wait_for_their_predecessor_before_any_memory_access: {why}");
+    if !sass_available("decode_kernels_wait_for_their_predecessor_before_any_memory_access") {
         return;
     }
     let mut bad = Vec::new();
@@ -106,11 +110,7 @@ fn decode_kernels_wait_for_their_predecessor_before_any_memory_access() {
 /// previous kernel; nothing else touches memory before the wait (the test above).
 #[test]
 fn decode_gemvs_prefetch_weights_before_the_pdl_wait() {
-    if !built() {
-        return;
-    }
-    if let Err(why) = sc::find_sass_tools() {
-        eprintln!("SKIP decode_gemvs_prefetch_weights_before_the_pdl_wait: {why}");
+    if !sass_available("decode_gemvs_prefetch_weights_before_the_pdl_wait") {
         return;
     }
     let prefixes = [
