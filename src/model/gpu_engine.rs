@@ -671,7 +671,7 @@ impl GpuEngine {
                 Some((v, params)) => self.registry_gemv(v, params, l, x, y),
             },
             GpuLinear::F16(l) => match &self.blas {
-                Some(b) => self.cublas_gemv(b, l, x, y),
+                Some(b) => self.cublas_gemm(b, l, x, 1, y, l.n),
                 None => self.gemv_f16(self.r(&l.w), x, y, 0, l.n, l.k, "fp16 linear (lab GEMV)"),
             },
         }
@@ -817,39 +817,6 @@ impl GpuEngine {
             &p,
             what,
         )
-    }
-
-    fn cublas_gemv(&self, b: &Blas, l: &F16Dev, x: u64, y: u64) -> Result<()> {
-        use cudarc::cublas::sys::{
-            cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
-        };
-        let (alpha, beta) = (1f32, 0f32);
-        // Column-major view: W [n, k] row-major is A = k x n (lda k); y (n x 1) = A^T x.
-        // SAFETY: w holds n*k fp16, x k fp16, y n fp16 (checked at upload and allocation).
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *b.handle.handle(),
-                cublasOperation_t::CUBLAS_OP_T,
-                cublasOperation_t::CUBLAS_OP_N,
-                l.n as i32,
-                1,
-                l.k as i32,
-                (&alpha) as *const f32 as *const _,
-                self.r(&l.w) as *const _,
-                cudaDataType_t::CUDA_R_16F,
-                l.k as i32,
-                x as *const _,
-                cudaDataType_t::CUDA_R_16F,
-                l.k as i32,
-                (&beta) as *const f32 as *const _,
-                y as *mut _,
-                cudaDataType_t::CUDA_R_16F,
-                l.n as i32,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .ctx(&format!("cuBLAS fp16 GEMV K {} N {}", l.k, l.n))
     }
 
     fn norm(&self, delta: u64, weight: &CudaSlice<f16>, what: &str) -> Result<()> {

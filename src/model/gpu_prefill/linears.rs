@@ -260,8 +260,9 @@ impl GpuEngine {
             .ctx("prefill: unfused slot rows into the fused output")
     }
 
-    /// fp16 linear over m rows through cuBLAS: Y[m, n] (row stride ldy) = X[m, k] W[n, k]^T.
-    fn cublas_gemm(
+    /// fp16 linear over m rows through cuBLAS: Y[m, n] (row stride ldy) = X[m, k] W[n, k]^T. The
+    /// decode step's fp16 linears are the m = 1 case (ldy = n).
+    pub(in crate::model::gpu_engine) fn cublas_gemm(
         &self,
         b: &Blas,
         l: &F16Dev,
@@ -300,9 +301,6 @@ impl GpuEngine {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .ctx(&format!(
-            "cuBLAS fp16 prefill GEMM m {m} K {} N {}",
-            l.k, l.n
-        ))
+        .ctx(&format!("cuBLAS fp16 GEMM m {m} K {} N {}", l.k, l.n))
     }
 }
