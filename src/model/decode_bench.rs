@@ -375,26 +375,23 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         }
         let mut point = context_point(&bytes, ceilings.read_gbs, ctx, plan.steps, ms[0], ms[1]);
         if pdl_ok && eng.set_pdl(true) {
-            // A PDL failure (capture refused by an older driver, say) costs the PDL column,
-            // not the run.
-            match timed_from(&mut eng, ctx, plan, true) {
-                Ok(ms) => point.graph_pdl_ms_per_token = Some(ms),
-                Err(e) => {
-                    notes.push(format!("graph + PDL not timed from ctx {ctx} on: {e}"));
-                    pdl_ok = false;
-                }
-            }
-            // The same graph at other prefetch budgets (the engine's own restored after).
+            // The engine's own prefetch budget (the PDL column), then the other budgets asked
+            // for (the sweep column); the engine's own restored after. A PDL failure (capture
+            // refused by an older driver, say) costs the PDL columns, not the run.
             let own = eng.pdl_prefetch();
-            for &bytes in plan.pdl_prefetch.iter().filter(|&&b| b != own) {
+            let others = plan.pdl_prefetch.iter().copied().filter(|&b| b != own);
+            for bytes in std::iter::once(own).chain(others) {
                 if !pdl_ok {
                     break;
                 }
                 eng.set_pdl_prefetch(bytes);
                 match timed_from(&mut eng, ctx, plan, true) {
+                    Ok(ms) if bytes == own => point.graph_pdl_ms_per_token = Some(ms),
                     Ok(ms) => point.graph_pdl_prefetch.push((bytes, ms)),
                     Err(e) => {
-                        notes.push(format!("graph + PDL, prefetch {bytes} B: {e}"));
+                        notes.push(format!(
+                            "graph + PDL (prefetch {bytes} B) not timed from ctx {ctx} on: {e}"
+                        ));
                         pdl_ok = false;
                     }
                 }

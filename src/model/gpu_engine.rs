@@ -840,8 +840,7 @@ impl GpuEngine {
     ) -> Result<()> {
         // PDL only for the step's own launches, and not while tracing (the trace synchronizes
         // after every op anyway).
-        self.step_pdl
-            .set(self.opts.pdl && self.cc_major >= 9 && trace.is_none());
+        self.step_pdl.set(self.pdl_in_effect() && trace.is_none());
         let r = self.enqueue_step_ops(trace, marks);
         self.step_pdl.set(false);
         r
@@ -1098,24 +1097,30 @@ impl GpuEngine {
         self.graph = None;
     }
 
-    /// Turn programmatic dependent launch on or off for the decode step (drops the captured
-    /// graph, which holds the launches' attributes). Returns whether it is now in effect
-    /// (false below sm_90).
+    /// The PDL prefetch budget per GEMV block (EngineOptions::pdl_prefetch).
     pub fn pdl_prefetch(&self) -> u32 {
         self.opts.pdl_prefetch
     }
 
-    /// The PDL prefetch budget per GEMV block (EngineOptions::pdl_prefetch); the graph is
-    /// captured again at the next graph step.
+    /// Set the PDL prefetch budget per GEMV block; the graph is captured again at the next
+    /// graph step.
     pub fn set_pdl_prefetch(&mut self, bytes: u32) {
         self.opts.pdl_prefetch = bytes;
         self.graph = None;
     }
 
+    /// Turn programmatic dependent launch on or off for the decode step (drops the captured
+    /// graph, which holds the launches' attributes). Returns whether it is now in effect
+    /// (false below sm_90).
     pub fn set_pdl(&mut self, on: bool) -> bool {
         self.opts.pdl = on;
         self.graph = None;
-        on && self.cc_major >= 9
+        self.pdl_in_effect()
+    }
+
+    /// PDL asked for and possible (sm_90+).
+    fn pdl_in_effect(&self) -> bool {
+        self.opts.pdl && self.cc_major >= 9
     }
 
     /// Forget the sequence: position 0, flags cleared.
@@ -1261,7 +1266,6 @@ impl GpuEngine {
         self.generate_with(prompt, n_new, graph, mode)
     }
 
-    /// `generate` with the prefill mode given (comparisons of the two prefills).
     /// Interactive generation, one token at a time: reset, run the prompt (GEMM prefill or token
     /// by token), and return the first chosen token. `next_token` continues. Each call waits for
     /// its token (one sync per token: what printing text as it comes needs); `generate_with`
@@ -1312,6 +1316,7 @@ impl GpuEngine {
         self.chosen_token()
     }
 
+    /// `generate` with the prefill mode given (comparisons of the two prefills).
     pub fn generate_with(
         &mut self,
         prompt: &[u32],

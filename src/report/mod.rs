@@ -106,13 +106,16 @@ pub fn ceilings_markdown(h: &ReportHeader) -> String {
     if let Some(s) = h.stale_note() {
         md.push_str(&format!("\n{s}\n"));
     }
-    let sized: Vec<_> = h
-        .ceilings
+    let Some(c) = &h.ceilings else {
+        return md;
+    };
+    // Sizes the probe measured (reports recorded before it hold zeros).
+    let sized: Vec<_> = c
+        .read_by_size
         .iter()
-        .flat_map(|c| c.read_by_size.iter())
         .filter(|r| r.bytes > 0 && r.gbs > 0.0)
         .collect();
-    if let (false, Some(c)) = (sized.is_empty(), &h.ceilings) {
+    if !sized.is_empty() {
         md.push_str("\nRead probe on windows the size of one decode GEMV's weights, each launch on a window not in L2 (the best one launch of that many bytes reaches; the GEMV sweep's \"% read ceiling\" is against the 1 GiB figure):\n\n");
         let rows: Vec<Vec<String>> = sized
             .iter()
