@@ -199,6 +199,9 @@ typedef struct {
  * (one launch sequence per prompt chunk), so positions are plain parameters. The row-aware decode
  * ops (add_rmsnorm: grid.x = rows; rope_kv, silu_mul: grid.y = rows) serve prefill unchanged. */
 #define LAB_LLAMA_PREFILL_ATTN_THREADS 128
+/* Splits per head the decode attention's combine holds in shared memory (lab_llama_attn_split):
+   max_ctx / attn_chunk must not exceed it (GpuEngine::new checks). */
+#define LAB_LLAMA_ATTN_MAX_SPLITS 1000
 #define LAB_LLAMA_PREFILL_ATTN_QT 16  /* queries per attention block */
 #define LAB_LLAMA_PREFILL_ATTN_KT 32  /* keys per shared-memory tile (one per lane in the softmax) */
 

@@ -2,13 +2,19 @@
 // ("flash-decoding"): each (head, chunk of positions) block writes an unnormalized partial; the
 // last block of a head to finish (a per-head ticket) combines the head's partials with the
 // log-sum-exp rule: out = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
-//   lab_llama_attn_split    v3: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position;
+//   lab_llama_attn_split    v4: grid (heads, n_splits) x 256 threads; 16-byte K/V loads, hd/8 lanes per position;
 //                              v2 folded the combine in (v1 launched lab_llama_attn_combine), v3 folds RoPE and
 //                              the KV append in (the decode step no longer launches lab_llama_rope_kv): every
 //                              block rotates its q head; the block whose chunk holds the new position rotates
 //                              its kv head's k itself and takes k, v of that row from registers/smem, not the
 //                              cache, and the first q head of each kv group writes the row to the cache. Two
 //                              launches per layer less than v1 (~64 per 7B step).
+//                              v4 (latency, not bytes: at ctx 128 a layer's attention streams ~2 MB, 0.7 us at
+//                              the read ceiling, and the H100 profile gave ~10 us per layer): 8 loads in
+//                              flight per step, the first V step loaded with the K step (V does not
+//                              depend on the scores), a head with one split writes its output directly
+//                              (no partial, fence or ticket), and the combine reads the splits' (m, l)
+//                              in parallel instead of three serial passes over them.
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
 // positions the 7B cache read is 2048 x 32 layers x 2 x 4096 x 2 B = 1.07 GB per token, a third of
 // the int4 weights, so it must run near full bandwidth. The grid is sized for max_ctx so a captured
@@ -17,7 +23,12 @@
 #include "llama/util.cuh"
 
 #define LLAMA_ATTN_THREADS 256
-#define LLAMA_ATTN_UNROLL 4  // 16-byte loads in flight per thread per step
+// 16-byte K (then V) loads in flight per thread per step. v4: 8, so one step covers 8 x 16 = 128
+// positions at hd 128 = the default chunk: the scores take one L2/DRAM round trip, not two.
+#define LLAMA_ATTN_UNROLL 8
+// The combine keeps every split's m and l in shared memory, in the 2048 floats of `red`
+// (groups x hd = 2048 for every hd) past its 32 floats of reduction scratch.
+static_assert(32 + 2 * LAB_LLAMA_ATTN_MAX_SPLITS <= 2048, "split (m, l) pairs must fit in red");
 
 // Shared memory (dynamic): q*scale [hd] | scores [chunk] | V partial sums [256/(hd/8)][hd].
 // hd is a power of two in 8..256 (the launcher checks), so hd/8 lanes cover one position's row.
@@ -53,9 +64,12 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     const __half* vn = kn + kv_dim;
     const float* inv_freq = reinterpret_cast<const float*>(p.inv_freq);
     for (int i = threadIdx.x; i < hd / 2; i += blockDim.x) {
+        // Every load first, none of them behind `pos` or the sincos (one round trip, not three):
+        // the k and v of the new row are read whether or not this block appends them.
+        const float a = __half2float(q[i]), b = __half2float(q[i + hd / 2]);
+        const __half kah = kn[i], kbh = kn[i + hd / 2], vah = vn[i], vbh = vn[i + hd / 2];
         float sn, cs;
         sincosf((float)pos * inv_freq[i], &sn, &cs);
-        const float a = __half2float(q[i]), b = __half2float(q[i + hd / 2]);
         const __half ra = __float2half_rn(a * cs - b * sn), rb = __float2half_rn(b * cs + a * sn);
         qs[i] = __half2float(ra) * p.scale;
         qs[i + hd / 2] = __half2float(rb) * p.scale;
@@ -65,11 +79,11 @@ lab_llama_attn_split(lab_llama_attn_params p) {
             qr[i + hd / 2] = rb;
         }
         if (has_cur) {
-            const float ka = __half2float(kn[i]), kb = __half2float(kn[i + hd / 2]);
+            const float ka = __half2float(kah), kb = __half2float(kbh);
             kcur[i] = __float2half_rn(ka * cs - kb * sn);
             kcur[i + hd / 2] = __float2half_rn(kb * cs + ka * sn);
-            vcur[i] = vn[i];
-            vcur[i + hd / 2] = vn[i + hd / 2];
+            vcur[i] = vah;
+            vcur[i + hd / 2] = vbh;
         }
     }
     __syncthreads();
@@ -86,10 +100,25 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) qf[j] = qs[l * 8 + j];
 
+    // V rows of position base + u * groups (the new row from vcur, past `end` zero).
+    const uint4* vc = reinterpret_cast<const uint4*>(p.v_cache);
+    const size_t row16 = (size_t)kv_dim / 8, col16 = (size_t)kvh * hd / 8 + l;
+    auto load_v = [&](int base, uint4 (&vv)[LLAMA_ATTN_UNROLL]) {
+#pragma unroll
+        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
+            const int pp = base + u * groups;
+            vv[u] = pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
+                  : pp < end  ? vc[(size_t)pp * row16 + col16]
+                              : make_uint4(0, 0, 0, 0);
+        }
+    };
+    // The first V step goes out now, beside the K loads: it needs only positions.
+    uint4 vv[LLAMA_ATTN_UNROLL];
+    load_v(start + g, vv);
+
     // Scores. The loop count depends only on (start, end, groups): uniform over the block, so
     // every lane reaches the shuffles below.
     const uint4* kc = reinterpret_cast<const uint4*>(p.k_cache);
-    const size_t row16 = (size_t)kv_dim / 8, col16 = (size_t)kvh * hd / 8 + l;
     for (int base = start; base < end; base += groups * LLAMA_ATTN_UNROLL) {
         uint4 kv[LLAMA_ATTN_UNROLL];
 #pragma unroll
@@ -122,19 +151,11 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     s = llama_block_sum(s, red);  // its barriers also publish the sc[] writes above
 
     // Weighted V: group g sums positions g, g + groups, ...; lane l owns dims l*8 .. l*8+7.
-    const uint4* vc = reinterpret_cast<const uint4*>(p.v_cache);
     float acc[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j] = 0.f;
     for (int base = start + g; base < end; base += groups * LLAMA_ATTN_UNROLL) {
-        uint4 vv[LLAMA_ATTN_UNROLL];
-#pragma unroll
-        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
-            const int pp = base + u * groups;
-            vv[u] = pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
-                  : pp < end  ? vc[(size_t)pp * row16 + col16]
-                              : make_uint4(0, 0, 0, 0);
-        }
+        if (base != start + g) load_v(base, vv);  // the first step's rows are in vv already
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
             const int pp = base + u * groups;
@@ -151,12 +172,17 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) red[g * hd + l * 8 + j] = acc[j];
     __syncthreads();
+    const int ns = min((len + p.chunk - 1) / p.chunk, p.n_splits);
+    __half* out = reinterpret_cast<__half*>(p.out) + (size_t)head * hd;
     float* part = reinterpret_cast<float*>(p.partial) + ((size_t)head * p.n_splits + split) * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
         for (int gg = 0; gg < groups; ++gg) o += red[gg * hd + d];
-        part[d] = o;
+        // One split: the combine below would compute o e^0 / (s e^0), exactly o / s.
+        if (ns == 1) out[d] = __float2half_rn(o / s);
+        else part[d] = o;
     }
+    if (ns == 1) return;  // block-uniform; no ticket was taken, so the head's stays 0
     if (threadIdx.x == 0) {
         part[hd] = m;
         part[hd + 1] = s;
@@ -168,7 +194,6 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     __shared__ bool last;
     __threadfence();
     __syncthreads();
-    const int ns = min((len + p.chunk - 1) / p.chunk, p.n_splits);
     if (threadIdx.x == 0) {
         unsigned* ticket = reinterpret_cast<unsigned*>(p.tickets) + head;
         last = atomicAdd(ticket, 1u) == (unsigned)(ns - 1);
@@ -177,17 +202,29 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     __syncthreads();
     if (!last) return;
     __threadfence();
+    // Every split's (m, l) read once, in parallel (thread sp), kept in shared memory past the
+    // reduction scratch: ms[sp] = m, then the weight e^(m - M); ls[sp] = l.
     const float* hp = reinterpret_cast<const float*>(p.partial) + (size_t)head * p.n_splits * (hd + 2);
-    float mx = -INFINITY;
-    for (int sp = 0; sp < ns; ++sp) mx = fmaxf(mx, __ldcg(hp + sp * (hd + 2) + hd));
-    float den = 0.f;
-    for (int sp = 0; sp < ns; ++sp)
-        den += __ldcg(hp + sp * (hd + 2) + hd + 1) * expf(__ldcg(hp + sp * (hd + 2) + hd) - mx);
-    __half* out = reinterpret_cast<__half*>(p.out) + (size_t)head * hd;
+    float* ms = red + 32;
+    float* ls = ms + LAB_LLAMA_ATTN_MAX_SPLITS;
+    float mloc = -INFINITY;
+    for (int sp = threadIdx.x; sp < ns; sp += blockDim.x) {
+        ms[sp] = __ldcg(hp + sp * (hd + 2) + hd);
+        ls[sp] = __ldcg(hp + sp * (hd + 2) + hd + 1);
+        mloc = fmaxf(mloc, ms[sp]);
+    }
+    const float mx = llama_block_max(mloc, red);
+    float dloc = 0.f;
+    for (int sp = threadIdx.x; sp < ns; sp += blockDim.x) {  // the same thread wrote ms[sp]
+        const float e = expf(ms[sp] - mx);
+        ms[sp] = e;
+        dloc += ls[sp] * e;
+    }
+    const float den = llama_block_sum(dloc, red);  // its barriers publish ms[] to every thread
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.f;
-        for (int sp = 0; sp < ns; ++sp)
-            o += __ldcg(hp + sp * (hd + 2) + d) * expf(__ldcg(hp + sp * (hd + 2) + hd) - mx);
+#pragma unroll 8
+        for (int sp = 0; sp < ns; ++sp) o += __ldcg(hp + sp * (hd + 2) + d) * ms[sp];
         out[d] = __float2half_rn(o / den);
     }
 }

@@ -2,10 +2,11 @@
 // is captured once as a CUDA graph and replayed (the state words of abi.h: token, position, flags).
 //   lab_llama_fill          v1: counter-hash random u32 / fp16 fill, or a constant: synthetic weights on the GPU
 //   lab_llama_embed         v1: fp16 table row of state.token -> f32 residual; history[pos] = token
-//   lab_llama_add_rmsnorm   v1: one block per row: resid += delta (optional, fused residual add), out = fp16(w * resid / rms), fp32 math
+//   lab_llama_add_rmsnorm   v2: one block per row: resid += delta (optional, fused residual add), out = fp16(w * resid / rms), fp32 math;
+//                           v2 issues all of a thread's loads at once (one L2 round trip; v1 took one per element)
 //   lab_llama_rope_kv       v1: HF rotate-half RoPE on q and k in place (pairs i, i + hd/2), k and v appended at row pos
 //   lab_llama_silu_mul      v1: out = silu(gate) * up over the fused gate_up output, fp32 math
-//   lab_llama_argmax        v1: one block: greedy token (lowest index on ties, NaN ignored) -> state.token, pos += 1
+//   lab_llama_argmax        v2: one block: greedy token (lowest index on ties, NaN ignored) -> state.token, pos += 1
 //   lab_llama_sample_top_p  v1: one block: nucleus sampling (threshold bisection + index-order inverse CDF) -> state.token, pos += 1
 //   lab_llama_hold          v1: one thread spins for p.ns nanoseconds (the per-op profile queues a step behind it)
 // Checked by: cargo test --release --test gpu_decode (GPU engine vs the CPU f64 engine, op by op,
@@ -54,31 +55,78 @@ extern "C" __global__ void lab_llama_embed(lab_llama_embed_params p) {
         r[i] = bad ? __int_as_float(0x7fc00000) : __half2float(row[i]);
 }
 
-// One block (a [hidden] vector is 20 KB at most: one SM is plenty, and a single block needs no
-// second pass). Each thread re-reads only the elements it wrote itself, so no barrier is needed
-// between the residual update and the second loop beyond the reduction's.
-// Rows: grid.x (decode launches 1 block; prefill one block per prompt row, rows hidden apart).
-extern "C" __global__ void lab_llama_add_rmsnorm(lab_llama_norm_params p) {
+// One block of LLAMA_NORM_THREADS per row (decode launches 1 row; prefill one per prompt row, rows
+// hidden apart). v2: every thread issues all its loads (resid, delta, weight: 8-value units, 16-byte
+// fp16 / 2 x 16-byte f32 loads) before using any, keeps its values in registers, and so waits for one
+// L2 round trip instead of v1's one per loop iteration: v1's loop stored r[i] before loading the next
+// element (resid and delta may alias for the compiler), so a 4096 row was 8 dependent round trips.
+// H100 per-op profile (76413dd, eager + events): 655.7 us for 65 norms + 98 marks at 7B, ~6 us per
+// norm against ~1 us of L2 latency; prediction for v2: ~2 us (one round trip + the block sum's
+// barriers), ~0.25 ms less per 7B step.
+// Limits (host-checked in GpuEngine::new): hidden % 8 == 0, hidden <= 8 x LLAMA_NORM_UNITS x threads.
+#define LLAMA_NORM_THREADS 512
+#define LLAMA_NORM_UNITS 4  // 8-value units per thread: rows up to 16384 values (LLaMA: 4096-8192)
+extern "C" __global__ void __launch_bounds__(LLAMA_NORM_THREADS) lab_llama_add_rmsnorm(lab_llama_norm_params p) {
     LAB_PDL_ENTER();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * p.hidden;
-    float* r = reinterpret_cast<float*>(p.resid) + row;
-    const __half* d = p.delta ? reinterpret_cast<const __half*>(p.delta) + row : nullptr;
+    const int units = p.hidden >> 3;
+    float4* r = reinterpret_cast<float4*>(reinterpret_cast<float*>(p.resid) + row);
+    const uint4* d = p.delta ? reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(p.delta) + row) : nullptr;
+    const uint4* w = reinterpret_cast<const uint4*>(p.weight);
+    uint4* o = reinterpret_cast<uint4*>(reinterpret_cast<__half*>(p.out) + row);
+
+    // 1. Every load of this thread's units, nothing consumed yet.
+    float4 ra[LLAMA_NORM_UNITS], rb[LLAMA_NORM_UNITS];
+    uint4 dv[LLAMA_NORM_UNITS], wv[LLAMA_NORM_UNITS];
+#pragma unroll
+    for (int j = 0; j < LLAMA_NORM_UNITS; ++j) {
+        const int u = threadIdx.x + j * blockDim.x;
+        const bool in = u < units;
+        ra[j] = in ? r[2 * u] : make_float4(0.f, 0.f, 0.f, 0.f);
+        rb[j] = in ? r[2 * u + 1] : make_float4(0.f, 0.f, 0.f, 0.f);
+        dv[j] = (in && d) ? d[u] : make_uint4(0u, 0u, 0u, 0u);
+        wv[j] = in ? w[u] : make_uint4(0u, 0u, 0u, 0u);
+    }
+    // 2. resid += delta (written back when there is a delta), sum of squares in fp32.
+    float v[LLAMA_NORM_UNITS][8];
     float ss = 0.f;
-    for (int i = threadIdx.x; i < p.hidden; i += blockDim.x) {
-        float v = r[i];
-        if (d) {
-            v += __half2float(d[i]);
-            r[i] = v;
+#pragma unroll
+    for (int j = 0; j < LLAMA_NORM_UNITS; ++j) {
+        const __half2* dh = reinterpret_cast<const __half2*>(&dv[j]);
+        const float rv[8] = {ra[j].x, ra[j].y, ra[j].z, ra[j].w, rb[j].x, rb[j].y, rb[j].z, rb[j].w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 df = __half22float2(dh[e]);
+            v[j][2 * e] = d ? rv[2 * e] + df.x : rv[2 * e];  // no delta: resid as is (-0 stays -0)
+            v[j][2 * e + 1] = d ? rv[2 * e + 1] + df.y : rv[2 * e + 1];
         }
-        ss = fmaf(v, v, ss);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) ss = fmaf(v[j][e], v[j][e], ss);
+        const int u = threadIdx.x + j * blockDim.x;
+        if (d && u < units) {
+            r[2 * u] = make_float4(v[j][0], v[j][1], v[j][2], v[j][3]);
+            r[2 * u + 1] = make_float4(v[j][4], v[j][5], v[j][6], v[j][7]);
+        }
     }
     ss = llama_block_sum(ss, scratch);
     const float inv = rsqrtf(ss / (float)p.hidden + p.eps);
-    const __half* w = reinterpret_cast<const __half*>(p.weight);
-    __half* o = reinterpret_cast<__half*>(p.out) + row;
-    for (int i = threadIdx.x; i < p.hidden; i += blockDim.x)
-        o[i] = __float2half_rn(__half2float(w[i]) * (r[i] * inv));
+    // 3. out = fp16(w * (resid * inv)), the same expression per element as v1.
+#pragma unroll
+    for (int j = 0; j < LLAMA_NORM_UNITS; ++j) {
+        const int u = threadIdx.x + j * blockDim.x;
+        if (u >= units) continue;
+        const __half2* wh = reinterpret_cast<const __half2*>(&wv[j]);
+        uint4 ov;
+        __half2* oh = reinterpret_cast<__half2*>(&ov);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 wf = __half22float2(wh[e]);
+            oh[e] = __halves2half2(__float2half_rn(wf.x * (v[j][2 * e] * inv)),
+                                   __float2half_rn(wf.y * (v[j][2 * e + 1] * inv)));
+        }
+        o[u] = ov;
+    }
 }
 
 // Grid: heads + kv_heads blocks (q heads first, then k heads); block: hd/2 threads, thread i
@@ -130,7 +178,10 @@ extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
     }
 }
 
-// One block of 1024 threads over the logits (32000 floats: 31 per thread, a few microseconds).
+// One block of 1024 threads over the logits (32000 floats: 31 per thread). v2 loads 8 per thread
+// before comparing any (4 L2 round trips for 32000 instead of one per element or unrolled
+// group: the H100 profile gave v1 13 us per step).
+#define LLAMA_ARGMAX_BATCH 8
 extern "C" __global__ void lab_llama_argmax(lab_llama_argmax_params p) {
     LAB_PDL_ENTER();
     __shared__ float sv[32];
@@ -138,11 +189,21 @@ extern "C" __global__ void lab_llama_argmax(lab_llama_argmax_params p) {
     const float* l = reinterpret_cast<const float*>(p.logits);
     float best = -INFINITY;
     int bi = p.vocab;  // "none yet": any real index is lower
-    for (int i = threadIdx.x; i < p.vocab; i += blockDim.x) {
-        const float v = l[i];
-        if (v > best) {  // false for NaN; strictly greater keeps the lowest index per thread
-            best = v;
-            bi = i;
+    const int nt = blockDim.x;
+    for (int base = threadIdx.x; base < p.vocab; base += LLAMA_ARGMAX_BATCH * nt) {
+        float v[LLAMA_ARGMAX_BATCH];
+#pragma unroll
+        for (int j = 0; j < LLAMA_ARGMAX_BATCH; ++j) {
+            const int i = base + j * nt;
+            v[j] = i < p.vocab ? l[i] : -INFINITY;
+        }
+        // Indices ascend with j: strictly greater keeps this thread's lowest index; false for NaN.
+#pragma unroll
+        for (int j = 0; j < LLAMA_ARGMAX_BATCH; ++j) {
+            if (v[j] > best) {
+                best = v[j];
+                bi = base + j * nt;
+            }
         }
     }
     // (value, index) reduction: larger value wins, lower index on ties.

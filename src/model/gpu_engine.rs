@@ -50,6 +50,8 @@ pub use prefill::{
 /// Positions per attention split block. 128: at 2048 positions 16 splits x 32 heads = 512 blocks
 /// (about 4 per H100 SM); each block reads 128 x 256 B of K and of V.
 pub const DEFAULT_ATTN_CHUNK: usize = 128;
+/// Largest hidden size lab_llama_add_rmsnorm serves (LLAMA_NORM_UNITS x 8 x LLAMA_NORM_THREADS, ops.cu).
+pub const MAX_NORM_HIDDEN: usize = 16384;
 
 /// cuBLAS workspace given to the handle up front, so nothing is allocated during graph capture
 /// (32 MiB: NVIDIA's recommendation for Hopper).
@@ -388,6 +390,18 @@ impl GpuEngine {
                 ),
             ));
         }
+        let splits = opts.max_ctx.div_ceil(opts.attn_chunk);
+        if splits > abi::LAB_LLAMA_ATTN_MAX_SPLITS as usize {
+            return Err(LabError::invalid(
+                "engine options",
+                format!(
+                    "max_ctx {} / attn_chunk {} = {splits} attention splits per head; the kernel combines at most {} (raise attn_chunk)",
+                    opts.max_ctx,
+                    opts.attn_chunk,
+                    abi::LAB_LLAMA_ATTN_MAX_SPLITS
+                ),
+            ));
+        }
         for (what, v) in [
             ("hidden_size", cfg.hidden_size),
             ("intermediate_size", cfg.intermediate_size),
@@ -398,6 +412,16 @@ impl GpuEngine {
                     format!("{what} {v} must be a multiple of 8"),
                 ));
             }
+        }
+        // lab_llama_add_rmsnorm keeps a row in registers: 8 values x 4 units x 512 threads.
+        if cfg.hidden_size > MAX_NORM_HIDDEN {
+            return Err(LabError::invalid(
+                "model config",
+                format!(
+                    "hidden_size {} exceeds the {MAX_NORM_HIDDEN} the RMSNorm kernel holds per row",
+                    cfg.hidden_size
+                ),
+            ));
         }
         let k = Kernels::load(gpu)?;
         let ctx = gpu.ctx.clone();
