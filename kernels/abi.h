@@ -50,7 +50,9 @@ typedef struct {
     int32_t k_slice;   /* rows of K per slice, multiple of 8 */
     int32_t prefetch_bytes; /* GEMV PDL prologue: weight bytes per block prefetched into L2 before
                                the wait (kernels/common/pdl.cuh); 0 = none. Ignored below sm_90. */
-    int32_t _pad0;
+    int32_t x_glu;     /* 1: x is a fused fp16 [gate | up] of 2k values and input row r is
+                          silu(gate[r]) * up[r] rounded to fp16 (common/glu.cuh, the MLP's down
+                          projection); 0: x is fp16 [m, k]. Int4 GEMVs (m = 1) only. */
 } lab_gemm_params;
 
 /* ---- Dequant-GEMM tile constants (kernels/gemm/, src/kernels/gemm.rs): one definition for both sides ---- */

@@ -18,6 +18,7 @@
 #include "pdl.cuh"
 #include "int4_dequant.cuh"
 #include "warp_reduce.cuh"
+#include "glu.cuh"
 
 #define LAB_GEMV_TILE_N 32  // output columns per block: 8 threads x 4 columns
 
@@ -29,7 +30,8 @@ __device__ __forceinline__ int lab_group_shift(const lab_gemm_params& p) {
 
 // x values of packed row w arranged as lane pairs. PERM: row r of the (reordered) weights multiplies
 // x[perm[r]] (fused gather; a null perm falls back to the plain 16-byte load). Rows past `valid`
-// give x = 0, so their (finite) weights add exactly nothing.
+// give x = 0, so their (finite) weights add exactly nothing. With p.x_glu, x[i] is
+// silu(gate[i]) * up[i] from the fused [gate | up] vector at p.x (glu.cuh).
 template <bool PERM>
 __device__ __forceinline__ void lab_load_x_pairs(const lab_gemm_params& p, int w, bool valid, half2 xp[4]) {
     const __half* x = reinterpret_cast<const __half*>(p.x);
@@ -41,12 +43,25 @@ __device__ __forceinline__ void lab_load_x_pairs(const lab_gemm_params& p, int w
     if (PERM && p.perm != 0) {
         const int4* perm4 = reinterpret_cast<const int4*>(p.perm) + 2 * w;  // perm[8w .. 8w+7]
         const int4 a = __ldg(perm4), b = __ldg(perm4 + 1);
-        xp[0] = __halves2half2(__ldg(x + a.x), __ldg(x + b.x));  // (row 0, row 4)
-        xp[1] = __halves2half2(__ldg(x + a.y), __ldg(x + b.y));  // (row 1, row 5)
-        xp[2] = __halves2half2(__ldg(x + a.z), __ldg(x + b.z));  // (row 2, row 6)
-        xp[3] = __halves2half2(__ldg(x + a.w), __ldg(x + b.w));  // (row 3, row 7)
+        const int rows[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};  // lane-pair order
+        __half v[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = __ldg(x + rows[i]);
+        if (p.x_glu) {
+            __half u[8];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) u[i] = __ldg(x + p.k + rows[i]);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) v[i] = lab_silu_mul(v[i], u[i]);
+        }
+        xp[0] = __halves2half2(v[0], v[1]);  // (row 0, row 4)
+        xp[1] = __halves2half2(v[2], v[3]);  // (row 1, row 5)
+        xp[2] = __halves2half2(v[4], v[5]);  // (row 2, row 6)
+        xp[3] = __halves2half2(v[6], v[7]);  // (row 3, row 7)
     } else {
-        lab_pair_x(__ldg(reinterpret_cast<const uint4*>(x) + w), xp);
+        uint4 xv = __ldg(reinterpret_cast<const uint4*>(x) + w);
+        if (p.x_glu) xv = lab_silu_mul8(xv, __ldg(reinterpret_cast<const uint4*>(x + p.k) + w));
+        lab_pair_x(xv, xp);
     }
 }
 

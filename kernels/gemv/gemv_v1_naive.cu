@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include "abi.h"
 #include "pdl.cuh"
+#include "glu.cuh"
 
 // v1: grid (ceil(n / blockDim.x), m), one thread per output y[row][col]. Supports any m, any group
 // size, g_idx (act-order in original row order) and both zero modes: the ground truth on the GPU side.
@@ -32,7 +33,8 @@ extern "C" __global__ void lab_gemv_v1_naive(lab_gemm_params p) {
         const int z = p.zero_mode == LAB_ZEROS_TRUE ? (qz[g * (n >> 3) + (col >> 3)] >> (4 * (col & 7))) & 0xF : 8;
         // s * (q - z) is exact in fp32 (11-bit x 5-bit); one rounding per product and per add.
         const float w = __half2float(sc[g * n + col]) * (float)(q - z);
-        acc = fmaf(__half2float(x[k]), w, acc);
+        const __half xk = p.x_glu ? lab_silu_mul(x[k], x[p.k + k]) : x[k];  // x_glu: m = 1 (abi.h)
+        acc = fmaf(__half2float(xk), w, acc);
     }
     if (p.bias) acc += __half2float(reinterpret_cast<const __half*>(p.bias)[col]);
     reinterpret_cast<__half*>(p.y)[(size_t)row * n + col] = __float2half_rn(acc);

@@ -11,8 +11,8 @@
 //                              launches per layer less than v1 (~64 per 7B step).
 //                              v4 (latency, not bytes: at ctx 128 a layer's attention streams ~2 MB, 0.7 us at
 //                              the read ceiling, and the H100 profile gave ~10 us per layer): 8 loads in
-//                              flight per step, the first V step loaded with the K step (V does not
-//                              depend on the scores), a head with one split writes its output directly
+//                              flight per step (64 registers, 4 blocks/SM: numbers at LLAMA_ATTN_UNROLL),
+//                              q/k/v loads ahead of the sincos, a head with one split writes its output directly
 //                              (no partial, fence or ticket), and the combine reads the splits' (m, l)
 //                              in parallel instead of three serial passes over them.
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
@@ -24,15 +24,25 @@
 
 #define LLAMA_ATTN_THREADS 256
 // 16-byte K (then V) loads in flight per thread per step. v4: 8, so one step covers 8 x 16 = 128
-// positions at hd 128 = the default chunk: the scores take one L2/DRAM round trip, not two.
+// positions at hd 128 (v3: 4, two round trips per 128 positions).
+// Registers and occupancy (ptxas sm_90, 256 threads; the H100 run at 31757ac measured the first):
+//   unroll 8 + the first V step loaded beside K: 122 registers, 2 blocks/SM. At ctx 2048 the
+//     7B grid (32 heads x 17 splits of 128 = 544 blocks) ran in 3 rounds: attention +15% at ctx
+//     2048, -10% at ctx 128 against v3 (47 registers, 5 blocks/SM, one round).
+//   unroll 8, no V prefetch, min 4 blocks/SM: 64 registers, no spills (the choice); unroll 4:
+//     48; min 5 blocks/SM at unroll 8 spills 160 bytes.
+// With the 256-position default chunk (GpuEngine DEFAULT_ATTN_CHUNK) a 7B / 13B grid at max_ctx
+// 2100 is 288 / 360 blocks, inside the 528 resident (4 x 132) in one round, and every context
+// below 256 is one split per head (direct write, no combine).
 #define LLAMA_ATTN_UNROLL 8
+#define LLAMA_ATTN_MIN_BLOCKS 4
 // The combine keeps every split's m and l in shared memory, in the 2048 floats of `red`
 // (groups x hd = 2048 for every hd) past its 32 floats of reduction scratch.
 static_assert(32 + 2 * LAB_LLAMA_ATTN_MAX_SPLITS <= 2048, "split (m, l) pairs must fit in red");
 
 // Shared memory (dynamic): q*scale [hd] | scores [chunk] | V partial sums [256/(hd/8)][hd].
 // hd is a power of two in 8..256 (the launcher checks), so hd/8 lanes cover one position's row.
-extern "C" __global__ void __launch_bounds__(LLAMA_ATTN_THREADS)
+extern "C" __global__ void __launch_bounds__(LLAMA_ATTN_THREADS, LLAMA_ATTN_MIN_BLOCKS)
 lab_llama_attn_split(lab_llama_attn_params p) {
     LAB_PDL_ENTER();
     extern __shared__ float sm[];
@@ -100,21 +110,8 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) qf[j] = qs[l * 8 + j];
 
-    // V rows of position base + u * groups (the new row from vcur, past `end` zero).
     const uint4* vc = reinterpret_cast<const uint4*>(p.v_cache);
     const size_t row16 = (size_t)kv_dim / 8, col16 = (size_t)kvh * hd / 8 + l;
-    auto load_v = [&](int base, uint4 (&vv)[LLAMA_ATTN_UNROLL]) {
-#pragma unroll
-        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
-            const int pp = base + u * groups;
-            vv[u] = pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
-                  : pp < end  ? vc[(size_t)pp * row16 + col16]
-                              : make_uint4(0, 0, 0, 0);
-        }
-    };
-    // The first V step goes out now, beside the K loads: it needs only positions.
-    uint4 vv[LLAMA_ATTN_UNROLL];
-    load_v(start + g, vv);
 
     // Scores. The loop count depends only on (start, end, groups): uniform over the block, so
     // every lane reaches the shuffles below.
@@ -155,7 +152,14 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[j] = 0.f;
     for (int base = start + g; base < end; base += groups * LLAMA_ATTN_UNROLL) {
-        if (base != start + g) load_v(base, vv);  // the first step's rows are in vv already
+        uint4 vv[LLAMA_ATTN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
+            const int pp = base + u * groups;
+            vv[u] = pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
+                  : pp < end  ? vc[(size_t)pp * row16 + col16]
+                              : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
             const int pp = base + u * groups;

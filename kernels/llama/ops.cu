@@ -173,8 +173,7 @@ extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
     const __half* g = reinterpret_cast<const __half*>(p.gate_up) + (size_t)blockIdx.y * 2 * p.inter;
     __half* o = reinterpret_cast<__half*>(p.out) + (size_t)blockIdx.y * p.inter;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.inter; i += gridDim.x * blockDim.x) {
-        const float a = __half2float(g[i]), u = __half2float(g[i + p.inter]);
-        o[i] = __float2half_rn(a / (1.f + __expf(-a)) * u);
+        o[i] = lab_silu_mul(g[i], g[i + p.inter]);
     }
 }
 

@@ -26,8 +26,10 @@ extern "C" __global__ void __launch_bounds__(LLAMA_Q4_COLS) lab_llama_q4_gemv(la
     const int k1 = min(k0 + p.k_slice, p.k);
     const __half* x = reinterpret_cast<const __half*>(p.x);
     const int* perm = reinterpret_cast<const int*>(p.perm);
-    for (int r = k0 + threadIdx.x; r < k1; r += blockDim.x)
-        xs[r - k0] = __half2float(x[perm ? perm[r] : r]);
+    for (int r = k0 + threadIdx.x; r < k1; r += blockDim.x) {
+        const int i = perm ? perm[r] : r;
+        xs[r - k0] = __half2float(p.x_glu ? lab_silu_mul(x[i], x[p.k + i]) : x[i]);  // glu.cuh
+    }
     __syncthreads();
     if (col >= p.n || k0 >= k1) return;
 

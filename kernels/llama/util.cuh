@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include "abi.h"
 #include "pdl.cuh"
+#include "glu.cuh"
 
 // Sum over a warp (every lane gets the total).
 static __device__ __forceinline__ float llama_warp_sum(float v) {

@@ -2,6 +2,7 @@
 //! inputs of each case (RTN-quantized random weights, random fp16 x that is never zero).
 
 use crate::gptq::{act_order_g_idx, quantize_rtn, QuantLinear};
+use crate::kernels::gemv::GemvKind;
 use crate::kernels::registry::{ActOrder, Family, Variant};
 use crate::Result;
 use half::f16;
@@ -113,15 +114,27 @@ pub struct Case {
     pub sym: bool,
     pub bias: bool,
     pub m: usize,
+    /// x is a fused MLP [gate | up] (2k values) and the kernel's input is silu(gate) * up
+    /// (lab_gemm_params.x_glu: the down projection in the decode engine); m = 1.
+    pub gated: bool,
     pub seed: u64,
     pub label: &'static str,
 }
 
 impl Case {
+    /// The input the reference multiplies: x itself, or for a gated case silu(gate) * up.
+    pub fn reference_x<'a>(&self, x: &'a [f16]) -> std::borrow::Cow<'a, [f16]> {
+        if self.gated {
+            std::borrow::Cow::Owned(gated_input(x))
+        } else {
+            std::borrow::Cow::Borrowed(x)
+        }
+    }
+
     /// "7B gate/up m=1 K=4096 N=11008 g128 act-order asym bias seed=0x..."
     pub fn describe(&self) -> String {
         format!(
-            "{} m={} K={} N={} {}{} {}{} seed={:#018x}",
+            "{} m={} K={} N={} {}{} {}{}{} seed={:#018x}",
             self.label,
             self.m,
             self.k,
@@ -134,6 +147,7 @@ impl Case {
             if self.act_order { " act-order" } else { "" },
             if self.sym { "sym" } else { "asym" },
             if self.bias { " bias" } else { "" },
+            if self.gated { " gated" } else { "" },
             self.seed
         )
     }
@@ -170,27 +184,30 @@ pub fn matrix(family: Family, quick: bool, base_seed: u64) -> Vec<Case> {
         VICUNA.iter().chain(ODD).copied().collect()
     };
     let mut cases = Vec::new();
-    let mut push = |s: &Shape, group: i32, act: bool, sym: bool, bias: bool, m: usize| {
-        let coords = (s.k as u64) << 40
-            ^ (s.n as u64) << 16
-            ^ ((group + 1) as u64) << 4
-            ^ (act as u64) << 2
-            ^ (sym as u64) << 1
-            ^ bias as u64
-            ^ (m as u64) << 56;
-        cases.push(Case {
-            id: cases.len(),
-            k: s.k,
-            n: s.n,
-            group,
-            act_order: act,
-            sym,
-            bias,
-            m,
-            seed: mix(base_seed ^ mix(coords)),
-            label: s.label,
-        });
-    };
+    let mut push =
+        |s: &Shape, group: i32, act: bool, sym: bool, bias: bool, m: usize, gated: bool| {
+            let coords = (s.k as u64) << 40
+                ^ (gated as u64) << 3
+                ^ (s.n as u64) << 16
+                ^ ((group + 1) as u64) << 4
+                ^ (act as u64) << 2
+                ^ (sym as u64) << 1
+                ^ bias as u64
+                ^ (m as u64) << 56;
+            cases.push(Case {
+                id: cases.len(),
+                k: s.k,
+                n: s.n,
+                group,
+                act_order: act,
+                sym,
+                bias,
+                m,
+                gated,
+                seed: mix(base_seed ^ mix(coords)),
+                label: s.label,
+            });
+        };
     for (si, s) in shapes.iter().enumerate() {
         for (gi, &g) in GROUPS.iter().enumerate() {
             if g > 0 && s.k % g as usize != 0 {
@@ -216,7 +233,7 @@ pub fn matrix(family: Family, quick: bool, base_seed: u64) -> Vec<Case> {
                     };
                     for &sym in syms {
                         let bias = (si + 2 * gi + act as usize + sym as usize) % 3 == 0;
-                        push(s, g, act, sym, bias, m);
+                        push(s, g, act, sym, bias, m, false);
                     }
                 }
             }
@@ -225,8 +242,13 @@ pub fn matrix(family: Family, quick: bool, base_seed: u64) -> Vec<Case> {
     // Batch > 1 on one small shape: kernels with batch (1, 1) must be skipped (declared), not run.
     if family == Family::Gemv {
         let s = ODD[2];
-        push(&s, 32, true, false, true, 4);
-        push(&s, -1, false, true, false, 3);
+        push(&s, 32, true, false, true, 4, false);
+        push(&s, -1, false, true, false, 3, false);
+        // The gated input (silu(gate) * up computed while loading x) on the down projection's
+        // shape (a small one in quick mode), plain and act-order.
+        let s = if quick { QUICK[0] } else { VICUNA[2] };
+        push(&s, 128, false, true, false, 1, true);
+        push(&s, 32, true, false, true, 1, true);
     }
     cases
 }
@@ -246,6 +268,15 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
     if !c.act_order && !v.act_order.contains(&ActOrder::None) {
         return Some("plain (no act-order) not declared".into());
     }
+    if c.gated
+        && (v.family != Family::Gemv
+            || matches!(
+                crate::kernels::gemv::kind(v),
+                Ok(GemvKind::CublasF16 | GemvKind::DequantCublas) | Err(_)
+            ))
+    {
+        return Some("gated input not declared (cuBLAS baselines read a plain x)".into());
+    }
     if (c.m as u32) < v.batch.0 || (c.m as u32) > v.batch.1 {
         return Some(format!(
             "batch m={} outside {}..={}",
@@ -256,7 +287,9 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
 }
 
 /// The case's inputs: an RTN-quantized layer of seeded random weights (act-order through a seeded
-/// permutation), optional bias, and x [m, k] with |x| in [1/16, 1] and a random sign (never 0).
+/// permutation), optional bias, and x [m, k] with |x| in [1/16, 1] and a random sign (never 0);
+/// for a gated case x is [gate | up] (2k values, gate in [-4, 4], so SiLU's curved part and its
+/// negative tail are both hit) and the reference's input is `gated_input(x)`.
 pub fn build_inputs(c: &Case) -> Result<(QuantLinear, Vec<f16>)> {
     let mut rng = StdRng::seed_from_u64(c.seed);
     // Per-column offsets skew the ranges, so asymmetric zeros take many values (0..15).
@@ -278,13 +311,35 @@ pub fn build_inputs(c: &Case) -> Result<(QuantLinear, Vec<f16>)> {
                 .collect(),
         );
     }
-    let x = (0..c.m * c.k)
+    let mut x: Vec<f16> = (0..c.m * c.k)
         .map(|_| {
             let mag = rng.random_range(0.0625f32..1.0);
             f16::from_f32(if rng.random_bool(0.5) { mag } else { -mag })
         })
         .collect();
+    if c.gated {
+        // x above is `up`; gate goes first.
+        let gate: Vec<f16> = (0..c.k)
+            .map(|_| f16::from_f32(rng.random_range(-4.0f32..4.0)))
+            .collect();
+        x = gate.into_iter().chain(x).collect();
+    }
     Ok((l, x))
+}
+
+/// The GEMV input a gated x stands for: fp16(silu(gate[i]) * up[i]) for x = [gate | up], in f32
+/// as the kernels compute it (kernels/common/glu.cuh; their __expf may round the last fp16 bit
+/// the other way, far inside the GEMV tolerance).
+pub fn gated_input(x: &[f16]) -> Vec<f16> {
+    let k = x.len() / 2;
+    x[..k]
+        .iter()
+        .zip(&x[k..])
+        .map(|(g, u)| {
+            let a = g.to_f32();
+            f16::from_f32(a / (1.0 + (-a).exp()) * u.to_f32())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -324,6 +379,61 @@ mod tests {
         let full = matrix(Family::Gemv, false, 1);
         for s in VICUNA {
             assert!(full.iter().any(|c| c.k == s.k && c.n == s.n), "{}", s.label);
+        }
+    }
+
+    #[test]
+    fn gated_cases_run_on_every_int4_gemv_and_skip_the_cublas_baselines() {
+        for quick in [true, false] {
+            let cases = matrix(Family::Gemv, quick, 1);
+            let gated: Vec<&Case> = cases.iter().filter(|c| c.gated).collect();
+            assert_eq!(gated.len(), 2, "quick {quick}");
+            assert!(gated.iter().all(|c| c.m == 1));
+            assert!(gated.iter().any(|c| c.act_order) && gated.iter().any(|c| !c.act_order));
+            assert!(matrix(Family::Gemm, quick, 1).iter().all(|c| !c.gated));
+            for c in gated {
+                for name in ["gemv_cublas_f16", "gemv_dequant_cublas"] {
+                    let v = by_name(name).unwrap();
+                    assert!(declared_skip(v, c).is_some(), "{name} {}", c.describe());
+                }
+                for name in ["gemv_v1_naive", "gemv_v5_splitk", "gemv_v6_pipe"] {
+                    let v = by_name(name).unwrap();
+                    assert!(declared_skip(v, c).is_none(), "{name} {}", c.describe());
+                }
+                let (_, x) = build_inputs(c).unwrap();
+                assert_eq!(x.len(), 2 * c.k, "{}", c.describe());
+                assert!(c.describe().contains(" gated"));
+            }
+        }
+    }
+
+    #[test]
+    fn gated_input_is_silu_of_gate_times_up_in_fp16() {
+        let f = |v: f32| f16::from_f32(v);
+        let x = [
+            f(0.0),
+            f(2.0),
+            f(-3.0),
+            f(20.0),
+            f(1.5),
+            f(0.5),
+            f(2.0),
+            f(-1.0),
+        ];
+        let act = gated_input(&x);
+        assert_eq!(act.len(), 4);
+        assert_eq!(act[0].to_f32(), 0.0);
+        let silu = |a: f64| a / (1.0 + (-a).exp());
+        for (i, &(g, u)) in [(2.0f64, 0.5f64), (-3.0, 2.0), (20.0, -1.0)]
+            .iter()
+            .enumerate()
+        {
+            let want = silu(g) * u;
+            let got = f64::from(act[i + 1].to_f32());
+            assert!(
+                (got - want).abs() <= want.abs() * 1e-3,
+                "{g} {u}: {got} vs {want}"
+            );
         }
     }
 

@@ -161,7 +161,7 @@ struct CaseData {
 
 fn build_case(c: &Case, variants: &[&'static Variant], ref_threads: usize) -> Result<CaseData> {
     let (l, x): (QuantLinear, Vec<f16>) = cases::build_inputs(c)?;
-    let (y_ref, abs_ref) = host_ref::reference(&x, c.m, &l, ref_threads);
+    let (y_ref, abs_ref) = host_ref::reference(&c.reference_x(&x), c.m, &l, ref_threads);
     let needs_reorder = l.is_act_order()
         && variants.iter().any(|v| {
             v.act_order.contains(&ActOrder::Reordered) && cases::declared_skip(v, c).is_none()
@@ -256,7 +256,12 @@ fn run_case(gpu: &Gpu, d: &CaseData, out: &mut Vec<Outcome>) -> Result<()> {
         let model = error_model(v);
         for t in combos {
             s.memcpy_htod(&poison, &mut y).ctx("poisoning y with NaN")?;
-            match launch::launch(gpu, v, &dev, &x, c.m, &mut y, &t) {
+            let launched = if c.gated {
+                launch::launch_gated(gpu, v, &dev, &x, &mut y, &t)
+            } else {
+                launch::launch(gpu, v, &dev, &x, c.m, &mut y, &t)
+            };
+            match launched {
                 Ok(()) => {}
                 Err(e @ LabError::UnsupportedShape { .. }) => {
                     push(

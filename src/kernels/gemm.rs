@@ -584,7 +584,7 @@ pub fn launch_layer(
         split_k,
         k_slice,
         prefetch_bytes: 0,
-        _pad0: 0,
+        x_glu: 0,
     };
     launch(gpu, v, &p)
 }

@@ -115,7 +115,7 @@ fn run_case(gpu: &Gpu, v: &Variant, c: &Case, seed: u64) -> crate::Result<Option
         split_k,
         k_slice,
         prefetch_bytes: 0,
-        _pad0: 0,
+        x_glu: 0,
     };
     gemm::launch(gpu, v, &p)?;
     gpu.sync()?;

@@ -217,14 +217,70 @@ pub fn launch(
             // The dequant kernel writes W into the layer's own buffer: stream order makes the
             // GEMM below see it.
             let (wp, _gw) = w.device_ptr(&gpu.stream);
-            launch_kernel(gpu, v, layer, x, m, wp, &plan)?;
+            launch_kernel(gpu, v, layer, x, XRows { m, gated: false }, wp, &plan)?;
             baseline::gemm_f16(gpu, layer, x, m, y)
         }
         _ => {
             let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
-            launch_kernel(gpu, v, layer, x, m, yp, &plan)
+            launch_kernel(gpu, v, layer, x, XRows { m, gated: false }, yp, &plan)
         }
     }
+}
+
+/// y [n] = act . W with act = silu(gate) * up from the fused x = [gate | up] (2K values): the
+/// kernel computes act while loading x (lab_gemm_params.x_glu). Int4 GEMV kernels only (m = 1);
+/// the cuBLAS baselines and the GEMM family read a plain x and are refused.
+pub fn launch_gated(
+    gpu: &Gpu,
+    v: &'static Variant,
+    layer: &DeviceLayer,
+    gate_up: &CudaSlice<f16>,
+    y: &mut CudaSlice<f16>,
+    params: &Tunables,
+) -> Result<()> {
+    let refuse = |reason: &str| LabError::UnsupportedShape {
+        variant: v.name.to_string(),
+        shape: layer.shape.describe(1),
+        reason: reason.to_string(),
+    };
+    if v.family != Family::Gemv
+        || matches!(
+            gemv::kind(v)?,
+            gemv::GemvKind::CublasF16 | gemv::GemvKind::DequantCublas
+        )
+    {
+        return Err(refuse("a gated input needs an int4 GEMV kernel"));
+    }
+    if gate_up.len() < 2 * layer.shape.k {
+        return Err(refuse(&format!(
+            "gated x has {} elements, needs 2K = {}",
+            gate_up.len(),
+            2 * layer.shape.k
+        )));
+    }
+    if layer.variant.name != v.name || gpu.sm() < v.min_sm {
+        // launch() words these two refusals; reuse it for them.
+        return launch(gpu, v, layer, gate_up, 1, y, params);
+    }
+    let plan = plan(v, &layer.shape, 1, gate_up.len(), y.len(), params)?;
+    let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
+    launch_kernel(
+        gpu,
+        v,
+        layer,
+        gate_up,
+        XRows { m: 1, gated: true },
+        yp,
+        &plan,
+    )
+}
+
+/// What x holds: m rows of K, or (gated, m = 1) the fused [gate | up] the kernel turns into
+/// silu(gate) * up while loading it.
+#[derive(Debug, Clone, Copy)]
+struct XRows {
+    m: usize,
+    gated: bool,
 }
 
 /// Fills `lab_gemm_params` with device addresses and launches `plan.symbol`; `out` is the
@@ -234,10 +290,11 @@ fn launch_kernel(
     v: &Variant,
     layer: &DeviceLayer,
     x: &CudaSlice<f16>,
-    m: usize,
+    rows: XRows,
     out: u64,
     plan: &LaunchPlan,
 ) -> Result<()> {
+    let XRows { m, gated } = rows;
     let s = &*gpu.stream;
     let f = gpu.function(&plan.symbol)?;
     let sh = &layer.shape;
@@ -285,7 +342,7 @@ fn launch_kernel(
         split_k: plan.split_k as i32,
         k_slice: plan.k_slice as i32,
         prefetch_bytes: 0,
-        _pad0: 0,
+        x_glu: gated as i32,
     };
     let cfg = LaunchConfig {
         grid_dim: plan.grid,

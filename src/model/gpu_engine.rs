@@ -47,11 +47,22 @@ pub use prefill::{
     DEFAULT_PREFILL_CHUNK, GEMM_ROWS,
 };
 
-/// Positions per attention split block. 128: at 2048 positions 16 splits x 32 heads = 512 blocks
-/// (about 4 per H100 SM); each block reads 128 x 256 B of K and of V.
-pub const DEFAULT_ATTN_CHUNK: usize = 128;
+/// Positions per attention split block. 256 (was 128 until attention v4): a 7B / 13B grid at
+/// max_ctx 2100 is 9 splits x 32 / 40 heads = 288 / 360 blocks, one round of the 528 that v4
+/// keeps resident on an H100 (4 per SM; 128 gave 544 / 680, past it); each block reads 2 x 128
+/// positions of K and of V (two round trips each), and a context under 256 is one block per
+/// head with no combine. Numbers: kernels/llama/attention.cu at LLAMA_ATTN_UNROLL.
+pub const DEFAULT_ATTN_CHUNK: usize = 256;
 /// Largest hidden size lab_llama_add_rmsnorm serves (LLAMA_NORM_UNITS x 8 x LLAMA_NORM_THREADS, ops.cu).
 pub const MAX_NORM_HIDDEN: usize = 16384;
+
+/// The input of one linear: a plain fp16 vector x [k], or the fused MLP [gate | up] (2k values)
+/// whose silu(gate) * up is the input (lab_gemm_params.x_glu, kernels/common/glu.cuh).
+#[derive(Debug, Clone, Copy)]
+enum XInput {
+    Plain(u64),
+    Gated(u64),
+}
 
 /// cuBLAS workspace given to the handle up front, so nothing is allocated during graph capture
 /// (32 MiB: NVIDIA's recommendation for Hopper).
@@ -688,16 +699,32 @@ impl GpuEngine {
 
     /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
     fn linear(&self, lin: &GpuLinear, x: u64, y: u64) -> Result<()> {
+        self.linear_in(lin, XInput::Plain(x), y)
+    }
+
+    /// `linear` with the input either plain or gated (see XInput); only int4 linears take a gated
+    /// input (their kernels compute it while loading x; cuBLAS cannot).
+    fn linear_in(&self, lin: &GpuLinear, x: XInput, y: u64) -> Result<()> {
         self.streamed.set(self.streamed.get() + lin.bytes());
         match lin {
             GpuLinear::Int4(l) => match self.int4_choice.get(&shape_key(&layer_shape(l))) {
                 None => self.q4_gemv(l, x, y),
                 Some((v, params)) => self.registry_gemv(v, params, l, x, y),
             },
-            GpuLinear::F16(l) => match &self.blas {
-                Some(b) => self.cublas_gemm(b, l, x, 1, y, l.n),
-                None => self.gemv_f16(self.r(&l.w), x, y, 0, l.n, l.k, "fp16 linear (lab GEMV)"),
-            },
+            GpuLinear::F16(l) => {
+                let XInput::Plain(x) = x else {
+                    return Err(LabError::invalid(
+                        "fp16 linear",
+                        "a gated input needs an int4 GEMV (the engine runs silu * up first for fp16)",
+                    ));
+                };
+                match &self.blas {
+                    Some(b) => self.cublas_gemm(b, l, x, 1, y, l.n),
+                    None => {
+                        self.gemv_f16(self.r(&l.w), x, y, 0, l.n, l.k, "fp16 linear (lab GEMV)")
+                    }
+                }
+            }
         }
     }
 
@@ -706,12 +733,16 @@ impl GpuEngine {
     fn int4_params(
         &self,
         l: &Int4Dev,
-        x: u64,
+        x: XInput,
         y: u64,
         workspace: u64,
         split: usize,
         slice: usize,
     ) -> abi::lab_gemm_params {
+        let (x, x_glu) = match x {
+            XInput::Plain(x) => (x, 0),
+            XInput::Gated(gate_up) => (gate_up, 1),
+        };
         abi::lab_gemm_params {
             x,
             qweight: self.r(&l.qweight),
@@ -744,11 +775,11 @@ impl GpuEngine {
             } else {
                 0
             },
-            _pad0: 0,
+            x_glu,
         }
     }
 
-    fn q4_gemv(&self, l: &Int4Dev, x: u64, y: u64) -> Result<()> {
+    fn q4_gemv(&self, l: &Int4Dev, x: XInput, y: u64) -> Result<()> {
         let (split, slice) = q4_split(l.n, l.k, self.sms);
         let p = self.int4_params(l, x, y, self.r(&self.b.q4_ws), split, slice);
         let what = format!("int4 GEMV (engine v1) K {} N {}", l.k, l.n);
@@ -783,7 +814,7 @@ impl GpuEngine {
         v: &'static Variant,
         params: &Tunables,
         l: &Int4Dev,
-        x: u64,
+        x: XInput,
         y: u64,
     ) -> Result<()> {
         let shape = layer_shape(l);
@@ -1009,22 +1040,33 @@ impl GpuEngine {
                 self.linear(&s.lin, self.r(&b.xn), self.r(&b.gate_up) + 2 * s.col as u64)?;
             }
             keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?)?;
-            let sp = abi::lab_llama_silu_params {
-                gate_up: self.r(&b.gate_up),
-                out: self.r(&b.act),
-                inter: inter as i32,
-                _pad: 0,
+            // An int4 down projection computes silu(gate) * up itself while loading x (one launch
+            // per layer less); fp16 (cuBLAS) needs it in memory. A trace still runs the kernel, for
+            // its op-by-op comparison; the down projection then reads gate|up as in the step.
+            let gated = matches!(l.down, GpuLinear::Int4(_));
+            if !gated || tracing {
+                let sp = abi::lab_llama_silu_params {
+                    gate_up: self.r(&b.gate_up),
+                    out: self.r(&b.act),
+                    inter: inter as i32,
+                    _pad: 0,
+                };
+                self.launch(
+                    &self.k.silu,
+                    (inter.div_ceil(256) as u32, 1),
+                    256,
+                    0,
+                    &sp,
+                    &format!("layer {li} silu_mul"),
+                )?;
+                keep(Some(li), "silu_mul", snap16(&b.act)?)?;
+            }
+            let x = if gated {
+                XInput::Gated(self.r(&b.gate_up))
+            } else {
+                XInput::Plain(self.r(&b.act))
             };
-            self.launch(
-                &self.k.silu,
-                (inter.div_ceil(256) as u32, 1),
-                256,
-                0,
-                &sp,
-                &format!("layer {li} silu_mul"),
-            )?;
-            keep(Some(li), "silu_mul", snap16(&b.act)?)?;
-            self.linear(&l.down, self.r(&b.act), self.r(&b.down))?;
+            self.linear_in(&l.down, x, self.r(&b.down))?;
             keep(Some(li), "down_proj", snap16(&b.down)?)?;
         }
         self.norm(self.r(&b.down), &self.weights.final_norm, "final norm")?;

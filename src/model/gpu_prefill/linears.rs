@@ -165,7 +165,7 @@ impl GpuEngine {
         let pf = self.pf()?;
         let (split, slice) = gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.sms as u32);
         let ws = pf.bufs.gemm_ws.as_ref().map_or(0, |w| self.r(w));
-        let mut p = self.int4_params(l, x, y, ws, split as usize, slice as usize);
+        let mut p = self.int4_params(l, XInput::Plain(x), y, ws, split as usize, slice as usize);
         p.qweight = qweight;
         p.m = m as i32;
         gemm::validate(v, &p, pf.sm)?;
