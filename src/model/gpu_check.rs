@@ -741,7 +741,8 @@ fn check_top_p(
 
 /// The per-op profile (`GpuEngine::profile_step`) runs the real step: its greedy tokens (prompt
 /// fed eagerly, then profiled steps) must be the eager ones (compared with the others above),
-/// every step must leave one mark per op (10 per layer + 5), and the bytes it attributes must
+/// every step must leave one mark per op (`GpuEngine::profile_marks_per_step`: 9 or 10 per
+/// layer + 5), and the bytes it attributes must
 /// add up to what a step streams: every linear, the lm_head and K, V rows 0..=pos per layer.
 fn check_profile(
     eng: &mut GpuEngine,
@@ -758,7 +759,7 @@ fn check_profile(
         // A short hold: tiny models queue in well under a millisecond.
         let (marks, _) = eng.profile_step(2.0)?;
         tokens.push(eng.chosen_token()?);
-        let want_marks = 10 * cfg.num_hidden_layers + 5;
+        let want_marks = eng.profile_marks_per_step();
         let bytes: u64 = marks.iter().map(|m| m.bytes).sum();
         let d = &eng.weights.desc;
         let want_bytes = d.linear_bytes + d.lm_head_bytes + layers * 2 * (pos + 1) * kv_dim * 2;

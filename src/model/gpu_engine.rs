@@ -56,6 +56,12 @@ pub const DEFAULT_ATTN_CHUNK: usize = 256;
 /// Largest hidden size lab_llama_add_rmsnorm serves (LLAMA_NORM_UNITS x 8 x LLAMA_NORM_THREADS, ops.cu).
 pub const MAX_NORM_HIDDEN: usize = 16384;
 
+/// Whether the step feeds this (down projection) linear the fused [gate | up] and lets its kernel
+/// compute silu(gate) * up (int4 GEMVs), instead of launching lab_llama_silu_mul first (fp16).
+fn takes_gated_input(down: &GpuLinear) -> bool {
+    matches!(down, GpuLinear::Int4(_))
+}
+
 /// The input of one linear: a plain fp16 vector x [k], or the fused MLP [gate | up] (2k values)
 /// whose silu(gate) * up is the input (lab_gemm_params.x_glu, kernels/common/glu.cuh).
 #[derive(Debug, Clone, Copy)]
@@ -628,6 +634,20 @@ impl GpuEngine {
     pub fn int4_kernel(&self) -> String {
         self.opts.int4.name()
     }
+    /// Ops one decode step marks in the per-op profile (`profile_step`): embedding, per layer
+    /// attn_norm, qkv_proj, rope, attention, o_proj, residual_attn, ffn_norm, gate_up_proj,
+    /// silu_mul (only where the down projection takes no gated input), down_proj, then
+    /// residual_final, final_norm, lm_head, argmax.
+    pub fn profile_marks_per_step(&self) -> usize {
+        let silu = self
+            .weights
+            .layers
+            .iter()
+            .filter(|l| !takes_gated_input(&l.down))
+            .count();
+        1 + 9 * self.weights.layers.len() + silu + 4
+    }
+
     pub fn has_graph(&self) -> bool {
         self.graph.is_some()
     }
@@ -1043,7 +1063,7 @@ impl GpuEngine {
             // An int4 down projection computes silu(gate) * up itself while loading x (one launch
             // per layer less); fp16 (cuBLAS) needs it in memory. A trace still runs the kernel, for
             // its op-by-op comparison; the down projection then reads gate|up as in the step.
-            let gated = matches!(l.down, GpuLinear::Int4(_));
+            let gated = takes_gated_input(&l.down);
             if !gated || tracing {
                 let sp = abi::lab_llama_silu_params {
                     gate_up: self.r(&b.gate_up),
