@@ -30,8 +30,9 @@ __device__ __forceinline__ int lab_group_shift(const lab_gemm_params& p) {
 
 // x values of packed row w arranged as lane pairs. PERM: row r of the (reordered) weights multiplies
 // x[perm[r]] (fused gather; a null perm falls back to the plain 16-byte load). Rows past `valid`
-// give x = 0, so their (finite) weights add exactly nothing. With p.x_glu, x[i] is
-// silu(gate[i]) * up[i] from the fused [gate | up] vector at p.x (glu.cuh).
+// give x = 0, so their (finite) weights add exactly nothing. No gated input here: these loads sit
+// in the per-chunk loop of v2/v4/v5, where an x_glu branch cost 6-30% even with x_glu = 0 (H100,
+// run 9a5481c's gemv.md against 31757ac's); v6 stages x once per block with lab_stage_x_pairs.
 template <bool PERM>
 __device__ __forceinline__ void lab_load_x_pairs(const lab_gemm_params& p, int w, bool valid, half2 xp[4]) {
     const __half* x = reinterpret_cast<const __half*>(p.x);
@@ -41,6 +42,28 @@ __device__ __forceinline__ void lab_load_x_pairs(const lab_gemm_params& p, int w
         return;
     }
     if (PERM && p.perm != 0) {
+        const int4* perm4 = reinterpret_cast<const int4*>(p.perm) + 2 * w;  // perm[8w .. 8w+7]
+        const int4 a = __ldg(perm4), b = __ldg(perm4 + 1);
+        xp[0] = __halves2half2(__ldg(x + a.x), __ldg(x + b.x));  // (row 0, row 4)
+        xp[1] = __halves2half2(__ldg(x + a.y), __ldg(x + b.y));  // (row 1, row 5)
+        xp[2] = __halves2half2(__ldg(x + a.z), __ldg(x + b.z));  // (row 2, row 6)
+        xp[3] = __halves2half2(__ldg(x + a.w), __ldg(x + b.w));  // (row 3, row 7)
+    } else {
+        lab_pair_x(__ldg(reinterpret_cast<const uint4*>(x) + w), xp);
+    }
+}
+
+// lab_load_x_pairs<true> for a kernel that stages x once per block (v6), which also honours a
+// gated input: with p.x_glu, x[i] = silu(gate[i]) * up[i] from the fused [gate | up] at p.x
+// (glu.cuh; gate and up gathered by the same permutation).
+__device__ __forceinline__ void lab_stage_x_pairs(const lab_gemm_params& p, int w, bool valid, half2 xp[4]) {
+    const __half* x = reinterpret_cast<const __half*>(p.x);
+    if (!valid) {
+        const half2 z = __float2half2_rn(0.f);
+        xp[0] = z; xp[1] = z; xp[2] = z; xp[3] = z;
+        return;
+    }
+    if (p.perm != 0) {
         const int4* perm4 = reinterpret_cast<const int4*>(p.perm) + 2 * w;  // perm[8w .. 8w+7]
         const int4 a = __ldg(perm4), b = __ldg(perm4 + 1);
         const int rows[8] = {a.x, b.x, a.y, b.y, a.z, b.z, a.w, b.w};  // lane-pair order

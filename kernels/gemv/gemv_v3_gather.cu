@@ -33,8 +33,7 @@ __device__ __forceinline__ void lab_gemv_v3(const lab_gemm_params& p) {
             for (int j = 0; j < U; ++j) {
                 const int w = w0 + j;
                 if (w >= kw) break;
-                uint4 xv = __ldg(x8 + w);
-                if (p.x_glu) xv = lab_silu_mul8(xv, __ldg(x8 + kw + w));  // up = x + k halves
+                const uint4 xv = __ldg(x8 + w);
                 const half2 xh[4] = {lab_u32_as_half2(xv.x), lab_u32_as_half2(xv.y), lab_u32_as_half2(xv.z),
                                      lab_u32_as_half2(xv.w)};
                 int gi[8];

@@ -23,7 +23,7 @@
 //    pairs of lab_dequant_word: one LDS.128 per packed row gives the 4 half2 the HFMA2 chain needs
 //    (no PRMT in the loop). fp16, not f32: the math consumes half2, and f32 would double the bytes
 //    (16 KB per 4096 rows) and need a convert per use. With act-order (perm != 0) the staging
-//    gathers x[perm[r]] (lab_load_x_pairs), so act-order costs only the staging: per block k_slice
+//    gathers x[perm[r]] (lab_stage_x_pairs), so act-order costs only the staging: per block k_slice
 //    x (2 B) + perm (4 B) reads from L2 against k_slice x 64 B of weights (9.4%, vs 37.5% at v4's
 //    32-column tiles), and the weight loop is identical with and without act-order.
 //    The first chunk's weight loads are issued before the staging, so its DRAM latency hides the
@@ -145,7 +145,7 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     // 2. Stage x[perm[r]] (or x[r]) for the slice, zero-padded to a whole chunk, while they fly.
     for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += 32 * WARPS) {
         half2 xp[4];
-        lab_load_x_pairs<true>(p, w_begin + i, w_begin + i < w_end, xp);
+        lab_stage_x_pairs(p, w_begin + i, w_begin + i < w_end, xp);
         xs[i] = make_uint4(lab_half2_as_u32(xp[0]), lab_half2_as_u32(xp[1]), lab_half2_as_u32(xp[2]),
                            lab_half2_as_u32(xp[3]));
     }

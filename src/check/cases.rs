@@ -2,7 +2,6 @@
 //! inputs of each case (RTN-quantized random weights, random fp16 x that is never zero).
 
 use crate::gptq::{act_order_g_idx, quantize_rtn, QuantLinear};
-use crate::kernels::gemv::GemvKind;
 use crate::kernels::registry::{ActOrder, Family, Variant};
 use crate::Result;
 use half::f16;
@@ -270,12 +269,9 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
     }
     if c.gated
         && (v.family != Family::Gemv
-            || matches!(
-                crate::kernels::gemv::kind(v),
-                Ok(GemvKind::CublasF16 | GemvKind::DequantCublas) | Err(_)
-            ))
+            || !crate::kernels::gemv::kind(v).is_ok_and(crate::kernels::gemv::takes_gated_input))
     {
-        return Some("gated input not declared (cuBLAS baselines read a plain x)".into());
+        return Some("gated input not declared (the kernel reads a plain x)".into());
     }
     if (c.m as u32) < v.batch.0 || (c.m as u32) > v.batch.1 {
         return Some(format!(
@@ -383,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn gated_cases_run_on_every_int4_gemv_and_skip_the_cublas_baselines() {
+    fn gated_cases_run_on_v1_and_v6_and_are_skipped_by_the_plain_x_kernels() {
         for quick in [true, false] {
             let cases = matrix(Family::Gemv, quick, 1);
             let gated: Vec<&Case> = cases.iter().filter(|c| c.gated).collect();
@@ -392,11 +388,18 @@ mod tests {
             assert!(gated.iter().any(|c| c.act_order) && gated.iter().any(|c| !c.act_order));
             assert!(matrix(Family::Gemm, quick, 1).iter().all(|c| !c.gated));
             for c in gated {
-                for name in ["gemv_cublas_f16", "gemv_dequant_cublas"] {
+                for name in [
+                    "gemv_cublas_f16",
+                    "gemv_dequant_cublas",
+                    "gemv_v2_vec",
+                    "gemv_v3_gather",
+                    "gemv_v4_perm",
+                    "gemv_v5_splitk",
+                ] {
                     let v = by_name(name).unwrap();
                     assert!(declared_skip(v, c).is_some(), "{name} {}", c.describe());
                 }
-                for name in ["gemv_v1_naive", "gemv_v5_splitk", "gemv_v6_pipe"] {
+                for name in ["gemv_v1_naive", "gemv_v6_pipe"] {
                     let v = by_name(name).unwrap();
                     assert!(declared_skip(v, c).is_none(), "{name} {}", c.describe());
                 }
@@ -438,14 +441,14 @@ mod tests {
     }
 
     #[test]
-    fn declared_support_skips_act_order_and_batch_for_v2_only() {
+    fn declared_support_skips_act_order_batch_and_gated_x_for_v2_only() {
         let cases = matrix(Family::Gemv, true, 1);
         let v2 = by_name("gemv_v2_vec").unwrap();
         let v1 = by_name("gemv_v1_naive").unwrap();
         for c in &cases {
             assert_eq!(
                 declared_skip(v2, c).is_some(),
-                c.act_order || c.m > 1,
+                c.act_order || c.m > 1 || c.gated,
                 "{}",
                 c.describe()
             );

@@ -236,6 +236,14 @@ pub enum GemvKind {
     DequantCublas,
 }
 
+/// Whether the kernel honours `lab_gemm_params.x_glu` (a fused [gate | up] x whose
+/// silu(gate) * up it computes while loading; kernels/common/glu.cuh): v6, which stages x once per
+/// block, and the naive v1. v2/v4/v5 load x per chunk, where the branch alone cost 6-30% with
+/// x_glu = 0 (H100 run 9a5481c), so they do not (nor v3 or the cuBLAS baselines).
+pub fn takes_gated_input(kind: GemvKind) -> bool {
+    matches!(kind, GemvKind::Naive | GemvKind::Pipe)
+}
+
 pub fn kind(v: &Variant) -> Result<GemvKind> {
     Ok(match v.name {
         "gemv_v1_naive" => GemvKind::Naive,

@@ -228,8 +228,8 @@ pub fn launch(
 }
 
 /// y [n] = act . W with act = silu(gate) * up from the fused x = [gate | up] (2K values): the
-/// kernel computes act while loading x (lab_gemm_params.x_glu). Int4 GEMV kernels only (m = 1);
-/// the cuBLAS baselines and the GEMM family read a plain x and are refused.
+/// kernel computes act while loading x (lab_gemm_params.x_glu). m = 1, and only the kernels
+/// `gemv::takes_gated_input` names; the others read a plain x and are refused.
 pub fn launch_gated(
     gpu: &Gpu,
     v: &'static Variant,
@@ -243,13 +243,10 @@ pub fn launch_gated(
         shape: layer.shape.describe(1),
         reason: reason.to_string(),
     };
-    if v.family != Family::Gemv
-        || matches!(
-            gemv::kind(v)?,
-            gemv::GemvKind::CublasF16 | gemv::GemvKind::DequantCublas
-        )
-    {
-        return Err(refuse("a gated input needs an int4 GEMV kernel"));
+    if v.family != Family::Gemv || !gemv::takes_gated_input(gemv::kind(v)?) {
+        return Err(refuse(
+            "this kernel reads a plain x (gated input: gemv_v1_naive, gemv_v6_pipe)",
+        ));
     }
     if gate_up.len() < 2 * layer.shape.k {
         return Err(refuse(&format!(

@@ -56,10 +56,13 @@ pub const DEFAULT_ATTN_CHUNK: usize = 256;
 /// Largest hidden size lab_llama_add_rmsnorm serves (LLAMA_NORM_UNITS x 8 x LLAMA_NORM_THREADS, ops.cu).
 pub const MAX_NORM_HIDDEN: usize = 16384;
 
-/// Whether the step feeds this (down projection) linear the fused [gate | up] and lets its kernel
-/// compute silu(gate) * up (int4 GEMVs), instead of launching lab_llama_silu_mul first (fp16).
-fn takes_gated_input(down: &GpuLinear) -> bool {
-    matches!(down, GpuLinear::Int4(_))
+/// Whether an int4 linear served by `choice` (None: the engine's own q4 GEMV) can take the fused
+/// [gate | up] and compute silu(gate) * up while loading x: the engine's q4 and the registry
+/// kernels `gemv::takes_gated_input` names. The others (and fp16) get lab_llama_silu_mul first.
+fn int4_takes_gated_input(choice: Option<&'static Variant>) -> bool {
+    choice.is_none_or(|v| {
+        crate::kernels::gemv::kind(v).is_ok_and(crate::kernels::gemv::takes_gated_input)
+    })
 }
 
 /// The input of one linear: a plain fp16 vector x [k], or the fused MLP [gate | up] (2k values)
@@ -643,9 +646,21 @@ impl GpuEngine {
             .weights
             .layers
             .iter()
-            .filter(|l| !takes_gated_input(&l.down))
+            .filter(|l| !self.takes_gated_input(&l.down))
             .count();
         1 + 9 * self.weights.layers.len() + silu + 4
+    }
+
+    /// Whether the step feeds this down projection the fused [gate | up] (no silu launch).
+    fn takes_gated_input(&self, down: &GpuLinear) -> bool {
+        match down {
+            GpuLinear::Int4(l) => int4_takes_gated_input(
+                self.int4_choice
+                    .get(&shape_key(&layer_shape(l)))
+                    .map(|(v, _)| *v),
+            ),
+            GpuLinear::F16(_) => false,
+        }
     }
 
     pub fn has_graph(&self) -> bool {
@@ -1063,7 +1078,7 @@ impl GpuEngine {
             // An int4 down projection computes silu(gate) * up itself while loading x (one launch
             // per layer less); fp16 (cuBLAS) needs it in memory. A trace still runs the kernel, for
             // its op-by-op comparison; the down projection then reads gate|up as in the step.
-            let gated = takes_gated_input(&l.down);
+            let gated = self.takes_gated_input(&l.down);
             if !gated || tracing {
                 let sp = abi::lab_llama_silu_params {
                     gate_up: self.r(&b.gate_up),
@@ -1581,6 +1596,25 @@ mod tests {
             .choose(&vicuna_shapes(false)[0])
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn gated_mlp_input_only_for_kernels_that_stage_x() {
+        assert!(
+            int4_takes_gated_input(None),
+            "the engine's q4 GEMV stages x"
+        );
+        for (name, gated) in [
+            ("gemv_v1_naive", true),
+            ("gemv_v2_vec", false),
+            ("gemv_v3_gather", false),
+            ("gemv_v4_perm", false),
+            ("gemv_v5_splitk", false),
+            ("gemv_v6_pipe", true),
+        ] {
+            let v = crate::kernels::registry::by_name(name).unwrap();
+            assert_eq!(int4_takes_gated_input(Some(v)), gated, "{name}");
+        }
     }
 
     #[test]
