@@ -132,6 +132,11 @@ pub struct ContextPoint {
     /// The graph + PDL at other prefetch budgets (--pdl-prefetch): bytes per GEMV block, ms/token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_prefetch: Vec<(u32, f64)>,
+    /// The graph + PDL (engine's budget) with lab_llama_silu_mul launched per layer instead of
+    /// silu(gate) * up computed in the down projection's x loads (EngineOptions::fused_glu off):
+    /// the in-process A/B of that fusion. None where no layer fuses it (fp16, plain-x kernels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_pdl_silu_kernel_ms: Option<f64>,
 }
 
 /// One timed prefill.
@@ -240,6 +245,7 @@ pub fn context_point(
         achieved_gbs: b * tps(graph_ms) / 1e9,
         graph_pdl_ms_per_token: None,
         graph_pdl_prefetch: Vec::new(),
+        graph_pdl_silu_kernel_ms: None,
     }
 }
 
@@ -397,6 +403,16 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 }
             }
             eng.set_pdl_prefetch(own);
+            let own_glu = eng.fused_glu();
+            if pdl_ok && own_glu && eng.set_fused_glu(false) {
+                match timed_from(&mut eng, ctx, plan, true) {
+                    Ok(ms) => point.graph_pdl_silu_kernel_ms = Some(ms),
+                    Err(e) => notes.push(format!(
+                        "graph + PDL with the silu kernel not timed at ctx {ctx}: {e}"
+                    )),
+                }
+            }
+            eng.set_fused_glu(own_glu);
             let flags = eng.flags()?;
             if flags != 0 {
                 notes.push(format!(
@@ -497,6 +513,10 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         ));
         let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
         let sweep = r.points.iter().any(|p| !p.graph_pdl_prefetch.is_empty());
+        let silu = r
+            .points
+            .iter()
+            .any(|p| p.graph_pdl_silu_kernel_ms.is_some());
         let rows: Vec<Vec<String>> = r
             .points
             .iter()
@@ -529,6 +549,12 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                         cells.join(", ")
                     });
                 }
+                if silu {
+                    row.push(
+                        p.graph_pdl_silu_kernel_ms
+                            .map_or("-".into(), |m| format!("{m:.3}")),
+                    );
+                }
                 row
             })
             .collect();
@@ -548,6 +574,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         if sweep {
             head.push("graph + PDL ms/tok at other prefetch budgets");
+        }
+        if silu {
+            head.push("graph + PDL ms/tok, silu kernel instead of the fused GLU");
         }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
@@ -978,6 +1007,7 @@ mod tests {
         let mut runs = runs;
         runs[0].points[0].graph_pdl_ms_per_token = Some(1.5);
         runs[0].points[0].graph_pdl_prefetch = vec![(0, 1.55), (65536, 1.45)];
+        runs[0].points[0].graph_pdl_silu_kernel_ms = Some(1.525);
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
         runs[1].prefill.clear();
         runs[1].prefill_chunk = 0;
@@ -1036,10 +1066,17 @@ mod tests {
             "{md}"
         );
         assert_eq!(md.matches("at other prefetch budgets").count(), 1, "{md}");
+        // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
+        assert!(
+            md.contains("| 0 KB: 1.550, 64 KB: 1.450 | 1.525 |")
+                && md.matches("silu kernel instead of the fused GLU").count() == 1,
+            "{md}"
+        );
         // A recorded point round-trips through JSON with its sweep.
         let back: ContextPoint =
             serde_json::from_value(serde_json::to_value(&runs[0].points[0]).unwrap()).unwrap();
         assert_eq!(back.graph_pdl_prefetch, vec![(0, 1.55), (65536, 1.45)]);
+        assert_eq!(back.graph_pdl_silu_kernel_ms, Some(1.525));
         assert!(
             md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),
             "{md}"

@@ -105,6 +105,10 @@ pub struct EngineOptions {
     /// With PDL, the bytes of its weight tile each int4 GEMV block prefetches into L2 before
     /// waiting for its predecessor (lab_gemm_params.prefetch_bytes; 0: none).
     pub pdl_prefetch: u32,
+    /// Let int4 down projections whose kernel can (`int4_takes_gated_input`) compute
+    /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. On by
+    /// default; the decode bench times both in one process.
+    pub fused_glu: bool,
     /// Rows per prefill chunk (the m of the prefill GEMMs; longer prompts go in chunks). 0: no
     /// prefill workspace, prompts run token by token.
     pub prefill_chunk: usize,
@@ -182,6 +186,7 @@ impl EngineOptions {
             sample_seed: 0,
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
+            fused_glu: true,
             prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
             prefill_int4: PrefillInt4::Auto,
             prefill: PrefillMode::Gemm,
@@ -653,6 +658,11 @@ impl GpuEngine {
 
     /// Whether the step feeds this down projection the fused [gate | up] (no silu launch).
     fn takes_gated_input(&self, down: &GpuLinear) -> bool {
+        self.opts.fused_glu && self.can_take_gated_input(down)
+    }
+
+    /// Whether this down projection's kernel can take the fused [gate | up] at all.
+    fn can_take_gated_input(&self, down: &GpuLinear) -> bool {
         match down {
             GpuLinear::Int4(l) => int4_takes_gated_input(
                 self.int4_choice
@@ -1208,6 +1218,22 @@ impl GpuEngine {
     pub fn set_pdl_prefetch(&mut self, bytes: u32) {
         self.opts.pdl_prefetch = bytes;
         self.graph = None;
+    }
+
+    /// Fuse silu(gate) * up into the down projection's x loads where its kernel can (see
+    /// EngineOptions::fused_glu); the graph is captured again at the next graph step. Returns
+    /// whether any layer's step changes with it (false for fp16 or plain-x int4 kernels).
+    pub fn fused_glu(&self) -> bool {
+        self.opts.fused_glu
+    }
+
+    pub fn set_fused_glu(&mut self, on: bool) -> bool {
+        self.opts.fused_glu = on;
+        self.graph = None;
+        self.weights
+            .layers
+            .iter()
+            .any(|l| self.can_take_gated_input(&l.down))
     }
 
     /// Turn programmatic dependent launch on or off for the decode step (drops the captured
