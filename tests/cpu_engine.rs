@@ -375,4 +375,22 @@ fn cli_decode_refuses_gpu_and_bad_flags_with_clear_messages() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vocab_size 320"));
+
+    // The GPU backend dumps logits only when generating from a checkpoint (refused before any
+    // GPU is opened, so the same answer with or without one).
+    let out = lab(&[
+        "decode",
+        "--backend",
+        "gpu",
+        "--model",
+        "vicuna-7b",
+        "--dump-logits",
+        "/nonexistent/x.json",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--dump-logits") && err.contains("--checkpoint"),
+        "{err}"
+    );
 }

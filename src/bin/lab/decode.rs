@@ -64,8 +64,9 @@ pub struct DecodeArgs {
     /// One JSON object on stdout instead of text.
     #[arg(long)]
     json: bool,
-    /// CPU backend: also write the logits of every prompt position and of every generated step
-    /// to FILE as JSON (scripts/gptq-interop.py compares them with other GPTQ loaders).
+    /// Also write the logits every generated token was drawn from to FILE as JSON (the CPU
+    /// backend adds every prompt position's: scripts/gptq-interop.py compares them with other
+    /// GPTQ loaders; scripts/decode-gpu-vs-cpu compares the two engines where top-p differs).
     #[arg(long, hide = true)]
     dump_logits: Option<PathBuf>,
     #[command(flatten)]
@@ -78,8 +79,8 @@ const TINY_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/
 
 pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     if a.backend == Backend::Gpu {
-        if a.dump_logits.is_some() {
-            bail!("--dump-logits: only the CPU backend (--backend cpu) writes logits");
+        if a.dump_logits.is_some() && a.checkpoint.is_none() {
+            bail!("--dump-logits: the GPU backend writes logits only when generating from --checkpoint DIR");
         }
         return gpu::run(&a);
     }

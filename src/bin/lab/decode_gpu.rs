@@ -487,7 +487,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.prefill_chunk = a.gpu.prefill_chunk.min(max_ctx);
     opts.prefill_int4 = a.gpu.prefill_int4;
     let mode = opts.prefill;
-    opts.sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    let opts_sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    opts.sampling = opts_sampling;
     opts.sample_seed = a.seed;
     opts.pdl = a.gpu.pdl != PdlMode::Off;
     if let Some(&b) = a.gpu.pdl_prefetch.first() {
@@ -519,6 +520,20 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let mut tokens = Vec::with_capacity(a.max_new_tokens);
     let mut stop = "max_new_tokens";
     let mut first_s = 0.0;
+    // --json with top-p, or --dump-logits: after each step, the logits the GPU drew from, read
+    // back (a sync and a vocab-sized copy per token: a checking mode, not a speed one). The
+    // margins are the CPU mirror's on those logits (sampler.rs; the tiny check proves the GPU's
+    // draw equals the mirror's), comparable with `--backend cpu`'s top_p_margins.
+    let inspect = a.dump_logits.is_some()
+        || (a.json
+            && matches!(
+                opts_sampling,
+                gptq_lab::model::sampler::Sampling::TopP { .. }
+            ));
+    let mirror = gptq_lab::model::sampler::Sampler::new(opts_sampling, a.seed);
+    let mut margins = Vec::new();
+    let mut mirror_differs = Vec::new();
+    let mut step_logits = Vec::new();
     for i in 0..a.max_new_tokens {
         let t = if i == 0 {
             let t = eng.begin(&prompt, true, mode)?;
@@ -527,6 +542,17 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         } else {
             eng.next_token(true)?
         };
+        if inspect {
+            let logits = eng.logits()?;
+            let (m, margin) = mirror.sample_with_margin(&logits, prompt.len() - 1 + i)?;
+            margins.extend(margin);
+            if m != t {
+                mirror_differs.push(i);
+            }
+            if a.dump_logits.is_some() {
+                step_logits.push(logits);
+            }
+        }
         tokens.push(t);
         if Some(t) == eos {
             stop = "eos";
@@ -548,8 +574,21 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let vram = eng.vram()?;
+    if let Some(path) = &a.dump_logits {
+        let dump = serde_json::json!({
+            "checkpoint": ckpt.dir,
+            "backend": "gpu",
+            "prompt_tokens": prompt,
+            "tokens": tokens,
+            "step_logits": step_logits,
+        });
+        gptq_lab::util::write_json_atomic(path, &dump)?;
+    }
     if a.json {
+        // top_p_margins: the CPU mirror's margin of each draw on the GPU's logits;
+        // mirror_differs: new-token indices where the mirror chose another id (expected: none).
         let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text, "stop": stop,
+            "top_p_margins": margins, "mirror_differs": mirror_differs,
             "timings": {"load_s": load_s, "first_token_s": first_s, "generate_s": gen_s, "decode_tokens_per_s": decode_tps, "prefill": format!("{mode:?}")}, "load": eng.weights.load, "vram": vram});
         println!("{}", serde_json::to_string(&out)?);
     } else {
