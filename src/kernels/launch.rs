@@ -169,17 +169,8 @@ pub fn plan(
     Ok(p)
 }
 
-/// y [m, n] = x [m, k] . W (+ bias), fp16 in and out, on the GPU's stream (asynchronous: call
-/// `gpu.sync()` before reading y). `layer` must have been prepared for `v`.
-pub fn launch(
-    gpu: &Gpu,
-    v: &'static Variant,
-    layer: &DeviceLayer,
-    x: &CudaSlice<f16>,
-    m: usize,
-    y: &mut CudaSlice<f16>,
-    params: &Tunables,
-) -> Result<()> {
+/// The layer was prepared for `v` and this GPU runs `v`'s code (shared by both launchers).
+fn check_launchable(gpu: &Gpu, v: &Variant, layer: &DeviceLayer, m: usize) -> Result<()> {
     if layer.variant.name != v.name {
         return Err(LabError::invalid(
             "layer",
@@ -200,6 +191,21 @@ pub fn launch(
             ),
         });
     }
+    Ok(())
+}
+
+/// y [m, n] = x [m, k] . W (+ bias), fp16 in and out, on the GPU's stream (asynchronous: call
+/// `gpu.sync()` before reading y). `layer` must have been prepared for `v`.
+pub fn launch(
+    gpu: &Gpu,
+    v: &'static Variant,
+    layer: &DeviceLayer,
+    x: &CudaSlice<f16>,
+    m: usize,
+    y: &mut CudaSlice<f16>,
+    params: &Tunables,
+) -> Result<()> {
+    check_launchable(gpu, v, layer, m)?;
     let plan = plan(v, &layer.shape, m, x.len(), y.len(), params)?;
     if v.family == Family::Gemm {
         return super::gemm::launch_layer(gpu, v, layer, x, m, y, params);
@@ -255,10 +261,7 @@ pub fn launch_gated(
             2 * layer.shape.k
         )));
     }
-    if layer.variant.name != v.name || gpu.sm() < v.min_sm {
-        // launch() words these two refusals; reuse it for them.
-        return launch(gpu, v, layer, gate_up, 1, y, params);
-    }
+    check_launchable(gpu, v, layer, 1)?;
     let plan = plan(v, &layer.shape, 1, gate_up.len(), y.len(), params)?;
     let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
     launch_kernel(
