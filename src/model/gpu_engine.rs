@@ -1085,9 +1085,11 @@ impl GpuEngine {
                 self.linear(&s.lin, self.r(&b.xn), self.r(&b.gate_up) + 2 * s.col as u64)?;
             }
             keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?)?;
-            // An int4 down projection computes silu(gate) * up itself while loading x (one launch
-            // per layer less); fp16 (cuBLAS) needs it in memory. A trace still runs the kernel, for
-            // its op-by-op comparison; the down projection then reads gate|up as in the step.
+            // A down projection whose kernel stages x once (v6, v1, the engine's q4:
+            // int4_takes_gated_input) computes silu(gate) * up itself while loading x, one launch
+            // per layer less; the others (fp16 through cuBLAS, v2/v4/v5) need act in memory. A
+            // trace still runs the kernel, for its op-by-op comparison; the down projection then
+            // reads gate|up as in the step.
             let gated = self.takes_gated_input(&l.down);
             if !gated || tracing {
                 let sp = abi::lab_llama_silu_params {
