@@ -23,6 +23,7 @@ use crate::model::gpu_engine::{
     EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource, DEFAULT_ATTN_CHUNK,
 };
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
+use crate::model::sampler::Sampling;
 use crate::model::step_profile::{self, StepProfile};
 use crate::model::vram::VramReport;
 use crate::plan::{Plan, PlanSpec};
@@ -137,6 +138,10 @@ pub struct ContextPoint {
     /// the in-process A/B of that fusion. None where no layer fuses it (fp16, plain-x kernels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_silu_kernel_ms: Option<f64>,
+    /// The graph + PDL step choosing its token by top-p (p 0.9, T 0.8: lab_llama_sample_top_p)
+    /// instead of argmax: what sampling costs per token (the other columns decode greedily).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_pdl_top_p_ms: Option<f64>,
 }
 
 /// One timed prefill.
@@ -246,6 +251,7 @@ pub fn context_point(
         graph_pdl_ms_per_token: None,
         graph_pdl_prefetch: Vec::new(),
         graph_pdl_silu_kernel_ms: None,
+        graph_pdl_top_p_ms: None,
     }
 }
 
@@ -413,6 +419,17 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 }
             }
             eng.set_fused_glu(own_glu);
+            if pdl_ok {
+                let own_sampling = eng.sampling();
+                eng.set_sampling(Sampling::new(false, 0.9, 0.8)?, 1);
+                match timed_from(&mut eng, ctx, plan, true) {
+                    Ok(ms) => point.graph_pdl_top_p_ms = Some(ms),
+                    Err(e) => notes.push(format!(
+                        "graph + PDL with top-p sampling not timed at ctx {ctx}: {e}"
+                    )),
+                }
+                eng.set_sampling(own_sampling.0, own_sampling.1);
+            }
             let flags = eng.flags()?;
             if flags != 0 {
                 notes.push(format!(
@@ -517,6 +534,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             .points
             .iter()
             .any(|p| p.graph_pdl_silu_kernel_ms.is_some());
+        let top_p = r.points.iter().any(|p| p.graph_pdl_top_p_ms.is_some());
         let rows: Vec<Vec<String>> = r
             .points
             .iter()
@@ -555,6 +573,12 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                             .map_or("-".into(), |m| format!("{m:.3}")),
                     );
                 }
+                if top_p {
+                    row.push(
+                        p.graph_pdl_top_p_ms
+                            .map_or("-".into(), |m| format!("{m:.3}")),
+                    );
+                }
                 row
             })
             .collect();
@@ -577,6 +601,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         if silu {
             head.push("graph + PDL ms/tok, silu kernel instead of the fused GLU");
+        }
+        if top_p {
+            head.push("graph + PDL ms/tok, top-p 0.9 sampling");
         }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
@@ -1008,6 +1035,7 @@ mod tests {
         runs[0].points[0].graph_pdl_ms_per_token = Some(1.5);
         runs[0].points[0].graph_pdl_prefetch = vec![(0, 1.55), (65536, 1.45)];
         runs[0].points[0].graph_pdl_silu_kernel_ms = Some(1.525);
+        runs[0].points[0].graph_pdl_top_p_ms = Some(1.52);
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
         runs[1].prefill.clear();
         runs[1].prefill_chunk = 0;
@@ -1068,7 +1096,8 @@ mod tests {
         assert_eq!(md.matches("at other prefetch budgets").count(), 1, "{md}");
         // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
         assert!(
-            md.contains("| 0 KB: 1.550, 64 KB: 1.450 | 1.525 |")
+            md.contains("| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 |")
+                && md.contains("top-p 0.9 sampling")
                 && md.matches("silu kernel instead of the fused GLU").count() == 1,
             "{md}"
         );
@@ -1077,6 +1106,7 @@ mod tests {
             serde_json::from_value(serde_json::to_value(&runs[0].points[0]).unwrap()).unwrap();
         assert_eq!(back.graph_pdl_prefetch, vec![(0, 1.55), (65536, 1.45)]);
         assert_eq!(back.graph_pdl_silu_kernel_ms, Some(1.525));
+        assert_eq!(back.graph_pdl_top_p_ms, Some(1.52));
         assert!(
             md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),
             "{md}"

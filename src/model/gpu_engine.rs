@@ -1204,6 +1204,11 @@ impl GpuEngine {
 
     /// Change how steps choose their token; the captured graph (which holds the choice) is
     /// dropped and recaptured on the next graph step.
+    /// The step's sampling mode and seed (EngineOptions::sampling, sample_seed).
+    pub fn sampling(&self) -> (Sampling, u64) {
+        (self.opts.sampling, self.opts.sample_seed)
+    }
+
     pub fn set_sampling(&mut self, sampling: Sampling, seed: u64) {
         self.opts.sampling = sampling;
         self.opts.sample_seed = seed;
