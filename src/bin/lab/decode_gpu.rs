@@ -520,16 +520,11 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let mut tokens = Vec::with_capacity(a.max_new_tokens);
     let mut stop = "max_new_tokens";
     let mut first_s = 0.0;
-    // --json with top-p, or --dump-logits: after each step, the logits the GPU drew from, read
-    // back (a sync and a vocab-sized copy per token: a checking mode, not a speed one). The
-    // margins are the CPU mirror's on those logits (sampler.rs; the tiny check proves the GPU's
-    // draw equals the mirror's), comparable with `--backend cpu`'s top_p_margins.
-    let inspect = a.dump_logits.is_some()
-        || (a.json
-            && matches!(
-                opts_sampling,
-                gptq_lab::model::sampler::Sampling::TopP { .. }
-            ));
+    // --dump-logits: after each step, the logits the GPU drew from, read back (a sync and a
+    // vocab-sized copy per token: a checking mode, so its timings are not the engine's), and
+    // with top-p the CPU mirror's margin of each draw on them (sampler.rs; the tiny check proves
+    // the GPU's draw equals the mirror's), in --json beside `--backend cpu`'s own margins.
+    let inspect = a.dump_logits.is_some();
     let mirror = gptq_lab::model::sampler::Sampler::new(opts_sampling, a.seed);
     let mut margins = Vec::new();
     let mut mirror_differs = Vec::new();
@@ -585,7 +580,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         gptq_lab::util::write_json_atomic(path, &dump)?;
     }
     if a.json {
-        // top_p_margins: the CPU mirror's margin of each draw on the GPU's logits;
+        // With --dump-logits (else empty): top_p_margins, the CPU mirror's margin of each draw
+        // on the GPU's logits;
         // mirror_differs: new-token indices where the mirror chose another id (expected: none).
         let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text, "stop": stop,
             "top_p_margins": margins, "mirror_differs": mirror_differs,
