@@ -105,6 +105,47 @@ fn decode_kernels_wait_for_their_predecessor_before_any_memory_access() {
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
+/// The gated MLP input (silu(gate) * up in the x loads, kernels/common/glu.cuh) lives only where x
+/// is loaded once per block: its exp appears in v6 and nowhere in v2/v4/v5, whose per-chunk x
+/// loads it slowed 6-30% on the H100 even when off (notes/kernels.md "Fused GLU"). No other code of
+/// those kernels uses exp, so any MUFU.EX2 there means the gated path came back into their loop.
+#[test]
+fn gated_input_only_in_the_gemvs_that_stage_x() {
+    if !sass_available("gated_input_only_in_the_gemvs_that_stage_x") {
+        return;
+    }
+    let sass = sc::fatbin_sass(&sc::fatbin_path("gemv")).unwrap_or_else(|e| panic!("gemv: {e}"));
+    let mut bad = Vec::new();
+    let (mut tile, mut staged) = (0, 0);
+    for k in &sass {
+        let tile_family = ["lab_gemv_v2_", "lab_gemv_v4_perm_", "lab_gemv_v5_splitk_"]
+            .iter()
+            .any(|p| k.symbol.starts_with(p));
+        if tile_family {
+            tile += 1;
+            if k.exp2 {
+                bad.push(format!(
+                    "{} sm_{}: MUFU.EX2 in a per-chunk x loop",
+                    k.symbol, k.arch
+                ));
+            }
+        } else if k.symbol.starts_with("lab_gemv_v6_pipe_") {
+            staged += 1;
+            if !k.exp2 {
+                bad.push(format!(
+                    "{} sm_{}: no exp, so no gated input",
+                    k.symbol, k.arch
+                ));
+            }
+        }
+    }
+    assert!(
+        tile >= 11 && staged >= 3,
+        "found {tile} v2/v4/v5 and {staged} v6 kernels"
+    );
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
 /// The GEMVs the decode step runs (registry v2/v4/v5/v6, the fp16 lm_head) prefetch their first
 /// weight rows into L2 before the PDL wait (kernels/common/pdl.cuh), so the prefetch overlaps the
 /// previous kernel; nothing else touches memory before the wait (the test above).

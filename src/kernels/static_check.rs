@@ -188,6 +188,8 @@ pub struct SassSummary {
     /// An L2 prefetch (`prefetch.global.L2` = SASS CCTL.E.PF2) before the wait: the GEMV kernels'
     /// weight prefetch (pdl.cuh). Prefetches are the one memory operation allowed there.
     pub prefetch_before_pdl_wait: bool,
+    /// Any MUFU.EX2 (the special-function exp2: expf / __expf, e.g. the gated MLP input's SiLU).
+    pub exp2: bool,
 }
 
 /// Global (or generic) memory access opcodes: what must not precede the PDL wait.
@@ -247,6 +249,9 @@ pub fn parse_sass(text: &str) -> Vec<SassSummary> {
             }
             if op.starts_with("HMMA") {
                 cur.hmma = true;
+            }
+            if op.starts_with("MUFU.EX2") {
+                cur.exp2 = true;
             }
             if op == "ACQBULK" {
                 cur.pdl_wait = true;
@@ -461,8 +466,10 @@ arch = sm_90
         /*0010*/                   CCTL.E.PF2 [R4] ;
         /*0020*/                   ACQBULK ;
         /*0030*/                   CCTL.E.PF2 [R6] ;
+        /*0040*/                   MUFU.EX2 R7, R7 ;
 ";
         let s = parse_sass(text);
+        assert!(!s[0].exp2 && s[3].exp2);
         assert!(s[0].pdl_wait && !s[0].memory_before_pdl_wait && !s[0].prefetch_before_pdl_wait);
         assert!(s[1].pdl_wait && s[1].memory_before_pdl_wait);
         assert!(s[2].memory_before_pdl_wait);
