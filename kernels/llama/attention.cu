@@ -14,7 +14,9 @@
 //                              flight per step (64 registers, 4 blocks/SM: numbers at LLAMA_ATTN_UNROLL),
 //                              q/k/v loads ahead of the sincos, a head with one split writes its output directly
 //                              (no partial, fence or ticket), and the combine reads the splits' (m, l)
-//                              in parallel instead of three serial passes over them.
+//                              in parallel instead of three serial passes over them. Since c27142a+1 the
+//                              split size follows the length past one chunk (all n_splits blocks share
+//                              it): NOT YET RUN ON A GPU (run F measured the fixed-chunk form).
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
 // positions the 7B cache read is 2048 x 32 layers x 2 x 4096 x 2 B = 1.07 GB per token, a third of
 // the int4 weights, so it must run near full bandwidth. The grid is sized for max_ctx so a captured
@@ -49,11 +51,16 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     const int hd = p.head_dim, head = blockIdx.x, split = blockIdx.y;
     const int pos = llama_pos(p.state);
     const int len = min(pos + 1, p.max_ctx);
-    const int start = split * p.chunk;
+    // Positions per split: up to one chunk, the head's one block takes them all (no combine);
+    // past it, all n_splits blocks share them (ceil(len / n_splits) <= chunk, since max_ctx <=
+    // n_splits x chunk): at ctx 512 of max_ctx 2100, 9 blocks of 59 positions (one load step
+    // each) instead of 3 of 256 (two steps each). Every block derives the same value from pos.
+    const int chunk = len <= p.chunk ? p.chunk : (len + p.n_splits - 1) / p.n_splits;
+    const int start = split * chunk;
     if (pos >= p.max_ctx && head == 0 && split == 0 && threadIdx.x == 0)
         atomicOr(reinterpret_cast<int*>(p.state) + LAB_LLAMA_STATE_FLAGS, LAB_LLAMA_FLAG_CTX_FULL);
     if (start >= len) return;  // block-uniform: nothing to attend in this chunk
-    const int end = min(start + p.chunk, len);
+    const int end = min(start + chunk, len);
     const int kv_dim = p.kv_heads * hd;
     const int kvh = head / (p.heads / p.kv_heads);
     const int lpp = hd / 8;                    // lanes per position
@@ -61,7 +68,7 @@ lab_llama_attn_split(lab_llama_attn_params p) {
     const int g = threadIdx.x / lpp, l = threadIdx.x % lpp;
     float* qs = sm;
     float* sc = qs + hd;
-    float* red = sc + p.chunk;
+    float* red = sc + p.chunk;  // scores sized for the largest split (chunk <= p.chunk)
 
     // RoPE (HF rotate-half: pairs i, i + hd/2, angle pos * inv_freq[i]) as lab_llama_rope_kv does
     // it, fp16 rounding included: q of this head, and k of its kv head when this block holds the
@@ -176,7 +183,7 @@ lab_llama_attn_split(lab_llama_attn_params p) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) red[g * hd + l * 8 + j] = acc[j];
     __syncthreads();
-    const int ns = min((len + p.chunk - 1) / p.chunk, p.n_splits);
+    const int ns = min((len + chunk - 1) / chunk, p.n_splits);
     __half* out = reinterpret_cast<__half*>(p.out) + (size_t)head * hd;
     float* part = reinterpret_cast<float*>(p.partial) + ((size_t)head * p.n_splits + split) * (hd + 2);
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
