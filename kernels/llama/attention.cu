@@ -14,7 +14,7 @@
 //                              flight per step (64 registers, 4 blocks/SM: numbers at LLAMA_ATTN_UNROLL),
 //                              q/k/v loads ahead of the sincos, a head with one split writes its output directly
 //                              (no partial, fence or ticket), and the combine reads the splits' (m, l)
-//                              in parallel instead of three serial passes over them. Since c27142a+1 the
+//                              in parallel instead of three serial passes over them. Since 4324cee the
 //                              split size follows the length past one chunk (all n_splits blocks share
 //                              it): NOT YET RUN ON A GPU (run F measured the fixed-chunk form).
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
