@@ -267,10 +267,7 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
     if !c.act_order && !v.act_order.contains(&ActOrder::None) {
         return Some("plain (no act-order) not declared".into());
     }
-    if c.gated
-        && (v.family != Family::Gemv
-            || !crate::kernels::gemv::kind(v).is_ok_and(crate::kernels::gemv::takes_gated_input))
-    {
+    if c.gated && !crate::kernels::gemv::variant_takes_gated_input(v) {
         return Some("gated input not declared (the kernel reads a plain x)".into());
     }
     if (c.m as u32) < v.batch.0 || (c.m as u32) > v.batch.1 {

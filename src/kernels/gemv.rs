@@ -244,6 +244,11 @@ pub fn takes_gated_input(kind: GemvKind) -> bool {
     matches!(kind, GemvKind::Naive | GemvKind::Pipe)
 }
 
+/// `takes_gated_input` for any registry variant (false outside the gemv family).
+pub fn variant_takes_gated_input(v: &Variant) -> bool {
+    v.family == Family::Gemv && kind(v).is_ok_and(takes_gated_input)
+}
+
 pub fn kind(v: &Variant) -> Result<GemvKind> {
     Ok(match v.name {
         "gemv_v1_naive" => GemvKind::Naive,

@@ -249,7 +249,7 @@ pub fn launch_gated(
         shape: layer.shape.describe(1),
         reason: reason.to_string(),
     };
-    if v.family != Family::Gemv || !gemv::takes_gated_input(gemv::kind(v)?) {
+    if !gemv::variant_takes_gated_input(v) {
         return Err(refuse(
             "this kernel reads a plain x (gated input: gemv_v1_naive, gemv_v6_pipe)",
         ));

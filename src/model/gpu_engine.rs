@@ -60,9 +60,7 @@ pub const MAX_NORM_HIDDEN: usize = 16384;
 /// [gate | up] and compute silu(gate) * up while loading x: the engine's q4 and the registry
 /// kernels `gemv::takes_gated_input` names. The others (and fp16) get lab_llama_silu_mul first.
 fn int4_takes_gated_input(choice: Option<&'static Variant>) -> bool {
-    choice.is_none_or(|v| {
-        crate::kernels::gemv::kind(v).is_ok_and(crate::kernels::gemv::takes_gated_input)
-    })
+    choice.is_none_or(crate::kernels::gemv::variant_takes_gated_input)
 }
 
 /// The input of one linear: a plain fp16 vector x [k], or the fused MLP [gate | up] (2k values)
