@@ -285,6 +285,20 @@ pub struct BenchPlan {
 /// doubles up to 160 ms when the GPU still got there first.
 const PROFILE_HOLD_MS: (f64, f64) = (20.0, 160.0);
 
+/// A decode.md column of one graph + PDL variant: its header and a point's ms/token.
+type VariantColumn = (&'static str, fn(&ContextPoint) -> Option<f64>);
+
+/// The graph + PDL variants timed beside the engine's own setting, in column order.
+const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
+    (
+        "graph + PDL ms/tok, silu kernel instead of the fused GLU",
+        |p| p.graph_pdl_silu_kernel_ms,
+    ),
+    ("graph + PDL ms/tok, top-p 0.9 sampling", |p| {
+        p.graph_pdl_top_p_ms
+    }),
+];
+
 /// ms per step of `plan.steps` steps from position `ctx` after `plan.warmup` untimed ones from
 /// the same position (graph replays or eager launches).
 fn timed_from(eng: &mut GpuEngine, ctx: usize, plan: &BenchPlan, graph: bool) -> Result<f64> {
@@ -409,26 +423,26 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 }
             }
             eng.set_pdl_prefetch(own);
+            // One engine setting changed, the graph + PDL step timed, the setting restored: a
+            // failure costs that column only.
+            let mut variant =
+                |eng: &mut GpuEngine, what: &str| match timed_from(eng, ctx, plan, true) {
+                    Ok(ms) => Some(ms),
+                    Err(e) => {
+                        notes.push(format!("graph + PDL {what} not timed at ctx {ctx}: {e}"));
+                        None
+                    }
+                };
             let own_glu = eng.fused_glu();
             if pdl_ok && own_glu && eng.set_fused_glu(false) {
-                match timed_from(&mut eng, ctx, plan, true) {
-                    Ok(ms) => point.graph_pdl_silu_kernel_ms = Some(ms),
-                    Err(e) => notes.push(format!(
-                        "graph + PDL with the silu kernel not timed at ctx {ctx}: {e}"
-                    )),
-                }
+                point.graph_pdl_silu_kernel_ms = variant(&mut eng, "with the silu kernel");
             }
             eng.set_fused_glu(own_glu);
             if pdl_ok {
-                let own_sampling = eng.sampling();
+                let (own_sampling, own_seed) = eng.sampling();
                 eng.set_sampling(Sampling::new(false, 0.9, 0.8)?, 1);
-                match timed_from(&mut eng, ctx, plan, true) {
-                    Ok(ms) => point.graph_pdl_top_p_ms = Some(ms),
-                    Err(e) => notes.push(format!(
-                        "graph + PDL with top-p sampling not timed at ctx {ctx}: {e}"
-                    )),
-                }
-                eng.set_sampling(own_sampling.0, own_sampling.1);
+                point.graph_pdl_top_p_ms = variant(&mut eng, "with top-p sampling");
+                eng.set_sampling(own_sampling, own_seed);
             }
             let flags = eng.flags()?;
             if flags != 0 {
@@ -530,11 +544,11 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         ));
         let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
         let sweep = r.points.iter().any(|p| !p.graph_pdl_prefetch.is_empty());
-        let silu = r
-            .points
+        // The single-value graph + PDL columns, where any point of the run has them.
+        let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
             .iter()
-            .any(|p| p.graph_pdl_silu_kernel_ms.is_some());
-        let top_p = r.points.iter().any(|p| p.graph_pdl_top_p_ms.is_some());
+            .filter(|(_, value)| r.points.iter().any(|p| value(p).is_some()))
+            .collect();
         let rows: Vec<Vec<String>> = r
             .points
             .iter()
@@ -567,17 +581,8 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                         cells.join(", ")
                     });
                 }
-                if silu {
-                    row.push(
-                        p.graph_pdl_silu_kernel_ms
-                            .map_or("-".into(), |m| format!("{m:.3}")),
-                    );
-                }
-                if top_p {
-                    row.push(
-                        p.graph_pdl_top_p_ms
-                            .map_or("-".into(), |m| format!("{m:.3}")),
-                    );
+                for (_, value) in &variants {
+                    row.push(value(p).map_or("-".into(), |m| format!("{m:.3}")));
                 }
                 row
             })
@@ -599,12 +604,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         if sweep {
             head.push("graph + PDL ms/tok at other prefetch budgets");
         }
-        if silu {
-            head.push("graph + PDL ms/tok, silu kernel instead of the fused GLU");
-        }
-        if top_p {
-            head.push("graph + PDL ms/tok, top-p 0.9 sampling");
-        }
+        head.extend(variants.iter().map(|(h, _)| *h));
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
             md.push_str(&format!(
