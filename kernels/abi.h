@@ -91,6 +91,8 @@ typedef struct {
 #define LAB_LLAMA_FLAG_BAD_TOKEN 1    /* token id >= vocab: embedding row not read, x set to NaN */
 #define LAB_LLAMA_FLAG_CTX_FULL 2     /* pos >= max_ctx: nothing appended to the KV cache */
 #define LAB_LLAMA_FLAG_NAN_LOGITS 4   /* every logit NaN or -inf: argmax fell back to token 0 */
+#define LAB_LLAMA_FLAG_BARRIER_TIMEOUT 8 /* lab_llama_layers: a grid barrier waited > 2 s (blocks not all
+                                            resident?); every later barrier is skipped, results are garbage */
 
 /* fill kernels for synthetic weights (generated on the GPU, never on the host) */
 #define LAB_FILL_U32 0   /* uniform random 32-bit words (random int4 codes / zeros) */
@@ -195,6 +197,68 @@ typedef struct {
     float inv_temp;    /* 1 / temperature, > 0 */
     int32_t vocab, max_ctx;
 } lab_llama_sample_params;
+
+/* ---- Persistent decode layers (kernels/llama/layers.cu, src/model/gpu_engine/persistent.rs) ----
+ * One cooperative launch runs decoder layers [layer_begin, layer_end) of a decode step: per layer five
+ * phases (q|k|v GEMV with the input RMSNorm in its x staging, attention, o GEMV + residual, gate|up
+ * GEMV with the post-attention RMSNorm, down GEMV with silu(gate) * up in its staging + residual)
+ * separated by grid barriers. The GEMV phases run gemv_v6_pipe's weight loop (gemv/gemv_v6_core.cuh)
+ * over work items = (128-column tile, K slice); the attention phase runs lab_llama_attn_split's body
+ * (llama/attention.cuh) over (head, split) items. All linears int4, canonical [k/8, n] layout. */
+#define LAB_LAYERS_THREADS 256
+#define LAB_LAYERS_MIN_BLOCKS 2     /* __launch_bounds__(256, 2): <= 128 registers, 2 blocks per SM */
+#define LAB_LAYERS_MAX_PARTS 3      /* linears per phase: q, k, v separate (act-order) at most */
+
+typedef struct {
+    uint64_t qweight;  /* u32 [k/8, n] */
+    uint64_t qzeros;   /* u32 [groups, n/8] true zeros, or 0 when zero_mode == SYMMETRIC */
+    uint64_t scales;   /* fp16 [groups, n] */
+    uint64_t perm;     /* i32 [k] activation permutation (act-order, rows group-sorted), or 0 */
+    int32_t n;         /* output columns, % 8 == 0 */
+    int32_t col0;      /* first column in the phase's output y (and its split-K partials) */
+    int32_t tile0;     /* first split-K ticket: 128-column tiles of the phase's earlier parts */
+    int32_t item0;     /* first work item: the earlier parts' tiles x split */
+    int32_t group_size;/* rows per group (power of two >= 32), or k (per-channel) */
+    int32_t zero_mode; /* LAB_ZEROS_* */
+} lab_layers_part;
+
+typedef struct {
+    lab_layers_part part[LAB_LAYERS_MAX_PARTS];
+    uint64_t y;        /* fp16 [sum of the parts' n] phase output */
+    int32_t n_parts;
+    int32_t items;     /* work items: sum over parts of ceil(n / 128) x split */
+    int32_t k;         /* input rows (every part) */
+    int32_t split;     /* K slices per tile (1: no split-K reduction) */
+    int32_t k_slice;   /* rows per slice: multiple of 32, <= LAB_GEMV_V6_XS_ROWS */
+    int32_t _pad;
+} lab_layers_phase;
+
+typedef struct {
+    lab_layers_phase qkv, o, gate_up, down;
+    uint64_t attn_norm;  /* fp16 [hidden] input_layernorm gain */
+    uint64_t ffn_norm;   /* fp16 [hidden] post_attention_layernorm gain */
+    uint64_t k_cache;    /* fp16 [max_ctx, kv_dim] of this layer */
+    uint64_t v_cache;
+} lab_layers_layer;
+
+typedef struct {
+    uint64_t layers;     /* lab_layers_layer [n_layers] in device memory (built once by the engine) */
+    lab_llama_attn_params attn; /* the attention of every layer; k_cache / v_cache come from the layer */
+    uint64_t resid;      /* f32 [hidden] residual stream: normalized by the q|k|v and gate|up phases, += o and down */
+    uint64_t gate_up;    /* fp16 [2 inter]: the down phase's gated input (the gate|up phase's y) */
+    uint64_t workspace;  /* f32 [widest phase n]: split-K partials, zero between phases */
+    uint64_t tickets;    /* u32 [tiles of the widest phase]: zero between phases */
+    uint64_t barrier;    /* u64 grid-barrier arrivals, zeroed once, never reset (multiples of gridDim.x) */
+    uint64_t trace_attn_norm;  /* fp16 [hidden] or 0: the q|k|v phase's staged x (a debug trace) */
+    uint64_t trace_ffn_norm;   /* fp16 [hidden] or 0: the gate|up phase's staged x */
+    uint64_t trace_act;        /* fp16 [inter] or 0: the down phase's staged silu(gate) * up */
+    uint64_t trace_resid_attn; /* f32 [hidden] or 0: resid after the o phase's residual add */
+    int32_t layer_begin, layer_end;
+    int32_t hidden;
+    float eps;           /* RMSNorm epsilon */
+    int32_t prefetch_bytes; /* L2 prefetch per block of its next phase's tiles, before each barrier */
+    int32_t _pad;
+} lab_llama_layers_params;
 
 /* ---- LLaMA prefill (kernels/llama/prefill.cu): m prompt rows through a layer at once ----
  * Row-major [m, width] activations; row r is the token at position pos0 + r. Not graph-captured

@@ -183,3 +183,50 @@ fn decode_gemvs_prefetch_weights_before_the_pdl_wait() {
         bad.join("\n")
     );
 }
+
+/// The persistent decode layers (kernels/llama/layers.cu) on every compiled arch: the launch
+/// bounds hold (<= 128 registers, so 2 blocks of 256 threads per SM as the grid assumes), and no
+/// local memory sits between the weight loop's streaming loads (LDG.E.EF.128). ptxas spills a
+/// few bytes on some archs (the barrier's and the phase setup's values, held across a whole
+/// layer); that is allowed only outside the loop the weight bytes flow through.
+#[test]
+fn persistent_layers_fit_two_blocks_per_sm_and_keep_local_memory_out_of_the_weight_loop() {
+    if !built() {
+        return;
+    }
+    let archs = build_info::build_info().archs;
+    let res = sc::family_resources("llama").unwrap_or_else(|e| panic!("llama: {e}"));
+    let mut bad = Vec::new();
+    for &arch in &archs {
+        match res
+            .iter()
+            .find(|r| r.symbol == "lab_llama_layers" && r.arch == arch)
+        {
+            None => bad.push(format!("sm_{arch}: no ptxas entry for lab_llama_layers")),
+            Some(r) if r.registers > 128 => {
+                bad.push(format!("sm_{arch}: {} registers > 128", r.registers))
+            }
+            Some(_) => {}
+        }
+    }
+    if sass_available("persistent_layers_..._weight_loop (SASS part)") {
+        let sass = sc::fatbin_sass(&sc::fatbin_path("llama")).unwrap_or_else(|e| panic!("{e}"));
+        let mut seen = 0;
+        for k in sass.iter().filter(|k| k.symbol == "lab_llama_layers") {
+            seen += 1;
+            if !k.global_loads.iter().any(|o| o.starts_with("LDG.E.EF.128")) {
+                bad.push(format!("sm_{}: no LDG.E.EF.128 weight stream", k.arch));
+            }
+            if k.local_memory_between_stream_loads {
+                bad.push(format!("sm_{}: LDL/STL inside the weight loop", k.arch));
+            }
+        }
+        if seen < archs.len() {
+            bad.push(format!(
+                "lab_llama_layers on {seen} of {} archs",
+                archs.len()
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

@@ -53,11 +53,10 @@
 
 // L2 prefetch of up to `budget` bytes of `rows` rows of `row_bytes` bytes, `stride` bytes apart,
 // starting at base: one 128-byte line per thread and iteration. Every prefetched address lies
-// inside the given rows, so nothing outside the tensor is touched. sm_90+ only: below it there is
-// no PDL, so nothing would overlap.
-__device__ __forceinline__ void lab_prefetch_l2_rows(const void* base, size_t stride, int rows, int row_bytes,
-                                                     int budget) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// inside the given rows, so nothing outside the tensor is touched. Any arch: the persistent decode
+// layers (kernels/llama/layers.cu) prefetch their next phase's tiles before each grid barrier.
+__device__ __forceinline__ void lab_prefetch_l2_rows_any_arch(const void* base, size_t stride, int rows,
+                                                              int row_bytes, int budget) {
     if (rows <= 0 || row_bytes <= 0 || budget <= 0) return;
     const int lines = (row_bytes + 127) >> 7;
     const int max_rows = budget / (lines << 7);
@@ -66,6 +65,14 @@ __device__ __forceinline__ void lab_prefetch_l2_rows(const void* base, size_t st
         const char* a = reinterpret_cast<const char*>(base) + (size_t)(i / lines) * stride + ((size_t)(i % lines) << 7);
         asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
     }
+}
+
+// The PDL prologue's prefetch: sm_90+ only, since below it there is no PDL, so nothing would
+// overlap.
+__device__ __forceinline__ void lab_prefetch_l2_rows(const void* base, size_t stride, int rows, int row_bytes,
+                                                     int budget) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    lab_prefetch_l2_rows_any_arch(base, stride, rows, row_bytes, budget);
 #endif
 }
 #endif

@@ -31,6 +31,7 @@ unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_q4_finish_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_prefill_embed_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_prefill_attn_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_repack_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_layers_params {}
 
 pub mod baseline;
 pub mod gemm;

@@ -190,6 +190,12 @@ pub struct SassSummary {
     pub prefetch_before_pdl_wait: bool,
     /// Any MUFU.EX2 (the special-function exp2: expf / __expf, e.g. the gated MLP input's SiLU).
     pub exp2: bool,
+    /// LDL/STL between two evict-first 128-bit loads (LDG.E.EF.128, the int4 weight stream):
+    /// local memory inside a weight loop.
+    pub local_memory_between_stream_loads: bool,
+    /// Parser state for the field above: a stream load seen, and local memory since the last one.
+    #[serde(skip)]
+    stream_state: (bool, bool),
 }
 
 /// Global (or generic) memory access opcodes: what must not precede the PDL wait.
@@ -246,6 +252,11 @@ pub fn parse_sass(text: &str) -> Vec<SassSummary> {
             }
             if op.starts_with("LDL") || op.starts_with("STL") {
                 cur.local_memory = true;
+                cur.stream_state.1 |= cur.stream_state.0;
+            }
+            if op.starts_with("LDG") && op.contains(".EF") && op.split('.').any(|p| p == "128") {
+                cur.local_memory_between_stream_loads |= cur.stream_state.1;
+                cur.stream_state = (true, false);
             }
             if op.starts_with("HMMA") {
                 cur.hmma = true;
@@ -475,5 +486,29 @@ arch = sm_90
         assert!(s[2].memory_before_pdl_wait);
         // A prefetch before the wait is allowed (weights only, pdl.cuh) and recorded.
         assert!(s[3].pdl_wait && !s[3].memory_before_pdl_wait && s[3].prefetch_before_pdl_wait);
+    }
+
+    #[test]
+    fn local_memory_counts_only_between_two_stream_loads() {
+        let text = "
+	code for sm_90
+		Function : k_setup_spill
+        /*0000*/                   STL [R1], R2 ;
+        /*0010*/                   LDG.E.EF.128 R8, desc[UR4][R6.64] ;
+        /*0020*/                   LDG.E.EF.128 R12, desc[UR4][R6.64] ;
+        /*0030*/                   LDL R2, [R1] ;
+		Function : k_loop_spill
+        /*0000*/                   LDG.E.EF.128 R8, desc[UR4][R6.64] ;
+        /*0010*/                   STL [R1], R2 ;
+        /*0020*/              @!P0 LDG.E.EF.128 R12, desc[UR4][R6.64] ;
+		Function : k_other_loads
+        /*0000*/                   LDG.E.128 R8, desc[UR4][R6.64] ;
+        /*0010*/                   STL [R1], R2 ;
+        /*0020*/                   LDG.E.128 R12, desc[UR4][R6.64] ;
+";
+        let s = parse_sass(text);
+        assert!(s[0].local_memory && !s[0].local_memory_between_stream_loads);
+        assert!(s[1].local_memory_between_stream_loads);
+        assert!(s[2].local_memory && !s[2].local_memory_between_stream_loads);
     }
 }

@@ -142,6 +142,11 @@ pub struct ContextPoint {
     /// instead of argmax: what sampling costs per token (the other columns decode greedily).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_top_p_ms: Option<f64>,
+    /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
+    /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
+    /// column), ms per token. None where not asked for (--persistent-layers) or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_persistent_ms: Option<f64>,
 }
 
 /// One timed prefill.
@@ -252,6 +257,7 @@ pub fn context_point(
         graph_pdl_prefetch: Vec::new(),
         graph_pdl_silu_kernel_ms: None,
         graph_pdl_top_p_ms: None,
+        graph_persistent_ms: None,
     }
 }
 
@@ -278,6 +284,8 @@ pub struct BenchPlan {
     pub pdl: bool,
     /// With `pdl`, also time these GEMV prefetch budgets (bytes per block) besides the engine's.
     pub pdl_prefetch: Vec<u32>,
+    /// Also time the graph with the persistent decode layers (`ContextPoint::graph_persistent_ms`).
+    pub persistent: bool,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -376,6 +384,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     ];
     let mut points = Vec::new();
     let mut pdl_ok = plan.pdl;
+    let mut persistent_ok = plan.persistent;
     if plan.pdl {
         notes.push(format!(
             "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches {} KB of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh){}",
@@ -450,6 +459,39 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                     "ctx {ctx} graph + PDL: step state flags {flags:#x}"
                 ));
             }
+        }
+        // The persistent decode layers last (a refusal or failure costs this column only), with
+        // PDL on the kernels around them where the PDL column ran.
+        if plan.persistent && persistent_ok {
+            eng.set_pdl(pdl_ok);
+            let r = eng
+                .set_persistent_layers(true)
+                .and_then(|_| timed_from(&mut eng, ctx, plan, true));
+            match r {
+                Ok(ms) => {
+                    if point.graph_persistent_ms.is_none() && points.is_empty() {
+                        notes.push(format!(
+                            "persistent layers: one cooperative launch (kernels/llama/layers.cu) for every decoder layer, {}; PDL on the other kernels: {}",
+                            eng.persistent_summary().unwrap_or_default(),
+                            if pdl_ok { "yes" } else { "no" }
+                        ));
+                    }
+                    point.graph_persistent_ms = Some(ms);
+                }
+                Err(e) => {
+                    notes.push(format!(
+                        "persistent decode layers not timed from ctx {ctx} on: {e}"
+                    ));
+                    persistent_ok = false;
+                }
+            }
+            let flags = eng.flags()?;
+            if flags != 0 {
+                notes.push(format!(
+                    "ctx {ctx} persistent layers: step state flags {flags:#x}"
+                ));
+            }
+            eng.set_persistent_layers(false)?;
         }
         eng.set_pdl(false);
         points.push(point);
@@ -543,6 +585,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             r.ceiling_gbs
         ));
         let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
+        let persistent = r.points.iter().any(|p| p.graph_persistent_ms.is_some());
         let sweep = r.points.iter().any(|p| !p.graph_pdl_prefetch.is_empty());
         // The single-value graph + PDL columns, where any point of the run has them.
         let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
@@ -564,10 +607,16 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                     format!("{:.1}", p.roofline_tokens_per_s),
                     format!("{:.1}%", p.roofline_pct),
                 ];
-                if pdl {
-                    row.push(p.graph_pdl_ms_per_token.map_or("-".into(), |m| {
+                let with_pct = |ms: Option<f64>| {
+                    ms.map_or("-".into(), |m| {
                         format!("{m:.3} ({:.1}%)", 100.0 * 1e3 / m / p.roofline_tokens_per_s)
-                    }));
+                    })
+                };
+                if pdl {
+                    row.push(with_pct(p.graph_pdl_ms_per_token));
+                }
+                if persistent {
+                    row.push(with_pct(p.graph_persistent_ms));
                 }
                 if sweep {
                     let cells: Vec<String> = p
@@ -600,6 +649,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         ];
         if pdl {
             head.push("graph + PDL ms/tok (% roofline)");
+        }
+        if persistent {
+            head.push("graph, persistent layers ms/tok (% roofline)");
         }
         if sweep {
             head.push("graph + PDL ms/tok at other prefetch budgets");
@@ -1036,6 +1088,7 @@ mod tests {
         runs[0].points[0].graph_pdl_prefetch = vec![(0, 1.55), (65536, 1.45)];
         runs[0].points[0].graph_pdl_silu_kernel_ms = Some(1.525);
         runs[0].points[0].graph_pdl_top_p_ms = Some(1.52);
+        runs[0].points[0].graph_persistent_ms = Some(1.2);
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
         runs[1].prefill.clear();
         runs[1].prefill_chunk = 0;
@@ -1107,6 +1160,17 @@ mod tests {
         assert_eq!(back.graph_pdl_prefetch, vec![(0, 1.55), (65536, 1.45)]);
         assert_eq!(back.graph_pdl_silu_kernel_ms, Some(1.525));
         assert_eq!(back.graph_pdl_top_p_ms, Some(1.52));
+        assert_eq!(back.graph_persistent_ms, Some(1.2));
+        // The persistent layers' column beside the PDL one, with its share of the roofline, in
+        // the int4 run only.
+        assert!(
+            md.contains(&format!(
+                "| 1.500 ({:.1}%) | 1.200 ({:.1}%) |",
+                100.0 * 1e3 / 1.5 / roof,
+                100.0 * 1e3 / 1.2 / roof
+            )) && md.matches("graph, persistent layers ms/tok").count() == 1,
+            "{md}"
+        );
         assert!(
             md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),
             "{md}"

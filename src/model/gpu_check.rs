@@ -321,6 +321,9 @@ pub struct CheckReport {
     /// Top-p tokens chosen on the GPU (eager) and what disagreed with the CPU mirror, if anything.
     pub top_p_tokens: Vec<u32>,
     pub top_p_error: Option<String>,
+    /// The persistent decode layers on the same check (None: refused, see `persistent_refused`).
+    pub persistent: Option<PersistentCheck>,
+    pub persistent_refused: Option<String>,
     pub pass: bool,
 }
 
@@ -377,6 +380,21 @@ impl CheckReport {
                 "\n  top-p on the GPU = CPU mirror: {:?}",
                 self.top_p_tokens
             )),
+        }
+        match (&self.persistent, &self.persistent_refused) {
+            (Some(p), _) => {
+                s.push_str(&format!(
+                    "\n  persistent layers [{}]: {} op outputs, logits {:.2}x tol; tokens eager {:?} graph {:?} graph + PDL {:?}",
+                    p.plan, p.ops_checked, p.logits_ratio, p.eager_tokens, p.graph_tokens, p.pdl_tokens
+                ));
+                if let Some(e) = &p.first_bad_op {
+                    s.push_str(&format!("\n    first op out of tolerance: {e}"));
+                } else if let Some(e) = &p.worst_op {
+                    s.push_str(&format!("\n    worst op: {e}"));
+                }
+            }
+            (None, Some(why)) => s.push_str(&format!("\n  persistent layers not run: {why}")),
+            (None, None) => {}
         }
         s
     }
@@ -492,6 +510,115 @@ fn argmax(v: &[f64]) -> (usize, f64) {
     (order[0], margin)
 }
 
+/// One traced eager pass: the engine fed `seq` token by token from position 0, every op against its
+/// op-local f64 reference and the logits against `ref_logits`.
+struct TracedPass {
+    ops: usize,
+    worst_op: Option<OpError>,
+    first_bad: Option<OpError>,
+    logits_ratio: f64,
+    logits_worst_step: usize,
+}
+
+fn traced_pass(
+    eng: &mut GpuEngine,
+    cfg: &ModelConfig,
+    w: &RefWeights,
+    seq: &[u32],
+    ref_logits: &[Vec<f64>],
+) -> Result<TracedPass> {
+    eng.reset()?;
+    let mut kv_hist = vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers];
+    let mut out = TracedPass {
+        ops: 0,
+        worst_op: None,
+        first_bad: None,
+        logits_ratio: 0.0,
+        logits_worst_step: 0,
+    };
+    for (step, lg_ref) in ref_logits.iter().enumerate() {
+        let t = eng.trace_step(seq[step])?;
+        for (layer, op, want) in op_refs(cfg, w, &t, seq[step], step, &mut kv_hist) {
+            let got = get(&t, layer, op);
+            out.ops += 1;
+            let (index, ratio) =
+                worst(got, &want, OP_RTOL, OP_ATOL_RMS).unwrap_or((0, f64::INFINITY));
+            let e = OpError {
+                step,
+                layer,
+                op: op.to_string(),
+                index,
+                got: got.get(index).map_or(f64::NAN, |&g| g.into()),
+                want: want.get(index).copied().unwrap_or(f64::NAN),
+                ratio,
+            };
+            if exceeds(ratio, 1.0) && out.first_bad.is_none() {
+                out.first_bad = Some(e.clone());
+            }
+            if out
+                .worst_op
+                .as_ref()
+                .is_none_or(|w| exceeds(e.ratio, w.ratio))
+            {
+                out.worst_op = Some(e);
+            }
+        }
+        let (_, r) = worst(get(&t, None, "lm_head"), lg_ref, LOGIT_RTOL, LOGIT_ATOL_RMS)
+            .unwrap_or((0, f64::INFINITY));
+        if exceeds(r, out.logits_ratio) {
+            out.logits_ratio = r;
+            out.logits_worst_step = step;
+        }
+    }
+    Ok(out)
+}
+
+/// The persistent decode layers (one cooperative launch for every layer) on the same check: the
+/// traced pass (each layer its own launch, every op read from the kernel's trace outputs), then
+/// greedy tokens eager, through the graph, and through the graph with PDL on the other kernels.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersistentCheck {
+    /// Grid and phase splits (`GpuEngine::persistent_summary`).
+    pub plan: String,
+    pub ops_checked: usize,
+    pub worst_op: Option<OpError>,
+    pub first_bad_op: Option<OpError>,
+    pub logits_ratio: f64,
+    pub eager_tokens: Vec<u32>,
+    pub graph_tokens: Vec<u32>,
+    pub pdl_tokens: Vec<u32>,
+}
+
+fn check_persistent(
+    eng: &mut GpuEngine,
+    cfg: &ModelConfig,
+    w: &RefWeights,
+    seq: &[u32],
+    ref_logits: &[Vec<f64>],
+    prompt: &[u32],
+    n_new: usize,
+) -> Result<PersistentCheck> {
+    let traced = traced_pass(eng, cfg, w, seq, ref_logits)?;
+    let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
+    let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
+    let pdl_tokens = if eng.set_pdl(true) {
+        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?
+    } else {
+        Vec::new()
+    };
+    eng.set_pdl(false);
+    Ok(PersistentCheck {
+        plan: eng.persistent_summary().unwrap_or_default(),
+        ops_checked: traced.ops,
+        worst_op: traced.worst_op,
+        first_bad_op: traced.first_bad,
+        logits_ratio: traced.logits_ratio,
+        eager_tokens,
+        graph_tokens,
+        pdl_tokens,
+    })
+}
+
 /// Run the whole check on `gpu`: `prompt` teacher-forced through traced eager steps, then `n_new`
 /// greedy tokens eager and through the CUDA graph.
 pub fn check_engine(
@@ -539,40 +666,14 @@ pub fn check_engine(
     ref_tokens.truncate(n_new);
 
     // Traced eager pass over the same tokens.
-    eng.reset()?;
-    let mut kv_hist = vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers];
-    let (mut worst_op, mut first_bad): (Option<OpError>, Option<OpError>) = (None, None);
-    let (mut ops, mut logits_ratio, mut logits_worst_step) = (0usize, 0f64, 0usize);
-    for (step, lg_ref) in ref_logits.iter().enumerate() {
-        let t = eng.trace_step(seq[step])?;
-        for (layer, op, want) in op_refs(cfg, &w, &t, seq[step], step, &mut kv_hist) {
-            let got = get(&t, layer, op);
-            ops += 1;
-            let (index, ratio) =
-                worst(got, &want, OP_RTOL, OP_ATOL_RMS).unwrap_or((0, f64::INFINITY));
-            let e = OpError {
-                step,
-                layer,
-                op: op.to_string(),
-                index,
-                got: got.get(index).map_or(f64::NAN, |&g| g.into()),
-                want: want.get(index).copied().unwrap_or(f64::NAN),
-                ratio,
-            };
-            if exceeds(ratio, 1.0) && first_bad.is_none() {
-                first_bad = Some(e.clone());
-            }
-            if worst_op.as_ref().is_none_or(|w| exceeds(e.ratio, w.ratio)) {
-                worst_op = Some(e);
-            }
-        }
-        let (_, r) = worst(get(&t, None, "lm_head"), lg_ref, LOGIT_RTOL, LOGIT_ATOL_RMS)
-            .unwrap_or((0, f64::INFINITY));
-        if exceeds(r, logits_ratio) {
-            logits_ratio = r;
-            logits_worst_step = step;
-        }
-    }
+    let traced = traced_pass(&mut eng, cfg, &w, &seq, &ref_logits)?;
+    let (ops, worst_op, first_bad, logits_ratio, logits_worst_step) = (
+        traced.ops,
+        traced.worst_op,
+        traced.first_bad,
+        traced.logits_ratio,
+        traced.logits_worst_step,
+    );
 
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
@@ -592,6 +693,17 @@ pub fn check_engine(
         Vec::new()
     };
     eng.set_pdl(false);
+
+    // The persistent decode layers where the engine can run them (int4 models); refused ones
+    // (fp16 linears) say why. Restored to launch-per-op for the rest of the check.
+    let (persistent, persistent_refused) = match eng.set_persistent_layers(true) {
+        Ok(()) => {
+            let r = check_persistent(&mut eng, cfg, &w, &seq, &ref_logits, prompt, n_new);
+            eng.set_persistent_layers(false)?;
+            (Some(r?), None)
+        }
+        Err(e) => (None, Some(e.to_string())),
+    };
 
     let (profile_tokens, profile_error) = check_profile(&mut eng, prompt, n_new)?;
     let (top_p_tokens, top_p_error) = check_top_p(&mut eng, prompt, n_new)?;
@@ -628,6 +740,7 @@ pub fn check_engine(
     let tie = 2.0 * LOGIT_ATOL_RMS * lg_rms;
     let mut token_note = None;
     let mut tokens_ok = true;
+    let empty = Vec::new();
     for (name, got) in [
         ("eager", &eager_tokens),
         ("graph", &graph_tokens),
@@ -635,9 +748,21 @@ pub fn check_engine(
         ("profiled eager", &profile_tokens),
         ("graph + PDL", &pdl_tokens),
         ("begin/next_token", &stream_tokens),
+        (
+            "persistent layers eager",
+            persistent.as_ref().map_or(&empty, |p| &p.eager_tokens),
+        ),
+        (
+            "persistent layers graph",
+            persistent.as_ref().map_or(&empty, |p| &p.graph_tokens),
+        ),
+        (
+            "persistent layers graph + PDL",
+            persistent.as_ref().map_or(&empty, |p| &p.pdl_tokens),
+        ),
     ] {
-        if got.is_empty() && name == "graph + PDL" {
-            continue; // not run below sm_90
+        if got.is_empty() && (name.contains("PDL") || name.starts_with("persistent")) {
+            continue; // not run (below sm_90, or no persistent layers for this model)
         }
         if let Some(i) = (0..n_new).find(|&i| got.get(i) != ref_tokens.get(i)) {
             if margins[i] <= tie {
@@ -665,7 +790,10 @@ pub fn check_engine(
             && prefill_logits_ratio <= 1.0
             && prefill_last_ratio <= 1.0
             && profile_error.is_none()
-            && top_p_error.is_none(),
+            && top_p_error.is_none()
+            && persistent
+                .as_ref()
+                .is_none_or(|p| p.first_bad_op.is_none() && p.logits_ratio <= 1.0),
         cpu_engine_logits_ratio: None,
         cpu_engine_prefill_ratio: None,
         prefill_chunk: eng.prefill_chunk(),
@@ -686,6 +814,8 @@ pub fn check_engine(
         profile_error,
         top_p_tokens,
         top_p_error,
+        persistent,
+        persistent_refused,
     })
 }
 

@@ -39,8 +39,11 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+#[path = "gpu_persistent.rs"]
+pub mod persistent;
 #[path = "gpu_prefill/mod.rs"]
 mod prefill;
+use persistent::{LaunchKind, Persistent};
 pub use prefill::{
     attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, chunks, int4_path, row_tiles,
     Int4Path, PrefillInt4, PrefillLogits, PrefillMode, PrefillPlan, PrefillSizes,
@@ -107,6 +110,14 @@ pub struct EngineOptions {
     /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. On by
     /// default; the decode bench times both in one process.
     pub fused_glu: bool,
+    /// Run every decoder layer of a step as ONE cooperative launch (kernels/llama/layers.cu,
+    /// module `persistent`) instead of ~8 launches per layer. Int4 linears only (gemv_v6_pipe's
+    /// loop; `int4` does not apply to the layers then). Off by default until a GPU run has
+    /// measured it; `lab decode --persistent-layers` and the decode bench's column turn it on.
+    pub persistent_layers: bool,
+    /// Bytes of its next phase's weight tiles each persistent block prefetches into L2 before
+    /// every grid barrier (0: none).
+    pub persistent_prefetch: u32,
     /// Rows per prefill chunk (the m of the prefill GEMMs; longer prompts go in chunks). 0: no
     /// prefill workspace, prompts run token by token.
     pub prefill_chunk: usize,
@@ -185,6 +196,8 @@ impl EngineOptions {
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
             fused_glu: true,
+            persistent_layers: false,
+            persistent_prefetch: DEFAULT_PDL_PREFETCH,
             prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
             prefill_int4: PrefillInt4::Auto,
             prefill: PrefillMode::Gemm,
@@ -246,6 +259,7 @@ struct Kernels {
     q4_finish: CudaFunction,
     hold: CudaFunction,
     sample: CudaFunction,
+    layers: CudaFunction,
 }
 
 impl Kernels {
@@ -263,6 +277,7 @@ impl Kernels {
             q4_finish: gpu.function("lab_llama_q4_finish")?,
             hold: gpu.function("lab_llama_hold")?,
             sample: gpu.function("lab_llama_sample_top_p")?,
+            layers: gpu.function("lab_llama_layers")?,
         })
     }
 }
@@ -360,6 +375,8 @@ pub struct GpuEngine {
     step_pdl: Cell<bool>,
     /// Compute capability major: PDL needs 9+.
     cc_major: i32,
+    /// The persistent decode layers, once planned (`EngineOptions::persistent_layers`).
+    persistent: Option<Persistent>,
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -617,6 +634,13 @@ impl GpuEngine {
             streamed: Cell::new(0),
             step_pdl: Cell::new(false),
             cc_major: gpu.info.cc_major,
+            persistent: None,
+        })
+        .and_then(|mut e| {
+            if e.opts.persistent_layers {
+                e.persistent = Some(e.build_persistent()?);
+            }
+            Ok(e)
         })
     }
 
@@ -645,6 +669,10 @@ impl GpuEngine {
     /// silu_mul (only where the down projection takes no gated input), down_proj, then
     /// residual_final, final_norm, lm_head, argmax.
     pub fn profile_marks_per_step(&self) -> usize {
+        if self.persistent_active().is_some() {
+            // embedding, decode_layers, then the four above.
+            return 1 + 1 + 4;
+        }
         let silu = self
             .weights
             .layers
@@ -671,6 +699,35 @@ impl GpuEngine {
         }
     }
 
+    /// The persistent layers when the step runs them.
+    fn persistent_active(&self) -> Option<&Persistent> {
+        self.persistent
+            .as_ref()
+            .filter(|_| self.opts.persistent_layers)
+    }
+
+    /// Whether the step runs the persistent decode layers.
+    pub fn persistent_layers(&self) -> bool {
+        self.persistent_active().is_some()
+    }
+
+    /// The persistent layers' grid and phase splits, once planned.
+    pub fn persistent_summary(&self) -> Option<String> {
+        self.persistent.as_ref().map(|p| p.summary())
+    }
+
+    /// Run the decode layers as one persistent launch, or as separate launches again (drops the
+    /// captured graph). Plans and uploads the layers the first time; a refusal (an fp16 linear, a
+    /// shape gemv_v6_pipe cannot take) leaves the engine as it was.
+    pub fn set_persistent_layers(&mut self, on: bool) -> Result<()> {
+        if on && self.persistent.is_none() {
+            self.persistent = Some(self.build_persistent()?);
+        }
+        self.opts.persistent_layers = on;
+        self.graph = None;
+        Ok(())
+    }
+
     pub fn has_graph(&self) -> bool {
         self.graph.is_some()
     }
@@ -694,8 +751,8 @@ impl GpuEngine {
         unsafe { self.launch_cfg(f, cfg, p) }.ctx(what)
     }
 
-    /// Every engine kernel launch (one params struct): plain, or inside a decode step with PDL
-    /// on, through cuLaunchKernelEx with programmatic stream serialization allowed.
+    /// Every engine kernel launch but the persistent layers': plain, or inside a decode step
+    /// with PDL on, with programmatic stream serialization allowed.
     ///
     /// # Safety
     /// As any kernel launch: `p` must be the params struct `f` expects, pointing at live buffers.
@@ -705,13 +762,43 @@ impl GpuEngine {
         cfg: LaunchConfig,
         p: &P,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        let kind = if self.step_pdl.get() {
+            LaunchKind::Pdl
+        } else {
+            LaunchKind::Plain
+        };
+        self.launch_ex(f, cfg, p, kind)
+    }
+
+    /// One launch of `kind`: plain through the launch builder, PDL or cooperative through
+    /// cuLaunchKernelEx with that one attribute.
+    ///
+    /// # Safety
+    /// As `launch_cfg`; a cooperative grid must fit the device at once (the driver refuses it
+    /// otherwise).
+    unsafe fn launch_ex<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        p: &P,
+        kind: LaunchKind,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
         use cudarc::driver::sys;
-        if !self.step_pdl.get() {
-            return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ());
-        }
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        match kind {
+            LaunchKind::Plain => {
+                return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ())
+            }
+            LaunchKind::Pdl => {
+                attr.id =
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attr.value.programmaticStreamSerializationAllowed = 1;
+            }
+            LaunchKind::Cooperative => {
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attr.value.cooperative = 1;
+            }
+        }
         let lc = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -738,6 +825,49 @@ impl GpuEngine {
 
     fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
         raw(s, &self.stream)
+    }
+
+    /// The attention of layer `li` (RoPE, KV append, split, combine): lab_llama_attn_split's
+    /// params, also the persistent layers' (which take each layer's cache rows from its descriptor).
+    fn attn_params(&self, li: usize) -> abi::lab_llama_attn_params {
+        let cfg = &self.cfg;
+        let (hd, heads, kvh) = (
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        let (kv_dim, max_ctx) = (kvh * hd, self.opts.max_ctx);
+        let k_cache = self.r(&self.kv) + 2 * (li * 2 * max_ctx * kv_dim) as u64;
+        let b = &self.b;
+        abi::lab_llama_attn_params {
+            qkv: self.r(&b.qkv),
+            k_cache,
+            v_cache: k_cache + 2 * (max_ctx * kv_dim) as u64,
+            partial: self.r(&b.partial),
+            out: self.r(&b.attn),
+            state: self.r(&b.state),
+            tickets: self.r(&b.attn_tickets),
+            inv_freq: self.r(&b.inv_freq),
+            q_rot: self.r(&b.q_rot),
+            heads: heads as i32,
+            kv_heads: kvh as i32,
+            head_dim: hd as i32,
+            max_ctx: max_ctx as i32,
+            chunk: self.opts.attn_chunk as i32,
+            n_splits: self.n_splits as i32,
+            scale: (1.0 / (hd as f64).sqrt()) as f32,
+            _pad: 0,
+        }
+    }
+
+    /// The registry split-K workspace `gemv_ws` as (f32 partial columns, u32 ticket words): the
+    /// largest N of the model, then ceil(N / 32) tickets (sized in `new`).
+    fn gemv_ws_parts(&self) -> (usize, usize) {
+        let cfg = &self.cfg;
+        let kv_dim = cfg.num_key_value_heads * cfg.head_dim();
+        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let max_n = (h + 2 * kv_dim).max(2 * inter).max(h);
+        (max_n, self.b.gemv_ws.len() - max_n)
     }
 
     /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
@@ -1009,7 +1139,49 @@ impl GpuEngine {
         keep(None, "embedding", snap32(&b.resid)?)?;
 
         let layer_stride = 2 * max_ctx * kv_dim;
+        // The rotated q and the cache row the attention kernel appended: what the standalone
+        // rope kernel used to leave in qkv (the trace's "rope" op, checked against RoPE in f64).
+        let rope_trace = |li: usize| -> Result<Vec<f32>> {
+            if !tracing {
+                return Ok(Vec::new());
+            }
+            let mut v = snap16(&b.q_rot)?;
+            let row = li * layer_stride + self.pos.min(max_ctx - 1) * kv_dim;
+            for off in [row, row + max_ctx * kv_dim] {
+                let part = self
+                    .stream
+                    .clone_dtoh(&self.kv.slice(off..off + kv_dim))
+                    .ctx("debug trace copy")?;
+                v.extend(part.into_iter().map(|x| x.to_f32()));
+            }
+            Ok(v)
+        };
+        // Persistent layers: one launch for all of them; a trace runs them one layer per launch
+        // and reads the same ops as the launch-per-op step from the kernel's trace outputs.
+        let persistent = self.persistent_active();
+        if let (Some(p), false) = (persistent, tracing) {
+            self.launch_persistent(p, 0, self.weights.layers.len(), false)?;
+            keep(None, "decode_layers", Vec::new())?;
+        }
         for (li, l) in self.weights.layers.iter().enumerate() {
+            if let Some(p) = persistent {
+                if !tracing {
+                    break;
+                }
+                self.launch_persistent(p, li, li + 1, true)?;
+                let (ffn_norm, resid_attn) = Self::persistent_trace_bufs(p);
+                keep(Some(li), "attn_norm", snap16(&b.xn)?)?;
+                keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
+                keep(Some(li), "rope", rope_trace(li)?)?;
+                keep(Some(li), "attention", snap16(&b.attn)?)?;
+                keep(Some(li), "o_proj", snap16(&b.o)?)?;
+                keep(Some(li), "residual_attn", snap32(resid_attn)?)?;
+                keep(Some(li), "ffn_norm", snap16(ffn_norm)?)?;
+                keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?)?;
+                keep(Some(li), "silu_mul", snap16(&b.act)?)?;
+                keep(Some(li), "down_proj", snap16(&b.down)?)?;
+                continue;
+            }
             let delta = if li == 0 { 0 } else { self.r(&b.down) };
             self.norm(delta, &l.attn_norm, &format!("layer {li} input_layernorm"))?;
             keep(Some(li), "attn_norm", snap16(&b.xn)?)?;
@@ -1017,27 +1189,7 @@ impl GpuEngine {
                 self.linear(&s.lin, self.r(&b.xn), self.r(&b.qkv) + 2 * s.col as u64)?;
             }
             keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
-            let k_cache = self.r(&self.kv) + 2 * (li * layer_stride) as u64;
-            let v_cache = k_cache + 2 * (max_ctx * kv_dim) as u64;
-            let ap = abi::lab_llama_attn_params {
-                qkv: self.r(&b.qkv),
-                k_cache,
-                v_cache,
-                partial: self.r(&b.partial),
-                out: self.r(&b.attn),
-                state,
-                tickets: self.r(&b.attn_tickets),
-                inv_freq: self.r(&b.inv_freq),
-                q_rot: self.r(&b.q_rot),
-                heads: heads as i32,
-                kv_heads: kvh as i32,
-                head_dim: hd as i32,
-                max_ctx: max_ctx as i32,
-                chunk: self.opts.attn_chunk as i32,
-                n_splits: self.n_splits as i32,
-                scale: (1.0 / (hd as f64).sqrt()) as f32,
-                _pad: 0,
-            };
+            let ap = self.attn_params(li);
             let groups = 256 / (hd / 8);
             let smem = ((hd + self.opts.attn_chunk + groups * hd) * 4) as u32;
             // K and V rows 0..=pos, fp16: what the attention streams per layer.
@@ -1053,22 +1205,7 @@ impl GpuEngine {
             )?;
             // The rotated q and the cache row the attention kernel appended: what the standalone
             // rope kernel used to leave in qkv (the trace's "rope" op, checked against RoPE in f64).
-            let rope_trace = || -> Result<Vec<f32>> {
-                if !tracing {
-                    return Ok(Vec::new());
-                }
-                let mut v = snap16(&b.q_rot)?;
-                let row = li * layer_stride + self.pos.min(max_ctx - 1) * kv_dim;
-                for off in [row, row + max_ctx * kv_dim] {
-                    let part = self
-                        .stream
-                        .clone_dtoh(&self.kv.slice(off..off + kv_dim))
-                        .ctx("debug trace copy")?;
-                    v.extend(part.into_iter().map(|x| x.to_f32()));
-                }
-                Ok(v)
-            };
-            keep(Some(li), "rope", rope_trace()?)?;
+            keep(Some(li), "rope", rope_trace(li)?)?;
             keep(Some(li), "attention", snap16(&b.attn)?)?;
             self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
             keep(Some(li), "o_proj", snap16(&b.o)?)?;
@@ -1114,7 +1251,13 @@ impl GpuEngine {
             self.linear_in(&l.down, x, self.r(&b.down))?;
             keep(Some(li), "down_proj", snap16(&b.down)?)?;
         }
-        self.norm(self.r(&b.down), &self.weights.final_norm, "final norm")?;
+        // The persistent layers added the last down projection into resid already.
+        let delta = if persistent.is_some() {
+            0
+        } else {
+            self.r(&b.down)
+        };
+        self.norm(delta, &self.weights.final_norm, "final norm")?;
         keep(None, "residual_final", snap32(&b.resid)?)?;
         keep(None, "final_norm", snap16(&b.xn)?)?;
         self.streamed
@@ -1365,6 +1508,9 @@ impl GpuEngine {
             }
             if f & abi::LAB_LLAMA_FLAG_NAN_LOGITS as i32 != 0 {
                 why.push("all logits were NaN or -inf");
+            }
+            if f & abi::LAB_LLAMA_FLAG_BARRIER_TIMEOUT as i32 != 0 {
+                why.push("a grid barrier of the persistent layers timed out (blocks not all resident): the step's results are wrong");
             }
             return Err(LabError::CheckFailed(format!(
                 "decode step flags {f:#x}: {}",

@@ -38,6 +38,7 @@ pub fn group_of(op: &str) -> &'static str {
         "gate_up_proj" => "gate|up proj",
         "silu_mul" => "silu * up",
         "down_proj" => "down proj",
+        "decode_layers" => "persistent decode layers",
         "lm_head" => "lm_head (fp16)",
         "argmax" => "argmax",
         _ => "other",

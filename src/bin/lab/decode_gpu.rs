@@ -110,6 +110,12 @@ pub struct GpuArgs {
     /// decode GEMV once per row).
     #[arg(long, default_value = "auto", value_parser = prefill_int4)]
     prefill_int4: PrefillInt4,
+    /// Persistent decode layers (kernels/llama/layers.cu): every decoder layer of a step in ONE
+    /// cooperative launch (int4 models; gemv_v6_pipe's weight loop for every linear, so
+    /// --int4-kernel applies to the prefill only). Generation runs with them; the bench adds a
+    /// column timing them beside the launch-per-op step. Not yet measured on a GPU: off by default.
+    #[arg(long)]
+    persistent_layers: bool,
     /// How generation fills the cache with the prompt: gemm (the prefill GEMMs) or tokens (the
     /// decode step once per prompt token, the reference).
     #[arg(long, default_value = "gemm", value_parser = prefill_mode)]
@@ -281,6 +287,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 prefill_int4: pf_int4,
                 profile_steps: g.profile_steps,
                 pdl: g.pdl != PdlMode::Off,
+                persistent: g.persistent_layers,
                 pdl_prefetch: g.pdl_prefetch.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
@@ -498,6 +505,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         a.gpu.int4_kernel.first().map_or("auto", |s| s.as_str()),
         || dispatcher(&gpu, &a.gpu.root),
     )?;
+    opts.persistent_layers = a.gpu.persistent_layers;
     let label = dir.display().to_string();
     // Streamed: one layer at a time from the memory-mapped checkpoint, a progress bar on stderr.
     let src = CheckpointLayers::new(&ckpt).with_progress(!a.json);
