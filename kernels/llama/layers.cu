@@ -41,8 +41,9 @@
 // reads it before its first arrival (no block can complete barrier 0 before every block arrived, so
 // the value lies in [base, base + grid)) and every barrier adds exactly `grid`. A barrier that waits
 // more than 2 s (blocks not co-resident: cannot happen under a cooperative launch) sets
-// LAB_LLAMA_FLAG_BARRIER_TIMEOUT and every later barrier returns at once: a wrong answer the host
-// reports, never a hung GPU.
+// LAB_LLAMA_FLAG_BARRIER_TIMEOUT and every later barrier gives up after its first 1024 spins: a
+// wrong answer the host reports (check_state fails; reset re-zeroes the split-K and attention
+// workspaces the unsynchronized phases may have left dirty), never a hung GPU.
 //
 // Design numbers (H100 SXM, 132 SMs, 3091 GB/s measured read ceiling; 7B int4 g128, ctx 128):
 //   bytes per layer: q|k|v 26.0 MB + o 8.7 + gate|up 46.5 + down 23.3 = 104.5 MB -> 33.8 us at the
@@ -77,6 +78,15 @@ static __device__ __forceinline__ unsigned long long layers_ld_acquire(const uns
     return v;
 }
 
+// The spin's load: relaxed, so a waiting block does not invalidate its SM's L1 (which the other
+// block on the SM may be using) on every iteration as ld.acquire does (CCTL.IVALL in the SASS);
+// the fence after the spin gives the acquire (fence-after-read pattern).
+static __device__ __forceinline__ unsigned long long layers_ld_relaxed(const unsigned long long* a) {
+    unsigned long long v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(a) : "memory");
+    return v;
+}
+
 static __device__ __forceinline__ unsigned long long layers_globaltimer() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -100,7 +110,7 @@ static __device__ __forceinline__ void layers_barrier(LayersBarrier& b) {
         const unsigned long long t0 = layers_globaltimer();
         unsigned spins = 0;
         const unsigned long long target = *b.target;
-        while (layers_ld_acquire(b.ctr) < target) {
+        while (layers_ld_relaxed(b.ctr) < target) {
             if ((++spins & 1023u) == 0u) {
                 const volatile int* f = b.flags;
                 if (*f & LAB_LLAMA_FLAG_BARRIER_TIMEOUT) break;
@@ -110,7 +120,7 @@ static __device__ __forceinline__ void layers_barrier(LayersBarrier& b) {
                 }
             }
         }
-        __threadfence();
+        __threadfence();  // acquire: the other blocks' writes (fenced before their arrivals) are visible
     }
     __syncthreads();
 }
@@ -360,7 +370,11 @@ static __device__ __forceinline__ void layers_prefetch(const lab_layers_phase& p
 
 extern "C" __global__ void __launch_bounds__(LAB_LAYERS_THREADS, LAB_LAYERS_MIN_BLOCKS)
 lab_llama_layers(lab_llama_layers_params P) {
-    LAB_PDL_ENTER();  // launched cooperatively without the PDL attribute: a no-op kept for the rule
+    // Launched cooperatively without the PDL attribute, so the wait is a no-op (kept for the rule
+    // that every decode kernel waits before touching memory); the dependents (the final norm,
+    // launched with PDL) are released only in the last layer's down phase, so their blocks do not
+    // sit on the SMs for the whole step.
+    LAB_PDL_WAIT();
     extern __shared__ float attn_smem[];
     __shared__ LayersGemvSmem sh;
     __shared__ float red[32];
@@ -394,6 +408,7 @@ lab_llama_layers(lab_llama_layers_params P) {
                     __syncthreads();  // its shared memory is reused by the next item
                 }
             } else {
+                if (ph == PH_DOWN && l + 1 == P.layer_end) LAB_PDL_LAUNCH();
                 const lab_layers_phase& G = ph == PH_QKV ? L.qkv : ph == PH_O ? L.o : ph == PH_GATE_UP ? L.gate_up : L.down;
                 LayersX X;
                 X.mode = ph == PH_O ? LAYERS_X_PLAIN : ph == PH_DOWN ? LAYERS_X_GLU : LAYERS_X_NORM;

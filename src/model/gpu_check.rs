@@ -23,7 +23,7 @@ use crate::model::gpu_engine::{
 };
 use crate::model::gpu_weights::{HostLlama, WeightKind};
 use crate::model::sampler::{draw, top_p_pick, Sampling};
-use crate::Result;
+use crate::{LabError, Result};
 use serde::Serialize;
 
 /// Op-local tolerance: |gpu - ref| <= OP_RTOL |ref| + OP_ATOL_RMS rms(ref). Each op rounds its
@@ -702,7 +702,9 @@ pub fn check_engine(
             eng.set_persistent_layers(false)?;
             (Some(r?), None)
         }
-        Err(e) => (None, Some(e.to_string())),
+        // A refusal (fp16 linears, a shape v6 cannot take) is reported; a driver error fails.
+        Err(e @ LabError::Invalid { .. }) => (None, Some(e.to_string())),
+        Err(e) => return Err(e),
     };
 
     let (profile_tokens, profile_error) = check_profile(&mut eng, prompt, n_new)?;

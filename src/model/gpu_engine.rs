@@ -1416,6 +1416,19 @@ impl GpuEngine {
         self.stream
             .memcpy_htod(&words, &mut self.b.state)
             .ctx("writing the step state")?;
+        // The split-K and attention tickets and partials are zero between launches; a step cut
+        // short (a persistent-layers barrier that timed out, flag 8) may leave them dirty, so a
+        // reset makes them zero again (~0.1 MB at 7B).
+        let b = &mut self.b;
+        for (buf, what) in [
+            (&mut b.gemv_ws, "GEMV split-K workspace"),
+            (&mut b.q4_ws, "int4 GEMV accumulator"),
+        ] {
+            self.stream.memset_zeros(buf).ctx(what)?;
+        }
+        self.stream
+            .memset_zeros(&mut b.attn_tickets)
+            .ctx("attention tickets")?;
         self.pos = pos;
         Ok(())
     }

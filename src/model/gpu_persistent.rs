@@ -239,7 +239,7 @@ impl GpuEngine {
         if per_sm == 0 {
             return Err(LabError::invalid(
                 "--persistent-layers",
-                format!("lab_llama_layers does not fit an SM with {smem} B of attention shared memory (attn_chunk {})", self.opts.attn_chunk),
+                format!("lab_llama_layers with {smem} B of dynamic shared memory for attn_chunk {} (beside its ~13.5 KB static) has no room on an SM: over the 48 KB a launch gets by default? lower attn_chunk", self.opts.attn_chunk),
             ));
         }
         let grid = per_sm as usize * self.sms;
@@ -289,25 +289,19 @@ impl GpuEngine {
                 }
                 let ph = &mut phases[pi];
                 for (d, ((q, _), pp)) in ph.part.iter_mut().zip(parts.iter().zip(&plan.parts)) {
+                    // The pointers and zero mode exactly as every int4 GEMV launch gets them.
+                    let g = self.int4_params(q, super::XInput::Plain(0), 0, 0, 1, q.k);
                     *d = abi::lab_layers_part {
-                        qweight: self.r(&q.qweight),
-                        qzeros: if q.symmetric {
-                            0
-                        } else {
-                            q.qzeros.as_ref().map_or(0, |z| self.r(z))
-                        },
-                        scales: self.r(&q.scales),
-                        perm: q.perm.as_ref().map_or(0, |p| self.r(p)),
-                        n: q.n as i32,
+                        qweight: g.qweight,
+                        qzeros: g.qzeros,
+                        scales: g.scales,
+                        perm: g.perm,
+                        n: g.n,
                         col0: pp.col0 as i32,
                         tile0: pp.tile0 as i32,
                         item0: pp.item0 as i32,
-                        group_size: q.group_size as i32,
-                        zero_mode: if q.symmetric {
-                            abi::LAB_ZEROS_SYMMETRIC
-                        } else {
-                            abi::LAB_ZEROS_TRUE
-                        } as i32,
+                        group_size: g.group_size,
+                        zero_mode: g.zero_mode,
                     };
                 }
                 ph.y = y;
