@@ -257,7 +257,8 @@ typedef struct {
     int32_t hidden;
     float eps;           /* RMSNorm epsilon */
     int32_t prefetch_bytes; /* L2 prefetch per block of its next phase's tiles, before each barrier */
-    int32_t _pad;
+    int32_t barriers_only;  /* 1: skip every phase's work (norms, GEMVs, attention, prefetch) and run only
+                               the grid barriers: what they cost alone (the decode bench's note) */
 } lab_llama_layers_params;
 
 /* ---- LLaMA prefill (kernels/llama/prefill.cu): m prompt rows through a layer at once ----

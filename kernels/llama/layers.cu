@@ -63,8 +63,9 @@
 //   partly hidden behind the prefetched rows. ~50-55 us per layer.
 //   Prediction: ~1.6-1.85 ms per 7B step at ctx 128 (65-75% of the roofline) against 2.14 ms with
 //   separate launches + PDL (run D, 56%). Falsified if the step is not at least 15% faster than
-//   the launch-per-op graph + PDL in the same process (then time the barriers alone: a layer range
-//   with the phases' work skipped).
+//   the launch-per-op graph + PDL in the same process; then the bench's note on the barriers alone
+//   (lab_llama_layers_params.barriers_only: every phase's work skipped) says whether they are the
+//   cost (prediction: 160 barriers ~0.1-0.2 ms per 7B step).
 #include "llama/util.cuh"
 #include "llama/attention.cuh"
 #include "gemv/gemv_v6_core.cuh"
@@ -398,7 +399,9 @@ lab_llama_layers(lab_llama_layers_params P) {
     for (int l = P.layer_begin; l < P.layer_end; ++l) {
         const lab_layers_layer& L = layers[l];
         for (int ph = 0; ph < PH_COUNT; ++ph) {
-            if (ph == PH_ATTN) {
+            if (P.barriers_only) {
+                // The barriers' cost alone (the bench): no work, no prefetch.
+            } else if (ph == PH_ATTN) {
                 // (head, split) items, head fastest.
                 lab_llama_attn_params a = P.attn;
                 a.k_cache = L.k_cache;
@@ -430,7 +433,7 @@ lab_llama_layers(lab_llama_layers_params P) {
             const bool last = l + 1 == P.layer_end && ph == PH_DOWN;
             if (last) break;
             // o's rows go out once, before the attention phase (which reads no weights).
-            if (ph != PH_ATTN) {
+            if (ph != PH_ATTN && !P.barriers_only) {
                 const lab_layers_phase& next = ph == PH_QKV    ? L.o
                                              : ph == PH_O      ? L.gate_up
                                              : ph == PH_GATE_UP ? L.down

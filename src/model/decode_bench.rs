@@ -213,6 +213,10 @@ pub struct DecodeReport {
     /// with --profile-steps 0).
     #[serde(default)]
     pub profile: Vec<StepProfile>,
+    /// The persistent layers' grid barriers alone (every phase's work skipped): us per step and
+    /// barriers per step. None where the persistent layers were not timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_barriers: Option<(f64, usize)>,
 }
 
 impl DecodeReport {
@@ -496,6 +500,26 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         eng.set_pdl(false);
         points.push(point);
     }
+    // What the persistent layers' barriers cost alone, once per run (independent of the context).
+    let mut persistent_barriers = None;
+    if plan.persistent && persistent_ok {
+        match eng.time_persistent_barriers(20) {
+            Ok((us, n)) => {
+                notes.push(format!(
+                    "persistent layers, grid barriers alone (every phase's work skipped, 20 launches): {us:.1} us per step for {n} barriers, {:.2} us each",
+                    us / n.max(1) as f64
+                ));
+                persistent_barriers = Some((us, n));
+            }
+            Err(e) => notes.push(format!("persistent layers' barriers not timed: {e}")),
+        }
+        let flags = eng.flags()?;
+        if flags != 0 {
+            notes.push(format!(
+                "persistent barriers alone: step state flags {flags:#x}"
+            ));
+        }
+    }
     let mut profile = Vec::new();
     if plan.profile_steps > 0 {
         for &ctx in &plan.contexts {
@@ -543,6 +567,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         vram: eng.vram()?,
         notes,
         profile,
+        persistent_barriers,
     })
 }
 
@@ -1054,6 +1079,7 @@ mod tests {
                     },
                 ]],
             )],
+            persistent_barriers: None,
             config: model,
         }
     }

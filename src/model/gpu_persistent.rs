@@ -362,6 +362,19 @@ impl GpuEngine {
         end: usize,
         trace: bool,
     ) -> Result<()> {
+        self.launch_persistent_as(p, begin, end, trace, false)
+    }
+
+    /// `launch_persistent`, or with `barriers_only` the grid barriers of those layers and nothing
+    /// else (their cost alone; the step's state is left as it was, bar the barrier counter).
+    fn launch_persistent_as(
+        &self,
+        p: &Persistent,
+        begin: usize,
+        end: usize,
+        trace: bool,
+        barriers_only: bool,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let hd = cfg.head_dim();
         let b = &self.b;
@@ -383,12 +396,17 @@ impl GpuEngine {
             hidden: cfg.hidden_size as i32,
             eps: cfg.rms_norm_eps as f32,
             prefetch_bytes: self.opts.persistent_prefetch.min(i32::MAX as u32) as i32,
-            _pad: 0,
+            barriers_only: barriers_only as i32,
         };
         // Bytes the layers stream: every linear, and K/V rows 0..=pos per layer.
         let kv_dim = cfg.num_key_value_heads * hd;
         let mut bytes = 0u64;
-        for l in &self.weights.layers[begin..end] {
+        let streamed = if barriers_only {
+            begin..begin
+        } else {
+            begin..end
+        };
+        for l in &self.weights.layers[streamed] {
             bytes += l.qkv.iter().map(|s| s.lin.bytes()).sum::<u64>()
                 + l.o.bytes()
                 + l.gate_up.iter().map(|s| s.lin.bytes()).sum::<u64>()
@@ -408,6 +426,28 @@ impl GpuEngine {
             "persistent decode layers {begin}..{end} (grid {})",
             p.grid
         ))
+    }
+
+    /// What the grid barriers of one whole-model launch cost alone: `launches` launches of the
+    /// persistent kernel with every phase's work skipped, timed with events. Returns (us per
+    /// launch, barriers per launch). Plans the persistent layers if needed; the step itself is
+    /// left as it was.
+    pub fn time_persistent_barriers(&mut self, launches: usize) -> Result<(f64, usize)> {
+        if self.persistent.is_none() {
+            self.persistent = Some(self.build_persistent()?);
+        }
+        let p = self.persistent.as_ref().expect("planned above");
+        let layers = self.weights.layers.len();
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        self.launch_persistent_as(p, 0, layers, false, true)?; // warm-up
+        let a = self.stream.record_event(flags).ctx("start event")?;
+        for _ in 0..launches.max(1) {
+            self.launch_persistent_as(p, 0, layers, false, true)?;
+        }
+        let b = self.stream.record_event(flags).ctx("stop event")?;
+        self.stream.synchronize().ctx("persistent barriers")?;
+        let ms = a.elapsed_ms(&b).ctx("event time")? as f64;
+        Ok((1e3 * ms / launches.max(1) as f64, 5 * layers - 1))
     }
 
     /// The trace-only buffers (see `launch_persistent`): the post-attention norm's x and resid
