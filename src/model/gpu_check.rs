@@ -387,6 +387,9 @@ impl CheckReport {
                     "\n  persistent layers [{}]: {} op outputs, logits {:.2}x tol; tokens eager {:?} graph {:?} graph + PDL {:?}",
                     p.plan, p.ops_checked, p.logits_ratio, p.eager_tokens, p.graph_tokens, p.pdl_tokens
                 ));
+                if let Some(e) = &p.graph_error {
+                    s.push_str(&format!("\n    graph generation FAILED: {e}"));
+                }
                 if let Some(e) = &p.first_bad_op {
                     s.push_str(&format!("\n    first op out of tolerance: {e}"));
                 } else if let Some(e) = &p.worst_op {
@@ -587,6 +590,9 @@ pub struct PersistentCheck {
     pub eager_tokens: Vec<u32>,
     pub graph_tokens: Vec<u32>,
     pub pdl_tokens: Vec<u32>,
+    /// Why the graph (or graph + PDL) generation failed, if it did (a driver that will not capture
+    /// a cooperative launch, say): the eager results above still stand.
+    pub graph_error: Option<String>,
 }
 
 fn check_persistent(
@@ -600,9 +606,17 @@ fn check_persistent(
 ) -> Result<PersistentCheck> {
     let traced = traced_pass(eng, cfg, w, seq, ref_logits)?;
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
-    let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
+    let mut graph_error = None;
+    let mut graph = |eng: &mut GpuEngine, what: &str| {
+        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)
+            .unwrap_or_else(|e| {
+                graph_error.get_or_insert(format!("{what}: {e}"));
+                Vec::new()
+            })
+    };
+    let graph_tokens = graph(eng, "graph");
     let pdl_tokens = if eng.set_pdl(true) {
-        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?
+        graph(eng, "graph + PDL")
     } else {
         Vec::new()
     };
@@ -616,6 +630,7 @@ fn check_persistent(
         eager_tokens,
         graph_tokens,
         pdl_tokens,
+        graph_error,
     })
 }
 
@@ -793,9 +808,9 @@ pub fn check_engine(
             && prefill_last_ratio <= 1.0
             && profile_error.is_none()
             && top_p_error.is_none()
-            && persistent
-                .as_ref()
-                .is_none_or(|p| p.first_bad_op.is_none() && p.logits_ratio <= 1.0),
+            && persistent.as_ref().is_none_or(|p| {
+                p.first_bad_op.is_none() && p.logits_ratio <= 1.0 && p.graph_error.is_none()
+            }),
         cpu_engine_logits_ratio: None,
         cpu_engine_prefill_ratio: None,
         prefill_chunk: eng.prefill_chunk(),
