@@ -19,7 +19,8 @@
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    EngineOptions, Fp16Backend, GpuEngine, PrefillLogits, PrefillMode, TraceEntry, WeightSource,
+    EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillLogits, PrefillMode, TraceEntry,
+    WeightSource,
 };
 use crate::model::gpu_weights::{HostLlama, WeightKind};
 use crate::model::sampler::{draw, top_p_pick, Sampling};
@@ -710,8 +711,20 @@ pub fn check_engine(
     eng.set_pdl(false);
 
     // The persistent decode layers where the engine can run them (int4 models); refused ones
-    // (fp16 linears) say why. Restored to launch-per-op for the rest of the check.
-    let (persistent, persistent_refused) = match eng.set_persistent_layers(true) {
+    // (fp16 linears) say why. Restored to launch-per-op for the rest of the check. They run
+    // gemv_v6_pipe's loop whatever --int4-kernel says, so the cases that differ only in the
+    // registry kernel would repeat the same run: once per weights form (the engine's own kernel,
+    // and the fixtures).
+    let persistent_here = !matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_));
+    let tried = if persistent_here {
+        eng.set_persistent_layers(true)
+    } else {
+        Err(LabError::invalid(
+            "persistent layers",
+            "run in this weights form's engine-kernel case (same kernel whatever --int4-kernel)",
+        ))
+    };
+    let (persistent, persistent_refused) = match tried {
         Ok(()) => {
             let r = check_persistent(&mut eng, cfg, &w, &seq, &ref_logits, prompt, n_new);
             eng.set_persistent_layers(false)?;

@@ -664,6 +664,10 @@ impl GpuEngine {
     pub fn int4_kernel(&self) -> String {
         self.opts.int4.name()
     }
+    /// The int4 kernel choice the engine was built with.
+    pub fn int4_kernel_choice(&self) -> &Int4Kernel {
+        &self.opts.int4
+    }
     /// Ops one decode step marks in the per-op profile (`profile_step`): embedding, per layer
     /// attn_norm, qkv_proj, rope, attention, o_proj, residual_attn, ffn_norm, gate_up_proj,
     /// silu_mul (only where the down projection takes no gated input), down_proj, then
