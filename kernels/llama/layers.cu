@@ -26,7 +26,9 @@
 // one split per phase (gpu_engine/persistent.rs, `phase_split`) so that items per block are few and
 // even: 7B at grid 264: q|k|v 96 tiles x 5 = 480 items (<= 2 per block), o 32 x 8 = 256 (1), gate|up
 // 172 x 3 = 516 (<= 2), down 32 x 8 = 256 (1). Attention phase: (head, split) items, head-fastest, so
-// the one split per head of a short context lands on blocks 0 .. heads-1.
+// the one split per head of a short context lands on blocks 0 .. heads-1; the host sizes the split
+// (`persistent_attn_chunk`) so heads x splits fits the grid (7B at max_ctx 2100: 8 splits of 263
+// positions = 256 items; with the engine's 256-position chunk, 9 x 32 = 288 would need 2 rounds).
 //
 // The norms: every block of a norm-fed phase sums resid^2 over the whole row itself (16 KB of L2
 // reads at 7B, the same order in every block, so every block computes the same factor) and stages

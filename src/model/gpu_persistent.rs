@@ -65,6 +65,23 @@ pub fn phase_split(k: usize, tiles: usize, grid: usize) -> PhaseSplit {
     })
 }
 
+/// Positions per attention split inside the persistent kernel: the engine's `attn_chunk` at least
+/// (its partial buffer holds max_ctx / attn_chunk splits per head), and enough that heads x splits
+/// items fit the grid, so the attention phase is one round. The separate attention kernel keeps 4
+/// blocks per SM (528 on an H100) and fits 7B's 32 x 9 = 288 blocks; here 2 per SM are resident
+/// (264), so 7B at max_ctx 2100 takes 263 positions per split (8 splits, 256 items) instead of
+/// 256 (9, 288: two rounds for 24 blocks), 13B 350 (6 splits, 240 items). Small contexts keep
+/// the engine's chunk (the tiny check's 4-16 positions: many splits per head).
+pub fn persistent_attn_chunk(
+    max_ctx: usize,
+    attn_chunk: usize,
+    heads: usize,
+    grid: usize,
+) -> usize {
+    let per_head = (grid / heads.max(1)).max(1);
+    attn_chunk.max(max_ctx.div_ceil(per_head))
+}
+
 /// One linear of a phase as the planner sees it: `n` outputs at column `col` of the phase output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartShape {
@@ -186,6 +203,9 @@ pub struct Persistent {
     pub func: CudaFunction,
     pub grid: u32,
     pub smem: u32,
+    /// Attention positions per split and splits per head (`persistent_attn_chunk`).
+    pub attn_chunk: usize,
+    pub attn_splits: usize,
     /// lab_layers_layer [layers] as bytes.
     layers: CudaSlice<u8>,
     /// u64 grid-barrier arrivals (zeroed once).
@@ -213,9 +233,10 @@ impl Persistent {
             })
             .collect();
         format!(
-            "grid {} x {} threads; {}",
+            "grid {} x {} threads; attention {} positions per split; {}",
             self.grid,
             THREADS,
+            self.attn_chunk,
             phases.join(", ")
         )
     }
@@ -231,18 +252,28 @@ impl GpuEngine {
         let func = self.k.layers.clone();
         let hd = self.cfg.head_dim();
         let groups = 256 / (hd / 8);
-        let smem = ((hd + self.opts.attn_chunk + groups * hd) * 4) as u32;
-        let per_sm = func
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem as usize, None)
-            .ctx("occupancy of lab_llama_layers")?
-            .min(MIN_BLOCKS);
-        if per_sm == 0 {
-            return Err(LabError::invalid(
-                "--persistent-layers",
-                format!("lab_llama_layers with {smem} B of dynamic shared memory for attn_chunk {} (beside its ~13.5 KB static) has no room on an SM: over the 48 KB a launch gets by default? lower attn_chunk", self.opts.attn_chunk),
-            ));
-        }
-        let grid = per_sm as usize * self.sms;
+        // The attention chunk depends on the grid, the grid on the occupancy, the occupancy on
+        // the chunk's shared memory: from 2 blocks per SM down until they agree.
+        let (heads, max_ctx) = (self.cfg.num_attention_heads, self.opts.max_ctx);
+        let mut per_sm = MIN_BLOCKS;
+        let (grid, attn_chunk, smem) = loop {
+            let grid = per_sm as usize * self.sms;
+            let chunk = persistent_attn_chunk(max_ctx, self.opts.attn_chunk, heads, grid);
+            let smem = ((hd + chunk + groups * hd) * 4) as u32;
+            let fits = func
+                .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem as usize, None)
+                .ctx("occupancy of lab_llama_layers")?;
+            if fits >= per_sm {
+                break (grid, chunk, smem);
+            }
+            if fits == 0 || per_sm == 1 {
+                return Err(LabError::invalid(
+                    "--persistent-layers",
+                    format!("lab_llama_layers with {smem} B of dynamic shared memory for an attention chunk of {chunk} (beside its ~13.5 KB static) has no room on an SM: over the 48 KB a launch gets by default? lower max_ctx"),
+                ));
+            }
+            per_sm = fits;
+        };
         let (max_n, ticket_words) = self.gemv_ws_parts();
         let r = |s: &CudaSlice<f16>| self.r(s);
         let bufs = [
@@ -339,6 +370,8 @@ impl GpuEngine {
             func,
             grid: grid as u32,
             smem,
+            attn_chunk,
+            attn_splits: max_ctx.div_ceil(attn_chunk),
             layers: self
                 .stream
                 .clone_htod(bytes)
@@ -381,7 +414,11 @@ impl GpuEngine {
         let t = |v: u64| if trace { v } else { 0 };
         let params = abi::lab_llama_layers_params {
             layers: self.r(&p.layers),
-            attn: self.attn_params(0),
+            attn: abi::lab_llama_attn_params {
+                chunk: p.attn_chunk as i32,
+                n_splits: p.attn_splits as i32,
+                ..self.attn_params(0)
+            },
             resid: self.r(&b.resid),
             gate_up: self.r(&b.gate_up),
             workspace: self.r(&b.gemv_ws),
@@ -598,6 +635,23 @@ mod tests {
         assert!(plan_phase(&[bad], 264)
             .unwrap_err()
             .contains("multiple of 8"));
+    }
+
+    #[test]
+    fn attention_items_fit_the_grid_and_the_engines_partials() {
+        // (max_ctx, attn_chunk, heads, grid) -> chunk; splits never above the engine's.
+        for (ctx, chunk, heads, grid, want) in [
+            (2100usize, 256usize, 32usize, 264usize, 263usize),
+            (2100, 256, 40, 264, 350),
+            (2100, 256, 32, 132, 525),
+            (64, 4, 4, 264, 4),
+            (20, 16, 4, 2, 20),
+        ] {
+            let c = persistent_attn_chunk(ctx, chunk, heads, grid);
+            assert_eq!(c, want, "{ctx} {chunk} {heads} {grid}");
+            assert!(ctx.div_ceil(c) <= ctx.div_ceil(chunk));
+            assert!(heads * ctx.div_ceil(c) <= grid.max(heads), "{c}");
+        }
     }
 
     #[test]
