@@ -11,6 +11,7 @@ mod report;
 mod run;
 mod tune;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -64,10 +65,22 @@ fn main() {
 }
 
 /// Runs one subcommand given as words, e.g. `["plan", "--json"]`: how `lab run` chains the
-/// other subcommands with exactly the flags a user would type.
+/// other subcommands with exactly the flags a user would type. Each runs in a child process of
+/// this binary: a kernel fault poisons a process's CUDA context, and must not take the steps
+/// after it (the other measurements of a run) with it. The words are parsed here first, so a
+/// wrong flag fails before anything runs.
 pub(crate) fn run_words(words: &[&str]) -> anyhow::Result<()> {
     let argv = std::iter::once("lab").chain(words.iter().copied());
-    dispatch(Cli::try_parse_from(argv)?)
+    Cli::try_parse_from(argv)?;
+    let exe = std::env::current_exe().context("locating the lab binary for a step of lab run")?;
+    let status = std::process::Command::new(&exe)
+        .args(words)
+        .status()
+        .with_context(|| format!("starting {} {}", exe.display(), words.join(" ")))?;
+    if !status.success() {
+        anyhow::bail!("lab {} failed ({status})", words.join(" "));
+    }
+    Ok(())
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -85,8 +85,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     section("GPU engine against the CPU engine on the tiny checkpoints");
     // A failed check does not stop the timings below (they are recorded and labelled either
-    // way); lab run fails at the end. The persistent decode layers are timed only when the check
-    // (which runs them too) passed: a kernel fault would take the whole decode process with it.
+    // way; every step is its own process, so a kernel fault in the check cannot reach them); lab
+    // run fails at the end. The persistent decode layers are timed only when the check (which
+    // runs them too) passed: a fault there would take the whole decode bench with it.
     let tiny = run_words(&[
         "decode",
         "--backend",
