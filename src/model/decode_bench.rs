@@ -147,6 +147,10 @@ pub struct ContextPoint {
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_persistent_ms: Option<f64>,
+    /// The persistent layers at other L2 prefetch budgets (bytes per block before each grid
+    /// barrier, --persistent-prefetch), ms/token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_persistent_prefetch: Vec<(u32, f64)>,
 }
 
 /// One timed prefill.
@@ -262,6 +266,7 @@ pub fn context_point(
         graph_pdl_silu_kernel_ms: None,
         graph_pdl_top_p_ms: None,
         graph_persistent_ms: None,
+        graph_persistent_prefetch: Vec::new(),
     }
 }
 
@@ -290,6 +295,8 @@ pub struct BenchPlan {
     pub pdl_prefetch: Vec<u32>,
     /// Also time the graph with the persistent decode layers (`ContextPoint::graph_persistent_ms`).
     pub persistent: bool,
+    /// Their L2 prefetch budgets per block: the first is the column's, the others are swept.
+    pub persistent_prefetch: Vec<u32>,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -310,6 +317,18 @@ const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
         p.graph_pdl_top_p_ms
     }),
 ];
+
+/// One table cell of a prefetch sweep: "0 KB: 1.550, 64 KB: 1.450", or "-".
+fn budget_cells(sweep: &[(u32, f64)]) -> String {
+    if sweep.is_empty() {
+        return "-".into();
+    }
+    let cells: Vec<String> = sweep
+        .iter()
+        .map(|(b, m)| format!("{} KB: {m:.3}", b / 1024))
+        .collect();
+    cells.join(", ")
+}
 
 /// ms per step of `plan.steps` steps from position `ctx` after `plan.warmup` untimed ones from
 /// the same position (graph replays or eager launches).
@@ -368,6 +387,9 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     opts.prefill_int4 = plan.prefill_int4;
     if let Some(&b) = plan.pdl_prefetch.first() {
         opts.pdl_prefetch = b;
+    }
+    if let Some(&b) = plan.persistent_prefetch.first() {
+        opts.persistent_prefetch = b;
     }
     let mut eng = GpuEngine::new(
         gpu,
@@ -486,6 +508,19 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                         ));
                     }
                     point.graph_persistent_ms = Some(ms);
+                    // The other prefetch budgets (a failure ends the sweep, not the run).
+                    let own = eng.persistent_prefetch();
+                    for &b in plan.persistent_prefetch.iter().skip(1) {
+                        eng.set_persistent_prefetch(b);
+                        match timed_from(&mut eng, ctx, plan, true) {
+                            Ok(ms) => point.graph_persistent_prefetch.push((b, ms)),
+                            Err(e) => {
+                                notes.push(format!("persistent layers at prefetch {b} B not timed at ctx {ctx}: {e}"));
+                                break;
+                            }
+                        }
+                    }
+                    eng.set_persistent_prefetch(own);
                 }
                 Err(e) => {
                     notes.push(format!(
@@ -616,6 +651,10 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         ));
         let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
         let persistent = r.points.iter().any(|p| p.graph_persistent_ms.is_some());
+        let persistent_sweep = r
+            .points
+            .iter()
+            .any(|p| !p.graph_persistent_prefetch.is_empty());
         let sweep = r.points.iter().any(|p| !p.graph_pdl_prefetch.is_empty());
         // The single-value graph + PDL columns, where any point of the run has them.
         let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
@@ -648,17 +687,11 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 if persistent {
                     row.push(with_pct(p.graph_persistent_ms));
                 }
+                if persistent_sweep {
+                    row.push(budget_cells(&p.graph_persistent_prefetch));
+                }
                 if sweep {
-                    let cells: Vec<String> = p
-                        .graph_pdl_prefetch
-                        .iter()
-                        .map(|(b, m)| format!("{} KB: {m:.3}", b / 1024))
-                        .collect();
-                    row.push(if cells.is_empty() {
-                        "-".into()
-                    } else {
-                        cells.join(", ")
-                    });
+                    row.push(budget_cells(&p.graph_pdl_prefetch));
                 }
                 for (_, value) in &variants {
                     row.push(value(p).map_or("-".into(), |m| format!("{m:.3}")));
@@ -682,6 +715,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         if persistent {
             head.push("graph, persistent layers ms/tok (% roofline)");
+        }
+        if persistent_sweep {
+            head.push("persistent layers ms/tok at other prefetch budgets");
         }
         if sweep {
             head.push("graph + PDL ms/tok at other prefetch budgets");
@@ -1120,6 +1156,7 @@ mod tests {
         runs[0].points[0].graph_pdl_silu_kernel_ms = Some(1.525);
         runs[0].points[0].graph_pdl_top_p_ms = Some(1.52);
         runs[0].points[0].graph_persistent_ms = Some(1.2);
+        runs[0].points[0].graph_persistent_prefetch = vec![(0, 1.3), (131072, 1.25)];
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
         runs[1].prefill.clear();
         runs[1].prefill_chunk = 0;
@@ -1177,7 +1214,12 @@ mod tests {
                 && md.contains("graph + PDL ms/tok at other prefetch budgets"),
             "{md}"
         );
-        assert_eq!(md.matches("at other prefetch budgets").count(), 1, "{md}");
+        assert_eq!(
+            md.matches("graph + PDL ms/tok at other prefetch budgets")
+                .count(),
+            1,
+            "{md}"
+        );
         // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
         assert!(
             md.contains("| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 |")
@@ -1201,6 +1243,18 @@ mod tests {
                 100.0 * 1e3 / 1.2 / roof
             )) && md.matches("graph, persistent layers ms/tok").count() == 1,
             "{md}"
+        );
+        assert!(
+            md.contains("| 0 KB: 1.300, 128 KB: 1.250 |")
+                && md
+                    .matches("persistent layers ms/tok at other prefetch budgets")
+                    .count()
+                    == 1,
+            "{md}"
+        );
+        assert_eq!(
+            back.graph_persistent_prefetch,
+            vec![(0, 1.3), (131072, 1.25)]
         );
         assert!(
             md.contains("## vicuna-7b int4 g128 [test]") && md.contains("## vicuna-7b fp16"),

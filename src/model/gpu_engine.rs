@@ -1372,6 +1372,17 @@ impl GpuEngine {
         self.graph = None;
     }
 
+    /// The persistent layers' L2 prefetch budget per block (EngineOptions::persistent_prefetch).
+    pub fn persistent_prefetch(&self) -> u32 {
+        self.opts.persistent_prefetch
+    }
+
+    /// Set it; the graph is captured again at the next graph step.
+    pub fn set_persistent_prefetch(&mut self, bytes: u32) {
+        self.opts.persistent_prefetch = bytes;
+        self.graph = None;
+    }
+
     /// Fuse silu(gate) * up into the down projection's x loads where its kernel can (see
     /// EngineOptions::fused_glu); the graph is captured again at the next graph step. Returns
     /// whether any layer's step changes with it (false for fp16 or plain-x int4 kernels).

@@ -116,6 +116,10 @@ pub struct GpuArgs {
     /// column timing them beside the launch-per-op step. Not yet measured on a GPU: off by default.
     #[arg(long)]
     persistent_layers: bool,
+    /// Weight bytes each persistent-layers block prefetches into L2 before every grid barrier:
+    /// the first is what generation and the bench's column use; the bench also times the others.
+    #[arg(long, default_value = "32768,0,131072", value_delimiter = ',')]
+    persistent_prefetch: Vec<u32>,
     /// How generation fills the cache with the prompt: gemm (the prefill GEMMs) or tokens (the
     /// decode step once per prompt token, the reference).
     #[arg(long, default_value = "gemm", value_parser = prefill_mode)]
@@ -288,6 +292,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 profile_steps: g.profile_steps,
                 pdl: g.pdl != PdlMode::Off,
                 persistent: g.persistent_layers,
+                persistent_prefetch: g.persistent_prefetch.clone(),
                 pdl_prefetch: g.pdl_prefetch.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
@@ -506,6 +511,9 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         || dispatcher(&gpu, &a.gpu.root),
     )?;
     opts.persistent_layers = a.gpu.persistent_layers;
+    if let Some(&b) = a.gpu.persistent_prefetch.first() {
+        opts.persistent_prefetch = b;
+    }
     let label = dir.display().to_string();
     // Streamed: one layer at a time from the memory-mapped checkpoint, a progress bar on stderr.
     let src = CheckpointLayers::new(&ckpt).with_progress(!a.json);
