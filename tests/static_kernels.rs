@@ -206,6 +206,16 @@ fn persistent_layers_fit_two_blocks_per_sm_and_keep_local_memory_out_of_the_weig
             Some(r) if r.registers > 128 => {
                 bad.push(format!("sm_{arch}: {} registers > 128", r.registers))
             }
+            // The host's 48 KB budget for the attention's dynamic part assumes this much static.
+            Some(r)
+                if r.smem_bytes as usize
+                    > gptq_lab::model::gpu_engine::persistent::STATIC_SMEM_BYTES =>
+            {
+                bad.push(format!(
+                    "sm_{arch}: {} B static shared memory > gpu_persistent::STATIC_SMEM_BYTES",
+                    r.smem_bytes
+                ))
+            }
             Some(_) => {}
         }
     }

@@ -18,6 +18,8 @@ pub struct Resource {
     pub stack_bytes: u32,
     pub spill_stores: u32,
     pub spill_loads: u32,
+    /// Static shared memory ("N bytes smem" of the Used line; 0 when absent).
+    pub smem_bytes: u32,
 }
 
 /// Parses ptxas -v output:
@@ -61,6 +63,7 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
                 stack_bytes: 0,
                 spill_stores: 0,
                 spill_loads: 0,
+                smem_bytes: 0,
             });
             props_for = None;
         } else if let Some(rest) = line.split("Function properties for ").nth(1) {
@@ -90,6 +93,11 @@ pub fn parse_ptxas(text: &str) -> Result<Vec<Resource>> {
             let mut r = cur
                 .take()
                 .ok_or_else(|| bad(i, "'Used N registers' outside an entry function"))?;
+            r.smem_bytes = line
+                .split(',')
+                .find(|part| part.trim_end().ends_with("bytes smem"))
+                .and_then(|part| part.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
             if props_for.as_deref() != Some(r.symbol.as_str()) {
                 return Err(bad(
                     i,
@@ -412,12 +420,18 @@ ptxas info    : Used 32 registers, used 0 barriers
                 registers: 74,
                 stack_bytes: 8,
                 spill_stores: 4,
-                spill_loads: 12
+                spill_loads: 12,
+                smem_bytes: 1028,
             }
         );
         assert_eq!(
-            (r[1].symbol.as_str(), r[1].arch, r[1].registers),
-            ("k_b", 80, 32)
+            (
+                r[1].symbol.as_str(),
+                r[1].arch,
+                r[1].registers,
+                r[1].smem_bytes
+            ),
+            ("k_b", 80, 32, 0)
         );
     }
 

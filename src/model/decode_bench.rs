@@ -20,7 +20,8 @@ use crate::bench::Ceilings;
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource, DEFAULT_ATTN_CHUNK,
+    is_capture_refusal, EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource,
+    DEFAULT_ATTN_CHUNK,
 };
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
 use crate::model::sampler::Sampling;
@@ -151,6 +152,9 @@ pub struct ContextPoint {
     /// barrier, --persistent-prefetch), ms/token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_persistent_prefetch: Vec<(u32, f64)>,
+    /// The persistent layers' figures are eager steps: the driver refused the graph capture.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persistent_eager: bool,
 }
 
 /// One timed prefill.
@@ -267,6 +271,7 @@ pub fn context_point(
         graph_pdl_top_p_ms: None,
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
+        persistent_eager: false,
     }
 }
 
@@ -317,6 +322,112 @@ const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
         p.graph_pdl_top_p_ms
     }),
 ];
+
+/// The persistent decode layers of a run (`BenchPlan::persistent`): each context's column and
+/// prefetch sweep, with PDL on the kernels around them where the run's PDL column ran, then the
+/// grid barriers alone. Graph replay, or eager steps (5 launches per step, so nearly the same)
+/// from where the driver refuses to capture the cooperative launch. Never fails the run: what
+/// goes wrong is a note, and ends the pass.
+fn time_persistent(
+    eng: &mut GpuEngine,
+    plan: &BenchPlan,
+    pdl: bool,
+    points: &mut [ContextPoint],
+    notes: &mut Vec<String>,
+) -> Option<(f64, usize)> {
+    if let Err(e) = eng.set_persistent_layers(true) {
+        notes.push(format!("persistent layers not timed: {e}"));
+        return None;
+    }
+    eng.set_pdl(pdl);
+    notes.push(format!(
+        "persistent layers: one cooperative launch (kernels/llama/layers.cu) for every decoder layer, {}; PDL on the other kernels: {}; L2 prefetch {} KB per block before each grid barrier",
+        eng.persistent_summary().unwrap_or_default(),
+        if pdl { "yes" } else { "no" },
+        eng.persistent_prefetch() / 1024
+    ));
+    let own = eng.persistent_prefetch();
+    let mut budgets: Vec<u32> = Vec::new();
+    for &b in plan.persistent_prefetch.iter().skip(1) {
+        if b != own && !budgets.contains(&b) {
+            budgets.push(b);
+        }
+    }
+    let mut graph = true;
+    'contexts: for p in points.iter_mut() {
+        let ms = match timed_from(eng, p.ctx, plan, graph) {
+            Ok(ms) => Ok(ms),
+            Err(e) if graph && is_capture_refusal(&e) => {
+                notes.push(format!("persistent layers: the driver refused the graph capture ({e}): eager steps from ctx {} on", p.ctx));
+                graph = false;
+                timed_from(eng, p.ctx, plan, false)
+            }
+            Err(e) => Err(e),
+        };
+        match ms {
+            Ok(ms) => {
+                p.graph_persistent_ms = Some(ms);
+                p.persistent_eager = !graph;
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "persistent layers not timed from ctx {} on: {e}",
+                    p.ctx
+                ));
+                break;
+            }
+        }
+        for &b in &budgets {
+            eng.set_persistent_prefetch(b);
+            match timed_from(eng, p.ctx, plan, graph) {
+                Ok(ms) => p.graph_persistent_prefetch.push((b, ms)),
+                Err(e) => {
+                    notes.push(format!(
+                        "persistent layers at prefetch {b} B not timed from ctx {} on: {e}",
+                        p.ctx
+                    ));
+                    eng.set_persistent_prefetch(own);
+                    break 'contexts;
+                }
+            }
+        }
+        eng.set_persistent_prefetch(own);
+        match eng.flags() {
+            Ok(0) => {}
+            Ok(f) => notes.push(format!(
+                "ctx {} persistent layers: step state flags {f:#x}",
+                p.ctx
+            )),
+            Err(e) => {
+                notes.push(format!("persistent layers at ctx {}: {e}", p.ctx));
+                break;
+            }
+        }
+    }
+    let barriers = match eng.time_persistent_barriers(20) {
+        Ok((us, n)) => {
+            notes.push(format!(
+                "persistent layers, grid barriers alone (every phase's work skipped; 20 launches back to back, each launch's start included): {us:.1} us per step for {n} barriers, {:.2} us each at most",
+                us / n.max(1) as f64
+            ));
+            Some((us, n))
+        }
+        Err(e) => {
+            notes.push(format!("persistent layers' barriers not timed: {e}"));
+            None
+        }
+    };
+    if let Ok(f) = eng.flags() {
+        if f != 0 {
+            notes.push(format!(
+                "persistent barriers alone: step state flags {f:#x}"
+            ));
+        }
+    }
+    let _ = eng.set_persistent_layers(false);
+    eng.set_pdl(false);
+    barriers
+}
 
 /// One table cell of a prefetch sweep: "0 KB: 1.550, 64 KB: 1.450", or "-".
 fn budget_cells(sweep: &[(u32, f64)]) -> String {
@@ -410,7 +521,6 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     ];
     let mut points = Vec::new();
     let mut pdl_ok = plan.pdl;
-    let mut persistent_ok = plan.persistent;
     if plan.pdl {
         notes.push(format!(
             "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches {} KB of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh){}",
@@ -486,79 +596,8 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 ));
             }
         }
-        // The persistent decode layers last (a refusal or failure costs this column only), with
-        // PDL on the kernels around them where the PDL column ran.
-        if plan.persistent && persistent_ok {
-            eng.set_pdl(pdl_ok);
-            // Graph replay, or eager launches (5 per step here, so nearly the same) where the
-            // driver will not capture the cooperative launch.
-            let r = eng.set_persistent_layers(true).and_then(|_| {
-                timed_from(&mut eng, ctx, plan, true).or_else(|e| {
-                    notes.push(format!("persistent layers at ctx {ctx}: graph failed ({e}); the column holds eager steps"));
-                    timed_from(&mut eng, ctx, plan, false)
-                })
-            });
-            match r {
-                Ok(ms) => {
-                    if point.graph_persistent_ms.is_none() && points.is_empty() {
-                        notes.push(format!(
-                            "persistent layers: one cooperative launch (kernels/llama/layers.cu) for every decoder layer, {}; PDL on the other kernels: {}",
-                            eng.persistent_summary().unwrap_or_default(),
-                            if pdl_ok { "yes" } else { "no" }
-                        ));
-                    }
-                    point.graph_persistent_ms = Some(ms);
-                    // The other prefetch budgets (a failure ends the sweep, not the run).
-                    let own = eng.persistent_prefetch();
-                    for &b in plan.persistent_prefetch.iter().skip(1) {
-                        eng.set_persistent_prefetch(b);
-                        match timed_from(&mut eng, ctx, plan, true) {
-                            Ok(ms) => point.graph_persistent_prefetch.push((b, ms)),
-                            Err(e) => {
-                                notes.push(format!("persistent layers at prefetch {b} B not timed at ctx {ctx}: {e}"));
-                                break;
-                            }
-                        }
-                    }
-                    eng.set_persistent_prefetch(own);
-                }
-                Err(e) => {
-                    notes.push(format!(
-                        "persistent decode layers not timed from ctx {ctx} on: {e}"
-                    ));
-                    persistent_ok = false;
-                }
-            }
-            let flags = eng.flags()?;
-            if flags != 0 {
-                notes.push(format!(
-                    "ctx {ctx} persistent layers: step state flags {flags:#x}"
-                ));
-            }
-            eng.set_persistent_layers(false)?;
-        }
         eng.set_pdl(false);
         points.push(point);
-    }
-    // What the persistent layers' barriers cost alone, once per run (independent of the context).
-    let mut persistent_barriers = None;
-    if plan.persistent && persistent_ok {
-        match eng.time_persistent_barriers(20) {
-            Ok((us, n)) => {
-                notes.push(format!(
-                    "persistent layers, grid barriers alone (every phase's work skipped, 20 launches): {us:.1} us per step for {n} barriers, {:.2} us each",
-                    us / n.max(1) as f64
-                ));
-                persistent_barriers = Some((us, n));
-            }
-            Err(e) => notes.push(format!("persistent layers' barriers not timed: {e}")),
-        }
-        let flags = eng.flags()?;
-        if flags != 0 {
-            notes.push(format!(
-                "persistent barriers alone: step state flags {flags:#x}"
-            ));
-        }
     }
     let mut profile = Vec::new();
     if plan.profile_steps > 0 {
@@ -585,6 +624,13 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         }
         prefill.push(prefill_point(&plan.cfg, n, ms));
     }
+    // The persistent layers after everything else: a fault there would poison the context, and
+    // must not cost the points measured above.
+    let persistent_barriers = if plan.persistent {
+        time_persistent(&mut eng, plan, pdl_ok, &mut points, &mut notes)
+    } else {
+        None
+    };
     Ok(DecodeReport {
         prefill,
         prefill_chunk: eng.prefill_chunk(),
@@ -685,7 +731,8 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                     row.push(with_pct(p.graph_pdl_ms_per_token));
                 }
                 if persistent {
-                    row.push(with_pct(p.graph_persistent_ms));
+                    let eager = if p.persistent_eager { " eager" } else { "" };
+                    row.push(with_pct(p.graph_persistent_ms) + eager);
                 }
                 if persistent_sweep {
                     row.push(budget_cells(&p.graph_persistent_prefetch));

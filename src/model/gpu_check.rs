@@ -19,8 +19,8 @@
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillLogits, PrefillMode, TraceEntry,
-    WeightSource,
+    is_capture_refusal, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillLogits,
+    PrefillMode, TraceEntry, WeightSource,
 };
 use crate::model::gpu_weights::{HostLlama, WeightKind};
 use crate::model::sampler::{draw, top_p_pick, Sampling};
@@ -322,9 +322,10 @@ pub struct CheckReport {
     /// Top-p tokens chosen on the GPU (eager) and what disagreed with the CPU mirror, if anything.
     pub top_p_tokens: Vec<u32>,
     pub top_p_error: Option<String>,
-    /// The persistent decode layers on the same check (None: refused, see `persistent_refused`).
-    pub persistent: Option<PersistentCheck>,
-    pub persistent_refused: Option<String>,
+    /// The persistent decode layers on the same check: the device's grid, then a grid capped at
+    /// `PERSISTENT_SMALL_GRID` blocks (empty: not run here, see `persistent_not_run`).
+    pub persistent: Vec<PersistentCheck>,
+    pub persistent_not_run: Option<String>,
     pub pass: bool,
 }
 
@@ -382,23 +383,24 @@ impl CheckReport {
                 self.top_p_tokens
             )),
         }
-        match (&self.persistent, &self.persistent_refused) {
-            (Some(p), _) => {
+        for p in &self.persistent {
+            s.push_str(&format!(
+                "\n  persistent layers [{}]: {} op outputs, logits {:.2}x tol; tokens eager {:?} graph {:?} graph + PDL {:?}",
+                p.plan, p.ops_checked, p.logits_ratio, p.eager_tokens, p.graph_tokens, p.pdl_tokens
+            ));
+            if let Some(e) = &p.graph_refused {
                 s.push_str(&format!(
-                    "\n  persistent layers [{}]: {} op outputs, logits {:.2}x tol; tokens eager {:?} graph {:?} graph + PDL {:?}",
-                    p.plan, p.ops_checked, p.logits_ratio, p.eager_tokens, p.graph_tokens, p.pdl_tokens
+                    "\n    graph capture refused by the driver (eager only): {e}"
                 ));
-                if let Some(e) = &p.graph_error {
-                    s.push_str(&format!("\n    graph generation FAILED: {e}"));
-                }
-                if let Some(e) = &p.first_bad_op {
-                    s.push_str(&format!("\n    first op out of tolerance: {e}"));
-                } else if let Some(e) = &p.worst_op {
-                    s.push_str(&format!("\n    worst op: {e}"));
-                }
             }
-            (None, Some(why)) => s.push_str(&format!("\n  persistent layers not run: {why}")),
-            (None, None) => {}
+            if let Some(e) = &p.first_bad_op {
+                s.push_str(&format!("\n    first op out of tolerance: {e}"));
+            } else if let Some(e) = &p.worst_op {
+                s.push_str(&format!("\n    worst op: {e}"));
+            }
+        }
+        if let Some(why) = &self.persistent_not_run {
+            s.push_str(&format!("\n  persistent layers not run: {why}"));
         }
         s
     }
@@ -591,10 +593,21 @@ pub struct PersistentCheck {
     pub eager_tokens: Vec<u32>,
     pub graph_tokens: Vec<u32>,
     pub pdl_tokens: Vec<u32>,
-    /// Why the graph (or graph + PDL) generation failed, if it did (a driver that will not capture
-    /// a cooperative launch, say): the eager results above still stand.
-    pub graph_error: Option<String>,
+    /// The driver refused to capture the cooperative launch into a CUDA graph (the graph lines
+    /// are then empty; the engine runs such steps eager). Any other failure fails the check.
+    pub graph_refused: Option<String>,
 }
+
+impl PersistentCheck {
+    fn pass(&self) -> bool {
+        self.first_bad_op.is_none() && self.logits_ratio <= 1.0
+    }
+}
+
+/// The capped grid of the check's second persistent pass: several work items per block in every
+/// GEMV phase, and attention splits larger than `attn_chunk` (the tiny models on a full grid
+/// take neither path).
+pub const PERSISTENT_SMALL_GRID: usize = 8;
 
 fn check_persistent(
     eng: &mut GpuEngine,
@@ -607,21 +620,27 @@ fn check_persistent(
 ) -> Result<PersistentCheck> {
     let traced = traced_pass(eng, cfg, w, seq, ref_logits)?;
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
-    let mut graph_error = None;
-    let mut graph = |eng: &mut GpuEngine, what: &str| {
-        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)
-            .unwrap_or_else(|e| {
-                graph_error.get_or_insert(format!("{what}: {e}"));
-                Vec::new()
-            })
+    let mut graph_refused = None;
+    let mut graph = |eng: &mut GpuEngine| -> Result<Vec<u32>> {
+        if graph_refused.is_some() {
+            return Ok(Vec::new());
+        }
+        match eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken) {
+            Err(e) if is_capture_refusal(&e) => {
+                graph_refused = Some(e.to_string());
+                Ok(Vec::new())
+            }
+            r => r,
+        }
     };
-    let graph_tokens = graph(eng, "graph");
+    let graph_tokens = graph(eng)?;
     let pdl_tokens = if eng.set_pdl(true) {
-        graph(eng, "graph + PDL")
+        graph(eng)
     } else {
-        Vec::new()
+        Ok(Vec::new())
     };
     eng.set_pdl(false);
+    let pdl_tokens = pdl_tokens?;
     Ok(PersistentCheck {
         plan: eng.persistent_summary().unwrap_or_default(),
         ops_checked: traced.ops,
@@ -631,7 +650,7 @@ fn check_persistent(
         eager_tokens,
         graph_tokens,
         pdl_tokens,
-        graph_error,
+        graph_refused,
     })
 }
 
@@ -715,25 +734,32 @@ pub fn check_engine(
     // gemv_v6_pipe's loop whatever --int4-kernel says, so the cases that differ only in the
     // registry kernel would repeat the same run: once per weights form (the engine's own kernel,
     // and the fixtures).
-    let persistent_here = !matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_));
-    let tried = if persistent_here {
-        eng.set_persistent_layers(true)
+    let mut persistent = Vec::new();
+    let mut persistent_not_run = None;
+    if matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_)) {
+        persistent_not_run = Some(
+            "covered by this weights form's engine-kernel case (the same kernel whatever --int4-kernel)"
+                .to_string(),
+        );
     } else {
-        Err(LabError::invalid(
-            "persistent layers",
-            "run in this weights form's engine-kernel case (same kernel whatever --int4-kernel)",
-        ))
-    };
-    let (persistent, persistent_refused) = match tried {
-        Ok(()) => {
-            let r = check_persistent(&mut eng, cfg, &w, &seq, &ref_logits, prompt, n_new);
-            eng.set_persistent_layers(false)?;
-            (Some(r?), None)
+        for cap in [0, PERSISTENT_SMALL_GRID] {
+            eng.set_persistent_max_grid(cap);
+            match eng.set_persistent_layers(true) {
+                Ok(()) => {
+                    let r = check_persistent(&mut eng, cfg, &w, &seq, &ref_logits, prompt, n_new);
+                    eng.set_persistent_layers(false)?;
+                    persistent.push(r?);
+                }
+                // A refusal (fp16 linears, a shape v6 cannot take) is reported; a driver error fails.
+                Err(e @ LabError::Invalid { .. }) => {
+                    persistent_not_run = Some(e.to_string());
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        // A refusal (fp16 linears, a shape v6 cannot take) is reported; a driver error fails.
-        Err(e @ LabError::Invalid { .. }) => (None, Some(e.to_string())),
-        Err(e) => return Err(e),
-    };
+        eng.set_persistent_max_grid(0);
+    }
 
     let (profile_tokens, profile_error) = check_profile(&mut eng, prompt, n_new)?;
     let (top_p_tokens, top_p_error) = check_top_p(&mut eng, prompt, n_new)?;
@@ -770,7 +796,6 @@ pub fn check_engine(
     let tie = 2.0 * LOGIT_ATOL_RMS * lg_rms;
     let mut token_note = None;
     let mut tokens_ok = true;
-    let empty = Vec::new();
     for (name, got) in [
         ("eager", &eager_tokens),
         ("graph", &graph_tokens),
@@ -778,19 +803,15 @@ pub fn check_engine(
         ("profiled eager", &profile_tokens),
         ("graph + PDL", &pdl_tokens),
         ("begin/next_token", &stream_tokens),
-        (
-            "persistent layers eager",
-            persistent.as_ref().map_or(&empty, |p| &p.eager_tokens),
-        ),
-        (
-            "persistent layers graph",
-            persistent.as_ref().map_or(&empty, |p| &p.graph_tokens),
-        ),
-        (
-            "persistent layers graph + PDL",
-            persistent.as_ref().map_or(&empty, |p| &p.pdl_tokens),
-        ),
-    ] {
+    ]
+    .into_iter()
+    .chain(persistent.iter().flat_map(|p| {
+        [
+            ("persistent layers eager", &p.eager_tokens),
+            ("persistent layers graph", &p.graph_tokens),
+            ("persistent layers graph + PDL", &p.pdl_tokens),
+        ]
+    })) {
         if got.is_empty() && (name.contains("PDL") || name.starts_with("persistent")) {
             continue; // not run (below sm_90, or no persistent layers for this model)
         }
@@ -821,9 +842,7 @@ pub fn check_engine(
             && prefill_last_ratio <= 1.0
             && profile_error.is_none()
             && top_p_error.is_none()
-            && persistent.as_ref().is_none_or(|p| {
-                p.first_bad_op.is_none() && p.logits_ratio <= 1.0 && p.graph_error.is_none()
-            }),
+            && persistent.iter().all(PersistentCheck::pass),
         cpu_engine_logits_ratio: None,
         cpu_engine_prefill_ratio: None,
         prefill_chunk: eng.prefill_chunk(),
@@ -845,7 +864,7 @@ pub fn check_engine(
         top_p_tokens,
         top_p_error,
         persistent,
-        persistent_refused,
+        persistent_not_run,
     })
 }
 

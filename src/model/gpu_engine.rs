@@ -118,6 +118,10 @@ pub struct EngineOptions {
     /// Bytes of its next phase's weight tiles each persistent block prefetches into L2 before
     /// every grid barrier (0: none).
     pub persistent_prefetch: u32,
+    /// At most this many persistent blocks (0: what the device keeps resident). A test hook: a
+    /// small grid gives each block many work items and the attention larger splits than
+    /// `attn_chunk`, paths a full H100 grid never takes on the tiny models.
+    pub persistent_max_grid: usize,
     /// Rows per prefill chunk (the m of the prefill GEMMs; longer prompts go in chunks). 0: no
     /// prefill workspace, prompts run token by token.
     pub prefill_chunk: usize,
@@ -198,11 +202,27 @@ impl EngineOptions {
             fused_glu: true,
             persistent_layers: false,
             persistent_prefetch: DEFAULT_PDL_PREFETCH,
+            persistent_max_grid: 0,
             prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
             prefill_int4: PrefillInt4::Auto,
             prefill: PrefillMode::Gemm,
         }
     }
+}
+
+/// Whether `e` is the driver refusing to capture a launch into a CUDA graph (a cooperative launch
+/// on a driver that cannot put one in a graph, say), as opposed to a failed kernel or step.
+pub fn is_capture_refusal(e: &LabError) -> bool {
+    use cudarc::driver::sys::cudaError_enum as E;
+    matches!(
+        e,
+        LabError::Driver { source, .. } if matches!(
+            source.0,
+            E::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+                | E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+                | E::CUDA_ERROR_NOT_SUPPORTED
+        )
+    )
 }
 
 /// `engine` (None) or a registry GEMV variant that runs on the engine's raw buffers: a kernel
@@ -730,6 +750,17 @@ impl GpuEngine {
         self.opts.persistent_layers = on;
         self.graph = None;
         Ok(())
+    }
+
+    /// Cap the persistent grid (EngineOptions::persistent_max_grid; 0: none): the layers are
+    /// planned again at the next use.
+    pub fn set_persistent_max_grid(&mut self, blocks: usize) {
+        if blocks != self.opts.persistent_max_grid {
+            self.opts.persistent_max_grid = blocks;
+            self.persistent = None;
+            self.opts.persistent_layers = false;
+            self.graph = None;
+        }
     }
 
     pub fn has_graph(&self) -> bool {

@@ -21,6 +21,9 @@ use crate::{LabError, Result};
 use cudarc::driver::{CudaFunction, CudaSlice};
 use half::f16;
 
+/// lab_llama_layers' static shared memory (ptxas, CUDA 13.0: 13488 B on every arch), rounded up:
+/// what the 48 KB default leaves for the attention's dynamic part.
+pub const STATIC_SMEM_BYTES: usize = 13_568;
 /// Threads per block and the blocks per SM the kernel's launch bounds promise (abi.h).
 pub const THREADS: u32 = abi::LAB_LAYERS_THREADS;
 pub const MIN_BLOCKS: u32 = abi::LAB_LAYERS_MIN_BLOCKS;
@@ -256,10 +259,22 @@ impl GpuEngine {
         // the chunk's shared memory: from 2 blocks per SM down until they agree.
         let (heads, max_ctx) = (self.cfg.num_attention_heads, self.opts.max_ctx);
         let mut per_sm = MIN_BLOCKS;
+        let cap = match self.opts.persistent_max_grid {
+            0 => usize::MAX,
+            c => c,
+        };
         let (grid, attn_chunk, smem) = loop {
-            let grid = per_sm as usize * self.sms;
+            let grid = (per_sm as usize * self.sms).min(cap);
             let chunk = persistent_attn_chunk(max_ctx, self.opts.attn_chunk, heads, grid);
             let smem = ((hd + chunk + groups * hd) * 4) as u32;
+            // A launch gets 48 KB of shared memory without opting in; the kernel's static part
+            // (x slice, partials, the attention's k/v rows) is ~13.5 KB of it.
+            if smem as usize + STATIC_SMEM_BYTES > 48 * 1024 {
+                return Err(LabError::invalid(
+                    "--persistent-layers",
+                    format!("an attention split of {chunk} positions needs {smem} B of dynamic shared memory beside lab_llama_layers' ~{STATIC_SMEM_BYTES} B static: over the 48 KB a launch gets (max_ctx {max_ctx} on a grid of {grid}); lower max_ctx"),
+                ));
+            }
             let fits = func
                 .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem as usize, None)
                 .ctx("occupancy of lab_llama_layers")?;

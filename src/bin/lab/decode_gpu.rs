@@ -269,7 +269,8 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         let mut prefill_timed: Vec<WeightKind> = Vec::new();
         for (kind, int4) in &combos {
             let (kind, int4) = (*kind, int4.clone());
-            // The prefill does not use the decode's int4 GEMV: time it once per weights.
+            // The prefill and the persistent layers (gemv_v6's loop whatever --int4-kernel says)
+            // do not use the decode's int4 GEMV: time them once per weights form.
             let time_prefill = !prefill_timed.contains(&kind);
             prefill_timed.push(kind);
             let t = Instant::now();
@@ -291,7 +292,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 prefill_int4: pf_int4,
                 profile_steps: g.profile_steps,
                 pdl: g.pdl != PdlMode::Off,
-                persistent: g.persistent_layers,
+                persistent: g.persistent_layers
+                    && time_prefill
+                    && !matches!(kind, WeightKind::Fp16),
                 persistent_prefetch: g.persistent_prefetch.clone(),
                 pdl_prefetch: g.pdl_prefetch.clone(),
             };
