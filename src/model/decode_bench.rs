@@ -20,8 +20,7 @@ use crate::bench::Ceilings;
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    is_capture_refusal, EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource,
-    DEFAULT_ATTN_CHUNK,
+    EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource, DEFAULT_ATTN_CHUNK,
 };
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
 use crate::model::sampler::Sampling;
@@ -326,8 +325,8 @@ const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
 /// The persistent decode layers of a run (`BenchPlan::persistent`): each context's column and
 /// prefetch sweep, with PDL on the kernels around them where the run's PDL column ran, then the
 /// grid barriers alone. Graph replay, or eager steps (5 launches per step, so nearly the same)
-/// from where the driver refuses to capture the cooperative launch. Never fails the run: what
-/// goes wrong is a note, and ends the pass.
+/// where the driver refuses to capture the cooperative launch (the engine falls back by itself).
+/// Never fails the run: what goes wrong is a note, and ends the pass.
 fn time_persistent(
     eng: &mut GpuEngine,
     plan: &BenchPlan,
@@ -353,21 +352,13 @@ fn time_persistent(
             budgets.push(b);
         }
     }
-    let mut graph = true;
     'contexts: for p in points.iter_mut() {
-        let ms = match timed_from(eng, p.ctx, plan, graph) {
-            Ok(ms) => Ok(ms),
-            Err(e) if graph && is_capture_refusal(&e) => {
-                notes.push(format!("persistent layers: the driver refused the graph capture ({e}): eager steps from ctx {} on", p.ctx));
-                graph = false;
-                timed_from(eng, p.ctx, plan, false)
-            }
-            Err(e) => Err(e),
-        };
-        match ms {
+        // "graph" steps run eager where the driver refused to capture the cooperative launch
+        // (GpuEngine::persistent_graph_refused): marked in the column.
+        match timed_from(eng, p.ctx, plan, true) {
             Ok(ms) => {
                 p.graph_persistent_ms = Some(ms);
-                p.persistent_eager = !graph;
+                p.persistent_eager = eng.persistent_graph_refused().is_some();
             }
             Err(e) => {
                 notes.push(format!(
@@ -379,7 +370,7 @@ fn time_persistent(
         }
         for &b in &budgets {
             eng.set_persistent_prefetch(b);
-            match timed_from(eng, p.ctx, plan, graph) {
+            match timed_from(eng, p.ctx, plan, true) {
                 Ok(ms) => p.graph_persistent_prefetch.push((b, ms)),
                 Err(e) => {
                     notes.push(format!(
@@ -403,6 +394,9 @@ fn time_persistent(
                 break;
             }
         }
+    }
+    if let Some(why) = eng.persistent_graph_refused() {
+        notes.push(format!("persistent layers: the driver refused to capture the cooperative launch into a CUDA graph ({why}): their steps ran eager (5 launches each)"));
     }
     let barriers = match eng.time_persistent_barriers(20) {
         Ok((us, n)) => {

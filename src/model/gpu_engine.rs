@@ -735,6 +735,13 @@ impl GpuEngine {
         self.persistent_active().is_some()
     }
 
+    /// Why the driver refused to capture the persistent layers' step into a CUDA graph, when it did
+    /// (their "graph" steps then run eager).
+    pub fn persistent_graph_refused(&self) -> Option<&str> {
+        self.persistent_active()
+            .and_then(|p| p.graph_refused.as_deref())
+    }
+
     /// The persistent layers' grid and phase splits, once planned.
     pub fn persistent_summary(&self) -> Option<String> {
         self.persistent.as_ref().map(|p| p.summary())
@@ -1358,7 +1365,7 @@ impl GpuEngine {
 
     /// Capture the step as a CUDA graph (once; later steps replay it).
     pub fn capture_graph(&mut self) -> Result<()> {
-        if self.graph.is_some() {
+        if self.graph.is_some() || self.persistent_graph_refused().is_some() {
             return Ok(());
         }
         self.stream.synchronize().ctx("before graph capture")?;
@@ -1366,11 +1373,26 @@ impl GpuEngine {
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .ctx("begin graph capture")?;
         let r = self.enqueue_step(None, None);
-        let g = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        let g = self
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .ctx("end graph capture / instantiate");
+        // A driver that cannot put the persistent layers' cooperative launch in a graph: their
+        // steps run eager from now on (`persistent_graph_refused` says so), not an error.
+        let refused = [r.as_ref().err(), g.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .find(|e| is_capture_refusal(e))
+            .map(|e| e.to_string());
+        if let (Some(why), Some(p)) = (refused, self.persistent.as_mut()) {
+            if self.opts.persistent_layers {
+                p.graph_refused = Some(why);
+                return Ok(());
+            }
+        }
         r?;
-        let g = g
-            .ctx("end graph capture / instantiate")?
-            .ok_or_else(|| LabError::invalid("CUDA graph", "capture produced an empty graph"))?;
+        let g =
+            g?.ok_or_else(|| LabError::invalid("CUDA graph", "capture produced an empty graph"))?;
         g.upload().ctx("graph upload")?;
         self.graph = Some(g);
         let f = free_now(&self.ctx)?;
@@ -1509,6 +1531,11 @@ impl GpuEngine {
         self.check_room()?;
         match (&self.graph, graph && trace.is_none()) {
             (Some(g), true) => g.launch().ctx("graph launch")?,
+            // The driver would not capture the persistent layers' cooperative launch: their step
+            // is 5 launches, so eager costs little.
+            (None, true) if self.persistent_graph_refused().is_some() => {
+                self.enqueue_step(None, None)?
+            }
             (None, true) => {
                 return Err(LabError::invalid(
                     "decode step",
@@ -1851,6 +1878,27 @@ mod tests {
             let v = crate::kernels::registry::by_name(name).unwrap();
             assert_eq!(int4_takes_gated_input(Some(v)), gated, "{name}");
         }
+    }
+
+    #[test]
+    fn only_the_drivers_capture_refusals_count_as_refusals() {
+        use cudarc::driver::{sys::cudaError_enum as E, DriverError};
+        let driver = |code| LabError::Driver {
+            context: "graph capture".into(),
+            source: DriverError(code),
+        };
+        assert!(is_capture_refusal(&driver(
+            E::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        )));
+        assert!(is_capture_refusal(&driver(
+            E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+        )));
+        // A failed kernel, a cooperative grid too large, or any other error is not one.
+        assert!(!is_capture_refusal(&driver(E::CUDA_ERROR_ILLEGAL_ADDRESS)));
+        assert!(!is_capture_refusal(&driver(
+            E::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE
+        )));
+        assert!(!is_capture_refusal(&LabError::invalid("x", "y")));
     }
 
     #[test]

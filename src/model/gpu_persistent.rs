@@ -219,6 +219,9 @@ pub struct Persistent {
     trace_resid_attn: CudaSlice<f32>,
     /// Layer 0's phase plans (every layer of a model has the same shapes), for notes.
     pub plans: Vec<PhasePlan>,
+    /// The driver refused to capture the cooperative launch into a CUDA graph (why): the
+    /// engine's graph steps run eager while the persistent layers are on.
+    pub graph_refused: Option<String>,
 }
 
 impl Persistent {
@@ -398,6 +401,7 @@ impl GpuEngine {
             trace_ffn_norm: self.stream.alloc_zeros::<f16>(h).ctx("persistent trace")?,
             trace_resid_attn: self.stream.alloc_zeros::<f32>(h).ctx("persistent trace")?,
             plans,
+            graph_refused: None,
         })
     }
 
