@@ -553,11 +553,17 @@ impl GpuEngine {
             .any(|l| matches!(l.o, GpuLinear::F16(_)));
         let mut blas = None;
         let mut fp16_backend = None;
-        if has_f16 {
-            fp16_backend = Some(Fp16Backend::Lab);
+        // An int4 model's prefill through dequant + cuBLAS needs the handle too (a model's
+        // linears are all int4 or all fp16).
+        let dequant_prefill =
+            !has_f16 && opts.prefill_int4 == PrefillInt4::Dequant && opts.prefill_chunk > 0;
+        if has_f16 || dequant_prefill {
+            if has_f16 {
+                fp16_backend = Some(Fp16Backend::Lab);
+            }
             // SAFETY: only probes whether libcublas can be dlopen'ed; a missing library would
             // otherwise panic inside cudarc on the first cuBLAS call.
-            if opts.fp16_backend == Fp16Backend::Cublas
+            if (opts.fp16_backend == Fp16Backend::Cublas || dequant_prefill)
                 && unsafe { cudarc::cublas::sys::is_culib_present() }
             {
                 let handle = cudarc::cublas::CudaBlas::new(stream.clone())
@@ -580,7 +586,15 @@ impl GpuEngine {
                     handle,
                     _workspace: ws,
                 });
-                fp16_backend = Some(Fp16Backend::Cublas);
+                if has_f16 {
+                    fp16_backend = Some(Fp16Backend::Cublas);
+                }
+            }
+            if dequant_prefill && blas.is_none() {
+                return Err(LabError::invalid(
+                    "--prefill-int4 dequant",
+                    "needs libcublas, which could not be loaded (or use --prefill-int4 auto)",
+                ));
             }
         }
         stream.synchronize().ctx("workspace allocation")?;

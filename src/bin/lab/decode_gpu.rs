@@ -107,7 +107,8 @@ pub struct GpuArgs {
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
     /// Int4 prefill kernel: auto (gemm_v2_mma on sm_80+, else gemm_v1_simt), v2, v1, rows (the
-    /// decode GEMV once per row).
+    /// decode GEMV once per row), dequant (each linear to an fp16 scratch, then one cuBLAS GEMM;
+    /// act-order linears as auto; not yet run on a GPU).
     #[arg(long, default_value = "auto", value_parser = prefill_int4)]
     prefill_int4: PrefillInt4,
     /// Persistent decode layers (kernels/llama/layers.cu): every decoder layer of a step in ONE
@@ -148,7 +149,8 @@ fn prefill_int4(s: &str) -> Result<PrefillInt4, String> {
         "v2" | "gemm_v2_mma" => PrefillInt4::GemmV2,
         "v1" | "gemm_v1_simt" => PrefillInt4::GemmV1,
         "rows" => PrefillInt4::RowGemv,
-        o => return Err(format!("'{o}': expected auto, v2, v1 or rows")),
+        "dequant" => PrefillInt4::Dequant,
+        o => return Err(format!("'{o}': expected auto, v2, v1, rows or dequant")),
     })
 }
 

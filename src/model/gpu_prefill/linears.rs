@@ -17,6 +17,8 @@ pub const GEMM_ROWS: usize = gemm::MAX_M;
 pub enum Int4Path {
     GemmV2,
     GemmV1,
+    /// Dequantize to an fp16 scratch, then cuBLAS over all m rows.
+    Dequant,
     /// Per-row GEMV; the reason is for logs and reports.
     Rows(&'static str),
 }
@@ -44,8 +46,10 @@ pub fn int4_path(choice: PrefillInt4, s: &LayerShape, sm: u32) -> Int4Path {
     };
     match choice {
         PrefillInt4::RowGemv => Int4Path::Rows("asked for (--prefill-int4 rows)"),
-        PrefillInt4::Auto | PrefillInt4::GemmV2 if v2 => Int4Path::GemmV2,
-        PrefillInt4::Auto | PrefillInt4::GemmV1 if v1 => Int4Path::GemmV1,
+        // x in checkpoint order meets W rows in checkpoint order only without act-order.
+        PrefillInt4::Dequant if !s.perm => Int4Path::Dequant,
+        PrefillInt4::Auto | PrefillInt4::GemmV2 | PrefillInt4::Dequant if v2 => Int4Path::GemmV2,
+        PrefillInt4::Auto | PrefillInt4::GemmV1 | PrefillInt4::Dequant if v1 => Int4Path::GemmV1,
         PrefillInt4::GemmV2 if v1 => Int4Path::GemmV1,
         _ => Int4Path::Rows(why),
     }
@@ -108,6 +112,28 @@ impl GpuEngine {
                 let v = match path {
                     Int4Path::Rows(_) => {
                         return (0..m).try_for_each(|r| self.linear(lin, row_x(r), row_y(r)))
+                    }
+                    Int4Path::Dequant => {
+                        let blas = self.blas.as_ref().ok_or_else(|| {
+                            LabError::invalid("--prefill-int4 dequant", "cuBLAS is not loaded")
+                        })?;
+                        let w = pf.bufs.dequant.as_ref().ok_or_else(|| {
+                            LabError::invalid(
+                                "prefill workspace",
+                                format!("no dequant scratch for a {k} x {n} linear"),
+                            )
+                        })?;
+                        self.dequant_f16(q, self.r(w))?;
+                        // All m rows at once, straight into the output's columns (ldc = width).
+                        return self.cublas_gemm_kn(
+                            blas,
+                            self.r(w),
+                            (k, n),
+                            x,
+                            m,
+                            row_y(0),
+                            out.width,
+                        );
                     }
                     Int4Path::GemmV2 => gemm_variant("gemm_v2_mma"),
                     Int4Path::GemmV1 => gemm_variant("gemm_v1_simt"),
@@ -199,6 +225,72 @@ impl GpuEngine {
             unsafe { self.stream.launch_builder(f).arg(&p).launch(cfg) }.ctx(&what)?;
         }
         Ok(())
+    }
+
+    /// W of `l` as fp16 [k, n] at `dst` (lab_dequant_f16_v1: one rounding of scale x (q - zero)).
+    fn dequant_f16(&self, l: &Int4Dev, dst: u64) -> Result<()> {
+        let pf = self.pf()?;
+        let f =
+            pf.k.dequant
+                .as_ref()
+                .ok_or_else(|| LabError::invalid("prefill", "lab_dequant_f16_v1 was not loaded"))?;
+        // The kernel reads qweight/qzeros/scales/g_idx, group_size, zero_mode, n, k; y = dst.
+        let p = self.int4_params(l, XInput::Plain(0), dst, 0, 1, l.k);
+        self.launch(
+            f,
+            (l.n.div_ceil(256) as u32, (l.k / 8) as u32),
+            256,
+            0,
+            &p,
+            &format!("prefill dequant to fp16 K {} N {}", l.k, l.n),
+        )
+    }
+
+    /// Y[m, n] (row stride ldy) = X[m, k] W[k, n], W fp16 row-major [k, n] (the dequant scratch).
+    #[allow(clippy::too_many_arguments)]
+    fn cublas_gemm_kn(
+        &self,
+        b: &Blas,
+        w: u64,
+        (k, n): (usize, usize),
+        x: u64,
+        m: usize,
+        y: u64,
+        ldy: usize,
+    ) -> Result<()> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
+        };
+        let (alpha, beta) = (1f32, 0f32);
+        // Column-major views: W [k, n] row-major is A = n x k (lda n); X [m, k] row-major is
+        // B = k x m (ldb k); Y rows of stride ldy are C = n x m (ldc ldy). C = A B.
+        // SAFETY: w holds k*n fp16, x m*k, y m rows of ldy >= n (the chunk's output buffers).
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *b.handle.handle(),
+                cublasOperation_t::CUBLAS_OP_N,
+                cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                (&alpha) as *const f32 as *const _,
+                w as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                n as i32,
+                x as *const _,
+                cudaDataType_t::CUDA_R_16F,
+                k as i32,
+                (&beta) as *const f32 as *const _,
+                y as *mut _,
+                cudaDataType_t::CUDA_R_16F,
+                ldy as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .ctx(&format!(
+            "cuBLAS fp16 GEMM (dequantized int4) m {m} K {k} N {n}"
+        ))
     }
 
     /// The canonical codes of `l` into gemm_v2 fragment order at `dst`.

@@ -85,6 +85,11 @@ pub enum PrefillInt4 {
     GemmV1,
     /// The decode GEMV once per row (comparison / fallback).
     RowGemv,
+    /// Each linear dequantized to an fp16 [k, n] scratch (lab_dequant_f16_v1), then one cuBLAS
+    /// GEMM over all m rows; act-order linears (x would need the permutation) as Auto. Opt-in:
+    /// predicted ~1.6x gemm_v2 at 512-row chunks on an H100 (notes/kernels.md "Next" 4), not yet
+    /// run on a GPU.
+    Dequant,
 }
 
 /// Which logits a prefill returns.

@@ -35,6 +35,9 @@ pub struct PrefillSizes {
     /// fp16 [GEMM_ROWS, widest unfused slot N]: a GEMM writes y with row stride n, so an unfused
     /// q/k/v or gate/up part lands here and is copied (2D) into its columns (0 when all fused).
     pub slot_y: usize,
+    /// fp16 [k, n] of the largest dequant-path linear (--prefill-int4 dequant; 0 otherwise).
+    #[serde(default)]
+    pub dequant: usize,
 }
 
 impl PrefillSizes {
@@ -62,13 +65,19 @@ impl PrefillSizes {
             gemm_ws: GEMM_ROWS * gemm_n,
             repack: repack_words,
             slot_y: GEMM_ROWS * slot_n,
+            dequant: 0,
         }
     }
 
     pub fn bytes(&self) -> u64 {
         (4 * (self.tokens + self.resid + self.gemm_ws + self.repack)
-            + 2 * (self.x16 + self.qkv + self.delta + self.gate_up + self.act + self.slot_y))
-            as u64
+            + 2 * (self.x16
+                + self.qkv
+                + self.delta
+                + self.gate_up
+                + self.act
+                + self.slot_y
+                + self.dequant)) as u64
     }
 }
 
@@ -79,6 +88,8 @@ pub struct PrefillPlan {
     pub sizes: PrefillSizes,
     pub gemm_v1: bool,
     pub gemm_v2: bool,
+    /// Some linear takes the dequant + cuBLAS path (the dequant kernel and cuBLAS are needed).
+    pub dequant: bool,
 }
 
 impl PrefillPlan {
@@ -100,10 +111,15 @@ impl PrefillPlan {
             return None;
         }
         let (mut gemm_n, mut repack_words, mut slot_n) = (0usize, 0usize, 0usize);
-        let (mut gemm_v1, mut gemm_v2) = (false, false);
+        let (mut gemm_v1, mut gemm_v2, mut dequant) = (false, false, 0usize);
         for (s, unfused) in int4 {
             match int4_path(choice, &s, sm) {
                 Int4Path::Rows(_) => continue,
+                // cuBLAS writes any column range of the output itself: no split-K or slot rows.
+                Int4Path::Dequant => {
+                    dequant = dequant.max(s.k * s.n);
+                    continue;
+                }
                 Int4Path::GemmV2 => {
                     gemm_v2 = true;
                     repack_words = repack_words.max(gemm_layout::prepared_words(s.k, s.n));
@@ -115,10 +131,13 @@ impl PrefillPlan {
                 slot_n = slot_n.max(s.n);
             }
         }
+        let mut sizes = PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n);
+        sizes.dequant = dequant;
         Some(PrefillPlan {
-            sizes: PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n),
+            sizes,
             gemm_v1,
             gemm_v2,
+            dequant: dequant > 0,
         })
     }
 

@@ -318,3 +318,37 @@ fn prefill_attention_emulation_is_causal_softmax_attention() {
         }
     }
 }
+
+#[test]
+fn dequant_prefill_serves_plain_int4_and_leaves_act_order_to_the_gemm() {
+    // Plain int4 (any group size, per-channel, even a kept g_idx: the dequant kernel reads it)
+    // dequantizes; act-order (x would need the permutation) falls back as auto would.
+    for s in [
+        shape(4096, 12288, 128, false, false),
+        shape(4096, 4096, 4096, false, false),
+        shape(4096, 4096, 16, false, false),
+    ] {
+        assert_eq!(int4_path(PrefillInt4::Dequant, &s, 90), Int4Path::Dequant);
+        assert_eq!(int4_path(PrefillInt4::Dequant, &s, 75), Int4Path::Dequant);
+    }
+    let act = shape(4096, 12288, 128, false, true);
+    assert_eq!(int4_path(PrefillInt4::Dequant, &act, 90), Int4Path::GemmV2);
+    assert_eq!(int4_path(PrefillInt4::Dequant, &act, 75), Int4Path::GemmV1);
+    // 7B at 512 rows: the scratch holds the largest linear (gate|up, 4096 x 22016 fp16 =
+    // 180 MB) and nothing of the GEMM family (no split-K, repack or slot rows).
+    let cfg = ModelConfig::vicuna_7b();
+    let plain = checkpoint_int4_layer(&cfg, 128, false);
+    let p = PrefillPlan::new(&cfg, 512, PrefillInt4::Dequant, 90, plain.clone()).unwrap();
+    assert!(p.dequant && !p.gemm_v1 && !p.gemm_v2);
+    assert_eq!(p.sizes.dequant, 4096 * 22016);
+    let base = PrefillSizes::new(&cfg, 512, 0, 0, 0);
+    assert_eq!(p.sizes.bytes() - base.bytes(), 2 * 4096 * 22016);
+    // Act-order layers: exactly auto's plan.
+    let act = checkpoint_int4_layer(&cfg, 128, true);
+    let d = PrefillPlan::new(&cfg, 512, PrefillInt4::Dequant, 90, act.clone()).unwrap();
+    let a = PrefillPlan::new(&cfg, 512, PrefillInt4::Auto, 90, act).unwrap();
+    assert_eq!((d.sizes, d.gemm_v2, d.dequant), (a.sizes, a.gemm_v2, false));
+    // Auto never takes the dequant path.
+    let auto = PrefillPlan::new(&cfg, 512, PrefillInt4::Auto, 90, plain).unwrap();
+    assert!(!auto.dequant && auto.sizes.dequant == 0);
+}

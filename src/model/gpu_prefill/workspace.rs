@@ -22,12 +22,15 @@ pub(in crate::model::gpu_engine) struct PrefillBufs {
     pub(super) gemm_ws: Option<CudaSlice<f32>>,
     pub(super) repack: Option<CudaSlice<u32>>,
     pub(super) slot_y: Option<CudaSlice<f16>>,
+    pub(super) dequant: Option<CudaSlice<f16>>,
 }
 
 pub(super) struct PrefillKernels {
     pub(super) embed: CudaFunction,
     pub(super) attn: CudaFunction,
     pub(super) repack: CudaFunction,
+    /// lab_dequant_f16_v1 (gemv family), when some linear takes the dequant path.
+    pub(super) dequant: Option<CudaFunction>,
     /// GEMM instantiations by symbol (only of the variants some linear uses).
     pub(super) gemm: HashMap<&'static str, CudaFunction>,
 }
@@ -79,6 +82,7 @@ impl Prefill {
             sizes,
             gemm_v1: v1,
             gemm_v2: v2,
+            dequant,
         }) = PrefillPlan::new(cfg, chunk, choice, sm, int4)
         else {
             return Ok(None);
@@ -113,6 +117,7 @@ impl Prefill {
                 })
                 .transpose()?,
             slot_y: opt16(sizes.slot_y, "prefill unfused-slot rows")?,
+            dequant: opt16(sizes.dequant, "prefill fp16 dequant scratch")?,
         };
         let mut fns = HashMap::new();
         for (used, name) in [(v1, "gemm_v1_simt"), (v2, "gemm_v2_mma")] {
@@ -139,6 +144,9 @@ impl Prefill {
                 embed: gpu.function("lab_llama_prefill_embed")?,
                 attn: gpu.function("lab_llama_prefill_attn")?,
                 repack: gpu.function("lab_llama_repack_v2")?,
+                dequant: dequant
+                    .then(|| gpu.function("lab_dequant_f16_v1"))
+                    .transpose()?,
                 gemm: fns,
             },
             sm,
