@@ -125,8 +125,9 @@ impl GpuEngine {
                         })?;
                         self.dequant_f16(q, self.r(w))?;
                         // All m rows at once, straight into the output's columns (ldc = width).
-                        return self.cublas_gemm_kn(
+                        return self.cublas_f16(
                             blas,
+                            WeightOrder::KN,
                             self.r(w),
                             (k, n),
                             x,
@@ -246,53 +247,6 @@ impl GpuEngine {
         )
     }
 
-    /// Y[m, n] (row stride ldy) = X[m, k] W[k, n], W fp16 row-major [k, n] (the dequant scratch).
-    #[allow(clippy::too_many_arguments)]
-    fn cublas_gemm_kn(
-        &self,
-        b: &Blas,
-        w: u64,
-        (k, n): (usize, usize),
-        x: u64,
-        m: usize,
-        y: u64,
-        ldy: usize,
-    ) -> Result<()> {
-        use cudarc::cublas::sys::{
-            cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
-        };
-        let (alpha, beta) = (1f32, 0f32);
-        // Column-major views: W [k, n] row-major is A = n x k (lda n); X [m, k] row-major is
-        // B = k x m (ldb k); Y rows of stride ldy are C = n x m (ldc ldy). C = A B.
-        // SAFETY: w holds k*n fp16, x m*k, y m rows of ldy >= n (the chunk's output buffers).
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *b.handle.handle(),
-                cublasOperation_t::CUBLAS_OP_N,
-                cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
-                m as i32,
-                k as i32,
-                (&alpha) as *const f32 as *const _,
-                w as *const _,
-                cudaDataType_t::CUDA_R_16F,
-                n as i32,
-                x as *const _,
-                cudaDataType_t::CUDA_R_16F,
-                k as i32,
-                (&beta) as *const f32 as *const _,
-                y as *mut _,
-                cudaDataType_t::CUDA_R_16F,
-                ldy as i32,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .ctx(&format!(
-            "cuBLAS fp16 GEMM (dequantized int4) m {m} K {k} N {n}"
-        ))
-    }
-
     /// The canonical codes of `l` into gemm_v2 fragment order at `dst`.
     fn repack_v2(&self, l: &Int4Dev, dst: u64) -> Result<()> {
         let pf = self.pf()?;
@@ -363,28 +317,50 @@ impl GpuEngine {
         y: u64,
         ldy: usize,
     ) -> Result<()> {
+        self.cublas_f16(b, WeightOrder::NK, self.r(&l.w), (l.k, l.n), x, m, y, ldy)
+    }
+
+    /// Y[m, n] (row stride ldy) = X[m, k] W, fp16 in and out, fp32 accumulation; W is [n, k]
+    /// row-major (an fp16 linear, HF layout) or [k, n] row-major (the dequant scratch).
+    #[allow(clippy::too_many_arguments)]
+    fn cublas_f16(
+        &self,
+        b: &Blas,
+        order: WeightOrder,
+        w: u64,
+        (k, n): (usize, usize),
+        x: u64,
+        m: usize,
+        y: u64,
+        ldy: usize,
+    ) -> Result<()> {
         use cudarc::cublas::sys::{
             cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t,
         };
         let (alpha, beta) = (1f32, 0f32);
-        // Column-major views: W [n, k] row-major is A = k x n (lda k); X [m, k] row-major is
-        // B = k x m (ldb k); Y rows of stride ldy are C = n x m (ldc ldy). C = A^T B.
-        // SAFETY: w holds n*k fp16, x m*k, y m rows of ldy >= n (the chunk's output buffers).
+        // Column-major views: X [m, k] row-major is B = k x m (ldb k); Y rows of stride ldy are
+        // C = n x m (ldc ldy). W [n, k] row-major is k x n (lda k): C = A^T B; W [k, n] row-major
+        // is n x k (lda n): C = A B.
+        let (op, lda) = match order {
+            WeightOrder::NK => (cublasOperation_t::CUBLAS_OP_T, k),
+            WeightOrder::KN => (cublasOperation_t::CUBLAS_OP_N, n),
+        };
+        // SAFETY: w holds n*k fp16, x m*k, y m rows of ldy >= n (the caller's buffers).
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *b.handle.handle(),
-                cublasOperation_t::CUBLAS_OP_T,
+                op,
                 cublasOperation_t::CUBLAS_OP_N,
-                l.n as i32,
+                n as i32,
                 m as i32,
-                l.k as i32,
+                k as i32,
                 (&alpha) as *const f32 as *const _,
-                self.r(&l.w) as *const _,
+                w as *const _,
                 cudaDataType_t::CUDA_R_16F,
-                l.k as i32,
+                lda as i32,
                 x as *const _,
                 cudaDataType_t::CUDA_R_16F,
-                l.k as i32,
+                k as i32,
                 (&beta) as *const f32 as *const _,
                 y as *mut _,
                 cudaDataType_t::CUDA_R_16F,
@@ -393,6 +369,15 @@ impl GpuEngine {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .ctx(&format!("cuBLAS fp16 GEMM m {m} K {} N {}", l.k, l.n))
+        .ctx(&format!("cuBLAS fp16 GEMM m {m} K {k} N {n} ({order:?})"))
     }
+}
+
+/// How a weight matrix handed to cuBLAS is laid out (row-major).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WeightOrder {
+    /// [n, k]: an fp16 linear (HF nn.Linear layout).
+    NK,
+    /// [k, n]: the GPTQ order, as lab_dequant_f16_v1 writes it.
+    KN,
 }
