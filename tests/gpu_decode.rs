@@ -159,8 +159,9 @@ fn bad_tokens_and_a_full_cache_are_errors_not_wrong_results() {
 }
 
 /// A 100-token prompt on random tiny models (int4 with and without act-order, fp16): the GEMM
-/// prefill in chunks of 32 (and 7, leaving odd GEMM tiles) gives the same last-row logits (within
-/// the end-to-end tolerance) and the same greedy continuation as the token-by-token prefill.
+/// prefill in chunks of 32 (and 7, leaving odd GEMM tiles; and the dequant + cuBLAS path in
+/// chunks of 33) gives the same last-row logits (within the end-to-end tolerance) and the same
+/// greedy continuation as the token-by-token prefill.
 #[test]
 fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
     let Some(gpu) = gpu_or_skip("gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill")
@@ -187,6 +188,26 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             },
             7,
             PrefillInt4::GemmV1,
+        ),
+        // dequant + cuBLAS (--prefill-int4 dequant): 3 chunks of 33 and a 1-row tail (the
+        // decode GEMV); with act-order the GEMM family instead.
+        (
+            WeightKind::Int4 {
+                group: 32,
+                act_order: false,
+                sym: false,
+            },
+            33,
+            PrefillInt4::Dequant,
+        ),
+        (
+            WeightKind::Int4 {
+                group: 64,
+                act_order: true,
+                sym: true,
+            },
+            32,
+            PrefillInt4::Dequant,
         ),
         (WeightKind::Fp16, 32, PrefillInt4::Auto),
     ] {

@@ -547,23 +547,37 @@ impl GpuEngine {
                 * 4) as u64;
         own += (abi::LAB_LLAMA_STATE_WORDS as usize + opts.max_ctx) as u64 * 4;
 
-        let has_f16 = weights
-            .layers
-            .iter()
-            .any(|l| matches!(l.o, GpuLinear::F16(_)));
+        // Every linear of the model (a checkpoint may leave some in fp16).
+        let all_linears = || {
+            weights.layers.iter().flat_map(|l| {
+                l.qkv
+                    .iter()
+                    .map(|s| &s.lin)
+                    .chain([&l.o])
+                    .chain(l.gate_up.iter().map(|s| &s.lin))
+                    .chain([&l.down])
+            })
+        };
+        let has_f16 = all_linears().any(|l| matches!(l, GpuLinear::F16(_)));
         let mut blas = None;
         let mut fp16_backend = None;
-        // An int4 model's prefill through dequant + cuBLAS needs the handle too (a model's
-        // linears are all int4 or all fp16).
-        let dequant_prefill =
-            !has_f16 && opts.prefill_int4 == PrefillInt4::Dequant && opts.prefill_chunk > 0;
+        // The int4 prefill through dequant + cuBLAS needs the handle too: where some int4 linear
+        // takes that path (prefill::int4_path: not act-order).
+        let dequant_prefill = opts.prefill_chunk > 0
+            && all_linears().any(|l| match l {
+                GpuLinear::Int4(q) => {
+                    int4_path(opts.prefill_int4, &layer_shape(q), gpu.sm()) == Int4Path::Dequant
+                }
+                GpuLinear::F16(_) => false,
+            });
+        let fp16_cublas = has_f16 && opts.fp16_backend == Fp16Backend::Cublas;
         if has_f16 || dequant_prefill {
             if has_f16 {
                 fp16_backend = Some(Fp16Backend::Lab);
             }
             // SAFETY: only probes whether libcublas can be dlopen'ed; a missing library would
             // otherwise panic inside cudarc on the first cuBLAS call.
-            if (opts.fp16_backend == Fp16Backend::Cublas || dequant_prefill)
+            if (fp16_cublas || dequant_prefill)
                 && unsafe { cudarc::cublas::sys::is_culib_present() }
             {
                 let handle = cudarc::cublas::CudaBlas::new(stream.clone())
@@ -586,7 +600,7 @@ impl GpuEngine {
                     handle,
                     _workspace: ws,
                 });
-                if has_f16 {
+                if fp16_cublas {
                     fp16_backend = Some(Fp16Backend::Cublas);
                 }
             }
@@ -947,7 +961,7 @@ impl GpuEngine {
                         "a gated input needs an int4 GEMV (the engine runs silu * up first for fp16)",
                     ));
                 };
-                match &self.blas {
+                match self.fp16_blas() {
                     Some(b) => self.cublas_gemm(b, l, x, 1, y, l.n),
                     None => {
                         self.gemv_f16(self.r(&l.w), x, y, 0, l.n, l.k, "fp16 linear (lab GEMV)")
@@ -955,6 +969,14 @@ impl GpuEngine {
                 }
             }
         }
+    }
+
+    /// cuBLAS for the fp16 linears: only when that is their backend (the handle may exist for the
+    /// int4 dequant prefill alone).
+    fn fp16_blas(&self) -> Option<&Blas> {
+        self.blas
+            .as_ref()
+            .filter(|_| self.fp16_backend == Some(Fp16Backend::Cublas))
     }
 
     /// The kernel parameters of one int4 linear (m = 1, no bias): shared by the engine's own GEMV

@@ -1,7 +1,8 @@
 //! The linear layers of a prefill: which kernel computes an m-row linear (`int4_path`, listed in
 //! the module comment of mod.rs) and its launches. int4: the GEMM family (kernels::gemm) in row
 //! tiles of <= GEMM_ROWS, gemm_v2 reading a once-per-chunk repack into fragment order, an unfused
-//! slot's rows copied into its columns of the fused output; else the decode GEMV once per row.
+//! slot's rows copied into its columns of the fused output; with `--prefill-int4 dequant`, an fp16
+//! scratch and cuBLAS (mod.rs); else the decode GEMV once per row.
 //! fp16: cuBLAS GemmEx over all m rows, or the lab fp16 GEMV once per row without cuBLAS.
 
 use super::*;
@@ -30,8 +31,9 @@ pub(super) fn gemm_variant(name: &str) -> &'static Variant {
         .expect("gemm variants are static")
 }
 
-/// The int4 path of a linear of shape `s` on an sm_`sm` device under `choice`: the GEMM family
-/// when it serves the layout (`gemm::check_layer`: group sizes, equal-size groups), else per row.
+/// The int4 path of a linear of shape `s` on an sm_`sm` device under `choice`: dequant + cuBLAS
+/// when asked for and not act-order, the GEMM family when it serves the layout
+/// (`gemm::check_layer`: group sizes, equal-size groups), else per row.
 pub fn int4_path(choice: PrefillInt4, s: &LayerShape, sm: u32) -> Int4Path {
     let serves = |name: &str| {
         let v = gemm_variant(name);
@@ -91,7 +93,7 @@ impl GpuEngine {
         let row_x = |r: usize| x + 2 * (r * k) as u64;
         let row_y = |r: usize| out.y + 2 * (r * out.width + out.col) as u64;
         match lin {
-            GpuLinear::F16(l) => match &self.blas {
+            GpuLinear::F16(l) => match self.fp16_blas() {
                 Some(b) => self.cublas_gemm(b, l, x, m, row_y(0), out.width),
                 // No cuBLAS: the lab fp16 GEMV once per row (m times the weight traffic).
                 None => (0..m).try_for_each(|r| {
@@ -113,6 +115,8 @@ impl GpuEngine {
                     Int4Path::Rows(_) => {
                         return (0..m).try_for_each(|r| self.linear(lin, row_x(r), row_y(r)))
                     }
+                    // One row: the decode GEMV reads 0.5 B per weight, a dequant 4.5 B.
+                    Int4Path::Dequant if m == 1 => return self.linear(lin, row_x(0), row_y(0)),
                     Int4Path::Dequant => {
                         let blas = self.blas.as_ref().ok_or_else(|| {
                             LabError::invalid("--prefill-int4 dequant", "cuBLAS is not loaded")
