@@ -23,7 +23,9 @@ use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_layout::{Int4Linear, Storage};
-use crate::model::gpu_weights::{raw, F16Dev, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec};
+use crate::model::gpu_weights::{
+    raw, F16Dev, GpuLayer, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec,
+};
 use crate::model::sampler::Sampling;
 use crate::model::step_profile::Mark;
 use crate::model::vram::{Phase, VramLedger, VramReport};
@@ -352,6 +354,22 @@ pub fn q4_split(n: usize, k: usize, sms: usize) -> (usize, usize) {
     (k.div_ceil(slice), slice)
 }
 
+/// Dynamic shared memory of lab_llama_attn_split's body (attention.cuh) for head dim `hd` and
+/// `chunk` positions per split: q [hd] | scores [chunk] | V partials [256 / (hd / 8) groups][hd],
+/// f32. The separate attention kernel and the persistent layers launch with it.
+fn attn_split_smem(hd: usize, chunk: usize) -> u32 {
+    let groups = 256 / (hd / 8);
+    ((hd + chunk + groups * hd) * 4) as u32
+}
+
+/// The widest output of a linear of `cfg` (fused q|k|v, fused gate|up, o/down): what the
+/// split-K workspaces hold columns for.
+fn widest_linear_n(cfg: &ModelConfig) -> usize {
+    let kv_dim = cfg.num_key_value_heads * cfg.head_dim();
+    let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+    (h + 2 * kv_dim).max(2 * inter).max(h)
+}
+
 /// The kernel-facing shape of an int4 linear, host (`Int4Host`, tests) or device (`Int4Dev`).
 fn layer_shape<S: Storage>(l: &Int4Linear<S>) -> LayerShape {
     LayerShape {
@@ -513,7 +531,7 @@ impl GpuEngine {
 
         let n_splits = opts.max_ctx.div_ceil(opts.attn_chunk);
         let (h, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let max_n = (h + 2 * kv_dim).max(2 * inter).max(h);
+        let max_n = widest_linear_n(cfg);
         let inv_freq: Vec<f32> = (0..hd / 2)
             .map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / hd as f64) as f32)
             .collect();
@@ -548,16 +566,7 @@ impl GpuEngine {
         own += (abi::LAB_LLAMA_STATE_WORDS as usize + opts.max_ctx) as u64 * 4;
 
         // Every linear of the model (a checkpoint may leave some in fp16).
-        let all_linears = || {
-            weights.layers.iter().flat_map(|l| {
-                l.qkv
-                    .iter()
-                    .map(|s| &s.lin)
-                    .chain([&l.o])
-                    .chain(l.gate_up.iter().map(|s| &s.lin))
-                    .chain([&l.down])
-            })
-        };
+        let all_linears = || weights.layers.iter().flat_map(GpuLayer::linears);
         let has_f16 = all_linears().any(|l| matches!(l, GpuLinear::F16(_)));
         let mut blas = None;
         let mut fp16_backend = None;
@@ -619,14 +628,7 @@ impl GpuEngine {
         let mut gemv_fns = HashMap::new();
         let mut int4_choice = HashMap::new();
         for (li, l) in weights.layers.iter().enumerate() {
-            let lins = l
-                .qkv
-                .iter()
-                .map(|s| &s.lin)
-                .chain([&l.o])
-                .chain(l.gate_up.iter().map(|s| &s.lin))
-                .chain([&l.down]);
-            for lin in lins {
+            for lin in l.linears() {
                 if let GpuLinear::Int4(q) = lin {
                     let shape = layer_shape(q);
                     let Some((v, params)) = opts.int4.choose(&shape)? else {
@@ -756,11 +758,6 @@ impl GpuEngine {
         self.persistent
             .as_ref()
             .filter(|_| self.opts.persistent_layers)
-    }
-
-    /// Whether the step runs the persistent decode layers.
-    pub fn persistent_layers(&self) -> bool {
-        self.persistent_active().is_some()
     }
 
     /// Why the driver refused to capture the persistent layers' step into a CUDA graph, when it did
@@ -933,10 +930,7 @@ impl GpuEngine {
     /// The registry split-K workspace `gemv_ws` as (f32 partial columns, u32 ticket words): the
     /// largest N of the model, then ceil(N / 32) tickets (sized in `new`).
     fn gemv_ws_parts(&self) -> (usize, usize) {
-        let cfg = &self.cfg;
-        let kv_dim = cfg.num_key_value_heads * cfg.head_dim();
-        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let max_n = (h + 2 * kv_dim).max(2 * inter).max(h);
+        let max_n = widest_linear_n(&self.cfg);
         (max_n, self.b.gemv_ws.len() - max_n)
     }
 
@@ -1268,8 +1262,7 @@ impl GpuEngine {
             }
             keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
             let ap = self.attn_params(li);
-            let groups = 256 / (hd / 8);
-            let smem = ((hd + self.opts.attn_chunk + groups * hd) * 4) as u32;
+            let smem = attn_split_smem(hd, self.opts.attn_chunk);
             // K and V rows 0..=pos, fp16: what the attention streams per layer.
             self.streamed
                 .set(self.streamed.get() + 2 * (self.pos as u64 + 1) * kv_dim as u64 * 2);

@@ -257,7 +257,6 @@ impl GpuEngine {
         })?;
         let func = self.k.layers.clone();
         let hd = self.cfg.head_dim();
-        let groups = 256 / (hd / 8);
         // The attention chunk depends on the grid, the grid on the occupancy, the occupancy on
         // the chunk's shared memory: from 2 blocks per SM down until they agree.
         let (heads, max_ctx) = (self.cfg.num_attention_heads, self.opts.max_ctx);
@@ -269,7 +268,7 @@ impl GpuEngine {
         let (grid, attn_chunk, smem) = loop {
             let grid = (per_sm as usize * self.sms).min(cap);
             let chunk = persistent_attn_chunk(max_ctx, self.opts.attn_chunk, heads, grid);
-            let smem = ((hd + chunk + groups * hd) * 4) as u32;
+            let smem = super::attn_split_smem(hd, chunk);
             // A launch gets 48 KB of shared memory without opting in; the kernel's static part
             // (x slice, partials, the attention's k/v rows) is ~13.5 KB of it.
             if smem as usize + STATIC_SMEM_BYTES > 48 * 1024 {
@@ -293,7 +292,6 @@ impl GpuEngine {
             per_sm = fits;
         };
         let (max_n, ticket_words) = self.gemv_ws_parts();
-        let r = |s: &CudaSlice<f16>| self.r(s);
         let bufs = [
             self.r(&self.b.qkv),
             self.r(&self.b.o),
@@ -302,7 +300,6 @@ impl GpuEngine {
         ];
         let mut descs: Vec<abi::lab_layers_layer> = Vec::with_capacity(self.weights.layers.len());
         let mut plans = Vec::new();
-        let layer_stride = 2 * self.opts.max_ctx * self.cfg.num_key_value_heads * hd;
         for (li, l) in self.weights.layers.iter().enumerate() {
             let lins = phase_linears(l, li)?;
             let mut phases = [abi::lab_layers_phase::default(); 4];
@@ -363,16 +360,17 @@ impl GpuEngine {
                     plans.push(plan);
                 }
             }
-            let k_cache = self.r(&self.kv) + 2 * (li * layer_stride) as u64;
+            // The layer's cache rows exactly as its separate attention launch gets them.
+            let cache = self.attn_params(li);
             descs.push(abi::lab_layers_layer {
                 qkv: phases[0],
                 o: phases[1],
                 gate_up: phases[2],
                 down: phases[3],
-                attn_norm: r(&l.attn_norm),
-                ffn_norm: r(&l.ffn_norm),
-                k_cache,
-                v_cache: k_cache + 2 * (layer_stride / 2) as u64,
+                attn_norm: self.r(&l.attn_norm),
+                ffn_norm: self.r(&l.ffn_norm),
+                k_cache: cache.k_cache,
+                v_cache: cache.v_cache,
             });
         }
         // SAFETY: lab_layers_layer is plain old data (u64 / i32 fields, bindgen layout-tested);
@@ -463,10 +461,7 @@ impl GpuEngine {
             begin..end
         };
         for l in &self.weights.layers[streamed] {
-            bytes += l.qkv.iter().map(|s| s.lin.bytes()).sum::<u64>()
-                + l.o.bytes()
-                + l.gate_up.iter().map(|s| s.lin.bytes()).sum::<u64>()
-                + l.down.bytes();
+            bytes += l.linears().map(GpuLinear::bytes).sum::<u64>();
             bytes += 2 * (self.pos as u64 + 1) * kv_dim as u64 * 2;
         }
         self.streamed.set(self.streamed.get() + bytes);

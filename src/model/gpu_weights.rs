@@ -389,6 +389,19 @@ pub struct GpuLayer {
     pub down: GpuLinear,
 }
 
+impl GpuLayer {
+    /// Every linear of the layer in step order: q|k|v parts, o, gate|up parts, down (as
+    /// `LaidOutLayer::linears` on the host).
+    pub fn linears(&self) -> impl Iterator<Item = &GpuLinear> {
+        self.qkv
+            .iter()
+            .map(|s| &s.lin)
+            .chain([&self.o])
+            .chain(self.gate_up.iter().map(|s| &s.lin))
+            .chain([&self.down])
+    }
+}
+
 /// What was loaded, for reports: every byte count is exact (from the device buffers).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct WeightsDesc {
