@@ -64,4 +64,38 @@ __device__ __forceinline__ void lab_v6_compute(const LabV6Chunk& c, const uint4*
     acc[3] = fmaf(__high2float(s23), t[3], acc[3]);
 }
 
+// The weight loop, pipelined DEPTH deep: a thread holds DEPTH chunk buffers; DEPTH - 1 chunks are
+// in flight while one is dequantized. Warp w owns chunks c0 = w, w + WARPS, ...; buf[s] holds the
+// chunks whose place in that sequence is s mod DEPTH, so every buffer index is a compile-time
+// constant (the unrolled stage loop) and the buffers stay in registers.
+// lab_v6_issue_first: the first DEPTH - 1 chunks' loads (before the caller stages x, whose L2
+// latency they hide); lab_v6_stream: the rest of the loop. Only for threads whose columns exist.
+template <int WARPS, int DEPTH>
+__device__ __forceinline__ void lab_v6_issue_first(const lab_gemm_params& p, const uint4* qw_col, int w_begin, int w_end,
+                                                   int nchunks, int c0, int col, int gshift, bool sym,
+                                                   LabV6Chunk (&buf)[DEPTH]) {
+#pragma unroll
+    for (int s = 0; s < DEPTH - 1; ++s) {
+        const int c = c0 + s * WARPS;
+        if (c < nchunks) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * c, w_end, col, gshift, sym, buf[s]);
+    }
+}
+
+template <int WARPS, int DEPTH>
+__device__ __forceinline__ void lab_v6_stream(const lab_gemm_params& p, const uint4* qw_col, int w_begin, int w_end,
+                                              int nchunks, int c0, int col, int gshift, bool sym,
+                                              LabV6Chunk (&buf)[DEPTH], const uint4* xs, float acc[4]) {
+    for (int base = c0; base < nchunks; base += DEPTH * WARPS) {
+#pragma unroll
+        for (int s = 0; s < DEPTH; ++s) {
+            const int c = base + s * WARPS;
+            if (c >= nchunks) break;  // warp-uniform
+            const int next = c + (DEPTH - 1) * WARPS;
+            if (next < nchunks)
+                lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * next, w_end, col, gshift, sym, buf[(s + DEPTH - 1) % DEPTH]);
+            lab_v6_compute(buf[s], xs + LAB_V6_CW * c, acc);
+        }
+    }
+}
+
 #endif

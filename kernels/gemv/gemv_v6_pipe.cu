@@ -56,7 +56,7 @@
 //   Instructions: ~2.1 per weight per thread as v2 (~42% of the issue rate at 3 TB/s).
 #include "gemv_v6_core.cuh"
 
-template <int WARPS>
+template <int WARPS, int DEPTH>
 __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     constexpr int TILE = LAB_GEMV_V6_TILE_N;
     static_assert(32 * WARPS >= TILE, "the final sum needs one thread per output column");
@@ -77,11 +77,11 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     // chunks per warp at T = 256) into L2 while the previous kernel finishes; then wait for it.
     lab_gemv_prefetch_then_wait(p, TILE, w_begin, w_end);
 
-    // 1. The first chunk's loads go out before anything else.
-    LabV6Chunk a, b;  // the two buffers: one in flight while the other is dequantized
-    int c = warp;
+    // 1. The first DEPTH - 1 chunks' loads go out before anything else.
+    LabV6Chunk buf[DEPTH];  // DEPTH - 1 in flight while one is dequantized (gemv_v6_core.cuh)
+    const int c0 = warp;
     const uint4* qw_col = reinterpret_cast<const uint4*>(p.qweight) + (col >> 2);
-    if (active && c < nchunks) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * c, w_end, col, gshift, sym, a);
+    if (active) lab_v6_issue_first<WARPS, DEPTH>(p, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
 
     // 2. Stage x[perm[r]] (or x[r]) for the slice, zero-padded to a whole chunk, while they fly.
     for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += 32 * WARPS) {
@@ -92,23 +92,9 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     }
     __syncthreads();
 
-    // 3. Steady state: issue chunk c + WARPS into one buffer, then dequantize chunk c from the other.
-    // Unrolled by two with named buffers so no register copies rotate them.
+    // 3. Steady state: issue chunk c + (DEPTH - 1) x WARPS, then dequantize chunk c.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    if (active && c < nchunks) {
-        for (;;) {
-            bool more = c + WARPS < nchunks;  // warp-uniform
-            if (more) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * (c + WARPS), w_end, col, gshift, sym, b);
-            lab_v6_compute(a, xs + LAB_V6_CW * c, acc);
-            if (!more) break;
-            c += WARPS;
-            more = c + WARPS < nchunks;
-            if (more) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * (c + WARPS), w_end, col, gshift, sym, a);
-            lab_v6_compute(b, xs + LAB_V6_CW * c, acc);
-            if (!more) break;
-            c += WARPS;
-        }
-    }
+    if (active) lab_v6_stream<WARPS, DEPTH>(p, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, xs, acc);
 
     // 4. Sum the WARPS k-lanes: float4 stores (conflict-free), one thread per column reads them.
     part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
@@ -149,13 +135,35 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     }
 }
 
-// Instantiations: threads {128, 256, 512}; names must match src/kernels/gemv.rs. Min blocks 512/T
-// caps registers at 128 (65536 / 512) and keeps 16 warps per SM for every T.
+// Instantiations: names must match src/kernels/gemv.rs. Min blocks 512/T caps registers at 128
+// (65536 / 512) and keeps 16 warps per SM for every T.
+//   gemv_v6_pipe  threads {128, 256, 512}, DEPTH 2 (one chunk in flight while one is dequantized)
+//   gemv_v7_deep  threads {128, 256}, DEPTH {3, 4}: the same body with 2-3 chunks in flight (below)
 #define LAB_GEMV_V6(T)                                                                             \
     extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
         lab_gemv_v6_pipe_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH();                                                 \
-        lab_gemv_v6<T / 32>(p);                                                                    \
+        lab_gemv_v6<T / 32, 2>(p);                                                                 \
     }
 LAB_GEMV_V6(128)
 LAB_GEMV_V6(256)
 LAB_GEMV_V6(512)
+
+// v7 (gemv_v7_deep): why deeper. H100 run of 1bca85c (2026-11-27): v6 reads 23.3 MB in 12.9 us
+// back to back (1.8 TB/s, 58% of the read ceiling) although its launch costs only ~1.5 us. At the
+// decode shapes a warp owns just 5.4 (7B) to 10 (13B) chunks, so with DEPTH 2 a warp makes ~5-10
+// dependent DRAM round trips (at most 2 chunks = 128 B per thread outstanding, 32-64 KB per SM);
+// under load a round trip is ~1.5-2 us, and 3 TB/s x 1.5 us = 4.5 MB = 34 KB per SM must be in
+// flight ALL the time, not on average. DEPTH 3 keeps 2-3 chunks (128-192 B) per thread
+// outstanding, DEPTH 4 3-4 chunks, and halves (thirds) the round trips per warp.
+// Registers (ptxas, CUDA 13.0, sm_90): see the static report (lab static); 19 per buffer.
+// Prediction: 4096x11008 from 12.9 us back to back to ~9-10 us (2.3-2.6 TB/s); decode 7B int4
+// graph + PDL from 2.25 to ~1.9 ms/token.
+#define LAB_GEMV_V7(T, D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
+        lab_gemv_v7_deep_t##T##_d##D(lab_gemm_params p) { LAB_PDL_LAUNCH();                        \
+        lab_gemv_v6<T / 32, D>(p);                                                                 \
+    }
+LAB_GEMV_V7(128, 3)
+LAB_GEMV_V7(128, 4)
+LAB_GEMV_V7(256, 3)
+LAB_GEMV_V7(256, 4)

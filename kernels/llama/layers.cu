@@ -251,11 +251,12 @@ static __device__ __forceinline__ void layers_gemv_item(const lab_layers_phase& 
     const bool sym = pt.zero_mode == LAB_ZEROS_SYMMETRIC;
     const int* perm = reinterpret_cast<const int*>(pt.perm);
 
-    // 1. The first chunk's loads before anything else.
-    LabV6Chunk a, b;
-    int c = warp;
+    // 1. The first chunk's loads before anything else (DEPTH 2: gemv_v6_pipe's pipeline; a deeper
+    // one needs 19 more registers per buffer, and this kernel is at its 128).
+    LabV6Chunk buf[2];
+    const int c0 = warp;
     const uint4* qw_col = reinterpret_cast<const uint4*>(pt.qweight) + (col >> 2);
-    if (active && c < nchunks) lab_v6_load(g, qw_col, w_begin + LAB_V6_CW * c, w_end, col, gshift, sym, a);
+    if (active) lab_v6_issue_first<LAYERS_WARPS, 2>(g, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
 
     // 2. Stage the slice's x (normalized / gated / plain, permuted), zero past the slice.
     for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += blockDim.x) {
@@ -280,20 +281,7 @@ static __device__ __forceinline__ void layers_gemv_item(const lab_layers_phase& 
 
     // 3. The double-buffered weight loop of v6.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    if (active && c < nchunks) {
-        for (;;) {
-            bool more = c + LAYERS_WARPS < nchunks;
-            if (more) lab_v6_load(g, qw_col, w_begin + LAB_V6_CW * (c + LAYERS_WARPS), w_end, col, gshift, sym, b);
-            lab_v6_compute(a, sh.xs + LAB_V6_CW * c, acc);
-            if (!more) break;
-            c += LAYERS_WARPS;
-            more = c + LAYERS_WARPS < nchunks;
-            if (more) lab_v6_load(g, qw_col, w_begin + LAB_V6_CW * (c + LAYERS_WARPS), w_end, col, gshift, sym, a);
-            lab_v6_compute(b, sh.xs + LAB_V6_CW * c, acc);
-            if (!more) break;
-            c += LAYERS_WARPS;
-        }
-    }
+    if (active) lab_v6_stream<LAYERS_WARPS, 2>(g, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, sh.xs, acc);
 
     // 4. Sum the k-lanes.
     sh.part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);

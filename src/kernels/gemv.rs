@@ -180,7 +180,48 @@ pub static VARIANTS: &[Variant] = &[
                 default: 0,
             },
         ],
-        // __launch_bounds__(T, 512/T) caps at 128; ptxas (CUDA 13.0): 95 sm_75, 84 sm_80-89, 87 sm_90.
+        // __launch_bounds__(T, 512/T) caps at 128; ptxas (CUDA 13.0): 107 sm_75, 96 sm_80-90.
+        reg_budget: 128,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
+        name: "gemv_v7_deep",
+        family: Family::Gemv,
+        version: 7,
+        description: "v6's kernel body with a deeper register pipeline: 2-3 chunks of 16-byte loads in flight per thread while one is dequantized",
+        symbols: &[
+            "lab_gemv_v7_deep_t128_d3",
+            "lab_gemv_v7_deep_t128_d4",
+            "lab_gemv_v7_deep_t256_d3",
+            "lab_gemv_v7_deep_t256_d4",
+        ],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[
+            Tunable {
+                name: "threads",
+                values: &[128, 256],
+                default: 256,
+            },
+            // As v6's (v6_split).
+            Tunable {
+                name: "split_k",
+                values: &[0, 1, 2, 4, 8],
+                default: 0,
+            },
+            // Chunk buffers per thread (depth - 1 in flight): 19 registers each.
+            Tunable {
+                name: "depth",
+                values: &[3, 4],
+                default: 4,
+            },
+        ],
+        // ptxas (CUDA 13.0): depth 3 116-123, depth 4 127-128 (sm_75-90), no spills.
         reg_budget: 128,
         hot: true,
         wide_loads: true,
@@ -230,7 +271,8 @@ pub enum GemvKind {
     Gather,
     Perm,
     SplitK,
-    /// v6: pipelined 128-column tiles, x staged in shared memory, automatic split-K.
+    /// v6 / v7: pipelined 128-column tiles, x staged in shared memory, automatic split-K
+    /// (v7: the pipeline's depth a tunable).
     Pipe,
     CublasF16,
     DequantCublas,
@@ -256,7 +298,7 @@ pub fn kind(v: &Variant) -> Result<GemvKind> {
         "gemv_v3_gather" => GemvKind::Gather,
         "gemv_v4_perm" => GemvKind::Perm,
         "gemv_v5_splitk" => GemvKind::SplitK,
-        "gemv_v6_pipe" => GemvKind::Pipe,
+        "gemv_v6_pipe" | "gemv_v7_deep" => GemvKind::Pipe,
         "gemv_cublas_f16" => GemvKind::CublasF16,
         "gemv_dequant_cublas" => GemvKind::DequantCublas,
         other => {
@@ -395,7 +437,12 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
         GemvKind::Pipe => {
             let t = tunable(v, params, "threads")?;
             let split = v6_split(s.k, s.n, t, tunable(v, params, "split_k")?);
-            p.symbol = format!("lab_gemv_v6_pipe_t{t}");
+            // v6: DEPTH 2, no tunable; v7: the depth tunable picks the instantiation.
+            p.symbol = if v.tunables.iter().any(|x| x.name == "depth") {
+                format!("lab_{}_t{t}_d{}", v.name, tunable(v, params, "depth")?)
+            } else {
+                format!("lab_{}_t{t}", v.name)
+            };
             p.block = (t, 1, 1);
             p.grid = (s.n.div_ceil(V6_TILE_N) as u32, split.slices, 1);
             p.split_k = split.slices;
@@ -689,6 +736,29 @@ mod tests {
         // Automatic: never a slice shorter than two chunks per warp when K allows one.
         let s = v6_split(4096, 8, 512, 0);
         assert!(s.k_slice as usize >= 2 * V6_CHUNK_WORDS * 16 * 8, "{s:?}");
+    }
+
+    #[test]
+    fn v7_plans_v6s_grid_with_the_depth_picking_the_instantiation() {
+        let (v6, v7) = (v("gemv_v6_pipe"), v("gemv_v7_deep"));
+        let s = shape(4096, 11008, 128);
+        let p6 = plan(v6, &s, 1, &params(&[])).unwrap();
+        let p7 = plan(v7, &s, 1, &params(&[])).unwrap();
+        assert_eq!(p7.symbol, "lab_gemv_v7_deep_t256_d4", "default depth 4");
+        assert_eq!(
+            (p7.grid, p7.block, p7.k_slice),
+            (p6.grid, p6.block, p6.k_slice)
+        );
+        let p = plan(v7, &s, 1, &params(&[("threads", 128), ("depth", 3)])).unwrap();
+        assert_eq!(p.symbol, "lab_gemv_v7_deep_t128_d3");
+        // Depth 2 is v6 itself, not a v7 instantiation; v6 has no depth to set.
+        assert!(plan(v7, &s, 1, &params(&[("depth", 2)])).is_err());
+        assert!(plan(v6, &s, 1, &params(&[("depth", 3)])).is_err());
+        // Every tunable combination names a compiled instantiation.
+        for c in crate::kernels::launch::tunable_combinations(v7) {
+            let p = plan(v7, &s, 1, &c).unwrap();
+            assert!(v7.symbols.contains(&p.symbol.as_str()), "{}", p.symbol);
+        }
     }
 
     #[test]

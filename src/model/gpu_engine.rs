@@ -1903,6 +1903,7 @@ mod tests {
             ("gemv_v4_perm", false),
             ("gemv_v5_splitk", false),
             ("gemv_v6_pipe", true),
+            ("gemv_v7_deep", true),
         ] {
             let v = crate::kernels::registry::by_name(name).unwrap();
             assert_eq!(int4_takes_gated_input(Some(v)), gated, "{name}");
@@ -1971,7 +1972,12 @@ mod tests {
             bias: false,
             symmetric,
         };
-        for name in ["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"] {
+        for name in [
+            "gemv_v4_perm",
+            "gemv_v5_splitk",
+            "gemv_v6_pipe",
+            "gemv_v7_deep",
+        ] {
             let v = int4_kernel_by_name(name).unwrap().unwrap();
             for (model, k, n, g) in &linears {
                 let (k, n, g) = (*k, *n, *g);
