@@ -256,7 +256,7 @@ static __device__ __forceinline__ void layers_gemv_item(const lab_layers_phase& 
     LabV6Chunk buf[2];
     const int c0 = warp;
     const uint4* qw_col = reinterpret_cast<const uint4*>(pt.qweight) + (col >> 2);
-    if (active) lab_v6_issue_first<LAYERS_WARPS, 2>(g, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
+    if (active) lab_v6_issue_first<LAYERS_WARPS, 2>(g, qw_col, (size_t)pt.n >> 2, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
 
     // 2. Stage the slice's x (normalized / gated / plain, permuted), zero past the slice.
     for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += blockDim.x) {
@@ -281,7 +281,7 @@ static __device__ __forceinline__ void layers_gemv_item(const lab_layers_phase& 
 
     // 3. The double-buffered weight loop of v6.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    if (active) lab_v6_stream<LAYERS_WARPS, 2>(g, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, sh.xs, acc);
+    if (active) lab_v6_stream<LAYERS_WARPS, 2>(g, qw_col, (size_t)pt.n >> 2, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, sh.xs, acc);
 
     // 4. Sum the k-lanes.
     sh.part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
