@@ -21,12 +21,11 @@ __device__ __forceinline__ uint32_t lab_half2_as_u32(half2 h) {
 }
 
 // Issues every load of the chunk starting at packed row w0 (< w_end, a chunk bound): 4 x LDG.128
-// (evict-first) + scales + zeros, nothing consumed here. Packed row w of this thread's 4 columns
-// is qw_col[w * row_stride] (uint4s): canonical [k/8, n] layout qw_col = qweight + col / 4 and
-// row_stride = n / 4 (n % 8 == 0, host-checked); tile-major (gemv_v8_tiled) see gemv_v6_pipe.cu.
-__device__ __forceinline__ void lab_v6_load(const lab_gemm_params& p, const uint4* qw_col, size_t row_stride, int w0,
-                                            int w_end, int col, int gshift, bool sym, LabV6Chunk& c) {
-    const size_t n = (size_t)p.n;
+// (evict-first) + scales + zeros, nothing consumed here. qw_col = qweight + col / 4 as uint4s, so
+// packed row w of this thread's columns is qw_col[w * n / 4] (n % 8 == 0, host-checked).
+__device__ __forceinline__ void lab_v6_load(const lab_gemm_params& p, const uint4* qw_col, int w0, int w_end,
+                                            int col, int gshift, bool sym, LabV6Chunk& c) {
+    const size_t n = (size_t)p.n, row_stride = n >> 2;
     const uint4* q = qw_col + (size_t)w0 * row_stride;
 #pragma unroll
     for (int j = 0; j < LAB_V6_CW; ++j)
@@ -72,20 +71,18 @@ __device__ __forceinline__ void lab_v6_compute(const LabV6Chunk& c, const uint4*
 // lab_v6_issue_first: the first DEPTH - 1 chunks' loads (before the caller stages x, whose L2
 // latency they hide); lab_v6_stream: the rest of the loop. Only for threads whose columns exist.
 template <int WARPS, int DEPTH>
-__device__ __forceinline__ void lab_v6_issue_first(const lab_gemm_params& p, const uint4* qw_col, size_t row_stride,
-                                                   int w_begin, int w_end,
+__device__ __forceinline__ void lab_v6_issue_first(const lab_gemm_params& p, const uint4* qw_col, int w_begin, int w_end,
                                                    int nchunks, int c0, int col, int gshift, bool sym,
                                                    LabV6Chunk (&buf)[DEPTH]) {
 #pragma unroll
     for (int s = 0; s < DEPTH - 1; ++s) {
         const int c = c0 + s * WARPS;
-        if (c < nchunks) lab_v6_load(p, qw_col, row_stride, w_begin + LAB_V6_CW * c, w_end, col, gshift, sym, buf[s]);
+        if (c < nchunks) lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * c, w_end, col, gshift, sym, buf[s]);
     }
 }
 
 template <int WARPS, int DEPTH>
-__device__ __forceinline__ void lab_v6_stream(const lab_gemm_params& p, const uint4* qw_col, size_t row_stride,
-                                              int w_begin, int w_end,
+__device__ __forceinline__ void lab_v6_stream(const lab_gemm_params& p, const uint4* qw_col, int w_begin, int w_end,
                                               int nchunks, int c0, int col, int gshift, bool sym,
                                               LabV6Chunk (&buf)[DEPTH], const uint4* xs, float acc[4]) {
     for (int base = c0; base < nchunks; base += DEPTH * WARPS) {
@@ -95,8 +92,7 @@ __device__ __forceinline__ void lab_v6_stream(const lab_gemm_params& p, const ui
             if (c >= nchunks) break;  // warp-uniform
             const int next = c + (DEPTH - 1) * WARPS;
             if (next < nchunks)
-                lab_v6_load(p, qw_col, row_stride, w_begin + LAB_V6_CW * next, w_end, col, gshift, sym,
-                            buf[(s + DEPTH - 1) % DEPTH]);
+                lab_v6_load(p, qw_col, w_begin + LAB_V6_CW * next, w_end, col, gshift, sym, buf[(s + DEPTH - 1) % DEPTH]);
             lab_v6_compute(buf[s], xs + LAB_V6_CW * c, acc);
         }
     }

@@ -1,6 +1,7 @@
 // v6: pipelined batch-1 int4 GEMV, x staged (permuted) in shared memory (family list: top of
 // gemv_v1_naive.cu). Checked by: lab check --family gemv      Timed by: lab bench --family gemv
-// NOT YET RUN ON A GPU: every number below is a design figure or a prediction.
+// Measured on the H100 since run D (notes/kernels.md, reports/): 52-61% of the read ceiling at the
+// decode shapes. The design numbers and the prediction below were written before the first run.
 //
 // What v2-v5 measured (notes/kernels.md, H100): 46-59% of the 3088 GB/s read ceiling. Two gaps:
 //  (1) bytes in flight. Needed: ~3.35 TB/s x ~0.7 us loaded latency = ~2.3 MB, ~18 KB per SM. v2
@@ -41,7 +42,7 @@
 // Design numbers (H100 SXM: 132 SMs, 3.35 TB/s spec, 3088 GB/s measured read ceiling):
 //   bytes per thread per chunk: 64 weights + 8 scales + 4 zeros = 76 B (weights 2 x 64 B buffered).
 //   loads in flight per SM: 512 threads (launch bounds (T, 512/T)) x 64-128 B = 32-64 KB (>= 32 KB).
-//   registers: <= 128 by the launch bounds; ptxas (CUDA 13.0) 95 sm_75, 84 sm_80-89, 87 sm_90, no
+//   registers: <= 128 by the launch bounds; ptxas (CUDA 13.0) 107 sm_75, 96 sm_80-90 (87fc399's shared loop), no
 //   spills (2 x 16 weight + 2 x 3 scale/zero + 8 zero constants + 4+4 sums + addresses); smem: 8 KB x + 4 KB/8 KB (T 256/512) reduction.
 //   occupancy: 16 warps per SM (2 blocks of 256, 4 of 128, 1 of 512); smem allows more everywhere.
 //   grids at T = 256 (auto split: gemv.rs v6_split; slots = 132 x 2):
@@ -56,7 +57,7 @@
 //   Instructions: ~2.1 per weight per thread as v2 (~42% of the issue rate at 3 TB/s).
 #include "gemv_v6_core.cuh"
 
-template <int WARPS, int DEPTH, bool TILED>
+template <int WARPS, int DEPTH>
 __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     constexpr int TILE = LAB_GEMV_V6_TILE_N;
     static_assert(32 * WARPS >= TILE, "the final sum needs one thread per output column");
@@ -75,27 +76,13 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
 
     // 0. PDL prologue (pdl.cuh): the tile's first p.prefetch_bytes (32 KB: 64 packed rows = 2
     // chunks per warp at T = 256) into L2 while the previous kernel finishes; then wait for it.
-    // Where this block's tile lives. Canonical: qweight u32 [k/8, n], a tile row is 512 B of a
-    // n x 4 B row. TILED (gemv_v8_tiled): tile t is u32 [k/8, tile_w] at 128 t k/8, tile_w = its
-    // width (128, the last one n - 128 t), so a block's K slice is ONE contiguous range.
-    const size_t kw = (size_t)(p.k >> 3);
-    const int tile_w = min(TILE, p.n - TILE * (int)blockIdx.x);
-    const uint32_t* tile_base = reinterpret_cast<const uint32_t*>(p.qweight) + (size_t)TILE * blockIdx.x * kw;
-    if (TILED) {
-        lab_prefetch_l2_rows(tile_base + (size_t)w_begin * tile_w, (size_t)tile_w * 4, w_end - w_begin, tile_w * 4,
-                             p.prefetch_bytes);
-        LAB_PDL_WAIT();
-    } else {
-        lab_gemv_prefetch_then_wait(p, TILE, w_begin, w_end);
-    }
+    lab_gemv_prefetch_then_wait(p, TILE, w_begin, w_end);
 
     // 1. The first DEPTH - 1 chunks' loads go out before anything else.
     LabV6Chunk buf[DEPTH];  // DEPTH - 1 in flight while one is dequantized (gemv_v6_core.cuh)
     const int c0 = warp;
-    const uint4* qw_col = TILED ? reinterpret_cast<const uint4*>(tile_base) + lane
-                                : reinterpret_cast<const uint4*>(p.qweight) + (col >> 2);
-    const size_t row_stride = TILED ? (size_t)(tile_w >> 2) : (size_t)(p.n >> 2);
-    if (active) lab_v6_issue_first<WARPS, DEPTH>(p, qw_col, row_stride, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
+    const uint4* qw_col = reinterpret_cast<const uint4*>(p.qweight) + (col >> 2);
+    if (active) lab_v6_issue_first<WARPS, DEPTH>(p, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
 
     // 2. Stage x[perm[r]] (or x[r]) for the slice, zero-padded to a whole chunk, while they fly.
     for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += 32 * WARPS) {
@@ -108,7 +95,7 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
 
     // 3. Steady state: issue chunk c + (DEPTH - 1) x WARPS, then dequantize chunk c.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    if (active) lab_v6_stream<WARPS, DEPTH>(p, qw_col, row_stride, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, xs, acc);
+    if (active) lab_v6_stream<WARPS, DEPTH>(p, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, xs, acc);
 
     // 4. Sum the WARPS k-lanes: float4 stores (conflict-free), one thread per column reads them.
     part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
@@ -149,54 +136,18 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     }
 }
 
-// Instantiations: names must match src/kernels/gemv.rs. Min blocks 512/T caps registers at 128
-// (65536 / 512) and keeps 16 warps per SM for every T.
-//   gemv_v6_pipe  threads {128, 256, 512}, DEPTH 2 (one chunk in flight while one is dequantized)
-//   gemv_v7_deep  threads {128, 256}, DEPTH {3, 4}: the same body with 2-3 chunks in flight (below)
+// Instantiations: threads {128, 256, 512}, DEPTH 2 (one chunk in flight while one is dequantized);
+// names must match src/kernels/gemv.rs. Min blocks 512/T caps registers at 128 (65536 / 512) and
+// keeps 16 warps per SM for every T.
+// DEPTH is a template parameter because deeper was tried: gemv_v7_deep (DEPTH 4, 127-128
+// registers, no spills; 87fc399) measured 5-8% SLOWER than DEPTH 2 on every decode shape on the
+// H100 (run 10, notes/kernels.md "v7 / v8"), so bytes in flight are not what holds v6 at 52-61% of
+// the read ceiling; v7 was removed, the parameter kept for the next such experiment.
 #define LAB_GEMV_V6(T)                                                                             \
     extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
         lab_gemv_v6_pipe_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH();                                                 \
-        lab_gemv_v6<T / 32, 2, false>(p);                                                               \
+        lab_gemv_v6<T / 32, 2>(p);                                                                 \
     }
 LAB_GEMV_V6(128)
 LAB_GEMV_V6(256)
 LAB_GEMV_V6(512)
-
-// v7 (gemv_v7_deep): why deeper. H100 run of 1bca85c (2026-11-27): v6 reads 23.3 MB in 12.9 us
-// back to back (1.8 TB/s, 58% of the read ceiling) although its launch costs only ~1.5 us. At the
-// decode shapes a warp owns just 5.4 (7B) to 10 (13B) chunks, so with DEPTH 2 a warp makes ~5-10
-// dependent DRAM round trips (at most 2 chunks = 128 B per thread outstanding, 32-64 KB per SM);
-// under load a round trip is ~1.5-2 us, and 3 TB/s x 1.5 us = 4.5 MB = 34 KB per SM must be in
-// flight ALL the time, not on average. DEPTH 3 keeps 2-3 chunks (128-192 B) per thread
-// outstanding, DEPTH 4 3-4 chunks, and halves (thirds) the round trips per warp.
-// Registers (ptxas, CUDA 13.0, sm_90): see the static report (lab static); 19 per buffer.
-// Prediction: 4096x11008 from 12.9 us back to back to ~9-10 us (2.3-2.6 TB/s); decode 7B int4
-// graph + PDL from 2.25 to ~1.9 ms/token.
-#define LAB_GEMV_V7(T, D)                                                                          \
-    extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
-        lab_gemv_v7_deep_t##T##_d##D(lab_gemm_params p) { LAB_PDL_LAUNCH();                        \
-        lab_gemv_v6<T / 32, D, false>(p);                                                               \
-    }
-LAB_GEMV_V7(128, 3)
-LAB_GEMV_V7(128, 4)
-LAB_GEMV_V7(256, 3)
-LAB_GEMV_V7(256, 4)
-
-// v8 (gemv_v8_tiled): v6 (DEPTH 2) reading a tile-major copy of qweight that the host lays out at
-// load time (src/kernels/gemv.rs to_tile_major). Why: H100 run of 87fc399 (2026-11-27) measured
-// v7's deeper pipeline 5-8% SLOWER than v6, so bytes in flight are not what holds v6 at 52-60% of
-// the read ceiling. What differs from a pure read (3076 GB/s) and cuBLAS fp16 (85%) is the access
-// pattern: in the canonical [k/8, n] layout a block's tile row is 512 B, and the next row of the
-// same tile is n x 4 B (16-88 KB) away, so each block touches a new DRAM page every 512 B and 132 x
-// 2 blocks stream from ~264 x 8 scattered places. Tile-major, a block's K slice (88 KB at 4096 x
-// 11008 split 3) is one contiguous range, and its 8 warps read 16 KB contiguous at a time.
-// Same bytes, same instructions (only the address math differs).
-// Prediction: 4096x11008 from 13.4 to ~10 us back to back (2.3 TB/s, 75%) if page locality is the
-// limit; within 3% of v6 if not (falsified).
-#define LAB_GEMV_V8(T)                                                                             \
-    extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
-        lab_gemv_v8_tiled_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH();                              \
-        lab_gemv_v6<T / 32, 2, true>(p);                                                           \
-    }
-LAB_GEMV_V8(128)
-LAB_GEMV_V8(256)

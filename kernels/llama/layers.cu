@@ -9,7 +9,15 @@
 //                       down    GEMV, x = silu(gate) * up in the staging, epilogue resid += down
 //                     and before each barrier a block prefetches into L2 the first weight rows of its
 //                     work items in the next GEMV phase.
-// NOT YET RUN ON A GPU: every number below is a design figure or a prediction.
+// MEASURED (H100, runs 9-10 of 2026-11-27, reports/nvidia-h100-80gb-hbm3): correct on every tiny
+// configuration (op by op vs f64, tokens eager / graph / graph + PDL, full and 8-block grids,
+// compute-sanitizer clean), but SLOWER than separate launches: 7B int4 ctx 128 2.67-2.79 ms vs
+// 2.25-2.36 ms graph + PDL, 13B 4.4-4.6 vs 3.6-3.8; act-order 3.6 / 5.8-6.0 ms. The prediction below
+// is falsified. The barriers alone cost 290 us (7B, 159 barriers, 1.8 us each) and 357 us (13B):
+// 13% of the step, against ~1 us predicted; the GEMV phases themselves run no faster than the
+// separate v6 launches (the same block work with the same serial prologue and epilogue per item).
+// The engine's default stays one launch per op; this stays a checked alternative that lab run times
+// as a column (--persistent-layers), for the next attempt at the per-launch cost.
 //
 // Why (notes/kernels.md "Next", H100 runs of 2026-11-27): a single launch reading a decode GEMV's bytes
 // reaches 30% (8.65 MB) to 63% (23 MB) of the read ceiling, because every launch pays the DRAM
@@ -54,8 +62,8 @@
 //   overlapped by the prefetched next-phase rows (32 KB per block = 8.4 MB, 2.7 us of DRAM time).
 //   resources: 256 threads, <= 128 registers (launch bounds), static shared 8 KB x + 4 KB partials +
 //   the attention's 1 KB, dynamic = the attention's (hd + chunk + groups x hd) x 4 = 9.7 KB (hd 128,
-//   chunk 256): ~23 KB per block, 2 per SM. ptxas (CUDA 13.0): 128 registers on every arch; sm_80-90
-//   spill 16-20 bytes (the layer loop's values held across a whole phase), sm_75 none; 32-48 B stack
+//   chunk 256): ~23 KB per block, 2 per SM. ptxas (CUDA 13.0): 128 registers on every arch, no
+//   spill since the shared weight loop (87fc399; 16-20 bytes on sm_80-90 before); 32-48 B stack
 //   (here sincosf's large-argument reduction keeps its table in local memory: a path no position
 //   under ~10^5 takes); the SASS has no local memory between the weight loop's LDG.E.EF.128 loads
 //   (tests/static_kernels.rs keeps it so).
@@ -256,7 +264,7 @@ static __device__ __forceinline__ void layers_gemv_item(const lab_layers_phase& 
     LabV6Chunk buf[2];
     const int c0 = warp;
     const uint4* qw_col = reinterpret_cast<const uint4*>(pt.qweight) + (col >> 2);
-    if (active) lab_v6_issue_first<LAYERS_WARPS, 2>(g, qw_col, (size_t)pt.n >> 2, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
+    if (active) lab_v6_issue_first<LAYERS_WARPS, 2>(g, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf);
 
     // 2. Stage the slice's x (normalized / gated / plain, permuted), zero past the slice.
     for (int i = threadIdx.x; i < nchunks * LAB_V6_CW; i += blockDim.x) {
@@ -281,7 +289,7 @@ static __device__ __forceinline__ void layers_gemv_item(const lab_layers_phase& 
 
     // 3. The double-buffered weight loop of v6.
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    if (active) lab_v6_stream<LAYERS_WARPS, 2>(g, qw_col, (size_t)pt.n >> 2, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, sh.xs, acc);
+    if (active) lab_v6_stream<LAYERS_WARPS, 2>(g, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, sh.xs, acc);
 
     // 4. Sum the k-lanes.
     sh.part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);

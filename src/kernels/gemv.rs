@@ -187,77 +187,6 @@ pub static VARIANTS: &[Variant] = &[
         tensor_cores: false,
     },
     Variant {
-        name: "gemv_v7_deep",
-        family: Family::Gemv,
-        version: 7,
-        description: "v6's kernel body with a deeper register pipeline: 2-3 chunks of 16-byte loads in flight per thread while one is dequantized",
-        symbols: &[
-            "lab_gemv_v7_deep_t128_d3",
-            "lab_gemv_v7_deep_t128_d4",
-            "lab_gemv_v7_deep_t256_d3",
-            "lab_gemv_v7_deep_t256_d4",
-        ],
-        layout: Layout::Canonical,
-        group_sizes: GROUPS,
-        act_order: &[ActOrder::None, ActOrder::Reordered],
-        batch: (1, 1),
-        min_sm: 75,
-        tunables: &[
-            Tunable {
-                name: "threads",
-                values: &[128, 256],
-                default: 256,
-            },
-            // As v6's (v6_split).
-            Tunable {
-                name: "split_k",
-                values: &[0, 1, 2, 4, 8],
-                default: 0,
-            },
-            // Chunk buffers per thread (depth - 1 in flight): 19 registers each.
-            Tunable {
-                name: "depth",
-                values: &[3, 4],
-                default: 4,
-            },
-        ],
-        // ptxas (CUDA 13.0): depth 3 116-123, depth 4 127-128 (sm_75-90), no spills.
-        reg_budget: 128,
-        hot: true,
-        wide_loads: true,
-        tensor_cores: false,
-    },
-    Variant {
-        name: "gemv_v8_tiled",
-        family: Family::Gemv,
-        version: 8,
-        description: "v6 reading a tile-major copy of qweight (each 128-column tile's K rows contiguous, laid out at load time)",
-        symbols: &["lab_gemv_v8_tiled_t128", "lab_gemv_v8_tiled_t256"],
-        layout: Layout::Prepared,
-        group_sizes: GROUPS,
-        act_order: &[ActOrder::None, ActOrder::Reordered],
-        batch: (1, 1),
-        min_sm: 75,
-        tunables: &[
-            Tunable {
-                name: "threads",
-                values: &[128, 256],
-                default: 256,
-            },
-            // As v6's (v6_split).
-            Tunable {
-                name: "split_k",
-                values: &[0, 1, 2, 4, 8],
-                default: 0,
-            },
-        ],
-        // v6's registers (ptxas, CUDA 13.0): 107 sm_75, 96 sm_80-90.
-        reg_budget: 128,
-        hot: true,
-        wide_loads: true,
-        tensor_cores: false,
-    },
-    Variant {
         name: "gemv_cublas_f16",
         family: Family::Gemv,
         version: 0,
@@ -301,8 +230,7 @@ pub enum GemvKind {
     Gather,
     Perm,
     SplitK,
-    /// v6 / v7 / v8: pipelined 128-column tiles, x staged in shared memory, automatic split-K
-    /// (v7: the pipeline's depth a tunable; v8: tile-major qweight, `to_tile_major`).
+    /// v6: pipelined 128-column tiles, x staged in shared memory, automatic split-K.
     Pipe,
     CublasF16,
     DequantCublas,
@@ -328,7 +256,7 @@ pub fn kind(v: &Variant) -> Result<GemvKind> {
         "gemv_v3_gather" => GemvKind::Gather,
         "gemv_v4_perm" => GemvKind::Perm,
         "gemv_v5_splitk" => GemvKind::SplitK,
-        "gemv_v6_pipe" | "gemv_v7_deep" | "gemv_v8_tiled" => GemvKind::Pipe,
+        "gemv_v6_pipe" => GemvKind::Pipe,
         "gemv_cublas_f16" => GemvKind::CublasF16,
         "gemv_dequant_cublas" => GemvKind::DequantCublas,
         other => {
@@ -467,12 +395,7 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
         GemvKind::Pipe => {
             let t = tunable(v, params, "threads")?;
             let split = v6_split(s.k, s.n, t, tunable(v, params, "split_k")?);
-            // v6: DEPTH 2, no tunable; v7: the depth tunable picks the instantiation.
-            p.symbol = if v.tunables.iter().any(|x| x.name == "depth") {
-                format!("lab_{}_t{t}_d{}", v.name, tunable(v, params, "depth")?)
-            } else {
-                format!("lab_{}_t{t}", v.name)
-            };
+            p.symbol = format!("lab_gemv_v6_pipe_t{t}");
             p.block = (t, 1, 1);
             p.grid = (s.n.div_ceil(V6_TILE_N) as u32, split.slices, 1);
             p.split_k = split.slices;
@@ -498,31 +421,6 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
         return Err(unsupported(v, s, m, "grid.y over 65535".to_string()));
     }
     Ok(p)
-}
-
-/// gemv_v8_tiled's layout of a canonical qweight u32 [k/8, n]: 128-column tiles one after the
-/// other, tile t = u32 [k/8, w] with w = min(128, n - 128 t) (no padding: same length), so that
-/// packed row r, column c is at 128 t k/8 + r w + (c - 128 t), t = c / 128 (the address math of
-/// kernels/gemv/gemv_v6_pipe.cu with TILED).
-pub fn to_tile_major(qweight: &[u32], k: usize, n: usize) -> Result<Vec<u32>> {
-    let kw = k / 8;
-    if k % 8 != 0 || n % 8 != 0 || qweight.len() != kw * n {
-        return Err(LabError::invalid(
-            "qweight",
-            format!(
-                "tile-major layout needs u32 [k/8, n] with k % 8 == 0 and n % 8 == 0; got {} words for k={k} n={n}",
-                qweight.len()
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity(qweight.len());
-    for c0 in (0..n).step_by(V6_TILE_N) {
-        let w = V6_TILE_N.min(n - c0);
-        for r in 0..kw {
-            out.extend_from_slice(&qweight[r * n + c0..r * n + c0 + w]);
-        }
-    }
-    Ok(out)
 }
 
 /// v6 (kernels/gemv/gemv_v6_pipe.cu): output columns per block (32 lanes x 4 columns).
@@ -791,65 +689,6 @@ mod tests {
         // Automatic: never a slice shorter than two chunks per warp when K allows one.
         let s = v6_split(4096, 8, 512, 0);
         assert!(s.k_slice as usize >= 2 * V6_CHUNK_WORDS * 16 * 8, "{s:?}");
-    }
-
-    #[test]
-    fn tile_major_puts_every_code_where_v8s_address_math_reads_it() {
-        // The kernel: tile t = c / 128, w = min(128, n - 128 t); lane l reads uint4 l of row r at
-        // u32 offset 128 t (k/8) + r w + 4 l.
-        for (k, n) in [(64usize, 8usize), (256, 136), (128, 384), (64, 264)] {
-            let kw = k / 8;
-            let q: Vec<u32> = (0..kw * n).map(|i| i as u32 * 2654435761).collect();
-            let t = to_tile_major(&q, k, n).unwrap();
-            assert_eq!(t.len(), q.len());
-            for r in 0..kw {
-                for c in 0..n {
-                    let tile = c / V6_TILE_N;
-                    let w = V6_TILE_N.min(n - V6_TILE_N * tile);
-                    let lane = (c % V6_TILE_N) / 4;
-                    let at = V6_TILE_N * tile * kw + r * w + 4 * lane + c % 4;
-                    assert_eq!(t[at], q[r * n + c], "k={k} n={n} r={r} c={c}");
-                }
-            }
-        }
-        assert!(to_tile_major(&[0; 10], 16, 8).is_err());
-        assert!(to_tile_major(&[0; 12], 16, 6).is_err());
-    }
-
-    #[test]
-    fn v8_plans_v6s_grid_and_prepares_a_tile_major_copy() {
-        let (v6, v8) = (v("gemv_v6_pipe"), v("gemv_v8_tiled"));
-        let s = shape(4096, 11008, 128);
-        let p6 = plan(v6, &s, 1, &params(&[])).unwrap();
-        let p8 = plan(v8, &s, 1, &params(&[])).unwrap();
-        assert_eq!(p8.symbol, "lab_gemv_v8_tiled_t256");
-        assert_eq!(
-            (p8.grid, p8.block, p8.k_slice),
-            (p6.grid, p6.block, p6.k_slice)
-        );
-    }
-
-    #[test]
-    fn v7_plans_v6s_grid_with_the_depth_picking_the_instantiation() {
-        let (v6, v7) = (v("gemv_v6_pipe"), v("gemv_v7_deep"));
-        let s = shape(4096, 11008, 128);
-        let p6 = plan(v6, &s, 1, &params(&[])).unwrap();
-        let p7 = plan(v7, &s, 1, &params(&[])).unwrap();
-        assert_eq!(p7.symbol, "lab_gemv_v7_deep_t256_d4", "default depth 4");
-        assert_eq!(
-            (p7.grid, p7.block, p7.k_slice),
-            (p6.grid, p6.block, p6.k_slice)
-        );
-        let p = plan(v7, &s, 1, &params(&[("threads", 128), ("depth", 3)])).unwrap();
-        assert_eq!(p.symbol, "lab_gemv_v7_deep_t128_d3");
-        // Depth 2 is v6 itself, not a v7 instantiation; v6 has no depth to set.
-        assert!(plan(v7, &s, 1, &params(&[("depth", 2)])).is_err());
-        assert!(plan(v6, &s, 1, &params(&[("depth", 3)])).is_err());
-        // Every tunable combination names a compiled instantiation.
-        for c in crate::kernels::launch::tunable_combinations(v7) {
-            let p = plan(v7, &s, 1, &c).unwrap();
-            assert!(v7.symbols.contains(&p.symbol.as_str()), "{}", p.symbol);
-        }
     }
 
     #[test]

@@ -94,13 +94,6 @@ pub fn prepare_with(
     match v.family {
         Family::Gemv => {
             gemv::check_layer(v, &p.shape())?;
-            // v8: the tile-major copy (the cuBLAS baseline's "prepared" form is w_f16, below).
-            if v.layout == super::registry::Layout::Prepared
-                && gemv::kind(v)? == gemv::GemvKind::Pipe
-            {
-                let l = &p.layer;
-                p.qweight_prepared = Some(gemv::to_tile_major(&l.qweight, l.k, l.n)?);
-            }
             if gemv::kind(v)? == gemv::GemvKind::CublasF16 {
                 p.w_f16 = Some(
                     crate::reference::dequantize(&p.layer)

@@ -1072,8 +1072,7 @@ pub fn tiny_cases() -> Vec<TinyCase> {
     .flat_map(|(i, (kind, chunk, backend))| {
         // Int4 forms also through the registry's reorder-aware variants (v4: one block per column
         // tile; v5: split-K with the ticketed in-kernel reduction; v6: pipelined loads, x staged
-        // in shared memory, auto split-K; v7: v6 with 2-3 chunks in flight) — every int4 kernel
-        // the decode bench times.
+        // in shared memory, auto split-K) — every int4 kernel the tuner may pick.
         // v2 (no act-order) is what the tuner picks for several plain shapes on the H100.
         let registry: &[&str] = if matches!(
             kind,
@@ -1087,15 +1086,9 @@ pub fn tiny_cases() -> Vec<TinyCase> {
                 "gemv_v4_perm",
                 "gemv_v5_splitk",
                 "gemv_v6_pipe",
-                "gemv_v7_deep",
             ]
         } else if matches!(kind, WeightKind::Int4 { .. }) {
-            &[
-                "gemv_v4_perm",
-                "gemv_v5_splitk",
-                "gemv_v6_pipe",
-                "gemv_v7_deep",
-            ]
+            &["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"]
         } else {
             &[]
         };

@@ -241,12 +241,6 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
     })?;
     match crate::kernels::gemv::kind(v)? {
         GemvKind::CublasF16 | GemvKind::DequantCublas => Err(LabError::invalid("--int4-kernel", format!("{name} is a cuBLAS baseline (fp16 weights); the engine runs int4 kernels: engine, gemv_v2_vec, gemv_v4_perm, gemv_v5_splitk, ..."))),
-        // The engine uploads the canonical layout (gpu_layout.rs); a re-laid qweight is for
-        // `lab check` / `lab bench` until the engine lays it out too.
-        _ if v.layout == crate::kernels::registry::Layout::Prepared => Err(LabError::invalid(
-            "--int4-kernel",
-            format!("{name} reads a re-laid (tile-major) qweight that the decode engine does not build yet; it runs in lab check and lab bench only"),
-        )),
         _ => Ok(Some(v)),
     }
 }
@@ -1909,7 +1903,6 @@ mod tests {
             ("gemv_v4_perm", false),
             ("gemv_v5_splitk", false),
             ("gemv_v6_pipe", true),
-            ("gemv_v7_deep", true),
         ] {
             let v = crate::kernels::registry::by_name(name).unwrap();
             assert_eq!(int4_takes_gated_input(Some(v)), gated, "{name}");
@@ -1978,12 +1971,7 @@ mod tests {
             bias: false,
             symmetric,
         };
-        for name in [
-            "gemv_v4_perm",
-            "gemv_v5_splitk",
-            "gemv_v6_pipe",
-            "gemv_v7_deep",
-        ] {
+        for name in ["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"] {
             let v = int4_kernel_by_name(name).unwrap().unwrap();
             for (model, k, n, g) in &linears {
                 let (k, n, g) = (*k, *n, *g);
@@ -2019,15 +2007,6 @@ mod tests {
         }
         assert!(int4_kernel_by_name("engine").unwrap().is_none());
         assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
-        // A re-laid qweight the engine does not build is refused by name, not misread.
-        let e = int4_kernel_by_name("gemv_v8_tiled")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("gemv_v8_tiled") && e.contains("tile-major"),
-            "{e}"
-        );
-        assert!(int4_kernel_by_name("gemv_v7_deep").unwrap().is_some());
         assert!(int4_kernel_by_name("gemv_v9").is_err());
     }
 

@@ -42,16 +42,10 @@ pub const VARIANTS: &[KnownVariant] = &[
         act_order: false,
         min_sm: 75,
     },
-    // The tuner measures v6 and v7 beside v2/v4/v5 (v7 not yet run on a GPU); the heuristic
-    // picks neither.
+    // The tuner measures v6 beside v2/v4/v5 (it wins most act-order and several plain decode
+    // shapes on the H100); the heuristic does not pick it.
     KnownVariant {
         name: "gemv_v6_pipe",
-        batch: (1, 1),
-        act_order: true,
-        min_sm: 75,
-    },
-    KnownVariant {
-        name: "gemv_v7_deep",
         batch: (1, 1),
         act_order: true,
         min_sm: 75,

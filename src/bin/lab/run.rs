@@ -110,7 +110,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         "--weights",
         "int4,int4-act,fp16",
         "--int4-kernel",
-        "gemv_v6_pipe,gemv_v7_deep,auto",
+        "gemv_v6_pipe,auto",
         "--ctx-list",
         "128,512,1024,2048",
         "--root",
