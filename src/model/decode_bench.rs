@@ -224,6 +224,23 @@ pub struct DecodeReport {
     /// barriers per step. None where the persistent layers were not timed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent_barriers: Option<(f64, usize)>,
+    /// Timed steps that ended with a state flag (1 bad token, 2 context full, 4 all logits
+    /// NaN/-inf, 8 barrier timeout): their timings are not of a valid step, and `lab decode`
+    /// fails after writing the report. Empty in a clean run and in reports recorded before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<String>,
+}
+
+/// Records a timed stretch's state flags: a note in decode.md and, when non-zero, an entry in
+/// `DecodeReport::invalid` (the note says the same).
+fn record_flags(flags: i32, what: &str, notes: &mut Vec<String>, invalid: &mut Vec<String>) {
+    if flags != 0 {
+        let s = format!(
+            "{what}: step state flags {flags:#x} (1 bad token, 2 context full, 4 all logits NaN/-inf, 8 barrier timeout): INVALID timing"
+        );
+        notes.push(s.clone());
+        invalid.push(s);
+    }
 }
 
 impl DecodeReport {
@@ -333,6 +350,7 @@ fn time_persistent(
     pdl: bool,
     points: &mut [ContextPoint],
     notes: &mut Vec<String>,
+    invalid: &mut Vec<String>,
 ) -> Option<(f64, usize)> {
     if let Err(e) = eng.set_persistent_layers(true) {
         notes.push(format!("persistent layers not timed: {e}"));
@@ -384,11 +402,12 @@ fn time_persistent(
         }
         eng.set_persistent_prefetch(own);
         match eng.flags() {
-            Ok(0) => {}
-            Ok(f) => notes.push(format!(
-                "ctx {} persistent layers: step state flags {f:#x}",
-                p.ctx
-            )),
+            Ok(f) => record_flags(
+                f,
+                &format!("ctx {} persistent layers", p.ctx),
+                notes,
+                invalid,
+            ),
             Err(e) => {
                 notes.push(format!("persistent layers at ctx {}: {e}", p.ctx));
                 break;
@@ -413,8 +432,9 @@ fn time_persistent(
     };
     if let Ok(f) = eng.flags() {
         if f != 0 {
+            // Expected: these steps skip every phase's work, so the logits are not computed.
             notes.push(format!(
-                "persistent barriers alone: step state flags {f:#x}"
+                "persistent barriers alone: step state flags {f:#x} (expected: no work is done)"
             ));
         }
     }
@@ -508,6 +528,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
     eng.capture_graph()?;
     let bytes = BytesPerToken::new(&plan.cfg, &eng.weights.desc);
+    let mut invalid = Vec::new();
     let mut notes = vec![
         "weights: synthetic, generated on the GPU (random values, exact shapes): tokens are meaningless, bytes and timings are real".into(),
         "KV cache: filled with random fp16 values up to each context for the decode timings (no prefill run before them)".into(),
@@ -530,13 +551,8 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         let mut ms = [0f64; 2];
         for (i, graph) in [true, false].into_iter().enumerate() {
             ms[i] = timed_from(&mut eng, ctx, plan, graph)?;
-            let flags = eng.flags()?;
-            if flags != 0 {
-                notes.push(format!(
-                    "ctx {ctx} {}: step state flags {flags:#x} (4 = all logits NaN/-inf)",
-                    if graph { "graph" } else { "eager" }
-                ));
-            }
+            let what = format!("ctx {ctx} {}", if graph { "graph" } else { "eager" });
+            record_flags(eng.flags()?, &what, &mut notes, &mut invalid);
         }
         let mut point = context_point(&bytes, ceilings.read_gbs, ctx, plan.steps, ms[0], ms[1]);
         if pdl_ok && eng.set_pdl(true) {
@@ -583,12 +599,8 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 point.graph_pdl_top_p_ms = variant(&mut eng, "with top-p sampling");
                 eng.set_sampling(own_sampling, own_seed);
             }
-            let flags = eng.flags()?;
-            if flags != 0 {
-                notes.push(format!(
-                    "ctx {ctx} graph + PDL: step state flags {flags:#x}"
-                ));
-            }
+            let what = format!("ctx {ctx} graph + PDL (and its variant columns)");
+            record_flags(eng.flags()?, &what, &mut notes, &mut invalid);
         }
         eng.set_pdl(false);
         points.push(point);
@@ -612,16 +624,25 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             .collect();
         eng.time_prefill(&toks)?;
         let ms = eng.time_prefill(&toks)?;
-        let flags = eng.flags()?;
-        if flags != 0 {
-            notes.push(format!("prefill {n}: step state flags {flags:#x}"));
-        }
+        record_flags(
+            eng.flags()?,
+            &format!("prefill {n}"),
+            &mut notes,
+            &mut invalid,
+        );
         prefill.push(prefill_point(&plan.cfg, n, ms));
     }
     // The persistent layers after everything else: a fault there would poison the context, and
     // must not cost the points measured above.
     let persistent_barriers = if plan.persistent {
-        time_persistent(&mut eng, plan, pdl_ok, &mut points, &mut notes)
+        time_persistent(
+            &mut eng,
+            plan,
+            pdl_ok,
+            &mut points,
+            &mut notes,
+            &mut invalid,
+        )
     } else {
         None
     };
@@ -648,6 +669,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         notes,
         profile,
         persistent_barriers,
+        invalid,
     })
 }
 
@@ -689,6 +711,12 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             r.attn_chunk,
             r.ceiling_gbs
         ));
+        if !r.invalid.is_empty() {
+            md.push_str(&format!(
+                "**INVALID timings in this run** (the steps ended with a state flag, so these are not timings of a valid step): {}\n\n",
+                r.invalid.join("; ")
+            ));
+        }
         let pdl = r.points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
         let persistent = r.points.iter().any(|p| p.graph_persistent_ms.is_some());
         let persistent_sweep = r
@@ -968,6 +996,40 @@ mod tests {
     }
 
     #[test]
+    fn flagged_steps_are_noted_and_listed_as_invalid_and_clean_ones_are_not() {
+        let (mut notes, mut invalid) = (Vec::new(), Vec::new());
+        record_flags(0, "ctx 128 graph", &mut notes, &mut invalid);
+        assert!(notes.is_empty() && invalid.is_empty());
+        record_flags(4, "ctx 512 graph", &mut notes, &mut invalid);
+        assert_eq!(invalid.len(), 1);
+        assert_eq!(notes, invalid);
+        assert!(invalid[0].starts_with("ctx 512 graph: step state flags 0x4"));
+        assert!(invalid[0].contains("NaN") && invalid[0].contains("INVALID"));
+        // Reports recorded before the field load with none, and a clean report writes none.
+        let r = recorded(
+            ModelConfig::vicuna_7b(),
+            WeightKind::Fp16,
+            &[(128, 10.0, 11.0)],
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("\"invalid\""));
+        let back: DecodeReport = serde_json::from_str(&json).unwrap();
+        assert!(back.invalid.is_empty());
+        // decode.md says so under the run's heading.
+        let dir = std::env::temp_dir().join(format!("lab-invalid-{}", std::process::id()));
+        let mut bad = r.clone();
+        bad.invalid = invalid.clone();
+        write_decode_report(&dir, &[r, bad]).unwrap();
+        let md = std::fs::read_to_string(dir.join("decode.md")).unwrap();
+        assert_eq!(
+            md.matches("**INVALID timings in this run**").count(),
+            1,
+            "{md}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn bytes_per_token_matches_the_anchor_table() {
         // anchors.md: 7B int4 g128 (4.156 bits with zeros) 3.63 GB at ctx 0, 4.70 GB at 2048;
         // 13B 6.92 / 8.60 GB; 7B fp16 13.5 GB.
@@ -1162,6 +1224,7 @@ mod tests {
                 ]],
             )],
             persistent_barriers: None,
+            invalid: Vec::new(),
             config: model,
         }
     }

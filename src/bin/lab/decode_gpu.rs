@@ -306,6 +306,15 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
             match r {
                 Ok(r) => {
                     print_run(&r, t.elapsed().as_secs_f64());
+                    if !r.invalid.is_empty() {
+                        let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
+                        eprintln!("INVALID {what}: {}", r.invalid.join("; "));
+                        failures.push(format!(
+                            "{what}: {} timed stretch(es) ended with a step state flag, so their timings are not of a valid step (decode.md notes): {}",
+                            r.invalid.len(),
+                            r.invalid.join("; ")
+                        ));
+                    }
                     runs.push(r);
                 }
                 Err(e) => {
@@ -326,7 +335,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     }
     if !failures.is_empty() {
         bail!(
-            "{} of {} decode runs failed: {}",
+            "{} of {} decode runs failed or timed invalid steps: {}",
             failures.len(),
             cfgs.len() * combos.len(),
             failures.join("; ")
