@@ -35,11 +35,15 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
     const int hd = p.head_dim;
     const int pos = llama_pos(p.state);
     const int len = min(pos + 1, p.max_ctx);
-    // Positions per split: up to one chunk, the head's one block takes them all (no combine);
-    // past it, all n_splits blocks share them (ceil(len / n_splits) <= chunk, since max_ctx <=
-    // n_splits x chunk): at ctx 512 of max_ctx 2100, 9 blocks of 59 positions (one load step
-    // each) instead of 3 of 256 (two steps each). Every block derives the same value from pos.
-    const int chunk = len <= p.chunk ? p.chunk : (len + p.n_splits - 1) / p.n_splits;
+    // Fixed chunk: split s takes positions [s chunk, (s + 1) chunk) of the length: run F's
+    // (9a5481c) measured form, SASS-identical to it. 4324cee had made the split size follow the
+    // length past one chunk (ceil(len / n_splits)); in the H100 runs of that code (9 and 10) every
+    // int4 decode bench stretch at ctx 512-2048 ended with all logits NaN (state flag 4), while
+    // the fp16 runs, through this same kernel, stayed clean, and a CPU emulation of the split's
+    // index math and combine matches attention exactly. So the split is probably not the cause;
+    // it is reverted to take one changed variable out of the next run's bisection
+    // (device-check step decode-nan-bisect; notes/kernels.md).
+    const int chunk = p.chunk;
     const int start = split * chunk;
     if (pos >= p.max_ctx && head == 0 && split == 0 && threadIdx.x == 0)
         atomicOr(reinterpret_cast<int*>(p.state) + LAB_LLAMA_STATE_FLAGS, LAB_LLAMA_FLAG_CTX_FULL);
@@ -52,7 +56,7 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
     const int g = threadIdx.x / lpp, l = threadIdx.x % lpp;
     float* qs = sm;
     float* sc = qs + hd;
-    float* red = sc + p.chunk;  // scores sized for the largest split (chunk <= p.chunk)
+    float* red = sc + p.chunk;
 
     // RoPE (HF rotate-half: pairs i, i + hd/2, angle pos * inv_freq[i]) as lab_llama_rope_kv does
     // it, fp16 rounding included: q of this head, and k of its kv head when this block holds the
