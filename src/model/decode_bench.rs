@@ -214,6 +214,10 @@ pub struct DecodeReport {
     pub prefill_chunk: usize,
     #[serde(default)]
     pub prefill_paths: Vec<String>,
+    /// The engine's `--prefill-int4` (Auto in reports recorded before it was kept): the
+    /// planner beside the VRAM readings sizes the same prefill scratch.
+    #[serde(default)]
+    pub prefill_int4: PrefillInt4,
     pub vram: VramReport,
     pub notes: Vec<String>,
     /// Where a step's time goes, per context (empty in reports recorded before the profile, or
@@ -650,6 +654,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         prefill,
         prefill_chunk: eng.prefill_chunk(),
         prefill_paths: eng.prefill_int4_paths(),
+        prefill_int4: eng.prefill_int4(),
         header: ReportHeader::new(&gpu.info, Some(*ceilings)),
         model: plan.cfg.name.clone(),
         config: plan.cfg.clone(),
@@ -836,12 +841,13 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         let g = |b: u64| format!("{:.2}", b as f64 / GIB);
         // The planner beside the measurement: its prefill line only when this engine allocated
         // one (r.prefill_chunk is the engine's own chunk, 0 when it had none).
-        let spec = PlanSpec::of_engine_run(
+        let mut spec = PlanSpec::of_engine_run(
             r.config.clone(),
             r.weights.kind,
             r.max_ctx as u64,
             r.prefill_chunk as u64,
         );
+        spec.prefill_int4 = r.prefill_int4;
         let plan = spec.plan().ok();
         let pl = |f: fn(&Plan) -> u64| plan.as_ref().map_or("-".into(), |p| g(f(p)));
         md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested; planner = `lab plan`'s prediction for this run (context: its allowance; peak: its total).\n\n");
@@ -1205,6 +1211,7 @@ mod tests {
                 .collect(),
             prefill_chunk: 512,
             prefill_paths: vec!["4096 x 12288: GemmV2".into()],
+            prefill_int4: PrefillInt4::Auto,
             notes: vec!["recorded by hand for the report test".into()],
             profile: vec![step_profile::aggregate(
                 128,

@@ -224,7 +224,8 @@ pub const PREFILL_PLAN_SM: u32 = 80;
 /// (`checkpoint_int4_layer`; none for fp16), default int4 choice, sm_`PREFILL_PLAN_SM`. The chunk is
 /// clamped to the KV cache's `ctx` rows as `EngineOptions` does (a prompt never exceeds the
 /// cache); 0 rows = no GEMM prefill (token-by-token prompts), 0 bytes. Independent of the batch:
-/// the engine prefills one prompt at a time.
+/// the engine prefills one prompt at a time. `choice` is the engine's `--prefill-int4`
+/// (`Dequant` adds the fp16 scratch of the largest non-act-order linear).
 pub fn prefill_bytes(
     cfg: &ModelConfig,
     dtype: WeightDtype,
@@ -232,17 +233,12 @@ pub fn prefill_bytes(
     act_order: bool,
     chunk: u64,
     ctx: u64,
+    choice: PrefillInt4,
 ) -> u64 {
     let rows = chunk.min(ctx) as usize;
     let int4 = match dtype {
         WeightDtype::Int4 => checkpoint_int4_layer(cfg, group_size, act_order),
         WeightDtype::Fp16 => Vec::new(),
     };
-    PrefillPlan::bytes_or_zero(PrefillPlan::new(
-        cfg,
-        rows,
-        PrefillInt4::Auto,
-        PREFILL_PLAN_SM,
-        int4,
-    ))
+    PrefillPlan::bytes_or_zero(PrefillPlan::new(cfg, rows, choice, PREFILL_PLAN_SM, int4))
 }

@@ -23,7 +23,7 @@ pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuan
 pub use fit::{Fit, Roofline};
 
 use crate::model::config::ModelConfig;
-use crate::model::gpu_engine::{check_attn_smem, DEFAULT_PREFILL_CHUNK};
+use crate::model::gpu_engine::{check_attn_smem, PrefillInt4, DEFAULT_PREFILL_CHUNK};
 use crate::model::gpu_weights::WeightKind;
 use crate::{LabError, Result};
 use serde::Serialize;
@@ -49,6 +49,9 @@ pub struct PlanSpec {
     /// Rows per GEMM-prefill chunk the engine is built with (`EngineOptions::prefill_chunk`,
     /// clamped to `ctx` as the engine clamps it); 0 = no prefill workspace.
     pub prefill_chunk: u64,
+    /// How the engine's prefill computes int4 linears (`--prefill-int4`): `Dequant` adds its
+    /// fp16 scratch to the prefill workspace.
+    pub prefill_int4: PrefillInt4,
     pub cuda_context_bytes: u64,
 }
 
@@ -64,6 +67,7 @@ impl PlanSpec {
             ctx,
             batch: 1,
             prefill_chunk: DEFAULT_PREFILL_CHUNK as u64,
+            prefill_int4: PrefillInt4::Auto,
             cuda_context_bytes: CUDA_CONTEXT_BYTES,
         }
     }
@@ -105,6 +109,9 @@ impl PlanSpec {
             " --ctx {} --prefill-chunk {}",
             self.ctx, self.prefill_chunk
         ));
+        if self.prefill_int4 != PrefillInt4::Auto {
+            c.push_str(&format!(" --prefill-int4 {}", self.prefill_int4.flag()));
+        }
         if self.batch != 1 {
             c.push_str(&format!(" --batch {}", self.batch));
         }
@@ -144,6 +151,7 @@ impl PlanSpec {
             self.act_order,
             self.prefill_chunk,
             ctx,
+            self.prefill_int4,
         )
     }
 
@@ -197,6 +205,7 @@ impl PlanSpec {
             workspace_bytes: ws,
             prefill_chunk: self.prefill_chunk.min(self.ctx),
             prefill_bytes: prefill,
+            prefill_int4: self.prefill_int4,
             cuda_context_bytes: self.cuda_context_bytes,
             total_bytes: total,
             g_idx_counted: int4 && self.act_order,
@@ -250,6 +259,8 @@ pub struct Plan {
     pub prefill_chunk: u64,
     /// GEMM-prefill workspace the engine allocates for `prefill_chunk` rows.
     pub prefill_bytes: u64,
+    /// The prefill's int4 path it was sized for (`--prefill-int4`).
+    pub prefill_int4: PrefillInt4,
     pub cuda_context_bytes: u64,
     pub total_bytes: u64,
     pub g_idx_counted: bool,

@@ -512,3 +512,57 @@ fn card_table_lookup() {
         (16u64 << 30) / 16 * 15
     );
 }
+
+#[test]
+fn the_dequant_prefill_adds_the_fp16_scratch_of_the_widest_plain_linear_and_says_so() {
+    use crate::model::gpu_engine::PrefillInt4;
+    for (model, widest) in [
+        // fused gate|up: k = hidden, n = 2 x intermediate
+        (ModelConfig::vicuna_7b(), 4096u64 * 22016),
+        (ModelConfig::vicuna_13b(), 5120u64 * 27648),
+    ] {
+        let mut s = PlanSpec::new(model.clone(), WeightDtype::Int4, 128, 2048);
+        let auto = s.plan().unwrap();
+        s.prefill_int4 = PrefillInt4::Dequant;
+        let deq = s.plan().unwrap();
+        // Every linear on the dequant path: the scratch replaces the GEMM split-K partials and
+        // the repack (the engine's own sizing, PrefillSizes, with no GEMM linear).
+        let mut z = PrefillSizes::new(
+            &model,
+            crate::model::gpu_engine::DEFAULT_PREFILL_CHUNK,
+            0,
+            0,
+            0,
+        );
+        z.dequant = widest as usize;
+        assert_eq!(deq.prefill_bytes, z.bytes(), "{}", model.name);
+        assert!(
+            deq.prefill_bytes > auto.prefill_bytes + widest,
+            "{}",
+            model.name
+        );
+        assert_eq!(
+            deq.total_bytes - auto.total_bytes,
+            deq.prefill_bytes - auto.prefill_bytes
+        );
+        assert!(
+            s.command().ends_with(" --prefill-int4 dequant"),
+            "{}",
+            s.command()
+        );
+        // Act-order linears keep auto's path (the dequant writes sorted rows): no scratch.
+        s.act_order = true;
+        let act_deq = s.plan().unwrap();
+        s.prefill_int4 = PrefillInt4::Auto;
+        assert_eq!(act_deq.prefill_bytes, s.plan().unwrap().prefill_bytes);
+        // fp16 models have no int4 linears to dequantize.
+        let mut f = PlanSpec::new(model, WeightDtype::Fp16, -1, 2048);
+        let f_auto = f.plan().unwrap().prefill_bytes;
+        f.prefill_int4 = PrefillInt4::Dequant;
+        assert_eq!(f.plan().unwrap().prefill_bytes, f_auto);
+    }
+    for flag in ["auto", "v2", "v1", "rows", "dequant"] {
+        assert_eq!(PrefillInt4::parse(flag).unwrap().flag(), flag);
+    }
+    assert!(PrefillInt4::parse("fast").unwrap_err().contains("dequant"));
+}

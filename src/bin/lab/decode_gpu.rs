@@ -144,14 +144,7 @@ fn pdl_mode(s: &str) -> Result<PdlMode, String> {
 }
 
 fn prefill_int4(s: &str) -> Result<PrefillInt4, String> {
-    Ok(match s {
-        "auto" => PrefillInt4::Auto,
-        "v2" | "gemm_v2_mma" => PrefillInt4::GemmV2,
-        "v1" | "gemm_v1_simt" => PrefillInt4::GemmV1,
-        "rows" => PrefillInt4::RowGemv,
-        "dequant" => PrefillInt4::Dequant,
-        o => return Err(format!("'{o}': expected auto, v2, v1, rows or dequant")),
-    })
+    PrefillInt4::parse(s)
 }
 
 fn prefill_mode(s: &str) -> Result<PrefillMode, String> {

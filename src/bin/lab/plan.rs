@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use gptq_lab::model::config::ModelConfig;
-use gptq_lab::model::gpu_engine::DEFAULT_PREFILL_CHUNK;
+use gptq_lab::model::gpu_engine::{PrefillInt4, DEFAULT_PREFILL_CHUNK};
 use gptq_lab::plan::{
     cards, gb, Plan, PlanSpec, WeightDtype, CUDA_CONTEXT_BYTES, DEFAULT_CTXS, DEFAULT_GROUPS,
     GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
@@ -51,6 +51,11 @@ pub struct PlanArgs {
     /// engine without GEMM prefill (prompts token by token), no prefill workspace.
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK as u64)]
     prefill_chunk: u64,
+    /// How the engine's prefill computes int4 linears (as `lab decode --prefill-int4`): auto,
+    /// v2, v1, rows or dequant. dequant adds its fp16 scratch (the largest non-act-order
+    /// linear, k x n x 2 bytes: 7B 180 MB, 13B 283 MB) to the prefill workspace.
+    #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
+    prefill_int4: PrefillInt4,
     /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
     #[arg(long)]
     context_mib: Option<u64>,
@@ -109,6 +114,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.act_order = act_order;
                 s.batch = a.batch;
                 s.prefill_chunk = a.prefill_chunk;
+                s.prefill_int4 = a.prefill_int4;
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match card {
                     Some(c) => s.plan_on(c, efficiency_for(&a, m, c)?)?,
@@ -321,7 +327,9 @@ fn prefill_note(p: &Plan) -> String {
          {} (gpu_engine::PrefillPlan, sized as on an sm_{}+ card; \
          allocated once when the engine is built, so it counts even for decode-only runs)",
         p.prefill_chunk,
-        if p.dtype == WeightDtype::Int4 {
+        if p.dtype == WeightDtype::Int4 && p.prefill_int4 == PrefillInt4::Dequant && !p.act_order {
+            "the chunk's activations + the fp16 scratch the largest linear is dequantized into (--prefill-int4 dequant)"
+        } else if p.dtype == WeightDtype::Int4 {
             "the chunk's activations + GEMM split-K partials + the gemm_v2 repack scratch of the largest linear"
         } else {
             "the chunk's activations only (fp16 linears go through cuBLAS: no GEMM scratch)"

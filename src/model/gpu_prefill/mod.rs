@@ -81,19 +81,45 @@ pub enum PrefillMode {
 }
 
 /// Which kernel computes the int4 linears of a prefill.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PrefillInt4 {
     /// gemm_v2_mma on sm_80+, else gemm_v1_simt on sm_75+, else per-row GEMV.
+    #[default]
     Auto,
     GemmV2,
     GemmV1,
     /// The decode GEMV once per row (comparison / fallback).
     RowGemv,
     /// Each linear dequantized to an fp16 [k, n] scratch (lab_dequant_f16_v1), then one cuBLAS
-    /// GEMM over all m rows; act-order linears (x would need the permutation) as Auto. Opt-in:
-    /// predicted ~1.6x gemm_v2 at 512-row chunks on an H100 (notes/kernels.md "Next" 4), not yet
-    /// run on a GPU.
+    /// GEMM over all m rows; act-order linears (x would need the permutation) as Auto. Opt-in
+    /// for its scratch (7B 180 MB, 13B 283 MB): 1.66x / 1.59x gemm_v2 at 512-row chunks on the
+    /// H100 (run 10, notes/kernels.md "Next" 4).
     Dequant,
+}
+
+impl PrefillInt4 {
+    /// The `--prefill-int4` value (`lab decode`, `lab plan`): auto, v2, v1, rows or dequant.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => PrefillInt4::Auto,
+            "v2" | "gemm_v2_mma" => PrefillInt4::GemmV2,
+            "v1" | "gemm_v1_simt" => PrefillInt4::GemmV1,
+            "rows" => PrefillInt4::RowGemv,
+            "dequant" => PrefillInt4::Dequant,
+            o => return Err(format!("'{o}': expected auto, v2, v1, rows or dequant")),
+        })
+    }
+
+    /// The flag value `parse` reads back.
+    pub fn flag(self) -> &'static str {
+        match self {
+            PrefillInt4::Auto => "auto",
+            PrefillInt4::GemmV2 => "v2",
+            PrefillInt4::GemmV1 => "v1",
+            PrefillInt4::RowGemv => "rows",
+            PrefillInt4::Dequant => "dequant",
+        }
+    }
 }
 
 /// Which logits a prefill returns.
@@ -143,6 +169,13 @@ impl GpuEngine {
     }
 
     /// The int4 path of every distinct int4 linear shape, for reports: "K x N: path".
+    /// The engine's `--prefill-int4` choice (Auto where it has no GEMM prefill).
+    pub fn prefill_int4(&self) -> PrefillInt4 {
+        self.prefill
+            .as_ref()
+            .map_or(PrefillInt4::Auto, |p| p.choice)
+    }
+
     pub fn prefill_int4_paths(&self) -> Vec<String> {
         let Some(p) = &self.prefill else {
             return Vec::new();
