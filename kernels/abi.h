@@ -189,6 +189,8 @@ typedef struct {
    largest threshold t with sum_{l_i >= t} w_i >= top_p * sum_i w_i; the token is the one whose
    interval, in index order over the nucleus, holds u * nucleus mass, u = lab_sample_u(seed, pos). */
 #define LAB_SAMPLE_MIX_A 0x9E3779B97F4A7C15ull
+/* Threads of the one block of lab_llama_sample_top_p (kernels/llama/ops.cu). */
+#define LAB_LLAMA_TOP_P_THREADS 1024
 typedef struct {
     uint64_t logits;   /* f32 [vocab] */
     uint64_t state;    /* i32 state words: TOKEN <- the drawn token, POS += 1 (as lab_llama_argmax) */

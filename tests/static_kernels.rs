@@ -240,3 +240,36 @@ fn persistent_layers_fit_two_blocks_per_sm_and_keep_local_memory_out_of_the_weig
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// The top-p sampler (kernels/llama/ops.cu) runs ~36 passes per token on one SM: a spill there
+/// is paid in every pass. v2's strided passes need few registers; holding the logits in
+/// registers instead spilled (~100 bytes, CUDA 13.0), which this keeps from coming back unseen.
+#[test]
+fn top_p_sampler_has_no_stack_or_spills_on_any_arch() {
+    if !built() {
+        return;
+    }
+    let archs = build_info::build_info().archs;
+    let res = sc::family_resources("llama").unwrap_or_else(|e| panic!("llama: {e}"));
+    let mut bad = Vec::new();
+    for &arch in &archs {
+        match res
+            .iter()
+            .find(|r| r.symbol == "lab_llama_sample_top_p" && r.arch == arch)
+        {
+            None => bad.push(format!(
+                "sm_{arch}: no ptxas entry for lab_llama_sample_top_p"
+            )),
+            Some(r) if r.stack_bytes + r.spill_stores + r.spill_loads > 0 => bad.push(format!(
+                "sm_{arch}: {} B stack, {} B spill stores, {} B spill loads",
+                r.stack_bytes, r.spill_stores, r.spill_loads
+            )),
+            // launch_bounds(LAB_LLAMA_TOP_P_THREADS = 1024) caps registers at 64.
+            Some(r) if r.registers > 64 => {
+                bad.push(format!("sm_{arch}: {} registers > 64", r.registers))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

@@ -258,14 +258,23 @@ static __device__ __forceinline__ uint32_t llama_fkey(float v) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-// One block of 1024 threads over the logits, L2-resident (32000 x 4 B = 128 KB per pass).
+// One block of LAB_LLAMA_TOP_P_THREADS (1024) threads over the logits (32000 x 4 B = 128 KB).
 // Passes: max (1), normaliser (1), threshold bisection over the 32-bit key space (32), chunk sums
-// + scan + walk (2): ~36 passes = ~4.6 MB of L2 reads, tens of microseconds; it replaces a 128 KB
-// copy to the host, a host sort and a feed per token, and stays inside the step's CUDA graph.
-// The weights are recomputed in every pass with the same expression and the same reduction
-// order, so "mass of the keys >= 0" is bit-identical to the normaliser (the bisection's
-// invariant holds exactly).
-extern "C" __global__ void __launch_bounds__(1024) lab_llama_sample_top_p(lab_llama_sample_params p) {
+// + scan + walk (2): ~36 passes; it replaces a 128 KB copy to the host, a host sort and a feed per
+// token, and stays inside the step's CUDA graph. The normaliser and the bisection are the same
+// function (`mass`: the same expression, the same order), so "mass of the keys >= 0" is
+// bit-identical to the normaliser (the bisection's invariant holds exactly).
+// v1 ran every pass over thread-contiguous chunks: measured on the H100 (run 10, decode.md's
+// top-p column) at +0.53-0.57 ms per step over argmax, ~15 us per pass (predicted: 20-40 us for
+// all of it). A thread's chunk is 32 consecutive floats = one 128-byte line, so each load
+// instruction of a warp touched 32 lines: 1024 L1 wavefronts per warp per pass, 32K per pass on
+// one SM, ~18 us at one per cycle.
+// v2 (NOT YET RUN ON A GPU): `mass` reads strided (thread t: t, t + 1024, ...), one line per warp
+// load, 32x fewer wavefronts; only the last pass (chunk sums, scan, owner's walk) keeps the
+// contiguous chunks, since the walk needs index order. Holding the chunk in registers instead
+// spilled ~100 bytes at both 1024 x 32 and 512 x 64 (ptxas CUDA 13.0). Prediction: ~1 us per
+// bisection pass, ~50-70 us per top-p step instead of ~550.
+extern "C" __global__ void __launch_bounds__(LAB_LLAMA_TOP_P_THREADS) lab_llama_sample_top_p(lab_llama_sample_params p) {
     LAB_PDL_ENTER();
     __shared__ float scratch[32];
     __shared__ int owner;
@@ -302,9 +311,9 @@ extern "C" __global__ void __launch_bounds__(1024) lab_llama_sample_top_p(lab_ll
     const int c = (p.vocab + nt - 1) / nt;
     const int lo_i = min(tid * c, p.vocab), hi_i = min(lo_i + c, p.vocab);
     auto weight = [&](float v) { return (v == v) ? expf((v - m) * p.inv_temp) : 0.f; };
-    auto mass = [&](uint32_t key) {
+    auto mass = [&](uint32_t key) {  // strided: a warp's load is one line (see v2 above)
         float s = 0.f;
-        for (int i = lo_i; i < hi_i; ++i) {
+        for (int i = tid; i < p.vocab; i += nt) {
             const float v = l[i];
             if (v == v && llama_fkey(v) >= key) s += weight(v);
         }

@@ -1387,7 +1387,8 @@ impl GpuEngine {
                     vocab,
                     max_ctx,
                 };
-                self.launch(&self.k.sample, (1, 1), 1024, 0, &p, what)
+                let threads = abi::LAB_LLAMA_TOP_P_THREADS;
+                self.launch(&self.k.sample, (1, 1), threads, 0, &p, what)
             }
         }
     }
