@@ -14,9 +14,9 @@
 //                              flight per step (64 registers, 4 blocks/SM: numbers at LLAMA_ATTN_UNROLL),
 //                              q/k/v loads ahead of the sincos, a head with one split writes its output directly
 //                              (no partial, fence or ticket), and the combine reads the splits' (m, l)
-//                              in parallel instead of three serial passes over them. Fixed chunk per
-//                              split (the length-following split of 4324cee was reverted: see
-//                              attention.cuh).
+//                              in parallel instead of three serial passes over them. Past one chunk
+//                              the split size follows the length (attention.cuh); the loads past a
+//                              block's end select zero before the new row (the NaN of runs 9-10).
 // Why split: one block per head is 32 blocks on a 132-SM H100, a quarter of the machine; at 2048
 // positions the 7B cache read is 2048 x 32 layers x 2 x 4096 x 2 B = 1.07 GB per token, a third of
 // the int4 weights, so it must run near full bandwidth. The grid is sized for max_ctx so a captured

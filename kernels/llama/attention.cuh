@@ -35,15 +35,12 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
     const int hd = p.head_dim;
     const int pos = llama_pos(p.state);
     const int len = min(pos + 1, p.max_ctx);
-    // Fixed chunk: split s takes positions [s chunk, (s + 1) chunk) of the length: run F's
-    // (9a5481c) measured form, SASS-identical to it. 4324cee had made the split size follow the
-    // length past one chunk (ceil(len / n_splits)); in the H100 runs of that code (9 and 10) every
-    // int4 decode bench stretch at ctx 512-2048 ended with all logits NaN (state flag 4), while
-    // the fp16 runs, through this same kernel, stayed clean, and a CPU emulation of the split's
-    // index math and combine matches attention exactly. So the split is probably not the cause;
-    // it is reverted to take one changed variable out of the next run's bisection
-    // (device-check step decode-nan-bisect; notes/kernels.md).
-    const int chunk = p.chunk;
+    // Positions per split: up to one chunk, the head's one block takes them all (no combine);
+    // past it, all n_splits blocks share them (ceil(len / n_splits) <= chunk, since max_ctx <=
+    // n_splits x chunk): at ctx 512 of max_ctx 2100, 9 blocks of 59 positions (one load step
+    // each) instead of 3 of 256 (two steps each). Every block derives the same value from pos.
+    // (4324cee; reverted in 2a58a92 while the NaN below was unexplained, back since the fix.)
+    const int chunk = len <= p.chunk ? p.chunk : (len + p.n_splits - 1) / p.n_splits;
     const int start = split * chunk;
     if (pos >= p.max_ctx && head == 0 && split == 0 && threadIdx.x == 0)
         atomicOr(reinterpret_cast<int*>(p.state) + LAB_LLAMA_STATE_FLAGS, LAB_LLAMA_FLAG_CTX_FULL);
@@ -116,9 +113,11 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
             const int pp = base + u * groups + g;
-            kv[u] = pp == pos ? reinterpret_cast<const uint4*>(kcur)[l]
-                  : pp < end  ? kc[(size_t)pp * row16 + col16]
-                              : make_uint4(0, 0, 0, 0);
+            // `pp < end` first: a step may run past this block's end, and pos may lie there, in
+            // another block's range, where this block never wrote kcur (see the V loop).
+            kv[u] = pp >= end  ? make_uint4(0, 0, 0, 0)
+                  : pp == pos ? reinterpret_cast<const uint4*>(kcur)[l]
+                              : kc[(size_t)pp * row16 + col16];
         }
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
@@ -151,9 +150,16 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {
             const int pp = base + u * groups;
-            vv[u] = pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
-                  : pp < end  ? vc[(size_t)pp * row16 + col16]
-                              : make_uint4(0, 0, 0, 0);
+            // `pp < end` first. With pp == pos tested first, a block whose step ran past its end
+            // onto pos (another block's range) read vcur, which only the block holding pos
+            // writes: leftover shared memory of an earlier kernel, and its weight 0 times an fp16
+            // Inf/NaN there is NaN. Every int4 decode-bench step at ctx 512-2048 of H100 runs 9
+            // and 10 ended with all logits NaN that way (the length-following chunk of 57-61
+            // positions put pos within a 128-position step of split 7's end; found by a code
+            // review after the runs; notes/kernels.md "NaN at ctx >= 512").
+            vv[u] = pp >= end  ? make_uint4(0, 0, 0, 0)
+                  : pp == pos ? reinterpret_cast<const uint4*>(vcur)[l]
+                              : vc[(size_t)pp * row16 + col16];
         }
 #pragma unroll
         for (int u = 0; u < LLAMA_ATTN_UNROLL; ++u) {

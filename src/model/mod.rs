@@ -1,6 +1,8 @@
 //! Models: configs (presets and config.json), checkpoint loading, CPU reference engine,
 //! sampling, tokenizer and prompt templates.
 
+#[cfg(test)]
+mod attention_emulate;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_engine;
