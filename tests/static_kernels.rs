@@ -186,39 +186,29 @@ fn decode_gemvs_prefetch_weights_before_the_pdl_wait() {
 
 /// The persistent decode layers (kernels/llama/layers.cu) on every compiled arch: the launch
 /// bounds hold (<= 128 registers, so 2 blocks of 256 threads per SM as the grid assumes), and no
-/// local memory sits between the weight loop's streaming loads (LDG.E.EF.128). ptxas spills a
-/// few bytes on some archs (the barrier's and the phase setup's values, held across a whole
-/// layer); that is allowed only outside the loop the weight bytes flow through.
+/// local memory sits between the weight loop's streaming loads (LDG.E.EF.128). ptxas spilled
+/// 16-20 bytes on sm_80-90 before the shared weight loop (87fc399; none since): a spill is
+/// allowed only outside the loop the weight bytes flow through.
 #[test]
 fn persistent_layers_fit_two_blocks_per_sm_and_keep_local_memory_out_of_the_weight_loop() {
     if !built() {
         return;
     }
     let archs = build_info::build_info().archs;
-    let res = sc::family_resources("llama").unwrap_or_else(|e| panic!("llama: {e}"));
-    let mut bad = Vec::new();
-    for &arch in &archs {
-        match res
-            .iter()
-            .find(|r| r.symbol == "lab_llama_layers" && r.arch == arch)
+    let mut bad = llama_resource_findings("lab_llama_layers", |r| {
+        if r.registers > 128 {
+            Some(format!("{} registers > 128", r.registers))
+        } else if r.smem_bytes as usize > gptq_lab::model::gpu_engine::persistent::STATIC_SMEM_BYTES
         {
-            None => bad.push(format!("sm_{arch}: no ptxas entry for lab_llama_layers")),
-            Some(r) if r.registers > 128 => {
-                bad.push(format!("sm_{arch}: {} registers > 128", r.registers))
-            }
             // The host's 48 KB budget for the attention's dynamic part assumes this much static.
-            Some(r)
-                if r.smem_bytes as usize
-                    > gptq_lab::model::gpu_engine::persistent::STATIC_SMEM_BYTES =>
-            {
-                bad.push(format!(
-                    "sm_{arch}: {} B static shared memory > gpu_persistent::STATIC_SMEM_BYTES",
-                    r.smem_bytes
-                ))
-            }
-            Some(_) => {}
+            Some(format!(
+                "{} B static shared memory > gpu_persistent::STATIC_SMEM_BYTES",
+                r.smem_bytes
+            ))
+        } else {
+            None
         }
-    }
+    });
     if sass_available("persistent_layers_..._weight_loop (SASS part)") {
         let sass = sc::fatbin_sass(&sc::fatbin_path("llama")).unwrap_or_else(|e| panic!("{e}"));
         let mut seen = 0;
@@ -249,27 +239,35 @@ fn top_p_sampler_has_no_stack_or_spills_on_any_arch() {
     if !built() {
         return;
     }
-    let archs = build_info::build_info().archs;
+    let bad = llama_resource_findings("lab_llama_sample_top_p", |r| {
+        if r.stack_bytes + r.spill_stores + r.spill_loads > 0 {
+            Some(format!(
+                "{} B stack, {} B spill stores, {} B spill loads",
+                r.stack_bytes, r.spill_stores, r.spill_loads
+            ))
+        } else if r.registers > 64 {
+            // launch_bounds(LAB_LLAMA_TOP_P_THREADS = 1024) caps registers at 64.
+            Some(format!("{} registers > 64", r.registers))
+        } else {
+            None
+        }
+    });
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// ptxas resources of the llama kernel `symbol` on every compiled arch, judged by `judge`: one
+/// "sm_N: ..." line per finding, a missing entry included.
+fn llama_resource_findings(
+    symbol: &str,
+    judge: impl Fn(&sc::Resource) -> Option<String>,
+) -> Vec<String> {
     let res = sc::family_resources("llama").unwrap_or_else(|e| panic!("llama: {e}"));
     let mut bad = Vec::new();
-    for &arch in &archs {
-        match res
-            .iter()
-            .find(|r| r.symbol == "lab_llama_sample_top_p" && r.arch == arch)
-        {
-            None => bad.push(format!(
-                "sm_{arch}: no ptxas entry for lab_llama_sample_top_p"
-            )),
-            Some(r) if r.stack_bytes + r.spill_stores + r.spill_loads > 0 => bad.push(format!(
-                "sm_{arch}: {} B stack, {} B spill stores, {} B spill loads",
-                r.stack_bytes, r.spill_stores, r.spill_loads
-            )),
-            // launch_bounds(LAB_LLAMA_TOP_P_THREADS = 1024) caps registers at 64.
-            Some(r) if r.registers > 64 => {
-                bad.push(format!("sm_{arch}: {} registers > 64", r.registers))
-            }
-            Some(_) => {}
+    for &arch in &build_info::build_info().archs {
+        match res.iter().find(|r| r.symbol == symbol && r.arch == arch) {
+            None => bad.push(format!("sm_{arch}: no ptxas entry for {symbol}")),
+            Some(r) => bad.extend(judge(r).map(|f| format!("sm_{arch}: {f}"))),
         }
     }
-    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    bad
 }
