@@ -306,8 +306,9 @@ extern "C" __global__ void __launch_bounds__(LAB_LLAMA_TOP_P_THREADS) lab_llama_
         }
         return;
     }
-    // Thread t owns the contiguous chunk [t c, t c + c): index order across threads is what the
-    // inverse CDF below walks, and every pass sums in this same order.
+    // For the last pass (chunk sums, scan, the owner's walk): thread t owns the contiguous chunk
+    // [t c, t c + c), since index order across threads is what the inverse CDF walks. The
+    // normaliser and bisection passes (`mass`) read strided instead, all in one same order.
     const int c = (p.vocab + nt - 1) / nt;
     const int lo_i = min(tid * c, p.vocab), hi_i = min(lo_i + c, p.vocab);
     auto weight = [&](float v) { return (v == v) ? expf((v - m) * p.inv_temp) : 0.f; };

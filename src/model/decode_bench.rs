@@ -347,7 +347,9 @@ const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
 /// prefetch sweep, with PDL on the kernels around them where the run's PDL column ran, then the
 /// grid barriers alone. Graph replay, or eager steps (5 launches per step, so nearly the same)
 /// where the driver refuses to capture the cooperative launch (the engine falls back by itself).
-/// Never fails the run: what goes wrong is a note, and ends the pass.
+/// A failure to time is a note and ends the pass (the points measured before it stand); a
+/// stretch that ends with a state flag is recorded in `invalid` like any other (lab decode then
+/// fails after writing the report).
 fn time_persistent(
     eng: &mut GpuEngine,
     plan: &BenchPlan,
@@ -378,9 +380,15 @@ fn time_persistent(
         // "graph" steps run eager where the driver refused to capture the cooperative launch
         // (GpuEngine::persistent_graph_refused): marked in the column.
         match timed_from(eng, p.ctx, plan, true) {
-            Ok(ms) => {
+            Ok((ms, f)) => {
                 p.graph_persistent_ms = Some(ms);
                 p.persistent_eager = eng.persistent_graph_refused().is_some();
+                record_flags(
+                    f,
+                    &format!("ctx {} persistent layers", p.ctx),
+                    notes,
+                    invalid,
+                );
             }
             Err(e) => {
                 notes.push(format!(
@@ -393,7 +401,11 @@ fn time_persistent(
         for &b in &budgets {
             eng.set_persistent_prefetch(b);
             match timed_from(eng, p.ctx, plan, true) {
-                Ok(ms) => p.graph_persistent_prefetch.push((b, ms)),
+                Ok((ms, f)) => {
+                    p.graph_persistent_prefetch.push((b, ms));
+                    let what = format!("ctx {} persistent layers at prefetch {b} B", p.ctx);
+                    record_flags(f, &what, notes, invalid);
+                }
                 Err(e) => {
                     notes.push(format!(
                         "persistent layers at prefetch {b} B not timed from ctx {} on: {e}",
@@ -405,18 +417,6 @@ fn time_persistent(
             }
         }
         eng.set_persistent_prefetch(own);
-        match eng.flags() {
-            Ok(f) => record_flags(
-                f,
-                &format!("ctx {} persistent layers", p.ctx),
-                notes,
-                invalid,
-            ),
-            Err(e) => {
-                notes.push(format!("persistent layers at ctx {}: {e}", p.ctx));
-                break;
-            }
-        }
     }
     if let Some(why) = eng.persistent_graph_refused() {
         notes.push(format!("persistent layers: the driver refused to capture the cooperative launch into a CUDA graph ({why}): their steps ran eager (5 launches each)"));
@@ -460,14 +460,24 @@ fn budget_cells(sweep: &[(u32, f64)]) -> String {
 }
 
 /// ms per step of `plan.steps` steps from position `ctx` after `plan.warmup` untimed ones from
-/// the same position (graph replays or eager launches).
-fn timed_from(eng: &mut GpuEngine, ctx: usize, plan: &BenchPlan, graph: bool) -> Result<f64> {
+/// the same position (graph replays or eager launches), and the step state flags the warm-up and
+/// the timed steps left (set_position clears them, so each stretch reports its own; the caller
+/// records them with `record_flags` under the stretch's label).
+fn timed_from(
+    eng: &mut GpuEngine,
+    ctx: usize,
+    plan: &BenchPlan,
+    graph: bool,
+) -> Result<(f64, i32)> {
     eng.set_position(ctx)?;
+    let mut flags = 0;
     if plan.warmup > 0 {
         eng.time_steps(plan.warmup, graph)?;
+        flags |= eng.flags()?;
     }
     eng.set_position(ctx)?;
-    eng.time_steps(plan.steps, graph)
+    let ms = eng.time_steps(plan.steps, graph)?;
+    Ok((ms, flags | eng.flags()?))
 }
 
 /// `steps` profiled steps from position `ctx` (module step_profile).
@@ -554,9 +564,10 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     for &ctx in &plan.contexts {
         let mut ms = [0f64; 2];
         for (i, graph) in [true, false].into_iter().enumerate() {
-            ms[i] = timed_from(&mut eng, ctx, plan, graph)?;
+            let (t, f) = timed_from(&mut eng, ctx, plan, graph)?;
+            ms[i] = t;
             let what = format!("ctx {ctx} {}", if graph { "graph" } else { "eager" });
-            record_flags(eng.flags()?, &what, &mut notes, &mut invalid);
+            record_flags(f, &what, &mut notes, &mut invalid);
         }
         let mut point = context_point(&bytes, ceilings.read_gbs, ctx, plan.steps, ms[0], ms[1]);
         if pdl_ok && eng.set_pdl(true) {
@@ -571,8 +582,15 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 }
                 eng.set_pdl_prefetch(bytes);
                 match timed_from(&mut eng, ctx, plan, true) {
-                    Ok(ms) if bytes == own => point.graph_pdl_ms_per_token = Some(ms),
-                    Ok(ms) => point.graph_pdl_prefetch.push((bytes, ms)),
+                    Ok((ms, f)) => {
+                        if bytes == own {
+                            point.graph_pdl_ms_per_token = Some(ms);
+                        } else {
+                            point.graph_pdl_prefetch.push((bytes, ms));
+                        }
+                        let what = format!("ctx {ctx} graph + PDL, prefetch {bytes} B");
+                        record_flags(f, &what, &mut notes, &mut invalid);
+                    }
                     Err(e) => {
                         notes.push(format!(
                             "graph + PDL (prefetch {bytes} B) not timed from ctx {ctx} on: {e}"
@@ -586,7 +604,11 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             // failure costs that column only.
             let mut variant =
                 |eng: &mut GpuEngine, what: &str| match timed_from(eng, ctx, plan, true) {
-                    Ok(ms) => Some(ms),
+                    Ok((ms, f)) => {
+                        let label = format!("ctx {ctx} graph + PDL {what}");
+                        record_flags(f, &label, &mut notes, &mut invalid);
+                        Some(ms)
+                    }
                     Err(e) => {
                         notes.push(format!("graph + PDL {what} not timed at ctx {ctx}: {e}"));
                         None
@@ -603,8 +625,6 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 point.graph_pdl_top_p_ms = variant(&mut eng, "with top-p sampling");
                 eng.set_sampling(own_sampling, own_seed);
             }
-            let what = format!("ctx {ctx} graph + PDL (and its variant columns)");
-            record_flags(eng.flags()?, &what, &mut notes, &mut invalid);
         }
         eng.set_pdl(false);
         points.push(point);
@@ -613,6 +633,8 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     if plan.profile_steps > 0 {
         for &ctx in &plan.contexts {
             profile.push(profile_at(&mut eng, ctx, plan.profile_steps)?);
+            let what = format!("ctx {ctx} profiled eager steps");
+            record_flags(eng.flags()?, &what, &mut notes, &mut invalid);
         }
         notes.push(format!("profile: {} eager steps per context, each queued behind a kernel that holds the GPU (>= {} ms) with a CUDA event after every op, so ops run back to back on the GPU; the events themselves add a little per op", plan.profile_steps, PROFILE_HOLD_MS.0));
     }

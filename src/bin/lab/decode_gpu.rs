@@ -109,7 +109,7 @@ pub struct GpuArgs {
     /// Int4 prefill kernel: auto (gemm_v2_mma on sm_80+, else gemm_v1_simt), v2, v1, rows (the
     /// decode GEMV once per row), dequant (each linear to an fp16 scratch, then one cuBLAS GEMM;
     /// act-order linears as auto; not yet run on a GPU).
-    #[arg(long, default_value = "auto", value_parser = prefill_int4)]
+    #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
     /// Persistent decode layers (kernels/llama/layers.cu): every decoder layer of a step in ONE
     /// cooperative launch (int4 models; gemv_v6_pipe's weight loop for every linear, so
@@ -141,10 +141,6 @@ fn pdl_mode(s: &str) -> Result<PdlMode, String> {
         "both" => PdlMode::Both,
         o => return Err(format!("'{o}': expected off, on or both")),
     })
-}
-
-fn prefill_int4(s: &str) -> Result<PrefillInt4, String> {
-    PrefillInt4::parse(s)
 }
 
 fn prefill_mode(s: &str) -> Result<PrefillMode, String> {

@@ -327,12 +327,21 @@ fn prefill_note(p: &Plan) -> String {
          {} (gpu_engine::PrefillPlan, sized as on an sm_{}+ card; \
          allocated once when the engine is built, so it counts even for decode-only runs)",
         p.prefill_chunk,
-        if p.dtype == WeightDtype::Int4 && p.prefill_int4 == PrefillInt4::Dequant && !p.act_order {
-            "the chunk's activations + the fp16 scratch the largest linear is dequantized into (--prefill-int4 dequant)"
-        } else if p.dtype == WeightDtype::Int4 {
-            "the chunk's activations + GEMM split-K partials + the gemm_v2 repack scratch of the largest linear"
-        } else {
-            "the chunk's activations only (fp16 linears go through cuBLAS: no GEMM scratch)"
+        match (p.dtype, p.prefill_int4) {
+            (WeightDtype::Fp16, _) => {
+                "the chunk's activations only (fp16 linears go through cuBLAS: no GEMM scratch)"
+            }
+            (_, PrefillInt4::Dequant) if !p.act_order => {
+                "the chunk's activations + the fp16 scratch the largest linear is dequantized into (--prefill-int4 dequant)"
+            }
+            (_, PrefillInt4::RowGemv) => {
+                "the chunk's activations only (--prefill-int4 rows: the decode GEMV once per row, no GEMM scratch)"
+            }
+            (_, PrefillInt4::GemmV1) => {
+                "the chunk's activations + GEMM split-K partials (--prefill-int4 v1: gemm_v1_simt, no repack)"
+            }
+            // auto / v2, and dequant on act-order layers (they keep auto's path)
+            _ => "the chunk's activations + GEMM split-K partials + the gemm_v2 repack scratch of the largest linear",
         },
         PREFILL_PLAN_SM
     )

@@ -168,7 +168,6 @@ impl GpuEngine {
         self.prefill.as_ref().map_or(0, |p| p.bufs.sizes.chunk)
     }
 
-    /// The int4 path of every distinct int4 linear shape, for reports: "K x N: path".
     /// The engine's `--prefill-int4` choice (Auto where it has no GEMM prefill).
     pub fn prefill_int4(&self) -> PrefillInt4 {
         self.prefill
@@ -176,6 +175,7 @@ impl GpuEngine {
             .map_or(PrefillInt4::Auto, |p| p.choice)
     }
 
+    /// The int4 path of every distinct int4 linear shape, for reports: "K x N: path".
     pub fn prefill_int4_paths(&self) -> Vec<String> {
         let Some(p) = &self.prefill else {
             return Vec::new();
