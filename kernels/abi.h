@@ -184,6 +184,16 @@ typedef struct {
     uint64_t ns;       /* how long the single thread spins (globaltimer nanoseconds) */
 } lab_llama_hold_params;
 
+/* lab_llama_poison_smem (kernels/llama/ops.cu): every block fills its dynamic shared memory,
+   `words` u32 of `pattern`, so the next kernel on that SM finds NaN where it reads shared memory
+   it did not write (the tiny check's poisoned pass; GpuEngine::set_poison_smem). */
+typedef struct {
+    uint32_t pattern;
+    uint32_t words;
+} lab_llama_poison_params;
+#define LAB_LLAMA_POISON_PATTERN 0x7E007E00u /* two fp16 NaNs = one f32 NaN (0x7E007E00) */
+#define LAB_LLAMA_POISON_BYTES 49152         /* per block: the dynamic size every card allows unasked */
+
 /* Nucleus (top-p) sampling on the GPU, the same algorithm as src/model/sampler.rs (its CPU
    mirror): weights w_i = exp((l_i - max) / T); the nucleus is every token whose logit is >= the
    largest threshold t with sum_{l_i >= t} w_i >= top_p * sum_i w_i; the token is the one whose

@@ -252,6 +252,19 @@ extern "C" __global__ void lab_llama_hold(lab_llama_hold_params p) {
     } while (t - t0 < p.ns);
 }
 
+// Shared-memory poison (the tiny check's poisoned pass, GpuEngine::set_poison_smem): launched
+// before every kernel of an eager step, with enough 48 KB blocks to cover every SM, it leaves
+// fp16 and f32 NaN in the shared memory the next kernel's blocks are given. A kernel that reads
+// shared memory it did not write (the attention's overrun select of runs 9-10) then computes NaN
+// on every run instead of whenever an earlier kernel happened to leave Inf/NaN bits. Volatile
+// stores: nothing reads them in this kernel, and they must not be optimized away.
+extern "C" __global__ void lab_llama_poison_smem(lab_llama_poison_params p) {
+    LAB_PDL_ENTER();  // as every decode-family kernel (tests/static_kernels.rs), though launched plainly
+    extern __shared__ uint32_t poison_sm[];
+    volatile uint32_t* s = poison_sm;
+    for (uint32_t i = threadIdx.x; i < p.words; i += blockDim.x) s[i] = p.pattern;
+}
+
 // Order-preserving key of a float (larger float -> larger key; NaN never reaches it).
 static __device__ __forceinline__ uint32_t llama_fkey(float v) {
     const uint32_t b = __float_as_uint(v);

@@ -26,6 +26,7 @@ unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_silu_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_gemv_f16_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_argmax_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_hold_params {}
+unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_poison_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_sample_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_q4_finish_params {}
 unsafe impl cudarc::driver::DeviceRepr for abi::lab_llama_prefill_embed_params {}

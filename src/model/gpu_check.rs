@@ -299,6 +299,9 @@ pub struct CheckReport {
     pub graph_tokens: Vec<u32>,
     /// Greedy tokens of the graph launched with programmatic dependent launch (empty below sm_90).
     pub pdl_tokens: Vec<u32>,
+    /// Greedy eager tokens with every SM's shared memory filled with NaN before each launch
+    /// (`GpuEngine::set_poison_smem`): a kernel reading shared memory it did not write shows here.
+    pub poisoned_tokens: Vec<u32>,
     /// Rows per prefill chunk of this check's engine (a 12-token prompt at chunk 5 runs 5 + 5 + 2).
     pub prefill_chunk: usize,
     /// Int4 prefill path per linear shape ("K x N: GemmV2" ...).
@@ -701,6 +704,14 @@ pub fn check_engine(
     );
 
     let eager_tokens = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken)?;
+    // The same eager steps with NaN in every SM's shared memory before each launch: a kernel
+    // that reads shared memory it never wrote then yields NaN logits every time, not by chance
+    // (the attention's overrun select, H100 runs 9-10, passed this check on whatever earlier
+    // kernels had left there).
+    eng.set_poison_smem(true);
+    let poisoned = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken);
+    eng.set_poison_smem(false);
+    let poisoned_tokens = poisoned?;
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
     // One token at a time with a sync each (what `lab decode` streams as text).
     let mut stream_tokens = Vec::with_capacity(n_new);
@@ -788,6 +799,7 @@ pub fn check_engine(
     let mut tokens_ok = true;
     for (name, got) in [
         ("eager", &eager_tokens),
+        ("eager, shared memory poisoned", &poisoned_tokens),
         ("graph", &graph_tokens),
         ("GEMM prefill + graph", &prefill_tokens),
         ("profiled eager", &profile_tokens),
@@ -849,6 +861,7 @@ pub fn check_engine(
         eager_tokens,
         graph_tokens,
         pdl_tokens,
+        poisoned_tokens,
         token_note,
         profile_error,
         top_p_tokens,

@@ -282,6 +282,7 @@ struct Kernels {
     hold: CudaFunction,
     sample: CudaFunction,
     layers: CudaFunction,
+    poison: CudaFunction,
 }
 
 impl Kernels {
@@ -300,6 +301,7 @@ impl Kernels {
             hold: gpu.function("lab_llama_hold")?,
             sample: gpu.function("lab_llama_sample_top_p")?,
             layers: gpu.function("lab_llama_layers")?,
+            poison: gpu.function("lab_llama_poison_smem")?,
         })
     }
 }
@@ -415,6 +417,8 @@ pub struct GpuEngine {
     cc_major: i32,
     /// The persistent decode layers, once planned (`EngineOptions::persistent_layers`).
     persistent: Option<Persistent>,
+    /// Fill every SM's shared memory with NaN before each plain launch (`set_poison_smem`).
+    poison_smem: bool,
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -683,6 +687,7 @@ impl GpuEngine {
             prefill,
             streamed: Cell::new(0),
             step_pdl: Cell::new(false),
+            poison_smem: false,
             cc_major: gpu.info.cc_major,
             persistent: None,
         })
@@ -854,7 +859,22 @@ impl GpuEngine {
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         match kind {
             LaunchKind::Plain => {
-                return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ())
+                if self.poison_smem {
+                    let pp = abi::lab_llama_poison_params {
+                        pattern: abi::LAB_LLAMA_POISON_PATTERN,
+                        words: abi::LAB_LLAMA_POISON_BYTES / 4,
+                    };
+                    let poison = LaunchConfig {
+                        grid_dim: (8 * self.sms as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: abi::LAB_LLAMA_POISON_BYTES,
+                    };
+                    self.stream
+                        .launch_builder(&self.k.poison)
+                        .arg(&pp)
+                        .launch(poison)?;
+                }
+                return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ());
             }
             LaunchKind::Pdl => {
                 attr.id =
@@ -1489,6 +1509,15 @@ impl GpuEngine {
         self.opts.pdl = on;
         self.graph = None;
         self.pdl_in_effect()
+    }
+
+    /// Before every plain launch (eager steps without PDL), fill the shared memory of every SM
+    /// with NaN (`lab_llama_poison_smem`, 48 KB blocks, 8 per SM), so a kernel that reads shared
+    /// memory it did not write computes NaN every time instead of by chance: the tiny check's
+    /// poisoned pass. The captured graph is dropped so a later graph step is captured without.
+    pub fn set_poison_smem(&mut self, on: bool) {
+        self.poison_smem = on;
+        self.graph = None;
     }
 
     /// PDL asked for and possible (sm_90+).
