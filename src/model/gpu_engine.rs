@@ -114,8 +114,9 @@ pub struct EngineOptions {
     pub fused_glu: bool,
     /// Run every decoder layer of a step as ONE cooperative launch (kernels/llama/layers.cu,
     /// module `persistent`) instead of ~8 launches per layer. Int4 linears only (gemv_v6_pipe's
-    /// loop; `int4` does not apply to the layers then). Off by default until a GPU run has
-    /// measured it; `lab decode --persistent-layers` and the decode bench's column turn it on.
+    /// loop; `int4` does not apply to the layers then). Off by default: the H100 runs 9-10
+    /// measured it correct but 13-15% slower than graph + PDL; `lab decode --persistent-layers`
+    /// and the decode bench's column turn it on.
     pub persistent_layers: bool,
     /// Bytes of its next phase's weight tiles each persistent block prefetches into L2 before
     /// every grid barrier (0: none).

@@ -108,13 +108,15 @@ pub struct GpuArgs {
     prefill_chunk: usize,
     /// Int4 prefill kernel: auto (gemm_v2_mma on sm_80+, else gemm_v1_simt), v2, v1, rows (the
     /// decode GEMV once per row), dequant (each linear to an fp16 scratch, then one cuBLAS GEMM;
-    /// act-order linears as auto; not yet run on a GPU).
+    /// act-order linears as auto; ~1.6x gemm_v2 on an H100 for the scratch's VRAM: `lab plan
+    /// --prefill-int4 dequant` sizes it).
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
     /// Persistent decode layers (kernels/llama/layers.cu): every decoder layer of a step in ONE
     /// cooperative launch (int4 models; gemv_v6_pipe's weight loop for every linear, so
     /// --int4-kernel applies to the prefill only). Generation runs with them; the bench adds a
-    /// column timing them beside the launch-per-op step. Not yet measured on a GPU: off by default.
+    /// column timing them beside the launch-per-op step. Off by default: correct on the H100 but
+    /// 13-15% slower than the launch-per-op graph + PDL step (runs 9-10, notes/kernels.md).
     #[arg(long)]
     persistent_layers: bool,
     /// Weight bytes each persistent-layers block prefetches into L2 before every grid barrier:

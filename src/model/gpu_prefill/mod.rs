@@ -25,7 +25,8 @@
 //!   path's own kernel once per row (correct, m times the weight traffic).
 //! - fp16: cuBLAS GemmEx (m columns at once, ldc = the fused output width); without cuBLAS the lab
 //!   fp16 GEMV once per row.
-//! - int4 with `--prefill-int4 dequant` (opt-in, not yet run on a GPU), every layout but act-order:
+//! - int4 with `--prefill-int4 dequant` (opt-in for its scratch; 1.66x gemm_v2 at 7B on the H100,
+//!   run 10), every layout but act-order:
 //!   the linear dequantized into an fp16 [k, n] scratch (lab_dequant_f16_v1), then one cuBLAS GemmEx
 //!   over all m rows (ldc = the output width, so unfused slots need no copy); a 1-row chunk takes
 //!   the decode GEMV.
