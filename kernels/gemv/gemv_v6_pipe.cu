@@ -57,7 +57,44 @@
 //   Instructions: ~2.1 per weight per thread as v2 (~42% of the issue rate at 3 TB/s).
 #include "gemv_v6_core.cuh"
 
-template <int WARPS, int DEPTH>
+// The split-K sum of gemv_v9_cluster (sm_90): the grid.y slices of a column tile are one thread
+// block cluster (launched with cluster dims (1, grid.y, 1)); each block leaves its TILE column sums
+// in shared memory, and after a cluster barrier block rank 0 adds the slices' sums in rank order
+// through distributed shared memory and writes y: no global atomics, no ticket, no L2 round trip
+// for the last block (v6's epilogue: 3 dependent L2 round trips, ~2 us, while DRAM idles). The
+// second barrier keeps every block's shared memory alive until rank 0 has read it. Returns false
+// (nothing done) where the launch is not such a cluster, so the caller's ticket path runs.
+template <int TILE>
+__device__ __forceinline__ bool lab_v6_cluster_sum(const lab_gemm_params& p, float total, int t, int out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    uint32_t nct, rank;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(nct));
+    if (nct != gridDim.y) return false;  // not launched as one cluster per tile: block-uniform
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    __shared__ float sums[TILE];
+    if (t < TILE) sums[t] = total;
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    if (rank == 0 && t < TILE && out < p.n) {
+        const uint32_t local = static_cast<uint32_t>(__cvta_generic_to_shared(&sums[t]));
+        float v = 0.f;
+        for (uint32_t r = 0; r < nct; ++r) {
+            uint32_t remote;
+            float x;
+            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(r));
+            asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(x) : "r"(remote) : "memory");
+            v += x;
+        }
+        reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(v + lab_bias_at(p, out));
+    }
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    return true;
+#else
+    (void)p; (void)total; (void)t; (void)out;
+    return false;
+#endif
+}
+
+template <int WARPS, int DEPTH, bool CLUSTER = false>
 __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     constexpr int TILE = LAB_GEMV_V6_TILE_N;
     static_assert(32 * WARPS >= TILE, "the final sum needs one thread per output column");
@@ -113,6 +150,9 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
         return;
     }
 
+    // 5a. gemv_v9_cluster: the tile's slices sum through distributed shared memory (sm_90).
+    if (CLUSTER && lab_v6_cluster_sum<TILE>(p, total, t, out)) return;
+
     // 5. Split-K (v5's scheme): workspace = f32 [n] partials, then u32 tickets, one per 128-column
     // tile here (ceil(n/128) <= the ceil(n/32) the workspace holds).
     float* partial = reinterpret_cast<float*>(p.workspace);
@@ -151,3 +191,18 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
 LAB_GEMV_V6(128)
 LAB_GEMV_V6(256)
 LAB_GEMV_V6(512)
+
+// v9 (gemv_v9_cluster, sm_90; NOT YET RUN ON A GPU): v6 (DEPTH 2) whose split-K sum is
+// lab_v6_cluster_sum above instead of atomics + ticket. Why: after runs 10-11 falsified bytes in
+// flight and page locality, what is left of v6's 2.5-5 us per launch is serial per-block work in a
+// lock-step wave, of which the epilogue's 3 dependent L2 round trips are ~2 us (notes/kernels.md
+// "Next ... after runs 9-11"). The host caps the split at 8 (the portable cluster size) and launches
+// with cluster dims (1, split, 1) (src/kernels/launch.rs); bench and check only (the engine refuses
+// it until its launch sets the attribute too). Prediction: 1.5-2 us less per launch than v6 at the
+// split shapes (11008x4096 13.1 -> ~11.5 us back to back), the same where split is 1.
+#define LAB_GEMV_V9(T)                                                                             \
+    extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \
+        lab_gemv_v9_cluster_t##T(lab_gemm_params p) { LAB_PDL_LAUNCH();                            \
+        lab_gemv_v6<T / 32, 2, true>(p);                                                           \
+    }
+LAB_GEMV_V9(256)

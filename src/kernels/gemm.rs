@@ -512,6 +512,7 @@ pub fn launch_plan(
         block: main.block,
         split_k: split_k as u32,
         k_slice: k_slice as u32,
+        cluster_y: 1,
     })
 }
 

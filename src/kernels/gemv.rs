@@ -187,6 +187,36 @@ pub static VARIANTS: &[Variant] = &[
         tensor_cores: false,
     },
     Variant {
+        name: "gemv_v9_cluster",
+        family: Family::Gemv,
+        version: 9,
+        description: "v6 whose split-K slices of a tile form a thread block cluster and sum through distributed shared memory (sm_90): no atomics or ticket",
+        symbols: &["lab_gemv_v9_cluster_t256"],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None, ActOrder::Reordered],
+        batch: (1, 1),
+        min_sm: 90,
+        tunables: &[
+            Tunable {
+                name: "threads",
+                values: &[256],
+                default: 256,
+            },
+            // As v6's (v6_split), capped at V9_MAX_CLUSTER (the portable cluster size).
+            Tunable {
+                name: "split_k",
+                values: &[0, 1, 2, 4, 8],
+                default: 0,
+            },
+        ],
+        // v6's registers (ptxas, CUDA 13.0): 107 sm_75, 96 sm_80-90.
+        reg_budget: 128,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
         name: "gemv_cublas_f16",
         family: Family::Gemv,
         version: 0,
@@ -232,6 +262,9 @@ pub enum GemvKind {
     SplitK,
     /// v6: pipelined 128-column tiles, x staged in shared memory, automatic split-K.
     Pipe,
+    /// v9: v6 whose split-K slices are one thread block cluster (sm_90), summed through
+    /// distributed shared memory; launched with cluster dims (1, split, 1).
+    PipeCluster,
     CublasF16,
     DequantCublas,
 }
@@ -241,7 +274,10 @@ pub enum GemvKind {
 /// block, and the naive v1. v2/v4/v5 load x per chunk, where the branch alone cost 6-30% with
 /// x_glu = 0 (H100 run 9a5481c), so they do not (nor v3 or the cuBLAS baselines).
 pub fn takes_gated_input(kind: GemvKind) -> bool {
-    matches!(kind, GemvKind::Naive | GemvKind::Pipe)
+    matches!(
+        kind,
+        GemvKind::Naive | GemvKind::Pipe | GemvKind::PipeCluster
+    )
 }
 
 /// `takes_gated_input` for any registry variant (false outside the gemv family).
@@ -257,6 +293,7 @@ pub fn kind(v: &Variant) -> Result<GemvKind> {
         "gemv_v4_perm" => GemvKind::Perm,
         "gemv_v5_splitk" => GemvKind::SplitK,
         "gemv_v6_pipe" => GemvKind::Pipe,
+        "gemv_v9_cluster" => GemvKind::PipeCluster,
         "gemv_cublas_f16" => GemvKind::CublasF16,
         "gemv_dequant_cublas" => GemvKind::DequantCublas,
         other => {
@@ -294,7 +331,11 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
         ));
     }
     match kind {
-        GemvKind::Vec | GemvKind::Perm | GemvKind::SplitK | GemvKind::Pipe => {
+        GemvKind::Vec
+        | GemvKind::Perm
+        | GemvKind::SplitK
+        | GemvKind::Pipe
+        | GemvKind::PipeCluster => {
             let max_unroll = if kind == GemvKind::Vec {
                 *v.tunables
                     .iter()
@@ -354,6 +395,7 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
         block: (1, 1, 1),
         split_k: 1,
         k_slice: s.k as u32,
+        cluster_y: 1,
     };
     match kind {
         GemvKind::Naive => {
@@ -392,14 +434,35 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
             p.split_k = slices as u32;
             p.k_slice = (slice_words * 8) as u32;
         }
-        GemvKind::Pipe => {
+        GemvKind::Pipe | GemvKind::PipeCluster => {
             let t = tunable(v, params, "threads")?;
-            let split = v6_split(s.k, s.n, t, tunable(v, params, "split_k")?);
-            p.symbol = format!("lab_gemv_v6_pipe_t{t}");
+            let mut want = tunable(v, params, "split_k")?;
+            if kind == GemvKind::PipeCluster {
+                // v6's automatic split, capped at the portable cluster size.
+                let auto = v6_split(s.k, s.n, t, 0).slices;
+                want = if want == 0 { auto } else { want }.min(V9_MAX_CLUSTER);
+            }
+            let split = v6_split(s.k, s.n, t, want);
+            if kind == GemvKind::PipeCluster && split.slices > V9_MAX_CLUSTER {
+                // K over 8 x 4096 rows: more slices than a portable cluster holds.
+                return Err(unsupported(
+                    v,
+                    s,
+                    m,
+                    format!(
+                        "needs {} K slices of <= {V6_XS_ROWS} rows, more than a cluster of {V9_MAX_CLUSTER}",
+                        split.slices
+                    ),
+                ));
+            }
+            p.symbol = format!("lab_{}_t{t}", v.name);
             p.block = (t, 1, 1);
             p.grid = (s.n.div_ceil(V6_TILE_N) as u32, split.slices, 1);
             p.split_k = split.slices;
             p.k_slice = split.k_slice;
+            if kind == GemvKind::PipeCluster {
+                p.cluster_y = split.slices;
+            }
         }
         GemvKind::DequantCublas => {
             p.symbol = "lab_dequant_f16_v1".into();
@@ -422,6 +485,9 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
     }
     Ok(p)
 }
+
+/// v9: the most K slices (= blocks of a cluster) it launches: the portable cluster size.
+pub const V9_MAX_CLUSTER: u32 = 8;
 
 /// v6 (kernels/gemv/gemv_v6_pipe.cu): output columns per block (32 lanes x 4 columns).
 pub const V6_TILE_N: usize = super::abi::LAB_GEMV_V6_TILE_N as usize;
@@ -689,6 +755,28 @@ mod tests {
         // Automatic: never a slice shorter than two chunks per warp when K allows one.
         let s = v6_split(4096, 8, 512, 0);
         assert!(s.k_slice as usize >= 2 * V6_CHUNK_WORDS * 16 * 8, "{s:?}");
+    }
+
+    #[test]
+    fn v9_plans_v6s_tiles_as_clusters_of_at_most_eight_slices() {
+        let (v6, v9) = (v("gemv_v6_pipe"), v("gemv_v9_cluster"));
+        for (k, n) in [(4096, 11008), (11008, 4096), (5120, 13824), (13824, 5120)] {
+            let s = shape(k, n, 128);
+            let p6 = plan(v6, &s, 1, &params(&[])).unwrap();
+            let p9 = plan(v9, &s, 1, &params(&[])).unwrap();
+            assert_eq!(p9.symbol, "lab_gemv_v9_cluster_t256");
+            assert_eq!(p6.cluster_y, 1, "v6 launches no cluster");
+            // v6's automatic split is <= 8 at the decode shapes: the same grid, one cluster per tile.
+            assert_eq!((p9.grid, p9.k_slice), (p6.grid, p6.k_slice), "{k}x{n}");
+            assert_eq!(p9.cluster_y, p9.grid.1, "{k}x{n}");
+        }
+        // A requested split above the cluster cap is capped; the x buffer's minimum still holds.
+        let p = plan(v9, &shape(4096, 4096, 128), 1, &params(&[("split_k", 8)])).unwrap();
+        assert!(p.cluster_y <= V9_MAX_CLUSTER && p.cluster_y == p.grid.1);
+        // K needing more than 8 slices of 4096 rows cannot be one cluster: refused, named.
+        let msg = is_unsupported(plan(v9, &shape(36864, 4096, 128), 1, &params(&[])));
+        assert!(msg.contains("cluster"), "{msg}");
+        assert!(plan(v6, &shape(36864, 4096, 128), 1, &params(&[])).is_ok());
     }
 
     #[test]

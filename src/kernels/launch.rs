@@ -78,6 +78,9 @@ pub struct LaunchPlan {
     pub split_k: u32,
     /// Rows of K per slice (multiple of 8).
     pub k_slice: u32,
+    /// Thread block cluster size along grid.y (gemv_v9_cluster: the tile's K slices; sm_90), 1 =
+    /// no cluster: a launch with more sets CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (1, this, 1).
+    pub cluster_y: u32,
 }
 
 /// The value of tunable `name` for `v`: from `params`, else the default. Unknown names and values
@@ -349,6 +352,16 @@ fn launch_kernel(
         block_dim: plan.block,
         shared_mem_bytes: 0,
     };
+    if plan.cluster_y > 1 {
+        // SAFETY: as below; the cluster dims divide the grid (grid.y = cluster_y, gemv::plan).
+        return unsafe { launch_cluster(gpu, &f, cfg, &params, plan.cluster_y) }.ctx(&format!(
+            "launching {} ({}) for {} as clusters of {}",
+            plan.symbol,
+            v.name,
+            sh.describe(m),
+            plan.cluster_y
+        ));
+    }
     let mut b = s.launch_builder(&f);
     b.arg(&params);
     // SAFETY: `params` matches the kernel's single by-value `lab_gemm_params` argument (bindgen
@@ -365,6 +378,48 @@ fn launch_kernel(
         sh.describe(m)
     ))?;
     Ok(())
+}
+
+/// cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (1, `cluster_y`, 1): the
+/// launch_builder has no cluster attribute.
+///
+/// # Safety
+/// As any kernel launch: `p` is the by-value params struct `f` expects, its addresses live; the
+/// cluster dims divide the grid and the device supports clusters (sm_90: the variant's min_sm).
+unsafe fn launch_cluster(
+    gpu: &Gpu,
+    f: &cudarc::driver::CudaFunction,
+    cfg: LaunchConfig,
+    p: &lab_gemm_params,
+    cluster_y: u32,
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = 1;
+    attr.value.clusterDim.y = cluster_y;
+    attr.value.clusterDim.z = 1;
+    let lc = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: gpu.stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    gpu.ctx.bind_to_thread()?;
+    let mut args = [p as *const lab_gemm_params as *mut std::ffi::c_void];
+    sys::cuLaunchKernelEx(
+        &lc,
+        f.cu_function(),
+        args.as_mut_ptr(),
+        std::ptr::null_mut(),
+    )
+    .result()
 }
 
 #[cfg(test)]

@@ -189,7 +189,7 @@ pub fn upload(gpu: &Gpu, p: &PreparedHost) -> Result<DeviceLayer> {
     };
     let kind = gemv::kind(p.variant).ok();
     let workspace = match kind {
-        Some(gemv::GemvKind::SplitK | gemv::GemvKind::Pipe) => Some(
+        Some(gemv::GemvKind::SplitK | gemv::GemvKind::Pipe | gemv::GemvKind::PipeCluster) => Some(
             s.alloc_zeros::<f32>(l.n + l.n.div_ceil(gemv::TILE_N))
                 .ctx(&ctx("split-K workspace"))?,
         ),

@@ -242,6 +242,12 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
     })?;
     match crate::kernels::gemv::kind(v)? {
         GemvKind::CublasF16 | GemvKind::DequantCublas => Err(LabError::invalid("--int4-kernel", format!("{name} is a cuBLAS baseline (fp16 weights); the engine runs int4 kernels: engine, gemv_v2_vec, gemv_v4_perm, gemv_v5_splitk, ..."))),
+        // The engine's launches set no cluster attribute yet (GpuEngine::launch_ex): without it
+        // the kernel would fall back to v6's ticket path, so the run would not be v9's.
+        GemvKind::PipeCluster => Err(LabError::invalid(
+            "--int4-kernel",
+            format!("{name} needs a thread-block-cluster launch the decode engine does not make yet; it runs in lab check and lab bench"),
+        )),
         _ => Ok(Some(v)),
     }
 }
@@ -2038,6 +2044,13 @@ mod tests {
         }
         assert!(int4_kernel_by_name("engine").unwrap().is_none());
         assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
+        let e = int4_kernel_by_name("gemv_v9_cluster")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gemv_v9_cluster") && e.contains("cluster"),
+            "{e}"
+        );
         assert!(int4_kernel_by_name("gemv_v9").is_err());
     }
 
