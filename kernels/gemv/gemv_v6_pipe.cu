@@ -86,7 +86,9 @@ __device__ __forceinline__ bool lab_v6_cluster_sum(const lab_gemm_params& p, flo
         }
         reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(v + lab_bias_at(p, out));
     }
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+    // Keep-alive only: rank 0's reads completed when it used their values, so a relaxed arrive
+    // (no GPU-scope fence; the release one above emits MEMBAR.ALL.GPU) is enough here.
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
     return true;
 #else
     (void)p; (void)total; (void)t; (void)out;
