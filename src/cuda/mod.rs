@@ -52,3 +52,43 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     eprintln!("SKIP {test}: {reason}");
     None
 }
+
+/// One kernel launch through cuLaunchKernelEx with one launch attribute (programmatic stream
+/// serialization, cooperative, cluster dimension): what cudarc's launch builder cannot set.
+/// `p` is the kernel's single by-value params struct, passed as a pointer read at launch time.
+///
+/// # Safety
+/// As any kernel launch: `p` must be the params struct `f` expects, every address in it live for
+/// the kernel; `attr` must suit the grid (a cooperative grid resident at once, cluster dims that
+/// divide it) and the device (PDL and clusters: sm_90).
+pub unsafe fn launch_with_attribute<P>(
+    ctx: &cudarc::driver::CudaContext,
+    stream: &cudarc::driver::CudaStream,
+    f: &cudarc::driver::CudaFunction,
+    cfg: cudarc::driver::LaunchConfig,
+    p: &P,
+    mut attr: cudarc::driver::sys::CUlaunchAttribute,
+) -> std::result::Result<(), cudarc::driver::DriverError> {
+    use cudarc::driver::sys;
+    let lc = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    ctx.bind_to_thread()?;
+    let mut args = [p as *const P as *mut std::ffi::c_void];
+    sys::cuLaunchKernelEx(
+        &lc,
+        f.cu_function(),
+        args.as_mut_ptr(),
+        std::ptr::null_mut(),
+    )
+    .result()
+}

@@ -380,8 +380,7 @@ fn launch_kernel(
     Ok(())
 }
 
-/// cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (1, `cluster_y`, 1): the
-/// launch_builder has no cluster attribute.
+/// A launch as clusters of (1, `cluster_y`, 1) blocks (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION).
 ///
 /// # Safety
 /// As any kernel launch: `p` is the by-value params struct `f` expects, its addresses live; the
@@ -399,27 +398,7 @@ unsafe fn launch_cluster(
     attr.value.clusterDim.x = 1;
     attr.value.clusterDim.y = cluster_y;
     attr.value.clusterDim.z = 1;
-    let lc = sys::CUlaunchConfig {
-        gridDimX: cfg.grid_dim.0,
-        gridDimY: cfg.grid_dim.1,
-        gridDimZ: cfg.grid_dim.2,
-        blockDimX: cfg.block_dim.0,
-        blockDimY: cfg.block_dim.1,
-        blockDimZ: cfg.block_dim.2,
-        sharedMemBytes: cfg.shared_mem_bytes,
-        hStream: gpu.stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
-    gpu.ctx.bind_to_thread()?;
-    let mut args = [p as *const lab_gemm_params as *mut std::ffi::c_void];
-    sys::cuLaunchKernelEx(
-        &lc,
-        f.cu_function(),
-        args.as_mut_ptr(),
-        std::ptr::null_mut(),
-    )
-    .result()
+    crate::cuda::launch_with_attribute(&gpu.ctx, &gpu.stream, f, cfg, p, attr)
 }
 
 #[cfg(test)]

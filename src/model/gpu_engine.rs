@@ -893,28 +893,7 @@ impl GpuEngine {
                 attr.value.cooperative = 1;
             }
         }
-        let lc = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        self.ctx.bind_to_thread()?;
-        // The kernel's one argument: a pointer to the params struct, read at launch time.
-        let mut args = [p as *const P as *mut std::ffi::c_void];
-        sys::cuLaunchKernelEx(
-            &lc,
-            f.cu_function(),
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-        .result()
+        crate::cuda::launch_with_attribute(&self.ctx, &self.stream, f, cfg, p, attr)
     }
 
     fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
