@@ -160,8 +160,10 @@ fn bad_tokens_and_a_full_cache_are_errors_not_wrong_results() {
 
 /// A 100-token prompt on random tiny models (int4 with and without act-order, fp16): the GEMM
 /// prefill in chunks of 32 (and 7, leaving odd GEMM tiles; and the dequant + cuBLAS path in
-/// chunks of 33) gives the same last-row logits (within the end-to-end tolerance) and the same
-/// greedy continuation as the token-by-token prefill.
+/// chunks of 33, act-order rows written back through the permutation) gives the same last-row
+/// logits (within the end-to-end tolerance) and the same greedy continuation as the
+/// token-by-token prefill. A 300-token prompt in chunks of 260 + 40 takes auto's dequant for the
+/// first chunk (from 256 rows; act-order from 128) and the GEMM for the second.
 #[test]
 fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
     let Some(gpu) = gpu_or_skip("gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill")
@@ -169,8 +171,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         return;
     };
     let cfg = tiny_config();
-    let prompt: Vec<u32> = (0..100u32).map(|i| (i * 37 + 11) % 320).collect();
-    for (kind, chunk, int4) in [
+    for (kind, chunk, int4, len) in [
         (
             WeightKind::Int4 {
                 group: 32,
@@ -179,6 +180,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             },
             32,
             PrefillInt4::Auto,
+            100,
         ),
         (
             WeightKind::Int4 {
@@ -188,9 +190,10 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             },
             7,
             PrefillInt4::GemmV1,
+            100,
         ),
         // dequant + cuBLAS (--prefill-int4 dequant): 3 chunks of 33 and a 1-row tail (the
-        // decode GEMV); with act-order the GEMM family instead.
+        // decode GEMV); act-order through the permutation.
         (
             WeightKind::Int4 {
                 group: 32,
@@ -199,6 +202,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             },
             33,
             PrefillInt4::Dequant,
+            100,
         ),
         (
             WeightKind::Int4 {
@@ -208,11 +212,34 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             },
             32,
             PrefillInt4::Dequant,
+            100,
         ),
-        (WeightKind::Fp16, 32, PrefillInt4::Auto),
+        // auto: dequant for the 260-row chunk, the GEMM family for the 40-row one.
+        (
+            WeightKind::Int4 {
+                group: 32,
+                act_order: false,
+                sym: false,
+            },
+            260,
+            PrefillInt4::Auto,
+            300,
+        ),
+        (
+            WeightKind::Int4 {
+                group: 32,
+                act_order: true,
+                sym: false,
+            },
+            260,
+            PrefillInt4::Auto,
+            300,
+        ),
+        (WeightKind::Fp16, 32, PrefillInt4::Auto, 100),
     ] {
+        let prompt: Vec<u32> = (0..len).map(|i| (i * 37 + 11) % 320).collect();
         let host = gptq_lab::model::gpu_weights::HostLlama::random(&cfg, 21, kind).unwrap();
-        let mut o = EngineOptions::new(128);
+        let mut o = EngineOptions::new(len as usize + 28);
         o.prefill_chunk = chunk;
         o.prefill_int4 = int4;
         let mut e = GpuEngine::new(
@@ -225,6 +252,10 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             o,
         )
         .unwrap();
+        // The paths the case is meant to exercise are the ones the engine planned.
+        let paths = e.prefill_int4_paths().join("; ");
+        let dequant = int4 == PrefillInt4::Dequant || (int4 == PrefillInt4::Auto && len >= 256);
+        assert_eq!(paths.contains("Dequant"), dequant, "{kind:?}: {paths}");
         let by_token = e
             .generate_with(&prompt, 8, true, PrefillMode::TokenByToken)
             .unwrap();

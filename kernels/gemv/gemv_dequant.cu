@@ -8,6 +8,9 @@
 // grid (ceil(n / blockDim.x), k / 8): one thread per packed word (8 rows x 1 column). Writes
 // W[r][col] = fp16(scale[g][col] * (q - z)) (one rounding: 2^-11 relative) into p.y, which for this
 // kernel is the fp16 [k, n] weight buffer (m is ignored). Any group size, g_idx or not.
+// Act-order held reordered (rows sorted by group, p.perm = checkpoint row of sorted row r): row r
+// is written to row perm[r], so the buffer is W in checkpoint order and multiplies x as it is
+// (the GEMM after it needs no gathered x). Each written row is still n contiguous values.
 extern "C" __global__ void lab_dequant_f16_v1(lab_gemm_params p) {
     LAB_PDL_ENTER();
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
@@ -18,12 +21,14 @@ extern "C" __global__ void lab_dequant_f16_v1(lab_gemm_params p) {
     const uint32_t* qz = reinterpret_cast<const uint32_t*>(p.qzeros);
     const __half* sc = reinterpret_cast<const __half*>(p.scales);
     const int32_t* g_idx = reinterpret_cast<const int32_t*>(p.g_idx);
+    const int32_t* perm = reinterpret_cast<const int32_t*>(p.perm);
     __half* out = reinterpret_cast<__half*>(p.y);
     for (int i = 0; i < 8; ++i) {
         const int r = 8 * w + i;
         const size_t g = g_idx ? (size_t)g_idx[r] : (size_t)(r / p.group_size);
         const int q = (word >> (4 * i)) & 0xF;
         const int z = p.zero_mode == LAB_ZEROS_TRUE ? (qz[g * (n >> 3) + (col >> 3)] >> (4 * (col & 7))) & 0xF : 8;
-        out[(size_t)r * n + col] = __float2half_rn(__half2float(sc[g * n + col]) * (float)(q - z));
+        const size_t dst = perm ? (size_t)perm[r] : (size_t)r;
+        out[dst * n + col] = __float2half_rn(__half2float(sc[g * n + col]) * (float)(q - z));
     }
 }

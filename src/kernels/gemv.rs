@@ -241,7 +241,9 @@ pub static VARIANTS: &[Variant] = &[
         symbols: &["lab_dequant_f16_v1"],
         layout: Layout::Canonical,
         group_sizes: GROUPS,
-        act_order: &[ActOrder::None, ActOrder::Gather],
+        // Reordered as the engine holds act-order (rows sorted by group + perm): the kernel
+        // writes each row back to its checkpoint row, so `lab check` proves the prefill's path.
+        act_order: &[ActOrder::None, ActOrder::Reordered],
         batch: (1, 64),
         min_sm: 75,
         tunables: &[],
@@ -366,7 +368,9 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
                 );
             }
         }
-        GemvKind::Naive | GemvKind::Gather | GemvKind::CublasF16 | GemvKind::DequantCublas => {
+        // The dequant writes sorted rows back to their checkpoint rows (perm), so it takes both.
+        GemvKind::DequantCublas => {}
+        GemvKind::Naive | GemvKind::Gather | GemvKind::CublasF16 => {
             if s.perm {
                 return bad("this variant reads rows in checkpoint order; it takes g_idx, not a permutation".into());
             }

@@ -1056,8 +1056,9 @@ pub struct TinyCase {
     /// Rows per prefill chunk: the 12-token prompt in one chunk (512), as 5 + 5 + 2 (chunks
     /// continuing the cache at positions 5 and 10), or as 11 + 1 (a 1-row chunk: per-row GEMV).
     pub prefill_chunk: usize,
-    /// Int4 prefill kernel: gemm_v2 (Auto on sm_80+) for most cases, gemm_v1 for int4 g32
-    /// act-order, the per-row GEMV for per-channel int4 (every path once).
+    /// Int4 prefill kernel: gemm_v2 (Auto on sm_80+ at these 12-token prompts) for most cases,
+    /// gemm_v1 for int4 g32 act-order, the per-row GEMV for per-channel int4, dequant + cuBLAS
+    /// for the gemv_v6_pipe case of every int4 form (every path at least once).
     pub prefill_int4: crate::model::gpu_engine::PrefillInt4,
 }
 
@@ -1130,7 +1131,13 @@ pub fn tiny_cases() -> Vec<TinyCase> {
                     seed: 100 + i as u64,
                     int4: Some(r),
                     prefill_chunk: PREFILL_CHUNKS[(i + j + 1) % 3],
-                    prefill_int4: crate::model::gpu_engine::PrefillInt4::Auto,
+                    // v6's case of every int4 form prefills through dequant + cuBLAS (act-order
+                    // rows written back through the permutation), the others through auto.
+                    prefill_int4: if r.name == "gemv_v6_pipe" {
+                        crate::model::gpu_engine::PrefillInt4::Dequant
+                    } else {
+                        crate::model::gpu_engine::PrefillInt4::Auto
+                    },
                 }),
         );
         v

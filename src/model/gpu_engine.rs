@@ -47,9 +47,10 @@ pub mod persistent;
 mod prefill;
 use persistent::{LaunchKind, Persistent};
 pub use prefill::{
-    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, chunks, int4_path, row_tiles,
-    Int4Path, PrefillInt4, PrefillLogits, PrefillMode, PrefillPlan, PrefillSizes,
-    DEFAULT_PREFILL_CHUNK, GEMM_ROWS,
+    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, chunks, dequant_min_rows,
+    describe_paths, int4_path, paths_by_rows, row_tiles, Int4Path, PrefillInt4, PrefillLogits,
+    PrefillMode, PrefillPlan, PrefillSizes, ScratchPart, DEFAULT_PREFILL_CHUNK, DEQUANT_MIN_ROWS,
+    DEQUANT_MIN_ROWS_ACT_ORDER, GEMM_ROWS,
 };
 
 /// Positions per attention split block. 256 (was 128 until attention v4): a 7B / 13B grid at
@@ -451,7 +452,7 @@ impl GpuEngine {
         gpu: &Gpu,
         cfg: &ModelConfig,
         src: WeightSource,
-        opts: EngineOptions,
+        mut opts: EngineOptions,
     ) -> Result<Self> {
         let (hd, heads, kvh) = (
             cfg.head_dim(),
@@ -581,15 +582,17 @@ impl GpuEngine {
         let has_f16 = all_linears().any(|l| matches!(l, GpuLinear::F16(_)));
         let mut blas = None;
         let mut fp16_backend = None;
-        // The int4 prefill through dequant + cuBLAS needs the handle too: where some int4 linear
-        // takes that path (prefill::int4_path: not act-order).
-        let dequant_prefill = opts.prefill_chunk > 0
-            && all_linears().any(|l| match l {
-                GpuLinear::Int4(q) => {
-                    int4_path(opts.prefill_int4, &layer_shape(q), gpu.sm()) == Int4Path::Dequant
-                }
-                GpuLinear::F16(_) => false,
-            });
+        // The int4 prefill through dequant + cuBLAS needs the handle too: where some chunk size
+        // takes that path for some int4 linear (prefill::paths_by_rows).
+        let chunk = opts.prefill_chunk.min(opts.max_ctx);
+        let dequant_prefill = all_linears().any(|l| match l {
+            GpuLinear::Int4(q) => {
+                paths_by_rows(opts.prefill_int4, &layer_shape(q), gpu.sm(), chunk)
+                    .iter()
+                    .any(|(_, p)| *p == Int4Path::Dequant)
+            }
+            GpuLinear::F16(_) => false,
+        });
         let fp16_cublas = has_f16 && opts.fp16_backend == Fp16Backend::Cublas;
         if has_f16 || dequant_prefill {
             if has_f16 {
@@ -625,10 +628,15 @@ impl GpuEngine {
                 }
             }
             if dequant_prefill && blas.is_none() {
-                return Err(LabError::invalid(
-                    "--prefill-int4 dequant",
-                    "needs libcublas, which could not be loaded (or use --prefill-int4 auto)",
-                ));
+                if opts.prefill_int4 != PrefillInt4::Auto {
+                    return Err(LabError::invalid(
+                        "--prefill-int4 dequant",
+                        "needs libcublas, which could not be loaded (or use --prefill-int4 v2)",
+                    ));
+                }
+                // Auto without cuBLAS: the GEMM family for every chunk (the engine's reported
+                // choice says v2, so no report claims a dequant it did not run).
+                opts.prefill_int4 = PrefillInt4::GemmV2;
             }
         }
         stream.synchronize().ctx("workspace allocation")?;

@@ -71,11 +71,16 @@ fn small_config_bytes_by_hand() {
 /// [hidden, 2 inter]; fp16: no GEMM scratch.
 fn engine_prefill(cfg: &ModelConfig, rows: usize, int4: bool) -> u64 {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    if int4 {
-        PrefillSizes::new(cfg, rows, 2 * i, prepared_words(h, 2 * i), 0).bytes()
-    } else {
-        PrefillSizes::new(cfg, rows, 0, 0, 0).bytes()
+    let mut s = PrefillSizes::new(cfg, rows, 0, 0, 0);
+    if int4 && rows >= 2 {
+        // Chunks of 2.. rows: the GEMM family below the auto crossover (256 rows at g128)...
+        s = PrefillSizes::new(cfg, rows, 2 * i, prepared_words(h, 2 * i), 0);
+        // ...and from it the dequant's fp16 W of gate|up, in the same scratch.
+        if rows >= crate::model::gpu_engine::DEQUANT_MIN_ROWS {
+            s.dequant = h * 2 * i;
+        }
     }
+    s.bytes()
 }
 
 #[test]
@@ -84,8 +89,11 @@ fn prefill_bytes_are_the_engines_for_vicuna_7b_and_13b() {
         let (h, i) = (m.hidden_size as u64, m.intermediate_size as u64);
         // Per row: i32 token + f32 residual + fp16 x16, qkv (3h, MHA), delta, gate_up, act.
         let acts = 512 * (4 + 4 * h + 2 * (h + 3 * h + h + 2 * i + i));
-        // gemm_v2's repack of gate|up is its int4 codes: h * 2i / 2 bytes (h, 2i multiples of 32).
-        let scratch = 64 * 2 * i * 4 + h * 2 * i / 2;
+        // gemm_v2's split-K rows + repack of gate|up (its int4 codes: h * 2i / 2 bytes), and the
+        // dequant's fp16 gate|up (2 h 2i bytes) share one scratch: the larger one.
+        let gemm = 64 * 2 * i * 4 + h * 2 * i / 2;
+        let scratch = gemm.max(2 * h * 2 * i);
+        assert_eq!(scratch, 2 * h * 2 * i);
         let int4 = PlanSpec::new(m.clone(), WeightDtype::Int4, 128, 2048);
         let mut act = int4.clone();
         act.act_order = true;
@@ -111,8 +119,12 @@ fn prefill_bytes_are_the_engines_for_vicuna_7b_and_13b() {
             m.name
         );
         assert_eq!(pf.prefill_bytes, acts, "{} fp16", m.name);
-        // The ~114 MB (7B) / ~157 MB (13B) int4 workspace the engine's ledger records.
-        let want = if m.name == "vicuna-7b" { 114e6 } else { 157e6 };
+        // 7B ~244 MB, 13B ~362 MB (run 10's GEMM-only engine recorded 114 / 157 MB).
+        let want = if m.name == "vicuna-7b" {
+            243.6e6
+        } else {
+            362.2e6
+        };
         assert!(
             (pi.prefill_bytes as f64 - want).abs() < 1e6,
             "{}: {}",
@@ -174,19 +186,21 @@ fn the_prefill_chunk_is_clamped_to_the_cache_as_the_engine_clamps_it() {
 
 #[test]
 fn prefill_paths_follow_the_gemm_familys_group_sizes() {
-    // g16 is outside the GEMM family: every int4 linear runs per row, so no split-K or repack
-    // scratch, the same bytes as fp16's activations. Per-channel is served (repack and all).
+    // g16 is outside the GEMM family: under the dequant crossover every int4 linear runs per
+    // row, so no split-K or repack scratch, the same bytes as fp16's activations; from it, the
+    // dequant's W as for every group size. Per-channel is served (repack and all).
     let m = ModelConfig::vicuna_7b();
-    let at = |g: i32| {
-        PlanSpec::new(m.clone(), WeightDtype::Int4, g, 2048)
-            .plan()
-            .unwrap()
-            .prefill_bytes
+    let at = |g: i32, chunk: u64| {
+        let mut s = PlanSpec::new(m.clone(), WeightDtype::Int4, g, 2048);
+        s.prefill_chunk = chunk;
+        s.plan().unwrap().prefill_bytes
     };
-    assert_eq!(at(16), engine_prefill(&m, 512, false));
+    assert_eq!(at(16, 200), engine_prefill(&m, 200, false));
     for g in [32, 64, -1] {
-        assert_eq!(at(g), engine_prefill(&m, 512, true), "g{g}");
+        assert_eq!(at(g, 200), engine_prefill(&m, 200, true), "g{g}");
+        assert_eq!(at(g, 512), engine_prefill(&m, 512, true), "g{g}");
     }
+    assert_eq!(at(16, 512), engine_prefill(&m, 512, true));
 }
 
 #[test]
@@ -514,47 +528,51 @@ fn card_table_lookup() {
 }
 
 #[test]
-fn the_dequant_prefill_adds_the_fp16_scratch_of_the_widest_plain_linear_and_says_so() {
+fn the_dequant_prefill_scratch_is_the_fp16_w_of_the_widest_linear_and_auto_plans_it() {
     use crate::model::gpu_engine::PrefillInt4;
     for (model, widest) in [
         // fused gate|up: k = hidden, n = 2 x intermediate
         (ModelConfig::vicuna_7b(), 4096u64 * 22016),
         (ModelConfig::vicuna_13b(), 5120u64 * 27648),
     ] {
-        let mut s = PlanSpec::new(model.clone(), WeightDtype::Int4, 128, 2048);
-        let auto = s.plan().unwrap();
-        s.prefill_int4 = PrefillInt4::Dequant;
-        let deq = s.plan().unwrap();
-        // Every linear on the dequant path: the scratch replaces the GEMM split-K partials and
-        // the repack (the engine's own sizing, PrefillSizes, with no GEMM linear).
-        let mut z = PrefillSizes::new(
-            &model,
-            crate::model::gpu_engine::DEFAULT_PREFILL_CHUNK,
-            0,
-            0,
-            0,
-        );
-        z.dequant = widest as usize;
-        assert_eq!(deq.prefill_bytes, z.bytes(), "{}", model.name);
-        assert!(
-            deq.prefill_bytes > auto.prefill_bytes + widest,
-            "{}",
-            model.name
-        );
-        assert_eq!(
-            deq.total_bytes - auto.total_bytes,
-            deq.prefill_bytes - auto.prefill_bytes
-        );
-        assert!(
-            s.command().ends_with(" --prefill-int4 dequant"),
-            "{}",
-            s.command()
-        );
-        // Act-order linears keep auto's path (the dequant writes sorted rows): no scratch.
-        s.act_order = true;
-        let act_deq = s.plan().unwrap();
-        s.prefill_int4 = PrefillInt4::Auto;
-        assert_eq!(act_deq.prefill_bytes, s.plan().unwrap().prefill_bytes);
+        for act_order in [false, true] {
+            let mut s = PlanSpec::new(model.clone(), WeightDtype::Int4, 128, 2048);
+            s.act_order = act_order;
+            let auto = s.plan().unwrap();
+            s.prefill_int4 = PrefillInt4::Dequant;
+            let deq = s.plan().unwrap();
+            s.prefill_int4 = PrefillInt4::GemmV2;
+            let v2 = s.plan().unwrap();
+            // Dequant: no GEMM linear, the scratch is the fp16 W of the widest linear (the
+            // engine's own sizing, PrefillSizes), act-order or not.
+            let mut z = PrefillSizes::new(
+                &model,
+                crate::model::gpu_engine::DEFAULT_PREFILL_CHUNK,
+                0,
+                0,
+                0,
+            );
+            z.dequant = widest as usize;
+            assert_eq!(deq.prefill_bytes, z.bytes(), "{}", model.name);
+            // Auto at 512-row chunks dequantizes the large chunks and runs the GEMM below the
+            // crossover: both in one scratch, as large as the dequant alone.
+            assert_eq!(auto.prefill_bytes, deq.prefill_bytes, "{}", model.name);
+            assert!(v2.prefill_bytes < auto.prefill_bytes, "{}", model.name);
+            assert_eq!(
+                auto.total_bytes - v2.total_bytes,
+                auto.prefill_bytes - v2.prefill_bytes
+            );
+            assert!(
+                s.command().ends_with(" --prefill-int4 v2"),
+                "{}",
+                s.command()
+            );
+            // Chunks under the crossover never dequantize: auto = v2.
+            s.prefill_chunk = 64;
+            let small_v2 = s.plan().unwrap().prefill_bytes;
+            s.prefill_int4 = PrefillInt4::Auto;
+            assert_eq!(s.plan().unwrap().prefill_bytes, small_v2);
+        }
         // fp16 models have no int4 linears to dequantize.
         let mut f = PlanSpec::new(model, WeightDtype::Fp16, -1, 2048);
         let f_auto = f.plan().unwrap().prefill_bytes;

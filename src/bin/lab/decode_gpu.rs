@@ -106,10 +106,11 @@ pub struct GpuArgs {
     /// Rows per prefill chunk (the GEMMs' m; longer prompts go in chunks).
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
     prefill_chunk: usize,
-    /// Int4 prefill kernel: auto (gemm_v2_mma on sm_80+, else gemm_v1_simt), v2, v1, rows (the
-    /// decode GEMV once per row), dequant (each linear to an fp16 scratch, then one cuBLAS GEMM;
-    /// act-order linears as auto; ~1.6x gemm_v2 on an H100 for the scratch's VRAM: `lab plan
-    /// --prefill-int4 dequant` sizes it).
+    /// Int4 prefill kernel: auto (per chunk: dequant from 256 rows, 128 with act-order, the GEMM
+    /// family below; `lab plan` sizes its scratch), v2 (gemm_v2_mma on sm_80+, else gemm_v1_simt,
+    /// for every chunk: the smallest scratch), v1, rows (the decode GEMV once per row), dequant
+    /// (each linear to an fp16 scratch, then one cuBLAS GEMM, for every chunk; ~1.6x gemm_v2 at
+    /// 512 rows on an H100).
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
     /// Persistent decode layers (kernels/llama/layers.cu): every decoder layer of a step in ONE

@@ -3,7 +3,9 @@
 
 use anyhow::{bail, Context};
 use gptq_lab::model::config::ModelConfig;
-use gptq_lab::model::gpu_engine::{PrefillInt4, DEFAULT_PREFILL_CHUNK};
+use gptq_lab::model::gpu_engine::{
+    PrefillInt4, DEFAULT_PREFILL_CHUNK, DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER,
+};
 use gptq_lab::plan::{
     cards, gb, Plan, PlanSpec, WeightDtype, CUDA_CONTEXT_BYTES, DEFAULT_CTXS, DEFAULT_GROUPS,
     GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
@@ -52,8 +54,9 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK as u64)]
     prefill_chunk: u64,
     /// How the engine's prefill computes int4 linears (as `lab decode --prefill-int4`): auto,
-    /// v2, v1, rows or dequant. dequant adds its fp16 scratch (the largest non-act-order
-    /// linear, k x n x 2 bytes: 7B 180 MB, 13B 283 MB) to the prefill workspace.
+    /// v2, v1, rows or dequant. auto (chunks from 256 rows, 128 with act-order) and dequant
+    /// hold the fp16 W of the largest linear (k x n x 2 bytes: 7B 180 MB, 13B 283 MB) in the
+    /// prefill workspace; v2 only the GEMM's scratch (7B ~51 MB).
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
     /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
@@ -317,6 +320,34 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     println!("{}", prefill_note(first));
 }
 
+/// The parts of the prefill workspace under the plan's `--prefill-int4`.
+fn prefill_parts(p: &Plan) -> String {
+    let gemm = "GEMM split-K partials + the gemm_v2 repack of the largest linear";
+    let dequant = "the fp16 W of the largest linear (dequantized for cuBLAS)";
+    let cut = if p.act_order {
+        DEQUANT_MIN_ROWS_ACT_ORDER
+    } else {
+        DEQUANT_MIN_ROWS
+    } as u64;
+    match (p.dtype, p.prefill_int4) {
+        (WeightDtype::Fp16, _) => {
+            "the chunk's activations only (fp16 linears go through cuBLAS: no GEMM scratch)".into()
+        }
+        (_, PrefillInt4::Dequant) => format!("the chunk's activations + {dequant} (--prefill-int4 dequant)"),
+        (_, PrefillInt4::RowGemv) => {
+            "the chunk's activations only (--prefill-int4 rows: the decode GEMV once per row, no GEMM scratch)".into()
+        }
+        (_, PrefillInt4::GemmV1) => {
+            "the chunk's activations + GEMM split-K partials (--prefill-int4 v1: gemm_v1_simt, no repack)".into()
+        }
+        (_, PrefillInt4::Auto) if p.prefill_chunk >= cut => format!(
+            "the chunk's activations + one scratch for the larger of {gemm} (chunks under {cut} rows) \
+             and {dequant} (chunks from {cut} rows)"
+        ),
+        _ => format!("the chunk's activations + {gemm}"),
+    }
+}
+
 /// What the prefill column holds, with the chunk it was sized for.
 fn prefill_note(p: &Plan) -> String {
     if p.prefill_chunk == 0 {
@@ -327,22 +358,7 @@ fn prefill_note(p: &Plan) -> String {
          {} (gpu_engine::PrefillPlan, sized as on an sm_{}+ card; \
          allocated once when the engine is built, so it counts even for decode-only runs)",
         p.prefill_chunk,
-        match (p.dtype, p.prefill_int4) {
-            (WeightDtype::Fp16, _) => {
-                "the chunk's activations only (fp16 linears go through cuBLAS: no GEMM scratch)"
-            }
-            (_, PrefillInt4::Dequant) if !p.act_order => {
-                "the chunk's activations + the fp16 scratch the largest linear is dequantized into (--prefill-int4 dequant)"
-            }
-            (_, PrefillInt4::RowGemv) => {
-                "the chunk's activations only (--prefill-int4 rows: the decode GEMV once per row, no GEMM scratch)"
-            }
-            (_, PrefillInt4::GemmV1) => {
-                "the chunk's activations + GEMM split-K partials (--prefill-int4 v1: gemm_v1_simt, no repack)"
-            }
-            // auto / v2, and dequant on act-order layers (they keep auto's path)
-            _ => "the chunk's activations + GEMM split-K partials + the gemm_v2 repack scratch of the largest linear",
-        },
+        prefill_parts(p),
         PREFILL_PLAN_SM
     )
 }

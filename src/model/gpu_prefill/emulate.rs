@@ -114,3 +114,31 @@ pub fn prefill_attn(a: Attn, qkv: &[f32], kc: &[f32], vc: &[f32]) -> Vec<f32> {
     }
     out
 }
+
+/// lab_dequant_f16_v1 (kernels/gemv/gemv_dequant.cu), thread for thread: one packed word (8 rows
+/// x 1 column) per (blockIdx.y, column), row r's value stored at row perm[r] when a permutation
+/// is given (act-order held reordered). Returns the fp16 [k, n] buffer.
+pub fn dequant_f16(l: &crate::gptq::QuantLinear, perm: Option<&[i32]>) -> Vec<half::f16> {
+    use half::f16;
+    let (k, n) = (l.k, l.n);
+    let mut out = vec![f16::from_f32(f32::NAN); k * n];
+    for w in 0..k / 8 {
+        for col in 0..n {
+            let word = l.qweight[w * n + col];
+            for i in 0..8 {
+                let r = 8 * w + i;
+                let g = l.g_idx.as_ref().map_or(r / l.group_size, |g| g[r] as usize);
+                let q = ((word >> (4 * i)) & 0xF) as i32;
+                let z = if l.symmetric {
+                    8
+                } else {
+                    ((l.qzeros[g * (n / 8) + col / 8] >> (4 * (col % 8))) & 0xF) as i32
+                };
+                let dst = perm.map_or(r, |p| p[r] as usize);
+                let v = l.scales[g * n + col].to_f32() * (q - z) as f32;
+                out[dst * n + col] = f16::from_f32(v);
+            }
+        }
+    }
+    out
+}

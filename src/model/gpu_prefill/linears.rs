@@ -8,7 +8,7 @@
 use super::*;
 use crate::kernels::gemm;
 use crate::kernels::gemm_layout;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 
 /// Rows per GEMM launch: the GEMM family's largest batch.
 pub const GEMM_ROWS: usize = gemm::MAX_M;
@@ -31,10 +31,38 @@ pub(super) fn gemm_variant(name: &str) -> &'static Variant {
         .expect("gemm variants are static")
 }
 
-/// The int4 path of a linear of shape `s` on an sm_`sm` device under `choice`: dequant + cuBLAS
-/// when asked for and not act-order, the GEMM family when it serves the layout
-/// (`gemm::check_layer`: group sizes, equal-size groups), else per row.
-pub fn int4_path(choice: PrefillInt4, s: &LayerShape, sm: u32) -> Int4Path {
+/// Rows of a chunk from which `--prefill-int4 auto` dequantizes a linear to fp16 and runs cuBLAS
+/// instead of the GEMM family (ExLlama's choice too, at its own threshold). The dequant costs a
+/// fixed ~0.4 ms per 7B layer whatever the rows (it writes 2 B and reads ~2.5 B per weight), the
+/// int4 GEMM grows with the rows at about half cuBLAS fp16's rate. Run 10 (H100, decode.md and the
+/// prefill-dequant log): a 512-row chunk 7B 108.1 ms gemm_v2 vs 65.2 dequant (fp16 52.6, so the
+/// dequant adds 12.6 ms per chunk), 13B 175.6 vs 110.2 (+25.7); at 128 rows 13B gemm_v2 46.6 ms
+/// against ~44.6 estimated for the dequant (fp16 18.9 + 25.7): even, so plain layers switch at
+/// 256 rows (estimated ~25% faster there). Act-order layers through the GEMM gather x and ran at
+/// 57% of the plain GEMM's speed (7B 189.9 ms per 512 rows, 48.6 at 128) while the dequant writes
+/// them back in checkpoint order at the plain cost: they switch at 128 (estimated ~45% faster).
+/// Both crossovers are estimates until a bench times 128 and 256 rows both ways.
+pub const DEQUANT_MIN_ROWS: usize = 256;
+/// `DEQUANT_MIN_ROWS` for act-order layers (a permutation or an uneven g_idx).
+pub const DEQUANT_MIN_ROWS_ACT_ORDER: usize = 128;
+
+/// Rows from which `Auto` takes the dequant path for a linear of shape `s`.
+pub fn dequant_min_rows(s: &LayerShape) -> usize {
+    if s.perm || s.g_idx {
+        DEQUANT_MIN_ROWS_ACT_ORDER
+    } else {
+        DEQUANT_MIN_ROWS
+    }
+}
+
+/// The int4 path of an m = `rows` linear of shape `s` on an sm_`sm` device under `choice`: one
+/// row always through the decode GEMV (0.5 B per weight, where a dequant moves 4.5); dequant +
+/// cuBLAS when asked for, or under `Auto` from `dequant_min_rows`; else the GEMM family where
+/// it serves the layout (`gemm::check_layer`: group sizes, equal-size groups), else per row.
+pub fn int4_path(choice: PrefillInt4, s: &LayerShape, sm: u32, rows: usize) -> Int4Path {
+    if rows <= 1 {
+        return Int4Path::Rows("one row: the decode GEMV");
+    }
     let serves = |name: &str| {
         let v = gemm_variant(name);
         sm >= v.min_sm && gemm::check_layer(v, s).is_ok()
@@ -48,13 +76,54 @@ pub fn int4_path(choice: PrefillInt4, s: &LayerShape, sm: u32) -> Int4Path {
     };
     match choice {
         PrefillInt4::RowGemv => Int4Path::Rows("asked for (--prefill-int4 rows)"),
-        // x in checkpoint order meets W rows in checkpoint order only without act-order.
-        PrefillInt4::Dequant if !s.perm => Int4Path::Dequant,
-        PrefillInt4::Auto | PrefillInt4::GemmV2 | PrefillInt4::Dequant if v2 => Int4Path::GemmV2,
-        PrefillInt4::Auto | PrefillInt4::GemmV1 | PrefillInt4::Dequant if v1 => Int4Path::GemmV1,
+        // The dequant writes rows back in checkpoint order (perm), so x needs no permutation,
+        // and reads any g_idx: it serves every layout.
+        PrefillInt4::Dequant => Int4Path::Dequant,
+        PrefillInt4::Auto if rows >= dequant_min_rows(s) => Int4Path::Dequant,
+        PrefillInt4::Auto | PrefillInt4::GemmV2 if v2 => Int4Path::GemmV2,
+        PrefillInt4::Auto | PrefillInt4::GemmV1 if v1 => Int4Path::GemmV1,
         PrefillInt4::GemmV2 if v1 => Int4Path::GemmV1,
         _ => Int4Path::Rows(why),
     }
+}
+
+/// The int4 path of every chunk size 2..=`chunk` of a linear of shape `s`, as (rows, path) runs:
+/// the path changes only at `dequant_min_rows`, so at most two runs. What the planner sizes the
+/// scratch for and the reports list (a 1-row chunk is always the decode GEMV).
+pub fn paths_by_rows(
+    choice: PrefillInt4,
+    s: &LayerShape,
+    sm: u32,
+    chunk: usize,
+) -> Vec<(RangeInclusive<usize>, Int4Path)> {
+    let mut out: Vec<(RangeInclusive<usize>, Int4Path)> = Vec::new();
+    if chunk < 2 {
+        return out;
+    }
+    let cut = dequant_min_rows(s).clamp(2, chunk + 1);
+    for rows in [2..=cut - 1, cut..=chunk] {
+        if rows.is_empty() {
+            continue;
+        }
+        let path = int4_path(choice, s, sm, *rows.start());
+        match out.last_mut() {
+            Some((r, p)) if *p == path => *r = *r.start()..=*rows.end(),
+            _ => out.push((rows, path)),
+        }
+    }
+    out
+}
+
+/// "GemmV2 (2-255 rows), Dequant (256-512 rows)": `paths_by_rows` for logs and reports.
+pub fn describe_paths(runs: &[(RangeInclusive<usize>, Int4Path)]) -> String {
+    let path = |p: &Int4Path| match p {
+        Int4Path::Rows(_) => "per-row GEMV".to_string(),
+        p => format!("{p:?}"),
+    };
+    runs.iter()
+        .map(|(r, p)| format!("{} ({}-{} rows)", path(p), r.start(), r.end()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Row tiles of an m-row GEMM: <= GEMM_ROWS rows each, and never a 1-row tile after a full one
@@ -110,29 +179,30 @@ impl GpuEngine {
             },
             GpuLinear::Int4(q) => {
                 let pf = self.pf()?;
-                let path = int4_path(pf.choice, &layer_shape(q), pf.sm);
+                let path = int4_path(pf.choice, &layer_shape(q), pf.sm, m);
+                let missing = |what: &str| {
+                    LabError::invalid(
+                        "prefill workspace",
+                        format!("{what} was not allocated for a {k} x {n} linear ({path:?})"),
+                    )
+                };
                 let v = match path {
                     Int4Path::Rows(_) => {
                         return (0..m).try_for_each(|r| self.linear(lin, row_x(r), row_y(r)))
                     }
-                    // One row: the decode GEMV reads 0.5 B per weight, a dequant 4.5 B.
-                    Int4Path::Dequant if m == 1 => return self.linear(lin, row_x(0), row_y(0)),
                     Int4Path::Dequant => {
                         let blas = self.blas.as_ref().ok_or_else(|| {
                             LabError::invalid("--prefill-int4 dequant", "cuBLAS is not loaded")
                         })?;
-                        let w = pf.bufs.dequant.as_ref().ok_or_else(|| {
-                            LabError::invalid(
-                                "prefill workspace",
-                                format!("no dequant scratch for a {k} x {n} linear"),
-                            )
-                        })?;
-                        self.dequant_f16(q, self.r(w))?;
+                        let w = self
+                            .scratch_part(ScratchPart::Dequant)?
+                            .ok_or_else(|| missing("the dequant scratch"))?;
+                        self.dequant_f16(q, w)?;
                         // All m rows at once, straight into the output's columns (ldc = width).
                         return self.cublas_f16(
                             blas,
                             WeightOrder::KN,
-                            self.r(w),
+                            w,
                             (k, n),
                             x,
                             m,
@@ -143,20 +213,12 @@ impl GpuEngine {
                     Int4Path::GemmV2 => gemm_variant("gemm_v2_mma"),
                     Int4Path::GemmV1 => gemm_variant("gemm_v1_simt"),
                 };
-                let missing = |what: &str| {
-                    LabError::invalid(
-                        "prefill workspace",
-                        format!("{what} was not allocated for a {k} x {n} GEMM linear"),
-                    )
-                };
                 let qweight = if path == Int4Path::GemmV2 {
-                    let dst = pf
-                        .bufs
-                        .repack
-                        .as_ref()
+                    let dst = self
+                        .scratch_part(ScratchPart::Repack)?
                         .ok_or_else(|| missing("the repack scratch"))?;
-                    self.repack_v2(q, self.r(dst))?;
-                    self.r(dst)
+                    self.repack_v2(q, dst)?;
+                    dst
                 } else {
                     self.r(&q.qweight)
                 };
@@ -168,18 +230,25 @@ impl GpuEngine {
                     } else if direct {
                         self.gemm_int4(v, q, qweight, row_x(t.start), row_y(t.start), t.len())?;
                     } else {
-                        let sy = pf
-                            .bufs
-                            .slot_y
-                            .as_ref()
+                        let sy = self
+                            .scratch_part(ScratchPart::SlotY)?
                             .ok_or_else(|| missing("the slot scratch"))?;
-                        self.gemm_int4(v, q, qweight, row_x(t.start), self.r(sy), t.len())?;
-                        self.copy_rows(self.r(sy), n, row_y(t.start), out.width, n, t.len())?;
+                        self.gemm_int4(v, q, qweight, row_x(t.start), sy, t.len())?;
+                        self.copy_rows(sy, n, row_y(t.start), out.width, n, t.len())?;
                     }
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Device address of `part` of the prefill scratch (None where the plan gave it no bytes).
+    fn scratch_part(&self, part: ScratchPart) -> Result<Option<u64>> {
+        let b = &self.pf()?.bufs;
+        Ok(match &b.scratch {
+            Some(s) if b.sizes.elems(part) > 0 => Some(self.r(s) + b.sizes.offset(part) as u64),
+            _ => None,
+        })
     }
 
     /// One GEMM-family launch (m = 2..64 rows) on the engine's stream: the family's own split-K
@@ -195,7 +264,7 @@ impl GpuEngine {
     ) -> Result<()> {
         let pf = self.pf()?;
         let (split, slice) = gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.sms as u32);
-        let ws = pf.bufs.gemm_ws.as_ref().map_or(0, |w| self.r(w));
+        let ws = self.scratch_part(ScratchPart::GemmWs)?.unwrap_or(0);
         let mut p = self.int4_params(l, XInput::Plain(x), y, ws, split as usize, slice as usize);
         p.qweight = qweight;
         p.m = m as i32;

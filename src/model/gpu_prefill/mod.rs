@@ -25,11 +25,13 @@
 //!   path's own kernel once per row (correct, m times the weight traffic).
 //! - fp16: cuBLAS GemmEx (m columns at once, ldc = the fused output width); without cuBLAS the lab
 //!   fp16 GEMV once per row.
-//! - int4 with `--prefill-int4 dequant` (opt-in for its scratch; 1.66x gemm_v2 at 7B on the H100,
-//!   run 10), every layout but act-order:
-//!   the linear dequantized into an fp16 [k, n] scratch (lab_dequant_f16_v1), then one cuBLAS GemmEx
-//!   over all m rows (ldc = the output width, so unfused slots need no copy); a 1-row chunk takes
-//!   the decode GEMV.
+//! - int4 chunks of `dequant_min_rows` rows or more under `--prefill-int4 auto` (256; 128 for
+//!   act-order), and every chunk of 2+ rows under `--prefill-int4 dequant` (1.66x gemm_v2 at 7B on
+//!   the H100, run 10), every layout: the linear dequantized into an fp16 [k, n] scratch
+//!   (lab_dequant_f16_v1, act-order rows written back to their checkpoint rows so x is used as it
+//!   is), then one cuBLAS GemmEx over all m rows (ldc = the output width, so unfused slots need no
+//!   copy). The scratch shares its bytes with the GEMM path's (sizes.rs). A 1-row chunk always
+//!   takes the decode GEMV.
 //!
 //! The lm_head is fp16: the lab GEMV for the last row (as decode), once per row when every row's
 //! logits are wanted (perplexity: 262 MB read per row for 7B; fine for checks, not a fast path).
@@ -61,9 +63,12 @@ pub(crate) mod emulate;
 #[cfg(test)]
 mod tests;
 
-pub use linears::{int4_path, row_tiles, Int4Path, GEMM_ROWS};
+pub use linears::{
+    dequant_min_rows, describe_paths, int4_path, paths_by_rows, row_tiles, Int4Path,
+    DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER, GEMM_ROWS,
+};
 pub use sizes::{
-    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, PrefillPlan, PrefillSizes,
+    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, PrefillPlan, PrefillSizes, ScratchPart,
 };
 use workspace::int4_linears;
 pub(super) use workspace::Prefill;
@@ -84,17 +89,20 @@ pub enum PrefillMode {
 /// Which kernel computes the int4 linears of a prefill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PrefillInt4 {
-    /// gemm_v2_mma on sm_80+, else gemm_v1_simt on sm_75+, else per-row GEMV.
+    /// Per linear and chunk: dequant + cuBLAS from `dequant_min_rows` rows (256, act-order 128),
+    /// below that gemm_v2_mma on sm_80+, else gemm_v1_simt on sm_75+, else per-row GEMV. Without
+    /// libcublas the engine runs it as `GemmV2` (and its reports say so).
     #[default]
     Auto,
+    /// The GEMM family for every chunk: gemm_v2_mma, else gemm_v1_simt, else per row.
     GemmV2,
     GemmV1,
     /// The decode GEMV once per row (comparison / fallback).
     RowGemv,
-    /// Each linear dequantized to an fp16 [k, n] scratch (lab_dequant_f16_v1), then one cuBLAS
-    /// GEMM over all m rows; act-order linears (x would need the permutation) as Auto. Opt-in
-    /// for its scratch (7B 180 MB, 13B 283 MB): 1.66x / 1.59x gemm_v2 at 512-row chunks on the
-    /// H100 (run 10, notes/kernels.md "Next" 4).
+    /// Each linear dequantized to an fp16 [k, n] scratch (lab_dequant_f16_v1; act-order rows
+    /// written back to their checkpoint rows), then one cuBLAS GEMM over all m rows, for every
+    /// chunk of 2 rows or more: 1.66x / 1.59x gemm_v2 at 512-row chunks on the H100 (run 10,
+    /// notes/kernels.md "Next" 4).
     Dequant,
 }
 
@@ -185,12 +193,8 @@ impl GpuEngine {
         for l in &self.weights.layers {
             for (lin, _) in int4_linears(l) {
                 if let GpuLinear::Int4(q) = lin {
-                    let s = format!(
-                        "{} x {}: {:?}",
-                        q.k,
-                        q.n,
-                        int4_path(p.choice, &layer_shape(q), p.sm)
-                    );
+                    let runs = paths_by_rows(p.choice, &layer_shape(q), p.sm, p.bufs.sizes.chunk);
+                    let s = format!("{} x {}: {}", q.k, q.n, describe_paths(&runs));
                     if !out.contains(&s) {
                         out.push(s);
                     }

@@ -28,6 +28,10 @@ pub struct PrefillSizes {
     pub gate_up: usize,
     /// fp16 [chunk, inter].
     pub act: usize,
+    // The four scratch parts below share one allocation (`scratch_bytes`): a linear takes either
+    // the GEMM path (split-K partials + repack + slot rows, side by side) or the dequant path (its
+    // fp16 W from offset 0), and the stream runs one linear at a time. Every part is written (or,
+    // for the split-K partials, zeroed) before each linear reads it.
     /// f32 [GEMM_ROWS, widest GEMM N]: split-K partials (0 without a GEMM path).
     pub gemm_ws: usize,
     /// u32 fragment-order words of the largest v2 linear (0 without a v2 path).
@@ -69,16 +73,51 @@ impl PrefillSizes {
         }
     }
 
+    /// Bytes of the whole prefill workspace: the activation rows plus the shared scratch.
     pub fn bytes(&self) -> u64 {
-        (4 * (self.tokens + self.resid + self.gemm_ws + self.repack)
-            + 2 * (self.x16
-                + self.qkv
-                + self.delta
-                + self.gate_up
-                + self.act
-                + self.slot_y
-                + self.dequant)) as u64
+        (4 * (self.tokens + self.resid)
+            + 2 * (self.x16 + self.qkv + self.delta + self.gate_up + self.act)
+            + self.scratch_bytes()) as u64
     }
+
+    /// Bytes of the scratch the GEMM parts and the dequant W share: the larger of the two uses.
+    pub fn scratch_bytes(&self) -> usize {
+        let gemm = self.offset(ScratchPart::SlotY) + align(2 * self.slot_y);
+        gemm.max(align(2 * self.dequant))
+    }
+
+    /// Byte offset of `part` in the scratch (every part starts on a 256-byte boundary).
+    pub fn offset(&self, part: ScratchPart) -> usize {
+        match part {
+            ScratchPart::GemmWs | ScratchPart::Dequant => 0,
+            ScratchPart::Repack => align(4 * self.gemm_ws),
+            ScratchPart::SlotY => align(4 * self.gemm_ws) + align(4 * self.repack),
+        }
+    }
+
+    /// Elements of `part` (0: the plan has no linear that uses it).
+    pub fn elems(&self, part: ScratchPart) -> usize {
+        match part {
+            ScratchPart::GemmWs => self.gemm_ws,
+            ScratchPart::Repack => self.repack,
+            ScratchPart::SlotY => self.slot_y,
+            ScratchPart::Dequant => self.dequant,
+        }
+    }
+}
+
+/// The parts of the prefill scratch (`PrefillSizes::offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScratchPart {
+    GemmWs,
+    Repack,
+    SlotY,
+    Dequant,
+}
+
+/// Rounded up to 256 bytes, the alignment cudaMalloc gives and every kernel's widest load needs.
+fn align(bytes: usize) -> usize {
+    bytes.div_ceil(256) * 256
 }
 
 /// What the prefill of a set of int4 linears needs: its workspace sizes and which GEMM kernels
@@ -113,22 +152,26 @@ impl PrefillPlan {
         let (mut gemm_n, mut repack_words, mut slot_n) = (0usize, 0usize, 0usize);
         let (mut gemm_v1, mut gemm_v2, mut dequant) = (false, false, 0usize);
         for (s, unfused) in int4 {
-            match int4_path(choice, &s, sm) {
-                Int4Path::Rows(_) => continue,
-                // cuBLAS writes any column range of the output itself: no split-K or slot rows.
-                Int4Path::Dequant => {
-                    dequant = dequant.max(s.k * s.n);
-                    continue;
+            // A chunk has 1..=chunk rows (the last one of a prompt is shorter): every path some
+            // chunk size takes gets its scratch.
+            for (_, path) in paths_by_rows(choice, &s, sm, chunk) {
+                match path {
+                    Int4Path::Rows(_) => continue,
+                    // cuBLAS writes any column range of the output itself: no split-K or slots.
+                    Int4Path::Dequant => {
+                        dequant = dequant.max(s.k * s.n);
+                        continue;
+                    }
+                    Int4Path::GemmV2 => {
+                        gemm_v2 = true;
+                        repack_words = repack_words.max(gemm_layout::prepared_words(s.k, s.n));
+                    }
+                    Int4Path::GemmV1 => gemm_v1 = true,
                 }
-                Int4Path::GemmV2 => {
-                    gemm_v2 = true;
-                    repack_words = repack_words.max(gemm_layout::prepared_words(s.k, s.n));
+                gemm_n = gemm_n.max(s.n);
+                if unfused {
+                    slot_n = slot_n.max(s.n);
                 }
-                Int4Path::GemmV1 => gemm_v1 = true,
-            }
-            gemm_n = gemm_n.max(s.n);
-            if unfused {
-                slot_n = slot_n.max(s.n);
             }
         }
         let mut sizes = PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n);

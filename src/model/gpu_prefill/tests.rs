@@ -60,25 +60,35 @@ fn row_tiles_stay_in_the_gemm_batch_range() {
 #[test]
 fn int4_paths_follow_the_gemm_familys_limits() {
     let s = shape(4096, 12288, 128, false, true);
-    assert_eq!(int4_path(PrefillInt4::Auto, &s, 90), Int4Path::GemmV2);
-    assert_eq!(int4_path(PrefillInt4::Auto, &s, 75), Int4Path::GemmV1);
-    assert_eq!(int4_path(PrefillInt4::GemmV1, &s, 90), Int4Path::GemmV1);
-    assert_eq!(int4_path(PrefillInt4::GemmV2, &s, 75), Int4Path::GemmV1);
+    assert_eq!(int4_path(PrefillInt4::Auto, &s, 90, 64), Int4Path::GemmV2);
+    assert_eq!(int4_path(PrefillInt4::Auto, &s, 75, 64), Int4Path::GemmV1);
+    assert_eq!(int4_path(PrefillInt4::GemmV1, &s, 90, 64), Int4Path::GemmV1);
+    assert_eq!(int4_path(PrefillInt4::GemmV2, &s, 75, 64), Int4Path::GemmV1);
     assert!(matches!(
-        int4_path(PrefillInt4::Auto, &s, 70),
+        int4_path(PrefillInt4::Auto, &s, 70, 64),
         Int4Path::Rows(_)
     ));
     assert!(matches!(
-        int4_path(PrefillInt4::RowGemv, &s, 90),
+        int4_path(PrefillInt4::RowGemv, &s, 90, 64),
         Int4Path::Rows(_)
     ));
     // Uneven act-order groups (a sorted g_idx kept) and unsupported group sizes: per row.
-    match int4_path(PrefillInt4::Auto, &shape(4096, 4096, 128, true, true), 90) {
+    match int4_path(
+        PrefillInt4::Auto,
+        &shape(4096, 4096, 128, true, true),
+        90,
+        64,
+    ) {
         Int4Path::Rows(why) => assert!(why.contains("unequal"), "{why}"),
         p => panic!("{p:?}"),
     }
     assert!(matches!(
-        int4_path(PrefillInt4::Auto, &shape(4096, 4096, 256, false, false), 90),
+        int4_path(
+            PrefillInt4::Auto,
+            &shape(4096, 4096, 256, false, false),
+            90,
+            64
+        ),
         Int4Path::Rows(_)
     ));
     // Per-channel (group = K) is served.
@@ -86,7 +96,8 @@ fn int4_paths_follow_the_gemm_familys_limits() {
         int4_path(
             PrefillInt4::Auto,
             &shape(11008, 4096, 11008, false, false),
-            90
+            90,
+            64
         ),
         Int4Path::GemmV2
     );
@@ -97,7 +108,7 @@ fn int4_paths_follow_the_gemm_familys_limits() {
     for (k, n) in [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)] {
         for g in [32, 64, k] {
             assert_eq!(
-                int4_path(PrefillInt4::Auto, &shape(k, n, g, false, true), 90),
+                int4_path(PrefillInt4::Auto, &shape(k, n, g, false, true), 90, 64),
                 Int4Path::GemmV2,
                 "{k} x {n} g{g}"
             );
@@ -121,7 +132,7 @@ fn prefill_workspace_bytes_of_vicuna_7b_at_512_rows() {
         + 512 * 11008 * 2 // act
         + 64 * 22016 * 4 // split-K
         + words * 4; // repack: 45 MB, = the int4 codes of gate_up
-    assert_eq!(s.bytes(), want as u64);
+    assert_eq!(s.bytes(), want as u64); // both scratch parts are multiples of 256 B here
     assert_eq!(words * 4, 4096 * 22016 / 2);
     // ~115 MB in all, linear in the chunk apart from the split-K and repack scratch.
     assert!(
@@ -185,8 +196,16 @@ fn prefill_plan_of_a_checkpoints_shapes_equals_the_plan_of_its_laid_out_weights(
                 let b = PrefillPlan::new(&cfg, chunk, PrefillInt4::Auto, sm, from_layout.clone());
                 assert_eq!(a, b, "{kind:?} sm_{sm} chunk {chunk}");
                 let p = a.unwrap();
-                assert_eq!(p.gemm_v2, group != 16 && sm >= 80, "{kind:?} sm_{sm}");
-                assert_eq!(p.gemm_v1, group != 16 && sm < 80, "{kind:?} sm_{sm}");
+                // A 1-row chunk is the decode GEMV: no GEMM kernel, no GEMM scratch.
+                let gemm = group != 16 && chunk >= 2;
+                assert_eq!(
+                    p.gemm_v2,
+                    gemm && sm >= 80,
+                    "{kind:?} sm_{sm} chunk {chunk}"
+                );
+                assert_eq!(p.gemm_v1, gemm && sm < 80, "{kind:?} sm_{sm} chunk {chunk}");
+                // Auto dequantizes from 128 (act-order) / 256 rows: only the 512-row chunk.
+                assert_eq!(p.dequant, chunk == 512, "{kind:?} sm_{sm} chunk {chunk}");
             }
         }
     }
@@ -320,35 +339,159 @@ fn prefill_attention_emulation_is_causal_softmax_attention() {
 }
 
 #[test]
-fn dequant_prefill_serves_plain_int4_and_leaves_act_order_to_the_gemm() {
-    // Plain int4 (any group size, per-channel, even a kept g_idx: the dequant kernel reads it)
-    // dequantizes; act-order (x would need the permutation) falls back as auto would.
+fn dequant_prefill_serves_every_layout_and_auto_switches_to_it_at_the_crossover() {
+    // Every layout dequantizes (act-order rows go back to their checkpoint rows; a kept g_idx is
+    // read by the kernel), on any device with cuBLAS, for every chunk of 2 rows or more.
+    let plain = shape(4096, 12288, 128, false, false);
+    let act = shape(4096, 12288, 128, false, true);
+    let uneven = shape(4096, 4096, 128, true, true);
     for s in [
-        shape(4096, 12288, 128, false, false),
+        plain,
+        act,
+        uneven,
         shape(4096, 4096, 4096, false, false),
         shape(4096, 4096, 16, false, false),
     ] {
-        assert_eq!(int4_path(PrefillInt4::Dequant, &s, 90), Int4Path::Dequant);
-        assert_eq!(int4_path(PrefillInt4::Dequant, &s, 75), Int4Path::Dequant);
+        for sm in [75, 90] {
+            assert_eq!(
+                int4_path(PrefillInt4::Dequant, &s, sm, 2),
+                Int4Path::Dequant
+            );
+            assert_eq!(
+                int4_path(PrefillInt4::Dequant, &s, sm, 512),
+                Int4Path::Dequant
+            );
+        }
+        // One row is always the decode GEMV (0.5 B per weight, a dequant moves 4.5).
+        for c in [PrefillInt4::Dequant, PrefillInt4::Auto, PrefillInt4::GemmV2] {
+            assert!(matches!(int4_path(c, &s, 90, 1), Int4Path::Rows(_)));
+        }
     }
-    let act = shape(4096, 12288, 128, false, true);
-    assert_eq!(int4_path(PrefillInt4::Dequant, &act, 90), Int4Path::GemmV2);
-    assert_eq!(int4_path(PrefillInt4::Dequant, &act, 75), Int4Path::GemmV1);
-    // 7B at 512 rows: the scratch holds the largest linear (gate|up, 4096 x 22016 fp16 =
-    // 180 MB) and nothing of the GEMM family (no split-K, repack or slot rows).
+    // Auto: the GEMM family below the crossover, the dequant from it (act-order earlier).
+    assert_eq!(DEQUANT_MIN_ROWS, 256);
+    assert_eq!(DEQUANT_MIN_ROWS_ACT_ORDER, 128);
+    let auto = |s: &LayerShape, rows| int4_path(PrefillInt4::Auto, s, 90, rows);
+    assert_eq!(auto(&plain, 255), Int4Path::GemmV2);
+    assert_eq!(auto(&plain, 256), Int4Path::Dequant);
+    assert_eq!(auto(&act, 127), Int4Path::GemmV2);
+    assert_eq!(auto(&act, 128), Int4Path::Dequant);
+    assert!(matches!(auto(&uneven, 127), Int4Path::Rows(_)));
+    assert_eq!(auto(&uneven, 128), Int4Path::Dequant);
+    // v2 / v1 never dequantize.
+    assert_eq!(
+        int4_path(PrefillInt4::GemmV2, &plain, 90, 512),
+        Int4Path::GemmV2
+    );
+    assert_eq!(
+        int4_path(PrefillInt4::GemmV1, &act, 90, 512),
+        Int4Path::GemmV1
+    );
+    // The runs the planner and the reports see.
+    assert_eq!(
+        paths_by_rows(PrefillInt4::Auto, &plain, 90, 512),
+        vec![(2..=255, Int4Path::GemmV2), (256..=512, Int4Path::Dequant)]
+    );
+    assert_eq!(
+        describe_paths(&paths_by_rows(PrefillInt4::Auto, &act, 90, 512)),
+        "GemmV2 (2-127 rows), Dequant (128-512 rows)"
+    );
+    assert_eq!(
+        paths_by_rows(PrefillInt4::Auto, &plain, 90, 200),
+        vec![(2..=200, Int4Path::GemmV2)]
+    );
+    assert_eq!(
+        paths_by_rows(PrefillInt4::Auto, &plain, 90, 256),
+        vec![(2..=255, Int4Path::GemmV2), (256..=256, Int4Path::Dequant)]
+    );
+    assert_eq!(
+        paths_by_rows(PrefillInt4::Dequant, &act, 90, 512),
+        vec![(2..=512, Int4Path::Dequant)]
+    );
+    assert!(paths_by_rows(PrefillInt4::Auto, &plain, 90, 1).is_empty());
+    // Every (rows, path) run agrees with int4_path at every row count.
+    for c in [PrefillInt4::Auto, PrefillInt4::Dequant, PrefillInt4::GemmV1] {
+        for s in [plain, act, uneven] {
+            for chunk in [2, 127, 128, 255, 256, 300] {
+                let runs = paths_by_rows(c, &s, 90, chunk);
+                let covered: usize = runs.iter().map(|(r, _)| r.clone().count()).sum();
+                assert_eq!(covered, chunk - 1, "{c:?} chunk {chunk}");
+                for (r, p) in runs {
+                    assert!(
+                        r.clone().all(|m| int4_path(c, &s, 90, m) == p),
+                        "{c:?} {r:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_gemm_scratch_and_the_dequant_w_share_one_allocation() {
     let cfg = ModelConfig::vicuna_7b();
-    let plain = checkpoint_int4_layer(&cfg, 128, false);
-    let p = PrefillPlan::new(&cfg, 512, PrefillInt4::Dequant, 90, plain.clone()).unwrap();
-    assert!(p.dequant && !p.gemm_v1 && !p.gemm_v2);
-    assert_eq!(p.sizes.dequant, 4096 * 22016);
-    let base = PrefillSizes::new(&cfg, 512, 0, 0, 0);
-    assert_eq!(p.sizes.bytes() - base.bytes(), 2 * 4096 * 22016);
-    // Act-order layers: exactly auto's plan.
-    let act = checkpoint_int4_layer(&cfg, 128, true);
-    let d = PrefillPlan::new(&cfg, 512, PrefillInt4::Dequant, 90, act.clone()).unwrap();
-    let a = PrefillPlan::new(&cfg, 512, PrefillInt4::Auto, 90, act).unwrap();
-    assert_eq!((d.sizes, d.gemm_v2, d.dequant), (a.sizes, a.gemm_v2, false));
-    // Auto never takes the dequant path.
-    let auto = PrefillPlan::new(&cfg, 512, PrefillInt4::Auto, 90, plain).unwrap();
-    assert!(!auto.dequant && auto.sizes.dequant == 0);
+    let base = PrefillSizes::new(&cfg, 512, 0, 0, 0).bytes();
+    for act_order in [false, true] {
+        let layer = checkpoint_int4_layer(&cfg, 128, act_order);
+        let plan = |c| PrefillPlan::new(&cfg, 512, c, 90, layer.clone()).unwrap();
+        let (auto, v2, deq) = (
+            plan(PrefillInt4::Auto),
+            plan(PrefillInt4::GemmV2),
+            plan(PrefillInt4::Dequant),
+        );
+        // Dequant alone: the fp16 W of the largest linear (gate|up, 4096 x 22016 = 180 MB).
+        assert!(deq.dequant && !deq.gemm_v1 && !deq.gemm_v2);
+        assert_eq!(deq.sizes.dequant, 4096 * 22016);
+        assert_eq!(deq.sizes.bytes() - base, 2 * 4096 * 22016);
+        // v2 alone: split-K + repack, no dequant.
+        assert!(!v2.dequant && v2.gemm_v2 && v2.sizes.dequant == 0);
+        // Auto holds both paths in the larger of the two, not their sum.
+        assert!(auto.dequant && auto.gemm_v2);
+        assert_eq!(auto.sizes.scratch_bytes(), deq.sizes.scratch_bytes());
+        assert!(auto.sizes.scratch_bytes() > v2.sizes.scratch_bytes());
+        assert_eq!(auto.sizes.bytes() - base, 2 * 4096 * 22016);
+    }
+    // Offsets: the GEMM parts side by side from 0, 256-byte aligned; the dequant W from 0.
+    let mut s = PrefillSizes::new(&cfg, 64, 100, 37, 3);
+    s.dequant = 5;
+    assert_eq!(s.offset(ScratchPart::GemmWs), 0);
+    assert_eq!(s.offset(ScratchPart::Dequant), 0);
+    assert_eq!(s.offset(ScratchPart::Repack), 64 * 100 * 4); // 25600 = 100 x 256
+    assert_eq!(s.offset(ScratchPart::SlotY), 25600 + 256);
+    assert_eq!(s.scratch_bytes(), 25600 + 256 + 512);
+    assert_eq!(s.elems(ScratchPart::SlotY), 64 * 3);
+    s.dequant = 20000;
+    assert_eq!(s.scratch_bytes(), 40192); // 40000 rounded up to 256
+}
+
+#[test]
+fn dequant_emulation_writes_act_order_rows_back_to_their_checkpoint_rows() {
+    // lab_dequant_f16_v1's index math on the layer as the engine holds it (rows sorted by
+    // group, perm) gives exactly the fp16 rounding of the checkpoint's W: s x (q - z) is exact
+    // in f32 (an fp16 scale times a 5-bit integer), so the only rounding is the store.
+    use crate::gptq::{act_order_g_idx, quantize_rtn, reorder_by_group};
+    use rand::seq::SliceRandom;
+    let mut rng = StdRng::seed_from_u64(5);
+    for (k, n, g, act, sym) in [
+        (256, 64, 32, true, false),
+        (256, 72, 64, true, true),
+        (128, 16, 128, false, false),
+        (96, 24, 32, true, false),
+    ] {
+        let w: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut order: Vec<usize> = (0..k).collect();
+        order.shuffle(&mut rng);
+        let g_idx = act.then(|| act_order_g_idx(&order, g));
+        let l = quantize_rtn(&w, k, n, g as i32, sym, g_idx).unwrap();
+        let want: Vec<f16> = crate::reference::dequantize(&l)
+            .into_iter()
+            .map(f16::from_f64)
+            .collect();
+        let r = reorder_by_group(&l).unwrap();
+        let perm = act.then_some(r.perm.as_slice());
+        assert_eq!(emulate::dequant_f16(&r.layer, perm), want, "{k}x{n} g{g}");
+        if act {
+            // Without the scatter the rows stay sorted: the bug the perm pointer fixes.
+            assert_ne!(emulate::dequant_f16(&r.layer, None), want, "{k}x{n} g{g}");
+        }
+    }
 }

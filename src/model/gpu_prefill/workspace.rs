@@ -1,6 +1,7 @@
-//! The engine's prefill state (`Prefill`): which int4 path each linear of the loaded weights takes
-//! decides which GEMM kernels are loaded and how large the split-K, repack and unfused-slot
-//! scratch must be; the buffers are allocated once, at engine construction, at `PrefillSizes`.
+//! The engine's prefill state (`Prefill`): which int4 paths each linear of the loaded weights takes
+//! (by chunk size) decide which GEMM kernels are loaded and how large the shared scratch must be
+//! (split-K, repack and unfused-slot rows, or the dequant W); the buffers are allocated once, at
+//! engine construction, at `PrefillSizes`.
 
 use super::linears::gemm_variant;
 use super::*;
@@ -19,10 +20,9 @@ pub(in crate::model::gpu_engine) struct PrefillBufs {
     pub(super) delta: CudaSlice<f16>,
     pub(super) gate_up: CudaSlice<f16>,
     pub(super) act: CudaSlice<f16>,
-    pub(super) gemm_ws: Option<CudaSlice<f32>>,
-    pub(super) repack: Option<CudaSlice<u32>>,
-    pub(super) slot_y: Option<CudaSlice<f16>>,
-    pub(super) dequant: Option<CudaSlice<f16>>,
+    /// The GEMM path's split-K partials, repack and slot rows, or the dequant path's fp16 W
+    /// (`PrefillSizes::offset`); None when no linear needs any.
+    pub(super) scratch: Option<CudaSlice<u8>>,
 }
 
 pub(super) struct PrefillKernels {
@@ -88,7 +88,6 @@ impl Prefill {
             return Ok(None);
         };
         let a16 = |n: usize, what: &str| stream.alloc_zeros::<f16>(n).ctx(what);
-        let opt16 = |n: usize, what: &str| (n > 0).then(|| a16(n, what)).transpose();
         let bufs = PrefillBufs {
             sizes,
             tokens: stream
@@ -102,22 +101,13 @@ impl Prefill {
             delta: a16(sizes.delta, "prefill o/down rows")?,
             gate_up: a16(sizes.gate_up, "prefill gate_up rows")?,
             act: a16(sizes.act, "prefill silu rows")?,
-            gemm_ws: (sizes.gemm_ws > 0)
+            scratch: (sizes.scratch_bytes() > 0)
                 .then(|| {
                     stream
-                        .alloc_zeros::<f32>(sizes.gemm_ws)
-                        .ctx("prefill GEMM split-K workspace")
+                        .alloc_zeros::<u8>(sizes.scratch_bytes())
+                        .ctx("prefill scratch (GEMM split-K / repack / slot rows, or dequant W)")
                 })
                 .transpose()?,
-            repack: (sizes.repack > 0)
-                .then(|| {
-                    stream
-                        .alloc_zeros::<u32>(sizes.repack)
-                        .ctx("prefill gemm_v2 repack scratch")
-                })
-                .transpose()?,
-            slot_y: opt16(sizes.slot_y, "prefill unfused-slot rows")?,
-            dequant: opt16(sizes.dequant, "prefill fp16 dequant scratch")?,
         };
         let mut fns = HashMap::new();
         for (used, name) in [(v1, "gemm_v1_simt"), (v2, "gemm_v2_mma")] {
