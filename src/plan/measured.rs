@@ -77,9 +77,19 @@ fn measured(r: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEffici
     let d = &h["device"];
     let spec_gbs =
         d["mem_clock_khz"].as_f64()? * 1e3 * 2.0 * d["bus_width_bits"].as_f64()? / 8.0 / 1e9;
+    // A point whose graph stretch ended with a state flag (NaN logits, ...) timed no valid step:
+    // the bench lists it under "invalid" as "ctx N graph: ...".
+    let invalid: Vec<&str> = r["invalid"]
+        .as_array()
+        .map_or(Vec::new(), |v| v.iter().filter_map(Value::as_str).collect());
+    let valid = |p: &&Value| {
+        let label = format!("ctx {} graph:", p["ctx"].as_u64().unwrap_or(0));
+        !invalid.iter().any(|i| i.starts_with(&label))
+    };
     let p = r["points"]
         .as_array()?
         .iter()
+        .filter(valid)
         .min_by_key(|p| p["ctx"].as_u64().unwrap_or(u64::MAX))?;
     let achieved = p["achieved_gbs"].as_f64()?;
     if !(spec_gbs > 0.0 && achieved > 0.0) {
@@ -145,6 +155,36 @@ mod tests {
         assert!(from_reports(root, "no-such-model", WeightDtype::Int4)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_point_the_bench_flagged_invalid_is_not_an_efficiency() {
+        let dev = serde_json::json!({"name": "X", "mem_clock_khz": 1_000_000.0, "bus_width_bits": 1000.0});
+        let run = |invalid: Vec<&str>| {
+            serde_json::json!({
+                "model": "m", "weights": {"kind": "Fp16"}, "int4_kernel": "",
+                "header": {"device": dev, "date": "d", "build": {}},
+                "points": [
+                    {"ctx": 128, "achieved_gbs": 100.0, "graph_tokens_per_s": 1.0},
+                    {"ctx": 512, "achieved_gbs": 50.0, "graph_tokens_per_s": 2.0},
+                ],
+                "invalid": invalid,
+            })
+        };
+        // spec = 1e9 kHz-bits... = 250 GB/s: 100 / 250 at ctx 128.
+        let ok = measured(&run(vec![]), "m", WeightDtype::Fp16).unwrap();
+        assert_eq!((ok.ctx, ok.efficiency), (128, 0.4));
+        // ctx 128's graph flagged: the next valid point; "ctx 1280" must not match "ctx 128".
+        let next = measured(
+            &run(vec!["ctx 128 graph: step state flags 0x4"]),
+            "m",
+            WeightDtype::Fp16,
+        );
+        assert_eq!(next.unwrap().ctx, 512);
+        let eager_only = measured(&run(vec!["ctx 128 eager: flags"]), "m", WeightDtype::Fp16);
+        assert_eq!(eager_only.unwrap().ctx, 128);
+        let all = run(vec!["ctx 128 graph: x", "ctx 512 graph: x"]);
+        assert!(measured(&all, "m", WeightDtype::Fp16).is_none());
     }
 
     #[test]
