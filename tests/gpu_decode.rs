@@ -9,8 +9,8 @@
 use gptq_lab::cuda::gpu_or_skip;
 use gptq_lab::model::decode_bench::expected_weights;
 use gptq_lab::model::gpu_check::{
-    check_checkpoint, check_tiny_case, fixture_opts, tiny_cases, tiny_config, worst, CHECK_NEW,
-    CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
+    check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, tiny_config,
+    worst, CHECK_NEW, CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
 };
 use gptq_lab::model::gpu_engine::{
     EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
@@ -35,6 +35,21 @@ fn gpu_engine_matches_the_f64_reference_op_by_op_on_random_tiny_models() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// The 7B/13B engines' attention geometry (hd 128, 9 splits of a 2100-position cache) at a
+/// 520-token context, where splits run past their end onto the new row (the NaN of H100 runs
+/// 9-10): every op against the f64 reference, also with poisoned shared memory.
+#[test]
+fn gpu_engine_matches_the_f64_reference_at_a_long_context_with_head_dim_128() {
+    let Some(gpu) =
+        gpu_or_skip("gpu_engine_matches_the_f64_reference_at_a_long_context_with_head_dim_128")
+    else {
+        return;
+    };
+    let r = check_long_context(&gpu).unwrap();
+    eprintln!("{}", r.summary());
+    assert!(r.pass, "{}", r.summary());
 }
 
 #[test]
@@ -170,7 +185,8 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
     else {
         return;
     };
-    let cfg = tiny_config();
+    let mut cfg = tiny_config();
+    cfg.max_position_embeddings = 512; // the 300-token cases
     for (kind, chunk, int4, len) in [
         (
             WeightKind::Int4 {

@@ -166,4 +166,28 @@ mod tests {
         // saw no NaN.
         assert!((0..2085).all(|pos| emulate(128, 256, n_splits, pos, false, false).1.is_empty()));
     }
+
+    #[test]
+    fn the_long_context_check_reaches_the_geometry_the_old_order_failed_on() {
+        // gpu_check::check_long_context: hd 128, the engine's default chunk, 9 splits; its
+        // decode steps at positions LONG_PROMPT_LEN.. must include one where the old order reads
+        // an unwritten new row (so the GPU check can fail), and the fixed order none.
+        use crate::model::gpu_check::{
+            long_context_config, LONG_MAX_CTX, LONG_NEW, LONG_PROMPT_LEN,
+        };
+        use crate::model::gpu_engine::EngineOptions;
+        let cfg = long_context_config();
+        let chunk = EngineOptions::new(LONG_MAX_CTX).attn_chunk;
+        let n_splits = LONG_MAX_CTX.div_ceil(chunk);
+        assert_eq!((cfg.head_dim(), chunk, n_splits), (128, 256, 9));
+        let steps = LONG_PROMPT_LEN..LONG_PROMPT_LEN + LONG_NEW;
+        let old = steps
+            .clone()
+            .filter(|&pos| !emulate(128, chunk, n_splits, pos, true, false).1.is_empty())
+            .count();
+        assert!(old > 0, "no decode step of the check reaches the overrun");
+        assert!(steps
+            .clone()
+            .all(|pos| emulate(128, chunk, n_splits, pos, true, true).1.is_empty()));
+    }
 }

@@ -1183,6 +1183,62 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     )
 }
 
+/// The long-context case: the 7B/13B engines' head dim (128) and attention split geometry
+/// (chunk 256, 9 splits at max_ctx `LONG_MAX_CTX`) on a model small enough to check against the
+/// f64 reference at every position. Its 520-token prompt puts the decode steps where each
+/// split covers ~58 positions while one step of the kernel covers 128, so non-last splits run
+/// past their end onto the new row's position: where H100 runs 9-10 read shared memory they never
+/// wrote (NaN). The tiny cases' head dim 16 and 12-token prompts cannot reach that geometry
+/// (attention_emulate.rs tests that this one does, and that the old select order fails on it).
+pub fn long_context_config() -> ModelConfig {
+    ModelConfig {
+        name: "tiny-long-hd128".into(),
+        hidden_size: 256,
+        intermediate_size: 512,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        num_key_value_heads: 2,
+        vocab_size: 320,
+        max_position_embeddings: 4096,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+    }
+}
+
+/// KV cache positions of the long-context case: the decode bench's engines' 2085 rounded up, the
+/// same 9 attention splits.
+pub const LONG_MAX_CTX: usize = 2100;
+/// Prompt tokens of the long-context case (the decode steps follow at positions 520..).
+pub const LONG_PROMPT_LEN: usize = 520;
+/// Greedy tokens generated after it.
+pub const LONG_NEW: usize = 6;
+
+/// Run the long-context case (int4 g128, the engine's own kernel, default attention chunk and
+/// prefill chunk: the 520 prompt rows prefill as 512 through auto's dequant + cuBLAS and 8
+/// through the GEMM).
+pub fn check_long_context(gpu: &Gpu) -> Result<CheckReport> {
+    let cfg = long_context_config();
+    let kind = WeightKind::Int4 {
+        group: 128,
+        act_order: false,
+        sym: false,
+    };
+    let host = HostLlama::random(&cfg, 300, kind)?;
+    let prompt: Vec<u32> = (0..LONG_PROMPT_LEN as u32)
+        .map(|i| (i * 37 + 11) % 320)
+        .collect();
+    check_engine(
+        gpu,
+        &cfg,
+        &host,
+        "random seed 300, hd 128, 520-token prompt",
+        &prompt,
+        LONG_NEW,
+        EngineOptions::new(LONG_MAX_CTX),
+    )
+}
+
 /// A small LLaMA with the tiny fixtures' shapes (GQA 4 heads over 2, head_dim 16).
 pub fn tiny_config() -> ModelConfig {
     ModelConfig {

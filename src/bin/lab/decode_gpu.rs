@@ -22,8 +22,8 @@ use gptq_lab::model::decode_bench::{
     run_decode_bench, write_decode_report, BenchPlan, DecodeReport,
 };
 use gptq_lab::model::gpu_check::{
-    check_checkpoint, check_tiny_case, fixture_opts, tiny_cases, CheckReport, CHECK_NEW,
-    CHECK_PROMPT, FIXTURES,
+    check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, CheckReport,
+    CHECK_NEW, CHECK_PROMPT, FIXTURES,
 };
 use gptq_lab::model::gpu_engine::{
     parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillInt4, PrefillMode,
@@ -408,7 +408,8 @@ fn fixtures_dir(g: &GpuArgs) -> Option<PathBuf> {
     .find(|d| d.is_dir())
 }
 
-/// Every random tiny case, then the fixture checkpoints; one line each, the first bad op named.
+/// Every random tiny case, the long-context case, then the fixture checkpoints; one line each,
+/// the first bad op named.
 fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
     let g = &a.gpu;
     let gpu = open_gpu()?;
@@ -432,6 +433,17 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
                 println!("ERROR {what}: {e}");
                 errors.push(format!("{what}: {e}"));
             }
+        }
+    }
+    // The 7B/13B attention geometry (hd 128, 9 splits) at a 520-token context.
+    match check_long_context(&gpu) {
+        Ok(r) => {
+            println!("{}", r.summary());
+            reports.push(r);
+        }
+        Err(e) => {
+            println!("ERROR tiny long-context hd 128: {e}");
+            errors.push(format!("tiny long-context hd 128: {e}"));
         }
     }
     if !g.no_fixtures {
