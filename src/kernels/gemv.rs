@@ -539,6 +539,26 @@ pub fn v6_split(k: usize, n: usize, threads: u32, requested: u32) -> V6Split {
     }
 }
 
+/// v6's tunables for a launch of at most one 256-thread block per SM on a `sms`-SM device (the
+/// decode bench's "v6, one block per SM" column): the largest tunable split (1, 2, 4, 8) with
+/// column tiles x split <= SMs (at least 1, raised by `v6_split` to what the x buffer needs). Why: at v6's usual ~2 blocks per SM (96 registers x 512
+/// threads) the next kernel's blocks cannot be resident until this one's retire, so under PDL
+/// their weight prefetch only starts in the tail; at one block per SM a whole v6 block (and the
+/// 512-thread RMSNorm: 40960 registers, exactly the rest) fits beside it, so the next GEMV's
+/// prefetch can run while this one streams (notes/kernels.md "v6 one block per SM").
+pub fn v6_one_block_per_sm(base: &Tunables, n: usize, sms: usize) -> Tunables {
+    let tiles = n.div_ceil(V6_TILE_N).max(1);
+    // The largest of the tunable's split values (1, 2, 4, 8) that keeps tiles x split <= sms.
+    let split = [8u32, 4, 2, 1]
+        .into_iter()
+        .find(|&s| tiles * s as usize <= sms)
+        .unwrap_or(1);
+    let mut t = base.clone();
+    t.insert("threads".into(), 256);
+    t.insert("split_k".into(), split);
+    t
+}
+
 /// Bytes a launch must move at least (weights + scales + zeros + x + y [+ g_idx/perm]): the floor
 /// of the roofline for a memory-bound GEMV.
 pub fn bytes_moved(v: &Variant, s: &LayerShape, m: usize) -> u64 {
@@ -725,6 +745,41 @@ mod tests {
         assert_eq!(p.symbol, "lab_gemv_v2_t512_u2");
         assert_eq!(p.grid, (128, 1, 1));
         assert_eq!(p.block, (512, 1, 1));
+    }
+
+    #[test]
+    fn v6_one_block_per_sm_launches_at_most_one_wave_of_one_block_per_sm() {
+        // The 7B / 13B decode shapes on 132 SMs: tiles x slices <= 132 blocks of 256 threads,
+        // unless the tiles alone (7B gate|up) or the x buffer's minimum split (K 5120 > 4096
+        // rows: 2 slices, so 13B's q|k|v and gate|up stay at 2+ blocks per SM) need more.
+        let v = registry::by_name("gemv_v6_pipe").unwrap();
+        for (k, n, blocks) in [
+            (4096, 12288, 96),
+            (4096, 4096, 128),
+            (4096, 22016, 172),
+            (11008, 4096, 128),
+            (5120, 15360, 240),
+            (5120, 5120, 80),
+            (5120, 27648, 432),
+            (13824, 5120, 160),
+        ] {
+            let s = LayerShape {
+                k,
+                n,
+                group_size: 128,
+                g_idx: false,
+                perm: false,
+                bias: false,
+                symmetric: false,
+            };
+            let t = v6_one_block_per_sm(&Tunables::new(), n, 132);
+            let p = plan(v, &s, 1, &t).unwrap();
+            assert_eq!(p.block.0, 256, "{k}x{n}");
+            assert_eq!(p.grid.0 * p.grid.1, blocks, "{k}x{n}: {p:?}");
+            let tiles = n.div_ceil(V6_TILE_N) as u32;
+            let min_split = k.div_ceil(V6_XS_ROWS) as u32;
+            assert!(blocks <= 132.max(tiles * min_split), "{k}x{n}");
+        }
     }
 
     #[test]

@@ -142,6 +142,11 @@ pub struct ContextPoint {
     /// instead of argmax: what sampling costs per token (the other columns decode greedily).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_top_p_ms: Option<f64>,
+    /// Graph + PDL with every gemv_v6_pipe linear at one block per SM
+    /// (GpuEngine::set_v6_one_block_per_sm), at these prefetch budgets (bytes per block), ms/token:
+    /// whether the next GEMV's blocks, now resident beside the running one, hide its ramp.
+    #[serde(default)]
+    pub graph_pdl_v6_one_per_sm: Vec<(u32, f64)>,
     /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
     /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
@@ -289,6 +294,7 @@ pub fn context_point(
         graph_pdl_prefetch: Vec::new(),
         graph_pdl_silu_kernel_ms: None,
         graph_pdl_top_p_ms: None,
+        graph_pdl_v6_one_per_sm: Vec::new(),
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
         persistent_eager: false,
@@ -322,6 +328,9 @@ pub struct BenchPlan {
     pub persistent: bool,
     /// Their L2 prefetch budgets per block: the first is the column's, the others are swept.
     pub persistent_prefetch: Vec<u32>,
+    /// With `pdl`, also time gemv_v6_pipe at one block per SM at these prefetch budgets (bytes per
+    /// block; empty: not timed). `ContextPoint::graph_pdl_v6_one_per_sm`.
+    pub v6_one_per_sm: Vec<u32>,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -625,6 +634,17 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 point.graph_pdl_top_p_ms = variant(&mut eng, "with top-p sampling");
                 eng.set_sampling(own_sampling, own_seed);
             }
+            if pdl_ok && !plan.v6_one_per_sm.is_empty() && eng.set_v6_one_block_per_sm(true) {
+                for &b in &plan.v6_one_per_sm {
+                    eng.set_pdl_prefetch(b);
+                    let what = format!("with v6 at one block per SM, prefetch {b} B");
+                    if let Some(ms) = variant(&mut eng, &what) {
+                        point.graph_pdl_v6_one_per_sm.push((b, ms));
+                    }
+                }
+                eng.set_pdl_prefetch(own);
+            }
+            eng.set_v6_one_block_per_sm(false);
         }
         eng.set_pdl(false);
         points.push(point);
@@ -751,6 +771,10 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             .iter()
             .any(|p| !p.graph_persistent_prefetch.is_empty());
         let sweep = r.points.iter().any(|p| !p.graph_pdl_prefetch.is_empty());
+        let one_per_sm = r
+            .points
+            .iter()
+            .any(|p| !p.graph_pdl_v6_one_per_sm.is_empty());
         // The single-value graph + PDL columns, where any point of the run has them.
         let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
             .iter()
@@ -792,6 +816,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 for (_, value) in &variants {
                     row.push(value(p).map_or("-".into(), |m| format!("{m:.3}")));
                 }
+                if one_per_sm {
+                    row.push(budget_cells(&p.graph_pdl_v6_one_per_sm));
+                }
                 row
             })
             .collect();
@@ -819,6 +846,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             head.push("graph + PDL ms/tok at other prefetch budgets");
         }
         head.extend(variants.iter().map(|(h, _)| *h));
+        if one_per_sm {
+            head.push("graph + PDL ms/tok, v6 at one block per SM, by prefetch budget");
+        }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
             md.push_str(&format!(
@@ -1288,6 +1318,7 @@ mod tests {
         runs[0].points[0].graph_pdl_prefetch = vec![(0, 1.55), (65536, 1.45)];
         runs[0].points[0].graph_pdl_silu_kernel_ms = Some(1.525);
         runs[0].points[0].graph_pdl_top_p_ms = Some(1.52);
+        runs[0].points[0].graph_pdl_v6_one_per_sm = vec![(32768, 1.48), (262144, 1.41)];
         runs[0].points[0].graph_persistent_ms = Some(1.2);
         runs[0].points[0].graph_persistent_prefetch = vec![(0, 1.3), (131072, 1.25)];
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
@@ -1355,9 +1386,14 @@ mod tests {
         );
         // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
         assert!(
-            md.contains("| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 |")
-                && md.contains("top-p 0.9 sampling")
-                && md.matches("silu kernel instead of the fused GLU").count() == 1,
+            md.contains(
+                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 32 KB: 1.480, 256 KB: 1.410 |"
+            ) && md.contains("top-p 0.9 sampling")
+                && md.matches("silu kernel instead of the fused GLU").count() == 1
+                && md
+                    .matches("v6 at one block per SM, by prefetch budget")
+                    .count()
+                    == 1,
             "{md}"
         );
         // A recorded point round-trips through JSON with its sweep.
@@ -1366,6 +1402,10 @@ mod tests {
         assert_eq!(back.graph_pdl_prefetch, vec![(0, 1.55), (65536, 1.45)]);
         assert_eq!(back.graph_pdl_silu_kernel_ms, Some(1.525));
         assert_eq!(back.graph_pdl_top_p_ms, Some(1.52));
+        assert_eq!(
+            back.graph_pdl_v6_one_per_sm,
+            vec![(32768, 1.48), (262144, 1.41)]
+        );
         assert_eq!(back.graph_persistent_ms, Some(1.2));
         // The persistent layers' column beside the PDL one, with its share of the roofline, in
         // the int4 run only.

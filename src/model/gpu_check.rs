@@ -728,6 +728,14 @@ pub fn check_engine(
     } else {
         Vec::new()
     };
+    // gemv_v6_pipe linears at one block per SM (the decode bench's experiment column), graph +
+    // PDL where possible: another grid of the same kernel, the same tokens.
+    let one_per_sm_tokens = if eng.set_v6_one_block_per_sm(true) {
+        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?
+    } else {
+        Vec::new()
+    };
+    eng.set_v6_one_block_per_sm(false);
     eng.set_pdl(false);
 
     // The persistent decode layers where the engine can run them (int4 models); refused ones
@@ -804,6 +812,7 @@ pub fn check_engine(
         ("GEMM prefill + graph", &prefill_tokens),
         ("profiled eager", &profile_tokens),
         ("graph + PDL", &pdl_tokens),
+        ("v6 at one block per SM", &one_per_sm_tokens),
         ("begin/next_token", &stream_tokens),
     ]
     .into_iter()
@@ -814,8 +823,10 @@ pub fn check_engine(
             ("persistent layers graph + PDL", &p.pdl_tokens),
         ]
     })) {
-        if got.is_empty() && (name.contains("PDL") || name.starts_with("persistent")) {
-            continue; // not run (below sm_90, or no persistent layers for this model)
+        if got.is_empty()
+            && (name.contains("PDL") || name.starts_with("persistent") || name.starts_with("v6"))
+        {
+            continue; // not run (below sm_90, no persistent layers or no v6 linear here)
         }
         if let Some(i) = (0..n_new).find(|&i| got.get(i) != ref_tokens.get(i)) {
             if margins[i] <= tie {

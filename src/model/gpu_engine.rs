@@ -18,7 +18,7 @@
 use crate::cuda::Gpu;
 use crate::error::DriverCtx;
 use crate::kernels::abi;
-use crate::kernels::gemv::{GemvKind, TILE_N};
+use crate::kernels::gemv::{kind as gemv_kind, v6_one_block_per_sm, GemvKind, TILE_N};
 use crate::kernels::launch::{plan as gemv_plan, LayerShape, Tunables};
 use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
@@ -427,6 +427,9 @@ pub struct GpuEngine {
     persistent: Option<Persistent>,
     /// Fill every SM's shared memory with NaN before each plain launch (`set_poison_smem`).
     poison_smem: bool,
+    /// v6 (gemv_v6_pipe) linears launch at most one 256-thread block per SM
+    /// (kernels::gemv::v6_one_block_per_sm): the decode bench's column; off otherwise.
+    v6_one_per_sm: bool,
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -656,8 +659,18 @@ impl GpuEngine {
                     let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
                         LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
                     })?;
-                    if !gemv_fns.contains_key(&p.symbol) {
-                        gemv_fns.insert(p.symbol.clone(), gpu.function(&p.symbol)?);
+                    // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
+                    // that plan's instantiation (t256) is loaded now too, before any capture.
+                    let mut symbols = vec![p.symbol.clone()];
+                    if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
+                        let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
+                        symbols.push(gemv_plan(v, &shape, 1, q.k, q.n, &one)?.symbol);
+                    }
+                    for sym in symbols {
+                        if let std::collections::hash_map::Entry::Vacant(e) = gemv_fns.entry(sym) {
+                            let f = gpu.function(e.key())?;
+                            e.insert(f);
+                        }
                     }
                     int4_choice.insert(shape_key(&shape), (v, params));
                 }
@@ -703,6 +716,7 @@ impl GpuEngine {
             streamed: Cell::new(0),
             step_pdl: Cell::new(false),
             poison_smem: false,
+            v6_one_per_sm: false,
             cc_major: gpu.info.cc_major,
             persistent: None,
         })
@@ -1077,6 +1091,13 @@ impl GpuEngine {
         y: u64,
     ) -> Result<()> {
         let shape = layer_shape(l);
+        let one;
+        let params = if self.v6_one_per_sm && gemv_kind(v).ok() == Some(GemvKind::Pipe) {
+            one = v6_one_block_per_sm(params, l.n, self.sms);
+            &one
+        } else {
+            params
+        };
         let plan = gemv_plan(v, &shape, 1, l.k, l.n, params)?;
         let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| {
             LabError::invalid(
@@ -1512,6 +1533,19 @@ impl GpuEngine {
     pub fn set_poison_smem(&mut self, on: bool) {
         self.poison_smem = on;
         self.graph = None;
+    }
+
+    /// Launch every gemv_v6_pipe linear at one 256-thread block per SM (at most; the split the
+    /// x buffer needs may add more) instead of its tuned / automatic grid of ~2 per SM, so the
+    /// next kernel's blocks fit beside it under PDL (kernels::gemv::v6_one_block_per_sm). A
+    /// decode-bench experiment: the captured graph is dropped. Returns whether some linear of
+    /// this engine runs v6 (else nothing changes).
+    pub fn set_v6_one_block_per_sm(&mut self, on: bool) -> bool {
+        self.v6_one_per_sm = on;
+        self.graph = None;
+        self.int4_choice
+            .values()
+            .any(|(v, _)| gemv_kind(v).ok() == Some(GemvKind::Pipe))
     }
 
     /// PDL asked for and possible (sm_90+).

@@ -77,6 +77,12 @@ pub struct GpuArgs {
         value_delimiter = ','
     )]
     pdl_prefetch: Vec<u32>,
+    /// With PDL, the bench also times graph + PDL with every gemv_v6_pipe linear at one block per
+    /// SM (so the next kernel's blocks fit beside it) at these prefetch budgets, bytes per block
+    /// ('' = not timed). An experiment (notes/kernels.md "v6 at one block per SM"); generation
+    /// never runs it.
+    #[arg(long, default_value = "32768,131072,262144", value_delimiter = ',')]
+    v6_one_per_sm: Vec<String>,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
@@ -166,6 +172,18 @@ fn prefill_lens(list: &[String]) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
+/// A comma list of byte budgets ('' entries skipped): "32768,131072".
+fn byte_budgets(list: &[String], flag: &str) -> anyhow::Result<Vec<u32>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim().parse::<u32>().map_err(|_| {
+                anyhow::anyhow!("{flag} {s}: expected bytes per block, e.g. 32768,131072")
+            })
+        })
+        .collect()
+}
+
 fn open_gpu() -> anyhow::Result<Gpu> {
     let gpu = gptq_lab::cuda::open(0).map_err(|e| {
         anyhow::anyhow!(
@@ -231,6 +249,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let backend = fp16_backend(&g.fp16_backend)?;
     let lens = prefill_lens(&g.prefill_list)?;
+    let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm")?;
     let pf_int4 = g.prefill_int4;
     if g.prefill_chunk == 0 && !lens.is_empty() {
         bail!("--prefill-chunk 0 leaves no prefill to time: give a chunk (e.g. 512) or --prefill-list ''");
@@ -291,6 +310,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     && !matches!(kind, WeightKind::Fp16),
                 persistent_prefetch: g.persistent_prefetch.clone(),
                 pdl_prefetch: g.pdl_prefetch.clone(),
+                v6_one_per_sm: one_per_sm.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
