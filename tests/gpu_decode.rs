@@ -10,7 +10,7 @@ use gptq_lab::cuda::gpu_or_skip;
 use gptq_lab::model::decode_bench::expected_weights;
 use gptq_lab::model::gpu_check::{
     check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, tiny_config,
-    worst, CHECK_NEW, CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
+    worst, TinyCase, CHECK_NEW, CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
 };
 use gptq_lab::model::gpu_engine::{
     EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
@@ -29,6 +29,41 @@ fn gpu_engine_matches_the_f64_reference_op_by_op_on_random_tiny_models() {
     for c in tiny_cases() {
         let r = check_tiny_case(&gpu, &c)
             .unwrap_or_else(|e| panic!("{} chunk {}: {e}", c.kind.label(), c.chunk));
+        eprintln!("{}", r.summary());
+        if !r.pass {
+            failed.push(r.summary());
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// gemv_v9_cluster in the engine (cluster launches, sm_90 only): every int4 tiny case with v9 as
+/// the int4 kernel, checked as the other kernels are (op by op, tokens in every mode incl. graph +
+/// PDL, whose launches then carry both the PDL and the cluster attribute).
+#[test]
+fn gpu_engine_runs_gemv_v9_cluster_on_sm_90() {
+    let Some(gpu) = gpu_or_skip("gpu_engine_runs_gemv_v9_cluster_on_sm_90") else {
+        return;
+    };
+    if gpu.sm() < 90 {
+        eprintln!(
+            "SKIP gpu_engine_runs_gemv_v9_cluster_on_sm_90: sm_{} (clusters need sm_90)",
+            gpu.sm()
+        );
+        return;
+    }
+    let v9 = gptq_lab::kernels::registry::by_name("gemv_v9_cluster").unwrap();
+    let mut failed = Vec::new();
+    for c in tiny_cases()
+        .into_iter()
+        .filter(|c| matches!(c.kind, WeightKind::Int4 { .. }) && c.int4.is_none())
+    {
+        let c = TinyCase {
+            int4: Some(v9),
+            ..c
+        };
+        let r = check_tiny_case(&gpu, &c)
+            .unwrap_or_else(|e| panic!("v9 {} chunk {}: {e}", c.kind.label(), c.chunk));
         eprintln!("{}", r.summary());
         if !r.pass {
             failed.push(r.summary());

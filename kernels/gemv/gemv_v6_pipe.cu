@@ -199,8 +199,8 @@ LAB_GEMV_V6(512)
 // flight and page locality, what is left of v6's 2.5-5 us per launch is serial per-block work in a
 // lock-step wave, of which the epilogue's 3 dependent L2 round trips are ~2 us (notes/kernels.md
 // "Next ... after runs 9-11"). The host caps the split at 8 (the portable cluster size) and launches
-// with cluster dims (1, split, 1) (src/kernels/launch.rs); bench and check only (the engine refuses
-// it until its launch sets the attribute too). Prediction: 1.5-2 us less per launch than v6 at the
+// with cluster dims (1, split, 1) (src/kernels/launch.rs, and GpuEngine::launch_ex beside the PDL
+// attribute in decode steps: `lab decode --int4-kernel gemv_v9_cluster`). Prediction: 1.5-2 us less per launch than v6 at the
 // split shapes (11008x4096 13.1 -> ~11.5 us back to back), the same where split is 1.
 #define LAB_GEMV_V9(T)                                                                             \
     extern "C" __global__ void __launch_bounds__(T, LAB_GEMV_V6_THREADS_PER_SM / T)                \

@@ -53,21 +53,22 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     None
 }
 
-/// One kernel launch through cuLaunchKernelEx with one launch attribute (programmatic stream
-/// serialization, cooperative, cluster dimension): what cudarc's launch builder cannot set.
-/// `p` is the kernel's single by-value params struct, passed as a pointer read at launch time.
+/// One kernel launch through cuLaunchKernelEx with launch attributes (programmatic stream
+/// serialization, cooperative, cluster dimension; several combine, e.g. a cluster launch inside a
+/// PDL step): what cudarc's launch builder cannot set. `p` is the kernel's single by-value params
+/// struct, passed as a pointer read at launch time.
 ///
 /// # Safety
 /// As any kernel launch: `p` must be the params struct `f` expects, every address in it live for
-/// the kernel; `attr` must suit the grid (a cooperative grid resident at once, cluster dims that
+/// the kernel; `attrs` must suit the grid (a cooperative grid resident at once, cluster dims that
 /// divide it) and the device (PDL and clusters: sm_90).
-pub unsafe fn launch_with_attribute<P>(
+pub unsafe fn launch_with_attributes<P>(
     ctx: &cudarc::driver::CudaContext,
     stream: &cudarc::driver::CudaStream,
     f: &cudarc::driver::CudaFunction,
     cfg: cudarc::driver::LaunchConfig,
     p: &P,
-    mut attr: cudarc::driver::sys::CUlaunchAttribute,
+    attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
 ) -> std::result::Result<(), cudarc::driver::DriverError> {
     use cudarc::driver::sys;
     let lc = sys::CUlaunchConfig {
@@ -79,8 +80,8 @@ pub unsafe fn launch_with_attribute<P>(
         blockDimZ: cfg.block_dim.2,
         sharedMemBytes: cfg.shared_mem_bytes,
         hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
     };
     ctx.bind_to_thread()?;
     let mut args = [p as *const P as *mut std::ffi::c_void];

@@ -398,7 +398,7 @@ unsafe fn launch_cluster(
     attr.value.clusterDim.x = 1;
     attr.value.clusterDim.y = cluster_y;
     attr.value.clusterDim.z = 1;
-    crate::cuda::launch_with_attribute(&gpu.ctx, &gpu.stream, f, cfg, p, attr)
+    crate::cuda::launch_with_attributes(&gpu.ctx, &gpu.stream, f, cfg, p, &mut [attr])
 }
 
 #[cfg(test)]

@@ -243,12 +243,8 @@ pub fn int4_kernel_by_name(name: &str) -> Result<Option<&'static Variant>> {
     })?;
     match crate::kernels::gemv::kind(v)? {
         GemvKind::CublasF16 | GemvKind::DequantCublas => Err(LabError::invalid("--int4-kernel", format!("{name} is a cuBLAS baseline (fp16 weights); the engine runs int4 kernels: engine, gemv_v2_vec, gemv_v4_perm, gemv_v5_splitk, ..."))),
-        // The engine's launches set no cluster attribute yet (GpuEngine::launch_ex): without it
-        // the kernel would fall back to v6's ticket path, so the run would not be v9's.
-        GemvKind::PipeCluster => Err(LabError::invalid(
-            "--int4-kernel",
-            format!("{name} needs a thread-block-cluster launch the decode engine does not make yet; it runs in lab check and lab bench"),
-        )),
+        // gemv_v9_cluster: the engine launches it as clusters (GpuEngine::launch_ex; sm_90, which
+        // GpuEngine::new checks against the variant's min_sm).
         _ => Ok(Some(v)),
     }
 }
@@ -656,6 +652,17 @@ impl GpuEngine {
                     let Some((v, params)) = opts.int4.choose(&shape)? else {
                         continue;
                     };
+                    if gpu.sm() < v.min_sm {
+                        return Err(LabError::invalid(
+                            "--int4-kernel",
+                            format!(
+                                "{} needs sm_{} or newer; this device is sm_{}",
+                                v.name,
+                                v.min_sm,
+                                gpu.sm()
+                            ),
+                        ));
+                    }
                     let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
                         LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
                     })?;
@@ -863,29 +870,36 @@ impl GpuEngine {
         cfg: LaunchConfig,
         p: &P,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
-        let kind = if self.step_pdl.get() {
+        self.launch_ex(f, cfg, p, self.step_kind(), 1)
+    }
+
+    /// Plain, or PDL inside a decode step with PDL on.
+    fn step_kind(&self) -> LaunchKind {
+        if self.step_pdl.get() {
             LaunchKind::Pdl
         } else {
             LaunchKind::Plain
-        };
-        self.launch_ex(f, cfg, p, kind)
+        }
     }
 
-    /// One launch of `kind`: plain through the launch builder, PDL or cooperative through
-    /// cuLaunchKernelEx with that one attribute.
+    /// One launch of `kind`, as clusters of (1, `cluster_y`, 1) blocks when `cluster_y` > 1
+    /// (gemv_v9_cluster's split-K slices of a tile): plain through the launch builder, anything
+    /// else through cuLaunchKernelEx with its attributes (PDL or cooperative, and the cluster
+    /// dimension).
     ///
     /// # Safety
     /// As `launch_cfg`; a cooperative grid must fit the device at once (the driver refuses it
-    /// otherwise).
+    /// otherwise); cluster dims must divide the grid on an sm_90 device.
     unsafe fn launch_ex<P: DeviceRepr>(
         &self,
         f: &CudaFunction,
         cfg: LaunchConfig,
         p: &P,
         kind: LaunchKind,
+        cluster_y: u32,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         use cudarc::driver::sys;
-        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(2);
         match kind {
             LaunchKind::Plain => {
                 if self.poison_smem {
@@ -903,19 +917,33 @@ impl GpuEngine {
                         .arg(&pp)
                         .launch(poison)?;
                 }
-                return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ());
+                if cluster_y <= 1 {
+                    return self.stream.launch_builder(f).arg(p).launch(cfg).map(|_| ());
+                }
             }
             LaunchKind::Pdl => {
-                attr.id =
+                let mut a: sys::CUlaunchAttribute = std::mem::zeroed();
+                a.id =
                     sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-                attr.value.programmaticStreamSerializationAllowed = 1;
+                a.value.programmaticStreamSerializationAllowed = 1;
+                attrs.push(a);
             }
             LaunchKind::Cooperative => {
-                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-                attr.value.cooperative = 1;
+                let mut a: sys::CUlaunchAttribute = std::mem::zeroed();
+                a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                a.value.cooperative = 1;
+                attrs.push(a);
             }
         }
-        crate::cuda::launch_with_attribute(&self.ctx, &self.stream, f, cfg, p, attr)
+        if cluster_y > 1 {
+            let mut a: sys::CUlaunchAttribute = std::mem::zeroed();
+            a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            a.value.clusterDim.x = 1;
+            a.value.clusterDim.y = cluster_y;
+            a.value.clusterDim.z = 1;
+            attrs.push(a);
+        }
+        crate::cuda::launch_with_attributes(&self.ctx, &self.stream, f, cfg, p, &mut attrs)
     }
 
     fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
@@ -1120,8 +1148,9 @@ impl GpuEngine {
         };
         // SAFETY: as kernels::launch: x [k], y [n] fp16; qweight [k/8, n], scales/qzeros [groups, n
         // (/8)], perm [k] live buffers of this engine; the workspace holds n + n/32 zeroed words
-        // for every N of this model (sized for the widest linear); the plan checked the shape.
-        unsafe { self.launch_cfg(f, cfg, &p) }
+        // for every N of this model (sized for the widest linear); the plan checked the shape, and
+        // a cluster plan (v9: cluster_y = grid.y <= 8) only on sm_90 (checked at construction).
+        unsafe { self.launch_ex(f, cfg, &p, self.step_kind(), plan.cluster_y) }
             .ctx(&format!("{} ({}) K {} N {}", plan.symbol, v.name, l.k, l.n))
     }
 
@@ -2065,13 +2094,25 @@ mod tests {
         }
         assert!(int4_kernel_by_name("engine").unwrap().is_none());
         assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
-        let e = int4_kernel_by_name("gemv_v9_cluster")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("gemv_v9_cluster") && e.contains("cluster"),
-            "{e}"
-        );
+        // v9 runs in the engine (cluster launches, sm_90: GpuEngine::new checks min_sm); its
+        // plans on the decode shapes are clusters of at most 8 slices.
+        let v9 = int4_kernel_by_name("gemv_v9_cluster").unwrap().unwrap();
+        assert_eq!(v9.min_sm, 90);
+        for (k, n) in [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)] {
+            let p = gemv_plan(
+                v9,
+                &shape(k, n, 128, false, false),
+                1,
+                k,
+                n,
+                &Tunables::new(),
+            )
+            .unwrap();
+            assert!(
+                p.cluster_y == p.grid.1 && (1..=8).contains(&p.cluster_y),
+                "{k}x{n}: {p:?}"
+            );
+        }
         assert!(int4_kernel_by_name("gemv_v9").is_err());
     }
 

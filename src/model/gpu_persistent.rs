@@ -473,7 +473,7 @@ impl GpuEngine {
         // SAFETY: the params hold live buffers of this engine (the descriptors were built from
         // them and are kept with them); the grid is what the occupancy query allows resident, and
         // the cooperative launch refuses it otherwise.
-        unsafe { self.launch_ex(&p.func, cfg, &params, LaunchKind::Cooperative) }.ctx(&format!(
+        unsafe { self.launch_ex(&p.func, cfg, &params, LaunchKind::Cooperative, 1) }.ctx(&format!(
             "persistent decode layers {begin}..{end} (grid {})",
             p.grid
         ))
