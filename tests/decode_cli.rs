@@ -1,0 +1,44 @@
+//! `lab decode --backend gpu` bench flags that are refused before any device is opened: a bad
+//! value names its flag and what was expected, with or without a GPU, and nothing panics.
+
+use std::process::{Command, Output};
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .output()
+        .expect("run the lab binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_bench_lists_name_their_flag_before_touching_a_gpu() {
+    let bench = ["decode", "--backend", "gpu", "--model", "vicuna-7b"];
+    for (flag, value, expect) in [
+        ("--v6-one-per-sm", "32768,lots", "bytes per block"),
+        ("--prefill-list", "128,-5", "positive prompt lengths"),
+    ] {
+        let mut args = bench.to_vec();
+        args.extend([flag, value]);
+        let o = lab(&args);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{flag} {value}: {e}");
+        assert!(
+            e.contains(flag) && e.contains(expect),
+            "{flag} {value}: {e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    // A bad --prefill-int4 is clap's: it names the flag and the accepted values.
+    let mut args = bench.to_vec();
+    args.extend(["--prefill-int4", "fast"]);
+    let o = lab(&args);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("--prefill-int4") && e.contains("dequant"),
+        "{e}"
+    );
+}
