@@ -9,8 +9,8 @@
 use gptq_lab::cuda::gpu_or_skip;
 use gptq_lab::model::decode_bench::expected_weights;
 use gptq_lab::model::gpu_check::{
-    check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, tiny_config,
-    worst, TinyCase, CHECK_NEW, CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
+    check_checkpoint, check_long_context, check_tiny_case, check_v9_cluster, fixture_opts,
+    tiny_cases, tiny_config, worst, CHECK_NEW, CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
 };
 use gptq_lab::model::gpu_engine::{
     EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
@@ -37,9 +37,10 @@ fn gpu_engine_matches_the_f64_reference_op_by_op_on_random_tiny_models() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-/// gemv_v9_cluster in the engine (cluster launches, sm_90 only): every int4 tiny case with v9 as
-/// the int4 kernel, checked as the other kernels are (op by op, tokens in every mode incl. graph +
-/// PDL, whose launches then carry both the PDL and the cluster attribute).
+/// gemv_v9_cluster in the engine (cluster launches, sm_90 only) on a model whose every linear it
+/// splits over K (clusters of 2 and 5 blocks; `cluster_check_config`), checked as the tiny cases
+/// are (op by op, tokens in every mode incl. graph + PDL, whose launches then carry both the PDL
+/// and the cluster attribute).
 #[test]
 fn gpu_engine_runs_gemv_v9_cluster_on_sm_90() {
     let Some(gpu) = gpu_or_skip("gpu_engine_runs_gemv_v9_cluster_on_sm_90") else {
@@ -52,23 +53,15 @@ fn gpu_engine_runs_gemv_v9_cluster_on_sm_90() {
         );
         return;
     }
-    let v9 = gptq_lab::kernels::registry::by_name("gemv_v9_cluster").unwrap();
-    let mut failed = Vec::new();
-    for c in tiny_cases()
-        .into_iter()
-        .filter(|c| matches!(c.kind, WeightKind::Int4 { .. }) && c.int4.is_none())
-    {
-        let c = TinyCase {
-            int4: Some(v9),
-            ..c
-        };
-        let r = check_tiny_case(&gpu, &c)
-            .unwrap_or_else(|e| panic!("v9 {} chunk {}: {e}", c.kind.label(), c.chunk));
+    let reports = check_v9_cluster(&gpu).unwrap();
+    for r in &reports {
         eprintln!("{}", r.summary());
-        if !r.pass {
-            failed.push(r.summary());
-        }
     }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.pass)
+        .map(|r| r.summary())
+        .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 

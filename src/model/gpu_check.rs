@@ -1250,6 +1250,59 @@ pub fn check_long_context(gpu: &Gpu) -> Result<CheckReport> {
     )
 }
 
+/// A model whose every linear gemv_v9_cluster splits over K (v6's automatic split: 2 slices at
+/// K = 1024, 5 at the down projection's K = 2816), so its engine launches are real clusters of 2
+/// and 5 blocks; the tiny models' K of 64-192 give one slice, where v9 is v6 (no cluster).
+pub fn cluster_check_config() -> ModelConfig {
+    ModelConfig {
+        name: "tiny-cluster".into(),
+        hidden_size: 1024,
+        intermediate_size: 2816,
+        num_hidden_layers: 2,
+        num_attention_heads: 8,
+        num_key_value_heads: 8,
+        vocab_size: 320,
+        max_position_embeddings: 256,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+    }
+}
+
+/// gemv_v9_cluster in the engine on `cluster_check_config` (plain g128, act-order g128 sym,
+/// act-order g32), each checked as the tiny cases are: op by op against the f64 reference, tokens
+/// eager / graph / graph + PDL (cluster launches with the PDL attribute on sm_90).
+pub fn check_v9_cluster(gpu: &Gpu) -> Result<Vec<CheckReport>> {
+    let v9 = crate::kernels::registry::by_name("gemv_v9_cluster").ok_or_else(|| {
+        LabError::invalid("int4 kernel", "gemv_v9_cluster is not in the registry")
+    })?;
+    let cfg = cluster_check_config();
+    let mut out = Vec::new();
+    for (i, (group, act_order, sym)) in [(128, false, false), (128, true, true), (32, true, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let kind = WeightKind::Int4 {
+            group,
+            act_order,
+            sym,
+        };
+        let host = HostLlama::random(&cfg, 400 + i as u64, kind)?;
+        let mut o = check_opts(8, Fp16Backend::Cublas);
+        o.int4 = crate::model::gpu_engine::Int4Kernel::Variant(v9);
+        out.push(check_engine(
+            gpu,
+            &cfg,
+            &host,
+            &format!("random seed {}, gemv_v9_cluster", 400 + i),
+            &CHECK_PROMPT,
+            CHECK_NEW,
+            o,
+        )?);
+    }
+    Ok(out)
+}
+
 /// A small LLaMA with the tiny fixtures' shapes (GQA 4 heads over 2, head_dim 16).
 pub fn tiny_config() -> ModelConfig {
     ModelConfig {
@@ -1270,6 +1323,35 @@ pub fn tiny_config() -> ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_linear_of_the_cluster_check_launches_v9_as_a_cluster() {
+        // q|k|v and gate|up fused as the engine holds them; o and down.
+        use crate::kernels::launch::{plan, LayerShape, Tunables};
+        let cfg = cluster_check_config();
+        let v9 = crate::kernels::registry::by_name("gemv_v9_cluster").unwrap();
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let kv = cfg.num_key_value_heads * cfg.head_dim();
+        for (k, n, slices) in [(h, h + 2 * kv, 2), (h, h, 2), (h, 2 * i, 2), (i, h, 5)] {
+            for (group, perm) in [(128, false), (128, true), (32, true)] {
+                let s = LayerShape {
+                    k,
+                    n,
+                    group_size: group,
+                    g_idx: false,
+                    perm,
+                    bias: false,
+                    symmetric: false,
+                };
+                let p = plan(v9, &s, 1, k, n, &Tunables::new()).unwrap();
+                assert_eq!(
+                    (p.cluster_y, p.grid.1),
+                    (slices, slices),
+                    "{k}x{n} g{group}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn worst_scales_by_tolerance_and_flags_nan() {

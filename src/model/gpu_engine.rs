@@ -668,10 +668,14 @@ impl GpuEngine {
                     })?;
                     // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
                     // that plan's instantiation (t256) is loaded now too, before any capture.
+                    // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
+                    // then names the missing instantiation if the experiment is switched on).
                     let mut symbols = vec![p.symbol.clone()];
                     if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
                         let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
-                        symbols.push(gemv_plan(v, &shape, 1, q.k, q.n, &one)?.symbol);
+                        if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one) {
+                            symbols.push(p1.symbol);
+                        }
                     }
                     for sym in symbols {
                         if let std::collections::hash_map::Entry::Vacant(e) = gemv_fns.entry(sym) {

@@ -219,13 +219,14 @@ pub fn workspace_bytes(cfg: &ModelConfig, ctx: u64, batch: u64) -> u64 {
 pub const PREFILL_PLAN_SM: u32 = 80;
 
 /// GEMM-prefill workspace the GPU engine allocates at construction (its VRAM ledger's prefill
-/// line), bytes: `chunk` rows of activations, the GEMM split-K partials and the gemm_v2 repack
-/// scratch, from the engine's own `PrefillPlan` over the layer as it holds a checkpoint
+/// line), bytes: `chunk` rows of activations and the scratch shared by the GEMM path (split-K
+/// partials, gemm_v2 repack) and the dequant path (fp16 W), from the engine's own `PrefillPlan`
+/// over the layer as it holds a checkpoint
 /// (`checkpoint_int4_layer`; none for fp16), default int4 choice, sm_`PREFILL_PLAN_SM`. The chunk is
 /// clamped to the KV cache's `ctx` rows as `EngineOptions` does (a prompt never exceeds the
 /// cache); 0 rows = no GEMM prefill (token-by-token prompts), 0 bytes. Independent of the batch:
-/// the engine prefills one prompt at a time. `choice` is the engine's `--prefill-int4`
-/// (`Dequant` adds the fp16 scratch of the largest non-act-order linear).
+/// the engine prefills one prompt at a time. `choice` is the engine's `--prefill-int4` (auto and
+/// dequant hold the fp16 W of the largest linear where some chunk size dequantizes).
 pub fn prefill_bytes(
     cfg: &ModelConfig,
     dtype: WeightDtype,

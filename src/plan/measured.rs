@@ -165,6 +165,7 @@ mod tests {
                 "model": "m", "weights": {"kind": "Fp16"}, "int4_kernel": "",
                 "header": {"device": dev, "date": "d", "build": {}},
                 "points": [
+                    {"ctx": 1280, "achieved_gbs": 200.0, "graph_tokens_per_s": 3.0},
                     {"ctx": 128, "achieved_gbs": 100.0, "graph_tokens_per_s": 1.0},
                     {"ctx": 512, "achieved_gbs": 50.0, "graph_tokens_per_s": 2.0},
                 ],
@@ -174,16 +175,26 @@ mod tests {
         // spec = 1e9 kHz-bits... = 250 GB/s: 100 / 250 at ctx 128.
         let ok = measured(&run(vec![]), "m", WeightDtype::Fp16).unwrap();
         assert_eq!((ok.ctx, ok.efficiency), (128, 0.4));
-        // ctx 128's graph flagged: the next valid point; "ctx 1280" must not match "ctx 128".
+        // ctx 128's graph flagged: the next valid point (a flagged "ctx 1280" is not ctx 128's).
         let next = measured(
             &run(vec!["ctx 128 graph: step state flags 0x4"]),
             "m",
             WeightDtype::Fp16,
         );
         assert_eq!(next.unwrap().ctx, 512);
+        let other = measured(
+            &run(vec!["ctx 1280 graph: step state flags 0x4"]),
+            "m",
+            WeightDtype::Fp16,
+        );
+        assert_eq!(other.unwrap().ctx, 128);
         let eager_only = measured(&run(vec!["ctx 128 eager: flags"]), "m", WeightDtype::Fp16);
         assert_eq!(eager_only.unwrap().ctx, 128);
-        let all = run(vec!["ctx 128 graph: x", "ctx 512 graph: x"]);
+        let all = run(vec![
+            "ctx 128 graph: x",
+            "ctx 512 graph: x",
+            "ctx 1280 graph: x",
+        ]);
         assert!(measured(&all, "m", WeightDtype::Fp16).is_none());
     }
 

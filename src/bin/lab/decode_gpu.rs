@@ -81,7 +81,8 @@ pub struct GpuArgs {
     /// SM (so the next kernel's blocks fit beside it) at these prefetch budgets, bytes per block
     /// ('' = not timed). An experiment (notes/kernels.md "v6 at one block per SM"); generation
     /// never runs it.
-    #[arg(long, default_value = "32768,131072,262144", value_delimiter = ',')]
+    /// Off by default (the device check's decode-one-per-sm step passes 32768,131072,262144).
+    #[arg(long, default_value = "", value_delimiter = ',')]
     v6_one_per_sm: Vec<String>,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
@@ -378,6 +379,12 @@ fn print_run(r: &DecodeReport, secs: f64) {
             eprintln!(
                 "             graph + PDL {m:7.3} ms/tok {:7.1} tok/s",
                 1e3 / m
+            );
+        }
+        for (b, m) in &p.graph_pdl_v6_one_per_sm {
+            eprintln!(
+                "             graph + PDL, v6 at one block per SM, prefetch {:>3} KB {m:7.3} ms/tok",
+                b / 1024
             );
         }
     }

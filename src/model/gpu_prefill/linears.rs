@@ -1,8 +1,9 @@
 //! The linear layers of a prefill: which kernel computes an m-row linear (`int4_path`, listed in
 //! the module comment of mod.rs) and its launches. int4: the GEMM family (kernels::gemm) in row
 //! tiles of <= GEMM_ROWS, gemm_v2 reading a once-per-chunk repack into fragment order, an unfused
-//! slot's rows copied into its columns of the fused output; with `--prefill-int4 dequant`, an fp16
-//! scratch and cuBLAS (mod.rs); else the decode GEMV once per row.
+//! slot's rows copied into its columns of the fused output; dequant to an fp16 scratch + cuBLAS for
+//! chunks from `dequant_min_rows` under auto, every chunk under `--prefill-int4 dequant` (mod.rs);
+//! else the decode GEMV once per row (and always for a 1-row chunk).
 //! fp16: cuBLAS GemmEx over all m rows, or the lab fp16 GEMV once per row without cuBLAS.
 
 use super::*;

@@ -39,7 +39,8 @@ pub struct PrefillSizes {
     /// fp16 [GEMM_ROWS, widest unfused slot N]: a GEMM writes y with row stride n, so an unfused
     /// q/k/v or gate/up part lands here and is copied (2D) into its columns (0 when all fused).
     pub slot_y: usize,
-    /// fp16 [k, n] of the largest dequant-path linear (--prefill-int4 dequant; 0 otherwise).
+    /// fp16 [k, n] of the largest dequant-path linear (auto with chunks from its crossover, or
+    /// --prefill-int4 dequant; 0 when no chunk size takes that path).
     #[serde(default)]
     pub dequant: usize,
 }

@@ -489,6 +489,28 @@ fn dequant_emulation_writes_act_order_rows_back_to_their_checkpoint_rows() {
         let r = reorder_by_group(&l).unwrap();
         let perm = act.then_some(r.perm.as_slice());
         assert_eq!(emulate::dequant_f16(&r.layer, perm), want, "{k}x{n} g{g}");
+        // Groups of unequal size (an act-order checkpoint whose g_idx is not GPTQ's equal split):
+        // the reorder keeps the sorted g_idx, which the kernel then reads per row.
+        if act {
+            let uneven: Vec<i32> = (0..k)
+                .map(|i| ((i * 7 % k) % 5).min(k / g - 1) as i32)
+                .collect();
+            let lu = quantize_rtn(&w, k, n, g as i32, sym, Some(uneven)).unwrap();
+            let ru = reorder_by_group(&lu).unwrap();
+            assert!(
+                ru.layer.g_idx.is_some(),
+                "{k}x{n} g{g}: groups should stay uneven"
+            );
+            let want_u: Vec<f16> = crate::reference::dequantize(&lu)
+                .into_iter()
+                .map(f16::from_f64)
+                .collect();
+            assert_eq!(
+                emulate::dequant_f16(&ru.layer, Some(&ru.perm)),
+                want_u,
+                "{k}x{n} g{g} uneven"
+            );
+        }
         if act {
             // Without the scatter the rows stay sorted: the bug the perm pointer fixes.
             assert_ne!(emulate::dequant_f16(&r.layer, None), want, "{k}x{n} g{g}");
