@@ -351,10 +351,10 @@ fn prefill_parts(p: &Plan) -> String {
 /// What the prefill column holds, with the chunk it was sized for.
 fn prefill_note(p: &Plan) -> String {
     if p.prefill_chunk == 0 {
-        return "prefill = 0: no GEMM-prefill workspace (--prefill-chunk 0: the engine runs prompts token by token)".into();
+        return "prefill = 0: no prefill workspace (--prefill-chunk 0: the engine runs prompts token by token)".into();
     }
     format!(
-        "prefill = the engine's GEMM-prefill workspace for chunks of up to {} rows (--prefill-chunk, clamped to ctx): \
+        "prefill = the engine's prefill workspace for chunks of up to {} rows (--prefill-chunk, clamped to ctx): \
          {} (gpu_engine::PrefillPlan, sized as on an sm_{}+ card; \
          allocated once when the engine is built, so it counts even for decode-only runs)",
         p.prefill_chunk,
