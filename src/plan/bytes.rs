@@ -212,6 +212,41 @@ pub fn workspace_bytes(cfg: &ModelConfig, ctx: u64, batch: u64) -> u64 {
     batch * per_seq + SPLITK_MAX_SLICES * batch * max_n * 4
 }
 
+/// Device memory the engine's cuBLAS handle costs where it makes one (fp16 linears, or an int4
+/// prefill that dequantizes for cuBLAS): the handle's own allocations plus the 32 MiB workspace the
+/// engine gives it. Measured, H100 run 10 (driver 580, CUDA 13 cuBLAS): the decode workspace's
+/// driver reading was 98.0 MiB for both fp16 engines (32.6 MiB of it the engine's own buffers),
+/// 0.0 for the int4 engines that made no handle. Another cuBLAS may differ by some MiB: an
+/// allowance, like the CUDA context's.
+pub const CUBLAS_BYTES: u64 = 98 << 20;
+
+/// `CUBLAS_BYTES` where the engine built for this plan makes a cuBLAS handle, else 0: fp16 weights
+/// (the default cuBLAS backend), or int4 whose prefill (chunk clamped to `ctx`, `choice`) has a
+/// chunk size that dequantizes (gpu_engine::PrefillPlan::dequant, as the engine decides).
+pub fn cublas_bytes(
+    cfg: &ModelConfig,
+    dtype: WeightDtype,
+    group_size: i32,
+    act_order: bool,
+    chunk: u64,
+    ctx: u64,
+    choice: PrefillInt4,
+) -> u64 {
+    let uses = match dtype {
+        WeightDtype::Fp16 => true,
+        WeightDtype::Int4 => {
+            let int4 = checkpoint_int4_layer(cfg, group_size, act_order);
+            let rows = chunk.min(ctx) as usize;
+            PrefillPlan::new(cfg, rows, choice, PREFILL_PLAN_SM, int4).is_some_and(|p| p.dequant)
+        }
+    };
+    if uses {
+        CUBLAS_BYTES
+    } else {
+        0
+    }
+}
+
 /// The GPU generation the planner sizes the prefill for: sm_80 or newer (Ampere, Ada, Hopper:
 /// every card in `cards::CARDS` but the T4) runs the int4 prefill GEMMs on gemm_v2_mma, which
 /// needs the repack scratch. An sm_75 card (T4) takes gemm_v1_simt and the engine allocates the

@@ -18,9 +18,10 @@ const GIB: u64 = 1 << 30;
 
 /// Memory the CUDA context costs before any tensor is allocated: the primary context with its
 /// module images and per-SM local-memory reserve (about 300-450 MiB on Ampere/Ada/Hopper with
-/// lazy loading, as `nvidia-smi` shows for an idle process), the cuBLAS handle and its workspace
-/// (tens of MiB), and the allocator's rounding of many buffers. 512 MiB covers all of it with a
-/// little margin; `lab plan --context-mib` overrides it.
+/// lazy loading, as `nvidia-smi` shows for an idle process) and the allocator's rounding of many
+/// buffers. 512 MiB covers it with a little margin; `lab plan --context-mib` overrides it. The
+/// cuBLAS handle and its workspace, where the engine makes one, are counted in the workspace
+/// (`bytes::CUBLAS_BYTES`).
 pub const CUDA_CONTEXT_BYTES: u64 = 512 * MIB;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -15,8 +15,8 @@ pub mod fit;
 pub mod measured;
 
 pub use bytes::{
-    kv_cache_bytes, prefill_bytes, workspace_bytes, LinearBytes, PartBytes, WeightBytes,
-    WeightDtype, PREFILL_PLAN_SM,
+    cublas_bytes, kv_cache_bytes, prefill_bytes, workspace_bytes, LinearBytes, PartBytes,
+    WeightBytes, WeightDtype, CUBLAS_BYTES, PREFILL_PLAN_SM,
 };
 pub use cards::{Card, CARDS, CUDA_CONTEXT_BYTES, GENERIC_SIZES_GIB};
 pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuant};
@@ -155,11 +155,26 @@ impl PlanSpec {
         )
     }
 
+    /// The decode workspace at `ctx` and, where the engine makes one, its cuBLAS handle
+    /// (`bytes::cublas_bytes`: fp16, or an int4 prefill that dequantizes at this chunk).
+    pub fn workspace_bytes_at(&self, ctx: u64) -> u64 {
+        workspace_bytes(&self.model, ctx, self.batch)
+            + cublas_bytes(
+                &self.model,
+                self.dtype,
+                self.group_size,
+                self.act_order,
+                self.prefill_chunk,
+                ctx,
+                self.prefill_int4,
+            )
+    }
+
     /// Everything but the context-dependent parts, plus those at `ctx`.
     fn total_with(&self, weights: u64, ctx: u64) -> u64 {
         weights
             + kv_cache_bytes(&self.model, ctx, self.batch)
-            + workspace_bytes(&self.model, ctx, self.batch)
+            + self.workspace_bytes_at(ctx)
             + self.prefill_bytes_at(ctx)
             + self.cuda_context_bytes
     }
@@ -173,7 +188,7 @@ impl PlanSpec {
         self.validate()?;
         let weights = self.weights();
         let kv = kv_cache_bytes(&self.model, self.ctx, self.batch);
-        let ws = workspace_bytes(&self.model, self.ctx, self.batch);
+        let ws = self.workspace_bytes_at(self.ctx);
         let prefill = self.prefill_bytes_at(self.ctx);
         let total = self.total_with(weights.total, self.ctx);
         let int4 = self.dtype == WeightDtype::Int4;

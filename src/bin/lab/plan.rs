@@ -315,7 +315,8 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     }
     println!("\n{}", first.g_idx_note);
     println!(
-        "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes)"
+        "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes), \
+         + 98 MiB for the cuBLAS handle and its workspace where the engine makes one (fp16 weights, or an int4 prefill that dequantizes; measured on the H100)"
     );
     println!("{}", prefill_note(first));
 }
