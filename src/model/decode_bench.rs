@@ -456,6 +456,20 @@ fn time_persistent(
     barriers
 }
 
+/// The `--prefill-int4` to plan a recorded run with: its own, except that `auto` recorded with no
+/// dequant path in `prefill_paths` planned only the GEMM family. Runs recorded before auto learned
+/// the dequant crossover (reports of 2026-11-27's runs 9-10) said "auto" for that, and so does a
+/// run whose chunk never reaches the crossover; `v2` plans exactly that (no fp16 W, no cuBLAS).
+/// fp16 runs keep theirs (they have no int4 linear).
+fn planned_prefill_int4(r: &DecodeReport) -> PrefillInt4 {
+    let int4 = matches!(r.weights.kind, WeightKind::Int4 { .. });
+    let dequantized = r.prefill_paths.iter().any(|p| p.contains("Dequant"));
+    match r.prefill_int4 {
+        PrefillInt4::Auto if int4 && !dequantized => PrefillInt4::GemmV2,
+        c => c,
+    }
+}
+
 /// One table cell of a prefetch sweep: "0 KB: 1.550, 64 KB: 1.450", or "-".
 fn budget_cells(sweep: &[(u32, f64)]) -> String {
     if sweep.is_empty() {
@@ -899,7 +913,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             r.max_ctx as u64,
             r.prefill_chunk as u64,
         );
-        spec.prefill_int4 = r.prefill_int4;
+        spec.prefill_int4 = planned_prefill_int4(r);
         let plan = spec.plan().ok();
         let pl = |f: fn(&Plan) -> u64| plan.as_ref().map_or("-".into(), |p| g(f(p)));
         md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested; planner = `lab plan`'s prediction for this run (context: its allowance; peak: its total).\n\n");
@@ -1214,6 +1228,27 @@ mod tests {
         assert!((p.achieved_gbs - 1116.0).abs() < 1e-6);
     }
 
+    #[test]
+    fn a_recorded_auto_without_a_dequant_path_is_planned_as_the_gemm_family() {
+        let kind = WeightKind::Int4 {
+            group: 128,
+            act_order: false,
+            sym: false,
+        };
+        let mut r = recorded(ModelConfig::vicuna_7b(), kind, &[(128, 2.0, 2.2)]);
+        r.prefill_int4 = PrefillInt4::Auto;
+        // Run 10 recorded "auto" with GEMM paths only (auto had no dequant then).
+        r.prefill_paths = vec!["4096 x 12288: GemmV2".into()];
+        assert_eq!(planned_prefill_int4(&r), PrefillInt4::GemmV2);
+        r.prefill_paths = vec!["4096 x 12288: GemmV2 (2-255 rows), Dequant (256-512 rows)".into()];
+        assert_eq!(planned_prefill_int4(&r), PrefillInt4::Auto);
+        r.prefill_int4 = PrefillInt4::Dequant;
+        assert_eq!(planned_prefill_int4(&r), PrefillInt4::Dequant);
+        r.prefill_int4 = PrefillInt4::GemmV1;
+        r.prefill_paths.clear();
+        assert_eq!(planned_prefill_int4(&r), PrefillInt4::GemmV1);
+    }
+
     pub(crate) fn recorded(
         model: ModelConfig,
         kind: WeightKind,
@@ -1333,9 +1368,10 @@ mod tests {
         // 115 MiB is not the engine's exact sizing, so the report says they differ), none for
         // the fp16 run, whose planned total then has no prefill in it.
         let gib = |b: u64| format!("{:.2}", b as f64 / GIB);
-        let p0 = PlanSpec::of_engine_run(ModelConfig::vicuna_7b(), int4(false), 2100, 512)
-            .plan()
-            .unwrap();
+        // The recorded int4 run lists no dequant path, so it is planned as the GEMM family.
+        let mut s0 = PlanSpec::of_engine_run(ModelConfig::vicuna_7b(), int4(false), 2100, 512);
+        s0.prefill_int4 = PrefillInt4::GemmV2;
+        let p0 = s0.plan().unwrap();
         assert!(
             md.contains(&format!(
                 "| prefill workspace (512 rows) | {} | {} | {} |",
@@ -1346,7 +1382,7 @@ mod tests {
             "{md}"
         );
         assert!(md.contains(&format!(
-            "Planner: `lab plan --model vicuna-7b --group 128 --ctx 2100 --prefill-chunk 512`. Prefill workspace, exact bytes: engine {}, planner {} (DIFFER",
+            "Planner: `lab plan --model vicuna-7b --group 128 --ctx 2100 --prefill-chunk 512 --prefill-int4 v2`. Prefill workspace, exact bytes: engine {}, planner {} (DIFFER",
             115u64 << 20,
             p0.prefill_bytes
         )), "{md}");
