@@ -11,7 +11,7 @@
 //! where ctx is the mean number of cached positions a timed step attends (a step at position p
 //! reads p + 1 rows). Activations (a few KB per op) stay in L2 and are left out.
 //!
-//! Prefill is reported separately (`PrefillPoint`): one GEMM prefill of N prompt tokens from
+//! Prefill is reported separately (`PrefillPoint`): one prefill (GEMM family or dequant + cuBLAS per chunk) of N prompt tokens from
 //! position 0 (128/512/1024/2048 by default), timed with CUDA events, tokens/s and the linear
 //! layers' TFLOP/s (2 x linear parameters x tokens: prefill is compute-bound, not a bandwidth
 //! roofline).
@@ -675,7 +675,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     // Prefill last: it overwrites the cache rows it covers (the decode timings are done).
     let mut prefill = Vec::new();
     if !plan.prefill_lens.is_empty() {
-        notes.push(format!("prefill: one GEMM prefill of N random token ids from position 0 after one untimed prefill of the same length, CUDA events around the whole call (chunks of {} rows; int4 paths: {})", eng.prefill_chunk(), eng.prefill_int4_paths().join(", ")));
+        notes.push(format!("prefill: one prefill of N random token ids from position 0 after one untimed prefill of the same length, CUDA events around the whole call (chunks of {} rows; int4 paths, --prefill-int4 {}: {})", eng.prefill_chunk(), eng.prefill_int4().flag(), eng.prefill_int4_paths().join("; ")));
     }
     let vocab = plan.cfg.vocab_size as u64;
     for &n in &plan.prefill_lens {
@@ -866,7 +866,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
             md.push_str(&format!(
-                "\nPrefill (GEMM, chunks of {} rows; timed separately from decode):\n\n",
+                "\nPrefill (chunks of {} rows, int4 paths in the notes below; timed separately from decode):\n\n",
                 r.prefill_chunk
             ));
             let rows: Vec<Vec<String>> = r
