@@ -238,7 +238,43 @@ pub fn run_family_with(
         rows,
         skipped,
     };
-    write_sweep(dir, &report)
+    write_sweep(dir, &report)?;
+    // Written first (the rows are the evidence), then refused.
+    match implausible(&report) {
+        Some(why) => Err(crate::LabError::invalid("sweep timings", why)),
+        None => Ok(()),
+    }
+}
+
+/// Rows moving at least this many bytes are the plausibility check's evidence (a launch that
+/// small could be fixed-cost bound even when timed right).
+const PLAUSIBLE_MIN_BYTES: u64 = 8_000_000;
+/// ... and if every one of them reaches less than this share of the read ceiling, the event pairs
+/// timed something else. The 2026-11-26 17:05 H100 run: every row ~9.5 ms (a host symbol lookup
+/// per launch inside the event window), 0.1-0.3% of the ceiling; the slowest valid m = 1 rows
+/// since then are above 25%.
+const PLAUSIBLE_MIN_PCT: f64 = 5.0;
+
+/// Why a sweep's timings cannot be the kernels' (None when they can): every row of >= 8 MB
+/// moved below 5% of the read ceiling. One slow variant is a finding; all of them at once is the
+/// harness (host work inside the events).
+pub fn implausible(r: &SweepReport) -> Option<String> {
+    let big: Vec<&SweepRow> = r
+        .rows
+        .iter()
+        .filter(|x| x.bytes >= PLAUSIBLE_MIN_BYTES)
+        .collect();
+    if big.is_empty() || big.iter().any(|x| x.pct_read_ceiling >= PLAUSIBLE_MIN_PCT) {
+        return None;
+    }
+    let best = big
+        .iter()
+        .map(|x| x.pct_read_ceiling)
+        .fold(0.0f64, f64::max);
+    Some(format!(
+        "every one of the {} rows of >= 8 MB moved its bytes at < {PLAUSIBLE_MIN_PCT}% of the read ceiling (best {best:.2}%): the event pairs are timing host work, not the kernels (the report is written, marked SUSPECT)",
+        big.len()
+    ))
 }
 
 /// `<family>.json` (the record), then its markdown and plot.
@@ -256,8 +292,11 @@ pub fn write_sweep_views(dir: &Path, r: &SweepReport) -> Result<()> {
             format!("family '{}': expected gemv or gemm", r.family),
         ));
     }
+    let suspect = implausible(r).map_or(String::new(), |why| {
+        format!("\n**SUSPECT timings:** {why}.\n")
+    });
     let mut md = format!(
-        "# {} sweep{}\n\n{}{}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n{}\n",
+        "# {} sweep{}\n\n{}{}{suspect}\nCold weights (rotated over copies exceeding 2x L2), CUDA events, interquartile mean of {} launches.\nGroup 128, symmetric, default tunables.\n{}\n",
         r.family,
         if r.quick { " (quick)" } else { "" },
         r.header.markdown(),
@@ -478,6 +517,37 @@ mod tests {
         }
         assert!(dir.path().join("gemv-roofline.svg").is_file());
         assert!(dir.path().join("gemm-speedup.svg").is_file());
+    }
+
+    #[test]
+    fn a_sweep_where_every_large_row_is_far_below_the_ceiling_is_refused() {
+        let mk = |pcts: &[(u64, f64)]| SweepReport {
+            header: ReportHeader::new(&crate::cuda::device::test_device("X", (9, 0), 132), None),
+            family: "gemv".into(),
+            quick: true,
+            rows: pcts
+                .iter()
+                .map(|&(bytes, pct)| {
+                    let mut x = row("v", 1, 10.0);
+                    x.bytes = bytes;
+                    x.pct_read_ceiling = pct;
+                    x
+                })
+                .collect(),
+            skipped: vec![],
+        };
+        // The 17:05 run: every row ~0.2% of the ceiling.
+        let bad = mk(&[(23_000_000, 0.2), (36_000_000, 0.3), (1_000_000, 0.1)]);
+        assert!(implausible(&bad).unwrap().contains("2 rows"));
+        // One slow variant among plausible ones is a finding, not the harness.
+        assert!(implausible(&mk(&[(23_000_000, 0.2), (23_000_000, 55.0)])).is_none());
+        // Small launches alone prove nothing either way.
+        assert!(implausible(&mk(&[(1_000_000, 0.1)])).is_none());
+        // The markdown says so.
+        let dir = tempfile::tempdir().unwrap();
+        write_sweep_views(dir.path(), &bad).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("gemv.md")).unwrap();
+        assert!(md.contains("**SUSPECT timings:**"), "{md}");
     }
 
     #[test]
