@@ -93,7 +93,8 @@ pub fn expected_weights(cfg: &ModelConfig, kind: WeightKind) -> Result<WeightsDe
                 k / 2 * n
                     + groups * n * 2
                     + if sym { 0 } else { groups * n / 2 }
-                    + if act_order { k * 4 } else { 0 }
+                    // The permutation, where there is a channel order (more than one group).
+                    + if act_order && g < k { k * 4 } else { 0 }
             }
         };
     }
@@ -456,16 +457,17 @@ fn time_persistent(
     barriers
 }
 
-/// The `--prefill-int4` to plan a recorded run with: its own, except that `auto` recorded with no
-/// dequant path in `prefill_paths` planned only the GEMM family. Runs recorded before auto learned
-/// the dequant crossover (reports of 2026-11-27's runs 9-10) said "auto" for that, and so does a
-/// run whose chunk never reaches the crossover; `v2` plans exactly that (no fp16 W, no cuBLAS).
-/// fp16 runs keep theirs (they have no int4 linear).
+/// The `--prefill-int4` to plan a recorded run with: its own, except that an int4 `auto` with a
+/// prefill but no dequant path in `prefill_paths` planned only the GEMM family. Reports recorded
+/// before auto learned the dequant crossover (2026-11-27's runs 9-10, which have no
+/// `prefill_int4` field: serde reads auto) ran exactly that, and so does a run whose chunk never
+/// reaches the crossover; `v2` plans it (no fp16 W, no cuBLAS). fp16 runs and runs without a
+/// prefill keep theirs (nothing to plan differently).
 fn planned_prefill_int4(r: &DecodeReport) -> PrefillInt4 {
     let int4 = matches!(r.weights.kind, WeightKind::Int4 { .. });
     let dequantized = r.prefill_paths.iter().any(|p| p.contains("Dequant"));
     match r.prefill_int4 {
-        PrefillInt4::Auto if int4 && !dequantized => PrefillInt4::GemmV2,
+        PrefillInt4::Auto if int4 && r.prefill_chunk > 0 && !dequantized => PrefillInt4::GemmV2,
         c => c,
     }
 }
@@ -914,6 +916,8 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             r.prefill_chunk as u64,
         );
         spec.prefill_int4 = planned_prefill_int4(r);
+        // fp16 linears made a cuBLAS handle only on the cuBLAS backend (the engine records it).
+        spec.fp16_cublas = r.fp16_backend != Some(Fp16Backend::Lab);
         let plan = spec.plan().ok();
         let pl = |f: fn(&Plan) -> u64| plan.as_ref().map_or("-".into(), |p| g(f(p)));
         md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested; planner = `lab plan`'s prediction for this run (context: its allowance; peak: its total).\n\n");
@@ -1237,6 +1241,7 @@ mod tests {
         };
         let mut r = recorded(ModelConfig::vicuna_7b(), kind, &[(128, 2.0, 2.2)]);
         r.prefill_int4 = PrefillInt4::Auto;
+        r.prefill_chunk = 512;
         // Run 10 recorded "auto" with GEMM paths only (auto had no dequant then).
         r.prefill_paths = vec!["4096 x 12288: GemmV2".into()];
         assert_eq!(planned_prefill_int4(&r), PrefillInt4::GemmV2);
@@ -1247,6 +1252,10 @@ mod tests {
         r.prefill_int4 = PrefillInt4::GemmV1;
         r.prefill_paths.clear();
         assert_eq!(planned_prefill_int4(&r), PrefillInt4::GemmV1);
+        // No prefill: nothing to plan differently, the command keeps auto (no flag).
+        r.prefill_int4 = PrefillInt4::Auto;
+        r.prefill_chunk = 0;
+        assert_eq!(planned_prefill_int4(&r), PrefillInt4::Auto);
     }
 
     pub(crate) fn recorded(

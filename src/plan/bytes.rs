@@ -215,14 +215,16 @@ pub fn workspace_bytes(cfg: &ModelConfig, ctx: u64, batch: u64) -> u64 {
 /// Device memory the engine's cuBLAS handle costs where it makes one (fp16 linears, or an int4
 /// prefill that dequantizes for cuBLAS): the handle's own allocations plus the 32 MiB workspace the
 /// engine gives it. Measured, H100 run 10 (driver 580, CUDA 13 cuBLAS): the decode workspace's
-/// driver reading was 98.0 MiB for both fp16 engines (32.6 MiB of it the engine's own buffers),
-/// 0.0 for the int4 engines that made no handle. Another cuBLAS may differ by some MiB: an
-/// allowance, like the CUDA context's.
-pub const CUBLAS_BYTES: u64 = 98 << 20;
+/// driver reading was 98.0 MiB for both fp16 engines, of which ~0.6 MiB are the decode buffers
+/// `workspace_bytes` counts already, and 0.0 for the int4 engines that made no handle. Another
+/// cuBLAS may differ by some MiB: an allowance, like the CUDA context's.
+pub const CUBLAS_BYTES: u64 = 97 << 20;
 
 /// `CUBLAS_BYTES` where the engine built for this plan makes a cuBLAS handle, else 0: fp16 weights
-/// (the default cuBLAS backend), or int4 whose prefill (chunk clamped to `ctx`, `choice`) has a
-/// chunk size that dequantizes (gpu_engine::PrefillPlan::dequant, as the engine decides).
+/// through cuBLAS (`fp16_cublas`, the engine's default backend), or int4 whose prefill (chunk
+/// clamped to `ctx`, `choice`) has a chunk size that dequantizes (gpu_engine::PrefillPlan::dequant,
+/// as the engine decides).
+#[allow(clippy::too_many_arguments)]
 pub fn cublas_bytes(
     cfg: &ModelConfig,
     dtype: WeightDtype,
@@ -231,9 +233,10 @@ pub fn cublas_bytes(
     chunk: u64,
     ctx: u64,
     choice: PrefillInt4,
+    fp16_cublas: bool,
 ) -> u64 {
     let uses = match dtype {
-        WeightDtype::Fp16 => true,
+        WeightDtype::Fp16 => fp16_cublas,
         WeightDtype::Int4 => {
             let int4 = checkpoint_int4_layer(cfg, group_size, act_order);
             let rows = chunk.min(ctx) as usize;

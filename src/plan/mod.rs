@@ -53,6 +53,9 @@ pub struct PlanSpec {
     /// fp16 scratch to the prefill workspace.
     pub prefill_int4: PrefillInt4,
     pub cuda_context_bytes: u64,
+    /// fp16 linears through cuBLAS (the engine's default backend; false: the lab fp16 GEMV, no
+    /// cuBLAS handle for them).
+    pub fp16_cublas: bool,
 }
 
 impl PlanSpec {
@@ -69,6 +72,7 @@ impl PlanSpec {
             prefill_chunk: DEFAULT_PREFILL_CHUNK as u64,
             prefill_int4: PrefillInt4::Auto,
             cuda_context_bytes: CUDA_CONTEXT_BYTES,
+            fp16_cublas: true,
         }
     }
 
@@ -167,6 +171,7 @@ impl PlanSpec {
                 self.prefill_chunk,
                 ctx,
                 self.prefill_int4,
+                self.fp16_cublas,
             )
     }
 

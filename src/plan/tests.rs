@@ -135,7 +135,7 @@ fn prefill_bytes_are_the_engines_for_vicuna_7b_and_13b() {
 }
 
 #[test]
-fn the_total_grows_by_exactly_the_prefill_workspace() {
+fn the_total_grows_by_the_prefill_workspace_and_the_handle_it_needs() {
     for dtype in [WeightDtype::Int4, WeightDtype::Fp16] {
         let with = PlanSpec::new(ModelConfig::vicuna_13b(), dtype, 128, 2048);
         let mut without = with.clone();
@@ -590,4 +590,56 @@ fn the_dequant_prefill_scratch_is_the_fp16_w_of_the_widest_linear_and_auto_plans
         assert_eq!(PrefillInt4::parse(flag).unwrap().flag(), flag);
     }
     assert!(PrefillInt4::parse("fast").unwrap_err().contains("dequant"));
+}
+
+#[test]
+fn the_cublas_allowance_is_counted_exactly_where_the_engine_makes_a_handle() {
+    use crate::model::gpu_engine::PrefillInt4;
+    let m = ModelConfig::vicuna_7b();
+    let at = |dtype, act: bool, chunk: u64, ctx: u64, choice| {
+        cublas_bytes(&m, dtype, 128, act, chunk, ctx, choice, true)
+    };
+    let int4 = WeightDtype::Int4;
+    // auto: plain layers dequantize from 256 rows, act-order from 128.
+    assert_eq!(at(int4, false, 200, 2048, PrefillInt4::Auto), 0);
+    assert_eq!(at(int4, true, 200, 2048, PrefillInt4::Auto), CUBLAS_BYTES);
+    assert_eq!(at(int4, false, 256, 2048, PrefillInt4::Auto), CUBLAS_BYTES);
+    // The chunk is clamped to the cache: a 512-row chunk at ctx 200 is a 200-row one.
+    assert_eq!(at(int4, false, 512, 200, PrefillInt4::Auto), 0);
+    assert_eq!(at(int4, false, 512, 300, PrefillInt4::Auto), CUBLAS_BYTES);
+    // dequant: every chunk of 2+ rows; a 1-row chunk (or none) is the decode GEMV.
+    assert_eq!(at(int4, false, 2, 2048, PrefillInt4::Dequant), CUBLAS_BYTES);
+    assert_eq!(at(int4, false, 1, 2048, PrefillInt4::Dequant), 0);
+    assert_eq!(at(int4, false, 0, 2048, PrefillInt4::Dequant), 0);
+    // The GEMM family and the per-row GEMV never need cuBLAS.
+    for c in [
+        PrefillInt4::GemmV2,
+        PrefillInt4::GemmV1,
+        PrefillInt4::RowGemv,
+    ] {
+        assert_eq!(at(int4, true, 512, 2048, c), 0, "{c:?}");
+    }
+    // fp16: on the cuBLAS backend only, whatever the prefill.
+    assert_eq!(
+        at(WeightDtype::Fp16, false, 0, 2048, PrefillInt4::Auto),
+        CUBLAS_BYTES
+    );
+    assert_eq!(
+        cublas_bytes(
+            &m,
+            WeightDtype::Fp16,
+            -1,
+            false,
+            512,
+            2048,
+            PrefillInt4::Auto,
+            false
+        ),
+        0
+    );
+    // And the plan's workspace carries it.
+    let mut s = PlanSpec::new(m.clone(), WeightDtype::Fp16, -1, 2048);
+    let with = s.plan().unwrap().workspace_bytes;
+    s.fp16_cublas = false;
+    assert_eq!(with - s.plan().unwrap().workspace_bytes, CUBLAS_BYTES);
 }

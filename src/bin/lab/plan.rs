@@ -7,8 +7,8 @@ use gptq_lab::model::gpu_engine::{
     PrefillInt4, DEFAULT_PREFILL_CHUNK, DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER,
 };
 use gptq_lab::plan::{
-    cards, gb, Plan, PlanSpec, WeightDtype, CUDA_CONTEXT_BYTES, DEFAULT_CTXS, DEFAULT_GROUPS,
-    GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
+    cards, gb, Plan, PlanSpec, WeightDtype, CUBLAS_BYTES, CUDA_CONTEXT_BYTES, DEFAULT_CTXS,
+    DEFAULT_GROUPS, GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
 };
 use std::path::PathBuf;
 
@@ -316,7 +316,8 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     println!("\n{}", first.g_idx_note);
     println!(
         "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes), \
-         + 98 MiB for the cuBLAS handle and its workspace where the engine makes one (fp16 weights, or an int4 prefill that dequantizes; measured on the H100)"
+         + {} MiB for the cuBLAS handle and its workspace where the engine makes one (fp16 weights, or an int4 prefill that dequantizes; an allowance measured on the H100)",
+        CUBLAS_BYTES >> 20
     );
     println!("{}", prefill_note(first));
 }
