@@ -48,9 +48,10 @@ mod prefill;
 use persistent::{LaunchKind, Persistent};
 pub use prefill::{
     attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, chunks, dequant_min_rows,
-    describe_paths, int4_path, paths_by_rows, row_tiles, Int4Path, PrefillInt4, PrefillLogits,
-    PrefillMode, PrefillPlan, PrefillSizes, ScratchPart, DEFAULT_PREFILL_CHUNK, DEQUANT_MIN_ROWS,
-    DEQUANT_MIN_ROWS_ACT_ORDER, GEMM_ROWS,
+    describe_paths, int4_path, paths_by_rows, prefill_choice_for_memory, row_tiles, Int4Path,
+    PrefillInt4, PrefillLogits, PrefillMode, PrefillPlan, PrefillSizes, ScratchPart,
+    DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM, DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER,
+    GEMM_ROWS,
 };
 
 /// Positions per attention split block. 256 (was 128 until attention v4): a 7B / 13B grid at
@@ -584,6 +585,17 @@ impl GpuEngine {
         // The int4 prefill through dequant + cuBLAS needs the handle too: where some chunk size
         // takes that path for some int4 linear (prefill::paths_by_rows).
         let chunk = opts.prefill_chunk.min(opts.max_ctx);
+        // Auto's dequant (fp16 W of the widest linear + a cuBLAS handle) only where the card has
+        // the room: else the GEMM family's smaller plan (prefill::prefill_choice_for_memory).
+        if opts.prefill_int4 == PrefillInt4::Auto {
+            if let Some(p) = prefill::plan_for(cfg, &weights, chunk, PrefillInt4::Auto, gpu.sm()) {
+                if p.dequant {
+                    let need = p.sizes.bytes() + crate::plan::CUBLAS_BYTES;
+                    opts.prefill_int4 =
+                        prefill_choice_for_memory(opts.prefill_int4, need, free_now(&ctx)?);
+                }
+            }
+        }
         let dequant_prefill = all_linears().any(|l| match l {
             GpuLinear::Int4(q) => {
                 paths_by_rows(opts.prefill_int4, &layer_shape(q), gpu.sm(), chunk)

@@ -71,6 +71,7 @@ pub use sizes::{
     attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, PrefillPlan, PrefillSizes, ScratchPart,
 };
 use workspace::int4_linears;
+pub(super) use workspace::plan_for;
 pub(super) use workspace::Prefill;
 
 /// Default rows per prefill chunk: 512 rows of 7B activations are ~63 MB; 512 rows per GEMM
@@ -91,7 +92,8 @@ pub enum PrefillMode {
 pub enum PrefillInt4 {
     /// Per linear and chunk: dequant + cuBLAS from `dequant_min_rows` rows (256, act-order 128),
     /// below that gemm_v2_mma on sm_80+, else gemm_v1_simt on sm_75+, else per-row GEMV. Without
-    /// libcublas the engine runs it as `GemmV2` (and its reports say so).
+    /// libcublas, or without the free memory for the dequant's W and the cuBLAS handle
+    /// (`prefill_choice_for_memory`), the engine runs it as `GemmV2` (and its reports say so).
     #[default]
     Auto,
     /// The GEMM family for every chunk: gemm_v2_mma, else gemm_v1_simt, else per row.
@@ -128,6 +130,22 @@ impl PrefillInt4 {
             PrefillInt4::RowGemv => "rows",
             PrefillInt4::Dequant => "dequant",
         }
+    }
+}
+
+/// Free device memory auto's dequant path must leave besides its own bytes (the prefill
+/// workspace and the cuBLAS handle): graph captures, module loads and the allocator's rounding.
+pub const DEQUANT_HEADROOM: u64 = 256 << 20;
+
+/// The `--prefill-int4` an engine runs with, given `free` device bytes when it plans the prefill:
+/// `auto` whose plan dequantizes (`auto_bytes` = its prefill workspace + the cuBLAS handle it
+/// would create) keeps the GEMM family's smaller plan (`v2`) where those bytes and the headroom do
+/// not fit: a card that held the model before auto learned the dequant still holds it. Any
+/// explicit choice stands (and fails as asked where memory is short).
+pub fn prefill_choice_for_memory(choice: PrefillInt4, auto_bytes: u64, free: u64) -> PrefillInt4 {
+    match choice {
+        PrefillInt4::Auto if auto_bytes + DEQUANT_HEADROOM > free => PrefillInt4::GemmV2,
+        c => c,
     }
 }
 

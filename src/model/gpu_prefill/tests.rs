@@ -517,3 +517,26 @@ fn dequant_emulation_writes_act_order_rows_back_to_their_checkpoint_rows() {
         }
     }
 }
+
+#[test]
+fn auto_keeps_the_gemm_plan_where_the_dequant_does_not_fit() {
+    let need = 400 << 20;
+    // Room for the dequant plan and the headroom: auto stays auto.
+    assert_eq!(
+        prefill_choice_for_memory(PrefillInt4::Auto, need, need + DEQUANT_HEADROOM),
+        PrefillInt4::Auto
+    );
+    // One byte short: the GEMM family's smaller plan.
+    assert_eq!(
+        prefill_choice_for_memory(PrefillInt4::Auto, need, need + DEQUANT_HEADROOM - 1),
+        PrefillInt4::GemmV2
+    );
+    // An explicit choice is the user's, whatever the memory.
+    for c in [
+        PrefillInt4::Dequant,
+        PrefillInt4::GemmV1,
+        PrefillInt4::RowGemv,
+    ] {
+        assert_eq!(prefill_choice_for_memory(c, need, 0), c);
+    }
+}

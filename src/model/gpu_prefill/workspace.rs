@@ -55,6 +55,26 @@ pub(super) fn int4_linears(l: &GpuLayer) -> impl Iterator<Item = (&GpuLinear, bo
         .chain([(&l.down, false)])
 }
 
+/// The prefill plan of `weights` (its int4 linears) at `chunk` rows under `choice` on sm_`sm`.
+pub(in crate::model::gpu_engine) fn plan_for(
+    cfg: &ModelConfig,
+    weights: &GpuWeights,
+    chunk: usize,
+    choice: PrefillInt4,
+    sm: u32,
+) -> Option<PrefillPlan> {
+    let int4 =
+        weights
+            .layers
+            .iter()
+            .flat_map(int4_linears)
+            .filter_map(|(lin, unfused)| match lin {
+                GpuLinear::Int4(q) => Some((layer_shape(q), unfused)),
+                GpuLinear::F16(_) => None,
+            });
+    PrefillPlan::new(cfg, chunk, choice, sm, int4)
+}
+
 impl Prefill {
     /// Plan and allocate the prefill for `weights` on `gpu` (nothing when `chunk` is 0).
     pub(in crate::model::gpu_engine) fn new(
@@ -70,20 +90,12 @@ impl Prefill {
         }
         let sm = gpu.sm();
         check_attn_smem(cfg, "model config")?;
-        let int4 = weights
-            .layers
-            .iter()
-            .flat_map(int4_linears)
-            .filter_map(|(lin, unfused)| {
-                let GpuLinear::Int4(q) = lin else { return None };
-                Some((layer_shape(q), unfused))
-            });
         let Some(PrefillPlan {
             sizes,
             gemm_v1: v1,
             gemm_v2: v2,
             dequant,
-        }) = PrefillPlan::new(cfg, chunk, choice, sm, int4)
+        }) = plan_for(cfg, weights, chunk, choice, sm)
         else {
             return Ok(None);
         };
