@@ -23,7 +23,9 @@ pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuan
 pub use fit::{Fit, Roofline};
 
 use crate::model::config::ModelConfig;
-use crate::model::gpu_engine::{check_attn_smem, PrefillInt4, DEFAULT_PREFILL_CHUNK};
+use crate::model::gpu_engine::{
+    check_attn_smem, PrefillInt4, DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM,
+};
 use crate::model::gpu_weights::WeightKind;
 use crate::{LabError, Result};
 use serde::Serialize;
@@ -189,6 +191,34 @@ impl PlanSpec {
         self.total_with(self.weights().total, ctx)
     }
 
+    /// What the engine allocates at `ctx` on a card of `memory` bytes: `total_with`, except that
+    /// `--prefill-int4 auto` whose dequant (its W and cuBLAS handle, plus the engine's headroom)
+    /// does not fit keeps the GEMM family's plan, as GpuEngine::new decides
+    /// (gpu_engine::prefill_choice_for_memory; free memory there = the card less everything
+    /// allocated before the prefill, so "auto's total + headroom > memory" is the same test).
+    fn total_on(&self, weights: u64, ctx: u64, memory: u64) -> u64 {
+        let auto = self.total_with(weights, ctx);
+        if self.prefill_int4 != PrefillInt4::Auto || auto + DEQUANT_HEADROOM <= memory {
+            return auto;
+        }
+        let mut v2 = self.clone();
+        v2.prefill_int4 = PrefillInt4::GemmV2;
+        v2.total_with(weights, ctx).min(auto)
+    }
+
+    /// `total_on` at `ctx` for a card of `memory` bytes, from this spec's weights.
+    pub fn total_on_card(&self, ctx: u64, memory: u64) -> u64 {
+        self.total_on(self.weights().total, ctx, memory)
+    }
+
+    /// The fit on `card`, with the engine's memory-dependent choice of prefill plan.
+    fn fit_on(&self, card: &Card, weights: u64) -> fit::Fit {
+        let m = card.memory_bytes;
+        fit::fit_on(card, self.total_on(weights, self.ctx, m), |c| {
+            self.total_on(weights, c, m)
+        })
+    }
+
     pub fn plan(&self) -> Result<Plan> {
         self.validate()?;
         let weights = self.weights();
@@ -210,7 +240,7 @@ impl PlanSpec {
         let wt = weights.total;
         let fits = GENERIC_SIZES_GIB
             .iter()
-            .map(|&g| fit::fit_on(&cards::generic(g), total, |c| self.total_with(wt, c)))
+            .map(|&g| self.fit_on(&cards::generic(g), wt))
             .collect();
         Ok(Plan {
             model: self.model.name.clone(),
@@ -248,7 +278,7 @@ impl PlanSpec {
         }
         let mut p = self.plan()?;
         let wt = p.weights_bytes;
-        p.card = Some(fit::fit_on(card, p.total_bytes, |c| self.total_with(wt, c)));
+        p.card = Some(self.fit_on(card, wt));
         p.roofline = Some(fit::roofline(
             card,
             efficiency,

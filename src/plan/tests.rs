@@ -1,6 +1,6 @@
 use super::*;
 use crate::kernels::gemm_layout::prepared_words;
-use crate::model::gpu_engine::{EngineOptions, PrefillSizes, GEMM_ROWS};
+use crate::model::gpu_engine::{EngineOptions, PrefillSizes, DEQUANT_HEADROOM, GEMM_ROWS};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -157,8 +157,17 @@ fn the_total_grows_by_the_prefill_workspace_and_the_handle_it_needs() {
             b.total_bytes - b.cuda_context_bytes
         );
         for (fa, fb) in a.fits.iter().zip(&b.fits) {
-            assert_eq!(fa.free_bytes, fb.free_bytes - grows as i64);
-            assert_eq!(fa.fits, a.total_bytes <= fa.memory_bytes);
+            // Where auto's dequant has room (it does on these cards from 12 GiB), the card's free
+            // memory shrinks by exactly that growth; else the engine keeps v2's plan.
+            let mem = fa.memory_bytes;
+            if a.total_bytes + DEQUANT_HEADROOM <= mem {
+                assert_eq!(fa.free_bytes, fb.free_bytes - grows as i64);
+            }
+            assert_eq!(
+                fa.free_bytes,
+                mem as i64 - with.total_on_card(2048, mem) as i64
+            );
+            assert_eq!(fa.fits, with.total_on_card(2048, mem) <= mem);
         }
         assert_eq!(with.total_at(4096), without.total_at(4096) + grows);
     }
@@ -354,15 +363,15 @@ fn longest_ctx_is_the_last_context_that_fits() {
             let p = s.plan().unwrap();
             assert_eq!(p.fits.len(), GENERIC_SIZES_GIB.len());
             for f in &p.fits {
-                assert_eq!(f.fits, p.total_bytes <= f.memory_bytes);
+                // What the engine allocates on that card (auto keeps v2's plan without room).
+                let on = |c: u64| s.total_on_card(c, f.memory_bytes);
+                assert_eq!(f.fits, on(2048) <= f.memory_bytes);
                 match f.max_ctx {
                     Some(c) => {
-                        assert!(
-                            s.total_at(c) <= f.memory_bytes && s.total_at(c + 1) > f.memory_bytes
-                        );
+                        assert!(on(c) <= f.memory_bytes && on(c + 1) > f.memory_bytes);
                         assert_eq!(f.fits, 2048 <= c);
                     }
-                    None => assert!(s.total_at(0) > f.memory_bytes && !f.fits),
+                    None => assert!(on(0) > f.memory_bytes && !f.fits),
                 }
             }
         }
@@ -642,4 +651,44 @@ fn the_cublas_allowance_is_counted_exactly_where_the_engine_makes_a_handle() {
     let with = s.plan().unwrap().workspace_bytes;
     s.fp16_cublas = false;
     assert_eq!(with - s.plan().unwrap().workspace_bytes, CUBLAS_BYTES);
+}
+
+#[test]
+fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_back() {
+    use crate::model::gpu_engine::PrefillInt4;
+    let auto = PlanSpec::new(ModelConfig::vicuna_13b(), WeightDtype::Int4, 128, 2048);
+    let mut v2 = auto.clone();
+    v2.prefill_int4 = PrefillInt4::GemmV2;
+    let (ta, tv) = (
+        auto.plan().unwrap().total_bytes,
+        v2.plan().unwrap().total_bytes,
+    );
+    assert!(tv < ta);
+    // Between v2's total and auto's total + the engine's headroom: the engine keeps v2's plan.
+    let mem = tv + (16 << 20);
+    assert!(mem < ta + DEQUANT_HEADROOM);
+    let card = cards::Card {
+        slug: "test".into(),
+        name: "test card".into(),
+        memory_bytes: mem,
+        bandwidth_gbs: 500.0,
+    };
+    let f = auto.plan_on(&card, 0.5).unwrap().card.unwrap();
+    assert!(f.fits, "{f:?}");
+    assert_eq!(f.free_bytes, 16 << 20);
+    // With room for auto and its headroom, auto's own total counts.
+    let big = cards::Card {
+        memory_bytes: ta + DEQUANT_HEADROOM,
+        ..card
+    };
+    let f = auto.plan_on(&big, 0.5).unwrap().card.unwrap();
+    assert_eq!(f.free_bytes, DEQUANT_HEADROOM as i64);
+    // An explicit dequant gets no fallback: it does not fit the small card.
+    let mut deq = auto.clone();
+    deq.prefill_int4 = PrefillInt4::Dequant;
+    let small = cards::Card {
+        memory_bytes: mem,
+        ..big
+    };
+    assert!(!deq.plan_on(&small, 0.5).unwrap().card.unwrap().fits);
 }

@@ -344,7 +344,8 @@ fn prefill_parts(p: &Plan) -> String {
         }
         (_, PrefillInt4::Auto) if p.prefill_chunk >= cut => format!(
             "the chunk's activations + one scratch for the larger of {gemm} (chunks under {cut} rows) \
-             and {dequant} (chunks from {cut} rows)"
+             and {dequant} (chunks from {cut} rows); on a card without room for the latter and the cuBLAS \
+             handle the engine keeps the GEMM's plan, which the card columns count"
         ),
         _ => format!("the chunk's activations + {gemm}"),
     }
