@@ -53,6 +53,20 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     None
 }
 
+/// The launch attribute that groups a grid's blocks into clusters of (1, `cluster_y`, 1)
+/// (gemv_v9_cluster's split-K slices of a column tile), for `launch_with_attributes`.
+pub fn cluster_dim_attribute(cluster_y: u32) -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: CUlaunchAttribute is a plain C struct (an id and a union of plain values); all-zero
+    // is a valid value of it, and the fields set below are the ones the id selects.
+    let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    a.value.clusterDim.x = 1;
+    a.value.clusterDim.y = cluster_y;
+    a.value.clusterDim.z = 1;
+    a
+}
+
 /// One kernel launch through cuLaunchKernelEx with launch attributes (programmatic stream
 /// serialization, cooperative, cluster dimension; several combine, e.g. a cluster launch inside a
 /// PDL step): what cudarc's launch builder cannot set. `p` is the kernel's single by-value params

@@ -392,13 +392,8 @@ unsafe fn launch_cluster(
     p: &lab_gemm_params,
     cluster_y: u32,
 ) -> std::result::Result<(), cudarc::driver::DriverError> {
-    use cudarc::driver::sys;
-    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim.x = 1;
-    attr.value.clusterDim.y = cluster_y;
-    attr.value.clusterDim.z = 1;
-    crate::cuda::launch_with_attributes(&gpu.ctx, &gpu.stream, f, cfg, p, &mut [attr])
+    let mut attrs = [crate::cuda::cluster_dim_attribute(cluster_y)];
+    crate::cuda::launch_with_attributes(&gpu.ctx, &gpu.stream, f, cfg, p, &mut attrs)
 }
 
 #[cfg(test)]

@@ -582,28 +582,22 @@ impl GpuEngine {
         let has_f16 = all_linears().any(|l| matches!(l, GpuLinear::F16(_)));
         let mut blas = None;
         let mut fp16_backend = None;
-        // The int4 prefill through dequant + cuBLAS needs the handle too: where some chunk size
-        // takes that path for some int4 linear (prefill::paths_by_rows).
         let chunk = opts.prefill_chunk.min(opts.max_ctx);
-        // Auto's dequant (fp16 W of the widest linear + a cuBLAS handle) only where the card has
-        // the room: else the GEMM family's smaller plan (prefill::prefill_choice_for_memory).
+        // The int4 prefill through dequant + cuBLAS needs the handle too: where some chunk size
+        // takes that path for some int4 linear (the prefill plan's `dequant`, as Prefill::new and
+        // `lab plan` see it). Auto's dequant (fp16 W of the widest linear + the handle) only where
+        // the card has the room: else the GEMM family's smaller plan (prefill_choice_for_memory).
+        let plan = |choice| prefill::plan_for(cfg, &weights, chunk, choice, gpu.sm());
+        let mut prefill_plan = plan(opts.prefill_int4);
         if opts.prefill_int4 == PrefillInt4::Auto {
-            if let Some(p) = prefill::plan_for(cfg, &weights, chunk, PrefillInt4::Auto, gpu.sm()) {
-                if p.dequant {
-                    let need = p.sizes.bytes() + crate::plan::CUBLAS_BYTES;
-                    opts.prefill_int4 =
-                        prefill_choice_for_memory(opts.prefill_int4, need, free_now(&ctx)?);
-                }
+            if let Some(p) = prefill_plan.filter(|p| p.dequant) {
+                let need = p.sizes.bytes() + crate::plan::CUBLAS_BYTES;
+                opts.prefill_int4 =
+                    prefill_choice_for_memory(opts.prefill_int4, need, free_now(&ctx)?);
+                prefill_plan = plan(opts.prefill_int4);
             }
         }
-        let dequant_prefill = all_linears().any(|l| match l {
-            GpuLinear::Int4(q) => {
-                paths_by_rows(opts.prefill_int4, &layer_shape(q), gpu.sm(), chunk)
-                    .iter()
-                    .any(|(_, p)| *p == Int4Path::Dequant)
-            }
-            GpuLinear::F16(_) => false,
-        });
+        let dequant_prefill = prefill_plan.is_some_and(|p| p.dequant);
         let fp16_cublas = has_f16 && opts.fp16_backend == Fp16Backend::Cublas;
         if has_f16 || dequant_prefill {
             if has_f16 {
@@ -952,12 +946,7 @@ impl GpuEngine {
             }
         }
         if cluster_y > 1 {
-            let mut a: sys::CUlaunchAttribute = std::mem::zeroed();
-            a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            a.value.clusterDim.x = 1;
-            a.value.clusterDim.y = cluster_y;
-            a.value.clusterDim.z = 1;
-            attrs.push(a);
+            attrs.push(crate::cuda::cluster_dim_attribute(cluster_y));
         }
         crate::cuda::launch_with_attributes(&self.ctx, &self.stream, f, cfg, p, &mut attrs)
     }

@@ -221,27 +221,12 @@ pub fn workspace_bytes(cfg: &ModelConfig, ctx: u64, batch: u64) -> u64 {
 pub const CUBLAS_BYTES: u64 = 97 << 20;
 
 /// `CUBLAS_BYTES` where the engine built for this plan makes a cuBLAS handle, else 0: fp16 weights
-/// through cuBLAS (`fp16_cublas`, the engine's default backend), or int4 whose prefill (chunk
-/// clamped to `ctx`, `choice`) has a chunk size that dequantizes (gpu_engine::PrefillPlan::dequant,
-/// as the engine decides).
-#[allow(clippy::too_many_arguments)]
-pub fn cublas_bytes(
-    cfg: &ModelConfig,
-    dtype: WeightDtype,
-    group_size: i32,
-    act_order: bool,
-    chunk: u64,
-    ctx: u64,
-    choice: PrefillInt4,
-    fp16_cublas: bool,
-) -> u64 {
+/// through cuBLAS (`fp16_cublas`, the engine's default backend), or int4 whose prefill plan
+/// (`prefill_plan`) has a chunk size that dequantizes (PrefillPlan::dequant, as the engine decides).
+pub fn cublas_bytes(dtype: WeightDtype, fp16_cublas: bool, prefill: Option<&PrefillPlan>) -> u64 {
     let uses = match dtype {
         WeightDtype::Fp16 => fp16_cublas,
-        WeightDtype::Int4 => {
-            let int4 = checkpoint_int4_layer(cfg, group_size, act_order);
-            let rows = chunk.min(ctx) as usize;
-            PrefillPlan::new(cfg, rows, choice, PREFILL_PLAN_SM, int4).is_some_and(|p| p.dequant)
-        }
+        WeightDtype::Int4 => prefill.is_some_and(|p| p.dequant),
     };
     if uses {
         CUBLAS_BYTES
@@ -256,16 +241,16 @@ pub fn cublas_bytes(
 /// repack less (7B: 45 MB, 13B: 71 MB), so there the plan is that much on the safe side.
 pub const PREFILL_PLAN_SM: u32 = 80;
 
-/// GEMM-prefill workspace the GPU engine allocates at construction (its VRAM ledger's prefill
-/// line), bytes: `chunk` rows of activations and the scratch shared by the GEMM path (split-K
-/// partials, gemm_v2 repack) and the dequant path (fp16 W), from the engine's own `PrefillPlan`
-/// over the layer as it holds a checkpoint
-/// (`checkpoint_int4_layer`; none for fp16), default int4 choice, sm_`PREFILL_PLAN_SM`. The chunk is
-/// clamped to the KV cache's `ctx` rows as `EngineOptions` does (a prompt never exceeds the
-/// cache); 0 rows = no GEMM prefill (token-by-token prompts), 0 bytes. Independent of the batch:
-/// the engine prefills one prompt at a time. `choice` is the engine's `--prefill-int4` (auto and
-/// dequant hold the fp16 W of the largest linear where some chunk size dequantizes).
-pub fn prefill_bytes(
+/// The prefill the GPU engine plans at construction (its VRAM ledger's prefill line is its
+/// `sizes.bytes()`, `PrefillPlan::bytes_or_zero`): `chunk` rows of activations and the scratch
+/// shared by the GEMM path (split-K partials, gemm_v2 repack) and the dequant path (fp16 W), from
+/// the engine's own `PrefillPlan` over the layer as it holds a checkpoint
+/// (`checkpoint_int4_layer`; none for fp16), sm_`PREFILL_PLAN_SM`. The chunk is clamped to the KV
+/// cache's `ctx` rows as `EngineOptions` does (a prompt never exceeds the cache); 0 rows = no
+/// prefill (token-by-token prompts): None. Independent of the batch: the engine prefills one
+/// prompt at a time. `choice` is the engine's `--prefill-int4` (auto and dequant hold the fp16 W
+/// of the largest linear where some chunk size dequantizes).
+pub fn prefill_plan(
     cfg: &ModelConfig,
     dtype: WeightDtype,
     group_size: i32,
@@ -273,11 +258,11 @@ pub fn prefill_bytes(
     chunk: u64,
     ctx: u64,
     choice: PrefillInt4,
-) -> u64 {
+) -> Option<PrefillPlan> {
     let rows = chunk.min(ctx) as usize;
     let int4 = match dtype {
         WeightDtype::Int4 => checkpoint_int4_layer(cfg, group_size, act_order),
         WeightDtype::Fp16 => Vec::new(),
     };
-    PrefillPlan::bytes_or_zero(PrefillPlan::new(cfg, rows, choice, PREFILL_PLAN_SM, int4))
+    PrefillPlan::new(cfg, rows, choice, PREFILL_PLAN_SM, int4)
 }

@@ -2,7 +2,7 @@
 //! fits, the longest context each card allows, and a bandwidth-roofline tokens/s estimate.
 //!
 //! total = weights (linears + fp16 embeddings, norms, lm_head) + fp16 KV cache + decode workspace
-//!       + GEMM-prefill workspace (the engine's own sizing: `bytes::prefill_bytes`)
+//!       + prefill workspace (the engine's own plan: `bytes::prefill_plan`)
 //!       + CUDA context allowance (`cards::CUDA_CONTEXT_BYTES`).
 //! `bytes.rs` counts, `cards.rs` holds the card table and the memory convention, `fit.rs` solves
 //! for context and computes the roofline, `checkpoint.rs` reads a checkpoint folder's configs and
@@ -15,7 +15,7 @@ pub mod fit;
 pub mod measured;
 
 pub use bytes::{
-    cublas_bytes, kv_cache_bytes, prefill_bytes, workspace_bytes, LinearBytes, PartBytes,
+    cublas_bytes, kv_cache_bytes, prefill_plan, workspace_bytes, LinearBytes, PartBytes,
     WeightBytes, WeightDtype, CUBLAS_BYTES, PREFILL_PLAN_SM,
 };
 pub use cards::{Card, CARDS, CUDA_CONTEXT_BYTES, GENERIC_SIZES_GIB};
@@ -24,7 +24,7 @@ pub use fit::{Fit, Roofline};
 
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    check_attn_smem, PrefillInt4, DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM,
+    check_attn_smem, PrefillInt4, PrefillPlan, DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM,
 };
 use crate::model::gpu_weights::WeightKind;
 use crate::{LabError, Result};
@@ -148,9 +148,9 @@ impl PlanSpec {
         WeightBytes::of(&self.model, self.dtype, self.group_size, self.act_order)
     }
 
-    /// The GEMM-prefill workspace at `ctx` (the chunk is clamped to the cache's rows).
-    pub fn prefill_bytes_at(&self, ctx: u64) -> u64 {
-        prefill_bytes(
+    /// The engine's prefill plan at `ctx` (the chunk is clamped to the cache's rows).
+    fn prefill_plan_at(&self, ctx: u64) -> Option<PrefillPlan> {
+        prefill_plan(
             &self.model,
             self.dtype,
             self.group_size,
@@ -161,28 +161,25 @@ impl PlanSpec {
         )
     }
 
+    /// The prefill workspace at `ctx`.
+    pub fn prefill_bytes_at(&self, ctx: u64) -> u64 {
+        PrefillPlan::bytes_or_zero(self.prefill_plan_at(ctx))
+    }
+
     /// The decode workspace at `ctx` and, where the engine makes one, its cuBLAS handle
-    /// (`bytes::cublas_bytes`: fp16, or an int4 prefill that dequantizes at this chunk).
-    pub fn workspace_bytes_at(&self, ctx: u64) -> u64 {
+    /// (`bytes::cublas_bytes`: fp16, or an int4 `prefill` that dequantizes).
+    fn workspace_with(&self, ctx: u64, prefill: Option<&PrefillPlan>) -> u64 {
         workspace_bytes(&self.model, ctx, self.batch)
-            + cublas_bytes(
-                &self.model,
-                self.dtype,
-                self.group_size,
-                self.act_order,
-                self.prefill_chunk,
-                ctx,
-                self.prefill_int4,
-                self.fp16_cublas,
-            )
+            + cublas_bytes(self.dtype, self.fp16_cublas, prefill)
     }
 
     /// Everything but the context-dependent parts, plus those at `ctx`.
     fn total_with(&self, weights: u64, ctx: u64) -> u64 {
+        let prefill = self.prefill_plan_at(ctx);
         weights
             + kv_cache_bytes(&self.model, ctx, self.batch)
-            + self.workspace_bytes_at(ctx)
-            + self.prefill_bytes_at(ctx)
+            + self.workspace_with(ctx, prefill.as_ref())
+            + PrefillPlan::bytes_or_zero(prefill)
             + self.cuda_context_bytes
     }
 
@@ -223,8 +220,9 @@ impl PlanSpec {
         self.validate()?;
         let weights = self.weights();
         let kv = kv_cache_bytes(&self.model, self.ctx, self.batch);
-        let ws = self.workspace_bytes_at(self.ctx);
-        let prefill = self.prefill_bytes_at(self.ctx);
+        let prefill_plan = self.prefill_plan_at(self.ctx);
+        let ws = self.workspace_with(self.ctx, prefill_plan.as_ref());
+        let prefill = PrefillPlan::bytes_or_zero(prefill_plan);
         let total = self.total_with(weights.total, self.ctx);
         let int4 = self.dtype == WeightDtype::Int4;
         let g_idx_note = match (int4, self.act_order) {

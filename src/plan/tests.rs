@@ -606,7 +606,8 @@ fn the_cublas_allowance_is_counted_exactly_where_the_engine_makes_a_handle() {
     use crate::model::gpu_engine::PrefillInt4;
     let m = ModelConfig::vicuna_7b();
     let at = |dtype, act: bool, chunk: u64, ctx: u64, choice| {
-        cublas_bytes(&m, dtype, 128, act, chunk, ctx, choice, true)
+        let plan = prefill_plan(&m, dtype, 128, act, chunk, ctx, choice);
+        cublas_bytes(dtype, true, plan.as_ref())
     };
     let int4 = WeightDtype::Int4;
     // auto: plain layers dequantize from 256 rows, act-order from 128.
@@ -633,17 +634,17 @@ fn the_cublas_allowance_is_counted_exactly_where_the_engine_makes_a_handle() {
         at(WeightDtype::Fp16, false, 0, 2048, PrefillInt4::Auto),
         CUBLAS_BYTES
     );
+    let fp16_plan = prefill_plan(
+        &m,
+        WeightDtype::Fp16,
+        -1,
+        false,
+        512,
+        2048,
+        PrefillInt4::Auto,
+    );
     assert_eq!(
-        cublas_bytes(
-            &m,
-            WeightDtype::Fp16,
-            -1,
-            false,
-            512,
-            2048,
-            PrefillInt4::Auto,
-            false
-        ),
+        cublas_bytes(WeightDtype::Fp16, false, fp16_plan.as_ref()),
         0
     );
     // And the plan's workspace carries it.
