@@ -1,18 +1,8 @@
 //! `lab decode --backend gpu` bench flags that are refused before any device is opened: a bad
 //! value names its flag and what was expected, with or without a GPU, and nothing panics.
 
-use std::process::{Command, Output};
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("run the lab binary")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{lab, stderr};
 
 #[test]
 fn bad_bench_lists_name_their_flag_before_touching_a_gpu() {

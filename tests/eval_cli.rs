@@ -3,20 +3,16 @@
 //! the same perplexity within `PPL_NLL_TOL` (the same bound scripts/eval-gpu-vs-cpu uses).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::lab;
 
 /// |mean NLL gpu - mean NLL cpu| in nats: perplexities within ~2%. The GPU engine keeps fp16
 /// activations where the CPU engine keeps f32 (and f64 dequantization); its logits stay within
 /// 2e-2 x rms(logits) of the CPU's (gpu_check::LOGIT_ATOL_RMS), so each position's NLL moves by
 /// a few hundredths of a nat at most, and the mean over 100+ positions by far less.
 const PPL_NLL_TOL: f64 = 0.02;
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("lab runs")
-}
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

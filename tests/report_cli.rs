@@ -7,14 +7,10 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const SLUG: &str = "nvidia-h100-80gb-hbm3";
+mod common;
+use common::lab;
 
-fn lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("running lab")
-}
+const SLUG: &str = "nvidia-h100-80gb-hbm3";
 
 fn text(o: &Output) -> String {
     format!(

@@ -1,18 +1,8 @@
 //! `lab tune` flag handling that needs no GPU: bad --model / --checkpoint are refused before any
 //! device is opened, naming the flag or file; without a GPU a valid request says there is none.
 
-use std::process::{Command, Output};
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("run the lab binary")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+mod common;
+use common::{lab, stderr};
 
 #[test]
 fn tune_refuses_unknown_models_and_missing_checkpoints_before_touching_a_gpu() {
