@@ -763,15 +763,7 @@ mod tests {
             (5120, 27648, 432),
             (13824, 5120, 160),
         ] {
-            let s = LayerShape {
-                k,
-                n,
-                group_size: 128,
-                g_idx: false,
-                perm: false,
-                bias: false,
-                symmetric: false,
-            };
+            let s = shape(k, n, 128);
             let t = v6_one_block_per_sm(&Tunables::new(), n, 132);
             let p = plan(v, &s, 1, &t).unwrap();
             assert_eq!(p.block.0, 256, "{k}x{n}");

@@ -1326,28 +1326,22 @@ mod tests {
 
     #[test]
     fn every_linear_of_the_cluster_check_launches_v9_as_a_cluster() {
-        // q|k|v and gate|up fused as the engine holds them; o and down.
-        use crate::kernels::launch::{plan, LayerShape, Tunables};
+        // The layer as the engine holds it (q|k|v and gate|up fused; act-order as a permutation):
+        // q|k|v, o, gate|up at K = 1024 split in 2, down at K = 2816 in 5.
+        use crate::kernels::launch::{plan, Tunables};
+        use crate::model::gpu_engine::checkpoint_int4_layer;
         let cfg = cluster_check_config();
         let v9 = crate::kernels::registry::by_name("gemv_v9_cluster").unwrap();
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let kv = cfg.num_key_value_heads * cfg.head_dim();
-        for (k, n, slices) in [(h, h + 2 * kv, 2), (h, h, 2), (h, 2 * i, 2), (i, h, 5)] {
-            for (group, perm) in [(128, false), (128, true), (32, true)] {
-                let s = LayerShape {
-                    k,
-                    n,
-                    group_size: group,
-                    g_idx: false,
-                    perm,
-                    bias: false,
-                    symmetric: false,
-                };
-                let p = plan(v9, &s, 1, k, n, &Tunables::new()).unwrap();
+        for (group, act_order) in [(128, false), (128, true), (32, true)] {
+            let layer = checkpoint_int4_layer(&cfg, group, act_order);
+            for ((s, _), slices) in layer.iter().zip([2, 2, 2, 5]) {
+                let p = plan(v9, s, 1, s.k, s.n, &Tunables::new()).unwrap();
                 assert_eq!(
                     (p.cluster_y, p.grid.1),
                     (slices, slices),
-                    "{k}x{n} g{group}"
+                    "{}x{} g{group}",
+                    s.k,
+                    s.n
                 );
             }
         }
