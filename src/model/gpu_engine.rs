@@ -909,7 +909,10 @@ impl GpuEngine {
         cluster_y: u32,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         use cudarc::driver::sys;
-        let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(2);
+        // At most two attributes (the kind's, a cluster's): on the stack, as every eager launch
+        // of a PDL step comes here.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
+        let mut n = 0;
         match kind {
             LaunchKind::Plain => {
                 if self.poison_smem {
@@ -936,19 +939,22 @@ impl GpuEngine {
                 a.id =
                     sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
                 a.value.programmaticStreamSerializationAllowed = 1;
-                attrs.push(a);
+                attrs[n] = a;
+                n += 1;
             }
             LaunchKind::Cooperative => {
                 let mut a: sys::CUlaunchAttribute = std::mem::zeroed();
                 a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
                 a.value.cooperative = 1;
-                attrs.push(a);
+                attrs[n] = a;
+                n += 1;
             }
         }
         if cluster_y > 1 {
-            attrs.push(crate::cuda::cluster_dim_attribute(cluster_y));
+            attrs[n] = crate::cuda::cluster_dim_attribute(cluster_y);
+            n += 1;
         }
-        crate::cuda::launch_with_attributes(&self.ctx, &self.stream, f, cfg, p, &mut attrs)
+        crate::cuda::launch_with_attributes(&self.ctx, &self.stream, f, cfg, p, &mut attrs[..n])
     }
 
     fn r<T>(&self, s: &CudaSlice<T>) -> u64 {
