@@ -9,6 +9,7 @@ pub mod output;
 pub mod perplexity;
 pub mod pipeline;
 pub mod source;
+pub mod synth;
 
 pub use calib::CalibSource;
 pub use output::write_model;
@@ -16,3 +17,4 @@ pub use pipeline::{
     quantize_checkpoint, quantize_model, quantize_model_in, LinearStats, Method, QuantizeOptions,
     QuantizeSummary, QuantizedModel,
 };
+pub use synth::{write_synthetic_checkpoint, SynthOptions, SynthSummary};

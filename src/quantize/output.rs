@@ -185,7 +185,7 @@ pub(crate) fn prepare_out(out: &Path) -> Result<tempfile::TempDir> {
             return Err(LabError::invalid(
                 "--out",
                 format!(
-                    "{} is not empty; lab quantize writes a whole new checkpoint into a new or empty folder",
+                    "{} is not empty; a whole new checkpoint is written into a new or empty folder",
                     out.display()
                 ),
             ));

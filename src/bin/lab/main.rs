@@ -48,6 +48,9 @@ enum Cmd {
     Plan(plan::PlanArgs),
     /// GPTQ-quantize an fp16 LLaMA/Vicuna checkpoint (and measure the gain over RTN).
     Quantize(quantize::QuantizeArgs),
+    /// Write a GPTQ checkpoint of Vicuna-7B/13B's exact shapes with random weights (loader, VRAM and
+    /// GPU-vs-CPU tests without a download; not a language model).
+    SynthCheckpoint(quantize::SynthArgs),
     /// Perplexity of a checkpoint on a text (CPU reference engine).
     Eval(eval::EvalArgs),
     /// Write markdown/JSON/plots from recorded runs.
@@ -93,6 +96,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Cmd::Decode(a) => decode::run(a),
         Cmd::Plan(a) => plan::run(a),
         Cmd::Quantize(a) => quantize::run(a),
+        Cmd::SynthCheckpoint(a) => quantize::run_synth(a),
         Cmd::Eval(a) => eval::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Run(a) => run::run(a),

@@ -177,3 +177,76 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
     println!("Hessian sums: {}", s.hessian);
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// The shapes: vicuna-7b or vicuna-13b.
+    #[arg(long)]
+    model: String,
+    /// Decoder layers (default: the model's 32 / 40). Fewer keep the file small and the CPU
+    /// engine fast while every linear keeps its real width.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Rows per group: 32, 64, 128, ... (must divide every K), or -1 for per-channel.
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+    group: i32,
+    /// Act-order: a random channel order per layer input, written as g_idx (desc_act).
+    #[arg(long)]
+    act_order: bool,
+    /// Asymmetric zeros (random per group and column; default symmetric, zero = 8).
+    #[arg(long)]
+    asym: bool,
+    #[arg(long, value_enum, default_value = "v1")]
+    format: FormatArg,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output folder: must not exist, or be empty.
+    #[arg(long)]
+    out: PathBuf,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
+    let mut model = gptq_lab::model::config::ModelConfig::preset(&a.model)?;
+    if let Some(n) = a.layers {
+        if n == 0 || n > model.num_hidden_layers {
+            bail!(
+                "--layers {n}: expected 1..={} for {}",
+                model.num_hidden_layers,
+                model.name
+            );
+        }
+        model.num_hidden_layers = n;
+    }
+    let s = gptq_lab::quantize::write_synthetic_checkpoint(&gptq_lab::quantize::SynthOptions {
+        model,
+        group_size: a.group,
+        act_order: a.act_order,
+        sym: !a.asym,
+        format: match a.format {
+            FormatArg::V1 => ZeroFormat::V1,
+            FormatArg::V2 => ZeroFormat::V2,
+        },
+        seed: a.seed,
+        out: a.out,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "wrote {} ({} shapes, {} layers, g{}{}{}, random weights, seed {}): {:.2} GB in {:.1} s",
+        s.out.display(),
+        s.model,
+        s.layers,
+        s.group_size,
+        if s.sym { " sym" } else { " asym" },
+        if s.act_order { " act-order" } else { "" },
+        a.seed,
+        s.bytes as f64 / 1e9,
+        s.seconds
+    );
+    Ok(())
+}
