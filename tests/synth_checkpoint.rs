@@ -13,21 +13,9 @@ use gptq_lab::quantize::perplexity::cpu_engine;
 use gptq_lab::quantize::{write_synthetic_checkpoint, SynthOptions};
 use std::path::Path;
 
-/// Tiny shapes with grouped KV heads (so k/v are narrower than q).
+/// The tiny fixtures' shapes (grouped KV heads, so k/v are narrower than q).
 fn tiny() -> ModelConfig {
-    ModelConfig {
-        name: "tiny".into(),
-        hidden_size: 64,
-        intermediate_size: 192,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        vocab_size: 320,
-        max_position_embeddings: 256,
-        rms_norm_eps: 1e-6,
-        rope_theta: 10000.0,
-        tie_word_embeddings: false,
-    }
+    gptq_lab::model::gpu_check::tiny_config()
 }
 
 fn opts(out: &Path, group_size: i32, act_order: bool, sym: bool, seed: u64) -> SynthOptions {

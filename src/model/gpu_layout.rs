@@ -496,21 +496,7 @@ mod tests {
     use crate::model::gpu_weights::{HostLlama, WeightKind};
     use crate::model::layer_source::linear_names;
 
-    fn tiny() -> ModelConfig {
-        ModelConfig {
-            name: "tiny-test".into(),
-            hidden_size: 64,
-            intermediate_size: 96,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            vocab_size: 40,
-            max_position_embeddings: 64,
-            rms_norm_eps: 1e-6,
-            rope_theta: 10000.0,
-            tie_word_embeddings: false,
-        }
-    }
+    use crate::model::gpu_weights::tests::tiny;
 
     fn int4(group: i32, act_order: bool, sym: bool) -> WeightKind {
         WeightKind::Int4 {

@@ -821,10 +821,11 @@ pub(crate) fn fill_launch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::config::ModelConfig;
 
+    /// Tiny shapes for the host-side weight and layout tests (also gpu_layout.rs's).
     pub(crate) fn tiny() -> ModelConfig {
         ModelConfig {
             name: "tiny-test".into(),
