@@ -491,7 +491,6 @@ fn named(prefix: &str, e: LabError) -> LabError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::ModelConfig;
     use crate::model::decode_bench::expected_weights;
     use crate::model::gpu_weights::{HostLlama, WeightKind};
     use crate::model::layer_source::linear_names;
