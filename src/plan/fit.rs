@@ -52,15 +52,66 @@ pub fn fit_on(card: &Card, total_bytes: u64, total_at: impl Fn(u64) -> u64) -> F
     }
 }
 
-/// Decode tokens/s if every step streamed its bytes at `bandwidth x efficiency`.
+/// How long a decode step takes on a card, for the estimate: the step's bytes streamed at
+/// `stream_efficiency` x the card's spec bandwidth, plus `per_layer_s` of fixed cost per decoder
+/// layer that does not shrink with the bytes (kernel boundaries, each launch's DRAM ramp and tail,
+/// the latency-bound small ops: ~7 launches per layer). A flat efficiency (`per_layer_s` 0) scales
+/// that fixed cost with the bandwidth, which makes a slow card look worse than it is: on a card
+/// with a third of the H100's bandwidth the bytes take 3x longer, the launches do not.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct SpeedModel {
+    /// Fraction of spec bandwidth the bytes stream at.
+    pub stream_efficiency: f64,
+    /// Seconds of fixed cost per decoder layer per step.
+    pub per_layer_s: f64,
+}
+
+impl SpeedModel {
+    /// Every byte at `efficiency` x spec, no fixed cost (`--efficiency`, or one measured point).
+    pub fn flat(efficiency: f64) -> Self {
+        SpeedModel {
+            stream_efficiency: efficiency,
+            per_layer_s: 0.0,
+        }
+    }
+
+    /// Seconds per decode step.
+    pub fn step_s(&self, bandwidth_gbs: f64, layers: usize, bytes_per_step: u64) -> f64 {
+        bytes_per_step as f64 / (bandwidth_gbs * 1e9 * self.stream_efficiency)
+            + layers as f64 * self.per_layer_s
+    }
+
+    /// Why the model cannot be used, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.stream_efficiency > 0.0 && self.stream_efficiency <= 1.0) {
+            return Err(format!(
+                "{} (expected a fraction of spec bandwidth in (0, 1])",
+                self.stream_efficiency
+            ));
+        }
+        if !(self.per_layer_s >= 0.0 && self.per_layer_s.is_finite()) {
+            return Err(format!(
+                "fixed cost per layer {} s (expected >= 0)",
+                self.per_layer_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Decode tokens/s estimated with a `SpeedModel`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Roofline {
-    /// Always "estimate": spec bandwidth x an efficiency, not a measurement.
+    /// Always "estimate": spec bandwidth and a speed model, not a measurement.
     pub kind: &'static str,
     pub card: String,
     pub bandwidth_gbs: f64,
-    /// 1.0 = the pure roofline; a measured fraction of spec bandwidth otherwise.
+    /// Bytes per step / (step time x spec bandwidth): 1.0 = the pure roofline.
     pub efficiency: f64,
+    /// The speed model's stream efficiency and fixed cost per layer (0 for a flat efficiency).
+    pub stream_efficiency: f64,
+    pub per_layer_us: f64,
+    pub layers: usize,
     pub batch: u64,
     /// Bytes read per decode step: weights once + every sequence's KV cache at the plan's context.
     pub bytes_per_step: u64,
@@ -69,17 +120,25 @@ pub struct Roofline {
     pub ms_per_step: f64,
 }
 
-pub fn roofline(card: &Card, efficiency: f64, batch: u64, bytes_per_step: u64) -> Roofline {
-    let bytes_per_s = card.bandwidth_gbs * 1e9 * efficiency;
-    let steps_per_s = bytes_per_s / bytes_per_step as f64;
+pub fn roofline(
+    card: &Card,
+    speed: &SpeedModel,
+    layers: usize,
+    batch: u64,
+    bytes_per_step: u64,
+) -> Roofline {
+    let step_s = speed.step_s(card.bandwidth_gbs, layers, bytes_per_step);
     Roofline {
         kind: "estimate",
         card: card.name.to_string(),
         bandwidth_gbs: card.bandwidth_gbs,
-        efficiency,
+        efficiency: bytes_per_step as f64 / (step_s * card.bandwidth_gbs * 1e9),
+        stream_efficiency: speed.stream_efficiency,
+        per_layer_us: speed.per_layer_s * 1e6,
+        layers,
         batch,
         bytes_per_step,
-        tokens_per_s: steps_per_s * batch as f64,
-        ms_per_step: 1e3 / steps_per_s,
+        tokens_per_s: batch as f64 / step_s,
+        ms_per_step: step_s * 1e3,
     }
 }

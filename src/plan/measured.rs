@@ -1,8 +1,15 @@
-//! The decode efficiency measured on a real card, read back from a committed decode report
+//! Decode speed measured on a real card, read back from a committed decode report
 //! (reports/<gpu>/decode.json), so `lab plan --card X` can estimate tokens/s on a card nobody here
-//! owns: estimate = X's spec bandwidth x (achieved GB/s / the measuring card's spec GB/s) / bytes per
-//! step. It is always labelled an estimate: another card runs the kernels at its own efficiency.
+//! owns. Two forms:
+//! - `fit_from_reports`: a `SpeedModel` (step time = bytes / (spec x stream efficiency) + layers x
+//!   fixed cost per layer) solved from two models of different depth measured with the same kernel
+//!   on the same card (7B and 13B: two equations, two unknowns). What `lab plan --card` uses.
+//! - `from_reports`: one model's flat efficiency (achieved GB/s / spec GB/s), the fallback where
+//!   a report has only one model.
+//!
+//! Always labelled an estimate: another card runs the kernels at its own efficiency and launch cost.
 
+use super::fit::SpeedModel;
 use super::WeightDtype;
 use crate::{LabError, Result};
 use serde_json::Value;
@@ -65,6 +72,12 @@ fn measured(r: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEffici
     if r["model"].as_str()? != model {
         return None;
     }
+    measured_any(r, dtype).map(|(m, _)| m)
+}
+
+/// One recorded run of any model in `dtype`: its efficiency at its shortest valid context and
+/// that point as a fit input (`None` for a report without the fields a fit needs).
+fn measured_any(r: &Value, dtype: WeightDtype) -> Option<(MeasuredEfficiency, Option<FitPoint>)> {
     let kind = &r["weights"]["kind"];
     let matches = match dtype {
         WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
@@ -95,7 +108,16 @@ fn measured(r: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEffici
     if !(spec_gbs > 0.0 && achieved > 0.0) {
         return None;
     }
-    Some(MeasuredEfficiency {
+    let point = (|| {
+        Some(FitPoint {
+            model: r["model"].as_str()?.to_string(),
+            layers: r["config"]["num_hidden_layers"].as_u64()? as usize,
+            bytes_per_step: p["bytes_per_token"].as_f64()?,
+            ms: p["graph_ms_per_token"].as_f64()?,
+            spec_gbs,
+        })
+    })();
+    let m = MeasuredEfficiency {
         efficiency: (achieved / spec_gbs).min(1.0),
         device: d["name"].as_str()?.to_string(),
         date: h["date"].as_str().unwrap_or("").to_string(),
@@ -104,7 +126,118 @@ fn measured(r: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEffici
         int4_kernel: r["int4_kernel"].as_str().unwrap_or("").to_string(),
         ctx: p["ctx"].as_u64()?,
         tokens_per_s: p["graph_tokens_per_s"].as_f64()?,
-    })
+    };
+    Some((m, point))
+}
+
+/// One measured decode step: a fit input.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FitPoint {
+    pub model: String,
+    pub layers: usize,
+    pub bytes_per_step: f64,
+    /// CUDA graph step (no PDL: the cards this estimates for, sm_75-89, have none).
+    pub ms: f64,
+    /// The measuring card's spec bandwidth (memory clock x 2 x bus width).
+    pub spec_gbs: f64,
+}
+
+/// A `SpeedModel` solved from two measured models, with where they came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FittedSpeed {
+    pub speed: SpeedModel,
+    pub points: [FitPoint; 2],
+    pub device: String,
+    pub date: String,
+    pub git_rev: String,
+    pub kernel_hash: String,
+    pub int4_kernel: String,
+}
+
+/// Solve ms = bytes / (spec x e) + layers x c for (e, c) from two points of different depth on one
+/// card. `None` where the points do not determine a physical model (same depth, e <= 0 or > 1,
+/// c < 0: a measurement the model cannot describe).
+pub fn fit_two(a: &FitPoint, b: &FitPoint) -> Option<SpeedModel> {
+    // t = bytes * u + layers * c, u = 1 / (spec B/s x e).
+    let (t1, t2) = (a.ms * 1e-3, b.ms * 1e-3);
+    let (b1, b2) = (a.bytes_per_step, b.bytes_per_step);
+    let (l1, l2) = (a.layers as f64, b.layers as f64);
+    let det = b1 * l2 - b2 * l1;
+    if det.abs() < 1e-9 * b1.max(b2) || a.spec_gbs != b.spec_gbs {
+        return None;
+    }
+    let u = (t1 * l2 - t2 * l1) / det;
+    let c = (b1 * t2 - b2 * t1) / det;
+    let speed = SpeedModel {
+        stream_efficiency: 1.0 / (u * a.spec_gbs * 1e9),
+        per_layer_s: c,
+    };
+    (u > 0.0 && speed.check().is_ok()).then_some(speed)
+}
+
+/// The first decode report (folders in name order) with two models of `dtype` (int4 without
+/// act-order, or fp16) measured with the same kernel, fitted (`fit_two`). Of the kernels measured for
+/// both, the one the smaller model streamed fastest with (what a user would run). `Ok(None)` when
+/// no report has such a pair.
+pub fn fit_from_reports(root: &Path, dtype: WeightDtype) -> Result<Option<FittedSpeed>> {
+    let dir = root.join("reports");
+    let mut folders: Vec<_> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => return Ok(None),
+    };
+    folders.sort();
+    for f in folders {
+        let path = f.join("decode.json");
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
+        let runs: Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
+            path: path.clone(),
+            source: e,
+        })?;
+        if let Some(fit) = fit_runs(&runs, dtype) {
+            return Ok(Some(fit));
+        }
+    }
+    Ok(None)
+}
+
+fn fit_runs(runs: &Value, dtype: WeightDtype) -> Option<FittedSpeed> {
+    let all: Vec<(MeasuredEfficiency, FitPoint)> = runs
+        .as_array()?
+        .iter()
+        .filter_map(|r| measured_any(r, dtype))
+        .filter_map(|(m, p)| Some((m, p?)))
+        .collect();
+    // Per kernel: its shallowest and deepest model; candidates ranked by the shallow one's efficiency.
+    let mut best: Option<(f64, FittedSpeed)> = None;
+    for (m, p) in &all {
+        let same: Vec<&(MeasuredEfficiency, FitPoint)> = all
+            .iter()
+            .filter(|(o, q)| o.int4_kernel == m.int4_kernel && q.layers > p.layers)
+            .collect();
+        let Some((_, deep)) = same.iter().max_by_key(|(_, q)| q.layers) else {
+            continue;
+        };
+        let Some(speed) = fit_two(p, deep) else {
+            continue;
+        };
+        if best.as_ref().is_some_and(|(e, _)| *e >= m.efficiency) {
+            continue;
+        }
+        let fitted = FittedSpeed {
+            speed,
+            points: [p.clone(), deep.clone()],
+            device: m.device.clone(),
+            date: m.date.clone(),
+            git_rev: m.git_rev.clone(),
+            kernel_hash: m.kernel_hash.clone(),
+            int4_kernel: m.int4_kernel.clone(),
+        };
+        best = Some((m.efficiency, fitted));
+    }
+    best.map(|(_, f)| f)
 }
 
 #[cfg(test)]
@@ -155,6 +288,88 @@ mod tests {
         assert!(from_reports(root, "no-such-model", WeightDtype::Int4)
             .unwrap()
             .is_none());
+    }
+
+    fn point(model: &str, layers: usize, gb: f64, ms: f64) -> FitPoint {
+        FitPoint {
+            model: model.into(),
+            layers,
+            bytes_per_step: gb * 1e9,
+            ms,
+            spec_gbs: 1000.0,
+        }
+    }
+
+    #[test]
+    fn fit_two_recovers_the_model_and_refuses_what_it_cannot_describe() {
+        // ms = GB / (1000 GB/s x 0.8) + layers x 20 us.
+        let ms = |gb: f64, l: usize| (gb / 800.0 + l as f64 * 20e-6) * 1e3;
+        let (a, b) = (
+            point("a", 32, 3.7, ms(3.7, 32)),
+            point("b", 40, 7.0, ms(7.0, 40)),
+        );
+        let s = fit_two(&a, &b).unwrap();
+        assert!((s.stream_efficiency - 0.8).abs() < 1e-9, "{s:?}");
+        assert!((s.per_layer_s - 20e-6).abs() < 1e-12, "{s:?}");
+        // Bytes proportional to depth: the two unknowns are not separable.
+        assert!(fit_two(&point("a", 32, 3.2, 4.0), &point("b", 40, 4.0, 5.0)).is_none());
+        // The deeper model faster than its bytes allow: a negative fixed cost.
+        assert!(fit_two(&a, &point("b", 40, 7.0, ms(7.0, 40) * 0.5)).is_none());
+        // Points from two cards.
+        let mut c = b.clone();
+        c.spec_gbs = 2000.0;
+        assert!(fit_two(&a, &c).is_none());
+    }
+
+    #[test]
+    fn the_committed_h100_report_fits_and_predicts_its_other_contexts() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dtype in [WeightDtype::Int4, WeightDtype::Fp16] {
+            let f = fit_from_reports(root, dtype)
+                .unwrap()
+                .expect("7B and 13B runs");
+            assert!(f.device.contains("H100"), "{f:?}");
+            assert_eq!((f.points[0].layers, f.points[1].layers), (32, 40), "{f:?}");
+            // Exactly determined: both measured points come back.
+            for p in &f.points {
+                let ms = f
+                    .speed
+                    .step_s(p.spec_gbs, p.layers, p.bytes_per_step as u64)
+                    * 1e3;
+                assert!((ms / p.ms - 1.0).abs() < 1e-6, "{p:?}: {ms}");
+            }
+            // Physically sensible: streams below the spec, a few us per launch (~7 per layer).
+            assert!((0.4..=1.0).contains(&f.speed.stream_efficiency), "{f:?}");
+            assert!((5e-6..=60e-6).contains(&f.speed.per_layer_s), "{f:?}");
+        }
+        // Out of sample: every other valid context of the fp16 runs (the KV bytes grow, the
+        // launches stay) within 5% of the model fitted at the shortest one.
+        let f = fit_from_reports(root, WeightDtype::Fp16).unwrap().unwrap();
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let runs: Value = serde_json::from_str(&text).unwrap();
+        let mut checked = 0;
+        for r in runs.as_array().unwrap() {
+            if r["weights"]["kind"] != "Fp16" {
+                continue;
+            }
+            let layers = r["config"]["num_hidden_layers"].as_u64().unwrap() as usize;
+            for p in r["points"].as_array().unwrap() {
+                let ms = f.speed.step_s(
+                    f.points[0].spec_gbs,
+                    layers,
+                    p["bytes_per_token"].as_f64().unwrap() as u64,
+                ) * 1e3;
+                let got = p["graph_ms_per_token"].as_f64().unwrap();
+                assert!(
+                    (ms / got - 1.0).abs() < 0.05,
+                    "ctx {}: {ms} vs {got}",
+                    p["ctx"]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 6, "{checked}");
     }
 
     #[test]

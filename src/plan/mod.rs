@@ -20,7 +20,7 @@ pub use bytes::{
 };
 pub use cards::{Card, CARDS, CUDA_CONTEXT_BYTES, GENERIC_SIZES_GIB};
 pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuant};
-pub use fit::{Fit, Roofline};
+pub use fit::{Fit, Roofline, SpeedModel};
 
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
@@ -266,20 +266,18 @@ impl PlanSpec {
         })
     }
 
-    /// The plan plus its fit on one named card and that card's roofline (`efficiency` x spec bandwidth).
-    pub fn plan_on(&self, card: &Card, efficiency: f64) -> Result<Plan> {
-        if !(efficiency > 0.0 && efficiency <= 1.0) {
-            return Err(LabError::invalid(
-                "--efficiency",
-                format!("{efficiency} (expected a fraction of spec bandwidth in (0, 1])"),
-            ));
-        }
+    /// The plan plus its fit on one named card and that card's estimated decode speed.
+    pub fn plan_on(&self, card: &Card, speed: &fit::SpeedModel) -> Result<Plan> {
+        speed
+            .check()
+            .map_err(|r| LabError::invalid("--efficiency", r))?;
         let mut p = self.plan()?;
         let wt = p.weights_bytes;
         p.card = Some(self.fit_on(card, wt));
         p.roofline = Some(fit::roofline(
             card,
-            efficiency,
+            speed,
+            self.model.num_hidden_layers,
             self.batch,
             p.bytes_per_step,
         ));

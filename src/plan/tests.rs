@@ -308,19 +308,57 @@ fn bytes_per_token_and_roofline_match_the_anchor_table() {
     }
     let s = PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, 128, 0);
     let r = s
-        .plan_on(cards::by_slug("rtx-4090").unwrap(), 1.0)
+        .plan_on(cards::by_slug("rtx-4090").unwrap(), &SpeedModel::flat(1.0))
         .unwrap()
         .roofline
         .unwrap();
     assert_eq!(r.kind, "estimate");
     assert!((r.tokens_per_s - 278.0).abs() < 1.0, "{}", r.tokens_per_s);
     let r8 = s
-        .plan_on(cards::by_slug("rtx-4090").unwrap(), 0.8)
+        .plan_on(cards::by_slug("rtx-4090").unwrap(), &SpeedModel::flat(0.8))
         .unwrap()
         .roofline
         .unwrap();
     assert!((r8.tokens_per_s / r.tokens_per_s - 0.8).abs() < 1e-9);
-    assert!(s.plan_on(cards::by_slug("rtx-4090").unwrap(), 0.0).is_err());
+    assert!(s
+        .plan_on(cards::by_slug("rtx-4090").unwrap(), &SpeedModel::flat(0.0))
+        .is_err());
+}
+
+#[test]
+fn a_fixed_cost_per_layer_weighs_more_on_a_faster_card() {
+    // The same speed model on a card 3x faster: the bytes take a third of the time, the layers'
+    // fixed cost does not, so the effective efficiency drops (a flat efficiency would keep it).
+    let s = PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, 128, 128);
+    let speed = SpeedModel {
+        stream_efficiency: 0.7,
+        per_layer_s: 20e-6,
+    };
+    let card = |gbs: f64| cards::Card {
+        slug: "t".into(),
+        name: "t".into(),
+        memory_bytes: 80 << 30,
+        bandwidth_gbs: gbs,
+    };
+    let slow = s.plan_on(&card(1000.0), &speed).unwrap().roofline.unwrap();
+    let fast = s.plan_on(&card(3000.0), &speed).unwrap().roofline.unwrap();
+    let want = |r: &Roofline, gbs: f64| r.bytes_per_step as f64 / (gbs * 1e9 * 0.7) + 32.0 * 20e-6;
+    assert!((slow.ms_per_step * 1e-3 - want(&slow, 1000.0)).abs() < 1e-12);
+    assert!((fast.ms_per_step * 1e-3 - want(&fast, 3000.0)).abs() < 1e-12);
+    assert_eq!((slow.layers, slow.per_layer_us), (32, 20.0));
+    assert!(
+        slow.efficiency < 0.7 && fast.efficiency < slow.efficiency,
+        "{slow:?} {fast:?}"
+    );
+    assert!(s
+        .plan_on(
+            &card(1000.0),
+            &SpeedModel {
+                stream_efficiency: 0.7,
+                per_layer_s: -1e-6
+            }
+        )
+        .is_err());
 }
 
 #[test]
@@ -674,7 +712,11 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
         memory_bytes: mem,
         bandwidth_gbs: 500.0,
     };
-    let f = auto.plan_on(&card, 0.5).unwrap().card.unwrap();
+    let f = auto
+        .plan_on(&card, &SpeedModel::flat(0.5))
+        .unwrap()
+        .card
+        .unwrap();
     assert!(f.fits, "{f:?}");
     assert_eq!(f.free_bytes, 16 << 20);
     // With room for auto and its headroom, auto's own total counts.
@@ -682,7 +724,11 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
         memory_bytes: ta + DEQUANT_HEADROOM,
         ..card
     };
-    let f = auto.plan_on(&big, 0.5).unwrap().card.unwrap();
+    let f = auto
+        .plan_on(&big, &SpeedModel::flat(0.5))
+        .unwrap()
+        .card
+        .unwrap();
     assert_eq!(f.free_bytes, DEQUANT_HEADROOM as i64);
     // An explicit dequant gets no fallback: it does not fit the small card.
     let mut deq = auto.clone();
@@ -691,5 +737,11 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
         memory_bytes: mem,
         ..big
     };
-    assert!(!deq.plan_on(&small, 0.5).unwrap().card.unwrap().fits);
+    assert!(
+        !deq.plan_on(&small, &SpeedModel::flat(0.5))
+            .unwrap()
+            .card
+            .unwrap()
+            .fits
+    );
 }

@@ -39,9 +39,10 @@ pub struct PlanArgs {
     /// Also plan for this card and print its roofline tokens/s estimate (see --cards).
     #[arg(long)]
     card: Option<String>,
-    /// Fraction of the card's spec bandwidth the roofline assumes (1.0 = the pure roofline).
-    /// Default with --card: the efficiency measured by a committed decode report
-    /// (reports/*/decode.json under --root) for the same model and dtype, else 1.0.
+    /// A flat fraction of the card's spec bandwidth for the tokens/s estimate (1.0 = the pure
+    /// roofline). Default with --card: step time = bytes / (spec x stream efficiency) + layers x a
+    /// fixed cost, both fitted to a committed decode report's 7B and 13B steps (reports/*/decode.json
+    /// under --root); a report with one model gives its flat efficiency; none, 1.0.
     #[arg(long)]
     efficiency: Option<f64>,
     /// Folder holding reports/ (for the measured efficiency).
@@ -70,28 +71,55 @@ pub struct PlanArgs {
     json: bool,
 }
 
-/// --efficiency if given; else the efficiency a committed decode report measured for this model
-/// and dtype (printed with its provenance, once per model); else the pure roofline (1.0).
-fn efficiency_for(a: &PlanArgs, m: &ModelConfig, card: &cards::Card) -> anyhow::Result<f64> {
+/// The speed model behind a card's tokens/s estimate (printed once with its provenance):
+/// --efficiency if given (flat); else the model fitted to a committed decode report's two model
+/// sizes (bytes at a stream efficiency + a fixed cost per layer); else that report's flat
+/// efficiency for this model; else the pure roofline (1.0).
+fn speed_for(
+    a: &PlanArgs,
+    m: &ModelConfig,
+    card: &cards::Card,
+) -> anyhow::Result<gptq_lab::plan::SpeedModel> {
+    use gptq_lab::plan::{measured, SpeedModel};
     if let Some(e) = a.efficiency {
-        return Ok(e);
+        return Ok(SpeedModel::flat(e));
     }
-    match gptq_lab::plan::measured::from_reports(&a.root, &m.name, a.dtype)? {
-        Some(me) => {
-            if !a.json {
-                static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-                let mut said = SAID.lock().unwrap();
-                if !said.contains(&m.name) {
-                    said.push(m.name.clone());
-                    println!(
-                        "ESTIMATE for {} on {}: efficiency {:.1}% of spec bandwidth, as MEASURED for {} {:?} on {} ({}, git {}, kernel hash {}, {}, ctx {}: {:.1} tok/s); another card runs at its own efficiency",
-                        m.name, card.name, me.efficiency * 100.0, m.name, a.dtype, me.device, me.date, me.git_rev, me.kernel_hash, me.int4_kernel, me.ctx, me.tokens_per_s
-                    );
-                }
-            }
-            Ok(me.efficiency)
+    // One provenance line per distinct source, not one per configuration.
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let say = |key: String, line: String| {
+        if a.json {
+            return;
         }
-        None => Ok(1.0),
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        if !said.contains(&key) {
+            said.push(key);
+            println!("{line}");
+        }
+    };
+    if let Some(f) = measured::fit_from_reports(&a.root, a.dtype)? {
+        let [p, q] = &f.points;
+        say(
+            "fit".into(),
+            format!(
+                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms (CUDA graph, shortest context); another card has its own stream efficiency and launch cost",
+                card.name, card.bandwidth_gbs, f.speed.stream_efficiency * 100.0, f.speed.per_layer_s * 1e6,
+                a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms
+            ),
+        );
+        return Ok(f.speed);
+    }
+    match measured::from_reports(&a.root, &m.name, a.dtype)? {
+        Some(me) => {
+            say(
+                m.name.clone(),
+                format!(
+                    "ESTIMATE for {} on {}: efficiency {:.1}% of spec bandwidth, as MEASURED for {} {:?} on {} ({}, git {}, kernel hash {}, {}, ctx {}: {:.1} tok/s); another card runs at its own efficiency",
+                    m.name, card.name, me.efficiency * 100.0, m.name, a.dtype, me.device, me.date, me.git_rev, me.kernel_hash, me.int4_kernel, me.ctx, me.tokens_per_s
+                ),
+            );
+            Ok(SpeedModel::flat(me.efficiency))
+        }
+        None => Ok(SpeedModel::flat(1.0)),
     }
 }
 
@@ -120,7 +148,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.prefill_int4 = a.prefill_int4;
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match card {
-                    Some(c) => s.plan_on(c, efficiency_for(&a, m, c)?)?,
+                    Some(c) => s.plan_on(c, &speed_for(&a, m, c)?)?,
                     None => s.plan()?,
                 });
             }
@@ -286,7 +314,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
 
     if let (Some(c), Some(r)) = (&first.card, &first.roofline) {
         println!(
-            "\nOn {} ({} MiB, {:.0} GB/s spec): tokens/s = spec bandwidth x efficiency / bytes per step (ESTIMATE, not a measurement):",
+            "\nOn {} ({} MiB, {:.0} GB/s spec): tokens/s = 1 / step time, step time = bytes per step / (spec x stream efficiency) + layers x fixed cost (ESTIMATE, not a measurement; eff % = bytes per step / (step time x spec)):",
             c.card,
             c.memory_bytes >> 20,
             r.bandwidth_gbs,
