@@ -53,6 +53,10 @@ typedef struct {
     int32_t x_glu;     /* 1: x is a fused fp16 [gate | up] of 2k values and input row r is
                           silu(gate[r]) * up[r] rounded to fp16 (common/glu.cuh, the MLP's down
                           projection); 0: x is fp16 [m, k]. Int4 GEMVs (m = 1) only. */
+    int32_t ld_w;      /* row stride (columns) of qweight / scales / qzeros when the kernel works on
+                          a column slice of them (qweight, scales, qzeros then point at its first
+                          column, a multiple of 8; n = the slice's width); 0 = n. Read by
+                          lab_dequant_f16_v1 only (the prefill's sliced dequant). */
 } lab_gemm_params;
 
 /* ---- Dequant-GEMM tile constants (kernels/gemm/, src/kernels/gemm.rs): one definition for both sides ---- */

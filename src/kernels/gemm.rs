@@ -586,6 +586,7 @@ pub fn launch_layer(
         k_slice,
         prefetch_bytes: 0,
         x_glu: 0,
+        ld_w: 0,
     };
     launch(gpu, v, &p)
 }

@@ -116,6 +116,7 @@ fn run_case(gpu: &Gpu, v: &Variant, c: &Case, seed: u64) -> crate::Result<Option
         k_slice,
         prefetch_bytes: 0,
         x_glu: 0,
+        ld_w: 0,
     };
     gemm::launch(gpu, v, &p)?;
     gpu.sync()?;

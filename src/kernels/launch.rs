@@ -346,6 +346,7 @@ fn launch_kernel(
         k_slice: plan.k_slice as i32,
         prefetch_bytes: 0,
         x_glu: gated as i32,
+        ld_w: 0,
     };
     let cfg = LaunchConfig {
         grid_dim: plan.grid,

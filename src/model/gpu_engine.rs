@@ -48,10 +48,10 @@ mod prefill;
 use persistent::{LaunchKind, Persistent};
 pub use prefill::{
     attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, chunks, dequant_min_rows,
-    describe_paths, int4_path, paths_by_rows, prefill_choice_for_memory, row_tiles, Int4Path,
-    PrefillInt4, PrefillLogits, PrefillMode, PrefillPlan, PrefillSizes, ScratchPart,
-    DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM, DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER,
-    GEMM_ROWS,
+    dequant_slices, describe_paths, int4_path, paths_by_rows, prefill_choice_for_memory, row_tiles,
+    DequantSlices, Int4Path, PrefillInt4, PrefillLogits, PrefillMode, PrefillPlan, PrefillSizes,
+    ScratchPart, DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM, DEQUANT_MIN_ROWS,
+    DEQUANT_MIN_ROWS_ACT_ORDER, DEQUANT_SLICE_ELEMS, GEMM_ROWS,
 };
 
 /// Positions per attention split block. 256 (was 128 until attention v4): a 7B / 13B grid at
@@ -585,7 +585,7 @@ impl GpuEngine {
         let chunk = opts.prefill_chunk.min(opts.max_ctx);
         // The int4 prefill through dequant + cuBLAS needs the handle too: where some chunk size
         // takes that path for some int4 linear (the prefill plan's `dequant`, as Prefill::new and
-        // `lab plan` see it). Auto's dequant (fp16 W of the widest linear + the handle) only where
+        // `lab plan` see it). Auto's dequant (an fp16 column slice of W + the handle) only where
         // the card has the room: else the GEMM family's smaller plan (prefill_choice_for_memory).
         let plan = |choice| prefill::plan_for(cfg, &weights, chunk, choice, gpu.sm());
         let mut prefill_plan = plan(opts.prefill_int4);
@@ -1088,6 +1088,7 @@ impl GpuEngine {
                 0
             },
             x_glu,
+            ld_w: 0,
         }
     }
 

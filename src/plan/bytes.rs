@@ -248,8 +248,8 @@ pub const PREFILL_PLAN_SM: u32 = 80;
 /// (`checkpoint_int4_layer`; none for fp16), sm_`PREFILL_PLAN_SM`. The chunk is clamped to the KV
 /// cache's `ctx` rows as `EngineOptions` does (a prompt never exceeds the cache); 0 rows = no
 /// prefill (token-by-token prompts): None. Independent of the batch: the engine prefills one
-/// prompt at a time. `choice` is the engine's `--prefill-int4` (auto and dequant hold the fp16 W
-/// of the largest linear where some chunk size dequantizes).
+/// prompt at a time. `choice` is the engine's `--prefill-int4` (auto and dequant hold the widest fp16
+/// column slice of W, `dequant_slices`, where some chunk size dequantizes).
 pub fn prefill_plan(
     cfg: &ModelConfig,
     dtype: WeightDtype,

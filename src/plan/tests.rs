@@ -75,12 +75,24 @@ fn engine_prefill(cfg: &ModelConfig, rows: usize, int4: bool) -> u64 {
     if int4 && rows >= 2 {
         // Chunks of 2.. rows: the GEMM family below the auto crossover (256 rows at g128)...
         s = PrefillSizes::new(cfg, rows, 2 * i, prepared_words(h, 2 * i), 0);
-        // ...and from it the dequant's fp16 W of gate|up, in the same scratch.
+        // ...and from it the dequant's fp16 W, one column slice at a time, in the same scratch.
         if rows >= crate::model::gpu_engine::DEQUANT_MIN_ROWS {
-            s.dequant = h * 2 * i;
+            s.dequant = widest_dequant_slice(cfg);
         }
     }
     s.bytes()
+}
+
+/// Elements of the largest fp16 column slice the dequant path writes for one layer of `cfg`
+/// (fused q|k|v, o, fused gate|up, down; MHA).
+fn widest_dequant_slice(cfg: &ModelConfig) -> usize {
+    use crate::model::gpu_engine::dequant_slices;
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    [(h, 3 * h), (h, h), (h, 2 * i), (i, h)]
+        .into_iter()
+        .map(|(k, n)| k * dequant_slices(k, n).width)
+        .max()
+        .unwrap()
 }
 
 #[test]
@@ -90,10 +102,18 @@ fn prefill_bytes_are_the_engines_for_vicuna_7b_and_13b() {
         // Per row: i32 token + f32 residual + fp16 x16, qkv (3h, MHA), delta, gate_up, act.
         let acts = 512 * (4 + 4 * h + 2 * (h + 3 * h + h + 2 * i + i));
         // gemm_v2's split-K rows + repack of gate|up (its int4 codes: h * 2i / 2 bytes), and the
-        // dequant's fp16 gate|up (2 h 2i bytes) share one scratch: the larger one.
+        // dequant's largest fp16 column slice share one scratch: the larger one. 7B: the slice
+        // (gate|up in 3 slices of 7344 columns, 60 MB) over the GEMM's 51 MB; 13B: the GEMM's 78
+        // MB over gate|up's 5 slices of 5536 (57 MB). Whole, gate|up would be 180 / 283 MB.
         let gemm = 64 * 2 * i * 4 + h * 2 * i / 2;
-        let scratch = gemm.max(2 * h * 2 * i);
-        assert_eq!(scratch, 2 * h * 2 * i);
+        let slice = 2 * widest_dequant_slice(&m) as u64;
+        let scratch = gemm.max(slice);
+        assert_eq!(
+            scratch,
+            if m.hidden_size == 4096 { slice } else { gemm },
+            "{}",
+            m.name
+        );
         let int4 = PlanSpec::new(m.clone(), WeightDtype::Int4, 128, 2048);
         let mut act = int4.clone();
         act.act_order = true;
@@ -119,11 +139,12 @@ fn prefill_bytes_are_the_engines_for_vicuna_7b_and_13b() {
             m.name
         );
         assert_eq!(pf.prefill_bytes, acts, "{} fp16", m.name);
-        // 7B ~244 MB, 13B ~362 MB (run 10's GEMM-only engine recorded 114 / 157 MB).
+        // 7B ~123 MB, 13B ~157 MB: the GEMM-only engine's 114 / 157 MB (run 10's record) + 9 / 0
+        // MB for the dequant slice (whole fp16 W of gate|up: 244 / 362 MB).
         let want = if m.name == "vicuna-7b" {
-            243.6e6
+            123.3e6
         } else {
-            362.2e6
+            157.0e6
         };
         assert!(
             (pi.prefill_bytes as f64 - want).abs() < 1e6,
@@ -580,13 +601,20 @@ fn card_table_lookup() {
 }
 
 #[test]
-fn the_dequant_prefill_scratch_is_the_fp16_w_of_the_widest_linear_and_auto_plans_it() {
+fn the_dequant_prefill_scratch_is_the_widest_fp16_slice_and_auto_plans_it() {
     use crate::model::gpu_engine::PrefillInt4;
     for (model, widest) in [
-        // fused gate|up: k = hidden, n = 2 x intermediate
-        (ModelConfig::vicuna_7b(), 4096u64 * 22016),
-        (ModelConfig::vicuna_13b(), 5120u64 * 27648),
+        // 7B: fused gate|up (4096 x 22016) in 3 column slices of 7344; 13B: gate|up (5120 x 27648)
+        // in 5 of 5536, wider than down's 3 of 1712 at K = 13824.
+        (ModelConfig::vicuna_7b(), 4096u64 * 7344),
+        (ModelConfig::vicuna_13b(), 5120u64 * 5536),
     ] {
+        assert_eq!(
+            widest as usize,
+            widest_dequant_slice(&model),
+            "{}",
+            model.name
+        );
         for act_order in [false, true] {
             let mut s = PlanSpec::new(model.clone(), WeightDtype::Int4, 128, 2048);
             s.act_order = act_order;
@@ -595,8 +623,8 @@ fn the_dequant_prefill_scratch_is_the_fp16_w_of_the_widest_linear_and_auto_plans
             let deq = s.plan().unwrap();
             s.prefill_int4 = PrefillInt4::GemmV2;
             let v2 = s.plan().unwrap();
-            // Dequant: no GEMM linear, the scratch is the fp16 W of the widest linear (the
-            // engine's own sizing, PrefillSizes), act-order or not.
+            // Dequant: no GEMM linear, the scratch is the widest fp16 column slice (the engine's
+            // own sizing, PrefillSizes), act-order or not.
             let mut z = PrefillSizes::new(
                 &model,
                 crate::model::gpu_engine::DEFAULT_PREFILL_CHUNK,
@@ -607,9 +635,15 @@ fn the_dequant_prefill_scratch_is_the_fp16_w_of_the_widest_linear_and_auto_plans
             z.dequant = widest as usize;
             assert_eq!(deq.prefill_bytes, z.bytes(), "{}", model.name);
             // Auto at 512-row chunks dequantizes the large chunks and runs the GEMM below the
-            // crossover: both in one scratch, as large as the dequant alone.
-            assert_eq!(auto.prefill_bytes, deq.prefill_bytes, "{}", model.name);
-            assert!(v2.prefill_bytes < auto.prefill_bytes, "{}", model.name);
+            // crossover: both in one scratch, the larger of the two (7B: the slice; 13B: the
+            // GEMM's, so auto's prefill is v2's).
+            assert_eq!(
+                auto.prefill_bytes,
+                deq.prefill_bytes.max(v2.prefill_bytes),
+                "{}",
+                model.name
+            );
+            assert!(v2.prefill_bytes <= auto.prefill_bytes, "{}", model.name);
             // ...plus the cuBLAS handle v2's engine does not make.
             assert_eq!(auto.workspace_bytes - v2.workspace_bytes, CUBLAS_BYTES);
             assert_eq!(

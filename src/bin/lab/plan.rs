@@ -56,8 +56,8 @@ pub struct PlanArgs {
     prefill_chunk: u64,
     /// How the engine's prefill computes int4 linears (as `lab decode --prefill-int4`): auto,
     /// v2, v1, rows or dequant. auto (chunks from 256 rows, 128 with act-order) and dequant
-    /// hold the fp16 W of the largest linear (k x n x 2 bytes: 7B 180 MB, 13B 283 MB) in the
-    /// prefill workspace; v2 only the GEMM's scratch (7B ~51 MB).
+    /// hold the widest fp16 column slice of W (at most 64 MB: 7B 60 MB, 13B 57 MB) in the prefill
+    /// workspace, shared with the GEMM's scratch (7B ~51 MB, 13B ~78 MB); v2 only the latter.
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
     /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
@@ -353,7 +353,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
 /// The parts of the prefill workspace under the plan's `--prefill-int4`.
 fn prefill_parts(p: &Plan) -> String {
     let gemm = "GEMM split-K partials + the gemm_v2 repack of the largest linear";
-    let dequant = "the fp16 W of the largest linear (dequantized for cuBLAS)";
+    let dequant = "the widest fp16 column slice of W (dequantized for cuBLAS, at most 64 MB)";
     let cut = if p.act_order {
         DEQUANT_MIN_ROWS_ACT_ORDER
     } else {

@@ -119,12 +119,28 @@ pub fn prefill_attn(a: Attn, qkv: &[f32], kc: &[f32], vc: &[f32]) -> Vec<f32> {
 /// x 1 column) per (blockIdx.y, column), row r's value stored at row perm[r] when a permutation
 /// is given (act-order held reordered). Returns the fp16 [k, n] buffer.
 pub fn dequant_f16(l: &crate::gptq::QuantLinear, perm: Option<&[i32]>) -> Vec<half::f16> {
+    dequant_f16_cols(l, perm, 0..l.n)
+}
+
+/// The kernel on a column slice, with the launch's pointer arithmetic (linears.rs dequant_f16):
+/// qweight, scales and qzeros offset to column `cols.start` (qzeros by start / 8 words), n = the
+/// slice's width, ld_w = the layer's n. Returns the fp16 [k, cols.len()] buffer.
+pub fn dequant_f16_cols(
+    l: &crate::gptq::QuantLinear,
+    perm: Option<&[i32]>,
+    cols: std::ops::Range<usize>,
+) -> Vec<half::f16> {
     use half::f16;
-    let (k, n) = (l.k, l.n);
+    let (k, ld, c0) = (l.k, l.n, cols.start);
+    let n = cols.len();
+    // The offset "pointers".
+    let qweight = &l.qweight[c0..];
+    let scales = &l.scales[c0..];
+    let qzeros = &l.qzeros[c0 / 8..];
     let mut out = vec![f16::from_f32(f32::NAN); k * n];
     for w in 0..k / 8 {
         for col in 0..n {
-            let word = l.qweight[w * n + col];
+            let word = qweight[w * ld + col];
             for i in 0..8 {
                 let r = 8 * w + i;
                 let g = l.g_idx.as_ref().map_or(r / l.group_size, |g| g[r] as usize);
@@ -132,10 +148,10 @@ pub fn dequant_f16(l: &crate::gptq::QuantLinear, perm: Option<&[i32]>) -> Vec<ha
                 let z = if l.symmetric {
                     8
                 } else {
-                    ((l.qzeros[g * (n / 8) + col / 8] >> (4 * (col % 8))) & 0xF) as i32
+                    ((qzeros[g * (ld / 8) + col / 8] >> (4 * (col % 8))) & 0xF) as i32
                 };
                 let dst = perm.map_or(r, |p| p[r] as usize);
-                let v = l.scales[g * n + col].to_f32() * (q - z) as f32;
+                let v = scales[g * ld + col].to_f32() * (q - z) as f32;
                 out[dst * n + col] = f16::from_f32(v);
             }
         }

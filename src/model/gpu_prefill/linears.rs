@@ -198,18 +198,22 @@ impl GpuEngine {
                         let w = self
                             .scratch_part(ScratchPart::Dequant)?
                             .ok_or_else(|| missing("the dequant scratch"))?;
-                        self.dequant_f16(q, w)?;
-                        // All m rows at once, straight into the output's columns (ldc = width).
-                        return self.cublas_f16(
-                            blas,
-                            WeightOrder::KN,
-                            w,
-                            (k, n),
-                            x,
-                            m,
-                            row_y(0),
-                            out.width,
-                        );
+                        // Slice by slice (dequant_slices: at most 64 MB of fp16 W at a time), all
+                        // m rows at once, straight into the output's columns (ldc = width).
+                        for cols in dequant_slices(k, n).ranges(n) {
+                            self.dequant_f16(q, cols.clone(), w)?;
+                            self.cublas_f16(
+                                blas,
+                                WeightOrder::KN,
+                                w,
+                                (k, cols.len()),
+                                x,
+                                m,
+                                row_y(0) + 2 * cols.start as u64,
+                                out.width,
+                            )?;
+                        }
+                        return Ok(());
                     }
                     Int4Path::GemmV2 => gemm_variant("gemm_v2_mma"),
                     Int4Path::GemmV1 => gemm_variant("gemm_v1_simt"),
@@ -302,22 +306,36 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// W of `l` as fp16 [k, n] at `dst` (lab_dequant_f16_v1: one rounding of scale x (q - zero)).
-    fn dequant_f16(&self, l: &Int4Dev, dst: u64) -> Result<()> {
+    /// Columns `cols` of W of `l` as fp16 [k, cols.len()] at `dst` (lab_dequant_f16_v1: one
+    /// rounding of scale x (q - zero)); `cols.start` is a multiple of 8 (dequant_slices).
+    fn dequant_f16(&self, l: &Int4Dev, cols: std::ops::Range<usize>, dst: u64) -> Result<()> {
         let pf = self.pf()?;
         let f =
             pf.k.dequant
                 .as_ref()
                 .ok_or_else(|| LabError::invalid("prefill", "lab_dequant_f16_v1 was not loaded"))?;
-        // The kernel reads qweight/qzeros/scales/g_idx, group_size, zero_mode, n, k; y = dst.
-        let p = self.int4_params(l, XInput::Plain(0), dst, 0, 1, l.k);
+        // The kernel reads qweight/qzeros/scales/g_idx, group_size, zero_mode, n, k, ld_w; y = dst.
+        // A slice: the three weight pointers at its first column, row stride ld_w = the full n.
+        debug_assert!(cols.start % 8 == 0 && cols.end <= l.n);
+        let mut p = self.int4_params(l, XInput::Plain(0), dst, 0, 1, l.k);
+        let c0 = cols.start as u64;
+        p.qweight += 4 * c0;
+        p.scales += 2 * c0;
+        if p.qzeros != 0 {
+            p.qzeros += 4 * (c0 / 8);
+        }
+        p.n = cols.len() as i32;
+        p.ld_w = l.n as i32;
         self.launch(
             f,
-            (l.n.div_ceil(256) as u32, (l.k / 8) as u32),
+            (cols.len().div_ceil(256) as u32, (l.k / 8) as u32),
             256,
             0,
             &p,
-            &format!("prefill dequant to fp16 K {} N {}", l.k, l.n),
+            &format!(
+                "prefill dequant to fp16 K {} N {} (columns {}..{})",
+                l.k, l.n, cols.start, cols.end
+            ),
         )
     }
 

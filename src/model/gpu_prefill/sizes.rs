@@ -39,8 +39,8 @@ pub struct PrefillSizes {
     /// fp16 [GEMM_ROWS, widest unfused slot N]: a GEMM writes y with row stride n, so an unfused
     /// q/k/v or gate/up part lands here and is copied (2D) into its columns (0 when all fused).
     pub slot_y: usize,
-    /// fp16 [k, n] of the largest dequant-path linear (auto with chunks from its crossover, or
-    /// --prefill-int4 dequant; 0 when no chunk size takes that path).
+    /// fp16 [k, slice width] of the largest dequant-path slice (`dequant_slices`; auto with chunks
+    /// from its crossover, or --prefill-int4 dequant; 0 when no chunk size takes that path).
     #[serde(default)]
     pub dequant: usize,
 }
@@ -160,7 +160,7 @@ impl PrefillPlan {
                     Int4Path::Rows(_) => continue,
                     // cuBLAS writes any column range of the output itself: no split-K or slots.
                     Int4Path::Dequant => {
-                        dequant = dequant.max(s.k * s.n);
+                        dequant = dequant.max(s.k * dequant_slices(s.k, s.n).width);
                         continue;
                     }
                     Int4Path::GemmV2 => {
@@ -189,6 +189,38 @@ impl PrefillPlan {
     /// prefill.
     pub fn bytes_or_zero(plan: Option<Self>) -> u64 {
         plan.map_or(0, |p| p.sizes.bytes())
+    }
+}
+
+/// Most fp16 elements of W the dequant path writes at once (64 MB). A wide linear is dequantized
+/// and multiplied in column slices of at most this many elements, so the scratch is 64 MB instead
+/// of the whole W (13B's fused gate|up: 5120 x 27648 = 283 MB; 7B's 180 MB). Cost: a few more
+/// launches per linear (13B: 5 + 3 + 1 + 3 slices per layer instead of 4 linears, ~1-2 us of GPU
+/// each against a 512-row chunk's ~110 ms), and cuBLAS GEMMs of N >= ~2000, still large.
+pub const DEQUANT_SLICE_ELEMS: usize = 32 << 20;
+
+/// Column slices of a [k, n] linear for the dequant path: `count` slices of `width` columns (a
+/// multiple of 8, so a slice starts on a packed-zeros word; the last one may be narrower).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DequantSlices {
+    pub count: usize,
+    pub width: usize,
+}
+
+pub fn dequant_slices(k: usize, n: usize) -> DequantSlices {
+    let count = (k * n).div_ceil(DEQUANT_SLICE_ELEMS).max(1);
+    let width = n.div_ceil(count).div_ceil(8) * 8;
+    // Rounding the width up can leave the last slice empty (n = 8 * 2, count 3): recount.
+    DequantSlices {
+        count: n.div_ceil(width),
+        width: width.min(n),
+    }
+}
+
+impl DequantSlices {
+    /// Column range of each slice.
+    pub fn ranges(self, n: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        (0..self.count).map(move |i| i * self.width..((i + 1) * self.width).min(n))
     }
 }
 

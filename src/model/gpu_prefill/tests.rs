@@ -438,17 +438,18 @@ fn the_gemm_scratch_and_the_dequant_w_share_one_allocation() {
             plan(PrefillInt4::GemmV2),
             plan(PrefillInt4::Dequant),
         );
-        // Dequant alone: the fp16 W of the largest linear (gate|up, 4096 x 22016 = 180 MB).
+        // Dequant alone: the widest fp16 column slice (gate|up, 4096 x 22016, in 3 slices of
+        // 7344 columns: 60 MB instead of 180 MB whole).
         assert!(deq.dequant && !deq.gemm_v1 && !deq.gemm_v2);
-        assert_eq!(deq.sizes.dequant, 4096 * 22016);
-        assert_eq!(deq.sizes.bytes() - base, 2 * 4096 * 22016);
+        assert_eq!(deq.sizes.dequant, 4096 * 7344);
+        assert_eq!(deq.sizes.bytes() - base, 2 * 4096 * 7344);
         // v2 alone: split-K + repack, no dequant.
         assert!(!v2.dequant && v2.gemm_v2 && v2.sizes.dequant == 0);
         // Auto holds both paths in the larger of the two, not their sum.
         assert!(auto.dequant && auto.gemm_v2);
         assert_eq!(auto.sizes.scratch_bytes(), deq.sizes.scratch_bytes());
         assert!(auto.sizes.scratch_bytes() > v2.sizes.scratch_bytes());
-        assert_eq!(auto.sizes.bytes() - base, 2 * 4096 * 22016);
+        assert_eq!(auto.sizes.bytes() - base, 2 * 4096 * 7344);
     }
     // Offsets: the GEMM parts side by side from 0, 256-byte aligned; the dequant W from 0.
     let mut s = PrefillSizes::new(&cfg, 64, 100, 37, 3);
@@ -515,7 +516,64 @@ fn dequant_emulation_writes_act_order_rows_back_to_their_checkpoint_rows() {
             // Without the scatter the rows stay sorted: the bug the perm pointer fixes.
             assert_ne!(emulate::dequant_f16(&r.layer, None), want, "{k}x{n} g{g}");
         }
+        // Column slices (the prefill's sliced dequant): each slice is those columns of W.
+        for width in [8, 16, 24] {
+            for cols in (DequantSlices {
+                count: n.div_ceil(width),
+                width,
+            })
+            .ranges(n)
+            {
+                let got = emulate::dequant_f16_cols(&r.layer, perm, cols.clone());
+                for row in 0..k {
+                    assert_eq!(
+                        &got[row * cols.len()..(row + 1) * cols.len()],
+                        &want[row * n + cols.start..row * n + cols.end],
+                        "{k}x{n} g{g} columns {cols:?} row {row}"
+                    );
+                }
+            }
+        }
     }
+}
+
+#[test]
+fn dequant_slices_cover_every_column_once_within_the_budget() {
+    // The decode shapes of 7B / 13B (fused q|k|v, o, gate|up, down) and odd ones.
+    for (k, n) in [
+        (4096, 12288),
+        (4096, 4096),
+        (4096, 22016),
+        (11008, 4096),
+        (5120, 15360),
+        (5120, 5120),
+        (5120, 27648),
+        (13824, 5120),
+        (64, 16),
+        (8, 8),
+        (1 << 16, 1024),
+    ] {
+        let s = dequant_slices(k, n);
+        assert_eq!(s.width % 8, 0, "{k}x{n}: {s:?}");
+        let ranges: Vec<_> = s.ranges(n).collect();
+        assert_eq!(ranges.len(), s.count);
+        assert_eq!(ranges[0].start, 0);
+        assert_eq!(ranges.last().unwrap().end, n, "{k}x{n}: {s:?}");
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(ranges.iter().all(|r| !r.is_empty()), "{k}x{n}: {s:?}");
+        // Within the budget, but for rounding the width up to 8 columns.
+        assert!(k * s.width <= DEQUANT_SLICE_ELEMS + 8 * k, "{k}x{n}: {s:?}");
+        // No more slices than the budget needs.
+        assert!(
+            s.count <= (k * n).div_ceil(DEQUANT_SLICE_ELEMS).max(1),
+            "{k}x{n}"
+        );
+    }
+    // 13B: gate|up in 5 slices, down in 3; 7B: gate|up in 3, o in 1.
+    assert_eq!(dequant_slices(5120, 27648).count, 5);
+    assert_eq!(dequant_slices(13824, 5120).count, 3);
+    assert_eq!(dequant_slices(4096, 22016).count, 3);
+    assert_eq!(dequant_slices(4096, 4096).count, 1);
 }
 
 #[test]
