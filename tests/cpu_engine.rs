@@ -3,13 +3,14 @@
 //! CpuEngine and must give the greedy tokens and logits transformers gave on the same
 //! dequantized weights. Also the `lab decode` JSON shape, through the built binary.
 
+mod common;
+use common::lab;
 use gptq_lab::model::checkpoint::{Checkpoint, LinearWeights};
 use gptq_lab::model::cpu_engine::CpuEngine;
 use gptq_lab::model::sampler::argmax;
 use gptq_lab::model::weights::LlamaWeights;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Logit tolerance, |got - want| <= ATOL + RTOL * |want|. Both sides use the same f32 weights;
 /// transformers sums in f32 (dots of K <= 192 terms: ~sqrt(192) * 2^-24 ≈ 1e-6 relative, grown
@@ -236,11 +237,77 @@ fn tied_lm_head_reuses_the_embedding_and_a_missing_untied_one_is_named() {
     assert!(e.contains("lm_head.weight"), "{e}");
 }
 
-fn lab(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("run the lab binary")
+/// A text prompt, generation stopped at EOS: a copy of the fixture whose config names as
+/// eos_token_id the 4th greedy id (the first not generated before it) stops there, with
+/// stop = "eos" and the EOS id as the last token.
+#[test]
+fn cli_decode_stops_at_the_checkpoints_eos() {
+    let args = |dir: &str, ignore: bool| {
+        let mut a = vec![
+            "decode",
+            "--backend",
+            "cpu",
+            "--checkpoint",
+            dir,
+            "--prompt",
+            "Tell me a story.",
+            "--template",
+            "v1.1",
+            "--max-new-tokens",
+            "16",
+            "--greedy",
+            "--json",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if ignore {
+            a.push("--ignore-eos".into());
+        }
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32");
+    let free = run(args(src.to_str().unwrap(), true));
+    let ids: Vec<u64> = free["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 16);
+    let at = (3..ids.len())
+        .find(|&i| !ids[..i].contains(&ids[i]))
+        .expect("a new id after the third");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["eos_token_id"] = ids[at].into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let stopped = run(args(tmp.path().to_str().unwrap(), false));
+    assert_eq!(stopped["stop"], "eos", "{stopped}");
+    let got: Vec<u64> = stopped["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert_eq!(got, ids[..=at].to_vec());
+    assert!(stopped["text"].is_string(), "{stopped}");
+    // --ignore-eos on the same copy runs to the limit.
+    let ignored = run(args(tmp.path().to_str().unwrap(), true));
+    assert_eq!(ignored["stop"], "max_new_tokens");
+    assert_eq!(ignored["tokens"], free["tokens"]);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use gptq_lab::model::gpu_check::{
 };
 use gptq_lab::model::gpu_engine::{
     EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
+    DEQUANT_SLICE_ELEMS,
 };
 use gptq_lab::model::gpu_weights::{SyntheticSpec, WeightKind};
 use std::path::Path;
@@ -206,7 +207,8 @@ fn bad_tokens_and_a_full_cache_are_errors_not_wrong_results() {
 /// chunks of 33, act-order rows written back through the permutation) gives the same last-row
 /// logits (within the end-to-end tolerance) and the same greedy continuation as the
 /// token-by-token prefill. A 300-token prompt in chunks of 260 + 40 takes auto's dequant for the
-/// first chunk (from 256 rows; act-order from 128) and the GEMM for the second.
+/// first chunk (from 256 rows; act-order from 128) and the GEMM for the second. Two dequant cases
+/// run with a small slice budget, so every linear goes through several column slices.
 #[test]
 fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
     let Some(gpu) = gpu_or_skip("gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill")
@@ -215,7 +217,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
     };
     let mut cfg = tiny_config();
     cfg.max_position_embeddings = 512; // the 300-token cases
-    for (kind, chunk, int4, len) in [
+    for (kind, chunk, int4, len, slices) in [
         (
             WeightKind::Int4 {
                 group: 32,
@@ -225,6 +227,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             32,
             PrefillInt4::Auto,
             100,
+            DEQUANT_SLICE_ELEMS,
         ),
         (
             WeightKind::Int4 {
@@ -235,6 +238,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             7,
             PrefillInt4::GemmV1,
             100,
+            DEQUANT_SLICE_ELEMS,
         ),
         // dequant + cuBLAS (--prefill-int4 dequant): 3 chunks of 33 and a 1-row tail (the
         // decode GEMV); act-order through the permutation.
@@ -247,6 +251,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             33,
             PrefillInt4::Dequant,
             100,
+            DEQUANT_SLICE_ELEMS,
         ),
         (
             WeightKind::Int4 {
@@ -257,6 +262,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             32,
             PrefillInt4::Dequant,
             100,
+            DEQUANT_SLICE_ELEMS,
         ),
         // auto: dequant for the 260-row chunk, the GEMM family for the 40-row one.
         (
@@ -268,6 +274,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             260,
             PrefillInt4::Auto,
             300,
+            DEQUANT_SLICE_ELEMS,
         ),
         (
             WeightKind::Int4 {
@@ -278,14 +285,47 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             260,
             PrefillInt4::Auto,
             300,
+            DEQUANT_SLICE_ELEMS,
         ),
-        (WeightKind::Fp16, 32, PrefillInt4::Auto, 100),
+        // The dequant in column slices (a 64-wide tiny linear is one slice at the default budget):
+        // gate|up (64 x 384) in 16 slices of 24 columns, down (192 x 64) in 8 of 8; and a budget
+        // that is not a multiple of 8 columns (last slices narrower).
+        (
+            WeightKind::Int4 {
+                group: 64,
+                act_order: true,
+                sym: true,
+            },
+            32,
+            PrefillInt4::Dequant,
+            100,
+            64 * 24,
+        ),
+        (
+            WeightKind::Int4 {
+                group: 32,
+                act_order: false,
+                sym: false,
+            },
+            33,
+            PrefillInt4::Dequant,
+            100,
+            2000,
+        ),
+        (
+            WeightKind::Fp16,
+            32,
+            PrefillInt4::Auto,
+            100,
+            DEQUANT_SLICE_ELEMS,
+        ),
     ] {
         let prompt: Vec<u32> = (0..len).map(|i| (i * 37 + 11) % 320).collect();
         let host = gptq_lab::model::gpu_weights::HostLlama::random(&cfg, 21, kind).unwrap();
         let mut o = EngineOptions::new(len as usize + 28);
         o.prefill_chunk = chunk;
         o.prefill_int4 = int4;
+        o.dequant_slice_elems = slices;
         let mut e = GpuEngine::new(
             &gpu,
             &cfg,
@@ -314,7 +354,7 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         let (i, r) = worst(&got[0], &want, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap();
         assert!(
             r <= 1.0,
-            "{kind:?} chunk {chunk}: logit {i} off by {r:.2}x tolerance"
+            "{kind:?} chunk {chunk} slices of {slices}: logit {i} off by {r:.2}x tolerance"
         );
         let gemm = e
             .generate_with(&prompt, 8, true, PrefillMode::Gemm)

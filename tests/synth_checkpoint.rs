@@ -199,6 +199,12 @@ fn cli_writes_real_widths_and_refuses_bad_flags() {
         "--json",
     ]);
     assert!(r.status.success(), "{}", stderr(&r));
+    // Nobody mistakes it for a model: the engine says where it came from.
+    assert!(
+        stderr(&r).contains("lab synth-checkpoint"),
+        "{}",
+        stderr(&r)
+    );
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
     assert_eq!(v["tokens"].as_array().unwrap().len(), 2);
     assert!(v["tokens"]

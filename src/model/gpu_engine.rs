@@ -132,6 +132,10 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
     /// Which kernel computes the int4 linears of a prefill.
     pub prefill_int4: PrefillInt4,
+    /// Most fp16 elements of W the dequant path writes at once (`dequant_slices`): the
+    /// default, DEQUANT_SLICE_ELEMS, is what `lab plan` sizes; tests lower it to run several
+    /// slices on tiny models.
+    pub dequant_slice_elems: usize,
     /// How `generate` fills the cache with the prompt.
     pub prefill: PrefillMode,
 }
@@ -210,6 +214,7 @@ impl EngineOptions {
             persistent_max_grid: 0,
             prefill_chunk: DEFAULT_PREFILL_CHUNK.min(max_ctx),
             prefill_int4: PrefillInt4::Auto,
+            dequant_slice_elems: DEQUANT_SLICE_ELEMS,
             prefill: PrefillMode::Gemm,
         }
     }
@@ -587,7 +592,16 @@ impl GpuEngine {
         // takes that path for some int4 linear (the prefill plan's `dequant`, as Prefill::new and
         // `lab plan` see it). Auto's dequant (an fp16 column slice of W + the handle) only where
         // the card has the room: else the GEMM family's smaller plan (prefill_choice_for_memory).
-        let plan = |choice| prefill::plan_for(cfg, &weights, chunk, choice, gpu.sm());
+        let plan = |choice| {
+            prefill::plan_for(
+                cfg,
+                &weights,
+                chunk,
+                choice,
+                gpu.sm(),
+                opts.dequant_slice_elems,
+            )
+        };
         let mut prefill_plan = plan(opts.prefill_int4);
         if opts.prefill_int4 == PrefillInt4::Auto {
             if let Some(p) = prefill_plan.filter(|p| p.dequant) {
@@ -703,6 +717,7 @@ impl GpuEngine {
             &weights,
             opts.prefill_chunk.min(opts.max_ctx),
             opts.prefill_int4,
+            opts.dequant_slice_elems,
         )?;
         stream.synchronize().ctx("prefill workspace allocation")?;
         vram.phase(

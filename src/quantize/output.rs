@@ -160,13 +160,23 @@ impl StreamedModel {
     /// Every tensor must have been written; then configs, settings and tokenizer files.
     pub fn finish(self, method: Method) -> Result<()> {
         self.weights.finish()?;
-        let cfg_obj = self.cfg_json.as_object().cloned().unwrap_or_default();
-        for (name, bytes) in config_files(&cfg_obj, self.info.format, &self.info) {
-            let path = self.dir.join(name);
-            std::fs::write(&path, bytes).map_err(|e| LabError::io(&path, e))?;
-        }
+        write_configs(&self.dir, &self.cfg_json, &self.info)?;
         finish_folder(&self.ckpt_dir, &self.dir, &self.params, method)
     }
+}
+
+/// quantize_config.json and config.json (`cfg_json` + its quantization_config) into `dir`.
+pub(crate) fn write_configs(
+    dir: &Path,
+    cfg_json: &serde_json::Value,
+    info: &QuantInfo,
+) -> Result<()> {
+    let cfg_obj = cfg_json.as_object().cloned().unwrap_or_default();
+    for (name, bytes) in config_files(&cfg_obj, info.format, info) {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).map_err(|e| LabError::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// `out` must not exist or be an empty folder; a staging folder is made beside it now, so an
@@ -199,7 +209,7 @@ pub(crate) fn prepare_out(out: &Path) -> Result<tempfile::TempDir> {
         LabError::invalid("--out", format!("cannot create {}: {e}", parent.display()))
     })?;
     tempfile::Builder::new()
-        .prefix(".lab-quantize-")
+        .prefix(".lab-checkpoint-")
         .tempdir_in(&parent)
         .map_err(|e| {
             LabError::invalid(

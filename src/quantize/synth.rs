@@ -17,12 +17,14 @@
 //! standard deviation is ~1/sqrt(k) (codes minus 8 have std 4.18); act-order: one random channel order
 //! per input (q/k/v share one, gate/up one, o and down their own, as GPTQ's Hessian order would),
 //! g_idx from it. Norm gains U(0.8, 1.2), embedding U(-1, 1), lm_head U(+-1.7 / sqrt(hidden)).
-//! Host memory: one tensor at a time (13B's largest linear: 71 MB of qweight).
+//! Host memory: one tensor at a time, the largest being the embedding and lm_head (13B: 328 MB of
+//! fp16 each, plus their f16 values before encoding; a 1-layer 13B write peaked at ~650 MB, the full
+//! 7B at ~520 MB).
 
-use super::output::{prepare_out, publish};
+use super::output::{prepare_out, publish, write_configs};
 use crate::gptq::{act_order_g_idx, group_rows, QuantLinear, ZeroFormat};
 use crate::model::checkpoint::{
-    config_files, encode_dense, encode_linear, linear_specs, QuantInfo, StreamedSafetensors,
+    encode_dense, encode_linear, linear_specs, QuantInfo, StreamedSafetensors,
 };
 use crate::model::config::ModelConfig;
 use crate::{LabError, Result};
@@ -248,12 +250,7 @@ pub fn write_synthetic_checkpoint(o: &SynthOptions) -> Result<SynthSummary> {
         }
     }
     weights.finish()?;
-    let cfg_json = config_json(o);
-    let cfg_obj = cfg_json.as_object().cloned().unwrap_or_default();
-    for (name, bytes) in config_files(&cfg_obj, o.format, &info) {
-        let path = built.join(name);
-        std::fs::write(&path, bytes).map_err(|e| LabError::io(&path, e))?;
-    }
+    write_configs(&built, &config_json(o), &info)?;
     let bytes = std::fs::metadata(&weights_path)
         .map_err(|e| LabError::io(&weights_path, e))?
         .len();
@@ -272,8 +269,17 @@ pub fn write_synthetic_checkpoint(o: &SynthOptions) -> Result<SynthSummary> {
 
 /// True if `dir`'s config.json carries the `lab_synthetic` marker this writer puts there.
 pub fn is_synthetic(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v.get("lab_synthetic").is_some())
+    synthetic_note(dir).is_some()
+}
+
+/// The warning `lab decode` and `lab eval` print for a `lab synth-checkpoint` folder, if `dir` is one.
+pub fn synthetic_note(dir: &Path) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    v.get("lab_synthetic")?;
+    Some(format!(
+        "note: {} was written by lab synth-checkpoint: random weights of the real shapes, not a \
+         language model (its text and perplexity mean nothing; its speed and memory are real)",
+        dir.display()
+    ))
 }

@@ -90,6 +90,9 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let ckpt = Checkpoint::open(&dir)?;
+    if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
+        eprintln!("{note}");
+    }
     let tokenizer = TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
     let prompt: Vec<u32> = match (&a.prompt_ids, &a.prompt) {
         (Some(ids), _) => parse_ids(ids)?,

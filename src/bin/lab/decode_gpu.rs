@@ -520,6 +520,9 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let gpu = open_gpu()?;
     let t0 = Instant::now();
     let ckpt = gptq_lab::model::checkpoint::Checkpoint::open(&dir)?;
+    if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
+        eprintln!("{note}");
+    }
     let prompt: Vec<u32> = match &a.prompt_ids {
         Some(ids) => gptq_lab::model::tokenizer::parse_ids(ids)?,
         None => match (

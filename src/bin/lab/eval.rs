@@ -58,6 +58,9 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
     // Cheap checks first (config, tokenizer, text), so a typo is reported before any weights load.
     let ckpt = Checkpoint::open(&a.checkpoint)?;
+    if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
+        eprintln!("{note}");
+    }
     let tok = TextTokenizer::from_checkpoint_dir(&a.checkpoint)?.with_context(|| {
         format!(
             "{}: no tokenizer.json to tokenize the evaluation text",

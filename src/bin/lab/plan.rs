@@ -101,9 +101,14 @@ fn speed_for(
         say(
             "fit".into(),
             format!(
-                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms (CUDA graph, shortest context); another card has its own stream efficiency and launch cost",
+                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms (CUDA graph, shortest context; two points, so the split between the terms is not checked); another card has its own stream efficiency and launch cost{}",
                 card.name, card.bandwidth_gbs, f.speed.stream_efficiency * 100.0, f.speed.per_layer_s * 1e6,
-                a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms
+                a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms,
+                if a.act_order && a.dtype == WeightDtype::Int4 {
+                    "; fitted without act-order, which measured ~20% slower on the H100"
+                } else {
+                    ""
+                }
             ),
         );
         return Ok(f.speed);

@@ -200,7 +200,8 @@ impl GpuEngine {
                             .ok_or_else(|| missing("the dequant scratch"))?;
                         // Slice by slice (dequant_slices: at most 64 MB of fp16 W at a time), all
                         // m rows at once, straight into the output's columns (ldc = width).
-                        for cols in dequant_slices(k, n).ranges(n) {
+                        let budget = pf.bufs.sizes.dequant_slice_elems;
+                        for cols in dequant_slices_within(k, n, budget).ranges(n) {
                             self.dequant_f16(q, cols.clone(), w)?;
                             self.cublas_f16(
                                 blas,

@@ -68,8 +68,8 @@ pub use linears::{
     DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER, GEMM_ROWS,
 };
 pub use sizes::{
-    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, dequant_slices, DequantSlices,
-    PrefillPlan, PrefillSizes, ScratchPart, DEQUANT_SLICE_ELEMS,
+    attn_smem_bytes, check_attn_smem, checkpoint_int4_layer, dequant_slices, dequant_slices_within,
+    DequantSlices, PrefillPlan, PrefillSizes, ScratchPart, DEQUANT_SLICE_ELEMS,
 };
 use workspace::int4_linears;
 pub(super) use workspace::plan_for;

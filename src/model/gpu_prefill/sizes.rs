@@ -43,6 +43,13 @@ pub struct PrefillSizes {
     /// from its crossover, or --prefill-int4 dequant; 0 when no chunk size takes that path).
     #[serde(default)]
     pub dequant: usize,
+    /// The slice budget `dequant` was sized with (the engine slices with the same one).
+    #[serde(default = "default_slice_elems")]
+    pub dequant_slice_elems: usize,
+}
+
+fn default_slice_elems() -> usize {
+    DEQUANT_SLICE_ELEMS
 }
 
 impl PrefillSizes {
@@ -71,6 +78,7 @@ impl PrefillSizes {
             repack: repack_words,
             slot_y: GEMM_ROWS * slot_n,
             dequant: 0,
+            dequant_slice_elems: DEQUANT_SLICE_ELEMS,
         }
     }
 
@@ -147,6 +155,18 @@ impl PrefillPlan {
         sm: u32,
         int4: impl IntoIterator<Item = (LayerShape, bool)>,
     ) -> Option<Self> {
+        Self::with_slices(cfg, chunk, choice, sm, int4, DEQUANT_SLICE_ELEMS)
+    }
+
+    /// `new` with the dequant path's slice budget `slice_elems` (EngineOptions::dequant_slice_elems).
+    pub fn with_slices(
+        cfg: &ModelConfig,
+        chunk: usize,
+        choice: PrefillInt4,
+        sm: u32,
+        int4: impl IntoIterator<Item = (LayerShape, bool)>,
+        slice_elems: usize,
+    ) -> Option<Self> {
         if chunk == 0 {
             return None;
         }
@@ -160,7 +180,8 @@ impl PrefillPlan {
                     Int4Path::Rows(_) => continue,
                     // cuBLAS writes any column range of the output itself: no split-K or slots.
                     Int4Path::Dequant => {
-                        dequant = dequant.max(s.k * dequant_slices(s.k, s.n).width);
+                        dequant =
+                            dequant.max(s.k * dequant_slices_within(s.k, s.n, slice_elems).width);
                         continue;
                     }
                     Int4Path::GemmV2 => {
@@ -177,6 +198,7 @@ impl PrefillPlan {
         }
         let mut sizes = PrefillSizes::new(cfg, chunk, gemm_n, repack_words, slot_n);
         sizes.dequant = dequant;
+        sizes.dequant_slice_elems = slice_elems;
         Some(PrefillPlan {
             sizes,
             gemm_v1,
@@ -194,9 +216,11 @@ impl PrefillPlan {
 
 /// Most fp16 elements of W the dequant path writes at once (64 MB). A wide linear is dequantized
 /// and multiplied in column slices of at most this many elements, so the scratch is 64 MB instead
-/// of the whole W (13B's fused gate|up: 5120 x 27648 = 283 MB; 7B's 180 MB). Cost: a few more
-/// launches per linear (13B: 5 + 3 + 1 + 3 slices per layer instead of 4 linears, ~1-2 us of GPU
-/// each against a 512-row chunk's ~110 ms), and cuBLAS GEMMs of N >= ~2000, still large.
+/// of the whole W (13B's fused gate|up: 5120 x 27648 = 283 MB; 7B's 180 MB). Cost, NOT MEASURED: a
+/// few more launches per linear (13B: 5 + 3 + 1 + 3 slices per layer instead of 4 linears, ~1-2 us
+/// of GPU each against a 512-row chunk's ~110 ms), and cuBLAS GEMMs of narrower N (13B down: three
+/// of N 1712 at K 13824, ~56 output tiles of 128 x 128 on 132 SMs), which may cost more than that
+/// (notes/kernels.md; the device check's prefill-dequant step times it).
 pub const DEQUANT_SLICE_ELEMS: usize = 32 << 20;
 
 /// Column slices of a [k, n] linear for the dequant path: `count` slices of `width` columns (a
@@ -208,7 +232,12 @@ pub struct DequantSlices {
 }
 
 pub fn dequant_slices(k: usize, n: usize) -> DequantSlices {
-    let count = (k * n).div_ceil(DEQUANT_SLICE_ELEMS).max(1);
+    dequant_slices_within(k, n, DEQUANT_SLICE_ELEMS)
+}
+
+/// `dequant_slices` under a budget of `elems` fp16 values per slice (at least 8 columns).
+pub fn dequant_slices_within(k: usize, n: usize, elems: usize) -> DequantSlices {
+    let count = (k * n).div_ceil(elems.max(1)).max(1);
     let width = n.div_ceil(count).div_ceil(8) * 8;
     // Rounding the width up can leave the last slice empty (n = 8 * 2, count 3): recount.
     DequantSlices {

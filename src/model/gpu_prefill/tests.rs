@@ -538,6 +538,29 @@ fn dequant_emulation_writes_act_order_rows_back_to_their_checkpoint_rows() {
 }
 
 #[test]
+fn a_smaller_slice_budget_is_what_the_plan_sizes_and_records() {
+    // The GPU long-prompt test lowers the budget to run many slices on a tiny model: the plan
+    // must size the scratch for those slices and carry the budget to the engine's loop.
+    let cfg = ModelConfig::vicuna_7b();
+    let layer = checkpoint_int4_layer(&cfg, 128, false);
+    let budget = 1 << 20;
+    let p = PrefillPlan::with_slices(&cfg, 512, PrefillInt4::Dequant, 90, layer.clone(), budget)
+        .unwrap();
+    let widest = layer
+        .iter()
+        .map(|(s, _)| s.k * dequant_slices_within(s.k, s.n, budget).width)
+        .max()
+        .unwrap();
+    assert_eq!(p.sizes.dequant, widest);
+    assert!(widest <= budget + 8 * 11008, "{widest}");
+    assert_eq!(p.sizes.dequant_slice_elems, budget);
+    // The default path records the default.
+    let d = PrefillPlan::new(&cfg, 512, PrefillInt4::Dequant, 90, layer).unwrap();
+    assert_eq!(d.sizes.dequant_slice_elems, DEQUANT_SLICE_ELEMS);
+    assert!(d.sizes.dequant > p.sizes.dequant);
+}
+
+#[test]
 fn dequant_slices_cover_every_column_once_within_the_budget() {
     // The decode shapes of 7B / 13B (fused q|k|v, o, gate|up, down) and odd ones.
     for (k, n) in [

@@ -62,6 +62,7 @@ pub(in crate::model::gpu_engine) fn plan_for(
     chunk: usize,
     choice: PrefillInt4,
     sm: u32,
+    dequant_slice_elems: usize,
 ) -> Option<PrefillPlan> {
     let int4 =
         weights
@@ -72,7 +73,7 @@ pub(in crate::model::gpu_engine) fn plan_for(
                 GpuLinear::Int4(q) => Some((layer_shape(q), unfused)),
                 GpuLinear::F16(_) => None,
             });
-    PrefillPlan::new(cfg, chunk, choice, sm, int4)
+    PrefillPlan::with_slices(cfg, chunk, choice, sm, int4, dequant_slice_elems)
 }
 
 impl Prefill {
@@ -84,6 +85,7 @@ impl Prefill {
         weights: &GpuWeights,
         chunk: usize,
         choice: PrefillInt4,
+        dequant_slice_elems: usize,
     ) -> Result<Option<Self>> {
         if chunk == 0 {
             return Ok(None);
@@ -95,7 +97,7 @@ impl Prefill {
             gemm_v1: v1,
             gemm_v2: v2,
             dequant,
-        }) = plan_for(cfg, weights, chunk, choice, sm)
+        }) = plan_for(cfg, weights, chunk, choice, sm, dequant_slice_elems)
         else {
             return Ok(None);
         };
