@@ -319,6 +319,8 @@ pub struct BenchPlan {
     /// Rows per prefill chunk.
     pub prefill_chunk: usize,
     pub prefill_int4: PrefillInt4,
+    /// The dequant path's slice budget in fp16 elements (EngineOptions::dequant_slice_elems).
+    pub dequant_slice_elems: usize,
     /// Eager steps profiled op by op at each context (0: no profile).
     pub profile_steps: usize,
     /// Also time the graph with programmatic dependent launch at each context (sm_90+).
@@ -549,6 +551,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     opts.int4 = plan.int4.clone();
     opts.prefill_chunk = plan.prefill_chunk.min(max_ctx);
     opts.prefill_int4 = plan.prefill_int4;
+    opts.dequant_slice_elems = plan.dequant_slice_elems;
     if let Some(&b) = plan.pdl_prefetch.first() {
         opts.pdl_prefetch = b;
     }
@@ -1308,6 +1311,7 @@ mod tests {
             prefill_chunk: 512,
             prefill_paths: vec!["4096 x 12288: GemmV2".into()],
             prefill_int4: PrefillInt4::Auto,
+            dequant_slice_elems: crate::model::gpu_engine::DEQUANT_SLICE_ELEMS,
             notes: vec!["recorded by hand for the report test".into()],
             profile: vec![step_profile::aggregate(
                 128,

@@ -120,6 +120,11 @@ pub struct GpuArgs {
     /// 512 rows on an H100).
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
+    /// MiB of fp16 W the dequant path writes at once: a wider linear is dequantized and
+    /// multiplied in column slices (default 64: `lab plan` sizes that; larger slices make wider
+    /// cuBLAS GEMMs and a larger prefill scratch).
+    #[arg(long, default_value_t = (gptq_lab::model::gpu_engine::DEQUANT_SLICE_ELEMS * 2 >> 20) as u64)]
+    dequant_slice_mib: u64,
     /// Persistent decode layers (kernels/llama/layers.cu): every decoder layer of a step in ONE
     /// cooperative launch (int4 models; gemv_v6_pipe's weight loop for every linear, so
     /// --int4-kernel applies to the prefill only). Generation runs with them; the bench adds a
@@ -252,6 +257,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     let lens = prefill_lens(&g.prefill_list)?;
     let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm")?;
     let pf_int4 = g.prefill_int4;
+    let slice_elems = slice_elems(g.dequant_slice_mib)?;
     if g.prefill_chunk == 0 && !lens.is_empty() {
         bail!("--prefill-chunk 0 leaves no prefill to time: give a chunk (e.g. 512) or --prefill-list ''");
     }
@@ -304,6 +310,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 },
                 prefill_chunk: g.prefill_chunk,
                 prefill_int4: pf_int4,
+                dequant_slice_elems: slice_elems,
                 profile_steps: g.profile_steps,
                 pdl: g.pdl != PdlMode::Off,
                 persistent: g.persistent_layers
@@ -546,6 +553,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.prefill = a.gpu.prefill;
     opts.prefill_chunk = a.gpu.prefill_chunk.min(max_ctx);
     opts.prefill_int4 = a.gpu.prefill_int4;
+    opts.dequant_slice_elems = slice_elems(a.gpu.dequant_slice_mib)?;
     let mode = opts.prefill;
     let opts_sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
     opts.sampling = opts_sampling;
@@ -728,4 +736,12 @@ pub(crate) fn dispatcher(
         eprintln!("note: tuned config refused, using the heuristic: {why}");
     }
     Ok(d)
+}
+
+/// --dequant-slice-mib as fp16 elements (at least 1 MiB).
+fn slice_elems(mib: u64) -> anyhow::Result<usize> {
+    if mib == 0 || mib > 1 << 20 {
+        bail!("--dequant-slice-mib {mib}: expected 1 to 1048576 MiB of fp16 W per slice");
+    }
+    Ok((mib << 20) as usize / 2)
 }
