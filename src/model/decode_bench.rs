@@ -1311,7 +1311,6 @@ mod tests {
             prefill_chunk: 512,
             prefill_paths: vec!["4096 x 12288: GemmV2".into()],
             prefill_int4: PrefillInt4::Auto,
-            dequant_slice_elems: crate::model::gpu_engine::DEQUANT_SLICE_ELEMS,
             notes: vec!["recorded by hand for the report test".into()],
             profile: vec![step_profile::aggregate(
                 128,
