@@ -329,45 +329,54 @@ mod tests {
             assert!((0.4..=1.0).contains(&f.speed.stream_efficiency), "{f:?}");
             assert!((5e-6..=60e-6).contains(&f.speed.per_layer_s), "{f:?}");
         }
-        // Out of sample: every other valid context of the fp16 runs (the KV bytes grow, the
-        // launches stay) within 1% of the model fitted at the shortest one, and closer than a
-        // flat efficiency taken at that point (which misses by up to 1.6%: it scales the fixed
-        // cost with the bytes). Only the bytes term is tested here: the depth split between the
-        // two terms rests on the two fitted points alone.
-        let f = fit_from_reports(root, WeightDtype::Fp16).unwrap().unwrap();
+        // Out of sample: every other valid context of the fitted kernel's runs (the KV bytes
+        // grow, the launches stay) against the model fitted at the shortest one, and against a
+        // flat efficiency taken at that point (it scales the fixed cost with the bytes). Only
+        // the bytes term is tested here: the depth split between the two terms rests on the two
+        // fitted points alone.
         let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
             .unwrap();
         let runs: Value = serde_json::from_str(&text).unwrap();
-        let (mut checked, mut fit_err, mut flat_err) = (0, 0f64, 0f64);
-        for r in runs.as_array().unwrap() {
-            if r["weights"]["kind"] != "Fp16" {
-                continue;
-            }
-            let Some((m, Some(fitted))) = measured_any(r, WeightDtype::Fp16) else {
-                continue;
-            };
-            for p in r["points"].as_array().unwrap() {
-                let ctx = p["ctx"].as_u64().unwrap();
-                let label = format!("ctx {ctx} graph:");
-                let flagged = r["invalid"].as_array().is_some_and(|v| {
-                    v.iter()
-                        .any(|i| i.as_str().is_some_and(|i| i.starts_with(&label)))
-                });
-                if ctx == m.ctx || flagged {
-                    continue; // the fitted point, or no valid step
+        // fp16 within 1% (run 12: 0.3%); int4 within 6% (run 12: 0.8-5.5%, the model
+        // over-predicting long contexts: the attention streams its KV bytes faster than the GEMVs
+        // their weights); both closer than the flat efficiency (run 12: 1.7% / 9.9%).
+        for (dtype, bound) in [(WeightDtype::Fp16, 0.01), (WeightDtype::Int4, 0.06)] {
+            let f = fit_from_reports(root, dtype).unwrap().unwrap();
+            let (mut checked, mut fit_err, mut flat_err) = (0, 0f64, 0f64);
+            for r in runs.as_array().unwrap() {
+                // The fitted kernel's runs only (int4: the same label as the fit).
+                let Some((m, Some(fitted))) = measured_any(r, dtype) else {
+                    continue;
+                };
+                if m.int4_kernel != f.int4_kernel {
+                    continue;
                 }
-                let bytes = p["bytes_per_token"].as_f64().unwrap();
-                let got = p["graph_ms_per_token"].as_f64().unwrap();
-                let ms = f.speed.step_s(fitted.spec_gbs, fitted.layers, bytes as u64) * 1e3;
-                let flat = bytes / (fitted.spec_gbs * 1e9 * m.efficiency) * 1e3;
-                fit_err = fit_err.max((ms / got - 1.0).abs());
-                flat_err = flat_err.max((flat / got - 1.0).abs());
-                checked += 1;
+                for p in r["points"].as_array().unwrap() {
+                    let ctx = p["ctx"].as_u64().unwrap();
+                    let label = format!("ctx {ctx} graph:");
+                    let flagged = r["invalid"].as_array().is_some_and(|v| {
+                        v.iter()
+                            .any(|i| i.as_str().is_some_and(|i| i.starts_with(&label)))
+                    });
+                    if ctx == m.ctx || flagged {
+                        continue; // the fitted point, or no valid step
+                    }
+                    let bytes = p["bytes_per_token"].as_f64().unwrap();
+                    let got = p["graph_ms_per_token"].as_f64().unwrap();
+                    let ms = f.speed.step_s(fitted.spec_gbs, fitted.layers, bytes as u64) * 1e3;
+                    let flat = bytes / (fitted.spec_gbs * 1e9 * m.efficiency) * 1e3;
+                    fit_err = fit_err.max((ms / got - 1.0).abs());
+                    flat_err = flat_err.max((flat / got - 1.0).abs());
+                    checked += 1;
+                }
             }
+            assert!(checked >= 6, "{dtype:?}: {checked} out-of-sample points");
+            assert!(fit_err < bound, "{dtype:?}: fit off by {fit_err}");
+            assert!(
+                fit_err < flat_err,
+                "{dtype:?}: fit {fit_err} vs flat {flat_err}"
+            );
         }
-        assert!(checked >= 6, "{checked} out-of-sample points");
-        assert!(fit_err < 0.01, "fit off by {fit_err}");
-        assert!(fit_err < flat_err, "fit {fit_err} vs flat {flat_err}");
     }
 
     #[test]
