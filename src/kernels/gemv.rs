@@ -217,6 +217,36 @@ pub static VARIANTS: &[Variant] = &[
         tensor_cores: false,
     },
     Variant {
+        name: "gemv_v10_l2x",
+        family: Family::Gemv,
+        version: 10,
+        description: "v6 without the x staging: each chunk's x loaded from L2 with its weights, no block barrier before the weight loop (experiment after run 12; no act-order)",
+        symbols: &["lab_gemv_v10_l2x_t128", "lab_gemv_v10_l2x_t256"],
+        layout: Layout::Canonical,
+        group_sizes: GROUPS,
+        act_order: &[ActOrder::None],
+        batch: (1, 1),
+        min_sm: 75,
+        tunables: &[
+            Tunable {
+                name: "threads",
+                values: &[128, 256],
+                default: 256,
+            },
+            // v6's split (v6_split), so the two differ only in how x reaches the loop.
+            Tunable {
+                name: "split_k",
+                values: &[0, 1, 2, 4, 8],
+                default: 0,
+            },
+        ],
+        // __launch_bounds__(T, 512/T) caps at 128: v6's 96 + two chunks of raw x.
+        reg_budget: 128,
+        hot: true,
+        wide_loads: true,
+        tensor_cores: false,
+    },
+    Variant {
         name: "gemv_cublas_f16",
         family: Family::Gemv,
         version: 0,
@@ -267,6 +297,9 @@ pub enum GemvKind {
     /// v9: v6 whose split-K slices are one thread block cluster (sm_90), summed through
     /// distributed shared memory; launched with cluster dims (1, split, 1).
     PipeCluster,
+    /// v10: v6 without the x staging: each chunk's x loaded from L2 with its weights (no
+    /// act-order, no gated input).
+    PipeL2x,
     CublasF16,
     DequantCublas,
 }
@@ -296,6 +329,7 @@ pub fn kind(v: &Variant) -> Result<GemvKind> {
         "gemv_v5_splitk" => GemvKind::SplitK,
         "gemv_v6_pipe" => GemvKind::Pipe,
         "gemv_v9_cluster" => GemvKind::PipeCluster,
+        "gemv_v10_l2x" => GemvKind::PipeL2x,
         "gemv_cublas_f16" => GemvKind::CublasF16,
         "gemv_dequant_cublas" => GemvKind::DequantCublas,
         other => {
@@ -337,7 +371,8 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
         | GemvKind::Perm
         | GemvKind::SplitK
         | GemvKind::Pipe
-        | GemvKind::PipeCluster => {
+        | GemvKind::PipeCluster
+        | GemvKind::PipeL2x => {
             let max_unroll = if kind == GemvKind::Vec {
                 *v.tunables
                     .iter()
@@ -362,7 +397,7 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
                     _ => "g_idx left after the reorder (groups of unequal size): rows are not row / G; use gemv_v3_gather".into(),
                 });
             }
-            if s.perm && kind == GemvKind::Vec {
+            if s.perm && matches!(kind, GemvKind::Vec | GemvKind::PipeL2x) {
                 return bad(
                     "a row permutation needs gemv_v4_perm, gemv_v5_splitk or gemv_v6_pipe".into(),
                 );
@@ -438,7 +473,7 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
             p.split_k = slices as u32;
             p.k_slice = (slice_words * 8) as u32;
         }
-        GemvKind::Pipe | GemvKind::PipeCluster => {
+        GemvKind::Pipe | GemvKind::PipeCluster | GemvKind::PipeL2x => {
             let t = tunable(v, params, "threads")?;
             let mut want = tunable(v, params, "split_k")?;
             if kind == GemvKind::PipeCluster {

@@ -189,7 +189,12 @@ pub fn upload(gpu: &Gpu, p: &PreparedHost) -> Result<DeviceLayer> {
     };
     let kind = gemv::kind(p.variant).ok();
     let workspace = match kind {
-        Some(gemv::GemvKind::SplitK | gemv::GemvKind::Pipe | gemv::GemvKind::PipeCluster) => Some(
+        Some(
+            gemv::GemvKind::SplitK
+            | gemv::GemvKind::Pipe
+            | gemv::GemvKind::PipeCluster
+            | gemv::GemvKind::PipeL2x,
+        ) => Some(
             s.alloc_zeros::<f32>(l.n + l.n.div_ceil(gemv::TILE_N))
                 .ctx(&ctx("split-K workspace"))?,
         ),
