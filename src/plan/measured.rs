@@ -37,32 +37,33 @@ pub fn from_reports(
     model: &str,
     dtype: WeightDtype,
 ) -> Result<Option<MeasuredEfficiency>> {
-    Ok(decode_reports(root)?
-        .iter()
-        .find_map(|runs| pick(runs, model, dtype)))
+    first_in_reports(root, |runs| pick(runs, model, dtype))
 }
 
-/// Every `root/reports/*/decode.json`, parsed, folders in name order.
-fn decode_reports(root: &Path) -> Result<Vec<Value>> {
+/// `find` over `root/reports/*/decode.json` in folder-name order: the first report it gives a
+/// value for, each file read and parsed only until then.
+fn first_in_reports<T>(root: &Path, find: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
     let dir = root.join("reports");
     let mut folders: Vec<_> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(_) => return Ok(Vec::new()),
+        Err(_) => return Ok(None),
     };
     folders.sort();
-    let mut out = Vec::new();
     for f in folders {
         let path = f.join("decode.json");
         if !path.is_file() {
             continue;
         }
         let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
-        out.push(serde_json::from_str(&text).map_err(|e| LabError::Json {
+        let runs: Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
             path: path.clone(),
             source: e,
-        })?);
+        })?;
+        if let Some(v) = find(&runs) {
+            return Ok(Some(v));
+        }
     }
-    Ok(out)
+    Ok(None)
 }
 
 fn pick(runs: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEfficiency> {
@@ -185,9 +186,7 @@ pub fn fit_two(a: &FitPoint, b: &FitPoint) -> Option<SpeedModel> {
 /// both, the one the smaller model streamed fastest with (what a user would run). `Ok(None)` when
 /// no report has such a pair.
 pub fn fit_from_reports(root: &Path, dtype: WeightDtype) -> Result<Option<FittedSpeed>> {
-    Ok(decode_reports(root)?
-        .iter()
-        .find_map(|runs| fit_runs(runs, dtype)))
+    first_in_reports(root, |runs| fit_runs(runs, dtype))
 }
 
 fn fit_runs(runs: &Value, dtype: WeightDtype) -> Option<FittedSpeed> {
