@@ -144,6 +144,8 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
 
     let mut plans = Vec::new();
     for m in &models {
+        // The speed model depends on the model alone: fitted (reports read) once per model.
+        let speed = card.map(|c| speed_for(&a, m, c)).transpose()?;
         for &g in &groups {
             for &ctx in &ctxs {
                 let mut s = PlanSpec::new(m.clone(), a.dtype, g, ctx);
@@ -152,9 +154,9 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.prefill_chunk = a.prefill_chunk;
                 s.prefill_int4 = a.prefill_int4;
                 s.cuda_context_bytes = context_bytes;
-                plans.push(match card {
-                    Some(c) => s.plan_on(c, &speed_for(&a, m, c)?)?,
-                    None => s.plan()?,
+                plans.push(match (card, &speed) {
+                    (Some(c), Some(sp)) => s.plan_on(c, sp)?,
+                    _ => s.plan()?,
                 });
             }
         }
