@@ -273,13 +273,16 @@ fn cli_decode_stops_at_the_checkpoints_eos() {
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32");
+    let ids_of = |v: &serde_json::Value| -> Vec<u64> {
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect()
+    };
     let free = run(args(src.to_str().unwrap(), true));
-    let ids: Vec<u64> = free["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect();
+    let ids = ids_of(&free);
     assert_eq!(ids.len(), 16);
     let at = (3..ids.len())
         .find(|&i| !ids[..i].contains(&ids[i]))
@@ -296,13 +299,7 @@ fn cli_decode_stops_at_the_checkpoints_eos() {
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let stopped = run(args(tmp.path().to_str().unwrap(), false));
     assert_eq!(stopped["stop"], "eos", "{stopped}");
-    let got: Vec<u64> = stopped["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect();
-    assert_eq!(got, ids[..=at].to_vec());
+    assert_eq!(ids_of(&stopped), ids[..=at].to_vec());
     assert!(stopped["text"].is_string(), "{stopped}");
     // --ignore-eos on the same copy runs to the limit.
     let ignored = run(args(tmp.path().to_str().unwrap(), true));
