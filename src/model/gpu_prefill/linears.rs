@@ -198,7 +198,7 @@ impl GpuEngine {
                         let w = self
                             .scratch_part(ScratchPart::Dequant)?
                             .ok_or_else(|| missing("the dequant scratch"))?;
-                        // Slice by slice (dequant_slices: at most 64 MB of fp16 W at a time), all
+                        // Slice by slice (the plan's budget of fp16 W at a time, 64 MiB by default), all
                         // m rows at once, straight into the output's columns (ldc = width).
                         let budget = pf.bufs.sizes.dequant_slice_elems;
                         for cols in dequant_slices_within(k, n, budget).ranges(n) {

@@ -214,13 +214,12 @@ impl PrefillPlan {
     }
 }
 
-/// Most fp16 elements of W the dequant path writes at once (64 MB). A wide linear is dequantized
-/// and multiplied in column slices of at most this many elements, so the scratch is 64 MB instead
-/// of the whole W (13B's fused gate|up: 5120 x 27648 = 283 MB; 7B's 180 MB). Cost, NOT MEASURED: a
-/// few more launches per linear (13B: 5 + 3 + 1 + 3 slices per layer instead of 4 linears, ~1-2 us
-/// of GPU each against a 512-row chunk's ~110 ms), and cuBLAS GEMMs of narrower N (13B down: three
-/// of N 1712 at K 13824, ~56 output tiles of 128 x 128 on 132 SMs), which may cost more than that
-/// (notes/kernels.md; the device check's prefill-dequant step times it).
+/// Most fp16 elements of W the dequant path writes at once (64 MiB). A wide linear is dequantized
+/// and multiplied in column slices of at most this many elements, so the scratch is 64 MiB instead
+/// of the whole W (13B's fused gate|up: 5120 x 27648 = 283 MB; 7B's 180 MB). Cost, measured on the
+/// H100 (run 12b, `lab decode --dequant-slice-mib 64/128/288`): 3-4% of prefill tok/s against the
+/// whole W (7B 7281 vs 7502, 13B 4208 vs 4377 at 512 tokens), for ~130 / ~205 MB less VRAM: more
+/// launches per linear (13B: 5 + 3 + 1 + 3 slices per layer) and narrower cuBLAS GEMMs.
 pub const DEQUANT_SLICE_ELEMS: usize = 32 << 20;
 
 /// Column slices of a [k, n] linear for the dequant path: `count` slices of `width` columns (a
