@@ -99,25 +99,7 @@ __device__ __forceinline__ void lab_gemv_v10(const lab_gemm_params& p) {
             reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(total + lab_bias_at(p, out));
         return;
     }
-    float* partial = reinterpret_cast<float*>(p.workspace);
-    unsigned int* tickets = reinterpret_cast<unsigned int*>(partial + p.n);
-    __shared__ bool is_last;
-    if (t < TILE) {
-        if (out < p.n) atomicAdd(partial + out, total);
-        __threadfence();
-    }
-    __syncthreads();
-    if (t == 0) is_last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (is_last && t < TILE) {
-        __threadfence();
-        if (out < p.n) {
-            const float v = __ldcg(partial + out);
-            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(v + lab_bias_at(p, out));
-            partial[out] = 0.f;
-        }
-        if (t == 0) tickets[blockIdx.x] = 0u;
-    }
+    lab_v6_splitk_store<TILE>(p, total, t, out);
 }
 
 #define LAB_GEMV_V10(T)                                                                            \

@@ -98,4 +98,31 @@ __device__ __forceinline__ void lab_v6_stream(const lab_gemm_params& p, const ui
     }
 }
 
+// The split-K epilogue of v6 and v10 (v5's scheme): workspace = f32 [n] partials, then u32
+// tickets, one per 128-column tile (ceil(n/128) <= the ceil(n/32) the workspace holds). Each block
+// adds its column sums `total` (thread t < TILE owns column `out`); the tile's last block writes y
+// and re-zeroes its partials and ticket for the next launch.
+template <int TILE>
+__device__ __forceinline__ void lab_v6_splitk_store(const lab_gemm_params& p, float total, int t, int out) {
+    float* partial = reinterpret_cast<float*>(p.workspace);
+    unsigned int* tickets = reinterpret_cast<unsigned int*>(partial + p.n);
+    __shared__ bool is_last;
+    if (t < TILE) {
+        if (out < p.n) atomicAdd(partial + out, total);
+        __threadfence();  // our sums are visible device-wide before our ticket is taken
+    }
+    __syncthreads();
+    if (t == 0) is_last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (is_last && t < TILE) {
+        __threadfence();  // every other slice fenced its sums before its ticket: read them now
+        if (out < p.n) {
+            const float v = __ldcg(partial + out);  // L2, where the atomics were performed
+            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(v + lab_bias_at(p, out));
+            partial[out] = 0.f;  // leave the workspace zeroed for the next launch
+        }
+        if (t == 0) tickets[blockIdx.x] = 0u;
+    }
+}
+
 #endif

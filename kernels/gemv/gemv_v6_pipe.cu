@@ -155,34 +155,15 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     // 5a. gemv_v9_cluster: the tile's slices sum through distributed shared memory (sm_90).
     if (CLUSTER && lab_v6_cluster_sum<TILE>(p, total, t, out)) return;
 
-    // 5. Split-K (v5's scheme): workspace = f32 [n] partials, then u32 tickets, one per 128-column
-    // tile here (ceil(n/128) <= the ceil(n/32) the workspace holds).
-    float* partial = reinterpret_cast<float*>(p.workspace);
-    unsigned int* tickets = reinterpret_cast<unsigned int*>(partial + p.n);
-    __shared__ bool is_last;
-    if (t < TILE) {
-        if (out < p.n) atomicAdd(partial + out, total);
-        __threadfence();  // our sums are visible device-wide before our ticket is taken
-    }
-    __syncthreads();
-    if (t == 0) is_last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
-    __syncthreads();
-    if (is_last && t < TILE) {
-        __threadfence();  // every other slice fenced its sums before its ticket: read them now
-        if (out < p.n) {
-            const float v = __ldcg(partial + out);  // L2, where the atomics were performed
-            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(v + lab_bias_at(p, out));
-            partial[out] = 0.f;  // leave the workspace zeroed for the next launch
-        }
-        if (t == 0) tickets[blockIdx.x] = 0u;
-    }
+    // 5. Split-K: atomics + a ticket per tile (gemv_v6_core.cuh).
+    lab_v6_splitk_store<TILE>(p, total, t, out);
 }
 
 // Instantiations: threads {128, 256, 512}, DEPTH 2 (one chunk in flight while one is dequantized);
 // names must match src/kernels/gemv.rs. Min blocks 512/T caps registers at 128 (65536 / 512) and
 // keeps 16 warps per SM for every T.
 // DEPTH is a template parameter because deeper was tried: gemv_v7_deep (DEPTH 4, 127-128
-// registers, no spills; 87fc399) measured 5-8% SLOWER than DEPTH 2 on every decode shape on the
+// registers, no spills; 87fc399) measured 1-9% SLOWER than DEPTH 2 on every decode shape on the
 // H100 (run 10, notes/kernels.md "v7 / v8"), so bytes in flight are not what holds v6 at 52-61% of
 // the read ceiling; v7 was removed, the parameter kept for the next such experiment.
 #define LAB_GEMV_V6(T)                                                                             \
