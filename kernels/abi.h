@@ -153,7 +153,7 @@ typedef struct {
     int32_t chunk;     /* positions per split block */
     int32_t n_splits;  /* ceil(max_ctx / chunk): grid.y, fixed so a captured graph fits every length */
     float scale;       /* 1 / sqrt(hd) */
-    int32_t _pad;
+    int32_t prefetch_kv; /* nonzero: prefetch the block's K and V rows into L2 as soon as pos is known (v5; 0 = v4's order) */
 } lab_llama_attn_params;
 
 typedef struct {

@@ -8,6 +8,7 @@
 #ifndef LAB_LLAMA_ATTENTION_CUH
 #define LAB_LLAMA_ATTENTION_CUH
 #include "llama/util.cuh"
+#include "common/pdl.cuh"
 
 #define LLAMA_ATTN_THREADS 256
 // 16-byte K (then V) loads in flight per thread per step. v4: 8, so one step covers 8 x 16 = 128
@@ -33,6 +34,30 @@ static_assert(32 + 2 * LAB_LLAMA_ATTN_MAX_SPLITS <= 2048, "split (m, l) pairs mu
 static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_params& p, int head, int split,
                                                         float* sm) {
     const int hd = p.head_dim;
+    const int kvh = head / (p.heads / p.kv_heads);
+    // The rope's inputs first, before `pos`: the q pair of this head and the new row's k and v pair
+    // of its kv head (one pair per thread: hd <= 256, the launcher checks, so hd / 2 <= 128 <
+    // blockDim.x). None of these addresses depends on pos, so this round trip overlaps the state
+    // read's instead of following it (v5; v4 issued them after pos and the early exit). A block
+    // that exits below has read them for nothing: 6 halfs per thread.
+    const int i = threadIdx.x;
+    const bool pair = i < hd / 2;
+    const __half* qkv = reinterpret_cast<const __half*>(p.qkv);
+    const __half* q = qkv + (size_t)head * hd;
+    const __half* kn = qkv + (size_t)p.heads * hd + (size_t)kvh * hd;
+    const __half* vn = kn + (size_t)p.kv_heads * hd;
+    const float* inv_freq = reinterpret_cast<const float*>(p.inv_freq);
+    __half qa = __float2half(0.f), qb = qa, kah = qa, kbh = qa, vah = qa, vbh = qa;
+    float freq = 0.f;
+    if (pair) {
+        qa = q[i];
+        qb = q[i + hd / 2];
+        kah = kn[i];
+        kbh = kn[i + hd / 2];
+        vah = vn[i];
+        vbh = vn[i + hd / 2];
+        freq = inv_freq[i];
+    }
     const int pos = llama_pos(p.state);
     const int len = min(pos + 1, p.max_ctx);
     // Positions per split: up to one chunk, the head's one block takes them all (no combine);
@@ -47,7 +72,6 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
     if (start >= len) return;  // block-uniform: nothing to attend in this chunk
     const int end = min(start + chunk, len);
     const int kv_dim = p.kv_heads * hd;
-    const int kvh = head / (p.heads / p.kv_heads);
     const int lpp = hd / 8;                    // lanes per position
     const int groups = blockDim.x / lpp;       // positions handled at once by the block
     const int g = threadIdx.x / lpp, l = threadIdx.x % lpp;
@@ -55,23 +79,30 @@ static __device__ __forceinline__ void llama_attn_block(const lab_llama_attn_par
     float* sc = qs + hd;
     float* red = sc + p.chunk;
 
+    // v5 (latency): this block's K and V rows into L2 now, while the q/k/v loads above are in flight, so the
+    // score loop's K loads (after the rope's barrier) and the V loads (after the softmax) find them
+    // in L2 instead of each paying a DRAM round trip in series. At ctx 128 that is 128 rows x 2 lines
+    // x 2 = 512 prefetches, two per thread; the new row (pos) is prefetched too, harmlessly (it
+    // is written below through L2 and read from kcur/vcur). Every address lies in rows
+    // [start, end) of this kv head, inside the cache.
+    // p.prefetch_kv = 0 keeps v4's order (the decode bench's in-process A/B column).
+    if (p.prefetch_kv) {
+        const size_t row_bytes = (size_t)p.kv_heads * hd * 2, head_off = (size_t)kvh * hd * 2;
+        const char* k0 = reinterpret_cast<const char*>(p.k_cache) + (size_t)start * row_bytes + head_off;
+        const char* v0 = reinterpret_cast<const char*>(p.v_cache) + (size_t)start * row_bytes + head_off;
+        lab_prefetch_l2_rows_any_arch(k0, row_bytes, end - start, hd * 2, 0x7fffffff);
+        lab_prefetch_l2_rows_any_arch(v0, row_bytes, end - start, hd * 2, 0x7fffffff);
+    }
+
     // RoPE (HF rotate-half: pairs i, i + hd/2, angle pos * inv_freq[i]) as lab_llama_rope_kv does
     // it, fp16 rounding included: q of this head, and k of its kv head when this block holds the
     // new row. kcur/vcur: that row's k (rotated) and v, fp16, read in place of the cache row.
     __shared__ __align__(16) __half kcur[256], vcur[256];
     const bool has_cur = pos < p.max_ctx && start <= pos && pos < end;
-    const __half* qkv = reinterpret_cast<const __half*>(p.qkv);
-    const __half* q = qkv + (size_t)head * hd;
-    const __half* kn = qkv + (size_t)p.heads * hd + (size_t)kvh * hd;
-    const __half* vn = kn + kv_dim;
-    const float* inv_freq = reinterpret_cast<const float*>(p.inv_freq);
-    for (int i = threadIdx.x; i < hd / 2; i += blockDim.x) {
-        // Every load first, none of them behind `pos` or the sincos (one round trip, not three):
-        // the k and v of the new row are read whether or not this block appends them.
-        const float a = __half2float(q[i]), b = __half2float(q[i + hd / 2]);
-        const __half kah = kn[i], kbh = kn[i + hd / 2], vah = vn[i], vbh = vn[i + hd / 2];
+    if (pair) {
+        const float a = __half2float(qa), b = __half2float(qb);
         float sn, cs;
-        sincosf((float)pos * inv_freq[i], &sn, &cs);
+        sincosf((float)pos * freq, &sn, &cs);
         const __half ra = __float2half_rn(a * cs - b * sn), rb = __float2half_rn(b * cs + a * sn);
         qs[i] = __half2float(ra) * p.scale;
         qs[i + hd / 2] = __half2float(rb) * p.scale;

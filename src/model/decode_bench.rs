@@ -143,11 +143,20 @@ pub struct ContextPoint {
     /// instead of argmax: what sampling costs per token (the other columns decode greedily).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_top_p_ms: Option<f64>,
+    /// The graph + PDL step with the attention's K/V L2 prefetch off (v4's order; the
+    /// engine's default is on): the in-process A/B of attention v5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_pdl_attn_v4_ms: Option<f64>,
     /// Graph + PDL with every gemv_v6_pipe linear at one block per SM
     /// (GpuEngine::set_v6_one_block_per_sm), at these prefetch budgets (bytes per block), ms/token:
     /// whether the next GEMV's blocks, now resident beside the running one, hide its ramp.
     #[serde(default)]
     pub graph_pdl_v6_one_per_sm: Vec<(u32, f64)>,
+    /// Graph + PDL with the kernels that are not GEMVs launched plain
+    /// (GpuEngine::set_small_ops_plain), at these GEMV prefetch budgets (bytes per block),
+    /// ms/token: whether the prefetch helps once it can overlap only the small kernel before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_pdl_small_plain: Vec<(u32, f64)>,
     /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
     /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
@@ -295,7 +304,9 @@ pub fn context_point(
         graph_pdl_prefetch: Vec::new(),
         graph_pdl_silu_kernel_ms: None,
         graph_pdl_top_p_ms: None,
+        graph_pdl_attn_v4_ms: None,
         graph_pdl_v6_one_per_sm: Vec::new(),
+        graph_pdl_small_plain: Vec::new(),
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
         persistent_eager: false,
@@ -334,6 +345,9 @@ pub struct BenchPlan {
     /// With `pdl`, also time gemv_v6_pipe at one block per SM at these prefetch budgets (bytes per
     /// block; empty: not timed). `ContextPoint::graph_pdl_v6_one_per_sm`.
     pub v6_one_per_sm: Vec<u32>,
+    /// With `pdl`, also time the step with the small kernels launched plain at these prefetch
+    /// budgets (empty: not timed). `ContextPoint::graph_pdl_small_plain`.
+    pub small_plain: Vec<u32>,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -345,7 +359,7 @@ const PROFILE_HOLD_MS: (f64, f64) = (20.0, 160.0);
 type VariantColumn = (&'static str, fn(&ContextPoint) -> Option<f64>);
 
 /// The graph + PDL variants timed beside the engine's own setting, in column order.
-const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
+const PDL_VARIANT_COLUMNS: [VariantColumn; 3] = [
     (
         "graph + PDL ms/tok, silu kernel instead of the fused GLU",
         |p| p.graph_pdl_silu_kernel_ms,
@@ -353,6 +367,10 @@ const PDL_VARIANT_COLUMNS: [VariantColumn; 2] = [
     ("graph + PDL ms/tok, top-p 0.9 sampling", |p| {
         p.graph_pdl_top_p_ms
     }),
+    (
+        "graph + PDL ms/tok, attention without the K/V prefetch (v4 order)",
+        |p| p.graph_pdl_attn_v4_ms,
+    ),
 ];
 
 /// The persistent decode layers of a run (`BenchPlan::persistent`): each context's column and
@@ -653,6 +671,12 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 point.graph_pdl_top_p_ms = variant(&mut eng, "with top-p sampling");
                 eng.set_sampling(own_sampling, own_seed);
             }
+            if pdl_ok && eng.attn_prefetch_kv() {
+                eng.set_attn_prefetch_kv(false);
+                point.graph_pdl_attn_v4_ms =
+                    variant(&mut eng, "with the attention's K/V prefetch off");
+                eng.set_attn_prefetch_kv(true);
+            }
             if pdl_ok && !plan.v6_one_per_sm.is_empty() && eng.set_v6_one_block_per_sm(true) {
                 for &b in &plan.v6_one_per_sm {
                     eng.set_pdl_prefetch(b);
@@ -664,6 +688,18 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 eng.set_pdl_prefetch(own);
             }
             eng.set_v6_one_block_per_sm(false);
+            if pdl_ok && !plan.small_plain.is_empty() {
+                eng.set_small_ops_plain(true);
+                for &b in &plan.small_plain {
+                    eng.set_pdl_prefetch(b);
+                    let what = format!("with the small kernels launched plain, prefetch {b} B");
+                    if let Some(ms) = variant(&mut eng, &what) {
+                        point.graph_pdl_small_plain.push((b, ms));
+                    }
+                }
+                eng.set_pdl_prefetch(own);
+                eng.set_small_ops_plain(false);
+            }
         }
         eng.set_pdl(false);
         points.push(point);
@@ -794,6 +830,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             .points
             .iter()
             .any(|p| !p.graph_pdl_v6_one_per_sm.is_empty());
+        let small_plain = r.points.iter().any(|p| !p.graph_pdl_small_plain.is_empty());
         // The single-value graph + PDL columns, where any point of the run has them.
         let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
             .iter()
@@ -838,6 +875,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 if one_per_sm {
                     row.push(budget_cells(&p.graph_pdl_v6_one_per_sm));
                 }
+                if small_plain {
+                    row.push(budget_cells(&p.graph_pdl_small_plain));
+                }
                 row
             })
             .collect();
@@ -867,6 +907,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         head.extend(variants.iter().map(|(h, _)| *h));
         if one_per_sm {
             head.push("graph + PDL ms/tok, v6 at one block per SM, by prefetch budget");
+        }
+        if small_plain {
+            head.push("graph + PDL ms/tok, small kernels launched plain, by prefetch budget");
         }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
@@ -1365,7 +1408,9 @@ mod tests {
         runs[0].points[0].graph_pdl_prefetch = vec![(0, 1.55), (65536, 1.45)];
         runs[0].points[0].graph_pdl_silu_kernel_ms = Some(1.525);
         runs[0].points[0].graph_pdl_top_p_ms = Some(1.52);
+        runs[0].points[0].graph_pdl_attn_v4_ms = Some(1.51);
         runs[0].points[0].graph_pdl_v6_one_per_sm = vec![(32768, 1.48), (262144, 1.41)];
+        runs[0].points[0].graph_pdl_small_plain = vec![(32768, 1.47), (131072, 1.43)];
         runs[0].points[0].graph_persistent_ms = Some(1.2);
         runs[0].points[0].graph_persistent_prefetch = vec![(0, 1.3), (131072, 1.25)];
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
@@ -1435,8 +1480,9 @@ mod tests {
         // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
         assert!(
             md.contains(
-                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 32 KB: 1.480, 256 KB: 1.410 |"
+                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 1.510 | 32 KB: 1.480, 256 KB: 1.410 | 32 KB: 1.470, 128 KB: 1.430 |"
             ) && md.contains("top-p 0.9 sampling")
+                && md.matches("small kernels launched plain, by prefetch budget").count() == 1
                 && md.matches("silu kernel instead of the fused GLU").count() == 1
                 && md
                     .matches("v6 at one block per SM, by prefetch budget")
@@ -1450,9 +1496,14 @@ mod tests {
         assert_eq!(back.graph_pdl_prefetch, vec![(0, 1.55), (65536, 1.45)]);
         assert_eq!(back.graph_pdl_silu_kernel_ms, Some(1.525));
         assert_eq!(back.graph_pdl_top_p_ms, Some(1.52));
+        assert_eq!(back.graph_pdl_attn_v4_ms, Some(1.51));
         assert_eq!(
             back.graph_pdl_v6_one_per_sm,
             vec![(32768, 1.48), (262144, 1.41)]
+        );
+        assert_eq!(
+            back.graph_pdl_small_plain,
+            vec![(32768, 1.47), (131072, 1.43)]
         );
         assert_eq!(back.graph_persistent_ms, Some(1.2));
         // The persistent layers' column beside the PDL one, with its share of the roofline, in

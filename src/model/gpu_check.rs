@@ -736,7 +736,22 @@ pub fn check_engine(
         Vec::new()
     };
     eng.set_v6_one_block_per_sm(false);
+    // Graph + PDL with the kernels that are not GEMVs launched plain (the decode bench's
+    // experiment column): a different dependency edge per launch, the same tokens.
+    let small_plain_tokens = if eng.set_pdl(true) {
+        eng.set_small_ops_plain(true);
+        let t = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken);
+        eng.set_small_ops_plain(false);
+        t?
+    } else {
+        Vec::new()
+    };
     eng.set_pdl(false);
+    // The attention without its K/V L2 prefetch (v4's order; the bench's A/B column): graph.
+    eng.set_attn_prefetch_kv(false);
+    let attn_v4_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken);
+    eng.set_attn_prefetch_kv(true);
+    let attn_v4_tokens = attn_v4_tokens?;
 
     // The persistent decode layers where the engine can run them (int4 models); refused ones
     // (fp16 linears) say why. Restored to launch-per-op for the rest of the check. They run
@@ -812,6 +827,8 @@ pub fn check_engine(
         ("GEMM prefill + graph", &prefill_tokens),
         ("profiled eager", &profile_tokens),
         ("graph + PDL", &pdl_tokens),
+        ("graph + PDL, small kernels plain", &small_plain_tokens),
+        ("graph, attention without the K/V prefetch", &attn_v4_tokens),
         ("v6 at one block per SM", &one_per_sm_tokens),
         ("begin/next_token", &stream_tokens),
     ]

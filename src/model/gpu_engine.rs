@@ -114,6 +114,10 @@ pub struct EngineOptions {
     /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. On by
     /// default; the decode bench times both in one process.
     pub fused_glu: bool,
+    /// The decode attention prefetches its K and V rows into L2 as soon as the position is known
+    /// (lab_llama_attn_params.prefetch_kv, attention v5). On by default; off is v4's order, which
+    /// the decode bench times beside it in one process.
+    pub attn_prefetch_kv: bool,
     /// Run every decoder layer of a step as ONE cooperative launch (kernels/llama/layers.cu,
     /// module `persistent`) instead of ~8 launches per layer. Int4 linears only (gemv_v6_pipe's
     /// loop; `int4` does not apply to the layers then). Off by default: the H100 runs 9-10
@@ -209,6 +213,7 @@ impl EngineOptions {
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
             fused_glu: true,
+            attn_prefetch_kv: true,
             persistent_layers: false,
             persistent_prefetch: DEFAULT_PDL_PREFETCH,
             persistent_max_grid: 0,
@@ -432,6 +437,9 @@ pub struct GpuEngine {
     /// v6 (gemv_v6_pipe) linears launch at most one 256-thread block per SM
     /// (kernels::gemv::v6_one_block_per_sm): the decode bench's column; off otherwise.
     v6_one_per_sm: bool,
+    /// In a PDL step, the kernels that are not GEMVs (embedding, norms, attention, silu, argmax,
+    /// sampler) launch plain (`set_small_ops_plain`): the decode bench's column; off otherwise.
+    small_ops_plain: bool,
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -749,6 +757,7 @@ impl GpuEngine {
             step_pdl: Cell::new(false),
             poison_smem: false,
             v6_one_per_sm: false,
+            small_ops_plain: false,
             cc_major: gpu.info.cc_major,
             persistent: None,
         })
@@ -898,6 +907,31 @@ impl GpuEngine {
         self.launch_ex(f, cfg, p, self.step_kind(), 1)
     }
 
+    /// A step's kernel that is not a GEMV (embedding, norms, attention, silu, argmax, sampler):
+    /// as `launch`, but plain while `small_ops_plain` is set, even in a PDL step.
+    fn launch_op<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32),
+        block: u32,
+        smem: u32,
+        p: &P,
+        what: &str,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let kind = if self.small_ops_plain {
+            LaunchKind::Plain
+        } else {
+            self.step_kind()
+        };
+        // SAFETY: as `launch`.
+        unsafe { self.launch_ex(f, cfg, p, kind, 1) }.ctx(what)
+    }
+
     /// Plain, or PDL inside a decode step with PDL on.
     fn step_kind(&self) -> LaunchKind {
         if self.step_pdl.get() {
@@ -1005,7 +1039,7 @@ impl GpuEngine {
             chunk: self.opts.attn_chunk as i32,
             n_splits: self.n_splits as i32,
             scale: (1.0 / (hd as f64).sqrt()) as f32,
-            _pad: 0,
+            prefetch_kv: self.opts.attn_prefetch_kv as i32,
         }
     }
 
@@ -1219,7 +1253,7 @@ impl GpuEngine {
             hidden: self.cfg.hidden_size as i32,
             eps: self.cfg.rms_norm_eps as f32,
         };
-        self.launch(&self.k.norm, (1, 1), 512, 0, &p, what)
+        self.launch_op(&self.k.norm, (1, 1), 512, 0, &p, what)
     }
 
     /// Enqueue one decode step. With `trace`, synchronize after every op and keep its output;
@@ -1291,7 +1325,7 @@ impl GpuEngine {
             max_ctx: max_ctx as i32,
             _pad: 0,
         };
-        self.launch(
+        self.launch_op(
             &self.k.embed,
             (h.div_ceil(256) as u32, 1),
             256,
@@ -1357,7 +1391,7 @@ impl GpuEngine {
             // K and V rows 0..=pos, fp16: what the attention streams per layer.
             self.streamed
                 .set(self.streamed.get() + 2 * (self.pos as u64 + 1) * kv_dim as u64 * 2);
-            self.launch(
+            self.launch_op(
                 &self.k.attn_split,
                 (heads as u32, self.n_splits as u32),
                 256,
@@ -1395,7 +1429,7 @@ impl GpuEngine {
                     inter: inter as i32,
                     _pad: 0,
                 };
-                self.launch(
+                self.launch_op(
                     &self.k.silu,
                     (inter.div_ceil(256) as u32, 1),
                     256,
@@ -1466,7 +1500,7 @@ impl GpuEngine {
                     vocab,
                     max_ctx,
                 };
-                self.launch(&self.k.argmax, (1, 1), 1024, 0, &p, what)
+                self.launch_op(&self.k.argmax, (1, 1), 1024, 0, &p, what)
             }
             Sampling::TopP { top_p, temperature } => {
                 let p = abi::lab_llama_sample_params {
@@ -1479,7 +1513,7 @@ impl GpuEngine {
                     max_ctx,
                 };
                 let threads = abi::LAB_LLAMA_TOP_P_THREADS;
-                self.launch(&self.k.sample, (1, 1), threads, 0, &p, what)
+                self.launch_op(&self.k.sample, (1, 1), threads, 0, &p, what)
             }
         }
     }
@@ -1602,6 +1636,29 @@ impl GpuEngine {
         self.int4_choice
             .values()
             .any(|(v, _)| gemv_kind(v).ok() == Some(GemvKind::Pipe))
+    }
+
+    /// Whether the decode attention prefetches its K/V rows into L2 (EngineOptions::attn_prefetch_kv).
+    pub fn attn_prefetch_kv(&self) -> bool {
+        self.opts.attn_prefetch_kv
+    }
+
+    /// Set it; the graph is captured again at the next graph step.
+    pub fn set_attn_prefetch_kv(&mut self, on: bool) {
+        self.opts.attn_prefetch_kv = on;
+        self.graph = None;
+    }
+
+    /// In a PDL step, launch the kernels that are not GEMVs plain (no programmatic serialization):
+    /// each then starts only when the GEMV before it has finished, and the GEMV after it may
+    /// start beside it, so a GEMV's weight prefetch overlaps the small kernel just before it and
+    /// never a GEMV still streaming (with every launch PDL, a chain GEMV -> norm -> GEMV lets
+    /// the second GEMV's blocks, and their prefetch, in while the first still runs wherever
+    /// registers allow). A decode-bench experiment (notes/kernels.md, run 13): the captured graph
+    /// is dropped.
+    pub fn set_small_ops_plain(&mut self, on: bool) {
+        self.small_ops_plain = on;
+        self.graph = None;
     }
 
     /// PDL asked for and possible (sm_90+).

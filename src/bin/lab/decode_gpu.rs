@@ -84,6 +84,13 @@ pub struct GpuArgs {
     /// Off by default (the device check's decode-one-per-sm step passes 32768,131072,262144).
     #[arg(long, default_value = "", value_delimiter = ',')]
     v6_one_per_sm: Vec<String>,
+    /// With PDL, the bench also times graph + PDL with the kernels that are not GEMVs (embedding,
+    /// norms, attention, silu, argmax) launched plain, at these GEMV prefetch budgets, bytes per
+    /// block ('' = not timed): a GEMV's prefetch then overlaps only the small kernel before it,
+    /// never the GEMV before that. An experiment (notes/kernels.md, run 13); generation never
+    /// runs it. Off by default (the device check's decode-small-plain step passes budgets).
+    #[arg(long, default_value = "", value_delimiter = ',')]
+    pdl_small_plain: Vec<String>,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
@@ -256,6 +263,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     let backend = fp16_backend(&g.fp16_backend)?;
     let lens = prefill_lens(&g.prefill_list)?;
     let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm")?;
+    let small_plain = byte_budgets(&g.pdl_small_plain, "--pdl-small-plain")?;
     let pf_int4 = g.prefill_int4;
     let slice_elems = slice_elems(g.dequant_slice_mib)?;
     if g.prefill_chunk == 0 && !lens.is_empty() {
@@ -319,6 +327,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 persistent_prefetch: g.persistent_prefetch.clone(),
                 pdl_prefetch: g.pdl_prefetch.clone(),
                 v6_one_per_sm: one_per_sm.clone(),
+                small_plain: small_plain.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -386,6 +395,12 @@ fn print_run(r: &DecodeReport, secs: f64) {
             eprintln!(
                 "             graph + PDL {m:7.3} ms/tok {:7.1} tok/s",
                 1e3 / m
+            );
+        }
+        for (b, m) in &p.graph_pdl_small_plain {
+            eprintln!(
+                "             graph + PDL, small kernels launched plain, prefetch {:>3} KB {m:7.3} ms/tok",
+                b / 1024
             );
         }
         for (b, m) in &p.graph_pdl_v6_one_per_sm {
