@@ -1115,7 +1115,9 @@ pub fn tiny_cases() -> Vec<TinyCase> {
         // Int4 forms also through the registry's reorder-aware variants (v4: one block per column
         // tile; v5: split-K with the ticketed in-kernel reduction; v6: pipelined loads, x staged
         // in shared memory, auto split-K) — every int4 kernel the tuner may pick.
-        // v2 (no act-order) is what the tuner picks for several plain shapes on the H100.
+        // v2 (no act-order) is what the tuner picks for several plain shapes on the H100; v10 (no
+        // act-order) is a tuner candidate since run 13. A unit test keeps these lists equal to
+        // the tuner's m = 1 candidates.
         let registry: &[&str] = if matches!(
             kind,
             WeightKind::Int4 {
@@ -1128,6 +1130,7 @@ pub fn tiny_cases() -> Vec<TinyCase> {
                 "gemv_v4_perm",
                 "gemv_v5_splitk",
                 "gemv_v6_pipe",
+                "gemv_v10_l2x",
             ]
         } else if matches!(kind, WeightKind::Int4 { .. }) {
             &["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"]
@@ -1359,6 +1362,37 @@ mod tests {
                     "{}x{} g{group}",
                     s.k,
                     s.n
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_cases_run_every_m1_kernel_the_tuner_may_pick() {
+        use crate::tune::dispatch::{serves, VARIANTS};
+        use crate::tune::schema::ProblemKey;
+        let cases = tiny_cases();
+        for act_order in [false, true] {
+            // Which registry kernels the int4 cases of this act-order run.
+            let ran: std::collections::BTreeSet<&str> = cases
+                .iter()
+                .filter(
+                    |c| matches!(c.kind, WeightKind::Int4 { act_order: a, .. } if a == act_order),
+                )
+                .filter_map(|c| c.int4.map(|r| r.name))
+                .collect();
+            let key = ProblemKey {
+                n: 4096,
+                k: 4096,
+                group_size: 128,
+                act_order,
+                batch_bucket: 1,
+            };
+            for v in VARIANTS.iter().filter(|v| serves(v.name, &key, 90)) {
+                assert!(
+                    ran.contains(v.name),
+                    "{} (act-order {act_order}) is a tuner candidate but no tiny case runs it",
+                    v.name
                 );
             }
         }

@@ -115,8 +115,9 @@ pub struct EngineOptions {
     /// default; the decode bench times both in one process.
     pub fused_glu: bool,
     /// The decode attention prefetches its K and V rows into L2 as soon as the position is known
-    /// (lab_llama_attn_params.prefetch_kv, attention v5). On by default; off is v4's order, which
-    /// the decode bench times beside it in one process.
+    /// (lab_llama_attn_params.prefetch_kv, attention v5). Off by default: H100 run 13 timed it on
+    /// against off in one process (decode.md's A/B column) and off was faster at every context
+    /// of 512 and more (7B 1-3%, 13B 1-4%) and within 1% at 128 (notes/kernels.md).
     pub attn_prefetch_kv: bool,
     /// Run every decoder layer of a step as ONE cooperative launch (kernels/llama/layers.cu,
     /// module `persistent`) instead of ~8 launches per layer. Int4 linears only (gemv_v6_pipe's
@@ -213,7 +214,7 @@ impl EngineOptions {
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
             fused_glu: true,
-            attn_prefetch_kv: true,
+            attn_prefetch_kv: false,
             persistent_layers: false,
             persistent_prefetch: DEFAULT_PDL_PREFETCH,
             persistent_max_grid: 0,

@@ -50,6 +50,14 @@ pub const VARIANTS: &[KnownVariant] = &[
         act_order: true,
         min_sm: 75,
     },
+    // v6 without the x staging (runs 12d/12e: the fastest GEMV at 3 of 4 decode shapes), no
+    // act-order. Listed since run 13, whose tuning never measured it (it was missing here).
+    KnownVariant {
+        name: "gemv_v10_l2x",
+        batch: (1, 1),
+        act_order: false,
+        min_sm: 75,
+    },
     // m = 2..64
     KnownVariant {
         name: "gemm_v1_simt",
