@@ -10,6 +10,7 @@ fn bad_bench_lists_name_their_flag_before_touching_a_gpu() {
     for (flag, value, expect) in [
         ("--v6-one-per-sm", "32768,lots", "bytes per block"),
         ("--pdl-small-plain", "16k", "bytes per block"),
+        ("--pdl-prefetch-launch", "8M", "bytes per launch"),
         ("--prefill-list", "128,-5", "positive prompt lengths"),
     ] {
         let mut args = bench.to_vec();

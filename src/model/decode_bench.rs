@@ -157,6 +157,11 @@ pub struct ContextPoint {
     /// ms/token: whether the prefetch helps once it can overlap only the small kernel before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_small_plain: Vec<(u32, f64)>,
+    /// Graph + PDL at the engine's per-block budget with a cap per GEMV launch
+    /// (EngineOptions::pdl_prefetch_launch: each block min(budget, cap / blocks)), at these caps
+    /// (bytes per launch), ms/token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_pdl_prefetch_launch: Vec<(u32, f64)>,
     /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
     /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
@@ -307,6 +312,7 @@ pub fn context_point(
         graph_pdl_attn_v4_ms: None,
         graph_pdl_v6_one_per_sm: Vec::new(),
         graph_pdl_small_plain: Vec::new(),
+        graph_pdl_prefetch_launch: Vec::new(),
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
         persistent_eager: false,
@@ -348,6 +354,9 @@ pub struct BenchPlan {
     /// With `pdl`, also time the step with the small kernels launched plain at these prefetch
     /// budgets (empty: not timed). `ContextPoint::graph_pdl_small_plain`.
     pub small_plain: Vec<u32>,
+    /// With `pdl`, also time these per-launch prefetch caps (bytes per GEMV launch; empty: not
+    /// timed). `ContextPoint::graph_pdl_prefetch_launch`.
+    pub prefetch_launch: Vec<u32>,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -700,6 +709,17 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 eng.set_pdl_prefetch(own);
                 eng.set_small_ops_plain(false);
             }
+            if pdl_ok && !plan.prefetch_launch.is_empty() {
+                let own_cap = eng.pdl_prefetch_launch();
+                for &c in &plan.prefetch_launch {
+                    eng.set_pdl_prefetch_launch(c);
+                    let what = format!("with a prefetch cap of {c} B per GEMV launch");
+                    if let Some(ms) = variant(&mut eng, &what) {
+                        point.graph_pdl_prefetch_launch.push((c, ms));
+                    }
+                }
+                eng.set_pdl_prefetch_launch(own_cap);
+            }
         }
         eng.set_pdl(false);
         points.push(point);
@@ -831,6 +851,10 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             .iter()
             .any(|p| !p.graph_pdl_v6_one_per_sm.is_empty());
         let small_plain = r.points.iter().any(|p| !p.graph_pdl_small_plain.is_empty());
+        let launch_cap = r
+            .points
+            .iter()
+            .any(|p| !p.graph_pdl_prefetch_launch.is_empty());
         // The single-value graph + PDL columns, where any point of the run has them.
         let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
             .iter()
@@ -878,6 +902,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 if small_plain {
                     row.push(budget_cells(&p.graph_pdl_small_plain));
                 }
+                if launch_cap {
+                    row.push(budget_cells(&p.graph_pdl_prefetch_launch));
+                }
                 row
             })
             .collect();
@@ -910,6 +937,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         if small_plain {
             head.push("graph + PDL ms/tok, small kernels launched plain, by prefetch budget");
+        }
+        if launch_cap {
+            head.push("graph + PDL ms/tok, by prefetch cap per GEMV launch (blocks at most the PDL column's budget)");
         }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
@@ -1411,6 +1441,7 @@ mod tests {
         runs[0].points[0].graph_pdl_attn_v4_ms = Some(1.51);
         runs[0].points[0].graph_pdl_v6_one_per_sm = vec![(32768, 1.48), (262144, 1.41)];
         runs[0].points[0].graph_pdl_small_plain = vec![(32768, 1.47), (131072, 1.43)];
+        runs[0].points[0].graph_pdl_prefetch_launch = vec![(8 << 20, 1.46)];
         runs[0].points[0].graph_persistent_ms = Some(1.2);
         runs[0].points[0].graph_persistent_prefetch = vec![(0, 1.3), (131072, 1.25)];
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
@@ -1480,7 +1511,7 @@ mod tests {
         // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
         assert!(
             md.contains(
-                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 1.510 | 32 KB: 1.480, 256 KB: 1.410 | 32 KB: 1.470, 128 KB: 1.430 |"
+                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 1.510 | 32 KB: 1.480, 256 KB: 1.410 | 32 KB: 1.470, 128 KB: 1.430 | 8192 KB: 1.460 |"
             ) && md.contains("top-p 0.9 sampling")
                 && md.matches("small kernels launched plain, by prefetch budget").count() == 1
                 && md.matches("silu kernel instead of the fused GLU").count() == 1
@@ -1505,6 +1536,7 @@ mod tests {
             back.graph_pdl_small_plain,
             vec![(32768, 1.47), (131072, 1.43)]
         );
+        assert_eq!(back.graph_pdl_prefetch_launch, vec![(8 << 20, 1.46)]);
         assert_eq!(back.graph_persistent_ms, Some(1.2));
         // The persistent layers' column beside the PDL one, with its share of the roofline, in
         // the int4 run only.

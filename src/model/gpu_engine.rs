@@ -110,6 +110,12 @@ pub struct EngineOptions {
     /// With PDL, the bytes of its weight tile each int4 GEMV block prefetches into L2 before
     /// waiting for its predecessor (lab_gemm_params.prefetch_bytes; 0: none).
     pub pdl_prefetch: u32,
+    /// With PDL, the most bytes one int4 GEMV launch prefetches in all: each block then takes
+    /// min(`pdl_prefetch`, this / blocks). 0: no launch cap (every block takes `pdl_prefetch`).
+    /// Why: the same per-block budget is 12.6 MB for v2's 384-block q|k|v grid and 22.5 MB for its
+    /// 688-block 7B gate|up grid, but 8.6 MB for v10's ~264 blocks; runs 12-14 found 7B (v2 on two
+    /// of its four linears) fastest at 16 KB and 13B (v2 on one) at 32 KB (notes/kernels.md).
+    pub pdl_prefetch_launch: u32,
     /// Let int4 down projections whose kernel can (`int4_takes_gated_input`) compute
     /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. On by
     /// default; the decode bench times both in one process.
@@ -213,6 +219,7 @@ impl EngineOptions {
             sample_seed: 0,
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
+            pdl_prefetch_launch: 0,
             fused_glu: true,
             attn_prefetch_kv: false,
             persistent_layers: false,
@@ -441,6 +448,16 @@ pub struct GpuEngine {
     /// In a PDL step, the kernels that are not GEMVs (embedding, norms, attention, silu, argmax,
     /// sampler) launch plain (`set_small_ops_plain`): the decode bench's column; off otherwise.
     small_ops_plain: bool,
+}
+
+/// A GEMV block's prefetch budget under a per-launch cap: min(per_block, launch / blocks),
+/// rounded down to whole 128-byte lines (what one prefetch covers); `launch` 0 = no cap.
+fn launch_capped_prefetch(per_block: i32, launch: u32, blocks: u64) -> i32 {
+    if launch == 0 || per_block <= 0 || blocks == 0 {
+        return per_block;
+    }
+    let share = (launch as u64 / blocks) & !127;
+    (per_block as u64).min(share) as i32
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -1195,13 +1212,18 @@ impl GpuEngine {
                 format!("{} was not loaded at engine construction", plan.symbol),
             )
         })?;
-        let p = self.int4_params(
+        let mut p = self.int4_params(
             l,
             x,
             y,
             self.r(&self.b.gemv_ws),
             plan.split_k as usize,
             plan.k_slice as usize,
+        );
+        p.prefetch_bytes = launch_capped_prefetch(
+            p.prefetch_bytes,
+            self.opts.pdl_prefetch_launch,
+            plan.grid.0 as u64 * plan.grid.1 as u64 * plan.grid.2 as u64,
         );
         let cfg = LaunchConfig {
             grid_dim: plan.grid,
@@ -1572,6 +1594,17 @@ impl GpuEngine {
     /// The PDL prefetch budget per GEMV block (EngineOptions::pdl_prefetch).
     pub fn pdl_prefetch(&self) -> u32 {
         self.opts.pdl_prefetch
+    }
+
+    /// The PDL prefetch cap per GEMV launch (EngineOptions::pdl_prefetch_launch; 0 = none).
+    pub fn pdl_prefetch_launch(&self) -> u32 {
+        self.opts.pdl_prefetch_launch
+    }
+
+    /// Set it; the graph is captured again at the next graph step.
+    pub fn set_pdl_prefetch_launch(&mut self, bytes: u32) {
+        self.opts.pdl_prefetch_launch = bytes;
+        self.graph = None;
     }
 
     /// Set the PDL prefetch budget per GEMV block; the graph is captured again at the next
@@ -1991,6 +2024,28 @@ impl GpuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_launch_cap_shares_its_bytes_among_the_blocks_in_whole_lines() {
+        // No cap, or no prefetch: the per-block budget as it is.
+        assert_eq!(launch_capped_prefetch(32768, 0, 688), 32768);
+        assert_eq!(launch_capped_prefetch(0, 8 << 20, 688), 0);
+        // v2's 7B gate|up grid (688 blocks) under 8 MiB: 12192 B each, 12160 rounded down to
+        // whole 128-byte lines, so the launch prefetches <= 8 MiB; a 256-block grid keeps 32 KB.
+        assert_eq!(launch_capped_prefetch(32768, 8 << 20, 688), 12160);
+        // Whatever the grid: whole lines, never above the per-block budget, the launch's total
+        // never above the cap.
+        for blocks in 1..3000u64 {
+            let b = launch_capped_prefetch(32768, 8 << 20, blocks);
+            assert!(
+                b % 128 == 0 && b <= 32768 && blocks * b as u64 <= 8 << 20,
+                "{blocks}: {b}"
+            );
+        }
+        assert_eq!(launch_capped_prefetch(32768, 8 << 20, 256), 32768);
+        // A cap smaller than one line per block prefetches nothing.
+        assert_eq!(launch_capped_prefetch(32768, 1000, 688), 0);
+    }
 
     /// The committed H100 tuned config and the shapes of a Vicuna-7B/13B layer (fused like the engine).
     fn vicuna_shapes(act: bool) -> Vec<LayerShape> {

@@ -91,6 +91,11 @@ pub struct GpuArgs {
     /// runs it. Off by default (the device check's decode-small-plain step passes budgets).
     #[arg(long, default_value = "", value_delimiter = ',')]
     pdl_small_plain: Vec<String>,
+    /// With PDL, the bench also times graph + PDL with a cap on the bytes one int4 GEMV launch
+    /// prefetches in all (each block: min(the first --pdl-prefetch, cap / blocks)), at these
+    /// caps, bytes per launch ('' = not timed). An experiment (notes/kernels.md, run 15).
+    #[arg(long, default_value = "", value_delimiter = ',')]
+    pdl_prefetch_launch: Vec<String>,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
@@ -186,12 +191,13 @@ fn prefill_lens(list: &[String]) -> anyhow::Result<Vec<usize>> {
 }
 
 /// A comma list of byte budgets ('' entries skipped): "32768,131072".
-fn byte_budgets(list: &[String], flag: &str) -> anyhow::Result<Vec<u32>> {
+/// A comma list of byte counts (`per`: "block" or "launch", for the error message).
+fn byte_budgets(list: &[String], flag: &str, per: &str) -> anyhow::Result<Vec<u32>> {
     list.iter()
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
             s.trim().parse::<u32>().map_err(|_| {
-                anyhow::anyhow!("{flag} {s}: expected bytes per block, e.g. 32768,131072")
+                anyhow::anyhow!("{flag} {s}: expected bytes per {per}, e.g. 32768,131072")
             })
         })
         .collect()
@@ -262,8 +268,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let backend = fp16_backend(&g.fp16_backend)?;
     let lens = prefill_lens(&g.prefill_list)?;
-    let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm")?;
-    let small_plain = byte_budgets(&g.pdl_small_plain, "--pdl-small-plain")?;
+    let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm", "block")?;
+    let small_plain = byte_budgets(&g.pdl_small_plain, "--pdl-small-plain", "block")?;
+    let prefetch_launch = byte_budgets(&g.pdl_prefetch_launch, "--pdl-prefetch-launch", "launch")?;
     let pf_int4 = g.prefill_int4;
     let slice_elems = slice_elems(g.dequant_slice_mib)?;
     if g.prefill_chunk == 0 && !lens.is_empty() {
@@ -328,6 +335,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 pdl_prefetch: g.pdl_prefetch.clone(),
                 v6_one_per_sm: one_per_sm.clone(),
                 small_plain: small_plain.clone(),
+                prefetch_launch: prefetch_launch.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -395,6 +403,12 @@ fn print_run(r: &DecodeReport, secs: f64) {
             eprintln!(
                 "             graph + PDL {m:7.3} ms/tok {:7.1} tok/s",
                 1e3 / m
+            );
+        }
+        for (b, m) in &p.graph_pdl_prefetch_launch {
+            eprintln!(
+                "             graph + PDL, prefetch cap {:>5} KB per GEMV launch {m:7.3} ms/tok",
+                b / 1024
             );
         }
         for (b, m) in &p.graph_pdl_small_plain {
