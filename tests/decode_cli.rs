@@ -10,7 +10,13 @@ fn bad_bench_lists_name_their_flag_before_touching_a_gpu() {
     for (flag, value, expect) in [
         ("--v6-one-per-sm", "32768,lots", "bytes per block"),
         ("--pdl-small-plain", "16k", "bytes per block"),
-        ("--pdl-prefetch-launch", "8M", "bytes per launch"),
+        ("--pdl-prefetch-variant", "gemv_v2_vec=16k", "VARIANT=BYTES"),
+        ("--pdl-prefetch-variant", "gemv_v99=16384", "VARIANT=BYTES"),
+        (
+            "--pdl-prefetch-variant",
+            "gemm_v2_mma=16384",
+            "VARIANT=BYTES",
+        ),
         ("--prefill-list", "128,-5", "positive prompt lengths"),
     ] {
         let mut args = bench.to_vec();

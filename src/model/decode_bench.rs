@@ -157,11 +157,11 @@ pub struct ContextPoint {
     /// ms/token: whether the prefetch helps once it can overlap only the small kernel before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_small_plain: Vec<(u32, f64)>,
-    /// Graph + PDL at the engine's per-block budget with a cap per GEMV launch
-    /// (EngineOptions::pdl_prefetch_launch: each block min(budget, cap / blocks)), at these caps
-    /// (bytes per launch), ms/token.
+    /// Graph + PDL with one registry GEMV variant at its own per-block prefetch budget and every
+    /// other at the engine's (EngineOptions::pdl_prefetch_variant), one setting per entry:
+    /// (variant, bytes per block, ms/token).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub graph_pdl_prefetch_launch: Vec<(u32, f64)>,
+    pub graph_pdl_prefetch_variant: Vec<(String, u32, f64)>,
     /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
     /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
@@ -312,7 +312,7 @@ pub fn context_point(
         graph_pdl_attn_v4_ms: None,
         graph_pdl_v6_one_per_sm: Vec::new(),
         graph_pdl_small_plain: Vec::new(),
-        graph_pdl_prefetch_launch: Vec::new(),
+        graph_pdl_prefetch_variant: Vec::new(),
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
         persistent_eager: false,
@@ -354,9 +354,10 @@ pub struct BenchPlan {
     /// With `pdl`, also time the step with the small kernels launched plain at these prefetch
     /// budgets (empty: not timed). `ContextPoint::graph_pdl_small_plain`.
     pub small_plain: Vec<u32>,
-    /// With `pdl`, also time these per-launch prefetch caps (bytes per GEMV launch; empty: not
-    /// timed). `ContextPoint::graph_pdl_prefetch_launch`.
-    pub prefetch_launch: Vec<u32>,
+    /// With `pdl`, also time each (variant, bytes per block) as its own setting: that variant's
+    /// launches at that budget, the others at the engine's (empty: not timed).
+    /// `ContextPoint::graph_pdl_prefetch_variant`.
+    pub prefetch_variant: Vec<(String, u32)>,
 }
 
 /// The first hold of a profiled step, and the longest: the host queues ~12 launches and events
@@ -502,6 +503,18 @@ fn planned_prefill_int4(r: &DecodeReport) -> PrefillInt4 {
 }
 
 /// One table cell of a prefetch sweep: "0 KB: 1.550, 64 KB: 1.450", or "-".
+/// "gemv_v2_vec 16 KB: 2.105, ..." for the per-variant budget column.
+fn variant_budget_cells(sweep: &[(String, u32, f64)]) -> String {
+    if sweep.is_empty() {
+        return "-".into();
+    }
+    let cells: Vec<String> = sweep
+        .iter()
+        .map(|(v, b, m)| format!("{v} {} KB: {m:.3}", b / 1024))
+        .collect();
+    cells.join(", ")
+}
+
 fn budget_cells(sweep: &[(u32, f64)]) -> String {
     if sweep.is_empty() {
         return "-".into();
@@ -709,16 +722,18 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 eng.set_pdl_prefetch(own);
                 eng.set_small_ops_plain(false);
             }
-            if pdl_ok && !plan.prefetch_launch.is_empty() {
-                let own_cap = eng.pdl_prefetch_launch();
-                for &c in &plan.prefetch_launch {
-                    eng.set_pdl_prefetch_launch(c);
-                    let what = format!("with a prefetch cap of {c} B per GEMV launch");
+            if pdl_ok && !plan.prefetch_variant.is_empty() {
+                let own_by_variant = eng.pdl_prefetch_variant().to_vec();
+                for (name, b) in &plan.prefetch_variant {
+                    eng.set_pdl_prefetch_variant(vec![(name.clone(), *b)]);
+                    let what = format!("with {name} prefetching {b} B per block");
                     if let Some(ms) = variant(&mut eng, &what) {
-                        point.graph_pdl_prefetch_launch.push((c, ms));
+                        point
+                            .graph_pdl_prefetch_variant
+                            .push((name.clone(), *b, ms));
                     }
                 }
-                eng.set_pdl_prefetch_launch(own_cap);
+                eng.set_pdl_prefetch_variant(own_by_variant);
             }
         }
         eng.set_pdl(false);
@@ -851,10 +866,10 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
             .iter()
             .any(|p| !p.graph_pdl_v6_one_per_sm.is_empty());
         let small_plain = r.points.iter().any(|p| !p.graph_pdl_small_plain.is_empty());
-        let launch_cap = r
+        let by_variant = r
             .points
             .iter()
-            .any(|p| !p.graph_pdl_prefetch_launch.is_empty());
+            .any(|p| !p.graph_pdl_prefetch_variant.is_empty());
         // The single-value graph + PDL columns, where any point of the run has them.
         let variants: Vec<&VariantColumn> = PDL_VARIANT_COLUMNS
             .iter()
@@ -902,8 +917,8 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 if small_plain {
                     row.push(budget_cells(&p.graph_pdl_small_plain));
                 }
-                if launch_cap {
-                    row.push(budget_cells(&p.graph_pdl_prefetch_launch));
+                if by_variant {
+                    row.push(variant_budget_cells(&p.graph_pdl_prefetch_variant));
                 }
                 row
             })
@@ -938,8 +953,8 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         if small_plain {
             head.push("graph + PDL ms/tok, small kernels launched plain, by prefetch budget");
         }
-        if launch_cap {
-            head.push("graph + PDL ms/tok, by prefetch cap per GEMV launch (blocks at most the PDL column's budget)");
+        if by_variant {
+            head.push("graph + PDL ms/tok, one GEMV variant at another prefetch budget (the rest at the PDL column's)");
         }
         md.push_str(&table(&head, &rows));
         if !r.prefill.is_empty() {
@@ -1441,7 +1456,7 @@ mod tests {
         runs[0].points[0].graph_pdl_attn_v4_ms = Some(1.51);
         runs[0].points[0].graph_pdl_v6_one_per_sm = vec![(32768, 1.48), (262144, 1.41)];
         runs[0].points[0].graph_pdl_small_plain = vec![(32768, 1.47), (131072, 1.43)];
-        runs[0].points[0].graph_pdl_prefetch_launch = vec![(8 << 20, 1.46)];
+        runs[0].points[0].graph_pdl_prefetch_variant = vec![("gemv_v2_vec".into(), 16384, 1.46)];
         runs[0].points[0].graph_persistent_ms = Some(1.2);
         runs[0].points[0].graph_persistent_prefetch = vec![(0, 1.3), (131072, 1.25)];
         // The fp16 run as recorded before the GEMM prefill: no prefill chunk, no prefill bytes.
@@ -1511,7 +1526,7 @@ mod tests {
         // The fused-GLU A/B: its own column, in the int4 run only, "-" where not timed.
         assert!(
             md.contains(
-                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 1.510 | 32 KB: 1.480, 256 KB: 1.410 | 32 KB: 1.470, 128 KB: 1.430 | 8192 KB: 1.460 |"
+                "| 0 KB: 1.550, 64 KB: 1.450 | 1.525 | 1.520 | 1.510 | 32 KB: 1.480, 256 KB: 1.410 | 32 KB: 1.470, 128 KB: 1.430 | gemv_v2_vec 16 KB: 1.460 |"
             ) && md.contains("top-p 0.9 sampling")
                 && md.matches("small kernels launched plain, by prefetch budget").count() == 1
                 && md.matches("silu kernel instead of the fused GLU").count() == 1
@@ -1536,7 +1551,10 @@ mod tests {
             back.graph_pdl_small_plain,
             vec![(32768, 1.47), (131072, 1.43)]
         );
-        assert_eq!(back.graph_pdl_prefetch_launch, vec![(8 << 20, 1.46)]);
+        assert_eq!(
+            back.graph_pdl_prefetch_variant,
+            vec![("gemv_v2_vec".to_string(), 16384, 1.46)]
+        );
         assert_eq!(back.graph_persistent_ms, Some(1.2));
         // The persistent layers' column beside the PDL one, with its share of the roofline, in
         // the int4 run only.

@@ -110,12 +110,12 @@ pub struct EngineOptions {
     /// With PDL, the bytes of its weight tile each int4 GEMV block prefetches into L2 before
     /// waiting for its predecessor (lab_gemm_params.prefetch_bytes; 0: none).
     pub pdl_prefetch: u32,
-    /// With PDL, the most bytes one int4 GEMV launch prefetches in all: each block then takes
-    /// min(`pdl_prefetch`, this / blocks). 0: no launch cap (every block takes `pdl_prefetch`).
-    /// Why: the same per-block budget is 12.6 MB for v2's 384-block q|k|v grid and 22.5 MB for its
-    /// 688-block 7B gate|up grid, but 8.6 MB for v10's ~264 blocks; runs 12-14 found 7B (v2 on two
-    /// of its four linears) fastest at 16 KB and 13B (v2 on one) at 32 KB (notes/kernels.md).
-    pub pdl_prefetch_launch: u32,
+    /// With PDL, per-block prefetch budgets for particular registry GEMV variants (name, bytes),
+    /// in place of `pdl_prefetch` for their launches; empty: every int4 GEMV takes `pdl_prefetch`.
+    /// Why: runs 12-15 found 7B (v2 on two of its four linears) fastest at 16 KB per block and
+    /// 13B (v2 on one, v10 on three) at 32 KB; a cap per launch did not serve both (run 15), so
+    /// the next question is whether the budget belongs to the kernel (notes/kernels.md).
+    pub pdl_prefetch_variant: Vec<(String, u32)>,
     /// Let int4 down projections whose kernel can (`int4_takes_gated_input`) compute
     /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. On by
     /// default; the decode bench times both in one process.
@@ -219,7 +219,7 @@ impl EngineOptions {
             sample_seed: 0,
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
-            pdl_prefetch_launch: 0,
+            pdl_prefetch_variant: Vec::new(),
             fused_glu: true,
             attn_prefetch_kv: false,
             persistent_layers: false,
@@ -450,14 +450,14 @@ pub struct GpuEngine {
     small_ops_plain: bool,
 }
 
-/// A GEMV block's prefetch budget under a per-launch cap: min(per_block, launch / blocks),
-/// rounded down to whole 128-byte lines (what one prefetch covers); `launch` 0 = no cap.
-fn launch_capped_prefetch(per_block: i32, launch: u32, blocks: u64) -> i32 {
-    if launch == 0 || per_block <= 0 || blocks == 0 {
-        return per_block;
-    }
-    let share = (launch as u64 / blocks) & !127;
-    (per_block as u64).min(share) as i32
+/// A GEMV block's prefetch budget: the variant's own where `overrides` names it (the last entry
+/// for that name wins), else `default`.
+fn variant_prefetch(default: i32, overrides: &[(String, u32)], variant: &str) -> i32 {
+    overrides
+        .iter()
+        .rev()
+        .find(|(name, _)| name == variant)
+        .map_or(default, |&(_, b)| b.min(i32::MAX as u32) as i32)
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -1220,11 +1220,10 @@ impl GpuEngine {
             plan.split_k as usize,
             plan.k_slice as usize,
         );
-        p.prefetch_bytes = launch_capped_prefetch(
-            p.prefetch_bytes,
-            self.opts.pdl_prefetch_launch,
-            plan.grid.0 as u64 * plan.grid.1 as u64 * plan.grid.2 as u64,
-        );
+        if p.prefetch_bytes > 0 {
+            p.prefetch_bytes =
+                variant_prefetch(p.prefetch_bytes, &self.opts.pdl_prefetch_variant, v.name);
+        }
         let cfg = LaunchConfig {
             grid_dim: plan.grid,
             block_dim: plan.block,
@@ -1596,14 +1595,14 @@ impl GpuEngine {
         self.opts.pdl_prefetch
     }
 
-    /// The PDL prefetch cap per GEMV launch (EngineOptions::pdl_prefetch_launch; 0 = none).
-    pub fn pdl_prefetch_launch(&self) -> u32 {
-        self.opts.pdl_prefetch_launch
+    /// The per-variant PDL prefetch budgets (EngineOptions::pdl_prefetch_variant).
+    pub fn pdl_prefetch_variant(&self) -> &[(String, u32)] {
+        &self.opts.pdl_prefetch_variant
     }
 
-    /// Set it; the graph is captured again at the next graph step.
-    pub fn set_pdl_prefetch_launch(&mut self, bytes: u32) {
-        self.opts.pdl_prefetch_launch = bytes;
+    /// Set them; the graph is captured again at the next graph step.
+    pub fn set_pdl_prefetch_variant(&mut self, budgets: Vec<(String, u32)>) {
+        self.opts.pdl_prefetch_variant = budgets;
         self.graph = None;
     }
 
@@ -2026,25 +2025,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_launch_cap_shares_its_bytes_among_the_blocks_in_whole_lines() {
-        // No cap, or no prefetch: the per-block budget as it is.
-        assert_eq!(launch_capped_prefetch(32768, 0, 688), 32768);
-        assert_eq!(launch_capped_prefetch(0, 8 << 20, 688), 0);
-        // v2's 7B gate|up grid (688 blocks) under 8 MiB: 12192 B each, 12160 rounded down to
-        // whole 128-byte lines, so the launch prefetches <= 8 MiB; a 256-block grid keeps 32 KB.
-        assert_eq!(launch_capped_prefetch(32768, 8 << 20, 688), 12160);
-        // Whatever the grid: whole lines, never above the per-block budget, the launch's total
-        // never above the cap.
-        for blocks in 1..3000u64 {
-            let b = launch_capped_prefetch(32768, 8 << 20, blocks);
-            assert!(
-                b % 128 == 0 && b <= 32768 && blocks * b as u64 <= 8 << 20,
-                "{blocks}: {b}"
-            );
-        }
-        assert_eq!(launch_capped_prefetch(32768, 8 << 20, 256), 32768);
-        // A cap smaller than one line per block prefetches nothing.
-        assert_eq!(launch_capped_prefetch(32768, 1000, 688), 0);
+    fn a_variant_budget_replaces_the_default_for_that_variant_only() {
+        let o = vec![
+            ("gemv_v2_vec".to_string(), 16384),
+            ("gemv_v10_l2x".to_string(), 0),
+            ("gemv_v2_vec".to_string(), 8192),
+        ];
+        assert_eq!(variant_prefetch(32768, &[], "gemv_v2_vec"), 32768);
+        // The last entry for a name wins; 0 turns that variant's prefetch off.
+        assert_eq!(variant_prefetch(32768, &o, "gemv_v2_vec"), 8192);
+        assert_eq!(variant_prefetch(32768, &o, "gemv_v10_l2x"), 0);
+        assert_eq!(variant_prefetch(32768, &o, "gemv_v6_pipe"), 32768);
     }
 
     /// The committed H100 tuned config and the shapes of a Vicuna-7B/13B layer (fused like the engine).

@@ -91,11 +91,12 @@ pub struct GpuArgs {
     /// runs it. Off by default (the device check's decode-small-plain step passes budgets).
     #[arg(long, default_value = "", value_delimiter = ',')]
     pdl_small_plain: Vec<String>,
-    /// With PDL, the bench also times graph + PDL with a cap on the bytes one int4 GEMV launch
-    /// prefetches in all (each block: min(the first --pdl-prefetch, cap / blocks)), at these
-    /// caps, bytes per launch ('' = not timed). An experiment (notes/kernels.md, run 15).
+    /// With PDL, the bench also times graph + PDL with one registry GEMV variant at its own
+    /// prefetch budget per block and the others at the first --pdl-prefetch: each VARIANT=BYTES
+    /// entry (e.g. gemv_v2_vec=16384) is one setting ('' = not timed). An experiment
+    /// (notes/kernels.md, after run 15); generation never runs it.
     #[arg(long, default_value = "", value_delimiter = ',')]
-    pdl_prefetch_launch: Vec<String>,
+    pdl_prefetch_variant: Vec<String>,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
@@ -191,13 +192,34 @@ fn prefill_lens(list: &[String]) -> anyhow::Result<Vec<usize>> {
 }
 
 /// A comma list of byte budgets ('' entries skipped): "32768,131072".
-/// A comma list of byte counts (`per`: "block" or "launch", for the error message).
-fn byte_budgets(list: &[String], flag: &str, per: &str) -> anyhow::Result<Vec<u32>> {
+/// --pdl-prefetch-variant's VARIANT=BYTES entries: VARIANT a registry int4 GEMV.
+fn variant_budgets(list: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    list.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            let bad = || {
+                anyhow::anyhow!(
+                    "--pdl-prefetch-variant {s}: expected VARIANT=BYTES with VARIANT an int4 GEMV of the registry (e.g. gemv_v2_vec=16384)"
+                )
+            };
+            let (name, bytes) = s.trim().split_once('=').ok_or_else(bad)?;
+            let v = gptq_lab::kernels::registry::by_name(name.trim()).ok_or_else(bad)?;
+            if !v.name.starts_with("gemv_v") {
+                return Err(bad());
+            }
+            let b = bytes.trim().parse::<u32>().map_err(|_| bad())?;
+            Ok((v.name.to_string(), b))
+        })
+        .collect()
+}
+
+/// A comma list of byte counts per block.
+fn byte_budgets(list: &[String], flag: &str) -> anyhow::Result<Vec<u32>> {
     list.iter()
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
             s.trim().parse::<u32>().map_err(|_| {
-                anyhow::anyhow!("{flag} {s}: expected bytes per {per}, e.g. 32768,131072")
+                anyhow::anyhow!("{flag} {s}: expected bytes per block, e.g. 32768,131072")
             })
         })
         .collect()
@@ -268,9 +290,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let backend = fp16_backend(&g.fp16_backend)?;
     let lens = prefill_lens(&g.prefill_list)?;
-    let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm", "block")?;
-    let small_plain = byte_budgets(&g.pdl_small_plain, "--pdl-small-plain", "block")?;
-    let prefetch_launch = byte_budgets(&g.pdl_prefetch_launch, "--pdl-prefetch-launch", "launch")?;
+    let one_per_sm = byte_budgets(&g.v6_one_per_sm, "--v6-one-per-sm")?;
+    let small_plain = byte_budgets(&g.pdl_small_plain, "--pdl-small-plain")?;
+    let prefetch_variant = variant_budgets(&g.pdl_prefetch_variant)?;
     let pf_int4 = g.prefill_int4;
     let slice_elems = slice_elems(g.dequant_slice_mib)?;
     if g.prefill_chunk == 0 && !lens.is_empty() {
@@ -335,7 +357,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 pdl_prefetch: g.pdl_prefetch.clone(),
                 v6_one_per_sm: one_per_sm.clone(),
                 small_plain: small_plain.clone(),
-                prefetch_launch: prefetch_launch.clone(),
+                prefetch_variant: prefetch_variant.clone(),
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
@@ -405,9 +427,9 @@ fn print_run(r: &DecodeReport, secs: f64) {
                 1e3 / m
             );
         }
-        for (b, m) in &p.graph_pdl_prefetch_launch {
+        for (v, b, m) in &p.graph_pdl_prefetch_variant {
             eprintln!(
-                "             graph + PDL, prefetch cap {:>5} KB per GEMV launch {m:7.3} ms/tok",
+                "             graph + PDL, {v} prefetching {:>3} KB per block {m:7.3} ms/tok",
                 b / 1024
             );
         }
