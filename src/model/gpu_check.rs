@@ -754,6 +754,16 @@ pub fn check_engine(
     let attn_toggled_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken);
     eng.set_attn_prefetch_kv(own_prefetch);
     let attn_toggled_tokens = attn_toggled_tokens?;
+    // The fused GLU toggled from the default (off since run 14's A/B): graph, the same tokens;
+    // empty where no down projection's kernel takes the gated input (nothing changes).
+    let own_glu = eng.fused_glu();
+    let glu_tokens = if eng.set_fused_glu(!own_glu) {
+        eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)
+    } else {
+        Ok(Vec::new())
+    };
+    eng.set_fused_glu(own_glu);
+    let glu_tokens = glu_tokens?;
 
     // The persistent decode layers where the engine can run them (int4 models); refused ones
     // (fp16 linears) say why. Restored to launch-per-op for the rest of the check. They run
@@ -834,6 +844,7 @@ pub fn check_engine(
             "graph, attention K/V prefetch toggled",
             &attn_toggled_tokens,
         ),
+        ("graph, fused GLU toggled", &glu_tokens),
         ("v6 at one block per SM", &one_per_sm_tokens),
         ("begin/next_token", &stream_tokens),
     ]
@@ -846,7 +857,10 @@ pub fn check_engine(
         ]
     })) {
         if got.is_empty()
-            && (name.contains("PDL") || name.starts_with("persistent") || name.starts_with("v6"))
+            && (name.contains("PDL")
+                || name.starts_with("persistent")
+                || name.starts_with("v6")
+                || name.contains("GLU"))
         {
             continue; // not run (below sm_90, no persistent layers or no v6 linear here)
         }

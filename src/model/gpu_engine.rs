@@ -117,8 +117,10 @@ pub struct EngineOptions {
     /// the next question is whether the budget belongs to the kernel (notes/kernels.md).
     pub pdl_prefetch_variant: Vec<(String, u32)>,
     /// Let int4 down projections whose kernel can (`int4_takes_gated_input`) compute
-    /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. On by
-    /// default; the decode bench times both in one process.
+    /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. Off by
+    /// default since run 14's in-process A/B (decode.md): with the fusion the act-order steps
+    /// (gemv_v6_pipe's down projection) were 0.5-1.4% SLOWER at every context of 7B and 13B,
+    /// plain v6 steps within 0.4% either way; the tiny check still runs the fused path.
     pub fused_glu: bool,
     /// The decode attention prefetches its K and V rows into L2 as soon as the position is known
     /// (lab_llama_attn_params.prefetch_kv, attention v5). Off by default: H100 run 13 timed it on
@@ -220,7 +222,7 @@ impl EngineOptions {
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
             pdl_prefetch_variant: Vec::new(),
-            fused_glu: true,
+            fused_glu: false,
             attn_prefetch_kv: false,
             persistent_layers: false,
             persistent_prefetch: DEFAULT_PDL_PREFETCH,

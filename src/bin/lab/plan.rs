@@ -105,7 +105,7 @@ fn speed_for(
                 card.name, card.bandwidth_gbs, f.speed.stream_efficiency * 100.0, f.speed.per_layer_s * 1e6,
                 a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms,
                 if a.act_order && a.dtype == WeightDtype::Int4 {
-                    "; fitted without act-order, which measured ~20% slower on the H100"
+                    "; fitted without act-order, which measured 12-19% slower per graph step on the H100 (run 14)"
                 } else {
                     ""
                 }
@@ -124,7 +124,17 @@ fn speed_for(
             );
             Ok(SpeedModel::flat(me.efficiency))
         }
-        None => Ok(SpeedModel::flat(1.0)),
+        None => {
+            say(
+                "none".into(),
+                format!(
+                    "ESTIMATE on {}: no decode report under {} (reports/*/decode.json: run from the repo root or pass --root), so tokens/s below is the pure roofline (100% of the spec bandwidth, no per-layer cost): an upper bound, not what a card reaches",
+                    card.name,
+                    a.root.display()
+                ),
+            );
+            Ok(SpeedModel::flat(1.0))
+        }
     }
 }
 

@@ -1,0 +1,48 @@
+//! `lab plan --card`: the tokens/s estimate says where its speed model comes from, and says so
+//! too when it finds no measured report (then it is the pure roofline, an upper bound).
+
+mod common;
+use common::lab;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_card_estimate_names_its_source_or_says_it_has_none() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let args = |root: &str| {
+        lab(&[
+            "plan",
+            "--model",
+            "vicuna-7b",
+            "--group",
+            "128",
+            "--ctx",
+            "128",
+            "--card",
+            "rtx-4090",
+            "--root",
+            root,
+        ])
+    };
+    // The repo: the fit to the committed H100 decode report, with its provenance.
+    let o = args(repo);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("ESTIMATE on GeForce RTX 4090") && out.contains("MEASURED on NVIDIA H100"),
+        "{out}"
+    );
+    // A folder without reports: the roofline, said to be one.
+    let empty = std::env::temp_dir().join(format!("lab-plan-no-reports-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = args(empty.to_str().unwrap());
+    let out = stdout(&o);
+    std::fs::remove_dir_all(&empty).ok();
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("no decode report under") && out.contains("pure roofline"),
+        "{out}"
+    );
+}
