@@ -136,15 +136,18 @@ pub struct ContextPoint {
     pub graph_pdl_prefetch: Vec<(u32, f64)>,
     /// The graph + PDL (engine's budget) with lab_llama_silu_mul launched per layer instead of
     /// silu(gate) * up computed in the down projection's x loads (EngineOptions::fused_glu off):
-    /// the in-process A/B of that fusion. None where no layer fuses it (fp16, plain-x kernels).
+    /// the in-process A/B of that fusion (runs F-14). None where no layer fuses it (fp16, plain-x
+    /// kernels), and in a run of this tree, whose engine has the fusion off by default since run
+    /// 14's A/B.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_silu_kernel_ms: Option<f64>,
     /// The graph + PDL step choosing its token by top-p (p 0.9, T 0.8: lab_llama_sample_top_p)
     /// instead of argmax: what sampling costs per token (the other columns decode greedily).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_top_p_ms: Option<f64>,
-    /// The graph + PDL step with the attention's K/V L2 prefetch off (v4's order; the
-    /// engine's default is on): the in-process A/B of attention v5.
+    /// The graph + PDL step with the attention's K/V L2 prefetch off (v4's order), timed where
+    /// the engine had it on: the in-process A/B of attention v5 (run 13). Off by default since
+    /// (EngineOptions::attn_prefetch_kv), so a run of this tree leaves it None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_attn_v4_ms: Option<f64>,
     /// Graph + PDL with every gemv_v6_pipe linear at one block per SM
@@ -502,8 +505,7 @@ fn planned_prefill_int4(r: &DecodeReport) -> PrefillInt4 {
     }
 }
 
-/// One table cell of a prefetch sweep: "0 KB: 1.550, 64 KB: 1.450", or "-".
-/// "gemv_v2_vec 16 KB: 2.105, ..." for the per-variant budget column.
+/// "gemv_v2_vec 16 KB: 2.105, ..." for the per-variant budget column, or "-".
 fn variant_budget_cells(sweep: &[(String, u32, f64)]) -> String {
     if sweep.is_empty() {
         return "-".into();
@@ -515,6 +517,7 @@ fn variant_budget_cells(sweep: &[(String, u32, f64)]) -> String {
     cells.join(", ")
 }
 
+/// One table cell of a prefetch sweep: "0 KB: 1.550, 64 KB: 1.450", or "-".
 fn budget_cells(sweep: &[(u32, f64)]) -> String {
     if sweep.is_empty() {
         return "-".into();

@@ -329,6 +329,13 @@ pub struct CheckReport {
     /// `PERSISTENT_SMALL_GRID` blocks (empty: not run here, see `persistent_not_run`).
     pub persistent: Vec<PersistentCheck>,
     pub persistent_not_run: Option<String>,
+    /// The traced pass again with the fused GLU toggled from the engine's default, where some
+    /// down projection can take it: its first op out of tolerance and worst logits (None: not
+    /// run here).
+    #[serde(default)]
+    pub fused_glu_first_bad_op: Option<OpError>,
+    #[serde(default)]
+    pub fused_glu_logits_ratio: Option<f64>,
     pub pass: bool,
 }
 
@@ -349,6 +356,14 @@ impl CheckReport {
             self.eager_tokens,
             self.graph_tokens
         );
+        if let Some(r) = self.fused_glu_logits_ratio {
+            s.push_str(&format!(
+                "\n  fused GLU toggled, traced: logits {r:.2}x tol"
+            ));
+            if let Some(e) = &self.fused_glu_first_bad_op {
+                s.push_str(&format!("; first op out of tolerance: {e}"));
+            }
+        }
         if let Some(e) = &self.first_bad_op {
             s.push_str(&format!("\n  first op out of tolerance: {e}"));
         } else if let Some(e) = &self.worst_op {
@@ -695,6 +710,18 @@ pub fn check_engine(
 
     // Traced eager pass over the same tokens.
     let traced = traced_pass(&mut eng, cfg, &w, &seq, &ref_logits)?;
+    // The fused GLU (off by default since run 14's A/B) through the same op-by-op comparison,
+    // where some down projection's kernel takes the gated input: its down_proj outputs against
+    // the f64 reference with silu(gate) * up computed in the kernel's x loads.
+    let own_glu = eng.fused_glu();
+    let glu_traced = if eng.set_fused_glu(!own_glu) {
+        let t = traced_pass(&mut eng, cfg, &w, &seq, &ref_logits);
+        eng.set_fused_glu(own_glu);
+        Some(t?)
+    } else {
+        eng.set_fused_glu(own_glu);
+        None
+    };
     let (ops, worst_op, first_bad, logits_ratio, logits_worst_step) = (
         traced.ops,
         traced.worst_op,
@@ -891,7 +918,10 @@ pub fn check_engine(
             && prefill_last_ratio <= 1.0
             && profile_error.is_none()
             && top_p_error.is_none()
-            && persistent.iter().all(PersistentCheck::pass),
+            && persistent.iter().all(PersistentCheck::pass)
+            && glu_traced
+                .as_ref()
+                .is_none_or(|t| t.first_bad.is_none() && t.logits_ratio <= 1.0),
         cpu_engine_logits_ratio: None,
         cpu_engine_prefill_ratio: None,
         prefill_chunk: eng.prefill_chunk(),
@@ -915,6 +945,8 @@ pub fn check_engine(
         top_p_error,
         persistent,
         persistent_not_run,
+        fused_glu_logits_ratio: glu_traced.as_ref().map(|t| t.logits_ratio),
+        fused_glu_first_bad_op: glu_traced.and_then(|t| t.first_bad),
     })
 }
 

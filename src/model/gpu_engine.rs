@@ -1222,7 +1222,8 @@ impl GpuEngine {
             plan.split_k as usize,
             plan.k_slice as usize,
         );
-        if p.prefetch_bytes > 0 {
+        // Only a PDL step prefetches (int4_params left 0 otherwise), whatever the budgets say.
+        if self.step_pdl.get() {
             p.prefetch_bytes =
                 variant_prefetch(p.prefetch_bytes, &self.opts.pdl_prefetch_variant, v.name);
         }

@@ -81,14 +81,16 @@ pub struct GpuArgs {
     /// SM (so the next kernel's blocks fit beside it) at these prefetch budgets, bytes per block
     /// ('' = not timed). An experiment (notes/kernels.md "v6 at one block per SM"); generation
     /// never runs it.
-    /// Off by default (the device check's decode-one-per-sm step passes 32768,131072,262144).
+    /// Off by default (run 12's device check passed 32768,131072,262144; measured slower, the
+    /// step is retired).
     #[arg(long, default_value = "", value_delimiter = ',')]
     v6_one_per_sm: Vec<String>,
     /// With PDL, the bench also times graph + PDL with the kernels that are not GEMVs (embedding,
     /// norms, attention, silu, argmax) launched plain, at these GEMV prefetch budgets, bytes per
     /// block ('' = not timed): a GEMV's prefetch then overlaps only the small kernel before it,
     /// never the GEMV before that. An experiment (notes/kernels.md, run 13); generation never
-    /// runs it. Off by default (the device check's decode-small-plain step passes budgets).
+    /// runs it. Off by default (run 13's device check passed 16384,32768,131072; mixed, the
+    /// step is retired).
     #[arg(long, default_value = "", value_delimiter = ',')]
     pdl_small_plain: Vec<String>,
     /// With PDL, the bench also times graph + PDL with one registry GEMV variant at its own
@@ -191,7 +193,6 @@ fn prefill_lens(list: &[String]) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-/// A comma list of byte budgets ('' entries skipped): "32768,131072".
 /// --pdl-prefetch-variant's VARIANT=BYTES entries: VARIANT a registry int4 GEMV.
 fn variant_budgets(list: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     list.iter()
@@ -213,7 +214,7 @@ fn variant_budgets(list: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
         .collect()
 }
 
-/// A comma list of byte counts per block.
+/// A comma list of byte budgets per block ('' entries skipped): "32768,131072".
 fn byte_budgets(list: &[String], flag: &str) -> anyhow::Result<Vec<u32>> {
     list.iter()
         .filter(|s| !s.trim().is_empty())

@@ -126,7 +126,7 @@ fn speed_for(
         }
         None => {
             say(
-                "none".into(),
+                format!("none {}", card.slug),
                 format!(
                     "ESTIMATE on {}: no decode report under {} (reports/*/decode.json: run from the repo root or pass --root), so tokens/s below is the pure roofline (100% of the spec bandwidth, no per-layer cost): an upper bound, not what a card reaches",
                     card.name,
