@@ -894,6 +894,8 @@ impl GpuEngine {
         self.graph.is_some()
     }
 
+    /// One engine kernel launch of `grid` x `block` threads: plain, or inside a decode step with
+    /// PDL on, with programmatic stream serialization allowed.
     fn launch<P: DeviceRepr>(
         &self,
         f: &CudaFunction,
@@ -903,28 +905,7 @@ impl GpuEngine {
         p: &P,
         what: &str,
     ) -> Result<()> {
-        let cfg = LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: every params struct carries device addresses of live buffers owned by `self`
-        // with the sizes the kernel's top comment requires; shapes were checked at construction.
-        unsafe { self.launch_cfg(f, cfg, p) }.ctx(what)
-    }
-
-    /// Every engine kernel launch but the persistent layers': plain, or inside a decode step
-    /// with PDL on, with programmatic stream serialization allowed.
-    ///
-    /// # Safety
-    /// As any kernel launch: `p` must be the params struct `f` expects, pointing at live buffers.
-    unsafe fn launch_cfg<P: DeviceRepr>(
-        &self,
-        f: &CudaFunction,
-        cfg: LaunchConfig,
-        p: &P,
-    ) -> std::result::Result<(), cudarc::driver::DriverError> {
-        self.launch_ex(f, cfg, p, self.step_kind(), 1)
+        self.launch_as(f, grid, block, smem, p, self.step_kind(), what)
     }
 
     /// A step's kernel that is not a GEMV (embedding, norms, attention, silu, argmax, sampler):
@@ -938,17 +919,33 @@ impl GpuEngine {
         p: &P,
         what: &str,
     ) -> Result<()> {
-        let cfg = LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
         let kind = if self.small_ops_plain {
             LaunchKind::Plain
         } else {
             self.step_kind()
         };
-        // SAFETY: as `launch`.
+        self.launch_as(f, grid, block, smem, p, kind, what)
+    }
+
+    /// `launch` and `launch_op`'s one body: the config, then `launch_ex` as `kind`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_as<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32),
+        block: u32,
+        smem: u32,
+        p: &P,
+        kind: LaunchKind,
+        what: &str,
+    ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: every params struct carries device addresses of live buffers owned by `self`
+        // with the sizes the kernel's top comment requires; shapes were checked at construction.
         unsafe { self.launch_ex(f, cfg, p, kind, 1) }.ctx(what)
     }
 
@@ -967,7 +964,8 @@ impl GpuEngine {
     /// dimension).
     ///
     /// # Safety
-    /// As `launch_cfg`; a cooperative grid must fit the device at once (the driver refuses it
+    /// As any kernel launch: `p` must be the params struct `f` expects, pointing at live buffers;
+    /// a cooperative grid must fit the device at once (the driver refuses it
     /// otherwise); cluster dims must divide the grid on an sm_90 device.
     unsafe fn launch_ex<P: DeviceRepr>(
         &self,
