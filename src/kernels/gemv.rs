@@ -13,6 +13,15 @@ const FIXED_UNROLL: u32 = 4;
 
 const GROUPS: &[i32] = &[32, 64, 128, -1];
 
+/// The split-K tunable of gemv_v6_pipe and the variants built on its loop (v9, v10): 0 =
+/// automatic (`v6_split`); any value is raised to ceil(K / 4096) so that the block's K slice fits
+/// the 8 KB x buffer in shared memory.
+const V6_SPLIT_K: Tunable = Tunable {
+    name: "split_k",
+    values: &[0, 1, 2, 4, 8],
+    default: 0,
+};
+
 pub static VARIANTS: &[Variant] = &[
     Variant {
         name: "gemv_v1_naive",
@@ -172,13 +181,7 @@ pub static VARIANTS: &[Variant] = &[
                 values: &[128, 256, 512],
                 default: 256,
             },
-            // 0 = automatic (`v6_split`); any value is raised to ceil(K / 4096) so that the
-            // block's K slice fits the 8 KB x buffer in shared memory.
-            Tunable {
-                name: "split_k",
-                values: &[0, 1, 2, 4, 8],
-                default: 0,
-            },
+            V6_SPLIT_K,
         ],
         // __launch_bounds__(T, 512/T) caps at 128; ptxas (CUDA 13.0): 107 sm_75, 96 sm_80-90.
         reg_budget: 128,
@@ -204,11 +207,7 @@ pub static VARIANTS: &[Variant] = &[
                 default: 256,
             },
             // As v6's (v6_split), capped at V9_MAX_CLUSTER (the portable cluster size).
-            Tunable {
-                name: "split_k",
-                values: &[0, 1, 2, 4, 8],
-                default: 0,
-            },
+            V6_SPLIT_K,
         ],
         // v6's registers (ptxas, CUDA 13.0): 107 sm_75, 96 sm_80-90.
         reg_budget: 128,
@@ -234,11 +233,7 @@ pub static VARIANTS: &[Variant] = &[
                 default: 256,
             },
             // v6's split (v6_split), so the two differ only in how x reaches the loop.
-            Tunable {
-                name: "split_k",
-                values: &[0, 1, 2, 4, 8],
-                default: 0,
-            },
+            V6_SPLIT_K,
         ],
         // __launch_bounds__(T, 512/T) caps at 128: v6's 96 + two chunks of raw x.
         reg_budget: 128,
