@@ -702,27 +702,31 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                     variant(&mut eng, "with the attention's K/V prefetch off");
                 eng.set_attn_prefetch_kv(true);
             }
-            if pdl_ok && !plan.v6_one_per_sm.is_empty() && eng.set_v6_one_block_per_sm(true) {
-                for &b in &plan.v6_one_per_sm {
+            // An engine mode already set: the graph + PDL step at each of `budgets`, then the
+            // engine's own budget back.
+            let mut by_budget = |eng: &mut GpuEngine, budgets: &[u32], mode: &str| {
+                let mut timed = Vec::new();
+                for &b in budgets {
                     eng.set_pdl_prefetch(b);
-                    let what = format!("with v6 at one block per SM, prefetch {b} B");
-                    if let Some(ms) = variant(&mut eng, &what) {
-                        point.graph_pdl_v6_one_per_sm.push((b, ms));
+                    if let Some(ms) = variant(eng, &format!("with {mode}, prefetch {b} B")) {
+                        timed.push((b, ms));
                     }
                 }
                 eng.set_pdl_prefetch(own);
+                timed
+            };
+            if pdl_ok && !plan.v6_one_per_sm.is_empty() && eng.set_v6_one_block_per_sm(true) {
+                point.graph_pdl_v6_one_per_sm =
+                    by_budget(&mut eng, &plan.v6_one_per_sm, "v6 at one block per SM");
             }
             eng.set_v6_one_block_per_sm(false);
             if pdl_ok && !plan.small_plain.is_empty() {
                 eng.set_small_ops_plain(true);
-                for &b in &plan.small_plain {
-                    eng.set_pdl_prefetch(b);
-                    let what = format!("with the small kernels launched plain, prefetch {b} B");
-                    if let Some(ms) = variant(&mut eng, &what) {
-                        point.graph_pdl_small_plain.push((b, ms));
-                    }
-                }
-                eng.set_pdl_prefetch(own);
+                point.graph_pdl_small_plain = by_budget(
+                    &mut eng,
+                    &plan.small_plain,
+                    "the small kernels launched plain",
+                );
                 eng.set_small_ops_plain(false);
             }
             if pdl_ok && !plan.prefetch_variant.is_empty() {
