@@ -217,24 +217,21 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
     };
     let mut cfg = tiny_config();
     cfg.max_position_embeddings = 512; // the 300-token cases
+    let i4 = |group, act_order, sym| WeightKind::Int4 {
+        group,
+        act_order,
+        sym,
+    };
     for (kind, chunk, int4, len, slices) in [
         (
-            WeightKind::Int4 {
-                group: 32,
-                act_order: true,
-                sym: false,
-            },
+            i4(32, true, false),
             32,
             PrefillInt4::Auto,
             100,
             DEQUANT_SLICE_ELEMS,
         ),
         (
-            WeightKind::Int4 {
-                group: 64,
-                act_order: false,
-                sym: true,
-            },
+            i4(64, false, true),
             7,
             PrefillInt4::GemmV1,
             100,
@@ -243,22 +240,14 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         // dequant + cuBLAS (--prefill-int4 dequant): 3 chunks of 33 and a 1-row tail (the
         // decode GEMV); act-order through the permutation.
         (
-            WeightKind::Int4 {
-                group: 32,
-                act_order: false,
-                sym: false,
-            },
+            i4(32, false, false),
             33,
             PrefillInt4::Dequant,
             100,
             DEQUANT_SLICE_ELEMS,
         ),
         (
-            WeightKind::Int4 {
-                group: 64,
-                act_order: true,
-                sym: true,
-            },
+            i4(64, true, true),
             32,
             PrefillInt4::Dequant,
             100,
@@ -266,22 +255,14 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         ),
         // auto: dequant for the 260-row chunk, the GEMM family for the 40-row one.
         (
-            WeightKind::Int4 {
-                group: 32,
-                act_order: false,
-                sym: false,
-            },
+            i4(32, false, false),
             260,
             PrefillInt4::Auto,
             300,
             DEQUANT_SLICE_ELEMS,
         ),
         (
-            WeightKind::Int4 {
-                group: 32,
-                act_order: true,
-                sym: false,
-            },
+            i4(32, true, false),
             260,
             PrefillInt4::Auto,
             300,
@@ -290,28 +271,8 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         // The dequant in column slices (a 64-wide tiny linear is one slice at the default budget):
         // gate|up (64 x 384) in 16 slices of 24 columns, down (192 x 64) in 8 of 8; and a budget
         // that is not a multiple of 8 columns (last slices narrower).
-        (
-            WeightKind::Int4 {
-                group: 64,
-                act_order: true,
-                sym: true,
-            },
-            32,
-            PrefillInt4::Dequant,
-            100,
-            64 * 24,
-        ),
-        (
-            WeightKind::Int4 {
-                group: 32,
-                act_order: false,
-                sym: false,
-            },
-            33,
-            PrefillInt4::Dequant,
-            100,
-            2000,
-        ),
+        (i4(64, true, true), 32, PrefillInt4::Dequant, 100, 64 * 24),
+        (i4(32, false, false), 33, PrefillInt4::Dequant, 100, 2000),
         (
             WeightKind::Fp16,
             32,
