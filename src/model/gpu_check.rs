@@ -694,11 +694,7 @@ pub fn check_engine(
         },
         opts,
     )?;
-    let px_linears: usize = eng
-        .act_order_plain_layers()
-        .iter()
-        .map(|p| p.qkv as usize + p.gate_up as usize + p.down as usize)
-        .sum();
+    let px_linears = eng.act_order_plain_linears();
     // Reference greedy continuation (also the teacher-forced sequence for the traced pass).
     let mut rm = RefModel {
         cfg,
@@ -806,6 +802,17 @@ pub fn check_engine(
     };
     eng.set_fused_glu(own_glu);
     let glu_tokens = glu_tokens?;
+    // Act-order linears back on their own permuting kernels where the engine runs some on
+    // permuted x (act_order_plain): graph, the same tokens.
+    let own_kernel_tokens = if eng.act_order_plain_linears() > 0 {
+        let on = eng.act_order_plain();
+        eng.set_act_order_plain(false);
+        let t = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken);
+        eng.set_act_order_plain(on);
+        t?
+    } else {
+        Vec::new()
+    };
 
     // The persistent decode layers where the engine can run them (int4 models); refused ones
     // (fp16 linears) say why. Restored to launch-per-op for the rest of the check. They run
@@ -814,7 +821,9 @@ pub fn check_engine(
     // and the fixtures).
     let mut persistent = Vec::new();
     let mut persistent_not_run = None;
-    if matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_)) {
+    // (An auto act-order case runs on permuted x, which the persistent layers ignore: they would
+    // repeat its weights form's engine-kernel case.)
+    if matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_)) || px_linears > 0 {
         persistent_not_run = Some(
             "covered by this weights form's engine-kernel case (the same kernel whatever --int4-kernel)"
                 .to_string(),
@@ -887,6 +896,7 @@ pub fn check_engine(
             &attn_toggled_tokens,
         ),
         ("graph, fused GLU toggled", &glu_tokens),
+        ("graph, act-order on its own kernels", &own_kernel_tokens),
         ("v6 at one block per SM", &one_per_sm_tokens),
         ("begin/next_token", &stream_tokens),
     ]
@@ -902,7 +912,8 @@ pub fn check_engine(
             && (name.contains("PDL")
                 || name.starts_with("persistent")
                 || name.starts_with("v6")
-                || name.contains("GLU"))
+                || name.contains("GLU")
+                || name.contains("own kernels"))
         {
             continue; // not run (below sm_90, no persistent layers or no v6 linear here)
         }

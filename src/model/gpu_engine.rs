@@ -129,7 +129,7 @@ pub struct EngineOptions {
     pub attn_prefetch_kv: bool,
     /// Act-order int4 linears whose input comes from a kernel the step can make write it in the
     /// linear's sorted row order (q|k|v and gate|up fed by one RMSNorm, and down fed by the silu
-    /// kernel: `act_order_eligible`) run as PLAIN GEMVs on that permuted x (the tuned choice of
+    /// kernel: `layer_px`) run as PLAIN GEMVs on that permuted x (the tuned choice of
     /// the plain shape, e.g. gemv_v2_vec / gemv_v10_l2x) instead of a kernel that gathers x
     /// through the permutation itself (v4/v6). The producer writes the permuted copy beside its
     /// usual output (lab_llama_norm_params / lab_llama_silu_params .perm). On by default; the o
@@ -446,8 +446,9 @@ pub struct GpuEngine {
     gemv_fns: HashMap<String, CudaFunction>,
     /// The registry variant and tunables of each int4 linear shape (empty: the engine's kernel).
     int4_choice: HashMap<ShapeKey, (&'static Variant, Tunables)>,
-    /// Per layer: which linears run as plain GEMVs on permuted x (EngineOptions::act_order_plain);
-    /// their choices sit in `int4_choice` under the plain shape's key.
+    /// Per layer: which linears may run as plain GEMVs on permuted x, and do while
+    /// EngineOptions::act_order_plain is on (`px_active`); their plain choices sit in `int4_choice`
+    /// under the plain shape's key, beside the act-order shape's.
     px: Vec<LayerPx>,
     /// GEMM prefill kernels and workspace (None: prefill_chunk 0).
     prefill: Option<prefill::Prefill>,
@@ -508,7 +509,7 @@ pub struct LayerPx {
 pub type PxFacts = (bool, bool);
 
 /// The rule behind `LayerPx`: with the option on and an int4 kernel choice that plain kernels
-/// serve (auto, or a variant that cannot serve act-order itself), a norm-fed linear qualifies when
+/// serve (auto: `plain_kernels_serve`), a norm-fed linear qualifies when
 /// it is one segment (fused q|k|v or gate|up: one permutation for the norm to apply) with a
 /// permutation and no g_idx; down likewise (the silu kernel feeds it). o never: the attention
 /// writes its input. fp16 linears are `None`.
@@ -781,8 +782,10 @@ impl GpuEngine {
         let mut px = Vec::with_capacity(weights.layers.len());
         for (li, l) in weights.layers.iter().enumerate() {
             let segs = |s: &[Slot]| s.iter().map(|x| px_facts(&x.lin)).collect::<Vec<_>>();
+            // Eligibility, whatever act_order_plain says now (set_act_order_plain toggles it, the
+            // decode bench times both): such linears get both kernels planned and loaded.
             let lpx = layer_px(
-                opts.act_order_plain,
+                true,
                 plain_kernels_serve(&opts.int4),
                 &segs(&l.qkv),
                 &segs(&l.gate_up),
@@ -797,49 +800,55 @@ impl GpuEngine {
                 .chain(std::iter::once((&l.o, false)))
                 .chain(l.gate_up.iter().map(|s| (&s.lin, lpx.gate_up)))
                 .chain(std::iter::once((&l.down, lpx.down)));
-            for (lin, on_px) in roles {
-                if let GpuLinear::Int4(q) = lin {
-                    let shape = if on_px {
-                        plain_shape(&layer_shape(q))
-                    } else {
-                        layer_shape(q)
-                    };
-                    let Some((v, params)) = opts.int4.choose(&shape)? else {
-                        continue;
-                    };
-                    if gpu.sm() < v.min_sm {
-                        return Err(LabError::invalid(
-                            "--int4-kernel",
-                            format!(
-                                "{} needs sm_{} or newer; this device is sm_{}",
-                                v.name,
-                                v.min_sm,
-                                gpu.sm()
-                            ),
-                        ));
+            // The act-order shape's choice always (the prefill's per-row path and the option off use
+            // it), the plain shape's too where the linear may run on permuted x.
+            let shapes = roles.flat_map(|(lin, eligible)| match lin {
+                GpuLinear::Int4(q) => {
+                    let s = layer_shape(q);
+                    let mut v = vec![(q, s)];
+                    if eligible {
+                        v.push((q, plain_shape(&s)));
                     }
-                    let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
-                        LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
-                    })?;
-                    // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
-                    // that plan's instantiation (t256) is loaded now too, before any capture.
-                    // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
-                    // then names the missing instantiation if the experiment is switched on).
-                    let mut symbols = vec![p.symbol.clone()];
-                    if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
-                        let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
-                        if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one) {
-                            symbols.push(p1.symbol);
-                        }
-                    }
-                    for sym in symbols {
-                        if let std::collections::hash_map::Entry::Vacant(e) = gemv_fns.entry(sym) {
-                            let f = gpu.function(e.key())?;
-                            e.insert(f);
-                        }
-                    }
-                    int4_choice.insert(shape_key(&shape), (v, params));
+                    v
                 }
+                GpuLinear::F16(_) => Vec::new(),
+            });
+            for (q, shape) in shapes {
+                let Some((v, params)) = opts.int4.choose(&shape)? else {
+                    continue;
+                };
+                if gpu.sm() < v.min_sm {
+                    return Err(LabError::invalid(
+                        "--int4-kernel",
+                        format!(
+                            "{} needs sm_{} or newer; this device is sm_{}",
+                            v.name,
+                            v.min_sm,
+                            gpu.sm()
+                        ),
+                    ));
+                }
+                let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
+                    LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                })?;
+                // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
+                // that plan's instantiation (t256) is loaded now too, before any capture.
+                // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
+                // then names the missing instantiation if the experiment is switched on).
+                let mut symbols = vec![p.symbol.clone()];
+                if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
+                    let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
+                    if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one) {
+                        symbols.push(p1.symbol);
+                    }
+                }
+                for sym in symbols {
+                    if let std::collections::hash_map::Entry::Vacant(e) = gemv_fns.entry(sym) {
+                        let f = gpu.function(e.key())?;
+                        e.insert(f);
+                    }
+                }
+                int4_choice.insert(shape_key(&shape), (v, params));
             }
         }
 
@@ -964,11 +973,17 @@ impl GpuEngine {
 
     /// Whether `down` is a layer's down projection that runs on permuted x.
     fn down_on_px(&self, down: &GpuLinear) -> bool {
-        self.weights
-            .layers
-            .iter()
-            .zip(&self.px)
-            .any(|(l, p)| p.down && std::ptr::eq(&l.down, down))
+        (0..self.px.len())
+            .any(|li| self.px_active(li).down && std::ptr::eq(&self.weights.layers[li].down, down))
+    }
+
+    /// Which linears of layer `li` run on permuted x now.
+    fn px_active(&self, li: usize) -> LayerPx {
+        if self.opts.act_order_plain {
+            self.px[li]
+        } else {
+            LayerPx::default()
+        }
     }
 
     /// The device address of an int4 linear's permutation (i32 [k]), 0 for none.
@@ -979,9 +994,28 @@ impl GpuEngine {
         }
     }
 
-    /// Per layer, which linears run on permuted x (EngineOptions::act_order_plain).
-    pub fn act_order_plain_layers(&self) -> &[LayerPx] {
-        &self.px
+    /// How many linears run on permuted x now (EngineOptions::act_order_plain).
+    pub fn act_order_plain_linears(&self) -> usize {
+        (0..self.px.len())
+            .map(|li| {
+                let p = self.px_active(li);
+                p.qkv as usize + p.gate_up as usize + p.down as usize
+            })
+            .sum()
+    }
+
+    /// Whether act-order linears run on plain kernels where eligible
+    /// (EngineOptions::act_order_plain).
+    pub fn act_order_plain(&self) -> bool {
+        self.opts.act_order_plain
+    }
+
+    /// Turn it on or off (both kernels of every eligible linear were loaded at construction); the
+    /// graph is captured again at the next graph step. Returns whether any linear changes.
+    pub fn set_act_order_plain(&mut self, on: bool) -> bool {
+        self.opts.act_order_plain = on;
+        self.graph = None;
+        self.px.iter().any(|p| *p != LayerPx::default())
     }
 
     /// The persistent layers when the step runs them.
@@ -1559,7 +1593,7 @@ impl GpuEngine {
                 continue;
             }
             let delta = if li == 0 { 0 } else { self.r(&b.down) };
-            let px = self.px[li];
+            let px = self.px_active(li);
             // Permuted-x consumers (act_order_plain): the producer also writes their sorted copy.
             let (qkv_perm, qkv_x) = if px.qkv {
                 (self.perm_of(&l.qkv[0].lin), self.r(&b.xn_p))
