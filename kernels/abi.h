@@ -126,6 +126,8 @@ typedef struct {
     uint64_t delta;    /* fp16 [hidden] added into resid first (fused residual add), or 0 */
     uint64_t weight;   /* fp16 [hidden] RMSNorm gain */
     uint64_t out;      /* fp16 [hidden] normalized output, written */
+    uint64_t perm;     /* i32 [hidden] or 0: also write out_perm[j] = out[perm[j]] (act-order linears on plain kernels) */
+    uint64_t out_perm; /* fp16 [hidden], written when perm != 0 (one row: the decode step) */
     int32_t hidden;
     float eps;
 } lab_llama_norm_params;
@@ -159,6 +161,8 @@ typedef struct {
 typedef struct {
     uint64_t gate_up;  /* fp16 [2*inter]: gate = first inter values, up = next inter (fused linear) */
     uint64_t out;      /* fp16 [inter] = silu(gate) * up */
+    uint64_t perm;     /* i32 [inter] or 0: also write out_perm[j] = out[perm[j]] (act-order down projection on a plain kernel) */
+    uint64_t out_perm; /* fp16 [inter], written when perm != 0 (one row: the decode step) */
     int32_t inter;
     int32_t _pad;
 } lab_llama_silu_params;

@@ -85,20 +85,10 @@ __device__ __forceinline__ void lab_gemv_v10(const lab_gemm_params& p) {
     }
 
     // v6's k-lane sum and split-K epilogue (atomics + ticket; the last block writes y).
-    part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    __syncthreads();
     const int t = threadIdx.x;
     const int out = TILE * blockIdx.x + t;
-    float total = 0.f;
-    if (t < TILE) {
-#pragma unroll
-        for (int i = 0; i < WARPS; ++i) total += reinterpret_cast<const float*>(part[i])[t];
-    }
-    if (gridDim.y == 1) {
-        if (t < TILE && out < p.n)
-            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(total + lab_bias_at(p, out));
-        return;
-    }
+    float total;
+    if (lab_v6_lane_sum<WARPS, TILE>(p, part, acc, warp, lane, t, out, total)) return;
     lab_v6_splitk_store<TILE>(p, total, t, out);
 }
 

@@ -98,6 +98,27 @@ __device__ __forceinline__ void lab_v6_stream(const lab_gemm_params& p, const ui
     }
 }
 
+// The end of v6's and v10's weight loop: the WARPS k-lanes' column sums through shared memory
+// (`part`, float4 stores: conflict-free), thread t < TILE summing column t into `total`; with one K
+// slice (grid.y == 1) that is y, written here, and the function returns true (nothing left).
+template <int WARPS, int TILE>
+__device__ __forceinline__ bool lab_v6_lane_sum(const lab_gemm_params& p, float4 (*part)[32], const float acc[4],
+                                                int warp, int lane, int t, int out, float& total) {
+    part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    __syncthreads();
+    total = 0.f;
+    if (t < TILE) {
+#pragma unroll
+        for (int i = 0; i < WARPS; ++i) total += reinterpret_cast<const float*>(part[i])[t];
+    }
+    if (gridDim.y == 1) {
+        if (t < TILE && out < p.n)
+            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(total + lab_bias_at(p, out));
+        return true;
+    }
+    return false;
+}
+
 // The split-K epilogue of v6 and v10 (v5's scheme): workspace = f32 [n] partials, then u32
 // tickets, one per 128-column tile (ceil(n/128) <= the ceil(n/32) the workspace holds). Each block
 // adds its column sums `total` (thread t < TILE owns column `out`); the tile's last block writes y

@@ -136,21 +136,11 @@ __device__ __forceinline__ void lab_gemv_v6(const lab_gemm_params& p) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
     if (active) lab_v6_stream<WARPS, DEPTH>(p, qw_col, w_begin, w_end, nchunks, c0, col, gshift, sym, buf, xs, acc);
 
-    // 4. Sum the WARPS k-lanes: float4 stores (conflict-free), one thread per column reads them.
-    part[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-    __syncthreads();
+    // 4. Sum the WARPS k-lanes (gemv_v6_core.cuh); one K slice writes y there.
     const int t = threadIdx.x;
     const int out = TILE * blockIdx.x + t;
-    float total = 0.f;
-    if (t < TILE) {
-#pragma unroll
-        for (int i = 0; i < WARPS; ++i) total += reinterpret_cast<const float*>(part[i])[t];
-    }
-    if (gridDim.y == 1) {
-        if (t < TILE && out < p.n)
-            reinterpret_cast<__half*>(p.y)[out] = __float2half_rn(total + lab_bias_at(p, out));
-        return;
-    }
+    float total;
+    if (lab_v6_lane_sum<WARPS, TILE>(p, part, acc, warp, lane, t, out, total)) return;
 
     // 5a. gemv_v9_cluster: the tile's slices sum through distributed shared memory (sm_90).
     if (CLUSTER && lab_v6_cluster_sum<TILE>(p, total, t, out)) return;

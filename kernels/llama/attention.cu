@@ -18,9 +18,10 @@
 //                              the split size follows the length (attention.cuh); the loads past a
 //                              block's end select zero before the new row (the NaN of runs 9-10).
 //                              v5 (2026-11-27, fourth session; latency again): the rope's q/k/v loads are issued
-//                              before the state read (v4: after it, in series), and every K and V row of the
-//                              block's range is prefetched into L2 as soon as pos is known, so the score loop's
-//                              K loads and the V loads after the softmax wait on L2, not DRAM. Chain at ctx 128
+//                              before the state read (v4: after it, in series), and, when p.prefetch_kv is set,
+//                              every K and V row of the block's range is prefetched into L2 as soon as pos is
+//                              known, so the score loop's K loads and the V loads after the softmax wait on L2,
+//                              not DRAM. Run 13 measured the prefetch SLOWER at ctx >= 512: off by default since. Chain at ctx 128
 //                              (one load step each): v4 = state -> q/k/v -> K -> V, four DRAM round trips in
 //                              series (~0.7-1 us each); v5 = (state | q/k/v) -> K, V from L2 in flight.
 //                              Prediction (H100, 7B, ctx 128): the profile's rope + attention 436 -> ~370-390 us

@@ -127,6 +127,30 @@ extern "C" __global__ void __launch_bounds__(LLAMA_NORM_THREADS) lab_llama_add_r
         }
         o[u] = ov;
     }
+    // 4. Act-order consumer on a plain kernel (permuted x, GpuEngine's act_order_plain): the row
+    // again in the consumer's sorted order, out_perm[j] = out[perm[j]]. The block's own writes of
+    // `out` above are visible to all its threads after the barrier. 8 perm loads in flight per
+    // thread, then 8 gathers: two L2 round trips on one block, against the ~4 us a permuted-x
+    // GEMV kernel (v4/v6) spent per launch over a plain one on the H100 (tuning of run 14).
+    if (p.perm && gridDim.x == 1) {  // block-uniform; the decode step's one row
+        __syncthreads();
+        const int* perm = reinterpret_cast<const int*>(p.perm);
+        const __half* src = reinterpret_cast<const __half*>(p.out);
+        __half* dst = reinterpret_cast<__half*>(p.out_perm);
+        for (int base = threadIdx.x; base < p.hidden; base += 8 * blockDim.x) {
+            int idx[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int j = base + e * blockDim.x;
+                idx[e] = j < p.hidden ? perm[j] : 0;
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const int j = base + e * blockDim.x;
+                if (j < p.hidden) dst[j] = src[idx[e]];
+            }
+        }
+    }
 }
 
 // Grid: heads + kv_heads blocks (q heads first, then k heads); block: hd/2 threads, thread i
@@ -174,6 +198,18 @@ extern "C" __global__ void lab_llama_silu_mul(lab_llama_silu_params p) {
     __half* o = reinterpret_cast<__half*>(p.out) + (size_t)blockIdx.y * p.inter;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < p.inter; i += gridDim.x * blockDim.x) {
         o[i] = lab_silu_mul(g[i], g[i + p.inter]);
+    }
+    // Act-order down projection on a plain kernel (GpuEngine's act_order_plain): the same values
+    // in its sorted row order, out_perm[j] = silu(gate[perm[j]]) * up[perm[j]] (bit-identical to
+    // out[perm[j]]: the same function of the same inputs), computed from gate|up, not from out,
+    // so no block waits for another's writes.
+    if (p.perm && gridDim.y == 1) {
+        const int* perm = reinterpret_cast<const int*>(p.perm);
+        __half* op = reinterpret_cast<__half*>(p.out_perm);
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < p.inter; j += gridDim.x * blockDim.x) {
+            const int i = perm[j];
+            op[j] = lab_silu_mul(g[i], g[i + p.inter]);
+        }
     }
 }
 

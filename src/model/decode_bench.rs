@@ -150,6 +150,11 @@ pub struct ContextPoint {
     /// (EngineOptions::attn_prefetch_kv), so a run of this tree leaves it None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_pdl_attn_v4_ms: Option<f64>,
+    /// The graph + PDL step with the act-order linears on their own permuting kernels
+    /// (EngineOptions::act_order_plain off), where the engine runs some linear on permuted x:
+    /// the in-process A/B of that path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_pdl_act_order_own_ms: Option<f64>,
     /// Graph + PDL with every gemv_v6_pipe linear at one block per SM
     /// (GpuEngine::set_v6_one_block_per_sm), at these prefetch budgets (bytes per block), ms/token:
     /// whether the next GEMV's blocks, now resident beside the running one, hide its ramp.
@@ -313,6 +318,7 @@ pub fn context_point(
         graph_pdl_silu_kernel_ms: None,
         graph_pdl_top_p_ms: None,
         graph_pdl_attn_v4_ms: None,
+        graph_pdl_act_order_own_ms: None,
         graph_pdl_v6_one_per_sm: Vec::new(),
         graph_pdl_small_plain: Vec::new(),
         graph_pdl_prefetch_variant: Vec::new(),
@@ -372,7 +378,7 @@ const PROFILE_HOLD_MS: (f64, f64) = (20.0, 160.0);
 type VariantColumn = (&'static str, fn(&ContextPoint) -> Option<f64>);
 
 /// The graph + PDL variants timed beside the engine's own setting, in column order.
-const PDL_VARIANT_COLUMNS: [VariantColumn; 3] = [
+const PDL_VARIANT_COLUMNS: [VariantColumn; 4] = [
     (
         "graph + PDL ms/tok, silu kernel instead of the fused GLU",
         |p| p.graph_pdl_silu_kernel_ms,
@@ -383,6 +389,10 @@ const PDL_VARIANT_COLUMNS: [VariantColumn; 3] = [
     (
         "graph + PDL ms/tok, attention without the K/V prefetch (v4 order)",
         |p| p.graph_pdl_attn_v4_ms,
+    ),
+    (
+        "graph + PDL ms/tok, act-order on its own kernels (not on permuted x)",
+        |p| p.graph_pdl_act_order_own_ms,
     ),
 ];
 
@@ -695,6 +705,13 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 eng.set_sampling(Sampling::new(false, 0.9, 0.8)?, 1);
                 point.graph_pdl_top_p_ms = variant(&mut eng, "with top-p sampling");
                 eng.set_sampling(own_sampling, own_seed);
+            }
+            if pdl_ok && eng.act_order_plain_linears() > 0 {
+                let own = eng.act_order_plain();
+                eng.set_act_order_plain(false);
+                point.graph_pdl_act_order_own_ms =
+                    variant(&mut eng, "with act-order on its own kernels");
+                eng.set_act_order_plain(own);
             }
             if pdl_ok && eng.attn_prefetch_kv() {
                 eng.set_attn_prefetch_kv(false);

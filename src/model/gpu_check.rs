@@ -336,6 +336,10 @@ pub struct CheckReport {
     pub fused_glu_first_bad_op: Option<OpError>,
     #[serde(default)]
     pub fused_glu_logits_ratio: Option<f64>,
+    /// Linears that ran as plain GEMVs on permuted x (EngineOptions::act_order_plain: q|k|v,
+    /// gate|up and down of each layer where eligible).
+    #[serde(default)]
+    pub act_order_plain_linears: usize,
     pub pass: bool,
 }
 
@@ -363,6 +367,12 @@ impl CheckReport {
             if let Some(e) = &self.fused_glu_first_bad_op {
                 s.push_str(&format!("; first op out of tolerance: {e}"));
             }
+        }
+        if self.act_order_plain_linears > 0 {
+            s.push_str(&format!(
+                "\n  act-order on plain kernels: {} linears on permuted x",
+                self.act_order_plain_linears
+            ));
         }
         if let Some(e) = &self.first_bad_op {
             s.push_str(&format!("\n  first op out of tolerance: {e}"));
@@ -684,6 +694,7 @@ pub fn check_engine(
         },
         opts,
     )?;
+    let px_linears = eng.act_order_plain_linears();
     // Reference greedy continuation (also the teacher-forced sequence for the traced pass).
     let mut rm = RefModel {
         cfg,
@@ -791,6 +802,17 @@ pub fn check_engine(
     };
     eng.set_fused_glu(own_glu);
     let glu_tokens = glu_tokens?;
+    // Act-order linears back on their own permuting kernels where the engine runs some on
+    // permuted x (act_order_plain): graph, the same tokens.
+    let own_kernel_tokens = if eng.act_order_plain_linears() > 0 {
+        let on = eng.act_order_plain();
+        eng.set_act_order_plain(false);
+        let t = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken);
+        eng.set_act_order_plain(on);
+        t?
+    } else {
+        Vec::new()
+    };
 
     // The persistent decode layers where the engine can run them (int4 models); refused ones
     // (fp16 linears) say why. Restored to launch-per-op for the rest of the check. They run
@@ -799,7 +821,9 @@ pub fn check_engine(
     // and the fixtures).
     let mut persistent = Vec::new();
     let mut persistent_not_run = None;
-    if matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_)) {
+    // (An auto act-order case runs on permuted x, which the persistent layers ignore: they would
+    // repeat its weights form's engine-kernel case.)
+    if matches!(eng.int4_kernel_choice(), Int4Kernel::Variant(_)) || px_linears > 0 {
         persistent_not_run = Some(
             "covered by this weights form's engine-kernel case (the same kernel whatever --int4-kernel)"
                 .to_string(),
@@ -872,6 +896,7 @@ pub fn check_engine(
             &attn_toggled_tokens,
         ),
         ("graph, fused GLU toggled", &glu_tokens),
+        ("graph, act-order on its own kernels", &own_kernel_tokens),
         ("v6 at one block per SM", &one_per_sm_tokens),
         ("begin/next_token", &stream_tokens),
     ]
@@ -887,7 +912,8 @@ pub fn check_engine(
             && (name.contains("PDL")
                 || name.starts_with("persistent")
                 || name.starts_with("v6")
-                || name.contains("GLU"))
+                || name.contains("GLU")
+                || name.contains("own kernels"))
         {
             continue; // not run (below sm_90, no persistent layers or no v6 linear here)
         }
@@ -947,6 +973,7 @@ pub fn check_engine(
         persistent_not_run,
         fused_glu_logits_ratio: glu_traced.as_ref().map(|t| t.logits_ratio),
         fused_glu_first_bad_op: glu_traced.and_then(|t| t.first_bad),
+        act_order_plain_linears: px_linears,
     })
 }
 
@@ -1130,8 +1157,12 @@ pub struct TinyCase {
     pub chunk: usize,
     pub backend: Fp16Backend,
     pub seed: u64,
-    /// Int4 kernel: None = the engine's own, else a registry GEMV variant.
+    /// Int4 kernel: None = the engine's own, else a registry GEMV variant (ignored with `auto`).
     pub int4: Option<&'static crate::kernels::registry::Variant>,
+    /// `auto` with the heuristic dispatcher (no tuned config): for act-order forms the
+    /// act_order_plain path, whose every q|k|v, gate|up and down linear the check then requires
+    /// to run on permuted x.
+    pub auto: bool,
     /// Rows per prefill chunk: the 12-token prompt in one chunk (512), as 5 + 5 + 2 (chunks
     /// continuing the cache at positions 5 and 10), or as 11 + 1 (a 1-row chunk: per-row GEMV).
     pub prefill_chunk: usize,
@@ -1194,6 +1225,7 @@ pub fn tiny_cases() -> Vec<TinyCase> {
             backend,
             seed: 100 + i as u64,
             int4: None,
+            auto: false,
             prefill_chunk: PREFILL_CHUNKS[i % 3],
             prefill_int4: match i {
                 1 => crate::model::gpu_engine::PrefillInt4::GemmV1,
@@ -1212,6 +1244,7 @@ pub fn tiny_cases() -> Vec<TinyCase> {
                     backend,
                     seed: 100 + i as u64,
                     int4: Some(r),
+                    auto: false,
                     prefill_chunk: PREFILL_CHUNKS[(i + j + 1) % 3],
                     // v6's case of every int4 form prefills through dequant + cuBLAS (act-order
                     // rows written back through the permutation), the others through auto.
@@ -1222,6 +1255,26 @@ pub fn tiny_cases() -> Vec<TinyCase> {
                     },
                 }),
         );
+        // Act-order forms also under auto (heuristic): q|k|v, gate|up and down as plain GEMVs on
+        // x their producers wrote in sorted order (EngineOptions::act_order_plain).
+        if matches!(
+            kind,
+            WeightKind::Int4 {
+                act_order: true,
+                ..
+            }
+        ) {
+            v.push(TinyCase {
+                kind,
+                chunk,
+                backend,
+                seed: 100 + i as u64,
+                int4: None,
+                auto: true,
+                prefill_chunk: PREFILL_CHUNKS[(i + 2) % 3],
+                prefill_int4: crate::model::gpu_engine::PrefillInt4::Auto,
+            });
+        }
         v
     })
     .collect()
@@ -1250,11 +1303,17 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     let mut o = check_opts(c.chunk, c.backend);
     o.prefill_chunk = c.prefill_chunk;
     o.prefill_int4 = c.prefill_int4;
-    o.int4 = c.int4.map_or(
-        crate::model::gpu_engine::Int4Kernel::Engine,
-        crate::model::gpu_engine::Int4Kernel::Variant,
-    );
-    check_engine(
+    o.int4 = if c.auto {
+        crate::model::gpu_engine::Int4Kernel::Auto(std::sync::Arc::new(
+            crate::tune::Dispatcher::from_config(None, &gpu.info, crate::build_info::KERNEL_HASH),
+        ))
+    } else {
+        c.int4.map_or(
+            crate::model::gpu_engine::Int4Kernel::Engine,
+            crate::model::gpu_engine::Int4Kernel::Variant,
+        )
+    };
+    let mut r = check_engine(
         gpu,
         &cfg,
         &host,
@@ -1262,7 +1321,32 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
         &CHECK_PROMPT,
         CHECK_NEW,
         o,
-    )
+    )?;
+    // An auto act-order case that did not take the permuted-x path would check nothing new.
+    let want = expected_act_order_plain(c, cfg.num_hidden_layers);
+    if r.act_order_plain_linears != want {
+        r.pass = false;
+        r.token_note = Some(format!(
+            "{} linears ran on permuted x, expected {want}{}",
+            r.act_order_plain_linears,
+            r.token_note
+                .as_ref()
+                .map_or(String::new(), |n| format!("; {n}"))
+        ));
+    }
+    Ok(r)
+}
+
+/// How many linears of a tiny case run on permuted x: q|k|v, gate|up and down of every layer for
+/// an auto act-order case (the random models share one channel order per input, so q|k|v and
+/// gate|up fuse), none otherwise.
+pub fn expected_act_order_plain(c: &TinyCase, layers: usize) -> usize {
+    match c.kind {
+        WeightKind::Int4 {
+            act_order: true, ..
+        } if c.auto => 3 * layers,
+        _ => 0,
+    }
 }
 
 /// The long-context case: the 7B/13B engines' head dim (128) and attention split geometry

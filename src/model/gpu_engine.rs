@@ -24,7 +24,7 @@ use crate::kernels::registry::Variant;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_layout::{Int4Linear, Storage};
 use crate::model::gpu_weights::{
-    raw, F16Dev, GpuLayer, GpuLinear, GpuWeights, Int4Dev, SyntheticSpec,
+    raw, F16Dev, GpuLayer, GpuLinear, GpuWeights, Int4Dev, Slot, SyntheticSpec,
 };
 use crate::model::sampler::Sampling;
 use crate::model::step_profile::Mark;
@@ -127,6 +127,16 @@ pub struct EngineOptions {
     /// against off in one process (decode.md's A/B column) and off was faster at every context
     /// of 512 and more (7B 1-3%, 13B 1-4%) and within 1% at 128 (notes/kernels.md).
     pub attn_prefetch_kv: bool,
+    /// Act-order int4 linears whose input comes from a kernel the step can make write it in the
+    /// linear's sorted row order (q|k|v and gate|up fed by one RMSNorm, and down fed by the silu
+    /// kernel: `layer_px`) run as PLAIN GEMVs on that permuted x (the tuned choice of
+    /// the plain shape, e.g. gemv_v2_vec / gemv_v10_l2x) instead of a kernel that gathers x
+    /// through the permutation itself (v4/v6). The producer writes the permuted copy beside its
+    /// usual output (lab_llama_norm_params / lab_llama_silu_params .perm). On by default; the o
+    /// projection (fed by the
+    /// attention) and uneven groups keep the act-order kernels. Only under `--int4-kernel auto`
+    /// (`plain_kernels_serve`). NOT YET RUN ON A GPU.
+    pub act_order_plain: bool,
     /// Run every decoder layer of a step as ONE cooperative launch (kernels/llama/layers.cu,
     /// module `persistent`) instead of ~8 launches per layer. Int4 linears only (gemv_v6_pipe's
     /// loop; `int4` does not apply to the layers then). Off by default: the H100 runs 9-10
@@ -224,6 +234,7 @@ impl EngineOptions {
             pdl_prefetch_variant: Vec::new(),
             fused_glu: false,
             attn_prefetch_kv: false,
+            act_order_plain: true,
             persistent_layers: false,
             persistent_prefetch: DEFAULT_PDL_PREFETCH,
             persistent_max_grid: 0,
@@ -340,6 +351,10 @@ struct Bufs {
     o: CudaSlice<f16>,
     gate_up: CudaSlice<f16>,
     act: CudaSlice<f16>,
+    /// fp16 [hidden] / [inter]: the norm's and the silu's output in an act-order consumer's sorted
+    /// row order (`EngineOptions::act_order_plain`); unused otherwise.
+    xn_p: CudaSlice<f16>,
+    act_p: CudaSlice<f16>,
     down: CudaSlice<f16>,
     logits: CudaSlice<f32>,
     partial: CudaSlice<f32>,
@@ -431,6 +446,10 @@ pub struct GpuEngine {
     gemv_fns: HashMap<String, CudaFunction>,
     /// The registry variant and tunables of each int4 linear shape (empty: the engine's kernel).
     int4_choice: HashMap<ShapeKey, (&'static Variant, Tunables)>,
+    /// Per layer: which linears may run as plain GEMVs on permuted x, and do while
+    /// EngineOptions::act_order_plain is on (`px_active`); their plain choices sit in `int4_choice`
+    /// under the plain shape's key, beside the act-order shape's.
+    px: Vec<LayerPx>,
     /// GEMM prefill kernels and workspace (None: prefill_chunk 0).
     prefill: Option<prefill::Prefill>,
     /// Bytes the ops enqueued so far stream from memory (weights, KV rows): the per-op profile
@@ -471,6 +490,71 @@ struct ProfileMark {
 
 /// (k, n, rows per group, act-order): what decides an int4 linear's kernel.
 type ShapeKey = (usize, usize, usize, bool);
+
+/// Which linears of one layer run as plain GEMVs on x in their sorted row order
+/// (EngineOptions::act_order_plain); the producer of each such input writes that copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerPx {
+    /// The one fused q|k|v linear: the input RMSNorm writes xn_p.
+    pub qkv: bool,
+    /// The one fused gate|up linear: the post-attention RMSNorm writes xn_p.
+    pub gate_up: bool,
+    /// The down projection: the silu kernel writes act_p.
+    pub down: bool,
+}
+
+/// An int4 linear as the act-order-plain rule sees it: (has a permutation, keeps a g_idx).
+/// Even groups after the reorder keep no g_idx, so a plain kernel's group = row / G holds for
+/// the sorted rows; uneven ones keep the act-order kernels.
+pub type PxFacts = (bool, bool);
+
+/// The rule behind `LayerPx`: with the option on and an int4 kernel choice that plain kernels
+/// serve (auto: `plain_kernels_serve`), a norm-fed linear qualifies when
+/// it is one segment (fused q|k|v or gate|up: one permutation for the norm to apply) with a
+/// permutation and no g_idx; down likewise (the silu kernel feeds it). o never: the attention
+/// writes its input. fp16 linears are `None`.
+pub fn layer_px(
+    on: bool,
+    plain_kernels_serve: bool,
+    qkv: &[Option<PxFacts>],
+    gate_up: &[Option<PxFacts>],
+    down: Option<PxFacts>,
+) -> LayerPx {
+    if !on || !plain_kernels_serve {
+        return LayerPx::default();
+    }
+    let even = |f: Option<PxFacts>| f == Some((true, false));
+    let one = |segs: &[Option<PxFacts>]| segs.len() == 1 && even(segs[0]);
+    LayerPx {
+        qkv: one(qkv),
+        gate_up: one(gate_up),
+        down: even(down),
+    }
+}
+
+/// Whether `layer_px` may use plain kernels under this int4 kernel choice: auto only (it picks the
+/// plain shape's tuned kernel for those linears and the act-order one for the rest, o included).
+/// A named variant keeps its own path: v4/v5/v6 their in-kernel permutation (which the tiny
+/// check's act-order cases exist to test), v2/v10 refuse act-order layers (o needs one anyway).
+fn plain_kernels_serve(kernel: &Int4Kernel) -> bool {
+    matches!(kernel, Int4Kernel::Auto(_))
+}
+
+fn px_facts(lin: &GpuLinear) -> Option<PxFacts> {
+    match lin {
+        GpuLinear::Int4(l) => Some((l.perm.is_some(), l.g_idx.is_some())),
+        GpuLinear::F16(_) => None,
+    }
+}
+
+/// The shape a linear on permuted x presents to a plain kernel: no permutation, no g_idx.
+fn plain_shape(s: &LayerShape) -> LayerShape {
+    LayerShape {
+        perm: false,
+        g_idx: false,
+        ..*s
+    }
+}
 
 fn shape_key(s: &LayerShape) -> ShapeKey {
     (s.k, s.n, s.group_size, s.perm || s.g_idx)
@@ -590,6 +674,8 @@ impl GpuEngine {
             o: a16(h, "o")?,
             gate_up: a16(2 * inter, "gate_up")?,
             act: a16(inter, "act")?,
+            xn_p: a16(h, "xn (permuted)")?,
+            act_p: a16(inter, "act (permuted)")?,
             down: a16(h, "down")?,
             logits: a32(v, "logits")?,
             partial: a32(heads * n_splits * (hd + 2), "attention partials")?,
@@ -604,7 +690,7 @@ impl GpuEngine {
             inv_freq: stream.clone_htod(&inv_freq).ctx("inv_freq")?,
         };
         let mut own = (h * 4
-            + (h * 5 + heads * hd + 2 * kv_dim + 3 * inter) * 2
+            + (h * 6 + heads * hd + 2 * kv_dim + 4 * inter) * 2
             + v * 4
             + (heads * n_splits * (hd + 2) + heads + 2 * max_n + max_n.div_ceil(TILE_N) + hd / 2)
                 * 4) as u64;
@@ -693,46 +779,76 @@ impl GpuEngine {
         // reason), and the instantiations the plans use are loaded before any graph capture.
         let mut gemv_fns = HashMap::new();
         let mut int4_choice = HashMap::new();
+        let mut px = Vec::with_capacity(weights.layers.len());
         for (li, l) in weights.layers.iter().enumerate() {
-            for lin in l.linears() {
-                if let GpuLinear::Int4(q) = lin {
-                    let shape = layer_shape(q);
-                    let Some((v, params)) = opts.int4.choose(&shape)? else {
-                        continue;
-                    };
-                    if gpu.sm() < v.min_sm {
-                        return Err(LabError::invalid(
-                            "--int4-kernel",
-                            format!(
-                                "{} needs sm_{} or newer; this device is sm_{}",
-                                v.name,
-                                v.min_sm,
-                                gpu.sm()
-                            ),
-                        ));
+            let segs = |s: &[Slot]| s.iter().map(|x| px_facts(&x.lin)).collect::<Vec<_>>();
+            // Eligibility, whatever act_order_plain says now (set_act_order_plain toggles it, the
+            // decode bench times both): such linears get both kernels planned and loaded.
+            let lpx = layer_px(
+                true,
+                plain_kernels_serve(&opts.int4),
+                &segs(&l.qkv),
+                &segs(&l.gate_up),
+                px_facts(&l.down),
+            );
+            px.push(lpx);
+            // Each linear with whether it runs on permuted x, in step order.
+            let roles = l
+                .qkv
+                .iter()
+                .map(|s| (&s.lin, lpx.qkv))
+                .chain(std::iter::once((&l.o, false)))
+                .chain(l.gate_up.iter().map(|s| (&s.lin, lpx.gate_up)))
+                .chain(std::iter::once((&l.down, lpx.down)));
+            // The act-order shape's choice always (the prefill's per-row path and the option off use
+            // it), the plain shape's too where the linear may run on permuted x.
+            let shapes = roles.flat_map(|(lin, eligible)| match lin {
+                GpuLinear::Int4(q) => {
+                    let s = layer_shape(q);
+                    let mut v = vec![(q, s)];
+                    if eligible {
+                        v.push((q, plain_shape(&s)));
                     }
-                    let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
-                        LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
-                    })?;
-                    // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
-                    // that plan's instantiation (t256) is loaded now too, before any capture.
-                    // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
-                    // then names the missing instantiation if the experiment is switched on).
-                    let mut symbols = vec![p.symbol.clone()];
-                    if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
-                        let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
-                        if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one) {
-                            symbols.push(p1.symbol);
-                        }
-                    }
-                    for sym in symbols {
-                        if let std::collections::hash_map::Entry::Vacant(e) = gemv_fns.entry(sym) {
-                            let f = gpu.function(e.key())?;
-                            e.insert(f);
-                        }
-                    }
-                    int4_choice.insert(shape_key(&shape), (v, params));
+                    v
                 }
+                GpuLinear::F16(_) => Vec::new(),
+            });
+            for (q, shape) in shapes {
+                let Some((v, params)) = opts.int4.choose(&shape)? else {
+                    continue;
+                };
+                if gpu.sm() < v.min_sm {
+                    return Err(LabError::invalid(
+                        "--int4-kernel",
+                        format!(
+                            "{} needs sm_{} or newer; this device is sm_{}",
+                            v.name,
+                            v.min_sm,
+                            gpu.sm()
+                        ),
+                    ));
+                }
+                let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
+                    LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                })?;
+                // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
+                // that plan's instantiation (t256) is loaded now too, before any capture.
+                // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
+                // then names the missing instantiation if the experiment is switched on).
+                let mut symbols = vec![p.symbol.clone()];
+                if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
+                    let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
+                    if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one) {
+                        symbols.push(p1.symbol);
+                    }
+                }
+                for sym in symbols {
+                    if let std::collections::hash_map::Entry::Vacant(e) = gemv_fns.entry(sym) {
+                        let f = gpu.function(e.key())?;
+                        e.insert(f);
+                    }
+                }
+                int4_choice.insert(shape_key(&shape), (v, params));
             }
         }
 
@@ -772,6 +888,7 @@ impl GpuEngine {
             fp16_backend,
             gemv_fns,
             int4_choice,
+            px,
             prefill,
             streamed: Cell::new(0),
             step_pdl: Cell::new(false),
@@ -836,16 +953,69 @@ impl GpuEngine {
         self.opts.fused_glu && self.can_take_gated_input(down)
     }
 
-    /// Whether this down projection's kernel can take the fused [gate | up] at all.
+    /// Whether this down projection's kernel can take the fused [gate | up] at all. Not on permuted
+    /// x: the silu kernel writes that copy.
     fn can_take_gated_input(&self, down: &GpuLinear) -> bool {
         match down {
-            GpuLinear::Int4(l) => int4_takes_gated_input(
-                self.int4_choice
-                    .get(&shape_key(&layer_shape(l)))
-                    .map(|(v, _)| *v),
-            ),
-            GpuLinear::F16(_) => false,
+            GpuLinear::Int4(l) if !self.down_on_px(down) => {
+                int4_takes_gated_input(self.int4_choice_of(l, false).map(|(v, _)| *v))
+            }
+            _ => false,
         }
+    }
+
+    /// The kernel chosen at construction for this int4 linear, on permuted x or not.
+    fn int4_choice_of(&self, l: &Int4Dev, px: bool) -> Option<&(&'static Variant, Tunables)> {
+        let s = layer_shape(l);
+        let s = if px { plain_shape(&s) } else { s };
+        self.int4_choice.get(&shape_key(&s))
+    }
+
+    /// Whether `down` is a layer's down projection that runs on permuted x.
+    fn down_on_px(&self, down: &GpuLinear) -> bool {
+        (0..self.px.len())
+            .any(|li| self.px_active(li).down && std::ptr::eq(&self.weights.layers[li].down, down))
+    }
+
+    /// Which linears of layer `li` run on permuted x now.
+    fn px_active(&self, li: usize) -> LayerPx {
+        if self.opts.act_order_plain {
+            self.px[li]
+        } else {
+            LayerPx::default()
+        }
+    }
+
+    /// The device address of an int4 linear's permutation (i32 [k]), 0 for none.
+    fn perm_of(&self, lin: &GpuLinear) -> u64 {
+        match lin {
+            GpuLinear::Int4(l) => l.perm.as_ref().map_or(0, |p| self.r(p)),
+            GpuLinear::F16(_) => 0,
+        }
+    }
+
+    /// How many linears run on permuted x now (EngineOptions::act_order_plain).
+    pub fn act_order_plain_linears(&self) -> usize {
+        (0..self.px.len())
+            .map(|li| {
+                let p = self.px_active(li);
+                p.qkv as usize + p.gate_up as usize + p.down as usize
+            })
+            .sum()
+    }
+
+    /// Whether act-order linears run on plain kernels where eligible
+    /// (EngineOptions::act_order_plain).
+    pub fn act_order_plain(&self) -> bool {
+        self.opts.act_order_plain
+    }
+
+    /// Turn it on or off (both kernels of every eligible linear were loaded at construction); the
+    /// graph is captured again at the next graph step. Returns whether any linear changes.
+    pub fn set_act_order_plain(&mut self, on: bool) -> bool {
+        self.opts.act_order_plain = on;
+        self.graph = None;
+        self.px.iter().any(|p| *p != LayerPx::default())
     }
 
     /// The persistent layers when the step runs them.
@@ -1076,11 +1246,18 @@ impl GpuEngine {
     /// `linear` with the input either plain or gated (see XInput); only int4 linears take a gated
     /// input (their kernels compute it while loading x; cuBLAS cannot).
     fn linear_in(&self, lin: &GpuLinear, x: XInput, y: u64) -> Result<()> {
+        self.linear_px(lin, x, y, false)
+    }
+
+    /// `linear_in`, with `px`: x is already in the int4 linear's sorted row order (its producer
+    /// wrote the permuted copy), so the plain shape's kernel runs without the permutation
+    /// (EngineOptions::act_order_plain).
+    fn linear_px(&self, lin: &GpuLinear, x: XInput, y: u64, px: bool) -> Result<()> {
         self.streamed.set(self.streamed.get() + lin.bytes());
         match lin {
-            GpuLinear::Int4(l) => match self.int4_choice.get(&shape_key(&layer_shape(l))) {
+            GpuLinear::Int4(l) => match self.int4_choice_of(l, px) {
                 None => self.q4_gemv(l, x, y),
-                Some((v, params)) => self.registry_gemv(v, params, l, x, y),
+                Some((v, params)) => self.registry_gemv(v, params, l, x, y, px),
             },
             GpuLinear::F16(l) => {
                 let XInput::Plain(x) = x else {
@@ -1196,8 +1373,13 @@ impl GpuEngine {
         l: &Int4Dev,
         x: XInput,
         y: u64,
+        px: bool,
     ) -> Result<()> {
-        let shape = layer_shape(l);
+        let shape = if px {
+            plain_shape(&layer_shape(l))
+        } else {
+            layer_shape(l)
+        };
         let one;
         let params = if self.v6_one_per_sm && gemv_kind(v).ok() == Some(GemvKind::Pipe) {
             one = v6_one_block_per_sm(params, l.n, self.sms);
@@ -1220,6 +1402,10 @@ impl GpuEngine {
             plan.split_k as usize,
             plan.k_slice as usize,
         );
+        if px {
+            // x arrives in the sorted row order: the kernel reads it as it is.
+            (p.perm, p.g_idx) = (0, 0);
+        }
         // Only a PDL step prefetches (int4_params left 0 otherwise), whatever the budgets say.
         if self.step_pdl.get() {
             p.prefetch_bytes =
@@ -1267,12 +1453,16 @@ impl GpuEngine {
         )
     }
 
-    fn norm(&self, delta: u64, weight: &CudaSlice<f16>, what: &str) -> Result<()> {
+    /// add + RMSNorm into xn; with `perm` (a device i32 [hidden], or 0) also xn_p[j] =
+    /// xn[perm[j]] for a consumer on permuted x.
+    fn norm(&self, delta: u64, weight: &CudaSlice<f16>, perm: u64, what: &str) -> Result<()> {
         let p = abi::lab_llama_norm_params {
             resid: self.r(&self.b.resid),
             delta,
             weight: self.r(weight),
             out: self.r(&self.b.xn),
+            perm,
+            out_perm: if perm == 0 { 0 } else { self.r(&self.b.xn_p) },
             hidden: self.cfg.hidden_size as i32,
             eps: self.cfg.rms_norm_eps as f32,
         };
@@ -1403,10 +1593,27 @@ impl GpuEngine {
                 continue;
             }
             let delta = if li == 0 { 0 } else { self.r(&b.down) };
-            self.norm(delta, &l.attn_norm, &format!("layer {li} input_layernorm"))?;
+            let px = self.px_active(li);
+            // Permuted-x consumers (act_order_plain): the producer also writes their sorted copy.
+            let (qkv_perm, qkv_x) = if px.qkv {
+                (self.perm_of(&l.qkv[0].lin), self.r(&b.xn_p))
+            } else {
+                (0, self.r(&b.xn))
+            };
+            self.norm(
+                delta,
+                &l.attn_norm,
+                qkv_perm,
+                &format!("layer {li} input_layernorm"),
+            )?;
             keep(Some(li), "attn_norm", snap16(&b.xn)?)?;
             for s in &l.qkv {
-                self.linear(&s.lin, self.r(&b.xn), self.r(&b.qkv) + 2 * s.col as u64)?;
+                self.linear_px(
+                    &s.lin,
+                    XInput::Plain(qkv_x),
+                    self.r(&b.qkv) + 2 * s.col as u64,
+                    px.qkv,
+                )?;
             }
             keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
             let ap = self.attn_params(li);
@@ -1428,15 +1635,26 @@ impl GpuEngine {
             keep(Some(li), "attention", snap16(&b.attn)?)?;
             self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
             keep(Some(li), "o_proj", snap16(&b.o)?)?;
+            let (gu_perm, gu_x) = if px.gate_up {
+                (self.perm_of(&l.gate_up[0].lin), self.r(&b.xn_p))
+            } else {
+                (0, self.r(&b.xn))
+            };
             self.norm(
                 self.r(&b.o),
                 &l.ffn_norm,
+                gu_perm,
                 &format!("layer {li} post_attention_layernorm"),
             )?;
             keep(Some(li), "residual_attn", snap32(&b.resid)?)?;
             keep(Some(li), "ffn_norm", snap16(&b.xn)?)?;
             for s in &l.gate_up {
-                self.linear(&s.lin, self.r(&b.xn), self.r(&b.gate_up) + 2 * s.col as u64)?;
+                self.linear_px(
+                    &s.lin,
+                    XInput::Plain(gu_x),
+                    self.r(&b.gate_up) + 2 * s.col as u64,
+                    px.gate_up,
+                )?;
             }
             keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?)?;
             // A down projection whose kernel stages x once (v6, v1, the engine's q4:
@@ -1446,9 +1664,12 @@ impl GpuEngine {
             // reads gate|up as in the step.
             let gated = self.takes_gated_input(&l.down);
             if !gated || tracing {
+                let down_perm = if px.down { self.perm_of(&l.down) } else { 0 };
                 let sp = abi::lab_llama_silu_params {
                     gate_up: self.r(&b.gate_up),
                     out: self.r(&b.act),
+                    perm: down_perm,
+                    out_perm: if px.down { self.r(&b.act_p) } else { 0 },
                     inter: inter as i32,
                     _pad: 0,
                 };
@@ -1464,10 +1685,12 @@ impl GpuEngine {
             }
             let x = if gated {
                 XInput::Gated(self.r(&b.gate_up))
+            } else if px.down {
+                XInput::Plain(self.r(&b.act_p))
             } else {
                 XInput::Plain(self.r(&b.act))
             };
-            self.linear_in(&l.down, x, self.r(&b.down))?;
+            self.linear_px(&l.down, x, self.r(&b.down), px.down)?;
             keep(Some(li), "down_proj", snap16(&b.down)?)?;
         }
         // The persistent layers added the last down projection into resid already.
@@ -1476,7 +1699,7 @@ impl GpuEngine {
         } else {
             self.r(&b.down)
         };
-        self.norm(delta, &self.weights.final_norm, "final norm")?;
+        self.norm(delta, &self.weights.final_norm, 0, "final norm")?;
         keep(None, "residual_final", snap32(&b.resid)?)?;
         keep(None, "final_norm", snap16(&b.xn)?)?;
         self.streamed
@@ -2024,6 +2247,56 @@ impl GpuEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn act_order_plain_takes_the_norm_and_silu_fed_linears_with_even_groups() {
+        let (act, uneven, plain) = (
+            Some((true, false)),
+            Some((true, true)),
+            Some((false, false)),
+        );
+        // A fused q|k|v and gate|up (one segment each) and down, all act-order with even groups.
+        let all = LayerPx {
+            qkv: true,
+            gate_up: true,
+            down: true,
+        };
+        assert_eq!(layer_px(true, true, &[act], &[act], act), all);
+        // Off, or a kernel choice with its own act-order path: nothing.
+        assert_eq!(
+            layer_px(false, true, &[act], &[act], act),
+            LayerPx::default()
+        );
+        assert_eq!(
+            layer_px(true, false, &[act], &[act], act),
+            LayerPx::default()
+        );
+        // Unfused q/k/v (three permutations for one norm), uneven groups, plain or fp16 linears:
+        // the act-order kernels (or nothing to do).
+        let got = layer_px(true, true, &[act, act, act], &[uneven], plain);
+        assert_eq!(got, LayerPx::default());
+        assert_eq!(
+            layer_px(true, true, &[None], &[act], None),
+            LayerPx {
+                gate_up: true,
+                ..LayerPx::default()
+            }
+        );
+    }
+
+    #[test]
+    fn plain_kernels_serve_act_order_only_under_auto() {
+        let v = |n: &str| Int4Kernel::Variant(crate::kernels::registry::by_name(n).unwrap());
+        assert!(!plain_kernels_serve(&Int4Kernel::Engine));
+        for n in [
+            "gemv_v2_vec",
+            "gemv_v4_perm",
+            "gemv_v6_pipe",
+            "gemv_v10_l2x",
+        ] {
+            assert!(!plain_kernels_serve(&v(n)), "{n}");
+        }
+    }
 
     #[test]
     fn a_variant_budget_replaces_the_default_for_that_variant_only() {

@@ -202,7 +202,10 @@ pub fn workspace_bytes(cfg: &ModelConfig, ctx: u64, batch: u64) -> u64 {
     let vocab = cfg.vocab_size as u64;
     let max_k = h.max(inter);
     let max_n = (h + 2 * kv_dim).max(2 * inter);
+    // (h + inter) * 2: the norm's and the silu's output in an act-order consumer's sorted row
+    // order (GpuEngine's act_order_plain), allocated whatever the weights.
     let per_seq = 4 * h * 2
+        + (h + inter) * 2
         + (h + 2 * kv_dim) * 2
         + 2 * inter * 2
         + inter * 2

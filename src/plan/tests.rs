@@ -38,9 +38,11 @@ fn small_config_bytes_by_hand() {
     assert_eq!(p.weights_bytes, 40960 + 1280 + 5120 + 12800 + 12800 + 640);
     // KV: 2 (K,V) * 2 layers * 10 positions * 64 * 2 bytes.
     assert_eq!(p.kv_cache_bytes, 5120);
-    // workspace per sequence: 4*64*2 + (64+2*64)*2 + 2*128*2 + 128*2 + 128*2 + 4*10*4 + 2*100*4
-    //   = 512 + 384 + 512 + 256 + 256 + 160 + 800 = 2880; split-K 16 * 1 * max(192, 256) * 4 = 16384.
-    assert_eq!(p.workspace_bytes, 2880 + 16384);
+    // workspace per sequence: 4*64*2 + (64+128)*2 (the permuted copies of xn and act) + (64+2*64)*2
+    //   + 2*128*2 + 128*2 + 128*2 + 4*10*4 + 2*100*4
+    //   = 512 + 384 + 384 + 512 + 256 + 256 + 160 + 800 = 3264; split-K 16 * 1 * max(192, 256) * 4
+    //   = 16384.
+    assert_eq!(p.workspace_bytes, 3264 + 16384);
     // Prefill: the 512-row default chunk clamped to the 10-row cache. The engine holds q|k|v as
     // one 64 x 192 linear, o 64 x 64, gate|up 64 x 256, down 128 x 64; all g32, so all take
     // gemm_v2 on sm_80+. Activations per row: token i32 4 + f32 residual 64*4
@@ -51,7 +53,7 @@ fn small_config_bytes_by_hand() {
     assert_eq!(prepared_words(64, 256), 2048);
     assert_eq!(p.prefill_chunk, 10);
     assert_eq!(p.prefill_bytes, 10 * 1668 + 64 * 256 * 4 + 2048 * 4);
-    assert_eq!(p.total_bytes, 73600 + 5120 + 19264 + 90408 + 1000);
+    assert_eq!(p.total_bytes, 73600 + 5120 + 19648 + 90408 + 1000);
     assert!(!p.g_idx_counted && p.g_idx_note.contains("not counted"));
 
     // Act-order adds K*4 per linear: 4*64*4 + 2*64*4 + 128*4 = 2048 per layer.

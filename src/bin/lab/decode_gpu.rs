@@ -512,9 +512,13 @@ fn tiny_check(a: &DecodeArgs) -> anyhow::Result<()> {
                     "tiny random {} chunk {} int4 kernel {}",
                     c.kind.label(),
                     c.chunk,
-                    c.int4
-                        .map_or(Int4Kernel::Engine, Int4Kernel::Variant)
-                        .name()
+                    if c.auto {
+                        "auto (heuristic)".to_string()
+                    } else {
+                        c.int4
+                            .map_or(Int4Kernel::Engine, Int4Kernel::Variant)
+                            .name()
+                    }
                 );
                 println!("ERROR {what}: {e}");
                 errors.push(format!("{what}: {e}"));

@@ -29,6 +29,8 @@ impl GpuEngine {
             },
             weight: self.r(weight),
             out: out + 2 * off as u64,
+            perm: 0,
+            out_perm: 0,
             hidden: h as i32,
             eps: self.cfg.rms_norm_eps as f32,
         };
@@ -188,6 +190,8 @@ impl GpuEngine {
             let sp = abi::lab_llama_silu_params {
                 gate_up,
                 out: act,
+                perm: 0,
+                out_perm: 0,
                 inter: inter as i32,
                 _pad: 0,
             };
