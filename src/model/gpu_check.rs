@@ -22,7 +22,7 @@ use crate::model::gpu_engine::{
     EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillLogits, PrefillMode, TraceEntry,
     WeightSource,
 };
-use crate::model::gpu_weights::{HostLlama, WeightKind};
+use crate::model::gpu_weights::{HostLinear, HostLlama, WeightKind};
 use crate::model::sampler::{draw, top_p_pick, Sampling};
 use crate::{LabError, Result};
 use serde::Serialize;
@@ -1323,7 +1323,7 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
         o,
     )?;
     // An auto act-order case that did not take the permuted-x path would check nothing new.
-    let want = expected_act_order_plain(c, cfg.num_hidden_layers);
+    let want = expected_act_order_plain(c, &host);
     if r.act_order_plain_linears != want {
         r.pass = false;
         r.token_note = Some(format!(
@@ -1337,16 +1337,33 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
     Ok(r)
 }
 
-/// How many linears of a tiny case run on permuted x: q|k|v, gate|up and down of every layer for
-/// an auto act-order case (the random models share one channel order per input, so q|k|v and
-/// gate|up fuse), none otherwise.
-pub fn expected_act_order_plain(c: &TinyCase, layers: usize) -> usize {
-    match c.kind {
+/// How many linears of a tiny case run on permuted x: for an auto act-order case, each of q|k|v,
+/// gate|up and down of every layer whose weights are act-order with even groups (the random
+/// models share one channel order per input, so q|k|v and gate|up fuse); none otherwise.
+pub fn expected_act_order_plain(c: &TinyCase, host: &HostLlama) -> usize {
+    if !matches!(
+        c.kind,
         WeightKind::Int4 {
-            act_order: true, ..
-        } if c.auto => 3 * layers,
-        _ => 0,
+            act_order: true,
+            ..
+        }
+    ) || !c.auto
+    {
+        return 0;
     }
+    // Counted from the weights, not from the engine's rule: a linear whose K is a single group
+    // (tiny-check's q|k|v and gate|up at g64, K = 64) has the trivial g_idx, so it is no
+    // act-order linear at all and has nothing to gather (H100 run 16: the count 3 * layers
+    // failed the g64 case, whose every linear matched the f64 reference).
+    let act = |l: &HostLinear| match l {
+        HostLinear::Quant(q) => q.is_act_order() && q.k % q.group_size == 0,
+        HostLinear::F16 { .. } => false,
+    };
+    // q|k|v and gate|up share one channel order (HostLlama::random): q and gate stand for them.
+    host.layers
+        .iter()
+        .map(|l| [0, 4, 6].iter().filter(|&&i| act(&l.linears[i])).count())
+        .sum()
 }
 
 /// The long-context case: the 7B/13B engines' head dim (128) and attention split geometry
@@ -1500,6 +1517,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn tiny_act_order_cases_expect_the_linears_their_weights_make_act_order() {
+        // H100 run 16: tiny-check at g64 has K = 64 for q|k|v and gate|up, one group, so only
+        // down (K = 192, 3 groups) is act-order; the old expectation (3 per layer) failed it.
+        let cfg = tiny_config();
+        let mut seen = Vec::new();
+        for c in tiny_cases() {
+            let host = HostLlama::random(&cfg, c.seed, c.kind).unwrap();
+            let want = expected_act_order_plain(&c, &host);
+            let WeightKind::Int4 {
+                group,
+                act_order: true,
+                ..
+            } = c.kind
+            else {
+                assert_eq!(want, 0, "{}", c.kind.label());
+                continue;
+            };
+            if !c.auto {
+                assert_eq!(want, 0, "{} not auto", c.kind.label());
+                continue;
+            }
+            seen.push((group, want));
+            // Every counted linear is one the engine's rule takes: a real permutation, and no
+            // g_idx left after the reorder (even groups).
+            for l in &host.layers {
+                for i in [0, 4, 6] {
+                    let HostLinear::Quant(q) = &l.linears[i] else {
+                        panic!("int4 case with an fp16 linear");
+                    };
+                    let r = crate::gptq::reorder::reorder_by_group(q).unwrap();
+                    let moved = r.perm.iter().enumerate().any(|(i, &p)| p as usize != i);
+                    assert_eq!(moved, q.is_act_order(), "g{group} linear {i}");
+                    if q.is_act_order() {
+                        assert!(
+                            r.layer.g_idx.is_none(),
+                            "g{group} linear {i}: uneven groups"
+                        );
+                    }
+                }
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, vec![(32, 6), (64, 2)]);
     }
 
     #[test]
