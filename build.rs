@@ -315,26 +315,40 @@ fn git_rev(root: &Path) -> String {
 }
 
 /// Rebuild when HEAD moves (a commit or checkout), so the embedded revision stays true.
-/// Only existing paths are watched: a missing one would make cargo rebuild every time.
+/// The paths come from git itself: in a linked worktree `.git` is a file, and HEAD and the
+/// index live in the worktree's own git dir while the branch refs are shared (H100 run 16's
+/// binary, built in a worktree, named a revision two commits old). Only existing paths are
+/// watched: a missing one would make cargo rebuild every time.
 fn watch_git(root: &Path) {
-    let git = root.join(".git");
-    let head = git.join("HEAD");
-    if !head.is_file() {
+    let git_path = |p: &str| {
+        Command::new("git")
+            .args(["rev-parse", "--git-path", p])
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            // Relative answers are relative to `root`; join keeps absolute ones as they are.
+            .map(|o| root.join(String::from_utf8_lossy(&o.stdout).trim()))
+    };
+    let watch = |p: &Path| {
+        if p.is_file() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    };
+    let Some(head) = git_path("HEAD").filter(|h| h.is_file()) else {
         return;
-    }
-    println!("cargo:rerun-if-changed={}", head.display());
+    };
+    watch(&head);
     if let Ok(s) = fs::read_to_string(&head) {
         if let Some(r) = s.strip_prefix("ref: ") {
-            let p = git.join(r.trim());
-            if p.is_file() {
-                println!("cargo:rerun-if-changed={}", p.display());
+            if let Some(p) = git_path(r.trim()) {
+                watch(&p);
             }
         }
     }
-    let idx = git.join("index");
-    if idx.is_file() {
-        // The index changes on `git add`/commit: the dirty flag follows it.
-        println!("cargo:rerun-if-changed={}", idx.display());
+    // The index changes on `git add`/commit: the dirty flag follows it.
+    if let Some(idx) = git_path("index") {
+        watch(&idx);
     }
 }
 
