@@ -46,3 +46,55 @@ fn the_card_estimate_names_its_source_or_says_it_has_none() {
         "{out}"
     );
 }
+
+/// Act-order is estimated from the report's act-order steps (slower than plain on the same card),
+/// and the line says which form it was fitted to.
+#[test]
+fn act_order_estimates_come_from_act_order_steps() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            "--model",
+            "vicuna-7b",
+            "--group",
+            "128",
+            "--ctx",
+            "128",
+            "--card",
+            "rtx-4090",
+            "--root",
+            repo,
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", stdout(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["roofline"]["tokens_per_s"].as_f64().unwrap()
+    };
+    let (plain, act) = (run(&[]), run(&["--act-order"]));
+    assert!(
+        act < plain && act > 0.8 * plain,
+        "act-order {act} vs plain {plain}"
+    );
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "128",
+        "--ctx",
+        "128",
+        "--card",
+        "rtx-4090",
+        "--root",
+        repo,
+        "--act-order",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("Int4 act-order decode steps MEASURED"),
+        "{out}"
+    );
+}

@@ -29,15 +29,16 @@ pub struct MeasuredEfficiency {
 }
 
 /// The first decode report under `root/reports/*/decode.json` (folders in name order) with a run
-/// of `model` in `dtype` (int4 without act-order, or fp16); of its runs, the fastest (a report
-/// times several int4 kernels: the estimate should use the one a user would run). `Ok(None)` when
-/// there is none.
+/// of `model` in `dtype` (int4 with or without act-order as `act_order` says, or fp16, where it is
+/// ignored); of its runs, the fastest (a report times several int4 kernels: the estimate should
+/// use the one a user would run). `Ok(None)` when there is none.
 pub fn from_reports(
     root: &Path,
     model: &str,
     dtype: WeightDtype,
+    act_order: bool,
 ) -> Result<Option<MeasuredEfficiency>> {
-    first_in_reports(root, |runs| pick(runs, model, dtype))
+    first_in_reports(root, |runs| pick(runs, model, dtype, act_order))
 }
 
 /// `find` over `root/reports/*/decode.json` in folder-name order: the first report it gives a
@@ -66,28 +67,43 @@ fn first_in_reports<T>(root: &Path, find: impl Fn(&Value) -> Option<T>) -> Resul
     Ok(None)
 }
 
-fn pick(runs: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEfficiency> {
+fn pick(
+    runs: &Value,
+    model: &str,
+    dtype: WeightDtype,
+    act_order: bool,
+) -> Option<MeasuredEfficiency> {
     runs.as_array()?
         .iter()
-        .filter_map(|r| measured(r, model, dtype))
+        .filter_map(|r| measured(r, model, dtype, act_order))
         .max_by(|a, b| a.efficiency.total_cmp(&b.efficiency))
 }
 
-/// One recorded run as an efficiency, if it is `model` in `dtype` and complete.
-fn measured(r: &Value, model: &str, dtype: WeightDtype) -> Option<MeasuredEfficiency> {
+/// One recorded run as an efficiency, if it is `model` in `dtype` (and act-order form) and complete.
+fn measured(
+    r: &Value,
+    model: &str,
+    dtype: WeightDtype,
+    act_order: bool,
+) -> Option<MeasuredEfficiency> {
     if r["model"].as_str()? != model {
         return None;
     }
-    measured_any(r, dtype).map(|(m, _)| m)
+    measured_any(r, dtype, act_order).map(|(m, _)| m)
 }
 
-/// One recorded run of any model in `dtype`: its efficiency at its shortest valid context and
-/// that point as a fit input (`None` for a report without the fields a fit needs).
-fn measured_any(r: &Value, dtype: WeightDtype) -> Option<(MeasuredEfficiency, Option<FitPoint>)> {
+/// One recorded run of any model in `dtype` (int4: with act-order exactly when `act_order`): its
+/// efficiency at its shortest valid context and that point as a fit input (`None` for a report
+/// without the fields a fit needs).
+fn measured_any(
+    r: &Value,
+    dtype: WeightDtype,
+    act_order: bool,
+) -> Option<(MeasuredEfficiency, Option<FitPoint>)> {
     let kind = &r["weights"]["kind"];
     let matches = match dtype {
         WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
-        WeightDtype::Int4 => kind["Int4"]["act_order"].as_bool() == Some(false),
+        WeightDtype::Int4 => kind["Int4"]["act_order"].as_bool() == Some(act_order),
     };
     if !matches {
         return None;
@@ -181,19 +197,23 @@ pub fn fit_two(a: &FitPoint, b: &FitPoint) -> Option<SpeedModel> {
     (u > 0.0 && speed.check().is_ok()).then_some(speed)
 }
 
-/// The first decode report (folders in name order) with two models of `dtype` (int4 without
-/// act-order, or fp16) measured with the same kernel, fitted (`fit_two`). Of the kernels measured for
+/// The first decode report (folders in name order) with two models of `dtype` (int4 with or without
+/// act-order as `act_order` says, or fp16) measured with the same kernel, fitted (`fit_two`). Of the kernels measured for
 /// both, the one the smaller model streamed fastest with (what a user would run). `Ok(None)` when
 /// no report has such a pair.
-pub fn fit_from_reports(root: &Path, dtype: WeightDtype) -> Result<Option<FittedSpeed>> {
-    first_in_reports(root, |runs| fit_runs(runs, dtype))
+pub fn fit_from_reports(
+    root: &Path,
+    dtype: WeightDtype,
+    act_order: bool,
+) -> Result<Option<FittedSpeed>> {
+    first_in_reports(root, |runs| fit_runs(runs, dtype, act_order))
 }
 
-fn fit_runs(runs: &Value, dtype: WeightDtype) -> Option<FittedSpeed> {
+fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool) -> Option<FittedSpeed> {
     let all: Vec<(MeasuredEfficiency, FitPoint)> = runs
         .as_array()?
         .iter()
-        .filter_map(|r| measured_any(r, dtype))
+        .filter_map(|r| measured_any(r, dtype, act_order))
         .filter_map(|(m, p)| Some((m, p?)))
         .collect();
     // Per kernel: its shallowest and deepest model; candidates ranked by the shallow one's efficiency.
@@ -233,7 +253,7 @@ mod tests {
     #[test]
     fn reads_the_committed_h100_decode_report() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let m = from_reports(root, "vicuna-7b", WeightDtype::Int4)
+        let m = from_reports(root, "vicuna-7b", WeightDtype::Int4, false)
             .unwrap()
             .expect("committed H100 decode report");
         assert!(m.device.contains("H100"), "{m:?}");
@@ -264,16 +284,18 @@ mod tests {
             "{m:?} vs {best:?}"
         );
         assert_eq!(m.int4_kernel, best.1.as_str().unwrap(), "{m:?}");
-        let f = from_reports(root, "vicuna-7b", WeightDtype::Fp16)
+        let f = from_reports(root, "vicuna-7b", WeightDtype::Fp16, false)
             .unwrap()
             .unwrap();
         assert!(
             f.efficiency > m.efficiency,
             "fp16 through cuBLAS streams closer to the roofline"
         );
-        assert!(from_reports(root, "no-such-model", WeightDtype::Int4)
-            .unwrap()
-            .is_none());
+        assert!(
+            from_reports(root, "no-such-model", WeightDtype::Int4, false)
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn point(model: &str, layers: usize, gb: f64, ms: f64) -> FitPoint {
@@ -308,10 +330,54 @@ mod tests {
     }
 
     #[test]
+    fn act_order_fits_come_from_act_order_runs_only() {
+        // The committed report (run 17) times 7B and 13B int4 g128 both with and without act-order.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let plain = fit_from_reports(root, WeightDtype::Int4, false)
+            .unwrap()
+            .expect("plain 7B and 13B runs");
+        let act = fit_from_reports(root, WeightDtype::Int4, true)
+            .unwrap()
+            .expect("act-order 7B and 13B runs");
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let runs: Value = serde_json::from_str(&text).unwrap();
+        // Each fitted point is the graph step of a run of its own form and kernel.
+        for (f, want_act) in [(&plain, false), (&act, true)] {
+            for p in &f.points {
+                let found = runs.as_array().unwrap().iter().any(|r| {
+                    r["model"].as_str() == Some(p.model.as_str())
+                        && r["int4_kernel"].as_str() == Some(f.int4_kernel.as_str())
+                        && r["weights"]["kind"]["Int4"]["act_order"].as_bool() == Some(want_act)
+                        && r["points"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|q| q["graph_ms_per_token"].as_f64() == Some(p.ms))
+                });
+                assert!(found, "act_order {want_act}: {p:?} not a run of that form");
+            }
+        }
+        // Act-order's steps are slower on the same card, so the same bytes estimate slower.
+        for (pa, pp) in act.points.iter().zip(&plain.points) {
+            assert_eq!(pa.model, pp.model);
+            assert!(pa.ms > pp.ms, "{pa:?} vs {pp:?}");
+        }
+        let card = 1008.0; // an RTX 4090's spec GB/s
+        let bytes = plain.points[0].bytes_per_step as u64;
+        assert!(act.speed.step_s(card, 32, bytes) > plain.speed.step_s(card, 32, bytes));
+        // fp16 ignores the flag.
+        assert_eq!(
+            fit_from_reports(root, WeightDtype::Fp16, true).unwrap(),
+            fit_from_reports(root, WeightDtype::Fp16, false).unwrap()
+        );
+    }
+
+    #[test]
     fn the_committed_h100_report_fits_and_predicts_its_other_contexts() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for dtype in [WeightDtype::Int4, WeightDtype::Fp16] {
-            let f = fit_from_reports(root, dtype)
+            let f = fit_from_reports(root, dtype, false)
                 .unwrap()
                 .expect("7B and 13B runs");
             assert!(f.device.contains("H100"), "{f:?}");
@@ -341,11 +407,11 @@ mod tests {
         // KV bytes faster than the GEMVs their weights); both closer than the flat efficiency
         // (run 12: 1.7% / 9.9%, run 14: 1.7% / 10.2%, run 17: 1.4% / 10.2%).
         for (dtype, bound) in [(WeightDtype::Fp16, 0.01), (WeightDtype::Int4, 0.06)] {
-            let f = fit_from_reports(root, dtype).unwrap().unwrap();
+            let f = fit_from_reports(root, dtype, false).unwrap().unwrap();
             let (mut checked, mut fit_err, mut flat_err) = (0, 0f64, 0f64);
             for r in runs.as_array().unwrap() {
                 // The fitted kernel's runs only (int4: the same label as the fit).
-                let Some((m, Some(fitted))) = measured_any(r, dtype) else {
+                let Some((m, Some(fitted))) = measured_any(r, dtype, false) else {
                     continue;
                 };
                 if m.int4_kernel != f.int4_kernel {
@@ -396,29 +462,36 @@ mod tests {
             })
         };
         // spec = 1e9 kHz-bits... = 250 GB/s: 100 / 250 at ctx 128.
-        let ok = measured(&run(vec![]), "m", WeightDtype::Fp16).unwrap();
+        let ok = measured(&run(vec![]), "m", WeightDtype::Fp16, false).unwrap();
         assert_eq!((ok.ctx, ok.efficiency), (128, 0.4));
         // ctx 128's graph flagged: the next valid point (a flagged "ctx 1280" is not ctx 128's).
         let next = measured(
             &run(vec!["ctx 128 graph: step state flags 0x4"]),
             "m",
             WeightDtype::Fp16,
+            false,
         );
         assert_eq!(next.unwrap().ctx, 512);
         let other = measured(
             &run(vec!["ctx 1280 graph: step state flags 0x4"]),
             "m",
             WeightDtype::Fp16,
+            false,
         );
         assert_eq!(other.unwrap().ctx, 128);
-        let eager_only = measured(&run(vec!["ctx 128 eager: flags"]), "m", WeightDtype::Fp16);
+        let eager_only = measured(
+            &run(vec!["ctx 128 eager: flags"]),
+            "m",
+            WeightDtype::Fp16,
+            false,
+        );
         assert_eq!(eager_only.unwrap().ctx, 128);
         let all = run(vec![
             "ctx 128 graph: x",
             "ctx 512 graph: x",
             "ctx 1280 graph: x",
         ]);
-        assert!(measured(&all, "m", WeightDtype::Fp16).is_none());
+        assert!(measured(&all, "m", WeightDtype::Fp16, false).is_none());
     }
 
     #[test]
@@ -426,14 +499,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("reports/x")).unwrap();
         std::fs::write(dir.path().join("reports/x/decode.json"), "{not json").unwrap();
-        let e = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4)
+        let e = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("reports/x/decode.json"), "{e}");
-        assert!(
-            from_reports(&dir.path().join("none"), "vicuna-7b", WeightDtype::Int4)
-                .unwrap()
-                .is_none()
-        );
+        assert!(from_reports(
+            &dir.path().join("none"),
+            "vicuna-7b",
+            WeightDtype::Int4,
+            false
+        )
+        .unwrap()
+        .is_none());
     }
 }

@@ -79,6 +79,7 @@ fn speed_for(
     a: &PlanArgs,
     m: &ModelConfig,
     card: &cards::Card,
+    act_order: bool,
 ) -> anyhow::Result<gptq_lab::plan::SpeedModel> {
     use gptq_lab::plan::{measured, SpeedModel};
     if let Some(e) = a.efficiency {
@@ -96,24 +97,37 @@ fn speed_for(
             println!("{line}");
         }
     };
-    if let Some(f) = measured::fit_from_reports(&a.root, a.dtype)? {
+    // Act-order int4 is fitted to act-order runs where the report has them (its kernels and its
+    // permuted-x path cost what they cost); else to the plain runs, and the line says so.
+    let act = act_order && a.dtype == WeightDtype::Int4;
+    let fit = match measured::fit_from_reports(&a.root, a.dtype, act)? {
+        Some(f) => Some((f, "")),
+        None if act => measured::fit_from_reports(&a.root, a.dtype, false)?.map(|f| {
+            (
+                f,
+                "; fitted WITHOUT act-order (the report has no act-order pair), which is slower per step on the measuring card",
+            )
+        }),
+        None => None,
+    };
+    if let Some((f, caveat)) = fit {
         let [p, q] = &f.points;
+        let form = if act && caveat.is_empty() {
+            " act-order"
+        } else {
+            ""
+        };
         say(
-            "fit".into(),
+            format!("fit{form}"),
             format!(
-                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms (CUDA graph, shortest context; two points, so the split between the terms is not checked); another card has its own stream efficiency and launch cost{}",
+                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?}{form} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms (CUDA graph, shortest context; two points, so the split between the terms is not checked); another card has its own stream efficiency and launch cost{caveat}",
                 card.name, card.bandwidth_gbs, f.speed.stream_efficiency * 100.0, f.speed.per_layer_s * 1e6,
                 a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms,
-                if a.act_order && a.dtype == WeightDtype::Int4 {
-                    "; fitted without act-order, which measured 12-19% slower per graph step on the H100 (run 14)"
-                } else {
-                    ""
-                }
             ),
         );
         return Ok(f.speed);
     }
-    match measured::from_reports(&a.root, &m.name, a.dtype)? {
+    match measured::from_reports(&a.root, &m.name, a.dtype, act)? {
         Some(me) => {
             say(
                 m.name.clone(),
@@ -155,7 +169,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     let mut plans = Vec::new();
     for m in &models {
         // The speed model depends on the model alone: fitted (reports read) once per model.
-        let speed = card.map(|c| speed_for(&a, m, c)).transpose()?;
+        let speed = card.map(|c| speed_for(&a, m, c, act_order)).transpose()?;
         for &g in &groups {
             for &ctx in &ctxs {
                 let mut s = PlanSpec::new(m.clone(), a.dtype, g, ctx);
