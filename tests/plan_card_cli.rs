@@ -8,26 +8,30 @@ fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `lab plan` for Vicuna-7B g128 at ctx 128 on an RTX 4090, reports read under `root`.
+fn plan_4090(root: &str, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "128",
+        "--ctx",
+        "128",
+        "--card",
+        "rtx-4090",
+        "--root",
+        root,
+    ];
+    a.extend_from_slice(extra);
+    lab(&a)
+}
+
 #[test]
 fn the_card_estimate_names_its_source_or_says_it_has_none() {
     let repo = env!("CARGO_MANIFEST_DIR");
-    let args = |root: &str| {
-        lab(&[
-            "plan",
-            "--model",
-            "vicuna-7b",
-            "--group",
-            "128",
-            "--ctx",
-            "128",
-            "--card",
-            "rtx-4090",
-            "--root",
-            root,
-        ])
-    };
     // The repo: the fit to the committed H100 decode report, with its provenance.
-    let o = args(repo);
+    let o = plan_4090(repo, &[]);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}");
     assert!(
@@ -37,7 +41,7 @@ fn the_card_estimate_names_its_source_or_says_it_has_none() {
     // A folder without reports: the roofline, said to be one.
     let empty = std::env::temp_dir().join(format!("lab-plan-no-reports-{}", std::process::id()));
     std::fs::create_dir_all(&empty).unwrap();
-    let o = args(empty.to_str().unwrap());
+    let o = plan_4090(empty.to_str().unwrap(), &[]);
     let out = stdout(&o);
     std::fs::remove_dir_all(&empty).ok();
     assert!(o.status.success(), "{out}");
@@ -52,47 +56,20 @@ fn the_card_estimate_names_its_source_or_says_it_has_none() {
 #[test]
 fn act_order_estimates_come_from_act_order_steps() {
     let repo = env!("CARGO_MANIFEST_DIR");
-    let run = |extra: &[&str]| {
-        let mut a = vec![
-            "plan",
-            "--model",
-            "vicuna-7b",
-            "--group",
-            "128",
-            "--ctx",
-            "128",
-            "--card",
-            "rtx-4090",
-            "--root",
-            repo,
-            "--json",
-        ];
+    let tokens_per_s = |extra: &[&str]| {
+        let mut a = vec!["--json"];
         a.extend_from_slice(extra);
-        let o = lab(&a);
+        let o = plan_4090(repo, &a);
         assert!(o.status.success(), "{}", stdout(&o));
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         v["roofline"]["tokens_per_s"].as_f64().unwrap()
     };
-    let (plain, act) = (run(&[]), run(&["--act-order"]));
+    let (plain, act) = (tokens_per_s(&[]), tokens_per_s(&["--act-order"]));
     assert!(
         act < plain && act > 0.8 * plain,
         "act-order {act} vs plain {plain}"
     );
-    let o = lab(&[
-        "plan",
-        "--model",
-        "vicuna-7b",
-        "--group",
-        "128",
-        "--ctx",
-        "128",
-        "--card",
-        "rtx-4090",
-        "--root",
-        repo,
-        "--act-order",
-    ]);
-    let out = stdout(&o);
+    let out = stdout(&plan_4090(repo, &["--act-order"]));
     assert!(
         out.contains("Int4 act-order decode steps MEASURED"),
         "{out}"

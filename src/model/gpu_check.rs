@@ -1160,8 +1160,8 @@ pub struct TinyCase {
     /// Int4 kernel: None = the engine's own, else a registry GEMV variant (ignored with `auto`).
     pub int4: Option<&'static crate::kernels::registry::Variant>,
     /// `auto` with the heuristic dispatcher (no tuned config): for act-order forms the
-    /// act_order_plain path, whose every q|k|v, gate|up and down linear the check then requires
-    /// to run on permuted x.
+    /// act_order_plain path, on which the check then requires exactly the linears the weights make
+    /// act-order (`expected_act_order_plain`) to run on permuted x.
     pub auto: bool,
     /// Rows per prefill chunk: the 12-token prompt in one chunk (512), as 5 + 5 + 2 (chunks
     /// continuing the cache at positions 5 and 10), or as 11 + 1 (a 1-row chunk: per-row GEMV).
