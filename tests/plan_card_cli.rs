@@ -75,3 +75,40 @@ fn act_order_estimates_come_from_act_order_steps() {
         "{out}"
     );
 }
+
+/// A report with one plain int4 run of the model and no act-order run: the act-order estimate
+/// scales from that run and says it was measured without act-order (not "no report").
+#[test]
+fn act_order_without_act_order_runs_scales_from_the_plain_run_and_says_so() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let src = std::path::Path::new(repo).join("reports/nvidia-h100-80gb-hbm3/decode.json");
+    let runs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+    // 7B's plain auto run only: one model, so no two-model fit either.
+    let keep: Vec<serde_json::Value> = runs
+        .into_iter()
+        .filter(|r| {
+            r["model"] == "vicuna-7b"
+                && r["weights"]["kind"]["Int4"]["act_order"] == false
+                && r["int4_kernel"].as_str().unwrap_or("").starts_with("auto")
+        })
+        .collect();
+    assert_eq!(keep.len(), 1);
+    let root = std::env::temp_dir().join(format!("lab-plan-plain-only-{}", std::process::id()));
+    let dir = root.join("reports/nvidia-h100-80gb-hbm3");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("decode.json"),
+        serde_json::to_string(&keep).unwrap(),
+    )
+    .unwrap();
+    let o = plan_4090(root.to_str().unwrap(), &["--act-order"]);
+    let out = stdout(&o);
+    std::fs::remove_dir_all(&root).ok();
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("MEASURED for vicuna-7b") && out.contains("measured WITHOUT act-order"),
+        "{out}"
+    );
+    assert!(!out.contains("no decode report"), "{out}");
+}

@@ -30,6 +30,7 @@ use crate::plan::{Plan, PlanSpec};
 use crate::report::markdown::table;
 use crate::report::plot::{line_chart, Series};
 use crate::report::ReportHeader;
+use crate::tune::BudgetSetting;
 use crate::{LabError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -351,8 +352,11 @@ pub struct BenchPlan {
     pub profile_steps: usize,
     /// Also time the graph with programmatic dependent launch at each context (sm_90+).
     pub pdl: bool,
+    /// The GEMVs' PDL prefetch budget per block (the "graph + PDL" column's); None: the engine's
+    /// own (the tuned config's for this model where `lab tune` kept one, else the default).
+    pub pdl_prefetch_own: Option<u32>,
     /// With `pdl`, also time these GEMV prefetch budgets (bytes per block) besides the engine's.
-    pub pdl_prefetch: Vec<u32>,
+    pub pdl_prefetch_sweep: Vec<u32>,
     /// Also time the graph with the persistent decode layers (`ContextPoint::graph_persistent_ms`).
     pub persistent: bool,
     /// Their L2 prefetch budgets per block: the first is the column's, the others are swept.
@@ -605,8 +609,9 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     opts.prefill_chunk = plan.prefill_chunk.min(max_ctx);
     opts.prefill_int4 = plan.prefill_int4;
     opts.dequant_slice_elems = plan.dequant_slice_elems;
-    if let Some(&b) = plan.pdl_prefetch.first() {
+    if let Some(b) = plan.pdl_prefetch_own {
         opts.pdl_prefetch = b;
+        opts.pdl_prefetch_tuned = false;
     }
     if let Some(&b) = plan.persistent_prefetch.first() {
         opts.persistent_prefetch = b;
@@ -633,9 +638,9 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     let mut pdl_ok = plan.pdl;
     if plan.pdl {
         notes.push(format!(
-            "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches {} KB of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh){}",
-            eng.pdl_prefetch() / 1024,
-            if plan.pdl_prefetch.iter().any(|&b| b != eng.pdl_prefetch()) {
+            "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches part of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh): {}{}",
+            eng.budget_summary(),
+            if plan.pdl_prefetch_sweep.iter().any(|&b| b != eng.pdl_prefetch()) {
                 "; the last column times other budgets"
             } else {
                 ""
@@ -655,32 +660,40 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             // The engine's own prefetch budget (the PDL column), then the other budgets asked
             // for (the sweep column); the engine's own restored after. A PDL failure (capture
             // refused by an older driver, say) costs the PDL columns, not the run.
-            let own = eng.pdl_prefetch();
-            let others = plan.pdl_prefetch.iter().copied().filter(|&b| b != own);
-            for bytes in std::iter::once(own).chain(others) {
+            // The sweep's budgets are uniform (every GEMV at that budget), whatever per-variant
+            // budgets the engine's own setting has.
+            let own_setting = eng.budget_setting();
+            let own = own_setting.bytes;
+            // A uniform budget equal to the engine's own is its column already.
+            let others = plan
+                .pdl_prefetch_sweep
+                .iter()
+                .copied()
+                .filter(|&b| b != own || !own_setting.per_variant.is_empty());
+            for sweep in std::iter::once(None).chain(others.map(Some)) {
                 if !pdl_ok {
                     break;
                 }
-                eng.set_pdl_prefetch(bytes);
+                let setting = sweep.map_or(own_setting.clone(), BudgetSetting::uniform);
+                eng.set_budget_setting(&setting);
                 match timed_from(&mut eng, ctx, plan, true) {
                     Ok((ms, f)) => {
-                        if bytes == own {
-                            point.graph_pdl_ms_per_token = Some(ms);
-                        } else {
-                            point.graph_pdl_prefetch.push((bytes, ms));
+                        match sweep {
+                            None => point.graph_pdl_ms_per_token = Some(ms),
+                            Some(b) => point.graph_pdl_prefetch.push((b, ms)),
                         }
-                        let what = format!("ctx {ctx} graph + PDL, prefetch {bytes} B");
+                        let what = format!("ctx {ctx} graph + PDL, prefetch {setting}");
                         record_flags(f, &what, &mut notes, &mut invalid);
                     }
                     Err(e) => {
                         notes.push(format!(
-                            "graph + PDL (prefetch {bytes} B) not timed from ctx {ctx} on: {e}"
+                            "graph + PDL (prefetch {setting}) not timed from ctx {ctx} on: {e}"
                         ));
                         pdl_ok = false;
                     }
                 }
             }
-            eng.set_pdl_prefetch(own);
+            eng.set_budget_setting(&own_setting);
             // One engine setting changed, the graph + PDL step timed, the setting restored: a
             // failure costs that column only.
             let mut variant =
@@ -724,12 +737,12 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             let mut by_budget = |eng: &mut GpuEngine, budgets: &[u32], mode: &str| {
                 let mut timed = Vec::new();
                 for &b in budgets {
-                    eng.set_pdl_prefetch(b);
+                    eng.set_budget_setting(&BudgetSetting::uniform(b));
                     if let Some(ms) = variant(eng, &format!("with {mode}, prefetch {b} B")) {
                         timed.push((b, ms));
                     }
                 }
-                eng.set_pdl_prefetch(own);
+                eng.set_budget_setting(&own_setting);
                 timed
             };
             if pdl_ok && !plan.v6_one_per_sm.is_empty() && eng.set_v6_one_block_per_sm(true) {

@@ -116,6 +116,10 @@ pub struct EngineOptions {
     /// 13B (v2 on one, v10 on three) at 32 KB; a cap per launch did not serve both (run 15), so
     /// the next question is whether the budget belongs to the kernel (notes/kernels.md).
     pub pdl_prefetch_variant: Vec<(String, u32)>,
+    /// Under `auto`, replace both budgets above with the tuned config's for this model where
+    /// `lab tune` timed a step with exactly this engine's kernels (tune::decode). On by default;
+    /// off where the caller chose a budget (`lab decode --pdl-prefetch`) or times them itself.
+    pub pdl_prefetch_tuned: bool,
     /// Let int4 down projections whose kernel can (`int4_takes_gated_input`) compute
     /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. Off by
     /// default since run 14's in-process A/B (decode.md): with the fusion the act-order steps
@@ -196,12 +200,8 @@ impl Int4Kernel {
             Int4Kernel::Engine => Ok(None),
             Int4Kernel::Variant(v) => Ok(Some((v, Tunables::new()))),
             Int4Kernel::Auto(d) => {
-                let group = if s.group_size >= s.k {
-                    -1
-                } else {
-                    s.group_size as i32
-                };
-                let c = d.choose(s.n as u32, s.k as u32, group, s.perm || s.g_idx, 1)?;
+                let key = problem_key(shape_key(s));
+                let c = d.choose(key.n, key.k, key.group_size, key.act_order, 1)?;
                 let v = int4_kernel_by_name(&c.variant)?.ok_or_else(|| {
                     LabError::invalid(
                         "int4 kernel",
@@ -232,6 +232,7 @@ impl EngineOptions {
             pdl: false,
             pdl_prefetch: DEFAULT_PDL_PREFETCH,
             pdl_prefetch_variant: Vec::new(),
+            pdl_prefetch_tuned: true,
             fused_glu: false,
             attn_prefetch_kv: false,
             act_order_plain: true,
@@ -446,6 +447,10 @@ pub struct GpuEngine {
     gemv_fns: HashMap<String, CudaFunction>,
     /// The registry variant and tunables of each int4 linear shape (empty: the engine's kernel).
     int4_choice: HashMap<ShapeKey, (&'static Variant, Tunables)>,
+    /// `int4_choice` as the tuner records it (tune::DecodeBudget::linears).
+    linears: Vec<crate::tune::LinearChoice>,
+    /// The tuned decode budget applied at construction, if any.
+    tuned_budget: Option<crate::tune::DecodeBudget>,
     /// Per layer: which linears may run as plain GEMVs on permuted x, and do while
     /// EngineOptions::act_order_plain is on (`px_active`); their plain choices sit in `int4_choice`
     /// under the plain shape's key, beside the act-order shape's.
@@ -558,6 +563,37 @@ fn plain_shape(s: &LayerShape) -> LayerShape {
 
 fn shape_key(s: &LayerShape) -> ShapeKey {
     (s.k, s.n, s.group_size, s.perm || s.g_idx)
+}
+
+/// The dispatcher's key of a batch-1 linear (a group as wide as K is per-channel: -1).
+fn problem_key((k, n, group, act_order): ShapeKey) -> crate::tune::ProblemKey {
+    let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    crate::tune::ProblemKey {
+        n: u(n),
+        k: u(k),
+        group_size: if group >= k { -1 } else { group as i32 },
+        act_order,
+        batch_bucket: 1,
+    }
+}
+
+/// Every int4 linear shape planned for the step and its kernel, sorted: what a tuned decode
+/// budget was timed with (tune::DecodeBudget::linears).
+fn step_linears(
+    choice: &HashMap<ShapeKey, (&'static Variant, Tunables)>,
+) -> Vec<crate::tune::LinearChoice> {
+    let mut v: Vec<crate::tune::LinearChoice> = choice
+        .iter()
+        .map(|(&key, (var, params))| crate::tune::LinearChoice {
+            key: problem_key(key),
+            choice: crate::tune::Choice {
+                variant: var.name.to_string(),
+                params: params.clone(),
+            },
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 fn free_now(ctx: &cudarc::driver::CudaContext) -> Result<u64> {
@@ -852,6 +888,25 @@ impl GpuEngine {
             }
         }
 
+        // The decode step's PDL prefetch budget: the tuned one for this model where `lab tune`
+        // timed a step with exactly these kernels (tune::decode), unless the caller set one.
+        let linears = step_linears(&int4_choice);
+        let tuned_budget = match &opts.int4 {
+            Int4Kernel::Auto(d) if opts.pdl_prefetch_tuned => d
+                .decode_budget(&crate::tune::DecodeModel::of(cfg), &linears)
+                .cloned(),
+            _ => None,
+        };
+        if let Some(b) = &tuned_budget {
+            opts.pdl_prefetch = b.winner.bytes;
+            opts.pdl_prefetch_variant = b
+                .winner
+                .per_variant
+                .iter()
+                .map(|(v, bytes)| (v.clone(), *bytes))
+                .collect();
+        }
+
         // The prefill workspace last, as its own ledger line (it is the part a decode-only run
         // could do without).
         let prefill = prefill::Prefill::new(
@@ -888,6 +943,8 @@ impl GpuEngine {
             fp16_backend,
             gemv_fns,
             int4_choice,
+            linears,
+            tuned_budget,
             px,
             prefill,
             streamed: Cell::new(0),
@@ -1812,6 +1869,42 @@ impl GpuEngine {
         self.opts.pdl_prefetch
     }
 
+    /// The int4 linears of the step and their kernels, sorted (tune::DecodeBudget::linears).
+    pub fn step_linears(&self) -> &[crate::tune::LinearChoice] {
+        &self.linears
+    }
+
+    /// The tuned decode budget applied at construction (EngineOptions::pdl_prefetch_tuned).
+    pub fn tuned_budget(&self) -> Option<&crate::tune::DecodeBudget> {
+        self.tuned_budget.as_ref()
+    }
+
+    /// The GEMVs' PDL prefetch budgets now, as the tuner writes them.
+    pub fn budget_setting(&self) -> crate::tune::BudgetSetting {
+        crate::tune::BudgetSetting {
+            bytes: self.opts.pdl_prefetch,
+            per_variant: self.opts.pdl_prefetch_variant.iter().cloned().collect(),
+        }
+    }
+
+    /// Set both budgets at once (the graph is recaptured on the next step).
+    pub fn set_budget_setting(&mut self, s: &crate::tune::BudgetSetting) {
+        self.set_pdl_prefetch(s.bytes);
+        self.set_pdl_prefetch_variant(s.per_variant.iter().map(|(v, b)| (v.clone(), *b)).collect());
+    }
+
+    /// For reports: the budgets the PDL steps use and where they came from.
+    pub fn budget_summary(&self) -> String {
+        let s = self.budget_setting();
+        match &self.tuned_budget {
+            Some(b) => format!(
+                "{s} per block, tuned for this model by lab tune ({}: {})",
+                b.label, b.note
+            ),
+            None => format!("{s} per block"),
+        }
+    }
+
     /// The per-variant PDL prefetch budgets (EngineOptions::pdl_prefetch_variant).
     pub fn pdl_prefetch_variant(&self) -> &[(String, u32)] {
         &self.opts.pdl_prefetch_variant
@@ -2370,6 +2463,65 @@ mod tests {
             .choose(&vicuna_shapes(false)[0])
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn step_linears_name_each_planned_shape_by_the_dispatchers_key() {
+        let v2 = crate::kernels::registry::by_name("gemv_v2_vec").unwrap();
+        let v6 = crate::kernels::registry::by_name("gemv_v6_pipe").unwrap();
+        let mut choice = HashMap::new();
+        // (k, n, group, act-order): a g128 shape, a group as wide as K (per-channel), act-order.
+        choice.insert((11008, 4096, 128, false), (v2, Tunables::new()));
+        choice.insert((4096, 12288, 4096, false), (v2, Tunables::new()));
+        let t = Tunables::from([("threads".to_string(), 256)]);
+        choice.insert((4096, 4096, 128, true), (v6, t.clone()));
+        let got = step_linears(&choice);
+        let want = |n, k, g, a, c: crate::tune::Choice| crate::tune::LinearChoice {
+            key: crate::tune::ProblemKey {
+                n,
+                k,
+                group_size: g,
+                act_order: a,
+                batch_bucket: 1,
+            },
+            choice: c,
+        };
+        let mut expect = vec![
+            want(
+                4096,
+                11008,
+                128,
+                false,
+                crate::tune::Choice::new("gemv_v2_vec"),
+            ),
+            want(
+                12288,
+                4096,
+                -1,
+                false,
+                crate::tune::Choice::new("gemv_v2_vec"),
+            ),
+            want(
+                4096,
+                4096,
+                128,
+                true,
+                crate::tune::Choice::new("gemv_v6_pipe").with("threads", 256),
+            ),
+        ];
+        expect.sort();
+        assert_eq!(got, expect, "sorted, whatever the map's order");
+        // The key is the one Int4Kernel::choose asks the dispatcher for.
+        let s = LayerShape {
+            k: 4096,
+            n: 12288,
+            group_size: 4096,
+            g_idx: false,
+            perm: false,
+            bias: false,
+            symmetric: false,
+        };
+        assert_eq!(problem_key(shape_key(&s)).group_size, -1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu_engine;
 pub mod decode_bench;
+pub mod decode_tune;
 pub mod gpu_check;
 pub mod gpu_engine;
 pub mod gpu_layout;

@@ -3,10 +3,11 @@
 //! where the tuner beat the default, and a plot of the speedup per key. Written by `lab tune`
 //! after tuning and by `lab report` from the recorded file; every number comes from the config.
 
+use crate::bench::stats::Timing;
 use crate::report::markdown::table;
 use crate::report::plot::{scatter_chart, Series};
 use crate::report::{device_markdown, stale_note};
-use crate::tune::{CandidateStatus, Choice, TunedConfig, TunedEntry};
+use crate::tune::{BudgetSetting, CandidateStatus, Choice, DecodeBudget, TunedConfig, TunedEntry};
 use crate::util::write_atomic;
 use crate::Result;
 use std::path::Path;
@@ -122,6 +123,64 @@ pub fn tune_markdown(c: &TunedConfig, plotted: bool) -> String {
     let mut h = head.to_vec();
     h.extend(["rejected", "note"]);
     md.push_str(&table(&h, &rows));
+    md.push_str(&decode_markdown(c));
+    md
+}
+
+/// The interquartile mean of a budget setting's rounds, ms per token.
+fn budget_iqm(b: &DecodeBudget, s: &BudgetSetting) -> Option<f64> {
+    b.candidates
+        .iter()
+        .find(|c| &c.setting == s)
+        .and_then(|c| Timing::from_samples(&c.ms_per_token))
+        .map(|t| t.iqm_us)
+}
+
+/// tune.md's decode section: each model's budget settings as timed (empty when none were).
+fn decode_markdown(c: &TunedConfig) -> String {
+    if c.decode.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("
+## Decode step: the GEMVs' PDL prefetch budget per model
+
+The whole graph + PDL step timed at each setting (ms per token, interquartile mean over interleaved rounds), since the best budget is a property of the model's step, not of one kernel (notes/kernels.md). The engine uses the winner for that model while its kernels are the ones listed in the tuned config; the default otherwise.
+
+");
+    let rows: Vec<Vec<String>> = c
+        .decode
+        .iter()
+        .map(|b| {
+            let ms = |s| budget_iqm(b, s).map_or("-".into(), |x| format!("{x:.3}"));
+            let others: Vec<String> = b
+                .candidates
+                .iter()
+                .filter(|x| x.setting != b.default && x.setting != b.winner)
+                .map(|x| format!("{}: {}", x.setting, ms(&x.setting)))
+                .collect();
+            vec![
+                b.label.clone(),
+                b.default.to_string(),
+                ms(&b.default),
+                b.winner.to_string(),
+                ms(&b.winner),
+                others.join("; "),
+                b.note.clone(),
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &[
+            "model",
+            "default",
+            "default ms",
+            "winner",
+            "winner ms",
+            "other settings, ms",
+            "note",
+        ],
+        &rows,
+    ));
     md
 }
 
@@ -229,6 +288,40 @@ mod tests {
         let mut c = TunedConfig::new(device, "abc123", "feedfacefeedface");
         c.entries = entries;
         c
+    }
+
+    #[test]
+    fn the_decode_section_shows_each_models_settings_from_the_recorded_rounds() {
+        use crate::tune::{BudgetCandidate, DecodeModel};
+        let mut c = config(vec![entry(1, ("gemv_v2_vec", ok(10.0)), None)]);
+        assert!(
+            !tune_markdown(&c, false).contains("## Decode step"),
+            "no budgets, no section"
+        );
+        let def = BudgetSetting::uniform(32768);
+        let b16 = BudgetSetting::uniform(16384);
+        let mut alone = def.clone();
+        alone.per_variant.insert("gemv_v10_l2x".into(), 16384);
+        let cand = |s: &BudgetSetting, ms: &[f64]| BudgetCandidate {
+            setting: s.clone(),
+            ms_per_token: ms.to_vec(),
+        };
+        c.decode.push(DecodeBudget {
+            model: DecodeModel::of(&crate::model::config::ModelConfig::vicuna_7b()),
+            label: "vicuna-7b int4 g128, ctx 128".into(),
+            linears: Vec::new(),
+            winner: b16.clone(),
+            default: def.clone(),
+            candidates: vec![
+                cand(&def, &[2.25, 2.25, 2.26, 2.24]),
+                cand(&b16, &[2.21, 2.22, 2.22, 2.21]),
+                cand(&alone, &[2.23, 2.23, 2.23, 2.23]),
+            ],
+            note: "1.6% faster than default 32 KB (noise 1.0%)".into(),
+        });
+        let md = tune_markdown(&c, false);
+        let row = "| vicuna-7b int4 g128, ctx 128 | 32 KB | 2.250 | 16 KB | 2.215 | 32 KB, gemv_v10_l2x 16 KB: 2.230 | 1.6% faster than default 32 KB (noise 1.0%) |";
+        assert!(md.contains(row), "{md}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The dispatcher: which variant and parameters serve a (shape, batch). From the GPU's tuned
 //! config when it covers the key, else from a built-in heuristic.
 
-use super::schema::{Choice, ProblemKey, TunedConfig};
+use super::schema::{Choice, DecodeBudget, DecodeModel, LinearChoice, ProblemKey, TunedConfig};
 use crate::cuda::DeviceInfo;
 use crate::kernels::registry::{self, ActOrder};
 use crate::{LabError, Result};
@@ -183,6 +183,8 @@ pub fn splitk_factor(ctas: u32, k: u32, sms: u32) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     tuned: HashMap<ProblemKey, Choice>,
+    /// The accepted config's decode budgets (`lab tune`, after the keys).
+    decode: Vec<DecodeBudget>,
     sm: u32,
     sms: u32,
     /// Why a given tuned config was not used; None when it was used or none was given.
@@ -200,6 +202,7 @@ impl Dispatcher {
         let sm = (device.cc_major * 10 + device.cc_minor).max(0) as u32;
         let mut d = Dispatcher {
             tuned: HashMap::new(),
+            decode: Vec::new(),
             sm,
             sms: device.sms.max(1) as u32,
             refused: None,
@@ -208,6 +211,7 @@ impl Dispatcher {
             match c.check_matches(device, kernel_hash) {
                 Ok(()) => {
                     d.tuned = c.entries.into_iter().map(|e| (e.key, e.winner)).collect();
+                    d.decode = c.decode;
                 }
                 Err(e) => d.refused = Some(e.to_string()),
             }
@@ -251,6 +255,15 @@ impl Dispatcher {
     /// Whether `key` is served from the tuned config (else from the heuristic).
     pub fn is_tuned(&self, key: &ProblemKey) -> bool {
         self.tuned.contains_key(key)
+    }
+
+    /// The tuned decode budget for a step of `model` running exactly `linears` (sorted).
+    pub fn decode_budget(
+        &self,
+        model: &DecodeModel,
+        linears: &[LinearChoice],
+    ) -> Option<&DecodeBudget> {
+        super::decode::lookup(&self.decode, model, linears)
     }
 
     /// How many keys the accepted tuned config covers (0: heuristic only).

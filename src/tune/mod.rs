@@ -3,6 +3,7 @@
 //! heuristic (`dispatch`), the default problem keys (`keys`) and the driver loop with its
 //! `Measurer` seam for the GPU timing harness (`driver`).
 
+pub mod decode;
 pub mod dispatch;
 pub mod driver;
 pub mod gpu;
@@ -12,8 +13,11 @@ pub mod select;
 
 pub use dispatch::{batch_bucket, Dispatcher};
 pub use driver::{candidates_for, pending_keys, resume_or_new, tune, Measurer};
-pub use schema::{CandidateResult, CandidateStatus, Choice, ProblemKey, TunedConfig, TunedEntry};
-pub use select::{select, Selection};
+pub use schema::{
+    BudgetCandidate, BudgetSetting, CandidateResult, CandidateStatus, Choice, DecodeBudget,
+    DecodeModel, LinearChoice, ProblemKey, TunedConfig, TunedEntry,
+};
+pub use select::{select, select_by, Selection, MIN_GAIN_DECODE};
 
 /// tuning/<gpu-slug>.json
 pub fn default_path(device_slug: &str) -> std::path::PathBuf {

@@ -124,6 +124,97 @@ pub struct TunedConfig {
     pub created: String,
     #[serde(default)]
     pub entries: Vec<TunedEntry>,
+    /// The decode step's PDL prefetch budget per model shape (`lab tune` after the keys; empty in
+    /// files written before it existed).
+    #[serde(default)]
+    pub decode: Vec<DecodeBudget>,
+}
+
+/// The model dimensions a decode budget was timed for. Any checkpoint of these dimensions
+/// (Vicuna-7B and LLaMA-7B alike) runs the same step, so it takes the same budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DecodeModel {
+    pub hidden_size: u32,
+    pub intermediate_size: u32,
+    pub num_hidden_layers: u32,
+    pub num_attention_heads: u32,
+    pub num_key_value_heads: u32,
+}
+
+impl DecodeModel {
+    pub fn of(cfg: &crate::model::config::ModelConfig) -> Self {
+        let u = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        DecodeModel {
+            hidden_size: u(cfg.hidden_size),
+            intermediate_size: u(cfg.intermediate_size),
+            num_hidden_layers: u(cfg.num_hidden_layers),
+            num_attention_heads: u(cfg.num_attention_heads),
+            num_key_value_heads: u(cfg.num_key_value_heads),
+        }
+    }
+}
+
+/// One int4 linear shape of a decode step and the kernel that served it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LinearChoice {
+    pub key: ProblemKey,
+    pub choice: Choice,
+}
+
+/// The GEMVs' per-block PDL prefetch budgets of a decode step (EngineOptions::pdl_prefetch and
+/// pdl_prefetch_variant): `bytes` for every int4 GEMV, except the variants named in `per_variant`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BudgetSetting {
+    pub bytes: u32,
+    #[serde(default)]
+    pub per_variant: BTreeMap<String, u32>,
+}
+
+impl BudgetSetting {
+    pub fn uniform(bytes: u32) -> Self {
+        BudgetSetting {
+            bytes,
+            per_variant: BTreeMap::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for BudgetSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} KB", self.bytes / 1024)?;
+        for (v, b) in &self.per_variant {
+            write!(f, ", {v} {} KB", b / 1024)?;
+        }
+        Ok(())
+    }
+}
+
+/// One budget setting's graph + PDL steps, ms per token, one value per timing round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetCandidate {
+    pub setting: BudgetSetting,
+    pub ms_per_token: Vec<f64>,
+}
+
+/// Why a model's decode step has its own budget: the best per-block prefetch depends on the whole
+/// step (H100 runs 12-17: Vicuna-7B fastest at 16 KB, 13B at 32 KB; neither a cap per launch nor a
+/// budget per kernel variant served both, notes/kernels.md), so `lab tune` times the step itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecodeBudget {
+    pub model: DecodeModel,
+    /// For people: what was timed ("vicuna-7b int4 g128 act-order, ctx 128").
+    #[serde(default)]
+    pub label: String,
+    /// The int4 linears the step ran and their kernels, sorted. The budget serves an engine only
+    /// while its dispatcher makes exactly these choices: a budget timed with other kernels says
+    /// nothing about this step.
+    pub linears: Vec<LinearChoice>,
+    pub winner: BudgetSetting,
+    pub default: BudgetSetting,
+    #[serde(default)]
+    pub candidates: Vec<BudgetCandidate>,
+    #[serde(default)]
+    pub note: String,
 }
 
 impl TunedConfig {
@@ -135,6 +226,7 @@ impl TunedConfig {
             kernel_hash: kernel_hash.to_string(),
             created: now_utc_rfc3339(),
             entries: Vec::new(),
+            decode: Vec::new(),
         }
     }
 
@@ -180,6 +272,21 @@ impl TunedConfig {
     /// Atomic write (temp file + rename). Non-finite timings are refused first: JSON has no NaN,
     /// serde_json would write `null`, and the file would no longer load.
     pub fn save(&self, path: &Path) -> Result<()> {
+        for d in &self.decode {
+            if let Some(c) = d
+                .candidates
+                .iter()
+                .find(|c| !c.ms_per_token.iter().all(|t| t.is_finite()))
+            {
+                return Err(LabError::invalid(
+                    path.display().to_string(),
+                    format!(
+                        "decode budget {} ({}): non-finite timing; leave the round out instead",
+                        d.label, c.setting
+                    ),
+                ));
+            }
+        }
         for e in &self.entries {
             for c in &e.candidates {
                 if let CandidateStatus::Ok {
@@ -209,6 +316,18 @@ impl TunedConfig {
 
     pub fn entry(&self, key: &ProblemKey) -> Option<&TunedEntry> {
         self.entries.iter().find(|e| &e.key == key)
+    }
+
+    /// Insert or replace the decode budget of its model and linears.
+    pub fn upsert_decode(&mut self, budget: DecodeBudget) {
+        match self
+            .decode
+            .iter_mut()
+            .find(|d| d.model == budget.model && d.linears == budget.linears)
+        {
+            Some(old) => *old = budget,
+            None => self.decode.push(budget),
+        }
     }
 
     /// Insert or replace the entry for its key.

@@ -11,9 +11,15 @@ use super::schema::{CandidateResult, CandidateStatus, Choice};
 /// about 1% run to run on an idle card; twice that keeps a switch meaningful.
 pub const MIN_GAIN: f64 = 0.02;
 
+/// Smallest relative gain worth switching a decode step's prefetch budget for. A graph + PDL
+/// step timed over tens of steps repeats to a few tenths of a percent within one process (the
+/// rounds are interleaved, so drift hits every setting alike); the H100 budget effects worth having
+/// are 1.5-4% (notes/kernels.md).
+pub const MIN_GAIN_DECODE: f64 = 0.01;
+
 #[derive(Debug, Clone, PartialEq)]
-pub struct Selection {
-    pub winner: Choice,
+pub struct Selection<T = Choice> {
+    pub winner: T,
     pub note: String,
 }
 
@@ -37,9 +43,23 @@ fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
 /// Ties on iqm are broken by the choice's order (variant name, then parameters), so the same
 /// timings always give the same winner whatever order they were measured in.
 pub fn select(default: &Choice, candidates: &[CandidateResult]) -> Selection {
-    let mut ok: Vec<(&Choice, f64, f64)> = candidates
+    let timed: Vec<(Choice, Option<(f64, f64)>)> = candidates
         .iter()
-        .filter_map(|c| timing(&c.status).map(|(iqm, spread)| (&c.choice, iqm, spread)))
+        .map(|c| (c.choice.clone(), timing(&c.status)))
+        .collect();
+    select_by(default, &timed, MIN_GAIN)
+}
+
+/// The rule itself, for any kind of candidate: each with its (time, spread), None when rejected
+/// or untimed; a challenger must beat the default by more than `min_gain` and both spreads.
+pub fn select_by<T: Clone + Ord + std::fmt::Display>(
+    default: &T,
+    timed: &[(T, Option<(f64, f64)>)],
+    min_gain: f64,
+) -> Selection<T> {
+    let mut ok: Vec<(&T, f64, f64)> = timed
+        .iter()
+        .filter_map(|(c, t)| t.map(|(iqm, spread)| (c, iqm, spread)))
         .collect();
     ok.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
     let Some(&(best, best_iqm, best_spread)) = ok.first() else {
@@ -47,7 +67,7 @@ pub fn select(default: &Choice, candidates: &[CandidateResult]) -> Selection {
             winner: default.clone(),
             note: format!(
                 "kept default: all {} candidates rejected or untimed",
-                candidates.len()
+                timed.len()
             ),
         };
     };
@@ -64,7 +84,7 @@ pub fn select(default: &Choice, candidates: &[CandidateResult]) -> Selection {
         };
     }
     let gain = (def_iqm - best_iqm) / def_iqm;
-    let noise = MIN_GAIN.max(def_spread).max(best_spread);
+    let noise = min_gain.max(def_spread).max(best_spread);
     if gain <= noise {
         Selection {
             winner: default.clone(),

@@ -590,3 +590,169 @@ fn candidates_include_the_default_first_and_only_serving_variants() {
 fn gptq_lab_registry_variant(name: &str) -> Option<&'static crate::kernels::registry::Variant> {
     crate::kernels::registry::by_name(name)
 }
+
+// ---- the decode step's tuned PDL prefetch budget (tune::decode) ----
+
+fn linears(variant: &str) -> Vec<LinearChoice> {
+    let mut v: Vec<LinearChoice> = [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)]
+        .into_iter()
+        .map(|(n, k)| LinearChoice {
+            key: ProblemKey {
+                n,
+                k,
+                group_size: 128,
+                act_order: false,
+                batch_bucket: 1,
+            },
+            choice: Choice::new(variant),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn budget_cand(setting: BudgetSetting, ms: &[f64]) -> BudgetCandidate {
+    BudgetCandidate {
+        setting,
+        ms_per_token: ms.to_vec(),
+    }
+}
+
+fn sample_budget(variant: &str, winner_kb: u32) -> DecodeBudget {
+    let default = BudgetSetting::uniform(32 * 1024);
+    DecodeBudget {
+        model: DecodeModel::of(&ModelConfig::vicuna_7b()),
+        label: "vicuna-7b int4 g128, ctx 128".into(),
+        linears: linears(variant),
+        winner: BudgetSetting::uniform(winner_kb * 1024),
+        default: default.clone(),
+        candidates: vec![
+            budget_cand(default, &[2.25, 2.26, 2.25]),
+            budget_cand(BudgetSetting::uniform(16 * 1024), &[2.21, 2.22, 2.21]),
+        ],
+        note: "1.7% faster".into(),
+    }
+}
+
+#[test]
+fn decode_settings_start_with_the_default_and_split_by_variant_only_when_there_are_several() {
+    let one = vec!["gemv_v2_vec".to_string(); 3];
+    let (def, s) = decode::settings(&one);
+    assert_eq!(def, BudgetSetting::uniform(32768));
+    assert_eq!(s[0], def);
+    assert_eq!(
+        s,
+        vec![
+            def.clone(),
+            BudgetSetting::uniform(16384),
+            BudgetSetting::uniform(8192)
+        ],
+        "one variant: its budget alone is the uniform one"
+    );
+    let two = vec![
+        "gemv_v10_l2x".to_string(),
+        "gemv_v2_vec".into(),
+        "gemv_v10_l2x".into(),
+    ];
+    let (_, s) = decode::settings(&two);
+    assert_eq!(s.len(), 5);
+    let alone: Vec<&BudgetSetting> = s.iter().filter(|x| !x.per_variant.is_empty()).collect();
+    assert_eq!(alone.len(), 2);
+    for a in alone {
+        assert_eq!(a.bytes, 32768);
+        assert_eq!(a.per_variant.values().copied().collect::<Vec<_>>(), [16384]);
+    }
+    let names: std::collections::BTreeSet<&String> =
+        s.iter().flat_map(|x| x.per_variant.keys()).collect();
+    assert_eq!(names.len(), 2, "each variant once: {s:?}");
+}
+
+#[test]
+fn a_decode_budget_must_beat_the_default_by_more_than_the_noise() {
+    let def = BudgetSetting::uniform(32768);
+    let b16 = BudgetSetting::uniform(16384);
+    // 0.5% faster with tight rounds: inside MIN_GAIN_DECODE, the default stays.
+    let c = vec![
+        budget_cand(def.clone(), &[2.250, 2.251, 2.249, 2.250, 2.252]),
+        budget_cand(b16.clone(), &[2.239, 2.238, 2.240, 2.239, 2.241]),
+    ];
+    let s = decode::select_budget(&def, &c);
+    assert_eq!(s.winner, def, "{}", s.note);
+    assert!(s.note.starts_with("kept default"), "{}", s.note);
+    // 1.5% faster (run 17's 7B: 2.250 vs 2.217): switches.
+    let c = vec![
+        budget_cand(def.clone(), &[2.250, 2.251, 2.249, 2.250, 2.252]),
+        budget_cand(b16.clone(), &[2.217, 2.216, 2.218, 2.217, 2.219]),
+    ];
+    let s = decode::select_budget(&def, &c);
+    assert_eq!(s.winner, b16, "{}", s.note);
+    // The same gain inside rounds that scatter by 4%: kept.
+    let c = vec![
+        budget_cand(def.clone(), &[2.20, 2.30, 2.25, 2.16, 2.34]),
+        budget_cand(b16.clone(), &[2.217, 2.216, 2.218, 2.217, 2.219]),
+    ];
+    assert_eq!(decode::select_budget(&def, &c).winner, def);
+    // A setting with no rounds, or a non-finite one, never wins.
+    let c = vec![
+        budget_cand(def.clone(), &[2.25, 2.25, 2.25]),
+        budget_cand(b16.clone(), &[]),
+        budget_cand(BudgetSetting::uniform(8192), &[1.0, f64::NAN, 1.0]),
+    ];
+    assert_eq!(decode::select_budget(&def, &c).winner, def);
+}
+
+#[test]
+fn a_config_without_decode_budgets_still_loads_and_budgets_round_trip() {
+    // A file written before the decode pass existed: no "decode" field.
+    let mut v = serde_json::to_value(sample_config()).unwrap();
+    v.as_object_mut().unwrap().remove("decode");
+    let c: TunedConfig = serde_json::from_value(v).unwrap();
+    assert!(c.decode.is_empty());
+    let mut c = sample_config();
+    c.upsert_decode(sample_budget("gemv_v2_vec", 16));
+    let dir = std::env::temp_dir().join(format!("lab-decode-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.json");
+    c.save(&path).unwrap();
+    let back = TunedConfig::load(&path).unwrap();
+    assert_eq!(back.decode, c.decode);
+    // The same model and kernels replace; other kernels are another entry.
+    c.upsert_decode(sample_budget("gemv_v2_vec", 8));
+    assert_eq!(c.decode.len(), 1);
+    assert_eq!(c.decode[0].winner.bytes, 8192);
+    c.upsert_decode(sample_budget("gemv_v10_l2x", 16));
+    assert_eq!(c.decode.len(), 2);
+    // A non-finite round is refused by name, and nothing is written.
+    c.decode[1].candidates[0].ms_per_token.push(f64::INFINITY);
+    let err = c.save(&dir.join("bad.json")).unwrap_err().to_string();
+    assert!(
+        err.contains("decode budget") && err.contains("non-finite"),
+        "{err}"
+    );
+    assert!(!dir.join("bad.json").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_dispatcher_serves_a_decode_budget_only_for_the_same_model_and_kernels() {
+    let mut c = sample_config();
+    c.upsert_decode(sample_budget("gemv_v2_vec", 16));
+    let m7 = DecodeModel::of(&ModelConfig::vicuna_7b());
+    let m13 = DecodeModel::of(&ModelConfig::vicuna_13b());
+    let d = Dispatcher::from_config(Some(c.clone()), &h100(), "kh1");
+    assert_eq!(
+        d.decode_budget(&m7, &linears("gemv_v2_vec"))
+            .map(|b| b.winner.bytes),
+        Some(16384)
+    );
+    // Other kernels for the same model (a re-tune changed a winner): not served.
+    assert!(d.decode_budget(&m7, &linears("gemv_v10_l2x")).is_none());
+    // Another model with the same linears list: not served.
+    assert!(d.decode_budget(&m13, &linears("gemv_v2_vec")).is_none());
+    // A config refused for another kernel hash brings no budget either.
+    let refused = Dispatcher::from_config(Some(c), &h100(), "other");
+    assert!(refused.refused.is_some());
+    assert!(refused
+        .decode_budget(&m7, &linears("gemv_v2_vec"))
+        .is_none());
+}

@@ -70,12 +70,10 @@ pub struct GpuArgs {
     pdl: PdlMode,
     /// Weight bytes each int4 GEMV block prefetches into L2 before its PDL wait, per block: the
     /// first is what generation and the bench's "graph + PDL" column use; the bench also times
-    /// the graph + PDL at the others (0 = no prefetch).
-    #[arg(
-        long,
-        default_value = "32768,0,16384,65536,131072",
-        value_delimiter = ','
-    )]
+    /// the graph + PDL at the others (0 = no prefetch). Not given: the budget `lab tune` kept for
+    /// this model and these kernels (tuning/<gpu>.json, `auto` only), else 32768; the bench then
+    /// also times 0, 16384, 32768, 65536 and 131072.
+    #[arg(long, value_delimiter = ',')]
     pdl_prefetch: Vec<u32>,
     /// With PDL, the bench also times graph + PDL with every gemv_v6_pipe linear at one block per
     /// SM (so the next kernel's blocks fit beside it) at these prefetch budgets, bytes per block
@@ -355,7 +353,8 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     && time_prefill
                     && !matches!(kind, WeightKind::Fp16),
                 persistent_prefetch: g.persistent_prefetch.clone(),
-                pdl_prefetch: g.pdl_prefetch.clone(),
+                pdl_prefetch_own: g.pdl_prefetch.first().copied(),
+                pdl_prefetch_sweep: pdl_sweep(&g.pdl_prefetch),
                 v6_one_per_sm: one_per_sm.clone(),
                 small_plain: small_plain.clone(),
                 prefetch_variant: prefetch_variant.clone(),
@@ -617,6 +616,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.pdl = a.gpu.pdl != PdlMode::Off;
     if let Some(&b) = a.gpu.pdl_prefetch.first() {
         opts.pdl_prefetch = b;
+        opts.pdl_prefetch_tuned = false;
     }
     opts.int4 = parse_int4_kernel(
         a.gpu.int4_kernel.first().map_or("auto", |s| s.as_str()),
@@ -792,6 +792,15 @@ pub(crate) fn dispatcher(
         eprintln!("note: tuned config refused, using the heuristic: {why}");
     }
     Ok(d)
+}
+
+/// The budgets the bench times besides the engine's own: the rest of --pdl-prefetch where given,
+/// else a fixed list (the bench leaves out whichever is the engine's).
+fn pdl_sweep(given: &[u32]) -> Vec<u32> {
+    match given.split_first() {
+        Some((_, rest)) => rest.to_vec(),
+        None => vec![0, 16384, 32768, 65536, 131072],
+    }
 }
 
 /// --dequant-slice-mib as fp16 elements (at least 1 MiB).

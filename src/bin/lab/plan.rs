@@ -127,12 +127,19 @@ fn speed_for(
         );
         return Ok(f.speed);
     }
-    match measured::from_reports(&a.root, &m.name, a.dtype, act)? {
-        Some(me) => {
+    // One model's own run: act-order where the report has it, else its plain run (said so).
+    let one = match measured::from_reports(&a.root, &m.name, a.dtype, act)? {
+        Some(me) => Some((me, "")),
+        None if act => measured::from_reports(&a.root, &m.name, a.dtype, false)?
+            .map(|me| (me, "; measured WITHOUT act-order (the report has no act-order run of this model), which is slower per step on the measuring card")),
+        None => None,
+    };
+    match one {
+        Some((me, caveat)) => {
             say(
                 m.name.clone(),
                 format!(
-                    "ESTIMATE for {} on {}: efficiency {:.1}% of spec bandwidth, as MEASURED for {} {:?} on {} ({}, git {}, kernel hash {}, {}, ctx {}: {:.1} tok/s); another card runs at its own efficiency",
+                    "ESTIMATE for {} on {}: efficiency {:.1}% of spec bandwidth, as MEASURED for {} {:?} on {} ({}, git {}, kernel hash {}, {}, ctx {}: {:.1} tok/s); another card runs at its own efficiency{caveat}",
                     m.name, card.name, me.efficiency * 100.0, m.name, a.dtype, me.device, me.date, me.git_rev, me.kernel_hash, me.int4_kernel, me.ctx, me.tokens_per_s
                 ),
             );
@@ -142,9 +149,11 @@ fn speed_for(
             say(
                 format!("none {}", card.slug),
                 format!(
-                    "ESTIMATE on {}: no decode report under {} (reports/*/decode.json: run from the repo root or pass --root), so tokens/s below is the pure roofline (100% of the spec bandwidth, no per-layer cost): an upper bound, not what a card reaches",
+                    "ESTIMATE on {}: no decode report under {} has a {:?} run of {} to scale from (reports/*/decode.json: run from the repo root or pass --root), so tokens/s below is the pure roofline (100% of the spec bandwidth, no per-layer cost): an upper bound, not what a card reaches",
                     card.name,
-                    a.root.display()
+                    a.root.display(),
+                    a.dtype,
+                    m.name
                 ),
             );
             Ok(SpeedModel::flat(1.0))

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use gptq_lab::build_info::{GIT_REV, KERNEL_HASH};
 use gptq_lab::cuda::Gpu;
-use gptq_lab::tune::keys::vicuna_default_keys;
+use gptq_lab::model::config::ModelConfig;
 use gptq_lab::tune::{self, CandidateStatus, Measurer, TunedConfig, TunedEntry};
 use std::path::{Path, PathBuf};
 
@@ -31,27 +31,36 @@ pub struct TuneArgs {
     /// Tune the shapes of this checkpoint (its config.json), group 128, act-order on and off.
     #[arg(long, value_name = "DIR")]
     checkpoint: Option<PathBuf>,
+    /// Skip the decode pass: after the keys, `lab tune` times each model's whole decode step
+    /// (int4 g128, act-order off and on; sm_90+) at a few PDL prefetch budgets and keeps the
+    /// fastest for that model (tune.md, "Decode step").
+    #[arg(long)]
+    no_decode: bool,
 }
 
-/// The problem keys to tune: the presets named by --model, the checkpoint's shapes, or both Vicunas.
-fn keys_for(a: &TuneArgs) -> anyhow::Result<Vec<tune::ProblemKey>> {
-    let mut keys = if let Some(dir) = &a.checkpoint {
-        let cfg = gptq_lab::model::config::ModelConfig::from_json_file(&dir.join("config.json"))?;
-        tune::keys::default_keys(&cfg)
-    } else if a.model.is_empty() {
-        vicuna_default_keys()
+/// The model configs whose keys are tuned (the decode pass times their steps).
+fn models_for(a: &TuneArgs) -> anyhow::Result<Vec<ModelConfig>> {
+    if let Some(dir) = &a.checkpoint {
+        return Ok(vec![ModelConfig::from_json_file(&dir.join("config.json"))?]);
+    }
+    let names: Vec<&str> = if a.model.is_empty() {
+        vec!["vicuna-7b", "vicuna-13b"]
     } else {
-        let mut k = Vec::new();
-        for m in &a.model {
-            k.extend(tune::keys::default_keys(
-                &gptq_lab::model::config::ModelConfig::preset(m.trim())?,
-            ));
-        }
-        k
+        a.model.iter().map(|m| m.trim()).collect()
     };
+    Ok(names
+        .into_iter()
+        .map(ModelConfig::preset)
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The problem keys to tune: every key of the models `models_for` names, sorted, once each.
+fn keys_for(models: &[ModelConfig]) -> Vec<tune::ProblemKey> {
+    let mut keys: Vec<tune::ProblemKey> =
+        models.iter().flat_map(tune::keys::default_keys).collect();
     keys.sort_unstable();
     keys.dedup();
-    Ok(keys)
+    keys
 }
 
 pub fn run(a: TuneArgs) -> anyhow::Result<()> {
@@ -59,7 +68,8 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         return show(a.file.as_deref());
     }
     // Flags first, so a typo is reported without a GPU.
-    let keys = keys_for(&a)?;
+    let models = models_for(&a)?;
+    let keys = keys_for(&models);
     let gpu = gptq_lab::cuda::open(a.gpu)?;
     let path = a
         .file
@@ -101,9 +111,82 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         |c| c.save(&path),
     )?;
     bar.finish_and_clear();
+    if !a.no_decode {
+        tune_decode(&gpu, &models, &mut cfg, &path)?;
+    }
     let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
     gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
     show(Some(&path))
+}
+
+/// The decode pass: each model's int4 g128 step, act-order off and on, with the dispatcher of the
+/// config just tuned; the config is saved after each model. A model whose step cannot be timed
+/// (no PDL below sm_90, a model too big for the card) is reported and skipped; a timed step that
+/// ended with a state flag fails the tune after the others.
+fn tune_decode(
+    gpu: &Gpu,
+    models: &[ModelConfig],
+    cfg: &mut TunedConfig,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use gptq_lab::model::decode_tune::{tune_decode_budget, DecodeTuneOutcome, DecodeTunePlan};
+    use gptq_lab::model::gpu_weights::WeightKind;
+    if gpu.sm() < 90 {
+        eprintln!(
+            "decode pass skipped: the PDL prefetch budget applies only to sm_90+ (this GPU is sm_{})",
+            gpu.sm()
+        );
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for m in models {
+        for act_order in [false, true] {
+            let kind = WeightKind::Int4 {
+                group: 128,
+                act_order,
+                sym: false,
+            };
+            let plan = DecodeTunePlan::new(m.clone(), kind);
+            let d = std::sync::Arc::new(tune::Dispatcher::from_config(
+                Some(cfg.clone()),
+                &gpu.info,
+                KERNEL_HASH,
+            ));
+            let t = std::time::Instant::now();
+            match tune_decode_budget(gpu, &plan, d, &cfg.decode) {
+                Ok(DecodeTuneOutcome::Known(b)) => {
+                    eprintln!(
+                        "decode budget {}: {} (already in {}, {})",
+                        plan.label(),
+                        b.winner,
+                        path.display(),
+                        b.note
+                    );
+                }
+                Ok(DecodeTuneOutcome::Tuned(b)) => {
+                    eprintln!(
+                        "decode budget {}: {} ({}; {:.1} s)",
+                        plan.label(),
+                        b.winner,
+                        b.note,
+                        t.elapsed().as_secs_f64()
+                    );
+                    cfg.upsert_decode(b);
+                    cfg.save(path)?;
+                }
+                Ok(DecodeTuneOutcome::InvalidStep(why)) => {
+                    eprintln!("decode budget {} INVALID: {why}", plan.label());
+                    failed.push(format!("{}: {why}", plan.label()));
+                }
+                Err(e) => eprintln!("decode budget {} not tuned: {e}", plan.label()),
+            }
+            gpu.ctx.synchronize().ok();
+        }
+    }
+    if !failed.is_empty() {
+        bail!("decode pass: {}", failed.join("; "));
+    }
+    Ok(())
 }
 
 /// The GPU `Measurer`: checks each candidate against the reference kernel, then times it cold.
@@ -202,6 +285,12 @@ fn show_file(path: &Path) -> anyhow::Result<()> {
             e.candidates.len(),
             iqm,
             e.note
+        );
+    }
+    for b in &c.decode {
+        println!(
+            "decode budget {}: {} (default {}; {})",
+            b.label, b.winner, b.default, b.note
         );
     }
     Ok(())
