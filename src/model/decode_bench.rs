@@ -20,7 +20,7 @@ use crate::bench::Ceilings;
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, WeightSource, DEFAULT_ATTN_CHUNK,
+    EngineOptions, Fp16Backend, GpuEngine, PrefillInt4, SkipOps, WeightSource, DEFAULT_ATTN_CHUNK,
 };
 use crate::model::gpu_weights::{SyntheticSpec, WeightKind, WeightsDesc};
 use crate::model::sampler::Sampling;
@@ -171,6 +171,10 @@ pub struct ContextPoint {
     /// (variant, bytes per block, ms/token).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_prefetch_variant: Vec<(String, u32, f64)>,
+    /// Graph + PDL (engine's budget) with op classes left out (GpuEngine::set_skip_ops), timed
+    /// at the run's first context only: (what was left out, ms/token, weight bytes left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_pdl_ablation: Vec<Ablation>,
     /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
     /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
@@ -183,6 +187,49 @@ pub struct ContextPoint {
     /// The persistent layers' figures are eager steps: the driver refused the graph capture.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub persistent_eager: bool,
+}
+
+/// One setting of the ablation: the step without `left_out`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ablation {
+    pub left_out: String,
+    pub ms_per_token: f64,
+    /// Weight bytes per step the left-out GEMVs would have read (0 for the small ops).
+    pub weight_bytes: u64,
+}
+
+/// The ablation's settings, in table order. Each says what one class adds to the graph + PDL
+/// step; "every GEMV" and "every small op" bracket how much the two kinds overlap.
+pub fn ablations() -> Vec<(&'static str, SkipOps)> {
+    let one = |f: fn(&mut SkipOps)| {
+        let mut s = SkipOps::default();
+        f(&mut s);
+        s
+    };
+    vec![
+        ("both RMSNorms of every layer", one(|s| s.norms = true)),
+        ("the attention", one(|s| s.attention = true)),
+        ("silu * up", one(|s| s.silu = true)),
+        ("q|k|v", one(|s| s.qkv = true)),
+        ("o", one(|s| s.o = true)),
+        ("gate|up", one(|s| s.gate_up = true)),
+        ("down", one(|s| s.down = true)),
+        (
+            "every small op (norms, attention, silu)",
+            SkipOps::small_ops(),
+        ),
+        ("every GEMV", SkipOps::linears()),
+    ]
+}
+
+/// The weight bytes `skip` leaves unread, from the engine's [q|k|v, o, gate|up, down] bytes.
+fn skipped_bytes(skip: &SkipOps, class: &[u64; 4]) -> u64 {
+    [skip.qkv, skip.o, skip.gate_up, skip.down]
+        .iter()
+        .zip(class)
+        .filter(|(on, _)| **on)
+        .map(|(_, b)| b)
+        .sum()
 }
 
 /// One timed prefill.
@@ -323,6 +370,7 @@ pub fn context_point(
         graph_pdl_v6_one_per_sm: Vec::new(),
         graph_pdl_small_plain: Vec::new(),
         graph_pdl_prefetch_variant: Vec::new(),
+        graph_pdl_ablation: Vec::new(),
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
         persistent_eager: false,
@@ -367,6 +415,9 @@ pub struct BenchPlan {
     /// With `pdl`, also time the step with the small kernels launched plain at these prefetch
     /// budgets (empty: not timed). `ContextPoint::graph_pdl_small_plain`.
     pub small_plain: Vec<u32>,
+    /// With `pdl`, also time the graph + PDL step at the first context with each op class left
+    /// out (`ablations`; `ContextPoint::graph_pdl_ablation`).
+    pub ablate: bool,
     /// With `pdl`, also time each (variant, bytes per block) as its own setting: that variant's
     /// launches at that budget, the others at the engine's (empty: not timed).
     /// `ContextPoint::graph_pdl_prefetch_variant`.
@@ -517,6 +568,61 @@ fn planned_prefill_int4(r: &DecodeReport) -> PrefillInt4 {
         PrefillInt4::Auto if int4 && r.prefill_chunk > 0 && !dequantized => PrefillInt4::GemmV2,
         c => c,
     }
+}
+
+/// The ablation table of one context point: each op class's share of the graph + PDL step.
+/// "saved" = full step - step without it; for GEMVs, the left-out bytes over that time as GB/s
+/// and as % of the read ceiling (how close the class streams to the hardware in the step).
+fn ablation_markdown(p: &ContextPoint, ceiling_gbs: f64) -> String {
+    let Some(full) = p.graph_pdl_ms_per_token else {
+        return String::new();
+    };
+    let mut md = format!("
+Where the graph + PDL step goes (ctx {}: the step timed with one op class left out at a time, against the full step's {full:.3} ms; the left-out ops' outputs are stale, the timings are real):
+
+", p.ctx);
+    let rows: Vec<Vec<String>> = p
+        .graph_pdl_ablation
+        .iter()
+        .map(|a| {
+            let saved = full - a.ms_per_token;
+            let (gbs, pct) = if a.weight_bytes > 0 && saved > 0.0 {
+                let gbs = a.weight_bytes as f64 / (saved * 1e-3) / 1e9;
+                (
+                    format!("{gbs:.0}"),
+                    format!("{:.1}%", 100.0 * gbs / ceiling_gbs),
+                )
+            } else {
+                ("-".into(), "-".into())
+            };
+            vec![
+                a.left_out.clone(),
+                format!("{:.3}", a.ms_per_token),
+                format!("{saved:.3}"),
+                format!("{:.1}%", 100.0 * saved / full),
+                if a.weight_bytes > 0 {
+                    format!("{:.1}", a.weight_bytes as f64 / 1e6)
+                } else {
+                    "-".into()
+                },
+                gbs,
+                pct,
+            ]
+        })
+        .collect();
+    md.push_str(&table(
+        &[
+            "left out",
+            "ms/tok",
+            "saved ms",
+            "% of the step",
+            "weight MB left out",
+            "GB/s of those bytes over the saved time",
+            "% of read ceiling",
+        ],
+        &rows,
+    ));
+    md
 }
 
 /// "gemv_v2_vec 16 KB: 2.105, ..." for the per-variant budget column, or "-".
@@ -785,6 +891,37 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         }
         notes.push(format!("profile: {} eager steps per context, each queued behind a kernel that holds the GPU (>= {} ms) with a CUDA event after every op, so ops run back to back on the GPU; the events themselves add a little per op", plan.profile_steps, PROFILE_HOLD_MS.0));
     }
+    // The ablation after every other decode timing: its steps write meaningless rows into the
+    // cache and the state, so the cache is refilled after it (the prefill below starts from 0).
+    if plan.ablate && pdl_ok {
+        if let Some(p) = points.first_mut() {
+            let ctx = p.ctx;
+            let class = eng.linear_class_bytes();
+            eng.set_pdl(true);
+            for (what, skip) in ablations() {
+                if let Err(e) = eng.set_skip_ops(skip) {
+                    notes.push(format!("ablation not timed: {e}"));
+                    break;
+                }
+                match timed_from(&mut eng, ctx, plan, true) {
+                    Ok((ms, _flags)) => p.graph_pdl_ablation.push(Ablation {
+                        left_out: what.to_string(),
+                        ms_per_token: ms,
+                        weight_bytes: skipped_bytes(&skip, &class),
+                    }),
+                    Err(e) => {
+                        notes.push(format!("ablation without {what} not timed: {e}"));
+                        break;
+                    }
+                }
+            }
+            eng.set_skip_ops(SkipOps::default())?;
+            eng.set_pdl(false);
+            eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
+            eng.set_position(ctx)?;
+            notes.push(format!("ablation (ctx {ctx}): the graph + PDL step with one op class left out at a time, the engine's budget; its outputs are meaningless (skipped ops leave an earlier step's values), so its state flags are not checked; the cache was refilled after it"));
+        }
+    }
     // Prefill last: it overwrites the cache rows it covers (the decode timings are done).
     let mut prefill = Vec::new();
     if !plan.prefill_lens.is_empty() {
@@ -1033,6 +1170,9 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 md.push_str("\n(host-bound at the longest hold: the figures include host gaps)\n");
             }
         }
+        if let Some(p) = r.points.iter().find(|p| !p.graph_pdl_ablation.is_empty()) {
+            md.push_str(&ablation_markdown(p, r.ceiling_gbs));
+        }
         let v = &r.vram;
         let g = |b: u64| format!("{:.2}", b as f64 / GIB);
         // The planner beside the measurement: its prefill line only when this engine allocated
@@ -1189,6 +1329,63 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ablation_leaves_out_each_class_once_and_counts_its_bytes() {
+        let a = ablations();
+        for (i, (_, x)) in a.iter().enumerate() {
+            assert!(x.any());
+            for (_, y) in &a[i + 1..] {
+                assert_ne!(x, y, "two settings leave out the same ops");
+            }
+        }
+        let class = [26, 9, 46, 23];
+        let bytes: Vec<u64> = a.iter().map(|(_, s)| skipped_bytes(s, &class)).collect();
+        // norms, attention, silu read no weights; each GEMV class its own; all GEMVs the sum.
+        assert_eq!(bytes, vec![0, 0, 0, 26, 9, 46, 23, 0, 104]);
+    }
+
+    #[test]
+    fn the_ablation_table_says_what_each_class_adds_and_how_fast_its_bytes_went() {
+        let mut p = context_point(
+            &BytesPerToken {
+                linear_bytes: 1,
+                lm_head_bytes: 0,
+                embed_row_bytes: 0,
+                norm_bytes: 0,
+                kv_bytes_per_position: 0,
+            },
+            3000.0,
+            128,
+            16,
+            2.25,
+            2.5,
+        );
+        assert_eq!(ablation_markdown(&p, 3000.0), "", "no full step, no table");
+        p.graph_pdl_ms_per_token = Some(2.25);
+        p.graph_pdl_ablation = vec![
+            Ablation {
+                left_out: "both RMSNorms of every layer".into(),
+                ms_per_token: 2.10,
+                weight_bytes: 0,
+            },
+            Ablation {
+                left_out: "gate|up".into(),
+                ms_per_token: 1.50,
+                // 1.5e9 bytes over 0.75 ms = 2000 GB/s = 66.7% of 3000.
+                weight_bytes: 1_500_000_000,
+            },
+        ];
+        let md = ablation_markdown(&p, 3000.0);
+        assert!(
+            md.contains("| both RMSNorms of every layer | 2.100 | 0.150 | 6.7% | - | - | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| gate|up | 1.500 | 0.750 | 33.3% | 1500.0 | 2000 | 66.7% |"),
+            "{md}"
+        );
+    }
     use crate::model::step_profile::Mark;
 
     fn int4(act_order: bool) -> WeightKind {

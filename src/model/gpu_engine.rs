@@ -474,6 +474,55 @@ pub struct GpuEngine {
     /// In a PDL step, the kernels that are not GEMVs (embedding, norms, attention, silu, argmax,
     /// sampler) launch plain (`set_small_ops_plain`): the decode bench's column; off otherwise.
     small_ops_plain: bool,
+    /// Op classes the step leaves out (`set_skip_ops`): the decode bench's ablation only.
+    skip: SkipOps,
+}
+
+/// Op classes a launch-per-op decode step can leave out: a timing ablation, not a model. The
+/// step time without a class, against the full step in the same process, is what that class adds
+/// to the graph + PDL critical path (the eager per-op profile cannot say: its events sit between
+/// the ops that PDL overlaps). The step's output is then meaningless: the buffers a skipped op
+/// writes keep an earlier step's (finite) values. The embedding, the final norm, the lm_head and
+/// the token choice always run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SkipOps {
+    /// Both add + RMSNorm launches of every layer.
+    pub norms: bool,
+    /// The attention (rope + KV append + split + combine).
+    pub attention: bool,
+    /// The silu * up launch, where the step has one.
+    pub silu: bool,
+    pub qkv: bool,
+    pub o: bool,
+    pub gate_up: bool,
+    pub down: bool,
+}
+
+impl SkipOps {
+    pub fn any(&self) -> bool {
+        *self != SkipOps::default()
+    }
+
+    /// Every GEMV class.
+    pub fn linears() -> Self {
+        SkipOps {
+            qkv: true,
+            o: true,
+            gate_up: true,
+            down: true,
+            ..SkipOps::default()
+        }
+    }
+
+    /// Every op of a layer that is not a GEMV.
+    pub fn small_ops() -> Self {
+        SkipOps {
+            norms: true,
+            attention: true,
+            silu: true,
+            ..SkipOps::default()
+        }
+    }
 }
 
 /// A GEMV block's prefetch budget: the variant's own where `overrides` names it (the last entry
@@ -952,6 +1001,7 @@ impl GpuEngine {
             poison_smem: false,
             v6_one_per_sm: false,
             small_ops_plain: false,
+            skip: SkipOps::default(),
             cc_major: gpu.info.cc_major,
             persistent: None,
         })
@@ -1654,14 +1704,17 @@ impl GpuEngine {
             let px = self.px_active(li);
             // Permuted-x consumers (act_order_plain): the producer also writes their sorted copy.
             let (qkv_perm, qkv_x) = self.norm_for(px.qkv, &l.qkv[0].lin);
-            self.norm(
-                delta,
-                &l.attn_norm,
-                qkv_perm,
-                &format!("layer {li} input_layernorm"),
-            )?;
+            let skip = self.skip;
+            if !skip.norms {
+                self.norm(
+                    delta,
+                    &l.attn_norm,
+                    qkv_perm,
+                    &format!("layer {li} input_layernorm"),
+                )?;
+            }
             keep(Some(li), "attn_norm", snap16(&b.xn)?)?;
-            for s in &l.qkv {
+            for s in l.qkv.iter().filter(|_| !skip.qkv) {
                 self.linear_px(
                     &s.lin,
                     XInput::Plain(qkv_x),
@@ -1675,30 +1728,36 @@ impl GpuEngine {
             // K and V rows 0..=pos, fp16: what the attention streams per layer.
             self.streamed
                 .set(self.streamed.get() + 2 * (self.pos as u64 + 1) * kv_dim as u64 * 2);
-            self.launch_op(
-                &self.k.attn_split,
-                (heads as u32, self.n_splits as u32),
-                256,
-                smem,
-                &ap,
-                &format!("layer {li} attention (rope + kv append + split + combine)"),
-            )?;
+            if !skip.attention {
+                self.launch_op(
+                    &self.k.attn_split,
+                    (heads as u32, self.n_splits as u32),
+                    256,
+                    smem,
+                    &ap,
+                    &format!("layer {li} attention (rope + kv append + split + combine)"),
+                )?;
+            }
             // The rotated q and the cache row the attention kernel appended: what the standalone
             // rope kernel used to leave in qkv (the trace's "rope" op, checked against RoPE in f64).
             keep(Some(li), "rope", rope_trace(li)?)?;
             keep(Some(li), "attention", snap16(&b.attn)?)?;
-            self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
+            if !skip.o {
+                self.linear(&l.o, self.r(&b.attn), self.r(&b.o))?;
+            }
             keep(Some(li), "o_proj", snap16(&b.o)?)?;
             let (gu_perm, gu_x) = self.norm_for(px.gate_up, &l.gate_up[0].lin);
-            self.norm(
-                self.r(&b.o),
-                &l.ffn_norm,
-                gu_perm,
-                &format!("layer {li} post_attention_layernorm"),
-            )?;
+            if !skip.norms {
+                self.norm(
+                    self.r(&b.o),
+                    &l.ffn_norm,
+                    gu_perm,
+                    &format!("layer {li} post_attention_layernorm"),
+                )?;
+            }
             keep(Some(li), "residual_attn", snap32(&b.resid)?)?;
             keep(Some(li), "ffn_norm", snap16(&b.xn)?)?;
-            for s in &l.gate_up {
+            for s in l.gate_up.iter().filter(|_| !skip.gate_up) {
                 self.linear_px(
                     &s.lin,
                     XInput::Plain(gu_x),
@@ -1713,7 +1772,7 @@ impl GpuEngine {
             // trace still runs the kernel, for its op-by-op comparison; the down projection then
             // reads gate|up as in the step.
             let gated = self.takes_gated_input(li);
-            if !gated || tracing {
+            if (!gated || tracing) && !skip.silu {
                 let down_perm = if px.down { self.perm_of(&l.down) } else { 0 };
                 let sp = abi::lab_llama_silu_params {
                     gate_up: self.r(&b.gate_up),
@@ -1740,7 +1799,9 @@ impl GpuEngine {
             } else {
                 XInput::Plain(self.r(&b.act))
             };
-            self.linear_px(&l.down, x, self.r(&b.down), px.down)?;
+            if !skip.down {
+                self.linear_px(&l.down, x, self.r(&b.down), px.down)?;
+            }
             keep(Some(li), "down_proj", snap16(&b.down)?)?;
         }
         // The persistent layers added the last down projection into resid already.
@@ -1999,6 +2060,34 @@ impl GpuEngine {
     pub fn set_small_ops_plain(&mut self, on: bool) {
         self.small_ops_plain = on;
         self.graph = None;
+    }
+
+    /// Weight bytes per step of each GEMV class over all layers: q|k|v, o, gate|up, down (the
+    /// ablation table's GB/s).
+    pub fn linear_class_bytes(&self) -> [u64; 4] {
+        let mut b = [0u64; 4];
+        for l in &self.weights.layers {
+            b[0] += l.qkv.iter().map(|s| s.lin.bytes()).sum::<u64>();
+            b[1] += l.o.bytes();
+            b[2] += l.gate_up.iter().map(|s| s.lin.bytes()).sum::<u64>();
+            b[3] += l.down.bytes();
+        }
+        b
+    }
+
+    /// Leave these op classes out of every step until set back to the default (SkipOps: a
+    /// timing ablation; the captured graph is dropped). Refused while the persistent layers are
+    /// on (their one launch has no classes to leave out).
+    pub fn set_skip_ops(&mut self, skip: SkipOps) -> Result<()> {
+        if skip.any() && self.persistent_active().is_some() {
+            return Err(LabError::invalid(
+                "skip ops",
+                "the persistent decode layers run every op in one launch",
+            ));
+        }
+        self.skip = skip;
+        self.graph = None;
+        Ok(())
     }
 
     /// PDL asked for and possible (sm_90+).
@@ -2320,6 +2409,12 @@ impl GpuEngine {
 
     /// One eager step feeding `token`, with every op's output copied back (debug mode).
     pub fn trace_step(&mut self, token: u32) -> Result<Vec<TraceEntry>> {
+        if self.skip.any() {
+            return Err(LabError::invalid(
+                "trace",
+                "op classes are left out (set_skip_ops): the step computes nothing to check",
+            ));
+        }
         let mut t = Vec::new();
         self.feed(token, false, Some(&mut t))?;
         self.check_state()?;

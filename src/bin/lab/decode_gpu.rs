@@ -97,6 +97,12 @@ pub struct GpuArgs {
     /// (notes/kernels.md, after run 15); generation never runs it.
     #[arg(long, default_value = "", value_delimiter = ',')]
     pdl_prefetch_variant: Vec<String>,
+    /// With PDL, the bench also times the graph + PDL step at the first context with each op
+    /// class left out in turn (both norms, the attention, silu, each GEMV class, all small ops,
+    /// all GEMVs): what each adds to the step's critical path, which the eager profile cannot
+    /// show. Outputs of those steps are meaningless; generation never runs it.
+    #[arg(long)]
+    ablation: bool,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
@@ -358,6 +364,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 v6_one_per_sm: one_per_sm.clone(),
                 small_plain: small_plain.clone(),
                 prefetch_variant: prefetch_variant.clone(),
+                ablate: g.ablation,
             };
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);

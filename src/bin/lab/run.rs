@@ -113,6 +113,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         "gemv_v6_pipe,auto",
         "--ctx-list",
         "128,512,1024,2048",
+        "--ablation",
         "--root",
         &root,
     ];
