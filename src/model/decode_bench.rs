@@ -129,7 +129,8 @@ pub struct ContextPoint {
     /// GB/s the graph steps moved (bytes_per_token x tokens/s).
     pub achieved_gbs: f64,
     /// The graph with programmatic dependent launch (sm_90+, --pdl), ms per token, at the
-    /// engine's PDL prefetch budget (`pdl_prefetch` of the run's options).
+    /// engine's PDL prefetch budgets (DecodeReport::pdl_budget: the run's --pdl-prefetch, or the
+    /// tuned config's for this model, or the default).
     #[serde(default)]
     pub graph_pdl_ms_per_token: Option<f64>,
     /// The graph + PDL at other prefetch budgets (--pdl-prefetch): bytes per GEMV block, ms/token.
@@ -309,6 +310,13 @@ pub struct DecodeReport {
     /// fails after writing the report. Empty in a clean run and in reports recorded before it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid: Vec<String>,
+    /// The GEMVs' PDL prefetch budgets the "graph + PDL" column ran at. None where no PDL step
+    /// was timed, and in reports recorded before budgets were tuned per model (32 KB then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pdl_budget: Option<BudgetSetting>,
+    /// Whether `pdl_budget` was the tuned config's for this model (`lab tune`'s decode pass).
+    #[serde(default)]
+    pub pdl_budget_tuned: bool,
 }
 
 /// Records a timed stretch's state flags: a note in decode.md and, when non-zero, an entry in
@@ -868,7 +876,11 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             if pdl_ok && !plan.prefetch_variant.is_empty() {
                 let own_by_variant = eng.pdl_prefetch_variant().to_vec();
                 for (name, b) in &plan.prefetch_variant {
-                    eng.set_pdl_prefetch_variant(vec![(name.clone(), *b)]);
+                    // The engine's own per-variant budgets, with this one variant's replaced
+                    // (variant_prefetch: the last entry for a name wins).
+                    let mut v = own_by_variant.clone();
+                    v.push((name.clone(), *b));
+                    eng.set_pdl_prefetch_variant(v);
                     let what = format!("with {name} prefetching {b} B per block");
                     if let Some(ms) = variant(&mut eng, &what) {
                         point
@@ -956,6 +968,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     } else {
         None
     };
+    let pdl_timed = points.iter().any(|p| p.graph_pdl_ms_per_token.is_some());
     Ok(DecodeReport {
         prefill,
         prefill_chunk: eng.prefill_chunk(),
@@ -981,6 +994,8 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         profile,
         persistent_barriers,
         invalid,
+        pdl_budget: pdl_timed.then(|| eng.budget_setting()),
+        pdl_budget_tuned: pdl_timed && eng.tuned_budget().is_some(),
     })
 }
 
@@ -1653,6 +1668,8 @@ mod tests {
             )],
             persistent_barriers: None,
             invalid: Vec::new(),
+            pdl_budget: None,
+            pdl_budget_tuned: false,
             config: model,
         }
     }

@@ -309,6 +309,7 @@ mod tests {
         c.decode.push(DecodeBudget {
             model: DecodeModel::of(&crate::model::config::ModelConfig::vicuna_7b()),
             label: "vicuna-7b int4 g128, ctx 128".into(),
+            act_order: false,
             linears: Vec::new(),
             winner: b16.clone(),
             default: def.clone(),

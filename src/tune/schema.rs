@@ -181,9 +181,18 @@ impl BudgetSetting {
 
 impl std::fmt::Display for BudgetSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} KB", self.bytes / 1024)?;
+        // Whole KB as the tuner writes them; any other budget (lab decode --pdl-prefetch 1000)
+        // in bytes, so it never reads as a rounded one.
+        let size = |b: u32| {
+            if b % 1024 == 0 {
+                format!("{} KB", b / 1024)
+            } else {
+                format!("{b} B")
+            }
+        };
+        write!(f, "{}", size(self.bytes))?;
         for (v, b) in &self.per_variant {
-            write!(f, ", {v} {} KB", b / 1024)?;
+            write!(f, ", {v} {}", size(*b))?;
         }
         Ok(())
     }
@@ -205,9 +214,14 @@ pub struct DecodeBudget {
     /// For people: what was timed ("vicuna-7b int4 g128 act-order, ctx 128").
     #[serde(default)]
     pub label: String,
-    /// The int4 linears the step ran and their kernels, sorted. The budget serves an engine only
-    /// while its dispatcher makes exactly these choices: a budget timed with other kernels says
-    /// nothing about this step.
+    /// Timed with act-order weights (one entry per model and form: a re-tune replaces it).
+    #[serde(default)]
+    pub act_order: bool,
+    /// The int4 linear shapes the engine planned for the step and their kernels, sorted (an
+    /// act-order step plans both its act-order and its plain-shape choices). The budget serves an
+    /// engine only while its dispatcher plans exactly these: a budget timed with other kernels says
+    /// nothing about that step. Not part of the match: the engine options the tuner leaves at
+    /// their defaults (act_order_plain, fused_glu, sampling), symmetric zeros, the lm_head.
     pub linears: Vec<LinearChoice>,
     pub winner: BudgetSetting,
     pub default: BudgetSetting,
@@ -318,12 +332,13 @@ impl TunedConfig {
         self.entries.iter().find(|e| &e.key == key)
     }
 
-    /// Insert or replace the decode budget of its model and linears.
+    /// Insert or replace the decode budget of its model and weights form (a budget timed with
+    /// kernels a re-tune has since replaced goes with it).
     pub fn upsert_decode(&mut self, budget: DecodeBudget) {
         match self
             .decode
             .iter_mut()
-            .find(|d| d.model == budget.model && d.linears == budget.linears)
+            .find(|d| d.model == budget.model && d.act_order == budget.act_order)
         {
             Some(old) => *old = budget,
             None => self.decode.push(budget),

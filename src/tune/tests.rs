@@ -623,6 +623,7 @@ fn sample_budget(variant: &str, winner_kb: u32) -> DecodeBudget {
     DecodeBudget {
         model: DecodeModel::of(&ModelConfig::vicuna_7b()),
         label: "vicuna-7b int4 g128, ctx 128".into(),
+        act_order: false,
         linears: linears(variant),
         winner: BudgetSetting::uniform(winner_kb * 1024),
         default: default.clone(),
@@ -716,11 +717,17 @@ fn a_config_without_decode_budgets_still_loads_and_budgets_round_trip() {
     c.save(&path).unwrap();
     let back = TunedConfig::load(&path).unwrap();
     assert_eq!(back.decode, c.decode);
-    // The same model and kernels replace; other kernels are another entry.
+    // The same model and form replace, whatever kernels they were timed with (a re-tune's
+    // budget drops the stale one); the other form is another entry.
     c.upsert_decode(sample_budget("gemv_v2_vec", 8));
     assert_eq!(c.decode.len(), 1);
     assert_eq!(c.decode[0].winner.bytes, 8192);
     c.upsert_decode(sample_budget("gemv_v10_l2x", 16));
+    assert_eq!(c.decode.len(), 1);
+    assert_eq!(c.decode[0].linears, linears("gemv_v10_l2x"));
+    let mut act = sample_budget("gemv_v6_pipe", 16);
+    act.act_order = true;
+    c.upsert_decode(act);
     assert_eq!(c.decode.len(), 2);
     // A non-finite round is refused by name, and nothing is written.
     c.decode[1].candidates[0].ms_per_token.push(f64::INFINITY);
@@ -755,4 +762,13 @@ fn the_dispatcher_serves_a_decode_budget_only_for_the_same_model_and_kernels() {
     assert!(refused
         .decode_budget(&m7, &linears("gemv_v2_vec"))
         .is_none());
+}
+
+#[test]
+fn budget_settings_print_whole_kb_and_anything_else_in_bytes() {
+    let mut s = BudgetSetting::uniform(16384);
+    assert_eq!(s.to_string(), "16 KB");
+    s.per_variant.insert("gemv_v10_l2x".into(), 1000);
+    s.bytes = 0;
+    assert_eq!(s.to_string(), "0 KB, gemv_v10_l2x 1000 B");
 }

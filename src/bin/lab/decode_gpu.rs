@@ -72,7 +72,8 @@ pub struct GpuArgs {
     /// first is what generation and the bench's "graph + PDL" column use; the bench also times
     /// the graph + PDL at the others (0 = no prefetch). Not given: the budget `lab tune` kept for
     /// this model and these kernels (tuning/<gpu>.json, `auto` only), else 32768; the bench then
-    /// also times 0, 16384, 32768, 65536 and 131072.
+    /// also times 0, 16384, 32768, 65536 and 131072 for every GEMV (the one equal to the engine's
+    /// own only where that has per-variant budgets: otherwise it is the column itself).
     #[arg(long, value_delimiter = ',')]
     pdl_prefetch: Vec<u32>,
     /// With PDL, the bench also times graph + PDL with every gemv_v6_pipe linear at one block per

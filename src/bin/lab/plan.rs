@@ -147,7 +147,7 @@ fn speed_for(
         }
         None => {
             say(
-                format!("none {}", card.slug),
+                format!("none {} {}", card.slug, m.name),
                 format!(
                     "ESTIMATE on {}: no decode report under {} has a {:?} run of {} to scale from (reports/*/decode.json: run from the repo root or pass --root), so tokens/s below is the pure roofline (100% of the spec bandwidth, no per-layer cost): an upper bound, not what a card reaches",
                     card.name,

@@ -79,9 +79,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         section("correctness: every variant against the f64 reference");
         run_words(&["check"])?;
     }
-    if !a.skip_tune {
+    // A failed tune (a decode-pass step that ended with a state flag, say) does not stop the runs
+    // below: they use whatever it saved, and lab run fails at the end.
+    let tune = if a.skip_tune {
+        Ok(())
+    } else {
         section("quick autotune");
-        run_words(&["tune", "--gpu", &gpu, "--quick", "--root", &root])?;
+        run_words(&["tune", "--gpu", &gpu, "--quick", "--root", &root])
+    };
+    if let Err(e) = &tune {
+        println!("quick tune FAILED ({e}): the runs below go on; lab run fails at the end");
     }
     section("GPU engine against the CPU engine on the tiny checkpoints");
     // A failed check does not stop the timings below (they are recorded and labelled either
@@ -127,5 +134,5 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         "\nreports written under {}",
         a.root.join("reports").display()
     );
-    tiny
+    tune.and(tiny)
 }

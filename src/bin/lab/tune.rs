@@ -111,12 +111,16 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         |c| c.save(&path),
     )?;
     bar.finish_and_clear();
-    if !a.no_decode {
-        tune_decode(&gpu, &models, &mut cfg, &path)?;
-    }
+    let decode = if a.no_decode {
+        Ok(())
+    } else {
+        tune_decode(&gpu, &models, &mut cfg, &path)
+    };
+    // The report of what was kept, whatever the decode pass's outcome (its failure is said last).
     let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
     gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
-    show(Some(&path))
+    show(Some(&path))?;
+    decode
 }
 
 /// The decode pass: each model's int4 g128 step, act-order off and on, with the dispatcher of the
