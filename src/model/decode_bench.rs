@@ -697,9 +697,9 @@ fn profile_at(eng: &mut GpuEngine, ctx: usize, steps: usize) -> Result<StepProfi
     }
 }
 
-/// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
-/// values up to each context (no prefill: the bytes read are the same), timed with CUDA events.
-pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Result<DecodeReport> {
+/// The KV cache rows a plan's engine holds: the longest context, its warm-up and timed steps,
+/// and the longest prefill.
+fn bench_max_ctx(plan: &BenchPlan) -> Result<usize> {
     let max_pos = plan
         .contexts
         .iter()
@@ -716,7 +716,79 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             "prompt lengths must be positive",
         ));
     }
-    let max_ctx = (max_pos + plan.warmup + plan.steps + 1).max(max_prefill);
+    Ok((max_pos + plan.warmup + plan.steps + 1).max(max_prefill))
+}
+
+/// Device bytes the engine of `plan` needs beyond the CUDA context that is already resident, by
+/// the planner (within 1% of the driver's readings for 7B / 13B on the H100, run 17). An int4
+/// `auto` prefill is planned as the GEMM family's: the engine itself falls back to it when the
+/// dequant path's slice does not fit (GpuEngine::new).
+pub fn bench_needs_bytes(plan: &BenchPlan) -> Result<u64> {
+    let max_ctx = bench_max_ctx(plan)? as u64;
+    let chunk = plan.prefill_chunk.min(max_ctx as usize) as u64;
+    let mut spec = PlanSpec::of_engine_run(plan.cfg.clone(), plan.kind, max_ctx, chunk);
+    spec.prefill_int4 = match plan.prefill_int4 {
+        PrefillInt4::Auto => PrefillInt4::GemmV2,
+        c => c,
+    };
+    spec.fp16_cublas = plan.fp16_backend != Fp16Backend::Lab;
+    let p = spec.plan()?;
+    Ok(p.total_bytes.saturating_sub(p.cuda_context_bytes))
+}
+
+/// Why an engine that needs `needs` bytes is not started with `free` bytes free (None: it fits).
+/// The margin (3% + 64 MiB) covers the allocator's rounding and the planner's error; a run that
+/// still runs out of memory is skipped the same way (`is_out_of_memory`).
+pub fn does_not_fit(needs: u64, free: u64) -> Option<String> {
+    let with_margin = needs + needs / 33 + (64 << 20);
+    (with_margin > free).then(|| {
+        format!(
+            "needs {:.2} GiB of device memory beyond the CUDA context (the planner's figure, plus a 3% + 64 MiB margin: {:.2} GiB), this GPU has {:.2} GiB free",
+            needs as f64 / GIB,
+            with_margin as f64 / GIB,
+            free as f64 / GIB
+        )
+    })
+}
+
+/// A run `lab decode` did not do on this GPU because its engine does not fit: decode.md lists
+/// them ("Not run on this GPU"), so a report from a small card says why 13B fp16 is missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedRun {
+    /// "vicuna-13b fp16", as the runs are labelled.
+    pub run: String,
+    pub reason: String,
+}
+
+/// decode-skipped.json beside decode.json: written by every `lab decode` bench (removed when
+/// nothing was skipped, so a file from an earlier run on a smaller card never lingers).
+pub fn write_skipped_runs(dir: &Path, skipped: &[SkippedRun]) -> Result<()> {
+    let path = dir.join(SKIPPED_FILE);
+    if skipped.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(LabError::io(&path, e)),
+            _ => Ok(()),
+        };
+    }
+    crate::util::write_json_atomic(&path, &skipped)
+}
+
+const SKIPPED_FILE: &str = "decode-skipped.json";
+
+/// The skipped runs recorded beside decode.json, if any (an unreadable file is an error naming it).
+pub fn read_skipped_runs(dir: &Path) -> Result<Vec<SkippedRun>> {
+    let path = dir.join(SKIPPED_FILE);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| LabError::Json { path, source: e })
+}
+
+/// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
+/// values up to each context (no prefill: the bytes read are the same), timed with CUDA events.
+pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Result<DecodeReport> {
+    let max_ctx = bench_max_ctx(plan)?;
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = plan.fp16_backend;
     opts.int4 = plan.int4.clone();
@@ -1266,6 +1338,13 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         }
         md.push('\n');
     }
+    let skipped = read_skipped_runs(dir)?;
+    if !skipped.is_empty() {
+        md.push_str("\n## Not run on this GPU (the engine does not fit its memory)\n\n");
+        for k in &skipped {
+            md.push_str(&format!("- {}: {}\n", k.run, k.reason));
+        }
+    }
     crate::util::write_atomic(&dir.join("decode.md"), md.as_bytes())?;
 
     let series = |f: &dyn Fn(&ContextPoint) -> f64, suffix: &str| -> Vec<Series> {
@@ -1672,6 +1751,108 @@ mod tests {
             pdl_budget_tuned: false,
             config: model,
         }
+    }
+
+    /// The plan `lab run` gives `lab decode` for one model and weights form.
+    fn lab_run_plan(cfg: ModelConfig, kind: WeightKind) -> BenchPlan {
+        BenchPlan {
+            cfg,
+            kind,
+            contexts: vec![128, 512, 1024, 2048],
+            steps: 32,
+            warmup: 4,
+            seed: 1,
+            fp16_backend: Fp16Backend::Cublas,
+            int4: crate::model::gpu_engine::Int4Kernel::Engine,
+            prefill_lens: vec![128, 512, 1024, 2048],
+            prefill_chunk: 512,
+            prefill_int4: PrefillInt4::Auto,
+            dequant_slice_elems: crate::model::gpu_engine::DEQUANT_SLICE_ELEMS,
+            profile_steps: 3,
+            pdl: true,
+            pdl_prefetch_own: None,
+            pdl_prefetch_sweep: Vec::new(),
+            persistent: false,
+            persistent_prefetch: Vec::new(),
+            v6_one_per_sm: Vec::new(),
+            small_plain: Vec::new(),
+            prefetch_variant: Vec::new(),
+            ablate: true,
+        }
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_the_card_is_named_with_what_it_needs() {
+        // Run 17 on the H100 (decode.json): each run's driver peak less its CUDA context, against
+        // what the fit check plans for the same run (2085 positions, 512-row prefill).
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("reports/nvidia-h100-80gb-hbm3/decode.json");
+        let runs: Vec<DecodeReport> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut checked = 0;
+        for r in runs.iter().filter(|r| !r.int4_kernel.contains("v6")) {
+            let plan = lab_run_plan(r.config.clone(), r.weights.kind);
+            assert_eq!(bench_max_ctx(&plan).unwrap(), r.max_ctx, "{}", r.label());
+            let needs = bench_needs_bytes(&plan).unwrap() as f64;
+            let measured = (r.vram.peak_used_bytes - r.vram.context_bytes) as f64;
+            assert!(
+                (needs / measured - 1.0).abs() < 0.03,
+                "{}: planned {needs} vs measured {measured}",
+                r.label()
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 6, "7B / 13B: int4, act-order, fp16");
+        // A 24 GB card (~23 GiB free after the context): 13B int4 runs, 13B fp16 is skipped.
+        let free = 23 << 30;
+        let int4 = lab_run_plan(
+            ModelConfig::vicuna_13b(),
+            WeightKind::Int4 {
+                group: 128,
+                act_order: false,
+                sym: false,
+            },
+        );
+        assert!(does_not_fit(bench_needs_bytes(&int4).unwrap(), free).is_none());
+        let fp16 = lab_run_plan(ModelConfig::vicuna_13b(), WeightKind::Fp16);
+        let why = does_not_fit(bench_needs_bytes(&fp16).unwrap(), free).expect("26 GiB on 23");
+        assert!(why.contains("GiB free") && why.contains("23.00"), "{why}");
+        // The margin: exactly the need is not enough.
+        assert!(does_not_fit(10 << 30, 10 << 30).is_some());
+        assert!(does_not_fit(10 << 30, 11 << 30).is_none());
+    }
+
+    #[test]
+    fn skipped_runs_are_listed_in_decode_md_and_a_clean_run_removes_the_old_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = vec![recorded(
+            ModelConfig::vicuna_7b(),
+            int4(false),
+            &[(128, 1.61, 2.9)],
+        )];
+        let skipped = vec![SkippedRun {
+            run: "vicuna-13b fp16".into(),
+            reason: "needs 25.6 GiB, this GPU has 23.0 GiB free".into(),
+        }];
+        write_skipped_runs(dir.path(), &skipped).unwrap();
+        write_decode_report(dir.path(), &runs).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        assert!(
+            md.contains("## Not run on this GPU")
+                && md.contains("- vicuna-13b fp16: needs 25.6 GiB, this GPU has 23.0 GiB free"),
+            "{md}"
+        );
+        assert_eq!(read_skipped_runs(dir.path()).unwrap(), skipped);
+        // The next bench skipped nothing: the list goes, and so does the section.
+        write_skipped_runs(dir.path(), &[]).unwrap();
+        write_decode_report(dir.path(), &runs).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        assert!(!md.contains("Not run on this GPU"), "{md}");
+        write_skipped_runs(dir.path(), &[]).unwrap();
+        // A damaged list is an error naming the file, not an empty list.
+        std::fs::write(dir.path().join(SKIPPED_FILE), "[{").unwrap();
+        let e = read_skipped_runs(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(SKIPPED_FILE), "{e}");
     }
 
     #[test]

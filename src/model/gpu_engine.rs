@@ -247,6 +247,15 @@ impl EngineOptions {
     }
 }
 
+/// Whether `e` is the device running out of memory (an engine too big for the card).
+pub fn is_out_of_memory(e: &LabError) -> bool {
+    matches!(
+        e,
+        LabError::Driver { source, .. }
+            if source.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY
+    )
+}
+
 /// Whether `e` is the driver refusing to capture a launch into a CUDA graph (a cooperative launch
 /// on a driver that cannot put one in a graph, say), as opposed to a failed kernel or step.
 pub fn is_capture_refusal(e: &LabError) -> bool {

@@ -19,15 +19,16 @@ use gptq_lab::bench::measure_ceilings;
 use gptq_lab::cuda::Gpu;
 use gptq_lab::model::config::ModelConfig;
 use gptq_lab::model::decode_bench::{
-    run_decode_bench, write_decode_report, BenchPlan, DecodeReport,
+    bench_needs_bytes, does_not_fit, run_decode_bench, write_decode_report, write_skipped_runs,
+    BenchPlan, DecodeReport, SkippedRun,
 };
 use gptq_lab::model::gpu_check::{
     check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, CheckReport,
     CHECK_NEW, CHECK_PROMPT, FIXTURES,
 };
 use gptq_lab::model::gpu_engine::{
-    parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel, PrefillInt4, PrefillMode,
-    WeightSource, DEFAULT_PREFILL_CHUNK,
+    is_out_of_memory, parse_int4_kernel, EngineOptions, Fp16Backend, GpuEngine, Int4Kernel,
+    PrefillInt4, PrefillMode, WeightSource, DEFAULT_PREFILL_CHUNK,
 };
 use gptq_lab::model::gpu_weights::WeightKind;
 use gptq_lab::model::layer_source::CheckpointLayers;
@@ -315,6 +316,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     );
     let mut runs: Vec<DecodeReport> = Vec::new();
     let mut failures = Vec::new();
+    let mut skipped: Vec<SkippedRun> = Vec::new();
     let int4_kernels = g
         .int4_kernel
         .iter()
@@ -367,10 +369,42 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 prefetch_variant: prefetch_variant.clone(),
                 ablate: g.ablation,
             };
+            let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
+            let run_label = match kind {
+                WeightKind::Fp16 => format!("{} fp16", cfg.name),
+                _ => what.clone(),
+            };
+            // A model the card cannot hold is skipped and said so, not failed: lab run on a
+            // 24 GB card still reports everything that fits (13B fp16 needs ~26 GiB).
+            // Freed buffers (the ceiling probes, the previous engine) return to the driver only
+            // at a synchronization.
+            gpu.ctx.synchronize().ok();
+            let free = gpu
+                .ctx
+                .mem_get_info()
+                .map_err(|e| anyhow::anyhow!("cuMemGetInfo: {e:?}"))?
+                .0 as u64;
+            if let Some(why) = does_not_fit(bench_needs_bytes(&plan)?, free) {
+                eprintln!("SKIP {run_label}: {why}");
+                skipped.push(SkippedRun {
+                    run: run_label,
+                    reason: why,
+                });
+                continue;
+            }
             // Each run's engine is dropped (and the memory pool drained) before the next.
             let r = run_decode_bench(&gpu, &plan, &ceilings);
             gpu.ctx.synchronize().ok();
             match r {
+                Err(e) if is_out_of_memory(&e) => {
+                    let why =
+                        format!("ran out of device memory although the planner said it fits ({e})");
+                    eprintln!("SKIP {run_label}: {why}");
+                    skipped.push(SkippedRun {
+                        run: run_label,
+                        reason: why,
+                    });
+                }
                 Ok(r) => {
                     print_run(&r, t.elapsed().as_secs_f64());
                     if !r.invalid.is_empty() {
@@ -385,7 +419,6 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     runs.push(r);
                 }
                 Err(e) => {
-                    let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
                     eprintln!("FAIL {what}: {e}");
                     failures.push(format!("{what}: {e}"));
                 }
@@ -397,6 +430,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     }
     if !g.no_report && !runs.is_empty() {
         let dir = report_dir(&g.root, &gpu.info.slug);
+        write_skipped_runs(&dir, &skipped)?;
         write_decode_report(&dir, &runs)?;
         eprintln!("wrote {}/decode.{{json,md}} + decode-*.svg", dir.display());
     }
