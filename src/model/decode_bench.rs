@@ -785,6 +785,30 @@ pub fn read_skipped_runs(dir: &Path) -> Result<Vec<SkippedRun>> {
     serde_json::from_str(&text).map_err(|e| LabError::Json { path, source: e })
 }
 
+/// An engine of synthetic weights generated on the GPU from `seed`, its KV cache filled with
+/// random values (from `kv_seed(seed)`) so any context can be timed without a prefill.
+pub fn synthetic_engine(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    kind: WeightKind,
+    seed: u64,
+    opts: EngineOptions,
+) -> Result<GpuEngine> {
+    let mut eng = GpuEngine::new(
+        gpu,
+        cfg,
+        WeightSource::Synthetic(SyntheticSpec { kind, seed }),
+        opts,
+    )?;
+    eng.fill_kv_random(kv_seed(seed))?;
+    Ok(eng)
+}
+
+/// The KV cache's random fill for weights of `seed`.
+fn kv_seed(seed: u64) -> u64 {
+    seed ^ 0xC0FFEE
+}
+
 /// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
 /// values up to each context (no prefill: the bytes read are the same), timed with CUDA events.
 pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Result<DecodeReport> {
@@ -802,16 +826,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     if let Some(&b) = plan.persistent_prefetch.first() {
         opts.persistent_prefetch = b;
     }
-    let mut eng = GpuEngine::new(
-        gpu,
-        &plan.cfg,
-        WeightSource::Synthetic(SyntheticSpec {
-            kind: plan.kind,
-            seed: plan.seed,
-        }),
-        opts,
-    )?;
-    eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
+    let mut eng = synthetic_engine(gpu, &plan.cfg, plan.kind, plan.seed, opts)?;
     eng.capture_graph()?;
     let bytes = BytesPerToken::new(&plan.cfg, &eng.weights.desc);
     let mut invalid = Vec::new();
@@ -1001,7 +1016,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             }
             eng.set_skip_ops(SkipOps::default())?;
             eng.set_pdl(false);
-            eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
+            eng.fill_kv_random(kv_seed(plan.seed))?;
             eng.set_position(ctx)?;
             notes.push(format!("ablation (ctx {ctx}): the graph + PDL step with one op class left out at a time, the engine's budget; its outputs are meaningless (skipped ops leave an earlier step's values), so its state flags are not checked; the cache was refilled after it"));
         }

@@ -10,8 +10,9 @@
 
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
-use crate::model::gpu_engine::{EngineOptions, GpuEngine, Int4Kernel, WeightSource};
-use crate::model::gpu_weights::{SyntheticSpec, WeightKind};
+use crate::model::decode_bench::synthetic_engine;
+use crate::model::gpu_engine::{EngineOptions, Int4Kernel};
+use crate::model::gpu_weights::WeightKind;
 use crate::tune::decode::{select_budget, settings};
 use crate::tune::{BudgetCandidate, DecodeBudget, DecodeModel, Dispatcher};
 use crate::{LabError, Result};
@@ -87,16 +88,7 @@ pub fn tune_decode_budget(
     // The tuner sets every budget itself; no prefill is timed, so no prefill workspace.
     opts.pdl_prefetch_tuned = false;
     opts.prefill_chunk = 0;
-    let mut eng = GpuEngine::new(
-        gpu,
-        &plan.cfg,
-        WeightSource::Synthetic(SyntheticSpec {
-            kind: plan.kind,
-            seed: plan.seed,
-        }),
-        opts,
-    )?;
-    eng.fill_kv_random(plan.seed ^ 0xC0FFEE)?;
+    let mut eng = synthetic_engine(gpu, &plan.cfg, plan.kind, plan.seed, opts)?;
     let model = DecodeModel::of(&plan.cfg);
     if let Some(b) = crate::tune::decode::lookup(known, &model, eng.step_linears()) {
         return Ok(DecodeTuneOutcome::Known(b.clone()));
