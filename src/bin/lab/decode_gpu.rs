@@ -32,6 +32,7 @@ use gptq_lab::model::gpu_engine::{
 };
 use gptq_lab::model::gpu_weights::WeightKind;
 use gptq_lab::model::layer_source::CheckpointLayers;
+use gptq_lab::plan::PlanSpec;
 use gptq_lab::report::{report_dir, utc_now};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -669,9 +670,31 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         opts.persistent_prefetch = b;
     }
     let label = dir.display().to_string();
+    // What the planner says this run needs, for the message if the card runs out of memory.
+    let kind = match &ckpt.quant {
+        None => WeightKind::Fp16,
+        Some(q) => WeightKind::Int4 {
+            group: q.group_size,
+            act_order: q.desc_act,
+            sym: q.sym,
+        },
+    };
+    let mut spec = PlanSpec::of_engine_run(
+        ckpt.config.clone(),
+        kind,
+        max_ctx as u64,
+        opts.prefill_chunk as u64,
+    );
+    spec.fp16_cublas = opts.fp16_backend != Fp16Backend::Lab;
+    let planned = spec
+        .plan()
+        .ok()
+        .map(|p| p.total_bytes.saturating_sub(p.cuda_context_bytes));
+    gpu.ctx.synchronize().ok();
+    let free = gpu.ctx.mem_get_info().map(|m| m.0 as u64).ok();
     // Streamed: one layer at a time from the memory-mapped checkpoint, a progress bar on stderr.
     let src = CheckpointLayers::new(&ckpt).with_progress(!a.json);
-    let mut eng = GpuEngine::new(
+    let mut eng = match GpuEngine::new(
         &gpu,
         &ckpt.config,
         WeightSource::Host {
@@ -679,7 +702,14 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             label: &label,
         },
         opts,
-    )?;
+    ) {
+        Err(e) if is_out_of_memory(&e) => bail!(
+            "{label}: the GPU ran out of memory building the engine ({e}); the planner puts this run at {} beyond the CUDA context, {} was free: `lab plan --checkpoint {label}` shows what fits, and a shorter prompt + --max-new-tokens needs less KV cache",
+            planned.map_or("?".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+            free.map_or("?".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+        ),
+        r => r?,
+    };
     let load_s = t0.elapsed().as_secs_f64();
     let tokenizer = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
     let eos = super::stop_token(a, &ckpt.dir, tokenizer.as_ref());
