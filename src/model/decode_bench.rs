@@ -172,10 +172,10 @@ pub struct ContextPoint {
     /// (variant, bytes per block, ms/token).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_prefetch_variant: Vec<(String, u32, f64)>,
-    /// Graph + PDL (engine's budget) with op classes left out (GpuEngine::set_skip_ops), timed
-    /// at the run's first context only: (what was left out, ms/token, weight bytes left out).
+    /// The step with op classes left out (GpuEngine::set_skip_ops), graph and graph + PDL at the
+    /// engine's budget, timed at the run's first context only (`--ablation`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub graph_pdl_ablation: Vec<Ablation>,
+    pub ablation: Vec<Ablation>,
     /// The graph with the persistent decode layers (kernels/llama/layers.cu: one cooperative
     /// launch for every decoder layer; the other kernels with PDL where the run has the PDL
     /// column), ms per token. None where not asked for (--persistent-layers) or refused.
@@ -194,7 +194,10 @@ pub struct ContextPoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ablation {
     pub left_out: String,
-    pub ms_per_token: f64,
+    /// The CUDA graph without PDL, ms per token.
+    pub graph_ms: f64,
+    /// The graph + PDL step (None where PDL is not available), ms per token.
+    pub graph_pdl_ms: Option<f64>,
     /// Weight bytes per step the left-out GEMVs would have read (0 for the small ops).
     pub weight_bytes: u64,
 }
@@ -378,7 +381,7 @@ pub fn context_point(
         graph_pdl_v6_one_per_sm: Vec::new(),
         graph_pdl_small_plain: Vec::new(),
         graph_pdl_prefetch_variant: Vec::new(),
-        graph_pdl_ablation: Vec::new(),
+        ablation: Vec::new(),
         graph_persistent_ms: None,
         graph_persistent_prefetch: Vec::new(),
         persistent_eager: false,
@@ -423,8 +426,8 @@ pub struct BenchPlan {
     /// With `pdl`, also time the step with the small kernels launched plain at these prefetch
     /// budgets (empty: not timed). `ContextPoint::graph_pdl_small_plain`.
     pub small_plain: Vec<u32>,
-    /// With `pdl`, also time the graph + PDL step at the first context with each op class left
-    /// out (`ablations`; `ContextPoint::graph_pdl_ablation`).
+    /// Also time the step at the first context with each op class left out, in the graph and
+    /// (where the PDL column ran) the graph + PDL (`ablations`; `ContextPoint::ablation`).
     pub ablate: bool,
     /// With `pdl`, also time each (variant, bytes per block) as its own setting: that variant's
     /// launches at that budget, the others at the engine's (empty: not timed).
@@ -578,58 +581,71 @@ fn planned_prefill_int4(r: &DecodeReport) -> PrefillInt4 {
     }
 }
 
-/// The ablation table of one context point: each op class's share of the graph + PDL step.
-/// "saved" = full step - step without it; for GEMVs, the left-out bytes over that time as GB/s
-/// and as % of the read ceiling (how close the class streams to the hardware in the step).
+/// The ablation table of one context point: each op class's share of the step, in the graph and
+/// in the graph + PDL. "saved" = full step - step without it; for GEMVs, the left-out bytes over
+/// the saved time (graph + PDL where timed) as GB/s and as % of the read ceiling: how close the
+/// class streams to the hardware inside the step.
 fn ablation_markdown(p: &ContextPoint, ceiling_gbs: f64) -> String {
-    let Some(full) = p.graph_pdl_ms_per_token else {
-        return String::new();
-    };
-    let mut md = format!("
-Where the graph + PDL step goes (ctx {}: the step timed with one op class left out at a time, against the full step's {full:.3} ms; the left-out ops' outputs are stale, the timings are real):
-
-", p.ctx);
-    let rows: Vec<Vec<String>> = p
-        .graph_pdl_ablation
-        .iter()
-        .map(|a| {
-            let saved = full - a.ms_per_token;
-            let (gbs, pct) = if a.weight_bytes > 0 && saved > 0.0 {
-                let gbs = a.weight_bytes as f64 / (saved * 1e-3) / 1e9;
-                (
-                    format!("{gbs:.0}"),
-                    format!("{:.1}%", 100.0 * gbs / ceiling_gbs),
-                )
-            } else {
-                ("-".into(), "-".into())
-            };
+    let full_pdl = p.graph_pdl_ms_per_token;
+    let full = p.graph_ms_per_token;
+    let pdl = full_pdl.is_some() && p.ablation.iter().all(|a| a.graph_pdl_ms.is_some());
+    let mut md = format!(
+        "\nWhere the step goes (ctx {}: the step timed with one op class left out at a time, against the full step: graph {full:.3} ms{}; the left-out ops' outputs are stale, the timings are real):\n\n",
+        p.ctx,
+        full_pdl.map_or(String::new(), |f| format!(", graph + PDL {f:.3} ms"))
+    );
+    let saved_cells = |full: f64, ms: f64| {
+        let saved = full - ms;
+        (
+            saved,
             vec![
-                a.left_out.clone(),
-                format!("{:.3}", a.ms_per_token),
+                format!("{ms:.3}"),
                 format!("{saved:.3}"),
                 format!("{:.1}%", 100.0 * saved / full),
-                if a.weight_bytes > 0 {
-                    format!("{:.1}", a.weight_bytes as f64 / 1e6)
-                } else {
-                    "-".into()
-                },
-                gbs,
-                pct,
-            ]
+            ],
+        )
+    };
+    let rows: Vec<Vec<String>> = p
+        .ablation
+        .iter()
+        .map(|a| {
+            let mut row = vec![a.left_out.clone()];
+            let (mut saved, cells) = saved_cells(full, a.graph_ms);
+            row.extend(cells);
+            if let (true, Some(f), Some(ms)) = (pdl, full_pdl, a.graph_pdl_ms) {
+                let (s, cells) = saved_cells(f, ms);
+                saved = s;
+                row.extend(cells);
+            }
+            row.push(if a.weight_bytes > 0 {
+                format!("{:.1}", a.weight_bytes as f64 / 1e6)
+            } else {
+                "-".into()
+            });
+            if a.weight_bytes > 0 && saved > 0.0 {
+                let gbs = a.weight_bytes as f64 / (saved * 1e-3) / 1e9;
+                row.push(format!("{gbs:.0}"));
+                row.push(format!("{:.1}%", 100.0 * gbs / ceiling_gbs));
+            } else {
+                row.extend(["-".to_string(), "-".to_string()]);
+            }
+            row
         })
         .collect();
-    md.push_str(&table(
-        &[
-            "left out",
-            "ms/tok",
-            "saved ms",
-            "% of the step",
-            "weight MB left out",
-            "GB/s of those bytes over the saved time",
-            "% of read ceiling",
-        ],
-        &rows,
-    ));
+    let mut head = vec!["left out", "graph ms/tok", "saved ms", "% of the step"];
+    if pdl {
+        head.extend(["graph + PDL ms/tok", "saved ms", "% of the step"]);
+    }
+    head.extend([
+        "weight MB left out",
+        if pdl {
+            "GB/s of those bytes over the saved time (graph + PDL)"
+        } else {
+            "GB/s of those bytes over the saved time"
+        },
+        "% of read ceiling",
+    ]);
+    md.push_str(&table(&head, &rows));
     md
 }
 
@@ -992,20 +1008,34 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     }
     // The ablation after every other decode timing: its steps write meaningless rows into the
     // cache and the state, so the cache is refilled after it (the prefill below starts from 0).
-    if plan.ablate && pdl_ok {
+    if plan.ablate {
         if let Some(p) = points.first_mut() {
             let ctx = p.ctx;
             let class = eng.linear_class_bytes();
-            eng.set_pdl(true);
+            // PDL where the run's PDL column ran (sm_90+), so both columns compare like with like.
+            let with_pdl = p.graph_pdl_ms_per_token.is_some();
             for (what, skip) in ablations() {
                 if let Err(e) = eng.set_skip_ops(skip) {
                     notes.push(format!("ablation not timed: {e}"));
                     break;
                 }
-                match timed_from(&mut eng, ctx, plan, true) {
-                    Ok((ms, _flags)) => p.graph_pdl_ablation.push(Ablation {
+                let time = |eng: &mut GpuEngine, pdl: bool| {
+                    eng.set_pdl(pdl);
+                    timed_from(eng, ctx, plan, true).map(|(ms, _flags)| ms)
+                };
+                let timed = time(&mut eng, false).and_then(|g| {
+                    let pdl = if with_pdl {
+                        Some(time(&mut eng, true)?)
+                    } else {
+                        None
+                    };
+                    Ok((g, pdl))
+                });
+                match timed {
+                    Ok((graph_ms, graph_pdl_ms)) => p.ablation.push(Ablation {
                         left_out: what.to_string(),
-                        ms_per_token: ms,
+                        graph_ms,
+                        graph_pdl_ms,
                         weight_bytes: skipped_bytes(&skip, &class),
                     }),
                     Err(e) => {
@@ -1018,7 +1048,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             eng.set_pdl(false);
             eng.fill_kv_random(kv_seed(plan.seed))?;
             eng.set_position(ctx)?;
-            notes.push(format!("ablation (ctx {ctx}): the graph + PDL step with one op class left out at a time, the engine's budget; its outputs are meaningless (skipped ops leave an earlier step's values), so its state flags are not checked; the cache was refilled after it"));
+            notes.push(format!("ablation (ctx {ctx}): the graph{} step with one op class left out at a time, the engine's budget; its outputs are meaningless (skipped ops leave an earlier step's values), so its state flags are not checked; the cache was refilled after it", if with_pdl { " and the graph + PDL" } else { "" }));
         }
     }
     // Prefill last: it overwrites the cache rows it covers (the decode timings are done).
@@ -1272,7 +1302,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 md.push_str("\n(host-bound at the longest hold: the figures include host gaps)\n");
             }
         }
-        if let Some(p) = r.points.iter().find(|p| !p.graph_pdl_ablation.is_empty()) {
+        if let Some(p) = r.points.iter().find(|p| !p.ablation.is_empty()) {
             md.push_str(&ablation_markdown(p, r.ceiling_gbs));
         }
         let v = &r.vram;
@@ -1467,34 +1497,52 @@ mod tests {
             3000.0,
             128,
             16,
-            2.25,
-            2.5,
+            2.40,
+            2.6,
         );
-        assert_eq!(ablation_markdown(&p, 3000.0), "", "no full step, no table");
-        p.graph_pdl_ms_per_token = Some(2.25);
-        p.graph_pdl_ablation = vec![
-            Ablation {
-                left_out: "both RMSNorms of every layer".into(),
-                ms_per_token: 2.10,
-                weight_bytes: 0,
-            },
-            Ablation {
-                left_out: "gate|up".into(),
-                ms_per_token: 1.50,
-                // 1.5e9 bytes over 0.75 ms = 2000 GB/s = 66.7% of 3000.
-                weight_bytes: 1_500_000_000,
-            },
-        ];
+        let rows = |pdl: bool| {
+            vec![
+                Ablation {
+                    left_out: "both RMSNorms of every layer".into(),
+                    graph_ms: 2.20,
+                    graph_pdl_ms: pdl.then_some(2.10),
+                    weight_bytes: 0,
+                },
+                Ablation {
+                    left_out: "gate|up".into(),
+                    graph_ms: 1.60,
+                    // 1.5e9 bytes over 0.75 ms = 2000 GB/s = 66.7% of 3000.
+                    graph_pdl_ms: pdl.then_some(1.50),
+                    weight_bytes: 1_500_000_000,
+                },
+            ]
+        };
+        // Graph only (no PDL on this card): the bytes over the graph's saved time (0.8 ms).
+        p.ablation = rows(false);
         let md = ablation_markdown(&p, 3000.0);
+        assert!(!md.contains("graph + PDL"), "{md}");
         assert!(
-            md.contains("| both RMSNorms of every layer | 2.100 | 0.150 | 6.7% | - | - | - |"),
+            md.contains("| both RMSNorms of every layer | 2.200 | 0.200 | 8.3% | - | - | - |"),
             "{md}"
         );
         assert!(
-            md.contains("| gate|up | 1.500 | 0.750 | 33.3% | 1500.0 | 2000 | 66.7% |"),
+            md.contains("| gate|up | 1.600 | 0.800 | 33.3% | 1500.0 | 1875 | 62.5% |"),
+            "{md}"
+        );
+        // With PDL: both columns, the GB/s from the graph + PDL's saved time.
+        p.graph_pdl_ms_per_token = Some(2.25);
+        p.ablation = rows(true);
+        let md = ablation_markdown(&p, 3000.0);
+        assert!(
+            md.contains("| both RMSNorms of every layer | 2.200 | 0.200 | 8.3% | 2.100 | 0.150 | 6.7% | - | - | - |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| gate|up | 1.600 | 0.800 | 33.3% | 1.500 | 0.750 | 33.3% | 1500.0 | 2000 | 66.7% |"),
             "{md}"
         );
     }
+
     use crate::model::step_profile::Mark;
 
     fn int4(act_order: bool) -> WeightKind {

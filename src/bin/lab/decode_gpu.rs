@@ -100,10 +100,10 @@ pub struct GpuArgs {
     /// (notes/kernels.md, after run 15); generation never runs it.
     #[arg(long, default_value = "", value_delimiter = ',')]
     pdl_prefetch_variant: Vec<String>,
-    /// With PDL, the bench also times the graph + PDL step at the first context with each op
-    /// class left out in turn (both norms, the attention, silu, each GEMV class, all small ops,
-    /// all GEMVs): what each adds to the step's critical path, which the eager profile cannot
-    /// show. Outputs of those steps are meaningless; generation never runs it.
+    /// The bench also times the step at the first context with each op class left out in turn
+    /// (both norms, the attention, silu, each GEMV class, all small ops, all GEMVs), in the graph
+    /// and, with PDL, the graph + PDL: what each adds to the step's critical path, which the eager
+    /// profile cannot show. Outputs of those steps are meaningless; generation never runs it.
     #[arg(long)]
     ablation: bool,
     /// Int4 GEMV kernels to run (each a separate run): auto (the default: per linear shape, the
