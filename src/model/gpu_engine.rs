@@ -489,8 +489,8 @@ pub struct GpuEngine {
 
 /// Op classes a launch-per-op decode step can leave out: a timing ablation, not a model. The
 /// step time without a class, against the full step in the same process, is what that class adds
-/// to the graph + PDL critical path (the eager per-op profile cannot say: its events sit between
-/// the ops that PDL overlaps). The step's output is then meaningless: the buffers a skipped op
+/// to the step's critical path, in the graph and in the graph + PDL (the eager per-op profile
+/// cannot say: its events sit between the ops that the graph and PDL overlap). The step's output is then meaningless: the buffers a skipped op
 /// writes keep an earlier step's (finite) values. The embedding, the final norm, the lm_head and
 /// the token choice always run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -2626,6 +2626,18 @@ mod tests {
             symmetric: false,
         };
         assert_eq!(problem_key(shape_key(&s)).group_size, -1);
+    }
+
+    #[test]
+    fn out_of_memory_is_told_apart_from_other_driver_errors() {
+        use cudarc::driver::sys::cudaError_enum as E;
+        let err = |c| LabError::Driver {
+            context: "allocating the KV cache".into(),
+            source: cudarc::driver::DriverError(c),
+        };
+        assert!(is_out_of_memory(&err(E::CUDA_ERROR_OUT_OF_MEMORY)));
+        assert!(!is_out_of_memory(&err(E::CUDA_ERROR_INVALID_VALUE)));
+        assert!(!is_out_of_memory(&LabError::invalid("x", "y")));
     }
 
     #[test]

@@ -19,8 +19,8 @@ use gptq_lab::bench::measure_ceilings;
 use gptq_lab::cuda::Gpu;
 use gptq_lab::model::config::ModelConfig;
 use gptq_lab::model::decode_bench::{
-    bench_needs_bytes, does_not_fit, run_decode_bench, write_decode_report, write_skipped_runs,
-    BenchPlan, DecodeReport, SkippedRun,
+    bench_needs_bytes, does_not_fit, near_the_limit, run_decode_bench, run_label,
+    write_decode_report, write_skipped_runs, BenchPlan, DecodeReport, SkippedRun,
 };
 use gptq_lab::model::gpu_check::{
     check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, CheckReport,
@@ -337,8 +337,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
             let (kind, int4) = (*kind, int4.clone());
             // The prefill and the persistent layers (gemv_v6's loop whatever --int4-kernel says)
             // do not use the decode's int4 GEMV: time them once per weights form.
+            // Marked timed only once a run of the form succeeded (a skipped or failed first run
+            // leaves the prefill to the next kernel's run).
             let time_prefill = !prefill_timed.contains(&kind);
-            prefill_timed.push(kind);
             let t = Instant::now();
             let plan = BenchPlan {
                 cfg: cfg.clone(),
@@ -371,10 +372,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 ablate: g.ablation,
             };
             let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
-            let run_label = match kind {
-                WeightKind::Fp16 => format!("{} fp16", cfg.name),
-                _ => what.clone(),
-            };
+            let run_label = run_label(&cfg.name, kind, &int4.name());
             // A model the card cannot hold is skipped and said so, not failed: lab run on a
             // 24 GB card still reports everything that fits (13B fp16 needs ~26 GiB).
             // Freed buffers (the ceiling probes, the previous engine) return to the driver only
@@ -385,7 +383,8 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 .mem_get_info()
                 .map_err(|e| anyhow::anyhow!("cuMemGetInfo: {e:?}"))?
                 .0 as u64;
-            if let Some(why) = does_not_fit(bench_needs_bytes(&plan)?, free) {
+            let needs = bench_needs_bytes(&plan)?;
+            if let Some(why) = does_not_fit(needs, free) {
                 eprintln!("SKIP {run_label}: {why}");
                 skipped.push(SkippedRun {
                     run: run_label,
@@ -397,9 +396,12 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
             let r = run_decode_bench(&gpu, &plan, &ceilings);
             gpu.ctx.synchronize().ok();
             match r {
-                Err(e) if is_out_of_memory(&e) => {
-                    let why =
-                        format!("ran out of device memory although the planner said it fits ({e})");
+                Err(e) if is_out_of_memory(&e) && near_the_limit(needs, free) => {
+                    let why = format!(
+                        "ran out of device memory: the planner's {:.2} GiB is within 10% of the {:.2} GiB free ({e})",
+                        needs as f64 / (1u64 << 30) as f64,
+                        free as f64 / (1u64 << 30) as f64
+                    );
                     eprintln!("SKIP {run_label}: {why}");
                     skipped.push(SkippedRun {
                         run: run_label,
@@ -407,6 +409,7 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     });
                 }
                 Ok(r) => {
+                    prefill_timed.push(kind);
                     print_run(&r, t.elapsed().as_secs_f64());
                     if !r.invalid.is_empty() {
                         let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
