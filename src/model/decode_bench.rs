@@ -212,7 +212,7 @@ pub fn ablations() -> Vec<(&'static str, SkipOps)> {
     };
     vec![
         ("both RMSNorms of every layer", one(|s| s.norms = true)),
-        ("the attention", one(|s| s.attention = true)),
+        ("the attention", SkipOps::attention_only()),
         ("silu * up", one(|s| s.silu = true)),
         ("q|k|v", one(|s| s.qkv = true)),
         ("o", one(|s| s.o = true)),
@@ -837,6 +837,66 @@ fn kv_seed(seed: u64) -> u64 {
     seed ^ 0xC0FFEE
 }
 
+/// The ablation rows of one context point (`settings`, in order): each timed in the graph and,
+/// where the point's PDL column ran and PDL still works, in the graph + PDL. The engine is left as
+/// it was found: no ops skipped, PDL off, the cache refilled, the position at the point's context.
+fn ablate_at(
+    eng: &mut GpuEngine,
+    plan: &BenchPlan,
+    p: &mut ContextPoint,
+    settings: &[(&str, SkipOps)],
+    pdl_ok: bool,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let ctx = p.ctx;
+    let class = eng.linear_class_bytes();
+    // A PDL failure here costs the PDL column only.
+    let mut with_pdl = pdl_ok && p.graph_pdl_ms_per_token.is_some();
+    for &(what, skip) in settings {
+        if let Err(e) = eng.set_skip_ops(skip) {
+            notes.push(format!("ablation not timed: {e}"));
+            break;
+        }
+        let time = |eng: &mut GpuEngine, pdl: bool| {
+            eng.set_pdl(pdl);
+            timed_from(eng, ctx, plan, true).map(|(ms, _flags)| ms)
+        };
+        let graph_ms = match time(eng, false) {
+            Ok(ms) => ms,
+            Err(e) => {
+                notes.push(format!(
+                    "ablation at ctx {ctx} without {what} not timed: {e}"
+                ));
+                break;
+            }
+        };
+        let graph_pdl_ms = if with_pdl {
+            match time(eng, true) {
+                Ok(ms) => Some(ms),
+                Err(e) => {
+                    notes.push(format!("ablation at ctx {ctx}: graph + PDL without {what} not timed ({e}); the graph column goes on"));
+                    with_pdl = false;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        p.ablation.push(Ablation {
+            left_out: what.to_string(),
+            graph_ms,
+            graph_pdl_ms,
+            weight_bytes: skipped_bytes(&skip, &class),
+        });
+    }
+    eng.set_skip_ops(SkipOps::default())?;
+    eng.set_pdl(false);
+    eng.fill_kv_random(kv_seed(plan.seed))?;
+    eng.set_position(ctx)?;
+    notes.push(format!("ablation (ctx {ctx}): the graph{} step with one op class left out at a time, the engine's budget; its outputs are meaningless (skipped ops leave an earlier step's values), so its state flags are not checked; the cache was refilled after it", if with_pdl { " and the graph + PDL" } else { "" }));
+    Ok(())
+}
+
 /// Run one plan on `gpu`: synthetic weights generated on the GPU, KV cache filled with random
 /// values up to each context (no prefill: the bytes read are the same), timed with CUDA events.
 pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Result<DecodeReport> {
@@ -1020,53 +1080,22 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     }
     // The ablation after every other decode timing: its steps write meaningless rows into the
     // cache and the state, so the cache is refilled after it (the prefill below starts from 0).
+    // Every class at the first context; at the last of the list (lab run's longest), the
+    // attention alone (its share grows with the context, the rest of the step's does not).
     if plan.ablate {
-        if let Some(p) = points.first_mut() {
-            let ctx = p.ctx;
-            let class = eng.linear_class_bytes();
-            // PDL where the run's PDL column ran (sm_90+) and still works, so both columns
-            // compare like with like; a PDL failure here costs the PDL column only.
-            let mut with_pdl = pdl_ok && p.graph_pdl_ms_per_token.is_some();
-            for (what, skip) in ablations() {
-                if let Err(e) = eng.set_skip_ops(skip) {
-                    notes.push(format!("ablation not timed: {e}"));
-                    break;
-                }
-                let time = |eng: &mut GpuEngine, pdl: bool| {
-                    eng.set_pdl(pdl);
-                    timed_from(eng, ctx, plan, true).map(|(ms, _flags)| ms)
-                };
-                let graph_ms = match time(&mut eng, false) {
-                    Ok(ms) => ms,
-                    Err(e) => {
-                        notes.push(format!("ablation without {what} not timed: {e}"));
-                        break;
-                    }
-                };
-                let graph_pdl_ms = if with_pdl {
-                    match time(&mut eng, true) {
-                        Ok(ms) => Some(ms),
-                        Err(e) => {
-                            notes.push(format!("ablation: graph + PDL without {what} not timed ({e}); the graph column goes on"));
-                            with_pdl = false;
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
-                p.ablation.push(Ablation {
-                    left_out: what.to_string(),
-                    graph_ms,
-                    graph_pdl_ms,
-                    weight_bytes: skipped_bytes(&skip, &class),
-                });
-            }
-            eng.set_skip_ops(SkipOps::default())?;
-            eng.set_pdl(false);
-            eng.fill_kv_random(kv_seed(plan.seed))?;
-            eng.set_position(ctx)?;
-            notes.push(format!("ablation (ctx {ctx}): the graph{} step with one op class left out at a time, the engine's budget; its outputs are meaningless (skipped ops leave an earlier step's values), so its state flags are not checked; the cache was refilled after it", if with_pdl { " and the graph + PDL" } else { "" }));
+        let n = points.len();
+        for (i, p) in points.iter_mut().enumerate() {
+            let settings: Vec<(&str, SkipOps)> = if i == 0 {
+                ablations()
+            } else if i + 1 == n {
+                ablations()
+                    .into_iter()
+                    .filter(|(_, s)| *s == SkipOps::attention_only())
+                    .collect()
+            } else {
+                continue;
+            };
+            ablate_at(&mut eng, plan, p, &settings, pdl_ok, &mut notes)?;
         }
     }
     // Prefill last: it overwrites the cache rows it covers (the decode timings are done).
@@ -1320,7 +1349,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
                 md.push_str("\n(host-bound at the longest hold: the figures include host gaps)\n");
             }
         }
-        if let Some(p) = r.points.iter().find(|p| !p.ablation.is_empty()) {
+        for p in r.points.iter().filter(|p| !p.ablation.is_empty()) {
             md.push_str(&ablation_markdown(p, r.ceiling_gbs));
         }
         let v = &r.vram;
@@ -1911,6 +1940,36 @@ mod tests {
         assert_eq!(
             run_label("vicuna-13b", int4(false), auto),
             "vicuna-13b int4 g128 [auto]"
+        );
+    }
+
+    #[test]
+    fn decode_md_has_an_ablation_table_for_each_context_that_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = recorded(
+            ModelConfig::vicuna_7b(),
+            int4(false),
+            &[(128, 2.25, 2.5), (512, 2.3, 2.6), (2048, 2.6, 2.9)],
+        );
+        let row = |what: &str, ms: f64| Ablation {
+            left_out: what.into(),
+            graph_ms: ms,
+            graph_pdl_ms: None,
+            weight_bytes: 0,
+        };
+        r.points[0].ablation = vec![
+            row("both RMSNorms of every layer", 2.1),
+            row("the attention", 2.0),
+        ];
+        r.points[2].ablation = vec![row("the attention", 2.1)];
+        write_decode_report(dir.path(), &[r]).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("decode.md")).unwrap();
+        assert!(md.contains("Where the step goes (ctx 128:"), "{md}");
+        assert!(md.contains("Where the step goes (ctx 2048:"), "{md}");
+        assert!(!md.contains("Where the step goes (ctx 512:"), "{md}");
+        assert!(
+            md.contains("| the attention | 2.100 | 0.500 | 19.2% |"),
+            "{md}"
         );
     }
 

@@ -512,6 +512,14 @@ impl SkipOps {
         *self != SkipOps::default()
     }
 
+    /// The attention alone.
+    pub fn attention_only() -> Self {
+        SkipOps {
+            attention: true,
+            ..SkipOps::default()
+        }
+    }
+
     /// Every GEMV class.
     pub fn linears() -> Self {
         SkipOps {
