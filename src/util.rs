@@ -21,6 +21,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Read and parse a JSON file; the error names the file (unreadable, or not the JSON expected).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| LabError::Json {
+        path: path.into(),
+        source: e,
+    })
+}
+
 /// Serialize `value` as pretty JSON and write it atomically.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut s = serde_json::to_string_pretty(value).map_err(|e| LabError::Json {

@@ -801,7 +801,8 @@ pub fn write_skipped_runs(dir: &Path, skipped: &[SkippedRun]) -> Result<()> {
     crate::util::write_json_atomic(&path, &skipped)
 }
 
-const SKIPPED_FILE: &str = "decode-skipped.json";
+/// Where `write_skipped_runs` keeps them, beside decode.json.
+pub const SKIPPED_FILE: &str = "decode-skipped.json";
 
 /// The skipped runs recorded beside decode.json, if any (an unreadable file is an error naming it).
 pub fn read_skipped_runs(dir: &Path) -> Result<Vec<SkippedRun>> {
@@ -809,8 +810,7 @@ pub fn read_skipped_runs(dir: &Path) -> Result<Vec<SkippedRun>> {
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| LabError::Json { path, source: e })
+    crate::util::read_json(&path)
 }
 
 /// An engine of synthetic weights generated on the GPU from `seed`, its KV cache filled with

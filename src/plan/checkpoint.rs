@@ -30,14 +30,6 @@ struct RawConfigQuant {
     quantization_config: Option<RawQuant>,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| LabError::Json {
-        path: path.into(),
-        source: e,
-    })
-}
-
 /// Read `dir/config.json` and, if present, `dir/quantize_config.json` (preferred) or config.json's
 /// `quantization_config`. Bits other than 4 are refused: this lab only knows 4-bit layouts.
 pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)> {
@@ -45,9 +37,9 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     let model = ModelConfig::from_json_file(&config_path)?;
     let qc_path = dir.join("quantize_config.json");
     let (raw, source) = if qc_path.is_file() {
-        (Some(parse::<RawQuant>(&qc_path)?), qc_path)
+        (Some(crate::util::read_json::<RawQuant>(&qc_path)?), qc_path)
     } else {
-        let c: RawConfigQuant = parse(&config_path)?;
+        let c: RawConfigQuant = crate::util::read_json(&config_path)?;
         (c.quantization_config, config_path)
     };
     let Some(raw) = raw else {

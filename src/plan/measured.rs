@@ -11,7 +11,7 @@
 
 use super::fit::SpeedModel;
 use super::WeightDtype;
-use crate::{LabError, Result};
+use crate::Result;
 use serde_json::Value;
 use std::path::Path;
 
@@ -55,11 +55,7 @@ fn first_in_reports<T>(root: &Path, find: impl Fn(&Value) -> Option<T>) -> Resul
         if !path.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
-        let runs: Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
-            path: path.clone(),
-            source: e,
-        })?;
+        let runs: Value = crate::util::read_json(&path)?;
         if let Some(v) = find(&runs) {
             return Ok(Some(v));
         }

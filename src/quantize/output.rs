@@ -42,12 +42,7 @@ fn quant_info(p: &GptqParams, format: ZeroFormat) -> QuantInfo {
 }
 
 fn source_config(ckpt_dir: &Path) -> Result<serde_json::Value> {
-    let cfg_path = ckpt_dir.join("config.json");
-    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| LabError::io(&cfg_path, e))?;
-    serde_json::from_str(&cfg_text).map_err(|e| LabError::Json {
-        path: cfg_path.clone(),
-        source: e,
-    })
+    crate::util::read_json(&ckpt_dir.join("config.json"))
 }
 
 /// The settings used and the source's tokenizer files, beside the weights and configs.
@@ -253,11 +248,7 @@ fn record_settings(dir: &Path, p: &GptqParams, method: Method) -> Result<()> {
         ("config.json", Some("quantization_config")),
     ] {
         let path = dir.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|e| LabError::io(&path, e))?;
-        let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
-            path: path.clone(),
-            source: e,
-        })?;
+        let mut v: serde_json::Value = crate::util::read_json(&path)?;
         match key {
             None => patch(&mut v),
             Some(k) => {

@@ -10,14 +10,13 @@
 //! record, and a rewrite through today's structs could drop a field an older lab wrote.
 
 use crate::bench::sweep::{write_sweep_views, SweepReport};
-use crate::model::decode_bench::{write_decode_views, DecodeReport};
+use crate::model::decode_bench::{write_decode_views, DecodeReport, SKIPPED_FILE};
 use crate::report::index::{index_markdown, Freshness, IndexEntry};
 use crate::report::tune::write_tune_report;
 use crate::report::{ceilings_markdown, report_dir, ReportHeader};
 use crate::tune::TunedConfig;
-use crate::util::write_atomic;
+use crate::util::{read_json, write_atomic};
 use crate::{LabError, Result};
-use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 
 /// What one GPU folder's regeneration did.
@@ -56,14 +55,6 @@ pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
     slugs.sort();
     slugs.dedup();
     Ok(slugs)
-}
-
-fn load<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| LabError::Json {
-        path: path.into(),
-        source: e,
-    })
 }
 
 /// A record that says it was measured on another GPU than its folder's is refused by name.
@@ -131,21 +122,21 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
         known_json.push(json);
         // The runs a decode bench skipped (they did not fit the card) belong to decode.md, which
         // lists them; a damaged list fails decode.md with an error naming that file.
-        if json == "decode.json" && dir.join("decode-skipped.json").is_file() {
-            known_json.push("decode-skipped.json");
+        if json == "decode.json" && dir.join(SKIPPED_FILE).is_file() {
+            known_json.push(SKIPPED_FILE);
         }
         let res: Result<Vec<IndexEntry>> = (|| {
             let mut written = Vec::new();
             let headers: Vec<(String, ReportHeader)> = match json {
                 "ceilings.json" => {
-                    let h: ReportHeader = load(&path)?;
+                    let h: ReportHeader = read_json(&path)?;
                     check_slug(&path, &h.device.slug, slug)?;
                     write_atomic(&dir.join(md), ceilings_markdown(&h).as_bytes())?;
                     written.push(dir.join(md));
                     vec![(what.to_string(), h)]
                 }
                 "decode.json" => {
-                    let runs: Vec<DecodeReport> = load(&path)?;
+                    let runs: Vec<DecodeReport> = read_json(&path)?;
                     if runs.is_empty() {
                         return Err(LabError::invalid(
                             path.display().to_string(),
@@ -169,7 +160,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
                         .collect()
                 }
                 _ => {
-                    let r: SweepReport = load(&path)?;
+                    let r: SweepReport = read_json(&path)?;
                     let family = json.trim_end_matches(".json");
                     if r.family != family {
                         return Err(LabError::invalid(
@@ -217,7 +208,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
     let tuned = root.join("tuning").join(format!("{slug}.json"));
     if tuned.is_file() {
         let source = format!("tuning/{slug}.json");
-        let res = load::<TunedConfig>(&tuned).and_then(|c| {
+        let res = read_json::<TunedConfig>(&tuned).and_then(|c| {
             check_slug(&tuned, &c.device.slug, slug)?;
             write_tune_report(&dir, &c)?;
             Ok(c)
@@ -270,7 +261,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
 /// The device name recorded in the first readable known report (for the index's title).
 fn first_device_name(dir: &Path, known: &[&str]) -> Option<String> {
     known.iter().find_map(|json| {
-        let v: serde_json::Value = load(&dir.join(json)).ok()?;
+        let v: serde_json::Value = read_json(&dir.join(json)).ok()?;
         let v = if v.is_array() { v.get(0)?.clone() } else { v };
         let h = v.get("header").unwrap_or(&v);
         h.pointer("/device/name")
@@ -282,7 +273,7 @@ fn first_device_name(dir: &Path, known: &[&str]) -> Option<String> {
 /// An index line for a JSON record of a shape this module does not know: its `build` and `date`
 /// (top level or under `header`) when present.
 fn other_json(path: &Path, rel: &str) -> IndexEntry {
-    let v: serde_json::Value = match load(path) {
+    let v: serde_json::Value = match read_json(path) {
         Ok(v) => v,
         Err(e) => return unreadable(rel, rel, "(unknown record)", &e),
     };

@@ -245,11 +245,7 @@ impl TunedConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| LabError::Json {
-            path: path.into(),
-            source: e,
-        })
+        crate::util::read_json(path)
     }
 
     /// Refuse a config measured on another GPU or with other kernels; the error names both sides.

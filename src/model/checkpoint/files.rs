@@ -162,11 +162,7 @@ impl Files {
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let text = std::fs::read_to_string(index).map_err(|e| LabError::io(index, e))?;
-        let idx: Index = serde_json::from_str(&text).map_err(|e| LabError::Json {
-            path: index.into(),
-            source: e,
-        })?;
+        let idx: Index = crate::util::read_json(index)?;
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut names: Vec<&String> = idx.weight_map.values().collect();
         names.sort();

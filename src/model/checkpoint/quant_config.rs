@@ -145,11 +145,7 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
     if !qc_path.is_file() {
         return Ok(from_cfg);
     }
-    let text = std::fs::read_to_string(&qc_path).map_err(|e| LabError::io(&qc_path, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LabError::Json {
-        path: qc_path.clone(),
-        source: e,
-    })?;
+    let v: serde_json::Value = crate::util::read_json(&qc_path)?;
     let qc = parse(&v, &qc_path, "quantize_config.json")?;
     if let Some(c) = &from_cfg {
         let key = |q: &QuantInfo| (q.bits, q.group_size, q.sym, q.format);
