@@ -1083,19 +1083,16 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     // Every class at the first context; at the last of the list (lab run's longest), the
     // attention alone (its share grows with the context, the rest of the step's does not).
     if plan.ablate {
-        let n = points.len();
-        for (i, p) in points.iter_mut().enumerate() {
-            let settings: Vec<(&str, SkipOps)> = if i == 0 {
-                ablations()
-            } else if i + 1 == n {
-                ablations()
+        let all = ablations();
+        if let Some((first, rest)) = points.split_first_mut() {
+            ablate_at(&mut eng, plan, first, &all, pdl_ok, &mut notes)?;
+            if let Some(last) = rest.last_mut() {
+                let attention: Vec<_> = all
                     .into_iter()
                     .filter(|(_, s)| *s == SkipOps::attention_only())
-                    .collect()
-            } else {
-                continue;
-            };
-            ablate_at(&mut eng, plan, p, &settings, pdl_ok, &mut notes)?;
+                    .collect();
+                ablate_at(&mut eng, plan, last, &attention, pdl_ok, &mut notes)?;
+            }
         }
     }
     // Prefill last: it overwrites the cache rows it covers (the decode timings are done).

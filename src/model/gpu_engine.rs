@@ -1731,13 +1731,8 @@ impl GpuEngine {
                 )?;
             }
             keep(Some(li), "attn_norm", snap16(&b.xn)?)?;
-            for s in l.qkv.iter().filter(|_| !skip.qkv) {
-                self.linear_px(
-                    &s.lin,
-                    XInput::Plain(qkv_x),
-                    self.r(&b.qkv) + 2 * s.col as u64,
-                    px.qkv,
-                )?;
+            if !skip.qkv {
+                self.fused_linear(&l.qkv, qkv_x, self.r(&b.qkv), px.qkv)?;
             }
             keep(Some(li), "qkv_proj", snap16(&b.qkv)?)?;
             let ap = self.attn_params(li);
@@ -1774,13 +1769,8 @@ impl GpuEngine {
             }
             keep(Some(li), "residual_attn", snap32(&b.resid)?)?;
             keep(Some(li), "ffn_norm", snap16(&b.xn)?)?;
-            for s in l.gate_up.iter().filter(|_| !skip.gate_up) {
-                self.linear_px(
-                    &s.lin,
-                    XInput::Plain(gu_x),
-                    self.r(&b.gate_up) + 2 * s.col as u64,
-                    px.gate_up,
-                )?;
+            if !skip.gate_up {
+                self.fused_linear(&l.gate_up, gu_x, self.r(&b.gate_up), px.gate_up)?;
             }
             keep(Some(li), "gate_up_proj", snap16(&b.gate_up)?)?;
             // A down projection whose kernel stages x once (v6, v1, the engine's q4:
@@ -1846,6 +1836,15 @@ impl GpuEngine {
         // The argmax has no output to trace; the profile still needs its end.
         if let Some(m) = marks {
             self.mark(m, "argmax")?;
+        }
+        Ok(())
+    }
+
+    /// A fused linear (q|k|v or gate|up): each segment from x into its columns of `out` (fp16),
+    /// on permuted x where `px` (one segment then: `layer_px`).
+    fn fused_linear(&self, segs: &[Slot], x: u64, out: u64, px: bool) -> Result<()> {
+        for s in segs {
+            self.linear_px(&s.lin, XInput::Plain(x), out + 2 * s.col as u64, px)?;
         }
         Ok(())
     }
