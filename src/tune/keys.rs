@@ -43,11 +43,20 @@ pub fn default_keys(cfg: &ModelConfig) -> Vec<ProblemKey> {
     keys
 }
 
-/// Vicuna 7B and 13B together, sorted, without duplicates.
-pub fn vicuna_default_keys() -> Vec<ProblemKey> {
-    let mut keys = default_keys(&ModelConfig::vicuna_7b());
-    keys.extend(default_keys(&ModelConfig::vicuna_13b()));
+/// Every default key of `models` together, sorted, without duplicates.
+pub fn keys_of(models: &[ModelConfig]) -> Vec<ProblemKey> {
+    let mut keys: Vec<ProblemKey> = models.iter().flat_map(default_keys).collect();
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+/// Vicuna 7B and 13B: what `lab tune` tunes when no model is named.
+pub fn vicuna_models() -> Vec<ModelConfig> {
+    vec![ModelConfig::vicuna_7b(), ModelConfig::vicuna_13b()]
+}
+
+/// Vicuna 7B and 13B together, sorted, without duplicates.
+pub fn vicuna_default_keys() -> Vec<ProblemKey> {
+    keys_of(&vicuna_models())
 }

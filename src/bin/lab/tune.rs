@@ -43,24 +43,13 @@ fn models_for(a: &TuneArgs) -> anyhow::Result<Vec<ModelConfig>> {
     if let Some(dir) = &a.checkpoint {
         return Ok(vec![ModelConfig::from_json_file(&dir.join("config.json"))?]);
     }
-    let names: Vec<&str> = if a.model.is_empty() {
-        vec!["vicuna-7b", "vicuna-13b"]
-    } else {
-        a.model.iter().map(|m| m.trim()).collect()
-    };
-    Ok(names
-        .into_iter()
-        .map(ModelConfig::preset)
+    if a.model.is_empty() {
+        return Ok(tune::keys::vicuna_models());
+    }
+    Ok(a.model
+        .iter()
+        .map(|m| ModelConfig::preset(m.trim()))
         .collect::<Result<Vec<_>, _>>()?)
-}
-
-/// The problem keys to tune: every key of the models `models_for` names, sorted, once each.
-fn keys_for(models: &[ModelConfig]) -> Vec<tune::ProblemKey> {
-    let mut keys: Vec<tune::ProblemKey> =
-        models.iter().flat_map(tune::keys::default_keys).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
 }
 
 pub fn run(a: TuneArgs) -> anyhow::Result<()> {
@@ -69,7 +58,7 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     }
     // Flags first, so a typo is reported without a GPU.
     let models = models_for(&a)?;
-    let keys = keys_for(&models);
+    let keys = tune::keys::keys_of(&models);
     let gpu = gptq_lab::cuda::open(a.gpu)?;
     let path = a
         .file
