@@ -6,16 +6,14 @@ use super::schema::{BudgetCandidate, BudgetSetting, DecodeBudget, DecodeModel, L
 use super::select::{select_by, Selection, MIN_GAIN_DECODE};
 use crate::bench::stats::Timing;
 
-/// What an engine uses without a tuned budget (model::gpu_engine::DEFAULT_PDL_PREFETCH).
-pub const DEFAULT_BUDGET: u32 = 32 * 1024;
-
 /// The settings timed for a step whose int4 GEMVs run `variants` (registry names, any order):
 /// the default first; every GEMV at 16 KB and at 8 KB (runs 12-17: 7B's best was 16 KB every
 /// time; 64 KB and more, and 0, were slower on both models, so they are not timed); and, where
 /// the step runs more than one variant, each variant alone at 16 KB with the others at the
 /// default (run 16b: 13B was fastest with only gemv_v10_l2x at 16 KB).
 pub fn settings(variants: &[String]) -> (BudgetSetting, Vec<BudgetSetting>) {
-    let default = BudgetSetting::uniform(DEFAULT_BUDGET);
+    // What an engine uses without a tuned budget.
+    let default = BudgetSetting::uniform(crate::model::gpu_engine::DEFAULT_PDL_PREFETCH);
     let mut out = vec![
         default.clone(),
         BudgetSetting::uniform(16 * 1024),
@@ -46,10 +44,7 @@ pub fn select_budget(
         .map(|c| {
             let t = Timing::from_samples(&c.ms_per_token)
                 .filter(|t| t.iqm_us > 0.0)
-                .map(|t| {
-                    let spread = t.spread();
-                    (t.iqm_us, if spread.is_finite() { spread } else { 1.0 })
-                });
+                .map(|t| (t.iqm_us, t.spread()));
             (c.setting.clone(), t)
         })
         .collect();

@@ -32,8 +32,7 @@ fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
             p25_us,
             p75_us,
         } if iqm_us.is_finite() && iqm_us > 0.0 && median_us > 0.0 => {
-            let spread = ((p75_us - p25_us) / median_us).max(0.0);
-            Some((iqm_us, if spread.is_finite() { spread } else { 1.0 }))
+            Some((iqm_us, ((p75_us - p25_us) / median_us).max(0.0)))
         }
         _ => None,
     }
@@ -51,7 +50,8 @@ pub fn select(default: &Choice, candidates: &[CandidateResult]) -> Selection {
 }
 
 /// The rule itself, for any kind of candidate: each with its (time, spread), None when rejected
-/// or untimed; a challenger must beat the default by more than `min_gain` and both spreads.
+/// or untimed; a challenger must beat the default by more than `min_gain` and both spreads (a
+/// spread that is not finite counts as 100%).
 pub fn select_by<T: Clone + Ord + std::fmt::Display>(
     default: &T,
     timed: &[(T, Option<(f64, f64)>)],
@@ -59,7 +59,9 @@ pub fn select_by<T: Clone + Ord + std::fmt::Display>(
 ) -> Selection<T> {
     let mut ok: Vec<(&T, f64, f64)> = timed
         .iter()
-        .filter_map(|(c, t)| t.map(|(iqm, spread)| (c, iqm, spread)))
+        .filter_map(|(c, t)| {
+            t.map(|(iqm, spread)| (c, iqm, if spread.is_finite() { spread } else { 1.0 }))
+        })
         .collect();
     ok.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
     let Some(&(best, best_iqm, best_spread)) = ok.first() else {
