@@ -746,14 +746,33 @@ fn bench_max_ctx(plan: &BenchPlan) -> Result<usize> {
 /// `auto` prefill is planned as the GEMM family's: the engine itself falls back to it when the
 /// dequant path's slice does not fit (GpuEngine::new).
 pub fn bench_needs_bytes(plan: &BenchPlan) -> Result<u64> {
-    let max_ctx = bench_max_ctx(plan)? as u64;
-    let chunk = plan.prefill_chunk.min(max_ctx as usize) as u64;
-    let mut spec = PlanSpec::of_engine_run(plan.cfg.clone(), plan.kind, max_ctx, chunk);
-    spec.prefill_int4 = match plan.prefill_int4 {
+    let max_ctx = bench_max_ctx(plan)?;
+    engine_needs_bytes(
+        &plan.cfg,
+        plan.kind,
+        max_ctx,
+        plan.prefill_chunk.min(max_ctx),
+        plan.prefill_int4,
+        plan.fp16_backend,
+    )
+}
+
+/// What `bench_needs_bytes` plans, for any engine: `max_ctx` cache rows, prefill chunks of
+/// `chunk` rows (0: none), the prefill's int4 path and the fp16 backend as EngineOptions has them.
+pub fn engine_needs_bytes(
+    cfg: &ModelConfig,
+    kind: WeightKind,
+    max_ctx: usize,
+    chunk: usize,
+    prefill_int4: PrefillInt4,
+    fp16_backend: Fp16Backend,
+) -> Result<u64> {
+    let mut spec = PlanSpec::of_engine_run(cfg.clone(), kind, max_ctx as u64, chunk as u64);
+    spec.prefill_int4 = match prefill_int4 {
         PrefillInt4::Auto => PrefillInt4::GemmV2,
         c => c,
     };
-    spec.fp16_cublas = plan.fp16_backend != Fp16Backend::Lab;
+    spec.fp16_cublas = fp16_backend != Fp16Backend::Lab;
     let p = spec.plan()?;
     Ok(p.total_bytes.saturating_sub(p.cuda_context_bytes))
 }
@@ -766,12 +785,17 @@ pub fn does_not_fit(needs: u64, free: u64) -> Option<String> {
     let with_margin = needs + needs / 33 + (64 << 20);
     (with_margin > free).then(|| {
         format!(
-            "needs {:.2} GiB of device memory beyond the CUDA context (the planner's figure, plus a 3% + 64 MiB margin: {:.2} GiB), this GPU has {:.2} GiB free",
-            needs as f64 / GIB,
-            with_margin as f64 / GIB,
-            free as f64 / GIB
+            "needs {} of device memory beyond the CUDA context (the planner's figure, plus a 3% + 64 MiB margin: {}), this GPU has {} free",
+            gib(needs),
+            gib(with_margin),
+            gib(free)
         )
     })
+}
+
+/// Bytes as "1.23 GiB", as the fit messages give them.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / GIB)
 }
 
 /// Whether `needs` came within 10% of `free`: an out-of-memory error there is the card's size.

@@ -19,8 +19,8 @@ use gptq_lab::bench::measure_ceilings;
 use gptq_lab::cuda::Gpu;
 use gptq_lab::model::config::ModelConfig;
 use gptq_lab::model::decode_bench::{
-    bench_needs_bytes, does_not_fit, near_the_limit, run_decode_bench, run_label,
-    write_decode_report, write_skipped_runs, BenchPlan, DecodeReport, SkippedRun,
+    bench_needs_bytes, does_not_fit, engine_needs_bytes, gib, near_the_limit, run_decode_bench,
+    run_label, write_decode_report, write_skipped_runs, BenchPlan, DecodeReport, SkippedRun,
 };
 use gptq_lab::model::gpu_check::{
     check_checkpoint, check_long_context, check_tiny_case, fixture_opts, tiny_cases, CheckReport,
@@ -32,7 +32,6 @@ use gptq_lab::model::gpu_engine::{
 };
 use gptq_lab::model::gpu_weights::WeightKind;
 use gptq_lab::model::layer_source::CheckpointLayers;
-use gptq_lab::plan::PlanSpec;
 use gptq_lab::report::{report_dir, utc_now};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -398,9 +397,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
             match r {
                 Err(e) if is_out_of_memory(&e) && near_the_limit(needs, free) => {
                     let why = format!(
-                        "ran out of device memory: the planner's {:.2} GiB is within 10% of the {:.2} GiB free ({e})",
-                        needs as f64 / (1u64 << 30) as f64,
-                        free as f64 / (1u64 << 30) as f64
+                        "ran out of device memory: the planner's {} is within 10% of the {} free ({e})",
+                        gib(needs),
+                        gib(free)
                     );
                     eprintln!("SKIP {run_label}: {why}");
                     skipped.push(SkippedRun {
@@ -682,17 +681,15 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             sym: q.sym,
         },
     };
-    let mut spec = PlanSpec::of_engine_run(
-        ckpt.config.clone(),
+    let planned = engine_needs_bytes(
+        &ckpt.config,
         kind,
-        max_ctx as u64,
-        opts.prefill_chunk as u64,
-    );
-    spec.fp16_cublas = opts.fp16_backend != Fp16Backend::Lab;
-    let planned = spec
-        .plan()
-        .ok()
-        .map(|p| p.total_bytes.saturating_sub(p.cuda_context_bytes));
+        max_ctx,
+        opts.prefill_chunk,
+        opts.prefill_int4,
+        opts.fp16_backend,
+    )
+    .ok();
     gpu.ctx.synchronize().ok();
     let free = gpu.ctx.mem_get_info().map(|m| m.0 as u64).ok();
     // Streamed: one layer at a time from the memory-mapped checkpoint, a progress bar on stderr.
@@ -708,8 +705,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     ) {
         Err(e) if is_out_of_memory(&e) => bail!(
             "{label}: the GPU ran out of memory building the engine ({e}); the planner puts this run at {} beyond the CUDA context, {} was free: `lab plan --checkpoint {label}` shows what fits, and a shorter prompt + --max-new-tokens needs less KV cache",
-            planned.map_or("?".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
-            free.map_or("?".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
+            planned.map_or("?".into(), gib),
+            free.map_or("?".into(), gib),
         ),
         r => r?,
     };
