@@ -3,7 +3,6 @@
 //! where the tuner beat the default, and a plot of the speedup per key. Written by `lab tune`
 //! after tuning and by `lab report` from the recorded file; every number comes from the config.
 
-use crate::bench::stats::Timing;
 use crate::report::markdown::table;
 use crate::report::plot::{scatter_chart, Series};
 use crate::report::{device_markdown, stale_note};
@@ -132,7 +131,7 @@ fn budget_iqm(b: &DecodeBudget, s: &BudgetSetting) -> Option<f64> {
     b.candidates
         .iter()
         .find(|c| &c.setting == s)
-        .and_then(|c| Timing::from_samples(&c.ms_per_token))
+        .and_then(|c| c.rounds())
         .map(|t| t.iqm_us)
 }
 

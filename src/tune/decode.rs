@@ -4,7 +4,6 @@
 
 use super::schema::{BudgetCandidate, BudgetSetting, DecodeBudget, DecodeModel, LinearChoice};
 use super::select::{select_by, Selection, MIN_GAIN_DECODE};
-use crate::bench::stats::Timing;
 
 /// The settings timed for a step whose int4 GEMVs run `variants` (registry names, any order):
 /// the default first; every GEMV at 16 KB and at 8 KB (runs 12-17: 7B's best was 16 KB every
@@ -42,7 +41,8 @@ pub fn select_budget(
     let timed: Vec<(BudgetSetting, Option<(f64, f64)>)> = candidates
         .iter()
         .map(|c| {
-            let t = Timing::from_samples(&c.ms_per_token)
+            let t = c
+                .rounds()
                 .filter(|t| t.iqm_us > 0.0)
                 .map(|t| (t.iqm_us, t.spread()));
             (c.setting.clone(), t)

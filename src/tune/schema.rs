@@ -205,6 +205,14 @@ pub struct BudgetCandidate {
     pub ms_per_token: Vec<f64>,
 }
 
+impl BudgetCandidate {
+    /// Statistics of the rounds (ms, in Timing's `_us` fields); None when there are none or one
+    /// is not finite.
+    pub fn rounds(&self) -> Option<crate::bench::stats::Timing> {
+        crate::bench::stats::Timing::from_samples(&self.ms_per_token)
+    }
+}
+
 /// Why a model's decode step has its own budget: the best per-block prefetch depends on the whole
 /// step (H100 runs 12-17: Vicuna-7B fastest at 16 KB, 13B at 32 KB; neither a cap per launch nor a
 /// budget per kernel variant served both, notes/kernels.md), so `lab tune` times the step itself.
