@@ -678,24 +678,35 @@ fn budget_cells(sweep: &[(u32, f64)]) -> String {
     cells.join(", ")
 }
 
-/// ms per step of `plan.steps` steps from position `ctx` after `plan.warmup` untimed ones from
-/// the same position (graph replays or eager launches), and the step state flags the warm-up and
-/// the timed steps left (set_position clears them, so each stretch reports its own; the caller
-/// records them with `record_flags` under the stretch's label).
+/// `timed_stretch` with the plan's warm-up and timed steps.
 fn timed_from(
     eng: &mut GpuEngine,
     ctx: usize,
     plan: &BenchPlan,
     graph: bool,
 ) -> Result<(f64, i32)> {
+    timed_stretch(eng, ctx, plan.warmup, plan.steps, graph)
+}
+
+/// ms per step of `steps` steps from position `ctx` after `warmup` untimed ones from the same
+/// position (graph replays or eager launches), and the step state flags the warm-up and the timed
+/// steps left (set_position clears them, so each stretch reports its own; the bench records them
+/// with `record_flags` under the stretch's label).
+pub fn timed_stretch(
+    eng: &mut GpuEngine,
+    ctx: usize,
+    warmup: usize,
+    steps: usize,
+    graph: bool,
+) -> Result<(f64, i32)> {
     eng.set_position(ctx)?;
     let mut flags = 0;
-    if plan.warmup > 0 {
-        eng.time_steps(plan.warmup, graph)?;
+    if warmup > 0 {
+        eng.time_steps(warmup, graph)?;
         flags |= eng.flags()?;
     }
     eng.set_position(ctx)?;
-    let ms = eng.time_steps(plan.steps, graph)?;
+    let ms = eng.time_steps(steps, graph)?;
     Ok((ms, flags | eng.flags()?))
 }
 

@@ -10,7 +10,7 @@
 
 use crate::cuda::Gpu;
 use crate::model::config::ModelConfig;
-use crate::model::decode_bench::synthetic_engine;
+use crate::model::decode_bench::{synthetic_engine, timed_stretch};
 use crate::model::gpu_engine::{EngineOptions, Int4Kernel};
 use crate::model::gpu_weights::WeightKind;
 use crate::tune::decode::{select_budget, settings};
@@ -63,8 +63,9 @@ pub enum DecodeTuneOutcome {
     InvalidStep(String),
 }
 
-/// Time every setting and pick one, unless `known` has this step's budget. Errors: no PDL on this GPU (the budgets mean nothing then),
-/// fp16 weights (no int4 GEMV to budget), or any engine error.
+/// Time every setting and pick one, unless `known` has this step's budget. Errors: no PDL on
+/// this GPU (the budgets mean nothing then), fp16 weights (no int4 GEMV to budget), or any engine
+/// error.
 pub fn tune_decode_budget(
     gpu: &Gpu,
     plan: &DecodeTunePlan,
@@ -121,14 +122,11 @@ pub fn tune_decode_budget(
         for i in 0..n {
             let c = &mut candidates[(i + round) % n];
             eng.set_budget_setting(&c.setting);
-            eng.set_position(plan.ctx)?;
-            eng.time_steps(plan.warmup.max(1), true)?;
-            eng.set_position(plan.ctx)?;
-            let ms = eng.time_steps(plan.steps, true)?;
-            let flags = eng.flags()?;
+            let (ms, flags) =
+                timed_stretch(&mut eng, plan.ctx, plan.warmup.max(1), plan.steps, true)?;
             if flags != 0 {
                 return Ok(DecodeTuneOutcome::InvalidStep(format!(
-                    "{} at {}: the timed steps ended with step state flags {flags:#x}",
+                    "{} at {}: the warm-up or timed steps ended with step state flags {flags:#x}",
                     plan.label(),
                     c.setting
                 )));
