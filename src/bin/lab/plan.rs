@@ -100,16 +100,11 @@ fn speed_for(
     // Act-order int4 is fitted to act-order runs where the report has them (its kernels and its
     // permuted-x path cost what they cost); else to the plain runs, and the line says so.
     let act = act_order && a.dtype == WeightDtype::Int4;
-    let fit = match measured::fit_from_reports(&a.root, a.dtype, act)? {
-        Some(f) => Some((f, "")),
-        None if act => measured::fit_from_reports(&a.root, a.dtype, false)?.map(|f| {
-            (
-                f,
-                "; fitted WITHOUT act-order (the report has no act-order pair), which is slower per step on the measuring card",
-            )
-        }),
-        None => None,
-    };
+    let fit = act_or_plain(
+        act,
+        "; fitted WITHOUT act-order (the report has no act-order pair), which is slower per step on the measuring card",
+        |act| measured::fit_from_reports(&a.root, a.dtype, act),
+    )?;
     if let Some((f, caveat)) = fit {
         let [p, q] = &f.points;
         let form = if act && caveat.is_empty() {
@@ -128,12 +123,11 @@ fn speed_for(
         return Ok(f.speed);
     }
     // One model's own run: act-order where the report has it, else its plain run (said so).
-    let one = match measured::from_reports(&a.root, &m.name, a.dtype, act)? {
-        Some(me) => Some((me, "")),
-        None if act => measured::from_reports(&a.root, &m.name, a.dtype, false)?
-            .map(|me| (me, "; measured WITHOUT act-order (the report has no act-order run of this model), which is slower per step on the measuring card")),
-        None => None,
-    };
+    let one = act_or_plain(
+        act,
+        "; measured WITHOUT act-order (the report has no act-order run of this model), which is slower per step on the measuring card",
+        |act| measured::from_reports(&a.root, &m.name, a.dtype, act),
+    )?;
     match one {
         Some((me, caveat)) => {
             say(
@@ -159,6 +153,20 @@ fn speed_for(
             Ok(SpeedModel::flat(1.0))
         }
     }
+}
+
+/// `find(act)` with no caveat; for act-order, where that finds nothing, `find(false)` with
+/// `caveat` (the estimate then says it came from plain runs).
+fn act_or_plain<T>(
+    act: bool,
+    caveat: &'static str,
+    find: impl Fn(bool) -> gptq_lab::Result<Option<T>>,
+) -> gptq_lab::Result<Option<(T, &'static str)>> {
+    Ok(match find(act)? {
+        Some(x) => Some((x, "")),
+        None if act => find(false)?.map(|x| (x, caveat)),
+        None => None,
+    })
 }
 
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
