@@ -138,13 +138,7 @@ pub fn tune_decode_budget(
     Ok(DecodeTuneOutcome::Tuned(DecodeBudget {
         model,
         label: plan.label(),
-        act_order: matches!(
-            plan.kind,
-            WeightKind::Int4 {
-                act_order: true,
-                ..
-            }
-        ),
+        act_order: plan.kind.is_act_order(),
         linears: eng.step_linears().to_vec(),
         winner: sel.winner,
         default,

@@ -1257,13 +1257,7 @@ pub fn tiny_cases() -> Vec<TinyCase> {
         );
         // Act-order forms also under auto (heuristic): q|k|v, gate|up and down as plain GEMVs on
         // x their producers wrote in sorted order (EngineOptions::act_order_plain).
-        if matches!(
-            kind,
-            WeightKind::Int4 {
-                act_order: true,
-                ..
-            }
-        ) {
+        if kind.is_act_order() {
             v.push(TinyCase {
                 kind,
                 chunk,
@@ -1341,14 +1335,7 @@ pub fn check_tiny_case(gpu: &Gpu, c: &TinyCase) -> Result<CheckReport> {
 /// gate|up and down of every layer whose weights are act-order with even groups (the random
 /// models share one channel order per input, so q|k|v and gate|up fuse); none otherwise.
 pub fn expected_act_order_plain(c: &TinyCase, host: &HostLlama) -> usize {
-    if !matches!(
-        c.kind,
-        WeightKind::Int4 {
-            act_order: true,
-            ..
-        }
-    ) || !c.auto
-    {
+    if !c.kind.is_act_order() || !c.auto {
         return 0;
     }
     // Counted from the weights, not from the engine's rule: a linear whose K is a single group

@@ -591,13 +591,7 @@ mod tests {
                 assert_group_equals_parts(&laid.gate_up, &[&p[4], &p[5]]);
                 assert_eq!(laid.o.dense_kn(), p[3].dense_kn());
                 assert_eq!(laid.down.dense_kn(), p[6].dense_kn());
-                let act = matches!(
-                    kind,
-                    WeightKind::Int4 {
-                        act_order: true,
-                        ..
-                    }
-                );
+                let act = kind.is_act_order();
                 for lin in laid.linears() {
                     if let LaidOutLinear::Int4(q) = lin {
                         assert_eq!(q.perm.is_some(), act, "{kind:?}: perm iff act-order");

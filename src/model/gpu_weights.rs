@@ -164,6 +164,17 @@ pub enum WeightKind {
 }
 
 impl WeightKind {
+    /// GPTQ int4 with act-order (desc_act): rows permuted, a g_idx per row.
+    pub fn is_act_order(&self) -> bool {
+        matches!(
+            self,
+            WeightKind::Int4 {
+                act_order: true,
+                ..
+            }
+        )
+    }
+
     pub fn label(&self) -> String {
         match self {
             WeightKind::Fp16 => "fp16".into(),
