@@ -39,11 +39,9 @@ fn the_card_estimate_names_its_source_or_says_it_has_none() {
         "{out}"
     );
     // A folder without reports: the roofline, said to be one.
-    let empty = std::env::temp_dir().join(format!("lab-plan-no-reports-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).unwrap();
-    let o = plan_4090(empty.to_str().unwrap(), &[]);
+    let empty = tempfile::tempdir().unwrap();
+    let o = plan_4090(empty.path().to_str().unwrap(), &[]);
     let out = stdout(&o);
-    std::fs::remove_dir_all(&empty).ok();
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains("no decode report under") && out.contains("pure roofline"),
@@ -94,17 +92,16 @@ fn act_order_without_act_order_runs_scales_from_the_plain_run_and_says_so() {
         })
         .collect();
     assert_eq!(keep.len(), 1);
-    let root = std::env::temp_dir().join(format!("lab-plan-plain-only-{}", std::process::id()));
-    let dir = root.join("reports/nvidia-h100-80gb-hbm3");
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("reports/nvidia-h100-80gb-hbm3");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("decode.json"),
         serde_json::to_string(&keep).unwrap(),
     )
     .unwrap();
-    let o = plan_4090(root.to_str().unwrap(), &["--act-order"]);
+    let o = plan_4090(root.path().to_str().unwrap(), &["--act-order"]);
     let out = stdout(&o);
-    std::fs::remove_dir_all(&root).ok();
     assert!(o.status.success(), "{out}");
     assert!(
         out.contains("MEASURED for vicuna-7b") && out.contains("measured WITHOUT act-order"),
