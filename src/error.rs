@@ -86,6 +86,13 @@ impl LabError {
             source,
         }
     }
+    /// The CUDA driver's result code, where the driver is what failed.
+    pub fn driver_code(&self) -> Option<cudarc::driver::sys::cudaError_enum> {
+        match self {
+            LabError::Driver { source, .. } => Some(source.0),
+            _ => None,
+        }
+    }
 }
 
 /// Attach a context string to driver errors: `stream.synchronize().ctx("gemv v2")?`.

@@ -168,7 +168,7 @@ pub struct ContextPoint {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_small_plain: Vec<(u32, f64)>,
     /// Graph + PDL with one registry GEMV variant at its own per-block prefetch budget and every
-    /// other at the engine's (EngineOptions::pdl_prefetch_variant), one setting per entry:
+    /// other at the engine's (EngineOptions::pdl_budget), one setting per entry:
     /// (variant, bytes per block, ms/token).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_pdl_prefetch_variant: Vec<(String, u32, f64)>,
@@ -943,7 +943,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     opts.prefill_int4 = plan.prefill_int4;
     opts.dequant_slice_elems = plan.dequant_slice_elems;
     if let Some(b) = plan.pdl_prefetch_own {
-        opts.pdl_prefetch = b;
+        opts.pdl_budget = BudgetSetting::uniform(b);
         opts.pdl_prefetch_tuned = false;
     }
     if let Some(&b) = plan.persistent_prefetch.first() {
@@ -964,7 +964,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         notes.push(format!(
             "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches part of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh): {}{}",
             eng.budget_summary(),
-            if plan.pdl_prefetch_sweep.iter().any(|&b| b != eng.pdl_prefetch()) {
+            if plan.pdl_prefetch_sweep.iter().any(|&b| b != eng.budget_setting().bytes) {
                 "; the last column times other budgets"
             } else {
                 ""
@@ -986,7 +986,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
             // refused by an older driver, say) costs the PDL columns, not the run.
             // The sweep's budgets are uniform (every GEMV at that budget), whatever per-variant
             // budgets the engine's own setting has.
-            let own_setting = eng.budget_setting();
+            let own_setting = eng.budget_setting().clone();
             let own = own_setting.bytes;
             // A uniform budget equal to the engine's own is its column already.
             let others = plan
@@ -1084,13 +1084,11 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                 eng.set_small_ops_plain(false);
             }
             if pdl_ok && !plan.prefetch_variant.is_empty() {
-                let own_by_variant = eng.pdl_prefetch_variant().to_vec();
                 for (name, b) in &plan.prefetch_variant {
-                    // The engine's own per-variant budgets, with this one variant's replaced
-                    // (variant_prefetch: the last entry for a name wins).
-                    let mut v = own_by_variant.clone();
-                    v.push((name.clone(), *b));
-                    eng.set_pdl_prefetch_variant(v);
+                    // The engine's own budgets, with this one variant's replaced.
+                    let mut s = own_setting.clone();
+                    s.per_variant.insert(name.clone(), *b);
+                    eng.set_budget_setting(&s);
                     let what = format!("with {name} prefetching {b} B per block");
                     if let Some(ms) = variant(&mut eng, &what) {
                         point
@@ -1098,7 +1096,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
                             .push((name.clone(), *b, ms));
                     }
                 }
-                eng.set_pdl_prefetch_variant(own_by_variant);
+                eng.set_budget_setting(&own_setting);
             }
         }
         eng.set_pdl(false);
@@ -1190,7 +1188,7 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         profile,
         persistent_barriers,
         invalid,
-        pdl_budget: pdl_timed.then(|| eng.budget_setting()),
+        pdl_budget: pdl_timed.then(|| eng.budget_setting().clone()),
         pdl_budget_tuned: pdl_timed && eng.tuned_budget().is_some(),
     })
 }

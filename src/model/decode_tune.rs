@@ -91,7 +91,8 @@ pub fn tune_decode_budget(
     opts.prefill_chunk = 0;
     let mut eng = synthetic_engine(gpu, &plan.cfg, plan.kind, plan.seed, opts)?;
     let model = DecodeModel::of(&plan.cfg);
-    if let Some(b) = crate::tune::decode::lookup(known, &model, eng.step_linears()) {
+    let step = eng.step_options();
+    if let Some(b) = crate::tune::decode::lookup(known, &model, &step, eng.step_linears()) {
         return Ok(DecodeTuneOutcome::Known(b.clone()));
     }
     if !eng.set_pdl(true) {
@@ -140,6 +141,7 @@ pub fn tune_decode_budget(
         label: plan.label(),
         act_order: plan.kind.is_act_order(),
         linears: eng.step_linears().to_vec(),
+        step,
         winner: sel.winner,
         default,
         candidates,

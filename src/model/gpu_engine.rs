@@ -108,17 +108,16 @@ pub struct EngineOptions {
     /// (kernels/common/pdl.cuh). Off in the options; `lab decode` turns it on unless --pdl off.
     pub pdl: bool,
     /// With PDL, the bytes of its weight tile each int4 GEMV block prefetches into L2 before
-    /// waiting for its predecessor (lab_gemm_params.prefetch_bytes; 0: none).
-    pub pdl_prefetch: u32,
-    /// With PDL, per-block prefetch budgets for particular registry GEMV variants (name, bytes),
-    /// in place of `pdl_prefetch` for their launches; empty: every int4 GEMV takes `pdl_prefetch`.
-    /// Why: runs 12-15 found 7B (v2 on two of its four linears) fastest at 16 KB per block and
-    /// 13B (v2 on one, v10 on three) at 32 KB; a cap per launch did not serve both (run 15), so
-    /// the next question is whether the budget belongs to the kernel (notes/kernels.md).
-    pub pdl_prefetch_variant: Vec<(String, u32)>,
-    /// Under `auto`, replace both budgets above with the tuned config's for this model where
-    /// `lab tune` timed a step with exactly this engine's kernels (tune::decode). On by default;
-    /// off where the caller chose a budget (`lab decode --pdl-prefetch`) or times them itself.
+    /// waiting for its predecessor (lab_gemm_params.prefetch_bytes; 0: none): `bytes` for every
+    /// int4 GEMV, except the registry variants named in `per_variant`. Runs 12-15 found 7B
+    /// fastest at 16 KB per block and 13B at 32 KB; run 16b put the best budget in the model's
+    /// step, not in the kernel, so `lab tune` times it per model (`pdl_prefetch_tuned`), and
+    /// "one variant at its own budget" is one of the settings it times.
+    pub pdl_budget: crate::tune::BudgetSetting,
+    /// Under `auto`, replace `pdl_budget` with the tuned config's for this model where `lab tune`
+    /// timed a step with exactly this engine's kernels and step options (tune::decode). On by
+    /// default; off where the caller chose a budget (`lab decode --pdl-prefetch`) or times them
+    /// itself.
     pub pdl_prefetch_tuned: bool,
     /// Let int4 down projections whose kernel can (`int4_takes_gated_input`) compute
     /// silu(gate) * up while loading x, instead of a lab_llama_silu_mul launch per layer. Off by
@@ -230,8 +229,7 @@ impl EngineOptions {
             sampling: Sampling::Greedy,
             sample_seed: 0,
             pdl: false,
-            pdl_prefetch: DEFAULT_PDL_PREFETCH,
-            pdl_prefetch_variant: Vec::new(),
+            pdl_budget: crate::tune::BudgetSetting::uniform(DEFAULT_PDL_PREFETCH),
             pdl_prefetch_tuned: true,
             fused_glu: false,
             attn_prefetch_kv: false,
@@ -247,13 +245,20 @@ impl EngineOptions {
     }
 }
 
+impl EngineOptions {
+    /// The options a tuned decode budget is keyed on (tune::StepOptions), as they are now.
+    pub fn step_options(&self) -> crate::tune::StepOptions {
+        crate::tune::StepOptions {
+            act_order_plain: self.act_order_plain,
+            fused_glu: self.fused_glu,
+            attn_prefetch_kv: self.attn_prefetch_kv,
+        }
+    }
+}
+
 /// Whether `e` is the device running out of memory (an engine too big for the card).
 pub fn is_out_of_memory(e: &LabError) -> bool {
-    matches!(
-        e,
-        LabError::Driver { source, .. }
-            if source.0 == cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY
-    )
+    e.driver_code() == Some(cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY)
 }
 
 /// Whether `e` is the driver refusing to capture a launch into a CUDA graph (a cooperative launch
@@ -261,9 +266,8 @@ pub fn is_out_of_memory(e: &LabError) -> bool {
 pub fn is_capture_refusal(e: &LabError) -> bool {
     use cudarc::driver::sys::cudaError_enum as E;
     matches!(
-        e,
-        LabError::Driver { source, .. } if matches!(
-            source.0,
+        e.driver_code(),
+        Some(
             E::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
                 | E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
                 | E::CUDA_ERROR_NOT_SUPPORTED
@@ -540,16 +544,6 @@ impl SkipOps {
             ..SkipOps::default()
         }
     }
-}
-
-/// A GEMV block's prefetch budget: the variant's own where `overrides` names it (the last entry
-/// for that name wins), else `default`.
-fn variant_prefetch(default: i32, overrides: &[(String, u32)], variant: &str) -> i32 {
-    overrides
-        .iter()
-        .rev()
-        .find(|(name, _)| name == variant)
-        .map_or(default, |&(_, b)| b.min(i32::MAX as u32) as i32)
 }
 
 /// An event recorded after one op of a profiled step, with the bytes the engine had counted.
@@ -959,18 +953,16 @@ impl GpuEngine {
         let linears = step_linears(&int4_choice);
         let tuned_budget = match &opts.int4 {
             Int4Kernel::Auto(d) if opts.pdl_prefetch_tuned => d
-                .decode_budget(&crate::tune::DecodeModel::of(cfg), &linears)
+                .decode_budget(
+                    &crate::tune::DecodeModel::of(cfg),
+                    &opts.step_options(),
+                    &linears,
+                )
                 .cloned(),
             _ => None,
         };
         if let Some(b) = &tuned_budget {
-            opts.pdl_prefetch = b.winner.bytes;
-            opts.pdl_prefetch_variant = b
-                .winner
-                .per_variant
-                .iter()
-                .map(|(v, bytes)| (v.clone(), *bytes))
-                .collect();
+            opts.pdl_budget = b.winner.clone();
         }
 
         // The prefill workspace last, as its own ledger line (it is the part a decode-only run
@@ -1133,6 +1125,11 @@ impl GpuEngine {
     /// (EngineOptions::act_order_plain).
     pub fn act_order_plain(&self) -> bool {
         self.opts.act_order_plain
+    }
+
+    /// The step options now (EngineOptions::step_options; the set_* toggles change them).
+    pub fn step_options(&self) -> crate::tune::StepOptions {
+        self.opts.step_options()
     }
 
     /// Turn it on or off (both kernels of every eligible linear were loaded at construction); the
@@ -1452,7 +1449,7 @@ impl GpuEngine {
             k_slice: slice as i32,
             // Only a PDL step overlaps the prefetch with the previous kernel.
             prefetch_bytes: if self.step_pdl.get() {
-                self.opts.pdl_prefetch.min(i32::MAX as u32) as i32
+                self.opts.pdl_budget.bytes.min(i32::MAX as u32) as i32
             } else {
                 0
             },
@@ -1533,8 +1530,7 @@ impl GpuEngine {
         }
         // Only a PDL step prefetches (int4_params left 0 otherwise), whatever the budgets say.
         if self.step_pdl.get() {
-            p.prefetch_bytes =
-                variant_prefetch(p.prefetch_bytes, &self.opts.pdl_prefetch_variant, v.name);
+            p.prefetch_bytes = self.opts.pdl_budget.bytes_for(v.name).min(i32::MAX as u32) as i32;
         }
         let cfg = LaunchConfig {
             grid_dim: plan.grid,
@@ -1941,11 +1937,6 @@ impl GpuEngine {
         self.graph = None;
     }
 
-    /// The PDL prefetch budget per GEMV block (EngineOptions::pdl_prefetch).
-    pub fn pdl_prefetch(&self) -> u32 {
-        self.opts.pdl_prefetch
-    }
-
     /// The int4 linears of the step and their kernels, sorted (tune::DecodeBudget::linears).
     pub fn step_linears(&self) -> &[crate::tune::LinearChoice] {
         &self.linears
@@ -1956,23 +1947,20 @@ impl GpuEngine {
         self.tuned_budget.as_ref()
     }
 
-    /// The GEMVs' PDL prefetch budgets now, as the tuner writes them.
-    pub fn budget_setting(&self) -> crate::tune::BudgetSetting {
-        crate::tune::BudgetSetting {
-            bytes: self.opts.pdl_prefetch,
-            per_variant: self.opts.pdl_prefetch_variant.iter().cloned().collect(),
-        }
+    /// The GEMVs' PDL prefetch budgets now (EngineOptions::pdl_budget).
+    pub fn budget_setting(&self) -> &crate::tune::BudgetSetting {
+        &self.opts.pdl_budget
     }
 
-    /// Set both budgets at once (the graph is recaptured on the next step).
+    /// Set them; the graph is captured again at the next graph step.
     pub fn set_budget_setting(&mut self, s: &crate::tune::BudgetSetting) {
-        self.set_pdl_prefetch(s.bytes);
-        self.set_pdl_prefetch_variant(s.per_variant.iter().map(|(v, b)| (v.clone(), *b)).collect());
+        self.opts.pdl_budget = s.clone();
+        self.graph = None;
     }
 
     /// For reports: the budgets the PDL steps use and where they came from.
     pub fn budget_summary(&self) -> String {
-        let s = self.budget_setting();
+        let s = &self.opts.pdl_budget;
         match &self.tuned_budget {
             Some(b) => format!(
                 "{s} per block, tuned for this model by lab tune ({}: {})",
@@ -1980,24 +1968,6 @@ impl GpuEngine {
             ),
             None => format!("{s} per block"),
         }
-    }
-
-    /// The per-variant PDL prefetch budgets (EngineOptions::pdl_prefetch_variant).
-    pub fn pdl_prefetch_variant(&self) -> &[(String, u32)] {
-        &self.opts.pdl_prefetch_variant
-    }
-
-    /// Set them; the graph is captured again at the next graph step.
-    pub fn set_pdl_prefetch_variant(&mut self, budgets: Vec<(String, u32)>) {
-        self.opts.pdl_prefetch_variant = budgets;
-        self.graph = None;
-    }
-
-    /// Set the PDL prefetch budget per GEMV block; the graph is captured again at the next
-    /// graph step.
-    pub fn set_pdl_prefetch(&mut self, bytes: u32) {
-        self.opts.pdl_prefetch = bytes;
-        self.graph = None;
     }
 
     /// The persistent layers' L2 prefetch budget per block (EngineOptions::persistent_prefetch).
@@ -2490,20 +2460,6 @@ mod tests {
         ] {
             assert!(!plain_kernels_serve(&v(n)), "{n}");
         }
-    }
-
-    #[test]
-    fn a_variant_budget_replaces_the_default_for_that_variant_only() {
-        let o = vec![
-            ("gemv_v2_vec".to_string(), 16384),
-            ("gemv_v10_l2x".to_string(), 0),
-            ("gemv_v2_vec".to_string(), 8192),
-        ];
-        assert_eq!(variant_prefetch(32768, &[], "gemv_v2_vec"), 32768);
-        // The last entry for a name wins; 0 turns that variant's prefetch off.
-        assert_eq!(variant_prefetch(32768, &o, "gemv_v2_vec"), 8192);
-        assert_eq!(variant_prefetch(32768, &o, "gemv_v10_l2x"), 0);
-        assert_eq!(variant_prefetch(32768, &o, "gemv_v6_pipe"), 32768);
     }
 
     /// The committed H100 tuned config and the shapes of a Vicuna-7B/13B layer (fused like the engine).

@@ -310,6 +310,7 @@ mod tests {
             label: "vicuna-7b int4 g128, ctx 128".into(),
             act_order: false,
             linears: Vec::new(),
+            step: Default::default(),
             winner: b16.clone(),
             default: def.clone(),
             candidates: vec![

@@ -2,7 +2,9 @@
 //! model, and which one it keeps. The GPU side (building the engine, timing the steps) is
 //! `model::decode_tune`; the engine applies a kept budget at construction (GpuEngine::new).
 
-use super::schema::{BudgetCandidate, BudgetSetting, DecodeBudget, DecodeModel, LinearChoice};
+use super::schema::{
+    BudgetCandidate, BudgetSetting, DecodeBudget, DecodeModel, LinearChoice, StepOptions,
+};
 use super::select::{select_by, Selection, MIN_GAIN_DECODE};
 
 /// The settings timed for a step whose int4 GEMVs run `variants` (registry names, any order):
@@ -51,14 +53,15 @@ pub fn select_budget(
     select_by(default, &timed, MIN_GAIN_DECODE)
 }
 
-/// The tuned budget for a step of `model` whose int4 linears are `linears` (sorted, as
-/// `DecodeBudget::linears`): only an exact match serves.
+/// The tuned budget for a step of `model` with options `step` whose int4 linears are `linears`
+/// (sorted, as `DecodeBudget::linears`): only an exact match serves.
 pub fn lookup<'a>(
     budgets: &'a [DecodeBudget],
     model: &DecodeModel,
+    step: &StepOptions,
     linears: &[LinearChoice],
 ) -> Option<&'a DecodeBudget> {
     budgets
         .iter()
-        .find(|b| &b.model == model && b.linears == linears)
+        .find(|b| &b.model == model && &b.step == step && b.linears == linears)
 }

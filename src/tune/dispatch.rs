@@ -1,7 +1,9 @@
 //! The dispatcher: which variant and parameters serve a (shape, batch). From the GPU's tuned
 //! config when it covers the key, else from a built-in heuristic.
 
-use super::schema::{Choice, DecodeBudget, DecodeModel, LinearChoice, ProblemKey, TunedConfig};
+use super::schema::{
+    Choice, DecodeBudget, DecodeModel, LinearChoice, ProblemKey, StepOptions, TunedConfig,
+};
 use crate::cuda::DeviceInfo;
 use crate::kernels::registry::{self, ActOrder};
 use crate::{LabError, Result};
@@ -261,9 +263,10 @@ impl Dispatcher {
     pub fn decode_budget(
         &self,
         model: &DecodeModel,
+        step: &StepOptions,
         linears: &[LinearChoice],
     ) -> Option<&DecodeBudget> {
-        super::decode::lookup(&self.decode, model, linears)
+        super::decode::lookup(&self.decode, model, step, linears)
     }
 
     /// How many keys the accepted tuned config covers (0: heuristic only).

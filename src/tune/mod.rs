@@ -15,7 +15,7 @@ pub use dispatch::{batch_bucket, Dispatcher};
 pub use driver::{candidates_for, pending_keys, resume_or_new, tune, Measurer};
 pub use schema::{
     BudgetCandidate, BudgetSetting, CandidateResult, CandidateStatus, Choice, DecodeBudget,
-    DecodeModel, LinearChoice, ProblemKey, TunedConfig, TunedEntry,
+    DecodeModel, LinearChoice, ProblemKey, StepOptions, TunedConfig, TunedEntry,
 };
 pub use select::{select, select_by, Selection, MIN_GAIN_DECODE};
 

@@ -154,6 +154,28 @@ impl DecodeModel {
     }
 }
 
+/// The engine options that change a decode step beyond its int4 kernels (EngineOptions'
+/// act_order_plain, fused_glu, attn_prefetch_kv): a tuned budget serves only a step with the
+/// options it was timed with. Left out: the sampling (one small launch per step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StepOptions {
+    pub act_order_plain: bool,
+    pub fused_glu: bool,
+    pub attn_prefetch_kv: bool,
+}
+
+impl Default for StepOptions {
+    /// EngineOptions::new's (a test pins the two together): what `lab tune` times, and what an
+    /// entry written before this field was timed with.
+    fn default() -> Self {
+        StepOptions {
+            act_order_plain: true,
+            fused_glu: false,
+            attn_prefetch_kv: false,
+        }
+    }
+}
+
 /// One int4 linear shape of a decode step and the kernel that served it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LinearChoice {
@@ -161,8 +183,8 @@ pub struct LinearChoice {
     pub choice: Choice,
 }
 
-/// The GEMVs' per-block PDL prefetch budgets of a decode step (EngineOptions::pdl_prefetch and
-/// pdl_prefetch_variant): `bytes` for every int4 GEMV, except the variants named in `per_variant`.
+/// The GEMVs' per-block PDL prefetch budgets of a decode step (EngineOptions::pdl_budget): `bytes`
+/// for every int4 GEMV, except the registry variants named in `per_variant`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BudgetSetting {
     pub bytes: u32,
@@ -176,6 +198,11 @@ impl BudgetSetting {
             bytes,
             per_variant: BTreeMap::new(),
         }
+    }
+
+    /// The budget per block of a launch of `variant` (a registry name).
+    pub fn bytes_for(&self, variant: &str) -> u32 {
+        self.per_variant.get(variant).copied().unwrap_or(self.bytes)
     }
 }
 
@@ -228,9 +255,11 @@ pub struct DecodeBudget {
     /// The int4 linear shapes the engine planned for the step and their kernels, sorted (an
     /// act-order step plans both its act-order and its plain-shape choices). The budget serves an
     /// engine only while its dispatcher plans exactly these: a budget timed with other kernels says
-    /// nothing about that step. Not part of the match: the engine options the tuner leaves at
-    /// their defaults (act_order_plain, fused_glu, sampling), symmetric zeros, the lm_head.
+    /// nothing about that step. Not part of the match: the sampling, symmetric zeros, the lm_head.
     pub linears: Vec<LinearChoice>,
+    /// The step options it was timed with (part of the match, like `linears`).
+    #[serde(default)]
+    pub step: StepOptions,
     pub winner: BudgetSetting,
     pub default: BudgetSetting,
     #[serde(default)]

@@ -625,6 +625,7 @@ fn sample_budget(variant: &str, winner_kb: u32) -> DecodeBudget {
         label: "vicuna-7b int4 g128, ctx 128".into(),
         act_order: false,
         linears: linears(variant),
+        step: StepOptions::default(),
         winner: BudgetSetting::uniform(winner_kb * 1024),
         default: default.clone(),
         candidates: vec![
@@ -746,21 +747,48 @@ fn the_dispatcher_serves_a_decode_budget_only_for_the_same_model_and_kernels() {
     c.upsert_decode(sample_budget("gemv_v2_vec", 16));
     let m7 = DecodeModel::of(&ModelConfig::vicuna_7b());
     let m13 = DecodeModel::of(&ModelConfig::vicuna_13b());
+    let def_step = StepOptions::default();
     let d = Dispatcher::from_config(Some(c.clone()), &h100(), "kh1");
     assert_eq!(
-        d.decode_budget(&m7, &linears("gemv_v2_vec"))
+        d.decode_budget(&m7, &def_step, &linears("gemv_v2_vec"))
             .map(|b| b.winner.bytes),
         Some(16384)
     );
     // Other kernels for the same model (a re-tune changed a winner): not served.
-    assert!(d.decode_budget(&m7, &linears("gemv_v10_l2x")).is_none());
+    assert!(d
+        .decode_budget(&m7, &def_step, &linears("gemv_v10_l2x"))
+        .is_none());
     // Another model with the same linears list: not served.
-    assert!(d.decode_budget(&m13, &linears("gemv_v2_vec")).is_none());
+    assert!(d
+        .decode_budget(&m13, &def_step, &linears("gemv_v2_vec"))
+        .is_none());
+    // The same kernels with a step option the tuner did not time (the fused GLU changes what
+    // down reads; act-order on its own kernels changes the norms and silu): not served.
+    for step in [
+        StepOptions {
+            fused_glu: true,
+            ..def_step
+        },
+        StepOptions {
+            act_order_plain: false,
+            ..def_step
+        },
+        StepOptions {
+            attn_prefetch_kv: true,
+            ..def_step
+        },
+    ] {
+        assert!(
+            d.decode_budget(&m7, &step, &linears("gemv_v2_vec"))
+                .is_none(),
+            "{step:?}"
+        );
+    }
     // A config refused for another kernel hash brings no budget either.
     let refused = Dispatcher::from_config(Some(c), &h100(), "other");
     assert!(refused.refused.is_some());
     assert!(refused
-        .decode_budget(&m7, &linears("gemv_v2_vec"))
+        .decode_budget(&m7, &def_step, &linears("gemv_v2_vec"))
         .is_none());
 }
 
@@ -771,4 +799,27 @@ fn budget_settings_print_whole_kb_and_anything_else_in_bytes() {
     s.per_variant.insert("gemv_v10_l2x".into(), 1000);
     s.bytes = 0;
     assert_eq!(s.to_string(), "0 KB, gemv_v10_l2x 1000 B");
+}
+
+#[test]
+fn a_variant_budget_replaces_the_default_for_that_variant_only() {
+    let mut s = BudgetSetting::uniform(32768);
+    assert_eq!(s.bytes_for("gemv_v2_vec"), 32768);
+    s.per_variant.insert("gemv_v2_vec".into(), 16384);
+    // 0 turns that variant's prefetch off, not "no override".
+    s.per_variant.insert("gemv_v10_l2x".into(), 0);
+    assert_eq!(s.bytes_for("gemv_v2_vec"), 16384);
+    assert_eq!(s.bytes_for("gemv_v10_l2x"), 0);
+    assert_eq!(s.bytes_for("gemv_v6_pipe"), 32768);
+}
+
+#[test]
+fn the_default_step_options_are_the_engines_and_an_old_entry_reads_as_them() {
+    let engine = crate::model::gpu_engine::EngineOptions::new(128).step_options();
+    assert_eq!(StepOptions::default(), engine);
+    // A budget written before `step` existed was timed with the defaults.
+    let mut v = serde_json::to_value(sample_budget("gemv_v2_vec", 16)).unwrap();
+    v.as_object_mut().unwrap().remove("step").unwrap();
+    let back: DecodeBudget = serde_json::from_value(v).unwrap();
+    assert_eq!(back.step, engine);
 }

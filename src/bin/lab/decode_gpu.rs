@@ -370,8 +370,10 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                 prefetch_variant: prefetch_variant.clone(),
                 ablate: g.ablation,
             };
-            let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
+            // The report's short label (decode.md, skipped runs), and the kernel's full name
+            // ("auto (tuned config, 140 keys)") where a failure is explained.
             let run_label = run_label(&cfg.name, kind, &int4.name());
+            let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
             // A model the card cannot hold is skipped and said so, not failed: lab run on a
             // 24 GB card still reports everything that fits (13B fp16 needs ~26 GiB).
             // Freed buffers (the ceiling probes, the previous engine) return to the driver only
@@ -411,7 +413,6 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
                     prefill_timed.push(kind);
                     print_run(&r, t.elapsed().as_secs_f64());
                     if !r.invalid.is_empty() {
-                        let what = format!("{} {} [{}]", cfg.name, kind.label(), int4.name());
                         eprintln!("INVALID {what}: {}", r.invalid.join("; "));
                         failures.push(format!(
                             "{what}: {} timed stretch(es) ended with a step state flag, so their timings are not of a valid step (decode.md notes): {}",
@@ -660,7 +661,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.sample_seed = a.seed;
     opts.pdl = a.gpu.pdl != PdlMode::Off;
     if let Some(&b) = a.gpu.pdl_prefetch.first() {
-        opts.pdl_prefetch = b;
+        opts.pdl_budget = gptq_lab::tune::BudgetSetting::uniform(b);
         opts.pdl_prefetch_tuned = false;
     }
     opts.int4 = parse_int4_kernel(
