@@ -16,6 +16,19 @@ pub struct Shape {
     pub label: &'static str,
 }
 
+/// The int4 linears of a Vicuna decode step as the engine runs them (q|k|v and gate|up fused), K x N:
+/// 7B's q|k|v, o, gate|up, down, then 13B's.
+pub const VICUNA_DECODE: &[(usize, usize)] = &[
+    (4096, 12288),
+    (4096, 4096),
+    (4096, 22016),
+    (11008, 4096),
+    (5120, 15360),
+    (5120, 5120),
+    (5120, 27648),
+    (13824, 5120),
+];
+
 /// Vicuna/LLaMA decode shapes (../shared/gptq-format.md), K x N.
 pub const VICUNA: &[Shape] = &[
     Shape {

@@ -2462,18 +2462,10 @@ mod tests {
         }
     }
 
-    /// The committed H100 tuned config and the shapes of a Vicuna-7B/13B layer (fused like the engine).
+    /// The shapes of a Vicuna-7B/13B layer (fused like the engine).
     fn vicuna_shapes(act: bool) -> Vec<LayerShape> {
         let mut v = Vec::new();
-        for (k, n) in [
-            (4096, 12288),
-            (4096, 4096),
-            (4096, 22016),
-            (11008, 4096),
-            (5120, 15360),
-            (5120, 27648),
-            (13824, 5120),
-        ] {
+        for &(k, n) in crate::check::cases::VICUNA_DECODE {
             v.push(LayerShape {
                 k,
                 n,
@@ -2724,7 +2716,7 @@ mod tests {
         // plans on the decode shapes are clusters of at most 8 slices.
         let v9 = int4_kernel_by_name("gemv_v9_cluster").unwrap().unwrap();
         assert_eq!(v9.min_sm, 90);
-        for (k, n) in [(4096, 12288), (4096, 4096), (4096, 22016), (11008, 4096)] {
+        for &(k, n) in crate::check::cases::VICUNA_DECODE {
             let p = gemv_plan(
                 v9,
                 &shape(k, n, 128, false, false),
