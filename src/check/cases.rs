@@ -16,8 +16,8 @@ pub struct Shape {
     pub label: &'static str,
 }
 
-/// The int4 linears of a Vicuna decode step as the engine runs them (q|k|v and gate|up fused), K x N:
-/// 7B's q|k|v, o, gate|up, down, then 13B's.
+/// The int4 linears of a Vicuna decode step as the engine runs them (q|k|v and gate|up fused),
+/// K x N: 7B's q|k|v, o, gate|up, down, then 13B's.
 pub const VICUNA_DECODE: &[(usize, usize)] = &[
     (4096, 12288),
     (4096, 4096),

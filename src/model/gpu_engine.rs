@@ -243,9 +243,7 @@ impl EngineOptions {
             prefill: PrefillMode::Gemm,
         }
     }
-}
 
-impl EngineOptions {
     /// The options a tuned decode budget is keyed on (tune::StepOptions), as they are now.
     pub fn step_options(&self) -> crate::tune::StepOptions {
         crate::tune::StepOptions {
@@ -494,9 +492,9 @@ pub struct GpuEngine {
 /// Op classes a launch-per-op decode step can leave out: a timing ablation, not a model. The
 /// step time without a class, against the full step in the same process, is what that class adds
 /// to the step's critical path, in the graph and in the graph + PDL (the eager per-op profile
-/// cannot say: its events sit between the ops that the graph and PDL overlap). The step's output is then meaningless: the buffers a skipped op
-/// writes keep an earlier step's (finite) values. The embedding, the final norm, the lm_head and
-/// the token choice always run.
+/// cannot say: its events sit between the ops that the graph and PDL overlap). The step's output
+/// is then meaningless: the buffers a skipped op writes keep an earlier step's (finite) values.
+/// The embedding, the final norm, the lm_head and the token choice always run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SkipOps {
     /// Both add + RMSNorm launches of every layer.

@@ -165,14 +165,10 @@ pub struct StepOptions {
 }
 
 impl Default for StepOptions {
-    /// EngineOptions::new's (a test pins the two together): what `lab tune` times, and what an
-    /// entry written before this field was timed with.
+    /// EngineOptions::new's: what `lab tune` times, and what an entry written before this field
+    /// was timed with.
     fn default() -> Self {
-        StepOptions {
-            act_order_plain: true,
-            fused_glu: false,
-            attn_prefetch_kv: false,
-        }
+        crate::model::gpu_engine::EngineOptions::new(1).step_options()
     }
 }
 
