@@ -109,3 +109,69 @@ fn act_order_without_act_order_runs_scales_from_the_plain_run_and_says_so() {
     );
     assert!(!out.contains("no decode report"), "{out}");
 }
+
+/// The longest-context table keeps one column per card however large the numbers: a tiny model
+/// reaches the search's end (2^24 positions) on every card, shown as ">16M", and a config's
+/// absurd trained context is shortened, not printed as 20 digits run into the next column.
+#[test]
+fn the_longest_context_columns_never_run_together() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let d = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(repo).join("tests/fixtures/tiny-sym-g32");
+    for f in ["config.json", "quantize_config.json"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(d.path().join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    let mut v = v.as_object().unwrap().clone();
+    v.insert(
+        "max_position_embeddings".into(),
+        serde_json::json!(u64::MAX),
+    );
+    std::fs::write(
+        d.path().join("config.json"),
+        serde_json::to_string(&v).unwrap(),
+    )
+    .unwrap();
+    let o = lab(&[
+        "plan",
+        "--checkpoint",
+        d.path().to_str().unwrap(),
+        "--ctx",
+        "256",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    let table = out
+        .split("Longest context")
+        .nth(1)
+        .expect("the longest-context table");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("tiny-sym-g32"))
+        .unwrap_or_else(|| panic!("no model row in {table}"));
+    // model, group, trained, then the six generic cards.
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols.len(), 3 + 6, "{row}");
+    assert_eq!(cols[2], "1.8e19", "{row}");
+    assert!(cols[3..].iter().all(|c| *c == ">16M"), "{row}");
+}
+
+#[test]
+fn a_cuda_context_allowance_past_any_card_is_refused_by_flag() {
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "128",
+        "--context-mib",
+        "18446744073709551615",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--context-mib") && err.contains("18446744073709551615"),
+        "{err}"
+    );
+}

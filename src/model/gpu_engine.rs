@@ -60,6 +60,8 @@ pub use prefill::{
 /// positions of K and of V (two round trips each), and a context under 256 is one block per
 /// head with no combine. Numbers: kernels/llama/attention.cu at LLAMA_ATTN_UNROLL.
 pub const DEFAULT_ATTN_CHUNK: usize = 256;
+/// Positions a KV cache may hold: the kernels index positions (and offsets derived from them) in i32.
+pub const MAX_CTX: usize = i32::MAX as usize / 2;
 /// Largest hidden size lab_llama_add_rmsnorm serves (LLAMA_NORM_UNITS x 8 x LLAMA_NORM_THREADS, ops.cu).
 pub const MAX_NORM_HIDDEN: usize = 16384;
 
@@ -682,7 +684,7 @@ impl GpuEngine {
                 format!("{kvh} KV heads do not divide {heads} heads"),
             ));
         }
-        if opts.max_ctx == 0 || opts.attn_chunk == 0 || opts.max_ctx > i32::MAX as usize / 2 {
+        if opts.max_ctx == 0 || opts.attn_chunk == 0 || opts.max_ctx > MAX_CTX {
             return Err(LabError::invalid(
                 "engine options",
                 format!(

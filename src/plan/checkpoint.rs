@@ -5,7 +5,6 @@
 use super::bytes::PartBytes;
 use crate::model::config::ModelConfig;
 use crate::{LabError, Result};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -18,44 +17,31 @@ pub struct CheckpointQuant {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
-struct RawQuant {
-    bits: Option<u32>,
-    group_size: Option<i32>,
-    desc_act: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct RawConfigQuant {
-    quantization_config: Option<RawQuant>,
-}
-
-/// Read `dir/config.json` and, if present, `dir/quantize_config.json` (preferred) or config.json's
-/// `quantization_config`. Bits other than 4 are refused: this lab only knows 4-bit layouts.
+/// Read `dir/config.json` and the quantization settings the loader would read
+/// (`model::checkpoint::quant_config::from_files`: quantize_config.json, else config.json's
+/// `quantization_config`, with the loader's refusals: bits other than 4, other quant methods and
+/// formats, the two files disagreeing). A group size that does not divide every linear's K is
+/// refused here too, naming the file it came from, since no loader or kernel would take it.
 pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)> {
     let config_path = dir.join("config.json");
     let model = ModelConfig::from_json_file(&config_path)?;
-    let qc_path = dir.join("quantize_config.json");
-    let (raw, source) = if qc_path.is_file() {
-        (Some(crate::util::read_json::<RawQuant>(&qc_path)?), qc_path)
-    } else {
-        let c: RawConfigQuant = crate::util::read_json(&config_path)?;
-        (c.quantization_config, config_path)
-    };
-    let Some(raw) = raw else {
+    let config: serde_json::Value = crate::util::read_json(&config_path)?;
+    let Some(q) = crate::model::checkpoint::quant_config::from_files(dir, &config)? else {
         return Ok((model, CheckpointQuant::default()));
     };
-    if let Some(bits) = raw.bits.filter(|&b| b != 4) {
-        return Err(LabError::bad_checkpoint(
-            &source,
-            format!("bits = {bits}; only 4-bit GPTQ checkpoints are supported"),
-        ));
-    }
+    // from_files prefers quantize_config.json when both exist.
+    let qc_path = dir.join("quantize_config.json");
+    let source = if qc_path.is_file() {
+        qc_path
+    } else {
+        config_path
+    };
+    super::check_group(&model, q.group_size).map_err(|r| LabError::bad_checkpoint(&source, r))?;
     Ok((
         model,
         CheckpointQuant {
-            group_size: raw.group_size,
-            act_order: raw.desc_act,
+            group_size: Some(q.group_size),
+            act_order: Some(q.desc_act),
             source: Some(source),
         },
     ))

@@ -24,7 +24,7 @@ pub use fit::{Fit, Roofline, SpeedModel};
 
 use crate::model::config::ModelConfig;
 use crate::model::gpu_engine::{
-    check_attn_smem, PrefillInt4, PrefillPlan, DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM,
+    check_attn_smem, PrefillInt4, PrefillPlan, DEFAULT_PREFILL_CHUNK, DEQUANT_HEADROOM, MAX_CTX,
 };
 use crate::model::gpu_weights::WeightKind;
 use crate::{LabError, Result};
@@ -125,21 +125,80 @@ impl PlanSpec {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.dtype == WeightDtype::Int4 && self.group_size != -1 && self.group_size <= 0 {
-            return Err(LabError::invalid(
-                "--group",
-                format!(
-                    "group size {} (expected a positive size such as 32/64/128, or -1 for per-channel)",
-                    self.group_size
-                ),
-            ));
+        if self.dtype == WeightDtype::Int4 {
+            check_group(&self.model, self.group_size)
+                .map_err(|r| LabError::invalid("--group", r))?;
         }
         if self.batch == 0 {
             return Err(LabError::invalid("--batch", "batch 0 (expected >= 1)"));
         }
+        if self.ctx > MAX_CTX as u64 {
+            return Err(LabError::invalid(
+                "--ctx",
+                format!(
+                    "{} positions; the engine's KV cache holds at most {MAX_CTX}",
+                    self.ctx
+                ),
+            ));
+        }
+        self.check_size()?;
         if self.prefill_chunk.min(self.ctx) > 0 {
             // What the engine refuses at construction for a GEMM prefill of this model.
             check_attn_smem(&self.model, "--prefill-chunk")?;
+        }
+        Ok(())
+    }
+
+    /// Every byte count below is u64 arithmetic on the model's dimensions, the context (up to
+    /// the longest-context search's MAX_CTX_SEARCH) and the batch. Bound them all in f64 first,
+    /// with a wide margin over each formula, so that a config of absurd dimensions or a huge
+    /// batch is refused by name instead of wrapping into a plan that "fits".
+    fn check_size(&self) -> Result<()> {
+        let m = &self.model;
+        let f = |v: usize| v as f64;
+        let (h, inter, vocab, layers) = (
+            f(m.hidden_size),
+            f(m.intermediate_size),
+            f(m.vocab_size),
+            f(m.num_hidden_layers),
+        );
+        let kv_dim = f(m.num_key_value_heads) * f(m.head_dim());
+        let widest = h + inter + 2.0 * kv_dim + vocab;
+        // Per layer: q, k, v, o, gate, up, down; 4 bytes a weight covers fp16 (2) and int4 with
+        // its scales, zeros and g_idx at any group size.
+        let weights = 4.0 * layers * (h * (2.0 * h + 2.0 * kv_dim) + 3.0 * h * inter)
+            + 4.0 * vocab * h
+            + 4.0 * (2.0 * layers + 1.0) * h;
+        let model_limit = 2f64.powi(60);
+        if weights > model_limit {
+            return Err(LabError::invalid(
+                format!("model config '{}'", m.name),
+                format!(
+                    "{} layers of hidden size {}, intermediate size {} and vocabulary {} would be \
+                     ~{weights:.1e} bytes of weights: not a model this planner can count",
+                    m.num_hidden_layers, m.hidden_size, m.intermediate_size, m.vocab_size
+                ),
+            ));
+        }
+        let ctx = f(self.ctx.max(fit::MAX_CTX_SEARCH) as usize);
+        let batch = self.batch as f64;
+        let kv = 4.0 * layers * ctx * kv_dim * batch;
+        let workspace = batch * (64.0 * widest + 4.0 * f(m.num_attention_heads) * ctx)
+            + 4.0 * (bytes::SPLITK_MAX_SLICES as f64) * batch * widest;
+        let prefill = ctx.min(self.prefill_chunk as f64) * 64.0 * widest + weights;
+        let total = weights + kv + workspace + prefill + self.cuda_context_bytes as f64;
+        if total > 2f64.powi(62) {
+            return Err(LabError::invalid(
+                "--ctx / --batch",
+                format!(
+                    "ctx {} x batch {} of {} would be ~{total:.1e} bytes (counting contexts up to \
+                     {}, the longest-context search's end): far past any card",
+                    self.ctx,
+                    self.batch,
+                    m.name,
+                    fit::MAX_CTX_SEARCH
+                ),
+            ));
         }
         Ok(())
     }
@@ -283,6 +342,23 @@ impl PlanSpec {
         ));
         Ok(p)
     }
+}
+
+/// A group size every quantized linear of `model` can use: -1 (per-channel) or a positive size
+/// dividing each linear's K (hidden size and intermediate size), as the loader and the kernels
+/// require (`gptq::group_rows`).
+pub fn check_group(model: &ModelConfig, group_size: i32) -> std::result::Result<(), String> {
+    let mut ks: Vec<usize> = model.layer_linears().iter().map(|l| l.1).collect();
+    ks.dedup();
+    for k in ks {
+        crate::gptq::group_rows(group_size, k).map_err(|r| {
+            format!(
+                "{r} of {}'s linears (expected -1 for per-channel or a size such as 32/64/128 that divides every K)",
+                model.name
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// One planned configuration. `--json` prints this.

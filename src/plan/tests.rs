@@ -563,14 +563,48 @@ fn checkpoint_dir_reads_group_from_quantize_config_or_config() {
     let (_, q) = read_checkpoint_dir(d.path()).unwrap();
     assert_eq!((q.group_size, q.act_order), (Some(32), Some(false)));
 
-    // quantize_config.json wins over config.json, unknown fields are tolerated.
+    // The loader's rules (model::checkpoint::quant_config): the two files disagreeing on the
+    // group is refused, naming quantize_config.json ...
     std::fs::write(
         d.path().join("quantize_config.json"),
         r#"{"bits":4,"group_size":64,"desc_act":true,"sym":true,"future":1}"#,
     )
     .unwrap();
+    let e = read_checkpoint_dir(d.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("quantize_config.json") && e.contains("disagrees"),
+        "{e}"
+    );
+    // ... and quantize_config.json alone is read, unknown fields tolerated.
+    std::fs::write(d.path().join("config.json"), cfg).unwrap();
     let (_, q) = read_checkpoint_dir(d.path()).unwrap();
     assert_eq!((q.group_size, q.act_order), (Some(64), Some(true)));
+    assert_eq!(q.source, Some(d.path().join("quantize_config.json")));
+
+    // What the loader refuses, the planner refuses too, naming the file the value came from:
+    // a group not dividing K (intermediate 128 here), another method, a repacked format.
+    for (qc, want) in [
+        (
+            r#"{"bits":4,"group_size":48}"#,
+            "group_size 48 does not divide",
+        ),
+        (r#"{"bits":4,"group_size":0}"#, "group_size 0"),
+        (
+            r#"{"bits":4,"group_size":32,"quant_method":"awq"}"#,
+            "quant_method 'awq'",
+        ),
+        (
+            r#"{"bits":4,"group_size":32,"checkpoint_format":"marlin"}"#,
+            "'marlin'",
+        ),
+    ] {
+        std::fs::write(d.path().join("quantize_config.json"), qc).unwrap();
+        let e = read_checkpoint_dir(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("quantize_config.json") && e.contains(want),
+            "{qc}: {e}"
+        );
+    }
 
     std::fs::write(
         d.path().join("quantize_config.json"),
@@ -780,4 +814,70 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
             .unwrap()
             .fits
     );
+}
+
+#[test]
+fn a_group_that_does_not_divide_every_k_is_refused_by_flag() {
+    for g in [48, 7, 0, -2] {
+        let e = PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, g, 2048)
+            .plan()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--group") && e.contains(&format!("{g}")), "{e}");
+    }
+    // 13B's K are 5120 and 13824 (= 27 x 512): 1024 divides the first only.
+    let e = PlanSpec::new(ModelConfig::vicuna_13b(), WeightDtype::Int4, 1024, 2048)
+        .plan()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("13824"), "{e}");
+    for g in [32, 64, 128, -1] {
+        PlanSpec::new(ModelConfig::vicuna_13b(), WeightDtype::Int4, g, 2048)
+            .plan()
+            .unwrap();
+    }
+    // fp16 has no groups: the value is not looked at.
+    PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Fp16, 48, 2048)
+        .plan()
+        .unwrap();
+}
+
+#[test]
+fn sizes_past_u64_are_refused_by_name_instead_of_wrapping() {
+    let base = || PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, 128, 2048);
+    // The longest-context search alone reaches 2^24 positions: a batch that overflows there is
+    // refused even at a short --ctx (it used to wrap and "fit" a 6 GB card).
+    let mut s = base();
+    s.batch = u64::MAX;
+    let e = s.plan().unwrap_err().to_string();
+    assert!(
+        e.contains("--batch") && e.contains(&u64::MAX.to_string()),
+        "{e}"
+    );
+    let mut s = base();
+    s.ctx = 1 << 45;
+    let e = s.plan().unwrap_err().to_string();
+    assert!(e.contains("--ctx") && e.contains("1073741823"), "{e}");
+    // The engine's own limit is still planned: it just fits no card.
+    let mut s = base();
+    s.ctx = crate::model::gpu_engine::MAX_CTX as u64;
+    let p = s.plan().unwrap();
+    assert!(p.kv_cache_bytes > (1u64 << 48) && p.fits.iter().all(|f| !f.fits));
+    // A config of absurd dimensions names the model config.
+    let mut m = ModelConfig::vicuna_7b();
+    m.num_hidden_layers = 1_000_000_000_000_000_000;
+    let e = PlanSpec::new(m, WeightDtype::Int4, 128, 2048)
+        .plan()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model config 'vicuna-7b'"), "{e}");
+    let mut m = ModelConfig::vicuna_7b();
+    m.hidden_size = 1 << 62;
+    m.num_attention_heads = 1 << 55;
+    m.num_key_value_heads = 1 << 55;
+    let e = PlanSpec::new(m, WeightDtype::Fp16, -1, 2048)
+        .plan()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model config"), "{e}");
 }

@@ -7,7 +7,7 @@ use gptq_lab::model::gpu_engine::{
     PrefillInt4, DEFAULT_PREFILL_CHUNK, DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER,
 };
 use gptq_lab::plan::{
-    cards, gb, Plan, PlanSpec, WeightDtype, CUBLAS_BYTES, CUDA_CONTEXT_BYTES, DEFAULT_CTXS,
+    cards, fit, gb, Plan, PlanSpec, WeightDtype, CUBLAS_BYTES, CUDA_CONTEXT_BYTES, DEFAULT_CTXS,
     DEFAULT_GROUPS, GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
 };
 use std::path::PathBuf;
@@ -181,7 +181,19 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     } else {
         a.ctx.clone()
     };
-    let context_bytes = a.context_mib.map_or(CUDA_CONTEXT_BYTES, |m| m << 20);
+    let context_bytes = match a.context_mib {
+        None => CUDA_CONTEXT_BYTES,
+        // A CUDA context takes a few hundred MiB; 1 TiB bounds the flag far past any card
+        // without letting the shift wrap.
+        Some(m) if m <= 1 << 20 => m << 20,
+        Some(m) => {
+            return Err(gptq_lab::LabError::invalid(
+                "--context-mib",
+                format!("{m} MiB (expected at most 1048576, i.e. 1 TiB)"),
+            )
+            .into())
+        }
+    };
 
     let mut plans = Vec::new();
     for m in &models {
@@ -339,7 +351,14 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     }
 
     println!("\nLongest context each card's memory allows (positions; '-' = the weights alone do not fit):");
-    println!("{:<12} {:<6} {:>8}{sizes}", "model", "group", "trained");
+    let size_heads: String = GENERIC_SIZES_GIB
+        .iter()
+        .map(|g| format!(" {:>6}", format!("{g}G")))
+        .collect();
+    println!(
+        "{:<12} {:<6} {:>8}{size_heads}",
+        "model", "group", "trained"
+    );
     let mut seen = Vec::new();
     for p in plans {
         let key = (p.model.clone(), p.group_size);
@@ -350,13 +369,13 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         let cols: String = p
             .fits
             .iter()
-            .map(|f| format!("{:>6}", f.max_ctx.map_or("-".into(), short_ctx)))
+            .map(|f| format!(" {:>6}", longest_label(f.max_ctx)))
             .collect();
         println!(
             "{:<12} {:<6} {:>8}{cols}",
             p.model,
             group_label(p),
-            p.model_max_ctx
+            short_ctx(p.model_max_ctx)
         );
     }
 
@@ -443,12 +462,24 @@ fn prefill_note(p: &Plan) -> String {
 }
 
 /// 12345 -> "12.3k" so six card columns stay narrow.
+/// A context in at most 6 characters, so the card columns never run together.
 fn short_ctx(c: u64) -> String {
-    if c >= 100_000 {
-        format!("{}k", c / 1000)
-    } else if c >= 10_000 {
-        format!("{:.1}k", c as f64 / 1000.0)
-    } else {
-        c.to_string()
+    let f = c as f64;
+    match c {
+        0..=9_999 => c.to_string(),
+        10_000..=99_999 => format!("{:.1}k", f / 1e3),
+        100_000..=999_999 => format!("{}k", c / 1000),
+        1_000_000..=9_999_999 => format!("{:.1}M", f / 1e6),
+        10_000_000..=999_999_999 => format!("{}M", c / 1_000_000),
+        _ => format!("{f:.1e}"),
+    }
+}
+
+/// A card's longest context: the search stops at MAX_CTX_SEARCH, so reaching it means "at least".
+fn longest_label(c: Option<u64>) -> String {
+    match c {
+        None => "-".into(),
+        Some(c) if c >= fit::MAX_CTX_SEARCH => format!(">{}", short_ctx(c)),
+        Some(c) => short_ctx(c),
     }
 }

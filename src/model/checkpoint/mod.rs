@@ -3,7 +3,7 @@
 //! `QuantLinear` (true zeros). Writing GPTQ checkpoints AutoGPTQ/transformers can load: `writer`.
 
 mod files;
-mod quant_config;
+pub(crate) mod quant_config;
 mod streamed;
 mod writer;
 
