@@ -369,3 +369,24 @@ fn missing_config_json_is_named() {
     let e = Checkpoint::open(&dir).unwrap_err().to_string();
     assert_mentions(&e, &["config.json", "model shapes"]);
 }
+
+#[test]
+fn fp16_checkpoint_config_goes_through_the_same_checks() {
+    // The unquantized path `lab quantize` reads: same Checkpoint::open, same config checks.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");
+    for (field, value) in [
+        ("rms_norm_eps", serde_json::json!(-1e-6)),
+        ("rope_theta", serde_json::json!(0.0)),
+        ("hidden_act", serde_json::json!("gelu")),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+        }
+        fx::edit_json(&tmp.path().join("config.json"), |v| {
+            v[field] = value.clone()
+        });
+        let e = Checkpoint::open(tmp.path()).unwrap_err().to_string();
+        assert_mentions(&e, &["config.json", field]);
+    }
+}
