@@ -371,6 +371,47 @@ fn missing_config_json_is_named() {
 }
 
 #[test]
+fn num_hidden_layers_must_match_the_layers_in_the_tensors() {
+    // 10^18 layers used to reach Vec::with_capacity and panic with "capacity overflow".
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["num_hidden_layers"] = 1_000_000_000_000_000_000u64.into()
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "config.json",
+            "num_hidden_layers = 1000000000000000000",
+            "2 layer(s)",
+        ],
+    );
+
+    // A layer beyond the config's count used to be silently ignored.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let extra: Vec<_> = t
+            .iter()
+            .filter_map(|(n, v)| Some((n.strip_prefix("model.layers.1.")?.to_string(), v.clone())))
+            .collect();
+        for (rest, v) in extra {
+            t.insert(format!("model.layers.2.{rest}"), v);
+        }
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "'model.layers.2.input_layernorm.weight'",
+            "config.json",
+            "num_hidden_layers = 2",
+            "3 layers",
+        ],
+    );
+}
+
+#[test]
 fn fp16_checkpoint_config_goes_through_the_same_checks() {
     // The unquantized path `lab quantize` reads: same Checkpoint::open, same config checks.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");

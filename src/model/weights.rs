@@ -113,7 +113,8 @@ impl LlamaWeights {
         };
 
         let embed = matrix_nk("model.embed_tokens.weight", v, h)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Grown, not pre-sized: the count is config.json's (checked against the tensors at open).
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(LayerWeights {

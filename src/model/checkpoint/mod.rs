@@ -108,6 +108,7 @@ impl Checkpoint {
                 path: cfg_path.clone(),
                 source: e,
             })?;
+        check_layer_count(&config, &files, &cfg_path)?;
         let mut quant = quant_config::from_files(&dir, &cfg_value)?;
         let mut quant_source = if dir.join("quantize_config.json").is_file() {
             dir.join("quantize_config.json")
@@ -403,6 +404,56 @@ impl Checkpoint {
             })
             .collect()
     }
+}
+
+/// config.json's `num_hidden_layers` against the `model.layers.N` tensors: every loader loops
+/// over (and allocates for) the config's count, so a count the weights do not back would panic
+/// or misread, and layers beyond it would be silently dropped.
+fn check_layer_count(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Result<()> {
+    let layer_of = |n: &str| {
+        n.strip_prefix("model.layers.")?
+            .split_once('.')?
+            .0
+            .parse::<usize>()
+            .ok()
+    };
+    let names = files.names();
+    let found = names
+        .iter()
+        .filter_map(|n| layer_of(n))
+        .max()
+        .map_or(0, |m| m + 1);
+    let want = config.num_hidden_layers;
+    if found > want {
+        // The first tensor (by name) of the lowest layer beyond the config's count.
+        let (t, i) = names
+            .iter()
+            .filter_map(|n| Some((n, layer_of(n)?)))
+            .filter(|&(_, i)| i >= want)
+            .min_by_key(|&(_, i)| i)
+            .expect("found > want means some layer index >= want");
+        return Err(LabError::bad_checkpoint(
+            files.path_of(t),
+            format!(
+                "tensor '{t}' is in layer {i}, but {} gives num_hidden_layers = {want}; the tensors \
+                 hold {found} layers. Fix num_hidden_layers or remove the extra layers",
+                cfg_path.display()
+            ),
+        ));
+    }
+    if found < want {
+        return Err(LabError::bad_checkpoint(
+            cfg_path,
+            format!(
+                "config.json: num_hidden_layers = {want}, but the tensors hold {found} layer(s) \
+                 (highest model.layers.N: {})",
+                found
+                    .checked_sub(1)
+                    .map_or("none".into(), |m| m.to_string())
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// (K, N) of a LLaMA linear by its state-dict prefix, from the config; `None` if not one.
