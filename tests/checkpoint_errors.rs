@@ -370,6 +370,34 @@ fn missing_config_json_is_named() {
     assert_mentions(&e, &["config.json", "model shapes"]);
 }
 
+/// Split model.safetensors into two shards plus model.safetensors.index.json; returns the map.
+fn shard(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let all = fx::read_tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut shards: [fx::Tensors; 2] = Default::default();
+    let mut map = std::collections::BTreeMap::new();
+    for (name, t) in all {
+        let s = usize::from(name.starts_with("model.layers.1"));
+        map.insert(
+            name.clone(),
+            format!("model-0000{}-of-00002.safetensors", s + 1),
+        );
+        shards[s].insert(name, t);
+    }
+    for (s, t) in shards.iter().enumerate() {
+        fx::write_tensors(
+            &dir.join(format!("model-0000{}-of-00002.safetensors", s + 1)),
+            t,
+        );
+    }
+    write_index(dir, &serde_json::json!({ "weight_map": map }));
+    map
+}
+
+fn write_index(dir: &Path, v: &serde_json::Value) {
+    std::fs::write(dir.join("model.safetensors.index.json"), v.to_string()).unwrap();
+}
+
 #[test]
 fn num_hidden_layers_must_match_the_layers_in_the_tensors() {
     // 10^18 layers used to reach Vec::with_capacity and panic with "capacity overflow".
@@ -407,6 +435,64 @@ fn num_hidden_layers_must_match_the_layers_in_the_tensors() {
             "config.json",
             "num_hidden_layers = 2",
             "3 layers",
+        ],
+    );
+}
+
+#[test]
+fn empty_shard_index_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    shard(&dir);
+    assert!(Checkpoint::open(&dir).is_ok());
+    // Used to panic indexing the first of zero shards.
+    write_index(&dir, &serde_json::json!({"weight_map": {}}));
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["model.safetensors.index.json", "weight_map is empty"]);
+}
+
+#[test]
+fn shard_names_outside_the_checkpoint_folder_are_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let map = shard(&dir);
+    // A real shard one level up, so only the path check can refuse the relative name.
+    let outside = dir.parent().unwrap().join("outside.safetensors");
+    std::fs::copy(dir.join("model-00001-of-00002.safetensors"), &outside).unwrap();
+    for bad in [
+        "../outside.safetensors".to_string(),
+        outside.display().to_string(),
+        "sub/model-00001-of-00002.safetensors".into(),
+        "..".into(),
+    ] {
+        let mut m = map.clone();
+        for f in m.values_mut().filter(|f| f.starts_with("model-00001")) {
+            *f = bad.clone();
+        }
+        write_index(&dir, &serde_json::json!({ "weight_map": m }));
+        let e = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert_mentions(
+            &e,
+            &[
+                "model.safetensors.index.json",
+                "weight_map entry",
+                &format!("'{bad}'"),
+                "not a plain file name",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_directory_named_like_a_weights_file_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "is a directory",
+            "safetensors weights file was expected",
         ],
     );
 }

@@ -132,6 +132,13 @@ impl Files {
         for e in std::fs::read_dir(path).map_err(|e| LabError::io(path, e))? {
             let p = e.map_err(|e| LabError::io(path, e))?.path();
             if has_ext(&p, &["safetensors"]) {
+                // Mapping a directory fails with a bare ENODEV; say what is wrong instead.
+                if !p.is_file() {
+                    return Err(LabError::bad_checkpoint(
+                        &p,
+                        "is a directory (or not a regular file) where a safetensors weights file was expected",
+                    ));
+                }
                 st.push(p);
             } else if has_ext(&p, &PICKLE_EXTS) && p.is_file() {
                 pickles.push(p);
@@ -164,18 +171,42 @@ impl Files {
         }
         let idx: Index = crate::util::read_json(index)?;
         let dir = index.parent().unwrap_or(Path::new("."));
+        if idx.weight_map.is_empty() {
+            return Err(LabError::bad_checkpoint(
+                index,
+                "weight_map is empty; expected every tensor name mapped to the shard file holding it",
+            ));
+        }
+        // Shards live in the checkpoint folder: a name with a path in it could open any file.
+        if let Some((t, f)) = idx.weight_map.iter().find(|(_, f)| {
+            f.is_empty()
+                || f.contains(['/', '\\'])
+                || *f == "."
+                || *f == ".."
+                || Path::new(f).is_absolute()
+        }) {
+            return Err(LabError::bad_checkpoint(
+                index,
+                format!(
+                    "weight_map entry '{t}': shard '{f}' is not a plain file name; expected a file \
+                     in the checkpoint folder (no path separators, '..' or absolute paths)"
+                ),
+            ));
+        }
         let mut names: Vec<&String> = idx.weight_map.values().collect();
         names.sort();
         names.dedup();
         let shards: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
         for s in &shards {
             if !s.is_file() {
+                let what = if s.is_dir() {
+                    "which is a directory, not a safetensors file"
+                } else {
+                    "which does not exist"
+                };
                 return Err(LabError::bad_checkpoint(
                     index,
-                    format!(
-                        "weight_map names shard {} which does not exist",
-                        s.display()
-                    ),
+                    format!("weight_map names shard {} {what}", s.display()),
                 ));
             }
         }
