@@ -498,6 +498,33 @@ fn a_directory_named_like_a_weights_file_is_refused() {
 }
 
 #[test]
+fn act_order_without_g_idx_is_refused_and_plain_order_without_it_loads() {
+    let (_t, dir) = good(32, false, true, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        t.remove(&format!("{Q}.g_idx"));
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "missing tensor",
+            "q_proj.g_idx",
+            "quantize_config.json",
+            "desc_act",
+        ],
+    );
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = ck.linear_meta(Q).unwrap_err().to_string();
+    assert_mentions(&e, &["q_proj.g_idx"]);
+
+    // Without act-order declared, an absent g_idx still means k / G.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| t.retain(|n, _| !n.ends_with(".g_idx")));
+    assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok());
+}
+
+#[test]
 fn fp16_checkpoint_config_goes_through_the_same_checks() {
     // The unquantized path `lab quantize` reads: same Checkpoint::open, same config checks.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");

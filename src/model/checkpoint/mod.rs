@@ -279,6 +279,16 @@ impl Checkpoint {
             }
             let v: Vec<i32> = wide.into_iter().map(|x| x as i32).collect();
             gidx::is_act_order(&v, g).then_some(v)
+        } else if q.desc_act && !q.static_groups {
+            // Act-order declared: the trivial k / G would silently misgroup every row.
+            return Err(LabError::bad_checkpoint(
+                self.files.path_of(&qw),
+                format!(
+                    "missing tensor '{gi}': {} declares desc_act (act-order) without static_groups, \
+                     so each linear needs its g_idx",
+                    self.quant_source.display()
+                ),
+            ));
         } else {
             None
         };
