@@ -525,6 +525,50 @@ fn act_order_without_g_idx_is_refused_and_plain_order_without_it_loads() {
 }
 
 #[test]
+fn stated_sym_with_zeros_of_the_other_format_is_refused() {
+    let relabel = |dir: &Path, fmt: &str, keep_sym: bool| {
+        for f in ["quantize_config.json", "config.json"] {
+            fx::edit_json(&dir.join(f), |v| {
+                let q = if f == "config.json" {
+                    &mut v["quantization_config"]
+                } else {
+                    v
+                };
+                q["checkpoint_format"] = fmt.into();
+                q["format"] = fmt.into();
+                if !keep_sym {
+                    q.as_object_mut().unwrap().remove("sym");
+                }
+            });
+        }
+    };
+    // A v1 symmetric file (stored 7) labelled gptq_v2 reads true zeros of 7.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    relabel(&dir, "gptq_v2", true);
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &[
+            "model.safetensors",
+            "q_proj.qzeros",
+            "quantize_config.json",
+            "sym: true",
+            "true zero 7",
+            "try \"gptq\"",
+        ],
+    );
+    // A v2 symmetric file (stored 8) labelled gptq reads true zeros of 9.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V2);
+    relabel(&dir, "gptq", true);
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &["q_proj.qzeros", "true zero 9", "try \"gptq_v2\""],
+    );
+    // sym not stated (AutoGPTQ's default applies): the data decides, as before.
+    relabel(&dir, "gptq", false);
+    assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok());
+}
+
+#[test]
 fn fp16_checkpoint_config_goes_through_the_same_checks() {
     // The unquantized path `lab quantize` reads: same Checkpoint::open, same config checks.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");

@@ -69,6 +69,9 @@ pub struct Checkpoint {
     pub quant: Option<QuantInfo>,
     /// The file the quant settings came from (for messages), or the weights file if inferred.
     quant_source: PathBuf,
+    /// The quant config states `sym: true` (not defaulted, not inferred): every true zero must
+    /// then be 2^(bits-1), or the zero format was mislabelled.
+    sym_stated: bool,
     files: Files,
 }
 
@@ -109,7 +112,10 @@ impl Checkpoint {
                 source: e,
             })?;
         check_layer_count(&config, &files, &cfg_path)?;
-        let mut quant = quant_config::from_files(&dir, &cfg_value)?;
+        let (mut quant, sym_stated) = match quant_config::from_files(&dir, &cfg_value)? {
+            Some((q, s)) => (Some(q), s),
+            None => (None, false),
+        };
         let mut quant_source = if dir.join("quantize_config.json").is_file() {
             dir.join("quantize_config.json")
         } else {
@@ -143,6 +149,7 @@ impl Checkpoint {
             config,
             quant,
             quant_source,
+            sym_stated,
             files,
         })
     }
@@ -327,12 +334,16 @@ impl Checkpoint {
                 zeros::v1_to_v2(&stored)
             }
         };
+        let symmetric = zeros::is_symmetric_true(&qzeros);
+        if self.sym_stated && !symmetric {
+            return Err(self.not_symmetric(prefix, &qzeros, l.n, l.format));
+        }
         let layer = QuantLinear {
             k: l.k,
             n: l.n,
             group_size: l.g,
             qweight: le_u32(l.qweight),
-            symmetric: zeros::is_symmetric_true(&qzeros),
+            symmetric,
             qzeros,
             scales: le_f16(l.scales),
             g_idx: l.g_idx,
@@ -345,6 +356,39 @@ impl Checkpoint {
             )
         })?;
         Ok(LinearWeights::Quant(layer))
+    }
+
+    /// The error for a linear whose true zeros are not all 8 although the config states sym.
+    fn not_symmetric(
+        &self,
+        prefix: &str,
+        qzeros: &[u32],
+        n: usize,
+        format: ZeroFormat,
+    ) -> LabError {
+        let qz = format!("{prefix}.qzeros");
+        let per_row = n / 8;
+        let (g, col, z) = qzeros
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &w)| {
+                (0..8).map(move |j| (i / per_row, (i % per_row) * 8 + j, (w >> (4 * j)) & 0xF))
+            })
+            .find(|&(_, _, z)| z != 8)
+            .unwrap_or((0, 0, 0));
+        let (this, other) = match format {
+            ZeroFormat::V1 => ("\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
+            ZeroFormat::V2 => ("\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
+        };
+        LabError::bad_checkpoint(
+            self.files.path_of(&qz),
+            format!(
+                "tensor '{qz}': {} states sym: true, but (group, column) ({g}, {col}) has true zero \
+                 {z} under checkpoint_format {this}; symmetric 4-bit zeros are all 8. A zero off by \
+                 one everywhere means the checkpoint_format is wrong (try {other})",
+                self.quant_source.display()
+            ),
+        )
     }
 
     fn dense(&self, prefix: &str, w: &str) -> Result<LinearWeights> {
