@@ -525,6 +525,80 @@ fn act_order_without_g_idx_is_refused_and_plain_order_without_it_loads() {
 }
 
 #[test]
+fn non_finite_floats_are_refused_naming_the_tensor() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let nan = half::f16::NAN.to_le_bytes();
+    fx::edit(&dir, |t| {
+        // One NaN among the scales, all of model.norm +inf, one -inf in the embedding.
+        t.get_mut(&format!("{Q}.scales")).unwrap().2[6..8].copy_from_slice(&nan);
+        let n = &mut t.get_mut("model.norm.weight").unwrap().2;
+        for c in n.chunks_exact_mut(2) {
+            c.copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        }
+        t.get_mut("model.embed_tokens.weight").unwrap().2[0..2]
+            .copy_from_slice(&half::f16::NEG_INFINITY.to_le_bytes());
+    });
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &[
+            "model.safetensors",
+            "q_proj.scales",
+            "1 value(s) are not finite",
+            "NaN at flat index 3",
+        ],
+    );
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = ck.tensor_f32("model.norm.weight").unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "'model.norm.weight'",
+            "128 value(s)",
+            "inf",
+        ],
+    );
+    let e = ck
+        .tensor_f16("model.norm.weight", &[fx::HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["'model.norm.weight'", "not finite (NaN or infinite)"]);
+    let e = ck
+        .tensor_f16("model.embed_tokens.weight", &[fx::VOCAB, fx::HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["'model.embed_tokens.weight'", "-inf at flat index 0"]);
+
+    // An fp16 (unquantized) linear, and an F32 table beyond fp16's range.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        t.retain(|n, _| !n.starts_with(&format!("{Q}.")));
+        let mut w = vec![0u8; fx::HIDDEN * fx::HIDDEN * 2];
+        w[10..12].copy_from_slice(&nan);
+        t.insert(
+            format!("{Q}.weight"),
+            (Dtype::F16, vec![fx::HIDDEN, fx::HIDDEN], w),
+        );
+        let big: Vec<u8> = (0..fx::HIDDEN).flat_map(|_| 1e6f32.to_le_bytes()).collect();
+        t.insert(
+            "model.norm.weight".into(),
+            (Dtype::F32, vec![fx::HIDDEN], big),
+        );
+    });
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &["model.safetensors", "q_proj.weight", "NaN at flat index 5"],
+    );
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(ck.tensor_f32("model.norm.weight").unwrap().0[0], 1e6);
+    let e = ck
+        .tensor_f16("model.norm.weight", &[fx::HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["'model.norm.weight'", "beyond fp16's range"]);
+}
+
+#[test]
 fn stated_sym_with_zeros_of_the_other_format_is_refused() {
     let relabel = |dir: &Path, fmt: &str, keep_sym: bool| {
         for f in ["quantize_config.json", "config.json"] {

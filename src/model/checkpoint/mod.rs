@@ -16,7 +16,7 @@ pub(crate) use writer::{config_files, encode_dense, encode_linear, linear_specs}
 use crate::gptq::{gidx, group_rows, zeros, QuantLinear};
 use crate::model::config::ModelConfig;
 use crate::{LabError, Result};
-use files::{le_f16, le_u32, to_f32, to_i64, Files};
+use files::{finite_f16, le_u32, to_f32, to_i64, Files};
 use safetensors::Dtype;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -338,6 +338,13 @@ impl Checkpoint {
         if self.sym_stated && !symmetric {
             return Err(self.not_symmetric(prefix, &qzeros, l.n, l.format));
         }
+        let sc = format!("{prefix}.scales");
+        let scales = finite_f16(l.scales, self.files.path_of(&sc), &sc)?;
+        let b = format!("{prefix}.bias");
+        let bias = match l.bias {
+            Some(bytes) => Some(finite_f16(bytes, self.files.path_of(&b), &b)?),
+            None => None,
+        };
         let layer = QuantLinear {
             k: l.k,
             n: l.n,
@@ -345,9 +352,9 @@ impl Checkpoint {
             qweight: le_u32(l.qweight),
             symmetric,
             qzeros,
-            scales: le_f16(l.scales),
+            scales,
             g_idx: l.g_idx,
-            bias: l.bias.map(le_f16),
+            bias,
         };
         layer.validate().map_err(|r| {
             LabError::bad_checkpoint(
@@ -402,7 +409,7 @@ impl Checkpoint {
                 format!("tensor '{w}': shape {:?}, expected 2-D [N, K]", raw.shape),
             ));
         };
-        let w_nk = to_f32(&raw);
+        let w_nk = to_f32(&raw, self.files.path_of(w), w)?;
         let mut w_kn = vec![0f32; k * n];
         for (o, row) in w_nk.chunks_exact(k).enumerate() {
             for (i, &v) in row.iter().enumerate() {
@@ -417,7 +424,10 @@ impl Checkpoint {
         let raw = self
             .files
             .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], None)?;
-        Ok((to_f32(&raw), raw.shape.clone()))
+        Ok((
+            to_f32(&raw, self.files.path_of(name), name)?,
+            raw.shape.clone(),
+        ))
     }
 
     /// A float tensor as fp16 with exactly `shape`: F16 copied as stored, BF16 / F32 rounded once
@@ -426,10 +436,33 @@ impl Checkpoint {
         let raw = self
             .files
             .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], Some(shape))?;
-        Ok(match raw.dtype {
-            Dtype::F16 => le_f16(raw.bytes),
-            _ => to_f32(&raw).into_iter().map(half::f16::from_f32).collect(),
-        })
+        let path = self.files.path_of(name);
+        match raw.dtype {
+            Dtype::F16 => finite_f16(raw.bytes, path, name),
+            _ => {
+                // A finite BF16/F32 value beyond fp16's range (65504) would become infinite.
+                let mut overflow = false;
+                let v: Vec<half::f16> = to_f32(&raw, path, name)?
+                    .into_iter()
+                    .map(|x| {
+                        let h = half::f16::from_f32(x);
+                        overflow |= !h.is_finite();
+                        h
+                    })
+                    .collect();
+                if overflow {
+                    return Err(LabError::bad_checkpoint(
+                        path,
+                        format!(
+                            "tensor '{name}': {:?} values beyond fp16's range (|x| > 65504); the \
+                             engine keeps this tensor in fp16",
+                            raw.dtype
+                        ),
+                    ));
+                }
+                Ok(v)
+            }
+        }
     }
 
     /// dtype and shape of tensor `name`, `None` if the checkpoint has no such tensor.
