@@ -643,6 +643,59 @@ fn stated_sym_with_zeros_of_the_other_format_is_refused() {
 }
 
 #[test]
+fn float_table_shape_errors_name_the_file_holding_the_tensor() {
+    use gptq_lab::model::weights::LlamaWeights;
+    for (name, shape) in [
+        ("model.norm.weight", vec![fx::HIDDEN / 2]),
+        ("model.embed_tokens.weight", vec![fx::HIDDEN, fx::VOCAB / 2]),
+        ("lm_head.weight", vec![fx::HIDDEN, fx::VOCAB / 2]),
+    ] {
+        let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+        fx::edit(&dir, |t| {
+            let e = t.get_mut(name).unwrap();
+            let n: usize = shape.iter().product();
+            e.1 = shape.clone();
+            e.2.truncate(n * 2);
+        });
+        let ck = Checkpoint::open(&dir).unwrap();
+        let e = LlamaWeights::from_checkpoint(&ck).unwrap_err().to_string();
+        assert_mentions(&e, &["ck/model.safetensors", name, &format!("{shape:?}")]);
+    }
+}
+
+#[test]
+fn data_offsets_past_the_end_name_the_tensor() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let p = dir.join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let mut h: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&b[8..8 + n]).unwrap();
+    // The tensor whose data comes last now claims 64 bytes more than the file has.
+    let last = h
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.get("data_offsets")?[1].as_u64()?)))
+        .max_by_key(|(_, e)| *e)
+        .unwrap();
+    h[&last.0]["data_offsets"][1] = (last.1 + 64).into();
+    let hb = serde_json::to_vec(&h).unwrap();
+    let mut out = (hb.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&hb);
+    out.extend_from_slice(&b[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            &format!("tensor '{}'", last.0),
+            "data_offsets",
+            "would end at byte",
+        ],
+    );
+}
+
+#[test]
 fn fp16_checkpoint_config_goes_through_the_same_checks() {
     // The unquantized path `lab quantize` reads: same Checkpoint::open, same config checks.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");

@@ -83,7 +83,7 @@ impl LlamaWeights {
             let (w, shape) = ckpt.tensor_f32(name)?;
             if shape != [len] {
                 return Err(LabError::bad_checkpoint(
-                    &ckpt.dir,
+                    ckpt.tensor_file(name),
                     format!("tensor '{name}': shape {shape:?}, expected [{len}]"),
                 ));
             }
@@ -93,7 +93,7 @@ impl LlamaWeights {
             let (w, shape) = ckpt.tensor_f32(name)?;
             if shape != [rows, cols] {
                 return Err(LabError::bad_checkpoint(
-                    &ckpt.dir,
+                    ckpt.tensor_file(name),
                     format!("tensor '{name}': shape {shape:?}, expected [{rows}, {cols}]"),
                 ));
             }

@@ -4,7 +4,7 @@
 use crate::{LabError, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -41,8 +41,18 @@ impl Shard {
             )));
         }
         let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            // Some of the crate's validation errors do not say which tensor is at fault.
+            let why = match &e {
+                SafeTensorError::TensorInvalidInfo
+                | SafeTensorError::ValidationOverflow
+                | SafeTensorError::MisalignedSlice
+                | SafeTensorError::MetadataIncompleteBuffer => {
+                    bad_tensor_in_header(&mmap).unwrap_or_else(|| e.to_string())
+                }
+                _ => e.to_string(),
+            };
             bad(format!(
-                "not a valid safetensors file ({e}); expected an 8-byte little-endian header length, \
+                "not a valid safetensors file ({why}); expected an 8-byte little-endian header length, \
                  a JSON header and exactly the data it describes (truncated or corrupted download?)"
             ))
         })?;
@@ -63,6 +73,51 @@ impl Shard {
         let (a, b) = info.data_offsets;
         &self.mmap[self.data_start + a..self.data_start + b]
     }
+}
+
+/// The first tensor (in data order) whose header entry the data cannot back: offsets that do not
+/// match its dtype and shape, or that run past the end of the file. Only called after the header
+/// itself parsed, to name the tensor in the safetensors crate's anonymous validation errors.
+fn bad_tensor_in_header(b: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)).ok()?;
+    let header = std::str::from_utf8(b.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = b.len() - 8 - n;
+    let raw: HashMap<String, serde_json::Value> = serde_json::from_str(header).ok()?;
+    let mut tensors: Vec<(String, TensorInfo)> = raw
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
+        .collect();
+    tensors.sort_by_key(|t| t.1.data_offsets);
+    let mut end = 0;
+    for (name, t) in &tensors {
+        let (s, e) = t.data_offsets;
+        end = e;
+        let need = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.bitsize(), |a, &d| a.checked_mul(d))
+            .map(|bits| bits.div_ceil(8));
+        let mut why = Vec::new();
+        if need != e.checked_sub(s) {
+            why.push(format!(
+                "data_offsets [{s}, {e}] do not hold the {} bytes of dtype {:?} shape {:?}",
+                need.map_or("(overflowing)".into(), |b| b.to_string()),
+                t.dtype,
+                t.shape
+            ));
+        }
+        if e > data_len {
+            why.push(format!(
+                "its data would end at byte {e} of a {data_len}-byte data section"
+            ));
+        }
+        if !why.is_empty() {
+            return Some(format!("tensor '{name}': {}", why.join("; ")));
+        }
+    }
+    (end != data_len)
+        .then(|| format!("the tensors' data ends at byte {end} of a {data_len}-byte data section"))
 }
 
 /// PyTorch zip archives start with "PK\x03\x04"; raw pickles with protocol opcode 0x80, 2..=5.
