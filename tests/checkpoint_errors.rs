@@ -369,3 +369,349 @@ fn missing_config_json_is_named() {
     let e = Checkpoint::open(&dir).unwrap_err().to_string();
     assert_mentions(&e, &["config.json", "model shapes"]);
 }
+
+/// Split model.safetensors into two shards plus model.safetensors.index.json; returns the map.
+fn shard(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let all = fx::read_tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut shards: [fx::Tensors; 2] = Default::default();
+    let mut map = std::collections::BTreeMap::new();
+    for (name, t) in all {
+        let s = usize::from(name.starts_with("model.layers.1"));
+        map.insert(
+            name.clone(),
+            format!("model-0000{}-of-00002.safetensors", s + 1),
+        );
+        shards[s].insert(name, t);
+    }
+    for (s, t) in shards.iter().enumerate() {
+        fx::write_tensors(
+            &dir.join(format!("model-0000{}-of-00002.safetensors", s + 1)),
+            t,
+        );
+    }
+    write_index(dir, &serde_json::json!({ "weight_map": map }));
+    map
+}
+
+fn write_index(dir: &Path, v: &serde_json::Value) {
+    std::fs::write(dir.join("model.safetensors.index.json"), v.to_string()).unwrap();
+}
+
+#[test]
+fn num_hidden_layers_must_match_the_layers_in_the_tensors() {
+    // 10^18 layers used to reach Vec::with_capacity and panic with "capacity overflow".
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["num_hidden_layers"] = 1_000_000_000_000_000_000u64.into()
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "config.json",
+            "num_hidden_layers = 1000000000000000000",
+            "2 layer(s)",
+        ],
+    );
+
+    // A layer beyond the config's count used to be silently ignored.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let extra: Vec<_> = t
+            .iter()
+            .filter_map(|(n, v)| Some((n.strip_prefix("model.layers.1.")?.to_string(), v.clone())))
+            .collect();
+        for (rest, v) in extra {
+            t.insert(format!("model.layers.2.{rest}"), v);
+        }
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "'model.layers.2.input_layernorm.weight'",
+            "config.json",
+            "num_hidden_layers = 2",
+            "3 layers",
+        ],
+    );
+}
+
+#[test]
+fn empty_shard_index_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    shard(&dir);
+    assert!(Checkpoint::open(&dir).is_ok());
+    // Used to panic indexing the first of zero shards.
+    write_index(&dir, &serde_json::json!({"weight_map": {}}));
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["model.safetensors.index.json", "weight_map is empty"]);
+}
+
+#[test]
+fn shard_names_outside_the_checkpoint_folder_are_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let map = shard(&dir);
+    // A real shard one level up, so only the path check can refuse the relative name.
+    let outside = dir.parent().unwrap().join("outside.safetensors");
+    std::fs::copy(dir.join("model-00001-of-00002.safetensors"), &outside).unwrap();
+    for bad in [
+        "../outside.safetensors".to_string(),
+        outside.display().to_string(),
+        "sub/model-00001-of-00002.safetensors".into(),
+        "..".into(),
+    ] {
+        let mut m = map.clone();
+        for f in m.values_mut().filter(|f| f.starts_with("model-00001")) {
+            *f = bad.clone();
+        }
+        write_index(&dir, &serde_json::json!({ "weight_map": m }));
+        let e = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert_mentions(
+            &e,
+            &[
+                "model.safetensors.index.json",
+                "weight_map entry",
+                &format!("'{bad}'"),
+                "not a plain file name",
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_directory_named_like_a_weights_file_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::create_dir(dir.join("model.safetensors")).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "is a directory",
+            "safetensors weights file was expected",
+        ],
+    );
+}
+
+#[test]
+fn act_order_without_g_idx_is_refused_and_plain_order_without_it_loads() {
+    let (_t, dir) = good(32, false, true, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        t.remove(&format!("{Q}.g_idx"));
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "missing tensor",
+            "q_proj.g_idx",
+            "quantize_config.json",
+            "desc_act",
+        ],
+    );
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = ck.linear_meta(Q).unwrap_err().to_string();
+    assert_mentions(&e, &["q_proj.g_idx"]);
+
+    // Without act-order declared, an absent g_idx still means k / G.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| t.retain(|n, _| !n.ends_with(".g_idx")));
+    assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok());
+}
+
+#[test]
+fn non_finite_floats_are_refused_naming_the_tensor() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let nan = half::f16::NAN.to_le_bytes();
+    fx::edit(&dir, |t| {
+        // One NaN among the scales, all of model.norm +inf, one -inf in the embedding.
+        t.get_mut(&format!("{Q}.scales")).unwrap().2[6..8].copy_from_slice(&nan);
+        let n = &mut t.get_mut("model.norm.weight").unwrap().2;
+        for c in n.chunks_exact_mut(2) {
+            c.copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        }
+        t.get_mut("model.embed_tokens.weight").unwrap().2[0..2]
+            .copy_from_slice(&half::f16::NEG_INFINITY.to_le_bytes());
+    });
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &[
+            "model.safetensors",
+            "q_proj.scales",
+            "1 value(s) are not finite",
+            "NaN at flat index 3",
+        ],
+    );
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = ck.tensor_f32("model.norm.weight").unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "'model.norm.weight'",
+            "128 value(s)",
+            "inf",
+        ],
+    );
+    let e = ck
+        .tensor_f16("model.norm.weight", &[fx::HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["'model.norm.weight'", "not finite (NaN or infinite)"]);
+    let e = ck
+        .tensor_f16("model.embed_tokens.weight", &[fx::VOCAB, fx::HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["'model.embed_tokens.weight'", "-inf at flat index 0"]);
+
+    // An fp16 (unquantized) linear, and an F32 table beyond fp16's range.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        t.retain(|n, _| !n.starts_with(&format!("{Q}.")));
+        let mut w = vec![0u8; fx::HIDDEN * fx::HIDDEN * 2];
+        w[10..12].copy_from_slice(&nan);
+        t.insert(
+            format!("{Q}.weight"),
+            (Dtype::F16, vec![fx::HIDDEN, fx::HIDDEN], w),
+        );
+        let big: Vec<u8> = (0..fx::HIDDEN).flat_map(|_| 1e6f32.to_le_bytes()).collect();
+        t.insert(
+            "model.norm.weight".into(),
+            (Dtype::F32, vec![fx::HIDDEN], big),
+        );
+    });
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &["model.safetensors", "q_proj.weight", "NaN at flat index 5"],
+    );
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(ck.tensor_f32("model.norm.weight").unwrap().0[0], 1e6);
+    let e = ck
+        .tensor_f16("model.norm.weight", &[fx::HIDDEN])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["'model.norm.weight'", "beyond fp16's range"]);
+}
+
+#[test]
+fn stated_sym_with_zeros_of_the_other_format_is_refused() {
+    let relabel = |dir: &Path, fmt: &str, keep_sym: bool| {
+        for f in ["quantize_config.json", "config.json"] {
+            fx::edit_json(&dir.join(f), |v| {
+                let q = if f == "config.json" {
+                    &mut v["quantization_config"]
+                } else {
+                    v
+                };
+                q["checkpoint_format"] = fmt.into();
+                q["format"] = fmt.into();
+                if !keep_sym {
+                    q.as_object_mut().unwrap().remove("sym");
+                }
+            });
+        }
+    };
+    // A v1 symmetric file (stored 7) labelled gptq_v2 reads true zeros of 7.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    relabel(&dir, "gptq_v2", true);
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &[
+            "model.safetensors",
+            "q_proj.qzeros",
+            "quantize_config.json",
+            "sym: true",
+            "true zero 7",
+            "try \"gptq\"",
+        ],
+    );
+    // A v2 symmetric file (stored 8) labelled gptq reads true zeros of 9.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V2);
+    relabel(&dir, "gptq", true);
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &["q_proj.qzeros", "true zero 9", "try \"gptq_v2\""],
+    );
+    // sym not stated (AutoGPTQ's default applies): the data decides, as before.
+    relabel(&dir, "gptq", false);
+    assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok());
+}
+
+#[test]
+fn float_table_shape_errors_name_the_file_holding_the_tensor() {
+    use gptq_lab::model::weights::LlamaWeights;
+    for (name, shape) in [
+        ("model.norm.weight", vec![fx::HIDDEN / 2]),
+        ("model.embed_tokens.weight", vec![fx::HIDDEN, fx::VOCAB / 2]),
+        ("lm_head.weight", vec![fx::HIDDEN, fx::VOCAB / 2]),
+    ] {
+        let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+        fx::edit(&dir, |t| {
+            let e = t.get_mut(name).unwrap();
+            let n: usize = shape.iter().product();
+            e.1 = shape.clone();
+            e.2.truncate(n * 2);
+        });
+        let ck = Checkpoint::open(&dir).unwrap();
+        let e = LlamaWeights::from_checkpoint(&ck).unwrap_err().to_string();
+        assert_mentions(&e, &["ck/model.safetensors", name, &format!("{shape:?}")]);
+    }
+}
+
+#[test]
+fn data_offsets_past_the_end_name_the_tensor() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let p = dir.join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let mut h: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&b[8..8 + n]).unwrap();
+    // The tensor whose data comes last now claims 64 bytes more than the file has.
+    let last = h
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.get("data_offsets")?[1].as_u64()?)))
+        .max_by_key(|(_, e)| *e)
+        .unwrap();
+    h[&last.0]["data_offsets"][1] = (last.1 + 64).into();
+    let hb = serde_json::to_vec(&h).unwrap();
+    let mut out = (hb.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&hb);
+    out.extend_from_slice(&b[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            &format!("tensor '{}'", last.0),
+            "data_offsets",
+            "would end at byte",
+        ],
+    );
+}
+
+#[test]
+fn fp16_checkpoint_config_goes_through_the_same_checks() {
+    // The unquantized path `lab quantize` reads: same Checkpoint::open, same config checks.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");
+    for (field, value) in [
+        ("rms_norm_eps", serde_json::json!(-1e-6)),
+        ("rope_theta", serde_json::json!(0.0)),
+        ("hidden_act", serde_json::json!("gelu")),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+        }
+        fx::edit_json(&tmp.path().join("config.json"), |v| {
+            v[field] = value.clone()
+        });
+        let e = Checkpoint::open(tmp.path()).unwrap_err().to_string();
+        assert_mentions(&e, &["config.json", field]);
+    }
+}

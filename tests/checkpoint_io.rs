@@ -129,9 +129,12 @@ fn v1_writer_refuses_a_true_zero_of_zero_and_names_the_tensor() {
     l.qzeros = gptq_lab::gptq::pack::pack_zeros(&z, l.groups(), l.n);
     let layers = vec![("model.layers.0.self_attn.q_proj".to_string(), l)];
     let dir = tmp.path().join("ck");
+    // One layer's tensors: the config must say so, or the open refuses the layer count.
+    let mut config = fx::config_json();
+    config["num_hidden_layers"] = 1.into();
     let e = write_gptq_checkpoint(
         &dir,
-        &fx::config_json(),
+        &config,
         &layers,
         &[],
         ZeroFormat::V1,
@@ -147,7 +150,7 @@ fn v1_writer_refuses_a_true_zero_of_zero_and_names_the_tensor() {
     // v2 stores it fine.
     write_gptq_checkpoint(
         &dir,
-        &fx::config_json(),
+        &config,
         &layers,
         &[],
         ZeroFormat::V2,
@@ -263,7 +266,10 @@ fn fp16_checkpoint_gives_dense_linears_transposed_to_kn() {
     );
     std::fs::create_dir_all(&dir).unwrap();
     fx::write_tensors(&dir.join("model.safetensors"), &t);
-    std::fs::write(dir.join("config.json"), fx::config_json().to_string()).unwrap();
+    // Only layer 0's q_proj: the config must give one layer, or the open refuses the count.
+    let mut config = fx::config_json();
+    config["num_hidden_layers"] = 1.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let ck = Checkpoint::open(&dir).unwrap();
     assert!(ck.quant.is_none());
     let LinearWeights::Dense { k: kk, n: nn, w_kn } =

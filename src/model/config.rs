@@ -103,6 +103,12 @@ impl ModelConfig {
             rope_scaling: Option<serde_json::Value>,
             tie_word_embeddings: Option<bool>,
             model_type: Option<String>,
+            /// Fields other LLaMA-shaped architectures set; read only to refuse what the engines
+            /// do not implement (SiLU MLP, head_dim = hidden / heads, no linear biases).
+            hidden_act: Option<String>,
+            head_dim: Option<usize>,
+            attention_bias: Option<bool>,
+            mlp_bias: Option<bool>,
             _name_or_path: Option<String>,
         }
         #[derive(Deserialize)]
@@ -135,6 +141,39 @@ impl ModelConfig {
                 format!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
             ));
         }
+        // The engines compute LLaMA's block: a SiLU-gated MLP ("swish" is transformers' other name
+        // for SiLU), head_dim = hidden / heads, no biases. Anything else would load and run as
+        // LLaMA with wrong results, so it is refused here where the config enters.
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" && act != "swish" {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!("config.json: hidden_act '{act}' is not supported; expected 'silu' (LLaMA/Vicuna)"),
+                ));
+            }
+        }
+        if let Some(d) = raw.head_dim {
+            if d != hidden / heads {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!(
+                        "config.json: head_dim {d} is not supported; expected hidden_size / num_attention_heads = {}",
+                        hidden / heads
+                    ),
+                ));
+            }
+        }
+        for (field, v) in [
+            ("attention_bias", raw.attention_bias),
+            ("mlp_bias", raw.mlp_bias),
+        ] {
+            if v == Some(true) {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!("config.json: {field} true is not supported; LLaMA/Vicuna linears have no bias"),
+                ));
+            }
+        }
         // Only plain RoPE is implemented; a scaled variant would be silently misread.
         let rope_type = raw
             .rope_parameters
@@ -154,6 +193,21 @@ impl ModelConfig {
             .rope_theta
             .or_else(|| raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
             .unwrap_or(10000.0);
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(LabError::bad_checkpoint(
+                path,
+                format!("config.json: rope_theta {rope_theta:?}; expected a finite value > 0 (LLaMA: 10000)"),
+            ));
+        }
+        // eps is added to the mean square before the rsqrt: <= 0 divides by zero on a zero row,
+        // and anything near 1 swamps the activations. Real models use 1e-6 .. 1e-5.
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps <= 1e-2) {
+            return Err(LabError::bad_checkpoint(
+                path,
+                format!("config.json: rms_norm_eps {rms_norm_eps:?}; expected a finite value in (0, 1e-2] (LLaMA: 1e-6)"),
+            ));
+        }
         let kv = raw.num_key_value_heads.unwrap_or(heads);
         if kv == 0 || heads % kv != 0 {
             return Err(LabError::bad_checkpoint(
@@ -183,7 +237,7 @@ impl ModelConfig {
                 .max_position_embeddings
                 .or(raw.max_sequence_length)
                 .unwrap_or(2048),
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         })
@@ -238,6 +292,61 @@ mod tests {
         assert!(e.contains("RoPE scaling"), "{e}");
         let t = format!(r#"{{{base},"rope_scaling":null}}"#);
         assert!(ModelConfig::from_json_str(&t, Path::new("c.json")).is_ok());
+    }
+
+    #[test]
+    fn other_architectures_fields_are_refused_and_llama_values_accepted() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
+        let parse = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
+        };
+        for (extra, want) in [
+            (r#""hidden_act":"gelu""#, "hidden_act 'gelu'"),
+            (r#""head_dim":32"#, "head_dim 32"),
+            (r#""attention_bias":true"#, "attention_bias"),
+            (r#""mlp_bias":true"#, "mlp_bias"),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(
+                e.contains("m/config.json") && e.contains(want),
+                "{extra}: {e}"
+            );
+        }
+        // LLaMA's own values (and absent fields, above) still load.
+        let ok = r#""hidden_act":"silu","head_dim":16,"attention_bias":false,"mlp_bias":false"#;
+        assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn eps_and_theta_out_of_range_are_refused() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
+        let parse = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
+        };
+        for bad in ["-1e-6", "0", "0.5", "1e300"] {
+            let e = parse(&format!(r#""rms_norm_eps":{bad}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m/config.json") && e.contains("rms_norm_eps"),
+                "{bad}: {e}"
+            );
+        }
+        for bad in ["0", "-10000"] {
+            let e = parse(&format!(r#""rope_theta":{bad}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m/config.json") && e.contains("rope_theta"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(r#""rope_parameters":{"rope_theta":-1.0}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_theta"), "{e}");
+        let c = parse(r#""rms_norm_eps":1e-5,"rope_theta":500000.0"#).unwrap();
+        assert_eq!((c.rms_norm_eps, c.rope_theta), (1e-5, 500000.0));
     }
 
     #[test]

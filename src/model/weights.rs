@@ -83,7 +83,7 @@ impl LlamaWeights {
             let (w, shape) = ckpt.tensor_f32(name)?;
             if shape != [len] {
                 return Err(LabError::bad_checkpoint(
-                    &ckpt.dir,
+                    ckpt.tensor_file(name),
                     format!("tensor '{name}': shape {shape:?}, expected [{len}]"),
                 ));
             }
@@ -93,7 +93,7 @@ impl LlamaWeights {
             let (w, shape) = ckpt.tensor_f32(name)?;
             if shape != [rows, cols] {
                 return Err(LabError::bad_checkpoint(
-                    &ckpt.dir,
+                    ckpt.tensor_file(name),
                     format!("tensor '{name}': shape {shape:?}, expected [{rows}, {cols}]"),
                 ));
             }
@@ -113,7 +113,8 @@ impl LlamaWeights {
         };
 
         let embed = matrix_nk("model.embed_tokens.weight", v, h)?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Grown, not pre-sized: the count is config.json's (checked against the tensors at open).
+        let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(LayerWeights {

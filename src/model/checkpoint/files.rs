@@ -4,7 +4,7 @@
 use crate::{LabError, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -41,8 +41,18 @@ impl Shard {
             )));
         }
         let (n, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            // Some of the crate's validation errors do not say which tensor is at fault.
+            let why = match &e {
+                SafeTensorError::TensorInvalidInfo
+                | SafeTensorError::ValidationOverflow
+                | SafeTensorError::MisalignedSlice
+                | SafeTensorError::MetadataIncompleteBuffer => {
+                    bad_tensor_in_header(&mmap).unwrap_or_else(|| e.to_string())
+                }
+                _ => e.to_string(),
+            };
             bad(format!(
-                "not a valid safetensors file ({e}); expected an 8-byte little-endian header length, \
+                "not a valid safetensors file ({why}); expected an 8-byte little-endian header length, \
                  a JSON header and exactly the data it describes (truncated or corrupted download?)"
             ))
         })?;
@@ -63,6 +73,51 @@ impl Shard {
         let (a, b) = info.data_offsets;
         &self.mmap[self.data_start + a..self.data_start + b]
     }
+}
+
+/// The first tensor (in data order) whose header entry the data cannot back: offsets that do not
+/// match its dtype and shape, or that run past the end of the file. Only called after the header
+/// itself parsed, to name the tensor in the safetensors crate's anonymous validation errors.
+fn bad_tensor_in_header(b: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)).ok()?;
+    let header = std::str::from_utf8(b.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = b.len() - 8 - n;
+    let raw: HashMap<String, serde_json::Value> = serde_json::from_str(header).ok()?;
+    let mut tensors: Vec<(String, TensorInfo)> = raw
+        .into_iter()
+        .filter(|(k, _)| k != "__metadata__")
+        .filter_map(|(k, v)| Some((k, serde_json::from_value(v).ok()?)))
+        .collect();
+    tensors.sort_by_key(|t| t.1.data_offsets);
+    let mut end = 0;
+    for (name, t) in &tensors {
+        let (s, e) = t.data_offsets;
+        end = e;
+        let need = t
+            .shape
+            .iter()
+            .try_fold(t.dtype.bitsize(), |a, &d| a.checked_mul(d))
+            .map(|bits| bits.div_ceil(8));
+        let mut why = Vec::new();
+        if need != e.checked_sub(s) {
+            why.push(format!(
+                "data_offsets [{s}, {e}] do not hold the {} bytes of dtype {:?} shape {:?}",
+                need.map_or("(overflowing)".into(), |b| b.to_string()),
+                t.dtype,
+                t.shape
+            ));
+        }
+        if e > data_len {
+            why.push(format!(
+                "its data would end at byte {e} of a {data_len}-byte data section"
+            ));
+        }
+        if !why.is_empty() {
+            return Some(format!("tensor '{name}': {}", why.join("; ")));
+        }
+    }
+    (end != data_len)
+        .then(|| format!("the tensors' data ends at byte {end} of a {data_len}-byte data section"))
 }
 
 /// PyTorch zip archives start with "PK\x03\x04"; raw pickles with protocol opcode 0x80, 2..=5.
@@ -132,6 +187,13 @@ impl Files {
         for e in std::fs::read_dir(path).map_err(|e| LabError::io(path, e))? {
             let p = e.map_err(|e| LabError::io(path, e))?.path();
             if has_ext(&p, &["safetensors"]) {
+                // Mapping a directory fails with a bare ENODEV; say what is wrong instead.
+                if !p.is_file() {
+                    return Err(LabError::bad_checkpoint(
+                        &p,
+                        "is a directory (or not a regular file) where a safetensors weights file was expected",
+                    ));
+                }
                 st.push(p);
             } else if has_ext(&p, &PICKLE_EXTS) && p.is_file() {
                 pickles.push(p);
@@ -164,18 +226,42 @@ impl Files {
         }
         let idx: Index = crate::util::read_json(index)?;
         let dir = index.parent().unwrap_or(Path::new("."));
+        if idx.weight_map.is_empty() {
+            return Err(LabError::bad_checkpoint(
+                index,
+                "weight_map is empty; expected every tensor name mapped to the shard file holding it",
+            ));
+        }
+        // Shards live in the checkpoint folder: a name with a path in it could open any file.
+        if let Some((t, f)) = idx.weight_map.iter().find(|(_, f)| {
+            f.is_empty()
+                || f.contains(['/', '\\'])
+                || *f == "."
+                || *f == ".."
+                || Path::new(f).is_absolute()
+        }) {
+            return Err(LabError::bad_checkpoint(
+                index,
+                format!(
+                    "weight_map entry '{t}': shard '{f}' is not a plain file name; expected a file \
+                     in the checkpoint folder (no path separators, '..' or absolute paths)"
+                ),
+            ));
+        }
         let mut names: Vec<&String> = idx.weight_map.values().collect();
         names.sort();
         names.dedup();
         let shards: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
         for s in &shards {
             if !s.is_file() {
+                let what = if s.is_dir() {
+                    "which is a directory, not a safetensors file"
+                } else {
+                    "which does not exist"
+                };
                 return Err(LabError::bad_checkpoint(
                     index,
-                    format!(
-                        "weight_map names shard {} which does not exist",
-                        s.display()
-                    ),
+                    format!("weight_map names shard {} {what}", s.display()),
                 ));
             }
         }
@@ -307,28 +393,73 @@ pub(crate) fn le_u32(b: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-pub(crate) fn le_f16(b: &[u8]) -> Vec<half::f16> {
-    b.chunks_exact(2)
-        .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
-        .collect()
+/// fp16 values, refusing NaN and infinities: the engines would only notice them as NaN logits,
+/// with no tensor named. Checked in the decoding pass itself (an OR over the words, no second
+/// pass over the mapped data), so a 13B checkpoint pays nothing measurable for it.
+pub(crate) fn finite_f16(b: &[u8], path: &Path, name: &str) -> Result<Vec<half::f16>> {
+    let mut bad = false;
+    let v: Vec<half::f16> = b
+        .chunks_exact(2)
+        .map(|c| {
+            let x = half::f16::from_le_bytes([c[0], c[1]]);
+            bad |= !x.is_finite();
+            x
+        })
+        .collect();
+    if bad {
+        return Err(non_finite(path, name, v.iter().map(|x| x.to_f32())));
+    }
+    Ok(v)
 }
 
-/// Any float tensor as f32.
-pub(crate) fn to_f32(r: &Raw<'_>) -> Vec<f32> {
-    match r.dtype {
-        Dtype::F16 => le_f16(r.bytes).iter().map(|v| v.to_f32()).collect(),
+/// Any float tensor as f32, refusing NaN and infinities (as `finite_f16`, in the same pass).
+pub(crate) fn to_f32(r: &Raw<'_>, path: &Path, name: &str) -> Result<Vec<f32>> {
+    let mut bad = false;
+    let mut check = |x: f32| {
+        bad |= !x.is_finite();
+        x
+    };
+    let v: Vec<f32> = match r.dtype {
+        Dtype::F16 => r
+            .bytes
+            .chunks_exact(2)
+            .map(|c| check(half::f16::from_le_bytes([c[0], c[1]]).to_f32()))
+            .collect(),
         Dtype::BF16 => r
             .bytes
             .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .map(|c| check(half::bf16::from_le_bytes([c[0], c[1]]).to_f32()))
             .collect(),
         Dtype::F32 => r
             .bytes
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|c| check(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
             .collect(),
         _ => Vec::new(), // callers only pass float dtypes through `get`
+    };
+    if bad {
+        return Err(non_finite(path, name, v.iter().copied()));
     }
+    Ok(v)
+}
+
+/// The error for a tensor holding NaN or infinite values (only built once one was seen).
+pub(crate) fn non_finite(path: &Path, name: &str, v: impl Iterator<Item = f32>) -> LabError {
+    let (mut count, mut first) = (0usize, None);
+    for (i, x) in v.enumerate() {
+        if !x.is_finite() {
+            count += 1;
+            first.get_or_insert((i, x));
+        }
+    }
+    let (i, x) = first.unwrap_or((0, f32::NAN));
+    LabError::bad_checkpoint(
+        path,
+        format!(
+            "tensor '{name}': {count} value(s) are not finite (NaN or infinite), the first {x} at flat index {i}; \
+             expected finite weights (corrupted file or a broken conversion?)"
+        ),
+    )
 }
 
 /// An int32 or int64 index tensor (g_idx) widened to i64, so a range check sees the real values.

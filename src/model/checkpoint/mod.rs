@@ -16,7 +16,7 @@ pub(crate) use writer::{config_files, encode_dense, encode_linear, linear_specs}
 use crate::gptq::{gidx, group_rows, zeros, QuantLinear};
 use crate::model::config::ModelConfig;
 use crate::{LabError, Result};
-use files::{le_f16, le_u32, to_f32, to_i64, Files};
+use files::{finite_f16, le_u32, to_f32, to_i64, Files};
 use safetensors::Dtype;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,9 @@ pub struct Checkpoint {
     pub quant: Option<QuantInfo>,
     /// The file the quant settings came from (for messages), or the weights file if inferred.
     quant_source: PathBuf,
+    /// The quant config states `sym: true` (not defaulted, not inferred): every true zero must
+    /// then be 2^(bits-1), or the zero format was mislabelled.
+    sym_stated: bool,
     files: Files,
 }
 
@@ -108,7 +111,11 @@ impl Checkpoint {
                 path: cfg_path.clone(),
                 source: e,
             })?;
-        let mut quant = quant_config::from_files(&dir, &cfg_value)?;
+        check_layer_count(&config, &files, &cfg_path)?;
+        let (mut quant, sym_stated) = match quant_config::from_files(&dir, &cfg_value)? {
+            Some((q, s)) => (Some(q), s),
+            None => (None, false),
+        };
         let mut quant_source = if dir.join("quantize_config.json").is_file() {
             dir.join("quantize_config.json")
         } else {
@@ -142,6 +149,7 @@ impl Checkpoint {
             config,
             quant,
             quant_source,
+            sym_stated,
             files,
         })
     }
@@ -278,6 +286,16 @@ impl Checkpoint {
             }
             let v: Vec<i32> = wide.into_iter().map(|x| x as i32).collect();
             gidx::is_act_order(&v, g).then_some(v)
+        } else if q.desc_act && !q.static_groups {
+            // Act-order declared: the trivial k / G would silently misgroup every row.
+            return Err(LabError::bad_checkpoint(
+                self.files.path_of(&qw),
+                format!(
+                    "missing tensor '{gi}': {} declares desc_act (act-order) without static_groups, \
+                     so each linear needs its g_idx",
+                    self.quant_source.display()
+                ),
+            ));
         } else {
             None
         };
@@ -316,16 +334,27 @@ impl Checkpoint {
                 zeros::v1_to_v2(&stored)
             }
         };
+        let symmetric = zeros::is_symmetric_true(&qzeros);
+        if self.sym_stated && !symmetric {
+            return Err(self.not_symmetric(prefix, &qzeros, l.n, l.format));
+        }
+        let sc = format!("{prefix}.scales");
+        let scales = finite_f16(l.scales, self.files.path_of(&sc), &sc)?;
+        let b = format!("{prefix}.bias");
+        let bias = match l.bias {
+            Some(bytes) => Some(finite_f16(bytes, self.files.path_of(&b), &b)?),
+            None => None,
+        };
         let layer = QuantLinear {
             k: l.k,
             n: l.n,
             group_size: l.g,
             qweight: le_u32(l.qweight),
-            symmetric: zeros::is_symmetric_true(&qzeros),
+            symmetric,
             qzeros,
-            scales: le_f16(l.scales),
+            scales,
             g_idx: l.g_idx,
-            bias: l.bias.map(le_f16),
+            bias,
         };
         layer.validate().map_err(|r| {
             LabError::bad_checkpoint(
@@ -334,6 +363,39 @@ impl Checkpoint {
             )
         })?;
         Ok(LinearWeights::Quant(layer))
+    }
+
+    /// The error for a linear whose true zeros are not all 8 although the config states sym.
+    fn not_symmetric(
+        &self,
+        prefix: &str,
+        qzeros: &[u32],
+        n: usize,
+        format: ZeroFormat,
+    ) -> LabError {
+        let qz = format!("{prefix}.qzeros");
+        let per_row = n / 8;
+        let (g, col, z) = qzeros
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &w)| {
+                (0..8).map(move |j| (i / per_row, (i % per_row) * 8 + j, (w >> (4 * j)) & 0xF))
+            })
+            .find(|&(_, _, z)| z != 8)
+            .unwrap_or((0, 0, 0));
+        let (this, other) = match format {
+            ZeroFormat::V1 => ("\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
+            ZeroFormat::V2 => ("\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
+        };
+        LabError::bad_checkpoint(
+            self.files.path_of(&qz),
+            format!(
+                "tensor '{qz}': {} states sym: true, but (group, column) ({g}, {col}) has true zero \
+                 {z} under checkpoint_format {this}; symmetric 4-bit zeros are all 8. A zero off by \
+                 one everywhere means the checkpoint_format is wrong (try {other})",
+                self.quant_source.display()
+            ),
+        )
     }
 
     fn dense(&self, prefix: &str, w: &str) -> Result<LinearWeights> {
@@ -347,7 +409,7 @@ impl Checkpoint {
                 format!("tensor '{w}': shape {:?}, expected 2-D [N, K]", raw.shape),
             ));
         };
-        let w_nk = to_f32(&raw);
+        let w_nk = to_f32(&raw, self.files.path_of(w), w)?;
         let mut w_kn = vec![0f32; k * n];
         for (o, row) in w_nk.chunks_exact(k).enumerate() {
             for (i, &v) in row.iter().enumerate() {
@@ -362,7 +424,10 @@ impl Checkpoint {
         let raw = self
             .files
             .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], None)?;
-        Ok((to_f32(&raw), raw.shape.clone()))
+        Ok((
+            to_f32(&raw, self.files.path_of(name), name)?,
+            raw.shape.clone(),
+        ))
     }
 
     /// A float tensor as fp16 with exactly `shape`: F16 copied as stored, BF16 / F32 rounded once
@@ -371,10 +436,33 @@ impl Checkpoint {
         let raw = self
             .files
             .get(name, &[Dtype::F16, Dtype::BF16, Dtype::F32], Some(shape))?;
-        Ok(match raw.dtype {
-            Dtype::F16 => le_f16(raw.bytes),
-            _ => to_f32(&raw).into_iter().map(half::f16::from_f32).collect(),
-        })
+        let path = self.files.path_of(name);
+        match raw.dtype {
+            Dtype::F16 => finite_f16(raw.bytes, path, name),
+            _ => {
+                // A finite BF16/F32 value beyond fp16's range (65504) would become infinite.
+                let mut overflow = false;
+                let v: Vec<half::f16> = to_f32(&raw, path, name)?
+                    .into_iter()
+                    .map(|x| {
+                        let h = half::f16::from_f32(x);
+                        overflow |= !h.is_finite();
+                        h
+                    })
+                    .collect();
+                if overflow {
+                    return Err(LabError::bad_checkpoint(
+                        path,
+                        format!(
+                            "tensor '{name}': {:?} values beyond fp16's range (|x| > 65504); the \
+                             engine keeps this tensor in fp16",
+                            raw.dtype
+                        ),
+                    ));
+                }
+                Ok(v)
+            }
+        }
     }
 
     /// dtype and shape of tensor `name`, `None` if the checkpoint has no such tensor.
@@ -403,6 +491,56 @@ impl Checkpoint {
             })
             .collect()
     }
+}
+
+/// config.json's `num_hidden_layers` against the `model.layers.N` tensors: every loader loops
+/// over (and allocates for) the config's count, so a count the weights do not back would panic
+/// or misread, and layers beyond it would be silently dropped.
+fn check_layer_count(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Result<()> {
+    let layer_of = |n: &str| {
+        n.strip_prefix("model.layers.")?
+            .split_once('.')?
+            .0
+            .parse::<usize>()
+            .ok()
+    };
+    let names = files.names();
+    let found = names
+        .iter()
+        .filter_map(|n| layer_of(n))
+        .max()
+        .map_or(0, |m| m + 1);
+    let want = config.num_hidden_layers;
+    if found > want {
+        // The first tensor (by name) of the lowest layer beyond the config's count.
+        let (t, i) = names
+            .iter()
+            .filter_map(|n| Some((n, layer_of(n)?)))
+            .filter(|&(_, i)| i >= want)
+            .min_by_key(|&(_, i)| i)
+            .expect("found > want means some layer index >= want");
+        return Err(LabError::bad_checkpoint(
+            files.path_of(t),
+            format!(
+                "tensor '{t}' is in layer {i}, but {} gives num_hidden_layers = {want}; the tensors \
+                 hold {found} layers. Fix num_hidden_layers or remove the extra layers",
+                cfg_path.display()
+            ),
+        ));
+    }
+    if found < want {
+        return Err(LabError::bad_checkpoint(
+            cfg_path,
+            format!(
+                "config.json: num_hidden_layers = {want}, but the tensors hold {found} layer(s) \
+                 (highest model.layers.N: {})",
+                found
+                    .checked_sub(1)
+                    .map_or("none".into(), |m| m.to_string())
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// (K, N) of a LLaMA linear by its state-dict prefix, from the config; `None` if not one.

@@ -133,17 +133,30 @@ fn check_bits(bits: u32, path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether a quant config states `sym: true` itself (not AutoGPTQ's default): only a stated
+/// value is a promise about the stored zeros that the loader can hold the tensors to.
+fn states_sym(v: &serde_json::Value) -> bool {
+    v.get("sym").and_then(serde_json::Value::as_bool) == Some(true)
+}
+
 /// quantize_config.json if present, else config.json's `quantization_config`; both present and
-/// disagreeing on what the tensors mean is an error. `None` when neither exists.
-pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Option<QuantInfo>> {
+/// disagreeing on what the tensors mean is an error. `None` when neither exists. The flag: either
+/// file states `sym: true` explicitly.
+pub(crate) fn from_files(
+    dir: &Path,
+    config: &serde_json::Value,
+) -> Result<Option<(QuantInfo, bool)>> {
     let qc_path = dir.join("quantize_config.json");
     let cfg_path = dir.join("config.json");
-    let from_cfg = match config.get("quantization_config") {
-        Some(v) if !v.is_null() => Some(parse(v, &cfg_path, "config.json quantization_config")?),
-        _ => None,
+    let (from_cfg, cfg_sym) = match config.get("quantization_config") {
+        Some(v) if !v.is_null() => (
+            Some(parse(v, &cfg_path, "config.json quantization_config")?),
+            states_sym(v),
+        ),
+        _ => (None, false),
     };
     if !qc_path.is_file() {
-        return Ok(from_cfg);
+        return Ok(from_cfg.map(|q| (q, cfg_sym)));
     }
     let v: serde_json::Value = crate::util::read_json(&qc_path)?;
     let qc = parse(&v, &qc_path, "quantize_config.json")?;
@@ -161,7 +174,7 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
             ));
         }
     }
-    Ok(Some(qc))
+    Ok(Some((qc, cfg_sym || states_sym(&v))))
 }
 
 /// Infer the settings of a GPTQ-for-LLaMa era checkpoint from one quantized linear `prefix`
