@@ -225,6 +225,21 @@ impl ModelConfig {
                     .map(|s| s.to_string_lossy().into_owned())
             })
             .unwrap_or_else(|| "checkpoint".into());
+        let max_pos = raw
+            .max_position_embeddings
+            .or(raw.max_sequence_length)
+            .unwrap_or(2048);
+        // Only a bound on the context is read from it; a value past what any KV cache here can
+        // hold is a broken file, not a model (the audit's 2^64 - 1 passed every context check).
+        if max_pos > crate::model::gpu_engine::MAX_CTX {
+            return Err(LabError::bad_checkpoint(
+                path,
+                format!(
+                    "config.json: max_position_embeddings {max_pos}; expected at most {} positions",
+                    crate::model::gpu_engine::MAX_CTX
+                ),
+            ));
+        }
         Ok(ModelConfig {
             name,
             hidden_size: hidden,
@@ -233,10 +248,7 @@ impl ModelConfig {
             num_attention_heads: heads,
             num_key_value_heads: kv,
             vocab_size: need(raw.vocab_size, "vocab_size")?,
-            max_position_embeddings: raw
-                .max_position_embeddings
-                .or(raw.max_sequence_length)
-                .unwrap_or(2048),
+            max_position_embeddings: max_pos,
             rms_norm_eps,
             rope_theta,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
@@ -315,6 +327,24 @@ mod tests {
         // LLaMA's own values (and absent fields, above) still load.
         let ok = r#""hidden_act":"silu","head_dim":16,"attention_bias":false,"mlp_bias":false"#;
         assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn a_trained_context_past_any_kv_cache_is_refused() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
+        let parse = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
+        };
+        let e = parse(r#""max_position_embeddings":18446744073709551615"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/config.json")
+                && e.contains("max_position_embeddings 18446744073709551615"),
+            "{e}"
+        );
+        let ok = parse(r#""max_position_embeddings":131072"#).unwrap();
+        assert_eq!(ok.max_position_embeddings, 131072);
     }
 
     #[test]

@@ -26,7 +26,8 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     let config_path = dir.join("config.json");
     let model = ModelConfig::from_json_file(&config_path)?;
     let config: serde_json::Value = crate::util::read_json(&config_path)?;
-    let Some(q) = crate::model::checkpoint::quant_config::from_files(dir, &config)? else {
+    let Some((q, _sym_stated)) = crate::model::checkpoint::quant_config::from_files(dir, &config)?
+    else {
         return Ok((model, CheckpointQuant::default()));
     };
     // from_files prefers quantize_config.json when both exist.
