@@ -272,6 +272,25 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn calib_ids_help_says_it_is_a_file() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["quantize", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--calib-ids"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        line.contains("--calib-ids <FILE>") && line.contains("A FILE of calibration token ids"),
+        "{help}"
+    );
+}
+
+#[test]
 fn streamed_output_is_byte_identical_to_the_in_memory_writer() {
     for (gs, sym, act, fmt, method) in [
         (32, false, true, ZeroFormat::V1, Method::Gptq),

@@ -34,8 +34,9 @@ pub struct QuantizeArgs {
     /// Calibration text, tokenized with the checkpoint's tokenizer. Default: the shipped text.
     #[arg(long, conflicts_with = "calib_ids")]
     calib: Option<PathBuf>,
-    /// Calibration token ids (JSON array or comma/space separated) instead of text.
-    #[arg(long)]
+    /// A FILE of calibration token ids instead of text: a JSON array, or ids separated by
+    /// commas and/or whitespace.
+    #[arg(long, value_name = "FILE")]
     calib_ids: Option<PathBuf>,
     /// Output folder: must not exist, or be empty.
     #[arg(long)]
