@@ -337,6 +337,28 @@ fn a_layer_count_beyond_the_tensors_is_refused_naming_config_json() {
 }
 
 #[test]
+fn a_symlinked_out_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir(root.join("empty")).unwrap();
+    let link = root.join("link");
+    std::os::unix::fs::symlink("empty", &link).unwrap();
+    let t = std::time::Instant::now();
+    let e = err_of(&opts(&link, 32, true, false, ZeroFormat::V1));
+    assert!(
+        e.starts_with(&format!(
+            "invalid --out: {} is a symbolic link",
+            link.display()
+        )),
+        "{e}"
+    );
+    // Refused at once (it used to fail at publish, after the whole quantization).
+    assert!(t.elapsed().as_secs_f64() < 5.0);
+    assert_only(root, &["empty", "link"]);
+    assert_eq!(std::fs::read_dir(root.join("empty")).unwrap().count(), 0);
+}
+
+#[test]
 fn calib_ids_help_says_it_is_a_file() {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["quantize", "--help"])
