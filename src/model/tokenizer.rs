@@ -71,6 +71,12 @@ impl TextTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// True if both map every token (added ones included) to the same id: token ids mean the
+    /// same text in either model.
+    pub fn same_vocabulary(&self, other: &TextTokenizer) -> bool {
+        self.inner.get_vocab(true) == other.inner.get_vocab(true)
+    }
 }
 
 /// Text of a growing token sequence, piece by piece, for printing while generating. A token is
