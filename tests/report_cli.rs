@@ -328,6 +328,21 @@ fn an_empty_root_has_nothing_to_report_and_an_unknown_slug_is_an_error() {
     assert!(text(&o).contains("--gpu-slug no-such-gpu"), "{}", text(&o));
 }
 
+#[test]
+fn a_tuned_config_of_another_schema_version_is_not_rendered() {
+    let (tmp, dir) = committed_copy();
+    let tuned = tmp.path().join("tuning").join(format!("{SLUG}.json"));
+    let mut c = json(&tuned);
+    c["schema_version"] = 99.into();
+    std::fs::write(&tuned, c.to_string()).unwrap();
+    std::fs::remove_file(dir.join("tune.md")).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    let want = format!("{}: schema_version 99, expected 1", tuned.display());
+    assert!(text(&o).contains(&want), "{}", text(&o));
+    assert!(!dir.join("tune.md").exists(), "rendered anyway");
+}
+
 /// Without a GPU, `lab bench` says there is nothing to time and succeeds, except under
 /// REQUIRE_GPU=1 (scripts/device-check), where a missing GPU must fail the step instead of
 /// reading as a PASS. (On a machine with a GPU this would run the bench: skipped there.)

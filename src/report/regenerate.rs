@@ -208,7 +208,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
     let tuned = root.join("tuning").join(format!("{slug}.json"));
     if tuned.is_file() {
         let source = format!("tuning/{slug}.json");
-        let res = read_json::<TunedConfig>(&tuned).and_then(|c| {
+        let res = TunedConfig::load(&tuned).and_then(|c| {
             check_slug(&tuned, &c.device.slug, slug)?;
             write_tune_report(&dir, &c)?;
             Ok(c)
