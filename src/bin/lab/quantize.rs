@@ -210,7 +210,16 @@ pub struct SynthArgs {
 }
 
 pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
-    let mut model = gptq_lab::model::config::ModelConfig::preset(&a.model)?;
+    // preset's own message offers --checkpoint DIR, which this command does not have.
+    let mut model = gptq_lab::model::config::ModelConfig::preset(&a.model).map_err(|_| {
+        gptq_lab::LabError::invalid(
+            "--model",
+            format!(
+                "unknown model '{}'; expected vicuna-7b or vicuna-13b (also llama-7b, llama-13b)",
+                a.model
+            ),
+        )
+    })?;
     if let Some(n) = a.layers {
         if n == 0 || n > model.num_hidden_layers {
             bail!(
