@@ -1,5 +1,6 @@
-//! `lab decode --backend gpu` bench flags that are refused before any device is opened: a bad
-//! value names its flag and what was expected, with or without a GPU, and nothing panics.
+//! `lab decode` flags that are refused before any weights load: the GPU bench's (before any device
+//! is opened) and the CPU backend's. A bad value names its flag and what was expected, with or
+//! without a GPU, and nothing panics.
 
 mod common;
 use common::{lab, stderr};
@@ -37,6 +38,50 @@ fn bad_bench_lists_name_their_flag_before_touching_a_gpu() {
     let e = stderr(&o);
     assert!(
         !o.status.success() && e.contains("--prefill-int4") && e.contains("dequant"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cpu_decode_refuses_an_overflowing_length_an_unknown_model_and_an_empty_id() {
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["decode", "--backend", "cpu"];
+        a.extend(extra);
+        let o = lab(&a);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        e
+    };
+    // prompt + max_new_tokens wrapped to 0 and passed the context check; then the token buffer
+    // was sized from the flag (capacity overflow).
+    for (n, prompt, most) in [("18446744073709551615", "1", 255), ("255", "1,2", 254)] {
+        let e = run(&[
+            "--checkpoint",
+            ck,
+            "--prompt-ids",
+            prompt,
+            "--max-new-tokens",
+            n,
+        ]);
+        assert!(
+            e.contains(&format!("--max-new-tokens {n}"))
+                && e.contains("context of 256")
+                && e.contains(&format!("at most {most} new tokens")),
+            "{e}"
+        );
+    }
+    let e = run(&["--model", "nosuch", "--prompt-ids", "1"]);
+    assert!(
+        e.contains("--model nosuch: unknown model")
+            && e.contains("tiny")
+            && !e.contains("Synthetic"),
+        "{e}"
+    );
+    let e = run(&["--checkpoint", ck, "--prompt-ids", "1,,2"]);
+    assert!(
+        e.contains("--prompt-ids") && e.contains("empty item"),
         "{e}"
     );
 }

@@ -2,6 +2,8 @@
 //! reason and the CPU alternative) before it loads any weights; with one, both backends must give
 //! the same perplexity within `PPL_NLL_TOL` (the same bound scripts/eval-gpu-vs-cpu uses).
 
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 use std::process::Output;
 
@@ -113,5 +115,158 @@ fn an_unknown_int4_kernel_is_refused_before_the_gpu_is_opened() {
     assert!(
         err.contains("--int4-kernel") && err.contains("gemv_v9"),
         "{err}"
+    );
+}
+
+/// A copy of the tiny fp16 fixture in `dir`: each tensor through `edit` (name, shape, fp16 bytes
+/// -> shape, bytes), config.json and tokenizer.json through `cfg` and `tok`.
+fn fp16_copy(
+    dir: &Path,
+    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> (Vec<usize>, Vec<u8>),
+    cfg: impl FnOnce(&mut serde_json::Value),
+    tok: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let src = Path::new(&fixture("tiny-fp16")).to_path_buf();
+    std::fs::create_dir_all(dir).unwrap();
+    for (f, change) in [
+        (
+            "config.json",
+            Box::new(cfg) as Box<dyn FnOnce(&mut serde_json::Value)>,
+        ),
+        ("tokenizer.json", Box::new(tok)),
+    ] {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join(f)).unwrap()).unwrap();
+        change(&mut v);
+        std::fs::write(dir.join(f), v.to_string()).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            assert_eq!(v.dtype(), Dtype::F16, "{name}");
+            let (shape, data) = edit(&name, v.shape().to_vec(), v.data().to_vec());
+            (name, shape, data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    dir.display().to_string()
+}
+
+fn eval_err(args: &[&str]) -> String {
+    let o = lab(&[&["eval", "--seqlen", "16"], args].concat());
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{args:?} did not fail cleanly: {err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("perplexity"),
+        "{args:?} still printed a result"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn max_windows_zero_is_refused_by_its_flag() {
+    let e = eval_err(&["--checkpoint", &fixture("tiny-fp16"), "--max-windows", "0"]);
+    assert!(
+        e.contains("--max-windows 0") && !e.contains("too short"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_non_finite_result_is_an_error_not_nan_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nan = half::f16::NAN.to_le_bytes();
+    let ck = fp16_copy(
+        &tmp.path().join("nan-norm"),
+        |name, shape, data| match name {
+            "model.norm.weight" => (shape, nan.repeat(data.len() / 2)),
+            _ => (shape, data),
+        },
+        |_| {},
+        |_| {},
+    );
+    // Refused either as a non-finite evaluation or by a loader check on the NaN weights; either
+    // way the copy is named and no "perplexity NaN" is printed (eval_err).
+    let e = eval_err(&["--checkpoint", &ck, "--max-windows", "2"]);
+    assert!(e.contains(&ck), "{e}");
+}
+
+#[test]
+fn a_reference_with_another_vocabulary_or_tokenizer_is_refused_naming_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = fixture("tiny-fp16");
+    // 80 more rows of embedding and lm_head, vocab_size 400: scoring used to zip the two
+    // distributions, dropping the reference's tail, and printed a negative KL.
+    let wide = fp16_copy(
+        &tmp.path().join("vocab400"),
+        |name, mut shape, mut data| {
+            if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+                data.resize(data.len() / shape[0] * 400, 0);
+                shape[0] = 400;
+            }
+            (shape, data)
+        },
+        |c| c["vocab_size"] = 400.into(),
+        |_| {},
+    );
+    let e = eval_err(&[
+        "--checkpoint",
+        &ck,
+        "--reference",
+        &wide,
+        "--max-windows",
+        "2",
+    ]);
+    assert!(
+        e.contains(&format!("--reference {wide}: vocab_size 400"))
+            && e.contains(&format!("--checkpoint {ck} has vocab_size 320")),
+        "{e}"
+    );
+    // Same sizes, but two tokens trade ids: the ids would mean other text in the reference.
+    let swapped = fp16_copy(
+        &tmp.path().join("swapped"),
+        |_, shape, data| (shape, data),
+        |_| {},
+        |t| {
+            let vocab = &mut t["model"]["vocab"];
+            let (a, b) = (vocab["#"].clone(), vocab["$"].clone());
+            vocab["#"] = b;
+            vocab["$"] = a;
+        },
+    );
+    let e = eval_err(&[
+        "--checkpoint",
+        &ck,
+        "--reference",
+        &swapped,
+        "--max-windows",
+        "2",
+    ]);
+    assert!(
+        e.contains(&format!("--reference {swapped}"))
+            && e.contains("tokenizer.json")
+            && e.contains(&ck),
+        "{e}"
     );
 }

@@ -272,6 +272,112 @@ fn bad_input_is_refused_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn numeric_flags_are_refused_up_front_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let base = opts(&root.join("out"), 32, true, false, ZeroFormat::V1);
+    // --damp was checked only when the first layer's solver ran (and never for RTN), its message
+    // wrapped in "quantizing 'model.layers.0...'"; --nsamples 0 read as a too-short text.
+    for method in [Method::Gptq, Method::Rtn] {
+        for damp in [-1.0, 0.0, 1.0, f64::NAN, f64::INFINITY] {
+            let e = err_of(&QuantizeOptions {
+                method,
+                params: GptqParams {
+                    damp_percent: damp,
+                    ..base.params.clone()
+                },
+                ..base.clone()
+            });
+            assert!(
+                e.starts_with(&format!(
+                    "invalid --damp: {damp}; expected a fraction in (0, 1)"
+                )),
+                "{method:?} {damp}: {e}"
+            );
+        }
+    }
+    let e = err_of(&QuantizeOptions {
+        nsamples: Some(0),
+        ..base.clone()
+    });
+    assert!(
+        e.starts_with("invalid --nsamples: 0; expected >= 1") && !e.contains("too short"),
+        "{e}"
+    );
+    let e = err_of(&QuantizeOptions {
+        seqlen: Some(0),
+        ..base.clone()
+    });
+    assert!(e.starts_with("invalid --seqlen: 0; expected >= 1"), "{e}");
+    assert_only(root, &[]);
+}
+
+#[test]
+fn a_layer_count_beyond_the_tensors_is_refused_naming_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let huge = root.join("huge");
+    edited(&huge, |_, dt, shape, data| Some((dt, shape, data)));
+    let cfg = huge.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    // The wanted-tensor list used to be built for every layer first: an allocation abort.
+    v["num_hidden_layers"] = serde_json::json!(1_000_000_000_000_000_000u64);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let e = err_of(&QuantizeOptions {
+        checkpoint: huge,
+        ..opts(&root.join("out"), 32, true, false, ZeroFormat::V1)
+    });
+    assert!(
+        e.contains(&cfg.display().to_string()) && e.contains("num_hidden_layers"),
+        "{e}"
+    );
+    // No staging folder left beside --out.
+    assert_only(root, &["huge"]);
+}
+
+#[test]
+fn a_symlinked_out_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir(root.join("empty")).unwrap();
+    let link = root.join("link");
+    std::os::unix::fs::symlink("empty", &link).unwrap();
+    let t = std::time::Instant::now();
+    let e = err_of(&opts(&link, 32, true, false, ZeroFormat::V1));
+    assert!(
+        e.starts_with(&format!(
+            "invalid --out: {} is a symbolic link",
+            link.display()
+        )),
+        "{e}"
+    );
+    // Refused at once (it used to fail at publish, after the whole quantization).
+    assert!(t.elapsed().as_secs_f64() < 5.0);
+    assert_only(root, &["empty", "link"]);
+    assert_eq!(std::fs::read_dir(root.join("empty")).unwrap().count(), 0);
+}
+
+#[test]
+fn calib_ids_help_says_it_is_a_file() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["quantize", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    let line = help
+        .lines()
+        .skip_while(|l| !l.contains("--calib-ids"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        line.contains("--calib-ids <FILE>") && line.contains("A FILE of calibration token ids"),
+        "{help}"
+    );
+}
+
+#[test]
 fn streamed_output_is_byte_identical_to_the_in_memory_writer() {
     for (gs, sym, act, fmt, method) in [
         (32, false, true, ZeroFormat::V1, Method::Gptq),

@@ -328,6 +328,89 @@ fn an_empty_root_has_nothing_to_report_and_an_unknown_slug_is_an_error() {
     assert!(text(&o).contains("--gpu-slug no-such-gpu"), "{}", text(&o));
 }
 
+#[test]
+fn a_missing_root_is_an_error_not_an_empty_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gone = tmp.path().join("no-such-root");
+    let o = lab(&["report", "--root", gone.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let want = format!("--root {}: no such folder", gone.display());
+    assert!(text(&o).contains(&want), "{}", text(&o));
+    assert!(!text(&o).contains("nothing to report"), "{}", text(&o));
+}
+
+#[test]
+fn recorded_timings_that_are_not_positive_and_finite_are_refused_by_file_and_row() {
+    let (tmp, dir) = committed_copy();
+    let root = tmp.path().to_str().unwrap();
+    let gemv = dir.join("gemv.json");
+    let good = read(&gemv);
+    for (field, v) in [("iqm_us", 0.0), ("median_us", -732.5)] {
+        let mut r = json(&gemv);
+        r["rows"][3]["timing"][field] = v.into();
+        std::fs::write(&gemv, r.to_string()).unwrap();
+        let o = lab(&["report", "--root", root]);
+        assert!(!o.status.success(), "{field} = {v}: {}", text(&o));
+        let row = &r["rows"][3];
+        let want = format!(
+            "{}: row 3 ({} k={} n={}",
+            gemv.display(),
+            row["variant"].as_str().unwrap(),
+            row["k"],
+            row["n"]
+        );
+        assert!(
+            text(&o).contains(&want) && text(&o).contains(&format!("{field} = {v}")),
+            "{field} = {v}: {}",
+            text(&o)
+        );
+    }
+    std::fs::write(&gemv, good).unwrap();
+
+    // The tuned config's candidates, and the decode runs' per-token times, too.
+    let tuned = tmp.path().join("tuning").join(format!("{SLUG}.json"));
+    let mut c = json(&tuned);
+    let cand = c["entries"][0]["candidates"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["status"]["kind"] == "ok")
+        .unwrap();
+    cand["status"]["p25_us"] = (-1.0).into();
+    std::fs::write(&tuned, c.to_string()).unwrap();
+    let decode = dir.join("decode.json");
+    let mut d = json(&decode);
+    d[0]["points"][0]["graph_ms_per_token"] = 0.0.into();
+    std::fs::write(&decode, d.to_string()).unwrap();
+    let o = lab(&["report", "--root", root]);
+    assert!(!o.status.success());
+    let out = text(&o);
+    assert!(
+        out.contains(&format!("{}: entry ", tuned.display())) && out.contains("p25_us = -1"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{}: run '", decode.display()))
+            && out.contains("graph_ms_per_token = 0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_tuned_config_of_another_schema_version_is_not_rendered() {
+    let (tmp, dir) = committed_copy();
+    let tuned = tmp.path().join("tuning").join(format!("{SLUG}.json"));
+    let mut c = json(&tuned);
+    c["schema_version"] = 99.into();
+    std::fs::write(&tuned, c.to_string()).unwrap();
+    std::fs::remove_file(dir.join("tune.md")).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    let want = format!("{}: schema_version 99, expected 1", tuned.display());
+    assert!(text(&o).contains(&want), "{}", text(&o));
+    assert!(!dir.join("tune.md").exists(), "rendered anyway");
+}
+
 /// Without a GPU, `lab bench` says there is nothing to time and succeeds, except under
 /// REQUIRE_GPU=1 (scripts/device-check), where a missing GPU must fail the step instead of
 /// reading as a PASS. (On a machine with a GPU this would run the bench: skipped there.)

@@ -164,6 +164,14 @@ fn cli_writes_real_widths_and_refuses_bad_flags() {
         assert!(stderr(&r).contains(want), "{a:?}: {}", stderr(&r));
         assert!(!out.exists(), "{a:?} left {o}");
     }
+    // The preset lookup's own message offers --checkpoint DIR, a flag this command lacks.
+    let r = lab(&["synth-checkpoint", "--out", o, "--model", "nosuch"]);
+    assert!(
+        stderr(&r).contains("--model: unknown model 'nosuch'; expected vicuna-7b or vicuna-13b")
+            && !stderr(&r).contains("--checkpoint"),
+        "{}",
+        stderr(&r)
+    );
     // One layer of Vicuna-7B's real widths (K up to 11008, N up to 11008, 32000-token vocab),
     // asymmetric v2 zeros, read back by the CPU engine from the command line.
     let r = lab(&[

@@ -34,3 +34,38 @@ fn tune_on_a_checkpoint_without_a_gpu_says_so() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no CUDA device"), "{}", stderr(&o));
 }
+
+#[test]
+fn tune_show_reads_the_tuned_configs_under_root() {
+    if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
+        eprintln!("SKIP tune_show_reads_the_tuned_configs_under_root: a GPU is present (it picks its own file)");
+        return;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let tuning = tmp.path().join("tuning");
+    std::fs::create_dir(&tuning).unwrap();
+    let name = "nvidia-h100-80gb-hbm3.json";
+    std::fs::copy(repo.join("tuning").join(name), tuning.join(name)).unwrap();
+    // Run from elsewhere: only --root can lead it to the file.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["tune", "--show", "--root", tmp.path().to_str().unwrap()])
+        .current_dir(tmp.path().parent().unwrap())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        out.contains(&format!("{}: NVIDIA H100", tuning.join(name).display())),
+        "{out}"
+    );
+    // An empty root says which folder it looked in.
+    let empty = tempfile::tempdir().unwrap();
+    let o = lab(&["tune", "--show", "--root", empty.path().to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let want = format!(
+        "no tuned configs in {}",
+        empty.path().join("tuning").display()
+    );
+    assert!(o.status.success() && out.contains(&want), "{out}");
+}

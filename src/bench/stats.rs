@@ -44,6 +44,23 @@ impl Timing {
         })
     }
 
+    /// The first statistic that is not a positive finite time ("median_us = -3"), if any: what
+    /// a recorded report must not hold (no launch takes no time, and NaN/inf come only from
+    /// damage).
+    pub fn bad_field(&self) -> Option<String> {
+        [
+            ("median_us", self.median_us),
+            ("iqm_us", self.iqm_us),
+            ("p25_us", self.p25_us),
+            ("p75_us", self.p75_us),
+            ("min_us", self.min_us),
+            ("max_us", self.max_us),
+        ]
+        .into_iter()
+        .find(|(_, t)| !(t.is_finite() && *t > 0.0))
+        .map(|(f, t)| format!("{f} = {t}"))
+    }
+
     /// Relative spread (p75 - p25) / median: the noise figure the tuner compares gains against.
     pub fn spread(&self) -> f64 {
         if self.median_us > 0.0 {
@@ -72,6 +89,20 @@ mod tests {
         assert_eq!((t.min_us, t.max_us, t.samples), (9.0, 1000.0, 8));
         // p25 at rank 1.75: 10 + 0.75*0.5
         assert!((t.p25_us - 10.375).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_recorded_timing_must_be_positive_and_finite() {
+        let t = Timing::from_samples(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(t.bad_field(), None);
+        for (v, want) in [
+            (0.0, "p25_us = 0"),
+            (-2.0, "p25_us = -2"),
+            (f64::NAN, "p25_us = NaN"),
+        ] {
+            let bad = Timing { p25_us: v, ..t };
+            assert_eq!(bad.bad_field().as_deref(), Some(want));
+        }
     }
 
     #[test]

@@ -71,6 +71,12 @@ impl TextTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// True if both map every token (added ones included) to the same id: token ids mean the
+    /// same text in either model.
+    pub fn same_vocabulary(&self, other: &TextTokenizer) -> bool {
+        self.inner.get_vocab(true) == other.inner.get_vocab(true)
+    }
 }
 
 /// Text of a growing token sequence, piece by piece, for printing while generating. A token is
@@ -124,20 +130,37 @@ impl<'a> TextStream<'a> {
 
 /// Parse a raw id list such as "1, 306,4966" (commas and/or spaces between ids).
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
-    let ids: Vec<u32> = s
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u32>().map_err(|_| {
+    parse_id_list(s, "--prompt-ids")
+}
+
+/// `parse_ids` for any source of ids; errors are `invalid {what}` (the flag, or the flag and its
+/// file). An empty item between commas ("1,,2", a leading or trailing comma) is refused rather
+/// than dropped: it is most likely a lost id, and reading on would silently shift the rest.
+pub fn parse_id_list(s: &str, what: &str) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let commas = s.contains(',');
+    for item in s.split(',') {
+        let before = ids.len();
+        for t in item.split_whitespace() {
+            ids.push(t.parse::<u32>().map_err(|_| {
                 LabError::invalid(
-                    "--prompt-ids",
+                    what,
                     format!("'{t}' is not a token id (a non-negative integer)"),
                 )
-            })
-        })
-        .collect::<Result<_>>()?;
+            })?);
+        }
+        if commas && ids.len() == before {
+            return Err(LabError::invalid(
+                what,
+                format!(
+                    "empty item after {before} id(s): two commas in a row, or a comma at the \
+                     start or end; expected ids separated by commas and/or spaces, e.g. 1,306,4966"
+                ),
+            ));
+        }
+    }
     if ids.is_empty() {
-        return Err(LabError::invalid("--prompt-ids", "no token ids given"));
+        return Err(LabError::invalid(what, "no token ids given"));
     }
     Ok(ids)
 }
@@ -236,5 +259,25 @@ mod tests {
         assert!(e.contains("--prompt-ids") && e.contains("'x'"), "{e}");
         assert!(parse_ids("-1").is_err());
         assert!(parse_ids(" , ").is_err());
+    }
+
+    #[test]
+    fn an_empty_item_between_commas_is_refused_not_dropped() {
+        for bad in ["1,,2", ",1,2", "1,2,", "1, ,2"] {
+            let e = parse_ids(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--prompt-ids") && e.contains("empty item"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_id_list("4,,5", "--calib-ids ids.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("invalid --calib-ids ids.txt: empty item after 1 id"),
+            "{e}"
+        );
+        // Spaces alone, or around commas, still separate ids.
+        assert_eq!(parse_ids(" 1 ,2\n3\t4 ").unwrap(), vec![1, 2, 3, 4]);
     }
 }

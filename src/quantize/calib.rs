@@ -6,7 +6,7 @@
 //! licence. They are small (about 5 and 2 KB): enough to exercise the pipeline and to quantize the
 //! tiny fixtures; a real 7B run wants ~128 x 2048 tokens of a corpus such as C4 or WikiText.
 
-use crate::model::tokenizer::{parse_ids, TextTokenizer};
+use crate::model::tokenizer::{parse_id_list, TextTokenizer};
 use crate::{LabError, Result};
 use std::path::{Path, PathBuf};
 
@@ -68,14 +68,7 @@ pub fn load_tokens(src: &CalibSource, ckpt_dir: &Path, vocab_size: usize) -> Res
                 .strip_prefix('[')
                 .and_then(|s| s.strip_suffix(']'))
                 .unwrap_or(t);
-            let joined = body
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(",");
-            parse_ids(&joined).map_err(|e| {
-                LabError::invalid(format!("--calib-ids {}", p.display()), e.to_string())
-            })?
+            parse_id_list(body, &format!("--calib-ids {}", p.display()))?
         }
     };
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab_size) {
@@ -154,6 +147,17 @@ mod tests {
         );
         let e = load_tokens(&CalibSource::Ids(b), ck, 6).unwrap_err();
         assert!(e.to_string().contains("token id 6"), "{e}");
+        // A bad id names the flag and the file only (not --prompt-ids, whose parser it shares).
+        let c = dir.path().join("c.txt");
+        std::fs::write(&c, "1 2\n-3\n").unwrap();
+        let e = load_tokens(&CalibSource::Ids(c.clone()), ck, 10)
+            .unwrap_err()
+            .to_string();
+        let want = format!(
+            "invalid --calib-ids {}: '-3' is not a token id",
+            c.display()
+        );
+        assert!(e.starts_with(&want) && !e.contains("--prompt-ids"), "{e}");
         // No tokenizer.json: text calibration says to pass ids instead.
         let e = load_tokens(&CalibSource::Default, ck, 10).unwrap_err();
         assert!(e.to_string().contains("--calib-ids"), "{e}");

@@ -174,10 +174,120 @@ pub(crate) fn write_configs(
     Ok(())
 }
 
-/// `out` must not exist or be an empty folder; a staging folder is made beside it now, so an
-/// unwritable destination fails before hours of work. Dropped on error, it takes the partial
-/// output with it.
-pub(crate) fn prepare_out(out: &Path) -> Result<tempfile::TempDir> {
+/// Staging folders are `<parent>/.lab-checkpoint-<out name>.<6 random>`; the name ties one to its
+/// --out, so a later run for the same --out can find one a killed run left behind.
+const STAGING_PREFIX: &str = ".lab-checkpoint-";
+/// Inside each staging folder: a file its run holds an exclusive lock on (flock) for as long as
+/// it lives. The kernel drops the lock when the process ends, however it ends, so a lock that can
+/// be taken proves the folder is abandoned.
+const STAGING_LOCK: &str = "owner.lock";
+/// Length of tempfile's random suffix (its default).
+const STAGING_RAND: usize = 6;
+/// At most this much of --out's name goes into the staging folder's (names stay far below the
+/// 255-byte limit; the lock, not the name, is what makes removal safe).
+const STAGING_TAG_CHARS: usize = 64;
+
+/// A staging folder beside --out, locked by this run while it lives; dropped (on error, or after
+/// `publish` took the checkpoint out of it) it is removed with everything left in it.
+pub(crate) struct Staging {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// The part of the staging folder's name that says which --out it is for.
+fn staging_tag(out: &Path) -> String {
+    let name = out
+        .file_name()
+        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    name.chars().take(STAGING_TAG_CHARS).collect()
+}
+
+/// Take `f`'s exclusive lock without waiting; false if another process holds it.
+#[cfg(unix)]
+fn try_lock(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `f` owns for the duration of the call; no memory is passed.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Without flock nothing proves a folder abandoned: never remove one.
+#[cfg(not(unix))]
+fn try_lock(_: &std::fs::File) -> bool {
+    false
+}
+
+/// Staging folders a killed run (SIGKILL, power loss: no destructor ran) left beside `out` for
+/// the same --out name are removed, each said on stderr; only folders with this writer's name,
+/// not symbolic links, whose lock file exists and can be locked (no live run holds it). Folders
+/// of the older unlocked naming (`.lab-checkpoint-XXXXXX`) cannot be told apart from a live run's,
+/// so they are only listed.
+fn remove_abandoned_staging(parent: &Path, out: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let ours = format!("{STAGING_PREFIX}{}.", staging_tag(out));
+    let random = |s: &str| s.len() == STAGING_RAND && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    for e in rd.flatten() {
+        let path = e.path();
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let is_dir = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+        if !is_dir {
+            continue;
+        }
+        if name.strip_prefix(STAGING_PREFIX).is_some_and(random) {
+            eprintln!(
+                "note: {} looks like the staging folder of an interrupted lab run (an older build, \
+                 without a lock to tell whether it is still running): remove it once no lab run is \
+                 writing there",
+                path.display()
+            );
+            continue;
+        }
+        if !name.strip_prefix(&ours).is_some_and(random) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(path.join(STAGING_LOCK)) else {
+            continue;
+        };
+        if !try_lock(&lock) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => eprintln!(
+                "note: removed {}: the staging folder of an interrupted run for this --out",
+                path.display()
+            ),
+            Err(err) => eprintln!(
+                "note: could not remove {} (the staging folder of an interrupted run): {err}",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// `out` must not exist or be an empty folder (not a symbolic link); a staging folder is made
+/// beside it now, so an unwritable destination fails before hours of work. Dropped on error, it
+/// takes the partial output with it.
+pub(crate) fn prepare_out(out: &Path) -> Result<Staging> {
+    // A link is refused by what it is, not by what it points to: the finished checkpoint is
+    // renamed onto --out, which would replace the link itself (or fail), never fill its target.
+    if std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LabError::invalid(
+            "--out",
+            format!(
+                "{} is a symbolic link; give the folder itself (or a new path)",
+                out.display()
+            ),
+        ));
+    }
     if out.exists() {
         if !out.is_dir() {
             return Err(LabError::invalid(
@@ -203,15 +313,27 @@ pub(crate) fn prepare_out(out: &Path) -> Result<tempfile::TempDir> {
     std::fs::create_dir_all(&parent).map_err(|e| {
         LabError::invalid("--out", format!("cannot create {}: {e}", parent.display()))
     })?;
-    tempfile::Builder::new()
-        .prefix(".lab-checkpoint-")
+    remove_abandoned_staging(&parent, out);
+    let unwritable = |e: std::io::Error| {
+        LabError::invalid(
+            "--out",
+            format!("{} is not writable: {e}", parent.display()),
+        )
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{STAGING_PREFIX}{}.", staging_tag(out)))
+        .rand_bytes(STAGING_RAND)
         .tempdir_in(&parent)
-        .map_err(|e| {
-            LabError::invalid(
-                "--out",
-                format!("{} is not writable: {e}", parent.display()),
-            )
-        })
+        .map_err(unwritable)?;
+    // Locked before it gets its final name, so a live run's lock file is never seen unlocked.
+    // Where the file system cannot lock, the file keeps its first name: without a lock file the
+    // folder is never taken for abandoned (a run killed there leaves it, as before).
+    let pending = dir.path().join(".owner.lock.new");
+    let lock = std::fs::File::create(&pending).map_err(unwritable)?;
+    if try_lock(&lock) {
+        std::fs::rename(&pending, dir.path().join(STAGING_LOCK)).map_err(unwritable)?;
+    }
+    Ok(Staging { dir, _lock: lock })
 }
 
 /// Move the finished checkpoint to `out` (an empty `out` folder is replaced).
@@ -266,4 +388,62 @@ fn record_settings(dir: &Path, p: &GptqParams, method: Method) -> Result<()> {
         std::fs::write(&path, s).map_err(|e| LabError::io(&path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A staging folder as a run killed with SIGKILL leaves it: no destructor ran, and the kernel
+    /// released its lock.
+    fn abandoned(out: &Path) -> PathBuf {
+        let Staging { dir, _lock } = prepare_out(out).unwrap();
+        let p = dir.keep();
+        std::fs::write(p.join("activations.f32"), "partial").unwrap();
+        p
+    }
+
+    #[test]
+    fn an_abandoned_staging_folder_of_the_same_out_is_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let out = root.join("q");
+        let dead = abandoned(&out);
+        // A run still going for the same --out: its lock is held.
+        let live = prepare_out(&out).unwrap();
+        // Look-alikes that must stay: another --out's abandoned folder, an older build's
+        // (unlocked, cannot tell), one with our name but no lock file, a symbolic link with our
+        // name, and a name whose random part is not tempfile's.
+        let other = abandoned(&root.join("r"));
+        let keep = [".lab-checkpoint-abc123", ".lab-checkpoint-q.nolock"];
+        for k in keep {
+            std::fs::create_dir(root.join(k)).unwrap();
+        }
+        let odd = root.join(".lab-checkpoint-q.1234567");
+        std::fs::create_dir(&odd).unwrap();
+        std::fs::write(odd.join(STAGING_LOCK), "").unwrap();
+        let link = root.join(".lab-checkpoint-q.linkzz");
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+
+        let next = prepare_out(&out).unwrap();
+        assert!(!dead.exists(), "the abandoned folder is still there");
+        assert!(live.path().join(STAGING_LOCK).is_file());
+        assert!(next.path().join(STAGING_LOCK).is_file());
+        assert!(other.join("activations.f32").is_file());
+        for k in keep {
+            assert!(root.join(k).is_dir(), "{k} was removed");
+        }
+        assert!(odd.is_dir() && link.is_symlink());
+        // Each live staging folder goes with its run.
+        let (lp, np) = (live.path().to_path_buf(), next.path().to_path_buf());
+        drop((live, next));
+        assert!(!lp.exists() && !np.exists());
+    }
+
+    #[test]
+    fn staging_names_carry_the_out_name_within_bounds() {
+        assert_eq!(staging_tag(Path::new("a/b/q13")), "q13");
+        let long = "x".repeat(300);
+        assert_eq!(staging_tag(Path::new(&long)).len(), STAGING_TAG_CHARS);
+    }
 }

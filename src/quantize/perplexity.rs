@@ -117,6 +117,18 @@ impl NllAccumulator {
     /// Score one position: `logits` predicted `next`; `reference` (same position) adds KL and
     /// top-1 agreement.
     pub fn add(&mut self, logits: &[f32], next: u32, reference: Option<&[f32]>) -> Result<()> {
+        // KL pairs the two distributions token by token: different vocabularies cannot be
+        // compared (zipping them would silently drop the longer one's tail).
+        if let Some(rl) = reference.filter(|rl| rl.len() != logits.len()) {
+            return Err(LabError::invalid(
+                "--reference",
+                format!(
+                    "its logits cover {} tokens, the model's {}: a reference must have the same vocabulary",
+                    rl.len(),
+                    logits.len()
+                ),
+            ));
+        }
         let lp = log_softmax(logits);
         let Some(&l) = lp.get(next as usize) else {
             return Err(LabError::invalid(
@@ -124,14 +136,27 @@ impl NllAccumulator {
                 format!("{next} is out of range for {} logits", lp.len()),
             ));
         };
+        // A NaN or inf would poison every mean after it: refuse it where it first appears.
+        if !l.is_finite() {
+            return Err(non_finite("the model's", "negative log-likelihood", -l));
+        }
         self.nll -= l;
         if let Some(rl) = reference {
             let rp = log_softmax(rl);
-            self.kl += rp
+            let kl = rp
                 .iter()
                 .zip(&lp)
                 .map(|(&r, &m)| r.exp() * (r - m))
                 .sum::<f64>();
+            if !kl.is_finite() {
+                let who = if rp.iter().all(|v| v.is_finite()) {
+                    "the model's"
+                } else {
+                    "the reference's"
+                };
+                return Err(non_finite(who, "KL divergence to the reference", kl));
+            }
+            self.kl += kl;
             self.agree += usize::from(argmax(&rp) == argmax(&lp));
         }
         self.scored += 1;
@@ -159,6 +184,18 @@ impl NllAccumulator {
             top1_agreement: has_ref.then(|| self.agree as f64 / n),
         }
     }
+}
+
+/// A measure that came out NaN or infinite: no perplexity is reported from it.
+fn non_finite(whose: &str, what: &str, v: f64) -> LabError {
+    LabError::invalid(
+        "evaluation",
+        format!(
+            "{whose} logits give a {what} of {v}: the checkpoint's weights or config.json produce \
+             non-finite values (e.g. NaN/inf scales or norms, a non-positive rms_norm_eps), so no \
+             perplexity is reported"
+        ),
+    )
 }
 
 /// A window length `cfg`'s model can score (checked before any engine is built, too).
@@ -216,7 +253,7 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
         ));
     }
     let mut acc = NllAccumulator::default();
-    for w in tokens.chunks_exact(seqlen).take(windows) {
+    for (wi, w) in tokens.chunks_exact(seqlen).take(windows).enumerate() {
         model.start_window()?;
         if let Some(r) = reference.as_deref_mut() {
             r.start_window()?;
@@ -227,10 +264,27 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
                 Some(r) => Some(r.next_logits(w[p])?),
                 None => None,
             };
-            acc.add(&logits, w[p + 1], ref_logits.as_deref())?;
+            acc.add(&logits, w[p + 1], ref_logits.as_deref())
+                .map_err(|e| match e {
+                    LabError::Invalid { what, reason } => {
+                        LabError::invalid(what, format!("at window {wi}, position {p}: {reason}"))
+                    }
+                    e => e,
+                })?;
         }
     }
-    Ok(acc.finish(windows, seqlen, reference.is_some()))
+    let p = acc.finish(windows, seqlen, reference.is_some());
+    // Every term was finite; the exponential can still overflow.
+    if !p.perplexity.is_finite() {
+        return Err(LabError::invalid(
+            "evaluation",
+            format!(
+                "perplexity exp({}) overflows: a mean NLL this large means the model predicts nothing",
+                p.mean_nll
+            ),
+        ));
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -322,6 +376,83 @@ mod tests {
         assert_eq!(p.windows, 2);
         assert!(p.kl_to_reference.unwrap().abs() < 1e-12);
         assert_eq!(p.top1_agreement, Some(1.0));
+    }
+
+    /// `Scripted` whose logits turn to `bad` from the `at`-th fed token on.
+    struct Poisoned {
+        inner: Scripted,
+        at: usize,
+        bad: f32,
+    }
+
+    impl NextTokenModel for Poisoned {
+        fn config(&self) -> &ModelConfig {
+            &self.inner.cfg
+        }
+        fn max_positions(&self) -> usize {
+            self.inner.max_positions()
+        }
+        fn start_window(&mut self) -> Result<()> {
+            self.inner.start_window()
+        }
+        fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
+            let mut l = self.inner.next_logits(token)?;
+            if self.inner.fed.len() > self.at {
+                l[0] = self.bad;
+            }
+            Ok(l)
+        }
+    }
+
+    #[test]
+    fn non_finite_logits_are_an_error_not_a_nan_perplexity() {
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut m = Poisoned {
+                inner: scripted(),
+                at: 5,
+                bad,
+            };
+            let e = perplexity(&mut m, None, &tokens, 4, None)
+                .unwrap_err()
+                .to_string();
+            // The 6th fed token: window 1 (3 positions per window), position 2.
+            assert!(
+                e.starts_with("invalid evaluation: at window 1, position 2: the model's logits")
+                    && e.contains("negative log-likelihood"),
+                "{bad}: {e}"
+            );
+            // A poisoned reference: the KL is refused and blamed on the reference.
+            let (mut a, mut r) = (
+                scripted(),
+                Poisoned {
+                    inner: scripted(),
+                    at: 0,
+                    bad,
+                },
+            );
+            let e = perplexity(&mut a, Some(&mut r), &tokens, 4, None)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("at window 0, position 0: the reference's logits give a KL"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reference_with_another_vocabulary_is_refused_not_truncated() {
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let mut r = scripted();
+        r.cfg.vocab_size = 15;
+        let e = perplexity(&mut scripted(), Some(&mut r), &tokens, 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--reference") && e.contains("cover 15 tokens, the model's 13"),
+            "{e}"
+        );
     }
 
     #[test]

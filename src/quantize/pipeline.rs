@@ -157,7 +157,28 @@ pub fn quantize_checkpoint(o: &QuantizeOptions) -> Result<QuantizeSummary> {
     })
 }
 
+/// The numeric flags, before any file is touched (each is otherwise seen only deep in the pass,
+/// or misreported as something else: --nsamples 0 as a too-short text).
 fn check_options(o: &QuantizeOptions) -> Result<()> {
+    let damp = o.params.damp_percent;
+    if !(damp > 0.0 && damp < 1.0) {
+        return Err(LabError::invalid(
+            "--damp",
+            format!("{damp}; expected a fraction in (0, 1), e.g. 0.01"),
+        ));
+    }
+    if o.nsamples == Some(0) {
+        return Err(LabError::invalid(
+            "--nsamples",
+            "0; expected >= 1 calibration sequence (leave it out to use as many as the text fills, at most 128)",
+        ));
+    }
+    if o.seqlen == Some(0) {
+        return Err(LabError::invalid(
+            "--seqlen",
+            "0; expected >= 1 token per calibration sequence",
+        ));
+    }
     if o.method == Method::Rtn && (o.params.act_order || o.params.static_groups) {
         return Err(LabError::invalid(
             "--act-order/--static-groups",

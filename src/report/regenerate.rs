@@ -68,6 +68,62 @@ fn check_slug(path: &Path, recorded: &str, slug: &str) -> Result<()> {
     Ok(())
 }
 
+/// A recorded time that is not a positive finite number (a damaged or hand-edited record) is
+/// refused, naming the file and the row: rendered, it would give NaN, negative or infinite GB/s
+/// and speedups that read like measurements.
+fn bad_time(path: &Path, row: String, what: &str) -> LabError {
+    LabError::invalid(
+        path.display().to_string(),
+        format!("{row}: {what}; expected a positive finite time"),
+    )
+}
+
+fn check_sweep_timings(path: &Path, r: &SweepReport) -> Result<()> {
+    for (i, row) in r.rows.iter().enumerate() {
+        let bad = row.timing.bad_field().or_else(|| {
+            row.back_to_back
+                .and_then(|b| b.timing.bad_field())
+                .map(|f| format!("back_to_back {f}"))
+        });
+        if let Some(f) = bad {
+            let label = format!(
+                "row {i} ({} k={} n={} m={} g={})",
+                row.variant, row.k, row.n, row.m, row.group
+            );
+            return Err(bad_time(path, label, &f));
+        }
+    }
+    Ok(())
+}
+
+fn check_decode_timings(path: &Path, r: &DecodeReport) -> Result<()> {
+    let bad = |t: f64| !(t.is_finite() && t > 0.0);
+    for p in &r.points {
+        let times = [
+            ("graph_ms_per_token", Some(p.graph_ms_per_token)),
+            ("eager_ms_per_token", Some(p.eager_ms_per_token)),
+            ("graph_pdl_ms_per_token", p.graph_pdl_ms_per_token),
+        ];
+        let prefetch = p
+            .graph_pdl_prefetch
+            .iter()
+            .map(|&(_, t)| ("graph_pdl_prefetch", Some(t)));
+        if let Some((f, Some(t))) = times
+            .into_iter()
+            .chain(prefetch)
+            .find(|(_, t)| t.is_some_and(bad))
+        {
+            let row = format!("run '{}' ctx {}", r.label(), p.ctx);
+            return Err(bad_time(path, row, &format!("{f} = {t}")));
+        }
+    }
+    if let Some(p) = r.prefill.iter().find(|p| bad(p.ms)) {
+        let row = format!("run '{}' prefill {} tokens", r.label(), p.tokens);
+        return Err(bad_time(path, row, &format!("ms = {}", p.ms)));
+    }
+    Ok(())
+}
+
 fn entry(file: &str, source: &str, what: String, h: &ReportHeader) -> IndexEntry {
     IndexEntry {
         file: file.into(),
@@ -145,6 +201,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
                     }
                     for r in &runs {
                         check_slug(&path, &r.header.device.slug, slug)?;
+                        check_decode_timings(&path, r)?;
                     }
                     write_decode_views(&dir, &runs)?;
                     for f in [
@@ -169,6 +226,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
                         ));
                     }
                     check_slug(&path, &r.header.device.slug, slug)?;
+                    check_sweep_timings(&path, &r)?;
                     write_sweep_views(&dir, &r)?;
                     written.push(dir.join(md));
                     let plot = dir.join(if family == "gemv" {
@@ -208,7 +266,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
     let tuned = root.join("tuning").join(format!("{slug}.json"));
     if tuned.is_file() {
         let source = format!("tuning/{slug}.json");
-        let res = read_json::<TunedConfig>(&tuned).and_then(|c| {
+        let res = TunedConfig::load(&tuned).and_then(|c| {
             check_slug(&tuned, &c.device.slug, slug)?;
             write_tune_report(&dir, &c)?;
             Ok(c)

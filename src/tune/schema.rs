@@ -277,8 +277,72 @@ impl TunedConfig {
         }
     }
 
+    /// Read a tuned config, refusing one of another schema version (its fields may mean other
+    /// things: read as this one's, it would be misread) and one whose recorded timings are not
+    /// positive finite numbers; the error names the file.
     pub fn load(path: &Path) -> Result<Self> {
-        crate::util::read_json(path)
+        let v: serde_json::Value = crate::util::read_json(path)?;
+        // Checked before the rest is parsed: another version's fields may not parse at all.
+        let version = v.get("schema_version");
+        if version.and_then(serde_json::Value::as_u64) != Some(u64::from(SCHEMA_VERSION)) {
+            return Err(LabError::invalid(
+                path.display().to_string(),
+                format!(
+                    "schema_version {}, expected {SCHEMA_VERSION} (the only version this lab reads); \
+                     re-run `lab tune` to write a current file",
+                    version.map_or("missing".into(), |v| v.to_string())
+                ),
+            ));
+        }
+        let c: TunedConfig = serde_json::from_value(v).map_err(|e| LabError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+        c.check_recorded_timings()
+            .map_err(|why| LabError::invalid(path.display().to_string(), why))?;
+        Ok(c)
+    }
+
+    /// Every recorded time must be a positive finite number: a NaN, inf, zero or negative one
+    /// (a damaged or hand-edited file) would win or skew the comparisons and the reports.
+    fn check_recorded_timings(&self) -> std::result::Result<(), String> {
+        let bad = |t: f64| !(t.is_finite() && t > 0.0);
+        for e in &self.entries {
+            for c in &e.candidates {
+                if let CandidateStatus::Ok {
+                    median_us,
+                    iqm_us,
+                    p25_us,
+                    p75_us,
+                } = c.status
+                {
+                    for (field, t) in [
+                        ("median_us", median_us),
+                        ("iqm_us", iqm_us),
+                        ("p25_us", p25_us),
+                        ("p75_us", p75_us),
+                    ] {
+                        if bad(t) {
+                            return Err(format!(
+                                "entry {} candidate {}: {field} = {t}; expected a positive finite time",
+                                e.key, c.choice
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for d in &self.decode {
+            for c in &d.candidates {
+                if let Some(t) = c.ms_per_token.iter().copied().find(|&t| bad(t)) {
+                    return Err(format!(
+                        "decode budget {} ({}): ms_per_token {t}; expected a positive finite time",
+                        d.label, c.setting
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Refuse a config measured on another GPU or with other kernels; the error names both sides.

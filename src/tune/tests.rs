@@ -73,6 +73,51 @@ fn schema_round_trips_through_a_file() {
 }
 
 #[test]
+fn a_file_of_another_schema_version_or_with_impossible_timings_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("h100.json");
+    sample_config().save(&p).unwrap();
+    let good: serde_json::Value = crate::util::read_json(&p).unwrap();
+    for (version, found) in [
+        (serde_json::json!(99), "99"),
+        (serde_json::json!(0), "0"),
+        (serde_json::json!("1"), "\"1\""),
+        (serde_json::Value::Null, "null"),
+    ] {
+        let mut v = good.clone();
+        v["schema_version"] = version;
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = TunedConfig::load(&p).unwrap_err().to_string();
+        let want = format!(
+            "{}: schema_version {found}, expected {}",
+            p.display(),
+            schema::SCHEMA_VERSION
+        );
+        assert!(e.contains(&want), "{e}");
+        // The dispatcher's path refuses it the same way.
+        assert!(TunedConfig::load_matching(&p, &h100(), "kh1").is_err());
+    }
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("schema_version");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = TunedConfig::load(&p).unwrap_err().to_string();
+    assert!(e.contains("schema_version missing"), "{e}");
+    // A zero or negative time would win every comparison: refused, naming the file and the row.
+    for t in [0.0, -20.0] {
+        let mut v = good.clone();
+        v["entries"][0]["candidates"][1]["status"]["iqm_us"] = t.into();
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = TunedConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains(&p.display().to_string())
+                && e.contains("gemv_v5_splitk(split_k=4): iqm_us = ")
+                && e.contains(&key(1).to_string()),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn unknown_fields_and_missing_optional_fields_load() {
     let mut v = serde_json::to_value(sample_config()).unwrap();
     // A newer writer: extra fields everywhere, and a candidate status this build does not know.

@@ -110,14 +110,7 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt has no tokens: give at least one (--prompt TEXT or --prompt-ids 1,2,3)");
     }
-    let ctx = ckpt.config.max_position_embeddings;
-    if prompt.len() + a.max_new_tokens > ctx {
-        bail!(
-            "{} prompt tokens + --max-new-tokens {} exceed the model's context of {ctx}",
-            prompt.len(),
-            a.max_new_tokens
-        );
-    }
+    check_context(prompt.len(), a.max_new_tokens, &ckpt.config)?;
     let eos = stop_token(&a, &ckpt.dir, tokenizer.as_ref());
     let weights = LlamaWeights::from_checkpoint(&ckpt)?;
     let mut engine = CpuEngine::new(weights, ckpt.config.clone())?;
@@ -135,7 +128,8 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     };
     let prefill_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
-    let mut tokens = Vec::with_capacity(a.max_new_tokens);
+    // Grown as tokens come (--max-new-tokens is the user's number: never sized from it).
+    let mut tokens = Vec::new();
     // Top-p: each draw's margin (sampler::TopPDraw), in the JSON beside the tokens.
     let mut margins = Vec::new();
     let mut stop = "max_new_tokens";
@@ -229,6 +223,27 @@ pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The prompt and --max-new-tokens must fit the model's context (config's
+/// max_position_embeddings); returns the positions the run needs. The sum is checked, not
+/// wrapped: a huge --max-new-tokens is refused, never mistaken for a small one. Shared by both
+/// backends.
+pub(super) fn check_context(
+    prompt_len: usize,
+    max_new_tokens: usize,
+    cfg: &gptq_lab::model::config::ModelConfig,
+) -> anyhow::Result<usize> {
+    let ctx = cfg.max_position_embeddings;
+    match prompt_len.checked_add(max_new_tokens) {
+        Some(n) if n <= ctx => Ok(n),
+        _ => bail!(
+            "--max-new-tokens {max_new_tokens}: {prompt_len} prompt tokens + {max_new_tokens} new \
+             exceed the model's context of {ctx} (max_position_embeddings in config.json); \
+             give at most {} new tokens",
+            ctx.saturating_sub(prompt_len)
+        ),
+    }
+}
+
 /// The token that ends generation: none with --ignore-eos, else the checkpoint's
 /// eos_token_id, else the tokenizer's `</s>`. Shared by both backends.
 pub(super) fn stop_token(
@@ -279,9 +294,14 @@ fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
             }
             Ok(dir)
         }
-        Some(m) => bail!(
+        // A preset's synthetic weights exist only on the GPU engine; any other name is a typo.
+        Some(m) if gptq_lab::model::config::ModelConfig::preset(m).is_ok() => bail!(
             "--model {m}: the CPU backend runs real weights only; pass --checkpoint DIR \
-             (or --model tiny). Synthetic {m} weights are for the GPU engine"
+             (or --model tiny). Synthetic {m} weights are for the GPU engine (--backend gpu)"
+        ),
+        Some(m) => bail!(
+            "--model {m}: unknown model; known: tiny (both backends), vicuna-7b, vicuna-13b and \
+             tiny-check (--backend gpu only); or pass --checkpoint DIR"
         ),
         None => bail!("say which weights: --checkpoint DIR or --model tiny"),
     }

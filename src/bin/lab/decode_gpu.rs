@@ -648,7 +648,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
         },
     };
-    let max_ctx = (prompt.len() + a.max_new_tokens).max(1);
+    let max_ctx = super::check_context(prompt.len(), a.max_new_tokens, &ckpt.config)?.max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
     opts.prefill = a.gpu.prefill;
@@ -718,7 +718,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let t1 = Instant::now();
     // Greedy or top-p, chosen on the GPU inside the step (EngineOptions::sampling); each step
     // replays the graph and waits only for its token id.
-    let mut tokens = Vec::with_capacity(a.max_new_tokens);
+    // Grown as tokens come (--max-new-tokens is the user's number: never sized from it).
+    let mut tokens = Vec::new();
     let mut stop = "max_new_tokens";
     let mut first_s = 0.0;
     // --dump-logits: after each step, the logits the GPU drew from, read back (a sync and a

@@ -56,7 +56,11 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    // Cheap checks first (config, tokenizer, text), so a typo is reported before any weights load.
+    // Cheap checks first (flags, config, tokenizer, text), so a typo is reported before any
+    // weights load.
+    if a.max_windows == Some(0) {
+        bail!("--max-windows 0: expected at least 1 window (leave it out to score every window the text fills)");
+    }
     let ckpt = Checkpoint::open(&a.checkpoint)?;
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
         eprintln!("{note}");
@@ -73,6 +77,9 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
         None => EVAL_TEXT.to_string(),
     };
+    if let Some(r) = &a.reference {
+        check_reference(&ckpt, &tok, &Checkpoint::open(r)?)?;
+    }
     let ids = tok.encode(&text, true)?;
     let seqlen = a
         .seqlen
@@ -86,7 +93,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
                 None => None,
             };
             let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
-            perplexity(&mut model, r, &ids, seqlen, a.max_windows)?
+            perplexity(&mut model, r, &ids, seqlen, a.max_windows)
+                .with_context(|| format!("scoring {}", a.checkpoint.display()))?
         }
         Backend::Gpu => {
             check_seqlen(seqlen, &ckpt.config)?;
@@ -112,6 +120,36 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         );
     }
     println!(" [{:?} backend]", a.backend);
+    Ok(())
+}
+
+/// KL and top-1 agreement compare the two models' next-token distributions id by id: the
+/// reference must have the same vocabulary size and, where both have a tokenizer.json, the same
+/// token for every id (the text is tokenized with --checkpoint's).
+fn check_reference(
+    ckpt: &Checkpoint,
+    tok: &TextTokenizer,
+    reference: &Checkpoint,
+) -> anyhow::Result<()> {
+    let (v, rv) = (ckpt.config.vocab_size, reference.config.vocab_size);
+    if v != rv {
+        bail!(
+            "--reference {}: vocab_size {rv}, but --checkpoint {} has vocab_size {v}: a reference \
+             must share the checkpoint's vocabulary (KL compares the distributions token by token)",
+            reference.dir.display(),
+            ckpt.dir.display()
+        );
+    }
+    if let Some(rt) = TextTokenizer::from_checkpoint_dir(&reference.dir)? {
+        if !rt.same_vocabulary(tok) {
+            bail!(
+                "--reference {}: its tokenizer.json maps tokens to other ids than --checkpoint \
+                 {}'s: a reference must share the checkpoint's tokenizer",
+                reference.dir.display(),
+                ckpt.dir.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -158,7 +196,8 @@ fn gpu_perplexity(
         None => None,
     };
     let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
-    let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)?;
+    let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)
+        .with_context(|| format!("scoring {}", a.checkpoint.display()))?;
     model.check_state()?;
     Ok(p)
 }

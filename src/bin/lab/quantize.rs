@@ -34,8 +34,9 @@ pub struct QuantizeArgs {
     /// Calibration text, tokenized with the checkpoint's tokenizer. Default: the shipped text.
     #[arg(long, conflicts_with = "calib_ids")]
     calib: Option<PathBuf>,
-    /// Calibration token ids (JSON array or comma/space separated) instead of text.
-    #[arg(long)]
+    /// A FILE of calibration token ids instead of text: a JSON array, or ids separated by
+    /// commas and/or whitespace.
+    #[arg(long, value_name = "FILE")]
     calib_ids: Option<PathBuf>,
     /// Output folder: must not exist, or be empty.
     #[arg(long)]
@@ -209,7 +210,16 @@ pub struct SynthArgs {
 }
 
 pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
-    let mut model = gptq_lab::model::config::ModelConfig::preset(&a.model)?;
+    // preset's own message offers --checkpoint DIR, which this command does not have.
+    let mut model = gptq_lab::model::config::ModelConfig::preset(&a.model).map_err(|_| {
+        gptq_lab::LabError::invalid(
+            "--model",
+            format!(
+                "unknown model '{}'; expected vicuna-7b or vicuna-13b (also llama-7b, llama-13b)",
+                a.model
+            ),
+        )
+    })?;
     if let Some(n) = a.layers {
         if n == 0 || n > model.num_hidden_layers {
             bail!(

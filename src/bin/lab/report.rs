@@ -16,6 +16,13 @@ pub struct ReportArgs {
 }
 
 pub fn run(a: ReportArgs) -> anyhow::Result<()> {
+    // A mistyped --root must not read as "nothing recorded yet".
+    if !a.root.is_dir() {
+        anyhow::bail!(
+            "--root {}: no such folder (it should be the folder that holds reports/ and tuning/)",
+            a.root.display()
+        );
+    }
     let recorded = recorded_slugs(&a.root)?;
     let slugs = match &a.gpu_slug {
         Some(s) if recorded.contains(s) => vec![s.clone()],

@@ -54,7 +54,7 @@ fn models_for(a: &TuneArgs) -> anyhow::Result<Vec<ModelConfig>> {
 
 pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     if a.show {
-        return show(a.file.as_deref());
+        return show(&a.root, a.file.as_deref());
     }
     // Flags first, so a typo is reported without a GPU.
     let models = models_for(&a)?;
@@ -108,7 +108,7 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     // The report of what was kept, whatever the decode pass's outcome (its failure is said last).
     let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
     gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
-    show(Some(&path))?;
+    show(&a.root, Some(&path))?;
     decode
 }
 
@@ -190,15 +190,16 @@ fn gpu_measurer(gpu: &Gpu, quick: bool) -> anyhow::Result<Box<dyn Measurer + '_>
     Ok(Box::new(gptq_lab::tune::gpu::GpuMeasurer::new(gpu, quick)))
 }
 
-fn show(file: Option<&Path>) -> anyhow::Result<()> {
+/// `--file`, else this GPU's tuned config under `root`, else (no GPU) every one under `root`.
+fn show(root: &Path, file: Option<&Path>) -> anyhow::Result<()> {
     if let Some(f) = file {
         return show_file(f);
     }
     if let Ok(gpu) = gptq_lab::cuda::open(0) {
-        return show_file(&tune::default_path(&gpu.info.slug));
+        return show_file(&root.join(tune::default_path(&gpu.info.slug)));
     }
-    let dir = Path::new("tuning");
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+    let dir = root.join("tuning");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -207,7 +208,8 @@ fn show(file: Option<&Path>) -> anyhow::Result<()> {
     };
     if files.is_empty() {
         println!(
-            "no tuned configs in tuning/ (and no GPU to name one); run `lab tune --gpu 0` on a GPU"
+            "no tuned configs in {} (and no GPU to name one); run `lab tune --gpu 0` on a GPU",
+            dir.display()
         );
         return Ok(());
     }
