@@ -22,6 +22,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Read and parse a JSON file; the error names the file (unreadable, or not the JSON expected).
+/// Whether an optional input file is there: `false` when nothing exists at `path`, `true` for a
+/// regular file (through links), and an error naming it for anything else (a directory, a
+/// socket), which `is_file()` would have taken for "absent" and silently skipped.
+pub fn optional_file(path: &Path) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(_) => Err(LabError::invalid(
+            path.display().to_string(),
+            "is not a regular file (a directory?); expected a file or nothing at this path",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(LabError::invalid(path.display().to_string(), e.to_string())),
+    }
+}
+
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| LabError::Json {

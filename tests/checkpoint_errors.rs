@@ -652,6 +652,8 @@ fn float_table_shape_errors_name_the_file_holding_the_tensor() {
     ] {
         let (_t, dir) = good(32, true, false, ZeroFormat::V1);
         fx::edit(&dir, |t| {
+            // The fixture's q_proj biases would be refused first (LLaMA has none).
+            t.retain(|k, _| !k.ends_with(".bias"));
             let e = t.get_mut(name).unwrap();
             let n: usize = shape.iter().product();
             e.1 = shape.clone();
@@ -714,4 +716,114 @@ fn fp16_checkpoint_config_goes_through_the_same_checks() {
         let e = Checkpoint::open(tmp.path()).unwrap_err().to_string();
         assert_mentions(&e, &["config.json", field]);
     }
+}
+
+#[test]
+fn a_non_zero_bias_is_refused_by_the_engine_and_an_all_zero_one_dropped() {
+    // The fixture's q_proj carries a non-zero bias (a general GPTQ layer may): the loader keeps
+    // it, and the CPU engine, which adds none (LLaMA), refuses it by name instead of ignoring it.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let ck = Checkpoint::open(&dir).unwrap();
+    let LinearWeights::Quant(q) = ck.linear(Q).unwrap() else {
+        panic!("{Q} is quantized")
+    };
+    assert!(q
+        .bias
+        .as_ref()
+        .is_some_and(|b| b.iter().any(|v| v.to_f32() != 0.0)));
+    assert!(ck.linear_meta(Q).unwrap().bias);
+    let e = gptq_lab::model::weights::LlamaWeights::from_checkpoint(&ck)
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&e, &["model.safetensors", "q_proj.bias", "non-zero bias"]);
+    // All zeros (-0.0 included): the same outputs without it, so it is dropped at load.
+    fx::edit(&dir, |t| {
+        for (_, (_, _, b)) in t.iter_mut().filter(|(k, _)| k.ends_with(".bias")) {
+            for (i, c) in b.chunks_exact_mut(2).enumerate() {
+                let z = if i % 2 == 0 {
+                    half::f16::ZERO
+                } else {
+                    half::f16::NEG_ZERO
+                };
+                c.copy_from_slice(&z.to_le_bytes());
+            }
+        }
+    });
+    let ck = Checkpoint::open(&dir).unwrap();
+    let LinearWeights::Quant(q) = ck.linear(Q).unwrap() else {
+        panic!("{Q} is quantized")
+    };
+    assert!(q.bias.is_none());
+    assert!(!ck.linear_meta(Q).unwrap().bias);
+    gptq_lab::model::weights::LlamaWeights::from_checkpoint(&ck).unwrap();
+}
+
+#[test]
+fn a_linear_both_quantized_and_dense_is_refused_naming_both() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let n = fx::HIDDEN;
+        t.insert(
+            format!("{Q}.weight"),
+            (Dtype::F16, vec![n, n], vec![0u8; n * n * 2]),
+        );
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors",
+            "q_proj.qweight",
+            "q_proj.weight",
+            "both",
+        ],
+    );
+}
+
+#[test]
+fn optional_files_that_are_directories_are_refused_not_skipped() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    // quantize_config.json a directory: it used to be taken for "absent".
+    std::fs::remove_file(dir.join("quantize_config.json")).ok();
+    std::fs::create_dir(dir.join("quantize_config.json")).unwrap();
+    let Err(e) = Checkpoint::open(&dir) else {
+        panic!("refused")
+    };
+    let e = e.to_string();
+    assert_mentions(&e, &["quantize_config.json", "not a regular file"]);
+    std::fs::remove_dir(dir.join("quantize_config.json")).unwrap();
+    // tokenizer.json a directory: it used to mean "no tokenizer".
+    std::fs::create_dir(dir.join("tokenizer.json")).unwrap();
+    let Err(e) = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&dir) else {
+        panic!("refused")
+    };
+    let e = e.to_string();
+    assert_mentions(&e, &["tokenizer.json", "not a regular file"]);
+}
+
+#[test]
+fn a_tied_head_that_differs_from_the_embedding_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["tie_word_embeddings"] = serde_json::json!(true);
+    });
+    let Err(e) = Checkpoint::open(&dir) else {
+        panic!("refused")
+    };
+    let e = e.to_string();
+    assert_mentions(
+        &e,
+        &[
+            "config.json",
+            "tie_word_embeddings",
+            "lm_head.weight",
+            "embed_tokens",
+        ],
+    );
+    // A stored copy equal to the embedding is the same model.
+    fx::edit(&dir, |t| {
+        let embed = t["model.embed_tokens.weight"].clone();
+        t.insert("lm_head.weight".into(), embed);
+    });
+    Checkpoint::open(&dir).unwrap();
 }

@@ -470,3 +470,28 @@ fn run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required() {
     assert!(quiet.status.success(), "{}", text(&quiet));
     assert!(text(&quiet).contains("No GPU here"), "{}", text(&quiet));
 }
+
+#[test]
+fn a_directory_under_a_reports_name_or_an_unreadable_record_fails_the_command() {
+    // A folder where gemv.json should be: reported unreadable, not skipped (the stale gemv.md
+    // would otherwise stay, looking current).
+    let (tmp, dir) = committed_copy();
+    std::fs::remove_file(dir.join("gemv.json")).unwrap();
+    std::fs::create_dir(dir.join("gemv.json")).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&dir.join("gemv.json").display().to_string()),
+        "{}",
+        text(&o)
+    );
+    // A record of no known family (decode-check.json) that does not parse: named, listed as
+    // unreadable, and the command fails like it does for a known report.
+    let (tmp, dir) = committed_copy();
+    std::fs::write(dir.join("decode-check.json"), "[").unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("decode-check.json"), "{}", text(&o));
+    let index = read(&dir.join("README.md"));
+    assert!(index.contains("decode-check.json") && index.contains("**unreadable**"));
+}

@@ -231,11 +231,11 @@ impl ModelConfig {
             .unwrap_or(2048);
         // Only a bound on the context is read from it; a value past what any KV cache here can
         // hold is a broken file, not a model (the audit's 2^64 - 1 passed every context check).
-        if max_pos > crate::model::gpu_engine::MAX_CTX {
+        if max_pos == 0 || max_pos > crate::model::gpu_engine::MAX_CTX {
             return Err(LabError::bad_checkpoint(
                 path,
                 format!(
-                    "config.json: max_position_embeddings {max_pos}; expected at most {} positions",
+                    "config.json: max_position_embeddings {max_pos}; expected 1 to {} positions",
                     crate::model::gpu_engine::MAX_CTX
                 ),
             ));
@@ -343,6 +343,10 @@ mod tests {
                 && e.contains("max_position_embeddings 18446744073709551615"),
             "{e}"
         );
+        let e = parse(r#""max_position_embeddings":0"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_position_embeddings 0"), "{e}");
         let ok = parse(r#""max_position_embeddings":131072"#).unwrap();
         assert_eq!(ok.max_position_embeddings, 131072);
     }

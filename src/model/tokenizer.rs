@@ -26,11 +26,11 @@ impl TextTokenizer {
     /// A lone `tokenizer.model` is an error that says how to proceed.
     pub fn from_checkpoint_dir(dir: &Path) -> Result<Option<Self>> {
         let json = dir.join("tokenizer.json");
-        if json.is_file() {
+        if crate::util::optional_file(&json)? {
             return Self::from_file(&json).map(Some);
         }
         let sp = dir.join("tokenizer.model");
-        if sp.is_file() {
+        if crate::util::optional_file(&sp)? {
             return Err(LabError::bad_checkpoint(
                 sp,
                 "only a sentencepiece tokenizer.model is present, which this tool does not read; \

@@ -102,6 +102,15 @@ impl LlamaWeights {
         let linear = |prefix: &str| -> Result<Dense> {
             match ckpt.linear(prefix)? {
                 LinearWeights::Quant(q) => {
+                    // The loader drops an all-zero bias; a non-zero one would be silently ignored
+                    // here (as the GPU engine refuses it: gpu_weights, layer_source).
+                    if q.bias.is_some() {
+                        let b = format!("{prefix}.bias");
+                        return Err(LabError::bad_checkpoint(
+                            ckpt.tensor_file(&b),
+                            format!("tensor '{b}': a non-zero bias; LLaMA linears have none and the engines do not add one"),
+                        ));
+                    }
                     let w = crate::reference::dequantize(&q)
                         .into_iter()
                         .map(|x| x as f32)

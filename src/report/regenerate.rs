@@ -172,7 +172,9 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
     ];
     for (json, md, what) in sources {
         let path = dir.join(json);
-        if !path.is_file() {
+        // exists(), not is_file(): a directory (or anything else) under a report's name is
+        // reported as unreadable below, not skipped as if no run had recorded it.
+        if !path.exists() {
             continue;
         }
         known_json.push(json);
@@ -264,7 +266,7 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
 
     // The tuned config lives in tuning/, its report beside the others.
     let tuned = root.join("tuning").join(format!("{slug}.json"));
-    if tuned.is_file() {
+    if tuned.exists() {
         let source = format!("tuning/{slug}.json");
         let res = TunedConfig::load(&tuned).and_then(|c| {
             check_slug(&tuned, &c.device.slug, slug)?;
@@ -303,7 +305,10 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
             continue;
         }
         if rel.ends_with(".json") && !rel.contains('/') {
-            entries.push(other_json(&dir.join(&rel), &rel));
+            let (entry, err) = other_json(&dir.join(&rel), &rel);
+            // Unreadable like a known report is: listed so, and the command fails at the end.
+            out.errors.extend(err);
+            entries.push(entry);
         } else {
             other_files.push(rel);
         }
@@ -329,16 +334,21 @@ fn first_device_name(dir: &Path, known: &[&str]) -> Option<String> {
 }
 
 /// An index line for a JSON record of a shape this module does not know: its `build` and `date`
-/// (top level or under `header`) when present.
-fn other_json(path: &Path, rel: &str) -> IndexEntry {
+/// (top level or under `header`) when present; with the error when it does not parse.
+fn other_json(path: &Path, rel: &str) -> (IndexEntry, Option<String>) {
     let v: serde_json::Value = match read_json(path) {
         Ok(v) => v,
-        Err(e) => return unreadable(rel, rel, "(unknown record)", &e),
+        Err(e) => {
+            return (
+                unreadable(rel, rel, "(unknown record)", &e),
+                Some(e.to_string()),
+            )
+        }
     };
     let h = v.get("header").unwrap_or(&v);
     let s = |p: &str| h.pointer(p).and_then(|x| x.as_str()).map(str::to_string);
     let hash = s("/build/kernel_hash");
-    IndexEntry {
+    let entry = IndexEntry {
         file: rel.into(),
         source: rel.into(),
         what: "recorded JSON (no markdown view)".into(),
@@ -346,7 +356,8 @@ fn other_json(path: &Path, rel: &str) -> IndexEntry {
         git_rev: s("/build/git_rev").unwrap_or_default(),
         kernel_hash: hash.clone().unwrap_or_default(),
         freshness: hash.map_or(Freshness::NoHeader, |h| Freshness::of(&h)),
-    }
+    };
+    (entry, None)
 }
 
 /// Files under `dir` (one level of subfolders), relative, '/'-separated, sorted.

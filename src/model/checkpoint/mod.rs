@@ -40,6 +40,7 @@ pub struct LinearMeta {
     pub group_size: Option<usize>,
     /// The act-order g_idx (`None` when absent or trivial, i.e. row r in group r / G).
     pub g_idx: Option<Vec<i32>>,
+    /// A bias with a non-zero value (an all-zero one is dropped at load: the same outputs).
     pub bias: bool,
 }
 
@@ -112,6 +113,7 @@ impl Checkpoint {
                 source: e,
             })?;
         check_layer_count(&config, &files, &cfg_path)?;
+        check_tied_head(&config, &files, &cfg_path)?;
         let (mut quant, sym_stated) = match quant_config::from_files(&dir, &cfg_value)? {
             Some((q, s)) => (Some(q), s),
             None => (None, false),
@@ -197,7 +199,7 @@ impl Checkpoint {
                 n: l.n,
                 group_size: Some(l.g),
                 g_idx: l.g_idx,
-                bias: l.bias.is_some(),
+                bias: l.bias.is_some_and(f16_nonzero),
             },
         })
     }
@@ -205,8 +207,17 @@ impl Checkpoint {
     /// Find a linear's tensors and check their dtypes and shapes (header reads, plus g_idx).
     fn locate_linear(&self, prefix: &str) -> Result<Located<'_>> {
         let qw = format!("{prefix}.qweight");
+        let w = format!("{prefix}.weight");
+        if self.files.contains(&qw) && self.files.contains(&w) {
+            // Which one a reader would use is a guess: refuse rather than pick.
+            return Err(LabError::bad_checkpoint(
+                self.files.path_of(&w),
+                format!(
+                    "linear '{prefix}' has both '{qw}' (quantized) and '{w}' (dense); expected one of them"
+                ),
+            ));
+        }
         if !self.files.contains(&qw) {
-            let w = format!("{prefix}.weight");
             if self.files.contains(&w) {
                 return Ok(Located::Dense { name: w });
             }
@@ -341,9 +352,13 @@ impl Checkpoint {
         let sc = format!("{prefix}.scales");
         let scales = finite_f16(l.scales, self.files.path_of(&sc), &sc)?;
         let b = format!("{prefix}.bias");
+        // An all-zero bias (some writers store one for every linear) is dropped: the outputs are
+        // the same, and the engines, which add none, need not refuse the file for it.
         let bias = match l.bias {
-            Some(bytes) => Some(finite_f16(bytes, self.files.path_of(&b), &b)?),
-            None => None,
+            Some(bytes) if f16_nonzero(bytes) => {
+                Some(finite_f16(bytes, self.files.path_of(&b), &b)?)
+            }
+            _ => None,
         };
         let layer = QuantLinear {
             k: l.k,
@@ -410,6 +425,17 @@ impl Checkpoint {
             ));
         };
         let w_nk = to_f32(&raw, self.files.path_of(w), w)?;
+        // A dense linear's bias is not carried (LLaMA has none): a non-zero one would be ignored.
+        let b = format!("{prefix}.bias");
+        if self.files.contains(&b) {
+            let (bias, _) = self.tensor_f32(&b)?;
+            if bias.iter().any(|&v| v != 0.0) {
+                return Err(LabError::bad_checkpoint(
+                    self.files.path_of(&b),
+                    format!("tensor '{b}': a non-zero bias; LLaMA linears have none and the engines do not add one"),
+                ));
+            }
+        }
         let mut w_kn = vec![0f32; k * n];
         for (o, row) in w_nk.chunks_exact(k).enumerate() {
             for (i, &v) in row.iter().enumerate() {
@@ -496,6 +522,32 @@ impl Checkpoint {
 /// config.json's `num_hidden_layers` against the `model.layers.N` tensors: every loader loops
 /// over (and allocates for) the config's count, so a count the weights do not back would panic
 /// or misread, and layers beyond it would be silently dropped.
+/// `tie_word_embeddings: true` means the output head IS the embedding (transformers drops a
+/// stored lm_head.weight then). Every reader here uses a stored lm_head.weight when present, so
+/// one that differs from the embedding would be read as a different model: refused, naming both.
+/// An identical copy (some writers store the tied tensor twice) is the same model and loads.
+fn check_tied_head(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Result<()> {
+    const HEAD: &str = "lm_head.weight";
+    const EMBED: &str = "model.embed_tokens.weight";
+    if !config.tie_word_embeddings || !files.contains(HEAD) || !files.contains(EMBED) {
+        return Ok(());
+    }
+    let any = [Dtype::F16, Dtype::BF16, Dtype::F32];
+    let (head, embed) = (files.get(HEAD, &any, None)?, files.get(EMBED, &any, None)?);
+    if head.dtype == embed.dtype && head.shape == embed.shape && head.bytes == embed.bytes {
+        return Ok(());
+    }
+    Err(LabError::bad_checkpoint(
+        cfg_path,
+        format!(
+            "tie_word_embeddings is true, but '{HEAD}' (in {}) differs from '{EMBED}': a tied \
+             model's head is its embedding; set tie_word_embeddings to false to use the stored \
+             head, or remove '{HEAD}'",
+            files.path_of(HEAD).display()
+        ),
+    ))
+}
+
 fn check_layer_count(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Result<()> {
     let layer_of = |n: &str| {
         n.strip_prefix("model.layers.")?
@@ -557,4 +609,11 @@ fn expected_kn(c: &ModelConfig, prefix: &str) -> Option<(usize, usize)> {
         .into_iter()
         .find(|(l, _, _)| *l == name)
         .map(|(_, k, n)| (k, n))
+}
+
+/// Whether little-endian fp16 `bytes` hold any value other than +0 / -0.
+fn f16_nonzero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks_exact(2)
+        .any(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7FFF != 0)
 }

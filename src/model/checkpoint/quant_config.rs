@@ -155,7 +155,7 @@ pub(crate) fn from_files(
         ),
         _ => (None, false),
     };
-    if !qc_path.is_file() {
+    if !crate::util::optional_file(&qc_path)? {
         return Ok(from_cfg.map(|q| (q, cfg_sym)));
     }
     let v: serde_json::Value = crate::util::read_json(&qc_path)?;
