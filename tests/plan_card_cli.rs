@@ -175,3 +175,28 @@ fn a_cuda_context_allowance_past_any_card_is_refused_by_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn an_efficiency_without_a_card_is_refused_and_with_one_checked() {
+    // Only --card's tokens/s estimate reads --efficiency: without a card any value was accepted
+    // and ignored (0, NaN, inf, 5 printed the usual table).
+    for v in ["0", "NaN", "inf", "5", "0.5"] {
+        let o = lab(&["plan", "--model", "vicuna-7b", "--efficiency", v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "--efficiency {v}: {err}");
+        assert!(
+            err.contains("--card") && err.contains("--efficiency"),
+            "--efficiency {v}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "--efficiency {v}: no table");
+    }
+    for v in ["0", "NaN", "inf", "5", "-1"] {
+        let o = plan_4090(env!("CARGO_MANIFEST_DIR"), &["--efficiency", v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "--efficiency {v}: {err}");
+        assert!(
+            err.contains(&format!("--efficiency: {v}")) && err.contains("(0, 1]"),
+            "--efficiency {v}: {err}"
+        );
+    }
+}
