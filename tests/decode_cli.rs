@@ -130,3 +130,41 @@ fn cpu_decode_refuses_the_gpu_engines_flags_instead_of_ignoring_them() {
     let o = lab(&a);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn an_unknown_int4_kernel_or_a_negative_id_is_refused_by_its_flag_on_any_backend() {
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+    for backend in ["cpu", "gpu"] {
+        let o = lab(&[
+            "decode",
+            "--backend",
+            backend,
+            "--checkpoint",
+            ck,
+            "--prompt-ids",
+            "1",
+            "--int4-kernel",
+            "auto,nosuch",
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{backend}: {e}");
+        assert!(
+            e.contains("invalid value 'nosuch' for '--int4-kernel")
+                && e.contains("no variant 'nosuch'"),
+            "{backend}: {e}"
+        );
+    }
+    // "-1" was taken for a short flag (clap's "unexpected argument '-1' found").
+    let o = lab(&[
+        "decode",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        ck,
+        "--prompt-ids",
+        "-1",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("--prompt-ids") && e.contains("'-1'"), "{e}");
+}

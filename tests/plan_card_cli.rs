@@ -200,3 +200,33 @@ fn an_efficiency_without_a_card_is_refused_and_with_one_checked() {
         );
     }
 }
+
+#[test]
+fn a_negative_number_for_an_unsigned_flag_is_refused_by_that_flag() {
+    // clap took "-5" for a short flag ("unexpected argument '-5' found"), naming no flag.
+    for (flag, v) in [
+        ("--ctx", "-5"),
+        ("--context-mib", "-1"),
+        ("--batch", "-2"),
+        ("--prefill-chunk", "-512"),
+    ] {
+        let o = lab(&["plan", "--model", "vicuna-7b", flag, v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {v}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{v}' for '{flag} <")),
+            "{flag} {v}: {err}"
+        );
+    }
+    // Negative group sizes still mean per-channel.
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "-1",
+        "--ctx",
+        "128",
+    ]);
+    assert!(o.status.success() && stdout(&o).contains("per-ch"), "{o:?}");
+}

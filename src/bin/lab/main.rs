@@ -88,13 +88,24 @@ pub(crate) fn run_words(words: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The command line, parsed, with its matches (which say which flags were typed and which took
-/// their defaults).
+/// their defaults). Every flag that takes a value accepts one that looks like a negative number,
+/// so `--ctx -5` reaches the flag's own parser ("invalid value '-5' for '--ctx <CTX>'") instead
+/// of clap's "unexpected argument '-5' found", which names no flag.
 fn parse<I, T>(argv: I) -> Result<(Cli, ArgMatches), clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let matches = Cli::command().try_get_matches_from(argv)?;
+    let cmd = Cli::command().mut_subcommands(|sub| {
+        sub.mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        })
+    });
+    let matches = cmd.try_get_matches_from(argv)?;
     let cli = Cli::from_arg_matches(&matches)?;
     Ok((cli, matches))
 }
