@@ -85,3 +85,86 @@ fn cpu_decode_refuses_an_overflowing_length_an_unknown_model_and_an_empty_id() {
         "{e}"
     );
 }
+
+#[test]
+fn cpu_decode_refuses_the_gpu_engines_flags_instead_of_ignoring_them() {
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+    let base = [
+        "decode",
+        "--checkpoint",
+        ck,
+        "--prompt-ids",
+        "1",
+        "--max-new-tokens",
+        "2",
+    ];
+    // Each ran the CPU engine as if the flag were not there (exit 0). `auto` runs the CPU
+    // engine too.
+    for backend in [&["--backend", "cpu"][..], &["--backend", "auto"], &[]] {
+        for (flag, value) in [
+            ("--prefill-chunk", "0"),
+            ("--group", "48"),
+            ("--ctx-list", "0"),
+            ("--weights", "fp8"),
+            ("--steps", "0"),
+            ("--int4-kernel", "gemv_v6_pipe"),
+            ("--root", "."),
+        ] {
+            let mut a = base.to_vec();
+            a.extend(backend);
+            a.extend([flag, value]);
+            let o = lab(&a);
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{backend:?} {flag} {value}: {e}");
+            assert!(
+                e.contains(&format!("{flag}: a flag of the GPU engine"))
+                    && e.contains("--backend gpu"),
+                "{backend:?} {flag} {value}: {e}"
+            );
+            assert!(o.stdout.is_empty(), "{backend:?} {flag}: nothing generated");
+        }
+    }
+    // The GPU flags' defaults (not typed) do not count.
+    let mut a = base.to_vec();
+    a.extend(["--backend", "cpu", "--json"]);
+    let o = lab(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn an_unknown_int4_kernel_or_a_negative_id_is_refused_by_its_flag_on_any_backend() {
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+    for backend in ["cpu", "gpu"] {
+        let o = lab(&[
+            "decode",
+            "--backend",
+            backend,
+            "--checkpoint",
+            ck,
+            "--prompt-ids",
+            "1",
+            "--int4-kernel",
+            "auto,nosuch",
+        ]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{backend}: {e}");
+        assert!(
+            e.contains("invalid value 'nosuch' for '--int4-kernel")
+                && e.contains("no variant 'nosuch'"),
+            "{backend}: {e}"
+        );
+    }
+    // "-1" was taken for a short flag (clap's "unexpected argument '-1' found").
+    let o = lab(&[
+        "decode",
+        "--backend",
+        "cpu",
+        "--checkpoint",
+        ck,
+        "--prompt-ids",
+        "-1",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("--prompt-ids") && e.contains("'-1'"), "{e}");
+}

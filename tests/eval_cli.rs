@@ -270,3 +270,48 @@ fn a_reference_with_another_vocabulary_or_tokenizer_is_refused_naming_both() {
         "{e}"
     );
 }
+
+#[test]
+fn cpu_eval_refuses_the_gpu_backends_flags_instead_of_ignoring_them() {
+    let ck = fixture("tiny-sym-g32");
+    let base = [
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--seqlen",
+        "16",
+        "--max-windows",
+        "1",
+    ];
+    // A misspelt kernel is refused by the flag itself, whatever the backend (it printed a
+    // perplexity with the CPU backend).
+    let mut a = base.to_vec();
+    a.extend(["--int4-kernel", "bogus"]);
+    let o = lab(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("invalid value 'bogus' for '--int4-kernel") && o.stdout.is_empty(),
+        "{err}"
+    );
+    // A valid GPU flag typed for the CPU backend (the default, or given) is refused by name.
+    for (flag, value) in [("--int4-kernel", "engine"), ("--root", ".")] {
+        for backend in [&[][..], &["--backend", "cpu"]] {
+            let mut a = base.to_vec();
+            a.extend(backend);
+            a.extend([flag, value]);
+            let o = lab(&a);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(1), "{flag}: {err}");
+            assert!(
+                err.contains(&format!("{flag}: a flag of the GPU backend"))
+                    && err.contains("--backend gpu")
+                    && o.stdout.is_empty(),
+                "{flag}: {err}"
+            );
+        }
+    }
+    // Their defaults do not count.
+    let o = lab(&base);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -175,3 +175,58 @@ fn a_cuda_context_allowance_past_any_card_is_refused_by_flag() {
         "{err}"
     );
 }
+
+#[test]
+fn an_efficiency_without_a_card_is_refused_and_with_one_checked() {
+    // Only --card's tokens/s estimate reads --efficiency: without a card any value was accepted
+    // and ignored (0, NaN, inf, 5 printed the usual table).
+    for v in ["0", "NaN", "inf", "5", "0.5"] {
+        let o = lab(&["plan", "--model", "vicuna-7b", "--efficiency", v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "--efficiency {v}: {err}");
+        assert!(
+            err.contains("--card") && err.contains("--efficiency"),
+            "--efficiency {v}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "--efficiency {v}: no table");
+    }
+    for v in ["0", "NaN", "inf", "5", "-1"] {
+        let o = plan_4090(env!("CARGO_MANIFEST_DIR"), &["--efficiency", v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "--efficiency {v}: {err}");
+        assert!(
+            err.contains(&format!("--efficiency: {v}")) && err.contains("(0, 1]"),
+            "--efficiency {v}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_negative_number_for_an_unsigned_flag_is_refused_by_that_flag() {
+    // clap took "-5" for a short flag ("unexpected argument '-5' found"), naming no flag.
+    for (flag, v) in [
+        ("--ctx", "-5"),
+        ("--context-mib", "-1"),
+        ("--batch", "-2"),
+        ("--prefill-chunk", "-512"),
+    ] {
+        let o = lab(&["plan", "--model", "vicuna-7b", flag, v]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag} {v}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{v}' for '{flag} <")),
+            "{flag} {v}: {err}"
+        );
+    }
+    // Negative group sizes still mean per-channel.
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "-1",
+        "--ctx",
+        "128",
+    ]);
+    assert!(o.status.success() && stdout(&o).contains("per-ch"), "{o:?}");
+}

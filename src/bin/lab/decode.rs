@@ -77,7 +77,15 @@ pub struct DecodeArgs {
 /// built from (the CPU engine is a development tool; installed binaries pass --checkpoint).
 const TINY_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
 
-pub fn run(a: DecodeArgs) -> anyhow::Result<()> {
+pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
+    if a.backend != Backend::Gpu {
+        // The CPU engine reads none of the GPU engine's flags (auto runs it too, today).
+        crate::refuse_typed::<gpu::GpuArgs>(
+            m,
+            "a flag of the GPU engine (--backend gpu); the CPU backend does not use it: \
+             leave it out or pass --backend gpu",
+        )?;
+    }
     if a.backend == Backend::Gpu {
         if a.dump_logits.is_some() && a.checkpoint.is_none() {
             bail!("--dump-logits: the GPU backend writes logits only when generating from --checkpoint DIR");

@@ -109,7 +109,7 @@ pub struct GpuArgs {
     /// dispatcher's choice from --root's tuning/<gpu>.json when it matches this GPU and these
     /// kernels, else the heuristic), engine (lab_llama_q4_gemv, the engine's first kernel),
     /// and/or registry variants such as gemv_v5_splitk, gemv_v6_pipe.
-    #[arg(long, default_value = "auto", value_delimiter = ',')]
+    #[arg(long, default_value = "auto", value_delimiter = ',', value_parser = int4_kernel_name)]
     int4_kernel: Vec<String>,
     /// fp16 linears through cuBLAS (default) or the lab's fp16 GEMV.
     #[arg(long, default_value = "cublas")]
@@ -177,6 +177,20 @@ fn pdl_mode(s: &str) -> Result<PdlMode, String> {
         "both" => PdlMode::Both,
         o => return Err(format!("'{o}': expected off, on or both")),
     })
+}
+
+/// `--int4-kernel` (decode and eval): auto, engine or an int4 GEMV of the kernel registry. The
+/// names are known without a GPU, so a misspelt one is refused as the flag is read, on any
+/// backend; the name is resolved to a kernel (auto: this GPU's tuning) only once a GPU is open.
+pub(crate) fn int4_kernel_name(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    if name != "auto" {
+        gptq_lab::model::gpu_engine::int4_kernel_by_name(name).map_err(|e| match e {
+            gptq_lab::LabError::Invalid { reason, .. } => reason,
+            e => e.to_string(),
+        })?;
+    }
+    Ok(name.to_string())
 }
 
 fn prefill_mode(s: &str) -> Result<PrefillMode, String> {

@@ -44,20 +44,34 @@ pub struct EvalArgs {
     reference: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
-    /// GPU backend: the int4 GEMV (as `lab decode --backend gpu`): auto (this GPU's tuned config
-    /// under --root, else the heuristic), engine, or a registry variant such as gemv_v6_pipe.
-    #[arg(long, default_value = "auto")]
-    int4_kernel: String,
-    /// Folder that holds tuning/ (for --int4-kernel auto).
-    #[arg(long, default_value = ".")]
-    root: PathBuf,
+    #[command(flatten)]
+    gpu: EvalGpuArgs,
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+/// The flags only `--backend gpu` reads (refused with the CPU backend when typed).
+#[derive(clap::Args, Debug)]
+pub struct EvalGpuArgs {
+    /// GPU backend: the int4 GEMV (as `lab decode --backend gpu`): auto (this GPU's tuned config
+    /// under --root, else the heuristic), engine, or a registry variant such as gemv_v6_pipe.
+    #[arg(long, default_value = "auto", value_parser = crate::decode::gpu::int4_kernel_name)]
+    int4_kernel: String,
+    /// Folder that holds tuning/ (for --int4-kernel auto).
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+}
+
+pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     // Cheap checks first (flags, config, tokenizer, text), so a typo is reported before any
     // weights load.
+    if a.backend == Backend::Cpu {
+        crate::refuse_typed::<EvalGpuArgs>(
+            m,
+            "a flag of the GPU backend (--backend gpu); the CPU backend does not use it: leave \
+             it out or pass --backend gpu",
+        )?;
+    }
     if a.max_windows == Some(0) {
         bail!("--max-windows 0: expected at least 1 window (leave it out to score every window the text fills)");
     }
@@ -98,10 +112,6 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
         }
         Backend::Gpu => {
             check_seqlen(seqlen, &ckpt.config)?;
-            // A misspelt kernel is refused here, before the GPU is opened.
-            if a.int4_kernel != "auto" {
-                gptq_lab::model::gpu_engine::int4_kernel_by_name(&a.int4_kernel)?;
-            }
             gpu_perplexity(&a, &ckpt, &ids, seqlen)?
         }
     };
@@ -170,8 +180,8 @@ fn gpu_perplexity(
     }
     // The last token of a window is never fed: seqlen - 1 positions (at least 1).
     let mut opts = EngineOptions::new(seqlen - 1);
-    opts.int4 = gptq_lab::model::gpu_engine::parse_int4_kernel(&a.int4_kernel, || {
-        crate::decode::gpu::dispatcher(&gpu, &a.root)
+    opts.int4 = gptq_lab::model::gpu_engine::parse_int4_kernel(&a.gpu.int4_kernel, || {
+        crate::decode::gpu::dispatcher(&gpu, &a.gpu.root)
     })?;
     let engine = |ck: &Checkpoint| -> anyhow::Result<GpuEngine> {
         let label = ck.dir.display().to_string();

@@ -12,7 +12,8 @@ mod run;
 mod tune;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -60,8 +61,8 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = dispatch(cli) {
+    let (cli, matches) = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    if let Err(e) = dispatch(cli, &matches) {
         eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
@@ -74,7 +75,7 @@ fn main() {
 /// wrong flag fails before anything runs.
 pub(crate) fn run_words(words: &[&str]) -> anyhow::Result<()> {
     let argv = std::iter::once("lab").chain(words.iter().copied());
-    Cli::try_parse_from(argv)?;
+    parse(argv)?;
     let exe = std::env::current_exe().context("locating the lab binary for a step of lab run")?;
     let status = std::process::Command::new(&exe)
         .args(words)
@@ -86,18 +87,57 @@ pub(crate) fn run_words(words: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// The command line, parsed, with its matches (which say which flags were typed and which took
+/// their defaults). Every flag that takes a value accepts one that looks like a negative number,
+/// so `--ctx -5` reaches the flag's own parser ("invalid value '-5' for '--ctx <CTX>'") instead
+/// of clap's "unexpected argument '-5' found", which names no flag.
+fn parse<I, T>(argv: I) -> Result<(Cli, ArgMatches), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cmd = Cli::command().mut_subcommands(|sub| {
+        sub.mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        })
+    });
+    let matches = cmd.try_get_matches_from(argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    Ok((cli, matches))
+}
+
+/// Refuses the flags of the group `A` (flattened into a subcommand's arguments) that the user
+/// typed, for a run that does not use them: a flag silently ignored reads as one obeyed. Flags
+/// left at their defaults pass. `why` follows the flag's name in the error.
+pub(crate) fn refuse_typed<A: clap::Args>(m: &ArgMatches, why: &str) -> anyhow::Result<()> {
+    let group = A::augment_args(clap::Command::new("group"));
+    for arg in group.get_arguments() {
+        if m.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+            let name = arg.get_long().unwrap_or(arg.get_id().as_str());
+            anyhow::bail!("--{name}: {why}");
+        }
+    }
+    Ok(())
+}
+
+fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
+    // The subcommand's own matches (the derived Cmd always has one).
+    let sub = matches.subcommand().map(|(_, m)| m).unwrap_or(matches);
     match cli.cmd {
         Cmd::Version { json } => version(json),
         Cmd::Devices => devices(),
         Cmd::Check(a) => check::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Tune(a) => tune::run(a),
-        Cmd::Decode(a) => decode::run(a),
+        Cmd::Decode(a) => decode::run(a, sub),
         Cmd::Plan(a) => plan::run(a),
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::SynthCheckpoint(a) => quantize::run_synth(a),
-        Cmd::Eval(a) => eval::run(a),
+        Cmd::Eval(a) => eval::run(a, sub),
         Cmd::Report(a) => report::run(a),
         Cmd::Run(a) => run::run(a),
     }

@@ -43,7 +43,8 @@ pub struct PlanArgs {
     /// roofline). Default with --card: step time = bytes / (spec x stream efficiency) + layers x a
     /// fixed cost, both fitted to a committed decode report's 7B and 13B steps (reports/*/decode.json
     /// under --root); a report with one model gives its flat efficiency; none, 1.0.
-    #[arg(long)]
+    /// Needs --card: without one there is no estimate for it to scale.
+    #[arg(long, requires = "card")]
     efficiency: Option<f64>,
     /// Folder holding reports/ (for the measured efficiency).
     #[arg(long, default_value = ".")]
