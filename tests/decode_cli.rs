@@ -168,3 +168,54 @@ fn an_unknown_int4_kernel_or_a_negative_id_is_refused_by_its_flag_on_any_backend
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("--prompt-ids") && e.contains("'-1'"), "{e}");
 }
+
+/// config.json's eos_token_id must be a token of the model (it was dropped silently, so the
+/// generation never stopped where the model says), and a prompt longer than the whole context
+/// says so instead of advising "at most 0 new tokens".
+#[test]
+fn a_bad_eos_id_and_a_prompt_past_the_context_are_named() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = tmp.path().join("config.json");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let vocab = cfg["vocab_size"].as_u64().unwrap();
+    let ck = tmp.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["decode", "--backend", "cpu", "--checkpoint", ck];
+        a.extend(extra);
+        let o = lab(&a);
+        (o.status.code(), stderr(&o))
+    };
+    for bad in [
+        serde_json::json!(-5),
+        serde_json::json!(vocab),
+        serde_json::json!("2"),
+    ] {
+        let mut c = cfg.clone();
+        c["eos_token_id"] = bad.clone();
+        std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
+        let (code, e) = run(&["--prompt-ids", "1", "--max-new-tokens", "2"]);
+        assert_eq!(code, Some(1), "{bad}: {e}");
+        assert!(
+            e.contains("config.json") && e.contains(&format!("eos_token_id {bad}")),
+            "{bad}: {e}"
+        );
+        // --ignore-eos does not read it.
+        let (code, e) = run(&["--prompt-ids", "1", "--max-new-tokens", "2", "--ignore-eos"]);
+        assert_eq!(code, Some(0), "{bad}: {e}");
+    }
+    let mut c = cfg.clone();
+    c["max_position_embeddings"] = serde_json::json!(2);
+    std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
+    let (code, e) = run(&["--prompt-ids", "1,2,3", "--max-new-tokens", "0"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("prompt alone has 3 tokens") && e.contains("context is 2"),
+        "{e}"
+    );
+}

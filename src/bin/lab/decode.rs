@@ -119,7 +119,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         bail!("the prompt has no tokens: give at least one (--prompt TEXT or --prompt-ids 1,2,3)");
     }
     check_context(prompt.len(), a.max_new_tokens, &ckpt.config)?;
-    let eos = stop_token(&a, &ckpt.dir, tokenizer.as_ref());
+    let eos = stop_token(&a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
     let weights = LlamaWeights::from_checkpoint(&ckpt)?;
     let mut engine = CpuEngine::new(weights, ckpt.config.clone())?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -241,6 +241,12 @@ pub(super) fn check_context(
     cfg: &gptq_lab::model::config::ModelConfig,
 ) -> anyhow::Result<usize> {
     let ctx = cfg.max_position_embeddings;
+    if prompt_len > ctx || (prompt_len == ctx && max_new_tokens > 0) {
+        bail!(
+            "the prompt alone has {prompt_len} tokens, the model's whole context is {ctx} \
+             (max_position_embeddings in config.json): shorten the prompt"
+        );
+    }
     match prompt_len.checked_add(max_new_tokens) {
         Some(n) if n <= ctx => Ok(n),
         _ => bail!(
@@ -257,12 +263,13 @@ pub(super) fn check_context(
 pub(super) fn stop_token(
     a: &DecodeArgs,
     dir: &Path,
+    vocab: usize,
     tokenizer: Option<&TextTokenizer>,
-) -> Option<u32> {
+) -> anyhow::Result<Option<u32>> {
     if a.ignore_eos {
-        return None;
+        return Ok(None);
     }
-    eos_id(dir).or_else(|| tokenizer.and_then(|t| t.token_id("</s>")))
+    Ok(eos_id(dir, vocab)?.or_else(|| tokenizer.and_then(|t| t.token_id("</s>"))))
 }
 
 /// Text printed as it is generated (stdout) when there is a tokenizer, unless --json asks for
@@ -315,16 +322,24 @@ fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// `eos_token_id` from config.json (a number, or a list whose first entry is taken).
-fn eos_id(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let e = &v["eos_token_id"];
-    e.as_u64()
-        .or_else(|| {
-            e.as_array()
-                .and_then(|a| a.first())
-                .and_then(|x| x.as_u64())
-        })
-        .and_then(|x| u32::try_from(x).ok())
+/// `eos_token_id` from config.json (a number, or a list whose first entry is taken); None when
+/// the field is absent or null. Any other value (negative, past the vocabulary, not a number) is
+/// an error naming the file: generation would otherwise never stop where the model says.
+fn eos_id(dir: &Path, vocab: usize) -> anyhow::Result<Option<u32>> {
+    let path = dir.join("config.json");
+    let v: serde_json::Value = gptq_lab::util::read_json(&path)?;
+    let e = match &v["eos_token_id"] {
+        serde_json::Value::Array(a) => a.first().cloned().unwrap_or(serde_json::Value::Null),
+        e => e.clone(),
+    };
+    if e.is_null() {
+        return Ok(None);
+    }
+    match e.as_u64().filter(|&id| id < vocab as u64) {
+        Some(id) => Ok(Some(id as u32)),
+        None => bail!(
+            "{}: eos_token_id {e}; expected a token id below vocab_size {vocab}",
+            path.display()
+        ),
+    }
 }
