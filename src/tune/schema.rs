@@ -376,48 +376,12 @@ impl TunedConfig {
         Ok(c)
     }
 
-    /// Atomic write (temp file + rename). Non-finite timings are refused first: JSON has no NaN,
-    /// serde_json would write `null`, and the file would no longer load.
+    /// Atomic write (temp file + rename). The timings are checked first as `load` checks them
+    /// (JSON has no NaN: serde_json would write `null`, and the file would no longer load); a
+    /// failed measurement belongs in the file as Rejected, or as a round left out.
     pub fn save(&self, path: &Path) -> Result<()> {
-        for d in &self.decode {
-            if let Some(c) = d
-                .candidates
-                .iter()
-                .find(|c| !c.ms_per_token.iter().all(|t| t.is_finite()))
-            {
-                return Err(LabError::invalid(
-                    path.display().to_string(),
-                    format!(
-                        "decode budget {} ({}): non-finite timing; leave the round out instead",
-                        d.label, c.setting
-                    ),
-                ));
-            }
-        }
-        for e in &self.entries {
-            for c in &e.candidates {
-                if let CandidateStatus::Ok {
-                    median_us,
-                    iqm_us,
-                    p25_us,
-                    p75_us,
-                } = c.status
-                {
-                    if ![median_us, iqm_us, p25_us, p75_us]
-                        .iter()
-                        .all(|t| t.is_finite())
-                    {
-                        return Err(LabError::invalid(
-                            path.display().to_string(),
-                            format!(
-                                "{} {}: non-finite timing; record it as Rejected instead",
-                                e.key, c.choice
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
+        self.check_recorded_timings()
+            .map_err(|why| LabError::invalid(path.display().to_string(), why))?;
         crate::util::write_json_atomic(path, self)
     }
 
