@@ -372,24 +372,7 @@ fn missing_config_json_is_named() {
 
 /// Split model.safetensors into two shards plus model.safetensors.index.json; returns the map.
 fn shard(dir: &Path) -> std::collections::BTreeMap<String, String> {
-    let all = fx::read_tensors(&dir.join("model.safetensors"));
-    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let mut shards: [fx::Tensors; 2] = Default::default();
-    let mut map = std::collections::BTreeMap::new();
-    for (name, t) in all {
-        let s = usize::from(name.starts_with("model.layers.1"));
-        map.insert(
-            name.clone(),
-            format!("model-0000{}-of-00002.safetensors", s + 1),
-        );
-        shards[s].insert(name, t);
-    }
-    for (s, t) in shards.iter().enumerate() {
-        fx::write_tensors(
-            &dir.join(format!("model-0000{}-of-00002.safetensors", s + 1)),
-            t,
-        );
-    }
+    let map = fx::split_in_two_shards(dir, |name| name.starts_with("model.layers.1"));
     write_index(dir, &serde_json::json!({ "weight_map": map }));
     map
 }

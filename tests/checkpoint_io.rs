@@ -6,7 +6,6 @@ mod checkpoint_fixtures;
 use checkpoint_fixtures as fx;
 use gptq_lab::gptq::ZeroFormat;
 use gptq_lab::model::checkpoint::{write_gptq_checkpoint, Checkpoint, LinearWeights};
-use std::collections::BTreeMap;
 
 fn assert_layers_identical(ck: &Checkpoint, layers: &[(String, gptq_lab::gptq::QuantLinear)]) {
     for (prefix, src) in layers {
@@ -211,24 +210,9 @@ fn sharded_checkpoint_loads_through_its_index() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");
     let layers = fx::write(&dir, 32, false, true, ZeroFormat::V1);
-    let all = fx::read_tensors(&dir.join("model.safetensors"));
-    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let mut shards: [fx::Tensors; 2] = Default::default();
-    let mut map = BTreeMap::new();
-    for (name, t) in all {
-        let s = usize::from(name.starts_with("model.layers.1") || name.starts_with("lm_head"));
-        map.insert(
-            name.clone(),
-            format!("model-0000{}-of-00002.safetensors", s + 1),
-        );
-        shards[s].insert(name, t);
-    }
-    for (s, t) in shards.iter().enumerate() {
-        fx::write_tensors(
-            &dir.join(format!("model-0000{}-of-00002.safetensors", s + 1)),
-            t,
-        );
-    }
+    let mut map = fx::split_in_two_shards(&dir, |name| {
+        name.starts_with("model.layers.1") || name.starts_with("lm_head")
+    });
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let ck = Checkpoint::open(&dir).unwrap();

@@ -199,3 +199,28 @@ pub fn words(b: &[u8]) -> Vec<u32> {
 pub fn bytes(w: &[u32]) -> Vec<u8> {
     w.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
+
+/// Split `dir`'s model.safetensors into model-00001-of-00002 and -00002-of-00002 (the tensors
+/// `second` picks go to the latter) and return the weight map an index would hold; writing the
+/// index is the caller's (some tests damage it).
+pub fn split_in_two_shards(dir: &Path, second: impl Fn(&str) -> bool) -> BTreeMap<String, String> {
+    let all = read_tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut shards: [Tensors; 2] = Default::default();
+    let mut map = BTreeMap::new();
+    for (name, t) in all {
+        let s = usize::from(second(&name));
+        map.insert(
+            name.clone(),
+            format!("model-0000{}-of-00002.safetensors", s + 1),
+        );
+        shards[s].insert(name, t);
+    }
+    for (s, t) in shards.iter().enumerate() {
+        write_tensors(
+            &dir.join(format!("model-0000{}-of-00002.safetensors", s + 1)),
+            t,
+        );
+    }
+    map
+}
