@@ -810,3 +810,20 @@ fn a_tied_head_that_differs_from_the_embedding_is_refused() {
     });
     Checkpoint::open(&dir).unwrap();
 }
+
+/// A weights file that is a link leading nowhere (here: to itself) is named with what following
+/// it said, not called a directory.
+#[cfg(unix)]
+#[test]
+fn a_weights_link_that_leads_nowhere_says_why() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let st = dir.join("model.safetensors");
+    std::fs::remove_file(&st).unwrap();
+    std::os::unix::fs::symlink("model.safetensors", &st).unwrap();
+    let Err(e) = Checkpoint::open(&dir) else {
+        panic!("refused")
+    };
+    let e = e.to_string();
+    assert_mentions(&e, &["model.safetensors", "symbolic links"]);
+    assert!(!e.contains("is a directory"), "{e}");
+}

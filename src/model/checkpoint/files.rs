@@ -187,12 +187,17 @@ impl Files {
         for e in std::fs::read_dir(path).map_err(|e| LabError::io(path, e))? {
             let p = e.map_err(|e| LabError::io(path, e))?.path();
             if has_ext(&p, &["safetensors"]) {
-                // Mapping a directory fails with a bare ENODEV; say what is wrong instead.
-                if !p.is_file() {
-                    return Err(LabError::bad_checkpoint(
-                        &p,
-                        "is a directory (or not a regular file) where a safetensors weights file was expected",
-                    ));
+                // Mapping a directory fails with a bare ENODEV; say what is wrong instead (and
+                // for a link that leads nowhere, what following it said).
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) => {
+                        return Err(LabError::bad_checkpoint(
+                            &p,
+                            "is a directory (or not a regular file) where a safetensors weights file was expected",
+                        ))
+                    }
+                    Err(e) => return Err(LabError::io(&p, e)),
                 }
                 st.push(p);
             } else if has_ext(&p, &PICKLE_EXTS) && p.is_file() {
