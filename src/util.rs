@@ -21,7 +21,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Read and parse a JSON file; the error names the file (unreadable, or not the JSON expected).
 /// Whether an optional input file is there: `false` when nothing exists at `path`, `true` for a
 /// regular file (through links), and an error naming it for anything else (a directory, a
 /// socket), which `is_file()` would have taken for "absent" and silently skipped.
@@ -37,6 +36,7 @@ pub fn optional_file(path: &Path) -> Result<bool> {
     }
 }
 
+/// Read and parse a JSON file; the error names the file (unreadable, or not the JSON expected).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| LabError::Json {

@@ -462,8 +462,7 @@ fn prefill_note(p: &Plan) -> String {
     )
 }
 
-/// 12345 -> "12.3k" so six card columns stay narrow.
-/// A context in at most 6 characters, so the card columns never run together.
+/// A context in at most 6 characters (12345 -> "12.3k"), so the card columns never run together.
 fn short_ctx(c: u64) -> String {
     let f = c as f64;
     match c {

@@ -519,9 +519,6 @@ impl Checkpoint {
     }
 }
 
-/// config.json's `num_hidden_layers` against the `model.layers.N` tensors: every loader loops
-/// over (and allocates for) the config's count, so a count the weights do not back would panic
-/// or misread, and layers beyond it would be silently dropped.
 /// `tie_word_embeddings: true` means the output head IS the embedding (transformers drops a
 /// stored lm_head.weight then). Every reader here uses a stored lm_head.weight when present, so
 /// one that differs from the embedding would be read as a different model: refused, naming both.
@@ -548,6 +545,9 @@ fn check_tied_head(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Resu
     ))
 }
 
+/// config.json's `num_hidden_layers` against the `model.layers.N` tensors: every loader loops
+/// over (and allocates for) the config's count, so a count the weights do not back would panic
+/// or misread, and layers beyond it would be silently dropped.
 fn check_layer_count(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Result<()> {
     let layer_of = |n: &str| {
         n.strip_prefix("model.layers.")?
