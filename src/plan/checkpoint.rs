@@ -26,24 +26,18 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     let config_path = dir.join("config.json");
     let model = ModelConfig::from_json_file(&config_path)?;
     let config: serde_json::Value = crate::util::read_json(&config_path)?;
-    let Some((q, _sym_stated)) = crate::model::checkpoint::quant_config::from_files(dir, &config)?
-    else {
+    let Some(found) = crate::model::checkpoint::quant_config::from_files(dir, &config)? else {
         return Ok((model, CheckpointQuant::default()));
     };
-    // from_files prefers quantize_config.json when both exist.
-    let qc_path = dir.join("quantize_config.json");
-    let source = if qc_path.is_file() {
-        qc_path
-    } else {
-        config_path
-    };
-    super::check_group(&model, q.group_size).map_err(|r| LabError::bad_checkpoint(&source, r))?;
+    let q = &found.info;
+    super::check_group(&model, q.group_size)
+        .map_err(|r| LabError::bad_checkpoint(&found.source, r))?;
     Ok((
         model,
         CheckpointQuant {
             group_size: Some(q.group_size),
             act_order: Some(q.desc_act),
-            source: Some(source),
+            source: Some(found.source),
         },
     ))
 }

@@ -114,15 +114,11 @@ impl Checkpoint {
             })?;
         check_layer_count(&config, &files, &cfg_path)?;
         check_tied_head(&config, &files, &cfg_path)?;
-        let (mut quant, sym_stated) = match quant_config::from_files(&dir, &cfg_value)? {
-            Some((q, s)) => (Some(q), s),
-            None => (None, false),
-        };
-        let mut quant_source = if dir.join("quantize_config.json").is_file() {
-            dir.join("quantize_config.json")
-        } else {
-            cfg_path.clone()
-        };
+        let (mut quant, sym_stated, mut quant_source) =
+            match quant_config::from_files(&dir, &cfg_value)? {
+                Some(f) => (Some(f.info), f.sym_stated, f.source),
+                None => (None, false, cfg_path.clone()),
+            };
         // Any quantized tensor without a quantize config: a GPTQ-for-LLaMa era file.
         let first_q = files
             .names()

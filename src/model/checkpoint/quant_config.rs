@@ -7,7 +7,7 @@ use crate::gptq::{gidx, group_rows, zeros, ZeroFormat};
 use crate::{LabError, Result};
 use safetensors::Dtype;
 use serde::Deserialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// AutoGPTQ's defaults for fields a quantize config leaves out.
 const DEFAULT_BITS: u32 = 4;
@@ -139,13 +139,19 @@ fn states_sym(v: &serde_json::Value) -> bool {
     v.get("sym").and_then(serde_json::Value::as_bool) == Some(true)
 }
 
+/// What a checkpoint folder's quantize config says, and where it said it.
+#[derive(Debug, Clone)]
+pub(crate) struct FoundQuant {
+    pub info: QuantInfo,
+    /// Either file states `sym: true` explicitly (not AutoGPTQ's default).
+    pub sym_stated: bool,
+    /// quantize_config.json when it exists (it wins), else config.json.
+    pub source: PathBuf,
+}
+
 /// quantize_config.json if present, else config.json's `quantization_config`; both present and
-/// disagreeing on what the tensors mean is an error. `None` when neither exists. The flag: either
-/// file states `sym: true` explicitly.
-pub(crate) fn from_files(
-    dir: &Path,
-    config: &serde_json::Value,
-) -> Result<Option<(QuantInfo, bool)>> {
+/// disagreeing on what the tensors mean is an error. `None` when neither exists.
+pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Option<FoundQuant>> {
     let qc_path = dir.join("quantize_config.json");
     let cfg_path = dir.join("config.json");
     let (from_cfg, cfg_sym) = match config.get("quantization_config") {
@@ -156,7 +162,11 @@ pub(crate) fn from_files(
         _ => (None, false),
     };
     if !crate::util::optional_file(&qc_path)? {
-        return Ok(from_cfg.map(|q| (q, cfg_sym)));
+        return Ok(from_cfg.map(|info| FoundQuant {
+            info,
+            sym_stated: cfg_sym,
+            source: cfg_path,
+        }));
     }
     let v: serde_json::Value = crate::util::read_json(&qc_path)?;
     let qc = parse(&v, &qc_path, "quantize_config.json")?;
@@ -174,7 +184,11 @@ pub(crate) fn from_files(
             ));
         }
     }
-    Ok(Some((qc, cfg_sym || states_sym(&v))))
+    Ok(Some(FoundQuant {
+        info: qc,
+        sym_stated: cfg_sym || states_sym(&v),
+        source: qc_path,
+    }))
 }
 
 /// Infer the settings of a GPTQ-for-LLaMa era checkpoint from one quantized linear `prefix`
