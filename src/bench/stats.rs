@@ -15,6 +15,12 @@ pub struct Timing {
     pub samples: usize,
 }
 
+/// Whether `t` can be a recorded time (us or ms): positive and finite. No launch takes no time;
+/// NaN, inf or a negative value in a report or tuned config come only from damage or hand edits.
+pub fn is_recorded_time(t: f64) -> bool {
+    t.is_finite() && t > 0.0
+}
+
 impl Timing {
     /// Statistics of `samples_us`; `None` when empty or any sample is not finite.
     pub fn from_samples(samples_us: &[f64]) -> Option<Timing> {
@@ -57,7 +63,7 @@ impl Timing {
             ("max_us", self.max_us),
         ]
         .into_iter()
-        .find(|(_, t)| !(t.is_finite() && *t > 0.0))
+        .find(|&(_, t)| !is_recorded_time(t))
         .map(|(f, t)| format!("{f} = {t}"))
     }
 

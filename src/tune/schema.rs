@@ -306,7 +306,7 @@ impl TunedConfig {
     /// Every recorded time must be a positive finite number: a NaN, inf, zero or negative one
     /// (a damaged or hand-edited file) would win or skew the comparisons and the reports.
     fn check_recorded_timings(&self) -> std::result::Result<(), String> {
-        let bad = |t: f64| !(t.is_finite() && t > 0.0);
+        let bad = |t: f64| !crate::bench::stats::is_recorded_time(t);
         for e in &self.entries {
             for c in &e.candidates {
                 if let CandidateStatus::Ok {
