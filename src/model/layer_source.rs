@@ -178,9 +178,10 @@ impl LayerSource for CheckpointLayers<'_> {
                     ));
                 }
                 if m.bias {
-                    return Err(LabError::bad_checkpoint(
-                        self.ckpt.tensor_file(&format!("{prefix}.bias")),
-                        format!("tensor '{prefix}.bias': LLaMA linears have no bias and the GPU engine does not add one"),
+                    let b = format!("{prefix}.bias");
+                    return Err(crate::model::checkpoint::bias_refused(
+                        self.ckpt.tensor_file(&b),
+                        &b,
                     ));
                 }
                 parts.push(GroupPart::of_meta(prefix, &m));

@@ -106,9 +106,9 @@ impl LlamaWeights {
                     // here (as the GPU engine refuses it: gpu_weights, layer_source).
                     if q.bias.is_some() {
                         let b = format!("{prefix}.bias");
-                        return Err(LabError::bad_checkpoint(
+                        return Err(crate::model::checkpoint::bias_refused(
                             ckpt.tensor_file(&b),
-                            format!("tensor '{b}': a non-zero bias; LLaMA linears have none and the engines do not add one"),
+                            &b,
                         ));
                     }
                     let w = crate::reference::dequantize(&q)

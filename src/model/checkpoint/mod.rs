@@ -426,10 +426,7 @@ impl Checkpoint {
         if self.files.contains(&b) {
             let (bias, _) = self.tensor_f32(&b)?;
             if bias.iter().any(|&v| v != 0.0) {
-                return Err(LabError::bad_checkpoint(
-                    self.files.path_of(&b),
-                    format!("tensor '{b}': a non-zero bias; LLaMA linears have none and the engines do not add one"),
-                ));
+                return Err(bias_refused(self.files.path_of(&b), &b));
             }
         }
         let mut w_kn = vec![0f32; k * n];
@@ -605,6 +602,15 @@ fn expected_kn(c: &ModelConfig, prefix: &str) -> Option<(usize, usize)> {
         .into_iter()
         .find(|(l, _, _)| *l == name)
         .map(|(_, k, n)| (k, n))
+}
+
+/// The error for a linear's non-zero bias `name` (in `path`): LLaMA linears have none, so neither
+/// engine adds one, and reading on would silently drop it. (An all-zero one is dropped at load.)
+pub fn bias_refused(path: &Path, name: &str) -> LabError {
+    LabError::bad_checkpoint(
+        path,
+        format!("tensor '{name}': a non-zero bias; LLaMA linears have none and the engines do not add one"),
+    )
 }
 
 /// Whether little-endian fp16 `bytes` hold any value other than +0 / -0.
