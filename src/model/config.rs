@@ -260,6 +260,12 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
+    /// A small valid config.json body plus `extra` fields, parsed as "m/config.json".
+    fn parse(extra: &str) -> Result<ModelConfig> {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
+        ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
+    }
+
     #[test]
     fn presets_match_the_published_shapes() {
         let c = ModelConfig::vicuna_13b();
@@ -308,10 +314,6 @@ mod tests {
 
     #[test]
     fn other_architectures_fields_are_refused_and_llama_values_accepted() {
-        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
-        let parse = |extra: &str| {
-            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
-        };
         for (extra, want) in [
             (r#""hidden_act":"gelu""#, "hidden_act 'gelu'"),
             (r#""head_dim":32"#, "head_dim 32"),
@@ -331,10 +333,6 @@ mod tests {
 
     #[test]
     fn a_trained_context_past_any_kv_cache_is_refused() {
-        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
-        let parse = |extra: &str| {
-            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
-        };
         let e = parse(r#""max_position_embeddings":18446744073709551615"#)
             .unwrap_err()
             .to_string();
@@ -353,10 +351,6 @@ mod tests {
 
     #[test]
     fn eps_and_theta_out_of_range_are_refused() {
-        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10"#;
-        let parse = |extra: &str| {
-            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
-        };
         for bad in ["-1e-6", "0", "0.5", "1e300"] {
             let e = parse(&format!(r#""rms_norm_eps":{bad}"#))
                 .unwrap_err()

@@ -180,7 +180,7 @@ impl PlanSpec {
                 ),
             ));
         }
-        let ctx = f(self.ctx.max(fit::MAX_CTX_SEARCH) as usize);
+        let ctx = self.ctx.max(fit::MAX_CTX_SEARCH) as f64;
         let batch = self.batch as f64;
         let kv = 4.0 * layers * ctx * kv_dim * batch;
         let workspace = batch * (64.0 * widest + 4.0 * f(m.num_attention_heads) * ctx)
