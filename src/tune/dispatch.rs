@@ -21,9 +21,9 @@ pub struct KnownVariant {
 }
 
 /// The GEMV/GEMM variants the heuristic and the tuner choose from, in order of preference within a
-/// family. The kernels are being written by other helpers: these names must match their registry
-/// entries. Once a name is in `kernels::registry`, its facts there (batch range, act-order modes,
-/// min SM, group sizes) override the ones written here; see `facts`.
+/// family. The names must match registry entries (a test checks that every registered int4
+/// kernel is listed here or excused); the registry's facts (batch range, act-order modes, min SM,
+/// group sizes) override the ones written here; see `facts`.
 pub const VARIANTS: &[KnownVariant] = &[
     // m = 1
     KnownVariant {
