@@ -292,6 +292,20 @@ pub fn declared_skip(v: &Variant, c: &Case) -> Option<String> {
     None
 }
 
+/// Why this GPU (compute capability `sm`, e.g. 86) cannot run the variant at all, or None. A
+/// variant built for a newer architecture (gemv_v9_cluster's clusters need sm_90, gemm_v2_mma's
+/// mma.sync m16n8k16 sm_80) is skipped with this reason, not run into the launcher's refusal:
+/// `lab check` on an RTX 3090 proves what that card runs, and a refusal counts as a failure.
+pub fn device_skip(v: &Variant, sm: u32) -> Option<String> {
+    (sm < v.min_sm).then(|| format!("needs sm_{} or newer; this GPU is sm_{sm}", v.min_sm))
+}
+
+/// Why a variant does not run this case on a GPU of compute capability `sm`: the device first
+/// (the whole variant is out), then its declared support. None: it must run and pass.
+pub fn skip_reason(v: &Variant, c: &Case, sm: u32) -> Option<String> {
+    device_skip(v, sm).or_else(|| declared_skip(v, c))
+}
+
 /// The case's inputs: an RTN-quantized layer of seeded random weights (act-order through a seeded
 /// permutation), optional bias, and x [m, k] with |x| in [1/16, 1] and a random sign (never 0);
 /// for a gated case x is [gate | up] (2k values, gate in [-4, 4], so SiLU's curved part and its
@@ -464,6 +478,41 @@ mod tests {
             );
             assert!(declared_skip(v1, c).is_none(), "{}", c.describe());
         }
+    }
+
+    #[test]
+    fn a_variant_newer_than_the_gpu_is_a_skip_on_every_case_and_nothing_else_is() {
+        // Before this, gemv_v9_cluster reached the launcher on an sm_86 card and its refusal
+        // counted as a check failure, which stopped `lab run` on every card below sm_90.
+        for family in [Family::Gemv, Family::Gemm] {
+            let cases = matrix(family, true, 1);
+            for v in crate::kernels::registry::all()
+                .into_iter()
+                .filter(|v| v.family == family)
+            {
+                for sm in [75, 80, 86, 89, 90] {
+                    for c in &cases {
+                        let r = skip_reason(v, c, sm);
+                        if sm < v.min_sm {
+                            let r = r.unwrap_or_default();
+                            assert!(
+                                r.contains(&format!("sm_{}", v.min_sm))
+                                    && r.contains(&format!("sm_{sm}")),
+                                "{} at sm_{sm}: {r}",
+                                v.name
+                            );
+                        } else {
+                            assert_eq!(r, declared_skip(v, c), "{} at sm_{sm}", v.name);
+                        }
+                    }
+                }
+            }
+        }
+        // The two the audit named: v9 out below sm_90, gemm_v2_mma below sm_80.
+        let v9 = by_name("gemv_v9_cluster").unwrap();
+        let mma = by_name("gemm_v2_mma").unwrap();
+        assert!(device_skip(v9, 89).is_some() && device_skip(v9, 90).is_none());
+        assert!(device_skip(mma, 75).is_some() && device_skip(mma, 80).is_none());
     }
 
     #[test]

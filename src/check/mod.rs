@@ -159,12 +159,18 @@ struct CaseData {
     )>,
 }
 
-fn build_case(c: &Case, variants: &[&'static Variant], ref_threads: usize) -> Result<CaseData> {
+/// `sm`: the GPU's compute capability; a variant it cannot run is a skip (cases::skip_reason).
+fn build_case(
+    c: &Case,
+    variants: &[&'static Variant],
+    sm: u32,
+    ref_threads: usize,
+) -> Result<CaseData> {
     let (l, x): (QuantLinear, Vec<f16>) = cases::build_inputs(c)?;
     let (y_ref, abs_ref) = host_ref::reference(&c.reference_x(&x), c.m, &l, ref_threads);
     let needs_reorder = l.is_act_order()
         && variants.iter().any(|v| {
-            v.act_order.contains(&ActOrder::Reordered) && cases::declared_skip(v, c).is_none()
+            v.act_order.contains(&ActOrder::Reordered) && cases::skip_reason(v, c, sm).is_none()
         });
     let reordered = if needs_reorder {
         Some(reorder_by_group(&l)?)
@@ -173,7 +179,7 @@ fn build_case(c: &Case, variants: &[&'static Variant], ref_threads: usize) -> Re
     };
     let prepared = variants
         .iter()
-        .map(|&v| match cases::declared_skip(v, c) {
+        .map(|&v| match cases::skip_reason(v, c, sm) {
             Some(reason) => (v, Err(reason)),
             None => (v, Ok(layer::prepare_with(v, &l, reordered.as_ref()))),
         })
@@ -336,6 +342,7 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
         };
         // Spare cores go to each case's reference (parallel over columns).
         let ref_threads = (cpus / workers).max(1);
+        let sm = gpu.sm();
         let next = AtomicUsize::new(0);
         let (tx, rx) = mpsc::sync_channel::<(usize, Result<CaseData>, f64)>(workers);
         std::thread::scope(|s| {
@@ -352,7 +359,7 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
                         .filter(|v| v.family == *fam)
                         .collect();
                     let t = std::time::Instant::now();
-                    let d = build_case(c, &vs, ref_threads);
+                    let d = build_case(c, &vs, sm, ref_threads);
                     if tx.send((i, d, t.elapsed().as_secs_f64())).is_err() {
                         break; // the GPU thread stopped
                     }
