@@ -4,6 +4,7 @@
 //!   - `LAB_GIT_REV`      short git revision (+ "-dirty"), or "unknown"
 //!   - `LAB_KERNELS_BUILT` "1" when the fatbins were built, else "0"
 //!   - `LAB_ARCHS`        the SASS targets compiled, comma separated (e.g. "75,80,86,89,90")
+//!   - `LAB_NVCC_CUDA`    the CUDA release of the nvcc that built them ("13.0"; "" when none)
 //!   - `LAB_FATBIN_DIR`   where the fatbins and the ptxas resource reports are (for the static checks)
 //!   - `$OUT_DIR/kernels_embedded.rs`  `pub static FATBINS: &[(&str, &[u8])]` (family, image)
 //!   - `$OUT_DIR/abi.rs`  bindgen output of kernels/abi.h
@@ -51,14 +52,15 @@ fn main() {
             .parse()
             .unwrap_or_else(|_| panic!("LAB_CUDA_ARCHS: '{a}' is not an SM number like 80"));
         assert!(
-            n >= 70,
-            "LAB_CUDA_ARCHS: sm_{n} is not supported: CUDA 13 cannot build for Pascal (sm_6x) or older"
+            n >= 75,
+            "LAB_CUDA_ARCHS: sm_{n} is not supported: CUDA 13 cannot build for Volta (sm_70) or older"
         );
     }
 
     let require = env::var("LAB_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
     let families = kernel_families(&kdir);
-    let built = match find_nvcc(&root) {
+    let nvcc = find_nvcc(&root);
+    let built = match &nvcc {
         None => {
             let msg = "nvcc not found ($NVCC, PATH, $CUDA_HOME/bin, .venv): building WITHOUT CUDA kernels; run scripts/setup";
             if require {
@@ -106,6 +108,11 @@ fn main() {
             String::new()
         }
     );
+    let release = match &nvcc {
+        Some(nvcc) if kernels_built => nvcc_release(nvcc),
+        _ => String::new(),
+    };
+    println!("cargo:rustc-env=LAB_NVCC_CUDA={release}");
     let mut src = String::from("/// (family, fatbin image) for every compiled kernel family.\npub static FATBINS: &[(&str, &[u8])] = &[\n");
     for (fam, path) in &built {
         src.push_str(&format!(
@@ -115,6 +122,27 @@ fn main() {
     }
     src.push_str("];\n");
     fs::write(out.join("kernels_embedded.rs"), src).unwrap();
+}
+
+/// "13.0" from `nvcc --version` ("Cuda compilation tools, release 13.0, V13.0.88"); a build whose
+/// nvcc prints no release is refused, since the binary could not tell which driver it needs.
+fn nvcc_release(nvcc: &Path) -> String {
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} --version: {e}", nvcc.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("release ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .map(|r| r.trim().to_string())
+        .filter(|r| r.split('.').all(|p| p.parse::<u32>().is_ok()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{} --version printed no 'release X.Y':\n{text}",
+                nvcc.display()
+            )
+        })
 }
 
 /// Families are the sub-folders of kernels/ that hold at least one `.cu` file.

@@ -10,6 +10,9 @@ pub const KERNEL_HASH: &str = env!("LAB_KERNEL_HASH");
 pub const KERNELS_BUILT: bool = const_str_eq(env!("LAB_KERNELS_BUILT"), "1");
 /// SASS targets compiled into the fatbins, comma separated ("" when none).
 pub const ARCHS: &str = env!("LAB_ARCHS");
+/// CUDA release of the nvcc that compiled them ("13.0"; "" when none): cuda::compat holds the
+/// driver to it.
+pub const NVCC_CUDA: &str = env!("LAB_NVCC_CUDA");
 /// Build-time folder of the fatbins and ptxas reports (only meaningful on the build machine).
 pub const FATBIN_DIR: &str = env!("LAB_FATBIN_DIR");
 

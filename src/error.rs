@@ -14,6 +14,10 @@ pub enum LabError {
     #[error("CUDA kernels were not built into this binary (nvcc was not found at build time); run scripts/setup and rebuild")]
     KernelsNotBuilt,
 
+    /// The embedded kernels cannot run on this device or under this driver (cuda::compat).
+    #[error("the embedded CUDA kernels cannot run here: {0}")]
+    KernelsIncompatible(String),
+
     #[error("CUDA driver error in {context}: {source}")]
     Driver {
         context: String,

@@ -85,9 +85,11 @@ impl Gpu {
             mem_clock_khz: a(Attr::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?,
             bus_width_bits: a(Attr::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
         };
+        let sm = (info.cc_major * 10 + info.cc_minor) as u32;
+        let image = super::compat::check_this_build(sm, &info.driver_cuda);
         Ok(Gpu {
             ordinal,
-            modules: Modules::new(ctx.clone()),
+            modules: Modules::new(ctx.clone(), image),
             ctx,
             stream,
             info,

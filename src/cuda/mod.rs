@@ -1,6 +1,7 @@
 //! CUDA plumbing: a context that is an error (never a panic) when there is no driver or device,
 //! the embedded kernel modules, device facts for reports, and `gpu_or_skip` for tests.
 
+pub mod compat;
 pub mod device;
 pub mod modules;
 

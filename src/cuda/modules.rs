@@ -1,5 +1,6 @@
 //! The fatbins embedded by build.rs, one per kernel family, loaded lazily into a context.
 
+use super::compat::Image;
 use crate::error::DriverCtx;
 use crate::{LabError, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
@@ -31,6 +32,10 @@ pub fn family_of(symbol: &str) -> Option<&'static str> {
 
 pub(crate) struct Modules {
     ctx: Arc<CudaContext>,
+    /// Which image the driver will load for this device, or why none runs (cuda::compat),
+    /// decided when the GPU was opened and reported at the first kernel lookup; None when the
+    /// binary has no kernels.
+    image: std::result::Result<Option<Image>, String>,
     loaded: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Functions already looked up. Finding a symbol scans the fatbins (megabytes): measured at
     /// ~9.5 ms per launch on the H100 run of 2026-11-26 before this cache, which swamped every
@@ -39,9 +44,13 @@ pub(crate) struct Modules {
 }
 
 impl Modules {
-    pub(crate) fn new(ctx: Arc<CudaContext>) -> Self {
+    pub(crate) fn new(
+        ctx: Arc<CudaContext>,
+        image: std::result::Result<Option<Image>, String>,
+    ) -> Self {
         Modules {
             ctx,
+            image,
             loaded: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         }
@@ -63,6 +72,7 @@ impl Modules {
         if fatbins().is_empty() {
             return Err(LabError::KernelsNotBuilt);
         }
+        let image = self.image.clone().map_err(LabError::KernelsIncompatible)?;
         let fam = family_of(symbol).ok_or_else(|| {
             LabError::invalid(
                 "kernel symbol",
@@ -74,6 +84,9 @@ impl Modules {
             match loaded.get(fam) {
                 Some(m) => m.clone(),
                 None => {
+                    if let (true, Some(Image::Ptx(p))) = (loaded.is_empty(), image) {
+                        eprintln!("note: this build has no native code for this GPU; its kernels are JIT-compiled from the sm_{p} PTX at each family's first load (seconds each; LAB_CUDA_ARCHS with this card's arch builds native code)");
+                    }
                     let img = fatbins().iter().find(|(f, _)| *f == fam).unwrap().1;
                     let m = self
                         .ctx
