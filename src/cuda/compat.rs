@@ -36,6 +36,14 @@ pub fn image_for(sm: u32, archs: &[u32]) -> Option<Image> {
     sass.map(Image::Sass).or(ptx.map(Image::Ptx))
 }
 
+/// Whether programmatic dependent launch is safe on a device of compute capability `sm` running
+/// `image`: the device must be sm_90+ and so must the code, since kernels/common/pdl.cuh compiles
+/// griddepcontrol.wait out of older images (sm_86 PTX JIT-compiled on an H100 would let a kernel
+/// read its predecessor's output before it is written).
+pub fn pdl_ready(sm: u32, image: Option<Image>) -> bool {
+    matches!(image, Some(Image::Sass(a) | Image::Ptx(a)) if a >= 90) && sm >= 90
+}
+
 /// "13.0" -> (13, 0); None for anything else.
 pub fn parse_cuda_version(s: &str) -> Option<(u32, u32)> {
     let (major, minor) = s.trim().split_once('.')?;
@@ -166,6 +174,17 @@ mod tests {
         assert!(e.contains("LAB_CUDA_ARCHS=86,90"), "{e}");
         let e = check(70, (13, 0), (13, 0), DEFAULT).unwrap_err();
         assert!(e.contains("sm_75") && !e.contains("LAB_CUDA_ARCHS="), "{e}");
+    }
+
+    #[test]
+    fn pdl_needs_an_sm_90_gpu_running_sm_90_code() {
+        assert!(pdl_ready(90, Some(Image::Sass(90))));
+        assert!(pdl_ready(120, Some(Image::Ptx(90))));
+        // An 80,86 build on an H100 runs sm_86 PTX: griddepcontrol is compiled out of it.
+        assert_eq!(image_for(90, &[80, 86]), Some(Image::Ptx(86)));
+        assert!(!pdl_ready(90, image_for(90, &[80, 86])));
+        assert!(!pdl_ready(89, Some(Image::Sass(89))));
+        assert!(!pdl_ready(90, None));
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl Gpu {
         (self.info.cc_major * 10 + self.info.cc_minor) as u32
     }
 
+    /// Whether programmatic dependent launch works here (cuda::compat::pdl_ready: an sm_90+ GPU
+    /// running sm_90+ kernels).
+    pub fn pdl_ready(&self) -> bool {
+        super::compat::pdl_ready(self.sm(), self.modules.image())
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().ctx("stream synchronize")
     }

@@ -475,8 +475,8 @@ pub struct GpuEngine {
     streamed: Cell<u64>,
     /// True while `enqueue_step` runs with PDL on (the prefill and the rest launch plainly).
     step_pdl: Cell<bool>,
-    /// Compute capability major: PDL needs 9+.
-    cc_major: i32,
+    /// The GPU and the loaded kernels can do PDL (Gpu::pdl_ready).
+    pdl_possible: bool,
     /// The persistent decode layers, once planned (`EngineOptions::persistent_layers`).
     persistent: Option<Persistent>,
     /// Fill every SM's shared memory with NaN before each plain launch (`set_poison_smem`).
@@ -1011,7 +1011,7 @@ impl GpuEngine {
             v6_one_per_sm: false,
             small_ops_plain: false,
             skip: SkipOps::default(),
-            cc_major: gpu.info.cc_major,
+            pdl_possible: gpu.pdl_ready(),
             persistent: None,
         })
         .and_then(|mut e| {
@@ -2076,9 +2076,9 @@ impl GpuEngine {
         Ok(())
     }
 
-    /// PDL asked for and possible (sm_90+).
+    /// PDL asked for and possible (an sm_90+ GPU running sm_90+ kernels).
     fn pdl_in_effect(&self) -> bool {
-        self.opts.pdl && self.cc_major >= 9
+        self.opts.pdl && self.pdl_possible
     }
 
     /// Forget the sequence: position 0, flags cleared.
