@@ -356,6 +356,27 @@ impl TunedConfig {
                 ),
             ));
         }
+        // One name can hide other hardware: the 12 GB and 8 GB RTX 3060 (192- vs 128-bit bus), a
+        // MIG slice of an H100 (fewer SMs). The facts fixed in silicon must match too; memory
+        // size and clocks are left out (the driver's figures for the same card can move).
+        let hw = |d: &DeviceInfo| (d.cc_major, d.cc_minor, d.sms, d.bus_width_bits);
+        if hw(&self.device) != hw(device) {
+            let say = |d: &DeviceInfo| {
+                format!(
+                    "sm_{}{}, {} SMs, {}-bit memory bus",
+                    d.cc_major, d.cc_minor, d.sms, d.bus_width_bits
+                )
+            };
+            return Err(LabError::invalid(
+                "tuned config",
+                format!(
+                    "it was measured on a '{}' with {}, this one has {}: other hardware under the same name; tune this GPU with `lab tune`",
+                    device.name,
+                    say(&self.device),
+                    say(device)
+                ),
+            ));
+        }
         if self.kernel_hash != kernel_hash {
             return Err(LabError::invalid(
                 "tuned config",

@@ -165,6 +165,20 @@ fn another_gpu_or_kernel_hash_is_refused_naming_both() {
     );
     let s = c.check_matches(&h100(), "kh2").unwrap_err().to_string();
     assert!(s.contains("kh1") && s.contains("kh2"), "{s}");
+    // Same name, other silicon: a MIG slice (fewer SMs), another memory bus.
+    let mut mig = h100();
+    mig.sms = 16;
+    let s = c.check_matches(&mig, "kh1").unwrap_err().to_string();
+    assert!(s.contains("132 SMs") && s.contains("16 SMs"), "{s}");
+    let mut narrow = h100();
+    narrow.bus_width_bits = 4096;
+    assert!(c.check_matches(&narrow, "kh1").is_err());
+    // What the driver may report differently for the same card does not matter.
+    let mut same = h100();
+    same.memory_bytes -= 1 << 20;
+    same.mem_clock_khz += 1000;
+    same.driver_cuda = "13.1".into();
+    c.check_matches(&same, "kh1").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("h100.json");
