@@ -289,8 +289,18 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
         format!("timing: CUDA events around {} consecutive steps after {} warm-up steps, per mode; graph = the whole step replayed as one CUDA graph, eager = one launch per op from the host", plan.steps, plan.warmup),
     ];
     let mut points = Vec::new();
-    let mut pdl_ok = plan.pdl;
-    if plan.pdl {
+    // PDL columns only where the engine can launch with it (Gpu::pdl_ready); elsewhere the note
+    // says why they are missing instead of describing columns that were never timed.
+    let mut pdl_ok = plan.pdl && eng.set_pdl(true);
+    eng.set_pdl(false);
+    if plan.pdl && !pdl_ok {
+        notes.push(format!(
+            "graph + PDL: not timed: programmatic dependent launch needs an sm_90+ GPU running sm_90+ kernels (this GPU is sm_{}; kernels built for {})",
+            gpu.sm(),
+            crate::build_info::ARCHS
+        ));
+    }
+    if pdl_ok {
         notes.push(format!(
             "graph + PDL: programmatic dependent launch (sm_90+); each int4 GEMV block prefetches part of its weight tile into L2 before waiting for the previous kernel (kernels/common/pdl.cuh): {}{}",
             eng.budget_summary(),
