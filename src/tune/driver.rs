@@ -113,6 +113,15 @@ pub fn resume_or_new(
         old.check_matches(device, kernel_hash)
             .map_err(|e| LabError::invalid(path.display().to_string(), e.to_string()))?;
     }
+    if let Some(why) = super::schema::other_hardware(&old.device, device) {
+        return Ok((
+            TunedConfig::new(device.clone(), git_rev, kernel_hash),
+            Some(format!(
+                "{}: {why}; starting over (the file is replaced at the first key)",
+                path.display()
+            )),
+        ));
+    }
     if old.kernel_hash != kernel_hash {
         let why = format!(
             "{}: kernel hash {} differs from this binary's {}; starting over (the file is replaced at the first key)",

@@ -264,6 +264,28 @@ pub struct DecodeBudget {
     pub note: String,
 }
 
+/// Why a config measured on `was` does not describe `now` although both carry one name, or None.
+/// One name can hide other hardware: the 12 GB and 8 GB RTX 3060 (192- vs 128-bit bus), a MIG
+/// slice of an H100 (fewer SMs). The facts fixed in silicon must match; memory size, clocks and
+/// driver are left out (the driver's figures for the same card can move).
+pub fn other_hardware(was: &DeviceInfo, now: &DeviceInfo) -> Option<String> {
+    let hw = |d: &DeviceInfo| (d.cc_major, d.cc_minor, d.sms, d.bus_width_bits);
+    let say = |d: &DeviceInfo| {
+        format!(
+            "sm_{}{}, {} SMs, {}-bit memory bus",
+            d.cc_major, d.cc_minor, d.sms, d.bus_width_bits
+        )
+    };
+    (hw(was) != hw(now)).then(|| {
+        format!(
+            "it was measured on a '{}' with {}, this one has {}: other hardware under the same name",
+            now.name,
+            say(was),
+            say(now)
+        )
+    })
+}
+
 impl TunedConfig {
     pub fn new(device: DeviceInfo, git_rev: &str, kernel_hash: &str) -> Self {
         TunedConfig {
@@ -345,7 +367,8 @@ impl TunedConfig {
         Ok(())
     }
 
-    /// Refuse a config measured on another GPU or with other kernels; the error names both sides.
+    /// Refuse a config measured on another GPU or with other kernels; the error names both sides
+    /// (`other_hardware` for one name over different silicon).
     pub fn check_matches(&self, device: &DeviceInfo, kernel_hash: &str) -> Result<()> {
         if self.device.slug != device.slug || self.device.name != device.name {
             return Err(LabError::invalid(
@@ -356,25 +379,10 @@ impl TunedConfig {
                 ),
             ));
         }
-        // One name can hide other hardware: the 12 GB and 8 GB RTX 3060 (192- vs 128-bit bus), a
-        // MIG slice of an H100 (fewer SMs). The facts fixed in silicon must match too; memory
-        // size and clocks are left out (the driver's figures for the same card can move).
-        let hw = |d: &DeviceInfo| (d.cc_major, d.cc_minor, d.sms, d.bus_width_bits);
-        if hw(&self.device) != hw(device) {
-            let say = |d: &DeviceInfo| {
-                format!(
-                    "sm_{}{}, {} SMs, {}-bit memory bus",
-                    d.cc_major, d.cc_minor, d.sms, d.bus_width_bits
-                )
-            };
+        if let Some(why) = other_hardware(&self.device, device) {
             return Err(LabError::invalid(
                 "tuned config",
-                format!(
-                    "it was measured on a '{}' with {}, this one has {}: other hardware under the same name; tune this GPU with `lab tune`",
-                    device.name,
-                    say(&self.device),
-                    say(device)
-                ),
+                format!("{why}; tune this GPU with `lab tune`"),
             ));
         }
         if self.kernel_hash != kernel_hash {
