@@ -105,6 +105,21 @@ impl Gpu {
         (self.info.cc_major * 10 + self.info.cc_minor) as u32
     }
 
+    /// What this binary's kernels do on this GPU, in one line for `lab devices`.
+    pub fn kernels_verdict(&self) -> String {
+        use super::compat::Image;
+        let archs = crate::build_info::ARCHS;
+        match self.modules.verdict() {
+            Ok(Some(Image::Sass(a))) => format!("native code (SASS sm_{a}; built for {archs})"),
+            Ok(Some(Image::Ptx(p))) => format!(
+                "JIT-compiled from the sm_{p} PTX at each family's first load (no native code for sm_{} in this build of {archs})",
+                self.sm()
+            ),
+            Ok(None) => "not built into this binary (nvcc was missing at build time)".into(),
+            Err(why) => format!("CANNOT RUN here: {why}"),
+        }
+    }
+
     /// Whether programmatic dependent launch works here (cuda::compat::pdl_ready: an sm_90+ GPU
     /// running sm_90+ kernels).
     pub fn pdl_ready(&self) -> bool {

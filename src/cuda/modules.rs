@@ -56,6 +56,11 @@ impl Modules {
         }
     }
 
+    /// The image the driver loads here, None without kernels, or why none can run.
+    pub(crate) fn verdict(&self) -> std::result::Result<Option<Image>, String> {
+        self.image.clone()
+    }
+
     /// The image the driver loads here (SASS or JIT-compiled PTX), if any runs.
     pub(crate) fn image(&self) -> Option<Image> {
         self.image.clone().ok().flatten()

@@ -183,7 +183,11 @@ fn version(json: bool) -> anyhow::Result<()> {
 
 fn devices() -> anyhow::Result<()> {
     match gptq_lab::cuda::open(0) {
-        Ok(gpu) => println!("{}", serde_json::to_string_pretty(&gpu.info)?),
+        Ok(gpu) => {
+            println!("{}", serde_json::to_string_pretty(&gpu.info)?);
+            // stderr: stdout stays the device's JSON (scripts/device-check keeps it as device.json).
+            eprintln!("kernels: {}", gpu.kernels_verdict());
+        }
         Err(e) => println!("{e}"),
     }
     Ok(())
