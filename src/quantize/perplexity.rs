@@ -37,8 +37,12 @@ pub struct Perplexity {
 
 /// An engine for the checkpoint at `dir` (fp16 or GPTQ; GPTQ layers dequantized in f64).
 pub fn cpu_engine(dir: &Path) -> Result<CpuEngine> {
-    let ckpt = Checkpoint::open(dir)?;
-    let w = LlamaWeights::from_checkpoint(&ckpt)?;
+    cpu_engine_of(&Checkpoint::open(dir)?)
+}
+
+/// `cpu_engine` of a checkpoint already open.
+pub fn cpu_engine_of(ckpt: &Checkpoint) -> Result<CpuEngine> {
+    let w = LlamaWeights::from_checkpoint(ckpt)?;
     CpuEngine::new(w, ckpt.config.clone())
 }
 

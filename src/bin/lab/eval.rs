@@ -16,7 +16,7 @@ use gptq_lab::model::layer_source::CheckpointLayers;
 use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::quantize::calib::{DEFAULT_SEQLEN, EVAL_TEXT};
 use gptq_lab::quantize::perplexity::{
-    check_seqlen, cpu_engine, perplexity, NextTokenModel, Perplexity,
+    check_seqlen, cpu_engine_of, perplexity, NextTokenModel, Perplexity,
 };
 use std::path::PathBuf;
 
@@ -91,28 +91,30 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         }
         None => EVAL_TEXT.to_string(),
     };
-    if let Some(r) = &a.reference {
-        check_reference(&ckpt, &tok, &Checkpoint::open(r)?)?;
-    }
+    // Opened once: checked here, then built into the reference engine.
+    let reference = match &a.reference {
+        Some(r) => {
+            let r = Checkpoint::open(r)?;
+            check_reference(&ckpt, &tok, &r)?;
+            Some(r)
+        }
+        None => None,
+    };
     let ids = tok.encode(&text, true)?;
     let seqlen = a
         .seqlen
         .unwrap_or(DEFAULT_SEQLEN.min(ckpt.config.max_position_embeddings));
     let p = match a.backend {
         Backend::Cpu => {
-            drop(ckpt);
-            let mut model = cpu_engine(&a.checkpoint)?;
-            let mut reference = match &a.reference {
-                Some(r) => Some(cpu_engine(r)?),
-                None => None,
-            };
+            let mut model = cpu_engine_of(&ckpt)?;
+            let mut reference = reference.as_ref().map(cpu_engine_of).transpose()?;
             let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
             perplexity(&mut model, r, &ids, seqlen, a.max_windows)
                 .with_context(|| format!("scoring {}", a.checkpoint.display()))?
         }
         Backend::Gpu => {
             check_seqlen(seqlen, &ckpt.config)?;
-            gpu_perplexity(&a, &ckpt, &ids, seqlen)?
+            gpu_perplexity(&a, &ckpt, reference.as_ref(), &ids, seqlen)?
         }
     };
     if a.json {
@@ -167,6 +169,7 @@ fn check_reference(
 fn gpu_perplexity(
     a: &EvalArgs,
     ckpt: &Checkpoint,
+    reference_ckpt: Option<&Checkpoint>,
     ids: &[u32],
     seqlen: usize,
 ) -> anyhow::Result<Perplexity> {
@@ -197,14 +200,7 @@ fn gpu_perplexity(
         )?)
     };
     let mut model = engine(ckpt)?;
-    let reference_ckpt = match &a.reference {
-        Some(r) => Some(Checkpoint::open(r)?),
-        None => None,
-    };
-    let mut reference = match &reference_ckpt {
-        Some(r) => Some(engine(r)?),
-        None => None,
-    };
+    let mut reference = reference_ckpt.map(engine).transpose()?;
     let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
     let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)
         .with_context(|| format!("scoring {}", a.checkpoint.display()))?;
