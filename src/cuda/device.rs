@@ -30,6 +30,11 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
+    /// Compute capability as one number, e.g. 86 for 8.6.
+    pub fn sm(&self) -> u32 {
+        (self.cc_major * 10 + self.cc_minor).max(0) as u32
+    }
+
     /// Theoretical DRAM bandwidth from clock and bus width (DDR: x2), bytes/s. For display only:
     /// every figure is judged against the *measured* ceiling.
     pub fn spec_bandwidth(&self) -> f64 {
@@ -85,8 +90,7 @@ impl Gpu {
             mem_clock_khz: a(Attr::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?,
             bus_width_bits: a(Attr::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
         };
-        let sm = (info.cc_major * 10 + info.cc_minor) as u32;
-        let image = super::compat::check_this_build(sm, &info.driver_cuda);
+        let image = super::compat::check_this_build(info.sm(), &info.driver_cuda);
         Ok(Gpu {
             ordinal,
             modules: Modules::new(ctx.clone(), image),
@@ -102,7 +106,7 @@ impl Gpu {
     }
 
     pub fn sm(&self) -> u32 {
-        (self.info.cc_major * 10 + self.info.cc_minor) as u32
+        self.info.sm()
     }
 
     /// What this binary's kernels do on this GPU, in one line for `lab devices`.
@@ -123,7 +127,7 @@ impl Gpu {
     /// Whether programmatic dependent launch works here (cuda::compat::pdl_ready: an sm_90+ GPU
     /// running sm_90+ kernels).
     pub fn pdl_ready(&self) -> bool {
-        super::compat::pdl_ready(self.sm(), self.modules.image())
+        super::compat::pdl_ready(self.sm(), self.modules.verdict().ok().flatten())
     }
 
     pub fn sync(&self) -> Result<()> {

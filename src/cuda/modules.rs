@@ -61,11 +61,6 @@ impl Modules {
         self.image.clone()
     }
 
-    /// The image the driver loads here (SASS or JIT-compiled PTX), if any runs.
-    pub(crate) fn image(&self) -> Option<Image> {
-        self.image.clone().ok().flatten()
-    }
-
     pub(crate) fn function(&self, symbol: &str) -> Result<CudaFunction> {
         if let Some(f) = self.functions.lock().unwrap().get(symbol) {
             return Ok(f.clone());

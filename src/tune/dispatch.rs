@@ -201,7 +201,7 @@ impl Dispatcher {
         device: &DeviceInfo,
         kernel_hash: &str,
     ) -> Self {
-        let sm = (device.cc_major * 10 + device.cc_minor).max(0) as u32;
+        let sm = device.sm();
         let mut d = Dispatcher {
             tuned: HashMap::new(),
             decode: Vec::new(),

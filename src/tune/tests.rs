@@ -363,7 +363,7 @@ fn the_heuristic_covers_every_default_key() {
         device("Tesla T4", (7, 5), 40),
         device("NVIDIA GeForce RTX 3060", (8, 6), 28),
     ] {
-        let sm = (dev.cc_major * 10 + dev.cc_minor) as u32;
+        let sm = dev.sm();
         for k in &keys {
             let c = heuristic(k, sm, dev.sms as u32).unwrap();
             assert!(
