@@ -130,6 +130,17 @@ impl Gpu {
         super::compat::pdl_ready(self.sm(), self.modules.verdict().ok().flatten())
     }
 
+    /// Why PDL does not run here (None where `pdl_ready`), for the notes of what is skipped.
+    pub fn pdl_refusal(&self) -> Option<String> {
+        (!self.pdl_ready()).then(|| {
+            format!(
+                "programmatic dependent launch needs an sm_90+ GPU running sm_90+ kernels (this GPU is sm_{}; kernels built for {})",
+                self.sm(),
+                crate::build_info::ARCHS
+            )
+        })
+    }
+
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().ctx("stream synchronize")
     }

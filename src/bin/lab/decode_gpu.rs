@@ -674,12 +674,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.sampling = opts_sampling;
     opts.sample_seed = a.seed;
     opts.pdl = a.gpu.pdl != PdlMode::Off;
-    if a.gpu.pdl == PdlMode::On && !gpu.pdl_ready() {
-        eprintln!(
-            "note: --pdl on has no effect here: programmatic dependent launch needs an sm_90+ GPU running sm_90+ kernels (this GPU is sm_{}; kernels built for {})",
-            gpu.sm(),
-            gptq_lab::build_info::ARCHS
-        );
+    if let (PdlMode::On, Some(why)) = (a.gpu.pdl, gpu.pdl_refusal()) {
+        eprintln!("note: --pdl on has no effect here: {why}");
     }
     if let Some(&b) = a.gpu.pdl_prefetch.first() {
         opts.pdl_budget = gptq_lab::tune::BudgetSetting::uniform(b);

@@ -124,11 +124,9 @@ fn tune_decode(
 ) -> anyhow::Result<()> {
     use gptq_lab::model::decode_tune::{tune_decode_budget, DecodeTuneOutcome, DecodeTunePlan};
     use gptq_lab::model::gpu_weights::WeightKind;
-    if !gpu.pdl_ready() {
+    if let Some(why) = gpu.pdl_refusal() {
         eprintln!(
-            "decode pass skipped: the PDL prefetch budget applies only to sm_90+ GPUs running sm_90+ kernels (this GPU is sm_{}; kernels built for {})",
-            gpu.sm(),
-            gptq_lab::build_info::ARCHS
+            "decode pass skipped: the PDL prefetch budget applies only where PDL runs: {why}"
         );
         return Ok(());
     }

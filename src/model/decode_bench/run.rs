@@ -291,14 +291,9 @@ pub fn run_decode_bench(gpu: &Gpu, plan: &BenchPlan, ceilings: &Ceilings) -> Res
     let mut points = Vec::new();
     // PDL columns only where the engine can launch with it (Gpu::pdl_ready); elsewhere the note
     // says why they are missing instead of describing columns that were never timed.
-    let mut pdl_ok = plan.pdl && eng.set_pdl(true);
-    eng.set_pdl(false);
-    if plan.pdl && !pdl_ok {
-        notes.push(format!(
-            "graph + PDL: not timed: programmatic dependent launch needs an sm_90+ GPU running sm_90+ kernels (this GPU is sm_{}; kernels built for {})",
-            gpu.sm(),
-            crate::build_info::ARCHS
-        ));
+    let mut pdl_ok = plan.pdl && gpu.pdl_ready();
+    if let (true, Some(why)) = (plan.pdl, gpu.pdl_refusal()) {
+        notes.push(format!("graph + PDL: not timed: {why}"));
     }
     if pdl_ok {
         notes.push(format!(
