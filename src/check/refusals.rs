@@ -1,6 +1,7 @@
 //! Shapes that MUST be refused: each is prepared (and planned) on the host, and anything but
 //! `LabError::UnsupportedShape` naming the variant is a failure. No GPU needed.
 
+use crate::cuda::SmLimits;
 use crate::gptq::{act_order_g_idx, quantize_rtn, QuantLinear};
 use crate::kernels::launch::{self, Tunables};
 use crate::kernels::layer::prepare;
@@ -61,7 +62,17 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
     let plan = |name: &str, l: &QuantLinear, m: usize, x_len: usize| -> crate::Result<()> {
         let v = registry::by_name(name).expect("registry variant");
         let p = prepare(v, l)?;
-        launch::plan(v, &p.shape(), m, x_len, m * l.n, &Tunables::new()).map(|_| ())
+        // The refusals do not depend on the SM count: any device's plan will do.
+        launch::plan(
+            v,
+            &p.shape(),
+            m,
+            x_len,
+            m * l.n,
+            &Tunables::new(),
+            SmLimits::H100,
+        )
+        .map(|_| ())
     };
 
     let g16 = layer(256, 64, 16, false, 1);

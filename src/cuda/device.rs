@@ -27,6 +27,16 @@ pub struct DeviceInfo {
     pub driver_version: String,
     pub mem_clock_khz: i32,
     pub bus_width_bits: i32,
+    /// Shared memory one SM holds, bytes (228 KB on an H100, 100 KB on sm_86/89, 64 KB on sm_75).
+    /// 0 in reports written before it was recorded.
+    #[serde(default)]
+    pub smem_per_sm_bytes: i32,
+    /// The most dynamic shared memory one block may opt into, bytes.
+    #[serde(default)]
+    pub smem_per_block_optin_bytes: i32,
+    /// Shared memory the system reserves per resident block, bytes (1 KB on sm_80+, 0 on sm_75).
+    #[serde(default)]
+    pub smem_reserved_per_block_bytes: i32,
 }
 
 impl DeviceInfo {
@@ -39,6 +49,52 @@ impl DeviceInfo {
     /// every figure is judged against the *measured* ceiling.
     pub fn spec_bandwidth(&self) -> f64 {
         self.mem_clock_khz as f64 * 1e3 * 2.0 * self.bus_width_bits as f64 / 8.0
+    }
+
+    /// What launch plans size their grids by on this device.
+    pub fn limits(&self) -> SmLimits {
+        SmLimits {
+            sms: self.sms.max(1) as u32,
+            smem_per_sm: self.smem_per_sm_bytes.max(0) as u32,
+            smem_reserved_per_block: self.smem_reserved_per_block_bytes.max(0) as u32,
+            smem_per_block_optin: self.smem_per_block_optin_bytes.max(0) as u32,
+        }
+    }
+}
+
+/// The device facts a launch plan depends on: how many SMs there are and how many blocks of a
+/// given shared-memory size one SM holds at once. Plans made without a device (`lab check
+/// --static`, CPU tests) use `SmLimits::H100`, the card the committed numbers come from; a launch
+/// on a device uses that device's (`DeviceInfo::limits`), so that a 28-SM RTX 3060 is not split
+/// for 132 SMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmLimits {
+    pub sms: u32,
+    /// Bytes of shared memory per SM; 0 = unknown (no shared-memory limit applied).
+    pub smem_per_sm: u32,
+    pub smem_reserved_per_block: u32,
+    /// The most dynamic shared memory one block may opt into; 0 = unknown.
+    pub smem_per_block_optin: u32,
+}
+
+impl SmLimits {
+    /// An H100 SXM: 132 SMs of 228 KB shared memory, 1 KB reserved per block, 227 KB per block.
+    pub const H100: SmLimits = SmLimits {
+        sms: 132,
+        smem_per_sm: 228 * 1024,
+        smem_reserved_per_block: 1024,
+        smem_per_block_optin: 227 * 1024,
+    };
+
+    /// Blocks of `smem_bytes` shared memory (dynamic + static) one SM holds at once by shared
+    /// memory alone, at least 1 (a launch that cannot fit one fails at launch, not here) and at
+    /// most `cap` (the kernel's own residency target: registers and threads are the kernel's
+    /// launch bounds, not counted here).
+    pub fn blocks_per_sm(&self, smem_bytes: u32, cap: u32) -> u32 {
+        if self.smem_per_sm == 0 {
+            return cap.max(1);
+        }
+        (self.smem_per_sm / (smem_bytes + self.smem_reserved_per_block).max(1)).clamp(1, cap.max(1))
     }
 }
 
@@ -89,6 +145,13 @@ impl Gpu {
             driver_version: std::env::var("LAB_DRIVER_VERSION").unwrap_or_default(),
             mem_clock_khz: a(Attr::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?,
             bus_width_bits: a(Attr::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
+            smem_per_sm_bytes: a(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+            smem_per_block_optin_bytes: a(
+                Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )?,
+            smem_reserved_per_block_bytes: a(
+                Attr::CU_DEVICE_ATTRIBUTE_RESERVED_SHARED_MEMORY_PER_BLOCK,
+            )?,
         };
         let image = super::compat::check_this_build(info.sm(), &info.driver_cuda);
         Ok(Gpu {
@@ -162,6 +225,9 @@ pub(crate) fn test_device(name: &str, cc: (i32, i32), sms: i32) -> DeviceInfo {
         driver_version: String::new(),
         mem_clock_khz: 2_619_000,
         bus_width_bits: 5120,
+        smem_per_sm_bytes: 228 * 1024,
+        smem_per_block_optin_bytes: 227 * 1024,
+        smem_reserved_per_block_bytes: 1024,
     }
 }
 

@@ -5,7 +5,7 @@ pub mod compat;
 pub mod device;
 pub mod modules;
 
-pub use device::{DeviceInfo, Gpu};
+pub use device::{DeviceInfo, Gpu, SmLimits};
 
 use crate::{LabError, Result};
 

@@ -6,7 +6,7 @@
 //! workspace of m * n floats which `launch` zeroes, after which the K slices add into it with atomics
 //! and `*_finish` writes y = fp16(workspace + bias). Nothing is padded in the caller's buffers.
 
-use crate::cuda::Gpu;
+use crate::cuda::{Gpu, SmLimits};
 use crate::error::DriverCtx;
 use crate::gptq::reorder::reorder_by_group;
 use crate::gptq::QuantLinear;
@@ -215,20 +215,33 @@ pub fn validate(v: &Variant, p: &lab_gemm_params, sm: u32) -> Result<()> {
     Ok(())
 }
 
-/// The split-K choice when untuned: enough blocks for two per SM, limited so that the fp32
-/// atomics (m * n * 4 bytes per slice, L2 traffic) stay under half the weight bytes (k * n / 2):
-/// split <= k / (16 m). Returns (split_k, k_slice).
+/// The split-K choice when untuned: enough blocks for the device's resident slots (two per SM,
+/// or one where the block's shared memory leaves room for only one: v2's 55-73 KB tiles of m > 16
+/// on the 100 KB SMs of sm_86/89, where a second "slot" would only be a second wave of split-K
+/// atomics), limited so that the fp32 atomics (m * n * 4 bytes per slice, L2 traffic) stay under
+/// half the weight bytes (k * n / 2): split <= k / (16 m). Returns (split_k, k_slice).
 ///
-/// 7B q/k/v/o (k = n = 4096) on 132 SMs, v2 (256 columns per block -> 16 blocks):
-///   m = 2..16: split 16, k_slice 256, 256 blocks; m = 32: split 8, 128 blocks; m = 64: split 4, 64.
-pub fn auto_split(v: &Variant, m: u32, n: u32, k: u32, sms: u32) -> (i32, i32) {
+/// 7B q/k/v/o (k = n = 4096) on an H100 (132 SMs, 2 blocks each), v2 (256 columns per block -> 16
+/// blocks): m = 2..16: split 16, k_slice 256, 256 blocks; m = 32: split 8, 128 blocks; m = 64:
+/// split 4, 64. On an RTX 4090 (128 SMs of 100 KB): m = 32 -> 1 block per SM, split 8.
+pub fn auto_split(v: &Variant, m: u32, n: u32, k: u32, dev: SmLimits) -> (i32, i32) {
     let step = k_step(v);
     let blocks_n = n.div_ceil(block_n(v)) * if is_v2(v) { 1 } else { m.div_ceil(64) };
-    let want = (2 * sms).div_ceil(blocks_n.max(1));
+    let per_sm = if is_v2(v) {
+        dev.blocks_per_sm(v2_smem_bytes(v2_mtiles(m)), 2)
+    } else {
+        2 // v1: static shared memory only (m64: (32 x 68 + 32 x 64) floats = 16.9 KB), two fit anywhere
+    };
+    let want = (per_sm * dev.sms).div_ceil(blocks_n.max(1));
     let traffic_cap = (k / (16 * m.max(1))).max(1);
     let steps = k.div_ceil(step);
     let split = want.min(traffic_cap).min(steps).max(1);
     fit_split(k, step, split)
+}
+
+/// v2's m16 tiles for a batch of m rows (1..=4: the instantiation `plan` picks).
+fn v2_mtiles(m: u32) -> u32 {
+    m.div_ceil(16).clamp(1, 4)
 }
 
 /// (split_k, k_slice) for a requested split: k_slice rounded up to the K step, split recomputed so
@@ -259,7 +272,7 @@ pub fn plan(v: &Variant, p: &lab_gemm_params) -> Vec<LaunchStep> {
     let split = p.split_k.max(1) as u32;
     let mut steps = Vec::new();
     if is_v2(v) {
-        let mt = m.div_ceil(16).clamp(1, 4);
+        let mt = v2_mtiles(m);
         steps.push(LaunchStep {
             symbol: v.symbols[mt as usize - 1],
             grid: (n.div_ceil(V2_BN), 1, split),
@@ -432,10 +445,6 @@ pub fn launch(gpu: &Gpu, v: &Variant, p: &lab_gemm_params) -> Result<()> {
 /// Largest batch the family runs: the split-K workspace of a DeviceLayer is sized for it.
 pub const MAX_M: usize = 64;
 
-/// SM count `launch::plan` assumes when it has no device (an H100's); `launch_layer` uses the
-/// device's own.
-pub const PLAN_SMS: u32 = 132;
-
 /// Prepare-time checks of a layer for a GEMM variant (shape, group, act-order form).
 pub fn check_layer(v: &Variant, sh: &LayerShape) -> Result<()> {
     let err = |reason: String| LabError::UnsupportedShape {
@@ -462,18 +471,18 @@ pub fn check_layer(v: &Variant, sh: &LayerShape) -> Result<()> {
     Ok(())
 }
 
-/// (split_k, k_slice) from the `split_k` tunable (0 = `auto_split` for `sms`).
+/// (split_k, k_slice) from the `split_k` tunable (0 = `auto_split` for `dev`).
 fn split_for(
     v: &Variant,
     sh: &LayerShape,
     m: usize,
     params: &Tunables,
-    sms: u32,
+    dev: SmLimits,
 ) -> Result<(i32, i32)> {
     let req = tunable(v, params, "split_k")?;
     let (m, n, k) = (m as u32, sh.n as u32, sh.k as u32);
     Ok(if req == 0 {
-        auto_split(v, m, n, k, sms)
+        auto_split(v, m, n, k, dev)
     } else {
         fit_split(k, k_step(v), req)
     })
@@ -486,7 +495,7 @@ pub fn launch_plan(
     sh: &LayerShape,
     m: usize,
     params: &Tunables,
-    sms: u32,
+    dev: SmLimits,
 ) -> Result<LaunchPlan> {
     let (lo, hi) = v.batch;
     if m < lo as usize || m > hi as usize {
@@ -497,7 +506,7 @@ pub fn launch_plan(
         });
     }
     check_layer(v, sh)?;
-    let (split_k, k_slice) = split_for(v, sh, m, params, sms)?;
+    let (split_k, k_slice) = split_for(v, sh, m, params, dev)?;
     let p = lab_gemm_params {
         m: m as i32,
         n: sh.n as i32,
@@ -528,7 +537,7 @@ pub fn launch_layer(
     params: &Tunables,
 ) -> Result<()> {
     let sh = &layer.shape;
-    let (split_k, k_slice) = split_for(v, sh, m, params, gpu.info.sms.max(1) as u32)?;
+    let (split_k, k_slice) = split_for(v, sh, m, params, gpu.info.limits())?;
     if split_k > 1 && layer.workspace.as_ref().is_none_or(|w| w.len() < m * sh.n) {
         return Err(LabError::invalid(
             "layer",
@@ -605,7 +614,7 @@ mod tests {
 
     /// Plausible params for a k x n layer at batch m: every pointer set and 256-byte aligned.
     fn params(m: i32, n: i32, k: i32, group: i32, v: &Variant) -> lab_gemm_params {
-        let (split_k, k_slice) = auto_split(v, m as u32, n as u32, k as u32, 132);
+        let (split_k, k_slice) = auto_split(v, m as u32, n as u32, k as u32, SmLimits::H100);
         lab_gemm_params {
             x: 0x1000,
             qweight: 0x2000,
@@ -693,7 +702,7 @@ mod tests {
     fn auto_split_fills_the_sms_within_the_traffic_cap() {
         // (m, split_k) for v2 on 4096 x 4096 and 132 SMs: see auto_split's doc.
         for &(m, want) in &[(2u32, 16), (16, 16), (32, 8), (64, 4)] {
-            let (s, slice) = auto_split(v2(), m, 4096, 4096, 132);
+            let (s, slice) = auto_split(v2(), m, 4096, 4096, SmLimits::H100);
             assert_eq!((s, slice), (want, 4096 / want), "m={m}");
         }
         // Wide layers already fill the GPU: 22016 / 256 = 86 blocks -> split 4 (344 blocks) at m=16.
@@ -705,7 +714,7 @@ mod tests {
                 (13824, 5120),
             ] {
                 for &m in &[2u32, 16, 64] {
-                    let (s, slice) = auto_split(v, m, n, k, 132);
+                    let (s, slice) = auto_split(v, m, n, k, SmLimits::H100);
                     let (s, slice) = (s as u32, slice as u32);
                     assert_eq!(slice % k_step(v), 0);
                     assert!(
@@ -720,6 +729,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn auto_split_counts_one_block_per_sm_where_the_tile_leaves_room_for_one() {
+        // An RTX 4090: 128 SMs of 100 KB, 1 KB reserved per block. v2's m16 tile (46 KB) fits
+        // twice, its m32..m64 tiles (55-73 KB) once: the split aims at 128 blocks there, not 256.
+        let rtx4090 = SmLimits {
+            sms: 128,
+            smem_per_sm: 100 * 1024,
+            smem_reserved_per_block: 1024,
+            smem_per_block_optin: 99 * 1024,
+        };
+        let two = SmLimits {
+            smem_per_sm: 0, // unknown: the kernel's own target of two per SM
+            ..rtx4090
+        };
+        assert_eq!(rtx4090.blocks_per_sm(v2_smem_bytes(1), 2), 2);
+        for mt in 2..=4 {
+            assert_eq!(
+                rtx4090.blocks_per_sm(v2_smem_bytes(mt), 2),
+                1,
+                "m{}",
+                16 * mt
+            );
+            assert_eq!(SmLimits::H100.blocks_per_sm(v2_smem_bytes(mt), 2), 2);
+        }
+        // 4096 x 4096, 16 column blocks: m = 8 -> 256 / 16 = 16 either way; m = 24 -> 128 / 16 =
+        // 8 slices where two per SM would ask for 16 (the traffic cap, 4096 / 384 = 10, then).
+        assert_eq!(auto_split(v2(), 8, 4096, 4096, rtx4090), (16, 256));
+        assert_eq!(auto_split(v2(), 8, 4096, 4096, two), (16, 256));
+        assert_eq!(auto_split(v2(), 24, 4096, 4096, rtx4090), (8, 512));
+        assert_eq!(
+            auto_split(v2(), 24, 4096, 4096, two),
+            fit_split(4096, V2_BK, 10)
+        );
+        // v1 (static shared memory only) keeps two per SM on any card.
+        assert_eq!(
+            auto_split(v1(), 24, 4096, 4096, rtx4090),
+            auto_split(v1(), 24, 4096, 4096, two)
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ fn run_case(gpu: &Gpu, v: &Variant, c: &Case, seed: u64) -> crate::Result<Option
     let x = activations(c.m, c.k, seed);
     let w = gemm::prepare(v, &ql)?;
     let (split_k, k_slice) = if c.split == 0 {
-        gemm::auto_split(v, c.m as u32, c.n as u32, c.k as u32, gpu.info.sms as u32)
+        gemm::auto_split(v, c.m as u32, c.n as u32, c.k as u32, gpu.info.limits())
     } else {
         gemm::fit_split(c.k as u32, gemm::k_step(v), c.split)
     };

@@ -4,6 +4,7 @@
 
 use super::launch::{tunable, LaunchPlan, LayerShape, Tunables};
 use super::registry::{ActOrder, Family, Layout, Tunable, Variant};
+use crate::cuda::SmLimits;
 use crate::{LabError, Result};
 
 /// Output columns per block of the tile kernels (v2-v5): 8 threads x 4 columns (gemv_tile.cuh).
@@ -409,8 +410,15 @@ pub fn check_layer(v: &Variant, s: &LayerShape) -> Result<()> {
     Ok(())
 }
 
-/// Launch-time plan for one batch size and tunables: all checks, then the instantiation and grid.
-pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<LaunchPlan> {
+/// Launch-time plan for one batch size and tunables on a device of `dev`'s SMs: all checks, then
+/// the instantiation and grid.
+pub fn plan(
+    v: &Variant,
+    s: &LayerShape,
+    m: usize,
+    params: &Tunables,
+    dev: SmLimits,
+) -> Result<LaunchPlan> {
     check_layer(v, s)?;
     let kind = kind(v)?;
     if m < v.batch.0 as usize || m > v.batch.1 as usize {
@@ -473,10 +481,10 @@ pub fn plan(v: &Variant, s: &LayerShape, m: usize, params: &Tunables) -> Result<
             let mut want = tunable(v, params, "split_k")?;
             if kind == GemvKind::PipeCluster {
                 // v6's automatic split, capped at the portable cluster size.
-                let auto = v6_split(s.k, s.n, t, 0).slices;
+                let auto = v6_split(s.k, s.n, t, 0, dev.sms).slices;
                 want = if want == 0 { auto } else { want }.min(V9_MAX_CLUSTER);
             }
-            let split = v6_split(s.k, s.n, t, want);
+            let split = v6_split(s.k, s.n, t, want, dev.sms);
             if kind == GemvKind::PipeCluster && split.slices > V9_MAX_CLUSTER {
                 // K over 8 x 4096 rows: more slices than a portable cluster holds.
                 return Err(unsupported(
@@ -542,19 +550,21 @@ pub struct V6Split {
     pub k_slice: u32,
 }
 
-/// v6's K split for a K x N layer at `threads` per block. `requested` = 0 picks automatically:
-/// as many slices as fill the resident slots of `gemm::PLAN_SMS` SMs (V6_THREADS_PER_SM / threads
-/// blocks each) with N/128 column tiles, but no slice shorter than two chunks per warp (the
-/// pipeline needs a next chunk to overlap), at most V6_MAX_AUTO_SPLIT. Any request is raised to
-/// ceil(K / V6_XS_ROWS) (the x buffer), then slices are whole chunks and none is empty.
-/// H100 figures (threads 256, 264 slots): 4096x11008 -> 3, 11008x4096 -> 8, 5120x13824 -> 2,
-/// 13824x5120 -> 6 (kernels/gemv/gemv_v6_pipe.cu has the table).
-pub fn v6_split(k: usize, n: usize, threads: u32, requested: u32) -> V6Split {
+/// v6's K split for a K x N layer at `threads` per block on `sms` SMs. `requested` = 0 picks
+/// automatically: as many slices as fill the resident slots of the device (V6_THREADS_PER_SM /
+/// threads blocks per SM) with N/128 column tiles, but no slice shorter than two chunks per warp
+/// (the pipeline needs a next chunk to overlap), at most V6_MAX_AUTO_SPLIT. Any request is raised
+/// to ceil(K / V6_XS_ROWS) (the x buffer), then slices are whole chunks and none is empty.
+/// H100 figures (132 SMs, threads 256, 264 slots): 4096x11008 -> 3, 11008x4096 -> 8, 5120x13824
+/// -> 2, 13824x5120 -> 6 (kernels/gemv/gemv_v6_pipe.cu has the table). An RTX 3060 (28 SMs, 56
+/// slots): 4096x4096 -> 1 (32 tiles already fill it; at 132 SMs' 8 slices it would run 4.6 waves
+/// with 8x the x staging and split-K atomics), 11008x4096 -> 3 (the x buffer's minimum).
+pub fn v6_split(k: usize, n: usize, threads: u32, requested: u32, sms: u32) -> V6Split {
     let kw = (k / 8).max(1);
     let warps = (threads as usize / 32).max(1);
     let min_split = k.div_ceil(V6_XS_ROWS).max(1);
     let want = if requested == 0 {
-        let slots = super::gemm::PLAN_SMS as usize * (V6_THREADS_PER_SM / threads as usize).max(1);
+        let slots = sms.max(1) as usize * (V6_THREADS_PER_SM / threads as usize).max(1);
         let tiles = n.div_ceil(V6_TILE_N).max(1);
         let longest = (kw / (2 * V6_CHUNK_WORDS * warps)).max(1);
         (slots / tiles).clamp(1, V6_MAX_AUTO_SPLIT).min(longest)
@@ -627,6 +637,12 @@ mod tests {
     fn params(kv: &[(&str, u32)]) -> Tunables {
         kv.iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
+    /// `super::plan` on an H100 (the SM count only moves v6 / v9 / v10's automatic split, which
+    /// `v6_split`'s own test covers at other counts).
+    fn plan(v: &Variant, s: &LayerShape, m: usize, p: &Tunables) -> Result<LaunchPlan> {
+        super::plan(v, s, m, p, SmLimits::H100)
+    }
+
     fn is_unsupported(r: Result<LaunchPlan>) -> String {
         match r {
             Err(LabError::UnsupportedShape {
@@ -806,36 +822,84 @@ mod tests {
 
     #[test]
     fn v6_split_fills_the_sms_fits_the_x_buffer_and_covers_k() {
-        // The design table of kernels/gemv/gemv_v6_pipe.cu (threads 256, 132 SMs x 2 blocks).
-        for (k, n, slices, k_slice) in [
-            (4096, 11008, 3, 1376),
-            (11008, 4096, 8, 1376),
-            (5120, 13824, 2, 2560),
-            (13824, 5120, 6, 2304),
+        // The design table of kernels/gemv/gemv_v6_pipe.cu (threads 256, 132 SMs x 2 blocks), then
+        // an RTX 3060's 28 SMs (56 slots): the 32-tile square layer is not split at all, the
+        // 11008-row down projection only as far as the 8 KB x buffer needs (3), where 132 SMs' plan
+        // would split them 8 ways; an RTX 4090's 128 SMs are within one slice of the H100's.
+        for (sms, k, n, slices, k_slice) in [
+            (132, 4096, 11008, 3, 1376),
+            (132, 11008, 4096, 8, 1376),
+            (132, 5120, 13824, 2, 2560),
+            (132, 13824, 5120, 6, 2304),
+            (132, 4096, 4096, 8, 512),
+            (28, 4096, 4096, 1, 4096),
+            (28, 4096, 12288, 1, 4096),
+            (28, 11008, 4096, 3, 3680),
+            (28, 13824, 5120, 4, 3456),
+            (128, 4096, 4096, 8, 512),
+            (128, 11008, 4096, 8, 1376),
         ] {
-            let s = v6_split(k, n, 256, 0);
-            assert_eq!((s.slices, s.k_slice), (slices, k_slice), "{k}x{n}");
+            let s = v6_split(k, n, 256, 0, sms);
+            assert_eq!(
+                (s.slices, s.k_slice),
+                (slices, k_slice),
+                "{k}x{n} on {sms} SMs"
+            );
         }
-        for k in [8usize, 264, 4096, 4104, 8200, 11008, 13824, 28672] {
-            for n in [8usize, 4096, 22016] {
-                for t in [128u32, 256, 512] {
-                    for req in [0u32, 1, 2, 4, 8] {
-                        let s = v6_split(k, n, t, req);
-                        let (sl, ks) = (s.slices as usize, s.k_slice as usize);
-                        let what = format!("k={k} n={n} t={t} req={req}: {s:?}");
-                        assert!(ks <= V6_XS_ROWS, "{what}: slice over the x buffer");
-                        assert_eq!(ks % (8 * V6_CHUNK_WORDS), 0, "{what}: not whole chunks");
-                        assert!(sl * ks >= k && (sl - 1) * ks < k, "{what}: empty or short");
-                        if req > 0 {
-                            assert!(sl <= (req as usize).max(k.div_ceil(V6_XS_ROWS)), "{what}");
+        for sms in [1u32, 28, 82, 132, 170] {
+            for k in [8usize, 264, 4096, 4104, 8200, 11008, 13824, 28672] {
+                for n in [8usize, 4096, 22016] {
+                    for t in [128u32, 256, 512] {
+                        for req in [0u32, 1, 2, 4, 8] {
+                            let s = v6_split(k, n, t, req, sms);
+                            let (sl, ks) = (s.slices as usize, s.k_slice as usize);
+                            let what = format!("k={k} n={n} t={t} req={req} sms={sms}: {s:?}");
+                            assert!(ks <= V6_XS_ROWS, "{what}: slice over the x buffer");
+                            assert_eq!(ks % (8 * V6_CHUNK_WORDS), 0, "{what}: not whole chunks");
+                            assert!(sl * ks >= k && (sl - 1) * ks < k, "{what}: empty or short");
+                            let min_split = k.div_ceil(V6_XS_ROWS);
+                            if req > 0 {
+                                assert!(sl <= (req as usize).max(min_split), "{what}");
+                            } else {
+                                // Automatic: no more blocks than the device's slots, unless the
+                                // x buffer alone asks for more slices.
+                                let slots = sms as usize * (V6_THREADS_PER_SM / t as usize).max(1);
+                                let tiles = n.div_ceil(V6_TILE_N);
+                                assert!(
+                                    sl <= min_split.max(slots / tiles).max(1),
+                                    "{what}: over the device's slots"
+                                );
+                            }
                         }
                     }
                 }
             }
         }
         // Automatic: never a slice shorter than two chunks per warp when K allows one.
-        let s = v6_split(4096, 8, 512, 0);
+        let s = v6_split(4096, 8, 512, 0, 132);
         assert!(s.k_slice as usize >= 2 * V6_CHUNK_WORDS * 16 * 8, "{s:?}");
+    }
+
+    #[test]
+    fn a_launch_plan_splits_for_the_device_it_runs_on() {
+        // The same layer and tunables: v6's grid follows the SM count, v2's does not.
+        let s = shape(4096, 4096, 128);
+        let rtx3060 = SmLimits {
+            sms: 28,
+            ..SmLimits::H100
+        };
+        let v6 = v("gemv_v6_pipe");
+        let (h, c) = (
+            super::plan(v6, &s, 1, &params(&[]), SmLimits::H100).unwrap(),
+            super::plan(v6, &s, 1, &params(&[]), rtx3060).unwrap(),
+        );
+        assert_eq!((h.grid, h.split_k), ((32, 8, 1), 8));
+        assert_eq!((c.grid, c.split_k, c.k_slice), ((32, 1, 1), 1, 4096));
+        let v2 = v("gemv_v2_vec");
+        assert_eq!(
+            super::plan(v2, &s, 1, &params(&[]), SmLimits::H100).unwrap(),
+            super::plan(v2, &s, 1, &params(&[]), rtx3060).unwrap()
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use super::gemv::{self, V6_CHUNK_WORDS as CW, V6_TILE_N as TILE, V6_XS_ROWS};
 use super::launch::{LayerShape, Tunables};
 use super::registry::by_name;
+use crate::cuda::SmLimits;
 use crate::gptq::QuantLinear;
 
 /// One staged shared-memory slot (a packed row of the slice): for lane pair j, the x rows of
@@ -190,7 +191,7 @@ fn plan_for(l: &QuantLinear, perm: bool, threads: u32, split: u32) -> (usize, us
     ]
     .into_iter()
     .collect();
-    let p = gemv::plan(v, &LayerShape::of(l, perm), 1, &params).unwrap();
+    let p = gemv::plan(v, &LayerShape::of(l, perm), 1, &params, SmLimits::H100).unwrap();
     assert_eq!(p.grid.0 as usize, l.n.div_ceil(TILE));
     assert_eq!(p.grid.1, p.split_k);
     assert_eq!(p.block.0, threads);

@@ -6,7 +6,7 @@ use super::abi::lab_gemm_params;
 use super::layer::DeviceLayer;
 use super::registry::{Family, Variant};
 use super::{baseline, gemv};
-use crate::cuda::Gpu;
+use crate::cuda::{Gpu, SmLimits};
 use crate::error::DriverCtx;
 use crate::gptq::QuantLinear;
 use crate::{LabError, Result};
@@ -140,7 +140,8 @@ pub fn tunable_combinations(v: &Variant) -> Vec<Tunables> {
 }
 
 /// The host checks of a launch without touching the device (CPU-testable): shape, batch, buffer
-/// lengths, tunables. Returns the plan `launch` would use.
+/// lengths, tunables. Returns the plan `launch` would use on a device of `dev`'s SMs
+/// (`gpu.info.limits()`; `SmLimits::H100` where there is no device).
 pub fn plan(
     v: &Variant,
     layer: &LayerShape,
@@ -148,10 +149,11 @@ pub fn plan(
     x_len: usize,
     y_len: usize,
     params: &Tunables,
+    dev: SmLimits,
 ) -> Result<LaunchPlan> {
     let p = match v.family {
-        Family::Gemv => gemv::plan(v, layer, m, params)?,
-        Family::Gemm => super::gemm::launch_plan(v, layer, m, params, super::gemm::PLAN_SMS)?,
+        Family::Gemv => gemv::plan(v, layer, m, params, dev)?,
+        Family::Gemm => super::gemm::launch_plan(v, layer, m, params, dev)?,
         other => {
             return Err(LabError::invalid(
                 "variant",
@@ -209,7 +211,15 @@ pub fn launch(
     params: &Tunables,
 ) -> Result<()> {
     check_launchable(gpu, v, layer, m)?;
-    let plan = plan(v, &layer.shape, m, x.len(), y.len(), params)?;
+    let plan = plan(
+        v,
+        &layer.shape,
+        m,
+        x.len(),
+        y.len(),
+        params,
+        gpu.info.limits(),
+    )?;
     if v.family == Family::Gemm {
         return super::gemm::launch_layer(gpu, v, layer, x, m, y, params);
     }
@@ -265,7 +275,15 @@ pub fn launch_gated(
         )));
     }
     check_launchable(gpu, v, layer, 1)?;
-    let plan = plan(v, &layer.shape, 1, gate_up.len(), y.len(), params)?;
+    let plan = plan(
+        v,
+        &layer.shape,
+        1,
+        gate_up.len(),
+        y.len(),
+        params,
+        gpu.info.limits(),
+    )?;
     let (yp, _gy) = y.device_ptr_mut(&gpu.stream);
     launch_kernel(
         gpu,
@@ -427,8 +445,8 @@ mod tests {
             bias: false,
             symmetric: true,
         };
-        assert!(plan(v, &s, 1, 4096, 4096, &Tunables::new()).is_ok());
-        let e = plan(v, &s, 1, 4095, 4096, &Tunables::new()).unwrap_err();
+        assert!(plan(v, &s, 1, 4096, 4096, &Tunables::new(), SmLimits::H100).is_ok());
+        let e = plan(v, &s, 1, 4095, 4096, &Tunables::new(), SmLimits::H100).unwrap_err();
         assert!(e.to_string().contains("x has 4095"), "{e}");
     }
 }

@@ -746,9 +746,9 @@ pub fn check_engine(
     // that reads shared memory it never wrote then yields NaN logits every time, not by chance
     // (the attention's overrun select, H100 runs 9-10, passed this check on whatever earlier
     // kernels had left there).
-    eng.set_poison_smem(true);
+    eng.set_poison_smem(true)?;
     let poisoned = eng.generate_with(prompt, n_new, false, PrefillMode::TokenByToken);
-    eng.set_poison_smem(false);
+    eng.set_poison_smem(false)?;
     let poisoned_tokens = poisoned?;
     let graph_tokens = eng.generate_with(prompt, n_new, true, PrefillMode::TokenByToken)?;
     // One token at a time with a sync each (what `lab decode` streams as text).
@@ -1487,6 +1487,7 @@ mod tests {
     fn every_linear_of_the_cluster_check_launches_v9_as_a_cluster() {
         // The layer as the engine holds it (q|k|v and gate|up fused; act-order as a permutation):
         // q|k|v, o, gate|up at K = 1024 split in 2, down at K = 2816 in 5.
+        use crate::cuda::SmLimits;
         use crate::kernels::launch::{plan, Tunables};
         use crate::model::gpu_engine::checkpoint_int4_layer;
         let cfg = cluster_check_config();
@@ -1494,7 +1495,7 @@ mod tests {
         for (group, act_order) in [(128, false), (128, true), (32, true)] {
             let layer = checkpoint_int4_layer(&cfg, group, act_order);
             for ((s, _), slices) in layer.iter().zip([2, 2, 2, 5]) {
-                let p = plan(v9, s, 1, s.k, s.n, &Tunables::new()).unwrap();
+                let p = plan(v9, s, 1, s.k, s.n, &Tunables::new(), SmLimits::H100).unwrap();
                 assert_eq!(
                     (p.cluster_y, p.grid.1),
                     (slices, slices),

@@ -15,7 +15,7 @@
 //! (lab_llama_q4_gemv) until the registry's GEMV variants serve it, fp16 via cuBLAS (or the lab
 //! fp16 GEMV where cuBLAS cannot be loaded).
 
-use crate::cuda::Gpu;
+use crate::cuda::{Gpu, SmLimits};
 use crate::error::DriverCtx;
 use crate::kernels::abi;
 use crate::kernels::gemv::{kind as gemv_kind, v6_one_block_per_sm, GemvKind, TILE_N};
@@ -399,6 +399,16 @@ pub struct TraceEntry {
     pub values: Vec<f32>,
 }
 
+/// Dynamic shared memory of one `lab_llama_poison_smem` block: all a block may opt into (whole
+/// words), so that one block covers an SM (the rest is the per-block reservation); the ABI's
+/// fixed 48 KB where the device did not say.
+pub fn poison_block_bytes(dev: SmLimits) -> u32 {
+    match dev.smem_per_block_optin / 4 * 4 {
+        0 => abi::LAB_LLAMA_POISON_BYTES,
+        b => b,
+    }
+}
+
 /// How the int4 split-K GEMV divides K: (splits, rows per split). Aims for >= 4 blocks of 128
 /// columns per SM (H100: 132 SMs -> 528 blocks), keeps >= 64 rows per split and <= 8192 rows so
 /// the f32 x slice fits 32 KB of shared memory.
@@ -451,7 +461,8 @@ pub struct GpuEngine {
     opts: EngineOptions,
     n_splits: usize,
     pos: usize,
-    sms: usize,
+    /// The device's SM count and shared memory per SM: what launch plans size their grids by.
+    dev: SmLimits,
     ctx: Arc<cudarc::driver::CudaContext>,
     vram: VramLedger,
     /// Which fp16 backend serves fp16 linears (None: there are none).
@@ -479,8 +490,9 @@ pub struct GpuEngine {
     pdl_possible: bool,
     /// The persistent decode layers, once planned (`EngineOptions::persistent_layers`).
     persistent: Option<Persistent>,
-    /// Fill every SM's shared memory with NaN before each plain launch (`set_poison_smem`).
-    poison_smem: bool,
+    /// Fill every SM's shared memory with NaN before each plain launch (`set_poison_smem`):
+    /// bytes per poison block (0 = off).
+    poison_smem: u32,
     /// v6 (gemv_v6_pipe) linears launch at most one 256-thread block per SM
     /// (kernels::gemv::v6_one_block_per_sm): the decode bench's column; off otherwise.
     v6_one_per_sm: bool,
@@ -817,7 +829,7 @@ impl GpuEngine {
             if let Some(p) = prefill_plan.filter(|p| p.dequant) {
                 let need = p.sizes.bytes() + crate::plan::CUBLAS_BYTES;
                 opts.prefill_int4 =
-                    prefill_choice_for_memory(opts.prefill_int4, need, free_now(&ctx)?);
+                    prefill_choice_for_memory(opts.prefill_int4, need, free_now(&ctx)?, gpu.sm());
                 prefill_plan = plan(opts.prefill_int4);
             }
         }
@@ -864,8 +876,8 @@ impl GpuEngine {
                     ));
                 }
                 // Auto without cuBLAS: the GEMM family for every chunk (the engine's reported
-                // choice says v2, so no report claims a dequant it did not run).
-                opts.prefill_int4 = PrefillInt4::GemmV2;
+                // choice says v2, or v1 on sm_75, so no report claims a dequant it did not run).
+                opts.prefill_int4 = PrefillInt4::gemm_family_on(gpu.sm());
             }
         }
         stream.synchronize().ctx("workspace allocation")?;
@@ -924,9 +936,10 @@ impl GpuEngine {
                         ),
                     ));
                 }
-                let p = gemv_plan(v, &shape, 1, q.k, q.n, &params).map_err(|e| {
-                    LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
-                })?;
+                let p =
+                    gemv_plan(v, &shape, 1, q.k, q.n, &params, gpu.info.limits()).map_err(|e| {
+                        LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                    })?;
                 // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
                 // that plan's instantiation (t256) is loaded now too, before any capture.
                 // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
@@ -934,7 +947,7 @@ impl GpuEngine {
                 let mut symbols = vec![p.symbol.clone()];
                 if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
                     let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
-                    if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one) {
+                    if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one, gpu.info.limits()) {
                         symbols.push(p1.symbol);
                     }
                 }
@@ -985,7 +998,7 @@ impl GpuEngine {
 
         Ok(GpuEngine {
             cfg: cfg.clone(),
-            sms: gpu.info.sms.max(1) as usize,
+            dev: gpu.info.limits(),
             stream,
             k,
             weights,
@@ -1007,7 +1020,7 @@ impl GpuEngine {
             prefill,
             streamed: Cell::new(0),
             step_pdl: Cell::new(false),
-            poison_smem: false,
+            poison_smem: 0,
             v6_one_per_sm: false,
             small_ops_plain: false,
             skip: SkipOps::default(),
@@ -1274,15 +1287,15 @@ impl GpuEngine {
         let mut n = 0;
         match kind {
             LaunchKind::Plain => {
-                if self.poison_smem {
+                if self.poison_smem > 0 {
                     let pp = abi::lab_llama_poison_params {
                         pattern: abi::LAB_LLAMA_POISON_PATTERN,
-                        words: abi::LAB_LLAMA_POISON_BYTES / 4,
+                        words: self.poison_smem / 4,
                     };
                     let poison = LaunchConfig {
-                        grid_dim: (8 * self.sms as u32, 1, 1),
+                        grid_dim: (8 * self.dev.sms, 1, 1),
                         block_dim: (256, 1, 1),
-                        shared_mem_bytes: abi::LAB_LLAMA_POISON_BYTES,
+                        shared_mem_bytes: self.poison_smem,
                     };
                     self.stream
                         .launch_builder(&self.k.poison)
@@ -1459,7 +1472,7 @@ impl GpuEngine {
     }
 
     fn q4_gemv(&self, l: &Int4Dev, x: XInput, y: u64) -> Result<()> {
-        let (split, slice) = q4_split(l.n, l.k, self.sms);
+        let (split, slice) = q4_split(l.n, l.k, self.dev.sms as usize);
         let p = self.int4_params(l, x, y, self.r(&self.b.q4_ws), split, slice);
         let what = format!("int4 GEMV (engine v1) K {} N {}", l.k, l.n);
         self.launch(
@@ -1504,12 +1517,12 @@ impl GpuEngine {
         };
         let one;
         let params = if self.v6_one_per_sm && gemv_kind(v).ok() == Some(GemvKind::Pipe) {
-            one = v6_one_block_per_sm(params, l.n, self.sms);
+            one = v6_one_block_per_sm(params, l.n, self.dev.sms as usize);
             &one
         } else {
             params
         };
-        let plan = gemv_plan(v, &shape, 1, l.k, l.n, params)?;
+        let plan = gemv_plan(v, &shape, 1, l.k, l.n, params, self.dev)?;
         let f = self.gemv_fns.get(&plan.symbol).ok_or_else(|| {
             LabError::invalid(
                 "int4 kernel",
@@ -2004,12 +2017,28 @@ impl GpuEngine {
     }
 
     /// Before every plain launch (eager steps without PDL), fill the shared memory of every SM
-    /// with NaN (`lab_llama_poison_smem`, 48 KB blocks, 8 per SM), so a kernel that reads shared
-    /// memory it did not write computes NaN every time instead of by chance: the tiny check's
-    /// poisoned pass. The captured graph is dropped so a later graph step is captured without.
-    pub fn set_poison_smem(&mut self, on: bool) {
-        self.poison_smem = on;
+    /// with NaN, so a kernel that reads shared memory it did not write computes NaN every time
+    /// instead of by chance: the tiny check's poisoned pass. The captured graph is dropped so a
+    /// later graph step is captured without. Each `lab_llama_poison_smem` block takes all the
+    /// dynamic shared memory a block may opt into (`poison_block_bytes`), 8 blocks per SM in
+    /// turn, so one block fills a whole SM on every card (227 + 1 reserved = 228 KB on an H100,
+    /// 99 + 1 on sm_86/89, 64 on sm_75): the fixed 48 KB blocks this replaces covered 192 of an
+    /// H100's 228 KB (4 per SM) and 48 of a T4's 64.
+    pub fn set_poison_smem(&mut self, on: bool) -> Result<()> {
         self.graph = None;
+        self.poison_smem = 0;
+        if on {
+            let bytes = poison_block_bytes(self.dev);
+            self.k
+                .poison
+                .set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                )
+                .ctx("opting lab_llama_poison_smem into the device's shared memory per block")?;
+            self.poison_smem = bytes;
+        }
+        Ok(())
     }
 
     /// Launch every gemv_v6_pipe linear at one 256-thread block per SM (at most; the split the
@@ -2511,7 +2540,7 @@ mod tests {
                         "{}",
                         v.name
                     );
-                    let p = gemv_plan(v, &s, 1, s.k, s.n, &params);
+                    let p = gemv_plan(v, &s, 1, s.k, s.n, &params, SmLimits::H100);
                     assert!(p.is_ok(), "{} {params:?} on {s:?}: {p:?}", v.name);
                 }
             }
@@ -2687,7 +2716,7 @@ mod tests {
                     (32, true, true),
                 ] {
                     let s = shape(k, n, group, perm, symmetric);
-                    let p = gemv_plan(v, &s, 1, k, n, &Tunables::new())
+                    let p = gemv_plan(v, &s, 1, k, n, &Tunables::new(), SmLimits::H100)
                         .unwrap_or_else(|e| panic!("{name} {model} {k}x{n}: {e}"));
                     assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
                 }
@@ -2706,6 +2735,7 @@ mod tests {
                     k,
                     n,
                     &Tunables::new(),
+                    SmLimits::H100,
                 );
                 assert_eq!(p.is_ok(), !perm, "v2 {model} {k}x{n} perm {perm}: {p:?}");
             }
@@ -2724,6 +2754,7 @@ mod tests {
                 k,
                 n,
                 &Tunables::new(),
+                SmLimits::H100,
             )
             .unwrap();
             assert!(
@@ -2732,6 +2763,33 @@ mod tests {
             );
         }
         assert!(int4_kernel_by_name("gemv_v9").is_err());
+    }
+
+    #[test]
+    fn a_poison_block_fills_an_sm_on_every_card() {
+        // (per SM, reserved per block, per-block opt-in) as the driver reports them: H100,
+        // A100, RTX 3090 / 4090, T4. One block of the opt-in size plus its reservation is the SM.
+        for (per_sm, reserved, optin) in [(228, 1, 227), (164, 1, 163), (100, 1, 99), (64, 0, 64)] {
+            let dev = SmLimits {
+                sms: 80,
+                smem_per_sm: per_sm * 1024,
+                smem_reserved_per_block: reserved * 1024,
+                smem_per_block_optin: optin * 1024,
+            };
+            let b = poison_block_bytes(dev);
+            assert_eq!(b % 4, 0);
+            assert_eq!(
+                b + dev.smem_reserved_per_block,
+                dev.smem_per_sm,
+                "{per_sm} KB"
+            );
+            assert_eq!(dev.blocks_per_sm(b, 8), 1);
+        }
+        let unknown = SmLimits {
+            smem_per_block_optin: 0,
+            ..SmLimits::H100
+        };
+        assert_eq!(poison_block_bytes(unknown), abi::LAB_LLAMA_POISON_BYTES);
     }
 
     #[test]

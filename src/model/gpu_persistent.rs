@@ -266,7 +266,7 @@ impl GpuEngine {
             c => c,
         };
         let (grid, attn_chunk, smem) = loop {
-            let grid = (per_sm as usize * self.sms).min(cap);
+            let grid = (per_sm as usize * self.dev.sms as usize).min(cap);
             let chunk = persistent_attn_chunk(max_ctx, self.opts.attn_chunk, heads, grid);
             let smem = super::attn_split_smem(hd, chunk);
             // A launch gets 48 KB of shared memory without opting in; the kernel's static part
@@ -306,12 +306,14 @@ impl GpuEngine {
             for (pi, (parts, y)) in lins.iter().zip(bufs).enumerate() {
                 for (q, _) in parts {
                     let shape = super::layer_shape(q);
-                    gemv_plan(v6, &shape, 1, q.k, q.n, &Tunables::default()).map_err(|e| {
-                        LabError::invalid(
-                            "--persistent-layers",
-                            format!("layer {li} {}: {e}", PHASE_NAMES[pi]),
-                        )
-                    })?;
+                    gemv_plan(v6, &shape, 1, q.k, q.n, &Tunables::default(), self.dev).map_err(
+                        |e| {
+                            LabError::invalid(
+                                "--persistent-layers",
+                                format!("layer {li} {}: {e}", PHASE_NAMES[pi]),
+                            )
+                        },
+                    )?;
                 }
                 let shapes: Vec<PartShape> = parts
                     .iter()

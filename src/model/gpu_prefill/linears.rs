@@ -269,7 +269,7 @@ impl GpuEngine {
         m: usize,
     ) -> Result<()> {
         let pf = self.pf()?;
-        let (split, slice) = gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.sms as u32);
+        let (split, slice) = gemm::auto_split(v, m as u32, l.n as u32, l.k as u32, self.dev);
         let ws = self.scratch_part(ScratchPart::GemmWs)?.unwrap_or(0);
         let mut p = self.int4_params(l, XInput::Plain(x), y, ws, split as usize, slice as usize);
         p.qweight = qweight;
@@ -352,7 +352,7 @@ impl GpuEngine {
             n: l.n as i32,
         };
         // Grid-stride: 8 blocks of 256 per SM is plenty for a copy-like kernel.
-        let blocks = words.div_ceil(256).min(8 * self.sms).max(1);
+        let blocks = words.div_ceil(256).min(8 * self.dev.sms as usize).max(1);
         self.launch(
             &pf.k.repack,
             (blocks as u32, 1),

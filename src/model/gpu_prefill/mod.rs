@@ -94,7 +94,8 @@ pub enum PrefillInt4 {
     /// Per linear and chunk: dequant + cuBLAS from `dequant_min_rows` rows (256, act-order 128),
     /// below that gemm_v2_mma on sm_80+, else gemm_v1_simt on sm_75+, else per-row GEMV. Without
     /// libcublas, or without the free memory for the dequant's W and the cuBLAS handle
-    /// (`prefill_choice_for_memory`), the engine runs it as `GemmV2` (and its reports say so).
+    /// (`prefill_choice_for_memory`), the engine runs it as the GEMM family (`gemm_family_on`:
+    /// `GemmV2` on sm_80+, `GemmV1` on sm_75), and its reports say so.
     #[default]
     Auto,
     /// The GEMM family for every chunk: gemm_v2_mma, else gemm_v1_simt, else per row.
@@ -122,6 +123,16 @@ impl PrefillInt4 {
         })
     }
 
+    /// The GEMM family's choice on an sm_`sm` device, as the engine names it when `auto` cannot
+    /// dequantize: `GemmV2` where gemm_v2_mma runs, else `GemmV1` (sm_75), so that no report
+    /// says v2 where v1 ran.
+    pub fn gemm_family_on(sm: u32) -> Self {
+        match crate::kernels::registry::by_name("gemm_v2_mma") {
+            Some(v) if sm >= v.min_sm => PrefillInt4::GemmV2,
+            _ => PrefillInt4::GemmV1,
+        }
+    }
+
     /// The flag value `parse` reads back.
     pub fn flag(self) -> &'static str {
         match self {
@@ -140,12 +151,19 @@ pub const DEQUANT_HEADROOM: u64 = 256 << 20;
 
 /// The `--prefill-int4` an engine runs with, given `free` device bytes when it plans the prefill:
 /// `auto` whose plan dequantizes (`auto_bytes` = its prefill workspace + the cuBLAS handle it
-/// would create) keeps the GEMM family's smaller plan (`v2`) where those bytes and the headroom do
-/// not fit: a card that held the model before auto learned the dequant still holds it. Any
-/// explicit choice stands (and fails as asked where memory is short).
-pub fn prefill_choice_for_memory(choice: PrefillInt4, auto_bytes: u64, free: u64) -> PrefillInt4 {
+/// would create) keeps the GEMM family's smaller plan (`v2`, `v1` on sm_75) where those bytes and
+/// the headroom do not fit: a card that held the model before auto learned the dequant still
+/// holds it. Any explicit choice stands (and fails as asked where memory is short).
+pub fn prefill_choice_for_memory(
+    choice: PrefillInt4,
+    auto_bytes: u64,
+    free: u64,
+    sm: u32,
+) -> PrefillInt4 {
     match choice {
-        PrefillInt4::Auto if auto_bytes + DEQUANT_HEADROOM > free => PrefillInt4::GemmV2,
+        PrefillInt4::Auto if auto_bytes + DEQUANT_HEADROOM > free => {
+            PrefillInt4::gemm_family_on(sm)
+        }
         c => c,
     }
 }

@@ -597,20 +597,27 @@ fn auto_keeps_the_gemm_plan_where_the_dequant_does_not_fit() {
     let need = 400 << 20;
     // Room for the dequant plan and the headroom: auto stays auto.
     assert_eq!(
-        prefill_choice_for_memory(PrefillInt4::Auto, need, need + DEQUANT_HEADROOM),
+        prefill_choice_for_memory(PrefillInt4::Auto, need, need + DEQUANT_HEADROOM, 90),
         PrefillInt4::Auto
     );
-    // One byte short: the GEMM family's smaller plan.
-    assert_eq!(
-        prefill_choice_for_memory(PrefillInt4::Auto, need, need + DEQUANT_HEADROOM - 1),
-        PrefillInt4::GemmV2
-    );
+    // One byte short: the GEMM family's smaller plan, named for what runs (v1 on sm_75).
+    for (sm, family) in [
+        (90, PrefillInt4::GemmV2),
+        (80, PrefillInt4::GemmV2),
+        (75, PrefillInt4::GemmV1),
+    ] {
+        assert_eq!(
+            prefill_choice_for_memory(PrefillInt4::Auto, need, need + DEQUANT_HEADROOM - 1, sm),
+            family,
+            "sm_{sm}"
+        );
+    }
     // An explicit choice is the user's, whatever the memory.
     for c in [
         PrefillInt4::Dequant,
         PrefillInt4::GemmV1,
         PrefillInt4::RowGemv,
     ] {
-        assert_eq!(prefill_choice_for_memory(c, need, 0), c);
+        assert_eq!(prefill_choice_for_memory(c, need, 0, 90), c);
     }
 }
