@@ -1,0 +1,193 @@
+use super::reference::rope;
+use super::*;
+use crate::model::gpu_engine::TraceEntry;
+use crate::model::gpu_weights::{HostLinear, WeightKind};
+
+#[test]
+fn every_linear_of_the_cluster_check_launches_v9_as_a_cluster() {
+    // The layer as the engine holds it (q|k|v and gate|up fused; act-order as a permutation):
+    // q|k|v, o, gate|up at K = 1024 split in 2, down at K = 2816 in 5.
+    use crate::cuda::SmLimits;
+    use crate::kernels::launch::{plan, Tunables};
+    use crate::model::gpu_engine::checkpoint_int4_layer;
+    let cfg = cluster_check_config();
+    let v9 = crate::kernels::registry::by_name("gemv_v9_cluster").unwrap();
+    for (group, act_order) in [(128, false), (128, true), (32, true)] {
+        let layer = checkpoint_int4_layer(&cfg, group, act_order);
+        for ((s, _), slices) in layer.iter().zip([2, 2, 2, 5]) {
+            let p = plan(v9, s, 1, s.k, s.n, &Tunables::new(), SmLimits::H100).unwrap();
+            assert_eq!(
+                (p.cluster_y, p.grid.1),
+                (slices, slices),
+                "{}x{} g{group}",
+                s.k,
+                s.n
+            );
+        }
+    }
+}
+
+#[test]
+fn tiny_act_order_cases_expect_the_linears_their_weights_make_act_order() {
+    // H100 run 16: tiny-check at g64 has K = 64 for q|k|v and gate|up, one group, so only
+    // down (K = 192, 3 groups) is act-order; the old expectation (3 per layer) failed it.
+    let cfg = tiny_config();
+    let mut seen = Vec::new();
+    for c in tiny_cases() {
+        let host = HostLlama::random(&cfg, c.seed, c.kind).unwrap();
+        let want = expected_act_order_plain(&c, &host);
+        let WeightKind::Int4 {
+            group,
+            act_order: true,
+            ..
+        } = c.kind
+        else {
+            assert_eq!(want, 0, "{}", c.kind.label());
+            continue;
+        };
+        if !c.auto {
+            assert_eq!(want, 0, "{} not auto", c.kind.label());
+            continue;
+        }
+        seen.push((group, want));
+        // Every counted linear is one the engine's rule takes: a real permutation, and no
+        // g_idx left after the reorder (even groups).
+        for l in &host.layers {
+            for i in [0, 4, 6] {
+                let HostLinear::Quant(q) = &l.linears[i] else {
+                    panic!("int4 case with an fp16 linear");
+                };
+                let r = crate::gptq::reorder::reorder_by_group(q).unwrap();
+                let moved = r.perm.iter().enumerate().any(|(i, &p)| p as usize != i);
+                assert_eq!(moved, q.is_act_order(), "g{group} linear {i}");
+                if q.is_act_order() {
+                    assert!(
+                        r.layer.g_idx.is_none(),
+                        "g{group} linear {i}: uneven groups"
+                    );
+                }
+            }
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![(32, 6), (64, 2)]);
+}
+
+#[test]
+fn tiny_cases_run_every_m1_kernel_the_tuner_may_pick() {
+    use crate::tune::dispatch::{serves, VARIANTS};
+    use crate::tune::schema::ProblemKey;
+    let cases = tiny_cases();
+    for act_order in [false, true] {
+        // Which registry kernels the int4 cases of this act-order run.
+        let ran: std::collections::BTreeSet<&str> = cases
+            .iter()
+            .filter(|c| matches!(c.kind, WeightKind::Int4 { act_order: a, .. } if a == act_order))
+            .filter_map(|c| c.int4.map(|r| r.name))
+            .collect();
+        let key = ProblemKey {
+            n: 4096,
+            k: 4096,
+            group_size: 128,
+            act_order,
+            batch_bucket: 1,
+        };
+        for v in VARIANTS.iter().filter(|v| serves(v.name, &key, 90)) {
+            assert!(
+                ran.contains(v.name),
+                "{} (act-order {act_order}) is a tuner candidate but no tiny case runs it",
+                v.name
+            );
+        }
+    }
+}
+
+#[test]
+fn worst_scales_by_tolerance_and_flags_nan() {
+    let want = [1.0, -2.0, 0.0, 4.0];
+    let (i, r) = worst(&[1.0, -2.0, 0.0, 4.0], &want, 1e-3, 1e-3).unwrap();
+    assert_eq!(r, 0.0, "{i}");
+    let (i, r) = worst(&[1.0, -2.1, 0.0, 4.0], &want, 1e-3, 1e-3).unwrap();
+    assert_eq!(i, 1);
+    assert!(r > 10.0);
+    let (i, r) = worst(&[1.0, -2.0, f32::NAN, 4.0], &want, 1e-3, 1e-3).unwrap();
+    assert_eq!((i, r), (2, f64::INFINITY));
+    assert!(worst(&[1.0], &want, 1e-3, 1e-3).is_none());
+}
+
+#[test]
+fn reference_rope_is_a_rotation_of_pairs_i_and_i_plus_half() {
+    let mut x = vec![1.0, 0.0, 0.0, 0.0];
+    rope(&mut x, 4, 3, 10000.0);
+    assert!(
+        (x[0] - 3f64.cos()).abs() < 1e-12 && (x[2] - 3f64.sin()).abs() < 1e-12,
+        "{x:?}"
+    );
+    assert_eq!((x[1], x[3]), (0.0, 0.0));
+}
+
+#[test]
+fn op_refs_reproduce_an_exact_trace_op_by_op() {
+    // Feed op_refs a "trace" made of the reference's own op outputs: every op must agree with
+    // itself to rounding, which checks the wiring (inputs of each op taken from the right entry).
+    let cfg = tiny_config();
+    let host = HostLlama::random(
+        &cfg,
+        5,
+        WeightKind::Int4 {
+            group: 32,
+            act_order: true,
+            sym: false,
+        },
+    )
+    .unwrap();
+    let w = RefWeights::new(&host);
+    let mut hist_a = vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers];
+    let mut hist_b = hist_a.clone();
+    let mut rm = RefModel {
+        cfg: &cfg,
+        w: &w,
+        cache: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers],
+    };
+    for (pos, tok) in [3u32, 17, 250].into_iter().enumerate() {
+        // Build the trace iteratively: each op's reference uses earlier entries only.
+        let mut trace: Vec<TraceEntry> = Vec::new();
+        let mut prev_len = usize::MAX;
+        let mut hist_tmp = hist_a.clone();
+        loop {
+            hist_tmp.clone_from(&hist_a);
+            let refs = op_refs(&cfg, &w, &trace, tok, pos, &mut hist_tmp);
+            for (layer, op, v) in &refs {
+                if !trace.iter().any(|e| e.layer == *layer && e.op == *op) && !v.is_empty() {
+                    trace.push(TraceEntry {
+                        layer: *layer,
+                        op,
+                        values: v.iter().map(|&x| x as f32).collect(),
+                    });
+                    break;
+                }
+            }
+            if trace.len() == prev_len {
+                break;
+            }
+            prev_len = trace.len();
+        }
+        hist_a = hist_tmp;
+        let refs = op_refs(&cfg, &w, &trace, tok, pos, &mut hist_b);
+        assert_eq!(
+            refs.len(),
+            4 + cfg.num_hidden_layers * 10,
+            "every op has a reference"
+        );
+        for (layer, op, want) in &refs {
+            let (i, r) = worst(get(&trace, *layer, op), want, OP_RTOL, OP_ATOL_RMS).unwrap();
+            assert!(r < 0.05, "step {pos} layer {layer:?} {op}: {r} at {i}");
+        }
+        let lg = rm.step(tok);
+        let (_, r) = worst(get(&trace, None, "lm_head"), &lg, 1e-4, 1e-4).unwrap();
+        assert!(
+            r < 1.0,
+            "op-by-op chain must equal the independent forward: {r}"
+        );
+    }
+}
