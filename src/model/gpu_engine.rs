@@ -885,6 +885,8 @@ impl GpuEngine {
 
         // Every int4 layer's kernel is chosen and planned now (a refusal names the layer and the
         // reason), and the instantiations the plans use are loaded before any graph capture.
+        // Planned for this device, as every later launch is (the engine keeps `dev`).
+        let dev = gpu.info.limits();
         let mut gemv_fns = HashMap::new();
         let mut int4_choice = HashMap::new();
         let mut px = Vec::with_capacity(weights.layers.len());
@@ -936,18 +938,17 @@ impl GpuEngine {
                         ),
                     ));
                 }
-                let p =
-                    gemv_plan(v, &shape, 1, q.k, q.n, &params, gpu.info.limits()).map_err(|e| {
-                        LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
-                    })?;
+                let p = gemv_plan(v, &shape, 1, q.k, q.n, &params, dev).map_err(|e| {
+                    LabError::invalid(format!("layer {li} int4 kernel"), e.to_string())
+                })?;
                 // v6 linears may also run at one block per SM (set_v6_one_block_per_sm):
                 // that plan's instantiation (t256) is loaded now too, before any capture.
                 // Best effort: a shape that plan refuses keeps its own grid (registry_gemv
                 // then names the missing instantiation if the experiment is switched on).
                 let mut symbols = vec![p.symbol.clone()];
                 if gemv_kind(v).ok() == Some(GemvKind::Pipe) {
-                    let one = v6_one_block_per_sm(&params, q.n, gpu.info.sms.max(1) as usize);
-                    if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one, gpu.info.limits()) {
+                    let one = v6_one_block_per_sm(&params, q.n, dev.sms as usize);
+                    if let Ok(p1) = gemv_plan(v, &shape, 1, q.k, q.n, &one, dev) {
                         symbols.push(p1.symbol);
                     }
                 }
@@ -998,7 +999,7 @@ impl GpuEngine {
 
         Ok(GpuEngine {
             cfg: cfg.clone(),
-            dev: gpu.info.limits(),
+            dev,
             stream,
             k,
             weights,

@@ -96,8 +96,9 @@ pub fn pending_keys(all: &[ProblemKey], existing: &TunedConfig) -> Vec<ProblemKe
 }
 
 /// The config to continue: the file at `path` if it was measured on this GPU with these kernels;
-/// a fresh one if there is no file, or if the kernel hash changed (its timings are stale: the
-/// string says so). A file from another GPU is an error, so it is never overwritten by mistake.
+/// a fresh one if there is no file, or if it was measured on other hardware under this GPU's name
+/// or the kernel hash changed (its timings are stale: the string says so). A file from another
+/// GPU is an error, so it is never overwritten by mistake.
 pub fn resume_or_new(
     path: &Path,
     device: &DeviceInfo,
@@ -113,28 +114,24 @@ pub fn resume_or_new(
         old.check_matches(device, kernel_hash)
             .map_err(|e| LabError::invalid(path.display().to_string(), e.to_string()))?;
     }
-    if let Some(why) = super::schema::other_hardware(&old.device, device) {
-        return Ok((
+    let stale = super::schema::other_hardware(&old.device, device).or_else(|| {
+        (old.kernel_hash != kernel_hash).then(|| {
+            format!(
+                "kernel hash {} differs from this binary's {}",
+                old.kernel_hash, kernel_hash
+            )
+        })
+    });
+    match stale {
+        Some(why) => Ok((
             TunedConfig::new(device.clone(), git_rev, kernel_hash),
             Some(format!(
                 "{}: {why}; starting over (the file is replaced at the first key)",
                 path.display()
             )),
-        ));
+        )),
+        None => Ok((old, None)),
     }
-    if old.kernel_hash != kernel_hash {
-        let why = format!(
-            "{}: kernel hash {} differs from this binary's {}; starting over (the file is replaced at the first key)",
-            path.display(),
-            old.kernel_hash,
-            kernel_hash
-        );
-        return Ok((
-            TunedConfig::new(device.clone(), git_rev, kernel_hash),
-            Some(why),
-        ));
-    }
-    Ok((old, None))
 }
 
 /// Tune every key of `keys` that `config` does not have yet. After each key: the entry is added,
