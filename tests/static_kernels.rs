@@ -202,7 +202,7 @@ fn persistent_layers_fit_two_blocks_per_sm_and_keep_local_memory_out_of_the_weig
         {
             // The host's 48 KB budget for the attention's dynamic part assumes this much static.
             Some(format!(
-                "{} B static shared memory > gpu_persistent::STATIC_SMEM_BYTES",
+                "{} B static shared memory > gpu_engine::persistent::STATIC_SMEM_BYTES",
                 r.smem_bytes
             ))
         } else {

@@ -722,7 +722,7 @@ impl GpuWeights {
                     };
                     // One group spanning K has no channel order to keep (a checkpoint's g_idx is
                     // then trivial and the upload drops it): no permutation, as the planner assumes
-                    // (gpu_prefill::checkpoint_int4_layer).
+                    // (gpu_engine::checkpoint_int4_layer).
                     let perm = if act_order && g < k {
                         use rand::seq::SliceRandom;
                         let mut p: Vec<i32> = (0..k as i32).collect();

@@ -14,7 +14,7 @@ pub enum Phase {
     /// the instantiated CUDA graph.
     Workspace,
     /// The prefill chunk's m-row activations, the GEMM split-K workspace, the gemm_v2 repack
-    /// scratch (`gpu_engine::PrefillSizes`, in gpu_prefill/sizes.rs); allocated once at engine
+    /// scratch (`gpu_engine::PrefillSizes`, in gpu_engine/prefill/sizes.rs); allocated once at engine
     /// construction.
     Prefill,
 }

@@ -1,0 +1,384 @@
+use super::linears::{int4_takes_gated_input, problem_key};
+use super::*;
+
+#[test]
+fn act_order_plain_takes_the_norm_and_silu_fed_linears_with_even_groups() {
+    let (act, uneven, plain) = (
+        Some((true, false)),
+        Some((true, true)),
+        Some((false, false)),
+    );
+    // A fused q|k|v and gate|up (one segment each) and down, all act-order with even groups.
+    let all = LayerPx {
+        qkv: true,
+        gate_up: true,
+        down: true,
+    };
+    assert_eq!(layer_px(true, true, &[act], &[act], act), all);
+    // Off, or a kernel choice with its own act-order path: nothing.
+    assert_eq!(
+        layer_px(false, true, &[act], &[act], act),
+        LayerPx::default()
+    );
+    assert_eq!(
+        layer_px(true, false, &[act], &[act], act),
+        LayerPx::default()
+    );
+    // Unfused q/k/v (three permutations for one norm), uneven groups, plain or fp16 linears:
+    // the act-order kernels (or nothing to do).
+    let got = layer_px(true, true, &[act, act, act], &[uneven], plain);
+    assert_eq!(got, LayerPx::default());
+    assert_eq!(
+        layer_px(true, true, &[None], &[act], None),
+        LayerPx {
+            gate_up: true,
+            ..LayerPx::default()
+        }
+    );
+}
+
+#[test]
+fn plain_kernels_serve_act_order_only_under_auto() {
+    let v = |n: &str| Int4Kernel::Variant(crate::kernels::registry::by_name(n).unwrap());
+    assert!(!plain_kernels_serve(&Int4Kernel::Engine));
+    for n in [
+        "gemv_v2_vec",
+        "gemv_v4_perm",
+        "gemv_v6_pipe",
+        "gemv_v10_l2x",
+    ] {
+        assert!(!plain_kernels_serve(&v(n)), "{n}");
+    }
+}
+
+/// The shapes of a Vicuna-7B/13B layer (fused like the engine).
+fn vicuna_shapes(act: bool) -> Vec<LayerShape> {
+    let mut v = Vec::new();
+    for &(k, n) in crate::check::cases::VICUNA_DECODE {
+        v.push(LayerShape {
+            k,
+            n,
+            group_size: 128,
+            g_idx: false,
+            perm: act,
+            bias: false,
+            symmetric: true,
+        });
+    }
+    v
+}
+
+#[test]
+fn auto_int4_kernel_serves_every_vicuna_linear_with_a_plannable_gemv() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/nvidia-h100-80gb-hbm3.json");
+    let cfg = crate::tune::TunedConfig::load(&path).unwrap();
+    let dev = cfg.device.clone();
+    let tuned = crate::tune::Dispatcher::from_config(
+        Some(cfg.clone()),
+        &dev,
+        crate::build_info::KERNEL_HASH,
+    );
+    let mut t4 = dev.clone();
+    (t4.name, t4.slug, t4.cc_major, t4.cc_minor, t4.sms) =
+        ("Tesla T4".into(), "tesla-t4".into(), 7, 5, 40);
+    // Another GPU's config is refused: the heuristic serves, and says so in the name.
+    let heuristic =
+        crate::tune::Dispatcher::from_config(Some(cfg), &t4, crate::build_info::KERNEL_HASH);
+    assert!(heuristic.refused.is_some());
+    for d in [tuned, heuristic] {
+        let k = Int4Kernel::Auto(Arc::new(d));
+        for act in [false, true] {
+            for s in vicuna_shapes(act) {
+                let (v, params) = k
+                    .choose(&s)
+                    .unwrap()
+                    .expect("auto always picks a registry GEMV");
+                assert_eq!(
+                    v.family,
+                    crate::kernels::registry::Family::Gemv,
+                    "{}",
+                    v.name
+                );
+                let p = gemv_plan(v, &s, 1, s.k, s.n, &params, SmLimits::H100);
+                assert!(p.is_ok(), "{} {params:?} on {s:?}: {p:?}", v.name);
+            }
+        }
+        let name = k.name();
+        assert!(name.starts_with("auto ("), "{name}");
+    }
+    assert!(Int4Kernel::Engine
+        .choose(&vicuna_shapes(false)[0])
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn step_linears_name_each_planned_shape_by_the_dispatchers_key() {
+    let v2 = crate::kernels::registry::by_name("gemv_v2_vec").unwrap();
+    let v6 = crate::kernels::registry::by_name("gemv_v6_pipe").unwrap();
+    let mut choice = HashMap::new();
+    // (k, n, group, act-order): a g128 shape, a group as wide as K (per-channel), act-order.
+    choice.insert((11008, 4096, 128, false), (v2, Tunables::new()));
+    choice.insert((4096, 12288, 4096, false), (v2, Tunables::new()));
+    let t = Tunables::from([("threads".to_string(), 256)]);
+    choice.insert((4096, 4096, 128, true), (v6, t.clone()));
+    let got = step_linears(&choice);
+    let want = |n, k, g, a, c: crate::tune::Choice| crate::tune::LinearChoice {
+        key: crate::tune::ProblemKey {
+            n,
+            k,
+            group_size: g,
+            act_order: a,
+            batch_bucket: 1,
+        },
+        choice: c,
+    };
+    let mut expect = vec![
+        want(
+            4096,
+            11008,
+            128,
+            false,
+            crate::tune::Choice::new("gemv_v2_vec"),
+        ),
+        want(
+            12288,
+            4096,
+            -1,
+            false,
+            crate::tune::Choice::new("gemv_v2_vec"),
+        ),
+        want(
+            4096,
+            4096,
+            128,
+            true,
+            crate::tune::Choice::new("gemv_v6_pipe").with("threads", 256),
+        ),
+    ];
+    expect.sort();
+    assert_eq!(got, expect, "sorted, whatever the map's order");
+    // The key is the one Int4Kernel::choose asks the dispatcher for.
+    let s = LayerShape {
+        k: 4096,
+        n: 12288,
+        group_size: 4096,
+        g_idx: false,
+        perm: false,
+        bias: false,
+        symmetric: false,
+    };
+    assert_eq!(problem_key(shape_key(&s)).group_size, -1);
+}
+
+#[test]
+fn out_of_memory_is_told_apart_from_other_driver_errors() {
+    use cudarc::driver::sys::cudaError_enum as E;
+    let err = |c| LabError::Driver {
+        context: "allocating the KV cache".into(),
+        source: cudarc::driver::DriverError(c),
+    };
+    assert!(is_out_of_memory(&err(E::CUDA_ERROR_OUT_OF_MEMORY)));
+    assert!(!is_out_of_memory(&err(E::CUDA_ERROR_INVALID_VALUE)));
+    assert!(!is_out_of_memory(&LabError::invalid("x", "y")));
+}
+
+#[test]
+fn gated_mlp_input_only_for_kernels_that_stage_x() {
+    assert!(
+        int4_takes_gated_input(None),
+        "the engine's q4 GEMV stages x"
+    );
+    for (name, gated) in [
+        ("gemv_v1_naive", true),
+        ("gemv_v2_vec", false),
+        ("gemv_v3_gather", false),
+        ("gemv_v4_perm", false),
+        ("gemv_v5_splitk", false),
+        ("gemv_v6_pipe", true),
+    ] {
+        let v = crate::kernels::registry::by_name(name).unwrap();
+        assert_eq!(int4_takes_gated_input(Some(v)), gated, "{name}");
+    }
+}
+
+#[test]
+fn only_the_drivers_capture_refusals_count_as_refusals() {
+    use cudarc::driver::{sys::cudaError_enum as E, DriverError};
+    let driver = |code| LabError::Driver {
+        context: "graph capture".into(),
+        source: DriverError(code),
+    };
+    assert!(is_capture_refusal(&driver(
+        E::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+    )));
+    assert!(is_capture_refusal(&driver(
+        E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+    )));
+    // A failed kernel, a cooperative grid too large, or any other error is not one.
+    assert!(!is_capture_refusal(&driver(E::CUDA_ERROR_ILLEGAL_ADDRESS)));
+    assert!(!is_capture_refusal(&driver(
+        E::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE
+    )));
+    assert!(!is_capture_refusal(&LabError::invalid("x", "y")));
+}
+
+#[test]
+fn parse_int4_kernel_names() {
+    let no = || -> Result<crate::tune::Dispatcher> { panic!("only auto builds a dispatcher") };
+    assert!(matches!(
+        parse_int4_kernel("engine", no).unwrap(),
+        Int4Kernel::Engine
+    ));
+    assert!(
+        matches!(parse_int4_kernel("gemv_v5_splitk", no).unwrap(), Int4Kernel::Variant(v) if v.name == "gemv_v5_splitk")
+    );
+    assert!(parse_int4_kernel("gemv_cublas_f16", no).is_err());
+    let e = parse_int4_kernel("gemv_v9", no).unwrap_err().to_string();
+    assert!(e.contains("auto"), "{e}");
+}
+
+#[test]
+fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused() {
+    let cfgs = [
+        ModelConfig::vicuna_7b(),
+        ModelConfig::vicuna_13b(),
+        crate::model::gpu_check::tiny_config(),
+    ];
+    // Every (model, K, N, group that divides K) of the engine's fused linears.
+    let linears: Vec<(String, usize, usize, usize)> = cfgs
+        .iter()
+        .flat_map(|cfg| {
+            let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+            let kv = cfg.num_key_value_heads * cfg.head_dim();
+            [(h, h + 2 * kv), (h, h), (h, 2 * i), (i, h)]
+                .map(|(k, n)| (cfg.name.clone(), k, n, if k % 128 == 0 { 128 } else { 64 }))
+        })
+        .collect();
+    let shape = |k, n, group_size, perm, symmetric| LayerShape {
+        k,
+        n,
+        group_size,
+        g_idx: false,
+        perm,
+        bias: false,
+        symmetric,
+    };
+    for name in ["gemv_v4_perm", "gemv_v5_splitk", "gemv_v6_pipe"] {
+        let v = int4_kernel_by_name(name).unwrap().unwrap();
+        for (model, k, n, g) in &linears {
+            let (k, n, g) = (*k, *n, *g);
+            for (group, perm, symmetric) in [
+                (g, false, false),
+                (g, true, false),
+                (k, false, true),
+                (32, true, true),
+            ] {
+                let s = shape(k, n, group, perm, symmetric);
+                let p = gemv_plan(v, &s, 1, k, n, &Tunables::new(), SmLimits::H100)
+                    .unwrap_or_else(|e| panic!("{name} {model} {k}x{n}: {e}"));
+                assert!(!p.symbol.is_empty() && v.symbols.contains(&p.symbol.as_str()));
+            }
+        }
+    }
+    // v2 has no act-order path: every plain linear, and a clear refusal of a permuted one.
+    let v2 = int4_kernel_by_name("gemv_v2_vec").unwrap().unwrap();
+    for (model, k, n, g) in &linears {
+        let (k, n, g) = (*k, *n, *g);
+        for (group, perm, symmetric) in [(g, false, false), (k, false, true), (g, true, false)] {
+            let p = gemv_plan(
+                v2,
+                &shape(k, n, group, perm, symmetric),
+                1,
+                k,
+                n,
+                &Tunables::new(),
+                SmLimits::H100,
+            );
+            assert_eq!(p.is_ok(), !perm, "v2 {model} {k}x{n} perm {perm}: {p:?}");
+        }
+    }
+    assert!(int4_kernel_by_name("engine").unwrap().is_none());
+    assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
+    // v9 runs in the engine (cluster launches, sm_90: GpuEngine::new checks min_sm); its
+    // plans on the decode shapes are clusters of at most 8 slices.
+    let v9 = int4_kernel_by_name("gemv_v9_cluster").unwrap().unwrap();
+    assert_eq!(v9.min_sm, 90);
+    for &(k, n) in crate::check::cases::VICUNA_DECODE {
+        let p = gemv_plan(
+            v9,
+            &shape(k, n, 128, false, false),
+            1,
+            k,
+            n,
+            &Tunables::new(),
+            SmLimits::H100,
+        )
+        .unwrap();
+        assert!(
+            p.cluster_y == p.grid.1 && (1..=8).contains(&p.cluster_y),
+            "{k}x{n}: {p:?}"
+        );
+    }
+    assert!(int4_kernel_by_name("gemv_v9").is_err());
+}
+
+#[test]
+fn a_poison_block_fills_an_sm_on_every_card() {
+    // (per SM, reserved per block, per-block opt-in) as the driver reports them: H100,
+    // A100, RTX 3090 / 4090, T4. One block of the opt-in size plus its reservation is the SM.
+    for (per_sm, reserved, optin) in [(228, 1, 227), (164, 1, 163), (100, 1, 99), (64, 0, 64)] {
+        let dev = SmLimits {
+            sms: 80,
+            smem_per_sm: per_sm * 1024,
+            smem_reserved_per_block: reserved * 1024,
+            smem_per_block_optin: optin * 1024,
+        };
+        let b = poison_block_bytes(dev);
+        assert_eq!(b % 4, 0);
+        assert_eq!(
+            b + dev.smem_reserved_per_block,
+            dev.smem_per_sm,
+            "{per_sm} KB"
+        );
+        assert_eq!(dev.blocks_per_sm(b, 8), 1);
+    }
+    let unknown = SmLimits {
+        smem_per_block_optin: 0,
+        ..SmLimits::H100
+    };
+    assert_eq!(poison_block_bytes(unknown), abi::LAB_LLAMA_POISON_BYTES);
+}
+
+#[test]
+fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {
+    for &(n, k) in &[
+        (12288usize, 4096usize),
+        (4096, 11008),
+        (22016, 4096),
+        (64, 64),
+        (128, 192),
+        (15360, 5120),
+        (5120, 13824),
+        (8, 8),
+    ] {
+        let (split, slice) = q4_split(n, k, 132);
+        assert_eq!(slice % 8, 0, "{n}x{k}");
+        assert!(
+            split * slice >= k && (split - 1) * slice < k,
+            "{n}x{k}: {split} x {slice}"
+        );
+        assert!(
+            slice <= 8192,
+            "{n}x{k}: x slice {slice} rows exceeds 32 KB of shared memory"
+        );
+        if k >= 64 * 16 {
+            assert!(
+                n.div_ceil(128) * split >= 4 * 132 || slice <= 64 + 8,
+                "{n}x{k}: only {} blocks",
+                n.div_ceil(128) * split
+            );
+        }
+    }
+}
