@@ -312,24 +312,68 @@ fn unknown_quant_config_fields_are_tolerated() {
 }
 
 #[test]
-fn missing_quant_config_fields_take_autogptq_defaults() {
-    // Written with the AutoGPTQ defaults (group 128, symmetric, v1); config then says only bits.
-    let (_t, dir) = good(128, true, false, ZeroFormat::V1);
-    std::fs::write(dir.join("quantize_config.json"), r#"{"bits": 4}"#).unwrap();
-    fx::edit_json(&dir.join("config.json"), |v| {
-        v.as_object_mut().unwrap().remove("quantization_config");
-    });
-    let ck = Checkpoint::open(&dir).unwrap();
-    let q = ck.quant.clone().unwrap();
-    assert_eq!(
-        (q.bits, q.group_size, q.desc_act, q.sym, q.format),
-        (4, 128, false, true, ZeroFormat::V1)
-    );
-    let all = q.inferred.join("\n");
-    for f in ["group_size", "desc_act", "sym", "checkpoint_format"] {
-        assert!(all.contains(f) && all.contains("default"), "{all}");
+fn missing_group_size_and_desc_act_are_read_from_the_tensors() {
+    // AutoGPTQ's BaseQuantizeConfig defaults are group_size -1 (per-channel) and desc_act true:
+    // taken as they are, a config that says only the bits would misread any grouped file. The
+    // scales' rows and the g_idx say what the file is; the plan reads the same.
+    for (gs, act) in [(32, true), (64, false), (-1, false)] {
+        let (_t, dir) = good(gs, true, act, ZeroFormat::V1);
+        std::fs::write(dir.join("quantize_config.json"), r#"{"bits": 4}"#).unwrap();
+        fx::edit_json(&dir.join("config.json"), |v| {
+            v.as_object_mut().unwrap().remove("quantization_config");
+        });
+        let ck = Checkpoint::open(&dir).unwrap();
+        let q = ck.quant.clone().unwrap();
+        assert_eq!(
+            (q.bits, q.group_size, q.desc_act, q.sym, q.format),
+            (4, gs, act, true, ZeroFormat::V1),
+            "written with group {gs}, act-order {act}"
+        );
+        let all = q.inferred.join("\n");
+        assert_mentions(
+            &all,
+            &[
+                "'group_size' missing",
+                "quantize_config.json: 'group_size' missing; read from the tensors",
+                &format!("group_size = {gs} from model.layers.0."),
+                "'desc_act' missing",
+                &format!("desc_act = {act}"),
+                "'sym' missing, AutoGPTQ default true",
+                "'checkpoint_format' missing",
+            ],
+        );
+        assert!(!all.contains("AutoGPTQ default -1"), "{all}");
+        match ck.linear(Q).unwrap() {
+            LinearWeights::Quant(l) => {
+                assert_eq!(l.group_size, if gs == -1 { l.k } else { gs as usize });
+                assert_eq!(l.g_idx.is_some(), act);
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, pq) = gptq_lab::plan::read_checkpoint_dir(&dir).unwrap();
+        assert_eq!((pq.group_size, pq.act_order), (Some(gs), Some(act)));
     }
-    assert!(ck.linear(Q).is_ok());
+    // A group size only config.json states is taken from it: quantize_config.json's silence does
+    // not disagree with it.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v.as_object_mut().unwrap().remove("group_size");
+    });
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["quantization_config"]["group_size"] = 32.into();
+    });
+    assert_eq!(
+        Checkpoint::open(&dir).unwrap().quant.unwrap().group_size,
+        32
+    );
+    // Without weights to read, the planner does not guess: the group is unsaid.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("config.json"), d.path().join("config.json")).unwrap();
+    fx::edit_json(&d.path().join("config.json"), |v| {
+        v["quantization_config"] = serde_json::json!({"bits": 4});
+    });
+    let (_, pq) = gptq_lab::plan::read_checkpoint_dir(d.path()).unwrap();
+    assert_eq!((pq.group_size, pq.act_order), (None, None));
 }
 
 #[test]
@@ -620,9 +664,37 @@ fn stated_sym_with_zeros_of_the_other_format_is_refused() {
         &linear_err(&dir, Q),
         &["q_proj.qzeros", "true zero 9", "try \"gptq_v2\""],
     );
-    // sym not stated (AutoGPTQ's default applies): the data decides, as before.
+    // sym not stated: zeros one step off 8 in every group and column are still that signature
+    // (no asymmetric quantizer leaves them all equal), both ways round.
     relabel(&dir, "gptq", false);
-    assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok());
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &[
+            "model.safetensors",
+            "q_proj.qzeros",
+            "every true zero is 9",
+            "try \"gptq_v2\"",
+            "quantize_config.json",
+        ],
+    );
+    let (_t3, dir) = good(32, true, false, ZeroFormat::V1);
+    relabel(&dir, "gptq_v2", false);
+    assert_mentions(
+        &linear_err(&dir, Q),
+        &["q_proj.qzeros", "every true zero is 7", "try \"gptq\""],
+    );
+    // Correctly labelled, with sym unstated, both load; so does an asymmetric file.
+    for (fmt, label) in [(ZeroFormat::V1, "gptq"), (ZeroFormat::V2, "gptq_v2")] {
+        let (_t4, dir) = good(32, true, false, fmt);
+        relabel(&dir, label, false);
+        assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok(), "{label}");
+        let (_t5, dir) = good(32, false, false, fmt);
+        relabel(&dir, label, false);
+        assert!(
+            Checkpoint::open(&dir).unwrap().linear(Q).is_ok(),
+            "{label} asym"
+        );
+    }
 }
 
 #[test]

@@ -20,26 +20,58 @@ pub struct CheckpointQuant {
 /// Read `dir/config.json` and the quantization settings the loader would read
 /// (`model::checkpoint::quant_config::from_files`: quantize_config.json, else config.json's
 /// `quantization_config`, with the loader's refusals: bits other than 4, other quant methods and
-/// formats, the two files disagreeing). A group size that does not divide every linear's K is
-/// refused here too, naming the file it came from, since no loader or kernel would take it.
+/// formats, the two files disagreeing). Where those leave the group size or act-order unsaid
+/// (a GPTQ-for-LLaMa era folder, a config without `group_size`) and the folder holds weights,
+/// the loader's reading of the tensors (`Checkpoint::open`: the scales' rows, the g_idx) gives
+/// them, as it would at load. A group size that does not divide every linear's K is refused here
+/// too, naming the file it came from, since no loader or kernel would take it.
 pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)> {
     let config_path = dir.join("config.json");
     let model = ModelConfig::from_json_file(&config_path)?;
     let config: serde_json::Value = crate::util::read_json(&config_path)?;
-    let Some(found) = crate::model::checkpoint::quant_config::from_files(dir, &config)? else {
-        return Ok((model, CheckpointQuant::default()));
+    let found = crate::model::checkpoint::quant_config::from_files(dir, &config)?;
+    let all_stated = found
+        .as_ref()
+        .is_some_and(|f| f.stated.group_size && f.stated.desc_act);
+    // (settings, group size said, act-order said, the file they came from)
+    let (q, group_said, act_said, source) = match found {
+        Some(f) if all_stated || !holds_weights(dir) => {
+            (f.info, f.stated.group_size, f.stated.desc_act, f.source)
+        }
+        _ if holds_weights(dir) => {
+            let ck = crate::model::checkpoint::Checkpoint::open(dir)?;
+            match ck.quant.clone() {
+                Some(q) => (q, true, true, ck.quant_source().to_path_buf()),
+                None => return Ok((model, CheckpointQuant::default())),
+            }
+        }
+        _ => return Ok((model, CheckpointQuant::default())),
     };
-    let q = &found.info;
-    super::check_group(&model, q.group_size)
-        .map_err(|r| LabError::bad_checkpoint(&found.source, r))?;
+    if group_said {
+        super::check_group(&model, q.group_size)
+            .map_err(|r| LabError::bad_checkpoint(&source, r))?;
+    }
     Ok((
         model,
         CheckpointQuant {
-            group_size: Some(q.group_size),
-            act_order: Some(q.desc_act),
-            source: Some(found.source),
+            // Unsaid and no tensors to read it from: the caller asks (AutoGPTQ's defaults would
+            // be a guess about this folder).
+            group_size: group_said.then_some(q.group_size),
+            act_order: act_said.then_some(q.desc_act),
+            source: Some(source),
         },
     ))
+}
+
+/// Whether `dir` holds a .safetensors file (the planner reads folders with a config alone too).
+fn holds_weights(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
+        })
+    })
 }
 
 /// Bytes by kind from a loaded checkpoint's tensors (state-dict name -> byte size). The hook for

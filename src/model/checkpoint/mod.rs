@@ -70,9 +70,10 @@ pub struct Checkpoint {
     pub quant: Option<QuantInfo>,
     /// The file the quant settings came from (for messages), or the weights file if inferred.
     quant_source: PathBuf,
-    /// The quant config states `sym: true` (not defaulted, not inferred): every true zero must
-    /// then be 2^(bits-1), or the zero format was mislabelled.
-    sym_stated: bool,
+    /// What the quant config states rather than defaults (quant_config::Stated). `sym: true`
+    /// stated: every true zero must then be 2^(bits-1), or the zero format was mislabelled;
+    /// `desc_act: true` stated: every linear needs its g_idx.
+    stated: quant_config::Stated,
     files: Files,
 }
 
@@ -114,10 +115,10 @@ impl Checkpoint {
             })?;
         check_layer_count(&config, &files, &cfg_path)?;
         check_tied_head(&config, &files, &cfg_path)?;
-        let (mut quant, sym_stated, mut quant_source) =
+        let (mut quant, stated, mut quant_source) =
             match quant_config::from_files(&dir, &cfg_value)? {
-                Some(f) => (Some(f.info), f.sym_stated, f.source),
-                None => (None, false, cfg_path.clone()),
+                Some(f) => (Some(f.info), f.stated, f.source),
+                None => (None, quant_config::Stated::default(), cfg_path.clone()),
             };
         // Any quantized tensor without a quantize config: a GPTQ-for-LLaMa era file.
         let first_q = files
@@ -141,15 +142,48 @@ impl Checkpoint {
                 quant = Some(quant_config::infer(&files, &prefix, k)?);
                 quant_source = files.path_of(&format!("{prefix}.qweight")).to_path_buf();
             }
+        } else if let (Some(q), Some(prefix)) = (quant.as_mut(), first_q.as_deref()) {
+            // A group size or desc_act the config leaves out: what the tensors say (AutoGPTQ's
+            // defaults, -1 and true, stand only where the model config gives no K to read by).
+            if let Some((k, _)) = expected_kn(&config, prefix) {
+                let from = quant_source
+                    .file_name()
+                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+                let note = |field: &str, default: &str, line: String| {
+                    format!(
+                        "{from}: '{field}' missing; read from the tensors, not AutoGPTQ's default \
+                         ({default}): {line}"
+                    )
+                };
+                if !stated.group_size {
+                    let (g, line) = quant_config::group_size_from_scales(&files, prefix, k)?;
+                    q.group_size = g;
+                    q.inferred.retain(|l| !l.contains("'group_size' missing"));
+                    q.inferred.push(note("group_size", "-1, per-channel", line));
+                }
+                if !stated.desc_act {
+                    let (act, line) =
+                        quant_config::desc_act_from_g_idx(&files, prefix, k, q.group_size)?;
+                    q.desc_act = act;
+                    q.inferred.retain(|l| !l.contains("'desc_act' missing"));
+                    q.inferred.push(note("desc_act", "true", line));
+                }
+            }
         }
         Ok(Checkpoint {
             dir,
             config,
             quant,
             quant_source,
-            sym_stated,
+            stated,
             files,
         })
+    }
+
+    /// The file the quant settings came from: quantize_config.json or config.json, or the
+    /// weights file whose tensors they were inferred from.
+    pub fn quant_source(&self) -> &Path {
+        &self.quant_source
     }
 
     /// One linear layer, e.g. prefix "model.layers.0.self_attn.q_proj": validated against the
@@ -293,8 +327,9 @@ impl Checkpoint {
             }
             let v: Vec<i32> = wide.into_iter().map(|x| x as i32).collect();
             gidx::is_act_order(&v, g).then_some(v)
-        } else if q.desc_act && !q.static_groups {
-            // Act-order declared: the trivial k / G would silently misgroup every row.
+        } else if q.desc_act && self.stated.desc_act && !q.static_groups {
+            // Act-order declared: the trivial k / G would silently misgroup every row. (Read from
+            // another linear's g_idx instead, it says nothing of this one: plain order.)
             return Err(LabError::bad_checkpoint(
                 self.files.path_of(&qw),
                 format!(
@@ -342,8 +377,13 @@ impl Checkpoint {
             }
         };
         let symmetric = zeros::is_symmetric_true(&qzeros);
-        if self.sym_stated && !symmetric {
+        if self.stated.sym && !symmetric {
             return Err(self.not_symmetric(prefix, &qzeros, l.n, l.format));
+        }
+        if !self.stated.sym {
+            if let Some(e) = self.symmetric_off_by_one(prefix, &qzeros, l.format) {
+                return Err(e);
+            }
         }
         let sc = format!("{prefix}.scales");
         let scales = finite_f16(l.scales, self.files.path_of(&sc), &sc)?;
@@ -407,6 +447,38 @@ impl Checkpoint {
                 self.quant_source.display()
             ),
         )
+    }
+
+    /// Where the config does not state `sym`: a linear whose true zeros are ALL one step off the
+    /// symmetric 8 (9 under v1, 7 under v2) is a symmetric file with the other zero format's
+    /// label, and loading it would shift every weight by one scale step. An asymmetric
+    /// quantizer leaves no zero the same in every group and column of a real layer; a tensor of
+    /// fewer than 64 zeros (a tiny test layer) is too small to say.
+    fn symmetric_off_by_one(
+        &self,
+        prefix: &str,
+        qzeros: &[u32],
+        format: ZeroFormat,
+    ) -> Option<LabError> {
+        let (z, this, other) = match format {
+            ZeroFormat::V1 => (9, "\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
+            ZeroFormat::V2 => (7, "\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
+        };
+        let word = (0..8).fold(0u32, |w, j| w | (z << (4 * j)));
+        if qzeros.len() < 8 || qzeros.iter().any(|&w| w != word) {
+            return None;
+        }
+        let qz = format!("{prefix}.qzeros");
+        Some(LabError::bad_checkpoint(
+            self.files.path_of(&qz),
+            format!(
+                "tensor '{qz}': every true zero is {z} under checkpoint_format {this}, one step off \
+                 the symmetric 8 in every group and column: a symmetric file with the other \
+                 format's label reads this way, every weight one scale step off (try {other}, \
+                 or state sym in {})",
+                self.quant_source.display()
+            ),
+        ))
     }
 
     fn dense(&self, prefix: &str, w: &str) -> Result<LinearWeights> {

@@ -9,9 +9,14 @@ use safetensors::Dtype;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// AutoGPTQ's defaults for fields a quantize config leaves out.
+/// AutoGPTQ's defaults (`BaseQuantizeConfig`: bits 4, group_size -1, desc_act true, sym true)
+/// for fields a quantize config leaves out. A missing group_size or desc_act is then read from
+/// the tensors where the checkpoint has them (`Checkpoint::open`): the scales' rows give the group
+/// size exactly and a g_idx gives the row order, where the default would misread any file that
+/// is not per-channel (and 128 / false, transformers' GPTQConfig defaults, any file that is).
 const DEFAULT_BITS: u32 = 4;
-const DEFAULT_GROUP_SIZE: i32 = 128;
+const DEFAULT_GROUP_SIZE: i32 = -1;
+const DEFAULT_DESC_ACT: bool = true;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantInfo {
@@ -84,8 +89,8 @@ fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo
         DEFAULT_GROUP_SIZE
     });
     let desc_act = raw.desc_act.unwrap_or_else(|| {
-        default("desc_act", "false".into());
-        false
+        default("desc_act", DEFAULT_DESC_ACT.to_string());
+        DEFAULT_DESC_ACT
     });
     let sym = raw.sym.unwrap_or_else(|| {
         default("sym", "true".into());
@@ -133,18 +138,43 @@ fn check_bits(bits: u32, path: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether a quant config states `sym: true` itself (not AutoGPTQ's default): only a stated
-/// value is a promise about the stored zeros that the loader can hold the tensors to.
-fn states_sym(v: &serde_json::Value) -> bool {
-    v.get("sym").and_then(serde_json::Value::as_bool) == Some(true)
+/// Which settings a quant config states itself rather than leaving to a default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stated {
+    /// `sym: true` stated: a promise about the stored zeros that the loader holds the tensors to.
+    pub sym: bool,
+    /// `group_size` stated; else the loader reads it from the scales' rows.
+    pub group_size: bool,
+    /// `desc_act` stated; else the loader reads it from the g_idx (and a linear without one is in
+    /// plain row order rather than refused).
+    pub desc_act: bool,
+}
+
+impl Stated {
+    fn of(v: &serde_json::Value) -> Self {
+        Stated {
+            sym: v.get("sym").and_then(serde_json::Value::as_bool) == Some(true),
+            group_size: v.get("group_size").is_some_and(|g| !g.is_null()),
+            desc_act: v.get("desc_act").is_some_and(|d| !d.is_null()),
+        }
+    }
+
+    /// Stated in either of two files.
+    fn or(self, o: Stated) -> Stated {
+        Stated {
+            sym: self.sym || o.sym,
+            group_size: self.group_size || o.group_size,
+            desc_act: self.desc_act || o.desc_act,
+        }
+    }
 }
 
 /// What a checkpoint folder's quantize config says, and where it said it.
 #[derive(Debug, Clone)]
 pub(crate) struct FoundQuant {
     pub info: QuantInfo,
-    /// Either file states `sym: true` explicitly (not AutoGPTQ's default).
-    pub sym_stated: bool,
+    /// What either file states explicitly (not AutoGPTQ's defaults).
+    pub stated: Stated,
     /// quantize_config.json when it exists (it wins), else config.json.
     pub source: PathBuf,
 }
@@ -154,23 +184,30 @@ pub(crate) struct FoundQuant {
 pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Option<FoundQuant>> {
     let qc_path = dir.join("quantize_config.json");
     let cfg_path = dir.join("config.json");
-    let (from_cfg, cfg_sym) = match config.get("quantization_config") {
+    let (from_cfg, cfg_stated) = match config.get("quantization_config") {
         Some(v) if !v.is_null() => (
             Some(parse(v, &cfg_path, "config.json quantization_config")?),
-            states_sym(v),
+            Stated::of(v),
         ),
-        _ => (None, false),
+        _ => (None, Stated::default()),
     };
     if !crate::util::optional_file(&qc_path)? {
         return Ok(from_cfg.map(|info| FoundQuant {
             info,
-            sym_stated: cfg_sym,
+            stated: cfg_stated,
             source: cfg_path,
         }));
     }
     let v: serde_json::Value = crate::util::read_json(&qc_path)?;
-    let qc = parse(&v, &qc_path, "quantize_config.json")?;
+    let mut qc = parse(&v, &qc_path, "quantize_config.json")?;
+    let qc_stated = Stated::of(&v);
     if let Some(c) = &from_cfg {
+        // A group size only one file states is that file's: the other's default does not
+        // disagree with it.
+        if cfg_stated.group_size && !qc_stated.group_size {
+            qc.group_size = c.group_size;
+            qc.inferred.retain(|l| !l.contains("'group_size' missing"));
+        }
         let key = |q: &QuantInfo| (q.bits, q.group_size, q.sym, q.format);
         if key(c) != key(&qc) {
             return Err(LabError::bad_checkpoint(
@@ -186,7 +223,7 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
     }
     Ok(Some(FoundQuant {
         info: qc,
-        sym_stated: cfg_sym || states_sym(&v),
+        stated: cfg_stated.or(qc_stated),
         source: qc_path,
     }))
 }
@@ -224,37 +261,10 @@ pub(crate) fn infer(files: &Files, prefix: &str, k: usize) -> Result<QuantInfo> 
         "bits = {bits} from {qw} rows ({rows} = K * bits / 32)"
     ));
 
-    let sc = format!("{prefix}.scales");
-    let groups = *info(&sc)?.shape.first().unwrap_or(&0);
-    let group_size = match groups {
-        0 => return Err(bad(format!("tensor '{sc}' has no rows"))),
-        1 => -1,
-        g if k % g == 0 => (k / g) as i32,
-        g => {
-            return Err(bad(format!(
-                "tensor '{sc}': {g} rows imply a group size that does not divide K = {k}; \
-                 expected K / group_size rows"
-            )))
-        }
-    };
-    inferred.push(format!(
-        "group_size = {group_size} from {sc} rows ({groups})"
-    ));
-
-    let gi = format!("{prefix}.g_idx");
-    let g_rows = group_rows(group_size, k).map_err(bad)?;
-    let desc_act = if files.contains(&gi) {
-        let raw = files.get(&gi, &[Dtype::I32, Dtype::I64], Some(&[k]))?;
-        let v: Vec<i32> = to_i64(&raw).into_iter().map(|x| x as i32).collect();
-        let act = gidx::validate_g_idx(&v, k, groups).is_ok() && gidx::is_act_order(&v, g_rows);
-        inferred.push(format!("desc_act = {act} from {gi}"));
-        act
-    } else {
-        inferred.push(format!(
-            "desc_act = false: {gi} absent, so g_idx = k / group_size"
-        ));
-        false
-    };
+    let (group_size, line) = group_size_from_scales(files, prefix, k)?;
+    inferred.push(line);
+    let (desc_act, line) = desc_act_from_g_idx(files, prefix, k, group_size)?;
+    inferred.push(line);
 
     let qz = format!("{prefix}.qzeros");
     let raw = files.get(&qz, &[Dtype::I32, Dtype::U32], None)?;
@@ -278,4 +288,60 @@ pub(crate) fn infer(files: &Files, prefix: &str, k: usize) -> Result<QuantInfo> 
         format: ZeroFormat::V1,
         inferred,
     })
+}
+
+/// The group size of linear `prefix` (in_features `k`) from its scales' rows (K / group_size; one
+/// row: per-channel, -1), with the line that says so.
+pub(crate) fn group_size_from_scales(
+    files: &Files,
+    prefix: &str,
+    k: usize,
+) -> Result<(i32, String)> {
+    let sc = format!("{prefix}.scales");
+    let info = files.info(&sc).ok_or_else(|| {
+        LabError::bad_checkpoint(
+            files.path_of(&format!("{prefix}.qweight")),
+            format!("missing tensor '{sc}' (needed to infer the group size)"),
+        )
+    })?;
+    let bad = |r: String| LabError::bad_checkpoint(files.path_of(&sc), r);
+    let groups = *info.shape.first().unwrap_or(&0);
+    let group_size = match groups {
+        0 => return Err(bad(format!("tensor '{sc}' has no rows"))),
+        1 => -1,
+        g if k % g == 0 => (k / g) as i32,
+        g => {
+            return Err(bad(format!(
+                "tensor '{sc}': {g} rows imply a group size that does not divide K = {k}; \
+                 expected K / group_size rows"
+            )))
+        }
+    };
+    Ok((
+        group_size,
+        format!("group_size = {group_size} from {sc} rows ({groups})"),
+    ))
+}
+
+/// Whether linear `prefix` is act-order: its g_idx present, valid and not the plain k / G (which
+/// is what a linear without one reads as), with the line that says so.
+pub(crate) fn desc_act_from_g_idx(
+    files: &Files,
+    prefix: &str,
+    k: usize,
+    group_size: i32,
+) -> Result<(bool, String)> {
+    let gi = format!("{prefix}.g_idx");
+    if !files.contains(&gi) {
+        return Ok((
+            false,
+            format!("desc_act = false: {gi} absent, so g_idx = k / group_size"),
+        ));
+    }
+    let g_rows =
+        group_rows(group_size, k).map_err(|r| LabError::bad_checkpoint(files.path_of(&gi), r))?;
+    let raw = files.get(&gi, &[Dtype::I32, Dtype::I64], Some(&[k]))?;
+    let v: Vec<i32> = to_i64(&raw).into_iter().map(|x| x as i32).collect();
+    let act = gidx::validate_g_idx(&v, k, k / g_rows).is_ok() && gidx::is_act_order(&v, g_rows);
+    Ok((act, format!("desc_act = {act} from {gi}")))
 }
