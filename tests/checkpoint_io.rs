@@ -38,8 +38,13 @@ fn v1_and_v2_round_trips_are_bit_identical() {
         );
         assert!(q.inferred.is_empty(), "{:?}", q.inferred);
         assert_layers_identical(&ck, &layers);
-        // Symmetric layers keep the flag kernels use to skip qzeros.
-        assert!(layers.iter().all(|(_, l)| l.symmetric == sym));
+        // Symmetric layers keep the flag kernels use to skip qzeros, as loaded.
+        for (name, _) in &layers {
+            match ck.linear(name).unwrap() {
+                LinearWeights::Quant(l) => assert_eq!(l.symmetric, sym, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
         // Dense tensors come back as written (f16 -> f32 is exact).
         for (name, data, shape) in fx::dense() {
             let (v, s) = ck.tensor_f32(&name).unwrap();
@@ -234,33 +239,52 @@ fn sharded_checkpoint_loads_through_its_index() {
 }
 
 #[test]
-fn fp16_checkpoint_gives_dense_linears_transposed_to_kn() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("ck");
-    // An fp16 q_proj.weight [N, K] = [128, 128] with w[o][i] = o * 1000 + i (exact in f32).
+fn dense_checkpoints_in_f16_bf16_and_f32_give_linears_transposed_to_kn() {
+    use safetensors::Dtype;
+    // q_proj.weight [N, K] = [128, 128] with w[o][i] = (3o + i) mod 64 - 32: small integers,
+    // exact in all three dtypes, and no two neighbours equal (a transpose slip shows).
     let (n, k) = (fx::HIDDEN, fx::HIDDEN);
     let w: Vec<f32> = (0..n * k)
-        .map(|x| ((x / k) * 1000 + x % k) as f32)
+        .map(|x| ((3 * (x / k) + x % k) % 64) as f32 - 32.0)
         .collect();
-    let mut t = fx::Tensors::new();
-    let b: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-    t.insert(
-        "model.layers.0.self_attn.q_proj.weight".into(),
-        (safetensors::Dtype::F32, vec![n, k], b),
-    );
-    std::fs::create_dir_all(&dir).unwrap();
-    fx::write_tensors(&dir.join("model.safetensors"), &t);
-    // Only layer 0's q_proj: the config must give one layer, or the open refuses the count.
-    let mut config = fx::config_json();
-    config["num_hidden_layers"] = 1.into();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let ck = Checkpoint::open(&dir).unwrap();
-    assert!(ck.quant.is_none());
-    let LinearWeights::Dense { k: kk, n: nn, w_kn } =
-        ck.linear("model.layers.0.self_attn.q_proj").unwrap()
-    else {
-        panic!("expected dense");
-    };
-    assert_eq!((kk, nn), (k, n));
-    assert_eq!(w_kn[5 * n + 7], (7 * 1000 + 5) as f32); // row i = 5 (input), column o = 7 (output)
+    for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ck");
+        let b: Vec<u8> = match dtype {
+            Dtype::F16 => w
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            Dtype::BF16 => w
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            _ => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let mut t = fx::Tensors::new();
+        t.insert(
+            "model.layers.0.self_attn.q_proj.weight".into(),
+            (dtype, vec![n, k], b),
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        fx::write_tensors(&dir.join("model.safetensors"), &t);
+        // Only layer 0's q_proj: the config must give one layer, or the open refuses the count.
+        let mut config = fx::config_json();
+        config["num_hidden_layers"] = 1.into();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert!(ck.quant.is_none());
+        let LinearWeights::Dense { k: kk, n: nn, w_kn } =
+            ck.linear("model.layers.0.self_attn.q_proj").unwrap()
+        else {
+            panic!("{dtype:?}: expected dense");
+        };
+        assert_eq!((kk, nn), (k, n));
+        // w_kn[i][o] = w[o][i] for every element: input row i, output column o.
+        for i in 0..k {
+            for o in 0..n {
+                assert_eq!(w_kn[i * n + o], w[o * k + i], "{dtype:?} ({i}, {o})");
+            }
+        }
+    }
 }

@@ -105,7 +105,9 @@ fn written_checkpoint_reloads_bit_exactly_and_beats_rtn() {
         assert!(out.join("tokenizer.json").is_file());
         assert_only(tmp.path(), &["q"]);
         assert!(summary.peak_rss_bytes.is_some_and(|b| b > 0));
-        // GPTQ's whole point: lower output error than RTN on the real layer inputs, every linear.
+        // GPTQ's whole point: lower output error than RTN on the real layer inputs, every linear
+        // (7 per layer of the tiny model's 2: q, k, v, o, gate, up, down).
+        assert_eq!(summary.linears.len(), 14);
         for l in &summary.linears {
             assert!(
                 l.error < l.rtn_error,
@@ -423,6 +425,7 @@ fn file_backed_hidden_states_give_the_same_codes_as_in_memory() {
     assert!(tmp.path().join("activations.f32").is_file());
     assert_eq!(mem.layers.len(), 14);
     assert_eq!(mem.layers, file.layers);
+    assert_eq!((mem.stats.len(), file.stats.len()), (14, 14));
     for (a, b) in mem.stats.iter().zip(&file.stats) {
         assert_eq!(
             (&a.name, a.error, a.rtn_error),

@@ -249,13 +249,17 @@ mod tests {
         h.matrix().unwrap()
     }
 
+    /// Like the GPU tests' skip: `SKIP <test>: <reason>` on a CPU without AMX-BF16 tiles, and
+    /// with `REQUIRE_AMX=1` (on a machine that should have them) a skip is a failure.
     fn amx_or_skip(test: &str) -> bool {
         if amx_available() {
             return true;
         }
-        eprintln!(
-            "SKIP {test}: this CPU has no AMX-BF16 tiles (the bf16-amx backend is not used here)"
-        );
+        let reason = "this CPU has no AMX-BF16 tiles (the bf16-amx backend is not used here)";
+        if std::env::var("REQUIRE_AMX").is_ok_and(|v| v == "1") {
+            panic!("REQUIRE_AMX=1 but {test} cannot run: {reason}");
+        }
+        eprintln!("SKIP {test}: {reason}");
         false
     }
 

@@ -280,6 +280,78 @@ mod tests {
         );
         let l = ModelConfig::vicuna_7b().layer_linears();
         assert_eq!(l[6], ("mlp.down_proj", 11008, 4096));
+        // The whole table row of ../shared/gptq-format.md ("Vicuna / LLaMA shapes") for both:
+        // (hidden, layers, heads, intermediate, vocab), eps 1e-6, theta 10000, context 2048.
+        for (c, row) in [
+            (ModelConfig::vicuna_7b(), (4096, 32, 32, 11008, 32000)),
+            (ModelConfig::vicuna_13b(), (5120, 40, 40, 13824, 32000)),
+        ] {
+            assert_eq!(
+                (
+                    c.hidden_size,
+                    c.num_hidden_layers,
+                    c.num_attention_heads,
+                    c.intermediate_size,
+                    c.vocab_size
+                ),
+                row,
+                "{}",
+                c.name
+            );
+            assert_eq!(c.num_key_value_heads, c.num_attention_heads, "{}", c.name);
+            assert_eq!(
+                (c.rms_norm_eps, c.rope_theta, c.max_position_embeddings),
+                (1e-6, 10000.0, 2048),
+                "{}",
+                c.name
+            );
+            assert!(!c.tie_word_embeddings, "{}", c.name);
+            // Its seven linears per layer as (name, K, N).
+            let (h, i) = (row.0, row.3);
+            assert_eq!(
+                c.layer_linears(),
+                vec![
+                    ("self_attn.q_proj", h, h),
+                    ("self_attn.k_proj", h, h),
+                    ("self_attn.v_proj", h, h),
+                    ("self_attn.o_proj", h, h),
+                    ("mlp.gate_proj", h, i),
+                    ("mlp.up_proj", h, i),
+                    ("mlp.down_proj", i, h),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn shapes_no_llama_engine_can_run_are_refused_naming_the_field() {
+        for (extra, want) in [
+            (r#""model_type":"mistral""#, "model_type 'mistral'"),
+            // 4 heads in 3 KV groups.
+            (
+                r#""num_key_value_heads":3"#,
+                "num_key_value_heads 3 does not divide num_attention_heads 4",
+            ),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(
+                e.contains("m/config.json") && e.contains(want),
+                "{extra}: {e}"
+            );
+        }
+        // hidden 64 over 5 heads: no integer head size.
+        let text = r#"{"hidden_size":64,"intermediate_size":128,"num_attention_heads":5,"num_hidden_layers":1,"vocab_size":10}"#;
+        let e = ModelConfig::from_json_str(text, Path::new("m/config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/config.json")
+                && e.contains("hidden_size 64 is not a multiple of num_attention_heads 5"),
+            "{e}"
+        );
+        // Grouped-query attention that divides is read as given; "llama" is accepted.
+        let c = parse(r#""num_key_value_heads":2,"model_type":"llama""#).unwrap();
+        assert_eq!((c.num_attention_heads, c.num_key_value_heads), (4, 2));
     }
 
     #[test]

@@ -265,8 +265,24 @@ mod tests {
         let x1: Vec<f32> = out.iter().zip(&down).map(|(a, b)| a - b).collect();
         let xn2 = layer_pass(&cfg, &inv, l, &x, t, Some(Stage::GateUp));
         let want = norm_rows(&x1, 32, &l.ffn_norm, cfg.rms_norm_eps);
+        assert_eq!(xn2.len(), want.len());
         for (a, b) in xn2.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5);
         }
+        // o_proj's input: the attention output, which o maps onto x1 - x (the residual).
+        let attn = layer_pass(&cfg, &inv, l, &x, t, Some(Stage::O));
+        assert_eq!(attn.len(), t * cfg.num_attention_heads * cfg.head_dim());
+        let o = linear(&attn, t, &l.wo);
+        assert_eq!(o.len(), x1.len());
+        for (i, ((xi, oi), x1i)) in x.iter().zip(&o).zip(&x1).enumerate() {
+            assert!(
+                (xi + oi - x1i).abs() < 1e-5,
+                "row element {i}: {} vs {x1i}",
+                xi + oi
+            );
+        }
+        // ... and not the normed input q|k|v read (a capture of the wrong stage would pass the
+        // length check alone).
+        assert_ne!(attn[..32], xn[..32]);
     }
 }

@@ -304,11 +304,14 @@ mod tests {
         assert_eq!(argmax(&lp), 2);
     }
 
-    /// A model whose logits are a fixed function of the token it was fed and its position.
+    /// A model whose logits are a fixed function of the token it was fed and its position
+    /// (`scripted()`: scale 1, bump 0; another scale and a bump on logit 0 make a second model).
     struct Scripted {
         cfg: ModelConfig,
         pos: usize,
         fed: Vec<u32>,
+        scale: f32,
+        bump: f32,
     }
 
     impl NextTokenModel for Scripted {
@@ -327,7 +330,10 @@ mod tests {
             self.pos += 1;
             let v = self.cfg.vocab_size;
             Ok((0..v)
-                .map(|i| ((i * 7 + token as usize * 3 + self.pos) % 11) as f32 * 0.3)
+                .map(|i| {
+                    ((i * 7 + token as usize * 3 + self.pos) % 11) as f32 * 0.3 * self.scale
+                        + if i == 0 { self.bump } else { 0.0 }
+                })
                 .collect())
         }
     }
@@ -340,7 +346,19 @@ mod tests {
             cfg,
             pos: 0,
             fed: vec![],
+            scale: 1.0,
+            bump: 0.0,
         }
+    }
+
+    /// Scripted's logits in f64 for token `t` fed at 1-based position `pos`.
+    fn scripted_logits(scale: f64, bump: f64, t: u32, pos: usize) -> Vec<f64> {
+        (0..13)
+            .map(|i| {
+                ((i * 7 + t as usize * 3 + pos) % 11) as f64 * 0.3 * scale
+                    + if i == 0 { bump } else { 0.0 }
+            })
+            .collect()
     }
 
     #[test]
@@ -380,6 +398,61 @@ mod tests {
         assert_eq!(p.windows, 2);
         assert!(p.kl_to_reference.unwrap().abs() < 1e-12);
         assert_eq!(p.top1_agreement, Some(1.0));
+    }
+
+    #[test]
+    fn kl_is_the_references_divergence_from_the_model_and_agreement_its_argmax_share() {
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let (mut model, mut reference) = (scripted(), scripted());
+        (reference.scale, reference.bump) = (1.5, 2.0);
+        let p = perplexity(&mut model, Some(&mut reference), &tokens, 4, None).unwrap();
+        // By hand: KL(ref || model) = sum_i p_ref(i) (log p_ref(i) - log p_model(i)) per scored
+        // position, averaged; agreement = share of positions with the same argmax (first max).
+        let lsm = |l: &[f64]| {
+            let lz = l.iter().map(|v| v.exp()).sum::<f64>().ln();
+            l.iter().map(|v| v - lz).collect::<Vec<f64>>()
+        };
+        let first_max = |l: &[f64]| (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b });
+        let (mut kl, mut agree, mut n) = (0f64, 0usize, 0usize);
+        for w in tokens[..16].chunks(4) {
+            for (pos, &t) in w[..3].iter().enumerate() {
+                let m = lsm(&scripted_logits(1.0, 0.0, t, pos + 1));
+                let r = lsm(&scripted_logits(1.5, 2.0, t, pos + 1));
+                kl += r
+                    .iter()
+                    .zip(&m)
+                    .map(|(r, m)| r.exp() * (r - m))
+                    .sum::<f64>();
+                agree += usize::from(first_max(&r) == first_max(&m));
+                n += 1;
+            }
+        }
+        let (kl, agree) = (kl / n as f64, agree as f64 / n as f64);
+        assert!(kl > 0.05, "the two scripts should differ: KL {kl}");
+        assert!(
+            agree > 0.0 && agree < 1.0,
+            "agreement {agree} should be partial"
+        );
+        let got = p.kl_to_reference.unwrap();
+        assert!((got - kl).abs() < 1e-5, "KL {got} vs {kl} by hand");
+        assert_eq!(p.top1_agreement, Some(agree));
+        // The other direction is another number: the figure is not symmetric by accident.
+        let mut back = 0f64;
+        for w in tokens[..16].chunks(4) {
+            for (pos, &t) in w[..3].iter().enumerate() {
+                let m = lsm(&scripted_logits(1.0, 0.0, t, pos + 1));
+                let r = lsm(&scripted_logits(1.5, 2.0, t, pos + 1));
+                back += m
+                    .iter()
+                    .zip(&r)
+                    .map(|(m, r)| m.exp() * (m - r))
+                    .sum::<f64>();
+            }
+        }
+        assert!(
+            (back / n as f64 - got).abs() > 1e-3,
+            "KL(model || ref) = KL(ref || model)?"
+        );
     }
 
     /// `Scripted` whose logits turn to `bad` from the `at`-th fed token on.
