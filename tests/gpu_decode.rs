@@ -199,7 +199,8 @@ fn bad_tokens_and_a_full_cache_are_errors_not_wrong_results() {
         .unwrap_err()
         .to_string()
         .contains("KV cache is full"));
-    assert!(e.set_position(4).is_err());
+    let err = e.set_position(4).unwrap_err().to_string();
+    assert!(err.contains("4 is past the KV cache"), "{err}");
 }
 
 /// A 100-token prompt on random tiny models (int4 with and without act-order, fp16): the GEMM
@@ -344,7 +345,8 @@ fn prefill_refuses_bad_tokens_overflow_and_a_missing_workspace() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("vocab_size 320"), "{err}");
-    assert!(e.prefill(&[], PrefillLogits::None).is_err());
+    let err = e.prefill(&[], PrefillLogits::None).unwrap_err().to_string();
+    assert!(err.contains("needs at least one token"), "{err}");
     e.prefill(&[1, 2, 3, 4, 5], PrefillLogits::None).unwrap();
     let err = e
         .prefill(&[1, 2, 3, 4], PrefillLogits::None)

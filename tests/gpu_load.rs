@@ -244,25 +244,65 @@ fn streamed_bytes_match_the_planner_part_by_part() {
     }
 }
 
+/// A source that logs each layer it hands out, so a test sees the order of reads and sinks.
+struct Logged<'a> {
+    inner: CheckpointLayers<'a>,
+    log: &'a std::cell::RefCell<Vec<String>>,
+}
+
+impl LayerSource for Logged<'_> {
+    fn num_layers(&self) -> usize {
+        self.inner.num_layers()
+    }
+    fn preflight(&self, cfg: &gptq_lab::model::config::ModelConfig) -> gptq_lab::Result<()> {
+        self.inner.preflight(cfg)
+    }
+    fn layer(
+        &self,
+        i: usize,
+    ) -> gptq_lab::Result<std::borrow::Cow<'_, gptq_lab::model::gpu_weights::HostLayer>> {
+        self.log.borrow_mut().push(format!("read {i}"));
+        self.inner.layer(i)
+    }
+    fn embed(&self) -> gptq_lab::Result<std::borrow::Cow<'_, [f16]>> {
+        self.inner.embed()
+    }
+    fn final_norm(&self) -> gptq_lab::Result<std::borrow::Cow<'_, [f16]>> {
+        self.inner.final_norm()
+    }
+    fn lm_head(&self) -> gptq_lab::Result<std::borrow::Cow<'_, [f16]>> {
+        self.inner.lm_head()
+    }
+}
+
 /// Host memory of a streamed load: one layer at a time, far below the whole model.
 #[test]
 fn streaming_holds_one_layer_at_a_time() {
     let ck = Checkpoint::open(&fixture("tiny-asym-act-g32")).unwrap();
     let host = HostLlama::from_checkpoint(&ck).unwrap();
     let whole: u64 = host.layers.iter().map(|l| l.host_bytes()).sum();
-    let mut seen = Vec::new();
+    let log = std::cell::RefCell::new(Vec::new());
+    let src = Logged {
+        inner: CheckpointLayers::new(&ck),
+        log: &log,
+    };
     let m = stream_model(
-        &CheckpointLayers::new(&ck),
+        &src,
         &ck.config,
         "test",
         |i, _| {
-            seen.push(i);
+            log.borrow_mut().push(format!("sink {i}"));
             Ok(())
         },
         |_, _| Ok(()),
     )
     .unwrap();
-    assert_eq!(seen, (0..ck.config.num_hidden_layers).collect::<Vec<_>>());
+    // Each layer is read, then handed on, before the next is read: the loader never holds two
+    // layers' canonical forms at once (reading them all first would log read 0, read 1, ...).
+    let want: Vec<String> = (0..ck.config.num_hidden_layers)
+        .flat_map(|i| [format!("read {i}"), format!("sink {i}")])
+        .collect();
+    assert_eq!(log.into_inner(), want);
     let one = host.layers[0].host_bytes();
     // canonical + laid out of one layer: about twice one layer, never the whole model's layers.
     assert!(m.stats.peak_layer_host_bytes >= one, "{:?}", m.stats);

@@ -115,6 +115,22 @@ fn emulate(
 mod tests {
     use super::*;
 
+    /// The emulated geometry is the kernel's: THREADS and UNROLL against attention.cuh's
+    /// #defines, so a changed kernel cannot leave these tests proving the old one.
+    #[test]
+    fn the_emulated_block_geometry_is_the_kernels() {
+        let cuh = include_str!("../../kernels/llama/attention.cuh");
+        let define = |name: &str| -> usize {
+            let line = cuh
+                .lines()
+                .find(|l| l.split_whitespace().take(2).eq(["#define", name]))
+                .unwrap_or_else(|| panic!("attention.cuh has no #define {name}"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(define("LLAMA_ATTN_THREADS"), THREADS);
+        assert_eq!(define("LLAMA_ATTN_UNROLL"), UNROLL);
+    }
+
     /// (head dim, engine chunk, max_ctx): the decode bench's 7B/13B engines (chunk 256, max_ctx
     /// 2085), the persistent layers' grid-fitted splits (7B 261, 13B 348 at max_ctx 2085), and
     /// the tiny check's small chunks and head dims.

@@ -337,9 +337,17 @@ mod tests {
     fn flags_map_to_modes_and_bad_values_are_refused() {
         assert_eq!(Sampling::new(true, 0.9, 0.7).unwrap(), Sampling::Greedy);
         assert_eq!(Sampling::new(false, 0.9, 0.0).unwrap(), Sampling::Greedy);
-        assert!(Sampling::new(false, 0.0, 1.0).is_err());
-        assert!(Sampling::new(false, 1.5, 1.0).is_err());
-        assert!(Sampling::new(false, 0.9, -1.0).is_err());
-        assert!(Sampling::new(false, 0.9, f32::NAN).is_err());
+        for (top_p, temp, flag, value) in [
+            (0.0, 1.0, "--top-p", "0"),
+            (1.5, 1.0, "--top-p", "1.5"),
+            (0.9, -1.0, "--temperature", "-1"),
+            (0.9, f32::NAN, "--temperature", "NaN"),
+        ] {
+            let e = Sampling::new(false, top_p, temp).unwrap_err().to_string();
+            assert!(
+                e.contains(flag) && e.contains(&format!("{value}: expected")),
+                "({top_p}, {temp}): {e}"
+            );
+        }
     }
 }

@@ -229,6 +229,18 @@ mod tests {
 
     #[test]
     fn every_engine_op_name_has_a_group() {
+        // The names the engine's step marks, read from its source (every `keep(.., "op", ..)` and
+        // `mark(m, "op")` of gpu_engine/step.rs), so a renamed or added op cannot land in
+        // "other" unnoticed.
+        let src = include_str!("gpu_engine/step.rs");
+        let mut ops = std::collections::BTreeSet::new();
+        for lead in ["keep(None, \"", "keep(Some(li), \"", "self.mark(m, \""] {
+            for (i, _) in src.match_indices(lead) {
+                let rest = &src[i + lead.len()..];
+                ops.insert(&rest[..rest.find('"').unwrap()]);
+            }
+        }
+        assert!(ops.len() >= 16, "{ops:?}");
         for op in [
             "embedding",
             "attn_norm",
@@ -241,11 +253,15 @@ mod tests {
             "gate_up_proj",
             "silu_mul",
             "down_proj",
+            "decode_layers",
             "residual_final",
             "final_norm",
             "lm_head",
             "argmax",
         ] {
+            assert!(ops.contains(op), "the step no longer marks {op}: {ops:?}");
+        }
+        for op in &ops {
             assert_ne!(group_of(op), "other", "{op}");
         }
         assert_eq!(group_of("something new"), "other");

@@ -148,7 +148,11 @@ mod tests {
         assert!(
             text.starts_with("<svg") && text.contains("gemm_v2") && text.contains("ideal 3.87x")
         );
-        assert!(line_chart(&p, "t", "x", "y", &[]).is_err());
+        let e = line_chart(&p, "t", "x", "y", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("no data"),
+            "{e}"
+        );
         // Points: one circle per point, none for the reference line.
         scatter_chart(&p, "speedup", "key", "x", &s).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();

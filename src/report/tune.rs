@@ -381,6 +381,15 @@ mod tests {
             None,
         )]);
         let dir = tempfile::tempdir().unwrap();
+        // An earlier config's plot in the folder: the new report, with nothing to plot, removes it
+        // rather than leave a plot beside a tune.md that no longer shows it.
+        let earlier = config(vec![entry(
+            2,
+            ("gemm_v1_simt", ok(25.0)),
+            Some(("gemm_v2_mma", 20.0)),
+        )]);
+        write_tune_report(dir.path(), &earlier).unwrap();
+        assert!(dir.path().join("tune-speedup.svg").is_file());
         write_tune_report(dir.path(), &c).unwrap();
         assert!(!dir.path().join("tune-speedup.svg").exists());
         let md = std::fs::read_to_string(dir.path().join("tune.md")).unwrap();

@@ -92,11 +92,28 @@ fn tiny_cases_run_every_m1_kernel_the_tuner_may_pick() {
             act_order,
             batch_bucket: 1,
         };
-        for v in VARIANTS.iter().filter(|v| serves(v.name, &key, 90)) {
+        let candidates: Vec<&str> = VARIANTS
+            .iter()
+            .filter(|v| serves(v.name, &key, 90))
+            .map(|v| v.name)
+            .collect();
+        // The candidates the tuner is known to pick on the H100 are among them (so the loop
+        // below checks something).
+        let known: &[&str] = if act_order {
+            &["gemv_v6_pipe"]
+        } else {
+            &["gemv_v2_vec", "gemv_v6_pipe", "gemv_v10_l2x"]
+        };
+        for k in known {
             assert!(
-                ran.contains(v.name),
-                "{} (act-order {act_order}) is a tuner candidate but no tiny case runs it",
-                v.name
+                candidates.contains(k),
+                "{k} not a candidate: {candidates:?}"
+            );
+        }
+        for name in candidates {
+            assert!(
+                ran.contains(name),
+                "{name} (act-order {act_order}) is a tuner candidate but no tiny case runs it"
             );
         }
     }

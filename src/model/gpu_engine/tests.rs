@@ -49,6 +49,10 @@ fn plain_kernels_serve_act_order_only_under_auto() {
     ] {
         assert!(!plain_kernels_serve(&v(n)), "{n}");
     }
+    // ... and auto (tuned or heuristic) does: without it no act-order linear runs on permuted x.
+    let dev = crate::cuda::device::test_device("NVIDIA H100 80GB HBM3", (9, 0), 132);
+    let auto = crate::tune::Dispatcher::from_config(None, &dev, crate::build_info::KERNEL_HASH);
+    assert!(plain_kernels_serve(&Int4Kernel::Auto(Arc::new(auto))));
 }
 
 /// The shapes of a Vicuna-7B/13B layer (fused like the engine).
@@ -234,7 +238,13 @@ fn parse_int4_kernel_names() {
     assert!(
         matches!(parse_int4_kernel("gemv_v5_splitk", no).unwrap(), Int4Kernel::Variant(v) if v.name == "gemv_v5_splitk")
     );
-    assert!(parse_int4_kernel("gemv_cublas_f16", no).is_err());
+    let e = parse_int4_kernel("gemv_cublas_f16", no)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--int4-kernel") && e.contains("gemv_cublas_f16 is a cuBLAS baseline"),
+        "{e}"
+    );
     let e = parse_int4_kernel("gemv_v9", no).unwrap_err().to_string();
     assert!(e.contains("auto"), "{e}");
 }
@@ -300,7 +310,13 @@ fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused
         }
     }
     assert!(int4_kernel_by_name("engine").unwrap().is_none());
-    assert!(int4_kernel_by_name("gemv_cublas_f16").is_err());
+    for baseline in ["gemv_cublas_f16", "gemv_dequant_cublas"] {
+        let e = int4_kernel_by_name(baseline).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("{baseline} is a cuBLAS baseline")),
+            "{e}"
+        );
+    }
     // v9 runs in the engine (cluster launches, sm_90: GpuEngine::new checks min_sm); its
     // plans on the decode shapes are clusters of at most 8 slices.
     let v9 = int4_kernel_by_name("gemv_v9_cluster").unwrap().unwrap();
@@ -321,7 +337,8 @@ fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused
             "{k}x{n}: {p:?}"
         );
     }
-    assert!(int4_kernel_by_name("gemv_v9").is_err());
+    let e = int4_kernel_by_name("gemv_v9").unwrap_err().to_string();
+    assert!(e.contains("no variant 'gemv_v9'"), "{e}");
 }
 
 #[test]

@@ -231,11 +231,24 @@ fn prefill_plan_of_a_checkpoints_shapes_equals_the_plan_of_its_laid_out_weights(
 #[test]
 fn attention_shared_memory_fits_48_kb_for_every_head_dim() {
     assert_eq!(attn_smem_bytes(128), 22848);
+    // prefill.cu's layout: q [QT][hd] | K [KT][hd + 2] | V [KT][hd] fp16, then scores [QT][KT]
+    // and three [QT] rows f32, from the tile sizes the kernel and the host share (abi.h).
+    let (qt, kt) = (
+        abi::LAB_LLAMA_PREFILL_ATTN_QT as usize,
+        abi::LAB_LLAMA_PREFILL_ATTN_KT as usize,
+    );
     for hd in [8, 16, 32, 64, 128, 256] {
         assert!(attn_smem_bytes(hd) <= 48 * 1024, "hd {hd}");
-        // V tile and scores start 16-byte aligned (uint4 stores, then f32).
-        assert_eq!((2 * (16 * hd + 32 * (hd + 2))) % 16, 0);
-        assert_eq!((2 * (16 * hd + 32 * (hd + 2) + 32 * hd)) % 16, 0);
+        let v_at = 2 * (qt * hd + kt * (hd + 2));
+        let scores_at = v_at + 2 * kt * hd;
+        // V tile and scores start 16-byte aligned (uint4 stores, then f32), and the total is
+        // what the host asks for.
+        assert_eq!((v_at % 16, scores_at % 16), (0, 0), "hd {hd}");
+        assert_eq!(
+            scores_at + 4 * (qt * kt + 3 * qt),
+            attn_smem_bytes(hd),
+            "hd {hd}"
+        );
     }
 }
 
