@@ -179,18 +179,32 @@ fn the_total_grows_by_the_prefill_workspace_and_the_handle_it_needs() {
             a.weights_bytes + a.kv_cache_bytes + a.workspace_bytes - handle,
             b.total_bytes - b.cuda_context_bytes
         );
+        // The same engine with the GEMM family's prefill: what auto falls back to.
+        let mut v2 = with.clone();
+        v2.prefill_int4 = PrefillInt4::GemmV2;
+        let v2 = v2.plan().unwrap();
+        let (mut roomy, mut tight) = (0, 0);
         for (fa, fb) in a.fits.iter().zip(&b.fits) {
             // Where auto's dequant has room (it does on these cards from 12 GiB), the card's free
-            // memory shrinks by exactly that growth; else the engine keeps v2's plan.
+            // memory shrinks by exactly that growth; else the engine keeps v2's plan, and the
+            // card's free memory is what v2's total leaves.
             let mem = fa.memory_bytes;
-            if a.total_bytes + DEQUANT_HEADROOM <= mem {
+            let free = if a.total_bytes + DEQUANT_HEADROOM <= mem {
+                roomy += 1;
                 assert_eq!(fa.free_bytes, fb.free_bytes - grows as i64);
-            }
-            assert_eq!(
-                fa.free_bytes,
-                mem as i64 - with.total_on_card(2048, mem) as i64
-            );
-            assert_eq!(fa.fits, with.total_on_card(2048, mem) <= mem);
+                mem as i64 - a.total_bytes as i64
+            } else {
+                tight += 1;
+                mem as i64 - v2.total_bytes as i64
+            };
+            assert_eq!(fa.free_bytes, free, "{} GiB", mem >> 30);
+            assert_eq!(fa.fits, free >= 0, "{} GiB", mem >> 30);
+        }
+        // int4 13B takes both branches over the cards (v2 on the small ones); fp16's total is
+        // past every card's memory plus the headroom.
+        match dtype {
+            WeightDtype::Int4 => assert!(roomy > 0 && tight > 0, "{roomy} / {tight}"),
+            WeightDtype::Fp16 => assert_eq!(roomy, 0),
         }
         assert_eq!(with.total_at(4096), without.total_at(4096) + grows);
     }
