@@ -33,17 +33,23 @@ fn layer(k: usize, n: usize, g: i32, act: bool, seed: u64) -> QuantLinear {
 
 /// Runs every must-refuse case of `family` (gemv variants: group too small / not a power of two,
 /// act-order on v2, unequal act-order groups on reorder variants, N not a multiple of 8, a batch
-/// outside the variant's range, short buffers).
+/// outside the variant's range, short buffers). Each case names the reason it must be refused
+/// for; a refusal for another reason fails it (the rule under test may be gone, another caught
+/// the shape).
 pub fn check_refusals(family: Family) -> Vec<Refusal> {
     let mut out = Vec::new();
     if family == Family::Reference {
         return out;
     }
-    let mut expect = |name: &str, what: &str, r: crate::Result<()>| {
+    let mut expect = |name: &str, what: &str, reason: &str, r: crate::Result<()>| {
         let (ok, message) = match r {
             Err(e @ LabError::UnsupportedShape { .. }) => {
                 let m = e.to_string();
-                (m.contains(name), m)
+                if m.contains(reason) {
+                    (m.contains(name), m)
+                } else {
+                    (false, format!("refused, but not for '{reason}': {m}"))
+                }
             }
             Err(e) => (false, format!("wrong error kind: {e}")),
             Ok(()) => (false, "accepted".to_string()),
@@ -96,50 +102,99 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
             .into_iter()
             .filter(|v| v.family == Family::Gemm)
         {
-            expect(v.name, "group 16 (not declared)", prep(v.name, &g16));
+            expect(
+                v.name,
+                "group 16 (not declared)",
+                "group 16 not supported",
+                prep(v.name, &g16),
+            );
             expect(
                 v.name,
                 "act-order groups of unequal size",
+                "act-order groups of unequal size",
                 prep(v.name, &uneven),
             );
-            expect(v.name, "N=12 (not a multiple of 8)", prep(v.name, &n12));
-            expect(v.name, "batch m=1", plan(v.name, &plain, 1, 256));
-            expect(v.name, "batch m=65", plan(v.name, &plain, 65, 65 * 256));
+            expect(
+                v.name,
+                "N=12 (not a multiple of 8)",
+                "N = 12: both must be positive multiples of 8",
+                prep(v.name, &n12),
+            );
+            expect(
+                v.name,
+                "batch m=1",
+                "batch m=1 outside 2..=64",
+                plan(v.name, &plain, 1, 256),
+            );
+            expect(
+                v.name,
+                "batch m=65",
+                "batch m=65 outside 2..=64",
+                plan(v.name, &plain, 65, 65 * 256),
+            );
             expect(
                 v.name,
                 "x shorter than m*K",
+                "x has 1023 elements (need m*K = 1024)",
                 plan(v.name, &plain, 4, 4 * 256 - 1),
             );
         }
         return out;
     }
+    const GROUP16: &str = "group size 16 must be per-channel or a power of two >= 32";
     for name in ["gemv_v2_vec", "gemv_v4_perm", "gemv_v5_splitk"] {
         expect(
             name,
             "group 16 (chunks of 32 rows would straddle groups)",
+            GROUP16,
             prep(name, &g16),
         );
-        expect(name, "act-order group 16", prep(name, &g16_act));
-        expect(name, "batch m=2", plan(name, &plain, 2, 2 * 256));
+        expect(
+            name,
+            "batch m=2",
+            "batch m = 2 outside 1..=1",
+            plan(name, &plain, 2, 2 * 256),
+        );
     }
-    expect("gemv_v2_vec", "act-order g_idx", prep("gemv_v2_vec", &act));
+    // The reorder variants accept act-order, so group 16 is still refused for its size after
+    // the reorder.
     for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
+        expect(name, "act-order group 16", GROUP16, prep(name, &g16_act));
         expect(
             name,
             "act-order groups of unequal size",
+            "groups of unequal size",
             prep(name, &uneven),
         );
     }
+    // Group 32 is valid for v2: this is refused for act-order alone.
+    expect(
+        "gemv_v2_vec",
+        "act-order g_idx",
+        "act-order layer (non-trivial g_idx) but the variant supports [None]",
+        prep("gemv_v2_vec", &act),
+    );
     for v in registry::all()
         .into_iter()
         .filter(|v| v.family == Family::Gemv)
     {
-        expect(v.name, "N=12 (not a multiple of 8)", prep(v.name, &n12));
-        expect(v.name, "x shorter than m*K", plan(v.name, &plain, 1, 255));
+        expect(
+            v.name,
+            "N=12 (not a multiple of 8)",
+            "N = 12: both must be positive multiples of 8",
+            prep(v.name, &n12),
+        );
+        expect(
+            v.name,
+            "x shorter than m*K",
+            "x has 255 elements (need m*K = 256)",
+            plan(v.name, &plain, 1, 255),
+        );
     }
     expect(
         "gemv_v1_naive",
         "batch m=65",
+        "batch m = 65 outside 1..=64",
         plan("gemv_v1_naive", &plain, 65, 65 * 256),
     );
     out
