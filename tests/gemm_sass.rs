@@ -135,14 +135,31 @@ fn gemm_sass_has_hmma_and_no_local_memory() {
             }
         }
     }
+    let mut mma_archs = 0;
     for want in ["sm_80", "sm_90"] {
-        if !archs.iter().any(|a| a == want) {
+        if archs.iter().any(|a| a == want) {
+            mma_archs += 1;
+        } else {
             eprintln!(
                 "NOTE gemm_sass: {want} not among the built archs ({})",
                 build_info::ARCHS
             );
         }
     }
+    // The HMMA check must have run: gemm_v2_mma is the tensor-core GEMM, and its 4 mma kernels
+    // (m16/m32/m48/m64; the `_finish` epilogue exempt) were each checked on every built sm_80/sm_90.
+    let mma = all()
+        .into_iter()
+        .find(|v| v.name == "gemm_v2_mma")
+        .expect("gemm_v2_mma is registered");
+    assert!(
+        mma.tensor_cores,
+        "gemm_v2_mma must claim tensor cores, or its HMMA goes unchecked"
+    );
+    assert!(
+        checked >= 4 * mma_archs,
+        "only {checked} (kernel, arch) pairs checked for HMMA on {mma_archs} sm_80/sm_90 archs"
+    );
     eprintln!("gemm_sass: {checked} (kernel, arch) pairs show HMMA; no LDL/STL in any GEMM kernel");
 }
 

@@ -106,31 +106,45 @@ fn decode_kernels_wait_for_their_predecessor_before_any_memory_access() {
 }
 
 /// The gated MLP input (silu(gate) * up in the x loads, kernels/common/glu.cuh) lives only where x
-/// is loaded once per block: its exp appears in v6 and nowhere in v2/v4/v5, whose per-chunk x
-/// loads it slowed 6-30% on the H100 even when off (notes/kernels.md "Fused GLU"). No other code of
-/// those kernels uses exp, so any MUFU.EX2 there means the gated path came back into their loop.
+/// is loaded once per block: its exp appears in v6 and v9 (v6's body with a cluster epilogue, the
+/// same `lab_stage_x_pairs`) and nowhere in v2/v4/v5, whose per-chunk x loads it slowed 6-30% on
+/// the H100 even when off (notes/kernels.md "Fused GLU"), nor in v10 (v6 without the staging: x
+/// loaded raw per chunk, no gated input by design). No other code of those kernels uses exp, so
+/// any MUFU.EX2 there means the gated path came back into their loop.
 #[test]
 fn gated_input_only_in_the_gemvs_that_stage_x() {
     if !sass_available("gated_input_only_in_the_gemvs_that_stage_x") {
         return;
     }
     let sass = sc::fatbin_sass(&sc::fatbin_path("gemv")).unwrap_or_else(|e| panic!("gemv: {e}"));
+    let archs = build_info::build_info().archs;
     let mut bad = Vec::new();
-    let (mut tile, mut staged) = (0, 0);
+    // Per arch: (kernels that must not gate x, kernels that stage and gate x).
+    let mut seen: std::collections::BTreeMap<u32, (usize, usize)> =
+        archs.iter().map(|&a| (a, (0, 0))).collect();
     for k in &sass {
-        let tile_family = ["lab_gemv_v2_", "lab_gemv_v4_perm_", "lab_gemv_v5_splitk_"]
+        let per_chunk_x = [
+            "lab_gemv_v2_",
+            "lab_gemv_v4_perm_",
+            "lab_gemv_v5_splitk_",
+            "lab_gemv_v10_l2x_",
+        ]
+        .iter()
+        .any(|p| k.symbol.starts_with(p));
+        let staged_x = ["lab_gemv_v6_pipe_", "lab_gemv_v9_cluster_"]
             .iter()
             .any(|p| k.symbol.starts_with(p));
-        if tile_family {
-            tile += 1;
+        let n = seen.entry(k.arch).or_default();
+        if per_chunk_x {
+            n.0 += 1;
             if k.exp2 {
                 bad.push(format!(
                     "{} sm_{}: MUFU.EX2 in a per-chunk x loop",
                     k.symbol, k.arch
                 ));
             }
-        } else if k.symbol.starts_with("lab_gemv_v6_pipe_") {
-            staged += 1;
+        } else if staged_x {
+            n.1 += 1;
             if !k.exp2 {
                 bad.push(format!(
                     "{} sm_{}: no exp, so no gated input",
@@ -139,14 +153,17 @@ fn gated_input_only_in_the_gemvs_that_stage_x() {
             }
         }
     }
-    assert!(
-        tile >= 11 && staged >= 3,
-        "found {tile} v2/v4/v5 and {staged} v6 kernels"
-    );
+    // Every built arch: 6 v2 + 3 v4 + 2 v5 + 2 v10, and 3 v6 + 1 v9.
+    for (arch, (tile, staged)) in &seen {
+        assert!(
+            *tile >= 13 && *staged >= 4,
+            "sm_{arch}: found {tile} v2/v4/v5/v10 and {staged} v6/v9 kernels"
+        );
+    }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
 
-/// The GEMVs the decode step runs (registry v2/v4/v5/v6, the fp16 lm_head) prefetch their first
+/// The GEMVs the decode step runs (registry v2/v4/v5/v6/v9/v10, the fp16 lm_head) prefetch their first
 /// weight rows into L2 before the PDL wait (kernels/common/pdl.cuh), so the prefetch overlaps the
 /// previous kernel; nothing else touches memory before the wait (the test above).
 #[test]
@@ -159,6 +176,8 @@ fn decode_gemvs_prefetch_weights_before_the_pdl_wait() {
         "lab_gemv_v4_perm_",
         "lab_gemv_v5_splitk_",
         "lab_gemv_v6_pipe_",
+        "lab_gemv_v9_cluster_",
+        "lab_gemv_v10_l2x_",
         "lab_llama_gemv_f16",
     ];
     let mut bad = Vec::new();
@@ -175,8 +194,8 @@ fn decode_gemvs_prefetch_weights_before_the_pdl_wait() {
             }
         }
     }
-    // 6 v2 + 3 v4 + 2 v5 + 3 v6 + the lm_head GEMV.
-    assert!(seen >= 15, "only {seen} decode GEMVs found");
+    // 6 v2 + 3 v4 + 2 v5 + 3 v6 + 1 v9 + 2 v10 + the lm_head GEMV.
+    assert!(seen >= 18, "only {seen} decode GEMVs found");
     assert!(
         bad.is_empty(),
         "no L2 prefetch before the wait:\n{}",

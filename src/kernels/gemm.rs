@@ -313,21 +313,6 @@ pub fn workspace_bytes(p: &lab_gemm_params) -> usize {
     }
 }
 
-/// DRAM bytes a launch must move at least (the floor the bench divides by): codes, scales,
-/// zeros, activations, output, and with split-K the workspace memset plus the finish pass's read.
-/// The split_k * m * n * 4 bytes of fp32 atomics are L2 operations (the workspace, at most
-/// 64 * 22016 * 4 = 5.6 MB, stays in the 50 MB L2) and are not counted.
-pub fn bytes_floor(p: &lab_gemm_params) -> u64 {
-    let (m, n, k, groups) = (p.m as u64, p.n as u64, p.k as u64, p.groups as u64);
-    let zeros = if p.zero_mode as u32 == abi::LAB_ZEROS_TRUE {
-        groups * n / 2
-    } else {
-        0
-    };
-    let partials = if p.split_k > 1 { 2 * m * n * 4 } else { 0 };
-    k * n / 2 + groups * n * 2 + zeros + m * k * 2 + m * n * 2 + partials
-}
-
 /// Host tensors in the layout a GEMM variant expects, ready to upload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GemmWeights {
@@ -634,16 +619,27 @@ mod tests {
         }
     }
 
-    fn refused(v: &Variant, p: &lab_gemm_params, sm: u32, why: &str) {
+    /// `validate` refuses `p` as an UnsupportedShape naming the variant and the launch, for the
+    /// reason containing `reason`.
+    fn refused(v: &Variant, p: &lab_gemm_params, sm: u32, reason: &str) {
         match validate(v, p, sm) {
-            Err(LabError::UnsupportedShape { variant, shape, .. }) => {
+            Err(LabError::UnsupportedShape {
+                variant,
+                shape,
+                reason: got,
+            }) => {
                 assert_eq!(variant, v.name);
                 assert!(
-                    shape.contains(&format!("m={}", p.m)),
-                    "{why}: shape {shape}"
+                    shape.contains(&format!("m={} n={} k={}", p.m, p.n, p.k)),
+                    "{reason}: shape {shape}"
+                );
+                assert!(
+                    got.contains(reason),
+                    "{}: expected a refusal for '{reason}', got '{got}'",
+                    v.name
                 );
             }
-            other => panic!("{why}: expected UnsupportedShape, got {other:?}"),
+            other => panic!("{reason}: expected UnsupportedShape, got {other:?}"),
         }
     }
 
@@ -677,23 +673,61 @@ mod tests {
                 f(&mut p);
                 p
             };
-            refused(v, &ok, v.min_sm - 5, "old GPU");
-            refused(v, &with(&|p| p.m = 1), 90, "m = 1");
-            refused(v, &with(&|p| p.m = 65), 90, "m = 65");
-            refused(v, &with(&|p| p.k = 4100), 90, "k % 8");
-            refused(v, &with(&|p| p.n = 4100), 90, "n % 8");
-            refused(v, &with(&|p| p.group_size = 48), 90, "group 48");
-            refused(v, &with(&|p| p.groups = 3), 90, "groups");
+            // Each case breaks one rule and keeps the rest consistent (groups = ceil(k / group),
+            // slices covering k), so it is refused for its own reason only.
+            refused(v, &ok, v.min_sm - 5, &format!("needs sm_{}", v.min_sm));
+            refused(v, &with(&|p| p.m = 1), 90, "m must be in 2..=64");
+            refused(v, &with(&|p| p.m = 65), 90, "m must be in 2..=64");
+            let step = k_step(v) as i32;
+            let k4100 = with(&|p| {
+                p.k = 4100;
+                p.groups = 33; // ceil(4100 / 128)
+                p.split_k = 1;
+                p.k_slice = 4100 + step - 4100 % step;
+                p.workspace = 0;
+            });
+            refused(v, &k4100, 90, "k a multiple of 8");
+            refused(v, &with(&|p| p.n = 4100), 90, "n must be a multiple of 8");
+            let g48 = with(&|p| {
+                p.group_size = 48;
+                p.groups = 86; // ceil(4096 / 48)
+            });
+            refused(v, &g48, 90, "group_size must be one of");
+            refused(v, &with(&|p| p.groups = 3), 90, "groups = 3 is not ceil");
             refused(v, &with(&|p| p.g_idx = 0x7000), 90, "g_idx gather");
-            refused(v, &with(&|p| p.zero_mode = 7), 90, "zero mode");
-            refused(v, &with(&|p| p.qzeros = 0), 90, "no qzeros");
-            refused(v, &with(&|p| p.k_slice += 8), 90, "k_slice step");
-            refused(v, &with(&|p| p.split_k += 1), 90, "empty slice");
-            refused(v, &with(&|p| p.split_k = 1), 90, "slices short of k");
-            refused(v, &with(&|p| p.workspace = 0), 90, "no workspace");
-            refused(v, &with(&|p| p.x += 8), 90, "x misaligned");
-            refused(v, &with(&|p| p.y = 0), 90, "no y");
+            refused(v, &with(&|p| p.zero_mode = 7), 90, "unknown zero_mode 7");
+            refused(
+                v,
+                &with(&|p| p.qzeros = 0),
+                90,
+                "zero_mode TRUE needs qzeros",
+            );
+            refused(
+                v,
+                &with(&|p| p.k_slice += 8),
+                90,
+                &format!("k_slice a positive multiple of {step}"),
+            );
+            refused(v, &with(&|p| p.split_k += 1), 90, "no empty slice");
+            refused(v, &with(&|p| p.split_k = 1), 90, "must cover k");
+            refused(
+                v,
+                &with(&|p| p.workspace = 0),
+                90,
+                "needs an fp32 [m, n] workspace",
+            );
+            refused(v, &with(&|p| p.x += 8), 90, "must be 16-byte aligned");
+            refused(v, &with(&|p| p.y += 2), 90, "y 4-byte aligned");
+            refused(v, &with(&|p| p.y = 0), 90, "must be set");
         }
+        // A GEMV variant is not launched through the GEMM path.
+        let gemv = crate::kernels::registry::by_name("gemv_v2_vec").unwrap();
+        refused(
+            gemv,
+            &params(16, 4096, 4096, 128, v2()),
+            90,
+            "not a GEMM-family variant",
+        );
         // n % 32 != 0 is fine (v2 pads its layout, masks the last stripe).
         validate(v2(), &params(16, 4104, 4096, 128, v2()), 90).unwrap();
     }
@@ -821,13 +855,5 @@ mod tests {
         let mut n12 = testdata::layer(64, 16, 32, true, false, false, 9);
         n12.n = 12;
         assert!(prepare(v2(), &n12).is_err());
-    }
-
-    #[test]
-    fn bytes_floor_is_dominated_by_the_codes() {
-        let mut p = params(16, 4096, 4096, 128, v2());
-        p.split_k = 1;
-        // 8 MiB codes + 256 KiB scales + 64 KiB zeros + 128 KiB x + 128 KiB y.
-        assert_eq!(bytes_floor(&p), 8388608 + 262144 + 65536 + 131072 + 131072);
     }
 }

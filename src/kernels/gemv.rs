@@ -773,6 +773,17 @@ mod tests {
             is_unsupported(plan(v("gemv_v3_gather"), &perm, 1, &params(&[])))
                 .contains("permutation")
         );
+        // ...or on a variant whose kernel takes no perm pointer (v2, v10: x read unpermuted).
+        for name in ["gemv_v2_vec", "gemv_v10_l2x"] {
+            let msg = is_unsupported(plan(v(name), &perm, 1, &params(&[])));
+            assert!(
+                msg.contains(name)
+                    && msg.contains(
+                        "a row permutation needs gemv_v4_perm, gemv_v5_splitk or gemv_v6_pipe"
+                    ),
+                "{msg}"
+            );
+        }
         // The error names the variant and the shape.
         let msg = is_unsupported(plan(v2, &shape(4096, 4100, 128), 1, &params(&[])));
         assert!(
@@ -785,8 +796,20 @@ mod tests {
     fn unknown_or_out_of_list_tunables_are_refused() {
         let v2 = v("gemv_v2_vec");
         let s = shape(4096, 4096, 128);
-        assert!(plan(v2, &s, 1, &params(&[("threads", 384)])).is_err());
-        assert!(plan(v2, &s, 1, &params(&[("thread", 256)])).is_err());
+        let e = plan(v2, &s, 1, &params(&[("threads", 384)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gemv_v2_vec") && e.contains("threads = 384 is not one of [128, 256, 512]"),
+            "{e}"
+        );
+        let e = plan(v2, &s, 1, &params(&[("thread", 256)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gemv_v2_vec") && e.contains("no tunable 'thread'"),
+            "{e}"
+        );
         let p = plan(v2, &s, 1, &params(&[("threads", 512), ("unroll", 2)])).unwrap();
         assert_eq!(p.symbol, "lab_gemv_v2_t512_u2");
         assert_eq!(p.grid, (128, 1, 1));
@@ -948,6 +971,51 @@ mod tests {
         );
         assert!(
             is_unsupported(plan(v6, &shape(4096, 4096, 128), 2, &params(&[]))).contains("batch")
+        );
+    }
+
+    #[test]
+    fn bytes_moved_counts_each_tensor_once_at_its_packed_size() {
+        // 4096 x 4096, group 128 (32 groups), m = 1, by hand:
+        //   codes  K/8 * N * 4 B       = 512 * 4096 * 4 = 8_388_608
+        //   scales groups * N * 2 B    =  32 * 4096 * 2 =   262_144
+        //   zeros  groups * N/8 * 4 B  =  32 *  512 * 4 =    65_536 (asymmetric only)
+        //   x      m * K * 2 B         =                      8_192
+        //   y      m * N * 2 B         =                      8_192
+        //   perm / g_idx  K * 4 B      =                     16_384
+        //   bias   N * 2 B             =                      8_192
+        let mut s = shape(4096, 4096, 128);
+        s.symmetric = true;
+        let v2 = v("gemv_v2_vec");
+        assert_eq!(bytes_moved(v2, &s, 1), 8_667_136, "symmetric");
+        s.symmetric = false;
+        assert_eq!(bytes_moved(v2, &s, 1), 8_732_672, "asymmetric");
+        let mut perm = s;
+        perm.perm = true;
+        assert_eq!(bytes_moved(v("gemv_v4_perm"), &perm, 1), 8_749_056, "perm");
+        let mut g_idx = s;
+        g_idx.g_idx = true;
+        assert_eq!(
+            bytes_moved(v("gemv_v3_gather"), &g_idx, 1),
+            8_749_056,
+            "g_idx"
+        );
+        let mut bias = s;
+        bias.bias = true;
+        assert_eq!(bytes_moved(v2, &bias, 1), 8_740_864, "bias");
+        // x and y scale with m: m = 3 on v1 adds 2 * (8_192 + 8_192).
+        assert_eq!(bytes_moved(v("gemv_v1_naive"), &s, 3), 8_765_440, "m = 3");
+        // The fp16 baseline reads K * N * 2 B of weights (33_554_432) and nothing quantized.
+        assert_eq!(
+            bytes_moved(v("gemv_cublas_f16"), &s, 1),
+            33_570_816,
+            "cublas f16"
+        );
+        // Per-channel (group = K): one group.
+        assert_eq!(
+            bytes_moved(v2, &shape(4096, 4096, 4096), 1),
+            8_388_608 + 8_192 + 2_048 + 16_384,
+            "per-channel"
         );
     }
 

@@ -427,6 +427,20 @@ mod tests {
         assert_eq!(c.len(), 2 * 5);
         assert_eq!(c[0]["threads"], 256);
         assert_eq!(c[0]["split_k"], 4);
+        // Exactly the product threads {128, 256} x split_k {2, 3, 4, 6, 8}, each once.
+        let got: std::collections::BTreeSet<(u32, u32)> = c
+            .iter()
+            .map(|t| {
+                assert_eq!(t.len(), 2, "{t:?}");
+                (t["threads"], t["split_k"])
+            })
+            .collect();
+        assert_eq!(got.len(), c.len(), "a combination repeats: {c:?}");
+        let want: std::collections::BTreeSet<(u32, u32)> = [128, 256]
+            .into_iter()
+            .flat_map(|t| [2, 3, 4, 6, 8].map(|s| (t, s)))
+            .collect();
+        assert_eq!(got, want);
         assert_eq!(
             tunable_combinations(by_name("gemv_cublas_f16").unwrap()).len(),
             1

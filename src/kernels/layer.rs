@@ -284,12 +284,41 @@ mod tests {
 
     #[test]
     fn cublas_f16_weights_are_the_dequantized_weights_rounded_once() {
-        let l = layer(64, 16, 32, false);
+        let (k, n, g) = (64usize, 16usize, 32usize);
+        let l = layer(k, n, g as i32, false);
+        assert!(!l.symmetric, "the fixture must exercise non-constant zeros");
         let p = prepare(by_name("gemv_cublas_f16").unwrap(), &l).unwrap();
-        let w = crate::reference::dequantize(&l);
-        for (a, b) in p.w_f16.unwrap().iter().zip(&w) {
-            assert_eq!(*a, f16::from_f64(*b));
+        let w16 = p.w_f16.expect("gemv_cublas_f16 prepares f16 weights");
+        assert_eq!(w16.len(), k * n, "w_f16 is [K, N]");
+        // Decoded by hand from the packed GPTQ tensors, independent of
+        // `reference::dequantize`: the code of row r, column c is nibble r%8
+        // of qweight[r/8][c]; the zero of group gi, column c is nibble c%8 of
+        // qzeros[gi][c/8]; w[r][c] = scale[gi][c] * (code - zero), stored
+        // row-major at r*n + c and rounded to f16 once.
+        let mut distinct_zeros = std::collections::BTreeSet::new();
+        for r in 0..k {
+            let gi = r / g;
+            for c in 0..n {
+                let code = (l.qweight[(r / 8) * n + c] >> (4 * (r % 8))) & 0xF;
+                let zero = (l.qzeros[gi * (n / 8) + c / 8] >> (4 * (c % 8))) & 0xF;
+                distinct_zeros.insert(zero);
+                let want = l.scales[gi * n + c].to_f64() * (f64::from(code) - f64::from(zero));
+                assert_eq!(
+                    w16[r * n + c],
+                    f16::from_f64(want),
+                    "w_f16[{r}*{n}+{c}]: code {code} zero {zero}"
+                );
+            }
         }
+        assert!(
+            distinct_zeros.len() > 1,
+            "zeros are all equal: layout untested"
+        );
+        // A transposed ([N, K]) layout would disagree somewhere.
+        assert!(
+            (0..k).any(|r| (0..n).any(|c| r < n && c < k && w16[r * n + c] != w16[c * n + r])),
+            "the fixture is symmetric; transposition would go unnoticed"
+        );
     }
 
     #[test]

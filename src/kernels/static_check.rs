@@ -525,4 +525,184 @@ arch = sm_90
         assert!(s[1].local_memory_between_stream_loads);
         assert!(s[2].local_memory && !s[2].local_memory_between_stream_loads);
     }
+
+    /// A synthetic variant with every static rule switched on: hot, wide loads, tensor cores,
+    /// a 64-register budget; its main kernel `k_main` and split-K epilogue `k_main_finish`.
+    fn strict() -> Variant {
+        Variant {
+            name: "test_strict",
+            symbols: &["k_main", "k_main_finish"],
+            reg_budget: 64,
+            hot: true,
+            wide_loads: true,
+            tensor_cores: true,
+            ..*crate::kernels::registry::by_name("gemm_v2_mma").unwrap()
+        }
+    }
+
+    fn res(symbol: &str, arch: u32, registers: u32, stack_spill: (u32, u32, u32)) -> Resource {
+        Resource {
+            symbol: symbol.into(),
+            arch,
+            registers,
+            stack_bytes: stack_spill.0,
+            spill_stores: stack_spill.1,
+            spill_loads: stack_spill.2,
+            smem_bytes: 0,
+        }
+    }
+
+    fn clean_resources() -> Vec<Resource> {
+        let mut r = Vec::new();
+        for arch in [80, 90] {
+            r.push(res("k_main", arch, 64, (0, 0, 0)));
+            r.push(res("k_main_finish", arch, 32, (0, 0, 0)));
+        }
+        r
+    }
+
+    #[test]
+    fn resource_violations_name_each_broken_rule_once() {
+        let v = strict();
+        let vs = [&v];
+        let archs = [80, 90];
+        // At the budget, no stack, no spills, every arch present: clean.
+        assert_eq!(
+            resource_violations(&vs, &clean_resources(), &archs),
+            Vec::<String>::new()
+        );
+
+        let one = |r: Vec<Resource>| {
+            let bad = resource_violations(&vs, &r, &archs);
+            assert_eq!(bad.len(), 1, "{bad:?}");
+            bad.into_iter().next().unwrap()
+        };
+        // Registers over budget (65 > 64).
+        let mut r = clean_resources();
+        r[2].registers = 65;
+        let m = one(r);
+        assert!(
+            m.contains("k_main")
+                && m.contains("sm_90")
+                && m.contains("65")
+                && m.contains("budget 64"),
+            "{m}"
+        );
+        // A hot kernel with a stack frame, with spill stores, with spill loads: one message each.
+        for (i, ss) in [(8, 0, 0), (0, 4, 0), (0, 0, 4)].into_iter().enumerate() {
+            let mut r = clean_resources();
+            r[1] = res("k_main_finish", 80, 32, ss);
+            let m = one(r);
+            assert!(
+                m.contains("hot kernel k_main_finish") && m.contains("sm_80"),
+                "case {i}: {m}"
+            );
+        }
+        // ...which a kernel that is not hot may have.
+        let cold = Variant { hot: false, ..v };
+        let mut r = clean_resources();
+        r[0] = res("k_main", 80, 64, (8, 4, 4));
+        assert!(resource_violations(&[&cold], &r, &archs).is_empty());
+        // A symbol missing on one built arch.
+        let mut r = clean_resources();
+        r.retain(|x| !(x.symbol == "k_main_finish" && x.arch == 90));
+        let m = one(r);
+        assert!(
+            m.contains("k_main_finish") && m.contains("no ptxas entry for sm_90"),
+            "{m}"
+        );
+        // An arch that was not built is not asked for.
+        assert!(resource_violations(&vs, &clean_resources(), &[90]).is_empty());
+    }
+
+    fn sass(symbol: &str, arch: u32) -> SassSummary {
+        SassSummary {
+            symbol: symbol.into(),
+            arch,
+            global_loads: ["LDG.E.EF.128".to_string()].into(),
+            hmma: true,
+            ..Default::default()
+        }
+    }
+
+    fn clean_sass() -> Vec<SassSummary> {
+        let mut s = Vec::new();
+        for arch in [80, 90] {
+            s.push(sass("k_main", arch));
+            // The epilogue has no HMMA by design (exempt as `*_finish`).
+            s.push(SassSummary {
+                hmma: false,
+                ..sass("k_main_finish", arch)
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn sass_violations_name_each_broken_rule_once() {
+        let v = strict();
+        let vs = [&v];
+        let archs = [80, 90];
+        assert_eq!(
+            sass_violations(&vs, &clean_sass(), &archs),
+            Vec::<String>::new()
+        );
+        let one = |s: Vec<SassSummary>| {
+            let bad = sass_violations(&vs, &s, &archs);
+            assert_eq!(bad.len(), 1, "{bad:?}");
+            bad.into_iter().next().unwrap()
+        };
+        // Only 64-bit / 32-bit loads where 128-bit ones are required.
+        let mut s = clean_sass();
+        s[0].global_loads = ["LDG.E.64".to_string(), "LDG.E".to_string()].into();
+        let m = one(s);
+        assert!(
+            m.contains("k_main on sm_80") && m.contains("no 128-bit global load"),
+            "{m}"
+        );
+        // Local memory in a hot kernel.
+        let mut s = clean_sass();
+        s[3].local_memory = true;
+        let m = one(s);
+        assert!(
+            m.contains("hot kernel k_main_finish on sm_90") && m.contains("local memory"),
+            "{m}"
+        );
+        // No HMMA in a tensor-core kernel that is not the epilogue.
+        for (i, arch) in [(0, 80), (2, 90)] {
+            let mut s = clean_sass();
+            s[i].hmma = false;
+            let m = one(s);
+            assert!(
+                m.contains(&format!("k_main on sm_{arch} has no HMMA")),
+                "{m}"
+            );
+        }
+        // Below sm_80 HMMA is not required.
+        let mut s = clean_sass();
+        for x in &mut s {
+            x.arch = 75;
+            x.hmma = false;
+        }
+        assert!(sass_violations(&vs, &s, &[75]).is_empty());
+        // A missing arch.
+        let mut s = clean_sass();
+        s.remove(0);
+        let m = one(s);
+        assert!(m.contains("k_main has no SASS for sm_80"), "{m}");
+        // Rules a variant does not claim are not enforced.
+        let loose = Variant {
+            hot: false,
+            wide_loads: false,
+            tensor_cores: false,
+            ..v
+        };
+        let mut s = clean_sass();
+        for x in &mut s {
+            x.global_loads = ["LDG.E".to_string()].into();
+            x.local_memory = true;
+            x.hmma = false;
+        }
+        assert!(sass_violations(&[&loose], &s, &archs).is_empty());
+    }
 }

@@ -311,3 +311,119 @@ mod tests {
         assert!(synthetic_layer(&bad).is_err());
     }
 }
+
+/// GPU tests of the tuner's oracle and measurer; each skips with a reason without a GPU. Small
+/// shapes only (well under 5 s on an H100). Run alone: `cargo test --release --lib tune::gpu`.
+#[cfg(test)]
+mod gpu_tests {
+    use super::*;
+    use crate::cuda::gpu_or_skip;
+
+    /// The reference kernel `lab_ref_matmul_f16` (the tuner's correctness oracle) against the f64
+    /// host matmul of the same fp16 x and W: fp32 accumulation plus one fp16 rounding of y
+    /// (2^-11 relative) is far inside 1e-3 * |y| + 1e-3 * rms(y); a wrong index, a missed column
+    /// past N = 200 (one 256-thread block, partly masked) or row of m is O(rms).
+    #[test]
+    fn reference_matmul_kernel_matches_the_f64_host_matmul() {
+        let Some(gpu) = gpu_or_skip("reference_matmul_kernel_matches_the_f64_host_matmul") else {
+            return;
+        };
+        let (k, n) = (288usize, 200usize);
+        let key = ProblemKey {
+            n: n as u32,
+            k: k as u32,
+            group_size: 32,
+            act_order: false,
+            batch_bucket: 1,
+        };
+        let mut meas = GpuMeasurer::new(&gpu, true);
+        let f = meas.fixture(&key).unwrap();
+        let w: Vec<f64> = dequant_f16(&f.layer).iter().map(|v| v.to_f64()).collect();
+        let mut failures = Vec::new();
+        for m in [1usize, 3, 17] {
+            let (x, y_gpu) = reference_inputs(&gpu, f, m).unwrap();
+            let xh: Vec<f64> = gpu
+                .stream
+                .clone_dtoh(&x)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f64())
+                .collect();
+            assert_eq!((xh.len(), y_gpu.len()), (m * k, m * n), "m={m}");
+            let want = crate::reference::matmul_f64(&xh, m, k, &w, n);
+            let rms = (want.iter().map(|v| v * v).sum::<f64>() / want.len() as f64).sqrt();
+            assert!(rms > 0.0, "m={m}: the reference y is all zero");
+            let bad: Vec<String> = y_gpu
+                .iter()
+                .zip(&want)
+                .enumerate()
+                .filter(|(_, (g, w))| {
+                    // NaN compares false: an unwritten output is a mismatch too.
+                    let within = (f64::from(**g) - **w).abs() <= 1e-3 * w.abs() + 1e-3 * rms;
+                    !within
+                })
+                .take(8)
+                .map(|(i, (g, w))| format!("y[{}][{}] = {g} vs {w}", i / n, i % n))
+                .collect();
+            eprintln!(
+                "m={m} K={k} N={n}: {} mismatches (rms {rms:.3e})",
+                bad.len()
+            );
+            if !bad.is_empty() {
+                failures.push(format!("m={m}: {}", bad.join("; ")));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// `GpuMeasurer` on one small key: a registered, compiled candidate is checked and timed
+    /// (ordered quartiles, positive); a tunable value with no compiled instantiation and a variant
+    /// outside the registry come back as `Rejected` naming what was wrong, not as a panic or a time.
+    #[test]
+    fn gpu_measurer_times_a_valid_candidate_and_rejects_bad_ones_by_name() {
+        let Some(gpu) =
+            gpu_or_skip("gpu_measurer_times_a_valid_candidate_and_rejects_bad_ones_by_name")
+        else {
+            return;
+        };
+        let key = ProblemKey {
+            n: 256,
+            k: 512,
+            group_size: 128,
+            act_order: false,
+            batch_bucket: 1,
+        };
+        let mut meas = GpuMeasurer::new(&gpu, true);
+        match meas.measure(&key, &Choice::new("gemv_v2_vec")) {
+            CandidateStatus::Ok {
+                median_us,
+                iqm_us,
+                p25_us,
+                p75_us,
+            } => {
+                eprintln!("gemv_v2_vec {key}: median {median_us:.2} us, iqm {iqm_us:.2} us");
+                assert!(
+                    0.0 < p25_us && p25_us <= median_us && median_us <= p75_us,
+                    "p25 {p25_us} median {median_us} p75 {p75_us}"
+                );
+                assert!(iqm_us.is_finite() && iqm_us > 0.0, "iqm {iqm_us}");
+            }
+            other => panic!("gemv_v2_vec on {key}: {other:?}"),
+        }
+        let uncompiled = Choice::new("gemv_v2_vec").with("threads", 384);
+        match meas.measure(&key, &uncompiled) {
+            CandidateStatus::Rejected { reason } => assert!(
+                reason.contains("threads") && reason.contains("384"),
+                "{reason}"
+            ),
+            other => panic!("{uncompiled}: expected Rejected, got {other:?}"),
+        }
+        match meas.measure(&key, &Choice::new("gemv_v99_unregistered")) {
+            CandidateStatus::Rejected { reason } => assert!(
+                reason.contains("gemv_v99_unregistered") && reason.contains("registry"),
+                "{reason}"
+            ),
+            other => panic!("gemv_v99_unregistered: expected Rejected, got {other:?}"),
+        }
+    }
+}

@@ -172,7 +172,12 @@ fn another_gpu_or_kernel_hash_is_refused_naming_both() {
     assert!(s.contains("132 SMs") && s.contains("16 SMs"), "{s}");
     let mut narrow = h100();
     narrow.bus_width_bits = 4096;
-    assert!(c.check_matches(&narrow, "kh1").is_err());
+    let s = c.check_matches(&narrow, "kh1").unwrap_err().to_string();
+    assert!(
+        s.contains(&format!("{}-bit memory bus", h100().bus_width_bits))
+            && s.contains("4096-bit memory bus"),
+        "{s}"
+    );
     // What the driver may report differently for the same card does not matter.
     let mut same = h100();
     same.memory_bytes -= 1 << 20;
@@ -292,6 +297,16 @@ fn rejected_candidates_never_win() {
             cand(&d, ok(100.0, 0.01)),
             cand(&b, CandidateStatus::Unknown),
             cand(&Choice::new("z"), ok(0.0, 0.0)),
+            cand(&Choice::new("n"), ok(f64::NAN, 0.01)),
+            cand(
+                &Choice::new("m"),
+                CandidateStatus::Ok {
+                    median_us: 1.0,
+                    iqm_us: -f64::NAN,
+                    p25_us: 1.0,
+                    p75_us: 1.0,
+                },
+            ),
         ],
     );
     assert_eq!(s.winner, d);
@@ -515,23 +530,46 @@ fn default_keys_cover_the_fused_shapes() {
     assert_eq!(keys.iter().filter(|k| k.act_order).count(), keys.len() / 2);
 }
 
-/// A fake GPU: fixed times per variant, rejects one variant, counts calls.
+/// A fake GPU: fixed times per variant (scaled by the key's batch bucket, so a status measured
+/// for one key differs from the same choice's on another), rejects unlisted variants, and logs
+/// every (key, choice) it was asked to measure.
 struct FakeMeasurer {
-    calls: usize,
+    log: Vec<(ProblemKey, Choice)>,
     times: BTreeMap<&'static str, f64>,
 }
 
-impl Measurer for FakeMeasurer {
-    fn measure(&mut self, _key: &ProblemKey, choice: &Choice) -> CandidateStatus {
-        self.calls += 1;
-        // split_k = 0 means "automatic" for the GEMM variants: time it as unsplit.
-        let split = choice.params.get("split_k").copied().unwrap_or(1).max(1) as f64;
-        match self.times.get(choice.variant.as_str()) {
-            Some(t) => ok(t / split.sqrt(), 0.01),
-            None => CandidateStatus::Rejected {
-                reason: "fake: not built".into(),
-            },
+impl FakeMeasurer {
+    fn new(times: BTreeMap<&'static str, f64>) -> Self {
+        FakeMeasurer {
+            log: Vec::new(),
+            times,
         }
+    }
+}
+
+/// The fake's timing formula, written once so the test can recompute what each candidate got.
+fn fake_status(
+    times: &BTreeMap<&'static str, f64>,
+    key: &ProblemKey,
+    choice: &Choice,
+) -> CandidateStatus {
+    // split_k = 0 means "automatic" for the GEMM variants: time it as unsplit.
+    let split = choice.params.get("split_k").copied().unwrap_or(1).max(1) as f64;
+    match times.get(choice.variant.as_str()) {
+        Some(t) => ok(
+            t * (1.0 + f64::from(key.batch_bucket) / 100.0) / split.sqrt(),
+            0.01,
+        ),
+        None => CandidateStatus::Rejected {
+            reason: "fake: not built".into(),
+        },
+    }
+}
+
+impl Measurer for FakeMeasurer {
+    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> CandidateStatus {
+        self.log.push((*key, choice.clone()));
+        fake_status(&self.times, key, choice)
     }
 }
 
@@ -546,10 +584,7 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
         ("gemv_v5_splitk", 30.0),
         ("gemm_v2_mma", 50.0),
     ]);
-    let mut m = FakeMeasurer {
-        calls: 0,
-        times: times.clone(),
-    };
+    let mut m = FakeMeasurer::new(times.clone());
     let cands = |k: &ProblemKey| candidates_for(k, 90, 132, false);
 
     // First run, interrupted after 4 keys (the save hook fails on the 5th).
@@ -577,7 +612,7 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
     // Rerun: only the 6 missing keys are measured.
     let (mut cfg, _) = resume_or_new(&path, &dev, "rev", "kh1").unwrap();
     assert_eq!(pending_keys(&keys, &cfg), keys[4..].to_vec());
-    let mut m2 = FakeMeasurer { calls: 0, times };
+    let mut m2 = FakeMeasurer::new(times.clone());
     let mut progress = Vec::new();
     let n = tune(
         &mut cfg,
@@ -590,14 +625,42 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
     .unwrap();
     assert_eq!(n, 6);
     assert_eq!(progress.last(), Some(&(6, 6)));
-    let expected_calls: usize = keys[4..].iter().map(|k| cands(k).unwrap().1.len()).sum();
-    assert_eq!(m2.calls, expected_calls);
+    // Each pending key, in order, had exactly its own candidates measured, under its own key.
+    let mut calls = m2.log.iter();
+    for k in &keys[4..] {
+        for c in cands(k).unwrap().1 {
+            assert_eq!(calls.next(), Some(&(*k, c)), "measured out of turn");
+        }
+    }
+    assert_eq!(
+        calls.next(),
+        None,
+        "measured more than the pending keys' candidates"
+    );
+    // The interrupted run measured keys 0..=4 (the 5th was measured, then its save failed).
+    let first: Vec<ProblemKey> = m.log.iter().map(|(k, _)| *k).collect();
+    let expected_first: usize = keys[..5].iter().map(|k| cands(k).unwrap().1.len()).sum();
+    assert_eq!(first.len(), expected_first);
+    assert!(first.iter().all(|k| keys[..5].contains(k)));
     let done = TunedConfig::load(&path).unwrap();
     assert!(pending_keys(&keys, &done).is_empty());
+    assert_eq!(done.entries.len(), keys.len());
     for e in &done.entries {
         let (def, all) = cands(&e.key).unwrap();
         assert_eq!(e.default, def);
-        assert_eq!(e.candidates.len(), all.len());
+        let recorded: Vec<&Choice> = e.candidates.iter().map(|c| &c.choice).collect();
+        assert_eq!(recorded, all.iter().collect::<Vec<_>>(), "{:?}", e.key);
+        // Every status is what the fake returns for this key and that choice: none was recorded
+        // against another key or another candidate.
+        for c in &e.candidates {
+            assert_eq!(
+                c.status,
+                fake_status(&times, &e.key, &c.choice),
+                "{:?} {}",
+                e.key,
+                c.choice
+            );
+        }
         assert_eq!(e.winner, select(&def, &e.candidates).winner);
         // Rejected (untimed) fake variants never won: the winner was timed, or all were rejected.
         let timed = |c: &Choice| {
@@ -607,16 +670,32 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
         };
         assert!(timed(&e.winner) || e.note.contains("all"), "{e:?}");
     }
+    // Winners worked out by hand from the fake's times (t / sqrt(split_k), the same scale for
+    // every candidate of a key):
+    let winner = |i: usize| done.entry(&keys[i]).unwrap().winner.clone();
+    // keys[0] = 4096x4096 m=1: the default gemv_v5_splitk(split_k=8) is already the fastest
+    // (30/sqrt 8); its threads=128 twin ties it and a tie never displaces the default.
+    assert_eq!(keys[0].batch_bucket, 1);
+    assert_eq!(winner(0), Choice::new("gemv_v5_splitk").with("split_k", 8));
+    // keys[1] = m=2: gemm_v2_mma (50) loses to its own split_k=32 (50/sqrt 32 = 8.8).
+    assert_eq!(keys[1].batch_bucket, 2);
+    assert_eq!(winner(1), Choice::new("gemm_v2_mma").with("split_k", 32));
+    // keys[7] = act-order m=1: the default gemv_v4_perm is rejected (not in the fake), so the
+    // fastest usable wins: split_k=8 of gemv_v5_splitk, threads=128 before threads=256 on a tie.
+    assert!(keys[7].act_order && keys[7].batch_bucket == 1);
+    assert_eq!(
+        winner(7),
+        Choice::new("gemv_v5_splitk")
+            .with("split_k", 8)
+            .with("threads", 128)
+    );
     // A third run measures nothing.
-    let mut m3 = FakeMeasurer {
-        calls: 0,
-        times: BTreeMap::new(),
-    };
+    let mut m3 = FakeMeasurer::new(BTreeMap::new());
     assert_eq!(
         tune(&mut cfg, &keys, cands, &mut m3, |_, _, _| {}, |_| Ok(())).unwrap(),
         0
     );
-    assert_eq!(m3.calls, 0);
+    assert!(m3.log.is_empty());
 }
 
 #[test]
@@ -885,11 +964,22 @@ fn a_variant_budget_replaces_the_default_for_that_variant_only() {
 
 #[test]
 fn the_default_step_options_are_the_engines_and_an_old_entry_reads_as_them() {
+    // Written out: StepOptions::default() is defined through EngineOptions, so comparing the two
+    // alone could not fail. These are the options `lab tune` times and old entries were timed with.
+    let literal = StepOptions {
+        act_order_plain: true,
+        fused_glu: false,
+        attn_prefetch_kv: false,
+    };
+    assert_eq!(StepOptions::default(), literal);
     let engine = crate::model::gpu_engine::EngineOptions::new(128).step_options();
-    assert_eq!(StepOptions::default(), engine);
+    assert_eq!(
+        engine, literal,
+        "the engine's defaults moved away from the tuner's"
+    );
     // A budget written before `step` existed was timed with the defaults.
     let mut v = serde_json::to_value(sample_budget("gemv_v2_vec", 16)).unwrap();
     v.as_object_mut().unwrap().remove("step").unwrap();
     let back: DecodeBudget = serde_json::from_value(v).unwrap();
-    assert_eq!(back.step, engine);
+    assert_eq!(back.step, literal);
 }
