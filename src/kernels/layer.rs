@@ -252,6 +252,34 @@ mod tests {
         quantize_rtn(&w, k, n, g, false, gi).unwrap()
     }
 
+    /// The engine, the tuner and `lab check` prepare GEMM layers through `prepare_with`;
+    /// `gemm::prepare` (the GEMM GPU test's path) is the GEMM module's own. Both must hand the
+    /// kernels the same words: codes in the variant's layout, scales, zeros, permutation.
+    #[test]
+    fn gemm_layers_prepare_the_same_on_both_paths() {
+        for v in crate::kernels::registry::all()
+            .into_iter()
+            .filter(|v| v.family == Family::Gemm)
+        {
+            for act in [false, true] {
+                let l = layer(256, 64, 32, act);
+                let p = prepare(v, &l).unwrap();
+                let g = super::super::gemm::prepare(v, &l).unwrap();
+                let what = format!("{} act-order {act}", v.name);
+                let codes = match v.layout {
+                    super::super::registry::Layout::Prepared => p.qweight_prepared.clone(),
+                    _ => Some(p.layer.qweight.clone()),
+                };
+                assert_eq!(codes.as_ref(), Some(&g.qweight), "{what}: codes");
+                assert_eq!(p.perm, g.perm, "{what}: perm");
+                assert_eq!(p.perm.is_some(), act, "{what}");
+                assert_eq!(p.layer.scales, g.scales, "{what}: scales");
+                assert_eq!(p.layer.qzeros, g.qzeros, "{what}: zeros (asymmetric layer)");
+                assert_eq!(p.layer.g_idx, None, "{what}: even groups keep no g_idx");
+            }
+        }
+    }
+
     #[test]
     fn act_order_is_reordered_gathered_or_refused_per_variant() {
         let l = layer(256, 64, 32, true);
