@@ -188,6 +188,45 @@ mod tests {
         assert_eq!(c.arith_margin, 0.0);
     }
 
+    /// cases.rs keeps a K = 288 shape because there "one lost 8-row word is visible under the
+    /// tolerance": a kernel that skips one packed word (8 rows) of a column must fail the check.
+    /// Random x and W in [-1, 1]: drop each word of each column in turn from the reference and
+    /// count how often compare() flags it, under the fp16-chain bound and the exact one.
+    #[test]
+    fn a_lost_word_is_flagged_at_small_k() {
+        use rand::{rngs::StdRng, RngExt, SeedableRng};
+        let flagged_share = |k: usize, model: &ErrorModel| {
+            let n = 64;
+            let mut rng = StdRng::seed_from_u64(7);
+            let x: Vec<f64> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let w: Vec<f64> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let (mut flagged, mut total) = (0, 0);
+            for c in 0..n {
+                let want: f64 = (0..k).map(|r| x[r] * w[r * n + c]).sum();
+                let abs: f64 = (0..k).map(|r| (x[r] * w[r * n + c]).abs()).sum();
+                for word in 0..k / 8 {
+                    let lost: f64 = (8 * word..8 * word + 8).map(|r| x[r] * w[r * n + c]).sum();
+                    let got = [f16::from_f64(want - lost)];
+                    total += 1;
+                    flagged += usize::from(compare(&got, &[want], &[abs], 1, k, model).bad == 1);
+                }
+            }
+            flagged as f64 / total as f64
+        };
+        let chain = error_model(crate::kernels::registry::by_name("gemv_v2_vec").unwrap());
+        let exact = ErrorModel { c16: 0.0, why: "" };
+        let (small_chain, small_exact) = (flagged_share(288, &chain), flagged_share(288, &exact));
+        assert!(small_chain > 0.75, "K=288, fp16 chain: {small_chain}");
+        assert!(small_exact > 0.95, "K=288, exact: {small_exact}");
+        // At a decode shape's K the same loss hides far more often: why the small-K case exists.
+        let big_chain = flagged_share(4096, &chain);
+        eprintln!("lost word flagged: K=288 chain {small_chain:.3}, exact {small_exact:.3}; K=4096 chain {big_chain:.3}");
+        assert!(
+            big_chain < small_chain - 0.2,
+            "K=4096 {big_chain} vs K=288 {small_chain}"
+        );
+    }
+
     #[test]
     fn tolerance_grows_with_k_and_the_fp16_chain() {
         let naive = ErrorModel { c16: 0.0, why: "" };
