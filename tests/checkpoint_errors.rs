@@ -366,6 +366,33 @@ fn missing_group_size_and_desc_act_are_read_from_the_tensors() {
         Checkpoint::open(&dir).unwrap().quant.unwrap().group_size,
         32
     );
+    // ... and the other way round: quantize_config.json states it, config.json does not.
+    let (_t2, dir2) = good(128, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir2.join("config.json"), |v| {
+        v["quantization_config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("group_size");
+    });
+    assert_eq!(
+        Checkpoint::open(&dir2).unwrap().quant.unwrap().group_size,
+        128
+    );
+    // A desc_act: false only config.json states holds (quantize_config.json's default, true,
+    // would demand a g_idx of every linear), and so does a sym: false only it states.
+    let (_t3, dir3) = good(32, false, false, ZeroFormat::V1);
+    fx::edit_json(&dir3.join("quantize_config.json"), |v| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("desc_act");
+        o.remove("sym");
+    });
+    fx::edit(&dir3, |t| t.retain(|k, _| !k.ends_with(".g_idx")));
+    let ck = Checkpoint::open(&dir3).unwrap();
+    let q = ck.quant.clone().unwrap();
+    assert_eq!((q.desc_act, q.sym), (false, false));
+    assert!(ck.linear(Q).is_ok());
+    let (_, pq) = gptq_lab::plan::read_checkpoint_dir(&dir3).unwrap();
+    assert_eq!((pq.group_size, pq.act_order), (Some(32), Some(false)));
     // Without weights to read, the planner does not guess: the group is unsaid.
     let d = tempfile::tempdir().unwrap();
     std::fs::copy(dir.join("config.json"), d.path().join("config.json")).unwrap();
@@ -673,15 +700,28 @@ fn stated_sym_with_zeros_of_the_other_format_is_refused() {
             "model.safetensors",
             "q_proj.qzeros",
             "every true zero is 9",
-            "try \"gptq_v2\"",
+            "set checkpoint_format \"gptq_v2\" in",
             "quantize_config.json",
+            "\"sym\": false",
         ],
     );
+    // Stating sym: false says the zeros are meant: the file loads as labelled.
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["sym"] = false.into()
+    });
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["quantization_config"]["sym"] = false.into()
+    });
+    assert!(Checkpoint::open(&dir).unwrap().linear(Q).is_ok());
     let (_t3, dir) = good(32, true, false, ZeroFormat::V1);
     relabel(&dir, "gptq_v2", false);
     assert_mentions(
         &linear_err(&dir, Q),
-        &["q_proj.qzeros", "every true zero is 7", "try \"gptq\""],
+        &[
+            "q_proj.qzeros",
+            "every true zero is 7",
+            "set checkpoint_format \"gptq\" in",
+        ],
     );
     // Correctly labelled, with sym unstated, both load; so does an asymmetric file.
     for (fmt, label) in [(ZeroFormat::V1, "gptq"), (ZeroFormat::V2, "gptq_v2")] {

@@ -33,18 +33,27 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     let all_stated = found
         .as_ref()
         .is_some_and(|f| f.stated.group_size && f.stated.desc_act);
-    // (settings, group size said, act-order said, the file they came from)
+    // What the config alone says: (settings, group size said, act-order said, the file).
+    let from_config = |f: crate::model::checkpoint::quant_config::FoundQuant| {
+        (f.info, f.stated.group_size, f.stated.desc_act, f.source)
+    };
     let (q, group_said, act_said, source) = match found {
-        Some(f) if all_stated || !holds_weights(dir) => {
-            (f.info, f.stated.group_size, f.stated.desc_act, f.source)
-        }
-        _ if holds_weights(dir) => {
-            let ck = crate::model::checkpoint::Checkpoint::open(dir)?;
-            match ck.quant.clone() {
-                Some(q) => (q, true, true, ck.quant_source().to_path_buf()),
+        Some(f) if all_stated || !holds_weights(dir) => from_config(f),
+        // Read the tensors as the loader would. A folder the loader refuses (a partial download,
+        // say) is still planned from what its config says, unsaid fields left to the caller.
+        found if holds_weights(dir) => match crate::model::checkpoint::Checkpoint::open(dir) {
+            Ok(ck) => match ck.quant.clone() {
+                Some(q) => {
+                    let (g, a) = ck.group_and_order_known();
+                    (q, g, a, ck.quant_source().to_path_buf())
+                }
                 None => return Ok((model, CheckpointQuant::default())),
-            }
-        }
+            },
+            Err(_) => match found {
+                Some(f) => from_config(f),
+                None => return Ok((model, CheckpointQuant::default())),
+            },
+        },
         _ => return Ok((model, CheckpointQuant::default())),
     };
     if group_said {
@@ -54,8 +63,8 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     Ok((
         model,
         CheckpointQuant {
-            // Unsaid and no tensors to read it from: the caller asks (AutoGPTQ's defaults would
-            // be a guess about this folder).
+            // Unsaid and not read from tensors: the caller asks (AutoGPTQ's defaults would be a
+            // guess about this folder).
             group_size: group_said.then_some(q.group_size),
             act_order: act_said.then_some(q.desc_act),
             source: Some(source),

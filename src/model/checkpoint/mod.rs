@@ -74,6 +74,8 @@ pub struct Checkpoint {
     /// stated: every true zero must then be 2^(bits-1), or the zero format was mislabelled;
     /// `desc_act: true` stated: every linear needs its g_idx.
     stated: quant_config::Stated,
+    /// `group_and_order_known`.
+    known: (bool, bool),
     files: Files,
 }
 
@@ -115,6 +117,8 @@ impl Checkpoint {
             })?;
         check_layer_count(&config, &files, &cfg_path)?;
         check_tied_head(&config, &files, &cfg_path)?;
+        // (group size, desc_act) stated or read from the tensors, not a default.
+        let mut known = (false, false);
         let (mut quant, stated, mut quant_source) =
             match quant_config::from_files(&dir, &cfg_value)? {
                 Some(f) => (Some(f.info), f.stated, f.source),
@@ -141,6 +145,7 @@ impl Checkpoint {
                 };
                 quant = Some(quant_config::infer(&files, &prefix, k)?);
                 quant_source = files.path_of(&format!("{prefix}.qweight")).to_path_buf();
+                known = (true, true);
             }
         } else if let (Some(q), Some(prefix)) = (quant.as_mut(), first_q.as_deref()) {
             // A group size or desc_act the config leaves out: what the tensors say (AutoGPTQ's
@@ -155,6 +160,7 @@ impl Checkpoint {
                          ({default}): {line}"
                     )
                 };
+                known = (true, true);
                 if !stated.group_size {
                     let (g, line) = quant_config::group_size_from_scales(&files, prefix, k)?;
                     q.group_size = g;
@@ -170,14 +176,25 @@ impl Checkpoint {
                 }
             }
         }
+        if quant.is_some() {
+            known = (known.0 || stated.group_size, known.1 || stated.desc_act);
+        }
         Ok(Checkpoint {
             dir,
             config,
             quant,
             quant_source,
             stated,
+            known,
             files,
         })
+    }
+
+    /// Whether the quant settings' group size and desc_act are the checkpoint's own (stated in
+    /// its config, or read from its tensors) rather than AutoGPTQ's defaults: false only where a
+    /// config leaves them out and no quantized linear of a known K was there to read them from.
+    pub fn group_and_order_known(&self) -> (bool, bool) {
+        self.known
     }
 
     /// The file the quant settings came from: quantize_config.json or config.json, or the
@@ -377,10 +394,10 @@ impl Checkpoint {
             }
         };
         let symmetric = zeros::is_symmetric_true(&qzeros);
-        if self.stated.sym && !symmetric {
+        if self.stated.sym == Some(true) && !symmetric {
             return Err(self.not_symmetric(prefix, &qzeros, l.n, l.format));
         }
-        if !self.stated.sym {
+        if self.stated.sym.is_none() {
             if let Some(e) = self.symmetric_off_by_one(prefix, &qzeros, l.format) {
                 return Err(e);
             }
@@ -469,14 +486,23 @@ impl Checkpoint {
             return None;
         }
         let qz = format!("{prefix}.qzeros");
+        // Where to say the right label: the config the format came from, or (settings inferred
+        // from an era file's tensors) a config to add.
+        let fix = if self.quant_source.extension().is_some_and(|e| e == "json") {
+            format!(
+                "set checkpoint_format {other} in {}, or state \"sym\": false there if these \
+                 zeros are meant",
+                self.quant_source.display()
+            )
+        } else {
+            format!("add a quantize_config.json saying checkpoint_format {other}")
+        };
         Some(LabError::bad_checkpoint(
             self.files.path_of(&qz),
             format!(
                 "tensor '{qz}': every true zero is {z} under checkpoint_format {this}, one step off \
                  the symmetric 8 in every group and column: a symmetric file with the other \
-                 format's label reads this way, every weight one scale step off (try {other}, \
-                 or state sym in {})",
-                self.quant_source.display()
+                 format's label reads this way, every weight one scale step off ({fix})"
             ),
         ))
     }

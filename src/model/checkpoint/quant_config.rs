@@ -141,8 +141,9 @@ fn check_bits(bits: u32, path: &Path, what: &str) -> Result<()> {
 /// Which settings a quant config states itself rather than leaving to a default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Stated {
-    /// `sym: true` stated: a promise about the stored zeros that the loader holds the tensors to.
-    pub sym: bool,
+    /// `sym` as stated. `true` is a promise about the stored zeros that the loader holds the
+    /// tensors to; either value turns off the guess at a mislabelled symmetric file.
+    pub sym: Option<bool>,
     /// `group_size` stated; else the loader reads it from the scales' rows.
     pub group_size: bool,
     /// `desc_act` stated; else the loader reads it from the g_idx (and a linear without one is in
@@ -153,18 +154,9 @@ pub(crate) struct Stated {
 impl Stated {
     fn of(v: &serde_json::Value) -> Self {
         Stated {
-            sym: v.get("sym").and_then(serde_json::Value::as_bool) == Some(true),
+            sym: v.get("sym").and_then(serde_json::Value::as_bool),
             group_size: v.get("group_size").is_some_and(|g| !g.is_null()),
             desc_act: v.get("desc_act").is_some_and(|d| !d.is_null()),
-        }
-    }
-
-    /// Stated in either of two files.
-    fn or(self, o: Stated) -> Stated {
-        Stated {
-            sym: self.sym || o.sym,
-            group_size: self.group_size || o.group_size,
-            desc_act: self.desc_act || o.desc_act,
         }
     }
 }
@@ -200,30 +192,55 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
     }
     let v: serde_json::Value = crate::util::read_json(&qc_path)?;
     let mut qc = parse(&v, &qc_path, "quantize_config.json")?;
-    let qc_stated = Stated::of(&v);
+    let mut stated = Stated::of(&v);
     if let Some(c) = &from_cfg {
-        // A group size only one file states is that file's: the other's default does not
-        // disagree with it.
-        if cfg_stated.group_size && !qc_stated.group_size {
+        // A field only config.json states is config.json's: quantize_config.json's default for
+        // it neither wins nor disagrees. Fields both state must agree.
+        if cfg_stated.group_size && !stated.group_size {
             qc.group_size = c.group_size;
             qc.inferred.retain(|l| !l.contains("'group_size' missing"));
+            stated.group_size = true;
         }
-        let key = |q: &QuantInfo| (q.bits, q.group_size, q.sym, q.format);
-        if key(c) != key(&qc) {
+        if cfg_stated.desc_act && !stated.desc_act {
+            qc.desc_act = c.desc_act;
+            qc.inferred.retain(|l| !l.contains("'desc_act' missing"));
+            stated.desc_act = true;
+        }
+        if let (Some(sym), None) = (cfg_stated.sym, stated.sym) {
+            qc.sym = sym;
+            qc.inferred.retain(|l| !l.contains("'sym' missing"));
+            stated.sym = Some(sym);
+        }
+        // Compared where config.json states them (quantize_config.json's now hold its values
+        // where only config.json did); bits and the format always.
+        let cfg_key = (
+            c.bits,
+            if cfg_stated.group_size {
+                c.group_size
+            } else {
+                qc.group_size
+            },
+            if cfg_stated.sym.is_some() {
+                c.sym
+            } else {
+                qc.sym
+            },
+            c.format,
+        );
+        let qc_key = (qc.bits, qc.group_size, qc.sym, qc.format);
+        if cfg_key != qc_key {
             return Err(LabError::bad_checkpoint(
                 &qc_path,
                 format!(
                     "disagrees with config.json quantization_config on (bits, group_size, sym, \
-                     format): {:?} vs {:?}; fix one of them",
-                    key(&qc),
-                    key(c)
+                     format): {qc_key:?} vs {cfg_key:?}; fix one of them"
                 ),
             ));
         }
     }
     Ok(Some(FoundQuant {
         info: qc,
-        stated: cfg_stated.or(qc_stated),
+        stated,
         source: qc_path,
     }))
 }
