@@ -37,11 +37,12 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     let from_config = |f: crate::model::checkpoint::quant_config::FoundQuant| {
         (f.info, f.stated.group_size, f.stated.desc_act, f.source)
     };
+    let weights = holds_weights(dir);
     let (q, group_said, act_said, source) = match found {
-        Some(f) if all_stated || !holds_weights(dir) => from_config(f),
+        Some(f) if all_stated || !weights => from_config(f),
         // Read the tensors as the loader would. A folder the loader refuses (a partial download,
         // say) is still planned from what its config says, unsaid fields left to the caller.
-        found if holds_weights(dir) => match crate::model::checkpoint::Checkpoint::open(dir) {
+        found if weights => match crate::model::checkpoint::Checkpoint::open(dir) {
             Ok(ck) => match ck.quant.clone() {
                 Some(q) => {
                     let (g, a) = ck.group_and_order_known();

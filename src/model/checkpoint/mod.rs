@@ -117,8 +117,8 @@ impl Checkpoint {
             })?;
         check_layer_count(&config, &files, &cfg_path)?;
         check_tied_head(&config, &files, &cfg_path)?;
-        // (group size, desc_act) stated or read from the tensors, not a default.
-        let mut known = (false, false);
+        // Whether the group size and desc_act were read from the tensors (where not stated).
+        let mut read_from_tensors = false;
         let (mut quant, stated, mut quant_source) =
             match quant_config::from_files(&dir, &cfg_value)? {
                 Some(f) => (Some(f.info), f.stated, f.source),
@@ -145,7 +145,7 @@ impl Checkpoint {
                 };
                 quant = Some(quant_config::infer(&files, &prefix, k)?);
                 quant_source = files.path_of(&format!("{prefix}.qweight")).to_path_buf();
-                known = (true, true);
+                read_from_tensors = true;
             }
         } else if let (Some(q), Some(prefix)) = (quant.as_mut(), first_q.as_deref()) {
             // A group size or desc_act the config leaves out: what the tensors say (AutoGPTQ's
@@ -160,25 +160,29 @@ impl Checkpoint {
                          ({default}): {line}"
                     )
                 };
-                known = (true, true);
+                read_from_tensors = true;
                 if !stated.group_size {
                     let (g, line) = quant_config::group_size_from_scales(&files, prefix, k)?;
                     q.group_size = g;
-                    q.inferred.retain(|l| !l.contains("'group_size' missing"));
+                    q.forget_default("group_size");
                     q.inferred.push(note("group_size", "-1, per-channel", line));
                 }
                 if !stated.desc_act {
                     let (act, line) =
                         quant_config::desc_act_from_g_idx(&files, prefix, k, q.group_size)?;
                     q.desc_act = act;
-                    q.inferred.retain(|l| !l.contains("'desc_act' missing"));
+                    q.forget_default("desc_act");
                     q.inferred.push(note("desc_act", "true", line));
                 }
             }
         }
-        if quant.is_some() {
-            known = (known.0 || stated.group_size, known.1 || stated.desc_act);
-        }
+        let known = match quant {
+            Some(_) => (
+                read_from_tensors || stated.group_size,
+                read_from_tensors || stated.desc_act,
+            ),
+            None => (false, false),
+        };
         Ok(Checkpoint {
             dir,
             config,
@@ -451,10 +455,7 @@ impl Checkpoint {
             })
             .find(|&(_, _, z)| z != 8)
             .unwrap_or((0, 0, 0));
-        let (this, other) = match format {
-            ZeroFormat::V1 => ("\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
-            ZeroFormat::V2 => ("\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
-        };
+        let (this, other) = format_labels(format);
         LabError::bad_checkpoint(
             self.files.path_of(&qz),
             format!(
@@ -477,10 +478,11 @@ impl Checkpoint {
         qzeros: &[u32],
         format: ZeroFormat,
     ) -> Option<LabError> {
-        let (z, this, other) = match format {
-            ZeroFormat::V1 => (9, "\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
-            ZeroFormat::V2 => (7, "\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
+        let z = match format {
+            ZeroFormat::V1 => 9,
+            ZeroFormat::V2 => 7,
         };
+        let (this, other) = format_labels(format);
         let word = (0..8).fold(0u32, |w, j| w | (z << (4 * j)));
         if qzeros.len() < 8 || qzeros.iter().any(|&w| w != word) {
             return None;
@@ -716,4 +718,12 @@ fn f16_nonzero(bytes: &[u8]) -> bool {
     bytes
         .chunks_exact(2)
         .any(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7FFF != 0)
+}
+
+/// How the zero-format errors name a format, and the other one to try.
+fn format_labels(format: ZeroFormat) -> (&'static str, &'static str) {
+    match format {
+        ZeroFormat::V1 => ("\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
+        ZeroFormat::V2 => ("\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
+    }
 }

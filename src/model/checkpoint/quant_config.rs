@@ -32,6 +32,13 @@ pub struct QuantInfo {
 }
 
 impl QuantInfo {
+    /// Drop the note that `field` took AutoGPTQ's default (`parse`'s "'field' missing, ..."
+    /// line): the value was read from the tensors or from the other config file instead.
+    pub(crate) fn forget_default(&mut self, field: &str) {
+        let note = format!("'{field}' missing, AutoGPTQ default");
+        self.inferred.retain(|l| !l.contains(&note));
+    }
+
     /// The JSON AutoGPTQ writes as quantize_config.json and transformers reads as
     /// `quantization_config` in config.json.
     pub fn to_json(&self, format: ZeroFormat) -> serde_json::Value {
@@ -198,17 +205,17 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
         // it neither wins nor disagrees. Fields both state must agree.
         if cfg_stated.group_size && !stated.group_size {
             qc.group_size = c.group_size;
-            qc.inferred.retain(|l| !l.contains("'group_size' missing"));
+            qc.forget_default("group_size");
             stated.group_size = true;
         }
         if cfg_stated.desc_act && !stated.desc_act {
             qc.desc_act = c.desc_act;
-            qc.inferred.retain(|l| !l.contains("'desc_act' missing"));
+            qc.forget_default("desc_act");
             stated.desc_act = true;
         }
         if let (Some(sym), None) = (cfg_stated.sym, stated.sym) {
             qc.sym = sym;
-            qc.inferred.retain(|l| !l.contains("'sym' missing"));
+            qc.forget_default("sym");
             stated.sym = Some(sym);
         }
         // Compared where config.json states them (quantize_config.json's now hold its values
