@@ -92,8 +92,10 @@ pub struct QuantizeSummary {
     /// Peak resident set of this process so far (VmHWM), bytes; `None` without /proc.
     pub peak_rss_bytes: Option<u64>,
     /// `memory::ram_bound_bytes` for this model, seqlen and nsamples: what the large buffers need
-    /// at most. The measured peak adds the program itself (~12-25 MiB: code, runtime, thread
-    /// stacks) and the allocator's slack (measured: 10-20% at hidden 1024).
+    /// at most. The measured peak adds the program itself (~12 MiB: code, runtime, the
+    /// calibration text), ~1.3 MiB per rayon thread (its allocator arena and faer's scratch) and
+    /// the allocator's slack: 23.5 MiB in all with 2 threads, 62.5 with 32 (hidden 768,
+    /// tests/quantize_ram.rs, which holds a 2-thread run to bound + 32 MiB).
     pub ram_bound_bytes: u64,
     /// The Hessian backend that ran ("f32" or "bf16-amx").
     pub hessian: &'static str,
@@ -332,11 +334,14 @@ fn sequential_pass(
                 let xin = layer_pass(cfg, &inv_freq, &lw, x, seqlen, Some(stage));
                 hess.add_batch(&xin, seqlen)
             })?;
-            // Between linears, freed intermediates go back to the system (see `release_freed`).
-            release_freed();
             let hm = hess.matrix()?;
             // The f32 sum is not needed once H is in f64: K^2 * 4 bytes less during the solve.
             drop(hess);
+            // Between linears, freed intermediates (the layer pass's, and the f32 sum just
+            // dropped) go back to the system (see `release_freed`). After the drop, not before:
+            // a sum under glibc's 32 MiB mmap threshold otherwise stays resident through the
+            // solve (+16 MiB at K = 2048, tests/quantize_ram.rs).
+            release_freed();
             for name in names {
                 let prefix = format!("model.layers.{li}.{name}");
                 pb.set_message(format!("layer {li}: {name}"));
