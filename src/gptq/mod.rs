@@ -17,7 +17,7 @@ pub mod solver;
 pub mod synthetic;
 pub mod zeros;
 
-pub use hessian::{Hessian, HessianBackend};
+pub use hessian::{Hessian, HessianBackend, HessianView};
 pub use reorder::{reorder_by_group, Reordered};
 pub use rtn::{act_order_g_idx, quantize_rtn};
 pub use solver::{quantize_gptq, GptqOutput, GptqParams};

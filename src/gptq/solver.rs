@@ -23,12 +23,12 @@
 //! - `min_zero = 1` (v1 files, asymmetric) keeps every zero representable (see `rtn::scale_zero`).
 
 use super::rtn::{code, scale_zero};
-use super::{act_order_g_idx, group_rows, pack, zeros, QuantLinear};
+use super::{act_order_g_idx, group_rows, pack, zeros, HessianView, QuantLinear};
 use crate::{LabError, Result};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
-use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use half::f16;
 use rayon::prelude::*;
@@ -82,20 +82,19 @@ pub struct GptqOutput {
 
 /// Quantize `w_kn` [k, n] (row = input channel) against its inputs' Hessian `h` [k, k]
 /// (see `hessian::Hessian::matrix`).
-pub fn quantize_gptq(
+pub fn quantize_gptq<H: HessianView + ?Sized>(
     w_kn: &[f32],
     k: usize,
     n: usize,
-    h: &Mat<f64>,
+    h: &H,
     p: &GptqParams,
 ) -> Result<GptqOutput> {
     let bad = |r: String| LabError::invalid("quantize_gptq", r);
     super::check_weights("quantize_gptq", w_kn, k, n)?;
-    if h.nrows() != k || h.ncols() != k {
+    if h.k() != k {
         return Err(bad(format!(
-            "Hessian is {} x {}, expected K x K = {k} x {k}",
-            h.nrows(),
-            h.ncols()
+            "Hessian is {0} x {0}, expected K x K = {k} x {k}",
+            h.k()
         )));
     }
     if !(p.damp_percent > 0.0 && p.damp_percent < 1.0) {
@@ -112,7 +111,7 @@ pub fn quantize_gptq(
     let per_channel = g == k;
 
     let mut w = w_kn.to_vec();
-    let mut diag: Vec<f64> = (0..k).map(|i| h[(i, i)]).collect();
+    let mut diag: Vec<f64> = (0..k).map(|i| h.at(i, i)).collect();
     if let Some(i) = diag.iter().position(|d| !d.is_finite() || *d < 0.0) {
         return Err(bad(format!(
             "Hessian diagonal [{i}] = {} (expected finite and >= 0)",
@@ -293,10 +292,19 @@ fn rows_params(
         .unzip()
 }
 
+/// Columns of L'^-1 solved at once in `inverse_upper_cholesky`: wide enough for faer's blocked
+/// solve to run at GEMM speed, narrow enough to be small beside U (8 K x 256 bytes: 22 MB at
+/// K = 11008).
+const INVERSE_COLS: usize = 256;
+
 /// U, upper triangular, f32 row-major [k, k], with U^T U = (Hp + damp I)^-1 where
 /// `Hp[i][j] = H[perm[i]][perm[j]]` and `diag` replaces H's diagonal (dead rows set to 1).
-pub fn inverse_upper_cholesky(
-    h: &Mat<f64>,
+///
+/// Memory: the f64 factor (8 K^2) and U (4 K^2), plus one block of `INVERSE_COLS` columns of
+/// L'^-1 at a time (8 K x 256): the whole f64 inverse beside the factor was 8 K^2 more
+/// (0.97 GB at K = 11008), the largest buffer of a 7B run.
+pub fn inverse_upper_cholesky<H: HessianView + ?Sized>(
+    h: &H,
     diag: &[f64],
     perm: &[usize],
     damp: f64,
@@ -309,7 +317,7 @@ pub fn inverse_upper_cholesky(
         if i == j {
             diag[rev(i)] + damp
         } else {
-            h[(rev(i), rev(j))]
+            h.at(rev(i), rev(j))
         }
     });
     let par = Par::rayon(0);
@@ -330,15 +338,28 @@ pub fn inverse_upper_cholesky(
             ),
         )
     })?;
-    let mut linv = Mat::<f64>::zeros(k, k);
-    invert_lower_triangular(linv.as_mut(), a.as_ref(), par);
-    drop(a);
+    // L'^-1 a block of columns at a time: columns c0..c1 are zero above row c0, and below it
+    // they solve L'[c0.., c0..] Y = the identity's columns c0..c1 (rows c0..). U = J L'^-1 J.
     let mut u = vec![0f32; k * k];
-    for i in 0..k {
-        for j in i..k {
-            u[i * k + j] = linv[(k - 1 - i, k - 1 - j)] as f32;
+    let mut c0 = 0;
+    while c0 < k {
+        let b = INVERSE_COLS.min(k - c0);
+        let mut y = Mat::<f64>::from_fn(k - c0, b, |r, c| if r == c { 1.0 } else { 0.0 });
+        solve_lower_triangular_in_place(
+            a.as_ref().submatrix(c0, c0, k - c0, k - c0),
+            y.as_mut(),
+            par,
+        );
+        for c in 0..b {
+            let j = k - 1 - (c0 + c);
+            // Entries above the diagonal of column c0 + c are zero (triangular): rows c.. only.
+            for r in c..k - c0 {
+                u[(k - 1 - (c0 + r)) * k + j] = y[(r, c)] as f32;
+            }
         }
+        c0 += b;
     }
+    drop(a);
     if let Some(i) = (0..k).find(|&i| !(u[i * k + i].is_finite() && u[i * k + i] > 0.0)) {
         return Err(LabError::invalid(
             "Hessian",

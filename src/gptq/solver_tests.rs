@@ -23,32 +23,33 @@ fn params(group_size: i32, sym: bool, act_order: bool) -> GptqParams {
 
 #[test]
 fn inverse_factor_is_upper_and_inverts_the_permuted_damped_hessian() {
-    let (m, k) = (96, 24);
-    let x = inputs(m, k, InputShape::CORRELATED, 1);
-    let h = hessian_of(&x, m, k);
-    let diag: Vec<f64> = (0..k).map(|i| h[(i, i)]).collect();
-    let perm: Vec<usize> = (0..k).rev().map(|i| (i * 5) % k).collect(); // a permutation (gcd(5, 24) = 1)
-    let damp = 0.01 * diag.iter().sum::<f64>() / k as f64;
-    let u = inverse_upper_cholesky(&h, &diag, &perm, damp).unwrap();
-    for i in 0..k {
-        assert!(u[i * k + i] > 0.0);
-        for j in 0..i {
-            assert_eq!(u[i * k + j], 0.0, "U[{i}][{j}] below the diagonal");
-        }
-    }
-    // U^T U (Hp + damp I) = I.
-    for i in 0..k {
-        for j in 0..k {
-            let mut s = 0.0;
-            for l in 0..k {
-                let utu: f64 = (0..k)
-                    .map(|t| f64::from(u[t * k + i]) * f64::from(u[t * k + l]))
-                    .sum();
-                let hp = h[(perm[l], perm[j])] + if l == j { damp } else { 0.0 };
-                s += utu * hp;
+    // K = 300 spans two of the inverse's column blocks (256 + 44).
+    for (m, k) in [(96, 24), (1200, 300)] {
+        let x = inputs(m, k, InputShape::CORRELATED, 1);
+        let h = hessian_of(&x, m, k);
+        let diag: Vec<f64> = (0..k).map(|i| h[(i, i)]).collect();
+        // A permutation: gcd(7, k) = 1 for both sizes.
+        let perm: Vec<usize> = (0..k).rev().map(|i| (i * 7) % k).collect();
+        let damp = 0.01 * diag.iter().sum::<f64>() / k as f64;
+        let u = inverse_upper_cholesky(&h, &diag, &perm, damp).unwrap();
+        for i in 0..k {
+            assert!(u[i * k + i] > 0.0);
+            for j in 0..i {
+                assert_eq!(u[i * k + j], 0.0, "K {k}: U[{i}][{j}] below the diagonal");
             }
-            let want = if i == j { 1.0 } else { 0.0 };
-            assert!((s - want).abs() < 1e-4, "[{i}][{j}] = {s}");
+        }
+        // U^T U (Hp + damp I) = I.
+        let um = Mat::from_fn(k, k, |i, j| f64::from(u[i * k + j]));
+        let hp = Mat::from_fn(k, k, |i, j| {
+            h[(perm[i], perm[j])] + if i == j { damp } else { 0.0 }
+        });
+        let prod = um.transpose() * &um * &hp;
+        for i in 0..k {
+            for j in 0..k {
+                let want = if i == j { 1.0 } else { 0.0 };
+                let s = prod[(i, j)];
+                assert!((s - want).abs() < 1e-4, "K {k}: [{i}][{j}] = {s}");
+            }
         }
     }
 }

@@ -187,19 +187,22 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// - layer weights, held through the layer: 4 (2 h^2 + 2 h kv + 3 h i)
 /// - one chunk of hidden states: 4 C s h
 /// - then the largest of
-///   - a stage's Hessian (f32 K^2) while one sequence runs through the layer: 4 K^2 +
+///   - a stage's Hessian sum (f32 K^2) while one sequence runs through the layer: 4 K^2 +
 ///     4 max(s (2h + 2kv) + s^2, 3 s h, s (2h + 2i))  (`layer_pass`, intermediates dropped early)
-///   - solving one linear [K, N]: its f64 Hessian 8 K^2, plus the larger of the solver (Cholesky
-///     input and inverse, f64: 16 K^2, and its f32/u8 working copies of W, ~6 K N) and the
-///     error measurement (`hessian_relative_error`: ~4 f64 K x N matrices, 32 K N, plus the two
-///     packed layers ~1 K N)
+///   - solving one linear [K, N] against that sum (read in place as H: `Hessian::scaled`), 4 K^2
+///     plus the larger of the solver (the f64 Cholesky factor and U in f32: 12 K^2, one block of
+///     L'^-1's columns: 2048 K, and its copies of W: ~6 K N) and the error measurement
+///     (`hessian_relative_error`: W, D and the dequantized W in f64, 24 K N, the packed layers
+///     ~1 K N, and its row blocks: 2048 (K + N))
 ///   - copying the unquantized tensors before the pass: the largest one (the embedding) as f32,
 ///     f16 and bytes: 8 v h
 ///
 /// K is h for q/k/v/o/gate/up and i for down. 7B at s = 2048: 0.81 GB weights + 0.07 GB chunk +
-/// 3.18 GB (solving down_proj, K = 11008: 0.97 + 1.94 + 0.27 GB) = 4.06 GB; before streaming, a run also held
-/// every sequence's hidden states (4 nsamples s h: 4.3 GB at 128 sequences), every quantized layer
-/// and the serialized output file (~3.9 GB each), and the mapped source (13.5 GB) as it was read.
+/// 2.23 GB (solving down_proj, K = 11008: 0.48 sum + 1.45 factor and U + 0.27 W copies + 0.02
+/// block) = 3.11 GB. Until 2026-11-28 the solver also held an f64 copy of H and the whole f64
+/// L'^-1 (4.06 GB in all); before streaming, a run also held every sequence's hidden states
+/// (4 nsamples s h: 4.3 GB at 128 sequences), every quantized layer and the serialized output
+/// file (~3.9 GB each), and the mapped source (13.5 GB) as it was read.
 pub fn ram_bound_bytes(cfg: &ModelConfig, seqlen: usize, nsamples: usize) -> u64 {
     let (h, i, s, v) = (
         cfg.hidden_size as u64,
@@ -221,7 +224,9 @@ pub fn ram_bound_bytes(cfg: &ModelConfig, seqlen: usize, nsamples: usize) -> u64
         .map(|&(_, k, n)| {
             let (k, n) = (k as u64, n as u64);
             let accumulate = 4 * k * k + forward;
-            let solve = 8 * k * k + (16 * k * k + 6 * k * n).max(33 * k * n);
+            let solver = 12 * k * k + 2048 * k + 6 * k * n;
+            let error = 25 * k * n + 2048 * (k + n);
+            let solve = 4 * k * k + solver.max(error);
             accumulate.max(solve)
         })
         .max()
@@ -280,8 +285,8 @@ mod tests {
     fn bound_of_a_7b_layer_is_a_few_gigabytes() {
         let cfg = crate::model::config::ModelConfig::preset("vicuna-7b").unwrap();
         let b = ram_bound_bytes(&cfg, 2048, 128) as f64 / 1e9;
-        // The doc's arithmetic: 0.81 + 0.07 + 3.18 GB, less than the 4.3 GB of hidden states
+        // The doc's arithmetic: 0.81 + 0.07 + 2.23 GB, less than the 4.3 GB of hidden states
         // (128 x 2048 tokens) that the whole-run buffer held alone.
-        assert!((4.0..4.1).contains(&b), "{b} GB");
+        assert!((3.10..3.12).contains(&b), "{b} GB");
     }
 }

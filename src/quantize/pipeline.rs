@@ -18,14 +18,14 @@ use super::output::{prepare_out, publish, StreamedModel};
 use super::source::{check_fp16_source, load_layer};
 use crate::gptq::measure::hessian_relative_error;
 use crate::gptq::{
-    quantize_gptq, quantize_rtn, GptqParams, Hessian, HessianBackend, QuantLinear, ZeroFormat,
+    quantize_gptq, quantize_rtn, GptqParams, Hessian, HessianBackend, HessianView, QuantLinear,
+    ZeroFormat,
 };
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::cpu_engine::rope_inv_freq;
 use crate::reference::dequantize;
 use crate::{LabError, Result};
-use faer::Mat;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -334,13 +334,9 @@ fn sequential_pass(
                 let xin = layer_pass(cfg, &inv_freq, &lw, x, seqlen, Some(stage));
                 hess.add_batch(&xin, seqlen)
             })?;
-            let hm = hess.matrix()?;
-            // The f32 sum is not needed once H is in f64: K^2 * 4 bytes less during the solve.
-            drop(hess);
-            // Between linears, freed intermediates (the layer pass's, and the f32 sum just
-            // dropped) go back to the system (see `release_freed`). After the drop, not before:
-            // a sum under glibc's 32 MiB mmap threshold otherwise stays resident through the
-            // solve (+16 MiB at K = 2048, tests/quantize_ram.rs).
+            // H is read from the f32 sum in place: no f64 copy of it (8 K^2 bytes) is made.
+            let hm = hess.scaled()?;
+            // Between linears, freed intermediates go back to the system (see `release_freed`).
             release_freed();
             for name in names {
                 let prefix = format!("model.layers.{li}.{name}");
@@ -387,10 +383,22 @@ fn sequential_pass(
     Ok(stats)
 }
 
+/// H = I for `rtn_layer`, without its K^2 f64 entries.
+struct Identity(usize);
+
+impl HessianView for Identity {
+    fn k(&self) -> usize {
+        self.0
+    }
+    fn at(&self, i: usize, j: usize) -> f64 {
+        f64::from(u8::from(i == j))
+    }
+}
+
 /// RTN through the GPTQ solver with H = I: no error is propagated, so this is exactly RTN (a
 /// solver test proves it) but honours `min_zero` for v1 files.
 fn rtn_layer(w: &[f32], k: usize, n: usize, p: &GptqParams) -> Result<QuantLinear> {
-    let eye = Mat::<f64>::identity(k, k);
+    let eye = Identity(k);
     let p = GptqParams {
         act_order: false,
         static_groups: false,
