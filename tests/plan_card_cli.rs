@@ -230,3 +230,69 @@ fn a_negative_number_for_an_unsigned_flag_is_refused_by_that_flag() {
     ]);
     assert!(o.status.success() && stdout(&o).contains("per-ch"), "{o:?}");
 }
+
+#[test]
+fn without_root_the_reports_come_from_the_source_tree_wherever_it_runs() {
+    // Run from a folder with no reports/: the estimate is still the committed report's fit,
+    // not the pure roofline (it was, silently in --json, before 2026-11-28).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["plan", "--model", "vicuna-7b", "--group", "128"])
+        .args(["--ctx", "128", "--card", "rtx-4090"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("MEASURED on NVIDIA H100"), "{out}");
+}
+
+#[test]
+fn what_the_estimate_cannot_say_is_refused_or_left_blank() {
+    // Batch > 1 has no speed model (the engine decodes one sequence); --ctx 0 no KV cache.
+    for (args, want) in [
+        (
+            vec!["--card", "rtx-4090", "--batch", "4"],
+            "--batch 4 with --card",
+        ),
+        (vec!["--ctx", "0"], "--ctx 0"),
+    ] {
+        let mut a = vec!["plan", "--model", "vicuna-7b", "--group", "128"];
+        a.extend_from_slice(&args);
+        let o = lab(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // A model the card cannot hold gets no tokens/s; a context past the trained one is marked.
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-13b",
+        "--dtype",
+        "fp16",
+        "--ctx",
+        "512,4096",
+        "--card",
+        "rtx-3060",
+        "--root",
+        repo,
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("On GeForce RTX 3060"))
+        .filter(|l| l.starts_with("vicuna-13b"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in &rows {
+        let cols: Vec<&str> = r.split_whitespace().collect();
+        assert_eq!((cols[3], *cols.last().unwrap()), ("no", "-"), "{r}");
+    }
+    assert!(
+        rows[1].contains("4096*") && out.contains("past the model's trained context"),
+        "{out}"
+    );
+}

@@ -4,7 +4,9 @@
 //! two): an "8 GB" RTX 3070 has 8 GiB = 8192 MiB, and `nvidia-smi` reports that as its total. So
 //! `memory_bytes` is the total the driver reports: nominal GiB, minus ECC's 1/16 on the GDDR6
 //! data-centre cards that ship with ECC on (T4, A10, L4: 16384 -> 15360 MiB, 24576 -> 23040 MiB).
-//! HBM cards keep ECC out of band. What the driver and the CUDA context take from that total is
+//! HBM cards keep ECC out of band. A program cannot allocate all of it: the total CUDA itself
+//! reports (`cuMemGetInfo`) is smaller by `driver_reserve_bytes`, and the plans fit against
+//! what is left (`Card::usable_bytes`). What the CUDA context then takes is
 //! `CUDA_CONTEXT_BYTES`, counted in every plan's total.
 //!
 //! Bandwidth: the vendor's spec figure in GB/s (1e9 bytes/s). It is not reachable; every roofline
@@ -17,12 +19,27 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// Memory the CUDA context costs before any tensor is allocated: the primary context with its
-/// module images and per-SM local-memory reserve (about 300-450 MiB on Ampere/Ada/Hopper with
-/// lazy loading, as `nvidia-smi` shows for an idle process) and the allocator's rounding of many
-/// buffers. 512 MiB covers it with a little margin; `lab plan --context-mib` overrides it. The
-/// cuBLAS handle and its workspace, where the engine makes one, are counted in the workspace
+/// module images and per-SM local-memory reserve, and the allocator's rounding of many buffers.
+/// Measured on the H100 (132 SMs, the lab's fatbin): 529-533 MiB (`vram.context_bytes` of run
+/// 17's decode.json), which the 512 MiB used until 2026-11-28 undercounted (every planned total
+/// 34-51 MB under the measured peak). 544 MiB covers it; a card with fewer SMs reserves less,
+/// so this errs towards "does not fit". `lab plan --context-mib` overrides it. The cuBLAS
+/// handle and its workspace, where the engine makes one, are counted in the workspace
 /// (`bytes::CUBLAS_BYTES`).
-pub const CUDA_CONTEXT_BYTES: u64 = 512 * MIB;
+pub const CUDA_CONTEXT_BYTES: u64 = 544 * MIB;
+
+/// What the driver keeps of a card's memory before any program allocates: the total below is
+/// `cuMemGetInfo`'s (and PyTorch's "total capacity"), not the size on the box. Rule: 200 MiB +
+/// 1/128 of the memory. Against readings: the lab's H100 80GB reports 81079 MiB of 81920
+/// (841 reserved; the rule 840), and public reports of PyTorch's total put an RTX 4090 at
+/// 23.61-23.68 GiB of 24 (0.32-0.39 GiB reserved; the rule 0.38), an RTX 3070 at 7.77 of 8
+/// (0.23; rule 0.26), an RTX 3080 10GB at 9.78 of 10 (0.22; rule 0.27), an A100 80GB at 79.25
+/// of 80 (0.75; rule 0.82), a T4 at 14.75 of 15 (0.25; rule 0.31): within 0.1 GiB, on the side
+/// of "does not fit". A desktop's own use of a GeForce card (compositor, browser) comes on top
+/// and is not counted: the tables print what is left free.
+pub fn driver_reserve_bytes(memory_bytes: u64) -> u64 {
+    200 * MIB + memory_bytes / 128
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Card {
@@ -33,6 +50,14 @@ pub struct Card {
     pub memory_bytes: u64,
     /// Spec DRAM bandwidth, GB/s (1e9 bytes/s); 0 for the generic sizes.
     pub bandwidth_gbs: f64,
+}
+
+impl Card {
+    /// What a program can allocate: `memory_bytes` less `driver_reserve_bytes`. Plans fit here.
+    pub fn usable_bytes(&self) -> u64 {
+        self.memory_bytes
+            .saturating_sub(driver_reserve_bytes(self.memory_bytes))
+    }
 }
 
 const fn card(slug: &'static str, name: &'static str, mib: u64, gbs: f64) -> Card {
@@ -85,14 +110,62 @@ pub fn generic(gib: u64) -> Card {
     }
 }
 
-/// A card by slug (case-insensitive, "_" and " " accepted for "-"); the error lists the choices.
+/// `s` lower-cased with only its letters and digits, and a leading "nvidia" / "geforce" dropped:
+/// "GeForce RTX 4090", "rtx_4090" and "RTX-4090" all read "rtx4090".
+fn normalized(s: &str) -> String {
+    let mut n: String = s
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    for prefix in ["nvidia", "geforce"] {
+        if let Some(rest) = n.strip_prefix(prefix) {
+            n = rest.to_string();
+        }
+    }
+    n
+}
+
+/// A card by slug or name, as people write it: case, spaces, "-" / "_" and a leading "NVIDIA" /
+/// "GeForce" do not matter ("rtx4090", "GeForce RTX 4090"), and a unique start of a slug is
+/// enough ("h100" for h100-sxm, "4090" for rtx-4090). The error lists the choices.
 pub fn by_slug(slug: &str) -> crate::Result<&'static Card> {
-    let want = slug.to_ascii_lowercase().replace(['_', ' '], "-");
-    CARDS.iter().find(|c| c.slug == want).ok_or_else(|| {
-        let all: Vec<&str> = CARDS.iter().map(|c| c.slug.as_ref()).collect();
-        crate::LabError::invalid(
+    let want = normalized(slug);
+    let key = |c: &Card| normalized(&c.slug);
+    if let Some(c) = CARDS.iter().find(|c| key(c) == want) {
+        return Ok(c);
+    }
+    let all: Vec<&str> = CARDS.iter().map(|c| c.slug.as_ref()).collect();
+    let starts: Vec<&Card> = if want.is_empty() {
+        Vec::new()
+    } else {
+        CARDS
+            .iter()
+            .filter(|c| {
+                let k = key(c);
+                k.starts_with(&want) || k.strip_prefix("rtx").is_some_and(|r| r.starts_with(&want))
+            })
+            .collect()
+    };
+    match starts.as_slice() {
+        [one] => Ok(one),
+        [] => Err(crate::LabError::invalid(
             "--card",
-            format!("unknown card '{slug}'; known: {}", all.join(", ")),
-        )
-    })
+            format!(
+                "unknown card '{slug}'; known: {} (for another card, plan against a generic size \
+                 in the table, or pass --efficiency with the nearest card of the same bandwidth)",
+                all.join(", ")
+            ),
+        )),
+        many => Err(crate::LabError::invalid(
+            "--card",
+            format!(
+                "'{slug}' could be any of {}; name one",
+                many.iter()
+                    .map(|c| c.slug.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }

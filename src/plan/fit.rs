@@ -10,9 +10,11 @@ pub const MAX_CTX_SEARCH: u64 = 1 << 24;
 pub struct Fit {
     pub card: String,
     pub memory_bytes: u64,
-    /// total_bytes <= memory_bytes at the plan's context.
+    /// What a program can allocate of it (`Card::usable_bytes`): the plans fit here.
+    pub usable_bytes: u64,
+    /// total_bytes <= usable_bytes at the plan's context.
     pub fits: bool,
-    /// memory_bytes - total_bytes (negative: short by that much).
+    /// usable_bytes - total_bytes (negative: short by that much).
     pub free_bytes: i64,
     /// Longest context (positions per sequence) whose total fits; None when even context 0 does not.
     /// This is what memory allows; the model's trained context (`Plan::model_max_ctx`) is separate.
@@ -43,12 +45,14 @@ pub fn longest_ctx(memory: u64, total_at: impl Fn(u64) -> u64) -> Option<u64> {
 }
 
 pub fn fit_on(card: &Card, total_bytes: u64, total_at: impl Fn(u64) -> u64) -> Fit {
+    let usable = card.usable_bytes();
     Fit {
         card: card.name.to_string(),
         memory_bytes: card.memory_bytes,
-        fits: total_bytes <= card.memory_bytes,
-        free_bytes: card.memory_bytes as i64 - total_bytes as i64,
-        max_ctx: longest_ctx(card.memory_bytes, total_at),
+        usable_bytes: usable,
+        fits: total_bytes <= usable,
+        free_bytes: usable as i64 - total_bytes as i64,
+        max_ctx: longest_ctx(usable, total_at),
     }
 }
 

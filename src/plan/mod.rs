@@ -269,7 +269,7 @@ impl PlanSpec {
 
     /// The fit on `card`, with the engine's memory-dependent choice of prefill plan.
     fn fit_on(&self, card: &Card, weights: u64) -> fit::Fit {
-        let m = card.memory_bytes;
+        let m = card.usable_bytes();
         fit::fit_on(card, self.total_on(weights, self.ctx, m), |c| {
             self.total_on(weights, c, m)
         })

@@ -188,7 +188,7 @@ fn the_total_grows_by_the_prefill_workspace_and_the_handle_it_needs() {
             // Where auto's dequant has room (it does on these cards from 12 GiB), the card's free
             // memory shrinks by exactly that growth; else the engine keeps v2's plan, and the
             // card's free memory is what v2's total leaves.
-            let mem = fa.memory_bytes;
+            let mem = fa.usable_bytes;
             let free = if a.total_bytes + DEQUANT_HEADROOM <= mem {
                 roomy += 1;
                 assert_eq!(fa.free_bytes, fb.free_bytes - grows as i64);
@@ -447,14 +447,14 @@ fn longest_ctx_is_the_last_context_that_fits() {
             assert_eq!(p.fits.len(), GENERIC_SIZES_GIB.len());
             for f in &p.fits {
                 // What the engine allocates on that card (auto keeps v2's plan without room).
-                let on = |c: u64| s.total_on_card(c, f.memory_bytes);
-                assert_eq!(f.fits, on(2048) <= f.memory_bytes);
+                let on = |c: u64| s.total_on_card(c, f.usable_bytes);
+                assert_eq!(f.fits, on(2048) <= f.usable_bytes);
                 match f.max_ctx {
                     Some(c) => {
-                        assert!(on(c) <= f.memory_bytes && on(c + 1) > f.memory_bytes);
+                        assert!(on(c) <= f.usable_bytes && on(c + 1) > f.usable_bytes);
                         assert_eq!(f.fits, 2048 <= c);
                     }
-                    None => assert!(on(0) > f.memory_bytes && !f.fits),
+                    None => assert!(on(0) > f.usable_bytes && !f.fits),
                 }
             }
         }
@@ -651,6 +651,35 @@ fn checkpoint_dir_reads_group_from_quantize_config_or_config() {
 fn card_table_lookup() {
     let c = cards::by_slug("RTX_4090").unwrap();
     assert_eq!((c.memory_bytes, c.bandwidth_gbs), (24 << 30, 1008.0));
+    // As people write them: one card each.
+    for name in [
+        "rtx4090",
+        "GeForce RTX 4090",
+        "NVIDIA GeForce RTX 4090",
+        "4090",
+    ] {
+        assert_eq!(cards::by_slug(name).unwrap().slug, "rtx-4090", "{name}");
+    }
+    assert_eq!(cards::by_slug("H100").unwrap().slug, "h100-sxm");
+    assert_eq!(cards::by_slug("a100").unwrap().slug, "a100-80");
+    assert_eq!(
+        cards::by_slug("A10").unwrap().slug,
+        "a10",
+        "exact beats a prefix"
+    );
+    // Two cards start so: named, not guessed.
+    let e = cards::by_slug("4060").unwrap_err().to_string();
+    assert!(
+        e.contains("rtx-4060,") && e.contains("rtx-4060-ti-16"),
+        "{e}"
+    );
+    for bad in ["gtx-1080", "", "-"] {
+        let e = cards::by_slug(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown card") && e.contains("rtx-3060"),
+            "{bad}: {e}"
+        );
+    }
     let e = cards::by_slug("gtx-1080").unwrap_err().to_string();
     assert!(e.contains("gtx-1080") && e.contains("rtx-3060"), "{e}");
     // GDDR6 ECC cards report 15/16 of their nominal size.
@@ -803,7 +832,7 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
     let card = cards::Card {
         slug: "test".into(),
         name: "test card".into(),
-        memory_bytes: mem,
+        memory_bytes: memory_for_usable(mem),
         bandwidth_gbs: 500.0,
     };
     let f = auto
@@ -815,7 +844,7 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
     assert_eq!(f.free_bytes, 16 << 20);
     // With room for auto and its headroom, auto's own total counts.
     let big = cards::Card {
-        memory_bytes: ta + DEQUANT_HEADROOM,
+        memory_bytes: memory_for_usable(ta + DEQUANT_HEADROOM),
         ..card
     };
     let f = auto
@@ -828,7 +857,7 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
     let mut deq = auto.clone();
     deq.prefill_int4 = PrefillInt4::Dequant;
     let small = cards::Card {
-        memory_bytes: mem,
+        memory_bytes: memory_for_usable(mem),
         ..big
     };
     assert!(
@@ -907,4 +936,44 @@ fn sizes_past_u64_are_refused_by_name_instead_of_wrapping() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("model config"), "{e}");
+}
+
+/// A card size whose usable memory (`Card::usable_bytes`: less the driver's reserve) is exactly
+/// `usable` bytes: the reserve grows by one byte per 128, so the usable size steps by 0 or 1.
+fn memory_for_usable(usable: u64) -> u64 {
+    let of = |m: u64| m - cards::driver_reserve_bytes(m);
+    let mut m = (usable + (200 << 20)) / 127 * 128 - 512;
+    assert!(of(m) < usable);
+    while of(m) < usable {
+        m += 1;
+    }
+    assert_eq!(of(m), usable);
+    m
+}
+
+#[test]
+fn fits_are_judged_against_what_a_program_can_allocate() {
+    // The H100 80GB the lab measured on reports 81079 MiB to cuMemGetInfo: the rule's usable
+    // size is within 1 MiB of it, and an 8 GiB card keeps 7928 MiB.
+    let h100 = cards::by_slug("h100-sxm").unwrap();
+    assert_eq!(h100.usable_bytes() >> 20, 81080);
+    assert_eq!(cards::generic(8).usable_bytes() >> 20, 7928);
+    // A plan whose total lies between the usable and the nominal size does not fit (with the
+    // GEMM prefill, whose total does not depend on the card: auto's would fall back to it).
+    let mut s = PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, 128, 2048);
+    s.prefill_int4 = crate::model::gpu_engine::PrefillInt4::GemmV2;
+    let total = s.plan().unwrap().total_bytes;
+    let card = cards::Card {
+        slug: "t".into(),
+        name: "t".into(),
+        memory_bytes: total + (100 << 20),
+        bandwidth_gbs: 500.0,
+    };
+    let f = s
+        .plan_on(&card, &SpeedModel::flat(0.5))
+        .unwrap()
+        .card
+        .unwrap();
+    assert!(card.usable_bytes() < total && !f.fits, "{f:?}");
+    assert_eq!(f.free_bytes, card.usable_bytes() as i64 - total as i64);
 }

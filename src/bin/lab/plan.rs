@@ -27,7 +27,9 @@ pub struct PlanArgs {
     /// Context length(s) the KV cache holds, comma separated. Default: 512,2048,4096.
     #[arg(long, value_delimiter = ',')]
     ctx: Vec<u64>,
-    /// Sequences decoded together (KV cache, workspace and roofline scale with it).
+    /// Sequences decoded together (KV cache and workspace scale with it). The tokens/s estimate
+    /// (--card) is for batch 1 only: the engine decodes one sequence, and nothing measured says
+    /// how a bigger batch's step grows.
     #[arg(long, default_value_t = 1)]
     batch: u64,
     /// int4 (GPTQ) or fp16 weights, for the int4-vs-fp16 comparison.
@@ -36,7 +38,8 @@ pub struct PlanArgs {
     /// Act-order checkpoint: count the K x 4 byte g_idx / permutation per linear.
     #[arg(long)]
     act_order: bool,
-    /// Also plan for this card and print its roofline tokens/s estimate (see --cards).
+    /// Also plan for this card and print its roofline tokens/s estimate (see --cards; "rtx4090",
+    /// "GeForce RTX 4090", "4090" all name rtx-4090).
     #[arg(long)]
     card: Option<String>,
     /// A flat fraction of the card's spec bandwidth for the tokens/s estimate (1.0 = the pure
@@ -46,9 +49,11 @@ pub struct PlanArgs {
     /// Needs --card: without one there is no estimate for it to scale.
     #[arg(long, requires = "card")]
     efficiency: Option<f64>,
-    /// Folder holding reports/ (for the measured efficiency).
-    #[arg(long, default_value = ".")]
-    root: PathBuf,
+    /// Folder holding reports/ (for the measured efficiency). Default: the current folder if it
+    /// has reports/, else the source tree this binary was built from (so the estimate does not
+    /// change with the folder `lab plan` runs in).
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Rows per GEMM-prefill chunk the engine is built with (as `lab decode --backend gpu
     /// --prefill-chunk`): its prefill workspace (activations of the chunk, GEMM split-K, repack
     /// scratch) counts in the total. Clamped to the context as the engine clamps it. 0: an
@@ -104,7 +109,7 @@ fn speed_for(
     let fit = act_or_plain(
         act,
         "; fitted WITHOUT act-order (the report has no act-order pair), which is slower per step on the measuring card",
-        |act| measured::fit_from_reports(&a.root, a.dtype, act),
+        |act| measured::fit_from_reports(&root(a), a.dtype, act),
     )?;
     if let Some((f, caveat)) = fit {
         let [p, q] = &f.points;
@@ -127,7 +132,7 @@ fn speed_for(
     let one = act_or_plain(
         act,
         "; measured WITHOUT act-order (the report has no act-order run of this model), which is slower per step on the measuring card",
-        |act| measured::from_reports(&a.root, &m.name, a.dtype, act),
+        |act| measured::from_reports(&root(a), &m.name, a.dtype, act),
     )?;
     match one {
         Some((me, caveat)) => {
@@ -146,13 +151,23 @@ fn speed_for(
                 format!(
                     "ESTIMATE on {}: no decode report under {} has a {:?} run of {} to scale from (reports/*/decode.json: run from the repo root or pass --root), so tokens/s below is the pure roofline (100% of the spec bandwidth, no per-layer cost): an upper bound, not what a card reaches",
                     card.name,
-                    a.root.display(),
+                    root(a).display(),
                     a.dtype,
                     m.name
                 ),
             );
             Ok(SpeedModel::flat(1.0))
         }
+    }
+}
+
+/// Where the reports are read from: --root, else "." when it has reports/, else the source tree
+/// the binary was built from.
+fn root(a: &PlanArgs) -> PathBuf {
+    match &a.root {
+        Some(r) => r.clone(),
+        None if std::path::Path::new("reports").is_dir() => PathBuf::from("."),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
     }
 }
 
@@ -176,6 +191,18 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let card = a.card.as_deref().map(cards::by_slug).transpose()?;
+    if card.is_some() && a.batch != 1 {
+        bail!(
+            "--batch {} with --card: the tokens/s estimate is for batch 1 (the engine decodes one \
+             sequence, and no measurement says how a bigger batch's step grows); leave out --card \
+             to plan the VRAM of batch {}",
+            a.batch,
+            a.batch
+        );
+    }
+    if a.ctx.contains(&0) {
+        bail!("--ctx 0: expected >= 1 position (the engine's KV cache holds at least one)");
+    }
     let (models, groups, act_order) = models_and_groups(&a)?;
     let ctxs = if a.ctx.is_empty() {
         DEFAULT_CTXS.to_vec()
@@ -282,20 +309,23 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
 
 fn print_cards() {
     println!(
-        "{:<16} {:<26} {:>10} {:>9}",
-        "slug", "card", "memory", "GB/s"
+        "{:<16} {:<26} {:>10} {:>10} {:>9}",
+        "slug", "card", "memory", "usable", "GB/s"
     );
     for c in cards::CARDS {
         println!(
-            "{:<16} {:<26} {:>6} MiB {:>9.1}",
+            "{:<16} {:<26} {:>6} MiB {:>6} MiB {:>9.1}",
             c.slug,
             c.name,
             c.memory_bytes >> 20,
+            c.usable_bytes() >> 20,
             c.bandwidth_gbs
         );
     }
     println!(
-        "memory: what the driver reports (nominal GiB; GDDR6 data-centre cards lose 1/16 to ECC)"
+        "memory: nominal GiB (GDDR6 data-centre cards lose 1/16 to ECC); usable: what a program can \
+         allocate, memory less the driver's reserve (200 MiB + 1/128, plan::cards::driver_reserve_bytes), \
+         what the plans fit against; a desktop's own use of the card comes on top"
     );
     println!(
         "bandwidth: vendor spec, 1e9 bytes/s; not reachable in practice (measure with lab bench)"
@@ -314,7 +344,9 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     let Some(first) = plans.first() else { return };
     println!(
         "VRAM plan: batch {}, {}, CUDA context allowance {} MiB. Sizes in GB = 1e9 bytes; \
-         card columns are the \"N GB\" sold, which is N GiB.",
+         card columns are the \"N GB\" sold, which is N GiB, of which a program can allocate that \
+         less the driver's reserve (200 MiB + 1/128: 7.74 GiB of 8, 23.62 of 24): \"fits\" is \
+         against that, with nothing left for a desktop on the same card.",
         first.batch,
         if first.dtype == WeightDtype::Int4 {
             "int4 GPTQ weights"
@@ -382,32 +414,57 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
 
     if let (Some(c), Some(r)) = (&first.card, &first.roofline) {
         println!(
-            "\nOn {} ({} MiB, {:.0} GB/s spec): tokens/s = 1 / step time, step time = bytes per step / (spec x stream efficiency) + layers x fixed cost (ESTIMATE, not a measurement; eff % = bytes per step / (step time x spec)):",
+            "\nOn {} ({} MiB, {} usable, {:.0} GB/s spec): tokens/s = 1 / step time, step time = bytes per step / (spec x stream efficiency) + layers x fixed cost (ESTIMATE, not a measurement; eff % = bytes per step / (step time x spec)):",
             c.card,
             c.memory_bytes >> 20,
+            c.usable_bytes >> 20,
             r.bandwidth_gbs,
         );
         println!(
-            "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11} {:>6} {:>13}",
-            "model", "group", "ctx", "fits", "max ctx", "GB/step", "eff %", "tok/s (est.)"
+            "{:<12} {:<6} {:>6} {:>6} {:>8} {:>8} {:>11} {:>6} {:>13}",
+            "model",
+            "group",
+            "ctx",
+            "fits",
+            "free GB",
+            "max ctx",
+            "GB/step",
+            "eff %",
+            "tok/s (est.)"
         );
+        let mut past_trained = false;
         for p in plans {
             let (Some(c), Some(r)) = (&p.card, &p.roofline) else {
                 continue;
             };
+            let past = p.ctx > p.model_max_ctx;
+            past_trained |= past;
             println!(
-                "{:<12} {:<6} {:>6} {:>6} {:>8} {:>11.3} {:>6.1} {:>13.1}",
+                "{:<12} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>13}",
                 p.model,
                 group_label(p),
-                p.ctx,
+                format!("{}{}", p.ctx, if past { "*" } else { "" }),
                 if c.fits { "yes" } else { "no" },
+                c.free_bytes as f64 / 1e9,
                 c.max_ctx.map_or("-".into(), |x| x.to_string()),
                 gb(r.bytes_per_step),
                 r.efficiency * 100.0,
-                r.tokens_per_s
+                // A configuration the card cannot hold has no speed.
+                if c.fits {
+                    format!("{:.1}", r.tokens_per_s)
+                } else {
+                    "-".into()
+                }
             );
         }
-        println!("bytes/step = weights read once (linears, norms, lm_head, one embedding row per sequence) + KV cache at ctx");
+        println!("bytes/step = weights read once (linears, norms, lm_head, one embedding row per sequence) + KV cache at ctx, i.e. the step at the LAST position of a ctx-long sequence (a whole generation averages about the step at ctx / 2)");
+        println!("free GB = usable memory less the plan's total; a desktop, browser or second program on the same card takes from it. max ctx: what memory allows, not what the model was trained for");
+        if past_trained {
+            println!(
+                "* past the model's trained context ({} positions): the memory is planned, but a LLaMA model's output past it is not meaningful",
+                first.model_max_ctx
+            );
+        }
     }
     println!("\n{}", first.g_idx_note);
     println!(
