@@ -122,6 +122,22 @@ pub struct Roofline {
     /// Tokens per second over all sequences of the batch.
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
+    /// The same step under the other kernels' fits of the same report (`FittedSpeed::others`),
+    /// kernel and tokens/s: how much the estimate depends on which measured kernel it scales.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_fits: Vec<(String, f64)>,
+}
+
+impl Roofline {
+    /// Lowest and highest tokens/s over this estimate and `other_fits`.
+    pub fn range(&self) -> (f64, f64) {
+        self.other_fits
+            .iter()
+            .map(|(_, t)| *t)
+            .fold((self.tokens_per_s, self.tokens_per_s), |(lo, hi), t| {
+                (lo.min(t), hi.max(t))
+            })
+    }
 }
 
 pub fn roofline(
@@ -144,5 +160,6 @@ pub fn roofline(
         bytes_per_step,
         tokens_per_s: batch as f64 / step_s,
         ms_per_step: step_s * 1e3,
+        other_fits: Vec::new(),
     }
 }

@@ -86,10 +86,13 @@ fn speed_for(
     m: &ModelConfig,
     card: &cards::Card,
     act_order: bool,
-) -> anyhow::Result<gptq_lab::plan::SpeedModel> {
+) -> anyhow::Result<(
+    gptq_lab::plan::SpeedModel,
+    Vec<(String, gptq_lab::plan::SpeedModel)>,
+)> {
     use gptq_lab::plan::{measured, SpeedModel};
     if let Some(e) = a.efficiency {
-        return Ok(SpeedModel::flat(e));
+        return Ok((SpeedModel::flat(e), Vec::new()));
     }
     // One provenance line per distinct source, not one per configuration.
     static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -126,7 +129,20 @@ fn speed_for(
                 a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms,
             ),
         );
-        return Ok(f.speed);
+        if !f.others.is_empty() {
+            say(
+                format!("others{form}"),
+                format!(
+                    "The same report's other kernels fit differently ({}); two points fit any kernel exactly, so the tok/s column gives their range in brackets: how much the estimate depends on which measured kernel it scales",
+                    f.others
+                        .iter()
+                        .map(|(k, sp)| format!("{k}: {:.1}% + {:.1} us", sp.stream_efficiency * 100.0, sp.per_layer_s * 1e6))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            );
+        }
+        return Ok((f.speed, f.others));
     }
     // One model's own run: act-order where the report has it, else its plain run (said so).
     let one = act_or_plain(
@@ -143,7 +159,7 @@ fn speed_for(
                     m.name, card.name, me.efficiency * 100.0, m.name, a.dtype, me.device, me.date, me.git_rev, me.kernel_hash, me.int4_kernel, me.ctx, me.tokens_per_s
                 ),
             );
-            Ok(SpeedModel::flat(me.efficiency))
+            Ok((SpeedModel::flat(me.efficiency), Vec::new()))
         }
         None => {
             say(
@@ -156,7 +172,7 @@ fn speed_for(
                     m.name
                 ),
             );
-            Ok(SpeedModel::flat(1.0))
+            Ok((SpeedModel::flat(1.0), Vec::new()))
         }
     }
 }
@@ -236,7 +252,20 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.prefill_int4 = a.prefill_int4;
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match (card, &speed) {
-                    (Some(c), Some(sp)) => s.plan_on(c, sp)?,
+                    (Some(c), Some((sp, others))) => {
+                        let mut p = s.plan_on(c, sp)?;
+                        if let Some(r) = p.roofline.as_mut() {
+                            r.other_fits = others
+                                .iter()
+                                .map(|(k, o)| {
+                                    let step =
+                                        o.step_s(c.bandwidth_gbs, r.layers, r.bytes_per_step);
+                                    (k.clone(), r.batch as f64 / step)
+                                })
+                                .collect();
+                        }
+                        p
+                    }
                     _ => s.plan()?,
                 });
             }
@@ -440,7 +469,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             let past = p.ctx > p.model_max_ctx;
             past_trained |= past;
             println!(
-                "{:<12} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>13}",
+                "{:<12} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>19}",
                 p.model,
                 group_label(p),
                 format!("{}{}", p.ctx, if past { "*" } else { "" }),
@@ -450,10 +479,12 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
                 gb(r.bytes_per_step),
                 r.efficiency * 100.0,
                 // A configuration the card cannot hold has no speed.
-                if c.fits {
-                    format!("{:.1}", r.tokens_per_s)
-                } else {
-                    "-".into()
+                match (c.fits, r.range()) {
+                    (false, _) => "-".into(),
+                    (true, (lo, hi)) if hi > lo => {
+                        format!("{:.1} ({:.0}-{:.0})", r.tokens_per_s, lo, hi)
+                    }
+                    (true, _) => format!("{:.1}", r.tokens_per_s),
                 }
             );
         }
