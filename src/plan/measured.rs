@@ -26,41 +26,63 @@ pub struct MeasuredEfficiency {
     pub int4_kernel: String,
     pub ctx: u64,
     pub tokens_per_s: f64,
+    /// The measuring card's spec bandwidth, GB/s.
+    pub spec_gbs: f64,
 }
 
-/// The first decode report under `root/reports/*/decode.json` (folders in name order) with a run
-/// of `model` in `dtype` (int4 with or without act-order as `act_order` says, or fp16, where it is
-/// ignored); of its runs, the fastest (a report times several int4 kernels: the estimate should
-/// use the one a user would run). `Ok(None)` when there is none.
+/// The decode report under `root/reports/*/decode.json` with a run of `model` in `dtype` (int4
+/// with or without act-order as `act_order` says, or fp16, where it is ignored) measured on the
+/// card whose spec bandwidth is nearest `near_gbs` (`nearest_in_reports`); of its runs, the
+/// fastest (a report times several int4 kernels: the estimate should use the one a user would
+/// run). `Ok(None)` when there is none.
 pub fn from_reports(
     root: &Path,
     model: &str,
     dtype: WeightDtype,
     act_order: bool,
+    near_gbs: Option<f64>,
 ) -> Result<Option<MeasuredEfficiency>> {
-    first_in_reports(root, |runs| pick(runs, model, dtype, act_order))
+    nearest_in_reports(
+        root,
+        near_gbs,
+        |m: &MeasuredEfficiency| m.spec_gbs,
+        |runs| pick(runs, model, dtype, act_order),
+    )
 }
 
-/// `find` over `root/reports/*/decode.json` in folder-name order: the first report it gives a
-/// value for, each file read and parsed only until then.
-fn first_in_reports<T>(root: &Path, find: impl Fn(&Value) -> Option<T>) -> Result<Option<T>> {
+/// `find` over every `root/reports/*/decode.json`: of the reports it gives a value for, the one
+/// measured on the card whose spec bandwidth (`spec`) is nearest `near_gbs` in ratio (the same
+/// card, where it was measured, else the most alike: launch and ramp costs are a larger share of
+/// a step on a slower card), the first in folder-name order among equals or without `near_gbs`.
+fn nearest_in_reports<T>(
+    root: &Path,
+    near_gbs: Option<f64>,
+    spec: impl Fn(&T) -> f64,
+    find: impl Fn(&Value) -> Option<T>,
+) -> Result<Option<T>> {
     let dir = root.join("reports");
     let mut folders: Vec<_> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
         Err(_) => return Ok(None),
     };
     folders.sort();
+    let mut best: Option<(f64, T)> = None;
     for f in folders {
         let path = f.join("decode.json");
         if !path.is_file() {
             continue;
         }
         let runs: Value = crate::util::read_json(&path)?;
-        if let Some(v) = find(&runs) {
+        let Some(v) = find(&runs) else { continue };
+        let Some(near) = near_gbs.filter(|g| *g > 0.0) else {
             return Ok(Some(v));
+        };
+        let d = (spec(&v) / near).ln().abs();
+        if best.as_ref().is_none_or(|(b, _)| d < *b) {
+            best = Some((d, v));
         }
     }
-    Ok(None)
+    Ok(best.map(|(_, v)| v))
 }
 
 fn pick(
@@ -144,6 +166,7 @@ fn measured_any(
         int4_kernel: r["int4_kernel"].as_str().unwrap_or("").to_string(),
         ctx: p["ctx"].as_u64()?,
         tokens_per_s: p["graph_tokens_per_s"].as_f64()?,
+        spec_gbs,
     };
     Some((m, point))
 }
@@ -198,16 +221,23 @@ pub fn fit_two(a: &FitPoint, b: &FitPoint) -> Option<SpeedModel> {
     (u > 0.0 && speed.check().is_ok()).then_some(speed)
 }
 
-/// The first decode report (folders in name order) with two models of `dtype` (int4 with or without
-/// act-order as `act_order` says, or fp16) measured with the same kernel, fitted (`fit_two`). Of the kernels measured for
-/// both, the one the smaller model streamed fastest with (what a user would run). `Ok(None)` when
-/// no report has such a pair.
+/// The decode report with two models of `dtype` (int4 with or without act-order as `act_order`
+/// says, or fp16) measured with the same kernel, fitted (`fit_two`), from the card whose spec
+/// bandwidth is nearest `near_gbs` (`nearest_in_reports`). Of the kernels measured for both,
+/// the one the smaller model streamed fastest with (what a user would run). `Ok(None)` when no
+/// report has such a pair.
 pub fn fit_from_reports(
     root: &Path,
     dtype: WeightDtype,
     act_order: bool,
+    near_gbs: Option<f64>,
 ) -> Result<Option<FittedSpeed>> {
-    first_in_reports(root, |runs| fit_runs(runs, dtype, act_order))
+    nearest_in_reports(
+        root,
+        near_gbs,
+        |f: &FittedSpeed| f.points[0].spec_gbs,
+        |runs| fit_runs(runs, dtype, act_order),
+    )
 }
 
 fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool) -> Option<FittedSpeed> {
@@ -277,7 +307,7 @@ mod tests {
     #[test]
     fn reads_the_committed_h100_decode_report() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let m = from_reports(root, "vicuna-7b", WeightDtype::Int4, false)
+        let m = from_reports(root, "vicuna-7b", WeightDtype::Int4, false, None)
             .unwrap()
             .expect("committed H100 decode report");
         assert!(m.device.contains("H100"), "{m:?}");
@@ -308,7 +338,7 @@ mod tests {
             "{m:?} vs {best:?}"
         );
         assert_eq!(m.int4_kernel, best.1.as_str().unwrap(), "{m:?}");
-        let f = from_reports(root, "vicuna-7b", WeightDtype::Fp16, false)
+        let f = from_reports(root, "vicuna-7b", WeightDtype::Fp16, false, None)
             .unwrap()
             .unwrap();
         assert!(
@@ -316,7 +346,7 @@ mod tests {
             "fp16 through cuBLAS streams closer to the roofline"
         );
         assert!(
-            from_reports(root, "no-such-model", WeightDtype::Int4, false)
+            from_reports(root, "no-such-model", WeightDtype::Int4, false, None)
                 .unwrap()
                 .is_none()
         );
@@ -358,7 +388,7 @@ mod tests {
         // Run 17's report times auto and gemv_v6_pipe on both models: the fit picks the kernel the
         // 7B streamed fastest with, and carries the other's, which extrapolates differently.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let f = fit_from_reports(root, WeightDtype::Int4, false)
+        let f = fit_from_reports(root, WeightDtype::Int4, false, None)
             .unwrap()
             .unwrap();
         assert!(!f.others.is_empty(), "{f:?}");
@@ -393,10 +423,10 @@ mod tests {
     fn act_order_fits_come_from_act_order_runs_only() {
         // The committed report (run 17) times 7B and 13B int4 g128 both with and without act-order.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let plain = fit_from_reports(root, WeightDtype::Int4, false)
+        let plain = fit_from_reports(root, WeightDtype::Int4, false, None)
             .unwrap()
             .expect("plain 7B and 13B runs");
-        let act = fit_from_reports(root, WeightDtype::Int4, true)
+        let act = fit_from_reports(root, WeightDtype::Int4, true, None)
             .unwrap()
             .expect("act-order 7B and 13B runs");
         let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
@@ -428,8 +458,8 @@ mod tests {
         assert!(act.speed.step_s(card, 32, bytes) > plain.speed.step_s(card, 32, bytes));
         // fp16 ignores the flag.
         assert_eq!(
-            fit_from_reports(root, WeightDtype::Fp16, true).unwrap(),
-            fit_from_reports(root, WeightDtype::Fp16, false).unwrap()
+            fit_from_reports(root, WeightDtype::Fp16, true, None).unwrap(),
+            fit_from_reports(root, WeightDtype::Fp16, false, None).unwrap()
         );
     }
 
@@ -437,7 +467,7 @@ mod tests {
     fn the_committed_h100_report_fits_and_predicts_its_other_contexts() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for dtype in [WeightDtype::Int4, WeightDtype::Fp16] {
-            let f = fit_from_reports(root, dtype, false)
+            let f = fit_from_reports(root, dtype, false, None)
                 .unwrap()
                 .expect("7B and 13B runs");
             assert!(f.device.contains("H100"), "{f:?}");
@@ -467,7 +497,7 @@ mod tests {
         // KV bytes faster than the GEMVs their weights); both closer than the flat efficiency
         // (run 12: 1.7% / 9.9%, run 14: 1.7% / 10.2%, run 17: 1.4% / 10.2%).
         for (dtype, bound) in [(WeightDtype::Fp16, 0.01), (WeightDtype::Int4, 0.06)] {
-            let f = fit_from_reports(root, dtype, false).unwrap().unwrap();
+            let f = fit_from_reports(root, dtype, false, None).unwrap().unwrap();
             let (mut checked, mut fit_err, mut flat_err) = (0, 0f64, 0f64);
             for r in runs.as_array().unwrap() {
                 // The fitted kernel's runs only (int4: the same label as the fit).
@@ -559,7 +589,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("reports/x")).unwrap();
         std::fs::write(dir.path().join("reports/x/decode.json"), "{not json").unwrap();
-        let e = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false)
+        let e = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("reports/x/decode.json"), "{e}");
@@ -567,9 +597,53 @@ mod tests {
             &dir.path().join("none"),
             "vicuna-7b",
             WeightDtype::Int4,
-            false
+            false,
+            None
         )
         .unwrap()
         .is_none());
+    }
+
+    #[test]
+    fn of_several_reports_the_card_of_the_nearest_bandwidth_is_used() {
+        // Two reports: the committed H100 one, and the same runs as if measured on a card of
+        // three times its memory clock (a slower one would make the H100's steps impossible: an
+        // efficiency above 1 fits nothing). Folder "a-..." sorts first.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let mut fast: Value = serde_json::from_str(&text).unwrap();
+        for r in fast.as_array_mut().unwrap() {
+            let clk = &mut r["header"]["device"]["mem_clock_khz"];
+            *clk = (clk.as_f64().unwrap() * 3.0).into();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in [("a-fast", fast.to_string()), ("b-h100", text)] {
+            std::fs::create_dir_all(dir.path().join("reports").join(name)).unwrap();
+            std::fs::write(
+                dir.path().join("reports").join(name).join("decode.json"),
+                body,
+            )
+            .unwrap();
+        }
+        let spec = |near: Option<f64>| {
+            let f = fit_from_reports(dir.path(), WeightDtype::Int4, false, near)
+                .unwrap()
+                .unwrap();
+            let m = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, near)
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.points[0].spec_gbs, m.spec_gbs);
+            f.points[0].spec_gbs
+        };
+        let h100 = spec(Some(3350.0));
+        assert!((3300.0..3400.0).contains(&h100), "{h100}");
+        assert!(
+            (spec(Some(1000.0)) - h100).abs() < 1e-9,
+            "the nearer of the two"
+        );
+        assert!((spec(Some(9000.0)) - h100 * 3.0).abs() < 1.0);
+        // Without a card: the first folder, as before.
+        assert!((spec(None) - h100 * 3.0).abs() < 1.0);
     }
 }

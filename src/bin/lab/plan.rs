@@ -45,7 +45,8 @@ pub struct PlanArgs {
     /// A flat fraction of the card's spec bandwidth for the tokens/s estimate (1.0 = the pure
     /// roofline). Default with --card: step time = bytes / (spec x stream efficiency) + layers x a
     /// fixed cost, both fitted to a committed decode report's 7B and 13B steps (reports/*/decode.json
-    /// under --root); a report with one model gives its flat efficiency; none, 1.0.
+    /// under --root; of several, the one measured on the card of the nearest spec bandwidth); a
+    /// report with one model gives its flat efficiency; none, 1.0.
     /// Needs --card: without one there is no estimate for it to scale.
     #[arg(long, requires = "card")]
     efficiency: Option<f64>,
@@ -112,7 +113,7 @@ fn speed_for(
     let fit = act_or_plain(
         act,
         "; fitted WITHOUT act-order (the report has no act-order pair), which is slower per step on the measuring card",
-        |act| measured::fit_from_reports(&root(a), a.dtype, act),
+        |act| measured::fit_from_reports(&root(a), a.dtype, act, Some(card.bandwidth_gbs)),
     )?;
     if let Some((f, caveat)) = fit {
         let [p, q] = &f.points;
@@ -148,7 +149,7 @@ fn speed_for(
     let one = act_or_plain(
         act,
         "; measured WITHOUT act-order (the report has no act-order run of this model), which is slower per step on the measuring card",
-        |act| measured::from_reports(&root(a), &m.name, a.dtype, act),
+        |act| measured::from_reports(&root(a), &m.name, a.dtype, act, Some(card.bandwidth_gbs)),
     )?;
     match one {
         Some((me, caveat)) => {
