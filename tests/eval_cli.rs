@@ -315,3 +315,114 @@ fn cpu_eval_refuses_the_gpu_backends_flags_instead_of_ignoring_them() {
     let o = lab(&base);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn a_model_against_itself_has_kl_zero_and_the_output_says_how_it_scored() {
+    let ck = fixture("tiny-sym-g32");
+    let o = lab(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--reference",
+        &ck,
+        "--seqlen",
+        "16",
+        "--max-windows",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kl_to_reference"].as_f64(), Some(0.0));
+    assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
+    // 3 of the windows the text holds, 15 positions each, and the convention in words.
+    let (total, avail) = (
+        v["tokens_total"].as_u64().unwrap(),
+        v["windows_available"].as_u64().unwrap(),
+    );
+    assert_eq!(avail, total / 16);
+    assert!(avail > 3, "{v}");
+    assert_eq!(v["tokens_scored"].as_u64(), Some(3 * 15));
+    assert!(
+        v["convention"]
+            .as_str()
+            .is_some_and(|c| c.contains("non-overlapping") && c.contains("KL(reference || model)")),
+        "{v}"
+    );
+    // The text form says it too.
+    let o = lab(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--seqlen",
+        "16",
+        "--max-windows",
+        "3",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("over 3 of {avail} windows")) && out.contains("scored as: "),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_text_or_tokenizer_is_refused_naming_the_file_before_scoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A tokenizer.json with ids past config.json's vocab_size: named up front, not at the window
+    // that happens to meet such a token (or never, if it falls in the unscored tail).
+    let small = fp16_copy(
+        &tmp.path().join("vocab-short"),
+        |name, mut shape, mut data| {
+            if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+                data.truncate(data.len() / shape[0] * 100);
+                shape[0] = 100;
+            }
+            (shape, data)
+        },
+        |c| c["vocab_size"] = 100.into(),
+        |_| {},
+    );
+    let e = eval_err(&["--checkpoint", &small]);
+    assert!(
+        e.contains("tokenizer.json") && e.contains("vocab_size 100") && e.contains("eval.txt"),
+        "{e}"
+    );
+    // An empty text file, and one too short for a window: the file and the remedy are named.
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let short = tmp.path().join("short.txt");
+    std::fs::write(&short, "a few words").unwrap();
+    for f in [&empty, &short] {
+        let e = eval_err(&[
+            "--checkpoint",
+            &fixture("tiny-fp16"),
+            "--text",
+            f.to_str().unwrap(),
+        ]);
+        assert!(
+            e.contains(&format!("--text {}", f.display()))
+                && e.contains("too short")
+                && e.contains("shorter --seqlen"),
+            "{e}"
+        );
+    }
+    // A reference whose context cannot hold the window: named by its flag before loading.
+    let short_ctx = fp16_copy(
+        &tmp.path().join("ctx8"),
+        |_, shape, data| (shape, data),
+        |c| c["max_position_embeddings"] = 8.into(),
+        |_| {},
+    );
+    let e = eval_err(&[
+        "--checkpoint",
+        &fixture("tiny-fp16"),
+        "--reference",
+        &short_ctx,
+    ]);
+    assert!(
+        e.contains(&format!("--reference {short_ctx}"))
+            && e.contains("max_position_embeddings = 8"),
+        "{e}"
+    );
+}

@@ -21,10 +21,27 @@ use crate::{LabError, Result};
 use serde::Serialize;
 use std::path::Path;
 
+/// How `perplexity` scores, in words (printed by `lab eval` and kept in its JSON): a figure is
+/// only comparable to one scored the same way. AutoGPTQ's perplexity script and llama.cpp's
+/// `perplexity` score only the second half of each window (each token with at least half a
+/// window of context), which gives lower numbers than this on the same text.
+pub const CONVENTION: &str = "non-overlapping windows of seqlen tokens, each from an empty \
+    cache, every position but the first predicting the next token (as GPTQ-for-LLaMa and the \
+    GPTQ paper; not AutoGPTQ's script or llama.cpp, which score the second half of each \
+    window); BOS only where the tokenizer puts it, at the start of the text; the tail after the \
+    last whole window is not scored; natural log; KL(reference || model) over the full \
+    vocabulary, temperature 1";
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Perplexity {
+    /// `CONVENTION`.
+    pub convention: &'static str,
     pub windows: usize,
+    /// Whole windows the text holds (`windows` is fewer under --max-windows).
+    pub windows_available: usize,
     pub seqlen: usize,
+    /// Tokens of the text (BOS included).
+    pub tokens_total: usize,
     /// Positions scored: windows * (seqlen - 1).
     pub tokens_scored: usize,
     pub mean_nll: f64,
@@ -72,6 +89,13 @@ pub trait NextTokenModel {
     fn max_positions(&self) -> usize;
     fn start_window(&mut self) -> Result<()>;
     fn next_logits(&mut self, token: u32) -> Result<Vec<f32>>;
+    /// After a window's last position, before the next `start_window` empties the cache: an
+    /// engine that records errors outside the logits (the GPU engine's state flags: a token out
+    /// of range, the KV cache overrun, a barrier timeout) reports them here, while they still
+    /// belong to this window.
+    fn end_window(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl NextTokenModel for CpuEngine {
@@ -105,6 +129,10 @@ impl NextTokenModel for GpuEngine {
     fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
         self.feed(token, false, None)?;
         self.logits()
+    }
+    /// `reset` clears the state flags: read them before the next window does.
+    fn end_window(&mut self) -> Result<()> {
+        self.check_state().map(|_| ())
     }
 }
 
@@ -147,10 +175,18 @@ impl NllAccumulator {
         self.nll -= l;
         if let Some(rl) = reference {
             let rp = log_softmax(rl);
+            // A token the reference gives no probability (logit -inf) adds 0 (0 log 0 = 0), not
+            // 0 x -inf = NaN.
             let kl = rp
                 .iter()
                 .zip(&lp)
-                .map(|(&r, &m)| r.exp() * (r - m))
+                .map(|(&r, &m)| {
+                    if r == f64::NEG_INFINITY {
+                        0.0
+                    } else {
+                        r.exp() * (r - m)
+                    }
+                })
                 .sum::<f64>();
             if !kl.is_finite() {
                 let who = if rp.iter().all(|v| v.is_finite()) {
@@ -175,12 +211,24 @@ impl NllAccumulator {
         self.nll / self.scored.max(1) as f64
     }
 
-    pub fn finish(&self, windows: usize, seqlen: usize, has_ref: bool) -> Perplexity {
+    /// The result of `windows` of `windows_available` windows of `seqlen` over a text of
+    /// `tokens_total` tokens.
+    pub fn finish(
+        &self,
+        windows: usize,
+        windows_available: usize,
+        seqlen: usize,
+        tokens_total: usize,
+        has_ref: bool,
+    ) -> Perplexity {
         let n = self.scored.max(1) as f64;
         let mean = self.mean_nll();
         Perplexity {
+            convention: CONVENTION,
             windows,
+            windows_available,
             seqlen,
+            tokens_total,
             tokens_scored: self.scored,
             mean_nll: mean,
             perplexity: mean.exp(),
@@ -220,6 +268,23 @@ pub fn check_seqlen(seqlen: usize, cfg: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// Whole windows of `seqlen` in a text of `tokens` tokens: at least one, else an error that says
+/// what to change (checked before any engine is built, too).
+pub fn check_text_length(tokens: usize, seqlen: usize) -> Result<usize> {
+    let fit = tokens / seqlen.max(1);
+    if fit == 0 {
+        return Err(LabError::invalid(
+            "evaluation text",
+            format!(
+                "too short: {tokens} tokens, need at least one window of --seqlen {seqlen} \
+                 (the default is min(2048, the model's context); pass a longer --text, e.g. \
+                 wikitext-2's test split, or a shorter --seqlen)"
+            ),
+        ));
+    }
+    Ok(fit)
+}
+
 /// Perplexity of `model` on `tokens`; `reference` adds KL and top-1 agreement. Each window's
 /// last token predicts nothing inside the window, so it is never fed.
 pub fn perplexity<M: NextTokenModel + ?Sized>(
@@ -245,17 +310,8 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
             ));
         }
     }
-    let fit = tokens.len() / seqlen;
+    let fit = check_text_length(tokens.len(), seqlen)?;
     let windows = max_windows.map_or(fit, |m| m.min(fit));
-    if windows == 0 {
-        return Err(LabError::invalid(
-            "evaluation text",
-            format!(
-                "too short: {} tokens, need at least one window of --seqlen {seqlen}",
-                tokens.len()
-            ),
-        ));
-    }
     let mut acc = NllAccumulator::default();
     for (wi, w) in tokens.chunks_exact(seqlen).take(windows).enumerate() {
         model.start_window()?;
@@ -276,8 +332,19 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
                     e => e,
                 })?;
         }
+        let in_window = |e: LabError| match e {
+            LabError::Invalid { what, reason } => {
+                LabError::invalid(what, format!("in window {wi}: {reason}"))
+            }
+            LabError::CheckFailed(m) => LabError::CheckFailed(format!("in window {wi}: {m}")),
+            e => e,
+        };
+        model.end_window().map_err(in_window)?;
+        if let Some(r) = reference.as_deref_mut() {
+            r.end_window().map_err(in_window)?;
+        }
     }
-    let p = acc.finish(windows, seqlen, reference.is_some());
+    let p = acc.finish(windows, fit, seqlen, tokens.len(), reference.is_some());
     // Every term was finite; the exponential can still overflow.
     if !p.perplexity.is_finite() {
         return Err(LabError::invalid(
@@ -505,6 +572,83 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    /// Scripted, with an error raised at the end of window `fail_at` (as the GPU engine's state
+    /// flags, which the next window's reset would clear).
+    struct Flagged {
+        inner: Scripted,
+        window: usize,
+        fail_at: usize,
+    }
+
+    impl NextTokenModel for Flagged {
+        fn config(&self) -> &ModelConfig {
+            self.inner.config()
+        }
+        fn max_positions(&self) -> usize {
+            self.inner.max_positions()
+        }
+        fn start_window(&mut self) -> Result<()> {
+            self.inner.start_window()
+        }
+        fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
+            self.inner.next_logits(token)
+        }
+        fn end_window(&mut self) -> Result<()> {
+            self.window += 1;
+            if self.window - 1 == self.fail_at {
+                return Err(LabError::CheckFailed("decode step flags 0x2".into()));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_error_an_engine_records_outside_the_logits_fails_its_window() {
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let flagged = || Flagged {
+            inner: scripted(),
+            window: 0,
+            fail_at: 1,
+        };
+        // Window 1 of 4: the run stops there, for the model and for the reference alike.
+        let e = perplexity(&mut flagged(), None, &tokens, 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in window 1: decode step flags 0x2"), "{e}");
+        let e = perplexity(&mut scripted(), Some(&mut flagged()), &tokens, 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("in window 1: decode step flags 0x2"), "{e}");
+        // Raised after the last scored window: still an error, not a result.
+        let mut late = flagged();
+        late.fail_at = 3;
+        assert!(perplexity(&mut late, None, &tokens, 4, None).is_err());
+        // Without one: 4 of 4 windows, 12 positions, the text's 17 tokens.
+        let p = perplexity(&mut scripted(), None, &tokens, 4, Some(9)).unwrap();
+        assert_eq!(
+            (
+                p.windows,
+                p.windows_available,
+                p.tokens_scored,
+                p.tokens_total
+            ),
+            (4, 4, 12, 17)
+        );
+        assert_eq!(p.convention, CONVENTION);
+    }
+
+    #[test]
+    fn a_token_the_reference_rules_out_adds_nothing_to_the_kl() {
+        // Reference logits [0, 0, -inf]: p = (1/2, 1/2, 0); the model's [0, 0, 0]: q = 1/3 each.
+        // KL = 2 x 1/2 ln((1/2) / (1/3)) = ln 1.5, and 0 ln 0 = 0 for the third token.
+        let mut acc = NllAccumulator::default();
+        acc.add(&[0.0, 0.0, 0.0], 1, Some(&[0.0, 0.0, f32::NEG_INFINITY]))
+            .unwrap();
+        let p = acc.finish(1, 1, 2, 2, true);
+        let kl = p.kl_to_reference.unwrap();
+        assert!((kl - 1.5f64.ln()).abs() < 1e-12, "{kl}");
     }
 
     #[test]

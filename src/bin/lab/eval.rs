@@ -16,7 +16,7 @@ use gptq_lab::model::layer_source::CheckpointLayers;
 use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::quantize::calib::{DEFAULT_SEQLEN, EVAL_TEXT};
 use gptq_lab::quantize::perplexity::{
-    check_seqlen, cpu_engine_of, perplexity, NextTokenModel, Perplexity,
+    check_seqlen, check_text_length, cpu_engine_of, perplexity, NextTokenModel, Perplexity,
 };
 use std::path::PathBuf;
 
@@ -85,11 +85,15 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
             a.checkpoint.display()
         )
     })?;
-    let text = match &a.text {
-        Some(p) => {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
-        }
-        None => EVAL_TEXT.to_string(),
+    let (text, text_name) = match &a.text {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            format!("--text {}", p.display()),
+        ),
+        None => (
+            EVAL_TEXT.to_string(),
+            "the shipped data/calibration/eval.txt (no --text)".to_string(),
+        ),
     };
     // Opened once: checked here, then built into the reference engine.
     let reference = match &a.reference {
@@ -101,9 +105,27 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         None => None,
     };
     let ids = tok.encode(&text, true)?;
+    // The tokenizer may know more ids than the model has logits (a tokenizer.json of another
+    // model): refused here, naming both files, not at the window that meets such a token.
+    let vocab = ckpt.config.vocab_size;
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        bail!(
+            "{text_name}: the tokenizer ({}) gives token id {bad}, out of range for config.json's \
+             vocab_size {vocab}: tokenizer.json and config.json are of different models",
+            a.checkpoint.join("tokenizer.json").display()
+        );
+    }
     let seqlen = a
         .seqlen
         .unwrap_or(DEFAULT_SEQLEN.min(ckpt.config.max_position_embeddings));
+    // Before any weights load: the window fits the model (and the reference), the text holds one.
+    check_seqlen(seqlen, &ckpt.config)?;
+    if let Some(r) = &reference {
+        check_seqlen(seqlen, &r.config)
+            .with_context(|| format!("--reference {}", r.dir.display()))?;
+    }
+    let available = check_text_length(ids.len(), seqlen)
+        .with_context(|| format!("{text_name}: {} tokens", ids.len()))?;
     let p = match a.backend {
         Backend::Cpu => {
             let mut model = cpu_engine_of(&ckpt)?;
@@ -112,26 +134,32 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
             perplexity(&mut model, r, &ids, seqlen, a.max_windows)
                 .with_context(|| format!("scoring {}", a.checkpoint.display()))?
         }
-        Backend::Gpu => {
-            check_seqlen(seqlen, &ckpt.config)?;
-            gpu_perplexity(&a, &ckpt, reference.as_ref(), &ids, seqlen)?
-        }
+        Backend::Gpu => gpu_perplexity(&a, &ckpt, reference.as_ref(), &ids, seqlen)?,
     };
+    debug_assert_eq!(p.windows_available, available);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(());
     }
     print!(
-        "perplexity {:.4} (mean NLL {:.4} nats) over {} windows x {} tokens",
-        p.perplexity, p.mean_nll, p.windows, p.seqlen
+        "perplexity {:.4} (mean NLL {:.4} nats) over {} of {} windows x {} tokens ({} positions \
+         scored of the text's {} tokens)",
+        p.perplexity,
+        p.mean_nll,
+        p.windows,
+        p.windows_available,
+        p.seqlen,
+        p.tokens_scored,
+        p.tokens_total
     );
     if let (Some(kl), Some(agree)) = (p.kl_to_reference, p.top1_agreement) {
         print!(
-            "; KL to reference {kl:.5} nats, top-1 agreement {:.2}%",
+            "; KL(reference || model) {kl:.5} nats, top-1 agreement {:.2}%",
             agree * 100.0
         );
     }
     println!(" [{:?} backend]", a.backend);
+    println!("scored as: {}", p.convention);
     Ok(())
 }
 
@@ -150,6 +178,37 @@ fn check_reference(
              must share the checkpoint's vocabulary (KL compares the distributions token by token)",
             reference.dir.display(),
             ckpt.dir.display()
+        );
+    }
+    // Another architecture is allowed (KL still compares two distributions) but then it measures
+    // more than quantization: say so.
+    let (c, r) = (&ckpt.config, &reference.config);
+    let differs: Vec<String> = [
+        ("hidden_size", c.hidden_size as f64, r.hidden_size as f64),
+        (
+            "num_hidden_layers",
+            c.num_hidden_layers as f64,
+            r.num_hidden_layers as f64,
+        ),
+        (
+            "num_attention_heads",
+            c.num_attention_heads as f64,
+            r.num_attention_heads as f64,
+        ),
+        ("rope_theta", c.rope_theta, r.rope_theta),
+        ("rms_norm_eps", c.rms_norm_eps, r.rms_norm_eps),
+    ]
+    .iter()
+    .filter(|(_, a, b)| a != b)
+    .map(|(n, a, b)| format!("{n} {a} vs {b}"))
+    .collect();
+    if !differs.is_empty() {
+        eprintln!(
+            "note: --reference {} is not the same architecture as --checkpoint {} ({}): the KL \
+             then measures the difference between two models, not only the quantization",
+            reference.dir.display(),
+            ckpt.dir.display(),
+            differs.join(", ")
         );
     }
     if let Some(rt) = TextTokenizer::from_checkpoint_dir(&reference.dir)? {
@@ -202,8 +261,8 @@ fn gpu_perplexity(
     let mut model = engine(ckpt)?;
     let mut reference = reference_ckpt.map(engine).transpose()?;
     let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
+    // Each window's state flags are read before the next resets them (NextTokenModel::end_window).
     let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)
         .with_context(|| format!("scoring {}", a.checkpoint.display()))?;
-    model.check_state()?;
     Ok(p)
 }

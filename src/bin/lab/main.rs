@@ -52,7 +52,7 @@ enum Cmd {
     /// Write a GPTQ checkpoint of Vicuna-7B/13B's exact shapes with random weights (loader, VRAM and
     /// GPU-vs-CPU tests without a download; not a language model).
     SynthCheckpoint(quantize::SynthArgs),
-    /// Perplexity of a checkpoint on a text (CPU reference engine).
+    /// Perplexity of a checkpoint on a text, and KL to a reference (CPU reference engine or GPU engine).
     Eval(eval::EvalArgs),
     /// Write markdown/JSON/plots from recorded runs.
     Report(report::ReportArgs),
