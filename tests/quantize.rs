@@ -104,6 +104,13 @@ fn written_checkpoint_reloads_bit_exactly_and_beats_rtn() {
         }
         assert!(out.join("tokenizer.json").is_file());
         assert_only(tmp.path(), &["q"]);
+        // Published as a folder the user made, not the private (0700) staging folder.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o755, "{}", out.display());
+        }
         assert!(summary.peak_rss_bytes.is_some_and(|b| b > 0));
         // GPTQ's whole point: lower output error than RTN on the real layer inputs, every linear
         // (7 per layer of the tiny model's 2: q, k, v, o, gate, up, down).

@@ -336,8 +336,27 @@ pub(crate) fn prepare_out(out: &Path) -> Result<Staging> {
     Ok(Staging { dir, _lock: lock })
 }
 
-/// Move the finished checkpoint to `out` (an empty `out` folder is replaced).
+/// Move the finished checkpoint to `out` (an empty `out` folder is replaced). Every file is
+/// synced first and the parent after the rename: the weights were, but config.json,
+/// quantize_config.json and the tokenizer (plain writes and copies) could otherwise be empty in
+/// a published folder after a power loss. The staging folder was private (0700): the checkpoint
+/// becomes 0755, as a folder the user made.
 pub(crate) fn publish(built: &Path, out: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(built).map_err(|e| LabError::io(built, e))?;
+    for e in rd {
+        let p = e.map_err(|e| LabError::io(built, e))?.path();
+        if p.is_file() {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| LabError::io(&p, e))?;
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(built, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| LabError::io(built, e))?;
+    }
     if out.is_dir() {
         std::fs::remove_dir(out).map_err(|e| {
             LabError::invalid(
@@ -349,7 +368,15 @@ pub(crate) fn publish(built: &Path, out: &Path) -> Result<()> {
             )
         })?;
     }
-    std::fs::rename(built, out).map_err(|e| LabError::io(out, e))
+    std::fs::rename(built, out).map_err(|e| LabError::io(out, e))?;
+    // The rename itself is durable once the folder holding `out` is synced (Linux: fsync on a
+    // directory opened read-only; elsewhere best effort).
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// The writer's quantize config carries AutoGPTQ's default damp; record the one used.

@@ -373,12 +373,18 @@ fn list_files(dir: &Path) -> Result<Vec<String>> {
         let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
             continue;
         };
+        // Dot-files are no record: a killed atomic write leaves its ".tmpXXXXXX" behind.
+        if name.starts_with('.') {
+            continue;
+        }
         if p.is_dir() {
             let sub = std::fs::read_dir(&p).map_err(|e| LabError::io(&p, e))?;
             for s in sub {
                 let sp = s.map_err(|e| LabError::io(&p, e))?.path();
                 if let (true, Some(sn)) = (sp.is_file(), sp.file_name().and_then(|n| n.to_str())) {
-                    out.push(format!("{name}/{sn}"));
+                    if !sn.starts_with('.') {
+                        out.push(format!("{name}/{sn}"));
+                    }
                 }
             }
         } else if p.is_file() {

@@ -188,7 +188,9 @@ fn devices() -> anyhow::Result<()> {
             // stderr: stdout stays the device's JSON (scripts/device-check keeps it as device.json).
             eprintln!("kernels: {}", gpu.kernels_verdict());
         }
-        Err(e) => println!("{e}"),
+        // Not on stdout, and a failure: scripts keep stdout as device.json and must not take a
+        // sentence for the device's JSON.
+        Err(e) => anyhow::bail!("no GPU to describe: {e}"),
     }
     Ok(())
 }
