@@ -321,8 +321,75 @@ impl TunedConfig {
             source: e,
         })?;
         c.check_recorded_timings()
+            .and_then(|()| c.check_entries())
             .map_err(|why| LabError::invalid(path.display().to_string(), why))?;
         Ok(c)
+    }
+
+    /// Every entry must be one the tuner could have written: a batch bucket the dispatcher has,
+    /// a key once (the dispatcher served the last of two, a re-tune updated the first), and a
+    /// winner that serves its key on the config's own GPU with parameters its kernel takes. A
+    /// hand-edited winner otherwise failed only on a GPU, inside `lab decode`, naming neither
+    /// this file nor the key.
+    fn check_entries(&self) -> std::result::Result<(), String> {
+        use super::dispatch::{serves, BATCH_BUCKETS, VARIANTS};
+        let sm = self.device.sm();
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.entries {
+            let k = &e.key;
+            if !BATCH_BUCKETS.contains(&k.batch_bucket) {
+                return Err(format!(
+                    "entry {k}: batch_bucket {} is not one of {BATCH_BUCKETS:?}",
+                    k.batch_bucket
+                ));
+            }
+            if !seen.insert(*k) {
+                return Err(format!("entry {k} appears twice; a key has one winner"));
+            }
+            let w = &e.winner;
+            if !VARIANTS.iter().any(|v| v.name == w.variant) {
+                return Err(format!(
+                    "entry {k}: winner '{}' is not a kernel the tuner chooses from ({})",
+                    w.variant,
+                    VARIANTS
+                        .iter()
+                        .map(|v| v.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !serves(&w.variant, k, sm) {
+                return Err(format!(
+                    "entry {k}: winner '{}' does not serve this key on sm_{sm} (its batch range, \
+                     act-order, group sizes or minimum sm)",
+                    w.variant
+                ));
+            }
+            match crate::kernels::registry::by_name(&w.variant) {
+                Some(v) => {
+                    for t in v.tunables {
+                        crate::kernels::launch::tunable(v, &w.params, t.name)
+                            .map_err(|why| format!("entry {k}: winner {w}: {why}"))?;
+                    }
+                    if v.tunables.is_empty() && !w.params.is_empty() {
+                        return Err(format!(
+                            "entry {k}: winner {w}: {} takes no parameters",
+                            w.variant
+                        ));
+                    }
+                }
+                None => {
+                    // The engine's own kernels outside the registry: split_k is their one knob.
+                    if let Some(bad) = w.params.keys().find(|p| p.as_str() != "split_k") {
+                        return Err(format!(
+                            "entry {k}: winner {w}: {} has no parameter '{bad}'",
+                            w.variant
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every recorded time must be a positive finite number: a NaN, inf, zero or negative one

@@ -73,6 +73,58 @@ fn schema_round_trips_through_a_file() {
 }
 
 #[test]
+fn an_entry_the_tuner_could_not_have_written_is_refused_at_load_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("h100.json");
+    sample_config().save(&p).unwrap();
+    let good: serde_json::Value = crate::util::read_json(&p).unwrap();
+    let winner = |v: &mut serde_json::Value, name: &str, params: serde_json::Value| {
+        v["entries"][0]["winner"] = serde_json::json!({"variant": name, "params": params});
+    };
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(move |v| winner(v, "gemv_v99_bogus", serde_json::json!({}))),
+            "winner 'gemv_v99_bogus' is not a kernel the tuner chooses from",
+        ),
+        (
+            // A batch-2..64 GEMM for a batch-1 key.
+            Box::new(move |v| winner(v, "gemm_v2_mma", serde_json::json!({}))),
+            "winner 'gemm_v2_mma' does not serve this key",
+        ),
+        (
+            Box::new(move |v| winner(v, "gemv_v6_pipe", serde_json::json!({"bogus": 7}))),
+            "has no tunable 'bogus'",
+        ),
+        (
+            Box::new(|v| v["entries"][0]["key"]["batch_bucket"] = 3.into()),
+            "batch_bucket 3 is not one of",
+        ),
+        (
+            Box::new(|v| {
+                let e = v["entries"][0].clone();
+                v["entries"].as_array_mut().unwrap().push(e);
+            }),
+            "appears twice",
+        ),
+    ];
+    for (edit, want) in cases {
+        let mut v = good.clone();
+        edit(&mut v);
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = TunedConfig::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains(&p.display().to_string()) && e.contains("entry ") && e.contains(want),
+            "{want}: {e}"
+        );
+    }
+    // The committed file passes (every entry the tuner wrote on the H100).
+    let committed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/nvidia-h100-80gb-hbm3.json");
+    assert!(TunedConfig::load(&committed).unwrap().entries.len() > 100);
+}
+
+#[test]
 fn a_file_of_another_schema_version_or_with_impossible_timings_is_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("h100.json");
