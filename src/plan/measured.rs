@@ -73,6 +73,7 @@ fn nearest_in_reports<T>(
             continue;
         }
         let runs: Value = crate::util::read_json(&path)?;
+        check_decode_file(&path, &runs)?;
         let Some(v) = find(&runs) else { continue };
         let Some(near) = near_gbs.filter(|g| *g > 0.0) else {
             return Ok(Some(v));
@@ -83,6 +84,21 @@ fn nearest_in_reports<T>(
         }
     }
     Ok(best.map(|(_, v)| v))
+}
+
+/// A decode.json must be what `lab report` reads (the runs as `DecodeReport`s, every time
+/// positive and finite) before its fields are picked out: a damaged file otherwise read as "no
+/// report" (the estimate silently became the pure roofline) or fed an impossible time to the fit.
+fn check_decode_file(path: &Path, runs: &Value) -> Result<()> {
+    let typed: Vec<crate::model::decode_bench::DecodeReport> = serde_json::from_value(runs.clone())
+        .map_err(|e| crate::LabError::Json {
+            path: path.into(),
+            source: e,
+        })?;
+    for r in &typed {
+        crate::report::regenerate::check_decode_timings(path, r)?;
+    }
+    Ok(())
 }
 
 fn pick(
@@ -605,6 +621,38 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_report_is_an_error_naming_it_not_no_report() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let good: Value = serde_json::from_str(&text).unwrap();
+        let wrapped = serde_json::json!({ "runs": good.clone() });
+        let mut stringly = good.clone();
+        stringly[0]["header"]["device"]["bus_width_bits"] = "5120".into();
+        let mut negative = good.clone();
+        for p in negative[0]["points"].as_array_mut().unwrap() {
+            p["graph_ms_per_token"] = (-1.0).into();
+        }
+        for (what, v) in [
+            ("wrapped", wrapped),
+            ("a field of another type", stringly),
+            ("negative times", negative),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("reports/x/decode.json");
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, v.to_string()).unwrap();
+            for e in [
+                fit_from_reports(dir.path(), WeightDtype::Int4, false, None).map(|_| ()),
+                from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, None).map(|_| ()),
+            ] {
+                let e = e.expect_err(what).to_string();
+                assert!(e.contains("reports/x/decode.json"), "{what}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn of_several_reports_the_card_of_the_nearest_bandwidth_is_used() {
         // Two reports: the committed H100 one, and the same runs as if measured on a card of
         // three times its memory clock (a slower one would make the H100's steps impossible: an
@@ -615,7 +663,7 @@ mod tests {
         let mut fast: Value = serde_json::from_str(&text).unwrap();
         for r in fast.as_array_mut().unwrap() {
             let clk = &mut r["header"]["device"]["mem_clock_khz"];
-            *clk = (clk.as_f64().unwrap() * 3.0).into();
+            *clk = (clk.as_i64().unwrap() * 3).into();
         }
         let dir = tempfile::tempdir().unwrap();
         for (name, body) in [("a-fast", fast.to_string()), ("b-h100", text)] {

@@ -96,7 +96,9 @@ fn check_sweep_timings(path: &Path, r: &SweepReport) -> Result<()> {
     Ok(())
 }
 
-fn check_decode_timings(path: &Path, r: &DecodeReport) -> Result<()> {
+/// Every recorded time of a decode run is a positive finite number (`lab plan` reads the same
+/// file and applies the same check).
+pub(crate) fn check_decode_timings(path: &Path, r: &DecodeReport) -> Result<()> {
     let bad = |t: f64| !crate::bench::stats::is_recorded_time(t);
     for p in &r.points {
         let times = [
