@@ -865,7 +865,8 @@ pub(crate) fn dispatcher(
     root: &std::path::Path,
 ) -> gptq_lab::Result<gptq_lab::tune::Dispatcher> {
     let path = root.join(gptq_lab::tune::default_path(&gpu.info.slug));
-    let config = if path.is_file() {
+    // A folder or a dangling link there is an error naming it, not "no tuned config".
+    let config = if gptq_lab::util::optional_file(&path)? {
         Some(gptq_lab::tune::TunedConfig::load(&path)?)
     } else {
         eprintln!(
@@ -880,7 +881,10 @@ pub(crate) fn dispatcher(
         gptq_lab::build_info::KERNEL_HASH,
     );
     if let Some(why) = &d.refused {
-        eprintln!("note: tuned config refused, using the heuristic: {why}");
+        eprintln!(
+            "note: tuned config {} refused, using the heuristic: {why}",
+            path.display()
+        );
     }
     Ok(d)
 }
