@@ -53,6 +53,11 @@ fn write_fp16_model(dir: &Path) -> u64 {
     cfg["vocab_size"] = VOCAB.into();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
 
+    let mut shapes_cfg = gptq_lab::model::config::ModelConfig::vicuna_7b();
+    shapes_cfg.hidden_size = HIDDEN;
+    shapes_cfg.intermediate_size = INTER;
+    shapes_cfg.num_attention_heads = HEADS;
+    shapes_cfg.num_key_value_heads = HEADS;
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         ("model.embed_tokens.weight".into(), vec![VOCAB, HIDDEN]),
         ("model.norm.weight".into(), vec![HIDDEN]),
@@ -60,16 +65,9 @@ fn write_fp16_model(dir: &Path) -> u64 {
     ];
     for l in 0..LAYERS {
         let p = format!("model.layers.{l}");
-        for (name, out, inp) in [
-            ("self_attn.q_proj", HIDDEN, HIDDEN),
-            ("self_attn.k_proj", HIDDEN, HIDDEN),
-            ("self_attn.v_proj", HIDDEN, HIDDEN),
-            ("self_attn.o_proj", HIDDEN, HIDDEN),
-            ("mlp.gate_proj", INTER, HIDDEN),
-            ("mlp.up_proj", INTER, HIDDEN),
-            ("mlp.down_proj", HIDDEN, INTER),
-        ] {
-            shapes.push((format!("{p}.{name}.weight"), vec![out, inp]));
+        // HF layout: [out_features, in_features].
+        for (name, k, n) in shapes_cfg.layer_linears() {
+            shapes.push((format!("{p}.{name}.weight"), vec![n, k]));
         }
         for norm in ["input_layernorm", "post_attention_layernorm"] {
             shapes.push((format!("{p}.{norm}.weight"), vec![HIDDEN]));
