@@ -349,6 +349,28 @@ fn a_model_against_itself_has_kl_zero_and_the_output_says_how_it_scored() {
             .is_some_and(|c| c.contains("non-overlapping") && c.contains("KL(reference || model)")),
         "{v}"
     );
+    // llama.cpp's convention: positions 8..14 of each window of 16 (7 of 15 scored).
+    let o = lab(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--seqlen",
+        "16",
+        "--max-windows",
+        "3",
+        "--scoring",
+        "llama-cpp",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let h: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(h["tokens_scored"].as_u64(), Some(3 * 7));
+    assert!(
+        h["convention"]
+            .as_str()
+            .is_some_and(|c| c.contains("replaced by BOS")),
+        "{h}"
+    );
     // The text form says it too.
     let o = lab(&[
         "eval",

@@ -21,16 +21,49 @@ use crate::{LabError, Result};
 use serde::Serialize;
 use std::path::Path;
 
-/// How `perplexity` scores, in words (printed by `lab eval` and kept in its JSON): a figure is
-/// only comparable to one scored the same way. AutoGPTQ's perplexity script and llama.cpp's
-/// `perplexity` score only the second half of each window (each token with at least half a
-/// window of context), which gives lower numbers than this on the same text.
+/// How `Scoring::AllPositions` scores, in words (printed by `lab eval` and kept in its JSON): a
+/// figure is only comparable to one scored the same way.
 pub const CONVENTION: &str = "non-overlapping windows of seqlen tokens, each from an empty \
     cache, every position but the first predicting the next token (as GPTQ-for-LLaMa and the \
     GPTQ paper; not AutoGPTQ's script or llama.cpp, which score the second half of each \
     window); BOS only where the tokenizer puts it, at the start of the text; the tail after the \
     last whole window is not scored; natural log; KL(reference || model) over the full \
     vocabulary, temperature 1";
+
+/// How `Scoring::SecondHalf` scores, in words.
+pub const CONVENTION_SECOND_HALF: &str = "non-overlapping windows of seqlen tokens, each from \
+    an empty cache with its first token replaced by BOS, only positions seqlen/2 .. seqlen-2 \
+    predicting the next token, so each scored token has at least half a window of context (as \
+    llama.cpp's perplexity and AutoGPTQ's perplexity script; on a language model usually lower \
+    than GPTQ-for-LLaMa's on the same text); the tail after the last whole window is not scored; natural log; \
+    KL(reference || model) over the full vocabulary, temperature 1";
+
+/// Which positions of a window are scored: the two conventions published perplexities use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// Every position but the first (GPTQ-for-LLaMa, the GPTQ paper): `CONVENTION`.
+    AllPositions,
+    /// llama.cpp / AutoGPTQ's script: the window starts with `bos`, positions from seqlen/2
+    /// scored: `CONVENTION_SECOND_HALF`.
+    SecondHalf { bos: u32 },
+}
+
+impl Scoring {
+    pub fn convention(self) -> &'static str {
+        match self {
+            Scoring::AllPositions => CONVENTION,
+            Scoring::SecondHalf { .. } => CONVENTION_SECOND_HALF,
+        }
+    }
+
+    /// The first position (0-based, within a window) whose prediction is scored.
+    fn first_scored(self, seqlen: usize) -> usize {
+        match self {
+            Scoring::AllPositions => 0,
+            Scoring::SecondHalf { .. } => seqlen / 2,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Perplexity {
@@ -42,7 +75,8 @@ pub struct Perplexity {
     pub seqlen: usize,
     /// Tokens of the text (BOS included).
     pub tokens_total: usize,
-    /// Positions scored: windows * (seqlen - 1).
+    /// Positions scored: windows * (seqlen - 1), or windows * (seqlen - 1 - seqlen/2) for the
+    /// second-half convention.
     pub tokens_scored: usize,
     pub mean_nll: f64,
     pub perplexity: f64,
@@ -286,13 +320,33 @@ pub fn check_text_length(tokens: usize, seqlen: usize) -> Result<usize> {
 }
 
 /// Perplexity of `model` on `tokens`; `reference` adds KL and top-1 agreement. Each window's
-/// last token predicts nothing inside the window, so it is never fed.
+/// last token predicts nothing inside the window, so it is never fed. `Scoring::AllPositions`.
 pub fn perplexity<M: NextTokenModel + ?Sized>(
+    model: &mut M,
+    reference: Option<&mut dyn NextTokenModel>,
+    tokens: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+) -> Result<Perplexity> {
+    perplexity_scored(
+        model,
+        reference,
+        tokens,
+        seqlen,
+        max_windows,
+        Scoring::AllPositions,
+    )
+}
+
+/// `perplexity` under either convention (`Scoring`). Every position is fed either way (the
+/// scored ones need the context); only the scored ones add to the sums.
+pub fn perplexity_scored<M: NextTokenModel + ?Sized>(
     model: &mut M,
     mut reference: Option<&mut dyn NextTokenModel>,
     tokens: &[u32],
     seqlen: usize,
     max_windows: Option<usize>,
+    scoring: Scoring,
 ) -> Result<Perplexity> {
     check_seqlen(seqlen, model.config())?;
     let mut holds = vec![("model", model.max_positions())];
@@ -312,6 +366,7 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
     }
     let fit = check_text_length(tokens.len(), seqlen)?;
     let windows = max_windows.map_or(fit, |m| m.min(fit));
+    let first_scored = scoring.first_scored(seqlen);
     let mut acc = NllAccumulator::default();
     for (wi, w) in tokens.chunks_exact(seqlen).take(windows).enumerate() {
         model.start_window()?;
@@ -319,11 +374,18 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
             r.start_window()?;
         }
         for p in 0..seqlen - 1 {
-            let logits = model.next_logits(w[p])?;
+            let fed = match scoring {
+                Scoring::SecondHalf { bos } if p == 0 => bos,
+                _ => w[p],
+            };
+            let logits = model.next_logits(fed)?;
             let ref_logits = match reference.as_deref_mut() {
-                Some(r) => Some(r.next_logits(w[p])?),
+                Some(r) => Some(r.next_logits(fed)?),
                 None => None,
             };
+            if p < first_scored {
+                continue; // context only
+            }
             acc.add(&logits, w[p + 1], ref_logits.as_deref())
                 .map_err(|e| match e {
                     LabError::Invalid { what, reason } => {
@@ -344,7 +406,8 @@ pub fn perplexity<M: NextTokenModel + ?Sized>(
             r.end_window().map_err(in_window)?;
         }
     }
-    let p = acc.finish(windows, fit, seqlen, tokens.len(), reference.is_some());
+    let mut p = acc.finish(windows, fit, seqlen, tokens.len(), reference.is_some());
+    p.convention = scoring.convention();
     // Every term was finite; the exponential can still overflow.
     if !p.perplexity.is_finite() {
         return Err(LabError::invalid(
@@ -637,6 +700,51 @@ mod tests {
             (4, 4, 12, 17)
         );
         assert_eq!(p.convention, CONVENTION);
+    }
+
+    #[test]
+    fn the_second_half_convention_feeds_bos_first_and_scores_from_half_a_window() {
+        // 17 tokens, windows of 8: 2 windows; positions 4, 5, 6 scored in each (seqlen/2 ..
+        // seqlen-2), every position fed, the first as BOS (id 12).
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let mut m = scripted();
+        let p = perplexity_scored(
+            &mut m,
+            None,
+            &tokens,
+            8,
+            None,
+            Scoring::SecondHalf { bos: 12 },
+        )
+        .unwrap();
+        assert_eq!((p.windows, p.tokens_scored), (2, 6));
+        assert_eq!(p.convention, CONVENTION_SECOND_HALF);
+        let fed: Vec<u32> = tokens[..16]
+            .chunks(8)
+            .flat_map(|w| {
+                let mut f = w[..7].to_vec();
+                f[0] = 12;
+                f
+            })
+            .collect();
+        assert_eq!(m.fed, fed);
+        let mut want = 0f64;
+        for w in tokens[..16].chunks(8) {
+            for p in 4..7 {
+                let logits = scripted_logits(1.0, 0.0, w[p], p + 1);
+                let lz = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
+                want += lz - logits[w[p + 1] as usize];
+            }
+        }
+        assert!(
+            (p.mean_nll - want / 6.0).abs() < 1e-5,
+            "{} vs {}",
+            p.mean_nll,
+            want / 6.0
+        );
+        // The default convention on the same text scores 7 per window, from position 0.
+        let all = perplexity(&mut scripted(), None, &tokens, 8, None).unwrap();
+        assert_eq!((all.tokens_scored, all.convention), (14, CONVENTION));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use gptq_lab::model::layer_source::CheckpointLayers;
 use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::quantize::calib::{DEFAULT_SEQLEN, EVAL_TEXT};
 use gptq_lab::quantize::perplexity::{
-    check_seqlen, check_text_length, cpu_engine_of, perplexity, NextTokenModel, Perplexity,
+    check_seqlen, check_text_length, cpu_engine_of, perplexity_scored, NextTokenModel, Perplexity,
+    Scoring,
 };
 use std::path::PathBuf;
 
@@ -24,6 +25,16 @@ use std::path::PathBuf;
 pub enum Backend {
     Cpu,
     Gpu,
+}
+
+/// Which positions of each window are scored (the two conventions published figures use).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoringArg {
+    /// Every position but the first (GPTQ-for-LLaMa, the GPTQ paper).
+    Gptq,
+    /// The window's first token replaced by BOS, positions from seqlen/2 scored (llama.cpp's
+    /// perplexity, AutoGPTQ's perplexity script; they default to --seqlen 512).
+    LlamaCpp,
 }
 
 #[derive(clap::Args, Debug)]
@@ -44,6 +55,10 @@ pub struct EvalArgs {
     reference: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
+    /// Which positions are scored: gptq (all but each window's first) or llama-cpp (the second
+    /// half of each window, which starts with BOS). Compare a figure only with one of the same.
+    #[arg(long, value_enum, default_value = "gptq")]
+    scoring: ScoringArg,
     #[command(flatten)]
     gpu: EvalGpuArgs,
     #[arg(long)]
@@ -126,15 +141,31 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     }
     let available = check_text_length(ids.len(), seqlen)
         .with_context(|| format!("{text_name}: {} tokens", ids.len()))?;
+    let scoring = match a.scoring {
+        ScoringArg::Gptq => Scoring::AllPositions,
+        ScoringArg::LlamaCpp => {
+            // The tokenizer's own BOS: what it puts before a text.
+            let bos = tok.encode("", true)?.first().copied().with_context(|| {
+                format!(
+                    "--scoring llama-cpp: {}'s tokenizer adds no BOS token to start each window with",
+                    a.checkpoint.display()
+                )
+            })?;
+            if seqlen < 4 {
+                bail!("--scoring llama-cpp with --seqlen {seqlen}: expected >= 4 (half a window of context, then at least one scored position)");
+            }
+            Scoring::SecondHalf { bos }
+        }
+    };
     let p = match a.backend {
         Backend::Cpu => {
             let mut model = cpu_engine_of(&ckpt)?;
             let mut reference = reference.as_ref().map(cpu_engine_of).transpose()?;
             let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
-            perplexity(&mut model, r, &ids, seqlen, a.max_windows)
+            perplexity_scored(&mut model, r, &ids, seqlen, a.max_windows, scoring)
                 .with_context(|| format!("scoring {}", a.checkpoint.display()))?
         }
-        Backend::Gpu => gpu_perplexity(&a, &ckpt, reference.as_ref(), &ids, seqlen)?,
+        Backend::Gpu => gpu_perplexity(&a, &ckpt, reference.as_ref(), &ids, seqlen, scoring)?,
     };
     debug_assert_eq!(p.windows_available, available);
     if a.json {
@@ -231,6 +262,7 @@ fn gpu_perplexity(
     reference_ckpt: Option<&Checkpoint>,
     ids: &[u32],
     seqlen: usize,
+    scoring: Scoring,
 ) -> anyhow::Result<Perplexity> {
     let gpu = gptq_lab::cuda::open(0).map_err(|e| {
         anyhow::anyhow!(
@@ -262,7 +294,7 @@ fn gpu_perplexity(
     let mut reference = reference_ckpt.map(engine).transpose()?;
     let r = reference.as_mut().map(|r| r as &mut dyn NextTokenModel);
     // Each window's state flags are read before the next resets them (NextTokenModel::end_window).
-    let p = perplexity(&mut model, r, ids, seqlen, a.max_windows)
+    let p = perplexity_scored(&mut model, r, ids, seqlen, a.max_windows, scoring)
         .with_context(|| format!("scoring {}", a.checkpoint.display()))?;
     Ok(p)
 }
