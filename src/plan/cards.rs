@@ -50,6 +50,9 @@ pub struct Card {
     pub memory_bytes: u64,
     /// Spec DRAM bandwidth, GB/s (1e9 bytes/s); 0 for the generic sizes.
     pub bandwidth_gbs: f64,
+    /// Compute capability x 10 (86 = sm_86); 0 for the generic sizes. From sm_90 the engine
+    /// decodes with programmatic dependent launch, so the estimate scales PDL steps there.
+    pub sm: u32,
 }
 
 impl Card {
@@ -60,41 +63,43 @@ impl Card {
     }
 }
 
-const fn card(slug: &'static str, name: &'static str, mib: u64, gbs: f64) -> Card {
+const fn card(slug: &'static str, name: &'static str, mib: u64, gbs: f64, sm: u32) -> Card {
     Card {
         slug: Cow::Borrowed(slug),
         name: Cow::Borrowed(name),
         memory_bytes: mib * MIB,
         bandwidth_gbs: gbs,
+        sm,
     }
 }
 
 /// Common cards (spec bandwidth from the vendors' data sheets).
 pub static CARDS: &[Card] = &[
-    card("rtx-3060", "GeForce RTX 3060 12GB", 12 * 1024, 360.0),
-    card("rtx-3070", "GeForce RTX 3070 8GB", 8 * 1024, 448.0),
-    card("rtx-3080", "GeForce RTX 3080 10GB", 10 * 1024, 760.0),
-    card("rtx-3090", "GeForce RTX 3090 24GB", 24 * 1024, 936.0),
-    card("rtx-4060", "GeForce RTX 4060 8GB", 8 * 1024, 272.0),
+    card("rtx-3060", "GeForce RTX 3060 12GB", 12 * 1024, 360.0, 86),
+    card("rtx-3070", "GeForce RTX 3070 8GB", 8 * 1024, 448.0, 86),
+    card("rtx-3080", "GeForce RTX 3080 10GB", 10 * 1024, 760.0, 86),
+    card("rtx-3090", "GeForce RTX 3090 24GB", 24 * 1024, 936.0, 86),
+    card("rtx-4060", "GeForce RTX 4060 8GB", 8 * 1024, 272.0, 89),
     card(
         "rtx-4060-ti-16",
         "GeForce RTX 4060 Ti 16GB",
         16 * 1024,
         288.0,
+        89,
     ),
-    card("rtx-4070", "GeForce RTX 4070 12GB", 12 * 1024, 504.0),
-    card("rtx-4080", "GeForce RTX 4080 16GB", 16 * 1024, 716.8),
-    card("rtx-4090", "GeForce RTX 4090 24GB", 24 * 1024, 1008.0),
+    card("rtx-4070", "GeForce RTX 4070 12GB", 12 * 1024, 504.0, 89),
+    card("rtx-4080", "GeForce RTX 4080 16GB", 16 * 1024, 716.8, 89),
+    card("rtx-4090", "GeForce RTX 4090 24GB", 24 * 1024, 1008.0, 89),
     // GDDR6 with ECC on by default: 15/16 of 24 GiB.
-    card("a10", "A10 24GB", 23040, 600.0),
+    card("a10", "A10 24GB", 23040, 600.0, 86),
     // GDDR6 with ECC on by default: 15/16 of 16 GiB.
-    card("t4", "T4 16GB", 15360, 320.0),
+    card("t4", "T4 16GB", 15360, 320.0, 75),
     // GDDR6 with ECC on by default: 15/16 of 24 GiB.
-    card("l4", "L4 24GB", 23040, 300.0),
-    card("a100-80", "A100 80GB SXM", 80 * 1024, 2039.0),
-    card("h100-sxm", "H100 SXM 80GB", 80 * 1024, 3350.0),
+    card("l4", "L4 24GB", 23040, 300.0, 89),
+    card("a100-80", "A100 80GB SXM", 80 * 1024, 2039.0, 80),
+    card("h100-sxm", "H100 SXM 80GB", 80 * 1024, 3350.0, 90),
     // Sold as "141 GB"; the driver reports 143771 MiB.
-    card("h200", "H200 141GB", 143_771, 4800.0),
+    card("h200", "H200 141GB", 143_771, 4800.0, 90),
 ];
 
 /// The sizes `lab plan` answers "does it fit" for: the 6/8/10/12/16/24 GB consumer cards, in GiB.
@@ -107,6 +112,7 @@ pub fn generic(gib: u64) -> Card {
         name: Cow::Owned(format!("{gib} GB")),
         memory_bytes: gib * GIB,
         bandwidth_gbs: 0.0,
+        sm: 0,
     }
 }
 

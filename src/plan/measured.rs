@@ -123,7 +123,7 @@ fn measured(
     if r["model"].as_str()? != model {
         return None;
     }
-    measured_any(r, dtype, act_order).map(|(m, _)| m)
+    measured_any(r, dtype, act_order, false).map(|(m, _)| m)
 }
 
 /// One recorded run of any model in `dtype` (int4: with act-order exactly when `act_order`): its
@@ -133,6 +133,7 @@ fn measured_any(
     r: &Value,
     dtype: WeightDtype,
     act_order: bool,
+    pdl: bool,
 ) -> Option<(MeasuredEfficiency, Option<FitPoint>)> {
     let kind = &r["weights"]["kind"];
     let matches = match dtype {
@@ -164,12 +165,14 @@ fn measured_any(
     if !(spec_gbs > 0.0 && achieved > 0.0) {
         return None;
     }
+    let pdl_ms = p["graph_pdl_ms_per_token"].as_f64().filter(|_| pdl);
     let point = (|| {
         Some(FitPoint {
             model: r["model"].as_str()?.to_string(),
             layers: r["config"]["num_hidden_layers"].as_u64()? as usize,
             bytes_per_step: p["bytes_per_token"].as_f64()?,
-            ms: p["graph_ms_per_token"].as_f64()?,
+            ms: pdl_ms.unwrap_or(p["graph_ms_per_token"].as_f64()?),
+            pdl: pdl_ms.is_some(),
             spec_gbs,
         })
     })();
@@ -193,8 +196,10 @@ pub struct FitPoint {
     pub model: String,
     pub layers: usize,
     pub bytes_per_step: f64,
-    /// CUDA graph step (no PDL: the cards this estimates for, sm_75-89, have none).
+    /// CUDA graph step; with PDL where the fit asked for it and the run timed it (`pdl`).
     pub ms: f64,
+    /// `ms` is the graph + PDL step (what the engine runs on sm_90).
+    pub pdl: bool,
     /// The measuring card's spec bandwidth (memory clock x 2 x bus width).
     pub spec_gbs: f64,
 }
@@ -242,25 +247,29 @@ pub fn fit_two(a: &FitPoint, b: &FitPoint) -> Option<SpeedModel> {
 /// bandwidth is nearest `near_gbs` (`nearest_in_reports`). Of the kernels measured for both,
 /// the one the smaller model streamed fastest with (what a user would run). `Ok(None)` when no
 /// report has such a pair.
+///
+/// `pdl`: fit the graph + PDL steps where the runs timed them (for an sm_90 card, which the
+/// engine decodes with PDL), else the plain graph steps.
 pub fn fit_from_reports(
     root: &Path,
     dtype: WeightDtype,
     act_order: bool,
     near_gbs: Option<f64>,
+    pdl: bool,
 ) -> Result<Option<FittedSpeed>> {
     nearest_in_reports(
         root,
         near_gbs,
         |f: &FittedSpeed| f.points[0].spec_gbs,
-        |runs| fit_runs(runs, dtype, act_order),
+        |runs| fit_runs(runs, dtype, act_order, pdl),
     )
 }
 
-fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool) -> Option<FittedSpeed> {
+fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool, pdl: bool) -> Option<FittedSpeed> {
     let all: Vec<(MeasuredEfficiency, FitPoint)> = runs
         .as_array()?
         .iter()
-        .filter_map(|r| measured_any(r, dtype, act_order))
+        .filter_map(|r| measured_any(r, dtype, act_order, pdl))
         .filter_map(|(m, p)| Some((m, p?)))
         .collect();
     // Per kernel: its shallowest and deepest model; candidates ranked by the shallow one's efficiency.
@@ -268,7 +277,9 @@ fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool) -> Option<FittedS
     for (m, p) in &all {
         let same: Vec<&(MeasuredEfficiency, FitPoint)> = all
             .iter()
-            .filter(|(o, q)| o.int4_kernel == m.int4_kernel && q.layers > p.layers)
+            .filter(|(o, q)| {
+                o.int4_kernel == m.int4_kernel && q.layers > p.layers && q.pdl == p.pdl
+            })
             .collect();
         let Some((_, deep)) = same.iter().max_by_key(|(_, q)| q.layers) else {
             continue;
@@ -374,6 +385,7 @@ mod tests {
             layers,
             bytes_per_step: gb * 1e9,
             ms,
+            pdl: false,
             spec_gbs: 1000.0,
         }
     }
@@ -404,7 +416,7 @@ mod tests {
         // Run 17's report times auto and gemv_v6_pipe on both models: the fit picks the kernel the
         // 7B streamed fastest with, and carries the other's, which extrapolates differently.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let f = fit_from_reports(root, WeightDtype::Int4, false, None)
+        let f = fit_from_reports(root, WeightDtype::Int4, false, None, false)
             .unwrap()
             .unwrap();
         assert!(!f.others.is_empty(), "{f:?}");
@@ -439,10 +451,10 @@ mod tests {
     fn act_order_fits_come_from_act_order_runs_only() {
         // The committed report (run 17) times 7B and 13B int4 g128 both with and without act-order.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let plain = fit_from_reports(root, WeightDtype::Int4, false, None)
+        let plain = fit_from_reports(root, WeightDtype::Int4, false, None, false)
             .unwrap()
             .expect("plain 7B and 13B runs");
-        let act = fit_from_reports(root, WeightDtype::Int4, true, None)
+        let act = fit_from_reports(root, WeightDtype::Int4, true, None, false)
             .unwrap()
             .expect("act-order 7B and 13B runs");
         let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
@@ -474,8 +486,8 @@ mod tests {
         assert!(act.speed.step_s(card, 32, bytes) > plain.speed.step_s(card, 32, bytes));
         // fp16 ignores the flag.
         assert_eq!(
-            fit_from_reports(root, WeightDtype::Fp16, true, None).unwrap(),
-            fit_from_reports(root, WeightDtype::Fp16, false, None).unwrap()
+            fit_from_reports(root, WeightDtype::Fp16, true, None, false).unwrap(),
+            fit_from_reports(root, WeightDtype::Fp16, false, None, false).unwrap()
         );
     }
 
@@ -483,7 +495,7 @@ mod tests {
     fn the_committed_h100_report_fits_and_predicts_its_other_contexts() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for dtype in [WeightDtype::Int4, WeightDtype::Fp16] {
-            let f = fit_from_reports(root, dtype, false, None)
+            let f = fit_from_reports(root, dtype, false, None, false)
                 .unwrap()
                 .expect("7B and 13B runs");
             assert!(f.device.contains("H100"), "{f:?}");
@@ -513,11 +525,13 @@ mod tests {
         // KV bytes faster than the GEMVs their weights); both closer than the flat efficiency
         // (run 12: 1.7% / 9.9%, run 14: 1.7% / 10.2%, run 17: 1.4% / 10.2%).
         for (dtype, bound) in [(WeightDtype::Fp16, 0.01), (WeightDtype::Int4, 0.06)] {
-            let f = fit_from_reports(root, dtype, false, None).unwrap().unwrap();
+            let f = fit_from_reports(root, dtype, false, None, false)
+                .unwrap()
+                .unwrap();
             let (mut checked, mut fit_err, mut flat_err) = (0, 0f64, 0f64);
             for r in runs.as_array().unwrap() {
                 // The fitted kernel's runs only (int4: the same label as the fit).
-                let Some((m, Some(fitted))) = measured_any(r, dtype, false) else {
+                let Some((m, Some(fitted))) = measured_any(r, dtype, false, false) else {
                     continue;
                 };
                 if m.int4_kernel != f.int4_kernel {
@@ -621,6 +635,38 @@ mod tests {
     }
 
     #[test]
+    fn an_sm_90_fit_scales_the_graph_and_pdl_steps() {
+        // Run 17 timed every int4 run with and without PDL: the PDL fit takes the PDL steps
+        // (what the engine runs on an H100 / H200), the other the plain graph steps.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let plain = fit_from_reports(root, WeightDtype::Int4, false, None, false)
+            .unwrap()
+            .unwrap();
+        let pdl = fit_from_reports(root, WeightDtype::Int4, false, None, true)
+            .unwrap()
+            .unwrap();
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let runs: Value = serde_json::from_str(&text).unwrap();
+        let has = |key: &str, ms: f64| {
+            runs.as_array().unwrap().iter().any(|r| {
+                r["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|q| q[key].as_f64() == Some(ms))
+            })
+        };
+        for p in &pdl.points {
+            assert!(p.pdl && has("graph_pdl_ms_per_token", p.ms), "{p:?}");
+        }
+        for p in &plain.points {
+            assert!(!p.pdl && has("graph_ms_per_token", p.ms), "{p:?}");
+        }
+        assert_ne!(pdl.speed, plain.speed);
+    }
+
+    #[test]
     fn a_damaged_report_is_an_error_naming_it_not_no_report() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
@@ -643,7 +689,7 @@ mod tests {
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(&f, v.to_string()).unwrap();
             for e in [
-                fit_from_reports(dir.path(), WeightDtype::Int4, false, None).map(|_| ()),
+                fit_from_reports(dir.path(), WeightDtype::Int4, false, None, false).map(|_| ()),
                 from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, None).map(|_| ()),
             ] {
                 let e = e.expect_err(what).to_string();
@@ -675,7 +721,7 @@ mod tests {
             .unwrap();
         }
         let spec = |near: Option<f64>| {
-            let f = fit_from_reports(dir.path(), WeightDtype::Int4, false, near)
+            let f = fit_from_reports(dir.path(), WeightDtype::Int4, false, near, false)
                 .unwrap()
                 .unwrap();
             let m = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, near)

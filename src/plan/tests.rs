@@ -378,6 +378,7 @@ fn a_fixed_cost_per_layer_weighs_more_on_a_faster_card() {
         name: "t".into(),
         memory_bytes: 80 << 30,
         bandwidth_gbs: gbs,
+        sm: 86,
     };
     let slow = s.plan_on(&card(1000.0), &speed).unwrap().roofline.unwrap();
     let fast = s.plan_on(&card(3000.0), &speed).unwrap().roofline.unwrap();
@@ -834,6 +835,7 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
         name: "test card".into(),
         memory_bytes: memory_for_usable(mem),
         bandwidth_gbs: 500.0,
+        sm: 86,
     };
     let f = auto
         .plan_on(&card, &SpeedModel::flat(0.5))
@@ -968,6 +970,7 @@ fn fits_are_judged_against_what_a_program_can_allocate() {
         name: "t".into(),
         memory_bytes: total + (100 << 20),
         bandwidth_gbs: 500.0,
+        sm: 86,
     };
     let f = s
         .plan_on(&card, &SpeedModel::flat(0.5))

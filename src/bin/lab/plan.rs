@@ -113,7 +113,15 @@ fn speed_for(
     let fit = act_or_plain(
         act,
         "; fitted WITHOUT act-order (the report has no act-order pair), which is slower per step on the measuring card",
-        |act| measured::fit_from_reports(&root(a), a.dtype, act, Some(card.bandwidth_gbs)),
+        |act| {
+            measured::fit_from_reports(
+                &root(a),
+                a.dtype,
+                act,
+                Some(card.bandwidth_gbs),
+                card.sm >= 90,
+            )
+        },
     )?;
     if let Some((f, caveat)) = fit {
         let [p, q] = &f.points;
@@ -125,9 +133,10 @@ fn speed_for(
         say(
             format!("fit{form}"),
             format!(
-                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?}{form} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms (CUDA graph, shortest context; two points, so the split between the terms is not checked); another card has its own stream efficiency and launch cost{caveat}",
+                "ESTIMATE on {}: step time = bytes / ({:.0} GB/s spec x {:.1}%) + layers x {:.1} us, both fitted to {:?}{form} decode steps MEASURED on {} ({}, git {}, kernel hash {}, {}): {} {:.3} ms, {} {:.3} ms ({}, shortest context; two points, so the split between the terms is not checked); another card has its own stream efficiency and launch cost{caveat}",
                 card.name, card.bandwidth_gbs, f.speed.stream_efficiency * 100.0, f.speed.per_layer_s * 1e6,
                 a.dtype, f.device, f.date, f.git_rev, f.kernel_hash, f.int4_kernel, p.model, p.ms, q.model, q.ms,
+                if p.pdl { "CUDA graph + PDL, as the engine runs on sm_90" } else { "CUDA graph, no PDL, which cards below sm_90 lack" },
             ),
         );
         if !f.others.is_empty() {
@@ -339,17 +348,18 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
 
 fn print_cards() {
     println!(
-        "{:<16} {:<26} {:>10} {:>10} {:>9}",
-        "slug", "card", "memory", "usable", "GB/s"
+        "{:<16} {:<26} {:>10} {:>10} {:>9} {:>6}",
+        "slug", "card", "memory", "usable", "GB/s", "sm"
     );
     for c in cards::CARDS {
         println!(
-            "{:<16} {:<26} {:>6} MiB {:>6} MiB {:>9.1}",
+            "{:<16} {:<26} {:>6} MiB {:>6} MiB {:>9.1} {:>6}",
             c.slug,
             c.name,
             c.memory_bytes >> 20,
             c.usable_bytes() >> 20,
-            c.bandwidth_gbs
+            c.bandwidth_gbs,
+            format!("sm_{}", c.sm)
         );
     }
     println!(
