@@ -120,6 +120,11 @@ pub struct GpuArgs {
     /// Do not write report files.
     #[arg(long)]
     no_report: bool,
+    /// Replace reports/<gpu>/decode.json even where it holds runs (a model and weights form) this
+    /// bench does not measure again; without it such a bench is refused before it starts
+    /// (`lab run`, which measures the whole set, passes it).
+    #[arg(long, conflicts_with = "no_report")]
+    replace_report: bool,
     /// Tiny fixture checkpoints for --model tiny-check (default: tests/fixtures here, else the
     /// source tree this binary was built from).
     #[arg(long)]
@@ -320,6 +325,20 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
         bail!("--prefill-chunk 0 leaves no prefill to time: give a chunk (e.g. 512) or --prefill-list ''");
     }
     let gpu = open_gpu()?;
+    if !g.no_report && !g.replace_report {
+        let path = report_dir(&g.root, &gpu.info.slug).join("decode.json");
+        let models: Vec<&str> = cfgs.iter().map(|c| c.name.as_str()).collect();
+        let dropped = gptq_lab::model::decode_bench::runs_not_remeasured(&path, &models, &kinds)?;
+        if !dropped.is_empty() {
+            bail!(
+                "{} holds runs this bench does not measure again ({}): writing the report would \
+                 drop them. Pass --no-report, --root DIR to write elsewhere, or --replace-report \
+                 to replace it",
+                path.display(),
+                dropped.join(", ")
+            );
+        }
+    }
     let t0 = Instant::now();
     let ceilings = measure_ceilings(&gpu).context("measuring bandwidth ceilings")?;
     eprintln!(

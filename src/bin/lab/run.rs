@@ -121,6 +121,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         "--ctx-list",
         "128,512,1024,2048",
         "--ablation",
+        "--replace-report",
         "--root",
         &root,
     ];

@@ -346,6 +346,30 @@ impl DecodeReport {
     }
 }
 
+/// The runs of the decode.json at `path` (labels) that a bench of `models` x `kinds` would not
+/// measure again. The bench writes decode.json whole from its own runs, so these would be
+/// dropped: a committed 7B + 13B report, and a quick 7B run from the repo root. Nothing at
+/// `path`, or a file that does not parse (it protects nothing), gives none.
+pub fn runs_not_remeasured(
+    path: &std::path::Path,
+    models: &[&str],
+    kinds: &[WeightKind],
+) -> Result<Vec<String>> {
+    if !crate::util::optional_file(path)? {
+        return Ok(Vec::new());
+    }
+    let Ok(recorded) = crate::util::read_json::<Vec<DecodeReport>>(path) else {
+        return Ok(Vec::new());
+    };
+    let mut dropped: Vec<String> = recorded
+        .iter()
+        .filter(|r| !(models.contains(&r.model.as_str()) && kinds.contains(&r.weights.kind)))
+        .map(DecodeReport::label)
+        .collect();
+    dropped.dedup();
+    Ok(dropped)
+}
+
 /// How decode.md heads a run: "vicuna-7b int4 g128 [auto]", "vicuna-13b fp16" (the int4
 /// kernel's name up to its first space: `auto (tuned config, 140 keys)` reads `auto`).
 pub fn run_label(model: &str, kind: WeightKind, int4_kernel: &str) -> String {

@@ -715,3 +715,46 @@ fn report_from_a_recorded_run_has_every_file_and_number() {
         before
     );
 }
+
+#[test]
+fn a_bench_that_would_drop_recorded_runs_names_them() {
+    // The committed H100 report: 7B and 13B, int4 (plain and act-order) and fp16.
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("reports/nvidia-h100-80gb-hbm3/decode.json");
+    let runs: Vec<DecodeReport> = crate::util::read_json(&committed).unwrap();
+    let kinds: Vec<WeightKind> = runs.iter().map(|r| r.weights.kind).collect();
+    // The whole set again: nothing dropped.
+    assert!(
+        runs_not_remeasured(&committed, &["vicuna-7b", "vicuna-13b"], &kinds)
+            .unwrap()
+            .is_empty()
+    );
+    // 7B only: every 13B run would go, and is named.
+    let dropped = runs_not_remeasured(&committed, &["vicuna-7b"], &kinds).unwrap();
+    assert!(
+        !dropped.is_empty() && dropped.iter().all(|l| l.starts_with("vicuna-13b")),
+        "{dropped:?}"
+    );
+    // fp16 only: the int4 runs would go.
+    let fp16 = runs_not_remeasured(
+        &committed,
+        &["vicuna-7b", "vicuna-13b"],
+        &[WeightKind::Fp16],
+    )
+    .unwrap();
+    assert!(
+        fp16.iter().any(|l| l.contains("int4")) && !fp16.iter().any(|l| l.ends_with("fp16")),
+        "{fp16:?}"
+    );
+    // Nothing there, or a file that does not parse: nothing to keep.
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        runs_not_remeasured(&dir.path().join("decode.json"), &[], &[])
+            .unwrap()
+            .is_empty()
+    );
+    std::fs::write(dir.path().join("bad.json"), "{").unwrap();
+    assert!(runs_not_remeasured(&dir.path().join("bad.json"), &[], &[])
+        .unwrap()
+        .is_empty());
+}
