@@ -129,6 +129,18 @@ pub struct Roofline {
 }
 
 impl Roofline {
+    /// Fill `other_fits`: this roofline's step (card, layers, batch, bytes) under each of
+    /// `others`' speed models, as `roofline` computes its own.
+    pub fn add_other_fits(&mut self, others: &[(String, SpeedModel)]) {
+        self.other_fits = others
+            .iter()
+            .map(|(k, o)| {
+                let step = o.step_s(self.bandwidth_gbs, self.layers, self.bytes_per_step);
+                (k.clone(), self.batch as f64 / step)
+            })
+            .collect();
+    }
+
     /// Lowest and highest tokens/s over this estimate and `other_fits`.
     pub fn range(&self) -> (f64, f64) {
         self.other_fits

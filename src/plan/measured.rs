@@ -90,10 +90,13 @@ fn nearest_in_reports<T>(
 /// positive and finite) before its fields are picked out: a damaged file otherwise read as "no
 /// report" (the estimate silently became the pure roofline) or fed an impossible time to the fit.
 fn check_decode_file(path: &Path, runs: &Value) -> Result<()> {
-    let typed: Vec<crate::model::decode_bench::DecodeReport> = serde_json::from_value(runs.clone())
-        .map_err(|e| crate::LabError::Json {
-            path: path.into(),
-            source: e,
+    use serde::Deserialize;
+    let typed =
+        Vec::<crate::model::decode_bench::DecodeReport>::deserialize(runs).map_err(|e| {
+            crate::LabError::Json {
+                path: path.into(),
+                source: e,
+            }
         })?;
     for r in &typed {
         crate::report::regenerate::check_decode_timings(path, r)?;
@@ -287,17 +290,15 @@ fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool, pdl: bool) -> Opt
         let Some(speed) = fit_two(p, deep) else {
             continue;
         };
-        // One fit per kernel: from its most efficient shallow run (the first of equals).
+        // One fit per kernel, in the order the kernels first appear: from its most efficient
+        // shallow run (the first of equals).
         let same_kernel = fits
             .iter()
             .position(|(_, f)| f.int4_kernel == m.int4_kernel);
         if same_kernel.is_some_and(|i| fits[i].0 >= m.efficiency) {
             continue;
         }
-        if let Some(i) = same_kernel {
-            fits.remove(i);
-        }
-        fits.push((
+        let entry = (
             m.efficiency,
             FittedSpeed {
                 speed,
@@ -309,13 +310,14 @@ fn fit_runs(runs: &Value, dtype: WeightDtype, act_order: bool, pdl: bool) -> Opt
                 int4_kernel: m.int4_kernel.clone(),
                 others: Vec::new(),
             },
-        ));
+        );
+        match same_kernel {
+            Some(i) => fits[i] = entry,
+            None => fits.push(entry),
+        }
     }
     // The first of the most efficient (a stable choice on ties, as before).
-    let best = (0..fits.len()).fold(None, |b: Option<usize>, i| match b {
-        Some(j) if fits[j].0 >= fits[i].0 => Some(j),
-        _ => Some(i),
-    })?;
+    let best = (0..fits.len()).reduce(|j, i| if fits[i].0 > fits[j].0 { i } else { j })?;
     let others = fits
         .iter()
         .enumerate()
@@ -433,16 +435,12 @@ mod tests {
         let card = crate::plan::cards::by_slug("t4").unwrap();
         let mut r = crate::plan::fit::roofline(card, &f.speed, 32, 1, 3_900_000_000);
         let own = r.tokens_per_s;
-        r.other_fits = f
-            .others
-            .iter()
-            .map(|(k, sp)| {
-                (
-                    k.clone(),
-                    1.0 / sp.step_s(card.bandwidth_gbs, 32, 3_900_000_000),
-                )
-            })
-            .collect();
+        r.add_other_fits(&f.others);
+        assert_eq!(r.other_fits.len(), f.others.len());
+        for ((k, t), (_, sp)) in r.other_fits.iter().zip(&f.others) {
+            let want = 1.0 / sp.step_s(card.bandwidth_gbs, 32, 3_900_000_000);
+            assert!((t - want).abs() < 1e-9 * want, "{k}: {t} vs {want}");
+        }
         let (lo, hi) = r.range();
         assert!(lo <= own && own <= hi && hi > lo, "{lo} {own} {hi}");
     }

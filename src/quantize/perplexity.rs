@@ -302,6 +302,15 @@ pub fn check_seqlen(seqlen: usize, cfg: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// `e` with where in the text it happened (`at`) put before its reason.
+fn located(e: LabError, at: &str) -> LabError {
+    match e {
+        LabError::Invalid { what, reason } => LabError::invalid(what, format!("{at}: {reason}")),
+        LabError::CheckFailed(m) => LabError::CheckFailed(format!("{at}: {m}")),
+        e => e,
+    }
+}
+
 /// Whole windows of `seqlen` in a text of `tokens` tokens: at least one, else an error that says
 /// what to change (checked before any engine is built, too).
 pub fn check_text_length(tokens: usize, seqlen: usize) -> Result<usize> {
@@ -387,20 +396,9 @@ pub fn perplexity_scored<M: NextTokenModel + ?Sized>(
                 continue; // context only
             }
             acc.add(&logits, w[p + 1], ref_logits.as_deref())
-                .map_err(|e| match e {
-                    LabError::Invalid { what, reason } => {
-                        LabError::invalid(what, format!("at window {wi}, position {p}: {reason}"))
-                    }
-                    e => e,
-                })?;
+                .map_err(|e| located(e, &format!("at window {wi}, position {p}")))?;
         }
-        let in_window = |e: LabError| match e {
-            LabError::Invalid { what, reason } => {
-                LabError::invalid(what, format!("in window {wi}: {reason}"))
-            }
-            LabError::CheckFailed(m) => LabError::CheckFailed(format!("in window {wi}: {m}")),
-            e => e,
-        };
+        let in_window = |e| located(e, &format!("in window {wi}"));
         model.end_window().map_err(in_window)?;
         if let Some(r) = reference.as_deref_mut() {
             r.end_window().map_err(in_window)?;

@@ -265,14 +265,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                     (Some(c), Some((sp, others))) => {
                         let mut p = s.plan_on(c, sp)?;
                         if let Some(r) = p.roofline.as_mut() {
-                            r.other_fits = others
-                                .iter()
-                                .map(|(k, o)| {
-                                    let step =
-                                        o.step_s(c.bandwidth_gbs, r.layers, r.bytes_per_step);
-                                    (k.clone(), r.batch as f64 / step)
-                                })
-                                .collect();
+                            r.add_other_fits(others);
                         }
                         p
                     }
