@@ -69,3 +69,31 @@ fn tune_show_reads_the_tuned_configs_under_root() {
     );
     assert!(o.status.success() && out.contains(&want), "{out}");
 }
+
+#[test]
+fn tune_show_shows_every_config_and_names_each_refused_one() {
+    if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
+        eprintln!("SKIP tune_show_shows_every_config_and_names_each_refused_one: a GPU is present (it picks its own file)");
+        return;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let tuning = tmp.path().join("tuning");
+    std::fs::create_dir(&tuning).unwrap();
+    let good = "nvidia-h100-80gb-hbm3.json";
+    std::fs::copy(repo.join("tuning").join(good), tuning.join(good)).unwrap();
+    // Sorted before the good file: it used to end the listing there.
+    let bad = tuning.join("a-broken-card.json");
+    std::fs::write(&bad, "{ \"device\": ").unwrap();
+    let o = lab(&["tune", "--show", "--root", tmp.path().to_str().unwrap()]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(!o.status.success(), "{out}{err}");
+    assert!(
+        out.contains(&format!("{}: NVIDIA H100", tuning.join(good).display())),
+        "the good file after the bad one is still shown: {out}{err}"
+    );
+    assert!(
+        err.contains("1 of 2 tuned configs") && err.contains(&bad.display().to_string()),
+        "{err}"
+    );
+}

@@ -510,19 +510,21 @@ pub fn launch_plan(
     })
 }
 
-/// `launch::launch` for the GEMM family: the layer's device buffers into `lab_gemm_params`, then
-/// `launch` (validation, workspace zeroing, main kernel, finish pass).
-pub fn launch_layer(
+/// `launch::launch` for the GEMM family, after `launch::plan` (which calls `launch_plan`) settled
+/// the split and checked the buffers' sizes: the layer's device buffers into `lab_gemm_params`,
+/// then `launch` (validation, workspace zeroing, main kernel, finish pass). Taking the plan keeps
+/// one computation of the split per launch.
+pub(super) fn launch_layer(
     gpu: &Gpu,
     v: &Variant,
     layer: &DeviceLayer,
     x: &CudaSlice<f16>,
     m: usize,
     y: &mut CudaSlice<f16>,
-    params: &Tunables,
+    plan: &LaunchPlan,
 ) -> Result<()> {
     let sh = &layer.shape;
-    let (split_k, k_slice) = split_for(v, sh, m, params, gpu.info.limits())?;
+    let (split_k, k_slice) = (plan.split_k as i32, plan.k_slice as i32);
     if split_k > 1 && layer.workspace.as_ref().is_none_or(|w| w.len() < m * sh.n) {
         return Err(LabError::invalid(
             "layer",
@@ -532,19 +534,6 @@ pub fn launch_layer(
                 m * sh.n
             ),
         ));
-    }
-    if x.len() < m * sh.k || y.len() < m * sh.n {
-        return Err(LabError::UnsupportedShape {
-            variant: v.name.to_string(),
-            shape: sh.describe(m),
-            reason: format!(
-                "buffers too small: x {} (need {}), y {} (need {})",
-                x.len(),
-                m * sh.k,
-                y.len(),
-                m * sh.n
-            ),
-        });
     }
     let s = &*gpu.stream;
     // The guards record the stream's use of each buffer when dropped, after the launches.

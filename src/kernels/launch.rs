@@ -221,7 +221,7 @@ pub fn launch(
         gpu.info.limits(),
     )?;
     if v.family == Family::Gemm {
-        return super::gemm::launch_layer(gpu, v, layer, x, m, y, params);
+        return super::gemm::launch_layer(gpu, v, layer, x, m, y, &plan);
     }
     let kind = gemv::kind(v)?;
     match kind {

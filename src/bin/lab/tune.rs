@@ -106,10 +106,32 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         tune_decode(&gpu, &models, &mut cfg, &path)
     };
     // The report of what was kept, whatever the decode pass's outcome (its failure is said last).
-    let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
-    gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
+    // reports/<gpu>/tune.md describes tuning/<gpu>.json (`lab report` regenerates it from that
+    // file): a config tuned into another file would be overwritten there by the next `lab report`.
+    let default = a.root.join(tune::default_path(&gpu.info.slug));
+    if same_file(&path, &default) {
+        let dir = gptq_lab::report::report_dir(&a.root, &gpu.info.slug);
+        gptq_lab::report::tune::write_tune_report(&dir, &cfg)?;
+    } else {
+        eprintln!(
+            "note: {} not written: it describes {}, not {}",
+            gptq_lab::report::report_dir(&a.root, &gpu.info.slug)
+                .join("tune.md")
+                .display(),
+            default.display(),
+            path.display()
+        );
+    }
     show(&a.root, Some(&path))?;
     decode
+}
+
+/// Whether two paths name one file (both resolved where they exist, compared as given otherwise).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// The decode pass: each model's int4 g128 step, act-order off and on, with the dispatcher of the
@@ -213,9 +235,26 @@ fn show(root: &Path, file: Option<&Path>) -> anyhow::Result<()> {
         return Ok(());
     }
     files.sort();
-    for f in files {
-        show_file(&f)?;
-        println!();
+    // One bad file does not hide the others: each is shown or its error printed, and the
+    // command fails after the last if any was refused.
+    let mut refused = Vec::new();
+    for f in &files {
+        match show_file(f) {
+            Ok(()) => println!(),
+            Err(e) => {
+                eprintln!("error: {e:#}\n");
+                refused.push(f.display().to_string());
+            }
+        }
+    }
+    if !refused.is_empty() {
+        bail!(
+            "{} of {} tuned configs in {} refused: {}",
+            refused.len(),
+            files.len(),
+            dir.display(),
+            refused.join(", ")
+        );
     }
     Ok(())
 }
