@@ -371,6 +371,30 @@ fn a_model_against_itself_has_kl_zero_and_the_output_says_how_it_scored() {
             .is_some_and(|c| c.contains("replaced by BOS")),
         "{h}"
     );
+    // AutoGPTQ's script: llama.cpp's figure at a window this short (it differs above 1024),
+    // under its own name.
+    let o = lab(&[
+        "eval",
+        "--checkpoint",
+        &ck,
+        "--seqlen",
+        "16",
+        "--max-windows",
+        "3",
+        "--scoring",
+        "autogptq",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["tokens_scored"], h["tokens_scored"]);
+    assert_eq!(a["perplexity"], h["perplexity"]);
+    assert!(
+        a["convention"]
+            .as_str()
+            .is_some_and(|c| c.contains("min(512, seqlen/2)")),
+        "{a}"
+    );
     // The text form says it too.
     let o = lab(&[
         "eval",

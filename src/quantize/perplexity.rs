@@ -30,22 +30,36 @@ pub const CONVENTION: &str = "non-overlapping windows of seqlen tokens, each fro
     last whole window is not scored; natural log; KL(reference || model) over the full \
     vocabulary, temperature 1";
 
-/// How `Scoring::SecondHalf` scores, in words.
+/// How `Scoring::SecondHalf` scores, in words (llama.cpp's examples/perplexity: windows of
+/// n_ctx from the text's tokens, BOS at the start of the text, each window's first token replaced
+/// by BOS, the logits of positions n_ctx/2 .. n_ctx-2 scored).
 pub const CONVENTION_SECOND_HALF: &str = "non-overlapping windows of seqlen tokens, each from \
     an empty cache with its first token replaced by BOS, only positions seqlen/2 .. seqlen-2 \
     predicting the next token, so each scored token has at least half a window of context (as \
-    llama.cpp's perplexity and AutoGPTQ's perplexity script; on a language model usually lower \
-    than GPTQ-for-LLaMa's on the same text); the tail after the last whole window is not scored; natural log; \
-    KL(reference || model) over the full vocabulary, temperature 1";
+    llama.cpp's perplexity, and AutoGPTQ's perplexity script up to seqlen 1024; on a language \
+    model usually lower than GPTQ-for-LLaMa's on the same text); the tail after the last whole \
+    window is not scored; natural log; KL(reference || model) over the full vocabulary, \
+    temperature 1";
 
-/// Which positions of a window are scored: the two conventions published perplexities use.
+/// How `Scoring::AutoGptqScript` scores, in words (auto_gptq/utils/perplexity_utils.py: as
+/// llama.cpp, but its loop starts at min(512, n_ctx // 2)).
+pub const CONVENTION_AUTOGPTQ: &str = "non-overlapping windows of seqlen tokens, each from an \
+    empty cache with its first token replaced by BOS, only positions min(512, seqlen/2) .. \
+    seqlen-2 predicting the next token (as AutoGPTQ's perplexity script; the same as llama.cpp's \
+    up to seqlen 1024, more positions above); the tail after the last whole window is not \
+    scored; natural log; KL(reference || model) over the full vocabulary, temperature 1";
+
+/// Which positions of a window are scored: the conventions published perplexities use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scoring {
     /// Every position but the first (GPTQ-for-LLaMa, the GPTQ paper): `CONVENTION`.
     AllPositions,
-    /// llama.cpp / AutoGPTQ's script: the window starts with `bos`, positions from seqlen/2
-    /// scored: `CONVENTION_SECOND_HALF`.
+    /// llama.cpp: the window starts with `bos`, positions from seqlen/2 scored:
+    /// `CONVENTION_SECOND_HALF`.
     SecondHalf { bos: u32 },
+    /// AutoGPTQ's script: the window starts with `bos`, positions from min(512, seqlen/2)
+    /// scored: `CONVENTION_AUTOGPTQ`.
+    AutoGptqScript { bos: u32 },
 }
 
 impl Scoring {
@@ -53,14 +67,24 @@ impl Scoring {
         match self {
             Scoring::AllPositions => CONVENTION,
             Scoring::SecondHalf { .. } => CONVENTION_SECOND_HALF,
+            Scoring::AutoGptqScript { .. } => CONVENTION_AUTOGPTQ,
         }
     }
 
     /// The first position (0-based, within a window) whose prediction is scored.
-    fn first_scored(self, seqlen: usize) -> usize {
+    pub fn first_scored(self, seqlen: usize) -> usize {
         match self {
             Scoring::AllPositions => 0,
             Scoring::SecondHalf { .. } => seqlen / 2,
+            Scoring::AutoGptqScript { .. } => (seqlen / 2).min(512),
+        }
+    }
+
+    /// The token each window's first position is fed instead of the text's, if any.
+    fn window_start(self) -> Option<u32> {
+        match self {
+            Scoring::AllPositions => None,
+            Scoring::SecondHalf { bos } | Scoring::AutoGptqScript { bos } => Some(bos),
         }
     }
 }
@@ -383,8 +407,8 @@ pub fn perplexity_scored<M: NextTokenModel + ?Sized>(
             r.start_window()?;
         }
         for p in 0..seqlen - 1 {
-            let fed = match scoring {
-                Scoring::SecondHalf { bos } if p == 0 => bos,
+            let fed = match scoring.window_start() {
+                Some(bos) if p == 0 => bos,
                 _ => w[p],
             };
             let logits = model.next_logits(fed)?;
@@ -698,6 +722,34 @@ mod tests {
             (4, 4, 12, 17)
         );
         assert_eq!(p.convention, CONVENTION);
+    }
+
+    #[test]
+    fn autogptq_scoring_starts_at_position_512_past_a_window_of_1024() {
+        // Its loop is range(min(512, n_ctx // 2), n_ctx - 1): llama.cpp's below 1025.
+        for (seqlen, llama, autogptq) in [
+            (8, 4, 4),
+            (512, 256, 256),
+            (1024, 512, 512),
+            (2048, 1024, 512),
+        ] {
+            assert_eq!(Scoring::SecondHalf { bos: 1 }.first_scored(seqlen), llama);
+            assert_eq!(
+                Scoring::AutoGptqScript { bos: 1 }.first_scored(seqlen),
+                autogptq
+            );
+        }
+        // Fed and scored as llama.cpp's at a short window: the same figure.
+        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let run = |s| {
+            let mut m = scripted();
+            let p = perplexity_scored(&mut m, None, &tokens, 8, None, s).unwrap();
+            (m.fed, p.tokens_scored, p.mean_nll, p.convention)
+        };
+        let (fed_l, n_l, nll_l, c_l) = run(Scoring::SecondHalf { bos: 12 });
+        let (fed_a, n_a, nll_a, c_a) = run(Scoring::AutoGptqScript { bos: 12 });
+        assert_eq!((fed_l, n_l, nll_l), (fed_a, n_a, nll_a));
+        assert_eq!((c_l, c_a), (CONVENTION_SECOND_HALF, CONVENTION_AUTOGPTQ));
     }
 
     #[test]

@@ -27,14 +27,17 @@ pub enum Backend {
     Gpu,
 }
 
-/// Which positions of each window are scored (the two conventions published figures use).
+/// Which positions of each window are scored (the conventions published figures use).
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScoringArg {
     /// Every position but the first (GPTQ-for-LLaMa, the GPTQ paper).
     Gptq,
     /// The window's first token replaced by BOS, positions from seqlen/2 scored (llama.cpp's
-    /// perplexity, AutoGPTQ's perplexity script; they default to --seqlen 512).
+    /// perplexity; it defaults to --seqlen 512).
     LlamaCpp,
+    /// As llama-cpp, but scored from position min(512, seqlen/2) (AutoGPTQ's perplexity
+    /// script; the same figure as llama-cpp up to --seqlen 1024).
+    Autogptq,
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,8 +58,9 @@ pub struct EvalArgs {
     reference: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,
-    /// Which positions are scored: gptq (all but each window's first) or llama-cpp (the second
-    /// half of each window, which starts with BOS). Compare a figure only with one of the same.
+    /// Which positions are scored: gptq (all but each window's first), llama-cpp (the second
+    /// half of each window, which starts with BOS) or autogptq (as llama-cpp, from position
+    /// min(512, seqlen/2)). Compare a figure only with one of the same.
     #[arg(long, value_enum, default_value = "gptq")]
     scoring: ScoringArg,
     #[command(flatten)]
@@ -143,18 +147,27 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         .with_context(|| format!("{text_name}: {} tokens", ids.len()))?;
     let scoring = match a.scoring {
         ScoringArg::Gptq => Scoring::AllPositions,
-        ScoringArg::LlamaCpp => {
+        ScoringArg::LlamaCpp | ScoringArg::Autogptq => {
+            let flag = if a.scoring == ScoringArg::LlamaCpp {
+                "llama-cpp"
+            } else {
+                "autogptq"
+            };
             // The tokenizer's own BOS: what it puts before a text.
             let bos = tok.encode("", true)?.first().copied().with_context(|| {
                 format!(
-                    "--scoring llama-cpp: {}'s tokenizer adds no BOS token to start each window with",
+                    "--scoring {flag}: {}'s tokenizer adds no BOS token to start each window with",
                     a.checkpoint.display()
                 )
             })?;
             if seqlen < 4 {
-                bail!("--scoring llama-cpp with --seqlen {seqlen}: expected >= 4 (half a window of context, then at least one scored position)");
+                bail!("--scoring {flag} with --seqlen {seqlen}: expected >= 4 (half a window of context, then at least one scored position)");
             }
-            Scoring::SecondHalf { bos }
+            if a.scoring == ScoringArg::LlamaCpp {
+                Scoring::SecondHalf { bos }
+            } else {
+                Scoring::AutoGptqScript { bos }
+            }
         }
     };
     let p = match a.backend {
