@@ -63,6 +63,18 @@ impl TextTokenizer {
         })
     }
 
+    /// Whether `id` is a byte-fallback token (`<0x0A>`): SentencePiece-BPE vocabularies such as
+    /// LLaMA's spell a character they have no piece for as its UTF-8 bytes, one token each.
+    pub fn is_byte_token(&self, id: u32) -> bool {
+        self.inner.id_to_token(id).is_some_and(|t| {
+            let b = t.as_bytes();
+            b.len() == 6
+                && t.starts_with("<0x")
+                && b[5] == b'>'
+                && b[3..5].iter().all(u8::is_ascii_hexdigit)
+        })
+    }
+
     /// The id of a token such as `</s>`, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -83,8 +95,13 @@ impl TextTokenizer {
 /// not always text on its own (byte-fallback tokens make up one UTF-8 character together, and
 /// SentencePiece's leading-space marker depends on what came before), so each push decodes the
 /// whole sequence and hands out only what extends the text already given, holding back a
-/// trailing U+FFFD (an incomplete character) until a later token completes it. The pieces
-/// concatenate to `decode(all tokens)` (`finish` hands out whatever is left).
+/// trailing U+FFFD (an incomplete character) until a later token completes it, and everything
+/// while the newest token is a byte-fallback one: the ByteFallback decoder turns a whole run of
+/// byte tokens into U+FFFDs when the run is not valid UTF-8, bytes before the bad one included,
+/// so text given out in the middle of a run ("\n" before a broken character) could stop being a
+/// prefix of the decode, and nothing after it would ever be given. A run ends at a non-byte
+/// token, and text before that never changes. The pieces concatenate to `decode(all tokens)`
+/// (`finish` hands out whatever is left).
 pub struct TextStream<'a> {
     tok: &'a TextTokenizer,
     ids: Vec<u32>,
@@ -103,6 +120,9 @@ impl<'a> TextStream<'a> {
     /// Add a token; the new text it completes (often empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
+        if self.tok.is_byte_token(id) {
+            return Ok(String::new());
+        }
         let text = self.tok.decode(&self.ids)?;
         let ready = text.trim_end_matches('\u{FFFD}');
         Ok(self.extend_to(ready))
@@ -227,6 +247,90 @@ mod tests {
                 .collect();
             assert_eq!(stream_all(&ids).1, tok.decode(&ids).unwrap(), "{ids:?}");
         }
+    }
+
+    /// A LLaMA-style tokenizer.json (SentencePiece BPE with byte fallback and LLaMA's decoder
+    /// chain: Replace, ByteFallback, Fuse, Strip) over `pieces` after the 3 special and 256 byte
+    /// tokens. The fixtures' tokenizer is GPT-2's byte-level kind, which has no byte tokens.
+    fn llama_style_tokenizer(dir: &Path, pieces: &[&str]) -> TextTokenizer {
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+            vocab.insert(t.to_string(), i.into());
+        }
+        for b in 0..256 {
+            vocab.insert(format!("<0x{b:02X}>"), (3 + b).into());
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            vocab.insert(p.to_string(), (259 + i).into());
+        }
+        let special = |id: u32, c: &str| {
+            serde_json::json!({"id": id, "content": c, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "\u{2581}"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
+            "pre_tokenizer": null, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                "byte_fallback": true, "vocab": vocab, "merges": []}
+        });
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        TextTokenizer::from_file(&path).unwrap()
+    }
+
+    #[test]
+    fn a_broken_byte_run_does_not_stop_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = llama_style_tokenizer(dir.path(), &["\u{2581}Sure", "!", "\u{2581}Enjoy", "."]);
+        let id = |t: &str| tok.token_id(t).unwrap();
+        assert!(tok.is_byte_token(id("<0x0A>")) && !tok.is_byte_token(id("!")));
+        let stream = |ids: &[u32]| -> Vec<String> {
+            let mut st = TextStream::new(&tok);
+            let mut pieces: Vec<String> = ids.iter().map(|&i| st.push(i).unwrap()).collect();
+            pieces.push(st.finish().unwrap());
+            pieces
+        };
+        // "\n" then two bytes of a three-byte character that never comes: the decoder turns the
+        // whole run, "\n" included, into U+FFFDs. Before the fix "Sure!\n" was given out, the
+        // decode no longer started with it, and every later piece was empty.
+        let broken = [
+            id("\u{2581}Sure"),
+            id("!"),
+            id("<0x0A>"),
+            id("<0xE2>"),
+            id("<0x98>"),
+            id("\u{2581}Enjoy"),
+            id("."),
+        ];
+        let pieces = stream(&broken);
+        let decoded = tok.decode(&broken).unwrap();
+        assert!(decoded.ends_with(" Enjoy."), "{decoded:?}");
+        assert_eq!(pieces.concat(), decoded, "{pieces:?}");
+        assert_eq!(pieces[5], "\u{FFFD}\u{FFFD}\u{FFFD} Enjoy", "{pieces:?}");
+        // The complete character: "\n☕" arrives with the token after the run.
+        let whole = [
+            id("\u{2581}Sure"),
+            id("<0x0A>"),
+            id("<0xE2>"),
+            id("<0x98>"),
+            id("<0x95>"),
+            id("\u{2581}Enjoy"),
+        ];
+        let pieces = stream(&whole);
+        assert_eq!(pieces.concat(), "Sure\n\u{2615} Enjoy", "{pieces:?}");
+        assert_eq!(pieces[5], "\n\u{2615} Enjoy", "{pieces:?}");
+        // A run at the very end comes out with finish.
+        let tail = [id("\u{2581}Sure"), id("<0x0A>")];
+        assert_eq!(stream(&tail), vec!["Sure", "", "\n"]);
     }
 
     #[test]
