@@ -305,6 +305,38 @@ fn cli_decode_stops_at_the_checkpoints_eos() {
     let ignored = run(args(tmp.path().to_str().unwrap(), true));
     assert_eq!(ignored["stop"], "max_new_tokens");
     assert_eq!(ignored["tokens"], free["tokens"]);
+    // Every entry of a list counts, and generation_config.json's (what transformers' generate
+    // reads) counts beside config.json's: LLaMA files of March 2023 name another token there.
+    let unused = (0..free["tokens"].as_array().unwrap().len() as u64 + 300)
+        .find(|i| !ids.contains(i) && *i > 2)
+        .unwrap();
+    for (config_eos, generation_eos) in [
+        (serde_json::json!([unused, ids[at]]), None),
+        (
+            serde_json::json!(unused),
+            Some(serde_json::json!({ "eos_token_id": ids[at] })),
+        ),
+        (
+            serde_json::Value::Null,
+            Some(serde_json::json!({ "eos_token_id": [unused, ids[at]] })),
+        ),
+    ] {
+        cfg["eos_token_id"] = config_eos.clone();
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let generation = tmp.path().join("generation_config.json");
+        match &generation_eos {
+            Some(g) => std::fs::write(&generation, g.to_string()).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&generation);
+            }
+        }
+        let stopped = run(args(tmp.path().to_str().unwrap(), false));
+        assert_eq!(
+            ids_of(&stopped),
+            ids[..=at].to_vec(),
+            "config {config_eos}, generation_config {generation_eos:?}"
+        );
+    }
 }
 
 #[test]

@@ -119,7 +119,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         bail!("the prompt has no tokens: give at least one (--prompt TEXT or --prompt-ids 1,2,3)");
     }
     check_context(prompt.len(), a.max_new_tokens, &ckpt.config)?;
-    let eos = stop_token(&a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
+    let eos = stop_tokens(&a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
     let weights = LlamaWeights::from_checkpoint(&ckpt)?;
     let mut engine = CpuEngine::new(weights, ckpt.config.clone())?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -149,7 +149,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         let (t, margin) = sampler.sample_with_margin(&logits, prompt.len() - 1 + i)?;
         margins.extend(margin);
         if let Some(st) = stream.as_mut() {
-            if Some(t) != eos {
+            if !eos.contains(&t) {
                 print_piece(&st.push(t)?);
             }
         }
@@ -157,7 +157,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
             step_logits.push(logits.clone());
         }
         tokens.push(t);
-        if Some(t) == eos {
+        if eos.contains(&t) {
             stop = "eos";
             break;
         }
@@ -258,20 +258,31 @@ pub(super) fn check_context(
     }
 }
 
-/// The token that ends generation: none with --ignore-eos, else the checkpoint's
-/// eos_token_id, else the tokenizer's `</s>`. Shared by both backends.
-pub(super) fn stop_token(
+/// The tokens that end generation: none with --ignore-eos; else every id the checkpoint names as
+/// its end of sequence: generation_config.json's eos_token_id (what transformers' `generate`
+/// stops at), config.json's (each a number or a list, every entry counted) and the tokenizer's
+/// `</s>`. All of them, because they disagree in real files: LLaMA conversions of March 2023 say
+/// eos_token_id 1 in both JSON files while their tokenizer's `</s>`, which the model emits, is 2.
+/// Shared by both backends.
+pub(super) fn stop_tokens(
     a: &DecodeArgs,
     dir: &Path,
     vocab: usize,
     tokenizer: Option<&TextTokenizer>,
-) -> anyhow::Result<Option<u32>> {
+) -> anyhow::Result<Vec<u32>> {
     if a.ignore_eos {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    Ok(eos_id(dir, vocab)?.or_else(|| tokenizer.and_then(|t| t.token_id("</s>"))))
+    let mut ids = eos_ids(&dir.join("config.json"), vocab)?;
+    let generation = dir.join("generation_config.json");
+    if gptq_lab::util::optional_file(&generation)? {
+        ids.extend(eos_ids(&generation, vocab)?);
+    }
+    ids.extend(tokenizer.and_then(|t| t.token_id("</s>")));
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
-
 /// Text printed as it is generated (stdout) when there is a tokenizer, unless --json asks for
 /// one document. Shared by both backends.
 pub(super) fn text_stream<'a>(
@@ -322,24 +333,26 @@ fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// `eos_token_id` from config.json (a number, or a list whose first entry is taken); None when
-/// the field is absent or null. Any other value (negative, past the vocabulary, not a number) is
-/// an error naming the file: generation would otherwise never stop where the model says.
-fn eos_id(dir: &Path, vocab: usize) -> anyhow::Result<Option<u32>> {
-    let path = dir.join("config.json");
-    let v: serde_json::Value = gptq_lab::util::read_json(&path)?;
-    let e = match &v["eos_token_id"] {
-        serde_json::Value::Array(a) => a.first().cloned().unwrap_or(serde_json::Value::Null),
-        e => e.clone(),
+/// `eos_token_id` of a JSON file (config.json, generation_config.json): a number or a list of
+/// them; none when the field is absent or null. Any other value (negative, past the vocabulary,
+/// not a number) is an error naming the file: generation would otherwise never stop where the
+/// model says.
+fn eos_ids(path: &Path, vocab: usize) -> anyhow::Result<Vec<u32>> {
+    let v: serde_json::Value = gptq_lab::util::read_json(path)?;
+    let field = &v["eos_token_id"];
+    let values = match field {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Array(a) => a.iter().collect(),
+        e => vec![e],
     };
-    if e.is_null() {
-        return Ok(None);
-    }
-    match e.as_u64().filter(|&id| id < vocab as u64) {
-        Some(id) => Ok(Some(id as u32)),
-        None => bail!(
-            "{}: eos_token_id {e}; expected a token id below vocab_size {vocab}",
-            path.display()
-        ),
-    }
+    values
+        .into_iter()
+        .map(|e| match e.as_u64().filter(|&id| id < vocab as u64) {
+            Some(id) => Ok(id as u32),
+            None => bail!(
+                "{}: eos_token_id {field}; expected a token id below vocab_size {vocab} (or a list of them)",
+                path.display()
+            ),
+        })
+        .collect()
 }

@@ -749,7 +749,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     };
     let load_s = t0.elapsed().as_secs_f64();
     let tokenizer = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
-    let eos = super::stop_token(a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
+    let eos = super::stop_tokens(a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
     let mut stream = super::text_stream(a, tokenizer.as_ref());
     let t1 = Instant::now();
     // Greedy or top-p, chosen on the GPU inside the step (EngineOptions::sampling); each step
@@ -787,7 +787,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             }
         }
         tokens.push(t);
-        if Some(t) == eos {
+        if eos.contains(&t) {
             stop = "eos";
             break;
         }
