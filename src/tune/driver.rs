@@ -12,9 +12,11 @@ use crate::{LabError, Result};
 use std::path::Path;
 
 /// Times one candidate on one key. The GPU implementation runs the timing harness (cold weights,
-/// warm-up, many runs) and the correctness check; anything unusable comes back as `Rejected`.
+/// warm-up, many runs) and the correctness check; a candidate that cannot be used comes back as
+/// `Ok(Rejected)`. `Err` means nothing more can be measured (the GPU's context is lost after a
+/// fault: every later candidate would fail too and be recorded as rejected): the tune stops.
 pub trait Measurer {
-    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> CandidateStatus;
+    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> Result<CandidateStatus>;
 }
 
 /// Most candidates timed per key: 7 buckets x 26 shapes x 2 act-order = 364 keys for Vicuna 7B+13B,
@@ -37,7 +39,7 @@ pub fn candidates_for(
     sms: u32,
     quick: bool,
 ) -> Result<(Choice, Vec<Choice>)> {
-    let default = heuristic(key, sm, sms)?;
+    let default = normalized(heuristic(key, sm, sms)?);
     let mut grids: Vec<Vec<Choice>> = Vec::new();
     for v in dispatch::VARIANTS
         .iter()
@@ -53,7 +55,8 @@ pub fn candidates_for(
                         .flat_map(|c| t.values.iter().map(move |&x| c.clone().with(t.name, x)))
                         .collect();
                 }
-                grid.extend(full);
+                // The all-defaults point is the plain choice again: one launch, timed once.
+                grid.extend(full.into_iter().map(normalized));
             } else if v.name == "gemv_v5_splitk" {
                 grid = SPLITK_TRY
                     .iter()
@@ -86,13 +89,50 @@ fn take_turns(default: &Choice, grids: &[Vec<Choice>], cap: usize) -> Vec<Choice
     out
 }
 
-/// Keys of `all` that `existing` has no entry for, in `all`'s order. `existing` must already be
-/// known to match this GPU and kernel hash (`resume_or_new`), so its entries are reusable.
-pub fn pending_keys(all: &[ProblemKey], existing: &TunedConfig) -> Vec<ProblemKey> {
-    all.iter()
-        .filter(|k| existing.entry(k).is_none())
-        .copied()
-        .collect()
+/// `c` with every parameter that equals its variant's default left out: a parameter left out
+/// takes the default (`launch::tunable`), so the two spell one launch and compare equal.
+pub fn normalized(mut c: Choice) -> Choice {
+    if let Some(r) = registry::by_name(&c.variant) {
+        c.params.retain(|name, value| {
+            r.tunables
+                .iter()
+                .find(|t| t.name == name.as_str())
+                .is_none_or(|t| t.default != *value)
+        });
+    }
+    c
+}
+
+/// Keys of `all` that `existing` cannot answer, in `all`'s order: no entry, or an entry whose
+/// measured candidates do not include every one `candidates_for` lists now (a key tuned
+/// `--quick`, asked for in full; a variant or grid point added since). `existing` must already
+/// be known to match this GPU and kernel hash (`resume_or_new`), so its timings are reusable.
+pub fn pending_keys(
+    all: &[ProblemKey],
+    existing: &TunedConfig,
+    candidates_for: impl Fn(&ProblemKey) -> Result<(Choice, Vec<Choice>)>,
+) -> Result<Vec<ProblemKey>> {
+    let mut out = Vec::new();
+    for k in all {
+        let covered = match existing.entry(k) {
+            None => false,
+            Some(e) => {
+                let measured: Vec<Choice> = e
+                    .candidates
+                    .iter()
+                    .map(|c| normalized(c.choice.clone()))
+                    .collect();
+                candidates_for(k)?
+                    .1
+                    .into_iter()
+                    .all(|c| measured.contains(&normalized(c)))
+            }
+        };
+        if !covered {
+            out.push(*k);
+        }
+    }
+    Ok(out)
 }
 
 /// The config to continue: the file at `path` if it was measured on this GPU with these kernels;
@@ -136,7 +176,9 @@ pub fn resume_or_new(
 
 /// Tune every key of `keys` that `config` does not have yet. After each key: the entry is added,
 /// `save` is called (so an interrupted run loses at most one key), then `on_progress(done, total,
-/// entry)`. Returns how many keys were measured.
+/// entry)`. Returns how many keys were measured. A key whose every candidate was rejected (the
+/// default kernel among them: a kernel bug, not a tuning result) is not recorded, so a rerun
+/// measures it again; the tune goes on with the other keys and fails at the end naming each.
 pub fn tune<M: Measurer + ?Sized>(
     config: &mut TunedConfig,
     keys: &[ProblemKey],
@@ -145,16 +187,25 @@ pub fn tune<M: Measurer + ?Sized>(
     mut on_progress: impl FnMut(usize, usize, &TunedEntry),
     mut save: impl FnMut(&TunedConfig) -> Result<()>,
 ) -> Result<usize> {
-    let todo = pending_keys(keys, config);
+    let todo = pending_keys(keys, config, &candidates_for)?;
+    let mut failed = Vec::new();
     for (i, key) in todo.iter().enumerate() {
         let (default, choices) = candidates_for(key)?;
         let candidates: Vec<CandidateResult> = choices
             .into_iter()
-            .map(|choice| CandidateResult {
-                status: measurer.measure(key, &choice),
-                choice,
+            .map(|choice| {
+                Ok(CandidateResult {
+                    status: measurer.measure(key, &choice).map_err(|e| {
+                        LabError::invalid(format!("tuning {key}, {choice}"), e.to_string())
+                    })?,
+                    choice,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
+        if let Some(why) = all_rejected(&candidates) {
+            failed.push(format!("{key}: {why}"));
+            continue;
+        }
         let s = select(&default, &candidates);
         let entry = TunedEntry {
             key: *key,
@@ -167,7 +218,37 @@ pub fn tune<M: Measurer + ?Sized>(
         save(config)?;
         on_progress(i + 1, todo.len(), &entry);
     }
+    if !failed.is_empty() {
+        return Err(LabError::invalid(
+            "tune",
+            format!(
+                "{} of {} keys had every candidate rejected (not recorded; a rerun measures them \
+                 again): {}",
+                failed.len(),
+                todo.len(),
+                failed.join("; ")
+            ),
+        ));
+    }
     Ok(todo.len())
+}
+
+/// The first rejection's reason when no candidate was timed.
+fn all_rejected(candidates: &[CandidateResult]) -> Option<String> {
+    if candidates
+        .iter()
+        .any(|c| matches!(c.status, CandidateStatus::Ok { .. }))
+    {
+        return None;
+    }
+    Some(match candidates.first().map(|c| &c.status) {
+        Some(CandidateStatus::Rejected { reason }) => format!(
+            "all {} rejected, {} first: {reason}",
+            candidates.len(),
+            candidates[0].choice
+        ),
+        _ => format!("all {} rejected", candidates.len()),
+    })
 }
 
 #[cfg(test)]

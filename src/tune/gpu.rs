@@ -147,12 +147,23 @@ impl<'a> GpuMeasurer<'a> {
 }
 
 impl Measurer for GpuMeasurer<'_> {
-    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> CandidateStatus {
+    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> Result<CandidateStatus> {
         match self.try_measure(key, choice) {
-            Ok(s) => s,
-            Err(e) => CandidateStatus::Rejected {
-                reason: e.to_string(),
-            },
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // A refused launch (bad parameters, an unknown kernel) leaves the context
+                // usable; a fault in the kernel (illegal address, a trap) does not, and every
+                // later call fails with it. Synchronizing tells the two apart.
+                if let Err(lost) = self.gpu.ctx.synchronize() {
+                    return Err(LabError::invalid(
+                        "GPU",
+                        format!("{e}; the CUDA context is lost ({lost:?}): the tune cannot go on"),
+                    ));
+                }
+                Ok(CandidateStatus::Rejected {
+                    reason: e.to_string(),
+                })
+            }
         }
     }
 }
@@ -394,7 +405,7 @@ mod gpu_tests {
             batch_bucket: 1,
         };
         let mut meas = GpuMeasurer::new(&gpu, true);
-        match meas.measure(&key, &Choice::new("gemv_v2_vec")) {
+        match meas.measure(&key, &Choice::new("gemv_v2_vec")).unwrap() {
             CandidateStatus::Ok {
                 median_us,
                 iqm_us,
@@ -411,14 +422,17 @@ mod gpu_tests {
             other => panic!("gemv_v2_vec on {key}: {other:?}"),
         }
         let uncompiled = Choice::new("gemv_v2_vec").with("threads", 384);
-        match meas.measure(&key, &uncompiled) {
+        match meas.measure(&key, &uncompiled).unwrap() {
             CandidateStatus::Rejected { reason } => assert!(
                 reason.contains("threads") && reason.contains("384"),
                 "{reason}"
             ),
             other => panic!("{uncompiled}: expected Rejected, got {other:?}"),
         }
-        match meas.measure(&key, &Choice::new("gemv_v99_unregistered")) {
+        match meas
+            .measure(&key, &Choice::new("gemv_v99_unregistered"))
+            .unwrap()
+        {
             CandidateStatus::Rejected { reason } => assert!(
                 reason.contains("gemv_v99_unregistered") && reason.contains("registry"),
                 "{reason}"

@@ -326,6 +326,30 @@ fn a_clear_win_replaces_the_default() {
 }
 
 #[test]
+fn a_noisy_fastest_candidate_does_not_hide_a_clear_winner() {
+    // A is fastest but its 30% spread swallows its 20% gain; B's 15% gain is clear of every
+    // spread. Judging only the fastest kept the default, and adding A to a tune that B won
+    // flipped the result.
+    let (d, a, b) = (Choice::new("d"), Choice::new("a"), Choice::new("b"));
+    let s = select(
+        &d,
+        &[
+            cand(&d, ok(10.0, 0.01)),
+            cand(&a, ok(8.0, 0.30)),
+            cand(&b, ok(8.5, 0.01)),
+        ],
+    );
+    assert_eq!(s.winner, b, "{}", s.note);
+    assert!(
+        s.note.contains("15.0% faster") && s.note.contains("fastest a (20.0%) within its noise"),
+        "{}",
+        s.note
+    );
+    let without_a = select(&d, &[cand(&d, ok(10.0, 0.01)), cand(&b, ok(8.5, 0.01))]);
+    assert_eq!(without_a.winner, b);
+}
+
+#[test]
 fn rejected_candidates_never_win() {
     let d = Choice::new("a");
     let b = Choice::new("b");
@@ -619,9 +643,9 @@ fn fake_status(
 }
 
 impl Measurer for FakeMeasurer {
-    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> CandidateStatus {
+    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> crate::Result<CandidateStatus> {
         self.log.push((*key, choice.clone()));
-        fake_status(&self.times, key, choice)
+        Ok(fake_status(&self.times, key, choice))
     }
 }
 
@@ -663,7 +687,10 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
 
     // Rerun: only the 6 missing keys are measured.
     let (mut cfg, _) = resume_or_new(&path, &dev, "rev", "kh1").unwrap();
-    assert_eq!(pending_keys(&keys, &cfg), keys[4..].to_vec());
+    assert_eq!(
+        pending_keys(&keys, &cfg, cands).unwrap(),
+        keys[4..].to_vec()
+    );
     let mut m2 = FakeMeasurer::new(times.clone());
     let mut progress = Vec::new();
     let n = tune(
@@ -695,7 +722,7 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
     assert_eq!(first.len(), expected_first);
     assert!(first.iter().all(|k| keys[..5].contains(k)));
     let done = TunedConfig::load(&path).unwrap();
-    assert!(pending_keys(&keys, &done).is_empty());
+    assert!(pending_keys(&keys, &done, cands).unwrap().is_empty());
     assert_eq!(done.entries.len(), keys.len());
     for e in &done.entries {
         let (def, all) = cands(&e.key).unwrap();
@@ -733,14 +760,10 @@ fn tune_measures_selects_saves_after_every_key_and_resumes() {
     assert_eq!(keys[1].batch_bucket, 2);
     assert_eq!(winner(1), Choice::new("gemm_v2_mma").with("split_k", 32));
     // keys[7] = act-order m=1: the default gemv_v4_perm is rejected (not in the fake), so the
-    // fastest usable wins: split_k=8 of gemv_v5_splitk, threads=128 before threads=256 on a tie.
+    // fastest usable wins: split_k=8 of gemv_v5_splitk, threads=256 (its default, so left out
+    // of the choice) before threads=128 on a tie, the shorter spelling sorting first.
     assert!(keys[7].act_order && keys[7].batch_bucket == 1);
-    assert_eq!(
-        winner(7),
-        Choice::new("gemv_v5_splitk")
-            .with("split_k", 8)
-            .with("threads", 128)
-    );
+    assert_eq!(winner(7), Choice::new("gemv_v5_splitk").with("split_k", 8));
     // A third run measures nothing.
     let mut m3 = FakeMeasurer::new(BTreeMap::new());
     assert_eq!(
@@ -780,12 +803,37 @@ fn candidates_include_the_default_first_and_only_serving_variants() {
             for c in &all {
                 assert!(serves(&c.variant, &k, sm), "{k}: {c}");
             }
-            let mut dedup = all.clone();
+            // One launch is timed once: spelled with a parameter at its default or without it,
+            // a choice is the same launch (driver::normalized).
+            let mut dedup: Vec<Choice> = all.iter().cloned().map(driver::normalized).collect();
             dedup.sort();
             dedup.dedup();
             assert_eq!(dedup.len(), all.len(), "{k}: duplicate candidates");
         }
     }
+}
+
+#[test]
+fn a_key_tuned_quick_is_pending_for_a_full_tune_and_done_for_a_quick_one() {
+    let keys: Vec<ProblemKey> = vicuna_default_keys().into_iter().take(3).collect();
+    let quick = |k: &ProblemKey| candidates_for(k, 90, 132, true);
+    let full = |k: &ProblemKey| candidates_for(k, 90, 132, false);
+    let every = || BTreeMap::from_iter(VARIANTS.iter().map(|v| (v.name, 20.0)));
+    let mut cfg = TunedConfig::new(h100(), "rev", "kh1");
+    let mut m = FakeMeasurer::new(every());
+    tune(&mut cfg, &keys, quick, &mut m, |_, _, _| {}, |_| Ok(())).unwrap();
+    assert!(pending_keys(&keys, &cfg, quick).unwrap().is_empty());
+    // A full tune has grid points the quick one never timed: every key is measured again (the
+    // full run used to find every key "done" and measure nothing).
+    assert_eq!(pending_keys(&keys, &cfg, full).unwrap(), keys);
+    let mut m = FakeMeasurer::new(every());
+    assert_eq!(
+        tune(&mut cfg, &keys, full, &mut m, |_, _, _| {}, |_| Ok(())).unwrap(),
+        keys.len()
+    );
+    // Full covers quick.
+    assert!(pending_keys(&keys, &cfg, full).unwrap().is_empty());
+    assert!(pending_keys(&keys, &cfg, quick).unwrap().is_empty());
 }
 
 fn gptq_lab_registry_variant(name: &str) -> Option<&'static crate::kernels::registry::Variant> {
@@ -1034,4 +1082,75 @@ fn the_default_step_options_are_the_engines_and_an_old_entry_reads_as_them() {
     v.as_object_mut().unwrap().remove("step").unwrap();
     let back: DecodeBudget = serde_json::from_value(v).unwrap();
     assert_eq!(back.step, literal);
+}
+
+/// Measures like the fake until its `fault_at`-th call, then reports the context lost.
+struct FaultingMeasurer {
+    inner: FakeMeasurer,
+    fault_at: usize,
+}
+
+impl Measurer for FaultingMeasurer {
+    fn measure(&mut self, key: &ProblemKey, choice: &Choice) -> crate::Result<CandidateStatus> {
+        if self.inner.log.len() == self.fault_at {
+            return Err(crate::LabError::invalid(
+                "GPU",
+                "illegal address: context lost",
+            ));
+        }
+        self.inner.measure(key, choice)
+    }
+}
+
+#[test]
+fn a_lost_gpu_stops_the_tune_and_an_all_rejected_key_is_not_recorded() {
+    let keys: Vec<ProblemKey> = vicuna_default_keys().into_iter().take(3).collect();
+    let quick = |k: &ProblemKey| candidates_for(k, 90, 132, true);
+    let every = || BTreeMap::from_iter(VARIANTS.iter().map(|v| (v.name, 20.0)));
+    // A fault on the 2nd key's first candidate: the 1st key is kept, nothing after is recorded
+    // (it used to be saved as "all rejected" for every remaining key, with exit 0).
+    let first = quick(&keys[0]).unwrap().1.len();
+    let mut cfg = TunedConfig::new(h100(), "rev", "kh1");
+    let mut m = FaultingMeasurer {
+        inner: FakeMeasurer::new(every()),
+        fault_at: first,
+    };
+    let e = tune(&mut cfg, &keys, quick, &mut m, |_, _, _| {}, |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("context lost") && e.contains(&keys[1].to_string()),
+        "{e}"
+    );
+    assert_eq!(cfg.entries.len(), 1);
+    assert_eq!(
+        pending_keys(&keys, &cfg, quick).unwrap(),
+        keys[1..].to_vec()
+    );
+    // Every candidate rejected (the fake knows no kernel): not recorded, the others are, and the
+    // tune fails naming the key and the first reason.
+    let only_gemm = || {
+        BTreeMap::from_iter(
+            VARIANTS
+                .iter()
+                .filter(|v| v.name.starts_with("gemm"))
+                .map(|v| (v.name, 20.0)),
+        )
+    };
+    let mut cfg = TunedConfig::new(h100(), "rev", "kh1");
+    let mut m = FakeMeasurer::new(only_gemm());
+    let e = tune(&mut cfg, &keys, quick, &mut m, |_, _, _| {}, |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        keys[0].batch_bucket == 1 && keys[1].batch_bucket > 1,
+        "{keys:?}"
+    );
+    assert!(
+        e.contains("1 of 3 keys")
+            && e.contains(&keys[0].to_string())
+            && e.contains("fake: not built"),
+        "{e}"
+    );
+    assert_eq!(pending_keys(&keys, &cfg, quick).unwrap(), vec![keys[0]]);
 }

@@ -68,7 +68,9 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     if let Some(n) = note {
         eprintln!("note: {n}");
     }
-    let pending = tune::pending_keys(&keys, &cfg).len();
+    let (sm, sms) = (gpu.sm(), gpu.info.sms.max(1) as u32);
+    let candidates = |k: &tune::ProblemKey| tune::candidates_for(k, sm, sms, a.quick);
+    let pending = tune::pending_keys(&keys, &cfg, candidates)?.len();
     eprintln!(
         "tuning {} on {}: {pending} of {} keys pending",
         path.display(),
@@ -76,7 +78,6 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
         keys.len()
     );
     let mut measurer = gpu_measurer(&gpu, a.quick)?;
-    let (sm, sms) = (gpu.sm(), gpu.info.sms.max(1) as u32);
     let bar = indicatif::ProgressBar::new(pending as u64).with_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} keys, {elapsed} (eta {eta}) {msg}",
@@ -86,7 +87,7 @@ pub fn run(a: TuneArgs) -> anyhow::Result<()> {
     tune::tune(
         &mut cfg,
         &keys,
-        |k| tune::candidates_for(k, sm, sms, a.quick),
+        candidates,
         measurer.as_mut(),
         |done, _total, e| {
             bar.set_position(done as u64);
