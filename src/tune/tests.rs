@@ -1154,3 +1154,22 @@ fn a_lost_gpu_stops_the_tune_and_an_all_rejected_key_is_not_recorded() {
     );
     assert_eq!(pending_keys(&keys, &cfg, quick).unwrap(), vec![keys[0]]);
 }
+
+#[test]
+fn the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for() {
+    // lab run's quick tune on the H100 must find every default key done in the committed file
+    // (same kernels, same candidates): a candidate list that drifted from what the file timed
+    // would re-tune every key on the next run, and a full tune must find them all pending.
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/nvidia-h100-80gb-hbm3.json");
+    let cfg = TunedConfig::load(&path).unwrap();
+    let keys = vicuna_default_keys();
+    let (sm, sms) = (
+        (cfg.device.cc_major * 10 + cfg.device.cc_minor) as u32,
+        cfg.device.sms as u32,
+    );
+    let quick = |k: &ProblemKey| candidates_for(k, sm, sms, true);
+    let full = |k: &ProblemKey| candidates_for(k, sm, sms, false);
+    assert_eq!(pending_keys(&keys, &cfg, quick).unwrap(), Vec::new());
+    assert_eq!(pending_keys(&keys, &cfg, full).unwrap().len(), keys.len());
+}
