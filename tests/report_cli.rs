@@ -497,3 +497,24 @@ fn a_directory_under_a_reports_name_or_an_unreadable_record_fails_the_command() 
     let index = read(&dir.join("README.md"));
     assert!(index.contains("decode-check.json") && index.contains("**unreadable**"));
 }
+
+#[test]
+fn a_tuned_config_under_its_own_name_is_noted_not_taken_for_a_gpu() {
+    // `lab tune --file tuning/h100-full.json` keeps the H100's device in a file of another name:
+    // lab report used to take the name for a GPU, fail on it and make reports/h100-full/.
+    let (tmp, _dir) = committed_copy();
+    let tuning = tmp.path().join("tuning");
+    std::fs::copy(
+        tuning.join(format!("{SLUG}.json")),
+        tuning.join("h100-full.json"),
+    )
+    .unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("h100-full.json") && out.contains("another name than its GPU's"),
+        "{out}"
+    );
+    assert!(!tmp.path().join("reports/h100-full").exists());
+}

@@ -68,6 +68,14 @@ fn tune_show_reads_the_tuned_configs_under_root() {
         empty.path().join("tuning").display()
     );
     assert!(o.status.success() && out.contains(&want), "{out}");
+    // A root that does not exist is a mistake, not an empty list.
+    let gone = empty.path().join("typo");
+    let o = lab(&["tune", "--show", "--root", gone.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--root") && stderr(&o).contains("typo"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

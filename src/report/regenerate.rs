@@ -30,6 +30,9 @@ pub struct SlugOutcome {
 }
 
 /// GPU slugs with anything recorded under `root`: folders of reports/ and files tuning/<slug>.json.
+/// A tuning/*.json whose device is another slug than its name (`lab tune --file
+/// tuning/h100-full.json`) is a user's own config, not a GPU's: it is left out, and
+/// `other_tuning_files` names it.
 pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
     let mut slugs = Vec::new();
     for (dir, want_dir) in [(root.join("reports"), true), (root.join("tuning"), false)] {
@@ -43,9 +46,11 @@ pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
             let name = if want_dir {
                 p.is_dir().then(|| p.file_name()).flatten()
             } else {
-                (p.is_file() && p.extension().is_some_and(|x| x == "json"))
-                    .then(|| p.file_stem())
-                    .flatten()
+                (p.is_file()
+                    && p.extension().is_some_and(|x| x == "json")
+                    && !tuned_for_another_slug(&p))
+                .then(|| p.file_stem())
+                .flatten()
             };
             if let Some(n) = name.and_then(|n| n.to_str()) {
                 slugs.push(n.to_string());
@@ -55,6 +60,31 @@ pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
     slugs.sort();
     slugs.dedup();
     Ok(slugs)
+}
+
+/// tuning/*.json files whose device slug is not their name (see `recorded_slugs`).
+pub fn other_tuning_files(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root.join("tuning"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json") && tuned_for_another_slug(p))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether `path` is a readable tuned config whose device slug differs from its file name. An
+/// unreadable one is not: it stays a slug of its own, so its report names the error.
+fn tuned_for_another_slug(path: &Path) -> bool {
+    let slug = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["device"]["slug"].as_str().map(str::to_string));
+    match (slug, path.file_stem().and_then(|s| s.to_str())) {
+        (Some(slug), Some(stem)) => slug != stem,
+        _ => false,
+    }
 }
 
 /// A record that says it was measured on another GPU than its folder's is refused by name.

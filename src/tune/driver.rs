@@ -136,9 +136,10 @@ pub fn pending_keys(
 }
 
 /// The config to continue: the file at `path` if it was measured on this GPU with these kernels;
-/// a fresh one if there is no file, or if it was measured on other hardware under this GPU's name
-/// or the kernel hash changed (its timings are stale: the string says so). A file from another
-/// GPU is an error, so it is never overwritten by mistake.
+/// a fresh one if there is no file or the kernel hash changed (its timings are stale: the string
+/// says so). A file from another GPU is an error, so it is never overwritten by mistake: one of
+/// another name, and one of other hardware under this GPU's name (an RTX 3060 of 12 and one of
+/// 8 GB, a MIG slice), whose tuning is valid for that card.
 pub fn resume_or_new(
     path: &Path,
     device: &DeviceInfo,
@@ -154,13 +155,20 @@ pub fn resume_or_new(
         old.check_matches(device, kernel_hash)
             .map_err(|e| LabError::invalid(path.display().to_string(), e.to_string()))?;
     }
-    let stale = super::schema::other_hardware(&old.device, device).or_else(|| {
-        (old.kernel_hash != kernel_hash).then(|| {
+    if let Some(why) = super::schema::other_hardware(&old.device, device) {
+        return Err(LabError::invalid(
+            path.display().to_string(),
             format!(
-                "kernel hash {} differs from this binary's {}",
-                old.kernel_hash, kernel_hash
-            )
-        })
+                "tuned on other hardware under this GPU's name ({why}); it stays valid for that \
+                 card: tune into another file with --file, or remove this one to replace it"
+            ),
+        ));
+    }
+    let stale = (old.kernel_hash != kernel_hash).then(|| {
+        format!(
+            "kernel hash {} differs from this binary's {}",
+            old.kernel_hash, kernel_hash
+        )
     });
     match stale {
         Some(why) => Ok((

@@ -783,12 +783,17 @@ fn resume_starts_over_on_a_new_kernel_hash_and_refuses_another_gpu() {
     assert!(note.unwrap().contains("kh1"));
     let e = resume_or_new(&path, &device("NVIDIA A10", (8, 6), 72), "rev", "kh1").unwrap_err();
     assert!(e.to_string().contains("NVIDIA A10"), "{e}");
-    // Same name, other silicon (a MIG slice): its timings are not resumed.
+    // Same name, other silicon (a MIG slice): its timings are not resumed, and the file, valid
+    // for the other card, is not replaced either (it used to be, at the first key).
     let mut mig = h100();
     mig.sms = 16;
-    let (c, note) = resume_or_new(&path, &mig, "rev", "kh1").unwrap();
-    assert!(c.entries.is_empty() && c.device.sms == 16);
-    assert!(note.unwrap().contains("16 SMs"));
+    let e = resume_or_new(&path, &mig, "rev", "kh1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("16 SMs") && e.contains("--file") && e.contains("h100.json"),
+        "{e}"
+    );
     let (c, note) = resume_or_new(&path, &h100(), "rev", "kh1").unwrap();
     assert!(!c.entries.is_empty() && note.is_none());
 }

@@ -2,7 +2,7 @@
 //! and each GPU folder's index (README.md, stale reports marked), from the recorded JSON under
 //! DIR/reports/<gpu>/ and DIR/tuning/<gpu>.json. No GPU needed; the JSON is only read.
 
-use gptq_lab::report::regenerate::{recorded_slugs, regenerate_slug};
+use gptq_lab::report::regenerate::{other_tuning_files, recorded_slugs, regenerate_slug};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -24,6 +24,13 @@ pub fn run(a: ReportArgs) -> anyhow::Result<()> {
         );
     }
     let recorded = recorded_slugs(&a.root)?;
+    for f in other_tuning_files(&a.root) {
+        eprintln!(
+            "note: {} is a tuned config of another name than its GPU's (lab tune --file): \
+             reports are made from tuning/<gpu>.json only (`lab tune --show --file` prints it)",
+            f.display()
+        );
+    }
     let slugs = match &a.gpu_slug {
         Some(s) if recorded.contains(s) => vec![s.clone()],
         Some(s) => anyhow::bail!(

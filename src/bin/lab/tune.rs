@@ -220,6 +220,13 @@ fn show(root: &Path, file: Option<&Path>) -> anyhow::Result<()> {
     if let Ok(gpu) = gptq_lab::cuda::open(0) {
         return show_file(&root.join(tune::default_path(&gpu.info.slug)));
     }
+    // A mistyped --root must not read as "no tuned configs".
+    if !root.is_dir() {
+        bail!(
+            "--root {}: no such folder (it should be the folder that holds tuning/)",
+            root.display()
+        );
+    }
     let dir = root.join("tuning");
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
         Ok(rd) => rd
