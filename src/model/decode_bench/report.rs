@@ -342,7 +342,7 @@ pub fn write_decode_views(dir: &Path, runs: &[DecodeReport]) -> Result<()> {
         spec.fp16_cublas = r.fp16_backend != Some(Fp16Backend::Lab);
         let plan = spec.plan().ok();
         let pl = |f: fn(&Plan) -> u64| plan.as_ref().map_or("-".into(), |p| g(f(p)));
-        md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested; planner = `lab plan`'s prediction for this run (context: its allowance; peak: its total).\n\n");
+        md.push_str("\nVRAM (GiB): driver = drop in cuMemGetInfo free memory per phase; engine = bytes requested; planner = `lab plan`'s prediction for this run by the planner of the revision that wrote this file, not the run's (context: its allowance; peak: its total).\n\n");
         md.push_str(&table(
             &["part", "driver", "engine", "planner"],
             &[
