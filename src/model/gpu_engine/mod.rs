@@ -629,8 +629,25 @@ impl GpuEngine {
         Ok(self.vram.report())
     }
 
+    /// The int4 kernel choice's name; under `auto`, how many of the step's int4 shapes the tuned
+    /// config answers (a checkpoint of another group size, or shapes no tune covered, runs the
+    /// heuristic everywhere while the config itself has keys).
     pub fn int4_kernel(&self) -> String {
-        self.opts.int4.name()
+        match &self.opts.int4 {
+            Int4Kernel::Auto(d) if d.tuned_len() > 0 && !self.linears.is_empty() => {
+                let n = self.linears.len();
+                match self.linears.iter().filter(|l| d.is_tuned(&l.key)).count() {
+                    0 => format!(
+                        "auto (heuristic: none of the step's {n} int4 shapes is in the tuned config)"
+                    ),
+                    t if t == n => format!("auto (tuned config: all {n} int4 shapes)"),
+                    t => format!(
+                        "auto (tuned config: {t} of {n} int4 shapes, the others by the heuristic)"
+                    ),
+                }
+            }
+            k => k.name(),
+        }
     }
 
     /// The int4 kernel choice the engine was built with.
