@@ -34,6 +34,16 @@ impl Template {
         }
     }
 
+    /// Text that ends the assistant's turn besides EOS (FastChat's stop_str): v0's turns are
+    /// separated by "###", and v0 weights go on into an invented "### Human:" turn after their
+    /// answer rather than emit EOS.
+    pub fn stop_str(&self) -> Option<&'static str> {
+        match self {
+            Template::VicunaV0 => Some("###"),
+            Template::Raw | Template::VicunaV11 => None,
+        }
+    }
+
     /// The full prompt for one user turn, ending where the assistant's answer starts.
     pub fn render(&self, user: &str) -> String {
         match self {

@@ -102,10 +102,16 @@ impl TextTokenizer {
 /// prefix of the decode, and nothing after it would ever be given. A run ends at a non-byte
 /// token, and text before that never changes. The pieces concatenate to `decode(all tokens)`
 /// (`finish` hands out whatever is left).
+///
+/// With a stop string (`with_stop`: Vicuna v0's "###", which starts the next turn), nothing from
+/// it on is ever given out: a tail that could still become it is held back, and once it appears
+/// `stopped` is true and the text ends before it.
 pub struct TextStream<'a> {
     tok: &'a TextTokenizer,
     ids: Vec<u32>,
     given: String,
+    stop: Option<String>,
+    stopped: bool,
 }
 
 impl<'a> TextStream<'a> {
@@ -114,7 +120,20 @@ impl<'a> TextStream<'a> {
             tok,
             ids: Vec::new(),
             given: String::new(),
+            stop: None,
+            stopped: false,
         }
+    }
+
+    /// The same, ending the text where `stop` first appears (None: no stop string).
+    pub fn with_stop(mut self, stop: Option<&str>) -> Self {
+        self.stop = stop.filter(|s| !s.is_empty()).map(str::to_string);
+        self
+    }
+
+    /// Whether the stop string has appeared: generation should end.
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Add a token; the new text it completes (often empty).
@@ -124,14 +143,35 @@ impl<'a> TextStream<'a> {
             return Ok(String::new());
         }
         let text = self.tok.decode(&self.ids)?;
-        let ready = text.trim_end_matches('\u{FFFD}');
-        Ok(self.extend_to(ready))
+        let ready = self.before_stop(text.trim_end_matches('\u{FFFD}'), true);
+        Ok(self.extend_to(&ready))
     }
 
-    /// Whatever the pushes have not handed out yet.
+    /// Whatever the pushes have not handed out yet (up to the stop string).
     pub fn finish(&mut self) -> Result<String> {
         let text = self.tok.decode(&self.ids)?;
+        let text = self.before_stop(&text, false);
         Ok(self.extend_to(&text))
+    }
+
+    /// `text` up to the stop string; `hold`: also without a tail that is the start of it.
+    fn before_stop(&mut self, text: &str, hold: bool) -> String {
+        let Some(stop) = self.stop.as_deref() else {
+            return text.to_string();
+        };
+        if let Some(i) = text.find(stop) {
+            self.stopped = true;
+            return text[..i].to_string();
+        }
+        let held = if hold {
+            (1..stop.len())
+                .rev()
+                .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        text[..text.len() - held].to_string()
     }
 
     /// The part of `text` past what was given, if `text` extends it; nothing otherwise (a later
@@ -331,6 +371,62 @@ mod tests {
         // A run at the very end comes out with finish.
         let tail = [id("\u{2581}Sure"), id("<0x0A>")];
         assert_eq!(stream(&tail), vec!["Sure", "", "\n"]);
+    }
+
+    #[test]
+    fn a_stop_string_ends_the_text_and_its_start_is_held_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = llama_style_tokenizer(
+            dir.path(),
+            &[
+                "\u{2581}Hi",
+                "\u{2581}there",
+                "#",
+                "##",
+                "\u{2581}Human",
+                ":",
+                "\u{2581}#",
+            ],
+        );
+        let id = |t: &str| tok.token_id(t).unwrap();
+        let run = |ids: &[u32]| {
+            let mut st = TextStream::new(&tok).with_stop(Some("###"));
+            let mut pieces = Vec::new();
+            for &i in ids {
+                pieces.push(st.push(i).unwrap());
+                if st.stopped() {
+                    break;
+                }
+            }
+            pieces.push(st.finish().unwrap());
+            (pieces, st.stopped())
+        };
+        // "Hi there\n### Human:": the "#" and "##" pieces are held until the third '#' makes
+        // the stop string; nothing from it on is given.
+        let ids = [
+            id("\u{2581}Hi"),
+            id("\u{2581}there"),
+            id("<0x0A>"),
+            id("#"),
+            id("##"),
+            id("\u{2581}Human"),
+            id(":"),
+        ];
+        let (pieces, stopped) = run(&ids);
+        assert!(stopped);
+        assert_eq!(pieces.concat(), "Hi there\n", "{pieces:?}");
+        assert_eq!(
+            pieces.len(),
+            6,
+            "stopped at the token that completed it: {pieces:?}"
+        );
+        // A '#' that does not become "###" is given out once that is clear, and at the end.
+        let (pieces, stopped) = run(&[id("\u{2581}Hi"), id("#"), id("\u{2581}there"), id("##")]);
+        assert!(!stopped);
+        assert_eq!(pieces, vec!["Hi", "", "# there", "", "##"]);
+        // Without a stop string nothing is held.
+        let mut st = TextStream::new(&tok);
+        assert_eq!(st.push(id("##")).unwrap(), "##");
     }
 
     #[test]

@@ -150,7 +150,10 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         margins.extend(margin);
         if let Some(st) = stream.as_mut() {
             if !eos.contains(&t) {
-                print_piece(&st.push(t)?);
+                let piece = st.push(t)?;
+                if !a.json {
+                    print_piece(&piece);
+                }
             }
         }
         if a.dump_logits.is_some() {
@@ -161,6 +164,10 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
             stop = "eos";
             break;
         }
+        if stream.as_ref().is_some_and(|s| s.stopped()) {
+            stop = "stop_str";
+            break;
+        }
         if i + 1 < a.max_new_tokens {
             logits = engine.forward(&[t])?;
         }
@@ -169,7 +176,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     let decode_steps = tokens.len().saturating_sub(1);
     let decode_s = t2.elapsed().as_secs_f64();
     let text = match &tokenizer {
-        Some(t) => Some(t.decode(&tokens)?),
+        Some(t) => Some(generated_text(&a, t, &tokens)?),
         None => None,
     };
     let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
@@ -283,16 +290,42 @@ pub(super) fn stop_tokens(
     ids.dedup();
     Ok(ids)
 }
-/// Text printed as it is generated (stdout) when there is a tokenizer, unless --json asks for
-/// one document. Shared by both backends.
+/// The generated text as it grows, when there is a tokenizer: printed as it comes (stdout)
+/// unless --json asks for one document, and watched for the template's stop string (`stop_str`)
+/// either way. Shared by both backends.
 pub(super) fn text_stream<'a>(
     a: &DecodeArgs,
     tokenizer: Option<&'a TextTokenizer>,
 ) -> Option<gptq_lab::model::tokenizer::TextStream<'a>> {
-    match (tokenizer, a.json) {
-        (Some(t), false) => Some(gptq_lab::model::tokenizer::TextStream::new(t)),
+    let stop = stop_str(a);
+    match tokenizer {
+        Some(t) if !a.json || stop.is_some() => {
+            Some(gptq_lab::model::tokenizer::TextStream::new(t).with_stop(stop))
+        }
         _ => None,
     }
+}
+
+/// The stop string of the template a text prompt was rendered with (Vicuna v0's "###"); none
+/// for --prompt-ids or a bad --template (refused where the prompt is rendered).
+pub(super) fn stop_str(a: &DecodeArgs) -> Option<&'static str> {
+    if a.prompt_ids.is_some() || a.prompt.is_none() {
+        return None;
+    }
+    Template::parse(&a.template).ok().and_then(|t| t.stop_str())
+}
+
+/// The decoded text of the new tokens, ending before the template's stop string.
+pub(super) fn generated_text(
+    a: &DecodeArgs,
+    tokenizer: &TextTokenizer,
+    tokens: &[u32],
+) -> anyhow::Result<String> {
+    let mut text = tokenizer.decode(tokens)?;
+    if let Some(i) = stop_str(a).and_then(|s| text.find(s)) {
+        text.truncate(i);
+    }
+    Ok(text)
 }
 
 /// One piece of streamed text on stdout, flushed so it shows while the next token is computed.

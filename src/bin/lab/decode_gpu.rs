@@ -792,7 +792,14 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             break;
         }
         if let Some(st) = stream.as_mut() {
-            super::print_piece(&st.push(t)?);
+            let piece = st.push(t)?;
+            if !a.json {
+                super::print_piece(&piece);
+            }
+            if st.stopped() {
+                stop = "stop_str";
+                break;
+            }
         }
     }
     let gen_s = t1.elapsed().as_secs_f64();
@@ -803,7 +810,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         0.0
     };
     let text = match &tokenizer {
-        Some(t) => Some(t.decode(&tokens)?),
+        Some(t) => Some(super::generated_text(a, t, &tokens)?),
         None => None,
     };
     let vram = eng.vram()?;
