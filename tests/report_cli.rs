@@ -518,3 +518,32 @@ fn a_tuned_config_under_its_own_name_is_noted_not_taken_for_a_gpu() {
     );
     assert!(!tmp.path().join("reports/h100-full").exists());
 }
+
+#[test]
+fn a_report_whose_record_is_gone_is_marked_not_listed_as_current() {
+    let (tmp, dir) = committed_copy();
+    std::fs::remove_file(tmp.path().join("tuning").join(format!("{SLUG}.json"))).unwrap();
+    std::fs::remove_file(dir.join("gemv.json")).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("tune.md: its record tuning/") && out.contains("gone"),
+        "{out}"
+    );
+    let index = read(&dir.join("README.md"));
+    for (md, source) in [
+        ("tune.md", format!("tuning/{SLUG}.json")),
+        ("gemv.md", "gemv.json".into()),
+    ] {
+        let row = index
+            .lines()
+            .find(|l| l.starts_with(&format!("| [{md}]({md})")))
+            .unwrap_or_else(|| panic!("no row for {md}: {index}"));
+        assert!(
+            row.contains("**no record**") && row.contains(&source),
+            "{row}"
+        );
+    }
+    assert!(!index.contains("- [tune.md](tune.md)"), "{index}");
+}

@@ -16,6 +16,9 @@ pub enum Freshness {
     NoHeader,
     /// The record could not be read; the reason.
     Unreadable(String),
+    /// A report `lab report` writes whose record is gone: not regenerated, so it may describe a
+    /// run no longer recorded.
+    NoRecord,
 }
 
 impl Freshness {
@@ -32,6 +35,9 @@ impl Freshness {
             Freshness::Stale => "**stale**".into(),
             Freshness::NoHeader => "no build header".into(),
             Freshness::Unreadable(why) => format!("**unreadable**: {}", why.replace('|', "/")),
+            Freshness::NoRecord => {
+                "**no record**: not regenerated; restore the record or remove the file".into()
+            }
         }
     }
 }

@@ -336,6 +336,29 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
         if written || rel == "README.md" || known_json.contains(&rel.as_str()) {
             continue;
         }
+        // A report this command writes, left from a record that is gone (tune.md without
+        // tuning/<gpu>.json, gemv.md without gemv.json): said so, not listed as a current file.
+        let source = sources
+            .iter()
+            .find(|s| s.1 == rel)
+            .map(|s| s.0.to_string())
+            .or_else(|| (rel == "tune.md").then(|| format!("tuning/{slug}.json")));
+        if let Some(source) = source {
+            eprintln!(
+                "note: {}: its record {source} is gone, so it was not regenerated",
+                dir.join(&rel).display()
+            );
+            entries.push(IndexEntry {
+                file: rel.clone(),
+                source,
+                what: "a report whose record is gone".into(),
+                date: String::new(),
+                git_rev: String::new(),
+                kernel_hash: String::new(),
+                freshness: Freshness::NoRecord,
+            });
+            continue;
+        }
         if rel.ends_with(".json") && !rel.contains('/') {
             let (entry, err) = other_json(&dir.join(&rel), &rel);
             // Unreadable like a known report is: listed so, and the command fails at the end.
