@@ -52,8 +52,12 @@ pub struct DecodeArgs {
     /// Always pick the most likely token (same as --temperature 0).
     #[arg(long)]
     greedy: bool,
+    /// Nucleus mass kept when sampling. The lab's own default: the sampling settings a
+    /// checkpoint's generation_config.json may give are not read; pass them here to sample as
+    /// transformers' generate would.
     #[arg(long, default_value_t = 0.9)]
     top_p: f32,
+    /// Softmax temperature when sampling (the lab's own default; see --top-p).
     #[arg(long, default_value_t = 0.7)]
     temperature: f32,
     #[arg(long, default_value_t = 0)]
