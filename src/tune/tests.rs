@@ -1168,6 +1168,16 @@ fn the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/nvidia-h100-80gb-hbm3.json");
     let cfg = TunedConfig::load(&path).unwrap();
+    if cfg.kernel_hash != crate::build_info::KERNEL_HASH {
+        // Other kernels (a branch that changes them): the dispatcher refuses the file, and its
+        // candidates are not this tree's; the property is about a file for these kernels.
+        eprintln!(
+            "SKIP the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for: the file is for kernels {}, this tree's are {}",
+            cfg.kernel_hash,
+            crate::build_info::KERNEL_HASH
+        );
+        return;
+    }
     let keys = vicuna_default_keys();
     let (sm, sms) = (
         (cfg.device.cc_major * 10 + cfg.device.cc_minor) as u32,
