@@ -351,7 +351,12 @@ fn missing_group_size_and_desc_act_are_read_from_the_tensors() {
             other => panic!("{other:?}"),
         }
         let (_, pq) = gptq_lab::plan::read_checkpoint_dir(&dir).unwrap();
-        assert_eq!((pq.group_size, pq.act_order), (Some(gs), Some(act)));
+        assert_eq!(
+            (pq.group_size, pq.act_order),
+            (Some(gs), Some(act)),
+            "{:?}",
+            pq.loader_refusal
+        );
     }
     // A group size only config.json states is taken from it: quantize_config.json's silence does
     // not disagree with it.
@@ -938,4 +943,144 @@ fn a_weights_link_that_leads_nowhere_says_why() {
     let e = e.to_string();
     assert_mentions(&e, &["model.safetensors", "symbolic links"]);
     assert!(!e.contains("is a directory"), "{e}");
+}
+
+#[test]
+fn tensors_outside_the_llama_layout_are_refused_by_name() {
+    // A norm's bias changes the math and would be dropped; a quantized lm_head would be
+    // dropped too (with tied embeddings the embedding stood in for it); AutoGPTQ's marlin
+    // tensors are another layout. RoPE's stored inv_freq is the one extra that loads.
+    let h = fx::config_json()["hidden_size"].as_u64().unwrap() as usize;
+    let f16_zeros = |n: usize| (Dtype::F16, vec![n], vec![0u8; 2 * n]);
+    for (name, tensor, want) in [
+        (
+            "model.norm.bias",
+            f16_zeros(h),
+            "not part of the LLaMA layout",
+        ),
+        (
+            "lm_head.qweight",
+            (Dtype::I32, vec![h / 8, 16], vec![0u8; h / 8 * 16 * 4]),
+            "output head is quantized",
+        ),
+        (
+            "model.layers.0.mlp.down_proj.B",
+            (Dtype::I32, vec![4, 4], vec![0u8; 64]),
+            "not part of the LLaMA layout",
+        ),
+    ] {
+        let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+        fx::edit(&dir, |t| {
+            t.insert(name.to_string(), tensor);
+        });
+        let e = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert_mentions(&e, &["model.safetensors", name, want]);
+    }
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        t.insert(
+            "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+            (Dtype::F32, vec![4], vec![0u8; 16]),
+        );
+    });
+    Checkpoint::open(&dir).unwrap();
+}
+
+#[test]
+fn the_two_quant_configs_must_agree_on_desc_act_and_static_groups() {
+    // Without a g_idx to say it, desc_act decides the row order: two files that disagree
+    // cannot both be right (the loader used to follow quantize_config.json silently).
+    for field in ["desc_act", "static_groups"] {
+        let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+        fx::edit_json(&dir.join("quantize_config.json"), |v| {
+            v[field] = false.into()
+        });
+        fx::edit_json(&dir.join("config.json"), |v| {
+            v["quantization_config"][field] = true.into()
+        });
+        let e = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert_mentions(
+            &e,
+            &[
+                "quantize_config.json",
+                &format!("disagrees with config.json quantization_config on {field}"),
+                "false here but true there",
+            ],
+        );
+    }
+}
+
+#[test]
+fn per_module_overrides_and_marlin_repacking_are_refused_by_field() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["dynamic"] = serde_json::json!({"+:.*down_proj": {"bits": 8}})
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["quantize_config.json", "'dynamic'", "+:.*down_proj"]);
+    // An empty override map is no override.
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["dynamic"] = serde_json::json!({})
+    });
+    Checkpoint::open(&dir).unwrap();
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["is_marlin_format"] = true.into()
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(&e, &["quantize_config.json", "is_marlin_format"]);
+}
+
+#[test]
+fn settings_no_file_states_are_noted_for_the_user() {
+    // A gptq_v2 file without its label reads as v1: undetectable from the tensors, so the
+    // default taken must at least be said (the notes were kept but never shown).
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    for f in ["quantize_config.json", "config.json"] {
+        fx::edit_json(&dir.join(f), |v| {
+            let q = if f == "config.json" {
+                &mut v["quantization_config"]
+            } else {
+                v
+            };
+            let q = q.as_object_mut().unwrap();
+            q.remove("checkpoint_format");
+            q.remove("format");
+        });
+    }
+    let ck = Checkpoint::open(&dir).unwrap();
+    let notes = ck.quant_notes().join("\n");
+    assert_mentions(&notes, &["quantize_config.json", "checkpoint_format", "v1"]);
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    assert!(Checkpoint::open(&dir).unwrap().quant_notes().is_empty());
+}
+
+#[test]
+fn the_planner_says_when_the_engines_would_refuse_the_weights_it_plans() {
+    // Planned from the config (a partial download is still worth a plan), with the refusal.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let s = t.get_mut(&format!("{Q}.scales")).unwrap();
+        s.0 = Dtype::BF16;
+    });
+    let (_, pq) = gptq_lab::plan::read_checkpoint_dir(&dir).unwrap();
+    let why = pq.loader_refusal.expect("a refusal");
+    assert_mentions(&why, &[&format!("{Q}.scales"), "BF16"]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["plan", "--checkpoint"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("WARNING: the engines would refuse"), "{err}");
+    // An unquantized folder is named so, not asked for a group size.
+    let fp16 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp16");
+    let (_, pq) = gptq_lab::plan::read_checkpoint_dir(&fp16).unwrap();
+    assert!(pq.unquantized && pq.loader_refusal.is_none(), "{pq:?}");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["plan", "--checkpoint"])
+        .arg(&fp16)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--dtype fp16"), "{err}");
 }

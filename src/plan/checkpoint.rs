@@ -15,6 +15,12 @@ pub struct CheckpointQuant {
     pub act_order: Option<bool>,
     /// The file these came from, if any (2023 checkpoints often have none).
     pub source: Option<PathBuf>,
+    /// Why the loader would refuse the folder's weights (`Checkpoint::open` and the header
+    /// checks every engine runs before it allocates), if it would: the plan is then from the
+    /// config alone, and says so.
+    pub loader_refusal: Option<String>,
+    /// The weights the folder holds are unquantized (fp16 / bf16 / f32 linears).
+    pub unquantized: bool,
 }
 
 /// Read `dir/config.json` and the quantization settings the loader would read
@@ -38,24 +44,46 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
         (f.info, f.stated.group_size, f.stated.desc_act, f.source)
     };
     let weights = holds_weights(dir);
-    let (q, group_said, act_said, source) = match found {
-        Some(f) if all_stated || !weights => from_config(f),
-        // Read the tensors as the loader would. A folder the loader refuses (a partial download,
-        // say) is still planned from what its config says, unsaid fields left to the caller.
-        found if weights => match crate::model::checkpoint::Checkpoint::open(dir) {
-            Ok(ck) => match ck.quant.clone() {
-                Some(q) => {
-                    let (g, a) = ck.group_and_order_known();
-                    (q, g, a, ck.quant_source().to_path_buf())
-                }
-                None => return Ok((model, CheckpointQuant::default())),
-            },
-            Err(_) => match found {
+    // The weights as the loader reads them: opened, and every tensor's header checked as the
+    // engines do before they allocate. A folder the loader refuses (a partial download, 8-bit
+    // tensors under a 4-bit config) is still planned from what its config says, and the refusal
+    // goes with the plan.
+    let opened = weights.then(|| crate::model::checkpoint::Checkpoint::open(dir));
+    let loader_refusal = match &opened {
+        Some(Err(e)) => Some(e.to_string()),
+        Some(Ok(ck)) => {
+            use crate::model::layer_source::{CheckpointLayers, LayerSource};
+            CheckpointLayers::new(ck)
+                .preflight(&ck.config)
+                .err()
+                .map(|e| e.to_string())
+        }
+        None => None,
+    };
+    // What the tensors say of group size and act-order is read even where a check above fails
+    // (a non-zero bias, say): the plan is of the folder as its files describe it.
+    let opened = opened.and_then(|r| r.ok());
+    let unquantized = opened.as_ref().is_some_and(|ck| ck.quant.is_none());
+    let unsaid = CheckpointQuant {
+        loader_refusal: loader_refusal.clone(),
+        unquantized,
+        ..Default::default()
+    };
+    let (q, group_said, act_said, source) = match (found, opened) {
+        (Some(f), _) if all_stated || !weights => from_config(f),
+        // Unsaid fields read from the tensors, as the loader would.
+        (found, Some(ck)) => match ck.quant.clone() {
+            Some(q) => {
+                let (g, a) = ck.group_and_order_known();
+                (q, g, a, ck.quant_source().to_path_buf())
+            }
+            None => match found {
                 Some(f) => from_config(f),
-                None => return Ok((model, CheckpointQuant::default())),
+                None => return Ok((model, unsaid)),
             },
         },
-        _ => return Ok((model, CheckpointQuant::default())),
+        (Some(f), None) => from_config(f),
+        (None, None) => return Ok((model, unsaid)),
     };
     if group_said {
         super::check_group(&model, q.group_size)
@@ -69,6 +97,8 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
             group_size: group_said.then_some(q.group_size),
             act_order: act_said.then_some(q.desc_act),
             source: Some(source),
+            loader_refusal,
+            unquantized,
         },
     ))
 }

@@ -102,6 +102,9 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let ckpt = Checkpoint::open(&dir)?;
+    for n in ckpt.quant_notes() {
+        eprintln!("note: {n}");
+    }
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
         eprintln!("{note}");
     }

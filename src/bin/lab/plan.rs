@@ -311,6 +311,11 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
     };
     let (model, q) = gptq_lab::plan::read_checkpoint_dir(dir)
         .with_context(|| format!("reading checkpoint folder {}", dir.display()))?;
+    if let Some(why) = &q.loader_refusal {
+        eprintln!(
+            "WARNING: the engines would refuse this folder's weights ({why}); the plan below is from its config alone"
+        );
+    }
     let groups = match (q.group_size, a.group.as_slice()) {
         (Some(g), flags) => {
             if !flags.is_empty() && flags != [g] {
@@ -321,6 +326,11 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
             }
             vec![g]
         }
+        (None, []) if a.dtype == WeightDtype::Int4 && q.unquantized => bail!(
+            "{}: the weights are unquantized (no qweight tensors): pass --dtype fp16 to plan them \
+             as they are, or --group to plan them quantized",
+            dir.display()
+        ),
         (None, []) if a.dtype == WeightDtype::Int4 => bail!(
             "{}: no group size in quantize_config.json or config.json's quantization_config; pass --group",
             dir.display()

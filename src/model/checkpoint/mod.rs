@@ -124,6 +124,8 @@ impl Checkpoint {
                 Some(f) => (Some(f.info), f.stated, f.source),
                 None => (None, quant_config::Stated::default(), cfg_path.clone()),
             };
+        // After the quant config: a file refused there (another format) is named by its field.
+        check_tensor_names(&config, &files)?;
         // Any quantized tensor without a quantize config: a GPTQ-for-LLaMa era file.
         let first_q = files
             .names()
@@ -205,6 +207,19 @@ impl Checkpoint {
     /// weights file whose tensors they were inferred from.
     pub fn quant_source(&self) -> &Path {
         &self.quant_source
+    }
+
+    /// What the quant settings took without a file stating it, one line each: AutoGPTQ's
+    /// default for a missing field (checkpoint_format: v1 zeros), or a value read from the
+    /// tensors. Printed by the commands that load weights: a wrong default (a gptq_v2 file
+    /// without its label reads as v1) cannot be detected from the tensors alone, only said.
+    pub fn quant_notes(&self) -> Vec<String> {
+        let source = self.quant_source.display();
+        self.quant
+            .iter()
+            .flat_map(|q| q.inferred.iter())
+            .map(|l| format!("{source}: {l}"))
+            .collect()
     }
 
     /// One linear layer, e.g. prefix "model.layers.0.self_attn.q_proj": validated against the
@@ -635,6 +650,65 @@ fn check_tied_head(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Resu
              head, or remove '{HEAD}'",
             files.path_of(HEAD).display()
         ),
+    ))
+}
+
+/// Every tensor must be one the LLaMA layout gives a meaning to: the embedding, the norms, an
+/// fp16 lm_head, and per decoder linear its weight or GPTQ tensors and bias (a non-zero bias is
+/// refused where the linear is read). Anything else would be silently dropped: a norm's bias
+/// (the math changes), a quantized lm_head (GPTQModel's lm_head option; with tied embeddings the
+/// embedding would silently stand in for it), another format's tensors (AutoGPTQ's marlin `B`,
+/// `s`). RoPE's stored inv_freq is the only extra allowed: the engines compute the same values.
+fn check_tensor_names(config: &ModelConfig, files: &Files) -> Result<()> {
+    const LINEAR_PARTS: [&str; 6] = ["qweight", "qzeros", "scales", "g_idx", "weight", "bias"];
+    let linears: Vec<&str> = config
+        .layer_linears()
+        .into_iter()
+        .map(|(l, _, _)| l)
+        .collect();
+    let known = |name: &str| -> bool {
+        if matches!(
+            name,
+            "model.embed_tokens.weight" | "model.norm.weight" | "lm_head.weight"
+        ) {
+            return true;
+        }
+        let Some((_, rest)) = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+        else {
+            return false;
+        };
+        if matches!(
+            rest,
+            "input_layernorm.weight"
+                | "post_attention_layernorm.weight"
+                | "self_attn.rotary_emb.inv_freq"
+        ) {
+            return true;
+        }
+        rest.rsplit_once('.')
+            .is_some_and(|(l, part)| linears.contains(&l) && LINEAR_PARTS.contains(&part))
+    };
+    let Some(bad) = files.names().into_iter().find(|n| !known(n)) else {
+        return Ok(());
+    };
+    let quantized_part = ["qweight", "qzeros", "scales", "g_idx"]
+        .iter()
+        .any(|p| bad.ends_with(&format!(".{p}")));
+    let why = if bad.starts_with("lm_head.") && quantized_part {
+        "the output head is quantized (or stored in a form the engines do not read): they need \
+         lm_head.weight in fp16 (GPTQModel: quantize without lm_head)"
+            .to_string()
+    } else {
+        "not part of the LLaMA layout the engines read (embedding, norms, lm_head.weight, and per \
+         decoder linear its weight or qweight / qzeros / scales / g_idx); reading on would drop \
+         it silently"
+            .to_string()
+    };
+    Err(LabError::bad_checkpoint(
+        files.path_of(&bad),
+        format!("tensor '{bad}': {why}"),
     ))
 }
 

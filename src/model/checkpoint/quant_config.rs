@@ -70,6 +70,10 @@ struct RawQuant {
     /// name and wins when both are present, as in transformers' GPTQConfig).
     format: Option<String>,
     quant_method: Option<String>,
+    /// GPTQModel's per-module overrides (bits, group size, skipped modules by regex).
+    dynamic: Option<serde_json::Value>,
+    /// AutoGPTQ's marlin repacking (tensors `B` / `s` instead of qweight / scales).
+    is_marlin_format: Option<bool>,
 }
 
 fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo> {
@@ -82,6 +86,27 @@ fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo
                 "quant_method '{m}' is not supported; expected 'gptq'"
             )));
         }
+    }
+    // Settings the whole file does not hold for every linear, or tensors in another layout:
+    // each linear would be read with the file-wide settings and misread (or refused by shape,
+    // naming neither field).
+    if let Some((pattern, _)) = raw
+        .dynamic
+        .as_ref()
+        .and_then(serde_json::Value::as_object)
+        .and_then(|m| m.iter().next())
+    {
+        return Err(bad(format!(
+            "'dynamic' per-module overrides (GPTQModel; first: '{pattern}') are not supported: \
+             every linear must have the file's bits and group_size"
+        )));
+    }
+    if raw.is_marlin_format == Some(true) {
+        return Err(bad(
+            "is_marlin_format: true (AutoGPTQ's marlin repacking, tensors B / s) is not supported; \
+             use the GPTQ checkpoint it was converted from"
+                .into(),
+        ));
     }
     let mut inferred = Vec::new();
     let mut default = |field: &str, v: String| {
@@ -201,6 +226,23 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
     let mut qc = parse(&v, &qc_path, "quantize_config.json")?;
     let mut stated = Stated::of(&v);
     if let Some(c) = &from_cfg {
+        // desc_act and static_groups change what the tensors mean where there is no g_idx to
+        // say it (desc_act decides the row order; static groups keep g_idx trivial): two files
+        // that state them differently cannot both be right.
+        let cfg_v = &config["quantization_config"];
+        for field in ["desc_act", "static_groups"] {
+            let (a, b) = (v.get(field), cfg_v.get(field));
+            if let (Some(a), Some(b)) = (a.filter(|x| !x.is_null()), b.filter(|x| !x.is_null())) {
+                if a != b {
+                    return Err(LabError::bad_checkpoint(
+                        &qc_path,
+                        format!(
+                            "disagrees with config.json quantization_config on {field}: {a} here but {b} there; fix one of them"
+                        ),
+                    ));
+                }
+            }
+        }
         // A field only config.json states is config.json's: quantize_config.json's default for
         // it neither wins nor disagrees. Fields both state must agree.
         if cfg_stated.group_size && !stated.group_size {
