@@ -1084,3 +1084,23 @@ fn the_planner_says_when_the_engines_would_refuse_the_weights_it_plans() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("--dtype fp16"), "{err}");
 }
+
+#[test]
+fn a_format_only_quantize_config_states_is_refused_saying_what_transformers_would_read() {
+    let (_t, dir) = good(32, false, false, ZeroFormat::V2);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        let q = v["quantization_config"].as_object_mut().unwrap();
+        q.remove("checkpoint_format");
+        q.remove("format");
+    });
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "quantize_config.json",
+            "gptq_v2",
+            "states none",
+            "transformers",
+        ],
+    );
+}

@@ -277,6 +277,20 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
             c.format,
         );
         let qc_key = (qc.bits, qc.group_size, qc.sym, qc.format);
+        let cfg_states_format = ["checkpoint_format", "format"]
+            .iter()
+            .any(|f| cfg_v.get(*f).is_some_and(|x| !x.is_null()));
+        if qc.format != c.format && !cfg_states_format {
+            return Err(LabError::bad_checkpoint(
+                &qc_path,
+                format!(
+                    "says checkpoint_format {:?}, but config.json's quantization_config states \
+                     none, which transformers (it reads config.json only) takes as \"gptq\" (v1 \
+                     zeros): state the same checkpoint_format in config.json too",
+                    qc.format.config_name()
+                ),
+            ));
+        }
         if cfg_key != qc_key {
             return Err(LabError::bad_checkpoint(
                 &qc_path,
