@@ -1104,3 +1104,23 @@ fn a_format_only_quantize_config_states_is_refused_saying_what_transformers_woul
         ],
     );
 }
+
+#[test]
+fn a_g_idx_that_does_not_give_each_group_its_rows_is_refused() {
+    // In range but uneven (every row in group 0): no GPTQ writer makes it, and read on it
+    // would be grouped as no kernel's row order can hold.
+    let (_t, dir) = good(32, true, true, ZeroFormat::V1);
+    fx::edit(&dir, |t| {
+        let g = t.get_mut(&format!("{Q}.g_idx")).unwrap();
+        g.2 = vec![0u8; g.2.len()];
+    });
+    let e = linear_err(&dir, Q);
+    assert_mentions(
+        &e,
+        &[
+            &format!("{Q}.g_idx"),
+            "to group 0",
+            "expected group_size = 32",
+        ],
+    );
+}

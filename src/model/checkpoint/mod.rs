@@ -362,6 +362,19 @@ impl Checkpoint {
                 ));
             }
             let v: Vec<i32> = wide.into_iter().map(|x| x as i32).collect();
+            // Every GPTQ writer gives each group exactly G rows (act-order permutes which rows,
+            // not how many): other counts are no GPTQ file, and the kernels' row order (sorted by
+            // group, G rows each) could not hold them.
+            if let Some((j, &c)) = gidx::group_counts(&v, groups)
+                .iter()
+                .enumerate()
+                .find(|&(_, &c)| c != g)
+            {
+                return Err(LabError::bad_checkpoint(
+                    self.files.path_of(&gi),
+                    format!("tensor '{gi}': assigns {c} rows to group {j}, expected group_size = {g} rows in each of the {groups} groups"),
+                ));
+            }
             gidx::is_act_order(&v, g).then_some(v)
         } else if q.desc_act && self.stated.desc_act && !q.static_groups {
             // Act-order declared: the trivial k / G would silently misgroup every row. (Read from
