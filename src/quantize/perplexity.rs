@@ -91,7 +91,7 @@ impl Scoring {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Perplexity {
-    /// `CONVENTION`.
+    /// How the positions were scored, in words (`Scoring::convention`).
     pub convention: &'static str,
     pub windows: usize,
     /// Whole windows the text holds (`windows` is fewer under --max-windows).
@@ -99,8 +99,7 @@ pub struct Perplexity {
     pub seqlen: usize,
     /// Tokens of the text (BOS included).
     pub tokens_total: usize,
-    /// Positions scored: windows * (seqlen - 1), or windows * (seqlen - 1 - seqlen/2) for the
-    /// second-half convention.
+    /// Positions scored: windows * (seqlen - 1 - `Scoring::first_scored`).
     pub tokens_scored: usize,
     pub mean_nll: f64,
     pub perplexity: f64,
@@ -270,9 +269,10 @@ impl NllAccumulator {
     }
 
     /// The result of `windows` of `windows_available` windows of `seqlen` over a text of
-    /// `tokens_total` tokens.
+    /// `tokens_total` tokens, scored as `scoring` says.
     pub fn finish(
         &self,
+        scoring: Scoring,
         windows: usize,
         windows_available: usize,
         seqlen: usize,
@@ -282,7 +282,7 @@ impl NllAccumulator {
         let n = self.scored.max(1) as f64;
         let mean = self.mean_nll();
         Perplexity {
-            convention: CONVENTION,
+            convention: scoring.convention(),
             windows,
             windows_available,
             seqlen,
@@ -428,8 +428,14 @@ pub fn perplexity_scored<M: NextTokenModel + ?Sized>(
             r.end_window().map_err(in_window)?;
         }
     }
-    let mut p = acc.finish(windows, fit, seqlen, tokens.len(), reference.is_some());
-    p.convention = scoring.convention();
+    let p = acc.finish(
+        scoring,
+        windows,
+        fit,
+        seqlen,
+        tokens.len(),
+        reference.is_some(),
+    );
     // Every term was finite; the exponential can still overflow.
     if !p.perplexity.is_finite() {
         return Err(LabError::invalid(
@@ -490,6 +496,11 @@ mod tests {
         }
     }
 
+    /// A 17-token text of ids below 13: four windows of 4, two of 8, one token left over.
+    fn text17() -> Vec<u32> {
+        (0..17).map(|i| (i * 5 % 13) as u32).collect()
+    }
+
     fn scripted() -> Scripted {
         let mut cfg = ModelConfig::vicuna_7b();
         cfg.vocab_size = 13;
@@ -515,7 +526,7 @@ mod tests {
 
     #[test]
     fn scoring_loop_feeds_windows_and_sums_the_true_tokens_nll() {
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         let mut m = scripted();
         let p = perplexity(&mut m, None, &tokens, 4, None).unwrap();
         // 17 tokens: 4 windows of 4; 3 positions scored per window; the last token of each
@@ -554,7 +565,7 @@ mod tests {
 
     #[test]
     fn kl_is_the_references_divergence_from_the_model_and_agreement_its_argmax_share() {
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         let (mut model, mut reference) = (scripted(), scripted());
         (reference.scale, reference.bump) = (1.5, 2.0);
         let p = perplexity(&mut model, Some(&mut reference), &tokens, 4, None).unwrap();
@@ -624,7 +635,7 @@ mod tests {
 
     #[test]
     fn non_finite_logits_are_an_error_not_a_nan_perplexity() {
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         for bad in [f32::NAN, f32::INFINITY] {
             let mut m = Poisoned {
                 inner: scripted(),
@@ -691,7 +702,7 @@ mod tests {
 
     #[test]
     fn an_error_an_engine_records_outside_the_logits_fails_its_window() {
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         let flagged = || Flagged {
             inner: scripted(),
             window: 0,
@@ -740,7 +751,7 @@ mod tests {
             );
         }
         // Fed and scored as llama.cpp's at a short window: the same figure.
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         let run = |s| {
             let mut m = scripted();
             let p = perplexity_scored(&mut m, None, &tokens, 8, None, s).unwrap();
@@ -756,7 +767,7 @@ mod tests {
     fn the_second_half_convention_feeds_bos_first_and_scores_from_half_a_window() {
         // 17 tokens, windows of 8: 2 windows; positions 4, 5, 6 scored in each (seqlen/2 ..
         // seqlen-2), every position fed, the first as BOS (id 12).
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         let mut m = scripted();
         let p = perplexity_scored(
             &mut m,
@@ -804,14 +815,14 @@ mod tests {
         let mut acc = NllAccumulator::default();
         acc.add(&[0.0, 0.0, 0.0], 1, Some(&[0.0, 0.0, f32::NEG_INFINITY]))
             .unwrap();
-        let p = acc.finish(1, 1, 2, 2, true);
+        let p = acc.finish(Scoring::AllPositions, 1, 1, 2, 2, true);
         let kl = p.kl_to_reference.unwrap();
         assert!((kl - 1.5f64.ln()).abs() < 1e-12, "{kl}");
     }
 
     #[test]
     fn a_reference_with_another_vocabulary_is_refused_not_truncated() {
-        let tokens: Vec<u32> = (0..17).map(|i| (i * 5 % 13) as u32).collect();
+        let tokens = text17();
         let mut r = scripted();
         r.cfg.vocab_size = 15;
         let e = perplexity(&mut scripted(), Some(&mut r), &tokens, 4, None)

@@ -31,10 +31,11 @@ pub struct SlugOutcome {
 
 /// GPU slugs with anything recorded under `root`: folders of reports/ and files tuning/<slug>.json.
 /// A tuning/*.json whose device is another slug than its name (`lab tune --file
-/// tuning/h100-full.json`) is a user's own config, not a GPU's: it is left out, and
-/// `other_tuning_files` names it.
-pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
+/// tuning/h100-full.json`) is a user's own config, not a GPU's: it is left out of the slugs and
+/// returned second, to be named.
+pub fn recorded_slugs(root: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let mut slugs = Vec::new();
+    let mut other_tuning = Vec::new();
     for (dir, want_dir) in [(root.join("reports"), true), (root.join("tuning"), false)] {
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -45,12 +46,14 @@ pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
             let p = e.map_err(|e| LabError::io(&dir, e))?.path();
             let name = if want_dir {
                 p.is_dir().then(|| p.file_name()).flatten()
+            } else if p.is_file() && p.extension().is_some_and(|x| x == "json") {
+                if tuned_for_another_slug(&p) {
+                    other_tuning.push(p);
+                    continue;
+                }
+                p.file_stem()
             } else {
-                (p.is_file()
-                    && p.extension().is_some_and(|x| x == "json")
-                    && !tuned_for_another_slug(&p))
-                .then(|| p.file_stem())
-                .flatten()
+                None
             };
             if let Some(n) = name.and_then(|n| n.to_str()) {
                 slugs.push(n.to_string());
@@ -59,19 +62,8 @@ pub fn recorded_slugs(root: &Path) -> Result<Vec<String>> {
     }
     slugs.sort();
     slugs.dedup();
-    Ok(slugs)
-}
-
-/// tuning/*.json files whose device slug is not their name (see `recorded_slugs`).
-pub fn other_tuning_files(root: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(root.join("tuning"))
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && tuned_for_another_slug(p))
-        .collect();
-    out.sort();
-    out
+    other_tuning.sort();
+    Ok((slugs, other_tuning))
 }
 
 /// Whether `path` is a readable tuned config whose device slug differs from its file name. An

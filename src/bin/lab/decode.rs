@@ -297,6 +297,7 @@ pub(super) fn stop_tokens(
     ids.dedup();
     Ok(ids)
 }
+
 /// The generated text as it grows, when there is a tokenizer: printed as it comes (stdout)
 /// unless --json asks for one document, and watched for the template's stop string (`stop_str`)
 /// either way. Shared by both backends.

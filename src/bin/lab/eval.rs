@@ -10,6 +10,7 @@
 //! Both backends score through the same loop (`quantize::perplexity::perplexity`).
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 use gptq_lab::model::checkpoint::Checkpoint;
 use gptq_lab::model::gpu_engine::{EngineOptions, GpuEngine, WeightSource};
 use gptq_lab::model::layer_source::CheckpointLayers;
@@ -153,11 +154,11 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     let scoring = match a.scoring {
         ScoringArg::Gptq => Scoring::AllPositions,
         ScoringArg::LlamaCpp | ScoringArg::Autogptq => {
-            let flag = if a.scoring == ScoringArg::LlamaCpp {
-                "llama-cpp"
-            } else {
-                "autogptq"
-            };
+            // The flag's value as typed (clap's name for the variant).
+            let flag = a
+                .scoring
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string());
             // The tokenizer's own BOS: what it puts before a text.
             let bos = tok.encode("", true)?.first().copied().with_context(|| {
                 format!(

@@ -2,7 +2,7 @@
 //! and each GPU folder's index (README.md, stale reports marked), from the recorded JSON under
 //! DIR/reports/<gpu>/ and DIR/tuning/<gpu>.json. No GPU needed; the JSON is only read.
 
-use gptq_lab::report::regenerate::{other_tuning_files, recorded_slugs, regenerate_slug};
+use gptq_lab::report::regenerate::{recorded_slugs, regenerate_slug};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -23,8 +23,8 @@ pub fn run(a: ReportArgs) -> anyhow::Result<()> {
             a.root.display()
         );
     }
-    let recorded = recorded_slugs(&a.root)?;
-    for f in other_tuning_files(&a.root) {
+    let (recorded, other_tuning) = recorded_slugs(&a.root)?;
+    for f in other_tuning {
         eprintln!(
             "note: {} is a tuned config of another name than its GPU's (lab tune --file): \
              reports are made from tuning/<gpu>.json only (`lab tune --show --file` prints it)",

@@ -673,7 +673,8 @@ fn check_tied_head(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Resu
 /// embedding would silently stand in for it), another format's tensors (AutoGPTQ's marlin `B`,
 /// `s`). RoPE's stored inv_freq is the only extra allowed: the engines compute the same values.
 fn check_tensor_names(config: &ModelConfig, files: &Files) -> Result<()> {
-    const LINEAR_PARTS: [&str; 6] = ["qweight", "qzeros", "scales", "g_idx", "weight", "bias"];
+    const QUANT_PARTS: [&str; 4] = ["qweight", "qzeros", "scales", "g_idx"];
+    let linear_part = |p: &str| QUANT_PARTS.contains(&p) || p == "weight" || p == "bias";
     let linears: Vec<&str> = config
         .layer_linears()
         .into_iter()
@@ -701,23 +702,21 @@ fn check_tensor_names(config: &ModelConfig, files: &Files) -> Result<()> {
             return true;
         }
         rest.rsplit_once('.')
-            .is_some_and(|(l, part)| linears.contains(&l) && LINEAR_PARTS.contains(&part))
+            .is_some_and(|(l, part)| linears.contains(&l) && linear_part(part))
     };
     let Some(bad) = files.names().into_iter().find(|n| !known(n)) else {
         return Ok(());
     };
-    let quantized_part = ["qweight", "qzeros", "scales", "g_idx"]
-        .iter()
-        .any(|p| bad.ends_with(&format!(".{p}")));
-    let why = if bad.starts_with("lm_head.") && quantized_part {
+    let head_quantized = bad
+        .strip_prefix("lm_head.")
+        .is_some_and(|p| QUANT_PARTS.contains(&p));
+    let why = if head_quantized {
         "the output head is quantized (or stored in a form the engines do not read): they need \
          lm_head.weight in fp16 (GPTQModel: quantize without lm_head)"
-            .to_string()
     } else {
         "not part of the LLaMA layout the engines read (embedding, norms, lm_head.weight, and per \
          decoder linear its weight or qweight / qzeros / scales / g_idx); reading on would drop \
          it silently"
-            .to_string()
     };
     Err(LabError::bad_checkpoint(
         files.path_of(&bad),
