@@ -490,3 +490,56 @@ fn cli_decode_refuses_gpu_and_bad_flags_with_clear_messages() {
         "{err}"
     );
 }
+
+/// A checkpoint whose only tokenizer is a sentencepiece tokenizer.model (as the original LLaMA
+/// and Vicuna folders ship it): `lab decode --prompt` tokenizes with it (BOS first, as
+/// sentencepiece encodes the rendered template) and gives the same tokens as the same ids
+/// passed with --prompt-ids; the printed text is the model's decode of the generated ids.
+#[test]
+fn cli_decode_reads_a_lone_sentencepiece_tokenizer_model() {
+    use gptq_lab::model::template::Template;
+    use gptq_lab::model::tokenizer::TextTokenizer;
+    let src = fixture("tiny-sym-g32");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "tokenizer.json" {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    let model = fixture("tokenizer-sp").join("tokenizer.model");
+    std::fs::copy(&model, tmp.path().join("tokenizer.model")).unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let run = |prompt: &[&str]| -> serde_json::Value {
+        let mut a = vec!["decode", "--backend", "cpu", "--checkpoint", dir];
+        a.extend_from_slice(prompt);
+        a.extend([
+            "--max-new-tokens",
+            "6",
+            "--greedy",
+            "--ignore-eos",
+            "--json",
+        ]);
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let by_text = run(&["--prompt", "Tell me a story.", "--template", "v1.1"]);
+    let tok = TextTokenizer::from_sentencepiece(&model, true).unwrap();
+    let want = tok
+        .encode(&Template::VicunaV11.render("Tell me a story."), true)
+        .unwrap();
+    assert_eq!(want[0], 1);
+    assert!(want.contains(&tok.token_id("\u{2581}story").unwrap()));
+    let prompt: Vec<u32> = serde_json::from_value(by_text["prompt_tokens"].clone()).unwrap();
+    assert_eq!(prompt, want);
+    let ids = want
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let by_ids = run(&["--prompt-ids", &ids]);
+    assert_eq!(by_text["tokens"], by_ids["tokens"]);
+    let generated: Vec<u32> = serde_json::from_value(by_text["tokens"].clone()).unwrap();
+    assert_eq!(by_text["text"], tok.decode(&generated).unwrap());
+}

@@ -15,6 +15,7 @@ pub mod gpu_weights;
 pub mod layer_source;
 pub mod load_progress;
 pub mod sampler;
+pub mod sentencepiece;
 pub mod step_profile;
 pub mod template;
 pub mod tokenizer;

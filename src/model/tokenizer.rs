@@ -1,14 +1,25 @@
-//! Text <-> token ids through the checkpoint's `tokenizer.json` (HF `tokenizers` format), and
-//! raw id lists for runs without one. A checkpoint that has only a sentencepiece
-//! `tokenizer.model` (many 2023 LLaMA files) gets a clear error: convert it to tokenizer.json
-//! with transformers, or pass `--prompt-ids`.
+//! Text <-> token ids through the checkpoint's tokenizer: `tokenizer.json` (HF `tokenizers`
+//! format) when there is one, else the sentencepiece `tokenizer.model` that the original LLaMA,
+//! Vicuna and most 2023 GPTQ conversions ship alone (read by `model::sentencepiece`, with
+//! `add_bos_token` from tokenizer_config.json); and raw id lists for runs without either.
 
+use crate::model::sentencepiece::{PieceType, SpModel};
 use crate::{LabError, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     path: PathBuf,
+}
+
+enum Inner {
+    Hf(Box<tokenizers::Tokenizer>),
+    /// A sentencepiece model; `add_bos`: what encoding with special tokens puts in front.
+    Sp {
+        model: Box<SpModel>,
+        add_bos: bool,
+    },
 }
 
 impl TextTokenizer {
@@ -17,13 +28,24 @@ impl TextTokenizer {
             LabError::bad_checkpoint(path, format!("cannot load tokenizer.json: {e}"))
         })?;
         Ok(TextTokenizer {
-            inner,
+            inner: Inner::Hf(Box::new(inner)),
             path: path.to_path_buf(),
         })
     }
 
-    /// `dir/tokenizer.json` if it exists; `None` if the checkpoint has no tokenizer at all.
-    /// A lone `tokenizer.model` is an error that says how to proceed.
+    /// A sentencepiece `tokenizer.model`; `add_bos`: whether `encode(_, true)` puts `<s>` first.
+    pub fn from_sentencepiece(path: &Path, add_bos: bool) -> Result<Self> {
+        Ok(TextTokenizer {
+            inner: Inner::Sp {
+                model: Box::new(SpModel::open(path)?),
+                add_bos,
+            },
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// `dir/tokenizer.json` if it exists, else `dir/tokenizer.model`; `None` if the checkpoint
+    /// has neither.
     pub fn from_checkpoint_dir(dir: &Path) -> Result<Option<Self>> {
         let json = dir.join("tokenizer.json");
         if crate::util::optional_file(&json)? {
@@ -31,31 +53,42 @@ impl TextTokenizer {
         }
         let sp = dir.join("tokenizer.model");
         if crate::util::optional_file(&sp)? {
-            return Err(LabError::bad_checkpoint(
-                sp,
-                "only a sentencepiece tokenizer.model is present, which this tool does not read; \
-                 write a tokenizer.json (transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) \
-                 or pass token ids with --prompt-ids",
-            ));
+            let add_bos = add_bos_token(dir)?;
+            return Self::from_sentencepiece(&sp, add_bos).map(Some);
         }
         Ok(None)
     }
 
-    /// Token ids of `text`. `add_special` applies the tokenizer's post-processor, which for
-    /// LLaMA puts `<s>` (BOS) in front.
+    /// The file the tokenizer was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Token ids of `text`. `add_special` puts `<s>` (BOS) in front, as LLaMA's tokenizers do:
+    /// tokenizer.json's post-processor, or tokenizer_config.json's `add_bos_token` (default true)
+    /// for a sentencepiece model.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special).map_err(|e| {
-            LabError::invalid(
-                "prompt",
-                format!("{}: cannot encode: {e}", self.path.display()),
-            )
-        })?;
-        Ok(enc.get_ids().to_vec())
+        match &self.inner {
+            Inner::Hf(t) => {
+                let enc = t.encode(text, add_special).map_err(|e| {
+                    LabError::invalid(
+                        "prompt",
+                        format!("{}: cannot encode: {e}", self.path.display()),
+                    )
+                })?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Inner::Sp { model, add_bos } => Ok(model.encode(text, add_special && *add_bos)),
+        }
     }
 
     /// Text of `ids`, special tokens (`<s>`, `</s>`) left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| {
+        let r = match &self.inner {
+            Inner::Hf(t) => t.decode(ids, true).map_err(|e| e.to_string()),
+            Inner::Sp { model, .. } => model.decode(ids),
+        };
+        r.map_err(|e| {
             LabError::invalid(
                 "token ids",
                 format!("{}: cannot decode: {e}", self.path.display()),
@@ -66,28 +99,64 @@ impl TextTokenizer {
     /// Whether `id` is a byte-fallback token (`<0x0A>`): SentencePiece-BPE vocabularies such as
     /// LLaMA's spell a character they have no piece for as its UTF-8 bytes, one token each.
     pub fn is_byte_token(&self, id: u32) -> bool {
-        self.inner.id_to_token(id).is_some_and(|t| {
-            let b = t.as_bytes();
-            b.len() == 6
-                && t.starts_with("<0x")
-                && b[5] == b'>'
-                && b[3..5].iter().all(u8::is_ascii_hexdigit)
-        })
+        match &self.inner {
+            Inner::Hf(t) => t.id_to_token(id).is_some_and(|t| {
+                let b = t.as_bytes();
+                b.len() == 6
+                    && t.starts_with("<0x")
+                    && b[5] == b'>'
+                    && b[3..5].iter().all(u8::is_ascii_hexdigit)
+            }),
+            Inner::Sp { model, .. } => model.piece_type(id) == Some(PieceType::Byte),
+        }
     }
 
     /// The id of a token such as `</s>`, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(token),
+            Inner::Sp { model, .. } => model.id(token),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Sp { model, .. } => model.vocab_size(),
+        }
+    }
+
+    /// Every token (added ones included) -> id.
+    fn vocab(&self) -> HashMap<String, u32> {
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab(true),
+            Inner::Sp { model, .. } => model.vocab(),
+        }
     }
 
     /// True if both map every token (added ones included) to the same id: token ids mean the
-    /// same text in either model.
+    /// same text in either model (a tokenizer.json and the tokenizer.model it was converted from
+    /// compare equal).
     pub fn same_vocabulary(&self, other: &TextTokenizer) -> bool {
-        self.inner.get_vocab(true) == other.inner.get_vocab(true)
+        self.vocab() == other.vocab()
+    }
+}
+
+/// tokenizer_config.json's `add_bos_token` (LLaMA's default, true, when the file or the key is
+/// missing); a value that is not a boolean is an error naming the file.
+fn add_bos_token(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !crate::util::optional_file(&path)? {
+        return Ok(true);
+    }
+    let v: serde_json::Value = crate::util::read_json(&path)?;
+    match v.get("add_bos_token") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(serde_json::Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(LabError::bad_checkpoint(
+            &path,
+            format!("add_bos_token is {other}, expected true or false"),
+        )),
     }
 }
 
@@ -430,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_tokenizer_is_none_and_sentencepiece_only_is_explained() {
+    fn missing_tokenizer_is_none_and_a_bad_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         assert!(TextTokenizer::from_checkpoint_dir(dir.path())
             .unwrap()
@@ -441,7 +510,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(
-            e.contains("tokenizer.model") && e.contains("--prompt-ids"),
+            e.contains("tokenizer.model") && e.contains("not a sentencepiece model"),
             "{e}"
         );
         std::fs::write(dir.path().join("tokenizer.json"), b"{not json").unwrap();
@@ -450,6 +519,118 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
+    }
+
+    /// LLaMA's layout with a few pieces; the same ids as `llama_style_tokenizer` gives them.
+    fn write_sp_model(dir: &Path, pieces: &[(&str, f32)]) {
+        use crate::model::sentencepiece::test_model::{model_bytes, Spec};
+        let pieces: Vec<(&str, f32, u64)> = pieces.iter().map(|&(t, s)| (t, s, 1)).collect();
+        std::fs::write(
+            dir.join("tokenizer.model"),
+            model_bytes(&pieces, &Spec::default()),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_lone_tokenizer_model_is_read_and_tokenizer_json_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let pieces = [
+            ("\u{2581}", -1.0),
+            ("H", -2.0),
+            ("i", -3.0),
+            ("\u{2581}H", -4.0),
+            ("\u{2581}Hi", -5.0),
+        ];
+        write_sp_model(dir.path(), &pieces);
+        let tok = TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .unwrap();
+        assert!(tok.path().ends_with("tokenizer.model"));
+        let hi = tok.token_id("\u{2581}Hi").unwrap();
+        assert_eq!(tok.encode("Hi", true).unwrap(), vec![1, hi]);
+        assert_eq!(tok.encode("Hi", false).unwrap(), vec![hi]);
+        assert_eq!(tok.decode(&[1, hi, 2]).unwrap(), "Hi");
+        assert!(tok.is_byte_token(tok.token_id("<0x0A>").unwrap()) && !tok.is_byte_token(hi));
+        assert_eq!(tok.vocab_size(), 3 + 256 + pieces.len());
+        // tokenizer_config.json's add_bos_token: false leaves BOS out; a non-boolean is named.
+        let cfg = dir.path().join("tokenizer_config.json");
+        std::fs::write(&cfg, r#"{"add_bos_token": false}"#).unwrap();
+        let tok = TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(tok.encode("Hi", true).unwrap(), vec![hi]);
+        std::fs::write(&cfg, r#"{"add_bos_token": "yes"}"#).unwrap();
+        let e = TextTokenizer::from_checkpoint_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("tokenizer_config.json") && e.contains("add_bos_token"),
+            "{e}"
+        );
+        // Beside a tokenizer.json of the same vocabulary, the JSON is read, and the two compare
+        // as the same vocabulary (so a --reference with either kind is accepted).
+        std::fs::remove_file(&cfg).unwrap();
+        let names: Vec<&str> = pieces.iter().map(|p| p.0).collect();
+        let json = llama_style_tokenizer(dir.path(), &names);
+        let from_dir = TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .unwrap();
+        assert!(from_dir.path().ends_with("tokenizer.json"));
+        let sp =
+            TextTokenizer::from_sentencepiece(&dir.path().join("tokenizer.model"), true).unwrap();
+        assert!(sp.same_vocabulary(&json) && json.same_vocabulary(&sp));
+    }
+
+    #[test]
+    fn a_sentencepiece_stream_adds_up_through_byte_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        write_sp_model(
+            dir.path(),
+            &[
+                ("\u{2581}", -1.0),
+                ("\u{2581}Sure", -2.0),
+                ("!", -3.0),
+                ("\u{2581}Enjoy", -4.0),
+            ],
+        );
+        let tok = TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .unwrap();
+        let id = |t: &str| tok.token_id(t).unwrap();
+        let stream = |ids: &[u32]| -> Vec<String> {
+            let mut st = TextStream::new(&tok);
+            let mut pieces: Vec<String> = ids.iter().map(|&i| st.push(i).unwrap()).collect();
+            pieces.push(st.finish().unwrap());
+            pieces
+        };
+        let whole = [
+            id("\u{2581}Sure"),
+            id("!"),
+            id("<0x0A>"),
+            id("<0xE2>"),
+            id("<0x98>"),
+            id("<0x95>"),
+            id("\u{2581}Enjoy"),
+        ];
+        let pieces = stream(&whole);
+        assert_eq!(pieces.concat(), "Sure!\n\u{2615} Enjoy", "{pieces:?}");
+        assert_eq!(pieces[6], "\n\u{2615} Enjoy", "{pieces:?}");
+        // A broken run: the text before it is never taken back.
+        let broken = [
+            id("\u{2581}Sure"),
+            id("<0x0A>"),
+            id("<0xE2>"),
+            id("\u{2581}Enjoy"),
+        ];
+        let pieces = stream(&broken);
+        assert_eq!(pieces.concat(), tok.decode(&broken).unwrap(), "{pieces:?}");
+        assert!(pieces.concat().starts_with("Sure\n"), "{pieces:?}");
+        // Text encoded and streamed back is the text.
+        let text = "Sure! Enjoy \u{2615}\n日本";
+        let ids = tok.encode(text, true).unwrap();
+        assert_eq!(stream(&ids).concat(), text);
     }
 
     #[test]

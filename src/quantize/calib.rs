@@ -24,7 +24,7 @@ pub const DEFAULT_SEQLEN: usize = 2048;
 pub enum CalibSource {
     /// The shipped default text.
     Default,
-    /// A UTF-8 text file, tokenized with the checkpoint's tokenizer.json.
+    /// A UTF-8 text file, tokenized with the checkpoint's tokenizer (tokenizer.json or .model).
     Text(PathBuf),
     /// Token ids: a JSON array, or numbers separated by commas/whitespace.
     Ids(PathBuf),
@@ -47,8 +47,8 @@ pub fn load_tokens(src: &CalibSource, ckpt_dir: &Path, vocab_size: usize) -> Res
             LabError::bad_checkpoint(
                 ckpt_dir,
                 format!(
-                    "no tokenizer.json to tokenize the calibration text {}; pass token ids with \
-                     --calib-ids instead",
+                    "no tokenizer (tokenizer.json or tokenizer.model) to tokenize the calibration \
+                     text {}; pass token ids with --calib-ids instead",
                     what.display()
                 ),
             )
@@ -158,7 +158,7 @@ mod tests {
             c.display()
         );
         assert!(e.starts_with(&want) && !e.contains("--prompt-ids"), "{e}");
-        // No tokenizer.json: text calibration says to pass ids instead.
+        // No tokenizer: text calibration says to pass ids instead.
         let e = load_tokens(&CalibSource::Default, ck, 10).unwrap_err();
         assert!(e.to_string().contains("--calib-ids"), "{e}");
     }

@@ -41,7 +41,8 @@ pub struct DecodeArgs {
     /// Prompt as raw token ids, e.g. "1,306,4966" (used as given: no BOS is added).
     #[arg(long, conflicts_with = "prompt")]
     prompt_ids: Option<String>,
-    /// Prompt text, wrapped by --template and tokenized with the checkpoint's tokenizer.json.
+    /// Prompt text, wrapped by --template and tokenized with the checkpoint's tokenizer
+    /// (tokenizer.json, or a sentencepiece tokenizer.model).
     #[arg(long)]
     prompt: Option<String>,
     /// Prompt template for --prompt: v0, v1.1 or raw.
@@ -114,7 +115,8 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         (None, Some(text)) => {
             let tok = tokenizer.as_ref().with_context(|| {
                 format!(
-                    "{}: no tokenizer.json, so --prompt cannot be tokenized; pass --prompt-ids",
+                    "{}: no tokenizer (tokenizer.json or tokenizer.model), so --prompt cannot be \
+                     tokenized; pass --prompt-ids",
                     ckpt.dir.display()
                 )
             })?;

@@ -678,7 +678,8 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
                 true,
             )?,
             (Some(_), None) => bail!(
-                "{}: no tokenizer.json, so --prompt cannot be tokenized; pass --prompt-ids",
+                "{}: no tokenizer (tokenizer.json or tokenizer.model), so --prompt cannot be \
+                 tokenized; pass --prompt-ids",
                 ckpt.dir.display()
             ),
             (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),

@@ -106,7 +106,7 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     }
     let tok = TextTokenizer::from_checkpoint_dir(&a.checkpoint)?.with_context(|| {
         format!(
-            "{}: no tokenizer.json to tokenize the evaluation text",
+            "{}: no tokenizer (tokenizer.json or tokenizer.model) to tokenize the evaluation text",
             a.checkpoint.display()
         )
     })?;
@@ -130,14 +130,14 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         None => None,
     };
     let ids = tok.encode(&text, true)?;
-    // The tokenizer may know more ids than the model has logits (a tokenizer.json of another
+    // The tokenizer may know more ids than the model has logits (a tokenizer of another
     // model): refused here, naming both files, not at the window that meets such a token.
     let vocab = ckpt.config.vocab_size;
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
         bail!(
             "{text_name}: the tokenizer ({}) gives token id {bad}, out of range for config.json's \
-             vocab_size {vocab}: tokenizer.json and config.json are of different models",
-            a.checkpoint.join("tokenizer.json").display()
+             vocab_size {vocab}: the tokenizer and config.json are of different models",
+            tok.path().display()
         );
     }
     let seqlen = a
@@ -214,7 +214,7 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
 }
 
 /// KL and top-1 agreement compare the two models' next-token distributions id by id: the
-/// reference must have the same vocabulary size and, where both have a tokenizer.json, the same
+/// reference must have the same vocabulary size and, where both have a tokenizer, the same
 /// token for every id (the text is tokenized with --checkpoint's).
 fn check_reference(
     ckpt: &Checkpoint,
@@ -264,10 +264,12 @@ fn check_reference(
     if let Some(rt) = TextTokenizer::from_checkpoint_dir(&reference.dir)? {
         if !rt.same_vocabulary(tok) {
             bail!(
-                "--reference {}: its tokenizer.json maps tokens to other ids than --checkpoint \
-                 {}'s: a reference must share the checkpoint's tokenizer",
+                "--reference {}: its tokenizer ({}) maps tokens to other ids than --checkpoint \
+                 {}'s ({}): a reference must share the checkpoint's tokenizer",
                 reference.dir.display(),
-                ckpt.dir.display()
+                rt.path().display(),
+                ckpt.dir.display(),
+                tok.path().display()
             );
         }
     }

@@ -28,7 +28,8 @@ pub enum MethodArg {
 
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
-    /// The fp16 checkpoint folder (HF layout: config.json, *.safetensors, tokenizer.json).
+    /// The fp16 checkpoint folder (HF layout: config.json, *.safetensors, tokenizer.json or
+    /// tokenizer.model).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Calibration text, tokenized with the checkpoint's tokenizer. Default: the shipped
