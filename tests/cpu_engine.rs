@@ -543,3 +543,105 @@ fn cli_decode_reads_a_lone_sentencepiece_tokenizer_model() {
     let generated: Vec<u32> = serde_json::from_value(by_text["tokens"].clone()).unwrap();
     assert_eq!(by_text["text"], tok.decode(&generated).unwrap());
 }
+
+/// generation_config.json's sampling, as transformers' generate reads it: do_sample false is
+/// greedy, do_sample true samples at its top_p / temperature; a flag wins over the file; a file
+/// without do_sample leaves the lab's defaults; a value generate would refuse is named.
+#[test]
+fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
+    let src = fixture("tiny-sym-g32");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+    }
+    let dir = tmp.path().to_str().unwrap();
+    let gen = tmp.path().join("generation_config.json");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec![
+            "decode",
+            "--backend",
+            "cpu",
+            "--checkpoint",
+            dir,
+            "--prompt-ids",
+            "1,55,53",
+            "--max-new-tokens",
+            "12",
+            "--ignore-eos",
+            "--seed",
+            "5",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let mode = |v: &serde_json::Value| v["sampling"]["mode"].as_str().unwrap().to_string();
+    // The settings are f32: compared to their decimal within f32 rounding.
+    let setting = |v: &serde_json::Value, key: &str, want: f64| {
+        let got = v["sampling"][key].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-6, "{key}: {got} vs {want}: {v}");
+    };
+    // No file: the lab's defaults.
+    let lab_default = run(&[]);
+    setting(&lab_default, "top_p", 0.9);
+    setting(&lab_default, "temperature", 0.7);
+    let greedy = run(&["--greedy"]);
+    // do_sample false: greedy, the same tokens as --greedy; a flag asks to sample anyway.
+    std::fs::write(&gen, r#"{"do_sample": false, "eos_token_id": 2}"#).unwrap();
+    let v = run(&[]);
+    assert_eq!(mode(&v), "greedy");
+    assert_eq!(v["tokens"], greedy["tokens"]);
+    assert!(v["sampling"]["from"]
+        .as_str()
+        .unwrap()
+        .contains("generation_config.json"));
+    assert_eq!(mode(&run(&["--top-p", "0.8"])), "top_p");
+    // do_sample true: its settings, the same draw as the same flags; a flag wins, 1.0 fills in.
+    std::fs::write(
+        &gen,
+        r#"{"do_sample": true, "temperature": 0.5, "top_p": 0.6, "top_k": 40}"#,
+    )
+    .unwrap();
+    let v = run(&[]);
+    assert_eq!(mode(&v), "top_p");
+    setting(&v, "top_p", 0.6);
+    setting(&v, "temperature", 0.5);
+    assert!(v["sampling"]["from"].as_str().unwrap().contains("top_k 40"));
+    let by_flags = run(&["--top-p", "0.6", "--temperature", "0.5"]);
+    assert_eq!(v["tokens"], by_flags["tokens"]);
+    let v = run(&["--top-p", "0.95"]);
+    setting(&v, "top_p", 0.95);
+    setting(&v, "temperature", 0.5);
+    std::fs::write(&gen, r#"{"do_sample": true}"#).unwrap();
+    let v = run(&[]);
+    setting(&v, "top_p", 1.0);
+    setting(&v, "temperature", 1.0);
+    // No do_sample: the lab's defaults, as with no file.
+    std::fs::write(&gen, r#"{"temperature": 0.1, "eos_token_id": 2}"#).unwrap();
+    assert_eq!(run(&[])["tokens"], lab_default["tokens"]);
+    // Values generate would refuse are named with the file.
+    for bad in [
+        r#"{"do_sample": true, "top_p": 1.5}"#,
+        r#"{"do_sample": "yes"}"#,
+        r#"{"do_sample": true, "temperature": -1}"#,
+    ] {
+        std::fs::write(&gen, bad).unwrap();
+        let o = lab(&[
+            "decode",
+            "--backend",
+            "cpu",
+            "--checkpoint",
+            dir,
+            "--prompt-ids",
+            "1,55",
+        ]);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("generation_config.json"),
+            "{bad}: {e}"
+        );
+    }
+}

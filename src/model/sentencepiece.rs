@@ -101,12 +101,14 @@ impl SpModel {
                     "a unigram model; only BPE models (LLaMA's kind) are read here",
                 ))
             }
-            other => return Err(bad(
-                path,
-                format!(
+            other => {
+                return Err(bad(
+                    path,
+                    format!(
                     "model type {other} (not BPE); only BPE models (LLaMA's kind) are read here"
                 ),
-            )),
+                ))
+            }
         }
         if !t.byte_fallback {
             return Err(bad(path, "a BPE model without byte fallback; only byte-fallback models (LLaMA's kind) are read here"));

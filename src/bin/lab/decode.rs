@@ -53,14 +53,15 @@ pub struct DecodeArgs {
     /// Always pick the most likely token (same as --temperature 0).
     #[arg(long)]
     greedy: bool,
-    /// Nucleus mass kept when sampling. The lab's own default: the sampling settings a
-    /// checkpoint's generation_config.json may give are not read; pass them here to sample as
-    /// transformers' generate would.
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
-    /// Softmax temperature when sampling (the lab's own default; see --top-p).
-    #[arg(long, default_value_t = 0.7)]
-    temperature: f32,
+    /// Nucleus mass kept when sampling. Default: the checkpoint's generation_config.json when it
+    /// sets do_sample, as transformers' generate reads it (false: greedy; true: its top_p,
+    /// 1.0 where it has none), else 0.9. A flag given wins over the file.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Softmax temperature when sampling, 0 = greedy. Default: as --top-p, from
+    /// generation_config.json (1.0 where it has none), else 0.7.
+    #[arg(long)]
+    temperature: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Keep generating after the end-of-sequence token.
@@ -98,7 +99,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         return gpu::run(&a);
     }
     let dir = checkpoint_dir(&a)?;
-    let sampling = Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    let (sampling, sampling_from) = sampling(&a, &dir)?;
     let template = Template::parse(&a.template)?;
 
     let t0 = Instant::now();
@@ -107,6 +108,9 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         eprintln!("note: {n}");
     }
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
+        eprintln!("{note}");
+    }
+    if let Some(note) = sampling_from.note(sampling) {
         eprintln!("{note}");
     }
     let tokenizer = TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
@@ -209,11 +213,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
             "checkpoint": ckpt.dir,
             "model": ckpt.config.name,
             "quantization": quant,
-            "sampling": match sampling {
-                Sampling::Greedy => serde_json::json!({"mode": "greedy"}),
-                Sampling::TopP { top_p, temperature } =>
-                    serde_json::json!({"mode": "top_p", "top_p": top_p, "temperature": temperature, "seed": a.seed}),
-            },
+            "sampling": sampling_json(sampling, &sampling_from, a.seed),
             "prompt_tokens": prompt,
             "tokens": tokens,
             // Per new token, top-p only: the fraction of the nucleus mass between the draw and the
@@ -271,6 +271,148 @@ pub(super) fn check_context(
              give at most {} new tokens",
             ctx.saturating_sub(prompt_len)
         ),
+    }
+}
+
+/// Where the sampling settings came from, for the JSON; `file`: generation_config.json decided
+/// some of them (worth a note on stderr: the same flags sample differently on another folder).
+pub(super) struct SamplingFrom {
+    pub text: String,
+    pub file: bool,
+}
+
+impl SamplingFrom {
+    fn new(text: impl Into<String>, file: bool) -> Self {
+        SamplingFrom {
+            text: text.into(),
+            file,
+        }
+    }
+
+    /// The note for stderr, when the file decided something.
+    pub(super) fn note(&self, s: Sampling) -> Option<String> {
+        self.file.then(|| match s {
+            Sampling::Greedy => format!("note: sampling: greedy, from {}", self.text),
+            Sampling::TopP { .. } => format!("note: sampling: top-p, from {}", self.text),
+        })
+    }
+}
+
+/// The sampling of a run from `dir`: --greedy; else --top-p / --temperature where given and the
+/// rest from generation_config.json when it sets `do_sample`, as transformers' generate reads it
+/// (false: greedy unless a flag asks to sample; true: its top_p and temperature, 1.0 where it
+/// has none), else the lab's defaults (top-p 0.9, temperature 0.7). A value in the file that
+/// generate would refuse (top_p outside (0, 1], a negative temperature, a non-boolean do_sample)
+/// is an error naming the file. top_k, which the engines do not have, is named when the file
+/// sets it. Shared by both backends.
+pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, SamplingFrom)> {
+    let flags = || {
+        let mut f: Vec<&str> = Vec::new();
+        if a.top_p.is_some() {
+            f.push("--top-p");
+        }
+        if a.temperature.is_some() {
+            f.push("--temperature");
+        }
+        f.join(" and ")
+    };
+    if a.greedy {
+        return Ok((Sampling::Greedy, SamplingFrom::new("--greedy", false)));
+    }
+    let path = dir.join("generation_config.json");
+    let file: Option<serde_json::Value> = if gptq_lab::util::optional_file(&path)? {
+        Some(gptq_lab::util::read_json(&path)?)
+    } else {
+        None
+    };
+    let field = |key: &str| file.as_ref().map_or(&serde_json::Value::Null, |v| &v[key]);
+    let do_sample = match field("do_sample") {
+        serde_json::Value::Null => None,
+        serde_json::Value::Bool(b) => Some(*b),
+        other => bail!(
+            "{}: do_sample {other}; expected true or false",
+            path.display()
+        ),
+    };
+    let number = |key: &str, ok: fn(f64) -> bool, want: &str| -> anyhow::Result<Option<f32>> {
+        match field(key) {
+            serde_json::Value::Null => Ok(None),
+            v => match v.as_f64().filter(|&x| ok(x)) {
+                Some(x) => Ok(Some(x as f32)),
+                None => bail!("{}: {key} {v}; expected {want}", path.display()),
+            },
+        }
+    };
+    let (top_p, temperature, from) = match do_sample {
+        Some(false) if a.top_p.is_none() && a.temperature.is_none() => {
+            let from = format!(
+                "{} (do_sample false: greedy, as transformers' generate)",
+                path.display()
+            );
+            return Ok((Sampling::Greedy, SamplingFrom::new(from, true)));
+        }
+        Some(true) => {
+            let p = number("top_p", |x| x > 0.0 && x <= 1.0, "0 < top_p <= 1")?;
+            let t = number(
+                "temperature",
+                |x| x.is_finite() && x >= 0.0,
+                "a finite temperature >= 0",
+            )?;
+            let mut from = format!(
+                "{} (do_sample true{}{})",
+                path.display(),
+                if a.top_p.is_none() {
+                    format!(", top_p {}", p.unwrap_or(1.0))
+                } else {
+                    String::new()
+                },
+                if a.temperature.is_none() {
+                    format!(", temperature {}", t.unwrap_or(1.0))
+                } else {
+                    String::new()
+                },
+            );
+            if !flags().is_empty() {
+                from = format!("{} over {from}", flags());
+            }
+            match field("top_k") {
+                serde_json::Value::Null => {}
+                k if k.as_u64() == Some(0) => {}
+                k => from.push_str(&format!(
+                    "; its top_k {k} is not applied (the engines sample by top-p only)"
+                )),
+            }
+            (
+                a.top_p.or(p).unwrap_or(1.0),
+                a.temperature.or(t).unwrap_or(1.0),
+                SamplingFrom::new(from, true),
+            )
+        }
+        _ => {
+            let from = match (flags().is_empty(), file.is_some()) {
+                (true, true) => {
+                    format!("the lab's defaults ({} sets no do_sample)", path.display())
+                }
+                (true, false) => "the lab's defaults (no generation_config.json)".to_string(),
+                (false, _) => format!("{}, the lab's defaults for the rest", flags()),
+            };
+            (
+                a.top_p.unwrap_or(0.9),
+                a.temperature.unwrap_or(0.7),
+                SamplingFrom::new(from, false),
+            )
+        }
+    };
+    Ok((Sampling::new(false, top_p, temperature)?, from))
+}
+
+/// The `sampling` object of `--json`.
+pub(super) fn sampling_json(s: Sampling, from: &SamplingFrom, seed: u64) -> serde_json::Value {
+    match s {
+        Sampling::Greedy => serde_json::json!({"mode": "greedy", "from": from.text}),
+        Sampling::TopP { top_p, temperature } => serde_json::json!({
+            "mode": "top_p", "top_p": top_p, "temperature": temperature, "seed": seed, "from": from.text
+        }),
     }
 }
 

@@ -693,7 +693,10 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     opts.prefill_int4 = a.gpu.prefill_int4;
     opts.dequant_slice_elems = slice_elems(a.gpu.dequant_slice_mib)?;
     let mode = opts.prefill;
-    let opts_sampling = gptq_lab::model::sampler::Sampling::new(a.greedy, a.top_p, a.temperature)?;
+    let (opts_sampling, sampling_from) = super::sampling(a, &ckpt.dir)?;
+    if let Some(note) = sampling_from.note(opts_sampling) {
+        eprintln!("{note}");
+    }
     opts.sampling = opts_sampling;
     opts.sample_seed = a.seed;
     opts.pdl = a.gpu.pdl != PdlMode::Off;
@@ -833,6 +836,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         // on the GPU's logits;
         // mirror_differs: new-token indices where the mirror chose another id (expected: none).
         let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text, "stop": stop,
+            "sampling": super::sampling_json(opts_sampling, &sampling_from, a.seed),
             "top_p_margins": margins, "mirror_differs": mirror_differs,
             "timings": {"load_s": load_s, "first_token_s": first_s, "generate_s": gen_s, "decode_tokens_per_s": decode_tps, "prefill": format!("{mode:?}")}, "load": eng.weights.load, "vram": vram});
         println!("{}", serde_json::to_string(&out)?);
