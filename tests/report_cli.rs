@@ -547,3 +547,46 @@ fn a_report_whose_record_is_gone_is_marked_not_listed_as_current() {
     }
     assert!(!index.contains("- [tune.md](tune.md)"), "{index}");
 }
+
+/// The committed reports are what `lab report` writes from the committed JSON, byte for byte: a
+/// change to the report code must come with the regenerated reports (`lab report`, then commit).
+/// The index (README.md) marks reports stale against this binary's kernel hash, so it is
+/// compared only where that hash is the committed tuning file's (main; a branch with other
+/// kernels says so and compares the rest).
+#[test]
+fn the_committed_reports_are_what_lab_report_writes() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("reports")
+        .join(SLUG);
+    let (tmp, dir) = committed_copy();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tuned = json(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tuning")
+            .join(format!("{SLUG}.json")),
+    );
+    let same_kernels = json_str(&tuned, "/kernel_hash") == this_kernel_hash();
+    if !same_kernels {
+        eprintln!("other kernels than the committed tuning's: the index README.md is not compared");
+    }
+    let mut compared = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.ends_with(".md") || name.ends_with(".svg"))
+            || (name == "README.md" && !same_kernels)
+        {
+            continue;
+        }
+        let committed = std::fs::read(repo.join(&name))
+            .unwrap_or_else(|e| panic!("{name} is written by lab report but not committed: {e}"));
+        assert!(
+            std::fs::read(&p).unwrap() == committed,
+            "reports/{SLUG}/{name} differs from what `lab report` writes from the committed JSON: \
+             run `lab report` and commit the result"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 12, "only {compared} reports compared");
+}
