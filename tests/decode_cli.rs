@@ -1,6 +1,6 @@
 //! `lab decode` flags that are refused before any weights load: the GPU bench's (before any device
 //! is opened) and the CPU backend's. A bad value names its flag and what was expected, with or
-//! without a GPU, and nothing panics.
+//! without a GPU, and nothing panics. Also `lab tokenize`, the tokenizer a text prompt goes through.
 
 mod common;
 use common::{lab, stderr};
@@ -217,5 +217,81 @@ fn a_bad_eos_id_and_a_prompt_past_the_context_are_named() {
     assert!(
         e.contains("prompt alone has 3 tokens") && e.contains("context is 2"),
         "{e}"
+    );
+}
+
+/// `lab tokenize`: the fixture's tokenizer.json gives the ids Python's `tokenizers` gave
+/// (expected.json), a lone sentencepiece tokenizer.model round-trips text through ids, and a
+/// folder without a tokenizer or an id past the vocabulary is named.
+#[test]
+fn tokenize_gives_the_reference_ids_and_round_trips_through_a_tokenizer_model() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixture = root.join("tiny-sym-g32");
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
+            .unwrap();
+    let text = expected["tokenizer_check"]["text"].as_str().unwrap();
+    let want = &expected["tokenizer_check"]["ids_with_bos"];
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut a = vec!["tokenize", "--json"];
+        a.extend_from_slice(args);
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let fx = fixture.to_str().unwrap();
+    let v = json(&["--checkpoint", fx, "--text", text]);
+    assert_eq!(&v["ids"], want);
+    let no_bos = json(&["--checkpoint", fx, "--text", text, "--no-bos"]);
+    assert_eq!(
+        no_bos["ids"].as_array().unwrap()[..],
+        want.as_array().unwrap()[1..]
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.join("tokenizer-sp/tokenizer.model"),
+        tmp.path().join("tokenizer.model"),
+    )
+    .unwrap();
+    let dir = tmp.path().to_str().unwrap();
+    let v = json(&["--checkpoint", dir, "--text", "Tell me a story."]);
+    let pieces: Vec<&str> = v["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pieces[..4],
+        ["<s>", "\u{2581}Tell", "\u{2581}me", "\u{2581}a"]
+    );
+    let ids: Vec<String> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    let back = json(&["--checkpoint", dir, "--ids", &ids.join(",")]);
+    assert_eq!(back["text"], "Tell me a story.");
+
+    let o = lab(&["tokenize", "--checkpoint", dir, "--ids", "1,5000"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("tokenizer.model"),
+        "{}",
+        stderr(&o)
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let o = lab(&[
+        "tokenize",
+        "--checkpoint",
+        empty.path().to_str().unwrap(),
+        "--text",
+        "x",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no tokenizer"),
+        "{}",
+        stderr(&o)
     );
 }

@@ -111,6 +111,14 @@ impl TextTokenizer {
         }
     }
 
+    /// The token's text as the vocabulary spells it (`\u{2581}the`, `<0x0A>`, `</s>`).
+    pub fn token(&self, id: u32) -> Option<String> {
+        match &self.inner {
+            Inner::Hf(t) => t.id_to_token(id),
+            Inner::Sp { model, .. } => model.piece(id).map(str::to_string),
+        }
+    }
+
     /// The id of a token such as `</s>`, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         match &self.inner {

@@ -9,6 +9,7 @@ mod plan;
 mod quantize;
 mod report;
 mod run;
+mod tokenize;
 mod tune;
 
 use anyhow::Context;
@@ -54,6 +55,8 @@ enum Cmd {
     SynthCheckpoint(quantize::SynthArgs),
     /// Perplexity of a checkpoint on a text, and KL to a reference (CPU reference engine or GPU engine).
     Eval(eval::EvalArgs),
+    /// A checkpoint's tokenizer alone: text -> ids and pieces, or ids -> text.
+    Tokenize(tokenize::TokenizeArgs),
     /// Write markdown/JSON/plots from recorded runs.
     Report(report::ReportArgs),
     /// The main job: ceilings -> check -> tune -> decode -> report (plan + tiny CPU model without a GPU).
@@ -138,6 +141,7 @@ fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         Cmd::Quantize(a) => quantize::run(a),
         Cmd::SynthCheckpoint(a) => quantize::run_synth(a),
         Cmd::Eval(a) => eval::run(a, sub),
+        Cmd::Tokenize(a) => tokenize::run(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Run(a) => run::run(a),
     }
