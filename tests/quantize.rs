@@ -474,3 +474,36 @@ fn a_failure_in_a_late_layer_leaves_no_output_and_no_staging() {
     assert_only(root, &["nan", "out"]);
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 }
+
+/// An fp16 folder whose only tokenizer is a sentencepiece tokenizer.model (as lmsys' Vicuna
+/// folders ship): the calibration text is tokenized with it, and the quantized folder carries it.
+#[test]
+fn a_folder_with_only_a_tokenizer_model_quantizes_and_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(Path::new(TINY).join(f), src.join(f)).unwrap();
+    }
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer-sp/tokenizer.model");
+    std::fs::copy(&model, src.join("tokenizer.model")).unwrap();
+    let out = tmp.path().join("q");
+    let mut o = opts(&out, 32, true, false, ZeroFormat::V1);
+    o.checkpoint = src;
+    quantize_checkpoint(&o).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("tokenizer.model")).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+    assert!(!out.join("tokenizer.json").exists());
+    let tok = TextTokenizer::from_checkpoint_dir(&out).unwrap().unwrap();
+    assert!(tok.path().ends_with("tokenizer.model"));
+    assert!(matches!(
+        Checkpoint::open(&out)
+            .unwrap()
+            .linear("model.layers.0.self_attn.q_proj")
+            .unwrap(),
+        LinearWeights::Quant(_)
+    ));
+}
