@@ -645,3 +645,92 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
         );
     }
 }
+
+/// `--template v0` ends the text at its "###" turn separator, end to end: a made-up
+/// sentencepiece tokenizer whose pieces are unreachable from text (so the prompt is the same
+/// bytes under both) spells, in its second version, the first generated piece as "###". The
+/// same greedy tokens then stop there ("stop_str"), the text ends before it, streamed or not.
+#[test]
+fn cli_decode_v0_stops_at_its_turn_separator() {
+    use gptq_lab::model::sentencepiece::test_model::{model_bytes, Spec};
+    let src = fixture("tiny-sym-g32");
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "tokenizer.json" {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    // The prompt is all byte tokens (~260): room for it and the new tokens.
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = 512.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    // Ids 259..320 (the model's vocabulary): "p259", ... — no single character is a piece, so
+    // no merge ever makes one, and a renamed piece is only ever generated, never encoded.
+    let first = 3 + 256;
+    let mut names: Vec<String> = (first..320).map(|i| format!("p{i}")).collect();
+    let write = |names: &[String]| {
+        let pieces: Vec<(&str, f32, u64)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), -(i as f32), 1))
+            .collect();
+        std::fs::write(
+            tmp.path().join("tokenizer.model"),
+            model_bytes(&pieces, &Spec::default()),
+        )
+        .unwrap();
+    };
+    write(&names);
+    let dir = tmp.path().to_str().unwrap().to_string();
+    let run = |json: bool| {
+        let mut a = vec![
+            "decode",
+            "--backend",
+            "cpu",
+            "--checkpoint",
+            &dir,
+            "--prompt",
+            "Hi",
+            "--template",
+            "v0",
+            "--greedy",
+            "--ignore-eos",
+            "--max-new-tokens",
+            "24",
+        ];
+        if json {
+            a.push("--json");
+        }
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let parse = |b: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&b).unwrap();
+    let free = parse(run(true));
+    let tokens: Vec<u64> = serde_json::from_value(free["tokens"].clone()).unwrap();
+    assert_eq!(free["stop"], "max_new_tokens");
+    let k = (1..tokens.len())
+        .find(|&i| tokens[i] >= first as u64)
+        .unwrap_or_else(|| {
+            panic!("no generated piece (id >= {first}) after the first: {tokens:?}")
+        });
+    names[tokens[k] as usize - first] = "###".into();
+    write(&names);
+    let stopped = parse(run(true));
+    assert_eq!(stopped["prompt_tokens"], free["prompt_tokens"]);
+    assert_eq!(stopped["stop"], "stop_str", "{stopped}");
+    let got: Vec<u64> = serde_json::from_value(stopped["tokens"].clone()).unwrap();
+    assert_eq!(got, tokens[..=k].to_vec());
+    let text = stopped["text"].as_str().unwrap();
+    assert!(!text.contains('#'), "{text:?}");
+    assert!(
+        free["text"].as_str().unwrap().starts_with(text),
+        "{text:?} / {free}"
+    );
+    // Streamed (no --json): the same text and nothing from the separator on.
+    let streamed = String::from_utf8(run(false)).unwrap();
+    assert_eq!(streamed.trim_end_matches('\n'), text, "{streamed:?}");
+}

@@ -781,9 +781,10 @@ mod proto {
     }
 }
 
-/// Writing sentencepiece models for tests (here and in the tokenizer's).
-#[cfg(test)]
-pub(crate) mod test_model {
+/// Writing sentencepiece models in LLaMA's layout, for tests and fixtures (the unit tests here and
+/// in `model::tokenizer`, the integration tests' made-up tokenizers). Not a user feature.
+#[doc(hidden)]
+pub mod test_model {
     /// Protobuf wire encoding, enough to write a ModelProto.
     fn varint(mut v: u64, out: &mut Vec<u8>) {
         while v >= 0x80 {
