@@ -619,6 +619,11 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
     let v = run(&[]);
     setting(&v, "top_p", 1.0);
     setting(&v, "temperature", 1.0);
+    // top_p 0 keeps one token (transformers' warper keeps at least one): greedy.
+    std::fs::write(&gen, r#"{"do_sample": true, "top_p": 0.0}"#).unwrap();
+    let v = run(&[]);
+    assert_eq!(mode(&v), "greedy");
+    assert_eq!(v["tokens"], greedy["tokens"]);
     // No do_sample: the lab's defaults, as with no file.
     std::fs::write(&gen, r#"{"temperature": 0.1, "eos_token_id": 2}"#).unwrap();
     assert_eq!(run(&[])["tokens"], lab_default["tokens"]);
@@ -627,6 +632,7 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
         r#"{"do_sample": true, "top_p": 1.5}"#,
         r#"{"do_sample": "yes"}"#,
         r#"{"do_sample": true, "temperature": -1}"#,
+        r#"{"do_sample": true, "temperature": 0.0}"#,
     ] {
         std::fs::write(&gen, bad).unwrap();
         let o = lab(&[

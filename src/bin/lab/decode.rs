@@ -301,9 +301,9 @@ impl SamplingFrom {
 /// The sampling of a run from `dir`: --greedy; else --top-p / --temperature where given and the
 /// rest from generation_config.json when it sets `do_sample`, as transformers' generate reads it
 /// (false: greedy unless a flag asks to sample; true: its top_p and temperature, 1.0 where it
-/// has none), else the lab's defaults (top-p 0.9, temperature 0.7). A value in the file that
-/// generate would refuse (top_p outside (0, 1], a negative temperature, a non-boolean do_sample)
-/// is an error naming the file. top_k, which the engines do not have, is named when the file
+/// has none; top_p 0 keeps one token: greedy), else the lab's defaults (top-p 0.9, temperature
+/// 0.7). A value in the file that generate would refuse (top_p outside [0, 1], a temperature
+/// that is not > 0, a non-boolean do_sample) is an error naming the file. top_k, which the engines do not have, is named when the file
 /// sets it. Shared by both backends.
 pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, SamplingFrom)> {
     let flags = || {
@@ -352,11 +352,14 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
             return Ok((Sampling::Greedy, SamplingFrom::new(from, true)));
         }
         Some(true) => {
-            let p = number("top_p", |x| x > 0.0 && x <= 1.0, "0 < top_p <= 1")?;
+            // What transformers' warpers accept: top_p in [0, 1] (0 keeps the one most likely
+            // token), a temperature > 0 (0 raises there: greedy is do_sample false).
+            let p = number("top_p", |x| (0.0..=1.0).contains(&x), "0 <= top_p <= 1")?;
             let t = number(
                 "temperature",
-                |x| x.is_finite() && x >= 0.0,
-                "a finite temperature >= 0",
+                |x| x.is_finite() && x > 0.0,
+                "a finite temperature > 0 (transformers' generate refuses 0 with do_sample \
+                 true; greedy is do_sample false)",
             )?;
             let mut from = format!(
                 "{} (do_sample true{}{})",
@@ -381,6 +384,10 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
                 k => from.push_str(&format!(
                     "; its top_k {k} is not applied (the engines sample by top-p only)"
                 )),
+            }
+            if a.top_p.is_none() && p == Some(0.0) {
+                from.push_str("; top_p 0 keeps only the most likely token: greedy");
+                return Ok((Sampling::Greedy, SamplingFrom::new(from, true)));
             }
             (
                 a.top_p.or(p).unwrap_or(1.0),
