@@ -48,6 +48,18 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A temp copy of the fixture folder `name`, without the files named in `leave_out`.
+fn fixture_copy(name: &str, leave_out: &[&str]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        if !leave_out.iter().any(|f| e.file_name() == *f) {
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+    }
+    tmp
+}
+
 fn expected(name: &str) -> Expected {
     let p = fixture(name).join("expected.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -287,11 +299,7 @@ fn cli_decode_stops_at_the_checkpoints_eos() {
     let at = (3..ids.len())
         .find(|&i| !ids[..i].contains(&ids[i]))
         .expect("a new id after the third");
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    let tmp = fixture_copy("tiny-sym-g32", &[]);
     let cfg_path = tmp.path().join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
@@ -499,14 +507,7 @@ fn cli_decode_refuses_gpu_and_bad_flags_with_clear_messages() {
 fn cli_decode_reads_a_lone_sentencepiece_tokenizer_model() {
     use gptq_lab::model::template::Template;
     use gptq_lab::model::tokenizer::TextTokenizer;
-    let src = fixture("tiny-sym-g32");
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "tokenizer.json" {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    let tmp = fixture_copy("tiny-sym-g32", &["tokenizer.json"]);
     let model = fixture("tokenizer-sp").join("tokenizer.model");
     std::fs::copy(&model, tmp.path().join("tokenizer.model")).unwrap();
     let dir = tmp.path().to_str().unwrap();
@@ -549,12 +550,7 @@ fn cli_decode_reads_a_lone_sentencepiece_tokenizer_model() {
 /// without do_sample leaves the lab's defaults; a value generate would refuse is named.
 #[test]
 fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
-    let src = fixture("tiny-sym-g32");
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    let tmp = fixture_copy("tiny-sym-g32", &[]);
     let dir = tmp.path().to_str().unwrap();
     let gen = tmp.path().join("generation_config.json");
     let run = |extra: &[&str]| -> serde_json::Value {
@@ -659,14 +655,7 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
 #[test]
 fn cli_decode_v0_stops_at_its_turn_separator() {
     use gptq_lab::model::sentencepiece::test_model::{model_bytes, Spec};
-    let src = fixture("tiny-sym-g32");
-    let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "tokenizer.json" {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    let tmp = fixture_copy("tiny-sym-g32", &["tokenizer.json"]);
     // The prompt is all byte tokens (~260): room for it and the new tokens.
     let cfg_path = tmp.path().join("config.json");
     let mut cfg: serde_json::Value =

@@ -306,6 +306,14 @@ pub fn parse_id_list(s: &str, what: &str) -> Result<Vec<u32>> {
 mod tests {
     use super::*;
 
+    /// What a TextStream hands out for `ids`, one entry per push, then `finish`'s.
+    fn stream_pieces(tok: &TextTokenizer, ids: &[u32]) -> Vec<String> {
+        let mut st = TextStream::new(tok);
+        let mut pieces: Vec<String> = ids.iter().map(|&i| st.push(i).unwrap()).collect();
+        pieces.push(st.finish().unwrap());
+        pieces
+    }
+
     fn fixture() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32")
     }
@@ -410,12 +418,7 @@ mod tests {
         let tok = llama_style_tokenizer(dir.path(), &["\u{2581}Sure", "!", "\u{2581}Enjoy", "."]);
         let id = |t: &str| tok.token_id(t).unwrap();
         assert!(tok.is_byte_token(id("<0x0A>")) && !tok.is_byte_token(id("!")));
-        let stream = |ids: &[u32]| -> Vec<String> {
-            let mut st = TextStream::new(&tok);
-            let mut pieces: Vec<String> = ids.iter().map(|&i| st.push(i).unwrap()).collect();
-            pieces.push(st.finish().unwrap());
-            pieces
-        };
+        let stream = |ids: &[u32]| stream_pieces(&tok, ids);
         // "\n" then two bytes of a three-byte character that never comes: the decoder turns the
         // whole run, "\n" included, into U+FFFDs. Before the fix "Sure!\n" was given out, the
         // decode no longer started with it, and every later piece was empty.
@@ -607,12 +610,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let id = |t: &str| tok.token_id(t).unwrap();
-        let stream = |ids: &[u32]| -> Vec<String> {
-            let mut st = TextStream::new(&tok);
-            let mut pieces: Vec<String> = ids.iter().map(|&i| st.push(i).unwrap()).collect();
-            pieces.push(st.finish().unwrap());
-            pieces
-        };
+        let stream = |ids: &[u32]| stream_pieces(&tok, ids);
         let whole = [
             id("\u{2581}Sure"),
             id("!"),
