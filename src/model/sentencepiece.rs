@@ -57,7 +57,6 @@ pub struct SpModel {
     /// Control and unknown pieces, longest first: their literal text in the input is the token.
     specials: Vec<(String, u32)>,
     bos: Option<u32>,
-    eos: Option<u32>,
     /// No mergeable piece holds another character followed by U+2581, so no merge crosses the
     /// start of a word: each word is merged on its own (the same result; a heap per word instead
     /// of one over a whole evaluation text, which misses the cache on every pop). LLaMA's
@@ -220,7 +219,8 @@ impl SpModel {
         special_id(t.unk_id, "unk", PieceType::Unknown)?
             .ok_or_else(|| bad(path, "no unknown piece (unk_id < 0)"))?;
         let bos = special_id(t.bos_id, "bos", PieceType::Control)?;
-        let eos = special_id(t.eos_id, "eos", PieceType::Control)?;
+        // Checked, not kept: decode's stop set finds `</s>` by name (TextTokenizer::token_id).
+        special_id(t.eos_id, "eos", PieceType::Control)?;
         let split_words = !pieces.iter().any(|p| {
             matches!(p.kind, PieceType::Normal | PieceType::UserDefined)
                 && p.text
@@ -237,7 +237,6 @@ impl SpModel {
             user_defined,
             specials,
             bos,
-            eos,
             split_words,
             add_dummy_prefix: n.add_dummy_prefix,
             remove_extra_whitespaces: n.remove_extra_whitespaces,
@@ -247,14 +246,6 @@ impl SpModel {
 
     pub fn vocab_size(&self) -> usize {
         self.pieces.len()
-    }
-
-    pub fn bos_id(&self) -> Option<u32> {
-        self.bos
-    }
-
-    pub fn eos_id(&self) -> Option<u32> {
-        self.eos
     }
 
     /// The piece's text (`<s>`, `<0x0A>`, `\u{2581}the`).
@@ -330,7 +321,7 @@ impl SpModel {
         }
     }
 
-    /// A piece BPE may merge into: its id and score.
+    /// A piece BPE may merge into (and a final symbol may be): its id and score.
     fn mergeable(&self, s: &str) -> Option<(u32, f32)> {
         let id = self.id(s)?;
         let p = &self.pieces[id as usize];
@@ -404,16 +395,9 @@ impl SpModel {
         let mut i = 0;
         while i != NONE {
             let s = &norm[syms[i].start..syms[i].end];
-            match self.id(s) {
-                Some(id)
-                    if matches!(
-                        self.pieces[id as usize].kind,
-                        PieceType::Normal | PieceType::UserDefined
-                    ) =>
-                {
-                    out.push(id)
-                }
-                _ => out.extend(s.bytes().map(|b| self.byte_ids[b as usize])),
+            match self.mergeable(s) {
+                Some((id, _)) => out.push(id),
+                None => out.extend(s.bytes().map(|b| self.byte_ids[b as usize])),
             }
             i = syms[i].next;
         }

@@ -8,6 +8,9 @@ use crate::{LabError, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// What the commands say when a folder has neither tokenizer file.
+pub const NO_TOKENIZER: &str = "no tokenizer (tokenizer.json or tokenizer.model)";
+
 pub struct TextTokenizer {
     inner: Inner,
     path: PathBuf,

@@ -6,7 +6,7 @@
 //! licence. They are small (about 5 and 2 KB): enough to exercise the pipeline and to quantize the
 //! tiny fixtures; a real 7B run wants ~128 x 2048 tokens of a corpus such as C4 or WikiText.
 
-use crate::model::tokenizer::{parse_id_list, TextTokenizer};
+use crate::model::tokenizer::{parse_id_list, TextTokenizer, NO_TOKENIZER};
 use crate::{LabError, Result};
 use std::path::{Path, PathBuf};
 
@@ -47,8 +47,8 @@ pub fn load_tokens(src: &CalibSource, ckpt_dir: &Path, vocab_size: usize) -> Res
             LabError::bad_checkpoint(
                 ckpt_dir,
                 format!(
-                    "no tokenizer (tokenizer.json or tokenizer.model) to tokenize the calibration \
-                     text {}; pass token ids with --calib-ids instead",
+                    "{NO_TOKENIZER} to tokenize the calibration text {}; pass token ids with \
+                     --calib-ids instead",
                     what.display()
                 ),
             )

@@ -14,7 +14,7 @@ use gptq_lab::model::checkpoint::Checkpoint;
 use gptq_lab::model::cpu_engine::CpuEngine;
 use gptq_lab::model::sampler::{Sampler, Sampling};
 use gptq_lab::model::template::Template;
-use gptq_lab::model::tokenizer::{parse_ids, TextTokenizer};
+use gptq_lab::model::tokenizer::{parse_ids, TextTokenizer, NO_TOKENIZER};
 use gptq_lab::model::weights::LlamaWeights;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -119,8 +119,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         (None, Some(text)) => {
             let tok = tokenizer.as_ref().with_context(|| {
                 format!(
-                    "{}: no tokenizer (tokenizer.json or tokenizer.model), so --prompt cannot be \
-                     tokenized; pass --prompt-ids",
+                    "{}: {NO_TOKENIZER}, so --prompt cannot be tokenized; pass --prompt-ids",
                     ckpt.dir.display()
                 )
             })?;

@@ -678,9 +678,9 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
                 true,
             )?,
             (Some(_), None) => bail!(
-                "{}: no tokenizer (tokenizer.json or tokenizer.model), so --prompt cannot be \
-                 tokenized; pass --prompt-ids",
-                ckpt.dir.display()
+                "{}: {}, so --prompt cannot be tokenized; pass --prompt-ids",
+                ckpt.dir.display(),
+                gptq_lab::model::tokenizer::NO_TOKENIZER
             ),
             (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
         },

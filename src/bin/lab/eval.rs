@@ -14,7 +14,7 @@ use clap::ValueEnum;
 use gptq_lab::model::checkpoint::Checkpoint;
 use gptq_lab::model::gpu_engine::{EngineOptions, GpuEngine, WeightSource};
 use gptq_lab::model::layer_source::CheckpointLayers;
-use gptq_lab::model::tokenizer::TextTokenizer;
+use gptq_lab::model::tokenizer::{TextTokenizer, NO_TOKENIZER};
 use gptq_lab::quantize::calib::{DEFAULT_SEQLEN, EVAL_TEXT};
 use gptq_lab::quantize::perplexity::{
     check_seqlen, check_text_length, cpu_engine_of, perplexity_scored, NextTokenModel, Perplexity,
@@ -106,7 +106,7 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     }
     let tok = TextTokenizer::from_checkpoint_dir(&a.checkpoint)?.with_context(|| {
         format!(
-            "{}: no tokenizer (tokenizer.json or tokenizer.model) to tokenize the evaluation text",
+            "{}: {NO_TOKENIZER} to tokenize the evaluation text",
             a.checkpoint.display()
         )
     })?;

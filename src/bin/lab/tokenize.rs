@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use gptq_lab::model::template::Template;
-use gptq_lab::model::tokenizer::{parse_id_list, TextTokenizer};
+use gptq_lab::model::tokenizer::{parse_id_list, TextTokenizer, NO_TOKENIZER};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -32,12 +32,8 @@ pub struct TokenizeArgs {
 }
 
 pub fn run(a: TokenizeArgs) -> anyhow::Result<()> {
-    let tok = TextTokenizer::from_checkpoint_dir(&a.checkpoint)?.with_context(|| {
-        format!(
-            "{}: no tokenizer (tokenizer.json or tokenizer.model)",
-            a.checkpoint.display()
-        )
-    })?;
+    let tok = TextTokenizer::from_checkpoint_dir(&a.checkpoint)?
+        .with_context(|| format!("{}: {NO_TOKENIZER}", a.checkpoint.display()))?;
     let template = Template::parse(&a.template)?;
     let (ids, text) = match (&a.text, &a.ids) {
         (Some(t), _) => {
