@@ -548,46 +548,71 @@ fn a_report_whose_record_is_gone_is_marked_not_listed_as_current() {
     assert!(!index.contains("- [tune.md](tune.md)"), "{index}");
 }
 
-/// The committed reports are what `lab report` writes from the committed JSON, byte for byte: a
-/// change to the report code must come with the regenerated reports (`lab report`, then commit).
-/// Every markdown report names this binary's kernel hash where it marks a report stale, so the
-/// markdown is compared only where that hash is the committed tuning file's (main); a branch with
-/// other kernels says so and compares the plots.
+/// The committed reports are what `lab report` writes from the committed JSON, byte for byte, in
+/// every folder under reports/ (the H100's and the CPU's): a change to the report code must come
+/// with the regenerated reports (`lab report`, then commit). What `lab report` writes is removed
+/// from the copy first, so a file it stopped writing fails too. Every index names this binary's
+/// kernel hash, so the markdown is compared only where that hash is the committed tuning file's
+/// (main); a branch with other kernels says so and compares the plots.
 #[test]
 fn the_committed_reports_are_what_lab_report_writes() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("reports")
-        .join(SLUG);
-    let (tmp, dir) = committed_copy();
-    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
-    let tuned = json(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tuning")
-            .join(format!("{SLUG}.json")),
-    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&repo.join("reports"), &tmp.path().join("reports"));
+    copy_dir(&repo.join("tuning"), &tmp.path().join("tuning"));
+    let tuned = json(&repo.join("tuning").join(format!("{SLUG}.json")));
     let same_kernels = json_str(&tuned, "/kernel_hash") == this_kernel_hash();
     if !same_kernels {
         eprintln!("other kernels than the committed tuning's: only the plots are compared");
     }
-    let mut compared = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        if !(name.ends_with(".md") || name.ends_with(".svg"))
-            || (name.ends_with(".md") && !same_kernels)
-        {
-            continue;
+    // What lab report writes: each folder's index, and the GPU folder's markdown and plots (the
+    // CPU folder's other markdown is recorded tool output, kept as written).
+    let written = |folder: &str, name: &str| {
+        name == "README.md" || name.ends_with(".svg") || (folder != "cpu" && name.ends_with(".md"))
+    };
+    let mut folders: Vec<String> = std::fs::read_dir(repo.join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert!(folders.iter().any(|f| f == "cpu") && folders.iter().any(|f| f == SLUG));
+    for folder in &folders {
+        for e in std::fs::read_dir(tmp.path().join("reports").join(folder)).unwrap() {
+            let p = e.unwrap().path();
+            if written(folder, &p.file_name().unwrap().to_string_lossy()) {
+                std::fs::remove_file(&p).unwrap();
+            }
         }
-        let committed = std::fs::read(repo.join(&name))
-            .unwrap_or_else(|e| panic!("{name} is written by lab report but not committed: {e}"));
-        assert!(
-            std::fs::read(&p).unwrap() == committed,
-            "reports/{SLUG}/{name} differs from what `lab report` writes from the committed JSON: \
-             run `lab report` and commit the result"
-        );
-        compared += 1;
     }
-    let least = if same_kernels { 12 } else { 6 };
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut compared = 0;
+    for folder in &folders {
+        for e in std::fs::read_dir(repo.join("reports").join(folder)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if !written(folder, &name) || (name.ends_with(".md") && !same_kernels) {
+                continue;
+            }
+            let regenerated = std::fs::read(tmp.path().join("reports").join(folder).join(&name))
+                .unwrap_or_else(|e| {
+                    panic!("reports/{folder}/{name} is committed but lab report no longer writes it: {e}")
+                });
+            assert!(
+                regenerated
+                    == std::fs::read(repo.join("reports").join(folder).join(&name)).unwrap(),
+                "reports/{folder}/{name} differs from what `lab report` writes from the committed \
+                 JSON: run `lab report` and commit the result"
+            );
+            compared += 1;
+        }
+        for e in std::fs::read_dir(tmp.path().join("reports").join(folder)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                repo.join("reports").join(folder).join(&name).exists(),
+                "reports/{folder}/{name} is written by lab report but not committed"
+            );
+        }
+    }
+    let least = if same_kernels { 13 } else { 6 };
     assert!(compared >= least, "only {compared} reports compared");
 }

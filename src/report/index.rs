@@ -14,6 +14,9 @@ pub enum Freshness {
     Stale,
     /// The record carries no kernel hash (e.g. a PyTorch peer measurement).
     NoHeader,
+    /// The record names a build but no device: a CPU measurement (e.g. the quantizer's report),
+    /// whose numbers no kernel source changes, so its kernel hash says nothing about them.
+    CpuRecord,
     /// The record could not be read; the reason.
     Unreadable(String),
     /// A report `lab report` writes whose record is gone: not regenerated, so it may describe a
@@ -34,6 +37,7 @@ impl Freshness {
             Freshness::Current => "current".into(),
             Freshness::Stale => "**stale**".into(),
             Freshness::NoHeader => "no build header".into(),
+            Freshness::CpuRecord => "CPU record: no kernels involved".into(),
             Freshness::Unreadable(why) => format!("**unreadable**: {}", why.replace('|', "/")),
             Freshness::NoRecord => {
                 "**no record**: not regenerated; restore the record or remove the file".into()
@@ -157,5 +161,10 @@ mod tests {
         assert!(md.contains("- [memcheck.txt](memcheck.txt)"));
         let current = index_markdown("test-gpu", None, &[entry(KERNEL_HASH)], &[]);
         assert!(!current.contains("stale"), "{current}");
+        let mut cpu = entry("0000000000000000");
+        cpu.freshness = Freshness::CpuRecord;
+        let cpu = index_markdown("cpu", None, &[cpu], &[]);
+        assert!(!cpu.contains("stale"), "{cpu}");
+        assert!(cpu.contains("| CPU record: no kernels involved |"), "{cpu}");
     }
 }

@@ -395,14 +395,21 @@ fn other_json(path: &Path, rel: &str) -> (IndexEntry, Option<String>) {
     let h = v.get("header").unwrap_or(&v);
     let s = |p: &str| h.pointer(p).and_then(|x| x.as_str()).map(str::to_string);
     let hash = s("/build/kernel_hash");
+    // A record with a build but no device was measured on the CPU (reports/cpu/quantize.json):
+    // kernel sources do not move its numbers, so it is neither current nor stale.
+    let freshness = match hash.as_deref() {
+        None => Freshness::NoHeader,
+        Some(_) if h.get("device").is_none() => Freshness::CpuRecord,
+        Some(h) => Freshness::of(h),
+    };
     let entry = IndexEntry {
         file: rel.into(),
         source: rel.into(),
         what: "recorded JSON (no markdown view)".into(),
         date: s("/date").unwrap_or_default(),
         git_rev: s("/build/git_rev").unwrap_or_default(),
-        kernel_hash: hash.clone().unwrap_or_default(),
-        freshness: hash.map_or(Freshness::NoHeader, |h| Freshness::of(&h)),
+        kernel_hash: hash.unwrap_or_default(),
+        freshness,
     };
     (entry, None)
 }
