@@ -27,7 +27,13 @@ enum Inner {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| LabError::io(path, e))?;
+        // The JSON's syntax first: tokenizers 0.23 panics (an `expect` in its decoder's
+        // deserializer) on a syntax error inside the "decoder" object instead of returning one.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            LabError::bad_checkpoint(path, format!("tokenizer.json is not valid JSON: {e}"))
+        })?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| {
             LabError::bad_checkpoint(path, format!("cannot load tokenizer.json: {e}"))
         })?;
         Ok(TextTokenizer {
