@@ -1124,3 +1124,35 @@ fn a_g_idx_that_does_not_give_each_group_its_rows_is_refused() {
         ],
     );
 }
+
+#[test]
+fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said() {
+    // AutoGPTQ's kernels read each row's group from g_idx whatever desc_act says, and so does
+    // the loader; a config that claims g_idx = k / group_size over an act-order one is noted.
+    let (_t, act) = good(32, true, true, ZeroFormat::V1);
+    let reference = Checkpoint::open(&act).unwrap().linear(Q).unwrap();
+    for (field, value) in [("desc_act", false), ("static_groups", true)] {
+        let (_t, dir) = good(32, true, true, ZeroFormat::V1);
+        fx::edit_json(&dir.join("quantize_config.json"), |v| {
+            v[field] = value.into()
+        });
+        fx::edit_json(&dir.join("config.json"), |v| {
+            v["quantization_config"][field] = value.into()
+        });
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert_eq!(ck.linear(Q).unwrap(), reference, "{field} = {value}");
+        let notes = ck.quant_notes().join("\n");
+        assert_mentions(
+            &notes,
+            &[
+                "quantize_config.json",
+                &format!("{field} = {value}"),
+                "g_idx is act-order",
+            ],
+        );
+    }
+    // Plain order under desc_act = false, and act-order under desc_act = true: nothing to say.
+    let (_t, plain) = good(32, true, false, ZeroFormat::V1);
+    assert!(Checkpoint::open(&plain).unwrap().quant_notes().is_empty());
+    assert!(Checkpoint::open(&act).unwrap().quant_notes().is_empty());
+}

@@ -175,6 +175,23 @@ impl Checkpoint {
                     q.desc_act = act;
                     q.forget_default("desc_act");
                     q.inferred.push(note("desc_act", "true", line));
+                } else if !q.desc_act || q.static_groups {
+                    // The config says g_idx is k / group_size; an act-order g_idx is still
+                    // applied as stored (each row's group is its g_idx entry, as AutoGPTQ's
+                    // kernels read it), but the disagreement is said, not passed over. A g_idx
+                    // that cannot be read is refused where the linear is loaded, not here.
+                    let g_idx = quant_config::desc_act_from_g_idx(&files, prefix, k, q.group_size);
+                    if matches!(g_idx, Ok((true, _))) {
+                        let claim = if q.desc_act {
+                            "static_groups = true"
+                        } else {
+                            "desc_act = false"
+                        };
+                        q.inferred.push(format!(
+                            "{from}: {claim}, but {prefix}.g_idx is act-order (not k / group_size): \
+                             each row's group is read from g_idx as stored"
+                        ));
+                    }
                 }
             }
         }
