@@ -629,6 +629,9 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
         r#"{"do_sample": "yes"}"#,
         r#"{"do_sample": true, "temperature": -1}"#,
         r#"{"do_sample": true, "temperature": 0.0}"#,
+        // > 0 in the file, but not as the engines' f32: inf and 0.
+        r#"{"do_sample": true, "temperature": 1e308}"#,
+        r#"{"do_sample": true, "temperature": 1e-320}"#,
     ] {
         std::fs::write(&gen, bad).unwrap();
         let o = lab(&[

@@ -336,9 +336,14 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
     let number = |key: &str, ok: fn(f64) -> bool, want: &str| -> anyhow::Result<Option<f32>> {
         match field(key) {
             serde_json::Value::Null => Ok(None),
-            v => match v.as_f64().filter(|&x| ok(x)) {
-                Some(x) => Ok(Some(x as f32)),
-                None => bail!("{}: {key} {v}; expected {want}", path.display()),
+            // Checked as the f32 the engines use: 1e308 or 1e-320 are not what they look like.
+            v => match v.as_f64().map(|x| (x, x as f32)) {
+                Some((_, x)) if ok(x as f64) => Ok(Some(x)),
+                Some((x, x32)) if ok(x) => bail!(
+                    "{}: {key} {v} is {x32} as the 32-bit float the engines use; expected {want}",
+                    path.display()
+                ),
+                _ => bail!("{}: {key} {v}; expected {want}", path.display()),
             },
         }
     };
