@@ -615,6 +615,26 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
     let v = run(&[]);
     setting(&v, "top_p", 1.0);
     setting(&v, "temperature", 1.0);
+    // No top_k in the file: generate's default 50 is named as not applied.
+    let from = |v: &serde_json::Value| v["sampling"]["from"].as_str().unwrap().to_string();
+    assert!(from(&v).contains("default top_k 50"), "{v}");
+    // A value a flag replaces is not read: a bad one in the file does not stop the run.
+    std::fs::write(&gen, r#"{"do_sample": true, "temperature": 0, "top_p": 7}"#).unwrap();
+    let v = run(&["--temperature", "0.5", "--top-p", "0.6"]);
+    assert_eq!(v["tokens"], by_flags["tokens"]);
+    // What else generate would apply is named; fields at generate's defaults are not.
+    std::fs::write(
+        &gen,
+        r#"{"do_sample": false, "repetition_penalty": 1.1, "num_beams": 1, "min_length": 0}"#,
+    )
+    .unwrap();
+    let v = run(&[]);
+    assert_eq!(v["tokens"], greedy["tokens"]);
+    assert!(from(&v).contains("repetition_penalty 1.1"), "{v}");
+    assert!(
+        !from(&v).contains("num_beams") && !from(&v).contains("min_length"),
+        "{v}"
+    );
     // top_p 0 keeps one token (transformers' warper keeps at least one): greedy.
     std::fs::write(&gen, r#"{"do_sample": true, "top_p": 0.0}"#).unwrap();
     let v = run(&[]);

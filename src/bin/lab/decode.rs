@@ -55,7 +55,8 @@ pub struct DecodeArgs {
     greedy: bool,
     /// Nucleus mass kept when sampling. Default: the checkpoint's generation_config.json when it
     /// sets do_sample, as transformers' generate reads it (false: greedy; true: its top_p,
-    /// 1.0 where it has none), else 0.9. A flag given wins over the file.
+    /// 1.0 where it has none), else 0.9 (a file without do_sample leaves the lab's defaults,
+    /// where transformers would decode greedily). A flag given wins over the file.
     #[arg(long)]
     top_p: Option<f32>,
     /// Softmax temperature when sampling, 0 = greedy. Default: as --top-p, from
@@ -274,7 +275,8 @@ pub(super) fn check_context(
 }
 
 /// Where the sampling settings came from, for the JSON; `file`: generation_config.json decided
-/// some of them (worth a note on stderr: the same flags sample differently on another folder).
+/// some of them or sets what the engines do not apply (worth a note on stderr: the same flags
+/// sample differently on another folder).
 pub(super) struct SamplingFrom {
     pub text: String,
     pub file: bool,
@@ -301,10 +303,75 @@ impl SamplingFrom {
 /// rest from generation_config.json when it sets `do_sample`, as transformers' generate reads it
 /// (false: greedy unless a flag asks to sample; true: its top_p and temperature, 1.0 where it
 /// has none; top_p 0 keeps one token: greedy), else the lab's defaults (top-p 0.9, temperature
-/// 0.7). A value in the file that generate would refuse (top_p outside [0, 1], a temperature
-/// that is not > 0, a non-boolean do_sample) is an error naming the file. top_k, which the engines do not have, is named when the file
-/// sets it. Shared by both backends.
+/// 0.7; transformers would decode greedily). A value the run takes from the file that generate
+/// would refuse (a temperature that is not > 0, a non-boolean do_sample) or that makes no
+/// nucleus (top_p outside [0, 1], which generate skips) is an error naming the file; a value a
+/// flag replaces is not read. What the file sets that the engines do not do (top_k, transformers'
+/// default 50 included; repetition_penalty, beams, ...) is named. Shared by both backends.
 pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, SamplingFrom)> {
+    if a.greedy {
+        return Ok((Sampling::Greedy, SamplingFrom::new("--greedy", false)));
+    }
+    let path = dir.join("generation_config.json");
+    let file: Option<serde_json::Value> = if gptq_lab::util::optional_file(&path)? {
+        Some(gptq_lab::util::read_json(&path)?)
+    } else {
+        None
+    };
+    let (s, mut from) = sampling_from(a, &path, file.as_ref())?;
+    let unapplied = file.as_ref().map(not_applied).unwrap_or_default();
+    if !unapplied.is_empty() {
+        from.text.push_str(&format!(
+            "; {} sets {unapplied}, which the engines do not apply",
+            path.display()
+        ));
+        from.file = true;
+    }
+    Ok((s, from))
+}
+
+/// What generation_config.json sets, other than top_k, that changes transformers' generate and
+/// that the engines do not do, e.g. "repetition_penalty 1.1, num_beams 4" (empty: nothing).
+fn not_applied(file: &serde_json::Value) -> String {
+    use serde_json::{json, Value};
+    // Each field with generate's default: a value other than it changes the tokens.
+    let defaults = [
+        ("repetition_penalty", json!(1.0)),
+        ("num_beams", json!(1)),
+        ("typical_p", json!(1.0)),
+        ("min_p", Value::Null),
+        ("epsilon_cutoff", json!(0.0)),
+        ("eta_cutoff", json!(0.0)),
+        ("no_repeat_ngram_size", json!(0)),
+        ("min_length", json!(0)),
+        ("min_new_tokens", Value::Null),
+        ("bad_words_ids", Value::Null),
+        ("suppress_tokens", Value::Null),
+        ("begin_suppress_tokens", Value::Null),
+        ("forced_bos_token_id", Value::Null),
+        ("forced_eos_token_id", Value::Null),
+    ];
+    let same = |v: &Value, d: &Value| match (v.as_f64(), d.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => v == d,
+    };
+    defaults
+        .iter()
+        .filter_map(|(key, d)| match &file[*key] {
+            Value::Null => None,
+            v if same(v, d) => None,
+            v => Some(format!("{key} {v}")),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `sampling`'s rules once the file is read (`file`: its content, None without one).
+fn sampling_from(
+    a: &DecodeArgs,
+    path: &Path,
+    file: Option<&serde_json::Value>,
+) -> anyhow::Result<(Sampling, SamplingFrom)> {
     let flags = || {
         let mut f: Vec<&str> = Vec::new();
         if a.top_p.is_some() {
@@ -315,16 +382,7 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
         }
         f.join(" and ")
     };
-    if a.greedy {
-        return Ok((Sampling::Greedy, SamplingFrom::new("--greedy", false)));
-    }
-    let path = dir.join("generation_config.json");
-    let file: Option<serde_json::Value> = if gptq_lab::util::optional_file(&path)? {
-        Some(gptq_lab::util::read_json(&path)?)
-    } else {
-        None
-    };
-    let field = |key: &str| file.as_ref().map_or(&serde_json::Value::Null, |v| &v[key]);
+    let field = |key: &str| file.map_or(&serde_json::Value::Null, |v| &v[key]);
     let do_sample = match field("do_sample") {
         serde_json::Value::Null => None,
         serde_json::Value::Bool(b) => Some(*b),
@@ -358,13 +416,20 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
         Some(true) => {
             // What transformers' warpers accept: top_p in [0, 1] (0 keeps the one most likely
             // token), a temperature > 0 (0 raises there: greedy is do_sample false).
-            let p = number("top_p", |x| (0.0..=1.0).contains(&x), "0 <= top_p <= 1")?;
-            let t = number(
-                "temperature",
-                |x| x.is_finite() && x > 0.0,
-                "a finite temperature > 0 (transformers' generate refuses 0 with do_sample \
-                 true; greedy is do_sample false)",
-            )?;
+            // Only what the run takes from the file is read: a flag replaces the file's value.
+            let p = match a.top_p {
+                Some(_) => None,
+                None => number("top_p", |x| (0.0..=1.0).contains(&x), "0 <= top_p <= 1")?,
+            };
+            let t = match a.temperature {
+                Some(_) => None,
+                None => number(
+                    "temperature",
+                    |x| x.is_finite() && x > 0.0,
+                    "a finite temperature > 0 (transformers' generate refuses 0 with do_sample \
+                     true; greedy is do_sample false)",
+                )?,
+            };
             let mut from = format!(
                 "{} (do_sample true{}{})",
                 path.display(),
@@ -382,8 +447,12 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
             if !flags().is_empty() {
                 from = format!("{} over {from}", flags());
             }
+            // generate's top_k is 50 where the file has none; 0 turns it off.
             match field("top_k") {
-                serde_json::Value::Null => {}
+                serde_json::Value::Null => from.push_str(
+                    "; transformers' default top_k 50 is not applied (the engines sample by \
+                     top-p only)",
+                ),
                 k if k.as_u64() == Some(0) => {}
                 k => from.push_str(&format!(
                     "; its top_k {k} is not applied (the engines sample by top-p only)"
