@@ -135,6 +135,12 @@ impl SpModel {
                 ),
             ));
         }
+        if p.denormalizer_table {
+            return Err(bad(
+                path,
+                "a denormalizer table (decoded text rewritten); LLaMA's models have none",
+            ));
+        }
         if p.pieces.is_empty() {
             return Err(bad(path, "no pieces"));
         }
@@ -165,6 +171,12 @@ impl SpModel {
             if raw.text.is_empty() {
                 return Err(bad(path, format!("piece {id} is empty")));
             }
+            if raw.score.is_nan() {
+                return Err(bad(
+                    path,
+                    format!("piece {id} ('{}') has a NaN score", raw.text),
+                ));
+            }
             if let Some(first) = ids.insert(raw.text.clone(), id) {
                 return Err(bad(
                     path,
@@ -182,6 +194,15 @@ impl SpModel {
                     byte_ids[b as usize] = id;
                 }
                 PieceType::UserDefined => user_defined.push(raw.text.clone()),
+                // sentencepiece refuses these too ("unk is already defined").
+                PieceType::Unknown
+                    if pieces.iter().any(|p: &Piece| p.kind == PieceType::Unknown) =>
+                {
+                    return Err(bad(
+                        path,
+                        format!("piece {id} ('{}') is a second unknown piece", raw.text),
+                    ))
+                }
                 PieceType::Control | PieceType::Unknown => specials.push((raw.text.clone(), id)),
                 PieceType::Normal => {}
             }
@@ -272,26 +293,28 @@ impl SpModel {
         if add_bos {
             out.extend(self.bos);
         }
-        let mut rest = text;
-        while !rest.is_empty() {
-            let hit = self
+        // One pass: at each byte the longest special literal starting there (specials are
+        // sorted so), the text between literals encoded as text. A literal's first byte is
+        // never a UTF-8 continuation byte, so every match is at a character boundary. (A
+        // `find` per literal from each match rescanned the text: quadratic in the literals.)
+        let b = text.as_bytes();
+        let (mut start, mut i) = (0, 0);
+        while i < b.len() {
+            match self
                 .specials
                 .iter()
-                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)));
-            // The first special literal; at one position the longest (specials are sorted so).
-            let first = hit.min_by_key(|&(at, _, _)| at);
-            match first {
-                Some((at, len, id)) => {
-                    self.encode_text(&rest[..at], &mut out);
-                    out.push(id);
-                    rest = &rest[at + len..];
+                .find(|(s, _)| b[i..].starts_with(s.as_bytes()))
+            {
+                Some((s, id)) => {
+                    self.encode_text(&text[start..i], &mut out);
+                    out.push(*id);
+                    i += s.len();
+                    start = i;
                 }
-                None => {
-                    self.encode_text(rest, &mut out);
-                    break;
-                }
+                None => i += 1,
             }
         }
+        self.encode_text(&text[start..], &mut out);
         out
     }
 
@@ -314,8 +337,16 @@ impl SpModel {
         } else {
             text
         };
-        if self.escape_whitespaces {
+        let text = if self.escape_whitespaces {
             text.replace(' ', &SPACE.to_string())
+        } else {
+            text
+        };
+        // sentencepiece strips trailing whitespace after escaping it, so a U+2581 typed in the
+        // text goes too.
+        if self.remove_extra_whitespaces {
+            let space = if self.escape_whitespaces { SPACE } else { ' ' };
+            text.trim_end_matches(space).to_string()
         } else {
             text
         }
@@ -460,15 +491,14 @@ impl SpModel {
             text.push_str(&String::from_utf8_lossy(&bytes));
             bytes.clear();
             let mut piece = p.text.as_str();
-            if first && self.add_dummy_prefix {
+            // sentencepiece drops the first piece's U+2581 when the normalizer may have put it
+            // there (a dummy prefix) or may have removed the one the text had.
+            if first && (self.add_dummy_prefix || self.remove_extra_whitespaces) {
                 piece = piece.strip_prefix(SPACE).unwrap_or(piece);
             }
             first = false;
-            if self.escape_whitespaces {
-                text.extend(piece.chars().map(|c| if c == SPACE { ' ' } else { c }));
-            } else {
-                text.push_str(piece);
-            }
+            // Every U+2581 is a space in decoded text, whatever the normalizer escaped.
+            text.extend(piece.chars().map(|c| if c == SPACE { ' ' } else { c }));
         }
         text.push_str(&String::from_utf8_lossy(&bytes));
         Ok(text)
@@ -496,7 +526,11 @@ struct Candidate {
 
 impl Ord for Candidate {
     fn cmp(&self, o: &Self) -> Ordering {
-        self.score.total_cmp(&o.score).then(o.left.cmp(&self.left))
+        // No NaN (refused at load); -0.0 and 0.0 tie, as in sentencepiece's C++.
+        self.score
+            .partial_cmp(&o.score)
+            .unwrap_or(Ordering::Equal)
+            .then(o.left.cmp(&self.left))
     }
 }
 impl PartialOrd for Candidate {
@@ -511,10 +545,13 @@ impl PartialEq for Candidate {
 }
 impl Eq for Candidate {}
 
-/// `<0x0A>` -> 0x0A.
+/// `<0x0A>` -> 0x0A: exactly sentencepiece's spelling (`<0x%02X>`, upper-case hex), which
+/// refuses a model with any other. (A tokenizer.json's byte tokens follow HF's ByteFallback
+/// decoder, which takes either case: `TextTokenizer::is_byte_token`.)
 fn parse_byte_piece(s: &str) -> Option<u8> {
     let hex = s.strip_prefix("<0x")?.strip_suffix('>')?;
-    (hex.len() == 2)
+    let upper = |c: &u8| c.is_ascii_digit() || (b'A'..=b'F').contains(c);
+    (hex.len() == 2 && hex.as_bytes().iter().all(upper))
         .then(|| u8::from_str_radix(hex, 16).ok())
         .flatten()
 }
@@ -546,6 +583,8 @@ mod proto {
         pub pieces: Vec<RawPiece>,
         pub trainer: Trainer,
         pub normalizer: Normalizer,
+        /// The denormalizer_spec has a table (it rewrites decoded text).
+        pub denormalizer_table: bool,
     }
 
     enum Value<'a> {
@@ -678,6 +717,7 @@ mod proto {
                 remove_extra_whitespaces: true,
                 escape_whitespaces: true,
             },
+            denormalizer_table: false,
         };
         let mut r = reader(b, 0);
         let mut saw_trainer = false;
@@ -689,6 +729,18 @@ mod proto {
                     trainer(bytes_of(v, "trainer_spec", at)?, at, &mut m.trainer)?
                 }
                 3 => normalizer(bytes_of(v, "normalizer_spec", at)?, at, &mut m.normalizer)?,
+                5 => {
+                    let mut d = Normalizer {
+                        name: String::new(),
+                        has_charsmap: false,
+                        has_rules: false,
+                        add_dummy_prefix: false,
+                        remove_extra_whitespaces: false,
+                        escape_whitespaces: false,
+                    };
+                    normalizer(bytes_of(v, "denormalizer_spec", at)?, at, &mut d)?;
+                    m.denormalizer_table = d.has_charsmap || d.has_rules;
+                }
                 _ => {}
             }
         }
@@ -931,6 +983,20 @@ mod tests {
         );
         assert_eq!(m.decode(&[id("<0xC3>")]).unwrap(), "\u{FFFD}");
         assert!(m.decode(&[99_999]).unwrap_err().contains("99999"));
+        // -0.0 and 0.0 tie, as in sentencepiece: the leftmost pair merges.
+        let m = model(&[
+            ("\u{2581}", -1.0, 1),
+            ("a", -1.0, 1),
+            ("b", -1.0, 1),
+            ("c", -1.0, 1),
+            ("ab", -0.0, 1),
+            ("bc", 0.0, 1),
+        ]);
+        let id = |s: &str| m.id(s).unwrap();
+        assert_eq!(
+            m.encode("abc", false),
+            vec![id("\u{2581}"), id("ab"), id("c")]
+        );
     }
 
     #[test]
@@ -1029,6 +1095,26 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("UNUSED"), "{e}");
+        // What sentencepiece itself refuses: a byte piece not spelled <0x%02X>, a second unknown
+        // piece; and a NaN score, which has no order.
+        let refused = |pieces: &[(&str, f32, u64)]| {
+            SpModel::from_bytes(&model_bytes(pieces, &Spec::default()), path)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(refused(&[("<0x0a>", 0.0, 6)]).contains("expected <0xXX>"));
+        assert!(refused(&[("<0x+F>", 0.0, 6)]).contains("expected <0xXX>"));
+        assert!(refused(&[("<unk2>", 0.0, 2)]).contains("second unknown"));
+        assert!(refused(&[("a", f32::NAN, 1)]).contains("NaN"));
+        // A denormalizer with a table (field 5 holding a precompiled_charsmap).
+        let mut with_denorm = model_bytes(&[("a", -1.0, 1)], &Spec::default());
+        with_denorm.extend_from_slice(&[5 << 3 | 2, 3, 2 << 3 | 2, 1, b'x']);
+        let e = SpModel::from_bytes(&with_denorm, path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("denormalizer"), "{e}");
         // Not protobuf at all, and a file cut short.
         let e = SpModel::from_bytes(b"{\"model\": 1}", path)
             .err()
@@ -1115,6 +1201,54 @@ mod tests {
         .unwrap();
         let a = m.id("\u{2581}a").unwrap();
         assert_eq!(m.encode("  a   a ", false), vec![a, a]);
+        // Trailing whitespace goes after escaping: a typed U+2581 at the end too.
+        assert_eq!(m.encode("a \u{2581}\u{2581}", false), vec![a]);
+        assert_eq!(m.decode(&[a, a]).unwrap(), "a a");
+    }
+
+    /// The special literals split the text as a `find` of each literal from each match did
+    /// (the earliest literal; at one position the longest), now in one pass.
+    #[test]
+    fn special_literals_split_the_text_in_one_pass() {
+        let m = model(&[("\u{2581}", -1.0, 1), ("a", -2.0, 1), ("<ss>", 0.0, 3)]);
+        let rescan = |text: &str| {
+            let mut out = Vec::new();
+            let mut rest = text;
+            loop {
+                let first = m
+                    .specials
+                    .iter()
+                    .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                    .min_by_key(|&(at, _, _)| at);
+                let Some((at, len, id)) = first else {
+                    m.encode_text(rest, &mut out);
+                    return out;
+                };
+                m.encode_text(&rest[..at], &mut out);
+                out.push(id);
+                rest = &rest[at + len..];
+            }
+        };
+        let mut x = 777u64;
+        let mut rnd = |n: usize| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) as usize) % n
+        };
+        let alphabet = [
+            "<s>", "</s>", "<unk>", "<ss>", "<", "s", ">", "/", "a", " ", "é", "<s",
+        ];
+        for _ in 0..500 {
+            let text: String = (0..rnd(16))
+                .map(|_| alphabet[rnd(alphabet.len())])
+                .collect();
+            assert_eq!(m.encode(&text, false), rescan(&text), "{text:?}");
+        }
+        // "<ss>" is longer than "<s>" at the same position.
+        assert_eq!(m.encode("<ss>", false), vec![m.id("<ss>").unwrap()]);
+        let many = "<s>".repeat(50_000);
+        assert_eq!(m.encode(&many, false), vec![1; 50_000]);
     }
 
     /// The real LLaMA / Vicuna tokenizer.model against ids sentencepiece produced, from files
