@@ -295,3 +295,52 @@ fn tokenize_gives_the_reference_ids_and_round_trips_through_a_tokenizer_model() 
         stderr(&o)
     );
 }
+
+/// `lab tokenize ... | head`: a reader that stops early ends lab quietly (by SIGPIPE, as any Unix
+/// tool), not with a panic on the broken pipe (exit 101 and a backtrace).
+#[test]
+fn a_reader_that_stops_early_ends_lab_without_a_panic() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32");
+    // ~60k ids of JSON: more than a pipe holds, so the write meets the closed end.
+    let text = "Tell me a story. ".repeat(3000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args([
+            "tokenize",
+            "--checkpoint",
+            dir.to_str().unwrap(),
+            "--text",
+            &text,
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !e.contains("panicked") && o.status.code() != Some(101),
+        "{:?}: {e}",
+        o.status
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{:?}: {e}",
+            o.status
+        );
+    }
+}

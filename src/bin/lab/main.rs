@@ -64,6 +64,13 @@ enum Cmd {
 }
 
 fn main() {
+    // A closed stdout (`lab tokenize ... | head`) ends the process quietly, as it ends any Unix
+    // tool: Rust starts with SIGPIPE ignored, so print! would panic on the broken pipe instead.
+    // SAFETY: the first thing the process does, before any thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let (cli, matches) = parse(std::env::args_os()).unwrap_or_else(|e| e.exit());
     if let Err(e) = dispatch(cli, &matches) {
         eprintln!("error: {}", error_chain(&e));
