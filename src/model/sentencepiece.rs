@@ -36,6 +36,40 @@ pub enum PieceType {
     Control,
     UserDefined,
     Byte,
+    /// Not sentencepiece's: a token transformers adds after the model's pieces (added_tokens.json,
+    /// tokenizer_config.json's added_tokens_decoder), split out of the text like a control
+    /// literal and decoded as its text. (A special one is added as `Control`.)
+    Added,
+}
+
+/// A token transformers adds to the model: (text, id, special).
+pub type AddedToken = (String, u32, bool);
+
+/// How transformers' LlamaTokenizer (tokenizer_config.json) wraps the sentencepiece model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// `<s>` first.
+    pub add_bos: bool,
+    /// `</s>` last.
+    pub add_eos: bool,
+    /// `legacy` true (transformers' default): every stretch of text between special literals is
+    /// encoded with the model's dummy prefix. False: a U+2581 in front of the text only, none
+    /// after a literal ("<s>Hi" -> `<s>`, `Hi`, not `▁Hi`).
+    pub legacy: bool,
+    /// Whether that U+2581 is put in front at all.
+    pub add_prefix_space: bool,
+}
+
+impl Default for EncodeOptions {
+    /// LLaMA's: BOS, no EOS, legacy.
+    fn default() -> Self {
+        EncodeOptions {
+            add_bos: true,
+            add_eos: false,
+            legacy: true,
+            add_prefix_space: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +91,7 @@ pub struct SpModel {
     /// Control and unknown pieces, longest first: their literal text in the input is the token.
     specials: Vec<(String, u32)>,
     bos: Option<u32>,
+    eos: Option<u32>,
     /// No mergeable piece holds another character followed by U+2581, so no merge crosses the
     /// start of a word: each word is merged on its own (the same result; a heap per word instead
     /// of one over a whole evaluation text, which misses the cache on every pop). LLaMA's
@@ -204,7 +239,8 @@ impl SpModel {
                     ))
                 }
                 PieceType::Control | PieceType::Unknown => specials.push((raw.text.clone(), id)),
-                PieceType::Normal => {}
+                // Never read from a model file (`kind` above has no such type).
+                PieceType::Normal | PieceType::Added => {}
             }
             pieces.push(Piece {
                 text: raw.text,
@@ -240,8 +276,7 @@ impl SpModel {
         special_id(t.unk_id, "unk", PieceType::Unknown)?
             .ok_or_else(|| bad(path, "no unknown piece (unk_id < 0)"))?;
         let bos = special_id(t.bos_id, "bos", PieceType::Control)?;
-        // Checked, not kept: decode's stop set finds `</s>` by name (TextTokenizer::token_id).
-        special_id(t.eos_id, "eos", PieceType::Control)?;
+        let eos = special_id(t.eos_id, "eos", PieceType::Control)?;
         let split_words = !pieces.iter().any(|p| {
             matches!(p.kind, PieceType::Normal | PieceType::UserDefined)
                 && p.text
@@ -258,6 +293,7 @@ impl SpModel {
             user_defined,
             specials,
             bos,
+            eos,
             split_words,
             add_dummy_prefix: n.add_dummy_prefix,
             remove_extra_whitespaces: n.remove_extra_whitespaces,
@@ -287,12 +323,95 @@ impl SpModel {
         self.ids.clone()
     }
 
-    /// Token ids of `text`, `<s>` first when `add_bos` (and the model has one).
+    /// Transformers' added tokens, `(text, id, special)`: an id below the model's piece count
+    /// must be that piece (its literal is then split out of text too); the others must follow
+    /// the pieces without a gap, and their text must not be a piece already. A special one is
+    /// dropped from decoded text (as `skip_special_tokens`), the others decode as their text.
+    pub fn add_tokens(&mut self, added: &[AddedToken]) -> std::result::Result<(), String> {
+        let mut added = added.to_vec();
+        added.sort_by_key(|a| a.1);
+        for (text, id, special) in added {
+            let n = self.pieces.len() as u32;
+            if text.is_empty() {
+                return Err(format!("added token {id} is empty"));
+            }
+            if id < n {
+                let p = &self.pieces[id as usize];
+                if p.text != text {
+                    return Err(format!(
+                        "added token {id} is '{text}' but the model's piece {id} is '{}'",
+                        p.text
+                    ));
+                }
+                if !self.specials.iter().any(|(_, i)| *i == id) {
+                    self.specials.push((text, id));
+                }
+                continue;
+            }
+            if id != n {
+                return Err(format!(
+                    "added token '{text}' has id {id}; after the model's {n} pieces the next \
+                     is {n} (added ids follow the pieces without a gap)"
+                ));
+            }
+            if let Some(other) = self.ids.get(&text) {
+                return Err(format!(
+                    "added token '{text}' (id {id}) is the model's piece {other} already"
+                ));
+            }
+            let kind = if special {
+                PieceType::Control
+            } else {
+                PieceType::Added
+            };
+            self.ids.insert(text.clone(), id);
+            self.specials.push((text.clone(), id));
+            self.pieces.push(Piece {
+                text,
+                score: 0.0,
+                kind,
+            });
+        }
+        self.specials
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        Ok(())
+    }
+
+    /// Token ids of `text`, `<s>` first when `add_bos` (and the model has one), as transformers'
+    /// legacy LLaMA tokenizer gives them (`encode_with` for the rest of tokenizer_config.json).
     pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        self.encode_with(
+            text,
+            EncodeOptions {
+                add_bos,
+                ..EncodeOptions::default()
+            },
+        )
+    }
+
+    /// Token ids of `text` as transformers' tokenizer for this model gives them with these
+    /// options: AutoTokenizer's LlamaTokenizerFast, converted from the model (what a folder with
+    /// only tokenizer.model loads as), legacy or not.
+    pub fn encode_with(&self, text: &str, o: EncodeOptions) -> Vec<u32> {
         let mut out = Vec::new();
-        if add_bos {
+        if o.add_bos {
             out.extend(self.bos);
         }
+        // Each stretch between special literals, with where it starts in the text. Legacy: the
+        // converter's normalizer puts U+2581 in front of every stretch (the model's dummy
+        // prefix). Non-legacy: its Metaspace pre-tokenizer (prepend_scheme "first") turns
+        // spaces into U+2581 and puts one in front of the stretch at the start of the text
+        // only, unless it starts with one: "<s>Hi" is `<s>`, `Hi`.
+        let stretch = |t: &str, at: usize, out: &mut Vec<u32>| {
+            if o.legacy {
+                return self.encode_text(t, o.add_prefix_space, out);
+            }
+            let mut t = t.replace(' ', &SPACE.to_string());
+            if at == 0 && o.add_prefix_space && !t.is_empty() && !t.starts_with(SPACE) {
+                t.insert(0, SPACE);
+            }
+            self.encode_text(&t, false, out)
+        };
         // One pass: at each byte the longest special literal starting there (specials are
         // sorted so), the text between literals encoded as text. A literal's first byte is
         // never a UTF-8 continuation byte, so every match is at a character boundary. (A
@@ -306,7 +425,7 @@ impl SpModel {
                 .find(|(s, _)| b[i..].starts_with(s.as_bytes()))
             {
                 Some((s, id)) => {
-                    self.encode_text(&text[start..i], &mut out);
+                    stretch(&text[start..i], start, &mut out);
                     out.push(*id);
                     i += s.len();
                     start = i;
@@ -314,13 +433,16 @@ impl SpModel {
                 None => i += 1,
             }
         }
-        self.encode_text(&text[start..], &mut out);
+        stretch(&text[start..], start, &mut out);
+        if o.add_eos {
+            out.extend(self.eos);
+        }
         out
     }
 
     /// The normalizer: extra whitespace removed (if set), a space in front (if set), spaces as
     /// U+2581 (if set).
-    fn normalize(&self, text: &str) -> String {
+    fn normalize(&self, text: &str, dummy_prefix: bool) -> String {
         let text = if self.remove_extra_whitespaces {
             text.split(' ')
                 .filter(|w| !w.is_empty())
@@ -332,7 +454,7 @@ impl SpModel {
         if text.is_empty() {
             return text;
         }
-        let text = if self.add_dummy_prefix {
+        let text = if self.add_dummy_prefix && dummy_prefix {
             format!(" {text}")
         } else {
             text
@@ -359,8 +481,10 @@ impl SpModel {
         matches!(p.kind, PieceType::Normal | PieceType::UserDefined).then_some((id, p.score))
     }
 
-    fn encode_text(&self, text: &str, out: &mut Vec<u32>) {
-        let norm = self.normalize(text);
+    /// Plain text (no special literals) through the normalizer (`dummy_prefix`: with the
+    /// model's dummy prefix, if it has one) and BPE.
+    fn encode_text(&self, text: &str, dummy_prefix: bool, out: &mut Vec<u32>) {
+        let norm = self.normalize(text, dummy_prefix);
         if !self.split_words {
             return self.encode_word(&norm, out);
         }
@@ -483,6 +607,13 @@ impl SpModel {
                 PieceType::Control | PieceType::Unknown => continue,
                 PieceType::Byte => {
                     bytes.push(parse_byte_piece(&p.text).unwrap_or(b'?'));
+                    first = false;
+                    continue;
+                }
+                PieceType::Added => {
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                    bytes.clear();
+                    text.push_str(&p.text);
                     first = false;
                     continue;
                 }
@@ -909,7 +1040,7 @@ mod tests {
     /// sentencepiece's BPE written the slow way: scan every adjacent pair, merge the best
     /// (highest score, leftmost on a tie), repeat. The heap version must agree with it.
     fn naive_encode(m: &SpModel, text: &str) -> Vec<u32> {
-        let norm = m.normalize(text);
+        let norm = m.normalize(text, true);
         let mut syms: Vec<(String, bool)> = Vec::new();
         let mut rest = norm.as_str();
         while !rest.is_empty() {
@@ -1221,10 +1352,10 @@ mod tests {
                     .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
                     .min_by_key(|&(at, _, _)| at);
                 let Some((at, len, id)) = first else {
-                    m.encode_text(rest, &mut out);
+                    m.encode_text(rest, true, &mut out);
                     return out;
                 };
-                m.encode_text(&rest[..at], &mut out);
+                m.encode_text(&rest[..at], true, &mut out);
                 out.push(id);
                 rest = &rest[at + len..];
             }

@@ -1,10 +1,13 @@
 //! Text <-> token ids through the checkpoint's tokenizer: `tokenizer.json` (HF `tokenizers`
 //! format) when there is one, else the sentencepiece `tokenizer.model` that the original LLaMA,
-//! Vicuna and most 2023 GPTQ conversions ship alone (read by `model::sentencepiece`, with
-//! `add_bos_token` from tokenizer_config.json); and raw id lists for runs without either.
+//! Vicuna and most 2023 GPTQ conversions ship alone (read by `model::sentencepiece`, wrapped as
+//! transformers wraps it: tokenizer_config.json's add_bos_token / add_eos_token / legacy /
+//! add_prefix_space, and the added tokens of added_tokens.json and added_tokens_decoder); and raw
+//! id lists for runs without either.
 
-use crate::model::sentencepiece::{PieceType, SpModel};
+use crate::model::sentencepiece::{AddedToken, EncodeOptions, PieceType, SpModel};
 use crate::{LabError, Result};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -18,10 +21,10 @@ pub struct TextTokenizer {
 
 enum Inner {
     Hf(Box<tokenizers::Tokenizer>),
-    /// A sentencepiece model; `add_bos`: what encoding with special tokens puts in front.
+    /// A sentencepiece model; `opts`: how encoding with special tokens wraps it (tokenizer_config.json).
     Sp {
         model: Box<SpModel>,
-        add_bos: bool,
+        opts: EncodeOptions,
     },
 }
 
@@ -42,12 +45,16 @@ impl TextTokenizer {
         })
     }
 
-    /// A sentencepiece `tokenizer.model`; `add_bos`: whether `encode(_, true)` puts `<s>` first.
+    /// A sentencepiece `tokenizer.model` alone; `add_bos`: whether `encode(_, true)` puts `<s>`
+    /// first (the rest as LLaMA's: legacy, no EOS, no added tokens).
     pub fn from_sentencepiece(path: &Path, add_bos: bool) -> Result<Self> {
         Ok(TextTokenizer {
             inner: Inner::Sp {
                 model: Box::new(SpModel::open(path)?),
-                add_bos,
+                opts: EncodeOptions {
+                    add_bos,
+                    ..EncodeOptions::default()
+                },
             },
             path: path.to_path_buf(),
         })
@@ -62,8 +69,19 @@ impl TextTokenizer {
         }
         let sp = dir.join("tokenizer.model");
         if crate::util::optional_file(&sp)? {
-            let add_bos = add_bos_token(dir)?;
-            return Self::from_sentencepiece(&sp, add_bos).map(Some);
+            let mut model = SpModel::open(&sp)?;
+            let opts = sp_options(dir)?;
+            let (added, from) = added_tokens(dir)?;
+            model
+                .add_tokens(&added)
+                .map_err(|e| LabError::bad_checkpoint(&from, e))?;
+            return Ok(Some(TextTokenizer {
+                inner: Inner::Sp {
+                    model: Box::new(model),
+                    opts,
+                },
+                path: sp,
+            }));
         }
         Ok(None)
     }
@@ -74,8 +92,8 @@ impl TextTokenizer {
     }
 
     /// Token ids of `text`. `add_special` puts `<s>` (BOS) in front, as LLaMA's tokenizers do:
-    /// tokenizer.json's post-processor, or tokenizer_config.json's `add_bos_token` (default true)
-    /// for a sentencepiece model.
+    /// tokenizer.json's post-processor, or for a sentencepiece model tokenizer_config.json's
+    /// `add_bos_token` (default true; and `add_eos_token`, default false, puts `</s>` last).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         match &self.inner {
             Inner::Hf(t) => {
@@ -87,7 +105,14 @@ impl TextTokenizer {
                 })?;
                 Ok(enc.get_ids().to_vec())
             }
-            Inner::Sp { model, add_bos } => Ok(model.encode(text, add_special && *add_bos)),
+            Inner::Sp { model, opts } => Ok(model.encode_with(
+                text,
+                EncodeOptions {
+                    add_bos: add_special && opts.add_bos,
+                    add_eos: add_special && opts.add_eos,
+                    ..*opts
+                },
+            )),
         }
     }
 
@@ -159,22 +184,150 @@ impl TextTokenizer {
     }
 }
 
-/// tokenizer_config.json's `add_bos_token` (LLaMA's default, true, when the file or the key is
-/// missing); a value that is not a boolean is an error naming the file.
-fn add_bos_token(dir: &Path) -> Result<bool> {
+/// How transformers wraps a lone tokenizer.model, from tokenizer_config.json (LLaMA's defaults
+/// where the file or a key is missing): add_bos_token (true; null, as transformers reads it, is
+/// false), add_eos_token (false), legacy (true, also for null: transformers' default) and
+/// add_prefix_space (true; null is refused: transformers' slow and fast tokenizers read it
+/// differently). A value of another type is an error naming the file.
+fn sp_options(dir: &Path) -> Result<EncodeOptions> {
     let path = dir.join("tokenizer_config.json");
+    let mut o = EncodeOptions::default();
     if !crate::util::optional_file(&path)? {
-        return Ok(true);
+        return Ok(o);
     }
-    let v: serde_json::Value = crate::util::read_json(&path)?;
-    match v.get("add_bos_token") {
-        None | Some(serde_json::Value::Null) => Ok(true),
-        Some(serde_json::Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(LabError::bad_checkpoint(
-            &path,
-            format!("add_bos_token is {other}, expected true or false"),
-        )),
+    let v: Value = crate::util::read_json(&path)?;
+    let flag = |key: &str, missing: bool, null: Option<bool>| -> Result<bool> {
+        match (v.get(key), null) {
+            (None, _) => Ok(missing),
+            (Some(Value::Null), Some(n)) => Ok(n),
+            (Some(Value::Bool(b)), _) => Ok(*b),
+            (Some(other), _) => Err(LabError::bad_checkpoint(
+                &path,
+                format!("{key} is {other}, expected true or false"),
+            )),
+        }
+    };
+    o.add_bos = flag("add_bos_token", true, Some(false))?;
+    o.add_eos = flag("add_eos_token", false, Some(false))?;
+    o.legacy = flag("legacy", true, Some(true))?;
+    o.add_prefix_space = flag("add_prefix_space", true, None)?;
+    Ok(o)
+}
+
+/// The text of a special-token entry: "<s>" or {"content": "<s>", ...}.
+fn token_text(v: &Value) -> Option<&str> {
+    v.as_str().or_else(|| v.get("content")?.as_str())
+}
+
+/// The tokens transformers adds to a lone tokenizer.model, `(text, id, special)`: added_tokens.json
+/// ({"[PAD]": 32000}, as 2023 Vicuna / GPTQ folders ship it) and tokenizer_config.json's
+/// added_tokens_decoder ({"32000": {"content": "[PAD]", "special": true}}). An entry of
+/// added_tokens.json alone is special when tokenizer_config.json or special_tokens_map.json names
+/// its text as a special token. With the file to name when the model refuses them.
+fn added_tokens(dir: &Path) -> Result<(Vec<AddedToken>, PathBuf)> {
+    let read = |name: &str| -> Result<Option<(PathBuf, Value)>> {
+        let path = dir.join(name);
+        if !crate::util::optional_file(&path)? {
+            return Ok(None);
+        }
+        let v: Value = crate::util::read_json(&path)?;
+        if !v.is_object() {
+            return Err(LabError::bad_checkpoint(&path, "expected a JSON object"));
+        }
+        Ok(Some((path, v)))
+    };
+    let config = read("tokenizer_config.json")?;
+    let map = read("special_tokens_map.json")?;
+    let listed = read("added_tokens.json")?;
+    let id_of = |path: &Path, what: &str, v: &Value| -> Result<u32> {
+        v.as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| LabError::bad_checkpoint(path, format!("{what}: {v} is not a token id")))
+    };
+    // id -> (text, special where the file says)
+    let mut by_id: std::collections::BTreeMap<u32, (String, Option<bool>)> = Default::default();
+    let mut from = dir.join("tokenizer_config.json");
+    if let Some((path, v)) = &config {
+        if let Some(dec) = v.get("added_tokens_decoder").filter(|d| !d.is_null()) {
+            let dec = dec.as_object().ok_or_else(|| {
+                LabError::bad_checkpoint(path, "added_tokens_decoder is not an object")
+            })?;
+            for (k, t) in dec {
+                let id = k.parse::<u32>().map_err(|_| {
+                    LabError::bad_checkpoint(
+                        path,
+                        format!("added_tokens_decoder key '{k}' is not a token id"),
+                    )
+                })?;
+                let text = token_text(t).ok_or_else(|| {
+                    LabError::bad_checkpoint(
+                        path,
+                        format!("added_tokens_decoder {k} has no content text"),
+                    )
+                })?;
+                let special = match t.get("special") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(o) => {
+                        return Err(LabError::bad_checkpoint(
+                            path,
+                            format!(
+                                "added_tokens_decoder {k}: special is {o}, expected true or false"
+                            ),
+                        ))
+                    }
+                };
+                by_id.insert(id, (text.to_string(), special));
+            }
+        }
     }
+    if let Some((path, v)) = &listed {
+        for (text, id) in v.as_object().into_iter().flatten() {
+            let id = id_of(path, text, id)?;
+            match by_id.get(&id) {
+                Some((t, _)) if t != text => {
+                    return Err(LabError::bad_checkpoint(
+                        path,
+                        format!(
+                            "token {id} is '{text}' here but '{t}' in tokenizer_config.json's \
+                             added_tokens_decoder"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    by_id.insert(id, (text.clone(), None));
+                    from = path.clone();
+                }
+            }
+        }
+    }
+    // The texts named as special tokens.
+    let mut specials: Vec<String> = Vec::new();
+    for (_, v) in config.iter().chain(map.iter()) {
+        for key in [
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "pad_token",
+            "sep_token",
+            "cls_token",
+            "mask_token",
+        ] {
+            specials.extend(v.get(key).and_then(token_text).map(str::to_string));
+        }
+        if let Some(extra) = v.get("additional_special_tokens").and_then(Value::as_array) {
+            specials.extend(extra.iter().filter_map(token_text).map(str::to_string));
+        }
+    }
+    let added = by_id
+        .into_iter()
+        .map(|(id, (text, special))| {
+            let special = special.unwrap_or_else(|| specials.contains(&text));
+            (text, id, special)
+        })
+        .collect();
+    Ok((added, from))
 }
 
 /// Text of a growing token sequence, piece by piece, for printing while generating. A token is
@@ -601,6 +754,243 @@ mod tests {
         let sp =
             TextTokenizer::from_sentencepiece(&dir.path().join("tokenizer.model"), true).unwrap();
         assert!(sp.same_vocabulary(&json) && json.same_vocabulary(&sp));
+    }
+
+    /// The tokenizer.json transformers' LlamaConverter makes of a sentencepiece model with
+    /// `pieces` (after the 3 special and 256 byte pieces, scores falling with the id), legacy or
+    /// not, with extra added tokens `(text, id, special)`: what AutoTokenizer loads a folder with
+    /// only tokenizer.model as. Merges: every split of a piece into two mergeable pieces, ranked
+    /// by the piece (sentencepiece's score order; the scores are distinct, so no tie to break).
+    fn converted_tokenizer(
+        dir: &Path,
+        pieces: &[String],
+        legacy: bool,
+        added: &[AddedToken],
+    ) -> tokenizers::Tokenizer {
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
+            vocab.insert(t.to_string(), i.into());
+        }
+        for b in 0..256 {
+            vocab.insert(format!("<0x{b:02X}>"), (3 + b).into());
+        }
+        for (i, p) in pieces.iter().enumerate() {
+            vocab.insert(p.clone(), (259 + i).into());
+        }
+        let mut merges = Vec::new();
+        for p in pieces {
+            for (k, _) in p.char_indices().skip(1) {
+                let (l, r) = p.split_at(k);
+                if pieces.iter().any(|x| x == l) && pieces.iter().any(|x| x == r) {
+                    merges.push(serde_json::json!([l, r]));
+                }
+            }
+        }
+        let token = |id: u32, c: &str, special: bool| {
+            serde_json::json!({"id": id, "content": c, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": special})
+        };
+        let mut added_json = vec![
+            token(0, "<unk>", true),
+            token(1, "<s>", true),
+            token(2, "</s>", true),
+        ];
+        added_json.extend(added.iter().map(|(t, id, sp)| token(*id, t, *sp)));
+        let (normalizer, pre_tokenizer) = if legacy {
+            (
+                serde_json::json!({"type": "Sequence", "normalizers": [
+                    {"type": "Prepend", "prepend": "\u{2581}"},
+                    {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]}),
+                serde_json::Value::Null,
+            )
+        } else {
+            (
+                serde_json::Value::Null,
+                serde_json::json!({"type": "Metaspace", "replacement": "\u{2581}",
+                    "prepend_scheme": "first", "split": false}),
+            )
+        };
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added_json,
+            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
+        });
+        let path = dir.join("converted.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        tokenizers::Tokenizer::from_file(&path).unwrap()
+    }
+
+    /// A lone tokenizer.model read with tokenizer_config.json's legacy true and false, and an
+    /// added token, gives the ids of the tokenizer transformers converts from it (run through the
+    /// tokenizers crate, the library AutoTokenizer uses) on random texts of words, spaces,
+    /// special and added literals.
+    #[test]
+    fn lone_model_ids_equal_the_converted_tokenizers_legacy_or_not() {
+        let mut x = 4242u64;
+        let mut rnd = |n: usize| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) as usize) % n
+        };
+        // A vocabulary grown as BPE grows one; no piece holds a character before U+2581
+        // (LLaMA's kind).
+        let mut pieces: Vec<String> = ["\u{2581}", "a", "b", "c", "é"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        while pieces.len() < 40 {
+            let t = format!("{}{}", pieces[rnd(pieces.len())], pieces[rnd(pieces.len())]);
+            let before_space = t
+                .chars()
+                .zip(t.chars().skip(1))
+                .any(|(a, b)| b == '\u{2581}' && a != '\u{2581}');
+            if !pieces.contains(&t) && t.chars().count() <= 5 && !before_space {
+                pieces.push(t);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let scored: Vec<(&str, f32)> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_str(), -(i as f32) - 1.0))
+            .collect();
+        write_sp_model(dir.path(), &scored);
+        let pad = 259 + pieces.len() as u32;
+        std::fs::write(
+            dir.path().join("added_tokens.json"),
+            format!(r#"{{"[PAD]": {pad}}}"#),
+        )
+        .unwrap();
+        let alphabet = [
+            "a", "b", "c", "é", "d", " ", "  ", "<s>", "</s>", "[PAD]", "\n", "ab", "\u{2581}",
+        ];
+        for legacy in [true, false] {
+            std::fs::write(
+                dir.path().join("tokenizer_config.json"),
+                format!(r#"{{"legacy": {legacy}, "add_bos_token": true}}"#),
+            )
+            .unwrap();
+            let tok = TextTokenizer::from_checkpoint_dir(dir.path())
+                .unwrap()
+                .unwrap();
+            let hf = converted_tokenizer(
+                dir.path(),
+                &pieces,
+                legacy,
+                &[("[PAD]".to_string(), pad, false)],
+            );
+            for _ in 0..600 {
+                let text: String = (0..rnd(10))
+                    .map(|_| alphabet[rnd(alphabet.len())])
+                    .collect();
+                let want = hf.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+                assert_eq!(
+                    tok.encode(&text, false).unwrap(),
+                    want,
+                    "legacy {legacy}: {text:?}"
+                );
+                let mut with_bos = vec![1];
+                with_bos.extend(&want);
+                assert_eq!(tok.encode(&text, true).unwrap(), with_bos, "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tokenizer_config_and_added_tokens_shape_a_lone_model() {
+        let dir = tempfile::tempdir().unwrap();
+        write_sp_model(
+            dir.path(),
+            &[
+                ("\u{2581}", -1.0),
+                ("H", -2.0),
+                ("i", -3.0),
+                ("\u{2581}H", -4.0),
+                ("\u{2581}Hi", -5.0),
+            ],
+        );
+        let cfg = dir.path().join("tokenizer_config.json");
+        let open = || TextTokenizer::from_checkpoint_dir(dir.path()).map(Option::unwrap);
+        let err = || open().err().unwrap().to_string();
+        let hi = 259 + 4;
+        // add_eos_token puts </s> last; add_bos_token null leaves BOS out (as transformers).
+        std::fs::write(&cfg, r#"{"add_eos_token": true, "add_bos_token": null}"#).unwrap();
+        assert_eq!(open().unwrap().encode("Hi", true).unwrap(), vec![hi, 2]);
+        assert_eq!(open().unwrap().encode("Hi", false).unwrap(), vec![hi]);
+        // Non-legacy: no U+2581 after a literal.
+        std::fs::write(&cfg, r#"{"legacy": false}"#).unwrap();
+        let h = 259 + 1;
+        let i = 259 + 2;
+        assert_eq!(
+            open().unwrap().encode("<s>Hi", false).unwrap(),
+            vec![1, h, i]
+        );
+        std::fs::write(&cfg, r#"{"legacy": true}"#).unwrap();
+        assert_eq!(open().unwrap().encode("<s>Hi", false).unwrap(), vec![1, hi]);
+        // add_prefix_space null is refused (slow and fast tokenizers read it differently).
+        std::fs::write(&cfg, r#"{"add_prefix_space": null}"#).unwrap();
+        assert!(err().contains("add_prefix_space"), "{}", err());
+        std::fs::write(&cfg, r#"{"legacy": "no"}"#).unwrap();
+        assert!(
+            err().contains("tokenizer_config.json") && err().contains("legacy"),
+            "{}",
+            err()
+        );
+        // An added token: split out of text, decoded as its text unless special; the vocabulary
+        // grows by it.
+        std::fs::remove_file(&cfg).unwrap();
+        let added = dir.path().join("added_tokens.json");
+        let pad = 259 + 5;
+        std::fs::write(&added, format!(r#"{{"[PAD]": {pad}}}"#)).unwrap();
+        let tok = open().unwrap();
+        assert_eq!(tok.vocab_size(), pad as usize + 1);
+        assert_eq!(tok.encode("Hi[PAD]Hi", false).unwrap(), vec![hi, pad, hi]);
+        assert_eq!(tok.decode(&[hi, pad]).unwrap(), "Hi[PAD]");
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"pad_token": "[PAD]"}"#,
+        )
+        .unwrap();
+        assert_eq!(open().unwrap().decode(&[hi, pad]).unwrap(), "Hi");
+        // tokenizer_config.json's added_tokens_decoder says special itself.
+        std::fs::write(
+            &cfg,
+            format!(r#"{{"added_tokens_decoder": {{"{pad}": {{"content": "[PAD]", "special": false}}}}}}"#),
+        )
+        .unwrap();
+        assert_eq!(open().unwrap().decode(&[hi, pad]).unwrap(), "Hi[PAD]");
+        // Refused, naming the file: a gap after the pieces, a text the model has, two texts for
+        // one id.
+        std::fs::remove_file(&cfg).unwrap();
+        std::fs::write(&added, format!(r#"{{"[PAD]": {}}}"#, pad + 1)).unwrap();
+        assert!(
+            err().contains("added_tokens.json") && err().contains("without a gap"),
+            "{}",
+            err()
+        );
+        std::fs::write(&added, format!(r#"{{"H": {pad}}}"#)).unwrap();
+        assert!(err().contains("piece 260 already"), "{}", err());
+        std::fs::write(&added, format!(r#"{{"[PAD]": {pad}}}"#)).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(r#"{{"added_tokens_decoder": {{"{pad}": {{"content": "<pad>"}}}}}}"#),
+        )
+        .unwrap();
+        assert!(
+            err().contains("'<pad>' in tokenizer_config.json"),
+            "{}",
+            err()
+        );
+        std::fs::write(&added, r#"{"[PAD]": -1}"#).unwrap();
+        std::fs::remove_file(&cfg).unwrap();
+        assert!(err().contains("not a token id"), "{}", err());
     }
 
     #[test]
