@@ -6,7 +6,6 @@
 
 use gptq_lab::model::checkpoint::Checkpoint;
 use gptq_lab::model::cpu_engine::CpuEngine;
-use gptq_lab::model::sentencepiece::SpModel;
 use gptq_lab::model::tokenizer::TextTokenizer;
 use gptq_lab::model::weights::LlamaWeights;
 use rand::{rngs::StdRng, RngExt, SeedableRng};
@@ -244,11 +243,17 @@ fn odd_values_in_generation_config_json_are_refused_or_run_never_a_panic() {
     );
 }
 
-#[test]
-fn a_damaged_sentencepiece_model_is_refused_or_encodes_never_a_panic() {
-    let path = fixture("tokenizer-sp/tokenizer.model");
-    let clean = std::fs::read(&path).unwrap();
-    let mut rng = StdRng::seed_from_u64(0x5e9);
+/// `cases` copies of the tokenizer file `clean`, each damaged, written as `name` and opened by
+/// `open`: each is refused with an error naming the file, or encodes and decodes (odd ids too)
+/// without a panic. How many were refused and how many loaded.
+fn damaged_tokenizers(
+    clean: &[u8],
+    name: &str,
+    open: fn(&Path) -> gptq_lab::Result<TextTokenizer>,
+    cases: usize,
+    seed: u64,
+) -> (usize, usize) {
+    let mut rng = StdRng::seed_from_u64(seed);
     let texts = [
         "Hello world",
         "  two  spaces\n\ttab",
@@ -257,29 +262,41 @@ fn a_damaged_sentencepiece_model_is_refused_or_encodes_never_a_panic() {
         "<s>x</s>",
     ];
     let (mut refused, mut loaded) = (0, 0);
-    for _ in 0..1500 {
-        let mut bytes = clean.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(name);
+    for _ in 0..cases {
+        let mut bytes = clean.to_vec();
         let how = damage(&mut bytes, usize::MAX, &mut rng);
-        let what = format!("tokenizer.model {how}");
-        no_panic(&what, || match SpModel::from_bytes(&bytes, &path) {
+        std::fs::write(&path, &bytes).unwrap();
+        let what = format!("{name} {how}");
+        no_panic(&what, || match open(&path) {
             Err(e) => {
                 refused += 1;
                 assert!(
-                    e.to_string().contains("tokenizer.model"),
+                    e.to_string().contains(name),
                     "{what}: error without the file: {e}"
                 );
             }
-            Ok(m) => {
+            Ok(t) => {
                 loaded += 1;
-                for t in texts {
-                    let ids = m.encode(t, true);
-                    let _ = m.decode(&ids);
+                for text in texts {
+                    if let Ok(ids) = t.encode(text, true) {
+                        let _ = t.decode(&ids);
+                    }
                 }
-                let _ = m.decode(&[0, 1, 2, 3, 250, 9999, u32::MAX]);
+                let _ = t.decode(&[0, 1, 2, 3, 250, 9999, u32::MAX]);
             }
         });
     }
-    eprintln!("tokenizer.model: {refused} refused, {loaded} loaded");
+    eprintln!("{name}: {refused} of {cases} damaged copies refused, {loaded} loaded");
+    (refused, loaded)
+}
+
+#[test]
+fn a_damaged_sentencepiece_model_is_refused_or_encodes_never_a_panic() {
+    let clean = std::fs::read(fixture("tokenizer-sp/tokenizer.model")).unwrap();
+    let open = |p: &Path| TextTokenizer::from_sentencepiece(p, true);
+    let (refused, loaded) = damaged_tokenizers(&clean, "tokenizer.model", open, 1500, 0x5e9);
     assert!(
         refused >= 100 && loaded >= 1,
         "{refused} refused, {loaded} loaded"
@@ -289,31 +306,12 @@ fn a_damaged_sentencepiece_model_is_refused_or_encodes_never_a_panic() {
 #[test]
 fn a_damaged_tokenizer_json_is_refused_or_encodes_never_a_panic() {
     let clean = std::fs::read(fixture("tiny-sym-g32/tokenizer.json")).unwrap();
-    let mut rng = StdRng::seed_from_u64(0x70c);
-    let mut refused = 0;
-    for _ in 0..400 {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("tokenizer.json");
-        let mut bytes = clean.clone();
-        let how = damage(&mut bytes, usize::MAX, &mut rng);
-        std::fs::write(&path, &bytes).unwrap();
-        let what = format!("tokenizer.json {how}");
-        no_panic(&what, || match TextTokenizer::from_file(&path) {
-            Err(e) => {
-                refused += 1;
-                assert!(
-                    e.to_string().contains("tokenizer.json"),
-                    "{what}: error without the file: {e}"
-                );
-            }
-            Ok(t) => {
-                if let Ok(ids) = t.encode("Hello world ünï ✓", true) {
-                    let _ = t.decode(&ids);
-                }
-                let _ = t.decode(&[0, 1, 2, 9999, u32::MAX]);
-            }
-        });
-    }
-    eprintln!("{refused} of 400 damaged tokenizer.json files refused");
+    let (refused, _) = damaged_tokenizers(
+        &clean,
+        "tokenizer.json",
+        TextTokenizer::from_file,
+        400,
+        0x70c,
+    );
     assert!(refused >= 200, "only {refused} of 400 refused");
 }

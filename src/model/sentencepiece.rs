@@ -970,6 +970,17 @@ pub mod test_model {
         varint(v, out);
     }
 
+    /// A seeded generator of indices below n (a 64-bit LCG): the random texts and vocabularies
+    /// of the tokenizer tests, the same on every machine.
+    pub fn lcg(mut x: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) as usize) % n
+        }
+    }
+
     /// Options of a test model; `Default` is LLaMA's.
     pub struct Spec {
         pub model_type: u64,
@@ -1135,13 +1146,7 @@ mod tests {
         // A random vocabulary grown the way BPE training grows one (each piece the concatenation
         // of two earlier ones), scores with ties, one user-defined piece, some characters left
         // out (they go through bytes).
-        let mut x = 12345u64;
-        let mut rnd = |n: usize| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 33) as usize) % n
-        };
+        let mut rnd = test_model::lcg(12345);
         let chars = ["\u{2581}", "a", "b", "c", "d", "é", "日"];
         let mut texts: Vec<String> = chars[..6].iter().map(|s| s.to_string()).collect();
         while texts.len() < 60 {
@@ -1360,13 +1365,7 @@ mod tests {
                 rest = &rest[at + len..];
             }
         };
-        let mut x = 777u64;
-        let mut rnd = |n: usize| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 33) as usize) % n
-        };
+        let mut rnd = test_model::lcg(777);
         let alphabet = [
             "<s>", "</s>", "<unk>", "<ss>", "<", "s", ">", "/", "a", " ", "é", "<s",
         ];

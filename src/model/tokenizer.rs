@@ -538,39 +538,12 @@ mod tests {
 
     /// A LLaMA-style tokenizer.json (SentencePiece BPE with byte fallback and LLaMA's decoder
     /// chain: Replace, ByteFallback, Fuse, Strip) over `pieces` after the 3 special and 256 byte
-    /// tokens. The fixtures' tokenizer is GPT-2's byte-level kind, which has no byte tokens.
+    /// tokens, as `converted_json` writes it (legacy). The fixtures' tokenizer is GPT-2's
+    /// byte-level kind, which has no byte tokens.
     fn llama_style_tokenizer(dir: &Path, pieces: &[&str]) -> TextTokenizer {
-        let mut vocab = serde_json::Map::new();
-        for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
-            vocab.insert(t.to_string(), i.into());
-        }
-        for b in 0..256 {
-            vocab.insert(format!("<0x{b:02X}>"), (3 + b).into());
-        }
-        for (i, p) in pieces.iter().enumerate() {
-            vocab.insert(p.to_string(), (259 + i).into());
-        }
-        let special = |id: u32, c: &str| {
-            serde_json::json!({"id": id, "content": c, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true})
-        };
-        let json = serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
-            "normalizer": {"type": "Sequence", "normalizers": [
-                {"type": "Prepend", "prepend": "\u{2581}"},
-                {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]},
-            "pre_tokenizer": null, "post_processor": null,
-            "decoder": {"type": "Sequence", "decoders": [
-                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-                {"type": "ByteFallback"}, {"type": "Fuse"},
-                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
-                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
-                "byte_fallback": true, "vocab": vocab, "merges": []}
-        });
+        let pieces: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
         let path = dir.join("tokenizer.json");
-        std::fs::write(&path, json.to_string()).unwrap();
+        std::fs::write(&path, converted_json(&pieces, true, &[]).to_string()).unwrap();
         TextTokenizer::from_file(&path).unwrap()
     }
 
@@ -759,14 +732,9 @@ mod tests {
     /// The tokenizer.json transformers' LlamaConverter makes of a sentencepiece model with
     /// `pieces` (after the 3 special and 256 byte pieces, scores falling with the id), legacy or
     /// not, with extra added tokens `(text, id, special)`: what AutoTokenizer loads a folder with
-    /// only tokenizer.model as. Merges: every split of a piece into two mergeable pieces, ranked
-    /// by the piece (sentencepiece's score order; the scores are distinct, so no tie to break).
-    fn converted_tokenizer(
-        dir: &Path,
-        pieces: &[String],
-        legacy: bool,
-        added: &[AddedToken],
-    ) -> tokenizers::Tokenizer {
+    /// only tokenizer.model as. Merges: every split of a piece into two pieces, ranked by the
+    /// piece (sentencepiece's score order; with distinct scores there is no tie to break).
+    fn converted_json(pieces: &[String], legacy: bool, added: &[AddedToken]) -> serde_json::Value {
         let mut vocab = serde_json::Map::new();
         for (i, t) in ["<unk>", "<s>", "</s>"].iter().enumerate() {
             vocab.insert(t.to_string(), i.into());
@@ -810,7 +778,7 @@ mod tests {
                     "prepend_scheme": "first", "split": false}),
             )
         };
-        let json = serde_json::json!({
+        serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": added_json,
             "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": null,
             "decoder": {"type": "Sequence", "decoders": [
@@ -820,10 +788,7 @@ mod tests {
             "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>",
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
                 "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges}
-        });
-        let path = dir.join("converted.json");
-        std::fs::write(&path, json.to_string()).unwrap();
-        tokenizers::Tokenizer::from_file(&path).unwrap()
+        })
     }
 
     /// A lone tokenizer.model read with tokenizer_config.json's legacy true and false, and an
@@ -832,13 +797,7 @@ mod tests {
     /// special and added literals.
     #[test]
     fn lone_model_ids_equal_the_converted_tokenizers_legacy_or_not() {
-        let mut x = 4242u64;
-        let mut rnd = |n: usize| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 33) as usize) % n
-        };
+        let mut rnd = crate::model::sentencepiece::test_model::lcg(4242);
         // A vocabulary grown as BPE grows one; no piece holds a character before U+2581
         // (LLaMA's kind).
         let mut pieces: Vec<String> = ["\u{2581}", "a", "b", "c", "é"]
@@ -880,12 +839,8 @@ mod tests {
             let tok = TextTokenizer::from_checkpoint_dir(dir.path())
                 .unwrap()
                 .unwrap();
-            let hf = converted_tokenizer(
-                dir.path(),
-                &pieces,
-                legacy,
-                &[("[PAD]".to_string(), pad, false)],
-            );
+            let json = converted_json(&pieces, legacy, &[("[PAD]".to_string(), pad, false)]);
+            let hf = tokenizers::Tokenizer::from_bytes(json.to_string()).unwrap();
             for _ in 0..600 {
                 let text: String = (0..rnd(10))
                     .map(|_| alphabet[rnd(alphabet.len())])
