@@ -70,8 +70,9 @@ impl TextTokenizer {
         let sp = dir.join("tokenizer.model");
         if crate::util::optional_file(&sp)? {
             let mut model = SpModel::open(&sp)?;
-            let opts = sp_options(dir)?;
-            let (added, from) = added_tokens(dir)?;
+            let config = json_object(&dir.join("tokenizer_config.json"))?;
+            let opts = sp_options(config.as_ref())?;
+            let (added, from) = added_tokens(dir, config.as_ref())?;
             model
                 .add_tokens(&added)
                 .map_err(|e| LabError::bad_checkpoint(&from, e))?;
@@ -189,20 +190,18 @@ impl TextTokenizer {
 /// false), add_eos_token (false), legacy (true, also for null: transformers' default) and
 /// add_prefix_space (true; null is refused: transformers' slow and fast tokenizers read it
 /// differently). A value of another type is an error naming the file.
-fn sp_options(dir: &Path) -> Result<EncodeOptions> {
-    let path = dir.join("tokenizer_config.json");
+fn sp_options(config: Option<&(PathBuf, Value)>) -> Result<EncodeOptions> {
     let mut o = EncodeOptions::default();
-    if !crate::util::optional_file(&path)? {
+    let Some((path, v)) = config else {
         return Ok(o);
-    }
-    let v: Value = crate::util::read_json(&path)?;
+    };
     let flag = |key: &str, missing: bool, null: Option<bool>| -> Result<bool> {
         match (v.get(key), null) {
             (None, _) => Ok(missing),
             (Some(Value::Null), Some(n)) => Ok(n),
             (Some(Value::Bool(b)), _) => Ok(*b),
             (Some(other), _) => Err(LabError::bad_checkpoint(
-                &path,
+                path,
                 format!("{key} is {other}, expected true or false"),
             )),
         }
@@ -214,6 +213,18 @@ fn sp_options(dir: &Path) -> Result<EncodeOptions> {
     Ok(o)
 }
 
+/// A JSON file that must hold an object, with its path; None when the file is absent.
+fn json_object(path: &Path) -> Result<Option<(PathBuf, Value)>> {
+    if !crate::util::optional_file(path)? {
+        return Ok(None);
+    }
+    let v: Value = crate::util::read_json(path)?;
+    if !v.is_object() {
+        return Err(LabError::bad_checkpoint(path, "expected a JSON object"));
+    }
+    Ok(Some((path.to_path_buf(), v)))
+}
+
 /// The text of a special-token entry: "<s>" or {"content": "<s>", ...}.
 fn token_text(v: &Value) -> Option<&str> {
     v.as_str().or_else(|| v.get("content")?.as_str())
@@ -223,22 +234,14 @@ fn token_text(v: &Value) -> Option<&str> {
 /// ({"[PAD]": 32000}, as 2023 Vicuna / GPTQ folders ship it) and tokenizer_config.json's
 /// added_tokens_decoder ({"32000": {"content": "[PAD]", "special": true}}). An entry of
 /// added_tokens.json alone is special when tokenizer_config.json or special_tokens_map.json names
-/// its text as a special token. With the file to name when the model refuses them.
-fn added_tokens(dir: &Path) -> Result<(Vec<AddedToken>, PathBuf)> {
-    let read = |name: &str| -> Result<Option<(PathBuf, Value)>> {
-        let path = dir.join(name);
-        if !crate::util::optional_file(&path)? {
-            return Ok(None);
-        }
-        let v: Value = crate::util::read_json(&path)?;
-        if !v.is_object() {
-            return Err(LabError::bad_checkpoint(&path, "expected a JSON object"));
-        }
-        Ok(Some((path, v)))
-    };
-    let config = read("tokenizer_config.json")?;
-    let map = read("special_tokens_map.json")?;
-    let listed = read("added_tokens.json")?;
+/// its text as a special token. With the file to name when the model refuses them. `config`:
+/// tokenizer_config.json, read.
+fn added_tokens(
+    dir: &Path,
+    config: Option<&(PathBuf, Value)>,
+) -> Result<(Vec<AddedToken>, PathBuf)> {
+    let map = json_object(&dir.join("special_tokens_map.json"))?;
+    let listed = json_object(&dir.join("added_tokens.json"))?;
     let id_of = |path: &Path, what: &str, v: &Value| -> Result<u32> {
         v.as_u64()
             .and_then(|x| u32::try_from(x).ok())
@@ -247,7 +250,7 @@ fn added_tokens(dir: &Path) -> Result<(Vec<AddedToken>, PathBuf)> {
     // id -> (text, special where the file says)
     let mut by_id: std::collections::BTreeMap<u32, (String, Option<bool>)> = Default::default();
     let mut from = dir.join("tokenizer_config.json");
-    if let Some((path, v)) = &config {
+    if let Some((path, v)) = config {
         if let Some(dec) = v.get("added_tokens_decoder").filter(|d| !d.is_null()) {
             let dec = dec.as_object().ok_or_else(|| {
                 LabError::bad_checkpoint(path, "added_tokens_decoder is not an object")
@@ -304,7 +307,7 @@ fn added_tokens(dir: &Path) -> Result<(Vec<AddedToken>, PathBuf)> {
     }
     // The texts named as special tokens.
     let mut specials: Vec<String> = Vec::new();
-    for (_, v) in config.iter().chain(map.iter()) {
+    for (_, v) in config.into_iter().chain(map.as_ref()) {
         for key in [
             "bos_token",
             "eos_token",
