@@ -1156,3 +1156,65 @@ fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said()
     assert!(Checkpoint::open(&plain).unwrap().quant_notes().is_empty());
     assert!(Checkpoint::open(&act).unwrap().quant_notes().is_empty());
 }
+
+#[test]
+fn a_layer_index_not_in_canonical_decimal_is_refused_by_name() {
+    // "00", "+0", "x" name no layer the engines load: the tensor would be dropped silently. A
+    // huge index is a layer beyond the config's count (its +1 overflowed).
+    let h = fx::config_json()["hidden_size"].as_u64().unwrap() as usize;
+    for (name, want) in [
+        (
+            "model.layers.00.input_layernorm.weight",
+            "not part of the LLaMA layout",
+        ),
+        (
+            "model.layers.+0.input_layernorm.weight",
+            "not part of the LLaMA layout",
+        ),
+        (
+            "model.layers.x.self_attn.q_proj.bias",
+            "not part of the LLaMA layout",
+        ),
+        (
+            "model.layers.18446744073709551615.input_layernorm.weight",
+            "num_hidden_layers",
+        ),
+    ] {
+        let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+        fx::edit(&dir, |t| {
+            t.insert(name.to_string(), (Dtype::F16, vec![h], vec![0u8; 2 * h]));
+        });
+        let e = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert_mentions(&e, &["model.safetensors", name, want]);
+    }
+}
+
+#[test]
+fn quant_config_spellings_the_tools_accept_are_read() {
+    // transformers' GPTQConfig and GPTQModel lower-case the format.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    for f in ["quantize_config.json", "config.json"] {
+        fx::edit_json(&dir.join(f), |v| {
+            let q = if f == "config.json" {
+                &mut v["quantization_config"]
+            } else {
+                v
+            };
+            q["checkpoint_format"] = "GPTQ".into();
+        });
+    }
+    Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+    // static_groups stated only in config.json is config.json's: with desc_act and no g_idx,
+    // the rows are in k / G order, not refused as act-order without its g_idx.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit(&dir, |t| t.retain(|n, _| !n.ends_with(".g_idx")));
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["desc_act"] = true.into();
+        v.as_object_mut().unwrap().remove("static_groups");
+    });
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["quantization_config"]["desc_act"] = true.into();
+        v["quantization_config"]["static_groups"] = true.into();
+    });
+    Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+}

@@ -704,10 +704,9 @@ fn check_tensor_names(config: &ModelConfig, files: &Files) -> Result<()> {
         ) {
             return true;
         }
-        let Some((_, rest)) = name
-            .strip_prefix("model.layers.")
-            .and_then(|r| r.split_once('.'))
-        else {
+        // A layer index other than canonical decimal ("00", "+0", "x") is no layer an engine
+        // loads: such a tensor would be dropped silently.
+        let Some((_, rest)) = layer_index(name) else {
             return false;
         };
         if matches!(
@@ -741,23 +740,25 @@ fn check_tensor_names(config: &ModelConfig, files: &Files) -> Result<()> {
     ))
 }
 
+/// `model.layers.N.rest` -> (N, rest), N in canonical decimal (the only spelling the engines'
+/// tensor names use).
+fn layer_index(name: &str) -> Option<(usize, &str)> {
+    let (idx, rest) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    let i = idx.parse::<usize>().ok()?;
+    (i.to_string() == idx).then_some((i, rest))
+}
+
 /// config.json's `num_hidden_layers` against the `model.layers.N` tensors: every loader loops
 /// over (and allocates for) the config's count, so a count the weights do not back would panic
 /// or misread, and layers beyond it would be silently dropped.
 fn check_layer_count(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Result<()> {
-    let layer_of = |n: &str| {
-        n.strip_prefix("model.layers.")?
-            .split_once('.')?
-            .0
-            .parse::<usize>()
-            .ok()
-    };
+    let layer_of = |n: &str| layer_index(n).map(|(i, _)| i);
     let names = files.names();
     let found = names
         .iter()
         .filter_map(|n| layer_of(n))
         .max()
-        .map_or(0, |m| m + 1);
+        .map_or(0, |m| m.saturating_add(1));
     let want = config.num_hidden_layers;
     if found > want {
         // The first tensor (by name) of the lowest layer beyond the config's count.

@@ -129,7 +129,13 @@ fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo
         true
     });
     let static_groups = raw.static_groups.unwrap_or(false);
-    let format = match raw.checkpoint_format.as_deref().or(raw.format.as_deref()) {
+    // Lower-cased as transformers' GPTQConfig and GPTQModel read it ("GPTQ" is "gptq").
+    let format_name = raw
+        .checkpoint_format
+        .as_deref()
+        .or(raw.format.as_deref())
+        .map(str::to_ascii_lowercase);
+    let format = match format_name.as_deref() {
         None => {
             default("checkpoint_format", "\"gptq\" (v1 zeros)".into());
             ZeroFormat::V1
@@ -254,6 +260,14 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
             qc.desc_act = c.desc_act;
             qc.forget_default("desc_act");
             stated.desc_act = true;
+        }
+        // static_groups stated only there: config.json's (transformers reads it from there).
+        let stated_bool = |x: &serde_json::Value, f: &str| x.get(f).and_then(|b| b.as_bool());
+        if let (Some(sg), None) = (
+            stated_bool(cfg_v, "static_groups"),
+            stated_bool(&v, "static_groups"),
+        ) {
+            qc.static_groups = sg;
         }
         if let (Some(sym), None) = (cfg_stated.sym, stated.sym) {
             qc.sym = sym;
