@@ -1218,3 +1218,25 @@ fn quant_config_spellings_the_tools_accept_are_read() {
     });
     Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
 }
+
+#[test]
+fn autogptq_shards_under_their_own_index_name_load() {
+    // AutoGPTQ's save_quantized(max_shard_size=...) names the index after model_file_base_name.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let one = Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+    shard(&dir);
+    std::fs::rename(
+        dir.join("model.safetensors.index.json"),
+        dir.join("gptq_model-4bit-128g.safetensors.index.json"),
+    )
+    .unwrap();
+    assert_eq!(Checkpoint::open(&dir).unwrap().linear(Q).unwrap(), one);
+    // Two such indexes: which one is meant is not guessed.
+    std::fs::copy(
+        dir.join("gptq_model-4bit-128g.safetensors.index.json"),
+        dir.join("old.safetensors.index.json"),
+    )
+    .unwrap();
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(&e, &["2 shard indexes", "old.safetensors.index.json"]);
+}

@@ -184,9 +184,18 @@ impl Files {
         }
         let mut st = Vec::new();
         let mut pickles = Vec::new();
+        // Other index names: AutoGPTQ / GPTQModel write `{model_file_base_name}.safetensors
+        // .index.json` (gptq_model-4bit-128g-0000N-of-0000M shards).
+        let mut indexes = Vec::new();
         for e in std::fs::read_dir(path).map_err(|e| LabError::io(path, e))? {
             let p = e.map_err(|e| LabError::io(path, e))?.path();
-            if has_ext(&p, &["safetensors"]) {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+                && p.is_file()
+            {
+                indexes.push(p);
+            } else if has_ext(&p, &["safetensors"]) {
                 // Mapping a directory fails with a bare ENODEV; say what is wrong instead (and
                 // for a link that leads nowhere, what following it said).
                 match std::fs::metadata(&p) {
@@ -205,6 +214,25 @@ impl Files {
             }
         }
         st.sort();
+        indexes.sort();
+        match indexes.len() {
+            0 => {}
+            1 => return Ok((path.to_path_buf(), Self::from_index(&indexes[0])?)),
+            _ => {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!(
+                        "{} shard indexes and no model.safetensors.index.json: {:?}; remove the \
+                         stale ones",
+                        indexes.len(),
+                        indexes
+                            .iter()
+                            .filter_map(|p| p.file_name())
+                            .collect::<Vec<_>>()
+                    ),
+                ))
+            }
+        }
         match st.len() {
             1 => Ok((path.to_path_buf(), Self::from_shards(st)?)),
             0 if !pickles.is_empty() => Err(refuse_pickles(path, &pickles)),
@@ -215,8 +243,8 @@ impl Files {
             _ => Err(LabError::bad_checkpoint(
                 path,
                 format!(
-                    "{} .safetensors files and no model.safetensors.index.json: {:?}; pass the one to \
-                     load as --checkpoint FILE",
+                    "{} .safetensors files and no *.safetensors.index.json naming the shards: {:?}; \
+                     pass the one to load as --checkpoint FILE, or add the shard index",
                     st.len(),
                     st.iter().filter_map(|p| p.file_name()).collect::<Vec<_>>()
                 ),
