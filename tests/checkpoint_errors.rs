@@ -30,6 +30,15 @@ fn assert_mentions(e: &str, parts: &[&str]) {
     }
 }
 
+/// The same edit to the quant settings in both places a checkpoint states them:
+/// quantize_config.json and config.json's quantization_config.
+fn edit_quant_configs(dir: &Path, mut edit: impl FnMut(&mut serde_json::Value)) {
+    fx::edit_json(&dir.join("quantize_config.json"), &mut edit);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        edit(&mut v["quantization_config"])
+    });
+}
+
 #[test]
 fn truncated_safetensors_is_refused() {
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
@@ -148,16 +157,9 @@ fn bits_other_than_4_are_refused() {
 fn group_size_not_dividing_k_is_refused() {
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
     // 48 does not divide K = 128 (the format would allow ceil(128/48) = 3 groups; the lab refuses).
-    for f in ["quantize_config.json", "config.json"] {
-        fx::edit_json(&dir.join(f), |v| {
-            let q = if f == "config.json" {
-                &mut v["quantization_config"]
-            } else {
-                v
-            };
-            q["group_size"] = 48.into();
-        });
-    }
+    edit_quant_configs(&dir, |q| {
+        q["group_size"] = 48.into();
+    });
     let e = linear_err(&dir, Q);
     assert_mentions(
         &e,
@@ -294,17 +296,10 @@ fn unknown_quant_config_fields_are_tolerated() {
 
     // Newer configs name the zero format `format` only.
     let (_t2, dir) = good(32, false, false, ZeroFormat::V2);
-    for f in ["quantize_config.json", "config.json"] {
-        fx::edit_json(&dir.join(f), |v| {
-            let q = if f == "config.json" {
-                &mut v["quantization_config"]
-            } else {
-                v
-            };
-            q.as_object_mut().unwrap().remove("checkpoint_format");
-            assert_eq!(q["format"], "gptq_v2");
-        });
-    }
+    edit_quant_configs(&dir, |q| {
+        q.as_object_mut().unwrap().remove("checkpoint_format");
+        assert_eq!(q["format"], "gptq_v2");
+    });
     assert_eq!(
         Checkpoint::open(&dir).unwrap().quant.unwrap().format,
         ZeroFormat::V2
@@ -660,20 +655,13 @@ fn non_finite_floats_are_refused_naming_the_tensor() {
 #[test]
 fn stated_sym_with_zeros_of_the_other_format_is_refused() {
     let relabel = |dir: &Path, fmt: &str, keep_sym: bool| {
-        for f in ["quantize_config.json", "config.json"] {
-            fx::edit_json(&dir.join(f), |v| {
-                let q = if f == "config.json" {
-                    &mut v["quantization_config"]
-                } else {
-                    v
-                };
-                q["checkpoint_format"] = fmt.into();
-                q["format"] = fmt.into();
-                if !keep_sym {
-                    q.as_object_mut().unwrap().remove("sym");
-                }
-            });
-        }
+        edit_quant_configs(dir, |q| {
+            q["checkpoint_format"] = fmt.into();
+            q["format"] = fmt.into();
+            if !keep_sym {
+                q.as_object_mut().unwrap().remove("sym");
+            }
+        });
     };
     // A v1 symmetric file (stored 7) labelled gptq_v2 reads true zeros of 7.
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
@@ -1035,18 +1023,11 @@ fn settings_no_file_states_are_noted_for_the_user() {
     // A gptq_v2 file without its label reads as v1: undetectable from the tensors, so the
     // default taken must at least be said (the notes were kept but never shown).
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
-    for f in ["quantize_config.json", "config.json"] {
-        fx::edit_json(&dir.join(f), |v| {
-            let q = if f == "config.json" {
-                &mut v["quantization_config"]
-            } else {
-                v
-            };
-            let q = q.as_object_mut().unwrap();
-            q.remove("checkpoint_format");
-            q.remove("format");
-        });
-    }
+    edit_quant_configs(&dir, |q| {
+        let q = q.as_object_mut().unwrap();
+        q.remove("checkpoint_format");
+        q.remove("format");
+    });
     let ck = Checkpoint::open(&dir).unwrap();
     let notes = ck.quant_notes().join("\n");
     assert_mentions(&notes, &["quantize_config.json", "checkpoint_format", "v1"]);
@@ -1133,12 +1114,7 @@ fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said()
     let reference = Checkpoint::open(&act).unwrap().linear(Q).unwrap();
     for (field, value) in [("desc_act", false), ("static_groups", true)] {
         let (_t, dir) = good(32, true, true, ZeroFormat::V1);
-        fx::edit_json(&dir.join("quantize_config.json"), |v| {
-            v[field] = value.into()
-        });
-        fx::edit_json(&dir.join("config.json"), |v| {
-            v["quantization_config"][field] = value.into()
-        });
+        edit_quant_configs(&dir, |q| q[field] = value.into());
         let ck = Checkpoint::open(&dir).unwrap();
         assert_eq!(ck.linear(Q).unwrap(), reference, "{field} = {value}");
         let notes = ck.quant_notes().join("\n");
@@ -1193,16 +1169,9 @@ fn a_layer_index_not_in_canonical_decimal_is_refused_by_name() {
 fn quant_config_spellings_the_tools_accept_are_read() {
     // transformers' GPTQConfig and GPTQModel lower-case the format.
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
-    for f in ["quantize_config.json", "config.json"] {
-        fx::edit_json(&dir.join(f), |v| {
-            let q = if f == "config.json" {
-                &mut v["quantization_config"]
-            } else {
-                v
-            };
-            q["checkpoint_format"] = "GPTQ".into();
-        });
-    }
+    edit_quant_configs(&dir, |q| {
+        q["checkpoint_format"] = "GPTQ".into();
+    });
     Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
     // static_groups stated only in config.json is config.json's: with desc_act and no g_idx,
     // the rows are in k / G order, not refused as act-order without its g_idx.
