@@ -164,6 +164,137 @@ fn v1_writer_refuses_a_true_zero_of_zero_and_names_the_tensor() {
     assert_layers_identical(&Checkpoint::open(&dir).unwrap(), &layers);
 }
 
+/// Asymmetric layers with true zeros of 0 (and 1 right above some, so borrows chain), written
+/// as GPTQModel exports v1: the true zeros minus 0x11111111 per whole int32 word.
+fn write_whole_word_v1(
+    dir: &std::path::Path,
+    meta: serde_json::Value,
+) -> Vec<(String, gptq_lab::gptq::QuantLinear)> {
+    let mut layers = fx::model_layers(32, false, false);
+    for (i, (_, l)) in layers.iter_mut().enumerate() {
+        let mut z = l.zeros();
+        for (j, z) in z.iter_mut().enumerate() {
+            match (j + i) % 7 {
+                0 => *z = 0,
+                1 => *z = 1,
+                _ => {}
+            }
+        }
+        // The top nibble of a word too: its borrow leaves the word.
+        z[7] = 0;
+        l.qzeros = gptq_lab::gptq::pack::pack_zeros(&z, l.groups(), l.n);
+    }
+    write_gptq_checkpoint(
+        dir,
+        &fx::config_json(),
+        &layers,
+        &fx::dense(),
+        ZeroFormat::V2,
+        &fx::info(32, false, false),
+    )
+    .unwrap();
+    fx::edit(dir, |t| {
+        for (name, (_, _, b)) in t.iter_mut() {
+            if name.ends_with(".qzeros") {
+                let w: Vec<u32> = fx::words(b)
+                    .iter()
+                    .map(|w| w.wrapping_sub(0x1111_1111))
+                    .collect();
+                *b = fx::bytes(&w);
+            }
+        }
+    });
+    let relabel = |q: &mut serde_json::Value| {
+        q["checkpoint_format"] = "gptq".into();
+        q["format"] = "gptq".into();
+        q["meta"] = meta.clone();
+    };
+    fx::edit_json(&dir.join("quantize_config.json"), relabel);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        relabel(&mut v["quantization_config"])
+    });
+    layers
+}
+
+#[test]
+fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let meta = serde_json::json!({"quantizer": ["gptqmodel:1.4.5"], "uri": "https://github.com/modelcloud/gptqmodel"});
+    let dir = tmp.path().join("gptqmodel");
+    let layers = write_whole_word_v1(&dir, meta.clone());
+    // The file has borrows a per-nibble reading would misread (0xF nibbles).
+    let qz = fx::words(
+        &fx::read_tensors(&dir.join("model.safetensors"))["model.layers.0.self_attn.q_proj.qzeros"]
+            .2,
+    );
+    assert!(gptq_lab::gptq::zeros::v1_underflow(&qz, 64).is_some());
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(
+        ck.quant.as_ref().unwrap().whole_word_v1.as_deref(),
+        Some("gptqmodel:1.4.5")
+    );
+    assert_layers_identical(&ck, &layers);
+    let notes = ck.quant_notes().join("\n");
+    assert!(
+        notes.contains("gptqmodel:1.4.5") && notes.contains("whole-word"),
+        "{notes}"
+    );
+
+    // Named in config.json only (quantize_config.json without meta): still that writer's file.
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v.as_object_mut().unwrap().remove("meta");
+    });
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_layers_identical(&ck, &layers);
+    assert!(ck
+        .quant_notes()
+        .join("\n")
+        .contains("config.json quantization_config: meta.quantizer"));
+
+    // AutoGPTQ's v2-era code names itself as a plain string, in quantizer or packer.
+    for meta in [
+        serde_json::json!({"quantizer": "autogptq:0.8.0.dev1"}),
+        serde_json::json!({"quantizer": "someone:1.0", "packer": "autogptq:0.8.0-dev1"}),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("autogptq");
+        let layers = write_whole_word_v1(&dir, meta);
+        assert_layers_identical(&Checkpoint::open(&dir).unwrap(), &layers);
+    }
+
+    // No such writer named (none, an older GPTQModel, an unreadable version, another tool): the
+    // 0xF nibbles are refused as underflow, and the message says what would have read them.
+    for meta in [
+        serde_json::Value::Null,
+        serde_json::json!({"quantizer": ["gptqmodel:0.8.9"]}),
+        serde_json::json!({"quantizer": ["gptqmodel:test"]}),
+        serde_json::json!({"quantizer": ["llmcompressor:0.9"]}),
+        serde_json::json!({"quantizer": 7}),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("unnamed");
+        write_whole_word_v1(&dir, meta.clone());
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert!(ck.quant.as_ref().unwrap().whole_word_v1.is_none(), "{meta}");
+        let e = ck
+            .linear("model.layers.0.self_attn.q_proj")
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "q_proj.qzeros",
+            "0xF",
+            "meta.quantizer",
+            "GPTQModel",
+            "quantize_config.json",
+        ] {
+            assert!(
+                e.contains(part),
+                "{meta}: error does not mention {part:?}:\n{e}"
+            );
+        }
+    }
+}
+
 /// Turn a written checkpoint into a GPTQ-for-LLaMa era one: odd file name, no quantize config.
 fn make_era(dir: &std::path::Path, drop_g_idx: bool) {
     std::fs::remove_file(dir.join("quantize_config.json")).unwrap();

@@ -18,6 +18,15 @@
 //! (OR packer: lost, any value 0..=15). The file does not say which packer wrote it. Nor can a
 //! v2 file mislabelled as v1 (or the reverse) be told apart in general: every other nibble value
 //! is legal in both.
+//!
+//! ## Whole-word v1 writers
+//! Tools that quantize in v2 internally and export v1 by subtracting `0x11111111` from each int32
+//! word (GPTQModel from 0.9.0, AutoGPTQ from 0.8.0.dev1, their `MIN_VERSION_WITH_V2`) let a true
+//! zero of 0 borrow from the nibble above: 0xF there, and one less in the next nibble (which can
+//! borrow in turn). Per nibble that is unreadable, but the word as a whole is exact: adding
+//! `0x11111111` back (mod 2^32) undoes it, which is how those tools read their own files. They
+//! name themselves in quantize_config.json's `meta.quantizer` ("gptqmodel:1.2.0"); the loader
+//! reads such files with `v1_whole_word_to_v2`. On a word without a 0xF nibble both readings agree.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +69,12 @@ pub fn nibbles_minus_one(w: u32) -> u32 {
 /// `v1_underflow` first when that matters.
 pub fn v1_to_v2(qzeros_v1: &[u32]) -> Vec<u32> {
     qzeros_v1.iter().map(|&w| nibbles_plus_one(w)).collect()
+}
+
+/// v1 words written by whole-word subtraction (see the module docs) -> true zeros: exact for every
+/// word, 0xF nibbles included. Equal to `v1_to_v2` on words without a 0xF nibble.
+pub fn v1_whole_word_to_v2(qzeros_v1: &[u32]) -> Vec<u32> {
+    qzeros_v1.iter().map(|&w| w.wrapping_add(ONES)).collect()
 }
 
 /// True zeros -> v1 words. A true zero of 0 would wrap to 0xF; `Err` lists those (group, column)
@@ -207,5 +222,45 @@ mod tests {
         assert_eq!((u.nibbles, u.words), (5, 1));
         assert_eq!(u.first[0], (0, 11));
         assert!(u.describe().contains("cannot"));
+    }
+
+    #[test]
+    fn whole_word_v1_is_exact_where_per_nibble_reading_is_not() {
+        // What GPTQModel's export does to the true zeros: one int32 subtraction per word.
+        let export = |w: u32| w.wrapping_sub(ONES);
+        // Column 3 has true zero 0 and column 4 true zero 5: nibble 3 borrows (0xF) and nibble 4
+        // reads 5 - 1 - 1 = 3, which per nibble would be a true zero of 4.
+        let truth = 0x8885_0888u32;
+        let file = export(truth);
+        assert_eq!(file, 0x7773_F777);
+        assert_eq!(v1_whole_word_to_v2(&[file]), vec![truth]);
+        assert_ne!(v1_to_v2(&[file]), vec![truth]);
+        assert!(v1_underflow(&[file], 8).is_some());
+        // A borrow chain (true zeros 0, 1, 0 in columns 0..3) and a borrow out of the top nibble.
+        for truth in [0x8888_8010u32, 0x0888_8888, 0, 0x1111_1111] {
+            assert_eq!(
+                v1_whole_word_to_v2(&[export(truth)]),
+                vec![truth],
+                "{truth:#010x}"
+            );
+        }
+        // Random true zeros, 0 and 1 frequent: every word comes back.
+        let mut rng = StdRng::seed_from_u64(13);
+        for _ in 0..10_000 {
+            let truth = (0..8).fold(0u32, |w, j| {
+                let z = if rng.random_bool(0.3) {
+                    rng.random_range(0..2)
+                } else {
+                    rng.random_range(0..16)
+                };
+                w | (z << (4 * j))
+            });
+            assert_eq!(v1_whole_word_to_v2(&[export(truth)]), vec![truth]);
+        }
+        // On words without a 0xF nibble (every per-nibble writer's legal words) both agree.
+        for _ in 0..10_000 {
+            let w = (0..8).fold(0u32, |w, j| w | (rng.random_range(0..15u32) << (4 * j)));
+            assert_eq!(v1_whole_word_to_v2(&[w]), v1_to_v2(&[w]), "{w:#010x}");
+        }
     }
 }

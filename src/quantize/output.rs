@@ -38,6 +38,7 @@ fn quant_info(p: &GptqParams, format: ZeroFormat) -> QuantInfo {
         static_groups: p.static_groups,
         format,
         inferred: Vec::new(),
+        whole_word_v1: None,
     }
 }
 

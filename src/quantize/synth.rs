@@ -226,6 +226,7 @@ pub fn write_synthetic_checkpoint(o: &SynthOptions) -> Result<SynthSummary> {
         static_groups: false,
         format: o.format,
         inferred: Vec::new(),
+        whole_word_v1: None,
     };
 
     let mut rng = StdRng::seed_from_u64(o.seed);

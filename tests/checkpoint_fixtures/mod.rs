@@ -34,6 +34,7 @@ pub fn info(group_size: i32, sym: bool, desc_act: bool) -> QuantInfo {
         static_groups: false,
         format: ZeroFormat::V1,
         inferred: vec![],
+        whole_word_v1: None,
     }
 }
 

@@ -239,6 +239,14 @@ impl Checkpoint {
             .collect()
     }
 
+    /// Whether v1 zeros are read by whole-word addition: the config names a writer that exports
+    /// v1 that way (`QuantInfo::whole_word_v1`).
+    fn whole_word_v1(&self) -> bool {
+        self.quant
+            .as_ref()
+            .is_some_and(|q| q.whole_word_v1.is_some())
+    }
+
     /// One linear layer, e.g. prefix "model.layers.0.self_attn.q_proj": validated against the
     /// config's shapes and the quant settings, zeros converted to true zeros.
     pub fn linear(&self, prefix: &str) -> Result<LinearWeights> {
@@ -432,11 +440,18 @@ impl Checkpoint {
         let stored = le_u32(l.qzeros);
         let qzeros = match l.format {
             ZeroFormat::V2 => stored,
+            ZeroFormat::V1 if self.whole_word_v1() => zeros::v1_whole_word_to_v2(&stored),
             ZeroFormat::V1 => {
                 if let Some(u) = zeros::v1_underflow(&stored, l.n) {
                     return Err(LabError::bad_checkpoint(
                         self.files.path_of(&qz),
-                        format!("tensor '{qz}': {}", u.describe()),
+                        format!(
+                            "tensor '{qz}': {}. (A file GPTQModel >= 0.9 or AutoGPTQ >= 0.8 \
+                             exported as v1 subtracts 0x11111111 from whole words and is exact \
+                             when read back whole; {} names no such writer in meta.quantizer)",
+                            u.describe(),
+                            self.quant_source.display()
+                        ),
                     ));
                 }
                 zeros::v1_to_v2(&stored)

@@ -27,6 +27,10 @@ pub struct QuantInfo {
     pub sym: bool,
     pub static_groups: bool,
     pub format: ZeroFormat,
+    /// The writer `meta.quantizer` names ("gptqmodel:1.2.0") when it is one that exports v1 by
+    /// subtracting 0x11111111 from whole int32 words (see `gptq::zeros`): its v1 zeros are read
+    /// back by whole-word addition. `None`: no such writer named, v1 read nibble by nibble.
+    pub whole_word_v1: Option<String>,
     /// Each default taken or value inferred, one line each, for the user to see.
     pub inferred: Vec<String>,
 }
@@ -74,6 +78,59 @@ struct RawQuant {
     dynamic: Option<serde_json::Value>,
     /// AutoGPTQ's marlin repacking (tensors `B` / `s` instead of qweight / scales).
     is_marlin_format: Option<bool>,
+    /// Who wrote the file: `quantizer` (and AutoGPTQ's `packer`), "name:version" or a list of
+    /// them. Any shape is accepted; only what `whole_word_writer` recognises is used.
+    meta: Option<serde_json::Value>,
+}
+
+/// The writers whose v1 files are whole-word differences (`true - 0x11111111` per int32 word), by
+/// the first version with their v2 code (`MIN_VERSION_WITH_V2` in each tool's source).
+const WHOLE_WORD_WRITERS: [(&str, (u32, u32, u32)); 2] =
+    [("gptqmodel", (0, 9, 0)), ("autogptq", (0, 8, 0))];
+
+/// The first "name:version" in `meta.quantizer` (or `meta.packer`, which AutoGPTQ also wrote)
+/// that names a whole-word v1 writer at or above its first v2 version. A writer below it, or an
+/// unreadable version, is not taken: the per-nibble reading stands and an underflow is refused.
+fn whole_word_writer(meta: Option<&serde_json::Value>) -> Option<String> {
+    let meta = meta?;
+    let entries = ["quantizer", "packer"]
+        .iter()
+        .filter_map(|k| meta.get(*k))
+        .flat_map(|v| match v {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
+            serde_json::Value::String(s) => vec![s.as_str()],
+            _ => Vec::new(),
+        });
+    for entry in entries {
+        let Some((name, version)) = entry.split_once(':') else {
+            continue;
+        };
+        let Some(min) = WHOLE_WORD_WRITERS
+            .iter()
+            .find(|(w, _)| name.trim().eq_ignore_ascii_case(w))
+            .map(|&(_, min)| min)
+        else {
+            continue;
+        };
+        if release_triple(version).is_some_and(|v| v >= min) {
+            return Some(entry.to_string());
+        }
+    }
+    None
+}
+
+/// "1.2.3", "0.8.0-dev1", "0.9" -> (major, minor, patch) from the leading digits of the first three
+/// dot-separated parts (a pre-release suffix is ignored; missing parts are 0). `None` when the
+/// major part has no digits ("test", "").
+fn release_triple(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.trim().split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next().flatten()?;
+    let minor = parts.next().flatten().unwrap_or(0);
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
 }
 
 fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo> {
@@ -149,6 +206,10 @@ fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo
             )))
         }
     };
+    let whole_word_v1 = match format {
+        ZeroFormat::V1 => whole_word_writer(raw.meta.as_ref()),
+        ZeroFormat::V2 => None,
+    };
     check_bits(bits, path, what)?;
     if group_size != -1 && group_size <= 0 {
         return Err(bad(format!(
@@ -162,6 +223,7 @@ fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo
         sym,
         static_groups,
         format,
+        whole_word_v1,
         inferred,
     })
 }
@@ -222,10 +284,13 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
         _ => (None, Stated::default()),
     };
     if !crate::util::optional_file(&qc_path)? {
-        return Ok(from_cfg.map(|info| FoundQuant {
-            info,
-            stated: cfg_stated,
-            source: cfg_path,
+        return Ok(from_cfg.map(|mut info| {
+            note_whole_word(&mut info, "config.json quantization_config");
+            FoundQuant {
+                info,
+                stated: cfg_stated,
+                source: cfg_path,
+            }
         }));
     }
     let v: serde_json::Value = crate::util::read_json(&qc_path)?;
@@ -315,11 +380,32 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
             ));
         }
     }
+    // The writer may be named in either file (GPTQModel writes both); the formats agree here.
+    let mut meta_in = "quantize_config.json";
+    if qc.whole_word_v1.is_none() {
+        if let Some(w) = from_cfg.and_then(|c| c.whole_word_v1) {
+            qc.whole_word_v1 = Some(w);
+            meta_in = "config.json quantization_config";
+        }
+    }
+    note_whole_word(&mut qc, meta_in);
     Ok(Some(FoundQuant {
         info: qc,
         stated,
         source: qc_path,
     }))
+}
+
+/// Say that an asymmetric v1 file is read by whole-word addition, and which file's meta said so
+/// (symmetric zeros are 8 everywhere, where both readings agree).
+fn note_whole_word(q: &mut QuantInfo, meta_in: &str) {
+    if let (Some(w), false) = (&q.whole_word_v1, q.sym) {
+        q.inferred.push(format!(
+            "{meta_in}: meta.quantizer '{w}' exports v1 by subtracting 0x11111111 from whole int32 \
+             words, so its zeros are read back by whole-word addition (a true zero of 0 borrows \
+             from the nibble above)"
+        ));
+    }
 }
 
 /// Infer the settings of a GPTQ-for-LLaMa era checkpoint from one quantized linear `prefix`
@@ -380,6 +466,7 @@ pub(crate) fn infer(files: &Files, prefix: &str, k: usize) -> Result<QuantInfo> 
         sym,
         static_groups: false,
         format: ZeroFormat::V1,
+        whole_word_v1: None,
         inferred,
     })
 }
