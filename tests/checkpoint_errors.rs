@@ -1209,3 +1209,97 @@ fn autogptq_shards_under_their_own_index_name_load() {
     let e = Checkpoint::open(&dir).err().unwrap().to_string();
     assert_mentions(&e, &["2 shard indexes", "old.safetensors.index.json"]);
 }
+
+#[test]
+fn model_safetensors_beside_an_index_of_other_shards_is_refused() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let one = Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+    // An index that names model.safetensors alone (some tools write one for a single file).
+    let names = fx::read_tensors(&dir.join("model.safetensors"));
+    let map: serde_json::Map<String, serde_json::Value> = names
+        .keys()
+        .map(|k| (k.clone(), "model.safetensors".into()))
+        .collect();
+    write_index(&dir, &serde_json::json!({ "weight_map": map }));
+    assert_eq!(Checkpoint::open(&dir).unwrap().linear(Q).unwrap(), one);
+    // Shards beside a stale model.safetensors: transformers would take the file, sharded loaders
+    // the index. Not guessed.
+    let single = std::fs::read(dir.join("model.safetensors")).unwrap();
+    shard(&dir);
+    std::fs::write(dir.join("model.safetensors"), &single).unwrap();
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors and model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "stale",
+        ],
+    );
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    assert_eq!(Checkpoint::open(&dir).unwrap().linear(Q).unwrap(), one);
+}
+
+#[test]
+fn model_file_base_name_chooses_among_files_as_autogptq_does() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let one = Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+    std::fs::rename(
+        dir.join("model.safetensors"),
+        dir.join("gptq_model-4bit-128g.safetensors"),
+    )
+    .unwrap();
+    // Another weights file beside it (an older export): the folder alone cannot say which.
+    std::fs::write(dir.join("vicuna-7b-4bit-128g.safetensors"), b"not read").unwrap();
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(&e, &["2 .safetensors files", "model_file_base_name"]);
+    // The quant config names one: AutoGPTQ loads that, and so does the lab. config.json's
+    // quantization_config is read where quantize_config.json says nothing.
+    for in_qc in [true, false] {
+        edit_quant_configs(&dir, |q| {
+            q.as_object_mut().unwrap().remove("model_file_base_name");
+        });
+        let file = if in_qc {
+            dir.join("quantize_config.json")
+        } else {
+            dir.join("config.json")
+        };
+        fx::edit_json(&file, |v| {
+            let q = if in_qc {
+                v
+            } else {
+                &mut v["quantization_config"]
+            };
+            q["model_file_base_name"] = "gptq_model-4bit-128g".into();
+        });
+        assert_eq!(
+            Checkpoint::open(&dir).unwrap().linear(Q).unwrap(),
+            one,
+            "{in_qc}"
+        );
+    }
+    // A name with a path in it is not followed.
+    edit_quant_configs(&dir, |q| {
+        q["model_file_base_name"] = "../gptq_model-4bit-128g".into()
+    });
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(&e, &["2 .safetensors files"]);
+    // Shard indexes likewise: the named one is taken among several.
+    edit_quant_configs(&dir, |q| {
+        q["model_file_base_name"] = "gptq_model-4bit-128g".into()
+    });
+    std::fs::remove_file(dir.join("vicuna-7b-4bit-128g.safetensors")).unwrap();
+    std::fs::rename(
+        dir.join("gptq_model-4bit-128g.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    shard(&dir);
+    std::fs::rename(
+        dir.join("model.safetensors.index.json"),
+        dir.join("gptq_model-4bit-128g.safetensors.index.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("old.safetensors.index.json"), "{}").unwrap();
+    assert_eq!(Checkpoint::open(&dir).unwrap().linear(Q).unwrap(), one);
+}

@@ -342,6 +342,37 @@ fn era_checkpoint_settings_are_inferred_from_tensors() {
 }
 
 #[test]
+fn era_inference_refuses_a_row_count_that_fits_no_bit_width() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    fx::write(&dir, 64, true, false, ZeroFormat::V1);
+    make_era(&dir, true);
+    let path = dir.join("vicuna-tiny-4bit-64g.safetensors");
+    // The settings are read from the first quantized linear by name: layer 0's down_proj.
+    // 2^59 rows of zero columns make a zero-byte tensor, so the header is valid; rows * 32 wraps
+    // to 0 in 64 bits and used to read as "bits = 0". K / 8 + 1 rows fit no bit width either.
+    let k = fx::INTER;
+    for rows in [1usize << 59, k / 8 + 1] {
+        let mut t = fx::read_tensors(&path);
+        let q = t.get_mut("model.layers.0.mlp.down_proj.qweight").unwrap();
+        *q = (q.0, vec![rows, 0], Vec::new());
+        fx::write_tensors(&path, &t);
+        let e = Checkpoint::open(&dir).err().unwrap().to_string();
+        for part in [
+            "down_proj.qweight",
+            &format!("{rows} rows"),
+            &format!("K = {k}"),
+            "bit width",
+        ] {
+            assert!(
+                e.contains(part),
+                "{rows}: error does not mention {part:?}:\n{e}"
+            );
+        }
+    }
+}
+
+#[test]
 fn sharded_checkpoint_loads_through_its_index() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");

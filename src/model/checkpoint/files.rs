@@ -154,8 +154,10 @@ pub(crate) struct Raw<'a> {
 
 impl Files {
     /// `path` is a checkpoint folder or one .safetensors file in it. Order: the shard index
-    /// `model.safetensors.index.json`, then `model.safetensors`, then the folder's only
-    /// *.safetensors file (GPTQ-for-LLaMa names like vicuna-13b-4bit-128g.safetensors).
+    /// `model.safetensors.index.json` or `model.safetensors` (both: only when the index names
+    /// that file alone), then the index or file the quant config's `model_file_base_name` names
+    /// (as AutoGPTQ looks them up), then the folder's only *.safetensors.index.json, then its
+    /// only *.safetensors file (GPTQ-for-LLaMa names like vicuna-13b-4bit-128g.safetensors).
     pub fn open(path: &Path) -> Result<(PathBuf, Files)> {
         if path.is_file() {
             let dir = path
@@ -175,12 +177,45 @@ impl Files {
             ));
         }
         let index = path.join("model.safetensors.index.json");
-        if index.is_file() {
-            return Ok((path.to_path_buf(), Self::from_index(&index)?));
-        }
         let single = path.join("model.safetensors");
-        if single.is_file() {
-            return Ok((path.to_path_buf(), Self::from_shards(vec![single])?));
+        match (index.is_file(), single.is_file()) {
+            (true, true) => {
+                // transformers loads model.safetensors and ignores the index; tools that look for
+                // the index load its shards. Where the index names other files, which set is
+                // meant cannot be told: refused rather than picked.
+                let others: Vec<String> = read_index(&index)?
+                    .weight_map
+                    .into_values()
+                    .filter(|f| f != "model.safetensors")
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if !others.is_empty() {
+                    return Err(LabError::bad_checkpoint(
+                        path,
+                        format!(
+                            "holds both model.safetensors and model.safetensors.index.json, which \
+                             names other shards {others:?}: two sets of weights (transformers \
+                             would load model.safetensors, sharded loaders the index); remove \
+                             the stale one"
+                        ),
+                    ));
+                }
+                return Ok((path.to_path_buf(), Self::from_index(&index)?));
+            }
+            (true, false) => return Ok((path.to_path_buf(), Self::from_index(&index)?)),
+            (false, true) => return Ok((path.to_path_buf(), Self::from_shards(vec![single])?)),
+            (false, false) => {}
+        }
+        if let Some(base) = model_file_base_name(path) {
+            let index = path.join(format!("{base}.safetensors.index.json"));
+            if index.is_file() {
+                return Ok((path.to_path_buf(), Self::from_index(&index)?));
+            }
+            let single = path.join(format!("{base}.safetensors"));
+            if single.is_file() {
+                return Ok((path.to_path_buf(), Self::from_shards(vec![single])?));
+            }
         }
         let mut st = Vec::new();
         let mut pickles = Vec::new();
@@ -222,8 +257,8 @@ impl Files {
                 return Err(LabError::bad_checkpoint(
                     path,
                     format!(
-                        "{} shard indexes and no model.safetensors.index.json: {:?}; remove the \
-                         stale ones",
+                        "{} shard indexes, none of them model.safetensors.index.json or named by \
+                         the quant config's model_file_base_name: {:?}; remove the stale ones",
                         indexes.len(),
                         indexes
                             .iter()
@@ -244,7 +279,8 @@ impl Files {
                 path,
                 format!(
                     "{} .safetensors files and no *.safetensors.index.json naming the shards: {:?}; \
-                     pass the one to load as --checkpoint FILE, or add the shard index",
+                     pass the one to load as --checkpoint FILE, name it (without .safetensors) \
+                     as model_file_base_name in quantize_config.json, or add the shard index",
                     st.len(),
                     st.iter().filter_map(|p| p.file_name()).collect::<Vec<_>>()
                 ),
@@ -253,11 +289,7 @@ impl Files {
     }
 
     fn from_index(index: &Path) -> Result<Files> {
-        #[derive(serde::Deserialize)]
-        struct Index {
-            weight_map: BTreeMap<String, String>,
-        }
-        let idx: Index = crate::util::read_json(index)?;
+        let idx = read_index(index)?;
         let dir = index.parent().unwrap_or(Path::new("."));
         if idx.weight_map.is_empty() {
             return Err(LabError::bad_checkpoint(
@@ -397,6 +429,41 @@ impl Files {
             bytes: shard.bytes(info),
         })
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+fn read_index(index: &Path) -> Result<Index> {
+    crate::util::read_json(index)
+}
+
+/// The weights' base name the quant config states (`model_file_base_name`: AutoGPTQ writes
+/// "gptq_model-4bit-128g" and looks for that name's index, then its file), from
+/// quantize_config.json, else config.json's quantization_config. Only a plain file name is taken;
+/// an unreadable config gives none here (the quant config's own reading names the file).
+fn model_file_base_name(dir: &Path) -> Option<String> {
+    let read = |f: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(dir.join(f)).ok()?).ok()
+    };
+    let from_qc = read("quantize_config.json")
+        .and_then(|v| v.get("model_file_base_name")?.as_str().map(String::from));
+    let base = from_qc.or_else(|| {
+        read("config.json").and_then(|v| {
+            v.get("quantization_config")?
+                .get("model_file_base_name")?
+                .as_str()
+                .map(String::from)
+        })
+    })?;
+    let plain = !base.is_empty()
+        && !base.contains(['/', '\\'])
+        && base != "."
+        && base != ".."
+        && !Path::new(&base).is_absolute();
+    plain.then_some(base)
 }
 
 fn has_ext(p: &Path, exts: &[&str]) -> bool {

@@ -426,12 +426,17 @@ pub(crate) fn infer(files: &Files, prefix: &str, k: usize) -> Result<QuantInfo> 
         })
     };
     let rows = *info(&qw)?.shape.first().unwrap_or(&0);
-    if rows * 32 % k != 0 {
-        return Err(bad(format!(
-            "tensor '{qw}': {rows} rows do not match any bit width for K = {k} (rows = K * bits / 32)"
-        )));
-    }
-    let bits = (rows * 32 / k) as u32;
+    // A header may claim any row count (a zero-sized tensor is still a valid file): checked, so
+    // a huge one is refused by name rather than wrapping into a plausible bit width.
+    let bits = rows
+        .checked_mul(32)
+        .filter(|r| r % k == 0)
+        .and_then(|r| u32::try_from(r / k).ok())
+        .ok_or_else(|| {
+            bad(format!(
+                "tensor '{qw}': {rows} rows do not match any bit width for K = {k} (rows = K * bits / 32)"
+            ))
+        })?;
     check_bits(
         bits,
         &path,
