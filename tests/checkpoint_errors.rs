@@ -1019,6 +1019,28 @@ fn per_module_overrides_and_marlin_repacking_are_refused_by_field() {
 }
 
 #[test]
+fn gptqmodel_pack_dtype_other_than_int32_is_refused_by_field() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    // GPTQModel writes the word type beside every config; int32 is what every reader packs.
+    for ok in ["int32", "torch.int32", "INT32"] {
+        edit_quant_configs(&dir, |q| q["pack_dtype"] = ok.into());
+        Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+    }
+    for bad in [
+        serde_json::json!("int16"),
+        serde_json::json!("int64"),
+        serde_json::json!(32),
+    ] {
+        edit_quant_configs(&dir, |q| q["pack_dtype"] = bad.clone());
+        let e = Checkpoint::open(&dir).unwrap_err().to_string();
+        assert_mentions(
+            &e,
+            &["config.json", "pack_dtype", &bad.to_string(), "int32"],
+        );
+    }
+}
+
+#[test]
 fn settings_no_file_states_are_noted_for_the_user() {
     // A gptq_v2 file without its label reads as v1: undetectable from the tensors, so the
     // default taken must at least be said (the notes were kept but never shown).

@@ -78,6 +78,9 @@ struct RawQuant {
     dynamic: Option<serde_json::Value>,
     /// AutoGPTQ's marlin repacking (tensors `B` / `s` instead of qweight / scales).
     is_marlin_format: Option<bool>,
+    /// GPTQModel's word type for qweight / qzeros ("int32", as every other writer packs; int8,
+    /// int16 and int64 pack 2, 4 or 16 codes per word). Any JSON shape: checked in `parse`.
+    pack_dtype: Option<serde_json::Value>,
     /// Who wrote the file: `quantizer` (and AutoGPTQ's `packer`), "name:version" or a list of
     /// them. Any shape is accepted; only what `whole_word_writer` recognises is used.
     meta: Option<serde_json::Value>,
@@ -164,6 +167,17 @@ fn parse(value: &serde_json::Value, path: &Path, what: &str) -> Result<QuantInfo
              use the GPTQ checkpoint it was converted from"
                 .into(),
         ));
+    }
+    // Codes in words other than int32 have other tensor shapes and another bit order per word:
+    // refused by this field rather than by a qweight shape the user cannot trace back to it.
+    if let Some(p) = raw.pack_dtype.as_ref().filter(|p| !p.is_null()) {
+        let name = p.as_str().map(|s| s.trim().to_ascii_lowercase());
+        if !matches!(name.as_deref(), Some("int32" | "torch.int32")) {
+            return Err(bad(format!(
+                "pack_dtype {p} is not supported; expected \"int32\" (8 four-bit codes per int32 \
+                 word, as AutoGPTQ and GPTQModel's default pack them): re-save with pack_dtype int32"
+            )));
+        }
     }
     let mut inferred = Vec::new();
     let mut default = |field: &str, v: String| {
