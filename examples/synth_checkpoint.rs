@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         max_position_embeddings: 2048,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_linear_factor: 1.0,
         tie_word_embeddings: false,
     };
     // std 0.02, as LLaMA's initialisation: activations stay O(1) through the layers.

@@ -218,6 +218,17 @@ fn a_bad_eos_id_and_a_prompt_past_the_context_are_named() {
         e.contains("prompt alone has 3 tokens") && e.contains("context is 2"),
         "{e}"
     );
+    // Linear RoPE scaling (Vicuna v1.5-16K's kind) multiplies the context: 2 x 2 positions.
+    c["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0});
+    std::fs::write(&cfg_path, serde_json::to_string(&c).unwrap()).unwrap();
+    let (code, e) = run(&["--prompt-ids", "1,2,3", "--max-new-tokens", "1"]);
+    assert_eq!(code, Some(0), "{e}");
+    let (code, e) = run(&["--prompt-ids", "1,2,3", "--max-new-tokens", "2"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains("context of 4") && e.contains("x linear RoPE factor 2"),
+        "{e}"
+    );
 }
 
 /// `lab tokenize`: the fixture's tokenizer.json gives the ids Python's `tokenizers` gave

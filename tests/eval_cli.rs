@@ -467,8 +467,7 @@ fn bad_text_or_tokenizer_is_refused_naming_the_file_before_scoring() {
         &short_ctx,
     ]);
     assert!(
-        e.contains(&format!("--reference {short_ctx}"))
-            && e.contains("max_position_embeddings = 8"),
+        e.contains(&format!("--reference {short_ctx}")) && e.contains("max_position_embeddings 8"),
         "{e}"
     );
 }

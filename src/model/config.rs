@@ -17,12 +17,59 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Linear RoPE scaling ("position interpolation": `rope_scaling: {"type": "linear",
+    /// "factor": f}`, Vicuna v1.5-16K's 4.0): positions are divided by it, so inv_freq is.
+    /// 1.0 is plain RoPE. The trained context is then `max_position_embeddings * factor`.
+    #[serde(default = "plain_rope")]
+    pub rope_linear_factor: f64,
     pub tie_word_embeddings: bool,
+}
+
+fn plain_rope() -> f64 {
+    1.0
+}
+
+/// transformers 5 nests RoPE settings: {"rope_parameters": {"rope_theta": .., "rope_type": ..,
+/// "factor": ..}}.
+#[derive(Deserialize)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+    factor: Option<serde_json::Value>,
 }
 
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// RoPE inverse frequencies theta^(-2i/d) / factor, i < d/2: what every engine rotates by
+    /// (angle pos * inv_freq[i]). Linear scaling divides the position, which is the same as
+    /// dividing each frequency (transformers' linear rope type does the latter).
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        crate::model::cpu_engine::rope_inv_freq(self.head_dim(), self.rope_theta)
+            .into_iter()
+            .map(|f| f / self.rope_linear_factor)
+            .collect()
+    }
+
+    /// The positions the model was trained for: max_position_embeddings, times the linear RoPE
+    /// factor where there is one (Vicuna v1.5-16K: 4096 * 4 = 16384, as FastChat counts it).
+    pub fn context_len(&self) -> usize {
+        (self.max_position_embeddings as f64 * self.rope_linear_factor) as usize
+    }
+
+    /// Where `context_len` comes from, for messages: "max_position_embeddings 2048" or
+    /// "max_position_embeddings 4096 x linear RoPE factor 4".
+    pub fn context_origin(&self) -> String {
+        if self.rope_linear_factor == 1.0 {
+            format!("max_position_embeddings {}", self.max_position_embeddings)
+        } else {
+            format!(
+                "max_position_embeddings {} x linear RoPE factor {}",
+                self.max_position_embeddings, self.rope_linear_factor
+            )
+        }
     }
 
     /// The quantized linears of one decoder layer as (name, K = in_features, N = out_features).
@@ -62,6 +109,7 @@ impl ModelConfig {
             max_position_embeddings: ctx,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
+            rope_linear_factor: 1.0,
             tie_word_embeddings: false,
         }
     }
@@ -110,11 +158,6 @@ impl ModelConfig {
             attention_bias: Option<bool>,
             mlp_bias: Option<bool>,
             _name_or_path: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct RopeParameters {
-            rope_theta: Option<f64>,
-            rope_type: Option<String>,
         }
         let raw: Raw = serde_json::from_str(text).map_err(|e| LabError::Json {
             path: path.into(),
@@ -174,21 +217,7 @@ impl ModelConfig {
                 ));
             }
         }
-        // Only plain RoPE is implemented; a scaled variant would be silently misread.
-        let rope_type = raw
-            .rope_parameters
-            .as_ref()
-            .and_then(|r| r.rope_type.clone());
-        let scaled = raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null());
-        if scaled || rope_type.as_deref().is_some_and(|t| t != "default") {
-            return Err(LabError::bad_checkpoint(
-                path,
-                format!(
-                    "config.json: RoPE scaling ({}) is not supported; expected plain RoPE (LLaMA/Vicuna v0-v1.5)",
-                    rope_type.unwrap_or_else(|| "rope_scaling".into())
-                ),
-            ));
-        }
+        let rope_linear_factor = rope_linear_factor(&raw.rope_scaling, &raw.rope_parameters, path)?;
         let rope_theta = raw
             .rope_theta
             .or_else(|| raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
@@ -231,12 +260,18 @@ impl ModelConfig {
             .unwrap_or(2048);
         // Only a bound on the context is read from it; a value past what any KV cache here can
         // hold is a broken file, not a model (the audit's 2^64 - 1 passed every context check).
-        if max_pos == 0 || max_pos > crate::model::gpu_engine::MAX_CTX {
+        // With linear RoPE scaling the bound is max_pos * factor (`context_len`), checked too.
+        let max_ctx = crate::model::gpu_engine::MAX_CTX;
+        if max_pos == 0 || max_pos as f64 * rope_linear_factor > max_ctx as f64 {
             return Err(LabError::bad_checkpoint(
                 path,
                 format!(
-                    "config.json: max_position_embeddings {max_pos}; expected 1 to {} positions",
-                    crate::model::gpu_engine::MAX_CTX
+                    "config.json: max_position_embeddings {max_pos}{}; expected 1 to {max_ctx} positions",
+                    if rope_linear_factor != 1.0 {
+                        format!(" (x RoPE factor {rope_linear_factor})")
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
         }
@@ -251,8 +286,61 @@ impl ModelConfig {
             max_position_embeddings: max_pos,
             rms_norm_eps,
             rope_theta,
+            rope_linear_factor,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
         })
+    }
+}
+
+/// The linear RoPE factor of a config: 1.0 for plain RoPE (no rope_scaling, or null, or
+/// transformers 5's `rope_parameters.rope_type` "default"); `f` for the linear type (`type` or
+/// `rope_type` "linear", `factor` a finite number >= 1, as transformers validates it). Every other
+/// type (dynamic NTK, yarn, llama3, ...) changes the frequencies in ways the engines do not
+/// implement, and would be silently misread: refused by name.
+fn rope_linear_factor(
+    scaling: &Option<serde_json::Value>,
+    params: &Option<RopeParameters>,
+    path: &Path,
+) -> Result<f64> {
+    let bad = |r: String| LabError::bad_checkpoint(path, format!("config.json: {r}"));
+    // (where, type, factor) of whichever is stated; rope_scaling (transformers 4) first.
+    let (field, kind, factor) = match (scaling.as_ref().filter(|v| !v.is_null()), params) {
+        (Some(v), _) => {
+            let o = v.as_object().ok_or_else(|| {
+                bad(format!(
+                    "rope_scaling {v}; expected an object with type and factor"
+                ))
+            })?;
+            let kind = o
+                .get("type")
+                .or_else(|| o.get("rope_type"))
+                .and_then(|t| t.as_str());
+            (
+                "rope_scaling",
+                kind.map(str::to_string),
+                o.get("factor").cloned(),
+            )
+        }
+        (None, Some(p)) => ("rope_parameters", p.rope_type.clone(), p.factor.clone()),
+        (None, None) => return Ok(1.0),
+    };
+    match kind.as_deref() {
+        None | Some("default") if field == "rope_parameters" => Ok(1.0),
+        Some("linear") => {
+            let f = factor.as_ref().and_then(serde_json::Value::as_f64);
+            match f {
+                Some(f) if f.is_finite() && f >= 1.0 => Ok(f),
+                _ => Err(bad(format!(
+                    "{field} linear factor {}; expected a finite number >= 1 (Vicuna v1.5-16K: 4.0)",
+                    factor.map_or_else(|| "missing".to_string(), |f| f.to_string())
+                ))),
+            }
+        }
+        other => Err(bad(format!(
+            "RoPE scaling ({field} type {}) is not supported; expected plain RoPE or the linear \
+             type (LLaMA/Vicuna v0-v1.5, v1.5-16K)",
+            other.map_or_else(|| "missing".to_string(), |t| format!("'{t}'"))
+        ))),
     }
 }
 
@@ -375,13 +463,79 @@ mod tests {
         );
         let c = ModelConfig::from_json_str(&t, Path::new("c.json")).unwrap();
         assert_eq!(c.rope_theta, 500000.0);
-        let t = format!(r#"{{{base},"rope_scaling":{{"type":"linear","factor":2.0}}}}"#);
+        let t = format!(r#"{{{base},"rope_scaling":{{"type":"dynamic","factor":2.0}}}}"#);
         let e = ModelConfig::from_json_str(&t, Path::new("c.json"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("RoPE scaling"), "{e}");
+        assert!(e.contains("RoPE scaling") && e.contains("'dynamic'"), "{e}");
         let t = format!(r#"{{{base},"rope_scaling":null}}"#);
-        assert!(ModelConfig::from_json_str(&t, Path::new("c.json")).is_ok());
+        let c = ModelConfig::from_json_str(&t, Path::new("c.json")).unwrap();
+        assert_eq!(c.rope_linear_factor, 1.0);
+    }
+
+    #[test]
+    fn linear_rope_scaling_is_read_and_scales_the_context() {
+        let base = r#""hidden_size":64,"intermediate_size":128,"num_attention_heads":4,"num_hidden_layers":1,"vocab_size":10,"max_position_embeddings":4096"#;
+        let parse = |extra: &str| {
+            ModelConfig::from_json_str(&format!("{{{base},{extra}}}"), Path::new("m/config.json"))
+        };
+        // Vicuna v1.5-16K's config (transformers 4 names the type "type"; later ones "rope_type";
+        // transformers 5 nests it in rope_parameters).
+        for extra in [
+            r#""rope_scaling":{"type":"linear","factor":4.0},"max_sequence_length":16384"#,
+            r#""rope_scaling":{"rope_type":"linear","factor":4}"#,
+            r#""rope_parameters":{"rope_type":"linear","factor":4.0,"rope_theta":10000.0}"#,
+        ] {
+            let c = parse(extra).unwrap();
+            assert_eq!(c.rope_linear_factor, 4.0, "{extra}");
+            assert_eq!((c.max_position_embeddings, c.context_len()), (4096, 16384));
+            assert!(
+                c.context_origin().contains("x linear RoPE factor 4"),
+                "{}",
+                c.context_origin()
+            );
+            // Every frequency divided by the factor: exactly, for a power of two.
+            let plain = crate::model::cpu_engine::rope_inv_freq(16, 10000.0);
+            let scaled = c.rope_inv_freq();
+            assert_eq!(scaled.len(), plain.len());
+            for (s, p) in scaled.iter().zip(&plain) {
+                assert_eq!(*s, p / 4.0);
+            }
+        }
+        let c = parse(r#""rope_scaling":{"type":"linear","factor":1.0}"#).unwrap();
+        assert_eq!((c.rope_linear_factor, c.context_len()), (1.0, 4096));
+        assert_eq!(c.context_origin(), "max_position_embeddings 4096");
+        // Refused, naming the field and what was expected.
+        for (extra, want) in [
+            (
+                r#""rope_scaling":{"type":"linear","factor":0.5}"#,
+                "linear factor 0.5",
+            ),
+            (
+                r#""rope_scaling":{"type":"linear"}"#,
+                "linear factor missing",
+            ),
+            (
+                r#""rope_scaling":{"type":"linear","factor":"4"}"#,
+                "linear factor \"4\"",
+            ),
+            (r#""rope_scaling":{"factor":4.0}"#, "type missing"),
+            (r#""rope_scaling":4.0"#, "rope_scaling 4.0"),
+            (
+                r#""rope_parameters":{"rope_type":"yarn","factor":4.0}"#,
+                "type 'yarn'",
+            ),
+            (
+                r#""rope_scaling":{"type":"linear","factor":1e300}"#,
+                "x RoPE factor",
+            ),
+        ] {
+            let e = parse(extra).unwrap_err().to_string();
+            assert!(
+                e.contains("m/config.json") && e.contains(want),
+                "{extra}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl CpuEngine {
             ));
         }
         Ok(CpuEngine {
-            inv_freq: rope_inv_freq(config.head_dim(), config.rope_theta),
+            inv_freq: config.rope_inv_freq(),
             cache: vec![LayerCache::default(); config.num_hidden_layers],
             pos: 0,
             w: weights,
@@ -127,14 +127,15 @@ impl CpuEngine {
                 format!("{t} is out of range for vocab_size {}", cfg.vocab_size),
             ));
         }
-        if self.pos + tokens.len() > cfg.max_position_embeddings {
+        if self.pos + tokens.len() > cfg.context_len() {
             return Err(LabError::invalid(
                 "sequence length",
                 format!(
-                    "context is full: {} cached + {} new tokens exceed max_position_embeddings {}",
+                    "context is full: {} cached + {} new tokens exceed the model's {} positions ({})",
                     self.pos,
                     tokens.len(),
-                    cfg.max_position_embeddings
+                    cfg.context_len(),
+                    cfg.context_origin()
                 ),
             ));
         }
@@ -311,6 +312,7 @@ mod tests {
             max_position_embeddings: 16,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
+            rope_linear_factor: 1.0,
             tie_word_embeddings: false,
         }
     }
@@ -320,6 +322,39 @@ mod tests {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_positions_and_widens_the_context() {
+        let plain = tiny_cfg(2);
+        let scaled = ModelConfig {
+            rope_linear_factor: 2.0,
+            ..plain.clone()
+        };
+        let w = LlamaWeights::random(&plain, 11, 0.2);
+        let mut a = CpuEngine::new(w.clone(), plain.clone()).unwrap();
+        let mut b = CpuEngine::new(w, scaled.clone()).unwrap();
+        // Position 0 rotates by nothing either way; from position 1 on the angles differ.
+        assert_eq!(a.forward(&[3]).unwrap(), b.forward(&[3]).unwrap());
+        let (la, lb) = (a.forward(&[5]).unwrap(), b.forward(&[5]).unwrap());
+        assert!(max_diff(&la, &lb) > 1e-4, "{}", max_diff(&la, &lb));
+        // The scaled engine's rotation at position 2p is the plain one's at p, bit for bit.
+        let (fa, fb) = (plain.rope_inv_freq(), scaled.rope_inv_freq());
+        let mut x = [0.3f32, -1.2, 2.0, 0.7, 0.1, 0.9, -0.4, 1.1];
+        let mut y = x;
+        apply_rope(&mut x, 3, &fa[..4]);
+        apply_rope(&mut y, 6, &fb[..4]);
+        assert_eq!(x, y);
+        // 16 positions times 2: 32 fit, the 33rd is refused naming where the bound comes from.
+        b.reset();
+        b.forward(&[1; 32]).unwrap();
+        let e = b.forward(&[1]).unwrap_err().to_string();
+        assert!(
+            e.contains("32 positions") && e.contains("x linear RoPE factor 2"),
+            "{e}"
+        );
+        a.reset();
+        assert!(a.forward(&[1; 17]).is_err());
     }
 
     #[test]

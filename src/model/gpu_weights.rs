@@ -849,6 +849,7 @@ pub(crate) mod tests {
             max_position_embeddings: 64,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
+            rope_linear_factor: 1.0,
             tie_word_embeddings: false,
         }
     }

@@ -589,9 +589,10 @@ impl SpModel {
         syms
     }
 
-    /// Text of `ids`: control and unknown tokens dropped, byte runs decoded (invalid ones as
-    /// U+FFFD), U+2581 as spaces, the normalizer's leading space dropped. An id outside the
-    /// vocabulary is an error.
+    /// Text of `ids`: control and unknown tokens dropped, byte runs decoded (a run that is not
+    /// valid UTF-8 as one U+FFFD per byte, as the fast tokenizer's ByteFallback decoder gives it),
+    /// U+2581 as spaces, the normalizer's leading space dropped. An id outside the vocabulary is
+    /// an error.
     pub fn decode(&self, ids: &[u32]) -> std::result::Result<String, String> {
         let mut text = String::new();
         let mut bytes: Vec<u8> = Vec::new();
@@ -611,16 +612,14 @@ impl SpModel {
                     continue;
                 }
                 PieceType::Added => {
-                    text.push_str(&String::from_utf8_lossy(&bytes));
-                    bytes.clear();
+                    flush_byte_run(&mut text, &mut bytes);
                     text.push_str(&p.text);
                     first = false;
                     continue;
                 }
                 PieceType::Normal | PieceType::UserDefined => {}
             }
-            text.push_str(&String::from_utf8_lossy(&bytes));
-            bytes.clear();
+            flush_byte_run(&mut text, &mut bytes);
             let mut piece = p.text.as_str();
             // sentencepiece drops the first piece's U+2581 when the normalizer may have put it
             // there (a dummy prefix) or may have removed the one the text had.
@@ -631,9 +630,20 @@ impl SpModel {
             // Every U+2581 is a space in decoded text, whatever the normalizer escaped.
             text.extend(piece.chars().map(|c| if c == SPACE { ' ' } else { c }));
         }
-        text.push_str(&String::from_utf8_lossy(&bytes));
+        flush_byte_run(&mut text, &mut bytes);
         Ok(text)
     }
+}
+
+/// A finished run of byte-fallback tokens into `text`: its UTF-8 when valid, else one U+FFFD per
+/// byte (the whole run, valid bytes before the bad one included: tokenizers' ByteFallback;
+/// `from_utf8_lossy` would give one per maximal invalid subsequence and keep the valid ones).
+fn flush_byte_run(text: &mut String, bytes: &mut Vec<u8>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => text.push_str(s),
+        Err(_) => text.extend(std::iter::repeat_n('\u{FFFD}', bytes.len())),
+    }
+    bytes.clear();
 }
 
 const NONE: usize = usize::MAX;
@@ -1124,6 +1134,17 @@ mod tests {
             "é"
         );
         assert_eq!(m.decode(&[id("<0xC3>")]).unwrap(), "\u{FFFD}");
+        // A run that is not UTF-8 is one U+FFFD per byte, its valid bytes included ("c" then a
+        // lone lead byte), as tokenizers' ByteFallback gives it; a piece between runs ends one.
+        let b = |s: &str| id(s);
+        assert_eq!(
+            m.decode(&[b("<0x63>"), b("<0xE2>"), b("<0x82>")]).unwrap(),
+            "\u{FFFD}\u{FFFD}\u{FFFD}"
+        );
+        assert_eq!(
+            m.decode(&[b("<0xE2>"), id("b"), b("<0x63>")]).unwrap(),
+            "\u{FFFD}bc"
+        );
         assert!(m.decode(&[99_999]).unwrap_err().contains("99999"));
         // -0.0 and 0.0 tie, as in sentencepiece: the leftmost pair merges.
         let m = model(&[

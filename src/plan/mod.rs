@@ -306,7 +306,7 @@ impl PlanSpec {
             act_order: int4 && self.act_order,
             ctx: self.ctx,
             batch: self.batch,
-            model_max_ctx: self.model.max_position_embeddings as u64,
+            model_max_ctx: self.model.context_len() as u64,
             weights_bytes: wt,
             kv_cache_bytes: kv,
             workspace_bytes: ws,
@@ -371,7 +371,8 @@ pub struct Plan {
     pub act_order: bool,
     pub ctx: u64,
     pub batch: u64,
-    /// The model's trained context (config's max_position_embeddings).
+    /// The model's trained context (config's max_position_embeddings, times a linear RoPE
+    /// factor: `ModelConfig::context_len`).
     pub model_max_ctx: u64,
     pub weights_bytes: u64,
     pub kv_cache_bytes: u64,

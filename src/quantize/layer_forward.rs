@@ -193,7 +193,7 @@ fn causal_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cpu_engine::{rope_inv_freq, CpuEngine};
+    use crate::model::cpu_engine::CpuEngine;
     use crate::model::weights::LlamaWeights;
 
     fn cfg() -> ModelConfig {
@@ -208,6 +208,7 @@ mod tests {
             max_position_embeddings: 32,
             rms_norm_eps: 1e-6,
             rope_theta: 10000.0,
+            rope_linear_factor: 1.0,
             tie_word_embeddings: false,
         }
     }
@@ -219,7 +220,7 @@ mod tests {
         let toks = [3u32, 9, 27, 1, 14, 39, 5, 5, 20];
         let t = toks.len();
         let h = cfg.hidden_size;
-        let inv = rope_inv_freq(cfg.head_dim(), cfg.rope_theta);
+        let inv = cfg.rope_inv_freq();
         let mut x: Vec<f32> = toks
             .iter()
             .flat_map(|&tk| w.embed[tk as usize * h..(tk as usize + 1) * h].to_vec())
@@ -249,7 +250,7 @@ mod tests {
         let l = &w.layers[0];
         let t = 5;
         let x: Vec<f32> = w.embed[..t * cfg.hidden_size].to_vec();
-        let inv = rope_inv_freq(cfg.head_dim(), cfg.rope_theta);
+        let inv = cfg.rope_inv_freq();
         let xn = layer_pass(&cfg, &inv, l, &x, t, Some(Stage::Qkv));
         assert_eq!(xn.len(), t * 32);
         assert_eq!(

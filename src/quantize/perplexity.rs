@@ -160,7 +160,7 @@ impl NextTokenModel for CpuEngine {
         CpuEngine::config(self)
     }
     fn max_positions(&self) -> usize {
-        CpuEngine::config(self).max_position_embeddings
+        CpuEngine::config(self).context_len()
     }
     fn start_window(&mut self) -> Result<()> {
         self.reset();
@@ -316,11 +316,14 @@ pub fn check_seqlen(seqlen: usize, cfg: &ModelConfig) -> Result<()> {
             "must be at least 2 (one token predicts the next)",
         ));
     }
-    let ctx = cfg.max_position_embeddings;
+    let ctx = cfg.context_len();
     if seqlen > ctx {
         return Err(LabError::invalid(
             "--seqlen",
-            format!("{seqlen} exceeds the model's context max_position_embeddings = {ctx}"),
+            format!(
+                "{seqlen} exceeds the model's context of {ctx} positions ({})",
+                cfg.context_origin()
+            ),
         ));
     }
     Ok(())
@@ -477,7 +480,7 @@ mod tests {
             &self.cfg
         }
         fn max_positions(&self) -> usize {
-            self.cfg.max_position_embeddings
+            self.cfg.context_len()
         }
         fn start_window(&mut self) -> Result<()> {
             self.pos = 0;
@@ -842,7 +845,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("--seqlen") && e.contains("max_position_embeddings = 8"),
+            e.contains("--seqlen") && e.contains("max_position_embeddings 8"),
             "{e}"
         );
     }

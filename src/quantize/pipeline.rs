@@ -23,7 +23,6 @@ use crate::gptq::{
 };
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
-use crate::model::cpu_engine::rope_inv_freq;
 use crate::reference::dequantize;
 use crate::{LabError, Result};
 use serde::Serialize;
@@ -249,13 +248,14 @@ fn plan(o: &QuantizeOptions, ckpt: &Checkpoint) -> Result<Plan> {
     }
     let seqlen = o
         .seqlen
-        .unwrap_or(calib::DEFAULT_SEQLEN.min(cfg.max_position_embeddings));
-    if seqlen > cfg.max_position_embeddings {
+        .unwrap_or(calib::DEFAULT_SEQLEN.min(cfg.context_len()));
+    if seqlen > cfg.context_len() {
         return Err(LabError::invalid(
             "--seqlen",
             format!(
-                "{seqlen} exceeds the model's context max_position_embeddings = {}",
-                cfg.max_position_embeddings
+                "{seqlen} exceeds the model's context of {} positions ({})",
+                cfg.context_len(),
+                cfg.context_origin()
             ),
         ));
     }
@@ -308,7 +308,7 @@ fn sequential_pass(
         Ok(())
     })?;
 
-    let inv_freq = rope_inv_freq(cfg.head_dim(), cfg.rope_theta);
+    let inv_freq = cfg.rope_inv_freq();
     let total = (cfg.num_hidden_layers * 7) as u64;
     let pb = if o.progress {
         indicatif::ProgressBar::new(total)

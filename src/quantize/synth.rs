@@ -150,6 +150,8 @@ fn random_linear(
 /// `lab_synthetic` entry that says the weights are random.
 fn config_json(o: &SynthOptions) -> serde_json::Value {
     let c = &o.model;
+    let rope_scaling = (c.rope_linear_factor != 1.0)
+        .then(|| json!({"type": "linear", "factor": c.rope_linear_factor}));
     json!({
         "_name_or_path": format!("lab-synthetic-{}", c.name),
         "architectures": ["LlamaForCausalLM"],
@@ -163,6 +165,7 @@ fn config_json(o: &SynthOptions) -> serde_json::Value {
         "max_position_embeddings": c.max_position_embeddings,
         "rms_norm_eps": c.rms_norm_eps,
         "rope_theta": c.rope_theta,
+        "rope_scaling": rope_scaling,
         "hidden_act": "silu",
         "bos_token_id": 1,
         "eos_token_id": 2,

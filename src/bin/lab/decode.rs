@@ -248,7 +248,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
 }
 
 /// The prompt and --max-new-tokens must fit the model's context (config's
-/// max_position_embeddings); returns the positions the run needs. The sum is checked, not
+/// max_position_embeddings, times a linear RoPE factor); returns the positions the run needs. The sum is checked, not
 /// wrapped: a huge --max-new-tokens is refused, never mistaken for a small one. Shared by both
 /// backends.
 pub(super) fn check_context(
@@ -256,18 +256,19 @@ pub(super) fn check_context(
     max_new_tokens: usize,
     cfg: &gptq_lab::model::config::ModelConfig,
 ) -> anyhow::Result<usize> {
-    let ctx = cfg.max_position_embeddings;
+    let ctx = cfg.context_len();
+    let origin = cfg.context_origin();
     if prompt_len > ctx || (prompt_len == ctx && max_new_tokens > 0) {
         bail!(
             "the prompt alone has {prompt_len} tokens, the model's whole context is {ctx} \
-             (max_position_embeddings in config.json): shorten the prompt"
+             ({origin} in config.json): shorten the prompt"
         );
     }
     match prompt_len.checked_add(max_new_tokens) {
         Some(n) if n <= ctx => Ok(n),
         _ => bail!(
             "--max-new-tokens {max_new_tokens}: {prompt_len} prompt tokens + {max_new_tokens} new \
-             exceed the model's context of {ctx} (max_position_embeddings in config.json); \
+             exceed the model's context of {ctx} ({origin} in config.json); \
              give at most {} new tokens",
             ctx.saturating_sub(prompt_len)
         ),

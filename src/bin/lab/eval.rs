@@ -142,7 +142,7 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     }
     let seqlen = a
         .seqlen
-        .unwrap_or(DEFAULT_SEQLEN.min(ckpt.config.max_position_embeddings));
+        .unwrap_or(DEFAULT_SEQLEN.min(ckpt.config.context_len()));
     // Before any weights load: the window fits the model (and the reference), the text holds one.
     check_seqlen(seqlen, &ckpt.config)?;
     if let Some(r) = &reference {
@@ -246,6 +246,11 @@ fn check_reference(
             r.num_attention_heads as f64,
         ),
         ("rope_theta", c.rope_theta, r.rope_theta),
+        (
+            "linear RoPE factor",
+            c.rope_linear_factor,
+            r.rope_linear_factor,
+        ),
         ("rms_norm_eps", c.rms_norm_eps, r.rms_norm_eps),
     ]
     .iter()

@@ -244,6 +244,9 @@ pub fn long_context_config() -> ModelConfig {
         max_position_embeddings: 4096,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        // Linear RoPE scaling (Vicuna v1.5-16K's kind) on the GPU: the engine's inv_freq table
+        // against the reference's own rotation, at positions up to ~530.
+        rope_linear_factor: 2.0,
         tie_word_embeddings: false,
     }
 }
@@ -296,6 +299,7 @@ pub fn cluster_check_config() -> ModelConfig {
         max_position_embeddings: 256,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_linear_factor: 1.0,
         tie_word_embeddings: false,
     }
 }
@@ -347,6 +351,7 @@ pub fn tiny_config() -> ModelConfig {
         max_position_embeddings: 256,
         rms_norm_eps: 1e-6,
         rope_theta: 10000.0,
+        rope_linear_factor: 1.0,
         tie_word_embeddings: false,
     }
 }

@@ -88,11 +88,14 @@ fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
 }
 
-/// HF rotate-half RoPE on every head of `x` (heads of `hd`), in place.
-pub(super) fn rope(x: &mut [f64], hd: usize, pos: usize, theta: f64) {
+/// HF rotate-half RoPE on every head of `x` (heads of `hd`), in place; linear scaling divides
+/// the position (transformers' LlamaLinearScalingRotaryEmbedding), computed here apart from the
+/// engines' inv_freq table.
+pub(super) fn rope(x: &mut [f64], hd: usize, pos: usize, theta: f64, linear_factor: f64) {
+    let pos = pos as f64 / linear_factor;
     for head in x.chunks_exact_mut(hd) {
         for i in 0..hd / 2 {
-            let a = pos as f64 * theta.powf(-((2 * i) as f64) / hd as f64);
+            let a = pos * theta.powf(-((2 * i) as f64) / hd as f64);
             let (s, c) = a.sin_cos();
             let (x0, x1) = (head[i], head[i + hd / 2]);
             head[i] = x0 * c - x1 * s;
@@ -179,7 +182,13 @@ impl RefModel<'_> {
         let mut x: Vec<f64> = self.w.embed[token as usize * h..(token as usize + 1) * h].to_vec();
         for (l, (kc, vc)) in self.w.layers.iter().zip(self.cache.iter_mut()) {
             let mut qkv = matvec(&rms_norm(&x, &l.attn_norm, cfg.rms_norm_eps), &l.qkv);
-            rope(&mut qkv[..heads * hd + kv], hd, pos, cfg.rope_theta);
+            rope(
+                &mut qkv[..heads * hd + kv],
+                hd,
+                pos,
+                cfg.rope_theta,
+                cfg.rope_linear_factor,
+            );
             kc.push(qkv[heads * hd..heads * hd + kv].to_vec());
             vc.push(qkv[heads * hd + kv..].to_vec());
             let a = attention(cfg, &qkv[..heads * hd], kc, vc);
@@ -249,7 +258,13 @@ pub(super) fn op_refs(
         ));
         let mut r = f64s(get(t, ly, "qkv_proj"));
         if r.len() == heads * hd + 2 * kv {
-            rope(&mut r[..heads * hd + kv], hd, pos, cfg.rope_theta);
+            rope(
+                &mut r[..heads * hd + kv],
+                hd,
+                pos,
+                cfg.rope_theta,
+                cfg.rope_linear_factor,
+            );
         }
         out.push((ly, "rope", r));
         let rot = f64s(get(t, ly, "rope"));

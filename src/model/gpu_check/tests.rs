@@ -135,12 +135,16 @@ fn worst_scales_by_tolerance_and_flags_nan() {
 #[test]
 fn reference_rope_is_a_rotation_of_pairs_i_and_i_plus_half() {
     let mut x = vec![1.0, 0.0, 0.0, 0.0];
-    rope(&mut x, 4, 3, 10000.0);
+    rope(&mut x, 4, 3, 10000.0, 1.0);
     assert!(
         (x[0] - 3f64.cos()).abs() < 1e-12 && (x[2] - 3f64.sin()).abs() < 1e-12,
         "{x:?}"
     );
     assert_eq!((x[1], x[3]), (0.0, 0.0));
+    // Linear scaling divides the position: factor 4 at position 12 is plain RoPE at 3.
+    let mut y = vec![1.0, 0.0, 0.0, 0.0];
+    rope(&mut y, 4, 12, 10000.0, 4.0);
+    assert_eq!(x, y);
 }
 
 #[test]

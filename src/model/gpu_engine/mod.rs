@@ -340,9 +340,7 @@ impl GpuEngine {
         let n_splits = opts.max_ctx.div_ceil(opts.attn_chunk);
         let (h, inter, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let max_n = widest_linear_n(cfg);
-        let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| cfg.rope_theta.powf(-((2 * i) as f64) / hd as f64) as f32)
-            .collect();
+        let inv_freq: Vec<f32> = cfg.rope_inv_freq().iter().map(|&f| f as f32).collect();
         let a16 = |n: usize, what: &str| stream.alloc_zeros::<f16>(n).ctx(what);
         let a32 = |n: usize, what: &str| stream.alloc_zeros::<f32>(n).ctx(what);
         let b = Bufs {
