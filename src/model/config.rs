@@ -114,14 +114,48 @@ impl ModelConfig {
         }
     }
 
-    /// A preset by name: "vicuna-7b" | "vicuna-13b" (also "llama-7b", "llama-13b").
+    /// Vicuna v1.5 (LLaMA 2 base): the same shapes, trained at 4096 positions.
+    fn v1_5(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self.max_position_embeddings = 4096;
+        self
+    }
+
+    /// Vicuna v1.5-16K: v1.5 with linear RoPE scaling by 4 (lmsys' config.json), 16384 positions.
+    fn v1_5_16k(self, name: &str) -> Self {
+        ModelConfig {
+            rope_linear_factor: 4.0,
+            ..self.v1_5(name)
+        }
+    }
+
+    /// The preset names `preset` takes, for messages.
+    pub const PRESETS: &'static str = "vicuna-7b, vicuna-13b (v1.1 / v1.3: 2048 positions), \
+         vicuna-7b-v1.5, vicuna-13b-v1.5 (4096), vicuna-7b-16k, vicuna-13b-16k (v1.5-16K: linear \
+         RoPE x4, 16384)";
+
+    /// A preset by name (`PRESETS`; also "llama-7b", "llama-13b", "7b", "13b"). The 7B and 13B
+    /// presets differ only in context and RoPE, never in shapes: a tuned config or a plan's
+    /// weights serve all of one size.
     pub fn preset(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
+        let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
             "vicuna-7b" | "llama-7b" | "7b" => Ok(Self::vicuna_7b()),
             "vicuna-13b" | "llama-13b" | "13b" => Ok(Self::vicuna_13b()),
+            "vicuna-7b-v1.5" => Ok(Self::vicuna_7b().v1_5(&lower)),
+            "vicuna-13b-v1.5" => Ok(Self::vicuna_13b().v1_5(&lower)),
+            "vicuna-7b-16k" | "vicuna-7b-v1.5-16k" => {
+                Ok(Self::vicuna_7b().v1_5_16k("vicuna-7b-16k"))
+            }
+            "vicuna-13b-16k" | "vicuna-13b-v1.5-16k" => {
+                Ok(Self::vicuna_13b().v1_5_16k("vicuna-13b-16k"))
+            }
             other => Err(LabError::invalid(
                 "--model",
-                format!("unknown model '{other}'; expected vicuna-7b or vicuna-13b (or --checkpoint DIR)"),
+                format!(
+                    "unknown model '{other}'; expected one of {} (or --checkpoint DIR)",
+                    Self::PRESETS
+                ),
             )),
         }
     }
@@ -471,6 +505,44 @@ mod tests {
         let t = format!(r#"{{{base},"rope_scaling":null}}"#);
         let c = ModelConfig::from_json_str(&t, Path::new("c.json")).unwrap();
         assert_eq!(c.rope_linear_factor, 1.0);
+    }
+
+    #[test]
+    fn v1_5_and_16k_presets_keep_the_shapes_and_change_only_context_and_rope() {
+        for (size, base) in [
+            ("7b", ModelConfig::vicuna_7b()),
+            ("13b", ModelConfig::vicuna_13b()),
+        ] {
+            let shapes = |c: &ModelConfig| {
+                (
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.num_hidden_layers,
+                    c.num_attention_heads,
+                    c.vocab_size,
+                )
+            };
+            for (name, ctx, factor) in [
+                (format!("vicuna-{size}"), 2048, 1.0),
+                (format!("vicuna-{size}-v1.5"), 4096, 1.0),
+                (format!("vicuna-{size}-16k"), 16384, 4.0),
+                (format!("Vicuna-{size}-v1.5-16K"), 16384, 4.0),
+            ] {
+                let c = ModelConfig::preset(&name).unwrap();
+                assert_eq!(shapes(&c), shapes(&base), "{name}");
+                assert_eq!(
+                    (c.context_len(), c.rope_linear_factor),
+                    (ctx, factor),
+                    "{name}"
+                );
+                assert!(ModelConfig::PRESETS.contains(&c.name), "{}", c.name);
+            }
+        }
+        let e = ModelConfig::preset("vicuna-33b").unwrap_err().to_string();
+        assert!(
+            e.contains("vicuna-13b-16k") && e.contains("--checkpoint"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -592,8 +592,9 @@ fn checkpoint_dir(a: &DecodeArgs) -> anyhow::Result<PathBuf> {
              (or --model tiny). Synthetic {m} weights are for the GPU engine (--backend gpu)"
         ),
         Some(m) => bail!(
-            "--model {m}: unknown model; known: tiny (both backends), vicuna-7b, vicuna-13b and \
-             tiny-check (--backend gpu only); or pass --checkpoint DIR"
+            "--model {m}: unknown model; known: tiny (both backends), tiny-check and the presets \
+             {} (--backend gpu only); or pass --checkpoint DIR",
+            gptq_lab::model::config::ModelConfig::PRESETS
         ),
         None => bail!("say which weights: --checkpoint DIR or --model tiny"),
     }

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
-    /// Model preset(s), comma separated: vicuna-7b, vicuna-13b. Default: both.
+    /// Model preset(s), comma separated: vicuna-7b, vicuna-13b (2048 positions), vicuna-7b-v1.5,
+    /// vicuna-13b-v1.5 (4096), vicuna-7b-16k, vicuna-13b-16k (linear RoPE x4, 16384). Default:
+    /// vicuna-7b and vicuna-13b.
     #[arg(long, value_delimiter = ',', conflicts_with = "checkpoint")]
     model: Vec<String>,
     /// A checkpoint folder: shapes from DIR/config.json, group size and act-order from
@@ -398,12 +400,19 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         },
         context_bytes >> 20
     );
+    // The model column fits the longest name (vicuna-13b-16k, a checkpoint's _name_or_path).
+    let w = plans
+        .iter()
+        .map(|p| p.model.len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let sizes: String = GENERIC_SIZES_GIB
         .iter()
         .map(|g| format!("{:>6}", format!("{g}G")))
         .collect();
     println!(
-        "\n{:<12} {:<6} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}{sizes}",
+        "\n{:<w$} {:<6} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}{sizes}",
         "model", "group", "ctx", "weights", "KV", "workspace", "prefill", "context", "total"
     );
     for p in plans {
@@ -413,7 +422,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             .map(|f| format!("{:>6}", if f.fits { "fits" } else { "-" }))
             .collect();
         println!(
-            "{:<12} {:<6} {:>6} {:>8.3} {:>8.3} {:>9.4} {:>8.4} {:>8.3} {:>8.3}{fits}",
+            "{:<w$} {:<6} {:>6} {:>8.3} {:>8.3} {:>9.4} {:>8.4} {:>8.3} {:>8.3}{fits}",
             p.model,
             group_label(p),
             p.ctx,
@@ -432,7 +441,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         .map(|g| format!(" {:>6}", format!("{g}G")))
         .collect();
     println!(
-        "{:<12} {:<6} {:>8}{size_heads}",
+        "{:<w$} {:<6} {:>8}{size_heads}",
         "model", "group", "trained"
     );
     let mut seen = Vec::new();
@@ -448,7 +457,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             .map(|f| format!(" {:>6}", longest_label(f.max_ctx)))
             .collect();
         println!(
-            "{:<12} {:<6} {:>8}{cols}",
+            "{:<w$} {:<6} {:>8}{cols}",
             p.model,
             group_label(p),
             short_ctx(p.model_max_ctx)
@@ -464,7 +473,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             r.bandwidth_gbs,
         );
         println!(
-            "{:<12} {:<6} {:>6} {:>6} {:>8} {:>8} {:>11} {:>6} {:>13}",
+            "{:<w$} {:<6} {:>6} {:>6} {:>8} {:>8} {:>11} {:>6} {:>13}",
             "model",
             "group",
             "ctx",
@@ -483,7 +492,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             let past = p.ctx > p.model_max_ctx;
             past_trained |= past;
             println!(
-                "{:<12} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>19}",
+                "{:<w$} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>19}",
                 p.model,
                 group_label(p),
                 format!("{}{}", p.ctx, if past { "*" } else { "" }),

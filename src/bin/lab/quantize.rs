@@ -219,8 +219,9 @@ pub fn run_synth(a: SynthArgs) -> anyhow::Result<()> {
         gptq_lab::LabError::invalid(
             "--model",
             format!(
-                "unknown model '{}'; expected vicuna-7b or vicuna-13b (also llama-7b, llama-13b)",
-                a.model
+                "unknown model '{}'; expected one of {}",
+                a.model,
+                gptq_lab::model::config::ModelConfig::PRESETS
             ),
         )
     })?;
