@@ -90,6 +90,10 @@ pub struct SpModel {
     user_defined: Vec<String>,
     /// Control and unknown pieces, longest first: their literal text in the input is the token.
     specials: Vec<(String, u32)>,
+    /// Model pieces an added token marks special (`add_tokens`): still produced by the merges as
+    /// the fast tokenizer's BPE produces them, but dropped from decoded text as its
+    /// skip_special_tokens drops every special id.
+    dropped_in_decode: Vec<u32>,
     bos: Option<u32>,
     eos: Option<u32>,
     /// No mergeable piece holds another character followed by U+2581, so no merge crosses the
@@ -292,6 +296,7 @@ impl SpModel {
             byte_ids,
             user_defined,
             specials,
+            dropped_in_decode: Vec::new(),
             bos,
             eos,
             split_words,
@@ -342,6 +347,10 @@ impl SpModel {
                         "added token {id} is '{text}' but the model's piece {id} is '{}'",
                         p.text
                     ));
+                }
+                let droppable = !matches!(p.kind, PieceType::Control | PieceType::Unknown);
+                if special && droppable && !self.dropped_in_decode.contains(&id) {
+                    self.dropped_in_decode.push(id);
                 }
                 if !self.specials.iter().any(|(_, i)| *i == id) {
                     self.specials.push((text, id));
@@ -604,6 +613,9 @@ impl SpModel {
                     self.pieces.len()
                 )
             })?;
+            if self.dropped_in_decode.contains(&id) {
+                continue;
+            }
             match p.kind {
                 PieceType::Control | PieceType::Unknown => continue,
                 PieceType::Byte => {

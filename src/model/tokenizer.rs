@@ -970,6 +970,19 @@ mod tests {
         std::fs::write(&added, r#"{"[PAD]": -1}"#).unwrap();
         std::fs::remove_file(&cfg).unwrap();
         assert!(err().contains("not a token id"), "{}", err());
+        // A model piece an added token marks special ("▁Hi" here): the merges still produce it,
+        // as the fast tokenizer's BPE does, and decoding drops it as skip_special_tokens does.
+        std::fs::remove_file(&added).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"{{"added_tokens_decoder": {{"{hi}": {{"content": "\u2581Hi", "special": true}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let tok = open().unwrap();
+        assert_eq!(tok.encode("Hi", false).unwrap(), vec![hi]);
+        assert_eq!(tok.decode(&[h, i, hi, h]).unwrap(), "HiH");
     }
 
     #[test]
