@@ -167,17 +167,19 @@ fn cli_writes_real_widths_and_refuses_bad_flags() {
     // The preset lookup's own message offers --checkpoint DIR, a flag this command lacks.
     let r = lab(&["synth-checkpoint", "--out", o, "--model", "nosuch"]);
     assert!(
-        stderr(&r).contains("--model: unknown model 'nosuch'; expected vicuna-7b or vicuna-13b")
+        stderr(&r)
+            .contains("--model: unknown model 'nosuch'; expected one of vicuna-7b, vicuna-13b")
             && !stderr(&r).contains("--checkpoint"),
         "{}",
         stderr(&r)
     );
     // One layer of Vicuna-7B's real widths (K up to 11008, N up to 11008, 32000-token vocab),
-    // asymmetric v2 zeros, read back by the CPU engine from the command line.
+    // asymmetric v2 zeros, read back by the CPU engine from the command line; the v1.5-16K
+    // preset, so its config.json carries the linear RoPE scaling it is read back with.
     let r = lab(&[
         "synth-checkpoint",
         "--model",
-        "vicuna-7b",
+        "vicuna-7b-16k",
         "--layers",
         "1",
         "--asym",
@@ -192,6 +194,10 @@ fn cli_writes_real_widths_and_refuses_bad_flags() {
     assert_eq!(s["layers"], 1);
     let ck = Checkpoint::open(&out).unwrap();
     assert_eq!(ck.config.hidden_size, 4096);
+    assert_eq!(
+        (ck.config.rope_linear_factor, ck.config.context_len()),
+        (4.0, 16384)
+    );
     assert_eq!(ck.quant.as_ref().unwrap().format, ZeroFormat::V2);
     let r = lab(&[
         "decode",
