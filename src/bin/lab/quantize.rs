@@ -185,7 +185,7 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct SynthArgs {
-    /// The shapes: vicuna-7b or vicuna-13b.
+    /// The shapes (and context): a preset of `lab plan --model`, e.g. vicuna-7b, vicuna-13b-16k.
     #[arg(long)]
     model: String,
     /// Decoder layers (default: the model's 32 / 40). Fewer keep the file small and the CPU
