@@ -1300,6 +1300,22 @@ fn model_file_base_name_chooses_among_files_as_autogptq_does() {
             "{in_qc}"
         );
     }
+    // Named, with a model.safetensors beside it: AutoGPTQ would load the named file and
+    // transformers model.safetensors. Not guessed.
+    std::fs::copy(
+        dir.join("gptq_model-4bit-128g.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model_file_base_name names gptq_model-4bit-128g.safetensors",
+            "model.safetensors is here too",
+        ],
+    );
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     // A name with a path in it is not followed.
     edit_quant_configs(&dir, |q| {
         q["model_file_base_name"] = "../gptq_model-4bit-128g".into()

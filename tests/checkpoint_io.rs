@@ -231,7 +231,7 @@ fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
     let ck = Checkpoint::open(&dir).unwrap();
     assert_eq!(
         ck.quant.as_ref().unwrap().whole_word_v1.as_deref(),
-        Some("gptqmodel:1.4.5")
+        Some("meta.quantizer 'gptqmodel:1.4.5'")
     );
     assert_layers_identical(&ck, &layers);
     let notes = ck.quant_notes().join("\n");
@@ -252,14 +252,27 @@ fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
         .contains("config.json quantization_config: meta.quantizer"));
 
     // AutoGPTQ's v2-era code names itself as a plain string, in quantizer or packer.
-    for meta in [
-        serde_json::json!({"quantizer": "autogptq:0.8.0.dev1"}),
-        serde_json::json!({"quantizer": "someone:1.0", "packer": "autogptq:0.8.0-dev1"}),
+    for (meta, field) in [
+        (
+            serde_json::json!({"quantizer": "autogptq:0.8.0.dev1"}),
+            "quantizer",
+        ),
+        (
+            serde_json::json!({"quantizer": "someone:1.0", "packer": "autogptq:0.8.0-dev1"}),
+            "packer",
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("autogptq");
         let layers = write_whole_word_v1(&dir, meta);
-        assert_layers_identical(&Checkpoint::open(&dir).unwrap(), &layers);
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert_layers_identical(&ck, &layers);
+        // The note names the field that named the writer.
+        let notes = ck.quant_notes().join("\n");
+        assert!(
+            notes.contains(&format!("meta.{field} 'autogptq:0.8.0")),
+            "{notes}"
+        );
     }
 
     // No such writer named (none, an older GPTQModel, an unreadable version, another tool): the
@@ -293,6 +306,21 @@ fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
             );
         }
     }
+    // Settings read from the tensors (no quantize config at all): nothing could name a writer,
+    // and the message says so instead of pointing at a weights file's "meta.quantizer".
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("era");
+    write_whole_word_v1(&dir, serde_json::Value::Null);
+    make_era(&dir, true);
+    let e = Checkpoint::open(&dir)
+        .unwrap()
+        .linear("model.layers.0.self_attn.q_proj")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no quantize config to name one") && !e.contains("names no such writer"),
+        "{e}"
+    );
 }
 
 /// Turn a written checkpoint into a GPTQ-for-LLaMa era one: odd file name, no quantize config.

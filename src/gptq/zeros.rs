@@ -21,7 +21,8 @@
 //!
 //! ## Whole-word v1 writers
 //! Tools that quantize in v2 internally and export v1 by subtracting `0x11111111` from each int32
-//! word (GPTQModel from 0.9.0, AutoGPTQ from 0.8.0.dev1, their `MIN_VERSION_WITH_V2`) let a true
+//! word (GPTQModel from 0.9.0; AutoGPTQ's unreleased v2-format code from 0.8.0.dev1: their
+//! `MIN_VERSION_WITH_V2`) let a true
 //! zero of 0 borrow from the nibble above: 0xF there, and one less in the next nibble (which can
 //! borrow in turn). Per nibble that is unreadable, but the word as a whole is exact: adding
 //! `0x11111111` back (mod 2^32) undoes it, which is how those tools read their own files. They

@@ -114,10 +114,12 @@ impl ModelConfig {
         }
     }
 
-    /// Vicuna v1.5 (LLaMA 2 base): the same shapes, trained at 4096 positions.
+    /// Vicuna v1.5 (LLaMA 2 base): the same shapes, trained at 4096 positions, LLaMA 2's
+    /// rms_norm_eps 1e-5 (lmsys' config.json).
     fn v1_5(mut self, name: &str) -> Self {
         self.name = name.into();
         self.max_position_embeddings = 4096;
+        self.rms_norm_eps = 1e-5;
         self
     }
 
@@ -359,7 +361,10 @@ fn rope_linear_factor(
         (None, None) => return Ok(1.0),
     };
     match kind.as_deref() {
-        None | Some("default") if field == "rope_parameters" => Ok(1.0),
+        // transformers' name for plain RoPE, in either place (a missing type only where
+        // rope_parameters holds just rope_theta).
+        Some("default") => Ok(1.0),
+        None if field == "rope_parameters" => Ok(1.0),
         Some("linear") => {
             let f = factor.as_ref().and_then(serde_json::Value::as_f64);
             match f {
@@ -530,6 +535,8 @@ mod tests {
             ] {
                 let c = ModelConfig::preset(&name).unwrap();
                 assert_eq!(shapes(&c), shapes(&base), "{name}");
+                let eps = if ctx == 2048 { 1e-6 } else { 1e-5 };
+                assert_eq!(c.rms_norm_eps, eps, "{name}");
                 assert_eq!(
                     (c.context_len(), c.rope_linear_factor),
                     (ctx, factor),
@@ -573,6 +580,13 @@ mod tests {
             for (s, p) in scaled.iter().zip(&plain) {
                 assert_eq!(*s, p / 4.0);
             }
+        }
+        for plain in [
+            r#""rope_scaling":{"rope_type":"default"}"#,
+            r#""rope_scaling":{"type":"default"}"#,
+            r#""rope_parameters":{"rope_theta":10000.0}"#,
+        ] {
+            assert_eq!(parse(plain).unwrap().rope_linear_factor, 1.0, "{plain}");
         }
         let c = parse(r#""rope_scaling":{"type":"linear","factor":1.0}"#).unwrap();
         assert_eq!((c.rope_linear_factor, c.context_len()), (1.0, 4096));

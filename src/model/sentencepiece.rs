@@ -319,6 +319,16 @@ impl SpModel {
         self.pieces.get(id as usize).map(|p| p.kind)
     }
 
+    /// Whether `decode` leaves `id` out (control and unknown pieces, a piece an added token
+    /// marks special): it adds no text and does not end a run of byte pieces around it.
+    pub fn dropped_in_decode(&self, id: u32) -> bool {
+        self.dropped_in_decode.contains(&id)
+            || matches!(
+                self.piece_type(id),
+                Some(PieceType::Control | PieceType::Unknown)
+            )
+    }
+
     pub fn id(&self, piece: &str) -> Option<u32> {
         self.ids.get(piece).copied()
     }

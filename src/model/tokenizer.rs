@@ -131,6 +131,18 @@ impl TextTokenizer {
         })
     }
 
+    /// Whether `decode` leaves `id` out (tokenizer.json's special added tokens, as
+    /// skip_special_tokens; a tokenizer.model's control, unknown and special-marked pieces). Such
+    /// a token neither adds text nor ends a run of byte tokens around it.
+    pub fn dropped_in_decode(&self, id: u32) -> bool {
+        match &self.inner {
+            Inner::Hf(t) => t
+                .id_to_token(id)
+                .is_some_and(|tok| t.get_added_vocabulary().is_special_token(&tok)),
+            Inner::Sp { model, .. } => model.dropped_in_decode(id),
+        }
+    }
+
     /// Whether `id` is a byte-fallback token (`<0x0A>`): SentencePiece-BPE vocabularies such as
     /// LLaMA's spell a character they have no piece for as its UTF-8 bytes, one token each.
     pub fn is_byte_token(&self, id: u32) -> bool {
@@ -338,11 +350,12 @@ fn added_tokens(
 /// SentencePiece's leading-space marker depends on what came before), so each push decodes the
 /// whole sequence and hands out only what extends the text already given, holding back a
 /// trailing U+FFFD (an incomplete character) until a later token completes it, and everything
-/// while the newest token is a byte-fallback one: the ByteFallback decoder turns a whole run of
-/// byte tokens into U+FFFDs when the run is not valid UTF-8, bytes before the bad one included,
-/// so text given out in the middle of a run ("\n" before a broken character) could stop being a
-/// prefix of the decode, and nothing after it would ever be given. A run ends at a non-byte
-/// token, and text before that never changes. The pieces concatenate to `decode(all tokens)`
+/// while the newest token decode keeps is a byte-fallback one: the ByteFallback decoder turns a
+/// whole run of byte tokens into U+FFFDs when the run is not valid UTF-8, bytes before the bad one
+/// included, so text given out in the middle of a run ("\n" before a broken character) could stop
+/// being a prefix of the decode, and nothing after it would ever be given. A run ends at a
+/// non-byte token decode keeps (a dropped one, `</s>` or `<unk>`, sits inside the run), and text
+/// before that never changes. The pieces concatenate to `decode(all tokens)`
 /// (`finish` hands out whatever is left).
 ///
 /// With a stop string (`with_stop`: Vicuna v0's "###", which starts the next turn), nothing from
@@ -381,7 +394,15 @@ impl<'a> TextStream<'a> {
     /// Add a token; the new text it completes (often empty).
     pub fn push(&mut self, id: u32) -> Result<String> {
         self.ids.push(id);
-        if self.tok.is_byte_token(id) {
+        // Held while the byte run at the end may still grow: the newest token decode keeps is a
+        // byte one. A token decode drops (`</s>` under --ignore-eos, `<unk>`) does not end the
+        // run, so text given out before it could still turn into U+FFFDs.
+        let last_kept = self
+            .ids
+            .iter()
+            .rev()
+            .find(|&&i| !self.tok.dropped_in_decode(i));
+        if last_kept.is_some_and(|&i| self.tok.is_byte_token(i)) {
             return Ok(String::new());
         }
         let text = self.tok.decode(&self.ids)?;
@@ -844,6 +865,9 @@ mod tests {
                 .unwrap();
             let json = converted_json(&pieces, legacy, &[("[PAD]".to_string(), pad, false)]);
             let hf = tokenizers::Tokenizer::from_bytes(json.to_string()).unwrap();
+            let json_path = dir.path().join(format!("tokenizer-{legacy}.json"));
+            std::fs::write(&json_path, json.to_string()).unwrap();
+            let from_json = TextTokenizer::from_file(&json_path).unwrap();
             for _ in 0..600 {
                 let text: String = (0..rnd(10))
                     .map(|_| alphabet[rnd(alphabet.len())])
@@ -878,6 +902,15 @@ mod tests {
                     hf.decode(&ids, true).unwrap(),
                     "legacy {legacy}: {ids:?}"
                 );
+                // Streamed, the pieces add up to the decode through either reader, whatever
+                // specials sit inside a byte run.
+                for t in [&tok, &from_json] {
+                    assert_eq!(
+                        stream_pieces(t, &ids).concat(),
+                        t.decode(&ids).unwrap(),
+                        "legacy {legacy}: {ids:?}"
+                    );
+                }
             }
         }
     }
@@ -1026,6 +1059,26 @@ mod tests {
         assert_eq!(pieces.concat(), tok.decode(&broken).unwrap(), "{pieces:?}");
         assert_eq!(pieces.concat(), "Sure\u{FFFD}\u{FFFD} Enjoy", "{pieces:?}");
         assert_eq!(pieces[0], "Sure", "{pieces:?}");
+        // A token decode drops (</s> under --ignore-eos, <unk>) inside a run does not end it:
+        // the "\n" before it is not given out, and later text still is.
+        for dropped in [2, 0] {
+            let ids = [
+                id("\u{2581}Sure"),
+                id("<0x0A>"),
+                dropped,
+                id("<0xE2>"),
+                id("\u{2581}Enjoy"),
+                id("\u{2581}Sure"),
+            ];
+            let pieces = stream(&ids);
+            assert_eq!(pieces.concat(), tok.decode(&ids).unwrap(), "{pieces:?}");
+            assert_eq!(
+                pieces[..5].concat(),
+                "Sure\u{FFFD}\u{FFFD} Enjoy",
+                "{pieces:?}"
+            );
+            assert_eq!(pieces[1..4].concat(), "", "{pieces:?}");
+        }
         // Text encoded and streamed back is the text.
         let text = "Sure! Enjoy \u{2615}\n日本";
         let ids = tok.encode(text, true).unwrap();

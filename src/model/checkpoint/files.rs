@@ -153,11 +153,12 @@ pub(crate) struct Raw<'a> {
 }
 
 impl Files {
-    /// `path` is a checkpoint folder or one .safetensors file in it. Order: the shard index
-    /// `model.safetensors.index.json` or `model.safetensors` (both: only when the index names
-    /// that file alone), then the index or file the quant config's `model_file_base_name` names
-    /// (as AutoGPTQ looks them up), then the folder's only *.safetensors.index.json, then its
-    /// only *.safetensors file (GPTQ-for-LLaMa names like vicuna-13b-4bit-128g.safetensors).
+    /// `path` is a checkpoint folder or one .safetensors file in it. Order: the index or file the
+    /// quant config's `model_file_base_name` names (as AutoGPTQ looks them up; refused beside a
+    /// model.safetensors[.index.json], which transformers would load instead), then the shard
+    /// index `model.safetensors.index.json` or `model.safetensors` (both: only when the index
+    /// names that file alone), then the folder's only *.safetensors.index.json, then its only
+    /// *.safetensors file (GPTQ-for-LLaMa names like vicuna-13b-4bit-128g.safetensors).
     pub fn open(path: &Path) -> Result<(PathBuf, Files)> {
         if path.is_file() {
             let dir = path
@@ -178,6 +179,41 @@ impl Files {
         }
         let index = path.join("model.safetensors.index.json");
         let single = path.join("model.safetensors");
+        // What the quant config's model_file_base_name names, when it is not "model" and exists:
+        // AutoGPTQ loads that (its index first) and looks at nothing else.
+        let named = model_file_base_name(path)
+            .filter(|b| b != "model")
+            .and_then(|b| {
+                [
+                    path.join(format!("{b}.safetensors.index.json")),
+                    path.join(format!("{b}.safetensors")),
+                ]
+                .into_iter()
+                .find(|p| p.is_file())
+            });
+        if let Some(named) = &named {
+            let model = [&index, &single].into_iter().find(|p| p.is_file());
+            if let Some(model) = model {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!(
+                        "the quant config's model_file_base_name names {} but {} is here too: two \
+                         sets of weights (AutoGPTQ would load the named one, transformers \
+                         model.safetensors); remove the stale one",
+                        named.file_name().unwrap_or_default().to_string_lossy(),
+                        model.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                ));
+            }
+            return Ok((
+                path.to_path_buf(),
+                if named.to_string_lossy().ends_with(".index.json") {
+                    Self::from_index(named)?
+                } else {
+                    Self::from_shards(vec![named.clone()])?
+                },
+            ));
+        }
         match (index.is_file(), single.is_file()) {
             (true, true) => {
                 // transformers loads model.safetensors and ignores the index; tools that look for
@@ -206,16 +242,6 @@ impl Files {
             (true, false) => return Ok((path.to_path_buf(), Self::from_index(&index)?)),
             (false, true) => return Ok((path.to_path_buf(), Self::from_shards(vec![single])?)),
             (false, false) => {}
-        }
-        if let Some(base) = model_file_base_name(path) {
-            let index = path.join(format!("{base}.safetensors.index.json"));
-            if index.is_file() {
-                return Ok((path.to_path_buf(), Self::from_index(&index)?));
-            }
-            let single = path.join(format!("{base}.safetensors"));
-            if single.is_file() {
-                return Ok((path.to_path_buf(), Self::from_shards(vec![single])?));
-            }
         }
         let mut st = Vec::new();
         let mut pickles = Vec::new();

@@ -443,14 +443,23 @@ impl Checkpoint {
             ZeroFormat::V1 if self.whole_word_v1() => zeros::v1_whole_word_to_v2(&stored),
             ZeroFormat::V1 => {
                 if let Some(u) = zeros::v1_underflow(&stored, l.n) {
+                    // Where a writer would be named: the config the settings came from, or (an
+                    // era file's settings read from its tensors) none at all.
+                    let named_in = if self.quant_source.extension().is_some_and(|e| e == "json") {
+                        format!(
+                            "{} names no such writer in meta.quantizer",
+                            self.quant_source.display()
+                        )
+                    } else {
+                        "this checkpoint has no quantize config to name one".to_string()
+                    };
                     return Err(LabError::bad_checkpoint(
                         self.files.path_of(&qz),
                         format!(
-                            "tensor '{qz}': {}. (A file GPTQModel >= 0.9 or AutoGPTQ >= 0.8 \
-                             exported as v1 subtracts 0x11111111 from whole words and is exact \
-                             when read back whole; {} names no such writer in meta.quantizer)",
-                            u.describe(),
-                            self.quant_source.display()
+                            "tensor '{qz}': {}. (A v1 file GPTQModel >= 0.9 exported subtracts \
+                             0x11111111 from whole words, borrowing across nibbles, and is exact \
+                             when read back whole; {named_in})",
+                            u.describe()
                         ),
                     ));
                 }

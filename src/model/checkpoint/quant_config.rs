@@ -27,9 +27,10 @@ pub struct QuantInfo {
     pub sym: bool,
     pub static_groups: bool,
     pub format: ZeroFormat,
-    /// The writer `meta.quantizer` names ("gptqmodel:1.2.0") when it is one that exports v1 by
-    /// subtracting 0x11111111 from whole int32 words (see `gptq::zeros`): its v1 zeros are read
-    /// back by whole-word addition. `None`: no such writer named, v1 read nibble by nibble.
+    /// Where the config names a writer that exports v1 by subtracting 0x11111111 from whole int32
+    /// words (see `gptq::zeros`), that entry as "meta.quantizer 'gptqmodel:1.2.0'": its v1 zeros
+    /// are read back by whole-word addition. `None`: no such writer named, v1 read nibble by
+    /// nibble.
     pub whole_word_v1: Option<String>,
     /// Each default taken or value inferred, one line each, for the user to see.
     pub inferred: Vec<String>,
@@ -87,24 +88,33 @@ struct RawQuant {
 }
 
 /// The writers whose v1 files are whole-word differences (`true - 0x11111111` per int32 word), by
-/// the first version with their v2 code (`MIN_VERSION_WITH_V2` in each tool's source).
+/// the first version with their v2 code (`MIN_VERSION_WITH_V2` in each tool's source: GPTQModel
+/// 0.9.0; "autogptq" 0.8.0-dev1, the name AutoGPTQ's unreleased v2-format development code
+/// wrote, which no released AutoGPTQ (up to 0.7.1) did).
 const WHOLE_WORD_WRITERS: [(&str, (u32, u32, u32)); 2] =
     [("gptqmodel", (0, 9, 0)), ("autogptq", (0, 8, 0))];
 
-/// The first "name:version" in `meta.quantizer` (or `meta.packer`, which AutoGPTQ also wrote)
-/// that names a whole-word v1 writer at or above its first v2 version. A writer below it, or an
-/// unreadable version, is not taken: the per-nibble reading stands and an underflow is refused.
+/// The first "name:version" in `meta.quantizer` (or `meta.packer`, which AutoGPTQ's v2 code also
+/// wrote) that names a whole-word v1 writer at or above its first v2 version, as "meta.FIELD
+/// 'ENTRY'". A writer below it, or an unreadable version, is not taken: the per-nibble reading
+/// stands and an underflow is refused. A pre-release of the first version counts as it
+/// (GPTQModel's own check would not take "0.9.0.dev0"); the two readings differ only on words
+/// with a 0xF nibble, which such a writer's export makes exactly by borrowing.
 fn whole_word_writer(meta: Option<&serde_json::Value>) -> Option<String> {
     let meta = meta?;
     let entries = ["quantizer", "packer"]
         .iter()
-        .filter_map(|k| meta.get(*k))
-        .flat_map(|v| match v {
-            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str()).collect(),
-            serde_json::Value::String(s) => vec![s.as_str()],
+        .filter_map(|k| meta.get(*k).map(|v| (*k, v)))
+        .flat_map(|(k, v)| match v {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str())
+                .map(|s| (k, s))
+                .collect(),
+            serde_json::Value::String(s) => vec![(k, s.as_str())],
             _ => Vec::new(),
         });
-    for entry in entries {
+    for (field, entry) in entries {
         let Some((name, version)) = entry.split_once(':') else {
             continue;
         };
@@ -116,7 +126,7 @@ fn whole_word_writer(meta: Option<&serde_json::Value>) -> Option<String> {
             continue;
         };
         if release_triple(version).is_some_and(|v| v >= min) {
-            return Some(entry.to_string());
+            return Some(format!("meta.{field} '{entry}'"));
         }
     }
     None
@@ -415,7 +425,7 @@ pub(crate) fn from_files(dir: &Path, config: &serde_json::Value) -> Result<Optio
 fn note_whole_word(q: &mut QuantInfo, meta_in: &str) {
     if let (Some(w), false) = (&q.whole_word_v1, q.sym) {
         q.inferred.push(format!(
-            "{meta_in}: meta.quantizer '{w}' exports v1 by subtracting 0x11111111 from whole int32 \
+            "{meta_in}: {w} exports v1 by subtracting 0x11111111 from whole int32 \
              words, so its zeros are read back by whole-word addition (a true zero of 0 borrows \
              from the nibble above)"
         ));
