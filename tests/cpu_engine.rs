@@ -60,8 +60,8 @@ fn fixture_copy(name: &str, leave_out: &[&str]) -> tempfile::TempDir {
     tmp
 }
 
-fn expected(name: &str) -> Expected {
-    let p = fixture(name).join("expected.json");
+fn expected(dir: &Path) -> Expected {
+    let p = dir.join("expected.json");
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -80,15 +80,20 @@ fn worst(got: &[f32], want: &[f64]) -> (f64, usize, f64) {
     w
 }
 
-fn engine(name: &str) -> CpuEngine {
-    let ckpt = Checkpoint::open(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+fn engine_at(dir: &Path, name: &str) -> CpuEngine {
+    let ckpt = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{name}: {e}"));
     let w = LlamaWeights::from_checkpoint(&ckpt).unwrap_or_else(|e| panic!("{name}: {e}"));
     CpuEngine::new(w, ckpt.config.clone()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn check_fixture(name: &str) {
-    let exp = expected(name);
-    let mut e = engine(name);
+    check_fixture_at(&fixture(name), name)
+}
+
+/// The engine on the checkpoint in `dir` against its expected.json (transformers' logits).
+fn check_fixture_at(dir: &Path, name: &str) {
+    let exp = expected(dir);
+    let mut e = engine_at(dir, name);
     let mut worst_all = (0.0f64, String::new());
     let mut note = |ratio: f64, err: f64, at: String| {
         assert!(
@@ -144,6 +149,21 @@ fn tiny_fp16_matches_transformers() {
     check_fixture("tiny-fp16");
 }
 
+/// Linear RoPE scaling (Vicuna v1.5-16K's kind; the fixture's factor is in its config.json) against
+/// transformers' own linear-scaling code: tiny-fp16's weights under tiny-fp16-rope-linear's
+/// config (scripts/make-rope-linear-fixture.py). Without the factor the logits from position 1 on
+/// and the greedy tokens differ.
+#[test]
+fn linear_rope_scaling_matches_transformers() {
+    let tmp = fixture_copy("tiny-fp16", &["config.json", "expected.json"]);
+    for f in ["config.json", "expected.json"] {
+        std::fs::copy(fixture("tiny-fp16-rope-linear").join(f), tmp.path().join(f)).unwrap();
+    }
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    assert!(ckpt.config.rope_linear_factor > 1.0);
+    check_fixture_at(tmp.path(), "tiny-fp16-rope-linear");
+}
+
 #[test]
 fn tiny_sym_g32_matches_transformers() {
     check_fixture("tiny-sym-g32");
@@ -164,7 +184,8 @@ fn tiny_asym_act_order_g32_matches_transformers() {
     check_fixture("tiny-asym-act-g32");
 }
 
-/// Every fixture folder the script wrote is one the tests above check.
+/// Every fixture folder the scripts wrote is one the tests above check (tiny-fp16-rope-linear,
+/// a config and outputs over tiny-fp16's weights, by linear_rope_scaling_matches_transformers).
 #[test]
 fn every_fixture_folder_is_checked() {
     let mut found: Vec<String> = std::fs::read_dir(fixture(""))
@@ -175,6 +196,7 @@ fn every_fixture_folder_is_checked() {
         .collect();
     found.sort();
     let mut listed: Vec<String> = FIXTURES.iter().map(|s| s.to_string()).collect();
+    listed.push("tiny-fp16-rope-linear".into());
     listed.sort();
     assert_eq!(found, listed);
 }
@@ -349,7 +371,7 @@ fn cli_decode_stops_at_the_checkpoints_eos() {
 
 #[test]
 fn cli_decode_json_gives_the_greedy_tokens() {
-    let exp = expected("tiny-sym-g32");
+    let exp = expected(&fixture("tiny-sym-g32"));
     let case = &exp.prompts[1];
     let ids: Vec<String> = case.ids.iter().map(|i| i.to_string()).collect();
     let dir = fixture("tiny-sym-g32");
