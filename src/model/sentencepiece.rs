@@ -623,11 +623,10 @@ impl SpModel {
                     self.pieces.len()
                 )
             })?;
-            if self.dropped_in_decode.contains(&id) {
+            if self.dropped_in_decode(id) {
                 continue;
             }
             match p.kind {
-                PieceType::Control | PieceType::Unknown => continue,
                 PieceType::Byte => {
                     bytes.push(parse_byte_piece(&p.text).unwrap_or(b'?'));
                     first = false;
@@ -639,7 +638,11 @@ impl SpModel {
                     first = false;
                     continue;
                 }
-                PieceType::Normal | PieceType::UserDefined => {}
+                // Control and Unknown pieces were left out above (`dropped_in_decode`).
+                PieceType::Normal
+                | PieceType::UserDefined
+                | PieceType::Control
+                | PieceType::Unknown => {}
             }
             flush_byte_run(&mut text, &mut bytes);
             let mut piece = p.text.as_str();

@@ -324,13 +324,7 @@ impl Files {
             ));
         }
         // Shards live in the checkpoint folder: a name with a path in it could open any file.
-        if let Some((t, f)) = idx.weight_map.iter().find(|(_, f)| {
-            f.is_empty()
-                || f.contains(['/', '\\'])
-                || *f == "."
-                || *f == ".."
-                || Path::new(f).is_absolute()
-        }) {
+        if let Some((t, f)) = idx.weight_map.iter().find(|(_, f)| !plain_file_name(f)) {
             return Err(LabError::bad_checkpoint(
                 index,
                 format!(
@@ -484,12 +478,17 @@ fn model_file_base_name(dir: &Path) -> Option<String> {
                 .map(String::from)
         })
     })?;
-    let plain = !base.is_empty()
-        && !base.contains(['/', '\\'])
-        && base != "."
-        && base != ".."
-        && !Path::new(&base).is_absolute();
-    plain.then_some(base)
+    plain_file_name(&base).then_some(base)
+}
+
+/// A name that stays in the checkpoint folder when joined to it: no path separators, not `.` or
+/// `..`, not absolute (a shard or base name with a path in it could open any file).
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(['/', '\\'])
+        && name != "."
+        && name != ".."
+        && !Path::new(name).is_absolute()
 }
 
 fn has_ext(p: &Path, exts: &[&str]) -> bool {
