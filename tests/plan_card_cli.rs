@@ -296,3 +296,99 @@ fn what_the_estimate_cannot_say_is_refused_or_left_blank() {
         "{out}"
     );
 }
+
+/// The answer `--card` is asked for: with no --model, 7B, 13B and 33B; each model's line at its
+/// trained context lists the group sizes that fit with the table's own tokens/s, and the last
+/// line names the largest model the card holds.
+#[test]
+fn the_card_answer_names_what_fits_with_the_tables_speed() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let plan = |card: &str, ctx: &str| {
+        let o = lab(&[
+            "plan", "--card", card, "--group", "32,128", "--ctx", ctx, "--root", repo,
+        ]);
+        let out = stdout(&o);
+        assert!(o.status.success(), "{out}");
+        let answer = out
+            .split("\nWhich fits on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no answer in {out}"))
+            .to_string();
+        (out, answer)
+    };
+    let line = |answer: &str, model: &str| {
+        answer
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{model} ")))
+            .unwrap_or_else(|| panic!("no {model} in {answer}"))
+            .to_string()
+    };
+    // An RTX 4090 (24 GB) holds all three at 2048 positions; 33B is the largest.
+    let (out, answer) = plan("rtx-4090", "2048");
+    for m in ["vicuna-7b", "vicuna-13b", "vicuna-33b"] {
+        let l = line(&answer, m);
+        assert!(l.contains("ctx 2048: fits as g32 ("), "{l}");
+        // The g128 speed is the estimate table's own figure for that row.
+        let row = out
+            .lines()
+            .skip_while(|l| !l.starts_with("On GeForce RTX 4090"))
+            .find(|r| {
+                let c: Vec<&str> = r.split_whitespace().collect();
+                c.len() > 3 && c[0] == m && c[1] == "g128" && c[2] == "2048"
+            })
+            .unwrap_or_else(|| panic!("no {m} g128 row in {out}"));
+        let tps = row.split_whitespace().nth(8).unwrap();
+        assert!(l.contains(&format!("g128 ({tps})")), "{l} vs {row}");
+    }
+    assert!(
+        answer.contains(
+            "Largest model that fits: vicuna-33b; its most accurate form that fits is g32"
+        ),
+        "{answer}"
+    );
+    // An RTX 3060 (12 GB): 33B's weights alone exceed it, 13B is the largest.
+    let (_, answer) = plan("rtx-3060", "2048");
+    let l = line(&answer, "vicuna-33b");
+    assert!(
+        l.contains("does not fit: needs at least") && !l.contains("at most"),
+        "{l}"
+    );
+    assert!(
+        answer.contains("Largest model that fits: vicuna-13b"),
+        "{answer}"
+    );
+    // An 8 GB card at 2048 positions: 13B g32's weights (8.0 GB) do not fit, g128's do but
+    // not with a 2048-position cache: the line says how long a context fits instead.
+    let (_, answer) = plan("rtx-4060", "2048");
+    let l = line(&answer, "vicuna-13b");
+    assert!(
+        l.contains("does not fit") && l.contains("positions as g128"),
+        "{l}"
+    );
+    assert!(
+        answer.contains("Largest model that fits: vicuna-7b"),
+        "{answer}"
+    );
+    // Past the trained context, each model is named with its own: 2048 for v1.3, not v1.5's 4096.
+    let o = lab(&[
+        "plan",
+        "--card",
+        "rtx-4090",
+        "--group",
+        "128",
+        "--ctx",
+        "4096",
+        "--model",
+        "vicuna-7b-v1.5,vicuna-7b",
+        "--root",
+        repo,
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("past the model's trained context (positions: vicuna-7b 2048)"),
+        "{out}"
+    );
+    assert!(out.contains("  vicuna-7b      ctx 4096*: fits"), "{out}");
+    assert!(out.contains("  vicuna-7b-v1.5 ctx 4096: fits"), "{out}");
+}

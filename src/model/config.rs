@@ -96,6 +96,11 @@ impl ModelConfig {
     pub fn vicuna_13b() -> Self {
         Self::llama("vicuna-13b", 5120, 13824, 40, 40, 2048)
     }
+    /// Vicuna-33B v1.3: LLaMA 1's 33B ("30B") shapes (lmsys/vicuna-33b-v1.3's config.json), the
+    /// size a 24 GB card asks about. No v1.5 was released at this size.
+    pub fn vicuna_33b() -> Self {
+        Self::llama("vicuna-33b", 6656, 17920, 60, 52, 2048)
+    }
 
     fn llama(name: &str, h: usize, i: usize, layers: usize, heads: usize, ctx: usize) -> Self {
         ModelConfig {
@@ -132,18 +137,21 @@ impl ModelConfig {
     }
 
     /// The preset names `preset` takes, for messages.
-    pub const PRESETS: &'static str = "vicuna-7b, vicuna-13b (v1.1 / v1.3: 2048 positions), \
-         vicuna-7b-v1.5, vicuna-13b-v1.5 (4096), vicuna-7b-16k, vicuna-13b-16k (v1.5-16K: linear \
+    pub const PRESETS: &'static str = "vicuna-7b, vicuna-13b, vicuna-33b (v1.1 / v1.3: 2048 \
+         positions), vicuna-7b-v1.5, vicuna-13b-v1.5 (4096), vicuna-7b-16k, vicuna-13b-16k (v1.5-16K: linear \
          RoPE x4, 16384)";
 
-    /// A preset by name (`PRESETS`; also "llama-7b", "llama-13b", "7b", "13b"). The 7B and 13B
-    /// presets differ only in context and RoPE, never in shapes: a tuned config or a plan's
-    /// weights serve all of one size.
+    /// A preset by name (`PRESETS`; also "llama-7b", "llama-13b", "llama-33b" / "llama-30b",
+    /// "7b", "13b", "33b"). The presets of one size differ only in context and RoPE, never in
+    /// shapes: a tuned config or a plan's weights serve all of one size.
     pub fn preset(name: &str) -> Result<Self> {
         let lower = name.to_ascii_lowercase();
         match lower.as_str() {
             "vicuna-7b" | "llama-7b" | "7b" => Ok(Self::vicuna_7b()),
             "vicuna-13b" | "llama-13b" | "13b" => Ok(Self::vicuna_13b()),
+            "vicuna-33b" | "vicuna-33b-v1.3" | "llama-33b" | "llama-30b" | "33b" | "30b" => {
+                Ok(Self::vicuna_33b())
+            }
             "vicuna-7b-v1.5" => Ok(Self::vicuna_7b().v1_5(&lower)),
             "vicuna-13b-v1.5" => Ok(Self::vicuna_13b().v1_5(&lower)),
             "vicuna-7b-16k" | "vicuna-7b-v1.5-16k" => {
@@ -545,11 +553,40 @@ mod tests {
                 assert!(ModelConfig::PRESETS.contains(&c.name), "{}", c.name);
             }
         }
-        let e = ModelConfig::preset("vicuna-33b").unwrap_err().to_string();
+        let e = ModelConfig::preset("vicuna-65b").unwrap_err().to_string();
         assert!(
-            e.contains("vicuna-13b-16k") && e.contains("--checkpoint"),
+            e.contains("vicuna-13b-16k") && e.contains("vicuna-33b") && e.contains("--checkpoint"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_33b_preset_is_llama_33b_v1_3() {
+        // lmsys/vicuna-33b-v1.3's config.json: LLaMA 1 33B, 2048 positions, eps 1e-6.
+        for name in ["vicuna-33b", "Vicuna-33B-v1.3", "llama-30b", "33b"] {
+            let c = ModelConfig::preset(name).unwrap();
+            assert_eq!(c.name, "vicuna-33b", "{name}");
+            assert_eq!(
+                (
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.num_hidden_layers,
+                    c.num_attention_heads,
+                    c.num_key_value_heads,
+                    c.head_dim(),
+                    c.vocab_size,
+                    c.context_len(),
+                    c.rms_norm_eps,
+                ),
+                (6656, 17920, 60, 52, 52, 128, 32000, 2048, 1e-6),
+                "{name}"
+            );
+        }
+        // 32.5 B parameters: 60 layers of 4 h^2 + 3 h i, plus embedding and lm_head.
+        let c = ModelConfig::vicuna_33b();
+        let per_layer: usize = c.layer_linears().iter().map(|(_, k, n)| k * n).sum();
+        let params = 60 * per_layer + 2 * 32000 * 6656;
+        assert!((32.4e9..32.6e9).contains(&(params as f64)), "{params}");
     }
 
     #[test]

@@ -980,3 +980,31 @@ fn fits_are_judged_against_what_a_program_can_allocate() {
     assert!(card.usable_bytes() < total && !f.fits, "{f:?}");
     assert_eq!(f.free_bytes, card.usable_bytes() as i64 - total as i64);
 }
+
+/// Vicuna-33B, counted by hand from its shapes (lmsys/vicuna-33b-v1.3: h 6656, i 17920, 60
+/// layers, vocab 32000): at g128 each weight is half a byte of code plus 2 / 128 bytes of scale
+/// and 0.5 / 128 of packed zero; norms, lm_head and one embedding row are fp16.
+#[test]
+fn vicuna_33b_bytes_are_its_shapes_counted_by_hand() {
+    let (h, i, layers, vocab) = (6656u64, 17920u64, 60u64, 32000u64);
+    let per_layer = 4 * h * h + 3 * h * i; // q, k, v, o; gate, up, down
+    let linears = layers * per_layer * (128 + 4 + 1) / 256;
+    let norms = (2 * layers + 1) * h * 2;
+    let streamed = linears + norms + vocab * h * 2 + h * 2;
+    for ctx in [0u64, 2048] {
+        let kv = 2 * layers * ctx * h * 2;
+        let p = PlanSpec::new(ModelConfig::vicuna_33b(), WeightDtype::Int4, 128, ctx)
+            .plan()
+            .unwrap();
+        assert_eq!(p.bytes_per_step, streamed + kv, "ctx {ctx}");
+        assert_eq!(p.kv_cache_bytes, kv, "ctx {ctx}");
+        // Resident weights add the embedding table to what a step streams (less its one row).
+        assert_eq!(
+            p.weights_bytes,
+            streamed - h * 2 + vocab * h * 2,
+            "ctx {ctx}"
+        );
+    }
+    // 16.7 GB of linears, 17.5 GB of weights: what makes 33B the 24 GB card's question.
+    assert!((16.6e9..16.8e9).contains(&(linears as f64)), "{linears}");
+}

@@ -1,5 +1,6 @@
 //! `lab plan`: what fits on which card, at which context, and the roofline tokens/s estimate.
-//! With no flags: the full table for Vicuna 7B and 13B x g32/64/128/per-channel x ctx 512/2048/4096.
+//! With no flags: the full table for Vicuna 7B, 13B and 33B x g32/64/128/per-channel x ctx
+//! 512/2048/4096.
 
 use anyhow::{bail, Context};
 use gptq_lab::model::config::ModelConfig;
@@ -12,11 +13,15 @@ use gptq_lab::plan::{
 };
 use std::path::PathBuf;
 
+/// The models a plan without --model or --checkpoint covers: the two sizes this lab targets and
+/// the 33B a 24 GB card owner asks about.
+const DEFAULT_MODELS: [&str; 3] = ["vicuna-7b", "vicuna-13b", "vicuna-33b"];
+
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
-    /// Model preset(s), comma separated: vicuna-7b, vicuna-13b (2048 positions), vicuna-7b-v1.5,
-    /// vicuna-13b-v1.5 (4096), vicuna-7b-16k, vicuna-13b-16k (linear RoPE x4, 16384). Default:
-    /// vicuna-7b and vicuna-13b.
+    /// Model preset(s), comma separated: vicuna-7b, vicuna-13b, vicuna-33b (2048 positions),
+    /// vicuna-7b-v1.5, vicuna-13b-v1.5 (4096), vicuna-7b-16k, vicuna-13b-16k (linear RoPE x4,
+    /// 16384). Default: vicuna-7b, vicuna-13b and vicuna-33b.
     #[arg(long, value_delimiter = ',', conflicts_with = "checkpoint")]
     model: Vec<String>,
     /// A checkpoint folder: shapes from DIR/config.json, group size and act-order from
@@ -301,7 +306,7 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
     };
     let Some(dir) = &a.checkpoint else {
         let names = if a.model.is_empty() {
-            vec!["vicuna-7b".to_string(), "vicuna-13b".to_string()]
+            DEFAULT_MODELS.iter().map(|m| m.to_string()).collect()
         } else {
             a.model.clone()
         };
@@ -484,13 +489,17 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             "eff %",
             "tok/s (est.)"
         );
-        let mut past_trained = false;
+        // Each model marked past its own trained context (presets differ: 2048 / 4096 / 16384).
+        let mut past_trained: Vec<String> = Vec::new();
         for p in plans {
             let (Some(c), Some(r)) = (&p.card, &p.roofline) else {
                 continue;
             };
             let past = p.ctx > p.model_max_ctx;
-            past_trained |= past;
+            let said = format!("{} {}", p.model, p.model_max_ctx);
+            if past && !past_trained.contains(&said) {
+                past_trained.push(said);
+            }
             println!(
                 "{:<w$} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>19}",
                 p.model,
@@ -513,10 +522,10 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         }
         println!("bytes/step = weights read once (linears, norms, lm_head, one embedding row per sequence) + KV cache at ctx, i.e. the step at the LAST position of a ctx-long sequence (a whole generation averages about the step at ctx / 2)");
         println!("free GB = usable memory less the plan's total; a desktop, browser or second program on the same card takes from it. max ctx: what memory allows, not what the model was trained for");
-        if past_trained {
+        if !past_trained.is_empty() {
             println!(
-                "* past the model's trained context ({} positions): the memory is planned, but a LLaMA model's output past it is not meaningful",
-                first.model_max_ctx
+                "* past the model's trained context (positions: {}): the memory is planned, but a LLaMA model's output past it is not meaningful",
+                past_trained.join(", ")
             );
         }
     }
@@ -527,6 +536,107 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         CUBLAS_BYTES >> 20
     );
     println!("{}", prefill_note(first));
+    print_answer(plans, w);
+}
+
+/// The question `--card` is asked for, last where it is read first: which of the planned models
+/// fit the card, in which group sizes, and how fast each would decode (the estimate above). Each
+/// model at the largest planned context within its trained one (else its smallest planned one),
+/// since a context the model was not trained for is no reason to pick it.
+fn print_answer(plans: &[Plan], w: usize) {
+    let Some(card) = plans.first().and_then(|p| p.card.as_ref()) else {
+        return;
+    };
+    let first = &plans[0];
+    let form = match (first.dtype, first.act_order) {
+        (WeightDtype::Fp16, _) => "fp16",
+        (_, true) => "int4 act-order",
+        _ => "int4",
+    };
+    println!(
+        "
+Which fits on {} ({form}, batch 1; tok/s ESTIMATED as above), at the largest planned context within each model's trained one:",
+        card.card
+    );
+    let mut models: Vec<&str> = Vec::new();
+    for p in plans {
+        if !models.contains(&p.model.as_str()) {
+            models.push(&p.model);
+        }
+    }
+    // The fitting row of the most weights: the largest model the card holds.
+    let mut largest: Option<&Plan> = None;
+    for m in &models {
+        let rows: Vec<&Plan> = plans.iter().filter(|p| p.model == *m).collect();
+        let trained = rows[0].model_max_ctx;
+        let ctx = rows
+            .iter()
+            .map(|p| p.ctx)
+            .filter(|&c| c <= trained)
+            .max()
+            .or_else(|| rows.iter().map(|p| p.ctx).min())
+            .unwrap_or(0);
+        let at: Vec<&Plan> = rows.into_iter().filter(|p| p.ctx == ctx).collect();
+        let fits = |p: &Plan| p.card.as_ref().is_some_and(|c| c.fits);
+        let yes: Vec<String> = at
+            .iter()
+            .filter(|p| fits(p))
+            .enumerate()
+            .map(|(i, p)| {
+                let tps = p.roofline.as_ref().map_or(0.0, |r| r.tokens_per_s);
+                let unit = if i == 0 { " tok/s" } else { "" };
+                format!("{} ({tps:.1}{unit})", group_label(p))
+            })
+            .collect();
+        let no: Vec<String> = at
+            .iter()
+            .filter(|p| !fits(p))
+            .map(|p| group_label(p))
+            .collect();
+        let past = if ctx > trained { "*" } else { "" };
+        let line = match (yes.is_empty(), no.is_empty()) {
+            (true, _) => {
+                let need = at.iter().map(|p| p.total_bytes).min().unwrap_or(0);
+                // Where the weights fit but not this context: the longest context that does.
+                let longest = at
+                    .iter()
+                    .filter_map(|p| Some((p.card.as_ref()?.max_ctx?, group_label(p))))
+                    .max();
+                let shorter = match longest {
+                    Some((c, g)) => format!("; at most {c} positions as {g}"),
+                    None => String::new(),
+                };
+                format!(
+                    "does not fit: needs at least {:.2} GB, the card has {:.2} usable{shorter}",
+                    gb(need),
+                    gb(card.usable_bytes)
+                )
+            }
+            (false, true) => format!("fits as {}", yes.join(", ")),
+            (false, false) => format!("fits as {}; not as {}", yes.join(", "), no.join(", ")),
+        };
+        println!("  {m:<w$} ctx {ctx}{past}: {line}");
+        for p in at.into_iter().filter(|p| fits(p)) {
+            if largest.is_none_or(|l| p.weights_bytes > l.weights_bytes) {
+                largest = Some(p);
+            }
+        }
+    }
+    if models.len() > 1 {
+        match largest {
+            // The row of the most weights is the model's smallest fitting group: the most
+            // accurate form of the largest model, and every larger group fits too.
+            Some(p) => println!(
+                "Largest model that fits: {}; its most accurate form that fits is {} (ctx {}{}, {:.2} GB left for a desktop or other programs)",
+                p.model,
+                group_label(p),
+                p.ctx,
+                if p.ctx > p.model_max_ctx { "*" } else { "" },
+                p.card.as_ref().map_or(0, |c| c.free_bytes) as f64 / 1e9
+            ),
+            None => println!("None of these fits on {}.", card.card),
+        }
+    }
 }
 
 /// The parts of the prefill workspace under the plan's `--prefill-int4`.

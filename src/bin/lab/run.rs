@@ -51,7 +51,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         println!(
             "Kernel correctness and speed are proven only by a run on a real GPU (see README)."
         );
-        section("VRAM plan: Vicuna 7B / 13B, int4 GPTQ");
+        section("VRAM plan: Vicuna 7B / 13B / 33B, int4 GPTQ");
         run_words(&["plan"])?;
         section("tiny LLaMA on the CPU reference engine (greedy, 16 tokens)");
         run_words(&[
