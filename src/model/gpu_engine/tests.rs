@@ -254,6 +254,7 @@ fn registry_variants_plan_every_vicuna_and_tiny_linear_and_baselines_are_refused
     let cfgs = [
         ModelConfig::vicuna_7b(),
         ModelConfig::vicuna_13b(),
+        ModelConfig::vicuna_33b(),
         crate::model::gpu_check::tiny_config(),
     ];
     // Every (model, K, N, group that divides K) of the engine's fused linears.
@@ -378,6 +379,11 @@ fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {
         (128, 192),
         (15360, 5120),
         (5120, 13824),
+        // 33B: fused q|k|v, o, gate|up, down (K = 17920 needs a split for the 32 KB x slice).
+        (19968, 6656),
+        (6656, 6656),
+        (35840, 6656),
+        (6656, 17920),
         (8, 8),
     ] {
         let (split, slice) = q4_split(n, k, 132);

@@ -575,12 +575,16 @@ fn a_smaller_slice_budget_is_what_the_plan_sizes_and_records() {
 
 #[test]
 fn dequant_slices_cover_every_column_once_within_the_budget() {
-    // Every linear of a 7B / 13B layer as the engine holds it (fused q|k|v and gate|up), and odd
-    // shapes.
-    let decode = [ModelConfig::vicuna_7b(), ModelConfig::vicuna_13b()]
-        .into_iter()
-        .flat_map(|cfg| checkpoint_int4_layer(&cfg, 128, false))
-        .map(|(s, _)| (s.k, s.n));
+    // Every linear of a 7B / 13B / 33B layer as the engine holds it (fused q|k|v and gate|up),
+    // and odd shapes.
+    let decode = [
+        ModelConfig::vicuna_7b(),
+        ModelConfig::vicuna_13b(),
+        ModelConfig::vicuna_33b(),
+    ]
+    .into_iter()
+    .flat_map(|cfg| checkpoint_int4_layer(&cfg, 128, false))
+    .map(|(s, _)| (s.k, s.n));
     for (k, n) in decode.chain([(64, 16), (8, 8), (1 << 16, 1024)]) {
         let s = dequant_slices(k, n);
         assert_eq!(s.width % 8, 0, "{k}x{n}: {s:?}");
