@@ -338,7 +338,26 @@ fn the_card_answer_names_what_fits_with_the_tables_speed() {
             })
             .unwrap_or_else(|| panic!("no {m} g128 row in {out}"));
         let tps = row.split_whitespace().nth(8).unwrap();
-        assert!(l.contains(&format!("g128 ({tps})")), "{l} vs {row}");
+        assert!(l.contains(&format!("g128 ({tps}")), "{l} vs {row}");
+        // 33B's 60 layers lie outside the fitted 7B / 13B (32 / 40): its speeds are marked, in
+        // the table and in the answer; 7B's and 13B's are not.
+        let deeper = m == "vicuna-33b";
+        assert_eq!(row.ends_with('^'), deeper, "{row}");
+        assert_eq!(l.contains('^'), deeper, "{l}");
+    }
+    assert!(
+        out.contains("^ EXTRAPOLATED: vicuna-33b (60 layers) outside the 32-40 layers"),
+        "{out}"
+    );
+    let o = lab(&[
+        "plan", "--card", "rtx-4090", "--group", "128", "--ctx", "2048", "--root", repo, "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for p in v.as_array().unwrap() {
+        let r = &p["roofline"];
+        assert_eq!(r["fitted_layers"], serde_json::json!([32, 40]), "{p}");
+        let deeper = p["model"] == "vicuna-33b";
+        assert_eq!(r["extrapolated"].as_bool(), Some(deeper), "{p}");
     }
     assert!(
         answer.contains(

@@ -126,6 +126,14 @@ pub struct Roofline {
     /// kernel and tokens/s: how much the estimate depends on which measured kernel it scales.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_fits: Vec<(String, f64)>,
+    /// The fewest and most decoder layers of the measured models the speed model was fitted to
+    /// (7B's 32 and 13B's 40); None for a flat efficiency (`--efficiency`, a model's own run,
+    /// the pure roofline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fitted_layers: Option<(usize, usize)>,
+    /// `layers` lies outside `fitted_layers` (33B's 60): both terms are carried past the depths
+    /// they were measured at, so this estimate rests on the model's form alone.
+    pub extrapolated: bool,
 }
 
 impl Roofline {
@@ -139,6 +147,12 @@ impl Roofline {
                 (k.clone(), self.batch as f64 / step)
             })
             .collect();
+    }
+
+    /// Record the depths the speed model was fitted to, and whether this model's lies outside.
+    pub fn set_fitted_layers(&mut self, fitted: Option<(usize, usize)>) {
+        self.fitted_layers = fitted;
+        self.extrapolated = fitted.is_some_and(|(lo, hi)| self.layers < lo || self.layers > hi);
     }
 
     /// Lowest and highest tokens/s over this estimate and `other_fits`.
@@ -173,5 +187,7 @@ pub fn roofline(
         tokens_per_s: batch as f64 / step_s,
         ms_per_step: step_s * 1e3,
         other_fits: Vec::new(),
+        fitted_layers: None,
+        extrapolated: false,
     }
 }

@@ -8,8 +8,8 @@ use gptq_lab::model::gpu_engine::{
     PrefillInt4, DEFAULT_PREFILL_CHUNK, DEQUANT_MIN_ROWS, DEQUANT_MIN_ROWS_ACT_ORDER,
 };
 use gptq_lab::plan::{
-    cards, fit, gb, Plan, PlanSpec, WeightDtype, CUBLAS_BYTES, CUDA_CONTEXT_BYTES, DEFAULT_CTXS,
-    DEFAULT_GROUPS, GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
+    cards, fit, gb, Plan, PlanSpec, SpeedModel, WeightDtype, CUBLAS_BYTES, CUDA_CONTEXT_BYTES,
+    DEFAULT_CTXS, DEFAULT_GROUPS, GENERIC_SIZES_GIB, PREFILL_PLAN_SM,
 };
 use std::path::PathBuf;
 
@@ -89,18 +89,34 @@ pub struct PlanArgs {
 /// --efficiency if given (flat); else the model fitted to a committed decode report's two model
 /// sizes (bytes at a stream efficiency + a fixed cost per layer); else that report's flat
 /// efficiency for this model; else the pure roofline (1.0).
+/// What a card's tokens/s estimate is computed with.
+struct Speed {
+    model: SpeedModel,
+    /// The same report's other kernels' fits (the estimate's range).
+    others: Vec<(String, SpeedModel)>,
+    /// The fewest and most layers of the models `model` was fitted to; None for a flat efficiency.
+    fitted_layers: Option<(usize, usize)>,
+}
+
+impl Speed {
+    fn flat(efficiency: f64) -> Self {
+        Speed {
+            model: SpeedModel::flat(efficiency),
+            others: Vec::new(),
+            fitted_layers: None,
+        }
+    }
+}
+
 fn speed_for(
     a: &PlanArgs,
     m: &ModelConfig,
     card: &cards::Card,
     act_order: bool,
-) -> anyhow::Result<(
-    gptq_lab::plan::SpeedModel,
-    Vec<(String, gptq_lab::plan::SpeedModel)>,
-)> {
-    use gptq_lab::plan::{measured, SpeedModel};
+) -> anyhow::Result<Speed> {
+    use gptq_lab::plan::measured;
     if let Some(e) = a.efficiency {
-        return Ok((SpeedModel::flat(e), Vec::new()));
+        return Ok(Speed::flat(e));
     }
     // One provenance line per distinct source, not one per configuration.
     static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -159,7 +175,12 @@ fn speed_for(
                 ),
             );
         }
-        return Ok((f.speed, f.others));
+        let (lo, hi) = (p.layers.min(q.layers), p.layers.max(q.layers));
+        return Ok(Speed {
+            model: f.speed,
+            others: f.others,
+            fitted_layers: Some((lo, hi)),
+        });
     }
     // One model's own run: act-order where the report has it, else its plain run (said so).
     let one = act_or_plain(
@@ -176,7 +197,7 @@ fn speed_for(
                     m.name, card.name, me.efficiency * 100.0, m.name, a.dtype, me.device, me.date, me.git_rev, me.kernel_hash, me.int4_kernel, me.ctx, me.tokens_per_s
                 ),
             );
-            Ok((SpeedModel::flat(me.efficiency), Vec::new()))
+            Ok(Speed::flat(me.efficiency))
         }
         None => {
             say(
@@ -189,7 +210,7 @@ fn speed_for(
                     m.name
                 ),
             );
-            Ok((SpeedModel::flat(1.0), Vec::new()))
+            Ok(Speed::flat(1.0))
         }
     }
 }
@@ -269,10 +290,11 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.prefill_int4 = a.prefill_int4;
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match (card, &speed) {
-                    (Some(c), Some((sp, others))) => {
-                        let mut p = s.plan_on(c, sp)?;
+                    (Some(c), Some(sp)) => {
+                        let mut p = s.plan_on(c, &sp.model)?;
                         if let Some(r) = p.roofline.as_mut() {
-                            r.add_other_fits(others);
+                            r.add_other_fits(&sp.others);
+                            r.set_fitted_layers(sp.fitted_layers);
                         }
                         p
                     }
@@ -514,14 +536,23 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
                 match (c.fits, r.range()) {
                     (false, _) => "-".into(),
                     (true, (lo, hi)) if hi > lo => {
-                        format!("{:.1} ({:.0}-{:.0})", r.tokens_per_s, lo, hi)
+                        format!(
+                            "{:.1} ({:.0}-{:.0}){}",
+                            r.tokens_per_s,
+                            lo,
+                            hi,
+                            extrapolated_mark(r)
+                        )
                     }
-                    (true, _) => format!("{:.1}", r.tokens_per_s),
+                    (true, _) => format!("{:.1}{}", r.tokens_per_s, extrapolated_mark(r)),
                 }
             );
         }
         println!("bytes/step = weights read once (linears, norms, lm_head, one embedding row per sequence) + KV cache at ctx, i.e. the step at the LAST position of a ctx-long sequence (a whole generation averages about the step at ctx / 2)");
         println!("free GB = usable memory less the plan's total; a desktop, browser or second program on the same card takes from it. max ctx: what memory allows, not what the model was trained for");
+        if let Some(note) = extrapolated_note(plans) {
+            println!("{note}");
+        }
         if !past_trained.is_empty() {
             println!(
                 "* past the model's trained context (positions: {}): the memory is planned, but a LLaMA model's output past it is not meaningful",
@@ -537,6 +568,36 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     );
     println!("{}", prefill_note(first));
     print_answer(plans, w);
+}
+
+/// "^" after an estimate whose model is deeper or shallower than every model it was fitted to.
+fn extrapolated_mark(r: &gptq_lab::plan::Roofline) -> &'static str {
+    if r.extrapolated {
+        "^"
+    } else {
+        ""
+    }
+}
+
+/// What "^" means, naming each extrapolated model's depth against the fitted ones.
+fn extrapolated_note(plans: &[Plan]) -> Option<String> {
+    let mut models: Vec<String> = Vec::new();
+    let mut fitted = None;
+    for p in plans {
+        let Some(r) = p.roofline.as_ref().filter(|r| r.extrapolated) else {
+            continue;
+        };
+        fitted = r.fitted_layers;
+        let m = format!("{} ({} layers)", p.model, r.layers);
+        if !models.contains(&m) {
+            models.push(m);
+        }
+    }
+    let (lo, hi) = fitted?;
+    Some(format!(
+        "^ EXTRAPOLATED: {} outside the {lo}-{hi} layers of the measured models the estimate is fitted to; both terms are carried past their evidence, so treat these as the form's guess, not a scaled measurement",
+        models.join(", ")
+    ))
 }
 
 /// The question `--card` is asked for, last where it is read first: which of the planned models
@@ -583,9 +644,12 @@ Which fits on {} ({form}, batch 1; tok/s ESTIMATED as above), at the largest pla
             .filter(|p| fits(p))
             .enumerate()
             .map(|(i, p)| {
-                let tps = p.roofline.as_ref().map_or(0.0, |r| r.tokens_per_s);
+                let (tps, mark) = p
+                    .roofline
+                    .as_ref()
+                    .map_or((0.0, ""), |r| (r.tokens_per_s, extrapolated_mark(r)));
                 let unit = if i == 0 { " tok/s" } else { "" };
-                format!("{} ({tps:.1}{unit})", group_label(p))
+                format!("{} ({tps:.1}{unit}{mark})", group_label(p))
             })
             .collect();
         let no: Vec<String> = at
