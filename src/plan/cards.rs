@@ -3,7 +3,7 @@
 //! Memory convention: the "GB" on a card's box is a binary size (GDDR/HBM chips come in powers of
 //! two): an "8 GB" RTX 3070 has 8 GiB = 8192 MiB, and `nvidia-smi` reports that as its total. So
 //! `memory_bytes` is the total the driver reports: nominal GiB, minus ECC's 1/16 on the GDDR6
-//! data-centre cards that ship with ECC on (T4, A10, L4: 16384 -> 15360 MiB, 24576 -> 23040 MiB).
+//! data-centre cards that ship with ECC on (T4, A10, L4, L40S: 16384 -> 15360 MiB, 24576 -> 23040 MiB).
 //! HBM cards keep ECC out of band. A program cannot allocate all of it: the total CUDA itself
 //! reports (`cuMemGetInfo`) is smaller by `driver_reserve_bytes`, and the plans fit against
 //! what is left (`Card::usable_bytes`). What the CUDA context then takes is
@@ -73,13 +73,57 @@ const fn card(slug: &'static str, name: &'static str, mib: u64, gbs: f64, sm: u3
     }
 }
 
-/// Common cards (spec bandwidth from the vendors' data sheets).
+/// Common cards (spec bandwidth from the vendors' data sheets: bus width / 8 x data rate; sm_120,
+/// the RTX 50 series, runs the sm_90 PTX through the driver's JIT).
 pub static CARDS: &[Card] = &[
+    card(
+        "rtx-2080-ti",
+        "GeForce RTX 2080 Ti 11GB",
+        11 * 1024,
+        616.0,
+        75,
+    ),
     card("rtx-3060", "GeForce RTX 3060 12GB", 12 * 1024, 360.0, 86),
+    card(
+        "rtx-3060-ti",
+        "GeForce RTX 3060 Ti 8GB",
+        8 * 1024,
+        448.0,
+        86,
+    ),
     card("rtx-3070", "GeForce RTX 3070 8GB", 8 * 1024, 448.0, 86),
+    card(
+        "rtx-3070-ti",
+        "GeForce RTX 3070 Ti 8GB",
+        8 * 1024,
+        608.0,
+        86,
+    ),
     card("rtx-3080", "GeForce RTX 3080 10GB", 10 * 1024, 760.0, 86),
+    card("rtx-3080-12", "GeForce RTX 3080 12GB", 12 * 1024, 912.0, 86),
+    card(
+        "rtx-3080-ti",
+        "GeForce RTX 3080 Ti 12GB",
+        12 * 1024,
+        912.0,
+        86,
+    ),
     card("rtx-3090", "GeForce RTX 3090 24GB", 24 * 1024, 936.0, 86),
+    card(
+        "rtx-3090-ti",
+        "GeForce RTX 3090 Ti 24GB",
+        24 * 1024,
+        1008.0,
+        86,
+    ),
     card("rtx-4060", "GeForce RTX 4060 8GB", 8 * 1024, 272.0, 89),
+    card(
+        "rtx-4060-ti-8",
+        "GeForce RTX 4060 Ti 8GB",
+        8 * 1024,
+        288.0,
+        89,
+    ),
     card(
         "rtx-4060-ti-16",
         "GeForce RTX 4060 Ti 16GB",
@@ -88,14 +132,65 @@ pub static CARDS: &[Card] = &[
         89,
     ),
     card("rtx-4070", "GeForce RTX 4070 12GB", 12 * 1024, 504.0, 89),
+    card(
+        "rtx-4070-super",
+        "GeForce RTX 4070 SUPER 12GB",
+        12 * 1024,
+        504.0,
+        89,
+    ),
+    card(
+        "rtx-4070-ti",
+        "GeForce RTX 4070 Ti 12GB",
+        12 * 1024,
+        504.0,
+        89,
+    ),
+    card(
+        "rtx-4070-ti-super",
+        "GeForce RTX 4070 Ti SUPER 16GB",
+        16 * 1024,
+        672.0,
+        89,
+    ),
     card("rtx-4080", "GeForce RTX 4080 16GB", 16 * 1024, 716.8, 89),
+    card(
+        "rtx-4080-super",
+        "GeForce RTX 4080 SUPER 16GB",
+        16 * 1024,
+        736.0,
+        89,
+    ),
     card("rtx-4090", "GeForce RTX 4090 24GB", 24 * 1024, 1008.0, 89),
+    card(
+        "rtx-5060-ti-16",
+        "GeForce RTX 5060 Ti 16GB",
+        16 * 1024,
+        448.0,
+        120,
+    ),
+    card("rtx-5070", "GeForce RTX 5070 12GB", 12 * 1024, 672.0, 120),
+    card(
+        "rtx-5070-ti",
+        "GeForce RTX 5070 Ti 16GB",
+        16 * 1024,
+        896.0,
+        120,
+    ),
+    card("rtx-5080", "GeForce RTX 5080 16GB", 16 * 1024, 960.0, 120),
+    card("rtx-5090", "GeForce RTX 5090 32GB", 32 * 1024, 1792.0, 120),
+    // Workstation cards ship with ECC off: the whole 48 GiB.
+    card("rtx-a6000", "RTX A6000 48GB", 48 * 1024, 768.0, 86),
+    card("rtx-6000-ada", "RTX 6000 Ada 48GB", 48 * 1024, 960.0, 89),
     // GDDR6 with ECC on by default: 15/16 of 24 GiB.
     card("a10", "A10 24GB", 23040, 600.0, 86),
     // GDDR6 with ECC on by default: 15/16 of 16 GiB.
     card("t4", "T4 16GB", 15360, 320.0, 75),
     // GDDR6 with ECC on by default: 15/16 of 24 GiB.
     card("l4", "L4 24GB", 23040, 300.0, 89),
+    // GDDR6 with ECC on by default: 15/16 of 48 GiB.
+    card("l40s", "L40S 48GB", 46080, 864.0, 89),
+    card("a100-40", "A100 40GB", 40 * 1024, 1555.0, 80),
     card("a100-80", "A100 80GB SXM", 80 * 1024, 2039.0, 80),
     card("h100-sxm", "H100 SXM 80GB", 80 * 1024, 3350.0, 90),
     // Sold as "141 GB"; the driver reports 143771 MiB.
@@ -134,11 +229,13 @@ fn normalized(s: &str) -> String {
 
 /// A card by slug or name, as people write it: case, spaces, "-" / "_" and a leading "NVIDIA" /
 /// "GeForce" do not matter ("rtx4090", "GeForce RTX 4090"), and a unique start of a slug is
-/// enough ("h100" for h100-sxm, "4090" for rtx-4090). The error lists the choices.
+/// enough ("h100" for h100-sxm, "3090ti" for rtx-3090-ti). The error lists the choices.
 pub fn by_slug(slug: &str) -> crate::Result<&'static Card> {
     let want = normalized(slug);
     let key = |c: &Card| normalized(&c.slug);
-    if let Some(c) = CARDS.iter().find(|c| key(c) == want) {
+    // A product's whole name is exact too: "4070" is the RTX 4070, not any 4070 variant.
+    let rtx = format!("rtx{want}");
+    if let Some(c) = CARDS.iter().find(|c| key(c) == want || key(c) == rtx) {
         return Ok(c);
     }
     let all: Vec<&str> = CARDS.iter().map(|c| c.slug.as_ref()).collect();

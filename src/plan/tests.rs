@@ -662,18 +662,33 @@ fn card_table_lookup() {
         assert_eq!(cards::by_slug(name).unwrap().slug, "rtx-4090", "{name}");
     }
     assert_eq!(cards::by_slug("H100").unwrap().slug, "h100-sxm");
-    assert_eq!(cards::by_slug("a100").unwrap().slug, "a100-80");
+    // As nvidia-smi names them, and a product's whole name over its variants.
+    for (name, slug) in [
+        ("NVIDIA GeForce RTX 3080 Ti", "rtx-3080-ti"),
+        ("3080", "rtx-3080"),
+        ("4070", "rtx-4070"),
+        ("4070 Ti SUPER", "rtx-4070-ti-super"),
+        ("NVIDIA RTX A6000", "rtx-a6000"),
+        ("NVIDIA L40S", "l40s"),
+        ("RTX 5090", "rtx-5090"),
+        ("2080ti", "rtx-2080-ti"),
+    ] {
+        assert_eq!(cards::by_slug(name).unwrap().slug, slug, "{name}");
+    }
+    let e = cards::by_slug("a100").unwrap_err().to_string();
+    assert!(e.contains("a100-40") && e.contains("a100-80"), "{e}");
     assert_eq!(
         cards::by_slug("A10").unwrap().slug,
         "a10",
         "exact beats a prefix"
     );
     // Two cards start so: named, not guessed.
-    let e = cards::by_slug("4060").unwrap_err().to_string();
+    let e = cards::by_slug("4060ti").unwrap_err().to_string();
     assert!(
-        e.contains("rtx-4060,") && e.contains("rtx-4060-ti-16"),
+        e.contains("rtx-4060-ti-8,") && e.contains("rtx-4060-ti-16"),
         "{e}"
     );
+    assert_eq!(cards::by_slug("4060").unwrap().slug, "rtx-4060");
     for bad in ["gtx-1080", "", "-"] {
         let e = cards::by_slug(bad).unwrap_err().to_string();
         assert!(
@@ -1007,4 +1022,23 @@ fn vicuna_33b_bytes_are_its_shapes_counted_by_hand() {
     }
     // 16.7 GB of linears, 17.5 GB of weights: what makes 33B the 24 GB card's question.
     assert!((16.6e9..16.8e9).contains(&(linears as f64)), "{linears}");
+}
+
+/// Every card's slug and name are unique and the slug finds the card; memory and bandwidth are
+/// positive; an sm the builds cannot run (below 75) never appears.
+#[test]
+fn the_card_table_is_consistent() {
+    for (i, c) in cards::CARDS.iter().enumerate() {
+        assert_eq!(cards::by_slug(&c.slug).unwrap(), c, "{}", c.slug);
+        assert!(c.memory_bytes > 0 && c.bandwidth_gbs > 0.0, "{}", c.slug);
+        assert!(c.sm >= 75, "{}: sm_{}", c.slug, c.sm);
+        for d in &cards::CARDS[i + 1..] {
+            assert!(
+                c.slug != d.slug && c.name != d.name,
+                "{} / {}",
+                c.slug,
+                d.slug
+            );
+        }
+    }
 }
