@@ -411,3 +411,33 @@ fn the_card_answer_names_what_fits_with_the_tables_speed() {
     assert!(out.contains("  vicuna-7b      ctx 4096*: fits"), "{out}");
     assert!(out.contains("  vicuna-7b-v1.5 ctx 4096: fits"), "{out}");
 }
+
+/// `--act-order` rows at per-channel groups run plain (one group: g_idx all zeros): their
+/// estimate is the plain steps' fit, the same tok/s as without the flag; grouped rows keep the
+/// act-order fit, which is slower per byte on the measuring card.
+#[test]
+fn per_channel_act_order_is_estimated_as_plain() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let tps = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            "--model",
+            "vicuna-13b",
+            "--ctx",
+            "2048",
+            "--card",
+            "rtx-4090",
+            "--root",
+            repo,
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["roofline"]["tokens_per_s"].as_f64().unwrap()
+    };
+    let per_ch = tps(&["--group", "-1"]);
+    assert_eq!(tps(&["--group", "-1", "--act-order"]), per_ch);
+    assert!(tps(&["--group", "128", "--act-order"]) < tps(&["--group", "128"]));
+}

@@ -276,6 +276,31 @@ impl PlanSpec {
     }
 
     pub fn plan(&self) -> Result<Plan> {
+        let s = self.as_run();
+        let mut p = s.plan_as_run()?;
+        if s.act_order != self.act_order {
+            p.g_idx_note = "act-order with per-channel groups: one group, so GPTQ's g_idx is all \
+                            zeros; the loader reads plain row order and the engine runs the plain \
+                            kernels (g_idx not counted, planned as without act-order)"
+                .to_string();
+        }
+        Ok(p)
+    }
+
+    /// The spec as the engine runs it. Act-order with one group (per-channel) is plain order:
+    /// GPTQ writes such a g_idx as all zeros (every row in group 0, whatever the quantization
+    /// order), the loader reads it as absent, and no permutation or gather runs.
+    fn as_run(&self) -> std::borrow::Cow<'_, PlanSpec> {
+        if self.act_order && self.group_size <= 0 {
+            let mut s = self.clone();
+            s.act_order = false;
+            std::borrow::Cow::Owned(s)
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
+    fn plan_as_run(&self) -> Result<Plan> {
         self.validate()?;
         let weights = self.weights();
         let kv = kv_cache_bytes(&self.model, self.ctx, self.batch);
@@ -332,7 +357,7 @@ impl PlanSpec {
             .map_err(|r| LabError::invalid("--efficiency", r))?;
         let mut p = self.plan()?;
         let wt = p.weights_bytes;
-        p.card = Some(self.fit_on(card, wt));
+        p.card = Some(self.as_run().fit_on(card, wt));
         p.roofline = Some(fit::roofline(
             card,
             speed,

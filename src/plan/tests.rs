@@ -1042,3 +1042,47 @@ fn the_card_table_is_consistent() {
         }
     }
 }
+
+/// Act-order with one group (per-channel) is planned as the engine runs it: GPTQ writes its
+/// g_idx as all zeros, the loader reads plain order, so no g_idx bytes, the plain prefill and the
+/// plain form in the plan; the note says why. With groups, act-order still counts its index.
+#[test]
+fn per_channel_act_order_is_planned_as_plain() {
+    let spec = |group: i32, act: bool| {
+        let mut s = PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, group, 2048);
+        s.act_order = act;
+        s.plan().unwrap()
+    };
+    let (act, plain) = (spec(-1, true), spec(-1, false));
+    assert_eq!(
+        (
+            act.weights_bytes,
+            act.prefill_bytes,
+            act.total_bytes,
+            act.bytes_per_step
+        ),
+        (
+            plain.weights_bytes,
+            plain.prefill_bytes,
+            plain.total_bytes,
+            plain.bytes_per_step
+        )
+    );
+    assert!(!act.act_order && !act.g_idx_counted);
+    assert!(
+        act.g_idx_note.contains("per-channel") && act.g_idx_note.contains("plain kernels"),
+        "{}",
+        act.g_idx_note
+    );
+    let (act, plain) = (spec(128, true), spec(128, false));
+    assert!(act.act_order && act.g_idx_counted);
+    assert!(act.weights_bytes > plain.weights_bytes);
+    // On a card too: the fit is of the same (plain) bytes.
+    let card = cards::by_slug("rtx-4090").unwrap();
+    let mut s = PlanSpec::new(ModelConfig::vicuna_7b(), WeightDtype::Int4, -1, 2048);
+    s.act_order = true;
+    let on = s.plan_on(card, &SpeedModel::flat(0.7)).unwrap();
+    s.act_order = false;
+    let plain_on = s.plan_on(card, &SpeedModel::flat(0.7)).unwrap();
+    assert_eq!(on.card, plain_on.card);
+}

@@ -280,8 +280,25 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     let mut plans = Vec::new();
     for m in &models {
         // The speed model depends on the model alone: fitted (reports read) once per model.
-        let speed = card.map(|c| speed_for(&a, m, c, act_order)).transpose()?;
+        // Act-order with one group (per-channel) runs as plain order (PlanSpec's plan says so):
+        // its speed is the plain steps' fit. Each form's speed is fitted (and its source said)
+        // only where a row uses it.
+        let runs_act = |g: i32| act_order && g > 0;
+        let speed_of = |act: bool| -> anyhow::Result<Option<Speed>> {
+            match card {
+                Some(c) if groups.iter().any(|&g| runs_act(g) == act) => {
+                    Ok(Some(speed_for(&a, m, c, act)?))
+                }
+                _ => Ok(None),
+            }
+        };
+        let (act_speed, plain_speed) = (speed_of(true)?, speed_of(false)?);
         for &g in &groups {
+            let speed = if runs_act(g) {
+                act_speed.as_ref()
+            } else {
+                plain_speed.as_ref()
+            };
             for &ctx in &ctxs {
                 let mut s = PlanSpec::new(m.clone(), a.dtype, g, ctx);
                 s.act_order = act_order;
@@ -289,7 +306,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.prefill_chunk = a.prefill_chunk;
                 s.prefill_int4 = a.prefill_int4;
                 s.cuda_context_bytes = context_bytes;
-                plans.push(match (card, &speed) {
+                plans.push(match (card, speed) {
                     (Some(c), Some(sp)) => {
                         let mut p = s.plan_on(c, &sp.model)?;
                         if let Some(r) = p.roofline.as_mut() {
@@ -560,7 +577,14 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             );
         }
     }
-    println!("\n{}", first.g_idx_note);
+    // One line per distinct note (act-order rows beside per-channel ones, which run plain).
+    let mut notes: Vec<&str> = Vec::new();
+    for p in plans {
+        if !notes.contains(&p.g_idx_note.as_str()) {
+            notes.push(&p.g_idx_note);
+        }
+    }
+    println!("\n{}", notes.join("\n"));
     println!(
         "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes), \
          + {} MiB for the cuBLAS handle and its workspace where the engine makes one (fp16 weights, or an int4 prefill that dequantizes; an allowance measured on the H100)",
