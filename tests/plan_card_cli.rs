@@ -361,7 +361,7 @@ fn the_card_answer_names_what_fits_with_the_tables_speed() {
     }
     assert!(
         answer.contains(
-            "Largest model that fits: vicuna-33b; its most accurate form that fits is g32"
+            "Largest model that fits: vicuna-33b; its most accurate form that fits, of the groups planned, is g32"
         ),
         "{answer}"
     );

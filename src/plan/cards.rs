@@ -211,7 +211,7 @@ pub fn generic(gib: u64) -> Card {
     }
 }
 
-/// `s` lower-cased with only its letters and digits, and a leading "nvidia" / "geforce" dropped:
+/// `s` lower-cased with only its letters and digits, and a leading "nvidia" / "geforce" / "tesla" dropped:
 /// "GeForce RTX 4090", "rtx_4090" and "RTX-4090" all read "rtx4090".
 fn normalized(s: &str) -> String {
     let mut n: String = s
@@ -219,7 +219,7 @@ fn normalized(s: &str) -> String {
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    for prefix in ["nvidia", "geforce"] {
+    for prefix in ["nvidia", "geforce", "tesla"] {
         if let Some(rest) = n.strip_prefix(prefix) {
             n = rest.to_string();
         }
@@ -227,48 +227,101 @@ fn normalized(s: &str) -> String {
     n
 }
 
+/// Names `nvidia-smi` prints (normalized) that are neither a slug nor a table name.
+const SMI_NAMES: &[(&str, &str)] = &[
+    ("a100sxm440gb", "a100-40"),
+    ("a100pcie40gb", "a100-40"),
+    ("a100sxm480gb", "a100-80"),
+    ("h10080gbhbm3", "h100-sxm"),
+    ("rtx6000adageneration", "rtx-6000-ada"),
+];
+
+/// A variant segment of a slug: "ti", "super" or a memory size ("rtx-4060-ti-16").
+fn is_variant(segment: &str) -> bool {
+    segment == "ti" || segment == "super" || segment.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A card by slug or name, as people write it: case, spaces, "-" / "_" and a leading "NVIDIA" /
-/// "GeForce" do not matter ("rtx4090", "GeForce RTX 4090"), and a unique start of a slug is
-/// enough ("h100" for h100-sxm, "3090ti" for rtx-3090-ti). The error lists the choices.
+/// "GeForce" do not matter ("rtx4090", "GeForce RTX 4090", the table's "GeForce RTX 3080 12GB",
+/// nvidia-smi's "NVIDIA A100-SXM4-40GB"), "RTX" may be left out ("4070" is the RTX 4070), and the
+/// start of a slug up to one of its "-" is enough where the rest is no variant ("h100" for
+/// h100-sxm). A name that the table continues only with a variant ("5060": rtx-5060-ti-16) is
+/// refused, not read as that variant: the RTX 5060 is another card. The error lists the choices.
 pub fn by_slug(slug: &str) -> crate::Result<&'static Card> {
     let want = normalized(slug);
-    let key = |c: &Card| normalized(&c.slug);
-    // A product's whole name is exact too: "4070" is the RTX 4070, not any 4070 variant.
     let rtx = format!("rtx{want}");
-    if let Some(c) = CARDS.iter().find(|c| key(c) == want || key(c) == rtx) {
+    let exact = |c: &Card| {
+        let (k, n) = (normalized(&c.slug), normalized(&c.name));
+        k == want
+            || k == rtx
+            || n == want
+            || n == rtx
+            || SMI_NAMES.iter().any(|&(m, s)| m == want && s == c.slug)
+    };
+    if let Some(c) = CARDS.iter().find(|c| exact(c)) {
         return Ok(c);
     }
-    let all: Vec<&str> = CARDS.iter().map(|c| c.slug.as_ref()).collect();
-    let starts: Vec<&Card> = if want.is_empty() {
-        Vec::new()
-    } else {
-        CARDS
-            .iter()
-            .filter(|c| {
-                let k = key(c);
-                k.starts_with(&want) || k.strip_prefix("rtx").is_some_and(|r| r.starts_with(&want))
-            })
-            .collect()
+    // Slug starts at a "-": (card, whether the rest begins with a variant).
+    let mut starts: Vec<(&Card, bool)> = Vec::new();
+    for c in CARDS.iter().filter(|_| !want.is_empty()) {
+        let segs: Vec<&str> = c.slug.split('-').collect();
+        let from = if segs[0] == "rtx" { 0..2 } else { 0..1 };
+        let hit = from.into_iter().find_map(|skip| {
+            (skip + 1..segs.len())
+                .find(|&j| segs[skip..j].concat() == want)
+                .map(|j| is_variant(segs[j]))
+        });
+        if let Some(variant) = hit {
+            starts.push((c, variant));
+        }
+    }
+    let names = |v: &[&Card]| {
+        v.iter()
+            .map(|c| c.slug.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
-    match starts.as_slice() {
-        [one] => Ok(one),
-        [] => Err(crate::LabError::invalid(
+    let plain: Vec<&Card> = starts.iter().filter(|s| !s.1).map(|s| s.0).collect();
+    let variants: Vec<&Card> = starts.iter().filter(|s| s.1).map(|s| s.0).collect();
+    match (plain.as_slice(), variants.as_slice()) {
+        ([one], _) => Ok(one),
+        ([], []) => {
+            let all: Vec<&Card> = CARDS.iter().collect();
+            Err(crate::LabError::invalid(
+                "--card",
+                format!(
+                    "unknown card '{slug}'; known: {} (for another card, plan against a generic \
+                     size in the table, or pass --efficiency with the nearest card of the same \
+                     bandwidth)",
+                    names(&all)
+                ),
+            ))
+        }
+        ([], v) => Err(crate::LabError::invalid(
             "--card",
             format!(
-                "unknown card '{slug}'; known: {} (for another card, plan against a generic size \
-                 in the table, or pass --efficiency with the nearest card of the same bandwidth)",
-                all.join(", ")
+                "'{slug}' names no card in the table exactly; these continue its name, each a \
+                 different card: {}; name one",
+                names(v)
             ),
         )),
-        many => Err(crate::LabError::invalid(
+        (many, _) => Err(crate::LabError::invalid(
             "--card",
-            format!(
-                "'{slug}' could be any of {}; name one",
-                many.iter()
-                    .map(|c| c.slug.as_ref())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("'{slug}' could be any of {}; name one", names(many)),
         )),
     }
+}
+
+/// Other cards sold under `card`'s name with another memory size (rtx-3080-12 for rtx-3080):
+/// nvidia-smi names them alike, so a plan says which one it took.
+pub fn memory_variants(card: &Card) -> Vec<&'static Card> {
+    CARDS
+        .iter()
+        .filter(|c| {
+            c.slug
+                .strip_prefix(card.slug.as_ref())
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect()
 }

@@ -672,11 +672,41 @@ fn card_table_lookup() {
         ("NVIDIA L40S", "l40s"),
         ("RTX 5090", "rtx-5090"),
         ("2080ti", "rtx-2080-ti"),
+        ("RTX 3080 12GB", "rtx-3080-12"),
+        ("A100 40GB", "a100-40"),
+        ("NVIDIA A100-SXM4-40GB", "a100-40"),
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("NVIDIA RTX 6000 Ada Generation", "rtx-6000-ada"),
+        ("Tesla T4", "t4"),
+        ("h100", "h100-sxm"),
     ] {
         assert_eq!(cards::by_slug(name).unwrap().slug, slug, "{name}");
     }
     let e = cards::by_slug("a100").unwrap_err().to_string();
     assert!(e.contains("a100-40") && e.contains("a100-80"), "{e}");
+    // A product the table lacks is not read as its variant: the RTX 5060 (8 GB) is not the
+    // 5060 Ti 16GB, the RTX 2080 not the 2080 Ti, the 5060 Ti 8GB not the 16GB.
+    for (name, variant) in [
+        ("5060", "rtx-5060-ti-16"),
+        ("NVIDIA GeForce RTX 5060", "rtx-5060-ti-16"),
+        ("RTX 2080", "rtx-2080-ti"),
+        ("5060 Ti", "rtx-5060-ti-16"),
+    ] {
+        let e = cards::by_slug(name).unwrap_err().to_string();
+        assert!(
+            e.contains("names no card in the table exactly") && e.contains(variant),
+            "{name}: {e}"
+        );
+    }
+    // Nor is a start inside a segment a card ("409" is no product).
+    assert!(cards::by_slug("409").is_err());
+    // nvidia-smi names the RTX 3080 10GB and 12GB alike: the plan says which it took.
+    let v = cards::memory_variants(cards::by_slug("NVIDIA GeForce RTX 3080").unwrap());
+    assert_eq!(
+        v.iter().map(|c| c.slug.as_ref()).collect::<Vec<_>>(),
+        ["rtx-3080-12"]
+    );
+    assert!(cards::memory_variants(cards::by_slug("rtx-4090").unwrap()).is_empty());
     assert_eq!(
         cards::by_slug("A10").unwrap().slug,
         "a10",

@@ -85,10 +85,6 @@ pub struct PlanArgs {
     json: bool,
 }
 
-/// The speed model behind a card's tokens/s estimate (printed once with its provenance):
-/// --efficiency if given (flat); else the model fitted to a committed decode report's two model
-/// sizes (bytes at a stream efficiency + a fixed cost per layer); else that report's flat
-/// efficiency for this model; else the pure roofline (1.0).
 /// What a card's tokens/s estimate is computed with.
 struct Speed {
     model: SpeedModel,
@@ -108,6 +104,10 @@ impl Speed {
     }
 }
 
+/// The speed model behind a card's tokens/s estimate (printed once with its provenance):
+/// --efficiency if given (flat); else the model fitted to a committed decode report's two model
+/// sizes (bytes at a stream efficiency + a fixed cost per layer); else that report's flat
+/// efficiency for this model; else the pure roofline (1.0).
 fn speed_for(
     a: &PlanArgs,
     m: &ModelConfig,
@@ -245,6 +245,21 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let card = a.card.as_deref().map(cards::by_slug).transpose()?;
+    if let Some(c) = card {
+        let other = cards::memory_variants(c);
+        if !other.is_empty() && !a.json {
+            eprintln!(
+                "note: --card {} is the {}; sold under the same name with other memory: {} (nvidia-smi names them alike)",
+                c.slug,
+                c.name,
+                other
+                    .iter()
+                    .map(|o| format!("{} (--card {})", o.name, o.slug))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     if card.is_some() && a.batch != 1 {
         bail!(
             "--batch {} with --card: the tokens/s estimate is for batch 1 (the engine decodes one \
@@ -396,13 +411,15 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
 }
 
 fn print_cards() {
+    let ws = cards::CARDS.iter().map(|c| c.slug.len()).max().unwrap_or(4);
+    let wn = cards::CARDS.iter().map(|c| c.name.len()).max().unwrap_or(4);
     println!(
-        "{:<16} {:<26} {:>10} {:>10} {:>9} {:>6}",
+        "{:<ws$} {:<wn$} {:>10} {:>10} {:>9} {:>7}",
         "slug", "card", "memory", "usable", "GB/s", "sm"
     );
     for c in cards::CARDS {
         println!(
-            "{:<16} {:<26} {:>6} MiB {:>6} MiB {:>9.1} {:>6}",
+            "{:<ws$} {:<wn$} {:>6} MiB {:>6} MiB {:>9.1} {:>7}",
             c.slug,
             c.name,
             c.memory_bytes >> 20,
@@ -639,8 +656,7 @@ fn print_answer(plans: &[Plan], w: usize) {
         _ => "int4",
     };
     println!(
-        "
-Which fits on {} ({form}, batch 1; tok/s ESTIMATED as above), at the largest planned context within each model's trained one:",
+        "\nWhich fits on {} ({form}, batch 1; tok/s ESTIMATED as above, the step at the context's last position), at the largest planned context within each model's trained one:",
         card.card
     );
     let mut models: Vec<&str> = Vec::new();
@@ -667,13 +683,17 @@ Which fits on {} ({form}, batch 1; tok/s ESTIMATED as above), at the largest pla
             .iter()
             .filter(|p| fits(p))
             .enumerate()
-            .map(|(i, p)| {
-                let (tps, mark) = p
-                    .roofline
-                    .as_ref()
-                    .map_or((0.0, ""), |r| (r.tokens_per_s, extrapolated_mark(r)));
-                let unit = if i == 0 { " tok/s" } else { "" };
-                format!("{} ({tps:.1}{unit}{mark})", group_label(p))
+            .map(|(i, p)| match p.roofline.as_ref() {
+                Some(r) => {
+                    let unit = if i == 0 { " tok/s" } else { "" };
+                    let tps = r.tokens_per_s;
+                    format!(
+                        "{} ({tps:.1}{unit}{})",
+                        group_label(p),
+                        extrapolated_mark(r)
+                    )
+                }
+                None => format!("{} (no estimate)", group_label(p)),
             })
             .collect();
         let no: Vec<String> = at
@@ -715,7 +735,7 @@ Which fits on {} ({form}, batch 1; tok/s ESTIMATED as above), at the largest pla
             // The row of the most weights is the model's smallest fitting group: the most
             // accurate form of the largest model, and every larger group fits too.
             Some(p) => println!(
-                "Largest model that fits: {}; its most accurate form that fits is {} (ctx {}{}, {:.2} GB left for a desktop or other programs)",
+                "Largest model that fits: {}; its most accurate form that fits, of the groups planned, is {} (ctx {}{}, {:.2} GB left for a desktop or other programs)",
                 p.model,
                 group_label(p),
                 p.ctx,
