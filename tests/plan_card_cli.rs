@@ -441,3 +441,37 @@ fn per_channel_act_order_is_estimated_as_plain() {
     assert_eq!(tps(&["--group", "-1", "--act-order"]), per_ch);
     assert!(tps(&["--group", "128", "--act-order"]) < tps(&["--group", "128"]));
 }
+
+/// `--card this` plans for GPU 0 as its driver describes it; without a GPU it says so and names
+/// the alternative, and exits 1.
+#[test]
+fn card_this_is_the_local_gpu_or_a_clear_refusal() {
+    let o = lab(&[
+        "plan",
+        "--card",
+        "this",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "128",
+        "--ctx",
+        "2048",
+        "--json",
+    ]);
+    if o.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let c = &v["card"];
+        assert!(c["usable_bytes"].as_u64().unwrap() > 0, "{v}");
+        assert!(
+            v["roofline"]["bandwidth_gbs"].as_f64().unwrap() > 0.0,
+            "{v}"
+        );
+    } else {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("--card this: no usable GPU 0 here") && err.contains("lab plan --cards"),
+            "{err}"
+        );
+    }
+}

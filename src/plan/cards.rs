@@ -53,13 +53,34 @@ pub struct Card {
     /// Compute capability x 10 (86 = sm_86); 0 for the generic sizes. From sm_90 the engine
     /// decodes with programmatic dependent launch, so the estimate scales PDL steps there.
     pub sm: u32,
+    /// What the driver reported allocatable on this very device (`--card this`: cuMemGetInfo's
+    /// total); the plans fit against it instead of `driver_reserve_bytes`' rule. None for the
+    /// table's cards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usable_measured_bytes: Option<u64>,
 }
 
 impl Card {
     /// What a program can allocate: `memory_bytes` less `driver_reserve_bytes`. Plans fit here.
     pub fn usable_bytes(&self) -> u64 {
-        self.memory_bytes
-            .saturating_sub(driver_reserve_bytes(self.memory_bytes))
+        self.usable_measured_bytes.unwrap_or_else(|| {
+            self.memory_bytes
+                .saturating_sub(driver_reserve_bytes(self.memory_bytes))
+        })
+    }
+
+    /// The card a CUDA device is (`lab plan --card this`): its name, the memory its driver lets
+    /// a program allocate, the spec bandwidth from its memory clock and bus width, its compute
+    /// capability. Exact for any card, the table's or not.
+    pub fn from_device(d: &crate::cuda::DeviceInfo) -> Card {
+        Card {
+            slug: Cow::Owned(d.slug.clone()),
+            name: Cow::Owned(d.name.clone()),
+            memory_bytes: d.memory_bytes,
+            bandwidth_gbs: d.spec_bandwidth() / 1e9,
+            sm: d.sm(),
+            usable_measured_bytes: Some(d.memory_bytes),
+        }
     }
 }
 
@@ -70,6 +91,7 @@ const fn card(slug: &'static str, name: &'static str, mib: u64, gbs: f64, sm: u3
         memory_bytes: mib * MIB,
         bandwidth_gbs: gbs,
         sm,
+        usable_measured_bytes: None,
     }
 }
 
@@ -208,6 +230,7 @@ pub fn generic(gib: u64) -> Card {
         memory_bytes: gib * GIB,
         bandwidth_gbs: 0.0,
         sm: 0,
+        usable_measured_bytes: None,
     }
 }
 

@@ -379,6 +379,7 @@ fn a_fixed_cost_per_layer_weighs_more_on_a_faster_card() {
         memory_bytes: 80 << 30,
         bandwidth_gbs: gbs,
         sm: 86,
+        usable_measured_bytes: None,
     };
     let slow = s.plan_on(&card(1000.0), &speed).unwrap().roofline.unwrap();
     let fast = s.plan_on(&card(3000.0), &speed).unwrap().roofline.unwrap();
@@ -881,6 +882,7 @@ fn a_card_with_room_for_v2_but_not_for_autos_dequant_fits_as_the_engine_falls_ba
         memory_bytes: memory_for_usable(mem),
         bandwidth_gbs: 500.0,
         sm: 86,
+        usable_measured_bytes: None,
     };
     let f = auto
         .plan_on(&card, &SpeedModel::flat(0.5))
@@ -1016,6 +1018,7 @@ fn fits_are_judged_against_what_a_program_can_allocate() {
         memory_bytes: total + (100 << 20),
         bandwidth_gbs: 500.0,
         sm: 86,
+        usable_measured_bytes: None,
     };
     let f = s
         .plan_on(&card, &SpeedModel::flat(0.5))
@@ -1115,4 +1118,27 @@ fn per_channel_act_order_is_planned_as_plain() {
     s.act_order = false;
     let plain_on = s.plan_on(card, &SpeedModel::flat(0.7)).unwrap();
     assert_eq!(on.card, plain_on.card);
+}
+
+/// `--card this`: a device's own facts make the card; the plans fit against the memory its
+/// driver reported allocatable, not the reserve rule, and the bandwidth is clock x bus width.
+#[test]
+fn a_device_is_a_card_with_its_measured_memory() {
+    let d = crate::cuda::device::test_device("NVIDIA H100 80GB HBM3", (9, 0), 132);
+    let c = Card::from_device(&d);
+    assert_eq!((c.slug.as_ref(), c.sm), ("nvidia-h100-80gb-hbm3", 90));
+    // 2619 MHz x 2 x 5120 bits / 8 = 3352 GB/s (the H100 SXM's 3350 spec).
+    assert!(
+        (c.bandwidth_gbs - 3352.32).abs() < 0.01,
+        "{}",
+        c.bandwidth_gbs
+    );
+    assert_eq!(c.usable_bytes(), 80 << 30);
+    let table = cards::by_slug("h100-sxm").unwrap();
+    assert!(table.usable_bytes() < c.usable_bytes());
+    let p = PlanSpec::new(ModelConfig::vicuna_13b(), WeightDtype::Int4, 128, 2048)
+        .plan_on(&c, &SpeedModel::flat(0.8))
+        .unwrap();
+    let fit = p.card.unwrap();
+    assert_eq!(fit.free_bytes, (80i64 << 30) - p.total_bytes as i64);
 }

@@ -46,7 +46,9 @@ pub struct PlanArgs {
     #[arg(long)]
     act_order: bool,
     /// Also plan for this card and print its roofline tokens/s estimate (see --cards; "rtx4090",
-    /// "GeForce RTX 4090", "4090" all name rtx-4090).
+    /// "GeForce RTX 4090", "4090" all name rtx-4090). "this": GPU 0 of this machine as its driver
+    /// describes it (allocatable memory, memory clock x bus width, compute capability), for any
+    /// card, in the table or not.
     #[arg(long)]
     card: Option<String>,
     /// A flat fraction of the card's spec bandwidth for the tokens/s estimate (1.0 = the pure
@@ -215,6 +217,25 @@ fn speed_for(
     }
 }
 
+/// `--card this`: GPU 0 as a card, from its driver (name, allocatable memory, memory clock x bus
+/// width, compute capability), whether the table knows it or not.
+fn this_card() -> anyhow::Result<cards::Card> {
+    if let Some(why) = gptq_lab::cuda::gpu_unavailable_reason(0) {
+        bail!("--card this: no usable GPU 0 here ({why}); name a card instead (lab plan --cards)");
+    }
+    let gpu = gptq_lab::cuda::open(0)?;
+    let c = cards::Card::from_device(&gpu.info);
+    if c.bandwidth_gbs.is_nan() || c.bandwidth_gbs <= 0.0 {
+        bail!(
+            "--card this: the driver reports no memory clock or bus width for {} (memory clock {} kHz, bus {} bits), so there is no spec bandwidth to estimate from; name the card (lab plan --cards)",
+            c.name,
+            gpu.info.mem_clock_khz,
+            gpu.info.bus_width_bits
+        );
+    }
+    Ok(c)
+}
+
 /// Where the reports are read from: --root, else "." when it has reports/, else the source tree
 /// the binary was built from.
 fn root(a: &PlanArgs) -> PathBuf {
@@ -244,7 +265,12 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         print_cards();
         return Ok(());
     }
-    let card = a.card.as_deref().map(cards::by_slug).transpose()?;
+    let card = match a.card.as_deref() {
+        None => None,
+        Some(s) if s.eq_ignore_ascii_case("this") => Some(this_card()?),
+        Some(s) => Some(cards::by_slug(s)?.clone()),
+    };
+    let card = card.as_ref();
     if let Some(c) = card {
         let other = cards::memory_variants(c);
         if !other.is_empty() && !a.json {
