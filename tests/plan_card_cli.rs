@@ -418,7 +418,7 @@ fn the_card_answer_names_what_fits_with_the_tables_speed() {
 #[test]
 fn per_channel_act_order_is_estimated_as_plain() {
     let repo = env!("CARGO_MANIFEST_DIR");
-    let tps = |extra: &[&str]| {
+    let roofline = |extra: &[&str]| {
         let mut a = vec![
             "plan",
             "--model",
@@ -435,11 +435,37 @@ fn per_channel_act_order_is_estimated_as_plain() {
         let o = lab(&a);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["roofline"]["tokens_per_s"].as_f64().unwrap()
+        v["roofline"].clone()
     };
-    let per_ch = tps(&["--group", "-1"]);
-    assert_eq!(tps(&["--group", "-1", "--act-order"]), per_ch);
-    assert!(tps(&["--group", "128", "--act-order"]) < tps(&["--group", "128"]));
+    let per_ch = roofline(&["--group", "-1"]);
+    assert_eq!(roofline(&["--group", "-1", "--act-order"]), per_ch);
+    // With groups, act-order is fitted to the report's act-order steps: another speed model.
+    let (act, plain) = (
+        roofline(&["--group", "128", "--act-order"]),
+        roofline(&["--group", "128"]),
+    );
+    assert_ne!(act["stream_efficiency"], plain["stream_efficiency"]);
+    assert_ne!(act["bytes_per_step"], plain["bytes_per_step"]);
+    // A list that starts with a negative number reaches --group (joined to its flag).
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "-1,128",
+        "--ctx",
+        "2048",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let groups: Vec<i64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["group_size"].as_i64().unwrap())
+        .collect();
+    assert_eq!(groups, [-1, 128]);
 }
 
 /// `--card this` plans for GPU 0 as its driver describes it; without a GPU it says so and names

@@ -251,7 +251,7 @@ fn normalized(s: &str) -> String {
 }
 
 /// Names `nvidia-smi` prints (normalized) that are neither a slug nor a table name.
-const SMI_NAMES: &[(&str, &str)] = &[
+pub(crate) const SMI_NAMES: &[(&str, &str)] = &[
     ("a100sxm440gb", "a100-40"),
     ("a100pcie40gb", "a100-40"),
     ("a100sxm480gb", "a100-80"),
@@ -259,9 +259,10 @@ const SMI_NAMES: &[(&str, &str)] = &[
     ("rtx6000adageneration", "rtx-6000-ada"),
 ];
 
-/// A variant segment of a slug: "ti", "super" or a memory size ("rtx-4060-ti-16").
+/// A variant segment of a slug after its model number: "ti", "super", "ada" (the RTX 6000 Ada is
+/// not the Quadro RTX 6000) or a memory size ("rtx-4060-ti-16").
 fn is_variant(segment: &str) -> bool {
-    segment == "ti" || segment == "super" || segment.bytes().all(|b| b.is_ascii_digit())
+    ["ti", "super", "ada"].contains(&segment) || segment.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A card by slug or name, as people write it: case, spaces, "-" / "_" and a leading "NVIDIA" /
@@ -284,9 +285,11 @@ pub fn by_slug(slug: &str) -> crate::Result<&'static Card> {
     if let Some(c) = CARDS.iter().find(|c| exact(c)) {
         return Ok(c);
     }
-    // Slug starts at a "-": (card, whether the rest begins with a variant).
+    // Slug starts at a "-": (card, whether the rest begins with a variant). A start without a
+    // digit names no model ("rtx" would be every GeForce card).
     let mut starts: Vec<(&Card, bool)> = Vec::new();
-    for c in CARDS.iter().filter(|_| !want.is_empty()) {
+    let has_number = want.bytes().any(|b| b.is_ascii_digit());
+    for c in CARDS.iter().filter(|_| has_number) {
         let segs: Vec<&str> = c.slug.split('-').collect();
         let from = if segs[0] == "rtx" { 0..2 } else { 0..1 };
         let hit = from.into_iter().find_map(|skip| {
@@ -313,9 +316,10 @@ pub fn by_slug(slug: &str) -> crate::Result<&'static Card> {
             Err(crate::LabError::invalid(
                 "--card",
                 format!(
-                    "unknown card '{slug}'; known: {} (for another card, plan against a generic \
-                     size in the table, or pass --efficiency with the nearest card of the same \
-                     bandwidth)",
+                    "unknown card '{slug}'; known: {} (a PCIe form of an SXM card is another \
+                     card: other bandwidth. For a card not listed: --card this on that machine \
+                     plans its GPU 0 from the driver's facts; else plan against a generic size in \
+                     the table, or pass --efficiency with the nearest card of the same bandwidth)",
                     names(&all)
                 ),
             ))

@@ -141,7 +141,14 @@ fn measured_any(
     let kind = &r["weights"]["kind"];
     let matches = match dtype {
         WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
-        WeightDtype::Int4 => kind["Int4"]["act_order"].as_bool() == Some(act_order),
+        // Act-order at one group (per-channel) runs plain (PlanSpec::plan): such a run is a
+        // plain step.
+        WeightDtype::Int4 => {
+            let ran_act = kind["Int4"]["act_order"]
+                .as_bool()
+                .map(|a| a && kind["Int4"]["group"].as_i64().is_none_or(|g| g > 0));
+            ran_act == Some(act_order)
+        }
     };
     if !matches {
         return None;

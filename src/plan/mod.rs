@@ -244,7 +244,8 @@ impl PlanSpec {
 
     /// Total bytes at another context, all else equal.
     pub fn total_at(&self, ctx: u64) -> u64 {
-        self.total_with(self.weights().total, ctx)
+        let s = self.as_run();
+        s.total_with(s.weights().total, ctx)
     }
 
     /// What the engine allocates at `ctx` on a card of `memory` bytes: `total_with`, except that
@@ -264,7 +265,8 @@ impl PlanSpec {
 
     /// `total_on` at `ctx` for a card of `memory` bytes, from this spec's weights.
     pub fn total_on_card(&self, ctx: u64, memory: u64) -> u64 {
-        self.total_on(self.weights().total, ctx, memory)
+        let s = self.as_run();
+        s.total_on(s.weights().total, ctx, memory)
     }
 
     /// The fit on `card`, with the engine's memory-dependent choice of prefill plan.

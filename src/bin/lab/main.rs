@@ -100,7 +100,9 @@ pub(crate) fn run_words(words: &[&str]) -> anyhow::Result<()> {
 /// The command line, parsed, with its matches (which say which flags were typed and which took
 /// their defaults). Every flag that takes a value accepts one that looks like a negative number,
 /// so `--ctx -5` reaches the flag's own parser ("invalid value '-5' for '--ctx <CTX>'") instead
-/// of clap's "unexpected argument '-5' found", which names no flag.
+/// of clap's "unexpected argument '-5' found", which names no flag. A comma-separated list that
+/// starts with a negative number (`--group -1,128`) is no number, so such a value is joined to its
+/// flag first (`--group=-1,128`); "--group --ctx 5" still says --group lacks a value.
 fn parse<I, T>(argv: I) -> Result<(Cli, ArgMatches), clap::Error>
 where
     I: IntoIterator<Item = T>,
@@ -115,7 +117,31 @@ where
             }
         })
     });
-    let matches = cmd.try_get_matches_from(argv)?;
+    // Long names of the comma-separated list flags.
+    let lists: Vec<String> = cmd
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .filter(|a| a.get_value_delimiter().is_some())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for a in argv.into_iter().map(Into::into) {
+        let joins = a.to_str().is_some_and(|v| {
+            let mut c = v.chars();
+            c.next() == Some('-') && c.next().is_some_and(|d| d.is_ascii_digit())
+        }) && args
+            .last()
+            .and_then(|p| p.to_str())
+            .is_some_and(|p| lists.iter().any(|l| l == p));
+        match args.last_mut() {
+            Some(flag) if joins => {
+                flag.push("=");
+                flag.push(&a);
+            }
+            _ => args.push(a),
+        }
+    }
+    let matches = cmd.try_get_matches_from(args)?;
     let cli = Cli::from_arg_matches(&matches)?;
     Ok((cli, matches))
 }

@@ -29,7 +29,7 @@ pub struct PlanArgs {
     #[arg(long, value_name = "DIR")]
     checkpoint: Option<PathBuf>,
     /// Group size(s), comma separated: 32, 64, 128, -1 (per-channel). Default: all four.
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',')]
     group: Vec<i32>,
     /// Context length(s) the KV cache holds, comma separated. Default: 512,2048,4096.
     #[arg(long, value_delimiter = ',')]
@@ -225,6 +225,15 @@ fn this_card() -> anyhow::Result<cards::Card> {
     }
     let gpu = gptq_lab::cuda::open(0)?;
     let c = cards::Card::from_device(&gpu.info);
+    // Which device this is, and what others on it hold now (the plan counts the whole card).
+    let count = cudarc::driver::CudaContext::device_count().unwrap_or(1);
+    let free = gpu.ctx.mem_get_info().map_or(0, |(f, _)| f as u64);
+    eprintln!(
+        "note: --card this is CUDA device 0 of {count} ({}; CUDA_VISIBLE_DEVICES picks another): {} MiB allocatable, {} MiB free now with this process's context",
+        c.name,
+        c.usable_bytes() >> 20,
+        free >> 20
+    );
     if c.bandwidth_gbs.is_nan() || c.bandwidth_gbs <= 0.0 {
         bail!(
             "--card this: the driver reports no memory clock or bus width for {} (memory clock {} kHz, bus {} bits), so there is no spec bandwidth to estimate from; name the card (lab plan --cards)",
@@ -334,6 +343,12 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
             }
         };
         let (act_speed, plain_speed) = (speed_of(true)?, speed_of(false)?);
+        if act_speed.is_some() && plain_speed.is_some() && !a.json {
+            println!(
+                "{}: the per-channel rows are estimated from the plain steps' fit (act-order at one group runs plain), the others from the act-order fit",
+                m.name
+            );
+        }
         for &g in &groups {
             let speed = if runs_act(g) {
                 act_speed.as_ref()
@@ -633,7 +648,20 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
          + {} MiB for the cuBLAS handle and its workspace where the engine makes one (fp16 weights, or an int4 prefill that dequantizes; an allowance measured on the H100)",
         CUBLAS_BYTES >> 20
     );
-    println!("{}", prefill_note(first));
+    // Act-order rows and per-channel rows (which run plain) have different prefill cuts.
+    match plans.iter().find(|p| p.act_order != first.act_order) {
+        Some(other) => {
+            for p in [first, other] {
+                let rows = if p.act_order {
+                    "act-order rows"
+                } else {
+                    "per-channel rows (plain)"
+                };
+                println!("{rows}: {}", prefill_note(p));
+            }
+        }
+        None => println!("{}", prefill_note(first)),
+    }
     print_answer(plans, w);
 }
 
@@ -676,10 +704,12 @@ fn print_answer(plans: &[Plan], w: usize) {
         return;
     };
     let first = &plans[0];
-    let form = match (first.dtype, first.act_order) {
+    let act = plans.iter().filter(|p| p.act_order).count();
+    let form = match (first.dtype, act) {
         (WeightDtype::Fp16, _) => "fp16",
-        (_, true) => "int4 act-order",
-        _ => "int4",
+        (_, 0) => "int4",
+        (_, n) if n == plans.len() => "int4 act-order",
+        _ => "int4 act-order; per-channel rows run plain",
     };
     println!(
         "\nWhich fits on {} ({form}, batch 1; tok/s ESTIMATED as above, the step at the context's last position), at the largest planned context within each model's trained one:",
