@@ -48,7 +48,7 @@ pub struct PlanArgs {
     /// Also plan for this card and print its roofline tokens/s estimate (see --cards; "rtx4090",
     /// "GeForce RTX 4090", "4090" all name rtx-4090). "this": GPU 0 of this machine as its driver
     /// describes it (allocatable memory, memory clock x bus width, compute capability), for any
-    /// card, in the table or not.
+    /// card, in the table or not (a MIG slice: its memory, but the whole GPU's bandwidth).
     #[arg(long)]
     card: Option<String>,
     /// A flat fraction of the card's spec bandwidth for the tokens/s estimate (1.0 = the pure
