@@ -28,6 +28,13 @@ pub fn rows_per_group(group_size: i32, k: u64) -> u64 {
     }
 }
 
+/// Whether act-order changes what the engine runs. With one group (per-channel, `group_size`
+/// <= 0) it does not: GPTQ writes such a g_idx as all zeros (every row in group 0, whatever the
+/// quantization order), the loader reads it as plain order, and no permutation or gather runs.
+pub fn runs_act_order(act_order: bool, group_size: i32) -> bool {
+    act_order && group_size > 0
+}
+
 /// Bytes of one linear layer, by tensor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinearBytes {

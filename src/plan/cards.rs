@@ -262,7 +262,12 @@ pub(crate) const SMI_NAMES: &[(&str, &str)] = &[
 /// A variant segment of a slug after its model number: "ti", "super", "ada" (the RTX 6000 Ada is
 /// not the Quadro RTX 6000) or a memory size ("rtx-4060-ti-16").
 fn is_variant(segment: &str) -> bool {
-    ["ti", "super", "ada"].contains(&segment) || segment.bytes().all(|b| b.is_ascii_digit())
+    ["ti", "super", "ada"].contains(&segment) || is_memory_size(segment)
+}
+
+/// A slug segment that is a memory size in GB ("16" in rtx-4060-ti-16).
+fn is_memory_size(segment: &str) -> bool {
+    !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A card by slug or name, as people write it: case, spaces, "-" / "_" and a leading "NVIDIA" /
@@ -348,7 +353,7 @@ pub fn memory_variants(card: &Card) -> Vec<&'static Card> {
             c.slug
                 .strip_prefix(card.slug.as_ref())
                 .and_then(|r| r.strip_prefix('-'))
-                .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(is_memory_size)
         })
         .collect()
 }

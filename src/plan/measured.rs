@@ -141,12 +141,13 @@ fn measured_any(
     let kind = &r["weights"]["kind"];
     let matches = match dtype {
         WeightDtype::Fp16 => kind.as_str() == Some("Fp16") || kind.get("Fp16").is_some(),
-        // Act-order at one group (per-channel) runs plain (PlanSpec::plan): such a run is a
-        // plain step.
+        // Act-order at one group (per-channel) runs plain (`runs_act_order`): such a run is a
+        // plain step. A record without its group keeps the act-order it states.
         WeightDtype::Int4 => {
+            let group = kind["Int4"]["group"].as_i64().map_or(1, |g| g as i32);
             let ran_act = kind["Int4"]["act_order"]
                 .as_bool()
-                .map(|a| a && kind["Int4"]["group"].as_i64().is_none_or(|g| g > 0));
+                .map(|a| super::runs_act_order(a, group));
             ran_act == Some(act_order)
         }
     };

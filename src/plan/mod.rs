@@ -15,8 +15,8 @@ pub mod fit;
 pub mod measured;
 
 pub use bytes::{
-    cublas_bytes, kv_cache_bytes, prefill_plan, workspace_bytes, LinearBytes, PartBytes,
-    WeightBytes, WeightDtype, CUBLAS_BYTES, PREFILL_PLAN_SM,
+    cublas_bytes, kv_cache_bytes, prefill_plan, runs_act_order, workspace_bytes, LinearBytes,
+    PartBytes, WeightBytes, WeightDtype, CUBLAS_BYTES, PREFILL_PLAN_SM,
 };
 pub use cards::{Card, CARDS, CUDA_CONTEXT_BYTES, GENERIC_SIZES_GIB};
 pub use checkpoint::{plan_from_tensor_bytes, read_checkpoint_dir, CheckpointQuant};
@@ -203,8 +203,19 @@ impl PlanSpec {
         Ok(())
     }
 
+    /// Act-order as the engine runs it (`runs_act_order`: not at per-channel groups). Everything
+    /// the plan counts reads this, not the `act_order` asked for.
+    fn act_order_runs(&self) -> bool {
+        runs_act_order(self.act_order, self.group_size)
+    }
+
     fn weights(&self) -> WeightBytes {
-        WeightBytes::of(&self.model, self.dtype, self.group_size, self.act_order)
+        WeightBytes::of(
+            &self.model,
+            self.dtype,
+            self.group_size,
+            self.act_order_runs(),
+        )
     }
 
     /// The engine's prefill plan at `ctx` (the chunk is clamped to the cache's rows).
@@ -213,7 +224,7 @@ impl PlanSpec {
             &self.model,
             self.dtype,
             self.group_size,
-            self.act_order,
+            self.act_order_runs(),
             self.prefill_chunk,
             ctx,
             self.prefill_int4,
@@ -244,8 +255,7 @@ impl PlanSpec {
 
     /// Total bytes at another context, all else equal.
     pub fn total_at(&self, ctx: u64) -> u64 {
-        let s = self.as_run();
-        s.total_with(s.weights().total, ctx)
+        self.total_with(self.weights().total, ctx)
     }
 
     /// What the engine allocates at `ctx` on a card of `memory` bytes: `total_with`, except that
@@ -265,8 +275,7 @@ impl PlanSpec {
 
     /// `total_on` at `ctx` for a card of `memory` bytes, from this spec's weights.
     pub fn total_on_card(&self, ctx: u64, memory: u64) -> u64 {
-        let s = self.as_run();
-        s.total_on(s.weights().total, ctx, memory)
+        self.total_on(self.weights().total, ctx, memory)
     }
 
     /// The fit on `card`, with the engine's memory-dependent choice of prefill plan.
@@ -278,31 +287,6 @@ impl PlanSpec {
     }
 
     pub fn plan(&self) -> Result<Plan> {
-        let s = self.as_run();
-        let mut p = s.plan_as_run()?;
-        if s.act_order != self.act_order {
-            p.g_idx_note = "act-order with per-channel groups: one group, so GPTQ's g_idx is all \
-                            zeros; the loader reads plain row order and the engine runs the plain \
-                            kernels (g_idx not counted, planned as without act-order)"
-                .to_string();
-        }
-        Ok(p)
-    }
-
-    /// The spec as the engine runs it. Act-order with one group (per-channel) is plain order:
-    /// GPTQ writes such a g_idx as all zeros (every row in group 0, whatever the quantization
-    /// order), the loader reads it as absent, and no permutation or gather runs.
-    fn as_run(&self) -> std::borrow::Cow<'_, PlanSpec> {
-        if self.act_order && self.group_size <= 0 {
-            let mut s = self.clone();
-            s.act_order = false;
-            std::borrow::Cow::Owned(s)
-        } else {
-            std::borrow::Cow::Borrowed(self)
-        }
-    }
-
-    fn plan_as_run(&self) -> Result<Plan> {
         self.validate()?;
         let weights = self.weights();
         let kv = kv_cache_bytes(&self.model, self.ctx, self.batch);
@@ -311,8 +295,13 @@ impl PlanSpec {
         let prefill = PrefillPlan::bytes_or_zero(prefill_plan);
         let total = self.total_with(weights.total, self.ctx);
         let int4 = self.dtype == WeightDtype::Int4;
-        let g_idx_note = match (int4, self.act_order) {
+        let act = self.act_order_runs();
+        let g_idx_note = match (int4, act) {
             (false, _) => "no g_idx: fp16 weights".to_string(),
+            (true, false) if self.act_order => "act-order with per-channel groups: one group, so \
+                GPTQ's g_idx is all zeros; the loader reads plain row order and the engine runs \
+                the plain kernels (g_idx not counted, planned as without act-order)"
+                .to_string(),
             (true, true) => "g_idx counted: act-order kernels read a K x 4 byte index per linear \
                              (g_idx to gather, or the reorder permutation: same size)"
                 .to_string(),
@@ -330,7 +319,7 @@ impl PlanSpec {
             model: self.model.name.clone(),
             dtype: self.dtype,
             group_size: int4.then_some(self.group_size),
-            act_order: int4 && self.act_order,
+            act_order: int4 && act,
             ctx: self.ctx,
             batch: self.batch,
             model_max_ctx: self.model.context_len() as u64,
@@ -342,7 +331,7 @@ impl PlanSpec {
             prefill_int4: self.prefill_int4,
             cuda_context_bytes: self.cuda_context_bytes,
             total_bytes: total,
-            g_idx_counted: int4 && self.act_order,
+            g_idx_counted: int4 && act,
             g_idx_note,
             weights,
             bytes_per_step,
@@ -359,7 +348,7 @@ impl PlanSpec {
             .map_err(|r| LabError::invalid("--efficiency", r))?;
         let mut p = self.plan()?;
         let wt = p.weights_bytes;
-        p.card = Some(self.as_run().fit_on(card, wt));
+        p.card = Some(self.fit_on(card, wt));
         p.roofline = Some(fit::roofline(
             card,
             speed,

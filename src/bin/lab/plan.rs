@@ -333,7 +333,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         // Act-order with one group (per-channel) runs as plain order (PlanSpec's plan says so):
         // its speed is the plain steps' fit. Each form's speed is fitted (and its source said)
         // only where a row uses it.
-        let runs_act = |g: i32| act_order && g > 0;
+        let runs_act = |g: i32| gptq_lab::plan::runs_act_order(act_order, g);
         let speed_of = |act: bool| -> anyhow::Result<Option<Speed>> {
             match card {
                 Some(c) if groups.iter().any(|&g| runs_act(g) == act) => {
@@ -546,13 +546,12 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         "{:<w$} {:<6} {:>8}{size_heads}",
         "model", "group", "trained"
     );
-    let mut seen = Vec::new();
-    for p in plans {
-        let key = (p.model.clone(), p.group_size);
-        if seen.contains(&key) {
-            continue; // max ctx does not depend on the row's ctx
-        }
-        seen.push(key);
+    // One row per (model, group): max ctx does not depend on the row's ctx.
+    let keys = distinct(plans.iter().map(|p| (&p.model, p.group_size)));
+    for p in keys
+        .iter()
+        .filter_map(|k| plans.iter().find(|p| (&p.model, p.group_size) == *k))
+    {
         let cols: String = p
             .fits
             .iter()
@@ -586,22 +585,15 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             "eff %",
             "tok/s (est.)"
         );
-        // Each model marked past its own trained context (presets differ: 2048 / 4096 / 16384).
-        let mut past_trained: Vec<String> = Vec::new();
         for p in plans {
             let (Some(c), Some(r)) = (&p.card, &p.roofline) else {
                 continue;
             };
-            let past = p.ctx > p.model_max_ctx;
-            let said = format!("{} {}", p.model, p.model_max_ctx);
-            if past && !past_trained.contains(&said) {
-                past_trained.push(said);
-            }
             println!(
                 "{:<w$} {:<6} {:>6} {:>6} {:>8.2} {:>8} {:>11.3} {:>6.1} {:>19}",
                 p.model,
                 group_label(p),
-                format!("{}{}", p.ctx, if past { "*" } else { "" }),
+                format!("{}{}", p.ctx, past_mark(p)),
                 if c.fits { "yes" } else { "no" },
                 c.free_bytes as f64 / 1e9,
                 c.max_ctx.map_or("-".into(), |x| x.to_string()),
@@ -628,6 +620,13 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         if let Some(note) = extrapolated_note(plans) {
             println!("{note}");
         }
+        // Each model marked past its own trained context (presets differ: 2048 / 4096 / 16384).
+        let past_trained = distinct(
+            plans
+                .iter()
+                .filter(|p| p.card.is_some() && p.roofline.is_some() && p.ctx > p.model_max_ctx)
+                .map(|p| format!("{} {}", p.model, p.model_max_ctx)),
+        );
         if !past_trained.is_empty() {
             println!(
                 "* past the model's trained context (positions: {}): the memory is planned, but a LLaMA model's output past it is not meaningful",
@@ -636,12 +635,7 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         }
     }
     // One line per distinct note (act-order rows beside per-channel ones, which run plain).
-    let mut notes: Vec<&str> = Vec::new();
-    for p in plans {
-        if !notes.contains(&p.g_idx_note.as_str()) {
-            notes.push(&p.g_idx_note);
-        }
-    }
+    let notes = distinct(plans.iter().map(|p| p.g_idx_note.as_str()));
     println!("\n{}", notes.join("\n"));
     println!(
         "workspace = activations + fp32 attention scores + logits/probs + split-K partials (plan::bytes::workspace_bytes), \
@@ -665,6 +659,26 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
     print_answer(plans, w);
 }
 
+/// The items in their first order, each once.
+fn distinct<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for x in items {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+/// "*" after a context past the row's model's trained one.
+fn past_mark(p: &Plan) -> &'static str {
+    if p.ctx > p.model_max_ctx {
+        "*"
+    } else {
+        ""
+    }
+}
+
 /// "^" after an estimate whose model is deeper or shallower than every model it was fitted to.
 fn extrapolated_mark(r: &gptq_lab::plan::Roofline) -> &'static str {
     if r.extrapolated {
@@ -676,19 +690,16 @@ fn extrapolated_mark(r: &gptq_lab::plan::Roofline) -> &'static str {
 
 /// What "^" means, naming each extrapolated model's depth against the fitted ones.
 fn extrapolated_note(plans: &[Plan]) -> Option<String> {
-    let mut models: Vec<String> = Vec::new();
-    let mut fitted = None;
-    for p in plans {
-        let Some(r) = p.roofline.as_ref().filter(|r| r.extrapolated) else {
-            continue;
-        };
-        fitted = r.fitted_layers;
-        let m = format!("{} ({} layers)", p.model, r.layers);
-        if !models.contains(&m) {
-            models.push(m);
-        }
-    }
-    let (lo, hi) = fitted?;
+    let marked: Vec<(&Plan, &gptq_lab::plan::Roofline)> = plans
+        .iter()
+        .filter_map(|p| Some((p, p.roofline.as_ref().filter(|r| r.extrapolated)?)))
+        .collect();
+    let (lo, hi) = marked.last()?.1.fitted_layers?;
+    let models = distinct(
+        marked
+            .iter()
+            .map(|(p, r)| format!("{} ({} layers)", p.model, r.layers)),
+    );
     Some(format!(
         "^ EXTRAPOLATED: {} outside the {lo}-{hi} layers of the measured models the estimate is fitted to; both terms are carried past their evidence, so treat these as the form's guess, not a scaled measurement",
         models.join(", ")
@@ -715,12 +726,7 @@ fn print_answer(plans: &[Plan], w: usize) {
         "\nWhich fits on {} ({form}, batch 1; tok/s ESTIMATED as above, the step at the context's last position), at the largest planned context within each model's trained one:",
         card.card
     );
-    let mut models: Vec<&str> = Vec::new();
-    for p in plans {
-        if !models.contains(&p.model.as_str()) {
-            models.push(&p.model);
-        }
-    }
+    let models = distinct(plans.iter().map(|p| p.model.as_str()));
     // The fitting row of the most weights: the largest model the card holds.
     let mut largest: Option<&Plan> = None;
     for m in &models {
@@ -757,7 +763,6 @@ fn print_answer(plans: &[Plan], w: usize) {
             .filter(|p| !fits(p))
             .map(|p| group_label(p))
             .collect();
-        let past = if ctx > trained { "*" } else { "" };
         let line = match (yes.is_empty(), no.is_empty()) {
             (true, _) => {
                 let need = at.iter().map(|p| p.total_bytes).min().unwrap_or(0);
@@ -779,7 +784,7 @@ fn print_answer(plans: &[Plan], w: usize) {
             (false, true) => format!("fits as {}", yes.join(", ")),
             (false, false) => format!("fits as {}; not as {}", yes.join(", "), no.join(", ")),
         };
-        println!("  {m:<w$} ctx {ctx}{past}: {line}");
+        println!("  {m:<w$} ctx {ctx}{}: {line}", past_mark(at[0]));
         for p in at.into_iter().filter(|p| fits(p)) {
             if largest.is_none_or(|l| p.weights_bytes > l.weights_bytes) {
                 largest = Some(p);
@@ -795,7 +800,7 @@ fn print_answer(plans: &[Plan], w: usize) {
                 p.model,
                 group_label(p),
                 p.ctx,
-                if p.ctx > p.model_max_ctx { "*" } else { "" },
+                past_mark(p),
                 p.card.as_ref().map_or(0, |c| c.free_bytes) as f64 / 1e9
             ),
             None => println!("None of these fits on {}.", card.card),
