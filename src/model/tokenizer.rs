@@ -1,5 +1,6 @@
 //! Text <-> token ids through the checkpoint's tokenizer: `tokenizer.json` (HF `tokenizers`
-//! format) when there is one, else the sentencepiece `tokenizer.model` that the original LLaMA,
+//! format; its special tokens as transformers' LlamaTokenizerFast adds them, from
+//! tokenizer_config.json) when there is one, else the sentencepiece `tokenizer.model` that the original LLaMA,
 //! Vicuna and most 2023 GPTQ conversions ship alone (read by `model::sentencepiece`, wrapped as
 //! transformers wraps it: tokenizer_config.json's add_bos_token / add_eos_token / legacy /
 //! add_prefix_space, and the added tokens of added_tokens.json and added_tokens_decoder); and raw
@@ -20,7 +21,12 @@ pub struct TextTokenizer {
 }
 
 enum Inner {
-    Hf(Box<tokenizers::Tokenizer>),
+    /// `wrap`: the special tokens encoding adds in place of the file's post-processor, as
+    /// transformers' LlamaTokenizerFast rebuilds it from tokenizer_config.json; None: the file's own.
+    Hf {
+        tok: Box<tokenizers::Tokenizer>,
+        wrap: Option<Wrap>,
+    },
     /// A sentencepiece model; `opts`: how encoding with special tokens wraps it (tokenizer_config.json).
     Sp {
         model: Box<SpModel>,
@@ -40,7 +46,10 @@ impl TextTokenizer {
             LabError::bad_checkpoint(path, format!("cannot load tokenizer.json: {e}"))
         })?;
         Ok(TextTokenizer {
-            inner: Inner::Hf(Box::new(inner)),
+            inner: Inner::Hf {
+                tok: Box::new(inner),
+                wrap: None,
+            },
             path: path.to_path_buf(),
         })
     }
@@ -65,7 +74,12 @@ impl TextTokenizer {
     pub fn from_checkpoint_dir(dir: &Path) -> Result<Option<Self>> {
         let json = dir.join("tokenizer.json");
         if crate::util::optional_file(&json)? {
-            return Self::from_file(&json).map(Some);
+            let mut t = Self::from_file(&json)?;
+            let config = json_object(&dir.join("tokenizer_config.json"))?;
+            if let Inner::Hf { tok, wrap } = &mut t.inner {
+                *wrap = llama_fast_wrap(tok, config.as_ref())?;
+            }
+            return Ok(Some(t));
         }
         let sp = dir.join("tokenizer.model");
         if crate::util::optional_file(&sp)? {
@@ -93,18 +107,29 @@ impl TextTokenizer {
     }
 
     /// Token ids of `text`. `add_special` puts `<s>` (BOS) in front, as LLaMA's tokenizers do:
-    /// tokenizer.json's post-processor, or for a sentencepiece model tokenizer_config.json's
-    /// `add_bos_token` (default true; and `add_eos_token`, default false, puts `</s>` last).
+    /// tokenizer_config.json's `add_bos_token` (default true; and `add_eos_token`, default false,
+    /// puts `</s>` last), for a tokenizer.json too unless its tokenizer_class is not LLaMA's
+    /// (`llama_fast_wrap`); a tokenizer.json read alone (`from_file`) keeps its post-processor.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         match &self.inner {
-            Inner::Hf(t) => {
-                let enc = t.encode(text, add_special).map_err(|e| {
+            Inner::Hf { tok, wrap } => {
+                let own = add_special && wrap.is_none();
+                let enc = tok.encode(text, own).map_err(|e| {
                     LabError::invalid(
                         "prompt",
                         format!("{}: cannot encode: {e}", self.path.display()),
                     )
                 })?;
-                Ok(enc.get_ids().to_vec())
+                let ids = enc.get_ids();
+                Ok(match wrap.filter(|_| add_special) {
+                    Some(w) => w
+                        .bos
+                        .into_iter()
+                        .chain(ids.iter().copied())
+                        .chain(w.eos)
+                        .collect(),
+                    None => ids.to_vec(),
+                })
             }
             Inner::Sp { model, opts } => Ok(model.encode_with(
                 text,
@@ -120,7 +145,7 @@ impl TextTokenizer {
     /// Text of `ids`, special tokens (`<s>`, `</s>`) left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let r = match &self.inner {
-            Inner::Hf(t) => t.decode(ids, true).map_err(|e| e.to_string()),
+            Inner::Hf { tok: t, .. } => t.decode(ids, true).map_err(|e| e.to_string()),
             Inner::Sp { model, .. } => model.decode(ids),
         };
         r.map_err(|e| {
@@ -136,7 +161,7 @@ impl TextTokenizer {
     /// a token neither adds text nor ends a run of byte tokens around it.
     pub fn dropped_in_decode(&self, id: u32) -> bool {
         match &self.inner {
-            Inner::Hf(t) => t
+            Inner::Hf { tok: t, .. } => t
                 .id_to_token(id)
                 .is_some_and(|tok| t.get_added_vocabulary().is_special_token(&tok)),
             Inner::Sp { model, .. } => model.dropped_in_decode(id),
@@ -147,7 +172,7 @@ impl TextTokenizer {
     /// LLaMA's spell a character they have no piece for as its UTF-8 bytes, one token each.
     pub fn is_byte_token(&self, id: u32) -> bool {
         match &self.inner {
-            Inner::Hf(t) => t.id_to_token(id).is_some_and(|t| {
+            Inner::Hf { tok: t, .. } => t.id_to_token(id).is_some_and(|t| {
                 let b = t.as_bytes();
                 b.len() == 6
                     && t.starts_with("<0x")
@@ -161,7 +186,7 @@ impl TextTokenizer {
     /// The token's text as the vocabulary spells it (`\u{2581}the`, `<0x0A>`, `</s>`).
     pub fn token(&self, id: u32) -> Option<String> {
         match &self.inner {
-            Inner::Hf(t) => t.id_to_token(id),
+            Inner::Hf { tok: t, .. } => t.id_to_token(id),
             Inner::Sp { model, .. } => model.piece(id).map(str::to_string),
         }
     }
@@ -169,14 +194,14 @@ impl TextTokenizer {
     /// The id of a token such as `</s>`, if the vocabulary has it.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         match &self.inner {
-            Inner::Hf(t) => t.token_to_id(token),
+            Inner::Hf { tok: t, .. } => t.token_to_id(token),
             Inner::Sp { model, .. } => model.id(token),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match &self.inner {
-            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Hf { tok: t, .. } => t.get_vocab_size(true),
             Inner::Sp { model, .. } => model.vocab_size(),
         }
     }
@@ -184,7 +209,7 @@ impl TextTokenizer {
     /// Every token (added ones included) -> id.
     fn vocab(&self) -> HashMap<String, u32> {
         match &self.inner {
-            Inner::Hf(t) => t.get_vocab(true),
+            Inner::Hf { tok: t, .. } => t.get_vocab(true),
             Inner::Sp { model, .. } => model.vocab(),
         }
     }
@@ -223,6 +248,73 @@ fn sp_options(config: Option<&(PathBuf, Value)>) -> Result<EncodeOptions> {
     o.legacy = flag("legacy", true, Some(true))?;
     o.add_prefix_space = flag("add_prefix_space", true, None)?;
     Ok(o)
+}
+
+/// The special tokens a LLaMA tokenizer.json's encoding adds: BOS first and / or EOS last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wrap {
+    bos: Option<u32>,
+    eos: Option<u32>,
+}
+
+/// How transformers encodes with a tokenizer.json in a LLaMA folder: AutoTokenizer builds
+/// LlamaTokenizerFast (tokenizer_class LlamaTokenizer / LlamaTokenizerFast, or none stated: the
+/// model type decides), whose constructor REPLACES the file's post-processor with BOS (if
+/// add_bos_token, default true) + text + EOS (if add_eos_token, default false), the tokens named
+/// by bos_token / eos_token (default `<s>` / `</s>`). So a tokenizer_config.json that turns BOS
+/// off or EOS on changes the ids although tokenizer.json says otherwise, and the lab follows it.
+/// Another tokenizer_class (PreTrainedTokenizerFast, say) keeps the file's post-processor: None.
+/// A value of the wrong type, or a token the vocabulary lacks, is an error naming the file.
+fn llama_fast_wrap(
+    tok: &tokenizers::Tokenizer,
+    config: Option<&(PathBuf, Value)>,
+) -> Result<Option<Wrap>> {
+    const LLAMA: &[&str] = &[
+        "LlamaTokenizer",
+        "LlamaTokenizerFast",
+        "CodeLlamaTokenizer",
+        "CodeLlamaTokenizerFast",
+    ];
+    if let Some((path, v)) = config {
+        match v.get("tokenizer_class") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(c)) if LLAMA.contains(&c.as_str()) => {}
+            Some(Value::String(_)) => return Ok(None),
+            Some(other) => {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!("tokenizer_class is {other}, expected a class name"),
+                ))
+            }
+        }
+    }
+    let o = sp_options(config)?;
+    let id = |add: bool, key: &str, default: &str| -> std::result::Result<Option<u32>, String> {
+        if !add {
+            return Ok(None);
+        }
+        let text = config
+            .and_then(|(_, v)| v.get(key).filter(|t| !t.is_null()))
+            .map_or(Some(default), token_text);
+        match text.and_then(|t| tok.token_to_id(t)) {
+            Some(id) => Ok(Some(id)),
+            None => Err(format!(
+                "{key} {} is not in the tokenizer's vocabulary, but encoding adds it",
+                text.map_or_else(|| "(not text)".to_string(), |t| format!("'{t}'"))
+            )),
+        }
+    };
+    match (
+        id(o.add_bos, "bos_token", "<s>"),
+        id(o.add_eos, "eos_token", "</s>"),
+    ) {
+        (Ok(bos), Ok(eos)) => Ok(Some(Wrap { bos, eos })),
+        (Err(why), _) | (_, Err(why)) => match config {
+            Some((path, _)) => Err(LabError::bad_checkpoint(path, why)),
+            // No tokenizer_config.json and no `<s>`: not a LLaMA vocabulary; the file's own.
+            None => Ok(None),
+        },
+    }
 }
 
 /// A JSON file that must hold an object, with its path; None when the file is absent.
@@ -522,6 +614,79 @@ mod tests {
         assert_eq!(tok.encode(prompt, false).unwrap(), want[1..]);
         assert_eq!(tok.decode(&ids).unwrap(), prompt);
         assert!(tok.vocab_size() <= 320);
+    }
+
+    #[test]
+    fn a_tokenizer_json_is_wrapped_as_llama_tokenizer_fast_wraps_it() {
+        // transformers' LlamaTokenizerFast replaces tokenizer.json's post-processor with BOS (if
+        // add_bos_token) + text + EOS (if add_eos_token) from tokenizer_config.json; another
+        // tokenizer_class keeps the file's. The fixture's post-processor is "<s> $A".
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture().join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        let cfg = dir.path().join("tokenizer_config.json");
+        let ids = |config: Option<&str>| {
+            match config {
+                Some(c) => std::fs::write(&cfg, c).unwrap(),
+                None => std::fs::remove_file(&cfg).unwrap_or(()),
+            }
+            TextTokenizer::from_checkpoint_dir(dir.path())
+                .map(|t| t.unwrap().encode("hi", true).unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let plain = ids(None).unwrap();
+        let tok = TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .unwrap();
+        let (bos, eos) = (tok.token_id("<s>").unwrap(), tok.token_id("</s>").unwrap());
+        let text = tok.encode("hi", false).unwrap();
+        assert_eq!(plain, [vec![bos], text.clone()].concat());
+        assert_eq!(ids(Some("{}")).unwrap(), plain);
+        assert_eq!(ids(Some(r#"{"add_bos_token": false}"#)).unwrap(), text);
+        assert_eq!(ids(Some(r#"{"add_bos_token": null}"#)).unwrap(), text);
+        assert_eq!(
+            ids(Some(
+                r#"{"add_eos_token": true, "tokenizer_class": "LlamaTokenizer"}"#
+            ))
+            .unwrap(),
+            [vec![bos], text.clone(), vec![eos]].concat()
+        );
+        assert_eq!(
+            ids(Some(
+                r#"{"add_eos_token": true, "eos_token": {"content": "<s>"}}"#
+            ))
+            .unwrap(),
+            [vec![bos], text.clone(), vec![bos]].concat()
+        );
+        // Not LLaMA's class: the file's post-processor, whatever the flags say.
+        assert_eq!(
+            ids(Some(
+                r#"{"add_bos_token": false, "tokenizer_class": "PreTrainedTokenizerFast"}"#
+            ))
+            .unwrap(),
+            plain
+        );
+        for (bad, want) in [
+            ("xx", "tokenizer_config.json"),
+            ("[1]", "expected a JSON object"),
+            (r#"{"add_bos_token": "no"}"#, "add_bos_token"),
+            (r#"{"tokenizer_class": 3}"#, "tokenizer_class"),
+            (
+                r#"{"bos_token": "<nope>"}"#,
+                "bos_token '<nope>' is not in the tokenizer's vocabulary",
+            ),
+        ] {
+            let e = ids(Some(bad)).unwrap_err();
+            assert!(
+                e.contains("tokenizer_config.json") && e.contains(want),
+                "{bad}: {e}"
+            );
+        }
+        // Without add_eos_token the EOS named need not exist (transformers never looks it up).
+        assert_eq!(ids(Some(r#"{"eos_token": "<nope>"}"#)).unwrap(), plain);
     }
 
     #[test]
