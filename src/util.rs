@@ -1,4 +1,4 @@
-//! Small shared helpers: atomic file writes.
+//! Small shared helpers: atomic file writes, paths in JSON.
 
 use crate::{LabError, Result};
 use std::io::Write;
@@ -71,13 +71,118 @@ pub fn optional_file(path: &Path) -> Result<bool> {
     }
 }
 
-/// Read and parse a JSON file; the error names the file (unreadable, or not the JSON expected).
+/// Read and parse a JSON file; the error names the file (unreadable, or not the JSON expected,
+/// or a key given twice in one object: `duplicate_json_key`).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| LabError::Json {
+    let v = serde_json::from_str(&text).map_err(|e| LabError::Json {
         path: path.into(),
         source: e,
-    })
+    })?;
+    refuse_duplicate_keys(path, text.as_bytes())?;
+    Ok(v)
+}
+
+/// The error for a JSON file with a key given twice in one object (`duplicate_json_key`).
+pub fn refuse_duplicate_keys(path: &Path, json: &[u8]) -> Result<()> {
+    match duplicate_json_key(json) {
+        Some(key) => Err(LabError::invalid(
+            path.display().to_string(),
+            format!(
+                "key '{key}' appears twice in one object; which one is meant is not written \
+                 down (serde_json keeps the last, a struct refuses it, Python's json the last): \
+                 expected each key once"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first key that appears twice in one object of the JSON `text`, as a path from the root
+/// ("quantization_config.group_size", "a[2].b"); None when every key is unique, and for text that
+/// is not JSON (the parse that reads it names that). Parsers disagree on duplicates (serde_json
+/// and Python keep the last, a typed struct refuses), so a file holding one is ambiguous: a
+/// quantize config saying group_size twice, a safetensors header naming a tensor twice.
+pub fn duplicate_json_key(text: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+    struct Walk<'a> {
+        found: &'a RefCell<Option<String>>,
+        path: String,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(
+            self,
+            d: D,
+        ) -> std::result::Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                if !seen.insert(key) && self.found.borrow().is_none() {
+                    *self.found.borrow_mut() = Some(path.clone());
+                }
+                map.next_value_seed(Walk {
+                    found: self.found,
+                    path,
+                })?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(Walk {
+                    found: self.found,
+                    path: format!("{}[{i}]", self.path),
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> std::result::Result<(), E> {
+            Ok(())
+        }
+    }
+    let found = RefCell::new(None);
+    let mut d = serde_json::Deserializer::from_slice(text);
+    Walk {
+        found: &found,
+        path: String::new(),
+    }
+    .deserialize(&mut d)
+    .ok()?;
+    found.into_inner()
 }
 
 /// Serialize `value` as pretty JSON and write it atomically.
@@ -90,9 +195,67 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, s.as_bytes())
 }
 
+/// A path as JSON text. serde writes a `Path` only when it is valid UTF-8 and fails otherwise,
+/// which inside `serde_json::json!` is a panic: a folder name with a Latin-1 byte (a user's own
+/// checkpoint) must not stop `--json`, so such bytes become U+FFFD, as `Path::display` shows them.
+pub fn path_json(p: &Path) -> serde_json::Value {
+    serde_json::Value::String(p.to_string_lossy().into_owned())
+}
+
+/// `#[serde(serialize_with = "crate::util::ser_path")]`: `path_json` for a struct field.
+pub fn ser_path<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_in_one_object_is_found_with_its_path() {
+        assert_eq!(duplicate_json_key(br#"{"a": 1, "b": 2}"#), None);
+        assert_eq!(
+            duplicate_json_key(br#"{"group_size": 64, "group_size": 32}"#).as_deref(),
+            Some("group_size")
+        );
+        assert_eq!(
+            duplicate_json_key(br#"{"q": {"x": [1, {"y": 1, "y": null}]}, "z": 0}"#).as_deref(),
+            Some("q.x[1].y")
+        );
+        // The same key in two different objects is not a duplicate.
+        assert_eq!(duplicate_json_key(br#"[{"a": 1}, {"a": 2}]"#), None);
+        // Escapes are compared as the text they stand for.
+        assert_eq!(
+            duplicate_json_key(br#"{"\u0061": 1, "a": 2}"#).as_deref(),
+            Some("a")
+        );
+        assert_eq!(duplicate_json_key(b"{not json"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("quantize_config.json");
+        std::fs::write(&p, r#"{"bits": 4, "group_size": 64, "group_size": 32}"#).unwrap();
+        let e = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("quantize_config.json") && e.contains("key 'group_size' appears twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_path_that_is_not_utf8_goes_into_json_lossily() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"ckpt/bad\xffname"));
+        // What serde itself does with it: an error (a panic inside json!).
+        assert!(serde_json::to_value(p).is_err());
+        assert_eq!(path_json(p), serde_json::json!("ckpt/bad\u{fffd}name"));
+        #[derive(serde::Serialize)]
+        struct S {
+            #[serde(serialize_with = "ser_path")]
+            out: std::path::PathBuf,
+        }
+        let v = serde_json::to_value(S { out: p.into() }).unwrap();
+        assert_eq!(v["out"], "ckpt/bad\u{fffd}name");
+    }
 
     #[test]
     fn atomic_write_replaces_whole_file_and_leaves_no_temp() {

@@ -40,6 +40,33 @@ fn edit_quant_configs(dir: &Path, mut edit: impl FnMut(&mut serde_json::Value)) 
 }
 
 #[test]
+fn a_tensor_named_twice_in_the_header_is_refused_by_name() {
+    // The safetensors crate keeps the last entry; the file cannot say which one was meant. The
+    // copy here is of the same entry, so nothing else in the file is wrong.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let p = dir.join("model.safetensors");
+    let b = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&b[8..8 + n]).unwrap().trim_end();
+    let v: serde_json::Value = serde_json::from_str(header).unwrap();
+    let name = format!("{Q}.scales");
+    let entry = v[&name].to_string();
+    let mut h = format!("{},\"{name}\":{entry}}}", &header[..header.len() - 1]);
+    while h.len() % 8 != 0 {
+        h.push(' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&b[8 + n..]);
+    std::fs::write(&p, out).unwrap();
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(
+        &e,
+        &["model.safetensors", &format!("gives key '{name}' twice")],
+    );
+}
+
+#[test]
 fn truncated_safetensors_is_refused() {
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
     let p = dir.join("model.safetensors");
@@ -1145,7 +1172,8 @@ fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said()
             &[
                 "quantize_config.json",
                 &format!("{field} = {value}"),
-                "g_idx is act-order",
+                "is act-order",
+                "first: model.layers.0.mlp.down_proj.g_idx",
             ],
         );
     }
@@ -1153,6 +1181,53 @@ fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said()
     let (_t, plain) = good(32, true, false, ZeroFormat::V1);
     assert!(Checkpoint::open(&plain).unwrap().quant_notes().is_empty());
     assert!(Checkpoint::open(&act).unwrap().quant_notes().is_empty());
+}
+
+#[test]
+fn an_act_order_g_idx_past_the_first_linear_under_desc_act_false_is_said_too() {
+    // desc_act and the settings are read from the first linear in name order (layer 0's
+    // down_proj); a later linear whose g_idx is act-order is applied as stored and must be said
+    // as well, with how many there are, whether desc_act was stated or read from the tensors.
+    for stated in [true, false] {
+        let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+        let before = Checkpoint::open(&dir).unwrap().linear(Q).unwrap();
+        fx::edit(&dir, |t| {
+            let g = t.get_mut(&format!("{Q}.g_idx")).unwrap();
+            // The same groups, rows in reverse: each group keeps its 32 rows, in act-order.
+            let rows: Vec<[u8; 4]> = g.2.chunks(4).map(|c| c.try_into().unwrap()).collect();
+            g.2 = rows.into_iter().rev().flatten().collect();
+        });
+        if !stated {
+            edit_quant_configs(&dir, |q| {
+                q.as_object_mut().unwrap().remove("desc_act");
+            });
+        }
+        let ck = Checkpoint::open(&dir).unwrap();
+        assert!(!ck.quant.as_ref().unwrap().desc_act);
+        assert_ne!(
+            ck.linear(Q).unwrap(),
+            before,
+            "the reversed g_idx is applied"
+        );
+        let notes = ck.quant_notes().join("\n");
+        let of = ck
+            .tensor_names()
+            .iter()
+            .filter(|n| n.ends_with(".g_idx"))
+            .count();
+        assert!(of > 1, "{of}");
+        assert_mentions(
+            &notes,
+            &[
+                "desc_act = false",
+                &format!("the g_idx of 1 of {of} linears is act-order"),
+                &format!("first: {Q}.g_idx"),
+            ],
+        );
+        if !stated {
+            assert_mentions(&notes, &["read from the first linear's g_idx"]);
+        }
+    }
 }
 
 #[test]

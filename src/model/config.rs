@@ -174,7 +174,9 @@ impl ModelConfig {
     /// defaults (eps 1e-6, theta 10000, kv heads = heads, context 2048).
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-        Self::from_json_str(&text, path)
+        let config = Self::from_json_str(&text, path)?;
+        crate::util::refuse_duplicate_keys(path, text.as_bytes())?;
+        Ok(config)
     }
 
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {

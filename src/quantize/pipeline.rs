@@ -74,6 +74,7 @@ pub struct LinearStats {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct QuantizeSummary {
+    #[serde(serialize_with = "crate::util::ser_path")]
     pub out: PathBuf,
     pub method: Method,
     pub group_size: i32,

@@ -53,6 +53,7 @@ pub struct SynthOptions {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SynthSummary {
+    #[serde(serialize_with = "crate::util::ser_path")]
     pub out: PathBuf,
     pub model: String,
     pub layers: usize,

@@ -56,6 +56,14 @@ impl Shard {
                  a JSON header and exactly the data it describes (truncated or corrupted download?)"
             ))
         })?;
+        // The crate keeps the last of a tensor named twice; which entry the writer meant is not
+        // known, so the file is refused naming the tensor.
+        if let Some(name) = crate::util::duplicate_json_key(&mmap[8..8 + n]) {
+            return Err(bad(format!(
+                "the header gives key '{name}' twice; expected each tensor once (a corrupted \
+                 or hand-made file)"
+            )));
+        }
         Ok(Shard {
             path: path.to_path_buf(),
             mmap,

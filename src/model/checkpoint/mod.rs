@@ -175,24 +175,32 @@ impl Checkpoint {
                     q.desc_act = act;
                     q.forget_default("desc_act");
                     q.inferred.push(note("desc_act", "true", line));
-                } else if !q.desc_act || q.static_groups {
-                    // The config says g_idx is k / group_size; an act-order g_idx is still
-                    // applied as stored (each row's group is its g_idx entry, as AutoGPTQ's
-                    // kernels read it), but the disagreement is said, not passed over. A g_idx
-                    // that cannot be read is refused where the linear is loaded, not here.
-                    let g_idx = quant_config::desc_act_from_g_idx(&files, prefix, k, q.group_size);
-                    if matches!(g_idx, Ok((true, _))) {
-                        let claim = if q.desc_act {
-                            "static_groups = true"
-                        } else {
-                            "desc_act = false"
-                        };
-                        q.inferred.push(format!(
-                            "{from}: {claim}, but {prefix}.g_idx is act-order (not k / group_size): \
-                             each row's group is read from g_idx as stored"
-                        ));
-                    }
                 }
+            }
+        }
+        if let Some(q) = quant.as_mut().filter(|q| !q.desc_act || q.static_groups) {
+            // desc_act false (stated, or read from the first linear) or static groups say g_idx
+            // is k / group_size; an act-order g_idx is still applied as stored (each row's group
+            // is its g_idx entry, as AutoGPTQ's kernels read it), but the disagreement is said,
+            // for every linear, not only for the first one the settings were read from.
+            let act = act_order_linears(&files, &config, q.group_size);
+            if let Some(first) = act.first() {
+                let claim = match (q.desc_act, stated.desc_act) {
+                    (true, _) => "static_groups = true",
+                    (false, true) => "desc_act = false",
+                    (false, false) => "desc_act = false (read from the first linear's g_idx)",
+                };
+                let of = files
+                    .names()
+                    .iter()
+                    .filter(|n| n.ends_with(".g_idx"))
+                    .count();
+                q.inferred.push(format!(
+                    "{}: {claim}, but the g_idx of {} of {of} linears is act-order (not k / \
+                     group_size; first: {first}.g_idx): each row's group is read from g_idx as stored",
+                    quant_source.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+                    act.len()
+                ));
             }
         }
         let known = match quant {
@@ -830,6 +838,26 @@ fn expected_kn(c: &ModelConfig, prefix: &str) -> Option<(usize, usize)> {
         .into_iter()
         .find(|(l, _, _)| *l == name)
         .map(|(_, k, n)| (k, n))
+}
+
+/// The quantized linears whose g_idx is act-order (rows not in k / group_size order), by
+/// prefix, in the files' name order. A g_idx that cannot be read or whose linear's K the config
+/// does not give is left out here: the linear's own load refuses it, naming the tensor.
+fn act_order_linears(files: &Files, config: &ModelConfig, group_size: i32) -> Vec<String> {
+    files
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_suffix(".g_idx"))
+        .filter(|prefix| {
+            expected_kn(config, prefix).is_some_and(|(k, _)| {
+                matches!(
+                    quant_config::desc_act_from_g_idx(files, prefix, k, group_size),
+                    Ok((true, _))
+                )
+            })
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// The error for a linear's non-zero bias `name` (in `path`): LLaMA linears have none, so neither
