@@ -501,3 +501,65 @@ fn card_this_is_the_local_gpu_or_a_clear_refusal() {
         );
     }
 }
+
+#[test]
+fn flags_a_checkpoint_contradicts_are_noted_and_the_checkpoint_wins() {
+    // tiny-sym-g32 says desc_act false: --act-order must not add g_idx bytes silently (as
+    // --group against its group_size is noted and ignored), and --dtype fp16 on its int4 files
+    // plans the model unquantized, which the plan must say.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+    let plan = |extra: &[&str]| {
+        let mut a = vec!["plan", "--checkpoint", dir, "--ctx", "128", "--json"];
+        a.extend_from_slice(extra);
+        let o = lab(&a);
+        assert!(
+            o.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (plain, err) = plan(&[]);
+    assert!(!err.contains("ignoring"), "{err}");
+    let (flagged, err) = plan(&["--act-order"]);
+    assert!(
+        err.contains("quantize_config.json says desc_act false; ignoring --act-order"),
+        "{err}"
+    );
+    assert_eq!(flagged["weights"], plain["weights"], "no g_idx bytes added");
+    assert_eq!(flagged["act_order"], false);
+    let (_, err) = plan(&["--dtype", "fp16"]);
+    assert!(
+        err.contains("is an int4 GPTQ checkpoint; --dtype fp16 plans the same model unquantized"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_context_past_the_trained_one_is_marked_without_a_card_too() {
+    // The VRAM table is all a plan without --card prints: its rows past the model's trained
+    // context read "fits" like any other, which decode and eval then refuse.
+    let o = lab(&[
+        "plan",
+        "--model",
+        "vicuna-7b",
+        "--group",
+        "128",
+        "--ctx",
+        "2048,4096",
+    ]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}");
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("vicuna-7b "))
+        .collect();
+    assert!(rows[0].split_whitespace().nth(2) == Some("2048"), "{out}");
+    assert!(rows[1].split_whitespace().nth(2) == Some("4096*"), "{out}");
+    assert!(
+        out.contains("* past the model's trained context (positions: vicuna-7b 2048)")
+            && out.contains("lab decode / lab eval refuse it"),
+        "{out}"
+    );
+}

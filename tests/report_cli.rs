@@ -413,6 +413,33 @@ fn a_tuned_config_of_another_schema_version_is_not_rendered() {
     assert!(!dir.join("tune.md").exists(), "rendered anyway");
 }
 
+#[test]
+fn a_refused_record_leaves_its_old_report_listed_as_unreadable_not_gone() {
+    // The record is there but refused (here a tuned config filed under another GPU's name): the
+    // old tune.md beside it is neither regenerated nor "a report whose record is gone".
+    let (tmp, dir) = committed_copy();
+    let tuned = tmp.path().join("tuning").join(format!("{SLUG}.json"));
+    let mut c = json(&tuned);
+    c["device"]["slug"] = "nvidia-geforce-rtx-4090".into();
+    std::fs::write(&tuned, c.to_string()).unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("recorded on GPU 'nvidia-geforce-rtx-4090'")
+            && out.contains(&format!("filed under '{SLUG}'")),
+        "{out}"
+    );
+    assert!(!out.contains("gone"), "{out}");
+    let index = read(&dir.join("README.md"));
+    let rows: Vec<&str> = index
+        .lines()
+        .filter(|l| l.starts_with("| [tune.md](tune.md)"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{index}");
+    assert!(!rows[0].contains("**no record**"), "{}", rows[0]);
+}
+
 /// Without a GPU, `lab bench` says there is nothing to time and succeeds, except under
 /// REQUIRE_GPU=1 (scripts/device-check), where a missing GPU must fail the step instead of
 /// reading as a PASS. (On a machine with a GPU this would run the bench: skipped there.)

@@ -69,7 +69,8 @@ fn nearest_in_reports<T>(
     let mut best: Option<(f64, T)> = None;
     for f in folders {
         let path = f.join("decode.json");
-        if !path.is_file() {
+        // A folder without one is a card never benchmarked; a directory by that name is an error.
+        if !f.is_dir() || !crate::util::optional_file(&path)? {
             continue;
         }
         let runs: Value = crate::util::read_json(&path)?;
@@ -87,7 +88,7 @@ fn nearest_in_reports<T>(
 }
 
 /// A decode.json must be what `lab report` reads (the runs as `DecodeReport`s, every time
-/// positive and finite) before its fields are picked out: a damaged file otherwise read as "no
+/// positive and finite, each recorded on the card its folder is named for) before its fields are picked out: a damaged file otherwise read as "no
 /// report" (the estimate silently became the pure roofline) or fed an impossible time to the fit.
 fn check_decode_file(path: &Path, runs: &Value) -> Result<()> {
     use serde::Deserialize;
@@ -98,7 +99,16 @@ fn check_decode_file(path: &Path, runs: &Value) -> Result<()> {
                 source: e,
             }
         })?;
+    // The folder names the card the estimate says it was measured on, and the nearest-card
+    // choice reads the runs' own device: a record filed under another card's folder is refused,
+    // as `lab report` refuses it.
+    let folder = path
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     for r in &typed {
+        crate::report::regenerate::check_slug(path, &r.header.device.slug, &folder)?;
         crate::report::regenerate::check_decode_timings(path, r)?;
     }
     Ok(())
@@ -691,7 +701,7 @@ mod tests {
             ("negative times", negative),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let f = dir.path().join("reports/x/decode.json");
+            let f = dir.path().join("reports/nvidia-h100-80gb-hbm3/decode.json");
             std::fs::create_dir_all(f.parent().unwrap()).unwrap();
             std::fs::write(&f, v.to_string()).unwrap();
             for e in [
@@ -699,16 +709,58 @@ mod tests {
                 from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, None).map(|_| ()),
             ] {
                 let e = e.expect_err(what).to_string();
-                assert!(e.contains("reports/x/decode.json"), "{what}: {e}");
+                assert!(
+                    e.contains("reports/nvidia-h100-80gb-hbm3/decode.json"),
+                    "{what}: {e}"
+                );
+                assert!(!e.contains("filed under"), "{what}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn a_report_filed_under_another_cards_folder_is_refused_as_lab_report_refuses_it() {
+        // The estimate names the card its fit was measured on, and the nearest-card choice reads
+        // the runs' own device: H100 runs in an RTX 4090's folder (a copy, a hand move) would
+        // be fitted and labelled with one card's name and the other's data.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir
+            .path()
+            .join("reports/nvidia-geforce-rtx-4090/decode.json");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, &text).unwrap();
+        for e in [
+            fit_from_reports(dir.path(), WeightDtype::Int4, false, None, true).map(|_| ()),
+            from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, None).map(|_| ()),
+        ] {
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.contains("reports/nvidia-geforce-rtx-4090/decode.json")
+                    && e.contains("recorded on GPU 'nvidia-h100-80gb-hbm3'")
+                    && e.contains("filed under 'nvidia-geforce-rtx-4090'"),
+                "{e}"
+            );
+        }
+        // In its own folder the same file is read.
+        let own = dir.path().join("reports/nvidia-h100-80gb-hbm3");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(own.join("decode.json"), &text).unwrap();
+        assert!(
+            fit_from_reports(dir.path(), WeightDtype::Int4, false, None, true)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn of_several_reports_the_card_of_the_nearest_bandwidth_is_used() {
         // Two reports: the committed H100 one, and the same runs as if measured on a card of
         // three times its memory clock (a slower one would make the H100's steps impossible: an
-        // efficiency above 1 fits nothing). Folder "a-..." sorts first.
+        // efficiency above 1 fits nothing), filed as its own card. Folder "a-..." sorts first.
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
             .unwrap();
@@ -716,9 +768,13 @@ mod tests {
         for r in fast.as_array_mut().unwrap() {
             let clk = &mut r["header"]["device"]["mem_clock_khz"];
             *clk = (clk.as_i64().unwrap() * 3).into();
+            r["header"]["device"]["slug"] = "a-fast".into();
         }
         let dir = tempfile::tempdir().unwrap();
-        for (name, body) in [("a-fast", fast.to_string()), ("b-h100", text)] {
+        for (name, body) in [
+            ("a-fast", fast.to_string()),
+            ("nvidia-h100-80gb-hbm3", text),
+        ] {
             std::fs::create_dir_all(dir.path().join("reports").join(name)).unwrap();
             std::fs::write(
                 dir.path().join("reports").join(name).join("decode.json"),

@@ -80,7 +80,7 @@ fn tuned_for_another_slug(path: &Path) -> bool {
 }
 
 /// A record that says it was measured on another GPU than its folder's is refused by name.
-fn check_slug(path: &Path, recorded: &str, slug: &str) -> Result<()> {
+pub(crate) fn check_slug(path: &Path, recorded: &str, slug: &str) -> Result<()> {
     if recorded != slug {
         return Err(LabError::invalid(
             path.display().to_string(),
@@ -336,6 +336,16 @@ pub fn regenerate_slug(root: &Path, slug: &str) -> Result<SlugOutcome> {
             .map(|s| s.0.to_string())
             .or_else(|| (rel == "tune.md").then(|| format!("tuning/{slug}.json")));
         if let Some(source) = source {
+            // A record that is there but was refused is listed above as unreadable, with its
+            // error; its old report is neither current nor "gone".
+            let record = if source.starts_with("tuning/") {
+                root.join(&source)
+            } else {
+                dir.join(&source)
+            };
+            if record.exists() {
+                continue;
+            }
             eprintln!(
                 "note: {}: its record {source} is gone, so it was not regenerated",
                 dir.join(&rel).display()

@@ -36,7 +36,7 @@ pub struct DecodeArgs {
     #[arg(long)]
     model: Option<String>,
     /// A checkpoint folder (GPTQ or fp16, HF layout).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::checkpoint_folder())]
     checkpoint: Option<PathBuf>,
     /// Prompt as raw token ids, e.g. "1,306,4966" (used as given: no BOS is added).
     #[arg(long, conflicts_with = "prompt")]
@@ -50,8 +50,9 @@ pub struct DecodeArgs {
     template: String,
     #[arg(long, default_value_t = 16)]
     max_new_tokens: usize,
-    /// Always pick the most likely token (same as --temperature 0).
-    #[arg(long)]
+    /// Always pick the most likely token (same as --temperature 0); not with --top-p or
+    /// --temperature, which it would override.
+    #[arg(long, conflicts_with_all = ["top_p", "temperature"])]
     greedy: bool,
     /// Nucleus mass kept when sampling. Default: the checkpoint's generation_config.json when it
     /// sets do_sample, as transformers' generate reads it (false: greedy; true: its top_p,
@@ -131,6 +132,13 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt has no tokens: give at least one (--prompt TEXT or --prompt-ids 1,2,3)");
     }
+    check_vocab(
+        &a,
+        &prompt,
+        &ckpt.dir,
+        ckpt.config.vocab_size,
+        tokenizer.as_ref(),
+    )?;
     check_context(prompt.len(), a.max_new_tokens, &ckpt.config)?;
     let eos = stop_tokens(&a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
     let weights = LlamaWeights::from_checkpoint(&ckpt)?;
@@ -195,7 +203,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     let per_s = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     if let Some(path) = &a.dump_logits {
         let dump = serde_json::json!({
-            "checkpoint": ckpt.dir,
+            "checkpoint": gptq_lab::util::path_json(&ckpt.dir),
             "prompt_tokens": prompt,
             "prompt_logits": prompt_logits,
             "tokens": tokens,
@@ -210,7 +218,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         });
         let out = serde_json::json!({
             "backend": "cpu",
-            "checkpoint": ckpt.dir,
+            "checkpoint": gptq_lab::util::path_json(&ckpt.dir),
             "model": ckpt.config.name,
             "quantization": quant,
             "sampling": sampling_json(sampling, &sampling_from, a.seed),
@@ -546,6 +554,45 @@ pub(super) fn stop_str(a: &DecodeArgs) -> Option<&'static str> {
         return None;
     }
     Template::parse(&a.template).ok().and_then(|t| t.stop_str())
+}
+
+/// The prompt's ids against config.json's vocab_size, and the tokenizer's size against it, before
+/// any weights load: a tokenizer of another model (more tokens than the model has logits) is
+/// refused naming both files, as `lab eval` refuses it, instead of the engine's bare "token id out
+/// of range"; one with fewer tokens than the model (a vocabulary padded for the GPU) is noted,
+/// since a generated id past it has no text.
+pub(super) fn check_vocab(
+    a: &DecodeArgs,
+    prompt: &[u32],
+    dir: &Path,
+    vocab: usize,
+    tokenizer: Option<&TextTokenizer>,
+) -> anyhow::Result<()> {
+    let config = dir.join("config.json");
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+        match (a.prompt_ids.is_some(), tokenizer) {
+            (false, Some(tok)) => bail!(
+                "--prompt: the tokenizer ({}) gives token id {bad}, out of range for {}'s \
+                 vocab_size {vocab}: the tokenizer and config.json are of different models",
+                tok.path().display(),
+                config.display()
+            ),
+            _ => bail!(
+                "--prompt-ids: token id {bad} is out of range for {}'s vocab_size {vocab}",
+                config.display()
+            ),
+        }
+    }
+    if let Some(tok) = tokenizer.filter(|t| t.vocab_size() < vocab) {
+        eprintln!(
+            "note: the tokenizer ({}) has {} tokens, {}'s vocab_size is {vocab}: a generated id \
+             past the tokenizer's has no text",
+            tok.path().display(),
+            tok.vocab_size(),
+            config.display()
+        );
+    }
+    Ok(())
 }
 
 /// The decoded text of the new tokens, ending before the template's stop string.

@@ -667,12 +667,10 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
         eprintln!("{note}");
     }
+    let tokenizer = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
     let prompt: Vec<u32> = match &a.prompt_ids {
         Some(ids) => gptq_lab::model::tokenizer::parse_ids(ids)?,
-        None => match (
-            &a.prompt,
-            gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?,
-        ) {
+        None => match (&a.prompt, tokenizer.as_ref()) {
             (Some(text), Some(tok)) => tok.encode(
                 &gptq_lab::model::template::Template::parse(&a.template)?.render(text),
                 true,
@@ -685,6 +683,13 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
             (None, _) => bail!("give a prompt: --prompt TEXT or --prompt-ids 1,2,3"),
         },
     };
+    super::check_vocab(
+        a,
+        &prompt,
+        &ckpt.dir,
+        ckpt.config.vocab_size,
+        tokenizer.as_ref(),
+    )?;
     let max_ctx = super::check_context(prompt.len(), a.max_new_tokens, &ckpt.config)?.max(1);
     let mut opts = EngineOptions::new(max_ctx);
     opts.fp16_backend = fp16_backend(&a.gpu.fp16_backend)?;
@@ -755,7 +760,6 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         r => r?,
     };
     let load_s = t0.elapsed().as_secs_f64();
-    let tokenizer = gptq_lab::model::tokenizer::TextTokenizer::from_checkpoint_dir(&ckpt.dir)?;
     let eos = super::stop_tokens(a, &ckpt.dir, ckpt.config.vocab_size, tokenizer.as_ref())?;
     let mut stream = super::text_stream(a, tokenizer.as_ref());
     let t1 = Instant::now();
@@ -823,7 +827,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let vram = eng.vram()?;
     if let Some(path) = &a.dump_logits {
         let dump = serde_json::json!({
-            "checkpoint": ckpt.dir,
+            "checkpoint": gptq_lab::util::path_json(&ckpt.dir),
             "backend": "gpu",
             "prompt_tokens": prompt,
             "tokens": tokens,
@@ -835,7 +839,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
         // With --dump-logits (else empty): top_p_margins, the CPU mirror's margin of each draw
         // on the GPU's logits;
         // mirror_differs: new-token indices where the mirror chose another id (expected: none).
-        let out = serde_json::json!({"backend": "gpu", "checkpoint": ckpt.dir, "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text, "stop": stop,
+        let out = serde_json::json!({"backend": "gpu", "checkpoint": gptq_lab::util::path_json(&ckpt.dir), "weights": eng.weights.desc, "prompt_tokens": prompt, "tokens": tokens, "text": text, "stop": stop,
             "sampling": super::sampling_json(opts_sampling, &sampling_from, a.seed),
             "top_p_margins": margins, "mirror_differs": mirror_differs,
             "timings": {"load_s": load_s, "first_token_s": first_s, "generate_s": gen_s, "decode_tokens_per_s": decode_tps, "prefill": format!("{mode:?}")}, "load": eng.weights.load, "vram": vram});

@@ -43,7 +43,7 @@ pub enum ScoringArg {
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = crate::checkpoint_folder())]
     checkpoint: PathBuf,
     /// Text to score (default: the shipped data/calibration/eval.txt, held out from calibration:
     /// 2.1 KB, about 500 tokens for a LLaMA tokenizer, enough for the tiny test models only; a
@@ -57,7 +57,7 @@ pub struct EvalArgs {
     #[arg(long)]
     max_windows: Option<usize>,
     /// A reference checkpoint (the fp16 original): adds KL divergence and top-1 agreement.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::checkpoint_folder())]
     reference: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cpu")]
     backend: Backend,

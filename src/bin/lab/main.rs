@@ -15,6 +15,7 @@ mod tune;
 use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -149,6 +150,25 @@ where
 /// Refuses the flags of the group `A` (flattened into a subcommand's arguments) that the user
 /// typed, for a run that does not use them: a flag silently ignored reads as one obeyed. Flags
 /// left at their defaults pass. `why` follows the flag's name in the error.
+/// The parser of every `--checkpoint` / `--reference` flag: a path, any bytes (a folder name
+/// need not be UTF-8), refused when it names a file. The commands read config.json, the
+/// tokenizer and generation_config.json beside the weights, so a `model.safetensors` given here
+/// would fail later as ".../model.safetensors/config.json: Not a directory".
+pub(crate) fn checkpoint_folder() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PathBufValueParser::new().try_map(|p: PathBuf| {
+        if p.is_file() {
+            Err(format!(
+                "{} is a file; expected the checkpoint's folder (config.json, the .safetensors \
+                 weights, the tokenizer)",
+                p.display()
+            ))
+        } else {
+            Ok(p)
+        }
+    })
+}
+
 pub(crate) fn refuse_typed<A: clap::Args>(m: &ArgMatches, why: &str) -> anyhow::Result<()> {
     let group = A::augment_args(clap::Command::new("group"));
     for arg in group.get_arguments() {

@@ -26,7 +26,7 @@ pub struct PlanArgs {
     model: Vec<String>,
     /// A checkpoint folder: shapes from DIR/config.json, group size and act-order from
     /// DIR/quantize_config.json (or config.json's quantization_config), else --group.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::checkpoint_folder())]
     checkpoint: Option<PathBuf>,
     /// Group size(s), comma separated: 32, 64, 128, -1 (per-channel). Default: all four.
     #[arg(long, value_delimiter = ',')]
@@ -418,13 +418,28 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
             "WARNING: the engines would refuse this folder's weights ({why}); the plan below is from its config alone"
         );
     }
+    for n in &q.notes {
+        eprintln!("note: {n}");
+    }
+    let source = q.source.as_deref().unwrap_or(dir).display();
+    if a.dtype == WeightDtype::Fp16 && !q.unquantized && q.source.is_some() {
+        eprintln!(
+            "note: {} is an int4 GPTQ checkpoint; --dtype fp16 plans the same model unquantized, not this folder's files",
+            dir.display()
+        );
+    }
+    let act_order = match q.act_order {
+        Some(false) if a.act_order && a.dtype == WeightDtype::Int4 => {
+            eprintln!("note: {source} says desc_act false; ignoring --act-order");
+            false
+        }
+        Some(said) => said,
+        None => a.act_order,
+    };
     let groups = match (q.group_size, a.group.as_slice()) {
         (Some(g), flags) => {
             if !flags.is_empty() && flags != [g] {
-                eprintln!(
-                    "note: {} says group_size {g}; ignoring --group {flags:?}",
-                    q.source.as_deref().unwrap_or(dir).display()
-                );
+                eprintln!("note: {source} says group_size {g}; ignoring --group {flags:?}");
             }
             vec![g]
         }
@@ -444,11 +459,7 @@ fn models_and_groups(a: &PlanArgs) -> anyhow::Result<(Vec<ModelConfig>, Vec<i32>
     } else {
         groups
     };
-    Ok((
-        vec![model],
-        groups,
-        a.act_order || q.act_order == Some(true),
-    ))
+    Ok((vec![model], groups, act_order))
 }
 
 fn print_cards() {
@@ -527,13 +538,27 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
             "{:<w$} {:<6} {:>6} {:>8.3} {:>8.3} {:>9.4} {:>8.4} {:>8.3} {:>8.3}{fits}",
             p.model,
             group_label(p),
-            p.ctx,
+            format!("{}{}", p.ctx, past_mark(p)),
             gb(p.weights_bytes),
             gb(p.kv_cache_bytes),
             gb(p.workspace_bytes),
             gb(p.prefill_bytes),
             gb(p.cuda_context_bytes),
             gb(p.total_bytes)
+        );
+    }
+
+    // Each model marked past its own trained context (presets differ: 2048 / 4096 / 16384).
+    let past_trained = distinct(
+        plans
+            .iter()
+            .filter(|p| p.ctx > p.model_max_ctx)
+            .map(|p| format!("{} {}", p.model, p.model_max_ctx)),
+    );
+    if !past_trained.is_empty() {
+        println!(
+            "* past the model's trained context (positions: {}): the memory is planned, but a LLaMA model's output past it is not meaningful, and lab decode / lab eval refuse it",
+            past_trained.join(", ")
         );
     }
 
@@ -619,19 +644,6 @@ fn print_tables(plans: &[Plan], context_bytes: u64) {
         println!("free GB = usable memory less the plan's total; a desktop, browser or second program on the same card takes from it. max ctx: what memory allows, not what the model was trained for");
         if let Some(note) = extrapolated_note(plans) {
             println!("{note}");
-        }
-        // Each model marked past its own trained context (presets differ: 2048 / 4096 / 16384).
-        let past_trained = distinct(
-            plans
-                .iter()
-                .filter(|p| p.card.is_some() && p.roofline.is_some() && p.ctx > p.model_max_ctx)
-                .map(|p| format!("{} {}", p.model, p.model_max_ctx)),
-        );
-        if !past_trained.is_empty() {
-            println!(
-                "* past the model's trained context (positions: {}): the memory is planned, but a LLaMA model's output past it is not meaningful",
-                past_trained.join(", ")
-            );
         }
     }
     // One line per distinct note (act-order rows beside per-channel ones, which run plain).

@@ -30,7 +30,7 @@ pub enum MethodArg {
 pub struct QuantizeArgs {
     /// The fp16 checkpoint folder (HF layout: config.json, *.safetensors, tokenizer.json or
     /// tokenizer.model).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::checkpoint_folder())]
     checkpoint: PathBuf,
     /// Calibration text, tokenized with the checkpoint's tokenizer. Default: the shipped
     /// data/calibration/default.txt, 4.8 KB of prose: enough for the tiny test models, about 1.2k
@@ -123,6 +123,17 @@ pub fn run(a: QuantizeArgs) -> anyhow::Result<()> {
         hessian: HessianBackend::parse(&a.hessian)?,
     };
     let s = quantize_checkpoint(&opts)?;
+    // Fewer calibration tokens than a linear has inputs: its Hessian X^T X has rank at most the
+    // token count, and only the damping keeps the solve defined. The GPTQ papers use 128 x 2048.
+    if let Some(l) = s.linears.iter().max_by_key(|l| l.k) {
+        if s.calib_tokens < l.k {
+            eprintln!(
+                "note: {} calibration tokens, fewer than the {} inputs of {}: its Hessian is \
+                 rank-deficient and held up by --damp alone (GPTQ calibrates on ~128 x 2048 tokens)",
+                s.calib_tokens, l.k, l.name
+            );
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 pub struct TokenizeArgs {
     /// The checkpoint folder: its tokenizer.json, else its sentencepiece tokenizer.model.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::checkpoint_folder())]
     checkpoint: PathBuf,
     /// Text to encode (BOS first unless --no-bos).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
@@ -21,10 +21,10 @@ pub struct TokenizeArgs {
     #[arg(long)]
     ids: Option<String>,
     /// Wrap --text as `lab decode --prompt` does: raw (default here), v0 or v1.1.
-    #[arg(long, default_value = "raw")]
+    #[arg(long, default_value = "raw", conflicts_with = "ids")]
     template: String,
-    /// Leave out the BOS token the tokenizer puts in front.
-    #[arg(long)]
+    /// Leave out the BOS token the tokenizer puts in front (--text only).
+    #[arg(long, conflicts_with = "ids")]
     no_bos: bool,
     /// One JSON object on stdout.
     #[arg(long)]
@@ -60,7 +60,7 @@ pub fn run(a: TokenizeArgs) -> anyhow::Result<()> {
         .collect();
     if a.json {
         let out = serde_json::json!({
-            "tokenizer": tok.path(),
+            "tokenizer": gptq_lab::util::path_json(tok.path()),
             "ids": ids,
             "pieces": pieces,
             "text": text,

@@ -29,7 +29,7 @@ pub struct TuneArgs {
     #[arg(long, value_delimiter = ',', conflicts_with = "checkpoint")]
     model: Vec<String>,
     /// Tune the shapes of this checkpoint (its config.json), group 128, act-order on and off.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::checkpoint_folder())]
     checkpoint: Option<PathBuf>,
     /// Skip the decode pass: after the keys, `lab tune` times each model's whole decode step
     /// (int4 g128, act-order off and on; sm_90+) at a few PDL prefetch budgets and keeps the
