@@ -216,8 +216,10 @@ mod tests {
         let chain = error_model(crate::kernels::registry::by_name("gemv_v2_vec").unwrap());
         let exact = ErrorModel { c16: 0.0, why: "" };
         let (small_chain, small_exact) = (flagged_share(288, &chain), flagged_share(288, &exact));
-        assert!(small_chain > 0.75, "K=288, fp16 chain: {small_chain}");
-        assert!(small_exact > 0.95, "K=288, exact: {small_exact}");
+        // Just under what the bounds flag (seeded: 0.888 and 0.993): a bound loosened by 2x in its
+        // fp16 term flags 0.776 and fails here.
+        assert!(small_chain > 0.85, "K=288, fp16 chain: {small_chain}");
+        assert!(small_exact > 0.99, "K=288, exact: {small_exact}");
         // At a decode shape's K the same loss hides far more often: why the small-K case exists.
         let big_chain = flagged_share(4096, &chain);
         eprintln!("lost word flagged: K=288 chain {small_chain:.3}, exact {small_exact:.3}; K=4096 chain {big_chain:.3}");
@@ -225,6 +227,54 @@ mod tests {
             big_chain < small_chain - 0.2,
             "K=4096 {big_chain} vs K=288 {small_chain}"
         );
+    }
+
+    /// The module's bound, evaluated by hand from its doc line with the constants written out
+    /// (u16 = 2^-11, u32 = 2^-24), for each arithmetic model the registry's variants declare:
+    /// what the code computes must be the derivation, term by term, not a looser cousin.
+    #[test]
+    fn tolerance_is_the_documented_bound_for_every_variant() {
+        let (u16, u32) = (2f64.powi(-11), 2f64.powi(-24));
+        let by_hand = |c16: f64, k: f64, r: f64, s: f64| {
+            u32 + (1.0 + u16) * (c16 * u16 + (k + 8.0) * u32) * s + u16 * r.abs()
+        };
+        // The model each kernel's arithmetic calls for (notes in error_model).
+        let want_c16 = |name: &str| match name {
+            "gemv_v1_naive" | "gemv_v3_gather" | "gemm_v1_simt" => 0.0,
+            "gemv_cublas_f16" | "gemv_dequant_cublas" | "gemm_v2_mma" => 2.0,
+            _ => 4.01,
+        };
+        let all = crate::kernels::registry::all();
+        assert!(all.len() >= 10, "{}", all.len());
+        for v in all {
+            let m = error_model(v);
+            assert_eq!(m.c16, want_c16(v.name), "{}", v.name);
+            for (k, r, s) in [(4096, 0.5, 1.0), (288, -3.0, 40.0), (1, 0.0, 1e-3)] {
+                let got = tolerance(&m, k, r, s);
+                let want = by_hand(m.c16, k as f64, r, s);
+                assert!(
+                    (got - want).abs() <= 1e-15 * want,
+                    "{} k {k}: {got} vs {want}",
+                    v.name
+                );
+            }
+        }
+    }
+
+    /// The output-rounding term alone: an exact result rounded to fp16 at K = 1, where the
+    /// arithmetic terms are ~1e-6 of it, must pass, and a result one fp16 step off must not.
+    #[test]
+    fn an_exact_result_rounded_to_fp16_passes_on_its_rounding_term() {
+        let m = ErrorModel { c16: 0.0, why: "" };
+        // fp16 spacing at 1000 is 0.5: 1000.3 rounds to 1000.5, an error of 0.2.
+        let want = [1000.3f64];
+        let rounded = [f16::from_f64(want[0])];
+        assert_eq!(rounded[0].to_f64(), 1000.5);
+        let c = compare(&rounded, &want, &want, 1, 1, &m);
+        assert_eq!(c.bad, 0, "margin {}", c.margin);
+        assert!(c.margin > 0.3, "the rounding term carries it: {}", c.margin);
+        let off = [f16::from_f64(1001.0)];
+        assert_eq!(compare(&off, &want, &want, 1, 1, &m).bad, 1);
     }
 
     #[test]
