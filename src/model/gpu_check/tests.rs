@@ -212,3 +212,69 @@ fn op_refs_reproduce_an_exact_trace_op_by_op() {
         );
     }
 }
+
+/// The f64 reference (RefModel) is the ground truth of every GPU check, and its math (RMSNorm,
+/// RoPE, grouped-KV attention, SwiGLU) is written apart from the CPU engine's: here it meets
+/// transformers' own logits on the committed fixtures (expected.json: LlamaForCausalLM in fp32,
+/// 4 heads over 2 KV heads, act-order, asym and sym, fp16), prompt positions and greedy steps,
+/// at the CPU engine's tolerance. A wrong scale or head mapping would fail a GPU run falsely, or
+/// pass a kernel making the same mistake; this catches it without a GPU.
+#[test]
+fn the_f64_reference_matches_transformers_on_the_fixtures() {
+    use crate::model::checkpoint::Checkpoint;
+    use crate::model::gpu_weights::HostLlama;
+    let (atol, rtol) = (1e-4, 1e-4);
+    for name in [
+        "tiny-fp16",
+        "tiny-sym-g32",
+        "tiny-asym-act-g32",
+        "tiny-sym-act-g64",
+        "tiny-asym-gall",
+    ] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        assert!(ckpt.config.num_key_value_heads < ckpt.config.num_attention_heads);
+        let host = HostLlama::from_checkpoint(&ckpt).unwrap();
+        let w = RefWeights::new(&host);
+        let exp: serde_json::Value = crate::util::read_json(&dir.join("expected.json")).unwrap();
+        let rows =
+            |v: &serde_json::Value| -> Vec<Vec<f64>> { serde_json::from_value(v.clone()).unwrap() };
+        let mut worst = 0f64;
+        let mut check = |got: &[f64], want: &[f64], at: String| {
+            assert_eq!(got.len(), want.len(), "{name} {at}");
+            for (g, x) in got.iter().zip(want) {
+                let r = (g - x).abs() / (atol + rtol * x.abs());
+                assert!(
+                    r <= 1.0,
+                    "{name} {at}: {g} vs transformers' {x} ({r:.2}x tolerance)"
+                );
+                worst = worst.max(r);
+            }
+        };
+        for case in exp["prompts"].as_array().unwrap() {
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let mut rm = RefModel {
+                cfg: &ckpt.config,
+                w: &w,
+                cache: vec![(Vec::new(), Vec::new()); ckpt.config.num_hidden_layers],
+            };
+            let mut logits = Vec::new();
+            for (pos, (&id, want)) in ids.iter().zip(rows(&case["prompt_logits"])).enumerate() {
+                logits = rm.step(id);
+                check(&logits, &want, format!("prompt position {pos}"));
+            }
+            let tokens: Vec<u32> = serde_json::from_value(case["greedy_tokens"].clone()).unwrap();
+            for (step, (&t, want)) in tokens.iter().zip(rows(&case["greedy_logits"])).enumerate() {
+                check(&logits, &want, format!("greedy step {step}"));
+                let best = (0..logits.len())
+                    .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                    .unwrap();
+                assert_eq!(best as u32, t, "{name} greedy step {step}");
+                logits = rm.step(t);
+            }
+        }
+        eprintln!("{name}: the f64 reference within {worst:.3} of transformers' tolerance");
+    }
+}
