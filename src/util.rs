@@ -195,6 +195,26 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     write_atomic(path, s.as_bytes())
 }
 
+/// A test that cannot run here says so: `SKIP <test>: <reason>` on stderr, and, where the
+/// environment names a file in `LAB_SKIP_LOG` (scripts/test does), one line appended to it. libtest
+/// swallows a passing test's stderr, so without the file a skip reads as a pass in the suite's
+/// output; scripts/test prints the file's lines at the end.
+pub fn note_skip(test: &str, reason: &str) {
+    let line = format!("SKIP {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("LAB_SKIP_LOG").filter(|p| !p.is_empty()) {
+        // One short O_APPEND write per line: lines from parallel tests do not interleave.
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = r {
+            eprintln!("(LAB_SKIP_LOG {}: {e})", Path::new(&path).display());
+        }
+    }
+}
+
 /// A path as JSON text. serde writes a `Path` only when it is valid UTF-8 and fails otherwise,
 /// which inside `serde_json::json!` is a panic: a folder name with a Latin-1 byte (a user's own
 /// checkpoint) must not stop `--json`, so such bytes become U+FFFD, as `Path::display` shows them.

@@ -67,7 +67,7 @@ fn eval_backends_agree_or_gpu_is_refused_cleanly() {
             assert!(!err.contains("panicked"), "{err}");
             // Refused before any weights were streamed (no progress output).
             assert!(!err.contains("loaded ") && !err.contains("[1/"), "{err}");
-            eprintln!("SKIP gpu half of eval_backends_agree: {e}");
+            gptq_lab::util::note_skip("gpu half of eval_backends_agree", &e.to_string());
         }
         Ok(_) => {
             let gpu = mean_nll(&o, "gpu");

@@ -15,7 +15,7 @@ fn skip(why: &str) {
     if std::env::var("LAB_REQUIRE_KERNELS").is_ok_and(|v| v == "1") {
         panic!("LAB_REQUIRE_KERNELS=1 but gemm_sass cannot run: {why}");
     }
-    eprintln!("SKIP gemm_sass: {why}");
+    gptq_lab::util::note_skip("gemm_sass", why);
 }
 
 fn find_cuobjdump() -> Option<PathBuf> {

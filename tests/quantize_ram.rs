@@ -224,7 +224,10 @@ fn assert_within_bound_and_complete(m: &Measured, sh: Shapes) {
 #[test]
 fn quantize_peak_rss_stays_within_the_stated_bound() {
     if !cfg!(target_os = "linux") {
-        eprintln!("SKIP quantize_peak_rss_stays_within_the_stated_bound: needs /proc (Linux)");
+        gptq_lab::util::note_skip(
+            "quantize_peak_rss_stays_within_the_stated_bound",
+            "needs /proc (Linux)",
+        );
         return;
     }
     let m = quantize_measured(MID, 128, 4);
@@ -249,7 +252,10 @@ fn quantize_peak_rss_stays_within_the_stated_bound() {
 #[ignore]
 fn quantize_peak_rss_at_vicuna_7b_shapes_stays_within_the_stated_bound() {
     if !cfg!(target_os = "linux") {
-        eprintln!("SKIP: needs /proc (Linux)");
+        gptq_lab::util::note_skip(
+            "quantize_peak_rss_at_vicuna_7b_shapes_stays_within_the_stated_bound",
+            "needs /proc (Linux)",
+        );
         return;
     }
     let sh = VICUNA_7B_TWO_LAYERS;

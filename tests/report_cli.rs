@@ -475,7 +475,10 @@ fn bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required() {
 #[test]
 fn run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required() {
     if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
-        eprintln!("SKIP run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required: a GPU is present");
+        gptq_lab::util::note_skip(
+            "run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required",
+            "a GPU is present",
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();

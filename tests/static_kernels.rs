@@ -27,7 +27,7 @@ fn sass_available(test: &str) -> bool {
         return false;
     }
     if let Err(why) = sc::find_sass_tools() {
-        eprintln!("SKIP {test}: {why}");
+        gptq_lab::util::note_skip(test, &why);
         return false;
     }
     true
@@ -39,7 +39,10 @@ fn built() -> bool {
             std::env::var("LAB_REQUIRE_KERNELS").map_or(true, |v| v != "1"),
             "LAB_REQUIRE_KERNELS=1 but kernels were not built"
         );
-        eprintln!("SKIP static_kernels: kernels not built (no nvcc at build time)");
+        gptq_lab::util::note_skip(
+            "static_kernels",
+            "kernels not built (no nvcc at build time)",
+        );
         return false;
     }
     true

@@ -26,7 +26,10 @@ fn tune_refuses_unknown_models_and_missing_checkpoints_before_touching_a_gpu() {
 #[test]
 fn tune_on_a_checkpoint_without_a_gpu_says_so() {
     if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
-        eprintln!("SKIP tune_on_a_checkpoint_without_a_gpu_says_so: a GPU is present");
+        gptq_lab::util::note_skip(
+            "tune_on_a_checkpoint_without_a_gpu_says_so",
+            "a GPU is present",
+        );
         return;
     }
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-fp16");
@@ -38,7 +41,10 @@ fn tune_on_a_checkpoint_without_a_gpu_says_so() {
 #[test]
 fn tune_show_reads_the_tuned_configs_under_root() {
     if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
-        eprintln!("SKIP tune_show_reads_the_tuned_configs_under_root: a GPU is present (it picks its own file)");
+        gptq_lab::util::note_skip(
+            "tune_show_reads_the_tuned_configs_under_root",
+            "a GPU is present (it picks its own file)",
+        );
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -81,7 +87,10 @@ fn tune_show_reads_the_tuned_configs_under_root() {
 #[test]
 fn tune_show_shows_every_config_and_names_each_refused_one() {
     if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
-        eprintln!("SKIP tune_show_shows_every_config_and_names_each_refused_one: a GPU is present (it picks its own file)");
+        gptq_lab::util::note_skip(
+            "tune_show_shows_every_config_and_names_each_refused_one",
+            "a GPU is present (it picks its own file)",
+        );
         return;
     }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -50,7 +50,7 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     if std::env::var("REQUIRE_GPU").is_ok_and(|v| v == "1") {
         panic!("REQUIRE_GPU=1 but {test} cannot run: {reason}");
     }
-    eprintln!("SKIP {test}: {reason}");
+    crate::util::note_skip(test, &reason);
     None
 }
 

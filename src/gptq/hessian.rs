@@ -335,7 +335,7 @@ mod tests {
         if std::env::var("REQUIRE_AMX").is_ok_and(|v| v == "1") {
             panic!("REQUIRE_AMX=1 but {test} cannot run: {reason}");
         }
-        eprintln!("SKIP {test}: {reason}");
+        crate::util::note_skip(test, reason);
         false
     }
 

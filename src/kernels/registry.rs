@@ -164,7 +164,10 @@ mod tests {
                     .unwrap_or(true),
                 "LAB_REQUIRE_KERNELS=1 but kernels were not built"
             );
-            eprintln!("SKIP every_registry_symbol_is_in_the_embedded_kernels: kernels not built");
+            crate::util::note_skip(
+                "every_registry_symbol_is_in_the_embedded_kernels",
+                "kernels not built",
+            );
             return;
         }
         for v in all() {
