@@ -43,20 +43,13 @@ struct PromptCase {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    common::fixture_dir(name)
 }
 
 /// A temp copy of the fixture folder `name`, without the files named in `leave_out`.
 fn fixture_copy(name: &str, leave_out: &[&str]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        if !leave_out.iter().any(|f| e.file_name() == *f) {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    common::copy_fixture_into(name, tmp.path(), leave_out);
     tmp
 }
 

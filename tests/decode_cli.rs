@@ -369,11 +369,7 @@ fn json_output_takes_a_folder_name_that_is_not_utf8_and_a_file_is_not_a_folder()
         .path()
         .join(std::ffi::OsStr::from_bytes(b"tiny-\xe9t\xe9"));
     std::fs::create_dir(&dir).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-    }
+    common::copy_fixture_into("tiny-sym-g32", &dir, &[]);
     let run = |args: &[&str], path: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_lab"))
             .args(args)
@@ -423,11 +419,7 @@ fn json_output_takes_a_folder_name_that_is_not_utf8_and_a_file_is_not_a_folder()
 #[test]
 fn a_prompt_id_past_the_vocabulary_names_the_tokenizer_or_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sym-g32");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-    }
+    common::copy_fixture_into("tiny-sym-g32", tmp.path(), &[]);
     // One more token than the model has logits for: id 320 of a 320-row model.
     let tj = tmp.path().join("tokenizer.json");
     let mut t: serde_json::Value =

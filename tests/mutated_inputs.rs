@@ -17,18 +17,13 @@ mod common;
 use common::lab;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    common::fixture_dir(name)
 }
 
 /// A fresh copy of a fixture folder.
 fn copy_of(name: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
-    }
+    common::copy_fixture_into(name, tmp.path(), &[]);
     tmp
 }
 
