@@ -210,15 +210,14 @@ impl ModelConfig {
             source: e,
         })?;
         let need = |v: Option<usize>, f: &str| {
-            v.filter(|&x| x > 0).ok_or_else(|| {
-                LabError::bad_checkpoint(path, format!("config.json: missing or zero '{f}'"))
-            })
+            v.filter(|&x| x > 0)
+                .ok_or_else(|| LabError::bad_checkpoint(path, format!("missing or zero '{f}'")))
         };
         if let Some(t) = &raw.model_type {
             if t != "llama" {
                 return Err(LabError::bad_checkpoint(
                     path,
-                    format!("config.json: model_type '{t}' is not supported; expected 'llama' (LLaMA/Vicuna)"),
+                    format!("model_type '{t}' is not supported; expected 'llama' (LLaMA/Vicuna)"),
                 ));
             }
         }
@@ -227,7 +226,7 @@ impl ModelConfig {
         if hidden % heads != 0 {
             return Err(LabError::bad_checkpoint(
                 path,
-                format!("config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
+                format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}"),
             ));
         }
         // The engines compute LLaMA's block: a SiLU-gated MLP ("swish" is transformers' other name
@@ -237,7 +236,7 @@ impl ModelConfig {
             if act != "silu" && act != "swish" {
                 return Err(LabError::bad_checkpoint(
                     path,
-                    format!("config.json: hidden_act '{act}' is not supported; expected 'silu' (LLaMA/Vicuna)"),
+                    format!("hidden_act '{act}' is not supported; expected 'silu' (LLaMA/Vicuna)"),
                 ));
             }
         }
@@ -246,7 +245,7 @@ impl ModelConfig {
                 return Err(LabError::bad_checkpoint(
                     path,
                     format!(
-                        "config.json: head_dim {d} is not supported; expected hidden_size / num_attention_heads = {}",
+                        "head_dim {d} is not supported; expected hidden_size / num_attention_heads = {}",
                         hidden / heads
                     ),
                 ));
@@ -259,7 +258,7 @@ impl ModelConfig {
             if v == Some(true) {
                 return Err(LabError::bad_checkpoint(
                     path,
-                    format!("config.json: {field} true is not supported; LLaMA/Vicuna linears have no bias"),
+                    format!("{field} true is not supported; LLaMA/Vicuna linears have no bias"),
                 ));
             }
         }
@@ -271,7 +270,7 @@ impl ModelConfig {
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(LabError::bad_checkpoint(
                 path,
-                format!("config.json: rope_theta {rope_theta:?}; expected a finite value > 0 (LLaMA: 10000)"),
+                format!("rope_theta {rope_theta:?}; expected a finite value > 0 (LLaMA: 10000)"),
             ));
         }
         // eps is added to the mean square before the rsqrt: <= 0 divides by zero on a zero row,
@@ -280,14 +279,14 @@ impl ModelConfig {
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0 && rms_norm_eps <= 1e-2) {
             return Err(LabError::bad_checkpoint(
                 path,
-                format!("config.json: rms_norm_eps {rms_norm_eps:?}; expected a finite value in (0, 1e-2] (LLaMA: 1e-6)"),
+                format!("rms_norm_eps {rms_norm_eps:?}; expected a finite value in (0, 1e-2] (LLaMA: 1e-6)"),
             ));
         }
         let kv = raw.num_key_value_heads.unwrap_or(heads);
         if kv == 0 || heads % kv != 0 {
             return Err(LabError::bad_checkpoint(
                 path,
-                format!("config.json: num_key_value_heads {kv} does not divide num_attention_heads {heads}"),
+                format!("num_key_value_heads {kv} does not divide num_attention_heads {heads}"),
             ));
         }
         let name = raw
@@ -312,7 +311,7 @@ impl ModelConfig {
             return Err(LabError::bad_checkpoint(
                 path,
                 format!(
-                    "config.json: max_position_embeddings {max_pos}{}; expected 1 to {max_ctx} positions",
+                    "max_position_embeddings {max_pos}{}; expected 1 to {max_ctx} positions",
                     if rope_linear_factor != 1.0 {
                         format!(" (x RoPE factor {rope_linear_factor})")
                     } else {
@@ -348,7 +347,7 @@ fn rope_linear_factor(
     params: &Option<RopeParameters>,
     path: &Path,
 ) -> Result<f64> {
-    let bad = |r: String| LabError::bad_checkpoint(path, format!("config.json: {r}"));
+    let bad = |r: String| LabError::bad_checkpoint(path, r);
     // (where, type, factor) of whichever is stated; rope_scaling (transformers 4) first.
     let (field, kind, factor) = match (scaling.as_ref().filter(|v| !v.is_null()), params) {
         (Some(v), _) => {

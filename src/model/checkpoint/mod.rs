@@ -813,7 +813,7 @@ fn check_layer_count(config: &ModelConfig, files: &Files, cfg_path: &Path) -> Re
         return Err(LabError::bad_checkpoint(
             cfg_path,
             format!(
-                "config.json: num_hidden_layers = {want}, but the tensors hold {found} layer(s) \
+                "num_hidden_layers = {want}, but the tensors hold {found} layer(s) \
                  (highest model.layers.N: {})",
                 found
                     .checked_sub(1)
