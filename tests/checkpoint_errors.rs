@@ -67,6 +67,32 @@ fn a_tensor_named_twice_in_the_header_is_refused_by_name() {
 }
 
 #[test]
+fn a_key_given_twice_in_config_json_is_refused_by_the_loader() {
+    // Nested, where the typed fields would not see it: quantization_config's group_size twice
+    // (serde_json keeps the last, so the file would be read as g64 without a word).
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut o = v.as_object().unwrap().clone();
+    o.remove("quantization_config");
+    let body = serde_json::to_string(&o).unwrap();
+    let twice = format!(
+        "{},\"quantization_config\":{{\"bits\":4,\"group_size\":32,\"group_size\":64}}}}",
+        &body[..body.len() - 1]
+    );
+    std::fs::write(&p, twice).unwrap();
+    let e = Checkpoint::open(&dir).err().unwrap().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "config.json",
+            "key 'quantization_config.group_size' appears twice",
+        ],
+    );
+}
+
+#[test]
 fn truncated_safetensors_is_refused() {
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
     let p = dir.join("model.safetensors");

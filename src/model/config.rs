@@ -174,11 +174,11 @@ impl ModelConfig {
     /// defaults (eps 1e-6, theta 10000, kv heads = heads, context 2048).
     pub fn from_json_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LabError::io(path, e))?;
-        let config = Self::from_json_str(&text, path)?;
-        crate::util::refuse_duplicate_keys(path, text.as_bytes())?;
-        Ok(config)
+        Self::from_json_str(&text, path)
     }
 
+    /// `text` read from `path` (for messages). A key given twice anywhere in it is refused
+    /// (`util::refuse_duplicate_keys`): every reader of a config.json comes through here.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
         #[derive(Deserialize)]
         struct Raw {
@@ -209,6 +209,7 @@ impl ModelConfig {
             path: path.into(),
             source: e,
         })?;
+        crate::util::refuse_duplicate_keys(path, text.as_bytes())?;
         let need = |v: Option<usize>, f: &str| {
             v.filter(|&x| x > 0)
                 .ok_or_else(|| LabError::bad_checkpoint(path, format!("missing or zero '{f}'")))
