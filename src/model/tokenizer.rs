@@ -1,10 +1,10 @@
 //! Text <-> token ids through the checkpoint's tokenizer: `tokenizer.json` (HF `tokenizers`
 //! format; its special tokens as transformers' LlamaTokenizerFast adds them, from
-//! tokenizer_config.json) when there is one, else the sentencepiece `tokenizer.model` that the original LLaMA,
-//! Vicuna and most 2023 GPTQ conversions ship alone (read by `model::sentencepiece`, wrapped as
-//! transformers wraps it: tokenizer_config.json's add_bos_token / add_eos_token / legacy /
-//! add_prefix_space, and the added tokens of added_tokens.json and added_tokens_decoder); and raw
-//! id lists for runs without either.
+//! tokenizer_config.json) when there is one, else the sentencepiece `tokenizer.model` that the
+//! original LLaMA, Vicuna and most 2023 GPTQ conversions ship alone (read by
+//! `model::sentencepiece`, wrapped as transformers wraps it: tokenizer_config.json's
+//! add_bos_token / add_eos_token / legacy / add_prefix_space, and the added tokens of
+//! added_tokens.json and added_tokens_decoder); and raw id lists for runs without either.
 
 use crate::model::sentencepiece::{AddedToken, EncodeOptions, PieceType, SpModel};
 use crate::{LabError, Result};

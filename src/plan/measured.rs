@@ -88,8 +88,9 @@ fn nearest_in_reports<T>(
 }
 
 /// A decode.json must be what `lab report` reads (the runs as `DecodeReport`s, every time
-/// positive and finite, each recorded on the card its folder is named for) before its fields are picked out: a damaged file otherwise read as "no
-/// report" (the estimate silently became the pure roofline) or fed an impossible time to the fit.
+/// positive and finite, each recorded on the card its folder is named for) before its fields are
+/// picked out: a damaged file otherwise read as "no report" (the estimate silently became the
+/// pure roofline) or fed an impossible time to the fit.
 fn check_decode_file(path: &Path, runs: &Value) -> Result<()> {
     use serde::Deserialize;
     let typed =

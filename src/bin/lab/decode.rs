@@ -557,10 +557,10 @@ pub(super) fn stop_str(a: &DecodeArgs) -> Option<&'static str> {
 }
 
 /// The prompt's ids against config.json's vocab_size, and the tokenizer's size against it, before
-/// any weights load: a tokenizer of another model (more tokens than the model has logits) is
-/// refused naming both files, as `lab eval` refuses it, instead of the engine's bare "token id out
-/// of range"; one with fewer tokens than the model (a vocabulary padded for the GPU) is noted,
-/// since a generated id past it has no text.
+/// any weights load: an id past the model's logits is refused naming where it came from
+/// (`refuse_out_of_vocab`), instead of the engine's bare "token id out of range"; a tokenizer
+/// with fewer tokens than the model (a vocabulary padded for the GPU) is noted, since a
+/// generated id past it has no text.
 pub(super) fn check_vocab(
     a: &DecodeArgs,
     prompt: &[u32],
@@ -569,19 +569,9 @@ pub(super) fn check_vocab(
     tokenizer: Option<&TextTokenizer>,
 ) -> anyhow::Result<()> {
     let config = dir.join("config.json");
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-        match (a.prompt_ids.is_some(), tokenizer) {
-            (false, Some(tok)) => bail!(
-                "--prompt: the tokenizer ({}) gives token id {bad}, out of range for {}'s \
-                 vocab_size {vocab}: the tokenizer and config.json are of different models",
-                tok.path().display(),
-                config.display()
-            ),
-            _ => bail!(
-                "--prompt-ids: token id {bad} is out of range for {}'s vocab_size {vocab}",
-                config.display()
-            ),
-        }
+    match (a.prompt_ids.is_some(), tokenizer) {
+        (false, Some(tok)) => refuse_out_of_vocab(prompt, vocab, &config, "--prompt", Some(tok))?,
+        _ => refuse_out_of_vocab(prompt, vocab, &config, "--prompt-ids", None)?,
     }
     if let Some(tok) = tokenizer.filter(|t| t.vocab_size() < vocab) {
         eprintln!(
@@ -593,6 +583,34 @@ pub(super) fn check_vocab(
         );
     }
     Ok(())
+}
+
+/// Token ids (`what`: the flag or text they came from; `tokenizer`: the one that made them, if
+/// one did) against `config`'s vocab_size: the first id past the model's logits is an error naming
+/// both files (a tokenizer of another model) or the flag, not an engine failure later. `lab
+/// decode`'s prompt and `lab eval`'s text.
+pub(crate) fn refuse_out_of_vocab(
+    ids: &[u32],
+    vocab: usize,
+    config: &Path,
+    what: &str,
+    tokenizer: Option<&TextTokenizer>,
+) -> anyhow::Result<()> {
+    let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) else {
+        return Ok(());
+    };
+    match tokenizer {
+        Some(tok) => bail!(
+            "{what}: the tokenizer ({}) gives token id {bad}, out of range for {}'s vocab_size \
+             {vocab}: the tokenizer and config.json are of different models",
+            tok.path().display(),
+            config.display()
+        ),
+        None => bail!(
+            "{what}: token id {bad} is out of range for {}'s vocab_size {vocab}",
+            config.display()
+        ),
+    }
 }
 
 /// The decoded text of the new tokens, ending before the template's stop string.

@@ -132,14 +132,13 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     let ids = tok.encode(&text, true)?;
     // The tokenizer may know more ids than the model has logits (a tokenizer of another
     // model): refused here, naming both files, not at the window that meets such a token.
-    let vocab = ckpt.config.vocab_size;
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        bail!(
-            "{text_name}: the tokenizer ({}) gives token id {bad}, out of range for config.json's \
-             vocab_size {vocab}: the tokenizer and config.json are of different models",
-            tok.path().display()
-        );
-    }
+    crate::decode::refuse_out_of_vocab(
+        &ids,
+        ckpt.config.vocab_size,
+        &ckpt.dir.join("config.json"),
+        &text_name,
+        Some(&tok),
+    )?;
     let seqlen = a
         .seqlen
         .unwrap_or(DEFAULT_SEQLEN.min(ckpt.config.context_len()));

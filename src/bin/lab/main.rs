@@ -147,9 +147,6 @@ where
     Ok((cli, matches))
 }
 
-/// Refuses the flags of the group `A` (flattened into a subcommand's arguments) that the user
-/// typed, for a run that does not use them: a flag silently ignored reads as one obeyed. Flags
-/// left at their defaults pass. `why` follows the flag's name in the error.
 /// The parser of every `--checkpoint` / `--reference` flag: a path, any bytes (a folder name
 /// need not be UTF-8), refused when it names a file. The commands read config.json, the
 /// tokenizer and generation_config.json beside the weights, so a `model.safetensors` given here
@@ -169,6 +166,9 @@ pub(crate) fn checkpoint_folder() -> impl clap::builder::TypedValueParser<Value 
     })
 }
 
+/// Refuses the flags of the group `A` (flattened into a subcommand's arguments) that the user
+/// typed, for a run that does not use them: a flag silently ignored reads as one obeyed. Flags
+/// left at their defaults pass. `why` follows the flag's name in the error.
 pub(crate) fn refuse_typed<A: clap::Args>(m: &ArgMatches, why: &str) -> anyhow::Result<()> {
     let group = A::augment_args(clap::Command::new("group"));
     for arg in group.get_arguments() {

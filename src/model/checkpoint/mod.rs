@@ -153,9 +153,7 @@ impl Checkpoint {
             // A group size or desc_act the config leaves out: what the tensors say (AutoGPTQ's
             // defaults, -1 and true, stand only where the model config gives no K to read by).
             if let Some((k, _)) = expected_kn(&config, prefix) {
-                let from = quant_source
-                    .file_name()
-                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+                let from = file_label(&quant_source);
                 let note = |field: &str, default: &str, line: String| {
                     format!(
                         "{from}: '{field}' missing; read from the tensors, not AutoGPTQ's default \
@@ -183,23 +181,24 @@ impl Checkpoint {
             // is k / group_size; an act-order g_idx is still applied as stored (each row's group
             // is its g_idx entry, as AutoGPTQ's kernels read it), but the disagreement is said,
             // for every linear, not only for the first one the settings were read from.
-            let act = act_order_linears(&files, &config, q.group_size);
+            let names = files.names();
+            let g_idx: Vec<&str> = names
+                .iter()
+                .filter_map(|n| n.strip_suffix(".g_idx"))
+                .collect();
+            let act = act_order_linears(&files, &config, &g_idx, q.group_size);
             if let Some(first) = act.first() {
                 let claim = match (q.desc_act, stated.desc_act) {
                     (true, _) => "static_groups = true",
                     (false, true) => "desc_act = false",
                     (false, false) => "desc_act = false (read from the first linear's g_idx)",
                 };
-                let of = files
-                    .names()
-                    .iter()
-                    .filter(|n| n.ends_with(".g_idx"))
-                    .count();
                 q.inferred.push(format!(
-                    "{}: {claim}, but the g_idx of {} of {of} linears is act-order (not k / \
+                    "{}: {claim}, but the g_idx of {} of {} linears is act-order (not k / \
                      group_size; first: {first}.g_idx): each row's group is read from g_idx as stored",
-                    quant_source.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
-                    act.len()
+                    file_label(&quant_source),
+                    act.len(),
+                    g_idx.len()
                 ));
             }
         }
@@ -840,14 +839,24 @@ fn expected_kn(c: &ModelConfig, prefix: &str) -> Option<(usize, usize)> {
         .map(|(_, k, n)| (k, n))
 }
 
-/// The quantized linears whose g_idx is act-order (rows not in k / group_size order), by
-/// prefix, in the files' name order. A g_idx that cannot be read or whose linear's K the config
-/// does not give is left out here: the linear's own load refuses it, naming the tensor.
-fn act_order_linears(files: &Files, config: &ModelConfig, group_size: i32) -> Vec<String> {
-    files
-        .names()
+/// The file name alone, for notes that say which config a setting came from.
+fn file_label(p: &Path) -> String {
+    p.file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+}
+
+/// Of the linears with a g_idx (`prefixes`, in the files' name order), those whose g_idx is
+/// act-order (rows not in k / group_size order). A g_idx that cannot be read or whose linear's K
+/// the config does not give is left out here: the linear's own load refuses it, naming the tensor.
+fn act_order_linears<'a>(
+    files: &Files,
+    config: &ModelConfig,
+    prefixes: &[&'a str],
+    group_size: i32,
+) -> Vec<&'a str> {
+    prefixes
         .iter()
-        .filter_map(|n| n.strip_suffix(".g_idx"))
+        .copied()
         .filter(|prefix| {
             expected_kn(config, prefix).is_some_and(|(k, _)| {
                 matches!(
@@ -856,7 +865,6 @@ fn act_order_linears(files: &Files, config: &ModelConfig, group_size: i32) -> Ve
                 )
             })
         })
-        .map(str::to_string)
         .collect()
 }
 
