@@ -1104,10 +1104,10 @@ fn settings_no_file_states_are_noted_for_the_user() {
         q.remove("format");
     });
     let ck = Checkpoint::open(&dir).unwrap();
-    let notes = ck.quant_notes().join("\n");
+    let notes = ck.notes().join("\n");
     assert_mentions(&notes, &["quantize_config.json", "checkpoint_format", "v1"]);
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
-    assert!(Checkpoint::open(&dir).unwrap().quant_notes().is_empty());
+    assert!(Checkpoint::open(&dir).unwrap().notes().is_empty());
 }
 
 #[test]
@@ -1192,7 +1192,7 @@ fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said()
         edit_quant_configs(&dir, |q| q[field] = value.into());
         let ck = Checkpoint::open(&dir).unwrap();
         assert_eq!(ck.linear(Q).unwrap(), reference, "{field} = {value}");
-        let notes = ck.quant_notes().join("\n");
+        let notes = ck.notes().join("\n");
         assert_mentions(
             &notes,
             &[
@@ -1205,8 +1205,8 @@ fn an_act_order_g_idx_under_a_config_that_says_plain_order_is_applied_and_said()
     }
     // Plain order under desc_act = false, and act-order under desc_act = true: nothing to say.
     let (_t, plain) = good(32, true, false, ZeroFormat::V1);
-    assert!(Checkpoint::open(&plain).unwrap().quant_notes().is_empty());
-    assert!(Checkpoint::open(&act).unwrap().quant_notes().is_empty());
+    assert!(Checkpoint::open(&plain).unwrap().notes().is_empty());
+    assert!(Checkpoint::open(&act).unwrap().notes().is_empty());
 }
 
 #[test]
@@ -1235,7 +1235,7 @@ fn an_act_order_g_idx_past_the_first_linear_under_desc_act_false_is_said_too() {
             before,
             "the reversed g_idx is applied"
         );
-        let notes = ck.quant_notes().join("\n");
+        let notes = ck.notes().join("\n");
         let of = ck
             .tensor_names()
             .iter()

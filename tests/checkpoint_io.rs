@@ -234,7 +234,7 @@ fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
         Some("meta.quantizer 'gptqmodel:1.4.5'")
     );
     assert_layers_identical(&ck, &layers);
-    let notes = ck.quant_notes().join("\n");
+    let notes = ck.notes().join("\n");
     assert!(
         notes.contains("gptqmodel:1.4.5") && notes.contains("whole-word"),
         "{notes}"
@@ -247,7 +247,7 @@ fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
     let ck = Checkpoint::open(&dir).unwrap();
     assert_layers_identical(&ck, &layers);
     assert!(ck
-        .quant_notes()
+        .notes()
         .join("\n")
         .contains("config.json quantization_config: meta.quantizer"));
 
@@ -268,7 +268,7 @@ fn whole_word_v1_files_of_gptqmodel_and_autogptq_read_back_exactly() {
         let ck = Checkpoint::open(&dir).unwrap();
         assert_layers_identical(&ck, &layers);
         // The note names the field that named the writer.
-        let notes = ck.quant_notes().join("\n");
+        let notes = ck.notes().join("\n");
         assert!(
             notes.contains(&format!("meta.{field} 'autogptq:0.8.0")),
             "{notes}"
@@ -477,4 +477,52 @@ fn dense_checkpoints_in_f16_bf16_and_f32_give_linears_transposed_to_kn() {
             }
         }
     }
+}
+
+#[test]
+fn weight_files_the_loader_leaves_unread_are_named_in_its_notes() {
+    // A stale export beside model.safetensors is left alone, as transformers leaves it, but the
+    // results cannot tell which file was the model: the notes say it (the commands print them).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let layers = fx::write(&dir, 32, false, false, ZeroFormat::V1);
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert!(
+        !ck.notes().join("\n").contains("not read"),
+        "{:?}",
+        ck.notes()
+    );
+    std::fs::copy(
+        dir.join("model.safetensors"),
+        dir.join("vicuna-7b-4bit-128g.safetensors"),
+    )
+    .unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_layers_identical(&ck, &layers);
+    let notes = ck.notes().join("\n");
+    assert!(
+        notes.contains("weights read from model.safetensors; vicuna-7b-4bit-128g.safetensors here too, not read"),
+        "{notes}"
+    );
+    // That file named as --checkpoint FILE: the others are left out on purpose, no note.
+    let ck = Checkpoint::open(&dir.join("vicuna-7b-4bit-128g.safetensors")).unwrap();
+    assert!(
+        !ck.notes().join("\n").contains("not read"),
+        "{:?}",
+        ck.notes()
+    );
+    // A shard index: a file it does not name is noted, its shards are not.
+    let map = fx::split_in_two_shards(&dir, |name| name.starts_with("model.layers.1"));
+    let index = serde_json::json!({"weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_layers_identical(&ck, &layers);
+    let notes = ck.notes().join("\n");
+    assert!(
+        notes.contains(
+            "weights read from model-00001-of-00002.safetensors, model-00002-of-00002.safetensors; \
+             vicuna-7b-4bit-128g.safetensors here too, not read"
+        ),
+        "{notes}"
+    );
 }

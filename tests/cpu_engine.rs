@@ -650,6 +650,13 @@ fn cli_decode_samples_as_generation_config_says_unless_a_flag_does() {
         !from(&v).contains("num_beams") && !from(&v).contains("min_length"),
         "{v}"
     );
+    // generate's length (max_length: prompt included) is not the lab's: named with the flag's.
+    std::fs::write(&gen, r#"{"do_sample": false, "max_length": 4096}"#).unwrap();
+    let v = run(&[]);
+    assert!(
+        from(&v).contains("sets max_length 4096, not read: the run's length is --max-new-tokens"),
+        "{v}"
+    );
     // top_p 0 keeps one token (transformers' warper keeps at least one): greedy.
     std::fs::write(&gen, r#"{"do_sample": true, "top_p": 0.0}"#).unwrap();
     let v = run(&[]);

@@ -563,3 +563,37 @@ fn a_context_past_the_trained_one_is_marked_without_a_card_too() {
         "{out}"
     );
 }
+
+#[test]
+fn a_checkpoint_too_big_to_count_is_refused_naming_its_config_file() {
+    // The refusal named the model by _name_or_path ('tiny-fp16'), which is no file the user can
+    // open; from a folder it names the config.json the dimensions came from.
+    let t = tempfile::tempdir().unwrap();
+    let src = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-fp16/config.json"
+    );
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
+    for (k, n) in [
+        ("hidden_size", 1u64 << 27),
+        ("intermediate_size", 1 << 30),
+        ("num_hidden_layers", 100_000),
+        ("num_attention_heads", 128),
+        ("num_key_value_heads", 128),
+        ("vocab_size", 1 << 30),
+    ] {
+        v[k] = n.into();
+    }
+    std::fs::write(t.path().join("config.json"), v.to_string()).unwrap();
+    let dir = t.path().to_str().unwrap();
+    let o = lab(&["plan", "--checkpoint", dir, "--dtype", "fp16"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    let file = t.path().join("config.json");
+    assert!(
+        err.contains(&format!("planning from {}", file.display()))
+            && err.contains("not a model this planner can count"),
+        "{err}"
+    );
+}

@@ -72,14 +72,70 @@ impl Card {
     /// The card a CUDA device is (`lab plan --card this`): its name, the memory its driver lets
     /// a program allocate, the spec bandwidth from its memory clock and bus width, its compute
     /// capability. Exact for any card, the table's or not.
+    /// A MIG slice's bandwidth is its share of the whole GPU's (`MigSlice`).
     pub fn from_device(d: &crate::cuda::DeviceInfo) -> Card {
+        let whole = d.spec_bandwidth() / 1e9;
+        let share = MigSlice::of(&d.name).and_then(|m| m.bandwidth_share());
         Card {
             slug: Cow::Owned(d.slug.clone()),
             name: Cow::Owned(d.name.clone()),
             memory_bytes: d.memory_bytes,
-            bandwidth_gbs: d.spec_bandwidth() / 1e9,
+            bandwidth_gbs: whole * share.unwrap_or(1.0),
             sm: d.sm(),
             usable_measured_bytes: Some(d.memory_bytes),
+        }
+    }
+}
+
+/// A MIG instance as CUDA names it: the whole GPU's name, then "MIG", then the profile
+/// ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", "NVIDIA H100 80GB HBM3 MIG 3g.40gb"). The driver's
+/// memory clock and bus width are the whole GPU's, but an instance owns only its memory slices
+/// (their controllers and L2 with them), and every profile's memory is that share of the
+/// GPU's: A100 40GB 1g.5gb is 1 of 8 slices, H100 80GB 3g.40gb 4 of 8. So its bandwidth is
+/// read as the whole GPU's times profile memory / GPU memory, both from the name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigSlice {
+    /// "1g.5gb".
+    pub profile: String,
+    /// The profile's memory, GB (5 for 1g.5gb).
+    pub slice_gb: u32,
+    /// The GPU's memory from its name ("40GB" in A100-SXM4-40GB), when the name gives it.
+    pub gpu_gb: Option<u32>,
+}
+
+impl MigSlice {
+    /// None for a name without " MIG <c>g.<m>gb".
+    pub fn of(name: &str) -> Option<MigSlice> {
+        let (gpu, profile) = name.split_once(" MIG ")?;
+        let profile = profile.split_whitespace().next()?.to_string();
+        let lower = profile.to_ascii_lowercase();
+        let (compute, mem) = lower.split_once('.')?;
+        compute.strip_suffix('g')?.parse::<u32>().ok()?;
+        let slice_gb = mem.strip_suffix("gb")?.parse::<u32>().ok()?;
+        // The GPU's memory: a "<n>GB" token or "-<n>GB" suffix in its name.
+        let gpu_gb = gpu
+            .split([' ', '-'])
+            .filter_map(|t| {
+                t.to_ascii_lowercase()
+                    .strip_suffix("gb")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .next_back();
+        Some(MigSlice {
+            profile,
+            slice_gb,
+            gpu_gb,
+        })
+    }
+
+    /// profile memory / GPU memory, when both are known and the profile is a part (0, 1].
+    pub fn bandwidth_share(&self) -> Option<f64> {
+        match self.gpu_gb {
+            Some(g) if g > 0 && self.slice_gb > 0 && self.slice_gb <= g => {
+                Some(self.slice_gb as f64 / g as f64)
+            }
+            _ => None,
         }
     }
 }

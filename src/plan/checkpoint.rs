@@ -21,7 +21,7 @@ pub struct CheckpointQuant {
     pub loader_refusal: Option<String>,
     /// The weights the folder holds are unquantized (fp16 / bf16 / f32 linears).
     pub unquantized: bool,
-    /// What the loader says of the quant settings it took (`Checkpoint::quant_notes`: defaults
+    /// What the loader says of the quant settings it took (`Checkpoint::notes`: defaults
     /// taken, values read from the tensors, a config that disagrees with a g_idx), for the plan to
     /// print as the engines would.
     pub notes: Vec<String>,
@@ -68,7 +68,7 @@ pub fn read_checkpoint_dir(dir: &Path) -> Result<(ModelConfig, CheckpointQuant)>
     // (a non-zero bias, say): the plan is of the folder as its files describe it.
     let opened = opened.and_then(|r| r.ok());
     let unquantized = opened.as_ref().is_some_and(|ck| ck.quant.is_none());
-    let notes = opened.as_ref().map_or_else(Vec::new, |ck| ck.quant_notes());
+    let notes = opened.as_ref().map_or_else(Vec::new, |ck| ck.notes());
     let unsaid = CheckpointQuant {
         loader_refusal: loader_refusal.clone(),
         unquantized,

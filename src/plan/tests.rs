@@ -1142,3 +1142,38 @@ fn a_device_is_a_card_with_its_measured_memory() {
     let fit = p.card.unwrap();
     assert_eq!(fit.free_bytes, (80i64 << 30) - p.total_bytes as i64);
 }
+
+#[test]
+fn a_mig_slice_plans_with_its_share_of_the_gpus_bandwidth() {
+    use crate::plan::cards::{Card, MigSlice};
+    let m = MigSlice::of("NVIDIA A100-SXM4-40GB MIG 1g.5gb").unwrap();
+    assert_eq!(
+        (m.profile.as_str(), m.slice_gb, m.gpu_gb),
+        ("1g.5gb", 5, Some(40))
+    );
+    assert_eq!(m.bandwidth_share(), Some(0.125));
+    let m = MigSlice::of("NVIDIA H100 80GB HBM3 MIG 3g.40gb").unwrap();
+    assert_eq!(
+        (m.slice_gb, m.gpu_gb, m.bandwidth_share()),
+        (40, Some(80), Some(0.5))
+    );
+    // The GPU's memory not in its name: a slice, with no share to scale by.
+    let m = MigSlice::of("NVIDIA H200 MIG 1g.18gb").unwrap();
+    assert_eq!((m.gpu_gb, m.bandwidth_share()), (None, None));
+    for whole in [
+        "NVIDIA H100 80GB HBM3",
+        "NVIDIA A100-SXM4-40GB",
+        "MIG",
+        "NVIDIA X MIG 1g",
+    ] {
+        assert_eq!(MigSlice::of(whole), None, "{whole}");
+    }
+    // --card this on a slice: the slice's memory (the driver's) and 1/8 of the whole's bandwidth.
+    let whole = crate::cuda::device::test_device("NVIDIA H100 80GB HBM3", (9, 0), 132);
+    let mut slice =
+        crate::cuda::device::test_device("NVIDIA H100 80GB HBM3 MIG 1g.10gb", (9, 0), 16);
+    slice.memory_bytes = 10 << 30;
+    let (w, s) = (Card::from_device(&whole), Card::from_device(&slice));
+    assert!((s.bandwidth_gbs * 8.0 - w.bandwidth_gbs).abs() < 1e-9 * w.bandwidth_gbs);
+    assert_eq!(s.usable_bytes(), 10 << 30);
+}

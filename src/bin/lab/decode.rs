@@ -48,6 +48,8 @@ pub struct DecodeArgs {
     /// Prompt template for --prompt: v0, v1.1 or raw.
     #[arg(long, default_value = "v1.1")]
     template: String,
+    /// New tokens to generate at most (fewer at an end-of-sequence id). generation_config.json's
+    /// max_new_tokens / max_length are not read; the run names them when the file sets them.
     #[arg(long, default_value_t = 16)]
     max_new_tokens: usize,
     /// Always pick the most likely token (same as --temperature 0); not with --top-p or
@@ -106,7 +108,7 @@ pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
 
     let t0 = Instant::now();
     let ckpt = Checkpoint::open(&dir)?;
-    for n in ckpt.quant_notes() {
+    for n in ckpt.notes() {
         eprintln!("note: {n}");
     }
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {
@@ -333,6 +335,23 @@ pub(super) fn sampling(a: &DecodeArgs, dir: &Path) -> anyhow::Result<(Sampling, 
         from.text.push_str(&format!(
             "; {} sets {unapplied}, which the engines do not apply",
             path.display()
+        ));
+        from.file = true;
+    }
+    // generate stops at the file's max_new_tokens, else its max_length (prompt included); the
+    // lab's length is its own flag, so a file's length is named beside the one the run uses.
+    let lengths: Vec<String> = ["max_new_tokens", "max_length"]
+        .iter()
+        .filter_map(|k| file.as_ref().and_then(|f| f.get(*k)).map(|v| (k, v)))
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !lengths.is_empty() {
+        from.text.push_str(&format!(
+            "; {} sets {}, not read: the run's length is --max-new-tokens {}",
+            path.display(),
+            lengths.join(", "),
+            a.max_new_tokens
         ));
         from.file = true;
     }

@@ -661,7 +661,7 @@ fn generate(a: &DecodeArgs) -> anyhow::Result<()> {
     let gpu = open_gpu()?;
     let t0 = Instant::now();
     let ckpt = gptq_lab::model::checkpoint::Checkpoint::open(&dir)?;
-    for n in ckpt.quant_notes() {
+    for n in ckpt.notes() {
         eprintln!("note: {n}");
     }
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {

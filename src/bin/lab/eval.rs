@@ -98,7 +98,7 @@ pub fn run(a: EvalArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
         bail!("--max-windows 0: expected at least 1 window (leave it out to score every window the text fills)");
     }
     let ckpt = Checkpoint::open(&a.checkpoint)?;
-    for n in ckpt.quant_notes() {
+    for n in ckpt.notes() {
         eprintln!("note: {n}");
     }
     if let Some(note) = gptq_lab::quantize::synth::synthetic_note(&ckpt.dir) {

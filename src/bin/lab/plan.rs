@@ -48,7 +48,8 @@ pub struct PlanArgs {
     /// Also plan for this card and print its roofline tokens/s estimate (see --cards; "rtx4090",
     /// "GeForce RTX 4090", "4090" all name rtx-4090). "this": GPU 0 of this machine as its driver
     /// describes it (allocatable memory, memory clock x bus width, compute capability), for any
-    /// card, in the table or not (a MIG slice: its memory, but the whole GPU's bandwidth).
+    /// card, in the table or not (a MIG instance: its memory, and its memory's share of the GPU's
+    /// bandwidth).
     #[arg(long)]
     card: Option<String>,
     /// A flat fraction of the card's spec bandwidth for the tokens/s estimate (1.0 = the pure
@@ -234,6 +235,23 @@ fn this_card() -> anyhow::Result<cards::Card> {
         c.usable_bytes() >> 20,
         free >> 20
     );
+    if let Some(m) = cards::MigSlice::of(&c.name) {
+        match m.bandwidth_share() {
+            Some(share) => eprintln!(
+                "note: {} is a MIG instance ({}): its bandwidth is taken as {:.0} GB/s, its memory's share ({}/{} GB) of the whole GPU's {:.0} (the driver reports the whole GPU's clock and bus)",
+                c.name,
+                m.profile,
+                c.bandwidth_gbs,
+                m.slice_gb,
+                m.gpu_gb.unwrap_or(0),
+                c.bandwidth_gbs / share
+            ),
+            None => eprintln!(
+                "WARNING: {} is a MIG instance ({}) and its name does not give the whole GPU's memory: the bandwidth below ({:.0} GB/s) is the whole GPU's, an upper bound for this instance",
+                c.name, m.profile, c.bandwidth_gbs
+            ),
+        }
+    }
     if c.bandwidth_gbs.is_nan() || c.bandwidth_gbs <= 0.0 {
         bail!(
             "--card this: the driver reports no memory clock or bus width for {} (memory clock {} kHz, bus {} bits), so there is no spec bandwidth to estimate from; name the card (lab plan --cards)",
@@ -327,6 +345,15 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         }
     };
 
+    // A plan's refusal names the model by its config's _name_or_path; from a folder, the file
+    // that gave those dimensions is what the user can open.
+    let config_file = a.checkpoint.as_ref().map(|d| d.join("config.json"));
+    let from_file = |e: gptq_lab::LabError| -> anyhow::Error {
+        match &config_file {
+            Some(f) => anyhow::Error::new(e).context(format!("planning from {}", f.display())),
+            None => e.into(),
+        }
+    };
     let mut plans = Vec::new();
     for m in &models {
         // The speed model depends on the model alone: fitted (reports read) once per model.
@@ -364,14 +391,14 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
                 s.cuda_context_bytes = context_bytes;
                 plans.push(match (card, speed) {
                     (Some(c), Some(sp)) => {
-                        let mut p = s.plan_on(c, &sp.model)?;
+                        let mut p = s.plan_on(c, &sp.model).map_err(from_file)?;
                         if let Some(r) = p.roofline.as_mut() {
                             r.add_other_fits(&sp.others);
                             r.set_fitted_layers(sp.fitted_layers);
                         }
                         p
                     }
-                    _ => s.plan()?,
+                    _ => s.plan().map_err(from_file)?,
                 });
             }
         }

@@ -77,6 +77,10 @@ pub struct Checkpoint {
     /// `group_and_order_known`.
     known: (bool, bool),
     files: Files,
+    /// Other *.safetensors files in the folder that the weights are not read from (a stale
+    /// export beside model.safetensors, say): left alone, as transformers leaves them, but named
+    /// in `notes`, since which file is the model cannot be seen from the results.
+    unread: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -102,6 +106,11 @@ impl Checkpoint {
     /// Open a checkpoint folder (or one .safetensors file inside it; config.json sits beside it).
     pub fn open(path: &Path) -> Result<Checkpoint> {
         let (dir, files) = Files::open(path)?;
+        let unread = if path.is_dir() {
+            unread_weight_files(&dir, &files)?
+        } else {
+            Vec::new() // one file named: the others are left out on purpose.
+        };
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
             LabError::bad_checkpoint(
@@ -217,6 +226,7 @@ impl Checkpoint {
             stated,
             known,
             files,
+            unread,
         })
     }
 
@@ -233,17 +243,37 @@ impl Checkpoint {
         &self.quant_source
     }
 
-    /// What the quant settings took without a file stating it, one line each: AutoGPTQ's
-    /// default for a missing field (checkpoint_format: v1 zeros), or a value read from the
-    /// tensors. Printed by the commands that load weights: a wrong default (a gptq_v2 file
-    /// without its label reads as v1) cannot be detected from the tensors alone, only said.
-    pub fn quant_notes(&self) -> Vec<String> {
+    /// What the loader took without a file stating it, one line each: AutoGPTQ's default for a
+    /// missing quant field (checkpoint_format: v1 zeros), a value read from the tensors, and
+    /// the folder's *.safetensors files the weights are not read from. Printed by the commands
+    /// that load weights: a wrong default (a gptq_v2 file without its label reads as v1) or the
+    /// wrong file cannot be detected from the tensors alone, only said.
+    pub fn notes(&self) -> Vec<String> {
         let source = self.quant_source.display();
-        self.quant
+        let mut notes: Vec<String> = self
+            .quant
             .iter()
             .flat_map(|q| q.inferred.iter())
             .map(|l| format!("{source}: {l}"))
-            .collect()
+            .collect();
+        if !self.unread.is_empty() {
+            let read: Vec<String> = self
+                .files
+                .shards
+                .iter()
+                .map(|s| file_label(&s.path))
+                .collect();
+            let unread: Vec<String> = self.unread.iter().map(|p| file_label(p)).collect();
+            notes.push(format!(
+                "{}: weights read from {}; {} here too, not read (as transformers loads the \
+                 folder); remove {} or pass the file to load as --checkpoint FILE",
+                self.dir.display(),
+                read.join(", "),
+                unread.join(", "),
+                if unread.len() == 1 { "it" } else { "them" },
+            ));
+        }
+        notes
     }
 
     /// Whether v1 zeros are read by whole-word addition: the config names a writer that exports
@@ -890,4 +920,24 @@ fn format_labels(format: ZeroFormat) -> (&'static str, &'static str) {
         ZeroFormat::V1 => ("\"gptq\" (v1: stored zero + 1)", "\"gptq_v2\""),
         ZeroFormat::V2 => ("\"gptq_v2\" (v2: stored as is)", "\"gptq\""),
     }
+}
+
+/// The *.safetensors files in `dir` that none of `files`' shards is (regular files only; a
+/// shard named through a link counts as read).
+fn unread_weight_files(dir: &Path, files: &Files) -> Result<Vec<PathBuf>> {
+    let read: Vec<PathBuf> = files
+        .shards
+        .iter()
+        .map(|s| std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()))
+        .collect();
+    let mut unread = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| LabError::io(dir, e))? {
+        let p = e.map_err(|e| LabError::io(dir, e))?.path();
+        let is_weights = p.extension().is_some_and(|x| x == "safetensors") && p.is_file();
+        if is_weights && !read.contains(&std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone())) {
+            unread.push(p);
+        }
+    }
+    unread.sort();
+    Ok(unread)
 }
