@@ -4,13 +4,14 @@
 //! synthetic weights' byte counts, and bad inputs refused. The GEMM prefill is in every check
 //! (all rows' and the last row's logits vs the reference and the CPU engine, greedy tokens after
 //! it) and has its own tests below: long prompts in several chunks against the token-by-token
-//! prefill, and its bad inputs.
+//! prefill and the f64 reference, and its bad inputs.
 
 use gptq_lab::cuda::gpu_or_skip;
 use gptq_lab::model::decode_bench::expected_weights;
 use gptq_lab::model::gpu_check::{
     check_checkpoint, check_long_context, check_tiny_case, check_v9_cluster, fixture_opts,
-    tiny_cases, tiny_config, worst, CHECK_NEW, CHECK_PROMPT, FIXTURES, LOGIT_ATOL_RMS, LOGIT_RTOL,
+    reference_last_logits, tiny_cases, tiny_config, worst, CHECK_NEW, CHECK_PROMPT, FIXTURES,
+    LOGIT_ATOL_RMS, LOGIT_RTOL,
 };
 use gptq_lab::model::gpu_engine::{
     EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
@@ -309,7 +310,8 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
         for &t in &prompt {
             e.feed(t, false, None).unwrap();
         }
-        let want: Vec<f64> = e.logits().unwrap().iter().map(|&x| x as f64).collect();
+        let want_f32 = e.logits().unwrap();
+        let want: Vec<f64> = want_f32.iter().map(|&x| x as f64).collect();
         e.reset().unwrap();
         let got = e.prefill(&prompt, PrefillLogits::Last).unwrap();
         assert_eq!(e.position(), prompt.len());
@@ -318,6 +320,16 @@ fn gemm_prefill_of_a_long_prompt_matches_the_token_by_token_prefill() {
             r <= 1.0,
             "{kind:?} chunk {chunk} slices of {slices}: logit {i} off by {r:.2}x tolerance"
         );
+        // Both paths against the independent f64 reference too: agreeing with each other alone
+        // would pass a mistake the two share (the attention over the cache, the norms).
+        let reference = reference_last_logits(&cfg, &host, &prompt);
+        for (path, logits) in [("GEMM prefill", &got[0]), ("token by token", &want_f32)] {
+            let (i, r) = worst(logits, &reference, LOGIT_RTOL, LOGIT_ATOL_RMS).unwrap();
+            assert!(
+                r <= 1.0,
+                "{kind:?} chunk {chunk} slices of {slices}, {path} vs the f64 reference: logit {i} off by {r:.2}x tolerance"
+            );
+        }
         let gemm = e
             .generate_with(&prompt, 8, true, PrefillMode::Gemm)
             .unwrap();

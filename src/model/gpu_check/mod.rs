@@ -183,6 +183,22 @@ fn check_persistent(
     })
 }
 
+/// The f64 reference's logits after the last of `tokens` (fed one by one from position 0),
+/// for tests that hold an engine path to the reference rather than to another engine path.
+pub fn reference_last_logits(cfg: &ModelConfig, host: &HostLlama, tokens: &[u32]) -> Vec<f64> {
+    let w = RefWeights::new(host);
+    let mut rm = RefModel {
+        cfg,
+        w: &w,
+        cache: vec![(Vec::new(), Vec::new()); cfg.num_hidden_layers],
+    };
+    let mut last = Vec::new();
+    for &t in tokens {
+        last = rm.step(t);
+    }
+    last
+}
+
 /// Run the whole check on `gpu`: `prompt` teacher-forced through traced eager steps, then `n_new`
 /// greedy tokens eager and through the CUDA graph.
 pub fn check_engine(

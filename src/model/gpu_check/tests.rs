@@ -265,6 +265,12 @@ fn the_f64_reference_matches_transformers_on_the_fixtures() {
                 logits = rm.step(id);
                 check(&logits, &want, format!("prompt position {pos}"));
             }
+            // The entry point tests use (reference_last_logits) is this same pass.
+            assert_eq!(
+                super::reference_last_logits(&ckpt.config, &host, &ids),
+                logits,
+                "{name}"
+            );
             let tokens: Vec<u32> = serde_json::from_value(case["greedy_tokens"].clone()).unwrap();
             for (step, (&t, want)) in tokens.iter().zip(rows(&case["greedy_logits"])).enumerate() {
                 check(&logits, &want, format!("greedy step {step}"));
