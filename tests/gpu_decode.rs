@@ -49,9 +49,9 @@ fn gpu_engine_runs_gemv_v9_cluster_on_sm_90() {
         return;
     };
     if gpu.sm() < 90 {
-        eprintln!(
-            "SKIP gpu_engine_runs_gemv_v9_cluster_on_sm_90: sm_{} (clusters need sm_90)",
-            gpu.sm()
+        gptq_lab::util::note_skip(
+            "gpu_engine_runs_gemv_v9_cluster_on_sm_90",
+            &format!("sm_{} (clusters need sm_90)", gpu.sm()),
         );
         return;
     }

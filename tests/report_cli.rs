@@ -446,8 +446,9 @@ fn a_refused_record_leaves_its_old_report_listed_as_unreadable_not_gone() {
 #[test]
 fn bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required() {
     if gptq_lab::cuda::gpu_unavailable_reason(0).is_none() {
-        eprintln!(
-            "SKIP bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required: a GPU is present"
+        gptq_lab::util::note_skip(
+            "bench_without_a_gpu_succeeds_quietly_unless_a_gpu_is_required",
+            "a GPU is present",
         );
         return;
     }

@@ -179,11 +179,9 @@ fn gemm_matches_reference_on_gpu() {
     let mut failures = Vec::new();
     for v in VARIANTS {
         if gpu.sm() < v.min_sm {
-            eprintln!(
-                "SKIP {}: needs sm_{}, device is sm_{}",
+            crate::util::note_skip(
                 v.name,
-                v.min_sm,
-                gpu.sm()
+                &format!("needs sm_{}, device is sm_{}", v.min_sm, gpu.sm()),
             );
             continue;
         }

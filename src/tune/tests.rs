@@ -1171,10 +1171,13 @@ fn the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for() {
     if cfg.kernel_hash != crate::build_info::KERNEL_HASH {
         // Other kernels (a branch that changes them): the dispatcher refuses the file, and its
         // candidates are not this tree's; the property is about a file for these kernels.
-        eprintln!(
-            "SKIP the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for: the file is for kernels {}, this tree's are {}",
-            cfg.kernel_hash,
-            crate::build_info::KERNEL_HASH
+        crate::util::note_skip(
+            "the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for",
+            &format!(
+                "the file is for kernels {}, this tree's are {}",
+                cfg.kernel_hash,
+                crate::build_info::KERNEL_HASH
+            ),
         );
         return;
     }

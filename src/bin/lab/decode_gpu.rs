@@ -142,8 +142,8 @@ pub struct GpuArgs {
     /// Int4 prefill kernel: auto (per chunk: dequant from 256 rows, 128 with act-order, the GEMM
     /// family below; `lab plan` sizes its scratch), v2 (gemm_v2_mma on sm_80+, else gemm_v1_simt,
     /// for every chunk: the smallest scratch), v1, rows (the decode GEMV once per row), dequant
-    /// (each linear to an fp16 scratch, then one cuBLAS GEMM, for every chunk; ~1.6x gemm_v2 at
-    /// 512 rows on an H100).
+    /// (each linear to an fp16 scratch, then one cuBLAS GEMM, for every chunk; 1.46-1.53x gemm_v2
+    /// at 512 rows on an H100, run 13).
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
     /// MiB of fp16 W the dequant path writes at once: a wider linear is dequantized and
@@ -155,7 +155,7 @@ pub struct GpuArgs {
     /// cooperative launch (int4 models; gemv_v6_pipe's weight loop for every linear, so
     /// --int4-kernel applies to the prefill only). Generation runs with them; the bench adds a
     /// column timing them beside the launch-per-op step. Off by default: correct on the H100 but
-    /// 13-15% slower than the launch-per-op graph + PDL step (runs 9-10, notes/kernels.md).
+    /// 14-16% slower than the launch-per-op graph + PDL step (run 17, notes/kernels.md).
     #[arg(long)]
     persistent_layers: bool,
     /// Weight bytes each persistent-layers block prefetches into L2 before every grid barrier:

@@ -51,8 +51,9 @@ enum Cmd {
     Plan(plan::PlanArgs),
     /// GPTQ-quantize an fp16 LLaMA/Vicuna checkpoint (and measure the gain over RTN).
     Quantize(quantize::QuantizeArgs),
-    /// Write a GPTQ checkpoint of Vicuna-7B/13B's exact shapes with random weights (loader, VRAM and
-    /// GPU-vs-CPU tests without a download; not a language model).
+    /// Write a GPTQ checkpoint of a preset's exact shapes (Vicuna 7B / 13B / 33B, the v1.5 and 16k
+    /// presets) with random weights (loader, VRAM and GPU-vs-CPU tests without a download; not a
+    /// language model).
     SynthCheckpoint(quantize::SynthArgs),
     /// Perplexity of a checkpoint on a text, and KL to a reference (CPU reference engine or GPU engine).
     Eval(eval::EvalArgs),

@@ -77,7 +77,7 @@ pub struct PlanArgs {
     /// workspace, shared with the GEMM's scratch (7B ~51 MB, 13B ~78 MB); v2 only the latter.
     #[arg(long, default_value = "auto", value_parser = PrefillInt4::parse)]
     prefill_int4: PrefillInt4,
-    /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 512 MiB).
+    /// CUDA context allowance in MiB (default: the library's CUDA_CONTEXT_BYTES, 544 MiB).
     #[arg(long)]
     context_mib: Option<u64>,
     /// List the known cards and exit.
