@@ -70,18 +70,24 @@ fn main() {
             Vec::new()
         }
         Some(nvcc) => {
+            // Which nvcc builds them is part of each family's stamp: switching toolkits (NVCC=
+            // a CUDA 12 nvcc for an older driver) must not keep the other toolkit's fatbins.
+            let tool = format!("{}|{}", nvcc.display(), nvcc_release(nvcc));
             // One thread per family; nvcc itself parallelises over archs with -t.
             let handles: Vec<_> = families
                 .iter()
                 .map(|fam| {
-                    let (nvcc, kdir, out, archs, fam) = (
+                    let (nvcc, kdir, out, archs, fam, tool) = (
                         nvcc.clone(),
                         kdir.clone(),
                         out.clone(),
                         archs.clone(),
                         fam.clone(),
+                        tool.clone(),
                     );
-                    std::thread::spawn(move || compile_family(&nvcc, &kdir, &out, &archs, &fam))
+                    std::thread::spawn(move || {
+                        compile_family(&nvcc, &tool, &kdir, &out, &archs, &fam)
+                    })
                 })
                 .collect();
             let mut built = Vec::new();
@@ -177,6 +183,7 @@ fn cu_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
 /// so each family is one fatbin and one CUDA module. Writes the ptxas resource report beside it.
 fn compile_family(
     nvcc: &Path,
+    tool: &str,
     kdir: &Path,
     out: &Path,
     archs: &[String],
@@ -190,10 +197,11 @@ fn compile_family(
     fs::write(&unity, body).map_err(|e| e.to_string())?;
     let fatbin = out.join(format!("{fam}.fatbin"));
     // The git index is watched (for the dirty flag), so this script reruns on every commit:
-    // skip nvcc when this family's sources, the common headers and the targets are unchanged.
+    // skip nvcc when this family's sources, the common headers, the targets and the nvcc (path
+    // and release) are unchanged.
     let stamp_path = out.join(format!("{fam}.stamp"));
     let stamp = format!(
-        "{}|{}",
+        "{}|{}|{tool}",
         kernel_hash(kdir, &list_files(kdir)),
         archs.join(",")
     );

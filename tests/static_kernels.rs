@@ -325,3 +325,73 @@ fn attention_loads_test_the_block_end_before_the_new_row() {
         );
     }
 }
+
+/// Every PTX image the fatbins embed, its `.version` lowered to 8.0 and assembled by CUDA 12.0's
+/// ptxas for its own arch: the kernels' inline PTX needs no ISA newer than CUDA 12.0's, so a CUDA
+/// 12.x nvcc of the user's own builds them (what a driver older than R580, which cannot run CUDA
+/// 13 code, needs: README "Older drivers"). CUDA 13's nvcc writes `.version 9.0` whatever the
+/// source uses; an instruction or modifier past 8.0 (a newer TMA or cluster form, say) fails here
+/// with ptxas naming it (CUDA 11.8's ptxas at 7.8 names gemv_v9_cluster's barrier.cluster.arrive
+/// .release: the check can fail). The debug lines of -lineinfo are dropped first: 12.0's ptxas
+/// cannot read CUDA 13's form of them.
+#[test]
+fn kernels_ptx_assembles_with_cuda_12_0s_ptxas() {
+    let test = "kernels_ptx_assembles_with_cuda_12_0s_ptxas";
+    if !sass_available(test) {
+        return;
+    }
+    let ptxas = match sc::find_cuda12_0_ptxas() {
+        Ok(p) => p,
+        Err(why) => {
+            gptq_lab::util::note_skip(test, &why);
+            return;
+        }
+    };
+    let dir = std::path::Path::new(build_info::FATBIN_DIR);
+    let mut fatbins: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "fatbin"))
+        .collect();
+    fatbins.sort();
+    assert!(!fatbins.is_empty(), "no fatbin in {}", dir.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut checked, mut bad) = (0, Vec::new());
+    for fb in &fatbins {
+        let images = sc::fatbin_ptx(fb).unwrap_or_else(|e| panic!("{}: {e}", fb.display()));
+        assert!(!images.is_empty(), "{}: no PTX image", fb.display());
+        for (arch, text) in images {
+            let lowered = sc::with_ptx_version(&sc::strip_ptx_debug_info(&text), "8.0")
+                .unwrap_or_else(|| panic!("{}: PTX without .version", fb.display()));
+            let file = tmp.path().join(format!(
+                "{}_sm{arch}.ptx",
+                fb.file_stem().unwrap().to_string_lossy()
+            ));
+            std::fs::write(&file, lowered).unwrap();
+            let out = std::process::Command::new(&ptxas)
+                .arg(format!("-arch=sm_{arch}"))
+                .arg("-o")
+                .arg(tmp.path().join("out.cubin"))
+                .arg(&file)
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e}", ptxas.display()));
+            checked += 1;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                let first: Vec<&str> = err.lines().take(6).collect();
+                bad.push(format!(
+                    "{} (sm_{arch}):\n  {}",
+                    fb.display(),
+                    first.join("\n  ")
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "PTX that CUDA 12.0's ptxas refuses:\n{}",
+        bad.join("\n")
+    );
+    eprintln!("{checked} PTX images assembled by {}", ptxas.display());
+}

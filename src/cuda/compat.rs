@@ -89,8 +89,8 @@ pub fn check(
     let (tk, dr) = (toolkit, driver);
     if dr.0 < tk.0 {
         return Err(format!(
-            "the NVIDIA driver supports CUDA {}.{}, but the kernels were built by CUDA {}.{}, whose code needs a driver for CUDA {}.x (for CUDA 13: R580 or newer): update the driver",
-            dr.0, dr.1, tk.0, tk.1, tk.0
+            "the NVIDIA driver supports CUDA {}.{}, but the kernels were built by CUDA {}.{}, whose code needs a driver for CUDA {}.x (for CUDA 13: R580 or newer): update the driver{}",
+            dr.0, dr.1, tk.0, tk.1, tk.0, older_toolkit_hint(dr)
         ));
     }
     if let Image::Ptx(p) = image {
@@ -102,6 +102,21 @@ pub fn check(
         }
     }
     Ok(image)
+}
+
+/// The other way out for a CUDA 12 driver (R525-R575) older than the toolkit: a build by a CUDA
+/// 12 toolkit, which that driver runs. The kernels' PTX needs ISA 8.0 (CUDA 12.0:
+/// tests/static_kernels.rs assembles it with 12.0's ptxas). An 11.x driver is not offered one:
+/// the launches go through cuLaunchKernelEx, which CUDA 12.0 drivers brought.
+fn older_toolkit_hint(driver: (u32, u32)) -> String {
+    if driver.0 == 12 {
+        format!(
+            ", or rebuild the lab with a CUDA 12.0-{}.{} toolkit's nvcc (NVCC=/usr/local/cuda/bin/nvcc scripts/run; README \"Older drivers\")",
+            driver.0, driver.1
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// `check` for this binary (build_info's archs and nvcc release) on a device of compute
@@ -160,6 +175,13 @@ mod tests {
         // A CUDA 12.4 driver (R550, common on consumer installs) cannot run CUDA 13 code.
         let e = check(89, (12, 4), cu13, DEFAULT).unwrap_err();
         assert!(e.contains("CUDA 12.4") && e.contains("R580"), "{e}");
+        // ... and names the other way out: a build by a toolkit that driver runs.
+        assert!(e.contains("CUDA 12.0-12.4 toolkit's nvcc"), "{e}");
+        // A CUDA 11 driver can only be updated (cuLaunchKernelEx is a CUDA 12 driver call).
+        let e = check(86, (11, 8), cu13, DEFAULT).unwrap_err();
+        assert!(e.ends_with("update the driver"), "{e}");
+        // A CUDA 12 build on that CUDA 12.4 driver runs.
+        assert_eq!(check(89, (12, 4), (12, 4), DEFAULT), Ok(Image::Sass(89)));
         // SASS of 13.1 runs on a 13.0 driver (minor-version compatibility); its PTX does not.
         assert_eq!(check(90, (13, 0), (13, 1), DEFAULT), Ok(Image::Sass(90)));
         let e = check(120, (13, 0), (13, 1), DEFAULT).unwrap_err();

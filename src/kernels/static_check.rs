@@ -347,6 +347,128 @@ pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
     Ok(parse_sass(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The PTX images of a fatbin (`cuobjdump -ptx`): (arch, the text from its `.version` line on).
+/// build.rs embeds one, the newest arch's, which the driver JIT-compiles for newer GPUs.
+pub fn fatbin_ptx(fatbin: &Path) -> Result<Vec<(u32, String)>> {
+    let (cuobjdump, _) = find_sass_tools().map_err(|r| LabError::invalid("SASS tools", r))?;
+    let out = std::process::Command::new(&cuobjdump)
+        .arg("-ptx")
+        .arg(fatbin)
+        .output()
+        .map_err(|e| LabError::io(&cuobjdump, e))?;
+    if !out.status.success() {
+        return Err(LabError::invalid(
+            "cuobjdump",
+            format!(
+                "{} -ptx {}: {}",
+                cuobjdump.display(),
+                fatbin.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
+    }
+    Ok(parse_ptx_dump(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Splits `cuobjdump -ptx` output into its PTX images: each `Fatbin ptx code:` header's
+/// `arch = sm_NN`, and the lines from `.version` to the next `Fatbin` header. ELF sections
+/// (`Fatbin elf code:`) are skipped.
+pub fn parse_ptx_dump(text: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(Option<u32>, Option<String>)> = None;
+    let mut finish = |cur: &mut Option<(Option<u32>, Option<String>)>| {
+        if let Some((Some(arch), Some(body))) = cur.take() {
+            out.push((arch, body));
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with("Fatbin ") {
+            finish(&mut cur);
+            cur = (line.trim() == "Fatbin ptx code:").then_some((None, None));
+            continue;
+        }
+        let Some((arch, body)) = cur.as_mut() else {
+            continue;
+        };
+        match body {
+            Some(b) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            None if line.starts_with(".version") => *body = Some(format!("{line}\n")),
+            None => {
+                if let Some(a) = line.strip_prefix("arch = sm_") {
+                    *arch = a.trim().parse().ok();
+                }
+            }
+        }
+    }
+    finish(&mut cur);
+    out
+}
+
+/// `ptx` with its `.version X.Y` directive set to `version` (what an older ptxas accepts as its
+/// own); None when the text has no such directive at a line start.
+pub fn with_ptx_version(ptx: &str, version: &str) -> Option<String> {
+    let at = if ptx.starts_with(".version ") {
+        0
+    } else {
+        ptx.find("\n.version ")? + 1
+    };
+    let end = ptx[at..].find('\n').map_or(ptx.len(), |e| at + e);
+    Some(format!("{}.version {version}{}", &ptx[..at], &ptx[end..]))
+}
+
+/// `ptx` without its debug information: the `.file` and `.loc` lines and the `.section` blocks
+/// (`.debug_str` etc.) that build.rs's -lineinfo adds. An older ptxas does not read CUDA 13's form
+/// of them (12.0's crashes on `.loc ... inlined_at`); the instructions are what is checked.
+pub fn strip_ptx_debug_info(ptx: &str) -> String {
+    let mut out = String::with_capacity(ptx.len());
+    let mut in_section = false;
+    for line in ptx.lines() {
+        let t = line.trim_start();
+        if in_section {
+            in_section = !t.starts_with('}');
+            continue;
+        }
+        if t.starts_with(".section") {
+            in_section = !t.contains('}');
+            continue;
+        }
+        // A directive word, not a prefix: `.local` declarations stay.
+        let word = t.split_whitespace().next().unwrap_or("");
+        if word == ".loc" || word == ".file" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The CUDA 12.0 ptxas scripts/setup installs beside the CUDA 13 toolkit (the
+/// nvidia-cuda-nvcc-cu12 12.0.76 wheel in .venv/ptxas-12.0), or $LAB_PTXAS_12_0.
+pub fn find_cuda12_0_ptxas() -> std::result::Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("LAB_PTXAS_12_0") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("LAB_PTXAS_12_0={} is not a file", p.display()))
+        };
+    }
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ptxas-12.0/nvidia/cuda_nvcc/bin/ptxas");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "CUDA 12.0's ptxas not found ({}; scripts/setup installs it where it installs the CUDA 13 toolkit, or set LAB_PTXAS_12_0)",
+            p.display()
+        ))
+    }
+}
+
 /// Every SASS rule broken: wide_loads variants without a 128-bit global load, hot kernels with
 /// local memory, tensor_cores variants without HMMA on sm_80+.
 pub fn sass_violations(variants: &[&Variant], sass: &[SassSummary], archs: &[u32]) -> Vec<String> {
@@ -704,5 +826,96 @@ arch = sm_90
             x.hmma = false;
         }
         assert!(sass_violations(&[&loose], &s, &archs).is_empty());
+    }
+
+    /// The shape of `cuobjdump -ptx` output (CUDA 13.0): ELF sections carry no text, the PTX
+    /// section's header lines come before its `.version`.
+    const PTX_DUMP: &str = "
+Fatbin elf code:
+================
+arch = sm_75
+code version = [1,8]
+
+Fatbin ptx code:
+================
+arch = sm_90
+code version = [9,0]
+compressed
+ptxasOptions = -v
+
+.version 9.0
+.target sm_90
+.address_size 64
+.visible .entry k()
+{
+ret;
+}
+
+Fatbin elf code:
+================
+arch = sm_90
+";
+
+    #[test]
+    fn ptx_dump_yields_each_ptx_image_with_its_arch_and_no_elf_section() {
+        let images = parse_ptx_dump(PTX_DUMP);
+        assert_eq!(images.len(), 1, "{images:?}");
+        let (arch, text) = &images[0];
+        assert_eq!(*arch, 90);
+        assert!(text.starts_with(".version 9.0\n.target sm_90\n"), "{text}");
+        assert!(text.contains("ret;") && !text.contains("Fatbin") && !text.contains("arch ="));
+        // Two images, the second one last in the dump: both kept, in order.
+        let two =
+            format!("{PTX_DUMP}\nFatbin ptx code:\narch = sm_80\n.version 8.7\n.target sm_80\n");
+        let archs: Vec<u32> = parse_ptx_dump(&two).iter().map(|(a, _)| *a).collect();
+        assert_eq!(archs, [90, 80]);
+        // A PTX header without an arch or without a body is no image.
+        assert!(parse_ptx_dump("Fatbin ptx code:\n.version 9.0\n").is_empty());
+        assert!(parse_ptx_dump("Fatbin ptx code:\narch = sm_90\n").is_empty());
+    }
+
+    #[test]
+    fn ptx_version_is_replaced_on_its_own_line_only() {
+        let ptx = "//\n// a comment naming .version 9.0\n//\n.version 9.0\n.target sm_90\n";
+        assert_eq!(
+            with_ptx_version(ptx, "8.0").unwrap(),
+            "//\n// a comment naming .version 9.0\n//\n.version 8.0\n.target sm_90\n"
+        );
+        assert_eq!(
+            with_ptx_version(".version 9.0\n.target sm_90", "8.4").unwrap(),
+            ".version 8.4\n.target sm_90"
+        );
+        assert_eq!(
+            with_ptx_version(".version 9.0", "8.0").unwrap(),
+            ".version 8.0"
+        );
+        assert!(with_ptx_version(".target sm_90\n", "8.0").is_none());
+    }
+
+    #[test]
+    fn debug_info_is_stripped_and_the_instructions_kept() {
+        let ptx = "\
+.version 9.0
+.target sm_90
+.file\t1 \"/k/gemv.cu\"
+.visible .entry k()
+{
+\t.local .align 8 .b8 \t__local_depot0[16];
+\t.loc\t1 10 3
+\tld.global.u32 %r1, [%rd1];
+\t.loc\t1 11 3, function_name $L__info_string0, inlined_at 1 10 3
+\tret;
+}
+\t.section\t.debug_str
+\t{
+$L__info_string0:
+.b8 107,0
+\t}
+.global .u32 after;
+";
+        assert_eq!(
+            strip_ptx_debug_info(ptx),
+            ".version 9.0\n.target sm_90\n.visible .entry k()\n{\n\t.local .align 8 .b8 \t__local_depot0[16];\n\tld.global.u32 %r1, [%rd1];\n\tret;\n}\n.global .u32 after;\n"
+        );
     }
 }
