@@ -104,6 +104,19 @@ mod tests {
     }
 
     #[test]
+    fn only_the_low_nibble_of_a_value_is_packed() {
+        // A value above 15 must not spill into its neighbour's nibble (the next row's code, the
+        // next column's zero): each field is 4 bits wide.
+        let (k, n) = (8, 1);
+        let mut codes = vec![0u8; k * n];
+        codes[0] = 0x13;
+        assert_eq!(pack_codes_kn(&codes, k, n), vec![0x0000_0003]);
+        let mut zeros = [0u8; 8];
+        zeros[0] = 0x25;
+        assert_eq!(pack_zeros(&zeros, 1, 8), vec![0x0000_0005]);
+    }
+
+    #[test]
     fn random_round_trips_are_bit_exact() {
         let mut rng = StdRng::seed_from_u64(7);
         for &(k, n) in &[(8, 8), (64, 24), (128, 40)] {

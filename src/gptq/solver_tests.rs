@@ -226,3 +226,77 @@ fn bad_inputs_are_errors_naming_the_problem() {
     bad[(1, 0)] = 2.0;
     assert!(err(&w, &bad, params(16, true, false)).contains("not positive definite"));
 }
+
+#[test]
+fn proxy_loss_is_half_the_damped_hessian_weighted_squared_error() {
+    // With H = c I the inverse factor is diagonal, U_ii = 1 / sqrt(c + damp), nothing is
+    // propagated, and the paper's loss sum (w - q)^2 / (2 U_ii^2) is (c + damp) / 2 * |w - q|^2.
+    // Computed here from the reference dequantizer, not from the solver's arithmetic.
+    let (k, n, c) = (64, 16, 3.0);
+    let w = weights(k, n, 21);
+    let h = Mat::from_fn(k, k, |i, j| if i == j { c } else { 0.0 });
+    let out = quantize_gptq(&w, k, n, &h, &params(32, false, false)).unwrap();
+    let dq = crate::reference::dequantize(&out.layer);
+    let sq: f64 = w
+        .iter()
+        .zip(&dq)
+        .map(|(&a, &b)| (f64::from(a) - b).powi(2))
+        .sum();
+    assert!(sq > 0.0);
+    let want = (c + DEFAULT_DAMP * c) / 2.0 * sq;
+    assert!(
+        (out.proxy_loss - want).abs() <= 1e-5 * want,
+        "proxy loss {} vs (c + damp) / 2 * |w - q|^2 = {want}",
+        out.proxy_loss
+    );
+}
+
+#[test]
+fn damp_is_the_fraction_of_the_mean_hessian_diagonal() {
+    // diag H = 1, 2, ..., K: mean (K + 1) / 2, so damp = 0.01 * 32.5 at K = 64 (AutoGPTQ's
+    // `percdamp * mean(diag(H))`), not 0.01 times the diagonal's sum.
+    let (k, n) = (64, 8);
+    let w = weights(k, n, 22);
+    let h = Mat::from_fn(k, k, |i, j| if i == j { (i + 1) as f64 } else { 0.0 });
+    let out = quantize_gptq(&w, k, n, &h, &params(32, true, false)).unwrap();
+    assert!((out.damp - 0.325).abs() < 1e-12, "damp {}", out.damp);
+}
+
+#[test]
+fn groups_that_do_not_tile_a_block_of_128_rows_still_quantize() {
+    // A group must never straddle two lazy-update blocks; groups of 256 (wider than a block)
+    // and of 96 (not a divisor of 128) exercise the rounding of the block to whole groups.
+    // With H = c I there is no propagation, so the result is RTN's, bit for bit.
+    let (k, n) = (768, 16);
+    let w = weights(k, n, 23);
+    let h = Mat::from_fn(k, k, |i, j| if i == j { 2.0 } else { 0.0 });
+    for gs in [256, 96] {
+        let g = quantize_gptq(&w, k, n, &h, &params(gs, false, false)).unwrap();
+        let r = quantize_rtn(&w, k, n, gs, false, None).unwrap();
+        assert_eq!(g.layer, r, "group {gs}");
+    }
+}
+
+#[test]
+fn static_groups_with_act_order_quantize_each_row_in_its_own_group() {
+    // Static groups fix group k / G's parameters from the original rows; act-order then visits
+    // rows in another order, and each row must still use its own group's scale and zero. With a
+    // diagonal H (distinct entries, so the order really changes) nothing is propagated and the
+    // codes must be RTN's exactly.
+    let (k, n, gs) = (64, 16, 16);
+    let w = weights(k, n, 24);
+    let h = Mat::from_fn(k, k, |i, j| {
+        if i == j {
+            1.0 + ((i * 37) % k) as f64
+        } else {
+            0.0
+        }
+    });
+    let p = GptqParams {
+        static_groups: true,
+        ..params(gs, false, true)
+    };
+    let out = quantize_gptq(&w, k, n, &h, &p).unwrap();
+    let rtn = quantize_rtn(&w, k, n, gs, false, None).unwrap();
+    assert_eq!(out.layer, rtn);
+}

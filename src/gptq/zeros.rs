@@ -212,6 +212,8 @@ mod tests {
         assert!(is_symmetric_true(&v1_to_v2(&[LOW3; 5])));
         assert!(!is_symmetric_true(&[LOW3]));
         assert!(!is_symmetric_v1(&[]));
+        // No zeros at all says nothing about symmetry, in either convention.
+        assert!(!is_symmetric_true(&[]));
     }
 
     #[test]
