@@ -112,6 +112,16 @@ mod tests {
     }
 
     #[test]
+    fn iqm_drops_floor_of_a_quarter_from_each_end() {
+        // n = 7: floor(7/4) = 1 from each end, mean of 2 3 4 5 10 = 4.8.
+        let t = Timing::from_samples(&[20.0, 1.0, 5.0, 2.0, 10.0, 3.0, 4.0]).unwrap();
+        assert!((t.iqm_us - 4.8).abs() < 1e-12, "{t:?}");
+        // n = 3: floor(3/4) = 0, nothing dropped: the plain mean.
+        let t = Timing::from_samples(&[1.0, 6.0, 2.0]).unwrap();
+        assert!((t.iqm_us - 3.0).abs() < 1e-12, "{t:?}");
+    }
+
+    #[test]
     fn empty_or_nan_samples_are_rejected() {
         assert!(Timing::from_samples(&[]).is_none());
         assert!(Timing::from_samples(&[1.0, f64::NAN]).is_none());

@@ -429,6 +429,38 @@ fn ties_are_broken_the_same_way_in_any_order() {
     assert_eq!(s.winner, d);
 }
 
+#[test]
+fn a_gain_exactly_at_the_noise_keeps_the_default() {
+    // 2% faster with no spread: (100 - 98) / 100 is MIN_GAIN exactly, and a challenger must beat
+    // the default by *more* than the noise.
+    assert_eq!((100.0f64 - 98.0) / 100.0, select::MIN_GAIN);
+    let (d, b) = (Choice::new("a"), Choice::new("b"));
+    let s = select(&d, &[cand(&d, ok(100.0, 0.0)), cand(&b, ok(98.0, 0.0))]);
+    assert_eq!(s.winner, d, "{}", s.note);
+    // The gain is relative to the default's time: 97.5 is 2.5% faster than 100 (2.56% of
+    // 97.5), inside a 2.55% spread.
+    let s = select(&d, &[cand(&d, ok(100.0, 0.0255)), cand(&b, ok(97.5, 0.0))]);
+    assert_eq!(s.winner, d, "{}", s.note);
+}
+
+#[test]
+fn a_spread_that_is_not_finite_counts_as_all_noise() {
+    // 50% faster, but with an infinite or NaN spread (a median of 0 in Timing::spread): 100%
+    // noise, so the default stays.
+    let (d, b) = ("d".to_string(), "b".to_string());
+    for bad in [f64::INFINITY, f64::NAN] {
+        let s = select_by(
+            &d,
+            &[
+                (d.clone(), Some((100.0, 0.01))),
+                (b.clone(), Some((50.0, bad))),
+            ],
+            0.02,
+        );
+        assert_eq!(s.winner, d, "spread {bad}: {}", s.note);
+    }
+}
+
 // ---- dispatch ----
 
 #[test]
