@@ -1177,3 +1177,59 @@ fn a_mig_slice_plans_with_its_share_of_the_gpus_bandwidth() {
     assert!((s.bandwidth_gbs * 8.0 - w.bandwidth_gbs).abs() < 1e-9 * w.bandwidth_gbs);
     assert_eq!(s.usable_bytes(), 10 << 30);
 }
+
+#[test]
+fn a_tied_model_streams_its_embedding_table_as_the_lm_head_every_step() {
+    // Tied weights: the logits GEMV reads the whole embedding table (100 x 64 fp16) each step,
+    // so it counts in what a step streams though there is no separate lm_head. Linears and
+    // norms as counted by hand in small_config_bytes_by_hand: 40960 + 1280 + 5120 and 640.
+    let mut m = small();
+    m.tie_word_embeddings = true;
+    let p = PlanSpec::new(m, WeightDtype::Int4, 32, 10).plan().unwrap();
+    let (linears, norms, table, kv) = (40960 + 1280 + 5120, 640, 100 * 64 * 2, 5120);
+    assert_eq!(p.kv_cache_bytes, kv);
+    assert_eq!(p.bytes_per_step, linears + norms + table + kv);
+    assert_eq!(p.weights_bytes, linears + norms + table);
+}
+
+#[test]
+fn a_roofline_is_extrapolated_only_outside_the_fitted_layer_range() {
+    // Fitted on 26..=40 layers: both ends are inside the fit, one layer past either is not.
+    let card = cards::Card {
+        slug: "t".into(),
+        name: "t".into(),
+        memory_bytes: 80 << 30,
+        bandwidth_gbs: 1000.0,
+        sm: 86,
+        usable_measured_bytes: None,
+    };
+    for (layers, out) in [
+        (25, true),
+        (26, false),
+        (32, false),
+        (40, false),
+        (41, true),
+    ] {
+        let mut r = fit::roofline(&card, &SpeedModel::flat(0.8), layers, 1, 1 << 30);
+        r.set_fitted_layers(Some((26, 40)));
+        assert_eq!(r.extrapolated, out, "{layers} layers");
+    }
+}
+
+#[test]
+fn a_plan_that_needs_exactly_the_usable_memory_fits() {
+    // 1000 usable bytes, 1000 needed: fits with nothing to spare; one more byte does not.
+    let card = cards::Card {
+        slug: "t".into(),
+        name: "t".into(),
+        memory_bytes: 2000,
+        bandwidth_gbs: 1000.0,
+        sm: 86,
+        usable_measured_bytes: Some(1000),
+    };
+    let f = fit::fit_on(&card, 1000, |c| 900 + c);
+    assert!(f.fits && f.free_bytes == 0, "{f:?}");
+    assert_eq!(f.max_ctx, Some(100));
+    let f = fit::fit_on(&card, 1001, |c| 901 + c);
+    assert!(!f.fits && f.free_bytes == -1, "{f:?}");
+}
