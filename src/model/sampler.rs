@@ -334,9 +334,30 @@ mod tests {
     }
 
     #[test]
+    fn margin_is_small_when_p_is_just_past_a_tokens_cumulative_mass() {
+        // Probabilities 0.6 / 0.4: with p a hair above token 0's mass the nucleus takes both
+        // tokens, but p 1e-9 lower would take one, so the margin is that 1e-9 (the distance to
+        // the cumulative mass *before* the cut), not the 0.4 to the mass after it.
+        let logits = [0.6f32.ln(), 0.4f32.ln()];
+        let (e0, e1) = (f64::from(logits[0]).exp(), f64::from(logits[1]).exp());
+        let p0 = e0 / (e0 + e1);
+        let d = top_p_pick(&logits, p0 + 1e-9, 1.0, 0.3).unwrap();
+        assert_eq!((d.token, d.kept), (0, 2));
+        assert!(d.margin < 1e-8, "{d:?}");
+    }
+
+    #[test]
     fn flags_map_to_modes_and_bad_values_are_refused() {
         assert_eq!(Sampling::new(true, 0.9, 0.7).unwrap(), Sampling::Greedy);
         assert_eq!(Sampling::new(false, 0.9, 0.0).unwrap(), Sampling::Greedy);
+        // p = 1 (the whole distribution) is the top of the allowed range (0, 1].
+        assert_eq!(
+            Sampling::new(false, 1.0, 0.7).unwrap(),
+            Sampling::TopP {
+                top_p: 1.0,
+                temperature: 0.7
+            }
+        );
         for (top_p, temp, flag, value) in [
             (0.0, 1.0, "--top-p", "0"),
             (1.5, 1.0, "--top-p", "1.5"),

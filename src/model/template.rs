@@ -70,6 +70,24 @@ mod tests {
     }
 
     #[test]
+    fn system_lines_are_fastchats_word_for_word() {
+        // FastChat's one_shot (v0) and vicuna_v1.1 system messages, written out here so a
+        // swapped word in either constant (they differ only in human/user) is caught.
+        assert_eq!(
+            Template::VicunaV0.render("Hi"),
+            "A chat between a curious human and an artificial intelligence assistant. The \
+             assistant gives helpful, detailed, and polite answers to the human's questions.\n\
+             ### Human: Hi\n### Assistant:"
+        );
+        assert_eq!(
+            Template::VicunaV11.render("Hi"),
+            "A chat between a curious user and an artificial intelligence assistant. The \
+             assistant gives helpful, detailed, and polite answers to the user's questions. \
+             USER: Hi ASSISTANT:"
+        );
+    }
+
+    #[test]
     fn parse_accepts_versions_and_names_the_flag_on_error() {
         assert_eq!(Template::parse("V1.1").unwrap(), Template::VicunaV11);
         assert_eq!(Template::parse("v1.5").unwrap(), Template::VicunaV11);
