@@ -300,3 +300,21 @@ fn static_groups_with_act_order_quantize_each_row_in_its_own_group() {
     let rtn = quantize_rtn(&w, k, n, gs, false, None).unwrap();
     assert_eq!(out.layer, rtn);
 }
+
+#[test]
+fn a_dead_row_counts_as_one_in_the_mean_diagonal_of_the_damp() {
+    // A row whose input was always zero gets H_ii = 1 before the dampening is taken (as
+    // AutoGPTQ sets H[dead, dead] = 1 first): diag 0, 3, ..., 3 at K = 32 gives a mean of
+    // (1 + 31 * 3) / 32, not 93 / 32.
+    let (k, n) = (32, 8);
+    let w = weights(k, n, 25);
+    let h = Mat::from_fn(k, k, |i, j| if i == j && i > 0 { 3.0 } else { 0.0 });
+    let out = quantize_gptq(&w, k, n, &h, &params(16, true, false)).unwrap();
+    assert_eq!(out.dead_rows, 1);
+    let want = DEFAULT_DAMP * (1.0 + 31.0 * 3.0) / 32.0;
+    assert!(
+        (out.damp - want).abs() < 1e-12,
+        "damp {} vs {want}",
+        out.damp
+    );
+}
