@@ -1233,3 +1233,21 @@ fn a_plan_that_needs_exactly_the_usable_memory_fits() {
     let f = fit::fit_on(&card, 1001, |c| 901 + c);
     assert!(!f.fits && f.free_bytes == -1, "{f:?}");
 }
+
+#[test]
+fn each_sequence_of_a_batch_reads_its_own_embedding_row() {
+    // Untied small config at ctx 10: linears 40960 + 1280 + 5120, norms 640, lm_head 100 x 64
+    // fp16, and per sequence one embedding row (64 x 2) and its 2 x 2 x 10 x 64 x 2 of KV.
+    let mut s = PlanSpec::new(small(), WeightDtype::Int4, 32, 10);
+    let fixed = 40960 + 1280 + 5120 + 640 + 12800;
+    for batch in [1u64, 4] {
+        s.batch = batch;
+        let p = s.plan().unwrap();
+        assert_eq!(p.kv_cache_bytes, batch * 5120);
+        assert_eq!(
+            p.bytes_per_step,
+            fixed + batch * (128 + 5120),
+            "batch {batch}"
+        );
+    }
+}
