@@ -23,7 +23,8 @@ pub struct Selection<T = Choice> {
     pub note: String,
 }
 
-/// (iqm, spread) of a usable timing; spread = (p75 - p25) / median, the run-to-run noise.
+/// (iqm, spread) of a usable timing; spread = (p75 - p25) / median, the run-to-run noise. A NaN
+/// spread stays NaN (select_by counts it as 100%): `f64::max` would have made it 0%.
 fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
     match *s {
         CandidateStatus::Ok {
@@ -32,7 +33,15 @@ fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
             p25_us,
             p75_us,
         } if iqm_us.is_finite() && iqm_us > 0.0 && median_us > 0.0 => {
-            Some((iqm_us, ((p75_us - p25_us) / median_us).max(0.0)))
+            let spread = (p75_us - p25_us) / median_us;
+            Some((
+                iqm_us,
+                if spread.is_nan() {
+                    spread
+                } else {
+                    spread.max(0.0)
+                },
+            ))
         }
         _ => None,
     }

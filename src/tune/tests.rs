@@ -461,6 +461,25 @@ fn a_spread_that_is_not_finite_counts_as_all_noise() {
     }
 }
 
+#[test]
+fn a_nan_quartile_counts_as_all_noise_not_as_none() {
+    // A status whose p75 is NaN (not from Timing::from_samples, which refuses non-finite samples,
+    // but from any status built in memory): its spread is unknown, so 100%; read as 0% it would
+    // let a 50% faster but meaningless timing replace the default.
+    let (d, b) = (Choice::new("a"), Choice::new("b"));
+    let nan_p75 = CandidateStatus::Ok {
+        median_us: 50.0,
+        iqm_us: 50.0,
+        p25_us: 49.0,
+        p75_us: f64::NAN,
+    };
+    let s = select(&d, &[cand(&d, ok(100.0, 0.01)), cand(&b, nan_p75)]);
+    assert_eq!(s.winner, d, "{}", s.note);
+    // The same challenger with real quartiles wins: the NaN is what kept the default.
+    let s = select(&d, &[cand(&d, ok(100.0, 0.01)), cand(&b, ok(50.0, 0.02))]);
+    assert_eq!(s.winner, b, "{}", s.note);
+}
+
 // ---- dispatch ----
 
 #[test]
