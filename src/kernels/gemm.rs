@@ -754,6 +754,17 @@ mod tests {
         }
     }
 
+    /// The doc's wide-layer figure, by hand: 22016 / 256 = 86 column blocks of v2; an H100 holds
+    /// 132 x 2 = 264 blocks, so filling it takes ceil(264 / 86) = 4 slices (344 blocks; 3 slices
+    /// would leave 6 of 264 slots idle). The traffic cap 4096 / (16 x 16) = 16 does not bind, and
+    /// 4096 / 4 = 1024 is a whole number of K steps: (4, 1024).
+    #[test]
+    fn auto_split_rounds_the_slots_per_column_block_up() {
+        assert_eq!(SmLimits::H100.blocks_per_sm(v2_smem_bytes(1), 2), 2);
+        assert_eq!(1024 % V2_BK, 0);
+        assert_eq!(auto_split(v2(), 16, 22016, 4096, SmLimits::H100), (4, 1024));
+    }
+
     #[test]
     fn auto_split_counts_one_block_per_sm_where_the_tile_leaves_room_for_one() {
         // An RTX 4090: 128 SMs of 100 KB, 1 KB reserved per block. v2's m16 tile (46 KB) fits

@@ -463,4 +463,26 @@ mod tests {
         let e = plan(v, &s, 1, 4095, 4096, &Tunables::new(), SmLimits::H100).unwrap_err();
         assert!(e.to_string().contains("x has 4095"), "{e}");
     }
+
+    /// The kernel writes m*N outputs: a y one element short must be refused like a short x
+    /// (N != K here, so a check of y against K, or of x alone, cannot pass for it).
+    #[test]
+    fn a_short_y_buffer_is_refused_before_launch() {
+        let v = by_name("gemv_v2_vec").unwrap();
+        let s = LayerShape {
+            k: 4096,
+            n: 1024,
+            group_size: 128,
+            g_idx: false,
+            perm: false,
+            bias: false,
+            symmetric: true,
+        };
+        assert!(plan(v, &s, 1, 4096, 1024, &Tunables::new(), SmLimits::H100).is_ok());
+        let e = plan(v, &s, 1, 4096, 1023, &Tunables::new(), SmLimits::H100).unwrap_err();
+        assert!(
+            e.to_string().contains("y has 1023") && e.to_string().contains("m*N = 1024"),
+            "{e}"
+        );
+    }
 }

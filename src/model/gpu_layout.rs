@@ -631,6 +631,28 @@ mod tests {
         }
     }
 
+    /// A symmetric part fused with asymmetric ones (fusion_for does not look at zeros): the fused
+    /// layer keeps every part's own zeros, so it must not be marked symmetric (which drops the
+    /// zeros and reads 8 for all). Checked against each part's own dequantized weights.
+    #[test]
+    fn a_symmetric_part_fused_with_asymmetric_ones_keeps_their_zeros() {
+        let cfg = tiny();
+        let names = linear_names(&cfg);
+        let asym = HostLlama::random(&cfg, 15, int4(32, false, false)).unwrap();
+        let sym = HostLlama::random(&cfg, 15, int4(32, false, true)).unwrap();
+        let mut l = asym.layers[0].clone();
+        l.linears[0] = sym.layers[0].linears[0].clone(); // q_proj symmetric, k/v asymmetric
+        assert!(quant(&l.linears[0]).symmetric && !quant(&l.linears[1]).symmetric);
+        let laid = layout_layer(0, &l, &names).unwrap();
+        assert_eq!(laid.qkv.len(), 1, "same K, group and order: fused");
+        match &laid.qkv[0].lin {
+            LaidOutLinear::Int4(q) => assert!(!q.symmetric && q.qzeros.is_some()),
+            LaidOutLinear::F16 { .. } => panic!("expected int4"),
+        }
+        let p = &l.linears;
+        assert_group_equals_parts(&laid.qkv, &[&p[0], &p[1], &p[2]]);
+    }
+
     #[test]
     fn mixed_group_sizes_stay_separate_slots_at_their_columns() {
         let cfg = tiny();
