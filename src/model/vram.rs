@@ -135,6 +135,19 @@ mod tests {
         assert_eq!(r.workspace_driver_bytes, G / 2);
     }
 
+    /// The peak is the highest use seen at ANY reading, a phase's reading included: weights that
+    /// took free memory from 79 GiB to 70 GiB on an 80 GiB card put the peak at 10 GiB even when
+    /// no separate `observe` call follows (later readings with more free memory do not lower it).
+    #[test]
+    fn a_phase_reading_moves_the_peak_without_an_observe() {
+        const G: u64 = 1 << 30;
+        let mut l = VramLedger::start(79 * G, 80 * G);
+        l.phase(Phase::Weights, 70 * G, 9 * G);
+        assert_eq!(l.report().peak_used_bytes, 10 * G);
+        l.phase(Phase::KvCache, 72 * G, 0);
+        assert_eq!(l.report().peak_used_bytes, 10 * G);
+    }
+
     #[test]
     fn reports_recorded_before_prefill_still_parse() {
         let old = r#"{"total_bytes":1,"context_bytes":2,"weights_driver_bytes":3,"kv_driver_bytes":4,

@@ -803,4 +803,41 @@ mod tests {
         // Without a card: the first folder, as before.
         assert!((spec(None) - h100 * 3.0).abs() < 1.0);
     }
+
+    /// Two folders whose cards have the same spec bandwidth are equally near any card: the
+    /// documented choice among equals is the first in folder-name order ("a-twin" before
+    /// "nvidia-..."), told apart here by the device name each report records.
+    #[test]
+    fn of_equally_near_reports_the_first_folder_is_used() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("reports/nvidia-h100-80gb-hbm3/decode.json"))
+            .unwrap();
+        let mut twin: Value = serde_json::from_str(&text).unwrap();
+        for r in twin.as_array_mut().unwrap() {
+            r["header"]["device"]["slug"] = "a-twin".into();
+            r["header"]["device"]["name"] = "Twin card".into();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in [
+            ("a-twin", twin.to_string()),
+            ("nvidia-h100-80gb-hbm3", text),
+        ] {
+            std::fs::create_dir_all(dir.path().join("reports").join(name)).unwrap();
+            std::fs::write(
+                dir.path().join("reports").join(name).join("decode.json"),
+                body,
+            )
+            .unwrap();
+        }
+        for near in [Some(3350.0), Some(1000.0), None] {
+            let m = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, near)
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.device, "Twin card", "near {near:?}");
+            let f = fit_from_reports(dir.path(), WeightDtype::Int4, false, near, false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.device, "Twin card", "near {near:?}");
+        }
+    }
 }
