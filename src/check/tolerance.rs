@@ -176,6 +176,22 @@ mod tests {
         assert_eq!((w.row, w.col), (0, 1));
     }
 
+    /// Every bad element is counted, but only the first MAX_PRINTED_MISMATCHES (ten) are kept for
+    /// printing, in row-major order: 12 wrong outputs give bad = 12 and the first ten located.
+    #[test]
+    fn only_the_first_ten_mismatches_are_kept_and_all_are_counted() {
+        assert_eq!(MAX_PRINTED_MISMATCHES, 10);
+        let m = ErrorModel { c16: 0.0, why: "" };
+        let want = [1.0f64; 12];
+        let got = [f16::from_f64(2.0); 12];
+        let c = compare(&got, &want, &[1.0; 12], 4, 8, &m);
+        assert_eq!(c.bad, 12);
+        assert_eq!(c.first.len(), 10);
+        for (i, mm) in c.first.iter().enumerate() {
+            assert_eq!((mm.row, mm.col), (i / 4, i % 4));
+        }
+    }
+
     #[test]
     fn an_exact_fp16_result_passes_with_a_small_margin() {
         let m = ErrorModel { c16: 0.0, why: "" };

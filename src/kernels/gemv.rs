@@ -843,6 +843,20 @@ mod tests {
         }
     }
 
+    /// "tiles x split <= SMs" includes equality: on 128 SMs a 4096-wide layer (4096 / 128 = 32
+    /// column tiles) takes split 4, exactly 128 blocks, one per SM; one SM fewer leaves room for
+    /// split 2 only (64 blocks), and a 3-SM surplus does not reach split 8.
+    #[test]
+    fn v6_one_block_per_sm_uses_every_sm_when_tiles_times_split_equals_them() {
+        assert_eq!(4096 / V6_TILE_N, 32);
+        let split = |sms: usize| v6_one_block_per_sm(&Tunables::new(), 4096, sms)["split_k"];
+        assert_eq!(split(128), 4);
+        assert_eq!(split(127), 2);
+        assert_eq!(split(131), 4);
+        assert_eq!(split(256), 8);
+        assert_eq!(split(32), 1);
+    }
+
     #[test]
     fn v6_split_fills_the_sms_fits_the_x_buffer_and_covers_k() {
         // The design table of kernels/gemv/gemv_v6_pipe.cu (threads 256, 132 SMs x 2 blocks), then

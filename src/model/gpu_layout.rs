@@ -653,6 +653,31 @@ mod tests {
         assert_group_equals_parts(&laid.qkv, &[&p[0], &p[1], &p[2]]);
     }
 
+    /// Writers store g_idx for every linear, plain ones included (row r in group r / G). Such a
+    /// trivial g_idx is no act-order: the layer must lay out as plain, with no permutation
+    /// (which would cost a gather, K more i32s, and bar the kernels that take no perm) and no
+    /// g_idx, its packed words as stored.
+    #[test]
+    fn a_stored_trivial_g_idx_lays_out_as_plain_order() {
+        let cfg = tiny();
+        let w = HostLlama::random(&cfg, 17, int4(32, false, false)).unwrap();
+        let mut q = quant(&w.layers[0].linears[3]).clone();
+        assert!(q.g_idx.is_none());
+        q.g_idx = Some((0..q.k).map(|r| (r / 32) as i32).collect());
+        let laid = LaidOutLinear::int4(&q).unwrap();
+        let LaidOutLinear::Int4(l) = &laid else {
+            panic!("expected int4")
+        };
+        assert!(
+            l.perm.is_none() && l.g_idx.is_none(),
+            "{:?} {:?}",
+            l.perm,
+            l.g_idx
+        );
+        assert_eq!(l.qweight, q.qweight);
+        assert_eq!(laid.bytes().perm + laid.bytes().g_idx, 0);
+    }
+
     #[test]
     fn mixed_group_sizes_stay_separate_slots_at_their_columns() {
         let cfg = tiny();
