@@ -631,6 +631,24 @@ mod tests {
         assert!(measured(&all, "m", WeightDtype::Fp16, false).is_none());
     }
 
+    /// Efficiency is the share of the measuring card's spec bandwidth, so at most 1: a run that
+    /// records more achieved GB/s than the spec (bytes served from L2, a clock under-reported)
+    /// counts as the roofline, not as streaming faster than the memory can, which would make
+    /// every estimate scaled from it faster than its card's roofline.
+    #[test]
+    fn an_achieved_bandwidth_above_the_spec_counts_as_efficiency_one() {
+        // 1e6 kHz x 1e3 x 2 x 1000 bits / 8 / 1e9 = 250 GB/s spec; 300 GB/s achieved.
+        let dev = serde_json::json!({"name": "X", "mem_clock_khz": 1_000_000.0, "bus_width_bits": 1000.0});
+        let run = serde_json::json!({
+            "model": "m", "weights": {"kind": "Fp16"}, "int4_kernel": "",
+            "header": {"device": dev, "date": "d", "build": {}},
+            "points": [{"ctx": 128, "achieved_gbs": 300.0, "graph_tokens_per_s": 1.0}],
+        });
+        let m = measured(&run, "m", WeightDtype::Fp16, false).unwrap();
+        assert_eq!(m.spec_gbs, 250.0);
+        assert_eq!(m.efficiency, 1.0);
+    }
+
     #[test]
     fn a_malformed_report_names_its_file() {
         let dir = tempfile::tempdir().unwrap();
