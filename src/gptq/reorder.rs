@@ -136,6 +136,21 @@ mod tests {
         }
     }
 
+    /// A plain layer whose g_idx is stored written out (row r in group r / G, as writers store
+    /// it for every linear) is no act-order: identity permutation, and the trivial g_idx dropped
+    /// (`Reordered::layer`: `None` when the groups are exactly k / G), the rest as given.
+    #[test]
+    fn a_stored_trivial_g_idx_is_dropped_with_the_identity_permutation() {
+        let mut l = act_order_layer(64, 8, 16, 9);
+        l.g_idx = None;
+        let mut stored = l.clone();
+        stored.g_idx = Some((0..64).map(|r| r / 16).collect());
+        let r = reorder_by_group(&stored).unwrap();
+        assert_eq!(r.layer.g_idx, None);
+        assert_eq!(r.layer, l);
+        assert_eq!(r.perm, (0..64).collect::<Vec<i32>>());
+    }
+
     #[test]
     fn uneven_groups_keep_a_sorted_g_idx_and_plain_layers_are_identity() {
         let mut l = act_order_layer(64, 8, 16, 8);
