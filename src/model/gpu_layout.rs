@@ -567,6 +567,16 @@ mod tests {
             }
             col += p.n;
         }
+        // Group sizes differ (fuse_quant is public: it must not rely on fusion_for having
+        // checked): plain k_proj at group 16 beside plain q_proj at 32 has twice the scale rows.
+        let g32 = HostLlama::random(&cfg, 3, int4(32, false, false)).unwrap();
+        let g16 = HostLlama::random(&cfg, 3, int4(16, false, false)).unwrap();
+        let (q32, k16) = (
+            quant(&g32.layers[0].linears[0]),
+            quant(&g16.layers[0].linears[1]),
+        );
+        assert_eq!(k16.groups(), 2 * q32.groups());
+        assert!(fuse_quant(&[q32, k16]).is_none());
         // o_proj has its own channel order: fusing it with q must be refused.
         assert!(fuse_quant(&[parts[0], quant(&l[3])]).is_none());
     }
