@@ -649,6 +649,21 @@ mod tests {
         assert_eq!(m.efficiency, 1.0);
     }
 
+    /// A record whose Int4 kind has no group (older reports) keeps the act-order it states
+    /// (measured_any's rule): it is an act-order run, and not a plain one.
+    #[test]
+    fn an_int4_record_without_its_group_keeps_its_stated_act_order() {
+        let dev = serde_json::json!({"name": "X", "mem_clock_khz": 1_000_000.0, "bus_width_bits": 1000.0});
+        let run = serde_json::json!({
+            "model": "m", "weights": {"kind": {"Int4": {"act_order": true}}}, "int4_kernel": "k",
+            "header": {"device": dev, "date": "d", "build": {}},
+            "points": [{"ctx": 128, "achieved_gbs": 100.0, "graph_tokens_per_s": 1.0}],
+        });
+        let act = measured(&run, "m", WeightDtype::Int4, true).expect("an act-order run");
+        assert_eq!(act.efficiency, 0.4);
+        assert!(measured(&run, "m", WeightDtype::Int4, false).is_none());
+    }
+
     #[test]
     fn a_malformed_report_names_its_file() {
         let dir = tempfile::tempdir().unwrap();
