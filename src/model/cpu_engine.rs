@@ -377,6 +377,22 @@ mod tests {
         assert!(max_diff(&other, &all[5]) > 1e-4);
     }
 
+    /// After a reset nothing of the previous sequence may remain: a different sequence then
+    /// gives, token for token, the logits of a freshly built engine. (The same sequence again
+    /// would not show stale cache entries: they would hold the very same values.)
+    #[test]
+    fn reset_forgets_the_previous_sequence_entirely() {
+        let cfg = tiny_cfg(2);
+        let w = LlamaWeights::random(&cfg, 5, 0.2);
+        let mut used = CpuEngine::new(w.clone(), cfg.clone()).unwrap();
+        used.forward(&[7u32, 21, 3, 30, 11]).unwrap();
+        used.reset();
+        let toks = [2u32, 19, 8, 25];
+        let got = used.forward_all(&toks).unwrap();
+        let want = CpuEngine::new(w, cfg).unwrap().forward_all(&toks).unwrap();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn grouped_kv_heads_equal_duplicated_full_heads() {
         // 4 query heads over 2 KV heads must equal 4 KV heads where heads 2i and 2i+1 both

@@ -148,6 +148,31 @@ mod tests {
         assert_eq!(l.report().peak_used_bytes, 10 * G);
     }
 
+    /// Several readings of one phase (the KV cache allocated in two steps, say) add up: each
+    /// takes its own drop in free memory, 2 GiB then 1 GiB here, and its own requested bytes.
+    #[test]
+    fn readings_of_the_same_phase_add_up() {
+        const G: u64 = 1 << 30;
+        let mut l = VramLedger::start(79 * G, 80 * G);
+        for (phase, free) in [
+            (Phase::Weights, 70 * G),
+            (Phase::Weights, 69 * G),
+            (Phase::KvCache, 67 * G),
+            (Phase::KvCache, 66 * G),
+            (Phase::Prefill, 65 * G),
+            (Phase::Prefill, 63 * G),
+            (Phase::Workspace, 62 * G),
+            (Phase::Workspace, 61 * G),
+        ] {
+            l.phase(phase, free, 100);
+        }
+        let r = l.report();
+        assert_eq!((r.weights_driver_bytes, r.weights_bytes), (10 * G, 200));
+        assert_eq!((r.kv_driver_bytes, r.kv_bytes), (3 * G, 200));
+        assert_eq!((r.prefill_driver_bytes, r.prefill_bytes), (3 * G, 200));
+        assert_eq!((r.workspace_driver_bytes, r.workspace_bytes), (2 * G, 200));
+    }
+
     #[test]
     fn reports_recorded_before_prefill_still_parse() {
         let old = r#"{"total_bytes":1,"context_bytes":2,"weights_driver_bytes":3,"kv_driver_bytes":4,
