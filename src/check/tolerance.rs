@@ -101,7 +101,9 @@ pub struct Comparison {
     pub first: Vec<Mismatch>,
 }
 
-/// Compares fp16 `got` [m, n] with the f64 reference and its abs-sum, element by element.
+/// Compares fp16 `got` [m, n] with the f64 reference and its abs-sum, element by element. The
+/// three must be the same length: a short `got` would leave outputs unchecked (a caller's bug,
+/// so a panic, not a pass).
 pub fn compare(
     got: &[f16],
     want: &[f64],
@@ -110,6 +112,13 @@ pub fn compare(
     k: usize,
     model: &ErrorModel,
 ) -> Comparison {
+    assert!(
+        got.len() == want.len() && want.len() == abs_sum.len(),
+        "compare: {} outputs against {} reference values and {} abs-sums",
+        got.len(),
+        want.len(),
+        abs_sum.len()
+    );
     let mut c = Comparison {
         bad: 0,
         worst: None,
@@ -190,6 +199,14 @@ mod tests {
         for (i, mm) in c.first.iter().enumerate() {
             assert_eq!((mm.row, mm.col), (i / 4, i % 4));
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "compare: 3 outputs against 4 reference values")]
+    fn a_short_output_is_not_a_pass() {
+        let m = ErrorModel { c16: 0.0, why: "" };
+        let got = [f16::from_f64(1.0); 3];
+        compare(&got, &[1.0; 4], &[1.0; 4], 2, 8, &m);
     }
 
     #[test]

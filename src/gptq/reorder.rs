@@ -17,8 +17,9 @@ pub struct Reordered {
     pub perm: Vec<i32>,
 }
 
-/// Stable counting sort of rows by group. A layer that is not act-order comes back unchanged with
-/// the identity permutation.
+/// Stable counting sort of rows by group. A layer that is not act-order comes back with the
+/// identity permutation and no g_idx (a stored trivial one, row k in group k / G, is dropped:
+/// it says plain order), otherwise unchanged.
 pub fn reorder_by_group(l: &QuantLinear) -> Result<Reordered> {
     l.validate()
         .map_err(|r| LabError::invalid("reorder_by_group layer", r))?;
