@@ -320,15 +320,15 @@ pub fn find_sass_tools() -> std::result::Result<(PathBuf, PathBuf), String> {
     ))
 }
 
-/// SASS summaries of every kernel in a fatbin.
-pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
+/// stdout of `cuobjdump <flag> <fatbin>` (`-sass` runs nvdisasm: its folder goes first on PATH).
+fn run_cuobjdump(flag: &str, fatbin: &Path) -> Result<String> {
     let (cuobjdump, nvdisasm_dir) =
         find_sass_tools().map_err(|r| LabError::invalid("SASS tools", r))?;
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs = vec![nvdisasm_dir];
     dirs.extend(std::env::split_paths(&path));
     let out = std::process::Command::new(&cuobjdump)
-        .arg("-sass")
+        .arg(flag)
         .arg(fatbin)
         .env("PATH", std::env::join_paths(dirs).unwrap_or(path))
         .output()
@@ -337,37 +337,25 @@ pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
         return Err(LabError::invalid(
             "cuobjdump",
             format!(
-                "{} -sass {}: {}",
+                "{} {flag} {}: {}",
                 cuobjdump.display(),
                 fatbin.display(),
                 String::from_utf8_lossy(&out.stderr)
             ),
         ));
     }
-    Ok(parse_sass(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// SASS summaries of every kernel in a fatbin.
+pub fn fatbin_sass(fatbin: &Path) -> Result<Vec<SassSummary>> {
+    Ok(parse_sass(&run_cuobjdump("-sass", fatbin)?))
 }
 
 /// The PTX images of a fatbin (`cuobjdump -ptx`): (arch, the text from its `.version` line on).
 /// build.rs embeds one, the newest arch's, which the driver JIT-compiles for newer GPUs.
 pub fn fatbin_ptx(fatbin: &Path) -> Result<Vec<(u32, String)>> {
-    let (cuobjdump, _) = find_sass_tools().map_err(|r| LabError::invalid("SASS tools", r))?;
-    let out = std::process::Command::new(&cuobjdump)
-        .arg("-ptx")
-        .arg(fatbin)
-        .output()
-        .map_err(|e| LabError::io(&cuobjdump, e))?;
-    if !out.status.success() {
-        return Err(LabError::invalid(
-            "cuobjdump",
-            format!(
-                "{} -ptx {}: {}",
-                cuobjdump.display(),
-                fatbin.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ));
-    }
-    Ok(parse_ptx_dump(&String::from_utf8_lossy(&out.stdout)))
+    Ok(parse_ptx_dump(&run_cuobjdump("-ptx", fatbin)?))
 }
 
 /// Splits `cuobjdump -ptx` output into its PTX images: each `Fatbin ptx code:` header's

@@ -790,6 +790,17 @@ mod tests {
         );
     }
 
+    /// A root whose reports/<name>/decode.json hold the given bodies.
+    fn report_folders(folders: &[(&str, String)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in folders {
+            let folder = dir.path().join("reports").join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(folder.join("decode.json"), body).unwrap();
+        }
+        dir
+    }
+
     #[test]
     fn of_several_reports_the_card_of_the_nearest_bandwidth_is_used() {
         // Two reports: the committed H100 one, and the same runs as if measured on a card of
@@ -804,18 +815,10 @@ mod tests {
             *clk = (clk.as_i64().unwrap() * 3).into();
             r["header"]["device"]["slug"] = "a-fast".into();
         }
-        let dir = tempfile::tempdir().unwrap();
-        for (name, body) in [
+        let dir = report_folders(&[
             ("a-fast", fast.to_string()),
             ("nvidia-h100-80gb-hbm3", text),
-        ] {
-            std::fs::create_dir_all(dir.path().join("reports").join(name)).unwrap();
-            std::fs::write(
-                dir.path().join("reports").join(name).join("decode.json"),
-                body,
-            )
-            .unwrap();
-        }
+        ]);
         let spec = |near: Option<f64>| {
             let f = fit_from_reports(dir.path(), WeightDtype::Int4, false, near, false)
                 .unwrap()
@@ -850,18 +853,10 @@ mod tests {
             r["header"]["device"]["slug"] = "a-twin".into();
             r["header"]["device"]["name"] = "Twin card".into();
         }
-        let dir = tempfile::tempdir().unwrap();
-        for (name, body) in [
+        let dir = report_folders(&[
             ("a-twin", twin.to_string()),
             ("nvidia-h100-80gb-hbm3", text),
-        ] {
-            std::fs::create_dir_all(dir.path().join("reports").join(name)).unwrap();
-            std::fs::write(
-                dir.path().join("reports").join(name).join("decode.json"),
-                body,
-            )
-            .unwrap();
-        }
+        ]);
         for near in [Some(3350.0), Some(1000.0), None] {
             let m = from_reports(dir.path(), "vicuna-7b", WeightDtype::Int4, false, near)
                 .unwrap()
