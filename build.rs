@@ -60,6 +60,8 @@ fn main() {
     let require = env::var("LAB_REQUIRE_KERNELS").is_ok_and(|v| v == "1");
     let families = kernel_families(&kdir);
     let nvcc = find_nvcc(&root);
+    // The CUDA release of that nvcc ("13.0"), asked once: the stamps and LAB_NVCC_CUDA use it.
+    let nvcc_cuda = nvcc.as_deref().map(nvcc_release);
     let built = match &nvcc {
         None => {
             let msg = "nvcc not found ($NVCC, PATH, $CUDA_HOME/bin, .venv): building WITHOUT CUDA kernels; run scripts/setup";
@@ -72,7 +74,7 @@ fn main() {
         Some(nvcc) => {
             // Which nvcc builds them is part of each family's stamp: switching toolkits (NVCC=
             // a CUDA 12 nvcc for an older driver) must not keep the other toolkit's fatbins.
-            let tool = format!("{}|{}", nvcc.display(), nvcc_release(nvcc));
+            let tool = format!("{}|{}", nvcc.display(), nvcc_cuda.as_deref().unwrap_or(""));
             // One thread per family; nvcc itself parallelises over archs with -t.
             let handles: Vec<_> = families
                 .iter()
@@ -114,8 +116,8 @@ fn main() {
             String::new()
         }
     );
-    let release = match &nvcc {
-        Some(nvcc) if kernels_built => nvcc_release(nvcc),
+    let release = match nvcc_cuda {
+        Some(r) if kernels_built => r,
         _ => String::new(),
     };
     println!("cargo:rustc-env=LAB_NVCC_CUDA={release}");

@@ -347,27 +347,19 @@ fn kernels_ptx_assembles_with_cuda_12_0s_ptxas() {
             return;
         }
     };
-    let dir = std::path::Path::new(build_info::FATBIN_DIR);
-    let mut fatbins: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "fatbin"))
-        .collect();
-    fatbins.sort();
-    assert!(!fatbins.is_empty(), "no fatbin in {}", dir.display());
+    // The families this binary embeds (build.rs), each read from its build output.
+    let families = gptq_lab::cuda::modules::fatbins();
+    assert!(!families.is_empty(), "kernels built but no fatbin embedded");
     let tmp = tempfile::tempdir().unwrap();
     let (mut checked, mut bad) = (0, Vec::new());
-    for fb in &fatbins {
-        let images = sc::fatbin_ptx(fb).unwrap_or_else(|e| panic!("{}: {e}", fb.display()));
+    for (fam, _) in families {
+        let fb = sc::fatbin_path(fam);
+        let images = sc::fatbin_ptx(&fb).unwrap_or_else(|e| panic!("{}: {e}", fb.display()));
         assert!(!images.is_empty(), "{}: no PTX image", fb.display());
         for (arch, text) in images {
             let lowered = sc::with_ptx_version(&sc::strip_ptx_debug_info(&text), "8.0")
                 .unwrap_or_else(|| panic!("{}: PTX without .version", fb.display()));
-            let file = tmp.path().join(format!(
-                "{}_sm{arch}.ptx",
-                fb.file_stem().unwrap().to_string_lossy()
-            ));
+            let file = tmp.path().join(format!("{fam}_sm{arch}.ptx"));
             std::fs::write(&file, lowered).unwrap();
             let out = std::process::Command::new(&ptxas)
                 .arg(format!("-arch=sm_{arch}"))

@@ -23,8 +23,8 @@ pub struct Selection<T = Choice> {
     pub note: String,
 }
 
-/// (iqm, spread) of a usable timing; spread = (p75 - p25) / median, the run-to-run noise. A NaN
-/// spread stays NaN (select_by counts it as 100%): `f64::max` would have made it 0%.
+/// (iqm, spread) of a usable timing; spread = (p75 - p25) / median, the run-to-run noise
+/// (select_by reads an unknown one as 100% and a negative one as 0%).
 fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
     match *s {
         CandidateStatus::Ok {
@@ -33,15 +33,7 @@ fn timing(s: &CandidateStatus) -> Option<(f64, f64)> {
             p25_us,
             p75_us,
         } if iqm_us.is_finite() && iqm_us > 0.0 && median_us > 0.0 => {
-            let spread = (p75_us - p25_us) / median_us;
-            Some((
-                iqm_us,
-                if spread.is_nan() {
-                    spread
-                } else {
-                    spread.max(0.0)
-                },
-            ))
+            Some((iqm_us, (p75_us - p25_us) / median_us))
         }
         _ => None,
     }
@@ -60,7 +52,7 @@ pub fn select(default: &Choice, candidates: &[CandidateResult]) -> Selection {
 
 /// The rule itself, for any kind of candidate: each with its (time, spread), None when rejected
 /// or untimed; a challenger must beat the default by more than `min_gain` and both spreads (a
-/// spread that is not finite counts as 100%).
+/// spread that is not finite, NaN included, counts as 100%; a negative one as 0%).
 pub fn select_by<T: Clone + Ord + std::fmt::Display>(
     default: &T,
     timed: &[(T, Option<(f64, f64)>)],
@@ -69,7 +61,14 @@ pub fn select_by<T: Clone + Ord + std::fmt::Display>(
     let mut ok: Vec<(&T, f64, f64)> = timed
         .iter()
         .filter_map(|(c, t)| {
-            t.map(|(iqm, spread)| (c, iqm, if spread.is_finite() { spread } else { 1.0 }))
+            t.map(|(iqm, spread)| {
+                let spread = if spread.is_finite() {
+                    spread.max(0.0)
+                } else {
+                    1.0
+                };
+                (c, iqm, spread)
+            })
         })
         .collect();
     ok.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
