@@ -1289,6 +1289,26 @@ mod tests {
         assert!(refused(&[("<0x+F>", 0.0, 6)]).contains("expected <0xXX>"));
         assert!(refused(&[("<unk2>", 0.0, 2)]).contains("second unknown"));
         assert!(refused(&[("a", f32::NAN, 1)]).contains("NaN"));
+        // A byte piece of one hex digit is not sentencepiece's spelling either (it would take
+        // over byte 0x0A's id here).
+        assert!(refused(&[("<0xA>", 0.0, 6)]).contains("expected <0xXX>"));
+        // Protobuf merges a repeated message field into the one before, as sentencepiece reads
+        // it: a second trainer_spec setting treat_whitespace_as_suffix (field 24), a second
+        // normalizer_spec giving "identity" a precompiled_charsmap (field 2).
+        let mut suffix = model_bytes(&[("a", -1.0, 1)], &Spec::default());
+        suffix.extend_from_slice(&[2 << 3 | 2, 3, 0xC0, 0x01, 1]);
+        let e = SpModel::from_bytes(&suffix, path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("treat_whitespace_as_suffix"), "{e}");
+        let mut charsmap = model_bytes(&[("a", -1.0, 1)], &Spec::default());
+        charsmap.extend_from_slice(&[3 << 3 | 2, 3, 2 << 3 | 2, 1, b'x']);
+        let e = SpModel::from_bytes(&charsmap, path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("'identity' with a normalization table"), "{e}");
         // A denormalizer with a table (field 5 holding a precompiled_charsmap).
         let mut with_denorm = model_bytes(&[("a", -1.0, 1)], &Spec::default());
         with_denorm.extend_from_slice(&[5 << 3 | 2, 3, 2 << 3 | 2, 1, b'x']);
@@ -1490,6 +1510,152 @@ mod tests {
         assert_eq!(m.encode("<ss>", false), vec![m.id("<ss>").unwrap()]);
         let many = "<s>".repeat(50_000);
         assert_eq!(m.encode(&many, false), vec![1; 50_000]);
+    }
+
+    /// A special literal that starts with another ("<s>" and "<s>>"): the longer one is the
+    /// token, as transformers splits them (leftmost-longest), whether the model has it as a
+    /// control piece or it is added later (`add_tokens` appends, then sorts again).
+    #[test]
+    fn the_longest_special_literal_at_a_position_wins() {
+        let m = model(&[("\u{2581}", -1.0, 1), ("x", -2.0, 1), ("<s>>", 0.0, 3)]);
+        let long = m.id("<s>>").unwrap();
+        assert_eq!(m.encode("<s>>", false), vec![long]);
+        assert_eq!(
+            m.encode("<s><s>>x", false),
+            vec![1, long, m.id("\u{2581}").unwrap(), m.id("x").unwrap()]
+        );
+        let mut m = model(&[("\u{2581}", -1.0, 1), ("x", -2.0, 1)]);
+        let n = m.vocab_size() as u32;
+        m.add_tokens(&[("<s>x".to_string(), n, false)]).unwrap();
+        assert_eq!(m.encode("<s>x", true), vec![1, n]);
+        assert_eq!(m.encode("<s>x<s>", false), vec![n, 1]);
+        assert_eq!(m.decode(&[n]).unwrap(), "<s>x");
+    }
+
+    /// The `<unk>` literal in text is the unknown token, as `<s>` and `</s>` are their tokens
+    /// (transformers splits every special token's literal out).
+    #[test]
+    fn the_unknown_literal_is_its_token() {
+        let m = model(&[
+            ("\u{2581}", -1.0, 1),
+            ("a", -2.0, 1),
+            ("\u{2581}a", -3.0, 1),
+        ]);
+        let id = |s: &str| m.id(s).unwrap();
+        assert_eq!(m.encode("<unk>", false), vec![0]);
+        assert_eq!(
+            m.encode("a<unk>a", true),
+            vec![1, id("\u{2581}a"), 0, id("\u{2581}a")]
+        );
+        assert_eq!(
+            m.decode(&[id("\u{2581}a"), 0, id("\u{2581}a")]).unwrap(),
+            "a a"
+        );
+    }
+
+    /// A varint whose 7-bit group is zero but not its last (128 = 0x80 0x01) is not the end of
+    /// it: a piece of 128 bytes (its length field) and one of 16384 (a three-byte length).
+    #[test]
+    fn varints_with_a_zero_group_read_in_full() {
+        for n in [128, 256, 16384] {
+            let long = "a".repeat(n);
+            let m = model(&[("\u{2581}", -1.0, 1), (long.as_str(), -2.0, 1)]);
+            assert_eq!(m.vocab_size(), 259 + 2, "{n}");
+            assert_eq!(m.piece(260), Some(long.as_str()), "{n}");
+            assert_eq!(m.id(&long), Some(260), "{n}");
+        }
+    }
+
+    /// Added tokens may come in any order: they are taken by id (each must follow the last).
+    #[test]
+    fn added_tokens_are_checked_in_id_order() {
+        let mut m = model(&[("\u{2581}", -1.0, 1)]);
+        let n = m.vocab_size() as u32;
+        m.add_tokens(&[
+            ("[B]".to_string(), n + 1, false),
+            ("[A]".to_string(), n, true),
+        ])
+        .unwrap();
+        assert_eq!(m.vocab_size(), n as usize + 2);
+        assert_eq!(m.encode("[A][B]", false), vec![n, n + 1]);
+        // [A] is special: dropped in decode; [B] decodes as its text.
+        assert_eq!(m.decode(&[n, n + 1]).unwrap(), "[B]");
+    }
+
+    /// A word may start with several U+2581: the word boundary is a U+2581 after another
+    /// character, so " a" ("\u{2581}\u{2581}a") is one word and "\u{2581}\u{2581}" (the best
+    /// pair) merges, as sentencepiece merges the whole text: not "\u{2581}" + "\u{2581}a".
+    #[test]
+    fn a_run_of_spaces_starts_one_word() {
+        let m = model(&[
+            ("\u{2581}", -1.0, 1),
+            ("a", -2.0, 1),
+            ("\u{2581}\u{2581}", -3.0, 1),
+            ("\u{2581}a", -4.0, 1),
+        ]);
+        assert!(m.split_words);
+        let id = |s: &str| m.id(s).unwrap();
+        assert_eq!(m.encode(" a", false), vec![id("\u{2581}\u{2581}"), id("a")]);
+        assert_eq!(
+            m.encode("a  a", false),
+            vec![id("\u{2581}a"), id("\u{2581}\u{2581}"), id("a")]
+        );
+        assert_eq!(m.decode(&m.encode("a  a", false)).unwrap(), "a  a");
+    }
+
+    /// A user-defined piece is one frozen symbol: never merged with a neighbour, even into a
+    /// piece that spells both ("<t>a" here), as sentencepiece freezes it.
+    #[test]
+    fn a_user_defined_piece_never_merges() {
+        let m = model(&[
+            ("\u{2581}", -1.0, 1),
+            ("a", -2.0, 1),
+            ("<t>", 0.0, 4),
+            ("<t>a", 5.0, 1),
+            ("\u{2581}<t>", 5.0, 1),
+        ]);
+        let id = |s: &str| m.id(s).unwrap();
+        assert_eq!(
+            m.encode("<t>a", false),
+            vec![id("\u{2581}"), id("<t>"), id("a")]
+        );
+        assert_eq!(m.decode(&m.encode("<t>a", false)).unwrap(), "<t>a");
+    }
+
+    /// A normalizer_spec without remove_extra_whitespaces (field 4) has proto2's default, true:
+    /// spaces collapse as in `remove_extra_whitespaces_collapses_spaces`.
+    #[test]
+    fn remove_extra_whitespaces_defaults_to_true() {
+        let mut b = model_bytes(&[("\u{2581}a", -1.0, 1)], &Spec::default());
+        // model_bytes ends with the normalizer_spec: name, add_dummy_prefix, then field 4.
+        let mut tail = vec![3 << 3 | 2, 14, 1 << 3 | 2, 8];
+        tail.extend_from_slice(b"identity");
+        tail.extend_from_slice(&[3 << 3, 1, 4 << 3, 0]);
+        assert!(b.ends_with(&tail));
+        b.truncate(b.len() - tail.len());
+        b.extend_from_slice(&[3 << 3 | 2, 12, 1 << 3 | 2, 8]);
+        b.extend_from_slice(b"identity");
+        b.extend_from_slice(&[3 << 3, 1]);
+        let m = SpModel::from_bytes(&b, Path::new("t")).unwrap();
+        let a = m.id("\u{2581}a").unwrap();
+        assert_eq!(m.encode("  a   a ", false), vec![a, a]);
+    }
+
+    /// Decoding drops the normalizer's U+2581 from the first piece only: a byte or added token
+    /// first is text, and the U+2581 of the piece after it is a space (sentencepiece 0.2:
+    /// [<0x41>, \u{2581}the] is "A the").
+    #[test]
+    fn only_a_leading_piece_loses_its_space_in_decode() {
+        let mut m = model(&[("\u{2581}", -1.0, 1), ("\u{2581}the", -2.0, 1)]);
+        let the = m.id("\u{2581}the").unwrap();
+        let a = m.id("<0x41>").unwrap();
+        assert_eq!(m.decode(&[the, the]).unwrap(), "the the");
+        assert_eq!(m.decode(&[1, the]).unwrap(), "the");
+        assert_eq!(m.decode(&[a, the]).unwrap(), "A the");
+        assert_eq!(m.decode(&[1, a, a, the]).unwrap(), "AA the");
+        let pad = m.vocab_size() as u32;
+        m.add_tokens(&[("[PAD]".to_string(), pad, false)]).unwrap();
+        assert_eq!(m.decode(&[pad, the]).unwrap(), "[PAD] the");
     }
 
     /// The real LLaMA / Vicuna tokenizer.model against ids sentencepiece produced, from files

@@ -1250,6 +1250,126 @@ mod tests {
         assert_eq!(stream(&ids).concat(), text);
     }
 
+    /// tokenizer_config.json's `legacy: null` is transformers' default, legacy (a U+2581 after a
+    /// literal too); a special token named in additional_special_tokens (a string or an entry
+    /// with "content") makes an added token special, dropped in decode.
+    #[test]
+    fn legacy_null_and_additional_special_tokens_read_as_transformers_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        write_sp_model(
+            dir.path(),
+            &[
+                ("\u{2581}", -1.0),
+                ("H", -2.0),
+                ("i", -3.0),
+                ("\u{2581}H", -4.0),
+                ("\u{2581}Hi", -5.0),
+            ],
+        );
+        let open = || {
+            TextTokenizer::from_checkpoint_dir(dir.path())
+                .unwrap()
+                .unwrap()
+        };
+        let cfg = dir.path().join("tokenizer_config.json");
+        let hi = 259 + 4;
+        std::fs::write(&cfg, r#"{"legacy": null}"#).unwrap();
+        assert_eq!(open().encode("<s>Hi", false).unwrap(), vec![1, hi]);
+        std::fs::remove_file(&cfg).unwrap();
+        let pad = 259 + 5;
+        std::fs::write(
+            dir.path().join("added_tokens.json"),
+            format!(r#"{{"[PAD]": {pad}, "[SEP]": {}}}"#, pad + 1),
+        )
+        .unwrap();
+        assert_eq!(open().decode(&[hi, pad, pad + 1]).unwrap(), "Hi[PAD][SEP]");
+        std::fs::write(
+            dir.path().join("special_tokens_map.json"),
+            r#"{"additional_special_tokens": ["[PAD]", {"content": "[SEP]"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(open().decode(&[hi, pad, pad + 1]).unwrap(), "Hi");
+    }
+
+    /// Decoding a sequence that starts with a byte or a (non-special) added token: the converted
+    /// tokenizer's decoder strips one leading space of the whole text, so the U+2581 of the piece
+    /// after is a space, and the lone model agrees ("A Hi", "[PAD] Hi").
+    #[test]
+    fn a_leading_byte_or_added_token_keeps_the_next_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let pieces = ["\u{2581}", "H", "i", "\u{2581}H", "\u{2581}Hi"];
+        let scored: Vec<(&str, f32)> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, -(i as f32) - 1.0))
+            .collect();
+        write_sp_model(dir.path(), &scored);
+        let pad = 259 + pieces.len() as u32;
+        std::fs::write(
+            dir.path().join("added_tokens.json"),
+            format!(r#"{{"[PAD]": {pad}}}"#),
+        )
+        .unwrap();
+        let tok = TextTokenizer::from_checkpoint_dir(dir.path())
+            .unwrap()
+            .unwrap();
+        let names: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+        let json = converted_json(&names, true, &[("[PAD]".to_string(), pad, false)]);
+        let hf = tokenizers::Tokenizer::from_bytes(json.to_string()).unwrap();
+        let hi = tok.token_id("\u{2581}Hi").unwrap();
+        let a = tok.token_id("<0x41>").unwrap();
+        for (ids, want) in [
+            (vec![a, hi], "A Hi"),
+            (vec![1, a, a, hi], "AA Hi"),
+            (vec![pad, hi], "[PAD] Hi"),
+            (vec![1, pad, hi, hi], "[PAD] Hi Hi"),
+        ] {
+            assert_eq!(hf.decode(&ids, true).unwrap(), want, "{ids:?}");
+            assert_eq!(tok.decode(&ids).unwrap(), want, "{ids:?}");
+        }
+    }
+
+    /// A stop string whose first character is more than one byte (a chat template's "☕!"
+    /// here): the tails held back are cut at its character boundaries only.
+    #[test]
+    fn a_multibyte_stop_string_is_held_at_character_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = llama_style_tokenizer(dir.path(), &["\u{2581}Sure", "!", "\u{2581}Enjoy"]);
+        let id = |t: &str| tok.token_id(t).unwrap();
+        let cup = [id("<0xE2>"), id("<0x98>"), id("<0x95>")];
+        let run = |ids: &[u32]| {
+            let mut st = TextStream::new(&tok).with_stop(Some("\u{2615}!"));
+            let mut pieces = Vec::new();
+            for &i in ids {
+                pieces.push(st.push(i).unwrap());
+                if st.stopped() {
+                    break;
+                }
+            }
+            pieces.push(st.finish().unwrap());
+            (pieces, st.stopped())
+        };
+        let stop = [
+            &[id("\u{2581}Sure")][..],
+            &cup,
+            &[id("!"), id("\u{2581}Enjoy")],
+        ]
+        .concat();
+        let (pieces, stopped) = run(&stop);
+        assert!(stopped);
+        assert_eq!(pieces, vec!["Sure", "", "", "", "", ""]);
+        let go_on = [
+            &[id("\u{2581}Sure")][..],
+            &cup,
+            &[id("\u{2581}Enjoy"), id("!")],
+        ]
+        .concat();
+        let (pieces, stopped) = run(&go_on);
+        assert!(!stopped);
+        assert_eq!(pieces.concat(), "Sure\u{2615} Enjoy!");
+        assert_eq!(pieces[4], "\u{2615} Enjoy", "{pieces:?}");
+    }
+
     #[test]
     fn parse_ids_accepts_commas_and_spaces_and_names_bad_entries() {
         assert_eq!(parse_ids("1,2, 3 4").unwrap(), vec![1, 2, 3, 4]);
