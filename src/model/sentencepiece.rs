@@ -1506,7 +1506,8 @@ mod tests {
                 .collect();
             assert_eq!(m.encode(&text, false), rescan(&text), "{text:?}");
         }
-        // "<ss>" is longer than "<s>" at the same position.
+        // "<ss>" is its own token ("<s>" is no prefix of it, so this is not the longest-match
+        // case: the_longest_special_literal_at_a_position_wins is).
         assert_eq!(m.encode("<ss>", false), vec![m.id("<ss>").unwrap()]);
         let many = "<s>".repeat(50_000);
         assert_eq!(m.encode(&many, false), vec![1; 50_000]);
