@@ -328,7 +328,9 @@ pub fn run(a: &DecodeArgs) -> anyhow::Result<()> {
     if !g.no_report && !g.replace_report {
         let path = report_dir(&g.root, &gpu.info.slug).join("decode.json");
         let models: Vec<&str> = cfgs.iter().map(|c| c.name.as_str()).collect();
-        let dropped = gptq_lab::model::decode_bench::runs_not_remeasured(&path, &models, &kinds)?;
+        let kernels: Vec<&str> = g.int4_kernel.iter().map(|n| n.trim()).collect();
+        let dropped =
+            gptq_lab::model::decode_bench::runs_not_remeasured(&path, &models, &kinds, &kernels)?;
         if !dropped.is_empty() {
             bail!(
                 "{} holds runs this bench does not measure again ({}): writing the report would \

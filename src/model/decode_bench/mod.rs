@@ -346,14 +346,17 @@ impl DecodeReport {
     }
 }
 
-/// The runs of the decode.json at `path` (labels) that a bench of `models` x `kinds` would not
-/// measure again. The bench writes decode.json whole from its own runs, so these would be
-/// dropped: a committed 7B + 13B report, and a quick 7B run from the repo root. Nothing at
-/// `path`, or a file that does not parse (it protects nothing), gives none.
+/// The runs of the decode.json at `path` (labels) that a bench of `models` x `kinds` x
+/// `int4_kernels` (`--int4-kernel` names: auto, engine, a registry variant; fp16 runs have none)
+/// would not measure again. The bench writes decode.json whole from its own runs, so these would
+/// be dropped: a committed 7B + 13B report, a quick 7B run from the repo root, and the
+/// gemv_v6_pipe runs of a report measured with `gemv_v6_pipe,auto` under a bench of `auto` alone.
+/// Nothing at `path`, or a file that does not parse (it protects nothing), gives none.
 pub fn runs_not_remeasured(
     path: &std::path::Path,
     models: &[&str],
     kinds: &[WeightKind],
+    int4_kernels: &[&str],
 ) -> Result<Vec<String>> {
     if !crate::util::optional_file(path)? {
         return Ok(Vec::new());
@@ -363,11 +366,22 @@ pub fn runs_not_remeasured(
     };
     let mut dropped: Vec<String> = recorded
         .iter()
-        .filter(|r| !(models.contains(&r.model.as_str()) && kinds.contains(&r.weights.kind)))
+        .filter(|r| {
+            !(models.contains(&r.model.as_str())
+                && kinds.contains(&r.weights.kind)
+                && remeasured_kernel(r, int4_kernels))
+        })
         .map(DecodeReport::label)
         .collect();
     dropped.dedup();
     Ok(dropped)
+}
+
+/// Whether a bench of `int4_kernels` times `r`'s int4 kernel again (run_label's name: the
+/// recorded kernel up to its first space); an fp16 run uses none.
+fn remeasured_kernel(r: &DecodeReport, int4_kernels: &[&str]) -> bool {
+    matches!(r.weights.kind, WeightKind::Fp16)
+        || int4_kernels.contains(&r.int4_kernel.split(' ').next().unwrap_or(""))
 }
 
 /// How decode.md heads a run: "vicuna-7b int4 g128 [auto]", "vicuna-13b fp16" (the int4

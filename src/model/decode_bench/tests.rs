@@ -723,14 +723,16 @@ fn a_bench_that_would_drop_recorded_runs_names_them() {
         .join("reports/nvidia-h100-80gb-hbm3/decode.json");
     let runs: Vec<DecodeReport> = crate::util::read_json(&committed).unwrap();
     let kinds: Vec<WeightKind> = runs.iter().map(|r| r.weights.kind).collect();
+    // Its int4 runs were timed with these two kernels (`lab run`'s --int4-kernel).
+    let both = ["gemv_v6_pipe", "auto"];
     // The whole set again: nothing dropped.
     assert!(
-        runs_not_remeasured(&committed, &["vicuna-7b", "vicuna-13b"], &kinds)
+        runs_not_remeasured(&committed, &["vicuna-7b", "vicuna-13b"], &kinds, &both)
             .unwrap()
             .is_empty()
     );
     // 7B only: every 13B run would go, and is named.
-    let dropped = runs_not_remeasured(&committed, &["vicuna-7b"], &kinds).unwrap();
+    let dropped = runs_not_remeasured(&committed, &["vicuna-7b"], &kinds, &both).unwrap();
     assert!(
         !dropped.is_empty() && dropped.iter().all(|l| l.starts_with("vicuna-13b")),
         "{dropped:?}"
@@ -740,21 +742,38 @@ fn a_bench_that_would_drop_recorded_runs_names_them() {
         &committed,
         &["vicuna-7b", "vicuna-13b"],
         &[WeightKind::Fp16],
+        &both,
     )
     .unwrap();
     assert!(
         fp16.iter().any(|l| l.contains("int4")) && !fp16.iter().any(|l| l.ends_with("fp16")),
         "{fp16:?}"
     );
+    // Every model and weights form again, but the int4 runs with `auto` alone (the default
+    // --int4-kernel): the four gemv_v6_pipe runs would go, and are named; fp16 has no kernel.
+    let v6 =
+        runs_not_remeasured(&committed, &["vicuna-7b", "vicuna-13b"], &kinds, &["auto"]).unwrap();
+    assert_eq!(
+        v6,
+        [
+            "vicuna-7b int4 g128 [gemv_v6_pipe]",
+            "vicuna-7b int4 g128 act-order [gemv_v6_pipe]",
+            "vicuna-13b int4 g128 [gemv_v6_pipe]",
+            "vicuna-13b int4 g128 act-order [gemv_v6_pipe]",
+        ],
+        "{v6:?}"
+    );
     // Nothing there, or a file that does not parse: nothing to keep.
     let dir = tempfile::tempdir().unwrap();
     assert!(
-        runs_not_remeasured(&dir.path().join("decode.json"), &[], &[])
+        runs_not_remeasured(&dir.path().join("decode.json"), &[], &[], &[])
             .unwrap()
             .is_empty()
     );
     std::fs::write(dir.path().join("bad.json"), "{").unwrap();
-    assert!(runs_not_remeasured(&dir.path().join("bad.json"), &[], &[])
-        .unwrap()
-        .is_empty());
+    assert!(
+        runs_not_remeasured(&dir.path().join("bad.json"), &[], &[], &[])
+            .unwrap()
+            .is_empty()
+    );
 }
