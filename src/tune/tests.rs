@@ -230,6 +230,14 @@ fn another_gpu_or_kernel_hash_is_refused_naming_both() {
             && s.contains("4096-bit memory bus"),
         "{s}"
     );
+    // One slug under another name (a copied file): refused too, naming both.
+    let mut renamed = h100();
+    renamed.name = "NVIDIA H100 PCIe".into();
+    let s = c.check_matches(&renamed, "kh1").unwrap_err().to_string();
+    assert!(
+        s.contains("NVIDIA H100 PCIe") && s.contains("NVIDIA H100 80GB HBM3"),
+        "{s}"
+    );
     // What the driver may report differently for the same card does not matter.
     let mut same = h100();
     same.memory_bytes -= 1 << 20;
@@ -1241,4 +1249,64 @@ fn the_committed_h100_tuning_answers_every_key_a_quick_tune_asks_for() {
     let full = |k: &ProblemKey| candidates_for(k, sm, sms, false);
     assert_eq!(pending_keys(&keys, &cfg, quick).unwrap(), Vec::new());
     assert_eq!(pending_keys(&keys, &cfg, full).unwrap().len(), keys.len());
+}
+
+#[test]
+fn an_entry_is_checked_against_the_config_s_own_gpu() {
+    // A T4 (sm_75) config whose batch-16 winner is the mma GEMM (sm_80+): refused at load, though
+    // an sm_90 card could run it; the SIMT GEMM loads.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t4.json");
+    let mut c = TunedConfig::new(device("Tesla T4", (7, 5), 40), "abc123", "kh1");
+    let entry = |winner: &str| TunedEntry {
+        key: key(16),
+        winner: Choice::new(winner),
+        default: Choice::new("gemm_v1_simt"),
+        candidates: Vec::new(),
+        note: String::new(),
+    };
+    c.upsert(entry("gemm_v2_mma"));
+    c.save(&p).unwrap();
+    let e = TunedConfig::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("winner 'gemm_v2_mma' does not serve this key on sm_75"),
+        "{e}"
+    );
+    c.upsert(entry("gemm_v1_simt"));
+    c.save(&p).unwrap();
+    assert_eq!(TunedConfig::load(&p).unwrap(), c);
+}
+
+#[test]
+fn serves_needs_the_batch_act_order_group_size_and_sm_of_the_variant() {
+    assert!(serves("gemm_v2_mma", &key(16), 80) && serves("gemm_v2_mma", &key(16), 90));
+    assert!(!serves("gemm_v2_mma", &key(16), 75));
+    assert!(serves("gemm_v1_simt", &key(16), 75));
+    // The registry's group sizes (32, 64, 128, per-channel): no kernel serves g96, and the
+    // heuristic says so rather than serving one.
+    let g96 = ProblemKey {
+        group_size: 96,
+        ..key(16)
+    };
+    assert!(!serves("gemm_v2_mma", &g96, 90));
+    assert!(heuristic(&g96, 90, 132).is_err());
+    // Act-order keys only on kernels that take a permutation.
+    let ao = ProblemKey {
+        act_order: true,
+        ..key(1)
+    };
+    assert!(!serves("gemv_v2_vec", &ao, 90) && serves("gemv_v4_perm", &ao, 90));
+}
+
+#[test]
+fn splitk_stops_once_the_grid_fills_the_sms_and_asks_only_for_compiled_values() {
+    // 33 CTAs x 4 = 132: every SM of an H100 has a CTA, no further split.
+    assert_eq!(dispatch::splitk_factor(33, 4096, 132), 4);
+    assert_eq!(dispatch::splitk_factor(32, 4096, 132), 8);
+    // gemv_v5_splitk is compiled for split_k 2, 3, 4, 6, 8: the next one up, else the largest.
+    assert_eq!(dispatch::registry_value("gemv_v5_splitk", "split_k", 5), 6);
+    assert_eq!(dispatch::registry_value("gemv_v5_splitk", "split_k", 1), 2);
+    assert_eq!(dispatch::registry_value("gemv_v5_splitk", "split_k", 16), 8);
+    // Not registered: the value asked for.
+    assert_eq!(dispatch::registry_value("gemv_v99", "split_k", 16), 16);
 }

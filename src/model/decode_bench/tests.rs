@@ -195,6 +195,20 @@ fn act_order_adds_the_permutation_and_sym_drops_the_zeros() {
         }
     )
     .is_err());
+    // Per-channel act-order is one group: no channel order, so no permutation to read.
+    let per_channel = |act_order| {
+        expected_weights(
+            &cfg,
+            WeightKind::Int4 {
+                group: -1,
+                act_order,
+                sym: false,
+            },
+        )
+        .unwrap()
+        .linear_bytes
+    };
+    assert_eq!(per_channel(true), per_channel(false));
 }
 
 #[test]
@@ -281,6 +295,16 @@ fn a_recorded_auto_without_a_dequant_path_is_planned_as_the_gemm_family() {
     r.prefill_int4 = PrefillInt4::Auto;
     r.prefill_chunk = 0;
     assert_eq!(planned_prefill_int4(&r), PrefillInt4::Auto);
+    // An fp16 run with a prefill keeps auto too: it has no int4 linears to plan a GEMM for.
+    let mut f = recorded(
+        ModelConfig::vicuna_7b(),
+        WeightKind::Fp16,
+        &[(128, 5.0, 6.0)],
+    );
+    f.prefill_int4 = PrefillInt4::Auto;
+    f.prefill_chunk = 512;
+    f.prefill_paths.clear();
+    assert_eq!(planned_prefill_int4(&f), PrefillInt4::Auto);
 }
 
 pub(crate) fn recorded(
@@ -775,5 +799,90 @@ fn a_bench_that_would_drop_recorded_runs_names_them() {
         runs_not_remeasured(&dir.path().join("bad.json"), &[], &[], &[])
             .unwrap()
             .is_empty()
+    );
+}
+
+#[test]
+fn bytes_per_token_sums_every_part_and_counts_the_kv_heads_only() {
+    // Each part its own decimal place, so a part left out of the sum shows.
+    let b = BytesPerToken {
+        linear_bytes: 1_000_000,
+        lm_head_bytes: 20_000,
+        embed_row_bytes: 300,
+        norm_bytes: 4,
+        kv_bytes_per_position: 50,
+    };
+    assert_eq!(b.at(0.0), 1_020_304.0);
+    assert_eq!(b.at(10.5), 1_020_304.0 + 525.0);
+    // GQA (tiny-check: 4 query heads over 2 KV heads, head dim 16, 2 layers, hidden 64): the
+    // cache holds the KV heads only, 2 layers x (k, v) x 2 heads x 16 x 2 B = 256 B per
+    // position (4 heads would be 512), and q|k|v is 64 + 2 x 32 wide.
+    let cfg = crate::model::gpu_check::tiny_config();
+    let w = expected_weights(&cfg, WeightKind::Fp16).unwrap();
+    let b = BytesPerToken::new(&cfg, &w);
+    assert_eq!(b.kv_bytes_per_position, 256);
+    assert_eq!(b.embed_row_bytes, 64 * 2);
+    assert_eq!(
+        w.linear_bytes,
+        2 * (64 * 128 + 64 * 64 + 64 * 384 + 192 * 64) * 2
+    );
+}
+
+#[test]
+fn the_fit_margin_and_the_near_limit_band_have_exact_edges() {
+    // 33 MiB needs 1 MiB (3%) + 64 MiB of margin: 98 MiB free fits, one byte less does not.
+    assert!(does_not_fit(33 << 20, 98 << 20).is_none());
+    assert!(does_not_fit(33 << 20, (98 << 20) - 1).is_some());
+    // Within 10%: a 10 GiB engine is near the limit below 11 GiB free, not at or above it.
+    assert!(near_the_limit(10 << 30, (11 << 30) - 1));
+    assert!(!near_the_limit(10 << 30, 11 << 30));
+    assert!(!near_the_limit(10 << 30, 11_500 << 20));
+}
+
+#[test]
+fn an_ablation_row_that_saved_no_time_has_no_bandwidth_and_a_partial_pdl_column_is_left_out() {
+    let mut p = context_point(
+        &BytesPerToken {
+            linear_bytes: 1,
+            lm_head_bytes: 0,
+            embed_row_bytes: 0,
+            norm_bytes: 0,
+            kv_bytes_per_position: 0,
+        },
+        3000.0,
+        128,
+        16,
+        2.40,
+        2.6,
+    );
+    p.graph_pdl_ms_per_token = Some(2.25);
+    p.ablation = vec![
+        // Timed without PDL only (PDL stopped working mid-ablation).
+        Ablation {
+            left_out: "down".into(),
+            graph_ms: 2.40,
+            graph_pdl_ms: None,
+            weight_bytes: 1_000_000_000,
+        },
+        Ablation {
+            left_out: "o".into(),
+            graph_ms: 2.30,
+            graph_pdl_ms: Some(2.20),
+            weight_bytes: 100_000_000,
+        },
+    ];
+    let md = ablation_markdown(&p, 3000.0);
+    // A row without its graph + PDL time: no PDL columns at all, so every row has the same cells.
+    assert!(!md.contains("graph + PDL ms/tok"), "{md}");
+    // Nothing saved: no GB/s (not an infinite one).
+    assert!(
+        md.contains("| down | 2.400 | 0.000 | 0.0% | 1000.0 | - | - |"),
+        "{md}"
+    );
+    assert!(!md.contains("inf"), "{md}");
+    // 0.1 GB over the 0.1 ms the graph saved: 1000 GB/s, 33.3% of 3000.
+    assert!(
+        md.contains("| o | 2.300 | 0.100 | 4.2% | 100.0 | 1000 | 33.3% |"),
+        "{md}"
     );
 }

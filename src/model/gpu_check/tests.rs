@@ -284,3 +284,28 @@ fn the_f64_reference_matches_transformers_on_the_fixtures() {
         eprintln!("{name}: the f64 reference within {worst:.3} of transformers' tolerance");
     }
 }
+
+#[test]
+fn worst_divides_by_the_tolerance_at_the_element_and_a_nan_reference_fails() {
+    // tol = rtol |r| + atol rms(r): at r = 4 of [3, 4] (rms sqrt(12.5) = 3.54), 4e-3 + 3.54e-3.
+    let (i, r) = worst(&[3.0, 4.125], &[3.0, 4.0], 1e-3, 1e-3).unwrap();
+    assert_eq!(i, 1);
+    let want = 0.125 / (1e-3 * 4.0 + 1e-3 * 12.5f64.sqrt());
+    assert!((r - want).abs() < 1e-9 * want, "{r} vs {want}");
+    // A NaN in the reference makes every tolerance NaN: the ratio is NaN (at index 0), never a
+    // pass, and NaN exceeds any limit.
+    let (i, r) = worst(&[3.0, 4.0], &[3.0, f64::NAN], 1e-3, 1e-3).unwrap();
+    assert!(i == 0 && r.is_nan(), "{i} {r}");
+    assert!(exceeds(r, 1.0));
+}
+
+#[test]
+fn exceeds_counts_nan_as_failing_and_the_reference_argmax_takes_the_first_of_a_tie() {
+    assert!(exceeds(f64::NAN, 1.0) && exceeds(1.5, 1.0) && exceeds(f64::INFINITY, 1.0));
+    assert!(!exceeds(1.0, 1.0) && !exceeds(0.5, 1.0));
+    // The margin is over the runner-up (not the last); a tie picks the lower id, as the
+    // sampler's argmax does, with margin 0; one logit has no runner-up.
+    assert_eq!(argmax(&[1.0, 5.0, 4.0, -2.0]), (1, 1.0));
+    assert_eq!(argmax(&[1.0, 3.0, 3.0]), (1, 0.0));
+    assert_eq!(argmax(&[7.0]), (0, f64::INFINITY));
+}
