@@ -112,6 +112,11 @@ fn written_checkpoint_reloads_bit_exactly_and_beats_rtn() {
             assert_eq!(mode, 0o755, "{}", out.display());
         }
         assert!(summary.peak_rss_bytes.is_some_and(|b| b > 0));
+        // 4 sequences of 128 tokens (opts).
+        assert_eq!(
+            (summary.seqlen, summary.nsamples, summary.calib_tokens),
+            (128, 4, 512)
+        );
         // GPTQ's whole point: lower output error than RTN on the real layer inputs, every linear
         // (7 per layer of the tiny model's 2: q, k, v, o, gate, up, down).
         assert_eq!(summary.linears.len(), 14);
@@ -506,4 +511,32 @@ fn a_folder_with_only_a_tokenizer_model_quantizes_and_keeps_it() {
             .unwrap(),
         LinearWeights::Quant(_)
     ));
+}
+
+#[test]
+fn a_calibration_sequence_may_fill_the_whole_context_but_not_exceed_it() {
+    // The tiny model's context is 256 positions.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Checkpoint::open(Path::new(TINY)).unwrap();
+    let o = QuantizeOptions {
+        seqlen: Some(256),
+        nsamples: Some(2),
+        method: Method::Rtn,
+        ..opts(&tmp.path().join("unused"), 32, true, false, ZeroFormat::V2)
+    };
+    let m = quantize_model(&o, &src).unwrap();
+    assert_eq!((m.seqlen, m.nsamples, m.layers.len()), (256, 2, 14));
+    let e = quantize_model(
+        &QuantizeOptions {
+            seqlen: Some(257),
+            ..o
+        },
+        &src,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("--seqlen") && e.contains("257 exceeds the model's context of 256"),
+        "{e}"
+    );
 }

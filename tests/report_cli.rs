@@ -647,3 +647,46 @@ fn the_committed_reports_are_what_lab_report_writes() {
     let least = if same_kernels { 13 } else { 6 };
     assert!(compared >= least, "only {compared} reports compared");
 }
+
+#[test]
+fn a_sweep_from_another_gpu_and_a_bad_prefill_time_are_refused_by_file() {
+    let (tmp, dir) = committed_copy();
+    let root = tmp.path().to_str().unwrap();
+    let gemm = dir.join("gemm.json");
+    let mut r = json(&gemm);
+    r["header"]["device"]["slug"] = "other-gpu".into();
+    std::fs::write(&gemm, r.to_string()).unwrap();
+    let decode = dir.join("decode.json");
+    let mut d = json(&decode);
+    let tokens = d[0]["prefill"][0]["tokens"].clone();
+    d[0]["prefill"][0]["ms"] = (-3.0).into();
+    std::fs::write(&decode, d.to_string()).unwrap();
+    let o = lab(&["report", "--root", root]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let want = format!(
+        "{}: recorded on GPU 'other-gpu' but filed under '{SLUG}'",
+        gemm.display()
+    );
+    assert!(out.contains(&want), "{out}");
+    let want = format!("prefill {tokens} tokens: ms = -3; expected a positive finite time");
+    assert!(
+        out.contains(&format!("{}: run '", decode.display())) && out.contains(&want),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_temp_file_a_killed_write_left_is_not_listed_in_the_index() {
+    let (tmp, dir) = committed_copy();
+    std::fs::write(dir.join(".tmpAb12Cd"), "partial").unwrap();
+    std::fs::write(dir.join("logs").join(".tmpEf34Gh"), "partial").unwrap();
+    let o = lab(&["report", "--root", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let index = read(&dir.join("README.md"));
+    assert!(
+        !index.contains(".tmpAb12Cd") && !index.contains(".tmpEf34Gh"),
+        "{index}"
+    );
+    assert!(index.contains("- [memcheck.txt](memcheck.txt)"), "{index}");
+}

@@ -174,8 +174,12 @@ pub fn release_freed() {
 
 /// Peak resident set (VmHWM of /proc/self/status) in bytes; `None` where there is no procfs.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    vm_hwm_bytes(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// VmHWM of a /proc/<pid>/status text, in bytes (the kernel writes it in "kB", units of 1024).
+fn vm_hwm_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -288,5 +292,25 @@ mod tests {
         // The doc's arithmetic: 0.81 + 0.07 + 2.23 GB, less than the 4.3 GB of hidden states
         // (128 x 2048 tokens) that the whole-run buffer held alone.
         assert!((3.10..3.12).contains(&b), "{b} GB");
+    }
+
+    #[test]
+    fn peak_rss_is_read_from_vm_hwm_in_kib() {
+        let status = "Name:\tlab\nVmPeak:\t  999999 kB\nVmHWM:\t   12345 kB\nVmRSS:\t    2048 kB\n";
+        assert_eq!(vm_hwm_bytes(status), Some(12345 * 1024));
+        assert_eq!(vm_hwm_bytes("Name:\tlab\n"), None);
+        assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn the_hidden_states_chunk_counts_only_the_sequences_there_are() {
+        let cfg = crate::model::config::ModelConfig::preset("vicuna-7b").unwrap();
+        // seqlen 128: a chunk holds 64 MiB / (128 x 4096 x 4 B) = 32 sequences. Below that,
+        // each sequence adds its 128 x 4096 f32 to the bound; past it, the chunk is full.
+        assert_eq!(chunk_sequences(128 * 4096), 32);
+        let b = |n| ram_bound_bytes(&cfg, 128, n);
+        assert_eq!(b(5) - b(4), 4 * 128 * 4096);
+        assert_eq!(b(32) - b(1), 31 * 4 * 128 * 4096);
+        assert_eq!(b(128), b(32));
     }
 }

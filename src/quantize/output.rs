@@ -474,4 +474,105 @@ mod tests {
         let long = "x".repeat(300);
         assert_eq!(staging_tag(Path::new(&long)).len(), STAGING_TAG_CHARS);
     }
+
+    #[test]
+    fn a_non_empty_out_is_refused_before_a_staging_folder_is_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("q");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let e = prepare_out(&out).err().unwrap().to_string();
+        assert!(
+            e.contains(
+                "is not empty; a whole new checkpoint is written into a new or empty folder"
+            ),
+            "{e}"
+        );
+        // Refused up front: nothing beside --out but --out itself.
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["q"]);
+        std::fs::remove_file(out.join("notes.txt")).unwrap();
+        assert!(prepare_out(&out).is_ok());
+    }
+
+    #[test]
+    fn the_settings_used_are_recorded_in_both_configs_and_the_side_files_copied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dir) = (tmp.path().join("src"), tmp.path().join("out"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        for f in SIDE_FILES {
+            std::fs::write(src.join(f), format!("{f} of the source")).unwrap();
+        }
+        std::fs::write(src.join("README.md"), "not copied").unwrap();
+        std::fs::write(
+            dir.join("quantize_config.json"),
+            r#"{"bits": 4, "damp_percent": 0.01}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"hidden_size": 64, "quantization_config": {"bits": 4, "damp_percent": 0.01}}"#,
+        )
+        .unwrap();
+        let p = GptqParams {
+            damp_percent: 0.05,
+            ..GptqParams::default()
+        };
+        finish_folder(&src, &dir, &p, Method::Rtn).unwrap();
+        let read = |f: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+        };
+        let want = serde_json::json!({
+            "bits": 4,
+            "damp_percent": 0.05,
+            "true_sequential": true,
+            "quantizer": "gptq-lab rtn"
+        });
+        assert_eq!(read("quantize_config.json"), want);
+        let cfg = read("config.json");
+        assert_eq!(cfg["quantization_config"], want);
+        assert_eq!(cfg["hidden_size"], 64);
+        for f in SIDE_FILES {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(f)).unwrap(),
+                format!("{f} of the source")
+            );
+        }
+        assert!(!dir.join("README.md").exists());
+        finish_folder(&src, &dir, &p, Method::Gptq).unwrap();
+        assert_eq!(
+            read("config.json")["quantization_config"]["quantizer"],
+            "gptq-lab gptq"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn publish_moves_the_checkpoint_onto_an_empty_out_as_a_0755_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (built, out) = (tmp.path().join("built"), tmp.path().join("q"));
+        std::fs::create_dir(&built).unwrap();
+        std::fs::write(built.join("config.json"), "{}").unwrap();
+        // A private folder, whatever the umask made it.
+        std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        publish(&built, &out).unwrap();
+        assert!(!built.exists());
+        assert_eq!(
+            std::fs::read_to_string(out.join("config.json")).unwrap(),
+            "{}"
+        );
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
+        // An --out that filled up meanwhile is not replaced.
+        std::fs::create_dir(&built).unwrap();
+        let e = publish(&built, &out).unwrap_err().to_string();
+        assert!(e.contains("could not be replaced"), "{e}");
+        assert!(out.join("config.json").is_file());
+    }
 }

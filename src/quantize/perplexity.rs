@@ -849,4 +849,116 @@ mod tests {
             "{e}"
         );
     }
+
+    /// `Scripted` whose engine holds only `cap` positions (a GPU engine's KV cache can be smaller
+    /// than the model's context).
+    struct Capped {
+        inner: Scripted,
+        cap: usize,
+    }
+
+    impl NextTokenModel for Capped {
+        fn config(&self) -> &ModelConfig {
+            self.inner.config()
+        }
+        fn max_positions(&self) -> usize {
+            self.cap
+        }
+        fn start_window(&mut self) -> Result<()> {
+            self.inner.start_window()
+        }
+        fn next_logits(&mut self, token: u32) -> Result<Vec<f32>> {
+            self.inner.next_logits(token)
+        }
+    }
+
+    #[test]
+    fn a_window_needs_seqlen_minus_one_positions_of_each_engine() {
+        // A window's last token is never fed: seqlen 4 runs in 3 positions, in the model and in
+        // the reference alike.
+        let tokens = text17();
+        let capped = |cap| Capped {
+            inner: scripted(),
+            cap,
+        };
+        let p = perplexity(&mut capped(3), None, &tokens, 4, None).unwrap();
+        assert_eq!((p.windows, p.tokens_scored), (4, 12));
+        let p = perplexity(&mut scripted(), Some(&mut capped(3)), &tokens, 4, None).unwrap();
+        assert_eq!(p.tokens_scored, 12);
+        let e = perplexity(&mut capped(2), None, &tokens, 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--seqlen") && e.contains("4 needs 3 positions, the model engine holds 2"),
+            "{e}"
+        );
+        let e = perplexity(&mut scripted(), Some(&mut capped(2)), &tokens, 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the reference engine holds 2"), "{e}");
+    }
+
+    #[test]
+    fn max_windows_scores_fewer_windows_but_reports_how_many_the_text_holds() {
+        let tokens = text17();
+        let p = perplexity(&mut scripted(), None, &tokens, 4, Some(2)).unwrap();
+        assert_eq!(
+            (
+                p.windows,
+                p.windows_available,
+                p.tokens_scored,
+                p.tokens_total
+            ),
+            (2, 4, 6, 17)
+        );
+    }
+
+    #[test]
+    fn a_window_of_one_token_or_a_text_shorter_than_a_window_is_refused() {
+        let tokens = text17();
+        // seqlen 1 would feed nothing and report perplexity exp(0) = 1.
+        let e = perplexity(&mut scripted(), None, &tokens, 1, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--seqlen") && e.contains("at least 2"), "{e}");
+        assert!(check_seqlen(2, scripted().config()).is_ok());
+        // 3 tokens hold no window of 4: an error, not 0 windows and perplexity 1.
+        let e = perplexity(&mut scripted(), None, &tokens[..3], 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too short: 3 tokens"), "{e}");
+        assert_eq!(check_text_length(8, 4).unwrap(), 2);
+        assert_eq!(check_text_length(7, 4).unwrap(), 1);
+    }
+
+    #[test]
+    fn top1_agreement_takes_the_first_of_tied_maxima() {
+        // The model ties tokens 0 and 1; the reference prefers 0. The model's argmax is the first
+        // maximum (0, as torch.argmax), so the two agree.
+        let mut acc = NllAccumulator::default();
+        acc.add(&[2.0, 2.0, 0.0], 0, Some(&[2.0, 1.0, 0.0]))
+            .unwrap();
+        let p = acc.finish(Scoring::AllPositions, 1, 1, 2, 2, true);
+        assert_eq!(p.top1_agreement, Some(1.0));
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 0.0]), 1);
+    }
+
+    #[test]
+    fn a_mean_nll_whose_exponential_overflows_is_an_error_not_an_infinite_perplexity() {
+        // Logit 0 at 1000 from the first fed token on: each scored target other than 0 costs
+        // ~1000 nats (finite), 11 of the 12 targets are not 0, so the mean is ~917 and
+        // exp(917) overflows f64.
+        let mut m = Poisoned {
+            inner: scripted(),
+            at: 0,
+            bad: 1000.0,
+        };
+        let e = perplexity(&mut m, None, &text17(), 4, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid evaluation: perplexity exp(9") && e.contains("overflows"),
+            "{e}"
+        );
+    }
 }

@@ -396,4 +396,18 @@ mod tests {
         assert!(md.contains("None: the default won or was kept on every key."));
         assert!(!md.contains("tune-speedup.svg"));
     }
+
+    #[test]
+    fn beaten_keys_with_the_same_speedup_keep_table_order() {
+        // Two keys each 1.25x: the beaten list keeps them in the tables' order (#1 before #2).
+        let c = config(vec![
+            entry(2, ("gemm_v1_simt", ok(25.0)), Some(("gemm_v2_mma", 20.0))),
+            entry(1, ("gemv_v6_pipe", ok(12.5)), Some(("gemv_v2_vec", 10.0))),
+        ]);
+        let md = tune_markdown(&c, false);
+        let beat = &md[md.find("## Keys where").unwrap()..md.find("## Every key").unwrap()];
+        let first = beat.find("| 1 | n=4096 k=4096 g=128 act_order=false m<=1 | gemv_v6_pipe | 12.50 | gemv_v2_vec | 10.00 | 1.25x | note 1 |").expect(beat);
+        let second = beat.find("| 2 | n=4096 k=4096 g=128 act_order=false m<=2 | gemm_v1_simt | 25.00 | gemm_v2_mma | 20.00 | 1.25x | note 2 |").expect(beat);
+        assert!(first < second, "{beat}");
+    }
 }
