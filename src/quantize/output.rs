@@ -340,8 +340,9 @@ pub(crate) fn prepare_out(out: &Path) -> Result<Staging> {
 /// Move the finished checkpoint to `out` (an empty `out` folder is replaced). Every file is
 /// synced first and the parent after the rename: the weights were, but config.json,
 /// quantize_config.json and the tokenizer (plain writes and copies) could otherwise be empty in
-/// a published folder after a power loss. The staging folder was private (0700): the checkpoint
-/// becomes 0755, as a folder the user made.
+/// a published folder after a power loss. The staging folder has the mode a `mkdir` gives under
+/// the user's umask (tempfile sets none); an empty `out` the user made lends its own mode, since
+/// the checkpoint takes its place.
 pub(crate) fn publish(built: &Path, out: &Path) -> Result<()> {
     let rd = std::fs::read_dir(built).map_err(|e| LabError::io(built, e))?;
     for e in rd {
@@ -352,13 +353,9 @@ pub(crate) fn publish(built: &Path, out: &Path) -> Result<()> {
                 .map_err(|e| LabError::io(&p, e))?;
         }
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(built, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| LabError::io(built, e))?;
-    }
     if out.is_dir() {
+        let mode = std::fs::metadata(out).map_err(|e| LabError::io(out, e))?;
+        std::fs::set_permissions(built, mode.permissions()).map_err(|e| LabError::io(built, e))?;
         std::fs::remove_dir(out).map_err(|e| {
             LabError::invalid(
                 "--out",
@@ -552,23 +549,33 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn publish_moves_the_checkpoint_onto_an_empty_out_as_a_0755_folder() {
+    fn publish_moves_the_checkpoint_onto_an_empty_out_with_the_out_folders_mode() {
         use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
         let tmp = tempfile::tempdir().unwrap();
         let (built, out) = (tmp.path().join("built"), tmp.path().join("q"));
         std::fs::create_dir(&built).unwrap();
         std::fs::write(built.join("config.json"), "{}").unwrap();
-        // A private folder, whatever the umask made it.
-        std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o700)).unwrap();
+        set(&built, 0o700);
+        // The user's empty --out, made group-readable: the checkpoint takes its mode.
         std::fs::create_dir(&out).unwrap();
+        set(&out, 0o750);
         publish(&built, &out).unwrap();
         assert!(!built.exists());
         assert_eq!(
             std::fs::read_to_string(out.join("config.json")).unwrap(),
             "{}"
         );
-        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o755);
+        assert_eq!(mode(&out), 0o750);
+        // No --out folder: the staging folder's own mode (its mkdir's, under the umask) stays.
+        let fresh = tmp.path().join("fresh");
+        std::fs::create_dir(&built).unwrap();
+        set(&built, 0o711);
+        publish(&built, &fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o711);
         // An --out that filled up meanwhile is not replaced.
         std::fs::create_dir(&built).unwrap();
         let e = publish(&built, &out).unwrap_err().to_string();
