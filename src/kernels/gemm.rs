@@ -825,6 +825,49 @@ mod tests {
         assert!(v2_smem_bytes(4) <= 99 * 1024);
     }
 
+    /// The m16 tile count per batch (v2: ceil(m / 16) tiles, v1: the m16 tile up to 16 rows, the
+    /// m64 one above), the column blocks when n is not a multiple of the block width (4104 =
+    /// 16 x 256 + 8: 17 v2 blocks; 64 x 64 + 8: 65 v1 blocks), and the fp32 workspace size.
+    #[test]
+    fn plan_covers_every_row_and_column_and_sizes_the_workspace() {
+        for &(m, sym) in &[
+            (2, "lab_gemm_v2_mma_m16"),
+            (16, "lab_gemm_v2_mma_m16"),
+            (17, "lab_gemm_v2_mma_m32"),
+            (32, "lab_gemm_v2_mma_m32"),
+            (33, "lab_gemm_v2_mma_m48"),
+            (48, "lab_gemm_v2_mma_m48"),
+            (49, "lab_gemm_v2_mma_m64"),
+            (64, "lab_gemm_v2_mma_m64"),
+        ] {
+            let p = params(m, 4096, 4096, 128, v2());
+            assert_eq!(plan(v2(), &p)[0].symbol, sym, "m={m}");
+        }
+        for &(m, sym) in &[(16, "lab_gemm_v1_simt_m16"), (17, "lab_gemm_v1_simt_m64")] {
+            let p = params(m, 4096, 4096, 128, v1());
+            assert_eq!(plan(v1(), &p)[0].symbol, sym, "m={m}");
+        }
+        for (v, blocks) in [(v2(), 17), (v1(), 65)] {
+            let p = params(16, 4104, 4096, 128, v);
+            assert!(p.split_k > 1);
+            let steps = plan(v, &p);
+            assert_eq!(steps[0].grid, (blocks, 1, p.split_k as u32), "{}", v.name);
+            assert_eq!(workspace_bytes(&p), 16 * 4104 * 4, "{}", v.name);
+        }
+    }
+
+    /// v1's blocks are its column blocks only: one m64 row block holds any batch up to 64, so at
+    /// m = 32 a 4096 x 4096 layer has 4096 / 64 = 64 blocks (plan's grid) and filling 132 x 2
+    /// slots takes ceil(264 / 64) = 5 slices (cap 4096 / (16 x 32) = 8): k_slice ceil(4096 / 5)
+    /// = 820 -> 832 (26 K steps of 32). At m = 64 the traffic cap 4096 / 1024 = 4 binds.
+    #[test]
+    fn auto_split_counts_v1_blocks_as_plan_launches_them() {
+        assert_eq!(auto_split(v1(), 32, 4096, 4096, SmLimits::H100), (5, 832));
+        assert_eq!(auto_split(v1(), 64, 4096, 4096, SmLimits::H100), (4, 1024));
+        let p = params(32, 4096, 4096, 128, v1());
+        assert_eq!(plan(v1(), &p)[0].grid, (64, 1, 5));
+    }
+
     #[test]
     fn prepare_reorders_act_order_and_lays_out_per_variant() {
         let ql = testdata::layer(256, 64, 32, false, true, false, 7);

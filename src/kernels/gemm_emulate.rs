@@ -635,6 +635,73 @@ mod tests {
         check(64, 32, 128, 64, true, true, 1, false, 402);
     }
 
+    /// The epilogues round once: y = fp16(fp32 sum + bias) (v2 `__floats2half2_rn(v + bias)`, v1
+    /// `__float2half_rn(acc + b)`, split-K `gemm_finish`). Column 0 of row 0 sums to
+    /// 1 + 2^-11 (x[0] = 1 and x[64] = 2^-11 against weights 1; row 64 lies in the second K
+    /// slice when split), an fp16 tie; + bias 2^-11 it is 1 + 2^-10, an fp16 value. Rounding the
+    /// sum first (ties to even: 1.0) and then adding the bias would give 1.0.
+    #[test]
+    fn the_epilogue_adds_the_bias_before_its_one_rounding() {
+        let (m, n, k) = (2usize, 32usize, 128usize);
+        let tiny = f16::from_f32(1.0 / 2048.0);
+        // Symmetric (zero 8), one per-channel scale of 1: code 9 is weight 1, code 8 weight 0.
+        let mut qweight = vec![0x8888_8888u32; k / 8 * n];
+        qweight[0] = 0x8888_8889; // row 0, column 0
+        qweight[(64 / 8) * n] = 0x8888_8889; // row 64, column 0
+        let ql = crate::gptq::QuantLinear {
+            k,
+            n,
+            group_size: k,
+            qweight,
+            qzeros: vec![0x8888_8888; n / 8],
+            scales: vec![f16::ONE; n],
+            g_idx: None,
+            bias: Some(vec![tiny; n]),
+            symmetric: true,
+        };
+        let mut x = vec![f16::ZERO; m * k];
+        x[0] = f16::ONE;
+        x[64] = tiny;
+        for v in VARIANTS {
+            let w = gemm::prepare(v, &ql).unwrap();
+            for split in [1u32, 2] {
+                let (split_k, k_slice) = gemm::fit_split(k as u32, gemm::k_step(v), split);
+                assert_eq!((split_k as u32, k_slice), (split, 128 / split as i32));
+                let inp = Inputs {
+                    p: lab_gemm_params {
+                        m: m as i32,
+                        n: n as i32,
+                        k: k as i32,
+                        group_size: k as i32,
+                        groups: 1,
+                        zero_mode: w.zero_mode,
+                        split_k,
+                        k_slice,
+                        ..Default::default()
+                    },
+                    x: &x,
+                    qweight: &w.qweight,
+                    qzeros: &w.qzeros,
+                    scales: &w.scales,
+                    perm: None,
+                    bias: w.bias.as_deref(),
+                };
+                let (y, ws) = match v.layout {
+                    crate::kernels::registry::Layout::Prepared => run(&inp),
+                    _ => run_v1(&inp, 16),
+                };
+                let y = if split_k > 1 {
+                    finish(&ws, w.bias.as_deref(), n)
+                } else {
+                    y
+                };
+                let what = format!("{} split {split}", v.name);
+                assert_eq!(y[0], f16::from_f32(1.0 + 1.0 / 1024.0), "{what}");
+                assert!(y[1..].iter().all(|&o| o == tiny), "{what}: {:?}", &y[1..4]);
+            }
+        }
+    }
+
     #[test]
     fn dequant_is_exact_before_the_scale() {
         // scale 1: every code minus every zero must come out exact.

@@ -184,6 +184,30 @@ mod tests {
     }
 
     #[test]
+    fn a_block_ending_exactly_at_the_new_row_does_not_hold_it() {
+        // The tiny check (hd 32, chunk 4, max_ctx 64 -> 16 splits) at pos 60: len 61, chunk
+        // ceil(61 / 16) = 4, so split 14 is [56, 60) and pos = its end lies in split 15. Split 14's
+        // 512-position step runs over 60; in the old order that load took kcur, which only the
+        // block holding pos (kernel: `start <= pos && pos < end`) writes, so it must be flagged.
+        let (_, bad) = emulate(32, 4, 16, 60, true, false);
+        let want = "K split 14 [56, 60) reads the new row at 60 it never wrote";
+        assert!(bad.iter().any(|b| b == want), "{want} not in {bad:?}");
+        assert!(emulate(32, 4, 16, 60, true, true).1.is_empty());
+    }
+
+    #[test]
+    fn both_loops_of_the_old_order_run_onto_the_new_row() {
+        // 7B at pos 512: len 513, 9 splits of ceil(513 / 9) = 57, split 7 = [399, 456). The score
+        // step 399 + 0..128 covers 512 (u = 7, g = 1), and so does the V walk of lane group 1
+        // (400 + 7 x 16 = 512): each loop alone reads an unwritten row (kcur, vcur).
+        let (_, bad) = emulate(128, 256, 9, 512, true, false);
+        for what in ["K", "V"] {
+            let want = format!("{what} split 7 [399, 456) reads the new row at 512 it never wrote");
+            assert!(bad.contains(&want), "{want} not in {bad:?}");
+        }
+    }
+
+    #[test]
     fn the_long_context_check_reaches_the_geometry_the_old_order_failed_on() {
         // gpu_check::check_long_context: hd 128, the engine's default chunk, 9 splits; its
         // decode steps at positions LONG_PROMPT_LEN.. must include one where the old order reads
