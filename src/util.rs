@@ -319,4 +319,77 @@ mod tests {
             .is_symlink());
         assert_eq!(std::fs::read(&p).unwrap(), b"2");
     }
+
+    /// The first key given twice, in document order, is the one named (not the last).
+    #[test]
+    fn the_first_duplicate_key_is_named() {
+        assert_eq!(
+            duplicate_json_key(br#"{"a": 1, "a": 2, "b": {"c": 1, "c": 2}}"#).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            duplicate_json_key(br#"{"x": {"c": 1, "c": 2}, "a": 1, "a": 2}"#).as_deref(),
+            Some("x.c")
+        );
+    }
+
+    #[test]
+    fn json_is_written_pretty_with_a_final_newline_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.json");
+        let v = serde_json::json!({"a": [1, 2], "b": "x"});
+        write_json_atomic(&p, &v).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(
+            text.ends_with("}\n") && text.contains("\n  \"a\""),
+            "{text:?}"
+        );
+        assert_eq!(read_json::<serde_json::Value>(&p).unwrap(), v);
+    }
+
+    /// The temp file is made in the target's own folder: a rename cannot cross filesystems, so a
+    /// temp file in the system's temp folder could not be renamed onto a file elsewhere. Needs a
+    /// folder on another filesystem than the temp folder (/dev/shm, where it is a tmpfs apart).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn atomic_write_works_on_another_filesystem_than_the_temp_folder() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        let (Some(a), Some(b)) = (dev(shm), dev(&std::env::temp_dir())) else {
+            return note_skip("atomic_write_works_on_another_filesystem", "no /dev/shm");
+        };
+        if a == b {
+            return note_skip(
+                "atomic_write_works_on_another_filesystem",
+                "/dev/shm is on the temp folder's filesystem",
+            );
+        }
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"x").unwrap();
+        write_atomic(&p, b"yz").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"yz");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// Absent is false, a file (or a link to one) true; anything else at the path is an error
+    /// naming it, not "absent": a directory, a link that loops.
+    #[cfg(unix)]
+    #[test]
+    fn optional_file_is_false_only_when_nothing_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(!optional_file(&d.join("none.json")).unwrap());
+        std::fs::write(d.join("f.json"), b"{}").unwrap();
+        assert!(optional_file(&d.join("f.json")).unwrap());
+        std::os::unix::fs::symlink(d.join("f.json"), d.join("link.json")).unwrap();
+        assert!(optional_file(&d.join("link.json")).unwrap());
+        std::fs::create_dir(d.join("dir.json")).unwrap();
+        std::os::unix::fs::symlink(d.join("loop.json"), d.join("loop.json")).unwrap();
+        for name in ["dir.json", "loop.json"] {
+            let e = optional_file(&d.join(name)).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        }
+    }
 }

@@ -534,4 +534,195 @@ mod tests {
         let zeros = l.zeros();
         assert!(c.sym || zeros.iter().any(|&z| z != zeros[0]));
     }
+
+    fn family_variants(family: Family) -> Vec<&'static Variant> {
+        crate::kernels::registry::all()
+            .into_iter()
+            .filter(|v| v.family == family)
+            .collect()
+    }
+
+    /// What `lab check` proves per variant: every group size it declares, each with and without
+    /// act-order where it declares both (per-channel has no act-order), each in both zero modes,
+    /// in the full and the quick matrix alike.
+    #[test]
+    fn every_variant_runs_every_declared_group_with_and_without_act_order_in_both_zero_modes() {
+        for family in [Family::Gemv, Family::Gemm] {
+            for quick in [true, false] {
+                let cases = matrix(family, quick, 1);
+                for v in family_variants(family) {
+                    let runs: Vec<&Case> = cases
+                        .iter()
+                        .filter(|c| declared_skip(v, c).is_none())
+                        .collect();
+                    let acts = v
+                        .act_order
+                        .iter()
+                        .any(|a| matches!(a, ActOrder::Gather | ActOrder::Reordered));
+                    let plain = v.act_order.contains(&ActOrder::None);
+                    for &g in v.group_sizes {
+                        for act in [false, true] {
+                            if (act && (g < 0 || !acts)) || (!act && !plain) {
+                                continue;
+                            }
+                            for sym in [false, true] {
+                                assert!(
+                                    runs.iter().any(|c| c.group == g
+                                        && c.act_order == act
+                                        && c.sym == sym),
+                                    "{} (quick={quick}) runs no case g={g} act={act} sym={sym}",
+                                    v.name
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tails: N not a multiple of the 32-column tile, K whose 8-row words do not fill the last
+    /// chunk of 4 (per-channel), and an odd number of groups (g32 in both matrices, g128 in the
+    /// full one: a kernel that handles groups in pairs), for every family.
+    #[test]
+    fn every_family_runs_n_and_k_tails() {
+        for family in [Family::Gemv, Family::Gemm] {
+            for quick in [true, false] {
+                let cases = matrix(family, quick, 1);
+                let at = format!("{family:?} quick={quick}");
+                assert!(cases.iter().any(|c| c.n % 32 != 0), "{at}: no N tail");
+                assert!(
+                    cases.iter().any(|c| c.group < 0 && (c.k / 8) % 4 != 0),
+                    "{at}: no partial chunk of K"
+                );
+                let odd: &[i32] = if quick { &[32] } else { &[32, 128] };
+                for &g in odd {
+                    assert!(
+                        cases
+                            .iter()
+                            .any(|c| c.group == g && (c.k / g as usize) % 2 == 1),
+                        "{at}: no odd number of g{g} groups"
+                    );
+                }
+                // The tails run under act-order too, not only plain.
+                assert!(
+                    cases.iter().any(|c| c.act_order && c.n % 32 != 0),
+                    "{at}: no act-order N tail"
+                );
+            }
+        }
+        let full = matrix(Family::Gemm, false, 1);
+        for s in VICUNA.iter().chain(ODD) {
+            assert!(
+                full.iter().any(|c| c.k == s.k && c.n == s.n),
+                "GEMM runs no case of {}",
+                s.label
+            );
+        }
+    }
+
+    /// GEMM batches: both ends of the declared range on every shape, and every m16 tile edge
+    /// (15/16/17, 32/33) on each shape small enough for the f64 reference.
+    #[test]
+    fn gemm_cases_hit_both_batch_ends_and_every_tile_edge() {
+        let lo = family_variants(Family::Gemm)
+            .iter()
+            .map(|v| v.batch.0)
+            .max()
+            .unwrap() as usize;
+        let hi = family_variants(Family::Gemm)
+            .iter()
+            .map(|v| v.batch.1)
+            .min()
+            .unwrap() as usize;
+        for quick in [true, false] {
+            let cases = matrix(Family::Gemm, quick, 1);
+            let mut shapes: Vec<(usize, usize)> = cases.iter().map(|c| (c.k, c.n)).collect();
+            shapes.sort();
+            shapes.dedup();
+            for (k, n) in shapes {
+                let ms: std::collections::BTreeSet<usize> = cases
+                    .iter()
+                    .filter(|c| (c.k, c.n) == (k, n))
+                    .map(|c| c.m)
+                    .collect();
+                let want: &[usize] = if k * n <= 1 << 20 {
+                    &[15, 16, 17, 32, 33]
+                } else {
+                    &[17]
+                };
+                for &m in [lo, hi].iter().chain(want) {
+                    assert!(
+                        ms.contains(&m),
+                        "K={k} N={n} quick={quick}: no m={m} in {ms:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// GEMV: the kernels with a batch range past 1 (v1, the cuBLAS baselines) run m > 1 plain
+    /// and act-order; the m = 1 kernels skip those cases by declaration.
+    #[test]
+    fn gemv_batch_cases_run_plain_and_act_order_on_the_batched_variants() {
+        for quick in [true, false] {
+            let cases = matrix(Family::Gemv, quick, 1);
+            for v in family_variants(Family::Gemv) {
+                let batched: Vec<&Case> = cases.iter().filter(|c| c.m > 1).collect();
+                if v.batch.1 == 1 {
+                    assert!(batched.iter().all(|c| declared_skip(v, c).is_some()));
+                    continue;
+                }
+                let runs = |act: bool| {
+                    batched
+                        .iter()
+                        .any(|c| c.act_order == act && declared_skip(v, c).is_none())
+                };
+                assert!(runs(false), "{}: no plain m > 1 case", v.name);
+                assert!(runs(true), "{}: no act-order m > 1 case", v.name);
+            }
+        }
+    }
+
+    /// Each limit a variant declares is read: group sizes, act-order and plain, both batch ends.
+    #[test]
+    fn declared_skip_reads_every_declared_limit() {
+        let base = *by_name("gemv_v1_naive").unwrap();
+        let case = |group: i32, act_order: bool, m: usize| Case {
+            id: 0,
+            k: 4096,
+            n: 4096,
+            group,
+            act_order,
+            sym: false,
+            bias: false,
+            m,
+            gated: false,
+            seed: 0,
+            label: "t",
+        };
+        let mut v = base;
+        v.group_sizes = &[128];
+        assert_eq!(declared_skip(&v, &case(128, false, 1)), None);
+        for g in [32, 64, -1] {
+            let r = declared_skip(&v, &case(g, false, 1)).unwrap_or_default();
+            assert!(r.contains(&format!("group {g}")), "{g}: {r}");
+        }
+        let mut v = base;
+        v.act_order = &[ActOrder::Reordered];
+        assert_eq!(declared_skip(&v, &case(128, true, 1)), None);
+        let r = declared_skip(&v, &case(128, false, 1)).unwrap_or_default();
+        assert!(r.contains("plain"), "{r}");
+        v.act_order = &[ActOrder::None];
+        assert!(declared_skip(&v, &case(128, true, 1)).is_some());
+        let mut v = base;
+        v.batch = (2, 64);
+        for m in [1, 65] {
+            let r = declared_skip(&v, &case(128, false, m)).unwrap_or_default();
+            assert!(r.contains(&format!("m={m}")), "{m}: {r}");
+        }
+        for m in [2, 64] {
+            assert_eq!(declared_skip(&v, &case(128, false, m)), None, "m={m}");
+        }
+    }
 }

@@ -411,8 +411,7 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
         (o.case, vi)
     });
     let summary = summarize(&variants, &outcomes);
-    let failures = outcomes.iter().filter(|o| o.status.is_failure()).count()
-        + refusals.iter().filter(|r| !r.ok).count();
+    let failures = count_failures(&outcomes, &refusals);
     let report = CheckReport {
         device: gpu.map(|g| g.info.clone()),
         build: crate::build_info::build_info(),
@@ -434,6 +433,13 @@ pub fn run_check(gpu: Option<&Gpu>, opts: &CheckOptions) -> Result<CheckReport> 
         ))),
         None => Ok(report),
     }
+}
+
+/// What makes `lab check` fail: a failing launch (Fail, Refused, Error) or a must-refuse shape
+/// that was not refused as it must be.
+fn count_failures(outcomes: &[Outcome], refusals: &[refusals::Refusal]) -> usize {
+    outcomes.iter().filter(|o| o.status.is_failure()).count()
+        + refusals.iter().filter(|r| !r.ok).count()
 }
 
 fn summarize(variants: &[&'static Variant], outcomes: &[Outcome]) -> Vec<Summary> {
@@ -607,4 +613,169 @@ fn render_failures(report: &CheckReport) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(vs: &[&'static Variant]) -> Vec<&'static str> {
+        vs.iter().map(|v| v.name).collect()
+    }
+
+    #[test]
+    fn the_selection_is_every_gpu_variant_one_family_or_one_variant_never_a_reference() {
+        let all = selected_variants(&CheckOptions::default()).unwrap();
+        let want: Vec<&str> = registry::all()
+            .into_iter()
+            .filter(|v| v.family != Family::Reference)
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names(&all), want);
+        assert!(all.iter().any(|v| v.family == Family::Gemv));
+        assert!(all.iter().any(|v| v.family == Family::Gemm));
+        for family in [Family::Gemv, Family::Gemm] {
+            let opts = CheckOptions {
+                family: Some(family),
+                ..CheckOptions::default()
+            };
+            let vs = selected_variants(&opts).unwrap();
+            assert!(!vs.is_empty() && vs.iter().all(|v| v.family == family));
+        }
+        let one = CheckOptions {
+            variant: Some("gemv_v4_perm".into()),
+            ..CheckOptions::default()
+        };
+        assert_eq!(names(&selected_variants(&one).unwrap()), ["gemv_v4_perm"]);
+        // A reference kernel is not a check subject, even by name; an unknown name is an error.
+        for name in ["ref_matmul_v1", "gemv_v99"] {
+            let opts = CheckOptions {
+                variant: Some(name.into()),
+                ..CheckOptions::default()
+            };
+            let e = selected_variants(&opts).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("no variant matches"), "{e}");
+        }
+        let wrong_family = CheckOptions {
+            family: Some(Family::Gemm),
+            variant: Some("gemv_v1_naive".into()),
+            ..CheckOptions::default()
+        };
+        assert!(selected_variants(&wrong_family).is_err());
+    }
+
+    #[test]
+    fn a_run_without_a_gpu_lists_every_familys_cases_and_the_selected_variants_refusals() {
+        let opts = CheckOptions {
+            quick: true,
+            ..CheckOptions::default()
+        };
+        let r = run_check(None, &opts).unwrap();
+        let gemv = cases::matrix(Family::Gemv, true, opts.seed);
+        let gemm = cases::matrix(Family::Gemm, true, opts.seed);
+        assert_eq!(r.cases.len(), gemv.len() + gemm.len());
+        assert!(r.cases.iter().enumerate().all(|(i, c)| c.id == i));
+        // The GEMM cases follow the GEMV ones, with the same seeds.
+        assert!(r.cases[gemv.len()..]
+            .iter()
+            .zip(&gemm)
+            .all(|(a, b)| a.seed == b.seed && a.m == b.m));
+        assert!(r.outcomes.is_empty() && r.summary.is_empty());
+        let refusals = check_refusals_of(&[Family::Gemv, Family::Gemm]);
+        assert_eq!(r.refusals.len(), refusals);
+        assert_eq!(r.failures, 0);
+        // One variant: only its own refusals, and only its family's cases.
+        let opts = CheckOptions {
+            quick: true,
+            variant: Some("gemv_v2_vec".into()),
+            ..CheckOptions::default()
+        };
+        let r = run_check(None, &opts).unwrap();
+        assert_eq!(r.cases.len(), gemv.len());
+        assert!(!r.refusals.is_empty());
+        assert!(r.refusals.iter().all(|x| x.variant == "gemv_v2_vec"));
+    }
+
+    fn check_refusals_of(families: &[Family]) -> usize {
+        families
+            .iter()
+            .map(|&f| refusals::check_refusals(f).len())
+            .sum()
+    }
+
+    fn outcome(status: Status, margin: Option<f64>) -> Outcome {
+        Outcome {
+            case: 0,
+            variant: "gemv_v1_naive",
+            params: Tunables::new(),
+            status,
+            comparison: margin.map(|m| Comparison {
+                bad: 0,
+                worst: None,
+                margin: m,
+                arith_margin: m / 2.0,
+                first: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn refusals_errors_and_fails_are_failures_and_are_counted_so() {
+        let r = |s: &str| Status::Refused { reason: s.into() };
+        assert!(Status::Fail.is_failure());
+        assert!(r("x").is_failure());
+        assert!(Status::Error {
+            message: "x".into()
+        }
+        .is_failure());
+        assert!(!Status::Pass.is_failure());
+        assert!(!Status::Skip { reason: "x".into() }.is_failure());
+        assert!(!Status::Unavailable { reason: "x".into() }.is_failure());
+        let outcomes = vec![
+            outcome(Status::Pass, Some(0.5)),
+            outcome(Status::Fail, Some(3.0)),
+            outcome(r("declared but refused"), None),
+            outcome(
+                Status::Skip {
+                    reason: "g16".into(),
+                },
+                None,
+            ),
+            outcome(
+                Status::Unavailable {
+                    reason: "no cuBLAS".into(),
+                },
+                None,
+            ),
+            outcome(
+                Status::Error {
+                    message: "launch".into(),
+                },
+                None,
+            ),
+        ];
+        let refusal = |ok: bool| refusals::Refusal {
+            variant: "gemv_v2_vec".into(),
+            what: "batch m=2".into(),
+            ok,
+            message: String::new(),
+        };
+        assert_eq!(count_failures(&outcomes, &[refusal(true)]), 3);
+        assert_eq!(
+            count_failures(&outcomes, &[refusal(true), refusal(false)]),
+            4
+        );
+        assert_eq!(count_failures(&[], &[refusal(false)]), 1);
+        let v1 = registry::by_name("gemv_v1_naive").unwrap();
+        let s = summarize(&[v1], &outcomes);
+        assert_eq!(s.len(), 1);
+        let s = &s[0];
+        assert_eq!(
+            (s.pass, s.fail, s.skip, s.unavailable),
+            (1, 3, 1, 1),
+            "{s:?}"
+        );
+        assert_eq!((s.worst_margin, s.worst_arith), (3.0, 1.5));
+        assert_eq!(s.params, "-");
+    }
 }

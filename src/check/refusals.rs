@@ -31,6 +31,24 @@ fn layer(k: usize, n: usize, g: i32, act: bool, seed: u64) -> QuantLinear {
     quantize_rtn(&w, k, n, g, false, gi).expect("refusal fixture must quantize")
 }
 
+/// Whether `r` is the refusal a must-refuse case expects: `LabError::UnsupportedShape` naming
+/// the variant `name`, for `reason` (a refusal for another reason means the rule under test may
+/// be gone and another one caught the shape). With the message, or what happened instead.
+fn judge(name: &str, reason: &str, r: crate::Result<()>) -> (bool, String) {
+    match r {
+        Err(e @ LabError::UnsupportedShape { .. }) => {
+            let m = e.to_string();
+            if m.contains(reason) {
+                (m.contains(name), m)
+            } else {
+                (false, format!("refused, but not for '{reason}': {m}"))
+            }
+        }
+        Err(e) => (false, format!("wrong error kind: {e}")),
+        Ok(()) => (false, "accepted".to_string()),
+    }
+}
+
 /// Runs every must-refuse case of `family` (gemv variants: group too small / not a power of two,
 /// act-order on v2, unequal act-order groups on reorder variants, N not a multiple of 8, a batch
 /// outside the variant's range, short buffers). Each case names the reason it must be refused
@@ -42,18 +60,7 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
         return out;
     }
     let mut expect = |name: &str, what: &str, reason: &str, r: crate::Result<()>| {
-        let (ok, message) = match r {
-            Err(e @ LabError::UnsupportedShape { .. }) => {
-                let m = e.to_string();
-                if m.contains(reason) {
-                    (m.contains(name), m)
-                } else {
-                    (false, format!("refused, but not for '{reason}': {m}"))
-                }
-            }
-            Err(e) => (false, format!("wrong error kind: {e}")),
-            Ok(()) => (false, "accepted".to_string()),
-        };
+        let (ok, message) = judge(name, reason, r);
         out.push(Refusal {
             variant: name.to_string(),
             what: what.to_string(),
@@ -149,23 +156,46 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
         return out;
     }
     const GROUP16: &str = "group size 16 must be per-channel or a power of two >= 32";
-    for name in ["gemv_v2_vec", "gemv_v4_perm", "gemv_v5_splitk"] {
+    // The variants that read whole chunks of 32 rows under one group's scale.
+    let chunked = [
+        "gemv_v2_vec",
+        "gemv_v4_perm",
+        "gemv_v5_splitk",
+        "gemv_v6_pipe",
+        "gemv_v9_cluster",
+        "gemv_v10_l2x",
+    ];
+    for name in chunked {
         expect(
             name,
             "group 16 (chunks of 32 rows would straddle groups)",
             GROUP16,
             prep(name, &g16),
         );
+    }
+    // Every variant, one past the top of its declared batch range (m = 2 for the m = 1 kernels).
+    for v in registry::all()
+        .into_iter()
+        .filter(|v| v.family == Family::Gemv)
+    {
+        let (lo, hi) = v.batch;
+        let m = hi as usize + 1;
         expect(
-            name,
-            "batch m=2",
-            "batch m = 2 outside 1..=1",
-            plan(name, &plain, 2, 2 * 256),
+            v.name,
+            &format!("batch m={m}"),
+            &format!("batch m = {m} outside {lo}..={hi}"),
+            plan(v.name, &plain, m, m * 256),
         );
     }
     // The reorder variants accept act-order, so group 16 is still refused for its size after
-    // the reorder.
-    for name in ["gemv_v4_perm", "gemv_v5_splitk"] {
+    // the reorder, and so are groups the reorder cannot make equal (gemv_dequant_cublas takes
+    // those: its dequant reads g_idx).
+    for name in [
+        "gemv_v4_perm",
+        "gemv_v5_splitk",
+        "gemv_v6_pipe",
+        "gemv_v9_cluster",
+    ] {
         expect(name, "act-order group 16", GROUP16, prep(name, &g16_act));
         expect(
             name,
@@ -180,12 +210,6 @@ pub fn check_refusals(family: Family) -> Vec<Refusal> {
         "act-order g_idx",
         "act-order layer (non-trivial g_idx) but the variant supports [None]",
         prep("gemv_v2_vec", &act),
-    );
-    expect(
-        "gemv_v1_naive",
-        "batch m=65",
-        "batch m = 65 outside 1..=64",
-        plan("gemv_v1_naive", &plain, 65, 65 * 256),
     );
     out
 }
@@ -210,5 +234,85 @@ mod tests {
         for x in &r {
             assert!(x.ok, "{} {}: {}", x.variant, x.what, x.message);
         }
+    }
+
+    /// Every variant of each family, not just some, meets the family-wide shapes (N = 12, an x
+    /// one short); every GEMV variant the batch one past its range; each chunked GEMV variant
+    /// group 16, each reorder one unequal act-order groups.
+    #[test]
+    fn every_variant_meets_the_must_refuse_shapes_that_apply_to_it() {
+        for family in [Family::Gemv, Family::Gemm] {
+            let r = check_refusals(family);
+            let has = |name: &str, what: &str| {
+                r.iter()
+                    .any(|x| x.variant == name && x.what.starts_with(what) && x.ok)
+            };
+            for v in registry::all().into_iter().filter(|v| v.family == family) {
+                assert!(has(v.name, "N=12"), "{}: no N=12 refusal", v.name);
+                assert!(has(v.name, "x shorter"), "{}: no short-x refusal", v.name);
+                let past = format!("batch m={}", v.batch.1 + 1);
+                assert!(has(v.name, &past), "{}: no {past} refusal", v.name);
+            }
+        }
+        let r = check_refusals(Family::Gemv);
+        let has = |name: &str, what: &str| r.iter().any(|x| x.variant == name && x.what == what);
+        for name in [
+            "gemv_v4_perm",
+            "gemv_v5_splitk",
+            "gemv_v6_pipe",
+            "gemv_v9_cluster",
+        ] {
+            assert!(has(name, "act-order groups of unequal size"), "{name}");
+            assert!(has(name, "act-order group 16"), "{name}");
+        }
+        for name in ["gemv_v2_vec", "gemv_v6_pipe", "gemv_v10_l2x"] {
+            assert!(
+                has(name, "group 16 (chunks of 32 rows would straddle groups)"),
+                "{name}"
+            );
+        }
+        assert!(check_refusals(Family::Reference).is_empty());
+    }
+
+    /// A refusal counts only as UnsupportedShape, for the reason the case names, naming the
+    /// variant: another reason (the rule under test gone, another one caught the shape), another
+    /// variant's name, another error kind and an acceptance all fail it.
+    #[test]
+    fn a_refusal_counts_only_for_its_reason_and_its_variant() {
+        let refused = |variant: &str, reason: &str| -> crate::Result<()> {
+            Err(LabError::UnsupportedShape {
+                variant: variant.into(),
+                shape: "K=256 N=64".into(),
+                reason: reason.into(),
+            })
+        };
+        let (ok, m) = judge(
+            "gemv_v2_vec",
+            "batch m = 2",
+            refused("gemv_v2_vec", "batch m = 2 outside 1..=1"),
+        );
+        assert!(ok && m.contains("gemv_v2_vec"), "{m}");
+        let (ok, m) = judge(
+            "gemv_v2_vec",
+            "batch m = 2",
+            refused("gemv_v2_vec", "group size 16"),
+        );
+        assert!(!ok && m.contains("not for 'batch m = 2'"), "{m}");
+        let (ok, m) = judge(
+            "gemv_v2_vec",
+            "batch m = 2",
+            refused("gemv_v4_perm", "batch m = 2 outside 1..=1"),
+        );
+        assert!(!ok, "{m}");
+        let (ok, m) = judge(
+            "gemv_v2_vec",
+            "N = 12",
+            Err(LabError::invalid("x", "N = 12")),
+        );
+        assert!(!ok && m.contains("wrong error kind"), "{m}");
+        assert_eq!(
+            judge("gemv_v2_vec", "N = 12", Ok(())),
+            (false, "accepted".to_string())
+        );
     }
 }

@@ -1076,6 +1076,67 @@ fn the_card_table_is_consistent() {
     }
 }
 
+/// The memory each card has is the size in its name, as the driver reports it: nominal GiB, or
+/// 15/16 of it on the GDDR6 cards with ECC on by default; the H200 as its driver reports 141 GB.
+/// A typo in the table (24 x 1000 MiB for "24GB") would move every fit the plans judge.
+#[test]
+fn every_cards_memory_is_the_size_in_its_name() {
+    const ECC_ON: &[&str] = &["a10", "t4", "l4", "l40s"];
+    let want_mib = |c: &cards::Card| -> Option<u64> {
+        let gb: u64 = c
+            .name
+            .split(' ')
+            .find_map(|t| t.strip_suffix("GB")?.parse().ok())?;
+        Some(match c.slug.as_ref() {
+            "h200" => 143_771,
+            s if ECC_ON.contains(&s) => gb * 1024 / 16 * 15,
+            _ => gb * 1024,
+        })
+    };
+    for c in cards::CARDS {
+        assert_eq!(
+            want_mib(c),
+            Some(c.memory_bytes >> 20),
+            "{} ({})",
+            c.slug,
+            c.name
+        );
+        assert_eq!(c.memory_bytes % (1 << 20), 0, "{}", c.slug);
+    }
+    // The check itself sees a decimal typo.
+    let mut typo = cards::by_slug("rtx-3090").unwrap().clone();
+    typo.memory_bytes = (24 * 1000) << 20;
+    assert_ne!(want_mib(&typo), Some(typo.memory_bytes >> 20));
+}
+
+/// An unknown card's error names every card of the table, and a word with no model number
+/// ("rtx": every GeForce card's start) is unknown, not a list of continuations.
+#[test]
+fn an_unknown_card_is_refused_naming_every_known_one() {
+    for bad in ["gtx-1080", "rtx", "RTX", "geforce rtx"] {
+        let e = cards::by_slug(bad).unwrap_err().to_string();
+        assert!(e.contains("unknown card"), "{bad}: {e}");
+        for c in cards::CARDS {
+            assert!(
+                e.contains(c.slug.as_ref()),
+                "{bad}: {} not named: {e}",
+                c.slug
+            );
+        }
+    }
+}
+
+/// A MIG profile that is the whole GPU's memory is a share of 1; one larger than the GPU is not
+/// a share at all.
+#[test]
+fn a_mig_profile_of_the_whole_memory_is_the_whole_bandwidth() {
+    use crate::plan::cards::MigSlice;
+    let m = MigSlice::of("NVIDIA A100-SXM4-40GB MIG 7g.40gb").unwrap();
+    assert_eq!(m.bandwidth_share(), Some(1.0));
+    let m = MigSlice::of("NVIDIA A100-SXM4-40GB MIG 1g.80gb").unwrap();
+    assert_eq!(m.bandwidth_share(), None);
+}
+
 /// Act-order with one group (per-channel) is planned as the engine runs it: GPTQ writes its
 /// g_idx as all zeros, the loader reads plain order, so no g_idx bytes, the plain prefill and the
 /// plain form in the plan; the note says why. With groups, act-order still counts its index.
