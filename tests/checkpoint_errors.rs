@@ -558,6 +558,82 @@ fn empty_shard_index_is_refused() {
 }
 
 #[test]
+fn an_index_naming_a_missing_shard_is_refused_naming_both() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    shard(&dir);
+    // A partial download: the index came, the second shard did not.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = Checkpoint::open(&dir).unwrap_err().to_string();
+    assert_mentions(
+        &e,
+        &[
+            "model.safetensors.index.json",
+            "weight_map names shard",
+            "model-00002-of-00002.safetensors which does not exist",
+        ],
+    );
+}
+
+#[test]
+fn a_tensor_in_two_shards_is_refused_naming_both_files() {
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    let mut map = shard(&dir);
+    // The embedding (shard 1) also stored in shard 2, and the index pointing at shard 2's copy:
+    // which copy is the model's cannot be told, so neither is read.
+    let emb = "model.embed_tokens.weight";
+    let first = fx::read_tensors(&dir.join("model-00001-of-00002.safetensors"));
+    let second_path = dir.join("model-00002-of-00002.safetensors");
+    let mut second = fx::read_tensors(&second_path);
+    second.insert(emb.into(), first[emb].clone());
+    fx::write_tensors(&second_path, &second);
+    map.insert(emb.into(), "model-00002-of-00002.safetensors".into());
+    write_index(&dir, &serde_json::json!({ "weight_map": map }));
+    let e = Checkpoint::open(&dir).err().map(|e| e.to_string());
+    let e = e.expect("a tensor stored in two shards loaded");
+    assert_mentions(
+        &e,
+        &[
+            "model-00002-of-00002.safetensors",
+            "tensor 'model.embed_tokens.weight' is also in",
+            "model-00001-of-00002.safetensors",
+        ],
+    );
+}
+
+#[test]
+fn a_group_size_of_zero_or_below_minus_one_is_refused_naming_the_file() {
+    // Only in quantize_config.json: named there.
+    let (_t, dir) = good(32, true, false, ZeroFormat::V1);
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v.as_object_mut().unwrap().remove("quantization_config");
+    });
+    fx::edit_json(&dir.join("quantize_config.json"), |v| {
+        v["group_size"] = 0.into()
+    });
+    let e = Checkpoint::open(&dir).err().map(|e| e.to_string());
+    let e = e.expect("group_size 0 loaded");
+    assert_mentions(
+        &e,
+        &["quantize_config.json: group_size 0; expected -1 (per-channel) or a positive size"],
+    );
+    // Only in config.json: named there.
+    let (_t2, dir) = good(32, true, false, ZeroFormat::V1);
+    std::fs::remove_file(dir.join("quantize_config.json")).unwrap();
+    fx::edit_json(&dir.join("config.json"), |v| {
+        v["quantization_config"]["group_size"] = (-2).into()
+    });
+    let e = Checkpoint::open(&dir).err().map(|e| e.to_string());
+    let e = e.expect("group_size -2 loaded");
+    assert_mentions(
+        &e,
+        &[
+            "config.json",
+            "quantization_config: group_size -2; expected -1 (per-channel) or a positive size",
+        ],
+    );
+}
+
+#[test]
 fn shard_names_outside_the_checkpoint_folder_are_refused() {
     let (_t, dir) = good(32, true, false, ZeroFormat::V1);
     let map = shard(&dir);

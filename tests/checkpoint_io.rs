@@ -121,6 +121,131 @@ fn writer_stores_autogptq_dtypes_and_shapes_with_g_idx_always() {
         (fx::VOCAB * fx::HIDDEN * 2) as u64
     );
     assert_eq!(ck.tensor_names(), t.keys().cloned().collect::<Vec<_>>());
+    // transformers refuses a safetensors file whose metadata lacks format = "pt".
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+}
+
+#[test]
+fn writer_refuses_settings_its_tensors_do_not_have_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let layers = fx::model_layers(32, true, false);
+    for (info, want) in [
+        (
+            gptq_lab::model::checkpoint::QuantInfo {
+                bits: 3,
+                ..fx::info(32, true, false)
+            },
+            "bits = 3; only 4-bit GPTQ can be written".to_string(),
+        ),
+        (
+            fx::info(64, true, false),
+            format!(
+                "layer '{}' has group size 32 but the quant info says 64",
+                layers[0].0
+            ),
+        ),
+    ] {
+        let e = write_gptq_checkpoint(
+            &dir,
+            &fx::config_json(),
+            &layers,
+            &fx::dense(),
+            ZeroFormat::V1,
+            &info,
+        )
+        .err()
+        .map(|e| e.to_string());
+        let e = e.unwrap_or_else(|| panic!("written despite: {want}"));
+        assert!(e.contains("ck") && e.contains(&want), "{e}");
+        assert!(!dir.exists(), "a refused write left a folder behind");
+    }
+}
+
+#[test]
+fn writing_into_an_existing_folder_refuses_other_weights_and_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let layers = fx::write(&dir, 32, true, false, ZeroFormat::V1);
+    // Rewriting a folder that holds only this writer's files replaces them.
+    fx::write(&dir, 32, true, false, ZeroFormat::V2);
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(ck.quant.as_ref().unwrap().format, ZeroFormat::V2);
+    assert_layers_identical(&ck, &layers);
+    // Another weights file or a shard index beside it would shadow or mix with the new weights.
+    for other in ["old-4bit-128g.safetensors", "model.safetensors.index.json"] {
+        std::fs::write(dir.join(other), b"{}").unwrap();
+        let e = write_gptq_checkpoint(
+            &dir,
+            &fx::config_json(),
+            &layers,
+            &fx::dense(),
+            ZeroFormat::V1,
+            &fx::info(32, true, false),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(other) && e.contains("would shadow or mix with the new model.safetensors"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.join(other)).unwrap();
+    }
+    // A model.safetensors that is a link (a Hugging Face cache snapshot links every file to its
+    // blob) is refused, and the file it leads to is left as it was, never written through.
+    #[cfg(unix)]
+    {
+        let blob = tmp.path().join("blob");
+        std::fs::write(&blob, b"cached weights").unwrap();
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        std::os::unix::fs::symlink(&blob, dir.join("model.safetensors")).unwrap();
+        let e = write_gptq_checkpoint(
+            &dir,
+            &fx::config_json(),
+            &layers,
+            &fx::dense(),
+            ZeroFormat::V1,
+            &fx::info(32, true, false),
+        )
+        .err()
+        .map(|e| e.to_string());
+        assert_eq!(std::fs::read(&blob).unwrap(), b"cached weights");
+        let e = e.expect("written through a link");
+        assert!(
+            e.contains("model.safetensors") && e.contains("symbolic link"),
+            "{e}"
+        );
+    }
+}
+
+/// A new folder is built privately and renamed into place: it ends up readable like any folder
+/// the user makes (0755), not with the temp folder's 0700.
+#[cfg(unix)]
+#[test]
+fn a_new_checkpoint_folder_is_not_left_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    fx::write(&dir, 32, true, false, ZeroFormat::V1);
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "{mode:o}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("ck")],
+        "temp folders left"
+    );
 }
 
 #[test]

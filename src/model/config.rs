@@ -264,10 +264,21 @@ impl ModelConfig {
             }
         }
         let rope_linear_factor = rope_linear_factor(&raw.rope_scaling, &raw.rope_parameters, path)?;
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
-            .unwrap_or(10000.0);
+        // Stated in both places (a hand-merged transformers 4 / 5 file) with two values: which one
+        // the writer meant cannot be told, so it is refused rather than one silently picked.
+        let nested_theta = raw.rope_parameters.as_ref().and_then(|r| r.rope_theta);
+        if let (Some(top), Some(nested)) = (raw.rope_theta, nested_theta) {
+            if top != nested {
+                return Err(LabError::bad_checkpoint(
+                    path,
+                    format!(
+                        "rope_theta {top:?} but rope_parameters.rope_theta {nested:?}; expected \
+                         one value (state it once, or the same in both)"
+                    ),
+                ));
+            }
+        }
+        let rope_theta = raw.rope_theta.or(nested_theta).unwrap_or(10000.0);
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(LabError::bad_checkpoint(
                 path,
@@ -680,6 +691,8 @@ mod tests {
         // LLaMA's own values (and absent fields, above) still load.
         let ok = r#""hidden_act":"silu","head_dim":16,"attention_bias":false,"mlp_bias":false"#;
         assert!(parse(ok).is_ok());
+        // "swish" is transformers' other name for SiLU (ACT2FN maps both to nn.SiLU).
+        assert!(parse(r#""hidden_act":"swish""#).is_ok());
     }
 
     #[test]
@@ -726,6 +739,20 @@ mod tests {
         assert!(e.contains("rope_theta"), "{e}");
         let c = parse(r#""rms_norm_eps":1e-5,"rope_theta":500000.0"#).unwrap();
         assert_eq!((c.rms_norm_eps, c.rope_theta), (1e-5, 500000.0));
+        // Stated both at the top (transformers 4) and nested (transformers 5): one value is read,
+        // two different ones are refused naming both rather than one silently picked.
+        let both = |top: &str, nested: &str| {
+            parse(&format!(
+                r#""rope_theta":{top},"rope_parameters":{{"rope_theta":{nested},"rope_type":"default"}}"#
+            ))
+        };
+        assert_eq!(both("500000.0", "500000.0").unwrap().rope_theta, 500000.0);
+        let e = both("10000.0", "500000.0").unwrap_err().to_string();
+        assert!(
+            e.contains("m/config.json")
+                && e.contains("rope_theta 10000.0 but rope_parameters.rope_theta 500000.0"),
+            "{e}"
+        );
     }
 
     #[test]

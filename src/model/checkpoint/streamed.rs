@@ -194,6 +194,20 @@ mod tests {
         let mut f = StreamedSafetensors::create(&path, plan, HashMap::new()).unwrap();
         let e = f.write("x", Dtype::I32, &[3], &[0; 12]).unwrap_err();
         assert!(e.to_string().contains("header says"), "{e}");
+        // The planned byte count is not enough: the same 8 bytes as another dtype or shape would
+        // sit under a header that says something else about them.
+        for (dtype, shape) in [(Dtype::F32, vec![2]), (Dtype::I32, vec![1, 2])] {
+            let e = f
+                .write("x", dtype, &shape, &[0; 8])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("m.safetensors")
+                    && e.contains(&format!("tensor 'x': {dtype:?} {shape:?} (8 bytes)"))
+                    && e.contains("header says I32 [2] (8 bytes)"),
+                "{e}"
+            );
+        }
         assert!(f.write("z", Dtype::I32, &[2], &[0; 8]).is_err());
         f.write("x", Dtype::I32, &[2], &[1; 8]).unwrap();
         let e = f.finish().unwrap_err().to_string();
