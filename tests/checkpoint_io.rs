@@ -226,17 +226,23 @@ fn writing_into_an_existing_folder_refuses_other_weights_and_links() {
     }
 }
 
-/// A new folder is built privately and renamed into place: it ends up readable like any folder
-/// the user makes (0755), not with the temp folder's 0700.
+/// A new folder is built as a temp folder and renamed into place: it ends up with the mode of any
+/// folder the user makes under the same umask (a forced 0700 would hide it from the group), and
+/// no temp folder is left beside it.
 #[cfg(unix)]
 #[test]
-fn a_new_checkpoint_folder_is_not_left_private() {
+fn a_new_checkpoint_folder_gets_a_mkdirs_mode_and_leaves_no_temp_folder() {
     use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");
     fx::write(&dir, 32, true, false, ZeroFormat::V1);
-    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o755, "{mode:o}");
+    // What a folder the user made would be, under this process's umask (neither forced private
+    // nor forced open).
+    let made = tmp.path().join("made");
+    std::fs::create_dir(&made).unwrap();
+    assert_eq!(mode(&dir), mode(&made), "{:o}", mode(&dir));
+    std::fs::remove_dir(&made).unwrap();
     let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

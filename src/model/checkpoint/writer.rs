@@ -97,18 +97,13 @@ pub fn write_gptq_checkpoint(
         .tempdir_in(parent)
         .map_err(|e| LabError::io(parent, e))?;
     // Each file synced before the rename publishes the folder (else a power loss could leave it
-    // with empty files), and the folder made 0755 as one the user made: the temp folder is 0700.
+    // with empty files). The folder keeps the temp folder's mode: tempfile sets none, so it is a
+    // mkdir's under the user's umask, as a folder the user made.
     for (name, bytes) in &files {
         let p = tmp.path().join(name);
         std::fs::File::create(&p)
             .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
             .map_err(|e| LabError::io(&p, e))?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| LabError::io(tmp.path(), e))?;
     }
     let tmp_path = tmp.keep();
     std::fs::rename(&tmp_path, dir).map_err(|e| {
