@@ -180,10 +180,8 @@ fn writing_into_an_existing_folder_refuses_other_weights_and_links() {
     let ck = Checkpoint::open(&dir).unwrap();
     assert_eq!(ck.quant.as_ref().unwrap().format, ZeroFormat::V2);
     assert_layers_identical(&ck, &layers);
-    // Another weights file or a shard index beside it would shadow or mix with the new weights.
-    for other in ["old-4bit-128g.safetensors", "model.safetensors.index.json"] {
-        std::fs::write(dir.join(other), b"{}").unwrap();
-        let e = write_gptq_checkpoint(
+    let write_again = || {
+        write_gptq_checkpoint(
             &dir,
             &fx::config_json(),
             &layers,
@@ -191,8 +189,11 @@ fn writing_into_an_existing_folder_refuses_other_weights_and_links() {
             ZeroFormat::V1,
             &fx::info(32, true, false),
         )
-        .unwrap_err()
-        .to_string();
+    };
+    // Another weights file or a shard index beside it would shadow or mix with the new weights.
+    for other in ["old-4bit-128g.safetensors", "model.safetensors.index.json"] {
+        std::fs::write(dir.join(other), b"{}").unwrap();
+        let e = write_again().unwrap_err().to_string();
         assert!(
             e.contains(other) && e.contains("would shadow or mix with the new model.safetensors"),
             "{e}"
@@ -207,16 +208,7 @@ fn writing_into_an_existing_folder_refuses_other_weights_and_links() {
         std::fs::write(&blob, b"cached weights").unwrap();
         std::fs::remove_file(dir.join("model.safetensors")).unwrap();
         std::os::unix::fs::symlink(&blob, dir.join("model.safetensors")).unwrap();
-        let e = write_gptq_checkpoint(
-            &dir,
-            &fx::config_json(),
-            &layers,
-            &fx::dense(),
-            ZeroFormat::V1,
-            &fx::info(32, true, false),
-        )
-        .err()
-        .map(|e| e.to_string());
+        let e = write_again().err().map(|e| e.to_string());
         assert_eq!(std::fs::read(&blob).unwrap(), b"cached weights");
         let e = e.expect("written through a link");
         assert!(

@@ -729,6 +729,21 @@ mod tests {
     /// chain: Replace, ByteFallback, Fuse, Strip) over `pieces` after the 3 special and 256 byte
     /// tokens, as `converted_json` writes it (legacy). The fixtures' tokenizer is GPT-2's
     /// byte-level kind, which has no byte tokens.
+    /// The pieces a stream with stop string `stop` hands out for `ids` (one per token, then
+    /// `finish`'s), ending at the token that completes the stop string; and whether it stopped.
+    fn stream_until_stop(tok: &TextTokenizer, stop: &str, ids: &[u32]) -> (Vec<String>, bool) {
+        let mut st = TextStream::new(tok).with_stop(Some(stop));
+        let mut pieces = Vec::new();
+        for &i in ids {
+            pieces.push(st.push(i).unwrap());
+            if st.stopped() {
+                break;
+            }
+        }
+        pieces.push(st.finish().unwrap());
+        (pieces, st.stopped())
+    }
+
     fn llama_style_tokenizer(dir: &Path, pieces: &[&str]) -> TextTokenizer {
         let pieces: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
         let path = dir.join("tokenizer.json");
@@ -793,18 +808,7 @@ mod tests {
             ],
         );
         let id = |t: &str| tok.token_id(t).unwrap();
-        let run = |ids: &[u32]| {
-            let mut st = TextStream::new(&tok).with_stop(Some("###"));
-            let mut pieces = Vec::new();
-            for &i in ids {
-                pieces.push(st.push(i).unwrap());
-                if st.stopped() {
-                    break;
-                }
-            }
-            pieces.push(st.finish().unwrap());
-            (pieces, st.stopped())
-        };
+        let run = |ids: &[u32]| stream_until_stop(&tok, "###", ids);
         // "Hi there\n### Human:": the "#" and "##" pieces are held until the third '#' makes
         // the stop string; nothing from it on is given.
         let ids = [
@@ -1337,18 +1341,7 @@ mod tests {
         let tok = llama_style_tokenizer(dir.path(), &["\u{2581}Sure", "!", "\u{2581}Enjoy"]);
         let id = |t: &str| tok.token_id(t).unwrap();
         let cup = [id("<0xE2>"), id("<0x98>"), id("<0x95>")];
-        let run = |ids: &[u32]| {
-            let mut st = TextStream::new(&tok).with_stop(Some("\u{2615}!"));
-            let mut pieces = Vec::new();
-            for &i in ids {
-                pieces.push(st.push(i).unwrap());
-                if st.stopped() {
-                    break;
-                }
-            }
-            pieces.push(st.finish().unwrap());
-            (pieces, st.stopped())
-        };
+        let run = |ids: &[u32]| stream_until_stop(&tok, "\u{2615}!", ids);
         let stop = [
             &[id("\u{2581}Sure")][..],
             &cup,
