@@ -860,6 +860,15 @@ mod tests {
         assert!(e.contains("tokenizer.json"), "{e}");
     }
 
+    /// A lone model's pieces that spell "Hi" with and without its word-start mark.
+    const HI_PIECES: [(&str, f32); 5] = [
+        ("\u{2581}", -1.0),
+        ("H", -2.0),
+        ("i", -3.0),
+        ("\u{2581}H", -4.0),
+        ("\u{2581}Hi", -5.0),
+    ];
+
     /// LLaMA's layout with a few pieces; the same ids as `llama_style_tokenizer` gives them.
     fn write_sp_model(dir: &Path, pieces: &[(&str, f32)]) {
         use crate::model::sentencepiece::test_model::{model_bytes, Spec};
@@ -1087,16 +1096,7 @@ mod tests {
     #[test]
     fn tokenizer_config_and_added_tokens_shape_a_lone_model() {
         let dir = tempfile::tempdir().unwrap();
-        write_sp_model(
-            dir.path(),
-            &[
-                ("\u{2581}", -1.0),
-                ("H", -2.0),
-                ("i", -3.0),
-                ("\u{2581}H", -4.0),
-                ("\u{2581}Hi", -5.0),
-            ],
-        );
+        write_sp_model(dir.path(), &HI_PIECES);
         let cfg = dir.path().join("tokenizer_config.json");
         let open = || TextTokenizer::from_checkpoint_dir(dir.path()).map(Option::unwrap);
         let err = || open().err().unwrap().to_string();
@@ -1260,16 +1260,7 @@ mod tests {
     #[test]
     fn legacy_null_and_additional_special_tokens_read_as_transformers_reads_them() {
         let dir = tempfile::tempdir().unwrap();
-        write_sp_model(
-            dir.path(),
-            &[
-                ("\u{2581}", -1.0),
-                ("H", -2.0),
-                ("i", -3.0),
-                ("\u{2581}H", -4.0),
-                ("\u{2581}Hi", -5.0),
-            ],
-        );
+        write_sp_model(dir.path(), &HI_PIECES);
         let open = || {
             TextTokenizer::from_checkpoint_dir(dir.path())
                 .unwrap()
