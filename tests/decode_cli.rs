@@ -474,3 +474,87 @@ fn a_prompt_id_past_the_vocabulary_names_the_tokenizer_or_the_flag() {
         "{e}"
     );
 }
+
+/// Flags that contradict each other are refused by clap, naming both, before anything loads:
+/// --greedy with a sampling knob it would override, and two prompts.
+#[test]
+fn contradicting_decode_flags_are_refused_naming_both() {
+    let base = ["decode", "--backend", "cpu", "--model", "tiny"];
+    for (extra, a, b) in [
+        (
+            &["--prompt-ids", "1", "--greedy", "--top-p", "0.5"][..],
+            "--greedy",
+            "--top-p",
+        ),
+        (
+            &["--prompt-ids", "1", "--greedy", "--temperature", "0.5"],
+            "--greedy",
+            "--temperature",
+        ),
+        (
+            &["--prompt-ids", "1", "--prompt", "hi"],
+            "--prompt-ids",
+            "--prompt",
+        ),
+    ] {
+        let o = lab(&[&base[..], extra].concat());
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {e}");
+        assert!(
+            e.contains("cannot be used with") && e.contains(a) && e.contains(b),
+            "{extra:?}: {e}"
+        );
+        assert!(o.stdout.is_empty(), "{extra:?}: nothing generated");
+    }
+}
+
+/// The CPU JSON says why generation stopped: the tiny model's greedy run from `lab run`'s prompt
+/// meets its EOS (id 2) before the default 16 new tokens; --ignore-eos then runs to exactly 16.
+#[test]
+fn cpu_json_says_why_it_stopped_and_the_default_length_is_16() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec![
+            "decode",
+            "--backend",
+            "cpu",
+            "--model",
+            "tiny",
+            "--prompt-ids",
+            "1,5,9,42",
+            "--greedy",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        let o = lab(&a);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = run(&[]);
+    let tokens = v["tokens"].as_array().unwrap();
+    assert_eq!(v["stop"], "eos", "{v}");
+    assert_eq!(tokens.last().and_then(|t| t.as_u64()), Some(2), "{v}");
+    assert!(tokens.len() < 16, "{v}");
+    let v = run(&["--ignore-eos"]);
+    assert_eq!(v["stop"], "max_new_tokens", "{v}");
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 16, "{v}");
+}
+
+/// `lab tokenize --ids` checks every id against a tokenizer.json's vocabulary too (not only a
+/// sentencepiece model, whose decoder refuses it on its own): an id past it printed an empty
+/// piece and exited 0.
+#[test]
+fn tokenize_ids_past_a_tokenizer_json_vocabulary_are_refused_by_flag() {
+    let ck = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-sym-g32");
+    let o = lab(&["tokenize", "--checkpoint", ck, "--ids", "1,5000"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("--ids: 5000") && e.contains("tokenizer.json") && e.contains("320"),
+        "{e}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

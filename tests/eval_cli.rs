@@ -471,3 +471,29 @@ fn bad_text_or_tokenizer_is_refused_naming_the_file_before_scoring() {
         "{e}"
     );
 }
+
+/// The half-window conventions need half a window of context and then a scored position: a
+/// window under 4 tokens is refused naming both flags (it scored a single position, exit 0).
+#[test]
+fn a_half_window_scoring_with_a_window_under_4_tokens_is_refused() {
+    for scoring in ["llama-cpp", "autogptq"] {
+        let o = lab(&[
+            "eval",
+            "--checkpoint",
+            &fixture("tiny-fp16"),
+            "--scoring",
+            scoring,
+            "--seqlen",
+            "3",
+            "--max-windows",
+            "1",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{scoring}: {err}");
+        assert!(
+            err.contains(&format!("--scoring {scoring} with --seqlen 3")) && err.contains(">= 4"),
+            "{scoring}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "{scoring}: no result printed");
+    }
+}

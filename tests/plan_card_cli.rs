@@ -597,3 +597,84 @@ fn a_checkpoint_too_big_to_count_is_refused_naming_its_config_file() {
         "{err}"
     );
 }
+
+/// `--card this` is matched in any case, as card names are ("This" was looked up as a card
+/// slug and refused as unknown): same outcome as "this", GPU or not.
+#[test]
+fn card_this_is_matched_in_any_case() {
+    let plan = |card: &str| {
+        lab(&[
+            "plan",
+            "--card",
+            card,
+            "--model",
+            "vicuna-7b",
+            "--group",
+            "128",
+            "--ctx",
+            "512",
+            "--json",
+        ])
+    };
+    let lower = plan("this");
+    for card in ["This", "THIS"] {
+        let o = plan(card);
+        assert_eq!(o.status.code(), lower.status.code(), "{card}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() {
+            assert!(
+                err.contains("--card this: no usable GPU 0 here"),
+                "{card}: {err}"
+            );
+        }
+    }
+}
+
+/// The table header gives the CUDA context allowance in MiB: the library's 544 by default,
+/// --context-mib's value when given.
+#[test]
+fn the_table_header_gives_the_context_allowance_in_mib() {
+    let head = |extra: &[&str]| {
+        let mut a = vec![
+            "plan",
+            "--model",
+            "vicuna-7b",
+            "--group",
+            "128",
+            "--ctx",
+            "512",
+        ];
+        a.extend_from_slice(extra);
+        let o = lab(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o).lines().next().unwrap_or_default().to_string()
+    };
+    let h = head(&[]);
+    assert!(h.contains("CUDA context allowance 544 MiB"), "{h}");
+    let h = head(&["--context-mib", "1000"]);
+    assert!(h.contains("CUDA context allowance 1000 MiB"), "{h}");
+}
+
+/// `lab plan --cards`: each card's nominal memory and what a program can allocate, in MiB, and
+/// its spec bandwidth.
+#[test]
+fn the_cards_list_gives_memory_in_mib() {
+    let o = lab(&["plan", "--cards"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("rtx-4090 "))
+        .unwrap_or_else(|| panic!("no rtx-4090 row: {out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // slug, name words..., memory MiB, usable MiB, GB/s, sm
+    let n = cols.len();
+    assert_eq!(
+        (cols[n - 6], cols[n - 5], cols[n - 3], cols[n - 1]),
+        ("24576", "MiB", "MiB", "sm_89"),
+        "{row}"
+    );
+    let usable: u64 = cols[n - 4].parse().unwrap();
+    assert!(usable < 24576 && usable > 23 * 1024, "{row}");
+    assert_eq!(cols[n - 2], "1008.0", "{row}");
+}

@@ -540,3 +540,30 @@ fn a_calibration_sequence_may_fill_the_whole_context_but_not_exceed_it() {
         "{e}"
     );
 }
+
+/// `lab quantize` refuses a bit width it cannot write and contradicting --sym/--asym by flag,
+/// before any work: nothing is written.
+#[test]
+fn the_cli_refuses_other_bit_widths_and_sym_with_asym_by_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let out_s = out.to_str().unwrap();
+    for (extra, code, want) in [
+        (&["--bits", "3"][..], 1, "--bits 3: only 4-bit"),
+        (&["--bits", "8"], 1, "--bits 8: only 4-bit"),
+        (&["--sym", "--asym"], 2, "cannot be used with"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+            .args(["quantize", "--checkpoint", TINY, "--out", out_s, "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{extra:?}: {e}");
+        assert!(e.contains(want), "{extra:?}: {e}");
+        if code == 2 {
+            assert!(e.contains("--sym") && e.contains("--asym"), "{e}");
+        }
+        assert!(!out.exists(), "{extra:?}: nothing written");
+    }
+}

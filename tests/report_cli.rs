@@ -502,6 +502,32 @@ fn run_without_a_gpu_falls_back_to_the_cpu_unless_a_gpu_is_required() {
     let quiet = run("0");
     assert!(quiet.status.success(), "{}", text(&quiet));
     assert!(text(&quiet).contains("No GPU here"), "{}", text(&quiet));
+    // Both CPU steps ran, in their child processes: the VRAM plan table of the three models...
+    let out = String::from_utf8_lossy(&quiet.stdout);
+    assert!(
+        out.contains("VRAM plan: batch 1, int4 GPTQ weights"),
+        "{out}"
+    );
+    for m in ["vicuna-7b", "vicuna-13b", "vicuna-33b"] {
+        assert!(out.lines().any(|l| l.starts_with(m)), "{m}: {out}");
+    }
+    // ...and the tiny model's greedy tokens, as one JSON line.
+    let decode: Value = out
+        .lines()
+        .find_map(|l| {
+            serde_json::from_str(l)
+                .ok()
+                .filter(|v: &Value| v.is_object())
+        })
+        .unwrap_or_else(|| panic!("no decode JSON: {out}"));
+    assert_eq!(decode["backend"], "cpu", "{decode}");
+    assert_eq!(decode["model"], "tiny-sym-g32", "{decode}");
+    assert_eq!(
+        decode["prompt_tokens"],
+        serde_json::json!([1, 5, 9, 42]),
+        "{decode}"
+    );
+    assert!(!decode["tokens"].as_array().unwrap().is_empty(), "{decode}");
 }
 
 #[test]

@@ -114,3 +114,24 @@ fn tune_show_shows_every_config_and_names_each_refused_one() {
         "{err}"
     );
 }
+
+/// --model and --checkpoint both say which shapes to tune: given together, refused naming both
+/// (the checkpoint silently won).
+#[test]
+fn tune_refuses_model_with_checkpoint() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-fp16");
+    let o = lab(&[
+        "tune",
+        "--model",
+        "vicuna-7b",
+        "--checkpoint",
+        dir,
+        "--quick",
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("cannot be used with") && e.contains("--model") && e.contains("--checkpoint"),
+        "{e}"
+    );
+}
