@@ -286,4 +286,55 @@ mod tests {
         );
         assert_eq!(markdown(&[], &[]), "");
     }
+
+    #[test]
+    fn each_op_lands_in_its_own_group() {
+        for (op, group) in [
+            ("embedding", "embedding"),
+            ("attn_norm", "add + rmsnorm"),
+            ("residual_attn", "add + rmsnorm"),
+            ("ffn_norm", "add + rmsnorm"),
+            ("residual_final", "add + rmsnorm"),
+            ("final_norm", "add + rmsnorm"),
+            ("qkv_proj", "q|k|v proj"),
+            ("rope", "rope + attention"),
+            ("attention", "rope + attention"),
+            ("o_proj", "o proj"),
+            ("gate_up_proj", "gate|up proj"),
+            ("silu_mul", "silu * up"),
+            ("down_proj", "down proj"),
+            ("decode_layers", "persistent decode layers"),
+            ("lm_head", "lm_head (fp16)"),
+            ("argmax", "argmax"),
+        ] {
+            assert_eq!(group_of(op), group, "{op}");
+        }
+    }
+
+    fn mark(op: &'static str, us: f64, bytes: u64) -> Mark {
+        Mark { op, us, bytes }
+    }
+
+    #[test]
+    fn groups_keep_the_steps_order_and_the_sum_row_counts_every_groups_bytes() {
+        // Launch order, not the names' order: embedding, q|k|v, the norm after it, lm_head.
+        let step = vec![
+            mark("embedding", 1.0, 0),
+            mark("qkv_proj", 10.0, 100_000),
+            mark("residual_attn", 2.0, 0),
+            mark("lm_head", 3.0, 400_000),
+        ];
+        let p = aggregate(64, 20.0, false, &[step]);
+        let names: Vec<&str> = p.groups.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(
+            names,
+            ["embedding", "q|k|v proj", "add + rmsnorm", "lm_head (fp16)"]
+        );
+        // 500 kB in 16 us: 31 GB/s, the last group's 400 kB included.
+        let md = markdown(&[p], &[None]);
+        assert!(
+            md.contains("| sum (GPU, ops back to back) |  | 16.0 | 100% | 31 |"),
+            "{md}"
+        );
+    }
 }

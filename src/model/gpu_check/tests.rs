@@ -309,3 +309,45 @@ fn exceeds_counts_nan_as_failing_and_the_reference_argmax_takes_the_first_of_a_t
     assert_eq!(argmax(&[1.0, 3.0, 3.0]), (1, 0.0));
     assert_eq!(argmax(&[7.0]), (0, f64::INFINITY));
 }
+
+#[test]
+fn the_expected_permuted_x_count_takes_gate_up_not_o() {
+    // The g32 act-order case with its gate and up made plain: per layer q|k|v and down only,
+    // while o (same K as gate|up) stays act-order and is never counted.
+    let cfg = tiny_config();
+    let c = tiny_cases()
+        .into_iter()
+        .find(|c| {
+            c.auto
+                && matches!(
+                    c.kind,
+                    WeightKind::Int4 {
+                        group: 32,
+                        act_order: true,
+                        ..
+                    }
+                )
+        })
+        .expect("an auto g32 act-order case");
+    let mut host = HostLlama::random(&cfg, c.seed, c.kind).unwrap();
+    assert_eq!(
+        expected_act_order_plain(&c, &host),
+        3 * cfg.num_hidden_layers
+    );
+    for l in &mut host.layers {
+        for i in [4, 5] {
+            let HostLinear::Quant(q) = &mut l.linears[i] else {
+                panic!("int4 case with an fp16 linear");
+            };
+            q.g_idx = None;
+        }
+        let HostLinear::Quant(o) = &l.linears[3] else {
+            panic!("int4 case with an fp16 linear");
+        };
+        assert!(o.is_act_order());
+    }
+    assert_eq!(
+        expected_act_order_plain(&c, &host),
+        2 * cfg.num_hidden_layers
+    );
+}

@@ -85,6 +85,18 @@ pub fn persistent_attn_chunk(
     attn_chunk.max(max_ctx.div_ceil(per_head))
 }
 
+/// lab_llama_layers' dynamic shared memory for attention splits of `chunk` positions at head dim
+/// `hd` (`attn_split_smem`), or why it does not fit: a launch gets 48 KB of shared memory without
+/// opting in, and the kernel's static part (x slice, partials, the attention's k/v rows,
+/// `STATIC_SMEM_BYTES`) takes ~13.5 KB of it.
+pub fn layers_dynamic_smem(hd: usize, chunk: usize) -> std::result::Result<u32, String> {
+    let smem = super::attn_split_smem(hd, chunk);
+    if smem as usize + STATIC_SMEM_BYTES > 48 * 1024 {
+        return Err(format!("an attention split of {chunk} positions needs {smem} B of dynamic shared memory beside lab_llama_layers' ~{STATIC_SMEM_BYTES} B static: over the 48 KB a launch gets"));
+    }
+    Ok(smem)
+}
+
 /// One linear of a phase as the planner sees it: `n` outputs at column `col` of the phase output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartShape {
@@ -268,15 +280,12 @@ impl GpuEngine {
         let (grid, attn_chunk, smem) = loop {
             let grid = (per_sm as usize * self.dev.sms as usize).min(cap);
             let chunk = persistent_attn_chunk(max_ctx, self.opts.attn_chunk, heads, grid);
-            let smem = super::attn_split_smem(hd, chunk);
-            // A launch gets 48 KB of shared memory without opting in; the kernel's static part
-            // (x slice, partials, the attention's k/v rows) is ~13.5 KB of it.
-            if smem as usize + STATIC_SMEM_BYTES > 48 * 1024 {
-                return Err(LabError::invalid(
+            let smem = layers_dynamic_smem(hd, chunk).map_err(|e| {
+                LabError::invalid(
                     "--persistent-layers",
-                    format!("an attention split of {chunk} positions needs {smem} B of dynamic shared memory beside lab_llama_layers' ~{STATIC_SMEM_BYTES} B static: over the 48 KB a launch gets (max_ctx {max_ctx} on a grid of {grid}); lower max_ctx"),
-                ));
-            }
+                    format!("{e} (max_ctx {max_ctx} on a grid of {grid}); lower max_ctx"),
+                )
+            })?;
             let fits = func
                 .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem as usize, None)
                 .ctx("occupancy of lab_llama_layers")?;
@@ -677,5 +686,32 @@ mod tests {
         assert!(s.split >= 4 && s.split <= MAX_SPLIT && s.k_slice <= V6_XS_ROWS);
         // Many tiles on a small grid: no split (every extra slice only adds items).
         assert_eq!(phase_split(4096, 1000, 8).split, 1);
+    }
+
+    #[test]
+    fn tied_splits_keep_the_smallest() {
+        // K 512, 200 tiles on 132 blocks: whole K (200 items, 2 per block, 2 x 1.05) costs what
+        // 4 slices of 128 rows do (800 items, 7 per block, 7 x 0.30); the fewer items win.
+        assert_eq!(
+            phase_split(512, 200, 132),
+            PhaseSplit {
+                split: 1,
+                k_slice: 512
+            }
+        );
+    }
+
+    #[test]
+    fn the_layers_dynamic_smem_fits_beside_the_static_part_in_48_kb() {
+        // q [hd] + scores [chunk] + V partials (256 / (hd / 8) groups x hd = 2048), f32.
+        assert_eq!(layers_dynamic_smem(128, 263), Ok((128 + 263 + 2048) * 4));
+        // The largest chunk at hd 128: (128 + 6720 + 2048) x 4 + 13568 = 48 KB exactly.
+        let limit = 48 * 1024 - STATIC_SMEM_BYTES;
+        assert_eq!(layers_dynamic_smem(128, 6720), Ok(limit as u32));
+        let e = layers_dynamic_smem(128, 6721).unwrap_err();
+        assert!(e.contains("6721 positions") && e.contains("48 KB"), "{e}");
+        // hd 16 (the tiny check): the same 2048 partials, so 112 more positions fit.
+        assert!(layers_dynamic_smem(16, 6832).is_ok());
+        assert!(layers_dynamic_smem(16, 6833).is_err());
     }
 }

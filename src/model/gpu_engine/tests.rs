@@ -220,6 +220,8 @@ fn only_the_drivers_capture_refusals_count_as_refusals() {
     assert!(is_capture_refusal(&driver(
         E::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
     )));
+    // A driver that cannot capture a cooperative launch at all says "not supported".
+    assert!(is_capture_refusal(&driver(E::CUDA_ERROR_NOT_SUPPORTED)));
     // A failed kernel, a cooperative grid too large, or any other error is not one.
     assert!(!is_capture_refusal(&driver(E::CUDA_ERROR_ILLEGAL_ADDRESS)));
     assert!(!is_capture_refusal(&driver(
@@ -367,6 +369,12 @@ fn a_poison_block_fills_an_sm_on_every_card() {
         ..SmLimits::H100
     };
     assert_eq!(poison_block_bytes(unknown), abi::LAB_LLAMA_POISON_BYTES);
+    // An opt-in that is not whole words: the block covers the whole words below it.
+    let odd = SmLimits {
+        smem_per_block_optin: 50_003,
+        ..SmLimits::H100
+    };
+    assert_eq!(poison_block_bytes(odd), 50_000);
 }
 
 #[test]
@@ -385,6 +393,8 @@ fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {
         (35840, 6656),
         (6656, 17920),
         (8, 8),
+        // So wide that one split fills the machine: K 17920 still needs 3 for the 32 KB x slice.
+        (262144, 17920),
     ] {
         let (split, slice) = q4_split(n, k, 132);
         assert_eq!(slice % 8, 0, "{n}x{k}");
@@ -404,4 +414,137 @@ fn q4_split_covers_k_in_multiples_of_8_and_fills_the_machine() {
             );
         }
     }
+}
+
+#[test]
+fn int4_kernel_names_say_engine_variant_heuristic_or_tuned() {
+    assert_eq!(Int4Kernel::Engine.name(), "engine (lab_llama_q4_gemv v1)");
+    let v5 = int4_kernel_by_name("gemv_v5_splitk").unwrap().unwrap();
+    assert_eq!(Int4Kernel::Variant(v5).name(), "gemv_v5_splitk (registry)");
+    let dev = crate::cuda::device::test_device("NVIDIA H100 80GB HBM3", (9, 0), 132);
+    let heuristic =
+        crate::tune::Dispatcher::from_config(None, &dev, crate::build_info::KERNEL_HASH);
+    assert_eq!(heuristic.tuned_len(), 0);
+    assert_eq!(
+        Int4Kernel::Auto(Arc::new(heuristic)).name(),
+        "auto (heuristic)"
+    );
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/nvidia-h100-80gb-hbm3.json");
+    let cfg = crate::tune::TunedConfig::load(&path).unwrap();
+    let dev = cfg.device.clone();
+    let tuned =
+        crate::tune::Dispatcher::from_config(Some(cfg), &dev, crate::build_info::KERNEL_HASH);
+    let n = tuned.tuned_len();
+    assert!(n > 0);
+    assert_eq!(
+        Int4Kernel::Auto(Arc::new(tuned)).name(),
+        format!("auto (tuned config, {n} keys)")
+    );
+}
+
+#[test]
+fn the_split_k_workspace_holds_the_widest_fused_linear() {
+    let cfg = |h, i, heads, kvh| ModelConfig {
+        hidden_size: h,
+        intermediate_size: i,
+        num_attention_heads: heads,
+        num_key_value_heads: kvh,
+        ..ModelConfig::vicuna_7b()
+    };
+    for c in [
+        ModelConfig::vicuna_7b(),
+        ModelConfig::vicuna_13b(),
+        crate::model::gpu_check::tiny_config(),
+        // q|k|v the widest: a narrow MLP, with and without GQA.
+        cfg(4096, 1024, 32, 32),
+        cfg(4096, 1024, 32, 8),
+    ] {
+        let kv = c.num_key_value_heads * c.head_dim();
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let want = [h + 2 * kv, h, 2 * i, h].into_iter().max().unwrap();
+        assert_eq!(widest_linear_n(&c), want, "{}", c.name);
+    }
+    assert_eq!(widest_linear_n(&cfg(4096, 1024, 32, 32)), 3 * 4096);
+    assert_eq!(widest_linear_n(&cfg(4096, 1024, 32, 8)), 4096 + 2 * 1024);
+    assert_eq!(widest_linear_n(&ModelConfig::vicuna_7b()), 2 * 11008);
+}
+
+#[test]
+fn permuted_x_shapes_are_plain_and_act_order_keys_say_so() {
+    let act = LayerShape {
+        k: 4096,
+        n: 4096,
+        group_size: 128,
+        g_idx: true,
+        perm: true,
+        bias: false,
+        symmetric: true,
+    };
+    let plain = plain_shape(&act);
+    assert_eq!(
+        plain,
+        LayerShape {
+            g_idx: false,
+            perm: false,
+            ..act
+        }
+    );
+    assert_eq!(shape_key(&plain), (4096, 4096, 128, false));
+    // Either a permutation or a g_idx makes the key act-order.
+    for (g_idx, perm) in [(true, true), (true, false), (false, true)] {
+        let s = LayerShape { g_idx, perm, ..act };
+        assert_eq!(shape_key(&s), (4096, 4096, 128, true), "{g_idx} {perm}");
+    }
+}
+
+#[test]
+fn attention_smem_is_q_scores_and_2048_partials() {
+    // attention.cuh: q [hd] | scores [chunk] | red [256 / (hd / 8) groups x hd = 2048], f32.
+    for hd in [8usize, 16, 32, 64, 128, 256] {
+        for chunk in [4usize, 256, 263] {
+            assert_eq!(attn_split_smem(hd, chunk), ((hd + chunk + 2048) * 4) as u32);
+        }
+    }
+    assert_eq!(attn_split_smem(128, 256), 9728);
+}
+
+#[test]
+fn skip_op_sets_split_the_layer_into_gemvs_and_small_ops() {
+    let all = SkipOps {
+        norms: true,
+        attention: true,
+        silu: true,
+        qkv: true,
+        o: true,
+        gate_up: true,
+        down: true,
+    };
+    let (l, s) = (SkipOps::linears(), SkipOps::small_ops());
+    assert_eq!(
+        s,
+        SkipOps {
+            norms: true,
+            attention: true,
+            silu: true,
+            ..SkipOps::default()
+        }
+    );
+    // Disjoint, and together every class.
+    let or = |a: SkipOps, b: SkipOps| SkipOps {
+        norms: a.norms | b.norms,
+        attention: a.attention | b.attention,
+        silu: a.silu | b.silu,
+        qkv: a.qkv | b.qkv,
+        o: a.o | b.o,
+        gate_up: a.gate_up | b.gate_up,
+        down: a.down | b.down,
+    };
+    assert_eq!(or(l, s), all);
+    assert_eq!(
+        [l.norms, l.attention, l.silu, s.qkv, s.o, s.gate_up, s.down],
+        [false; 7]
+    );
+    assert!(l.any() && s.any() && SkipOps::attention_only().any());
+    assert!(!SkipOps::default().any());
 }
