@@ -42,6 +42,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Syncs every file directly in `dir` to disk, before a rename publishes the folder: a folder
+/// renamed into place after a power loss could otherwise hold empty files.
+pub fn sync_files_in(dir: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| LabError::io(dir, e))?;
+    for e in rd {
+        let p = e.map_err(|e| LabError::io(dir, e))?.path();
+        if p.is_file() {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| LabError::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to`, then syncs the folder holding `to`: the rename itself is durable only
+/// once that folder is (Linux: fsync on a directory opened read-only; elsewhere best effort, so a
+/// failed sync is no error). The error, if any, is the rename's, naming `to`.
+pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| LabError::io(to, e))?;
+    let parent = match to.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = std::fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// What a new file written by `write_atomic` gets: rw-r--r-- (the usual umask's result); elsewhere
 /// than Unix, what the temp file was created with.
 fn default_permissions() -> Option<std::fs::Permissions> {

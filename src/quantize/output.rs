@@ -344,15 +344,7 @@ pub(crate) fn prepare_out(out: &Path) -> Result<Staging> {
 /// the user's umask (tempfile sets none); an empty `out` the user made lends its own mode, since
 /// the checkpoint takes its place.
 pub(crate) fn publish(built: &Path, out: &Path) -> Result<()> {
-    let rd = std::fs::read_dir(built).map_err(|e| LabError::io(built, e))?;
-    for e in rd {
-        let p = e.map_err(|e| LabError::io(built, e))?.path();
-        if p.is_file() {
-            std::fs::File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| LabError::io(&p, e))?;
-        }
-    }
+    crate::util::sync_files_in(built)?;
     if out.is_dir() {
         let mode = std::fs::metadata(out).map_err(|e| LabError::io(out, e))?;
         std::fs::set_permissions(built, mode.permissions()).map_err(|e| LabError::io(built, e))?;
@@ -366,15 +358,7 @@ pub(crate) fn publish(built: &Path, out: &Path) -> Result<()> {
             )
         })?;
     }
-    std::fs::rename(built, out).map_err(|e| LabError::io(out, e))?;
-    // The rename itself is durable once the folder holding `out` is synced (Linux: fsync on a
-    // directory opened read-only; elsewhere best effort).
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    crate::util::rename_durably(built, out)
 }
 
 /// The writer's quantize config carries AutoGPTQ's default damp; record the one used.

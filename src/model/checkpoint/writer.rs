@@ -11,7 +11,6 @@ use half::f16;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 fn u32_bytes(v: &[u32]) -> Vec<u8> {
@@ -96,25 +95,17 @@ pub fn write_gptq_checkpoint(
         .prefix(".gptq-checkpoint-")
         .tempdir_in(parent)
         .map_err(|e| LabError::io(parent, e))?;
-    // Each file synced before the rename publishes the folder (else a power loss could leave it
-    // with empty files). The folder keeps the temp folder's mode: tempfile sets none, so it is a
-    // mkdir's under the user's umask, as a folder the user made.
+    // The folder keeps the temp folder's mode: tempfile sets none, so it is a mkdir's under the
+    // user's umask, as a folder the user made.
     for (name, bytes) in &files {
-        let p = tmp.path().join(name);
-        std::fs::File::create(&p)
-            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-            .map_err(|e| LabError::io(&p, e))?;
+        std::fs::write(tmp.path().join(name), bytes)
+            .map_err(|e| LabError::io(tmp.path().join(name), e))?;
     }
+    crate::util::sync_files_in(tmp.path())?;
     let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, dir).map_err(|e| {
+    crate::util::rename_durably(&tmp_path, dir).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp_path);
-        LabError::io(dir, e)
-    })?;
-    // The rename is durable once the folder holding `dir` is synced (best effort).
-    if let Ok(d) = std::fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 /// A loader prefers an index or another weights file over ours; refuse to leave them beside it.
