@@ -1292,14 +1292,8 @@ mod tests {
     #[test]
     fn a_leading_byte_or_added_token_keeps_the_next_space() {
         let dir = tempfile::tempdir().unwrap();
-        let pieces = ["\u{2581}", "H", "i", "\u{2581}H", "\u{2581}Hi"];
-        let scored: Vec<(&str, f32)> = pieces
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (*p, -(i as f32) - 1.0))
-            .collect();
-        write_sp_model(dir.path(), &scored);
-        let pad = 259 + pieces.len() as u32;
+        write_sp_model(dir.path(), &HI_PIECES);
+        let pad = 259 + HI_PIECES.len() as u32;
         std::fs::write(
             dir.path().join("added_tokens.json"),
             format!(r#"{{"[PAD]": {pad}}}"#),
@@ -1308,7 +1302,7 @@ mod tests {
         let tok = TextTokenizer::from_checkpoint_dir(dir.path())
             .unwrap()
             .unwrap();
-        let names: Vec<String> = pieces.iter().map(|p| p.to_string()).collect();
+        let names: Vec<String> = HI_PIECES.iter().map(|(p, _)| p.to_string()).collect();
         let json = converted_json(&names, true, &[("[PAD]".to_string(), pad, false)]);
         let hf = tokenizers::Tokenizer::from_bytes(json.to_string()).unwrap();
         let hi = tok.token_id("\u{2581}Hi").unwrap();
