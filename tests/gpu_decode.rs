@@ -14,7 +14,7 @@ use gptq_lab::model::gpu_check::{
     LOGIT_ATOL_RMS, LOGIT_RTOL,
 };
 use gptq_lab::model::gpu_engine::{
-    EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, WeightSource,
+    EngineOptions, GpuEngine, PrefillInt4, PrefillLogits, PrefillMode, SkipOps, WeightSource,
     DEQUANT_SLICE_ELEMS,
 };
 use gptq_lab::model::gpu_weights::{SyntheticSpec, WeightKind};
@@ -202,6 +202,20 @@ fn bad_tokens_and_a_full_cache_are_errors_not_wrong_results() {
         .contains("KV cache is full"));
     let err = e.set_position(4).unwrap_err().to_string();
     assert!(err.contains("4 is past the KV cache"), "{err}");
+    // The ablation's left-out ops make the step unfit to trace or profile: refused, not
+    // reported with missing marks or stale outputs.
+    e.set_position(0).unwrap();
+    e.set_skip_ops(SkipOps {
+        silu: true,
+        ..SkipOps::default()
+    })
+    .unwrap();
+    let err = e.profile_step(0.0).unwrap_err().to_string();
+    assert!(err.contains("set_skip_ops"), "{err}");
+    let err = e.trace_step(1).unwrap_err().to_string();
+    assert!(err.contains("set_skip_ops"), "{err}");
+    e.set_skip_ops(SkipOps::default()).unwrap();
+    assert!(e.profile_step(0.0).is_ok());
 }
 
 /// A 100-token prompt on random tiny models (int4 with and without act-order, fp16): the GEMM

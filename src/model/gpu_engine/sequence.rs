@@ -295,6 +295,15 @@ impl GpuEngine {
     /// host gaps are inside the figures: call again with a longer hold). Advances one position,
     /// feeding the previous step's argmax like `step_greedy`.
     pub fn profile_step(&mut self, hold_ms: f64) -> Result<(Vec<Mark>, bool)> {
+        // A left-out op class drops its launches (and a skipped silu its mark) while the byte
+        // count still books the attention's K/V: neither `profile_marks_per_step` nor the
+        // bytes would describe the step, so an ablated step is timed whole, never profiled.
+        if self.skip.any() {
+            return Err(LabError::invalid(
+                "profile",
+                "op classes are left out (set_skip_ops): the per-op profile describes the whole step",
+            ));
+        }
         self.check_room()?;
         let hp = abi::lab_llama_hold_params {
             ns: (hold_ms.max(0.0) * 1e6) as u64,
