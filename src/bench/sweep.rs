@@ -91,6 +91,7 @@ pub struct SweepReport {
     pub skipped: Vec<String>,
 }
 
+/// The shapes a sweep runs: the goal's four first, then (full sweeps only) the other Vicuna shapes.
 fn shapes(quick: bool) -> Vec<Shape> {
     let mut v: Vec<Shape> = VICUNA
         .iter()
@@ -106,6 +107,82 @@ fn shapes(quick: bool) -> Vec<Shape> {
         );
     }
     v
+}
+
+/// The (shape, act-order) points a family's sweep runs, in order: every shape act-order off then
+/// on, except a quick GEMM sweep, which leaves act-order out.
+fn sweep_points(fam: Family, quick: bool) -> Vec<(Shape, bool)> {
+    shapes(quick)
+        .into_iter()
+        .flat_map(|shape| [(shape, false), (shape, true)])
+        .filter(|&(_, act)| !(quick && fam == Family::Gemm && act))
+        .collect()
+}
+
+/// The batch sizes a family's sweep times: 1 for GEMV, the GEMM list otherwise.
+fn sweep_batches(fam: Family, quick: bool) -> &'static [usize] {
+    match fam {
+        Family::Gemv => &[1],
+        _ if quick => GEMM_BATCHES_QUICK,
+        _ => GEMM_BATCHES,
+    }
+}
+
+/// One batch's timings of a variant on one (shape, act-order) point.
+struct Measured {
+    m: usize,
+    timing: Timing,
+    back_to_back: Option<BackToBack>,
+    bytes: u64,
+}
+
+/// The rows of one variant on one (shape, act-order) point: GB/s at the IQM and that as a
+/// percentage of the read ceiling. The speedups come later, once every cuBLAS row is in
+/// (`set_speedups_vs_cublas`).
+fn measured_rows(
+    variant: &str,
+    shape: Shape,
+    act_order: bool,
+    copies: usize,
+    measured: Vec<Measured>,
+    read_ceiling: f64,
+) -> Vec<SweepRow> {
+    measured
+        .into_iter()
+        .map(|x| {
+            let gbps = x.timing.gbps(x.bytes);
+            SweepRow {
+                variant: variant.to_string(),
+                k: shape.k,
+                n: shape.n,
+                m: x.m,
+                group: 128,
+                act_order,
+                sym: true,
+                bytes: x.bytes,
+                timing: x.timing,
+                gbps,
+                pct_read_ceiling: 100.0 * gbps / read_ceiling,
+                speedup_vs_cublas: None,
+                copies_rotated: copies,
+                back_to_back: x.back_to_back,
+            }
+        })
+        .collect()
+}
+
+/// Each row's speedup against the cuBLAS fp16 row of the same shape and batch (None where there
+/// is none). cuBLAS has no act-order: its dense fp16 W is the same either way, so the
+/// act-order-off time serves both.
+fn set_speedups_vs_cublas(rows: &mut [SweepRow]) {
+    let base: std::collections::HashMap<(usize, usize, usize), f64> = rows
+        .iter()
+        .filter(|r| r.variant == CUBLAS && !r.act_order)
+        .map(|r| ((r.k, r.n, r.m), r.timing.iqm_us))
+        .collect();
+    for r in rows {
+        r.speedup_vs_cublas = base.get(&(r.k, r.n, r.m)).map(|b| b / r.timing.iqm_us);
+    }
 }
 
 pub fn run_family(
@@ -143,11 +220,7 @@ pub fn run_family_with(
     } else {
         TimingConfig::default()
     };
-    let batches: &[usize] = match fam {
-        Family::Gemv => &[1],
-        _ if quick => GEMM_BATCHES_QUICK,
-        _ => GEMM_BATCHES,
-    };
+    let batches = sweep_batches(fam, quick);
     // Back-to-back: a few pairs are enough (each pair already averages many launches).
     let b2b_cfg = TimingConfig {
         warmup: 2,
@@ -156,81 +229,59 @@ pub fn run_family_with(
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let max_m = batches.iter().copied().max().unwrap_or(1);
-    for shape in shapes(quick) {
-        for act in [false, true] {
-            if quick && fam == Family::Gemm && act {
-                continue;
-            }
-            let input = SweepInput::new(shape, act, max_m)?;
-            for v in family_variants(fam) {
-                let ms = match runnable_batches(v, act, gpu.sm(), batches) {
-                    Ok(ms) if ms.is_empty() => continue,
-                    Ok(ms) => ms,
-                    Err(reason) => {
-                        skipped.push(format!(
-                            "{} K={} N={} act={act}: {reason}",
-                            v.name, shape.k, shape.n
-                        ));
-                        continue;
-                    }
-                };
-                let timed = ColdLayer::new(gpu, v, &input).and_then(|mut cold| {
-                    ms.iter()
-                        .map(|&m| {
-                            let t = cold.time(gpu, m, &cfg)?;
-                            let b2b = match opts.back_to_back {
-                                0 => None,
-                                per_pair => Some(BackToBack {
-                                    launches_per_pair: per_pair,
-                                    timing: cold.time_back_to_back(gpu, m, &b2b_cfg, per_pair)?,
-                                }),
-                            };
-                            Ok((m, t, b2b, cold.bytes_moved(m)))
-                        })
-                        .collect::<Result<Vec<_>>>()
-                        .map(|t| (t, cold.copies()))
-                });
-                match timed {
-                    Ok((results, copies)) => {
-                        for (m, t, back_to_back, bytes) in results {
-                            let gbps = t.gbps(bytes);
-                            rows.push(SweepRow {
-                                variant: v.name.to_string(),
-                                k: shape.k,
-                                n: shape.n,
-                                m,
-                                group: 128,
-                                act_order: act,
-                                sym: true,
-                                bytes,
-                                timing: t,
-                                gbps,
-                                pct_read_ceiling: 100.0 * gbps / read_ceiling,
-                                speedup_vs_cublas: None,
-                                copies_rotated: copies,
-                                back_to_back,
-                            });
-                        }
-                    }
-                    Err(e) => skipped.push(format!(
-                        "{} K={} N={} act={act}: {e}",
+    for (shape, act) in sweep_points(fam, quick) {
+        let input = SweepInput::new(shape, act, max_m)?;
+        for v in family_variants(fam) {
+            let ms = match runnable_batches(v, act, gpu.sm(), batches) {
+                Ok(ms) if ms.is_empty() => continue,
+                Ok(ms) => ms,
+                Err(reason) => {
+                    skipped.push(format!(
+                        "{} K={} N={} act={act}: {reason}",
                         v.name, shape.k, shape.n
-                    )),
+                    ));
+                    continue;
                 }
+            };
+            let timed = ColdLayer::new(gpu, v, &input).and_then(|mut cold| {
+                ms.iter()
+                    .map(|&m| {
+                        let t = cold.time(gpu, m, &cfg)?;
+                        let b2b = match opts.back_to_back {
+                            0 => None,
+                            per_pair => Some(BackToBack {
+                                launches_per_pair: per_pair,
+                                timing: cold.time_back_to_back(gpu, m, &b2b_cfg, per_pair)?,
+                            }),
+                        };
+                        Ok(Measured {
+                            m,
+                            timing: t,
+                            back_to_back: b2b,
+                            bytes: cold.bytes_moved(m),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(|t| (t, cold.copies()))
+            });
+            match timed {
+                Ok((measured, copies)) => rows.extend(measured_rows(
+                    v.name,
+                    shape,
+                    act,
+                    copies,
+                    measured,
+                    read_ceiling,
+                )),
+                Err(e) => skipped.push(format!(
+                    "{} K={} N={} act={act}: {e}",
+                    v.name, shape.k, shape.n
+                )),
             }
-            eprintln!("  {} K={} N={} act={act}: done", family, shape.k, shape.n);
         }
+        eprintln!("  {} K={} N={} act={act}: done", family, shape.k, shape.n);
     }
-    // Speedups against the cuBLAS fp16 row of the same shape and batch. cuBLAS has no act-order:
-    // its dense fp16 W is the same either way, so the act-order-off time serves both.
-    let base: std::collections::HashMap<(usize, usize, usize), f64> = rows
-        .iter()
-        .filter(|r| r.variant == CUBLAS && !r.act_order)
-        .map(|r| ((r.k, r.n, r.m), r.timing.iqm_us))
-        .collect();
-    for r in &mut rows {
-        r.speedup_vs_cublas = base.get(&(r.k, r.n, r.m)).map(|b| b / r.timing.iqm_us);
-    }
+    set_speedups_vs_cublas(&mut rows);
     let report = SweepReport {
         header: header.clone(),
         family: family.to_string(),
@@ -383,29 +434,10 @@ fn launches_per_row(r: &SweepReport) -> String {
     }
 }
 
-/// gemv: % of read ceiling per variant over the shapes (x = weight MB); gemm: speedup vs batch.
+/// gemv: % of read ceiling per variant over the shapes (x = MB moved); gemm: speedup vs batch.
 fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
-    let mut names: Vec<&str> = r.rows.iter().map(|x| x.variant.as_str()).collect();
-    names.sort();
-    names.dedup();
-    let mut series = Vec::new();
     if r.family == "gemv" {
-        for name in names {
-            let mut pts: Vec<(f64, f64)> = r
-                .rows
-                .iter()
-                .filter(|x| x.variant == name && !x.act_order)
-                .map(|x| (x.bytes as f64 / 1e6, x.pct_read_ceiling))
-                .collect();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if !pts.is_empty() {
-                series.push(Series {
-                    label: name.to_string(),
-                    points: pts,
-                    reference: false,
-                });
-            }
-        }
+        let series = gemv_series(r);
         if series.is_empty() {
             return Ok(());
         }
@@ -417,39 +449,10 @@ fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
             &series,
         )
     } else {
-        // Mean speedup over shapes per batch (act-order off).
-        for name in names {
-            let mut pts = Vec::new();
-            let mut batches: Vec<usize> = r.rows.iter().map(|x| x.m).collect();
-            batches.sort_unstable();
-            batches.dedup();
-            for m in batches {
-                let s: Vec<f64> = r
-                    .rows
-                    .iter()
-                    .filter(|x| x.variant == name && x.m == m && !x.act_order)
-                    .filter_map(|x| x.speedup_vs_cublas)
-                    .collect();
-                if !s.is_empty() {
-                    pts.push((m as f64, s.iter().sum::<f64>() / s.len() as f64));
-                }
-            }
-            if !pts.is_empty() {
-                series.push(Series {
-                    label: name.to_string(),
-                    points: pts,
-                    reference: false,
-                });
-            }
-        }
+        let series = gemm_series(r);
         if series.is_empty() {
             return Ok(());
         }
-        series.push(Series {
-            label: "ideal 3.87x (16 / 4.125 bits)".into(),
-            points: vec![(1.0, 3.87), (64.0, 3.87)],
-            reference: true,
-        });
         line_chart(
             &dir.join("gemm-speedup.svg"),
             "int4 GEMM speedup over cuBLAS fp16 (mean over Vicuna shapes)",
@@ -458,6 +461,75 @@ fn plot_sweep(dir: &Path, r: &SweepReport) -> Result<()> {
             &series,
         )
     }
+}
+
+/// The variants' names in order, each once.
+fn variant_names(r: &SweepReport) -> Vec<&str> {
+    let mut names: Vec<&str> = r.rows.iter().map(|x| x.variant.as_str()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The GEMV plot's series: per variant, (MB moved, % of read ceiling) of its act-order-off rows,
+/// in increasing MB.
+fn gemv_series(r: &SweepReport) -> Vec<Series> {
+    let mut series = Vec::new();
+    for name in variant_names(r) {
+        let mut pts: Vec<(f64, f64)> = r
+            .rows
+            .iter()
+            .filter(|x| x.variant == name && !x.act_order)
+            .map(|x| (x.bytes as f64 / 1e6, x.pct_read_ceiling))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !pts.is_empty() {
+            series.push(Series {
+                label: name.to_string(),
+                points: pts,
+                reference: false,
+            });
+        }
+    }
+    series
+}
+
+/// The GEMM plot's series: per variant, (batch, mean speedup over the shapes) of its act-order-off
+/// rows with a speedup, then the ideal line as a reference (none without data).
+fn gemm_series(r: &SweepReport) -> Vec<Series> {
+    let mut series = Vec::new();
+    let mut batches: Vec<usize> = r.rows.iter().map(|x| x.m).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    for name in variant_names(r) {
+        let mut pts = Vec::new();
+        for &m in &batches {
+            let s: Vec<f64> = r
+                .rows
+                .iter()
+                .filter(|x| x.variant == name && x.m == m && !x.act_order)
+                .filter_map(|x| x.speedup_vs_cublas)
+                .collect();
+            if !s.is_empty() {
+                pts.push((m as f64, s.iter().sum::<f64>() / s.len() as f64));
+            }
+        }
+        if !pts.is_empty() {
+            series.push(Series {
+                label: name.to_string(),
+                points: pts,
+                reference: false,
+            });
+        }
+    }
+    if !series.is_empty() {
+        series.push(Series {
+            label: "ideal 3.87x (16 / 4.125 bits)".into(),
+            points: vec![(1.0, 3.87), (64.0, 3.87)],
+            reference: true,
+        });
+    }
+    series
 }
 
 #[cfg(test)]
@@ -579,5 +651,289 @@ mod tests {
         }
         let old: SweepReport = serde_json::from_value(v).unwrap();
         assert!(old.rows.iter().all(|x| x.back_to_back.is_none()));
+    }
+
+    fn report(family: &str, rows: Vec<SweepRow>) -> SweepReport {
+        SweepReport {
+            header: ReportHeader::new(&crate::cuda::device::test_device("X", (9, 0), 132), None),
+            family: family.into(),
+            quick: true,
+            rows,
+            skipped: vec![],
+        }
+    }
+
+    /// A quick sweep is the goal's four shapes; a full one adds every other Vicuna shape after
+    /// them; each shape act-order off and on, except quick GEMM (no act-order). GEMV times batch 1;
+    /// GEMM from 1 (where GEMV is) up to the largest batch a GEMM variant serves.
+    #[test]
+    fn sweeps_cover_the_goal_shapes_first_and_every_batch_a_gemm_variant_serves() {
+        let kn = |pts: &[(Shape, bool)]| -> Vec<(usize, usize, bool)> {
+            pts.iter().map(|(s, a)| (s.k, s.n, *a)).collect()
+        };
+        let both = |shapes: &[(usize, usize)]| -> Vec<(usize, usize, bool)> {
+            shapes
+                .iter()
+                .flat_map(|&(k, n)| [(k, n, false), (k, n, true)])
+                .collect()
+        };
+        assert!(GOAL_SHAPES
+            .iter()
+            .all(|g| VICUNA.iter().any(|s| (s.k, s.n) == *g)));
+        assert_eq!(kn(&sweep_points(Family::Gemv, true)), both(GOAL_SHAPES));
+        let gemm_quick = kn(&sweep_points(Family::Gemm, true));
+        assert_eq!(
+            gemm_quick,
+            GOAL_SHAPES
+                .iter()
+                .map(|&(k, n)| (k, n, false))
+                .collect::<Vec<_>>()
+        );
+        for fam in [Family::Gemv, Family::Gemm] {
+            let full = kn(&sweep_points(fam, false));
+            // The goal shapes first, then every other Vicuna shape, each once per act-order mode.
+            assert_eq!(full[..2 * GOAL_SHAPES.len()], both(GOAL_SHAPES)[..]);
+            assert_eq!(full.len(), 2 * VICUNA.len());
+            for s in VICUNA {
+                for act in [false, true] {
+                    assert_eq!(
+                        full.iter().filter(|&&p| p == (s.k, s.n, act)).count(),
+                        1,
+                        "{} act={act}",
+                        s.label
+                    );
+                }
+            }
+        }
+        assert_eq!(sweep_batches(Family::Gemv, true), &[1]);
+        assert_eq!(sweep_batches(Family::Gemv, false), &[1]);
+        let widest = crate::bench::cold::family_variants(Family::Gemm)
+            .iter()
+            .filter(|v| v.family == Family::Gemm)
+            .map(|v| v.batch.1 as usize)
+            .max()
+            .unwrap();
+        for quick in [true, false] {
+            let b = sweep_batches(Family::Gemm, quick);
+            assert_eq!(b.first(), Some(&1), "quick={quick}");
+            assert_eq!(b.last(), Some(&widest), "quick={quick}");
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "quick={quick}: {b:?}");
+        }
+    }
+
+    /// 20 MB in 10 us is 2000 GB/s: 50% of a 4000 GB/s ceiling; the rest of the row is what was
+    /// measured, where.
+    #[test]
+    fn a_measured_row_carries_its_gbs_and_percent_of_the_read_ceiling() {
+        let t = Timing::from_samples(&[10.0; 4]).unwrap();
+        let b2b = BackToBack {
+            launches_per_pair: 20,
+            timing: Timing::from_samples(&[8.0; 4]).unwrap(),
+        };
+        let rows = measured_rows(
+            "gemv_v6_pipe",
+            VICUNA[1],
+            true,
+            5,
+            vec![
+                Measured {
+                    m: 1,
+                    timing: t,
+                    back_to_back: Some(b2b),
+                    bytes: 20_000_000,
+                },
+                Measured {
+                    m: 2,
+                    timing: t,
+                    back_to_back: None,
+                    bytes: 10_000_000,
+                },
+            ],
+            4000.0,
+        );
+        assert_eq!(rows.len(), 2);
+        let r = &rows[0];
+        assert!((r.gbps - 2000.0).abs() < 1e-9, "{}", r.gbps);
+        assert!(
+            (r.pct_read_ceiling - 50.0).abs() < 1e-9,
+            "{}",
+            r.pct_read_ceiling
+        );
+        assert!((rows[1].pct_read_ceiling - 25.0).abs() < 1e-9);
+        assert_eq!(
+            (
+                r.variant.as_str(),
+                r.k,
+                r.n,
+                r.m,
+                r.act_order,
+                r.copies_rotated
+            ),
+            ("gemv_v6_pipe", VICUNA[1].k, VICUNA[1].n, 1, true, 5)
+        );
+        assert_eq!((r.group, r.sym, r.bytes), (128, true, 20_000_000));
+        assert_eq!(r.back_to_back.unwrap().launches_per_pair, 20);
+        assert!(rows[1].back_to_back.is_none() && r.speedup_vs_cublas.is_none());
+    }
+
+    /// Speedup = cuBLAS time / this time, same shape and batch, against cuBLAS act-order off
+    /// even for act-order rows (and even when an act-order cuBLAS row was timed too).
+    #[test]
+    fn speedups_are_against_the_act_order_off_cublas_row_of_the_same_shape_and_batch() {
+        let act = |mut r: SweepRow, a: bool| {
+            r.act_order = a;
+            r.speedup_vs_cublas = None;
+            r
+        };
+        let mut other_shape = act(row("gemv_v6_pipe", 1, 10.0), false);
+        other_shape.k = 5120;
+        let mut rows = vec![
+            act(row(CUBLAS, 1, 30.0), false),
+            act(row(CUBLAS, 1, 60.0), true),
+            act(row("gemv_v6_pipe", 1, 10.0), false),
+            act(row("gemv_v6_pipe", 1, 15.0), true),
+            act(row("gemv_v6_pipe", 2, 10.0), false),
+            other_shape,
+        ];
+        set_speedups_vs_cublas(&mut rows);
+        let s: Vec<Option<f64>> = rows.iter().map(|r| r.speedup_vs_cublas).collect();
+        let near = |x: Option<f64>, want: f64| x.is_some_and(|x| (x - want).abs() < 1e-9);
+        assert!(near(s[0], 1.0), "{s:?}");
+        assert!(near(s[1], 0.5), "{s:?}");
+        assert!(near(s[2], 3.0), "{s:?}");
+        assert!(near(s[3], 2.0), "{s:?}");
+        // No cuBLAS row at that batch, or at that shape: no speedup, not a made-up one.
+        assert_eq!(s[4], None);
+        assert_eq!(s[5], None);
+    }
+
+    /// The plausibility check's limits are inclusive: a row of exactly 8 MB is evidence, and one
+    /// at exactly 5% of the ceiling is plausible. The message names the best share.
+    #[test]
+    fn the_plausibility_limits_are_inclusive_and_the_best_row_is_named() {
+        let mk = |pcts: &[(u64, f64)]| {
+            report(
+                "gemv",
+                pcts.iter()
+                    .map(|&(bytes, pct)| {
+                        let mut x = row("v", 1, 10.0);
+                        x.bytes = bytes;
+                        x.pct_read_ceiling = pct;
+                        x
+                    })
+                    .collect(),
+            )
+        };
+        let why = implausible(&mk(&[(8_000_000, 0.2), (7_999_999, 0.1)])).unwrap();
+        assert!(why.contains("the 1 rows"), "{why}");
+        assert!(implausible(&mk(&[(23_000_000, 0.2), (23_000_000, 5.0)])).is_none());
+        let why = implausible(&mk(&[(23_000_000, 0.2), (36_000_000, 0.3)])).unwrap();
+        assert!(why.contains("(best 0.30%)"), "{why}");
+    }
+
+    /// A record of another family writes nothing (its name would be the file's).
+    #[test]
+    fn a_sweep_record_of_an_unknown_family_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_sweep_views(dir.path(), &report("gemv2", vec![row("v", 1, 10.0)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gemv2"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Rows timed over different launch counts say so, as a range, in the markdown.
+    #[test]
+    fn differing_launch_counts_are_reported_as_ranges() {
+        let mut a = row("gemv_v6_pipe", 1, 10.0);
+        a.timing = Timing::from_samples(&[10.0; 10]).unwrap();
+        a.back_to_back = Some(BackToBack {
+            launches_per_pair: 10,
+            timing: Timing::from_samples(&[8.0; 5]).unwrap(),
+        });
+        let mut b = row("gemv_v2_vec", 1, 12.0);
+        b.timing = Timing::from_samples(&[12.0; 30]).unwrap();
+        b.back_to_back = Some(BackToBack {
+            launches_per_pair: 20,
+            timing: Timing::from_samples(&[9.0; 5]).unwrap(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        write_sweep_views(dir.path(), &report("gemv", vec![a, b])).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("gemv.md")).unwrap();
+        assert!(md.contains("interquartile mean of 10-30 launches"), "{md}");
+        assert!(md.contains("around 10-20 consecutive launches"), "{md}");
+    }
+
+    /// GEMV plot: one series per variant of (MB moved, % of the read ceiling), act-order off
+    /// only, left to right whatever the rows' order.
+    #[test]
+    fn the_gemv_plot_is_percent_of_ceiling_over_mb_without_act_order() {
+        let mk = |variant: &str, bytes: u64, pct: f64, act: bool| {
+            let mut x = row(variant, 1, 10.0);
+            x.bytes = bytes;
+            x.pct_read_ceiling = pct;
+            x.act_order = act;
+            x
+        };
+        let r = report(
+            "gemv",
+            vec![
+                mk("b", 36_000_000, 70.0, false),
+                mk("b", 23_000_000, 60.0, false),
+                mk("b", 23_000_000, 10.0, true),
+                mk("a", 8_000_000, 40.0, false),
+                mk("c", 8_000_000, 20.0, true),
+            ],
+        );
+        let s = gemv_series(&r);
+        let got: Vec<(&str, Vec<(f64, f64)>)> = s
+            .iter()
+            .map(|x| (x.label.as_str(), x.points.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", vec![(8.0, 40.0)]),
+                ("b", vec![(23.0, 60.0), (36.0, 70.0)]),
+            ]
+        );
+        assert!(s.iter().all(|x| !x.reference));
+    }
+
+    /// GEMM plot: per variant, the mean speedup over the shapes at each batch (act-order off),
+    /// then the ideal 16 / 4.125 bits line as a reference.
+    #[test]
+    fn the_gemm_plot_is_the_mean_speedup_per_batch_and_the_ideal_line() {
+        let mk = |m: usize, k: usize, speedup: Option<f64>, act: bool| {
+            let mut x = row("gemm_v2_mma", m, 10.0);
+            x.k = k;
+            x.speedup_vs_cublas = speedup;
+            x.act_order = act;
+            x
+        };
+        let r = report(
+            "gemm",
+            vec![
+                mk(2, 4096, Some(2.0), false),
+                mk(2, 5120, Some(4.0), false),
+                mk(2, 4096, Some(9.0), true),
+                mk(16, 4096, Some(1.5), false),
+                mk(16, 5120, None, false),
+                mk(64, 4096, None, false),
+            ],
+        );
+        let s = gemm_series(&r);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].label, "gemm_v2_mma");
+        assert!(!s[0].reference);
+        assert_eq!(s[0].points, vec![(2.0, 3.0), (16.0, 1.5)]);
+        assert!(s[1].reference && s[1].label.starts_with("ideal 3.87x"));
+        assert!(s[1]
+            .points
+            .iter()
+            .all(|p| (p.1 - 16.0 / 4.125).abs() < 0.01));
+        // Nothing to plot: no series, not a lone ideal line.
+        let none = report("gemm", vec![mk(2, 4096, None, false)]);
+        assert!(gemm_series(&none).is_empty());
     }
 }
