@@ -54,8 +54,22 @@ pub const READ_SIZES: [u64; 4] = [8_650_752, 23_248_896, 36_495_360, 90_177_536]
 /// Probe buffer size: 1 GiB, or a quarter of free memory on small cards.
 fn probe_bytes(gpu: &Gpu) -> Result<u64> {
     let (free, _) = gpu.ctx.mem_get_info().ctx("cuMemGetInfo")?;
-    let b = (1u64 << 30).min(free as u64 / 4);
-    Ok(b & !0xFFFF)
+    Ok(probe_bytes_for(free as u64))
+}
+
+/// Probe buffer size for `free` bytes of free device memory: 1 GiB, or a quarter of free memory
+/// (two buffers: half of it) on small cards; a multiple of 64 KB either way.
+fn probe_bytes_for(free: u64) -> u64 {
+    (1u64 << 30).min(free / 4) & !0xFFFF
+}
+
+/// The windows of the sized read probe over a `buffer`-byte buffer: `(stride, windows)`, each
+/// window `size` bytes starting at a multiple of `stride` (`size` rounded up to 64 KB), all inside
+/// the buffer; `None` when fewer than two fit (a tiny card: the size is skipped).
+fn read_windows(buffer: u64, size: u64) -> Option<(u64, u64)> {
+    let stride = (size + 0xFFFF) & !0xFFFF;
+    let windows = buffer / stride;
+    (windows >= 2).then_some((stride, windows))
 }
 
 pub fn measure_ceilings(gpu: &Gpu) -> Result<Ceilings> {
@@ -141,11 +155,9 @@ fn sized_reads(
     let mut out = [SizedRead::default(); 4];
     for (slot, &size) in out.iter_mut().zip(READ_SIZES.iter()) {
         // 64 KB-aligned windows; a buffer too small for two windows (a tiny card) skips the size.
-        let stride = (size + 0xFFFF) & !0xFFFF;
-        let windows = buffer / stride;
-        if windows < 2 {
+        let Some((stride, windows)) = read_windows(buffer, size) else {
             continue;
-        }
+        };
         let params = |i: usize| lab_probe_params {
             src: src + (i as u64 % windows) * stride,
             dst,
@@ -184,4 +196,57 @@ fn sized_reads(
         *slot = best;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1 GiB per side on a big card; on a small one both buffers together take at most half the
+    /// free memory; 64 KB multiples either way.
+    #[test]
+    fn probe_buffers_are_a_gib_or_a_quarter_of_free_memory_64k_aligned() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(probe_bytes_for(80 * GIB), GIB);
+        assert_eq!(probe_bytes_for(4 * GIB), GIB);
+        for free in [2 * GIB + 12_345, 3 * GIB - 1, 300_000_000] {
+            let b = probe_bytes_for(free);
+            assert_eq!(b % 0x10000, 0, "free {free}: {b}");
+            assert!(2 * b <= free / 2, "free {free}: {b}");
+            assert!(
+                b + 0x10000 > free / 4,
+                "free {free}: {b} wastes more than 64 KB"
+            );
+        }
+    }
+
+    /// Every window of every probe size lies inside the 1 GiB buffer, starts 64 KB-aligned, does
+    /// not overlap the next, and there are enough of them that the others between two reads of
+    /// one window exceed twice a 50 MB L2 (the H100's). A buffer with room for one window only
+    /// skips the size.
+    #[test]
+    fn read_windows_are_aligned_disjoint_inside_the_buffer_and_outnumber_the_l2() {
+        let buffer = 1u64 << 30;
+        for size in READ_SIZES {
+            let (stride, windows) = read_windows(buffer, size).unwrap();
+            assert_eq!(stride % 0x10000, 0, "{size}");
+            assert!(
+                stride >= size && stride - size < 0x10000,
+                "{size}: {stride}"
+            );
+            assert!((windows - 1) * stride + size <= buffer, "{size}");
+            assert!(
+                (windows + 1) * stride > buffer,
+                "{size}: windows left unused"
+            );
+            assert!(
+                (windows - 1) * size > 2 * 50_000_000,
+                "{size}: {windows} windows"
+            );
+        }
+        let size = READ_SIZES[3];
+        let one = size.div_ceil(0x10000) * 0x10000;
+        assert_eq!(read_windows(one * 3 / 2, size), None);
+        assert_eq!(read_windows(2 * one, size), Some((one, 2)));
+    }
 }
