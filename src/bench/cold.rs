@@ -303,4 +303,43 @@ mod tests {
         assert!(s.x_host.iter().all(|x| x.to_f32() != 0.0));
         assert!(s.reordered.is_some());
     }
+
+    /// A variant runs exactly the batches of its declared range, both ends included, from its
+    /// minimum arch up; every variant that declares an act-order mode (gather or reordered) runs
+    /// act-order layers.
+    #[test]
+    fn runnable_batches_are_the_declared_range_inclusive_and_act_order_follows_the_modes() {
+        let all: Vec<usize> = (1..=64).collect();
+        for v in registry::all() {
+            let want: Vec<usize> = all
+                .iter()
+                .copied()
+                .filter(|&m| (v.batch.0 as usize..=v.batch.1 as usize).contains(&m))
+                .collect();
+            assert_eq!(
+                runnable_batches(v, false, v.min_sm, &all).as_deref(),
+                Ok(&want[..]),
+                "{}",
+                v.name
+            );
+            if v.act_order.iter().any(|a| *a != ActOrder::None) {
+                assert_eq!(
+                    runnable_batches(v, true, v.min_sm, &all).as_deref(),
+                    Ok(&want[..]),
+                    "{}: {:?}",
+                    v.name,
+                    v.act_order
+                );
+            }
+        }
+        // Both act-order modes are exercised by some variant with batch 1 in range.
+        for mode in [ActOrder::Gather, ActOrder::Reordered] {
+            assert!(
+                registry::all()
+                    .iter()
+                    .any(|v| v.act_order == [ActOrder::None, mode] && v.batch.0 <= 1),
+                "{mode:?}"
+            );
+        }
+    }
 }

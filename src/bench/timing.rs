@@ -167,6 +167,8 @@ mod tests {
         assert!((c as u64 - 1) * layer < 2 * l2);
         assert_eq!(copies_to_exceed_l2(l2, 1 << 30), 1);
         assert_eq!(copies_to_exceed_l2(l2, 1), 64);
+        // An empty working set still has its one copy to launch on (callers index i % copies).
+        assert_eq!(copies_to_exceed_l2(l2, 0), 1);
     }
 
     #[test]
