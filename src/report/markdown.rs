@@ -39,4 +39,22 @@ mod tests {
             "| name | GB/s | x |\n| --- | ---: | ---: |\n| a | 12.5 | 3.9x |\n"
         );
     }
+
+    /// Percentages are numbers too; a column with a missing cell, or a table without rows, has
+    /// no numbers to align.
+    #[test]
+    fn percent_cells_are_numeric_and_missing_cells_or_no_rows_are_not() {
+        let t = super::table(
+            &["a", "b", "c"],
+            &[
+                vec!["1".into(), "50.0%".into(), "2".into()],
+                vec!["3".into(), "7%".into()],
+            ],
+        );
+        assert!(t.contains("\n| ---: | ---: | --- |\n"), "{t}");
+        assert_eq!(
+            super::table(&["GB/s", "x"], &[]),
+            "| GB/s | x |\n| --- | --- |\n"
+        );
+    }
 }

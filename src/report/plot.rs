@@ -160,4 +160,21 @@ mod tests {
         // Two data points + one legend marker.
         assert_eq!(text.matches("<circle").count(), 3, "{text}");
     }
+
+    /// Data at a single x (one batch, one shape) still plots: no error, finite coordinates, a
+    /// marker per point.
+    #[test]
+    fn data_at_one_x_still_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("one.svg");
+        let s = [Series {
+            label: "v".into(),
+            points: vec![(8.0, 40.0), (8.0, 60.0)],
+            reference: false,
+        }];
+        scatter_chart(&p, "t", "x", "y", &s).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(!text.contains("NaN") && !text.contains("inf"), "{text}");
+        assert_eq!(text.matches("<circle").count(), 3, "{text}");
+    }
 }
