@@ -437,7 +437,19 @@ pub fn strip_ptx_debug_info(ptx: &str) -> String {
 /// The CUDA 12.0 ptxas scripts/setup installs beside the CUDA 13 toolkit (the
 /// nvidia-cuda-nvcc-cu12 12.0.76 wheel in .venv/ptxas-12.0), or $LAB_PTXAS_12_0.
 pub fn find_cuda12_0_ptxas() -> std::result::Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("LAB_PTXAS_12_0") {
+    cuda12_0_ptxas_from(
+        std::env::var_os("LAB_PTXAS_12_0"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ptxas-12.0/nvidia/cuda_nvcc/bin/ptxas"),
+    )
+}
+
+/// [`find_cuda12_0_ptxas`] given $LAB_PTXAS_12_0 and the .venv path: a set variable that names no
+/// file is an error, not a fall-back to the default.
+fn cuda12_0_ptxas_from(
+    var: Option<std::ffi::OsString>,
+    default: &Path,
+) -> std::result::Result<PathBuf, String> {
+    if let Some(p) = var {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
@@ -445,8 +457,7 @@ pub fn find_cuda12_0_ptxas() -> std::result::Result<PathBuf, String> {
             Err(format!("LAB_PTXAS_12_0={} is not a file", p.display()))
         };
     }
-    let p =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/ptxas-12.0/nvidia/cuda_nvcc/bin/ptxas");
+    let p = default.to_path_buf();
     if p.is_file() {
         Ok(p)
     } else {
@@ -905,5 +916,180 @@ $L__info_string0:
             strip_ptx_debug_info(ptx),
             ".version 9.0\n.target sm_90\n.visible .entry k()\n{\n\t.local .align 8 .b8 \t__local_depot0[16];\n\tld.global.u32 %r1, [%rd1];\n\tret;\n}\n.global .u32 after;\n"
         );
+    }
+
+    #[test]
+    fn an_entry_without_its_used_line_is_refused_even_when_another_follows() {
+        // k_a's report lost its "Used" line; k_b's entry follows: k_a must not vanish silently.
+        let lost = REPORT.replace(
+            "ptxas info    : Used 74 registers, used 1 barriers, 1028 bytes smem\n",
+            "",
+        );
+        let e = parse_ptxas(&lost).unwrap_err().to_string();
+        assert!(e.contains("'k_a' has no 'Used N registers' line"), "{e}");
+        // A "Used" line with no entry open is refused too, not skipped.
+        let orphan = "ptxas info    : Used 32 registers, used 0 barriers\n";
+        assert!(parse_ptxas(orphan).is_err());
+        let twice = format!("{REPORT}{orphan}");
+        assert!(parse_ptxas(&twice).is_err());
+    }
+
+    #[test]
+    fn an_arch_suffix_is_not_part_of_the_number() {
+        // sm_90a (wgmma, setmaxnreg): the arch-specific target of the same SM.
+        let r = parse_ptxas(&REPORT.replace("'sm_90'", "'sm_90a'")).unwrap();
+        assert_eq!((r[0].symbol.as_str(), r[0].arch), ("k_a", 90));
+    }
+
+    #[test]
+    fn each_entry_needs_its_own_properties_line() {
+        // The same kernel on a second arch, its properties line missing: the first arch's
+        // properties must not stand in for it (ptxas -v writes one per entry and arch).
+        let text = "\
+ptxas info    : Compiling entry function 'k' for 'sm_80'
+ptxas info    : Function properties for k
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers
+ptxas info    : Compiling entry function 'k' for 'sm_90'
+ptxas info    : Used 40 registers, used 0 barriers
+";
+        assert!(parse_ptxas(text).is_err());
+        // Another function's stack line inside k's entry is not k's.
+        let helper = "\
+ptxas info    : Compiling entry function 'k' for 'sm_90'
+ptxas info    : Function properties for helper
+    64 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads
+ptxas info    : Function properties for k
+ptxas info    : Used 40 registers, used 0 barriers
+";
+        if let Ok(r) = parse_ptxas(helper) {
+            assert_eq!(
+                (r[0].stack_bytes, r[0].spill_stores, r[0].spill_loads),
+                (0, 0, 0),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_stack_line_is_refused() {
+        let short = REPORT.replace(
+            "    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads",
+            "    8 bytes stack frame, 4 bytes spill stores",
+        );
+        let e = parse_ptxas(&short).unwrap_err().to_string();
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn smem_is_the_smem_field_not_the_first_byte_count() {
+        // The persistent layers' Used line (CUDA 13.0) has a cumulative stack size and constant
+        // banks around the static shared memory.
+        let text = REPORT.replace(
+            "Used 74 registers, used 1 barriers, 1028 bytes smem",
+            "Used 128 registers, used 1 barriers, 16 bytes cumulative stack size, 45056 bytes smem, 412 bytes cmem[0], 8 bytes cmem[2]",
+        );
+        let r = parse_ptxas(&text).unwrap();
+        assert_eq!((r[0].registers, r[0].smem_bytes), (128, 45056));
+        // cmem alone is no shared memory.
+        let cmem = REPORT.replace("used 0 barriers\n", "used 0 barriers, 360 bytes cmem[0]\n");
+        assert_eq!(parse_ptxas(&cmem).unwrap()[1].smem_bytes, 0);
+    }
+
+    #[test]
+    fn sass_arch_comes_from_either_header_form() {
+        let body = "\t\tFunction : k\n        /*0000*/                   EXIT ;\n";
+        for (header, arch) in [("\tcode for sm_86\n", 86), ("arch = sm_75\n", 75)] {
+            let s = parse_sass(&format!("{header}{body}"));
+            assert_eq!((s.len(), s[0].arch), (1, arch), "{header}");
+        }
+    }
+
+    #[test]
+    fn sass_flags_only_what_their_opcodes_mean() {
+        let text = "
+	code for sm_90
+		Function : k_ldl
+        /*0000*/                   LDL.64 R2, [R1+0x8] ;
+		Function : k_rcp
+        /*0000*/                   MUFU.RCP R7, R7 ;
+        /*0010*/                   MUFU.RSQ R8, R8 ;
+		Function : k_generic_first
+        /*0000*/                   LD.E R4, [R2.64] ;
+        /*0010*/                   ACQBULK ;
+		Function : k_cache_op_first
+        /*0000*/                   CCTL.IVALL ;
+        /*0010*/                   ACQBULK ;
+		Function : k_async_copy
+        /*0000*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R4.64] ;
+";
+        let s = parse_sass(text);
+        // A local load alone is local memory (a spill reload, a stack array read).
+        assert!(s[0].local_memory);
+        // Reciprocal and rsqrt are no exp.
+        assert!(!s[1].exp2);
+        // A generic load is a memory access before the wait.
+        assert!(s[2].pdl_wait && s[2].memory_before_pdl_wait);
+        // A cache invalidation is not an L2 prefetch (nor a memory access).
+        assert!(!s[3].prefetch_before_pdl_wait && !s[3].memory_before_pdl_wait);
+        // cp.async from global memory: a 128-bit global load.
+        assert!(s[4].has_wide_loads(), "{:?}", s[4].global_loads);
+    }
+
+    #[test]
+    fn an_empty_one_line_section_ends_where_it_starts() {
+        let ptx = ".version 9.0\n\t.section\t.debug_loc\t{\t}\n.visible .entry k()\n{\n\tret;\n}\n";
+        assert_eq!(
+            strip_ptx_debug_info(ptx),
+            ".version 9.0\n.visible .entry k()\n{\n\tret;\n}\n"
+        );
+    }
+
+    #[test]
+    fn only_the_split_k_epilogue_is_exempt_from_hmma() {
+        let v = Variant {
+            symbols: &["k_splitk", "k_final", "k_main_finish"],
+            ..strict()
+        };
+        let s: Vec<SassSummary> = ["k_splitk", "k_final", "k_main_finish"]
+            .into_iter()
+            .map(|sym| SassSummary {
+                hmma: false,
+                ..sass(sym, 90)
+            })
+            .collect();
+        let bad = sass_violations(&[&v], &s, &[90]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("k_splitk on sm_90 has no HMMA"), "{bad:?}");
+        assert!(bad[1].contains("k_final on sm_90 has no HMMA"), "{bad:?}");
+    }
+
+    #[test]
+    fn a_wide_loads_kernel_without_any_global_load_breaks_the_rule() {
+        let v = strict();
+        let mut s = clean_sass();
+        s[2].global_loads.clear();
+        let bad = sass_violations(&[&v], &s, &[80, 90]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].contains("k_main on sm_90 has no 128-bit global load"),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn cuda12_0_ptxas_set_but_missing_is_an_error_not_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("ptxas");
+        std::fs::write(&default, "").unwrap();
+        let missing = dir.path().join("nope");
+        let e = cuda12_0_ptxas_from(Some(missing.clone().into()), &default).unwrap_err();
+        assert!(e.contains("LAB_PTXAS_12_0") && e.contains("nope"), "{e}");
+        assert_eq!(
+            cuda12_0_ptxas_from(Some(default.clone().into()), &missing),
+            Ok(default.clone())
+        );
+        assert_eq!(cuda12_0_ptxas_from(None, &default), Ok(default.clone()));
+        assert!(cuda12_0_ptxas_from(None, &missing).is_err());
     }
 }
