@@ -1,8 +1,9 @@
 //! A quantized layer made ready for one variant: `prepare` (host: validation, act-order reorder,
 //! variant-specific layout) then `upload` (device buffers, workspace, cuBLAS handle).
 //!
-//! Families plug in here: a family's `prepare_layout` may fill `qweight_prepared` (Layout::Prepared,
-//! e.g. mma fragment order) and the launcher reads whatever buffers its variant needs.
+//! Families plug in here: a family's arm of `prepare_with` may fill `qweight_prepared`
+//! (Layout::Prepared, e.g. mma fragment order) and the launcher reads whatever buffers its variant
+//! needs.
 
 use super::launch::LayerShape;
 use super::registry::{ActOrder, Family, Variant};

@@ -1,8 +1,8 @@
 //! Where a decode step's time goes: the engine's ops grouped by kind, GPU time per group.
 //!
-//! Why: the committed H100 decode run reaches 37% of the bandwidth roofline for Vicuna-7B int4
-//! (3.27 ms per token against ~1.2 ms of bytes), and the step time alone cannot say whether the
-//! GEMVs, the attention, the ~12 small launches per layer or the lm_head hold the rest. The
+//! Why: the first H100 decode run reached 37% of the bandwidth roofline for Vicuna-7B int4
+//! (3.27 ms per token against ~1.2 ms of bytes), and the step time alone could not say whether
+//! the GEMVs, the attention, the small launches of each layer or the lm_head held the rest. The
 //! engine (`GpuEngine::profile_step`) queues one eager step behind a spinning kernel, with a CUDA
 //! event after every op, so the ops run back to back on the GPU (not at the host's launch rate);
 //! this module turns those marks into a table: microseconds and bytes per group, GB/s where the

@@ -234,7 +234,8 @@ impl GpuEngine {
         (max_n, self.b.gemv_ws.len() - max_n)
     }
 
-    /// The one place a linear layer is computed: y[0..n] = x[0..k] . W.
+    /// A linear layer on a plain x: y[0..n] = x[0..k] . W (through `linear_px`, the one place a
+    /// linear is computed).
     pub(super) fn linear(&self, lin: &GpuLinear, x: u64, y: u64) -> Result<()> {
         self.linear_in(lin, XInput::Plain(x), y)
     }

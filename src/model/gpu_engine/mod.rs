@@ -11,9 +11,9 @@
 //! Prefill (`prefill/`) runs all prompt tokens of a chunk through each layer at once (GEMM
 //! family / cuBLAS, causal prefill attention); `PrefillMode::TokenByToken` keeps the old path, this
 //! step once per prompt token, as the reference.
-//! Linear layers go through `GpuEngine::linear` only: int4 via the engine's own split-K GEMV
-//! (lab_llama_q4_gemv) until the registry's GEMV variants serve it, fp16 via cuBLAS (or the lab
-//! fp16 GEMV where cuBLAS cannot be loaded).
+//! Linear layers go through `GpuEngine::linear_px` only: int4 via the kernel `Int4Kernel` picks
+//! per shape (a registry GEMV variant, the dispatcher's choice, or the engine's own split-K GEMV
+//! lab_llama_q4_gemv), fp16 via cuBLAS (or the lab fp16 GEMV where cuBLAS cannot be loaded).
 //!
 //! Where to read what (every file but `options` adds methods to `GpuEngine`):
 //! - this file: the engine's buffers and kernels, and `GpuEngine::new`, which checks the model,

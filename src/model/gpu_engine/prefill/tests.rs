@@ -1,6 +1,7 @@
 //! CPU tests of the prefill: chunking and row tiles, the int4 path choice, the workspace sizes,
 //! and the CPU mirrors of the repack and attention kernels (emulate.rs) against references.
-//! The GPU runs of the prefill are in tests/gpu_decode.rs and `lab check-gpu`.
+//! The GPU runs of the prefill are in tests/gpu_decode.rs and the tiny check (`lab decode --backend
+//! gpu --model tiny-check`).
 
 use super::*;
 use crate::kernels::gemm_layout;
