@@ -21,7 +21,7 @@ use std::time::Instant;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// GPU when the GPU engine exists and a device is present, else CPU (today: always CPU).
+    /// The CPU engine, as --backend cpu (auto does not pick the GPU engine: pass --backend gpu).
     Auto,
     Cpu,
     Gpu,
@@ -89,7 +89,7 @@ const TINY_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/
 
 pub fn run(a: DecodeArgs, m: &clap::ArgMatches) -> anyhow::Result<()> {
     if a.backend != Backend::Gpu {
-        // The CPU engine reads none of the GPU engine's flags (auto runs it too, today).
+        // The CPU engine reads none of the GPU engine's flags (auto runs it too).
         crate::refuse_typed::<gpu::GpuArgs>(
             m,
             "a flag of the GPU engine (--backend gpu); the CPU backend does not use it: \

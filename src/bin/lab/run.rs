@@ -1,5 +1,6 @@
 //! `lab run`: the main job.
-//! With a GPU: ceilings -> check -> quick tune -> Vicuna 7B and 13B int4 and fp16 decode -> reports,
+//! With a GPU: ceilings -> check -> quick tune -> tiny check (GPU vs CPU engine) -> Vicuna 7B and
+//! 13B int4 and fp16 decode -> reports,
 //! all under `--root` (reports/<gpu-slug>/, tuning/<gpu-slug>.json).
 //! Without one: says why, prints the VRAM plan table, and runs the tiny model on the CPU engine,
 //! so the whole checkpoint -> tokens path still runs.
