@@ -1,13 +1,13 @@
 //! Criterion sweep of the GEMM family (batch 2-64): every registry variant of the family plus the
-//! cuBLAS fp16 and dequant + cuBLAS baselines, on the shapes of `check::cases::VICUNA` (the eight
-//! Vicuna 7B/13B ones and the odd ones whose K group 128 divides: ten), group 128, act-order off
-//! and on, at m = 2, 4, 8, 16, 32, 64. Each figure is cold-weight (copies rotated
-//! past 2x L2) and timed with CUDA events by the lab's one harness (benches/common,
-//! `gptq_lab::bench::cold`); throughput is the bytes a launch must move
-//! (`kernels::gemv::bytes_moved`), printed in GB/s.
+//! cuBLAS fp16 and dequant + cuBLAS baselines, on the eight Vicuna 7B/13B shapes of
+//! `check::cases::VICUNA` (not its ODD ones), group 128, act-order off and on, at m = 2, 4, 8, 16,
+//! 32, 64. Each figure is cold-weight (copies rotated past 2x L2) and timed with CUDA events by
+//! the lab's one harness (benches/common, `gptq_lab::bench::cold`); throughput is the bytes a
+//! launch must move (`kernels::gemv::bytes_moved`), printed in GB/s.
 //!
-//! Run everything (480 benchmarks on sm_80+ budgeted at 0.2 s warm-up + 0.4 s measurement each:
-//! about 5 minutes plus uploads; the budget is arithmetic, not yet timed on a GPU):
+//! Run everything (384 benchmarks on sm_80+, 288 on sm_75 without gemm_v2_mma, budgeted at 0.2 s
+//! warm-up + 0.4 s measurement each: about 4 minutes plus uploads; the budget is arithmetic, not
+//! yet timed on a GPU):
 //!     cargo bench --bench gemm
 //! One group (one shape, act-order off, every variant and batch; groups are
 //! gemm_k<K>_n<N>_g128_{plain,actorder}):
