@@ -29,6 +29,7 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=NVCC_CCBIN");
     println!("cargo:rerun-if-env-changed=LAB_CUDA_ARCHS");
     println!("cargo:rerun-if-env-changed=LAB_REQUIRE_KERNELS");
     watch_git(&root);
@@ -74,21 +75,37 @@ fn main() {
         Some(nvcc) => {
             // Which nvcc builds them is part of each family's stamp: switching toolkits (NVCC=
             // a CUDA 12 nvcc for an older driver) must not keep the other toolkit's fatbins.
-            let tool = format!("{}|{}", nvcc.display(), nvcc_cuda.as_deref().unwrap_or(""));
+            // So is the host compiler a user names in NVCC_CCBIN (the README's way past an
+            // older nvcc's gcc limit): it is passed as -ccbin, since CUDA 13's nvcc reads the
+            // variable itself but nothing here shows that CUDA 12.0-12.3's does (-ccbin wins
+            // over the variable where both are read).
+            let ccbin = env::var("NVCC_CCBIN").ok().filter(|s| !s.trim().is_empty());
+            let tool = format!(
+                "{}|{}|ccbin={}",
+                nvcc.display(),
+                nvcc_cuda.as_deref().unwrap_or(""),
+                ccbin.as_deref().unwrap_or("")
+            );
             // One thread per family; nvcc itself parallelises over archs with -t.
             let handles: Vec<_> = families
                 .iter()
                 .map(|fam| {
-                    let (nvcc, kdir, out, archs, fam, tool) = (
+                    let (nvcc, kdir, out, archs, fam, tool, ccbin) = (
                         nvcc.clone(),
                         kdir.clone(),
                         out.clone(),
                         archs.clone(),
                         fam.clone(),
                         tool.clone(),
+                        ccbin.clone(),
                     );
                     std::thread::spawn(move || {
-                        compile_family(&nvcc, &tool, &kdir, &out, &archs, &fam)
+                        let t = Toolchain {
+                            nvcc: &nvcc,
+                            stamp: &tool,
+                            ccbin: ccbin.as_deref(),
+                        };
+                        compile_family(&t, &kdir, &out, &archs, &fam)
                     })
                 })
                 .collect();
@@ -183,9 +200,16 @@ fn cu_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
 
 /// Compiles kernels/<fam>/*.cu as one translation unit (a generated file that #includes each),
 /// so each family is one fatbin and one CUDA module. Writes the ptxas resource report beside it.
+/// The compiler a family is built with: nvcc, its stamp text (path, release, host compiler) and
+/// the host compiler named by NVCC_CCBIN, if any.
+struct Toolchain<'a> {
+    nvcc: &'a Path,
+    stamp: &'a str,
+    ccbin: Option<&'a str>,
+}
+
 fn compile_family(
-    nvcc: &Path,
-    tool: &str,
+    tc: &Toolchain,
     kdir: &Path,
     out: &Path,
     archs: &[String],
@@ -199,13 +223,14 @@ fn compile_family(
     fs::write(&unity, body).map_err(|e| e.to_string())?;
     let fatbin = out.join(format!("{fam}.fatbin"));
     // The git index is watched (for the dirty flag), so this script reruns on every commit:
-    // skip nvcc when this family's sources, the common headers, the targets and the nvcc (path
-    // and release) are unchanged.
+    // skip nvcc when this family's sources, the common headers, the targets and the toolchain (the
+    // nvcc's path and release, the host compiler) are unchanged.
     let stamp_path = out.join(format!("{fam}.stamp"));
     let stamp = format!(
-        "{}|{}|{tool}",
+        "{}|{}|{}",
         kernel_hash(kdir, &list_files(kdir)),
-        archs.join(",")
+        archs.join(","),
+        tc.stamp
     );
     if fatbin.is_file() && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
         return Ok(fatbin);
@@ -214,7 +239,11 @@ fn compile_family(
         .iter()
         .max_by_key(|a| a.parse::<u32>().unwrap_or(0))
         .unwrap();
+    let nvcc = tc.nvcc;
     let mut cmd = Command::new(nvcc);
+    if let Some(cc) = tc.ccbin {
+        cmd.arg("-ccbin").arg(cc);
+    }
     cmd.arg("-fatbin")
         .arg("-O3")
         .arg("-std=c++17")
