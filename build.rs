@@ -73,40 +73,23 @@ fn main() {
             Vec::new()
         }
         Some(nvcc) => {
-            // Which nvcc builds them is part of each family's stamp: switching toolkits (NVCC=
-            // a CUDA 12 nvcc for an older driver) must not keep the other toolkit's fatbins.
-            // So is the host compiler a user names in NVCC_CCBIN (the README's way past an
-            // older nvcc's gcc limit): it is passed as -ccbin, since CUDA 13's nvcc reads the
-            // variable itself but nothing here shows that CUDA 12.0-12.3's does (-ccbin wins
-            // over the variable where both are read).
-            let ccbin = env::var("NVCC_CCBIN").ok().filter(|s| !s.trim().is_empty());
-            let tool = format!(
-                "{}|{}|ccbin={}",
-                nvcc.display(),
-                nvcc_cuda.as_deref().unwrap_or(""),
-                ccbin.as_deref().unwrap_or("")
-            );
+            let tc = Toolchain {
+                nvcc: nvcc.clone(),
+                release: nvcc_cuda.clone().unwrap_or_default(),
+                ccbin: env::var("NVCC_CCBIN").ok().filter(|s| !s.trim().is_empty()),
+            };
             // One thread per family; nvcc itself parallelises over archs with -t.
             let handles: Vec<_> = families
                 .iter()
                 .map(|fam| {
-                    let (nvcc, kdir, out, archs, fam, tool, ccbin) = (
-                        nvcc.clone(),
+                    let (tc, kdir, out, archs, fam) = (
+                        tc.clone(),
                         kdir.clone(),
                         out.clone(),
                         archs.clone(),
                         fam.clone(),
-                        tool.clone(),
-                        ccbin.clone(),
                     );
-                    std::thread::spawn(move || {
-                        let t = Toolchain {
-                            nvcc: &nvcc,
-                            stamp: &tool,
-                            ccbin: ccbin.as_deref(),
-                        };
-                        compile_family(&t, &kdir, &out, &archs, &fam)
-                    })
+                    std::thread::spawn(move || compile_family(&tc, &kdir, &out, &archs, &fam))
                 })
                 .collect();
             let mut built = Vec::new();
@@ -198,16 +181,32 @@ fn cu_files(dir: &Path) -> impl Iterator<Item = PathBuf> {
     v.into_iter()
 }
 
-/// Compiles kernels/<fam>/*.cu as one translation unit (a generated file that #includes each),
-/// so each family is one fatbin and one CUDA module. Writes the ptxas resource report beside it.
-/// The compiler a family is built with: nvcc, its stamp text (path, release, host compiler) and
-/// the host compiler named by NVCC_CCBIN, if any.
-struct Toolchain<'a> {
-    nvcc: &'a Path,
-    stamp: &'a str,
-    ccbin: Option<&'a str>,
+/// What a family is built with. All of it is part of each family's stamp: switching toolkits
+/// (NVCC= a CUDA 12 nvcc for an older driver) must not keep the other toolkit's fatbins, nor
+/// switching the host compiler a user names in NVCC_CCBIN (the README's way past an older nvcc's
+/// gcc limit). That one is passed as -ccbin: CUDA 13's nvcc reads the variable itself, but
+/// nothing here shows that CUDA 12.0-12.3's does (-ccbin wins where both are read).
+#[derive(Clone)]
+struct Toolchain {
+    nvcc: PathBuf,
+    /// The nvcc's CUDA release ("13.0"), "" when it could not say.
+    release: String,
+    ccbin: Option<String>,
 }
 
+impl Toolchain {
+    fn stamp(&self) -> String {
+        format!(
+            "{}|{}|ccbin={}",
+            self.nvcc.display(),
+            self.release,
+            self.ccbin.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// Compiles kernels/<fam>/*.cu as one translation unit (a generated file that #includes each),
+/// so each family is one fatbin and one CUDA module. Writes the ptxas resource report beside it.
 fn compile_family(
     tc: &Toolchain,
     kdir: &Path,
@@ -230,7 +229,7 @@ fn compile_family(
         "{}|{}|{}",
         kernel_hash(kdir, &list_files(kdir)),
         archs.join(","),
-        tc.stamp
+        tc.stamp()
     );
     if fatbin.is_file() && fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
         return Ok(fatbin);
@@ -239,9 +238,9 @@ fn compile_family(
         .iter()
         .max_by_key(|a| a.parse::<u32>().unwrap_or(0))
         .unwrap();
-    let nvcc = tc.nvcc;
+    let nvcc = &tc.nvcc;
     let mut cmd = Command::new(nvcc);
-    if let Some(cc) = tc.ccbin {
+    if let Some(cc) = &tc.ccbin {
         cmd.arg("-ccbin").arg(cc);
     }
     cmd.arg("-fatbin")
